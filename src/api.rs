@@ -1,0 +1,287 @@
+//! The control-plane HTTP API. Callers authenticate with their API key
+//! (`Authorization: Bearer …`); errors are JSON with a stable `code` and a `message`.
+//! This module knows HTTP and the service, never sockets of the data plane.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{read_records, AuditQuery};
+use crate::config::User;
+use crate::ids::RequestId;
+use crate::policy::{self, NewRequest, PolicyError, Request, RequestStatus};
+use crate::proxy::Registry;
+use crate::service::{Lockbox, ServiceError};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub lockbox: Arc<Lockbox>,
+    pub registry: Arc<Registry>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/requests", post(create_request).get(list_requests))
+        .route("/v1/requests/{id}", get(show_request))
+        .route("/v1/requests/{id}/approve", post(approve))
+        .route("/v1/requests/{id}/deny", post(deny))
+        .route("/v1/requests/{id}/revoke", post(revoke))
+        .route("/v1/requests/{id}/token", post(token))
+        .route("/v1/audit", get(audit))
+        .with_state(state)
+}
+
+/// An error as the API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let (status, code) = match &e {
+            ServiceError::Policy(PolicyError::Forbidden(_)) => (StatusCode::FORBIDDEN, "forbidden"),
+            ServiceError::Policy(PolicyError::Invalid(_)) => (StatusCode::BAD_REQUEST, "invalid"),
+            ServiceError::Policy(PolicyError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
+            ServiceError::Policy(PolicyError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
+            ServiceError::Audit(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+            ServiceError::Store(_) | ServiceError::Token(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+        };
+        let message = match status {
+            // Internal details go to the log, not to the caller.
+            StatusCode::SERVICE_UNAVAILABLE => {
+                tracing::error!(error = %e, "request failed");
+                "lockbox cannot complete this action right now; nothing was changed".to_owned()
+            }
+            _ => e.to_string(),
+        };
+        ApiError {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid",
+        message: message.into(),
+    }
+}
+
+/// The authenticated caller.
+pub struct Caller(pub User);
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized = |message: &str| ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: message.to_owned(),
+        };
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
+        let key = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| unauthorized("Authorization must be `Bearer <api key>`"))?;
+        state
+            .lockbox
+            .authenticate(key.trim())
+            .map(Caller)
+            .ok_or_else(|| unauthorized("unknown API key"))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub live_sessions: usize,
+}
+
+async fn health(State(state): State<ApiState>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        live_sessions: state.registry.live_sessions(),
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub name: String,
+    pub roles: Vec<crate::config::Role>,
+}
+
+async fn whoami(Caller(user): Caller) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        name: user.name,
+        roles: user.roles,
+    })
+}
+
+async fn create_request(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Json(new): Json<NewRequest>,
+) -> Result<(StatusCode, Json<Request>), ApiError> {
+    let request = state.lockbox.create(&user, new).await?;
+    Ok((StatusCode::CREATED, Json(request)))
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    status: Option<String>,
+}
+
+async fn list_requests(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Vec<Request>>, ApiError> {
+    let status = params
+        .status
+        .map(|s| s.parse::<RequestStatus>())
+        .transpose()
+        .map_err(bad_request)?;
+    Ok(Json(state.lockbox.list(&user, status).await?))
+}
+
+async fn show_request(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Request>, ApiError> {
+    Ok(Json(state.lockbox.get(&user, &RequestId(id)).await?))
+}
+
+/// Body of approve, deny and revoke.
+#[derive(Serialize, Deserialize)]
+pub struct Decision {
+    pub reason: String,
+}
+
+async fn approve(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    Json(d): Json<Decision>,
+) -> Result<Json<Request>, ApiError> {
+    Ok(Json(
+        state
+            .lockbox
+            .approve(&user, &RequestId(id), &d.reason)
+            .await?,
+    ))
+}
+
+async fn deny(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    Json(d): Json<Decision>,
+) -> Result<Json<Request>, ApiError> {
+    Ok(Json(
+        state.lockbox.deny(&user, &RequestId(id), &d.reason).await?,
+    ))
+}
+
+async fn revoke(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    Json(d): Json<Decision>,
+) -> Result<Json<Request>, ApiError> {
+    Ok(Json(
+        state
+            .lockbox
+            .revoke(&user, &RequestId(id), &d.reason)
+            .await?,
+    ))
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub request_id: String,
+    pub database: String,
+    pub user: String,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn token(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let (token, request) = state.lockbox.issue_token(&user, &RequestId(id)).await?;
+    Ok(Json(TokenResponse {
+        token,
+        request_id: request.id.0,
+        database: request.database,
+        user: request.engineer,
+        expires_at: request.access_expires_at,
+    }))
+}
+
+async fn audit(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    policy::check_audit_read(&user).map_err(ServiceError::from)?;
+    let path = state.lockbox.audit.path().to_owned();
+    let records = tokio::task::spawn_blocking(move || read_records(&path, &query))
+        .await
+        .map_err(|e| ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: e.to_string(),
+        })?
+        .map_err(ServiceError::from)?;
+    Ok(Json(records))
+}

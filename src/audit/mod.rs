@@ -1,0 +1,26 @@
+//! The audit trail: an append-only JSON Lines file of every lockbox action and every SQL
+//! statement, with its own writer thread, schema and durability. It is a data product,
+//! never `tracing` output.
+//!
+//! Statement records are appended with [`AuditLog::append_durable`], which resolves only
+//! once the record is fsynced; concurrent sessions share one fsync (group commit).
+
+mod reader;
+mod record;
+mod writer;
+
+pub use reader::{read_records, AuditQuery};
+pub use record::{
+    AuditEvent, OutcomeRecord, OutcomeStatus, Protocol, RequestEvent, RequestRecord, SessionEvent,
+    SessionFields, SessionRecord, StatementRecord,
+};
+pub use writer::AuditLog;
+
+/// Why the audit trail could not take a record.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: {message}")]
+    Io { path: String, message: String },
+    #[error("audit log is closed")]
+    Closed,
+}

@@ -1,0 +1,139 @@
+//! The audit record schema. Field names are a contract with auditors' tooling: add,
+//! never rename.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::sql::StatementKind;
+
+/// One thing that happened. The writer adds `seq` and `time` to each.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AuditEvent {
+    Statement(StatementRecord),
+    Outcome(OutcomeRecord),
+    Session(SessionRecord),
+    Request(RequestRecord),
+}
+
+/// Who is behind a proxied session; shared by all of its records.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionFields {
+    pub session_id: String,
+    pub request_id: String,
+    pub ticket: String,
+    pub engineer: String,
+    pub database: String,
+    pub client_addr: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Simple,
+    Extended,
+    FunctionCall,
+}
+
+/// A statement, written before it is forwarded.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatementRecord {
+    #[serde(flatten)]
+    pub session: Arc<SessionFields>,
+    pub protocol: Protocol,
+    pub statement: String,
+    /// Bind parameters (extended protocol): text values as strings, NULL as null, binary
+    /// values as `{"binary_hex": "…"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<serde_json::Value>>,
+    pub kind: StatementKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeStatus {
+    /// CommandComplete (or EmptyQueryResponse, PortalSuspended).
+    Ok,
+    /// ErrorResponse.
+    Error,
+    /// An earlier error in the same query string or pipeline made the server skip it.
+    NotExecuted,
+    /// The session ended before the server answered.
+    Interrupted,
+}
+
+/// What became of a statement; `statement_seq` points at its statement record.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutcomeRecord {
+    pub statement_seq: u64,
+    pub session_id: String,
+    pub request_id: String,
+    pub status: OutcomeStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub duration_ms: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionEvent {
+    Connected,
+    AuthenticationFailed,
+    Disconnected,
+    DroppedExpired,
+    DroppedRevoked,
+    DroppedShutdown,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRecord {
+    pub event: SessionEvent,
+    pub session_id: String,
+    pub client_addr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engineer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestEvent {
+    Created,
+    Approved,
+    Denied,
+    Expired,
+    Revoked,
+    TokenIssued,
+    Completed,
+}
+
+/// A control-plane action on an access request.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    pub event: RequestEvent,
+    pub request_id: String,
+    /// Who did it (`lockbox` for the expiry sweeper).
+    pub actor: String,
+    pub engineer: String,
+    pub database: String,
+    pub ticket: String,
+    pub access: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_expires_at: Option<String>,
+}

@@ -1,0 +1,252 @@
+//! The writer thread: batches records from every session into one write and one fsync.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use chrono::{SecondsFormat, Utc};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AuditError, AuditEvent};
+
+/// Most commands folded into one write.
+const MAX_BATCH: usize = 4096;
+
+enum Command {
+    Append {
+        events: Vec<AuditEvent>,
+        /// Answered with the first record's sequence number once durable.
+        ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
+    },
+    Close(oneshot::Sender<()>),
+}
+
+/// Handle to the audit trail; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::UnboundedSender<Command>,
+    path: PathBuf,
+}
+
+impl AuditLog {
+    /// Opens the file at `path` (recovering a torn last line) and starts the writer thread.
+    pub fn open(path: &Path) -> Result<(AuditLog, JoinHandle<()>), AuditError> {
+        let io = |e: std::io::Error| AuditError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        let last_seq = recover_tail(&mut file).map_err(io)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut writer = Writer {
+            file,
+            path: path.display().to_string(),
+            next_seq: last_seq + 1,
+        };
+        let handle = std::thread::Builder::new()
+            .name("lockbox-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io)?;
+        Ok((
+            AuditLog {
+                tx,
+                path: path.to_owned(),
+            },
+            handle,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `events` and waits until they are on disk; returns the first one's sequence
+    /// number. An error means the records are not durable and the caller must not act.
+    pub async fn append_durable(&self, events: Vec<AuditEvent>) -> Result<u64, AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Command::Append {
+                events,
+                ack: Some(ack),
+            })
+            .map_err(|_| AuditError::Closed)?;
+        done.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Appends `events` behind everything sent before, without waiting. For records that
+    /// follow an action already taken (outcomes, disconnects).
+    pub fn append(&self, events: Vec<AuditEvent>) {
+        if self.tx.send(Command::Append { events, ack: None }).is_err() {
+            tracing::error!("audit log closed; record dropped");
+        }
+    }
+
+    /// Flushes, fsyncs and stops the writer; later appends fail.
+    pub async fn close(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Command::Close(ack)).is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+struct Writer {
+    file: File,
+    path: String,
+    next_seq: u64,
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut batch = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            let closing = self.write_batch(&mut batch);
+            if let Some(ack) = closing {
+                let _ = ack.send(());
+                return;
+            }
+        }
+    }
+
+    /// Writes and syncs one batch, answers its waiters; returns the close ack if asked to stop.
+    fn write_batch(&mut self, batch: &mut Vec<Command>) -> Option<oneshot::Sender<()>> {
+        let mut buf = Vec::with_capacity(512 * batch.len());
+        let mut acks = Vec::new();
+        let mut close = None;
+        let start_seq = self.next_seq;
+        let mut seq = start_seq;
+        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        for cmd in batch.drain(..) {
+            match cmd {
+                Command::Append { events, ack } => {
+                    let first = seq;
+                    for event in &events {
+                        encode_line(&mut buf, seq, &time, event);
+                        seq += 1;
+                    }
+                    if let Some(ack) = ack {
+                        acks.push((ack, first));
+                    }
+                }
+                Command::Close(ack) => close = Some(ack),
+            }
+        }
+        let result = self.write_and_sync(&buf);
+        match result {
+            Ok(()) => {
+                self.next_seq = seq;
+                for (ack, first) in acks {
+                    let _ = ack.send(Ok(first));
+                }
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path, error = %e, "audit write failed; statements are refused");
+                let err = AuditError::Io {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                };
+                for (ack, _) in acks {
+                    let _ = ack.send(Err(err.clone()));
+                }
+                // Nothing of this batch may count as written: the sequence numbers are reused.
+                self.next_seq = start_seq;
+            }
+        }
+        close
+    }
+
+    fn write_and_sync(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let before = self.file.metadata()?.len();
+        let result = self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data());
+        if result.is_err() {
+            // Cut off whatever part of the batch reached the file, so no half record stays.
+            let _ = self.file.set_len(before);
+        }
+        result
+    }
+}
+
+/// `{"seq":N,"time":"…",<event fields>}\n`
+fn encode_line(buf: &mut Vec<u8>, seq: u64, time: &str, event: &AuditEvent) {
+    match serde_json::to_vec(event) {
+        Ok(body) if body.len() > 2 => {
+            buf.extend_from_slice(format!("{{\"seq\":{seq},\"time\":\"{time}\",").as_bytes());
+            buf.extend_from_slice(&body[1..]);
+            buf.push(b'\n');
+        }
+        Ok(_) | Err(_) => {
+            tracing::error!(seq, "audit event failed to serialize");
+            buf.extend_from_slice(
+                format!("{{\"seq\":{seq},\"time\":\"{time}\",\"type\":\"unserializable\"}}\n")
+                    .as_bytes(),
+            );
+        }
+    }
+}
+
+/// Drops a torn final record (a crash mid-write) and returns the last sequence number.
+fn recover_tail(file: &mut File) -> std::io::Result<u64> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        let complete_end = tail.iter().rposition(|b| *b == b'\n').map(|i| i + 1);
+        match complete_end {
+            Some(end) => {
+                if start + (end as u64) < len {
+                    tracing::warn!(
+                        bytes = len - start - end as u64,
+                        "truncating a torn audit record"
+                    );
+                    file.set_len(start + end as u64)?;
+                }
+                let body = &tail[..end - 1];
+                let line_start = body.iter().rposition(|b| *b == b'\n').map(|i| i + 1);
+                if line_start.is_none() && start > 0 {
+                    window *= 4;
+                    continue;
+                }
+                let line = &body[line_start.unwrap_or(0)..];
+                let seq = serde_json::from_slice::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("seq").and_then(|s| s.as_u64()))
+                    .unwrap_or(0);
+                return Ok(seq);
+            }
+            None if start == 0 => {
+                // No complete record at all: the whole file is one torn write.
+                file.set_len(0)?;
+                return Ok(0);
+            }
+            None => window *= 4,
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! The `lockbox` command line: `serve` and `demo` run the server; every other verb talks
+//! to the HTTP API (`--server`/`LOCKBOX_SERVER`, `--api-key`/`LOCKBOX_API_KEY`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::audit::AuditQuery;
+use crate::client::ApiClient;
+use crate::policy::{AccessLevel, NewRequest, Request, RequestStatus};
+
+#[derive(Parser)]
+#[command(
+    name = "lockbox",
+    version,
+    about = "Customer-lockbox access proxy for PostgreSQL"
+)]
+pub struct Cli {
+    /// URL of the lockbox API.
+    #[arg(
+        long,
+        env = "LOCKBOX_SERVER",
+        global = true,
+        default_value = "http://127.0.0.1:8432"
+    )]
+    pub server: String,
+    /// Your API key.
+    #[arg(long, env = "LOCKBOX_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the proxy and the API.
+    Serve {
+        #[arg(long, env = "LOCKBOX_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the whole flow end to end in a throwaway sandbox.
+    Demo {
+        /// Leave the sandbox running until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+        /// Write `export` lines for other terminals and scripts to this file.
+        #[arg(long)]
+        env_file: Option<PathBuf>,
+        /// Length of the demo's access window.
+        #[arg(long, default_value = "8s", value_parser = parse_duration)]
+        window: Duration,
+    },
+    /// File, list, decide and revoke access requests.
+    Request {
+        #[command(subcommand)]
+        command: RequestCommand,
+    },
+    /// Print the lockbox token of an approved request (only the token, for PGPASSWORD).
+    Token { id: String },
+    /// Read the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Generate key material.
+    Keygen {
+        #[command(subcommand)]
+        command: KeygenCommand,
+    },
+    /// Check configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RequestCommand {
+    /// File a new access request; prints its id.
+    Create {
+        #[arg(long)]
+        database: String,
+        #[arg(long)]
+        ticket: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, value_parser = parse_access)]
+        access: AccessLevel,
+        /// How long access should last once approved (`30s`, `15m`, `8h`).
+        #[arg(long)]
+        duration: Option<String>,
+    },
+    /// List requests you may see.
+    List {
+        #[arg(long, value_parser = parse_status)]
+        status: Option<RequestStatus>,
+    },
+    /// Show one request.
+    Show { id: String },
+    Approve {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// End an approved request now; its live sessions are dropped.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Print matching records, one JSON object per line.
+    List {
+        #[arg(long)]
+        request: Option<String>,
+        #[arg(long)]
+        database: Option<String>,
+        #[arg(long)]
+        session: Option<String>,
+        /// RFC 3339 time, e.g. 2026-11-23T09:00:00Z.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeygenCommand {
+    /// Write a new Ed25519 token-signing key (PKCS#8 PEM) and print its public key.
+    SigningKey {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a self-signed TLS certificate and key for the proxy.
+    TlsCert {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Host names or IP addresses the certificate is for.
+        #[arg(long = "host", default_values = ["localhost", "127.0.0.1"])]
+        hosts: Vec<String>,
+    },
+    /// Print a new API key and the `api_key_hash` line for the config file.
+    ApiKey,
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file; prints what is wrong, naming the key.
+    Check {
+        #[arg(long, env = "LOCKBOX_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_access(s: &str) -> Result<AccessLevel, String> {
+    s.parse()
+}
+
+fn parse_status(s: &str) -> Result<RequestStatus, String> {
+    s.parse()
+}
+
+impl Cli {
+    fn client(&self) -> Result<ApiClient> {
+        let key = self
+            .api_key
+            .as_deref()
+            .ok_or_else(|| anyhow!("no API key: pass --api-key or set LOCKBOX_API_KEY"))?;
+        Ok(ApiClient::new(&self.server, key))
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Serve { config } => serve(config).await,
+        Command::Demo {
+            keep,
+            env_file,
+            window,
+        } => {
+            crate::demo::run(crate::demo::DemoOptions {
+                keep: *keep,
+                env_file: env_file.clone(),
+                window: *window,
+            })
+            .await
+        }
+        Command::Request { command } => request(&cli, command).await,
+        Command::Token { id } => {
+            let token = cli.client()?.token(id).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&token)?);
+            } else {
+                println!("{}", token.token);
+            }
+            Ok(())
+        }
+        Command::Audit {
+            command:
+                AuditCommand::List {
+                    request,
+                    database,
+                    session,
+                    since,
+                },
+        } => {
+            let query = AuditQuery {
+                request: request.clone(),
+                database: database.clone(),
+                session: session.clone(),
+                since: *since,
+                ..Default::default()
+            };
+            for record in cli.client()?.audit(&query).await? {
+                println!("{}", serde_json::to_string(&record)?);
+            }
+            Ok(())
+        }
+        Command::Keygen { command } => keygen(command),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
+            let c = crate::config::Config::load(config)?;
+            println!(
+                "{}: ok ({} database(s), {} user(s))",
+                config.display(),
+                c.databases.len(),
+                c.users.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn serve(path: &std::path::Path) -> Result<()> {
+    let config = crate::config::Config::load(path)?;
+    let server = crate::server::start(config).await?;
+    wait_for_stop_signal().await?;
+    tracing::info!("stop signal received; shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_stop_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+    }
+    Ok(())
+}
+
+async fn request(cli: &Cli, command: &RequestCommand) -> Result<()> {
+    let client = cli.client()?;
+    match command {
+        RequestCommand::Create {
+            database,
+            ticket,
+            reason,
+            access,
+            duration,
+        } => {
+            let new = NewRequest {
+                database: database.clone(),
+                ticket: ticket.clone(),
+                reason: reason.clone(),
+                access: *access,
+                duration: duration.clone(),
+            };
+            let request = client.create_request(&new).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&request)?);
+            } else {
+                println!("{}", request.id);
+            }
+        }
+        RequestCommand::List { status } => {
+            let list = client.list_requests(*status).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_table(&list);
+            }
+        }
+        RequestCommand::Show { id } => print_request(cli, &client.show_request(id).await?)?,
+        RequestCommand::Approve { id, reason } => {
+            print_request(cli, &client.approve(id, reason).await?)?
+        }
+        RequestCommand::Deny { id, reason } => print_request(cli, &client.deny(id, reason).await?)?,
+        RequestCommand::Revoke { id, reason } => {
+            print_request(cli, &client.revoke(id, reason).await?)?
+        }
+    }
+    Ok(())
+}
+
+fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_request(cli: &Cli, r: &Request) -> Result<()> {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    let rows = [
+        ("id", r.id.0.clone()),
+        ("status", r.status.to_string()),
+        ("ticket", r.ticket.clone()),
+        ("database", r.database.clone()),
+        ("engineer", r.engineer.clone()),
+        ("access", r.access.as_str().to_owned()),
+        ("reason", r.reason.clone()),
+        ("requested at", time(Some(r.created_at))),
+        ("request expires", time(Some(r.request_expires_at))),
+        (
+            "access period",
+            humantime::format_duration(Duration::from_secs(r.duration_secs)).to_string(),
+        ),
+        ("access expires", time(r.access_expires_at)),
+        (
+            "decided by",
+            r.decided_by.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "decision reason",
+            r.decision_reason.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "revoked by",
+            r.revoked_by.clone().unwrap_or_else(|| "-".into()),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{k:<16} {v}");
+    }
+    Ok(())
+}
+
+fn print_table(list: &[Request]) {
+    let header = [
+        "ID",
+        "TICKET",
+        "DATABASE",
+        "STATUS",
+        "ENGINEER",
+        "ACCESS",
+        "REQUESTED AT",
+        "REQUEST EXPIRES",
+        "ACCESS PERIOD",
+        "ACCESS EXPIRES",
+        "APPROVER",
+    ];
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.0.clone(),
+                r.ticket.clone(),
+                r.database.clone(),
+                r.status.to_string(),
+                r.engineer.clone(),
+                r.access.as_str().to_owned(),
+                time(Some(r.created_at)),
+                time(Some(r.request_expires_at)),
+                humantime::format_duration(Duration::from_secs(r.duration_secs)).to_string(),
+                time(r.access_expires_at),
+                r.decided_by.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn keygen(command: &KeygenCommand) -> Result<()> {
+    match command {
+        KeygenCommand::SigningKey { out } => {
+            let pem = crate::keys::generate_signing_key_pem()?;
+            write_new_private(out, &pem)?;
+            let authority =
+                crate::token::TokenAuthority::from_pem(&pem, "lockbox", "lockbox-proxy")
+                    .map_err(|e| anyhow!(e))?;
+            eprintln!("wrote {}; its public key:", out.display());
+            print!("{}", authority.public_key_pem());
+        }
+        KeygenCommand::TlsCert { cert, key, hosts } => {
+            let (cert_pem, key_pem) = crate::tls::generate_self_signed(hosts)?;
+            std::fs::write(cert, cert_pem)
+                .with_context(|| format!("writing {}", cert.display()))?;
+            write_new_private(key, &key_pem)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+        }
+        KeygenCommand::ApiKey => {
+            let key = crate::keys::generate_api_key();
+            println!("api key (give to the user): {key}");
+            println!(
+                "api_key_hash = \"{}\"",
+                crate::keys::api_key_hash_string(&key)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes a secret file readable by its owner only, refusing to overwrite one.
+fn write_new_private(path: &std::path::Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,545 @@
+//! Configuration: parse the TOML file, validate it into runtime types, pass it down as
+//! `Arc<Config>`. Every error names the key that is wrong.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The file as written.
+// ---------------------------------------------------------------------------------------
+
+/// The configuration file, as the operator writes it.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub proxy: ProxyFile,
+    #[serde(default)]
+    pub api: ApiFile,
+    #[serde(default)]
+    pub state: StateFile,
+    #[serde(default)]
+    pub audit: AuditFile,
+    pub token: TokenFile,
+    #[serde(default)]
+    pub timings: TimingsFile,
+    #[serde(default)]
+    pub databases: Vec<DatabaseFile>,
+    #[serde(default)]
+    pub users: Vec<UserFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    /// Address of the PostgreSQL-protocol listener, e.g. `0.0.0.0:6432`.
+    pub listen: String,
+    /// PEM certificate chain presented to clients. Without it the proxy refuses
+    /// TLS and therefore every token that does not come over loopback plaintext.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Accept tokens over plaintext from loopback clients (demo and tests only).
+    #[serde(default)]
+    pub allow_plaintext_loopback: bool,
+    /// Largest client message accepted, in bytes.
+    pub max_message_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFile {
+    /// Address of the control-plane HTTP API.
+    pub listen: String,
+}
+
+impl Default for ApiFile {
+    fn default() -> Self {
+        ApiFile {
+            listen: "127.0.0.1:8432".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    /// SQLite file that holds requests and grants.
+    pub sqlite_path: PathBuf,
+}
+
+impl Default for StateFile {
+    fn default() -> Self {
+        StateFile {
+            sqlite_path: "lockbox-data/state.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// Append-only JSON Lines file of every lockbox action and SQL statement.
+    pub path: PathBuf,
+}
+
+impl Default for AuditFile {
+    fn default() -> Self {
+        AuditFile {
+            path: "lockbox-data/audit.jsonl".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFile {
+    /// PKCS#8 PEM Ed25519 private key that signs lockbox tokens (`lockbox keygen signing-key`).
+    pub signing_key: PathBuf,
+    /// `iss` claim of issued tokens.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// `aud` claim of issued tokens.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+}
+
+fn default_issuer() -> String {
+    "lockbox".into()
+}
+fn default_audience() -> String {
+    "lockbox-proxy".into()
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimingsFile {
+    /// How long a request may wait for a decision before it expires.
+    #[serde(default = "default_request_ttl")]
+    pub request_ttl: String,
+    /// Access window granted when a request names no duration.
+    #[serde(default = "default_access")]
+    pub default_access: String,
+    /// Longest access window anyone may ask for.
+    #[serde(default = "default_max_access")]
+    pub max_access: String,
+}
+
+fn default_request_ttl() -> String {
+    "12h".into()
+}
+fn default_access() -> String {
+    "8h".into()
+}
+fn default_max_access() -> String {
+    "24h".into()
+}
+
+impl Default for TimingsFile {
+    fn default() -> Self {
+        TimingsFile {
+            request_ttl: default_request_ttl(),
+            default_access: default_access(),
+            max_access: default_max_access(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseFile {
+    /// The name engineers put in `dbname`.
+    pub name: String,
+    /// Whether access needs a customer approval.
+    #[serde(default = "yes")]
+    pub protected: bool,
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Database name on the upstream server (defaults to `name`).
+    pub dbname: Option<String>,
+    /// Service role the proxy logs in as; engineers never see its credentials.
+    pub user: String,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    /// `disable` or `require`.
+    #[serde(default)]
+    pub tls: UpstreamTls,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserFile {
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// `sha256:<hex>` of the user's API key (`lockbox keygen api-key`).
+    pub api_key_hash: String,
+}
+
+/// What a person may do through the control plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Engineer,
+    Approver,
+    Admin,
+    Auditor,
+}
+
+/// TLS towards the upstream database.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTls {
+    #[default]
+    Disable,
+    Require,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validated runtime configuration.
+// ---------------------------------------------------------------------------------------
+
+/// Validated configuration, with paths resolved against the config file's folder.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub proxy_listen: SocketAddr,
+    pub api_listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub allow_plaintext_loopback: bool,
+    pub max_message_size: usize,
+    pub state_path: PathBuf,
+    pub audit_path: PathBuf,
+    pub signing_key_path: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+    pub request_ttl: Duration,
+    pub default_access: Duration,
+    pub max_access: Duration,
+    pub databases: BTreeMap<String, Database>,
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A database engineers may ask for, with the upstream coordinates the proxy uses.
+#[derive(Clone)]
+pub struct Database {
+    pub name: String,
+    pub protected: bool,
+    pub host: String,
+    pub port: u16,
+    pub dbname: String,
+    pub user: String,
+    pub password: Option<String>,
+    pub tls: UpstreamTls,
+}
+
+// The password must never reach a log line through `{:?}`.
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database")
+            .field("name", &self.name)
+            .field("protected", &self.protected)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// Raw SHA-256 of the API key.
+    pub api_key_sha256: [u8; 32],
+}
+
+impl User {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// Default upper bound on one client message: PostgreSQL itself accepts up to 1 GiB, but
+/// a proxy that buffers a message to audit it should not let one client claim that much.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, base).map_err(|e| match e {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text; relative paths are resolved against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        Config::validate(file, base)
+    }
+
+    fn validate(file: ConfigFile, base: &Path) -> Result<Config, ConfigError> {
+        let resolve = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+        let proxy_listen = parse_addr("proxy.listen", &file.proxy.listen)?;
+        let api_listen = parse_addr("api.listen", &file.api.listen)?;
+        let tls = match (&file.proxy.tls_cert, &file.proxy.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: resolve(cert),
+                key: resolve(key),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "proxy.tls_key",
+                    "tls_cert is set but tls_key is missing",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "proxy.tls_cert",
+                    "tls_key is set but tls_cert is missing",
+                ))
+            }
+        };
+        if tls.is_none() && !file.proxy.allow_plaintext_loopback {
+            return Err(invalid(
+                "proxy.tls_cert",
+                "no TLS certificate and allow_plaintext_loopback is off: no client could ever log in",
+            ));
+        }
+        let max_message_size = file
+            .proxy
+            .max_message_size
+            .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
+        if !(1024..=1 << 30).contains(&max_message_size) {
+            return Err(invalid(
+                "proxy.max_message_size",
+                "must be between 1024 and 1073741824 bytes",
+            ));
+        }
+        let request_ttl = parse_duration("timings.request_ttl", &file.timings.request_ttl)?;
+        let default_access =
+            parse_duration("timings.default_access", &file.timings.default_access)?;
+        let max_access = parse_duration("timings.max_access", &file.timings.max_access)?;
+        if default_access > max_access {
+            return Err(invalid(
+                "timings.default_access",
+                "is longer than timings.max_access",
+            ));
+        }
+        if file.token.issuer.is_empty() {
+            return Err(invalid("token.issuer", "must not be empty"));
+        }
+        if file.token.audience.is_empty() {
+            return Err(invalid("token.audience", "must not be empty"));
+        }
+        let databases = validate_databases(file.databases, &resolve)?;
+        let users = validate_users(file.users)?;
+        Ok(Config {
+            proxy_listen,
+            api_listen,
+            tls,
+            allow_plaintext_loopback: file.proxy.allow_plaintext_loopback,
+            max_message_size,
+            state_path: resolve(&file.state.sqlite_path),
+            audit_path: resolve(&file.audit.path),
+            signing_key_path: resolve(&file.token.signing_key),
+            issuer: file.token.issuer,
+            audience: file.token.audience,
+            request_ttl,
+            default_access,
+            max_access,
+            databases,
+            users,
+        })
+    }
+
+    /// The user whose API key hashes to `hash`.
+    pub fn user_by_key_hash(&self, hash: &[u8; 32]) -> Option<&User> {
+        use subtle::ConstantTimeEq;
+        self.users
+            .iter()
+            .find(|u| bool::from(u.api_key_sha256.ct_eq(hash)))
+    }
+}
+
+fn validate_databases(
+    list: Vec<DatabaseFile>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<BTreeMap<String, Database>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (i, db) in list.into_iter().enumerate() {
+        let key = |field: &str| format!("databases[{i}].{field}");
+        if db.name.is_empty() {
+            return Err(invalid(key("name"), "must not be empty"));
+        }
+        if db.host.is_empty() {
+            return Err(invalid(key("host"), "must not be empty"));
+        }
+        if db.user.is_empty() {
+            return Err(invalid(key("user"), "must not be empty"));
+        }
+        let password = match (db.password, db.password_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    key("password_file"),
+                    "set either password or password_file, not both",
+                ))
+            }
+            (Some(p), None) => Some(p),
+            (None, Some(file)) => {
+                let path = resolve(&file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        key("password_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(text.trim_end_matches(['\n', '\r']).to_owned())
+            }
+            (None, None) => None,
+        };
+        let database = Database {
+            dbname: db.dbname.unwrap_or_else(|| db.name.clone()),
+            name: db.name,
+            protected: db.protected,
+            host: db.host,
+            port: db.port,
+            user: db.user,
+            password,
+            tls: db.tls,
+        };
+        if out.contains_key(&database.name) {
+            return Err(invalid(
+                key("name"),
+                format!("database `{}` is listed twice", database.name),
+            ));
+        }
+        out.insert(database.name.clone(), database);
+    }
+    Ok(out)
+}
+
+fn validate_users(list: Vec<UserFile>) -> Result<Vec<User>, ConfigError> {
+    let mut seen_names = HashMap::new();
+    let mut seen_keys = HashMap::new();
+    let mut out = Vec::with_capacity(list.len());
+    for (i, user) in list.into_iter().enumerate() {
+        let key = |field: &str| format!("users[{i}].{field}");
+        if user.name.is_empty() {
+            return Err(invalid(key("name"), "must not be empty"));
+        }
+        if user.roles.is_empty() {
+            return Err(invalid(key("roles"), "a user needs at least one role"));
+        }
+        let hash =
+            parse_key_hash(&user.api_key_hash).map_err(|m| invalid(key("api_key_hash"), m))?;
+        if seen_names.insert(user.name.clone(), i).is_some() {
+            return Err(invalid(
+                key("name"),
+                format!("user `{}` is listed twice", user.name),
+            ));
+        }
+        if seen_keys.insert(hash, i).is_some() {
+            return Err(invalid(key("api_key_hash"), "two users share one API key"));
+        }
+        out.push(User {
+            name: user.name,
+            roles: user.roles,
+            api_key_sha256: hash,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_key_hash(text: &str) -> Result<[u8; 32], String> {
+    let hex_part = text.strip_prefix("sha256:").ok_or_else(|| {
+        "must look like `sha256:<64 hex digits>` (see `lockbox keygen api-key`)".to_string()
+    })?;
+    let bytes = hex::decode(hex_part).map_err(|e| format!("not hex: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| "a SHA-256 hash has 64 hex digits".to_string())
+}
+
+fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    SocketAddr::from_str(text).map_err(|e| {
+        invalid(
+            key,
+            format!("`{text}` is not an address like 127.0.0.1:6432 ({e})"),
+        )
+    })
+}
+
+/// Parses a human duration (`30s`, `15m`, `8h`, `4d`) for config key `key`.
+pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("`{text}` is not a duration like 30s, 15m, 8h ({e})"),
+        )
+    })?;
+    if d.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(d)
+}

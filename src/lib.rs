@@ -1,0 +1,23 @@
+//! lockbox: a PostgreSQL access proxy that enforces customer lockbox sessions.
+//!
+//! The crate is split by concern; `ARCHITECTURE.md` maps the modules and how a
+//! connection and an access request flow through them.
+
+pub mod api;
+pub mod audit;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod ids;
+pub mod keys;
+pub mod policy;
+pub mod proxy;
+pub mod sandbox;
+pub mod server;
+pub mod service;
+pub mod sql;
+pub mod store;
+pub mod tls;
+pub mod token;
+pub mod wire;

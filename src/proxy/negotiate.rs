@@ -1,0 +1,157 @@
+//! The startup phase before authentication: SSLRequest/GSSENCRequest negotiation, TLS,
+//! CancelRequest, and the StartupMessage.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::stream::BoxStream;
+use crate::wire::{self, FrameError, Startup, StartupPacket};
+
+/// What the client opened the connection for.
+pub enum Opened {
+    Session {
+        stream: BoxStream,
+        tls: bool,
+        startup: Startup,
+        /// Bytes the client sent after the StartupMessage (it may pipeline its password).
+        leftover: BytesMut,
+    },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+}
+
+/// A startup-phase failure: the client gets `message` with `sqlstate`, then the close.
+#[derive(Debug, thiserror::Error)]
+pub enum NegotiationError {
+    #[error("{message}")]
+    Protocol {
+        sqlstate: &'static str,
+        message: String,
+    },
+    #[error("client closed the connection during startup")]
+    Closed,
+    #[error("I/O during startup: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<FrameError> for NegotiationError {
+    fn from(e: FrameError) -> Self {
+        protocol(e.to_string())
+    }
+}
+
+fn protocol(message: impl Into<String>) -> NegotiationError {
+    NegotiationError::Protocol {
+        sqlstate: wire::sqlstate::PROTOCOL_VIOLATION,
+        message: message.into(),
+    }
+}
+
+/// Runs the startup phase on a fresh connection. On error, `stream` (if any) is handed
+/// back so the caller can send the ErrorResponse on the right channel.
+pub async fn negotiate(
+    tcp: TcpStream,
+    tls: Option<&TlsAcceptor>,
+) -> Result<Opened, (NegotiationError, Option<BoxStream>)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut tcp = Some(tcp);
+    let mut stream: Option<BoxStream> = None;
+    let mut asked_gss = false;
+    loop {
+        let packet = match read_packet(&mut tcp, &mut stream, &mut buf).await {
+            Ok(p) => p,
+            Err(e) => return Err((e, into_stream(tcp, stream))),
+        };
+        match packet {
+            StartupPacket::SslRequest => {
+                let Some(mut raw) = tcp.take() else {
+                    return Err((protocol("SSL requested twice"), stream));
+                };
+                let Some(acceptor) = tls else {
+                    if let Err(e) = raw.write_all(b"N").await {
+                        return Err((e.into(), None));
+                    }
+                    tcp = Some(raw);
+                    continue;
+                };
+                // Bytes that arrived with the SSLRequest were sent before encryption:
+                // honouring them would let a man in the middle inject them (CVE-2021-23214).
+                if !buf.is_empty() {
+                    return Err((
+                        protocol("received unencrypted data after SSL request"),
+                        None,
+                    ));
+                }
+                if let Err(e) = raw.write_all(b"S").await {
+                    return Err((e.into(), None));
+                }
+                match acceptor.accept(raw).await {
+                    Ok(tls_stream) => stream = Some(Box::new(tls_stream)),
+                    Err(e) => return Err((e.into(), None)),
+                }
+            }
+            StartupPacket::GssEncRequest => {
+                let Some(raw) = tcp.as_mut() else {
+                    return Err((protocol("GSSENCRequest after TLS"), stream));
+                };
+                if asked_gss {
+                    return Err((
+                        protocol("GSSENCRequest sent twice"),
+                        into_stream(tcp, stream),
+                    ));
+                }
+                asked_gss = true;
+                if let Err(e) = raw.write_all(b"N").await {
+                    return Err((e.into(), None));
+                }
+            }
+            StartupPacket::Cancel { pid, secret } => return Ok(Opened::Cancel { pid, secret }),
+            StartupPacket::UnsupportedVersion(v) => {
+                let e = NegotiationError::Protocol {
+                    sqlstate: wire::sqlstate::FEATURE_NOT_SUPPORTED,
+                    message: format!("unsupported frontend protocol {}.{}", v >> 16, v & 0xffff),
+                };
+                return Err((e, into_stream(tcp, stream)));
+            }
+            StartupPacket::Startup(startup) => {
+                let tls = stream.is_some();
+                let stream = into_stream(tcp, stream).ok_or((NegotiationError::Closed, None))?;
+                return Ok(Opened::Session {
+                    stream,
+                    tls,
+                    startup,
+                    leftover: buf,
+                });
+            }
+        }
+    }
+}
+
+fn into_stream(tcp: Option<TcpStream>, stream: Option<BoxStream>) -> Option<BoxStream> {
+    stream.or_else(|| tcp.map(|t| Box::new(t) as BoxStream))
+}
+
+/// Reads until one whole startup-phase packet is buffered, from TLS once it is up.
+async fn read_packet(
+    tcp: &mut Option<TcpStream>,
+    stream: &mut Option<BoxStream>,
+    buf: &mut BytesMut,
+) -> Result<StartupPacket, NegotiationError> {
+    loop {
+        if let Some(packet) = wire::parse_startup(buf)? {
+            return Ok(packet);
+        }
+        let n = match (stream.as_mut(), tcp.as_mut()) {
+            (Some(s), _) => s.read_buf(buf).await?,
+            (None, Some(t)) => t.read_buf(buf).await?,
+            (None, None) => return Err(NegotiationError::Closed),
+        };
+        if n == 0 {
+            return Err(NegotiationError::Closed);
+        }
+    }
+}

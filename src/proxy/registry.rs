@@ -1,0 +1,124 @@
+//! Live sessions: the kill switch of each (for revocation and shutdown) and the cancel
+//! keys handed to clients, mapped to the upstream backends they stand for.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use dashmap::DashMap;
+use rand::Rng;
+use tokio::sync::{broadcast, watch};
+
+use crate::ids::{RequestId, SessionId};
+
+/// Why the proxy ends a session on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    Expired,
+    Revoked,
+    Shutdown,
+}
+
+/// Where a client's CancelRequest must go.
+#[derive(Clone, Debug)]
+pub struct CancelTarget {
+    pub host: String,
+    pub port: u16,
+    pub backend_pid: i32,
+    pub backend_secret: i32,
+}
+
+struct LiveSession {
+    request_id: RequestId,
+    kill: watch::Sender<Option<DropReason>>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    sessions: DashMap<SessionId, LiveSession>,
+    cancel_keys: DashMap<(i32, i32), CancelTarget>,
+    shutting_down: AtomicBool,
+}
+
+impl Registry {
+    /// Registers a session; the receiver fires when it must end.
+    pub fn register(
+        &self,
+        session: &SessionId,
+        request_id: &RequestId,
+    ) -> watch::Receiver<Option<DropReason>> {
+        let (kill, rx) = watch::channel(None);
+        if self.shutting_down.load(Ordering::SeqCst) {
+            let _ = kill.send(Some(DropReason::Shutdown));
+        }
+        self.sessions.insert(
+            session.clone(),
+            LiveSession {
+                request_id: request_id.clone(),
+                kill,
+            },
+        );
+        rx
+    }
+
+    pub fn unregister(&self, session: &SessionId) {
+        self.sessions.remove(session);
+    }
+
+    /// Tells every session of `request_id` to end.
+    pub fn drop_request(&self, request_id: &RequestId, reason: DropReason) -> usize {
+        let mut n = 0;
+        for entry in self.sessions.iter() {
+            if &entry.request_id == request_id {
+                let _ = entry.kill.send(Some(reason));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn drop_all(&self, reason: DropReason) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        for entry in self.sessions.iter() {
+            let _ = entry.kill.send(Some(reason));
+        }
+    }
+
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Issues a fresh client-facing cancel key for `target`.
+    pub fn issue_cancel_key(&self, target: CancelTarget) -> (i32, i32) {
+        let mut rng = rand::rng();
+        loop {
+            let key = (rng.random_range(1..i32::MAX), rng.random::<i32>());
+            if let dashmap::Entry::Vacant(slot) = self.cancel_keys.entry(key) {
+                slot.insert(target);
+                return key;
+            }
+        }
+    }
+
+    pub fn cancel_target(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
+        self.cancel_keys.get(&(pid, secret)).map(|t| t.clone())
+    }
+
+    pub fn forget_cancel_key(&self, key: (i32, i32)) {
+        self.cancel_keys.remove(&key);
+    }
+
+    /// Drops the sessions of each request revoked through the control plane.
+    pub async fn follow_revocations(&self, mut revoked: broadcast::Receiver<RequestId>) {
+        loop {
+            match revoked.recv().await {
+                Ok(id) => {
+                    let n = self.drop_request(&id, DropReason::Revoked);
+                    tracing::info!(request_id = %id, sessions = n, "request revoked; dropping its sessions");
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::error!(missed, "revocation notices were missed");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! One client connection, from accept to close: negotiation, the token login, admission,
+//! the upstream login, then the relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::negotiate::{self, NegotiationError, Opened};
+use super::registry::{CancelTarget, DropReason};
+use super::relay::{End, Relay};
+use super::stream::BoxStream;
+use super::upstream;
+use super::Proxy;
+use crate::audit::{AuditEvent, SessionEvent, SessionFields, SessionRecord};
+use crate::ids::{RequestId, SessionId};
+use crate::policy::Admission;
+use crate::service::AdmitError;
+use crate::wire::{self, sqlstate, Severity, Startup};
+
+/// How long a client has to finish logging in.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Startup parameters passed upstream. Anything that could change role, privileges or
+/// protocol behaviour is left out; `options` and `replication` are refused outright.
+const PASSED_PARAMETERS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "extra_float_digits",
+];
+const REFUSED_PARAMETERS: &[&str] = &["options", "replication"];
+
+/// A login failure: what the client is told, and what the audit says.
+struct LoginError {
+    sqlstate: &'static str,
+    message: String,
+    /// Audited as `authentication_failed` (a refused credential) rather than only logged.
+    audited: bool,
+}
+
+fn login_error(sqlstate: &'static str, message: impl Into<String>) -> LoginError {
+    LoginError {
+        sqlstate,
+        message: message.into(),
+        audited: true,
+    }
+}
+
+/// The identity a client claimed at startup.
+struct Claimed {
+    user: String,
+    database: String,
+}
+
+pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, id: SessionId) {
+    let opened = negotiate::negotiate(tcp, proxy.tls.as_ref()).await;
+    let (mut stream, tls, startup, leftover) = match opened {
+        Ok(Opened::Session {
+            stream,
+            tls,
+            startup,
+            leftover,
+        }) => (stream, tls, startup, leftover),
+        Ok(Opened::Cancel { pid, secret }) => return forward_cancel(&proxy, pid, secret).await,
+        Err((NegotiationError::Protocol { sqlstate, message }, Some(mut stream))) => {
+            tracing::debug!(%message, "startup refused");
+            send_fatal(&mut stream, sqlstate, &message).await;
+            return;
+        }
+        Err((e, _)) => {
+            tracing::debug!(error = %e, "connection ended during negotiation");
+            return;
+        }
+    };
+    let login = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        login(&proxy, &mut stream, tls, peer, &startup, leftover),
+    )
+    .await;
+    let (admission, claimed, mut cbuf) = match login {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            if e.audited {
+                audit_auth_failure(&proxy, &id, peer, &startup, &e.message);
+            }
+            tracing::info!(reason = %e.message, "login refused");
+            send_fatal(&mut stream, e.sqlstate, &e.message).await;
+            return;
+        }
+        Err(_) => {
+            send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "login timed out").await;
+            return;
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("user", claimed.user.as_str());
+    span.record("database", claimed.database.as_str());
+    span.record("request_id", admission.request.id.0.as_str());
+    cbuf.reserve(8192);
+    run_admitted(proxy, stream, peer, id, admission, claimed, &startup, cbuf).await;
+}
+
+/// Everything between StartupMessage and AuthenticationOk.
+async fn login(
+    proxy: &Proxy,
+    stream: &mut BoxStream,
+    tls: bool,
+    peer: SocketAddr,
+    startup: &Startup,
+    mut buf: BytesMut,
+) -> Result<(Admission, Claimed, BytesMut), LoginError> {
+    let claimed = check_startup(startup)?;
+    let plaintext_allowed = proxy.lockbox.config.allow_plaintext_loopback && peer.ip().is_loopback();
+    if !(tls || plaintext_allowed) {
+        return Err(login_error(
+            sqlstate::INVALID_AUTHORIZATION,
+            "lockbox tokens are only accepted over TLS: connect with sslmode=require",
+        ));
+    }
+    let mut out = BytesMut::new();
+    wire::authentication_cleartext(&mut out);
+    write(stream, &out).await?;
+    let token = read_password(stream, &mut buf).await?;
+    let claims = proxy.lockbox.tokens.verify(&token).map_err(|e| {
+        login_error(
+            sqlstate::INVALID_PASSWORD,
+            format!("lockbox token refused: {e}"),
+        )
+    })?;
+    let admission = proxy
+        .lockbox
+        .admit(&claims, &claimed.user, &claimed.database)
+        .await
+        .map_err(|e| match e {
+            AdmitError::Refused(r) => {
+                login_error(r.sqlstate(), format!("lockbox token refused: {r}"))
+            }
+            // Fail closed: without the state store there is no way to know the grant holds.
+            AdmitError::Store(e) => {
+                tracing::error!(error = %e, "state store unavailable during login");
+                LoginError {
+                    sqlstate: sqlstate::CONNECTION_FAILURE,
+                    message: "lockbox cannot verify the access request right now".into(),
+                    audited: false,
+                }
+            }
+        })?;
+    Ok((admission, claimed, buf))
+}
+
+fn check_startup(startup: &Startup) -> Result<Claimed, LoginError> {
+    for name in REFUSED_PARAMETERS {
+        if startup.get(name).is_some() {
+            return Err(login_error(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("startup parameter \"{name}\" is not allowed through lockbox"),
+            ));
+        }
+    }
+    let user = startup.get("user").filter(|u| !u.is_empty());
+    let database = startup.get("database").filter(|d| !d.is_empty());
+    match (user, database) {
+        (Some(user), Some(database)) => Ok(Claimed {
+            user: user.to_owned(),
+            database: database.to_owned(),
+        }),
+        (None, _) => Err(login_error(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no user name in the startup packet",
+        )),
+        (_, None) => Err(login_error(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no database name in the startup packet: lockbox never picks one for you",
+        )),
+    }
+}
+
+async fn read_password(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<String, LoginError> {
+    loop {
+        let frame = wire::split_frame(buf, wire::MAX_STARTUP_PACKET)
+            .map_err(|e| login_error(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+        if let Some(frame) = frame {
+            if frame[0] != b'p' {
+                return Err(login_error(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!(
+                        "expected a password message, got message type '{}'",
+                        char::from(frame[0])
+                    ),
+                ));
+            }
+            return wire::decode_password(&frame[5..])
+                .map_err(|e| login_error(sqlstate::PROTOCOL_VIOLATION, e.to_string()));
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => {
+                return Err(LoginError {
+                    sqlstate: sqlstate::PROTOCOL_VIOLATION,
+                    message: "client closed the connection before sending a token".into(),
+                    audited: false,
+                })
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write(stream: &mut BoxStream, bytes: &[u8]) -> Result<(), LoginError> {
+    stream.write_all(bytes).await.map_err(|e| LoginError {
+        sqlstate: sqlstate::CONNECTION_FAILURE,
+        message: e.to_string(),
+        audited: false,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_admitted(
+    proxy: Arc<Proxy>,
+    mut stream: BoxStream,
+    peer: SocketAddr,
+    id: SessionId,
+    admission: Admission,
+    claimed: Claimed,
+    startup: &Startup,
+    cbuf: BytesMut,
+) {
+    let lockbox = &proxy.lockbox;
+    let Some(db) = lockbox.config.databases.get(&claimed.database) else {
+        send_fatal(
+            &mut stream,
+            sqlstate::INVALID_AUTHORIZATION,
+            "database is not served here",
+        )
+        .await;
+        return;
+    };
+    let passed: Vec<(String, String)> = startup
+        .params
+        .iter()
+        .filter(|(k, _)| PASSED_PARAMETERS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    let upstream = match upstream::connect(db, &passed).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "upstream login failed");
+            send_fatal(
+                &mut stream,
+                sqlstate::CONNECTION_FAILURE,
+                "lockbox could not connect to the upstream database",
+            )
+            .await;
+            return;
+        }
+    };
+    let request = &admission.request;
+    let fields = Arc::new(SessionFields {
+        session_id: id.0.clone(),
+        request_id: request.id.0.clone(),
+        ticket: request.ticket.clone(),
+        engineer: request.engineer.clone(),
+        database: request.database.clone(),
+        client_addr: peer.to_string(),
+    });
+    // The connect record is durable before the client may send anything.
+    if let Err(e) = lockbox
+        .audit
+        .append_durable(vec![session_event(&fields, SessionEvent::Connected, None)])
+        .await
+    {
+        tracing::error!(error = %e, "audit unavailable; refusing session");
+        send_fatal(
+            &mut stream,
+            sqlstate::IO_ERROR,
+            "lockbox cannot write its audit log; no session is allowed",
+        )
+        .await;
+        return;
+    }
+    let cancel_key = proxy.registry.issue_cancel_key(CancelTarget {
+        host: db.host.clone(),
+        port: db.port,
+        backend_pid: upstream.backend_pid,
+        backend_secret: upstream.backend_secret,
+    });
+    let kill = proxy.registry.register(&id, &request.id);
+    let mut hello = BytesMut::new();
+    wire::authentication_ok(&mut hello);
+    hello.extend_from_slice(&upstream.greeting);
+    wire::backend_key_data(&mut hello, cancel_key.0, cancel_key.1);
+    wire::ready_for_query(&mut hello, upstream.ready_status);
+    let deadline = deadline_for(&admission);
+    tracing::info!(
+        ends_in_secs = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_secs(),
+        "session admitted"
+    );
+
+    let backend = (upstream.backend_pid, upstream.backend_secret);
+    let end = if stream.write_all(&hello).await.is_ok() {
+        let relay = Relay::new(
+            stream,
+            upstream.stream,
+            cbuf,
+            fields.clone(),
+            lockbox.audit.clone(),
+            lockbox.config.max_message_size,
+            kill,
+            deadline,
+        );
+        relay.run().await
+    } else {
+        End::ClientGone
+    };
+    proxy.registry.unregister(&id);
+    proxy.registry.forget_cancel_key(cancel_key);
+    finish(&lockbox.audit, &fields, &request.id, db, backend, end).await;
+}
+
+/// The session's monotonic deadline: wall-clock remaining, counted on the monotonic clock.
+fn deadline_for(admission: &Admission) -> tokio::time::Instant {
+    let remaining = (admission.ends_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + remaining
+}
+
+async fn finish(
+    audit: &crate::audit::AuditLog,
+    fields: &Arc<SessionFields>,
+    request_id: &RequestId,
+    db: &crate::config::Database,
+    (backend_pid, backend_secret): (i32, i32),
+    end: End,
+) {
+    let (event, reason) = match &end {
+        End::Dropped(DropReason::Expired) => {
+            (SessionEvent::DroppedExpired, Some("access window ended"))
+        }
+        End::Dropped(DropReason::Revoked) => {
+            (SessionEvent::DroppedRevoked, Some("request revoked"))
+        }
+        End::Dropped(DropReason::Shutdown) => {
+            (SessionEvent::DroppedShutdown, Some("proxy shutting down"))
+        }
+        End::ClientGone => (SessionEvent::Disconnected, None),
+        End::UpstreamGone => (
+            SessionEvent::Disconnected,
+            Some("upstream closed the connection"),
+        ),
+        End::ProtocolError(_) => (
+            SessionEvent::Disconnected,
+            Some("client protocol violation"),
+        ),
+        End::AuditFailed => (SessionEvent::Disconnected, Some("audit log unavailable")),
+    };
+    if let End::Dropped(_) = end {
+        // A query may be running: cancel it, so the backend notices the closed socket at once.
+        if let Err(e) = upstream::send_cancel(&db.host, db.port, backend_pid, backend_secret).await
+        {
+            tracing::warn!(error = %e, "could not cancel the upstream query");
+        }
+    }
+    tracing::info!(request_id = %request_id, ?event, "session ended");
+    if let Err(e) = audit
+        .append_durable(vec![session_event(fields, event, reason)])
+        .await
+    {
+        tracing::error!(error = %e, "could not record the end of a session");
+    }
+}
+
+fn session_event(fields: &SessionFields, event: SessionEvent, reason: Option<&str>) -> AuditEvent {
+    AuditEvent::Session(SessionRecord {
+        event,
+        session_id: fields.session_id.clone(),
+        client_addr: fields.client_addr.clone(),
+        engineer: Some(fields.engineer.clone()),
+        database: Some(fields.database.clone()),
+        request_id: Some(fields.request_id.clone()),
+        ticket: Some(fields.ticket.clone()),
+        reason: reason.map(str::to_owned),
+    })
+}
+
+fn audit_auth_failure(
+    proxy: &Proxy,
+    id: &SessionId,
+    peer: SocketAddr,
+    startup: &Startup,
+    reason: &str,
+) {
+    proxy
+        .lockbox
+        .audit
+        .append(vec![AuditEvent::Session(SessionRecord {
+            event: SessionEvent::AuthenticationFailed,
+            session_id: id.0.clone(),
+            client_addr: peer.to_string(),
+            engineer: startup.get("user").map(str::to_owned),
+            database: startup.get("database").map(str::to_owned),
+            request_id: None,
+            ticket: None,
+            reason: Some(reason.to_owned()),
+        })]);
+}
+
+/// Sends a FATAL ErrorResponse and closes, without waiting long on a stuck client.
+pub(super) async fn send_fatal(stream: &mut BoxStream, code: &str, message: &str) {
+    let mut out = BytesMut::new();
+    wire::error_response(&mut out, Severity::Fatal, code, message);
+    let send = async {
+        stream.write_all(&out).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), send).await;
+}
+
+async fn forward_cancel(proxy: &Proxy, pid: i32, secret: i32) {
+    // An unknown key is ignored silently, as PostgreSQL does: no oracle for guessing keys.
+    let Some(target) = proxy.registry.cancel_target(pid, secret) else {
+        tracing::debug!("cancel request with unknown key ignored");
+        return;
+    };
+    if let Err(e) = upstream::send_cancel(
+        &target.host,
+        target.port,
+        target.backend_pid,
+        target.backend_secret,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, "forwarding cancel request failed");
+    }
+}

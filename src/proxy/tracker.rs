@@ -1,0 +1,215 @@
+//! Matching upstream replies to the statements the audit recorded, so each statement
+//! record gets exactly one outcome record.
+//!
+//! Replies come in order. A query string, a FunctionCall or a Sync ends a group that the
+//! server closes with ReadyForQuery; after an error the server skips the rest of the
+//! group, and those statements are recorded as not executed.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::audit::OutcomeStatus;
+use crate::wire::BackendEvent;
+
+enum Slot {
+    Statement {
+        seq: u64,
+        started: Instant,
+    },
+    /// End of a group: a ReadyForQuery will answer it.
+    GroupEnd,
+}
+
+/// What became of one recorded statement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub statement_seq: u64,
+    pub status: OutcomeStatus,
+    pub command_tag: Option<String>,
+    pub sqlstate: Option<String>,
+    pub message: Option<String>,
+    pub duration_ms: f64,
+}
+
+impl Outcome {
+    fn new(seq: u64, started: Instant, status: OutcomeStatus) -> Self {
+        Outcome {
+            statement_seq: seq,
+            status,
+            command_tag: None,
+            sqlstate: None,
+            message: None,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+
+    /// Row count from the command tag (`SELECT 3`, `INSERT 0 5`, `COPY 10`).
+    pub fn rows(&self) -> Option<u64> {
+        self.command_tag
+            .as_deref()?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+#[derive(Default)]
+pub struct Tracker {
+    slots: VecDeque<Slot>,
+    /// Transaction status of the last ReadyForQuery.
+    pub transaction_status: u8,
+}
+
+impl Tracker {
+    pub fn statement(&mut self, seq: u64, started: Instant) {
+        self.slots.push_back(Slot::Statement { seq, started });
+    }
+
+    pub fn group_end(&mut self) {
+        self.slots.push_back(Slot::GroupEnd);
+    }
+
+    /// Statements still waiting for the server.
+    #[cfg(test)]
+    fn in_flight(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s, Slot::Statement { .. }))
+    }
+
+    /// Applies one upstream event; outcomes it settles are pushed to `out`.
+    pub fn on_event(&mut self, event: BackendEvent, out: &mut Vec<Outcome>) {
+        match event {
+            BackendEvent::Complete(tag) => {
+                if let Some(mut outcome) = self.pop_statement(OutcomeStatus::Ok) {
+                    outcome.command_tag = Some(tag);
+                    out.push(outcome);
+                }
+            }
+            BackendEvent::Empty | BackendEvent::Suspended => {
+                out.extend(self.pop_statement(OutcomeStatus::Ok))
+            }
+            BackendEvent::Error { sqlstate, message } => {
+                if let Some(mut outcome) = self.pop_statement(OutcomeStatus::Error) {
+                    outcome.sqlstate = Some(sqlstate);
+                    outcome.message = Some(message);
+                    out.push(outcome);
+                }
+            }
+            BackendEvent::Ready(status) => {
+                self.transaction_status = status;
+                self.close_group(out);
+            }
+        }
+    }
+
+    /// The statement at the head of the current group, if the group has one left.
+    fn pop_statement(&mut self, status: OutcomeStatus) -> Option<Outcome> {
+        match self.slots.front() {
+            Some(Slot::Statement { .. }) => match self.slots.pop_front() {
+                Some(Slot::Statement { seq, started }) => Some(Outcome::new(seq, started, status)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn close_group(&mut self, out: &mut Vec<Outcome>) {
+        if !self.slots.iter().any(|s| matches!(s, Slot::GroupEnd)) {
+            return;
+        }
+        while let Some(slot) = self.slots.pop_front() {
+            match slot {
+                Slot::GroupEnd => return,
+                Slot::Statement { seq, started } => {
+                    out.push(Outcome::new(seq, started, OutcomeStatus::NotExecuted))
+                }
+            }
+        }
+    }
+
+    /// The session ended: whatever is still open was interrupted.
+    pub fn interrupt_all(&mut self, out: &mut Vec<Outcome>) {
+        for slot in self.slots.drain(..) {
+            if let Slot::Statement { seq, started } = slot {
+                out.push(Outcome::new(seq, started, OutcomeStatus::Interrupted));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statuses(out: &[Outcome]) -> Vec<(u64, OutcomeStatus)> {
+        out.iter().map(|o| (o.statement_seq, o.status)).collect()
+    }
+
+    fn err() -> BackendEvent {
+        BackendEvent::Error {
+            sqlstate: "22012".into(),
+            message: "division by zero".into(),
+        }
+    }
+
+    #[test]
+    fn error_in_a_query_string_skips_the_rest() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        for seq in 1..=3 {
+            t.statement(seq, now);
+        }
+        t.group_end();
+        let mut out = Vec::new();
+        t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out);
+        t.on_event(err(), &mut out);
+        t.on_event(BackendEvent::Ready(b'I'), &mut out);
+        assert_eq!(
+            statuses(&out),
+            [
+                (1, OutcomeStatus::Ok),
+                (2, OutcomeStatus::Error),
+                (3, OutcomeStatus::NotExecuted)
+            ]
+        );
+        assert_eq!(out[0].rows(), Some(1));
+        assert!(!t.in_flight());
+    }
+
+    #[test]
+    fn pipelined_groups_close_one_at_a_time() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        t.statement(1, now);
+        t.group_end();
+        t.statement(2, now);
+        t.group_end();
+        let mut out = Vec::new();
+        t.on_event(err(), &mut out);
+        t.on_event(BackendEvent::Ready(b'I'), &mut out);
+        assert_eq!(statuses(&out), [(1, OutcomeStatus::Error)]);
+        assert!(t.in_flight(), "second group still open");
+        t.on_event(BackendEvent::Complete("INSERT 0 4".into()), &mut out);
+        t.on_event(BackendEvent::Ready(b'T'), &mut out);
+        assert_eq!(statuses(&out)[1], (2, OutcomeStatus::Ok));
+        assert_eq!(out[1].rows(), Some(4));
+        assert_eq!(t.transaction_status, b'T');
+    }
+
+    #[test]
+    fn parse_error_lands_on_the_groups_first_statement_and_leftovers_are_interrupted() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        let mut out = Vec::new();
+        // An error with nothing recorded (a lone Parse) changes nothing.
+        t.group_end();
+        t.on_event(err(), &mut out);
+        t.on_event(BackendEvent::Ready(b'I'), &mut out);
+        assert!(out.is_empty());
+        t.statement(7, now);
+        t.interrupt_all(&mut out);
+        assert_eq!(statuses(&out), [(7, OutcomeStatus::Interrupted)]);
+    }
+}

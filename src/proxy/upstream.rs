@@ -1,0 +1,229 @@
+//! The proxy's own connection to the upstream database, logged in with the configured
+//! service credentials (trust, cleartext, MD5 or SCRAM-SHA-256, via postgres-protocol).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::{backend::Message, frontend};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::stream::BoxStream;
+use crate::config::{Database, UpstreamTls};
+use crate::wire::{self, BackendEvent, BackendScanner};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest message accepted from upstream during login.
+const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot reach upstream {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("upstream {0} did not answer in time")]
+    Timeout(String),
+    #[error("upstream refused TLS")]
+    NoTls,
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+    #[error("upstream rejected the login: {sqlstate} {message}")]
+    Rejected { sqlstate: String, message: String },
+    #[error("upstream asks for a password and none is configured")]
+    NoPassword,
+    #[error("upstream wants an unsupported authentication method")]
+    UnsupportedAuth,
+    #[error("upstream protocol: {0}")]
+    Protocol(String),
+    #[error("upstream I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A logged-in upstream connection, ready for queries.
+pub struct Upstream {
+    pub stream: BoxStream,
+    /// ParameterStatus (and notice) messages to replay to the client, as received.
+    pub greeting: BytesMut,
+    pub backend_pid: i32,
+    pub backend_secret: i32,
+    /// Transaction status byte of the first ReadyForQuery.
+    pub ready_status: u8,
+}
+
+/// Connects and logs in to `db`, passing `params` (already filtered) in the startup packet.
+pub async fn connect(
+    db: &Database,
+    params: &[(String, String)],
+) -> Result<Upstream, UpstreamError> {
+    let addr = format!("{}:{}", db.host, db.port);
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((db.host.as_str(), db.port)),
+    )
+    .await
+    .map_err(|_| UpstreamError::Timeout(addr.clone()))?
+    .map_err(|source| UpstreamError::Connect {
+        addr: addr.clone(),
+        source,
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let stream = match db.tls {
+        UpstreamTls::Disable => Box::new(tcp) as BoxStream,
+        UpstreamTls::Require => start_tls(tcp, &db.host).await?,
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, login(stream, db, params))
+        .await
+        .map_err(|_| UpstreamError::Timeout(addr))?
+}
+
+async fn start_tls(mut tcp: TcpStream, host: &str) -> Result<BoxStream, UpstreamError> {
+    tcp.write_all(&ssl_request()).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    if answer[0] != b'S' {
+        return Err(UpstreamError::NoTls);
+    }
+    let config =
+        crate::tls::client_config_encrypt_only().map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    let name =
+        ServerName::try_from(host.to_owned()).map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+    Ok(Box::new(tls))
+}
+
+fn ssl_request() -> [u8; 8] {
+    let mut p = [0u8; 8];
+    p[0..4].copy_from_slice(&8i32.to_be_bytes());
+    p[4..8].copy_from_slice(&wire::codes::SSL_REQUEST.to_be_bytes());
+    p
+}
+
+async fn login(
+    mut stream: BoxStream,
+    db: &Database,
+    params: &[(String, String)],
+) -> Result<Upstream, UpstreamError> {
+    let mut out = BytesMut::new();
+    let mut startup: Vec<(&str, &str)> = vec![("user", &db.user), ("database", &db.dbname)];
+    startup.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    frontend::startup_message(startup, &mut out)?;
+    stream.write_all(&out).await?;
+
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut greeting = BytesMut::new();
+    let mut scram: Option<ScramSha256> = None;
+    let mut key = (0, 0);
+    loop {
+        let frame = next_frame(&mut stream, &mut buf).await?;
+        let tag = frame[0];
+        let raw = frame.clone().freeze();
+        let mut parse_buf = frame;
+        let message = Message::parse(&mut parse_buf)?
+            .ok_or_else(|| UpstreamError::Protocol("incomplete message".into()))?;
+        out.clear();
+        match message {
+            Message::AuthenticationOk => {}
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(password(db)?.as_bytes(), &mut out)?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let hash = postgres_protocol::authentication::md5_hash(
+                    db.user.as_bytes(),
+                    password(db)?.as_bytes(),
+                    body.salt(),
+                );
+                frontend::password_message(hash.as_bytes(), &mut out)?;
+            }
+            Message::AuthenticationSasl(_) => {
+                let s = ScramSha256::new(password(db)?.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)?;
+                scram = Some(s);
+            }
+            Message::AuthenticationSaslContinue(body) => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| UpstreamError::Protocol("SASL out of order".into()))?;
+                s.update(body.data())?;
+                frontend::sasl_response(s.message(), &mut out)?;
+            }
+            Message::AuthenticationSaslFinal(body) => {
+                let s = scram
+                    .as_mut()
+                    .ok_or_else(|| UpstreamError::Protocol("SASL out of order".into()))?;
+                s.finish(body.data())?;
+            }
+            Message::BackendKeyData(body) => key = (body.process_id(), body.secret_key()),
+            Message::ParameterStatus(_) | Message::NoticeResponse(_) => {
+                greeting.extend_from_slice(&raw)
+            }
+            Message::ErrorResponse(_) => return Err(rejected(&raw)),
+            Message::ReadyForQuery(body) => {
+                return Ok(Upstream {
+                    stream,
+                    greeting,
+                    backend_pid: key.0,
+                    backend_secret: key.1,
+                    ready_status: body.status(),
+                })
+            }
+            _ if tag == b'R' => return Err(UpstreamError::UnsupportedAuth),
+            _ => {}
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+        }
+    }
+}
+
+fn password(db: &Database) -> Result<&str, UpstreamError> {
+    db.password.as_deref().ok_or(UpstreamError::NoPassword)
+}
+
+fn rejected(raw: &Bytes) -> UpstreamError {
+    let mut events = Vec::new();
+    BackendScanner::default().feed(raw, &mut events);
+    match events.pop() {
+        Some(BackendEvent::Error { sqlstate, message }) => {
+            UpstreamError::Rejected { sqlstate, message }
+        }
+        _ => UpstreamError::Protocol("unreadable error response".into()),
+    }
+}
+
+async fn next_frame(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<BytesMut, UpstreamError> {
+    loop {
+        if let Some(frame) = wire::split_frame(buf, MAX_LOGIN_MESSAGE)
+            .map_err(|e| UpstreamError::Protocol(e.to_string()))?
+        {
+            return Ok(frame);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(UpstreamError::Protocol(
+                "upstream closed the connection during login".into(),
+            ));
+        }
+    }
+}
+
+/// Asks the upstream server to cancel whatever `pid` is running.
+pub async fn send_cancel(host: &str, port: u16, pid: i32, secret: i32) -> std::io::Result<()> {
+    let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel connect timed out")
+        })??;
+    tcp.write_all(&wire::cancel_request(pid, secret)).await?;
+    // The server closes once it has read the request; waiting for that makes sure it did.
+    let mut sink = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut sink)).await;
+    Ok(())
+}

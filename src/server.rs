@@ -1,0 +1,172 @@
+//! Wiring: one process serves the proxy listener and the control-plane API over the same
+//! `Lockbox` service, plus the deadline sweeper. Used by `lockbox serve`, the demo and tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::proxy::{Proxy, Registry};
+use crate::service::Lockbox;
+use crate::store::Store;
+use crate::token::TokenAuthority;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Key(#[from] crate::token::KeyError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// How often recorded states catch up with passed deadlines.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A running lockbox: proxy, API and sweeper.
+pub struct RunningServer {
+    pub proxy_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub lockbox: Arc<Lockbox>,
+    pub registry: Arc<Registry>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    audit_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Starts everything `config` describes. Listeners bind before this returns, so a test or
+/// the demo can connect at once (port 0 picks a free port).
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    let config = Arc::new(config);
+    let tokens = TokenAuthority::load(&config.signing_key_path, &config.issuer, &config.audience)?;
+    let tls = match &config.tls {
+        Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+            &files.cert,
+            &files.key,
+        )?)),
+        None => None,
+    };
+    let store = Store::open(&config.state_path)?;
+    let (audit, audit_thread) = AuditLog::open(&config.audit_path)?;
+    let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
+    let registry = Arc::new(Registry::default());
+
+    let proxy_listener = bind(config.proxy_listen).await?;
+    let api_listener = bind(config.api_listen).await?;
+    let proxy_addr = local_addr(&proxy_listener, config.proxy_listen)?;
+    let api_addr = local_addr(&api_listener, config.api_listen)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let mut tasks = Vec::new();
+    let proxy = Arc::new(Proxy {
+        lockbox: lockbox.clone(),
+        tls,
+        registry: registry.clone(),
+    });
+    tasks.push(tokio::spawn(proxy.run(proxy_listener, shutdown_rx.clone())));
+    tasks.push(tokio::spawn(serve_api(
+        lockbox.clone(),
+        registry.clone(),
+        api_listener,
+        shutdown_rx.clone(),
+    )));
+    let revocations = lockbox.subscribe_revocations();
+    let follower = registry.clone();
+    let mut follower_stop = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            _ = follower.follow_revocations(revocations) => {}
+            _ = follower_stop.changed() => {}
+        }
+    }));
+    tasks.push(tokio::spawn(sweep(lockbox.clone(), shutdown_rx)));
+    tracing::info!(%proxy_addr, %api_addr, "lockbox is serving");
+    Ok(RunningServer {
+        proxy_addr,
+        api_addr,
+        lockbox,
+        registry,
+        shutdown,
+        tasks,
+        audit_thread: Some(audit_thread),
+    })
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+    listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen { addr, source })
+}
+
+async fn serve_api(
+    lockbox: Arc<Lockbox>,
+    registry: Arc<Registry>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = crate::api::router(crate::api::ApiState { lockbox, registry });
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "API server failed");
+    }
+}
+
+async fn sweep(lockbox: Arc<Lockbox>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {
+                if let Err(e) = lockbox.sweep().await {
+                    tracing::error!(error = %e, "deadline sweep failed");
+                }
+            }
+        }
+    }
+}
+
+impl RunningServer {
+    /// Stops accepting, ends every session with a FATAL 57P01, then flushes and closes the
+    /// audit log so nothing is left half-written.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks.drain(..) {
+            let aborter = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .is_err()
+            {
+                aborter.abort();
+            }
+        }
+        self.lockbox.audit.close().await;
+        if let Some(thread) = self.audit_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        tracing::info!("lockbox stopped");
+    }
+}

@@ -1,0 +1,236 @@
+//! SQL understanding: split a query string into its statements (keeping each one's
+//! original text) and classify each with sqlparser's PostgreSQL dialect.
+//!
+//! A statement sqlparser cannot parse is still returned, with kind `unknown`: the audit
+//! records everything the client sent, parsable or not.
+
+use serde::{Deserialize, Serialize};
+use sqlparser::ast::Statement;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+/// What a statement does, as the audit reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatementKind {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Ddl,
+    Other,
+    Unknown,
+}
+
+impl StatementKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementKind::Select => "select",
+            StatementKind::Insert => "insert",
+            StatementKind::Update => "update",
+            StatementKind::Delete => "delete",
+            StatementKind::Ddl => "ddl",
+            StatementKind::Other => "other",
+            StatementKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// One statement of a query string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassifiedStatement {
+    /// The statement's own text, as the client wrote it (trimmed, no trailing `;`).
+    pub text: String,
+    pub kind: StatementKind,
+}
+
+/// Splits `sql` into statements and classifies each. Empty pieces (whitespace, comments,
+/// stray semicolons) are dropped: PostgreSQL does not run them either.
+pub fn classify_all(sql: &str) -> Vec<ClassifiedStatement> {
+    split_statements(sql)
+        .into_iter()
+        .map(|text| ClassifiedStatement {
+            kind: classify(text),
+            text: text.to_owned(),
+        })
+        .collect()
+}
+
+/// Classifies one statement's text.
+pub fn classify(text: &str) -> StatementKind {
+    match Parser::parse_sql(&PostgreSqlDialect {}, text) {
+        Ok(statements) => match statements.as_slice() {
+            [single] => kind_of(single),
+            _ => StatementKind::Unknown,
+        },
+        Err(_) => StatementKind::Unknown,
+    }
+}
+
+fn kind_of(statement: &Statement) -> StatementKind {
+    use Statement as S;
+    match statement {
+        S::Query { .. } => StatementKind::Select,
+        S::Insert { .. } => StatementKind::Insert,
+        S::Update { .. } => StatementKind::Update,
+        S::Delete { .. } => StatementKind::Delete,
+        S::CreateView { .. }
+        | S::CreateTable { .. }
+        | S::CreateIndex { .. }
+        | S::CreateRole { .. }
+        | S::CreatePolicy { .. }
+        | S::AlterTable { .. }
+        | S::AlterSchema { .. }
+        | S::AlterIndex { .. }
+        | S::AlterView { .. }
+        | S::AlterType { .. }
+        | S::AlterRole { .. }
+        | S::AlterPolicy { .. }
+        | S::Drop { .. }
+        | S::DropFunction { .. }
+        | S::DropDomain { .. }
+        | S::DropProcedure { .. }
+        | S::DropPolicy { .. }
+        | S::DropTrigger { .. }
+        | S::DropExtension { .. }
+        | S::CreateExtension { .. }
+        | S::CreateSchema { .. }
+        | S::CreateDatabase { .. }
+        | S::CreateFunction { .. }
+        | S::CreateTrigger { .. }
+        | S::CreateProcedure { .. }
+        | S::CreateSequence { .. }
+        | S::CreateDomain { .. }
+        | S::CreateType { .. }
+        | S::Truncate { .. }
+        | S::Comment { .. }
+        | S::Grant { .. }
+        | S::Revoke { .. }
+        | S::RenameTable { .. } => StatementKind::Ddl,
+        _ => StatementKind::Other,
+    }
+}
+
+/// The statements of `sql` as slices of the original text.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    // Fast path: without a semicolon there is at most one statement.
+    if !sql.contains(';') {
+        return non_empty(sql).into_iter().collect();
+    }
+    let dialect = PostgreSqlDialect {};
+    let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
+        Ok(tokens) => tokens,
+        // Unterminated quote or the like: PostgreSQL will reject the whole string, and
+        // the audit records it whole.
+        Err(_) => return non_empty(sql).into_iter().collect(),
+    };
+    let offsets = LineOffsets::new(sql);
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    for token in &tokens {
+        if token.token == Token::SemiColon {
+            let loc = token.span.start;
+            if let Some(at) = offsets.byte_offset(sql, loc.line, loc.column) {
+                pieces.extend(non_empty(&sql[start..at]));
+                start = at + 1;
+            }
+        }
+    }
+    pieces.extend(non_empty(&sql[start..]));
+    pieces
+}
+
+/// `Some(trimmed)` unless the piece holds only whitespace and comments.
+fn non_empty(piece: &str) -> Option<&str> {
+    let trimmed = piece.trim();
+    if trimmed.is_empty() {
+        return None;
+    }
+    let dialect = PostgreSqlDialect {};
+    match Tokenizer::new(&dialect, trimmed).tokenize() {
+        Ok(tokens) if tokens.iter().all(|t| matches!(t, Token::Whitespace(_))) => None,
+        _ => Some(trimmed),
+    }
+}
+
+/// Maps sqlparser's (line, column) locations, which count characters, to byte offsets.
+struct LineOffsets {
+    starts: Vec<usize>,
+}
+
+impl LineOffsets {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineOffsets { starts }
+    }
+
+    fn byte_offset(&self, text: &str, line: u64, column: u64) -> Option<usize> {
+        let line_start = *self
+            .starts
+            .get(usize::try_from(line).ok()?.checked_sub(1)?)?;
+        let column = usize::try_from(column).ok()?.checked_sub(1)?;
+        let rest = text.get(line_start..)?;
+        rest.char_indices().nth(column).map(|(i, _)| line_start + i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_split(sql: &str, expected: &[&str]) {
+        assert_eq!(split_statements(sql), expected, "splitting {sql:?}");
+    }
+
+    #[test]
+    fn splits_on_top_level_semicolons_only() {
+        check_split("select 1", &["select 1"]);
+        check_split("select 1; select 2;", &["select 1", "select 2"]);
+        check_split("select ';'; select 2", &["select ';'", "select 2"]);
+        check_split("select $$a;b$$; select 2", &["select $$a;b$$", "select 2"]);
+        check_split("select 'é;'; select 'ü'", &["select 'é;'", "select 'ü'"]);
+        check_split(
+            "select 1;\n  -- note; here\n select 2",
+            &["select 1", "-- note; here\n select 2"],
+        );
+        check_split(" ; ;", &[]);
+        check_split("/* only; a comment */", &[]);
+        check_split("", &[]);
+    }
+
+    #[test]
+    fn classifies_statements() {
+        let check = |sql: &str, kind: StatementKind| assert_eq!(classify(sql), kind, "{sql}");
+        check("select * from t", StatementKind::Select);
+        check(
+            "with x as (select 1) select * from x",
+            StatementKind::Select,
+        );
+        check("insert into t values (1)", StatementKind::Insert);
+        check("update t set a = 1 where b = 2", StatementKind::Update);
+        check("delete from t", StatementKind::Delete);
+        check("create table t (a int)", StatementKind::Ddl);
+        check("drop table t", StatementKind::Ddl);
+        check("alter table t add column b int", StatementKind::Ddl);
+        check("begin", StatementKind::Other);
+        check("set search_path = public", StatementKind::Other);
+        check("this is not sql", StatementKind::Unknown);
+    }
+
+    #[test]
+    fn unparsable_statements_are_kept() {
+        let all = classify_all("select 1; frobnicate the database; delete from t");
+        let kinds: Vec<_> = all.iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                StatementKind::Select,
+                StatementKind::Unknown,
+                StatementKind::Delete
+            ]
+        );
+        assert_eq!(all[1].text, "frobnicate the database");
+    }
+}

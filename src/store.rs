@@ -1,0 +1,190 @@
+//! Durable state: access requests and their grants, in SQLite.
+//!
+//! Each request is one row: the columns the store filters on, plus the whole request as
+//! JSON so new fields need no migration. Updates are compare-and-set on the status, so
+//! two approvers (or an approver and the expiry sweeper) can never both win.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::ids::RequestId;
+use crate::policy::{Request, RequestStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("state store: a stored request is unreadable: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("state store: cannot create folder {path}: {source}")]
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("state store: worker failed: {0}")]
+    Worker(String),
+}
+
+/// Handle to the state store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// Which requests to list.
+#[derive(Debug, Default, Clone)]
+pub struct RequestFilter {
+    pub status: Option<RequestStatus>,
+    pub engineer: Option<String>,
+    pub database: Option<String>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite file at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        // WAL lets readers proceed during a write; FULL makes each commit durable.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS requests (
+                 id TEXT PRIMARY KEY,
+                 status TEXT NOT NULL,
+                 engineer TEXT NOT NULL,
+                 database TEXT NOT NULL,
+                 created_at INTEGER NOT NULL,
+                 body TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS requests_status ON requests (status);",
+        )?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection off the async runtime.
+    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = conn
+                .lock()
+                .map_err(|_| StoreError::Worker("connection lock poisoned".into()))?;
+            f(&guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+
+    pub async fn insert(&self, request: &Request) -> Result<(), StoreError> {
+        let request = request.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO requests (id, status, engineer, database, created_at, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    request.id.0,
+                    request.status.as_str(),
+                    request.engineer,
+                    request.database,
+                    request.created_at.timestamp_millis(),
+                    serde_json::to_string(&request)?
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn get(&self, id: &RequestId) -> Result<Option<Request>, StoreError> {
+        let id = id.0.clone();
+        self.with(move |c| {
+            let body: Option<String> = c
+                .query_row("SELECT body FROM requests WHERE id = ?1", [id], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+        })
+        .await
+    }
+
+    pub async fn list(&self, filter: RequestFilter) -> Result<Vec<Request>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT body FROM requests
+                 WHERE (?1 IS NULL OR status = ?1)
+                   AND (?2 IS NULL OR engineer = ?2)
+                   AND (?3 IS NULL OR database = ?3)
+                 ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    filter.status.map(|s| s.as_str()),
+                    filter.engineer,
+                    filter.database
+                ],
+                |row| row.get::<_, String>(0),
+            )?;
+            let mut out = Vec::new();
+            for body in rows {
+                out.push(serde_json::from_str(&body?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Replaces `request` if its stored status is still `expected`; false if someone else
+    /// changed it first.
+    pub async fn update(
+        &self,
+        request: &Request,
+        expected: RequestStatus,
+    ) -> Result<bool, StoreError> {
+        let request = request.clone();
+        self.with(move |c| {
+            let changed = c.execute(
+                "UPDATE requests SET status = ?1, body = ?2 WHERE id = ?3 AND status = ?4",
+                params![
+                    request.status.as_str(),
+                    serde_json::to_string(&request)?,
+                    request.id.0,
+                    expected.as_str()
+                ],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    /// Requests whose recorded status lags behind a deadline that has passed.
+    pub async fn overdue(&self, now: DateTime<Utc>) -> Result<Vec<Request>, StoreError> {
+        let mut out = Vec::new();
+        for status in [RequestStatus::Pending, RequestStatus::Approved] {
+            let list = self
+                .list(RequestFilter {
+                    status: Some(status),
+                    ..Default::default()
+                })
+                .await?;
+            out.extend(
+                list.into_iter()
+                    .filter(|r| r.effective_status(now) != r.status),
+            );
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,244 @@
+//! Lockbox tokens: EdDSA-signed JWTs that carry one approved grant.
+//!
+//! The algorithm is pinned to EdDSA; `alg: none`, HMAC confusion and the like fail
+//! before any claim is looked at. The token text is never logged.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::AccessLevel;
+
+/// Clock skew tolerated between the issuer and the proxy.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// Claims of a lockbox token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    /// The engineer.
+    pub sub: String,
+    /// The database name the engineer connects to.
+    pub db: String,
+    /// The access request this token was issued for.
+    pub rid: String,
+    pub access: AccessLevel,
+    pub iat: u64,
+    pub nbf: u64,
+    pub exp: u64,
+    pub jti: String,
+}
+
+/// Why a token was refused; the text is shown to the client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token algorithm is not allowed")]
+    BadAlgorithm,
+    #[error("token was issued for another audience")]
+    WrongAudience,
+    #[error("token was issued by an unknown issuer")]
+    WrongIssuer,
+    #[error("token is missing claim `{0}`")]
+    MissingClaim(String),
+    #[error("token is malformed")]
+    Malformed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read signing key {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("signing key {path} is not a PKCS#8 PEM Ed25519 private key: {message}")]
+    Parse { path: String, message: String },
+}
+
+/// Signs and verifies lockbox tokens.
+pub struct TokenAuthority {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+    public_key_pem: String,
+}
+
+impl TokenAuthority {
+    /// Loads the Ed25519 private key (PKCS#8 PEM) and derives the public key from it.
+    pub fn load(path: &Path, issuer: &str, audience: &str) -> Result<Self, KeyError> {
+        let shown = path.display().to_string();
+        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::from_pem(&pem, issuer, audience).map_err(|message| KeyError::Parse {
+            path: shown,
+            message,
+        })
+    }
+
+    pub fn from_pem(private_pem: &str, issuer: &str, audience: &str) -> Result<Self, String> {
+        let key_pair = rcgen::KeyPair::from_pem(private_pem).map_err(|e| e.to_string())?;
+        if key_pair.algorithm() != &rcgen::PKCS_ED25519 {
+            return Err("the key is not an Ed25519 key".into());
+        }
+        let public_key_pem = key_pair.public_key_pem();
+        let encoding =
+            EncodingKey::from_ed_pem(private_pem.as_bytes()).map_err(|e| e.to_string())?;
+        let decoding =
+            DecodingKey::from_ed_pem(public_key_pem.as_bytes()).map_err(|e| e.to_string())?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&[audience]);
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub", "jti"]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
+        Ok(TokenAuthority {
+            encoding,
+            decoding,
+            validation,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            public_key_pem,
+        })
+    }
+
+    /// SPKI PEM of the verification key, for anyone who wants to check tokens offline.
+    pub fn public_key_pem(&self) -> &str {
+        &self.public_key_pem
+    }
+
+    /// Issues a token for `grant`, valid from now until `expires_at`.
+    pub fn issue(&self, grant: &TokenGrant<'_>, expires_at: SystemTime) -> Result<String, String> {
+        let now = unix(SystemTime::now());
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: grant.engineer.to_owned(),
+            db: grant.database.to_owned(),
+            rid: grant.request_id.to_owned(),
+            access: grant.access,
+            iat: now,
+            nbf: now,
+            exp: unix(expires_at),
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Verifies signature, algorithm, issuer, audience and time claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    TokenError::BadAlgorithm
+                }
+                ErrorKind::InvalidAudience => TokenError::WrongAudience,
+                ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+                _ => TokenError::Malformed,
+            })
+    }
+}
+
+/// What a token grants.
+pub struct TokenGrant<'a> {
+    pub engineer: &'a str,
+    pub database: &'a str,
+    pub request_id: &'a str,
+    pub access: AccessLevel,
+}
+
+pub fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn authority() -> TokenAuthority {
+        let pem = crate::keys::generate_signing_key_pem().expect("keygen");
+        TokenAuthority::from_pem(&pem, "lockbox", "lockbox-proxy").expect("load key")
+    }
+
+    fn grant() -> TokenGrant<'static> {
+        TokenGrant {
+            engineer: "eve",
+            database: "sales",
+            request_id: "req-1",
+            access: AccessLevel::Read,
+        }
+    }
+
+    fn b64(json: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    #[test]
+    fn round_trip_keeps_claims() {
+        let a = authority();
+        let token = a
+            .issue(&grant(), SystemTime::now() + Duration::from_secs(60))
+            .expect("issue");
+        let claims = a.verify(&token).expect("verify");
+        assert_eq!(
+            (claims.sub.as_str(), claims.db.as_str(), claims.rid.as_str()),
+            ("eve", "sales", "req-1")
+        );
+        assert_eq!(claims.access, AccessLevel::Read);
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let a = authority();
+        let other = authority();
+        let expired = a
+            .issue(&grant(), SystemTime::now() - Duration::from_secs(60))
+            .expect("issue");
+        assert_eq!(a.verify(&expired), Err(TokenError::Expired));
+        let forged = other
+            .issue(&grant(), SystemTime::now() + Duration::from_secs(60))
+            .expect("issue");
+        assert_eq!(a.verify(&forged), Err(TokenError::BadSignature));
+        let good = a
+            .issue(&grant(), SystemTime::now() + Duration::from_secs(60))
+            .expect("issue");
+        let payload = good.split('.').nth(1).expect("payload");
+        let none = format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
+        assert!(a.verify(&none).is_err(), "alg none must be refused");
+        let hs = format!("{}.{payload}.c2ln", b64(r#"{"alg":"HS256","typ":"JWT"}"#));
+        assert_eq!(a.verify(&hs), Err(TokenError::BadAlgorithm));
+        assert_eq!(a.verify("not a token"), Err(TokenError::Malformed));
+        let wrong_aud = TokenAuthority::from_pem(
+            &crate::keys::generate_signing_key_pem().expect("keygen"),
+            "lockbox",
+            "elsewhere",
+        )
+        .expect("load");
+        let token = wrong_aud
+            .issue(&grant(), SystemTime::now() + Duration::from_secs(60))
+            .expect("issue");
+        assert!(a.verify(&token).is_err());
+    }
+}

@@ -1,0 +1,204 @@
+//! Decoders for the client messages the proxy inspects. Every read is bounds-checked:
+//! a truncated or lying message is an error, never a panic.
+//!
+//! pgwire's `Message::decode_body` implementations read with `bytes::Buf::get_*`, which
+//! panic on short input, so client bytes are decoded here instead.
+
+use super::FrameError;
+
+/// A cursor over a message body.
+struct Reader<'a> {
+    body: &'a [u8],
+}
+
+const TRUNCATED: FrameError = FrameError::BadStartup("truncated message body");
+
+impl<'a> Reader<'a> {
+    fn cstr(&mut self) -> Result<&'a [u8], FrameError> {
+        let end = self.body.iter().position(|b| *b == 0).ok_or(TRUNCATED)?;
+        let (s, rest) = self.body.split_at(end);
+        self.body = &rest[1..];
+        Ok(s)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.body.len() < n {
+            return Err(TRUNCATED);
+        }
+        let (s, rest) = self.body.split_at(n);
+        self.body = rest;
+        Ok(s)
+    }
+
+    fn i16(&mut self) -> Result<i16, FrameError> {
+        let b = self.bytes(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Result<i32, FrameError> {
+        let b = self.bytes(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn count(&mut self) -> Result<usize, FrameError> {
+        let n = self.i16()?;
+        usize::try_from(n).map_err(|_| FrameError::BadLength(n.into()))
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Query ('Q'): the SQL string.
+pub fn decode_query(body: &[u8]) -> Result<String, FrameError> {
+    Reader { body }.cstr().map(text)
+}
+
+/// PasswordMessage ('p'): the password (for lockbox, the token).
+pub fn decode_password(body: &[u8]) -> Result<String, FrameError> {
+    Reader { body }.cstr().map(text)
+}
+
+/// Parse ('P'): statement name and SQL text.
+pub fn decode_parse(body: &[u8]) -> Result<(String, String), FrameError> {
+    let mut r = Reader { body };
+    let name = text(r.cstr()?);
+    let query = text(r.cstr()?);
+    Ok((name, query))
+}
+
+/// One bound parameter as the audit records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamValue {
+    Null,
+    Text(String),
+    /// Binary-format value, kept as raw bytes for the audit to render.
+    Binary(Vec<u8>),
+}
+
+/// Bind ('B').
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub portal: String,
+    pub statement: String,
+    pub params: Vec<ParamValue>,
+}
+
+pub fn decode_bind(body: &[u8]) -> Result<Bind, FrameError> {
+    let mut r = Reader { body };
+    let portal = text(r.cstr()?);
+    let statement = text(r.cstr()?);
+    let n_formats = r.count()?;
+    let mut formats = Vec::with_capacity(n_formats.min(r.body.len() / 2));
+    for _ in 0..n_formats {
+        formats.push(r.i16()?);
+    }
+    let n_params = r.count()?;
+    let mut params = Vec::with_capacity(n_params.min(r.body.len() / 4));
+    for i in 0..n_params {
+        let len = r.i32()?;
+        let format = match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => *formats.get(i).ok_or(TRUNCATED)?,
+        };
+        let value = if len == -1 {
+            ParamValue::Null
+        } else {
+            let len = usize::try_from(len).map_err(|_| FrameError::BadLength(len.into()))?;
+            let raw = r.bytes(len)?;
+            if format == 1 {
+                ParamValue::Binary(raw.to_vec())
+            } else {
+                ParamValue::Text(text(raw))
+            }
+        };
+        params.push(value);
+    }
+    Ok(Bind {
+        portal,
+        statement,
+        params,
+    })
+}
+
+/// Execute ('E'): the portal name.
+pub fn decode_execute(body: &[u8]) -> Result<String, FrameError> {
+    Reader { body }.cstr().map(text)
+}
+
+/// Close ('C'): `(b'S' | b'P', name)`.
+pub fn decode_close(body: &[u8]) -> Result<(u8, String), FrameError> {
+    let mut r = Reader { body };
+    let kind = r.bytes(1)?[0];
+    Ok((kind, text(r.cstr()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind_body(formats: &[i16], params: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut body = b"p1\0s1\0".to_vec();
+        body.extend_from_slice(&(formats.len() as i16).to_be_bytes());
+        for f in formats {
+            body.extend_from_slice(&f.to_be_bytes());
+        }
+        body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            match p {
+                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    body.extend_from_slice(v);
+                }
+            }
+        }
+        body.extend_from_slice(&0i16.to_be_bytes());
+        body
+    }
+
+    #[test]
+    fn bind_decodes_text_binary_and_null() {
+        let body = bind_body(&[0, 1, 0], &[Some(b"42"), Some(&[0xff]), None]);
+        let bind = decode_bind(&body).expect("valid bind");
+        assert_eq!(bind.portal, "p1");
+        assert_eq!(bind.statement, "s1");
+        assert_eq!(
+            bind.params,
+            vec![
+                ParamValue::Text("42".into()),
+                ParamValue::Binary(vec![0xff]),
+                ParamValue::Null
+            ]
+        );
+        // Two format codes for three parameters is malformed, as PostgreSQL says too.
+        let mismatched = bind_body(&[0, 1], &[Some(b"1"), Some(b"2"), Some(b"3")]);
+        assert!(decode_bind(&mismatched).is_err());
+    }
+
+    #[test]
+    fn truncated_bodies_are_errors() {
+        let check = |decoder: fn(&[u8]) -> bool, body: &[u8]| {
+            assert!(!decoder(body), "{body:?} should be rejected");
+        };
+        check(|b| decode_query(b).is_ok(), b"select 1");
+        check(|b| decode_parse(b).is_ok(), b"name\0select");
+        check(|b| decode_bind(b).is_ok(), b"\0\0\0");
+        check(|b| decode_bind(b).is_ok(), b"\0\0\0\0\0\x01\0\0\0\x09ab");
+        check(|b| decode_bind(b).is_ok(), b"\0\0\xff\xff");
+        check(|b| decode_close(b).is_ok(), b"");
+        check(|b| decode_execute(b).is_ok(), b"portal");
+    }
+
+    #[test]
+    fn one_format_code_applies_to_every_parameter() {
+        let body = bind_body(&[1], &[Some(&[0xab]), None]);
+        let bind = decode_bind(&body).expect("valid bind");
+        assert_eq!(
+            bind.params,
+            vec![ParamValue::Binary(vec![0xab]), ParamValue::Null]
+        );
+    }
+}

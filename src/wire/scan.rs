@@ -1,0 +1,208 @@
+//! Watching the upstream byte stream for the few messages that end a statement, without
+//! buffering or copying the rest: DataRow and friends are skipped over in place, and the
+//! caller forwards every byte it read.
+
+/// A message from upstream that tells the proxy something about a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendEvent {
+    /// CommandComplete: the command tag, e.g. `SELECT 3`.
+    Complete(String),
+    /// ErrorResponse: SQLSTATE and message.
+    Error { sqlstate: String, message: String },
+    /// EmptyQueryResponse.
+    Empty,
+    /// PortalSuspended: Execute hit its row limit.
+    Suspended,
+    /// ReadyForQuery with its transaction status byte.
+    Ready(u8),
+}
+
+enum State {
+    /// Collecting the 5-byte header.
+    Header { have: usize, header: [u8; 5] },
+    /// Skipping the rest of an uninteresting message.
+    Skip { remaining: usize },
+    /// Collecting the body of an interesting message.
+    Collect {
+        tag: u8,
+        remaining: usize,
+        body: Vec<u8>,
+    },
+}
+
+/// Incremental scanner over the upstream stream.
+pub struct BackendScanner {
+    state: State,
+}
+
+impl Default for BackendScanner {
+    fn default() -> Self {
+        BackendScanner {
+            state: State::Header {
+                have: 0,
+                header: [0; 5],
+            },
+        }
+    }
+}
+
+fn interesting(tag: u8) -> bool {
+    matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z')
+}
+
+impl BackendScanner {
+    /// Feeds `data` (any split of the stream) and reports each interesting message.
+    pub fn feed(&mut self, mut data: &[u8], events: &mut Vec<BackendEvent>) {
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Header { have, header } => {
+                    let n = (5 - *have).min(data.len());
+                    header[*have..*have + n].copy_from_slice(&data[..n]);
+                    *have += n;
+                    data = &data[n..];
+                    if *have == 5 {
+                        let tag = header[0];
+                        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                        // Upstream is the real server; a length below 4 would be its bug.
+                        let remaining = usize::try_from(len).unwrap_or(4).saturating_sub(4);
+                        self.state = if interesting(tag) {
+                            State::Collect {
+                                tag,
+                                remaining,
+                                body: Vec::with_capacity(remaining.min(4096)),
+                            }
+                        } else {
+                            State::Skip { remaining }
+                        };
+                        self.finish_if_done(events);
+                    }
+                }
+                State::Skip { remaining } => {
+                    let n = (*remaining).min(data.len());
+                    *remaining -= n;
+                    data = &data[n..];
+                    self.finish_if_done(events);
+                }
+                State::Collect {
+                    remaining, body, ..
+                } => {
+                    let n = (*remaining).min(data.len());
+                    body.extend_from_slice(&data[..n]);
+                    *remaining -= n;
+                    data = &data[n..];
+                    self.finish_if_done(events);
+                }
+            }
+        }
+    }
+
+    fn finish_if_done(&mut self, events: &mut Vec<BackendEvent>) {
+        let done = match &self.state {
+            State::Header { .. } => false,
+            State::Skip { remaining } | State::Collect { remaining, .. } => *remaining == 0,
+        };
+        if !done {
+            return;
+        }
+        let previous = std::mem::replace(
+            &mut self.state,
+            State::Header {
+                have: 0,
+                header: [0; 5],
+            },
+        );
+        if let State::Collect { tag, body, .. } = previous {
+            events.push(decode_event(tag, &body));
+        }
+    }
+}
+
+fn decode_event(tag: u8, body: &[u8]) -> BackendEvent {
+    match tag {
+        b'C' => BackendEvent::Complete(cstr(body)),
+        b'E' => {
+            let (mut sqlstate, mut message) = (String::new(), String::new());
+            let mut rest = body;
+            while let Some((&field, tail)) = rest.split_first() {
+                if field == 0 {
+                    break;
+                }
+                let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
+                let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+                match field {
+                    b'C' => sqlstate = value,
+                    b'M' => message = value,
+                    _ => {}
+                }
+                rest = tail.get(end + 1..).unwrap_or(&[]);
+            }
+            BackendEvent::Error { sqlstate, message }
+        }
+        b'I' => BackendEvent::Empty,
+        b's' => BackendEvent::Suspended,
+        _ => BackendEvent::Ready(body.first().copied().unwrap_or(b'I')),
+    }
+}
+
+fn cstr(body: &[u8]) -> String {
+    let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
+    String::from_utf8_lossy(&body[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn stream() -> Vec<u8> {
+        let mut s = Vec::new();
+        s.extend(msg(b'T', b"\0\x01rowdesc-ish"));
+        s.extend(msg(b'D', &[7u8; 300]));
+        s.extend(msg(b'C', b"SELECT 1\0"));
+        s.extend(msg(
+            b'E',
+            b"SERROR\0C42P01\0Mrelation \"x\" does not exist\0\0",
+        ));
+        s.extend(msg(b'I', b""));
+        s.extend(msg(b'Z', b"T"));
+        s
+    }
+
+    fn expected() -> Vec<BackendEvent> {
+        vec![
+            BackendEvent::Complete("SELECT 1".into()),
+            BackendEvent::Error {
+                sqlstate: "42P01".into(),
+                message: "relation \"x\" does not exist".into(),
+            },
+            BackendEvent::Empty,
+            BackendEvent::Ready(b'T'),
+        ]
+    }
+
+    #[test]
+    fn finds_events_in_one_chunk() {
+        let mut events = Vec::new();
+        BackendScanner::default().feed(&stream(), &mut events);
+        assert_eq!(events, expected());
+    }
+
+    #[test]
+    fn finds_the_same_events_whatever_the_split() {
+        let s = stream();
+        for chunk in [1, 2, 3, 5, 7, 64] {
+            let mut scanner = BackendScanner::default();
+            let mut events = Vec::new();
+            for piece in s.chunks(chunk) {
+                scanner.feed(piece, &mut events);
+            }
+            assert_eq!(events, expected(), "chunk size {chunk}");
+        }
+    }
+}
