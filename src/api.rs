@@ -138,7 +138,7 @@ impl FromRequestParts<ApiState> for Caller {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Health {
     pub status: String,
     pub live_sessions: usize,
@@ -151,7 +151,7 @@ async fn health(State(state): State<ApiState>) -> Json<Health> {
     })
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct WhoAmI {
     pub name: String,
     pub roles: Vec<crate::config::Role>,
@@ -200,7 +200,7 @@ async fn show_request(
 }
 
 /// Body of approve, deny and revoke.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Decision {
     pub reason: String,
 }
@@ -244,7 +244,7 @@ async fn revoke(
     ))
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct TokenResponse {
     pub token: String,
     pub request_id: String,

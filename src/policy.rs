@@ -86,9 +86,11 @@ impl FromStr for RequestStatus {
             "expired" => RequestStatus::Expired,
             "revoked" => RequestStatus::Revoked,
             "completed" => RequestStatus::Completed,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown status `{other}` (pending, approved, denied, expired, revoked, completed)"
-            )),
+            ))
+            }
         })
     }
 }

@@ -137,10 +137,11 @@ impl PgSandbox {
     /// Stops the server if this process dies without running `Drop` (a killed test run).
     fn spawn_watchdog(&self) {
         let script = format!(
-            "while [ -d /proc/{pid} ]; do sleep 1; done; {pg_ctl} -D '{data}' -m immediate stop >/dev/null 2>&1",
+            "while [ -d /proc/{pid} ]; do sleep 1; done; {pg_ctl} -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
             pid = std::process::id(),
             pg_ctl = self.bin.join("pg_ctl").display(),
             data = self.data_dir().display(),
+            dir = self.dir.path().display(),
         );
         let mut cmd = if self.as_postgres {
             let mut c = Command::new("runuser");

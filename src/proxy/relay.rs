@@ -43,7 +43,9 @@ struct Portal {
 /// A statement record waiting to be written, and where its tracker slot goes.
 enum Pending {
     Statement(AuditEvent),
-    GroupEnd,
+    QueryEnd,
+    Sync,
+    CopyEnd,
 }
 
 /// Ends the session on expiry, revocation or shutdown, even in the middle of a write.
@@ -181,6 +183,12 @@ impl Relay {
     }
 
     async fn relay(&mut self) -> End {
+        // The client may have pipelined messages behind its password.
+        if !self.cbuf.is_empty() {
+            if let Err(end) = self.on_client_bytes().await {
+                return end;
+            }
+        }
         loop {
             let step = tokio::select! {
                 biased;
@@ -246,7 +254,7 @@ impl Relay {
             .iter()
             .filter_map(|p| match p {
                 Pending::Statement(e) => Some(e.clone()),
-                Pending::GroupEnd => None,
+                _ => None,
             })
             .collect();
         let mut seq = if records.is_empty() {
@@ -267,7 +275,9 @@ impl Relay {
                     self.tracker.statement(seq, started);
                     seq += 1;
                 }
-                Pending::GroupEnd => self.tracker.group_end(),
+                Pending::QueryEnd => self.tracker.query_end(),
+                Pending::Sync => self.tracker.sync(),
+                Pending::CopyEnd => self.tracker.copy_end(),
             }
         }
         Ok(())
@@ -287,7 +297,7 @@ impl Relay {
                     );
                     pending.push(Pending::Statement(record));
                 }
-                pending.push(Pending::GroupEnd);
+                pending.push(Pending::QueryEnd);
             }
             b'P' => {
                 let (name, text) = wire::decode_parse(body).map_err(|e| e.to_string())?;
@@ -338,7 +348,8 @@ impl Relay {
                     }
                 }
             }
-            b'S' => pending.push(Pending::GroupEnd),
+            b'S' => pending.push(Pending::Sync),
+            b'c' | b'f' => pending.push(Pending::CopyEnd),
             b'F' => {
                 let oid = body
                     .get(0..4)
@@ -348,9 +359,9 @@ impl Relay {
                 let record =
                     self.statement_record(Protocol::FunctionCall, text, StatementKind::Other, None);
                 pending.push(Pending::Statement(record));
-                pending.push(Pending::GroupEnd);
+                pending.push(Pending::QueryEnd);
             }
-            b'D' | b'H' | b'd' | b'c' | b'f' | b'X' => {}
+            b'D' | b'H' | b'd' | b'X' => {}
             other => {
                 return Err(format!(
                     "unexpected message type '{}' (0x{other:02x})",

@@ -116,7 +116,8 @@ async fn login(
     mut buf: BytesMut,
 ) -> Result<(Admission, Claimed, BytesMut), LoginError> {
     let claimed = check_startup(startup)?;
-    let plaintext_allowed = proxy.lockbox.config.allow_plaintext_loopback && peer.ip().is_loopback();
+    let plaintext_allowed =
+        proxy.lockbox.config.allow_plaintext_loopback && peer.ip().is_loopback();
     if !(tls || plaintext_allowed) {
         return Err(login_error(
             sqlstate::INVALID_AUTHORIZATION,

@@ -16,8 +16,13 @@ enum Slot {
         seq: u64,
         started: Instant,
     },
-    /// End of a group: a ReadyForQuery will answer it.
-    GroupEnd,
+    /// End of a group: a ReadyForQuery will answer it. `sync` tells a Sync message from
+    /// the end of a query string or FunctionCall.
+    GroupEnd {
+        sync: bool,
+    },
+    /// The client ended a COPY FROM STDIN (CopyDone or CopyFail).
+    CopyEnd,
 }
 
 /// What became of one recorded statement.
@@ -59,6 +64,8 @@ pub struct Tracker {
     slots: VecDeque<Slot>,
     /// Transaction status of the last ReadyForQuery.
     pub transaction_status: u8,
+    /// The server is in COPY FROM STDIN and the client has not ended it yet.
+    in_copy_in: bool,
 }
 
 impl Tracker {
@@ -66,8 +73,51 @@ impl Tracker {
         self.slots.push_back(Slot::Statement { seq, started });
     }
 
-    pub fn group_end(&mut self) {
-        self.slots.push_back(Slot::GroupEnd);
+    /// A query string or FunctionCall was sent: its ReadyForQuery closes the group.
+    pub fn query_end(&mut self) {
+        self.slots.push_back(Slot::GroupEnd { sync: false });
+    }
+
+    /// A Sync was sent. The server ignores Sync during COPY FROM STDIN, so does the tracker.
+    pub fn sync(&mut self) {
+        if !self.in_copy_in {
+            self.slots.push_back(Slot::GroupEnd { sync: true });
+        }
+    }
+
+    /// The client sent CopyDone or CopyFail.
+    pub fn copy_end(&mut self) {
+        if self.in_copy_in {
+            self.in_copy_in = false;
+        } else {
+            self.slots.push_back(Slot::CopyEnd);
+        }
+    }
+
+    /// The server entered COPY FROM STDIN: Syncs the client sent after the COPY and before
+    /// ending it will get no ReadyForQuery.
+    fn copy_in_started(&mut self) {
+        let Some(copy) = self
+            .slots
+            .iter()
+            .position(|s| matches!(s, Slot::Statement { .. }))
+        else {
+            return;
+        };
+        let mut i = copy + 1;
+        while i < self.slots.len() {
+            match self.slots[i] {
+                Slot::GroupEnd { sync: true } => {
+                    self.slots.remove(i);
+                }
+                Slot::CopyEnd => {
+                    self.slots.remove(i);
+                    return;
+                }
+                _ => i += 1,
+            }
+        }
+        self.in_copy_in = true;
     }
 
     /// Statements still waiting for the server.
@@ -101,11 +151,16 @@ impl Tracker {
                 self.transaction_status = status;
                 self.close_group(out);
             }
+            BackendEvent::CopyIn => self.copy_in_started(),
         }
     }
 
     /// The statement at the head of the current group, if the group has one left.
     fn pop_statement(&mut self, status: OutcomeStatus) -> Option<Outcome> {
+        // A CopyEnd the server never answered (the COPY failed before starting) is moot.
+        while matches!(self.slots.front(), Some(Slot::CopyEnd)) {
+            self.slots.pop_front();
+        }
         match self.slots.front() {
             Some(Slot::Statement { .. }) => match self.slots.pop_front() {
                 Some(Slot::Statement { seq, started }) => Some(Outcome::new(seq, started, status)),
@@ -116,12 +171,17 @@ impl Tracker {
     }
 
     fn close_group(&mut self, out: &mut Vec<Outcome>) {
-        if !self.slots.iter().any(|s| matches!(s, Slot::GroupEnd)) {
+        if !self
+            .slots
+            .iter()
+            .any(|s| matches!(s, Slot::GroupEnd { .. }))
+        {
             return;
         }
         while let Some(slot) = self.slots.pop_front() {
             match slot {
-                Slot::GroupEnd => return,
+                Slot::GroupEnd { .. } => return,
+                Slot::CopyEnd => {}
                 Slot::Statement { seq, started } => {
                     out.push(Outcome::new(seq, started, OutcomeStatus::NotExecuted))
                 }
@@ -161,7 +221,7 @@ mod tests {
         for seq in 1..=3 {
             t.statement(seq, now);
         }
-        t.group_end();
+        t.query_end();
         let mut out = Vec::new();
         t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out);
         t.on_event(err(), &mut out);
@@ -183,9 +243,9 @@ mod tests {
         let now = Instant::now();
         let mut t = Tracker::default();
         t.statement(1, now);
-        t.group_end();
+        t.sync();
         t.statement(2, now);
-        t.group_end();
+        t.sync();
         let mut out = Vec::new();
         t.on_event(err(), &mut out);
         t.on_event(BackendEvent::Ready(b'I'), &mut out);
@@ -204,12 +264,67 @@ mod tests {
         let mut t = Tracker::default();
         let mut out = Vec::new();
         // An error with nothing recorded (a lone Parse) changes nothing.
-        t.group_end();
+        t.sync();
         t.on_event(err(), &mut out);
         t.on_event(BackendEvent::Ready(b'I'), &mut out);
         assert!(out.is_empty());
         t.statement(7, now);
         t.interrupt_all(&mut out);
         assert_eq!(statuses(&out), [(7, OutcomeStatus::Interrupted)]);
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_get_no_ready_for_query() {
+        let now = Instant::now();
+        // Whether the client's CopyDone arrives before or after the server's CopyInResponse,
+        // the COPY's outcome and the next statement's must line up.
+        for copy_done_first in [false, true] {
+            let mut t = Tracker::default();
+            let mut out = Vec::new();
+            t.statement(1, now);
+            t.sync();
+            if copy_done_first {
+                t.copy_end();
+                t.sync();
+                t.on_event(BackendEvent::CopyIn, &mut out);
+            } else {
+                t.on_event(BackendEvent::CopyIn, &mut out);
+                t.copy_end();
+                t.sync();
+            }
+            t.on_event(BackendEvent::Complete("COPY 5".into()), &mut out);
+            t.on_event(BackendEvent::Ready(b'I'), &mut out);
+            t.statement(2, now);
+            t.sync();
+            t.on_event(BackendEvent::Complete("COPY 9".into()), &mut out);
+            t.on_event(BackendEvent::Ready(b'I'), &mut out);
+            let rows: Vec<_> = out
+                .iter()
+                .map(|o| (o.statement_seq, o.status, o.rows()))
+                .collect();
+            assert_eq!(
+                rows,
+                [
+                    (1, OutcomeStatus::Ok, Some(5)),
+                    (2, OutcomeStatus::Ok, Some(9))
+                ],
+                "copy_done_first = {copy_done_first}"
+            );
+        }
+    }
+
+    #[test]
+    fn simple_query_copy_keeps_its_group_end() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        let mut out = Vec::new();
+        t.statement(1, now);
+        t.query_end();
+        t.copy_end();
+        t.on_event(BackendEvent::CopyIn, &mut out);
+        t.on_event(BackendEvent::Complete("COPY 2".into()), &mut out);
+        t.on_event(BackendEvent::Ready(b'I'), &mut out);
+        assert_eq!(statuses(&out), [(1, OutcomeStatus::Ok)]);
+        assert!(!t.in_flight());
     }
 }

@@ -15,6 +15,8 @@ pub enum BackendEvent {
     Suspended,
     /// ReadyForQuery with its transaction status byte.
     Ready(u8),
+    /// CopyInResponse: the server now takes COPY data and ignores Sync until it ends.
+    CopyIn,
 }
 
 enum State {
@@ -47,7 +49,7 @@ impl Default for BackendScanner {
 }
 
 fn interesting(tag: u8) -> bool {
-    matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z')
+    matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z' | b'G')
 }
 
 impl BackendScanner {
@@ -140,6 +142,7 @@ fn decode_event(tag: u8, body: &[u8]) -> BackendEvent {
         }
         b'I' => BackendEvent::Empty,
         b's' => BackendEvent::Suspended,
+        b'G' => BackendEvent::CopyIn,
         _ => BackendEvent::Ready(body.first().copied().unwrap_or(b'I')),
     }
 }

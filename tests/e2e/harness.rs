@@ -1,0 +1,328 @@
+//! Test harness: one real PostgreSQL per test binary, one database and one in-process
+//! lockbox per test, real clients.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use lockbox::client::ApiClient;
+use lockbox::demo::{write_deployment, Deployment, DeploymentDatabase, DeploymentSpec};
+use lockbox::policy::{AccessLevel, NewRequest};
+use lockbox::sandbox::PgSandbox;
+use lockbox::server::RunningServer;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub const SERVICE_ROLE: &str = "lockbox_svc";
+pub const SERVICE_PASSWORD: &str = "svc-password-for-tests";
+
+/// The shared cluster. Fails loudly, never skips, when PostgreSQL is not installed.
+pub fn cluster() -> &'static PgSandbox {
+    static CLUSTER: OnceLock<PgSandbox> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let pg =
+            PgSandbox::start().unwrap_or_else(|e| panic!("cannot start the test PostgreSQL: {e}"));
+        pg.psql(
+            "postgres",
+            &format!(
+                "CREATE ROLE {SERVICE_ROLE} LOGIN PASSWORD '{SERVICE_PASSWORD}';
+                 SET password_encryption = 'md5';
+                 CREATE ROLE lockbox_md5 LOGIN PASSWORD 'md5-password';
+                 CREATE ROLE lockbox_trust LOGIN;"
+            ),
+        )
+        .expect("create roles");
+        pg
+    })
+}
+
+/// Options for one test's lockbox.
+pub struct Options {
+    pub plaintext: bool,
+    pub timings: &'static str,
+    pub upstream_user: &'static str,
+    pub upstream_password: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            plaintext: true,
+            timings: "",
+            upstream_user: SERVICE_ROLE,
+            upstream_password: SERVICE_PASSWORD,
+        }
+    }
+}
+
+/// One test's world: a fresh database, a deployment and a running lockbox.
+pub struct Env {
+    pub db: String,
+    pub deployment: Deployment,
+    pub server: Option<RunningServer>,
+    pub config_path: PathBuf,
+    pub audit_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub const USERS: &[(&str, &[&str])] = &[
+    ("eve", &["engineer"]),
+    ("bob", &["engineer"]),
+    ("carol", &["approver"]),
+    ("alice", &["admin"]),
+    ("dave", &["auditor"]),
+    ("selma", &["engineer", "approver"]),
+];
+
+impl Env {
+    pub async fn start(name: &str) -> Env {
+        Env::with(name, Options::default()).await
+    }
+
+    pub async fn with(name: &str, options: Options) -> Env {
+        let pg = cluster();
+        let db = format!("t_{name}");
+        pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
+            .expect("drop database");
+        pg.psql(
+            "postgres",
+            &format!("CREATE DATABASE {db} OWNER {SERVICE_ROLE}"),
+        )
+        .expect("create database");
+        pg.psql(
+            &db,
+            &format!(
+                "SET ROLE {SERVICE_ROLE};
+                 CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
+                 INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 10) g;
+                 GRANT ALL ON items TO lockbox_md5, lockbox_trust;"
+            ),
+        )
+        .expect("create table");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deployment = write_deployment(
+            dir.path(),
+            &DeploymentSpec {
+                databases: vec![
+                    DeploymentDatabase {
+                        name: &db,
+                        port: pg.port,
+                        user: options.upstream_user,
+                        password: options.upstream_password,
+                    },
+                    DeploymentDatabase {
+                        name: "other",
+                        port: pg.port,
+                        user: SERVICE_ROLE,
+                        password: SERVICE_PASSWORD,
+                    },
+                ],
+                users: USERS.iter().map(|(n, r)| (*n, r.to_vec())).collect(),
+                allow_plaintext_loopback: options.plaintext,
+                timings: options.timings,
+            },
+        )
+        .expect("write deployment");
+        let config_path = deployment.config_path.clone();
+        let config = lockbox::config::Config::load(&config_path).expect("config loads");
+        let audit_path = config.audit_path.clone();
+        let server = lockbox::server::start(config).await.expect("server starts");
+        Env {
+            db,
+            deployment,
+            server: Some(server),
+            config_path,
+            audit_path,
+            _dir: dir,
+        }
+    }
+
+    pub fn client(&self, user: &str) -> ApiClient {
+        self.deployment.client(user)
+    }
+
+    pub fn proxy_port(&self) -> u16 {
+        self.server
+            .as_ref()
+            .map(|s| s.proxy_addr.port())
+            .expect("server running")
+    }
+
+    /// Files a request as `engineer`, has carol approve it, returns (request id, token).
+    pub async fn approved_token(&self, engineer: &str, duration: &str) -> (String, String) {
+        let id = self.pending_request(engineer, duration).await;
+        self.client("carol")
+            .approve(&id, "ok for the ticket")
+            .await
+            .expect("approve");
+        let token = self.client(engineer).token(&id).await.expect("token");
+        (id, token.token)
+    }
+
+    pub async fn pending_request(&self, engineer: &str, duration: &str) -> String {
+        let request = self
+            .client(engineer)
+            .create_request(&NewRequest {
+                database: self.db.clone(),
+                ticket: "T-1".into(),
+                reason: "investigate".into(),
+                access: AccessLevel::Read,
+                duration: Some(duration.into()),
+            })
+            .await
+            .expect("create request");
+        request.id.0
+    }
+
+    pub fn pg_config(&self, user: &str, password: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host("127.0.0.1")
+            .port(self.proxy_port())
+            .dbname(&self.db)
+            .user(user)
+            .password(password)
+            .connect_timeout(Duration::from_secs(10));
+        c
+    }
+
+    /// Connects through the proxy in plaintext (allowed from loopback in tests). The join
+    /// handle yields the connection's final error.
+    pub async fn connect(
+        &self,
+        user: &str,
+        token: &str,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio::task::JoinHandle<Option<tokio_postgres::Error>>,
+        ),
+        tokio_postgres::Error,
+    > {
+        let (client, connection) = self
+            .pg_config(user, token)
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        let handle = tokio::spawn(async move { connection.await.err() });
+        Ok((client, handle))
+    }
+
+    /// Every record in the audit file.
+    pub fn audit(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("every audit line is JSON"))
+            .collect()
+    }
+
+    /// Audit records of `kind` ("statement", "outcome", …) for `request`.
+    pub fn audit_of(&self, kind: &str, request: &str) -> Vec<Value> {
+        self.audit()
+            .into_iter()
+            .filter(|r| r["type"] == kind && r["request_id"] == request)
+            .collect()
+    }
+
+    /// Waits (bounded) until `check` holds on the audit trail.
+    pub async fn wait_for_audit(&self, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        for _ in 0..100 {
+            let records = self.audit();
+            if check(&records) {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("audit never showed {what}: {:#?}", self.audit());
+    }
+
+    pub fn superuser_sql(&self, sql: &str) -> String {
+        cluster().psql(&self.db, sql).expect("superuser query")
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
+    /// Restarts lockbox on the same config, state and audit files.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let config = lockbox::config::Config::load(&self.config_path).expect("config loads");
+        self.server = Some(
+            lockbox::server::start(config)
+                .await
+                .expect("server restarts"),
+        );
+    }
+}
+
+/// The SQLSTATE and message of a failed connect or query.
+pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    match e.as_db_error() {
+        Some(d) => (d.code().code().to_owned(), d.message().to_owned()),
+        None => (String::new(), e.to_string()),
+    }
+}
+
+/// Raw protocol access for the tests that misbehave on purpose.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    pub async fn connect(port: u16) -> Raw {
+        Raw {
+            stream: TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect"),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// Reads until the proxy closes (bounded); returns everything received.
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), self.stream.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "the proxy did not close the connection");
+        out
+    }
+}
+
+pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = 196_608i32.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    packet.extend(body);
+    packet
+}
+
+pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+/// The ErrorResponses in a byte stream from the proxy: (sqlstate, message).
+pub fn errors_in(bytes: &[u8]) -> Vec<(String, String)> {
+    let mut events = Vec::new();
+    lockbox::wire::BackendScanner::default().feed(bytes, &mut events);
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            lockbox::wire::BackendEvent::Error { sqlstate, message } => Some((sqlstate, message)),
+            _ => None,
+        })
+        .collect()
+}

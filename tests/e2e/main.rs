@@ -1,0 +1,10 @@
+//! End-to-end tests: a real PostgreSQL, lockbox in-process, real clients (tokio-postgres,
+//! psql, pgbench) and raw sockets for the misbehaving ones.
+
+mod harness;
+
+mod auth;
+mod cli;
+mod lifecycle;
+mod protocol;
+mod relay;

@@ -1,0 +1,153 @@
+//! Clients that misbehave get an ErrorResponse with a proper SQLSTATE and a clean close,
+//! and everyone else keeps being served.
+
+use crate::harness::{errors_in, message, startup_packet, Env, Raw};
+
+fn ssl_request() -> Vec<u8> {
+    let mut p = 8i32.to_be_bytes().to_vec();
+    p.extend_from_slice(&80_877_103i32.to_be_bytes());
+    p
+}
+
+/// The first ErrorResponse the proxy sends for `bytes`, after which it must close.
+async fn error_for(env: &Env, bytes: &[u8]) -> (String, String) {
+    let mut raw = Raw::connect(env.proxy_port()).await;
+    raw.send(bytes).await;
+    let reply = raw.read_to_close().await;
+    errors_in(&reply)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no ErrorResponse in {reply:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_and_bad_lengths_get_08p01_and_others_keep_working() {
+    let env = Env::start("proto_garbage").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+
+    let check = |bytes: Vec<u8>, code: &'static str| (bytes, code);
+    let cases = [
+        check(vec![0, 0, 0, 3, 1, 2, 3], "08P01"),
+        check(vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0], "08P01"),
+        check(vec![0xff, 0xff, 0xff, 0xf0, 0, 3, 0, 0], "08P01"),
+        check(
+            {
+                let mut p = 11i32.to_be_bytes().to_vec();
+                p.extend_from_slice(&196_608i32.to_be_bytes());
+                p.extend_from_slice(b"abc");
+                p
+            },
+            "08P01",
+        ),
+        check(
+            {
+                let mut p = 8i32.to_be_bytes().to_vec();
+                p.extend_from_slice(&0x0002_0000i32.to_be_bytes());
+                p
+            },
+            "0A000",
+        ),
+    ];
+    for (bytes, code) in cases {
+        let (got, message) = error_for(&env, &bytes).await;
+        assert_eq!(got, code, "{bytes:?}: {message}");
+    }
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .expect("still served")
+        .get(0);
+    assert_eq!(count, 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_after_ssl_request_close_the_connection() {
+    let env = Env::start("proto_ssl_inject").await;
+    let mut bytes = ssl_request();
+    bytes.extend(startup_packet(&[("user", "eve"), ("database", &env.db)]));
+    let mut raw = Raw::connect(env.proxy_port()).await;
+    raw.send(&bytes).await;
+    let reply = raw.read_to_close().await;
+    assert_ne!(
+        reply.first(),
+        Some(&b'S'),
+        "the proxy must not start TLS over injected bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unsafe_and_missing_startup_parameters_are_refused() {
+    let env = Env::start("proto_params").await;
+    let db = env.db.clone();
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[
+                ("user", "eve"),
+                ("database", &db),
+                ("options", "-c role=postgres"),
+            ],
+            "options",
+        ),
+        (
+            &[
+                ("user", "eve"),
+                ("database", &db),
+                ("replication", "database"),
+            ],
+            "replication",
+        ),
+        (&[("user", "eve")], "no database"),
+        (&[("database", &db)], "no user"),
+    ];
+    for (params, says) in cases {
+        let (code, message) = error_for(&env, &startup_packet(params)).await;
+        assert_eq!(code, "28000", "{message}");
+        assert!(message.contains(says), "{says:?} not in {message:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_message_order_after_login_is_a_protocol_violation() {
+    let env = Env::start("proto_order").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let mut raw = Raw::connect(env.proxy_port()).await;
+    raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
+        .await;
+    let mut password = token.into_bytes();
+    password.push(0);
+    raw.send(&message(b'p', &password)).await;
+    // A second password message after AuthenticationOk is out of order.
+    raw.send(&message(b'p', b"again\0")).await;
+    let reply = raw.read_to_close().await;
+    let errors = errors_in(&reply);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "08P01");
+    env.wait_for_audit("the disconnect", |records| {
+        records
+            .iter()
+            .any(|r| r["request_id"] == id.as_str() && r["event"] == "disconnected")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_beyond_the_size_limit_is_refused_before_it_is_buffered() {
+    let env = Env::start("proto_huge").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let mut raw = Raw::connect(env.proxy_port()).await;
+    raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
+        .await;
+    let mut password = token.into_bytes();
+    password.push(0);
+    raw.send(&message(b'p', &password)).await;
+    // Declares 1 GiB and sends 5 bytes: refused from the header alone.
+    raw.send(&[b'Q', 0x40, 0, 0, 0]).await;
+    let reply = raw.read_to_close().await;
+    let errors = errors_in(&reply);
+    assert_eq!(
+        errors.last().map(|e| e.0.as_str()),
+        Some("08P01"),
+        "{errors:?}"
+    );
+}
