@@ -171,8 +171,7 @@ async fn plaintext_is_refused_when_tls_is_required_and_psql_gets_in_over_tls() {
     let err = env
         .connect("eve", &token)
         .await
-        .err()
-        .expect("plaintext refused");
+        .expect_err("plaintext refused");
     let (code, message) = db_error(&err);
     assert_eq!(code, "28000");
     assert!(message.contains("TLS"), "{message}");

@@ -56,8 +56,7 @@ async fn idle_session_is_dropped_when_the_window_ends() {
     let err = env
         .connect("eve", &token)
         .await
-        .err()
-        .expect("expired token refused");
+        .expect_err("expired token refused");
     assert_eq!(db_error(&err).0, "28P01");
 }
 
