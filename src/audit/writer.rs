@@ -47,10 +47,12 @@ impl AuditLog {
             .map_err(io)?;
         let last_seq = recover_tail(&mut file).map_err(io)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let len = file.metadata().map_err(io)?.len();
         let mut writer = Writer {
             file,
             path: path.display().to_string(),
             next_seq: last_seq + 1,
+            len,
         };
         let handle = std::thread::Builder::new()
             .name("lockbox-audit".into())
@@ -103,6 +105,8 @@ struct Writer {
     file: File,
     path: String,
     next_seq: u64,
+    /// Bytes of complete records in the file.
+    len: u64,
 }
 
 impl Writer {
@@ -147,7 +151,10 @@ impl Writer {
                 Command::Close(ack) => close = Some(ack),
             }
         }
-        let result = self.write_and_sync(&buf);
+        // Records nobody waits for (outcomes, disconnects) are written now and made durable
+        // by the next fsync, so they never cost one of their own.
+        let sync = !acks.is_empty() || close.is_some();
+        let result = self.write_out(&buf, sync);
         match result {
             Ok(()) => {
                 self.next_seq = seq;
@@ -171,20 +178,19 @@ impl Writer {
         close
     }
 
-    fn write_and_sync(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        if buf.is_empty() {
-            return Ok(());
+    fn write_out(&mut self, buf: &[u8], sync: bool) -> std::io::Result<()> {
+        if !buf.is_empty() {
+            if let Err(e) = self.file.write_all(buf) {
+                // Cut off whatever part of the batch reached the file, so no half record stays.
+                let _ = self.file.set_len(self.len);
+                return Err(e);
+            }
+            self.len += buf.len() as u64;
         }
-        let before = self.file.metadata()?.len();
-        let result = self
-            .file
-            .write_all(buf)
-            .and_then(|()| self.file.sync_data());
-        if result.is_err() {
-            // Cut off whatever part of the batch reached the file, so no half record stays.
-            let _ = self.file.set_len(before);
+        if sync {
+            self.file.sync_data()?;
         }
-        result
+        Ok(())
     }
 }
 
