@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::AccessLevel;
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -191,6 +193,18 @@ pub struct DatabaseFile {
     /// `disable` or `require`.
     #[serde(default)]
     pub tls: UpstreamTls,
+    /// Upstream credentials per access level (`read`, `write`, `admin`), each a role with
+    /// just those privileges. A level without an entry uses `user`/`password` above.
+    #[serde(default)]
+    pub access: BTreeMap<AccessLevel, CredentialsFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsFile {
+    pub user: String,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -269,6 +283,37 @@ pub struct Database {
     pub user: String,
     pub password: Option<String>,
     pub tls: UpstreamTls,
+    /// Credentials per access level, where they differ from `user`/`password`.
+    pub access: BTreeMap<AccessLevel, Credentials>,
+}
+
+/// An upstream role and its password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Database {
+    /// The upstream login for a session with `access`.
+    pub fn credentials(&self, access: AccessLevel) -> Credentials {
+        self.access
+            .get(&access)
+            .cloned()
+            .unwrap_or_else(|| Credentials {
+                user: self.user.clone(),
+                password: self.password.clone(),
+            })
+    }
 }
 
 // The password must never reach a log line through `{:?}`.
@@ -283,6 +328,7 @@ impl fmt::Debug for Database {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
+            .field("access", &self.access)
             .finish()
     }
 }
@@ -438,26 +484,22 @@ fn validate_databases(
         if db.user.is_empty() {
             return Err(invalid(key("user"), "must not be empty"));
         }
-        let password = match (db.password, db.password_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    key("password_file"),
-                    "set either password or password_file, not both",
-                ))
+        let password = resolve_password(db.password, db.password_file, &key(""), resolve)?;
+        let mut access = BTreeMap::new();
+        for (level, creds) in db.access {
+            let prefix = key(&format!("access.{}.", level.as_str()));
+            if creds.user.is_empty() {
+                return Err(invalid(format!("{prefix}user"), "must not be empty"));
             }
-            (Some(p), None) => Some(p),
-            (None, Some(file)) => {
-                let path = resolve(&file);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    invalid(
-                        key("password_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                Some(text.trim_end_matches(['\n', '\r']).to_owned())
-            }
-            (None, None) => None,
-        };
+            let password = resolve_password(creds.password, creds.password_file, &prefix, resolve)?;
+            access.insert(
+                level,
+                Credentials {
+                    user: creds.user,
+                    password,
+                },
+            );
+        }
         let database = Database {
             dbname: db.dbname.unwrap_or_else(|| db.name.clone()),
             name: db.name,
@@ -467,6 +509,7 @@ fn validate_databases(
             user: db.user,
             password,
             tls: db.tls,
+            access,
         };
         if out.contains_key(&database.name) {
             return Err(invalid(
@@ -477,6 +520,33 @@ fn validate_databases(
         out.insert(database.name.clone(), database);
     }
     Ok(out)
+}
+
+/// `password` or the contents of `password_file`; `prefix` names the keys in errors.
+fn resolve_password(
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    prefix: &str,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Option<String>, ConfigError> {
+    match (password, password_file) {
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{prefix}password_file"),
+            "set either password or password_file, not both",
+        )),
+        (Some(p), None) => Ok(Some(p)),
+        (None, Some(file)) => {
+            let path = resolve(&file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    format!("{prefix}password_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 fn validate_users(list: Vec<UserFile>) -> Result<Vec<User>, ConfigError> {

@@ -51,6 +51,8 @@ pub struct DeploymentDatabase<'a> {
     pub port: u16,
     pub user: &'a str,
     pub password: &'a str,
+    /// `(access level, upstream role, password)` for levels with their own role.
+    pub levels: Vec<(&'a str, &'a str, &'a str)>,
 }
 
 /// What to generate.
@@ -91,6 +93,17 @@ pub fn write_deployment(dir: &Path, spec: &DeploymentSpec<'_>) -> Result<Deploym
             "\n[[databases]]\nname = \"{}\"\nprotected = true\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\npassword_file = \"{password_file}\"\n",
             db.name, db.port, db.user
         ));
+        for (level, user, password) in &db.levels {
+            let file = format!("{}-{level}.password", db.name);
+            write_private(&dir.join(&file), password)?;
+            toml.push_str(&format!(
+                "
+[databases.access.{level}]
+user = \"{user}\"
+password_file = \"{file}\"
+"
+            ));
+        }
     }
     let mut api_keys = BTreeMap::new();
     for (name, roles) in &spec.users {
@@ -164,6 +177,21 @@ pub fn create_sample_database(pg: &PgSandbox, service_password: &str) -> Result<
                ('Barbara Liskov', 'barbara@example.com', 'enterprise');"
         ),
     )?;
+    // One role per access level, with just those privileges: the database enforces the
+    // grant too. `admin` grants use the owner role above.
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE sales_read LOGIN PASSWORD '{service_password}';
+             CREATE ROLE sales_write LOGIN PASSWORD '{service_password}';"
+        ),
+    )?;
+    pg.psql(
+        SAMPLE_DB,
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO sales_read, sales_write;
+         GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO sales_write;
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO sales_write;",
+    )?;
     Ok(())
 }
 
@@ -192,6 +220,10 @@ pub async fn run(options: DemoOptions) -> Result<()> {
                 port: pg.port,
                 user: SERVICE_ROLE,
                 password: &service_password,
+                levels: vec![
+                    ("read", "sales_read", &service_password),
+                    ("write", "sales_write", &service_password),
+                ],
             }],
             users: DEMO_USERS.iter().map(|(n, r, _)| (*n, vec![*r])).collect(),
             allow_plaintext_loopback: true,
@@ -305,6 +337,13 @@ async fn walk_through(deployment: &Deployment, options: &DemoOptions) -> Result<
     );
     client.batch_execute("SELECT 1; SELECT now()").await?;
     println!("    SELECT 1; SELECT now()                            -> two statements, two audit records");
+    match client.batch_execute("UPDATE customers SET plan = 'free'").await {
+        Err(e) => println!(
+            "    UPDATE customers SET plan = 'free'                -> refused: {}",
+            db_message(&e.into())
+        ),
+        Ok(()) => bail!("a read grant was able to write"),
+    }
     run_psql(deployment, &token.token);
 
     say("Auditor dave reads the audit trail for the request");

@@ -14,11 +14,12 @@ use crate::ids::RequestId;
 use crate::token::Claims;
 
 /// What the engineer may do in the database.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLevel {
     Read,
     Write,
+    Admin,
 }
 
 impl AccessLevel {
@@ -26,6 +27,7 @@ impl AccessLevel {
         match self {
             AccessLevel::Read => "read",
             AccessLevel::Write => "write",
+            AccessLevel::Admin => "admin",
         }
     }
 }
@@ -36,7 +38,10 @@ impl FromStr for AccessLevel {
         match s {
             "read" => Ok(AccessLevel::Read),
             "write" => Ok(AccessLevel::Write),
-            other => Err(format!("unknown access level `{other}` (read or write)")),
+            "admin" => Ok(AccessLevel::Admin),
+            other => Err(format!(
+                "unknown access level `{other}` (read, write or admin)"
+            )),
         }
     }
 }

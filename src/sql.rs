@@ -68,7 +68,7 @@ pub fn classify(text: &str) -> StatementKind {
     }
 }
 
-fn kind_of(statement: &Statement) -> StatementKind {
+pub fn kind_of(statement: &Statement) -> StatementKind {
     use Statement as S;
     match statement {
         S::Query { .. } => StatementKind::Select,

@@ -61,6 +61,8 @@ pub enum OutcomeStatus {
     NotExecuted,
     /// The session ended before the server answered.
     Interrupted,
+    /// A guardrail refused it; it never reached the database.
+    Refused,
 }
 
 /// What became of a statement; `statement_seq` points at its statement record.
@@ -78,6 +80,9 @@ pub struct OutcomeRecord {
     pub sqlstate: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The guardrail rule behind a refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     pub duration_ms: f64,
 }
 

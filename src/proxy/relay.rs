@@ -13,9 +13,13 @@ use tokio::sync::watch;
 use super::registry::DropReason;
 use super::stream::BoxStream;
 use super::tracker::{Outcome, Tracker};
-use crate::audit::{AuditEvent, AuditLog, OutcomeRecord, Protocol, SessionFields, StatementRecord};
+use crate::audit::{
+    AuditEvent, AuditLog, OutcomeRecord, OutcomeStatus, Protocol, SessionFields, StatementRecord,
+};
+use crate::guard::{self, Refusal};
+use crate::policy::AccessLevel;
 use crate::sql::{self, StatementKind};
-use crate::wire::{self, sqlstate, BackendEvent, BackendScanner, ParamValue};
+use crate::wire::{self, sqlstate, BackendScanner, ParamValue};
 
 /// Why a relay ended.
 #[derive(Debug)]
@@ -43,9 +47,38 @@ struct Portal {
 /// A statement record waiting to be written, and where its tracker slot goes.
 enum Pending {
     Statement(AuditEvent),
+    /// Refused by a guardrail; a failing stand-in goes upstream in its place.
+    Refused(AuditEvent, Arc<Refusal>),
+    /// Recorded, but will not run (another statement of its query string was refused).
+    NotRun(AuditEvent),
     QueryEnd,
     Sync,
     CopyEnd,
+}
+
+/// The stand-in sent upstream for a refused statement: it fails at parse time on every
+/// server (a column reference with no FROM), in order with the rest of the pipeline, so
+/// the server's transaction state matches what the client is told. Its error is replaced
+/// by the refusal before the client sees it.
+const STAND_IN: &str = "SELECT \"lockbox refused this statement\"";
+
+fn stand_in_query() -> Vec<u8> {
+    tagged(b'Q', &[STAND_IN.as_bytes(), b"\0"].concat())
+}
+
+fn stand_in_parse(name: &str) -> Vec<u8> {
+    tagged(
+        b'P',
+        &[name.as_bytes(), b"\0", STAND_IN.as_bytes(), b"\0\0\0"].concat(),
+    )
+}
+
+fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(body.len() + 5);
+    m.push(tag);
+    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
 }
 
 /// Ends the session on expiry, revocation or shutdown, even in the middle of a write.
@@ -100,7 +133,8 @@ pub struct Relay {
     audit: AuditLog,
     max_message: usize,
     term: Terminator,
-    events: Vec<BackendEvent>,
+    access: AccessLevel,
+    events: Vec<wire::LocatedEvent>,
     outcomes: Vec<Outcome>,
 }
 
@@ -115,6 +149,7 @@ impl Relay {
         max_message: usize,
         kill: watch::Receiver<Option<DropReason>>,
         deadline: tokio::time::Instant,
+        access: AccessLevel,
     ) -> Self {
         Relay {
             client,
@@ -129,6 +164,7 @@ impl Relay {
             audit,
             max_message,
             term: Terminator { kill, deadline },
+            access,
             events: Vec::new(),
             outcomes: Vec::new(),
         }
@@ -209,43 +245,48 @@ impl Relay {
     }
 
     /// Inspects every complete client message, makes the batch's statement records
-    /// durable, then forwards the batch exactly as received.
+    /// durable, then forwards the batch as received (refused messages swapped for stand-ins).
     async fn on_client_bytes(&mut self) -> Result<(), End> {
         let buf = std::mem::take(&mut self.cbuf);
         let scanned = self.inspect_batch(&buf);
         self.cbuf = buf;
-        let (consumed, pending, terminate) = scanned?;
-        if consumed == 0 {
+        let batch = scanned?;
+        if batch.consumed == 0 {
             return Ok(());
         }
-        let batch = self.cbuf.split_to(consumed);
-        self.record_statements(pending).await?;
-        guarded(&mut self.term, self.upstream.write_all(&batch))
+        let bytes = self.cbuf.split_to(batch.consumed);
+        self.record_statements(batch.pending).await?;
+        let outgoing = splice(&bytes, batch.replacements);
+        guarded(&mut self.term, self.upstream.write_all(&outgoing))
             .await?
             .map_err(|_| End::UpstreamGone)?;
-        if terminate {
+        if batch.terminate {
             return Err(End::ClientGone);
         }
         Ok(())
     }
 
-    /// Walks the complete messages at the front of `buf`: how many bytes they span, the
-    /// records they need, and whether the client said goodbye.
-    fn inspect_batch(&mut self, buf: &[u8]) -> Result<(usize, Vec<Pending>, bool), End> {
-        let mut consumed = 0;
-        let mut pending = Vec::new();
-        while let Some(len) = wire::frame_len(&buf[consumed..], self.max_message)
+    /// Walks the complete messages at the front of `buf`.
+    fn inspect_batch(&mut self, buf: &[u8]) -> Result<Batch, End> {
+        let mut batch = Batch::default();
+        while let Some(len) = wire::frame_len(&buf[batch.consumed..], self.max_message)
             .map_err(|e| End::ProtocolError(e.to_string()))?
         {
-            let frame = &buf[consumed..consumed + len];
-            self.inspect(frame[0], &frame[5..], &mut pending)
-                .map_err(End::ProtocolError)?;
-            consumed += len;
+            let at = batch.consumed;
+            let frame = &buf[at..at + len];
+            if let Some(stand_in) = self
+                .inspect(frame[0], &frame[5..], &mut batch.pending)
+                .map_err(End::ProtocolError)?
+            {
+                batch.replacements.push((at..at + len, stand_in));
+            }
+            batch.consumed += len;
             if frame[0] == b'X' {
-                return Ok((consumed, pending, true));
+                batch.terminate = true;
+                break;
             }
         }
-        Ok((consumed, pending, false))
+        Ok(batch)
     }
 
     /// Writes the batch's statement records durably and opens their tracker slots.
@@ -253,7 +294,9 @@ impl Relay {
         let records: Vec<AuditEvent> = pending
             .iter()
             .filter_map(|p| match p {
-                Pending::Statement(e) => Some(e.clone()),
+                Pending::Statement(e) | Pending::Refused(e, _) | Pending::NotRun(e) => {
+                    Some(e.clone())
+                }
                 _ => None,
             })
             .collect();
@@ -269,10 +312,20 @@ impl Relay {
             }
         };
         let started = Instant::now();
+        let mut not_run = Vec::new();
         for p in pending {
             match p {
                 Pending::Statement(_) => {
                     self.tracker.statement(seq, started);
+                    seq += 1;
+                }
+                Pending::Refused(_, refusal) => {
+                    tracing::info!(rule = refusal.rule, "statement refused by guardrail");
+                    self.tracker.refused(seq, started, refusal);
+                    seq += 1;
+                }
+                Pending::NotRun(_) => {
+                    not_run.push(Outcome::not_run(seq));
                     seq += 1;
                 }
                 Pending::QueryEnd => self.tracker.query_end(),
@@ -280,28 +333,60 @@ impl Relay {
                 Pending::CopyEnd => self.tracker.copy_end(),
             }
         }
+        self.record_outcomes(not_run);
         Ok(())
     }
 
-    /// Looks at one client message; statements it carries are added to `pending`.
-    fn inspect(&mut self, tag: u8, body: &[u8], pending: &mut Vec<Pending>) -> Result<(), String> {
+    /// Looks at one client message; statements it carries are added to `pending`. Returns
+    /// the stand-in to send instead when a guardrail refuses the message.
+    fn inspect(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        pending: &mut Vec<Pending>,
+    ) -> Result<Option<Vec<u8>>, String> {
         match tag {
             b'Q' => {
                 let text = wire::decode_query(body).map_err(|e| e.to_string())?;
-                for statement in sql::classify_all(&text) {
+                let statements = sql::classify_all(&text);
+                let refusal = statements
+                    .iter()
+                    .find_map(|s| guard::check(self.access, &s.text).err())
+                    .map(Arc::new);
+                let mut refusal_placed = false;
+                for statement in statements {
+                    let refused_here = !refusal_placed
+                        && refusal.is_some()
+                        && guard::check(self.access, &statement.text).is_err();
                     let record = self.statement_record(
                         Protocol::Simple,
                         statement.text,
                         statement.kind,
                         None,
                     );
-                    pending.push(Pending::Statement(record));
+                    pending.push(match &refusal {
+                        None => Pending::Statement(record),
+                        Some(r) if refused_here => {
+                            refusal_placed = true;
+                            Pending::Refused(record, r.clone())
+                        }
+                        // The whole string is refused: PostgreSQL runs it as one transaction.
+                        Some(_) => Pending::NotRun(record),
+                    });
                 }
                 pending.push(Pending::QueryEnd);
+                return Ok(refusal.map(|_| stand_in_query()));
             }
             b'P' => {
                 let (name, text) = wire::decode_parse(body).map_err(|e| e.to_string())?;
                 let kind = sql::classify(&text);
+                if let Err(refusal) = guard::check(self.access, &text) {
+                    let record =
+                        self.statement_record(Protocol::Extended, text.clone(), kind, None);
+                    pending.push(Pending::Refused(record, Arc::new(refusal)));
+                    self.prepared.remove(&name);
+                    return Ok(Some(stand_in_parse(&name)));
+                }
                 self.prepared.insert(
                     name,
                     Prepared {
@@ -358,6 +443,20 @@ impl Relay {
                 let text = format!("-- FunctionCall of function oid {oid}");
                 let record =
                     self.statement_record(Protocol::FunctionCall, text, StatementKind::Other, None);
+                // A FunctionCall names a function by OID, so no guardrail can see what it
+                // does (lo_import, set_config, …): only an admin grant may send one.
+                if self.access != AccessLevel::Admin {
+                    let refusal = Refusal {
+                        rule: "function_call",
+                        message: format!(
+                            "lockbox: the FunctionCall protocol message is not allowed under a {} grant (rule function_call)",
+                            self.access.as_str()
+                        ),
+                    };
+                    pending.push(Pending::Refused(record, Arc::new(refusal)));
+                    pending.push(Pending::QueryEnd);
+                    return Ok(Some(stand_in_query()));
+                }
                 pending.push(Pending::Statement(record));
                 pending.push(Pending::QueryEnd);
             }
@@ -369,7 +468,7 @@ impl Relay {
                 ))
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn statement_record(
@@ -388,20 +487,53 @@ impl Relay {
         })
     }
 
-    /// Scans what upstream sent for outcomes, records them, forwards the bytes untouched.
+    /// Scans what upstream sent for outcomes, records them, and forwards the bytes as read
+    /// (except that a refused statement's stand-in error becomes the refusal).
     async fn on_upstream_bytes(&mut self) -> Result<(), End> {
-        self.scanner.feed(&self.ubuf, &mut self.events);
-        for event in self.events.drain(..) {
+        self.scanner.feed_located(&self.ubuf, &mut self.events);
+        let mut rewrites = Vec::new();
+        for (event, range) in std::mem::take(&mut self.events) {
+            let settled = self.outcomes.len();
             self.tracker.on_event(event, &mut self.outcomes);
+            let refused = self.outcomes[settled..]
+                .iter()
+                .find(|o| o.status == OutcomeStatus::Refused);
+            if let (Some(outcome), Some(range)) = (refused, range) {
+                let mut error = BytesMut::new();
+                wire::error_response(
+                    &mut error,
+                    wire::Severity::Error,
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    outcome.message.as_deref().unwrap_or("lockbox: refused"),
+                );
+                rewrites.push((range, error.to_vec()));
+            }
         }
         if !self.outcomes.is_empty() {
             let outcomes = std::mem::take(&mut self.outcomes);
             self.record_outcomes(outcomes);
         }
-        guarded(&mut self.term, self.client.write_all(&self.ubuf))
+        // While a stand-in's error is due, an unfinished message is held back until it is
+        // whole, so the error can be swapped before any of it reaches the client.
+        let held = match self
+            .tracker
+            .refusal_pending()
+            .then(|| self.scanner.unfinished_start())
+        {
+            Some(Some(start)) => {
+                self.scanner.rewind();
+                Some(self.ubuf.split_off(start))
+            }
+            _ => None,
+        };
+        let outgoing = splice(&self.ubuf, rewrites);
+        guarded(&mut self.term, self.client.write_all(&outgoing))
             .await?
             .map_err(|_| End::ClientGone)?;
         self.ubuf.clear();
+        if let Some(rest) = held {
+            self.ubuf.unsplit(rest);
+        }
         Ok(())
     }
 
@@ -421,12 +553,42 @@ impl Relay {
                     command_tag: o.command_tag,
                     sqlstate: o.sqlstate,
                     message: o.message,
+                    rule: o.rule.map(str::to_owned),
                     duration_ms: o.duration_ms,
                 })
             })
             .collect();
         self.audit.append(records);
     }
+}
+
+/// What one read of client bytes holds.
+#[derive(Default)]
+struct Batch {
+    consumed: usize,
+    pending: Vec<Pending>,
+    /// Byte ranges of refused messages and their stand-ins.
+    replacements: Vec<(std::ops::Range<usize>, Vec<u8>)>,
+    terminate: bool,
+}
+
+/// `bytes` with each range replaced; borrowed as is when nothing is replaced.
+fn splice(
+    bytes: &[u8],
+    replacements: Vec<(std::ops::Range<usize>, Vec<u8>)>,
+) -> std::borrow::Cow<'_, [u8]> {
+    if replacements.is_empty() {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    let mut at = 0;
+    for (range, with) in replacements {
+        out.extend_from_slice(&bytes[at..range.start]);
+        out.extend_from_slice(&with);
+        at = range.end;
+    }
+    out.extend_from_slice(&bytes[at..]);
+    std::borrow::Cow::Owned(out)
 }
 
 fn param_json(value: ParamValue) -> serde_json::Value {

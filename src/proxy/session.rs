@@ -247,7 +247,7 @@ async fn run_admitted(
         .filter(|(k, _)| PASSED_PARAMETERS.contains(&k.as_str()))
         .cloned()
         .collect();
-    let upstream = match upstream::connect(db, &passed).await {
+    let upstream = match upstream::connect(db, admission.request.access, &passed).await {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(error = %e, "upstream login failed");
@@ -315,6 +315,7 @@ async fn run_admitted(
             lockbox.config.max_message_size,
             kill,
             deadline,
+            request.access,
         );
         relay.run().await
     } else {

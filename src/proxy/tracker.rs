@@ -6,7 +6,10 @@
 //! group, and those statements are recorded as not executed.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
+
+use crate::guard::Refusal;
 
 use crate::audit::OutcomeStatus;
 use crate::wire::BackendEvent;
@@ -15,12 +18,13 @@ enum Slot {
     Statement {
         seq: u64,
         started: Instant,
+        /// Set when the proxy refused the statement and sent a stand-in that fails: its
+        /// error is this refusal.
+        refusal: Option<Arc<Refusal>>,
     },
     /// End of a group: a ReadyForQuery will answer it. `sync` tells a Sync message from
     /// the end of a query string or FunctionCall.
-    GroupEnd {
-        sync: bool,
-    },
+    GroupEnd { sync: bool },
     /// The client ended a COPY FROM STDIN (CopyDone or CopyFail).
     CopyEnd,
 }
@@ -34,6 +38,8 @@ pub struct Outcome {
     pub sqlstate: Option<String>,
     pub message: Option<String>,
     pub duration_ms: f64,
+    /// The guardrail rule that refused it.
+    pub rule: Option<&'static str>,
 }
 
 impl Outcome {
@@ -45,7 +51,13 @@ impl Outcome {
             sqlstate: None,
             message: None,
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            rule: None,
         }
+    }
+
+    /// A statement recorded but never sent (its query string was refused).
+    pub fn not_run(seq: u64) -> Self {
+        Outcome::new(seq, Instant::now(), OutcomeStatus::NotExecuted)
     }
 
     /// Row count from the command tag (`SELECT 3`, `INSERT 0 5`, `COPY 10`).
@@ -70,7 +82,33 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn statement(&mut self, seq: u64, started: Instant) {
-        self.slots.push_back(Slot::Statement { seq, started });
+        self.slots.push_back(Slot::Statement {
+            seq,
+            started,
+            refusal: None,
+        });
+    }
+
+    /// A refused statement whose stand-in will fail upstream.
+    pub fn refused(&mut self, seq: u64, started: Instant, refusal: Arc<Refusal>) {
+        self.slots.push_back(Slot::Statement {
+            seq,
+            started,
+            refusal: Some(refusal),
+        });
+    }
+
+    /// Whether a refusal's error is still to come (its bytes must be rewritten).
+    pub fn refusal_pending(&self) -> bool {
+        self.slots.iter().any(|s| {
+            matches!(
+                s,
+                Slot::Statement {
+                    refusal: Some(_),
+                    ..
+                }
+            )
+        })
     }
 
     /// A query string or FunctionCall was sent: its ReadyForQuery closes the group.
@@ -141,9 +179,24 @@ impl Tracker {
                 out.extend(self.pop_statement(OutcomeStatus::Ok))
             }
             BackendEvent::Error { sqlstate, message } => {
+                let refusal = match self.front_statement() {
+                    Some(Slot::Statement { refusal, .. }) => refusal.clone(),
+                    _ => None,
+                };
                 if let Some(mut outcome) = self.pop_statement(OutcomeStatus::Error) {
-                    outcome.sqlstate = Some(sqlstate);
-                    outcome.message = Some(message);
+                    match refusal {
+                        Some(r) => {
+                            outcome.status = OutcomeStatus::Refused;
+                            outcome.sqlstate =
+                                Some(crate::wire::sqlstate::INSUFFICIENT_PRIVILEGE.to_owned());
+                            outcome.message = Some(r.message.clone());
+                            outcome.rule = Some(r.rule);
+                        }
+                        None => {
+                            outcome.sqlstate = Some(sqlstate);
+                            outcome.message = Some(message);
+                        }
+                    }
                     out.push(outcome);
                 }
             }
@@ -155,15 +208,22 @@ impl Tracker {
         }
     }
 
-    /// The statement at the head of the current group, if the group has one left.
-    fn pop_statement(&mut self, status: OutcomeStatus) -> Option<Outcome> {
-        // A CopyEnd the server never answered (the COPY failed before starting) is moot.
+    /// The head of the queue, past CopyEnd markers the server never answered (the COPY
+    /// failed before starting).
+    fn front_statement(&mut self) -> Option<&Slot> {
         while matches!(self.slots.front(), Some(Slot::CopyEnd)) {
             self.slots.pop_front();
         }
-        match self.slots.front() {
+        self.slots.front()
+    }
+
+    /// The statement at the head of the current group, if the group has one left.
+    fn pop_statement(&mut self, status: OutcomeStatus) -> Option<Outcome> {
+        match self.front_statement() {
             Some(Slot::Statement { .. }) => match self.slots.pop_front() {
-                Some(Slot::Statement { seq, started }) => Some(Outcome::new(seq, started, status)),
+                Some(Slot::Statement { seq, started, .. }) => {
+                    Some(Outcome::new(seq, started, status))
+                }
                 _ => None,
             },
             _ => None,
@@ -182,7 +242,7 @@ impl Tracker {
             match slot {
                 Slot::GroupEnd { .. } => return,
                 Slot::CopyEnd => {}
-                Slot::Statement { seq, started } => {
+                Slot::Statement { seq, started, .. } => {
                     out.push(Outcome::new(seq, started, OutcomeStatus::NotExecuted))
                 }
             }
@@ -192,7 +252,7 @@ impl Tracker {
     /// The session ended: whatever is still open was interrupted.
     pub fn interrupt_all(&mut self, out: &mut Vec<Outcome>) {
         for slot in self.slots.drain(..) {
-            if let Slot::Statement { seq, started } = slot {
+            if let Slot::Statement { seq, started, .. } = slot {
                 out.push(Outcome::new(seq, started, OutcomeStatus::Interrupted));
             }
         }

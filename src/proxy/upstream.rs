@@ -12,7 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::stream::BoxStream;
-use crate::config::{Database, UpstreamTls};
+use crate::config::{Credentials, Database, UpstreamTls};
+use crate::policy::AccessLevel;
 use crate::wire::{self, BackendEvent, BackendScanner};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,9 +57,12 @@ pub struct Upstream {
     pub ready_status: u8,
 }
 
-/// Connects and logs in to `db`, passing `params` (already filtered) in the startup packet.
+/// Connects and logs in to `db` with the role of `access`, passing `params` (already
+/// filtered) in the startup packet. Read sessions also start read-only, so the database
+/// itself refuses writes whatever reaches it.
 pub async fn connect(
     db: &Database,
+    access: AccessLevel,
     params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
     let addr = format!("{}:{}", db.host, db.port);
@@ -77,9 +81,17 @@ pub async fn connect(
         UpstreamTls::Disable => Box::new(tcp) as BoxStream,
         UpstreamTls::Require => start_tls(tcp, &db.host).await?,
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, login(stream, db, params))
-        .await
-        .map_err(|_| UpstreamError::Timeout(addr))?
+    let credentials = db.credentials(access);
+    let mut params = params.to_vec();
+    if access == AccessLevel::Read {
+        params.push(("default_transaction_read_only".into(), "on".into()));
+    }
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        login(stream, &db.dbname, &credentials, &params),
+    )
+    .await
+    .map_err(|_| UpstreamError::Timeout(addr))?
 }
 
 async fn start_tls(mut tcp: TcpStream, host: &str) -> Result<BoxStream, UpstreamError> {
@@ -109,11 +121,12 @@ fn ssl_request() -> [u8; 8] {
 
 async fn login(
     mut stream: BoxStream,
-    db: &Database,
+    dbname: &str,
+    db: &Credentials,
     params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
     let mut out = BytesMut::new();
-    let mut startup: Vec<(&str, &str)> = vec![("user", &db.user), ("database", &db.dbname)];
+    let mut startup: Vec<(&str, &str)> = vec![("user", &db.user), ("database", dbname)];
     startup.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(startup, &mut out)?;
     stream.write_all(&out).await?;
@@ -184,7 +197,7 @@ async fn login(
     }
 }
 
-fn password(db: &Database) -> Result<&str, UpstreamError> {
+fn password(db: &Credentials) -> Result<&str, UpstreamError> {
     db.password.as_deref().ok_or(UpstreamError::NoPassword)
 }
 

@@ -17,7 +17,7 @@ pub use encode::{
     ready_for_query, Severity,
 };
 pub use frame::{frame_len, parse_startup, split_frame, FrameError, Startup, StartupPacket};
-pub use scan::{BackendEvent, BackendScanner};
+pub use scan::{BackendEvent, BackendScanner, LocatedEvent};
 
 /// SQLSTATE codes the proxy itself produces.
 pub mod sqlstate {
@@ -30,6 +30,7 @@ pub mod sqlstate {
     pub const IO_ERROR: &str = "58030";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 }
 
 /// Protocol codes that stand where a version number would in a startup packet.

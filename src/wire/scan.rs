@@ -35,6 +35,8 @@ enum State {
 /// Incremental scanner over the upstream stream.
 pub struct BackendScanner {
     state: State,
+    /// Where the message being read began in the current `feed`, if it began there.
+    started_at: Option<usize>,
 }
 
 impl Default for BackendScanner {
@@ -44,9 +46,13 @@ impl Default for BackendScanner {
                 have: 0,
                 header: [0; 5],
             },
+            started_at: Some(0),
         }
     }
 }
+
+/// An event and, when the whole message lies in the fed bytes, its byte range there.
+pub type LocatedEvent = (BackendEvent, Option<std::ops::Range<usize>>);
 
 fn interesting(tag: u8) -> bool {
     matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z' | b'G')
@@ -54,8 +60,21 @@ fn interesting(tag: u8) -> bool {
 
 impl BackendScanner {
     /// Feeds `data` (any split of the stream) and reports each interesting message.
-    pub fn feed(&mut self, mut data: &[u8], events: &mut Vec<BackendEvent>) {
+    pub fn feed(&mut self, data: &[u8], events: &mut Vec<BackendEvent>) {
+        let mut located = Vec::new();
+        self.feed_located(data, &mut located);
+        events.extend(located.into_iter().map(|(e, _)| e));
+    }
+
+    /// Like `feed`, with each event's byte range in `data` where it lies wholly there.
+    pub fn feed_located(&mut self, all: &[u8], events: &mut Vec<LocatedEvent>) {
+        let mut data = all;
+        self.started_at = match self.state {
+            State::Header { have: 0, .. } => Some(0),
+            _ => None,
+        };
         while !data.is_empty() {
+            let offset = all.len() - data.len();
             match &mut self.state {
                 State::Header { have, header } => {
                     let n = (5 - *have).min(data.len());
@@ -76,14 +95,14 @@ impl BackendScanner {
                         } else {
                             State::Skip { remaining }
                         };
-                        self.finish_if_done(events);
+                        self.finish_if_done(offset + n, events);
                     }
                 }
                 State::Skip { remaining } => {
                     let n = (*remaining).min(data.len());
                     *remaining -= n;
                     data = &data[n..];
-                    self.finish_if_done(events);
+                    self.finish_if_done(offset + n, events);
                 }
                 State::Collect {
                     remaining, body, ..
@@ -92,13 +111,27 @@ impl BackendScanner {
                     body.extend_from_slice(&data[..n]);
                     *remaining -= n;
                     data = &data[n..];
-                    self.finish_if_done(events);
+                    self.finish_if_done(offset + n, events);
                 }
             }
         }
     }
 
-    fn finish_if_done(&mut self, events: &mut Vec<BackendEvent>) {
+    /// Where, in the last fed bytes, an unfinished message worth holding back began: a
+    /// partial header, or a statement-ending message still being collected.
+    pub fn unfinished_start(&self) -> Option<usize> {
+        match self.state {
+            State::Header { have: 0, .. } | State::Skip { .. } => None,
+            State::Header { .. } | State::Collect { .. } => self.started_at,
+        }
+    }
+
+    /// Forgets a partly read message, to read it again from its first byte.
+    pub fn rewind(&mut self) {
+        *self = BackendScanner::default();
+    }
+
+    fn finish_if_done(&mut self, end: usize, events: &mut Vec<LocatedEvent>) {
         let done = match &self.state {
             State::Header { .. } => false,
             State::Skip { remaining } | State::Collect { remaining, .. } => *remaining == 0,
@@ -113,8 +146,10 @@ impl BackendScanner {
                 header: [0; 5],
             },
         );
+        let range = self.started_at.map(|start| start..end);
+        self.started_at = Some(end);
         if let State::Collect { tag, body, .. } = previous {
-            events.push(decode_event(tag, &body));
+            events.push((decode_event(tag, &body), range));
         }
     }
 }
@@ -194,6 +229,29 @@ mod tests {
         let mut events = Vec::new();
         BackendScanner::default().feed(&stream(), &mut events);
         assert_eq!(events, expected());
+    }
+
+    #[test]
+    fn locates_whole_messages() {
+        let s = stream();
+        let mut located = Vec::new();
+        BackendScanner::default().feed_located(&s, &mut located);
+        let (event, range) = &located[1];
+        assert!(matches!(event, BackendEvent::Error { .. }));
+        let range = range.clone().expect("whole message");
+        assert_eq!(s[range.start], b'E');
+        assert_eq!(&s[range.end..range.end + 1], b"I");
+        // Split inside the error: its range is unknown to the second feed, and the scanner
+        // says where the unfinished message began.
+        let cut = range.start + 7;
+        let mut scanner = BackendScanner::default();
+        let mut first = Vec::new();
+        scanner.feed_located(&s[..cut], &mut first);
+        assert_eq!(scanner.unfinished_start(), Some(range.start));
+        scanner.rewind();
+        let mut again = Vec::new();
+        scanner.feed_located(&s[range.start..], &mut again);
+        assert_eq!(again[0].1, Some(0..range.end - range.start));
     }
 
     #[test]

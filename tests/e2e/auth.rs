@@ -56,7 +56,7 @@ async fn refused(env: &Env, user: &str, token: &str, code: &str, says: &str) {
 
 fn upstream_sessions(env: &Env) -> i64 {
     env.superuser_sql(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND usename = 'lockbox_svc'",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND usename <> 'postgres'",
         env.db
     ))
     .parse()
@@ -72,7 +72,8 @@ async fn approved_token_opens_a_session_as_the_service_role() {
         .query_one("SELECT current_user::text, count(*) FROM items", &[])
         .await
         .expect("query");
-    assert_eq!(row.get::<_, String>(0), "lockbox_svc");
+    // A read grant logs in as the database's read role.
+    assert_eq!(row.get::<_, String>(0), "lockbox_read");
     assert_eq!(row.get::<_, i64>(1), 10);
 }
 
@@ -219,7 +220,10 @@ async fn upstream_md5_and_trust_logins_work() {
             },
         )
         .await;
-        let (_, token) = env.approved_token("eve", "1h").await;
+        // Admin grants use the database's default credentials, the ones under test here.
+        let (_, token) = env
+            .approved_token_for("eve", "1h", AccessLevel::Admin)
+            .await;
         let (client, _conn) = env.connect("eve", &token).await.expect("login");
         let who: String = client
             .query_one("SELECT current_user::text", &[])

@@ -29,7 +29,10 @@ pub fn cluster() -> &'static PgSandbox {
                 "CREATE ROLE {SERVICE_ROLE} LOGIN PASSWORD '{SERVICE_PASSWORD}';
                  SET password_encryption = 'md5';
                  CREATE ROLE lockbox_md5 LOGIN PASSWORD 'md5-password';
-                 CREATE ROLE lockbox_trust LOGIN;"
+                 CREATE ROLE lockbox_trust LOGIN;
+                 RESET password_encryption;
+                 CREATE ROLE lockbox_read LOGIN PASSWORD 'read-password';
+                 CREATE ROLE lockbox_write LOGIN PASSWORD 'write-password';"
             ),
         )
         .expect("create roles");
@@ -96,7 +99,10 @@ impl Env {
                 "SET ROLE {SERVICE_ROLE};
                  CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
                  INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 10) g;
-                 GRANT ALL ON items TO lockbox_md5, lockbox_trust;"
+                 GRANT ALL ON items TO lockbox_md5, lockbox_trust;
+                 GRANT SELECT ON items TO lockbox_read;
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON items TO lockbox_write;
+                 CREATE FUNCTION rename_all() RETURNS void LANGUAGE sql AS $$ UPDATE items SET name = 'renamed' $$;"
             ),
         )
         .expect("create table");
@@ -110,12 +116,17 @@ impl Env {
                         port: pg.port,
                         user: options.upstream_user,
                         password: options.upstream_password,
+                        levels: vec![
+                            ("read", "lockbox_read", "read-password"),
+                            ("write", "lockbox_write", "write-password"),
+                        ],
                     },
                     DeploymentDatabase {
                         name: "other",
                         port: pg.port,
                         user: SERVICE_ROLE,
                         password: SERVICE_PASSWORD,
+                        levels: vec![],
                     },
                 ],
                 users: USERS.iter().map(|(n, r)| (*n, r.to_vec())).collect(),
@@ -149,9 +160,19 @@ impl Env {
             .expect("server running")
     }
 
-    /// Files a request as `engineer`, has carol approve it, returns (request id, token).
+    /// Files a read request as `engineer`, has carol approve it, returns (request id, token).
     pub async fn approved_token(&self, engineer: &str, duration: &str) -> (String, String) {
-        let id = self.pending_request(engineer, duration).await;
+        self.approved_token_for(engineer, duration, AccessLevel::Read)
+            .await
+    }
+
+    pub async fn approved_token_for(
+        &self,
+        engineer: &str,
+        duration: &str,
+        access: AccessLevel,
+    ) -> (String, String) {
+        let id = self.request_for(engineer, duration, access).await;
         self.client("carol")
             .approve(&id, "ok for the ticket")
             .await
@@ -161,13 +182,18 @@ impl Env {
     }
 
     pub async fn pending_request(&self, engineer: &str, duration: &str) -> String {
+        self.request_for(engineer, duration, AccessLevel::Read)
+            .await
+    }
+
+    pub async fn request_for(&self, engineer: &str, duration: &str, access: AccessLevel) -> String {
         let request = self
             .client(engineer)
             .create_request(&NewRequest {
                 database: self.db.clone(),
                 ticket: "T-1".into(),
                 reason: "investigate".into(),
-                access: AccessLevel::Read,
+                access,
                 duration: Some(duration.into()),
             })
             .await
@@ -281,6 +307,33 @@ impl Raw {
 
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// Reads (bounded) until an ErrorResponse and the ReadyForQuery after it have arrived.
+    pub async fn read_until_ready_after_error(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut events = Vec::new();
+            lockbox::wire::BackendScanner::default().feed(&out, &mut events);
+            let error_at = events
+                .iter()
+                .position(|e| matches!(e, lockbox::wire::BackendEvent::Error { .. }));
+            if error_at.is_some_and(|i| {
+                events[i..]
+                    .iter()
+                    .any(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
+            }) {
+                return out;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .expect("no error and ReadyForQuery in time")
+                .expect("read");
+            assert!(n > 0, "connection closed early: {out:?}");
+            out.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// Reads until the proxy closes (bounded); returns everything received.

@@ -5,6 +5,7 @@ mod harness;
 
 mod auth;
 mod cli;
+mod guard;
 mod lifecycle;
 mod protocol;
 mod relay;

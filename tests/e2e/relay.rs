@@ -7,6 +7,8 @@ use futures::{stream, StreamExt};
 use serde_json::Value;
 use tokio_postgres::AsyncMessage;
 
+use lockbox::policy::AccessLevel;
+
 use crate::harness::{cluster, db_error, Env};
 
 /// Waits until every statement record of `id` has its outcome; returns (statements, outcomes).
@@ -44,7 +46,9 @@ fn outcome_of<'a>(outcomes: &'a [Value], statement: &Value) -> &'a Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn simple_query_strings_give_one_record_per_statement() {
     let env = Env::start("relay_simple").await;
-    let (id, token) = env.approved_token("eve", "1h").await;
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
     let (client, _conn) = env.connect("eve", &token).await.expect("login");
     client
         .batch_execute("SELECT 1; UPDATE items SET name = name WHERE id < 4; SELECT 'a;b'")
@@ -102,7 +106,13 @@ async fn simple_query_strings_give_one_record_per_statement() {
         outcome_of(&outcomes, &statements[4])["status"],
         "not_executed"
     );
-    assert_eq!(outcome_of(&outcomes, &statements[5])["sqlstate"], "42601");
+    // Unparsable statements never reach the database under a write grant (fail closed).
+    let refused = outcome_of(&outcomes, &statements[5]);
+    assert_eq!(
+        (refused["status"].as_str(), refused["sqlstate"].as_str()),
+        (Some("refused"), Some("42501"))
+    );
+    assert_eq!(refused["rule"], "unparsable");
     // Each statement record is written before its outcome.
     for s in &statements {
         assert!(outcome_of(&outcomes, s)["seq"].as_u64() > s["seq"].as_u64());
@@ -167,7 +177,9 @@ fn hex_of(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_in_and_out_pass_through() {
     let env = Env::start("relay_copy").await;
-    let (id, token) = env.approved_token("eve", "1h").await;
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
     let (client, _conn) = env.connect("eve", &token).await.expect("login");
     let sink = client
         .copy_in("COPY items FROM STDIN")
@@ -212,7 +224,10 @@ async fn copy_in_and_out_pass_through() {
 #[tokio::test(flavor = "multi_thread")]
 async fn notices_and_notifications_reach_the_client() {
     let env = Env::start("relay_notify").await;
-    let (_, token) = env.approved_token("eve", "1h").await;
+    // DO blocks are for admin grants only.
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
     let (client, mut connection) = env
         .pg_config("eve", &token)
         .connect(tokio_postgres::NoTls)
@@ -298,7 +313,10 @@ async fn cancel_reaches_the_right_backend_and_unknown_keys_are_ignored() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pgbench_runs_through_the_proxy() {
     let env = Env::start("relay_pgbench").await;
-    let (id, token) = env.approved_token("eve", "1h").await;
+    // pgbench -i creates tables: that takes the owner's role, an admin grant.
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
     let pgbench = cluster().bin_dir().join("pgbench");
     let port = env.proxy_port().to_string();
     let run = |args: &[&str]| {
@@ -336,4 +354,40 @@ async fn pgbench_runs_through_the_proxy() {
         })
         .await;
     assert!(!selects.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn psql_backslash_commands_work_under_a_read_grant() {
+    let env = Env::start("relay_psql_meta").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let psql = cluster().bin_dir().join("psql");
+    let conninfo = format!(
+        "host=127.0.0.1 port={} dbname={} user=eve",
+        env.proxy_port(),
+        env.db
+    );
+    for command in [
+        "\\d",
+        "\\dt",
+        "\\d items",
+        "\\d+ items",
+        "\\l",
+        "\\dn",
+        "\\df",
+        "\\du",
+        "\\dv",
+        "\\di",
+        "\\x on",
+    ] {
+        let out = std::process::Command::new(&psql)
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-c", command, &conninfo])
+            .env("PGPASSWORD", &token)
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {command} failed under a read grant: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
