@@ -337,7 +337,10 @@ async fn walk_through(deployment: &Deployment, options: &DemoOptions) -> Result<
     );
     client.batch_execute("SELECT 1; SELECT now()").await?;
     println!("    SELECT 1; SELECT now()                            -> two statements, two audit records");
-    match client.batch_execute("UPDATE customers SET plan = 'free'").await {
+    match client
+        .batch_execute("UPDATE customers SET plan = 'free'")
+        .await
+    {
         Err(e) => println!(
             "    UPDATE customers SET plan = 'free'                -> refused: {}",
             db_message(&e.into())

@@ -10,7 +10,10 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
+use dashmap::DashMap;
+
 use crate::policy::AccessLevel;
+use crate::sql::StatementKind;
 
 /// What a statement does, for the guardrails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,9 +39,74 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// What the proxy knows about one statement's text: its audit kind and its class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Analysis {
+    pub kind: StatementKind,
+    pub class: Class,
+}
+
+/// Analyses one statement's text: one tokenizer pass and one parse.
+pub fn analyze(statement: &str) -> Analysis {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, statement)
+        .tokenize()
+        .unwrap_or_default();
+    let words = leading_words(&tokens);
+    let parsed = Parser::parse_sql(&dialect, statement);
+    let ast = match &parsed {
+        Ok(list) if list.len() == 1 => list.first(),
+        _ => None,
+    };
+    let kind = ast
+        .map(crate::sql::kind_of)
+        .unwrap_or(StatementKind::Unknown);
+    let class = if let Some(rule) = escalation_by_words(&words) {
+        Class::Escalation(rule)
+    } else if calls_escaping_function(&tokens) {
+        Class::Escalation("escaping_function")
+    } else {
+        match (ast, &parsed) {
+            (Some(statement), _) => classify_ast(statement),
+            (None, Ok(_)) => Class::Unknown,
+            (None, Err(_)) => classify_unparsed(&words).unwrap_or(Class::Unknown),
+        }
+    };
+    Analysis { kind, class }
+}
+
+/// Statements longer than this are analysed every time rather than cached.
+const CACHEABLE_LEN: usize = 8 * 1024;
+/// The cache is emptied when it holds this many statements.
+const CACHE_ENTRIES: usize = 50_000;
+
+/// Analyses by statement text, shared by all sessions: a statement sent again (prepared
+/// statements, ORMs, monitoring queries) costs one hash lookup instead of a parse.
+/// It memoizes a pure function of the text, so sharing it process-wide is safe.
+pub fn analyze_cached(statement: &str) -> Analysis {
+    static CACHE: std::sync::LazyLock<DashMap<Box<str>, Analysis>> =
+        std::sync::LazyLock::new(DashMap::new);
+    if statement.len() > CACHEABLE_LEN {
+        return analyze(statement);
+    }
+    if let Some(hit) = CACHE.get(statement) {
+        return *hit;
+    }
+    let analysis = analyze(statement);
+    if CACHE.len() >= CACHE_ENTRIES {
+        CACHE.clear();
+    }
+    CACHE.insert(statement.into(), analysis);
+    analysis
+}
+
 /// Whether `access` may run `statement` (one statement's text).
 pub fn check(access: AccessLevel, statement: &str) -> Result<(), Refusal> {
-    let class = classify(statement);
+    check_class(access, analyze_cached(statement).class)
+}
+
+/// Whether `access` may run a statement of `class`.
+pub fn check_class(access: AccessLevel, class: Class) -> Result<(), Refusal> {
     let refuse = |rule: &'static str, what: &str| {
         Err(Refusal {
             rule,
@@ -94,21 +162,7 @@ const PROTECTED_SETTINGS: &[&str] = &[
 ];
 
 pub fn classify(statement: &str) -> Class {
-    let words = leading_words(statement);
-    if let Some(rule) = escalation_by_words(&words) {
-        return Class::Escalation(rule);
-    }
-    if let Some(function) = calls_escaping_function(statement) {
-        let _ = function;
-        return Class::Escalation("escaping_function");
-    }
-    match Parser::parse_sql(&PostgreSqlDialect {}, statement) {
-        Ok(parsed) => match parsed.as_slice() {
-            [single] => classify_ast(single),
-            _ => Class::Unknown,
-        },
-        Err(_) => classify_unparsed(&words).unwrap_or(Class::Unknown),
-    }
+    analyze(statement).class
 }
 
 /// Statements sqlparser's PostgreSQL dialect does not parse but whose effect their first
@@ -137,12 +191,8 @@ fn classify_unparsed(words: &[String]) -> Option<Class> {
     }
 }
 
-/// The first words of a statement, lowercased, comments and punctuation skipped.
-fn leading_words(statement: &str) -> Vec<String> {
-    let dialect = PostgreSqlDialect {};
-    let Ok(tokens) = Tokenizer::new(&dialect, statement).tokenize() else {
-        return Vec::new();
-    };
+/// The first words of a statement, lowercased, whitespace and comments skipped.
+fn leading_words(tokens: &[Token]) -> Vec<String> {
     tokens
         .iter()
         .filter_map(|t| match t {
@@ -186,20 +236,16 @@ fn opens_read_write(w: &[&str]) -> bool {
     transactional && w.windows(2).any(|p| p == ["read", "write"])
 }
 
-fn calls_escaping_function(statement: &str) -> Option<String> {
-    let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, statement).tokenize().ok()?;
+fn calls_escaping_function(tokens: &[Token]) -> bool {
     let significant: Vec<&Token> = tokens
         .iter()
         .filter(|t| !matches!(t, Token::Whitespace(_)))
         .collect();
-    significant.windows(2).find_map(|pair| match pair {
-        [Token::Word(w), Token::LParen]
-            if ESCAPING_FUNCTIONS.contains(&w.value.to_lowercase().as_str()) =>
-        {
-            Some(w.value.to_lowercase())
+    significant.windows(2).any(|pair| match pair {
+        [Token::Word(w), Token::LParen] => {
+            ESCAPING_FUNCTIONS.contains(&w.value.to_lowercase().as_str())
         }
-        _ => None,
+        _ => false,
     })
 }
 

@@ -348,30 +348,29 @@ impl Relay {
         match tag {
             b'Q' => {
                 let text = wire::decode_query(body).map_err(|e| e.to_string())?;
-                let statements = sql::classify_all(&text);
-                let refusal = statements
+                let statements: Vec<(&str, guard::Analysis)> = sql::split_statements(&text)
+                    .into_iter()
+                    .map(|piece| (piece, guard::analyze_cached(piece)))
+                    .collect();
+                // One refused statement refuses the string: PostgreSQL runs it as one
+                // transaction. The first refused statement carries the refusal.
+                let refused_at = statements
                     .iter()
-                    .find_map(|s| guard::check(self.access, &s.text).err())
+                    .position(|(_, a)| guard::check_class(self.access, a.class).is_err());
+                let refusal = refused_at
+                    .and_then(|i| guard::check_class(self.access, statements[i].1.class).err())
                     .map(Arc::new);
-                let mut refusal_placed = false;
-                for statement in statements {
-                    let refused_here = !refusal_placed
-                        && refusal.is_some()
-                        && guard::check(self.access, &statement.text).is_err();
+                for (i, (piece, analysis)) in statements.iter().enumerate() {
                     let record = self.statement_record(
                         Protocol::Simple,
-                        statement.text,
-                        statement.kind,
+                        (*piece).to_owned(),
+                        analysis.kind,
                         None,
                     );
-                    pending.push(match &refusal {
-                        None => Pending::Statement(record),
-                        Some(r) if refused_here => {
-                            refusal_placed = true;
-                            Pending::Refused(record, r.clone())
-                        }
-                        // The whole string is refused: PostgreSQL runs it as one transaction.
-                        Some(_) => Pending::NotRun(record),
+                    pending.push(match (&refusal, refused_at) {
+                        (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
+                        (Some(_), _) => Pending::NotRun(record),
+                        _ => Pending::Statement(record),
                     });
                 }
                 pending.push(Pending::QueryEnd);
@@ -379,8 +378,9 @@ impl Relay {
             }
             b'P' => {
                 let (name, text) = wire::decode_parse(body).map_err(|e| e.to_string())?;
-                let kind = sql::classify(&text);
-                if let Err(refusal) = guard::check(self.access, &text) {
+                let analysis = guard::analyze_cached(&text);
+                let kind = analysis.kind;
+                if let Err(refusal) = guard::check_class(self.access, analysis.class) {
                     let record =
                         self.statement_record(Protocol::Extended, text.clone(), kind, None);
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
