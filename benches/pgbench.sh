@@ -48,7 +48,7 @@ pg_port=$(echo "$LOCKBOX_UPSTREAM_URL" | sed -E 's|.*:([0-9]+)/.*|\1|')
 
 echo "loading pgbench tables (scale 10)" >&2
 "$PGBENCH" -i -s 10 -q "$LOCKBOX_UPSTREAM_URL" >/dev/null 2>&1
-"$PSQL" -X -q "$LOCKBOX_UPSTREAM_URL" -c "GRANT SELECT ON ALL TABLES IN SCHEMA public TO lockbox_service"
+"$PSQL" -X -q "$LOCKBOX_UPSTREAM_URL" -c "GRANT SELECT ON ALL TABLES IN SCHEMA public TO lockbox_service, sales_read, sales_write"
 
 id=$(LOCKBOX_API_KEY=$LOCKBOX_ENGINEER_KEY "$LOCKBOX" request create --database "$LOCKBOX_DATABASE" \
     --ticket BENCH-1 --reason "throughput benchmark" --access read --duration 2h)

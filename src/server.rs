@@ -85,10 +85,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     )));
     let revocations = lockbox.subscribe_revocations();
     let follower = registry.clone();
+    let follower_lockbox = lockbox.clone();
     let mut follower_stop = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         tokio::select! {
-            _ = follower.follow_revocations(revocations) => {}
+            _ = follower.follow_revocations(&follower_lockbox, revocations) => {}
             _ = follower_stop.changed() => {}
         }
     }));

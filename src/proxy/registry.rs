@@ -8,6 +8,8 @@ use rand::Rng;
 use tokio::sync::{broadcast, watch};
 
 use crate::ids::{RequestId, SessionId};
+use crate::policy::RequestStatus;
+use crate::service::Lockbox;
 
 /// Why the proxy ends a session on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +109,11 @@ impl Registry {
     }
 
     /// Drops the sessions of each request revoked through the control plane.
-    pub async fn follow_revocations(&self, mut revoked: broadcast::Receiver<RequestId>) {
+    pub async fn follow_revocations(
+        &self,
+        lockbox: &Lockbox,
+        mut revoked: broadcast::Receiver<RequestId>,
+    ) {
         loop {
             match revoked.recv().await {
                 Ok(id) => {
@@ -115,9 +121,31 @@ impl Registry {
                     tracing::info!(request_id = %id, sessions = n, "request revoked; dropping its sessions");
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::error!(missed, "revocation notices were missed");
+                    // Which requests were revoked is lost: ask the store about every live one.
+                    tracing::warn!(
+                        missed,
+                        "revocation notices were missed; re-checking live sessions"
+                    );
+                    self.recheck_all(lockbox).await;
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Drops every session whose request is no longer approved (or cannot be read: fail closed).
+    async fn recheck_all(&self, lockbox: &Lockbox) {
+        let mut requests: Vec<RequestId> =
+            self.sessions.iter().map(|e| e.request_id.clone()).collect();
+        requests.sort();
+        requests.dedup();
+        for id in requests {
+            let still_approved = match lockbox.store.get(&id).await {
+                Ok(Some(r)) => r.effective_status(chrono::Utc::now()) == RequestStatus::Approved,
+                Ok(None) | Err(_) => false,
+            };
+            if !still_approved {
+                self.drop_request(&id, DropReason::Revoked);
             }
         }
     }
