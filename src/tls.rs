@@ -63,8 +63,20 @@ pub fn client_config_pinned(cert_pem: &str) -> Result<Arc<rustls::ClientConfig>,
         path: "<pinned>".into(),
         message: e.to_string(),
     })?;
-    let verifier = Arc::new(PinnedCert {
-        cert: cert.into_owned(),
+    client_config(Some(cert.into_owned()))
+}
+
+/// Client configuration that encrypts without verifying the server, libpq's
+/// `sslmode=require`. Used towards upstream databases configured with `tls = "require"`.
+pub fn client_config_encrypt_only() -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    client_config(None)
+}
+
+fn client_config(
+    pinned: Option<CertificateDer<'static>>,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let verifier = Arc::new(Verifier {
+        pinned,
         provider: provider(),
     });
     let config = rustls::ClientConfig::builder_with_provider(provider())
@@ -76,27 +88,15 @@ pub fn client_config_pinned(cert_pem: &str) -> Result<Arc<rustls::ClientConfig>,
     Ok(Arc::new(config))
 }
 
-/// Client configuration that encrypts without verifying the server, libpq's
-/// `sslmode=require`. Used towards upstream databases configured with `tls = "require"`.
-pub fn client_config_encrypt_only() -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerification {
-            provider: provider(),
-        }))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
+/// Accepts exactly the pinned certificate, or (unpinned) any certificate. Handshake
+/// signatures are always checked, so the peer does hold the certificate's key.
 #[derive(Debug)]
-struct PinnedCert {
-    cert: CertificateDer<'static>,
+struct Verifier {
+    pinned: Option<CertificateDer<'static>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-impl rustls::client::danger::ServerCertVerifier for PinnedCert {
+impl rustls::client::danger::ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -105,65 +105,12 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_ref() {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::UnknownIssuer,
-            ))
+        match &self.pinned {
+            Some(pinned) if pinned.as_ref() != end_entity.as_ref() => Err(
+                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            ),
+            _ => Ok(rustls::client::danger::ServerCertVerified::assertion()),
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-#[derive(Debug)]
-struct NoVerification {
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for NoVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

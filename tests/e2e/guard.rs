@@ -3,7 +3,7 @@
 
 use lockbox::policy::AccessLevel;
 
-use crate::harness::{db_error, errors_in, message, startup_packet, Env, Raw};
+use crate::harness::{db_error, errors_in, message, Env, Raw};
 
 /// Every route a read session might try to change data or widen its rights.
 const READ_REFUSALS: &[(&str, &str)] = &[
@@ -140,12 +140,7 @@ async fn the_database_enforces_a_read_grant_too() {
 async fn function_call_messages_are_refused_below_admin() {
     let env = Env::start("guard_fcall").await;
     let (_, token) = env.approved_token("eve", "1h").await;
-    let mut raw = Raw::connect(env.proxy_port()).await;
-    raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
-        .await;
-    let mut password = token.into_bytes();
-    password.push(0);
-    raw.send(&message(b'p', &password)).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
     // FunctionCall of lo_import (oid 764) with one text argument.
     let mut body = 764u32.to_be_bytes().to_vec();
     body.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 11]);

@@ -305,6 +305,17 @@ impl Raw {
         }
     }
 
+    /// Connects and logs in as `user` with `token`, without waiting for the answer.
+    pub async fn login(env: &Env, user: &str, token: &str) -> Raw {
+        let mut raw = Raw::connect(env.proxy_port()).await;
+        raw.send(&startup_packet(&[("user", user), ("database", &env.db)]))
+            .await;
+        let mut password = token.as_bytes().to_vec();
+        password.push(0);
+        raw.send(&message(b'p', &password)).await;
+        raw
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("send");
     }

@@ -111,12 +111,7 @@ async fn unsafe_and_missing_startup_parameters_are_refused() {
 async fn wrong_message_order_after_login_is_a_protocol_violation() {
     let env = Env::start("proto_order").await;
     let (id, token) = env.approved_token("eve", "1h").await;
-    let mut raw = Raw::connect(env.proxy_port()).await;
-    raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
-        .await;
-    let mut password = token.into_bytes();
-    password.push(0);
-    raw.send(&message(b'p', &password)).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
     // A second password message after AuthenticationOk is out of order.
     raw.send(&message(b'p', b"again\0")).await;
     let reply = raw.read_to_close().await;
@@ -135,12 +130,7 @@ async fn wrong_message_order_after_login_is_a_protocol_violation() {
 async fn a_message_beyond_the_size_limit_is_refused_before_it_is_buffered() {
     let env = Env::start("proto_huge").await;
     let (_, token) = env.approved_token("eve", "1h").await;
-    let mut raw = Raw::connect(env.proxy_port()).await;
-    raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
-        .await;
-    let mut password = token.into_bytes();
-    password.push(0);
-    raw.send(&message(b'p', &password)).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
     // Declares 1 GiB and sends 5 bytes: refused from the header alone.
     raw.send(&[b'Q', 0x40, 0, 0, 0]).await;
     let reply = raw.read_to_close().await;
