@@ -197,6 +197,30 @@ pub struct DatabaseFile {
     /// just those privileges. A level without an entry uses `user`/`password` above.
     #[serde(default)]
     pub access: BTreeMap<AccessLevel, CredentialsFile>,
+    /// Statement rules for this database, binding every access level.
+    #[serde(default)]
+    pub guardrails: Guardrails,
+}
+
+/// Per-database statement rules (`[databases.guardrails]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guardrails {
+    /// Refuse DROP of anything.
+    #[serde(default)]
+    pub deny_drop: bool,
+    /// Refuse TRUNCATE.
+    #[serde(default)]
+    pub deny_truncate: bool,
+    /// Refuse DELETE without a WHERE clause.
+    #[serde(default)]
+    pub deny_delete_without_where: bool,
+    /// Refuse UPDATE without a WHERE clause.
+    #[serde(default)]
+    pub deny_update_without_where: bool,
+    /// Tables no statement may name: `table` (any schema), `schema.table`, `schema.*`.
+    #[serde(default)]
+    pub off_limits: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -285,6 +309,7 @@ pub struct Database {
     pub tls: UpstreamTls,
     /// Credentials per access level, where they differ from `user`/`password`.
     pub access: BTreeMap<AccessLevel, Credentials>,
+    pub guardrails: Guardrails,
 }
 
 /// An upstream role and its password.
@@ -510,6 +535,7 @@ fn validate_databases(
             password,
             tls: db.tls,
             access,
+            guardrails: db.guardrails,
         };
         if out.contains_key(&database.name) {
             return Err(invalid(

@@ -53,6 +53,8 @@ pub struct DeploymentDatabase<'a> {
     pub password: &'a str,
     /// `(access level, upstream role, password)` for levels with their own role.
     pub levels: Vec<(&'a str, &'a str, &'a str)>,
+    /// Body of `[databases.guardrails]`, if any.
+    pub guardrails: &'a str,
 }
 
 /// What to generate.
@@ -103,6 +105,9 @@ user = \"{user}\"
 password_file = \"{file}\"
 "
             ));
+        }
+        if !db.guardrails.is_empty() {
+            toml.push_str(&format!("\n[databases.guardrails]\n{}\n", db.guardrails));
         }
     }
     let mut api_keys = BTreeMap::new();
@@ -224,6 +229,8 @@ pub async fn run(options: DemoOptions) -> Result<()> {
                     ("read", "sales_read", &service_password),
                     ("write", "sales_write", &service_password),
                 ],
+                guardrails:
+                    "deny_drop = true\ndeny_truncate = true\ndeny_delete_without_where = true",
             }],
             users: DEMO_USERS.iter().map(|(n, r, _)| (*n, vec![*r])).collect(),
             allow_plaintext_loopback: true,

@@ -5,13 +5,17 @@
 //! The classification fails closed: a statement sqlparser cannot parse is treated as
 //! unknown, which only an `admin` grant may run.
 
-use sqlparser::ast::{CopyTarget, Statement};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use sqlparser::ast::{visit_relations, CopyTarget, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 use dashmap::DashMap;
 
+pub use crate::config::Guardrails;
 use crate::policy::AccessLevel;
 use crate::sql::StatementKind;
 
@@ -30,6 +34,9 @@ pub enum Class {
     Escalation(&'static str),
     /// sqlparser cannot parse it.
     Unknown,
+    /// Would make the proxy's reading of later statements differ from the server's (and so
+    /// hide statements from the audit): refused at every level.
+    Forbidden(&'static str),
 }
 
 /// A refusal: the rule's name and the message the client sees.
@@ -39,21 +46,126 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// What the proxy knows about one statement's text: its audit kind and its class.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the proxy knows about one statement's text: its audit kind, its class, and the
+/// facts per-database rules look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Analysis {
     pub kind: StatementKind,
     pub class: Class,
+    pub facts: Facts,
+}
+
+/// Facts of a parsed statement for per-database rules.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub drop: bool,
+    pub truncate: bool,
+    pub delete_without_where: bool,
+    pub update_without_where: bool,
+    /// Every table or view it names, lowercased, as written (`items`, `hr.payroll`).
+    pub relations: Arc<[String]>,
+}
+
+fn facts_of(statement: &Statement) -> Facts {
+    let mut relations = Vec::new();
+    let _ = visit_relations(statement, |name| {
+        relations.push(name.to_string().to_lowercase().replace('"', ""));
+        ControlFlow::<()>::Continue(())
+    });
+    Facts {
+        drop: matches!(statement, Statement::Drop { .. }),
+        truncate: matches!(statement, Statement::Truncate { .. }),
+        delete_without_where: matches!(statement, Statement::Delete(d) if d.selection.is_none()),
+        update_without_where: matches!(
+            statement,
+            Statement::Update {
+                selection: None,
+                ..
+            }
+        ),
+        relations: relations.into(),
+    }
+}
+
+/// Per-database rules, on top of what the access level allows; they bind every level.
+pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
+    let refuse = |rule: &'static str, what: String| {
+        Err(Refusal {
+            rule,
+            message: format!("lockbox: {what} is not allowed on this database (rule {rule})"),
+        })
+    };
+    if rules.deny_drop && facts.drop {
+        return refuse("deny_drop", "DROP".into());
+    }
+    if rules.deny_truncate && facts.truncate {
+        return refuse("deny_truncate", "TRUNCATE".into());
+    }
+    if rules.deny_delete_without_where && facts.delete_without_where {
+        return refuse("delete_without_where", "DELETE without WHERE".into());
+    }
+    if rules.deny_update_without_where && facts.update_without_where {
+        return refuse("update_without_where", "UPDATE without WHERE".into());
+    }
+    if let Some(relation) = facts.relations.iter().find(|r| {
+        rules
+            .off_limits
+            .iter()
+            .any(|pattern| off_limits_match(pattern, r))
+    }) {
+        return refuse("off_limits", format!("touching {relation}"));
+    }
+    Ok(())
+}
+
+/// `table` matches that table in any schema, `schema.table` exactly, `schema.*` every
+/// table of the schema.
+fn off_limits_match(pattern: &str, relation: &str) -> bool {
+    let pattern = pattern.to_lowercase();
+    match pattern.strip_suffix(".*") {
+        Some(schema) => relation
+            .strip_prefix(schema)
+            .is_some_and(|rest| rest.starts_with('.')),
+        None if pattern.contains('.') => relation == pattern,
+        None => relation == pattern || relation.rsplit('.').next() == Some(pattern.as_str()),
+    }
+}
+
+/// Everything the grant and the database's rules say about one analysed statement.
+pub fn check_analysis(
+    access: AccessLevel,
+    rules: &Guardrails,
+    analysis: &Analysis,
+) -> Result<(), Refusal> {
+    check_class(access, analysis.class)?;
+    check_rules(rules, &analysis.facts)
 }
 
 /// Analyses one statement's text: one tokenizer pass and one parse.
 pub fn analyze(statement: &str) -> Analysis {
+    if statement.len() > MAX_ANALYZED_LEN {
+        // Parsing megabytes of SQL would stall the session; such a statement is unknown,
+        // which only an admin grant may run. It is still audited in full.
+        return Analysis {
+            kind: StatementKind::Unknown,
+            class: Class::Unknown,
+            facts: Facts::default(),
+        };
+    }
     let dialect = PostgreSqlDialect {};
     let tokens = Tokenizer::new(&dialect, statement)
         .tokenize()
         .unwrap_or_default();
     let words = leading_words(&tokens);
-    let parsed = Parser::parse_sql(&dialect, statement);
+    let parsed =
+        Parser::parse_sql(&dialect, statement).or_else(|e| {
+            match without_operator_syntax(&tokens) {
+                // psql and pg_dump write `a OPERATOR(pg_catalog.=) b`, which sqlparser does not
+                // read; for classification it means `a = b`.
+                Some(plain) => Parser::parse_sql(&dialect, &plain),
+                None => Err(e),
+            }
+        });
     let ast = match &parsed {
         Ok(list) if list.len() == 1 => list.first(),
         _ => None,
@@ -61,19 +173,61 @@ pub fn analyze(statement: &str) -> Analysis {
     let kind = ast
         .map(crate::sql::kind_of)
         .unwrap_or(StatementKind::Unknown);
-    let class = if let Some(rule) = escalation_by_words(&words) {
+    let facts = ast.map(facts_of).unwrap_or_default();
+    let class = if changes_lexing(&words, &tokens) {
+        Class::Forbidden("lexer_setting")
+    } else if let Some(rule) = escalation_by_words(&words) {
         Class::Escalation(rule)
     } else if calls_escaping_function(&tokens) {
         Class::Escalation("escaping_function")
     } else {
         match (ast, &parsed) {
+            // LOCK's mode decides; sqlparser's reading of it varies by dialect.
+            _ if words.first().map(String::as_str) == Some("lock") => {
+                classify_unparsed(&words).unwrap_or(Class::Unknown)
+            }
             (Some(statement), _) => classify_ast(statement),
             (None, Ok(_)) => Class::Unknown,
             (None, Err(_)) => classify_unparsed(&words).unwrap_or(Class::Unknown),
         }
     };
-    Analysis { kind, class }
+    Analysis { kind, class, facts }
 }
+
+/// The statement with every `OPERATOR(schema.op)` written as plain `op`, if it has any.
+fn without_operator_syntax(tokens: &[Token]) -> Option<String> {
+    let is_operator_keyword =
+        |t: &Token| matches!(t, Token::Word(w) if w.value.eq_ignore_ascii_case("operator"));
+    if !tokens.iter().any(is_operator_keyword) {
+        return None;
+    }
+    let mut out = String::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        if is_operator_keyword(&tokens[i]) && matches!(tokens.get(i + 1), Some(Token::LParen)) {
+            let close = tokens[i..].iter().position(|t| *t == Token::RParen)? + i;
+            // The operator is what follows the last period inside the parentheses.
+            let inner = &tokens[i + 2..close];
+            let start = inner
+                .iter()
+                .rposition(|t| *t == Token::Period)
+                .map_or(0, |p| p + 1);
+            out.push(' ');
+            for t in &inner[start..] {
+                out.push_str(&t.to_string());
+            }
+            out.push(' ');
+            i = close + 1;
+        } else {
+            out.push_str(&tokens[i].to_string());
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Statements longer than this are not parsed at all.
+const MAX_ANALYZED_LEN: usize = 1024 * 1024;
 
 /// Statements longer than this are analysed every time rather than cached.
 const CACHEABLE_LEN: usize = 8 * 1024;
@@ -90,13 +244,13 @@ pub fn analyze_cached(statement: &str) -> Analysis {
         return analyze(statement);
     }
     if let Some(hit) = CACHE.get(statement) {
-        return *hit;
+        return hit.clone();
     }
     let analysis = analyze(statement);
     if CACHE.len() >= CACHE_ENTRIES {
         CACHE.clear();
     }
-    CACHE.insert(statement.into(), analysis);
+    CACHE.insert(statement.into(), analysis.clone());
     analysis
 }
 
@@ -117,6 +271,7 @@ pub fn check_class(access: AccessLevel, class: Class) -> Result<(), Refusal> {
         })
     };
     match (access, class) {
+        (_, Class::Forbidden(rule)) => refuse(rule, "changing how statements are read"),
         (AccessLevel::Admin, _) => Ok(()),
         (_, Class::Read | Class::Session) => Ok(()),
         (AccessLevel::Write, Class::Write | Class::Ddl) => Ok(()),
@@ -130,7 +285,6 @@ pub fn check_class(access: AccessLevel, class: Class) -> Result<(), Refusal> {
 /// Functions that read files, run other SQL, reach other servers or change settings and
 /// roles: only an admin grant may call them.
 const ESCAPING_FUNCTIONS: &[&str] = &[
-    "set_config",
     "pg_read_file",
     "pg_read_binary_file",
     "pg_ls_dir",
@@ -153,6 +307,82 @@ const ESCAPING_FUNCTIONS: &[&str] = &[
     "cursor_to_xml",
 ];
 
+/// Settings that change how the server splits and reads query text. The proxy must read
+/// statements exactly as the server does, or a statement could hide from the audit.
+const LEXER_SETTINGS: &[&str] = &[
+    "standard_conforming_strings",
+    "backslash_quote",
+    "client_encoding",
+    "names",
+];
+
+/// SET/RESET of a lexer setting, or set_config of one.
+fn changes_lexing(words: &[String], tokens: &[Token]) -> bool {
+    let w: Vec<&str> = words.iter().map(String::as_str).collect();
+    let target = match w.as_slice() {
+        ["set", "session" | "local", name, ..] | ["set", name, ..] | ["reset", name, ..] => {
+            Some(*name)
+        }
+        _ => None,
+    };
+    if target.is_some_and(|name| LEXER_SETTINGS.contains(&name)) {
+        return true;
+    }
+    let significant: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    significant.windows(3).any(|w| match w {
+        [Token::Word(f), Token::LParen, Token::SingleQuotedString(name)]
+            if f.value.eq_ignore_ascii_case("set_config") =>
+        {
+            LEXER_SETTINGS.contains(&name.to_lowercase().as_str())
+        }
+        _ => false,
+    })
+}
+
+/// Client-only encodings whose multibyte characters can end in a backslash or quote byte
+/// make the proxy and the server split a query string differently; they are refused.
+pub fn client_encoding_is_safe(name: &str) -> bool {
+    let normalized: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    !matches!(
+        normalized.as_str(),
+        "sjis"
+            | "shiftjis"
+            | "shiftjis2004"
+            | "mskanji"
+            | "win932"
+            | "windows932"
+            | "big5"
+            | "win950"
+            | "windows950"
+            | "gbk"
+            | "win936"
+            | "windows936"
+            | "cp936"
+            | "uhc"
+            | "win949"
+            | "windows949"
+            | "gb18030"
+            | "johab"
+    )
+}
+
+/// Whether a setting the server reports (ParameterStatus) keeps the proxy's reading of
+/// query text the same as the server's.
+pub fn reported_setting_is_safe(name: &str, value: &str) -> bool {
+    match name {
+        "standard_conforming_strings" => value.eq_ignore_ascii_case("on"),
+        "client_encoding" => client_encoding_is_safe(value),
+        _ => true,
+    }
+}
+
 /// Settings that hold the grant in place.
 const PROTECTED_SETTINGS: &[&str] = &[
     "role",
@@ -173,6 +403,19 @@ fn classify_unparsed(words: &[String]) -> Option<Class> {
         Some("copy") => {}
         Some("vacuum" | "analyze" | "analyse" | "cluster" | "reindex") => {
             return Some(Class::Write)
+        }
+        // RESET of a setting that guards the grant or the lexer was caught before this.
+        Some("reset") => return Some(Class::Session),
+        // pg_dump takes ACCESS SHARE locks, the lock any SELECT takes.
+        Some("lock") => {
+            let access_share = words
+                .windows(2)
+                .any(|p| p[0] == "access" && p[1] == "share");
+            return Some(if access_share {
+                Class::Read
+            } else {
+                Class::Write
+            });
         }
         Some("refresh") if words.get(1).map(String::as_str) == Some("materialized") => {
             return Some(Class::Write)
@@ -241,9 +484,20 @@ fn calls_escaping_function(tokens: &[Token]) -> bool {
         .iter()
         .filter(|t| !matches!(t, Token::Whitespace(_)))
         .collect();
-    significant.windows(2).any(|pair| match pair {
-        [Token::Word(w), Token::LParen] => {
-            ESCAPING_FUNCTIONS.contains(&w.value.to_lowercase().as_str())
+    significant.windows(3).any(|w| match w {
+        // set_config is how pg_dump and drivers set search_path; only the settings that
+        // hold the grant in place make it an escape. A name that is not a literal (pg_dump:
+        // `set_config(name, …) FROM pg_settings`) is let through: the session's database
+        // role still bounds what it can do, and the relay ends the session if the server
+        // reports a lexer setting changing.
+        [Token::Word(f), Token::LParen, Token::SingleQuotedString(name)]
+            if f.value.eq_ignore_ascii_case("set_config") =>
+        {
+            PROTECTED_SETTINGS.contains(&name.to_lowercase().as_str())
+        }
+        [Token::Word(f), Token::LParen, _] if f.value.eq_ignore_ascii_case("set_config") => false,
+        [Token::Word(f), Token::LParen, _] => {
+            ESCAPING_FUNCTIONS.contains(&f.value.to_lowercase().as_str())
         }
         _ => false,
     })
@@ -340,11 +594,25 @@ mod tests {
             Class::Read,
         );
         check("show search_path", Class::Read);
+        check(
+            "SELECT c.oid FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) \
+             c.relnamespace WHERE c.relkind OPERATOR(pg_catalog.=) ANY (array['r', 'S']) AND c.relname \
+             OPERATOR(pg_catalog.~) '^(items)$' COLLATE pg_catalog.default",
+            Class::Read,
+        );
         check("explain select 1", Class::Read);
         check("explain analyze delete from t", Class::Write);
         check("copy t to stdout", Class::Read);
         check("copy t from stdin", Class::Write);
         check("begin", Class::Session);
+        check(
+            "SELECT pg_catalog.set_config('search_path', '', false)",
+            Class::Read,
+        );
+        check(
+            "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'",
+            Class::Read,
+        );
         check("begin read only", Class::Session);
         check("set search_path = public", Class::Session);
         check("insert into t values (1)", Class::Write);
@@ -405,6 +673,66 @@ mod tests {
             "select * from dblink('host=x', 'delete from t') as t(a int)",
             "escaping_function",
         );
+    }
+
+    #[test]
+    fn database_rules() {
+        let rules = Guardrails {
+            deny_drop: true,
+            deny_truncate: true,
+            deny_delete_without_where: true,
+            deny_update_without_where: true,
+            off_limits: vec!["payroll".into(), "hr.*".into(), "audit.log".into()],
+        };
+        let check = |sql: &str, expected: Option<&str>| {
+            let got = check_rules(&rules, &analyze(sql).facts)
+                .err()
+                .map(|r| r.rule);
+            assert_eq!(got, expected, "{sql}");
+        };
+        check("drop table t", Some("deny_drop"));
+        check("truncate t", Some("deny_truncate"));
+        check("delete from t", Some("delete_without_where"));
+        check("delete from t where id = 1", None);
+        check("update t set a = 1", Some("update_without_where"));
+        check("update t set a = 1 where id = 2", None);
+        check("select * from payroll", Some("off_limits"));
+        check(
+            "select * from public.payroll p join x on true",
+            Some("off_limits"),
+        );
+        check("select * from hr.salaries", Some("off_limits"));
+        check("select * from \"HR\".people", Some("off_limits"));
+        check("select * from audit.log", Some("off_limits"));
+        check("select * from audit.events", None);
+        check("select * from hrx.people", None);
+        check(
+            "select * from t where id in (select id from payroll)",
+            Some("off_limits"),
+        );
+        let none = Guardrails::default();
+        assert!(check_rules(&none, &analyze("drop table t").facts).is_ok());
+    }
+
+    #[test]
+    fn lexer_settings_are_refused_at_every_level() {
+        for sql in [
+            "SET standard_conforming_strings = off",
+            "set session standard_conforming_strings to off",
+            "RESET standard_conforming_strings",
+            "SET backslash_quote = on",
+            "SET client_encoding = 'SJIS'",
+            "SET NAMES 'SJIS'",
+            "select set_config('standard_conforming_strings', 'off', false)",
+        ] {
+            assert_eq!(classify(sql), Class::Forbidden("lexer_setting"), "{sql}");
+            assert!(check(AccessLevel::Admin, sql).is_err(), "{sql}");
+        }
+        assert_eq!(
+            classify("LOCK TABLE public.items IN ACCESS SHARE MODE"),
+            Class::Read
+        );
+        assert_eq!(classify("LOCK TABLE items IN EXCLUSIVE MODE"), Class::Write);
     }
 
     #[test]

@@ -16,10 +16,10 @@ use super::tracker::{Outcome, Tracker};
 use crate::audit::{
     AuditEvent, AuditLog, OutcomeRecord, OutcomeStatus, Protocol, SessionFields, StatementRecord,
 };
-use crate::guard::{self, Refusal};
+use crate::guard::{self, Guardrails, Refusal};
 use crate::policy::AccessLevel;
 use crate::sql::{self, StatementKind};
-use crate::wire::{self, sqlstate, BackendScanner, ParamValue};
+use crate::wire::{self, sqlstate, BackendEvent, BackendScanner, ParamValue};
 
 /// Why a relay ended.
 #[derive(Debug)]
@@ -29,6 +29,8 @@ pub enum End {
     Dropped(DropReason),
     ProtocolError(String),
     AuditFailed,
+    /// The server reported a setting that would make the proxy misread later statements.
+    UnsafeSetting(String),
 }
 
 /// A statement prepared with Parse, by name ("" is the unnamed one).
@@ -134,6 +136,8 @@ pub struct Relay {
     max_message: usize,
     term: Terminator,
     access: AccessLevel,
+    /// The database's own statement rules.
+    rules: Guardrails,
     events: Vec<wire::LocatedEvent>,
     outcomes: Vec<Outcome>,
 }
@@ -150,6 +154,7 @@ impl Relay {
         kill: watch::Receiver<Option<DropReason>>,
         deadline: tokio::time::Instant,
         access: AccessLevel,
+        rules: Guardrails,
     ) -> Self {
         Relay {
             client,
@@ -165,6 +170,7 @@ impl Relay {
             max_message,
             term: Terminator { kill, deadline },
             access,
+            rules,
             events: Vec::new(),
             outcomes: Vec::new(),
         }
@@ -197,6 +203,7 @@ impl Relay {
                 "lockbox could not write the audit record; the statement was not executed"
                     .to_owned(),
             )),
+            End::UnsafeSetting(m) => Some((sqlstate::INSUFFICIENT_PRIVILEGE, m.clone())),
             End::ClientGone | End::UpstreamGone => None,
         };
         if let Some((code, text)) = message {
@@ -248,7 +255,16 @@ impl Relay {
     /// durable, then forwards the batch as received (refused messages swapped for stand-ins).
     async fn on_client_bytes(&mut self) -> Result<(), End> {
         let buf = std::mem::take(&mut self.cbuf);
-        let scanned = self.inspect_batch(&buf);
+        // Parsing a large batch takes a while: let the runtime move other sessions' work
+        // off this thread meanwhile.
+        let big = buf.len() > 256 * 1024
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
+        let scanned = if big {
+            tokio::task::block_in_place(|| self.inspect_batch(&buf))
+        } else {
+            self.inspect_batch(&buf)
+        };
         self.cbuf = buf;
         let batch = scanned?;
         if batch.consumed == 0 {
@@ -263,12 +279,28 @@ impl Relay {
         if batch.terminate {
             return Err(End::ClientGone);
         }
-        Ok(())
+        match self.cbuf.first() {
+            Some(tag) if !FRONTEND_TAGS.contains(tag) => Err(End::ProtocolError(format!(
+                "unexpected message type '{}' (0x{tag:02x})",
+                char::from(*tag).escape_default()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Walks the complete messages at the front of `buf`.
     fn inspect_batch(&mut self, buf: &[u8]) -> Result<Batch, End> {
         let mut batch = Batch::default();
+        // A message type nobody sends after login (a second StartupMessage starts with a
+        // zero byte) is refused at once, not after waiting for the length it seems to declare.
+        if let Some(&tag) = buf.get(batch.consumed) {
+            if !FRONTEND_TAGS.contains(&tag) {
+                return Err(End::ProtocolError(format!(
+                    "unexpected message type '{}' (0x{tag:02x})",
+                    char::from(tag).escape_default()
+                )));
+            }
+        }
         while let Some(len) = wire::frame_len(&buf[batch.consumed..], self.max_message)
             .map_err(|e| End::ProtocolError(e.to_string()))?
         {
@@ -284,6 +316,12 @@ impl Relay {
             if frame[0] == b'X' {
                 batch.terminate = true;
                 break;
+            }
+            if let Some(&tag) = buf.get(batch.consumed) {
+                if !FRONTEND_TAGS.contains(&tag) {
+                    // Forward what came before; the bad message ends the session next time.
+                    break;
+                }
             }
         }
         Ok(batch)
@@ -354,12 +392,12 @@ impl Relay {
                     .collect();
                 // One refused statement refuses the string: PostgreSQL runs it as one
                 // transaction. The first refused statement carries the refusal.
-                let refused_at = statements
+                let verdicts: Vec<_> = statements
                     .iter()
-                    .position(|(_, a)| guard::check_class(self.access, a.class).is_err());
-                let refusal = refused_at
-                    .and_then(|i| guard::check_class(self.access, statements[i].1.class).err())
-                    .map(Arc::new);
+                    .map(|(_, a)| guard::check_analysis(self.access, &self.rules, a))
+                    .collect();
+                let refused_at = verdicts.iter().position(Result::is_err);
+                let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
                 for (i, (piece, analysis)) in statements.iter().enumerate() {
                     let record = self.statement_record(
                         Protocol::Simple,
@@ -380,7 +418,7 @@ impl Relay {
                 let (name, text) = wire::decode_parse(body).map_err(|e| e.to_string())?;
                 let analysis = guard::analyze_cached(&text);
                 let kind = analysis.kind;
-                if let Err(refusal) = guard::check_class(self.access, analysis.class) {
+                if let Err(refusal) = guard::check_analysis(self.access, &self.rules, &analysis) {
                     let record =
                         self.statement_record(Protocol::Extended, text.clone(), kind, None);
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
@@ -493,6 +531,15 @@ impl Relay {
         self.scanner.feed_located(&self.ubuf, &mut self.events);
         let mut rewrites = Vec::new();
         for (event, range) in std::mem::take(&mut self.events) {
+            if let BackendEvent::Parameter { name, value } = &event {
+                if !guard::reported_setting_is_safe(name, value) {
+                    // End before forwarding anything more: later statements would be split
+                    // differently by the server than by the audit.
+                    return Err(End::UnsafeSetting(format!(
+                        "lockbox: {name} changed to \"{value}\"; the session is ended so that no statement escapes the audit"
+                    )));
+                }
+            }
             let settled = self.outcomes.len();
             self.tracker.on_event(event, &mut self.outcomes);
             let refused = self.outcomes[settled..]
@@ -561,6 +608,9 @@ impl Relay {
         self.audit.append(records);
     }
 }
+
+/// Message types a client may send after login.
+const FRONTEND_TAGS: &[u8] = b"QPBEDCHSFdcfX";
 
 /// What one read of client bytes holds.
 #[derive(Default)]

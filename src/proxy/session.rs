@@ -17,6 +17,9 @@ use super::upstream;
 use super::Proxy;
 use crate::audit::{AuditEvent, SessionEvent, SessionFields, SessionRecord};
 use crate::ids::{RequestId, SessionId};
+
+/// Fires when the proxy must end the session.
+type KillSwitch = tokio::sync::watch::Receiver<Option<DropReason>>;
 use crate::policy::Admission;
 use crate::service::AdmitError;
 use crate::wire::{self, sqlstate, Severity, Startup};
@@ -80,12 +83,13 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, id: Sess
     };
     let login = tokio::time::timeout(
         LOGIN_TIMEOUT,
-        login(&proxy, &mut stream, tls, peer, &startup, leftover),
+        login(&proxy, &id, &mut stream, tls, peer, &startup, leftover),
     )
     .await;
-    let (admission, claimed, mut cbuf) = match login {
+    let (admission, claimed, mut cbuf, kill) = match login {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
+            proxy.registry.unregister(&id);
             if e.audited {
                 audit_auth_failure(&proxy, &id, peer, &startup, &e.message);
             }
@@ -94,6 +98,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, id: Sess
             return;
         }
         Err(_) => {
+            proxy.registry.unregister(&id);
             send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "login timed out").await;
             return;
         }
@@ -103,18 +108,33 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, id: Sess
     span.record("database", claimed.database.as_str());
     span.record("request_id", admission.request.id.0.as_str());
     cbuf.reserve(8192);
-    run_admitted(proxy, stream, peer, id, admission, claimed, &startup, cbuf).await;
+    let registry = proxy.registry.clone();
+    run_admitted(
+        proxy,
+        stream,
+        peer,
+        id.clone(),
+        admission,
+        claimed,
+        &startup,
+        cbuf,
+        kill,
+    )
+    .await;
+    // Every way out of a session, early ones included, ends its registration.
+    registry.unregister(&id);
 }
 
 /// Everything between StartupMessage and AuthenticationOk.
 async fn login(
     proxy: &Proxy,
+    id: &SessionId,
     stream: &mut BoxStream,
     tls: bool,
     peer: SocketAddr,
     startup: &Startup,
     mut buf: BytesMut,
-) -> Result<(Admission, Claimed, BytesMut), LoginError> {
+) -> Result<(Admission, Claimed, BytesMut, KillSwitch), LoginError> {
     let claimed = check_startup(startup)?;
     let plaintext_allowed =
         proxy.lockbox.config.allow_plaintext_loopback && peer.ip().is_loopback();
@@ -134,6 +154,9 @@ async fn login(
             format!("lockbox token refused: {e}"),
         )
     })?;
+    // Registered before the store is read: a revocation from here on reaches this session
+    // even while it is still logging in upstream.
+    let kill = proxy.registry.register(id, &RequestId(claims.rid.clone()));
     let admission = proxy
         .lockbox
         .admit(&claims, &claimed.user, &claimed.database)
@@ -152,7 +175,7 @@ async fn login(
                 }
             }
         })?;
-    Ok((admission, claimed, buf))
+    Ok((admission, claimed, buf, kill))
 }
 
 fn check_startup(startup: &Startup) -> Result<Claimed, LoginError> {
@@ -161,6 +184,16 @@ fn check_startup(startup: &Startup) -> Result<Claimed, LoginError> {
             return Err(login_error(
                 sqlstate::INVALID_AUTHORIZATION,
                 format!("startup parameter \"{name}\" is not allowed through lockbox"),
+            ));
+        }
+    }
+    if let Some(encoding) = startup.get("client_encoding") {
+        if !crate::guard::client_encoding_is_safe(encoding) {
+            return Err(login_error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "client_encoding \"{encoding}\" is not supported through lockbox: use UTF8"
+                ),
             ));
         }
     }
@@ -230,6 +263,7 @@ async fn run_admitted(
     claimed: Claimed,
     startup: &Startup,
     cbuf: BytesMut,
+    kill: KillSwitch,
 ) {
     let lockbox = &proxy.lockbox;
     let Some(db) = lockbox.config.databases.get(&claimed.database) else {
@@ -290,7 +324,6 @@ async fn run_admitted(
         backend_pid: upstream.backend_pid,
         backend_secret: upstream.backend_secret,
     });
-    let kill = proxy.registry.register(&id, &request.id);
     let mut hello = BytesMut::new();
     wire::authentication_ok(&mut hello);
     hello.extend_from_slice(&upstream.greeting);
@@ -316,12 +349,12 @@ async fn run_admitted(
             kill,
             deadline,
             request.access,
+            db.guardrails.clone(),
         );
         relay.run().await
     } else {
         End::ClientGone
     };
-    proxy.registry.unregister(&id);
     proxy.registry.forget_cancel_key(cancel_key);
     finish(&lockbox.audit, &fields, &request.id, db, backend, end).await;
 }
@@ -362,6 +395,10 @@ async fn finish(
             Some("client protocol violation"),
         ),
         End::AuditFailed => (SessionEvent::Disconnected, Some("audit log unavailable")),
+        End::UnsafeSetting(_) => (
+            SessionEvent::Disconnected,
+            Some("unsafe setting reported by the server"),
+        ),
     };
     if let End::Dropped(_) = end {
         // A query may be running: cancel it, so the backend notices the closed socket at once.

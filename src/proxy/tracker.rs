@@ -175,7 +175,7 @@ impl Tracker {
                     out.push(outcome);
                 }
             }
-            BackendEvent::Empty | BackendEvent::Suspended => {
+            BackendEvent::Empty | BackendEvent::Suspended | BackendEvent::FunctionResult => {
                 out.extend(self.pop_statement(OutcomeStatus::Ok))
             }
             BackendEvent::Error { sqlstate, message } => {
@@ -205,6 +205,7 @@ impl Tracker {
                 self.close_group(out);
             }
             BackendEvent::CopyIn => self.copy_in_started(),
+            BackendEvent::Parameter { .. } => {}
         }
     }
 

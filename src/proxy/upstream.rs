@@ -83,6 +83,10 @@ pub async fn connect(
     };
     let credentials = db.credentials(access);
     let mut params = params.to_vec();
+    // The proxy splits query strings as a server with these settings does; pinning them
+    // keeps a role or database default from making the two readings differ.
+    params.push(("standard_conforming_strings".into(), "on".into()));
+    params.push(("backslash_quote".into(), "safe_encoding".into()));
     if access == AccessLevel::Read {
         params.push(("default_transaction_read_only".into(), "on".into()));
     }

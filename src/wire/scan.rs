@@ -17,6 +17,10 @@ pub enum BackendEvent {
     Ready(u8),
     /// CopyInResponse: the server now takes COPY data and ignores Sync until it ends.
     CopyIn,
+    /// ParameterStatus: a reported setting changed.
+    Parameter { name: String, value: String },
+    /// FunctionCallResponse: a FunctionCall finished.
+    FunctionResult,
 }
 
 enum State {
@@ -55,7 +59,7 @@ impl Default for BackendScanner {
 pub type LocatedEvent = (BackendEvent, Option<std::ops::Range<usize>>);
 
 fn interesting(tag: u8) -> bool {
-    matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z' | b'G')
+    matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z' | b'G' | b'S' | b'V')
 }
 
 impl BackendScanner {
@@ -178,6 +182,12 @@ fn decode_event(tag: u8, body: &[u8]) -> BackendEvent {
         b'I' => BackendEvent::Empty,
         b's' => BackendEvent::Suspended,
         b'G' => BackendEvent::CopyIn,
+        b'V' => BackendEvent::FunctionResult,
+        b'S' => {
+            let name = cstr(body);
+            let value = body.get(name.len() + 1..).map(cstr).unwrap_or_default();
+            BackendEvent::Parameter { name, value }
+        }
         _ => BackendEvent::Ready(body.first().copied().unwrap_or(b'I')),
     }
 }

@@ -227,3 +227,167 @@ async fn an_admin_grant_can_do_what_its_role_can() {
         .expect_err("not a member");
     assert_eq!(db_error(&err).0, "42501");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_rules_bind_every_level_and_are_audited() {
+    let env = Env::with(
+        "guard_rules",
+        crate::harness::Options {
+            guardrails:
+                "deny_drop = true\ndeny_truncate = true\ndeny_delete_without_where = true\n\
+                         deny_update_without_where = true\noff_limits = [\"secrets\"]",
+            ..Default::default()
+        },
+    )
+    .await;
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    for (sql, rule) in [
+        ("DROP TABLE items", "deny_drop"),
+        ("TRUNCATE items", "deny_truncate"),
+        ("DELETE FROM items", "delete_without_where"),
+        ("UPDATE items SET name = 'x'", "update_without_where"),
+        ("SELECT * FROM secrets", "off_limits"),
+        (
+            "SELECT * FROM items WHERE id IN (SELECT id FROM public.secrets)",
+            "off_limits",
+        ),
+    ] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains(rule), "{sql}: {message}");
+    }
+    client
+        .batch_execute("DELETE FROM items WHERE id = 10")
+        .await
+        .expect("a scoped delete is fine");
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "9");
+    let rules: Vec<String> = env
+        .audit_of("outcome", &id)
+        .iter()
+        .filter(|o| o["status"] == "refused")
+        .filter_map(|o| o["rule"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "deny_drop",
+            "deny_truncate",
+            "delete_without_where",
+            "update_without_where",
+            "off_limits",
+            "off_limits"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_startup_message_is_a_protocol_violation() {
+    let env = Env::start("guard_second_startup").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.send(&crate::harness::startup_packet(&[
+        ("user", "postgres"),
+        ("database", &env.db),
+    ]))
+    .await;
+    let reply = raw.read_to_close().await;
+    let errors = errors_in(&reply);
+    assert_eq!(
+        errors.last().map(|e| e.0.as_str()),
+        Some("08P01"),
+        "{errors:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_dump_schema_only_works_under_a_read_grant() {
+    let env = Env::start("guard_pg_dump").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let pg_dump = crate::harness::cluster().bin_dir().join("pg_dump");
+    let out = std::process::Command::new(pg_dump)
+        .args([
+            "--schema-only",
+            "-t",
+            "items",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &env.proxy_port().to_string(),
+            "-U",
+            "eve",
+        ])
+        .arg(&env.db)
+        .env("PGPASSWORD", &token)
+        .output()
+        .expect("run pg_dump");
+    assert!(
+        out.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(dump.contains("CREATE TABLE public.items"), "{dump}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_can_make_the_audit_split_statements_differently() {
+    let env = Env::start("guard_lexer").await;
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
+    let (client, conn) = env.connect("eve", &token).await.expect("login");
+    // Refused at every level, admin included.
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "SET client_encoding = 'SJIS'",
+        "RESET backslash_quote",
+    ] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "42501", "{sql}");
+        assert!(message.contains("lexer_setting"), "{message}");
+    }
+    // A route the guard cannot see: the server reports the change, and the session ends.
+    let result = client
+        .batch_execute(
+            "SELECT set_config(name, 'off', false) FROM pg_settings WHERE name = 'standard_conforming_strings'",
+        )
+        .await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), conn)
+        .await
+        .expect("session ended")
+        .expect("join");
+    let message = result
+        .err()
+        .or(closed)
+        .map(|e| db_error(&e).1)
+        .unwrap_or_default();
+    assert!(
+        message.contains("standard_conforming_strings"),
+        "{message:?}"
+    );
+    assert!(
+        client.batch_execute("SELECT 1").await.is_err(),
+        "the session is gone"
+    );
+
+    // Client encodings whose multibyte characters can hide a quote are refused at login.
+    let mut raw = crate::harness::Raw::connect(env.proxy_port()).await;
+    raw.send(&crate::harness::startup_packet(&[
+        ("user", "eve"),
+        ("database", &env.db),
+        ("client_encoding", "SJIS"),
+    ]))
+    .await;
+    let reply = raw.read_to_close().await;
+    let errors = errors_in(&reply);
+    assert_eq!(
+        errors.first().map(|e| e.0.as_str()),
+        Some("0A000"),
+        "{errors:?}"
+    );
+}

@@ -46,6 +46,7 @@ pub struct Options {
     pub timings: &'static str,
     pub upstream_user: &'static str,
     pub upstream_password: &'static str,
+    pub guardrails: &'static str,
 }
 
 impl Default for Options {
@@ -55,6 +56,7 @@ impl Default for Options {
             timings: "",
             upstream_user: SERVICE_ROLE,
             upstream_password: SERVICE_PASSWORD,
+            guardrails: "",
         }
     }
 }
@@ -102,6 +104,8 @@ impl Env {
                  GRANT ALL ON items TO lockbox_md5, lockbox_trust;
                  GRANT SELECT ON items TO lockbox_read;
                  GRANT SELECT, INSERT, UPDATE, DELETE ON items TO lockbox_write;
+                 CREATE TABLE secrets (id int, value text);
+                 INSERT INTO secrets VALUES (1, 'the launch codes');
                  CREATE FUNCTION rename_all() RETURNS void LANGUAGE sql AS $$ UPDATE items SET name = 'renamed' $$;"
             ),
         )
@@ -120,6 +124,7 @@ impl Env {
                             ("read", "lockbox_read", "read-password"),
                             ("write", "lockbox_write", "write-password"),
                         ],
+                        guardrails: options.guardrails,
                     },
                     DeploymentDatabase {
                         name: "other",
@@ -127,6 +132,7 @@ impl Env {
                         user: SERVICE_ROLE,
                         password: SERVICE_PASSWORD,
                         levels: vec![],
+                        guardrails: "",
                     },
                 ],
                 users: USERS.iter().map(|(n, r)| (*n, r.to_vec())).collect(),
