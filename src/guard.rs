@@ -8,7 +8,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use sqlparser::ast::{visit_relations, CopyTarget, Statement};
+use sqlparser::ast::{visit_relations, visit_statements, CopyTarget, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
@@ -157,15 +157,14 @@ pub fn analyze(statement: &str) -> Analysis {
         .tokenize()
         .unwrap_or_default();
     let words = leading_words(&tokens);
-    let parsed =
-        Parser::parse_sql(&dialect, statement).or_else(|e| {
-            match without_operator_syntax(&tokens) {
-                // psql and pg_dump write `a OPERATOR(pg_catalog.=) b`, which sqlparser does not
-                // read; for classification it means `a = b`.
-                Some(plain) => Parser::parse_sql(&dialect, &plain),
-                None => Err(e),
-            }
-        });
+    let parsed = Parser::parse_sql(&dialect, statement).or_else(|e| {
+        match without_operator_syntax(&tokens) {
+            // psql and pg_dump write `a OPERATOR(pg_catalog.=) b`, which sqlparser does not
+            // read; for classification it means `a = b`.
+            Some(plain) => Parser::parse_sql(&dialect, &plain),
+            None => Err(e),
+        }
+    });
     let ast = match &parsed {
         Ok(list) if list.len() == 1 => list.first(),
         _ => None,
@@ -515,6 +514,17 @@ fn classify_ast(statement: &Statement) -> Class {
             if !query.locks.is_empty() {
                 return Class::Write;
             }
+            // WITH d AS (DELETE … RETURNING *) SELECT … is a write.
+            let writes = visit_statements(query, |nested| match nested {
+                Statement::Insert { .. }
+                | Statement::Update { .. }
+                | Statement::Delete { .. }
+                | Statement::Merge { .. } => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            });
+            if writes.is_break() {
+                return Class::Write;
+            }
             Class::Read
         }
         S::Explain {
@@ -618,6 +628,11 @@ mod tests {
         check("insert into t values (1)", Class::Write);
         check("select * into t2 from t", Class::Write);
         check("select * from t for update", Class::Write);
+        check(
+            "with d as (delete from t returning *) select * from d",
+            Class::Write,
+        );
+        check("with x as (select 1) select * from x", Class::Read);
         check("create table x (a int)", Class::Ddl);
         check("drop table t", Class::Ddl);
         check("truncate t", Class::Ddl);

@@ -10,6 +10,7 @@ mod negotiate;
 mod registry;
 mod relay;
 mod session;
+mod statements;
 mod stream;
 mod tracker;
 mod upstream;

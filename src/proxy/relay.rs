@@ -2,7 +2,6 @@
 //! forwarded as received; upstream bytes are scanned for statement outcomes and forwarded
 //! as received. The loop also ends the session when the grant expires or is revoked.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::registry::DropReason;
+use super::statements::{Confirmation, Prepared, Statements};
 use super::stream::BoxStream;
 use super::tracker::{Outcome, Tracker};
 use crate::audit::{
@@ -31,19 +31,6 @@ pub enum End {
     AuditFailed,
     /// The server reported a setting that would make the proxy misread later statements.
     UnsafeSetting(String),
-}
-
-/// A statement prepared with Parse, by name ("" is the unnamed one).
-#[derive(Clone)]
-struct Prepared {
-    text: Arc<str>,
-    kind: StatementKind,
-}
-
-/// A portal created with Bind.
-struct Portal {
-    statement: Prepared,
-    params: Vec<serde_json::Value>,
 }
 
 /// A statement record waiting to be written, and where its tracker slot goes.
@@ -129,8 +116,7 @@ pub struct Relay {
     ubuf: BytesMut,
     scanner: BackendScanner,
     tracker: Tracker,
-    prepared: HashMap<String, Prepared>,
-    portals: HashMap<String, Portal>,
+    statements: Statements,
     session: Arc<SessionFields>,
     audit: AuditLog,
     max_message: usize,
@@ -163,8 +149,7 @@ impl Relay {
             ubuf: BytesMut::with_capacity(64 * 1024),
             scanner: BackendScanner::default(),
             tracker: Tracker::default(),
-            prepared: HashMap::new(),
-            portals: HashMap::new(),
+            statements: Statements::default(),
             session,
             audit,
             max_message,
@@ -412,6 +397,7 @@ impl Relay {
                     });
                 }
                 pending.push(Pending::QueryEnd);
+                self.statements.group_end().map_err(|e| e.to_string())?;
                 return Ok(refusal.map(|_| stand_in_query()));
             }
             b'P' => {
@@ -422,38 +408,30 @@ impl Relay {
                     let record =
                         self.statement_record(Protocol::Extended, text.clone(), kind, None);
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
-                    self.prepared.remove(&name);
                     return Ok(Some(stand_in_parse(&name)));
                 }
-                self.prepared.insert(
-                    name,
-                    Prepared {
-                        text: text.into(),
-                        kind,
-                    },
-                );
+                let statement = Prepared {
+                    text: text.into(),
+                    kind,
+                };
+                self.statements
+                    .parse(name, statement)
+                    .map_err(|e| e.to_string())?;
             }
             b'B' => {
                 let bind = wire::decode_bind(body).map_err(|e| e.to_string())?;
-                let statement = self
-                    .prepared
-                    .get(&bind.statement)
-                    .cloned()
-                    .unwrap_or(Prepared {
-                        text: "".into(),
-                        kind: StatementKind::Unknown,
-                    });
                 let params = bind.params.into_iter().map(param_json).collect();
-                self.portals
-                    .insert(bind.portal, Portal { statement, params });
+                self.statements
+                    .bind(bind.portal, &bind.statement, params)
+                    .map_err(|e| e.to_string())?;
             }
             b'E' => {
                 let portal = wire::decode_execute(body).map_err(|e| e.to_string())?;
-                let (text, kind, params) = match self.portals.get(&portal) {
+                let (text, kind, params) = match self.statements.portal(&portal) {
                     Some(p) => (
                         p.statement.text.to_string(),
                         p.statement.kind,
-                        Some(p.params.clone()),
+                        Some(p.params),
                     ),
                     None => (String::new(), StatementKind::Unknown, None),
                 };
@@ -463,15 +441,15 @@ impl Relay {
             b'C' => {
                 let (kind, name) = wire::decode_close(body).map_err(|e| e.to_string())?;
                 match kind {
-                    b'S' => {
-                        self.prepared.remove(&name);
-                    }
-                    _ => {
-                        self.portals.remove(&name);
-                    }
+                    b'S' => self.statements.close_statement(name),
+                    _ => self.statements.close_portal(name),
                 }
+                .map_err(|e| e.to_string())?;
             }
-            b'S' => pending.push(Pending::Sync),
+            b'S' => {
+                self.statements.group_end().map_err(|e| e.to_string())?;
+                pending.push(Pending::Sync);
+            }
             b'c' | b'f' => pending.push(Pending::CopyEnd),
             b'F' => {
                 let oid = body
@@ -493,10 +471,12 @@ impl Relay {
                     };
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
                     pending.push(Pending::QueryEnd);
+                    self.statements.group_end().map_err(|e| e.to_string())?;
                     return Ok(Some(stand_in_query()));
                 }
                 pending.push(Pending::Statement(record));
                 pending.push(Pending::QueryEnd);
+                self.statements.group_end().map_err(|e| e.to_string())?;
             }
             b'D' | b'H' | b'd' | b'X' => {}
             other => {
@@ -539,6 +519,13 @@ impl Relay {
                         "lockbox: {name} changed to \"{value}\"; the session is ended so that no statement escapes the audit"
                     )));
                 }
+            }
+            match &event {
+                BackendEvent::ParseComplete => self.statements.confirm(Confirmation::Parse),
+                BackendEvent::BindComplete => self.statements.confirm(Confirmation::Bind),
+                BackendEvent::CloseComplete => self.statements.confirm(Confirmation::Close),
+                BackendEvent::Ready(status) => self.statements.ready(*status),
+                _ => {}
             }
             let settled = self.outcomes.len();
             self.tracker.on_event(event, &mut self.outcomes);

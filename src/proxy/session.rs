@@ -62,7 +62,14 @@ struct Claimed {
 }
 
 pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, id: SessionId) {
-    let opened = negotiate::negotiate(tcp, proxy.tls.as_ref()).await;
+    // A client that never finishes its startup (or TLS handshake) must not hold a task
+    // and a socket forever.
+    let Ok(opened) =
+        tokio::time::timeout(LOGIN_TIMEOUT, negotiate::negotiate(tcp, proxy.tls.as_ref())).await
+    else {
+        tracing::debug!("startup timed out");
+        return;
+    };
     let (mut stream, tls, startup, leftover) = match opened {
         Ok(Opened::Session {
             stream,

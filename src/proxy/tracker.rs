@@ -168,6 +168,14 @@ impl Tracker {
 
     /// Applies one upstream event; outcomes it settles are pushed to `out`.
     pub fn on_event(&mut self, event: BackendEvent, out: &mut Vec<Outcome>) {
+        // A COPY FROM STDIN that fails (bad row, cancel, timeout) ends copy mode without
+        // the client's CopyDone: Syncs count again.
+        if matches!(
+            event,
+            BackendEvent::Error { .. } | BackendEvent::Complete(_) | BackendEvent::Ready(_)
+        ) {
+            self.in_copy_in = false;
+        }
         match event {
             BackendEvent::Complete(tag) => {
                 if let Some(mut outcome) = self.pop_statement(OutcomeStatus::Ok) {
@@ -205,7 +213,10 @@ impl Tracker {
                 self.close_group(out);
             }
             BackendEvent::CopyIn => self.copy_in_started(),
-            BackendEvent::Parameter { .. } => {}
+            BackendEvent::Parameter { .. }
+            | BackendEvent::ParseComplete
+            | BackendEvent::BindComplete
+            | BackendEvent::CloseComplete => {}
         }
     }
 
@@ -386,6 +397,29 @@ mod tests {
         t.on_event(BackendEvent::Complete("COPY 2".into()), &mut out);
         t.on_event(BackendEvent::Ready(b'I'), &mut out);
         assert_eq!(statuses(&out), [(1, OutcomeStatus::Ok)]);
+        assert!(!t.in_flight());
+    }
+
+    #[test]
+    fn a_failed_copy_in_ends_copy_mode() {
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        let mut out = Vec::new();
+        t.statement(1, now);
+        t.sync();
+        t.on_event(BackendEvent::CopyIn, &mut out);
+        // A bad row: the server errors out of COPY; the client then syncs.
+        t.on_event(err(), &mut out);
+        t.sync();
+        t.on_event(BackendEvent::Ready(b'I'), &mut out);
+        t.statement(2, now);
+        t.sync();
+        t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out);
+        t.on_event(BackendEvent::Ready(b'I'), &mut out);
+        assert_eq!(
+            statuses(&out),
+            [(1, OutcomeStatus::Error), (2, OutcomeStatus::Ok)]
+        );
         assert!(!t.in_flight());
     }
 }

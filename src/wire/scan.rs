@@ -8,7 +8,10 @@ pub enum BackendEvent {
     /// CommandComplete: the command tag, e.g. `SELECT 3`.
     Complete(String),
     /// ErrorResponse: SQLSTATE and message.
-    Error { sqlstate: String, message: String },
+    Error {
+        sqlstate: String,
+        message: String,
+    },
     /// EmptyQueryResponse.
     Empty,
     /// PortalSuspended: Execute hit its row limit.
@@ -18,9 +21,16 @@ pub enum BackendEvent {
     /// CopyInResponse: the server now takes COPY data and ignores Sync until it ends.
     CopyIn,
     /// ParameterStatus: a reported setting changed.
-    Parameter { name: String, value: String },
+    Parameter {
+        name: String,
+        value: String,
+    },
     /// FunctionCallResponse: a FunctionCall finished.
     FunctionResult,
+    /// ParseComplete, BindComplete, CloseComplete: the server took a Parse, Bind or Close.
+    ParseComplete,
+    BindComplete,
+    CloseComplete,
 }
 
 enum State {
@@ -59,7 +69,10 @@ impl Default for BackendScanner {
 pub type LocatedEvent = (BackendEvent, Option<std::ops::Range<usize>>);
 
 fn interesting(tag: u8) -> bool {
-    matches!(tag, b'C' | b'E' | b'I' | b's' | b'Z' | b'G' | b'S' | b'V')
+    matches!(
+        tag,
+        b'C' | b'E' | b'I' | b's' | b'Z' | b'G' | b'S' | b'V' | b'1' | b'2' | b'3'
+    )
 }
 
 impl BackendScanner {
@@ -183,6 +196,9 @@ fn decode_event(tag: u8, body: &[u8]) -> BackendEvent {
         b's' => BackendEvent::Suspended,
         b'G' => BackendEvent::CopyIn,
         b'V' => BackendEvent::FunctionResult,
+        b'1' => BackendEvent::ParseComplete,
+        b'2' => BackendEvent::BindComplete,
+        b'3' => BackendEvent::CloseComplete,
         b'S' => {
             let name = cstr(body);
             let value = body.get(name.len() + 1..).map(cstr).unwrap_or_default();

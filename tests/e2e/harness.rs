@@ -242,7 +242,10 @@ impl Env {
     /// Every record in the audit file.
     pub fn audit(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
-        text.lines()
+        // The writer may be mid-line: only lines that are finished count.
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).expect("every audit line is JSON"))
             .collect()
     }
@@ -324,6 +327,29 @@ impl Raw {
 
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// Reads (bounded) until a ReadyForQuery has arrived; returns what was read.
+    pub async fn read_until_ready(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut events = Vec::new();
+            lockbox::wire::BackendScanner::default().feed(&out, &mut events);
+            if events
+                .iter()
+                .any(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
+            {
+                return out;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .expect("no ReadyForQuery in time")
+                .expect("read");
+            assert!(n > 0, "connection closed early: {out:?}");
+            out.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// Reads (bounded) until an ErrorResponse and the ReadyForQuery after it have arrived.

@@ -391,3 +391,53 @@ async fn psql_backslash_commands_work_under_a_read_grant() {
         );
     }
 }
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    crate::harness::message(
+        b'P',
+        &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat(),
+    )
+}
+
+fn bind_execute_sync(statement: &str) -> Vec<u8> {
+    let mut bytes = crate::harness::message(
+        b'B',
+        &[b"\0", statement.as_bytes(), b"\0\0\0\0\0\0\0"].concat(),
+    );
+    bytes.extend(crate::harness::message(b'E', b"\0\0\0\0\0"));
+    bytes.extend(crate::harness::message(b'S', b""));
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_parse_cannot_change_what_the_audit_says_runs() {
+    let env = Env::start("relay_parse_reject").await;
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    let sync = crate::harness::message(b'S', b"");
+    raw.send(&[parse("s1", "DELETE FROM items WHERE id = 1"), sync.clone()].concat())
+        .await;
+    raw.read_until_ready().await;
+    // The server refuses to redefine s1 (42P05); the proxy must not believe the client.
+    raw.send(&[parse("s1", "SELECT 1"), sync.clone()].concat())
+        .await;
+    let reply = raw.read_until_ready().await;
+    assert_eq!(crate::harness::errors_in(&reply)[0].0, "42P05");
+    raw.send(&bind_execute_sync("s1")).await;
+    raw.read_until_ready().await;
+    assert_eq!(
+        env.superuser_sql("SELECT count(*) FROM items WHERE id = 1"),
+        "0",
+        "the DELETE ran"
+    );
+    let (statements, outcomes) = settled(&env, &id, 1).await;
+    assert_eq!(statements[0]["statement"], "DELETE FROM items WHERE id = 1");
+    assert_eq!(statements[0]["kind"], "delete");
+    assert_eq!(
+        outcome_of(&outcomes, &statements[0])["command_tag"],
+        "DELETE 1"
+    );
+}
