@@ -769,4 +769,22 @@ mod tests {
         ok(AccessLevel::Admin, "set role postgres");
         ok(AccessLevel::Admin, "not sql at all");
     }
+
+    #[test]
+    fn read_corpus_is_allowed() {
+        let corpus = include_str!("../tests/corpus/read_allowed.sql");
+        let statements = crate::sql::split_statements(corpus);
+        assert!(
+            statements.len() >= 45,
+            "corpus has {} statements",
+            statements.len()
+        );
+        for statement in statements {
+            let verdict = check(AccessLevel::Read, statement);
+            assert!(
+                verdict.is_ok(),
+                "refused under read: {verdict:?}\n{statement}"
+            );
+        }
+    }
 }
