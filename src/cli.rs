@@ -94,6 +94,12 @@ pub enum RequestCommand {
         /// How long access should last once approved (`30s`, `15m`, `8h`).
         #[arg(long)]
         duration: Option<String>,
+        /// Per-grant limit: longest any statement may run (`30s`).
+        #[arg(long)]
+        statement_timeout: Option<String>,
+        /// Per-grant limit: most rows any statement may return.
+        #[arg(long)]
+        max_rows: Option<u64>,
     },
     /// List requests you may see.
     List {
@@ -278,6 +284,8 @@ async fn request(cli: &Cli, command: &RequestCommand) -> Result<()> {
             reason,
             access,
             duration,
+            statement_timeout,
+            max_rows,
         } => {
             let new = NewRequest {
                 database: database.clone(),
@@ -285,6 +293,8 @@ async fn request(cli: &Cli, command: &RequestCommand) -> Result<()> {
                 reason: reason.clone(),
                 access: *access,
                 duration: duration.clone(),
+                statement_timeout: statement_timeout.clone(),
+                max_rows: *max_rows,
             };
             let request = client.create_request(&new).await?;
             if cli.json {

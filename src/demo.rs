@@ -287,6 +287,8 @@ async fn walk_through(deployment: &Deployment, options: &DemoOptions) -> Result<
             reason: "Customer reports missing invoices; inspect customer plans".into(),
             access: AccessLevel::Read,
             duration: Some(window.clone()),
+            statement_timeout: None,
+            max_rows: None,
         })
         .await?;
     println!("    $ lockbox request create --database {SAMPLE_DB} --ticket SUP-1042 --reason '…' --access read --duration {window}");

@@ -64,6 +64,8 @@ pub struct Facts {
     pub update_without_where: bool,
     /// Every table or view it names, lowercased, as written (`items`, `hr.payroll`).
     pub relations: Arc<[String]>,
+    /// Settings it changes with SET or set_config, lowercased.
+    pub settings: Arc<[String]>,
 }
 
 fn facts_of(statement: &Statement) -> Facts {
@@ -84,7 +86,34 @@ fn facts_of(statement: &Statement) -> Facts {
             }
         ),
         relations: relations.into(),
+        settings: Arc::from([]),
     }
+}
+
+/// The settings a statement changes: `SET [SESSION|LOCAL] name …` or `set_config('name', …)`.
+fn settings_changed(words: &[String], tokens: &[Token]) -> Vec<String> {
+    let mut out = Vec::new();
+    match words
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["set", "session" | "local", name, ..] | ["set", name, ..] => out.push((*name).to_owned()),
+        _ => {}
+    }
+    let significant: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    for w in significant.windows(3) {
+        if let [Token::Word(f), Token::LParen, Token::SingleQuotedString(name)] = w {
+            if f.value.eq_ignore_ascii_case("set_config") {
+                out.push(name.to_lowercase());
+            }
+        }
+    }
+    out
 }
 
 /// Per-database rules, on top of what the access level allows; they bind every level.
@@ -172,7 +201,8 @@ pub fn analyze(statement: &str) -> Analysis {
     let kind = ast
         .map(crate::sql::kind_of)
         .unwrap_or(StatementKind::Unknown);
-    let facts = ast.map(facts_of).unwrap_or_default();
+    let mut facts = ast.map(facts_of).unwrap_or_default();
+    facts.settings = settings_changed(&words, &tokens).into();
     let class = if changes_lexing(&words, &tokens) {
         Class::Forbidden("lexer_setting")
     } else if let Some(rule) = escalation_by_words(&words) {

@@ -122,6 +122,12 @@ pub struct Request {
     pub revoked_by: Option<String>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoke_reason: Option<String>,
+    /// Per-grant limits: no statement may run longer than this (set upstream).
+    #[serde(default)]
+    pub statement_timeout_ms: Option<u64>,
+    /// Per-grant limits: no statement may return more rows than this.
+    #[serde(default)]
+    pub max_rows: Option<u64>,
 }
 
 impl Request {
@@ -174,12 +180,19 @@ pub struct NewRequest {
     pub access: AccessLevel,
     /// Human duration (`30s`, `8h`); the configured default when absent.
     pub duration: Option<String>,
+    /// Longest any statement may run (`30s`), if limited.
+    #[serde(default)]
+    pub statement_timeout: Option<String>,
+    /// Most rows any statement may return, if limited.
+    #[serde(default)]
+    pub max_rows: Option<u64>,
 }
 
-/// A new request that passed the rules, with its duration resolved.
+/// A new request that passed the rules, with its durations resolved.
 #[derive(Debug)]
 pub struct CheckedRequest {
     pub duration: Duration,
+    pub statement_timeout: Option<Duration>,
 }
 
 pub fn check_new_request(
@@ -215,7 +228,26 @@ pub fn check_new_request(
             humantime::format_duration(config.max_access)
         )));
     }
-    Ok(CheckedRequest { duration })
+    let statement_timeout = match &new.statement_timeout {
+        None => None,
+        Some(text) => {
+            let d = humantime::parse_duration(text.trim())
+                .map_err(|e| PolicyError::Invalid(format!("statement timeout `{text}`: {e}")))?;
+            if d < Duration::from_millis(1) {
+                return Err(PolicyError::Invalid(
+                    "statement timeout must be at least 1ms".into(),
+                ));
+            }
+            Some(d)
+        }
+    };
+    if new.max_rows == Some(0) {
+        return Err(PolicyError::Invalid("max rows must be at least 1".into()));
+    }
+    Ok(CheckedRequest {
+        duration,
+        statement_timeout,
+    })
 }
 
 /// May `caller` approve or deny `request` now?
@@ -425,6 +457,8 @@ mod tests {
             revoked_by: None,
             revoked_at: None,
             revoke_reason: None,
+            statement_timeout_ms: None,
+            max_rows: None,
         }
     }
 

@@ -95,6 +95,8 @@ impl Lockbox {
             revoked_by: None,
             revoked_at: None,
             revoke_reason: None,
+            statement_timeout_ms: checked.statement_timeout.map(|d| d.as_millis() as u64),
+            max_rows: new.max_rows,
         };
         // The record comes first: a request nobody can trace must not exist.
         self.audit

@@ -31,6 +31,17 @@ pub enum End {
     AuditFailed,
     /// The server reported a setting that would make the proxy misread later statements.
     UnsafeSetting(String),
+    /// A statement returned more rows than the grant allows.
+    RowLimit(u64),
+}
+
+/// Per-grant limits the relay enforces.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    /// A statement timeout is set upstream: statements may not change it.
+    pub statement_timeout: bool,
+    /// Most rows one statement may return.
+    pub max_rows: Option<u64>,
 }
 
 /// A statement record waiting to be written, and where its tracker slot goes.
@@ -124,6 +135,9 @@ pub struct Relay {
     access: AccessLevel,
     /// The database's own statement rules.
     rules: Guardrails,
+    limits: Limits,
+    /// DataRows of the statement now returning rows.
+    rows: u64,
     events: Vec<wire::LocatedEvent>,
     outcomes: Vec<Outcome>,
 }
@@ -141,13 +155,14 @@ impl Relay {
         deadline: tokio::time::Instant,
         access: AccessLevel,
         rules: Guardrails,
+        limits: Limits,
     ) -> Self {
         Relay {
             client,
             upstream,
             cbuf,
             ubuf: BytesMut::with_capacity(64 * 1024),
-            scanner: BackendScanner::default(),
+            scanner: BackendScanner::counting_rows(limits.max_rows.is_some()),
             tracker: Tracker::default(),
             statements: Statements::default(),
             session,
@@ -156,6 +171,8 @@ impl Relay {
             term: Terminator { kill, deadline },
             access,
             rules,
+            limits,
+            rows: 0,
             events: Vec::new(),
             outcomes: Vec::new(),
         }
@@ -189,6 +206,13 @@ impl Relay {
                     .to_owned(),
             )),
             End::UnsafeSetting(m) => Some((sqlstate::INSUFFICIENT_PRIVILEGE, m.clone())),
+            End::RowLimit(n) => Some((
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "lockbox: a statement returned more than {n} rows, the max_rows of request {}; the session is ended",
+                    self.session.request_id
+                ),
+            )),
             End::ClientGone | End::UpstreamGone => None,
         };
         if let Some((code, text)) = message {
@@ -377,10 +401,7 @@ impl Relay {
                     .collect();
                 // One refused statement refuses the string: PostgreSQL runs it as one
                 // transaction. The first refused statement carries the refusal.
-                let verdicts: Vec<_> = statements
-                    .iter()
-                    .map(|(_, a)| guard::check_analysis(self.access, &self.rules, a))
-                    .collect();
+                let verdicts: Vec<_> = statements.iter().map(|(_, a)| self.check(a)).collect();
                 let refused_at = verdicts.iter().position(Result::is_err);
                 let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
                 for (i, (piece, analysis)) in statements.iter().enumerate() {
@@ -404,7 +425,7 @@ impl Relay {
                 let (name, text) = wire::decode_parse(body).map_err(|e| e.to_string())?;
                 let analysis = guard::analyze_cached(&text);
                 let kind = analysis.kind;
-                if let Err(refusal) = guard::check_analysis(self.access, &self.rules, &analysis) {
+                if let Err(refusal) = self.check(&analysis) {
                     let record =
                         self.statement_record(Protocol::Extended, text.clone(), kind, None);
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
@@ -489,6 +510,25 @@ impl Relay {
         Ok(None)
     }
 
+    /// The grant, the database's rules and the grant's limits, for one statement.
+    fn check(&self, analysis: &guard::Analysis) -> Result<(), Refusal> {
+        guard::check_analysis(self.access, &self.rules, analysis)?;
+        if self.limits.statement_timeout
+            && analysis
+                .facts
+                .settings
+                .iter()
+                .any(|s| s == "statement_timeout")
+        {
+            return Err(Refusal {
+                rule: "statement_timeout",
+                message: "lockbox: this grant has a statement timeout; changing it is not allowed (rule statement_timeout)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     fn statement_record(
         &self,
         protocol: Protocol,
@@ -521,6 +561,21 @@ impl Relay {
                 }
             }
             match &event {
+                BackendEvent::DataRow => {
+                    self.rows += 1;
+                    if let Some(max) = self.limits.max_rows.filter(|max| self.rows > *max) {
+                        // Forward what came before this row, then end the session.
+                        let upto = range.as_ref().map_or(0, |r| r.start);
+                        let head = splice(&self.ubuf[..upto], std::mem::take(&mut rewrites));
+                        let _ = guarded(&mut self.term, self.client.write_all(&head)).await;
+                        return Err(End::RowLimit(max));
+                    }
+                    continue;
+                }
+                BackendEvent::Complete(_)
+                | BackendEvent::Error { .. }
+                | BackendEvent::Empty
+                | BackendEvent::Suspended => self.rows = 0,
                 BackendEvent::ParseComplete => self.statements.confirm(Confirmation::Parse),
                 BackendEvent::BindComplete => self.statements.confirm(Confirmation::Bind),
                 BackendEvent::CloseComplete => self.statements.confirm(Confirmation::Close),

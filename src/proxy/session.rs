@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::negotiate::{self, NegotiationError, Opened};
 use super::registry::{CancelTarget, DropReason};
-use super::relay::{End, Relay};
+use super::relay::{End, Limits, Relay};
 use super::stream::BoxStream;
 use super::upstream;
 use super::Proxy;
@@ -282,12 +282,16 @@ async fn run_admitted(
         .await;
         return;
     };
-    let passed: Vec<(String, String)> = startup
+    let mut passed: Vec<(String, String)> = startup
         .params
         .iter()
         .filter(|(k, _)| PASSED_PARAMETERS.contains(&k.as_str()))
         .cloned()
         .collect();
+    // As a startup parameter it is the session's default, so RESET cannot lift it.
+    if let Some(ms) = admission.request.statement_timeout_ms {
+        passed.push(("statement_timeout".into(), ms.to_string()));
+    }
     let upstream = match upstream::connect(db, admission.request.access, &passed).await {
         Ok(u) => u,
         Err(e) => {
@@ -357,6 +361,10 @@ async fn run_admitted(
             deadline,
             request.access,
             db.guardrails.clone(),
+            Limits {
+                statement_timeout: request.statement_timeout_ms.is_some(),
+                max_rows: request.max_rows,
+            },
         );
         relay.run().await
     } else {
@@ -406,8 +414,9 @@ async fn finish(
             SessionEvent::Disconnected,
             Some("unsafe setting reported by the server"),
         ),
+        End::RowLimit(_) => (SessionEvent::Disconnected, Some("row limit exceeded")),
     };
-    if let End::Dropped(_) = end {
+    if let End::Dropped(_) | End::RowLimit(_) = end {
         // A query may be running: cancel it, so the backend notices the closed socket at once.
         if let Err(e) = upstream::send_cancel(&db.host, db.port, backend_pid, backend_secret).await
         {

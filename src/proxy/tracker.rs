@@ -214,6 +214,7 @@ impl Tracker {
             }
             BackendEvent::CopyIn => self.copy_in_started(),
             BackendEvent::Parameter { .. }
+            | BackendEvent::DataRow
             | BackendEvent::ParseComplete
             | BackendEvent::BindComplete
             | BackendEvent::CloseComplete => {}

@@ -31,6 +31,7 @@ pub mod sqlstate {
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 }
 
 /// Protocol codes that stand where a version number would in a startup packet.

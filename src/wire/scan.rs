@@ -27,6 +27,8 @@ pub enum BackendEvent {
     },
     /// FunctionCallResponse: a FunctionCall finished.
     FunctionResult,
+    /// The header of a DataRow (reported only when rows are counted; the row is skipped).
+    DataRow,
     /// ParseComplete, BindComplete, CloseComplete: the server took a Parse, Bind or Close.
     ParseComplete,
     BindComplete,
@@ -49,6 +51,8 @@ enum State {
 /// Incremental scanner over the upstream stream.
 pub struct BackendScanner {
     state: State,
+    /// Report each DataRow's header (for row limits).
+    count_rows: bool,
     /// Where the message being read began in the current `feed`, if it began there.
     started_at: Option<usize>,
 }
@@ -61,6 +65,7 @@ impl Default for BackendScanner {
                 header: [0; 5],
             },
             started_at: Some(0),
+            count_rows: false,
         }
     }
 }
@@ -76,6 +81,14 @@ fn interesting(tag: u8) -> bool {
 }
 
 impl BackendScanner {
+    /// A scanner that also reports each DataRow (to enforce row limits).
+    pub fn counting_rows(count_rows: bool) -> Self {
+        BackendScanner {
+            count_rows,
+            ..BackendScanner::default()
+        }
+    }
+
     /// Feeds `data` (any split of the stream) and reports each interesting message.
     pub fn feed(&mut self, data: &[u8], events: &mut Vec<BackendEvent>) {
         let mut located = Vec::new();
@@ -103,6 +116,10 @@ impl BackendScanner {
                         let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
                         // Upstream is the real server; a length below 4 would be its bug.
                         let remaining = usize::try_from(len).unwrap_or(4).saturating_sub(4);
+                        if tag == b'D' && self.count_rows {
+                            let start = self.started_at;
+                            events.push((BackendEvent::DataRow, start.map(|s| s..s)));
+                        }
                         self.state = if interesting(tag) {
                             State::Collect {
                                 tag,
@@ -145,7 +162,10 @@ impl BackendScanner {
 
     /// Forgets a partly read message, to read it again from its first byte.
     pub fn rewind(&mut self) {
-        *self = BackendScanner::default();
+        *self = BackendScanner {
+            count_rows: self.count_rows,
+            ..BackendScanner::default()
+        };
     }
 
     fn finish_if_done(&mut self, end: usize, events: &mut Vec<LocatedEvent>) {

@@ -391,3 +391,59 @@ async fn nothing_can_make_the_audit_split_statements_differently() {
         "{errors:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_grant_limits_hold() {
+    let env = Env::start("guard_limits").await;
+    let (id, token) = env
+        .approved(
+            "eve",
+            lockbox::policy::NewRequest {
+                database: env.db.clone(),
+                ticket: "T-9".into(),
+                reason: "bounded look".into(),
+                access: AccessLevel::Read,
+                duration: Some("1h".into()),
+                statement_timeout: Some("300ms".into()),
+                max_rows: Some(5),
+            },
+        )
+        .await;
+    let shown = env.client("eve").show_request(&id).await.expect("show");
+    assert_eq!(
+        (shown.statement_timeout_ms, shown.max_rows),
+        (Some(300), Some(5))
+    );
+    let (client, conn) = env.connect("eve", &token).await.expect("login");
+    let err = client
+        .batch_execute("SELECT pg_sleep(5)")
+        .await
+        .expect_err("timed out");
+    assert_eq!(db_error(&err).0, "57014");
+    for sql in [
+        "SET statement_timeout = 0",
+        "SELECT set_config('statement_timeout', '0', false)",
+    ] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "42501", "{sql}");
+        assert!(message.contains("statement_timeout"), "{message}");
+    }
+    let few = client
+        .query("SELECT id FROM items WHERE id <= 5", &[])
+        .await
+        .expect("five rows");
+    assert_eq!(few.len(), 5);
+    let too_many = client.query("SELECT id FROM items", &[]).await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn)
+        .await
+        .expect("session ended")
+        .expect("join");
+    let message = too_many
+        .err()
+        .or(ended)
+        .map(|e| db_error(&e))
+        .unwrap_or_default();
+    assert_eq!(message.0, "54000", "{message:?}");
+    assert!(message.1.contains("max_rows"), "{message:?}");
+}

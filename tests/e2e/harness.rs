@@ -187,6 +187,22 @@ impl Env {
         (id, token.token)
     }
 
+    /// Files `new` as `engineer`, has carol approve it, returns (request id, token).
+    pub async fn approved(&self, engineer: &str, new: NewRequest) -> (String, String) {
+        let request = self
+            .client(engineer)
+            .create_request(&new)
+            .await
+            .expect("create request");
+        let id = request.id.0;
+        self.client("carol")
+            .approve(&id, "ok for the ticket")
+            .await
+            .expect("approve");
+        let token = self.client(engineer).token(&id).await.expect("token");
+        (id, token.token)
+    }
+
     pub async fn pending_request(&self, engineer: &str, duration: &str) -> String {
         self.request_for(engineer, duration, AccessLevel::Read)
             .await
@@ -201,6 +217,8 @@ impl Env {
                 reason: "investigate".into(),
                 access,
                 duration: Some(duration.into()),
+                statement_timeout: None,
+                max_rows: None,
             })
             .await
             .expect("create request");

@@ -213,6 +213,8 @@ async fn roles_and_ownership_are_enforced() {
         reason: "r".into(),
         access: lockbox::policy::AccessLevel::Read,
         duration: Some("48h".into()),
+        statement_timeout: None,
+        max_rows: None,
     };
     let err = env
         .client("dave")
