@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -190,9 +191,12 @@ pub struct DatabaseFile {
     pub user: String,
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
-    /// `disable` or `require`.
+    /// `disable`, `require` (encrypt, no verification), `verify-ca` (chain to `tls_ca`),
+    /// `verify-full` (chain and host name).
     #[serde(default)]
     pub tls: UpstreamTls,
+    /// PEM file of the CA(s) that sign the upstream server's certificate.
+    pub tls_ca: Option<PathBuf>,
     /// Upstream credentials per access level (`read`, `write`, `admin`), each a role with
     /// just those privileges. A level without an entry uses `user`/`password` above.
     #[serde(default)]
@@ -264,6 +268,8 @@ pub enum UpstreamTls {
     #[default]
     Disable,
     Require,
+    VerifyCa,
+    VerifyFull,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -307,6 +313,8 @@ pub struct Database {
     pub user: String,
     pub password: Option<String>,
     pub tls: UpstreamTls,
+    /// The TLS client configuration for `tls` (absent when `disable`).
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
     /// Credentials per access level, where they differ from `user`/`password`.
     pub access: BTreeMap<AccessLevel, Credentials>,
     pub guardrails: Guardrails,
@@ -510,6 +518,23 @@ fn validate_databases(
             return Err(invalid(key("user"), "must not be empty"));
         }
         let password = resolve_password(db.password, db.password_file, &key(""), resolve)?;
+        let tls_client = match (db.tls, &db.tls_ca) {
+            (UpstreamTls::Disable, _) => None,
+            (UpstreamTls::Require, _) => Some(
+                crate::tls::client_config_encrypt_only()
+                    .map_err(|e| invalid(key("tls"), e.to_string()))?,
+            ),
+            (UpstreamTls::VerifyCa | UpstreamTls::VerifyFull, None) => {
+                return Err(invalid(
+                    key("tls_ca"),
+                    "verify-ca and verify-full need the CA file that signs the server",
+                ))
+            }
+            (mode, Some(ca)) => Some(
+                crate::tls::client_config_verified(&resolve(ca), mode == UpstreamTls::VerifyFull)
+                    .map_err(|e| invalid(key("tls_ca"), e.to_string()))?,
+            ),
+        };
         let mut access = BTreeMap::new();
         for (level, creds) in db.access {
             let prefix = key(&format!("access.{}.", level.as_str()));
@@ -534,6 +559,7 @@ fn validate_databases(
             user: db.user,
             password,
             tls: db.tls,
+            tls_client,
             access,
             guardrails: db.guardrails,
         };

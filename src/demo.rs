@@ -48,6 +48,7 @@ impl Deployment {
 /// One upstream database for a generated deployment.
 pub struct DeploymentDatabase<'a> {
     pub name: &'a str,
+    pub host: &'a str,
     pub port: u16,
     pub user: &'a str,
     pub password: &'a str,
@@ -55,6 +56,8 @@ pub struct DeploymentDatabase<'a> {
     pub levels: Vec<(&'a str, &'a str, &'a str)>,
     /// Body of `[databases.guardrails]`, if any.
     pub guardrails: &'a str,
+    /// More keys of the `[[databases]]` table (`tls = …`), if any.
+    pub extra: &'a str,
 }
 
 /// What to generate.
@@ -92,8 +95,8 @@ pub fn write_deployment(dir: &Path, spec: &DeploymentSpec<'_>) -> Result<Deploym
         let password_file = format!("{}.password", db.name);
         write_private(&dir.join(&password_file), db.password)?;
         toml.push_str(&format!(
-            "\n[[databases]]\nname = \"{}\"\nprotected = true\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\npassword_file = \"{password_file}\"\n",
-            db.name, db.port, db.user
+            "\n[[databases]]\nname = \"{}\"\nprotected = true\nhost = \"{}\"\nport = {}\nuser = \"{}\"\npassword_file = \"{password_file}\"\n{}\n",
+            db.name, db.host, db.port, db.user, db.extra
         ));
         for (level, user, password) in &db.levels {
             let file = format!("{}-{level}.password", db.name);
@@ -222,6 +225,8 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         &DeploymentSpec {
             databases: vec![DeploymentDatabase {
                 name: SAMPLE_DB,
+                host: "127.0.0.1",
+                extra: "",
                 port: pg.port,
                 user: SERVICE_ROLE,
                 password: &service_password,

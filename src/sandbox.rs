@@ -159,6 +159,24 @@ impl PgSandbox {
             .spawn();
     }
 
+    /// Turns TLS on with this certificate and key (PEM), without a restart.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> Result<(), SandboxError> {
+        use std::os::unix::fs::PermissionsExt;
+        let cert = self.data_dir().join("server.crt");
+        let key = self.data_dir().join("server.key");
+        std::fs::write(&cert, cert_pem)?;
+        std::fs::write(&key, key_pem)?;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        if self.as_postgres {
+            for file in [&cert, &key] {
+                chown_to_postgres(file)?;
+            }
+        }
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on")?;
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        Ok(())
+    }
+
     /// A superuser connection URL for `database`.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{database}", self.port)

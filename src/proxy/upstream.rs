@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::stream::BoxStream;
-use crate::config::{Credentials, Database, UpstreamTls};
+use crate::config::{Credentials, Database};
 use crate::policy::AccessLevel;
 use crate::wire::{self, BackendEvent, BackendScanner};
 
@@ -77,9 +77,9 @@ pub async fn connect(
         source,
     })?;
     let _ = tcp.set_nodelay(true);
-    let stream = match db.tls {
-        UpstreamTls::Disable => Box::new(tcp) as BoxStream,
-        UpstreamTls::Require => start_tls(tcp, &db.host).await?,
+    let stream = match &db.tls_client {
+        None => Box::new(tcp) as BoxStream,
+        Some(config) => start_tls(tcp, &db.host, config.clone()).await?,
     };
     let credentials = db.credentials(access);
     let mut params = params.to_vec();
@@ -98,18 +98,20 @@ pub async fn connect(
     .map_err(|_| UpstreamError::Timeout(addr))?
 }
 
-async fn start_tls(mut tcp: TcpStream, host: &str) -> Result<BoxStream, UpstreamError> {
+async fn start_tls(
+    mut tcp: TcpStream,
+    host: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<BoxStream, UpstreamError> {
     tcp.write_all(&ssl_request()).await?;
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await?;
     if answer[0] != b'S' {
         return Err(UpstreamError::NoTls);
     }
-    let config =
-        crate::tls::client_config_encrypt_only().map_err(|e| UpstreamError::Tls(e.to_string()))?;
     let name =
         ServerName::try_from(host.to_owned()).map_err(|e| UpstreamError::Tls(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .map_err(|e| UpstreamError::Tls(e.to_string()))?;

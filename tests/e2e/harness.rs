@@ -17,6 +17,19 @@ use tokio::net::TcpStream;
 pub const SERVICE_ROLE: &str = "lockbox_svc";
 pub const SERVICE_PASSWORD: &str = "svc-password-for-tests";
 
+/// The CA that signed the shared cluster's TLS certificate (for 127.0.0.1 only).
+pub fn cluster_ca() -> &'static str {
+    static CA: OnceLock<String> = OnceLock::new();
+    CA.get_or_init(|| {
+        let pg = cluster();
+        let (ca, cert, key) =
+            lockbox::tls::generate_ca_signed(&["127.0.0.1".into()]).expect("generate CA");
+        pg.enable_tls(&cert, &key)
+            .expect("enable TLS on the test cluster");
+        ca
+    })
+}
+
 /// The shared cluster. Fails loudly, never skips, when PostgreSQL is not installed.
 pub fn cluster() -> &'static PgSandbox {
     static CLUSTER: OnceLock<PgSandbox> = OnceLock::new();
@@ -47,6 +60,11 @@ pub struct Options {
     pub upstream_user: &'static str,
     pub upstream_password: &'static str,
     pub guardrails: &'static str,
+    pub upstream_host: &'static str,
+    /// `tls = …` for the upstream; `tls_ca = "ca.pem"` points at the cluster's CA.
+    pub upstream_tls: &'static str,
+    /// Write this PEM as the deployment's `ca.pem` instead of the cluster's CA.
+    pub ca_override: Option<String>,
 }
 
 impl Default for Options {
@@ -57,6 +75,9 @@ impl Default for Options {
             upstream_user: SERVICE_ROLE,
             upstream_password: SERVICE_PASSWORD,
             guardrails: "",
+            upstream_host: "127.0.0.1",
+            upstream_tls: "",
+            ca_override: None,
         }
     }
 }
@@ -111,12 +132,20 @@ impl Env {
         )
         .expect("create table");
         let dir = tempfile::tempdir().expect("tempdir");
+        let ca = options
+            .ca_override
+            .clone()
+            .unwrap_or_else(|| cluster_ca().to_owned());
+        std::fs::write(dir.path().join("ca.pem"), ca).expect("write CA");
+        let upstream_tls = options.upstream_tls.to_owned();
         let deployment = write_deployment(
             dir.path(),
             &DeploymentSpec {
                 databases: vec![
                     DeploymentDatabase {
                         name: &db,
+                        host: options.upstream_host,
+                        extra: &upstream_tls,
                         port: pg.port,
                         user: options.upstream_user,
                         password: options.upstream_password,
@@ -128,6 +157,8 @@ impl Env {
                     },
                     DeploymentDatabase {
                         name: "other",
+                        host: "127.0.0.1",
+                        extra: "",
                         port: pg.port,
                         user: SERVICE_ROLE,
                         password: SERVICE_PASSWORD,

@@ -9,3 +9,4 @@ mod guard;
 mod lifecycle;
 mod protocol;
 mod relay;
+mod upstream_tls;
