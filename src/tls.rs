@@ -23,8 +23,23 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Server configuration for the proxy's client-facing listener.
+/// Server configuration for the proxy's client-facing listener. The certificate files
+/// are watched: a replaced certificate is served from the next handshake on, without a
+/// restart (a broken replacement is logged and the previous one kept).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let resolver = ReloadingCert::new(cert, key)?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    Ok(Arc::new(config))
+}
+
+fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| TlsError::Cert {
@@ -37,17 +52,83 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
             message: "no certificate in file".into(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.display().to_string(),
         message: e.to_string(),
     })?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    Ok(Arc::new(config))
+    let certified =
+        rustls::sign::CertifiedKey::from_der(certs, key_der, &provider()).map_err(|e| {
+            TlsError::Key {
+                path: key.display().to_string(),
+                message: e.to_string(),
+            }
+        })?;
+    Ok(Arc::new(certified))
+}
+
+/// How often the certificate files are looked at.
+const RELOAD_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[derive(Debug)]
+struct ReloadingCert {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    state: std::sync::Mutex<ReloadState>,
+}
+
+#[derive(Debug)]
+struct ReloadState {
+    current: Arc<rustls::sign::CertifiedKey>,
+    stamps: (Option<std::time::SystemTime>, Option<std::time::SystemTime>),
+    checked: std::time::Instant,
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl ReloadingCert {
+    fn new(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let current = load_certified_key(cert, key)?;
+        Ok(ReloadingCert {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            state: std::sync::Mutex::new(ReloadState {
+                current,
+                stamps: (modified(cert), modified(key)),
+                checked: std::time::Instant::now(),
+            }),
+        })
+    }
+
+    fn current(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut state = self.state.lock().ok()?;
+        if state.checked.elapsed() >= RELOAD_CHECK {
+            state.checked = std::time::Instant::now();
+            let stamps = (modified(&self.cert), modified(&self.key));
+            if stamps != state.stamps {
+                match load_certified_key(&self.cert, &self.key) {
+                    Ok(fresh) => {
+                        state.current = fresh;
+                        state.stamps = stamps;
+                        tracing::info!(cert = %self.cert.display(), "proxy TLS certificate reloaded");
+                    }
+                    // Half-written files are common mid-rotation: keep serving the old one.
+                    Err(e) => tracing::warn!(error = %e, "new TLS certificate not loaded yet"),
+                }
+            }
+        }
+        Some(state.current.clone())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current()
+    }
 }
 
 /// A self-signed certificate and key (PEM) for `hosts` (names or IP addresses).

@@ -95,3 +95,53 @@ fn verify_modes_need_a_ca() {
     let err = lockbox::config::Config::from_toml(toml, dir.path()).expect_err("needs tls_ca");
     assert!(err.to_string().contains("databases[0].tls_ca"), "{err}");
 }
+
+/// Connects over TLS trusting only `cert_pem`.
+async fn connect_pinned(
+    env: &Env,
+    token: &str,
+    cert_pem: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
+        (*lockbox::tls::client_config_pinned(cert_pem).expect("pinned config")).clone(),
+    );
+    let mut config = env.pg_config("eve", token);
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(connection);
+    client.batch_execute("SELECT 1").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_proxy_certificate_is_served_without_a_restart() {
+    let env = Env::with(
+        "tls_reload",
+        Options {
+            plaintext: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let old = env.deployment.cert_pem.clone();
+    connect_pinned(&env, &token, &old)
+        .await
+        .expect("old certificate served");
+    let (new_cert, new_key) =
+        lockbox::tls::generate_self_signed(&["127.0.0.1".into()]).expect("cert");
+    std::fs::write(env.deployment.dir.join("proxy-key.pem"), new_key).expect("write key");
+    std::fs::write(env.deployment.dir.join("proxy-cert.pem"), &new_cert).expect("write cert");
+    let mut served_new = false;
+    for _ in 0..50 {
+        if connect_pinned(&env, &token, &new_cert).await.is_ok() {
+            served_new = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(served_new, "the new certificate was never served");
+    assert!(
+        connect_pinned(&env, &token, &old).await.is_err(),
+        "the old certificate is gone"
+    );
+}
