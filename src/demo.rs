@@ -384,14 +384,19 @@ async fn walk_through(deployment: &Deployment, options: &DemoOptions) -> Result<
         Ok(_) => println!("    the connection was closed"),
         Err(_) => bail!("the session outlived its access window"),
     }
-    let dropped = auditor
-        .audit(&crate::audit::AuditQuery {
-            request: Some(request.id.0.clone()),
-            ..Default::default()
-        })
-        .await?;
-    if let Some(last) = dropped.iter().rev().find(|r| r["type"] == "session") {
-        println!("    audit: {}", summarize(last));
+    // The drop is recorded once the upstream query has been cancelled: wait for it.
+    for _ in 0..50 {
+        let records = auditor
+            .audit(&crate::audit::AuditQuery {
+                request: Some(request.id.0.clone()),
+                ..Default::default()
+            })
+            .await?;
+        if let Some(dropped) = records.iter().find(|r| r["event"] == "dropped_expired") {
+            println!("    audit: {}", summarize(dropped));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let refused = connect_tls(deployment, &token.token).await;
     match refused {
