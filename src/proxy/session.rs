@@ -37,7 +37,20 @@ const PASSED_PARAMETERS: &[&str] = &[
     "IntervalStyle",
     "extra_float_digits",
 ];
-const REFUSED_PARAMETERS: &[&str] = &["options", "replication"];
+const REFUSED_PARAMETERS: &[&str] = &[
+    "options",
+    "replication",
+    // Settings that would change the session's identity, its read-only state, its limits,
+    // or how the server reads query text.
+    "role",
+    "session_authorization",
+    "default_transaction_read_only",
+    "transaction_read_only",
+    "statement_timeout",
+    "standard_conforming_strings",
+    "backslash_quote",
+    "search_path",
+];
 
 /// A login failure: what the client is told, and what the audit says.
 struct LoginError {

@@ -80,7 +80,23 @@ async fn bytes_after_ssl_request_close_the_connection() {
 async fn unsafe_and_missing_startup_parameters_are_refused() {
     let env = Env::start("proto_params").await;
     let db = env.db.clone();
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let cases: [(&[(&str, &str)], &str); 7] = [
+        (
+            &[("user", "eve"), ("database", &db), ("role", "postgres")],
+            "role",
+        ),
+        (
+            &[
+                ("user", "eve"),
+                ("database", &db),
+                ("default_transaction_read_only", "off"),
+            ],
+            "default_transaction_read_only",
+        ),
+        (
+            &[("user", "eve"), ("database", &db), ("search_path", "evil")],
+            "search_path",
+        ),
         (
             &[
                 ("user", "eve"),
@@ -105,6 +121,20 @@ async fn unsafe_and_missing_startup_parameters_are_refused() {
         assert_eq!(code, "28000", "{message}");
         assert!(message.contains(says), "{says:?} not in {message:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_before_the_password_is_a_protocol_violation() {
+    let env = Env::start("proto_early_query").await;
+    let mut raw = Raw::connect(env.proxy_port()).await;
+    raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
+        .await;
+    raw.send(&message(b'Q', b"SELECT 1\0")).await;
+    let reply = raw.read_to_close().await;
+    let errors = errors_in(&reply);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "08P01");
+    assert!(errors[0].1.contains("password"), "{}", errors[0].1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
