@@ -128,6 +128,20 @@ pub enum RequestCommand {
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
+    /// Check hash chains, sequence continuity and checkpoint signatures of audit files.
+    Verify {
+        /// Audit files, oldest first (default: the configured audit file).
+        files: Vec<PathBuf>,
+        /// Ed25519 public key (SPKI PEM file) that signs checkpoints (default: derived from
+        /// the configured signing key).
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// The log is still being written: records after the last checkpoint are expected.
+        #[arg(long)]
+        live: bool,
+        #[arg(long, env = "LOCKBOX_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Print matching records, one JSON object per line.
     List {
         #[arg(long)]
@@ -240,6 +254,21 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    files,
+                    public_key,
+                    live,
+                    config,
+                },
+        } => verify_audit(
+            files,
+            public_key.as_deref(),
+            *live,
+            config.as_deref(),
+            cli.json,
+        ),
         Command::Keygen { command } => keygen(command),
         Command::Config {
             command: ConfigCommand::Check { config },
@@ -419,6 +448,79 @@ fn print_table(list: &[Request]) {
     line(header.to_vec());
     for r in &rows {
         line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn verify_audit(
+    files: &[PathBuf],
+    public_key: Option<&std::path::Path>,
+    live: bool,
+    config: Option<&std::path::Path>,
+    json: bool,
+) -> Result<()> {
+    let config = config.map(crate::config::Config::load).transpose()?;
+    let files: Vec<PathBuf> = match (files.is_empty(), &config) {
+        (false, _) => files.to_vec(),
+        (true, Some(c)) => vec![c.audit_path.clone()],
+        (true, None) => {
+            return Err(anyhow!(
+                "name the audit files, or pass --config / LOCKBOX_CONFIG"
+            ))
+        }
+    };
+    let key_pem = match (public_key, &config) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        (None, Some(c)) => Some(
+            crate::token::TokenAuthority::load(&c.signing_key_path, &c.issuer, &c.audience)?
+                .public_key_pem()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
+    let report =
+        crate::audit::chain::verify(&paths, key_pem.as_deref(), live).map_err(|e| anyhow!(e))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": report.ok(),
+                "records": report.records,
+                "first_seq": report.first_seq,
+                "last_seq": report.last_seq,
+                "checkpoints": report.checkpoints,
+                "checkpoints_verified": report.checkpoints_verified,
+                "uncovered_tail": report.uncovered_tail,
+                "problems": report.problems,
+            })
+        );
+    } else {
+        println!(
+            "{} record(s), seq {}..{}, {} checkpoint(s), {} signature(s) verified{}",
+            report.records,
+            report.first_seq.unwrap_or(0),
+            report.last_seq.unwrap_or(0),
+            report.checkpoints,
+            report.checkpoints_verified,
+            if key_pem.is_none() {
+                " (no public key: signatures not checked)"
+            } else {
+                ""
+            }
+        );
+        for problem in &report.problems {
+            println!("PROBLEM: {problem}");
+        }
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "the audit log failed verification ({} problem(s))",
+            report.problems.len()
+        ))
     }
 }
 

@@ -60,7 +60,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         None => None,
     };
     let store = Store::open(&config.state_path)?;
-    let (audit, audit_thread) = AuditLog::open(&config.audit_path)?;
+    let signer = std::fs::read_to_string(&config.signing_key_path)
+        .ok()
+        .and_then(|pem| crate::audit::chain::CheckpointSigner::from_pem(&pem).ok());
+    let (audit, audit_thread) = AuditLog::open(&config.audit_path, signer)?;
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
     let registry = Arc::new(Registry::default());
 

@@ -5,6 +5,7 @@
 //! Statement records are appended with [`AuditLog::append_durable`], which resolves only
 //! once the record is fsynced; concurrent sessions share one fsync (group commit).
 
+pub mod chain;
 mod reader;
 mod record;
 mod writer;

@@ -6,9 +6,18 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use chrono::{SecondsFormat, Utc};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
+
+use super::chain::{checkpoint_message, line_hash, CheckpointSigner, GENESIS};
 use super::{AuditError, AuditEvent};
+
+/// A signed checkpoint is written after this many records…
+const CHECKPOINT_EVERY: u64 = 1000;
+/// …or this long after the first record it does not yet cover.
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(10);
 
 /// Most commands folded into one write.
 const MAX_BATCH: usize = 4096;
@@ -25,13 +34,16 @@ enum Command {
 /// Handle to the audit trail; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::Sender<Command>,
     path: PathBuf,
 }
 
 impl AuditLog {
     /// Opens the file at `path` (recovering a torn last line) and starts the writer thread.
-    pub fn open(path: &Path) -> Result<(AuditLog, JoinHandle<()>), AuditError> {
+    pub fn open(
+        path: &Path,
+        signer: Option<CheckpointSigner>,
+    ) -> Result<(AuditLog, JoinHandle<()>), AuditError> {
         let io = |e: std::io::Error| AuditError::Io {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -45,14 +57,18 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(io)?;
-        let last_seq = recover_tail(&mut file).map_err(io)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (last_seq, last_hash) = recover_tail(&mut file).map_err(io)?;
+        let (tx, rx) = mpsc::channel();
         let len = file.metadata().map_err(io)?.len();
         let mut writer = Writer {
             file,
             path: path.display().to_string(),
             next_seq: last_seq + 1,
             len,
+            last_hash,
+            signer,
+            uncovered: 0,
+            uncovered_since: None,
         };
         let handle = std::thread::Builder::new()
             .name("lockbox-audit".into())
@@ -107,13 +123,29 @@ struct Writer {
     next_seq: u64,
     /// Bytes of complete records in the file.
     len: u64,
+    /// Hash of the last record written: the next record's `prev`.
+    last_hash: [u8; 32],
+    signer: Option<CheckpointSigner>,
+    /// Records written since the last checkpoint, and since when.
+    uncovered: u64,
+    uncovered_since: Option<Instant>,
 }
 
 impl Writer {
-    fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    fn run(&mut self, rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(first) => batch.push(first),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.checkpoint_if_due();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.checkpoint();
+                    return;
+                }
+            }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(cmd) => batch.push(cmd),
@@ -122,9 +154,51 @@ impl Writer {
             }
             let closing = self.write_batch(&mut batch);
             if let Some(ack) = closing {
+                self.checkpoint();
                 let _ = ack.send(());
                 return;
             }
+            self.checkpoint_if_due();
+        }
+    }
+
+    fn checkpoint_if_due(&mut self) {
+        let due_by_time = self
+            .uncovered_since
+            .is_some_and(|t| t.elapsed() >= CHECKPOINT_AFTER);
+        if self.uncovered >= CHECKPOINT_EVERY || (self.uncovered > 0 && due_by_time) {
+            self.checkpoint();
+        }
+    }
+
+    /// Writes a signed checkpoint covering everything so far, and syncs it.
+    fn checkpoint(&mut self) {
+        if self.uncovered == 0 {
+            return;
+        }
+        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let covers_seq = self.next_seq - 1;
+        let head = hex::encode(self.last_hash);
+        let signature = self
+            .signer
+            .as_ref()
+            .map(|s| s.sign(&checkpoint_message(covers_seq, &head, &time)));
+        let body = serde_json::json!({
+            "type": "checkpoint",
+            "covers_seq": covers_seq,
+            "head": head,
+            "signature": signature,
+        });
+        let mut buf = Vec::new();
+        let hash = encode_value(&mut buf, self.next_seq, &time, &self.last_hash, &body);
+        match self.write_out(&buf, true) {
+            Ok(()) => {
+                self.next_seq += 1;
+                self.last_hash = hash;
+                self.uncovered = 0;
+                self.uncovered_since = None;
+            }
+            Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
         }
     }
 
@@ -134,14 +208,16 @@ impl Writer {
         let mut acks = Vec::new();
         let mut close = None;
         let start_seq = self.next_seq;
+        let start_hash = self.last_hash;
         let mut seq = start_seq;
+        let mut hash = start_hash;
         let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         for cmd in batch.drain(..) {
             match cmd {
                 Command::Append { events, ack } => {
                     let first = seq;
                     for event in &events {
-                        encode_line(&mut buf, seq, &time, event);
+                        hash = encode_line(&mut buf, seq, &time, &hash, event);
                         seq += 1;
                     }
                     if let Some(ack) = ack {
@@ -157,7 +233,12 @@ impl Writer {
         let result = self.write_out(&buf, sync);
         match result {
             Ok(()) => {
+                if seq > start_seq {
+                    self.uncovered += seq - start_seq;
+                    self.uncovered_since.get_or_insert_with(Instant::now);
+                }
                 self.next_seq = seq;
+                self.last_hash = hash;
                 for (ack, first) in acks {
                     let _ = ack.send(Ok(first));
                 }
@@ -173,6 +254,7 @@ impl Writer {
                 }
                 // Nothing of this batch may count as written: the sequence numbers are reused.
                 self.next_seq = start_seq;
+                self.last_hash = start_hash;
             }
         }
         close
@@ -194,29 +276,61 @@ impl Writer {
     }
 }
 
-/// `{"seq":N,"time":"…",<event fields>}\n`
-fn encode_line(buf: &mut Vec<u8>, seq: u64, time: &str, event: &AuditEvent) {
-    match serde_json::to_vec(event) {
-        Ok(body) if body.len() > 2 => {
-            buf.extend_from_slice(format!("{{\"seq\":{seq},\"time\":\"{time}\",").as_bytes());
-            buf.extend_from_slice(&body[1..]);
-            buf.push(b'\n');
-        }
-        Ok(_) | Err(_) => {
+/// `{"seq":N,"time":"…","prev":"<hex>",<event fields>}\n`; returns the line's hash.
+fn encode_line(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    time: &str,
+    prev: &[u8; 32],
+    event: &AuditEvent,
+) -> [u8; 32] {
+    match serde_json::to_value(event) {
+        Ok(value) => encode_value(buf, seq, time, prev, &value),
+        Err(_) => {
             tracing::error!(seq, "audit event failed to serialize");
-            buf.extend_from_slice(
-                format!("{{\"seq\":{seq},\"time\":\"{time}\",\"type\":\"unserializable\"}}\n")
-                    .as_bytes(),
-            );
+            encode_value(
+                buf,
+                seq,
+                time,
+                prev,
+                &serde_json::json!({"type": "unserializable"}),
+            )
         }
     }
 }
 
-/// Drops a torn final record (a crash mid-write) and returns the last sequence number.
-fn recover_tail(file: &mut File) -> std::io::Result<u64> {
+fn encode_value(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    time: &str,
+    prev: &[u8; 32],
+    body: &serde_json::Value,
+) -> [u8; 32] {
+    let start = buf.len();
+    buf.extend_from_slice(
+        format!(
+            "{{\"seq\":{seq},\"time\":\"{time}\",\"prev\":\"{}\"",
+            hex::encode(prev)
+        )
+        .as_bytes(),
+    );
+    let fields = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    if fields.len() > 2 {
+        buf.push(b',');
+        buf.extend_from_slice(&fields[1..fields.len() - 1]);
+    }
+    buf.push(b'}');
+    let hash = line_hash(&buf[start..]);
+    buf.push(b'\n');
+    hash
+}
+
+/// Drops a torn final record (a crash mid-write) and returns the last record's sequence
+/// number and hash, where the chain continues.
+fn recover_tail(file: &mut File) -> std::io::Result<(u64, [u8; 32])> {
     let len = file.metadata()?.len();
     if len == 0 {
-        return Ok(0);
+        return Ok((0, GENESIS));
     }
     let mut window = 64 * 1024u64;
     loop {
@@ -245,12 +359,12 @@ fn recover_tail(file: &mut File) -> std::io::Result<u64> {
                     .ok()
                     .and_then(|v| v.get("seq").and_then(|s| s.as_u64()))
                     .unwrap_or(0);
-                return Ok(seq);
+                return Ok((seq, line_hash(line)));
             }
             None if start == 0 => {
                 // No complete record at all: the whole file is one torn write.
                 file.set_len(0)?;
-                return Ok(0);
+                return Ok((0, GENESIS));
             }
             None => window *= 4,
         }

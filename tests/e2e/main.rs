@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod audit_chain;
 mod auth;
 mod cli;
 mod guard;
