@@ -140,15 +140,26 @@ impl FromRequestParts<ApiState> for Caller {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok`, or `degraded` while the audit log cannot be written.
     pub status: String,
+    /// `ok` or `failing`: while failing, statements and new sessions are refused.
+    pub audit: String,
     pub live_sessions: usize,
 }
 
-async fn health(State(state): State<ApiState>) -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
+async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
+    let audit_ok = state.lockbox.audit.healthy();
+    let status = if audit_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let health = Health {
+        status: if audit_ok { "ok" } else { "degraded" }.into(),
+        audit: if audit_ok { "ok" } else { "failing" }.into(),
         live_sessions: state.registry.live_sessions(),
-    })
+    };
+    (status, Json(health))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use chrono::{SecondsFormat, Utc};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -36,6 +37,7 @@ enum Command {
 pub struct AuditLog {
     tx: mpsc::Sender<Command>,
     path: PathBuf,
+    healthy: Arc<AtomicBool>,
 }
 
 impl AuditLog {
@@ -60,11 +62,15 @@ impl AuditLog {
         let (last_seq, last_hash) = recover_tail(&mut file).map_err(io)?;
         let (tx, rx) = mpsc::channel();
         let len = file.metadata().map_err(io)?.len();
+        let healthy = Arc::new(AtomicBool::new(true));
         let mut writer = Writer {
             file,
+            file_path: path.to_owned(),
+            healthy: healthy.clone(),
             path: path.display().to_string(),
             next_seq: last_seq + 1,
             len,
+            reopened: false,
             last_hash,
             signer,
             uncovered: 0,
@@ -78,6 +84,7 @@ impl AuditLog {
             AuditLog {
                 tx,
                 path: path.to_owned(),
+                healthy,
             },
             handle,
         ))
@@ -85,6 +92,11 @@ impl AuditLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// False while the last write or sync failed (statements and new sessions are refused).
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
     }
 
     /// Appends `events` and waits until they are on disk; returns the first one's sequence
@@ -119,10 +131,14 @@ impl AuditLog {
 
 struct Writer {
     file: File,
+    file_path: PathBuf,
+    healthy: Arc<AtomicBool>,
     path: String,
     next_seq: u64,
     /// Bytes of complete records in the file.
     len: u64,
+    /// The file was reopened after a failed sync during the current batch.
+    reopened: bool,
     /// Hash of the last record written: the next record's `prev`.
     last_hash: [u8; 32],
     signer: Option<CheckpointSigner>,
@@ -204,6 +220,7 @@ impl Writer {
 
     /// Writes and syncs one batch, answers its waiters; returns the close ack if asked to stop.
     fn write_batch(&mut self, batch: &mut Vec<Command>) -> Option<oneshot::Sender<()>> {
+        self.reopened = false;
         let mut buf = Vec::with_capacity(512 * batch.len());
         let mut acks = Vec::new();
         let mut close = None;
@@ -233,6 +250,9 @@ impl Writer {
         let result = self.write_out(&buf, sync);
         match result {
             Ok(()) => {
+                if !self.healthy.swap(true, Ordering::SeqCst) {
+                    tracing::info!(path = %self.path, "audit log writable again; service resumes");
+                }
                 if seq > start_seq {
                     self.uncovered += seq - start_seq;
                     self.uncovered_since.get_or_insert_with(Instant::now);
@@ -244,6 +264,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                self.healthy.store(false, Ordering::SeqCst);
                 tracing::error!(path = %self.path, error = %e, "audit write failed; statements are refused");
                 let err = AuditError::Io {
                     path: self.path.clone(),
@@ -252,9 +273,13 @@ impl Writer {
                 for (ack, _) in acks {
                     let _ = ack.send(Err(err.clone()));
                 }
-                // Nothing of this batch may count as written: the sequence numbers are reused.
-                self.next_seq = start_seq;
-                self.last_hash = start_hash;
+                // Nothing of this batch counts as written; after a reopen the state is what the
+                // file holds, otherwise the batch's sequence numbers are reused.
+                if !self.reopened {
+                    self.next_seq = start_seq;
+                    self.last_hash = start_hash;
+                }
+                self.reopened = false;
             }
         }
         close
@@ -270,9 +295,39 @@ impl Writer {
             self.len += buf.len() as u64;
         }
         if sync {
-            self.file.sync_data()?;
+            if let Err(e) = self.file.sync_data() {
+                // After a failed fsync nothing is known about what reached the disk: do not
+                // retry on this file handle as if it had worked. Reopen, and take sequence
+                // and chain from what the file really holds.
+                self.reopen();
+                return Err(e);
+            }
         }
         Ok(())
+    }
+
+    fn reopen(&mut self) {
+        let reopened = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.file_path)
+            .and_then(|mut f| {
+                let (seq, hash) = recover_tail(&mut f)?;
+                let len = f.metadata()?.len();
+                Ok((f, seq, hash, len))
+            });
+        match reopened {
+            Ok((file, seq, hash, len)) => {
+                self.reopened = true;
+                self.file = file;
+                self.next_seq = seq + 1;
+                self.last_hash = hash;
+                self.len = len;
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path, error = %e, "audit log could not be reopened")
+            }
+        }
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Options {
     pub upstream_tls: &'static str,
     /// Write this PEM as the deployment's `ca.pem` instead of the cluster's CA.
     pub ca_override: Option<String>,
+    /// Put the audit file here instead of inside the deployment folder.
+    pub audit_path: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             upstream_host: "127.0.0.1",
             upstream_tls: "",
             ca_override: None,
+            audit_path: None,
         }
     }
 }
@@ -173,6 +176,14 @@ impl Env {
         )
         .expect("write deployment");
         let config_path = deployment.config_path.clone();
+        if let Some(audit) = &options.audit_path {
+            let text = std::fs::read_to_string(&config_path).expect("config");
+            let text = text.replace(
+                "path = \"audit/audit.jsonl\"",
+                &format!("path = \"{}\"", audit.display()),
+            );
+            std::fs::write(&config_path, text).expect("config");
+        }
         let config = lockbox::config::Config::load(&config_path).expect("config loads");
         let audit_path = config.audit_path.clone();
         let server = lockbox::server::start(config).await.expect("server starts");

@@ -4,6 +4,7 @@
 mod harness;
 
 mod audit_chain;
+mod audit_durability;
 mod auth;
 mod cli;
 mod guard;

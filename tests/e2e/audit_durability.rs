@@ -1,0 +1,146 @@
+//! Fail closed: when the audit log cannot be written, no statement runs and no session
+//! starts; service resumes by itself once the disk has room again.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lockbox::policy::AccessLevel;
+
+use crate::harness::{db_error, Env, Options};
+
+/// A tiny tmpfs, unmounted on drop. Mounting needs root, as the tests run in CI.
+struct TinyDisk {
+    dir: tempfile::TempDir,
+}
+
+impl TinyDisk {
+    fn mount() -> TinyDisk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs (the disk-full test needs root)"
+        );
+        TinyDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk to the last byte.
+    fn fill(&self) -> PathBuf {
+        let filler = self.path().join("filler");
+        let mut file = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 4096];
+        use std::io::Write;
+        while file.write_all(&chunk).is_ok() {}
+        let one = [0u8; 1];
+        while file.write_all(&one).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+async fn health(env: &Env) -> (u16, serde_json::Value) {
+    let response = reqwest::get(format!("{}/v1/health", env.deployment.server_url()))
+        .await
+        .expect("health");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_statements_and_sessions_until_it_has_room() {
+    let disk = TinyDisk::mount();
+    let env = Env::with(
+        "audit_full_disk",
+        Options {
+            audit_path: Some(disk.path().join("audit.jsonl")),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let (client, conn) = env.connect("eve", &token).await.expect("login");
+    client
+        .batch_execute("SELECT 1")
+        .await
+        .expect("audited statement");
+
+    let filler = disk.fill();
+    // The audit file's last page may still have room for a few records: write until the
+    // audit cannot take one more. That statement must not have run.
+    let mut refused = None;
+    for id in 100..400 {
+        if let Err(e) = client
+            .execute("INSERT INTO items VALUES ($1, 'probe')", &[&id])
+            .await
+        {
+            refused = Some((id, e));
+            break;
+        }
+    }
+    let (id, err) = refused.expect("the full disk never refused a statement");
+    let (code, message) = match db_error(&err) {
+        (code, _) if code.is_empty() => {
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn)
+                .await
+                .expect("session ended")
+                .expect("join");
+            db_error(&ended.expect("the proxy said why"))
+        }
+        other => other,
+    };
+    assert_eq!(code, "58030", "{message}");
+    assert!(message.contains("not executed"), "{message}");
+    assert_eq!(
+        env.superuser_sql(&format!("SELECT count(*) FROM items WHERE id = {id}")),
+        "0",
+        "fail closed: the statement without an audit record did not run"
+    );
+    assert_eq!(
+        env.superuser_sql(&format!(
+            "SELECT count(*) FROM items WHERE id >= 100 AND id < {id}"
+        )),
+        (id - 100).to_string()
+    );
+
+    let err = env
+        .connect("eve", &token)
+        .await
+        .expect_err("no new session without an audit log");
+    assert_eq!(db_error(&err).0, "58030");
+    let (status, body) = health(&env).await;
+    assert_eq!((status, body["audit"].as_str()), (503, Some("failing")));
+
+    std::fs::remove_file(filler).expect("free the disk");
+    let (client, _conn) = env
+        .connect("eve", &token)
+        .await
+        .expect("service resumes by itself");
+    client
+        .batch_execute("INSERT INTO items VALUES (78, 'after recovery')")
+        .await
+        .expect("write");
+    let (status, body) = health(&env).await;
+    assert_eq!((status, body["audit"].as_str()), (200, Some("ok")));
+    let verified = lockbox::audit::chain::verify(&[&disk.path().join("audit.jsonl")], None, true)
+        .expect("verify");
+    assert!(
+        verified.ok(),
+        "the chain survived the failure: {:?}",
+        verified.problems
+    );
+}
