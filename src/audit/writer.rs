@@ -425,3 +425,31 @@ fn recover_tail(file: &mut File) -> std::io::Result<(u64, [u8; 32])> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_record_is_cut_and_the_chain_continues() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let mut good = Vec::new();
+        let h1 = encode_value(
+            &mut good,
+            1,
+            "t",
+            &GENESIS,
+            &serde_json::json!({"type": "x"}),
+        );
+        std::fs::write(&path, [&good[..], b"{\"seq\":2,\"time\":\"tor"].concat()).expect("write");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .expect("open");
+        let (seq, hash) = recover_tail(&mut file).expect("recover");
+        assert_eq!((seq, hash), (1, h1));
+        assert_eq!(std::fs::read(&path).expect("read"), good);
+    }
+}

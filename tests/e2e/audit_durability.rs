@@ -144,3 +144,105 @@ async fn a_full_disk_refuses_statements_and_sessions_until_it_has_room() {
         verified.problems
     );
 }
+
+/// `lockbox serve` as a separate process, killed with SIGKILL on drop.
+struct ServeProcess(std::process::Child);
+
+impl ServeProcess {
+    async fn start(env: &Env) -> ServeProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_lockbox"))
+            .args(["serve", "--config"])
+            .arg(&env.config_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start lockbox serve");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", env.deployment.proxy_port))
+                .await
+                .is_ok()
+            {
+                return ServeProcess(child);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("lockbox serve did not start");
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kill_9_the_torn_record_is_dropped_and_nothing_executed_is_lost() {
+    let mut env = Env::start("audit_crash").await;
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    env.stop().await;
+    let serve = ServeProcess::start(&env).await;
+    let config = env.pg_config("eve", &token);
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("login");
+    tokio::spawn(connection);
+    for n in 200..220 {
+        client
+            .execute("INSERT INTO items VALUES ($1, 'before the crash')", &[&n])
+            .await
+            .expect("insert");
+    }
+    drop(serve); // SIGKILL: no shutdown, no closing checkpoint.
+                 // A write cut short by the crash.
+    use std::io::Write;
+    let mut audit = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&env.audit_path)
+        .expect("audit");
+    audit
+        .write_all(b"{\"seq\":999999,\"time\":\"2026-")
+        .expect("torn record");
+    drop(audit);
+
+    let _serve = ServeProcess::start(&env).await;
+    let text = std::fs::read_to_string(&env.audit_path).expect("audit");
+    assert!(
+        !text.contains("{\"seq\":999999,\"time\":\"2026-"),
+        "the torn record was truncated at start"
+    );
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("login after restart");
+    tokio::spawn(connection);
+    client
+        .batch_execute("SELECT 'after the crash'")
+        .await
+        .expect("query");
+
+    let executed: i64 = env
+        .superuser_sql("SELECT count(*) FROM items WHERE id BETWEEN 200 AND 219")
+        .parse()
+        .expect("n");
+    assert_eq!(executed, 20);
+    let recorded = env
+        .audit()
+        .iter()
+        .filter(|r| {
+            r["type"] == "statement"
+                && r["request_id"] == id.as_str()
+                && r["statement"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("INSERT"))
+        })
+        .count();
+    assert_eq!(recorded, 20, "every executed statement has its record");
+    let report = lockbox::audit::chain::verify(&[&env.audit_path], None, true).expect("verify");
+    assert!(
+        report.ok(),
+        "the chain is intact across the crash: {:?}",
+        report.problems
+    );
+}

@@ -202,10 +202,8 @@ impl Env {
     }
 
     pub fn proxy_port(&self) -> u16 {
-        self.server
-            .as_ref()
-            .map(|s| s.proxy_addr.port())
-            .expect("server running")
+        // The configured port: the in-process server binds it, and so does `lockbox serve`.
+        self.deployment.proxy_port
     }
 
     /// Files a read request as `engineer`, has carol approve it, returns (request id, token).
