@@ -150,19 +150,21 @@ struct ServeProcess(std::process::Child);
 
 impl ServeProcess {
     async fn start(env: &Env) -> ServeProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_lockbox"))
-            .args(["serve", "--config"])
-            .arg(&env.config_path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start lockbox serve");
+        let process = ServeProcess(
+            Command::new(env!("CARGO_BIN_EXE_lockbox"))
+                .args(["serve", "--config"])
+                .arg(&env.config_path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start lockbox serve"),
+        );
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(("127.0.0.1", env.deployment.proxy_port))
                 .await
                 .is_ok()
             {
-                return ServeProcess(child);
+                return process;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
