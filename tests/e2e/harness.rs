@@ -10,6 +10,7 @@ use lockbox::demo::{write_deployment, Deployment, DeploymentDatabase, Deployment
 use lockbox::policy::{AccessLevel, NewRequest};
 use lockbox::sandbox::PgSandbox;
 use lockbox::server::RunningServer;
+use lockbox::wire::BackendEvent;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -389,48 +390,39 @@ impl Raw {
 
     /// Reads (bounded) until a ReadyForQuery has arrived; returns what was read.
     pub async fn read_until_ready(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut events = Vec::new();
-            lockbox::wire::BackendScanner::default().feed(&out, &mut events);
-            if events
-                .iter()
-                .any(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
-            {
-                return out;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
-                .await
-                .expect("no ReadyForQuery in time")
-                .expect("read");
-            assert!(n > 0, "connection closed early: {out:?}");
-            out.extend_from_slice(&chunk[..n]);
-        }
+        self.read_until(|events| events.iter().any(|e| matches!(e, BackendEvent::Ready(_))))
+            .await
     }
 
     /// Reads (bounded) until an ErrorResponse and the ReadyForQuery after it have arrived.
     pub async fn read_until_ready_after_error(&mut self) -> Vec<u8> {
+        self.read_until(|events| {
+            let error_at = events
+                .iter()
+                .position(|e| matches!(e, BackendEvent::Error { .. }));
+            error_at.is_some_and(|i| {
+                events[i..]
+                    .iter()
+                    .any(|e| matches!(e, BackendEvent::Ready(_)))
+            })
+        })
+        .await
+    }
+
+    /// Reads (bounded) until the messages received so far satisfy `done`.
+    async fn read_until(&mut self, done: impl Fn(&[BackendEvent]) -> bool) -> Vec<u8> {
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let mut events = Vec::new();
             lockbox::wire::BackendScanner::default().feed(&out, &mut events);
-            let error_at = events
-                .iter()
-                .position(|e| matches!(e, lockbox::wire::BackendEvent::Error { .. }));
-            if error_at.is_some_and(|i| {
-                events[i..]
-                    .iter()
-                    .any(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
-            }) {
+            if done(&events) {
                 return out;
             }
             let mut chunk = [0u8; 4096];
             let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
                 .await
-                .expect("no error and ReadyForQuery in time")
+                .expect("the expected messages did not arrive in time")
                 .expect("read");
             assert!(n > 0, "connection closed early: {out:?}");
             out.extend_from_slice(&chunk[..n]);
