@@ -6,8 +6,9 @@
 # Starts the demo sandbox (`lockbox demo --keep`), loads pgbench tables (scale 10),
 # files and approves a lockbox request, starts pgbouncer (session pooling) in front of the
 # same server, then runs `pgbench -S` (select-only) in simple and extended mode against:
-# direct PostgreSQL, pgbouncer, lockbox (plaintext loopback), lockbox (TLS).
-# Every lockbox statement is audited with an fsync'd record before it is forwarded.
+# direct PostgreSQL, pgbouncer, lockbox (plaintext loopback), lockbox (TLS) — with the audit
+# in fsync mode (each statement waits for its fsync'd record) — and lockbox with the audit in
+# write mode (a second `lockbox serve` on the same state, its own audit file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-10}
@@ -24,8 +25,10 @@ work=$(mktemp -d)
 chmod 755 "$work"
 demo_pid=""
 bouncer_pid=""
+serve_pid=""
 cleanup() {
     [ -n "$bouncer_pid" ] && kill "$bouncer_pid" 2>/dev/null || true
+    [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null || true
     if [ -n "$demo_pid" ]; then
         kill -INT "$demo_pid" 2>/dev/null || true
         wait "$demo_pid" 2>/dev/null || true
@@ -55,7 +58,25 @@ id=$(LOCKBOX_API_KEY=$LOCKBOX_ENGINEER_KEY "$LOCKBOX" request create --database 
 LOCKBOX_API_KEY=$LOCKBOX_APPROVER_KEY "$LOCKBOX" request approve "$id" --reason "benchmark" >/dev/null
 token=$(LOCKBOX_API_KEY=$LOCKBOX_ENGINEER_KEY "$LOCKBOX" token "$id")
 
-bouncer_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# A second lockbox on the same state and upstream, auditing in write mode.
+write_proxy_port=$(free_port)
+write_api_port=$(free_port)
+write_config="$(dirname "$LOCKBOX_CONFIG")/lockbox-write.toml"
+sed -e "s/^durability = .*/durability = \"write\"/" \
+    -e "s|^path = \"audit/audit.jsonl\"|path = \"audit/audit-write.jsonl\"|" \
+    -e "s/127.0.0.1:$LOCKBOX_PROXY_PORT/127.0.0.1:$write_proxy_port/" "$LOCKBOX_CONFIG" >"$write_config"
+api_port=$(echo "$LOCKBOX_SERVER" | sed -E 's|.*:([0-9]+)$|\1|')
+sed -i "s/127.0.0.1:$api_port/127.0.0.1:$write_api_port/" "$write_config"
+"$LOCKBOX" serve --config "$write_config" >"$work/serve-write.log" 2>&1 &
+serve_pid=$!
+for _ in $(seq 1 100); do
+    (echo >"/dev/tcp/127.0.0.1/$write_proxy_port") 2>/dev/null && break
+    sleep 0.1
+done
+
+bouncer_port=$(free_port)
 cat >"$work/pgbouncer.ini" <<INI
 [databases]
 $LOCKBOX_DATABASE = host=127.0.0.1 port=$pg_port dbname=$LOCKBOX_DATABASE user=postgres
@@ -105,14 +126,16 @@ for mode in simple extended; do
     result[pgbouncer,$mode]=$(tps "$mode" -h 127.0.0.1 -p "$bouncer_port" -U postgres "$LOCKBOX_DATABASE")
     result[lockbox,$mode]=$(PGPASSWORD=$token PGSSLMODE=disable tps "$mode" -h 127.0.0.1 -p "$LOCKBOX_PROXY_PORT" -U "$LOCKBOX_ENGINEER" "$LOCKBOX_DATABASE")
     result[lockbox-tls,$mode]=$(PGPASSWORD=$token PGSSLMODE=require tps "$mode" -h 127.0.0.1 -p "$LOCKBOX_PROXY_PORT" -U "$LOCKBOX_ENGINEER" "$LOCKBOX_DATABASE")
+    result[lockbox-write,$mode]=$(PGPASSWORD=$token PGSSLMODE=disable tps "$mode" -h 127.0.0.1 -p "$write_proxy_port" -U "$LOCKBOX_ENGINEER" "$LOCKBOX_DATABASE")
 done
 
 echo
 echo "pgbench -S, $CLIENTS clients, ${SECONDS_PER_RUN}s per run, $(nproc) cores (tps; ratio to direct)"
+echo "(lockbox, lockbox-tls: audit durability fsync; lockbox-write: durability write)"
 printf "%-14s %-10s %12s %8s\n" target mode tps ratio
 for mode in simple extended; do
     base=${result[direct,$mode]}
-    for target in direct pgbouncer lockbox lockbox-tls; do
+    for target in direct pgbouncer lockbox lockbox-tls lockbox-write; do
         value=${result[$target,$mode]:-0}
         ratio=$(python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$value" "$base" 2>/dev/null || echo "n/a")
         printf "%-14s %-10s %12s %8s\n" "$target" "$mode" "${value:-failed}" "$ratio"

@@ -54,6 +54,9 @@ pub enum Command {
         /// Length of the demo's access window.
         #[arg(long, default_value = "8s", value_parser = parse_duration)]
         window: Duration,
+        /// Audit durability of the sandbox: fsync or write.
+        #[arg(long, default_value = "fsync", value_parser = ["fsync", "write"])]
+        audit_durability: String,
     },
     /// File, list, decide and revoke access requests.
     Request {
@@ -215,8 +218,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             keep,
             env_file,
             window,
+            audit_durability,
         } => {
             crate::demo::run(crate::demo::DemoOptions {
+                audit_durability: audit_durability.clone(),
                 keep: *keep,
                 env_file: env_file.clone(),
                 window: *window,

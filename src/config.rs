@@ -110,12 +110,35 @@ impl Default for StateFile {
 pub struct AuditFile {
     /// Append-only JSON Lines file of every lockbox action and SQL statement.
     pub path: PathBuf,
+    /// `fsync`: a statement is forwarded once its record is fsynced (group commit).
+    /// `write`: once the record is handed to the kernel (survives a crash of the proxy, not
+    /// of the machine), with an fsync every `sync_interval`.
+    #[serde(default)]
+    pub durability: Durability,
+    /// How often `write` mode fsyncs.
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval: String,
+}
+
+fn default_sync_interval() -> String {
+    "1s".into()
+}
+
+/// When an audit record counts as written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    #[default]
+    Fsync,
+    Write,
 }
 
 impl Default for AuditFile {
     fn default() -> Self {
         AuditFile {
             path: "lockbox-data/audit.jsonl".into(),
+            durability: Durability::Fsync,
+            sync_interval: default_sync_interval(),
         }
     }
 }
@@ -286,6 +309,8 @@ pub struct Config {
     pub max_message_size: usize,
     pub state_path: PathBuf,
     pub audit_path: PathBuf,
+    pub audit_durability: Durability,
+    pub audit_sync_interval: Duration,
     pub signing_key_path: PathBuf,
     pub issuer: String,
     pub audience: String,
@@ -455,6 +480,7 @@ impl Config {
                 "must be between 1024 and 1073741824 bytes",
             ));
         }
+        let audit_sync_interval = parse_duration("audit.sync_interval", &file.audit.sync_interval)?;
         let request_ttl = parse_duration("timings.request_ttl", &file.timings.request_ttl)?;
         let default_access =
             parse_duration("timings.default_access", &file.timings.default_access)?;
@@ -481,6 +507,8 @@ impl Config {
             max_message_size,
             state_path: resolve(&file.state.sqlite_path),
             audit_path: resolve(&file.audit.path),
+            audit_durability: file.audit.durability,
+            audit_sync_interval,
             signing_key_path: resolve(&file.token.signing_key),
             issuer: file.token.issuer,
             audience: file.token.audience,

@@ -68,6 +68,8 @@ pub struct DeploymentSpec<'a> {
     pub allow_plaintext_loopback: bool,
     /// Extra TOML appended to `[timings]`.
     pub timings: &'a str,
+    /// `fsync` or `write`.
+    pub audit_durability: &'a str,
 }
 
 /// Writes keys, a TLS certificate and a config file into `dir`, on free loopback ports.
@@ -86,10 +88,10 @@ pub fn write_deployment(dir: &Path, spec: &DeploymentSpec<'_>) -> Result<Deploym
          allow_plaintext_loopback = {}\n\n\
          [api]\nlisten = \"127.0.0.1:{api_port}\"\n\n\
          [state]\nsqlite_path = \"state.db\"\n\n\
-         [audit]\npath = \"audit/audit.jsonl\"\n\n\
+         [audit]\npath = \"audit/audit.jsonl\"\ndurability = \"{}\"\n\n\
          [token]\nsigning_key = \"signing-key.pem\"\n\n\
          [timings]\n{}\n",
-        spec.allow_plaintext_loopback, spec.timings
+        spec.allow_plaintext_loopback, spec.audit_durability, spec.timings
     );
     for db in &spec.databases {
         let password_file = format!("{}.password", db.name);
@@ -152,6 +154,8 @@ fn write_private(path: &Path, contents: &str) -> Result<()> {
 
 /// Options of `lockbox demo`.
 pub struct DemoOptions {
+    /// `fsync` or `write` (see `[audit] durability`).
+    pub audit_durability: String,
     pub keep: bool,
     pub env_file: Option<PathBuf>,
     pub window: Duration,
@@ -240,6 +244,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
             users: DEMO_USERS.iter().map(|(n, r, _)| (*n, vec![*r])).collect(),
             allow_plaintext_loopback: true,
             timings: "request_ttl = \"12h\"\ndefault_access = \"8h\"\nmax_access = \"24h\"",
+            audit_durability: &options.audit_durability,
         },
     )?;
     println!("    config: {}", deployment.config_path.display());

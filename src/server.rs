@@ -63,7 +63,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let signer = std::fs::read_to_string(&config.signing_key_path)
         .ok()
         .and_then(|pem| crate::audit::chain::CheckpointSigner::from_pem(&pem).ok());
-    let (audit, audit_thread) = AuditLog::open(&config.audit_path, signer)?;
+    let (audit, audit_thread) = AuditLog::open_with(
+        &config.audit_path,
+        signer,
+        config.audit_durability,
+        config.audit_sync_interval,
+    )?;
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
     let registry = Arc::new(Registry::default());
 

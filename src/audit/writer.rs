@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::chain::{checkpoint_message, line_hash, CheckpointSigner, GENESIS};
 use super::{AuditError, AuditEvent};
+use crate::config::Durability;
 
 /// A signed checkpoint is written after this many records…
 const CHECKPOINT_EVERY: u64 = 1000;
@@ -46,6 +47,16 @@ impl AuditLog {
         path: &Path,
         signer: Option<CheckpointSigner>,
     ) -> Result<(AuditLog, JoinHandle<()>), AuditError> {
+        Self::open_with(path, signer, Durability::Fsync, Duration::from_secs(1))
+    }
+
+    /// Opens with a durability mode; in `Write` mode the file is fsynced every `sync_interval`.
+    pub fn open_with(
+        path: &Path,
+        signer: Option<CheckpointSigner>,
+        durability: Durability,
+        sync_interval: Duration,
+    ) -> Result<(AuditLog, JoinHandle<()>), AuditError> {
         let io = |e: std::io::Error| AuditError::Io {
             path: path.display().to_string(),
             message: e.to_string(),
@@ -75,6 +86,9 @@ impl AuditLog {
             signer,
             uncovered: 0,
             uncovered_since: None,
+            durability,
+            sync_interval,
+            unsynced_since: None,
         };
         let handle = std::thread::Builder::new()
             .name("lockbox-audit".into())
@@ -145,16 +159,21 @@ struct Writer {
     /// Records written since the last checkpoint, and since when.
     uncovered: u64,
     uncovered_since: Option<Instant>,
+    durability: Durability,
+    sync_interval: Duration,
+    /// In `Write` mode: when the oldest record not yet fsynced was written.
+    unsynced_since: Option<Instant>,
 }
 
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::new();
         loop {
-            match rx.recv_timeout(Duration::from_secs(1)) {
+            match rx.recv_timeout(self.sync_interval.min(Duration::from_secs(1))) {
                 Ok(first) => batch.push(first),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.checkpoint_if_due();
+                    self.sync_if_due();
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -171,10 +190,29 @@ impl Writer {
             let closing = self.write_batch(&mut batch);
             if let Some(ack) = closing {
                 self.checkpoint();
+                let _ = self.file.sync_data();
                 let _ = ack.send(());
                 return;
             }
             self.checkpoint_if_due();
+            self.sync_if_due();
+        }
+    }
+
+    /// `Write` mode: fsync once the oldest unsynced record is `sync_interval` old.
+    fn sync_if_due(&mut self) {
+        if self
+            .unsynced_since
+            .is_some_and(|t| t.elapsed() >= self.sync_interval)
+        {
+            match self.file.sync_data() {
+                Ok(()) => self.unsynced_since = None,
+                Err(e) => {
+                    self.healthy.store(false, Ordering::SeqCst);
+                    tracing::error!(path = %self.path, error = %e, "periodic audit fsync failed");
+                    self.reopen();
+                }
+            }
         }
     }
 
@@ -246,8 +284,13 @@ impl Writer {
         }
         // Records nobody waits for (outcomes, disconnects) are written now and made durable
         // by the next fsync, so they never cost one of their own.
-        let sync = !acks.is_empty() || close.is_some();
+        let sync = (!acks.is_empty() && self.durability == Durability::Fsync) || close.is_some();
         let result = self.write_out(&buf, sync);
+        if result.is_ok() && !sync && !buf.is_empty() {
+            self.unsynced_since.get_or_insert_with(Instant::now);
+        } else if result.is_ok() && sync {
+            self.unsynced_since = None;
+        }
         match result {
             Ok(()) => {
                 if !self.healthy.swap(true, Ordering::SeqCst) {

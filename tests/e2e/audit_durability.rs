@@ -93,16 +93,11 @@ async fn a_full_disk_refuses_statements_and_sessions_until_it_has_room() {
         }
     }
     let (id, err) = refused.expect("the full disk never refused a statement");
-    let (code, message) = match db_error(&err) {
-        (code, _) if code.is_empty() => {
-            let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn)
-                .await
-                .expect("session ended")
-                .expect("join");
-            db_error(&ended.expect("the proxy said why"))
-        }
-        other => other,
-    };
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn)
+        .await
+        .expect("session ended")
+        .expect("join");
+    let (code, message) = crate::harness::fatal_error(Some(err), ended);
     assert_eq!(code, "58030", "{message}");
     assert!(message.contains("not executed"), "{message}");
     assert_eq!(
@@ -247,4 +242,40 @@ async fn after_kill_9_the_torn_record_is_dropped_and_nothing_executed_is_lost() 
         "the chain is intact across the crash: {:?}",
         report.problems
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_mode_records_every_statement_and_syncs_on_its_own() {
+    let env = Env::with(
+        "audit_write_mode",
+        Options {
+            audit_durability: "write",
+            ..Default::default()
+        },
+    )
+    .await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    for n in 0..25 {
+        client
+            .query_one("SELECT $1::int", &[&n])
+            .await
+            .expect("query");
+    }
+    let records = env
+        .wait_for_audit("25 statements with outcomes", |records| {
+            records
+                .iter()
+                .filter(|r| r["type"] == "outcome" && r["request_id"] == id.as_str())
+                .count()
+                == 25
+        })
+        .await;
+    let statements = records
+        .iter()
+        .filter(|r| r["type"] == "statement" && r["request_id"] == id.as_str())
+        .count();
+    assert_eq!(statements, 25);
+    let report = lockbox::audit::chain::verify(&[&env.audit_path], None, true).expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
 }

@@ -181,6 +181,14 @@ fn invalid_config_names_the_key() {
     );
     check(&format!("{base}surprise = 1\n"), "unknown field");
     check(
+        &format!("{base}[audit]\npath = \"a\"\ndurability = \"sometimes\"\n"),
+        "unknown variant",
+    );
+    check(
+        &format!("{base}[audit]\npath = \"a\"\nsync_interval = \"often\"\n"),
+        "audit.sync_interval",
+    );
+    check(
         "[proxy]\nlisten = \"127.0.0.1:1\"\n[token]\nsigning_key = \"k\"\n",
         "proxy.tls_cert",
     );

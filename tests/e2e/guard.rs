@@ -361,11 +361,7 @@ async fn nothing_can_make_the_audit_split_statements_differently() {
         .await
         .expect("session ended")
         .expect("join");
-    let message = result
-        .err()
-        .or(closed)
-        .map(|e| db_error(&e).1)
-        .unwrap_or_default();
+    let message = crate::harness::fatal_error(result.err(), closed).1;
     assert!(
         message.contains("standard_conforming_strings"),
         "{message:?}"
@@ -439,11 +435,7 @@ async fn per_grant_limits_hold() {
         .await
         .expect("session ended")
         .expect("join");
-    let message = too_many
-        .err()
-        .or(ended)
-        .map(|e| db_error(&e))
-        .unwrap_or_default();
+    let message = crate::harness::fatal_error(too_many.err(), ended);
     assert_eq!(message.0, "54000", "{message:?}");
     assert!(message.1.contains("max_rows"), "{message:?}");
 }

@@ -68,6 +68,7 @@ pub struct Options {
     pub ca_override: Option<String>,
     /// Put the audit file here instead of inside the deployment folder.
     pub audit_path: Option<PathBuf>,
+    pub audit_durability: &'static str,
 }
 
 impl Default for Options {
@@ -82,6 +83,7 @@ impl Default for Options {
             upstream_tls: "",
             ca_override: None,
             audit_path: None,
+            audit_durability: "fsync",
         }
     }
 }
@@ -173,6 +175,7 @@ impl Env {
                 users: USERS.iter().map(|(n, r)| (*n, r.to_vec())).collect(),
                 allow_plaintext_loopback: options.plaintext,
                 timings: options.timings,
+                audit_durability: options.audit_durability,
             },
         )
         .expect("write deployment");
@@ -357,6 +360,20 @@ pub fn db_error(e: &tokio_postgres::Error) -> (String, String) {
         Some(d) => (d.code().code().to_owned(), d.message().to_owned()),
         None => (String::new(), e.to_string()),
     }
+}
+
+/// The proxy's FATAL error when a session ends mid-statement: tokio-postgres hands it to the
+/// statement or to the connection, whichever was reading; the other sees "closed".
+pub fn fatal_error(
+    statement: Option<tokio_postgres::Error>,
+    connection: Option<tokio_postgres::Error>,
+) -> (String, String) {
+    [statement, connection]
+        .into_iter()
+        .flatten()
+        .map(|e| db_error(&e))
+        .find(|(code, _)| !code.is_empty())
+        .unwrap_or_default()
 }
 
 /// Raw protocol access for the tests that misbehave on purpose.
