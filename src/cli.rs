@@ -145,7 +145,7 @@ pub enum AuditCommand {
         #[arg(long, env = "LOCKBOX_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Print matching records, one JSON object per line.
+    /// Print matching records: one JSON object per line (default), CSV or a table.
     List {
         #[arg(long)]
         request: Option<String>,
@@ -153,9 +153,24 @@ pub enum AuditCommand {
         database: Option<String>,
         #[arg(long)]
         session: Option<String>,
+        #[arg(long)]
+        engineer: Option<String>,
+        /// Statement kind: select, insert, update, delete, ddl, other, unknown.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Outcome status: ok, error, not_executed, interrupted, refused.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Statements containing this text.
+        #[arg(long)]
+        text: Option<String>,
         /// RFC 3339 time, e.g. 2026-11-23T09:00:00Z.
         #[arg(long)]
         since: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv", "table"])]
+        format: String,
     },
 }
 
@@ -244,20 +259,29 @@ pub async fn run(cli: Cli) -> Result<()> {
                     request,
                     database,
                     session,
+                    engineer,
+                    kind,
+                    outcome,
+                    text,
                     since,
+                    until,
+                    format,
                 },
         } => {
             let query = AuditQuery {
                 request: request.clone(),
                 database: database.clone(),
                 session: session.clone(),
+                engineer: engineer.clone(),
+                kind: kind.clone(),
+                outcome: outcome.clone(),
+                text: text.clone(),
                 since: *since,
+                until: *until,
                 ..Default::default()
             };
-            for record in cli.client()?.audit(&query).await? {
-                println!("{}", serde_json::to_string(&record)?);
-            }
-            Ok(())
+            let records = cli.client()?.audit(&query).await?;
+            print_records(&records, format)
         }
         Command::Audit {
             command:
@@ -453,6 +477,79 @@ fn print_table(list: &[Request]) {
     line(header.to_vec());
     for r in &rows {
         line(r.iter().map(String::as_str).collect());
+    }
+}
+
+/// Columns of the CSV and table forms of `audit list`.
+const AUDIT_COLUMNS: &[&str] = &[
+    "seq",
+    "time",
+    "type",
+    "event",
+    "request_id",
+    "session_id",
+    "engineer",
+    "database",
+    "kind",
+    "statement",
+    "status",
+    "sqlstate",
+    "rows",
+    "reason",
+];
+
+fn print_records(records: &[serde_json::Value], format: &str) -> Result<()> {
+    let cell = |r: &serde_json::Value, c: &str| match r.get(c) {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    match format {
+        "csv" => {
+            println!("{}", AUDIT_COLUMNS.join(","));
+            for r in records {
+                let row: Vec<String> = AUDIT_COLUMNS
+                    .iter()
+                    .map(|c| csv_field(&cell(r, c)))
+                    .collect();
+                println!("{}", row.join(","));
+            }
+        }
+        "table" => {
+            let columns = [
+                "seq",
+                "time",
+                "type",
+                "event",
+                "engineer",
+                "kind",
+                "status",
+                "statement",
+            ];
+            println!("{}", columns.join("\t").to_uppercase());
+            for r in records {
+                let row: Vec<String> = columns
+                    .iter()
+                    .map(|c| cell(r, c).replace(['\n', '\t'], " "))
+                    .collect();
+                println!("{}", row.join("\t"));
+            }
+        }
+        _ => {
+            for r in records {
+                println!("{}", serde_json::to_string(r)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RFC 4180: quote fields holding a comma, quote or line break; double inner quotes.
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_owned()
     }
 }
 

@@ -15,7 +15,15 @@ pub struct AuditQuery {
     pub request: Option<String>,
     pub database: Option<String>,
     pub session: Option<String>,
+    pub engineer: Option<String>,
+    /// Statement kind (`select`, `update`, …); only statement records have one.
+    pub kind: Option<String>,
+    /// Outcome status (`ok`, `error`, `refused`, …); only outcome records have one.
+    pub outcome: Option<String>,
+    /// Substring of the statement text.
+    pub text: Option<String>,
     pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
     /// Records with a sequence number above this (for paging and following).
     pub after_seq: Option<u64>,
     pub limit: Option<usize>,
@@ -44,6 +52,40 @@ impl AuditQuery {
             .is_some_and(|s| field("session_id") != Some(s))
         {
             return false;
+        }
+        if self
+            .engineer
+            .as_deref()
+            .is_some_and(|e| field("engineer") != Some(e))
+        {
+            return false;
+        }
+        if self
+            .kind
+            .as_deref()
+            .is_some_and(|k| field("kind") != Some(k))
+        {
+            return false;
+        }
+        if self
+            .outcome
+            .as_deref()
+            .is_some_and(|o| field("type") != Some("outcome") || field("status") != Some(o))
+        {
+            return false;
+        }
+        if self
+            .text
+            .as_deref()
+            .is_some_and(|t| !field("statement").is_some_and(|s| s.contains(t)))
+        {
+            return false;
+        }
+        if let Some(until) = self.until {
+            let at = field("time").and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+            if at.is_none_or(|t| t > until) {
+                return false;
+            }
         }
         if let Some(since) = self.since {
             let at = field("time").and_then(|t| DateTime::parse_from_rfc3339(t).ok());

@@ -195,3 +195,70 @@ fn invalid_config_names_the_key() {
     check(&format!("{base}[[databases]]\nname = \"d\"\nhost = \"h\"\nuser = \"u\"\npassword_file = \"/nonexistent/pw\"\n"),
         "databases[0].password_file");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_list_filters_and_formats() {
+    let env = Env::start("cli_audit_list").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    client
+        .batch_execute("SELECT 42, 'a,b'")
+        .await
+        .expect("select");
+    client
+        .batch_execute("UPDATE items SET name = 'x'")
+        .await
+        .expect_err("refused under read");
+    env.wait_for_audit("two outcomes", |records| {
+        records
+            .iter()
+            .filter(|r| r["type"] == "outcome" && r["request_id"] == id.as_str())
+            .count()
+            == 2
+    })
+    .await;
+    let list = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["audit", "list", "--request", id.as_str()];
+        all.extend_from_slice(args);
+        ok(lockbox(&env, "dave", &all))
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    };
+    let selects = list(&["--kind", "select"]);
+    assert_eq!(selects.len(), 1, "{selects:#?}");
+    assert_eq!(selects[0]["statement"], "SELECT 42, 'a,b'");
+    let refused = list(&["--outcome", "refused"]);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["rule"], "read_only");
+    let updates = list(&["--text", "UPDATE items"]);
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0]["kind"], "update");
+    assert!(list(&["--engineer", "bob"]).is_empty());
+    assert!(list(&["--until", "2000-01-01T00:00:00Z"]).is_empty());
+
+    let csv = ok(lockbox(
+        &env,
+        "dave",
+        &[
+            "audit",
+            "list",
+            "--request",
+            &id,
+            "--kind",
+            "select",
+            "--format",
+            "csv",
+        ],
+    ));
+    let mut lines = csv.lines();
+    assert!(lines
+        .next()
+        .is_some_and(|h| h.starts_with("seq,time,type,event")));
+    let row = lines.next().expect("one row");
+    assert!(
+        row.contains("\"SELECT 42, 'a,b'\""),
+        "fields with commas are quoted: {row}"
+    );
+    assert!(lines.next().is_none());
+}
