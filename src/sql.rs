@@ -1,5 +1,6 @@
-//! SQL understanding: split a query string into its statements (keeping each one's
-//! original text) and classify each with sqlparser's PostgreSQL dialect.
+//! SQL text: split a query string into its statements (keeping each one's original text),
+//! and the audit kind of a parsed statement. `guard::analyze` parses each statement once for
+//! both its kind and its guardrail class.
 //!
 //! A statement sqlparser cannot parse is still returned, with kind `unknown`: the audit
 //! records everything the client sent, parsable or not.
@@ -7,7 +8,6 @@
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::Statement;
 use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
 /// What a statement does, as the audit reports it.
@@ -23,51 +23,7 @@ pub enum StatementKind {
     Unknown,
 }
 
-impl StatementKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StatementKind::Select => "select",
-            StatementKind::Insert => "insert",
-            StatementKind::Update => "update",
-            StatementKind::Delete => "delete",
-            StatementKind::Ddl => "ddl",
-            StatementKind::Other => "other",
-            StatementKind::Unknown => "unknown",
-        }
-    }
-}
-
-/// One statement of a query string.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClassifiedStatement {
-    /// The statement's own text, as the client wrote it (trimmed, no trailing `;`).
-    pub text: String,
-    pub kind: StatementKind,
-}
-
-/// Splits `sql` into statements and classifies each. Empty pieces (whitespace, comments,
-/// stray semicolons) are dropped: PostgreSQL does not run them either.
-pub fn classify_all(sql: &str) -> Vec<ClassifiedStatement> {
-    split_statements(sql)
-        .into_iter()
-        .map(|text| ClassifiedStatement {
-            kind: classify(text),
-            text: text.to_owned(),
-        })
-        .collect()
-}
-
-/// Classifies one statement's text.
-pub fn classify(text: &str) -> StatementKind {
-    match Parser::parse_sql(&PostgreSqlDialect {}, text) {
-        Ok(statements) => match statements.as_slice() {
-            [single] => kind_of(single),
-            _ => StatementKind::Unknown,
-        },
-        Err(_) => StatementKind::Unknown,
-    }
-}
-
+/// The audit kind of one parsed statement.
 pub fn kind_of(statement: &Statement) -> StatementKind {
     use Statement as S;
     match statement {
@@ -217,7 +173,9 @@ mod tests {
 
     #[test]
     fn classifies_statements() {
-        let check = |sql: &str, kind: StatementKind| assert_eq!(classify(sql), kind, "{sql}");
+        let check = |sql: &str, kind: StatementKind| {
+            assert_eq!(crate::guard::analyze(sql).kind, kind, "{sql}")
+        };
         check("select * from t", StatementKind::Select);
         check(
             "with x as (select 1) select * from x",
@@ -236,8 +194,8 @@ mod tests {
 
     #[test]
     fn unparsable_statements_are_kept() {
-        let all = classify_all("select 1; frobnicate the database; delete from t");
-        let kinds: Vec<_> = all.iter().map(|s| s.kind).collect();
+        let all = split_statements("select 1; frobnicate the database; delete from t");
+        let kinds: Vec<_> = all.iter().map(|s| crate::guard::analyze(s).kind).collect();
         assert_eq!(
             kinds,
             [
@@ -246,6 +204,6 @@ mod tests {
                 StatementKind::Delete
             ]
         );
-        assert_eq!(all[1].text, "frobnicate the database");
+        assert_eq!(all[1], "frobnicate the database");
     }
 }

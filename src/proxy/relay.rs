@@ -288,11 +288,11 @@ impl Relay {
         if batch.terminate {
             return Err(End::ClientGone);
         }
+        // A bad message left behind the forwarded ones ends the session now.
         match self.cbuf.first() {
-            Some(tag) if !FRONTEND_TAGS.contains(tag) => Err(End::ProtocolError(format!(
-                "unexpected message type '{}' (0x{tag:02x})",
-                char::from(*tag).escape_default()
-            ))),
+            Some(&tag) if !FRONTEND_TAGS.contains(&tag) => {
+                Err(End::ProtocolError(unexpected_message(tag)))
+            }
             _ => Ok(()),
         }
     }
@@ -300,19 +300,21 @@ impl Relay {
     /// Walks the complete messages at the front of `buf`.
     fn inspect_batch(&mut self, buf: &[u8]) -> Result<Batch, End> {
         let mut batch = Batch::default();
-        // A message type nobody sends after login (a second StartupMessage starts with a
-        // zero byte) is refused at once, not after waiting for the length it seems to declare.
-        if let Some(&tag) = buf.get(batch.consumed) {
+        while let Some(&tag) = buf.get(batch.consumed) {
+            // A message type nobody sends after login (a second StartupMessage starts with a
+            // zero byte) is refused at once, not after waiting for the length it seems to
+            // declare. Messages before it are forwarded first.
             if !FRONTEND_TAGS.contains(&tag) {
-                return Err(End::ProtocolError(format!(
-                    "unexpected message type '{}' (0x{tag:02x})",
-                    char::from(tag).escape_default()
-                )));
+                if batch.consumed == 0 {
+                    return Err(End::ProtocolError(unexpected_message(tag)));
+                }
+                break;
             }
-        }
-        while let Some(len) = wire::frame_len(&buf[batch.consumed..], self.max_message)
-            .map_err(|e| End::ProtocolError(e.to_string()))?
-        {
+            let Some(len) = wire::frame_len(&buf[batch.consumed..], self.max_message)
+                .map_err(|e| End::ProtocolError(e.to_string()))?
+            else {
+                break;
+            };
             let at = batch.consumed;
             let frame = &buf[at..at + len];
             if let Some(stand_in) = self
@@ -325,12 +327,6 @@ impl Relay {
             if frame[0] == b'X' {
                 batch.terminate = true;
                 break;
-            }
-            if let Some(&tag) = buf.get(batch.consumed) {
-                if !FRONTEND_TAGS.contains(&tag) {
-                    // Forward what came before; the bad message ends the session next time.
-                    break;
-                }
             }
         }
         Ok(batch)
@@ -500,12 +496,7 @@ impl Relay {
                 self.statements.group_end().map_err(|e| e.to_string())?;
             }
             b'D' | b'H' | b'd' | b'X' => {}
-            other => {
-                return Err(format!(
-                    "unexpected message type '{}' (0x{other:02x})",
-                    char::from(other).escape_default()
-                ))
-            }
+            other => return Err(unexpected_message(other)),
         }
         Ok(None)
     }
@@ -548,9 +539,11 @@ impl Relay {
     /// Scans what upstream sent for outcomes, records them, and forwards the bytes as read
     /// (except that a refused statement's stand-in error becomes the refusal).
     async fn on_upstream_bytes(&mut self) -> Result<(), End> {
-        self.scanner.feed_located(&self.ubuf, &mut self.events);
+        // The event buffer is reused from read to read (taken out so the loop may borrow self).
+        let mut events = std::mem::take(&mut self.events);
+        self.scanner.feed_located(&self.ubuf, &mut events);
         let mut rewrites = Vec::new();
-        for (event, range) in std::mem::take(&mut self.events) {
+        for (event, range) in events.drain(..) {
             if let BackendEvent::Parameter { name, value } = &event {
                 if !guard::reported_setting_is_safe(name, value) {
                     // End before forwarding anything more: later statements would be split
@@ -598,6 +591,7 @@ impl Relay {
                 rewrites.push((range, error.to_vec()));
             }
         }
+        self.events = events;
         if !self.outcomes.is_empty() {
             let outcomes = std::mem::take(&mut self.outcomes);
             self.record_outcomes(outcomes);
@@ -653,6 +647,13 @@ impl Relay {
 
 /// Message types a client may send after login.
 const FRONTEND_TAGS: &[u8] = b"QPBEDCHSFdcfX";
+
+fn unexpected_message(tag: u8) -> String {
+    format!(
+        "unexpected message type '{}' (0x{tag:02x})",
+        char::from(tag).escape_default()
+    )
+}
 
 /// What one read of client bytes holds.
 #[derive(Default)]
