@@ -222,23 +222,13 @@ impl Env {
         duration: &str,
         access: AccessLevel,
     ) -> (String, String) {
-        let id = self.request_for(engineer, duration, access).await;
-        self.client("carol")
-            .approve(&id, "ok for the ticket")
+        self.approved(engineer, self.new_request(duration, access))
             .await
-            .expect("approve");
-        let token = self.client(engineer).token(&id).await.expect("token");
-        (id, token.token)
     }
 
     /// Files `new` as `engineer`, has carol approve it, returns (request id, token).
     pub async fn approved(&self, engineer: &str, new: NewRequest) -> (String, String) {
-        let request = self
-            .client(engineer)
-            .create_request(&new)
-            .await
-            .expect("create request");
-        let id = request.id.0;
+        let id = self.file(engineer, &new).await;
         self.client("carol")
             .approve(&id, "ok for the ticket")
             .await
@@ -253,20 +243,30 @@ impl Env {
     }
 
     pub async fn request_for(&self, engineer: &str, duration: &str, access: AccessLevel) -> String {
-        let request = self
-            .client(engineer)
-            .create_request(&NewRequest {
-                database: self.db.clone(),
-                ticket: "T-1".into(),
-                reason: "investigate".into(),
-                access,
-                duration: Some(duration.into()),
-                statement_timeout: None,
-                max_rows: None,
-            })
+        self.file(engineer, &self.new_request(duration, access))
             .await
-            .expect("create request");
-        request.id.0
+    }
+
+    /// A request for this test's database, ticket T-1.
+    fn new_request(&self, duration: &str, access: AccessLevel) -> NewRequest {
+        NewRequest {
+            database: self.db.clone(),
+            ticket: "T-1".into(),
+            reason: "investigate".into(),
+            access,
+            duration: Some(duration.into()),
+            statement_timeout: None,
+            max_rows: None,
+        }
+    }
+
+    async fn file(&self, engineer: &str, new: &NewRequest) -> String {
+        self.client(engineer)
+            .create_request(new)
+            .await
+            .expect("create request")
+            .id
+            .0
     }
 
     pub fn pg_config(&self, user: &str, password: &str) -> tokio_postgres::Config {
