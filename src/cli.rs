@@ -563,7 +563,11 @@ fn verify_audit(
     let config = config.map(crate::config::Config::load).transpose()?;
     let files: Vec<PathBuf> = match (files.is_empty(), &config) {
         (false, _) => files.to_vec(),
-        (true, Some(c)) => vec![c.audit_path.clone()],
+        (true, Some(c)) => crate::audit::segments::segments(&c.audit_path)
+            .with_context(|| format!("listing the audit files of {}", c.audit_path.display()))?
+            .into_iter()
+            .map(|s| s.path)
+            .collect(),
         (true, None) => {
             return Err(anyhow!(
                 "name the audit files, or pass --config / LOCKBOX_CONFIG"

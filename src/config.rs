@@ -118,6 +118,16 @@ pub struct AuditFile {
     /// How often `write` mode fsyncs.
     #[serde(default = "default_sync_interval")]
     pub sync_interval: String,
+    /// Start a new file once the active one reaches this size (`100MiB`, `1GB`, bytes).
+    #[serde(default = "default_rotate_size")]
+    pub rotate_size: String,
+    /// Start a new file once the active one is this old (`1d`, `6h`); unset: by size only.
+    #[serde(default)]
+    pub rotate_interval: Option<String>,
+}
+
+fn default_rotate_size() -> String {
+    "100MiB".into()
 }
 
 fn default_sync_interval() -> String {
@@ -139,6 +149,8 @@ impl Default for AuditFile {
             path: "lockbox-data/audit.jsonl".into(),
             durability: Durability::Fsync,
             sync_interval: default_sync_interval(),
+            rotate_size: default_rotate_size(),
+            rotate_interval: None,
         }
     }
 }
@@ -311,6 +323,8 @@ pub struct Config {
     pub audit_path: PathBuf,
     pub audit_durability: Durability,
     pub audit_sync_interval: Duration,
+    pub audit_rotate_size: u64,
+    pub audit_rotate_interval: Option<Duration>,
     pub signing_key_path: PathBuf,
     pub issuer: String,
     pub audience: String,
@@ -481,6 +495,16 @@ impl Config {
             ));
         }
         let audit_sync_interval = parse_duration("audit.sync_interval", &file.audit.sync_interval)?;
+        let audit_rotate_size = parse_size("audit.rotate_size", &file.audit.rotate_size)?;
+        if audit_rotate_size < 4096 {
+            return Err(invalid("audit.rotate_size", "must be at least 4KiB"));
+        }
+        let audit_rotate_interval = file
+            .audit
+            .rotate_interval
+            .as_deref()
+            .map(|t| parse_duration("audit.rotate_interval", t))
+            .transpose()?;
         let request_ttl = parse_duration("timings.request_ttl", &file.timings.request_ttl)?;
         let default_access =
             parse_duration("timings.default_access", &file.timings.default_access)?;
@@ -509,6 +533,8 @@ impl Config {
             audit_path: resolve(&file.audit.path),
             audit_durability: file.audit.durability,
             audit_sync_interval,
+            audit_rotate_size,
+            audit_rotate_interval,
             signing_key_path: resolve(&file.token.signing_key),
             issuer: file.token.issuer,
             audience: file.token.audience,
@@ -681,6 +707,36 @@ fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 /// Parses a human duration (`30s`, `15m`, `8h`, `4d`) for config key `key`.
+/// `100MiB`, `1GB`, `4096`: a size in bytes, with an optional binary or decimal unit.
+pub fn parse_size(key: &str, text: &str) -> Result<u64, ConfigError> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => 0,
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!("`{text}` is not a size like 100MiB, 1GB or 65536"),
+            )
+        })
+}
+
 pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     let d = humantime::parse_duration(text.trim()).map_err(|e| {
         invalid(

@@ -66,8 +66,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (audit, audit_thread) = AuditLog::open_with(
         &config.audit_path,
         signer,
-        config.audit_durability,
-        config.audit_sync_interval,
+        crate::audit::AuditOptions {
+            durability: config.audit_durability,
+            sync_interval: config.audit_sync_interval,
+            rotate_size: Some(config.audit_rotate_size),
+            rotate_interval: config.audit_rotate_interval,
+        },
     )?;
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
     let registry = Arc::new(Registry::default());

@@ -8,14 +8,15 @@
 pub mod chain;
 mod reader;
 mod record;
+pub mod segments;
 mod writer;
 
-pub use reader::{read_records, AuditQuery};
+pub use reader::{open_segments, read_records, AuditQuery};
 pub use record::{
     AuditEvent, OutcomeRecord, OutcomeStatus, Protocol, RequestEvent, RequestRecord, SessionEvent,
     SessionFields, SessionRecord, StatementRecord,
 };
-pub use writer::AuditLog;
+pub use writer::{AuditLog, AuditOptions};
 
 /// Why the audit trail could not take a record.
 #[derive(Debug, Clone, thiserror::Error)]

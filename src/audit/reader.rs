@@ -2,11 +2,12 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::segments::segments_after;
 use super::AuditError;
 
 /// Filters for reading records; every set field must match.
@@ -106,30 +107,57 @@ impl AuditQuery {
     }
 }
 
-/// Records of the file at `path` that match `query`, in order.
+/// Records of the trail whose active file is `path` (rotated files included, oldest first)
+/// that match `query`, in order.
 pub fn read_records(path: &Path, query: &AuditQuery) -> Result<Vec<serde_json::Value>, AuditError> {
-    let io = |e: std::io::Error| AuditError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(e)),
-    };
     let mut out = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(io)?;
-        // A line being written right now may be incomplete; it shows up next time.
-        let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if query.matches(&record) {
-            out.push(record);
-            if query.limit.is_some_and(|l| out.len() >= l) {
-                break;
+    for (segment, file) in open_segments(path, query.after_seq)? {
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(|e| io_error(&segment, e))?;
+            // A line being written right now may be incomplete; it shows up next time.
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if query.matches(&record) {
+                out.push(record);
+                if query.limit.is_some_and(|l| out.len() >= l) {
+                    return Ok(out);
+                }
             }
         }
     }
     Ok(out)
+}
+
+/// Opens the trail's files as one consistent set. A rotation between listing the folder
+/// and opening the active file would hand over the new, nearly empty file while the records
+/// just rotated out were listed under no name; so the listing is repeated after opening,
+/// and the whole set is taken again if it changed.
+pub fn open_segments(
+    active: &Path,
+    after_seq: Option<u64>,
+) -> Result<Vec<(PathBuf, File)>, AuditError> {
+    loop {
+        let listed = segments_after(active, after_seq).map_err(|e| io_error(active, e))?;
+        let mut opened = Vec::with_capacity(listed.len());
+        let mut vanished = false;
+        for segment in &listed {
+            match File::open(&segment.path) {
+                Ok(f) => opened.push((segment.path.clone(), f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => vanished = true,
+                Err(e) => return Err(io_error(&segment.path, e)),
+            }
+        }
+        let again = segments_after(active, after_seq).map_err(|e| io_error(active, e))?;
+        if !vanished && again == listed {
+            return Ok(opened);
+        }
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> AuditError {
+    AuditError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
 }

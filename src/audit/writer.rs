@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::chain::{checkpoint_message, line_hash, CheckpointSigner, GENESIS};
+use super::segments::{rotated_name, segments};
 use super::{AuditError, AuditEvent};
 use crate::config::Durability;
 
@@ -33,6 +34,29 @@ enum Command {
     Close(oneshot::Sender<()>),
 }
 
+/// How the writer makes records durable and when it starts a new file.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    pub durability: Durability,
+    /// `Write` mode fsyncs this often.
+    pub sync_interval: Duration,
+    /// Rotate once the active file holds this many bytes.
+    pub rotate_size: Option<u64>,
+    /// Rotate once the active file is this old.
+    pub rotate_interval: Option<Duration>,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            durability: Durability::Fsync,
+            sync_interval: Duration::from_secs(1),
+            rotate_size: None,
+            rotate_interval: None,
+        }
+    }
+}
+
 /// Handle to the audit trail; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -47,15 +71,14 @@ impl AuditLog {
         path: &Path,
         signer: Option<CheckpointSigner>,
     ) -> Result<(AuditLog, JoinHandle<()>), AuditError> {
-        Self::open_with(path, signer, Durability::Fsync, Duration::from_secs(1))
+        Self::open_with(path, signer, AuditOptions::default())
     }
 
-    /// Opens with a durability mode; in `Write` mode the file is fsynced every `sync_interval`.
+    /// Opens with explicit durability and rotation settings.
     pub fn open_with(
         path: &Path,
         signer: Option<CheckpointSigner>,
-        durability: Durability,
-        sync_interval: Duration,
+        options: AuditOptions,
     ) -> Result<(AuditLog, JoinHandle<()>), AuditError> {
         let io = |e: std::io::Error| AuditError::Io {
             path: path.display().to_string(),
@@ -70,9 +93,10 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(io)?;
-        let (last_seq, last_hash) = recover_tail(&mut file).map_err(io)?;
+        let (last_seq, last_hash) = chain_tail(path, &mut file).map_err(io)?;
         let (tx, rx) = mpsc::channel();
         let len = file.metadata().map_err(io)?.len();
+        let file_first_seq = first_seq_of(&mut file).map_err(io)?.unwrap_or(last_seq + 1);
         let healthy = Arc::new(AtomicBool::new(true));
         let mut writer = Writer {
             file,
@@ -86,9 +110,10 @@ impl AuditLog {
             signer,
             uncovered: 0,
             uncovered_since: None,
-            durability,
-            sync_interval,
+            options,
             unsynced_since: None,
+            file_first_seq,
+            file_opened: Instant::now(),
         };
         let handle = std::thread::Builder::new()
             .name("lockbox-audit".into())
@@ -159,8 +184,11 @@ struct Writer {
     /// Records written since the last checkpoint, and since when.
     uncovered: u64,
     uncovered_since: Option<Instant>,
-    durability: Durability,
-    sync_interval: Duration,
+    options: AuditOptions,
+    /// Sequence number of the active file's first record (names the file when it rotates).
+    file_first_seq: u64,
+    /// When the active file was started (for rotation by time).
+    file_opened: Instant,
     /// In `Write` mode: when the oldest record not yet fsynced was written.
     unsynced_since: Option<Instant>,
 }
@@ -169,11 +197,13 @@ impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::new();
         loop {
-            match rx.recv_timeout(self.sync_interval.min(Duration::from_secs(1))) {
+            let tick = self.options.sync_interval.min(Duration::from_secs(1));
+            match rx.recv_timeout(tick) {
                 Ok(first) => batch.push(first),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.checkpoint_if_due();
                     self.sync_if_due();
+                    self.rotate_if_due();
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -196,6 +226,65 @@ impl Writer {
             }
             self.checkpoint_if_due();
             self.sync_if_due();
+            self.rotate_if_due();
+        }
+    }
+
+    /// Starts a new file once the active one is big or old enough. The old file ends with a
+    /// signed checkpoint and is fsynced before it is renamed; the chain runs on into the new
+    /// file. Failing to rotate is not a reason to refuse statements: the writer keeps
+    /// appending to the current file and tries again later.
+    fn rotate_if_due(&mut self) {
+        let by_size = self.options.rotate_size.is_some_and(|s| self.len >= s);
+        let by_time = self
+            .options
+            .rotate_interval
+            .is_some_and(|t| self.file_opened.elapsed() >= t);
+        if self.len == 0 || !(by_size || by_time) || !self.healthy.load(Ordering::SeqCst) {
+            return;
+        }
+        self.checkpoint();
+        if self.uncovered > 0 {
+            return; // the checkpoint failed; the log says why
+        }
+        if let Err(e) = self.file.sync_data() {
+            tracing::error!(path = %self.path, error = %e, "audit fsync before rotation failed");
+            self.healthy.store(false, Ordering::SeqCst);
+            self.reopen();
+            return;
+        }
+        let target = rotated_name(&self.file_path, self.file_first_seq);
+        if target.exists() {
+            tracing::error!(target = %target.display(), "audit rotation target exists; not rotating");
+            self.file_opened = Instant::now();
+            return;
+        }
+        if let Err(e) = std::fs::rename(&self.file_path, &target) {
+            tracing::error!(path = %self.path, error = %e, "audit rotation failed");
+            self.file_opened = Instant::now();
+            return;
+        }
+        match OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.file_path)
+        {
+            Ok(file) => {
+                sync_dir(&self.file_path);
+                tracing::info!(rotated = %target.display(), first_seq = self.file_first_seq, "audit file rotated");
+                self.file = file;
+                self.len = 0;
+                self.file_first_seq = self.next_seq;
+                self.file_opened = Instant::now();
+            }
+            Err(e) => {
+                // The handle still points at the renamed file: records keep going there, and
+                // the chain stays whole. Put the name back so readers find the active file.
+                tracing::error!(path = %self.path, error = %e, "could not start a new audit file");
+                let _ = std::fs::rename(&target, &self.file_path);
+                self.file_opened = Instant::now();
+            }
         }
     }
 
@@ -203,7 +292,7 @@ impl Writer {
     fn sync_if_due(&mut self) {
         if self
             .unsynced_since
-            .is_some_and(|t| t.elapsed() >= self.sync_interval)
+            .is_some_and(|t| t.elapsed() >= self.options.sync_interval)
         {
             match self.file.sync_data() {
                 Ok(()) => self.unsynced_since = None,
@@ -284,7 +373,8 @@ impl Writer {
         }
         // Records nobody waits for (outcomes, disconnects) are written now and made durable
         // by the next fsync, so they never cost one of their own.
-        let sync = (!acks.is_empty() && self.durability == Durability::Fsync) || close.is_some();
+        let sync =
+            (!acks.is_empty() && self.options.durability == Durability::Fsync) || close.is_some();
         let result = self.write_out(&buf, sync);
         if result.is_ok() && !sync && !buf.is_empty() {
             self.unsynced_since.get_or_insert_with(Instant::now);
@@ -355,7 +445,7 @@ impl Writer {
             .append(true)
             .open(&self.file_path)
             .and_then(|mut f| {
-                let (seq, hash) = recover_tail(&mut f)?;
+                let (seq, hash) = chain_tail(&self.file_path, &mut f)?;
                 let len = f.metadata()?.len();
                 Ok((f, seq, hash, len))
             });
@@ -421,6 +511,48 @@ fn encode_value(
     let hash = line_hash(&buf[start..]);
     buf.push(b'\n');
     hash
+}
+
+/// Where the chain continues: the last record of the active file, or, when it holds none
+/// yet (just rotated), the last record of the newest rotated file.
+fn chain_tail(active: &Path, file: &mut File) -> std::io::Result<(u64, [u8; 32])> {
+    let tail = recover_tail(file)?;
+    if tail.0 > 0 {
+        return Ok(tail);
+    }
+    let rotated = segments(active)?
+        .into_iter()
+        .rev()
+        .find(|s| s.first_seq.is_some());
+    match rotated {
+        Some(segment) => {
+            let mut previous = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&segment.path)?;
+            recover_tail(&mut previous)
+        }
+        None => Ok(tail),
+    }
+}
+
+/// The sequence number of the file's first record, if it has one.
+fn first_seq_of(file: &mut File) -> std::io::Result<Option<u64>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut first = Vec::new();
+    std::io::BufRead::read_until(&mut std::io::BufReader::new(&mut *file), b'\n', &mut first)?;
+    Ok(serde_json::from_slice::<serde_json::Value>(&first)
+        .ok()
+        .and_then(|v| v.get("seq").and_then(|s| s.as_u64())))
+}
+
+/// Makes a rename in the file's folder durable.
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not fsync the audit folder");
+        }
+    }
 }
 
 /// Drops a torn final record (a crash mid-write) and returns the last record's sequence

@@ -5,7 +5,7 @@ use std::path::Path;
 use lockbox::audit::chain::{verify, CheckpointSigner};
 use lockbox::audit::{AuditEvent, AuditLog, RequestEvent, RequestRecord};
 
-fn event(i: usize) -> AuditEvent {
+pub fn event(i: usize) -> AuditEvent {
     AuditEvent::Request(RequestRecord {
         event: RequestEvent::Created,
         request_id: format!("req-{i}"),
