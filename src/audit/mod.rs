@@ -8,6 +8,7 @@
 pub mod chain;
 mod reader;
 mod record;
+pub mod redact;
 pub mod segments;
 mod writer;
 

@@ -48,6 +48,10 @@ pub struct StatementRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params: Option<Vec<serde_json::Value>>,
     pub kind: StatementKind,
+    /// What the database's redaction settings kept out of this record (`literals`,
+    /// `parameters`); absent when the record is verbatim.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

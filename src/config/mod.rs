@@ -239,6 +239,9 @@ pub struct DatabaseFile {
     /// Statement rules for this database, binding every access level.
     #[serde(default)]
     pub guardrails: Guardrails,
+    /// What the audit trail keeps out of its records for this database.
+    #[serde(default)]
+    pub redaction: crate::audit::redact::Redaction,
 }
 
 /// Per-database statement rules (`[databases.guardrails]`).
@@ -357,6 +360,7 @@ pub struct Database {
     /// Credentials per access level, where they differ from `user`/`password`.
     pub access: BTreeMap<AccessLevel, Credentials>,
     pub guardrails: Guardrails,
+    pub redaction: crate::audit::redact::Redaction,
 }
 
 /// An upstream role and its password.
@@ -616,6 +620,7 @@ fn validate_databases(
             tls_client,
             access,
             guardrails: db.guardrails,
+            redaction: db.redaction,
         };
         if out.contains_key(&database.name) {
             return Err(invalid(

@@ -13,6 +13,7 @@ use super::registry::DropReason;
 use super::statements::{Confirmation, Prepared, Statements};
 use super::stream::BoxStream;
 use super::tracker::{Outcome, Tracker};
+use crate::audit::redact::{self, Redaction};
 use crate::audit::{
     AuditEvent, AuditLog, OutcomeRecord, OutcomeStatus, Protocol, SessionFields, StatementRecord,
 };
@@ -42,6 +43,17 @@ pub struct Limits {
     pub statement_timeout: bool,
     /// Most rows one statement may return.
     pub max_rows: Option<u64>,
+}
+
+/// What the session's grant and database allow and ask for, fixed at admission.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub access: AccessLevel,
+    /// The database's own statement rules.
+    pub rules: Guardrails,
+    pub limits: Limits,
+    /// What the audit trail keeps out of this session's records.
+    pub redaction: Redaction,
 }
 
 /// A statement record waiting to be written, and where its tracker slot goes.
@@ -132,10 +144,7 @@ pub struct Relay {
     audit: AuditLog,
     max_message: usize,
     term: Terminator,
-    access: AccessLevel,
-    /// The database's own statement rules.
-    rules: Guardrails,
-    limits: Limits,
+    grant: Grant,
     /// DataRows of the statement now returning rows.
     rows: u64,
     events: Vec<wire::LocatedEvent>,
@@ -153,25 +162,21 @@ impl Relay {
         max_message: usize,
         kill: watch::Receiver<Option<DropReason>>,
         deadline: tokio::time::Instant,
-        access: AccessLevel,
-        rules: Guardrails,
-        limits: Limits,
+        grant: Grant,
     ) -> Self {
         Relay {
             client,
             upstream,
             cbuf,
             ubuf: BytesMut::with_capacity(64 * 1024),
-            scanner: BackendScanner::counting_rows(limits.max_rows.is_some()),
+            scanner: BackendScanner::counting_rows(grant.limits.max_rows.is_some()),
             tracker: Tracker::default(),
             statements: Statements::default(),
             session,
             audit,
             max_message,
             term: Terminator { kill, deadline },
-            access,
-            rules,
-            limits,
+            grant,
             rows: 0,
             events: Vec::new(),
             outcomes: Vec::new(),
@@ -478,12 +483,12 @@ impl Relay {
                     self.statement_record(Protocol::FunctionCall, text, StatementKind::Other, None);
                 // A FunctionCall names a function by OID, so no guardrail can see what it
                 // does (lo_import, set_config, …): only an admin grant may send one.
-                if self.access != AccessLevel::Admin {
+                if self.grant.access != AccessLevel::Admin {
                     let refusal = Refusal {
                         rule: "function_call",
                         message: format!(
                             "lockbox: the FunctionCall protocol message is not allowed under a {} grant (rule function_call)",
-                            self.access.as_str()
+                            self.grant.access.as_str()
                         ),
                     };
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
@@ -503,8 +508,8 @@ impl Relay {
 
     /// The grant, the database's rules and the grant's limits, for one statement.
     fn check(&self, analysis: &guard::Analysis) -> Result<(), Refusal> {
-        guard::check_analysis(self.access, &self.rules, analysis)?;
-        if self.limits.statement_timeout
+        guard::check_analysis(self.grant.access, &self.grant.rules, analysis)?;
+        if self.grant.limits.statement_timeout
             && analysis
                 .facts
                 .settings
@@ -527,12 +532,23 @@ impl Relay {
         kind: StatementKind,
         params: Option<Vec<serde_json::Value>>,
     ) -> AuditEvent {
+        let redaction = self.grant.redaction;
+        let statement = if redaction.literals {
+            redact::mask_literals(&statement)
+        } else {
+            statement
+        };
+        let params = match params {
+            Some(p) if redaction.parameters => Some(redact::mask_parameters(p)),
+            other => other,
+        };
         AuditEvent::Statement(StatementRecord {
             session: self.session.clone(),
             protocol,
             statement,
             params,
             kind,
+            redacted: redaction.names(),
         })
     }
 
@@ -556,7 +572,7 @@ impl Relay {
             match &event {
                 BackendEvent::DataRow => {
                     self.rows += 1;
-                    if let Some(max) = self.limits.max_rows.filter(|max| self.rows > *max) {
+                    if let Some(max) = self.grant.limits.max_rows.filter(|max| self.rows > *max) {
                         // Forward what came before this row, then end the session.
                         let upto = range.as_ref().map_or(0, |r| r.start);
                         let head = splice(&self.ubuf[..upto], std::mem::take(&mut rewrites));
@@ -635,7 +651,13 @@ impl Relay {
                     status: o.status,
                     command_tag: o.command_tag,
                     sqlstate: o.sqlstate,
-                    message: o.message,
+                    // Error messages echo values ("invalid input syntax …: \"…\""), so they
+                    // are redacted along with the values themselves.
+                    message: if self.grant.redaction.any() {
+                        o.message.map(|_| redact::MASK.to_owned())
+                    } else {
+                        o.message
+                    },
                     rule: o.rule.map(str::to_owned),
                     duration_ms: o.duration_ms,
                 })

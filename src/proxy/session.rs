@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::negotiate::{self, NegotiationError, Opened};
 use super::registry::{CancelTarget, DropReason};
-use super::relay::{End, Limits, Relay};
+use super::relay::{End, Grant, Limits, Relay};
 use super::stream::BoxStream;
 use super::upstream;
 use super::Proxy;
@@ -372,11 +372,14 @@ async fn run_admitted(
             lockbox.config.max_message_size,
             kill,
             deadline,
-            request.access,
-            db.guardrails.clone(),
-            Limits {
-                statement_timeout: request.statement_timeout_ms.is_some(),
-                max_rows: request.max_rows,
+            Grant {
+                access: request.access,
+                rules: db.guardrails.clone(),
+                limits: Limits {
+                    statement_timeout: request.statement_timeout_ms.is_some(),
+                    max_rows: request.max_rows,
+                },
+                redaction: db.redaction,
             },
         );
         relay.run().await
