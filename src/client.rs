@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{Decision, ErrorBody, TokenResponse, WhoAmI};
+use crate::api::{Decision, ErrorBody, TokenResponse, WhoAmI, MAX_PAGE};
 use crate::audit::AuditQuery;
 use crate::policy::{NewRequest, Request, RequestStatus};
 
@@ -66,18 +66,7 @@ impl ApiClient {
             .await
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: body.error.code,
-                    message: body.error.message,
-                },
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "http".into(),
-                    message: format!("HTTP {status}"),
-                },
-            });
+            return Err(api_error(status, &bytes));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -145,8 +134,121 @@ impl ApiClient {
             .await
     }
 
+    /// Every matching record, fetched page by page (up to `query.limit` records).
     pub async fn audit(&self, query: &AuditQuery) -> Result<Vec<serde_json::Value>, ClientError> {
-        self.get("/v1/audit", query).await
+        let mut all = Vec::new();
+        let mut page = query.clone();
+        loop {
+            let wanted = query.limit.map(|l| l.saturating_sub(all.len()));
+            let size = wanted.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+            if size == 0 {
+                return Ok(all);
+            }
+            page.limit = Some(size);
+            let records: Vec<serde_json::Value> = self.get("/v1/audit", &page).await?;
+            let full = records.len() == size;
+            page.after_seq = records.last().and_then(|r| r["seq"].as_u64());
+            all.extend(records);
+            if !full || page.after_seq.is_none() {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Follows the live stream of matching records (`GET /v1/audit/stream`), calling
+    /// `on_record` for each, until the server ends the stream or the connection breaks.
+    /// Returns the last sequence number seen, so a caller can resume from it.
+    pub async fn follow_audit(
+        &self,
+        query: &AuditQuery,
+        on_record: &mut dyn FnMut(serde_json::Value),
+    ) -> Result<Option<u64>, ClientError> {
+        let url = format!("{}/v1/audit/stream", self.base);
+        let mut response = self
+            .http
+            .get(&url)
+            .query(query)
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                message: e.to_string(),
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(api_error(status, &bytes));
+        }
+        let mut events = SseBuffer::default();
+        let mut last = query.after_seq;
+        loop {
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    url: url.clone(),
+                    message: e.to_string(),
+                })?;
+            let Some(chunk) = chunk else {
+                return Ok(last);
+            };
+            for event in events.push(&chunk) {
+                let data = event.map_err(|message| ClientError::Api {
+                    status: 200,
+                    code: "stream".into(),
+                    message,
+                })?;
+                let record: serde_json::Value =
+                    serde_json::from_str(&data).map_err(|e| ClientError::Decode(e.to_string()))?;
+                last = record["seq"].as_u64().or(last);
+                on_record(record);
+            }
+        }
+    }
+}
+
+/// Splits a server-sent-events byte stream into the `data` of each event.
+#[derive(Default)]
+struct SseBuffer {
+    pending: Vec<u8>,
+}
+
+impl SseBuffer {
+    /// Complete events so far: each one's data, or the message of an `error` event.
+    fn push(&mut self, bytes: &[u8]) -> Vec<Result<String, String>> {
+        self.pending.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.pending.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&event);
+            let data: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                .collect();
+            if text.lines().any(|l| l == "event: error") {
+                out.push(Err(data.join("\n")));
+            } else if !data.is_empty() {
+                out.push(Ok(data.join("\n")));
+            }
+        }
+        out
+    }
+}
+
+fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ClientError::Api {
+            status: status.as_u16(),
+            code: body.error.code,
+            message: body.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: "http".into(),
+            message: format!("HTTP {status}"),
+        },
     }
 }
 

@@ -136,7 +136,11 @@ async fn serve_api(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = crate::api::router(crate::api::ApiState { lockbox, registry });
+    let app = crate::api::router(crate::api::ApiState {
+        lockbox,
+        registry,
+        shutdown: shutdown.clone(),
+    });
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };

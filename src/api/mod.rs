@@ -4,6 +4,9 @@
 
 use std::sync::Arc;
 
+mod audit;
+pub use audit::{DEFAULT_PAGE, MAX_PAGE};
+
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -12,10 +15,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{read_records, AuditQuery};
 use crate::config::User;
 use crate::ids::RequestId;
-use crate::policy::{self, NewRequest, PolicyError, Request, RequestStatus};
+use crate::policy::{NewRequest, PolicyError, Request, RequestStatus};
 use crate::proxy::Registry;
 use crate::service::{Lockbox, ServiceError};
 
@@ -23,6 +25,8 @@ use crate::service::{Lockbox, ServiceError};
 pub struct ApiState {
     pub lockbox: Arc<Lockbox>,
     pub registry: Arc<Registry>,
+    /// Turns true when the server stops (ends live streams so shutdown can finish).
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -35,7 +39,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/requests/{id}/deny", post(deny))
         .route("/v1/requests/{id}/revoke", post(revoke))
         .route("/v1/requests/{id}/token", post(token))
-        .route("/v1/audit", get(audit))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/stream", get(audit::stream))
+        .route("/v1/requests/{id}/audit/stream", get(audit::request_stream))
         .with_state(state)
 }
 
@@ -277,22 +283,4 @@ async fn token(
         user: request.engineer,
         expires_at: request.access_expires_at,
     }))
-}
-
-async fn audit(
-    State(state): State<ApiState>,
-    Caller(user): Caller,
-    Query(query): Query<AuditQuery>,
-) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
-    policy::check_audit_read(&user).map_err(ServiceError::from)?;
-    let path = state.lockbox.audit.path().to_owned();
-    let records = tokio::task::spawn_blocking(move || read_records(&path, &query))
-        .await
-        .map_err(|e| ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message: e.to_string(),
-        })?
-        .map_err(ServiceError::from)?;
-    Ok(Json(records))
 }

@@ -10,6 +10,7 @@ mod reader;
 mod record;
 pub mod redact;
 pub mod segments;
+pub mod tail;
 mod writer;
 
 pub use reader::{open_segments, read_records, AuditQuery};

@@ -31,7 +31,7 @@ pub struct AuditQuery {
 }
 
 impl AuditQuery {
-    fn matches(&self, record: &serde_json::Value) -> bool {
+    pub fn matches(&self, record: &serde_json::Value) -> bool {
         let field = |name: &str| record.get(name).and_then(|v| v.as_str());
         if self
             .request

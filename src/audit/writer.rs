@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::chain::{checkpoint_message, line_hash, CheckpointSigner, GENESIS};
 use super::segments::{rotated_name, segments};
@@ -63,6 +63,8 @@ pub struct AuditLog {
     tx: mpsc::Sender<Command>,
     path: PathBuf,
     healthy: Arc<AtomicBool>,
+    /// The sequence number of the last record written (for live readers).
+    head: watch::Receiver<u64>,
 }
 
 impl AuditLog {
@@ -98,7 +100,9 @@ impl AuditLog {
         let len = file.metadata().map_err(io)?.len();
         let file_first_seq = first_seq_of(&mut file).map_err(io)?.unwrap_or(last_seq + 1);
         let healthy = Arc::new(AtomicBool::new(true));
+        let (head_tx, head) = watch::channel(last_seq);
         let mut writer = Writer {
+            head: head_tx,
             file,
             file_path: path.to_owned(),
             healthy: healthy.clone(),
@@ -124,6 +128,7 @@ impl AuditLog {
                 tx,
                 path: path.to_owned(),
                 healthy,
+                head,
             },
             handle,
         ))
@@ -131,6 +136,11 @@ impl AuditLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Changes whenever records were written; holds the last one's sequence number.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.head.clone()
     }
 
     /// False while the last write or sync failed (statements and new sessions are refused).
@@ -169,6 +179,7 @@ impl AuditLog {
 }
 
 struct Writer {
+    head: watch::Sender<u64>,
     file: File,
     file_path: PathBuf,
     healthy: Arc<AtomicBool>,
@@ -392,6 +403,7 @@ impl Writer {
                 }
                 self.next_seq = seq;
                 self.last_hash = hash;
+                self.head.send_replace(seq - 1);
                 for (ack, first) in acks {
                     let _ = ack.send(Ok(first));
                 }

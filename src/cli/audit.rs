@@ -1,6 +1,7 @@
 //! `lockbox audit …`: read, verify and export the audit trail.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::Subcommand;
@@ -50,6 +51,12 @@ pub enum AuditCommand {
         until: Option<chrono::DateTime<chrono::Utc>>,
         #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv", "table"])]
         format: String,
+        /// At most this many records.
+        #[arg(long, conflicts_with = "follow")]
+        limit: Option<usize>,
+        /// Keep printing records as they are written (until Ctrl-C).
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -66,6 +73,8 @@ pub async fn run(cli: &Cli, command: &AuditCommand) -> Result<()> {
             since,
             until,
             format,
+            limit,
+            follow: follow_live,
         } => {
             let query = AuditQuery {
                 request: request.clone(),
@@ -77,8 +86,12 @@ pub async fn run(cli: &Cli, command: &AuditCommand) -> Result<()> {
                 text: text.clone(),
                 since: *since,
                 until: *until,
+                limit: *limit,
                 ..Default::default()
             };
+            if *follow_live {
+                return follow(cli, query, format).await;
+            }
             let records = cli.client()?.audit(&query).await?;
             print_records(&records, format)
         }
@@ -115,50 +128,87 @@ const AUDIT_COLUMNS: &[&str] = &[
     "reason",
 ];
 
+/// The columns of the table form.
+const TABLE_COLUMNS: &[&str] = &[
+    "seq",
+    "time",
+    "type",
+    "event",
+    "engineer",
+    "kind",
+    "status",
+    "statement",
+];
+
 fn print_records(records: &[serde_json::Value], format: &str) -> Result<()> {
-    let cell = |r: &serde_json::Value, c: &str| match r.get(c) {
+    print_header(format);
+    for r in records {
+        print_record(r, format)?;
+    }
+    Ok(())
+}
+
+fn print_header(format: &str) {
+    match format {
+        "csv" => println!("{}", AUDIT_COLUMNS.join(",")),
+        "table" => println!("{}", TABLE_COLUMNS.join("\t").to_uppercase()),
+        _ => {}
+    }
+}
+
+fn print_record(r: &serde_json::Value, format: &str) -> Result<()> {
+    let cell = |c: &str| match r.get(c) {
         None | Some(serde_json::Value::Null) => String::new(),
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
     };
     match format {
         "csv" => {
-            println!("{}", AUDIT_COLUMNS.join(","));
-            for r in records {
-                let row: Vec<String> = AUDIT_COLUMNS
-                    .iter()
-                    .map(|c| csv_field(&cell(r, c)))
-                    .collect();
-                println!("{}", row.join(","));
-            }
+            let row: Vec<String> = AUDIT_COLUMNS.iter().map(|c| csv_field(&cell(c))).collect();
+            println!("{}", row.join(","));
         }
         "table" => {
-            let columns = [
-                "seq",
-                "time",
-                "type",
-                "event",
-                "engineer",
-                "kind",
-                "status",
-                "statement",
-            ];
-            println!("{}", columns.join("\t").to_uppercase());
-            for r in records {
-                let row: Vec<String> = columns
-                    .iter()
-                    .map(|c| cell(r, c).replace(['\n', '\t'], " "))
-                    .collect();
-                println!("{}", row.join("\t"));
-            }
+            let row: Vec<String> = TABLE_COLUMNS
+                .iter()
+                .map(|c| cell(c).replace(['\n', '\t'], " "))
+                .collect();
+            println!("{}", row.join("\t"));
         }
-        _ => {
-            for r in records {
-                println!("{}", serde_json::to_string(r)?);
-            }
-        }
+        _ => println!("{}", serde_json::to_string(r)?),
     }
     Ok(())
+}
+
+/// `audit list --follow`: records as they are written, like `tail -F`: when the stream
+/// breaks (a server restart), it reconnects and goes on after the last record it printed.
+async fn follow(cli: &Cli, mut query: AuditQuery, format: &str) -> Result<()> {
+    let client = cli.client()?;
+    print_header(format);
+    let mut failures = 0u32;
+    loop {
+        let mut printed = Ok(());
+        let result = client
+            .follow_audit(&query, &mut |record| {
+                if printed.is_ok() {
+                    printed = print_record(&record, format);
+                }
+            })
+            .await;
+        printed?;
+        match result {
+            Ok(last) => {
+                query.after_seq = last.or(query.after_seq);
+                failures = 0;
+            }
+            Err(e @ crate::client::ClientError::Api { .. }) => return Err(e.into()),
+            Err(e) => {
+                failures += 1;
+                eprintln!("lockbox: audit stream interrupted ({e}); reconnecting");
+            }
+        }
+        let backoff = Duration::from_millis(500 * u64::from(failures.min(10)) + 200);
+        tokio::time::sleep(backoff).await;
+    }
 }
 
 /// RFC 4180: quote fields holding a comma, quote or line break; double inner quotes.

@@ -136,3 +136,39 @@ async fn time_rotation_starts_a_new_file_when_the_old_one_is_due() {
     let active_text = std::fs::read_to_string(&active).expect("read");
     assert!(active_text.contains("req-1") && !active_text.contains("req-0"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_reader_follows_across_rotations_and_sees_each_record_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let pem = lockbox::keys::generate_signing_key_pem().expect("key");
+    let (log, thread) = AuditLog::open_with(
+        &active,
+        signer(&pem),
+        AuditOptions {
+            rotate_size: Some(1500),
+            ..AuditOptions::default()
+        },
+    )
+    .expect("open");
+    let mut tail = lockbox::audit::tail::Tail::new(&active, None);
+    let mut seen = Vec::new();
+    for i in 0..60 {
+        log.append_durable(vec![event(i)]).await.expect("append");
+        if i % 7 == 0 {
+            seen.extend(tail.read_new().expect("tail"));
+        }
+    }
+    log.close().await;
+    thread.join().expect("writer thread");
+    seen.extend(tail.read_new().expect("tail"));
+    assert!(trail(&active).len() > 5, "the writer rotated several times");
+    let seqs: Vec<u64> = seen.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "every record once, in order");
+    let requests = seen
+        .iter()
+        .filter(|r| r["type"] == "request")
+        .count();
+    assert_eq!(requests, 60);
+}
