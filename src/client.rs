@@ -3,9 +3,10 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{Decision, ErrorBody, TokenResponse, WhoAmI, MAX_PAGE};
+use crate::api::{Decision, ErrorBody, Extension, PolicyChange, TokenResponse, WhoAmI, MAX_PAGE};
 use crate::audit::AuditQuery;
 use crate::policy::{NewRequest, Request, RequestStatus};
+use crate::service::{PolicyView, ReloadReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -101,8 +102,78 @@ impl ApiClient {
         &self,
         status: Option<RequestStatus>,
     ) -> Result<Vec<Request>, ClientError> {
-        let query: Vec<(&str, &str)> = status.iter().map(|s| ("status", s.as_str())).collect();
+        self.list_requests_where(status, false, false).await
+    }
+
+    /// Requests, optionally only break-glass grants (and of those, the unreviewed).
+    pub async fn list_requests_where(
+        &self,
+        status: Option<RequestStatus>,
+        break_glass: bool,
+        unacknowledged: bool,
+    ) -> Result<Vec<Request>, ClientError> {
+        let mut query: Vec<(&str, &str)> = status.iter().map(|s| ("status", s.as_str())).collect();
+        if break_glass {
+            query.push(("break_glass", "true"));
+        }
+        if unacknowledged {
+            query.push(("unacknowledged", "true"));
+        }
         self.get("/v1/requests", &query).await
+    }
+
+    /// Approves, granting at most `duration` (`2h`) when given.
+    pub async fn approve_for(
+        &self,
+        id: &str,
+        reason: &str,
+        duration: Option<&str>,
+    ) -> Result<Request, ClientError> {
+        let body = Decision {
+            reason: reason.to_owned(),
+            duration: duration.map(str::to_owned),
+        };
+        self.post(&format!("/v1/requests/{}/approve", encode(id)), &body)
+            .await
+    }
+
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<Request, ClientError> {
+        self.decide(id, "cancel", reason).await
+    }
+
+    pub async fn acknowledge(&self, id: &str, reason: &str) -> Result<Request, ClientError> {
+        self.decide(id, "acknowledge", reason).await
+    }
+
+    /// Asks to extend an active grant; returns the extension request.
+    pub async fn extend(
+        &self,
+        id: &str,
+        duration: &str,
+        reason: &str,
+    ) -> Result<Request, ClientError> {
+        let body = Extension {
+            duration: duration.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.post(&format!("/v1/requests/{}/extend", encode(id)), &body)
+            .await
+    }
+
+    pub async fn policy(&self) -> Result<PolicyView, ClientError> {
+        self.get("/v1/policy", &()).await
+    }
+
+    pub async fn set_policy(&self, protect: &str) -> Result<PolicyView, ClientError> {
+        let url = format!("{}/v1/policy", self.base);
+        let body = PolicyChange {
+            protect: protect.to_owned(),
+        };
+        self.send(self.http.put(&url).json(&body), &url).await
+    }
+
+    pub async fn reload(&self) -> Result<ReloadReport, ClientError> {
+        self.post("/v1/admin/reload", &()).await
     }
 
     pub async fn show_request(&self, id: &str) -> Result<Request, ClientError> {
@@ -124,6 +195,7 @@ impl ApiClient {
     async fn decide(&self, id: &str, action: &str, reason: &str) -> Result<Request, ClientError> {
         let body = Decision {
             reason: reason.to_owned(),
+            duration: None,
         };
         self.post(&format!("/v1/requests/{}/{action}", encode(id)), &body)
             .await

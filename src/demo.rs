@@ -65,6 +65,8 @@ pub struct DeploymentSpec<'a> {
     pub databases: Vec<DeploymentDatabase<'a>>,
     /// `(name, roles)`.
     pub users: Vec<(&'a str, Vec<&'a str>)>,
+    /// Users whose credential carries no MFA (everyone else's does).
+    pub without_mfa: Vec<&'a str>,
     pub allow_plaintext_loopback: bool,
     /// Extra TOML appended to `[timings]`.
     pub timings: &'a str,
@@ -120,8 +122,9 @@ password_file = \"{file}\"
         let key = crate::keys::generate_api_key();
         let roles: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
         toml.push_str(&format!(
-            "\n[[users]]\nname = \"{name}\"\nroles = [{}]\napi_key_hash = \"{}\"\n",
+            "\n[[users]]\nname = \"{name}\"\nroles = [{}]\nmfa = {}\napi_key_hash = \"{}\"\n",
             roles.join(", "),
+            !spec.without_mfa.contains(name),
             crate::keys::api_key_hash_string(&key)
         ));
         api_keys.insert((*name).to_owned(), key);
@@ -242,6 +245,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
                     "deny_drop = true\ndeny_truncate = true\ndeny_delete_without_where = true",
             }],
             users: DEMO_USERS.iter().map(|(n, r, _)| (*n, vec![*r])).collect(),
+            without_mfa: Vec::new(),
             allow_plaintext_loopback: true,
             timings: "request_ttl = \"12h\"\ndefault_access = \"8h\"\nmax_access = \"24h\"",
             audit_durability: &options.audit_durability,
@@ -299,6 +303,7 @@ async fn walk_through(deployment: &Deployment, options: &DemoOptions) -> Result<
             duration: Some(window.clone()),
             statement_timeout: None,
             max_rows: None,
+            ..NewRequest::default()
         })
         .await?;
     println!("    $ lockbox request create --database {SAMPLE_DB} --ticket SUP-1042 --reason '…' --access read --duration {window}");

@@ -26,6 +26,8 @@ pub enum ServerError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -74,6 +76,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         },
     )?;
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
+    lockbox.adopt_file_protection("configuration file").await?;
     let registry = Arc::new(Registry::default());
 
     let proxy_listener = bind(config.proxy_listen).await?;
@@ -105,6 +108,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             _ = follower_stop.changed() => {}
         }
     }));
+    tasks.push(tokio::spawn(follow_extensions(
+        lockbox.clone(),
+        registry.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(sweep(lockbox.clone(), shutdown_rx)));
     tracing::info!(%proxy_addr, %api_addr, "lockbox is serving");
     Ok(RunningServer {
@@ -149,6 +157,32 @@ async fn serve_api(
         .await
     {
         tracing::error!(error = %e, "API server failed");
+    }
+}
+
+/// Moves live sessions' deadlines when their grant is extended.
+async fn follow_extensions(
+    lockbox: Arc<Lockbox>,
+    registry: Arc<Registry>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut extended = lockbox.subscribe_extensions();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            next = extended.recv() => match next {
+                Ok((id, end)) => {
+                    let n = registry.extend_request(&id, end);
+                    tracing::info!(request_id = %id, sessions = n, %end, "grant extended");
+                }
+                // A missed extension only means a session ends at its old deadline:
+                // the safe direction.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "extension notices were missed");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! Durable state: access requests and their grants, in SQLite.
 //!
 //! Each request is one row: the columns the store filters on, plus the whole request as
-//! JSON so new fields need no migration. Updates are compare-and-set on the status, so
-//! two approvers (or an approver and the expiry sweeper) can never both win.
+//! JSON so new fields need no migration. Updates are compare-and-set on the request's
+//! version, so two approvers (or an approver and the expiry sweeper) can never both win,
+//! and one approval of a quorum is never lost to another given at the same moment.
+//! Settings changed at run time (which databases are protected) live beside them.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -65,7 +67,11 @@ impl Store {
                  created_at INTEGER NOT NULL,
                  body TEXT NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS requests_status ON requests (status);",
+             CREATE INDEX IF NOT EXISTS requests_status ON requests (status);
+             CREATE TABLE IF NOT EXISTS settings (
+                 key TEXT PRIMARY KEY,
+                 value TEXT NOT NULL
+             );",
         )?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -147,22 +153,32 @@ impl Store {
         .await
     }
 
-    /// Replaces `request` if its stored status is still `expected`; false if someone else
-    /// changed it first.
-    pub async fn update(
-        &self,
-        request: &Request,
-        expected: RequestStatus,
-    ) -> Result<bool, StoreError> {
+    /// Replaces the stored request with `request` (whose version must be one above the
+    /// stored one); false if someone else changed it first.
+    pub async fn update(&self, request: &Request) -> Result<bool, StoreError> {
         let request = request.clone();
         self.with(move |c| {
+            let stored: Option<String> = c
+                .query_row(
+                    "SELECT body FROM requests WHERE id = ?1",
+                    [&request.id.0],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(stored_text) = stored else {
+                return Ok(false);
+            };
+            let stored: Request = serde_json::from_str(&stored_text)?;
+            if stored.version + 1 != request.version {
+                return Ok(false);
+            }
             let changed = c.execute(
-                "UPDATE requests SET status = ?1, body = ?2 WHERE id = ?3 AND status = ?4",
+                "UPDATE requests SET status = ?1, body = ?2 WHERE id = ?3 AND body = ?4",
                 params![
                     request.status.as_str(),
                     serde_json::to_string(&request)?,
                     request.id.0,
-                    expected.as_str()
+                    stored_text
                 ],
             )?;
             Ok(changed == 1)
@@ -170,20 +186,53 @@ impl Store {
         .await
     }
 
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.with(move |c| {
+            Ok(
+                c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+                    row.get(0)
+                })
+                .optional()?,
+            )
+        })
+        .await
+    }
+
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Requests whose recorded status lags behind a deadline that has passed.
     pub async fn overdue(&self, now: DateTime<Utc>) -> Result<Vec<Request>, StoreError> {
         let mut out = Vec::new();
-        for status in [RequestStatus::Pending, RequestStatus::Approved] {
+        for status in [
+            RequestStatus::Pending,
+            RequestStatus::PendingInternal,
+            RequestStatus::PendingCustomer,
+            RequestStatus::Approved,
+        ] {
             let list = self
                 .list(RequestFilter {
                     status: Some(status),
                     ..Default::default()
                 })
                 .await?;
-            out.extend(
-                list.into_iter()
-                    .filter(|r| r.effective_status(now) != r.status),
-            );
+            out.extend(list.into_iter().filter(|r| {
+                matches!(
+                    r.effective_status(now),
+                    RequestStatus::Expired | RequestStatus::Completed
+                )
+            }));
         }
         Ok(out)
     }

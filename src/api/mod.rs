@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+mod admin;
+pub use admin::PolicyChange;
 mod audit;
 pub use audit::{DEFAULT_PAGE, MAX_PAGE};
 
@@ -38,6 +40,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/requests/{id}/approve", post(approve))
         .route("/v1/requests/{id}/deny", post(deny))
         .route("/v1/requests/{id}/revoke", post(revoke))
+        .route("/v1/requests/{id}/cancel", post(cancel))
+        .route("/v1/requests/{id}/extend", post(extend))
+        .route("/v1/requests/{id}/acknowledge", post(acknowledge))
+        .route("/v1/policy", get(admin::show_policy).put(admin::set_policy))
+        .route("/v1/admin/reload", post(admin::reload))
         .route("/v1/requests/{id}/token", post(token))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/stream", get(audit::stream))
@@ -84,6 +91,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Policy(PolicyError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
             ServiceError::Policy(PolicyError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::Audit(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+            ServiceError::Config(_) => (StatusCode::BAD_REQUEST, "invalid_config"),
             ServiceError::Store(_) | ServiceError::Token(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
@@ -193,6 +201,10 @@ async fn create_request(
 #[derive(Deserialize)]
 struct ListParams {
     status: Option<String>,
+    /// Only break-glass grants (`true`), for after-the-fact review.
+    break_glass: Option<bool>,
+    /// Only grants nobody has acknowledged yet (`true`).
+    unacknowledged: Option<bool>,
 }
 
 async fn list_requests(
@@ -205,7 +217,14 @@ async fn list_requests(
         .map(|s| s.parse::<RequestStatus>())
         .transpose()
         .map_err(bad_request)?;
-    Ok(Json(state.lockbox.list(&user, status).await?))
+    let mut list = state.lockbox.list(&user, status).await?;
+    if params.break_glass == Some(true) {
+        list.retain(|r| r.break_glass);
+    }
+    if params.unacknowledged == Some(true) {
+        list.retain(|r| r.break_glass && r.acknowledged_by.is_none());
+    }
+    Ok(Json(list))
 }
 
 async fn show_request(
@@ -220,6 +239,16 @@ async fn show_request(
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Decision {
     pub reason: String,
+    /// Approvals only: grant at most this long (`2h`), shortening the window asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+}
+
+/// Body of an extension request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Extension {
+    pub duration: String,
+    pub reason: String,
 }
 
 async fn approve(
@@ -228,10 +257,57 @@ async fn approve(
     Path(id): Path<String>,
     Json(d): Json<Decision>,
 ) -> Result<Json<Request>, ApiError> {
+    let shorten_to = d
+        .duration
+        .as_deref()
+        .map(|t| humantime::parse_duration(t.trim()))
+        .transpose()
+        .map_err(|e| bad_request(format!("duration: {e}")))?;
     Ok(Json(
         state
             .lockbox
-            .approve(&user, &RequestId(id), &d.reason)
+            .approve_shortened(&user, &RequestId(id), &d.reason, shorten_to)
+            .await?,
+    ))
+}
+
+async fn cancel(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    Json(d): Json<Decision>,
+) -> Result<Json<Request>, ApiError> {
+    Ok(Json(
+        state
+            .lockbox
+            .cancel(&user, &RequestId(id), &d.reason)
+            .await?,
+    ))
+}
+
+async fn extend(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    Json(e): Json<Extension>,
+) -> Result<(StatusCode, Json<Request>), ApiError> {
+    let extension = state
+        .lockbox
+        .extend(&user, &RequestId(id), &e.duration, &e.reason)
+        .await?;
+    Ok((StatusCode::CREATED, Json(extension)))
+}
+
+async fn acknowledge(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    Json(d): Json<Decision>,
+) -> Result<Json<Request>, ApiError> {
+    Ok(Json(
+        state
+            .lockbox
+            .acknowledge(&user, &RequestId(id), &d.reason)
             .await?,
     ))
 }

@@ -15,6 +15,7 @@ pub enum AuditEvent {
     Outcome(OutcomeRecord),
     Session(SessionRecord),
     Request(RequestRecord),
+    Admin(AdminRecord),
 }
 
 /// Who is behind a proxied session; shared by all of its records.
@@ -26,6 +27,9 @@ pub struct SessionFields {
     pub engineer: String,
     pub database: String,
     pub client_addr: String,
+    /// The session runs on break-glass access.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -88,6 +92,8 @@ pub struct OutcomeRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     pub duration_ms: f64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -116,18 +122,34 @@ pub struct SessionRecord {
     pub ticket: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestEvent {
     Created,
+    /// A rule denied it before anyone was asked.
+    Rejected,
+    /// One approval counted; the stage needs more.
+    ApprovalRecorded,
+    /// The internal stage is complete; the customer's approvers are asked.
+    CustomerNotified,
     Approved,
     Denied,
     Expired,
     Revoked,
+    Cancelled,
     TokenIssued,
     Completed,
+    /// An extension of this request was asked for / approved.
+    ExtensionRequested,
+    Extended,
+    /// Emergency access granted without approvals.
+    BreakGlassGranted,
+    /// An approver reviewed a break-glass grant after the fact.
+    Acknowledged,
 }
 
 /// A control-plane action on an access request.
@@ -145,4 +167,28 @@ pub struct RequestRecord {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access_expires_at: Option<String>,
+    /// The request's status after the event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Set on every record of break-glass access.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminEvent {
+    /// Which databases need customer approval changed.
+    PolicyChanged,
+    ConfigReloaded,
+    /// A reload was refused; the running configuration stays.
+    ConfigReloadRejected,
+}
+
+/// A change to how lockbox itself is configured.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminRecord {
+    pub event: AdminEvent,
+    pub actor: String,
+    pub detail: serde_json::Value,
 }

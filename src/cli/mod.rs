@@ -8,10 +8,12 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod request;
 pub use audit::AuditCommand;
+pub use request::{AdminCommand, PolicyCommand, RequestCommand};
 
 use crate::client::ApiClient;
-use crate::policy::{AccessLevel, NewRequest, Request, RequestStatus};
+use crate::policy::{AccessLevel, RequestStatus};
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +67,16 @@ pub enum Command {
         #[command(subcommand)]
         command: RequestCommand,
     },
+    /// Show or change which databases need customer approval.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Operate a running server.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Print the lockbox token of an approved request (only the token, for PGPASSWORD).
     Token { id: String },
     /// Read the audit trail.
@@ -81,53 +93,6 @@ pub enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum RequestCommand {
-    /// File a new access request; prints its id.
-    Create {
-        #[arg(long)]
-        database: String,
-        #[arg(long)]
-        ticket: String,
-        #[arg(long)]
-        reason: String,
-        #[arg(long, value_parser = parse_access)]
-        access: AccessLevel,
-        /// How long access should last once approved (`30s`, `15m`, `8h`).
-        #[arg(long)]
-        duration: Option<String>,
-        /// Per-grant limit: longest any statement may run (`30s`).
-        #[arg(long)]
-        statement_timeout: Option<String>,
-        /// Per-grant limit: most rows any statement may return.
-        #[arg(long)]
-        max_rows: Option<u64>,
-    },
-    /// List requests you may see.
-    List {
-        #[arg(long, value_parser = parse_status)]
-        status: Option<RequestStatus>,
-    },
-    /// Show one request.
-    Show { id: String },
-    Approve {
-        id: String,
-        #[arg(long)]
-        reason: String,
-    },
-    Deny {
-        id: String,
-        #[arg(long)]
-        reason: String,
-    },
-    /// End an approved request now; its live sessions are dropped.
-    Revoke {
-        id: String,
-        #[arg(long)]
-        reason: String,
     },
 }
 
@@ -200,7 +165,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             })
             .await
         }
-        Command::Request { command } => request(&cli, command).await,
+        Command::Request { command } => request::run(&cli, command).await,
+        Command::Policy { command } => request::policy(&cli, command).await,
+        Command::Admin { command } => request::admin(&cli, command).await,
         Command::Token { id } => {
             let token = cli.client()?.token(id).await?;
             if cli.json {
@@ -230,7 +197,24 @@ pub async fn run(cli: Cli) -> Result<()> {
 async fn serve(path: &std::path::Path) -> Result<()> {
     let config = crate::config::Config::load(path)?;
     let server = crate::server::start(config).await?;
+    let lockbox = server.lockbox.clone();
+    let reloads = tokio::spawn(async move {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::error!("cannot install the SIGHUP handler; use `lockbox admin reload`");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            match lockbox.reload("SIGHUP").await {
+                Ok(report) => tracing::info!(?report, "configuration reloaded on SIGHUP"),
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration reload refused; the running configuration stays")
+                }
+            }
+        }
+    });
     wait_for_stop_signal().await?;
+    reloads.abort();
     tracing::info!("stop signal received; shutting down");
     server.shutdown().await;
     Ok(())
@@ -244,153 +228,6 @@ async fn wait_for_stop_signal() -> Result<()> {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
     }
     Ok(())
-}
-
-async fn request(cli: &Cli, command: &RequestCommand) -> Result<()> {
-    let client = cli.client()?;
-    match command {
-        RequestCommand::Create {
-            database,
-            ticket,
-            reason,
-            access,
-            duration,
-            statement_timeout,
-            max_rows,
-        } => {
-            let new = NewRequest {
-                database: database.clone(),
-                ticket: ticket.clone(),
-                reason: reason.clone(),
-                access: *access,
-                duration: duration.clone(),
-                statement_timeout: statement_timeout.clone(),
-                max_rows: *max_rows,
-            };
-            let request = client.create_request(&new).await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&request)?);
-            } else {
-                println!("{}", request.id);
-            }
-        }
-        RequestCommand::List { status } => {
-            let list = client.list_requests(*status).await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                print_table(&list);
-            }
-        }
-        RequestCommand::Show { id } => print_request(cli, &client.show_request(id).await?)?,
-        RequestCommand::Approve { id, reason } => {
-            print_request(cli, &client.approve(id, reason).await?)?
-        }
-        RequestCommand::Deny { id, reason } => print_request(cli, &client.deny(id, reason).await?)?,
-        RequestCommand::Revoke { id, reason } => {
-            print_request(cli, &client.revoke(id, reason).await?)?
-        }
-    }
-    Ok(())
-}
-
-fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
-    t.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
-        .unwrap_or_else(|| "-".into())
-}
-
-fn print_request(cli: &Cli, r: &Request) -> Result<()> {
-    if cli.json {
-        println!("{}", serde_json::to_string_pretty(r)?);
-        return Ok(());
-    }
-    let rows = [
-        ("id", r.id.0.clone()),
-        ("status", r.status.to_string()),
-        ("ticket", r.ticket.clone()),
-        ("database", r.database.clone()),
-        ("engineer", r.engineer.clone()),
-        ("access", r.access.as_str().to_owned()),
-        ("reason", r.reason.clone()),
-        ("requested at", time(Some(r.created_at))),
-        ("request expires", time(Some(r.request_expires_at))),
-        (
-            "access period",
-            humantime::format_duration(Duration::from_secs(r.duration_secs)).to_string(),
-        ),
-        ("access expires", time(r.access_expires_at)),
-        (
-            "decided by",
-            r.decided_by.clone().unwrap_or_else(|| "-".into()),
-        ),
-        (
-            "decision reason",
-            r.decision_reason.clone().unwrap_or_else(|| "-".into()),
-        ),
-        (
-            "revoked by",
-            r.revoked_by.clone().unwrap_or_else(|| "-".into()),
-        ),
-    ];
-    for (k, v) in rows {
-        println!("{k:<16} {v}");
-    }
-    Ok(())
-}
-
-fn print_table(list: &[Request]) {
-    let header = [
-        "ID",
-        "TICKET",
-        "DATABASE",
-        "STATUS",
-        "ENGINEER",
-        "ACCESS",
-        "REQUESTED AT",
-        "REQUEST EXPIRES",
-        "ACCESS PERIOD",
-        "ACCESS EXPIRES",
-        "APPROVER",
-    ];
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|r| {
-            vec![
-                r.id.0.clone(),
-                r.ticket.clone(),
-                r.database.clone(),
-                r.status.to_string(),
-                r.engineer.clone(),
-                r.access.as_str().to_owned(),
-                time(Some(r.created_at)),
-                time(Some(r.request_expires_at)),
-                humantime::format_duration(Duration::from_secs(r.duration_secs)).to_string(),
-                time(r.access_expires_at),
-                r.decided_by.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for r in &rows {
-        line(r.iter().map(String::as_str).collect());
-    }
 }
 
 fn keygen(command: &KeygenCommand) -> Result<()> {

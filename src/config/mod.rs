@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::AccessLevel;
 
+pub mod workflow;
+
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -56,6 +58,12 @@ pub struct ConfigFile {
     pub databases: Vec<DatabaseFile>,
     #[serde(default)]
     pub users: Vec<UserFile>,
+    /// Which databases need customer approval, and break-glass.
+    #[serde(default)]
+    pub policy: workflow::PolicyFile,
+    /// JIT rules, evaluated on every new request (the safe defaults when absent).
+    #[serde(default)]
+    pub rules: Option<Vec<workflow::RuleFile>>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -242,6 +250,9 @@ pub struct DatabaseFile {
     /// What the audit trail keeps out of its records for this database.
     #[serde(default)]
     pub redaction: crate::audit::redact::Redaction,
+    /// Customer approvers of this database (user names or groups); any approver when empty.
+    #[serde(default)]
+    pub approvers: Vec<String>,
 }
 
 /// Per-database statement rules (`[databases.guardrails]`).
@@ -287,16 +298,65 @@ pub struct UserFile {
     pub roles: Vec<Role>,
     /// `sha256:<hex>` of the user's API key (`lockbox keygen api-key`).
     pub api_key_hash: String,
+    /// The key was issued to someone who signed in with multi-factor authentication.
+    #[serde(default)]
+    pub mfa: bool,
+    /// Groups (isolated identities, teams) that JIT rules can match on.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
-/// What a person may do through the control plane.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// What a person may do through the control plane. Besides the built-in roles, any name
+/// (`oncall`, …) can be given to users and named by rules and the break-glass policy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(from = "String", into = "String")]
 pub enum Role {
     Engineer,
+    /// A customer approver.
     Approver,
     Admin,
     Auditor,
+    /// A provider-side (internal) approver.
+    SupportLead,
+    Named(String),
+}
+
+impl From<String> for Role {
+    fn from(name: String) -> Role {
+        match name.as_str() {
+            "engineer" => Role::Engineer,
+            "approver" => Role::Approver,
+            "admin" => Role::Admin,
+            "auditor" => Role::Auditor,
+            "support-lead" => Role::SupportLead,
+            _ => Role::Named(name),
+        }
+    }
+}
+
+impl From<Role> for String {
+    fn from(role: Role) -> String {
+        role.as_str().to_owned()
+    }
+}
+
+impl Role {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Role::Engineer => "engineer",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+            Role::Auditor => "auditor",
+            Role::SupportLead => "support-lead",
+            Role::Named(name) => name,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// TLS towards the upstream database.
@@ -336,6 +396,13 @@ pub struct Config {
     pub max_access: Duration,
     pub databases: BTreeMap<String, Database>,
     pub users: Vec<User>,
+    /// Which databases need customer approval, as the file says (the store may hold a
+    /// newer choice made with `lockbox policy set`).
+    pub protection: crate::policy::rules::Protection,
+    pub rules: Vec<crate::policy::rules::Rule>,
+    pub break_glass: Option<workflow::BreakGlass>,
+    /// The file this configuration was read from (for reloads).
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -361,6 +428,7 @@ pub struct Database {
     pub access: BTreeMap<AccessLevel, Credentials>,
     pub guardrails: Guardrails,
     pub redaction: crate::audit::redact::Redaction,
+    pub approvers: Vec<String>,
 }
 
 /// An upstream role and its password.
@@ -415,6 +483,9 @@ pub struct User {
     pub roles: Vec<Role>,
     /// Raw SHA-256 of the API key.
     pub api_key_sha256: [u8; 32],
+    /// Signed in with multi-factor authentication (from the credential).
+    pub mfa: bool,
+    pub groups: Vec<String>,
 }
 
 impl User {
@@ -435,13 +506,15 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::from_toml(&text, base).map_err(|e| match e {
+        let mut config = Config::from_toml(&text, base).map_err(|e| match e {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: path.to_owned(),
                 message,
             },
             other => other,
-        })
+        })?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses and validates TOML text; relative paths are resolved against `base`.
@@ -527,6 +600,10 @@ impl Config {
         }
         let databases = validate_databases(file.databases, &resolve)?;
         let users = validate_users(file.users)?;
+        let protection = workflow::protection(file.policy.protect.as_ref(), &databases)?;
+        let rules = workflow::rules(file.rules, &databases)?;
+        let break_glass = workflow::break_glass(file.policy.break_glass)?;
+        workflow::check_roles(&users, &rules, break_glass.as_ref())?;
         Ok(Config {
             proxy_listen,
             api_listen,
@@ -547,6 +624,10 @@ impl Config {
             max_access,
             databases,
             users,
+            protection,
+            rules,
+            break_glass,
+            source: None,
         })
     }
 
@@ -621,6 +702,7 @@ fn validate_databases(
             access,
             guardrails: db.guardrails,
             redaction: db.redaction,
+            approvers: db.approvers,
         };
         if out.contains_key(&database.name) {
             return Err(invalid(
@@ -687,6 +769,8 @@ fn validate_users(list: Vec<UserFile>) -> Result<Vec<User>, ConfigError> {
             name: user.name,
             roles: user.roles,
             api_key_sha256: hash,
+            mfa: user.mfa,
+            groups: user.groups,
         });
     }
     Ok(out)

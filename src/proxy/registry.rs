@@ -19,6 +19,15 @@ pub enum DropReason {
     Shutdown,
 }
 
+/// What the control plane tells a live session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    Run,
+    /// The grant was extended: the session may run until then.
+    ExtendTo(chrono::DateTime<chrono::Utc>),
+    Drop(DropReason),
+}
+
 /// Where a client's CancelRequest must go.
 #[derive(Clone, Debug)]
 pub struct CancelTarget {
@@ -30,7 +39,7 @@ pub struct CancelTarget {
 
 struct LiveSession {
     request_id: RequestId,
-    kill: watch::Sender<Option<DropReason>>,
+    kill: watch::Sender<Control>,
 }
 
 #[derive(Default)]
@@ -46,10 +55,10 @@ impl Registry {
         &self,
         session: &SessionId,
         request_id: &RequestId,
-    ) -> watch::Receiver<Option<DropReason>> {
-        let (kill, rx) = watch::channel(None);
+    ) -> watch::Receiver<Control> {
+        let (kill, rx) = watch::channel(Control::Run);
         if self.shutting_down.load(Ordering::SeqCst) {
-            let _ = kill.send(Some(DropReason::Shutdown));
+            let _ = kill.send(Control::Drop(DropReason::Shutdown));
         }
         self.sessions.insert(
             session.clone(),
@@ -70,7 +79,7 @@ impl Registry {
         let mut n = 0;
         for entry in self.sessions.iter() {
             if &entry.request_id == request_id {
-                let _ = entry.kill.send(Some(reason));
+                let _ = entry.kill.send(Control::Drop(reason));
                 n += 1;
             }
         }
@@ -80,8 +89,31 @@ impl Registry {
     pub fn drop_all(&self, reason: DropReason) {
         self.shutting_down.store(true, Ordering::SeqCst);
         for entry in self.sessions.iter() {
-            let _ = entry.kill.send(Some(reason));
+            let _ = entry.kill.send(Control::Drop(reason));
         }
+    }
+
+    /// Moves the deadline of every session of `request_id` to `end` (an approved extension).
+    pub fn extend_request(
+        &self,
+        request_id: &RequestId,
+        end: chrono::DateTime<chrono::Utc>,
+    ) -> usize {
+        let mut n = 0;
+        for entry in self.sessions.iter() {
+            if &entry.request_id == request_id {
+                // A session already told to end stays ended.
+                entry.kill.send_if_modified(|c| {
+                    if matches!(c, Control::Drop(_)) {
+                        return false;
+                    }
+                    *c = Control::ExtendTo(end);
+                    true
+                });
+                n += 1;
+            }
+        }
+        n
     }
 
     pub fn live_sessions(&self) -> usize {
@@ -141,7 +173,7 @@ impl Registry {
         requests.dedup();
         for id in requests {
             let still_approved = match lockbox.store.get(&id).await {
-                Ok(Some(r)) => r.effective_status(chrono::Utc::now()) == RequestStatus::Approved,
+                Ok(Some(r)) => r.effective_status(chrono::Utc::now()) == RequestStatus::Active,
                 Ok(None) | Err(_) => false,
             };
             if !still_approved {

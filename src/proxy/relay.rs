@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::registry::DropReason;
+use super::registry::{Control, DropReason};
 use super::statements::{Confirmation, Prepared, Statements};
 use super::stream::BoxStream;
 use super::tracker::{Outcome, Tracker};
@@ -95,29 +95,38 @@ fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
 
 /// Ends the session on expiry, revocation or shutdown, even in the middle of a write.
 struct Terminator {
-    kill: watch::Receiver<Option<DropReason>>,
+    kill: watch::Receiver<Control>,
     deadline: tokio::time::Instant,
 }
 
 impl Terminator {
     async fn fired(&mut self) -> DropReason {
-        tokio::select! {
-            _ = tokio::time::sleep_until(self.deadline) => DropReason::Expired,
-            reason = wait_kill(&mut self.kill) => reason,
+        loop {
+            let control = *self.kill.borrow_and_update();
+            match control {
+                Control::Drop(reason) => return reason,
+                Control::ExtendTo(end) => {
+                    self.deadline = self.deadline.max(monotonic_deadline(end));
+                }
+                Control::Run => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(self.deadline) => return DropReason::Expired,
+                changed = self.kill.changed() => if changed.is_err() {
+                    // The registry is gone: the proxy is going away.
+                    return DropReason::Shutdown;
+                },
+            }
         }
     }
 }
 
-async fn wait_kill(kill: &mut watch::Receiver<Option<DropReason>>) -> DropReason {
-    loop {
-        if let Some(reason) = *kill.borrow_and_update() {
-            return reason;
-        }
-        if kill.changed().await.is_err() {
-            // The registry is gone: the proxy is going away.
-            return DropReason::Shutdown;
-        }
-    }
+/// A wall-clock end, counted on the monotonic clock from now.
+pub fn monotonic_deadline(end: chrono::DateTime<chrono::Utc>) -> tokio::time::Instant {
+    let remaining = (end - chrono::Utc::now())
+        .to_std()
+        .unwrap_or(std::time::Duration::ZERO);
+    tokio::time::Instant::now() + remaining
 }
 
 /// Runs `fut` unless the terminator fires first.
@@ -160,7 +169,7 @@ impl Relay {
         session: Arc<SessionFields>,
         audit: AuditLog,
         max_message: usize,
-        kill: watch::Receiver<Option<DropReason>>,
+        kill: watch::Receiver<Control>,
         deadline: tokio::time::Instant,
         grant: Grant,
     ) -> Self {
@@ -660,6 +669,7 @@ impl Relay {
                     },
                     rule: o.rule.map(str::to_owned),
                     duration_ms: o.duration_ms,
+                    break_glass: self.session.break_glass,
                 })
             })
             .collect();

@@ -19,7 +19,7 @@ use crate::audit::{AuditEvent, SessionEvent, SessionFields, SessionRecord};
 use crate::ids::{RequestId, SessionId};
 
 /// Fires when the proxy must end the session.
-type KillSwitch = tokio::sync::watch::Receiver<Option<DropReason>>;
+type KillSwitch = tokio::sync::watch::Receiver<super::registry::Control>;
 use crate::policy::Admission;
 use crate::service::AdmitError;
 use crate::wire::{self, sqlstate, Severity, Startup};
@@ -157,7 +157,7 @@ async fn login(
 ) -> Result<(Admission, Claimed, BytesMut, KillSwitch), LoginError> {
     let claimed = check_startup(startup)?;
     let plaintext_allowed =
-        proxy.lockbox.config.allow_plaintext_loopback && peer.ip().is_loopback();
+        proxy.lockbox.config().allow_plaintext_loopback && peer.ip().is_loopback();
     if !(tls || plaintext_allowed) {
         return Err(login_error(
             sqlstate::INVALID_AUTHORIZATION,
@@ -286,7 +286,8 @@ async fn run_admitted(
     kill: KillSwitch,
 ) {
     let lockbox = &proxy.lockbox;
-    let Some(db) = lockbox.config.databases.get(&claimed.database) else {
+    let config = lockbox.config();
+    let Some(db) = config.databases.get(&claimed.database) else {
         send_fatal(
             &mut stream,
             sqlstate::INVALID_AUTHORIZATION,
@@ -326,6 +327,7 @@ async fn run_admitted(
         engineer: request.engineer.clone(),
         database: request.database.clone(),
         client_addr: peer.to_string(),
+        break_glass: request.break_glass,
     });
     // The connect record is durable before the client may send anything.
     if let Err(e) = lockbox
@@ -369,7 +371,7 @@ async fn run_admitted(
             cbuf,
             fields.clone(),
             lockbox.audit.clone(),
-            lockbox.config.max_message_size,
+            config.max_message_size,
             kill,
             deadline,
             Grant {
@@ -392,10 +394,7 @@ async fn run_admitted(
 
 /// The session's monotonic deadline: wall-clock remaining, counted on the monotonic clock.
 fn deadline_for(admission: &Admission) -> tokio::time::Instant {
-    let remaining = (admission.ends_at - chrono::Utc::now())
-        .to_std()
-        .unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + remaining
+    super::relay::monotonic_deadline(admission.ends_at)
 }
 
 async fn finish(
@@ -458,6 +457,7 @@ fn session_event(fields: &SessionFields, event: SessionEvent, reason: Option<&st
         request_id: Some(fields.request_id.clone()),
         ticket: Some(fields.ticket.clone()),
         reason: reason.map(str::to_owned),
+        break_glass: fields.break_glass,
     })
 }
 
@@ -480,6 +480,7 @@ fn audit_auth_failure(
             request_id: None,
             ticket: None,
             reason: Some(reason.to_owned()),
+            break_glass: false,
         })]);
 }
 

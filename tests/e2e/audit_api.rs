@@ -57,7 +57,10 @@ async fn pages_add_up_to_the_whole_trail() {
     let page: Vec<Value> = first.json().await.expect("json");
     assert_eq!(page.len(), 5);
     let last = page[4]["seq"].as_u64().expect("seq");
-    assert!(link.contains(&format!("after_seq={last}")) && link.contains("rel=\"next\""), "{link}");
+    assert!(
+        link.contains(&format!("after_seq={last}")) && link.contains("rel=\"next\""),
+        "{link}"
+    );
 
     // The client walks the pages; together they are exactly what the file holds.
     let all = env
@@ -136,18 +139,26 @@ async fn an_approver_watches_a_session_live_and_resumes_where_it_left_off() {
     assert_eq!(stream.status(), 200);
     // Someone else's session is not part of this stream.
     let (bob, _bob_conn) = env.connect("bob", &other_token).await.expect("bob");
-    bob.simple_query("SELECT 'bob was here'").await.expect("bob");
+    bob.simple_query("SELECT 'bob was here'")
+        .await
+        .expect("bob");
     run_statements(&env, &token, 3).await;
 
     let seen = read_events(&mut stream, 8).await;
-    assert!(seen.iter().all(|r| r["request_id"] == id.as_str()), "{seen:#?}");
+    assert!(
+        seen.iter().all(|r| r["request_id"] == id.as_str()),
+        "{seen:#?}"
+    );
     assert!(seen.iter().all(|r| r["request_id"] != other.as_str()));
     let statements: Vec<&str> = seen
         .iter()
         .filter(|r| r["type"] == "statement")
         .filter_map(|r| r["statement"].as_str())
         .collect();
-    assert!(statements.starts_with(&["SELECT 0 AS step", "SELECT 1 AS step"]), "{statements:?}");
+    assert!(
+        statements.starts_with(&["SELECT 0 AS step", "SELECT 1 AS step"]),
+        "{statements:?}"
+    );
     let ordered = seqs(&seen);
     assert!(ordered.windows(2).all(|w| w[0] < w[1]), "{ordered:?}");
     drop(stream);
@@ -169,7 +180,15 @@ async fn audit_list_follow_prints_records_as_they_are_written() {
     let env = Env::start("audit_follow").await;
     let (id, token) = env.approved_token("eve", "1h").await;
     let mut child = Command::new(env!("CARGO_BIN_EXE_lockbox"))
-        .args(["audit", "list", "--follow", "--request", &id, "--kind", "select"])
+        .args([
+            "audit",
+            "list",
+            "--follow",
+            "--request",
+            &id,
+            "--kind",
+            "select",
+        ])
         .env("LOCKBOX_SERVER", env.deployment.server_url())
         .env("LOCKBOX_API_KEY", &env.deployment.api_keys["dave"])
         .stdout(Stdio::piped())

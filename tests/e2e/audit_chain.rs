@@ -16,6 +16,8 @@ pub fn event(i: usize) -> AuditEvent {
         access: "read".into(),
         reason: Some("investigate".into()),
         access_expires_at: None,
+        status: None,
+        break_glass: false,
     })
 }
 

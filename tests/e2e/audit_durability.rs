@@ -141,10 +141,10 @@ async fn a_full_disk_refuses_statements_and_sessions_until_it_has_room() {
 }
 
 /// `lockbox serve` as a separate process, killed with SIGKILL on drop.
-struct ServeProcess(std::process::Child);
+pub struct ServeProcess(pub std::process::Child);
 
 impl ServeProcess {
-    async fn start(env: &Env) -> ServeProcess {
+    pub async fn start(env: &Env) -> ServeProcess {
         let process = ServeProcess(
             Command::new(env!("CARGO_BIN_EXE_lockbox"))
                 .args(["serve", "--config"])

@@ -166,9 +166,6 @@ async fn a_live_reader_follows_across_rotations_and_sees_each_record_once() {
     let seqs: Vec<u64> = seen.iter().filter_map(|r| r["seq"].as_u64()).collect();
     let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
     assert_eq!(seqs, expected, "every record once, in order");
-    let requests = seen
-        .iter()
-        .filter(|r| r["type"] == "request")
-        .count();
+    let requests = seen.iter().filter(|r| r["type"] == "request").count();
     assert_eq!(requests, 60);
 }

@@ -63,7 +63,9 @@ async fn request_lifecycle_from_the_command_line() {
     assert!(pending
         .lines()
         .next()
-        .is_some_and(|h| h.contains("TICKET") && h.contains("ACCESS EXPIRES")));
+        .is_some_and(|h| h.contains("SUPPORT REQUEST")
+            && h.contains("ACCESS EXPIRES")
+            && h.contains("APPROVERS")));
     assert!(pending.contains(&id) && pending.contains("SUP-7"));
 
     ok(lockbox(
@@ -77,7 +79,7 @@ async fn request_lifecycle_from_the_command_line() {
         &["--json", "request", "show", &id],
     )))
     .expect("json");
-    assert_eq!(shown["status"], "approved");
+    assert_eq!(shown["status"], "active", "approved and inside its window");
     assert_eq!(shown["decided_by"], "carol");
 
     let token = ok(lockbox(&env, "eve", &["token", &id]));
@@ -176,8 +178,11 @@ fn invalid_config_names_the_key() {
         "users[0].api_key_hash",
     );
     check(
-        &format!("{base}[[users]]\nname = \"x\"\nroles = [\"king\"]\napi_key_hash = \"abc\"\n"),
-        "unknown variant",
+        &format!(
+            "{base}[[users]]\nname = \"x\"\nroles = [\"king\"]\napi_key_hash = \"sha256:{}\"\n",
+            "0".repeat(64)
+        ),
+        "unknown role `king`",
     );
     check(&format!("{base}surprise = 1\n"), "unknown field");
     check(

@@ -402,6 +402,7 @@ async fn per_grant_limits_hold() {
                 duration: Some("1h".into()),
                 statement_timeout: Some("300ms".into()),
                 max_rows: Some(5),
+                ..Default::default()
             },
         )
         .await;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lockbox::client::ApiClient;
 use lockbox::demo::{write_deployment, Deployment, DeploymentDatabase, DeploymentSpec};
-use lockbox::policy::{AccessLevel, NewRequest};
+use lockbox::policy::{AccessLevel, NewRequest, RequestStatus};
 use lockbox::sandbox::PgSandbox;
 use lockbox::server::RunningServer;
 use lockbox::wire::BackendEvent;
@@ -69,6 +69,8 @@ pub struct Options {
     /// Put the audit file here instead of inside the deployment folder.
     pub audit_path: Option<PathBuf>,
     pub audit_durability: &'static str,
+    /// More top-level TOML (`[policy]` keys, `[[rules]]`), appended to the config.
+    pub policy: &'static str,
 }
 
 impl Default for Options {
@@ -84,6 +86,7 @@ impl Default for Options {
             ca_override: None,
             audit_path: None,
             audit_durability: "fsync",
+            policy: "",
         }
     }
 }
@@ -98,6 +101,10 @@ pub struct Env {
     _dir: tempfile::TempDir,
 }
 
+/// Every test deployment lets the `oncall` role use break-glass access.
+pub const BREAK_GLASS_POLICY: &str =
+    "\n[policy.break_glass]\nenabled = true\nroles = [\"oncall\"]\nmax_duration = \"30m\"\n";
+
 pub const USERS: &[(&str, &[&str])] = &[
     ("eve", &["engineer"]),
     ("bob", &["engineer"]),
@@ -105,6 +112,10 @@ pub const USERS: &[(&str, &[&str])] = &[
     ("alice", &["admin"]),
     ("dave", &["auditor"]),
     ("selma", &["engineer", "approver"]),
+    ("lena", &["support-lead"]),
+    ("cleo", &["approver"]),
+    ("nomfa", &["engineer"]),
+    ("oncall", &["engineer", "oncall"]),
 ];
 
 impl Env {
@@ -173,6 +184,7 @@ impl Env {
                     },
                 ],
                 users: USERS.iter().map(|(n, r)| (*n, r.to_vec())).collect(),
+                without_mfa: vec!["nomfa"],
                 allow_plaintext_loopback: options.plaintext,
                 timings: options.timings,
                 audit_durability: options.audit_durability,
@@ -188,6 +200,10 @@ impl Env {
             );
             std::fs::write(&config_path, text).expect("config");
         }
+        let mut text = std::fs::read_to_string(&config_path).expect("config");
+        text.push_str(BREAK_GLASS_POLICY);
+        text.push_str(options.policy);
+        std::fs::write(&config_path, text).expect("config");
         let config = lockbox::config::Config::load(&config_path).expect("config loads");
         let audit_path = config.audit_path.clone();
         let server = lockbox::server::start(config).await.expect("server starts");
@@ -226,15 +242,29 @@ impl Env {
             .await
     }
 
-    /// Files `new` as `engineer`, has carol approve it, returns (request id, token).
+    /// Files `new` as `engineer`, has it approved (by the support lead lena where the
+    /// rules want an internal approval, then by carol), returns (request id, token).
     pub async fn approved(&self, engineer: &str, new: NewRequest) -> (String, String) {
         let id = self.file(engineer, &new).await;
-        self.client("carol")
-            .approve(&id, "ok for the ticket")
-            .await
-            .expect("approve");
+        self.approve_all(&id).await;
         let token = self.client(engineer).token(&id).await.expect("token");
         (id, token.token)
+    }
+
+    /// Approves every stage of `id`: lena for the internal stage, carol for the customer's.
+    pub async fn approve_all(&self, id: &str) {
+        loop {
+            let request = self.client("carol").show_request(id).await.expect("show");
+            let approver = match request.status {
+                RequestStatus::PendingInternal => "lena",
+                RequestStatus::PendingCustomer => "carol",
+                _ => return,
+            };
+            self.client(approver)
+                .approve(id, "ok for the ticket")
+                .await
+                .expect("approve");
+        }
     }
 
     pub async fn pending_request(&self, engineer: &str, duration: &str) -> String {
@@ -255,8 +285,7 @@ impl Env {
             reason: "investigate".into(),
             access,
             duration: Some(duration.into()),
-            statement_timeout: None,
-            max_rows: None,
+            ..NewRequest::default()
         }
     }
 

@@ -213,8 +213,7 @@ async fn roles_and_ownership_are_enforced() {
         reason: "r".into(),
         access: lockbox::policy::AccessLevel::Read,
         duration: Some("48h".into()),
-        statement_timeout: None,
-        max_rows: None,
+        ..Default::default()
     };
     let err = env
         .client("dave")

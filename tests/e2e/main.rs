@@ -15,3 +15,4 @@ mod lifecycle;
 mod protocol;
 mod relay;
 mod upstream_tls;
+mod workflow;

@@ -2,18 +2,27 @@
 //! the rules (`policy`), the state (`store`), the trail (`audit`) and the signer (`token`).
 //! Both planes share it: the API files and decides requests, the proxy admits sessions.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use chrono::{SecondsFormat, Utc};
+use arc_swap::ArcSwap;
+use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::broadcast;
 
 use crate::audit::{AuditError, AuditEvent, AuditLog, RequestEvent, RequestRecord};
-use crate::config::{Config, User};
+use crate::config::{Config, ConfigError, User};
 use crate::ids::RequestId;
-use crate::policy::{self, Admission, NewRequest, PolicyError, Refusal, Request, RequestStatus};
+use crate::policy::{
+    self, Admission, NewRequest, PolicyError, Refusal, Request, RequestStatus, Transition,
+};
 use crate::store::{RequestFilter, Store, StoreError};
 use crate::token::{Claims, TokenAuthority, TokenGrant};
+
+mod admin;
+mod workflow;
+
+pub use admin::{PolicyView, ReloadReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -25,6 +34,8 @@ pub enum ServiceError {
     Audit(#[from] AuditError),
     #[error("cannot sign token: {0}")]
     Token(String),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
 }
 
 /// Why a session could not be admitted.
@@ -38,11 +49,15 @@ pub enum AdmitError {
 
 /// Shared by the API and the proxy.
 pub struct Lockbox {
-    pub config: Arc<Config>,
+    /// Swapped whole by a reload; readers take a snapshot with [`Lockbox::config`].
+    config: ArcSwap<Config>,
+    /// The file the configuration came from (for reloads).
+    config_path: Option<PathBuf>,
     pub store: Store,
     pub audit: AuditLog,
     pub tokens: TokenAuthority,
     revocations: broadcast::Sender<RequestId>,
+    extensions: broadcast::Sender<(RequestId, DateTime<Utc>)>,
 }
 
 /// The user name the service acts under when a deadline, not a person, changes a request.
@@ -51,13 +66,21 @@ pub const SYSTEM_ACTOR: &str = "lockbox";
 impl Lockbox {
     pub fn new(config: Arc<Config>, store: Store, audit: AuditLog, tokens: TokenAuthority) -> Self {
         let (revocations, _) = broadcast::channel(1024);
+        let (extensions, _) = broadcast::channel(1024);
         Lockbox {
-            config,
+            config_path: config.source.clone(),
+            config: ArcSwap::new(config),
             store,
             audit,
             tokens,
             revocations,
+            extensions,
         }
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
     }
 
     /// Requests revoked from now on, for the proxy to drop their sessions.
@@ -65,50 +88,135 @@ impl Lockbox {
         self.revocations.subscribe()
     }
 
+    /// Grants extended from now on, and their new ends, for the proxy's live sessions.
+    pub fn subscribe_extensions(&self) -> broadcast::Receiver<(RequestId, DateTime<Utc>)> {
+        self.extensions.subscribe()
+    }
+
     /// The configured user holding `api_key`, if any.
     pub fn authenticate(&self, api_key: &str) -> Option<User> {
-        self.config
+        self.config()
             .user_by_key_hash(&crate::keys::api_key_sha256(api_key))
             .cloned()
     }
 
+    /// Files a request: validated, run through the JIT rules, and either refused at once
+    /// (a rule's denial, recorded) or stored pending its first stage. Break-glass requests
+    /// are granted at once.
     pub async fn create(&self, caller: &User, new: NewRequest) -> Result<Request, ServiceError> {
-        let checked = policy::check_new_request(&self.config, caller, &new)?;
+        let config = self.config();
+        let protection = self.protection().await?;
+        let checked = match policy::check_new_request(&config, &protection, caller, &new) {
+            Ok(checked) => checked,
+            Err(PolicyError::Forbidden(reason)) if caller.has(crate::config::Role::Engineer) => {
+                self.record_rejection(caller, &new, &reason).await?;
+                return Err(PolicyError::Forbidden(reason).into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let now = Utc::now();
-        let ttl = chrono::Duration::from_std(self.config.request_ttl)
-            .unwrap_or(chrono::Duration::hours(12));
-        let request = Request {
+        let mut plan = checked.plan;
+        if new.break_glass {
+            plan.duration =
+                policy::check_break_glass(config.break_glass.as_ref(), caller, plan.duration)?;
+        }
+        let ttl = plan.request_ttl.unwrap_or(config.request_ttl);
+        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(12));
+        let status = policy::initial_status(&plan);
+        let mut request = Request {
             id: RequestId::generate(),
             engineer: caller.name.clone(),
             database: new.database,
             ticket: new.ticket.trim().to_owned(),
             reason: new.reason.trim().to_owned(),
+            reason_category: new.reason_category.unwrap_or_default(),
             access: new.access,
-            duration_secs: checked.duration.as_secs(),
-            status: RequestStatus::Pending,
+            duration_secs: plan.duration.as_secs(),
+            status,
             created_at: now,
             request_expires_at: now + ttl,
+            starts_at: new.starts_at,
+            requester_mfa: caller.mfa,
+            internal_required: plan.internal_approvals,
+            internal_role: plan.internal_role.clone(),
+            customer_required: plan.customer_approvals,
+            rules_applied: plan.applied.clone(),
+            requested_duration_secs: plan.capped_from.map(|d| d.as_secs()),
+            approvals: Vec::new(),
+            history: vec![Transition {
+                from: None,
+                to: status,
+                by: caller.name.clone(),
+                at: now,
+                reason: Some(new.reason.trim().to_owned()),
+            }],
             decided_by: None,
             decided_at: None,
             decision_reason: None,
+            access_starts_at: None,
             access_expires_at: None,
             revoked_by: None,
             revoked_at: None,
             revoke_reason: None,
             statement_timeout_ms: checked.statement_timeout.map(|d| d.as_millis() as u64),
             max_rows: new.max_rows,
+            extends: None,
+            break_glass: new.break_glass,
+            acknowledged_by: None,
+            acknowledged_at: None,
+            version: 0,
         };
-        // The record comes first: a request nobody can trace must not exist.
-        self.audit
-            .append_durable(vec![request_event(
+        let mut events = vec![request_event(
+            &request,
+            RequestEvent::Created,
+            &caller.name,
+            Some(&request.reason),
+        )];
+        if request.break_glass {
+            request.starts_at = None;
+            policy::open_window(&mut request, now);
+            request.transition(
+                RequestStatus::Approved,
+                &caller.name,
+                now,
+                Some("break-glass: granted without approvals"),
+            );
+            events.push(request_event(
                 &request,
-                RequestEvent::Created,
+                RequestEvent::BreakGlassGranted,
                 &caller.name,
                 Some(&request.reason),
-            )])
-            .await?;
+            ));
+        }
+        // The record comes first: a request nobody can trace must not exist.
+        self.audit.append_durable(events).await?;
         self.store.insert(&request).await?;
         Ok(request)
+    }
+
+    /// A request the rules refused is never stored, but the attempt is on the record.
+    async fn record_rejection(
+        &self,
+        caller: &User,
+        new: &NewRequest,
+        reason: &str,
+    ) -> Result<(), ServiceError> {
+        self.audit
+            .append_durable(vec![AuditEvent::Request(RequestRecord {
+                event: RequestEvent::Rejected,
+                request_id: String::new(),
+                actor: caller.name.clone(),
+                engineer: caller.name.clone(),
+                database: new.database.clone(),
+                ticket: new.ticket.clone(),
+                access: new.access.as_str().to_owned(),
+                reason: Some(reason.to_owned()),
+                access_expires_at: None,
+                status: Some(RequestStatus::Denied.as_str().to_owned()),
+                break_glass: new.break_glass,
+            })])
+            .await?;
+        Ok(())
     }
 
     pub async fn list(
@@ -117,13 +225,7 @@ impl Lockbox {
         status: Option<RequestStatus>,
     ) -> Result<Vec<Request>, ServiceError> {
         let now = Utc::now();
-        let all = self
-            .store
-            .list(RequestFilter {
-                status: None,
-                ..Default::default()
-            })
-            .await?;
+        let all = self.store.list(RequestFilter::default()).await?;
         Ok(all
             .into_iter()
             .filter(|r| policy::can_view(caller, r))
@@ -131,7 +233,7 @@ impl Lockbox {
                 r.status = r.effective_status(now);
                 r
             })
-            .filter(|r| status.is_none_or(|s| r.status == s))
+            .filter(|r| status.is_none_or(|s| s.includes(r.status)))
             .collect())
     }
 
@@ -150,88 +252,6 @@ impl Lockbox {
             .get(id)
             .await?
             .ok_or_else(|| PolicyError::NotFound(id.0.clone()).into())
-    }
-
-    pub async fn approve(
-        &self,
-        caller: &User,
-        id: &RequestId,
-        reason: &str,
-    ) -> Result<Request, ServiceError> {
-        self.decide(caller, id, reason, true).await
-    }
-
-    pub async fn deny(
-        &self,
-        caller: &User,
-        id: &RequestId,
-        reason: &str,
-    ) -> Result<Request, ServiceError> {
-        self.decide(caller, id, reason, false).await
-    }
-
-    async fn decide(
-        &self,
-        caller: &User,
-        id: &RequestId,
-        reason: &str,
-        approve: bool,
-    ) -> Result<Request, ServiceError> {
-        require_reason(reason)?;
-        let before = self.load(id).await?;
-        let now = Utc::now();
-        policy::check_decision(caller, &before, now)?;
-        let mut after = before.clone();
-        after.decided_by = Some(caller.name.clone());
-        after.decided_at = Some(now);
-        after.decision_reason = Some(reason.to_owned());
-        let event = if approve {
-            after.status = RequestStatus::Approved;
-            after.access_expires_at =
-                Some(now + chrono::Duration::seconds(before.duration_secs as i64));
-            RequestEvent::Approved
-        } else {
-            after.status = RequestStatus::Denied;
-            RequestEvent::Denied
-        };
-        self.commit(
-            &before,
-            &after,
-            request_event(&after, event, &caller.name, Some(reason)),
-        )
-        .await?;
-        Ok(after)
-    }
-
-    pub async fn revoke(
-        &self,
-        caller: &User,
-        id: &RequestId,
-        reason: &str,
-    ) -> Result<Request, ServiceError> {
-        require_reason(reason)?;
-        let before = self.load(id).await?;
-        let now = Utc::now();
-        policy::check_revoke(caller, &before, now)?;
-        let mut after = before.clone();
-        after.status = RequestStatus::Revoked;
-        after.revoked_by = Some(caller.name.clone());
-        after.revoked_at = Some(now);
-        after.revoke_reason = Some(reason.to_owned());
-        if !self.store.update(&after, before.status).await? {
-            return Err(conflict(id));
-        }
-        // Sessions go first: revoking is the safe direction even if the record lags.
-        let _ = self.revocations.send(id.clone());
-        self.audit
-            .append_durable(vec![request_event(
-                &after,
-                RequestEvent::Revoked,
-                &caller.name,
-                Some(reason),
-            )])
-            .await?;
-        Ok(after)
     }
 
     /// Signs a token for the requester of an approved request; audited before it is handed out.
@@ -270,7 +290,7 @@ impl Lockbox {
         user: &str,
         database: &str,
     ) -> Result<Admission, AdmitError> {
-        if !self.config.databases.contains_key(database) {
+        if !self.config().databases.contains_key(database) {
             return Err(Refusal::UnknownDatabase(database.to_owned()).into());
         }
         let request = self.store.get(&RequestId(claims.rid.clone())).await?;
@@ -283,24 +303,15 @@ impl Lockbox {
         let mut changed = 0;
         for before in self.store.overdue(now).await? {
             let mut after = before.clone();
-            after.status = before.effective_status(now);
-            let event = match after.status {
-                RequestStatus::Expired => RequestEvent::Expired,
-                _ => RequestEvent::Completed,
+            let to = before.effective_status(now);
+            let (event, reason) = match to {
+                RequestStatus::Expired => (RequestEvent::Expired, "no decision within request_ttl"),
+                _ => (RequestEvent::Completed, "access window ended"),
             };
-            let reason = match event {
-                RequestEvent::Expired => "no decision within request_ttl",
-                _ => "access window ended",
-            };
-            match self
-                .commit(
-                    &before,
-                    &after,
-                    request_event(&after, event, SYSTEM_ACTOR, Some(reason)),
-                )
-                .await
-            {
-                Ok(()) => changed += 1,
+            after.transition(to, SYSTEM_ACTOR, now, Some(reason));
+            let record = request_event(&after, event, SYSTEM_ACTOR, Some(reason));
+            match self.commit(&before, after, vec![record]).await {
+                Ok(_) => changed += 1,
                 // An approver acted at the same moment; their decision stands.
                 Err(ServiceError::Policy(PolicyError::Conflict(_))) => {}
                 Err(e) => return Err(e),
@@ -309,24 +320,27 @@ impl Lockbox {
         Ok(changed)
     }
 
-    /// Stores `after` if `before` is still current, then records `event` durably; undoes
-    /// the change if the record cannot be written, so no action goes unrecorded.
+    /// Stores `after` if `before` is still current, then records `events` durably; undoes
+    /// the change if the records cannot be written, so no action goes unrecorded.
     async fn commit(
         &self,
         before: &Request,
-        after: &Request,
-        event: AuditEvent,
-    ) -> Result<(), ServiceError> {
-        if !self.store.update(after, before.status).await? {
+        mut after: Request,
+        events: Vec<AuditEvent>,
+    ) -> Result<Request, ServiceError> {
+        after.version = before.version + 1;
+        if !self.store.update(&after).await? {
             return Err(conflict(&before.id));
         }
-        if let Err(e) = self.audit.append_durable(vec![event]).await {
-            if let Err(undo) = self.store.update(before, after.status).await {
+        if let Err(e) = self.audit.append_durable(events).await {
+            let mut undo = before.clone();
+            undo.version = after.version + 1;
+            if let Err(undo) = self.store.update(&undo).await {
                 tracing::error!(request_id = %before.id, error = %undo, "could not undo an unrecorded change");
             }
             return Err(e.into());
         }
-        Ok(())
+        Ok(after)
     }
 }
 
@@ -365,5 +379,7 @@ fn request_event(
         access_expires_at: request
             .access_expires_at
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        status: Some(request.status.as_str().to_owned()),
+        break_glass: request.break_glass,
     })
 }

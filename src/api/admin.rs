@@ -1,0 +1,41 @@
+//! `/v1/policy` and `/v1/admin/…`: what admins change at run time.
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState, Caller};
+use crate::policy;
+use crate::service::{PolicyView, ReloadReport, ServiceError};
+
+pub async fn show_policy(
+    State(state): State<ApiState>,
+    Caller(_user): Caller,
+) -> Result<Json<PolicyView>, ApiError> {
+    Ok(Json(state.lockbox.policy_view().await?))
+}
+
+/// Body of `PUT /v1/policy`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PolicyChange {
+    /// `all`, `none` or `DB,DB…`.
+    pub protect: String,
+}
+
+pub async fn set_policy(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    Json(change): Json<PolicyChange>,
+) -> Result<Json<PolicyView>, ApiError> {
+    Ok(Json(
+        state.lockbox.set_protection(&user, &change.protect).await?,
+    ))
+}
+
+pub async fn reload(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+) -> Result<Json<ReloadReport>, ApiError> {
+    policy::check_policy_change(&user).map_err(ServiceError::from)?;
+    Ok(Json(state.lockbox.reload(&user.name).await?))
+}

@@ -1,0 +1,366 @@
+//! Who may do what to a request, and what each decision does to it. Plain functions of
+//! their inputs: the service loads, calls these, and stores.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::request::{Approval, NewRequest, Request, RequestStatus, Stage};
+use super::rules::{self, Ask, Plan, Protection};
+use super::{forbidden, require_role, PolicyError};
+use crate::config::workflow::BreakGlass;
+use crate::config::{Config, Role, User};
+
+/// A new request that passed validation and the rules.
+#[derive(Debug)]
+pub struct CheckedRequest {
+    pub plan: Plan,
+    pub statement_timeout: Option<Duration>,
+}
+
+/// The ticket of work the provider starts on its own.
+pub const PROVIDER_INITIATED: &str = "provider-initiated";
+
+fn parse_duration(what: &str, text: &str) -> Result<Duration, PolicyError> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| PolicyError::Invalid(format!("{what} `{text}`: {e}")))
+}
+
+/// Validates `new` and runs the JIT rules on it. A rule's denial is `Forbidden`, with the
+/// rule's reason for the requester.
+pub fn check_new_request(
+    config: &Config,
+    protection: &Protection,
+    caller: &User,
+    new: &NewRequest,
+) -> Result<CheckedRequest, PolicyError> {
+    require_role(caller, Role::Engineer, "file access requests")?;
+    if !config.databases.contains_key(&new.database) {
+        return Err(PolicyError::Invalid(format!(
+            "unknown database `{}`",
+            new.database
+        )));
+    }
+    if new.ticket.trim().is_empty() {
+        return Err(PolicyError::Invalid(format!(
+            "a support ticket is required (or `{PROVIDER_INITIATED}`)"
+        )));
+    }
+    if new.reason.trim().is_empty() {
+        return Err(PolicyError::Invalid("a reason is required".into()));
+    }
+    let duration = match &new.duration {
+        None => config.default_access,
+        Some(text) => parse_duration("duration", text)?,
+    };
+    if duration < Duration::from_secs(1) {
+        return Err(PolicyError::Invalid("duration must be at least 1s".into()));
+    }
+    if duration > config.max_access {
+        return Err(PolicyError::Invalid(format!(
+            "duration {} is longer than the maximum access of {}",
+            humantime::format_duration(duration),
+            humantime::format_duration(config.max_access)
+        )));
+    }
+    let statement_timeout = match &new.statement_timeout {
+        None => None,
+        Some(text) => {
+            let d = parse_duration("statement timeout", text)?;
+            if d < Duration::from_millis(1) {
+                return Err(PolicyError::Invalid(
+                    "statement timeout must be at least 1ms".into(),
+                ));
+            }
+            Some(d)
+        }
+    };
+    if new.max_rows == Some(0) {
+        return Err(PolicyError::Invalid("max rows must be at least 1".into()));
+    }
+    let ask = Ask {
+        database: &new.database,
+        access: new.access,
+        duration,
+        requester: caller,
+    };
+    let plan = rules::evaluate(&config.rules, &ask, protection.protects(&new.database))
+        .map_err(|d| forbidden(format!("denied by rule `{}`: {}", d.rule, d.reason)))?;
+    Ok(CheckedRequest {
+        plan,
+        statement_timeout,
+    })
+}
+
+/// May `caller` decide on `request` now, and in which stage? One person counts once, the
+/// requester never decides, internal approvals need the rule's role, customer approvals
+/// the approver role (and, where the database names its approvers, to be one of them).
+pub fn check_decision(
+    config: &Config,
+    caller: &User,
+    request: &Request,
+    now: DateTime<Utc>,
+) -> Result<Stage, PolicyError> {
+    if request.engineer == caller.name {
+        return Err(forbidden("nobody may approve or deny their own request"));
+    }
+    let Some(stage) = request.stage(now) else {
+        return Err(PolicyError::Conflict(format!(
+            "request {} is {}, not pending",
+            request.id,
+            request.effective_status(now)
+        )));
+    };
+    match stage {
+        Stage::Internal => require_role(
+            caller,
+            request.internal_role.clone(),
+            "give this request's internal approval",
+        )?,
+        Stage::Customer => {
+            require_role(caller, Role::Approver, "approve or deny requests")?;
+            let named = config
+                .databases
+                .get(&request.database)
+                .map(|d| d.approvers.as_slice())
+                .unwrap_or_default();
+            let listed = named
+                .iter()
+                .any(|n| *n == caller.name || caller.groups.contains(n));
+            if !named.is_empty() && !listed {
+                return Err(forbidden(format!(
+                    "{} is not an approver of database {}",
+                    caller.name, request.database
+                )));
+            }
+        }
+    }
+    if request.approvals.iter().any(|a| a.by == caller.name) {
+        return Err(PolicyError::Conflict(format!(
+            "{} has already decided on request {}; one person counts once",
+            caller.name, request.id
+        )));
+    }
+    Ok(stage)
+}
+
+/// An approver's decision on a request.
+pub struct Decision<'a> {
+    pub by: &'a str,
+    pub stage: Stage,
+    pub approve: bool,
+    pub justification: &'a str,
+    /// The approver grants a shorter window than asked for.
+    pub shorten_to: Option<Duration>,
+}
+
+/// Applies `decision` to `request`: a deny ends it; an approval counts towards its stage,
+/// and a complete stage moves it on (internal → customer → approved, with its window).
+pub fn apply_decision(request: &mut Request, decision: &Decision<'_>, now: DateTime<Utc>) {
+    let shortened = decision
+        .shorten_to
+        .map(|d| d.as_secs().max(1))
+        .filter(|secs| *secs < request.duration_secs);
+    if let Some(secs) = shortened {
+        request.duration_secs = secs;
+    }
+    request.approvals.push(Approval {
+        by: decision.by.to_owned(),
+        stage: decision.stage,
+        approved: decision.approve,
+        justification: decision.justification.to_owned(),
+        at: now,
+        shortened_to_secs: shortened,
+    });
+    request.decided_by = Some(decision.by.to_owned());
+    request.decided_at = Some(now);
+    request.decision_reason = Some(decision.justification.to_owned());
+    if !decision.approve {
+        request.transition(
+            RequestStatus::Denied,
+            decision.by,
+            now,
+            Some(decision.justification),
+        );
+        return;
+    }
+    let next = match decision.stage {
+        Stage::Internal if request.approvals_in(Stage::Internal) < request.internal_required => {
+            return
+        }
+        Stage::Internal if request.customer_required > 0 => RequestStatus::PendingCustomer,
+        Stage::Customer if request.approvals_in(Stage::Customer) < request.customer_required => {
+            return
+        }
+        _ => RequestStatus::Approved,
+    };
+    if next == RequestStatus::Approved {
+        open_window(request, now);
+    }
+    request.transition(next, decision.by, now, Some(decision.justification));
+}
+
+/// Sets the access window of an approved request: from its asked-for start (or now).
+pub fn open_window(request: &mut Request, now: DateTime<Utc>) {
+    let start = request.starts_at.filter(|s| *s > now).unwrap_or(now);
+    request.access_starts_at = Some(start);
+    request.access_expires_at =
+        Some(start + chrono::Duration::seconds(request.duration_secs as i64));
+}
+
+/// The status a new request starts in, given what the rules require.
+pub fn initial_status(plan: &Plan) -> RequestStatus {
+    if plan.internal_approvals > 0 {
+        RequestStatus::PendingInternal
+    } else {
+        RequestStatus::PendingCustomer
+    }
+}
+
+/// May `caller` revoke `request` now? Approvers, support leads and admins may; so may the
+/// engineer, giving up their own access.
+pub fn check_revoke(
+    caller: &User,
+    request: &Request,
+    now: DateTime<Utc>,
+) -> Result<(), PolicyError> {
+    let own = request.engineer == caller.name;
+    if !(own
+        || caller.has(Role::Approver)
+        || caller.has(Role::Admin)
+        || caller.has(Role::SupportLead))
+    {
+        return Err(forbidden(format!(
+            "{} may not revoke this request",
+            caller.name
+        )));
+    }
+    let status = request.effective_status(now);
+    if status.is_final() {
+        return Err(PolicyError::Conflict(format!(
+            "request {} is {status}: nothing to revoke",
+            request.id
+        )));
+    }
+    Ok(())
+}
+
+/// May `caller` cancel `request`? Only its requester, and only before access began (an
+/// open window is ended with `revoke`).
+pub fn check_cancel(
+    caller: &User,
+    request: &Request,
+    now: DateTime<Utc>,
+) -> Result<(), PolicyError> {
+    if request.engineer != caller.name {
+        return Err(forbidden("only the requester may cancel a request"));
+    }
+    match request.effective_status(now) {
+        s if s.is_pending() || s == RequestStatus::Approved => Ok(()),
+        RequestStatus::Active => Err(PolicyError::Conflict(format!(
+            "request {} is active: end it with `lockbox request revoke`",
+            request.id
+        ))),
+        other => Err(PolicyError::Conflict(format!(
+            "request {} is {other}: nothing to cancel",
+            request.id
+        ))),
+    }
+}
+
+/// May `caller` ask to extend `request`? Only its requester, only while it is active,
+/// and not a break-glass grant (those end and are reviewed).
+pub fn check_extend(
+    caller: &User,
+    request: &Request,
+    now: DateTime<Utc>,
+) -> Result<(), PolicyError> {
+    if request.engineer != caller.name {
+        return Err(forbidden("only the requester may extend a request"));
+    }
+    if request.break_glass {
+        return Err(PolicyError::Conflict(
+            "break-glass access cannot be extended; file a request".into(),
+        ));
+    }
+    match request.effective_status(now) {
+        RequestStatus::Active | RequestStatus::Approved => Ok(()),
+        other => Err(PolicyError::Conflict(format!(
+            "request {} is {other}: only an approved grant can be extended",
+            request.id
+        ))),
+    }
+}
+
+/// May `caller` fetch a token for `request` now? Only the engineer who filed it, only
+/// while it is approved and its window has not ended.
+pub fn check_token(
+    caller: &User,
+    request: &Request,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, PolicyError> {
+    if request.engineer != caller.name {
+        return Err(forbidden(
+            "only the engineer who filed the request may fetch its token",
+        ));
+    }
+    if request.extends.is_some() {
+        return Err(PolicyError::Conflict(format!(
+            "request {} is an extension: fetch the token of the request it extends",
+            request.id
+        )));
+    }
+    match (request.effective_status(now), request.access_expires_at) {
+        (RequestStatus::Approved | RequestStatus::Active, Some(end)) => Ok(end),
+        (status, _) => Err(PolicyError::Conflict(format!(
+            "request {} is {status}: no token",
+            request.id
+        ))),
+    }
+}
+
+/// May `caller` use break-glass access? Only where the policy enables it and only with
+/// one of its roles; the window is capped.
+pub fn check_break_glass(
+    policy: Option<&BreakGlass>,
+    caller: &User,
+    duration: Duration,
+) -> Result<Duration, PolicyError> {
+    let Some(policy) = policy else {
+        return Err(forbidden("break-glass access is not enabled by the policy"));
+    };
+    if !policy.roles.iter().any(|r| caller.has(r.clone())) {
+        let roles: Vec<&str> = policy.roles.iter().map(|r| r.as_str()).collect();
+        return Err(forbidden(format!(
+            "break-glass access is only for the roles {}",
+            roles.join(", ")
+        )));
+    }
+    Ok(duration.min(policy.max_duration))
+}
+
+/// May `caller` acknowledge the break-glass `request` after the fact?
+pub fn check_acknowledge(caller: &User, request: &Request) -> Result<(), PolicyError> {
+    require_role(caller, Role::Approver, "review break-glass access")?;
+    if !request.break_glass {
+        return Err(PolicyError::Conflict(format!(
+            "request {} is not break-glass access",
+            request.id
+        )));
+    }
+    if request.engineer == caller.name {
+        return Err(forbidden("nobody reviews their own break-glass access"));
+    }
+    if request.acknowledged_by.is_some() {
+        return Err(PolicyError::Conflict(format!(
+            "request {} was already acknowledged",
+            request.id
+        )));
+    }
+    Ok(())
+}
+
+/// May `caller` change the lockbox policy?
+pub fn check_policy_change(caller: &User) -> Result<(), PolicyError> {
+    require_role(caller, Role::Admin, "change the lockbox policy")
+}

@@ -1,0 +1,268 @@
+//! Decisions on requests: approvals (staged, with quorum), denials, revocation,
+//! cancellation, extension of an active grant, and the review of break-glass access.
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::{conflict, request_event, require_reason, Lockbox, ServiceError};
+use crate::audit::RequestEvent;
+use crate::config::User;
+use crate::ids::RequestId;
+use crate::policy::{self, Decision, NewRequest, PolicyError, Request, RequestStatus};
+
+/// How often a decision is retried when another one landed on the same request first.
+const CONFLICT_RETRIES: usize = 3;
+
+impl Lockbox {
+    pub async fn approve(
+        &self,
+        caller: &User,
+        id: &RequestId,
+        reason: &str,
+    ) -> Result<Request, ServiceError> {
+        self.decide(caller, id, reason, true, None).await
+    }
+
+    /// Approves, granting at most `shorten_to` of the window asked for.
+    pub async fn approve_shortened(
+        &self,
+        caller: &User,
+        id: &RequestId,
+        reason: &str,
+        shorten_to: Option<Duration>,
+    ) -> Result<Request, ServiceError> {
+        self.decide(caller, id, reason, true, shorten_to).await
+    }
+
+    pub async fn deny(
+        &self,
+        caller: &User,
+        id: &RequestId,
+        reason: &str,
+    ) -> Result<Request, ServiceError> {
+        self.decide(caller, id, reason, false, None).await
+    }
+
+    async fn decide(
+        &self,
+        caller: &User,
+        id: &RequestId,
+        reason: &str,
+        approve: bool,
+        shorten_to: Option<Duration>,
+    ) -> Result<Request, ServiceError> {
+        require_reason(reason)?;
+        // Two approvers of a quorum may press at once: the loser re-reads and counts again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .decide_once(caller, id, reason, approve, shorten_to)
+                .await
+            {
+                Err(ServiceError::Policy(PolicyError::Conflict(m)))
+                    if attempt < CONFLICT_RETRIES && m.contains("changed meanwhile") => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn decide_once(
+        &self,
+        caller: &User,
+        id: &RequestId,
+        reason: &str,
+        approve: bool,
+        shorten_to: Option<Duration>,
+    ) -> Result<Request, ServiceError> {
+        let before = self.load(id).await?;
+        let now = Utc::now();
+        let config = self.config();
+        let stage = policy::check_decision(&config, caller, &before, now)?;
+        let mut after = before.clone();
+        policy::apply_decision(
+            &mut after,
+            &Decision {
+                by: &caller.name,
+                stage,
+                approve,
+                justification: reason,
+                shorten_to,
+            },
+            now,
+        );
+        let event = match (before.status, after.status) {
+            (_, RequestStatus::Denied) => RequestEvent::Denied,
+            (_, RequestStatus::Approved) => RequestEvent::Approved,
+            (RequestStatus::PendingInternal, RequestStatus::PendingCustomer) => {
+                RequestEvent::CustomerNotified
+            }
+            _ => RequestEvent::ApprovalRecorded,
+        };
+        let record = request_event(&after, event, &caller.name, Some(reason));
+        let after = self.commit(&before, after, vec![record]).await?;
+        if after.status == RequestStatus::Approved {
+            if let Some(original) = &after.extends {
+                self.apply_extension(&after, original, &caller.name).await?;
+            }
+        }
+        Ok(after)
+    }
+
+    pub async fn revoke(
+        &self,
+        caller: &User,
+        id: &RequestId,
+        reason: &str,
+    ) -> Result<Request, ServiceError> {
+        require_reason(reason)?;
+        let before = self.load(id).await?;
+        let now = Utc::now();
+        policy::check_revoke(caller, &before, now)?;
+        let mut after = before.clone();
+        after.transition(RequestStatus::Revoked, &caller.name, now, Some(reason));
+        after.revoked_by = Some(caller.name.clone());
+        after.revoked_at = Some(now);
+        after.revoke_reason = Some(reason.to_owned());
+        after.version = before.version + 1;
+        if !self.store.update(&after).await? {
+            return Err(conflict(id));
+        }
+        // Sessions go first: revoking is the safe direction even if the record lags.
+        let _ = self.revocations.send(id.clone());
+        self.audit
+            .append_durable(vec![request_event(
+                &after,
+                RequestEvent::Revoked,
+                &caller.name,
+                Some(reason),
+            )])
+            .await?;
+        Ok(after)
+    }
+
+    /// The requester withdraws a request before its access began.
+    pub async fn cancel(
+        &self,
+        caller: &User,
+        id: &RequestId,
+        reason: &str,
+    ) -> Result<Request, ServiceError> {
+        let reason = if reason.trim().is_empty() {
+            "cancelled by the requester"
+        } else {
+            reason
+        };
+        let before = self.load(id).await?;
+        let now = Utc::now();
+        policy::check_cancel(caller, &before, now)?;
+        let mut after = before.clone();
+        after.transition(RequestStatus::Cancelled, &caller.name, now, Some(reason));
+        let record = request_event(&after, RequestEvent::Cancelled, &caller.name, Some(reason));
+        self.commit(&before, after, vec![record]).await
+    }
+
+    /// Asks to extend an active grant by `duration`: a new request, linked to it, that goes
+    /// through the same rules and approvals. Once approved, the grant (and its live
+    /// sessions) run on.
+    pub async fn extend(
+        &self,
+        caller: &User,
+        id: &RequestId,
+        duration: &str,
+        reason: &str,
+    ) -> Result<Request, ServiceError> {
+        require_reason(reason)?;
+        let original = self.load(id).await?;
+        policy::check_extend(caller, &original, Utc::now())?;
+        let new = NewRequest {
+            database: original.database.clone(),
+            ticket: original.ticket.clone(),
+            reason: reason.to_owned(),
+            access: original.access,
+            duration: Some(duration.to_owned()),
+            reason_category: Some(original.reason_category),
+            ..NewRequest::default()
+        };
+        let mut extension = self.create(caller, new).await?;
+        let before = extension.clone();
+        extension.extends = Some(original.id.clone());
+        extension.statement_timeout_ms = original.statement_timeout_ms;
+        extension.max_rows = original.max_rows;
+        let record = request_event(
+            &original,
+            RequestEvent::ExtensionRequested,
+            &caller.name,
+            Some(&format!(
+                "extension {} asks for {duration} more",
+                extension.id
+            )),
+        );
+        self.commit(&before, extension, vec![record]).await
+    }
+
+    /// An approved extension moves the original grant's end, and its sessions' deadlines.
+    async fn apply_extension(
+        &self,
+        extension: &Request,
+        original: &RequestId,
+        actor: &str,
+    ) -> Result<(), ServiceError> {
+        let before = self.load(original).await?;
+        let now = Utc::now();
+        let Some(end) = before.access_expires_at.filter(|_| {
+            matches!(
+                before.effective_status(now),
+                RequestStatus::Active | RequestStatus::Approved
+            )
+        }) else {
+            return Err(PolicyError::Conflict(format!(
+                "request {original} is {} now: nothing to extend",
+                before.effective_status(now)
+            ))
+            .into());
+        };
+        let new_end = end.max(now) + chrono::Duration::seconds(extension.duration_secs as i64);
+        let mut after = before.clone();
+        after.access_expires_at = Some(new_end);
+        after.history.push(policy::Transition {
+            from: Some(before.status),
+            to: before.status,
+            by: actor.to_owned(),
+            at: now,
+            reason: Some(format!("extended by {} until {new_end}", extension.id)),
+        });
+        let record = request_event(
+            &after,
+            RequestEvent::Extended,
+            actor,
+            Some(&format!("extension {}", extension.id)),
+        );
+        self.commit(&before, after, vec![record]).await?;
+        let _ = self.extensions.send((original.clone(), new_end));
+        Ok(())
+    }
+
+    /// An approver reviews break-glass access after the fact.
+    pub async fn acknowledge(
+        &self,
+        caller: &User,
+        id: &RequestId,
+        reason: &str,
+    ) -> Result<Request, ServiceError> {
+        require_reason(reason)?;
+        let before = self.load(id).await?;
+        policy::check_acknowledge(caller, &before)?;
+        let mut after = before.clone();
+        after.acknowledged_by = Some(caller.name.clone());
+        after.acknowledged_at = Some(Utc::now());
+        let record = request_event(
+            &after,
+            RequestEvent::Acknowledged,
+            &caller.name,
+            Some(reason),
+        );
+        self.commit(&before, after, vec![record]).await
+    }
+}

@@ -1,0 +1,561 @@
+//! The lockbox workflow: JIT rules, staged and quorum approvals, every state and refusal,
+//! the protection policy, extension, break-glass and configuration reload.
+
+use std::time::Duration;
+
+use lockbox::policy::{AccessLevel, NewRequest, RequestStatus};
+
+use crate::harness::{db_error, Env, Options};
+
+fn ask(env: &Env, access: AccessLevel, duration: &str) -> NewRequest {
+    NewRequest {
+        database: env.db.clone(),
+        ticket: "SUP-9".into(),
+        reason: "customer reports slow checkout".into(),
+        access,
+        duration: Some(duration.into()),
+        ..NewRequest::default()
+    }
+}
+
+async fn status(env: &Env, id: &str) -> RequestStatus {
+    env.client("dave")
+        .show_request(id)
+        .await
+        .expect("show")
+        .status
+}
+
+fn events_of(env: &Env, id: &str) -> Vec<String> {
+    env.audit_of("request", id)
+        .iter()
+        .filter_map(|r| r["event"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_access_goes_through_a_support_lead_then_the_customer() {
+    let env = Env::start("wf_stages").await;
+    let id = env
+        .client("eve")
+        .create_request(&ask(&env, AccessLevel::Write, "1h"))
+        .await
+        .expect("create")
+        .id
+        .0;
+    assert_eq!(status(&env, &id).await, RequestStatus::PendingInternal);
+    // The customer cannot act before the provider's own stage is done.
+    let early = env
+        .client("carol")
+        .approve(&id, "fine")
+        .await
+        .expect_err("too early");
+    assert_eq!(early.code(), Some("forbidden"), "{early}");
+    env.client("lena")
+        .approve(&id, "lead: justified")
+        .await
+        .expect("lead");
+    assert_eq!(status(&env, &id).await, RequestStatus::PendingCustomer);
+    env.client("carol")
+        .approve(&id, "customer: ok")
+        .await
+        .expect("carol");
+    let shown = env.client("eve").show_request(&id).await.expect("show");
+    assert_eq!(shown.status, RequestStatus::Active);
+    assert_eq!(shown.approvers(), vec!["lena", "carol"]);
+    let path: Vec<RequestStatus> = shown.history.iter().map(|t| t.to).collect();
+    assert_eq!(
+        path,
+        [
+            RequestStatus::PendingInternal,
+            RequestStatus::PendingCustomer,
+            RequestStatus::Approved
+        ]
+    );
+    assert!(shown.history.iter().all(|t| !t.by.is_empty()));
+    assert_eq!(
+        events_of(&env, &id),
+        ["created", "customer_notified", "approved"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nobody_approves_their_own_request_and_one_person_counts_once() {
+    let env = Env::with(
+        "wf_quorum",
+        Options {
+            policy: "\n[[rules]]\nname = \"two-customers\"\ncustomer_approvals = 2\n",
+            ..Options::default()
+        },
+    )
+    .await;
+    let own = env
+        .client("selma")
+        .create_request(&ask(&env, AccessLevel::Read, "1h"))
+        .await
+        .expect("create")
+        .id
+        .0;
+    let refused = env
+        .client("selma")
+        .approve(&own, "me")
+        .await
+        .expect_err("self");
+    assert_eq!(refused.code(), Some("forbidden"));
+
+    let id = env.request_for("eve", "1h", AccessLevel::Read).await;
+    env.client("carol")
+        .approve(&id, "one")
+        .await
+        .expect("carol");
+    assert_eq!(
+        status(&env, &id).await,
+        RequestStatus::PendingCustomer,
+        "1 of 2"
+    );
+    let twice = env
+        .client("carol")
+        .approve(&id, "again")
+        .await
+        .expect_err("twice");
+    assert_eq!(twice.code(), Some("conflict"), "{twice}");
+    assert_eq!(status(&env, &id).await, RequestStatus::PendingCustomer);
+    env.client("cleo").approve(&id, "two").await.expect("cleo");
+    assert_eq!(status(&env, &id).await, RequestStatus::Active, "2 of 2");
+    assert_eq!(
+        events_of(&env, &id),
+        ["created", "approval_recorded", "approved"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deny_by_any_required_approver_ends_the_request() {
+    let env = Env::with(
+        "wf_deny",
+        Options {
+            policy: "\n[[rules]]\nname = \"two-customers\"\ncustomer_approvals = 2\n",
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = env.request_for("eve", "1h", AccessLevel::Read).await;
+    env.client("carol")
+        .approve(&id, "yes")
+        .await
+        .expect("carol");
+    env.client("cleo")
+        .deny(&id, "not during the sale")
+        .await
+        .expect("deny");
+    assert_eq!(status(&env, &id).await, RequestStatus::Denied);
+    let late = env
+        .client("selma")
+        .approve(&id, "late")
+        .await
+        .expect_err("ended");
+    assert_eq!(late.code(), Some("conflict"));
+    let token = env.client("eve").token(&id).await.expect_err("no token");
+    assert_eq!(token.code(), Some("conflict"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_deny_without_mfa_and_cap_durations() {
+    let env = Env::with(
+        "wf_rules",
+        Options {
+            policy: "\n[[rules]]\nname = \"mfa\"\nmfa = false\ndeny = \"sign in with MFA first\"\n\
+                     \n[[rules]]\nname = \"short-writes\"\naccess = [\"write\"]\nmax_duration = \"30m\"\ninternal_approvals = 1\n",
+            ..Options::default()
+        },
+    )
+    .await;
+    let err = env
+        .client("nomfa")
+        .create_request(&ask(&env, AccessLevel::Read, "1h"))
+        .await
+        .expect_err("no MFA");
+    assert_eq!(err.code(), Some("forbidden"));
+    assert!(
+        err.to_string().contains("sign in with MFA first") && err.to_string().contains("`mfa`"),
+        "{err}"
+    );
+    let rejected = env.audit();
+    assert!(
+        rejected
+            .iter()
+            .any(|r| r["event"] == "rejected" && r["engineer"] == "nomfa"),
+        "the refused attempt is on the record"
+    );
+    let capped = env
+        .client("eve")
+        .create_request(&ask(&env, AccessLevel::Write, "4h"))
+        .await
+        .expect("create");
+    assert_eq!(capped.duration_secs, 1800);
+    assert_eq!(capped.requested_duration_secs, Some(4 * 3600));
+    assert_eq!(capped.rules_applied, vec!["short-writes"]);
+    assert_eq!(capped.status, RequestStatus::PendingInternal);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_rules_are_safe() {
+    let env = Env::start("wf_defaults").await;
+    let err = env
+        .client("nomfa")
+        .create_request(&ask(&env, AccessLevel::Read, "1h"))
+        .await
+        .expect_err("no MFA");
+    assert!(err.to_string().contains("require-mfa"), "{err}");
+    for access in [AccessLevel::Write, AccessLevel::Admin] {
+        let r = env
+            .client("eve")
+            .create_request(&ask(&env, access, "1h"))
+            .await
+            .expect("create");
+        assert_eq!(
+            (r.status, r.internal_required),
+            (RequestStatus::PendingInternal, 1)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_changes_are_audited_and_unprotected_databases_skip_the_customer() {
+    let env = Env::start("wf_policy").await;
+    let view = env.client("alice").policy().await.expect("show");
+    assert_eq!(view.protect, "all");
+    let refused = env
+        .client("carol")
+        .set_policy("none")
+        .await
+        .expect_err("not admin");
+    assert_eq!(refused.code(), Some("forbidden"));
+    let unknown = env
+        .client("alice")
+        .set_policy("nosuchdb")
+        .await
+        .expect_err("unknown");
+    assert_eq!(unknown.code(), Some("invalid"));
+
+    let view = env.client("alice").set_policy("other").await.expect("set");
+    assert_eq!(view.protected_databases, vec!["other"]);
+    assert!(view.unprotected_databases.contains(&env.db));
+    assert_eq!(view.changed_by, "alice");
+    let audited = env.audit();
+    let change = audited
+        .iter()
+        .find(|r| r["type"] == "admin" && r["event"] == "policy_changed")
+        .expect("the change is audited");
+    assert_eq!(change["actor"], "alice");
+    assert_eq!(change["detail"]["protect_before"], "all");
+
+    // Takes effect for new requests at once: only the provider's stage remains.
+    let id = env.request_for("eve", "1h", AccessLevel::Read).await;
+    assert_eq!(status(&env, &id).await, RequestStatus::PendingInternal);
+    env.client("lena")
+        .approve(&id, "lead ok")
+        .await
+        .expect("lead");
+    assert_eq!(status(&env, &id).await, RequestStatus::Active);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvers_may_shorten_and_requesters_may_cancel() {
+    let env = Env::start("wf_shorten").await;
+    let id = env.request_for("eve", "4h", AccessLevel::Read).await;
+    let approved = env
+        .client("carol")
+        .approve_for(&id, "an hour is enough", Some("1h"))
+        .await
+        .expect("approve");
+    assert_eq!(approved.duration_secs, 3600);
+    let window =
+        approved.access_expires_at.expect("end") - approved.access_starts_at.expect("start");
+    assert_eq!(window.num_seconds(), 3600);
+    assert_eq!(approved.approvals[0].shortened_to_secs, Some(3600));
+
+    let mistaken = env.request_for("eve", "1h", AccessLevel::Read).await;
+    let not_yours = env
+        .client("bob")
+        .cancel(&mistaken, "")
+        .await
+        .expect_err("bob");
+    assert_eq!(not_yours.code(), Some("forbidden"));
+    let cancelled = env
+        .client("eve")
+        .cancel(&mistaken, "wrong database")
+        .await
+        .expect("cancel");
+    assert_eq!(cancelled.status, RequestStatus::Cancelled);
+    let after = env
+        .client("carol")
+        .approve(&mistaken, "x")
+        .await
+        .expect_err("cancelled");
+    assert_eq!(after.code(), Some("conflict"));
+    let active = env.client("eve").cancel(&id, "").await.expect_err("active");
+    assert!(active.to_string().contains("revoke"), "{active}");
+    assert!(events_of(&env, &mistaken).contains(&"cancelled".to_owned()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_database_approvers_and_request_expiry_by_rule() {
+    let env = Env::with(
+        "wf_approvers",
+        Options {
+            policy: "\n[[rules]]\nname = \"quick\"\nrequest_ttl = \"2s\"\nrequesters = [\"bob\"]\n",
+            // Keys of the database's own table: only cleo approves for it.
+            upstream_tls: "approvers = [\"cleo\"]",
+            ..Options::default()
+        },
+    )
+    .await;
+    let named = env.request_for("eve", "1h", AccessLevel::Read).await;
+    let carol = env
+        .client("carol")
+        .approve(&named, "ok")
+        .await
+        .expect_err("not listed");
+    assert!(
+        carol.to_string().contains("not an approver of database"),
+        "{carol}"
+    );
+    env.client("cleo")
+        .approve(&named, "ok")
+        .await
+        .expect("cleo is listed");
+    assert_eq!(status(&env, &named).await, RequestStatus::Active);
+    let id = env.request_for("bob", "1h", AccessLevel::Read).await;
+    assert_eq!(status(&env, &id).await, RequestStatus::PendingCustomer);
+    env.wait_for_audit("the request to expire", |records| {
+        records
+            .iter()
+            .any(|r| r["request_id"] == id.as_str() && r["event"] == "expired")
+    })
+    .await;
+    assert_eq!(status(&env, &id).await, RequestStatus::Expired);
+    let late = env
+        .client("carol")
+        .approve(&id, "late")
+        .await
+        .expect_err("expired");
+    assert_eq!(late.code(), Some("conflict"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extension_goes_through_approvals_and_keeps_the_session_alive() {
+    let env = Env::start("wf_extend").await;
+    let (id, token) = env.approved_token("eve", "4s").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    let extension = env
+        .client("eve")
+        .extend(&id, "1h", "the fix needs longer")
+        .await
+        .expect("extend");
+    assert_eq!(
+        extension.extends.as_ref().map(|e| e.0.as_str()),
+        Some(id.as_str())
+    );
+    assert_eq!(extension.status, RequestStatus::PendingCustomer);
+    let not_engineer = env
+        .client("bob")
+        .extend(&id, "1h", "me too")
+        .await
+        .expect_err("bob");
+    assert_eq!(not_engineer.code(), Some("forbidden"));
+    env.client("carol")
+        .approve(&extension.id.0, "ok, one more hour")
+        .await
+        .expect("approve extension");
+    let original = env.client("eve").show_request(&id).await.expect("show");
+    let end = original.access_expires_at.expect("end");
+    assert!(end - original.access_starts_at.expect("start") > chrono::Duration::minutes(59));
+    // Past the original 4 s the session still works.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    client
+        .simple_query("SELECT 'still here'")
+        .await
+        .expect("session survived");
+    assert!(events_of(&env, &id).contains(&"extended".to_owned()));
+    // A fresh token covers the extended window.
+    let fresh = env.client("eve").token(&id).await.expect("token");
+    assert_eq!(fresh.expires_at, Some(end));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn break_glass_is_immediate_flagged_capped_and_reviewed() {
+    let env = Env::start("wf_glass").await;
+    let mut new = ask(&env, AccessLevel::Write, "8h");
+    new.break_glass = true;
+    let refused = env
+        .client("eve")
+        .create_request(&new)
+        .await
+        .expect_err("not oncall");
+    assert_eq!(refused.code(), Some("forbidden"));
+    let granted = env
+        .client("oncall")
+        .create_request(&new)
+        .await
+        .expect("break glass");
+    assert_eq!(granted.status, RequestStatus::Approved);
+    assert!(granted.break_glass);
+    assert_eq!(
+        granted.duration_secs, 1800,
+        "capped by policy.break_glass.max_duration"
+    );
+    let id = granted.id.0.clone();
+    let token = env.client("oncall").token(&id).await.expect("token").token;
+    let (client, _conn) = env.connect("oncall", &token).await.expect("login");
+    client
+        .simple_query("SELECT 'outage fix'")
+        .await
+        .expect("query");
+    let records = env
+        .wait_for_audit("the outcome", |records| {
+            records
+                .iter()
+                .any(|r| r["type"] == "outcome" && r["request_id"] == id.as_str())
+        })
+        .await;
+    let of_request: Vec<_> = records
+        .iter()
+        .filter(|r| r["request_id"] == id.as_str())
+        .collect();
+    assert!(of_request.len() >= 4);
+    for r in &of_request {
+        assert_eq!(r["break_glass"], true, "every record is flagged: {r}");
+    }
+    assert!(events_of(&env, &id).contains(&"break_glass_granted".to_owned()));
+
+    let review = env
+        .client("carol")
+        .list_requests_where(None, true, true)
+        .await
+        .expect("review list");
+    assert_eq!(
+        review.iter().map(|r| r.id.0.as_str()).collect::<Vec<_>>(),
+        vec![id.as_str()]
+    );
+    let own = env
+        .client("oncall")
+        .acknowledge(&id, "me")
+        .await
+        .expect_err("not approver");
+    assert_eq!(own.code(), Some("forbidden"));
+    env.client("carol")
+        .acknowledge(&id, "reviewed: justified")
+        .await
+        .expect("ack");
+    let review = env
+        .client("carol")
+        .list_requests_where(None, true, true)
+        .await
+        .expect("list");
+    assert!(review.is_empty());
+    let extend = env
+        .client("oncall")
+        .extend(&id, "1h", "more")
+        .await
+        .expect_err("no extension");
+    assert_eq!(extend.code(), Some("conflict"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reloading_the_configuration_keeps_live_sessions_and_refuses_bad_files() {
+    let env = Env::start("wf_reload").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    let original = std::fs::read_to_string(&env.config_path).expect("config");
+
+    // An invalid file: refused with the key named, the running configuration stays.
+    std::fs::write(
+        &env.config_path,
+        format!("{original}\n[timings]\nbogus = 1\n"),
+    )
+    .expect("write");
+    let err = env.client("alice").reload().await.expect_err("invalid");
+    assert_eq!(err.code(), Some("invalid_config"));
+    assert!(
+        err.to_string().contains("bogus") || err.to_string().contains("timings"),
+        "{err}"
+    );
+    let refused = env.client("carol").reload().await.expect_err("admins only");
+    assert_eq!(refused.code(), Some("forbidden"));
+
+    // A valid change (a rule) applies to new requests; the live session goes on.
+    std::fs::write(
+        &env.config_path,
+        format!("{original}\n[[rules]]\nname = \"reads-need-a-lead\"\naccess = [\"read\"]\ninternal_approvals = 1\n"),
+    )
+    .expect("write");
+    let report = env.client("alice").reload().await.expect("reload");
+    assert_eq!(report.rules, 1);
+    client
+        .simple_query("SELECT 'after reload'")
+        .await
+        .expect("live session kept");
+    let id = env.request_for("bob", "1h", AccessLevel::Read).await;
+    assert_eq!(status(&env, &id).await, RequestStatus::PendingInternal);
+    let events: Vec<_> = env
+        .audit()
+        .into_iter()
+        .filter(|r| r["type"] == "admin")
+        .filter_map(|r| r["event"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(events, ["config_reload_rejected", "config_reloaded"]);
+    let (_code, _) = db_error(
+        &client
+            .simple_query("SELECT 1/0")
+            .await
+            .expect_err("still relays errors"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_a_served_configuration() {
+    let mut env = Env::start("wf_sighup").await;
+    env.stop().await;
+    let serve = crate::audit_durability::ServeProcess::start(&env).await;
+    let pid = serve.0.id().to_string();
+    let original = std::fs::read_to_string(&env.config_path).expect("config");
+    let hangup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    std::fs::write(
+        &env.config_path,
+        format!("{original}\nnot toml at all [[[\n"),
+    )
+    .expect("write");
+    hangup();
+    env.wait_for_audit("the rejected reload", |r| {
+        r.iter()
+            .any(|r| r["event"] == "config_reload_rejected" && r["actor"] == "SIGHUP")
+    })
+    .await;
+    let before = env.request_for("eve", "1h", AccessLevel::Read).await;
+    assert_eq!(
+        status(&env, &before).await,
+        RequestStatus::PendingCustomer,
+        "old rules stay"
+    );
+
+    std::fs::write(
+        &env.config_path,
+        format!("{original}\n[[rules]]\nname = \"reads-need-a-lead\"\naccess = [\"read\"]\ninternal_approvals = 1\n"),
+    )
+    .expect("write");
+    hangup();
+    env.wait_for_audit("the reload", |r| {
+        r.iter()
+            .any(|r| r["event"] == "config_reloaded" && r["actor"] == "SIGHUP")
+    })
+    .await;
+    let after = env.request_for("eve", "1h", AccessLevel::Read).await;
+    assert_eq!(status(&env, &after).await, RequestStatus::PendingInternal);
+    drop(serve);
+}
