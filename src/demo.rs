@@ -17,6 +17,8 @@ pub const DEMO_USERS: &[(&str, &str, &str)] = &[
     ("carol", "approver", "LOCKBOX_APPROVER_KEY"),
     ("alice", "admin", "LOCKBOX_ADMIN_KEY"),
     ("dave", "auditor", "LOCKBOX_AUDITOR_KEY"),
+    ("lena", "support-lead", "LOCKBOX_LEAD_KEY"),
+    ("cleo", "approver", "LOCKBOX_APPROVER2_KEY"),
 ];
 
 /// The upstream role the proxy logs in as.
@@ -287,6 +289,37 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     result
 }
 
+/// The rules send write access to a support lead before the customer is asked.
+async fn show_staged_write(deployment: &Deployment) -> Result<()> {
+    say("Write access needs a support lead's approval before the customer is asked");
+    let write = deployment
+        .client("eve")
+        .create_request(&NewRequest {
+            database: SAMPLE_DB.into(),
+            ticket: "SUP-1042".into(),
+            reason: "Repair the duplicated invoice rows".into(),
+            access: AccessLevel::Write,
+            duration: Some("30m".into()),
+            ..NewRequest::default()
+        })
+        .await?;
+    println!("    $ lockbox request create … --access write   → {} is {}", write.id, write.status);
+    let led = deployment
+        .client("lena")
+        .approve(&write.id.0, "Lead: the repair is needed")
+        .await?;
+    println!("    support lead lena approves                 → {}", led.status);
+    let cancelled = deployment
+        .client("eve")
+        .cancel(&write.id.0, "read access was enough after all")
+        .await?;
+    println!(
+        "    $ lockbox request cancel {}           → {}",
+        write.id, cancelled.status
+    );
+    Ok(())
+}
+
 async fn walk_through(deployment: &Deployment, options: &DemoOptions) -> Result<()> {
     let engineer = deployment.client("eve");
     let approver = deployment.client("carol");
@@ -326,6 +359,8 @@ async fn walk_through(deployment: &Deployment, options: &DemoOptions) -> Result<
             .map(|t| t.to_rfc3339())
             .unwrap_or_default()
     );
+
+    show_staged_write(deployment).await?;
 
     say("Eve fetches her time-bound lockbox token");
     let token = engineer.token(&request.id.0).await?;
