@@ -172,6 +172,22 @@ impl ApiClient {
         self.send(self.http.put(&url).json(&body), &url).await
     }
 
+    /// Recent notification deliveries, newest first.
+    pub async fn notifications(
+        &self,
+        request: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<crate::notify::Delivery>, ClientError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(r) = request {
+            query.push(("request", r.to_owned()));
+        }
+        if let Some(l) = limit {
+            query.push(("limit", l.to_string()));
+        }
+        self.get("/v1/notifications", &query).await
+    }
+
     pub async fn reload(&self) -> Result<ReloadReport, ClientError> {
         self.post("/v1/admin/reload", &()).await
     }

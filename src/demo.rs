@@ -124,7 +124,7 @@ password_file = \"{file}\"
         let key = crate::keys::generate_api_key();
         let roles: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
         toml.push_str(&format!(
-            "\n[[users]]\nname = \"{name}\"\nroles = [{}]\nmfa = {}\napi_key_hash = \"{}\"\n",
+            "\n[[users]]\nname = \"{name}\"\nroles = [{}]\nmfa = {}\nemail = \"{name}@example.test\"\napi_key_hash = \"{}\"\n",
             roles.join(", "),
             !spec.without_mfa.contains(name),
             crate::keys::api_key_hash_string(&key)
@@ -303,12 +303,18 @@ async fn show_staged_write(deployment: &Deployment) -> Result<()> {
             ..NewRequest::default()
         })
         .await?;
-    println!("    $ lockbox request create … --access write   → {} is {}", write.id, write.status);
+    println!(
+        "    $ lockbox request create … --access write   → {} is {}",
+        write.id, write.status
+    );
     let led = deployment
         .client("lena")
         .approve(&write.id.0, "Lead: the repair is needed")
         .await?;
-    println!("    support lead lena approves                 → {}", led.status);
+    println!(
+        "    support lead lena approves                 → {}",
+        led.status
+    );
     let cancelled = deployment
         .client("eve")
         .cancel(&write.id.0, "read access was enough after all")

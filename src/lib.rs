@@ -12,6 +12,7 @@ pub mod demo;
 pub mod guard;
 pub mod ids;
 pub mod keys;
+pub mod notify;
 pub mod policy;
 pub mod proxy;
 pub mod sandbox;

@@ -113,6 +113,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         registry.clone(),
         shutdown_rx.clone(),
     )));
+    let config_source = lockbox.clone();
+    tasks.push(tokio::spawn(
+        lockbox
+            .notifier
+            .clone()
+            .dispatch(move || config_source.config(), shutdown_rx.clone()),
+    ));
     tasks.push(tokio::spawn(sweep(lockbox.clone(), shutdown_rx)));
     tracing::info!(%proxy_addr, %api_addr, "lockbox is serving");
     Ok(RunningServer {

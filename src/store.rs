@@ -73,13 +73,14 @@ impl Store {
                  value TEXT NOT NULL
              );",
         )?;
+        crate::notify::outbox::create_tables(&conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })
     }
 
     /// Runs `f` on the connection off the async runtime.
-    async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn with<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,

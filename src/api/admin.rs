@@ -39,3 +39,26 @@ pub async fn reload(
     policy::check_policy_change(&user).map_err(ServiceError::from)?;
     Ok(Json(state.lockbox.reload(&user.name).await?))
 }
+
+#[derive(Debug, Deserialize)]
+pub struct NotificationQuery {
+    pub request: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Recent deliveries with their status, attempts and last error, newest first.
+pub async fn notifications(
+    State(state): State<ApiState>,
+    Caller(user): Caller,
+    axum::extract::Query(query): axum::extract::Query<NotificationQuery>,
+) -> Result<Json<Vec<crate::notify::Delivery>>, ApiError> {
+    policy::check_audit_read(&user).map_err(ServiceError::from)?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let list = state
+        .lockbox
+        .notifier
+        .recent(query.request, limit)
+        .await
+        .map_err(ServiceError::from)?;
+    Ok(Json(list))
+}

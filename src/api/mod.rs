@@ -45,6 +45,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/requests/{id}/acknowledge", post(acknowledge))
         .route("/v1/policy", get(admin::show_policy).put(admin::set_policy))
         .route("/v1/admin/reload", post(admin::reload))
+        .route("/v1/notifications", get(admin::notifications))
         .route("/v1/requests/{id}/token", post(token))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/stream", get(audit::stream))

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod request;
 pub use audit::AuditCommand;
-pub use request::{AdminCommand, PolicyCommand, RequestCommand};
+pub use request::{AdminCommand, NotifyCommand, PolicyCommand, RequestCommand};
 
 use crate::client::ApiClient;
 use crate::policy::{AccessLevel, RequestStatus};
@@ -71,6 +71,11 @@ pub enum Command {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// Notification deliveries and their state.
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCommand,
     },
     /// Operate a running server.
     Admin {
@@ -168,6 +173,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Request { command } => request::run(&cli, command).await,
         Command::Policy { command } => request::policy(&cli, command).await,
         Command::Admin { command } => request::admin(&cli, command).await,
+        Command::Notify { command } => request::notify(&cli, command).await,
         Command::Token { id } => {
             let token = cli.client()?.token(id).await?;
             if cli.json {

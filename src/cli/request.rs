@@ -110,6 +110,17 @@ pub enum PolicyCommand {
 }
 
 #[derive(Subcommand)]
+pub enum NotifyCommand {
+    /// Recent deliveries: channel, target, event, status, attempts, last error.
+    Status {
+        #[arg(long)]
+        request: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum AdminCommand {
     /// Re-read the server's configuration file (like SIGHUP); live sessions stay.
     Reload,
@@ -257,6 +268,60 @@ pub async fn admin(cli: &Cli, command: &AdminCommand) -> Result<()> {
     Ok(())
 }
 
+pub async fn notify(cli: &Cli, command: &NotifyCommand) -> Result<()> {
+    let NotifyCommand::Status { request, limit } = command;
+    let list = cli
+        .client()?
+        .notifications(request.as_deref(), Some(*limit))
+        .await?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let count = |s: &str| list.iter().filter(|d| d.status == s).count();
+    println!(
+        "{} delivered, {} pending, {} failed (of the latest {})",
+        count("delivered"),
+        count("pending"),
+        count("failed"),
+        list.len()
+    );
+    let header = [
+        "ID",
+        "CHANNEL",
+        "TARGET",
+        "EVENT",
+        "REQUEST",
+        "STATUS",
+        "ATTEMPTS",
+        "WHEN",
+        "LAST ERROR",
+    ];
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|d| {
+            let when = match d.status.as_str() {
+                "delivered" => time(d.delivered_at),
+                "pending" => format!("next {}", time(Some(d.next_attempt_at))),
+                _ => time(Some(d.created_at)),
+            };
+            vec![
+                d.id.to_string(),
+                d.channel.clone(),
+                d.target.clone(),
+                d.event.clone(),
+                d.request_id.clone(),
+                d.status.clone(),
+                d.attempts.to_string(),
+                when,
+                d.last_error.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_columns(&header, &rows);
+    Ok(())
+}
+
 fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     t.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
         .unwrap_or_else(|| "-".into())
@@ -383,6 +448,11 @@ fn print_table(list: &[Request]) {
             ]
         })
         .collect();
+    print_columns(&header, &rows);
+}
+
+/// Prints `rows` under `header`, each column as wide as its widest cell.
+fn print_columns(header: &[&str], rows: &[Vec<String>]) {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             rows.iter()
@@ -401,7 +471,7 @@ fn print_table(list: &[Request]) {
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
-    for r in &rows {
+    for r in rows {
         line(r.iter().map(String::as_str).collect());
     }
 }

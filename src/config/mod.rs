@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::AccessLevel;
 
+pub mod notify;
 pub mod workflow;
 
 /// Why a configuration could not be used.
@@ -64,6 +65,8 @@ pub struct ConfigFile {
     /// JIT rules, evaluated on every new request (the safe defaults when absent).
     #[serde(default)]
     pub rules: Option<Vec<workflow::RuleFile>>,
+    #[serde(default)]
+    pub notifications: notify::NotificationsFile,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -304,6 +307,8 @@ pub struct UserFile {
     /// Groups (isolated identities, teams) that JIT rules can match on.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Where notifications for this user go.
+    pub email: Option<String>,
 }
 
 /// What a person may do through the control plane. Besides the built-in roles, any name
@@ -401,6 +406,7 @@ pub struct Config {
     pub protection: crate::policy::rules::Protection,
     pub rules: Vec<crate::policy::rules::Rule>,
     pub break_glass: Option<workflow::BreakGlass>,
+    pub notifications: notify::Notifications,
     /// The file this configuration was read from (for reloads).
     pub source: Option<PathBuf>,
 }
@@ -486,6 +492,7 @@ pub struct User {
     /// Signed in with multi-factor authentication (from the credential).
     pub mfa: bool,
     pub groups: Vec<String>,
+    pub email: Option<String>,
 }
 
 impl User {
@@ -604,6 +611,7 @@ impl Config {
         let rules = workflow::rules(file.rules, &databases)?;
         let break_glass = workflow::break_glass(file.policy.break_glass)?;
         workflow::check_roles(&users, &rules, break_glass.as_ref())?;
+        let notifications = notify::validate(file.notifications, api_listen)?;
         Ok(Config {
             proxy_listen,
             api_listen,
@@ -627,6 +635,7 @@ impl Config {
             protection,
             rules,
             break_glass,
+            notifications,
             source: None,
         })
     }
@@ -771,6 +780,7 @@ fn validate_users(list: Vec<UserFile>) -> Result<Vec<User>, ConfigError> {
             api_key_sha256: hash,
             mfa: user.mfa,
             groups: user.groups,
+            email: user.email,
         });
     }
     Ok(out)

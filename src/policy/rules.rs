@@ -203,6 +203,7 @@ mod tests {
             api_key_sha256: [0; 32],
             mfa,
             groups: groups.iter().map(|g| g.to_string()).collect(),
+            email: None,
         }
     }
 

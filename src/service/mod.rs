@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use crate::audit::{AuditError, AuditEvent, AuditLog, RequestEvent, RequestRecord};
 use crate::config::{Config, ConfigError, User};
 use crate::ids::RequestId;
+use crate::notify::{Event, Notifier};
 use crate::policy::{
     self, Admission, NewRequest, PolicyError, Refusal, Request, RequestStatus, Transition,
 };
@@ -56,6 +57,7 @@ pub struct Lockbox {
     pub store: Store,
     pub audit: AuditLog,
     pub tokens: TokenAuthority,
+    pub notifier: Notifier,
     revocations: broadcast::Sender<RequestId>,
     extensions: broadcast::Sender<(RequestId, DateTime<Utc>)>,
 }
@@ -70,6 +72,7 @@ impl Lockbox {
         Lockbox {
             config_path: config.source.clone(),
             config: ArcSwap::new(config),
+            notifier: Notifier::new(store.clone()),
             store,
             audit,
             tokens,
@@ -191,6 +194,12 @@ impl Lockbox {
         // The record comes first: a request nobody can trace must not exist.
         self.audit.append_durable(events).await?;
         self.store.insert(&request).await?;
+        let event = if request.break_glass {
+            Event::BreakGlass
+        } else {
+            Event::AwaitingApproval
+        };
+        self.notifier.notify(&config, &request, event).await;
         Ok(request)
     }
 
@@ -311,7 +320,14 @@ impl Lockbox {
             after.transition(to, SYSTEM_ACTOR, now, Some(reason));
             let record = request_event(&after, event, SYSTEM_ACTOR, Some(reason));
             match self.commit(&before, after, vec![record]).await {
-                Ok(_) => changed += 1,
+                Ok(after) => {
+                    changed += 1;
+                    if event == RequestEvent::Expired {
+                        self.notifier
+                            .notify(&self.config(), &after, Event::Expired)
+                            .await;
+                    }
+                }
                 // An approver acted at the same moment; their decision stands.
                 Err(ServiceError::Policy(PolicyError::Conflict(_))) => {}
                 Err(e) => return Err(e),

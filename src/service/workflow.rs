@@ -9,6 +9,7 @@ use super::{conflict, request_event, require_reason, Lockbox, ServiceError};
 use crate::audit::RequestEvent;
 use crate::config::User;
 use crate::ids::RequestId;
+use crate::notify::Event;
 use crate::policy::{self, Decision, NewRequest, PolicyError, Request, RequestStatus};
 
 /// How often a decision is retried when another one landed on the same request first.
@@ -102,6 +103,15 @@ impl Lockbox {
         };
         let record = request_event(&after, event, &caller.name, Some(reason));
         let after = self.commit(&before, after, vec![record]).await?;
+        let tell = match event {
+            RequestEvent::CustomerNotified => Some(Event::AwaitingApproval),
+            RequestEvent::Approved => Some(Event::Approved),
+            RequestEvent::Denied => Some(Event::Denied),
+            _ => None,
+        };
+        if let Some(tell) = tell {
+            self.notifier.notify(&config, &after, tell).await;
+        }
         if after.status == RequestStatus::Approved {
             if let Some(original) = &after.extends {
                 self.apply_extension(&after, original, &caller.name).await?;
@@ -139,6 +149,9 @@ impl Lockbox {
                 Some(reason),
             )])
             .await?;
+        self.notifier
+            .notify(&self.config(), &after, Event::Revoked)
+            .await;
         Ok(after)
     }
 

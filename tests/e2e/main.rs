@@ -12,6 +12,7 @@ mod auth;
 mod cli;
 mod guard;
 mod lifecycle;
+mod notify;
 mod protocol;
 mod relay;
 mod upstream_tls;

@@ -1,0 +1,176 @@
+//! `[notifications]`: where lockbox tells approvers and requesters what happened.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{invalid, parse_duration, ConfigError};
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsFile {
+    pub smtp: Option<SmtpFile>,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookFile>,
+    /// First retry after this long; each later one waits twice as long (capped at 5 min).
+    pub retry_base: Option<String>,
+    /// Give up after this many attempts.
+    pub max_attempts: Option<u32>,
+    /// Base URL of the API as approvers reach it, for the links in messages.
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpFile {
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    pub from: String,
+    /// `none` (plain, for a local relay), `starttls` or `tls`.
+    #[serde(default)]
+    pub security: SmtpSecurity,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    #[default]
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFile {
+    pub url: String,
+    /// `json` (lockbox's own payload), `slack` or `teams` (a `text` message they render).
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
+    Teams,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    pub from: String,
+    pub security: SmtpSecurity,
+    pub credentials: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Smtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Smtp")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("from", &self.from)
+            .field("security", &self.security)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    pub format: WebhookFormat,
+}
+
+/// Validated notification settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notifications {
+    pub smtp: Option<Smtp>,
+    pub webhooks: Vec<Webhook>,
+    pub retry_base: Duration,
+    pub max_attempts: u32,
+    pub public_url: String,
+}
+
+pub fn validate(
+    file: NotificationsFile,
+    api_listen: SocketAddr,
+) -> Result<Notifications, ConfigError> {
+    let smtp = match file.smtp {
+        None => None,
+        Some(s) => {
+            if s.host.trim().is_empty() {
+                return Err(invalid("notifications.smtp.host", "must not be empty"));
+            }
+            if !s.from.contains('@') {
+                return Err(invalid(
+                    "notifications.smtp.from",
+                    "must be an email address",
+                ));
+            }
+            let credentials = match (s.username, s.password) {
+                (Some(u), Some(p)) => Some((u, p)),
+                (None, None) => None,
+                _ => {
+                    return Err(invalid(
+                        "notifications.smtp.username",
+                        "give both username and password, or neither",
+                    ))
+                }
+            };
+            Some(Smtp {
+                host: s.host,
+                port: s.port,
+                from: s.from,
+                security: s.security,
+                credentials,
+            })
+        }
+    };
+    let mut webhooks = Vec::new();
+    for (i, w) in file.webhooks.into_iter().enumerate() {
+        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            return Err(invalid(
+                format!("notifications.webhooks[{i}].url"),
+                "must be an http:// or https:// URL",
+            ));
+        }
+        webhooks.push(Webhook {
+            url: w.url,
+            format: w.format,
+        });
+    }
+    let retry_base = match &file.retry_base {
+        Some(t) => parse_duration("notifications.retry_base", t)?,
+        None => Duration::from_secs(2),
+    };
+    let max_attempts = file.max_attempts.unwrap_or(10);
+    if max_attempts == 0 {
+        return Err(invalid("notifications.max_attempts", "must be at least 1"));
+    }
+    Ok(Notifications {
+        smtp,
+        webhooks,
+        retry_base,
+        max_attempts,
+        public_url: file
+            .public_url
+            .unwrap_or_else(|| format!("http://{api_listen}"))
+            .trim_end_matches('/')
+            .to_owned(),
+    })
+}

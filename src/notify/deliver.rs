@@ -1,0 +1,66 @@
+//! Sending one delivery: an email over SMTP (lettre) or a JSON POST (reqwest).
+
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use crate::config::notify::{Smtp, SmtpSecurity};
+
+/// No delivery may hold the dispatcher longer than this.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An email's payload: subject, a blank line, then the text.
+pub fn email_payload(subject: &str, text: &str) -> String {
+    format!("{subject}\n\n{text}")
+}
+
+pub async fn email(smtp: &Smtp, to: &str, payload: &str) -> Result<(), String> {
+    let (subject, body) = payload.split_once("\n\n").unwrap_or((payload, ""));
+    let from: Mailbox = smtp
+        .from
+        .parse()
+        .map_err(|e| format!("from address: {e}"))?;
+    let to: Mailbox = to.parse().map_err(|e| format!("recipient {to}: {e}"))?;
+    let message = lettre::Message::builder()
+        .from(from)
+        .to(to)
+        .subject(subject)
+        .body(body.to_owned())
+        .map_err(|e| format!("building the email: {e}"))?;
+    let builder = match smtp.security {
+        SmtpSecurity::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
+        SmtpSecurity::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
+            .map_err(|e| e.to_string())?,
+        SmtpSecurity::Tls => {
+            AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host).map_err(|e| e.to_string())?
+        }
+    };
+    let mut builder = builder.port(smtp.port).timeout(Some(TIMEOUT));
+    if let Some((user, password)) = &smtp.credentials {
+        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    builder
+        .build()
+        .send(message)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("SMTP {}:{}: {e}", smtp.host, smtp.port))
+}
+
+pub async fn webhook(http: &reqwest::Client, url: &str, payload: &str) -> Result<(), String> {
+    let response = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(payload.to_owned())
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("webhook {url}: {e}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("webhook {url}: HTTP {}", response.status()))
+    }
+}

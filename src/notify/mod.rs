@@ -1,0 +1,190 @@
+//! Notifications: approvers are told when a request awaits them, requester and approvers
+//! when it is approved, denied, expires or is revoked, and every approver of break-glass
+//! access. Channels: SMTP email and JSON webhooks (plain, Slack or Teams payloads).
+//!
+//! The request flow only queues: each delivery is a row in the state store's outbox, and a
+//! dispatcher task sends them, retrying with exponential backoff. A receiver that is down
+//! never slows or fails a request; failures are logged and visible (`lockbox notify status`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{watch, Notify};
+
+use crate::config::notify::WebhookFormat;
+use crate::config::Config;
+use crate::policy::Request;
+use crate::store::Store;
+
+mod deliver;
+pub mod message;
+pub mod outbox;
+
+pub use message::Event;
+pub use outbox::Delivery;
+
+/// Longest wait between two attempts of one delivery.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// The dispatcher looks at the outbox at least this often.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Notifier {
+    store: Store,
+    wake: Arc<Notify>,
+    http: reqwest::Client,
+}
+
+impl Notifier {
+    pub fn new(store: Store) -> Notifier {
+        Notifier {
+            store,
+            wake: Arc::new(Notify::new()),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Queues `event` on `request` for every configured channel. Never fails the caller:
+    /// a notification that cannot even be queued is logged.
+    pub async fn notify(&self, config: &Config, request: &Request, event: Event) {
+        let message = message::compose(config, request, event);
+        let mut list = Vec::new();
+        if config.notifications.smtp.is_some() {
+            let payload = deliver::email_payload(&message.subject, &message.text);
+            for to in &message.emails {
+                list.push(outbox::NewDelivery {
+                    channel: "smtp",
+                    target: to.clone(),
+                    event: event.as_str().to_owned(),
+                    request_id: message.request_id.clone(),
+                    payload: payload.clone(),
+                });
+            }
+        }
+        for hook in &config.notifications.webhooks {
+            list.push(outbox::NewDelivery {
+                channel: "webhook",
+                target: hook.url.clone(),
+                event: event.as_str().to_owned(),
+                request_id: message.request_id.clone(),
+                payload: webhook_body(&message, hook.format),
+            });
+        }
+        if list.is_empty() {
+            return;
+        }
+        match outbox::enqueue(&self.store, list).await {
+            Ok(()) => self.wake.notify_one(),
+            Err(e) => {
+                tracing::error!(request_id = %request.id, error = %e, "could not queue notifications")
+            }
+        }
+    }
+
+    /// Sends due deliveries until `shutdown`, reading the configuration in force each time.
+    pub async fn dispatch(
+        self,
+        config: impl Fn() -> Arc<Config>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            if let Err(e) = self.send_due(&config()).await {
+                tracing::error!(error = %e, "notification outbox unreadable");
+            }
+            let wait = match outbox::next_due(&self.store).await {
+                Ok(Some(at)) => (at - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(IDLE_POLL),
+                _ => IDLE_POLL,
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn send_due(&self, config: &Config) -> Result<(), crate::store::StoreError> {
+        for delivery in outbox::due(&self.store, Utc::now()).await? {
+            let result = self.send(config, &delivery).await;
+            let attempt = delivery.attempts + 1;
+            let next = match &result {
+                Ok(()) => None,
+                Err(e) if attempt >= config.notifications.max_attempts => {
+                    tracing::error!(id = delivery.id, target = %delivery.target, error = %e, attempt, "notification failed; giving up");
+                    None
+                }
+                Err(e) => {
+                    let backoff = backoff(config.notifications.retry_base, attempt);
+                    tracing::warn!(id = delivery.id, target = %delivery.target, error = %e, attempt, retry_in_ms = backoff.as_millis() as u64, "notification failed; will retry");
+                    chrono::Duration::from_std(backoff)
+                        .ok()
+                        .map(|b| Utc::now() + b)
+                }
+            };
+            outbox::record_attempt(&self.store, delivery.id, result, next).await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, config: &Config, delivery: &Delivery) -> Result<(), String> {
+        match delivery.channel.as_str() {
+            "smtp" => match &config.notifications.smtp {
+                Some(smtp) => deliver::email(smtp, &delivery.target, &delivery.payload).await,
+                None => Err("SMTP is no longer configured".into()),
+            },
+            "webhook" => deliver::webhook(&self.http, &delivery.target, &delivery.payload).await,
+            other => Err(format!("unknown channel {other}")),
+        }
+    }
+
+    pub async fn recent(
+        &self,
+        request_id: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, crate::store::StoreError> {
+        outbox::recent(&self.store, request_id, limit).await
+    }
+}
+
+/// `base`, doubled for each attempt after the first, at most [`MAX_BACKOFF`].
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
+
+fn webhook_body(message: &message::Message, format: WebhookFormat) -> String {
+    let body = match format {
+        WebhookFormat::Json => serde_json::json!({
+            "event": message.event,
+            "request": message,
+        }),
+        WebhookFormat::Slack => serde_json::json!({
+            "text": format!("*{}*\n{}", message.subject, message.text),
+        }),
+        WebhookFormat::Teams => serde_json::json!({
+            "@type": "MessageCard",
+            "@context": "https://schema.org/extensions",
+            "summary": message.subject,
+            "title": message.subject,
+            "text": message.text.replace('\n', "<br>"),
+        }),
+    };
+    body.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let base = Duration::from_secs(1);
+        let waits: Vec<u64> = (1..=4).map(|a| backoff(base, a).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8]);
+        assert_eq!(backoff(base, 30), MAX_BACKOFF);
+    }
+}
