@@ -6,6 +6,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::Subcommand;
 
 use super::Cli;
+use crate::audit::export::columns::csv_field;
 use crate::audit::AuditQuery;
 
 #[derive(Subcommand)]
@@ -51,6 +52,11 @@ pub enum AuditCommand {
         #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv", "table"])]
         format: String,
     },
+    /// Write records of a time range as jsonl, csv or parquet, partitioned by date and
+    /// database, with a signed manifest (reads the audit files; needs --config).
+    Export(super::export::AuditExportArgs),
+    /// Check an export: file hashes, counts, the chain and the manifest's signature.
+    VerifyExport(super::export::VerifyExportArgs),
 }
 
 pub async fn run(cli: &Cli, command: &AuditCommand) -> Result<()> {
@@ -94,6 +100,8 @@ pub async fn run(cli: &Cli, command: &AuditCommand) -> Result<()> {
             config.as_deref(),
             cli.json,
         ),
+        AuditCommand::Export(args) => super::export::audit_export(cli, args).await,
+        AuditCommand::VerifyExport(args) => super::export::verify_export(cli, args),
     }
 }
 
@@ -159,15 +167,6 @@ fn print_records(records: &[serde_json::Value], format: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// RFC 4180: quote fields holding a comma, quote or line break; double inner quotes.
-fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
-    } else {
-        value.to_owned()
-    }
 }
 
 fn verify_audit(

@@ -8,6 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod export;
 pub use audit::AuditCommand;
 
 use crate::client::ApiClient;
