@@ -7,6 +7,8 @@ use crate::api::{Decision, ErrorBody, TokenResponse, WhoAmI};
 use crate::audit::AuditQuery;
 use crate::policy::{NewRequest, Request, RequestStatus};
 
+mod exports;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the lockbox API at {url}: {message}")]

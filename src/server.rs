@@ -75,6 +75,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     )?;
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
     let registry = Arc::new(Registry::default());
+    let exports = crate::exports::Exports::new(lockbox.clone());
 
     let proxy_listener = bind(config.proxy_listen).await?;
     let api_listener = bind(config.api_listen).await?;
@@ -90,8 +91,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     });
     tasks.push(tokio::spawn(proxy.run(proxy_listener, shutdown_rx.clone())));
     tasks.push(tokio::spawn(serve_api(
-        lockbox.clone(),
-        registry.clone(),
+        crate::api::ApiState {
+            lockbox: lockbox.clone(),
+            registry: registry.clone(),
+            exports: exports.clone(),
+        },
         api_listener,
         shutdown_rx.clone(),
     )));
@@ -105,6 +109,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             _ = follower_stop.changed() => {}
         }
     }));
+    tasks.push(tokio::spawn(crate::exports::scheduler(
+        exports,
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(sweep(lockbox.clone(), shutdown_rx)));
     tracing::info!(%proxy_addr, %api_addr, "lockbox is serving");
     Ok(RunningServer {
@@ -131,12 +139,11 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Se
 }
 
 async fn serve_api(
-    lockbox: Arc<Lockbox>,
-    registry: Arc<Registry>,
+    state: crate::api::ApiState,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = crate::api::router(crate::api::ApiState { lockbox, registry });
+    let app = crate::api::router(state);
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };

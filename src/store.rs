@@ -13,6 +13,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::ids::RequestId;
 use crate::policy::{Request, RequestStatus};
 
+mod exports;
+pub use exports::{ExportRun, ExportSchedule, RunStatus, RunSummary};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state store: {0}")]
@@ -67,6 +70,7 @@ impl Store {
              );
              CREATE INDEX IF NOT EXISTS requests_status ON requests (status);",
         )?;
+        exports::create_tables(&conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })

@@ -19,10 +19,13 @@ use crate::policy::{self, NewRequest, PolicyError, Request, RequestStatus};
 use crate::proxy::Registry;
 use crate::service::{Lockbox, ServiceError};
 
+mod exports;
+
 #[derive(Clone)]
 pub struct ApiState {
     pub lockbox: Arc<Lockbox>,
     pub registry: Arc<Registry>,
+    pub exports: Arc<crate::exports::Exports>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -36,6 +39,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/requests/{id}/revoke", post(revoke))
         .route("/v1/requests/{id}/token", post(token))
         .route("/v1/audit", get(audit))
+        .merge(exports::routes())
         .with_state(state)
 }
 

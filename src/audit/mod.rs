@@ -14,8 +14,8 @@ mod writer;
 
 pub use reader::{open_segments, read_records, AuditQuery};
 pub use record::{
-    AuditEvent, OutcomeRecord, OutcomeStatus, Protocol, RequestEvent, RequestRecord, SessionEvent,
-    SessionFields, SessionRecord, StatementRecord,
+    AuditEvent, ExportEvent, ExportRecord, OutcomeRecord, OutcomeStatus, Protocol, RequestEvent,
+    RequestRecord, SessionEvent, SessionFields, SessionRecord, StatementRecord,
 };
 pub use writer::{AuditLog, AuditOptions};
 

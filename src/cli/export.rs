@@ -25,6 +25,7 @@ pub struct AuditExportArgs {
     /// RFC 3339 time (default: up to the last record).
     #[arg(long)]
     until: Option<chrono::DateTime<chrono::Utc>>,
+    /// jsonl, csv or parquet.
     #[arg(long, default_value = "jsonl", value_parser = parse_format)]
     format: ExportFormat,
     /// Target folder; the run is written into a new folder inside it.
@@ -244,4 +245,183 @@ fn derived_public_key(config: &Path) -> Result<String> {
             .public_key_pem()
             .to_owned(),
     )
+}
+
+#[derive(clap::Subcommand)]
+pub enum ExportCommand {
+    /// Set up a scheduled export (a data package); admin only.
+    Create {
+        /// The data package's name: letters, digits, `-`, `_`.
+        #[arg(long)]
+        name: String,
+        /// Only this database's records (default: every record).
+        #[arg(long)]
+        database: Option<String>,
+        /// jsonl, csv or parquet.
+        #[arg(long, value_parser = parse_format)]
+        format: ExportFormat,
+        /// Absolute folder on the lockbox server; each run adds a folder inside it.
+        #[arg(long)]
+        to: String,
+        /// How often it runs: `1h`, `1d`, …
+        #[arg(long)]
+        every: String,
+    },
+    /// The data export page: every scheduled export and how its last run went.
+    List,
+    /// Every run of one export, newest first.
+    History { name: String },
+    /// Run one export now; exits non-zero if the run failed.
+    Run { name: String },
+}
+
+pub async fn run(cli: &Cli, command: &ExportCommand) -> Result<()> {
+    let client = cli.client()?;
+    match command {
+        ExportCommand::Create {
+            name,
+            database,
+            format,
+            to,
+            every,
+        } => {
+            let new = crate::exports::NewExport {
+                name: name.clone(),
+                database: database.clone(),
+                format: *format,
+                to: to.clone(),
+                every: every.clone(),
+            };
+            let created = client.create_export(&new).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                println!("{}", created.schedule.name);
+            }
+        }
+        ExportCommand::List => {
+            let list = client.list_exports().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_schedules(&list);
+            }
+        }
+        ExportCommand::History { name } => {
+            let runs = client.export_history(name).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                print_runs(&runs);
+            }
+        }
+        ExportCommand::Run { name } => {
+            let run = client.run_export(name).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&run)?);
+            } else {
+                print_runs(std::slice::from_ref(&run));
+            }
+            if let Some(error) = &run.error {
+                return Err(anyhow!("the export run failed: {error}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_schedules(list: &[crate::exports::ExportStatus]) {
+    let header = [
+        "DATA PACKAGE",
+        "DATABASE",
+        "LAST EXPORT STATUS",
+        "DATA LAST EXPORTED ON",
+        "CREATED BY",
+        "CREATED ON",
+        "EXPORT HISTORY",
+        "FORMAT",
+        "EVERY",
+        "EXPORTED THROUGH SEQ",
+        "TARGET",
+    ];
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            let schedule = &s.schedule;
+            vec![
+                schedule.name.clone(),
+                schedule.database.clone().unwrap_or_else(|| "(all)".into()),
+                s.last_status.map_or("-", |st| st.as_str()).to_owned(),
+                time(s.last_exported_at),
+                schedule.created_by.clone(),
+                time(Some(schedule.created_at)),
+                format!("{} run(s)", s.runs),
+                schedule.format.as_str().to_owned(),
+                humantime::format_duration(Duration::from_secs(schedule.every_secs)).to_string(),
+                schedule.watermark.to_string(),
+                schedule.target.clone(),
+            ]
+        })
+        .collect();
+    print_rows(&header, &rows);
+}
+
+fn print_runs(runs: &[crate::store::ExportRun]) {
+    let header = [
+        "ID", "STARTED", "TRIGGER", "STATUS", "SEQ", "RECORDS", "FILES", "RESULT",
+    ];
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let seq = if r.through_seq > r.after_seq {
+                format!("{}..{}", r.after_seq + 1, r.through_seq)
+            } else {
+                format!("after {}", r.after_seq)
+            };
+            vec![
+                r.id.to_string(),
+                time(Some(r.started_at)),
+                r.trigger.clone(),
+                r.status.as_str().to_owned(),
+                seq,
+                r.records.to_string(),
+                r.files.to_string(),
+                r.error
+                    .clone()
+                    .or_else(|| r.path.clone())
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_rows(&header, &rows);
+}
+
+/// Left-aligned columns, two spaces apart (as `request list` prints).
+fn print_rows(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i).map(String::len))
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
 }

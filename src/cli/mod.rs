@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod export;
 pub use audit::AuditCommand;
+pub use export::ExportCommand;
 
 use crate::client::ApiClient;
 use crate::policy::{AccessLevel, NewRequest, Request, RequestStatus};
@@ -72,6 +73,11 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Scheduled audit exports (data packages): create, list, history, run. Admin only.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
     },
     /// Generate key material.
     Keygen {
@@ -212,6 +218,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Audit { command } => audit::run(&cli, command).await,
+        Command::Export { command } => export::run(&cli, command).await,
         Command::Keygen { command } => keygen(command),
         Command::Config {
             command: ConfigCommand::Check { config },

@@ -300,3 +300,254 @@ async fn exports_in_every_format_match_the_trail_and_tampering_is_named() {
         "not a folder"
     );
 }
+
+/// Runs an API verb as `user`.
+fn as_user(env: &Env, user: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lockbox"))
+        .args(args)
+        .env("LOCKBOX_SERVER", env.deployment.server_url())
+        .env(
+            "LOCKBOX_API_KEY",
+            env.deployment
+                .api_keys
+                .get(user)
+                .map_or("none", String::as_str),
+        )
+        .output()
+        .expect("run lockbox")
+}
+
+fn json(out: Output) -> Value {
+    serde_json::from_str(&stdout(&succeeded(out))).expect("JSON output")
+}
+
+/// The schedule `name` as `export list` shows it.
+fn listed(env: &Env, name: &str) -> Value {
+    json(as_user(env, "alice", &["--json", "export", "list"]))
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .expect("the schedule is listed")
+}
+
+/// Every record in every run folder of `target`, in seq order.
+fn exported(target: &Path) -> Vec<(u64, String)> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(target).expect("target") {
+        let path = entry.expect("entry").path();
+        assert!(
+            !path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .starts_with('.'),
+            "no staging folder is left behind: {path:?}"
+        );
+        all.extend(read_run(&path).1);
+    }
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_runs_cover_the_trail_without_gaps_or_duplicates_across_a_failure() {
+    let env = Env::start("export_schedule").await;
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let target = out_dir.path().join("packages");
+    let to = target.to_str().expect("path");
+    let create = [
+        "export", "create", "--name", "nightly", "--format", "jsonl", "--to", to, "--every", "1h",
+    ];
+    for user in ["eve", "dave", "carol"] {
+        let refused = as_user(&env, user, &create);
+        assert!(!refused.status.success(), "{user} may not create exports");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("forbidden"));
+    }
+    assert_eq!(
+        stdout(&succeeded(as_user(&env, "alice", &create))),
+        "nightly"
+    );
+    assert!(
+        !as_user(&env, "alice", &create).status.success(),
+        "names are unique"
+    );
+
+    session(&env, &["SELECT 1"]).await;
+    let first = json(as_user(
+        &env,
+        "alice",
+        &["--json", "export", "run", "nightly"],
+    ));
+    assert_eq!(first["status"], "ok");
+    assert_eq!(first["after_seq"], 0);
+    let watermark = first["through_seq"].as_u64().expect("through");
+    assert_eq!(listed(&env, "nightly")["watermark"], watermark);
+
+    // The target becomes a regular file: the run fails, says why, and moves nothing.
+    session(&env, &["SELECT 2"]).await;
+    let kept = out_dir.path().join("kept");
+    std::fs::rename(&target, &kept).expect("move aside");
+    std::fs::write(&target, "in the way").expect("block");
+    let failed = as_user(&env, "alice", &["export", "run", "nightly"]);
+    assert!(!failed.status.success());
+    let history = json(as_user(
+        &env,
+        "alice",
+        &["--json", "export", "history", "nightly"],
+    ));
+    assert_eq!(history[0]["status"], "failed", "{history:#}");
+    assert!(history[0]["error"].as_str().is_some_and(|e| e.contains(to)));
+    let status = listed(&env, "nightly");
+    assert_eq!(
+        status["watermark"], watermark,
+        "a failed run keeps the watermark"
+    );
+    assert_eq!(status["last_status"], "failed");
+
+    // Fixed: the next run starts at the same watermark and fills the gap exactly.
+    session(&env, &["SELECT 3"]).await;
+    std::fs::remove_file(&target).expect("unblock");
+    std::fs::rename(&kept, &target).expect("move back");
+    let third = json(as_user(
+        &env,
+        "alice",
+        &["--json", "export", "run", "nightly"],
+    ));
+    assert_eq!(third["status"], "ok");
+    assert_eq!(third["after_seq"], watermark);
+    let through = third["through_seq"].as_u64().expect("through");
+
+    let all = exported(&target);
+    let seqs: Vec<u64> = all.iter().map(|r| r.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=through).collect::<Vec<_>>(),
+        "contiguous, no duplicates"
+    );
+    let trail: Vec<(u64, String)> = source(&env)
+        .into_iter()
+        .filter(|r| r.0 <= through)
+        .map(|r| (r.0, r.1))
+        .collect();
+    assert_eq!(all, trail, "byte for byte the trail's records");
+    assert!(all.iter().any(|r| r.1.contains("SELECT 3")));
+    let events: Vec<String> = trail
+        .iter()
+        .filter(|r| r.1.contains("\"type\":\"export\""))
+        .map(|r| serde_json::from_str::<Value>(&r.1).expect("json")["event"].to_string())
+        .collect();
+    assert_eq!(
+        events,
+        ["\"schedule_created\"", "\"completed\"", "\"failed\""]
+    );
+
+    // The runs verify, one by one and as a sequence without gaps.
+    let verified = succeeded(offline(&env, &["audit", "verify-export", to]));
+    assert_eq!(stdout(&verified).matches("signature verified").count(), 2);
+
+    let status = listed(&env, "nightly");
+    assert_eq!(status["last_status"], "ok");
+    assert_eq!(status["runs"], 3);
+    assert_eq!(status["created_by"], "alice");
+    let table = stdout(&succeeded(as_user(&env, "alice", &["export", "list"])));
+    assert!(
+        table.starts_with("DATA PACKAGE") && table.contains("nightly"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduler_runs_due_exports_by_itself() {
+    let env = Env::start("export_scheduler").await;
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let to = out_dir.path().to_str().expect("path");
+    session(&env, &["SELECT 1"]).await;
+    succeeded(as_user(
+        &env,
+        "alice",
+        &[
+            "export",
+            "create",
+            "--name",
+            "often",
+            "--database",
+            &env.db,
+            "--format",
+            "parquet",
+            "--to",
+            to,
+            "--every",
+            "1s",
+        ],
+    ));
+    let mut runs = Value::Null;
+    for _ in 0..100 {
+        runs = json(as_user(
+            &env,
+            "alice",
+            &["--json", "export", "history", "often"],
+        ));
+        if runs
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["status"] == "ok"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let run = runs
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["status"] == "ok"))
+        .unwrap_or_else(|| panic!("the scheduler never ran the export: {runs:#}"));
+    assert_eq!(run["trigger"], "schedule");
+    let (manifest, records) = read_run(Path::new(run["path"].as_str().expect("path")));
+    assert_eq!(manifest["selection"]["database"], env.db.as_str());
+    assert!(records.iter().any(|r| r.1.contains("SELECT 1")));
+    assert!(records.iter().all(
+        |r| serde_json::from_str::<Value>(&r.1).expect("json")["database"] == env.db.as_str()
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_renamed_into_place_before_a_crash_is_taken_over_not_repeated() {
+    let env = Env::start("export_takeover").await;
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let to = out_dir.path().to_str().expect("path");
+    succeeded(as_user(
+        &env,
+        "alice",
+        &[
+            "export", "create", "--name", "pkg", "--format", "csv", "--to", to, "--every", "1h",
+        ],
+    ));
+    session(&env, &["SELECT 1"]).await;
+    let first = json(as_user(&env, "alice", &["--json", "export", "run", "pkg"]));
+    assert_eq!(first["status"], "ok");
+    // As if lockbox died between renaming the run into place and storing the watermark.
+    let state = rusqlite::Connection::open(env.deployment.dir.join("state.db")).expect("state");
+    state
+        .execute(
+            "UPDATE export_schedules SET watermark = 0 WHERE name = 'pkg'",
+            [],
+        )
+        .expect("rewind");
+    drop(state);
+    session(&env, &["SELECT 2"]).await;
+    let again = json(as_user(&env, "alice", &["--json", "export", "run", "pkg"]));
+    assert_eq!(
+        again["path"], first["path"],
+        "the folder on disk is taken over"
+    );
+    assert_eq!(again["through_seq"], first["through_seq"]);
+    let next = json(as_user(&env, "alice", &["--json", "export", "run", "pkg"]));
+    assert_eq!(next["after_seq"], first["through_seq"]);
+    let seqs: Vec<u64> = exported(out_dir.path()).iter().map(|r| r.0).collect();
+    let through = next["through_seq"].as_u64().expect("through");
+    assert_eq!(
+        seqs,
+        (1..=through).collect::<Vec<_>>(),
+        "nothing exported twice"
+    );
+}
