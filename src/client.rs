@@ -8,6 +8,8 @@ use crate::audit::AuditQuery;
 use crate::policy::{NewRequest, Request, RequestStatus};
 use crate::service::{PolicyView, ReloadReport};
 
+mod exports;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the lockbox API at {url}: {message}")]

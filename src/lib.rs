@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod exports;
 pub mod guard;
 pub mod ids;
 pub mod keys;

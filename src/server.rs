@@ -78,6 +78,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
     lockbox.adopt_file_protection("configuration file").await?;
     let registry = Arc::new(Registry::default());
+    let exports = crate::exports::Exports::new(lockbox.clone());
 
     let proxy_listener = bind(config.proxy_listen).await?;
     let api_listener = bind(config.api_listen).await?;
@@ -93,8 +94,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     });
     tasks.push(tokio::spawn(proxy.run(proxy_listener, shutdown_rx.clone())));
     tasks.push(tokio::spawn(serve_api(
-        lockbox.clone(),
-        registry.clone(),
+        crate::api::ApiState {
+            lockbox: lockbox.clone(),
+            registry: registry.clone(),
+            exports: exports.clone(),
+            shutdown: shutdown_rx.clone(),
+        },
         api_listener,
         shutdown_rx.clone(),
     )));
@@ -120,6 +125,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             .clone()
             .dispatch(move || config_source.config(), shutdown_rx.clone()),
     ));
+    tasks.push(tokio::spawn(crate::exports::scheduler(
+        exports,
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(sweep(lockbox.clone(), shutdown_rx)));
     tracing::info!(%proxy_addr, %api_addr, "lockbox is serving");
     Ok(RunningServer {
@@ -146,16 +155,11 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Se
 }
 
 async fn serve_api(
-    lockbox: Arc<Lockbox>,
-    registry: Arc<Registry>,
+    state: crate::api::ApiState,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = crate::api::router(crate::api::ApiState {
-        lockbox,
-        registry,
-        shutdown: shutdown.clone(),
-    });
+    let app = crate::api::router(state);
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };

@@ -15,6 +15,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::ids::RequestId;
 use crate::policy::{Request, RequestStatus};
 
+mod exports;
+pub use exports::{ExportRun, ExportSchedule, RunStatus, RunSummary};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("state store: {0}")]
@@ -74,6 +77,7 @@ impl Store {
              );",
         )?;
         crate::notify::outbox::create_tables(&conn)?;
+        exports::create_tables(&conn)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
         })

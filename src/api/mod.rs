@@ -23,12 +23,15 @@ use crate::policy::{NewRequest, PolicyError, Request, RequestStatus};
 use crate::proxy::Registry;
 use crate::service::{Lockbox, ServiceError};
 
+mod exports;
+
 #[derive(Clone)]
 pub struct ApiState {
     pub lockbox: Arc<Lockbox>,
     pub registry: Arc<Registry>,
     /// Turns true when the server stops (ends live streams so shutdown can finish).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub exports: Arc<crate::exports::Exports>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -50,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/stream", get(audit::stream))
         .route("/v1/requests/{id}/audit/stream", get(audit::request_stream))
+        .merge(exports::routes())
         .with_state(state)
 }
 

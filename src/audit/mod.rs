@@ -6,6 +6,7 @@
 //! once the record is fsynced; concurrent sessions share one fsync (group commit).
 
 pub mod chain;
+pub mod export;
 mod reader;
 mod record;
 pub mod redact;
@@ -15,8 +16,9 @@ mod writer;
 
 pub use reader::{open_segments, read_records, AuditQuery};
 pub use record::{
-    AdminEvent, AdminRecord, AuditEvent, OutcomeRecord, OutcomeStatus, Protocol, RequestEvent,
-    RequestRecord, SessionEvent, SessionFields, SessionRecord, StatementRecord,
+    AdminEvent, AdminRecord, AuditEvent, ExportEvent, ExportRecord, OutcomeRecord, OutcomeStatus,
+    Protocol, RequestEvent, RequestRecord, SessionEvent, SessionFields, SessionRecord,
+    StatementRecord,
 };
 pub use writer::{AuditLog, AuditOptions};
 

@@ -16,6 +16,7 @@ pub enum AuditEvent {
     Session(SessionRecord),
     Request(RequestRecord),
     Admin(AdminRecord),
+    Export(ExportRecord),
 }
 
 /// Who is behind a proxied session; shared by all of its records.
@@ -191,4 +192,37 @@ pub struct AdminRecord {
     pub event: AdminEvent,
     pub actor: String,
     pub detail: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportEvent {
+    ScheduleCreated,
+    Completed,
+    Failed,
+}
+
+/// A scheduled export was set up, or one of its runs completed or failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportRecord {
+    pub event: ExportEvent,
+    pub schedule: String,
+    /// Who did it (`lockbox` for the scheduler).
+    pub actor: String,
+    pub format: String,
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The run covered the records after this sequence number…
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
+    /// …up to this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub through_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -7,6 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::Subcommand;
 
 use super::Cli;
+use crate::audit::export::columns::csv_field;
 use crate::audit::AuditQuery;
 
 #[derive(Subcommand)]
@@ -58,6 +59,11 @@ pub enum AuditCommand {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+    /// Write records of a time range as jsonl, csv or parquet, partitioned by date and
+    /// database, with a signed manifest (reads the audit files; needs --config).
+    Export(super::export::AuditExportArgs),
+    /// Check an export: file hashes, counts, the chain and the manifest's signature.
+    VerifyExport(super::export::VerifyExportArgs),
 }
 
 pub async fn run(cli: &Cli, command: &AuditCommand) -> Result<()> {
@@ -107,6 +113,8 @@ pub async fn run(cli: &Cli, command: &AuditCommand) -> Result<()> {
             config.as_deref(),
             cli.json,
         ),
+        AuditCommand::Export(args) => super::export::audit_export(cli, args).await,
+        AuditCommand::VerifyExport(args) => super::export::verify_export(cli, args),
     }
 }
 
@@ -208,15 +216,6 @@ async fn follow(cli: &Cli, mut query: AuditQuery, format: &str) -> Result<()> {
         }
         let backoff = Duration::from_millis(500 * u64::from(failures.min(10)) + 200);
         tokio::time::sleep(backoff).await;
-    }
-}
-
-/// RFC 4180: quote fields holding a comma, quote or line break; double inner quotes.
-fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
-    } else {
-        value.to_owned()
     }
 }
 

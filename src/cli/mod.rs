@@ -8,8 +8,10 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod export;
 mod request;
 pub use audit::AuditCommand;
+pub use export::ExportCommand;
 pub use request::{AdminCommand, NotifyCommand, PolicyCommand, RequestCommand};
 
 use crate::client::ApiClient;
@@ -88,6 +90,11 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Scheduled audit exports (data packages): create, list, history, run. Admin only.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
     },
     /// Generate key material.
     Keygen {
@@ -184,6 +191,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Audit { command } => audit::run(&cli, command).await,
+        Command::Export { command } => export::run(&cli, command).await,
         Command::Keygen { command } => keygen(command),
         Command::Config {
             command: ConfigCommand::Check { config },

@@ -101,3 +101,15 @@ pub fn check_audit_read(caller: &User) -> Result<(), PolicyError> {
         )))
     }
 }
+
+/// Scheduled exports write the whole trail to a folder of the server's choosing: admins only.
+pub fn check_export_admin(caller: &User) -> Result<(), PolicyError> {
+    if caller.has(Role::Admin) {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "{} may not manage audit exports (admin only)",
+            caller.name
+        )))
+    }
+}

@@ -6,6 +6,7 @@ mod harness;
 mod audit_api;
 mod audit_chain;
 mod audit_durability;
+mod audit_export;
 mod audit_redaction;
 mod audit_rotation;
 mod auth;
