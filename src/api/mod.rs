@@ -36,6 +36,7 @@ pub struct ApiState {
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/health", get(health))
         .route("/v1/whoami", get(whoami))
         .route("/v1/requests", post(create_request).get(list_requests))
@@ -155,6 +156,17 @@ impl FromRequestParts<ApiState> for Caller {
             .map(Caller)
             .ok_or_else(|| unauthorized("unknown API key"))
     }
+}
+
+/// The API's OpenAPI document, checked in beside this file (a test keeps it in step with
+/// the routes and the client).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ mod cli;
 mod guard;
 mod lifecycle;
 mod notify;
+mod openapi;
 mod protocol;
 mod relay;
 mod upstream_tls;
