@@ -8,6 +8,7 @@ mod audit_durability;
 mod audit_rotation;
 mod auth;
 mod cli;
+mod completeness;
 mod guard;
 mod lifecycle;
 mod protocol;
