@@ -618,6 +618,18 @@ fn assert_paths_covered(records: &[Value]) {
     assert!(statements
         .iter()
         .any(|s| s["params"].to_string().contains("binary_hex")));
+    // The server does not log a FunctionCall's arguments; the audit must (refused or run).
+    let calls: Vec<&&Value> = statements
+        .iter()
+        .filter(|s| s["protocol"] == "function_call")
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["params"] == serde_json::json!(["abc"])),
+        "{calls:#?}"
+    );
     let rows_of = |text: &str| {
         let s = statements
             .iter()
