@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::audit::pg_sink::PgSinkHandle;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::proxy::{Proxy, Registry};
@@ -33,6 +34,9 @@ pub enum ServerError {
     },
 }
 
+/// Longest the audit sink may take for its final drain at shutdown.
+const SINK_DRAIN: Duration = Duration::from_secs(10);
+
 /// How often recorded states catch up with passed deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -45,6 +49,8 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     audit_thread: Option<std::thread::JoinHandle<()>>,
+    /// Copies the trail into PostgreSQL, when `[audit.postgres]` is configured.
+    audit_sink: Option<PgSinkHandle>,
 }
 
 /// Starts everything `config` describes. Listeners bind before this returns, so a test or
@@ -74,6 +80,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         },
     )?;
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
+    let audit_sink = config
+        .audit_pg_sink
+        .clone()
+        .map(|sink| PgSinkHandle::spawn(sink, config.audit_path.clone()));
     let registry = Arc::new(Registry::default());
 
     let proxy_listener = bind(config.proxy_listen).await?;
@@ -89,9 +99,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         registry: registry.clone(),
     });
     tasks.push(tokio::spawn(proxy.run(proxy_listener, shutdown_rx.clone())));
+    let api_state = crate::api::ApiState {
+        lockbox: lockbox.clone(),
+        registry: registry.clone(),
+        audit_sink: audit_sink.as_ref().map(|s| s.status.clone()),
+    };
     tasks.push(tokio::spawn(serve_api(
-        lockbox.clone(),
-        registry.clone(),
+        api_state,
         api_listener,
         shutdown_rx.clone(),
     )));
@@ -115,6 +129,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         shutdown,
         tasks,
         audit_thread: Some(audit_thread),
+        audit_sink,
     })
 }
 
@@ -131,12 +146,11 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Se
 }
 
 async fn serve_api(
-    lockbox: Arc<Lockbox>,
-    registry: Arc<Registry>,
+    state: crate::api::ApiState,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = crate::api::router(crate::api::ApiState { lockbox, registry });
+    let app = crate::api::router(state);
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
@@ -179,6 +193,10 @@ impl RunningServer {
         self.lockbox.audit.close().await;
         if let Some(thread) = self.audit_thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        // The file is complete now: the sink ships the rest, then stops.
+        if let Some(sink) = self.audit_sink.take() {
+            sink.stop(SINK_DRAIN).await;
         }
         tracing::info!("lockbox stopped");
     }

@@ -23,6 +23,8 @@ use crate::service::{Lockbox, ServiceError};
 pub struct ApiState {
     pub lockbox: Arc<Lockbox>,
     pub registry: Arc<Registry>,
+    /// The PostgreSQL audit sink's status, when one runs.
+    pub audit_sink: Option<Arc<crate::audit::pg_sink::SinkStatus>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -145,6 +147,10 @@ pub struct Health {
     /// `ok` or `failing`: while failing, statements and new sessions are refused.
     pub audit: String,
     pub live_sessions: usize,
+    /// The PostgreSQL audit sink, when configured. Its lag or errors never make health
+    /// fail: the file is the durable record, and the sink catches up from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_sink: Option<crate::audit::pg_sink::SinkHealth>,
 }
 
 async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
@@ -158,6 +164,7 @@ async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
         status: if audit_ok { "ok" } else { "degraded" }.into(),
         audit: if audit_ok { "ok" } else { "failing" }.into(),
         live_sessions: state.registry.live_sessions(),
+        audit_sink: state.audit_sink.as_ref().map(|s| s.health()),
     };
     (status, Json(health))
 }

@@ -6,6 +6,7 @@
 //! once the record is fsynced; concurrent sessions share one fsync (group commit).
 
 pub mod chain;
+pub mod pg_sink;
 mod reader;
 mod record;
 pub mod segments;

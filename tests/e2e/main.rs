@@ -5,6 +5,7 @@ mod harness;
 
 mod audit_chain;
 mod audit_durability;
+mod audit_pg_sink;
 mod audit_rotation;
 mod auth;
 mod cli;
