@@ -35,6 +35,8 @@ pub struct PgSandbox {
     pub port: u16,
     as_postgres: bool,
     stopped: bool,
+    /// Extra `-c name=value` server settings given to `start_with`.
+    settings: Vec<(String, String)>,
 }
 
 /// The superuser of sandbox clusters.
@@ -42,6 +44,18 @@ pub const SUPERUSER: &str = "postgres";
 
 impl PgSandbox {
     pub fn start() -> Result<PgSandbox, SandboxError> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server with extra settings (`("log_statement", "all")`, …) on top of the
+    /// sandbox's own. Values are passed single-quoted: they must not contain a quote.
+    pub fn start_with(settings: &[(&str, &str)]) -> Result<PgSandbox, SandboxError> {
+        if let Some((name, _)) = settings.iter().find(|(_, v)| v.contains('\'')) {
+            return Err(step(
+                "settings",
+                format!("the value of {name} contains a quote"),
+            ));
+        }
         let bin = find_server_binaries()?;
         let as_postgres = running_as_root();
         let dir = tempfile::Builder::new().prefix("lockbox-pg-").tempdir()?;
@@ -54,6 +68,10 @@ impl PgSandbox {
             port: free_port()?,
             as_postgres,
             stopped: true,
+            settings: settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         sandbox.init()?;
         sandbox.launch()?;
@@ -62,7 +80,9 @@ impl PgSandbox {
         Ok(sandbox)
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// The cluster's data folder (server logs written by the logging collector live under
+    /// its `log` folder).
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -108,12 +128,15 @@ impl PgSandbox {
     }
 
     fn launch(&self) -> Result<(), SandboxError> {
-        let options = format!(
+        let mut options = format!(
             "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' -c fsync=off \
              -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
             self.port,
             self.dir.path().display()
         );
+        for (name, value) in &self.settings {
+            options.push_str(&format!(" -c {name}='{value}'"));
+        }
         let out = self
             .server_command("pg_ctl")
             .arg("-D")

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::audit::pg_sink::PgSinkHandle;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::proxy::{Proxy, Registry};
@@ -35,6 +36,9 @@ pub enum ServerError {
     },
 }
 
+/// Longest the audit sink may take for its final drain at shutdown.
+const SINK_DRAIN: Duration = Duration::from_secs(10);
+
 /// How often recorded states catch up with passed deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -47,6 +51,8 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     audit_thread: Option<std::thread::JoinHandle<()>>,
+    /// Copies the trail into PostgreSQL, when `[audit.postgres]` is configured.
+    audit_sink: Option<PgSinkHandle>,
 }
 
 /// Starts everything `config` describes. Listeners bind before this returns, so a test or
@@ -77,6 +83,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     )?;
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
     lockbox.adopt_file_protection("configuration file").await?;
+    let audit_sink = config
+        .audit_pg_sink
+        .clone()
+        .map(|sink| PgSinkHandle::spawn(sink, config.audit_path.clone()));
     let registry = Arc::new(Registry::default());
     let exports = crate::exports::Exports::new(lockbox.clone());
 
@@ -93,13 +103,15 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         registry: registry.clone(),
     });
     tasks.push(tokio::spawn(proxy.run(proxy_listener, shutdown_rx.clone())));
+    let api_state = crate::api::ApiState {
+        lockbox: lockbox.clone(),
+        registry: registry.clone(),
+        exports: exports.clone(),
+        shutdown: shutdown_rx.clone(),
+        audit_sink: audit_sink.as_ref().map(|s| s.status.clone()),
+    };
     tasks.push(tokio::spawn(serve_api(
-        crate::api::ApiState {
-            lockbox: lockbox.clone(),
-            registry: registry.clone(),
-            exports: exports.clone(),
-            shutdown: shutdown_rx.clone(),
-        },
+        api_state,
         api_listener,
         shutdown_rx.clone(),
     )));
@@ -139,6 +151,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         shutdown,
         tasks,
         audit_thread: Some(audit_thread),
+        audit_sink,
     })
 }
 
@@ -228,6 +241,10 @@ impl RunningServer {
         self.lockbox.audit.close().await;
         if let Some(thread) = self.audit_thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        // The file is complete now: the sink ships the rest, then stops.
+        if let Some(sink) = self.audit_sink.take() {
+            sink.stop(SINK_DRAIN).await;
         }
         tracing::info!("lockbox stopped");
     }

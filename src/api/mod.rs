@@ -32,6 +32,8 @@ pub struct ApiState {
     /// Turns true when the server stops (ends live streams so shutdown can finish).
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub exports: Arc<crate::exports::Exports>,
+    /// The PostgreSQL audit sink's status, when one runs.
+    pub audit_sink: Option<Arc<crate::audit::pg_sink::SinkStatus>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -176,6 +178,10 @@ pub struct Health {
     /// `ok` or `failing`: while failing, statements and new sessions are refused.
     pub audit: String,
     pub live_sessions: usize,
+    /// The PostgreSQL audit sink, when configured. Its lag or errors never make health
+    /// fail: the file is the durable record, and the sink catches up from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_sink: Option<crate::audit::pg_sink::SinkHealth>,
 }
 
 async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
@@ -189,6 +195,7 @@ async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
         status: if audit_ok { "ok" } else { "degraded" }.into(),
         audit: if audit_ok { "ok" } else { "failing" }.into(),
         live_sessions: state.registry.live_sessions(),
+        audit_sink: state.audit_sink.as_ref().map(|s| s.health()),
     };
     (status, Json(health))
 }

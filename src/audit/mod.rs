@@ -7,6 +7,7 @@
 
 pub mod chain;
 pub mod export;
+pub mod pg_sink;
 mod reader;
 mod record;
 pub mod redact;

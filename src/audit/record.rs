@@ -48,8 +48,8 @@ pub struct StatementRecord {
     pub session: Arc<SessionFields>,
     pub protocol: Protocol,
     pub statement: String,
-    /// Bind parameters (extended protocol): text values as strings, NULL as null, binary
-    /// values as `{"binary_hex": "…"}`.
+    /// Bind parameters (extended protocol) or FunctionCall arguments: text values as
+    /// strings, NULL as null, binary values as `{"binary_hex": "…"}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params: Option<Vec<serde_json::Value>>,
     pub kind: StatementKind,

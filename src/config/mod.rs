@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::AccessLevel;
 
+mod audit_sink;
 pub mod notify;
 pub mod workflow;
+pub use audit_sink::{PgSink, PgSinkFile};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +137,9 @@ pub struct AuditFile {
     /// Start a new file once the active one is this old (`1d`, `6h`); unset: by size only.
     #[serde(default)]
     pub rotate_interval: Option<String>,
+    /// `[audit.postgres]`: also copy the trail into a PostgreSQL table.
+    #[serde(default)]
+    pub postgres: Option<PgSinkFile>,
 }
 
 fn default_rotate_size() -> String {
@@ -162,6 +167,7 @@ impl Default for AuditFile {
             sync_interval: default_sync_interval(),
             rotate_size: default_rotate_size(),
             rotate_interval: None,
+            postgres: None,
         }
     }
 }
@@ -393,6 +399,8 @@ pub struct Config {
     pub audit_sync_interval: Duration,
     pub audit_rotate_size: u64,
     pub audit_rotate_interval: Option<Duration>,
+    /// The PostgreSQL audit sink, when configured.
+    pub audit_pg_sink: Option<PgSink>,
     pub signing_key_path: PathBuf,
     pub issuer: String,
     pub audience: String,
@@ -589,6 +597,11 @@ impl Config {
             .as_deref()
             .map(|t| parse_duration("audit.rotate_interval", t))
             .transpose()?;
+        let audit_pg_sink = file
+            .audit
+            .postgres
+            .map(|sink| audit_sink::validate(sink, &resolve))
+            .transpose()?;
         let request_ttl = parse_duration("timings.request_ttl", &file.timings.request_ttl)?;
         let default_access =
             parse_duration("timings.default_access", &file.timings.default_access)?;
@@ -624,6 +637,7 @@ impl Config {
             audit_sync_interval,
             audit_rotate_size,
             audit_rotate_interval,
+            audit_pg_sink,
             signing_key_path: resolve(&file.token.signing_key),
             issuer: file.token.issuer,
             audience: file.token.audience,

@@ -483,13 +483,16 @@ impl Relay {
             }
             b'c' | b'f' => pending.push(Pending::CopyEnd),
             b'F' => {
-                let oid = body
-                    .get(0..4)
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-                    .ok_or("truncated FunctionCall")?;
-                let text = format!("-- FunctionCall of function oid {oid}");
-                let record =
-                    self.statement_record(Protocol::FunctionCall, text, StatementKind::Other, None);
+                let call = wire::decode_function_call(body).map_err(|e| e.to_string())?;
+                let text = format!("-- FunctionCall of function oid {}", call.oid);
+                // The arguments say what the call does (a file name for lo_import, …).
+                let args = call.args.into_iter().map(param_json).collect();
+                let record = self.statement_record(
+                    Protocol::FunctionCall,
+                    text,
+                    StatementKind::Other,
+                    Some(args),
+                );
                 // A FunctionCall names a function by OID, so no guardrail can see what it
                 // does (lo_import, set_config, …): only an admin grant may send one.
                 if self.grant.access != AccessLevel::Admin {

@@ -89,38 +89,62 @@ pub fn decode_bind(body: &[u8]) -> Result<Bind, FrameError> {
     let mut r = Reader { body };
     let portal = text(r.cstr()?);
     let statement = text(r.cstr()?);
-    let n_formats = r.count()?;
-    let mut formats = Vec::with_capacity(n_formats.min(r.body.len() / 2));
-    for _ in 0..n_formats {
-        formats.push(r.i16()?);
-    }
-    let n_params = r.count()?;
-    let mut params = Vec::with_capacity(n_params.min(r.body.len() / 4));
-    for i in 0..n_params {
-        let len = r.i32()?;
-        let format = match formats.len() {
-            0 => 0,
-            1 => formats[0],
-            _ => *formats.get(i).ok_or(TRUNCATED)?,
-        };
-        let value = if len == -1 {
-            ParamValue::Null
-        } else {
-            let len = usize::try_from(len).map_err(|_| FrameError::BadLength(len.into()))?;
-            let raw = r.bytes(len)?;
-            if format == 1 {
-                ParamValue::Binary(raw.to_vec())
-            } else {
-                ParamValue::Text(text(raw))
-            }
-        };
-        params.push(value);
-    }
+    let params = r.params()?;
     Ok(Bind {
         portal,
         statement,
         params,
     })
+}
+
+/// FunctionCall ('F').
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCall {
+    pub oid: u32,
+    pub args: Vec<ParamValue>,
+}
+
+/// FunctionCall carries its arguments as Bind does its parameters: format codes, then
+/// length-prefixed values.
+pub fn decode_function_call(body: &[u8]) -> Result<FunctionCall, FrameError> {
+    let mut r = Reader { body };
+    let oid = r.i32()? as u32;
+    let args = r.params()?;
+    Ok(FunctionCall { oid, args })
+}
+
+impl Reader<'_> {
+    /// Format codes, then values: the shared middle of Bind and FunctionCall.
+    fn params(&mut self) -> Result<Vec<ParamValue>, FrameError> {
+        let n_formats = self.count()?;
+        let mut formats = Vec::with_capacity(n_formats.min(self.body.len() / 2));
+        for _ in 0..n_formats {
+            formats.push(self.i16()?);
+        }
+        let n_params = self.count()?;
+        let mut params = Vec::with_capacity(n_params.min(self.body.len() / 4));
+        for i in 0..n_params {
+            let len = self.i32()?;
+            let format = match formats.len() {
+                0 => 0,
+                1 => formats[0],
+                _ => *formats.get(i).ok_or(TRUNCATED)?,
+            };
+            let value = if len == -1 {
+                ParamValue::Null
+            } else {
+                let len = usize::try_from(len).map_err(|_| FrameError::BadLength(len.into()))?;
+                let raw = self.bytes(len)?;
+                if format == 1 {
+                    ParamValue::Binary(raw.to_vec())
+                } else {
+                    ParamValue::Text(text(raw))
+                }
+            };
+            params.push(value);
+        }
+        Ok(params)
+    }
 }
 
 /// Execute ('E'): the portal name.
@@ -190,6 +214,23 @@ mod tests {
         check(|b| decode_bind(b).is_ok(), b"\0\0\xff\xff");
         check(|b| decode_close(b).is_ok(), b"");
         check(|b| decode_execute(b).is_ok(), b"portal");
+    }
+
+    #[test]
+    fn function_call_arguments_decode_like_bind_parameters() {
+        let mut body = 2311u32.to_be_bytes().to_vec();
+        body.extend_from_slice(&bind_body(&[0, 1], &[Some(b"abc"), Some(&[1, 2])])[6..]);
+        let call = decode_function_call(&body).expect("valid FunctionCall");
+        assert_eq!(call.oid, 2311);
+        assert_eq!(
+            call.args,
+            vec![
+                ParamValue::Text("abc".into()),
+                ParamValue::Binary(vec![1, 2])
+            ]
+        );
+        assert!(decode_function_call(&body[..body.len() - 4]).is_err());
+        assert!(decode_function_call(&[0, 0]).is_err());
     }
 
     #[test]

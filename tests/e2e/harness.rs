@@ -37,21 +37,26 @@ pub fn cluster() -> &'static PgSandbox {
     CLUSTER.get_or_init(|| {
         let pg =
             PgSandbox::start().unwrap_or_else(|e| panic!("cannot start the test PostgreSQL: {e}"));
-        pg.psql(
-            "postgres",
-            &format!(
-                "CREATE ROLE {SERVICE_ROLE} LOGIN PASSWORD '{SERVICE_PASSWORD}';
+        create_roles(&pg);
+        pg
+    })
+}
+
+/// The roles `Env` logs in with, on a cluster of a test's own (the shared one has them).
+pub fn create_roles(pg: &PgSandbox) {
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE {SERVICE_ROLE} LOGIN PASSWORD '{SERVICE_PASSWORD}';
                  SET password_encryption = 'md5';
                  CREATE ROLE lockbox_md5 LOGIN PASSWORD 'md5-password';
                  CREATE ROLE lockbox_trust LOGIN;
                  RESET password_encryption;
                  CREATE ROLE lockbox_read LOGIN PASSWORD 'read-password';
                  CREATE ROLE lockbox_write LOGIN PASSWORD 'write-password';"
-            ),
-        )
-        .expect("create roles");
-        pg
-    })
+        ),
+    )
+    .expect("create roles");
 }
 
 /// Options for one test's lockbox.
@@ -71,6 +76,8 @@ pub struct Options {
     pub audit_durability: &'static str,
     /// More top-level TOML (`[policy]` keys, `[[rules]]`), appended to the config.
     pub policy: &'static str,
+    /// Run against this cluster (roles made by `create_roles`) instead of the shared one.
+    pub cluster: Option<&'static PgSandbox>,
 }
 
 impl Default for Options {
@@ -87,6 +94,7 @@ impl Default for Options {
             audit_path: None,
             audit_durability: "fsync",
             policy: "",
+            cluster: None,
         }
     }
 }
@@ -98,6 +106,8 @@ pub struct Env {
     pub server: Option<RunningServer>,
     pub config_path: PathBuf,
     pub audit_path: PathBuf,
+    /// The cluster this test's database lives on.
+    pub pg: &'static PgSandbox,
     _dir: tempfile::TempDir,
 }
 
@@ -124,7 +134,7 @@ impl Env {
     }
 
     pub async fn with(name: &str, options: Options) -> Env {
-        let pg = cluster();
+        let pg = options.cluster.unwrap_or_else(cluster);
         let db = format!("t_{name}");
         pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
             .expect("drop database");
@@ -213,6 +223,7 @@ impl Env {
             server: Some(server),
             config_path,
             audit_path,
+            pg,
             _dir: dir,
         }
     }
@@ -362,7 +373,7 @@ impl Env {
     }
 
     pub fn superuser_sql(&self, sql: &str) -> String {
-        cluster().psql(&self.db, sql).expect("superuser query")
+        self.pg.psql(&self.db, sql).expect("superuser query")
     }
 
     pub async fn stop(&mut self) {

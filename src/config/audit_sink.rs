@@ -1,0 +1,225 @@
+//! `[audit.postgres]`: the optional PostgreSQL audit sink. The local file stays the
+//! durable, fail-closed record; the sink copies it into a table of an audit database the
+//! customer owns, so several proxies can be read in one place.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{invalid, resolve_password, ConfigError, UpstreamTls};
+
+/// The section as written.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgSinkFile {
+    /// `postgres://user@host:port/dbname` of the audit database, without a password.
+    pub url: String,
+    /// File holding the password (first line).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Table the records go to (`name` or `schema.name`); created when missing.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Names this proxy's trail in the table; unique per proxy. Default: the host name.
+    pub proxy_id: Option<String>,
+    /// Most records per INSERT.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// TLS towards the audit database, as for `[[databases]]`.
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    pub tls_ca: Option<PathBuf>,
+}
+
+fn default_table() -> String {
+    "lockbox_audit".into()
+}
+
+fn default_batch_size() -> usize {
+    500
+}
+
+/// The validated sink settings.
+#[derive(Clone)]
+pub struct PgSink {
+    /// The audit database, password included (from the file or variable).
+    pub connect: tokio_postgres::Config,
+    /// The table, ready to put in SQL (each part double-quoted).
+    pub table_sql: String,
+    /// The table as written, for `to_regclass`.
+    pub table: String,
+    pub proxy_id: String,
+    pub batch_size: usize,
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
+}
+
+// tokio_postgres::Config redacts its password in Debug; say nothing of TLS internals.
+impl fmt::Debug for PgSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgSink")
+            .field("connect", &self.connect)
+            .field("table", &self.table)
+            .field("proxy_id", &self.proxy_id)
+            .field("batch_size", &self.batch_size)
+            .field("tls", &self.tls_client.is_some())
+            .finish()
+    }
+}
+
+const KEY: &str = "audit.postgres";
+
+pub(super) fn validate(
+    file: PgSinkFile,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<PgSink, ConfigError> {
+    let key = |field: &str| format!("{KEY}.{field}");
+    let mut connect = tokio_postgres::Config::from_str(&file.url)
+        .map_err(|e| invalid(key("url"), format!("not a postgres:// URL: {e}")))?;
+    if connect.get_password().is_some() {
+        return Err(invalid(
+            key("url"),
+            "holds a password: put it in password_file or password_env instead",
+        ));
+    }
+    if connect.get_user().is_none() || connect.get_dbname().is_none() {
+        return Err(invalid(key("url"), "must name a user and a database"));
+    }
+    let password = match (file.password_env, file.password_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                key("password_env"),
+                "set either password_env or password_file, not both",
+            ))
+        }
+        (Some(var), None) => Some(std::env::var(&var).map_err(|_| {
+            invalid(
+                key("password_env"),
+                format!("environment variable {var} is not set"),
+            )
+        })?),
+        (None, file) => resolve_password(None, file, &format!("{KEY}."), resolve)?,
+    };
+    if let Some(password) = password {
+        connect.password(password);
+    }
+    connect.application_name("lockbox-audit-sink");
+    let table_sql = quote_table(&file.table).ok_or_else(|| {
+        invalid(
+            key("table"),
+            "must be `name` or `schema.name` of lowercase letters, digits and _",
+        )
+    })?;
+    let proxy_id = match file.proxy_id {
+        Some(id) if id.trim().is_empty() => return Err(invalid(key("proxy_id"), "is empty")),
+        Some(id) => id,
+        None => host_name(),
+    };
+    if !(1..=100_000).contains(&file.batch_size) {
+        return Err(invalid(key("batch_size"), "must be between 1 and 100000"));
+    }
+    let tls_client = match (file.tls, &file.tls_ca) {
+        (UpstreamTls::Disable, _) => None,
+        (UpstreamTls::Require, _) => Some(
+            crate::tls::client_config_encrypt_only()
+                .map_err(|e| invalid(key("tls"), e.to_string()))?,
+        ),
+        (UpstreamTls::VerifyCa | UpstreamTls::VerifyFull, None) => {
+            return Err(invalid(
+                key("tls_ca"),
+                "verify-ca and verify-full need the CA file that signs the server",
+            ))
+        }
+        (mode, Some(ca)) => Some(
+            crate::tls::client_config_verified(&resolve(ca), mode == UpstreamTls::VerifyFull)
+                .map_err(|e| invalid(key("tls_ca"), e.to_string()))?,
+        ),
+    };
+    if tls_client.is_some() {
+        connect.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
+    Ok(PgSink {
+        connect,
+        table_sql,
+        table: file.table,
+        proxy_id,
+        batch_size: file.batch_size,
+        tls_client,
+    })
+}
+
+/// `schema.name` → `"schema"."name"`, for plain lowercase identifiers only: what is written
+/// is what PostgreSQL stores, with no case folding or quoting left to guess.
+fn quote_table(table: &str) -> Option<String> {
+    let parts: Vec<&str> = table.split('.').collect();
+    let plain = |p: &&str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && !p.starts_with(|c: char| c.is_ascii_digit())
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    if parts.len() > 2 || !parts.iter().all(plain) {
+        return None;
+    }
+    Some(
+        parts
+            .iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join("."),
+    )
+}
+
+/// This machine's name, the default proxy id.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "lockbox".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<PgSink, ConfigError> {
+        let text = format!("url = \"postgres://audit@db.example:5432/audit\"\n{extra}");
+        let file: PgSinkFile = toml::from_str(&text).expect("toml");
+        validate(file, &|p: &Path| p.to_owned())
+    }
+
+    #[test]
+    fn defaults_and_errors_name_their_key() {
+        let sink = parse("").expect("valid");
+        assert_eq!(sink.table_sql, "\"lockbox_audit\"");
+        assert_eq!(sink.batch_size, 500);
+        assert!(!sink.proxy_id.is_empty());
+        assert_eq!(
+            parse("table = \"audit.records\"").expect("valid").table_sql,
+            "\"audit\".\"records\""
+        );
+        for (extra, key) in [
+            ("table = \"Robert'); DROP\"", "audit.postgres.table"),
+            ("batch_size = 0", "audit.postgres.batch_size"),
+            ("proxy_id = \" \"", "audit.postgres.proxy_id"),
+            (
+                "password_env = \"LOCKBOX_SURELY_UNSET_VARIABLE\"",
+                "audit.postgres.password_env",
+            ),
+            ("tls = \"verify-full\"", "audit.postgres.tls_ca"),
+        ] {
+            let err = parse(extra).expect_err(extra).to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        let file: PgSinkFile =
+            toml::from_str("url = \"postgres://audit:secret@db/audit\"").expect("toml");
+        let err = validate(file, &|p: &Path| p.to_owned()).expect_err("password in URL");
+        assert!(err.to_string().contains("password_file"), "{err}");
+    }
+}

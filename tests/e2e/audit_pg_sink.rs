@@ -1,0 +1,244 @@
+//! The PostgreSQL audit sink: the trail reaches a table of a real audit database, line for
+//! line across rotated files; an unreachable audit database never stops the proxy, and the
+//! sink catches up with no gap and no duplicate; proxies share a table under their own ids.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use lockbox::policy::AccessLevel;
+
+use crate::harness::{cluster, Env, SERVICE_PASSWORD, SERVICE_ROLE};
+
+/// A fresh audit database on the shared cluster, owned by a role that logs in with a
+/// password, as a customer's would.
+fn audit_database(name: &str) -> String {
+    let db = format!("t_{name}");
+    let pg = cluster();
+    pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
+        .expect("drop audit database");
+    pg.psql(
+        "postgres",
+        &format!("CREATE DATABASE {db} OWNER {SERVICE_ROLE}"),
+    )
+    .expect("create audit database");
+    db
+}
+
+/// Turns the sink on in `env`'s config and restarts it. The trail rotates every 4 KiB so
+/// shipping has to cross files; small batches so it takes several INSERTs.
+async fn with_sink(env: &mut Env, audit_db: &str, proxy_id: &str) {
+    let dir = env.config_path.parent().expect("config folder").to_owned();
+    std::fs::write(dir.join("audit-db.password"), SERVICE_PASSWORD).expect("password file");
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let mut text = text.replace(
+        "path = \"audit/audit.jsonl\"",
+        "path = \"audit/audit.jsonl\"\nrotate_size = \"4KiB\"",
+    );
+    text.push_str(&format!(
+        "\n[audit.postgres]\nurl = \"postgres://{SERVICE_ROLE}@127.0.0.1:{}/{audit_db}\"\n\
+         password_file = \"audit-db.password\"\nproxy_id = \"{proxy_id}\"\nbatch_size = 7\n",
+        cluster().port
+    ));
+    std::fs::write(&env.config_path, text).expect("config");
+    env.restart().await;
+}
+
+/// Every line of the trail, every segment, oldest first: (seq, exact line).
+fn trail(env: &Env) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    for (_, mut file) in lockbox::audit::open_segments(&env.audit_path, None).expect("segments") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).expect("read segment");
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            let line = line.trim_end_matches('\n');
+            let record: Value = serde_json::from_str(line).expect("JSON line");
+            out.push((record["seq"].as_i64().expect("seq"), line.to_owned()));
+        }
+    }
+    out
+}
+
+/// The table's rows for `proxy_id`: (seq, line), by seq.
+async fn rows(audit_db: &str, proxy_id: &str) -> Vec<(i64, String)> {
+    let (client, connection) =
+        tokio_postgres::connect(&cluster().url(audit_db), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the audit database");
+    tokio::spawn(connection);
+    let exists: bool = client
+        .query_one("SELECT to_regclass('lockbox_audit') IS NOT NULL", &[])
+        .await
+        .expect("table lookup")
+        .get(0);
+    if !exists {
+        return Vec::new();
+    }
+    client
+        .query(
+            "SELECT seq, line FROM lockbox_audit WHERE proxy_id = $1 ORDER BY seq",
+            &[&proxy_id],
+        )
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Waits (bounded) until the table holds exactly the trail for `proxy_id`.
+async fn shipped(env: &Env, audit_db: &str, proxy_id: &str) -> Vec<(i64, String)> {
+    let mut last = (Vec::new(), Vec::new());
+    for _ in 0..150 {
+        let (file, table) = (trail(env), rows(audit_db, proxy_id).await);
+        if !file.is_empty() && file == table {
+            let seqs: Vec<i64> = table.iter().map(|(s, _)| *s).collect();
+            let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+            assert_eq!(seqs, expected, "no gaps, no duplicates");
+            return table;
+        }
+        last = (file, table);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{proxy_id}: the table never matched the trail ({} lines in the file, {} rows; last seq {:?} vs {:?})",
+        last.0.len(),
+        last.1.len(),
+        last.0.last().map(|l| l.0),
+        last.1.last().map(|l| l.0)
+    );
+}
+
+async fn health(env: &Env) -> (u16, Value) {
+    let response = reqwest::get(format!("{}/v1/health", env.deployment.server_url()))
+        .await
+        .expect("health");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+/// Waits (bounded) until the sink's part of `/v1/health` satisfies `check`.
+async fn sink_health(env: &Env, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..150 {
+        let (status, body) = health(env).await;
+        assert_eq!(status, 200, "sink trouble never fails health: {body}");
+        if check(&body["audit_sink"]) {
+            return body["audit_sink"].clone();
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("health never showed {what}: {last}");
+}
+
+/// Runs `n` audited statements in one session.
+async fn statements(env: &Env, token: &str, n: usize) {
+    let (client, _conn) = env.connect("eve", token).await.expect("login");
+    for i in 0..n {
+        client
+            .execute(
+                "UPDATE items SET name = $1 WHERE id = 1",
+                &[&format!("n{i}")],
+            )
+            .await
+            .expect("statement");
+    }
+}
+
+/// The table's lines as a file, checked as one chain by `lockbox audit verify`'s code.
+fn verify_from_table(rows: &[(i64, String)]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path: PathBuf = dir.path().join("from-table.jsonl");
+    let text: String = rows.iter().map(|(_, l)| format!("{l}\n")).collect();
+    std::fs::write(&path, text).expect("write");
+    let report = lockbox::audit::chain::verify(&[&path], None, true).expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.records as usize, rows.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trail_reaches_the_table_and_catches_up_after_an_outage() {
+    let audit_db = audit_database("sink_outage_audit");
+    let mut env = Env::start("sink_outage").await;
+    with_sink(&mut env, &audit_db, "proxy-a").await;
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    statements(&env, &token, 20).await;
+    let table = shipped(&env, &audit_db, "proxy-a").await;
+    let files = lockbox::audit::segments::segments(&env.audit_path).expect("segments");
+    assert!(files.len() > 1, "the trail rotated: {files:?}");
+    verify_from_table(&table);
+
+    // The audit database goes away: nobody may connect, the sink's connection is cut.
+    let pg = cluster();
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {audit_db} ALLOW_CONNECTIONS false"),
+    )
+    .expect("close the audit database");
+    pg.psql(
+        "postgres",
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{audit_db}'"
+        ),
+    )
+    .expect("cut connections");
+    statements(&env, &token, 10).await;
+    let down = sink_health(&env, "the sink lagging with an error", |s| {
+        s["connected"] == false && s["lag"].as_u64() > Some(0) && s["last_error"].is_string()
+    })
+    .await;
+    assert_eq!(down["proxy_id"], "proxy-a");
+
+    pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {audit_db} ALLOW_CONNECTIONS true"),
+    )
+    .expect("reopen the audit database");
+    let caught_up = shipped(&env, &audit_db, "proxy-a").await;
+    assert!(caught_up.len() > table.len());
+    sink_health(&env, "the sink caught up", |s| {
+        s["connected"] == true && s["lag"] == 0 && s["last_error"].is_null()
+    })
+    .await;
+
+    // Records written just before a shutdown are shipped by the final drain or, failing
+    // that, after the restart, from where the table ends.
+    statements(&env, &token, 5).await;
+    env.restart().await;
+    let resumed = shipped(&env, &audit_db, "proxy-a").await;
+    verify_from_table(&resumed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxies_share_a_table_under_their_own_ids_and_a_shared_id_is_refused() {
+    let audit_db = audit_database("sink_two_audit");
+    let mut a = Env::start("sink_two_a").await;
+    let mut b = Env::start("sink_two_b").await;
+    with_sink(&mut a, &audit_db, "proxy-a").await;
+    with_sink(&mut b, &audit_db, "proxy-b").await;
+    let (_, token_a) = a.approved_token_for("eve", "1h", AccessLevel::Write).await;
+    let (_, token_b) = b.approved_token_for("eve", "1h", AccessLevel::Write).await;
+    tokio::join!(statements(&a, &token_a, 12), statements(&b, &token_b, 8));
+    let rows_a = shipped(&a, &audit_db, "proxy-a").await;
+    let rows_b = shipped(&b, &audit_db, "proxy-b").await;
+    assert!(rows_a.iter().any(|(_, l)| l.contains(&a.db)));
+    assert!(rows_b.iter().any(|(_, l)| l.contains(&b.db)));
+    assert!(!rows_a.iter().any(|(_, l)| l.contains(&b.db)));
+
+    // A third proxy that claims proxy-a's id must not resume after proxy-a's rows.
+    let mut c = Env::start("sink_two_c").await;
+    with_sink(&mut c, &audit_db, "proxy-a").await;
+    let refused = sink_health(&c, "the shared proxy id refused", |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("proxy_id \"proxy-a\""))
+    })
+    .await;
+    assert_eq!(refused["connected"], false, "{refused}");
+    c.stop().await;
+    assert_eq!(shipped(&a, &audit_db, "proxy-a").await, trail(&a));
+}
