@@ -92,6 +92,9 @@ pub struct OutcomeRecord {
     /// The guardrail rule behind a refusal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    /// COPY data bytes moved (client to server for FROM STDIN, server to client for TO).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
     pub duration_ms: f64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub break_glass: bool,

@@ -154,6 +154,8 @@ pub struct Relay {
     max_message: usize,
     term: Terminator,
     grant: Grant,
+    /// COPY data bytes of the COPY now running (either direction), for its outcome.
+    copy_bytes: u64,
     /// DataRows of the statement now returning rows.
     rows: u64,
     events: Vec<wire::LocatedEvent>,
@@ -186,6 +188,7 @@ impl Relay {
             max_message,
             term: Terminator { kill, deadline },
             grant,
+            copy_bytes: 0,
             rows: 0,
             events: Vec::new(),
             outcomes: Vec::new(),
@@ -512,7 +515,8 @@ impl Relay {
                 pending.push(Pending::QueryEnd);
                 self.statements.group_end().map_err(|e| e.to_string())?;
             }
-            b'D' | b'H' | b'd' | b'X' => {}
+            b'd' => self.copy_bytes += body.len() as u64,
+            b'D' | b'H' | b'X' => {}
             other => return Err(unexpected_message(other)),
         }
         Ok(None)
@@ -593,6 +597,10 @@ impl Relay {
                     }
                     continue;
                 }
+                BackendEvent::CopyData(n) => {
+                    self.copy_bytes += n;
+                    continue;
+                }
                 BackendEvent::Complete(_)
                 | BackendEvent::Error { .. }
                 | BackendEvent::Empty
@@ -648,14 +656,22 @@ impl Relay {
         Ok(())
     }
 
-    fn record_outcomes(&self, outcomes: Vec<Outcome>) {
+    fn record_outcomes(&mut self, outcomes: Vec<Outcome>) {
         if outcomes.is_empty() {
             return;
         }
         let records = outcomes
             .into_iter()
             .map(|o| {
+                // The bytes a COPY moved belong to its outcome (or its failure).
+                let is_copy = o
+                    .command_tag
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with("COPY"));
+                let bytes = (is_copy || (o.status == OutcomeStatus::Error && self.copy_bytes > 0))
+                    .then(|| std::mem::take(&mut self.copy_bytes));
                 AuditEvent::Outcome(OutcomeRecord {
+                    bytes,
                     statement_seq: o.statement_seq,
                     session_id: self.session.session_id.clone(),
                     request_id: self.session.request_id.clone(),

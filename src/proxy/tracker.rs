@@ -215,6 +215,7 @@ impl Tracker {
             BackendEvent::CopyIn => self.copy_in_started(),
             BackendEvent::Parameter { .. }
             | BackendEvent::DataRow
+            | BackendEvent::CopyData(_)
             | BackendEvent::ParseComplete
             | BackendEvent::BindComplete
             | BackendEvent::CloseComplete => {}

@@ -29,6 +29,8 @@ pub enum BackendEvent {
     FunctionResult,
     /// The header of a DataRow (reported only when rows are counted; the row is skipped).
     DataRow,
+    /// The header of a CopyData (COPY TO STDOUT) and its payload size; the data is skipped.
+    CopyData(u64),
     /// ParseComplete, BindComplete, CloseComplete: the server took a Parse, Bind or Close.
     ParseComplete,
     BindComplete,
@@ -119,6 +121,13 @@ impl BackendScanner {
                         if tag == b'D' && self.count_rows {
                             let start = self.started_at;
                             events.push((BackendEvent::DataRow, start.map(|s| s..s)));
+                        }
+                        if tag == b'd' {
+                            let start = self.started_at;
+                            events.push((
+                                BackendEvent::CopyData(remaining as u64),
+                                start.map(|s| s..s),
+                            ));
                         }
                         self.state = if interesting(tag) {
                             State::Collect {

@@ -205,6 +205,7 @@ async fn copy_in_and_out_pass_through() {
         .map(|c| String::from_utf8_lossy(&c.expect("chunk")).into_owned())
         .collect();
     assert_eq!(text.lines().count(), 60);
+    let sent: usize = (100..150).map(|i| format!("{i}\tcopied {i}\n").len()).sum();
 
     let (statements, outcomes) = settled(&env, &id, 2).await;
     assert_eq!(statements[0]["statement"], "COPY items FROM STDIN");
@@ -218,6 +219,9 @@ async fn copy_in_and_out_pass_through() {
         60,
         "{outcomes:#?}"
     );
+    // Byte counts: what the client sent in, and what the server sent out.
+    assert_eq!(outcome_of(&outcomes, &statements[0])["bytes"], sent);
+    assert_eq!(outcome_of(&outcomes, &statements[1])["bytes"], text.len());
     assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "60");
 }
 
