@@ -504,6 +504,20 @@ async fn reloading_the_configuration_keeps_live_sessions_and_refuses_bad_files()
         .filter_map(|r| r["event"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(events, ["config_reload_rejected", "config_reloaded"]);
+
+    // A changed `[policy] protect` in the file is adopted, as an audited policy change.
+    std::fs::write(
+        &env.config_path,
+        format!("{original}\n[policy]\nprotect = [\"other\"]\n"),
+    )
+    .expect("write");
+    env.client("alice").reload().await.expect("reload");
+    let view = env.client("alice").policy().await.expect("policy");
+    assert_eq!(view.protected_databases, vec!["other"]);
+    assert!(env
+        .audit()
+        .iter()
+        .any(|r| r["event"] == "policy_changed" && r["actor"] == "alice"));
     let (_code, _) = db_error(
         &client
             .simple_query("SELECT 1/0")
