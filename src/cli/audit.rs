@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::Subcommand;
 
 use super::Cli;
-use crate::audit::export::columns::csv_field;
+use crate::audit::export::columns::{csv_field, LIST_COLUMNS};
 use crate::audit::AuditQuery;
 
 #[derive(Subcommand)]
@@ -118,24 +118,6 @@ pub async fn run(cli: &Cli, command: &AuditCommand) -> Result<()> {
     }
 }
 
-/// Columns of the CSV and table forms of `audit list`.
-const AUDIT_COLUMNS: &[&str] = &[
-    "seq",
-    "time",
-    "type",
-    "event",
-    "request_id",
-    "session_id",
-    "engineer",
-    "database",
-    "kind",
-    "statement",
-    "status",
-    "sqlstate",
-    "rows",
-    "reason",
-];
-
 /// The columns of the table form.
 const TABLE_COLUMNS: &[&str] = &[
     "seq",
@@ -158,7 +140,7 @@ fn print_records(records: &[serde_json::Value], format: &str) -> Result<()> {
 
 fn print_header(format: &str) {
     match format {
-        "csv" => println!("{}", AUDIT_COLUMNS.join(",")),
+        "csv" => println!("{}", LIST_COLUMNS.join(",")),
         "table" => println!("{}", TABLE_COLUMNS.join("\t").to_uppercase()),
         _ => {}
     }
@@ -172,7 +154,7 @@ fn print_record(r: &serde_json::Value, format: &str) -> Result<()> {
     };
     match format {
         "csv" => {
-            let row: Vec<String> = AUDIT_COLUMNS.iter().map(|c| csv_field(&cell(c))).collect();
+            let row: Vec<String> = LIST_COLUMNS.iter().map(|c| csv_field(&cell(c))).collect();
             println!("{}", row.join(","));
         }
         "table" => {

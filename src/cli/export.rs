@@ -368,7 +368,7 @@ fn print_schedules(list: &[crate::exports::ExportStatus]) {
             ]
         })
         .collect();
-    print_rows(&header, &rows);
+    super::print_columns(&header, &rows);
 }
 
 fn print_runs(runs: &[crate::store::ExportRun]) {
@@ -398,30 +398,5 @@ fn print_runs(runs: &[crate::store::ExportRun]) {
             ]
         })
         .collect();
-    print_rows(&header, &rows);
-}
-
-/// Left-aligned columns, two spaces apart (as `request list` prints).
-fn print_rows(header: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i).map(String::len))
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
+    super::print_columns(&header, &rows);
 }

@@ -287,3 +287,29 @@ fn write_new_private(path: &std::path::Path, contents: &str) -> Result<()> {
     f.write_all(contents.as_bytes())?;
     Ok(())
 }
+
+/// Prints `rows` under `header`: left-aligned columns, each as wide as its widest cell,
+/// two spaces apart.
+fn print_columns(header: &[&str], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i).map(String::len))
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::{parse_access, parse_status, Cli};
+use super::{parse_access, parse_status, print_columns, Cli};
 use crate::policy::{AccessLevel, NewRequest, ReasonCategory, Request, RequestStatus};
 
 #[derive(Subcommand)]
@@ -449,29 +449,4 @@ fn print_table(list: &[Request]) {
         })
         .collect();
     print_columns(&header, &rows);
-}
-
-/// Prints `rows` under `header`, each column as wide as its widest cell.
-fn print_columns(header: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
 }

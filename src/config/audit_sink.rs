@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, resolve_password, ConfigError, UpstreamTls};
+use super::{invalid, resolve_password, tls_client_config, ConfigError, UpstreamTls};
 
 /// The section as written.
 #[derive(Debug, Deserialize, Serialize)]
@@ -121,23 +121,7 @@ pub(super) fn validate(
     if !(1..=100_000).contains(&file.batch_size) {
         return Err(invalid(key("batch_size"), "must be between 1 and 100000"));
     }
-    let tls_client = match (file.tls, &file.tls_ca) {
-        (UpstreamTls::Disable, _) => None,
-        (UpstreamTls::Require, _) => Some(
-            crate::tls::client_config_encrypt_only()
-                .map_err(|e| invalid(key("tls"), e.to_string()))?,
-        ),
-        (UpstreamTls::VerifyCa | UpstreamTls::VerifyFull, None) => {
-            return Err(invalid(
-                key("tls_ca"),
-                "verify-ca and verify-full need the CA file that signs the server",
-            ))
-        }
-        (mode, Some(ca)) => Some(
-            crate::tls::client_config_verified(&resolve(ca), mode == UpstreamTls::VerifyFull)
-                .map_err(|e| invalid(key("tls_ca"), e.to_string()))?,
-        ),
-    };
+    let tls_client = tls_client_config(file.tls, file.tls_ca.as_deref(), &key, resolve)?;
     if tls_client.is_some() {
         connect.ssl_mode(tokio_postgres::config::SslMode::Require);
     }

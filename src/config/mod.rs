@@ -680,23 +680,7 @@ fn validate_databases(
             return Err(invalid(key("user"), "must not be empty"));
         }
         let password = resolve_password(db.password, db.password_file, &key(""), resolve)?;
-        let tls_client = match (db.tls, &db.tls_ca) {
-            (UpstreamTls::Disable, _) => None,
-            (UpstreamTls::Require, _) => Some(
-                crate::tls::client_config_encrypt_only()
-                    .map_err(|e| invalid(key("tls"), e.to_string()))?,
-            ),
-            (UpstreamTls::VerifyCa | UpstreamTls::VerifyFull, None) => {
-                return Err(invalid(
-                    key("tls_ca"),
-                    "verify-ca and verify-full need the CA file that signs the server",
-                ))
-            }
-            (mode, Some(ca)) => Some(
-                crate::tls::client_config_verified(&resolve(ca), mode == UpstreamTls::VerifyFull)
-                    .map_err(|e| invalid(key("tls_ca"), e.to_string()))?,
-            ),
-        };
+        let tls_client = tls_client_config(db.tls, db.tls_ca.as_deref(), &key, resolve)?;
         let mut access = BTreeMap::new();
         for (level, creds) in db.access {
             let prefix = key(&format!("access.{}.", level.as_str()));
@@ -739,6 +723,33 @@ fn validate_databases(
 }
 
 /// `password` or the contents of `password_file`; `prefix` names the keys in errors.
+/// The TLS client configuration for a connection to a PostgreSQL server in `mode`
+/// (`None` when TLS is off); `key(field)` names config keys in errors.
+pub(crate) fn tls_client_config(
+    mode: UpstreamTls,
+    ca: Option<&Path>,
+    key: &dyn Fn(&str) -> String,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Option<Arc<rustls::ClientConfig>>, ConfigError> {
+    Ok(match (mode, ca) {
+        (UpstreamTls::Disable, _) => None,
+        (UpstreamTls::Require, _) => Some(
+            crate::tls::client_config_encrypt_only()
+                .map_err(|e| invalid(key("tls"), e.to_string()))?,
+        ),
+        (UpstreamTls::VerifyCa | UpstreamTls::VerifyFull, None) => {
+            return Err(invalid(
+                key("tls_ca"),
+                "verify-ca and verify-full need the CA file that signs the server",
+            ))
+        }
+        (mode, Some(ca)) => Some(
+            crate::tls::client_config_verified(&resolve(ca), mode == UpstreamTls::VerifyFull)
+                .map_err(|e| invalid(key("tls_ca"), e.to_string()))?,
+        ),
+    })
+}
+
 fn resolve_password(
     password: Option<String>,
     password_file: Option<PathBuf>,

@@ -23,6 +23,9 @@ pub const COLUMNS: &[&str] = &[
     "record",
 ];
 
+/// The flat columns without `record` (what `audit list --format csv` prints).
+pub const LIST_COLUMNS: &[&str] = COLUMNS.split_at(COLUMNS.len() - 1).0;
+
 /// Index of the `record` column.
 pub const RECORD_COLUMN: usize = COLUMNS.len() - 1;
 
