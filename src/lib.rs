@@ -14,6 +14,7 @@ pub mod guard;
 pub mod ids;
 pub mod keys;
 pub mod notify;
+pub mod oidc;
 pub mod policy;
 pub mod proxy;
 pub mod sandbox;

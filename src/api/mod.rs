@@ -204,12 +204,16 @@ async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
 pub struct WhoAmI {
     pub name: String,
     pub roles: Vec<crate::config::Role>,
+    /// Whether the caller's credential counts as signed in with MFA.
+    #[serde(default)]
+    pub mfa: bool,
 }
 
 async fn whoami(Caller(user): Caller) -> Json<WhoAmI> {
     Json(WhoAmI {
         name: user.name,
         roles: user.roles,
+        mfa: user.mfa,
     })
 }
 

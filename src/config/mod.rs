@@ -69,6 +69,26 @@ pub struct ConfigFile {
     pub rules: Option<Vec<workflow::RuleFile>>,
     #[serde(default)]
     pub notifications: notify::NotificationsFile,
+    /// Accept identity tokens of this OIDC provider besides API keys.
+    pub oidc: Option<OidcFile>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcFile {
+    /// The provider's `iss`.
+    pub issuer: String,
+    /// The `aud` tokens must carry (lockbox's client id at the provider).
+    pub audience: String,
+    /// The provider's public keys (a JWKS document saved to a file).
+    pub jwks_file: PathBuf,
+    /// The claim holding the user name configured in `[[users]]`.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+}
+
+fn default_username_claim() -> String {
+    "preferred_username".into()
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -305,8 +325,9 @@ fn default_pg_port() -> u16 {
 pub struct UserFile {
     pub name: String,
     pub roles: Vec<Role>,
-    /// `sha256:<hex>` of the user's API key (`lockbox keygen api-key`).
-    pub api_key_hash: String,
+    /// `sha256:<hex>` of the user's API key (`lockbox keygen api-key`). May be left out
+    /// when `[oidc]` is configured and the user signs in with identity tokens only.
+    pub api_key_hash: Option<String>,
     /// The key was issued to someone who signed in with multi-factor authentication.
     #[serde(default)]
     pub mfa: bool,
@@ -415,6 +436,7 @@ pub struct Config {
     pub rules: Vec<crate::policy::rules::Rule>,
     pub break_glass: Option<workflow::BreakGlass>,
     pub notifications: notify::Notifications,
+    pub oidc: Option<Arc<crate::oidc::OidcVerifier>>,
     /// The file this configuration was read from (for reloads).
     pub source: Option<PathBuf>,
 }
@@ -495,8 +517,8 @@ impl fmt::Debug for Database {
 pub struct User {
     pub name: String,
     pub roles: Vec<Role>,
-    /// Raw SHA-256 of the API key.
-    pub api_key_sha256: [u8; 32],
+    /// Raw SHA-256 of the API key (none: identity tokens only).
+    pub api_key_sha256: Option<[u8; 32]>,
     /// Signed in with multi-factor authentication (from the credential).
     pub mfa: bool,
     pub groups: Vec<String>,
@@ -619,7 +641,20 @@ impl Config {
             return Err(invalid("token.audience", "must not be empty"));
         }
         let databases = validate_databases(file.databases, &resolve)?;
-        let users = validate_users(file.users)?;
+        let users = validate_users(file.users, file.oidc.is_some())?;
+        let oidc = file
+            .oidc
+            .map(|o| {
+                crate::oidc::OidcVerifier::load(
+                    &resolve(&o.jwks_file),
+                    &o.issuer,
+                    &o.audience,
+                    &o.username_claim,
+                )
+                .map(Arc::new)
+                .map_err(|e| invalid("oidc.jwks_file", e.to_string()))
+            })
+            .transpose()?;
         let protection = workflow::protection(file.policy.protect.as_ref(), &databases)?;
         let rules = workflow::rules(file.rules, &databases)?;
         let break_glass = workflow::break_glass(file.policy.break_glass)?;
@@ -650,6 +685,7 @@ impl Config {
             rules,
             break_glass,
             notifications,
+            oidc,
             source: None,
         })
     }
@@ -659,7 +695,7 @@ impl Config {
         use subtle::ConstantTimeEq;
         self.users
             .iter()
-            .find(|u| bool::from(u.api_key_sha256.ct_eq(hash)))
+            .find(|u| u.api_key_sha256.is_some_and(|k| bool::from(k.ct_eq(hash))))
     }
 }
 
@@ -776,7 +812,7 @@ fn resolve_password(
     }
 }
 
-fn validate_users(list: Vec<UserFile>) -> Result<Vec<User>, ConfigError> {
+fn validate_users(list: Vec<UserFile>, oidc: bool) -> Result<Vec<User>, ConfigError> {
     let mut seen_names = HashMap::new();
     let mut seen_keys = HashMap::new();
     let mut out = Vec::with_capacity(list.len());
@@ -788,15 +824,23 @@ fn validate_users(list: Vec<UserFile>) -> Result<Vec<User>, ConfigError> {
         if user.roles.is_empty() {
             return Err(invalid(key("roles"), "a user needs at least one role"));
         }
-        let hash =
-            parse_key_hash(&user.api_key_hash).map_err(|m| invalid(key("api_key_hash"), m))?;
+        let hash = match &user.api_key_hash {
+            Some(text) => Some(parse_key_hash(text).map_err(|m| invalid(key("api_key_hash"), m))?),
+            None if oidc => None,
+            None => {
+                return Err(invalid(
+                    key("api_key_hash"),
+                    "is required (only users of an [oidc] provider may go without an API key)",
+                ))
+            }
+        };
         if seen_names.insert(user.name.clone(), i).is_some() {
             return Err(invalid(
                 key("name"),
                 format!("user `{}` is listed twice", user.name),
             ));
         }
-        if seen_keys.insert(hash, i).is_some() {
+        if hash.is_some_and(|h| seen_keys.insert(h, i).is_some()) {
             return Err(invalid(key("api_key_hash"), "two users share one API key"));
         }
         out.push(User {

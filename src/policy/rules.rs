@@ -200,7 +200,7 @@ mod tests {
         User {
             name: "eve".into(),
             roles: vec![Role::Engineer],
-            api_key_sha256: [0; 32],
+            api_key_sha256: None,
             mfa,
             groups: groups.iter().map(|g| g.to_string()).collect(),
             email: None,

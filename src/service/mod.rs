@@ -96,10 +96,32 @@ impl Lockbox {
         self.extensions.subscribe()
     }
 
-    /// The configured user holding `api_key`, if any.
-    pub fn authenticate(&self, api_key: &str) -> Option<User> {
-        self.config()
-            .user_by_key_hash(&crate::keys::api_key_sha256(api_key))
+    /// The configured user behind a bearer credential: an API key, or (with `[oidc]`) an
+    /// identity token whose `amr` decides whether the user counts as signed in with MFA.
+    pub fn authenticate(&self, credential: &str) -> Option<User> {
+        let config = self.config();
+        if let Some(oidc) = config
+            .oidc
+            .as_ref()
+            .filter(|_| crate::oidc::looks_like_jwt(credential))
+        {
+            let identity = match oidc.verify(credential) {
+                Ok(identity) => identity,
+                Err(e) => {
+                    tracing::info!(error = %e, "identity token refused");
+                    return None;
+                }
+            };
+            let mut user = config
+                .users
+                .iter()
+                .find(|u| u.name == identity.name)?
+                .clone();
+            user.mfa = identity.mfa;
+            return Some(user);
+        }
+        config
+            .user_by_key_hash(&crate::keys::api_key_sha256(credential))
             .cloned()
     }
 

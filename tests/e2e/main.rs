@@ -16,6 +16,7 @@ mod completeness;
 mod guard;
 mod lifecycle;
 mod notify;
+mod oidc;
 mod openapi;
 mod protocol;
 mod relay;
