@@ -1,8 +1,7 @@
 //! Configuration: parse the TOML file, validate it into runtime types, pass it down as
 //! `Arc<Config>`. Every error names the key that is wrong.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -11,12 +10,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::AccessLevel;
-
 mod audit_sink;
+mod databases;
 pub mod notify;
+mod users;
 pub mod workflow;
 pub use audit_sink::{PgSink, PgSinkFile};
+pub use databases::*;
+pub use users::*;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -246,162 +247,6 @@ impl Default for TimingsFile {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseFile {
-    /// The name engineers put in `dbname`.
-    pub name: String,
-    /// Whether access needs a customer approval.
-    #[serde(default = "yes")]
-    pub protected: bool,
-    pub host: String,
-    #[serde(default = "default_pg_port")]
-    pub port: u16,
-    /// Database name on the upstream server (defaults to `name`).
-    pub dbname: Option<String>,
-    /// Service role the proxy logs in as; engineers never see its credentials.
-    pub user: String,
-    pub password: Option<String>,
-    pub password_file: Option<PathBuf>,
-    /// `disable`, `require` (encrypt, no verification), `verify-ca` (chain to `tls_ca`),
-    /// `verify-full` (chain and host name).
-    #[serde(default)]
-    pub tls: UpstreamTls,
-    /// PEM file of the CA(s) that sign the upstream server's certificate.
-    pub tls_ca: Option<PathBuf>,
-    /// Upstream credentials per access level (`read`, `write`, `admin`), each a role with
-    /// just those privileges. A level without an entry uses `user`/`password` above.
-    #[serde(default)]
-    pub access: BTreeMap<AccessLevel, CredentialsFile>,
-    /// Statement rules for this database, binding every access level.
-    #[serde(default)]
-    pub guardrails: Guardrails,
-    /// What the audit trail keeps out of its records for this database.
-    #[serde(default)]
-    pub redaction: crate::audit::redact::Redaction,
-    /// Customer approvers of this database (user names or groups); any approver when empty.
-    #[serde(default)]
-    pub approvers: Vec<String>,
-}
-
-/// Per-database statement rules (`[databases.guardrails]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Guardrails {
-    /// Refuse DROP of anything.
-    #[serde(default)]
-    pub deny_drop: bool,
-    /// Refuse TRUNCATE.
-    #[serde(default)]
-    pub deny_truncate: bool,
-    /// Refuse DELETE without a WHERE clause.
-    #[serde(default)]
-    pub deny_delete_without_where: bool,
-    /// Refuse UPDATE without a WHERE clause.
-    #[serde(default)]
-    pub deny_update_without_where: bool,
-    /// Tables no statement may name: `table` (any schema), `schema.table`, `schema.*`.
-    #[serde(default)]
-    pub off_limits: Vec<String>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CredentialsFile {
-    pub user: String,
-    pub password: Option<String>,
-    pub password_file: Option<PathBuf>,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_pg_port() -> u16 {
-    5432
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserFile {
-    pub name: String,
-    pub roles: Vec<Role>,
-    /// `sha256:<hex>` of the user's API key (`lockbox keygen api-key`). May be left out
-    /// when `[oidc]` is configured and the user signs in with identity tokens only.
-    pub api_key_hash: Option<String>,
-    /// The key was issued to someone who signed in with multi-factor authentication.
-    #[serde(default)]
-    pub mfa: bool,
-    /// Groups (isolated identities, teams) that JIT rules can match on.
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// Where notifications for this user go.
-    pub email: Option<String>,
-}
-
-/// What a person may do through the control plane. Besides the built-in roles, any name
-/// (`oncall`, …) can be given to users and named by rules and the break-glass policy.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(from = "String", into = "String")]
-pub enum Role {
-    Engineer,
-    /// A customer approver.
-    Approver,
-    Admin,
-    Auditor,
-    /// A provider-side (internal) approver.
-    SupportLead,
-    Named(String),
-}
-
-impl From<String> for Role {
-    fn from(name: String) -> Role {
-        match name.as_str() {
-            "engineer" => Role::Engineer,
-            "approver" => Role::Approver,
-            "admin" => Role::Admin,
-            "auditor" => Role::Auditor,
-            "support-lead" => Role::SupportLead,
-            _ => Role::Named(name),
-        }
-    }
-}
-
-impl From<Role> for String {
-    fn from(role: Role) -> String {
-        role.as_str().to_owned()
-    }
-}
-
-impl Role {
-    pub fn as_str(&self) -> &str {
-        match self {
-            Role::Engineer => "engineer",
-            Role::Approver => "approver",
-            Role::Admin => "admin",
-            Role::Auditor => "auditor",
-            Role::SupportLead => "support-lead",
-            Role::Named(name) => name,
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// TLS towards the upstream database.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpstreamTls {
-    #[default]
-    Disable,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
 // ---------------------------------------------------------------------------------------
 // Validated runtime configuration.
 // ---------------------------------------------------------------------------------------
@@ -445,90 +290,6 @@ pub struct Config {
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
-}
-
-/// A database engineers may ask for, with the upstream coordinates the proxy uses.
-#[derive(Clone)]
-pub struct Database {
-    pub name: String,
-    pub protected: bool,
-    pub host: String,
-    pub port: u16,
-    pub dbname: String,
-    pub user: String,
-    pub password: Option<String>,
-    pub tls: UpstreamTls,
-    /// The TLS client configuration for `tls` (absent when `disable`).
-    pub tls_client: Option<Arc<rustls::ClientConfig>>,
-    /// Credentials per access level, where they differ from `user`/`password`.
-    pub access: BTreeMap<AccessLevel, Credentials>,
-    pub guardrails: Guardrails,
-    pub redaction: crate::audit::redact::Redaction,
-    pub approvers: Vec<String>,
-}
-
-/// An upstream role and its password.
-#[derive(Clone)]
-pub struct Credentials {
-    pub user: String,
-    pub password: Option<String>,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-impl Database {
-    /// The upstream login for a session with `access`.
-    pub fn credentials(&self, access: AccessLevel) -> Credentials {
-        self.access
-            .get(&access)
-            .cloned()
-            .unwrap_or_else(|| Credentials {
-                user: self.user.clone(),
-                password: self.password.clone(),
-            })
-    }
-}
-
-// The password must never reach a log line through `{:?}`.
-impl fmt::Debug for Database {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Database")
-            .field("name", &self.name)
-            .field("protected", &self.protected)
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("dbname", &self.dbname)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .field("access", &self.access)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct User {
-    pub name: String,
-    pub roles: Vec<Role>,
-    /// Raw SHA-256 of the API key (none: identity tokens only).
-    pub api_key_sha256: Option<[u8; 32]>,
-    /// Signed in with multi-factor authentication (from the credential).
-    pub mfa: bool,
-    pub groups: Vec<String>,
-    pub email: Option<String>,
-}
-
-impl User {
-    pub fn has(&self, role: Role) -> bool {
-        self.roles.contains(&role)
-    }
 }
 
 /// Default upper bound on one client message: PostgreSQL itself accepts up to 1 GiB, but
@@ -699,172 +460,6 @@ impl Config {
     }
 }
 
-fn validate_databases(
-    list: Vec<DatabaseFile>,
-    resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<BTreeMap<String, Database>, ConfigError> {
-    let mut out = BTreeMap::new();
-    for (i, db) in list.into_iter().enumerate() {
-        let key = |field: &str| format!("databases[{i}].{field}");
-        if db.name.is_empty() {
-            return Err(invalid(key("name"), "must not be empty"));
-        }
-        if db.host.is_empty() {
-            return Err(invalid(key("host"), "must not be empty"));
-        }
-        if db.user.is_empty() {
-            return Err(invalid(key("user"), "must not be empty"));
-        }
-        let password = resolve_password(db.password, db.password_file, &key(""), resolve)?;
-        let tls_client = tls_client_config(db.tls, db.tls_ca.as_deref(), &key, resolve)?;
-        let mut access = BTreeMap::new();
-        for (level, creds) in db.access {
-            let prefix = key(&format!("access.{}.", level.as_str()));
-            if creds.user.is_empty() {
-                return Err(invalid(format!("{prefix}user"), "must not be empty"));
-            }
-            let password = resolve_password(creds.password, creds.password_file, &prefix, resolve)?;
-            access.insert(
-                level,
-                Credentials {
-                    user: creds.user,
-                    password,
-                },
-            );
-        }
-        let database = Database {
-            dbname: db.dbname.unwrap_or_else(|| db.name.clone()),
-            name: db.name,
-            protected: db.protected,
-            host: db.host,
-            port: db.port,
-            user: db.user,
-            password,
-            tls: db.tls,
-            tls_client,
-            access,
-            guardrails: db.guardrails,
-            redaction: db.redaction,
-            approvers: db.approvers,
-        };
-        if out.contains_key(&database.name) {
-            return Err(invalid(
-                key("name"),
-                format!("database `{}` is listed twice", database.name),
-            ));
-        }
-        out.insert(database.name.clone(), database);
-    }
-    Ok(out)
-}
-
-/// `password` or the contents of `password_file`; `prefix` names the keys in errors.
-/// The TLS client configuration for a connection to a PostgreSQL server in `mode`
-/// (`None` when TLS is off); `key(field)` names config keys in errors.
-pub(crate) fn tls_client_config(
-    mode: UpstreamTls,
-    ca: Option<&Path>,
-    key: &dyn Fn(&str) -> String,
-    resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<Option<Arc<rustls::ClientConfig>>, ConfigError> {
-    Ok(match (mode, ca) {
-        (UpstreamTls::Disable, _) => None,
-        (UpstreamTls::Require, _) => Some(
-            crate::tls::client_config_encrypt_only()
-                .map_err(|e| invalid(key("tls"), e.to_string()))?,
-        ),
-        (UpstreamTls::VerifyCa | UpstreamTls::VerifyFull, None) => {
-            return Err(invalid(
-                key("tls_ca"),
-                "verify-ca and verify-full need the CA file that signs the server",
-            ))
-        }
-        (mode, Some(ca)) => Some(
-            crate::tls::client_config_verified(&resolve(ca), mode == UpstreamTls::VerifyFull)
-                .map_err(|e| invalid(key("tls_ca"), e.to_string()))?,
-        ),
-    })
-}
-
-fn resolve_password(
-    password: Option<String>,
-    password_file: Option<PathBuf>,
-    prefix: &str,
-    resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<Option<String>, ConfigError> {
-    match (password, password_file) {
-        (Some(_), Some(_)) => Err(invalid(
-            format!("{prefix}password_file"),
-            "set either password or password_file, not both",
-        )),
-        (Some(p), None) => Ok(Some(p)),
-        (None, Some(file)) => {
-            let path = resolve(&file);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    format!("{prefix}password_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            Ok(Some(text.trim_end_matches(['\n', '\r']).to_owned()))
-        }
-        (None, None) => Ok(None),
-    }
-}
-
-fn validate_users(list: Vec<UserFile>, oidc: bool) -> Result<Vec<User>, ConfigError> {
-    let mut seen_names = HashMap::new();
-    let mut seen_keys = HashMap::new();
-    let mut out = Vec::with_capacity(list.len());
-    for (i, user) in list.into_iter().enumerate() {
-        let key = |field: &str| format!("users[{i}].{field}");
-        if user.name.is_empty() {
-            return Err(invalid(key("name"), "must not be empty"));
-        }
-        if user.roles.is_empty() {
-            return Err(invalid(key("roles"), "a user needs at least one role"));
-        }
-        let hash = match &user.api_key_hash {
-            Some(text) => Some(parse_key_hash(text).map_err(|m| invalid(key("api_key_hash"), m))?),
-            None if oidc => None,
-            None => {
-                return Err(invalid(
-                    key("api_key_hash"),
-                    "is required (only users of an [oidc] provider may go without an API key)",
-                ))
-            }
-        };
-        if seen_names.insert(user.name.clone(), i).is_some() {
-            return Err(invalid(
-                key("name"),
-                format!("user `{}` is listed twice", user.name),
-            ));
-        }
-        if hash.is_some_and(|h| seen_keys.insert(h, i).is_some()) {
-            return Err(invalid(key("api_key_hash"), "two users share one API key"));
-        }
-        out.push(User {
-            name: user.name,
-            roles: user.roles,
-            api_key_sha256: hash,
-            mfa: user.mfa,
-            groups: user.groups,
-            email: user.email,
-        });
-    }
-    Ok(out)
-}
-
-fn parse_key_hash(text: &str) -> Result<[u8; 32], String> {
-    let hex_part = text.strip_prefix("sha256:").ok_or_else(|| {
-        "must look like `sha256:<64 hex digits>` (see `lockbox keygen api-key`)".to_string()
-    })?;
-    let bytes = hex::decode(hex_part).map_err(|e| format!("not hex: {e}"))?;
-    bytes
-        .try_into()
-        .map_err(|_| "a SHA-256 hash has 64 hex digits".to_string())
-}
-
 fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     SocketAddr::from_str(text).map_err(|e| {
         invalid(
@@ -874,7 +469,6 @@ fn parse_addr(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-/// Parses a human duration (`30s`, `15m`, `8h`, `4d`) for config key `key`.
 /// `100MiB`, `1GB`, `4096`: a size in bytes, with an optional binary or decimal unit.
 pub fn parse_size(key: &str, text: &str) -> Result<u64, ConfigError> {
     let text = text.trim();
@@ -905,6 +499,7 @@ pub fn parse_size(key: &str, text: &str) -> Result<u64, ConfigError> {
         })
 }
 
+/// Parses a human duration (`30s`, `15m`, `8h`, `4d`) for config key `key`.
 pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     let d = humantime::parse_duration(text.trim()).map_err(|e| {
         invalid(
