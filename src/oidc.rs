@@ -140,8 +140,7 @@ impl OidcVerifier {
         let key = self
             .keys
             .iter()
-            .find(|k| header.kid.is_none() || k.kid == header.kid)
-            .filter(|k| k.algorithm == header.alg)
+            .find(|k| (header.kid.is_none() || k.kid == header.kid) && k.algorithm == header.alg)
             .ok_or_else(|| refused("no configured key matches the token's kid and alg".into()))?;
         let mut validation = Validation::new(key.algorithm);
         validation.set_issuer(&[&self.issuer]);

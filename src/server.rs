@@ -82,7 +82,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         },
     )?;
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
-    lockbox.adopt_file_protection("configuration file").await?;
+    lockbox
+        .adopt_file_protection("configuration file", &config.protection)
+        .await?;
     let audit_sink = config
         .audit_pg_sink
         .clone()

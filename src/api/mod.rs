@@ -100,13 +100,18 @@ impl From<ServiceError> for ApiError {
             ServiceError::Policy(PolicyError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::Audit(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             ServiceError::Config(_) => (StatusCode::BAD_REQUEST, "invalid_config"),
+            ServiceError::RecordLagging(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_lagging"),
             ServiceError::Store(_) | ServiceError::Token(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
         };
-        let message = match status {
+        let message = match (&e, status) {
+            (ServiceError::RecordLagging(_), _) => {
+                tracing::error!(error = %e, "action taken without its audit record");
+                "the action took effect, but its audit record could not be written yet".to_owned()
+            }
             // Internal details go to the log, not to the caller.
-            StatusCode::SERVICE_UNAVAILABLE => {
+            (_, StatusCode::SERVICE_UNAVAILABLE) => {
                 tracing::error!(error = %e, "request failed");
                 "lockbox cannot complete this action right now; nothing was changed".to_owned()
             }

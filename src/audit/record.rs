@@ -154,6 +154,8 @@ pub enum RequestEvent {
     BreakGlassGranted,
     /// An approver reviewed a break-glass grant after the fact.
     Acknowledged,
+    /// The change recorded just before for this request did not take effect.
+    Superseded,
 }
 
 /// A control-plane action on an access request.

@@ -88,8 +88,10 @@ pub struct OidcFile {
     pub username_claim: String,
 }
 
+/// `sub` is the claim OIDC promises is stable and unique per issuer; `preferred_username`
+/// is not (many providers let people change it), so it is only used when configured.
 fn default_username_claim() -> String {
-    "preferred_username".into()
+    "sub".into()
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -202,6 +202,22 @@ pub fn rules(
                 .map(|t| parse_duration(&key(field), t))
                 .transpose()
         };
+        let internal_role = r.internal_role.unwrap_or(Role::SupportLead);
+        // Counts of matching rules merge by maximum; that is only sound for one role.
+        if r.internal_approvals > 0 {
+            if let Some(other) = out
+                .iter()
+                .find(|o: &&Rule| o.internal_approvals > 0 && o.internal_role != internal_role)
+            {
+                return Err(invalid(
+                    key("internal_role"),
+                    format!(
+                        "`{internal_role}` differs from rule `{}` (`{}`): every rule that asks for internal approvals must name the same role",
+                        other.name, other.internal_role
+                    ),
+                ));
+            }
+        }
         out.push(Rule {
             min_duration: duration("min_duration", &r.min_duration)?,
             max_duration: duration("max_duration", &r.max_duration)?,
@@ -214,7 +230,7 @@ pub fn rules(
             requesters: r.requesters,
             deny: r.deny,
             internal_approvals: r.internal_approvals,
-            internal_role: r.internal_role.unwrap_or(Role::SupportLead),
+            internal_role,
             customer_approvals: r.customer_approvals,
         });
     }

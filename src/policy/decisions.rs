@@ -28,11 +28,15 @@ fn parse_duration(what: &str, text: &str) -> Result<Duration, PolicyError> {
 
 /// Validates `new` and runs the JIT rules on it. A rule's denial is `Forbidden`, with the
 /// rule's reason for the requester.
+/// How far ahead a request may ask its window to start.
+pub const MAX_START_AHEAD: Duration = Duration::from_secs(30 * 24 * 3600);
+
 pub fn check_new_request(
     config: &Config,
     protection: &Protection,
     caller: &User,
     new: &NewRequest,
+    now: DateTime<Utc>,
 ) -> Result<CheckedRequest, PolicyError> {
     require_role(caller, Role::Engineer, "file access requests")?;
     if !config.databases.contains_key(&new.database) {
@@ -75,6 +79,16 @@ pub fn check_new_request(
             Some(d)
         }
     };
+    if let Some(start) = new.starts_at {
+        let latest = chrono::Duration::from_std(MAX_START_AHEAD)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d));
+        if latest.is_none_or(|latest| start > latest) {
+            return Err(PolicyError::Invalid(
+                "starts_at may be at most 30 days ahead".into(),
+            ));
+        }
+    }
     if new.max_rows == Some(0) {
         return Err(PolicyError::Invalid("max rows must be at least 1".into()));
     }
@@ -119,11 +133,17 @@ pub fn check_decision(
         )?,
         Stage::Customer => {
             require_role(caller, Role::Approver, "approve or deny requests")?;
+            // A database no longer configured has no approvers: nobody decides for it.
             let named = config
                 .databases
                 .get(&request.database)
                 .map(|d| d.approvers.as_slice())
-                .unwrap_or_default();
+                .ok_or_else(|| {
+                    forbidden(format!(
+                        "database {} is no longer configured",
+                        request.database
+                    ))
+                })?;
             let listed = named
                 .iter()
                 .any(|n| *n == caller.name || caller.groups.contains(n));
@@ -204,8 +224,14 @@ pub fn apply_decision(request: &mut Request, decision: &Decision<'_>, now: DateT
 pub fn open_window(request: &mut Request, now: DateTime<Utc>) {
     let start = request.starts_at.filter(|s| *s > now).unwrap_or(now);
     request.access_starts_at = Some(start);
-    request.access_expires_at =
-        Some(start + chrono::Duration::seconds(request.duration_secs as i64));
+    // Bounded inputs (start at most 30 days ahead, duration at most max_access) cannot
+    // overflow; should they ever, the window is empty rather than a panic.
+    request.access_expires_at = Some(
+        i64::try_from(request.duration_secs)
+            .ok()
+            .and_then(|secs| start.checked_add_signed(chrono::Duration::seconds(secs)))
+            .unwrap_or(start),
+    );
 }
 
 /// The status a new request starts in, given what the rules require.
@@ -283,10 +309,16 @@ pub fn check_extend(
             "break-glass access cannot be extended; file a request".into(),
         ));
     }
+    if request.extends.is_some() {
+        return Err(PolicyError::Conflict(format!(
+            "request {} is itself an extension: extend the grant it extends",
+            request.id
+        )));
+    }
     match request.effective_status(now) {
-        RequestStatus::Active | RequestStatus::Approved => Ok(()),
+        RequestStatus::Active => Ok(()),
         other => Err(PolicyError::Conflict(format!(
-            "request {} is {other}: only an approved grant can be extended",
+            "request {} is {other}: only an active grant can be extended",
             request.id
         ))),
     }

@@ -131,8 +131,12 @@ impl Lockbox {
 
     /// At start and after a reload: if the file's protection changed since it was last
     /// read, it becomes the protection in force (an audited change by `actor`).
-    pub async fn adopt_file_protection(&self, actor: &str) -> Result<(), ServiceError> {
-        let from_file = self.config().protection.clone();
+    pub async fn adopt_file_protection(
+        &self,
+        actor: &str,
+        from_file: &Protection,
+    ) -> Result<(), ServiceError> {
+        let from_file = from_file.clone();
         let text = serde_json::to_string(&from_file).map_err(crate::store::StoreError::from)?;
         let last_seen = self.store.setting(FILE_PROTECTION_KEY).await?;
         if last_seen.as_deref() == Some(text.as_str()) {
@@ -187,8 +191,9 @@ impl Lockbox {
                 detail: serde_json::to_value(&report).unwrap_or_default(),
             })])
             .await?;
+        // Adopted before the swap: if recording it fails, the old configuration stays whole.
+        self.adopt_file_protection(actor, &next.protection).await?;
         self.config.store(std::sync::Arc::new(next));
-        self.adopt_file_protection(actor).await?;
         tracing::info!(actor, "configuration reloaded");
         Ok(report)
     }

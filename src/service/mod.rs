@@ -37,6 +37,9 @@ pub enum ServiceError {
     Token(String),
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// The action took effect (a revocation), but its record could not be written yet.
+    #[error("the action took effect, but its audit record could not be written: {0}")]
+    RecordLagging(AuditError),
 }
 
 /// Why a session could not be admitted.
@@ -60,6 +63,9 @@ pub struct Lockbox {
     pub notifier: Notifier,
     revocations: broadcast::Sender<RequestId>,
     extensions: broadcast::Sender<(RequestId, DateTime<Utc>)>,
+    /// One lock per request: a change is read, checked, recorded and stored under it, so
+    /// two changes of one request never interleave in this process.
+    locks: dashmap::DashMap<RequestId, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// The user name the service acts under when a deadline, not a person, changes a request.
@@ -78,6 +84,7 @@ impl Lockbox {
             tokens,
             revocations,
             extensions,
+            locks: dashmap::DashMap::new(),
         }
     }
 
@@ -129,22 +136,42 @@ impl Lockbox {
     /// (a rule's denial, recorded) or stored pending its first stage. Break-glass requests
     /// are granted at once.
     pub async fn create(&self, caller: &User, new: NewRequest) -> Result<Request, ServiceError> {
+        self.create_linked(caller, new, None).await
+    }
+
+    /// Files a request; an extension names the grant it extends (and inherits its limits),
+    /// so it is stored and recorded as an extension from the start.
+    pub(crate) async fn create_linked(
+        &self,
+        caller: &User,
+        new: NewRequest,
+        extends: Option<&Request>,
+    ) -> Result<Request, ServiceError> {
         let config = self.config();
         let protection = self.protection().await?;
-        let checked = match policy::check_new_request(&config, &protection, caller, &new) {
+        let now = Utc::now();
+        let checked = policy::check_new_request(&config, &protection, caller, &new, now).and_then(
+            |mut checked| {
+                if new.break_glass {
+                    checked.plan.duration = policy::check_break_glass(
+                        config.break_glass.as_ref(),
+                        caller,
+                        checked.plan.duration,
+                    )?;
+                }
+                Ok(checked)
+            },
+        );
+        let checked = match checked {
             Ok(checked) => checked,
+            // Refused by a rule or the break-glass policy: on the record all the same.
             Err(PolicyError::Forbidden(reason)) if caller.has(crate::config::Role::Engineer) => {
                 self.record_rejection(caller, &new, &reason).await?;
                 return Err(PolicyError::Forbidden(reason).into());
             }
             Err(e) => return Err(e.into()),
         };
-        let now = Utc::now();
-        let mut plan = checked.plan;
-        if new.break_glass {
-            plan.duration =
-                policy::check_break_glass(config.break_glass.as_ref(), caller, plan.duration)?;
-        }
+        let plan = checked.plan;
         let ttl = plan.request_ttl.unwrap_or(config.request_ttl);
         let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(12));
         let status = policy::initial_status(&plan);
@@ -185,7 +212,7 @@ impl Lockbox {
             revoke_reason: None,
             statement_timeout_ms: checked.statement_timeout.map(|d| d.as_millis() as u64),
             max_rows: new.max_rows,
-            extends: None,
+            extends: extends.map(|o| o.id.clone()),
             break_glass: new.break_glass,
             acknowledged_by: None,
             acknowledged_at: None,
@@ -197,6 +224,16 @@ impl Lockbox {
             &caller.name,
             Some(&request.reason),
         )];
+        if let Some(original) = extends {
+            request.statement_timeout_ms = original.statement_timeout_ms;
+            request.max_rows = original.max_rows;
+            events.push(request_event(
+                original,
+                RequestEvent::ExtensionRequested,
+                &caller.name,
+                Some(&format!("extension {} asks for more time", request.id)),
+            ));
+        }
         if request.break_glass {
             request.starts_at = None;
             policy::open_window(&mut request, now);
@@ -332,7 +369,15 @@ impl Lockbox {
     pub async fn sweep(&self) -> Result<usize, ServiceError> {
         let now = Utc::now();
         let mut changed = 0;
-        for before in self.store.overdue(now).await? {
+        for candidate in self.store.overdue(now).await? {
+            let (before, _guard) = self.load_locked(&candidate.id).await?;
+            if !matches!(
+                before.effective_status(now),
+                RequestStatus::Expired | RequestStatus::Completed
+            ) || before.status.is_final()
+            {
+                continue; // someone acted on it meanwhile
+            }
             let mut after = before.clone();
             let to = before.effective_status(now);
             let (event, reason) = match to {
@@ -358,8 +403,21 @@ impl Lockbox {
         Ok(changed)
     }
 
-    /// Stores `after` if `before` is still current, then records `events` durably; undoes
-    /// the change if the records cannot be written, so no action goes unrecorded.
+    /// The request, read under its lock; the change that follows holds the guard.
+    pub(crate) async fn load_locked(
+        &self,
+        id: &RequestId,
+    ) -> Result<(Request, tokio::sync::OwnedMutexGuard<()>), ServiceError> {
+        let lock = self.locks.entry(id.clone()).or_default().clone();
+        let guard = lock.lock_owned().await;
+        Ok((self.load(id).await?, guard))
+    }
+
+    /// Records `events` durably, then stores `after` if `before` is still current. The
+    /// record comes first: no change is ever in force without its record (a crash between
+    /// the two leaves a record of a change that did not take effect: the safe direction).
+    /// Callers hold the request's lock, so only another process can have changed it; then
+    /// the record is marked superseded and the caller gets a conflict.
     async fn commit(
         &self,
         before: &Request,
@@ -367,16 +425,16 @@ impl Lockbox {
         events: Vec<AuditEvent>,
     ) -> Result<Request, ServiceError> {
         after.version = before.version + 1;
+        self.audit.append_durable(events).await?;
         if !self.store.update(&after).await? {
+            tracing::warn!(request_id = %before.id, "request changed elsewhere; the recorded change did not take effect");
+            self.audit.append(vec![request_event(
+                &after,
+                RequestEvent::Superseded,
+                SYSTEM_ACTOR,
+                Some("the change recorded just before did not take effect: the request had changed meanwhile"),
+            )]);
             return Err(conflict(&before.id));
-        }
-        if let Err(e) = self.audit.append_durable(events).await {
-            let mut undo = before.clone();
-            undo.version = after.version + 1;
-            if let Err(undo) = self.store.update(&undo).await {
-                tracing::error!(request_id = %before.id, error = %undo, "could not undo an unrecorded change");
-            }
-            return Err(e.into());
         }
         Ok(after)
     }

@@ -77,7 +77,7 @@ impl Lockbox {
         approve: bool,
         shorten_to: Option<Duration>,
     ) -> Result<Request, ServiceError> {
-        let before = self.load(id).await?;
+        let (before, _guard) = self.load_locked(id).await?;
         let now = Utc::now();
         let config = self.config();
         let stage = policy::check_decision(&config, caller, &before, now)?;
@@ -114,7 +114,15 @@ impl Lockbox {
         }
         if after.status == RequestStatus::Approved {
             if let Some(original) = &after.extends {
-                self.apply_extension(&after, original, &caller.name).await?;
+                // Not a conflict of this decision (which is stored): never retried as one.
+                self.apply_extension(&after, original, &caller.name)
+                    .await
+                    .map_err(|e| {
+                        PolicyError::Conflict(format!(
+                            "extension {} is approved, but request {original} could not be extended: {e}",
+                            after.id
+                        ))
+                    })?;
             }
         }
         Ok(after)
@@ -127,7 +135,7 @@ impl Lockbox {
         reason: &str,
     ) -> Result<Request, ServiceError> {
         require_reason(reason)?;
-        let before = self.load(id).await?;
+        let (before, _guard) = self.load_locked(id).await?;
         let now = Utc::now();
         policy::check_revoke(caller, &before, now)?;
         let mut after = before.clone();
@@ -148,7 +156,8 @@ impl Lockbox {
                 &caller.name,
                 Some(reason),
             )])
-            .await?;
+            .await
+            .map_err(ServiceError::RecordLagging)?;
         self.notifier
             .notify(&self.config(), &after, Event::Revoked)
             .await;
@@ -167,13 +176,16 @@ impl Lockbox {
         } else {
             reason
         };
-        let before = self.load(id).await?;
+        let (before, _guard) = self.load_locked(id).await?;
         let now = Utc::now();
         policy::check_cancel(caller, &before, now)?;
         let mut after = before.clone();
         after.transition(RequestStatus::Cancelled, &caller.name, now, Some(reason));
         let record = request_event(&after, RequestEvent::Cancelled, &caller.name, Some(reason));
-        self.commit(&before, after, vec![record]).await
+        let after = self.commit(&before, after, vec![record]).await?;
+        // Its window may have opened since the check: no session outlives a cancellation.
+        let _ = self.revocations.send(id.clone());
+        Ok(after)
     }
 
     /// Asks to extend an active grant by `duration`: a new request, linked to it, that goes
@@ -198,21 +210,7 @@ impl Lockbox {
             reason_category: Some(original.reason_category),
             ..NewRequest::default()
         };
-        let mut extension = self.create(caller, new).await?;
-        let before = extension.clone();
-        extension.extends = Some(original.id.clone());
-        extension.statement_timeout_ms = original.statement_timeout_ms;
-        extension.max_rows = original.max_rows;
-        let record = request_event(
-            &original,
-            RequestEvent::ExtensionRequested,
-            &caller.name,
-            Some(&format!(
-                "extension {} asks for {duration} more",
-                extension.id
-            )),
-        );
-        self.commit(&before, extension, vec![record]).await
+        self.create_linked(caller, new, Some(&original)).await
     }
 
     /// An approved extension moves the original grant's end, and its sessions' deadlines.
@@ -222,7 +220,7 @@ impl Lockbox {
         original: &RequestId,
         actor: &str,
     ) -> Result<(), ServiceError> {
-        let before = self.load(original).await?;
+        let (before, _guard) = self.load_locked(original).await?;
         let now = Utc::now();
         let Some(end) = before.access_expires_at.filter(|_| {
             matches!(
@@ -265,7 +263,7 @@ impl Lockbox {
         reason: &str,
     ) -> Result<Request, ServiceError> {
         require_reason(reason)?;
-        let before = self.load(id).await?;
+        let (before, _guard) = self.load_locked(id).await?;
         policy::check_acknowledge(caller, &before)?;
         let mut after = before.clone();
         after.acknowledged_by = Some(caller.name.clone());

@@ -186,6 +186,12 @@ fn invalid_config_names_the_key() {
     );
     check(&format!("{base}surprise = 1\n"), "unknown field");
     check(
+        &format!(
+            "{base}[[rules]]\nname = \"a\"\ninternal_approvals = 1\n[[rules]]\nname = \"b\"\ninternal_approvals = 1\ninternal_role = \"dba\"\n"
+        ),
+        "rules[1].internal_role",
+    );
+    check(
         &format!("{base}[audit]\npath = \"a\"\ndurability = \"sometimes\"\n"),
         "unknown variant",
     );

@@ -57,7 +57,7 @@ async fn identity_tokens_sign_in_and_amr_decides_mfa() {
     let jwks = dir.path().join("jwks.json");
     let idp = Provider::new(&jwks);
     let settings = format!(
-        "\n[oidc]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"{}\"\n",
+        "\n[oidc]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks_file = \"{}\"\nusername_claim = \"preferred_username\"\n",
         jwks.display()
     );
     let env = Env::with(

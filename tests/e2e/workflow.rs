@@ -356,6 +356,12 @@ async fn an_extension_goes_through_approvals_and_keeps_the_session_alive() {
         extension.extends.as_ref().map(|e| e.0.as_str()),
         Some(id.as_str())
     );
+    let chained = env
+        .client("eve")
+        .extend(&extension.id.0, "1h", "more")
+        .await
+        .expect_err("an extension is not extended");
+    assert_eq!(chained.code(), Some("conflict"));
     assert_eq!(extension.status, RequestStatus::PendingCustomer);
     let not_engineer = env
         .client("bob")
@@ -393,6 +399,12 @@ async fn break_glass_is_immediate_flagged_capped_and_reviewed() {
         .await
         .expect_err("not oncall");
     assert_eq!(refused.code(), Some("forbidden"));
+    assert!(
+        env.audit().iter().any(|r| r["event"] == "rejected"
+            && r["engineer"] == "eve"
+            && r["break_glass"] == true),
+        "a refused break-glass attempt is on the record"
+    );
     let granted = env
         .client("oncall")
         .create_request(&new)
@@ -572,4 +584,55 @@ async fn sighup_reloads_a_served_configuration() {
     let after = env.request_for("eve", "1h", AccessLevel::Read).await;
     assert_eq!(status(&env, &after).await, RequestStatus::PendingInternal);
     drop(serve);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_start_is_approved_but_not_active_until_it_opens() {
+    let env = Env::start("wf_start").await;
+    let mut later = ask(&env, AccessLevel::Read, "1h");
+    later.starts_at = Some(chrono::Utc::now() + chrono::Duration::hours(2));
+    let id = env
+        .client("eve")
+        .create_request(&later)
+        .await
+        .expect("create")
+        .id
+        .0;
+    env.client("carol")
+        .approve(&id, "ok for tonight")
+        .await
+        .expect("approve");
+    assert_eq!(
+        status(&env, &id).await,
+        RequestStatus::Approved,
+        "not active yet"
+    );
+    let token = env.client("eve").token(&id).await.expect("token").token;
+    let refused = env
+        .connect("eve", &token)
+        .await
+        .expect_err("window not open");
+    let (code, message) = db_error(&refused);
+    assert_eq!(code, "28P01");
+    assert!(message.contains("has not opened yet"), "{message}");
+    // Not yet active: no extension; cancelling is still possible.
+    let extend = env
+        .client("eve")
+        .extend(&id, "1h", "more")
+        .await
+        .expect_err("not active");
+    assert_eq!(extend.code(), Some("conflict"));
+    env.client("eve")
+        .cancel(&id, "not needed")
+        .await
+        .expect("cancel");
+
+    let mut far = ask(&env, AccessLevel::Read, "1h");
+    far.starts_at = Some(chrono::Utc::now() + chrono::Duration::days(40));
+    let err = env
+        .client("eve")
+        .create_request(&far)
+        .await
+        .expect_err("too far ahead");
+    assert_eq!(err.code(), Some("invalid"));
 }
