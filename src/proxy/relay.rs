@@ -129,6 +129,17 @@ pub fn monotonic_deadline(end: chrono::DateTime<chrono::Utc>) -> tokio::time::In
     tokio::time::Instant::now() + remaining
 }
 
+/// Whether a statement record was sent with the extended protocol (Execute).
+fn is_extended(record: &AuditEvent) -> bool {
+    matches!(
+        record,
+        AuditEvent::Statement(StatementRecord {
+            protocol: Protocol::Extended,
+            ..
+        })
+    )
+}
+
 /// Runs `fut` unless the terminator fires first.
 async fn guarded<T>(
     term: &mut Terminator,
@@ -375,13 +386,14 @@ impl Relay {
         let mut not_run = Vec::new();
         for p in pending {
             match p {
-                Pending::Statement(_) => {
-                    self.tracker.statement(seq, started);
+                Pending::Statement(record) => {
+                    self.tracker.statement(seq, started, is_extended(&record));
                     seq += 1;
                 }
-                Pending::Refused(_, refusal) => {
+                Pending::Refused(record, refusal) => {
                     tracing::info!(rule = refusal.rule, "statement refused by guardrail");
-                    self.tracker.refused(seq, started, refusal);
+                    self.tracker
+                        .refused(seq, started, refusal, is_extended(&record));
                     seq += 1;
                 }
                 Pending::NotRun(_) => {

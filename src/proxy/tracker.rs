@@ -21,6 +21,8 @@ enum Slot {
         /// Set when the proxy refused the statement and sent a stand-in that fails: its
         /// error is this refusal.
         refusal: Option<Arc<Refusal>>,
+        /// Sent with the extended protocol: an error makes the server skip to the next Sync.
+        extended: bool,
     },
     /// End of a group: a ReadyForQuery will answer it. `sync` tells a Sync message from
     /// the end of a query string or FunctionCall.
@@ -78,23 +80,28 @@ pub struct Tracker {
     pub transaction_status: u8,
     /// The server is in COPY FROM STDIN and the client has not ended it yet.
     in_copy_in: bool,
+    /// An extended-protocol error: the server discards what comes before the next Sync,
+    /// query strings included, so they get no ReadyForQuery of their own.
+    skipping_to_sync: bool,
 }
 
 impl Tracker {
-    pub fn statement(&mut self, seq: u64, started: Instant) {
+    pub fn statement(&mut self, seq: u64, started: Instant, extended: bool) {
         self.slots.push_back(Slot::Statement {
             seq,
             started,
             refusal: None,
+            extended,
         });
     }
 
     /// A refused statement whose stand-in will fail upstream.
-    pub fn refused(&mut self, seq: u64, started: Instant, refusal: Arc<Refusal>) {
+    pub fn refused(&mut self, seq: u64, started: Instant, refusal: Arc<Refusal>, extended: bool) {
         self.slots.push_back(Slot::Statement {
             seq,
             started,
             refusal: Some(refusal),
+            extended,
         });
     }
 
@@ -113,14 +120,40 @@ impl Tracker {
 
     /// A query string or FunctionCall was sent: its ReadyForQuery closes the group.
     pub fn query_end(&mut self) {
-        self.slots.push_back(Slot::GroupEnd { sync: false });
+        if !self.skipping_to_sync {
+            self.slots.push_back(Slot::GroupEnd { sync: false });
+        }
     }
 
     /// A Sync was sent. The server ignores Sync during COPY FROM STDIN, so does the tracker.
     pub fn sync(&mut self) {
         if !self.in_copy_in {
             self.slots.push_back(Slot::GroupEnd { sync: true });
+            self.skipping_to_sync = false;
         }
+    }
+
+    /// After an extended-protocol error the server ignores every message up to the next
+    /// Sync: a query string or FunctionCall sent in between gets no ReadyForQuery, so its
+    /// group end is dropped and its statements close with the Sync's group as not executed.
+    fn skip_to_sync(&mut self) {
+        let sync_at = self
+            .slots
+            .iter()
+            .position(|s| matches!(s, Slot::GroupEnd { sync: true }));
+        let end = sync_at.unwrap_or(self.slots.len());
+        let mut i = 0;
+        let mut kept = end;
+        while i < kept {
+            if matches!(self.slots[i], Slot::GroupEnd { sync: false }) {
+                self.slots.remove(i);
+                kept -= 1;
+            } else {
+                i += 1;
+            }
+        }
+        // The Sync is not sent yet: query strings sent before it are skipped too.
+        self.skipping_to_sync = sync_at.is_none();
     }
 
     /// The client sent CopyDone or CopyFail.
@@ -187,10 +220,15 @@ impl Tracker {
                 out.extend(self.pop_statement(OutcomeStatus::Ok))
             }
             BackendEvent::Error { sqlstate, message } => {
-                let refusal = match self.front_statement() {
-                    Some(Slot::Statement { refusal, .. }) => refusal.clone(),
-                    _ => None,
+                let (refusal, extended) = match self.front_statement() {
+                    Some(Slot::Statement {
+                        refusal, extended, ..
+                    }) => (refusal.clone(), *extended),
+                    _ => (None, false),
                 };
+                if extended {
+                    self.skip_to_sync();
+                }
                 if let Some(mut outcome) = self.pop_statement(OutcomeStatus::Error) {
                     match refusal {
                         Some(r) => {
@@ -289,11 +327,39 @@ mod tests {
     }
 
     #[test]
+    fn a_query_string_inside_a_failed_pipeline_gets_no_ready_of_its_own() {
+        // Execute(1) fails; the server then discards Query(2) up to the Sync, answers the
+        // Sync alone, and runs Query(3) after it.
+        let now = Instant::now();
+        let mut t = Tracker::default();
+        t.statement(1, now, true);
+        t.statement(2, now, false);
+        t.query_end();
+        t.sync();
+        t.statement(3, now, false);
+        t.query_end();
+        let mut out = Vec::new();
+        t.on_event(err(), &mut out);
+        t.on_event(BackendEvent::Ready(b'I'), &mut out);
+        t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out);
+        t.on_event(BackendEvent::Ready(b'I'), &mut out);
+        assert_eq!(
+            statuses(&out),
+            vec![
+                (1, OutcomeStatus::Error),
+                (2, OutcomeStatus::NotExecuted),
+                (3, OutcomeStatus::Ok)
+            ]
+        );
+        assert!(!t.in_flight());
+    }
+
+    #[test]
     fn error_in_a_query_string_skips_the_rest() {
         let now = Instant::now();
         let mut t = Tracker::default();
         for seq in 1..=3 {
-            t.statement(seq, now);
+            t.statement(seq, now, false);
         }
         t.query_end();
         let mut out = Vec::new();
@@ -316,9 +382,9 @@ mod tests {
     fn pipelined_groups_close_one_at_a_time() {
         let now = Instant::now();
         let mut t = Tracker::default();
-        t.statement(1, now);
+        t.statement(1, now, false);
         t.sync();
-        t.statement(2, now);
+        t.statement(2, now, false);
         t.sync();
         let mut out = Vec::new();
         t.on_event(err(), &mut out);
@@ -342,7 +408,7 @@ mod tests {
         t.on_event(err(), &mut out);
         t.on_event(BackendEvent::Ready(b'I'), &mut out);
         assert!(out.is_empty());
-        t.statement(7, now);
+        t.statement(7, now, false);
         t.interrupt_all(&mut out);
         assert_eq!(statuses(&out), [(7, OutcomeStatus::Interrupted)]);
     }
@@ -355,7 +421,7 @@ mod tests {
         for copy_done_first in [false, true] {
             let mut t = Tracker::default();
             let mut out = Vec::new();
-            t.statement(1, now);
+            t.statement(1, now, false);
             t.sync();
             if copy_done_first {
                 t.copy_end();
@@ -368,7 +434,7 @@ mod tests {
             }
             t.on_event(BackendEvent::Complete("COPY 5".into()), &mut out);
             t.on_event(BackendEvent::Ready(b'I'), &mut out);
-            t.statement(2, now);
+            t.statement(2, now, false);
             t.sync();
             t.on_event(BackendEvent::Complete("COPY 9".into()), &mut out);
             t.on_event(BackendEvent::Ready(b'I'), &mut out);
@@ -392,7 +458,7 @@ mod tests {
         let now = Instant::now();
         let mut t = Tracker::default();
         let mut out = Vec::new();
-        t.statement(1, now);
+        t.statement(1, now, false);
         t.query_end();
         t.copy_end();
         t.on_event(BackendEvent::CopyIn, &mut out);
@@ -407,14 +473,14 @@ mod tests {
         let now = Instant::now();
         let mut t = Tracker::default();
         let mut out = Vec::new();
-        t.statement(1, now);
+        t.statement(1, now, false);
         t.sync();
         t.on_event(BackendEvent::CopyIn, &mut out);
         // A bad row: the server errors out of COPY; the client then syncs.
         t.on_event(err(), &mut out);
         t.sync();
         t.on_event(BackendEvent::Ready(b'I'), &mut out);
-        t.statement(2, now);
+        t.statement(2, now, false);
         t.sync();
         t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out);
         t.on_event(BackendEvent::Ready(b'I'), &mut out);

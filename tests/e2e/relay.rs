@@ -445,3 +445,37 @@ async fn a_rejected_parse_cannot_change_what_the_audit_says_runs() {
         "DELETE 1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_string_inside_a_failed_pipeline_is_recorded_as_not_executed() {
+    let env = Env::start("relay_pipeline_query").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    let query = |sql: &str| crate::harness::message(b'Q', &[sql.as_bytes(), b"\0"].concat());
+    // Execute fails; the server then discards the Query up to the Sync.
+    let mut pipeline = parse("", "SELECT 1/0");
+    let mut bes = bind_execute_sync("");
+    let sync = bes.split_off(bes.len() - 5);
+    pipeline.extend(bes);
+    pipeline.extend(query("SELECT 'skipped'"));
+    pipeline.extend(sync);
+    raw.send(&pipeline).await;
+    let reply = raw.read_until_ready_after_error().await;
+    assert_eq!(crate::harness::errors_in(&reply)[0].0, "22012");
+    // Later statements are still matched with their own outcomes.
+    raw.send(&query("SELECT 'after'")).await;
+    raw.read_until_ready().await;
+    let (statements, outcomes) = settled(&env, &id, 3).await;
+    let status = |i: usize| outcome_of(&outcomes, &statements[i])["status"].clone();
+    assert_eq!(statements[1]["statement"], "SELECT 'skipped'");
+    assert_eq!(
+        (status(0), status(1), status(2)),
+        ("error".into(), "not_executed".into(), "ok".into()),
+        "{outcomes:#?}"
+    );
+    assert_eq!(
+        outcome_of(&outcomes, &statements[2])["command_tag"],
+        "SELECT 1"
+    );
+}
