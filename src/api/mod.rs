@@ -299,7 +299,7 @@ async fn approve(
     Ok(Json(
         state
             .lockbox
-            .approve_shortened(&user, &RequestId(id), &d.reason, shorten_to)
+            .approve(&user, &RequestId(id), &d.reason, shorten_to)
             .await?,
     ))
 }

@@ -16,17 +16,8 @@ use crate::policy::{self, Decision, NewRequest, PolicyError, Request, RequestSta
 const CONFLICT_RETRIES: usize = 3;
 
 impl Lockbox {
+    /// Approves, granting at most `shorten_to` of the window asked for, if given.
     pub async fn approve(
-        &self,
-        caller: &User,
-        id: &RequestId,
-        reason: &str,
-    ) -> Result<Request, ServiceError> {
-        self.decide(caller, id, reason, true, None).await
-    }
-
-    /// Approves, granting at most `shorten_to` of the window asked for.
-    pub async fn approve_shortened(
         &self,
         caller: &User,
         id: &RequestId,

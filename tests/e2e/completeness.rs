@@ -36,7 +36,7 @@ use tokio_postgres::Client;
 use lockbox::policy::AccessLevel;
 use lockbox::sandbox::{PgSandbox, SUPERUSER};
 
-use crate::harness::{create_roles, db_error, errors_in, message, Env, Options, Raw};
+use crate::harness::{create_roles, db_error, errors_in, message, query, Env, Options, Raw};
 use compare::{compare, Audited};
 use server_log::{Logged, ServerSession};
 
@@ -268,10 +268,6 @@ async fn cancelled_session(env: &Env, token: &str) {
         .expect("the cancel took effect");
     let err = result.expect("join").expect_err("cancelled");
     assert_eq!(db_error(&err).0, "57014");
-}
-
-fn query(sql: &str) -> Vec<u8> {
-    message(b'Q', &[sql.as_bytes(), b"\0"].concat())
 }
 
 /// FunctionCall of `oid` with text arguments.

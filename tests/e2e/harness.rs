@@ -510,6 +510,11 @@ pub fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
     packet
 }
 
+/// A simple-protocol Query message.
+pub fn query(sql: &str) -> Vec<u8> {
+    message(b'Q', &[sql.as_bytes(), b"\0"].concat())
+}
+
 pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![tag];
     m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());

@@ -452,7 +452,7 @@ async fn a_query_string_inside_a_failed_pipeline_is_recorded_as_not_executed() {
     let (id, token) = env.approved_token("eve", "1h").await;
     let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
     raw.read_until_ready().await;
-    let query = |sql: &str| crate::harness::message(b'Q', &[sql.as_bytes(), b"\0"].concat());
+    let query = crate::harness::query;
     // Execute fails; the server then discards the Query up to the Sync.
     let mut pipeline = parse("", "SELECT 1/0");
     let mut bes = bind_execute_sync("");
