@@ -1,14 +1,16 @@
-//! SQL text: split a query string into its statements (keeping each one's original text),
-//! and the audit kind of a parsed statement. `guard::analyze` parses each statement once for
-//! both its kind and its guardrail class.
+//! SQL text as PostgreSQL reads it: one parse by PostgreSQL's own grammar (libpg_query,
+//! through the `pg_query` crate) splits a query string into statements, keeping each one's
+//! original text, and hands each parse tree to `guard` for classification.
 //!
-//! A statement sqlparser cannot parse is still returned, with kind `unknown`: the audit
-//! records everything the client sent, parsable or not.
+//! No other SQL parser decides anything: a string PostgreSQL's grammar rejects is one
+//! statement of kind `unknown` (the server will reject it whole, and runs none of it), and
+//! a string with no statement (empty, or only comments) is one statement of kind `empty`,
+//! so every query string the server receives has a record.
 
+use std::ops::Range;
+
+use pg_query::protobuf::RawStmt;
 use serde::{Deserialize, Serialize};
-use sqlparser::ast::Statement;
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::tokenizer::{Token, Tokenizer};
 
 /// What a statement does, as the audit reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,122 +23,83 @@ pub enum StatementKind {
     Ddl,
     Other,
     Unknown,
+    /// A query string with no statement in it: empty, or only comments and semicolons.
+    Empty,
 }
 
-/// The audit kind of one parsed statement.
-pub fn kind_of(statement: &Statement) -> StatementKind {
-    use Statement as S;
-    match statement {
-        S::Query { .. } => StatementKind::Select,
-        S::Insert { .. } => StatementKind::Insert,
-        S::Update { .. } => StatementKind::Update,
-        S::Delete { .. } => StatementKind::Delete,
-        S::CreateView { .. }
-        | S::CreateTable { .. }
-        | S::CreateIndex { .. }
-        | S::CreateRole { .. }
-        | S::CreatePolicy { .. }
-        | S::AlterTable { .. }
-        | S::AlterSchema { .. }
-        | S::AlterIndex { .. }
-        | S::AlterView { .. }
-        | S::AlterType { .. }
-        | S::AlterRole { .. }
-        | S::AlterPolicy { .. }
-        | S::Drop { .. }
-        | S::DropFunction { .. }
-        | S::DropDomain { .. }
-        | S::DropProcedure { .. }
-        | S::DropPolicy { .. }
-        | S::DropTrigger { .. }
-        | S::DropExtension { .. }
-        | S::CreateExtension { .. }
-        | S::CreateSchema { .. }
-        | S::CreateDatabase { .. }
-        | S::CreateFunction { .. }
-        | S::CreateTrigger { .. }
-        | S::CreateProcedure { .. }
-        | S::CreateSequence { .. }
-        | S::CreateDomain { .. }
-        | S::CreateType { .. }
-        | S::Truncate { .. }
-        | S::Comment { .. }
-        | S::Grant { .. }
-        | S::Revoke { .. }
-        | S::RenameTable { .. } => StatementKind::Ddl,
-        _ => StatementKind::Other,
-    }
+/// One query string, split the way the server's parser splits it.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Each statement's byte range in the original text and its parse tree.
+    Statements(Vec<(Range<usize>, RawStmt)>),
+    /// Nothing but whitespace, comments and semicolons.
+    Empty,
+    /// The grammar rejects the string (the server will too, before running any of it).
+    Rejected(String),
 }
 
-/// The statements of `sql` as slices of the original text.
-pub fn split_statements(sql: &str) -> Vec<&str> {
-    // Fast path: without a semicolon there is at most one statement.
-    if !sql.contains(';') {
-        return non_empty(sql).into_iter().collect();
-    }
-    let dialect = PostgreSqlDialect {};
-    let tokens = match Tokenizer::new(&dialect, sql).tokenize_with_location() {
-        Ok(tokens) => tokens,
-        // Unterminated quote or the like: PostgreSQL will reject the whole string, and
-        // the audit records it whole.
-        Err(_) => return non_empty(sql).into_iter().collect(),
+/// Parses `sql` with PostgreSQL's grammar.
+pub fn parse(sql: &str) -> Parsed {
+    let result = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+        Ok(result) => result,
+        Err(e) => return Parsed::Rejected(e.to_string()),
     };
-    let semicolons: Vec<(u64, u64)> = tokens
-        .iter()
-        .filter(|t| t.token == Token::SemiColon)
-        .map(|t| (t.span.start.line, t.span.start.column))
-        .collect();
-    let mut pieces = Vec::new();
-    let mut start = 0;
-    for at in byte_offsets(sql, &semicolons) {
-        pieces.extend(non_empty(&sql[start..at]));
-        start = at + 1;
+    let raw = result.protobuf.stmts;
+    if raw.is_empty() {
+        return Parsed::Empty;
     }
-    pieces.extend(non_empty(&sql[start..]));
-    pieces
+    match statement_ranges(sql, &raw) {
+        Some(ranges) => Parsed::Statements(ranges.into_iter().zip(raw).collect()),
+        // Cannot happen for UTF-8 text; if it did, nothing would be decided on a guess.
+        None => Parsed::Rejected("statement boundaries inside a character".into()),
+    }
 }
 
-/// Byte offsets of (line, column) locations given in text order, where sqlparser counts
-/// both from 1 and columns in characters. One pass over the text, however many targets.
-fn byte_offsets(text: &str, targets: &[(u64, u64)]) -> Vec<usize> {
-    let mut out = Vec::with_capacity(targets.len());
-    let mut targets = targets.iter().peekable();
-    let (mut line, mut column) = (1u64, 1u64);
-    for (at, c) in text.char_indices() {
-        while let Some(&&(l, col)) = targets.peek() {
-            if (l, col) == (line, column) {
-                out.push(at);
-                targets.next();
-            } else if (l, col) < (line, column) {
-                // A location that is not on a character boundary: skip it.
-                targets.next();
-            } else {
-                break;
-            }
-        }
-        if targets.peek().is_none() {
-            break;
-        }
-        if c == '\n' {
-            line += 1;
-            column = 1;
-        } else {
-            column += 1;
-        }
+/// The text of each statement. A statement's text runs from just after the previous
+/// statement's semicolon to its own end, so comments written before it stay with it;
+/// whitespace and stray semicolons around it are dropped. The parser's locations are byte
+/// offsets; `None` if one would not fall on a character boundary.
+fn statement_ranges(sql: &str, raw: &[RawStmt]) -> Option<Vec<Range<usize>>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut previous_end = 0usize;
+    for stmt in raw {
+        let start = usize::try_from(stmt.stmt_location).unwrap_or(0);
+        let end = match usize::try_from(stmt.stmt_len) {
+            // 0 means "to the end of the string".
+            Ok(0) | Err(_) => sql.len(),
+            Ok(len) => start.saturating_add(len).min(sql.len()),
+        };
+        let from = previous_end.min(start);
+        let range = trim_range(sql, from..end);
+        sql.get(range.clone())?;
+        out.push(range);
+        previous_end = end;
     }
-    out
+    Some(out)
 }
 
-/// `Some(trimmed)` unless the piece holds only whitespace and comments.
-fn non_empty(piece: &str) -> Option<&str> {
-    let trimmed = piece.trim();
-    if trimmed.is_empty() {
-        return None;
+/// `range` without leading whitespace and semicolons and without trailing whitespace.
+fn trim_range(sql: &str, range: Range<usize>) -> Range<usize> {
+    let bytes = sql.as_bytes();
+    let (mut start, mut end) = (range.start, range.end.min(bytes.len()));
+    while start < end && (bytes[start].is_ascii_whitespace() || bytes[start] == b';') {
+        start += 1;
     }
-    let dialect = PostgreSqlDialect {};
-    match Tokenizer::new(&dialect, trimmed).tokenize() {
-        Ok(tokens) if tokens.iter().all(|t| matches!(t, Token::Whitespace(_))) => None,
-        _ => Some(trimmed),
+    while end > start && bytes[end - 1].is_ascii_whitespace() {
+        end -= 1;
+    }
+    start..end
+}
+
+/// The statements of `sql` as slices of the original text: what the audit records one by
+/// one. A rejected string is one piece (the whole string); an empty one is one piece too.
+pub fn split_statements(sql: &str) -> Vec<&str> {
+    match parse(sql) {
+        Parsed::Statements(list) => list
+            .into_iter()
+            .filter_map(|(range, _)| sql.get(range))
+            .collect(),
+        Parsed::Empty | Parsed::Rejected(_) => vec![sql],
     }
 }
 
@@ -149,61 +112,65 @@ mod tests {
     }
 
     #[test]
-    fn splits_on_top_level_semicolons_only() {
+    fn splits_where_postgresql_splits() {
         check_split("select 1", &["select 1"]);
         check_split("select 1; select 2;", &["select 1", "select 2"]);
         check_split("select ';'; select 2", &["select ';'", "select 2"]);
         check_split("select $$a;b$$; select 2", &["select $$a;b$$", "select 2"]);
+        check_split(
+            "select $a$;$$;$a$; select 2",
+            &["select $a$;$$;$a$", "select 2"],
+        );
         check_split("select 'é;'; select 'ü'", &["select 'é;'", "select 'ü'"]);
         check_split(
             "select 1;\n  -- note; here\n select 2",
             &["select 1", "-- note; here\n select 2"],
         );
-        check_split(" ; ;", &[]);
-        check_split("/* only; a comment */", &[]);
-        check_split("", &[]);
+        // PostgreSQL's C comments nest; a lexer that does not nest them sees `select 2`
+        // as code.
+        check_split(
+            "select 1 /* a /* b */ ; */ ; select 2",
+            &["select 1 /* a /* b */ ; */", "select 2"],
+        );
+        // `*/*` is an operator followed by a comment start, not a comment end.
+        check_split(
+            "select 2 */* x; */ 3; select 4",
+            &["select 2 */* x; */ 3", "select 4"],
+        );
+        // A SQL-standard function body holds semicolons of its own.
+        check_split(
+            "create function f() returns int language sql begin atomic select 1; end; select 2",
+            &[
+                "create function f() returns int language sql begin atomic select 1; end",
+                "select 2",
+            ],
+        );
+    }
+
+    #[test]
+    fn strings_with_no_statement_are_one_piece() {
+        check_split("", &[""]);
+        check_split(" ; ;", &[" ; ;"]);
+        check_split("/* only; a comment */", &["/* only; a comment */"]);
+        assert!(matches!(parse("-- nothing"), Parsed::Empty));
+    }
+
+    #[test]
+    fn a_rejected_string_is_kept_whole() {
+        let sql = "select 1; frobnicate the database; delete from t";
+        assert_eq!(split_statements(sql), [sql]);
+        assert!(matches!(parse(sql), Parsed::Rejected(_)));
+        // An unterminated quote swallows the rest for the server as for us.
+        assert!(matches!(
+            parse("select 'a; delete from t"),
+            Parsed::Rejected(_)
+        ));
     }
 
     #[test]
     fn splitting_is_linear_in_the_input() {
-        // 100k statements would take minutes with a per-statement rescan of the line.
-        let sql = "a;".repeat(100_000);
-        assert_eq!(split_statements(&sql).len(), 100_000);
-    }
-
-    #[test]
-    fn classifies_statements() {
-        let check = |sql: &str, kind: StatementKind| {
-            assert_eq!(crate::guard::analyze(sql).kind, kind, "{sql}")
-        };
-        check("select * from t", StatementKind::Select);
-        check(
-            "with x as (select 1) select * from x",
-            StatementKind::Select,
-        );
-        check("insert into t values (1)", StatementKind::Insert);
-        check("update t set a = 1 where b = 2", StatementKind::Update);
-        check("delete from t", StatementKind::Delete);
-        check("create table t (a int)", StatementKind::Ddl);
-        check("drop table t", StatementKind::Ddl);
-        check("alter table t add column b int", StatementKind::Ddl);
-        check("begin", StatementKind::Other);
-        check("set search_path = public", StatementKind::Other);
-        check("this is not sql", StatementKind::Unknown);
-    }
-
-    #[test]
-    fn unparsable_statements_are_kept() {
-        let all = split_statements("select 1; frobnicate the database; delete from t");
-        let kinds: Vec<_> = all.iter().map(|s| crate::guard::analyze(s).kind).collect();
-        assert_eq!(
-            kinds,
-            [
-                StatementKind::Select,
-                StatementKind::Unknown,
-                StatementKind::Delete
-            ]
-        );
-        assert_eq!(all[1], "frobnicate the database");
+        // 20k statements in one string would take minutes with a per-statement rescan.
+        let sql = "select 1;".repeat(20_000);
+        assert_eq!(split_statements(&sql).len(), 20_000);
     }
 }

@@ -10,16 +10,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::registry::{Control, DropReason};
-use super::statements::{Confirmation, Prepared, Statements};
+use super::statements::{self, Confirmation, Portal, Prepared, SqlChange, Statements};
 use super::stream::BoxStream;
 use super::tracker::{Outcome, Tracker};
 use crate::audit::redact::{self, Redaction};
 use crate::audit::{
     AuditEvent, AuditLog, OutcomeRecord, OutcomeStatus, Protocol, SessionFields, StatementRecord,
 };
-use crate::guard::{self, Guardrails, Refusal};
+use crate::guard::{self, Guardrails, NameChange, Refusal};
 use crate::policy::AccessLevel;
-use crate::sql::{self, StatementKind};
+use crate::sql::StatementKind;
 use crate::wire::{self, sqlstate, BackendEvent, BackendScanner, ParamValue};
 
 /// Why a relay ended.
@@ -420,26 +420,33 @@ impl Relay {
         match tag {
             b'Q' => {
                 let text = wire::decode_query(body).map_err(|e| e.to_string())?;
-                let statements: Vec<(&str, guard::Analysis)> = sql::split_statements(&text)
-                    .into_iter()
-                    .map(|piece| (piece, guard::analyze_cached(piece)))
-                    .collect();
+                let statements = guard::analyze_query_cached(&text);
                 // One refused statement refuses the string: PostgreSQL runs it as one
                 // transaction. The first refused statement carries the refusal.
-                let verdicts: Vec<_> = statements.iter().map(|(_, a)| self.check(a)).collect();
-                let refused_at = verdicts.iter().position(Result::is_err);
-                let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
-                for (i, (piece, analysis)) in statements.iter().enumerate() {
-                    let record = self.statement_record(
+                let mut records = Vec::with_capacity(statements.len());
+                let mut verdicts = Vec::with_capacity(statements.len());
+                for s in statements.iter() {
+                    let piece = text.get(s.range.clone()).unwrap_or(&text);
+                    let (record, recorded) = self.statement_record(
                         Protocol::Simple,
-                        (*piece).to_owned(),
-                        analysis.kind,
+                        piece,
+                        self.kind_of(&s.analysis),
                         None,
                     );
+                    verdicts.push(recorded.and_then(|()| self.check(&s.analysis)));
+                    records.push(record);
+                }
+                let refused_at = verdicts.iter().position(Result::is_err);
+                let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
+                for (i, (record, s)) in records.into_iter().zip(statements.iter()).enumerate() {
                     pending.push(match (&refusal, refused_at) {
                         (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
                         (Some(_), _) => Pending::NotRun(record),
-                        _ => Pending::Statement(record),
+                        _ => {
+                            let piece = text.get(s.range.clone()).unwrap_or(&text);
+                            self.note_names(piece, &s.analysis, None)?;
+                            Pending::Statement(record)
+                        }
                     });
                 }
                 pending.push(Pending::QueryEnd);
@@ -449,16 +456,17 @@ impl Relay {
             b'P' => {
                 let (name, text) = wire::decode_parse(body).map_err(|e| e.to_string())?;
                 let analysis = guard::analyze_cached(&text);
-                let kind = analysis.kind;
-                if let Err(refusal) = self.check(&analysis) {
-                    let record =
-                        self.statement_record(Protocol::Extended, text.clone(), kind, None);
+                let kind = self.kind_of(&analysis);
+                let (record, recorded) =
+                    self.statement_record(Protocol::Extended, &text, kind, None);
+                if let Err(refusal) = recorded.and_then(|()| self.check(&analysis)) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
                     return Ok(Some(stand_in_parse(&name)));
                 }
                 let statement = Prepared {
                     text: text.into(),
                     kind,
+                    names: analysis.facts.names.clone(),
                 };
                 self.statements
                     .parse(name, statement)
@@ -473,15 +481,24 @@ impl Relay {
             }
             b'E' => {
                 let portal = wire::decode_execute(body).map_err(|e| e.to_string())?;
-                let (text, kind, params) = match self.statements.portal(&portal) {
+                let (text, kind, params, names) = match self.statements.portal(&portal) {
                     Some(p) => (
-                        p.statement.text.to_string(),
+                        p.statement.text.clone(),
                         p.statement.kind,
                         Some(p.params),
+                        p.statement.names,
                     ),
-                    None => (String::new(), StatementKind::Unknown, None),
+                    None => (Arc::from(""), StatementKind::Unknown, None, None),
                 };
-                let record = self.statement_record(Protocol::Extended, text, kind, params);
+                if let Some(change) = &names {
+                    // A Parse of `PREPARE …`, `DECLARE …`, `DEALLOCATE …` changes the
+                    // namespaces each time its portal runs.
+                    let analysis = guard::analyze_cached(&text);
+                    self.note_names(&text, &analysis, Some(change))?;
+                }
+                // The text was checked when it was parsed; what is recorded is the text of
+                // the statement the server holds under that name.
+                let (record, _) = self.statement_record(Protocol::Extended, &text, kind, params);
                 pending.push(Pending::Statement(record));
             }
             b'C' => {
@@ -499,25 +516,24 @@ impl Relay {
             b'c' | b'f' => pending.push(Pending::CopyEnd),
             b'F' => {
                 let call = wire::decode_function_call(body).map_err(|e| e.to_string())?;
-                let text = format!("-- FunctionCall of function oid {}", call.oid);
+                let known = guard::function_call_class(call.oid, &call.args);
+                let text = match known {
+                    Some((name, _)) => format!("-- FunctionCall of {name} (oid {})", call.oid),
+                    None => format!("-- FunctionCall of function oid {}", call.oid),
+                };
+                // A FunctionCall names a function by OID. The large-object functions libpq's
+                // API calls are known and judged like their SQL forms; any other OID could be
+                // anything (lo_import, set_config, …), so only an admin grant may call it.
+                let class = known.map_or(guard::Class::Escalation("function_call"), |(_, c)| c);
                 // The arguments say what the call does (a file name for lo_import, …).
                 let args = call.args.into_iter().map(param_json).collect();
-                let record = self.statement_record(
+                let (record, _) = self.statement_record(
                     Protocol::FunctionCall,
-                    text,
+                    &text,
                     StatementKind::Other,
                     Some(args),
                 );
-                // A FunctionCall names a function by OID, so no guardrail can see what it
-                // does (lo_import, set_config, …): only an admin grant may send one.
-                if self.grant.access != AccessLevel::Admin {
-                    let refusal = Refusal {
-                        rule: "function_call",
-                        message: format!(
-                            "lockbox: the FunctionCall protocol message is not allowed under a {} grant (rule function_call)",
-                            self.grant.access.as_str()
-                        ),
-                    };
+                if let Err(refusal) = guard::check_class(self.grant.access, class) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
                     pending.push(Pending::QueryEnd);
                     self.statements.group_end().map_err(|e| e.to_string())?;
@@ -542,7 +558,7 @@ impl Relay {
                 .facts
                 .settings
                 .iter()
-                .any(|s| s == "statement_timeout")
+                .any(|s| s == "statement_timeout" || s == "*")
         {
             return Err(Refusal {
                 rule: "statement_timeout",
@@ -553,31 +569,94 @@ impl Relay {
         Ok(())
     }
 
+    /// The statement record of `statement`, redacted as the database asks. A statement
+    /// whose literals cannot be found when they must be masked is recorded as unreadable
+    /// and refused (`Err`): it is never hidden and never runs.
     fn statement_record(
         &self,
         protocol: Protocol,
-        statement: String,
+        statement: &str,
         kind: StatementKind,
         params: Option<Vec<serde_json::Value>>,
-    ) -> AuditEvent {
+    ) -> (AuditEvent, Result<(), Refusal>) {
         let redaction = self.grant.redaction;
-        let statement = if redaction.literals {
-            redact::mask_literals(&statement)
+        let (statement, recorded) = if redaction.literals {
+            match redact::mask_literals(statement) {
+                Ok(masked) => (masked, Ok(())),
+                Err(e) => (
+                    redact::UNREADABLE.to_owned(),
+                    Err(Refusal {
+                        rule: "unscannable",
+                        message: format!(
+                            "lockbox: {e}; this database's audit masks literals, so it cannot run (rule unscannable)"
+                        ),
+                    }),
+                ),
+            }
         } else {
-            statement
+            (statement.to_owned(), Ok(()))
         };
         let params = match params {
             Some(p) if redaction.parameters => Some(redact::mask_parameters(p)),
             other => other,
         };
-        AuditEvent::Statement(StatementRecord {
+        let record = AuditEvent::Statement(StatementRecord {
             session: self.session.clone(),
             protocol,
             statement,
             params,
             kind,
             redacted: redaction.names(),
-        })
+        });
+        (record, recorded)
+    }
+
+    /// The audit kind of a statement; `EXECUTE name` takes the kind of what it runs.
+    fn kind_of(&self, analysis: &guard::Analysis) -> StatementKind {
+        match &analysis.facts.names {
+            Some(NameChange::Execute(name)) if analysis.kind == StatementKind::Other => self
+                .statements
+                .statement(name)
+                .map_or(analysis.kind, |p| p.kind),
+            _ => analysis.kind,
+        }
+    }
+
+    /// Queues what a statement about to run does to the prepared statements and cursors;
+    /// it takes effect when the server confirms it.
+    fn note_names(
+        &mut self,
+        text: &str,
+        analysis: &guard::Analysis,
+        change: Option<&NameChange>,
+    ) -> Result<(), String> {
+        let Some(change) = change.or(analysis.facts.names.as_ref()) else {
+            return Ok(());
+        };
+        let own = |kind| Prepared {
+            text: text.into(),
+            kind,
+            names: None,
+        };
+        let sql_change = match change {
+            NameChange::Prepare(name) => {
+                let kind = crate::guard::prepared_kind(text);
+                SqlChange::Prepare(name.clone(), own(kind))
+            }
+            NameChange::Declare(name) => SqlChange::Declare(
+                name.clone(),
+                Portal {
+                    statement: own(StatementKind::Select),
+                    params: Vec::new(),
+                    held: crate::guard::declares_held_cursor(text),
+                },
+            ),
+            NameChange::Deallocate(name) => SqlChange::Deallocate(name.clone()),
+            NameChange::Close(name) => SqlChange::Close(name.clone()),
+            NameChange::DiscardAll => SqlChange::DiscardAll,
+            NameChange::Execute(_) => return Ok(()),
+        };
+        self.statements.sql(sql_change).map_err(|e| e.to_string())
     }
 
     /// Scans what upstream sent for outcomes, records them, and forwards the bytes as read
@@ -611,12 +690,25 @@ impl Relay {
                 }
                 BackendEvent::CopyData(n) => {
                     self.copy_bytes += n;
+                    // COPY … TO STDOUT sends one CopyData per row: a row limit counts them.
+                    self.rows += 1;
+                    if let Some(max) = self.grant.limits.max_rows.filter(|max| self.rows > *max) {
+                        let upto = range.as_ref().map_or(0, |r| r.start);
+                        let head = splice(&self.ubuf[..upto], std::mem::take(&mut rewrites));
+                        let _ = guarded(&mut self.term, self.client.write_all(&head)).await;
+                        return Err(End::RowLimit(max));
+                    }
                     continue;
                 }
-                BackendEvent::Complete(_)
-                | BackendEvent::Error { .. }
-                | BackendEvent::Empty
-                | BackendEvent::Suspended => self.rows = 0,
+                BackendEvent::Complete(tag) => {
+                    self.rows = 0;
+                    if statements::is_namespace_tag(tag) {
+                        self.statements.confirm(Confirmation::Command(tag.clone()));
+                    }
+                }
+                BackendEvent::Error { .. } | BackendEvent::Empty | BackendEvent::Suspended => {
+                    self.rows = 0
+                }
                 BackendEvent::ParseComplete => self.statements.confirm(Confirmation::Parse),
                 BackendEvent::BindComplete => self.statements.confirm(Confirmation::Bind),
                 BackendEvent::CloseComplete => self.statements.confirm(Confirmation::Close),

@@ -31,7 +31,6 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// protocol behaviour is left out; `options` and `replication` are refused outright.
 const PASSED_PARAMETERS: &[&str] = &[
     "application_name",
-    "client_encoding",
     "DateStyle",
     "TimeZone",
     "IntervalStyle",

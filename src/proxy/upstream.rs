@@ -85,6 +85,9 @@ pub async fn connect(
     let mut params = params.to_vec();
     // The proxy splits query strings as a server with these settings does; pinning them
     // keeps a role or database default from making the two readings differ.
+    // The text is read as UTF-8 whatever encoding the client asked for (it learns the
+    // encoding in force from ParameterStatus, as after any SET).
+    params.push(("client_encoding".into(), "UTF8".into()));
     params.push(("standard_conforming_strings".into(), "on".into()));
     params.push(("backslash_quote".into(), "safe_encoding".into()));
     if access == AccessLevel::Read {

@@ -344,19 +344,30 @@ async fn nothing_can_make_the_audit_split_statements_differently() {
     for sql in [
         "SET standard_conforming_strings = off",
         "SET client_encoding = 'SJIS'",
-        "RESET backslash_quote",
+        "SET backslash_quote = on",
+        "SELECT set_config('client_encoding', 'SJIS', false)",
+        "SELECT set_config(lower('STANDARD_CONFORMING_STRINGS'), 'off', false)",
     ] {
         let err = client.batch_execute(sql).await.expect_err(sql);
         let (code, message) = db_error(&err);
         assert_eq!(code, "42501", "{sql}");
         assert!(message.contains("lexer_setting"), "{message}");
     }
-    // A route the guard cannot see: the server reports the change, and the session ends.
-    let result = client
+    // Setting the pinned value again changes nothing and is allowed (psql's \encoding).
+    client
+        .batch_execute("SET client_encoding = 'UTF8'; RESET standard_conforming_strings")
+        .await
+        .expect("no-op settings");
+    // A route the guard cannot see (a function's body is a string to it): the server
+    // reports the change, and the session ends.
+    client
         .batch_execute(
-            "SELECT set_config(name, 'off', false) FROM pg_settings WHERE name = 'standard_conforming_strings'",
+            "CREATE FUNCTION flip() RETURNS text LANGUAGE sql AS \
+             $f$ SELECT set_config('standard_conforming_strings', 'off', false) $f$",
         )
-        .await;
+        .await
+        .expect("create function");
+    let result = client.batch_execute("SELECT flip()").await;
     let closed = tokio::time::timeout(std::time::Duration::from_secs(10), conn)
         .await
         .expect("session ended")

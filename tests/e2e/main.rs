@@ -13,6 +13,7 @@ mod audit_rotation;
 mod auth;
 mod cli;
 mod completeness;
+mod grammar;
 mod guard;
 mod lifecycle;
 mod notify;

@@ -396,14 +396,14 @@ async fn psql_backslash_commands_work_under_a_read_grant() {
     }
 }
 
-fn parse(name: &str, sql: &str) -> Vec<u8> {
+pub(crate) fn parse(name: &str, sql: &str) -> Vec<u8> {
     crate::harness::message(
         b'P',
         &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat(),
     )
 }
 
-fn bind_execute_sync(statement: &str) -> Vec<u8> {
+pub(crate) fn bind_execute_sync(statement: &str) -> Vec<u8> {
     let mut bytes = crate::harness::message(
         b'B',
         &[b"\0", statement.as_bytes(), b"\0\0\0\0\0\0\0"].concat(),

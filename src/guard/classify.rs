@@ -1,0 +1,455 @@
+//! One statement's parse tree → its audit kind, its class and its facts.
+//!
+//! Under a read grant a statement is allowed only when its tree is a read; so anything not
+//! placed here explicitly is DDL at best, and the statement types that reach outside the
+//! grant (roles, the server's configuration, extensions, other servers) are escalations.
+
+use pg_query::protobuf::{self, node::Node as N};
+use serde_json::Value;
+
+use super::functions::{self, Effect};
+use super::settings;
+use super::tree::{self, Found};
+use super::{Analysis, Class, Facts, NameChange};
+use crate::sql::StatementKind;
+
+/// `CURSOR_OPT_HOLD` of DeclareCursorStmt's options.
+const CURSOR_OPT_HOLD: i32 = 0x0020;
+/// `AccessShareLock`, the lock any SELECT takes (LockStmt's mode).
+const ACCESS_SHARE_LOCK: i32 = 1;
+
+/// Analyses one parsed statement.
+pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
+    let Some(node) = stmt.and_then(|n| n.node.as_ref()) else {
+        return Analysis::rejected();
+    };
+    let Ok(serialized) = serde_json::to_value(node) else {
+        return Analysis::rejected();
+    };
+    let found = tree::walk(&serialized);
+    let where_name = pg_settings_where_name(node);
+    let calls = classify_calls(&found, where_name.as_deref());
+    let sets = found
+        .sets
+        .iter()
+        .map(settings::class_of_set)
+        .fold(Class::Session, Class::worst);
+    let (kind, own, names) = statement(node, &found);
+    let mut class = own.worst(calls.class).worst(sets);
+    if found.writes_pg_settings {
+        // pg_settings' rules call set_config with whatever name the row has.
+        class = class.worst(Class::Forbidden("lexer_setting"));
+    }
+    let mut changed: Vec<String> = found.sets.iter().map(|s| s.name.clone()).collect();
+    changed.extend(calls.settings);
+    let opaque = match node {
+        N::DoStmt(_) => Some("a DO block"),
+        N::CallStmt(_) => Some("CALL of a procedure"),
+        _ => calls
+            .opaque
+            .then_some("a call of a function that is not built in"),
+    };
+    Analysis {
+        kind,
+        class,
+        facts: Facts {
+            drop: found.drop,
+            truncate: found.truncate,
+            delete_without_where: found.delete_without_where,
+            update_without_where: found.update_without_where,
+            relations: found
+                .relations
+                .iter()
+                .cloned()
+                .chain(calls.relations)
+                .collect(),
+            settings: changed.into(),
+            opaque,
+            reads_tables_by_name: calls.reads_tables_by_name,
+            names,
+        },
+    }
+}
+
+/// The statement's own kind, class and namespace change, from its type.
+fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameChange>) {
+    use StatementKind as K;
+    let select_class = || {
+        if found.writes || found.row_locks || found.select_into {
+            Class::Write
+        } else {
+            Class::Read
+        }
+    };
+    match node {
+        N::SelectStmt(_) => (K::Select, select_class(), None),
+        N::InsertStmt(_) => (K::Insert, Class::Write, None),
+        N::UpdateStmt(_) => (K::Update, Class::Write, None),
+        N::DeleteStmt(_) => (K::Delete, Class::Write, None),
+        N::MergeStmt(_) => (K::Other, Class::Write, None),
+        N::ExplainStmt(e) => (K::Other, explain_class(e, found), explained_execute(e)),
+        N::CopyStmt(c) => (K::Other, copy_class(c, found), None),
+        N::DeclareCursorStmt(d) => {
+            let class = if d.options & CURSOR_OPT_HOLD != 0 {
+                // A held cursor outlives its transaction: materialised at commit and kept
+                // for the session.
+                select_class().worst(Class::ReadOnlyEscape("cursor_with_hold"))
+            } else {
+                select_class()
+            };
+            (
+                K::Other,
+                class,
+                Some(NameChange::Declare(d.portalname.clone())),
+            )
+        }
+        N::FetchStmt(_) => (K::Select, Class::Read, None),
+        N::ClosePortalStmt(c) => (
+            K::Other,
+            Class::Session,
+            Some(NameChange::Close(non_empty(&c.portalname))),
+        ),
+        N::PrepareStmt(p) => {
+            // Preparing checks what would run: a prepared write is refused where a write is.
+            let inner = p.query.as_deref().map(|q| analyze_inner(q).class);
+            let class = inner.unwrap_or(Class::Unknown).worst(Class::Session);
+            (K::Other, class, Some(NameChange::Prepare(p.name.clone())))
+        }
+        // What runs was checked when it was prepared.
+        N::ExecuteStmt(e) => (
+            K::Other,
+            Class::Session,
+            Some(NameChange::Execute(e.name.clone())),
+        ),
+        N::DeallocateStmt(d) => {
+            let name = if d.isall { None } else { non_empty(&d.name) };
+            (K::Other, Class::Session, Some(NameChange::Deallocate(name)))
+        }
+        N::DiscardStmt(d) => {
+            let all = d.target == protobuf::DiscardMode::DiscardAll as i32;
+            (
+                K::Other,
+                Class::Session,
+                all.then_some(NameChange::DiscardAll),
+            )
+        }
+        N::TransactionStmt(t) => (K::Other, transaction_class(t), None),
+        N::VariableSetStmt(_) | N::VariableShowStmt(_) | N::ListenStmt(_) | N::UnlistenStmt(_) => {
+            (K::Other, Class::Session, None)
+        }
+        N::ConstraintsSetStmt(_) => (K::Other, Class::Session, None),
+        N::LockStmt(l) => {
+            let class = if l.mode == ACCESS_SHARE_LOCK {
+                Class::Read
+            } else {
+                Class::Write
+            };
+            (K::Other, class, None)
+        }
+        N::NotifyStmt(_)
+        | N::VacuumStmt(_)
+        | N::ClusterStmt(_)
+        | N::ReindexStmt(_)
+        | N::RefreshMatViewStmt(_)
+        | N::CheckPointStmt(_) => (K::Other, Class::Write, None),
+        N::CallStmt(_) => (K::Other, Class::Write, None),
+        N::DoStmt(_) => (K::Other, Class::Escalation("do_block"), None),
+        N::CreateTableAsStmt(c) => {
+            let names = c
+                .query
+                .as_deref()
+                .and_then(|q| q.node.as_ref())
+                .and_then(|q| match q {
+                    N::ExecuteStmt(e) => Some(NameChange::Execute(e.name.clone())),
+                    _ => None,
+                });
+            (K::Ddl, Class::Ddl, names)
+        }
+        other => (K::Ddl, ddl_class(other), None),
+    }
+}
+
+/// DDL, unless it reaches outside the grant.
+fn ddl_class(node: &N) -> Class {
+    match node {
+        N::AlterSystemStmt(_) => Class::Escalation("alter_system"),
+        N::LoadStmt(_) => Class::Escalation("load"),
+        N::CreateExtensionStmt(_) | N::AlterExtensionStmt(_) | N::AlterExtensionContentsStmt(_) => {
+            Class::Escalation("create_extension")
+        }
+        N::CreateRoleStmt(_)
+        | N::AlterRoleStmt(_)
+        | N::AlterRoleSetStmt(_)
+        | N::DropRoleStmt(_)
+        | N::GrantRoleStmt(_) => Class::Escalation("role_management"),
+        N::CreatedbStmt(_)
+        | N::DropdbStmt(_)
+        | N::AlterDatabaseStmt(_)
+        | N::AlterDatabaseSetStmt(_)
+        | N::AlterDatabaseRefreshCollStmt(_)
+        | N::CreateTableSpaceStmt(_)
+        | N::DropTableSpaceStmt(_)
+        | N::AlterTableSpaceOptionsStmt(_)
+        | N::CreatePlangStmt(_)
+        | N::CreateEventTrigStmt(_)
+        | N::AlterEventTrigStmt(_) => Class::Escalation("server_object"),
+        N::CreateSubscriptionStmt(_)
+        | N::AlterSubscriptionStmt(_)
+        | N::DropSubscriptionStmt(_)
+        | N::CreateForeignServerStmt(_)
+        | N::AlterForeignServerStmt(_)
+        | N::CreateUserMappingStmt(_)
+        | N::AlterUserMappingStmt(_)
+        | N::CreateFdwStmt(_)
+        | N::AlterFdwStmt(_)
+        | N::ImportForeignSchemaStmt(_) => Class::Escalation("remote_server"),
+        _ => Class::Ddl,
+    }
+}
+
+/// EXPLAIN plans without running; EXPLAIN ANALYZE runs the statement.
+fn explain_class(e: &protobuf::ExplainStmt, found: &Found<'_>) -> Class {
+    let Some(query) = e.query.as_deref() else {
+        return Class::Unknown;
+    };
+    if analyzes(e) {
+        // The walk already saw writes anywhere inside; the inner statement's own class
+        // covers the rest (a COPY, a PREPARE …).
+        let inner = analyze_inner(query).class;
+        if found.writes {
+            inner.worst(Class::Write)
+        } else {
+            inner
+        }
+    } else {
+        Class::Read
+    }
+}
+
+fn analyzes(e: &protobuf::ExplainStmt) -> bool {
+    e.options.iter().any(|option| {
+        let Some(N::DefElem(def)) = option.node.as_ref() else {
+            return false;
+        };
+        if !def.defname.eq_ignore_ascii_case("analyze")
+            && !def.defname.eq_ignore_ascii_case("analyse")
+        {
+            return false;
+        }
+        // `ANALYZE` alone, or with a value that is not plainly false.
+        let value = def
+            .arg
+            .as_deref()
+            .and_then(|arg| serde_json::to_value(arg).ok())
+            .and_then(|arg| tree::literal(&arg));
+        !matches!(
+            value.as_deref().map(str::to_ascii_lowercase).as_deref(),
+            Some("off" | "false" | "0" | "no" | "f" | "n")
+        )
+    })
+}
+
+fn explained_execute(e: &protobuf::ExplainStmt) -> Option<NameChange> {
+    match e.query.as_deref().and_then(|q| q.node.as_ref()) {
+        Some(N::ExecuteStmt(x)) if analyzes(e) => Some(NameChange::Execute(x.name.clone())),
+        _ => None,
+    }
+}
+
+fn copy_class(c: &protobuf::CopyStmt, found: &Found<'_>) -> Class {
+    if c.is_program {
+        Class::Escalation("copy_program")
+    } else if !c.filename.is_empty() {
+        Class::Escalation("copy_file")
+    } else if c.is_from {
+        Class::Write
+    } else if let Some(query) = c.query.as_deref() {
+        // COPY (query) TO STDOUT runs the query: `COPY (DELETE … RETURNING *) TO STDOUT`.
+        let inner = analyze_inner(query).class;
+        if found.writes {
+            inner.worst(Class::Write)
+        } else {
+            inner
+        }
+    } else {
+        Class::Read
+    }
+}
+
+fn transaction_class(t: &protobuf::TransactionStmt) -> Class {
+    use protobuf::TransactionStmtKind as T;
+    match T::try_from(t.kind) {
+        Ok(T::TransStmtBegin | T::TransStmtStart) => {
+            let options: Vec<Value> = t
+                .options
+                .iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .collect();
+            settings::transaction_modes(&options)
+        }
+        Ok(
+            T::TransStmtCommit
+            | T::TransStmtRollback
+            | T::TransStmtSavepoint
+            | T::TransStmtRelease
+            | T::TransStmtRollbackTo,
+        ) => Class::Session,
+        // Two-phase commit keeps a transaction's changes (and locks) beyond the session.
+        _ => Class::Write,
+    }
+}
+
+/// The analysis of a statement nested in another (EXPLAIN's, PREPARE's, COPY's query).
+fn analyze_inner(node: &protobuf::Node) -> Analysis {
+    analyze_stmt(Some(node))
+}
+
+/// What the function calls of a statement add up to.
+#[derive(Default)]
+struct Calls {
+    class: Class,
+    settings: Vec<String>,
+    relations: Vec<String>,
+    opaque: bool,
+    reads_tables_by_name: bool,
+}
+
+fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
+    let mut out = Calls::default();
+    for call in &found.calls {
+        if let Some(rule) = functions::extension_escalation(&call.name) {
+            out.class = out.class.worst(Class::Escalation(rule));
+            out.opaque = true;
+            continue;
+        }
+        if !functions::is_builtin(call) {
+            out.opaque = true;
+            continue;
+        }
+        let class = match functions::effect(&call.name) {
+            Effect::None if call.name == "lo_open" => functions::lo_open_class(call),
+            Effect::None => Class::Read,
+            Effect::Write => Class::Write,
+            Effect::Escalation(rule) => Class::Escalation(rule),
+            Effect::SetsConfig => {
+                let (name, class) = settings::class_of_set_config(call, where_name);
+                if name.is_none() {
+                    out.settings.push("*".into());
+                }
+                out.settings.extend(name);
+                // Changing the role or read-only mode through a function keeps the rule
+                // name it has always had.
+                match class {
+                    Class::ReadOnlyEscape(_) => Class::ReadOnlyEscape(functions::ESCAPING),
+                    Class::Escalation(_) => Class::Escalation(functions::ESCAPING),
+                    other => other,
+                }
+            }
+            Effect::RunsQueryText => {
+                let text = call.args.first().and_then(|a| tree::literal(a));
+                match text.map(|t| super::analyze(&t)) {
+                    Some(inner) => {
+                        out.relations.extend(inner.facts.relations.iter().cloned());
+                        out.opaque |= inner.facts.opaque.is_some();
+                        inner.class.worst(Class::Read)
+                    }
+                    // SQL computed at run time: nothing can be said about it.
+                    None => {
+                        out.reads_tables_by_name = true;
+                        out.opaque = true;
+                        Class::Write
+                    }
+                }
+            }
+            Effect::ReadsTablesByName => {
+                match call.args.first().and_then(|a| tree::literal(a)) {
+                    Some(name) if call.name.starts_with("table_to_") => {
+                        out.relations.push(name.to_lowercase().replace('"', ""));
+                    }
+                    _ => out.reads_tables_by_name = true,
+                }
+                Class::Read
+            }
+        };
+        out.class = out.class.worst(class);
+    }
+    out
+}
+
+/// `SELECT set_config(name, …) FROM pg_settings WHERE name = '<setting>'` (pg_dump's form):
+/// the literal the statement restricts `name` to, when it has exactly that shape.
+fn pg_settings_where_name(node: &N) -> Option<String> {
+    let N::SelectStmt(select) = node else {
+        return None;
+    };
+    let [from] = select.from_clause.as_slice() else {
+        return None;
+    };
+    let Some(N::RangeVar(range)) = from.node.as_ref() else {
+        return None;
+    };
+    let schema_ok = range.schemaname.is_empty() || range.schemaname == "pg_catalog";
+    if !schema_ok || range.relname != "pg_settings" {
+        return None;
+    }
+    let Some(N::AExpr(expr)) = select.where_clause.as_deref().and_then(|w| w.node.as_ref()) else {
+        return None;
+    };
+    let operator = expr.name.iter().filter_map(|n| match n.node.as_ref() {
+        Some(N::String(s)) => Some(s.sval.as_str()),
+        _ => None,
+    });
+    if expr.kind != protobuf::AExprKind::AexprOp as i32 || !operator.eq(["="]) {
+        return None;
+    }
+    let column =
+        |side: &Option<Box<protobuf::Node>>| match side.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(N::ColumnRef(c)) => matches!(
+                c.fields.as_slice(),
+                [f] if matches!(f.node.as_ref(), Some(N::String(s)) if s.sval == "name")
+            ),
+            _ => false,
+        };
+    let constant = |side: &Option<Box<protobuf::Node>>| {
+        side.as_deref()
+            .and_then(|n| serde_json::to_value(n).ok())
+            .and_then(|v| tree::literal(&v))
+    };
+    if column(&expr.lexpr) {
+        constant(&expr.rexpr)
+    } else if column(&expr.rexpr) {
+        constant(&expr.lexpr)
+    } else {
+        None
+    }
+}
+
+fn non_empty(name: &str) -> Option<String> {
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// The audit kind of what `PREPARE name AS <statement>` prepares.
+pub fn prepared_kind(text: &str) -> StatementKind {
+    match only_statement(text) {
+        Some(N::PrepareStmt(p)) => p
+            .query
+            .as_deref()
+            .map_or(StatementKind::Unknown, |q| analyze_inner(q).kind),
+        _ => StatementKind::Unknown,
+    }
+}
+
+/// Whether `text` is `DECLARE … WITH HOLD`.
+pub fn declares_held_cursor(text: &str) -> bool {
+    matches!(only_statement(text), Some(N::DeclareCursorStmt(d)) if d.options & CURSOR_OPT_HOLD != 0)
+}
+
+fn only_statement(text: &str) -> Option<N> {
+    match crate::sql::parse(text) {
+        crate::sql::Parsed::Statements(mut list) if list.len() == 1 => list
+            .pop()
+            .and_then(|(_, raw)| raw.stmt)
+            .and_then(|n| n.node),
+        _ => None,
+    }
+}

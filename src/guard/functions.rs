@@ -1,0 +1,218 @@
+//! Function calls, named as PostgreSQL resolves them after its identifier normalisation
+//! (`"SET_CONFIG"` is not `set_config`; `U&"set\005fconfig"` is). A call of a built-in
+//! is judged by what the built-in does; a call of anything else is opaque: lockbox cannot
+//! see what it does, so the database's role bounds it, and with guardrails in force it is
+//! refused.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use super::tree::{literal, Call};
+use super::Class;
+use crate::wire::ParamValue;
+
+/// The rule that refuses functions reaching outside the grant (files, other servers, other
+/// backends, server control).
+pub(crate) const ESCAPING: &str = "escaping_function";
+
+/// What calling a built-in does, beyond computing a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Nothing lockbox cares about.
+    None,
+    /// Changes data (large objects, sequences) or holds locks that block other sessions.
+    Write,
+    /// Reaches outside the grant: files, other servers, other backends, server control.
+    Escalation(&'static str),
+    /// `set_config`: judged by the setting it changes.
+    SetsConfig,
+    /// Runs SQL given as text (`query_to_xml('…')`): judged by that text, when it is a
+    /// literal.
+    RunsQueryText,
+    /// Reads a table named by text, or a whole schema or database.
+    ReadsTablesByName,
+}
+
+/// The names of pg_catalog's functions in PostgreSQL 15, one per line (`psql -Atc "select
+/// distinct proname from pg_proc where pronamespace = 'pg_catalog'::regnamespace order by
+/// 1"`). A function not in it is not a built-in.
+const BUILTINS: &str = include_str!("builtin_functions.txt");
+
+static BUILTIN_NAMES: LazyLock<HashSet<&'static str>> =
+    LazyLock::new(|| BUILTINS.lines().map(str::trim).collect());
+
+/// Whether `call` is a call of a pg_catalog built-in: unqualified (pg_catalog comes first
+/// on every search path unless it is placed later explicitly) or qualified with pg_catalog.
+pub(crate) fn is_builtin(call: &Call<'_>) -> bool {
+    let schema_ok = match call.schema.as_deref() {
+        None | Some("pg_catalog") => true,
+        Some(_) => false,
+    };
+    schema_ok && BUILTIN_NAMES.contains(call.name.as_str())
+}
+
+/// What a built-in does.
+pub(crate) fn effect(name: &str) -> Effect {
+    match name {
+        "set_config" => Effect::SetsConfig,
+        // Large objects: every writer, and the file transfers.
+        "lo_create" | "lo_creat" | "lo_unlink" | "lowrite" | "lo_write" | "lo_put"
+        | "lo_truncate" | "lo_truncate64" | "lo_from_bytea" => Effect::Write,
+        "lo_import" | "lo_export" => Effect::Escalation(ESCAPING),
+        // Sequences.
+        "nextval" | "setval" => Effect::Write,
+        // Advisory locks block other sessions (the session-level ones beyond the
+        // transaction).
+        "pg_advisory_lock"
+        | "pg_advisory_lock_shared"
+        | "pg_advisory_xact_lock"
+        | "pg_advisory_xact_lock_shared"
+        | "pg_try_advisory_lock"
+        | "pg_try_advisory_lock_shared"
+        | "pg_try_advisory_xact_lock"
+        | "pg_try_advisory_xact_lock_shared" => Effect::Write,
+        "pg_notify" => Effect::Write,
+        // Statistics, replication and WAL state.
+        "pg_stat_reset"
+        | "pg_stat_reset_shared"
+        | "pg_stat_reset_single_table_counters"
+        | "pg_stat_reset_single_function_counters"
+        | "pg_stat_reset_slru"
+        | "pg_stat_reset_replication_slot"
+        | "pg_stat_reset_subscription_stats"
+        | "pg_stat_statements_reset"
+        | "brin_summarize_new_values"
+        | "brin_summarize_range"
+        | "brin_desummarize_range"
+        | "gin_clean_pending_list"
+        | "pg_logical_emit_message"
+        | "pg_replication_origin_create"
+        | "pg_replication_origin_drop"
+        | "pg_replication_origin_advance"
+        | "pg_replication_origin_session_setup"
+        | "pg_replication_origin_xact_setup"
+        | "pg_import_system_collations"
+        | "pg_extension_config_dump" => Effect::Write,
+        // Files of the server.
+        "pg_read_file"
+        | "pg_read_binary_file"
+        | "pg_stat_file"
+        | "pg_ls_dir"
+        | "pg_ls_logdir"
+        | "pg_ls_waldir"
+        | "pg_ls_tmpdir"
+        | "pg_ls_archive_statusdir"
+        | "pg_ls_logicalmapdir"
+        | "pg_ls_logicalsnapdir"
+        | "pg_ls_replslotdir"
+        | "pg_file_write"
+        | "pg_file_rename"
+        | "pg_file_unlink"
+        | "pg_file_sync"
+        | "pg_logdir_ls"
+        | "pg_current_logfile" => Effect::Escalation(ESCAPING),
+        // Other backends and the server itself.
+        "pg_terminate_backend" | "pg_cancel_backend" | "pg_log_backend_memory_contexts" => {
+            Effect::Escalation(ESCAPING)
+        }
+        "pg_reload_conf"
+        | "pg_rotate_logfile"
+        | "pg_promote"
+        | "pg_switch_wal"
+        | "pg_create_restore_point"
+        | "pg_backup_start"
+        | "pg_backup_stop"
+        | "pg_start_backup"
+        | "pg_stop_backup"
+        | "pg_wal_replay_pause"
+        | "pg_wal_replay_resume"
+        | "pg_create_physical_replication_slot"
+        | "pg_create_logical_replication_slot"
+        | "pg_drop_replication_slot"
+        | "pg_copy_physical_replication_slot"
+        | "pg_copy_logical_replication_slot"
+        | "pg_replication_slot_advance"
+        | "pg_logical_slot_get_changes"
+        | "pg_logical_slot_get_binary_changes" => Effect::Escalation(ESCAPING),
+        // SQL as text, and whole tables read by name.
+        "query_to_xml" | "query_to_xmlschema" | "query_to_xml_and_xmlschema" | "ts_stat" => {
+            Effect::RunsQueryText
+        }
+        "table_to_xml"
+        | "table_to_xmlschema"
+        | "table_to_xml_and_xmlschema"
+        | "schema_to_xml"
+        | "schema_to_xmlschema"
+        | "schema_to_xml_and_xmlschema"
+        | "database_to_xml"
+        | "database_to_xmlschema"
+        | "database_to_xml_and_xmlschema"
+        | "cursor_to_xml"
+        | "cursor_to_xmlschema" => Effect::ReadsTablesByName,
+        _ => Effect::None,
+    }
+}
+
+/// Functions of common extensions that reach other servers or run SQL as text where the
+/// audit cannot see it: refused below admin whatever schema they are installed in.
+pub(crate) fn extension_escalation(name: &str) -> Option<&'static str> {
+    match name {
+        "dblink" | "dblink_exec" | "dblink_connect" | "dblink_connect_u" | "dblink_open"
+        | "dblink_fetch" | "dblink_send_query" | "dblink_get_result" => Some(ESCAPING),
+        "pg_file_write" | "pg_file_rename" | "pg_file_unlink" | "pg_file_sync" => Some(ESCAPING),
+        _ => None,
+    }
+}
+
+/// Large-object mode bits of `lo_open`: `INV_WRITE` opens for writing.
+const INV_WRITE: i64 = 0x0002_0000;
+
+/// `lo_open(oid, mode)` writes when its mode asks for `INV_WRITE` (or cannot be read).
+pub(crate) fn lo_open_class(call: &Call<'_>) -> Class {
+    let mode = call
+        .args
+        .get(1)
+        .and_then(|m| literal(m))
+        .and_then(|m| m.parse::<i64>().ok());
+    match mode {
+        Some(mode) if mode & INV_WRITE == 0 => Class::Read,
+        _ => Class::Write,
+    }
+}
+
+/// A built-in reached through the FunctionCall protocol message, by OID: libpq's large
+/// object API (`lo_open`, `lo_read`, …) uses it. OIDs of built-ins are fixed in
+/// PostgreSQL's catalog (`pg_proc.dat`) and the same in every version; a test checks them
+/// against the server.
+pub fn function_call_class(oid: u32, args: &[ParamValue]) -> Option<(&'static str, Class)> {
+    let read = |name| Some((name, Class::Read));
+    match oid {
+        952 => {
+            // lo_open(oid, mode): libpq sends the mode as a binary int4.
+            let mode = match args.get(1) {
+                Some(ParamValue::Binary(b)) => <[u8; 4]>::try_from(b.as_slice())
+                    .ok()
+                    .map(|b| i64::from(i32::from_be_bytes(b))),
+                Some(ParamValue::Text(t)) => t.trim().parse::<i64>().ok(),
+                _ => None,
+            };
+            match mode {
+                Some(mode) if mode & INV_WRITE == 0 => read("lo_open"),
+                _ => Some(("lo_open", Class::Write)),
+            }
+        }
+        953 => read("lo_close"),
+        954 => read("loread"),
+        956 => read("lo_lseek"),
+        958 => read("lo_tell"),
+        3170 => read("lo_lseek64"),
+        3171 => read("lo_tell64"),
+        955 => Some(("lowrite", Class::Write)),
+        957 => Some(("lo_creat", Class::Write)),
+        715 => Some(("lo_create", Class::Write)),
+        964 => Some(("lo_unlink", Class::Write)),
+        1004 => Some(("lo_truncate", Class::Write)),
+        3172 => Some(("lo_truncate64", Class::Write)),
+        _ => None,
+    }
+}

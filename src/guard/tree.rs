@@ -1,0 +1,256 @@
+//! A walk over every node of a parse tree. The tree is read through its serde form so the
+//! walk reaches every field of every node type PostgreSQL's grammar has, including ones
+//! added in later versions: nothing nested (a CTE, a subquery in a function argument, a
+//! function's SET clause, the query of a COPY or EXPLAIN) is out of its sight.
+//!
+//! Node types appear two ways: as a tagged `Node` (`{"DeleteStmt": {…}}`) and, where a field
+//! has a fixed type, untagged (`DeleteStmt.relation` is a bare RangeVar). The walk knows
+//! the tagged ones by their tag and the few untagged ones it needs by their fields.
+
+use serde_json::{Map, Value};
+
+/// A function call as written: its name after PostgreSQL's identifier normalisation
+/// (unquoted names folded to lower case, quoted and Unicode-escaped names decoded) and
+/// its arguments.
+#[derive(Debug)]
+pub(crate) struct Call<'t> {
+    pub schema: Option<String>,
+    pub name: String,
+    pub args: Vec<&'t Value>,
+    /// Arguments given as `name => value`.
+    pub named: Vec<(String, &'t Value)>,
+}
+
+/// `SET name …` wherever it appears: a statement, a function's or role's SET clause.
+#[derive(Debug)]
+pub(crate) struct SetClause<'t> {
+    pub kind: i64,
+    pub name: String,
+    pub args: &'t [Value],
+}
+
+/// Everything in one statement's tree the guard looks at.
+#[derive(Debug, Default)]
+pub(crate) struct Found<'t> {
+    pub calls: Vec<Call<'t>>,
+    pub relations: Vec<String>,
+    pub sets: Vec<SetClause<'t>>,
+    /// INSERT, UPDATE, DELETE or MERGE anywhere (writable CTEs included).
+    pub writes: bool,
+    pub delete_without_where: bool,
+    pub update_without_where: bool,
+    /// `FOR UPDATE` / `FOR SHARE` …
+    pub row_locks: bool,
+    /// `SELECT … INTO`.
+    pub select_into: bool,
+    /// An INSERT, UPDATE or DELETE on `pg_settings`, whose rules call set_config.
+    pub writes_pg_settings: bool,
+    pub drop: bool,
+    pub truncate: bool,
+}
+
+/// Collects what the guard looks at from the serde form of a statement's tree.
+pub(crate) fn walk(tree: &Value) -> Found<'_> {
+    let mut found = Found::default();
+    visit(tree, &mut found);
+    found
+}
+
+fn visit<'t>(value: &'t Value, found: &mut Found<'t>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| visit(v, found)),
+        Value::Object(map) => {
+            inspect_untagged(map, found);
+            for (key, child) in map {
+                inspect_tagged(key, child, found);
+                visit(child, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Node types recognised by their fields (they appear untagged in typed fields).
+fn inspect_untagged<'t>(map: &'t Map<String, Value>, found: &mut Found<'t>) {
+    if map.contains_key("relname") && map.contains_key("relpersistence") {
+        found.relations.push(relation_name(map));
+    }
+    if map.contains_key("funcname") && map.contains_key("agg_star") {
+        found.calls.push(call_of(map));
+    }
+    if let (Some(kind), Some(Value::String(name)), Some(Value::Array(args))) =
+        (map.get("kind"), map.get("name"), map.get("args"))
+    {
+        if map.contains_key("is_local") {
+            found.sets.push(SetClause {
+                kind: kind.as_i64().unwrap_or(0),
+                name: name.to_lowercase(),
+                args,
+            });
+        }
+    }
+}
+
+/// Node types recognised by their tag.
+fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
+    let has = |field: &str| !is_empty(node.get(field));
+    match key {
+        "InsertStmt" | "MergeStmt" => {
+            found.writes = true;
+            found.writes_pg_settings |= targets_pg_settings(node);
+        }
+        "UpdateStmt" => {
+            found.writes = true;
+            found.update_without_where |= !has("where_clause");
+            found.writes_pg_settings |= targets_pg_settings(node);
+        }
+        "DeleteStmt" => {
+            found.writes = true;
+            found.delete_without_where |= !has("where_clause");
+            found.writes_pg_settings |= targets_pg_settings(node);
+        }
+        "SelectStmt" => {
+            found.row_locks |= has("locking_clause");
+            found.select_into |= has("into_clause");
+        }
+        "DropStmt" => found.drop = true,
+        "TruncateStmt" => found.truncate = true,
+        _ => {}
+    }
+}
+
+fn targets_pg_settings(node: &Value) -> bool {
+    node.get("relation")
+        .and_then(|r| r.get("relname"))
+        .and_then(Value::as_str)
+        .is_some_and(|name| name.eq_ignore_ascii_case("pg_settings"))
+}
+
+/// Null, an empty list or an absent field.
+fn is_empty(value: Option<&Value>) -> bool {
+    match value {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(items)) => items.is_empty(),
+        Some(_) => false,
+    }
+}
+
+fn relation_name(map: &Map<String, Value>) -> String {
+    let part = |key: &str| {
+        map.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_lowercase()
+    };
+    let (schema, name) = (part("schemaname"), part("relname"));
+    if schema.is_empty() {
+        name
+    } else {
+        format!("{schema}.{name}")
+    }
+}
+
+fn call_of(map: &Map<String, Value>) -> Call<'_> {
+    let mut parts: Vec<String> = map
+        .get("funcname")
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(string_node).collect())
+        .unwrap_or_default();
+    let name = parts.pop().unwrap_or_default();
+    // `catalog.schema.name` names the schema just before the function.
+    let schema = parts.pop();
+    let mut args = Vec::new();
+    let mut named = Vec::new();
+    for arg in map
+        .get("args")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match arg.pointer("/node/NamedArgExpr") {
+            Some(n) => named.push((
+                n.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_lowercase(),
+                n.get("arg").unwrap_or(&Value::Null),
+            )),
+            None => args.push(arg),
+        }
+    }
+    Call {
+        schema,
+        name,
+        args,
+        named,
+    }
+}
+
+/// The text of a `String` node (`{"node": {"String": {"sval": …}}}`).
+pub(crate) fn string_node(node: &Value) -> Option<String> {
+    node.pointer("/node/String/sval")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// A literal as PostgreSQL reads it, whatever its spelling (`'x'`, `E'x'`, `U&'x'`,
+/// `$$x$$`, a number, a boolean), looking through casts (`'x'::text`). `None` for anything
+/// computed.
+pub(crate) fn literal(node: &Value) -> Option<String> {
+    let inner = node.get("node").unwrap_or(node);
+    if let Some(cast) = inner.get("TypeCast") {
+        return literal(cast.get("arg")?);
+    }
+    // Option values (`EXPLAIN (ANALYZE false)`, transaction modes) are bare value nodes.
+    if let Some(s) = inner.pointer("/String/sval").and_then(Value::as_str) {
+        return Some(s.to_owned());
+    }
+    if let Some(i) = inner.pointer("/Integer/ival") {
+        return Some(i.as_i64().unwrap_or(0).to_string());
+    }
+    if let Some(b) = inner.pointer("/Boolean/boolval") {
+        return Some(
+            if b.as_bool() == Some(true) {
+                "on"
+            } else {
+                "off"
+            }
+            .to_owned(),
+        );
+    }
+    let constant = inner.get("AConst").or_else(|| {
+        // An AConst in a typed field comes untagged.
+        inner.get("val").map(|_| inner)
+    })?;
+    if constant.get("isnull").and_then(Value::as_bool) == Some(true) {
+        return None;
+    }
+    let val = constant.get("val")?;
+    if let Some(s) = val.pointer("/Sval/sval").and_then(Value::as_str) {
+        return Some(s.to_owned());
+    }
+    if let Some(i) = val.pointer("/Ival/ival") {
+        return Some(i.as_i64().unwrap_or(0).to_string());
+    }
+    if let Some(f) = val.pointer("/Fval/fval").and_then(Value::as_str) {
+        return Some(f.to_owned());
+    }
+    if let Some(b) = val.pointer("/Boolval/boolval") {
+        return Some(
+            if b.as_bool() == Some(true) {
+                "on"
+            } else {
+                "off"
+            }
+            .to_owned(),
+        );
+    }
+    // The protobuf form leaves out an integer that is zero.
+    if val.get("Ival").is_some() {
+        return Some("0".to_owned());
+    }
+    if val.get("Boolval").is_some() {
+        return Some("off".to_owned());
+    }
+    None
+}
