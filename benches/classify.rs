@@ -1,5 +1,6 @@
-//! Cost of understanding one statement (split, audit kind, guardrail class), cold and
-//! from the cache by statement text. Run: `cargo bench --bench classify`.
+//! Cost of understanding one statement with PostgreSQL's own parser (libpg_query: split,
+//! audit kind, guardrail class and facts from one parse), cold and from the cache by query
+//! text. Run: `cargo bench --bench classify`.
 //!
 //! Prints nanoseconds per statement and the cold/cached ratio; the ratio is the figure to
 //! compare across machines.
@@ -7,7 +8,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use lockbox::guard::{analyze, analyze_cached};
+use lockbox::guard::{analyze_query, analyze_query_cached};
 
 const STATEMENTS: &[&str] = &[
     "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
@@ -19,6 +20,8 @@ const STATEMENTS: &[&str] = &[
     "BEGIN",
     "SET search_path = public",
     "SELECT set_config('role', 'postgres', false)",
+    "WITH d AS (DELETE FROM t WHERE a = 1 RETURNING *) SELECT count(*) FROM d",
+    "EXPLAIN (ANALYZE, FORMAT JSON) SELECT * FROM pgbench_accounts WHERE aid = 1",
 ];
 
 fn per_statement(iterations: usize, mut f: impl FnMut(usize)) -> f64 {
@@ -34,13 +37,15 @@ fn main() {
     // Cold: a distinct text each time (a literal that changes), so nothing is cached.
     let cold = per_statement(iterations, |i| {
         let text = format!("{} -- {i}", STATEMENTS[i % STATEMENTS.len()]);
-        black_box(analyze(black_box(&text)));
+        black_box(analyze_query(black_box(&text)));
     });
     for s in STATEMENTS {
-        analyze_cached(s);
+        analyze_query_cached(s);
     }
     let cached = per_statement(iterations * 10, |i| {
-        black_box(analyze_cached(black_box(STATEMENTS[i % STATEMENTS.len()])));
+        black_box(analyze_query_cached(black_box(
+            STATEMENTS[i % STATEMENTS.len()],
+        )));
     });
     println!(
         "statement analysis (split kind + guardrail class), {} statement shapes",

@@ -103,6 +103,54 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
     }
 }
 
+/// The invariant that keeps statements from hiding: every token PostgreSQL's scanner finds
+/// in `sql` lies inside a statement the audit records, except semicolons and comments
+/// between statements; ranges are in order, disjoint and on character boundaries; a string
+/// the grammar rejects is recorded whole. Used by the seeded generator test and the fuzz
+/// target (`fuzz/`). `Err` says what broke.
+pub fn check_split_invariants(sql: &str) -> Result<(), String> {
+    let analyses = crate::guard::analyze_query(sql);
+    let ranges: Vec<Range<usize>> = analyses.iter().map(|a| a.range.clone()).collect();
+    if ranges.is_empty() {
+        return Err("no statement at all".into());
+    }
+    let mut previous_end = 0;
+    for range in &ranges {
+        if range.start < previous_end || range.end < range.start || sql.get(range.clone()).is_none()
+        {
+            return Err(format!("bad range {range:?} after {previous_end}"));
+        }
+        previous_end = range.end;
+    }
+    match parse(sql) {
+        Parsed::Statements(_) => {}
+        Parsed::Empty | Parsed::Rejected(_) => {
+            return match ranges.as_slice() {
+                [only] if *only == (0..sql.len()) => Ok(()),
+                _ => Err(format!("a rejected or empty string split into {ranges:?}")),
+            };
+        }
+    }
+    let tokens = pg_query::scan_tokens(sql).map_err(|e| format!("parsed but not scanned: {e}"))?;
+    for token in tokens {
+        let (start, end) = (token.start as usize, token.end as usize);
+        let inside = ranges.iter().any(|r| r.start <= start && end <= r.end);
+        let between = matches!(
+            pg_query::protobuf::Token::try_from(token.token),
+            Ok(pg_query::protobuf::Token::Ascii59
+                | pg_query::protobuf::Token::SqlComment
+                | pg_query::protobuf::Token::CComment)
+        );
+        if !inside && !between {
+            return Err(format!(
+                "token {:?} at {start}..{end} is in no statement",
+                sql.get(start..end)
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +220,229 @@ mod tests {
         // 20k statements in one string would take minutes with a per-statement rescan.
         let sql = "select 1;".repeat(20_000);
         assert_eq!(split_statements(&sql).len(), 20_000);
+    }
+
+    /// xorshift64*: reproducible picks for the generators.
+    struct Rng(u64);
+
+    impl Rng {
+        fn from_env(var: &str, default: u64) -> (u64, Rng) {
+            let seed = std::env::var(var)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(default);
+            (seed, Rng(seed | 1))
+        }
+
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    fn cases() -> usize {
+        std::env::var("LOCKBOX_SPLIT_CASES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3_000)
+    }
+
+    /// Text that lexers disagree about, for inside literals and comments.
+    const TRICKY: &[&str] = &[
+        "",
+        ";",
+        "'",
+        "''",
+        "\"",
+        "\\",
+        "$$",
+        "$a$",
+        "--",
+        "/*",
+        "*/",
+        "é",
+        "日本",
+        "🦀",
+        "\n",
+        "delete from t;",
+        "\\'",
+    ];
+
+    fn literal(rng: &mut Rng) -> String {
+        let inner: String = (0..rng.below(3)).map(|_| rng.pick(TRICKY)).collect();
+        let plain = inner.replace('\'', "''");
+        match rng.below(9) {
+            0 => format!("'{plain}'"),
+            1 => format!("E'{}'", plain.replace('\\', "\\\\")),
+            2 => format!("$q${}$q$", inner.replace("$q$", "")),
+            3 => format!("$${}$$", inner.replace('$', "")),
+            4 => format!("U&'{}'", plain.replace('\\', "\\\\")),
+            5 => "U&'d!0061t!+000061' UESCAPE '!'".to_owned(),
+            6 => format!("{}", rng.next() % 1000),
+            7 => "b'0101'".to_owned(),
+            _ => format!("\"{}\"", inner.replace('"', "\"\"").replace('\0', "")),
+        }
+    }
+
+    fn gap(rng: &mut Rng) -> String {
+        let inner: String = (0..rng.below(3)).map(|_| rng.pick(TRICKY)).collect();
+        match rng.below(6) {
+            0 => format!("--{}\n", inner.replace('\n', " ")),
+            1 => format!("/*{}*/", inner.replace("*/", "").replace("/*", "")),
+            2 => format!("/* /* {} */ */", inner.replace("*/", "").replace("/*", "")),
+            3 => "\n\t".to_owned(),
+            _ => " ".to_owned(),
+        }
+    }
+
+    fn expression(rng: &mut Rng, depth: usize) -> String {
+        const OPERATORS: &[&str] = &[
+            "+",
+            "-",
+            "*",
+            "/",
+            "<>",
+            "||",
+            "*/*x*/",
+            "-/**/",
+            "+--x\n",
+            "<=",
+            "!=",
+            "~",
+            "@-@",
+            "::text ||",
+            "OPERATOR(pg_catalog.+)",
+        ];
+        let mut out = if depth < 2 && rng.below(4) == 0 {
+            format!("({})", expression(rng, depth + 1))
+        } else {
+            literal(rng)
+        };
+        for _ in 0..rng.below(3) {
+            out.push_str(&gap(rng));
+            out.push_str(rng.pick(OPERATORS));
+            out.push_str(&gap(rng));
+            out.push_str(&literal(rng));
+        }
+        out
+    }
+
+    fn statement(rng: &mut Rng) -> String {
+        let e = expression(rng, 0);
+        match rng.below(6) {
+            0 => format!("select {e}"),
+            1 => format!("select {e} from t"),
+            2 => format!("delete from t where a = {e}"),
+            3 => format!("insert into t values ({e})"),
+            4 => format!("update t set a = {e}"),
+            _ => format!("select{}{e}", gap(rng)),
+        }
+    }
+
+    /// Query strings built from statements whose literals, comments and operators hold the
+    /// pieces lexers disagree about: every quoting form, Unicode escapes, dollar-quote tags,
+    /// operator characters next to comment starts, nested comments, multi-byte text.
+    /// `LOCKBOX_SPLIT_SEED` and `LOCKBOX_SPLIT_CASES` change the run.
+    #[test]
+    fn generated_statements_stay_in_sight() {
+        let (seed, mut rng) = Rng::from_env("LOCKBOX_SPLIT_SEED", 0x5eed_1ab0);
+        let mut parsed = 0;
+        for case in 0..cases() {
+            let sql: Vec<String> = (0..1 + rng.below(4))
+                .map(|_| format!("{}{}", gap(&mut rng), statement(&mut rng)))
+                .collect();
+            let sql = sql.join(";");
+            if let Err(broken) = check_split_invariants(&sql) {
+                panic!("case {case} (seed {seed}): {sql:?}: {broken}");
+            }
+            parsed += usize::from(matches!(parse(&sql), Parsed::Statements(_)));
+        }
+        // The generator must reach the grammar, not only its error path.
+        assert!(parsed * 2 > cases(), "only {parsed} strings parsed");
+    }
+
+    /// Arbitrary concatenations of the same pieces: mostly rejected strings, which must
+    /// stay whole.
+    #[test]
+    fn generated_fragments_keep_every_statement_in_sight() {
+        const PIECES: &[&str] = &[
+            "select",
+            " ",
+            "\n",
+            ";",
+            "1",
+            "a",
+            "\"q\"",
+            "'s'",
+            "''",
+            "'",
+            "\"",
+            "$$",
+            "$a$",
+            "$_$",
+            "$1",
+            "E'",
+            "\\",
+            "U&'",
+            "U&\"",
+            " UESCAPE '!'",
+            "!",
+            "b'01'",
+            "x'1f'",
+            "/*",
+            "*/",
+            "--",
+            "-",
+            "+",
+            "*",
+            "/",
+            "<",
+            ">",
+            "=",
+            "~",
+            "@",
+            "#",
+            "%",
+            "^",
+            "&",
+            "|",
+            "`",
+            "?",
+            "::",
+            "(",
+            ")",
+            ",",
+            ".",
+            "delete from t",
+            "é",
+            "日本",
+            "🦀",
+            "\t",
+            "begin atomic",
+            "end",
+            "$$;$$",
+            "/* /* */ */",
+            "0x1F",
+            "1e3",
+            "1.5",
+            "_",
+        ];
+        let (seed, mut rng) = Rng::from_env("LOCKBOX_SPLIT_SEED", 0xf4a9_0001);
+        for case in 0..cases() {
+            let sql: String = (0..1 + rng.below(24)).map(|_| rng.pick(PIECES)).collect();
+            if let Err(broken) = check_split_invariants(&sql) {
+                panic!("case {case} (seed {seed}): {sql:?}: {broken}");
+            }
+        }
     }
 }
