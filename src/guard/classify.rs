@@ -27,7 +27,8 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         return Analysis::rejected();
     };
     let found = tree::walk(&serialized);
-    let where_name = pg_settings_where_name(node);
+    // pg_dump's form has exactly one call, set_config, as its only output column.
+    let where_name = pg_settings_where_name(node).filter(|_| found.calls.len() == 1);
     let calls = classify_calls(&found, where_name.as_deref());
     let sets = found
         .sets
@@ -316,6 +317,19 @@ struct Calls {
 
 fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
     let mut out = Calls::default();
+    // `(x).lo_create` and `t.lo_create` call lo_create(x) when no column has that name: a
+    // side-effecting built-in named that way is judged as a call whose arguments are
+    // unknown.
+    for name in &found.field_names {
+        let class = match functions::effect(name) {
+            Effect::None if name == "lo_open" => Class::Write,
+            Effect::None | Effect::ReadsTablesByName | Effect::RunsQueryText => continue,
+            Effect::Write => Class::Write,
+            Effect::Escalation(rule) => Class::Escalation(rule),
+            Effect::SetsConfig => Class::Forbidden("lexer_setting"),
+        };
+        out.class = out.class.worst(class);
+    }
     for call in &found.calls {
         if let Some(rule) = functions::extension_escalation(&call.name) {
             out.class = out.class.worst(Class::Escalation(rule));
@@ -390,6 +404,22 @@ fn pg_settings_where_name(node: &N) -> Option<String> {
     };
     let schema_ok = range.schemaname.is_empty() || range.schemaname == "pg_catalog";
     if !schema_ok || range.relname != "pg_settings" {
+        return None;
+    }
+    let [target] = select.target_list.as_slice() else {
+        return None;
+    };
+    let Some(N::ResTarget(target)) = target.node.as_ref() else {
+        return None;
+    };
+    let Some(N::FuncCall(call)) = target.val.as_deref().and_then(|v| v.node.as_ref()) else {
+        return None;
+    };
+    let called = call.funcname.last().and_then(|n| match n.node.as_ref() {
+        Some(N::String(s)) => Some(s.sval.as_str()),
+        _ => None,
+    });
+    if called != Some("set_config") {
         return None;
     }
     let Some(N::AExpr(expr)) = select.where_clause.as_deref().and_then(|w| w.node.as_ref()) else {

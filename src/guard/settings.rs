@@ -62,6 +62,9 @@ pub(crate) fn class_of_set(set: &SetClause<'_>) -> Class {
         // role may not be reset (RESET ROLE after an admin's SET ROLE, say).
         SET_DEFAULT | RESET => match set.name.as_str() {
             "role" | "session_authorization" => Class::Escalation("role_change"),
+            // transaction_read_only resets to its boot value (off), not to the session's
+            // default_transaction_read_only: a reset inside a transaction leaves read-only.
+            "transaction_read_only" => Class::ReadOnlyEscape("read_only_setting"),
             _ => Class::Session,
         },
         // RESET ALL returns every setting to its login value.

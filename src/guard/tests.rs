@@ -522,3 +522,51 @@ fn read_corpus_is_allowed() {
         );
     }
 }
+
+#[test]
+fn attack_findings_stay_closed() {
+    // RESET of transaction_read_only returns it to its boot value, off.
+    for sql in ["RESET transaction_read_only", "SET transaction_read_only TO DEFAULT"] {
+        assert_eq!(check(AccessLevel::Read, sql).expect_err(sql).rule, "read_only_setting");
+    }
+    // pg_dump's set_config form is recognised only as pg_dump writes it.
+    assert_eq!(
+        class(
+            "SELECT (SELECT set_config(name, 'off', false) FROM (VALUES ('standard_conforming_strings')) v(name)) \
+             FROM pg_settings WHERE name = 'work_mem'"
+        ),
+        Class::Forbidden("lexer_setting")
+    );
+    // Functions called in attribute or column notation.
+    for sql in [
+        "SELECT (4711::oid).lo_create",
+        "SELECT (4711::oid).lo_unlink",
+        "SELECT (770077::bigint).pg_advisory_lock",
+        "SELECT x.nextval FROM (SELECT 's'::regclass) x",
+    ] {
+        assert!(check(AccessLevel::Read, sql).is_err(), "{sql}");
+    }
+    assert_eq!(class("SELECT ('x').set_config"), Class::Forbidden("lexer_setting"));
+    // DROP OWNED drops.
+    assert!(analyze("DROP OWNED BY lockbox_write").facts.drop);
+}
+
+#[test]
+fn deep_and_wide_reads_are_read_not_unparsable() {
+    let wide = ["name", "','", "id::text"]
+        .into_iter()
+        .cycle()
+        .take(300)
+        .collect::<Vec<_>>()
+        .join(" || ");
+    assert_eq!(class(&format!("SELECT {wide} FROM items")), Class::Read);
+    let nested = format!("SELECT {}1{}", "(".repeat(2000), ")".repeat(2000));
+    assert_eq!(class(&nested), Class::Read);
+    let cases = (0..200).fold("1".to_owned(), |e, i| format!("CASE WHEN a = {i} THEN {e} ELSE 0 END"));
+    assert_eq!(class(&format!("SELECT {cases} FROM t")), Class::Read);
+    // Deeper than PostgreSQL's stack-depth check allows: rejected, not a crash.
+    let too_deep = ["a"; 20_000].join(" || ");
+    assert_eq!(class(&format!("SELECT {too_deep}")), Class::Unknown);
+    let too_nested = format!("SELECT {}1{}", "(".repeat(200_000), ")".repeat(200_000));
+    assert_eq!(class(&too_nested), Class::Unknown);
+}

@@ -47,6 +47,9 @@ pub(crate) struct Found<'t> {
     pub writes_pg_settings: bool,
     pub drop: bool,
     pub truncate: bool,
+    /// Names used in column or attribute notation (`t.name`, `(expr).name`), lowercased as
+    /// written: PostgreSQL calls a one-argument function of that name when no column has it.
+    pub field_names: Vec<String>,
 }
 
 /// Collects what the guard looks at from the serde form of a statement's tree.
@@ -113,7 +116,24 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.row_locks |= has("locking_clause");
             found.select_into |= has("into_clause");
         }
-        "DropStmt" => found.drop = true,
+        "DropStmt" | "DropOwnedStmt" => found.drop = true,
+        "ColumnRef" => {
+            let last = node
+                .get("fields")
+                .and_then(Value::as_array)
+                .and_then(|fields| fields.last())
+                .and_then(string_node);
+            found.field_names.extend(last);
+        }
+        "AIndirection" => {
+            let names = node
+                .get("indirection")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(string_node);
+            found.field_names.extend(names);
+        }
         "TruncateStmt" => found.truncate = true,
         _ => {}
     }
