@@ -109,6 +109,13 @@ pub enum SessionEvent {
     DroppedExpired,
     DroppedRevoked,
     DroppedShutdown,
+    /// The backend of a session the proxy ended was still running after
+    /// `timings.terminate_after`; the proxy terminated it.
+    BackendTerminated,
+    /// The backend of a session the proxy ended went away on its own.
+    BackendGone,
+    /// The proxy could not make sure the backend of a session it ended is gone (`reason`).
+    BackendTerminationFailed,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,6 +133,9 @@ pub struct SessionRecord {
     pub ticket: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The upstream server's process id of the session's backend (`backend_*` events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_pid: Option<i32>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub break_glass: bool,
 }

@@ -227,6 +227,10 @@ pub struct TimingsFile {
     /// Longest access window anyone may ask for.
     #[serde(default = "default_max_access")]
     pub max_access: String,
+    /// How long the upstream backend of a session the proxy ended may linger before the
+    /// proxy terminates it (`pg_terminate_backend`).
+    #[serde(default = "default_terminate_after")]
+    pub terminate_after: String,
 }
 
 fn default_request_ttl() -> String {
@@ -238,6 +242,15 @@ fn default_access() -> String {
 fn default_max_access() -> String {
     "24h".into()
 }
+/// A backend that heeds the cancel or the closed socket is gone within milliseconds; one
+/// still there after this ignores both.
+fn default_terminate_after() -> String {
+    "2s".into()
+}
+
+/// Longest `timings.terminate_after`: the backend keeps its access until then, and shutdown
+/// waits for it.
+pub const MAX_TERMINATE_AFTER: Duration = Duration::from_secs(5);
 
 impl Default for TimingsFile {
     fn default() -> Self {
@@ -245,6 +258,7 @@ impl Default for TimingsFile {
             request_ttl: default_request_ttl(),
             default_access: default_access(),
             max_access: default_max_access(),
+            terminate_after: default_terminate_after(),
         }
     }
 }
@@ -275,6 +289,8 @@ pub struct Config {
     pub request_ttl: Duration,
     pub default_access: Duration,
     pub max_access: Duration,
+    /// How long a dropped session's backend may linger before it is terminated.
+    pub terminate_after: Duration,
     pub databases: BTreeMap<String, Database>,
     pub users: Vec<User>,
     /// Which databases need customer approval, as the file says (the store may hold a
@@ -397,6 +413,17 @@ impl Config {
                 "is longer than timings.max_access",
             ));
         }
+        let terminate_after =
+            parse_duration("timings.terminate_after", &file.timings.terminate_after)?;
+        if terminate_after > MAX_TERMINATE_AFTER {
+            return Err(invalid(
+                "timings.terminate_after",
+                format!(
+                    "must be at most {}",
+                    humantime::format_duration(MAX_TERMINATE_AFTER)
+                ),
+            ));
+        }
         if file.token.issuer.is_empty() {
             return Err(invalid("token.issuer", "must not be empty"));
         }
@@ -442,6 +469,7 @@ impl Config {
             request_ttl,
             default_access,
             max_access,
+            terminate_after,
             databases,
             users,
             protection,
@@ -513,4 +541,31 @@ pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
         return Err(invalid(key, "must be longer than zero"));
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timings(timings: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n\
+             [token]\nsigning_key = \"signing.pem\"\n[timings]\n{timings}\n"
+        );
+        Config::from_toml(&text, Path::new("."))
+    }
+
+    #[test]
+    fn terminate_after_defaults_and_is_bounded() {
+        let config = with_timings("").expect("valid");
+        assert_eq!(config.terminate_after, Duration::from_secs(2));
+        let config = with_timings("terminate_after = \"500ms\"").expect("valid");
+        assert_eq!(config.terminate_after, Duration::from_millis(500));
+        for bad in ["0s", "1m", "soon"] {
+            let err = with_timings(&format!("terminate_after = \"{bad}\""))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("timings.terminate_after"), "{bad}: {err}");
+        }
+    }
 }

@@ -4,9 +4,11 @@
 //! One task per client connection (`session`). The per-connection flow:
 //! `negotiate` (SSL/GSS/cancel/startup) → `session` (token → admission → `upstream`)
 //! → `relay` (forward bytes, audit statements via `tracker`) → end (disconnect, expiry,
-//! revocation or shutdown, via `registry`).
+//! revocation or shutdown, via `registry`) → `reaper` (a backend the proxy dropped that
+//! outlives its session is terminated).
 
 mod negotiate;
+mod reaper;
 mod registry;
 mod relay;
 mod session;
@@ -21,13 +23,18 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 pub use registry::{DropReason, Registry};
 
+use reaper::Reaper;
+
 use crate::service::Lockbox;
+
+/// How long shutdown waits for sessions to end (their backends' window comes on top).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything a session needs, shared by all sessions.
 pub struct Proxy {
@@ -38,9 +45,10 @@ pub struct Proxy {
 
 impl Proxy {
     /// Accepts connections until `shutdown` turns true, then waits (bounded) for the
-    /// sessions, which the registry has told to end, to finish.
+    /// sessions, which the registry has told to end, to finish, and for their backends to
+    /// be gone. Reapers run in the same set as sessions, so shutdown waits for them too.
     pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let mut sessions = JoinSet::new();
+        let mut sessions: JoinSet<Option<Reaper>> = JoinSet::new();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -52,23 +60,28 @@ impl Proxy {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+                Some(done) = sessions.join_next(), if !sessions.is_empty() => {
+                    spawn_reaper(&mut sessions, done);
+                }
             }
         }
         drop(listener);
         self.registry.drop_all(DropReason::Shutdown);
-        let drain = async { while sessions.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(5), drain)
-            .await
-            .is_err()
-        {
+        let drain = async {
+            while let Some(done) = sessions.join_next().await {
+                spawn_reaper(&mut sessions, done);
+            }
+        };
+        // A dropped session's backend may take its whole window before it is terminated.
+        let grace = SHUTDOWN_GRACE + self.lockbox.config().terminate_after;
+        if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!("sessions still running after shutdown grace period; aborting them");
         }
     }
 
     fn spawn_session(
         self: &Arc<Self>,
-        sessions: &mut JoinSet<()>,
+        sessions: &mut JoinSet<Option<Reaper>>,
         tcp: TcpStream,
         peer: SocketAddr,
     ) {
@@ -84,5 +97,15 @@ impl Proxy {
         );
         let proxy = self.clone();
         sessions.spawn(async move { session::serve(proxy, tcp, peer, id).await }.instrument(span));
+    }
+}
+
+/// Runs the reaper a finished session handed back, if any, beside the sessions.
+fn spawn_reaper(sessions: &mut JoinSet<Option<Reaper>>, done: Result<Option<Reaper>, JoinError>) {
+    if let Ok(Some(reaper)) = done {
+        sessions.spawn(async move {
+            reaper.run().await;
+            None
+        });
     }
 }

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::negotiate::{self, NegotiationError, Opened};
+use super::reaper::Reaper;
 use super::registry::{CancelTarget, DropReason};
 use super::relay::{End, Grant, Limits, Relay};
 use super::stream::BoxStream;
@@ -73,14 +74,21 @@ struct Claimed {
     database: String,
 }
 
-pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, id: SessionId) {
+/// Serves one connection. A session the proxy ended hands back the `Reaper` that makes
+/// sure its upstream backend is gone, for the proxy to run as a task of its own.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    id: SessionId,
+) -> Option<Reaper> {
     // A client that never finishes its startup (or TLS handshake) must not hold a task
     // and a socket forever.
     let Ok(opened) =
         tokio::time::timeout(LOGIN_TIMEOUT, negotiate::negotiate(tcp, proxy.tls.as_ref())).await
     else {
         tracing::debug!("startup timed out");
-        return;
+        return None;
     };
     let (mut stream, tls, startup, leftover) = match opened {
         Ok(Opened::Session {
@@ -89,15 +97,18 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, id: Sess
             startup,
             leftover,
         }) => (stream, tls, startup, leftover),
-        Ok(Opened::Cancel { pid, secret }) => return forward_cancel(&proxy, pid, secret).await,
+        Ok(Opened::Cancel { pid, secret }) => {
+            forward_cancel(&proxy, pid, secret).await;
+            return None;
+        }
         Err((NegotiationError::Protocol { sqlstate, message }, Some(mut stream))) => {
             tracing::debug!(%message, "startup refused");
             send_fatal(&mut stream, sqlstate, &message).await;
-            return;
+            return None;
         }
         Err((e, _)) => {
             tracing::debug!(error = %e, "connection ended during negotiation");
-            return;
+            return None;
         }
     };
     let login = tokio::time::timeout(
@@ -114,12 +125,12 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, id: Sess
             }
             tracing::info!(reason = %e.message, "login refused");
             send_fatal(&mut stream, e.sqlstate, &e.message).await;
-            return;
+            return None;
         }
         Err(_) => {
             proxy.registry.unregister(&id);
             send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "login timed out").await;
-            return;
+            return None;
         }
     };
     let span = tracing::Span::current();
@@ -128,7 +139,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, id: Sess
     span.record("request_id", admission.request.id.0.as_str());
     cbuf.reserve(8192);
     let registry = proxy.registry.clone();
-    run_admitted(
+    let reaper = run_admitted(
         proxy,
         stream,
         peer,
@@ -142,6 +153,7 @@ pub async fn serve(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, id: Sess
     .await;
     // Every way out of a session, early ones included, ends its registration.
     registry.unregister(&id);
+    reaper
 }
 
 /// Everything between StartupMessage and AuthenticationOk.
@@ -283,7 +295,7 @@ async fn run_admitted(
     startup: &Startup,
     cbuf: BytesMut,
     kill: KillSwitch,
-) {
+) -> Option<Reaper> {
     let lockbox = &proxy.lockbox;
     let config = lockbox.config();
     let Some(db) = config.databases.get(&claimed.database) else {
@@ -293,7 +305,7 @@ async fn run_admitted(
             "database is not served here",
         )
         .await;
-        return;
+        return None;
     };
     let mut passed: Vec<(String, String)> = startup
         .params
@@ -315,7 +327,7 @@ async fn run_admitted(
                 "lockbox could not connect to the upstream database",
             )
             .await;
-            return;
+            return None;
         }
     };
     let request = &admission.request;
@@ -341,7 +353,7 @@ async fn run_admitted(
             "lockbox cannot write its audit log; no session is allowed",
         )
         .await;
-        return;
+        return None;
     }
     let cancel_key = proxy.registry.issue_cancel_key(CancelTarget {
         host: db.host.clone(),
@@ -388,7 +400,24 @@ async fn run_admitted(
         End::ClientGone
     };
     proxy.registry.forget_cancel_key(cancel_key);
+    // The window is counted from the relay's end, not from when the end is recorded.
+    let reaper = ended_by_proxy(&end).then(|| Reaper {
+        db: db.clone(),
+        access: request.access,
+        backend_pid: backend.0,
+        window_end: tokio::time::Instant::now() + config.terminate_after,
+        fields: fields.clone(),
+        audit: lockbox.audit.clone(),
+        span: tracing::Span::current(),
+    });
     finish(&lockbox.audit, &fields, &request.id, db, backend, end).await;
+    reaper
+}
+
+/// The proxy ended the session itself, so the backend may be mid-query: it is cancelled,
+/// and reaped if it does not go.
+fn ended_by_proxy(end: &End) -> bool {
+    matches!(end, End::Dropped(_) | End::RowLimit(_))
 }
 
 /// The session's monotonic deadline: wall-clock remaining, counted on the monotonic clock.
@@ -430,7 +459,7 @@ async fn finish(
         ),
         End::RowLimit(_) => (SessionEvent::Disconnected, Some("row limit exceeded")),
     };
-    if let End::Dropped(_) | End::RowLimit(_) = end {
+    if ended_by_proxy(&end) {
         // A query may be running: cancel it, so the backend notices the closed socket at once.
         if let Err(e) = upstream::send_cancel(&db.host, db.port, backend_pid, backend_secret).await
         {
@@ -447,7 +476,16 @@ async fn finish(
 }
 
 fn session_event(fields: &SessionFields, event: SessionEvent, reason: Option<&str>) -> AuditEvent {
-    AuditEvent::Session(SessionRecord {
+    AuditEvent::Session(session_record(fields, event, reason))
+}
+
+/// A session record of an admitted session.
+pub(super) fn session_record(
+    fields: &SessionFields,
+    event: SessionEvent,
+    reason: Option<&str>,
+) -> SessionRecord {
+    SessionRecord {
         event,
         session_id: fields.session_id.clone(),
         client_addr: fields.client_addr.clone(),
@@ -456,8 +494,9 @@ fn session_event(fields: &SessionFields, event: SessionEvent, reason: Option<&st
         request_id: Some(fields.request_id.clone()),
         ticket: Some(fields.ticket.clone()),
         reason: reason.map(str::to_owned),
+        backend_pid: None,
         break_glass: fields.break_glass,
-    })
+    }
 }
 
 fn audit_auth_failure(
@@ -479,6 +518,7 @@ fn audit_auth_failure(
             request_id: None,
             ticket: None,
             reason: Some(reason.to_owned()),
+            backend_pid: None,
             break_glass: false,
         })]);
 }

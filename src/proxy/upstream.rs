@@ -18,6 +18,9 @@ use crate::wire::{self, BackendEvent, BackendScanner};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest the proxy's own queries (not a session's) may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Largest message accepted from upstream during login.
 const MAX_LOGIN_MESSAGE: usize = 1 << 20;
 
@@ -40,6 +43,10 @@ pub enum UpstreamError {
     NoPassword,
     #[error("upstream wants an unsupported authentication method")]
     UnsupportedAuth,
+    #[error("upstream did not answer the proxy's query in time")]
+    QueryTimeout,
+    #[error("upstream query failed: {sqlstate} {message}")]
+    Query { sqlstate: String, message: String },
     #[error("upstream protocol: {0}")]
     Protocol(String),
     #[error("upstream I/O: {0}")]
@@ -206,6 +213,78 @@ async fn login(
     }
 }
 
+impl Upstream {
+    /// Runs `sql` (one statement, simple protocol) on the proxy's own connection and
+    /// returns the row count of its command tag (`SELECT 3` → 3). Rows themselves are
+    /// skipped: the proxy's queries say what they found by how many rows match.
+    pub(crate) async fn simple_query(&mut self, sql: &str) -> Result<u64, UpstreamError> {
+        tokio::time::timeout(QUERY_TIMEOUT, self.run_simple_query(sql))
+            .await
+            .map_err(|_| UpstreamError::QueryTimeout)?
+    }
+
+    async fn run_simple_query(&mut self, sql: &str) -> Result<u64, UpstreamError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.stream.write_all(&out).await?;
+        // The scanner keeps partial messages itself and skips row data, so what is read
+        // never piles up, however many rows come back.
+        let mut scanner = BackendScanner::default();
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut events = Vec::new();
+        let (mut rows, mut error) = (None, None);
+        loop {
+            buf.clear();
+            if self.stream.read_buf(&mut buf).await? == 0 {
+                return Err(UpstreamError::Protocol(
+                    "upstream closed the connection during a query".into(),
+                ));
+            }
+            scanner.feed(&buf, &mut events);
+            for event in events.drain(..) {
+                match event {
+                    BackendEvent::Complete(tag) => rows = Some(tag_rows(&tag)?),
+                    BackendEvent::Error { sqlstate, message } => {
+                        error.get_or_insert(UpstreamError::Query { sqlstate, message });
+                    }
+                    BackendEvent::Ready(_) => {
+                        return match (error, rows) {
+                            (Some(e), _) => Err(e),
+                            (None, Some(n)) => Ok(n),
+                            (None, None) => {
+                                Err(UpstreamError::Protocol("query completed nothing".into()))
+                            }
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl Upstream {
+    /// Logs out (Terminate), so the server does not log the proxy's own connection as
+    /// lost. Bounded: a server that does not take it is simply left.
+    pub(crate) async fn close(mut self) {
+        let terminate = async {
+            let mut out = BytesMut::new();
+            frontend::terminate(&mut out);
+            self.stream.write_all(&out).await?;
+            self.stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), terminate).await;
+    }
+}
+
+/// The row count at the end of a command tag (`SELECT 3`, `INSERT 0 3`).
+fn tag_rows(tag: &str) -> Result<u64, UpstreamError> {
+    tag.rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| UpstreamError::Protocol(format!("command tag without a count: {tag}")))
+}
+
 fn password(db: &Credentials) -> Result<&str, UpstreamError> {
     db.password.as_deref().ok_or(UpstreamError::NoPassword)
 }
@@ -248,4 +327,17 @@ pub async fn send_cancel(host: &str, port: u16, pid: i32, secret: i32) -> std::i
     let mut sink = [0u8; 1];
     let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut sink)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_tags_give_their_row_count() {
+        assert_eq!(tag_rows("SELECT 0").ok(), Some(0));
+        assert_eq!(tag_rows("SELECT 3").ok(), Some(3));
+        assert_eq!(tag_rows("INSERT 0 7").ok(), Some(7));
+        assert!(tag_rows("BEGIN").is_err());
+    }
 }

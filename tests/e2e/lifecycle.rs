@@ -88,6 +88,13 @@ async fn long_query_is_cancelled_and_its_backend_goes_away_at_expiry() {
         outcomes.iter().any(|o| o["status"] == "interrupted"),
         "the interrupted statement has an outcome: {outcomes:#?}"
     );
+    // The cancelled backend went by itself; the proxy (logged in as the read role) saw it go.
+    env.wait_for_audit("backend_gone", |records| {
+        records
+            .iter()
+            .any(|r| r["request_id"] == id.as_str() && r["event"] == "backend_gone")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

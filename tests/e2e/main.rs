@@ -21,5 +21,6 @@ mod oidc;
 mod openapi;
 mod protocol;
 mod relay;
+mod terminate;
 mod upstream_tls;
 mod workflow;

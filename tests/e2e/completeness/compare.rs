@@ -184,6 +184,7 @@ fn the_comparison_finds_missing_extra_and_duplicated_records() {
     let marker = "SELECT 'complete:t'";
     let server = [ServerSession {
         user: "lockbox_write".into(),
+        application: String::new(),
         statements: vec![
             Logged::Simple(marker.into()),
             Logged::Simple("SELECT 1; SELECT 'a;b'".into()),

@@ -26,6 +26,8 @@ pub enum Logged {
 #[derive(Debug, Default)]
 pub struct ServerSession {
     pub user: String,
+    /// `application_name` of the connection.
+    pub application: String,
     pub statements: Vec<Logged>,
 }
 
@@ -37,6 +39,7 @@ const SEVERITY: usize = 11;
 const MESSAGE: usize = 13;
 const DETAIL: usize = 14;
 const QUERY: usize = 19;
+const APPLICATION: usize = 22;
 
 /// The statements logged in `database` by any role but `exclude_user`, per server session
 /// (`%c`, unique even when a process id is reused), in the order sessions first logged.
@@ -68,6 +71,7 @@ pub fn read(
                     row[SESSION_ID].clone(),
                     ServerSession {
                         user: row[USER].clone(),
+                        application: row.get(APPLICATION).cloned().unwrap_or_default(),
                         statements: Vec::new(),
                     },
                 ));

@@ -1,0 +1,193 @@
+//! Makes sure the upstream backend of a session the proxy ended is really gone.
+//!
+//! Cancelling the query and closing the socket stop a backend only once it lets the cancel
+//! through or touches the socket. A procedure that catches `query_canceled` and keeps
+//! writing and committing does neither, and would go on after the grant ended. So once the
+//! relay has ended, a `Reaper` watches the backend from a connection of its own (logged in
+//! like the session) and terminates it if it is still there after `timings.terminate_after`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::session::session_record;
+use super::upstream::{self, Upstream, UpstreamError};
+use crate::audit::{AuditEvent, AuditLog, SessionEvent, SessionFields, SessionRecord};
+use crate::config::Database;
+use crate::policy::AccessLevel;
+
+/// How often the reaper looks for the backend.
+const POLL: Duration = Duration::from_millis(100);
+
+/// How long a terminated backend may take to exit (it rolls back its transaction first).
+const EXIT_BOUND: Duration = Duration::from_secs(3);
+
+/// Shown in `pg_stat_activity.application_name` of the reaper's own connection.
+const APPLICATION_NAME: &str = "lockbox terminator";
+
+/// Why the reaper could not make sure the backend is gone.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReapError {
+    #[error("cannot log in upstream to terminate the backend: {0}")]
+    Connect(#[source] UpstreamError),
+    #[error("cannot query the backend's state: {0}")]
+    Query(#[source] UpstreamError),
+    #[error("the backend is still running {0:?} after pg_terminate_backend")]
+    StillRunning(Duration),
+}
+
+/// What became of the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// It went away on its own within the window.
+    Gone,
+    /// It outlived the window and was terminated.
+    Terminated,
+}
+
+/// The backend of one session the proxy ended.
+pub(crate) struct Reaper {
+    pub(crate) db: Database,
+    /// The session's access: the reaper logs in with the same role, which may always
+    /// signal its own backends (no superuser or `pg_signal_backend` needed).
+    pub(crate) access: AccessLevel,
+    pub(crate) backend_pid: i32,
+    /// Until when the backend may go away on its own.
+    pub(crate) window_end: Instant,
+    pub(crate) fields: Arc<SessionFields>,
+    pub(crate) audit: AuditLog,
+    /// The session's span, so the reaper's lines carry its session id.
+    pub(crate) span: tracing::Span,
+}
+
+impl Reaper {
+    /// Waits out the window, terminates the backend if it is still there, and records what
+    /// became of it.
+    pub(crate) async fn run(self) {
+        let span = tracing::info_span!(
+            parent: &self.span,
+            "reap_backend",
+            backend_pid = self.backend_pid
+        );
+        async move {
+            let fate = self.settle().await;
+            log(&fate);
+            self.record(&fate).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn settle(&self) -> Result<Fate, ReapError> {
+        let mut conn = upstream::connect(
+            &self.db,
+            self.access,
+            &[("application_name".into(), APPLICATION_NAME.into())],
+        )
+        .await
+        .map_err(ReapError::Connect)?;
+        let fate = self.watch(&mut conn).await;
+        conn.close().await;
+        fate
+    }
+
+    /// Gives the backend its window, then terminates it and waits (bounded) for it to go.
+    async fn watch(&self, conn: &mut Upstream) -> Result<Fate, ReapError> {
+        if gone_by(conn, self.backend_pid, self.window_end).await? {
+            return Ok(Fate::Gone);
+        }
+        if !terminate(conn, self.backend_pid).await? {
+            // It exited between the last look and the signal.
+            return Ok(Fate::Gone);
+        }
+        if gone_by(conn, self.backend_pid, Instant::now() + EXIT_BOUND).await? {
+            Ok(Fate::Terminated)
+        } else {
+            Err(ReapError::StillRunning(EXIT_BOUND))
+        }
+    }
+
+    async fn record(&self, fate: &Result<Fate, ReapError>) {
+        let (event, reason) = match fate {
+            Ok(Fate::Gone) => (SessionEvent::BackendGone, None),
+            Ok(Fate::Terminated) => (
+                SessionEvent::BackendTerminated,
+                Some("the backend ignored the cancel and the closed connection".to_owned()),
+            ),
+            Err(e) => (SessionEvent::BackendTerminationFailed, Some(e.to_string())),
+        };
+        let record = SessionRecord {
+            backend_pid: Some(self.backend_pid),
+            ..session_record(&self.fields, event, reason.as_deref())
+        };
+        if let Err(e) = self
+            .audit
+            .append_durable(vec![AuditEvent::Session(record)])
+            .await
+        {
+            tracing::error!(error = %e, "could not record what became of the backend");
+        }
+    }
+}
+
+fn log(fate: &Result<Fate, ReapError>) {
+    match fate {
+        Ok(Fate::Gone) => tracing::debug!("backend ended with its session"),
+        Ok(Fate::Terminated) => {
+            tracing::warn!("backend outlived its session; terminated with pg_terminate_backend")
+        }
+        Err(e @ ReapError::Connect(_)) => tracing::error!(
+            error = %e,
+            "cannot reach upstream to end the backend of a dropped session; it may still be running"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            "could not make sure the backend of a dropped session is gone; it may still be running"
+        ),
+    }
+}
+
+/// Only the session's own backend: a pid the server has since given to another connection
+/// of another role or database is left alone. The reaper logs in as the session did, so
+/// its `current_user` and `current_database()` are the session's.
+fn backend_filter(pid: i32) -> String {
+    format!("pid = {pid} AND usename = current_user AND datname = current_database()")
+}
+
+/// Whether the backend is still there.
+async fn alive(conn: &mut Upstream, pid: i32) -> Result<bool, ReapError> {
+    let sql = format!(
+        "SELECT 1 FROM pg_stat_activity WHERE {}",
+        backend_filter(pid)
+    );
+    let rows = conn.simple_query(&sql).await.map_err(ReapError::Query)?;
+    Ok(rows > 0)
+}
+
+/// Polls until the backend is gone (true) or `until` passes with it still there (false).
+async fn gone_by(conn: &mut Upstream, pid: i32, until: Instant) -> Result<bool, ReapError> {
+    loop {
+        if !alive(conn, pid).await? {
+            return Ok(true);
+        }
+        if Instant::now() >= until {
+            return Ok(false);
+        }
+        tokio::time::sleep(POLL.min(until.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+/// Signals the backend to terminate; false when it was no longer there to signal.
+async fn terminate(conn: &mut Upstream, pid: i32) -> Result<bool, ReapError> {
+    // OFFSET 0 keeps the planner from moving the (volatile) signal below the role and
+    // database checks: only a row that passed all of them is signalled.
+    let sql = format!(
+        "SELECT 1 FROM (SELECT pid FROM pg_stat_activity WHERE {} OFFSET 0) AS backend \
+         WHERE pg_terminate_backend(backend.pid)",
+        backend_filter(pid)
+    );
+    let rows = conn.simple_query(&sql).await.map_err(ReapError::Query)?;
+    Ok(rows > 0)
+}
