@@ -38,9 +38,15 @@ pub enum Parsed {
     Rejected(String),
 }
 
-/// Parses `sql` with PostgreSQL's grammar.
+/// Parses `sql` with PostgreSQL's grammar, as the server reads it with the settings lockbox
+/// pins (standard_conforming_strings on).
 pub fn parse(sql: &str) -> Parsed {
-    let result = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+    parse_with(sql, pg_query::ParserOptions::DEFAULT)
+}
+
+/// Parses `sql` as a server with other lexer settings would.
+pub fn parse_with(sql: &str, options: pg_query::ParserOptions) -> Parsed {
+    let result = match pg_query::parse(sql, options) {
         Ok(result) => result,
         Err(e) => return Parsed::Rejected(e.to_string()),
     };

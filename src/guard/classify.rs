@@ -46,6 +46,14 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
     let opaque = match node {
         N::DoStmt(_) => Some("a DO block"),
         N::CallStmt(_) => Some("CALL of a procedure"),
+        // Code whose body is a string runs later, out of sight: through an operator, a
+        // trigger, a rule, a cast, an aggregate, a type's I/O.
+        N::CreateFunctionStmt(f) if f.sql_body.is_none() => {
+            Some("a function whose body lockbox cannot read")
+        }
+        N::DefineStmt(_) | N::CreateTrigStmt(_) | N::RuleStmt(_) | N::CreateCastStmt(_) => {
+            Some("installing code that runs later")
+        }
         _ => calls
             .opaque
             .then_some("a call of a function that is not built in"),
@@ -104,7 +112,11 @@ fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameC
                 Some(NameChange::Declare(d.portalname.clone())),
             )
         }
-        N::FetchStmt(_) => (K::Select, Class::Read, None),
+        N::FetchStmt(f) => (
+            K::Select,
+            Class::Read,
+            Some(NameChange::Fetch(f.portalname.clone())),
+        ),
         N::ClosePortalStmt(c) => (
             K::Other,
             Class::Session,
@@ -359,8 +371,14 @@ fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
                     other => other,
                 }
             }
+            // ts_rewrite(query, target, substitute) runs nothing.
+            Effect::RunsQueryText if call.name == "ts_rewrite" && call.args.len() != 2 => {
+                Class::Read
+            }
             Effect::RunsQueryText => {
-                let text = call.args.first().and_then(|a| tree::literal(a));
+                // ts_rewrite(query, 'SELECT …') runs its second argument.
+                let position = usize::from(call.name == "ts_rewrite");
+                let text = call.args.get(position).and_then(|a| tree::literal(a));
                 match text.map(|t| super::analyze(&t)) {
                     Some(inner) => {
                         out.relations.extend(inner.facts.relations.iter().cloned());
@@ -376,11 +394,15 @@ fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
                 }
             }
             Effect::ReadsTablesByName => {
-                match call.args.first().and_then(|a| tree::literal(a)) {
-                    Some(name) if call.name.starts_with("table_to_") => {
-                        out.relations.push(name.to_lowercase().replace('"', ""));
-                    }
-                    _ => out.reads_tables_by_name = true,
+                let named = call
+                    .args
+                    .first()
+                    .and_then(|a| tree::literal(a))
+                    .filter(|_| call.name.starts_with("table_to_"))
+                    .and_then(|name| relation_named(&name));
+                match named {
+                    Some(relation) => out.relations.push(relation),
+                    None => out.reads_tables_by_name = true,
                 }
                 Class::Read
             }
@@ -451,6 +473,16 @@ fn pg_settings_where_name(node: &N) -> Option<String> {
         constant(&expr.lexpr)
     } else {
         None
+    }
+}
+
+/// The relation a text names, read the way a relation name in SQL is (quotes, case,
+/// blanks around the dot): `None` for an OID or anything that is not one plain name.
+fn relation_named(text: &str) -> Option<String> {
+    let probe = super::analyze(&format!("SELECT FROM {text}"));
+    match (&probe.class, &probe.facts.relations[..]) {
+        (Class::Read, [only]) if probe.facts.opaque.is_none() => Some(only.clone()),
+        _ => None,
     }
 }
 

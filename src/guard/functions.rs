@@ -135,9 +135,11 @@ pub(crate) fn effect(name: &str) -> Effect {
         | "pg_logical_slot_get_changes"
         | "pg_logical_slot_get_binary_changes" => Effect::Escalation(ESCAPING),
         // SQL as text, and whole tables read by name.
-        "query_to_xml" | "query_to_xmlschema" | "query_to_xml_and_xmlschema" | "ts_stat" => {
-            Effect::RunsQueryText
-        }
+        "query_to_xml"
+        | "query_to_xmlschema"
+        | "query_to_xml_and_xmlschema"
+        | "ts_stat"
+        | "ts_rewrite" => Effect::RunsQueryText,
         "table_to_xml"
         | "table_to_xmlschema"
         | "table_to_xml_and_xmlschema"

@@ -127,6 +127,8 @@ pub enum NameChange {
     Close(Option<String>),
     /// `DISCARD ALL` drops every prepared statement and portal.
     DiscardAll,
+    /// `FETCH`/`MOVE` from a cursor runs its query.
+    Fetch(String),
 }
 
 /// Facts of a parsed statement for per-database rules and the session's bookkeeping.
@@ -317,6 +319,42 @@ fn analyze_query_on_this_stack(sql: &str) -> Vec<StatementAnalysis> {
                 analysis: classify::analyze_stmt(raw.stmt.as_deref()),
             })
             .collect(),
+    }
+}
+
+/// Whether `sql` is split and classified the same whatever a statement still running might
+/// have done to the lexer settings (the server reports such a change only at its next
+/// ReadyForQuery, after a pipelined message was already forwarded). Only a backslash reads
+/// differently with standard_conforming_strings off, and only next to non-ASCII bytes can
+/// another client encoding swallow one; without both the text is stable. With a backslash
+/// the split and classes under `standard_conforming_strings = off` must match; with a
+/// backslash and non-ASCII bytes nothing can be promised.
+pub fn lexing_is_stable(sql: &str, analyses: &[StatementAnalysis]) -> bool {
+    if !sql.as_bytes().contains(&b'\\') {
+        return true;
+    }
+    if !sql.is_ascii() {
+        return false;
+    }
+    let other = sql::parse_with(
+        sql,
+        pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS,
+    );
+    let Parsed::Statements(list) = other else {
+        // Rejected either way is stable only if it was rejected here too.
+        return analyses.len() == 1 && analyses[0].analysis.class == Class::Unknown;
+    };
+    list.len() == analyses.len()
+        && list.iter().zip(analyses).all(|((range, raw), seen)| {
+            *range == seen.range && classify::analyze_stmt(raw.stmt.as_deref()) == seen.analysis
+        })
+}
+
+/// The refusal of a pipelined statement whose reading is not [`lexing_is_stable`].
+pub fn lexer_uncertain() -> Refusal {
+    Refusal {
+        rule: "lexer_uncertain",
+        message: "lockbox: this statement could be read differently if the statement before it changed a lexer setting; send it after that one's results (rule lexer_uncertain)".into(),
     }
 }
 

@@ -526,8 +526,14 @@ fn read_corpus_is_allowed() {
 #[test]
 fn attack_findings_stay_closed() {
     // RESET of transaction_read_only returns it to its boot value, off.
-    for sql in ["RESET transaction_read_only", "SET transaction_read_only TO DEFAULT"] {
-        assert_eq!(check(AccessLevel::Read, sql).expect_err(sql).rule, "read_only_setting");
+    for sql in [
+        "RESET transaction_read_only",
+        "SET transaction_read_only TO DEFAULT",
+    ] {
+        assert_eq!(
+            check(AccessLevel::Read, sql).expect_err(sql).rule,
+            "read_only_setting"
+        );
     }
     // pg_dump's set_config form is recognised only as pg_dump writes it.
     assert_eq!(
@@ -546,7 +552,10 @@ fn attack_findings_stay_closed() {
     ] {
         assert!(check(AccessLevel::Read, sql).is_err(), "{sql}");
     }
-    assert_eq!(class("SELECT ('x').set_config"), Class::Forbidden("lexer_setting"));
+    assert_eq!(
+        class("SELECT ('x').set_config"),
+        Class::Forbidden("lexer_setting")
+    );
     // DROP OWNED drops.
     assert!(analyze("DROP OWNED BY lockbox_write").facts.drop);
 }
@@ -562,11 +571,72 @@ fn deep_and_wide_reads_are_read_not_unparsable() {
     assert_eq!(class(&format!("SELECT {wide} FROM items")), Class::Read);
     let nested = format!("SELECT {}1{}", "(".repeat(2000), ")".repeat(2000));
     assert_eq!(class(&nested), Class::Read);
-    let cases = (0..200).fold("1".to_owned(), |e, i| format!("CASE WHEN a = {i} THEN {e} ELSE 0 END"));
+    let cases = (0..200).fold("1".to_owned(), |e, i| {
+        format!("CASE WHEN a = {i} THEN {e} ELSE 0 END")
+    });
     assert_eq!(class(&format!("SELECT {cases} FROM t")), Class::Read);
     // Deeper than PostgreSQL's stack-depth check allows: rejected, not a crash.
     let too_deep = ["a"; 20_000].join(" || ");
     assert_eq!(class(&format!("SELECT {too_deep}")), Class::Unknown);
     let too_nested = format!("SELECT {}1{}", "(".repeat(200_000), ")".repeat(200_000));
     assert_eq!(class(&too_nested), Class::Unknown);
+}
+
+#[test]
+fn more_attack_findings_stay_closed() {
+    let rules = Guardrails {
+        off_limits: vec!["secrets".into()],
+        deny_delete_without_where: true,
+        ..Guardrails::default()
+    };
+    let rule = |sql: &str| {
+        check_rules(&rules, &analyze(sql).facts)
+            .err()
+            .map(|r| r.rule)
+    };
+    for sql in [
+        "SELECT table_to_xml(' secrets', true, false, '')",
+        "SELECT table_to_xml('public . secrets', true, false, '')",
+        "SELECT table_to_xml('\"secrets\"', true, false, '')",
+        "SELECT table_to_xml(16384, true, false, '')",
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, plainto_tsquery(value) FROM secrets')",
+    ] {
+        assert_eq!(rule(sql), Some("off_limits"), "{sql}");
+    }
+    assert_eq!(
+        rule("SELECT ts_rewrite('a'::tsquery, 'a'::tsquery, 'b'::tsquery)"),
+        None
+    );
+    for sql in [
+        "CREATE FUNCTION pg_temp.wipe(int, int) RETURNS int LANGUAGE sql AS 'DELETE FROM items; SELECT 1'",
+        "CREATE OPERATOR pg_temp.### (leftarg = int, rightarg = int, function = pg_temp.wipe)",
+        "CREATE TRIGGER t AFTER INSERT ON items FOR EACH ROW EXECUTE FUNCTION f()",
+        "CREATE RULE r AS ON INSERT TO items DO ALSO DELETE FROM items WHERE id = 1",
+    ] {
+        assert_eq!(rule(sql), Some("opaque_statement"), "{sql}");
+    }
+    // A body PostgreSQL parses is seen: its DELETE without WHERE is caught as such.
+    assert_eq!(
+        rule("CREATE FUNCTION f() RETURNS void LANGUAGE sql BEGIN ATOMIC DELETE FROM items; END"),
+        Some("delete_without_where")
+    );
+    assert_eq!(
+        analyze("FETCH ALL IN \"<unnamed portal 1>\"").facts.names,
+        Some(NameChange::Fetch("<unnamed portal 1>".into()))
+    );
+}
+
+#[test]
+fn lexing_stability() {
+    let stable = |sql: &str| lexing_is_stable(sql, &analyze_query(sql));
+    assert!(stable("select 1; select 2"));
+    assert!(
+        stable("select 'a\\d+' ~ 'x'"),
+        "a backslash that splits the same way"
+    );
+    assert!(!stable("SELECT 'x\\', ' ; SELECT lo_create(4242); -- '"));
+    assert!(
+        !stable("select 'é\\'"),
+        "a backslash next to non-ASCII text"
+    );
 }

@@ -78,6 +78,21 @@ fn stand_in_query() -> Vec<u8> {
     tagged(b'Q', &[STAND_IN.as_bytes(), b"\0"].concat())
 }
 
+/// An Execute of a portal that cannot exist (portal names from clients never hold a
+/// newline and this marker), so it fails like the stand-in query.
+fn stand_in_execute() -> Vec<u8> {
+    tagged(b'E', b"lockbox\nrefused this portal\0\0\0\0\0")
+}
+
+fn unknown_name_refusal(rule: &'static str, name: &str) -> Refusal {
+    Refusal {
+        rule,
+        message: format!(
+            "lockbox: \"{name}\" was not created by a statement lockbox recorded, so what it runs cannot be recorded (rule {rule})"
+        ),
+    }
+}
+
 fn stand_in_parse(name: &str) -> Vec<u8> {
     tagged(
         b'P',
@@ -421,11 +436,12 @@ impl Relay {
             b'Q' => {
                 let text = wire::decode_query(body).map_err(|e| e.to_string())?;
                 let statements = guard::analyze_query_cached(&text);
+                let uncertain = self.lexer_uncertain(&text, &statements, pending);
                 // One refused statement refuses the string: PostgreSQL runs it as one
                 // transaction. The first refused statement carries the refusal.
                 let mut records = Vec::with_capacity(statements.len());
                 let mut verdicts = Vec::with_capacity(statements.len());
-                for s in statements.iter() {
+                for (i, s) in statements.iter().enumerate() {
                     let piece = text.get(s.range.clone()).unwrap_or(&text);
                     let (record, recorded) = self.statement_record(
                         Protocol::Simple,
@@ -433,20 +449,27 @@ impl Relay {
                         self.kind_of(&s.analysis),
                         None,
                     );
-                    verdicts.push(recorded.and_then(|()| self.check(&s.analysis)));
+                    let verdict = match (i, &uncertain) {
+                        (0, Some(refusal)) => Err(refusal.clone()),
+                        _ => recorded
+                            .and_then(|()| self.check(&s.analysis))
+                            .and_then(|()| self.check_names(&s.analysis)),
+                    };
+                    if verdict.is_ok() {
+                        // Later statements of the string see what this one will create;
+                        // it takes effect only once the server confirms it.
+                        self.note_names(piece, &s.analysis, None)?;
+                    }
+                    verdicts.push(verdict);
                     records.push(record);
                 }
                 let refused_at = verdicts.iter().position(Result::is_err);
                 let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
-                for (i, (record, s)) in records.into_iter().zip(statements.iter()).enumerate() {
+                for (i, record) in records.into_iter().enumerate() {
                     pending.push(match (&refusal, refused_at) {
                         (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
                         (Some(_), _) => Pending::NotRun(record),
-                        _ => {
-                            let piece = text.get(s.range.clone()).unwrap_or(&text);
-                            self.note_names(piece, &s.analysis, None)?;
-                            Pending::Statement(record)
-                        }
+                        _ => Pending::Statement(record),
                     });
                 }
                 pending.push(Pending::QueryEnd);
@@ -455,11 +478,19 @@ impl Relay {
             }
             b'P' => {
                 let (name, text) = wire::decode_parse(body).map_err(|e| e.to_string())?;
-                let analysis = guard::analyze_cached(&text);
+                let analyses = guard::analyze_query_cached(&text);
+                let analysis = match &analyses[..] {
+                    [one] => one.analysis.clone(),
+                    _ => guard::Analysis::rejected(),
+                };
                 let kind = self.kind_of(&analysis);
                 let (record, recorded) =
                     self.statement_record(Protocol::Extended, &text, kind, None);
-                if let Err(refusal) = recorded.and_then(|()| self.check(&analysis)) {
+                let stable = match self.lexer_uncertain(&text, &analyses, pending) {
+                    Some(refusal) => Err(refusal),
+                    None => Ok(()),
+                };
+                if let Err(refusal) = recorded.and(stable).and_then(|()| self.check(&analysis)) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
                     return Ok(Some(stand_in_parse(&name)));
                 }
@@ -481,15 +512,35 @@ impl Relay {
             }
             b'E' => {
                 let portal = wire::decode_execute(body).map_err(|e| e.to_string())?;
-                let (text, kind, params, names) = match self.statements.portal(&portal) {
-                    Some(p) => (
-                        p.statement.text.clone(),
-                        p.statement.kind,
-                        Some(p.params),
-                        p.statement.names,
-                    ),
-                    None => (Arc::from(""), StatementKind::Unknown, None, None),
+                let Some(found) = self.statements.portal(&portal).filter(|p| {
+                    !p.statement.text.is_empty() || p.statement.kind != StatementKind::Unknown
+                }) else {
+                    // A portal (or the statement it was bound to) that lockbox never saw
+                    // created — server-side code can PREPARE and OPEN cursors: what it
+                    // runs cannot be recorded, so below admin it does not run.
+                    let text = format!("-- Execute of portal \"{portal}\", whose statement lockbox did not see prepared");
+                    let (record, _) = self.statement_record(
+                        Protocol::Extended,
+                        &text,
+                        StatementKind::Unknown,
+                        None,
+                    );
+                    if self.grant.access != AccessLevel::Admin {
+                        pending.push(Pending::Refused(
+                            record,
+                            Arc::new(unknown_name_refusal("unknown_statement", &portal)),
+                        ));
+                        return Ok(Some(stand_in_execute()));
+                    }
+                    pending.push(Pending::Statement(record));
+                    return Ok(None);
                 };
+                let (text, kind, params, names) = (
+                    found.statement.text.clone(),
+                    found.statement.kind,
+                    Some(found.params),
+                    found.statement.names,
+                );
                 if let Some(change) = &names {
                     // A Parse of `PREPARE …`, `DECLARE …`, `DEALLOCATE …` changes the
                     // namespaces each time its portal runs.
@@ -548,6 +599,40 @@ impl Relay {
             other => return Err(unexpected_message(other)),
         }
         Ok(None)
+    }
+
+    /// A query text that must not be forwarded yet: something sent before it is still
+    /// running and could have changed a lexer setting (the server says so only at its
+    /// ReadyForQuery), and the text would read differently if it had.
+    fn lexer_uncertain(
+        &self,
+        text: &str,
+        analyses: &[guard::StatementAnalysis],
+        pending: &[Pending],
+    ) -> Option<Refusal> {
+        let in_flight = !self.tracker.is_idle()
+            || pending
+                .iter()
+                .any(|p| matches!(p, Pending::Statement(_) | Pending::Refused(..)));
+        (in_flight && !guard::lexing_is_stable(text, analyses)).then(guard::lexer_uncertain)
+    }
+
+    /// `EXECUTE name`, `FETCH`/`MOVE` from a cursor: the name must be one lockbox saw
+    /// created, or the audit could not say what runs (server-side code can PREPARE and open
+    /// cursors). An admin grant may still use them.
+    fn check_names(&self, analysis: &guard::Analysis) -> Result<(), Refusal> {
+        if self.grant.access == AccessLevel::Admin {
+            return Ok(());
+        }
+        match &analysis.facts.names {
+            Some(NameChange::Execute(name)) if self.statements.statement(name).is_none() => {
+                Err(unknown_name_refusal("unknown_statement", name))
+            }
+            Some(NameChange::Fetch(name)) if self.statements.portal(name).is_none() => {
+                Err(unknown_name_refusal("unknown_cursor", name))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The grant, the database's rules and the grant's limits, for one statement.
@@ -654,7 +739,7 @@ impl Relay {
             NameChange::Deallocate(name) => SqlChange::Deallocate(name.clone()),
             NameChange::Close(name) => SqlChange::Close(name.clone()),
             NameChange::DiscardAll => SqlChange::DiscardAll,
-            NameChange::Execute(_) => return Ok(()),
+            NameChange::Execute(_) | NameChange::Fetch(_) => return Ok(()),
         };
         self.statements.sql(sql_change).map_err(|e| e.to_string())
     }

@@ -105,6 +105,11 @@ impl Tracker {
         });
     }
 
+    /// Nothing sent is still waiting for its outcome or its ReadyForQuery.
+    pub fn is_idle(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// Whether a refusal's error is still to come (its bytes must be rewritten).
     pub fn refusal_pending(&self) -> bool {
         self.slots.iter().any(|s| {
