@@ -437,3 +437,102 @@ async fn attack_write_plpgsql_prepared_statement_recorded_as_empty() {
         "the Execute that ran `DELETE FROM items WHERE id = 1` is recorded as {last:?}"
     );
 }
+
+/// Unit-level: a long left-deep expression (one `+` per two bytes, well under the 1 MiB the
+/// guard parses) on a thread with tokio's default 2 MiB stack, as a proxy worker has.
+#[test]
+fn attack_probe_deep_expression_on_worker_stack() {
+    let sql = format!("SELECT {}1", "1+".repeat(200_000));
+    let handle = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || guard::analyze_query(&sql).len())
+        .expect("spawn");
+    let n = handle.join().expect("the guard did not crash");
+    println!("analysed into {n} statement(s)");
+}
+
+/// Garbage after login: each input gets an error or a closed connection, and the proxy
+/// keeps serving a fresh session afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_garbage_never_crashes_the_proxy() {
+    let env = Env::start("atk_garbage").await;
+    let garbage: Vec<Vec<u8>> = vec![
+        message(b'Q', b"SELECT '\xff\xfe'; SELECT 1\0"),
+        message(b'Q', b"SELECT 1\0DELETE FROM items\0"),
+        message(b'Q', b""),
+        message(b'B', &[b"p\0s\0".as_slice(), &(-1i16).to_be_bytes()].concat()),
+        message(b'B', &[b"p\0s\0".as_slice(), &0i16.to_be_bytes(), &i16::MAX.to_be_bytes()].concat()),
+        message(b'C', b"Zname\0"),
+        message(b'C', b""),
+        [execute("nope"), sync()].concat(),
+        message(b'F', &[0u32.to_be_bytes().as_slice(), &1i16.to_be_bytes(), &1i16.to_be_bytes(), &1i16.to_be_bytes(), &i32::MAX.to_be_bytes()].concat()),
+        message(b'd', b"stray copy data"),
+        message(b'P', b"s1\0DELETE FROM items\0\0\0"),
+        [
+            message(b'P', b"s1\0DELETE FROM items\0\0\0"),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+        query(&format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000))),
+        query(&format!("SELECT {}", "NOT ".repeat(100_000) + "true")),
+        query(&"/*".repeat(50_000)),
+        vec![b'Q', 0x7f, 0xff, 0xff, 0xff],
+    ];
+    for (i, bytes) in garbage.iter().enumerate() {
+        let (_id, mut raw) = raw_session(&env, AccessLevel::Read).await;
+        raw.send(bytes).await;
+        let answer = drain(&mut raw, Duration::from_millis(700)).await;
+        let errors = crate::harness::errors_in(&answer);
+        println!("garbage #{i}: {} bytes back, errors {errors:?}", answer.len());
+        let (_id2, c) = session(&env, AccessLevel::Read).await;
+        assert_eq!(one(&c, "SELECT 1").await, Ok("1".into()), "after garbage #{i}");
+    }
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
+}
+
+/// Unit-level: how long the guard takes on hostile but small inputs (one session's worker
+/// thread is busy meanwhile).
+#[test]
+fn attack_probe_guard_time_on_hostile_input() {
+    for (label, sql) in [
+        ("unterminated nested comments (x2 input = x4 time)", "/*".repeat(10_000)),
+        ("unterminated nested comments", "/*".repeat(20_000)),
+        ("nested comment openers closed", format!("{}{}", "/*".repeat(20_000), "*/".repeat(20_000))),
+        ("many statements", "select 1;".repeat(100_000)),
+        ("many semicolons", ";".repeat(1_000_000)),
+        ("wide in-list", format!("SELECT 1 WHERE 1 IN ({})", vec!["1"; 150_000].join(","))),
+    ] {
+        let t = std::time::Instant::now();
+        let n = guard::analyze_query(&sql).len();
+        println!("{label}: {} bytes -> {n} statements in {:?}", sql.len(), t.elapsed());
+    }
+}
+
+/// Availability probe (held up in this harness: the victim was answered in time, though each
+/// hostile string costs the proxy seconds of CPU). PostgreSQL's lexer is quadratic on runs of `/*` (xcstart matches
+/// `/\*{op_chars}*` to the end of the run, then backs up), and the guard lexes every query
+/// string on a runtime worker before forwarding it. A few ~120 KB strings of `/*` from a read
+/// grant stall the proxy for every other session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_read_comment_openers_stall_the_proxy() {
+    let env = Env::start("atk_stall").await;
+    let mut hostile = Vec::new();
+    let (_id, victim) = session(&env, AccessLevel::Read).await;
+    for _ in 0..4 {
+        let (_id, raw) = raw_session(&env, AccessLevel::Read).await;
+        hostile.push(raw);
+    }
+    for raw in &mut hostile {
+        raw.send(&query(&"/*".repeat(60_000))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(60), one(&victim, "SELECT 1")).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "another session's SELECT 1 waited {waited:?} ({answer:?})"
+    );
+}
