@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod attack;
 mod audit_api;
 mod audit_chain;
 mod audit_durability;
