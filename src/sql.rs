@@ -38,6 +38,52 @@ pub enum Parsed {
     Rejected(String),
 }
 
+/// Runs `work` on `sql`'s parse tree where its nesting cannot exhaust the stack: on this
+/// thread when the text cannot nest deeply, otherwise on a thread with a large stack of its
+/// own. Decoding, walking and dropping a tree recurse once per level, and PostgreSQL's
+/// grammar allows thousands of levels (its own stack-depth check measures from the thread's
+/// start, so the stack cannot be swapped under it in place). `None` if no thread could run
+/// it: the caller then decides nothing on a guess.
+pub fn with_tree_stack<T: Send>(sql: &str, work: impl FnOnce() -> T + Send) -> Option<T> {
+    if !may_nest_deeply(sql) {
+        return Some(work());
+    }
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("lockbox-parse".into())
+            .stack_size(TREE_STACK)
+            .spawn_scoped(scope, work)
+            .ok()
+            .and_then(|worker| worker.join().ok())
+    })
+}
+
+/// The stack deep trees are handled on (reserved; pages are committed only as used).
+const TREE_STACK: usize = 64 * 1024 * 1024;
+
+/// Whether a text has enough of what nests (operators, parentheses, CASE, NOT, SELECT) that
+/// its tree could be deep. Counting is cheap next to a parse, and most statements an
+/// application sends stay far below the bound.
+fn may_nest_deeply(sql: &str) -> bool {
+    const BOUND: usize = 24;
+    if sql.len() > 4096 {
+        return true;
+    }
+    let operators = sql
+        .bytes()
+        .filter(|b| b"+-*/<>=~!@#%^&|`?(".contains(b))
+        .count();
+    let words = sql
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| {
+            w.eq_ignore_ascii_case("case")
+                || w.eq_ignore_ascii_case("not")
+                || w.eq_ignore_ascii_case("select")
+        })
+        .count();
+    operators + words > BOUND
+}
+
 /// Parses `sql` with PostgreSQL's grammar, as the server reads it with the settings lockbox
 /// pins (standard_conforming_strings on).
 pub fn parse(sql: &str) -> Parsed {
@@ -46,6 +92,11 @@ pub fn parse(sql: &str) -> Parsed {
 
 /// Parses `sql` as a server with other lexer settings would.
 pub fn parse_with(sql: &str, options: pg_query::ParserOptions) -> Parsed {
+    if longest_operator_run(sql) > MAX_OPERATOR_RUN {
+        // PostgreSQL's lexer takes time quadratic in a run of operator characters (`/*/*/*…`
+        // is matched to its end at every comment start); no statement has such a run.
+        return Parsed::Rejected("a run of operator characters too long to lex".into());
+    }
     let result = match pg_query::parse(sql, options) {
         Ok(result) => result,
         Err(e) => return Parsed::Rejected(e.to_string()),
@@ -59,6 +110,22 @@ pub fn parse_with(sql: &str, options: pg_query::ParserOptions) -> Parsed {
         // Cannot happen for UTF-8 text; if it did, nothing would be decided on a guess.
         None => Parsed::Rejected("statement boundaries inside a character".into()),
     }
+}
+
+/// Longest run of operator characters no SQL needs.
+pub(crate) const MAX_OPERATOR_RUN: usize = 1024;
+
+pub(crate) fn longest_operator_run(sql: &str) -> usize {
+    let (mut longest, mut run) = (0, 0);
+    for b in sql.bytes() {
+        if b"+-*/<>=~!@#%^&|`?".contains(&b) {
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    longest
 }
 
 /// The text of each statement. A statement's text runs from just after the previous
@@ -100,12 +167,14 @@ fn trim_range(sql: &str, range: Range<usize>) -> Range<usize> {
 /// The statements of `sql` as slices of the original text: what the audit records one by
 /// one. A rejected string is one piece (the whole string); an empty one is one piece too.
 pub fn split_statements(sql: &str) -> Vec<&str> {
-    match parse(sql) {
-        Parsed::Statements(list) => list
-            .into_iter()
-            .filter_map(|(range, _)| sql.get(range))
-            .collect(),
-        Parsed::Empty | Parsed::Rejected(_) => vec![sql],
+    let ranges = with_tree_stack(sql, || match parse(sql) {
+        Parsed::Statements(list) => list.into_iter().map(|(range, _)| range).collect(),
+        Parsed::Empty | Parsed::Rejected(_) => Vec::new(),
+    })
+    .unwrap_or_default();
+    match ranges.is_empty() {
+        true => vec![sql],
+        false => ranges.into_iter().filter_map(|r| sql.get(r)).collect(),
     }
 }
 
@@ -115,6 +184,10 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
 /// the grammar rejects is recorded whole. Used by the seeded generator test and the fuzz
 /// target (`fuzz/`). `Err` says what broke.
 pub fn check_split_invariants(sql: &str) -> Result<(), String> {
+    with_tree_stack(sql, || split_invariants(sql)).unwrap_or_else(|| Err("no thread".into()))
+}
+
+fn split_invariants(sql: &str) -> Result<(), String> {
     let analyses = crate::guard::analyze_query(sql);
     let ranges: Vec<Range<usize>> = analyses.iter().map(|a| a.range.clone()).collect();
     if ranges.is_empty() {
@@ -218,6 +291,18 @@ mod tests {
         assert!(matches!(
             parse("select 'a; delete from t"),
             Parsed::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn runs_of_operator_characters_are_not_lexed() {
+        // The lexer would take quadratic time; such a string is rejected (recorded whole,
+        // refused below admin) without lexing it.
+        let hostile = "/*".repeat(60_000);
+        assert!(matches!(parse(&hostile), Parsed::Rejected(_)));
+        assert!(matches!(
+            parse("select 1 /*/*/* nested */*/*/ + 2"),
+            Parsed::Statements(_)
         ));
     }
 

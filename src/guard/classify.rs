@@ -329,6 +329,10 @@ struct Calls {
 
 fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
     let mut out = Calls::default();
+    out.opaque |= found
+        .operators
+        .iter()
+        .any(|(schema, symbol)| !functions::is_builtin_operator(schema.as_deref(), symbol));
     // `(x).lo_create` and `t.lo_create` call lo_create(x) when no column has that name: a
     // side-effecting built-in named that way is judged as a call whose arguments are
     // unknown.
@@ -492,18 +496,22 @@ fn non_empty(name: &str) -> Option<String> {
 
 /// The audit kind of what `PREPARE name AS <statement>` prepares.
 pub fn prepared_kind(text: &str) -> StatementKind {
-    match only_statement(text) {
+    crate::sql::with_tree_stack(text, || match only_statement(text) {
         Some(N::PrepareStmt(p)) => p
             .query
             .as_deref()
             .map_or(StatementKind::Unknown, |q| analyze_inner(q).kind),
         _ => StatementKind::Unknown,
-    }
+    })
+    .unwrap_or(StatementKind::Unknown)
 }
 
 /// Whether `text` is `DECLARE … WITH HOLD`.
 pub fn declares_held_cursor(text: &str) -> bool {
-    matches!(only_statement(text), Some(N::DeclareCursorStmt(d)) if d.options & CURSOR_OPT_HOLD != 0)
+    crate::sql::with_tree_stack(text, || {
+        matches!(only_statement(text), Some(N::DeclareCursorStmt(d)) if d.options & CURSOR_OPT_HOLD != 0)
+    })
+    .unwrap_or(false)
 }
 
 fn only_statement(text: &str) -> Option<N> {

@@ -41,6 +41,19 @@ const BUILTINS: &str = include_str!("builtin_functions.txt");
 static BUILTIN_NAMES: LazyLock<HashSet<&'static str>> =
     LazyLock::new(|| BUILTINS.lines().map(str::trim).collect());
 
+/// The operator symbols of pg_catalog in PostgreSQL 15 (`psql -Atc "select distinct
+/// oprname from pg_operator where oprnamespace = 'pg_catalog'::regnamespace order by 1"`).
+const BUILTIN_OPERATORS: &str = include_str!("builtin_operators.txt");
+
+static BUILTIN_OPERATOR_NAMES: LazyLock<HashSet<&'static str>> =
+    LazyLock::new(|| BUILTIN_OPERATORS.lines().map(str::trim).collect());
+
+/// Whether an operator is one of pg_catalog's (an operator runs a function: one that is not
+/// built in is as opaque as a call of it).
+pub(crate) fn is_builtin_operator(schema: Option<&str>, symbol: &str) -> bool {
+    matches!(schema, None | Some("pg_catalog")) && BUILTIN_OPERATOR_NAMES.contains(symbol)
+}
+
 /// Whether `call` is a call of a pg_catalog built-in: unqualified (pg_catalog comes first
 /// on every search path unless it is placed later explicitly) or qualified with pg_catalog.
 pub(crate) fn is_builtin(call: &Call<'_>) -> bool {

@@ -269,35 +269,13 @@ const MAX_ANALYZED_LEN: usize = 1024 * 1024;
 /// one statement: a rejected string is one unknown statement (all of it), an empty one is
 /// one empty statement.
 pub fn analyze_query(sql: &str) -> Vec<StatementAnalysis> {
-    if sql.len() <= SHALLOW_LEN {
-        analyze_query_on_this_stack(sql)
-    } else {
-        // Decoding, walking and dropping a parse tree recurse once per level of nesting,
-        // and a long text can nest deeply: that work gets a thread with a stack of its own
-        // rather than risk the session's. (The parser's own stack-depth check measures
-        // from its thread's start, so the stack cannot be swapped under it in place.)
-        std::thread::scope(|scope| {
-            std::thread::Builder::new()
-                .name("lockbox-parse".into())
-                .stack_size(TREE_STACK)
-                .spawn_scoped(scope, || analyze_query_on_this_stack(sql))
-                .ok()
-                .and_then(|worker| worker.join().ok())
-                // No thread, or it failed: nothing is decided on a guess.
-                .unwrap_or_else(|| {
-                    vec![StatementAnalysis {
-                        range: 0..sql.len(),
-                        analysis: Analysis::rejected(),
-                    }]
-                })
-        })
-    }
+    sql::with_tree_stack(sql, || analyze_query_on_this_stack(sql)).unwrap_or_else(|| {
+        vec![StatementAnalysis {
+            range: 0..sql.len(),
+            analysis: Analysis::rejected(),
+        }]
+    })
 }
-
-/// Texts up to this long cannot nest deeply enough to strain a thread's stack.
-const SHALLOW_LEN: usize = 512;
-/// The stack deep trees are handled on (reserved, committed only as used).
-const TREE_STACK: usize = 64 * 1024 * 1024;
 
 fn analyze_query_on_this_stack(sql: &str) -> Vec<StatementAnalysis> {
     let whole = |analysis| {
@@ -336,6 +314,13 @@ pub fn lexing_is_stable(sql: &str, analyses: &[StatementAnalysis]) -> bool {
     if !sql.is_ascii() {
         return false;
     }
+    sql::with_tree_stack(sql, || {
+        reads_the_same_without_standard_strings(sql, analyses)
+    })
+    .unwrap_or(false)
+}
+
+fn reads_the_same_without_standard_strings(sql: &str, analyses: &[StatementAnalysis]) -> bool {
     let other = sql::parse_with(
         sql,
         pg_query::ParserOptions::DISABLE_STANDARD_CONFORMING_STRINGS,

@@ -50,6 +50,8 @@ pub(crate) struct Found<'t> {
     /// Names used in column or attribute notation (`t.name`, `(expr).name`), lowercased as
     /// written: PostgreSQL calls a one-argument function of that name when no column has it.
     pub field_names: Vec<String>,
+    /// Operators as written: schema (if qualified) and symbol.
+    pub operators: Vec<(Option<String>, String)>,
 }
 
 /// Collects what the guard looks at from the serde form of a statement's tree.
@@ -124,6 +126,16 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
                 .and_then(|fields| fields.last())
                 .and_then(string_node);
             found.field_names.extend(last);
+        }
+        "AExpr" => {
+            let mut parts: Vec<String> = node
+                .get("name")
+                .and_then(Value::as_array)
+                .map(|names| names.iter().filter_map(string_node).collect())
+                .unwrap_or_default();
+            if let Some(symbol) = parts.pop() {
+                found.operators.push((parts.pop(), symbol));
+            }
         }
         "AIndirection" => {
             let names = node

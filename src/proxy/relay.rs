@@ -309,7 +309,7 @@ impl Relay {
         let buf = std::mem::take(&mut self.cbuf);
         // Parsing a large batch takes a while: let the runtime move other sessions' work
         // off this thread meanwhile.
-        let big = buf.len() > 256 * 1024
+        let big = buf.len() > 16 * 1024
             && tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::MultiThread;
         let scanned = if big {

@@ -1,84 +1,8 @@
 //! Attacks on the guard, the audit and the relay (security review). Each test states the
 //! secure behaviour; a failing test is a finding.
 
-use lockbox::guard::{self, Guardrails};
+use lockbox::guard;
 use lockbox::policy::AccessLevel;
-
-/// Unit-level probe: prints what the guard decides for each candidate.
-#[test]
-fn attack_probe_guard_decisions() {
-    let cands = [
-        "BEGIN; RESET transaction_read_only",
-        "SET transaction_read_only TO DEFAULT",
-        "SET LOCAL transaction_read_only TO DEFAULT",
-        "SELECT (SELECT set_config(name, 'off', false) FROM (VALUES ('default_transaction_read_only')) v(name)) FROM pg_settings WHERE name = 'work_mem'",
-        "SELECT (SELECT set_config(name, 'off', false) FROM (VALUES ('standard_conforming_strings')) v(name)) FROM pg_settings WHERE name = 'work_mem'",
-        "SELECT (0::oid).lo_create",
-        "SELECT (42::bigint).pg_advisory_lock",
-        "SELECT (1).rename_all",
-        "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, plainto_tsquery(value) FROM secrets')",
-        "SELECT table_to_xml(' secrets', true, false, '')",
-        "SELECT table_to_xml('public . secrets', true, false, '')",
-        "DROP OWNED BY CURRENT_USER",
-        "ALTER TABLE items DROP COLUMN name",
-        "SELECT 1 OPERATOR(public.###) 1",
-        &format!("SELECT {}", vec!["1"; 60].join(" + ")),
-        &format!("SELECT {}", vec!["'a'"; 120].join(" || ")),
-        &format!("SELECT {}1{}", "(".repeat(200), ")".repeat(200)),
-        &format!("SELECT {}1{}", "-".repeat(60), ""),
-        "SELECT count(*) FILTER (WHERE id > 1) FROM items",
-    ];
-    let rules = Guardrails {
-        deny_drop: true,
-        deny_truncate: true,
-        deny_delete_without_where: true,
-        deny_update_without_where: true,
-        off_limits: vec!["secrets".into()],
-        ..Default::default()
-    };
-    for sql in cands {
-        for s in guard::analyze_query(sql) {
-            let a = &s.analysis;
-            println!(
-                "{:?}\n   kind={:?} class={:?} read={:?} write+rules={:?} rel={:?} opaque={:?}",
-                &sql[s.range.clone()].chars().take(90).collect::<String>(),
-                a.kind,
-                a.class,
-                guard::check_class(AccessLevel::Read, a.class).err().map(|r| r.rule),
-                guard::check_analysis(AccessLevel::Write, &rules, a).err().map(|r| r.rule),
-                a.facts.relations,
-                a.facts.opaque,
-            );
-        }
-    }
-}
-
-/// Unit-level probe: how deep a tree the guard can read.
-#[test]
-fn attack_probe_depth_threshold() {
-    let class = |sql: &str| guard::analyze(sql).class;
-    let plus = (2..200)
-        .find(|n| class(&format!("SELECT {}", vec!["1"; *n].join(" + "))) == guard::Class::Unknown);
-    let concat = (2..200).find(|n| {
-        class(&format!("SELECT {} FROM items", vec!["name"; *n].join(" || ")))
-            == guard::Class::Unknown
-    });
-    let sub = (1..100).find(|n| {
-        class(&format!(
-            "SELECT {}1{}",
-            "(SELECT ".repeat(*n),
-            ")".repeat(*n)
-        )) == guard::Class::Unknown
-    });
-    let case = (1..100).find(|n| {
-        class(&format!(
-            "SELECT {}0{} FROM items",
-            "CASE WHEN id > 1 THEN 1 ELSE ".repeat(*n),
-            " END".repeat(*n)
-        )) == guard::Class::Unknown
-    });
-    println!("plus={plus:?} concat={concat:?} subquery={sub:?} case={case:?}");
-}
 
 // ---------------------------------------------------------------------------------------
 // End-to-end attacks against a real PostgreSQL through lockbox.
@@ -154,7 +78,10 @@ fn bind(portal: &str, statement: &str) -> Vec<u8> {
 }
 
 fn execute(portal: &str) -> Vec<u8> {
-    message(b'E', &[portal.as_bytes(), b"\0", &0i32.to_be_bytes()].concat())
+    message(
+        b'E',
+        &[portal.as_bytes(), b"\0", &0i32.to_be_bytes()].concat(),
+    )
 }
 
 fn sync() -> Vec<u8> {
@@ -195,9 +122,17 @@ async fn attack_read_reset_transaction_read_only_leaves_read_only() {
     let _ = one(&c, "BEGIN; SET transaction_read_only TO DEFAULT").await;
     let mode2 = one(&c, "SHOW transaction_read_only").await;
     let _ = one(&c, "ROLLBACK").await;
+    let refused = mode
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.contains("read_only_setting"));
+    assert!(
+        refused,
+        "RESET transaction_read_only was not refused: {mode:?}"
+    );
     assert_eq!(
-        (mode.clone(), renamed.as_str(), mode2.clone()),
-        (Ok("on".into()), "0", Ok("on".into())),
+        (renamed.as_str(), mode2.clone()),
+        ("0", Ok("on".into())),
         "a read grant left read-only mode and wrote: RESET -> {mode:?}, write -> {write:?}, \
          renamed rows {renamed}, SET TO DEFAULT -> {mode2:?}"
     );
@@ -211,7 +146,11 @@ async fn attack_read_set_config_in_subquery_turns_off_read_only() {
     let env = Env::start("atk_subq_setcfg").await;
     env.superuser_sql("GRANT UPDATE ON items TO lockbox_read");
     let (id, c) = session(&env, AccessLevel::Read).await;
-    let set = one(&c, &disguised_set_config("default_transaction_read_only", "off")).await;
+    let set = one(
+        &c,
+        &disguised_set_config("default_transaction_read_only", "off"),
+    )
+    .await;
     let mode = one(&c, "SHOW default_transaction_read_only").await;
     let write = one(&c, "SELECT rename_all()").await;
     let renamed = env.superuser_sql("SELECT count(*) FROM items WHERE name = 'renamed'");
@@ -235,7 +174,8 @@ async fn attack_read_attribute_notation_calls_refused_builtins() {
     let control = one(&c, "SELECT lo_create(4711)").await;
     assert!(control.is_err(), "lo_create() is refused: {control:?}");
     let created = one(&c, "SELECT (4711::oid).lo_create").await;
-    let objects = env.superuser_sql("SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 4711");
+    let objects =
+        env.superuser_sql("SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 4711");
     let unlinked = one(&c, "SELECT (4711::oid).lo_unlink").await;
     let locked = one(&c, "SELECT (770077::bigint).pg_advisory_lock").await;
     let locks = env.superuser_sql(
@@ -266,7 +206,8 @@ async fn attack_read_lexer_setting_hides_statement_from_audit() {
     .concat();
     raw.send(&batch).await;
     let _ = drain(&mut raw, Duration::from_secs(3)).await;
-    let objects = env.superuser_sql("SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 4242");
+    let objects =
+        env.superuser_sql("SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 4242");
     let recorded = statements_of(&env, &id);
     assert_eq!(
         objects, "0",
@@ -318,24 +259,51 @@ async fn attack_write_operator_hides_delete_from_guardrails() {
     )
     .await;
     let (_id, c) = session(&env, AccessLevel::Write).await;
-    one(
+    // Installing code the guard cannot read is itself refused while rules are in force…
+    let install = one(
         &c,
         "CREATE FUNCTION pg_temp.wipe(int, int) RETURNS int LANGUAGE sql \
          AS 'DELETE FROM items; SELECT 1'",
     )
-    .await
-    .expect("create function");
-    let direct = one(&c, "SELECT pg_temp.wipe(1, 1)").await;
-    assert!(direct.is_err(), "the direct call is refused as opaque: {direct:?}");
-    one(
+    .await;
+    assert!(
+        install
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.contains("opaque_statement")),
+        "{install:?}"
+    );
+    // …so the function exists only if the database has it already (the test puts it there).
+    env.superuser_sql(
+        "CREATE FUNCTION public.wipe(int, int) RETURNS int LANGUAGE sql \
+         AS 'DELETE FROM items; SELECT 1'",
+    );
+    let direct = one(&c, "SELECT public.wipe(1, 1)").await;
+    assert!(
+        direct.is_err(),
+        "the direct call is refused as opaque: {direct:?}"
+    );
+    let operator = one(
         &c,
-        "CREATE OPERATOR pg_temp.### (leftarg = int, rightarg = int, function = pg_temp.wipe)",
+        "CREATE OPERATOR pg_temp.### (leftarg = int, rightarg = int, function = public.wipe)",
     )
-    .await
-    .expect("create operator");
-    let via = one(&c, "SELECT 1 OPERATOR(pg_temp.###) 1").await;
+    .await;
+    assert!(operator.is_err(), "{operator:?}");
+    env.superuser_sql(
+        "CREATE OPERATOR public.### (leftarg = int, rightarg = int, function = public.wipe)",
+    );
+    let via = one(&c, "SELECT 1 OPERATOR(public.###) 1").await;
+    assert!(
+        via.is_err(),
+        "an operator that is not built in is opaque: {via:?}"
+    );
+    let plain = one(&c, "SELECT 1 ### 1").await;
+    assert!(plain.is_err(), "{plain:?}");
     let rows = env.superuser_sql("SELECT count(*) FROM items");
-    assert_eq!(rows, "10", "DELETE without WHERE ran through an operator: {via:?}");
+    assert_eq!(
+        rows, "10",
+        "DELETE without WHERE ran through an operator: {via:?}"
+    );
 }
 
 /// Finding: off_limits under admin: built-ins read the table by a name the guard does not
@@ -389,8 +357,12 @@ async fn attack_admin_deny_drop_misses_drop_owned() {
     let control = one(&c, "DROP TABLE secrets").await;
     assert!(control.is_err(), "DROP TABLE is refused: {control:?}");
     let dropped = one(&c, "DROP OWNED BY CURRENT_USER").await;
-    let left = env.superuser_sql("SELECT count(*) FROM pg_tables WHERE tablename IN ('items', 'secrets')");
-    assert_eq!(left, "2", "DROP OWNED dropped the tables under deny_drop: {dropped:?}");
+    let left =
+        env.superuser_sql("SELECT count(*) FROM pg_tables WHERE tablename IN ('items', 'secrets')");
+    assert_eq!(
+        left, "2",
+        "DROP OWNED dropped the tables under deny_drop: {dropped:?}"
+    );
 }
 
 /// Finding (wrong refusal): the guard reads pg_query's protobuf, whose decoder stops at
@@ -426,15 +398,16 @@ async fn attack_write_plpgsql_prepared_statement_recorded_as_empty() {
     raw.read_until_ready().await;
     raw.send(&query("SELECT pg_temp.prep()")).await;
     raw.read_until_ready().await;
-    raw.send(&[bind("", "zz"), execute(""), sync()].concat()).await;
+    raw.send(&[bind("", "zz"), execute(""), sync()].concat())
+        .await;
     raw.read_until_ready().await;
-    let gone = env.superuser_sql("SELECT count(*) FROM items WHERE id = 1");
-    assert_eq!(gone, "0", "the server ran the DELETE");
+    let kept = env.superuser_sql("SELECT count(*) FROM items WHERE id = 1");
+    assert_eq!(kept, "1", "a statement lockbox never saw prepared ran");
     let recorded = statements_of(&env, &id);
     let last = recorded.last().cloned().unwrap_or_default();
     assert!(
-        last.contains("DELETE"),
-        "the Execute that ran `DELETE FROM items WHERE id = 1` is recorded as {last:?}"
+        last.contains("\"zz\"") || last.contains("portal"),
+        "the refused Execute is recorded for what it is: {last:?}"
     );
 }
 
@@ -460,12 +433,33 @@ async fn attack_garbage_never_crashes_the_proxy() {
         message(b'Q', b"SELECT '\xff\xfe'; SELECT 1\0"),
         message(b'Q', b"SELECT 1\0DELETE FROM items\0"),
         message(b'Q', b""),
-        message(b'B', &[b"p\0s\0".as_slice(), &(-1i16).to_be_bytes()].concat()),
-        message(b'B', &[b"p\0s\0".as_slice(), &0i16.to_be_bytes(), &i16::MAX.to_be_bytes()].concat()),
+        message(
+            b'B',
+            &[b"p\0s\0".as_slice(), &(-1i16).to_be_bytes()].concat(),
+        ),
+        message(
+            b'B',
+            &[
+                b"p\0s\0".as_slice(),
+                &0i16.to_be_bytes(),
+                &i16::MAX.to_be_bytes(),
+            ]
+            .concat(),
+        ),
         message(b'C', b"Zname\0"),
         message(b'C', b""),
         [execute("nope"), sync()].concat(),
-        message(b'F', &[0u32.to_be_bytes().as_slice(), &1i16.to_be_bytes(), &1i16.to_be_bytes(), &1i16.to_be_bytes(), &i32::MAX.to_be_bytes()].concat()),
+        message(
+            b'F',
+            &[
+                0u32.to_be_bytes().as_slice(),
+                &1i16.to_be_bytes(),
+                &1i16.to_be_bytes(),
+                &1i16.to_be_bytes(),
+                &i32::MAX.to_be_bytes(),
+            ]
+            .concat(),
+        ),
         message(b'd', b"stray copy data"),
         message(b'P', b"s1\0DELETE FROM items\0\0\0"),
         [
@@ -475,7 +469,11 @@ async fn attack_garbage_never_crashes_the_proxy() {
             sync(),
         ]
         .concat(),
-        query(&format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000))),
+        query(&format!(
+            "SELECT {}1{}",
+            "(".repeat(100_000),
+            ")".repeat(100_000)
+        )),
         query(&format!("SELECT {}", "NOT ".repeat(100_000) + "true")),
         query(&"/*".repeat(50_000)),
         vec![b'Q', 0x7f, 0xff, 0xff, 0xff],
@@ -485,54 +483,16 @@ async fn attack_garbage_never_crashes_the_proxy() {
         raw.send(bytes).await;
         let answer = drain(&mut raw, Duration::from_millis(700)).await;
         let errors = crate::harness::errors_in(&answer);
-        println!("garbage #{i}: {} bytes back, errors {errors:?}", answer.len());
+        println!(
+            "garbage #{i}: {} bytes back, errors {errors:?}",
+            answer.len()
+        );
         let (_id2, c) = session(&env, AccessLevel::Read).await;
-        assert_eq!(one(&c, "SELECT 1").await, Ok("1".into()), "after garbage #{i}");
+        assert_eq!(
+            one(&c, "SELECT 1").await,
+            Ok("1".into()),
+            "after garbage #{i}"
+        );
     }
     assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
-}
-
-/// Unit-level: how long the guard takes on hostile but small inputs (one session's worker
-/// thread is busy meanwhile).
-#[test]
-fn attack_probe_guard_time_on_hostile_input() {
-    for (label, sql) in [
-        ("unterminated nested comments (x2 input = x4 time)", "/*".repeat(10_000)),
-        ("unterminated nested comments", "/*".repeat(20_000)),
-        ("nested comment openers closed", format!("{}{}", "/*".repeat(20_000), "*/".repeat(20_000))),
-        ("many statements", "select 1;".repeat(100_000)),
-        ("many semicolons", ";".repeat(1_000_000)),
-        ("wide in-list", format!("SELECT 1 WHERE 1 IN ({})", vec!["1"; 150_000].join(","))),
-    ] {
-        let t = std::time::Instant::now();
-        let n = guard::analyze_query(&sql).len();
-        println!("{label}: {} bytes -> {n} statements in {:?}", sql.len(), t.elapsed());
-    }
-}
-
-/// Availability probe (held up in this harness: the victim was answered in time, though each
-/// hostile string costs the proxy seconds of CPU). PostgreSQL's lexer is quadratic on runs of `/*` (xcstart matches
-/// `/\*{op_chars}*` to the end of the run, then backs up), and the guard lexes every query
-/// string on a runtime worker before forwarding it. A few ~120 KB strings of `/*` from a read
-/// grant stall the proxy for every other session.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attack_read_comment_openers_stall_the_proxy() {
-    let env = Env::start("atk_stall").await;
-    let mut hostile = Vec::new();
-    let (_id, victim) = session(&env, AccessLevel::Read).await;
-    for _ in 0..4 {
-        let (_id, raw) = raw_session(&env, AccessLevel::Read).await;
-        hostile.push(raw);
-    }
-    for raw in &mut hostile {
-        raw.send(&query(&"/*".repeat(60_000))).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let started = std::time::Instant::now();
-    let answer = tokio::time::timeout(Duration::from_secs(60), one(&victim, "SELECT 1")).await;
-    let waited = started.elapsed();
-    assert!(
-        waited < Duration::from_secs(2),
-        "another session's SELECT 1 waited {waited:?} ({answer:?})"
-    );
 }
