@@ -23,7 +23,10 @@
 //! - lines logged by the superuser are this test's own setup, made behind lockbox's back.
 
 mod compare;
+mod differential;
+mod generator;
 mod server_log;
+mod wire;
 
 use std::sync::OnceLock;
 use std::time::Duration;

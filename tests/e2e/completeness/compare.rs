@@ -64,6 +64,12 @@ fn walk(session: &str, lines: &[Logged], audit: &[Audited], problems: &mut Vec<S
                 continue;
             }
         }
+        // A query string of nothing but blanks and comments runs no statement (the server
+        // answers EmptyQueryResponse) and needs no record.
+        if matches!(line, Logged::Simple(text) if no_statement(text)) {
+            may_fail = None;
+            continue;
+        }
         let found = (next..audit.len()).find_map(|k| covers(line, &audit[k..]).map(|n| (k, n)));
         let Some((at, taken)) = found else {
             problems.push(format!(
@@ -97,10 +103,19 @@ fn unlogged(session: &str, records: &[Audited], problems: &mut Vec<String>) {
 fn covers(line: &Logged, audit: &[Audited]) -> Option<usize> {
     let first = audit.first()?;
     match line {
-        Logged::Simple(text) if text == STAND_IN => (first.outcome == "refused"
-            && (first.protocol == "simple" || first.protocol == "function_call"))
-            .then_some(1),
+        Logged::Simple(text) if text == STAND_IN => match first.protocol.as_str() {
+            "function_call" => (first.outcome == "refused").then_some(1),
+            _ => refused_string(audit),
+        },
         Logged::Simple(text) => pieces(text, audit),
+        // A query string the server could not parse runs nothing: it is logged only as an
+        // ERROR naming it, and the audit must hold it, failed, piece by piece.
+        Logged::Failed { text } if first.protocol == "simple" => pieces(text, audit).filter(|&n| {
+            audit[..n].iter().any(|r| r.outcome == "error")
+                && audit[..n]
+                    .iter()
+                    .all(|r| r.outcome == "error" || r.outcome == "not_executed")
+        }),
         Logged::Execute { text, params } => (first.protocol == "extended"
             && first.text == *text
             && params_match(&first.params, params))
@@ -115,22 +130,104 @@ fn covers(line: &Logged, audit: &[Audited]) -> Option<usize> {
     }
 }
 
+/// The records of one refused query string, for which the server logged the stand-in:
+/// the statements before and after the refused one are `not_executed`.
+fn refused_string(audit: &[Audited]) -> Option<usize> {
+    let simple_not_run = |r: &Audited| r.protocol == "simple" && r.outcome == "not_executed";
+    let before = audit.iter().take_while(|r| simple_not_run(r)).count();
+    let refused = audit.get(before)?;
+    if refused.protocol != "simple" || refused.outcome != "refused" {
+        return None;
+    }
+    let after = audit[before + 1..]
+        .iter()
+        .take_while(|r| simple_not_run(r))
+        .count();
+    Some(before + 1 + after)
+}
+
 /// The number of simple-protocol records whose texts, in order, make up `text`.
 fn pieces(text: &str, audit: &[Audited]) -> Option<usize> {
+    let texts: Vec<&str> = audit
+        .iter()
+        .take_while(|r| r.protocol == "simple" && !r.text.is_empty())
+        .map(|r| r.text.as_str())
+        .collect();
+    let taken = cover(text, &texts)?;
+    (taken > 0).then_some(taken)
+}
+
+/// How many of `texts` (from the front) make up `text` in order, with nothing between,
+/// before or after them but what PostgreSQL's scanner skips and semicolons; `None` if
+/// they do not. A text may start with such blanks itself (a comment before a statement).
+pub fn cover(text: &str, texts: &[&str]) -> Option<usize> {
     let mut rest = text;
     let mut taken = 0;
     loop {
-        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
-        if rest.is_empty() {
-            return (taken > 0).then_some(taken);
+        let next = texts.get(taken).filter(|t| !t.is_empty());
+        if let Some(after) = next.and_then(|t| rest.strip_prefix(t)) {
+            rest = after;
+            taken += 1;
+        } else if rest.is_empty() {
+            return Some(taken);
+        } else {
+            rest = skip_blank(rest)?;
         }
-        let record = audit.get(taken)?;
-        if record.protocol != "simple" || record.text.is_empty() {
-            return None;
-        }
-        rest = rest.strip_prefix(record.text.as_str())?;
-        taken += 1;
     }
+}
+
+/// Whether `text` holds no statement: only blanks, comments and semicolons.
+pub fn no_statement(text: &str) -> bool {
+    let mut rest = text;
+    while !rest.is_empty() {
+        match skip_blank(rest) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// `text` past the one blank, comment or semicolon it starts with, as PostgreSQL's
+/// scanner (scan.l) reads them: blanks are space, tab, newline, carriage return, form
+/// feed (and vertical tab since 16); a `--` comment runs to the end of the line (a
+/// newline or a carriage return ends it); `/* */` comments nest. No other character is a
+/// blank: a no-break space is part of an identifier. `None` if `text` starts with none
+/// of these, or with a `/*` comment that is never closed.
+fn skip_blank(text: &str) -> Option<&str> {
+    let mut chars = text.chars();
+    match chars.next()? {
+        ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b' | ';' => Some(chars.as_str()),
+        '-' if text.starts_with("--") => {
+            Some(text.find(['\n', '\r']).map_or("", |end| &text[end..]))
+        }
+        '/' if text.starts_with("/*") => after_c_comment(text),
+        _ => None,
+    }
+}
+
+/// The text after the `/* */` comment `text` starts with, nesting counted.
+fn after_c_comment(text: &str) -> Option<&str> {
+    let mut depth = 0usize;
+    let mut at = 0;
+    let bytes = text.as_bytes();
+    while at + 1 < bytes.len() {
+        match (bytes[at], bytes[at + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                at += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                at += 2;
+                if depth == 0 {
+                    return Some(&text[at..]);
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    None
 }
 
 fn params_match(audited: &[Value], logged: &[Option<String>]) -> bool {
