@@ -22,6 +22,7 @@
 //!   whitespace and semicolons.
 //! - lines logged by the superuser are this test's own setup, made behind lockbox's back.
 
+mod clients;
 mod compare;
 mod differential;
 mod generator;

@@ -53,6 +53,45 @@ pub fn compare(server: &[ServerSession], audit: &[(String, Vec<Audited>)]) -> Ve
     problems
 }
 
+/// Like `compare`, for sessions of real clients, which start with statements of their
+/// own rather than a marker: each server session is paired with the audit session that
+/// accounts for it (the first that agrees in full, else the one with fewest problems).
+pub fn compare_by_content(server: &[ServerSession], audit: &[Vec<Audited>]) -> Vec<String> {
+    let mut unused: Vec<usize> = (0..audit.len()).collect();
+    let mut problems = Vec::new();
+    for (n, session) in server.iter().enumerate() {
+        let label = format!("{} session {n}", session.user);
+        let mut best: Option<(usize, Vec<String>)> = None;
+        for &i in &unused {
+            let mut found = Vec::new();
+            walk(&label, &session.statements, &audit[i], &mut found);
+            if best.as_ref().is_none_or(|(_, b)| found.len() < b.len()) {
+                best = Some((i, found));
+            }
+            if best.as_ref().is_some_and(|(_, b)| b.is_empty()) {
+                break;
+            }
+        }
+        match best {
+            Some((i, found)) => {
+                unused.retain(|u| *u != i);
+                problems.extend(found);
+            }
+            None => problems.push(format!(
+                "no audit session for server session {label}: {:#?}",
+                session.statements
+            )),
+        }
+    }
+    for i in unused {
+        problems.push(format!(
+            "an audit session the server never logged: {:#?}",
+            audit[i]
+        ));
+    }
+    problems
+}
+
 /// Walks one session's server lines and audit records in order.
 fn walk(session: &str, lines: &[Logged], audit: &[Audited], problems: &mut Vec<String>) {
     let mut next = 0;
@@ -273,7 +312,43 @@ fn renderings(b: &[u8]) -> Vec<String> {
         out.push(i64::from_be_bytes(eight).to_string());
         out.push(f64::from_be_bytes(eight).to_string());
     }
+    out.extend(array_rendering(b));
     out
+}
+
+/// The text form of a one-dimensional binary array of integers or OIDs (drivers send
+/// `oid[]` parameters so when they look up types): `{1,2}`.
+fn array_rendering(b: &[u8]) -> Option<String> {
+    let word = |at: usize| -> Option<[u8; 4]> { b.get(at..at + 4)?.try_into().ok() };
+    let ndim = i32::from_be_bytes(word(0)?);
+    let element = u32::from_be_bytes(word(8)?);
+    if ndim == 0 && b.len() == 12 {
+        return Some("{}".into());
+    }
+    if ndim != 1 {
+        return None;
+    }
+    let count = usize::try_from(i32::from_be_bytes(word(12)?)).ok()?;
+    let mut at = 20;
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(word(at)?);
+        at += 4;
+        if len < 0 {
+            items.push("NULL".to_owned());
+            continue;
+        }
+        let value = b.get(at..at + len as usize)?;
+        at += len as usize;
+        items.push(match (element, value.len()) {
+            (26, 4) => u32::from_be_bytes(value.try_into().ok()?).to_string(),
+            (23, 4) => i32::from_be_bytes(value.try_into().ok()?).to_string(),
+            (20, 8) => i64::from_be_bytes(value.try_into().ok()?).to_string(),
+            (21, 2) => i16::from_be_bytes(value.try_into().ok()?).to_string(),
+            _ => return None,
+        });
+    }
+    (at == b.len()).then(|| format!("{{{}}}", items.join(",")))
 }
 
 #[test]
@@ -333,4 +408,109 @@ fn the_comparison_finds_missing_extra_and_duplicated_records() {
         "{:?}",
         "unmatched line and record"
     );
+}
+
+#[test]
+fn the_comparison_reads_blanks_as_the_server_scanner_does() {
+    // Comments between and around the recorded statements are blanks; a `--` comment
+    // ends at a carriage return; `/* */` comments nest.
+    let texts = ["SELECT 1", "/* lead */ SELECT 2"];
+    assert_eq!(
+        cover("SELECT 1; /* lead */ SELECT 2; -- end", &texts),
+        Some(2)
+    );
+    assert_eq!(
+        cover(
+            "SELECT 1;/* a /* b */ c */SELECT 2",
+            &["SELECT 1", "SELECT 2"]
+        ),
+        Some(2)
+    );
+    assert_eq!(cover("SELECT 1; --c\rDELETE FROM t", &["SELECT 1"]), None);
+    assert_eq!(
+        cover("SELECT 1; /* a /* b */ DELETE FROM t", &["SELECT 1"]),
+        None
+    );
+    // A no-break space is no blank to the server.
+    assert_eq!(cover("SELECT 1\u{a0}", &["SELECT 1"]), None);
+    assert!(no_statement(" ; /* a /* b */ */ -- c\r\n"));
+    assert!(!no_statement("-- c\rSELECT 1"));
+    assert!(!no_statement("/* never closed"));
+
+    let record = |text: &str, outcome: &str| Audited {
+        seq: 0,
+        protocol: "simple".into(),
+        text: text.into(),
+        params: vec![],
+        outcome: outcome.into(),
+    };
+    let marker = "SELECT 'complete:t'";
+    let session = |lines: Vec<Logged>| {
+        let mut statements = vec![Logged::Simple(marker.into())];
+        statements.extend(lines);
+        [ServerSession {
+            user: "lockbox_read".into(),
+            statements,
+        }]
+    };
+    let check = |lines: Vec<Logged>, records: Vec<Audited>| {
+        let mut all = vec![record(marker, "ok")];
+        all.extend(records);
+        compare(&session(lines), &[(marker.to_owned(), all)])
+    };
+    // A comment-only string runs nothing and needs no record.
+    assert_eq!(
+        check(vec![Logged::Simple("-- only".into())], vec![]),
+        Vec::<String>::new()
+    );
+    // A string the server cannot parse is logged only as an ERROR; its pieces failed.
+    let bad = "SELECT 1; SELEC 2";
+    assert_eq!(
+        check(
+            vec![Logged::Failed { text: bad.into() }],
+            vec![
+                record("SELECT 1", "error"),
+                record("SELEC 2", "not_executed")
+            ]
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        check(
+            vec![Logged::Failed { text: bad.into() }],
+            vec![record("SELECT 1", "ok"), record("SELEC 2", "ok")]
+        )
+        .len(),
+        3
+    );
+    // A refused string: the stand-in goes with all of its pieces.
+    assert_eq!(
+        check(
+            vec![
+                Logged::Simple(STAND_IN.into()),
+                Logged::Simple("SELECT 3".into())
+            ],
+            vec![
+                record("SELECT 1", "not_executed"),
+                record("DELETE FROM t", "refused"),
+                record("SELECT 2", "not_executed"),
+                record("SELECT 3", "ok"),
+            ]
+        ),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn binary_arrays_render_as_the_server_logs_them() {
+    let mut oids = Vec::new();
+    for word in [1i32, 0, 26, 2, 1, 4, 16391, 4, 16400] {
+        oids.extend(word.to_be_bytes());
+    }
+    assert!(renderings(&oids).contains(&"{16391,16400}".to_owned()));
+    let mut empty = Vec::new();
+    for word in [0i32, 0, 23] {
+        empty.extend(word.to_be_bytes());
+    }
+    assert!(renderings(&empty).contains(&"{}".to_owned()));
 }

@@ -62,7 +62,7 @@ async fn lexer_differential_under_admin() {
             run.extended(subject).await;
         }
     }
-    let report = run.finish(subjects.len()).await;
+    let report = run.finish().await;
     assert!(report.is_empty(), "{report}");
 }
 
@@ -83,7 +83,7 @@ async fn lexer_differential_under_read() {
         run.writes_tried
     );
     let after = run.env.superuser_sql(CHECKSUM);
-    let report = run.finish(subjects.len()).await;
+    let report = run.finish().await;
     assert_eq!(before, after, "a read grant changed the tables\n{report}");
     assert!(report.is_empty(), "{report}");
 }
@@ -123,6 +123,8 @@ struct Run {
     problems: Vec<String>,
     /// Strings whose reference ran a write (or failed in a read-only transaction).
     writes_tried: usize,
+    /// Strings (and protocols) checked.
+    checked: usize,
     /// Extra records that came with an extended-protocol string: (string, record).
     skipped: Vec<(String, Value)>,
 }
@@ -159,6 +161,7 @@ impl Run {
             sessions: 1,
             problems: Vec::new(),
             writes_tried: 0,
+            checked: 0,
             skipped: Vec::new(),
         };
         run.tail.statements();
@@ -213,7 +216,26 @@ impl Run {
         self.direct("BEGIN").await;
         let mut out = Vec::new();
         for text in texts {
-            out.push(self.server.simple(text).await.expect("the server answers"));
+            let replies = self.server.simple(text).await.expect("the server answers");
+            // The strings hold no transaction control: a piece that ended the transaction
+            // would let the next ones commit.
+            let ended = replies.iter().filter_map(Reply::tag).find(|t| {
+                [
+                    "BEGIN",
+                    "START",
+                    "COMMIT",
+                    "ROLLBACK",
+                    "END",
+                    "PREPARE TRANSACTION",
+                ]
+                .iter()
+                .any(|c| t.starts_with(c))
+            });
+            assert!(
+                ended.is_none(),
+                "{text:?} controls the transaction: {ended:?}"
+            );
+            out.push(replies);
         }
         self.direct("ROLLBACK").await;
         out
@@ -249,6 +271,7 @@ impl Run {
     }
 
     async fn check(&mut self, subject: &Subject, protocol: Protocol) {
+        self.checked += 1;
         self.bracket("BEGIN").await;
         let via = self.through_lockbox(protocol, &subject.sql).await;
         let audited = self.tail.statements();
@@ -299,7 +322,7 @@ impl Run {
 
     /// Compares the server's log with the audit for the whole run; the report, empty when
     /// everything agreed.
-    async fn finish(mut self, strings: usize) -> String {
+    async fn finish(mut self) -> String {
         let end = marker(&format!("{}-end", self.env.db));
         let replies = self.proxy.simple(&end).await.expect("end marker");
         assert_eq!(replies, [Reply::Done("SELECT 1".into())]);
@@ -325,9 +348,10 @@ impl Run {
             return String::new();
         }
         let mut report = format!(
-            "{} of {strings} strings (and protocols) disagree with the server; the server log \
-             and the audit disagree in {} places. Seed {:#x}, count {}.\n\n",
+            "{} of {} checks (a string over one protocol) disagree with the server; the server \
+             log and the audit disagree in {} places. Seed {:#x}, count {}.\n\n",
             self.problems.len(),
+            self.checked,
             logged.len(),
             generator::seed(),
             generator::count(),
