@@ -14,6 +14,10 @@
 //! Every generated string is valid SQL on its own (the test checks that the server agrees:
 //! a generated string the server rejects is reported as a generator bug).
 
+mod literals;
+
+use literals::{identifier, text_literal};
+
 /// The seed unless `LOCKBOX_DIFF_SEED` (decimal, or hex with `0x`) says otherwise.
 pub const DEFAULT_SEED: u64 = 0x10C4_B0C5_2024;
 /// Strings per run unless `LOCKBOX_DIFF_COUNT` says otherwise.
@@ -524,17 +528,19 @@ fn num_expr(rng: &mut Rng, depth: usize) -> Toks {
         }
         5 => {
             // Division by a literal only: no division by zero.
-            let op = *rng.pick(&["/", "%"]);
-            t.extend(num_expr(rng, depth + 1)).op(op).w(int(rng));
+            t.extend(num_expr(rng, depth + 1)).op("/").w(int(rng));
         }
         6 => {
-            // Bitwise operators take integers only.
-            let op = *rng.pick(&["&", "|", "#", "<<", ">>"]);
-            t.w(int(rng)).op(op).w(int(rng));
+            // `%` and the bitwise operators take integers only, and the bitwise ones bind
+            // looser than `+` and `*`: in parentheses, they apply to their literals only.
+            let op = *rng.pick(&["%", "&", "|", "#", "<<", ">>"]);
+            t.p("(").w(int(rng)).op(op).w(int(rng)).p(")");
         }
         7 => {
+            // A prefix operator other than `-` binds looser than `+` (`|/ 4 + ~5` is
+            // `|/ (4 + ~5)`): in parentheses, it applies to its literal only.
             let prefix = *rng.pick(&["-", "@", "|/", "||/", "~"]);
-            t.op(prefix).w(int(rng));
+            t.p("(").op(prefix).w(int(rng)).p(")");
         }
         8 => {
             t.w(int(rng)).op("*").op("-").w(int(rng));
@@ -567,180 +573,6 @@ fn text_expr(rng: &mut Rng) -> Toks {
         }
         _ => {
             t.extend(text_literal(rng, false));
-        }
-    }
-    t
-}
-
-/// Characters and snippets string contents are made of: quotes, backslashes, dollars,
-/// comment starts and ends, SQL, line breaks and multibyte text.
-const UNITS: &[&str] = &[
-    "a",
-    "b",
-    "Q",
-    " ",
-    ";",
-    "'",
-    "\"",
-    "\\",
-    "$",
-    "-",
-    "--",
-    "/*",
-    "*/",
-    "\n",
-    "\r",
-    "\t",
-    "é",
-    "日本",
-    "🦀",
-    "👩‍💻",
-    "ß",
-    "\u{a0}",
-    "$$",
-    "$a$",
-    "; DELETE FROM probe; --",
-    "E'",
-    "U&",
-    "::",
-];
-
-fn content(rng: &mut Rng, max: usize) -> String {
-    (0..rng.below(max + 1)).map(|_| *rng.pick(UNITS)).collect()
-}
-
-/// A string constant in one of PostgreSQL's forms. `sconst`: only the forms the grammar
-/// takes where it wants a plain string constant (SET's value), so no `N'…'`.
-fn text_literal(rng: &mut Rng, sconst: bool) -> Toks {
-    let body = content(rng, 8);
-    let mut t = Toks::default();
-    match rng.below(if sconst { 5 } else { 6 }) {
-        0 => {
-            t.w(standard(&body));
-        }
-        1 => {
-            let text = escaped(rng, &body);
-            t.w(text);
-        }
-        2 => {
-            let escape = *rng.pick(&['\\', '\\', '!', '#', '~', '?', '*', '%']);
-            t.w(unicode(rng, &body, escape, '\''));
-            if escape != '\\' || rng.percent(20) {
-                t.w(kw(rng, "UESCAPE")).w(format!("'{escape}'"));
-            }
-        }
-        3 => {
-            let text = dollar(rng, &body);
-            t.w(text);
-        }
-        5 => {
-            t.w(format!("N{}", standard(&body)));
-        }
-        _ => {
-            t.w(standard(&body));
-        }
-    }
-    t
-}
-
-fn standard(body: &str) -> String {
-    format!("'{}'", body.replace('\'', "''"))
-}
-
-/// `E'…'`: backslash escapes (`\\`, `\'`, `\n`, `\t`, `\xHH`, `\ooo`, `\uXXXX`,
-/// `\UXXXXXXXX`), or the character itself.
-fn escaped(rng: &mut Rng, body: &str) -> String {
-    let mut out = String::from("E'");
-    for c in body.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str(if rng.percent(50) { "\\'" } else { "''" }),
-            '\n' if rng.percent(50) => out.push_str("\\n"),
-            '\t' if rng.percent(50) => out.push_str("\\t"),
-            'a'..='z' | 'A'..='Z' if rng.percent(30) => {
-                if rng.percent(50) {
-                    out.push_str(&format!("\\x{:02X}", c as u32));
-                } else {
-                    out.push_str(&format!("\\{:03o}", c as u32));
-                }
-            }
-            c if !c.is_ascii() && rng.percent(50) => {
-                if (c as u32) <= 0xFFFF {
-                    out.push_str(&format!("\\u{:04X}", c as u32));
-                } else {
-                    out.push_str(&format!("\\U{:08X}", c as u32));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// `U&'…'` or `U&"…"` (by `quote`) with `escape` as the escape character.
-fn unicode(rng: &mut Rng, body: &str, escape: char, quote: char) -> String {
-    let mut out = format!("U&{quote}");
-    for c in body.chars() {
-        if c == escape {
-            out.push(escape);
-            out.push(escape);
-        } else if c == quote {
-            out.push(quote);
-            out.push(quote);
-        } else if (!c.is_ascii() || c.is_ascii_alphabetic()) && rng.percent(50) {
-            if (c as u32) <= 0xFFFF && rng.percent(60) {
-                out.push_str(&format!("{escape}{:04X}", c as u32));
-            } else {
-                out.push_str(&format!("{escape}+{:06X}", c as u32));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out.push(quote);
-    out
-}
-
-/// `$tag$…$tag$` with a tag that looks like something else where possible; the body must
-/// not hold the closing delimiter, nor end where a `$` would complete it.
-fn dollar(rng: &mut Rng, body: &str) -> String {
-    const TAGS: &[&str] = &["", "a", "_", "a1", "select", "DELETE", "é", "日本", "Q"];
-    let first = rng.below(TAGS.len());
-    for k in 0..TAGS.len() {
-        let tag = TAGS[(first + k) % TAGS.len()];
-        let delimiter = format!("${tag}$");
-        if format!("{body}{delimiter}").find(&delimiter) == Some(body.len()) {
-            return format!("{delimiter}{body}{delimiter}");
-        }
-    }
-    let body = body.replace('$', "S");
-    format!("$zz9${body}$zz9$")
-}
-
-/// A column alias: unquoted (with `$`, non-ASCII), quoted, or `U&"…"`.
-fn identifier(rng: &mut Rng) -> Toks {
-    const PLAIN: &[&str] = &[
-        "c1", "café", "日本", "🦀", "x$a$", "y$$", "z$_$1", "ñandú", "_under", "MiXeD", "q$",
-    ];
-    let mut t = Toks::default();
-    let mut body = content(rng, 5);
-    if body.is_empty() {
-        body.push('v');
-    }
-    match rng.below(6) {
-        0..=2 => {
-            t.w(*rng.pick(PLAIN));
-        }
-        3 | 4 => {
-            t.w(format!("\"{}\"", body.replace('"', "\"\"")));
-        }
-        _ => {
-            let escape = *rng.pick(&['\\', '!', '#']);
-            t.w(unicode(rng, &body, escape, '"'));
-            if escape != '\\' {
-                t.w(kw(rng, "UESCAPE")).w(format!("'{escape}'"));
-            }
         }
     }
     t
