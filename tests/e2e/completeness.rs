@@ -26,8 +26,12 @@
 //!   it lingers. Such a server session is set aside only if every line of it is one of
 //!   those looks at `pg_stat_activity`; anything else it ran is a difference.
 
+mod clients;
 mod compare;
+mod differential;
+mod generator;
 mod server_log;
+mod wire;
 
 use std::sync::OnceLock;
 use std::time::Duration;

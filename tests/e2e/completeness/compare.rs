@@ -53,6 +53,45 @@ pub fn compare(server: &[ServerSession], audit: &[(String, Vec<Audited>)]) -> Ve
     problems
 }
 
+/// Like `compare`, for sessions of real clients, which start with statements of their
+/// own rather than a marker: each server session is paired with the audit session that
+/// accounts for it (the first that agrees in full, else the one with fewest problems).
+pub fn compare_by_content(server: &[ServerSession], audit: &[Vec<Audited>]) -> Vec<String> {
+    let mut unused: Vec<usize> = (0..audit.len()).collect();
+    let mut problems = Vec::new();
+    for (n, session) in server.iter().enumerate() {
+        let label = format!("{} session {n}", session.user);
+        let mut best: Option<(usize, Vec<String>)> = None;
+        for &i in &unused {
+            let mut found = Vec::new();
+            walk(&label, &session.statements, &audit[i], &mut found);
+            if best.as_ref().is_none_or(|(_, b)| found.len() < b.len()) {
+                best = Some((i, found));
+            }
+            if best.as_ref().is_some_and(|(_, b)| b.is_empty()) {
+                break;
+            }
+        }
+        match best {
+            Some((i, found)) => {
+                unused.retain(|u| *u != i);
+                problems.extend(found);
+            }
+            None => problems.push(format!(
+                "no audit session for server session {label}: {:#?}",
+                session.statements
+            )),
+        }
+    }
+    for i in unused {
+        problems.push(format!(
+            "an audit session the server never logged: {:#?}",
+            audit[i]
+        ));
+    }
+    problems
+}
+
 /// Walks one session's server lines and audit records in order.
 fn walk(session: &str, lines: &[Logged], audit: &[Audited], problems: &mut Vec<String>) {
     let mut next = 0;
@@ -63,6 +102,12 @@ fn walk(session: &str, lines: &[Logged], audit: &[Audited], problems: &mut Vec<S
             if may_fail.take() == Some(text.as_str()) {
                 continue;
             }
+        }
+        // A query string of nothing but blanks and comments runs no statement (the server
+        // answers EmptyQueryResponse) and needs no record.
+        if matches!(line, Logged::Simple(text) if no_statement(text)) {
+            may_fail = None;
+            continue;
         }
         let found = (next..audit.len()).find_map(|k| covers(line, &audit[k..]).map(|n| (k, n)));
         let Some((at, taken)) = found else {
@@ -97,10 +142,19 @@ fn unlogged(session: &str, records: &[Audited], problems: &mut Vec<String>) {
 fn covers(line: &Logged, audit: &[Audited]) -> Option<usize> {
     let first = audit.first()?;
     match line {
-        Logged::Simple(text) if text == STAND_IN => (first.outcome == "refused"
-            && (first.protocol == "simple" || first.protocol == "function_call"))
-            .then_some(1),
+        Logged::Simple(text) if text == STAND_IN => match first.protocol.as_str() {
+            "function_call" => (first.outcome == "refused").then_some(1),
+            _ => refused_string(audit),
+        },
         Logged::Simple(text) => pieces(text, audit),
+        // A query string the server could not parse runs nothing: it is logged only as an
+        // ERROR naming it, and the audit must hold it, failed, piece by piece.
+        Logged::Failed { text } if first.protocol == "simple" => pieces(text, audit).filter(|&n| {
+            audit[..n].iter().any(|r| r.outcome == "error")
+                && audit[..n]
+                    .iter()
+                    .all(|r| r.outcome == "error" || r.outcome == "not_executed")
+        }),
         Logged::Execute { text, params } => (first.protocol == "extended"
             && first.text == *text
             && params_match(&first.params, params))
@@ -115,22 +169,104 @@ fn covers(line: &Logged, audit: &[Audited]) -> Option<usize> {
     }
 }
 
+/// The records of one refused query string, for which the server logged the stand-in:
+/// the statements before and after the refused one are `not_executed`.
+fn refused_string(audit: &[Audited]) -> Option<usize> {
+    let simple_not_run = |r: &Audited| r.protocol == "simple" && r.outcome == "not_executed";
+    let before = audit.iter().take_while(|r| simple_not_run(r)).count();
+    let refused = audit.get(before)?;
+    if refused.protocol != "simple" || refused.outcome != "refused" {
+        return None;
+    }
+    let after = audit[before + 1..]
+        .iter()
+        .take_while(|r| simple_not_run(r))
+        .count();
+    Some(before + 1 + after)
+}
+
 /// The number of simple-protocol records whose texts, in order, make up `text`.
 fn pieces(text: &str, audit: &[Audited]) -> Option<usize> {
+    let texts: Vec<&str> = audit
+        .iter()
+        .take_while(|r| r.protocol == "simple" && !r.text.is_empty())
+        .map(|r| r.text.as_str())
+        .collect();
+    let taken = cover(text, &texts)?;
+    (taken > 0).then_some(taken)
+}
+
+/// How many of `texts` (from the front) make up `text` in order, with nothing between,
+/// before or after them but what PostgreSQL's scanner skips and semicolons; `None` if
+/// they do not. A text may start with such blanks itself (a comment before a statement).
+pub fn cover(text: &str, texts: &[&str]) -> Option<usize> {
     let mut rest = text;
     let mut taken = 0;
     loop {
-        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';');
-        if rest.is_empty() {
-            return (taken > 0).then_some(taken);
+        let next = texts.get(taken).filter(|t| !t.is_empty());
+        if let Some(after) = next.and_then(|t| rest.strip_prefix(t)) {
+            rest = after;
+            taken += 1;
+        } else if rest.is_empty() {
+            return Some(taken);
+        } else {
+            rest = skip_blank(rest)?;
         }
-        let record = audit.get(taken)?;
-        if record.protocol != "simple" || record.text.is_empty() {
-            return None;
-        }
-        rest = rest.strip_prefix(record.text.as_str())?;
-        taken += 1;
     }
+}
+
+/// Whether `text` holds no statement: only blanks, comments and semicolons.
+pub fn no_statement(text: &str) -> bool {
+    let mut rest = text;
+    while !rest.is_empty() {
+        match skip_blank(rest) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// `text` past the one blank, comment or semicolon it starts with, as PostgreSQL's
+/// scanner (scan.l) reads them: blanks are space, tab, newline, carriage return, form
+/// feed (and vertical tab since 16); a `--` comment runs to the end of the line (a
+/// newline or a carriage return ends it); `/* */` comments nest. No other character is a
+/// blank: a no-break space is part of an identifier. `None` if `text` starts with none
+/// of these, or with a `/*` comment that is never closed.
+fn skip_blank(text: &str) -> Option<&str> {
+    let mut chars = text.chars();
+    match chars.next()? {
+        ' ' | '\t' | '\n' | '\r' | '\x0c' | '\x0b' | ';' => Some(chars.as_str()),
+        '-' if text.starts_with("--") => {
+            Some(text.find(['\n', '\r']).map_or("", |end| &text[end..]))
+        }
+        '/' if text.starts_with("/*") => after_c_comment(text),
+        _ => None,
+    }
+}
+
+/// The text after the `/* */` comment `text` starts with, nesting counted.
+fn after_c_comment(text: &str) -> Option<&str> {
+    let mut depth = 0usize;
+    let mut at = 0;
+    let bytes = text.as_bytes();
+    while at + 1 < bytes.len() {
+        match (bytes[at], bytes[at + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                at += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                at += 2;
+                if depth == 0 {
+                    return Some(&text[at..]);
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    None
 }
 
 fn params_match(audited: &[Value], logged: &[Option<String>]) -> bool {
@@ -176,7 +312,43 @@ fn renderings(b: &[u8]) -> Vec<String> {
         out.push(i64::from_be_bytes(eight).to_string());
         out.push(f64::from_be_bytes(eight).to_string());
     }
+    out.extend(array_rendering(b));
     out
+}
+
+/// The text form of a one-dimensional binary array of integers or OIDs (drivers send
+/// `oid[]` parameters so when they look up types): `{1,2}`.
+fn array_rendering(b: &[u8]) -> Option<String> {
+    let word = |at: usize| -> Option<[u8; 4]> { b.get(at..at + 4)?.try_into().ok() };
+    let ndim = i32::from_be_bytes(word(0)?);
+    let element = u32::from_be_bytes(word(8)?);
+    if ndim == 0 && b.len() == 12 {
+        return Some("{}".into());
+    }
+    if ndim != 1 {
+        return None;
+    }
+    let count = usize::try_from(i32::from_be_bytes(word(12)?)).ok()?;
+    let mut at = 20;
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(word(at)?);
+        at += 4;
+        if len < 0 {
+            items.push("NULL".to_owned());
+            continue;
+        }
+        let value = b.get(at..at + len as usize)?;
+        at += len as usize;
+        items.push(match (element, value.len()) {
+            (26, 4) => u32::from_be_bytes(value.try_into().ok()?).to_string(),
+            (23, 4) => i32::from_be_bytes(value.try_into().ok()?).to_string(),
+            (20, 8) => i64::from_be_bytes(value.try_into().ok()?).to_string(),
+            (21, 2) => i16::from_be_bytes(value.try_into().ok()?).to_string(),
+            _ => return None,
+        });
+    }
+    (at == b.len()).then(|| format!("{{{}}}", items.join(",")))
 }
 
 #[test]
@@ -237,4 +409,109 @@ fn the_comparison_finds_missing_extra_and_duplicated_records() {
         "{:?}",
         "unmatched line and record"
     );
+}
+
+#[test]
+fn the_comparison_reads_blanks_as_the_server_scanner_does() {
+    // Comments between and around the recorded statements are blanks; a `--` comment
+    // ends at a carriage return; `/* */` comments nest.
+    let texts = ["SELECT 1", "/* lead */ SELECT 2"];
+    assert_eq!(
+        cover("SELECT 1; /* lead */ SELECT 2; -- end", &texts),
+        Some(2)
+    );
+    assert_eq!(
+        cover(
+            "SELECT 1;/* a /* b */ c */SELECT 2",
+            &["SELECT 1", "SELECT 2"]
+        ),
+        Some(2)
+    );
+    assert_eq!(cover("SELECT 1; --c\rDELETE FROM t", &["SELECT 1"]), None);
+    assert_eq!(
+        cover("SELECT 1; /* a /* b */ DELETE FROM t", &["SELECT 1"]),
+        None
+    );
+    // A no-break space is no blank to the server.
+    assert_eq!(cover("SELECT 1\u{a0}", &["SELECT 1"]), None);
+    assert!(no_statement(" ; /* a /* b */ */ -- c\r\n"));
+    assert!(!no_statement("-- c\rSELECT 1"));
+    assert!(!no_statement("/* never closed"));
+
+    let record = |text: &str, outcome: &str| Audited {
+        seq: 0,
+        protocol: "simple".into(),
+        text: text.into(),
+        params: vec![],
+        outcome: outcome.into(),
+    };
+    let marker = "SELECT 'complete:t'";
+    let session = |lines: Vec<Logged>| {
+        let mut statements = vec![Logged::Simple(marker.into())];
+        statements.extend(lines);
+        [ServerSession {
+            user: "lockbox_read".into(),
+            statements,
+        }]
+    };
+    let check = |lines: Vec<Logged>, records: Vec<Audited>| {
+        let mut all = vec![record(marker, "ok")];
+        all.extend(records);
+        compare(&session(lines), &[(marker.to_owned(), all)])
+    };
+    // A comment-only string runs nothing and needs no record.
+    assert_eq!(
+        check(vec![Logged::Simple("-- only".into())], vec![]),
+        Vec::<String>::new()
+    );
+    // A string the server cannot parse is logged only as an ERROR; its pieces failed.
+    let bad = "SELECT 1; SELEC 2";
+    assert_eq!(
+        check(
+            vec![Logged::Failed { text: bad.into() }],
+            vec![
+                record("SELECT 1", "error"),
+                record("SELEC 2", "not_executed")
+            ]
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        check(
+            vec![Logged::Failed { text: bad.into() }],
+            vec![record("SELECT 1", "ok"), record("SELEC 2", "ok")]
+        )
+        .len(),
+        3
+    );
+    // A refused string: the stand-in goes with all of its pieces.
+    assert_eq!(
+        check(
+            vec![
+                Logged::Simple(STAND_IN.into()),
+                Logged::Simple("SELECT 3".into())
+            ],
+            vec![
+                record("SELECT 1", "not_executed"),
+                record("DELETE FROM t", "refused"),
+                record("SELECT 2", "not_executed"),
+                record("SELECT 3", "ok"),
+            ]
+        ),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn binary_arrays_render_as_the_server_logs_them() {
+    let mut oids = Vec::new();
+    for word in [1i32, 0, 26, 2, 1, 4, 16391, 4, 16400] {
+        oids.extend(word.to_be_bytes());
+    }
+    assert!(renderings(&oids).contains(&"{16391,16400}".to_owned()));
+    let mut empty = Vec::new();
+    for word in [0i32, 0, 23] {
+        empty.extend(word.to_be_bytes());
+    }
+    assert!(renderings(&empty).contains(&"{}".to_owned()));
 }
