@@ -54,7 +54,9 @@ pub struct Unscannable(String);
 pub fn mask_literals(sql: &str) -> Result<String, Unscannable> {
     use pg_query::protobuf::Token;
     if crate::sql::longest_operator_run(sql) > crate::sql::MAX_OPERATOR_RUN {
-        return Err(Unscannable("a run of operator characters too long to lex".into()));
+        return Err(Unscannable(
+            "a run of operator characters too long to lex".into(),
+        ));
     }
     let tokens = pg_query::scan_tokens(sql).map_err(|e| Unscannable(e.to_string()))?;
     let mut out = String::with_capacity(sql.len());
