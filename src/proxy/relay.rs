@@ -37,13 +37,30 @@ pub enum End {
 }
 
 /// Per-grant limits the relay enforces.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Limits {
-    /// A statement timeout is set upstream: statements may not change it.
-    pub statement_timeout: bool,
+    /// The grant's statement timeout. It is set upstream as the session's default, and the
+    /// proxy cancels a statement that outlives it anyway: a client may set its own
+    /// `statement_timeout` (pg_dump sets 0) without lifting the grant's.
+    pub statement_timeout: Option<std::time::Duration>,
     /// Most rows one statement may return.
     pub max_rows: Option<u64>,
+    /// How to cancel the upstream backend's running statement.
+    pub cancel: Option<CancelKey>,
 }
+
+/// The upstream backend's cancel key and where to send it.
+#[derive(Clone, Debug)]
+pub struct CancelKey {
+    pub host: String,
+    pub port: u16,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// Grace past the grant's statement timeout before the proxy cancels: the server's own
+/// timeout, when still in force, ends the statement first with its usual error.
+const TIMEOUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the session's grant and database allow and ask for, fixed at admission.
 #[derive(Clone, Debug)]
@@ -144,6 +161,14 @@ pub fn monotonic_deadline(end: chrono::DateTime<chrono::Utc>) -> tokio::time::In
     tokio::time::Instant::now() + remaining
 }
 
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Whether a statement record was sent with the extended protocol (Execute).
 fn is_extended(record: &AuditEvent) -> bool {
     matches!(
@@ -184,6 +209,10 @@ pub struct Relay {
     copy_bytes: u64,
     /// DataRows of the statement now returning rows.
     rows: u64,
+    /// The statement the server is working on and since when, for the statement timeout.
+    running: Option<(u64, Instant)>,
+    /// The statement whose timeout already sent a cancel.
+    cancelled: Option<u64>,
     events: Vec<wire::LocatedEvent>,
     outcomes: Vec<Outcome>,
 }
@@ -216,6 +245,8 @@ impl Relay {
             grant,
             copy_bytes: 0,
             rows: 0,
+            running: None,
+            cancelled: None,
             events: Vec::new(),
             outcomes: Vec::new(),
         }
@@ -285,9 +316,14 @@ impl Relay {
             }
         }
         loop {
+            let timeout = self.statement_deadline();
             let step = tokio::select! {
                 biased;
                 reason = self.term.fired() => Err(End::Dropped(reason)),
+                _ = sleep_until_some(timeout) => {
+                    self.cancel_running();
+                    Ok(())
+                }
                 read = self.client.read_buf(&mut self.cbuf) => match read {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(_) => self.on_client_bytes().await,
@@ -301,6 +337,49 @@ impl Relay {
                 return end;
             }
         }
+    }
+
+    /// When the statement the server is working on passes the grant's statement timeout.
+    fn statement_deadline(&mut self) -> Option<tokio::time::Instant> {
+        let limit = self.grant.limits.statement_timeout?;
+        let Some(seq) = self.tracker.running() else {
+            self.running = None;
+            return None;
+        };
+        let since = match self.running {
+            Some((running, since)) if running == seq => since,
+            _ => {
+                let now = Instant::now();
+                self.running = Some((seq, now));
+                now
+            }
+        };
+        if self.cancelled == Some(seq) {
+            return None;
+        }
+        Some(tokio::time::Instant::from_std(since) + limit + TIMEOUT_GRACE)
+    }
+
+    /// Cancels the running statement, once; its error comes back as its outcome.
+    fn cancel_running(&mut self) {
+        let Some((seq, _)) = self.running else {
+            return;
+        };
+        self.cancelled = Some(seq);
+        let Some(key) = self.grant.limits.cancel.clone() else {
+            return;
+        };
+        tracing::info!(
+            statement_seq = seq,
+            "statement timeout of the grant: cancelling"
+        );
+        tokio::spawn(async move {
+            if let Err(e) =
+                super::upstream::send_cancel(&key.host, key.port, key.pid, key.secret).await
+            {
+                tracing::warn!(error = %e, "could not cancel a statement past the grant's timeout");
+            }
+        });
     }
 
     /// Inspects every complete client message, makes the batch's statement records
@@ -638,12 +717,10 @@ impl Relay {
     /// The grant, the database's rules and the grant's limits, for one statement.
     fn check(&self, analysis: &guard::Analysis) -> Result<(), Refusal> {
         guard::check_analysis(self.grant.access, &self.grant.rules, analysis)?;
-        if self.grant.limits.statement_timeout
-            && analysis
-                .facts
-                .settings
-                .iter()
-                .any(|s| s == "statement_timeout" || s == "*")
+        // Setting statement_timeout is fine (the proxy enforces the grant's own); a setting
+        // whose name is computed could be anything and is not.
+        if self.grant.limits.statement_timeout.is_some()
+            && analysis.facts.settings.iter().any(|s| s == "*")
         {
             return Err(Refusal {
                 rule: "statement_timeout",

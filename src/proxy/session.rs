@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use super::negotiate::{self, NegotiationError, Opened};
 use super::reaper::Reaper;
 use super::registry::{CancelTarget, DropReason};
-use super::relay::{End, Grant, Limits, Relay};
+use super::relay::{CancelKey, End, Grant, Limits, Relay};
 use super::stream::BoxStream;
 use super::upstream;
 use super::Proxy;
@@ -389,8 +389,16 @@ async fn run_admitted(
                 access: request.access,
                 rules: db.guardrails.clone(),
                 limits: Limits {
-                    statement_timeout: request.statement_timeout_ms.is_some(),
+                    statement_timeout: request
+                        .statement_timeout_ms
+                        .map(std::time::Duration::from_millis),
                     max_rows: request.max_rows,
+                    cancel: Some(CancelKey {
+                        host: db.host.clone(),
+                        port: db.port,
+                        pid: backend.0,
+                        secret: backend.1,
+                    }),
                 },
                 redaction: db.redaction,
             },

@@ -105,6 +105,14 @@ impl Tracker {
         });
     }
 
+    /// The statement the server is working on (the oldest without an outcome), by seq.
+    pub fn running(&self) -> Option<u64> {
+        self.slots.iter().find_map(|s| match s {
+            Slot::Statement { seq, .. } => Some(*seq),
+            _ => None,
+        })
+    }
+
     /// Nothing sent is still waiting for its outcome or its ReadyForQuery.
     pub fn is_idle(&self) -> bool {
         self.slots.is_empty()
