@@ -21,7 +21,7 @@ pub const DEMO_USERS: &[(&str, &str, &str)] = &[
     ("cleo", "approver", "LOCKBOX_APPROVER2_KEY"),
 ];
 
-/// The upstream role the proxy logs in as.
+/// The service role: owns the sample database, makes each grant's role; admin grants log in as it.
 pub const SERVICE_ROLE: &str = "lockbox_service";
 
 /// A generated deployment: config file, keys, and the API key of each user.
@@ -54,10 +54,13 @@ pub struct DeploymentDatabase<'a> {
     pub port: u16,
     pub user: &'a str,
     pub password: &'a str,
-    /// `(access level, upstream role, password)` for levels with their own role.
+    /// `(access level, upstream role, password)` for levels with their own role; an empty
+    /// password writes none (a group role per-grant roles join, nobody logs in as it).
     pub levels: Vec<(&'a str, &'a str, &'a str)>,
     /// Body of `[databases.guardrails]`, if any.
     pub guardrails: &'a str,
+    /// Body of `[databases.provisioning]`, if any.
+    pub provisioning: &'a str,
     /// More keys of the `[[databases]]` table (`tls = …`), if any.
     pub extra: &'a str,
 }
@@ -105,18 +108,23 @@ pub fn write_deployment(dir: &Path, spec: &DeploymentSpec<'_>) -> Result<Deploym
             db.name, db.host, db.port, db.user, db.extra
         ));
         for (level, user, password) in &db.levels {
-            let file = format!("{}-{level}.password", db.name);
-            write_private(&dir.join(&file), password)?;
             toml.push_str(&format!(
-                "
-[databases.access.{level}]
-user = \"{user}\"
-password_file = \"{file}\"
-"
+                "\n[databases.access.{level}]\nuser = \"{user}\"\n"
             ));
+            if !password.is_empty() {
+                let file = format!("{}-{level}.password", db.name);
+                write_private(&dir.join(&file), password)?;
+                toml.push_str(&format!("password_file = \"{file}\"\n"));
+            }
         }
         if !db.guardrails.is_empty() {
             toml.push_str(&format!("\n[databases.guardrails]\n{}\n", db.guardrails));
+        }
+        if !db.provisioning.is_empty() {
+            toml.push_str(&format!(
+                "\n[databases.provisioning]\n{}\n",
+                db.provisioning
+            ));
         }
     }
     let mut api_keys = BTreeMap::new();
@@ -173,10 +181,11 @@ fn say(step: &str) {
 }
 
 /// Creates the sample database, owned by the service role, with a table of customers.
+/// The service role may create roles: each grant gets its own.
 pub fn create_sample_database(pg: &PgSandbox, service_password: &str) -> Result<()> {
     pg.psql(
         "postgres",
-        &format!("CREATE ROLE {SERVICE_ROLE} LOGIN PASSWORD '{service_password}'"),
+        &format!("CREATE ROLE {SERVICE_ROLE} LOGIN CREATEROLE PASSWORD '{service_password}'"),
     )?;
     pg.psql(
         "postgres",
@@ -194,13 +203,16 @@ pub fn create_sample_database(pg: &PgSandbox, service_password: &str) -> Result<
                ('Barbara Liskov', 'barbara@example.com', 'enterprise');"
         ),
     )?;
-    // One role per access level, with just those privileges: the database enforces the
-    // grant too. `admin` grants use the owner role above.
+    // One group role per access level, with just those privileges: each grant's own role
+    // joins its level's, so the database enforces the grant too. Nobody logs in as them.
+    // Made by the service role, which may then grant them (PostgreSQL 16 asks for that).
+    // `admin` grants use the owner role above.
     pg.psql(
         "postgres",
         &format!(
-            "CREATE ROLE sales_read LOGIN PASSWORD '{service_password}';
-             CREATE ROLE sales_write LOGIN PASSWORD '{service_password}';"
+            "SET ROLE {SERVICE_ROLE};
+             CREATE ROLE sales_read NOLOGIN;
+             CREATE ROLE sales_write NOLOGIN;"
         ),
     )?;
     pg.psql(
@@ -225,7 +237,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     say("Creating the sample database `sales` (table customers), owned by the service role");
     let service_password = crate::keys::generate_api_key();
     create_sample_database(&pg, &service_password)?;
-    println!("    the proxy logs in as `{SERVICE_ROLE}` with a password engineers never see");
+    println!("    service role `{SERVICE_ROLE}` (CREATEROLE: it makes a role per grant), with a password engineers never see");
 
     say("Generating a deployment: Ed25519 signing key, self-signed TLS certificate, config, API keys");
     let dir = tempfile::Builder::new().prefix("lockbox-demo-").tempdir()?;
@@ -239,12 +251,10 @@ pub async fn run(options: DemoOptions) -> Result<()> {
                 port: pg.port,
                 user: SERVICE_ROLE,
                 password: &service_password,
-                levels: vec![
-                    ("read", "sales_read", &service_password),
-                    ("write", "sales_write", &service_password),
-                ],
+                levels: vec![("read", "sales_read", ""), ("write", "sales_write", "")],
                 guardrails:
                     "deny_drop = true\ndeny_truncate = true\ndeny_delete_without_where = true",
+                provisioning: "per_grant_roles = true",
             }],
             users: DEMO_USERS.iter().map(|(n, r, _)| (*n, vec![*r])).collect(),
             without_mfa: Vec::new(),
@@ -271,7 +281,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
         );
     }
 
-    let result = walk_through(&deployment, &options).await;
+    let result = walk_through(&deployment, &pg, &options).await;
     if result.is_ok() && options.keep {
         say("The sandbox keeps running; press Ctrl-C to stop and clean up");
         if let Some(path) = &options.env_file {
@@ -326,7 +336,11 @@ async fn show_staged_write(deployment: &Deployment) -> Result<()> {
     Ok(())
 }
 
-async fn walk_through(deployment: &Deployment, options: &DemoOptions) -> Result<()> {
+async fn walk_through(
+    deployment: &Deployment,
+    pg: &PgSandbox,
+    options: &DemoOptions,
+) -> Result<()> {
     let engineer = deployment.client("eve");
     let approver = deployment.client("carol");
     let auditor = deployment.client("dave");
@@ -379,11 +393,23 @@ async fn walk_through(deployment: &Deployment, options: &DemoOptions) -> Result<
 
     say("Eve connects through the proxy over TLS (tokio-postgres) and runs a few statements");
     let (client, connection_ended) = connect_tls(deployment, &token.token).await?;
-    let who: String = client
-        .query_one("SELECT current_user::text", &[])
-        .await?
-        .get(0);
-    println!("    connected; the database sees user `{who}`, eve never saw its password");
+    let role = client
+        .query_one(
+            "SELECT current_user::text, rolvaliduntil::text, \
+             (SELECT string_agg(b.rolname, ', ') FROM pg_auth_members m \
+              JOIN pg_roles b ON b.oid = m.roleid WHERE m.member = r.oid) \
+             FROM pg_roles r WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let (who, until, member_of): (String, Option<String>, Option<String>) =
+        (role.get(0), role.get(1), role.get(2));
+    println!("    connected; the database sees user `{who}`, eve never saw its password:");
+    println!(
+        "    a role of this grant only, member of `{}`, valid until {}",
+        member_of.unwrap_or_default(),
+        until.unwrap_or_default()
+    );
     let count: i64 = client
         .query_one("SELECT count(*) FROM customers", &[])
         .await?
@@ -457,7 +483,23 @@ async fn walk_through(deployment: &Deployment, options: &DemoOptions) -> Result<
         ),
         Ok(_) => bail!("an expired token was accepted"),
     }
-    Ok(())
+    wait_for_role_dropped(pg, &who).await
+}
+
+/// The grant is over: its role goes from the database too.
+async fn wait_for_role_dropped(pg: &PgSandbox, role: &str) -> Result<()> {
+    let query = format!(
+        "SELECT count(*) FROM pg_roles WHERE rolname = {}",
+        postgres_protocol::escape::escape_literal(role)
+    );
+    for _ in 0..150 {
+        if pg.psql(SAMPLE_DB, &query)? == "0" {
+            println!("    the database dropped role `{role}`: nobody can log in as it any more");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("role `{role}` outlived its grant")
 }
 
 /// Connects through the proxy with TLS, trusting exactly the demo's certificate. The

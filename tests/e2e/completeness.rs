@@ -21,6 +21,9 @@
 //!   audit's pieces, in order, must cover the logged string with nothing left over but
 //!   whitespace and semicolons.
 //! - lines logged by the superuser are this test's own setup, made behind lockbox's back.
+//! - lines of lockbox's provisioning connections (`application_name` `lockbox
+//!   provisioning`: its service role checking whether it may create roles, creating and
+//!   dropping grant roles) belong to no session; they are left out by that name.
 
 mod compare;
 mod server_log;
