@@ -20,5 +20,6 @@ mod oidc;
 mod openapi;
 mod protocol;
 mod relay;
+mod roles;
 mod upstream_tls;
 mod workflow;
