@@ -164,19 +164,34 @@ async fn grant_role_is_dropped_when_the_window_ends() {
     wait_for_drop(&env, &role_of(&id)).await;
 }
 
+/// Concurrent first sessions of one grant all log in as its role, which is made once: the
+/// others wait for that creation instead of racing it (and resetting its password under
+/// each other's feet), and later sessions leave it alone.
 #[tokio::test(flavor = "multi_thread")]
-async fn concurrent_sessions_of_one_grant_share_its_role() {
+async fn concurrent_sessions_of_one_grant_share_one_role_made_once() {
     let env = provisioned("roles_concurrent").await;
     let (id, token) = env.approved_token("eve", "1h").await;
-    let sessions = futures::future::join_all((0..4).map(|_| env.connect("eve", &token))).await;
     let mut clients = Vec::new();
-    for session in sessions {
-        let (client, conn) = session.expect("every session logs in");
-        clients.push((client, conn));
+    for _wave in 0..2 {
+        let sessions = futures::future::join_all((0..4).map(|_| env.connect("eve", &token))).await;
+        for session in sessions {
+            clients.push(session.expect("every session logs in"));
+        }
     }
     for (client, _) in &clients {
         assert_eq!(whoami(client).await.0, role_of(&id));
     }
+    // CREATE ROLE wrote the role and its membership in one transaction; any later ALTER
+    // ROLE (a password reset) would have rewritten the role's row in another.
+    let untouched = env.superuser_sql(&format!(
+        "SELECT a.xmin = m.xmin FROM pg_authid a JOIN pg_auth_members m ON m.member = a.oid
+         WHERE a.rolname = '{}'",
+        role_of(&id)
+    ));
+    assert_eq!(
+        untouched, "t",
+        "the grant's role was changed after its creation"
+    );
 }
 
 /// After a restart the password is gone from memory: the role is taken over, not refused.
