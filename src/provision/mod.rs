@@ -320,6 +320,18 @@ async fn decide(db: &Database, target: Target) -> Result<Decided, ProvisionError
             "the level's configured role (the service role may not create roles)"
         }
     );
+    if may_create {
+        for level in [AccessLevel::Write, AccessLevel::Admin] {
+            if !db.access.contains_key(&level) {
+                tracing::info!(
+                    database = %db.name,
+                    "{} grants log in as the service role: no [databases.access.{}] role for them to join",
+                    level.as_str(),
+                    level.as_str()
+                );
+            }
+        }
+    }
     Ok(Decided {
         target,
         per_grant: may_create,

@@ -1,4 +1,5 @@
-//! The proxy's own connection to the upstream database, logged in as the grant's role (trust, cleartext, MD5 or SCRAM-SHA-256, via postgres-protocol).
+//! The proxy's own connection to the upstream database, logged in as the grant's role
+//! (trust, cleartext, MD5 or SCRAM-SHA-256, via postgres-protocol).
 
 use std::sync::Arc;
 use std::time::Duration;

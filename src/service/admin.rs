@@ -193,9 +193,7 @@ impl Lockbox {
         tracing::info!(actor, "configuration reloaded");
         Ok(report)
     }
-}
 
-impl Lockbox {
     /// Records a refused reload; the error to return (the record's, if that failed).
     async fn reject_reload(&self, actor: &str, error: ConfigError) -> ServiceError {
         let recorded = self
