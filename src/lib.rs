@@ -16,6 +16,7 @@ pub mod keys;
 pub mod notify;
 pub mod oidc;
 pub mod policy;
+pub mod provision;
 pub mod proxy;
 pub mod sandbox;
 pub mod server;

@@ -8,10 +8,15 @@ fn main() -> std::process::ExitCode {
         lockbox::cli::Command::Serve { .. } => "info",
         _ => "warn",
     };
+    let mut filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // tokio-postgres logs statement text at debug level; provisioning statements carry a
+    // per-grant role's password verifier, which must not reach a log line.
+    if let Ok(quiet) = "tokio_postgres=info".parse() {
+        filter = filter.add_directive(quiet);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

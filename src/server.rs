@@ -29,6 +29,8 @@ pub enum ServerError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Service(#[from] crate::service::ServiceError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -41,6 +43,10 @@ const SINK_DRAIN: Duration = Duration::from_secs(10);
 
 /// How often recorded states catch up with passed deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often per-grant roles of grants that are over are looked for (a drop that failed,
+/// or one missed while lockbox was down).
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A running lockbox: proxy, API and sweeper.
 pub struct RunningServer {
@@ -85,6 +91,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     lockbox
         .adopt_file_protection("configuration file", &config.protection)
         .await?;
+    // A database that insists on per-grant roles its service role cannot make: no start.
+    lockbox.provisioner.check_explicit(&config).await?;
     let audit_sink = config
         .audit_pg_sink
         .clone()
@@ -141,6 +149,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     ));
     tasks.push(tokio::spawn(crate::exports::scheduler(
         exports,
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(reconcile_roles(
+        lockbox.clone(),
         shutdown_rx.clone(),
     )));
     tasks.push(tokio::spawn(sweep(lockbox.clone(), shutdown_rx)));
@@ -220,6 +232,23 @@ async fn sweep(lockbox: Arc<Lockbox>, mut shutdown: watch::Receiver<bool>) {
             _ = tick.tick() => {
                 if let Err(e) = lockbox.sweep().await {
                     tracing::error!(error = %e, "deadline sweep failed");
+                }
+            }
+        }
+    }
+}
+
+/// Drops per-grant roles whose grants are over: at start (it also decides each database's
+/// logins, logged), then periodically.
+async fn reconcile_roles(lockbox: Arc<Lockbox>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {
+                let dropped = lockbox.reconcile_grant_roles().await;
+                if dropped > 0 {
+                    tracing::info!(dropped, "dropped the roles of grants that are over");
                 }
             }
         }

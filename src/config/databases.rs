@@ -33,10 +33,14 @@ pub struct DatabaseFile {
     pub tls: UpstreamTls,
     /// PEM file of the CA(s) that sign the upstream server's certificate.
     pub tls_ca: Option<PathBuf>,
-    /// Upstream credentials per access level (`read`, `write`, `admin`), each a role with
-    /// just those privileges. A level without an entry uses `user`/`password` above.
+    /// Upstream roles per access level (`read`, `write`, `admin`), each with just those
+    /// privileges. `read` is required: a read grant must never log in as a role that can
+    /// write. `write` and `admin` without an entry use `user`/`password` above.
     #[serde(default)]
     pub access: BTreeMap<AccessLevel, CredentialsFile>,
+    /// `[databases.provisioning]`: per-grant upstream roles.
+    #[serde(default)]
+    pub provisioning: Provisioning,
     /// Statement rules for this database, binding every access level.
     #[serde(default)]
     pub guardrails: Guardrails,
@@ -67,6 +71,17 @@ pub struct Guardrails {
     /// Tables no statement may name: `table` (any schema), `schema.table`, `schema.*`.
     #[serde(default)]
     pub off_limits: Vec<String>,
+}
+
+/// `[databases.provisioning]`: which role a grant's sessions log in as upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provisioning {
+    /// One login role per grant, `lockbox_<request id>`, member of the level's role and
+    /// valid until the access window ends; dropped when the grant ends. Unset: on when the
+    /// service role may create roles (checked at start or first use), else off.
+    #[serde(default)]
+    pub per_grant_roles: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -110,6 +125,7 @@ pub struct Database {
     pub tls_client: Option<Arc<rustls::ClientConfig>>,
     /// Credentials per access level, where they differ from `user`/`password`.
     pub access: BTreeMap<AccessLevel, Credentials>,
+    pub provisioning: Provisioning,
     pub guardrails: Guardrails,
     pub redaction: crate::audit::redact::Redaction,
     pub approvers: Vec<String>,
@@ -157,6 +173,7 @@ impl fmt::Debug for Database {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
             .field("access", &self.access)
+            .field("provisioning", &self.provisioning)
             .finish()
     }
 }
@@ -205,10 +222,12 @@ pub(super) fn validate_databases(
             tls: db.tls,
             tls_client,
             access,
+            provisioning: db.provisioning,
             guardrails: db.guardrails,
             redaction: db.redaction,
             approvers: db.approvers,
         };
+        check_read_role(&database)?;
         if out.contains_key(&database.name) {
             return Err(invalid(
                 key("name"),
@@ -218,6 +237,38 @@ pub(super) fn validate_databases(
         out.insert(database.name.clone(), database);
     }
     Ok(out)
+}
+
+/// A read grant must never log in as a role that can write. Per-grant roles are members of
+/// the read role, and without them read sessions log in as it, so every database needs
+/// one, and it must not be the service role or another level's role.
+fn check_read_role(db: &Database) -> Result<(), ConfigError> {
+    let key = format!("databases.{}.access.read", db.name);
+    let Some(read) = db.access.get(&AccessLevel::Read) else {
+        return Err(invalid(
+            key,
+            format!(
+                "missing: read grants would log in as the service role `{}`, which can write; \
+                 configure a role that may only read (per-grant roles become its members)",
+                db.user
+            ),
+        ));
+    };
+    let writers = std::iter::once(("the service role".to_owned(), &db.user)).chain(
+        db.access
+            .iter()
+            .filter(|(level, _)| **level != AccessLevel::Read)
+            .map(|(level, c)| (format!("the {} role", level.as_str()), &c.user)),
+    );
+    for (which, user) in writers {
+        if *user == read.user {
+            return Err(invalid(
+                format!("{key}.user"),
+                format!("`{user}` is {which} too, which can write"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The TLS client configuration for a connection to a PostgreSQL server in `mode`

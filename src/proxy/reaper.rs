@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::session::session_record;
 use super::upstream::{self, Upstream, UpstreamError};
 use crate::audit::{AuditEvent, AuditLog, SessionEvent, SessionFields, SessionRecord};
-use crate::config::Database;
+use crate::config::{Credentials, Database};
 use crate::policy::AccessLevel;
 
 /// How often the reaper looks for the backend.
@@ -50,8 +50,9 @@ enum Fate {
 /// The backend of one session the proxy ended.
 pub(crate) struct Reaper {
     pub(crate) db: Database,
-    /// The session's access: the reaper logs in with the same role, which may always
+    /// The session's own login: the reaper logs in as the same role, which may always
     /// signal its own backends (no superuser or `pg_signal_backend` needed).
+    pub(crate) credentials: Credentials,
     pub(crate) access: AccessLevel,
     pub(crate) backend_pid: i32,
     /// Until when the backend may go away on its own.
@@ -83,6 +84,7 @@ impl Reaper {
     async fn settle(&self) -> Result<Fate, ReapError> {
         let mut conn = upstream::connect(
             &self.db,
+            &self.credentials,
             self.access,
             &[("application_name".into(), APPLICATION_NAME.into())],
         )

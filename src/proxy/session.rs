@@ -317,16 +317,10 @@ async fn run_admitted(
     if let Some(ms) = admission.request.statement_timeout_ms {
         passed.push(("statement_timeout".into(), ms.to_string()));
     }
-    let upstream = match upstream::connect(db, admission.request.access, &passed).await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!(error = %e, "upstream login failed");
-            send_fatal(
-                &mut stream,
-                sqlstate::CONNECTION_FAILURE,
-                "lockbox could not connect to the upstream database",
-            )
-            .await;
+    let (upstream, login) = match connect_upstream(lockbox, db, &admission.request, &passed).await {
+        Ok(connected) => connected,
+        Err((code, message)) => {
+            send_fatal(&mut stream, code, message).await;
             return None;
         }
     };
@@ -409,8 +403,20 @@ async fn run_admitted(
     };
     proxy.registry.forget_cancel_key(cancel_key);
     // The window is counted from the relay's end, not from when the end is recorded.
+    if login.per_grant && matches!(end, End::Dropped(DropReason::Expired | DropReason::Revoked)) {
+        // The grant is over: its role is dropped now rather than at the next sweep, which
+        // also ends every backend of it (the reaper below may no longer log in as it).
+        let provisioner = lockbox.provisioner.clone();
+        let (db, id) = (db.clone(), request.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = provisioner.end(&db, &id).await {
+                tracing::error!(error = %e, "could not drop the role of an ended grant");
+            }
+        });
+    }
     let reaper = ended_by_proxy(&end).then(|| Reaper {
         db: db.clone(),
+        credentials: login.credentials.clone(),
         access: request.access,
         backend_pid: backend.0,
         window_end: tokio::time::Instant::now() + config.terminate_after,
@@ -426,6 +432,51 @@ async fn run_admitted(
 /// and reaped if it does not go.
 fn ended_by_proxy(end: &End) -> bool {
     matches!(end, End::Dropped(_) | End::RowLimit(_))
+}
+
+/// Logs in upstream as the grant's role. A per-grant role whose password another proxy
+/// reset since (it took the role over) is taken over again, once.
+async fn connect_upstream(
+    lockbox: &crate::service::Lockbox,
+    db: &crate::config::Database,
+    request: &crate::policy::Request,
+    params: &[(String, String)],
+) -> Result<(upstream::Upstream, crate::provision::Login), (&'static str, &'static str)> {
+    let unreachable = (
+        sqlstate::CONNECTION_FAILURE,
+        "lockbox could not connect to the upstream database",
+    );
+    for attempt in 0..2 {
+        let login = match lockbox.provisioner.login(db, request).await {
+            Ok(login) => login,
+            Err(crate::provision::ProvisionError::Ended(_)) => {
+                return Err((sqlstate::INVALID_PASSWORD, "this access grant has ended"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot prepare the grant's upstream role");
+                return Err((
+                    sqlstate::CONNECTION_FAILURE,
+                    "lockbox could not prepare the upstream role of this grant",
+                ));
+            }
+        };
+        match upstream::connect(db, &login.credentials, request.access, params).await {
+            Ok(u) => return Ok((u, login)),
+            Err(upstream::UpstreamError::Rejected { sqlstate, .. })
+                if login.per_grant && attempt == 0 && sqlstate == "28P01" =>
+            {
+                tracing::warn!(
+                    "upstream refused the grant role's password; taking the role over again"
+                );
+                lockbox.provisioner.forget(&request.id).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "upstream login failed");
+                return Err(unreachable);
+            }
+        }
+    }
+    Err(unreachable)
 }
 
 /// The session's monotonic deadline: wall-clock remaining, counted on the monotonic clock.

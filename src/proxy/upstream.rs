@@ -1,5 +1,5 @@
-//! The proxy's own connection to the upstream database, logged in with the configured
-//! service credentials (trust, cleartext, MD5 or SCRAM-SHA-256, via postgres-protocol).
+//! The proxy's own connection to the upstream database, logged in as the grant's role
+//! (trust, cleartext, MD5 or SCRAM-SHA-256, via postgres-protocol).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,11 +64,12 @@ pub struct Upstream {
     pub ready_status: u8,
 }
 
-/// Connects and logs in to `db` with the role of `access`, passing `params` (already
-/// filtered) in the startup packet. Read sessions also start read-only, so the database
-/// itself refuses writes whatever reaches it.
+/// Connects and logs in to `db` as `credentials` (the grant's role, see `provision`),
+/// passing `params` (already filtered) in the startup packet. Read sessions also start
+/// read-only, on top of a role that cannot write.
 pub async fn connect(
     db: &Database,
+    credentials: &Credentials,
     access: AccessLevel,
     params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
@@ -88,7 +89,6 @@ pub async fn connect(
         None => Box::new(tcp) as BoxStream,
         Some(config) => start_tls(tcp, &db.host, config.clone()).await?,
     };
-    let credentials = db.credentials(access);
     let mut params = params.to_vec();
     // The proxy splits query strings as a server with these settings does; pinning them
     // keeps a role or database default from making the two readings differ.
@@ -102,7 +102,7 @@ pub async fn connect(
     }
     tokio::time::timeout(
         CONNECT_TIMEOUT,
-        login(stream, &db.dbname, &credentials, &params),
+        login(stream, &db.dbname, credentials, &params),
     )
     .await
     .map_err(|_| UpstreamError::Timeout(addr))?

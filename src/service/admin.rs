@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Lockbox, ServiceError};
 use crate::audit::{AdminEvent, AdminRecord, AuditEvent};
-use crate::config::{Config, User};
+use crate::config::{Config, ConfigError, User};
 use crate::policy::rules::Protection;
 use crate::policy::{self, PolicyError};
 
@@ -165,17 +165,13 @@ impl Lockbox {
             .map_err(|e| ServiceError::Token(e.to_string()))?;
         let mut next = match loaded {
             Ok(next) => next,
-            Err(e) => {
-                self.audit
-                    .append_durable(vec![AuditEvent::Admin(AdminRecord {
-                        event: AdminEvent::ConfigReloadRejected,
-                        actor: actor.to_owned(),
-                        detail: serde_json::json!({ "error": e.to_string() }),
-                    })])
-                    .await?;
-                return Err(e.into());
-            }
+            Err(e) => return Err(self.reject_reload(actor, e).await),
         };
+        // A database that insists on per-grant roles its service role cannot make is as
+        // wrong as a bad key: the running configuration stays.
+        if let Err(e) = self.provisioner.check_explicit(&next).await {
+            return Err(self.reject_reload(actor, e).await);
+        }
         let current = self.config();
         let needs_restart = keep_fixed_settings(&current, &mut next);
         let report = ReloadReport {
@@ -196,6 +192,22 @@ impl Lockbox {
         self.config.store(std::sync::Arc::new(next));
         tracing::info!(actor, "configuration reloaded");
         Ok(report)
+    }
+
+    /// Records a refused reload; the error to return (the record's, if that failed).
+    async fn reject_reload(&self, actor: &str, error: ConfigError) -> ServiceError {
+        let recorded = self
+            .audit
+            .append_durable(vec![AuditEvent::Admin(AdminRecord {
+                event: AdminEvent::ConfigReloadRejected,
+                actor: actor.to_owned(),
+                detail: serde_json::json!({ "error": error.to_string() }),
+            })])
+            .await;
+        match recorded {
+            Ok(_) => error.into(),
+            Err(e) => e.into(),
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use crate::store::{RequestFilter, Store, StoreError};
 use crate::token::{Claims, TokenAuthority, TokenGrant};
 
 mod admin;
+mod roles;
 mod workflow;
 
 pub use admin::{PolicyView, ReloadReport};
@@ -66,6 +67,8 @@ pub struct Lockbox {
     /// One lock per request: a change is read, checked, recorded and stored under it, so
     /// two changes of one request never interleave in this process.
     locks: dashmap::DashMap<RequestId, Arc<tokio::sync::Mutex<()>>>,
+    /// Per-grant upstream roles: made at a grant's first session, dropped at its end.
+    pub provisioner: Arc<crate::provision::Provisioner>,
 }
 
 /// The user name the service acts under when a deadline, not a person, changes a request.
@@ -85,6 +88,7 @@ impl Lockbox {
             revocations,
             extensions,
             locks: dashmap::DashMap::new(),
+            provisioner: Arc::default(),
         }
     }
 
@@ -389,6 +393,7 @@ impl Lockbox {
             match self.commit(&before, after, vec![record]).await {
                 Ok(after) => {
                     changed += 1;
+                    self.end_grant_role(&after);
                     if event == RequestEvent::Expired {
                         self.notifier
                             .notify(&self.config(), &after, Event::Expired)

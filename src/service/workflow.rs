@@ -140,6 +140,7 @@ impl Lockbox {
         }
         // Sessions go first: revoking is the safe direction even if the record lags.
         let _ = self.revocations.send(id.clone());
+        self.end_grant_role(&after);
         self.audit
             .append_durable(vec![request_event(
                 &after,
@@ -176,6 +177,7 @@ impl Lockbox {
         let after = self.commit(&before, after, vec![record]).await?;
         // Its window may have opened since the check: no session outlives a cancellation.
         let _ = self.revocations.send(id.clone());
+        self.end_grant_role(&after);
         Ok(after)
     }
 
@@ -241,8 +243,9 @@ impl Lockbox {
             actor,
             Some(&format!("extension {}", extension.id)),
         );
-        self.commit(&before, after, vec![record]).await?;
+        let after = self.commit(&before, after, vec![record]).await?;
         let _ = self.extensions.send((original.clone(), new_end));
+        self.extend_grant_role(&after, new_end);
         Ok(())
     }
 

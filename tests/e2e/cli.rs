@@ -205,6 +205,11 @@ fn invalid_config_names_the_key() {
     );
     check(&format!("{base}[[databases]]\nname = \"d\"\nhost = \"h\"\nuser = \"u\"\npassword_file = \"/nonexistent/pw\"\n"),
         "databases[0].password_file");
+    // Read grants would log in as the service role, which can write.
+    check(
+        &format!("{base}[[databases]]\nname = \"d\"\nhost = \"h\"\nuser = \"u\"\n"),
+        "databases.d.access.read",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

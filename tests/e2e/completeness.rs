@@ -25,6 +25,9 @@
 //!   connection of its own (`application_name` `lockbox terminator`) and terminates it if
 //!   it lingers. Such a server session is set aside only if every line of it is one of
 //!   those looks at `pg_stat_activity`; anything else it ran is a difference.
+//! - lines of lockbox's provisioning connections (`application_name` `lockbox
+//!   provisioning`: its service role checking whether it may create roles, creating and
+//!   dropping grant roles) belong to no session; they are left out by that name.
 
 mod clients;
 mod compare;

@@ -17,6 +17,10 @@ use tokio::net::TcpStream;
 
 pub const SERVICE_ROLE: &str = "lockbox_svc";
 pub const SERVICE_PASSWORD: &str = "svc-password-for-tests";
+/// A service role that may create roles: with it, grants get roles of their own
+/// (`lockbox_svc` may not, so by default the tests' grants log in as the level roles).
+pub const PROVISIONER_ROLE: &str = "lockbox_provisioner";
+pub const PROVISIONER_PASSWORD: &str = "provisioner-password";
 
 /// The CA that signed the shared cluster's TLS certificate (for 127.0.0.1 only).
 pub fn cluster_ca() -> &'static str {
@@ -53,7 +57,8 @@ pub fn create_roles(pg: &PgSandbox) {
                  CREATE ROLE lockbox_trust LOGIN;
                  RESET password_encryption;
                  CREATE ROLE lockbox_read LOGIN PASSWORD 'read-password';
-                 CREATE ROLE lockbox_write LOGIN PASSWORD 'write-password';"
+                 CREATE ROLE lockbox_write LOGIN PASSWORD 'write-password';
+                 CREATE ROLE {PROVISIONER_ROLE} LOGIN CREATEROLE PASSWORD '{PROVISIONER_PASSWORD}';"
         ),
     )
     .expect("create roles");
@@ -66,6 +71,8 @@ pub struct Options {
     pub upstream_user: &'static str,
     pub upstream_password: &'static str,
     pub guardrails: &'static str,
+    /// Body of `[databases.provisioning]` of the test's database.
+    pub provisioning: &'static str,
     pub upstream_host: &'static str,
     /// `tls = …` for the upstream; `tls_ca = "ca.pem"` points at the cluster's CA.
     pub upstream_tls: &'static str,
@@ -88,6 +95,7 @@ impl Default for Options {
             upstream_user: SERVICE_ROLE,
             upstream_password: SERVICE_PASSWORD,
             guardrails: "",
+            provisioning: "",
             upstream_host: "127.0.0.1",
             upstream_tls: "",
             ca_override: None,
@@ -134,6 +142,15 @@ impl Env {
     }
 
     pub async fn with(name: &str, options: Options) -> Env {
+        let mut env = Env::prepare(name, options);
+        let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
+        env.audit_path = config.audit_path.clone();
+        env.server = Some(lockbox::server::start(config).await.expect("server starts"));
+        env
+    }
+
+    /// The test's database and deployment, with lockbox not started.
+    pub fn prepare(name: &str, options: Options) -> Env {
         let pg = options.cluster.unwrap_or_else(cluster);
         let db = format!("t_{name}");
         pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
@@ -181,6 +198,7 @@ impl Env {
                             ("write", "lockbox_write", "write-password"),
                         ],
                         guardrails: options.guardrails,
+                        provisioning: options.provisioning,
                     },
                     DeploymentDatabase {
                         name: "other",
@@ -189,8 +207,9 @@ impl Env {
                         port: pg.port,
                         user: SERVICE_ROLE,
                         password: SERVICE_PASSWORD,
-                        levels: vec![],
+                        levels: vec![("read", "lockbox_read", "read-password")],
                         guardrails: "",
+                        provisioning: "",
                     },
                 ],
                 users: USERS.iter().map(|(n, r)| (*n, r.to_vec())).collect(),
@@ -214,15 +233,12 @@ impl Env {
         text.push_str(BREAK_GLASS_POLICY);
         text.push_str(options.policy);
         std::fs::write(&config_path, text).expect("config");
-        let config = lockbox::config::Config::load(&config_path).expect("config loads");
-        let audit_path = config.audit_path.clone();
-        let server = lockbox::server::start(config).await.expect("server starts");
         Env {
             db,
             deployment,
-            server: Some(server),
+            server: None,
             config_path,
-            audit_path,
+            audit_path: PathBuf::new(),
             pg,
             _dir: dir,
         }

@@ -22,6 +22,7 @@ mod oidc;
 mod openapi;
 mod protocol;
 mod relay;
+mod roles;
 mod terminate;
 mod upstream_tls;
 mod workflow;

@@ -43,6 +43,8 @@ const APPLICATION: usize = 22;
 
 /// The statements logged in `database` by any role but `exclude_user`, per server session
 /// (`%c`, unique even when a process id is reused), in the order sessions first logged.
+/// Lockbox's provisioning connections (its service role deciding about, creating and
+/// dropping grant roles) are no engineer's session and are left out.
 pub fn read(
     log_dir: &Path,
     database: &str,
@@ -51,6 +53,9 @@ pub fn read(
     let mut sessions: Vec<(String, ServerSession)> = Vec::new();
     for row in rows(log_dir)? {
         if row.len() <= DETAIL || row[DATABASE] != database || row[USER] == exclude_user {
+            continue;
+        }
+        if row.get(APPLICATION).map(String::as_str) == Some(lockbox::provision::APPLICATION_NAME) {
             continue;
         }
         let logged = match row[SEVERITY].as_str() {

@@ -1,0 +1,350 @@
+//! Per-grant upstream roles (`[databases.provisioning] per_grant_roles`): the database
+//! itself enforces the grant. The first session of a grant creates `lockbox_<request id>`,
+//! a login role that is a member of the level's role only and valid until the access window
+//! ends, with a random password this process keeps in memory; every session of the grant
+//! logs in as it; the role is dropped when the grant ends. Without per-grant roles,
+//! sessions log in as the level's configured role.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use rand::Rng;
+
+use crate::config::{Config, ConfigError, Credentials, Database};
+use crate::ids::RequestId;
+use crate::policy::{AccessLevel, Request};
+
+mod roles;
+pub mod sql;
+
+pub use sql::RoleName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot connect to database `{database}` as its service role: {source}")]
+    Connect {
+        database: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("database `{database}`: {step}: {source}")]
+    Sql {
+        database: String,
+        step: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error("database `{0}` has no read role: read grants cannot log in")]
+    NoReadRole(String),
+    #[error("request {0} has no access window")]
+    NoWindow(String),
+    #[error("request id `{0}` cannot name a role")]
+    BadName(String),
+    #[error("the grant of request {0} has ended")]
+    Ended(String),
+    #[error("role {0} was dropped while it was being taken over")]
+    Vanished(String),
+    #[error("role {role} exists but is not one lockbox made (member of {member_of:?}, or with special attributes)")]
+    Unexpected {
+        role: String,
+        member_of: Vec<String>,
+    },
+}
+
+/// The upstream login of one session.
+pub struct Login {
+    pub credentials: Credentials,
+    /// Logging in as the grant's own role (whose password another proxy may have reset).
+    pub per_grant: bool,
+}
+
+/// The `application_name` of provisioning connections, so they are told apart from
+/// sessions in the server's logs and `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "lockbox provisioning";
+
+/// How long an ended grant is remembered, so that a session admitted just before the end
+/// cannot bring its role back.
+const ENDED_MEMORY: Duration = Duration::from_secs(600);
+
+/// Decides, creates and drops per-grant roles; shared by the proxy and the service.
+#[derive(Default)]
+pub struct Provisioner {
+    /// Each database's decision, by name, valid while its coordinates stay the same.
+    modes: DashMap<String, Decided>,
+    /// Each grant's role as this process knows it. The lock makes the first session of a
+    /// grant create the role and the others wait for it; the end of the grant takes it too.
+    grants: DashMap<RequestId, Arc<tokio::sync::Mutex<GrantRole>>>,
+}
+
+/// What a decision depends on: a reload that changes any of it decides again.
+#[derive(Clone, PartialEq, Eq)]
+struct Target {
+    host: String,
+    port: u16,
+    dbname: String,
+    user: String,
+    setting: Option<bool>,
+}
+
+impl Target {
+    fn of(db: &Database) -> Target {
+        Target {
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.dbname.clone(),
+            user: db.user.clone(),
+            setting: db.provisioning.per_grant_roles,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Decided {
+    target: Target,
+    per_grant: bool,
+    server_version: i32,
+}
+
+enum GrantRole {
+    /// Not made or taken over by this process (yet).
+    Unknown,
+    Live {
+        password: String,
+        until: DateTime<Utc>,
+    },
+    /// The grant ended: its role is dropped (or will be) and never made again.
+    Ended { since: Instant },
+}
+
+impl Provisioner {
+    /// The login for a session of `request` on `db`.
+    pub async fn login(&self, db: &Database, request: &Request) -> Result<Login, ProvisionError> {
+        let Some(level_role) = db.access.get(&request.access) else {
+            // Validation requires a read role; this keeps the rule even if it did not.
+            if request.access == AccessLevel::Read {
+                return Err(ProvisionError::NoReadRole(db.name.clone()));
+            }
+            // A write or admin level without a role of its own logs in as the service role,
+            // as configured: a per-grant role would need a membership to stand in for it.
+            return Ok(Login {
+                credentials: db.credentials(request.access),
+                per_grant: false,
+            });
+        };
+        if !self.mode(db).await?.per_grant {
+            return Ok(Login {
+                credentials: level_role.clone(),
+                per_grant: false,
+            });
+        }
+        let until = request
+            .access_expires_at
+            .ok_or_else(|| ProvisionError::NoWindow(request.id.0.clone()))?;
+        let role = role_name(&request.id)?;
+        let slot = self.slot(&request.id);
+        let mut state = slot.lock().await;
+        let password = match &*state {
+            GrantRole::Ended { .. } => return Err(ProvisionError::Ended(request.id.0.clone())),
+            GrantRole::Live { password, until: u } if *u == until => password.clone(),
+            GrantRole::Live { password, .. } => {
+                roles::set_valid_until(db, &role, until).await?;
+                password.clone()
+            }
+            GrantRole::Unknown => {
+                let password = generate_password();
+                roles::create_or_reset(db, &role, &password, until, &level_role.user).await?;
+                password
+            }
+        };
+        *state = GrantRole::Live {
+            password: password.clone(),
+            until,
+        };
+        Ok(Login {
+            credentials: Credentials {
+                user: role.as_str().to_owned(),
+                password: Some(password),
+            },
+            per_grant: true,
+        })
+    }
+
+    /// Forgets the password of a grant's role that upstream refused (another proxy took the
+    /// role over), so the next login takes it over again.
+    pub async fn forget(&self, id: &RequestId) {
+        let slot = self.slot(id);
+        let mut state = slot.lock().await;
+        if let GrantRole::Live { .. } = &*state {
+            *state = GrantRole::Unknown;
+        }
+    }
+
+    /// An extension moved the end of the window: so does the role's validity.
+    pub async fn extend(
+        &self,
+        db: &Database,
+        id: &RequestId,
+        until: DateTime<Utc>,
+    ) -> Result<(), ProvisionError> {
+        if db.provisioning.per_grant_roles == Some(false) || !self.mode(db).await?.per_grant {
+            return Ok(());
+        }
+        let role = role_name(id)?;
+        let slot = self.slot(id);
+        let mut state = slot.lock().await;
+        match &mut *state {
+            GrantRole::Ended { .. } => Ok(()),
+            GrantRole::Live { until: known, .. } => {
+                roles::set_valid_until(db, &role, until).await?;
+                *known = until;
+                Ok(())
+            }
+            GrantRole::Unknown => roles::set_valid_until(db, &role, until).await,
+        }
+    }
+
+    /// The grant ended: no session of it logs in again, its role's backends end, and the
+    /// role is dropped. Returns whether a role was dropped.
+    pub async fn end(&self, db: &Database, id: &RequestId) -> Result<bool, ProvisionError> {
+        let role = role_name(id)?;
+        let slot = self.slot(id);
+        let mut state = slot.lock().await;
+        *state = GrantRole::Ended {
+            since: Instant::now(),
+        };
+        if db.provisioning.per_grant_roles == Some(false) {
+            return Ok(false);
+        }
+        let mode = self.mode(db).await?;
+        if !mode.per_grant {
+            return Ok(false);
+        }
+        roles::drop_role(db, &role, mode.server_version).await
+    }
+
+    /// The requests whose roles exist on `db`'s server (empty without per-grant roles).
+    pub async fn existing(&self, db: &Database) -> Result<Vec<RequestId>, ProvisionError> {
+        if db.provisioning.per_grant_roles == Some(false) || !self.mode(db).await?.per_grant {
+            return Ok(Vec::new());
+        }
+        Ok(roles::list(db)
+            .await?
+            .iter()
+            .filter_map(|name| RoleName::request_id(name))
+            .collect())
+    }
+
+    /// Whether `db`'s grants get roles of their own (deciding now if not yet decided).
+    pub async fn per_grant(&self, db: &Database) -> Result<bool, ProvisionError> {
+        Ok(self.mode(db).await?.per_grant)
+    }
+
+    /// At start and reload: every database that asks for per-grant roles explicitly must
+    /// have a service role that may create them, or lockbox refuses the configuration. A
+    /// database that cannot be reached now is decided at first use.
+    pub async fn check_explicit(&self, config: &Config) -> Result<(), ConfigError> {
+        for db in config.databases.values() {
+            if db.provisioning.per_grant_roles != Some(true) {
+                continue;
+            }
+            match self.mode(db).await {
+                Ok(_) => {}
+                Err(ProvisionError::Config(e)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(database = %db.name, error = %e, "cannot check per-grant roles now; deciding at first use")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops what this process remembers of grants that ended long ago.
+    pub fn prune(&self) {
+        self.grants.retain(|_, slot| match slot.try_lock() {
+            Ok(state) => {
+                !matches!(&*state, GrantRole::Ended { since } if since.elapsed() > ENDED_MEMORY)
+            }
+            Err(_) => true,
+        });
+    }
+
+    fn slot(&self, id: &RequestId) -> Arc<tokio::sync::Mutex<GrantRole>> {
+        self.grants
+            .entry(id.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(GrantRole::Unknown)))
+            .clone()
+    }
+
+    async fn mode(&self, db: &Database) -> Result<Decided, ProvisionError> {
+        let target = Target::of(db);
+        if let Some(decided) = self.modes.get(&db.name).filter(|d| d.target == target) {
+            return Ok(decided.clone());
+        }
+        let decided = decide(db, target).await?;
+        self.modes.insert(db.name.clone(), decided.clone());
+        Ok(decided)
+    }
+}
+
+/// Per-grant roles or not, for `db`: off when configured off; otherwise on exactly when the
+/// service role may create roles, and a configuration that insists on them while it may
+/// not is refused.
+async fn decide(db: &Database, target: Target) -> Result<Decided, ProvisionError> {
+    if db.provisioning.per_grant_roles == Some(false) {
+        return Ok(Decided {
+            target,
+            per_grant: false,
+            server_version: 0,
+        });
+    }
+    let (may_create, server_version) = roles::service_role_state(db).await?;
+    if !may_create && db.provisioning.per_grant_roles == Some(true) {
+        return Err(ConfigError::Invalid {
+            key: format!("databases.{}.provisioning.per_grant_roles", db.name),
+            message: format!(
+                "is true, but the service role `{}` may not create roles (it needs CREATEROLE)",
+                db.user
+            ),
+        }
+        .into());
+    }
+    tracing::info!(
+        database = %db.name,
+        per_grant_roles = may_create,
+        "upstream logins decided: {}",
+        if may_create {
+            "one role per grant, member of the level's role"
+        } else {
+            "the level's configured role (the service role may not create roles)"
+        }
+    );
+    if may_create {
+        for level in [AccessLevel::Write, AccessLevel::Admin] {
+            if !db.access.contains_key(&level) {
+                tracing::info!(
+                    database = %db.name,
+                    "{} grants log in as the service role: no [databases.access.{}] role for them to join",
+                    level.as_str(),
+                    level.as_str()
+                );
+            }
+        }
+    }
+    Ok(Decided {
+        target,
+        per_grant: may_create,
+        server_version,
+    })
+}
+
+fn role_name(id: &RequestId) -> Result<RoleName, ProvisionError> {
+    RoleName::for_request(id).ok_or_else(|| ProvisionError::BadName(id.0.clone()))
+}
+
+/// 256 random bits, hex: it only ever travels from this process to the database.
+fn generate_password() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    hex::encode(bytes)
+}

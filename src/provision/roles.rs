@@ -1,0 +1,218 @@
+//! The provisioning work itself, each step on a fresh service connection to the grant's
+//! database (REASSIGN/DROP OWNED act on the database they run in).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use super::sql::{self, RoleName};
+use super::ProvisionError;
+use crate::config::Database;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Logs in as the database's service role.
+pub(super) async fn connect(db: &Database) -> Result<Client, ProvisionError> {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&db.host)
+        .port(db.port)
+        .dbname(&db.dbname)
+        .user(&db.user)
+        .application_name(super::APPLICATION_NAME)
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(password) = &db.password {
+        pg.password(password);
+    }
+    let failed = |source| ProvisionError::Connect {
+        database: db.name.clone(),
+        source,
+    };
+    let client = match &db.tls_client {
+        None => {
+            let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
+            tokio::spawn(drive(connection));
+            client
+        }
+        Some(tls) => {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+            let (client, connection) = pg.connect(tls).await.map_err(failed)?;
+            tokio::spawn(drive(connection));
+            client
+        }
+    };
+    Ok(client)
+}
+
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "provisioning connection ended");
+    }
+}
+
+fn failed(
+    db: &Database,
+    step: &'static str,
+) -> impl FnOnce(tokio_postgres::Error) -> ProvisionError {
+    let database = db.name.clone();
+    move |source| ProvisionError::Sql {
+        database,
+        step,
+        source,
+    }
+}
+
+/// Whether the service role may create roles, and the server's version number.
+pub(super) async fn service_role_state(db: &Database) -> Result<(bool, i32), ProvisionError> {
+    let client = connect(db).await?;
+    let step = "checking whether the service role may create roles";
+    let row = client
+        .query_one(sql::SERVICE_ROLE_STATE, &[])
+        .await
+        .map_err(failed(db, step))?;
+    let may_create: bool = row.try_get(0).map_err(failed(db, step))?;
+    let version: i32 = row.try_get(1).map_err(failed(db, step))?;
+    Ok((may_create, version))
+}
+
+/// Creates the grant's role, or takes it over if it exists (a restart, another proxy, or
+/// a concurrent creation that won).
+pub(super) async fn create_or_reset(
+    db: &Database,
+    role: &RoleName,
+    password: &str,
+    until: DateTime<Utc>,
+    member_of: &str,
+) -> Result<(), ProvisionError> {
+    let client = connect(db).await?;
+    // Only the verifier reaches the server (and any statement log): never the password.
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    match client
+        .batch_execute(&sql::create_role(role, &verifier, until, member_of))
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(role = role.as_str(), member_of, %until, "per-grant role created");
+            Ok(())
+        }
+        Err(e) if exists_already(&e) => reset(db, &client, role, &verifier, until, member_of).await,
+        Err(e) => Err(failed(db, "creating the grant's role")(e)),
+    }
+}
+
+/// Two creations racing: the loser sees either error, depending on timing.
+fn exists_already(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::DUPLICATE_OBJECT || *c == SqlState::UNIQUE_VIOLATION
+    )
+}
+
+async fn reset(
+    db: &Database,
+    client: &Client,
+    role: &RoleName,
+    verifier: &str,
+    until: DateTime<Utc>,
+    member_of: &str,
+) -> Result<(), ProvisionError> {
+    let step = "checking the grant's existing role";
+    let row = client
+        .query_opt(sql::ROLE_STATE, &[&role.as_str()])
+        .await
+        .map_err(failed(db, step))?
+        .ok_or_else(|| ProvisionError::Vanished(role.as_str().to_owned()))?;
+    let privileged: bool = row.try_get(0).map_err(failed(db, step))?;
+    let member_of_now: Vec<String> = row.try_get(1).map_err(failed(db, step))?;
+    // Someone else's role under our name, or one changed behind lockbox's back: do not
+    // hand it to an engineer.
+    if privileged || member_of_now.iter().any(|m| m != member_of) {
+        return Err(ProvisionError::Unexpected {
+            role: role.as_str().to_owned(),
+            member_of: member_of_now,
+        });
+    }
+    client
+        .batch_execute(&sql::reset_role(role, verifier, until, member_of))
+        .await
+        .map_err(failed(db, "taking over the grant's existing role"))?;
+    tracing::info!(role = role.as_str(), member_of, %until, "per-grant role taken over");
+    Ok(())
+}
+
+/// Moves the role's `VALID UNTIL`; a role that does not exist needs nothing.
+pub(super) async fn set_valid_until(
+    db: &Database,
+    role: &RoleName,
+    until: DateTime<Utc>,
+) -> Result<(), ProvisionError> {
+    let client = connect(db).await?;
+    match client
+        .batch_execute(&sql::set_valid_until(role, until))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => Ok(()),
+        Err(e) => Err(failed(db, "moving the grant role's VALID UNTIL")(e)),
+    }
+}
+
+/// Ends the role's backends, keeps what it created (owned by the service role), and drops
+/// it. Returns whether there was a role to drop.
+pub(super) async fn drop_role(
+    db: &Database,
+    role: &RoleName,
+    server_version: i32,
+) -> Result<bool, ProvisionError> {
+    let client = connect(db).await?;
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_roles WHERE rolname = $1",
+            &[&role.as_str()],
+        )
+        .await
+        .map_err(failed(db, "looking up the grant's role"))?
+        .is_some();
+    if !exists {
+        return Ok(false);
+    }
+    client
+        .batch_execute(&sql::prepare_drop(role, &db.user))
+        .await
+        .map_err(failed(db, "locking the grant's role out"))?;
+    let ended: i64 = client
+        .query_one(sql::terminate_backends(server_version), &[&role.as_str()])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(failed(db, "ending the grant role's backends"))?;
+    client
+        .batch_execute(&sql::drop_role(role, &db.user))
+        .await
+        .map_err(failed(db, "dropping the grant's role"))?;
+    tracing::info!(
+        role = role.as_str(),
+        backends_ended = ended,
+        "per-grant role dropped"
+    );
+    Ok(true)
+}
+
+/// The requests whose roles exist on the database's server.
+pub(super) async fn list(db: &Database) -> Result<Vec<String>, ProvisionError> {
+    let client = connect(db).await?;
+    let rows = client
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1",
+            &[&sql::ROLE_PATTERN],
+        )
+        .await
+        .map_err(failed(db, "listing per-grant roles"))?;
+    rows.iter()
+        .map(|row| {
+            row.try_get(0)
+                .map_err(failed(db, "listing per-grant roles"))
+        })
+        .collect()
+}

@@ -1,0 +1,200 @@
+//! The SQL text of provisioning. Role DDL takes no bind parameters, so every name and
+//! secret goes in as an identifier or literal escaped the way libpq does
+//! (`PQescapeIdentifier` / `PQescapeLiteral`, via postgres-protocol).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+
+use crate::ids::RequestId;
+
+/// What every per-grant role's name starts with.
+pub const PREFIX: &str = "lockbox_";
+
+/// PostgreSQL truncates longer names (NAMEDATALEN - 1): two grants could share one.
+const MAX_NAME: usize = 63;
+
+/// `LIKE` pattern of the roles lockbox makes (request ids are `req-<hex>`).
+pub const ROLE_PATTERN: &str = "lockbox\\_req-%";
+
+/// The name of a grant's role: `lockbox_<request id>`, kept exactly (request ids carry a
+/// dash, so the name is always written quoted), so the database's own logs name the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleName(String);
+
+impl RoleName {
+    /// `None` when the id cannot name a role unambiguously: too long to survive
+    /// PostgreSQL's truncation, or with characters other than letters, digits, `_`, `-`.
+    pub fn for_request(id: &RequestId) -> Option<RoleName> {
+        let name = format!("{PREFIX}{}", id.0);
+        let plain =
+            id.0.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        (plain && !id.0.is_empty() && name.len() <= MAX_NAME).then_some(RoleName(name))
+    }
+
+    /// The request a role of lockbox's belongs to (names as [`ROLE_PATTERN`] matches them).
+    pub fn request_id(name: &str) -> Option<RequestId> {
+        let id = name
+            .strip_prefix(PREFIX)
+            .filter(|id| id.starts_with("req-"))?;
+        let id = RequestId(id.to_owned());
+        RoleName::for_request(&id).map(|_| id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn quoted(&self) -> String {
+        escape_identifier(&self.0)
+    }
+}
+
+/// A timestamp as a literal PostgreSQL reads as `timestamptz` (microseconds, UTC).
+fn timestamp(at: DateTime<Utc>) -> String {
+    escape_literal(&at.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+/// Creates the grant's role: it may log in until `until`, with the password whose SCRAM
+/// verifier is `verifier`, and holds nothing but membership of `member_of`. The attributes
+/// are spelled out so no default of the server's can add one.
+pub fn create_role(
+    role: &RoleName,
+    verifier: &str,
+    until: DateTime<Utc>,
+    member_of: &str,
+) -> String {
+    format!(
+        "CREATE ROLE {} LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+         NOBYPASSRLS PASSWORD {} VALID UNTIL {} IN ROLE {}",
+        role.quoted(),
+        escape_literal(verifier),
+        timestamp(until),
+        escape_identifier(member_of),
+    )
+}
+
+/// Takes over a role that already exists (made before a restart, or by another proxy):
+/// a new password, the window's end, and the membership. Attributes are checked, not set,
+/// beforehand: only a superuser may even name SUPERUSER or REPLICATION in ALTER ROLE.
+pub fn reset_role(
+    role: &RoleName,
+    verifier: &str,
+    until: DateTime<Utc>,
+    member_of: &str,
+) -> String {
+    format!(
+        "ALTER ROLE {r} LOGIN PASSWORD {} VALID UNTIL {}; GRANT {} TO {r}",
+        escape_literal(verifier),
+        timestamp(until),
+        escape_identifier(member_of),
+        r = role.quoted(),
+    )
+}
+
+/// Moves the end of the role's validity (an extension of the grant).
+pub fn set_valid_until(role: &RoleName, until: DateTime<Utc>) -> String {
+    format!(
+        "ALTER ROLE {} VALID UNTIL {}",
+        role.quoted(),
+        timestamp(until)
+    )
+}
+
+/// First step of a drop: no new logins, and the service role may act as the role (to end
+/// its backends and take over what it owns).
+pub fn prepare_drop(role: &RoleName, service: &str) -> String {
+    format!(
+        "ALTER ROLE {r} NOLOGIN; GRANT {r} TO {}",
+        escape_identifier(service),
+        r = role.quoted(),
+    )
+}
+
+/// Last step of a drop, one transaction: what the role created is kept, owned by the
+/// service role; its privileges and default privileges go; then the role.
+pub fn drop_role(role: &RoleName, service: &str) -> String {
+    format!(
+        "REASSIGN OWNED BY {r} TO {}; DROP OWNED BY {r}; DROP ROLE IF EXISTS {r}",
+        escape_identifier(service),
+        r = role.quoted(),
+    )
+}
+
+/// Ends the role's backends, waiting up to 5 s for each where the server can (14+), so
+/// nothing it runs can commit after the drop began. The filter sits in a subquery so that
+/// no plan can call the (volatile) terminate function on a row before it is filtered.
+pub fn terminate_backends(server_version: i32) -> &'static str {
+    if server_version >= 140_000 {
+        "SELECT count(*) FILTER (WHERE ended) FROM (SELECT pg_terminate_backend(pid, 5000) \
+         AS ended FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()) AS t"
+    } else {
+        "SELECT count(*) FILTER (WHERE ended) FROM (SELECT pg_terminate_backend(pid) \
+         AS ended FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()) AS t"
+    }
+}
+
+/// What a role holds that lockbox never gives one: special attributes, and the roles it
+/// is a member of.
+pub const ROLE_STATE: &str = "SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb \
+     OR r.rolreplication OR r.rolbypassrls, \
+     ARRAY(SELECT b.rolname::text FROM pg_auth_members m JOIN pg_roles b ON b.oid = m.roleid \
+           WHERE m.member = r.oid) \
+     FROM pg_roles r WHERE r.rolname = $1";
+
+/// Whether the service role may create roles, and the server's version.
+pub const SERVICE_ROLE_STATE: &str = "SELECT r.rolsuper OR r.rolcreaterole, \
+     current_setting('server_version_num')::int \
+     FROM pg_roles r WHERE r.rolname = current_user";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2030-01-02T03:04:05.678901Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn role_names_keep_the_request_id() {
+        let id = RequestId("req-00ff00ff00ff00ff".into());
+        let role = RoleName::for_request(&id).expect("valid");
+        assert_eq!(role.as_str(), "lockbox_req-00ff00ff00ff00ff");
+        assert_eq!(role.quoted(), "\"lockbox_req-00ff00ff00ff00ff\"");
+        assert_eq!(RoleName::request_id(role.as_str()), Some(id));
+    }
+
+    #[test]
+    fn ids_that_cannot_name_a_role_are_refused() {
+        for bad in ["", "req\"x", "req x", "req;DROP", "Ω", &"a".repeat(56)] {
+            assert_eq!(RoleName::for_request(&RequestId(bad.into())), None, "{bad}");
+        }
+        assert!(RoleName::for_request(&RequestId("a".repeat(55))).is_some());
+        assert_eq!(RoleName::request_id("lockbox_service"), None);
+        assert_eq!(RoleName::request_id("sales_read"), None);
+    }
+
+    #[test]
+    fn names_and_secrets_are_escaped() {
+        let role = RoleName("lockbox_req-1".into());
+        let sql = create_role(&role, "SCRAM'$x\\y", at(), "odd\"role");
+        assert_eq!(
+            sql,
+            "CREATE ROLE \"lockbox_req-1\" LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE \
+             NOREPLICATION NOBYPASSRLS PASSWORD  E'SCRAM''$x\\\\y' \
+             VALID UNTIL '2030-01-02T03:04:05.678901Z' IN ROLE \"odd\"\"role\""
+        );
+        assert_eq!(
+            reset_role(&role, "v", at(), "sales_read"),
+            "ALTER ROLE \"lockbox_req-1\" LOGIN PASSWORD 'v' VALID UNTIL \
+             '2030-01-02T03:04:05.678901Z'; GRANT \"sales_read\" TO \"lockbox_req-1\""
+        );
+        assert_eq!(
+            drop_role(&role, "svc"),
+            "REASSIGN OWNED BY \"lockbox_req-1\" TO \"svc\"; DROP OWNED BY \"lockbox_req-1\"; \
+             DROP ROLE IF EXISTS \"lockbox_req-1\""
+        );
+    }
+}
