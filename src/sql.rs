@@ -210,7 +210,9 @@ fn split_invariants(sql: &str) -> Result<(), String> {
             };
         }
     }
-    let tokens = pg_query::scan_tokens(sql).map_err(|e| format!("parsed but not scanned: {e}"))?;
+    let tokens = pg_query::scan(sql)
+        .map_err(|e| format!("parsed but not scanned: {e}"))?
+        .tokens;
     for token in tokens {
         let (start, end) = (token.start as usize, token.end as usize);
         let inside = ranges.iter().any(|r| r.start <= start && end <= r.end);
