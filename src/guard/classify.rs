@@ -58,6 +58,17 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             .opaque
             .then_some("a call of a function that is not built in"),
     };
+    let relations: Vec<String> = found
+        .relations
+        .iter()
+        .cloned()
+        .chain(calls.relations)
+        .collect();
+    let catalog_only = class == Class::Read
+        && opaque.is_none()
+        && !calls.reads_tables_by_name
+        && !relations.is_empty()
+        && relations.iter().all(|r| is_catalog(r));
     Analysis {
         kind,
         class,
@@ -66,16 +77,12 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             truncate: found.truncate,
             delete_without_where: found.delete_without_where,
             update_without_where: found.update_without_where,
-            relations: found
-                .relations
-                .iter()
-                .cloned()
-                .chain(calls.relations)
-                .collect(),
+            relations: relations.into(),
             settings: changed.into(),
             opaque,
             reads_tables_by_name: calls.reads_tables_by_name,
             names,
+            catalog_only,
         },
     }
 }
@@ -487,6 +494,15 @@ fn relation_named(text: &str) -> Option<String> {
     match (&probe.class, &probe.facts.relations[..]) {
         (Class::Read, [only]) if probe.facts.opaque.is_none() => Some(only.clone()),
         _ => None,
+    }
+}
+
+/// A relation of the system catalogs: qualified with pg_catalog or information_schema, or
+/// an unqualified `pg_…` name (pg_catalog comes first on the search path).
+fn is_catalog(relation: &str) -> bool {
+    match relation.split_once('.') {
+        Some((schema, _)) => schema == "pg_catalog" || schema == "information_schema",
+        None => relation.starts_with("pg_"),
     }
 }
 

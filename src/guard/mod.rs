@@ -149,6 +149,10 @@ pub struct Facts {
     pub reads_tables_by_name: bool,
     /// What it does to the session's prepared statements and cursors.
     pub names: Option<NameChange>,
+    /// It reads the system catalogs only (`pg_catalog`, `information_schema`): what psql's
+    /// backslash commands and pg_dump ask. Its rows are no customer data, and a grant's
+    /// `max_rows` does not count them.
+    pub catalog_only: bool,
 }
 
 /// Per-database rules, on top of what the access level allows; they bind every level.

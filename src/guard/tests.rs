@@ -640,3 +640,20 @@ fn lexing_stability() {
         "a backslash next to non-ASCII text"
     );
 }
+
+#[test]
+fn catalog_reads_are_told_apart() {
+    let catalog = |sql: &str| analyze(sql).facts.catalog_only;
+    assert!(catalog("SELECT c.oid, c.relname FROM pg_catalog.pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"));
+    assert!(catalog("SELECT * FROM information_schema.tables"));
+    assert!(!catalog("SELECT * FROM items"));
+    assert!(!catalog("SELECT * FROM pg_class, items"));
+    assert!(
+        !catalog("SELECT generate_series(1, 1000000)"),
+        "no relation: counted"
+    );
+    assert!(!catalog(
+        "SELECT query_to_xml('select * from items', true, false, '') FROM pg_class"
+    ));
+    assert!(!catalog("SELECT public.f() FROM pg_class"));
+}

@@ -83,6 +83,8 @@ enum Pending {
     QueryEnd,
     Sync,
     CopyEnd,
+    /// The next statement reads the system catalogs only: a row limit does not count it.
+    RowsUncounted,
 }
 
 /// The stand-in sent upstream for a refused statement: it fails at parse time on every
@@ -213,6 +215,8 @@ pub struct Relay {
     running: Option<(u64, Instant)>,
     /// The statement whose timeout already sent a cancel.
     cancelled: Option<u64>,
+    /// Statements (by seq) whose rows a row limit does not count (catalog reads).
+    uncounted: std::collections::BTreeSet<u64>,
     events: Vec<wire::LocatedEvent>,
     outcomes: Vec<Outcome>,
 }
@@ -247,6 +251,7 @@ impl Relay {
             rows: 0,
             running: None,
             cancelled: None,
+            uncounted: std::collections::BTreeSet::new(),
             events: Vec::new(),
             outcomes: Vec::new(),
         }
@@ -337,6 +342,14 @@ impl Relay {
                 return end;
             }
         }
+    }
+
+    /// Whether the rows arriving now count against the grant's row limit: not those of a
+    /// statement that reads the system catalogs only.
+    fn counts_rows(&self) -> bool {
+        self.tracker
+            .running()
+            .is_none_or(|seq| !self.uncounted.contains(&seq))
     }
 
     /// When the statement the server is working on passes the grant's statement timeout.
@@ -478,9 +491,14 @@ impl Relay {
         };
         let started = Instant::now();
         let mut not_run = Vec::new();
+        let mut uncounted = false;
         for p in pending {
             match p {
+                Pending::RowsUncounted => uncounted = true,
                 Pending::Statement(record) => {
+                    if std::mem::take(&mut uncounted) {
+                        self.uncounted.insert(seq);
+                    }
                     self.tracker.statement(seq, started, is_extended(&record));
                     seq += 1;
                 }
@@ -544,7 +562,10 @@ impl Relay {
                 }
                 let refused_at = verdicts.iter().position(Result::is_err);
                 let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
-                for (i, record) in records.into_iter().enumerate() {
+                for (i, (record, s)) in records.into_iter().zip(statements.iter()).enumerate() {
+                    if refusal.is_none() && s.analysis.facts.catalog_only {
+                        pending.push(Pending::RowsUncounted);
+                    }
                     pending.push(match (&refusal, refused_at) {
                         (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
                         (Some(_), _) => Pending::NotRun(record),
@@ -577,6 +598,7 @@ impl Relay {
                     text: text.into(),
                     kind,
                     names: analysis.facts.names.clone(),
+                    catalog_only: analysis.facts.catalog_only,
                 };
                 self.statements
                     .parse(name, statement)
@@ -614,6 +636,9 @@ impl Relay {
                     pending.push(Pending::Statement(record));
                     return Ok(None);
                 };
+                if found.statement.catalog_only {
+                    pending.push(Pending::RowsUncounted);
+                }
                 let (text, kind, params, names) = (
                     found.statement.text.clone(),
                     found.statement.kind,
@@ -799,6 +824,7 @@ impl Relay {
             text: text.into(),
             kind,
             names: None,
+            catalog_only: false,
         };
         let sql_change = match change {
             NameChange::Prepare(name) => {
@@ -840,7 +866,7 @@ impl Relay {
             }
             match &event {
                 BackendEvent::DataRow => {
-                    self.rows += 1;
+                    self.rows += u64::from(self.counts_rows());
                     if let Some(max) = self.grant.limits.max_rows.filter(|max| self.rows > *max) {
                         // Forward what came before this row, then end the session.
                         let upto = range.as_ref().map_or(0, |r| r.start);
@@ -853,7 +879,7 @@ impl Relay {
                 BackendEvent::CopyData(n) => {
                     self.copy_bytes += n;
                     // COPY … TO STDOUT sends one CopyData per row: a row limit counts them.
-                    self.rows += 1;
+                    self.rows += u64::from(self.counts_rows());
                     if let Some(max) = self.grant.limits.max_rows.filter(|max| self.rows > *max) {
                         let upto = range.as_ref().map_or(0, |r| r.start);
                         let head = splice(&self.ubuf[..upto], std::mem::take(&mut rewrites));
@@ -874,7 +900,15 @@ impl Relay {
                 BackendEvent::ParseComplete => self.statements.confirm(Confirmation::Parse),
                 BackendEvent::BindComplete => self.statements.confirm(Confirmation::Bind),
                 BackendEvent::CloseComplete => self.statements.confirm(Confirmation::Close),
-                BackendEvent::Ready(status) => self.statements.ready(*status),
+                BackendEvent::Ready(status) => {
+                    self.statements.ready(*status);
+                    // Statements before this Ready are settled.
+                    if let Some(next) = self.tracker.running() {
+                        self.uncounted = self.uncounted.split_off(&next);
+                    } else {
+                        self.uncounted.clear();
+                    }
+                }
                 _ => {}
             }
             let settled = self.outcomes.len();

@@ -25,6 +25,8 @@ pub struct Prepared {
     pub kind: StatementKind,
     /// What running it does to the namespaces (a Parse of `PREPARE …`, `DECLARE …`).
     pub names: Option<NameChange>,
+    /// It reads the system catalogs only: a row limit does not count its rows.
+    pub catalog_only: bool,
 }
 
 /// A portal created with Bind or SQL DECLARE.
@@ -131,6 +133,7 @@ impl Statements {
             text: "".into(),
             kind: StatementKind::Unknown,
             names: None,
+            catalog_only: false,
         });
         self.push(Change::Bind(
             portal,
@@ -279,6 +282,7 @@ mod tests {
             text: text.into(),
             kind: StatementKind::Other,
             names: None,
+            catalog_only: false,
         }
     }
 

@@ -323,3 +323,57 @@ async fn large_objects_can_be_read_through_libpq_under_read_but_not_written() {
         "{calls:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_dump_works_under_a_grant_with_a_statement_timeout_and_a_row_limit() {
+    let env = Env::start("grammar_dump_limits").await;
+    let (_, token) = env
+        .approved(
+            "eve",
+            lockbox::policy::NewRequest {
+                database: env.db.clone(),
+                ticket: "T-77".into(),
+                reason: "dump the schema".into(),
+                access: AccessLevel::Read,
+                duration: Some("1h".into()),
+                statement_timeout: Some("20s".into()),
+                max_rows: Some(5),
+                ..Default::default()
+            },
+        )
+        .await;
+    // pg_dump sets statement_timeout = 0 and reads hundreds of catalog rows; a full dump
+    // also COPYs the table's 10 rows, which the row limit counts.
+    let dump = |schema_only: bool| {
+        let mut command =
+            std::process::Command::new(crate::harness::cluster().bin_dir().join("pg_dump"));
+        if schema_only {
+            command.arg("--schema-only");
+        }
+        command
+            .args(["-t", "items", "-h", "127.0.0.1", "-p"])
+            .arg(env.proxy_port().to_string())
+            .args(["-U", "eve"])
+            .arg(&env.db)
+            .env("PGPASSWORD", &token)
+            .output()
+            .expect("run pg_dump")
+    };
+    let schema = dump(true);
+    assert!(
+        schema.status.success(),
+        "pg_dump --schema-only failed: {}",
+        String::from_utf8_lossy(&schema.stderr)
+    );
+    assert!(String::from_utf8_lossy(&schema.stdout).contains("CREATE TABLE public.items"));
+    let data = dump(false);
+    assert!(
+        !data.status.success(),
+        "a COPY of 10 rows passed a limit of 5"
+    );
+    assert!(
+        String::from_utf8_lossy(&data.stderr).contains("max_rows"),
+        "{}",
+        String::from_utf8_lossy(&data.stderr)
+    );
+}
