@@ -42,7 +42,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         class = class.worst(Class::Forbidden("lexer_setting"));
     }
     let mut changed: Vec<String> = found.sets.iter().map(|s| s.name.clone()).collect();
-    changed.extend(calls.settings);
+    changed.extend(calls.settings.iter().cloned());
     let opaque = match node {
         N::DoStmt(_) => Some("a DO block"),
         N::CallStmt(_) => Some("CALL of a procedure"),
@@ -62,11 +62,17 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         .relations
         .iter()
         .cloned()
-        .chain(calls.relations)
+        .chain(calls.relations.iter().cloned())
         .collect();
+    // The planner's statistics hold sample values of every analysed column.
+    let reads_statistics = relations.iter().any(|r| {
+        let name = r.rsplit('.').next().unwrap_or(r);
+        name.starts_with("pg_stats") || name.starts_with("pg_statistic")
+    });
+    let calls_reads_by_name = calls.reads_tables_by_name || reads_statistics;
     let catalog_only = class == Class::Read
         && opaque.is_none()
-        && !calls.reads_tables_by_name
+        && !calls_reads_by_name
         && !relations.is_empty()
         && relations.iter().all(|r| is_catalog(r));
     Analysis {
@@ -80,9 +86,10 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             relations: relations.into(),
             settings: changed.into(),
             opaque,
-            reads_tables_by_name: calls.reads_tables_by_name,
+            reads_tables_by_name: calls_reads_by_name,
             names,
             catalog_only,
+            search_path: search_path_of(&found, &calls).into(),
         },
     }
 }
@@ -324,9 +331,33 @@ fn analyze_inner(node: &protobuf::Node) -> Analysis {
     analyze_stmt(Some(node))
 }
 
+/// Schemas a statement puts on the search path.
+fn search_path_of(found: &Found<'_>, calls: &Calls) -> Vec<String> {
+    let mut out: Vec<String> = calls.search_path.clone();
+    for set in found.sets.iter().filter(|s| s.name == "search_path") {
+        for arg in set.args {
+            match tree::literal(arg) {
+                Some(value) => out.extend(schemas_in(&value)),
+                None => out.push("*".into()),
+            }
+        }
+    }
+    out
+}
+
+/// The schema names of a search_path value (`"$user", public, hr`).
+fn schemas_in(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|s| s.trim().trim_matches('"').to_lowercase())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// What the function calls of a statement add up to.
 #[derive(Default)]
 struct Calls {
+    search_path: Vec<String>,
     class: Class,
     settings: Vec<String>,
     relations: Vec<String>,
@@ -343,6 +374,11 @@ fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
     // `(x).lo_create` and `t.lo_create` call lo_create(x) when no column has that name: a
     // side-effecting built-in named that way is judged as a call whose arguments are
     // unknown.
+    // `(expr).name` that names no built-in may be a call of a function of the database.
+    out.opaque |= found
+        .indirection_names
+        .iter()
+        .any(|name| !functions::is_builtin_name(name));
     for name in &found.field_names {
         let class = match functions::effect(name) {
             Effect::None if name == "lo_open" => Class::Write,
@@ -370,6 +406,13 @@ fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
             Effect::Escalation(rule) => Class::Escalation(rule),
             Effect::SetsConfig => {
                 let (name, class) = settings::class_of_set_config(call, where_name);
+                if name.as_deref() == Some("search_path") {
+                    let value = call.args.get(1).and_then(|v| tree::literal(v));
+                    match value {
+                        Some(value) => out.search_path.extend(schemas_in(&value)),
+                        None => out.search_path.push("*".into()),
+                    }
+                }
                 if name.is_none() {
                     out.settings.push("*".into());
                 }
@@ -498,11 +541,11 @@ fn relation_named(text: &str) -> Option<String> {
 }
 
 /// A relation of the system catalogs: qualified with pg_catalog or information_schema, or
-/// an unqualified `pg_…` name (pg_catalog comes first on the search path).
+/// unqualified with the name of one (pg_dump reads them with an empty search path).
 fn is_catalog(relation: &str) -> bool {
     match relation.split_once('.') {
         Some((schema, _)) => schema == "pg_catalog" || schema == "information_schema",
-        None => relation.starts_with("pg_"),
+        None => functions::is_catalog_relation(relation),
     }
 }
 

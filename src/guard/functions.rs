@@ -54,6 +54,23 @@ pub(crate) fn is_builtin_operator(schema: Option<&str>, symbol: &str) -> bool {
     matches!(schema, None | Some("pg_catalog")) && BUILTIN_OPERATOR_NAMES.contains(symbol)
 }
 
+/// Whether a name is the name of a pg_catalog function.
+pub(crate) fn is_builtin_name(name: &str) -> bool {
+    BUILTIN_NAMES.contains(name)
+}
+
+/// Tables and views of pg_catalog and information_schema in PostgreSQL 15 (`psql -Atc
+/// "select distinct relname from pg_class where relnamespace in ('pg_catalog'::regnamespace,
+/// 'information_schema'::regnamespace) and relkind in ('r','v','m','p') order by 1"`).
+const CATALOG_RELATIONS: &str = include_str!("catalog_relations.txt");
+
+static CATALOG_RELATION_NAMES: LazyLock<HashSet<&'static str>> =
+    LazyLock::new(|| CATALOG_RELATIONS.lines().map(str::trim).collect());
+
+pub(crate) fn is_catalog_relation(name: &str) -> bool {
+    CATALOG_RELATION_NAMES.contains(name)
+}
+
 /// Whether `call` is a call of a pg_catalog built-in: unqualified (pg_catalog comes first
 /// on every search path unless it is placed later explicitly) or qualified with pg_catalog.
 pub(crate) fn is_builtin(call: &Call<'_>) -> bool {

@@ -153,6 +153,9 @@ pub struct Facts {
     /// backslash commands and pg_dump ask. Its rows are no customer data, and a grant's
     /// `max_rows` does not count them.
     pub catalog_only: bool,
+    /// Schemas it puts on the search path (`SET search_path`, `set_config('search_path', …)`),
+    /// lowercased; `*` for a value computed at run time.
+    pub search_path: Arc<[String]>,
 }
 
 /// Per-database rules, on top of what the access level allows; they bind every level.
@@ -182,6 +185,20 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
             .any(|pattern| off_limits_match(pattern, r))
     }) {
         return refuse("off_limits", format!("touching {relation}"));
+    }
+    // An unqualified name resolves through the search path: a schema that is off limits may
+    // not be put on it.
+    if let Some(schema) = facts.search_path.iter().find(|schema| {
+        rules.off_limits.iter().any(|pattern| {
+            // `schema.table` patterns match unqualified names by table name already; a whole
+            // schema (`schema.*`) is what the search path could open.
+            let pattern = pattern.to_lowercase();
+            pattern
+                .strip_suffix(".*")
+                .is_some_and(|off| schema.as_str() == "*" || off == schema.as_str())
+        })
+    }) {
+        return refuse("off_limits", format!("putting {schema} on the search path"));
     }
     if !rules.off_limits.is_empty() && facts.reads_tables_by_name {
         return refuse(
@@ -216,7 +233,12 @@ fn off_limits_match(pattern: &str, relation: &str) -> bool {
         Some(schema) => relation
             .strip_prefix(schema)
             .is_some_and(|rest| rest.starts_with('.')),
-        None if pattern.contains('.') => relation == pattern,
+        // An unqualified name may resolve into that schema (the search path decides), so it
+        // matches by table name.
+        None if pattern.contains('.') => {
+            relation == pattern
+                || (!relation.contains('.') && pattern.rsplit('.').next() == Some(relation))
+        }
         None => relation == pattern || relation.rsplit('.').next() == Some(pattern.as_str()),
     }
 }

@@ -657,3 +657,45 @@ fn catalog_reads_are_told_apart() {
     ));
     assert!(!catalog("SELECT public.f() FROM pg_class"));
 }
+
+#[test]
+fn second_review_findings_stay_closed() {
+    let rules = Guardrails {
+        deny_drop: true,
+        deny_delete_without_where: true,
+        deny_update_without_where: true,
+        off_limits: vec!["public.secrets".into(), "hr.*".into()],
+        ..Guardrails::default()
+    };
+    let rule = |sql: &str| {
+        check_rules(&rules, &analyze(sql).facts)
+            .err()
+            .map(|r| r.rule)
+    };
+    for (sql, expected) in [
+        ("MERGE INTO items USING items AS s ON items.id = s.id WHEN MATCHED THEN DELETE", "delete_without_where"),
+        ("MERGE INTO items USING items AS s ON items.id = s.id WHEN MATCHED THEN UPDATE SET name = 'w'", "update_without_where"),
+        ("INSERT INTO items SELECT id, 'w' FROM items ON CONFLICT (id) DO UPDATE SET name = excluded.name", "update_without_where"),
+        ("SELECT 1 OPERATOR(public.===) ANY (SELECT 1)", "opaque_statement"),
+        ("SELECT (i).wipe FROM items i", "opaque_statement"),
+        ("SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'secrets'", "off_limits"),
+        ("SELECT value FROM secrets", "off_limits"),
+        ("SET search_path = hr, public", "off_limits"),
+        ("SELECT set_config('search_path', 'hr', false)", "off_limits"),
+        ("ALTER TABLE items DROP COLUMN name", "deny_drop"),
+        ("ALTER TABLE items ALTER COLUMN name TYPE text USING 'w'", "update_without_where"),
+    ] {
+        assert_eq!(rule(sql), Some(expected), "{sql}");
+    }
+    for sql in [
+        "INSERT INTO items VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+        "MERGE INTO items USING (SELECT 1 AS id) s ON items.id = s.id WHEN MATCHED AND items.id = 1 THEN DELETE",
+        "SET search_path = public",
+        "SELECT 1 = ANY (SELECT 1)",
+    ] {
+        assert_eq!(rule(sql), None, "{sql}");
+    }
+    // A temp table named like a catalog is no catalog; the real ones are.
+    assert!(!analyze("SELECT * FROM pg_copy").facts.catalog_only);
+    assert!(analyze("SELECT * FROM pg_class").facts.catalog_only);
+}

@@ -50,6 +50,8 @@ pub(crate) struct Found<'t> {
     /// Names used in column or attribute notation (`t.name`, `(expr).name`), lowercased as
     /// written: PostgreSQL calls a one-argument function of that name when no column has it.
     pub field_names: Vec<String>,
+    /// Names in `(expr).name`: a field of a composite value, or a call of `name(expr)`.
+    pub indirection_names: Vec<String>,
     /// Operators as written: schema (if qualified) and symbol.
     pub operators: Vec<(Option<String>, String)>,
 }
@@ -100,9 +102,37 @@ fn inspect_untagged<'t>(map: &'t Map<String, Value>, found: &mut Found<'t>) {
 fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
     let has = |field: &str| !is_empty(node.get(field));
     match key {
-        "InsertStmt" | "MergeStmt" => {
+        "InsertStmt" => {
             found.writes = true;
             found.writes_pg_settings |= targets_pg_settings(node);
+            found.update_without_where |= unbounded_upsert(node);
+        }
+        "MergeStmt" => {
+            found.writes = true;
+            found.writes_pg_settings |= targets_pg_settings(node);
+            // A MERGE's join is no filter: the source can be the whole table. An UPDATE or
+            // DELETE action without a condition of its own is unbounded.
+            for (command, unconditioned) in merge_actions(node) {
+                found.update_without_where |= command == CMD_UPDATE && unconditioned;
+                found.delete_without_where |= command == CMD_DELETE && unconditioned;
+            }
+        }
+        "AlterTableCmd" => {
+            let subtype = node.get("subtype").and_then(Value::as_i64).unwrap_or(0);
+            found.drop |= ALTER_TABLE_DROPS.contains(&subtype);
+            // ALTER COLUMN … TYPE rewrites every row (with USING, to any value).
+            found.update_without_where |= subtype == AT_ALTER_COLUMN_TYPE;
+        }
+        "SubLink" => {
+            // `x OPERATOR(s.op) ANY (SELECT …)` keeps its operator here, not in an A_Expr.
+            let mut parts: Vec<String> = node
+                .get("oper_name")
+                .and_then(Value::as_array)
+                .map(|names| names.iter().filter_map(string_node).collect())
+                .unwrap_or_default();
+            if let Some(symbol) = parts.pop() {
+                found.operators.push((parts.pop(), symbol));
+            }
         }
         "UpdateStmt" => {
             found.writes = true;
@@ -118,7 +148,13 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.row_locks |= has("locking_clause");
             found.select_into |= has("into_clause");
         }
-        "DropStmt" | "DropOwnedStmt" => found.drop = true,
+        "DropStmt"
+        | "DropOwnedStmt"
+        | "DropdbStmt"
+        | "DropRoleStmt"
+        | "DropTableSpaceStmt"
+        | "DropSubscriptionStmt"
+        | "DropUserMappingStmt" => found.drop = true,
         "ColumnRef" => {
             let last = node
                 .get("fields")
@@ -138,17 +174,62 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             }
         }
         "AIndirection" => {
-            let names = node
+            let names: Vec<String> = node
                 .get("indirection")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .filter_map(string_node);
+                .filter_map(string_node)
+                .collect();
+            found.indirection_names.extend(names.iter().cloned());
             found.field_names.extend(names);
         }
         "TruncateStmt" => found.truncate = true,
         _ => {}
     }
+}
+
+/// `CmdType` values of a MERGE action.
+const CMD_UPDATE: i64 = 3;
+const CMD_DELETE: i64 = 5;
+/// `AlterTableType` values that drop something: a column, an expression, a constraint, an
+/// identity, a partition.
+const ALTER_TABLE_DROPS: &[i64] = &[8, 14, 23, 61, 62, 65];
+const AT_ALTER_COLUMN_TYPE: i64 = 25;
+/// `OnConflictAction::OnconflictUpdate`.
+const ON_CONFLICT_UPDATE: i64 = 3;
+
+/// Each action of a MERGE: its command and whether it has no condition of its own.
+fn merge_actions(node: &Value) -> Vec<(i64, bool)> {
+    node.get("merge_when_clauses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|clause| clause.pointer("/node/MergeWhenClause"))
+        .map(|clause| {
+            (
+                clause
+                    .get("command_type")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
+                is_empty(clause.get("condition")),
+            )
+        })
+        .collect()
+}
+
+/// `INSERT … ON CONFLICT DO UPDATE` without a WHERE, fed by anything but one VALUES row:
+/// it can rewrite every row of the table.
+fn unbounded_upsert(node: &Value) -> bool {
+    let Some(clause) = node.get("on_conflict_clause").filter(|c| !c.is_null()) else {
+        return false;
+    };
+    let update = clause.get("action").and_then(Value::as_i64) == Some(ON_CONFLICT_UPDATE);
+    let one_row = node
+        .pointer("/select_stmt/node/SelectStmt/values_lists")
+        .and_then(Value::as_array)
+        .is_some_and(|rows| rows.len() == 1);
+    update && is_empty(clause.get("where_clause")) && !one_row
 }
 
 fn targets_pg_settings(node: &Value) -> bool {
