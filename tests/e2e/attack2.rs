@@ -28,7 +28,9 @@ async fn merge_delete_without_where_is_refused() {
         .await;
     let (client, _conn) = env.connect("eve", &token).await.expect("connect");
     let result = client
-        .batch_execute("MERGE INTO items USING items AS s ON items.id = s.id WHEN MATCHED THEN DELETE")
+        .batch_execute(
+            "MERGE INTO items USING items AS s ON items.id = s.id WHEN MATCHED THEN DELETE",
+        )
         .await;
     let left = env.superuser_sql("SELECT count(*) FROM items");
     assert!(
@@ -264,7 +266,9 @@ async fn schema_qualified_off_limits_covers_unqualified_name() {
     env.superuser_sql("GRANT SELECT ON secrets TO lockbox_read");
     let (_, token) = env.approved_token("eve", "1h").await;
     let (client, _conn) = env.connect("eve", &token).await.expect("connect");
-    let qualified = client.simple_query("SELECT value FROM public.secrets").await;
+    let qualified = client
+        .simple_query("SELECT value FROM public.secrets")
+        .await;
     assert!(qualified.is_err(), "public.secrets readable");
     let unqualified = client.simple_query("SELECT value FROM secrets").await;
     assert!(
