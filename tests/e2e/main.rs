@@ -4,6 +4,7 @@
 mod harness;
 
 mod attack;
+mod attack2;
 mod audit_api;
 mod audit_chain;
 mod audit_durability;
