@@ -96,9 +96,10 @@ async fn upsert_update_without_where_is_refused() {
     assert_eq!(untouched, "10");
 }
 
-/// Attribute notation `i.wipe` calls wipe(i): a function that is not built in, whose effect
-/// lockbox cannot see — it must be refused while guardrails are configured, as
-/// `SELECT wipe(i)` is.
+/// Attribute notation `(i).wipe` calls wipe(i): a function that is not built in, whose
+/// effect lockbox cannot see — it must be refused while guardrails are configured, as
+/// `SELECT wipe(i)` is. (The column form `i.wipe` cannot be told from a column without the
+/// table's definition; there the database's role is the bound.)
 #[tokio::test]
 async fn attribute_notation_user_function_is_opaque() {
     let env = Env::with(
@@ -123,12 +124,12 @@ async fn attribute_notation_user_function_is_opaque() {
     assert!(direct.is_err(), "wipe(i) ran");
     // … the attribute form must be too.
     let attribute = client
-        .batch_execute("SELECT i.wipe FROM items i LIMIT 1")
+        .batch_execute("SELECT (i).wipe FROM items i LIMIT 1")
         .await;
     let left = env.superuser_sql("SELECT count(*) FROM items");
     assert!(
         attribute.is_err(),
-        "i.wipe (a non-built-in function in attribute notation) ran; items left: {left}"
+        "(i).wipe (a non-built-in function in attribute notation) ran; items left: {left}"
     );
     assert_eq!(left.trim(), "10");
 }
