@@ -54,6 +54,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         N::DefineStmt(_) | N::CreateTrigStmt(_) | N::RuleStmt(_) | N::CreateCastStmt(_) => {
             Some("installing code that runs later")
         }
+        N::RenameStmt(r) if renames_routine(r) => Some("renaming a function"),
         _ => calls
             .opaque
             .then_some("a call of a function that is not built in"),
@@ -90,6 +91,12 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             names,
             catalog_only,
             search_path: search_path_of(&found, &calls).into(),
+            maybe_called: found
+                .calls
+                .iter()
+                .map(|c| c.name.clone())
+                .chain(found.field_names.iter().cloned())
+                .collect(),
         },
     }
 }
@@ -538,6 +545,15 @@ fn relation_named(text: &str) -> Option<String> {
         (Class::Read, [only]) if probe.facts.opaque.is_none() => Some(only.clone()),
         _ => None,
     }
+}
+
+/// `ALTER FUNCTION|PROCEDURE|ROUTINE|AGGREGATE … RENAME TO`.
+fn renames_routine(r: &protobuf::RenameStmt) -> bool {
+    use protobuf::ObjectType as O;
+    matches!(
+        O::try_from(r.rename_type),
+        Ok(O::ObjectFunction | O::ObjectProcedure | O::ObjectRoutine | O::ObjectAggregate)
+    )
 }
 
 /// A relation of the system catalogs: qualified with pg_catalog or information_schema, or

@@ -156,6 +156,8 @@ pub struct Facts {
     /// Schemas it puts on the search path (`SET search_path`, `set_config('search_path', …)`),
     /// lowercased; `*` for a value computed at run time.
     pub search_path: Arc<[String]>,
+    /// Every name that may call a function: calls, `t.name` and `(expr).name`.
+    pub maybe_called: Arc<[String]>,
 }
 
 /// Per-database rules, on top of what the access level allows; they bind every level.
@@ -217,7 +219,35 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn has_guardrails(rules: &Guardrails) -> bool {
+/// With rules in force, a statement that may call one of the database's own functions
+/// (`database_functions`: not built in) is refused: what such a function does is out of
+/// sight. This catches what the parse tree alone cannot tell: `t.f` calling `f(t)`, and a
+/// database's overload of a built-in name (`lower(int)`).
+pub fn check_database_functions(
+    rules: &Guardrails,
+    facts: &Facts,
+    database_functions: &std::collections::HashSet<String>,
+) -> Result<(), Refusal> {
+    if !has_guardrails(rules) {
+        return Ok(());
+    }
+    match facts
+        .maybe_called
+        .iter()
+        .find(|name| database_functions.contains(name.as_str()))
+    {
+        Some(name) => Err(Refusal {
+            rule: "opaque_statement",
+            message: format!(
+                "lockbox: a call of {name}, a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether the database has any statement rule configured.
+pub fn has_guardrails(rules: &Guardrails) -> bool {
     rules.deny_drop
         || rules.deny_truncate
         || rules.deny_delete_without_where

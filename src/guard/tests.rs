@@ -699,3 +699,40 @@ fn second_review_findings_stay_closed() {
     assert!(!analyze("SELECT * FROM pg_copy").facts.catalog_only);
     assert!(analyze("SELECT * FROM pg_class").facts.catalog_only);
 }
+
+#[test]
+fn calls_of_the_databases_own_functions_are_opaque_under_rules() {
+    let rules = Guardrails {
+        deny_delete_without_where: true,
+        ..Guardrails::default()
+    };
+    let own: std::collections::HashSet<String> = ["wipe".to_owned(), "lower".to_owned()].into();
+    let verdict = |sql: &str| {
+        check_database_functions(&rules, &analyze(sql).facts, &own)
+            .err()
+            .map(|r| r.rule)
+    };
+    assert_eq!(
+        verdict("SELECT i.wipe FROM items i"),
+        Some("opaque_statement")
+    );
+    assert_eq!(verdict("SELECT lower(1)"), Some("opaque_statement"));
+    assert_eq!(verdict("SELECT i.name, upper(i.name) FROM items i"), None);
+    // Without rules the database's role is the bound.
+    assert!(check_database_functions(
+        &Guardrails::default(),
+        &analyze("SELECT i.wipe FROM items i").facts,
+        &own
+    )
+    .is_ok());
+    // A function renamed during the session is not on the list read at login.
+    assert_eq!(
+        check_rules(
+            &rules,
+            &analyze("ALTER FUNCTION wipe(items) RENAME TO tidy").facts
+        )
+        .err()
+        .map(|r| r.rule),
+        Some("opaque_statement")
+    );
+}

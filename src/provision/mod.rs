@@ -73,6 +73,8 @@ const ENDED_MEMORY: Duration = Duration::from_secs(600);
 pub struct Provisioner {
     /// Each database's decision, by name, valid while its coordinates stay the same.
     modes: DashMap<String, Decided>,
+    /// Each database's own function names, by database name, and when they were read.
+    functions: DashMap<String, (Instant, Arc<std::collections::HashSet<String>>)>,
     /// Each grant's role as this process knows it. The lock makes the first session of a
     /// grant create the role and the others wait for it; the end of the grant takes it too.
     grants: DashMap<RequestId, Arc<tokio::sync::Mutex<GrantRole>>>,
@@ -203,6 +205,27 @@ impl Provisioner {
             }
             GrantRole::Unknown => roles::set_valid_until(db, &role, until).await,
         }
+    }
+
+    /// The names of `db`'s own functions (not built in), read at most once a minute. A
+    /// call the guard takes for a built-in or a column may be one of them (`t.f` calls
+    /// `f(t)`; `lower(1)` may be a database's `lower(int)`): with guardrails in force such a
+    /// call is as opaque as any other call of a database function.
+    pub async fn database_functions(
+        &self,
+        db: &Database,
+    ) -> Result<Arc<std::collections::HashSet<String>>, ProvisionError> {
+        const FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+        if let Some(entry) = self.functions.get(&db.name) {
+            if entry.0.elapsed() < FRESH {
+                return Ok(entry.1.clone());
+            }
+        }
+        let names: Arc<std::collections::HashSet<String>> =
+            Arc::new(roles::function_names(db).await?.into_iter().collect());
+        self.functions
+            .insert(db.name.clone(), (Instant::now(), names.clone()));
+        Ok(names)
     }
 
     /// The grant ended: no session of it logs in again, its role's backends end, and the

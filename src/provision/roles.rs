@@ -199,6 +199,26 @@ pub(super) async fn drop_role(
     Ok(true)
 }
 
+/// The names of the functions of the database that are not built in (any schema but
+/// pg_catalog and information_schema), lowercased as PostgreSQL stores unquoted names.
+pub(super) async fn function_names(db: &Database) -> Result<Vec<String>, ProvisionError> {
+    let client = connect(db).await?;
+    let rows = client
+        .query(
+            "SELECT DISTINCT proname::text FROM pg_catalog.pg_proc \
+             WHERE pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)",
+            &[],
+        )
+        .await
+        .map_err(failed(db, "listing the database's functions"))?;
+    rows.iter()
+        .map(|row| {
+            row.try_get(0)
+                .map_err(failed(db, "listing the database's functions"))
+        })
+        .collect()
+}
+
 /// The requests whose roles exist on the database's server.
 pub(super) async fn list(db: &Database) -> Result<Vec<String>, ProvisionError> {
     let client = connect(db).await?;

@@ -71,6 +71,8 @@ pub struct Grant {
     pub limits: Limits,
     /// What the audit trail keeps out of this session's records.
     pub redaction: Redaction,
+    /// The database's own function names, read at login when it has statement rules.
+    pub database_functions: Arc<std::collections::HashSet<String>>,
 }
 
 /// A statement record waiting to be written, and where its tracker slot goes.
@@ -742,6 +744,11 @@ impl Relay {
     /// The grant, the database's rules and the grant's limits, for one statement.
     fn check(&self, analysis: &guard::Analysis) -> Result<(), Refusal> {
         guard::check_analysis(self.grant.access, &self.grant.rules, analysis)?;
+        guard::check_database_functions(
+            &self.grant.rules,
+            &analysis.facts,
+            &self.grant.database_functions,
+        )?;
         // Setting statement_timeout is fine (the proxy enforces the grant's own); a setting
         // whose name is computed could be anything and is not.
         if self.grant.limits.statement_timeout.is_some()

@@ -324,6 +324,25 @@ async fn run_admitted(
             return None;
         }
     };
+    // With statement rules in force, the guard must know the database's own functions
+    // (fail closed: without them no statement could be checked).
+    let database_functions = if crate::guard::has_guardrails(&db.guardrails) {
+        match lockbox.provisioner.database_functions(db).await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the database's functions");
+                send_fatal(
+                    &mut stream,
+                    sqlstate::CONNECTION_FAILURE,
+                    "lockbox cannot read this database's functions to enforce its rules",
+                )
+                .await;
+                return None;
+            }
+        }
+    } else {
+        Arc::default()
+    };
     let request = &admission.request;
     let fields = Arc::new(SessionFields {
         session_id: id.0.clone(),
@@ -395,6 +414,7 @@ async fn run_admitted(
                     }),
                 },
                 redaction: db.redaction,
+                database_functions,
             },
         );
         relay.run().await

@@ -332,3 +332,40 @@ async fn alter_column_type_using_under_deny_update_without_where_is_refused() {
     );
     assert_eq!(untouched, "10");
 }
+
+/// Column notation `i.wipe` calls wipe(items) when items has no column `wipe`, and an
+/// unqualified `lower(1)` calls a database's `lower(int)`: with rules in force both are
+/// calls of the database's own functions, refused as opaque.
+#[tokio::test]
+async fn column_notation_and_overloads_of_database_functions_are_opaque() {
+    let env = Env::with(
+        "a2_db_functions",
+        Options {
+            guardrails: "deny_delete_without_where = true",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(
+        "CREATE FUNCTION public.wipe(items) RETURNS int LANGUAGE sql \
+         AS 'DELETE FROM items RETURNING 1'; \
+         CREATE FUNCTION public.lower(int) RETURNS int LANGUAGE sql \
+         AS 'DELETE FROM items RETURNING 1'; \
+         GRANT DELETE ON items TO lockbox_write",
+    );
+    let (_id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    for sql in ["SELECT i.wipe FROM items i LIMIT 1", "SELECT lower(1)"] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        let message = crate::harness::db_error(&err).1;
+        assert!(message.contains("opaque_statement"), "{sql}: {message}");
+    }
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items").trim(), "10");
+    // Ordinary column references still run.
+    client
+        .batch_execute("SELECT i.name FROM items i WHERE i.id = 1")
+        .await
+        .expect("a column");
+}
