@@ -26,6 +26,9 @@ use crate::wire::{self, sqlstate, BackendEvent, BackendScanner, ParamValue};
 #[derive(Debug)]
 pub enum End {
     ClientGone,
+    /// The client left while a statement was still running: the backend would run on,
+    /// past the grant if need be, so it is cancelled and reaped like one the proxy ends.
+    ClientLeftMidStatement,
     UpstreamGone,
     Dropped(DropReason),
     ProtocolError(String),
@@ -260,7 +263,10 @@ impl Relay {
     }
 
     pub async fn run(mut self) -> End {
-        let end = self.relay().await;
+        let end = match self.relay().await {
+            End::ClientGone if !self.tracker.is_idle() => End::ClientLeftMidStatement,
+            other => other,
+        };
         let message = match &end {
             End::Dropped(DropReason::Expired) => Some((
                 sqlstate::ADMIN_SHUTDOWN,
@@ -294,7 +300,7 @@ impl Relay {
                     self.session.request_id
                 ),
             )),
-            End::ClientGone | End::UpstreamGone => None,
+            End::ClientGone | End::ClientLeftMidStatement | End::UpstreamGone => None,
         };
         if let Some((code, text)) = message {
             super::session::send_fatal(&mut self.client, code, &text).await;

@@ -451,7 +451,10 @@ async fn run_admitted(
 /// The proxy ended the session itself, so the backend may be mid-query: it is cancelled,
 /// and reaped if it does not go.
 fn ended_by_proxy(end: &End) -> bool {
-    matches!(end, End::Dropped(_) | End::RowLimit(_))
+    matches!(
+        end,
+        End::Dropped(_) | End::RowLimit(_) | End::ClientLeftMidStatement
+    )
 }
 
 /// Logs in upstream as the grant's role. A per-grant role whose password another proxy
@@ -523,6 +526,10 @@ async fn finish(
             (SessionEvent::DroppedShutdown, Some("proxy shutting down"))
         }
         End::ClientGone => (SessionEvent::Disconnected, None),
+        End::ClientLeftMidStatement => (
+            SessionEvent::Disconnected,
+            Some("client left while a statement ran; it was cancelled"),
+        ),
         End::UpstreamGone => (
             SessionEvent::Disconnected,
             Some("upstream closed the connection"),

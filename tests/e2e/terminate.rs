@@ -235,3 +235,30 @@ async fn a_backend_lockbox_cannot_reach_is_reported_as_such() {
     env.superuser_sql(&format!("SELECT pg_terminate_backend({pid})"));
     wait_until_gone(&env, pid).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_the_client_left_mid_statement_does_not_run_on() {
+    let env = Env::start("term_client_left").await;
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    env.superuser_sql(&stubborn("lockbox_write"));
+    let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw.send(&crate::harness::query(CALL)).await;
+    let pid = stubborn_backend(&env).await;
+    // The client goes away without a word; the grant still runs for an hour.
+    drop(raw);
+    wait_until_gone(&env, pid).await;
+    assert_rows_stopped(&env).await;
+    env.wait_for_audit("the session's end", |records| {
+        records.iter().any(|r| {
+            r["request_id"] == id
+                && r["event"] == "disconnected"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("client left"))
+        })
+    })
+    .await;
+}
