@@ -9,18 +9,22 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+mod inspect;
+mod limits;
+
+use limits::sleep_until_some;
+
 use super::registry::{Control, DropReason};
-use super::statements::{self, Confirmation, Portal, Prepared, SqlChange, Statements};
+use super::statements::{self, Confirmation, Statements};
 use super::stream::BoxStream;
 use super::tracker::{Outcome, Tracker};
 use crate::audit::redact::{self, Redaction};
 use crate::audit::{
     AuditEvent, AuditLog, OutcomeRecord, OutcomeStatus, Protocol, SessionFields, StatementRecord,
 };
-use crate::guard::{self, Guardrails, NameChange, Refusal};
+use crate::guard::{self, Guardrails, Refusal};
 use crate::policy::AccessLevel;
-use crate::sql::StatementKind;
-use crate::wire::{self, sqlstate, BackendEvent, BackendScanner, ParamValue};
+use crate::wire::{self, sqlstate, BackendEvent, BackendScanner};
 
 /// Why a relay ended.
 #[derive(Debug)]
@@ -61,10 +65,6 @@ pub struct CancelKey {
     pub secret: i32,
 }
 
-/// Grace past the grant's statement timeout before the proxy cancels: the server's own
-/// timeout, when still in force, ends the statement first with its usual error.
-const TIMEOUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// What the session's grant and database allow and ask for, fixed at admission.
 #[derive(Clone, Debug)]
 pub struct Grant {
@@ -90,46 +90,6 @@ enum Pending {
     CopyEnd,
     /// The next statement reads the system catalogs only: a row limit does not count it.
     RowsUncounted,
-}
-
-/// The stand-in sent upstream for a refused statement: it fails at parse time on every
-/// server (a column reference with no FROM), in order with the rest of the pipeline, so
-/// the server's transaction state matches what the client is told. Its error is replaced
-/// by the refusal before the client sees it.
-const STAND_IN: &str = "SELECT \"lockbox refused this statement\"";
-
-fn stand_in_query() -> Vec<u8> {
-    tagged(b'Q', &[STAND_IN.as_bytes(), b"\0"].concat())
-}
-
-/// An Execute of a portal that cannot exist (portal names from clients never hold a
-/// newline and this marker), so it fails like the stand-in query.
-fn stand_in_execute() -> Vec<u8> {
-    tagged(b'E', b"lockbox\nrefused this portal\0\0\0\0\0")
-}
-
-fn unknown_name_refusal(rule: &'static str, name: &str) -> Refusal {
-    Refusal {
-        rule,
-        message: format!(
-            "lockbox: \"{name}\" was not created by a statement lockbox recorded, so what it runs cannot be recorded (rule {rule})"
-        ),
-    }
-}
-
-fn stand_in_parse(name: &str) -> Vec<u8> {
-    tagged(
-        b'P',
-        &[name.as_bytes(), b"\0", STAND_IN.as_bytes(), b"\0\0\0"].concat(),
-    )
-}
-
-fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(body.len() + 5);
-    m.push(tag);
-    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    m.extend_from_slice(body);
-    m
 }
 
 /// Ends the session on expiry, revocation or shutdown, even in the middle of a write.
@@ -166,14 +126,6 @@ pub fn monotonic_deadline(end: chrono::DateTime<chrono::Utc>) -> tokio::time::In
         .to_std()
         .unwrap_or(std::time::Duration::ZERO);
     tokio::time::Instant::now() + remaining
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Whether a statement record was sent with the extended protocol (Execute).
@@ -352,57 +304,6 @@ impl Relay {
         }
     }
 
-    /// Whether the rows arriving now count against the grant's row limit: not those of a
-    /// statement that reads the system catalogs only.
-    fn counts_rows(&self) -> bool {
-        self.tracker
-            .running()
-            .is_none_or(|seq| !self.uncounted.contains(&seq))
-    }
-
-    /// When the statement the server is working on passes the grant's statement timeout.
-    fn statement_deadline(&mut self) -> Option<tokio::time::Instant> {
-        let limit = self.grant.limits.statement_timeout?;
-        let Some(seq) = self.tracker.running() else {
-            self.running = None;
-            return None;
-        };
-        let since = match self.running {
-            Some((running, since)) if running == seq => since,
-            _ => {
-                let now = Instant::now();
-                self.running = Some((seq, now));
-                now
-            }
-        };
-        if self.cancelled == Some(seq) {
-            return None;
-        }
-        Some(tokio::time::Instant::from_std(since) + limit + TIMEOUT_GRACE)
-    }
-
-    /// Cancels the running statement, once; its error comes back as its outcome.
-    fn cancel_running(&mut self) {
-        let Some((seq, _)) = self.running else {
-            return;
-        };
-        self.cancelled = Some(seq);
-        let Some(key) = self.grant.limits.cancel.clone() else {
-            return;
-        };
-        tracing::info!(
-            statement_seq = seq,
-            "statement timeout of the grant: cancelling"
-        );
-        tokio::spawn(async move {
-            if let Err(e) =
-                super::upstream::send_cancel(&key.host, key.port, key.pid, key.secret).await
-            {
-                tracing::warn!(error = %e, "could not cancel a statement past the grant's timeout");
-            }
-        });
-    }
-
     /// Inspects every complete client message, makes the batch's statement records
     /// durable, then forwards the batch as received (refused messages swapped for stand-ins).
     async fn on_client_bytes(&mut self) -> Result<(), End> {
@@ -527,337 +428,6 @@ impl Relay {
         }
         self.record_outcomes(not_run);
         Ok(())
-    }
-
-    /// Looks at one client message; statements it carries are added to `pending`. Returns
-    /// the stand-in to send instead when a guardrail refuses the message.
-    fn inspect(
-        &mut self,
-        tag: u8,
-        body: &[u8],
-        pending: &mut Vec<Pending>,
-    ) -> Result<Option<Vec<u8>>, String> {
-        match tag {
-            b'Q' => {
-                let text = wire::decode_query(body).map_err(|e| e.to_string())?;
-                let statements = guard::analyze_query_cached(&text);
-                let uncertain = self.lexer_uncertain(&text, &statements, pending);
-                // One refused statement refuses the string: PostgreSQL runs it as one
-                // transaction. The first refused statement carries the refusal.
-                let mut records = Vec::with_capacity(statements.len());
-                let mut verdicts = Vec::with_capacity(statements.len());
-                for (i, s) in statements.iter().enumerate() {
-                    let piece = text.get(s.range.clone()).unwrap_or(&text);
-                    let (record, recorded) = self.statement_record(
-                        Protocol::Simple,
-                        piece,
-                        self.kind_of(&s.analysis),
-                        None,
-                    );
-                    let verdict = match (i, &uncertain) {
-                        (0, Some(refusal)) => Err(refusal.clone()),
-                        _ => recorded
-                            .and_then(|()| self.check(&s.analysis))
-                            .and_then(|()| self.check_names(&s.analysis)),
-                    };
-                    if verdict.is_ok() {
-                        // Later statements of the string see what this one will create;
-                        // it takes effect only once the server confirms it.
-                        self.note_names(piece, &s.analysis, None)?;
-                    }
-                    verdicts.push(verdict);
-                    records.push(record);
-                }
-                let refused_at = verdicts.iter().position(Result::is_err);
-                let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
-                for (i, (record, s)) in records.into_iter().zip(statements.iter()).enumerate() {
-                    if refusal.is_none() && s.analysis.facts.catalog_only {
-                        pending.push(Pending::RowsUncounted);
-                    }
-                    pending.push(match (&refusal, refused_at) {
-                        (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
-                        (Some(_), _) => Pending::NotRun(record),
-                        _ => Pending::Statement(record),
-                    });
-                }
-                pending.push(Pending::QueryEnd);
-                self.statements.group_end().map_err(|e| e.to_string())?;
-                return Ok(refusal.map(|_| stand_in_query()));
-            }
-            b'P' => {
-                let (name, text) = wire::decode_parse(body).map_err(|e| e.to_string())?;
-                let analyses = guard::analyze_query_cached(&text);
-                let analysis = match &analyses[..] {
-                    [one] => one.analysis.clone(),
-                    _ => guard::Analysis::rejected(),
-                };
-                let kind = self.kind_of(&analysis);
-                let (record, recorded) =
-                    self.statement_record(Protocol::Extended, &text, kind, None);
-                let stable = match self.lexer_uncertain(&text, &analyses, pending) {
-                    Some(refusal) => Err(refusal),
-                    None => Ok(()),
-                };
-                if let Err(refusal) = recorded.and(stable).and_then(|()| self.check(&analysis)) {
-                    pending.push(Pending::Refused(record, Arc::new(refusal)));
-                    return Ok(Some(stand_in_parse(&name)));
-                }
-                let statement = Prepared {
-                    text: text.into(),
-                    kind,
-                    names: analysis.facts.names.clone(),
-                    catalog_only: analysis.facts.catalog_only,
-                };
-                self.statements
-                    .parse(name, statement)
-                    .map_err(|e| e.to_string())?;
-            }
-            b'B' => {
-                let bind = wire::decode_bind(body).map_err(|e| e.to_string())?;
-                let params = bind.params.into_iter().map(param_json).collect();
-                self.statements
-                    .bind(bind.portal, &bind.statement, params)
-                    .map_err(|e| e.to_string())?;
-            }
-            b'E' => {
-                let portal = wire::decode_execute(body).map_err(|e| e.to_string())?;
-                let Some(found) = self.statements.portal(&portal).filter(|p| {
-                    !p.statement.text.is_empty() || p.statement.kind != StatementKind::Unknown
-                }) else {
-                    // A portal (or the statement it was bound to) that lockbox never saw
-                    // created — server-side code can PREPARE and OPEN cursors: what it
-                    // runs cannot be recorded, so below admin it does not run.
-                    let text = format!("-- Execute of portal \"{portal}\", whose statement lockbox did not see prepared");
-                    let (record, _) = self.statement_record(
-                        Protocol::Extended,
-                        &text,
-                        StatementKind::Unknown,
-                        None,
-                    );
-                    if self.grant.access != AccessLevel::Admin {
-                        pending.push(Pending::Refused(
-                            record,
-                            Arc::new(unknown_name_refusal("unknown_statement", &portal)),
-                        ));
-                        return Ok(Some(stand_in_execute()));
-                    }
-                    pending.push(Pending::Statement(record));
-                    return Ok(None);
-                };
-                if found.statement.catalog_only {
-                    pending.push(Pending::RowsUncounted);
-                }
-                let (text, kind, params, names) = (
-                    found.statement.text.clone(),
-                    found.statement.kind,
-                    Some(found.params),
-                    found.statement.names,
-                );
-                if let Some(change) = &names {
-                    // A Parse of `PREPARE …`, `DECLARE …`, `DEALLOCATE …` changes the
-                    // namespaces each time its portal runs.
-                    let analysis = guard::analyze_cached(&text);
-                    self.note_names(&text, &analysis, Some(change))?;
-                }
-                // The text was checked when it was parsed; what is recorded is the text of
-                // the statement the server holds under that name.
-                let (record, _) = self.statement_record(Protocol::Extended, &text, kind, params);
-                pending.push(Pending::Statement(record));
-            }
-            b'C' => {
-                let (kind, name) = wire::decode_close(body).map_err(|e| e.to_string())?;
-                match kind {
-                    b'S' => self.statements.close_statement(name),
-                    _ => self.statements.close_portal(name),
-                }
-                .map_err(|e| e.to_string())?;
-            }
-            b'S' => {
-                self.statements.group_end().map_err(|e| e.to_string())?;
-                pending.push(Pending::Sync);
-            }
-            b'c' | b'f' => pending.push(Pending::CopyEnd),
-            b'F' => {
-                let call = wire::decode_function_call(body).map_err(|e| e.to_string())?;
-                let known = guard::function_call_class(call.oid, &call.args);
-                let text = match known {
-                    Some((name, _)) => format!("-- FunctionCall of {name} (oid {})", call.oid),
-                    None => format!("-- FunctionCall of function oid {}", call.oid),
-                };
-                // A FunctionCall names a function by OID. The large-object functions libpq's
-                // API calls are known and judged like their SQL forms; any other OID could be
-                // anything (lo_import, set_config, …), so only an admin grant may call it.
-                let class = known.map_or(guard::Class::Escalation("function_call"), |(_, c)| c);
-                // The arguments say what the call does (a file name for lo_import, …).
-                let args = call.args.into_iter().map(param_json).collect();
-                let (record, _) = self.statement_record(
-                    Protocol::FunctionCall,
-                    &text,
-                    StatementKind::Other,
-                    Some(args),
-                );
-                if let Err(refusal) = guard::check_class(self.grant.access, class) {
-                    pending.push(Pending::Refused(record, Arc::new(refusal)));
-                    pending.push(Pending::QueryEnd);
-                    self.statements.group_end().map_err(|e| e.to_string())?;
-                    return Ok(Some(stand_in_query()));
-                }
-                pending.push(Pending::Statement(record));
-                pending.push(Pending::QueryEnd);
-                self.statements.group_end().map_err(|e| e.to_string())?;
-            }
-            b'd' => self.copy_bytes += body.len() as u64,
-            b'D' | b'H' | b'X' => {}
-            other => return Err(unexpected_message(other)),
-        }
-        Ok(None)
-    }
-
-    /// A query text that must not be forwarded yet: something sent before it is still
-    /// running and could have changed a lexer setting (the server says so only at its
-    /// ReadyForQuery), and the text would read differently if it had.
-    fn lexer_uncertain(
-        &self,
-        text: &str,
-        analyses: &[guard::StatementAnalysis],
-        pending: &[Pending],
-    ) -> Option<Refusal> {
-        let in_flight = !self.tracker.is_idle()
-            || pending
-                .iter()
-                .any(|p| matches!(p, Pending::Statement(_) | Pending::Refused(..)));
-        (in_flight && !guard::lexing_is_stable(text, analyses)).then(guard::lexer_uncertain)
-    }
-
-    /// `EXECUTE name`, `FETCH`/`MOVE` from a cursor: the name must be one lockbox saw
-    /// created, or the audit could not say what runs (server-side code can PREPARE and open
-    /// cursors). An admin grant may still use them.
-    fn check_names(&self, analysis: &guard::Analysis) -> Result<(), Refusal> {
-        if self.grant.access == AccessLevel::Admin {
-            return Ok(());
-        }
-        match &analysis.facts.names {
-            Some(NameChange::Execute(name)) if self.statements.statement(name).is_none() => {
-                Err(unknown_name_refusal("unknown_statement", name))
-            }
-            Some(NameChange::Fetch(name)) if self.statements.portal(name).is_none() => {
-                Err(unknown_name_refusal("unknown_cursor", name))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// The grant, the database's rules and the grant's limits, for one statement.
-    fn check(&self, analysis: &guard::Analysis) -> Result<(), Refusal> {
-        guard::check_analysis(self.grant.access, &self.grant.rules, analysis)?;
-        guard::check_database_functions(
-            &self.grant.rules,
-            &analysis.facts,
-            &self.grant.database_functions,
-        )?;
-        // Setting statement_timeout is fine (the proxy enforces the grant's own); a setting
-        // whose name is computed could be anything and is not.
-        if self.grant.limits.statement_timeout.is_some()
-            && analysis.facts.settings.iter().any(|s| s == "*")
-        {
-            return Err(Refusal {
-                rule: "statement_timeout",
-                message: "lockbox: this grant has a statement timeout; changing it is not allowed (rule statement_timeout)"
-                    .into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// The statement record of `statement`, redacted as the database asks. A statement
-    /// whose literals cannot be found when they must be masked is recorded as unreadable
-    /// and refused (`Err`): it is never hidden and never runs.
-    fn statement_record(
-        &self,
-        protocol: Protocol,
-        statement: &str,
-        kind: StatementKind,
-        params: Option<Vec<serde_json::Value>>,
-    ) -> (AuditEvent, Result<(), Refusal>) {
-        let redaction = self.grant.redaction;
-        let (statement, recorded) = if redaction.literals {
-            match redact::mask_literals(statement) {
-                Ok(masked) => (masked, Ok(())),
-                Err(e) => (
-                    redact::UNREADABLE.to_owned(),
-                    Err(Refusal {
-                        rule: "unscannable",
-                        message: format!(
-                            "lockbox: {e}; this database's audit masks literals, so it cannot run (rule unscannable)"
-                        ),
-                    }),
-                ),
-            }
-        } else {
-            (statement.to_owned(), Ok(()))
-        };
-        let params = match params {
-            Some(p) if redaction.parameters => Some(redact::mask_parameters(p)),
-            other => other,
-        };
-        let record = AuditEvent::Statement(StatementRecord {
-            session: self.session.clone(),
-            protocol,
-            statement,
-            params,
-            kind,
-            redacted: redaction.names(),
-        });
-        (record, recorded)
-    }
-
-    /// The audit kind of a statement; `EXECUTE name` takes the kind of what it runs.
-    fn kind_of(&self, analysis: &guard::Analysis) -> StatementKind {
-        match &analysis.facts.names {
-            Some(NameChange::Execute(name)) if analysis.kind == StatementKind::Other => self
-                .statements
-                .statement(name)
-                .map_or(analysis.kind, |p| p.kind),
-            _ => analysis.kind,
-        }
-    }
-
-    /// Queues what a statement about to run does to the prepared statements and cursors;
-    /// it takes effect when the server confirms it.
-    fn note_names(
-        &mut self,
-        text: &str,
-        analysis: &guard::Analysis,
-        change: Option<&NameChange>,
-    ) -> Result<(), String> {
-        let Some(change) = change.or(analysis.facts.names.as_ref()) else {
-            return Ok(());
-        };
-        let own = |kind| Prepared {
-            text: text.into(),
-            kind,
-            names: None,
-            catalog_only: false,
-        };
-        let sql_change = match change {
-            NameChange::Prepare(name) => {
-                let kind = crate::guard::prepared_kind(text);
-                SqlChange::Prepare(name.clone(), own(kind))
-            }
-            NameChange::Declare(name) => SqlChange::Declare(
-                name.clone(),
-                Portal {
-                    statement: own(StatementKind::Select),
-                    params: Vec::new(),
-                    held: crate::guard::declares_held_cursor(text),
-                },
-            ),
-            NameChange::Deallocate(name) => SqlChange::Deallocate(name.clone()),
-            NameChange::Close(name) => SqlChange::Close(name.clone()),
-            NameChange::DiscardAll => SqlChange::DiscardAll,
-            NameChange::Execute(_) | NameChange::Fetch(_) => return Ok(()),
-        };
-        self.statements.sql(sql_change).map_err(|e| e.to_string())
     }
 
     /// Scans what upstream sent for outcomes, records them, and forwards the bytes as read
@@ -1012,7 +582,7 @@ impl Relay {
 /// Message types a client may send after login.
 const FRONTEND_TAGS: &[u8] = b"QPBEDCHSFdcfX";
 
-fn unexpected_message(tag: u8) -> String {
+pub(super) fn unexpected_message(tag: u8) -> String {
     format!(
         "unexpected message type '{}' (0x{tag:02x})",
         char::from(tag).escape_default()
@@ -1046,12 +616,4 @@ fn splice(
     }
     out.extend_from_slice(&bytes[at..]);
     std::borrow::Cow::Owned(out)
-}
-
-fn param_json(value: ParamValue) -> serde_json::Value {
-    match value {
-        ParamValue::Null => serde_json::Value::Null,
-        ParamValue::Text(t) => serde_json::Value::String(t),
-        ParamValue::Binary(b) => serde_json::json!({ "binary_hex": hex::encode(b) }),
-    }
 }

@@ -1,0 +1,71 @@
+//! The grant's limits on running statements: the statement timeout the proxy enforces
+//! whatever the session set, and which rows count against the row limit.
+
+use std::time::Instant;
+
+use super::Relay;
+
+/// Grace past the grant's statement timeout before the proxy cancels: the server's own
+/// timeout, when still in force, ends the statement first with its usual error.
+const TIMEOUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Relay {
+    /// Whether the rows arriving now count against the grant's row limit: not those of a
+    /// statement that reads the system catalogs only.
+    pub(super) fn counts_rows(&self) -> bool {
+        self.tracker
+            .running()
+            .is_none_or(|seq| !self.uncounted.contains(&seq))
+    }
+
+    /// When the statement the server is working on passes the grant's statement timeout.
+    pub(super) fn statement_deadline(&mut self) -> Option<tokio::time::Instant> {
+        let limit = self.grant.limits.statement_timeout?;
+        let Some(seq) = self.tracker.running() else {
+            self.running = None;
+            return None;
+        };
+        let since = match self.running {
+            Some((running, since)) if running == seq => since,
+            _ => {
+                let now = Instant::now();
+                self.running = Some((seq, now));
+                now
+            }
+        };
+        if self.cancelled == Some(seq) {
+            return None;
+        }
+        Some(tokio::time::Instant::from_std(since) + limit + TIMEOUT_GRACE)
+    }
+
+    /// Cancels the running statement, once; its error comes back as its outcome.
+    pub(super) fn cancel_running(&mut self) {
+        let Some((seq, _)) = self.running else {
+            return;
+        };
+        self.cancelled = Some(seq);
+        let Some(key) = self.grant.limits.cancel.clone() else {
+            return;
+        };
+        tracing::info!(
+            statement_seq = seq,
+            "statement timeout of the grant: cancelling"
+        );
+        tokio::spawn(async move {
+            if let Err(e) =
+                crate::proxy::upstream::send_cancel(&key.host, key.port, key.pid, key.secret).await
+            {
+                tracing::warn!(error = %e, "could not cancel a statement past the grant's timeout");
+            }
+        });
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+pub(super) async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
