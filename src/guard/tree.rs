@@ -125,14 +125,9 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         }
         "SubLink" => {
             // `x OPERATOR(s.op) ANY (SELECT …)` keeps its operator here, not in an A_Expr.
-            let mut parts: Vec<String> = node
-                .get("oper_name")
-                .and_then(Value::as_array)
-                .map(|names| names.iter().filter_map(string_node).collect())
-                .unwrap_or_default();
-            if let Some(symbol) = parts.pop() {
-                found.operators.push((parts.pop(), symbol));
-            }
+            found
+                .operators
+                .extend(operator_named(node.get("oper_name")));
         }
         "UpdateStmt" => {
             found.writes = true;
@@ -164,14 +159,7 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.field_names.extend(last);
         }
         "AExpr" => {
-            let mut parts: Vec<String> = node
-                .get("name")
-                .and_then(Value::as_array)
-                .map(|names| names.iter().filter_map(string_node).collect())
-                .unwrap_or_default();
-            if let Some(symbol) = parts.pop() {
-                found.operators.push((parts.pop(), symbol));
-            }
+            found.operators.extend(operator_named(node.get("name")));
         }
         "AIndirection" => {
             let names: Vec<String> = node
@@ -230,6 +218,16 @@ fn unbounded_upsert(node: &Value) -> bool {
         .and_then(Value::as_array)
         .is_some_and(|rows| rows.len() == 1);
     update && is_empty(clause.get("where_clause")) && !one_row
+}
+
+/// An operator's name list (`["pg_catalog", "="]`) as its schema, if qualified, and symbol.
+fn operator_named(names: Option<&Value>) -> Option<(Option<String>, String)> {
+    let mut parts: Vec<String> = names
+        .and_then(Value::as_array)
+        .map(|names| names.iter().filter_map(string_node).collect())
+        .unwrap_or_default();
+    let symbol = parts.pop()?;
+    Some((parts.pop(), symbol))
 }
 
 fn targets_pg_settings(node: &Value) -> bool {

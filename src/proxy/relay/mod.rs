@@ -448,22 +448,14 @@ impl Relay {
                 }
             }
             match &event {
-                BackendEvent::DataRow => {
+                // COPY … TO STDOUT sends one CopyData per row: a row limit counts them too.
+                BackendEvent::DataRow | BackendEvent::CopyData(_) => {
+                    if let BackendEvent::CopyData(n) = &event {
+                        self.copy_bytes += n;
+                    }
                     self.rows += u64::from(self.counts_rows());
                     if let Some(max) = self.grant.limits.max_rows.filter(|max| self.rows > *max) {
                         // Forward what came before this row, then end the session.
-                        let upto = range.as_ref().map_or(0, |r| r.start);
-                        let head = splice(&self.ubuf[..upto], std::mem::take(&mut rewrites));
-                        let _ = guarded(&mut self.term, self.client.write_all(&head)).await;
-                        return Err(End::RowLimit(max));
-                    }
-                    continue;
-                }
-                BackendEvent::CopyData(n) => {
-                    self.copy_bytes += n;
-                    // COPY … TO STDOUT sends one CopyData per row: a row limit counts them.
-                    self.rows += u64::from(self.counts_rows());
-                    if let Some(max) = self.grant.limits.max_rows.filter(|max| self.rows > *max) {
                         let upto = range.as_ref().map_or(0, |r| r.start);
                         let head = splice(&self.ubuf[..upto], std::mem::take(&mut rewrites));
                         let _ = guarded(&mut self.term, self.client.write_all(&head)).await;
