@@ -453,8 +453,11 @@ impl Relay {
                     if let BackendEvent::CopyData(n) = &event {
                         self.copy_bytes += n;
                     }
+                    let Some(max) = self.grant.limits.max_rows else {
+                        continue;
+                    };
                     self.rows += u64::from(self.counts_rows());
-                    if let Some(max) = self.grant.limits.max_rows.filter(|max| self.rows > *max) {
+                    if self.rows > max {
                         // Forward what came before this row, then end the session.
                         let upto = range.as_ref().map_or(0, |r| r.start);
                         let head = splice(&self.ubuf[..upto], std::mem::take(&mut rewrites));
