@@ -76,6 +76,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         && !calls_reads_by_name
         && !relations.is_empty()
         && relations.iter().all(|r| is_catalog(r));
+    let catalog_unqualified = catalog_only && relations.iter().any(|r| !r.contains('.'));
     Analysis {
         kind,
         class,
@@ -90,6 +91,8 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             reads_tables_by_name: calls_reads_by_name,
             names,
             catalog_only,
+            catalog_unqualified,
+            temporary_relations: found.temporary_relations,
             search_path: search_path_of(&found, &calls).into(),
             maybe_called: found
                 .calls

@@ -153,6 +153,11 @@ pub struct Facts {
     /// backslash commands and pg_dump ask. Its rows are no customer data, and a grant's
     /// `max_rows` does not count them.
     pub catalog_only: bool,
+    /// Some catalog it reads is named without its schema: a temporary table of the same
+    /// name would be read instead (pg_temp comes first on the search path).
+    pub catalog_unqualified: bool,
+    /// It names a temporary relation (creating one, most likely).
+    pub temporary_relations: bool,
     /// Schemas it puts on the search path (`SET search_path`, `set_config('search_path', …)`),
     /// lowercased; `*` for a value computed at run time.
     pub search_path: Arc<[String]>,

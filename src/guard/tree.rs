@@ -52,6 +52,8 @@ pub(crate) struct Found<'t> {
     pub field_names: Vec<String>,
     /// Names in `(expr).name`: a field of a composite value, or a call of `name(expr)`.
     pub indirection_names: Vec<String>,
+    /// A temporary relation is named (created, most likely): it can shadow a catalog's name.
+    pub temporary_relations: bool,
     /// Operators as written: schema (if qualified) and symbol.
     pub operators: Vec<(Option<String>, String)>,
 }
@@ -81,6 +83,9 @@ fn visit<'t>(value: &'t Value, found: &mut Found<'t>) {
 fn inspect_untagged<'t>(map: &'t Map<String, Value>, found: &mut Found<'t>) {
     if map.contains_key("relname") && map.contains_key("relpersistence") {
         found.relations.push(relation_name(map));
+        let temporary = map.get("relpersistence").and_then(Value::as_str) == Some("t")
+            || map.get("schemaname").and_then(Value::as_str) == Some("pg_temp");
+        found.temporary_relations |= temporary;
     }
     if map.contains_key("funcname") && map.contains_key("agg_star") {
         found.calls.push(call_of(map));

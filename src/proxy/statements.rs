@@ -27,6 +27,8 @@ pub struct Prepared {
     pub names: Option<NameChange>,
     /// It reads the system catalogs only: a row limit does not count its rows.
     pub catalog_only: bool,
+    /// …naming some of them without their schema (a temporary table could shadow them).
+    pub catalog_unqualified: bool,
 }
 
 /// A portal created with Bind or SQL DECLARE.
@@ -134,6 +136,7 @@ impl Statements {
             kind: StatementKind::Unknown,
             names: None,
             catalog_only: false,
+            catalog_unqualified: false,
         });
         self.push(Change::Bind(
             portal,
@@ -283,6 +286,7 @@ mod tests {
             kind: StatementKind::Other,
             names: None,
             catalog_only: false,
+            catalog_unqualified: false,
         }
     }
 

@@ -189,23 +189,36 @@ async fn pg_named_temp_table_is_counted_against_max_rows() {
             },
         )
         .await;
-    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
-    client
-        .batch_execute("CREATE TEMP TABLE pg_copy AS SELECT * FROM items")
-        .await
-        .expect("create temp table");
-    let rows = client.simple_query("SELECT * FROM pg_copy").await;
-    let got = rows
-        .map(|m| {
-            m.iter()
-                .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-                .count()
-        })
-        .unwrap_or(0);
-    assert!(
-        got <= 3,
-        "read {got} customer rows through a pg_-named temp table under max_rows = 3"
-    );
+    // A made-up pg_ name, and the name of a real catalog the temporary table shadows; each
+    // in a session of its own (the first over the limit ends its session).
+    for name in ["pg_copy", "pg_class"] {
+        let (client, _conn) = env.connect("eve", &token).await.expect("connect");
+        client
+            .batch_execute(&format!("CREATE TEMP TABLE {name} AS SELECT * FROM items"))
+            .await
+            .expect("create temp table");
+        let rows = client.simple_query(&format!("SELECT * FROM {name}")).await;
+        let got = rows
+            .map(|m| {
+                m.iter()
+                    .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert!(
+            got <= 3,
+            "read {got} customer rows through {name} under max_rows = 3"
+        );
+        assert!(
+            rows_ended_session(&client).await,
+            "{name}: the session goes on"
+        );
+    }
+}
+
+/// Whether the session is gone (the row limit ends it).
+async fn rows_ended_session(client: &tokio_postgres::Client) -> bool {
+    client.simple_query("SELECT 1").await.is_err()
 }
 
 /// pg_stats shows the values of an off-limits table (most_common_vals): a catalog view

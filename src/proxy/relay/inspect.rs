@@ -57,7 +57,13 @@ impl Relay {
                 let refused_at = verdicts.iter().position(Result::is_err);
                 let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
                 for (i, (record, s)) in records.into_iter().zip(statements.iter()).enumerate() {
-                    if refusal.is_none() && s.analysis.facts.catalog_only {
+                    self.temporary_relations |= s.analysis.facts.temporary_relations;
+                    if refusal.is_none()
+                        && self.reads_catalog_only(
+                            s.analysis.facts.catalog_only,
+                            s.analysis.facts.catalog_unqualified,
+                        )
+                    {
                         pending.push(Pending::RowsUncounted);
                     }
                     pending.push(match (&refusal, refused_at) {
@@ -77,6 +83,7 @@ impl Relay {
                     [one] => one.analysis.clone(),
                     _ => guard::Analysis::rejected(),
                 };
+                self.temporary_relations |= analysis.facts.temporary_relations;
                 let kind = self.kind_of(&analysis);
                 let (record, recorded) =
                     self.statement_record(Protocol::Extended, &text, kind, None);
@@ -93,6 +100,7 @@ impl Relay {
                     kind,
                     names: analysis.facts.names.clone(),
                     catalog_only: analysis.facts.catalog_only,
+                    catalog_unqualified: analysis.facts.catalog_unqualified,
                 };
                 self.statements
                     .parse(name, statement)
@@ -130,7 +138,10 @@ impl Relay {
                     pending.push(Pending::Statement(record));
                     return Ok(None);
                 };
-                if found.statement.catalog_only {
+                if self.reads_catalog_only(
+                    found.statement.catalog_only,
+                    found.statement.catalog_unqualified,
+                ) {
                     pending.push(Pending::RowsUncounted);
                 }
                 let (text, kind, params, names) = (
@@ -324,6 +335,7 @@ impl Relay {
             kind,
             names: None,
             catalog_only: false,
+            catalog_unqualified: false,
         };
         let sql_change = match change {
             NameChange::Prepare(name) => {

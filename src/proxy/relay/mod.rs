@@ -172,6 +172,8 @@ pub struct Relay {
     running: Option<(u64, Instant)>,
     /// The statement whose timeout already sent a cancel.
     cancelled: Option<u64>,
+    /// The session named a temporary relation: unqualified catalog names may be shadowed.
+    temporary_relations: bool,
     /// Statements (by seq) whose rows a row limit does not count (catalog reads).
     uncounted: std::collections::BTreeSet<u64>,
     events: Vec<wire::LocatedEvent>,
@@ -209,6 +211,7 @@ impl Relay {
             running: None,
             cancelled: None,
             uncounted: std::collections::BTreeSet::new(),
+            temporary_relations: false,
             events: Vec::new(),
             outcomes: Vec::new(),
         }
