@@ -479,3 +479,71 @@ async fn a_query_string_inside_a_failed_pipeline_is_recorded_as_not_executed() {
         "SELECT 1"
     );
 }
+
+/// A pipeline longer than the socket buffers hold, sent while the results are read (as
+/// libpq's pipeline mode does): the proxy must keep reading the server's results while it
+/// writes the rest of the pipeline, or each side waits for the other forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_larger_than_the_socket_buffers_does_not_stall() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const STATEMENTS: usize = 40;
+    const VALUE: usize = 1_000_000;
+    let env = Env::start("relay_big_pipeline").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    let sync = crate::harness::message(b'S', b"");
+    raw.send(&[parse("echo", "SELECT $1::text"), sync.clone()].concat())
+        .await;
+    raw.read_until_ready().await;
+    // Each Bind carries a 1 MB value and each result returns it: 40 MB each way.
+    let value = "x".repeat(VALUE);
+    let mut bind = vec![0u8];
+    bind.extend_from_slice(b"echo\0");
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&(VALUE as i32).to_be_bytes());
+    bind.extend_from_slice(value.as_bytes());
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let one = [
+        crate::harness::message(b'B', &bind),
+        crate::harness::message(b'E', b"\0\0\0\0\0"),
+    ]
+    .concat();
+    let mut pipeline = one.repeat(STATEMENTS);
+    pipeline.extend_from_slice(&sync);
+    let (mut reader, mut writer) = raw.stream.into_split();
+    // The writer half is kept until the end: dropping it would tell the proxy the client left.
+    let send = tokio::spawn(async move { writer.write_all(&pipeline).await.map(|()| writer) });
+    let read = async {
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let n = reader.read(&mut chunk).await.expect("read");
+            assert!(
+                n > 0,
+                "the proxy closed the session: {:?}",
+                crate::harness::errors_in(&got)
+            );
+            got.extend_from_slice(&chunk[..n]);
+            let mut events = Vec::new();
+            lockbox::wire::BackendScanner::default().feed(&got, &mut events);
+            if events
+                .iter()
+                .any(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
+            {
+                return events
+                    .iter()
+                    .filter(|e| matches!(e, lockbox::wire::BackendEvent::Complete(_)))
+                    .count();
+            }
+        }
+    };
+    let completed = tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .expect("the pipeline stalled");
+    assert_eq!(completed, STATEMENTS);
+    send.await
+        .expect("join")
+        .expect("the whole pipeline was sent");
+}

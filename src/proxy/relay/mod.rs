@@ -153,7 +153,10 @@ async fn guarded<T>(
 
 pub struct Relay {
     client: BoxStream,
-    upstream: BoxStream,
+    /// The upstream connection's halves: the relay reads upstream while it writes upstream,
+    /// or a client's long pipeline and the server's results could each wait for the other.
+    upstream_r: tokio::io::ReadHalf<BoxStream>,
+    upstream_w: tokio::io::WriteHalf<BoxStream>,
     cbuf: BytesMut,
     ubuf: BytesMut,
     scanner: BackendScanner,
@@ -193,9 +196,11 @@ impl Relay {
         deadline: tokio::time::Instant,
         grant: Grant,
     ) -> Self {
+        let (upstream_r, upstream_w) = tokio::io::split(upstream);
         Relay {
             client,
-            upstream,
+            upstream_r,
+            upstream_w,
             cbuf,
             ubuf: BytesMut::with_capacity(64 * 1024),
             scanner: BackendScanner::counting_rows(grant.limits.max_rows.is_some()),
@@ -270,8 +275,8 @@ impl Relay {
     async fn close_upstream(&mut self) {
         let terminate = [b'X', 0, 0, 0, 4];
         let close = async {
-            let _ = self.upstream.write_all(&terminate).await;
-            let _ = self.upstream.shutdown().await;
+            let _ = self.upstream_w.write_all(&terminate).await;
+            let _ = self.upstream_w.shutdown().await;
         };
         let _ = tokio::time::timeout(std::time::Duration::from_millis(200), close).await;
     }
@@ -296,7 +301,7 @@ impl Relay {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(_) => self.on_client_bytes().await,
                 },
-                read = self.upstream.read_buf(&mut self.ubuf) => match read {
+                read = self.upstream_r.read_buf(&mut self.ubuf) => match read {
                     Ok(0) | Err(_) => Err(End::UpstreamGone),
                     Ok(_) => self.on_upstream_bytes().await,
                 },
@@ -329,9 +334,7 @@ impl Relay {
         let bytes = self.cbuf.split_to(batch.consumed);
         self.record_statements(batch.pending).await?;
         let outgoing = splice(&bytes, batch.replacements);
-        guarded(&mut self.term, self.upstream.write_all(&outgoing))
-            .await?
-            .map_err(|_| End::UpstreamGone)?;
+        self.forward_upstream(&outgoing).await?;
         if batch.terminate {
             return Err(End::ClientGone);
         }
@@ -431,6 +434,32 @@ impl Relay {
         }
         self.record_outcomes(not_run);
         Ok(())
+    }
+
+    /// Writes `outgoing` upstream while still reading what upstream sends (and handling it as
+    /// usual): a server busy sending results reads no more input until they are read.
+    async fn forward_upstream(&mut self, outgoing: &[u8]) -> Result<(), End> {
+        enum Step {
+            Wrote(std::io::Result<usize>),
+            Read(std::io::Result<usize>),
+        }
+        let mut sent = 0;
+        while sent < outgoing.len() {
+            let step = tokio::select! {
+                biased;
+                reason = self.term.fired() => return Err(End::Dropped(reason)),
+                wrote = self.upstream_w.write(&outgoing[sent..]) => Step::Wrote(wrote),
+                read = self.upstream_r.read_buf(&mut self.ubuf) => Step::Read(read),
+            };
+            match step {
+                Step::Wrote(Ok(n)) if n > 0 => sent += n,
+                Step::Wrote(_) | Step::Read(Ok(0) | Err(_)) => return Err(End::UpstreamGone),
+                Step::Read(Ok(_)) => self.on_upstream_bytes().await?,
+            }
+        }
+        guarded(&mut self.term, self.upstream_w.flush())
+            .await?
+            .map_err(|_| End::UpstreamGone)
     }
 
     /// Scans what upstream sent for outcomes, records them, and forwards the bytes as read
