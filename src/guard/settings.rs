@@ -139,24 +139,22 @@ fn is_on(value: &str) -> bool {
 }
 
 fn is_utf8(value: &str) -> bool {
-    let normalized: String = value
-        .chars()
+    matches!(encoding_key(value).as_str(), "utf8" | "unicode")
+}
+
+/// An encoding name as PostgreSQL compares them: letters and digits only, any case.
+fn encoding_key(name: &str) -> String {
+    name.chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect::<String>()
-        .to_ascii_lowercase();
-    matches!(normalized.as_str(), "utf8" | "unicode")
+        .to_ascii_lowercase()
 }
 
 /// Client-only encodings whose multibyte characters can end in a backslash or quote byte
 /// make the proxy and the server split a query string differently; they are refused.
 pub fn client_encoding_is_safe(name: &str) -> bool {
-    let normalized: String = name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase();
     !matches!(
-        normalized.as_str(),
+        encoding_key(name).as_str(),
         "sjis"
             | "shiftjis"
             | "shiftjis2004"

@@ -7,6 +7,16 @@ fn class(sql: &str) -> Class {
     classify(sql)
 }
 
+/// A read or session statement, which a read grant runs.
+fn assert_runs_under_read(sql: &str) {
+    assert!(
+        matches!(class(sql), Class::Read | Class::Session),
+        "{sql}: {:?}",
+        class(sql)
+    );
+    assert!(check(AccessLevel::Read, sql).is_ok(), "{sql}");
+}
+
 #[test]
 fn reads() {
     for sql in [
@@ -44,12 +54,7 @@ fn reads() {
         "select pg_sleep(0)",
         "select query_to_xml('select * from t', true, false, '')",
     ] {
-        assert!(
-            matches!(class(sql), Class::Read | Class::Session),
-            "{sql}: {:?}",
-            class(sql)
-        );
-        assert!(check(AccessLevel::Read, sql).is_ok(), "{sql}");
+        assert_runs_under_read(sql);
     }
 }
 
@@ -82,12 +87,7 @@ fn session_control() {
         "prepare p as select 1",
         "prepare q (int) as select * from t where a = $1",
     ] {
-        assert!(
-            matches!(class(sql), Class::Read | Class::Session),
-            "{sql}: {:?}",
-            class(sql)
-        );
-        assert!(check(AccessLevel::Read, sql).is_ok(), "{sql}");
+        assert_runs_under_read(sql);
     }
 }
 

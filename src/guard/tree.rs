@@ -318,21 +318,8 @@ pub(crate) fn literal(node: &Value) -> Option<String> {
         return literal(cast.get("arg")?);
     }
     // Option values (`EXPLAIN (ANALYZE false)`, transaction modes) are bare value nodes.
-    if let Some(s) = inner.pointer("/String/sval").and_then(Value::as_str) {
-        return Some(s.to_owned());
-    }
-    if let Some(i) = inner.pointer("/Integer/ival") {
-        return Some(i.as_i64().unwrap_or(0).to_string());
-    }
-    if let Some(b) = inner.pointer("/Boolean/boolval") {
-        return Some(
-            if b.as_bool() == Some(true) {
-                "on"
-            } else {
-                "off"
-            }
-            .to_owned(),
-        );
+    if let Some(bare) = scalar(inner, ["String", "Integer", "Float", "Boolean"]) {
+        return Some(bare);
     }
     let constant = inner.get("AConst").or_else(|| {
         // An AConst in a typed field comes untagged.
@@ -341,32 +328,29 @@ pub(crate) fn literal(node: &Value) -> Option<String> {
     if constant.get("isnull").and_then(Value::as_bool) == Some(true) {
         return None;
     }
-    let val = constant.get("val")?;
-    if let Some(s) = val.pointer("/Sval/sval").and_then(Value::as_str) {
+    scalar(constant.get("val")?, ["Sval", "Ival", "Fval", "Boolval"])
+}
+
+/// The text of a value node, given its tags for a string, an integer, a float and a boolean
+/// (bare nodes and an A_Const's `val` name them differently); booleans read `on`/`off`.
+fn scalar(node: &Value, [string, integer, float, boolean]: [&str; 4]) -> Option<String> {
+    let field = |tag: &str, key: &str| node.get(tag).and_then(|v| v.get(key));
+    if let Some(s) = field(string, "sval").and_then(Value::as_str) {
         return Some(s.to_owned());
     }
-    if let Some(i) = val.pointer("/Ival/ival") {
+    if let Some(i) = field(integer, "ival") {
         return Some(i.as_i64().unwrap_or(0).to_string());
     }
-    if let Some(f) = val.pointer("/Fval/fval").and_then(Value::as_str) {
+    if let Some(f) = field(float, "fval").and_then(Value::as_str) {
         return Some(f.to_owned());
     }
-    if let Some(b) = val.pointer("/Boolval/boolval") {
-        return Some(
-            if b.as_bool() == Some(true) {
-                "on"
-            } else {
-                "off"
-            }
-            .to_owned(),
-        );
-    }
-    // The protobuf form leaves out an integer that is zero.
-    if val.get("Ival").is_some() {
-        return Some("0".to_owned());
-    }
-    if val.get("Boolval").is_some() {
-        return Some("off".to_owned());
-    }
-    None
+    let b = field(boolean, "boolval")?;
+    Some(
+        if b.as_bool() == Some(true) {
+            "on"
+        } else {
+            "off"
+        }
+        .to_owned(),
+    )
 }

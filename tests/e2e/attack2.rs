@@ -5,6 +5,29 @@ use lockbox::policy::AccessLevel;
 
 use crate::harness::{db_error, Env, Options};
 
+/// A lockbox whose database has `guardrails`, and a session of eve's under `access`.
+async fn guarded_session(
+    name: &str,
+    guardrails: &'static str,
+    access: AccessLevel,
+) -> (
+    Env,
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Option<tokio_postgres::Error>>,
+) {
+    let env = Env::with(
+        name,
+        Options {
+            guardrails,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token_for("eve", "1h", access).await;
+    let (client, conn) = env.connect("eve", &token).await.expect("connect");
+    (env, client, conn)
+}
+
 async fn count_items(env: &Env) -> String {
     env.superuser_sql("SELECT count(*) FROM items WHERE name LIKE 'item %'")
         .trim()
@@ -15,18 +38,12 @@ async fn count_items(env: &Env) -> String {
 /// deny_delete_without_where rule must see it as a DELETE without WHERE.
 #[tokio::test]
 async fn merge_delete_without_where_is_refused() {
-    let env = Env::with(
+    let (env, client, _conn) = guarded_session(
         "a2_merge_delete",
-        Options {
-            guardrails: "deny_delete_without_where = true",
-            ..Options::default()
-        },
+        "deny_delete_without_where = true",
+        AccessLevel::Write,
     )
     .await;
-    let (_, token) = env
-        .approved_token_for("eve", "1h", AccessLevel::Write)
-        .await;
-    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
     let result = client
         .batch_execute(
             "MERGE INTO items USING items AS s ON items.id = s.id WHEN MATCHED THEN DELETE",
@@ -43,18 +60,12 @@ async fn merge_delete_without_where_is_refused() {
 /// MERGE … WHEN MATCHED THEN UPDATE rewrites every row: an UPDATE without WHERE.
 #[tokio::test]
 async fn merge_update_without_where_is_refused() {
-    let env = Env::with(
+    let (env, client, _conn) = guarded_session(
         "a2_merge_update",
-        Options {
-            guardrails: "deny_update_without_where = true",
-            ..Options::default()
-        },
+        "deny_update_without_where = true",
+        AccessLevel::Write,
     )
     .await;
-    let (_, token) = env
-        .approved_token_for("eve", "1h", AccessLevel::Write)
-        .await;
-    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
     let result = client
         .batch_execute(
             "MERGE INTO items USING items AS s ON items.id = s.id WHEN MATCHED THEN UPDATE SET name = 'wiped'",
@@ -71,18 +82,12 @@ async fn merge_update_without_where_is_refused() {
 /// INSERT … SELECT … ON CONFLICT DO UPDATE with no WHERE updates every conflicting row.
 #[tokio::test]
 async fn upsert_update_without_where_is_refused() {
-    let env = Env::with(
+    let (env, client, _conn) = guarded_session(
         "a2_upsert_update",
-        Options {
-            guardrails: "deny_update_without_where = true",
-            ..Options::default()
-        },
+        "deny_update_without_where = true",
+        AccessLevel::Write,
     )
     .await;
-    let (_, token) = env
-        .approved_token_for("eve", "1h", AccessLevel::Write)
-        .await;
-    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
     let result = client
         .batch_execute(
             "INSERT INTO items SELECT id, 'wiped' FROM items ON CONFLICT (id) DO UPDATE SET name = excluded.name",
@@ -294,18 +299,8 @@ async fn schema_qualified_off_limits_covers_unqualified_name() {
 /// ALTER TABLE … DROP COLUMN destroys a column's data: deny_drop binds every level.
 #[tokio::test]
 async fn alter_table_drop_column_under_deny_drop_is_refused() {
-    let env = Env::with(
-        "a2_drop_column",
-        Options {
-            guardrails: "deny_drop = true",
-            ..Options::default()
-        },
-    )
-    .await;
-    let (_, token) = env
-        .approved_token_for("eve", "1h", AccessLevel::Admin)
-        .await;
-    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
+    let (env, client, _conn) =
+        guarded_session("a2_drop_column", "deny_drop = true", AccessLevel::Admin).await;
     let plain = client.batch_execute("DROP TABLE secrets").await;
     assert!(plain.is_err(), "DROP TABLE ran under deny_drop");
     let column = client
@@ -323,18 +318,12 @@ async fn alter_table_drop_column_under_deny_drop_is_refused() {
 /// ALTER COLUMN … TYPE … USING rewrites every row: an UPDATE without WHERE in DDL form.
 #[tokio::test]
 async fn alter_column_type_using_under_deny_update_without_where_is_refused() {
-    let env = Env::with(
+    let (env, client, _conn) = guarded_session(
         "a2_alter_using",
-        Options {
-            guardrails: "deny_update_without_where = true",
-            ..Options::default()
-        },
+        "deny_update_without_where = true",
+        AccessLevel::Admin,
     )
     .await;
-    let (_, token) = env
-        .approved_token_for("eve", "1h", AccessLevel::Admin)
-        .await;
-    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
     let result = client
         .batch_execute("ALTER TABLE items ALTER COLUMN name TYPE text USING 'wiped'")
         .await;
