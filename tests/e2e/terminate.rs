@@ -8,7 +8,7 @@ use lockbox::policy::AccessLevel;
 
 use crate::harness::{cluster, Env, Options};
 
-/// A procedure that swallows `query_canceled` and commits a row every 50 ms, forever, and
+/// A procedure that swallows `query_canceled` and inserts a row every 50 ms, forever, and
 /// what `role` needs to run it. The COMMIT sits outside the exception block (a
 /// subtransaction cannot commit).
 fn stubborn(role: &str) -> String {
@@ -21,12 +21,19 @@ fn stubborn(role: &str) -> String {
     )
 }
 
+/// A cancel is caught only inside the exception block; one that lands between blocks (while
+/// COMMIT runs, or just after) ends the procedure, and the backend then leaves on its own.
+/// Five rows per commit, and commits that do not wait for the WAL flush, keep that window
+/// a sliver of the loop so the cancel is all but always swallowed.
 const STUBBORN: &str = "CREATE PROCEDURE stubborn() LANGUAGE plpgsql AS $$
      BEGIN
+       PERFORM set_config('synchronous_commit', 'off', false);
        LOOP
          BEGIN
-           INSERT INTO ticks DEFAULT VALUES;
-           PERFORM pg_sleep(0.05);
+           FOR i IN 1..5 LOOP
+             INSERT INTO ticks DEFAULT VALUES;
+             PERFORM pg_sleep(0.05);
+           END LOOP;
          EXCEPTION WHEN query_canceled THEN
            NULL;
          END;
