@@ -1,17 +1,20 @@
 //! The audit trail: an append-only JSON Lines file of every lockbox action and every SQL
-//! statement, with its own writer thread, schema and durability. It is a data product,
-//! never `tracing` output.
+//! statement, with its own schema and durability. It is a data product, never `tracing`
+//! output.
 //!
-//! Statement records are appended with [`AuditLog::append_durable`], which resolves only
-//! once the record is fsynced; concurrent sessions share one fsync (group commit).
+//! Statement records are appended with [`AuditLog::append_durable`]: the session writes
+//! its record itself, then (in `fsync` mode) waits for the syncer thread's fdatasync;
+//! concurrent sessions share one fsync (group commit).
 
 pub mod chain;
 pub mod export;
+mod file;
 pub mod pg_sink;
 mod reader;
 mod record;
 pub mod redact;
 pub mod segments;
+mod syncer;
 pub mod tail;
 mod writer;
 

@@ -1,44 +1,32 @@
-//! The writer thread: batches records from every session into one write and one fsync.
+//! Appending to the audit trail. A session encodes its records on its own task and writes
+//! them to the file itself, under one lock: no thread hop, no channel per record. In
+//! `fsync` mode it then waits for the syncer thread ([`super::syncer`]) to report them
+//! durable; the syncer's one fdatasync covers everything written while the previous one ran
+//! (group commit), and one broadcast of "durable up to seq" wakes the whole batch.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-
-use chrono::{SecondsFormat, Utc};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use chrono::{SecondsFormat, Utc};
+use tokio::sync::watch;
 
-use super::chain::{checkpoint_message, line_hash, CheckpointSigner, GENESIS};
-use super::segments::{rotated_name, segments};
+use super::chain::CheckpointSigner;
+use super::file::{chain_tail, encode_line, first_seq_of};
+use super::syncer::{self, CHECKPOINT_EVERY};
 use super::{AuditError, AuditEvent};
 use crate::config::Durability;
-
-/// A signed checkpoint is written after this many records…
-const CHECKPOINT_EVERY: u64 = 1000;
-/// …or this long after the first record it does not yet cover.
-const CHECKPOINT_AFTER: Duration = Duration::from_secs(10);
-
-/// Most commands folded into one write.
-const MAX_BATCH: usize = 4096;
-
-enum Command {
-    Append {
-        events: Vec<AuditEvent>,
-        /// Answered with the first record's sequence number once durable.
-        ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
-    },
-    Close(oneshot::Sender<()>),
-}
 
 /// How the writer makes records durable and when it starts a new file.
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
     pub durability: Durability,
-    /// `Write` mode fsyncs this often.
+    /// Records nobody waits for (and, in `Write` mode, all records) are fsynced this often.
     pub sync_interval: Duration,
     /// Rotate once the active file holds this many bytes.
     pub rotate_size: Option<u64>,
@@ -57,18 +45,128 @@ impl Default for AuditOptions {
     }
 }
 
-/// Handle to the audit trail; cheap to clone.
+/// Handle to the audit trail; cheap to clone. When the last handle is dropped the syncer
+/// writes a final checkpoint and stops.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Command>,
-    path: PathBuf,
-    healthy: Arc<AtomicBool>,
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.syncer_wake.notify_one();
+    }
+}
+
+/// What appenders and the syncer share.
+pub(super) struct Shared {
+    pub(super) state: Mutex<State>,
+    /// Wakes the syncer: a durable append is waiting, a checkpoint is due, or closing.
+    pub(super) syncer_wake: Condvar,
+    pub(super) healthy: AtomicBool,
+    /// "Durable up to seq", for appenders waiting in `fsync` mode.
+    pub(super) progress: watch::Sender<Progress>,
     /// The sequence number of the last record written (for live readers).
-    head: watch::Receiver<u64>,
+    pub(super) head: watch::Sender<u64>,
+    pub(super) path: PathBuf,
+    pub(super) options: AuditOptions,
+    /// fdatasyncs done so far (records per sync shows how well group commit batches).
+    pub(super) syncs: AtomicU64,
+}
+
+/// The file and the chain, guarded by [`Shared::state`].
+pub(super) struct State {
+    /// Shared so the syncer can fdatasync without holding the lock.
+    pub(super) file: Arc<File>,
+    pub(super) next_seq: u64,
+    /// Bytes of complete records in the file.
+    pub(super) len: u64,
+    /// Hash of the last record written: the next record's `prev`.
+    pub(super) last_hash: [u8; 32],
+    /// Reused for every append's lines.
+    pub(super) buf: Vec<u8>,
+    /// Records written since the last checkpoint, and since when.
+    pub(super) uncovered: u64,
+    pub(super) uncovered_since: Option<Instant>,
+    /// When the oldest record not yet fsynced was written.
+    pub(super) unsynced_since: Option<Instant>,
+    /// Highest sequence number an appender waits to see durable.
+    pub(super) sync_wanted: u64,
+    /// Everything up to here is on disk (in the current generation).
+    pub(super) durable: u64,
+    /// Bumped when a failed fsync leaves unknown what reached the disk.
+    pub(super) generation: u64,
+    /// The syncer sleeps on the condvar; appenders notify only then.
+    pub(super) syncer_idle: bool,
+    pub(super) closed: bool,
+    /// Sequence number of the active file's first record (names the file when it rotates).
+    pub(super) file_first_seq: u64,
+    /// When the active file was started (for rotation by time).
+    pub(super) file_opened: Instant,
+}
+
+/// What the syncer last made durable; see [`Progress::settles`].
+#[derive(Debug, Clone, Default)]
+pub(super) struct Progress {
+    pub(super) generation: u64,
+    pub(super) durable: u64,
+    /// `durable` when the previous generation ended (records up to it did reach the disk).
+    pub(super) previous_durable: u64,
+    /// Why the previous generation ended.
+    pub(super) failure: Option<Arc<str>>,
+    /// The syncer has stopped: nothing more becomes durable.
+    pub(super) stopped: bool,
+}
+
+/// Where an append's records landed.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    generation: u64,
+    first: u64,
+    last: u64,
+}
+
+impl Progress {
+    /// `Some(Ok)` once `written` is durable, `Some(Err)` once it never will be.
+    fn settles(&self, written: Written, path: &Path) -> Option<Result<(), AuditError>> {
+        let failed = || {
+            Err(match &self.failure {
+                Some(message) => AuditError::Io {
+                    path: path.display().to_string(),
+                    message: message.to_string(),
+                },
+                None => AuditError::Closed,
+            })
+        };
+        if self.generation == written.generation {
+            if self.durable >= written.last {
+                Some(Ok(()))
+            } else if self.stopped {
+                Some(failed())
+            } else {
+                None
+            }
+        } else if self.generation == written.generation + 1 && written.last <= self.previous_durable
+        {
+            Some(Ok(()))
+        } else {
+            Some(failed())
+        }
+    }
+}
+
+thread_local! {
+    /// Each record's JSON fields, serialized before the lock is taken.
+    static FIELDS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl AuditLog {
-    /// Opens the file at `path` (recovering a torn last line) and starts the writer thread.
+    /// Opens the file at `path` (recovering a torn last line) and starts the syncer thread.
     pub fn open(
         path: &Path,
         signer: Option<CheckpointSigner>,
@@ -96,547 +194,236 @@ impl AuditLog {
             .open(path)
             .map_err(io)?;
         let (last_seq, last_hash) = chain_tail(path, &mut file).map_err(io)?;
-        let (tx, rx) = mpsc::channel();
         let len = file.metadata().map_err(io)?.len();
         let file_first_seq = first_seq_of(&mut file).map_err(io)?.unwrap_or(last_seq + 1);
-        let healthy = Arc::new(AtomicBool::new(true));
-        let (head_tx, head) = watch::channel(last_seq);
-        let mut writer = Writer {
-            head: head_tx,
-            file,
-            file_path: path.to_owned(),
-            healthy: healthy.clone(),
-            path: path.display().to_string(),
+        let state = State {
+            file: Arc::new(file),
             next_seq: last_seq + 1,
             len,
-            reopened: false,
             last_hash,
-            signer,
+            buf: Vec::with_capacity(4096),
             uncovered: 0,
             uncovered_since: None,
-            options,
             unsynced_since: None,
+            sync_wanted: last_seq,
+            durable: last_seq,
+            generation: 0,
+            syncer_idle: false,
+            closed: false,
             file_first_seq,
             file_opened: Instant::now(),
         };
-        let handle = std::thread::Builder::new()
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            syncer_wake: Condvar::new(),
+            healthy: AtomicBool::new(true),
+            progress: watch::Sender::new(Progress {
+                durable: last_seq,
+                ..Progress::default()
+            }),
+            head: watch::Sender::new(last_seq),
+            path: path.to_owned(),
+            options,
+            syncs: AtomicU64::new(0),
+        });
+        let for_syncer = shared.clone();
+        let thread = std::thread::Builder::new()
             .name("lockbox-audit".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || syncer::run(&for_syncer, signer))
             .map_err(io)?;
-        Ok((
-            AuditLog {
-                tx,
-                path: path.to_owned(),
-                healthy,
-                head,
-            },
-            handle,
-        ))
+        let log = AuditLog {
+            handle: Arc::new(Handle { shared }),
+        };
+        Ok((log, thread))
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared().path
     }
 
     /// Changes whenever records were written; holds the last one's sequence number.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.head.clone()
+        self.shared().head.subscribe()
+    }
+
+    /// How many fdatasyncs the trail has cost so far.
+    pub fn sync_count(&self) -> u64 {
+        self.shared().syncs.load(Ordering::Relaxed)
     }
 
     /// False while the last write or sync failed (statements and new sessions are refused).
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst)
+        self.shared().healthy.load(Ordering::SeqCst)
     }
 
-    /// Appends `events` and waits until they are on disk; returns the first one's sequence
-    /// number. An error means the records are not durable and the caller must not act.
+    /// Appends `events`; returns the first one's sequence number once they are durable (in
+    /// `fsync` mode: on disk; in `write` mode: written to the file). An error means the
+    /// records are not durable and the caller must not act.
     pub async fn append_durable(&self, events: Vec<AuditEvent>) -> Result<u64, AuditError> {
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Command::Append {
-                events,
-                ack: Some(ack),
-            })
-            .map_err(|_| AuditError::Closed)?;
-        done.await.map_err(|_| AuditError::Closed)?
+        self.append_durable_all(events.iter()).await
     }
 
-    /// Appends `events` behind everything sent before, without waiting. For records that
-    /// follow an action already taken (outcomes, disconnects).
+    /// [`Self::append_durable`] for records the caller keeps (no clone needed).
+    pub(crate) async fn append_durable_all<'a>(
+        &self,
+        events: impl Iterator<Item = &'a AuditEvent>,
+    ) -> Result<u64, AuditError> {
+        let fsync = self.shared().options.durability == Durability::Fsync;
+        let written = self.write(events, fsync)?;
+        if fsync {
+            self.wait_durable(written).await?;
+        }
+        Ok(written.first)
+    }
+
+    /// Appends `events` behind everything written before, without waiting for an fsync. For
+    /// records that follow an action already taken (outcomes, disconnects): they are on disk
+    /// by the next fsync, and never cost one of their own.
     pub fn append(&self, events: Vec<AuditEvent>) {
-        if self.tx.send(Command::Append { events, ack: None }).is_err() {
-            tracing::error!("audit log closed; record dropped");
+        if let Err(e) = self.write(events.iter(), false) {
+            tracing::error!(error = %e, "audit record dropped");
         }
     }
 
-    /// Flushes, fsyncs and stops the writer; later appends fail.
+    /// Writes a final checkpoint, fsyncs and stops the syncer; later appends fail.
     pub async fn close(&self) {
-        let (ack, done) = oneshot::channel();
-        if self.tx.send(Command::Close(ack)).is_ok() {
-            let _ = done.await;
-        }
+        let mut progress = self.shared().progress.subscribe();
+        self.shared().lock().closed = true;
+        self.shared().syncer_wake.notify_one();
+        let _ = progress.wait_for(|p| p.stopped).await;
     }
-}
 
-struct Writer {
-    head: watch::Sender<u64>,
-    file: File,
-    file_path: PathBuf,
-    healthy: Arc<AtomicBool>,
-    path: String,
-    next_seq: u64,
-    /// Bytes of complete records in the file.
-    len: u64,
-    /// The file was reopened after a failed sync during the current batch.
-    reopened: bool,
-    /// Hash of the last record written: the next record's `prev`.
-    last_hash: [u8; 32],
-    signer: Option<CheckpointSigner>,
-    /// Records written since the last checkpoint, and since when.
-    uncovered: u64,
-    uncovered_since: Option<Instant>,
-    options: AuditOptions,
-    /// Sequence number of the active file's first record (names the file when it rotates).
-    file_first_seq: u64,
-    /// When the active file was started (for rotation by time).
-    file_opened: Instant,
-    /// In `Write` mode: when the oldest record not yet fsynced was written.
-    unsynced_since: Option<Instant>,
-}
+    /// Encodes and writes `events` to the file; with `want_sync`, asks the syncer to make
+    /// them durable.
+    fn write<'a>(
+        &self,
+        events: impl Iterator<Item = &'a AuditEvent>,
+        want_sync: bool,
+    ) -> Result<Written, AuditError> {
+        FIELDS.with_borrow_mut(|fields| {
+            fields.clear();
+            let mut ends = Vec::with_capacity(1);
+            for event in events {
+                serialize_fields(fields, event);
+                ends.push(fields.len());
+            }
+            let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+            self.shared().write_lines(fields, &ends, &time, want_sync)
+        })
+    }
 
-impl Writer {
-    fn run(&mut self, rx: mpsc::Receiver<Command>) {
-        let mut batch = Vec::new();
+    /// Waits until the syncer reports `written` durable, or that it never will be.
+    async fn wait_durable(&self, written: Written) -> Result<(), AuditError> {
+        let mut progress = self.shared().progress.subscribe();
         loop {
-            let tick = self.options.sync_interval.min(Duration::from_secs(1));
-            match rx.recv_timeout(tick) {
-                Ok(first) => batch.push(first),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.checkpoint_if_due();
-                    self.sync_if_due();
-                    self.rotate_if_due();
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.checkpoint();
-                    return;
-                }
+            if let Some(result) = progress.borrow_and_update().settles(written, self.path()) {
+                return result;
             }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
-                }
+            if progress.changed().await.is_err() {
+                return Err(AuditError::Closed);
             }
-            let closing = self.write_batch(&mut batch);
-            if let Some(ack) = closing {
-                self.checkpoint();
-                let _ = self.file.sync_data();
-                let _ = ack.send(());
-                return;
-            }
-            self.checkpoint_if_due();
-            self.sync_if_due();
-            self.rotate_if_due();
         }
     }
+}
 
-    /// Starts a new file once the active one is big or old enough. The old file ends with a
-    /// signed checkpoint and is fsynced before it is renamed; the chain runs on into the new
-    /// file. Failing to rotate is not a reason to refuse statements: the writer keeps
-    /// appending to the current file and tries again later.
-    fn rotate_if_due(&mut self) {
-        let by_size = self.options.rotate_size.is_some_and(|s| self.len >= s);
-        let by_time = self
-            .options
-            .rotate_interval
-            .is_some_and(|t| self.file_opened.elapsed() >= t);
-        if self.len == 0 || !(by_size || by_time) || !self.healthy.load(Ordering::SeqCst) {
-            return;
+/// One record's fields as a JSON object; a record that cannot be serialized (none can
+/// today) still takes its place in the chain, so the sequence has no gap.
+fn serialize_fields(fields: &mut Vec<u8>, event: &AuditEvent) {
+    let start = fields.len();
+    if serde_json::to_writer(&mut *fields, event).is_err() {
+        tracing::error!("audit event failed to serialize");
+        fields.truncate(start);
+        fields.extend_from_slice(br#"{"type":"unserializable"}"#);
+    }
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic under the lock leaves the chain state as the last completed write left
+        // it (every field is updated only after a write succeeds).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes one line per record (`fields[..ends[0]]`, `fields[ends[0]..ends[1]]`, …).
+    fn write_lines(
+        &self,
+        fields: &[u8],
+        ends: &[usize],
+        time: &str,
+        want_sync: bool,
+    ) -> Result<Written, AuditError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(AuditError::Closed);
         }
-        self.checkpoint();
-        if self.uncovered > 0 {
-            return; // the checkpoint failed; the log says why
+        let state = &mut *state;
+        let first = state.next_seq;
+        let mut seq = first;
+        let mut hash = state.last_hash;
+        let mut start = 0;
+        state.buf.clear();
+        for &end in ends {
+            hash = encode_line(&mut state.buf, seq, time, &hash, &fields[start..end]);
+            start = end;
+            seq += 1;
         }
-        if let Err(e) = self.file.sync_data() {
-            tracing::error!(path = %self.path, error = %e, "audit fsync before rotation failed");
+        if let Err(e) = state.append_buf() {
             self.healthy.store(false, Ordering::SeqCst);
-            self.reopen();
-            return;
-        }
-        let target = rotated_name(&self.file_path, self.file_first_seq);
-        if target.exists() {
-            tracing::error!(target = %target.display(), "audit rotation target exists; not rotating");
-            self.file_opened = Instant::now();
-            return;
-        }
-        if let Err(e) = std::fs::rename(&self.file_path, &target) {
-            tracing::error!(path = %self.path, error = %e, "audit rotation failed");
-            self.file_opened = Instant::now();
-            return;
-        }
-        match OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&self.file_path)
-        {
-            Ok(file) => {
-                sync_dir(&self.file_path);
-                tracing::info!(rotated = %target.display(), first_seq = self.file_first_seq, "audit file rotated");
-                self.file = file;
-                self.len = 0;
-                self.file_first_seq = self.next_seq;
-                self.file_opened = Instant::now();
-            }
-            Err(e) => {
-                // The handle still points at the renamed file: records keep going there, and
-                // the chain stays whole. Put the name back so readers find the active file.
-                tracing::error!(path = %self.path, error = %e, "could not start a new audit file");
-                let _ = std::fs::rename(&target, &self.file_path);
-                self.file_opened = Instant::now();
-            }
-        }
-    }
-
-    /// `Write` mode: fsync once the oldest unsynced record is `sync_interval` old.
-    fn sync_if_due(&mut self) {
-        if self
-            .unsynced_since
-            .is_some_and(|t| t.elapsed() >= self.options.sync_interval)
-        {
-            match self.file.sync_data() {
-                Ok(()) => self.unsynced_since = None,
-                Err(e) => {
-                    self.healthy.store(false, Ordering::SeqCst);
-                    tracing::error!(path = %self.path, error = %e, "periodic audit fsync failed");
-                    self.reopen();
-                }
-            }
-        }
-    }
-
-    fn checkpoint_if_due(&mut self) {
-        let due_by_time = self
-            .uncovered_since
-            .is_some_and(|t| t.elapsed() >= CHECKPOINT_AFTER);
-        if self.uncovered >= CHECKPOINT_EVERY || (self.uncovered > 0 && due_by_time) {
-            self.checkpoint();
-        }
-    }
-
-    /// Writes a signed checkpoint covering everything so far, and syncs it.
-    fn checkpoint(&mut self) {
-        if self.uncovered == 0 {
-            return;
-        }
-        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
-        let covers_seq = self.next_seq - 1;
-        let head = hex::encode(self.last_hash);
-        let signature = self
-            .signer
-            .as_ref()
-            .map(|s| s.sign(&checkpoint_message(covers_seq, &head, &time)));
-        let body = serde_json::json!({
-            "type": "checkpoint",
-            "covers_seq": covers_seq,
-            "head": head,
-            "signature": signature,
-        });
-        let mut buf = Vec::new();
-        let hash = encode_value(&mut buf, self.next_seq, &time, &self.last_hash, &body);
-        match self.write_out(&buf, true) {
-            Ok(()) => {
-                self.next_seq += 1;
-                self.last_hash = hash;
-                self.uncovered = 0;
-                self.uncovered_since = None;
-            }
-            Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
-        }
-    }
-
-    /// Writes and syncs one batch, answers its waiters; returns the close ack if asked to stop.
-    fn write_batch(&mut self, batch: &mut Vec<Command>) -> Option<oneshot::Sender<()>> {
-        self.reopened = false;
-        let mut buf = Vec::with_capacity(512 * batch.len());
-        let mut acks = Vec::new();
-        let mut close = None;
-        let start_seq = self.next_seq;
-        let start_hash = self.last_hash;
-        let mut seq = start_seq;
-        let mut hash = start_hash;
-        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
-        for cmd in batch.drain(..) {
-            match cmd {
-                Command::Append { events, ack } => {
-                    let first = seq;
-                    for event in &events {
-                        hash = encode_line(&mut buf, seq, &time, &hash, event);
-                        seq += 1;
-                    }
-                    if let Some(ack) = ack {
-                        acks.push((ack, first));
-                    }
-                }
-                Command::Close(ack) => close = Some(ack),
-            }
-        }
-        // Records nobody waits for (outcomes, disconnects) are written now and made durable
-        // by the next fsync, so they never cost one of their own.
-        let sync =
-            (!acks.is_empty() && self.options.durability == Durability::Fsync) || close.is_some();
-        let result = self.write_out(&buf, sync);
-        if result.is_ok() && !sync && !buf.is_empty() {
-            self.unsynced_since.get_or_insert_with(Instant::now);
-        } else if result.is_ok() && sync {
-            self.unsynced_since = None;
-        }
-        match result {
-            Ok(()) => {
-                if !self.healthy.swap(true, Ordering::SeqCst) {
-                    tracing::info!(path = %self.path, "audit log writable again; service resumes");
-                }
-                if seq > start_seq {
-                    self.uncovered += seq - start_seq;
-                    self.uncovered_since.get_or_insert_with(Instant::now);
-                }
-                self.next_seq = seq;
-                self.last_hash = hash;
-                self.head.send_replace(seq - 1);
-                for (ack, first) in acks {
-                    let _ = ack.send(Ok(first));
-                }
-            }
-            Err(e) => {
-                self.healthy.store(false, Ordering::SeqCst);
-                tracing::error!(path = %self.path, error = %e, "audit write failed; statements are refused");
-                let err = AuditError::Io {
-                    path: self.path.clone(),
-                    message: e.to_string(),
-                };
-                for (ack, _) in acks {
-                    let _ = ack.send(Err(err.clone()));
-                }
-                // Nothing of this batch counts as written; after a reopen the state is what the
-                // file holds, otherwise the batch's sequence numbers are reused.
-                if !self.reopened {
-                    self.next_seq = start_seq;
-                    self.last_hash = start_hash;
-                }
-                self.reopened = false;
-            }
-        }
-        close
-    }
-
-    fn write_out(&mut self, buf: &[u8], sync: bool) -> std::io::Result<()> {
-        if !buf.is_empty() {
-            if let Err(e) = self.file.write_all(buf) {
-                // Cut off whatever part of the batch reached the file, so no half record stays.
-                let _ = self.file.set_len(self.len);
-                return Err(e);
-            }
-            self.len += buf.len() as u64;
-        }
-        if sync {
-            if let Err(e) = self.file.sync_data() {
-                // After a failed fsync nothing is known about what reached the disk: do not
-                // retry on this file handle as if it had worked. Reopen, and take sequence
-                // and chain from what the file really holds.
-                self.reopen();
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    fn reopen(&mut self) {
-        let reopened = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&self.file_path)
-            .and_then(|mut f| {
-                let (seq, hash) = chain_tail(&self.file_path, &mut f)?;
-                let len = f.metadata()?.len();
-                Ok((f, seq, hash, len))
+            tracing::error!(path = %self.path.display(), error = %e, "audit write failed; statements are refused");
+            return Err(AuditError::Io {
+                path: self.path.display().to_string(),
+                message: e.to_string(),
             });
-        match reopened {
-            Ok((file, seq, hash, len)) => {
-                self.reopened = true;
-                self.file = file;
-                self.next_seq = seq + 1;
-                self.last_hash = hash;
-                self.len = len;
-            }
-            Err(e) => {
-                tracing::error!(path = %self.path, error = %e, "audit log could not be reopened")
-            }
         }
-    }
-}
-
-/// `{"seq":N,"time":"…","prev":"<hex>",<event fields>}\n`; returns the line's hash.
-fn encode_line(
-    buf: &mut Vec<u8>,
-    seq: u64,
-    time: &str,
-    prev: &[u8; 32],
-    event: &AuditEvent,
-) -> [u8; 32] {
-    match serde_json::to_value(event) {
-        Ok(value) => encode_value(buf, seq, time, prev, &value),
-        Err(_) => {
-            tracing::error!(seq, "audit event failed to serialize");
-            encode_value(
-                buf,
-                seq,
-                time,
-                prev,
-                &serde_json::json!({"type": "unserializable"}),
-            )
+        let last = seq - 1;
+        state.next_seq = seq;
+        state.last_hash = hash;
+        if seq > first {
+            let now = Instant::now();
+            state.uncovered += seq - first;
+            state.uncovered_since.get_or_insert(now);
+            state.unsynced_since.get_or_insert(now);
         }
-    }
-}
-
-fn encode_value(
-    buf: &mut Vec<u8>,
-    seq: u64,
-    time: &str,
-    prev: &[u8; 32],
-    body: &serde_json::Value,
-) -> [u8; 32] {
-    let start = buf.len();
-    buf.extend_from_slice(
-        format!(
-            "{{\"seq\":{seq},\"time\":\"{time}\",\"prev\":\"{}\"",
-            hex::encode(prev)
-        )
-        .as_bytes(),
-    );
-    let fields = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    if fields.len() > 2 {
-        buf.push(b',');
-        buf.extend_from_slice(&fields[1..fields.len() - 1]);
-    }
-    buf.push(b'}');
-    let hash = line_hash(&buf[start..]);
-    buf.push(b'\n');
-    hash
-}
-
-/// Where the chain continues: the last record of the active file, or, when it holds none
-/// yet (just rotated), the last record of the newest rotated file.
-fn chain_tail(active: &Path, file: &mut File) -> std::io::Result<(u64, [u8; 32])> {
-    let tail = recover_tail(file)?;
-    if tail.0 > 0 {
-        return Ok(tail);
-    }
-    let rotated = segments(active)?
-        .into_iter()
-        .rev()
-        .find(|s| s.first_seq.is_some());
-    match rotated {
-        Some(segment) => {
-            let mut previous = OpenOptions::new()
-                .read(true)
-                .append(true)
-                .open(&segment.path)?;
-            recover_tail(&mut previous)
+        if !self.healthy.swap(true, Ordering::SeqCst) {
+            tracing::info!(path = %self.path.display(), "audit log writable again; service resumes");
         }
-        None => Ok(tail),
-    }
-}
-
-/// The sequence number of the file's first record, if it has one.
-fn first_seq_of(file: &mut File) -> std::io::Result<Option<u64>> {
-    file.seek(SeekFrom::Start(0))?;
-    let mut first = Vec::new();
-    std::io::BufRead::read_until(&mut std::io::BufReader::new(&mut *file), b'\n', &mut first)?;
-    Ok(serde_json::from_slice::<serde_json::Value>(&first)
-        .ok()
-        .and_then(|v| v.get("seq").and_then(|s| s.as_u64())))
-}
-
-/// Makes a rename in the file's folder durable.
-fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not fsync the audit folder");
+        self.head.send_replace(last);
+        let checkpoint_due = state.uncovered >= CHECKPOINT_EVERY;
+        if want_sync {
+            state.sync_wanted = state.sync_wanted.max(last);
         }
+        if (want_sync || checkpoint_due) && state.syncer_idle {
+            state.syncer_idle = false;
+            self.syncer_wake.notify_one();
+        }
+        Ok(Written {
+            generation: state.generation,
+            first,
+            last,
+        })
     }
 }
 
-/// Drops a torn final record (a crash mid-write) and returns the last record's sequence
-/// number and hash, where the chain continues.
-fn recover_tail(file: &mut File) -> std::io::Result<(u64, [u8; 32])> {
-    let len = file.metadata()?.len();
-    if len == 0 {
-        return Ok((0, GENESIS));
-    }
-    let mut window = 64 * 1024u64;
-    loop {
-        let start = len.saturating_sub(window);
-        file.seek(SeekFrom::Start(start))?;
-        let mut tail = Vec::new();
-        file.read_to_end(&mut tail)?;
-        let complete_end = tail.iter().rposition(|b| *b == b'\n').map(|i| i + 1);
-        match complete_end {
-            Some(end) => {
-                if start + (end as u64) < len {
-                    tracing::warn!(
-                        bytes = len - start - end as u64,
-                        "truncating a torn audit record"
-                    );
-                    file.set_len(start + end as u64)?;
-                }
-                let body = &tail[..end - 1];
-                let line_start = body.iter().rposition(|b| *b == b'\n').map(|i| i + 1);
-                if line_start.is_none() && start > 0 {
-                    window *= 4;
-                    continue;
-                }
-                let line = &body[line_start.unwrap_or(0)..];
-                let seq = serde_json::from_slice::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v.get("seq").and_then(|s| s.as_u64()))
-                    .unwrap_or(0);
-                return Ok((seq, line_hash(line)));
-            }
-            None if start == 0 => {
-                // No complete record at all: the whole file is one torn write.
-                file.set_len(0)?;
-                return Ok((0, GENESIS));
-            }
-            None => window *= 4,
+impl State {
+    /// Appends `buf` to the file; on failure cuts off whatever part of it got there, so no
+    /// half record stays.
+    pub(super) fn append_buf(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
         }
+        if let Err(e) = (&*self.file).write_all(&self.buf) {
+            let _ = self.file.set_len(self.len);
+            return Err(e);
+        }
+        self.len += self.buf.len() as u64;
+        Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_torn_last_record_is_cut_and_the_chain_continues() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("audit.jsonl");
-        let mut good = Vec::new();
-        let h1 = encode_value(
-            &mut good,
-            1,
-            "t",
-            &GENESIS,
-            &serde_json::json!({"type": "x"}),
-        );
-        std::fs::write(&path, [&good[..], b"{\"seq\":2,\"time\":\"tor"].concat()).expect("write");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&path)
-            .expect("open");
-        let (seq, hash) = recover_tail(&mut file).expect("recover");
-        assert_eq!((seq, hash), (1, h1));
-        assert_eq!(std::fs::read(&path).expect("read"), good);
-    }
-}
+#[path = "writer_tests.rs"]
+mod tests;

@@ -384,19 +384,14 @@ impl Relay {
 
     /// Writes the batch's statement records durably and opens their tracker slots.
     async fn record_statements(&mut self, pending: Vec<Pending>) -> Result<(), End> {
-        let records: Vec<AuditEvent> = pending
-            .iter()
-            .filter_map(|p| match p {
-                Pending::Statement(e) | Pending::Refused(e, _) | Pending::NotRun(e) => {
-                    Some(e.clone())
-                }
-                _ => None,
-            })
-            .collect();
-        let mut seq = if records.is_empty() {
+        let records = pending.iter().filter_map(|p| match p {
+            Pending::Statement(e) | Pending::Refused(e, _) | Pending::NotRun(e) => Some(e),
+            _ => None,
+        });
+        let mut seq = if records.clone().next().is_none() {
             0
         } else {
-            match guarded(&mut self.term, self.audit.append_durable(records)).await? {
+            match guarded(&mut self.term, self.audit.append_durable_all(records)).await? {
                 Ok(first) => first,
                 Err(e) => {
                     tracing::error!(error = %e, "audit write failed; statement refused");

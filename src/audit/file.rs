@@ -1,0 +1,147 @@
+//! The audit file on disk: where its chain continues after a restart or a failed write,
+//! and the exact bytes of one record line.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use super::chain::{line_hash, GENESIS};
+use super::segments::segments;
+
+/// `{"seq":N,"time":"…","prev":"<hex>",<fields>}\n` where `fields` is a serialized JSON
+/// object (`{…}`) whose members follow the header; returns the line's hash. The header is
+/// written by hand: the chain needs it first, and it is the same for every record.
+pub(super) fn encode_line(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    time: &str,
+    prev: &[u8; 32],
+    fields: &[u8],
+) -> [u8; 32] {
+    use std::io::Write as _;
+    let start = buf.len();
+    // Writing into a Vec cannot fail.
+    let _ = write!(buf, "{{\"seq\":{seq},\"time\":\"{time}\",\"prev\":\"");
+    let mut hex = [0u8; 64];
+    let _ = hex::encode_to_slice(prev, &mut hex);
+    buf.extend_from_slice(&hex);
+    buf.push(b'"');
+    if fields.len() > 2 {
+        buf.push(b',');
+        buf.extend_from_slice(&fields[1..fields.len() - 1]);
+    }
+    buf.push(b'}');
+    let hash = line_hash(&buf[start..]);
+    buf.push(b'\n');
+    hash
+}
+
+/// Where the chain continues: the last record of the active file, or, when it holds none
+/// yet (just rotated), the last record of the newest rotated file.
+pub(super) fn chain_tail(active: &Path, file: &mut File) -> std::io::Result<(u64, [u8; 32])> {
+    let tail = recover_tail(file)?;
+    if tail.0 > 0 {
+        return Ok(tail);
+    }
+    let rotated = segments(active)?
+        .into_iter()
+        .rev()
+        .find(|s| s.first_seq.is_some());
+    match rotated {
+        Some(segment) => {
+            let mut previous = OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(&segment.path)?;
+            recover_tail(&mut previous)
+        }
+        None => Ok(tail),
+    }
+}
+
+/// The sequence number of the file's first record, if it has one.
+pub(super) fn first_seq_of(file: &mut File) -> std::io::Result<Option<u64>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut first = Vec::new();
+    std::io::BufRead::read_until(&mut std::io::BufReader::new(&mut *file), b'\n', &mut first)?;
+    Ok(serde_json::from_slice::<serde_json::Value>(&first)
+        .ok()
+        .and_then(|v| v.get("seq").and_then(|s| s.as_u64())))
+}
+
+/// Makes a rename in the file's folder durable.
+pub(super) fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not fsync the audit folder");
+        }
+    }
+}
+
+/// Drops a torn final record (a crash mid-write) and returns the last record's sequence
+/// number and hash, where the chain continues.
+pub(super) fn recover_tail(file: &mut File) -> std::io::Result<(u64, [u8; 32])> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok((0, GENESIS));
+    }
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        let complete_end = tail.iter().rposition(|b| *b == b'\n').map(|i| i + 1);
+        match complete_end {
+            Some(end) => {
+                if start + (end as u64) < len {
+                    tracing::warn!(
+                        bytes = len - start - end as u64,
+                        "truncating a torn audit record"
+                    );
+                    file.set_len(start + end as u64)?;
+                }
+                let body = &tail[..end - 1];
+                let line_start = body.iter().rposition(|b| *b == b'\n').map(|i| i + 1);
+                if line_start.is_none() && start > 0 {
+                    window *= 4;
+                    continue;
+                }
+                let line = &body[line_start.unwrap_or(0)..];
+                let seq = serde_json::from_slice::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("seq").and_then(|s| s.as_u64()))
+                    .unwrap_or(0);
+                return Ok((seq, line_hash(line)));
+            }
+            None if start == 0 => {
+                // No complete record at all: the whole file is one torn write.
+                file.set_len(0)?;
+                return Ok((0, GENESIS));
+            }
+            None => window *= 4,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_record_is_cut_and_the_chain_continues() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let mut good = Vec::new();
+        let h1 = encode_line(&mut good, 1, "t", &GENESIS, br#"{"type":"x"}"#);
+        std::fs::write(&path, [&good[..], b"{\"seq\":2,\"time\":\"tor"].concat()).expect("write");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .expect("open");
+        let (seq, hash) = recover_tail(&mut file).expect("recover");
+        assert_eq!((seq, hash), (1, h1));
+        assert_eq!(std::fs::read(&path).expect("read"), good);
+    }
+}

@@ -1,0 +1,274 @@
+//! The syncer thread: fdatasyncs what sessions wrote (group commit: one sync covers every
+//! record written while the previous one ran), publishes "durable up to seq", and does the
+//! trail's housekeeping — signed checkpoints, rotation, the final checkpoint on close.
+//! It never encodes or writes statement records; sessions do that themselves.
+
+use std::fs::OpenOptions;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+
+use super::chain::{checkpoint_message, CheckpointSigner};
+use super::file::{chain_tail, encode_line, sync_dir};
+use super::segments::rotated_name;
+use super::writer::{Progress, Shared, State};
+
+/// A signed checkpoint is written after this many records…
+pub(super) const CHECKPOINT_EVERY: u64 = 1000;
+/// …or this long after the first record it does not yet cover.
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(10);
+/// Longest the syncer sleeps: housekeeping (checkpoints, rotation by time) runs this often.
+const TICK: Duration = Duration::from_secs(1);
+
+pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
+    let syncer = Syncer { shared, signer };
+    let mut state = shared.lock();
+    loop {
+        if state.closed {
+            syncer.finish(state);
+            return;
+        }
+        if syncer.sync_due(&state) {
+            state = syncer.sync(state);
+            continue;
+        }
+        syncer.checkpoint_if_due(&mut state);
+        syncer.rotate_if_due(&mut state);
+        if syncer.sync_due(&state) {
+            continue;
+        }
+        state.syncer_idle = true;
+        let timeout = syncer.sleep_for(&state);
+        state = match shared.syncer_wake.wait_timeout(state, timeout) {
+            Ok((state, _)) => state,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+        state.syncer_idle = false;
+    }
+}
+
+struct Syncer<'a> {
+    shared: &'a Arc<Shared>,
+    signer: Option<CheckpointSigner>,
+}
+
+impl<'a> Syncer<'a> {
+    /// Someone waits for a record to be durable, or the oldest unsynced record has waited
+    /// `sync_interval` (records nobody waits for, and all of them in `write` mode).
+    fn sync_due(&self, state: &State) -> bool {
+        state.sync_wanted > state.durable
+            || state
+                .unsynced_since
+                .is_some_and(|t| t.elapsed() >= self.shared.options.sync_interval)
+    }
+
+    fn sleep_for(&self, state: &State) -> Duration {
+        let interval = self.shared.options.sync_interval;
+        match state.unsynced_since {
+            Some(t) => interval.saturating_sub(t.elapsed()).min(TICK),
+            None => TICK,
+        }
+        .max(Duration::from_millis(1))
+    }
+
+    /// One fdatasync, outside the lock so sessions keep writing (their records ride the
+    /// next sync); then wakes every waiter it made durable.
+    fn sync(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let target = state.next_seq - 1;
+        let file = state.file.clone();
+        drop(state);
+        let result = file.sync_data();
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.shared.lock();
+        match result {
+            Ok(()) => {
+                state.durable = state.durable.max(target);
+                state.unsynced_since = (state.next_seq - 1 > target).then(Instant::now);
+                self.publish(&state, None);
+            }
+            Err(e) => self.sync_failed(&mut state, &e),
+        }
+        state
+    }
+
+    /// After a failed fsync nothing is known about what reached the disk: do not retry on
+    /// this file handle as if it had worked. Reopen, take sequence and chain from what the
+    /// file really holds, and fail every waiter not yet durable (a new generation).
+    fn sync_failed(&self, state: &mut State, error: &std::io::Error) {
+        self.shared.healthy.store(false, Ordering::SeqCst);
+        tracing::error!(path = %self.shared.path.display(), error = %error, "audit fsync failed; statements are refused");
+        self.reopen(state);
+        state.generation += 1;
+        state.unsynced_since = None;
+        let previous_durable = state.durable;
+        // The new generation starts with what the file holds.
+        state.durable = state.next_seq - 1;
+        state.sync_wanted = state.durable;
+        let progress = Progress {
+            generation: state.generation,
+            durable: state.durable,
+            previous_durable,
+            failure: Some(error.to_string().into()),
+            stopped: false,
+        };
+        self.shared.progress.send_replace(progress);
+    }
+
+    fn publish(&self, state: &State, stopped: Option<bool>) {
+        self.shared.progress.send_modify(|p| {
+            p.generation = state.generation;
+            p.durable = state.durable;
+            if let Some(stopped) = stopped {
+                p.stopped = stopped;
+            }
+        });
+    }
+
+    fn reopen(&self, state: &mut State) {
+        let path = &self.shared.path;
+        let reopened = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| {
+                let (seq, hash) = chain_tail(path, &mut f)?;
+                let len = f.metadata()?.len();
+                Ok((f, seq, hash, len))
+            });
+        match reopened {
+            Ok((file, seq, hash, len)) => {
+                state.file = Arc::new(file);
+                state.next_seq = seq + 1;
+                state.last_hash = hash;
+                state.len = len;
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "audit log could not be reopened")
+            }
+        }
+    }
+
+    /// Closing: a last checkpoint, a last fsync, and every waiter answered.
+    fn finish(&self, mut state: MutexGuard<'_, State>) {
+        self.checkpoint(&mut state);
+        match state.file.sync_data() {
+            Ok(()) => state.durable = state.next_seq - 1,
+            Err(e) => {
+                tracing::error!(path = %self.shared.path.display(), error = %e, "final audit fsync failed")
+            }
+        }
+        self.publish(&state, Some(true));
+    }
+
+    fn checkpoint_if_due(&self, state: &mut State) {
+        let due_by_time = state
+            .uncovered_since
+            .is_some_and(|t| t.elapsed() >= CHECKPOINT_AFTER);
+        if state.uncovered >= CHECKPOINT_EVERY || (state.uncovered > 0 && due_by_time) {
+            self.checkpoint(state);
+        }
+    }
+
+    /// Writes a signed checkpoint covering everything so far; the next sync makes it durable.
+    fn checkpoint(&self, state: &mut State) {
+        if state.uncovered == 0 {
+            return;
+        }
+        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let covers_seq = state.next_seq - 1;
+        let head = hex::encode(state.last_hash);
+        let signature = self
+            .signer
+            .as_ref()
+            .map(|s| s.sign(&checkpoint_message(covers_seq, &head, &time)));
+        let body = serde_json::json!({
+            "type": "checkpoint",
+            "covers_seq": covers_seq,
+            "head": head,
+            "signature": signature,
+        });
+        let fields = serde_json::to_vec(&body).unwrap_or_default();
+        state.buf.clear();
+        let (seq, prev) = (state.next_seq, state.last_hash);
+        let hash = encode_line(&mut state.buf, seq, &time, &prev, &fields);
+        match state.append_buf() {
+            Ok(()) => {
+                state.next_seq += 1;
+                state.last_hash = hash;
+                state.uncovered = 0;
+                state.uncovered_since = None;
+                state.sync_wanted = state.sync_wanted.max(seq);
+                self.shared.head.send_replace(seq);
+            }
+            Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
+        }
+    }
+
+    /// Starts a new file once the active one is big or old enough. The old file ends with a
+    /// signed checkpoint and is fsynced before it is renamed; the chain runs on into the new
+    /// file. Failing to rotate is not a reason to refuse statements: sessions keep
+    /// appending to the current file and the syncer tries again later. Sessions wait on the
+    /// lock meanwhile: rotation is rare, and the file's name must not change under them.
+    fn rotate_if_due(&self, state: &mut State) {
+        let options = &self.shared.options;
+        let by_size = options.rotate_size.is_some_and(|s| state.len >= s);
+        let by_time = options
+            .rotate_interval
+            .is_some_and(|t| state.file_opened.elapsed() >= t);
+        if state.len == 0 || !(by_size || by_time) || !self.shared.healthy.load(Ordering::SeqCst) {
+            return;
+        }
+        self.checkpoint(state);
+        if state.uncovered > 0 {
+            return; // the checkpoint failed; the log says why
+        }
+        if let Err(e) = state.file.sync_data() {
+            tracing::error!(path = %self.shared.path.display(), error = %e, "audit fsync before rotation failed");
+            self.sync_failed(state, &e);
+            return;
+        }
+        state.durable = state.next_seq - 1;
+        state.unsynced_since = None;
+        self.publish(state, None);
+        self.rename_and_start_new(state);
+    }
+
+    fn rename_and_start_new(&self, state: &mut State) {
+        let path = &self.shared.path;
+        let target = rotated_name(path, state.file_first_seq);
+        if target.exists() {
+            tracing::error!(target = %target.display(), "audit rotation target exists; not rotating");
+            state.file_opened = Instant::now();
+            return;
+        }
+        if let Err(e) = std::fs::rename(path, &target) {
+            tracing::error!(path = %path.display(), error = %e, "audit rotation failed");
+            state.file_opened = Instant::now();
+            return;
+        }
+        match OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(file) => {
+                sync_dir(path);
+                tracing::info!(rotated = %target.display(), first_seq = state.file_first_seq, "audit file rotated");
+                state.file = Arc::new(file);
+                state.len = 0;
+                state.file_first_seq = state.next_seq;
+                state.file_opened = Instant::now();
+            }
+            Err(e) => {
+                // The handle still points at the renamed file: records keep going there, and
+                // the chain stays whole. Put the name back so readers find the active file.
+                tracing::error!(path = %path.display(), error = %e, "could not start a new audit file");
+                let _ = std::fs::rename(&target, path);
+                state.file_opened = Instant::now();
+            }
+        }
+    }
+}

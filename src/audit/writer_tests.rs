@@ -1,0 +1,225 @@
+//! The writer against a real file: chain, durability order, group commit, close.
+
+use std::time::Duration;
+
+use super::*;
+use crate::audit::chain::verify;
+use crate::audit::{RequestEvent, RequestRecord};
+
+fn event(i: usize) -> AuditEvent {
+    AuditEvent::Request(RequestRecord {
+        event: RequestEvent::Created,
+        request_id: format!("req-{i}"),
+        actor: "eve".into(),
+        engineer: "eve".into(),
+        database: "sales".into(),
+        ticket: format!("T-{i}"),
+        access: "read".into(),
+        reason: Some("line one\nline \"two\"".into()),
+        access_expires_at: None,
+        status: None,
+        break_glass: false,
+    })
+}
+
+fn options(durability: Durability, sync_interval: Duration) -> AuditOptions {
+    AuditOptions {
+        durability,
+        sync_interval,
+        ..AuditOptions::default()
+    }
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("read")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+fn durable(log: &AuditLog) -> u64 {
+    log.shared().lock().durable
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sessions_share_fsyncs_and_the_chain_stays_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, thread) = AuditLog::open(&path, None).expect("open");
+    let (tasks, each) = (32, 40);
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let log = log.clone();
+        handles.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..each {
+                let seq = log
+                    .append_durable(vec![event(t * 1000 + i)])
+                    .await
+                    .expect("append");
+                // In fsync mode an append returns only once its record is on disk.
+                assert!(durable(&log) >= seq, "returned before its fsync");
+                seqs.push(seq);
+            }
+            seqs
+        }));
+    }
+    let mut seqs = Vec::new();
+    for handle in handles {
+        seqs.extend(handle.await.expect("task"));
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), tasks * each, "every record has its own seq");
+    let syncs = log.sync_count();
+    assert!(
+        syncs < (tasks * each) as u64,
+        "{syncs} fsyncs for {} records: no group commit",
+        tasks * each
+    );
+    log.close().await;
+    thread.join().expect("syncer");
+    let report = verify(&[&path], None, false).expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+    let records = lines(&path);
+    let statements = records.iter().filter(|r| r["type"] == "request").count();
+    assert_eq!(statements, tasks * each);
+    assert_eq!(records.last().expect("a record")["type"], "checkpoint");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_mode_returns_once_written_without_an_fsync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, thread) = AuditLog::open_with(
+        &path,
+        None,
+        options(Durability::Write, Duration::from_secs(3600)),
+    )
+    .expect("open");
+    let seq = log.append_durable(vec![event(1)]).await.expect("append");
+    // Written (readable at once) without waiting for an fsync.
+    assert_eq!(lines(&path)[0]["request_id"], "req-1");
+    assert_eq!(log.sync_count(), 0);
+    assert!(durable(&log) < seq);
+    drop(log);
+    thread
+        .join()
+        .expect("the syncer stops when the last handle goes");
+    let records = lines(&path);
+    assert_eq!(records.last().expect("a record")["type"], "checkpoint");
+}
+
+/// Outcome records (nobody waits) in `fsync` mode, everything in `write` mode: on disk
+/// within the sync interval, with no append asking for it.
+async fn synced_within_the_interval(durability: Durability) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, _thread) =
+        AuditLog::open_with(&path, None, options(durability, Duration::from_millis(100)))
+            .expect("open");
+    log.append(vec![event(1), event(2)]);
+    assert_eq!(lines(&path).len(), 2, "written at once, in order");
+    for _ in 0..200 {
+        if durable(&log) >= 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("records were never fsynced in {durability:?} mode");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_nobody_waits_for_are_fsynced_within_the_interval() {
+    synced_within_the_interval(Durability::Fsync).await;
+    synced_within_the_interval(Durability::Write).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_close_appends_fail_and_the_trail_ends_with_a_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, thread) = AuditLog::open(&path, None).expect("open");
+    log.append(vec![event(1)]);
+    log.close().await;
+    thread.join().expect("syncer");
+    assert!(matches!(
+        log.append_durable(vec![event(2)]).await,
+        Err(AuditError::Closed)
+    ));
+    let records = lines(&path);
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1]["type"], "checkpoint");
+    assert_eq!(records[1]["covers_seq"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reopened_trail_continues_the_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    for round in 0..3 {
+        let (log, thread) = AuditLog::open(&path, None).expect("open");
+        log.append_durable(vec![event(round), event(round + 10)])
+            .await
+            .expect("append");
+        log.close().await;
+        thread.join().expect("syncer");
+    }
+    let report = verify(&[&path], None, false).expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+    let seqs: Vec<u64> = lines(&path)
+        .iter()
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
+}
+
+fn written(generation: u64, last: u64) -> Written {
+    Written {
+        generation,
+        first: last,
+        last,
+    }
+}
+
+#[test]
+fn a_failed_fsync_fails_exactly_the_records_it_left_unknown() {
+    let path = Path::new("audit.jsonl");
+    let after_failure = Progress {
+        generation: 1,
+        durable: 12,
+        previous_durable: 10,
+        failure: Some("EIO".into()),
+        stopped: false,
+    };
+    // Synced before the failure: durable.
+    assert!(matches!(
+        after_failure.settles(written(0, 10), path),
+        Some(Ok(()))
+    ));
+    // Written but not known synced when the fsync failed: never durable.
+    match after_failure.settles(written(0, 11), path) {
+        Some(Err(AuditError::Io { message, .. })) => assert_eq!(message, "EIO"),
+        other => panic!("{other:?}"),
+    }
+    // The new generation's records wait for their own sync.
+    assert!(after_failure.settles(written(1, 13), path).is_none());
+    assert!(matches!(
+        after_failure.settles(written(1, 12), path),
+        Some(Ok(()))
+    ));
+    // Two failures later nothing of generation 0 is known any more: fail closed.
+    let later = Progress {
+        generation: 2,
+        ..after_failure
+    };
+    assert!(matches!(later.settles(written(0, 1), path), Some(Err(_))));
+    // A stopped syncer answers every waiter.
+    let stopped = Progress {
+        durable: 5,
+        stopped: true,
+        ..Progress::default()
+    };
+    assert!(matches!(stopped.settles(written(0, 6), path), Some(Err(_))));
+}
