@@ -1,145 +1,169 @@
 #!/usr/bin/env bash
-# Throughput of lockbox against direct PostgreSQL and pgbouncer, in one run, as ratios.
+# Throughput and latency of lockbox against direct PostgreSQL and pgbouncer, as one table.
 #
-#   benches/pgbench.sh [SECONDS_PER_RUN] [CLIENTS]      (defaults: 10 s, 8 clients)
+#   benches/pgbench.sh [SECONDS_PER_RUN] [CLIENTS] [ROUNDS]
 #
-# Starts the demo sandbox (`lockbox demo --keep`), loads pgbench tables (scale 10),
-# files and approves a lockbox request, starts pgbouncer (session pooling) in front of the
-# same server, then runs `pgbench -S` (select-only) in simple and extended mode against:
-# direct PostgreSQL, pgbouncer, lockbox (plaintext loopback), lockbox (TLS) — with the audit
-# in fsync mode (each statement waits for its fsync'd record) — and lockbox with the audit in
-# write mode (a second `lockbox serve` on the same state, its own audit file).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-SECONDS_PER_RUN=${1:-10}
-CLIENTS=${2:-8}
+#   SECONDS_PER_RUN  seconds of each pgbench run (env BENCH_SECONDS; default 10)
+#   CLIENTS          client counts, "1,8,64" or "1 8 64" (env BENCH_CLIENTS; default 1,8,64)
+#   ROUNDS           rounds; each figure is the median over them (env BENCH_ROUNDS; default 3)
+#   env BENCH_PROTOCOLS  pgbench -M modes (default: simple,extended,prepared)
+#   env BENCH_TARGETS    default: direct,pgbouncer,pgbouncer-tls,lockbox-fsync,
+#                        lockbox-fsync-tls,lockbox-write,lockbox-write-tls
+#   env BENCH_SCALE      pgbench scale (default 10)
+#   env LOCKBOX_BIN      use this lockbox binary instead of `cargo build --release`
+#
+# Starts the demo sandbox (`lockbox demo --keep`), loads pgbench's tables, starts pgbouncer
+# (session pooling; one plain, one with client_tls_sslmode=require) and a second
+# `lockbox serve` auditing in write mode, then runs `pgbench -S` (select-only) for each
+# round × client count × protocol × target, the targets interleaved so that a noisy neighbour
+# hits them alike. One run at a time holds connections. At 1 client, pgbench's
+# per-transaction log gives p50/p99 latency.
+#
+# Ratios: lockbox against pgbouncer on the same transport (plain vs plain, TLS vs TLS) and
+# against direct PostgreSQL (plain); "+p50"/"+p99" is the latency lockbox adds over pgbouncer.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
 
-if ! command -v pgbouncer >/dev/null 2>&1; then
-    echo "installing pgbouncer" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbouncer >/dev/null
+SECONDS_PER_RUN=${1:-${BENCH_SECONDS:-10}}
+read -ra CLIENT_COUNTS <<<"$(bench_list "${2:-${BENCH_CLIENTS:-1,8,64}}")"
+ROUNDS=${3:-${BENCH_ROUNDS:-3}}
+read -ra PROTOCOLS <<<"$(bench_list "${BENCH_PROTOCOLS:-simple,extended,prepared}")"
+read -ra TARGETS <<<"$(bench_list "${BENCH_TARGETS:-direct,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-fsync-tls,lockbox-write,lockbox-write-tls}")"
+SCALE=${BENCH_SCALE:-10}
+
+max_clients=0
+for c in "${CLIENT_COUNTS[@]}"; do if ((c > max_clients)); then max_clients=$c; fi; done
+
+bench_init
+bench_start_demo
+# Two pgbouncer pools may stay open (up to max_clients server connections each, until
+# server_idle_timeout) while one run holds max_clients more.
+needed=$((3 * max_clients + 20))
+max_connections=$(bench_max_connections)
+if ((needed > max_connections)); then
+    bench_raise_max_connections "$((needed + 20))"
 fi
-cargo build --release -q
-LOCKBOX=$PWD/target/release/lockbox
+BENCH_POOL=$max_clients bench_targets "${TARGETS[@]}"
+bench_grants read "${TARGETS[@]}"
+bench_load_pgbench "$SCALE"
 
-work=$(mktemp -d)
-chmod 755 "$work"
-demo_pid=""
-bouncer_pid=""
-serve_pid=""
-cleanup() {
-    [ -n "$bouncer_pid" ] && kill "$bouncer_pid" 2>/dev/null || true
-    [ -n "$serve_pid" ] && kill "$serve_pid" 2>/dev/null || true
-    if [ -n "$demo_pid" ]; then
-        kill -INT "$demo_pid" 2>/dev/null || true
-        wait "$demo_pid" 2>/dev/null || true
-    fi
-    rm -rf "$work"
+results=$BENCH_WORK/results
+: >"$results"
+mkdir -p "$BENCH_WORK/lat"
+
+# p50 and p99 (ms) of the per-transaction logs with this prefix (latency: 3rd column, µs).
+percentiles() {
+    python3 - "$@" <<'PY'
+import sys
+lat = []
+for path in sys.argv[1:]:
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                lat.append(int(parts[2]))
+lat.sort()
+def pct(p):
+    return lat[min(len(lat) - 1, max(0, int(round(p / 100 * len(lat))) - 1))] / 1000
+print(f"{pct(50):.4f} {pct(99):.4f}" if lat else "failed failed")
+PY
 }
-trap cleanup EXIT
 
-"$LOCKBOX" demo --keep --window 2s --env-file "$work/env" >"$work/demo.log" 2>&1 &
-demo_pid=$!
-for _ in $(seq 1 600); do [ -f "$work/env" ] && break; sleep 0.2; done
-[ -f "$work/env" ] || { cat "$work/demo.log"; echo "demo did not start" >&2; exit 1; }
-# shellcheck disable=SC1091
-source "$work/env"
-
-bin=$(dirname "$(readlink -f "$(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb | tail -1)")")
-PGBENCH="$bin/pgbench"
-PSQL="$bin/psql"
-pg_port=$(echo "$LOCKBOX_UPSTREAM_URL" | sed -E 's|.*:([0-9]+)/.*|\1|')
-
-echo "loading pgbench tables (scale 10)" >&2
-"$PGBENCH" -i -s 10 -q "$LOCKBOX_UPSTREAM_URL" >/dev/null 2>&1
-"$PSQL" -X -q "$LOCKBOX_UPSTREAM_URL" -c "GRANT SELECT ON ALL TABLES IN SCHEMA public TO lockbox_service, sales_read, sales_write"
-
-id=$(LOCKBOX_API_KEY=$LOCKBOX_ENGINEER_KEY "$LOCKBOX" request create --database "$LOCKBOX_DATABASE" \
-    --ticket BENCH-1 --reason "throughput benchmark" --access read --duration 2h)
-LOCKBOX_API_KEY=$LOCKBOX_APPROVER_KEY "$LOCKBOX" request approve "$id" --reason "benchmark" >/dev/null
-token=$(LOCKBOX_API_KEY=$LOCKBOX_ENGINEER_KEY "$LOCKBOX" token "$id")
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# A second lockbox on the same state and upstream, auditing in write mode.
-write_proxy_port=$(free_port)
-write_api_port=$(free_port)
-write_config="$(dirname "$LOCKBOX_CONFIG")/lockbox-write.toml"
-sed -e "s/^durability = .*/durability = \"write\"/" \
-    -e "s|^path = \"audit/audit.jsonl\"|path = \"audit/audit-write.jsonl\"|" \
-    -e "s/127.0.0.1:$LOCKBOX_PROXY_PORT/127.0.0.1:$write_proxy_port/" "$LOCKBOX_CONFIG" >"$write_config"
-api_port=$(echo "$LOCKBOX_SERVER" | sed -E 's|.*:([0-9]+)$|\1|')
-sed -i "s/127.0.0.1:$api_port/127.0.0.1:$write_api_port/" "$write_config"
-"$LOCKBOX" serve --config "$write_config" >"$work/serve-write.log" 2>&1 &
-serve_pid=$!
-for _ in $(seq 1 100); do
-    (echo >"/dev/tcp/127.0.0.1/$write_proxy_port") 2>/dev/null && break
-    sleep 0.1
-done
-
-bouncer_port=$(free_port)
-cat >"$work/pgbouncer.ini" <<INI
-[databases]
-$LOCKBOX_DATABASE = host=127.0.0.1 port=$pg_port dbname=$LOCKBOX_DATABASE user=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $bouncer_port
-unix_socket_dir =
-auth_type = trust
-auth_file = $work/users.txt
-pool_mode = session
-max_client_conn = 100
-default_pool_size = 20
-logfile = $work/pgbouncer.log
-INI
-echo '"postgres" ""' >"$work/users.txt"
-touch "$work/pgbouncer.log"
-chmod 644 "$work"/pgbouncer.ini "$work"/users.txt
-if [ "$(id -u)" = 0 ]; then
-    # pgbouncer refuses to run as root.
-    chown postgres "$work/pgbouncer.log"
-    runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
-else
-    pgbouncer "$work/pgbouncer.ini" >/dev/null 2>&1 &
-fi
-bouncer_pid=$!
-for _ in $(seq 1 50); do
-    "$PSQL" -X -q -h 127.0.0.1 -p "$bouncer_port" -U postgres -c "select 1" "$LOCKBOX_DATABASE" >/dev/null 2>&1 && break
-    sleep 0.2
-done
-
-# tps of one pgbench run ("failed" if it did not run); "$@" are connection arguments.
-tps() {
-    local mode=$1
-    shift
-    local out
-    if out=$("$PGBENCH" -n -S -M "$mode" -c "$CLIENTS" -j 2 -T "$SECONDS_PER_RUN" "$@" 2>"$work/pgbench.err"); then
-        echo "$out" | sed -nE 's/^tps = ([0-9.]+) .*/\1/p' | head -1
+# run TARGET CLIENTS PROTOCOL ROUND: one pgbench run, appends a line to $results.
+run() {
+    local target=$1 clients=$2 mode=$3 round=$4 threads out tps p50=- p99=- prefix
+    threads=$((clients < NPROC ? clients : NPROC))
+    local args=(-n -S -M "$mode" -c "$clients" -j "$threads" -T "$SECONDS_PER_RUN")
+    prefix=$BENCH_WORK/lat/$target.$mode.$round
+    if ((clients == 1)); then args+=(-l --log-prefix "$prefix"); fi
+    if out=$(bench_on "$target" -- "$PGBENCH" "${args[@]}" 2>"$BENCH_WORK/pgbench.err"); then
+        tps=$(echo "$out" | sed -nE 's/^tps = ([0-9.]+) .*/\1/p' | head -1)
+        if ((clients == 1)); then
+            read -r p50 p99 <<<"$(percentiles "$prefix".*)"
+            rm -f "$prefix".*
+        fi
     else
-        echo "pgbench failed: $(tail -3 "$work/pgbench.err")" >&2
-        echo failed
+        bench_log "pgbench on $target ($clients clients, $mode) failed: $(tail -3 "$BENCH_WORK/pgbench.err")"
+        bench_check_alive
+        tps=failed
     fi
+    echo "$target $clients $mode $round ${tps:-failed} $p50 $p99" >>"$results"
 }
 
-declare -A result
-for mode in simple extended; do
-    result[direct,$mode]=$(tps "$mode" -h 127.0.0.1 -p "$pg_port" -U postgres "$LOCKBOX_DATABASE")
-    result[pgbouncer,$mode]=$(tps "$mode" -h 127.0.0.1 -p "$bouncer_port" -U postgres "$LOCKBOX_DATABASE")
-    result[lockbox,$mode]=$(PGPASSWORD=$token PGSSLMODE=disable tps "$mode" -h 127.0.0.1 -p "$LOCKBOX_PROXY_PORT" -U "$LOCKBOX_ENGINEER" "$LOCKBOX_DATABASE")
-    result[lockbox-tls,$mode]=$(PGPASSWORD=$token PGSSLMODE=require tps "$mode" -h 127.0.0.1 -p "$LOCKBOX_PROXY_PORT" -U "$LOCKBOX_ENGINEER" "$LOCKBOX_DATABASE")
-    result[lockbox-write,$mode]=$(PGPASSWORD=$token PGSSLMODE=disable tps "$mode" -h 127.0.0.1 -p "$write_proxy_port" -U "$LOCKBOX_ENGINEER" "$LOCKBOX_DATABASE")
+bench_log "warming up each target (and checking it answers)"
+for target in "${TARGETS[@]}"; do
+    bench_on "$target" -- "$PGBENCH" -n -S -c 1 -t 200 >/dev/null 2>"$BENCH_WORK/pgbench.err" ||
+        bench_die "pgbench against $target failed: $(tail -3 "$BENCH_WORK/pgbench.err")"
+done
+
+total=$((ROUNDS * ${#CLIENT_COUNTS[@]} * ${#PROTOCOLS[@]} * ${#TARGETS[@]}))
+bench_log "$total runs of ${SECONDS_PER_RUN}s: about $((total * (SECONDS_PER_RUN + 1) / 60 + 1)) minutes"
+n=0
+for round in $(seq 1 "$ROUNDS"); do
+    for clients in "${CLIENT_COUNTS[@]}"; do
+        for mode in "${PROTOCOLS[@]}"; do
+            for target in "${TARGETS[@]}"; do
+                n=$((n + 1))
+                bench_log "run $n/$total: round $round, $clients clients, $mode, $target"
+                run "$target" "$clients" "$mode" "$round"
+            done
+        done
+    done
 done
 
 echo
-echo "pgbench -S, $CLIENTS clients, ${SECONDS_PER_RUN}s per run, $(nproc) cores (tps; ratio to direct)"
-echo "(lockbox, lockbox-tls: audit durability fsync; lockbox-write: durability write)"
-printf "%-14s %-10s %12s %8s\n" target mode tps ratio
-for mode in simple extended; do
-    base=${result[direct,$mode]}
-    for target in direct pgbouncer lockbox lockbox-tls lockbox-write; do
-        value=${result[$target,$mode]:-0}
-        ratio=$(python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$value" "$base" 2>/dev/null || echo "n/a")
-        printf "%-14s %-10s %12s %8s\n" "$target" "$mode" "${value:-failed}" "$ratio"
-    done
-done
-audited=$(LOCKBOX_API_KEY=$LOCKBOX_AUDITOR_KEY "$LOCKBOX" audit list --request "$id" | grep -c '"type":"statement"' || true)
-echo "lockbox statement records written for the benchmark request: $audited"
+echo "pgbench -S (select-only, scale $SCALE), ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $NPROC cores"
+echo "lockbox-fsync: audit durability fsync (each statement waits for its fsync'd record); lockbox-write: durability write"
+echo "vs-direct: tps / direct PostgreSQL; vs-bouncer: tps / pgbouncer on the same transport (plain or TLS);"
+echo "latency at 1 client from pgbench's per-transaction log; +p50/+p99: lockbox minus pgbouncer, same transport"
+python3 - "$results" "${TARGETS[*]}" "${CLIENT_COUNTS[*]}" "${PROTOCOLS[*]}" <<'PY'
+import statistics, sys
+path, targets, clients, modes = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
+runs = {}
+for line in open(path):
+    t, c, m, _r, tps, p50, p99 = line.split()
+    runs.setdefault((t, c, m), []).append((tps, p50, p99))
+
+def median(values):
+    xs = []
+    for v in values:
+        try:
+            xs.append(float(v))
+        except ValueError:
+            pass
+    return statistics.median(xs) if xs else None
+
+def figures(t, c, m):
+    rs = runs.get((t, c, m), [])
+    return tuple(median(r[i] for r in rs) for i in range(3))
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+def ms(v):
+    return f"{v:.3f}" if v is not None else "-"
+
+def plus(a, b):
+    return f"{a - b:+.3f}" if a is not None and b is not None else "-"
+
+head = f"{'clients':>7}  {'protocol':<9} {'target':<18} {'tps':>10} {'vs-direct':>9} {'vs-bouncer':>10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8}"
+print(head)
+print("-" * len(head))
+for c in clients:
+    for m in modes:
+        direct = figures("direct", c, m)[0]
+        for t in targets:
+            tps, p50, p99 = figures(t, c, m)
+            bouncer = "pgbouncer-tls" if t.endswith("-tls") else "pgbouncer"
+            b_tps, b_p50, b_p99 = figures(bouncer, c, m)
+            is_lockbox = t.startswith("lockbox")
+            print(f"{c:>7}  {m:<9} {t:<18} {(f'{tps:.0f}' if tps is not None else 'failed'):>10} "
+                  f"{(ratio(tps, direct) if t != 'direct' else ''):>9} "
+                  f"{(ratio(tps, b_tps) if is_lockbox else ''):>10} "
+                  f"{(ms(p50) if c == '1' else ''):>8} {(ms(p99) if c == '1' else ''):>8} "
+                  f"{(plus(p50, b_p50) if c == '1' and is_lockbox else ''):>8} "
+                  f"{(plus(p99, b_p99) if c == '1' and is_lockbox else ''):>8}")
+        print()
+PY
+echo "audit files (statements recorded by lockbox during the run, warm-up included):"
+bench_audit_counts
