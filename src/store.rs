@@ -122,10 +122,10 @@ impl Store {
     pub async fn get(&self, id: &RequestId) -> Result<Option<Request>, StoreError> {
         let id = id.0.clone();
         self.with(move |c| {
+            // Every session's admission reads its request: keep the statement prepared.
             let body: Option<String> = c
-                .query_row("SELECT body FROM requests WHERE id = ?1", [id], |row| {
-                    row.get(0)
-                })
+                .prepare_cached("SELECT body FROM requests WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
                 .optional()?;
             Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
         })

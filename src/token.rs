@@ -3,12 +3,15 @@
 //! The algorithm is pinned to EdDSA; `alg: none`, HMAC confusion and the like fail
 //! before any claim is looked at. The token text is never logged.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::policy::AccessLevel;
 
@@ -73,7 +76,14 @@ pub struct TokenAuthority {
     issuer: String,
     audience: String,
     public_key_pem: String,
+    /// Tokens whose signature and claims checked out, by the token's hash: every new
+    /// session presents its token, and an engineer's client reconnects with the same one.
+    /// Only the signature check is skipped on a hit; the time claims are checked each time.
+    verified: Mutex<HashMap<[u8; 32], Claims>>,
 }
+
+/// Verified tokens remembered per key; cleared when full.
+const VERIFIED_ENTRIES: usize = 4096;
 
 impl TokenAuthority {
     /// Loads the Ed25519 private key (PKCS#8 PEM) and derives the public key from it.
@@ -112,6 +122,7 @@ impl TokenAuthority {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             public_key_pem,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -141,6 +152,26 @@ impl TokenAuthority {
 
     /// Verifies signature, algorithm, issuer, audience and time claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let known = self.verified().get(&key).cloned();
+        if let Some(claims) = known {
+            check_times(&claims, unix(SystemTime::now()))?;
+            return Ok(claims);
+        }
+        let claims = self.decode(token)?;
+        let mut verified = self.verified();
+        if verified.len() >= VERIFIED_ENTRIES {
+            verified.clear();
+        }
+        verified.insert(key, claims.clone());
+        Ok(claims)
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Claims>> {
+        self.verified.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn decode(&self, token: &str) -> Result<Claims, TokenError> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
@@ -156,6 +187,18 @@ impl TokenAuthority {
                 _ => TokenError::Malformed,
             })
     }
+}
+
+/// The time claims as jsonwebtoken checks them (with the same leeway), for a token whose
+/// signature was verified before.
+fn check_times(claims: &Claims, now: u64) -> Result<(), TokenError> {
+    if claims.exp < now.saturating_sub(LEEWAY_SECS) {
+        return Err(TokenError::Expired);
+    }
+    if claims.nbf > now + LEEWAY_SECS {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
 }
 
 /// What a token grants.
@@ -207,6 +250,35 @@ mod tests {
             ("eve", "sales", "req-1")
         );
         assert_eq!(claims.access, AccessLevel::Read);
+    }
+
+    #[test]
+    fn a_remembered_token_still_has_its_time_claims_checked() {
+        let a = authority();
+        let token = a
+            .issue(&grant(), SystemTime::now() + Duration::from_secs(60))
+            .expect("issue");
+        let first = a.verify(&token).expect("verify");
+        assert_eq!(a.verify(&token).expect("verified from memory"), first);
+        let now = unix(SystemTime::now());
+        assert_eq!(check_times(&first, now), Ok(()));
+        assert_eq!(
+            check_times(&first, first.exp + LEEWAY_SECS + 1),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(check_times(&first, first.exp + LEEWAY_SECS), Ok(()));
+        assert_eq!(
+            check_times(&first, first.nbf - LEEWAY_SECS - 1),
+            Err(TokenError::NotYetValid)
+        );
+        // Another key never trusts what this one remembered.
+        assert_eq!(authority().verify(&token), Err(TokenError::BadSignature));
+        // A token altered in one byte is a different token.
+        let mut altered = token.clone().into_bytes();
+        let last = altered.len() - 2;
+        altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(altered).expect("ascii");
+        assert!(a.verify(&altered).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod negotiate;
 mod reaper;
 mod registry;
 mod relay;
+mod scram;
 mod session;
 mod statements;
 mod stream;

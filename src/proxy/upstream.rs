@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::SCRAM_SHA_256;
+
+use super::scram::{ScramClient, ScramError};
 use postgres_protocol::message::{backend::Message, frontend};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,6 +51,8 @@ pub enum UpstreamError {
     Query { sqlstate: String, message: String },
     #[error("upstream protocol: {0}")]
     Protocol(String),
+    #[error("upstream login: {0}")]
+    Scram(#[from] ScramError),
     #[error("upstream I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -149,7 +153,7 @@ async fn login(
 
     let mut buf = BytesMut::with_capacity(4096);
     let mut greeting = BytesMut::new();
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<ScramClient> = None;
     let mut key = (0, 0);
     loop {
         let frame = next_frame(&mut stream, &mut buf).await?;
@@ -173,22 +177,25 @@ async fn login(
                 frontend::password_message(hash.as_bytes(), &mut out)?;
             }
             Message::AuthenticationSasl(_) => {
-                let s = ScramSha256::new(password(db)?.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)?;
+                let s = ScramClient::new(password(db)?);
+                frontend::sasl_initial_response(
+                    SCRAM_SHA_256,
+                    s.first_message().as_bytes(),
+                    &mut out,
+                )?;
                 scram = Some(s);
             }
             Message::AuthenticationSaslContinue(body) => {
                 let s = scram
                     .as_mut()
                     .ok_or_else(|| UpstreamError::Protocol("SASL out of order".into()))?;
-                s.update(body.data())?;
-                frontend::sasl_response(s.message(), &mut out)?;
+                frontend::sasl_response(s.respond(body.data())?.as_bytes(), &mut out)?;
             }
             Message::AuthenticationSaslFinal(body) => {
                 let s = scram
-                    .as_mut()
+                    .as_ref()
                     .ok_or_else(|| UpstreamError::Protocol("SASL out of order".into()))?;
-                s.finish(body.data())?;
+                s.verify(body.data())?;
             }
             Message::BackendKeyData(body) => key = (body.process_id(), body.secret_key()),
             Message::ParameterStatus(_) | Message::NoticeResponse(_) => {

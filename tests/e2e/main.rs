@@ -26,4 +26,5 @@ mod relay;
 mod roles;
 mod terminate;
 mod upstream_tls;
+mod vanish;
 mod workflow;

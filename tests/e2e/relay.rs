@@ -489,7 +489,7 @@ async fn a_pipeline_larger_than_the_socket_buffers_does_not_stall() {
     const STATEMENTS: usize = 40;
     const VALUE: usize = 1_000_000;
     let env = Env::start("relay_big_pipeline").await;
-    let (_, token) = env.approved_token("eve", "1h").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
     let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
     raw.read_until_ready().await;
     let sync = crate::harness::message(b'S', b"");
@@ -546,4 +546,10 @@ async fn a_pipeline_larger_than_the_socket_buffers_does_not_stall() {
     send.await
         .expect("join")
         .expect("the whole pipeline was sent");
+    // Every Execute recorded, each with its outcome.
+    let (statements, outcomes) = settled(&env, &id, STATEMENTS).await;
+    for statement in &statements {
+        assert_eq!(statement["statement"], "SELECT $1::text", "{statement}");
+        assert_eq!(outcome_of(&outcomes, statement)["status"], "ok");
+    }
 }

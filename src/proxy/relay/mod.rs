@@ -202,7 +202,7 @@ impl Relay {
             upstream_r,
             upstream_w,
             cbuf,
-            ubuf: BytesMut::with_capacity(64 * 1024),
+            ubuf: BytesMut::with_capacity(BUFFER_CAPACITY),
             scanner: BackendScanner::counting_rows(grant.limits.max_rows.is_some()),
             tracker: Tracker::default(),
             statements: Statements::default(),
@@ -335,6 +335,11 @@ impl Relay {
         self.record_statements(batch.pending).await?;
         let outgoing = splice(&bytes, batch.replacements);
         self.forward_upstream(&outgoing).await?;
+        // The batch shared the buffer's allocation; a huge one would be reclaimed whole by
+        // the next read.
+        if bytes.len() > 4 * BUFFER_CAPACITY && self.cbuf.is_empty() {
+            self.cbuf = BytesMut::with_capacity(BUFFER_CAPACITY);
+        }
         if batch.terminate {
             return Err(End::ClientGone);
         }
@@ -555,8 +560,9 @@ impl Relay {
             .await?
             .map_err(|_| End::ClientGone)?;
         self.ubuf.clear();
-        if let Some(rest) = held {
-            self.ubuf.unsplit(rest);
+        match held {
+            Some(rest) => self.ubuf.unsplit(rest),
+            None => shrink_if_oversized(&mut self.ubuf),
         }
         Ok(())
     }
@@ -621,6 +627,17 @@ struct Batch {
     terminate: bool,
 }
 
+/// What a session's read buffers start with and return to.
+const BUFFER_CAPACITY: usize = 64 * 1024;
+
+/// A buffer grown for one huge message (a large COPY row, a long query) goes back to its
+/// usual size once it is empty, so an idle session does not keep megabytes.
+fn shrink_if_oversized(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 4 * BUFFER_CAPACITY {
+        *buf = BytesMut::with_capacity(BUFFER_CAPACITY);
+    }
+}
+
 /// `bytes` with each range replaced; borrowed as is when nothing is replaced.
 fn splice(
     bytes: &[u8],
@@ -638,4 +655,27 @@ fn splice(
     }
     out.extend_from_slice(&bytes[at..]);
     std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_buffer_grown_for_a_huge_message_goes_back_to_its_usual_size() {
+        let mut buf = BytesMut::with_capacity(BUFFER_CAPACITY);
+        buf.extend_from_slice(&vec![0u8; 16 * BUFFER_CAPACITY]);
+        shrink_if_oversized(&mut buf);
+        assert!(
+            buf.capacity() >= 16 * BUFFER_CAPACITY,
+            "kept while it holds bytes"
+        );
+        buf.clear();
+        shrink_if_oversized(&mut buf);
+        assert_eq!(buf.capacity(), BUFFER_CAPACITY);
+        let mut usual = BytesMut::with_capacity(BUFFER_CAPACITY);
+        let before = usual.as_ptr();
+        shrink_if_oversized(&mut usual);
+        assert_eq!(usual.as_ptr(), before, "a usual buffer is not reallocated");
+    }
 }
