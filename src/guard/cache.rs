@@ -22,11 +22,11 @@
 //!    analysis that read none took the same path for any values. Locations are never read.
 //! 4. Statement ranges are the only positions in an analysis. Each boundary is a token
 //!    boundary, never inside a literal, and the bytes between literals are equal, so a
-//!    position moves with the end of the last literal before it.
+//!    position keeps its distance to the end of the last literal before it: an entry holds
+//!    ranges in key positions, moved to each text's literals.
 //!
 //! Everything else is cached under its exact text, as before.
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
@@ -41,16 +41,11 @@ const CACHEABLE_LEN: usize = 8 * 1024;
 /// Each map is emptied when it holds this many strings.
 const CACHE_ENTRIES: usize = 50_000;
 
-/// An analysis shared by the texts of one shape.
-struct Shared {
-    /// Where the numeric literals were in the text it was made from.
-    literals: Box<[Range<usize>]>,
-    analyses: Arc<[StatementAnalysis]>,
-}
-
 pub(crate) struct AnalysisCache {
     exact: DashMap<Box<str>, Arc<[StatementAnalysis]>>,
-    shapes: DashMap<Box<str>, Shared>,
+    /// Analyses shared by the texts of a shape, their ranges in the key's positions (where
+    /// each literal is one byte), so an entry holds no trace of the text that made it.
+    shapes: DashMap<Box<str>, Arc<[StatementAnalysis]>>,
     /// Texts analysed cold (parsed) through this cache.
     cold: AtomicUsize,
 }
@@ -83,15 +78,20 @@ impl AnalysisCache {
         if let Some(hit) = shape.as_ref().and_then(|s| self.shared(sql, s)) {
             return hit;
         }
+        self.analyze_cold(sql, shape)
+    }
+
+    /// Analyses `sql` from its parse and keeps the analysis, under its shape too when it
+    /// holds for every text of the shape.
+    fn analyze_cold(&self, sql: &str, shape: Option<Shape>) -> Arc<[StatementAnalysis]> {
         self.cold.fetch_add(1, Ordering::Relaxed);
         let (analyses, watch) = analyze_query_watched(sql);
         let analyses: Arc<[StatementAnalysis]> = analyses.into();
         if let Some(shape) = shape.filter(|s| verdict_ignores_literals(sql, s, watch)) {
-            let shared = Shared {
-                literals: shape.literals.into_iter().map(|l| l.span).collect(),
-                analyses: analyses.clone(),
-            };
-            insert_bounded(&self.shapes, shape.key.into(), shared);
+            let positions = Positions(&shape.literals);
+            if let Some(shared) = moved(&analyses, |at| positions.in_key(at)) {
+                insert_bounded(&self.shapes, shape.key.into(), shared);
+            }
         }
         // The text itself is kept too: sent again, it costs one lookup, not a move.
         insert_bounded(&self.exact, sql.into(), analyses.clone());
@@ -101,19 +101,12 @@ impl AnalysisCache {
     /// The analysis shared by `sql`'s shape, its ranges moved to `sql`'s literals.
     fn shared(&self, sql: &str, shape: &Shape) -> Option<Arc<[StatementAnalysis]>> {
         let entry = self.shapes.get(shape.key.as_str())?;
-        let moved = Moved::new(&entry.literals, &shape.literals)?;
-        entry
-            .analyses
+        let positions = Positions(&shape.literals);
+        let analyses = moved(&entry, |at| positions.in_text(at))?;
+        analyses
             .iter()
-            .map(|s| {
-                let range = moved.position(s.range.start)?..moved.position(s.range.end)?;
-                sql.get(range.clone())?;
-                Some(StatementAnalysis {
-                    range,
-                    analysis: s.analysis.clone(),
-                })
-            })
-            .collect()
+            .all(|s| sql.get(s.range.clone()).is_some())
+            .then_some(analyses)
     }
 
     #[cfg(test)]
@@ -174,27 +167,52 @@ fn is_expression_constant(sql: &str, literal: &normalize::Literal, constants: &[
     })
 }
 
-/// Positions of one text mapped to another of the same shape.
-struct Moved<'a> {
-    from: &'a [Range<usize>],
-    to: &'a [normalize::Literal],
+/// `analyses` with each range's ends moved by `position`; `None` if one cannot be.
+fn moved(
+    analyses: &[StatementAnalysis],
+    position: impl Fn(usize) -> Option<usize>,
+) -> Option<Arc<[StatementAnalysis]>> {
+    analyses
+        .iter()
+        .map(|s| {
+            Some(StatementAnalysis {
+                range: position(s.range.start)?..position(s.range.end)?,
+                analysis: s.analysis.clone(),
+            })
+        })
+        .collect()
 }
 
-impl<'a> Moved<'a> {
-    fn new(from: &'a [Range<usize>], to: &'a [normalize::Literal]) -> Option<Moved<'a>> {
-        (from.len() == to.len()).then_some(Moved { from, to })
-    }
+/// Positions in a text and in its shape's key, where each literal is one byte. The bytes
+/// between literals are the same in both, so a position keeps its distance to the end of
+/// the last literal before it.
+struct Positions<'a>(&'a [normalize::Literal]);
 
-    /// A position keeps its distance to the end of the last literal before it (the bytes
-    /// between are the same in both texts); one inside a literal has no counterpart.
-    fn position(&self, at: usize) -> Option<usize> {
-        let before = self.from.partition_point(|l| l.end <= at);
-        if self.from.get(before).is_some_and(|l| l.start < at) {
+impl Positions<'_> {
+    /// The key position of a text position; a position inside a literal has none.
+    fn in_key(&self, at: usize) -> Option<usize> {
+        let before = self.0.partition_point(|l| l.span.end <= at);
+        if self.0.get(before).is_some_and(|l| l.span.start < at) {
             return None;
         }
         match before.checked_sub(1) {
             None => Some(at),
-            Some(last) => Some(self.to.get(last)?.span.end + (at - self.from.get(last)?.end)),
+            Some(last) => {
+                let literal = self.0.get(last)?;
+                Some(literal.key_at + 1 + (at - literal.span.end))
+            }
+        }
+    }
+
+    /// The text position of a key position.
+    fn in_text(&self, at: usize) -> Option<usize> {
+        let before = self.0.partition_point(|l| l.key_at < at);
+        match before.checked_sub(1) {
+            None => Some(at),
+            Some(last) => {
+                let literal = self.0.get(last)?;
+                Some(literal.span.end + (at - literal.key_at - 1))
+            }
         }
     }
 }

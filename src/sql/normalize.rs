@@ -38,6 +38,8 @@ pub(crate) struct Shape {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Literal {
     pub span: Range<usize>,
+    /// Where its byte is in the key.
+    pub key_at: usize,
     pub number: Number,
 }
 
@@ -71,13 +73,14 @@ pub(crate) fn shape(sql: &str) -> Option<Shape> {
             b'.' if next.is_some_and(|n| n.is_ascii_digit()) => return None,
             b'0'..=b'9' => {
                 let (end, number) = number_end(bytes, at)?;
+                literals.push(Literal {
+                    span: at..end,
+                    key_at: key.len(),
+                    number,
+                });
                 key.push(match number {
                     Number::Int(_) => ICONST,
                     Number::Float => FCONST,
-                });
-                literals.push(Literal {
-                    span: at..end,
-                    number,
                 });
                 at = end;
                 continue;
@@ -258,6 +261,12 @@ mod tests {
             .map(|l| &sql[l.span.clone()])
             .collect();
         assert_eq!(texts, ["15", "7.25"]);
+        let in_key: Vec<char> = shape
+            .literals
+            .iter()
+            .map(|l| shape.key.as_bytes()[l.key_at] as char)
+            .collect();
+        assert_eq!(in_key, [ICONST, FCONST]);
         assert_eq!(shape.literals[0].number, Number::Int(15));
         assert_eq!(shape.literals[1].number, Number::Float);
     }
