@@ -7,6 +7,8 @@
 //! a string with no statement (empty, or only comments) is one statement of kind `empty`,
 //! so every query string the server receives has a record.
 
+pub(crate) mod normalize;
+
 use std::ops::Range;
 
 use pg_query::protobuf::RawStmt;

@@ -1,6 +1,7 @@
-//! Splitting and classification of arbitrary query strings: never a panic, and every token
+//! Splitting and classification of arbitrary query strings: never a panic, every token
 //! PostgreSQL's scanner sees lies in a statement the audit records
-//! (`lockbox::sql::check_split_invariants`).
+//! (`lockbox::sql::check_split_invariants`), and the analysis cache answers the text with
+//! other numbers as a cold analysis does (`lockbox::guard::check_cache_agrees`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,5 +17,13 @@ fuzz_target!(|data: &[u8]| {
             let _ = lockbox::guard::check_class(lockbox::policy::AccessLevel::Read, analysis.analysis.class);
         }
         let _ = lockbox::audit::redact::mask_literals(sql);
+        // The same text with other numbers: through the cache each analyses as it does cold.
+        if let Some(other) = lockbox::guard::with_other_numbers(sql, data.len() as u64) {
+            for (warm, text) in [(sql, other.as_str()), (other.as_str(), sql)] {
+                if let Err(broken) = lockbox::guard::check_cache_agrees(warm, text) {
+                    panic!("{broken}");
+                }
+            }
+        }
     }
 });

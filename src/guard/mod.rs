@@ -9,22 +9,23 @@
 //! EXPLAIN ANALYZE, CTEs, PREPARE, DECLARE and COPY (query) are seen through. It fails
 //! closed: a string the grammar rejects is `Unknown`, which only an admin grant may run.
 
+mod cache;
 mod classify;
 mod functions;
+mod numbers;
 mod settings;
 #[cfg(test)]
 mod tests;
 mod tree;
 
 use std::ops::Range;
-use std::sync::{Arc, LazyLock};
-
-use dashmap::DashMap;
+use std::sync::Arc;
 
 pub use crate::config::Guardrails;
 use crate::policy::AccessLevel;
 use crate::sql::{self, Parsed, StatementKind};
 
+pub use cache::{analyze_query_cached, check_cache_agrees, with_other_numbers};
 pub use classify::{declares_held_cursor, prepared_kind};
 pub use functions::function_call_class;
 pub use settings::{client_encoding_is_safe, reported_setting_is_safe};
@@ -330,11 +331,22 @@ const MAX_ANALYZED_LEN: usize = 1024 * 1024;
 /// one statement: a rejected string is one unknown statement (all of it), an empty one is
 /// one empty statement.
 pub fn analyze_query(sql: &str) -> Vec<StatementAnalysis> {
-    sql::with_tree_stack(sql, || analyze_query_on_this_stack(sql)).unwrap_or_else(|| {
-        vec![StatementAnalysis {
+    analyze_query_watched(sql).0
+}
+
+/// [`analyze_query`], with what it saw of the numbers in the tree (for the cache). Every
+/// analysis is watched in a scope of its own, so one nested in another (of a query given
+/// as a string) never adds to the outer record.
+fn analyze_query_watched(sql: &str) -> (Vec<StatementAnalysis>, numbers::Watch) {
+    sql::with_tree_stack(sql, || {
+        numbers::watching(|| analyze_query_on_this_stack(sql))
+    })
+    .unwrap_or_else(|| {
+        let rejected = vec![StatementAnalysis {
             range: 0..sql.len(),
             analysis: Analysis::rejected(),
-        }]
+        }];
+        (rejected, numbers::Watch::default())
     })
 }
 
@@ -412,32 +424,6 @@ pub fn analyze(statement: &str) -> Analysis {
         1 => all.remove(0).analysis,
         _ => Analysis::rejected(),
     }
-}
-
-/// Query strings longer than this are analysed every time rather than cached.
-const CACHEABLE_LEN: usize = 8 * 1024;
-/// The cache is emptied when it holds this many strings.
-const CACHE_ENTRIES: usize = 50_000;
-
-type QueryCache = DashMap<Box<str>, Arc<[StatementAnalysis]>>;
-
-/// Analyses by query text, shared by all sessions: a string sent again (prepared
-/// statements, ORMs, monitoring queries) costs one hash lookup instead of a parse.
-/// It memoizes a pure function of the text, so sharing it process-wide is safe.
-pub fn analyze_query_cached(sql: &str) -> Arc<[StatementAnalysis]> {
-    static CACHE: LazyLock<QueryCache> = LazyLock::new(DashMap::new);
-    if sql.len() > CACHEABLE_LEN {
-        return analyze_query(sql).into();
-    }
-    if let Some(hit) = CACHE.get(sql) {
-        return hit.clone();
-    }
-    let analysis: Arc<[StatementAnalysis]> = analyze_query(sql).into();
-    if CACHE.len() >= CACHE_ENTRIES {
-        CACHE.clear();
-    }
-    CACHE.insert(sql.into(), analysis.clone());
-    analysis
 }
 
 /// [`analyze`] through the cache.

@@ -178,6 +178,7 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.field_names.extend(names);
         }
         "TruncateStmt" => found.truncate = true,
+        "AConst" => super::numbers::note_constant(node),
         _ => {}
     }
 }
@@ -333,16 +334,20 @@ pub(crate) fn literal(node: &Value) -> Option<String> {
 
 /// The text of a value node, given its tags for a string, an integer, a float and a boolean
 /// (bare nodes and an A_Const's `val` name them differently); booleans read `on`/`off`.
+/// This is the one place the guard reads a number's value: reading one is noted, so a
+/// verdict that may depend on it is cached for its exact text only.
 fn scalar(node: &Value, [string, integer, float, boolean]: [&str; 4]) -> Option<String> {
     let field = |tag: &str, key: &str| node.get(tag).and_then(|v| v.get(key));
     if let Some(s) = field(string, "sval").and_then(Value::as_str) {
         return Some(s.to_owned());
     }
     if let Some(i) = field(integer, "ival") {
+        super::numbers::note_number_read();
         return Some(i.as_i64().unwrap_or(0).to_string());
     }
-    if let Some(f) = field(float, "fval").and_then(Value::as_str) {
-        return Some(f.to_owned());
+    if let Some(f) = field(float, "fval") {
+        super::numbers::note_number_read();
+        return f.as_str().map(str::to_owned);
     }
     let b = field(boolean, "boolval")?;
     Some(
