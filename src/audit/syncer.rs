@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{SecondsFormat, Utc};
 
 use super::chain::{checkpoint_message, CheckpointSigner};
-use super::file::{chain_tail, encode_line, sync_dir};
+use super::file::{chain_tail, sync_dir};
 use super::segments::rotated_name;
 use super::writer::{Progress, Shared, State};
 
@@ -21,6 +21,8 @@ pub(super) const CHECKPOINT_EVERY: u64 = 1000;
 const CHECKPOINT_AFTER: Duration = Duration::from_secs(10);
 /// Longest the syncer sleeps: housekeeping (checkpoints, rotation by time) runs this often.
 const TICK: Duration = Duration::from_secs(1);
+/// Records nobody waits for (outcomes) reach the file with the next write, or by then.
+pub(super) const FLUSH_AFTER: Duration = Duration::from_millis(5);
 
 pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
     let syncer = Syncer { shared, signer };
@@ -29,6 +31,12 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
         if state.closed {
             syncer.finish(state);
             return;
+        }
+        if state
+            .pending_since
+            .is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
+        {
+            let _ = shared.flush(&mut state);
         }
         if syncer.sync_due(&state) {
             state = syncer.sync(state);
@@ -39,13 +47,13 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
         if syncer.sync_due(&state) {
             continue;
         }
-        state.syncer_idle = true;
         let timeout = syncer.sleep_for(&state);
+        state.syncer_sleeps_until = Some(Instant::now() + timeout);
         state = match shared.syncer_wake.wait_timeout(state, timeout) {
             Ok((state, _)) => state,
             Err(poisoned) => poisoned.into_inner().0,
         };
-        state.syncer_idle = false;
+        state.syncer_sleeps_until = None;
     }
 }
 
@@ -66,17 +74,24 @@ impl<'a> Syncer<'a> {
 
     fn sleep_for(&self, state: &State) -> Duration {
         let interval = self.shared.options.sync_interval;
-        match state.unsynced_since {
-            Some(t) => interval.saturating_sub(t.elapsed()).min(TICK),
-            None => TICK,
+        let mut sleep = TICK;
+        if let Some(t) = state.unsynced_since {
+            sleep = sleep.min(interval.saturating_sub(t.elapsed()));
         }
-        .max(Duration::from_millis(1))
+        if let Some(t) = state.pending_since {
+            sleep = sleep.min(FLUSH_AFTER.saturating_sub(t.elapsed()));
+        }
+        sleep.max(Duration::from_millis(1))
     }
 
     /// One fdatasync, outside the lock so sessions keep writing (their records ride the
     /// next sync); then wakes every waiter it made durable.
-    fn sync(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        let target = state.next_seq - 1;
+    fn sync(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        // Pending records go first: they precede the ones waited for.
+        if self.shared.flush(&mut state).is_err() {
+            return state;
+        }
+        let target = state.file_seq;
         let file = state.file.clone();
         drop(state);
         let result = file.sync_data();
@@ -85,7 +100,7 @@ impl<'a> Syncer<'a> {
         match result {
             Ok(()) => {
                 state.durable = state.durable.max(target);
-                state.unsynced_since = (state.next_seq - 1 > target).then(Instant::now);
+                state.unsynced_since = (state.file_seq > target).then(Instant::now);
                 self.publish(&state, None);
             }
             Err(e) => self.sync_failed(&mut state, &e),
@@ -104,7 +119,7 @@ impl<'a> Syncer<'a> {
         state.unsynced_since = None;
         let previous_durable = state.durable;
         // The new generation starts with what the file holds.
-        state.durable = state.next_seq - 1;
+        state.durable = state.file_seq;
         state.sync_wanted = state.durable;
         let progress = Progress {
             generation: state.generation,
@@ -140,8 +155,12 @@ impl<'a> Syncer<'a> {
         match reopened {
             Ok((file, seq, hash, len)) => {
                 state.file = Arc::new(file);
+                state.pending.clear();
+                state.pending_since = None;
                 state.next_seq = seq + 1;
                 state.last_hash = hash;
+                state.file_seq = seq;
+                state.file_hash = hash;
                 state.len = len;
             }
             Err(e) => {
@@ -152,9 +171,10 @@ impl<'a> Syncer<'a> {
 
     /// Closing: a last checkpoint, a last fsync, and every waiter answered.
     fn finish(&self, mut state: MutexGuard<'_, State>) {
+        let _ = self.shared.flush(&mut state);
         self.checkpoint(&mut state);
         match state.file.sync_data() {
-            Ok(()) => state.durable = state.next_seq - 1,
+            Ok(()) => state.durable = state.file_seq,
             Err(e) => {
                 tracing::error!(path = %self.shared.path.display(), error = %e, "final audit fsync failed")
             }
@@ -173,12 +193,12 @@ impl<'a> Syncer<'a> {
 
     /// Writes a signed checkpoint covering everything so far; the next sync makes it durable.
     fn checkpoint(&self, state: &mut State) {
-        if state.uncovered == 0 {
+        if self.shared.flush(state).is_err() || state.uncovered == 0 {
             return;
         }
         let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
-        let covers_seq = state.next_seq - 1;
-        let head = hex::encode(state.last_hash);
+        let covers_seq = state.file_seq;
+        let head = hex::encode(state.file_hash);
         let signature = self
             .signer
             .as_ref()
@@ -190,17 +210,12 @@ impl<'a> Syncer<'a> {
             "signature": signature,
         });
         let fields = serde_json::to_vec(&body).unwrap_or_default();
-        state.buf.clear();
-        let (seq, prev) = (state.next_seq, state.last_hash);
-        let hash = encode_line(&mut state.buf, seq, &time, &prev, &fields);
-        match state.append_buf() {
+        state.encode(&time, &fields);
+        match self.shared.flush(state) {
             Ok(()) => {
-                state.next_seq += 1;
-                state.last_hash = hash;
                 state.uncovered = 0;
                 state.uncovered_since = None;
-                state.sync_wanted = state.sync_wanted.max(seq);
-                self.shared.head.send_replace(seq);
+                state.sync_wanted = state.sync_wanted.max(state.file_seq);
             }
             Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
         }
@@ -229,7 +244,7 @@ impl<'a> Syncer<'a> {
             self.sync_failed(state, &e);
             return;
         }
-        state.durable = state.next_seq - 1;
+        state.durable = state.file_seq;
         state.unsynced_since = None;
         self.publish(state, None);
         self.rename_and_start_new(state);

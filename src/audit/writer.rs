@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::chain::CheckpointSigner;
 use super::file::{chain_tail, encode_line, first_seq_of};
-use super::syncer::{self, CHECKPOINT_EVERY};
+use super::syncer::{self, CHECKPOINT_EVERY, FLUSH_AFTER};
 use super::{AuditError, AuditEvent};
 use crate::config::Durability;
 
@@ -83,13 +83,18 @@ pub(super) struct Shared {
 pub(super) struct State {
     /// Shared so the syncer can fdatasync without holding the lock.
     pub(super) file: Arc<File>,
+    /// The chain's head, counting records encoded but still pending.
     pub(super) next_seq: u64,
+    pub(super) last_hash: [u8; 32],
+    /// The last record in the file, and its hash (where the chain resumes if a write of
+    /// pending records fails).
+    pub(super) file_seq: u64,
+    pub(super) file_hash: [u8; 32],
     /// Bytes of complete records in the file.
     pub(super) len: u64,
-    /// Hash of the last record written: the next record's `prev`.
-    pub(super) last_hash: [u8; 32],
-    /// Reused for every append's lines.
-    pub(super) buf: Vec<u8>,
+    /// Encoded records not yet written: records nobody waits for ride the next write.
+    pub(super) pending: Vec<u8>,
+    pub(super) pending_since: Option<Instant>,
     /// Records written since the last checkpoint, and since when.
     pub(super) uncovered: u64,
     pub(super) uncovered_since: Option<Instant>,
@@ -101,8 +106,9 @@ pub(super) struct State {
     pub(super) durable: u64,
     /// Bumped when a failed fsync leaves unknown what reached the disk.
     pub(super) generation: u64,
-    /// The syncer sleeps on the condvar; appenders notify only then.
-    pub(super) syncer_idle: bool,
+    /// While the syncer sleeps: until when. Appenders wake it only when it would sleep
+    /// past what they need.
+    pub(super) syncer_sleeps_until: Option<Instant>,
     pub(super) closed: bool,
     /// Sequence number of the active file's first record (names the file when it rotates).
     pub(super) file_first_seq: u64,
@@ -199,16 +205,19 @@ impl AuditLog {
         let state = State {
             file: Arc::new(file),
             next_seq: last_seq + 1,
-            len,
             last_hash,
-            buf: Vec::with_capacity(4096),
+            file_seq: last_seq,
+            file_hash: last_hash,
+            len,
+            pending: Vec::with_capacity(4096),
+            pending_since: None,
             uncovered: 0,
             uncovered_since: None,
             unsynced_since: None,
             sync_wanted: last_seq,
             durable: last_seq,
             generation: 0,
-            syncer_idle: false,
+            syncer_sleeps_until: None,
             closed: false,
             file_first_seq,
             file_opened: Instant::now(),
@@ -273,7 +282,7 @@ impl AuditLog {
         events: impl Iterator<Item = &'a AuditEvent>,
     ) -> Result<u64, AuditError> {
         let fsync = self.shared().options.durability == Durability::Fsync;
-        let written = self.write(events, fsync)?;
+        let written = self.write(events, Mode::Now { sync: fsync })?;
         if fsync {
             self.wait_durable(written).await?;
         }
@@ -284,7 +293,7 @@ impl AuditLog {
     /// records that follow an action already taken (outcomes, disconnects): they are on disk
     /// by the next fsync, and never cost one of their own.
     pub fn append(&self, events: Vec<AuditEvent>) {
-        if let Err(e) = self.write(events.iter(), false) {
+        if let Err(e) = self.write(events.iter(), Mode::Later) {
             tracing::error!(error = %e, "audit record dropped");
         }
     }
@@ -297,12 +306,12 @@ impl AuditLog {
         let _ = progress.wait_for(|p| p.stopped).await;
     }
 
-    /// Encodes and writes `events` to the file; with `want_sync`, asks the syncer to make
-    /// them durable.
+    /// Encodes `events` and writes them to the file (with whatever is pending before them),
+    /// or leaves them pending.
     fn write<'a>(
         &self,
         events: impl Iterator<Item = &'a AuditEvent>,
-        want_sync: bool,
+        mode: Mode,
     ) -> Result<Written, AuditError> {
         FIELDS.with_borrow_mut(|fields| {
             fields.clear();
@@ -312,7 +321,7 @@ impl AuditLog {
                 ends.push(fields.len());
             }
             let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
-            self.shared().write_lines(fields, &ends, &time, want_sync)
+            self.shared().write_lines(fields, &ends, &time, mode)
         })
     }
 
@@ -348,30 +357,59 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes one line per record (`fields[..ends[0]]`, `fields[ends[0]..ends[1]]`, …).
+    /// Encodes one line per record (`fields[..ends[0]]`, `fields[ends[0]..ends[1]]`, …)
+    /// behind the pending ones and writes them all, or leaves them pending.
     fn write_lines(
         &self,
         fields: &[u8],
         ends: &[usize],
         time: &str,
-        want_sync: bool,
+        mode: Mode,
     ) -> Result<Written, AuditError> {
         let mut state = self.lock();
         if state.closed {
             return Err(AuditError::Closed);
         }
-        let state = &mut *state;
         let first = state.next_seq;
-        let mut seq = first;
-        let mut hash = state.last_hash;
         let mut start = 0;
-        state.buf.clear();
         for &end in ends {
-            hash = encode_line(&mut state.buf, seq, time, &hash, &fields[start..end]);
+            state.encode(time, &fields[start..end]);
             start = end;
-            seq += 1;
         }
-        if let Err(e) = state.append_buf() {
+        let written = Written {
+            generation: state.generation,
+            first,
+            last: state.next_seq - 1,
+        };
+        match mode {
+            Mode::Later => {
+                let now = Instant::now();
+                let due = *state.pending_since.get_or_insert(now) + FLUSH_AFTER;
+                if state.syncer_sleeps_until.is_some_and(|until| until > due) {
+                    state.syncer_sleeps_until = None;
+                    self.syncer_wake.notify_one();
+                }
+            }
+            Mode::Now { sync } => {
+                self.flush(&mut state)?;
+                if sync {
+                    state.sync_wanted = state.sync_wanted.max(written.last);
+                    if state.syncer_sleeps_until.take().is_some() {
+                        self.syncer_wake.notify_one();
+                    }
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes the pending records; on failure they are dropped and the chain resumes from
+    /// the file's last record.
+    pub(super) fn flush(&self, state: &mut State) -> Result<(), AuditError> {
+        if state.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = state.write_pending() {
             self.healthy.store(false, Ordering::SeqCst);
             tracing::error!(path = %self.path.display(), error = %e, "audit write failed; statements are refused");
             return Err(AuditError::Io {
@@ -379,47 +417,54 @@ impl Shared {
                 message: e.to_string(),
             });
         }
-        let last = seq - 1;
-        state.next_seq = seq;
-        state.last_hash = hash;
-        if seq > first {
-            let now = Instant::now();
-            state.uncovered += seq - first;
-            state.uncovered_since.get_or_insert(now);
-            state.unsynced_since.get_or_insert(now);
-        }
         if !self.healthy.swap(true, Ordering::SeqCst) {
             tracing::info!(path = %self.path.display(), "audit log writable again; service resumes");
         }
-        self.head.send_replace(last);
-        let checkpoint_due = state.uncovered >= CHECKPOINT_EVERY;
-        if want_sync {
-            state.sync_wanted = state.sync_wanted.max(last);
-        }
-        if (want_sync || checkpoint_due) && state.syncer_idle {
-            state.syncer_idle = false;
+        self.head.send_replace(state.file_seq);
+        if state.uncovered >= CHECKPOINT_EVERY && state.syncer_sleeps_until.take().is_some() {
             self.syncer_wake.notify_one();
         }
-        Ok(Written {
-            generation: state.generation,
-            first,
-            last,
-        })
+        Ok(())
     }
 }
 
+/// When an append's records reach the file.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Now, with everything pending before them; `sync`: then fsynced (the caller waits).
+    Now { sync: bool },
+    /// With the next write, or within [`FLUSH_AFTER`].
+    Later,
+}
+
 impl State {
-    /// Appends `buf` to the file; on failure cuts off whatever part of it got there, so no
-    /// half record stays.
-    pub(super) fn append_buf(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        if let Err(e) = (&*self.file).write_all(&self.buf) {
+    /// Appends one record line to the pending bytes, extending the chain.
+    pub(super) fn encode(&mut self, time: &str, fields: &[u8]) {
+        let (seq, prev) = (self.next_seq, self.last_hash);
+        self.last_hash = encode_line(&mut self.pending, seq, time, &prev, fields);
+        self.next_seq += 1;
+    }
+
+    /// Writes the pending bytes. On failure cuts off whatever part of them got there, so no
+    /// half record stays, and drops them.
+    fn write_pending(&mut self) -> std::io::Result<()> {
+        let result = (&*self.file).write_all(&self.pending);
+        self.pending_since = None;
+        if let Err(e) = result {
             let _ = self.file.set_len(self.len);
+            self.pending.clear();
+            self.next_seq = self.file_seq + 1;
+            self.last_hash = self.file_hash;
             return Err(e);
         }
-        self.len += self.buf.len() as u64;
+        let now = Instant::now();
+        self.len += self.pending.len() as u64;
+        self.pending.clear();
+        self.uncovered += self.next_seq - 1 - self.file_seq;
+        self.uncovered_since.get_or_insert(now);
+        self.unsynced_since.get_or_insert(now);
+        self.file_seq = self.next_seq - 1;
+        self.file_hash = self.last_hash;
         Ok(())
     }
 }

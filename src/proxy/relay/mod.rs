@@ -2,6 +2,7 @@
 //! forwarded as received; upstream bytes are scanned for statement outcomes and forwarded
 //! as received. The loop also ends the session when the grant expires or is revoked.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -96,21 +97,37 @@ enum Pending {
 struct Terminator {
     kill: watch::Receiver<Control>,
     deadline: tokio::time::Instant,
+    /// One timer for the session's life, moved when the grant is extended: every wait in
+    /// the relay races it, and making a new one per wait would cost a timer-wheel insert
+    /// and remove per statement.
+    expiry: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Terminator {
+    fn new(kill: watch::Receiver<Control>, deadline: tokio::time::Instant) -> Terminator {
+        Terminator {
+            kill,
+            deadline,
+            expiry: Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
     async fn fired(&mut self) -> DropReason {
         loop {
             let control = *self.kill.borrow_and_update();
             match control {
                 Control::Drop(reason) => return reason,
                 Control::ExtendTo(end) => {
-                    self.deadline = self.deadline.max(monotonic_deadline(end));
+                    let extended = self.deadline.max(monotonic_deadline(end));
+                    if extended != self.deadline {
+                        self.deadline = extended;
+                        self.expiry.as_mut().reset(extended);
+                    }
                 }
                 Control::Run => {}
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(self.deadline) => return DropReason::Expired,
+                _ = &mut self.expiry => return DropReason::Expired,
                 changed = self.kill.changed() => if changed.is_err() {
                     // The registry is gone: the proxy is going away.
                     return DropReason::Shutdown;
@@ -209,7 +226,7 @@ impl Relay {
             session,
             audit,
             max_message,
-            term: Terminator { kill, deadline },
+            term: Terminator::new(kill, deadline),
             grant,
             copy_bytes: 0,
             rows: 0,
