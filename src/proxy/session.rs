@@ -277,11 +277,13 @@ async fn read_password(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<Str
 }
 
 async fn write(stream: &mut BoxStream, bytes: &[u8]) -> Result<(), LoginError> {
-    stream.write_all(bytes).await.map_err(|e| LoginError {
-        sqlstate: sqlstate::CONNECTION_FAILURE,
-        message: e.to_string(),
-        audited: false,
-    })
+    super::relay::write_flushed(stream, bytes)
+        .await
+        .map_err(|e| LoginError {
+            sqlstate: sqlstate::CONNECTION_FAILURE,
+            message: e.to_string(),
+            audited: false,
+        })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -388,7 +390,10 @@ async fn run_admitted(
     );
 
     let backend = (upstream.backend_pid, upstream.backend_secret);
-    let end = if stream.write_all(&hello).await.is_ok() {
+    let end = if super::relay::write_flushed(&mut stream, &hello)
+        .await
+        .is_ok()
+    {
         let relay = Relay::new(
             stream,
             upstream.stream,

@@ -14,6 +14,7 @@ mod audit_redaction;
 mod audit_rotation;
 mod auth;
 mod cli;
+mod client_tls;
 mod completeness;
 mod grammar;
 mod guard;

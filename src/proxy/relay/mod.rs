@@ -510,7 +510,8 @@ impl Relay {
                         // Forward what came before this row, then end the session.
                         let upto = range.as_ref().map_or(0, |r| r.start);
                         let head = splice(&self.ubuf[..upto], std::mem::take(&mut rewrites));
-                        let _ = guarded(&mut self.term, self.client.write_all(&head)).await;
+                        let _ =
+                            guarded(&mut self.term, write_flushed(&mut self.client, &head)).await;
                         return Err(End::RowLimit(max));
                     }
                     continue;
@@ -573,7 +574,7 @@ impl Relay {
             _ => None,
         };
         let outgoing = splice(&self.ubuf, rewrites);
-        guarded(&mut self.term, self.client.write_all(&outgoing))
+        guarded(&mut self.term, write_flushed(&mut self.client, &outgoing))
             .await?
             .map_err(|_| End::ClientGone)?;
         self.ubuf.clear();
@@ -642,6 +643,14 @@ struct Batch {
     /// Byte ranges of refused messages and their stand-ins.
     replacements: Vec<(std::ops::Range<usize>, Vec<u8>)>,
     terminate: bool,
+}
+
+/// Writes `bytes` and flushes: over TLS, `write_all` may leave the tail of a large write in
+/// the TLS session's buffer when the socket is full, and nothing sends it until the next
+/// write — a client waiting for the rest of a result would wait for ever.
+pub(super) async fn write_flushed(stream: &mut BoxStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// What a session's read buffers start with and return to.
