@@ -63,27 +63,30 @@ pub fn with_tree_stack<T: Send>(sql: &str, work: impl FnOnce() -> T + Send) -> O
 /// The stack deep trees are handled on (reserved; pages are committed only as used).
 const TREE_STACK: usize = 64 * 1024 * 1024;
 
-/// Whether a text has enough of what nests (operators, parentheses, CASE, NOT, SELECT) that
-/// its tree could be deep. Counting is cheap next to a parse, and most statements an
-/// application sends stay far below the bound.
+/// Whether a text could have a deep tree. Every level of nesting takes at least one token
+/// (a bracket, an operator, `::`, NOT, IS, COLLATE, a keyword…), so a text of few tokens
+/// cannot nest deeply, whatever it nests with; counting tokens needs no list of what nests,
+/// which could never be complete. Most statements an application sends are short, and the
+/// analysis cache spares repeats the parse altogether.
 fn may_nest_deeply(sql: &str) -> bool {
-    const BOUND: usize = 24;
+    /// A tree of this many tokens stays far inside a worker thread's 2 MiB stack, even in a
+    /// debug build (where one level of `[` costs about 4 KiB across parse, decode and walk).
+    const MAX_INLINE_TOKENS: usize = 48;
     if sql.len() > 4096 {
         return true;
     }
-    let operators = sql
-        .bytes()
-        .filter(|b| b"+-*/<>=~!@#%^&|`?(".contains(b))
-        .count();
-    let words = sql
-        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .filter(|w| {
-            w.eq_ignore_ascii_case("case")
-                || w.eq_ignore_ascii_case("not")
-                || w.eq_ignore_ascii_case("select")
-        })
-        .count();
-    operators + words > BOUND
+    let mut tokens = 0;
+    let mut in_word = false;
+    for b in sql.bytes() {
+        let word = b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+        if word {
+            tokens += usize::from(!in_word);
+        } else if !b.is_ascii_whitespace() {
+            tokens += 1;
+        }
+        in_word = word;
+    }
+    tokens > MAX_INLINE_TOKENS
 }
 
 /// Parses `sql` with PostgreSQL's grammar, as the server reads it with the settings lockbox
@@ -296,6 +299,31 @@ mod tests {
             parse("select 'a; delete from t"),
             Parsed::Rejected(_)
         ));
+    }
+
+    /// Texts under the 4 KiB bound that nest deeply with constructs no operator count sees
+    /// (`[`, `::`, NOT, IS, COLLATE, …): analysed on a thread with a tokio worker's 2 MiB
+    /// stack, they must come back (as statements or rejected), not overflow it.
+    #[test]
+    fn deep_nesting_of_any_kind_stays_off_a_worker_sized_stack() {
+        let texts = [
+            format!("select array{}1{}", "[".repeat(1000), "]".repeat(1000)),
+            format!("select 1{}", "::int".repeat(700)),
+            format!("select {}true", "not ".repeat(900)),
+            format!("select 1{}", " is null".repeat(450)),
+            format!("select 'a'{}", " collate \"C\"".repeat(300)),
+            format!("select {}1{}", "(".repeat(1500), ")".repeat(1500)),
+            format!("select {}1", "- ".repeat(1500)),
+            format!("select {}1", "+".repeat(1000)),
+        ];
+        for text in texts {
+            assert!(text.len() <= 4096, "{}", text.len());
+            let worker = std::thread::Builder::new()
+                .stack_size(2 * 1024 * 1024)
+                .spawn(move || crate::guard::analyze_query(&text).len())
+                .expect("spawn");
+            assert_eq!(worker.join().expect("no overflow"), 1);
+        }
     }
 
     #[test]

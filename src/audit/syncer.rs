@@ -35,8 +35,9 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
         if state
             .pending_since
             .is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
+            && shared.flush(&mut state).is_err()
         {
-            let _ = shared.flush(&mut state);
+            state.drop_failed();
         }
         if syncer.sync_due(&state) {
             state = syncer.sync(state);
@@ -89,6 +90,7 @@ impl<'a> Syncer<'a> {
     fn sync(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         // Pending records go first: they precede the ones waited for.
         if self.shared.flush(&mut state).is_err() {
+            state.drop_failed();
             return state;
         }
         let target = state.file_seq;
@@ -155,10 +157,16 @@ impl<'a> Syncer<'a> {
         match reopened {
             Ok((file, seq, hash, len)) => {
                 state.file = Arc::new(file);
-                state.pending.clear();
-                state.pending_since = None;
-                state.next_seq = seq + 1;
-                state.last_hash = hash;
+                if (seq, hash) != (state.file_seq, state.file_hash) {
+                    // The held records were chained to a tail the file no longer ends
+                    // with: they cannot follow it.
+                    std::mem::swap(&mut state.pending, &mut state.failed_pending);
+                    state.pending.clear();
+                    state.pending_since = None;
+                    state.drop_failed();
+                    state.next_seq = seq + 1;
+                    state.last_hash = hash;
+                }
                 state.file_seq = seq;
                 state.file_hash = hash;
                 state.len = len;
@@ -171,7 +179,9 @@ impl<'a> Syncer<'a> {
 
     /// Closing: a last checkpoint, a last fsync, and every waiter answered.
     fn finish(&self, mut state: MutexGuard<'_, State>) {
-        let _ = self.shared.flush(&mut state);
+        if self.shared.flush(&mut state).is_err() {
+            state.drop_failed();
+        }
         self.checkpoint(&mut state);
         match state.file.sync_data() {
             Ok(()) => state.durable = state.file_seq,
@@ -193,7 +203,11 @@ impl<'a> Syncer<'a> {
 
     /// Writes a signed checkpoint covering everything so far; the next sync makes it durable.
     fn checkpoint(&self, state: &mut State) {
-        if self.shared.flush(state).is_err() || state.uncovered == 0 {
+        if self.shared.flush(state).is_err() {
+            state.drop_failed();
+            return;
+        }
+        if state.uncovered == 0 {
             return;
         }
         let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
@@ -217,7 +231,11 @@ impl<'a> Syncer<'a> {
                 state.uncovered_since = None;
                 state.sync_wanted = state.sync_wanted.max(state.file_seq);
             }
-            Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
+            Err(e) => {
+                // Only the checkpoint itself was pending.
+                state.failed_pending.clear();
+                tracing::error!(error = %e, "audit checkpoint failed");
+            }
         }
     }
 

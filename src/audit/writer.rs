@@ -94,6 +94,8 @@ pub(super) struct State {
     pub(super) len: u64,
     /// Encoded records not yet written: records nobody waits for ride the next write.
     pub(super) pending: Vec<u8>,
+    /// What the last failed write tried to write (so held records can be retried alone).
+    pub(super) failed_pending: Vec<u8>,
     pub(super) pending_since: Option<Instant>,
     /// Records written since the last checkpoint, and since when.
     pub(super) uncovered: u64,
@@ -210,6 +212,7 @@ impl AuditLog {
             file_hash: last_hash,
             len,
             pending: Vec::with_capacity(4096),
+            failed_pending: Vec::new(),
             pending_since: None,
             uncovered: 0,
             uncovered_since: None,
@@ -320,8 +323,7 @@ impl AuditLog {
                 serialize_fields(fields, event);
                 ends.push(fields.len());
             }
-            let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
-            self.shared().write_lines(fields, &ends, &time, mode)
+            self.shared().write_lines(fields, &ends, mode)
         })
     }
 
@@ -363,17 +365,21 @@ impl Shared {
         &self,
         fields: &[u8],
         ends: &[usize],
-        time: &str,
         mode: Mode,
     ) -> Result<Written, AuditError> {
         let mut state = self.lock();
         if state.closed {
             return Err(AuditError::Closed);
         }
+        // Stamped under the lock, so times rise with `seq` along the chain.
+        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         let first = state.next_seq;
+        // Records held from before this append (outcomes) must not be lost with it if the
+        // write fails: they are written on their own then.
+        let held = (state.pending.len(), state.next_seq, state.last_hash);
         let mut start = 0;
         for &end in ends {
-            state.encode(time, &fields[start..end]);
+            state.encode(&time, &fields[start..end]);
             start = end;
         }
         let written = Written {
@@ -391,7 +397,10 @@ impl Shared {
                 }
             }
             Mode::Now { sync } => {
-                self.flush(&mut state)?;
+                if let Err(e) = self.flush(&mut state) {
+                    self.write_held(&mut state, held);
+                    return Err(e);
+                }
                 if sync {
                     state.sync_wanted = state.sync_wanted.max(written.last);
                     if state.syncer_sleeps_until.take().is_some() {
@@ -401,6 +410,30 @@ impl Shared {
             }
         }
         Ok(written)
+    }
+
+    /// After a failed write of held records and an append's own: the append's records are
+    /// given up (its caller refuses the statement) and the held ones written alone, since
+    /// they may still fit.
+    fn write_held(&self, state: &mut State, (len, next_seq, last_hash): (usize, u64, [u8; 32])) {
+        if len == 0 || state.failed_pending.len() < len {
+            // Only the append's own records: its caller refuses the statement.
+            state.failed_pending.clear();
+            return;
+        }
+        state.failed_pending.truncate(len);
+        std::mem::swap(&mut state.pending, &mut state.failed_pending);
+        state.next_seq = next_seq;
+        state.last_hash = last_hash;
+        match state.write_pending() {
+            Ok(()) => {
+                self.head.send_replace(state.file_seq);
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "held audit records could not be written either");
+                state.drop_failed();
+            }
+        }
     }
 
     /// Writes the pending records; on failure they are dropped and the chain resumes from
@@ -438,6 +471,16 @@ enum Mode {
 }
 
 impl State {
+    /// Gives up what the last failed write held, saying how many records were lost (their
+    /// sequence numbers are reused, so the chain itself shows no gap).
+    pub(super) fn drop_failed(&mut self) {
+        let lost = self.failed_pending.iter().filter(|b| **b == b'\n').count();
+        self.failed_pending.clear();
+        if lost > 0 {
+            tracing::error!(records = lost, "audit records lost to a failed write");
+        }
+    }
+
     /// Appends one record line to the pending bytes, extending the chain.
     pub(super) fn encode(&mut self, time: &str, fields: &[u8]) {
         let (seq, prev) = (self.next_seq, self.last_hash);
@@ -452,6 +495,7 @@ impl State {
         self.pending_since = None;
         if let Err(e) = result {
             let _ = self.file.set_len(self.len);
+            std::mem::swap(&mut self.pending, &mut self.failed_pending);
             self.pending.clear();
             self.next_seq = self.file_seq + 1;
             self.last_hash = self.file_hash;

@@ -40,6 +40,8 @@ pub(crate) struct ScramClient {
     nonce: String,
     /// After the server's first message: what the final message is checked against.
     expect: Option<([u8; 32], String)>,
+    /// The server's final message proved it knows the password.
+    verified: bool,
 }
 
 impl ScramClient {
@@ -50,6 +52,7 @@ impl ScramClient {
             password: normalize(password),
             nonce: STANDARD.encode(raw),
             expect: None,
+            verified: false,
         }
     }
 
@@ -81,7 +84,11 @@ impl ScramClient {
     }
 
     /// Checks the server-final-message: the server proves it knows the password too.
-    pub(crate) fn verify(&self, server_final: &[u8]) -> Result<(), ScramError> {
+    pub(crate) fn verified(&self) -> bool {
+        self.verified
+    }
+
+    pub(crate) fn verify(&mut self, server_final: &[u8]) -> Result<(), ScramError> {
         let (server_key, auth_message) = self
             .expect
             .as_ref()
@@ -101,7 +108,9 @@ impl ScramClient {
         let mut mac = new_hmac(server_key);
         mac.update(auth_message.as_bytes());
         mac.verify_slice(&verifier)
-            .map_err(|_| ScramError::ServerSignature)
+            .map_err(|_| ScramError::ServerSignature)?;
+        self.verified = true;
+        Ok(())
     }
 }
 
@@ -215,9 +224,11 @@ mod tests {
             .for_each(|(k, s)| *k ^= s);
         assert_eq!(<[u8; 32]>::from(Sha256::digest(&client_key)), stored);
 
+        assert!(!client.verified());
         client
             .verify(server_final("s3cret", salt, 4096, &auth_message).as_bytes())
             .expect("the real server");
+        assert!(client.verified());
         assert!(matches!(
             client.verify(server_final("other", salt, 4096, &auth_message).as_bytes()),
             Err(ScramError::ServerSignature)

@@ -164,6 +164,13 @@ async fn login(
             .ok_or_else(|| UpstreamError::Protocol("incomplete message".into()))?;
         out.clear();
         match message {
+            // A server that started SCRAM must prove it knows the password before it
+            // says the login succeeded; one that skips the final message is not trusted.
+            Message::AuthenticationOk if scram.as_ref().is_some_and(|s| !s.verified()) => {
+                return Err(UpstreamError::Scram(ScramError::Protocol(
+                    "the server accepted the login without proving it knows the password",
+                )));
+            }
             Message::AuthenticationOk => {}
             Message::AuthenticationCleartextPassword => {
                 frontend::password_message(password(db)?.as_bytes(), &mut out)?;
@@ -193,7 +200,7 @@ async fn login(
             }
             Message::AuthenticationSaslFinal(body) => {
                 let s = scram
-                    .as_ref()
+                    .as_mut()
                     .ok_or_else(|| UpstreamError::Protocol("SASL out of order".into()))?;
                 s.verify(body.data())?;
             }
@@ -346,5 +353,42 @@ mod tests {
         assert_eq!(tag_rows("SELECT 3").ok(), Some(3));
         assert_eq!(tag_rows("INSERT 0 7").ok(), Some(7));
         assert!(tag_rows("BEGIN").is_err());
+    }
+
+    /// A server that starts SCRAM, then says "ok" without its final message (so without
+    /// proving it knows the password), is refused.
+    #[tokio::test]
+    async fn a_server_skipping_the_scram_proof_is_refused() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (proxy_side, mut server) = tokio::io::duplex(64 * 1024);
+        let fake = tokio::spawn(async move {
+            let auth = |code: i32, body: &[u8]| {
+                let mut m = vec![b'R'];
+                m.extend_from_slice(&(8 + body.len() as i32).to_be_bytes());
+                m.extend_from_slice(&code.to_be_bytes());
+                m.extend_from_slice(body);
+                m
+            };
+            let mut buf = vec![0u8; 4096];
+            let _startup = server.read(&mut buf).await;
+            server.write_all(&auth(10, b"SCRAM-SHA-256\0\0")).await?;
+            let n = server.read(&mut buf).await?;
+            let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let nonce = first.rsplit("r=").next().unwrap_or_default().to_owned();
+            let challenge = format!("r={nonce}server,s=c2FsdA==,i=4096");
+            server.write_all(&auth(11, challenge.as_bytes())).await?;
+            let _final = server.read(&mut buf).await?;
+            server.write_all(&auth(0, b"")).await?;
+            server.write_all(b"Z\0\0\0\x05I").await?;
+            Ok::<_, std::io::Error>(())
+        });
+        let credentials = Credentials {
+            user: "u".into(),
+            password: Some("pw".into()),
+        };
+        let result = login(Box::new(proxy_side), "d", &credentials, &[]).await;
+        let error = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("without proving"), "{error}");
+        let _ = fake.await;
     }
 }

@@ -140,6 +140,75 @@ async fn a_full_disk_refuses_statements_and_sessions_until_it_has_room() {
     );
 }
 
+/// An outcome waiting to ride the next write is not lost when that write fails: a
+/// statement too big for what is left of the disk is refused, and the outcome of the one
+/// before it (small enough to fit) still reaches the trail.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_outcome_survives_the_failed_write_of_the_next_statement() {
+    let disk = TinyDisk::mount();
+    let audit = disk.path().join("audit.jsonl");
+    let env = Env::with(
+        "audit_held_outcome",
+        Options {
+            audit_path: Some(audit.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    client.batch_execute("SELECT 1").await.expect("audited");
+    let filler = disk.fill();
+    // Only the audit file's last tmpfs page has room left; one more page if that is little.
+    let size = || std::fs::metadata(&audit).expect("audit").len();
+    let room = || 4096 - size() % 4096;
+    if room() < 2048 {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&filler)
+            .expect("filler");
+        let len = file.metadata().expect("len").len();
+        file.set_len(len.saturating_sub(4096)).expect("free a page");
+    }
+    let before = size();
+    client.batch_execute("SELECT 'small'").await.expect("fits");
+    // One round: a statement record and the outcome held before it.
+    let round = size() - before;
+    // Use the room up until two to three rounds are left: the last small statement and its
+    // outcome fit, the big one does not.
+    while room() >= 3 * round {
+        client.batch_execute("SELECT 'small'").await.expect("fits");
+    }
+    client
+        .batch_execute("SELECT 'last small one'")
+        .await
+        .expect("its record fits");
+    let big = format!("SELECT '{}'", "x".repeat(10_000));
+    let err = client
+        .batch_execute(&big)
+        .await
+        .expect_err("no room for the big statement's record");
+    assert_eq!(db_error(&err).0, "58030", "{err:?}");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .expect("read")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let last = records
+        .iter()
+        .rfind(|r| r["type"] == "statement" && r["request_id"] == id.as_str())
+        .expect("statement records");
+    assert_eq!(last["statement"], "SELECT 'last small one'");
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "outcome" && r["statement_seq"] == last["seq"]),
+        "the held outcome of {last} was lost with the failed write"
+    );
+}
+
 /// `lockbox serve` as a separate process, killed with SIGKILL on drop.
 pub struct ServeProcess(pub std::process::Child);
 
