@@ -292,9 +292,10 @@ impl AuditLog {
         Ok(written.first)
     }
 
-    /// Appends `events` behind everything written before, without waiting for an fsync. For
-    /// records that follow an action already taken (outcomes, disconnects): they are on disk
-    /// by the next fsync, and never cost one of their own.
+    /// Chains `events` behind everything appended before and returns at once. For records
+    /// that follow an action already taken (outcomes, disconnects): they ride the next
+    /// append's write (or the syncer writes them within [`FLUSH_AFTER`]) and are fsynced
+    /// with what follows, never costing a write or an fsync of their own.
     pub fn append(&self, events: Vec<AuditEvent>) {
         if let Err(e) = self.write(events.iter(), Mode::Later) {
             tracing::error!(error = %e, "audit record dropped");
