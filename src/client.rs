@@ -1,5 +1,7 @@
 //! A typed client of the control-plane API, used by the CLI, the demo and the tests.
 
+use std::path::Path;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -12,8 +14,17 @@ mod exports;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No answer. `message` says the cause and what to try (`http_client::describe`);
+    /// reqwest's error is kept but not offered as the `source`, since its chain says the
+    /// same cause again in other words ("error sending request for url …").
     #[error("cannot reach the lockbox API at {url}: {message}")]
-    Unreachable { url: String, message: String },
+    Unreachable {
+        url: String,
+        message: String,
+        transport: reqwest::Error,
+    },
+    #[error("--ca-cert / LOCKBOX_CA_CERT: {0}")]
+    CaCert(#[from] crate::http_client::CaError),
     #[error("{message} ({code})")]
     Api {
         status: u16,
@@ -42,12 +53,33 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// A client trusting the public CAs (an http:// or publicly signed https:// server).
     pub fn new(base: &str, api_key: &str) -> Self {
         ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             api_key: api_key.to_owned(),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// A client trusting only the CAs in `ca_cert` when given (a private CA), else the
+    /// public ones.
+    pub fn with_ca(base: &str, api_key: &str, ca_cert: Option<&Path>) -> Result<Self, ClientError> {
+        let Some(path) = ca_cert else {
+            return Ok(ApiClient::new(base, api_key));
+        };
+        let pem = crate::http_client::read_ca(path)?;
+        let http = crate::http_client::client(Some(&pem)).map_err(|message| {
+            crate::http_client::CaError::Invalid {
+                path: path.display().to_string(),
+                message,
+            }
+        })?;
+        Ok(ApiClient {
+            base: base.trim_end_matches('/').to_owned(),
+            api_key: api_key.to_owned(),
+            http,
+        })
     }
 
     async fn send<T: DeserializeOwned>(
@@ -59,10 +91,7 @@ impl ApiClient {
             .bearer_auth(&self.api_key)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.to_owned(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| unreachable(url, e))?;
         let status = response.status();
         let bytes = response
             .bytes()
@@ -261,10 +290,7 @@ impl ApiClient {
             .bearer_auth(&self.api_key)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| unreachable(&url, e))?;
         let status = response.status();
         if !status.is_success() {
             let bytes = response.bytes().await.unwrap_or_default();
@@ -273,13 +299,7 @@ impl ApiClient {
         let mut events = SseBuffer::default();
         let mut last = query.after_seq;
         loop {
-            let chunk = response
-                .chunk()
-                .await
-                .map_err(|e| ClientError::Unreachable {
-                    url: url.clone(),
-                    message: e.to_string(),
-                })?;
+            let chunk = response.chunk().await.map_err(|e| unreachable(&url, e))?;
             let Some(chunk) = chunk else {
                 return Ok(last);
             };
@@ -324,6 +344,16 @@ impl SseBuffer {
             }
         }
         out
+    }
+}
+
+fn unreachable(url: &str, error: reqwest::Error) -> ClientError {
+    // The whole chain, for whoever runs with RUST_LOG=debug.
+    tracing::debug!(%url, error = ?error, "API request failed");
+    ClientError::Unreachable {
+        url: url.to_owned(),
+        message: crate::http_client::describe(&error, crate::http_client::API),
+        transport: error,
     }
 }
 

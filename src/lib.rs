@@ -11,6 +11,8 @@ pub mod config;
 pub mod demo;
 pub mod exports;
 pub mod guard;
+pub mod http_client;
+mod https;
 pub mod ids;
 pub mod keys;
 pub mod notify;

@@ -29,7 +29,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(lockbox::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", lockbox::cli::report(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -73,6 +73,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         )?)),
         None => None,
     };
+    let api_tls = config
+        .api_tls
+        .as_ref()
+        .map(crate::config::api_tls::server_config)
+        .transpose()?;
     let store = Store::open(&config.state_path)?;
     let signer = std::fs::read_to_string(&config.signing_key_path)
         .ok()
@@ -123,6 +128,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     tasks.push(tokio::spawn(serve_api(
         api_state,
         api_listener,
+        api_tls.map(|tls| (tls, api_addr)),
         shutdown_rx.clone(),
     )));
     let revocations = lockbox.subscribe_revocations();
@@ -181,19 +187,31 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Se
         .map_err(|source| ServerError::Listen { addr, source })
 }
 
+/// Serves the API on `listener`: HTTPS when `tls` (config, local address) is given.
 async fn serve_api(
     state: crate::api::ApiState,
     listener: TcpListener,
+    tls: Option<(Arc<rustls::ServerConfig>, SocketAddr)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let app = crate::api::router(state);
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
+    let served = match tls {
+        Some((tls, addr)) => {
+            let listener = crate::https::TlsListener::new(listener, addr, tls);
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "API server failed");
     }
 }

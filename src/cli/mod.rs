@@ -9,9 +9,11 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod export;
+mod report;
 mod request;
 pub use audit::AuditCommand;
 pub use export::ExportCommand;
+pub use report::report;
 pub use request::{AdminCommand, NotifyCommand, PolicyCommand, RequestCommand};
 
 use crate::client::ApiClient;
@@ -35,6 +37,10 @@ pub struct Cli {
     /// Your API key.
     #[arg(long, env = "LOCKBOX_API_KEY", global = true, hide_env_values = true)]
     pub api_key: Option<String>,
+    /// PEM file of the CA that signed the API's certificate (a private CA); trusted instead
+    /// of the public CAs for an https:// server.
+    #[arg(long, env = "LOCKBOX_CA_CERT", global = true, value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -156,7 +162,11 @@ impl Cli {
             .api_key
             .as_deref()
             .ok_or_else(|| anyhow!("no API key: pass --api-key or set LOCKBOX_API_KEY"))?;
-        Ok(ApiClient::new(&self.server, key))
+        Ok(ApiClient::with_ca(
+            &self.server,
+            key,
+            self.ca_cert.as_deref(),
+        )?)
     }
 }
 
@@ -210,6 +220,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 async fn serve(path: &std::path::Path) -> Result<()> {
     let config = crate::config::Config::load(path)?;
+    crate::https::warn_if_plaintext(&config);
     let server = crate::server::start(config).await?;
     let lockbox = server.lockbox.clone();
     let reloads = tokio::spawn(async move {

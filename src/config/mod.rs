@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod api_tls;
 mod audit_sink;
 mod databases;
 pub mod notify;
@@ -116,12 +117,19 @@ pub struct ProxyFile {
 pub struct ApiFile {
     /// Address of the control-plane HTTP API.
     pub listen: String,
+    /// PEM certificate chain the API serves HTTPS with. Required unless `listen` is a
+    /// loopback address: the API hands out database credentials.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ApiFile {
     fn default() -> Self {
         ApiFile {
             listen: "127.0.0.1:8432".into(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -272,6 +280,8 @@ impl Default for TimingsFile {
 pub struct Config {
     pub proxy_listen: SocketAddr,
     pub api_listen: SocketAddr,
+    /// The API's certificate and key (`[api] tls_cert`/`tls_key`): HTTPS when set.
+    pub api_tls: Option<TlsFiles>,
     pub tls: Option<TlsFiles>,
     pub allow_plaintext_loopback: bool,
     pub max_message_size: usize,
@@ -304,7 +314,7 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -352,6 +362,7 @@ impl Config {
         };
         let proxy_listen = parse_addr("proxy.listen", &file.proxy.listen)?;
         let api_listen = parse_addr("api.listen", &file.api.listen)?;
+        let api_tls = api_tls::validate(&file.api, api_listen, &resolve)?;
         let tls = match (&file.proxy.tls_cert, &file.proxy.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: resolve(cert),
@@ -449,10 +460,12 @@ impl Config {
         let rules = workflow::rules(file.rules, &databases)?;
         let break_glass = workflow::break_glass(file.policy.break_glass)?;
         workflow::check_roles(&users, &rules, break_glass.as_ref())?;
-        let notifications = notify::validate(file.notifications, api_listen)?;
+        let notifications =
+            notify::validate(file.notifications, api_listen, api_tls.is_some(), &resolve)?;
         Ok(Config {
             proxy_listen,
             api_listen,
+            api_tls,
             tls,
             allow_plaintext_loopback: file.proxy.allow_plaintext_loopback,
             max_message_size,

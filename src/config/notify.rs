@@ -1,6 +1,7 @@
 //! `[notifications]`: where lockbox tells approvers and requesters what happened.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,9 @@ pub struct WebhookFile {
     /// `json` (lockbox's own payload), `slack` or `teams` (a `text` message they render).
     #[serde(default)]
     pub format: WebhookFormat,
+    /// PEM file of the CA that signed an https:// receiver's certificate (a private CA):
+    /// trusted instead of the public CAs for this webhook.
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -94,6 +98,8 @@ impl std::fmt::Debug for Smtp {
 pub struct Webhook {
     pub url: String,
     pub format: WebhookFormat,
+    /// The PEM CA bundle of `ca_cert`, read when the configuration is loaded.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// Validated notification settings.
@@ -109,6 +115,8 @@ pub struct Notifications {
 pub fn validate(
     file: NotificationsFile,
     api_listen: SocketAddr,
+    api_https: bool,
+    resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<Notifications, ConfigError> {
     let smtp = match file.smtp {
         None => None,
@@ -149,9 +157,25 @@ pub fn validate(
                 "must be an http:// or https:// URL",
             ));
         }
+        let ca_pem = match &w.ca_cert {
+            None => None,
+            Some(_) if !w.url.starts_with("https://") => {
+                return Err(invalid(
+                    format!("notifications.webhooks[{i}].ca_cert"),
+                    "is only used for an https:// url",
+                ))
+            }
+            Some(path) => Some(crate::http_client::read_ca(&resolve(path)).map_err(|e| {
+                invalid(
+                    format!("notifications.webhooks[{i}].ca_cert"),
+                    e.to_string(),
+                )
+            })?),
+        };
         webhooks.push(Webhook {
             url: w.url,
             format: w.format,
+            ca_pem,
         });
     }
     let retry_base = match &file.retry_base {
@@ -169,7 +193,10 @@ pub fn validate(
         max_attempts,
         public_url: file
             .public_url
-            .unwrap_or_else(|| format!("http://{api_listen}"))
+            .unwrap_or_else(|| {
+                let scheme = if api_https { "https" } else { "http" };
+                format!("{scheme}://{api_listen}")
+            })
             .trim_end_matches('/')
             .to_owned(),
     })

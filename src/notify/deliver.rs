@@ -1,5 +1,7 @@
 //! Sending one delivery: an email over SMTP (lettre) or a JSON POST (reqwest).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lettre::message::Mailbox;
@@ -49,6 +51,47 @@ pub async fn email(smtp: &Smtp, to: &str, payload: &str) -> Result<(), String> {
         .map_err(|e| format!("SMTP {}:{}: {e}", smtp.host, smtp.port))
 }
 
+/// HTTP clients for webhooks: one trusting the public CAs, and one per private CA bundle a
+/// webhook names (`ca_cert`), kept so connections to a receiver are reused.
+#[derive(Clone)]
+pub(crate) struct WebhookClients {
+    public: reqwest::Client,
+    private: Arc<Mutex<HashMap<Vec<u8>, reqwest::Client>>>,
+}
+
+/// Distinct CA bundles kept at most: each reload may bring new ones; past this the cache
+/// starts over rather than grow.
+const MAX_PRIVATE_CLIENTS: usize = 32;
+
+impl WebhookClients {
+    pub(crate) fn new() -> WebhookClients {
+        WebhookClients {
+            public: reqwest::Client::new(),
+            private: Arc::default(),
+        }
+    }
+
+    /// The client for a receiver signed by the CAs in `ca_pem`, or by a public CA.
+    pub(crate) fn for_ca(&self, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+        let Some(pem) = ca_pem else {
+            return Ok(self.public.clone());
+        };
+        let mut private = self
+            .private
+            .lock()
+            .map_err(|_| "webhook client cache poisoned".to_owned())?;
+        if let Some(client) = private.get(pem) {
+            return Ok(client.clone());
+        }
+        let client = crate::http_client::client(Some(pem)).map_err(|e| format!("ca_cert: {e}"))?;
+        if private.len() >= MAX_PRIVATE_CLIENTS {
+            private.clear();
+        }
+        private.insert(pem.to_vec(), client.clone());
+        Ok(client)
+    }
+}
+
 pub async fn webhook(http: &reqwest::Client, url: &str, payload: &str) -> Result<(), String> {
     let response = http
         .post(url)
@@ -57,7 +100,12 @@ pub async fn webhook(http: &reqwest::Client, url: &str, payload: &str) -> Result
         .timeout(TIMEOUT)
         .send()
         .await
-        .map_err(|e| format!("webhook {url}: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "webhook {url}: {}",
+                crate::http_client::describe(&e, crate::http_client::WEBHOOK)
+            )
+        })?;
     if response.status().is_success() {
         Ok(())
     } else {

@@ -33,7 +33,7 @@ const IDLE_POLL: Duration = Duration::from_secs(5);
 pub struct Notifier {
     store: Store,
     wake: Arc<Notify>,
-    http: reqwest::Client,
+    http: deliver::WebhookClients,
 }
 
 impl Notifier {
@@ -41,7 +41,7 @@ impl Notifier {
         Notifier {
             store,
             wake: Arc::new(Notify::new()),
-            http: reqwest::Client::new(),
+            http: deliver::WebhookClients::new(),
         }
     }
 
@@ -136,7 +136,18 @@ impl Notifier {
                 Some(smtp) => deliver::email(smtp, &delivery.target, &delivery.payload).await,
                 None => Err("SMTP is no longer configured".into()),
             },
-            "webhook" => deliver::webhook(&self.http, &delivery.target, &delivery.payload).await,
+            "webhook" => {
+                // The receiver's CA as configured now; a url no longer configured is sent
+                // with the public CAs.
+                let ca = config
+                    .notifications
+                    .webhooks
+                    .iter()
+                    .find(|w| w.url == delivery.target)
+                    .and_then(|w| w.ca_pem.as_deref());
+                let http = self.http.for_ca(ca)?;
+                deliver::webhook(&http, &delivery.target, &delivery.payload).await
+            }
             other => Err(format!("unknown channel {other}")),
         }
     }

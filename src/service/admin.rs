@@ -225,6 +225,7 @@ fn keep_fixed_settings(current: &Config, next: &mut Config) -> Vec<String> {
     }
     keep!(proxy_listen, "proxy.listen");
     keep!(api_listen, "api.listen");
+    keep!(api_tls, "api.tls_cert");
     keep!(state_path, "state.sqlite_path");
     keep!(audit_path, "audit.path");
     keep!(audit_durability, "audit.durability");

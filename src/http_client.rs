@@ -1,0 +1,223 @@
+//! HTTP clients (reqwest over rustls, no OpenSSL) for the CLI's API calls and for webhooks,
+//! and the words for what went wrong when a request never got an answer.
+//!
+//! Trust: the public CAs of the Mozilla root program, compiled in (webpki-roots), rather
+//! than the machine's store: the same trust on every host and in a container image
+//! without a CA bundle, and nothing read from disk that a local user could add to. A
+//! server signed by a private CA is reached by naming that CA (`--ca-cert`,
+//! `LOCKBOX_CA_CERT`, a webhook's `ca_cert`): it then replaces the public roots for that
+//! client, as libpq's `sslrootcert` does, so only that CA's certificates are accepted.
+
+use std::error::Error as _;
+use std::path::Path;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// A CA file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot read CA certificate {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("CA certificate {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// A PEM CA bundle, checked to hold certificates and nothing else.
+pub(crate) fn read_ca(path: &Path) -> Result<Vec<u8>, CaError> {
+    let pem = std::fs::read(path).map_err(|source| CaError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    check_ca(&pem).map_err(|message| CaError::Invalid {
+        path: path.display().to_string(),
+        message,
+    })?;
+    Ok(pem)
+}
+
+/// At least one certificate, and nothing that is not one.
+fn check_ca(pem: &[u8]) -> Result<(), String> {
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        cert.map_err(|e| format!("not a PEM certificate ({e})"))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("no certificate in the file".into());
+    }
+    Ok(())
+}
+
+/// A client trusting the public roots, or (with `ca_pem`) only the CAs in that bundle.
+pub(crate) fn client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?;
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// What to suggest, per kind of server.
+#[derive(Clone, Copy)]
+pub(crate) struct Hints {
+    /// After "connection refused — ".
+    pub refused: &'static str,
+    /// How to name the CA of a server with an untrusted certificate.
+    pub ca: &'static str,
+}
+
+/// The CLI talking to the lockbox API.
+pub(crate) const API: Hints = Hints {
+    refused: "is `lockbox serve` running? is LOCKBOX_SERVER (--server) right?",
+    ca: "pass the CA that signed it with --ca-cert or LOCKBOX_CA_CERT",
+};
+
+/// The notifier posting to a webhook receiver.
+pub(crate) const WEBHOOK: Hints = Hints {
+    refused: "is the receiver running, and the webhook's url right?",
+    ca: "set the webhook's ca_cert to the CA that signed it",
+};
+
+/// Why a request got no answer, in words that say what to try. reqwest's own message
+/// ("error sending request for url …") hides the cause several sources down.
+pub(crate) fn describe(error: &reqwest::Error, hints: Hints) -> String {
+    if error.is_timeout() {
+        return "no answer in time — is the server overloaded, or a firewall dropping packets?"
+            .into();
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = error.source();
+    let mut deepest = error.to_string();
+    while let Some(e) = cause {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return describe_tls(tls, hints);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(said) = describe_io(io, hints) {
+                return said;
+            }
+        }
+        deepest = e.to_string();
+        cause = e.source();
+    }
+    if deepest.contains("dns error") || deepest.contains("failed to lookup address") {
+        return format!("{deepest} — is the host name right?");
+    }
+    if deepest.contains("invalid HTTP version") {
+        return "the server did not answer HTTP — is it serving HTTPS? then use an https:// URL"
+            .into();
+    }
+    deepest
+}
+
+fn describe_io(io: &std::io::Error, hints: Hints) -> Option<String> {
+    use std::io::ErrorKind;
+    // rustls reports a TLS failure as an io::Error whose inner error is a rustls::Error.
+    if let Some(tls) = io
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return Some(describe_tls(tls, hints));
+    }
+    let said = match io.kind() {
+        ErrorKind::ConnectionRefused => {
+            return Some(format!("connection refused — {}", hints.refused))
+        }
+        ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof => {
+            "the server closed the connection — if it serves HTTPS, use an https:// URL; if \
+             plain HTTP, an http:// one"
+        }
+        ErrorKind::TimedOut => "connection timed out — is a firewall dropping packets?",
+        _ => return None,
+    };
+    Some(said.into())
+}
+
+fn describe_tls(error: &rustls::Error, hints: Hints) -> String {
+    use rustls::CertificateError as C;
+    let hint = hints.ca;
+    match error {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            format!("the server's TLS certificate is not signed by a trusted CA — {hint}")
+        }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => "the server's TLS certificate is not valid for this host name — use the name \
+             (or address) the certificate was made for"
+            .into(),
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the server's TLS certificate has expired".into()
+        }
+        rustls::Error::InvalidCertificate(other) => {
+            format!("the server's TLS certificate was refused ({other:?}) — {hint}")
+        }
+        rustls::Error::InvalidMessage(_) => {
+            "the server did not answer TLS — is it serving plain HTTP? then use an http:// URL"
+                .into()
+        }
+        other => format!("TLS handshake failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_bundle_needs_a_certificate_and_nothing_else() {
+        let (ca, cert, key) =
+            crate::tls::generate_ca_signed(&["127.0.0.1".into()]).expect("generate");
+        assert_eq!(check_ca(ca.as_bytes()), Ok(()));
+        assert_eq!(check_ca(format!("{ca}{cert}").as_bytes()), Ok(()));
+        assert!(check_ca(key.as_bytes()).is_err(), "a key is no CA");
+        assert!(check_ca(b"").is_err());
+        assert!(check_ca(b"-----BEGIN CERTIFICATE-----\n!!!\n").is_err());
+    }
+
+    #[test]
+    fn a_client_with_a_private_ca_builds() {
+        let (ca, _cert, _key) =
+            crate::tls::generate_ca_signed(&["127.0.0.1".into()]).expect("generate");
+        assert!(client(Some(ca.as_bytes())).is_ok());
+        assert!(client(None).is_ok());
+    }
+
+    #[test]
+    fn tls_failures_say_what_to_try() {
+        let unknown = describe_tls(
+            &rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+            API,
+        );
+        assert!(unknown.contains("not signed by a trusted CA"), "{unknown}");
+        assert!(unknown.contains("--ca-cert"), "{unknown}");
+        let name = describe_tls(
+            &rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
+            API,
+        );
+        assert!(name.contains("not valid for this host name"), "{name}");
+    }
+
+    #[test]
+    fn io_failures_say_what_to_try() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let said = describe_io(&refused, API).expect("described");
+        assert!(said.starts_with("connection refused"), "{said}");
+        assert!(said.contains("LOCKBOX_SERVER"), "{said}");
+        let wrapped = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let said = describe_io(&wrapped, WEBHOOK).expect("described");
+        assert!(said.contains("not signed by a trusted CA"), "{said}");
+        assert!(said.contains("ca_cert"), "{said}");
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(describe_io(&other, API), None);
+    }
+}
