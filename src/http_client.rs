@@ -110,6 +110,11 @@ pub(crate) fn describe(error: &reqwest::Error, hints: Hints) -> String {
     if deepest.contains("dns error") || deepest.contains("failed to lookup address") {
         return format!("{deepest} — is the host name right?");
     }
+    if deepest.contains("connection closed before message completed") {
+        return "the server closed the connection without an answer — if it serves HTTPS, \
+                use an https:// URL"
+            .into();
+    }
     if deepest.contains("invalid HTTP version") {
         return "the server did not answer HTTP — is it serving HTTPS? then use an https:// URL"
             .into();
@@ -119,32 +124,39 @@ pub(crate) fn describe(error: &reqwest::Error, hints: Hints) -> String {
 
 fn describe_io(io: &std::io::Error, hints: Hints) -> Option<String> {
     use std::io::ErrorKind;
-    // rustls reports a TLS failure as an io::Error whose inner error is a rustls::Error.
-    if let Some(tls) = io
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        return Some(describe_tls(tls, hints));
+    // hyper-rustls wraps the handshake's io::Error in another; rustls puts its own error
+    // inside the innermost. `source()` skips the wrapped error itself, so walk `get_ref`.
+    let mut layer = Some(io);
+    while let Some(io) = layer {
+        let inner = io.get_ref();
+        if let Some(tls) = inner.and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            return Some(describe_tls(tls, hints));
+        }
+        let said = match io.kind() {
+            ErrorKind::ConnectionRefused => {
+                return Some(format!("connection refused — {}", hints.refused))
+            }
+            ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof => {
+                "the server closed the connection — if it serves HTTPS, use an https:// URL; \
+                 if plain HTTP, an http:// one"
+            }
+            ErrorKind::TimedOut => "connection timed out — is a firewall dropping packets?",
+            _ => {
+                layer = inner.and_then(|e| e.downcast_ref::<std::io::Error>());
+                continue;
+            }
+        };
+        return Some(said.into());
     }
-    let said = match io.kind() {
-        ErrorKind::ConnectionRefused => {
-            return Some(format!("connection refused — {}", hints.refused))
-        }
-        ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof => {
-            "the server closed the connection — if it serves HTTPS, use an https:// URL; if \
-             plain HTTP, an http:// one"
-        }
-        ErrorKind::TimedOut => "connection timed out — is a firewall dropping packets?",
-        _ => return None,
-    };
-    Some(said.into())
+    None
 }
 
 fn describe_tls(error: &rustls::Error, hints: Hints) -> String {
     use rustls::CertificateError as C;
     let hint = hints.ca;
     match error {
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+        // A CA of the same name that did not sign it fails the signature check instead.
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
             format!("the server's TLS certificate is not signed by a trusted CA — {hint}")
         }
         rustls::Error::InvalidCertificate(
@@ -214,6 +226,8 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
+        // As hyper-rustls hands it over: an io::Error around rustls's io::Error.
+        let wrapped = std::io::Error::other(wrapped);
         let said = describe_io(&wrapped, WEBHOOK).expect("described");
         assert!(said.contains("not signed by a trusted CA"), "{said}");
         assert!(said.contains("ca_cert"), "{said}");

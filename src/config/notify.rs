@@ -201,3 +201,53 @@ pub fn validate(
             .to_owned(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(dir: &Path, url: &str, ca_cert: &str) -> Result<Notifications, String> {
+        let file = NotificationsFile {
+            webhooks: vec![WebhookFile {
+                url: url.into(),
+                format: WebhookFormat::Json,
+                ca_cert: Some(ca_cert.into()),
+            }],
+            ..NotificationsFile::default()
+        };
+        let listen = "127.0.0.1:8432".parse().expect("addr");
+        validate(file, listen, false, &|p: &Path| dir.join(p)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_webhook_ca_is_read_at_load_and_named_when_wrong() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, _cert, key) =
+            crate::tls::generate_ca_signed(&["127.0.0.1".into()]).expect("generate");
+        std::fs::write(dir.path().join("ca.pem"), &ca).expect("write");
+        std::fs::write(dir.path().join("key.pem"), key).expect("write");
+        let ok = webhook(dir.path(), "https://hooks.example/x", "ca.pem").expect("valid");
+        assert_eq!(ok.webhooks[0].ca_pem.as_deref(), Some(ca.as_bytes()));
+        for (url, file) in [
+            ("https://hooks.example/x", "missing.pem"),
+            ("https://hooks.example/x", "key.pem"),
+            ("http://hooks.example/x", "ca.pem"),
+        ] {
+            let err = webhook(dir.path(), url, file).expect_err(file);
+            assert!(
+                err.contains("`notifications.webhooks[0].ca_cert`"),
+                "{url} {file}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn links_follow_the_api_scheme() {
+        let listen = "127.0.0.1:8432".parse().expect("addr");
+        let none = &|p: &Path| p.to_owned();
+        let https = validate(NotificationsFile::default(), listen, true, none).expect("valid");
+        assert_eq!(https.public_url, "https://127.0.0.1:8432");
+        let http = validate(NotificationsFile::default(), listen, false, none).expect("valid");
+        assert_eq!(http.public_url, "http://127.0.0.1:8432");
+    }
+}
