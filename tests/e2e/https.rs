@@ -140,6 +140,24 @@ async fn the_cli_reaches_an_https_api_through_its_private_ca() {
         out.contains("cannot reach the lockbox API") && out.contains("use an https:// URL"),
         "{out}"
     );
+
+    // HTTPS cannot be turned off by a reload: the API keeps serving it, and says why.
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let text = text.replacen(
+        "tls_cert = \"api-cert.pem\"\ntls_key = \"api-key.pem\"\n",
+        "",
+        1,
+    );
+    std::fs::write(&env.config_path, text).expect("config");
+    let said = ok(lockbox(
+        &env,
+        "alice",
+        &url,
+        &with_env,
+        &["admin", "reload"],
+    ));
+    assert!(said.contains("after a restart: api.tls_cert"), "{said}");
+    ok(lockbox(&env, "eve", &url, &with_env, &["request", "list"]));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -384,4 +402,60 @@ async fn a_webhook_reaches_an_https_receiver_signed_by_its_ca() {
         .expect("the webhook without its CA failed");
     assert!(error.contains("not signed by a trusted CA"), "{error}");
     assert!(error.contains("ca_cert"), "says what to try: {error}");
+}
+
+/// The log lines `lockbox serve` writes up to "lockbox is serving"; the process is killed.
+fn serve_start_log(config: &Path) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lockbox"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start lockbox serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let started = line.contains("lockbox is serving");
+        lines.push(line);
+        if started {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("lockbox is serving")),
+        "serve did not start: {lines:#?}"
+    );
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_warns_when_the_api_is_plain_http() {
+    let env = Env::prepare("https_warning", Options::default());
+    let plain = serve_start_log(&env.config_path);
+    assert!(
+        plain
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("plain HTTP")),
+        "{plain:#?}"
+    );
+
+    write_ca_signed(&env.deployment.dir, "api");
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let text = text.replacen(
+        "[api]\n",
+        "[api]\ntls_cert = \"api-cert.pem\"\ntls_key = \"api-key.pem\"\n",
+        1,
+    );
+    std::fs::write(&env.config_path, text).expect("config");
+    let https = serve_start_log(&env.config_path);
+    assert!(
+        !https.iter().any(|l| l.contains("plain HTTP")),
+        "{https:#?}"
+    );
 }
