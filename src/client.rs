@@ -58,7 +58,8 @@ impl ApiClient {
         ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             api_key: api_key.to_owned(),
-            http: reqwest::Client::new(),
+            // Building a client without a CA file reads nothing and cannot fail in practice.
+            http: crate::http_client::client(None).unwrap_or_default(),
         }
     }
 

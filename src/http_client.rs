@@ -10,6 +10,7 @@
 
 use std::error::Error as _;
 use std::path::Path;
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -52,9 +53,15 @@ fn check_ca(pem: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// A server that does not accept a connection within this long is reported, rather than
+/// left to the system's TCP timeout (minutes, for a host that drops packets).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A client trusting the public roots, or (with `ca_pem`) only the CAs in that bundle.
 pub(crate) fn client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder().use_rustls_tls();
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(CONNECT_TIMEOUT);
     if let Some(pem) = ca_pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?;
         builder = builder.tls_built_in_root_certs(false);

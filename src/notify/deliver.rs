@@ -66,7 +66,7 @@ const MAX_PRIVATE_CLIENTS: usize = 32;
 impl WebhookClients {
     pub(crate) fn new() -> WebhookClients {
         WebhookClients {
-            public: reqwest::Client::new(),
+            public: crate::http_client::client(None).unwrap_or_default(),
             private: Arc::default(),
         }
     }

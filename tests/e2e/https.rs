@@ -217,6 +217,24 @@ async fn a_closed_port_is_reported_once_with_what_to_try() {
     );
 }
 
+#[test]
+fn an_error_that_embeds_its_source_prints_it_once() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let missing = scratch.path().join("missing.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_lockbox"))
+        .args(["config", "check", "--config"])
+        .arg(&missing)
+        .output()
+        .expect("run lockbox");
+    let err = failed(out);
+    assert!(err.contains("missing.toml"), "{err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause once: {err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plain_http_api_off_loopback_is_refused() {
     let env = Env::prepare("https_loopback", Options::default());
