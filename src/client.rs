@@ -25,7 +25,7 @@ pub enum ClientError {
     },
     #[error("--ca-cert / LOCKBOX_CA_CERT: {0}")]
     CaCert(#[from] crate::http_client::CaError),
-    #[error("{message} ({code})")]
+    #[error("{message} ({code}){}", api_hint(.status))]
     Api {
         status: u16,
         code: String,
@@ -358,6 +358,14 @@ fn unreachable(url: &str, error: reqwest::Error) -> ClientError {
     }
 }
 
+/// What to try after an answer that is the caller's to fix.
+fn api_hint(status: &u16) -> &'static str {
+    match status {
+        401 => " — check --api-key / LOCKBOX_API_KEY",
+        _ => "",
+    }
+}
+
 fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(bytes) {
         Ok(body) => ClientError::Api {
@@ -368,7 +376,10 @@ fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
         Err(_) => ClientError::Api {
             status: status.as_u16(),
             code: "http".into(),
-            message: format!("HTTP {status}"),
+            message: format!(
+                "HTTP {status} without a lockbox error body — is LOCKBOX_SERVER (--server) \
+                 the lockbox API?"
+            ),
         },
     }
 }

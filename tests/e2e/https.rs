@@ -141,6 +141,20 @@ async fn the_cli_reaches_an_https_api_through_its_private_ca() {
         "{out}"
     );
 
+    // An answer the caller can fix says how.
+    let out = Command::new(env!("CARGO_BIN_EXE_lockbox"))
+        .args(["request", "list"])
+        .env("LOCKBOX_SERVER", &url)
+        .env("LOCKBOX_API_KEY", "lbk_wrong")
+        .env("LOCKBOX_CA_CERT", &ca)
+        .output()
+        .expect("run lockbox");
+    let err = failed(out);
+    assert!(
+        err.contains("unknown API key") && err.contains("LOCKBOX_API_KEY"),
+        "{err}"
+    );
+
     // HTTPS cannot be turned off by a reload: the API keeps serving it, and says why.
     let text = std::fs::read_to_string(&env.config_path).expect("config");
     let text = text.replacen(
