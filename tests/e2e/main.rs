@@ -22,6 +22,8 @@ mod lifecycle;
 mod notify;
 mod oidc;
 mod openapi;
+mod ops;
+mod ops_limits;
 mod protocol;
 mod relay;
 mod roles;
