@@ -20,6 +20,10 @@ use chrono::{DateTime, Utc};
 /// limited, so memory stays bounded under a spread-out attack.
 const MAX_SOURCES: usize = 65_536;
 
+/// Refused connections being told why at once; past it a refused connection is closed
+/// without a word, so a flood cannot make the proxy hold a task and socket per attempt.
+const MAX_REFUSING: usize = 256;
+
 /// Failed logins of one source in its current window.
 struct Window {
     started: Instant,
@@ -41,6 +45,7 @@ pub struct Throttled {
 #[derive(Default)]
 pub struct Gate {
     open: AtomicUsize,
+    refusing: Arc<AtomicUsize>,
     windows: Mutex<HashMap<IpAddr, Window>>,
 }
 
@@ -131,6 +136,27 @@ impl Gate {
     }
 }
 
+/// A refusal being told to its client; given back when dropped.
+pub struct Refusing(Arc<AtomicUsize>);
+
+impl Drop for Refusing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Gate {
+    /// Room to tell a refused client why, or `None` when `MAX_REFUSING` are being told.
+    pub fn refusing(&self) -> Option<Refusing> {
+        self.refusing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_REFUSING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Refusing(self.refusing.clone()))
+    }
+}
+
 /// Takes a connection slot, or `None` when `max_connections` are held.
 pub fn take_slot(registry: &Arc<super::Registry>, limits: &Limits) -> Option<Slot> {
     let gate = &registry.gate;
@@ -198,5 +224,15 @@ mod tests {
         drop(a);
         assert_eq!(registry.gate.open(), 1);
         assert!(take_slot(&registry, &l).is_some());
+    }
+
+    #[test]
+    fn refusals_told_at_once_are_bounded() {
+        let gate = Gate::default();
+        let held: Vec<Refusing> = (0..MAX_REFUSING).filter_map(|_| gate.refusing()).collect();
+        assert_eq!(held.len(), MAX_REFUSING);
+        assert!(gate.refusing().is_none());
+        drop(held);
+        assert!(gate.refusing().is_some());
     }
 }

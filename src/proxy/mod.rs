@@ -145,8 +145,13 @@ impl Proxy {
             ),
         };
         tracing::debug!(reason = ?why, "connection refused at accept");
+        let Some(refusing) = self.registry.gate.refusing() else {
+            // Too many being told already: closing without a word is all a flood gets.
+            return;
+        };
         let tls = self.tls.clone();
         tokio::spawn(async move {
+            let _refusing = refusing;
             let opened =
                 tokio::time::timeout(REFUSAL_TIMEOUT, negotiate::negotiate(tcp, tls.as_ref()))
                     .await;
@@ -162,7 +167,10 @@ impl Proxy {
         let limits = self.lockbox.config().connection_limits;
         let record = self.registry.gate.failed(source, &limits);
         if !record {
-            self.lockbox.audit.metrics().failed_login_unrecorded();
+            // Its token was refused like an audited one; only its record is summarised.
+            let metrics = self.lockbox.audit.metrics();
+            metrics.refused(Refused::Authentication);
+            metrics.failed_login_unrecorded();
         }
         record
     }
