@@ -38,7 +38,9 @@ pub async fn session(cli: &Cli, command: &SessionCommand) -> Result<()> {
                         s.engineer.clone(),
                         s.request_id.clone(),
                         s.database.clone(),
-                        s.since.format("%Y-%m-%d %H:%M:%S").to_string(),
+                        // Month, day and minute keep the table within 100 columns;
+                        // `--json` has the exact time.
+                        s.since.format("%m-%d %H:%M").to_string(),
                         s.statements.to_string(),
                         s.client_addr.clone(),
                     ]
@@ -51,7 +53,7 @@ pub async fn session(cli: &Cli, command: &SessionCommand) -> Result<()> {
                     "REQUEST",
                     "DATABASE",
                     "SINCE (UTC)",
-                    "STATEMENTS",
+                    "STMTS",
                     "CLIENT",
                 ],
                 &rows,
