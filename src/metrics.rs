@@ -156,18 +156,19 @@ impl Histogram {
         self.sum.fetch_add(value, Ordering::Relaxed);
     }
 
-    /// Writes the `_bucket`, `_sum` and `_count` lines; `scale` turns units into the
-    /// exposed unit (1e-6 for microseconds → seconds).
-    fn render(&self, out: &mut String, name: &str, scale: f64) {
+    /// Writes the `_bucket`, `_sum` and `_count` lines; `per_unit` units make one of the
+    /// exposed unit (1e6 for microseconds → seconds). Dividing keeps bounds exact in
+    /// decimal (`0.0001`, where multiplying by 1e-6 would print `0.00009999999999999999`).
+    fn render(&self, out: &mut String, name: &str, per_unit: f64) {
         let mut cumulative = 0;
         for (i, bound) in self.bounds.iter().enumerate() {
             cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let le = *bound as f64 * scale;
+            let le = *bound as f64 / per_unit;
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
         }
         cumulative += self.buckets[self.bounds.len()].load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum.load(Ordering::Relaxed) as f64 * scale;
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / per_unit;
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {cumulative}");
     }
@@ -181,6 +182,9 @@ const LATENCY_US: [u64; 14] = [
 
 /// Records made durable by one fsync.
 const BATCH: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
+
+// A histogram has 16 buckets: its bounds and `+Inf`.
+const _: () = assert!(LATENCY_US.len() < 16 && BATCH.len() < 16);
 
 /// One server's counters (one per `AuditLog`, so a test process can run several).
 pub struct Metrics {
@@ -375,7 +379,7 @@ impl Metrics {
             "Time until an audit append is durable.",
         );
         self.append_latency
-            .render(o, "lockbox_audit_append_seconds", 1e-6);
+            .render(o, "lockbox_audit_append_seconds", 1e6);
         family(
             o,
             "lockbox_audit_fsync_batch_records",
@@ -514,6 +518,13 @@ mod tests {
         assert!(out.contains("h_bucket{le=\"+Inf\"} 4\n"), "{out}");
         assert!(out.contains("h_sum 5007\n"), "{out}");
         assert!(out.contains("h_count 4\n"), "{out}");
+        let latency = Histogram::new(&LATENCY_US);
+        latency.observe(150);
+        let mut out = String::new();
+        latency.render(&mut out, "l", 1e6);
+        assert!(out.contains("l_bucket{le=\"0.0001\"} 0\n"), "{out}");
+        assert!(out.contains("l_bucket{le=\"0.00025\"} 1\n"), "{out}");
+        assert!(out.contains("l_sum 0.00015\n"), "{out}");
     }
 
     #[test]
