@@ -132,7 +132,7 @@ impl Proxy {
     /// Refuses a connection before any upstream work: it is told why (after its startup
     /// packet, so the client shows the message), counted, and closed. The task is not a
     /// session's: shutdown does not wait for it, and it is bounded by a timeout.
-    fn refuse(&self, tcp: TcpStream, why: Refused) {
+    fn refuse(self: &Arc<Self>, tcp: TcpStream, why: Refused) {
         self.lockbox.audit.metrics().refused(why);
         let (code, message) = match why {
             Refused::MaxConnections => (
@@ -149,14 +149,24 @@ impl Proxy {
             // Too many being told already: closing without a word is all a flood gets.
             return;
         };
-        let tls = self.tls.clone();
+        let proxy = self.clone();
         tokio::spawn(async move {
             let _refusing = refusing;
-            let opened =
-                tokio::time::timeout(REFUSAL_TIMEOUT, negotiate::negotiate(tcp, tls.as_ref()))
-                    .await;
-            if let Ok(Ok(negotiate::Opened::Session { mut stream, .. })) = opened {
-                session::send_fatal(&mut stream, code, message).await;
+            let opened = tokio::time::timeout(
+                REFUSAL_TIMEOUT,
+                negotiate::negotiate(tcp, proxy.tls.as_ref()),
+            )
+            .await;
+            match opened {
+                Ok(Ok(negotiate::Opened::Session { mut stream, .. })) => {
+                    session::send_fatal(&mut stream, code, message).await;
+                }
+                // A cancel still goes through: a full proxy must not leave a running
+                // query uncancellable (PostgreSQL, too, serves cancels past its limit).
+                Ok(Ok(negotiate::Opened::Cancel { pid, secret })) => {
+                    session::forward_cancel(&proxy, pid, secret).await;
+                }
+                _ => {}
             }
         });
     }

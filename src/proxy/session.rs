@@ -628,7 +628,7 @@ pub(super) async fn send_fatal(stream: &mut BoxStream, code: &str, message: &str
     let _ = tokio::time::timeout(Duration::from_millis(500), send).await;
 }
 
-async fn forward_cancel(proxy: &Proxy, pid: i32, secret: i32) {
+pub(super) async fn forward_cancel(proxy: &Proxy, pid: i32, secret: i32) {
     // An unknown key is ignored silently, as PostgreSQL does: no oracle for guessing keys.
     let Some(target) = proxy.registry.cancel_target(pid, secret) else {
         tracing::debug!("cancel request with unknown key ignored");

@@ -40,6 +40,27 @@ async fn past_max_connections_a_client_gets_53300_before_any_login() {
         .simple_query("SELECT 1")
         .await
         .expect("the first runs on");
+    // A cancel still goes through a full proxy.
+    let cancel = first.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        let result = first.simple_query("SELECT pg_sleep(60)").await;
+        (first, result)
+    });
+    env.wait_for_audit("the sleep to start", |records| {
+        records
+            .iter()
+            .any(|r| r["statement"] == "SELECT pg_sleep(60)")
+    })
+    .await;
+    cancel
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("cancel sent");
+    let (first, result) = tokio::time::timeout(std::time::Duration::from_secs(30), sleeper)
+        .await
+        .expect("the sleep was cancelled")
+        .expect("join");
+    assert_eq!(db_error(&result.expect_err("cancelled")).0, "57014");
     drop(first);
     drop(_idle);
     // Slots come back when connections end.
