@@ -125,7 +125,7 @@ impl Counter {
 }
 
 /// A histogram with fixed upper bounds, in integer units (microseconds, records).
-pub struct Histogram {
+pub(crate) struct Histogram {
     bounds: &'static [u64],
     /// One more than `bounds`: the last one is `+Inf`.
     buckets: [AtomicU64; 16],
@@ -143,7 +143,7 @@ impl Histogram {
         }
     }
 
-    pub fn observe(&self, value: u64) {
+    pub(crate) fn observe(&self, value: u64) {
         let slot = self
             .bounds
             .iter()
@@ -187,7 +187,7 @@ const BATCH: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
 const _: () = assert!(LATENCY_US.len() < 16 && BATCH.len() < 16);
 
 /// One server's counters (one per `AuditLog`, so a test process can run several).
-pub struct Metrics {
+pub(crate) struct Metrics {
     statements: [AtomicU64; KINDS.len()],
     outcomes: [AtomicU64; OUTCOMES.len()],
     refusals: [AtomicU64; RULES.len()],
@@ -200,9 +200,9 @@ pub struct Metrics {
     /// API calls by status class (1xx … 5xx).
     api_calls: [AtomicU64; 5],
     /// Time from an `append_durable` call until its records are durable.
-    pub append_latency: Histogram,
+    pub(crate) append_latency: Histogram,
     /// Records made durable per fsync (group commit).
-    pub fsync_batch: Histogram,
+    pub(crate) fsync_batch: Histogram,
 }
 
 impl Default for Metrics {
@@ -230,7 +230,7 @@ fn inc(counter: &AtomicU64) {
 impl Metrics {
     /// Counts one audit record as it is written: statements by kind, outcomes by status
     /// (refusals also by rule), sessions admitted, refused and ended.
-    pub fn count(&self, event: &AuditEvent) {
+    pub(crate) fn count(&self, event: &AuditEvent) {
         match event {
             AuditEvent::Statement(s) => {
                 inc(&self.statements[kind_index(s.kind)]);
@@ -283,13 +283,13 @@ impl Metrics {
     }
 
     /// Sessions admitted and not yet ended.
-    pub fn sessions_open(&self) -> u64 {
+    pub(crate) fn sessions_open(&self) -> u64 {
         let admitted = self.sessions_admitted.load(Ordering::Relaxed);
         admitted.saturating_sub(self.sessions_ended.load(Ordering::Relaxed))
     }
 
     /// The exposition text: these counters, then the values read at scrape time.
-    pub fn render(&self, scrape: &Scrape) -> String {
+    pub(crate) fn render(&self, scrape: &Scrape) -> String {
         let mut out = String::with_capacity(8192);
         let o = &mut out;
         family(
@@ -429,15 +429,15 @@ fn labelled(
 
 /// Values read when `/metrics` is scraped.
 #[derive(Debug, Default)]
-pub struct Scrape {
+pub(crate) struct Scrape {
     /// Connections the proxy holds now (logging in or admitted).
-    pub connections: usize,
-    pub audit_healthy: bool,
+    pub(crate) connections: usize,
+    pub(crate) audit_healthy: bool,
     /// `(written, shipped)` sequence numbers of the PostgreSQL audit sink, when configured.
-    pub sink: Option<(u64, u64)>,
-    pub pending_notifications: Option<u64>,
+    pub(crate) sink: Option<(u64, u64)>,
+    pub(crate) pending_notifications: Option<u64>,
     /// Each database and whether its last probe reached it.
-    pub databases: Vec<(String, bool)>,
+    pub(crate) databases: Vec<(String, bool)>,
 }
 
 impl Scrape {

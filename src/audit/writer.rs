@@ -271,7 +271,7 @@ impl AuditLog {
     }
 
     /// This log's counters, and the server's (`GET /metrics`).
-    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.shared().metrics
     }
 

@@ -12,7 +12,7 @@ mod admission;
 mod decisions;
 mod request;
 pub mod rules;
-pub mod sessions;
+pub(crate) mod sessions;
 
 pub use admission::{admit, Admission, Refusal};
 pub use decisions::*;

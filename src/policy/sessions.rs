@@ -4,12 +4,12 @@ use super::{forbidden, PolicyError};
 use crate::config::{Role, User};
 
 /// Approvers, admins and auditors see every live session; anyone else their own.
-pub fn sees_all_sessions(caller: &User) -> bool {
+pub(crate) fn sees_all_sessions(caller: &User) -> bool {
     caller.has(Role::Admin) || caller.has(Role::Approver) || caller.has(Role::Auditor)
 }
 
 /// Ending a session is an act like a revocation: admins and (customer) approvers only.
-pub fn check_kill(caller: &User, reason: &str) -> Result<(), PolicyError> {
+pub(crate) fn check_kill(caller: &User, reason: &str) -> Result<(), PolicyError> {
     if !(caller.has(Role::Admin) || caller.has(Role::Approver)) {
         return Err(forbidden(format!(
             "{} may not end sessions: it needs the admin or approver role",

@@ -35,22 +35,22 @@ struct Window {
 
 /// A summary of one source's window, to be audited as `logins_throttled`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Throttled {
-    pub source: IpAddr,
-    pub since: DateTime<Utc>,
-    pub count: u64,
+pub(crate) struct Throttled {
+    pub(crate) source: IpAddr,
+    pub(crate) since: DateTime<Utc>,
+    pub(crate) count: u64,
 }
 
 /// Connection counting and failed-login windows; lives in the `Registry`.
 #[derive(Default)]
-pub struct Gate {
+pub(crate) struct Gate {
     open: AtomicUsize,
     refusing: Arc<AtomicUsize>,
     windows: Mutex<HashMap<IpAddr, Window>>,
 }
 
 /// One counted connection; the count goes down when it is dropped.
-pub struct Slot {
+pub(crate) struct Slot {
     gate: Arc<super::Registry>,
 }
 
@@ -70,7 +70,7 @@ pub struct Limits {
 
 impl Gate {
     /// Connections held now.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }
 
@@ -80,7 +80,7 @@ impl Gate {
 
     /// Whether `source` is past its failed-login limit in its current window; a refusal
     /// counts toward the window's summary.
-    pub fn blocked(&self, source: IpAddr, limits: &Limits) -> bool {
+    pub(crate) fn blocked(&self, source: IpAddr, limits: &Limits) -> bool {
         let mut windows = self.windows();
         let Some(w) = windows.get_mut(&source) else {
             return false;
@@ -96,7 +96,7 @@ impl Gate {
 
     /// Counts a failed login of `source`; true if it is to be audited on its own (the
     /// window's first `failed_login_limit`), false if only counted for the summary.
-    pub fn failed(&self, source: IpAddr, limits: &Limits) -> bool {
+    pub(crate) fn failed(&self, source: IpAddr, limits: &Limits) -> bool {
         let mut windows = self.windows();
         if windows.len() >= MAX_SOURCES && !windows.contains_key(&source) {
             return true;
@@ -117,7 +117,7 @@ impl Gate {
 
     /// Ends the windows that are over (all of them when `all`), returning a summary for
     /// each that held unrecorded failures.
-    pub fn sweep(&self, limits: &Limits, all: bool) -> Vec<Throttled> {
+    pub(crate) fn sweep(&self, limits: &Limits, all: bool) -> Vec<Throttled> {
         let mut out = Vec::new();
         self.windows().retain(|source, w| {
             if !all && w.started.elapsed() < limits.failed_login_window {
@@ -137,7 +137,7 @@ impl Gate {
 }
 
 /// A refusal being told to its client; given back when dropped.
-pub struct Refusing(Arc<AtomicUsize>);
+pub(crate) struct Refusing(Arc<AtomicUsize>);
 
 impl Drop for Refusing {
     fn drop(&mut self) {
@@ -147,7 +147,7 @@ impl Drop for Refusing {
 
 impl Gate {
     /// Room to tell a refused client why, or `None` when `MAX_REFUSING` are being told.
-    pub fn refusing(&self) -> Option<Refusing> {
+    pub(crate) fn refusing(&self) -> Option<Refusing> {
         self.refusing
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < MAX_REFUSING).then_some(n + 1)
@@ -158,7 +158,7 @@ impl Gate {
 }
 
 /// Takes a connection slot, or `None` when `max_connections` are held.
-pub fn take_slot(registry: &Arc<super::Registry>, limits: &Limits) -> Option<Slot> {
+pub(crate) fn take_slot(registry: &Arc<super::Registry>, limits: &Limits) -> Option<Slot> {
     let gate = &registry.gate;
     let taken = gate
         .open

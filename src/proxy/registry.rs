@@ -84,7 +84,7 @@ pub struct Registry {
     cancel_keys: DashMap<(i32, i32), CancelTarget>,
     shutting_down: AtomicBool,
     /// Connection cap and failed-login windows, checked at accept.
-    pub gate: super::gate::Gate,
+    pub(crate) gate: super::gate::Gate,
 }
 
 impl Registry {
@@ -110,7 +110,7 @@ impl Registry {
     }
 
     /// Marks a registered session admitted, with what `session list` shows of it.
-    pub fn admitted(&self, session: &SessionId, fields: Arc<SessionFields>) {
+    pub(crate) fn admitted(&self, session: &SessionId, fields: Arc<SessionFields>) {
         if let Some(mut entry) = self.sessions.get_mut(session) {
             entry.admitted = Some((fields, chrono::Utc::now()));
         }
@@ -139,7 +139,7 @@ impl Registry {
     }
 
     /// Tells one session to end, with `reason`; false if it is no longer live.
-    pub fn kill(&self, session: &SessionId, reason: &str) -> bool {
+    pub(crate) fn kill(&self, session: &SessionId, reason: &str) -> bool {
         let Some(entry) = self.sessions.get(session) else {
             return false;
         };

@@ -23,7 +23,7 @@ use crate::token::{Claims, TokenAuthority, TokenGrant};
 mod admin;
 mod roles;
 mod sessions;
-pub use sessions::KillError;
+pub(crate) use sessions::KillError;
 mod workflow;
 
 pub use admin::{PolicyView, ReloadReport};

@@ -11,7 +11,7 @@ use crate::proxy::{Registry, SessionInfo};
 
 /// Why a session could not be ended.
 #[derive(Debug, thiserror::Error)]
-pub enum KillError {
+pub(crate) enum KillError {
     #[error(transparent)]
     Service(#[from] ServiceError),
     #[error("session {0} is not live on this proxy")]
@@ -27,7 +27,7 @@ impl From<crate::policy::PolicyError> for KillError {
 impl Lockbox {
     /// The live, admitted sessions `caller` may see: all of them for approvers, admins and
     /// auditors, an engineer's own otherwise.
-    pub fn list_sessions(&self, caller: &User, registry: &Registry) -> Vec<SessionInfo> {
+    pub(crate) fn list_sessions(&self, caller: &User, registry: &Registry) -> Vec<SessionInfo> {
         let mut list = registry.list();
         if !sees_all_sessions(caller) {
             list.retain(|s| s.engineer == caller.name);
@@ -39,7 +39,7 @@ impl Lockbox {
     /// `session_killed` record of who and why first, then the session is dropped (FATAL
     /// 57P01 with the reason, a `dropped_killed` record, its backend reaped). The grant
     /// itself stays: the engineer may connect again unless the request is revoked.
-    pub async fn kill_session(
+    pub(crate) async fn kill_session(
         &self,
         caller: &User,
         registry: &Registry,
