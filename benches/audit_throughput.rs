@@ -121,6 +121,7 @@ async fn session(
         database: "orders".into(),
         client_addr: "10.0.3.17:51544".into(),
         break_glass: false,
+        statements: Default::default(),
     });
     let mut latencies = Vec::new();
     let mut n = 0u64;

@@ -217,7 +217,8 @@ bench_grants() {
 }
 
 # Starts another `lockbox serve` on the demo's state and upstream, with its own ports and
-# audit file (audit/audit-NAME.jsonl). Sets BENCH_PROXY_PORT[NAME] and BENCH_SERVE_PID[NAME].
+# audit file (audit/audit-NAME.jsonl), and no practical connection cap (idle.sh holds
+# thousands). Sets BENCH_PROXY_PORT[NAME] and BENCH_SERVE_PID[NAME].
 bench_start_lockbox() {
     local name=$1 durability=$2 proxy_port api_port api_old config
     proxy_port=$(bench_free_port)
@@ -227,7 +228,8 @@ bench_start_lockbox() {
     sed -e "s/^durability = .*/durability = \"$durability\"/" \
         -e "s|^path = \"audit/audit.jsonl\"|path = \"audit/audit-$name.jsonl\"|" \
         -e "s/127.0.0.1:$LOCKBOX_PROXY_PORT\"/127.0.0.1:$proxy_port\"/" \
-        -e "s/127.0.0.1:$api_old\"/127.0.0.1:$api_port\"/" "$LOCKBOX_CONFIG" >"$config"
+        -e "s/127.0.0.1:$api_old\"/127.0.0.1:$api_port\"/" \
+        -e 's/^\[proxy\]$/[proxy]\nmax_connections = 1000000/' "$LOCKBOX_CONFIG" >"$config"
     "$LOCKBOX" serve --config "$config" >"$BENCH_WORK/serve-$name.log" 2>&1 &
     BENCH_SERVE_PID[$name]=$!
     BENCH_PIDS+=("$!")

@@ -11,6 +11,7 @@ use crate::policy::{NewRequest, Request, RequestStatus};
 use crate::service::{PolicyView, ReloadReport};
 
 mod exports;
+mod sessions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

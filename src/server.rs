@@ -124,6 +124,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         exports: exports.clone(),
         shutdown: shutdown_rx.clone(),
         audit_sink: audit_sink.as_ref().map(|s| s.status.clone()),
+        probes: Default::default(),
     };
     tasks.push(tokio::spawn(serve_api(
         api_state,

@@ -24,6 +24,8 @@ use crate::proxy::Registry;
 use crate::service::{Lockbox, ServiceError};
 
 mod exports;
+mod ops;
+pub use ops::Kill;
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -34,6 +36,8 @@ pub struct ApiState {
     pub exports: Arc<crate::exports::Exports>,
     /// The PostgreSQL audit sink's status, when one runs.
     pub audit_sink: Option<Arc<crate::audit::pg_sink::SinkStatus>>,
+    /// Databases' reachability, probed at most every few seconds.
+    pub probes: Arc<crate::health::Probes>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -57,6 +61,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/audit/stream", get(audit::stream))
         .route("/v1/requests/{id}/audit/stream", get(audit::request_stream))
         .merge(exports::routes())
+        .merge(ops::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::access_log,
+        ))
         .with_state(state)
 }
 
@@ -157,11 +166,14 @@ impl FromRequestParts<ApiState> for Caller {
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .ok_or_else(|| unauthorized("Authorization must be `Bearer <api key>`"))?;
-        state
+        let user = state
             .lockbox
             .authenticate(key.trim())
-            .map(Caller)
-            .ok_or_else(|| unauthorized("unknown API key"))
+            .ok_or_else(|| unauthorized("unknown API key"))?;
+        if let Some(slot) = parts.extensions.get::<ops::CallerSlot>() {
+            slot.set(&user.name);
+        }
+        Ok(Caller(user))
     }
 }
 
@@ -187,6 +199,9 @@ pub struct Health {
     /// fail: the file is the durable record, and the sink catches up from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_sink: Option<crate::audit::pg_sink::SinkHealth>,
+    /// Each database's reachability; one unreachable makes `status` `degraded`.
+    #[serde(default)]
+    pub databases: Vec<crate::health::DatabaseHealth>,
 }
 
 async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
@@ -196,11 +211,21 @@ async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let databases = state.probes.check(&state.lockbox.config()).await;
+    let databases_ok = databases.iter().all(|d| d.reachable());
     let health = Health {
-        status: if audit_ok { "ok" } else { "degraded" }.into(),
+        // An unreachable database is degraded, not down: the API and the other databases
+        // still work, so the HTTP status stays 200 (503 is for a failing audit log).
+        status: if audit_ok && databases_ok {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .into(),
         audit: if audit_ok { "ok" } else { "failing" }.into(),
         live_sessions: state.registry.live_sessions(),
         audit_sink: state.audit_sink.as_ref().map(|s| s.health()),
+        databases,
     };
     (status, Json(health))
 }

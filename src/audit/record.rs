@@ -31,6 +31,9 @@ pub struct SessionFields {
     /// The session runs on break-glass access.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub break_glass: bool,
+    /// Statements recorded so far (for `lockbox session list`); not part of the record.
+    #[serde(skip)]
+    pub statements: crate::metrics::Counter,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -109,6 +112,11 @@ pub enum SessionEvent {
     DroppedExpired,
     DroppedRevoked,
     DroppedShutdown,
+    /// An admin or approver ended the session (`lockbox session kill`, `reason`).
+    DroppedKilled,
+    /// Logins from one source past `[proxy] failed_login_limit`, refused without a record
+    /// each: one summary per source and window, `reason` giving the count.
+    LoginsThrottled,
     /// The backend of a session the proxy ended was still running after
     /// `timings.terminate_after`; the proxy terminated it.
     BackendTerminated,
@@ -166,6 +174,8 @@ pub enum RequestEvent {
     Acknowledged,
     /// The change recorded just before for this request did not take effect.
     Superseded,
+    /// An admin or approver ended one live session of this request (`reason`).
+    SessionKilled,
 }
 
 /// A control-plane action on an access request.

@@ -101,6 +101,10 @@ impl<'a> Syncer<'a> {
         let mut state = self.shared.lock();
         match result {
             Ok(()) => {
+                let batch = target.saturating_sub(state.durable);
+                if batch > 0 {
+                    self.shared.metrics.fsync_batch.observe(batch);
+                }
                 state.durable = state.durable.max(target);
                 state.unsynced_since = (state.file_seq > target).then(Instant::now);
                 self.publish(&state, None);

@@ -77,6 +77,8 @@ pub(super) struct Shared {
     pub(super) options: AuditOptions,
     /// fdatasyncs done so far (records per sync shows how well group commit batches).
     pub(super) syncs: AtomicU64,
+    /// Counted as records are written (`GET /metrics`).
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The file and the chain, guarded by [`Shared::state`].
@@ -237,6 +239,7 @@ impl AuditLog {
             path: path.to_owned(),
             options,
             syncs: AtomicU64::new(0),
+            metrics: Arc::default(),
         });
         let for_syncer = shared.clone();
         let thread = std::thread::Builder::new()
@@ -267,6 +270,11 @@ impl AuditLog {
         self.shared().syncs.load(Ordering::Relaxed)
     }
 
+    /// This log's counters, and the server's (`GET /metrics`).
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.shared().metrics
+    }
+
     /// False while the last write or sync failed (statements and new sessions are refused).
     pub fn healthy(&self) -> bool {
         self.shared().healthy.load(Ordering::SeqCst)
@@ -285,10 +293,12 @@ impl AuditLog {
         events: impl Iterator<Item = &'a AuditEvent>,
     ) -> Result<u64, AuditError> {
         let fsync = self.shared().options.durability == Durability::Fsync;
+        let started = Instant::now();
         let written = self.write(events, Mode::Now { sync: fsync })?;
         if fsync {
             self.wait_durable(written).await?;
         }
+        self.shared().metrics.observe_append(started.elapsed());
         Ok(written.first)
     }
 
@@ -321,6 +331,7 @@ impl AuditLog {
             fields.clear();
             let mut ends = Vec::with_capacity(1);
             for event in events {
+                self.shared().metrics.count(event);
                 serialize_fields(fields, event);
                 ends.push(fields.len());
             }

@@ -9,10 +9,12 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod export;
+mod ops;
 mod report;
 mod request;
 pub use audit::AuditCommand;
 pub use export::ExportCommand;
+pub use ops::SessionCommand;
 pub use report::report;
 pub use request::{AdminCommand, NotifyCommand, PolicyCommand, RequestCommand};
 
@@ -54,6 +56,9 @@ pub enum Command {
     Serve {
         #[arg(long, env = "LOCKBOX_CONFIG")]
         config: PathBuf,
+        /// Log lines as text, or as JSON objects (one per line) for log shippers.
+        #[arg(long, env = "LOCKBOX_LOG_FORMAT", value_enum, default_value_t)]
+        log_format: crate::logging::LogFormat,
     },
     /// Run the whole flow end to end in a throwaway sandbox.
     Demo {
@@ -111,6 +116,22 @@ pub enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// List live proxy sessions, or end one.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write one page per command into a folder.
+    Man {
+        /// Write `lockbox.1`, `lockbox-serve.1`, … into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -172,7 +193,7 @@ impl Cli {
 
 pub async fn run(cli: Cli) -> Result<()> {
     match &cli.command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { config, .. } => serve(config).await,
         Command::Demo {
             keep,
             env_file,
@@ -202,6 +223,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Audit { command } => audit::run(&cli, command).await,
         Command::Export { command } => export::run(&cli, command).await,
+        Command::Session { command } => ops::session(&cli, command).await,
+        Command::Completion { shell } => {
+            ops::completion(*shell);
+            Ok(())
+        }
+        Command::Man { out } => ops::man(out.as_deref()),
         Command::Keygen { command } => keygen(command),
         Command::Config {
             command: ConfigCommand::Check { config },

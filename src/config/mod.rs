@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) mod api_tls;
 mod audit_sink;
 mod databases;
+mod limits;
 pub mod notify;
 mod users;
 pub mod workflow;
@@ -110,6 +111,15 @@ pub struct ProxyFile {
     pub allow_plaintext_loopback: bool,
     /// Largest client message accepted, in bytes.
     pub max_message_size: Option<usize>,
+    /// Most client connections held at once (default 1000); past it a new connection
+    /// gets FATAL 53300 before any upstream work.
+    pub max_connections: Option<usize>,
+    /// Failed logins one source address may have per `failed_login_window` (default 20);
+    /// past it the source is refused (FATAL 08004) and its failures are counted in one
+    /// `logins_throttled` record per window instead of one record each.
+    pub failed_login_limit: Option<u32>,
+    /// The failed-login window, e.g. `"1m"` (the default).
+    pub failed_login_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -285,6 +295,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub allow_plaintext_loopback: bool,
     pub max_message_size: usize,
+    /// `[proxy] max_connections` and the failed-login limit.
+    pub connection_limits: crate::proxy::ConnectionLimits,
     pub state_path: PathBuf,
     pub audit_path: PathBuf,
     pub audit_durability: Durability,
@@ -398,6 +410,7 @@ impl Config {
                 "must be between 1024 and 1073741824 bytes",
             ));
         }
+        let connection_limits = limits::validate(&file.proxy)?;
         let audit_sync_interval = parse_duration("audit.sync_interval", &file.audit.sync_interval)?;
         let audit_rotate_size = parse_size("audit.rotate_size", &file.audit.rotate_size)?;
         if audit_rotate_size < 4096 {
@@ -469,6 +482,7 @@ impl Config {
             tls,
             allow_plaintext_loopback: file.proxy.allow_plaintext_loopback,
             max_message_size,
+            connection_limits,
             state_path: resolve(&file.state.sqlite_path),
             audit_path: resolve(&file.audit.path),
             audit_durability: file.audit.durability,

@@ -12,6 +12,7 @@ mod admission;
 mod decisions;
 mod request;
 pub mod rules;
+pub(crate) mod sessions;
 
 pub use admission::{admit, Admission, Refusal};
 pub use decisions::*;

@@ -7,6 +7,7 @@
 //! revocation or shutdown, via `registry`) → `reaper` (a backend the proxy dropped that
 //! outlives its session is terminated).
 
+mod gate;
 mod negotiate;
 mod reaper;
 mod registry;
@@ -28,14 +29,23 @@ use tokio::task::{JoinError, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-pub use registry::{DropReason, Registry};
+pub use gate::Limits as ConnectionLimits;
+pub use registry::{DropReason, Registry, SessionInfo};
 
 use reaper::Reaper;
 
+use crate::audit::{AuditEvent, SessionEvent, SessionRecord};
+use crate::metrics::Refused;
 use crate::service::Lockbox;
 
 /// How long shutdown waits for sessions to end (their backends' window comes on top).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often failed-login windows that are over are closed (and summarised).
+const GATE_SWEEP: Duration = Duration::from_secs(1);
+
+/// How long a refused client has to send its startup packet to be told why.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything a session needs, shared by all sessions.
 pub struct Proxy {
@@ -50,9 +60,11 @@ impl Proxy {
     /// be gone. Reapers run in the same set as sessions, so shutdown waits for them too.
     pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         let mut sessions: JoinSet<Option<Reaper>> = JoinSet::new();
+        let mut gate_sweep = tokio::time::interval(GATE_SWEEP);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = gate_sweep.tick() => self.sweep_gate(false),
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, peer)) => self.spawn_session(&mut sessions, tcp, peer),
                     Err(e) => {
@@ -67,6 +79,7 @@ impl Proxy {
             }
         }
         drop(listener);
+        self.sweep_gate(true);
         self.registry.drop_all(DropReason::Shutdown);
         let drain = async {
             while let Some(done) = sessions.join_next().await {
@@ -87,6 +100,16 @@ impl Proxy {
         peer: SocketAddr,
     ) {
         let _ = tcp.set_nodelay(true);
+        let limits = self.lockbox.config().connection_limits;
+        let Some(slot) = gate::take_slot(&self.registry, &limits) else {
+            self.refuse(tcp, Refused::MaxConnections);
+            return;
+        };
+        if self.registry.gate.blocked(peer.ip(), &limits) {
+            self.lockbox.audit.metrics().failed_login_unrecorded();
+            self.refuse(tcp, Refused::FailedLoginLimit);
+            return;
+        }
         let id = crate::ids::SessionId::generate();
         let span = tracing::info_span!(
             "session",
@@ -97,9 +120,110 @@ impl Proxy {
             request_id = tracing::field::Empty,
         );
         let proxy = self.clone();
-        sessions.spawn(async move { session::serve(proxy, tcp, peer, id).await }.instrument(span));
+        sessions.spawn(
+            async move {
+                let _slot = slot;
+                session::serve(proxy, tcp, peer, id).await
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Refuses a connection before any upstream work: it is told why (after its startup
+    /// packet, so the client shows the message), counted, and closed. The task is not a
+    /// session's: shutdown does not wait for it, and it is bounded by a timeout.
+    fn refuse(self: &Arc<Self>, tcp: TcpStream, why: Refused) {
+        self.lockbox.audit.metrics().refused(why);
+        let (code, message) = match why {
+            Refused::MaxConnections => (
+                crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already: lockbox's max_connections is reached",
+            ),
+            _ => (
+                REJECTED_ESTABLISHMENT,
+                "too many failed logins from this address: try again later",
+            ),
+        };
+        tracing::debug!(reason = ?why, "connection refused at accept");
+        let Some(refusing) = self.registry.gate.refusing() else {
+            // Too many being told already: closing without a word is all a flood gets.
+            return;
+        };
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            let _refusing = refusing;
+            let opened = tokio::time::timeout(
+                REFUSAL_TIMEOUT,
+                negotiate::negotiate(tcp, proxy.tls.as_ref()),
+            )
+            .await;
+            match opened {
+                Ok(Ok(negotiate::Opened::Session { mut stream, .. })) => {
+                    session::send_fatal(&mut stream, code, message).await;
+                }
+                // A cancel still goes through: a full proxy must not leave a running
+                // query uncancellable (PostgreSQL, too, serves cancels past its limit).
+                Ok(Ok(negotiate::Opened::Cancel { pid, secret })) => {
+                    session::forward_cancel(&proxy, pid, secret).await;
+                }
+                _ => {}
+            }
+        });
+    }
+
+    /// Counts a failed login of `peer`; true if it is to be audited on its own, false once
+    /// the source is past its limit (then it is only counted, for the window's summary).
+    fn failed_login(&self, source: std::net::IpAddr) -> bool {
+        let limits = self.lockbox.config().connection_limits;
+        let record = self.registry.gate.failed(source, &limits);
+        if !record {
+            // Its token was refused like an audited one; only its record is summarised.
+            let metrics = self.lockbox.audit.metrics();
+            metrics.refused(Refused::Authentication);
+            metrics.failed_login_unrecorded();
+        }
+        record
+    }
+
+    /// Writes one `logins_throttled` record per source whose window is over (every window
+    /// at shutdown) and that held failures not audited one by one.
+    fn sweep_gate(&self, all: bool) {
+        let limits = self.lockbox.config().connection_limits;
+        let throttled = self.registry.gate.sweep(&limits, all);
+        if throttled.is_empty() {
+            return;
+        }
+        let records = throttled
+            .into_iter()
+            .map(|t| {
+                tracing::warn!(source = %t.source, count = t.count, "failed logins past the limit");
+                AuditEvent::Session(SessionRecord {
+                    event: SessionEvent::LoginsThrottled,
+                    session_id: crate::ids::SessionId::generate().0,
+                    client_addr: t.source.to_string(),
+                    engineer: None,
+                    database: None,
+                    request_id: None,
+                    ticket: None,
+                    reason: Some(format!(
+                        "{} failed or refused logins since {} past the failed-login limit of {} per {}",
+                        t.count,
+                        t.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        limits.failed_login_limit,
+                        humantime::format_duration(limits.failed_login_window),
+                    )),
+                    backend_pid: None,
+                    break_glass: false,
+                })
+            })
+            .collect();
+        self.lockbox.audit.append(records);
     }
 }
+
+/// SQLSTATE 08004, sqlserver_rejected_establishment_of_sqlconnection: the server will not
+/// take a connection from this client now.
+const REJECTED_ESTABLISHMENT: &str = "08004";
 
 /// Runs the reaper a finished session handed back, if any, beside the sessions.
 fn spawn_reaper(sessions: &mut JoinSet<Option<Reaper>>, done: Result<Option<Reaper>, JoinError>) {

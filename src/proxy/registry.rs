@@ -2,25 +2,29 @@
 //! keys handed to clients, mapped to the upstream backends they stand for.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use rand::Rng;
 use tokio::sync::{broadcast, watch};
 
+use crate::audit::SessionFields;
 use crate::ids::{RequestId, SessionId};
 use crate::policy::RequestStatus;
 use crate::service::Lockbox;
 
 /// Why the proxy ends a session on its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DropReason {
     Expired,
     Revoked,
     Shutdown,
+    /// An admin or approver ended it (`lockbox session kill`), saying why.
+    Killed(Arc<str>),
 }
 
 /// What the control plane tells a live session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Control {
     Run,
     /// The grant was extended: the session may run until then.
@@ -40,6 +44,38 @@ pub struct CancelTarget {
 struct LiveSession {
     request_id: RequestId,
     kill: watch::Sender<Control>,
+    /// Set once the session is admitted (its `connected` record is durable).
+    admitted: Option<(Arc<SessionFields>, chrono::DateTime<chrono::Utc>)>,
+}
+
+/// A live, admitted session as `lockbox session list` shows it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub request_id: String,
+    pub engineer: String,
+    pub database: String,
+    pub client_addr: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Statements recorded so far.
+    pub statements: u64,
+    #[serde(default)]
+    pub break_glass: bool,
+}
+
+impl SessionInfo {
+    fn of(fields: &SessionFields, since: chrono::DateTime<chrono::Utc>) -> SessionInfo {
+        SessionInfo {
+            session_id: fields.session_id.clone(),
+            request_id: fields.request_id.clone(),
+            engineer: fields.engineer.clone(),
+            database: fields.database.clone(),
+            client_addr: fields.client_addr.clone(),
+            since,
+            statements: fields.statements.get(),
+            break_glass: fields.break_glass,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -47,6 +83,8 @@ pub struct Registry {
     sessions: DashMap<SessionId, LiveSession>,
     cancel_keys: DashMap<(i32, i32), CancelTarget>,
     shutting_down: AtomicBool,
+    /// Connection cap and failed-login windows, checked at accept.
+    pub(crate) gate: super::gate::Gate,
 }
 
 impl Registry {
@@ -65,9 +103,56 @@ impl Registry {
             LiveSession {
                 request_id: request_id.clone(),
                 kill,
+                admitted: None,
             },
         );
         rx
+    }
+
+    /// Marks a registered session admitted, with what `session list` shows of it.
+    pub(crate) fn admitted(&self, session: &SessionId, fields: Arc<SessionFields>) {
+        if let Some(mut entry) = self.sessions.get_mut(session) {
+            entry.admitted = Some((fields, chrono::Utc::now()));
+        }
+    }
+
+    /// The admitted sessions, oldest first.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let mut list: Vec<SessionInfo> = self
+            .sessions
+            .iter()
+            .filter_map(|e| {
+                e.admitted
+                    .as_ref()
+                    .map(|(fields, since)| SessionInfo::of(fields, *since))
+            })
+            .collect();
+        list.sort_by(|a, b| (a.since, &a.session_id).cmp(&(b.since, &b.session_id)));
+        list
+    }
+
+    /// The admitted session `id`, if live.
+    pub fn get(&self, session: &SessionId) -> Option<SessionInfo> {
+        let entry = self.sessions.get(session)?;
+        let (fields, since) = entry.admitted.as_ref()?;
+        Some(SessionInfo::of(fields, *since))
+    }
+
+    /// Tells one session to end, with `reason`; false if it is no longer live.
+    pub(crate) fn kill(&self, session: &SessionId, reason: &str) -> bool {
+        let Some(entry) = self.sessions.get(session) else {
+            return false;
+        };
+        let reason = Control::Drop(DropReason::Killed(Arc::from(reason)));
+        // A session already told to end keeps its first reason.
+        entry.kill.send_if_modified(|c| {
+            if matches!(c, Control::Drop(_)) {
+                return false;
+            }
+            *c = reason;
+            true
+        });
+        true
     }
 
     pub fn unregister(&self, session: &SessionId) {
@@ -79,7 +164,7 @@ impl Registry {
         let mut n = 0;
         for entry in self.sessions.iter() {
             if &entry.request_id == request_id {
-                let _ = entry.kill.send(Control::Drop(reason));
+                let _ = entry.kill.send(Control::Drop(reason.clone()));
                 n += 1;
             }
         }
@@ -89,7 +174,7 @@ impl Registry {
     pub fn drop_all(&self, reason: DropReason) {
         self.shutting_down.store(true, Ordering::SeqCst);
         for entry in self.sessions.iter() {
-            let _ = entry.kill.send(Control::Drop(reason));
+            let _ = entry.kill.send(Control::Drop(reason.clone()));
         }
     }
 

@@ -120,7 +120,7 @@ pub async fn serve(
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             proxy.registry.unregister(&id);
-            if e.audited {
+            if e.audited && proxy.failed_login(peer.ip()) {
                 audit_auth_failure(&proxy, &id, peer, &startup, &e.message);
             }
             tracing::info!(reason = %e.message, "login refused");
@@ -354,6 +354,7 @@ async fn run_admitted(
         database: request.database.clone(),
         client_addr: peer.to_string(),
         break_glass: request.break_glass,
+        statements: Default::default(),
     });
     // The connect record is durable before the client may send anything.
     if let Err(e) = lockbox
@@ -370,6 +371,7 @@ async fn run_admitted(
         .await;
         return None;
     }
+    proxy.registry.admitted(&id, fields.clone());
     let cancel_key = proxy.registry.issue_cancel_key(CancelTarget {
         host: db.host.clone(),
         port: db.port,
@@ -530,6 +532,7 @@ async fn finish(
         End::Dropped(DropReason::Shutdown) => {
             (SessionEvent::DroppedShutdown, Some("proxy shutting down"))
         }
+        End::Dropped(DropReason::Killed(why)) => (SessionEvent::DroppedKilled, Some(&**why)),
         End::ClientGone => (SessionEvent::Disconnected, None),
         End::ClientLeftMidStatement => (
             SessionEvent::Disconnected,
@@ -625,7 +628,7 @@ pub(super) async fn send_fatal(stream: &mut BoxStream, code: &str, message: &str
     let _ = tokio::time::timeout(Duration::from_millis(500), send).await;
 }
 
-async fn forward_cancel(proxy: &Proxy, pid: i32, secret: i32) {
+pub(super) async fn forward_cancel(proxy: &Proxy, pid: i32, secret: i32) {
     // An unknown key is ignored silently, as PostgreSQL does: no oracle for guessing keys.
     let Some(target) = proxy.registry.cancel_target(pid, secret) else {
         tracing::debug!("cancel request with unknown key ignored");

@@ -22,6 +22,8 @@ use crate::token::{Claims, TokenAuthority, TokenGrant};
 
 mod admin;
 mod roles;
+mod sessions;
+pub(crate) use sessions::KillError;
 mod workflow;
 
 pub use admin::{PolicyView, ReloadReport};

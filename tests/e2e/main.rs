@@ -23,6 +23,8 @@ mod lifecycle;
 mod notify;
 mod oidc;
 mod openapi;
+mod ops;
+mod ops_limits;
 mod protocol;
 mod relay;
 mod roles;

@@ -114,7 +114,7 @@ impl Terminator {
 
     async fn fired(&mut self) -> DropReason {
         loop {
-            let control = *self.kill.borrow_and_update();
+            let control = self.kill.borrow_and_update().clone();
             match control {
                 Control::Drop(reason) => return reason,
                 Control::ExtendTo(end) => {
@@ -262,6 +262,10 @@ impl Relay {
             End::Dropped(DropReason::Shutdown) => Some((
                 sqlstate::ADMIN_SHUTDOWN,
                 "lockbox proxy is shutting down".to_owned(),
+            )),
+            End::Dropped(DropReason::Killed(why)) => Some((
+                sqlstate::ADMIN_SHUTDOWN,
+                format!("lockbox session was ended by an operator: {why}"),
             )),
             End::ProtocolError(m) => Some((sqlstate::PROTOCOL_VIOLATION, m.clone())),
             End::AuditFailed => Some((

@@ -1,0 +1,101 @@
+//! `lockbox session list|kill`, `lockbox completion SHELL` and `lockbox man`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Subcommand};
+
+use super::{print_columns, Cli};
+
+#[derive(Subcommand)]
+pub enum SessionCommand {
+    /// Live sessions through the proxy: who, request, database, since, statements, client.
+    List,
+    /// End a live session (admin or approver): the client gets FATAL 57P01 with the
+    /// reason, and the kill is audited. The grant stays; revoke the request to end it.
+    Kill {
+        /// The session id (`lockbox session list`).
+        session: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+pub async fn session(cli: &Cli, command: &SessionCommand) -> Result<()> {
+    let client = cli.client()?;
+    match command {
+        SessionCommand::List => {
+            let list = client.list_sessions().await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.session_id.clone(),
+                        s.engineer.clone(),
+                        s.request_id.clone(),
+                        s.database.clone(),
+                        // Month, day and minute keep the table within 100 columns;
+                        // `--json` has the exact time.
+                        s.since.format("%m-%d %H:%M").to_string(),
+                        s.statements.to_string(),
+                        s.client_addr.clone(),
+                    ]
+                })
+                .collect();
+            print_columns(
+                &[
+                    "SESSION",
+                    "ENGINEER",
+                    "REQUEST",
+                    "DATABASE",
+                    "SINCE (UTC)",
+                    "STMTS",
+                    "CLIENT",
+                ],
+                &rows,
+            );
+        }
+        SessionCommand::Kill { session, reason } => {
+            let killed = client.kill_session(session, reason).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&killed)?);
+            } else {
+                println!(
+                    "session {} of {} (request {}) is being ended",
+                    killed.session_id, killed.engineer, killed.request_id
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints the completion script for `shell` to stdout.
+pub fn completion(shell: clap_complete::Shell) {
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "lockbox", &mut std::io::stdout());
+}
+
+/// Writes `lockbox.1` (and one page per subcommand, `lockbox-serve.1` …) into `out`, or
+/// prints the main page to stdout.
+pub fn man(out: Option<&Path>) -> Result<()> {
+    let command = Cli::command();
+    match out {
+        None => {
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .context("writing the man page")?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(command, dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            println!("wrote man pages into {}", dir.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,21 @@
+//! The client side of `/v1/sessions`.
+
+use super::{encode, ApiClient, ClientError};
+use crate::api::Kill;
+use crate::proxy::SessionInfo;
+
+impl ApiClient {
+    /// Live sessions the caller may see.
+    pub async fn list_sessions(&self) -> Result<Vec<SessionInfo>, ClientError> {
+        self.get("/v1/sessions", &()).await
+    }
+
+    /// Ends a live session (admin or approver), saying why.
+    pub async fn kill_session(&self, id: &str, reason: &str) -> Result<SessionInfo, ClientError> {
+        let body = Kill {
+            reason: reason.to_owned(),
+        };
+        self.post(&format!("/v1/sessions/{}/kill", encode(id)), &body)
+            .await
+    }
+}

@@ -1,0 +1,68 @@
+//! `[proxy] max_connections`, `failed_login_limit` and `failed_login_window`.
+
+use super::{invalid, parse_duration, ConfigError, ProxyFile};
+use crate::proxy::ConnectionLimits;
+
+/// A cap well above what one proxy serves, so a flood of connections (each a task, a
+/// socket and maybe a TLS handshake) cannot exhaust the process.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// Failed logins a source may have per window before it is refused without a look.
+pub const DEFAULT_FAILED_LOGIN_LIMIT: u32 = 20;
+pub const DEFAULT_FAILED_LOGIN_WINDOW: &str = "1m";
+
+pub(super) fn validate(proxy: &ProxyFile) -> Result<ConnectionLimits, ConfigError> {
+    let max_connections = proxy.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(invalid("proxy.max_connections", "must be at least 1"));
+    }
+    let failed_login_limit = proxy
+        .failed_login_limit
+        .unwrap_or(DEFAULT_FAILED_LOGIN_LIMIT);
+    if failed_login_limit == 0 {
+        return Err(invalid("proxy.failed_login_limit", "must be at least 1"));
+    }
+    let window = proxy
+        .failed_login_window
+        .as_deref()
+        .unwrap_or(DEFAULT_FAILED_LOGIN_WINDOW);
+    let failed_login_window = parse_duration("proxy.failed_login_window", window)?;
+    Ok(ConnectionLimits {
+        max_connections,
+        failed_login_limit,
+        failed_login_window,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(extra: &str) -> Result<ConnectionLimits, String> {
+        let text = format!("listen = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n{extra}");
+        let file: ProxyFile = toml::from_str(&text).map_err(|e| e.to_string())?;
+        validate(&file).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn limits_default_and_validate() {
+        let d = check("").expect("defaults");
+        assert_eq!(d.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(d.failed_login_limit, DEFAULT_FAILED_LOGIN_LIMIT);
+        assert_eq!(d.failed_login_window.as_secs(), 60);
+        let set =
+            check("max_connections = 5\nfailed_login_limit = 3\nfailed_login_window = \"10s\"")
+                .expect("set");
+        assert_eq!((set.max_connections, set.failed_login_limit), (5, 3));
+        for (extra, key) in [
+            ("max_connections = 0", "proxy.max_connections"),
+            ("failed_login_limit = 0", "proxy.failed_login_limit"),
+            (
+                "failed_login_window = \"soon\"",
+                "proxy.failed_login_window",
+            ),
+        ] {
+            let e = check(extra).expect_err(extra);
+            assert!(e.contains(key), "{e}");
+        }
+    }
+}

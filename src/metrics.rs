@@ -1,0 +1,551 @@
+//! Operational counters, rendered for `GET /metrics` in the Prometheus text exposition
+//! format (version 0.0.4).
+//!
+//! The data plane pays one relaxed atomic add per counted thing: every family is a fixed
+//! array of atomics indexed by an enum (statement kind, outcome, refusal rule), so no lock,
+//! map lookup or allocation happens per statement. Statement, outcome and session counts
+//! are taken where every such event already passes: the audit writer (`Metrics::count`),
+//! so what the metrics say is what the trail says. Values that cost I/O (pending
+//! notifications, database reachability) are read at scrape time only (`metrics_api.rs`).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::audit::{AuditEvent, OutcomeStatus, SessionEvent};
+use crate::sql::StatementKind;
+
+/// Every statement kind, in the order of [`kind_index`].
+const KINDS: [&str; 8] = [
+    "select", "insert", "update", "delete", "ddl", "other", "unknown", "empty",
+];
+
+fn kind_index(kind: StatementKind) -> usize {
+    match kind {
+        StatementKind::Select => 0,
+        StatementKind::Insert => 1,
+        StatementKind::Update => 2,
+        StatementKind::Delete => 3,
+        StatementKind::Ddl => 4,
+        StatementKind::Other => 5,
+        StatementKind::Unknown => 6,
+        StatementKind::Empty => 7,
+    }
+}
+
+/// Every outcome status, in the order of [`outcome_index`].
+const OUTCOMES: [&str; 5] = ["ok", "error", "not_executed", "interrupted", "refused"];
+
+fn outcome_index(status: OutcomeStatus) -> usize {
+    match status {
+        OutcomeStatus::Ok => 0,
+        OutcomeStatus::Error => 1,
+        OutcomeStatus::NotExecuted => 2,
+        OutcomeStatus::Interrupted => 3,
+        OutcomeStatus::Refused => 4,
+    }
+}
+
+/// The guard's rule names (`guard::Refusal::rule`); anything else counts as `other`. A
+/// refusal is rare next to a statement, so finding its slot by comparing names is cheap.
+const RULES: [&str; 29] = [
+    "read_only",
+    "unparsable",
+    "off_limits",
+    "deny_drop",
+    "deny_truncate",
+    "delete_without_where",
+    "update_without_where",
+    "opaque_statement",
+    "unknown_statement",
+    "unknown_cursor",
+    "statement_timeout",
+    "unscannable",
+    "lexer_uncertain",
+    "lexer_setting",
+    "alter_system",
+    "copy_file",
+    "copy_program",
+    "create_extension",
+    "cursor_with_hold",
+    "do_block",
+    "function_call",
+    "load",
+    "read_only_setting",
+    "read_write_transaction",
+    "remote_server",
+    "role_change",
+    "role_management",
+    "server_object",
+    "other",
+];
+
+fn rule_index(rule: &str) -> usize {
+    RULES
+        .iter()
+        .position(|r| *r == rule)
+        .unwrap_or(RULES.len() - 1)
+}
+
+/// Why the proxy ended a session on its own.
+const DROPS: [&str; 4] = ["expired", "revoked", "shutdown", "killed"];
+
+/// Why a connection was refused before or at login.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// A token or startup refused (each one audited as `authentication_failed`).
+    Authentication = 0,
+    /// The source is past `[proxy] failed_login_limit`: refused without a look.
+    FailedLoginLimit = 1,
+    /// `[proxy] max_connections` reached.
+    MaxConnections = 2,
+}
+
+const REFUSED: [&str; 3] = ["authentication", "failed_login_limit", "max_connections"];
+
+/// A counter that travels inside a cloned value (a session's statement count in
+/// `SessionFields`); a clone starts from the value it was cloned from.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Clone for Counter {
+    fn clone(&self) -> Self {
+        Counter(AtomicU64::new(self.get()))
+    }
+}
+
+impl Counter {
+    pub fn inc(&self) {
+        inc(&self.0);
+    }
+
+    pub fn get(&self) -> u64 {
+        load(&self.0)
+    }
+}
+
+/// A histogram with fixed upper bounds, in integer units (microseconds, records).
+pub(crate) struct Histogram {
+    bounds: &'static [u64],
+    /// One more than `bounds`: the last one is `+Inf`.
+    buckets: [AtomicU64; 16],
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    const fn new(bounds: &'static [u64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; 16],
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn observe(&self, value: u64) {
+        let slot = self
+            .bounds
+            .iter()
+            .position(|b| value <= *b)
+            .unwrap_or(self.bounds.len());
+        if let Some(bucket) = self.buckets.get(slot) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Writes the `_bucket`, `_sum` and `_count` lines; `per_unit` units make one of the
+    /// exposed unit (1e6 for microseconds → seconds). Dividing keeps bounds exact in
+    /// decimal (`0.0001`, where multiplying by 1e-6 would print `0.00009999999999999999`).
+    fn render(&self, out: &mut String, name: &str, per_unit: f64) {
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let le = *bound as f64 / per_unit;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / per_unit;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// Audit append latency bounds, in microseconds (100 µs … 5 s).
+const LATENCY_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+
+/// Records made durable by one fsync.
+const BATCH: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
+
+// A histogram has 16 buckets: its bounds and `+Inf`.
+const _: () = assert!(LATENCY_US.len() < 16 && BATCH.len() < 16);
+
+/// One server's counters (one per `AuditLog`, so a test process can run several).
+pub(crate) struct Metrics {
+    statements: [AtomicU64; KINDS.len()],
+    outcomes: [AtomicU64; OUTCOMES.len()],
+    refusals: [AtomicU64; RULES.len()],
+    sessions_admitted: AtomicU64,
+    sessions_ended: AtomicU64,
+    drops: [AtomicU64; DROPS.len()],
+    refused: [AtomicU64; REFUSED.len()],
+    /// Failed logins not written one by one (rate-limited into summary records).
+    failed_logins_unrecorded: AtomicU64,
+    /// API calls by status class (1xx … 5xx).
+    api_calls: [AtomicU64; 5],
+    /// Time from an `append_durable` call until its records are durable.
+    pub(crate) append_latency: Histogram,
+    /// Records made durable per fsync (group commit).
+    pub(crate) fsync_batch: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            statements: Default::default(),
+            outcomes: Default::default(),
+            refusals: [const { AtomicU64::new(0) }; RULES.len()],
+            sessions_admitted: AtomicU64::new(0),
+            sessions_ended: AtomicU64::new(0),
+            drops: Default::default(),
+            refused: Default::default(),
+            failed_logins_unrecorded: AtomicU64::new(0),
+            api_calls: Default::default(),
+            append_latency: Histogram::new(&LATENCY_US),
+            fsync_batch: Histogram::new(&BATCH),
+        }
+    }
+}
+
+fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    /// Counts one audit record as it is written: statements by kind, outcomes by status
+    /// (refusals also by rule), sessions admitted, refused and ended.
+    pub(crate) fn count(&self, event: &AuditEvent) {
+        match event {
+            AuditEvent::Statement(s) => {
+                inc(&self.statements[kind_index(s.kind)]);
+                s.session.statements.inc();
+            }
+            AuditEvent::Outcome(o) => {
+                inc(&self.outcomes[outcome_index(o.status)]);
+                if let Some(rule) = &o.rule {
+                    inc(&self.refusals[rule_index(rule)]);
+                }
+            }
+            AuditEvent::Session(s) => self.count_session(s.event),
+            _ => {}
+        }
+    }
+
+    fn count_session(&self, event: SessionEvent) {
+        let drop = |i: usize| {
+            inc(&self.drops[i]);
+            inc(&self.sessions_ended);
+        };
+        match event {
+            SessionEvent::Connected => inc(&self.sessions_admitted),
+            SessionEvent::AuthenticationFailed => self.refused(Refused::Authentication),
+            SessionEvent::Disconnected => inc(&self.sessions_ended),
+            SessionEvent::DroppedExpired => drop(0),
+            SessionEvent::DroppedRevoked => drop(1),
+            SessionEvent::DroppedShutdown => drop(2),
+            SessionEvent::DroppedKilled => drop(3),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn refused(&self, why: Refused) {
+        inc(&self.refused[why as usize]);
+    }
+
+    pub(crate) fn failed_login_unrecorded(&self) {
+        inc(&self.failed_logins_unrecorded);
+    }
+
+    pub(crate) fn api_call(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        inc(&self.api_calls[class]);
+    }
+
+    pub(crate) fn observe_append(&self, took: Duration) {
+        self.append_latency
+            .observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+    }
+
+    /// Sessions admitted and not yet ended.
+    pub(crate) fn sessions_open(&self) -> u64 {
+        let admitted = self.sessions_admitted.load(Ordering::Relaxed);
+        admitted.saturating_sub(self.sessions_ended.load(Ordering::Relaxed))
+    }
+
+    /// The exposition text: these counters, then the values read at scrape time.
+    pub(crate) fn render(&self, scrape: &Scrape) -> String {
+        let mut out = String::with_capacity(8192);
+        let o = &mut out;
+        family(
+            o,
+            "lockbox_sessions_open",
+            "gauge",
+            "Sessions admitted and not yet ended.",
+        );
+        sample(o, "lockbox_sessions_open", "", self.sessions_open());
+        family(
+            o,
+            "lockbox_sessions_admitted_total",
+            "counter",
+            "Sessions admitted (audited as connected).",
+        );
+        sample(
+            o,
+            "lockbox_sessions_admitted_total",
+            "",
+            load(&self.sessions_admitted),
+        );
+        labelled(
+            o,
+            "lockbox_sessions_refused_total",
+            "counter",
+            "Connections refused before or at login, by reason.",
+            "reason",
+            &REFUSED,
+            &self.refused,
+        );
+        labelled(
+            o,
+            "lockbox_sessions_dropped_total",
+            "counter",
+            "Sessions the proxy ended, by reason.",
+            "reason",
+            &DROPS,
+            &self.drops,
+        );
+        family(o, "lockbox_failed_logins_unrecorded_total", "counter", "Failed logins past the per-source limit, counted in summary records instead of one record each.");
+        sample(
+            o,
+            "lockbox_failed_logins_unrecorded_total",
+            "",
+            load(&self.failed_logins_unrecorded),
+        );
+        labelled(
+            o,
+            "lockbox_statements_total",
+            "counter",
+            "Statements recorded, by kind.",
+            "kind",
+            &KINDS,
+            &self.statements,
+        );
+        labelled(
+            o,
+            "lockbox_statement_outcomes_total",
+            "counter",
+            "Statement outcomes recorded, by outcome.",
+            "outcome",
+            &OUTCOMES,
+            &self.outcomes,
+        );
+        labelled(
+            o,
+            "lockbox_refusals_total",
+            "counter",
+            "Statements refused by the guard, by rule.",
+            "rule",
+            &RULES,
+            &self.refusals,
+        );
+        labelled(
+            o,
+            "lockbox_api_requests_total",
+            "counter",
+            "API calls answered, by status class.",
+            "class",
+            &["1xx", "2xx", "3xx", "4xx", "5xx"],
+            &self.api_calls,
+        );
+        family(
+            o,
+            "lockbox_audit_append_seconds",
+            "histogram",
+            "Time until an audit append is durable.",
+        );
+        self.append_latency
+            .render(o, "lockbox_audit_append_seconds", 1e6);
+        family(
+            o,
+            "lockbox_audit_fsync_batch_records",
+            "histogram",
+            "Records made durable by one fsync.",
+        );
+        self.fsync_batch
+            .render(o, "lockbox_audit_fsync_batch_records", 1.0);
+        scrape.render(o);
+        out
+    }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "{name}{labels} {value}");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn labelled(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+    counters: &[AtomicU64],
+) {
+    family(out, name, kind, help);
+    for (value, counter) in values.iter().zip(counters) {
+        sample(
+            out,
+            name,
+            &format!("{{{label}=\"{value}\"}}"),
+            load(counter),
+        );
+    }
+}
+
+/// Values read when `/metrics` is scraped.
+#[derive(Debug, Default)]
+pub(crate) struct Scrape {
+    /// Connections the proxy holds now (logging in or admitted).
+    pub(crate) connections: usize,
+    pub(crate) audit_healthy: bool,
+    /// `(written, shipped)` sequence numbers of the PostgreSQL audit sink, when configured.
+    pub(crate) sink: Option<(u64, u64)>,
+    pub(crate) pending_notifications: Option<u64>,
+    /// Each database and whether its last probe reached it.
+    pub(crate) databases: Vec<(String, bool)>,
+}
+
+impl Scrape {
+    fn render(&self, o: &mut String) {
+        family(
+            o,
+            "lockbox_connections",
+            "gauge",
+            "Client connections the proxy holds (logging in or admitted).",
+        );
+        sample(o, "lockbox_connections", "", self.connections);
+        family(
+            o,
+            "lockbox_audit_healthy",
+            "gauge",
+            "1 while the audit log can be written.",
+        );
+        sample(o, "lockbox_audit_healthy", "", u8::from(self.audit_healthy));
+        if let Some((written, shipped)) = self.sink {
+            family(
+                o,
+                "lockbox_audit_sink_lag_records",
+                "gauge",
+                "Audit records in the file not yet in the PostgreSQL sink.",
+            );
+            sample(
+                o,
+                "lockbox_audit_sink_lag_records",
+                "",
+                written.saturating_sub(shipped),
+            );
+        }
+        if let Some(pending) = self.pending_notifications {
+            family(
+                o,
+                "lockbox_notifications_pending",
+                "gauge",
+                "Notifications waiting to be delivered.",
+            );
+            sample(o, "lockbox_notifications_pending", "", pending);
+        }
+        family(
+            o,
+            "lockbox_database_up",
+            "gauge",
+            "1 when the database answered its last reachability probe.",
+        );
+        for (name, up) in &self.databases {
+            let label = format!("{{database=\"{}\"}}", escape_label(name));
+            sample(o, "lockbox_database_up", &label, u8::from(*up));
+        }
+    }
+}
+
+/// A label value as the exposition format wants it: backslash, quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(&BATCH);
+        for v in [1, 3, 3, 5000] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "h", 1.0);
+        assert!(out.contains("h_bucket{le=\"1\"} 1\n"), "{out}");
+        assert!(out.contains("h_bucket{le=\"4\"} 3\n"), "{out}");
+        assert!(out.contains("h_bucket{le=\"4096\"} 3\n"), "{out}");
+        assert!(out.contains("h_bucket{le=\"+Inf\"} 4\n"), "{out}");
+        assert!(out.contains("h_sum 5007\n"), "{out}");
+        assert!(out.contains("h_count 4\n"), "{out}");
+        let latency = Histogram::new(&LATENCY_US);
+        latency.observe(150);
+        let mut out = String::new();
+        latency.render(&mut out, "l", 1e6);
+        assert!(out.contains("l_bucket{le=\"0.0001\"} 0\n"), "{out}");
+        assert!(out.contains("l_bucket{le=\"0.00025\"} 1\n"), "{out}");
+        assert!(out.contains("l_sum 0.00015\n"), "{out}");
+    }
+
+    #[test]
+    fn unknown_rules_count_as_other() {
+        assert_eq!(RULES[rule_index("read_only")], "read_only");
+        assert_eq!(RULES[rule_index("a rule added later")], "other");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn api_calls_count_by_class() {
+        let m = Metrics::default();
+        m.api_call(200);
+        m.api_call(204);
+        m.api_call(403);
+        let text = m.render(&Scrape::default());
+        assert!(text.contains("lockbox_api_requests_total{class=\"2xx\"} 2\n"));
+        assert!(text.contains("lockbox_api_requests_total{class=\"4xx\"} 1\n"));
+    }
+}

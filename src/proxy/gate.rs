@@ -1,0 +1,238 @@
+//! What the proxy checks at accept, before any work for a connection: the cap on
+//! connections (`[proxy] max_connections`, FATAL 53300 past it) and the per-source limit
+//! on failed logins (`[proxy] failed_login_limit` per `failed_login_window`).
+//!
+//! A source past its failed-login limit is refused without its token being looked at, and
+//! its failures are no longer audited one by one: they are counted, and one
+//! `logins_throttled` record per source and window carries the count. So a client that
+//! hammers the proxy with bad tokens costs a bounded number of audit records (and export
+//! partitions), whatever its rate.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+
+/// Sources tracked at most: past it a new source's failures are audited as usual but not
+/// limited, so memory stays bounded under a spread-out attack.
+const MAX_SOURCES: usize = 65_536;
+
+/// Refused connections being told why at once; past it a refused connection is closed
+/// without a word, so a flood cannot make the proxy hold a task and socket per attempt.
+const MAX_REFUSING: usize = 256;
+
+/// Failed logins of one source in its current window.
+struct Window {
+    started: Instant,
+    started_at: DateTime<Utc>,
+    failures: u32,
+    /// Failures and refusals past the limit, not audited one by one.
+    unrecorded: u64,
+}
+
+/// A summary of one source's window, to be audited as `logins_throttled`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Throttled {
+    pub(crate) source: IpAddr,
+    pub(crate) since: DateTime<Utc>,
+    pub(crate) count: u64,
+}
+
+/// Connection counting and failed-login windows; lives in the `Registry`.
+#[derive(Default)]
+pub(crate) struct Gate {
+    open: AtomicUsize,
+    refusing: Arc<AtomicUsize>,
+    windows: Mutex<HashMap<IpAddr, Window>>,
+}
+
+/// One counted connection; the count goes down when it is dropped.
+pub(crate) struct Slot {
+    gate: Arc<super::Registry>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gate.gate.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The limits in force (read from the configuration at each accept, so a reload applies).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub failed_login_limit: u32,
+    pub failed_login_window: std::time::Duration,
+}
+
+impl Gate {
+    /// Connections held now.
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Window>> {
+        self.windows.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether `source` is past its failed-login limit in its current window; a refusal
+    /// counts toward the window's summary.
+    pub(crate) fn blocked(&self, source: IpAddr, limits: &Limits) -> bool {
+        let mut windows = self.windows();
+        let Some(w) = windows.get_mut(&source) else {
+            return false;
+        };
+        if w.started.elapsed() >= limits.failed_login_window
+            || w.failures < limits.failed_login_limit
+        {
+            return false;
+        }
+        w.unrecorded += 1;
+        true
+    }
+
+    /// Counts a failed login of `source`; true if it is to be audited on its own (the
+    /// window's first `failed_login_limit`), false if only counted for the summary.
+    pub(crate) fn failed(&self, source: IpAddr, limits: &Limits) -> bool {
+        let mut windows = self.windows();
+        if windows.len() >= MAX_SOURCES && !windows.contains_key(&source) {
+            return true;
+        }
+        let w = windows.entry(source).or_insert_with(|| Window {
+            started: Instant::now(),
+            started_at: Utc::now(),
+            failures: 0,
+            unrecorded: 0,
+        });
+        if w.failures >= limits.failed_login_limit {
+            w.unrecorded += 1;
+            return false;
+        }
+        w.failures += 1;
+        true
+    }
+
+    /// Ends the windows that are over (all of them when `all`), returning a summary for
+    /// each that held unrecorded failures.
+    pub(crate) fn sweep(&self, limits: &Limits, all: bool) -> Vec<Throttled> {
+        let mut out = Vec::new();
+        self.windows().retain(|source, w| {
+            if !all && w.started.elapsed() < limits.failed_login_window {
+                return true;
+            }
+            if w.unrecorded > 0 {
+                out.push(Throttled {
+                    source: *source,
+                    since: w.started_at,
+                    count: w.unrecorded,
+                });
+            }
+            false
+        });
+        out
+    }
+}
+
+/// A refusal being told to its client; given back when dropped.
+pub(crate) struct Refusing(Arc<AtomicUsize>);
+
+impl Drop for Refusing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Gate {
+    /// Room to tell a refused client why, or `None` when `MAX_REFUSING` are being told.
+    pub(crate) fn refusing(&self) -> Option<Refusing> {
+        self.refusing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_REFUSING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Refusing(self.refusing.clone()))
+    }
+}
+
+/// Takes a connection slot, or `None` when `max_connections` are held.
+pub(crate) fn take_slot(registry: &Arc<super::Registry>, limits: &Limits) -> Option<Slot> {
+    let gate = &registry.gate;
+    let taken = gate
+        .open
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < limits.max_connections).then_some(n + 1)
+        })
+        .is_ok();
+    taken.then(|| Slot {
+        gate: registry.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(n: u32) -> Limits {
+        Limits {
+            max_connections: 2,
+            failed_login_limit: n,
+            failed_login_window: std::time::Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn failures_past_the_limit_are_counted_not_recorded() {
+        let gate = Gate::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let l = limits(3);
+        let recorded: Vec<bool> = (0..5).map(|_| gate.failed(ip, &l)).collect();
+        assert_eq!(recorded, [true, true, true, false, false]);
+        assert!(gate.blocked(ip, &l));
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(!gate.blocked(other, &l), "another source is not limited");
+        // The window is not over: only a forced sweep (shutdown) reports it.
+        assert!(gate.sweep(&l, false).is_empty());
+        let summary = gate.sweep(&l, true);
+        assert_eq!(summary.len(), 1);
+        assert_eq!((summary[0].source, summary[0].count), (ip, 3));
+        assert!(!gate.blocked(ip, &l), "a new window starts clean");
+    }
+
+    #[test]
+    fn a_window_that_is_over_ends_at_the_sweep() {
+        let gate = Gate::default();
+        let ip: IpAddr = "::1".parse().unwrap();
+        let mut l = limits(1);
+        assert!(gate.failed(ip, &l));
+        assert!(!gate.failed(ip, &l));
+        l.failed_login_window = std::time::Duration::ZERO;
+        assert!(!gate.blocked(ip, &l), "the window is over");
+        assert_eq!(gate.sweep(&l, false).len(), 1);
+    }
+
+    #[test]
+    fn slots_are_capped_and_given_back() {
+        let registry = Arc::new(super::super::Registry::default());
+        let l = limits(1);
+        let a = take_slot(&registry, &l);
+        let b = take_slot(&registry, &l);
+        assert!(a.is_some() && b.is_some());
+        assert!(take_slot(&registry, &l).is_none());
+        drop(a);
+        assert_eq!(registry.gate.open(), 1);
+        assert!(take_slot(&registry, &l).is_some());
+    }
+
+    #[test]
+    fn refusals_told_at_once_are_bounded() {
+        let gate = Gate::default();
+        let held: Vec<Refusing> = (0..MAX_REFUSING).filter_map(|_| gate.refusing()).collect();
+        assert_eq!(held.len(), MAX_REFUSING);
+        assert!(gate.refusing().is_none());
+        drop(held);
+        assert!(gate.refusing().is_some());
+    }
+}

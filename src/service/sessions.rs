@@ -1,0 +1,87 @@
+//! Live proxy sessions for the control plane: `lockbox session list` and `session kill`.
+//! The API asks here; the registry (data plane) is only told what to do, so HTTP code
+//! never reaches into the proxy.
+
+use super::{request_event, Lockbox, ServiceError};
+use crate::audit::{AuditEvent, RequestEvent, RequestRecord};
+use crate::config::User;
+use crate::ids::{RequestId, SessionId};
+use crate::policy::sessions::{check_kill, sees_all_sessions};
+use crate::proxy::{Registry, SessionInfo};
+
+/// Why a session could not be ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KillError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("session {0} is not live on this proxy")]
+    NotLive(String),
+}
+
+impl From<crate::policy::PolicyError> for KillError {
+    fn from(e: crate::policy::PolicyError) -> Self {
+        KillError::Service(e.into())
+    }
+}
+
+impl Lockbox {
+    /// The live, admitted sessions `caller` may see: all of them for approvers, admins and
+    /// auditors, an engineer's own otherwise.
+    pub(crate) fn list_sessions(&self, caller: &User, registry: &Registry) -> Vec<SessionInfo> {
+        let mut list = registry.list();
+        if !sees_all_sessions(caller) {
+            list.retain(|s| s.engineer == caller.name);
+        }
+        list
+    }
+
+    /// Ends one live session like a revocation ends a request's: a durable
+    /// `session_killed` record of who and why first, then the session is dropped (FATAL
+    /// 57P01 with the reason, a `dropped_killed` record, its backend reaped). The grant
+    /// itself stays: the engineer may connect again unless the request is revoked.
+    pub(crate) async fn kill_session(
+        &self,
+        caller: &User,
+        registry: &Registry,
+        session: &SessionId,
+        reason: &str,
+    ) -> Result<SessionInfo, KillError> {
+        check_kill(caller, reason)?;
+        let info = registry
+            .get(session)
+            .ok_or_else(|| KillError::NotLive(session.0.clone()))?;
+        let why = format!("session {}: {}", session.0, reason.trim());
+        let record = match self.store.get(&RequestId(info.request_id.clone())).await {
+            Ok(Some(request)) => request_event(
+                &request,
+                RequestEvent::SessionKilled,
+                &caller.name,
+                Some(&why),
+            ),
+            // The record is written all the same, from what the session knows.
+            _ => AuditEvent::Request(RequestRecord {
+                event: RequestEvent::SessionKilled,
+                request_id: info.request_id.clone(),
+                actor: caller.name.clone(),
+                engineer: info.engineer.clone(),
+                database: info.database.clone(),
+                ticket: String::new(),
+                access: String::new(),
+                reason: Some(why),
+                access_expires_at: None,
+                status: None,
+                break_glass: info.break_glass,
+            }),
+        };
+        self.audit
+            .append_durable(vec![record])
+            .await
+            .map_err(ServiceError::from)?;
+        let reason = format!("{} (by {})", reason.trim(), caller.name);
+        if !registry.kill(session, &reason) {
+            tracing::info!(session_id = %session.0, "session ended before it could be killed");
+        }
+        tracing::info!(session_id = %session.0, actor = %caller.name, "session killed");
+        Ok(info)
+    }
+}
