@@ -71,6 +71,10 @@ pub struct Lockbox {
     locks: dashmap::DashMap<RequestId, Arc<tokio::sync::Mutex<()>>>,
     /// Per-grant upstream roles: made at a grant's first session, dropped at its end.
     pub provisioner: Arc<crate::provision::Provisioner>,
+    /// A reload holds it exclusively from its record to the swap; request decisions hold it
+    /// shared while they read the rules and record their outcome. So every decision the
+    /// trail shows after a `config_reloaded` record was made under the reloaded rules.
+    config_epoch: tokio::sync::RwLock<()>,
 }
 
 /// The user name the service acts under when a deadline, not a person, changes a request.
@@ -90,6 +94,7 @@ impl Lockbox {
             revocations,
             extensions,
             locks: dashmap::DashMap::new(),
+            config_epoch: tokio::sync::RwLock::new(()),
             provisioner: Arc::default(),
         }
     }
@@ -153,6 +158,7 @@ impl Lockbox {
         new: NewRequest,
         extends: Option<&Request>,
     ) -> Result<Request, ServiceError> {
+        let _epoch = self.config_epoch.read().await;
         let config = self.config();
         let protection = self.protection().await?;
         let now = Utc::now();

@@ -68,6 +68,7 @@ impl Lockbox {
         approve: bool,
         shorten_to: Option<Duration>,
     ) -> Result<Request, ServiceError> {
+        let _epoch = self.config_epoch.read().await;
         let (before, _guard) = self.load_locked(id).await?;
         let now = Utc::now();
         let config = self.config();
