@@ -12,6 +12,7 @@ pub mod demo;
 pub mod exports;
 pub mod guard;
 pub mod ids;
+pub mod init;
 pub mod keys;
 pub mod notify;
 pub mod oidc;

@@ -11,11 +11,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod audit_sink;
+mod check;
 mod databases;
 pub mod notify;
 mod users;
 pub mod workflow;
 pub use audit_sink::{PgSink, PgSinkFile};
+pub use check::check;
 pub use databases::*;
 pub use users::*;
 
