@@ -160,9 +160,13 @@ pub fn generate_ca() -> Result<(String, String), TlsError> {
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::CrlSign,
     ];
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "lockbox generated CA");
+    // A name of its own: a client trusting two lockbox CAs must not take one for the other.
+    let mut id = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("lockbox CA {}", hex::encode(id)),
+    );
     let ca = ca_params.self_signed(&ca_key).map_err(generate_error)?;
     Ok((ca.pem(), ca_key.serialize_pem()))
 }

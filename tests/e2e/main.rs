@@ -18,6 +18,7 @@ mod client_tls;
 mod completeness;
 mod grammar;
 mod guard;
+mod init;
 mod lifecycle;
 mod notify;
 mod oidc;
