@@ -16,6 +16,7 @@ mod auth;
 mod cli;
 mod client_tls;
 mod completeness;
+mod demo;
 mod grammar;
 mod guard;
 mod init;
