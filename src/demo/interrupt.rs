@@ -43,7 +43,7 @@ pub(super) struct Held {
     /// The deployment: signing key, certificates, passwords, config, state, audit.
     pub dir: Option<tempfile::TempDir>,
     pub server: Option<RunningServer>,
-    /// The env file the user asked for (it holds API keys), and its temporary twin.
+    /// The env file the user asked for (it holds API keys).
     pub env_file: Option<PathBuf>,
 }
 
@@ -65,7 +65,6 @@ impl Held {
     /// Stops lockbox and PostgreSQL and removes every file the demo wrote, in reverse order.
     pub(super) async fn cleanup(&mut self) {
         if let Some(path) = self.env_file.take() {
-            let _ = std::fs::remove_file(path.with_extension("tmp"));
             let _ = std::fs::remove_file(&path);
         }
         if let Some(server) = self.server.take() {

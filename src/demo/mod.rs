@@ -494,9 +494,11 @@ fn write_env_file(path: &Path, d: &Deployment, pg: &PgSandbox, audit_path: &Path
             d.api_keys.get(*user).map(String::as_str).unwrap_or("")
         ));
     }
-    // Write then rename, so a script polling for the file never reads half of it.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, lines.join("\n") + "\n")?;
-    std::fs::rename(&tmp, path)?;
+    // It holds API keys: 0600. Renamed into place, so a script polling for the file never
+    // reads half of it.
+    crate::init::write_all(
+        &[crate::init::NewFile::private(path, lines.join("\n") + "\n")],
+        true,
+    )?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::init::{as_user, failed, ok, psql, s, stop};
+use crate::init::{as_user, failed, mode, ok, psql, s, stop};
 
 /// `lockbox demo --keep --env-file`, as the README uses it from another terminal.
 struct Demo {
@@ -104,6 +104,7 @@ fn demo_env_file_connects_verify_full_and_sigterm_cleans_up() {
     // The default window: the walk-through's session must fit in it on a loaded machine.
     let mut demo = Demo::start(&["--keep"]);
     demo.wait_for("The sandbox keeps running");
+    assert_eq!(mode(&demo.env_file), 0o600, "the env file holds API keys");
     let env = demo.env();
     let ca = Path::new(&env["LOCKBOX_CA_CERT"]);
     assert!(ca.exists(), "LOCKBOX_CA_CERT names no file");

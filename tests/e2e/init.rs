@@ -41,7 +41,7 @@ pub(crate) fn s(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
-fn mode(path: &Path) -> u32 {
+pub(crate) fn mode(path: &Path) -> u32 {
     std::fs::metadata(path)
         .expect("metadata")
         .permissions()
