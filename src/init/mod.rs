@@ -104,6 +104,14 @@ fn plan(args: &InitArgs) -> Result<Plan> {
             args.database
         );
     }
+    for (flag, addr) in [
+        ("--proxy-listen", &args.proxy_listen),
+        ("--api-listen", &args.api_listen),
+    ] {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            bail!("{flag} `{addr}` is not an address like 127.0.0.1:6432");
+        }
+    }
     if args.hosts.is_empty() {
         bail!("--host: name at least one host the proxy is reached at");
     }

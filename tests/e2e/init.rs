@@ -384,6 +384,25 @@ fn init_refuses_a_folder_that_is_not_empty() {
     );
 }
 
+#[test]
+fn init_refuses_bad_flags_before_writing_anything() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("d");
+    for (flags, says) in [
+        (&["--proxy-listen", "nowhere"][..], "--proxy-listen"),
+        (&["--api-listen", "8432"][..], "--api-listen"),
+        (&["--upstream", "db.internal"][..], "--upstream"),
+        (&["--database", "Sales; DROP"][..], "--database"),
+        (&["--upstream-tls", "sometimes"][..], "--upstream-tls"),
+    ] {
+        let mut args = vec!["init", s(&dir)];
+        args.extend_from_slice(flags);
+        let stderr = failed(lockbox(&args));
+        assert!(stderr.contains(says), "{says} not in {stderr}");
+        assert!(!dir.exists(), "{flags:?}: something was written");
+    }
+}
+
 /// The shipped example is complete: with the files its header names, `config check` passes.
 #[test]
 fn the_shipped_config_checks_once_its_files_exist() {
