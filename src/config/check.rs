@@ -92,6 +92,11 @@ fn each_part(file: ConfigFile, base: &Path, problems: &mut Problems) {
         )
         .map_err(|e| invalid("token.signing_key", e.to_string())),
     );
+    problems.add(location(
+        "state.sqlite_path",
+        &resolve(&file.state.sqlite_path),
+    ));
+    problems.add(location("audit.path", &resolve(&file.audit.path)));
     let timings = &file.timings;
     for (key, text) in [
         ("timings.request_ttl", &timings.request_ttl),
@@ -132,6 +137,23 @@ fn each_part(file: ConfigFile, base: &Path, problems: &mut Problems) {
     problems.add(notify::validate(file.notifications, api_listen));
 }
 
+/// `serve` makes the folders of the state and audit files as needed; it cannot use a path
+/// that is a folder or lies under a file.
+fn location(key: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.is_dir() {
+        return Err(invalid(key, format!("{} is a folder", path.display())));
+    }
+    let mut ancestor = path.parent();
+    while let Some(dir) = ancestor.filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            Ok(_) => return Err(invalid(key, format!("{} is not a folder", dir.display()))),
+            Err(_) => ancestor = dir.parent(),
+        }
+    }
+    Ok(())
+}
+
 /// A part validated alone is element 0 of its list: name it by its place in the file.
 fn reindex(e: ConfigError, list: &str, i: usize) -> ConfigError {
     match e {
@@ -165,6 +187,7 @@ mod tests {
         let hash = format!("sha256:{}", "0".repeat(64));
         let found = problems(&format!(
             "[proxy]\nlisten = \"nowhere\"\ntls_cert = \"bad-cert.pem\"\ntls_key = \"bad-key.pem\"\n\
+             [state]\nsqlite_path = \"bad-key.pem/state.db\"\n\
              [token]\nsigning_key = \"bad-key.pem\"\n\
              [timings]\nrequest_ttl = \"soon\"\n\
              [[databases]]\nname = \"a\"\nhost = \"h\"\nuser = \"u\"\n[databases.access.read]\nuser = \"r\"\n\
@@ -177,6 +200,7 @@ mod tests {
             "proxy.listen",
             "proxy.tls_cert",
             "token.signing_key",
+            "state.sqlite_path",
             "timings.request_ttl",
             "databases[1].password_file",
             "users[1].api_key_hash",

@@ -119,7 +119,7 @@ async fn demo(held: &mut interrupt::Held, options: &DemoOptions) -> Result<()> {
     );
 
     say("Creating the sample database `sales` (table customers), owned by the service role");
-    let service_password = crate::keys::generate_api_key();
+    let service_password = crate::keys::generate_password();
     create_sample_database(pg, &service_password)?;
     println!("    service role `{SERVICE_ROLE}` (CREATEROLE: it makes a role per grant), with a password engineers never see");
     let pg_port = pg.port;
