@@ -407,47 +407,33 @@ fn init_refuses_bad_flags_before_writing_anything() {
 #[test]
 fn the_shipped_config_checks_once_its_files_exist() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let p = |name: &str| tmp.path().join(name);
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/lockbox.toml");
-    std::fs::copy(&shipped, p("lockbox.toml")).expect("copy");
-    ok(lockbox(&[
-        "keygen",
-        "signing-key",
-        "--out",
-        s(&p("signing-key.pem")),
-    ]));
-    ok(lockbox(&[
-        "keygen",
-        "ca",
-        "--cert",
-        s(&p("ca.pem")),
-        "--key",
-        s(&p("ca-key.pem")),
-    ]));
-    ok(lockbox(&[
-        "keygen",
-        "tls-cert",
-        "--cert",
-        s(&p("proxy-cert.pem")),
-        "--key",
-        s(&p("proxy-key.pem")),
-        "--ca-cert",
-        s(&p("ca.pem")),
-        "--ca-key",
-        s(&p("ca-key.pem")),
-    ]));
+    std::fs::copy(&shipped, tmp.path().join("lockbox.toml")).expect("copy");
+    // The commands README's "Running it for real" gives for one piece at a time.
+    for command in [
+        "keygen signing-key --out signing-key.pem",
+        "keygen ca --cert ca.pem --key ca-key.pem",
+        "keygen tls-cert --cert proxy-cert.pem --key proxy-key.pem --ca-cert ca.pem --ca-key ca-key.pem",
+    ] {
+        let args: Vec<&str> = command.split(' ').collect();
+        ok(Command::new(env!("CARGO_BIN_EXE_lockbox"))
+            .args(&args)
+            .current_dir(tmp.path())
+            .output()
+            .expect("run lockbox"));
+    }
     for file in [
         "sales.password",
         "sales-read.password",
         "sales-write.password",
     ] {
-        std::fs::write(p(file), "secret").expect("write");
+        std::fs::write(tmp.path().join(file), "secret").expect("write");
     }
     let out = ok(lockbox(&[
         "config",
         "check",
         "--config",
-        s(&p("lockbox.toml")),
+        s(&tmp.path().join("lockbox.toml")),
     ]));
     assert!(out.contains("ok (1 database(s), 5 user(s))"), "{out}");
 }
