@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use std::fmt::Write as _;
+use std::io::Write as _;
+
 use anyhow::{bail, Context, Result};
 
 mod files;
@@ -58,6 +61,33 @@ pub(crate) fn run(args: &InitArgs) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving {}", args.dir.display()))?;
 
+    let passwords = [(); 3].map(|_| crate::keys::generate_password());
+    let (files, what): (Vec<NewFile>, Vec<String>) =
+        deployment_files(&dir, args, &plan, &passwords)?
+            .into_iter()
+            .unzip();
+    write_all(&files, args.force)?;
+    let mut report = format!("Wrote a lockbox deployment to {}:\n", dir.display());
+    for (file, what) in files.iter().zip(what) {
+        let name = file.path.file_name().unwrap_or_default().to_string_lossy();
+        writeln!(report, "  {name:<20} {what}")?;
+    }
+    next_steps(&mut report, &dir, args, &plan, &passwords)?;
+    // Written in one go and checked: a closed pipe (`| head`) ends in an error, not a
+    // panic. The passwords the SQL holds are in their files either way.
+    std::io::stdout()
+        .write_all(report.as_bytes())
+        .context("printing the next steps")?;
+    Ok(())
+}
+
+/// Every file of a new deployment, with what it is for.
+fn deployment_files(
+    dir: &Path,
+    args: &InitArgs,
+    plan: &Plan,
+    passwords: &[String; 3],
+) -> Result<Vec<(NewFile, String)>> {
     let (ca_pem, ca_key_pem) = crate::tls::generate_ca()?;
     let (cert_pem, key_pem) = crate::tls::generate_signed_by(&args.hosts, &ca_pem, &ca_key_pem)?;
     let api_keys: Vec<String> = USERS
@@ -68,26 +98,52 @@ pub(crate) fn run(args: &InitArgs) -> Result<()> {
         .iter()
         .map(|k| crate::keys::api_key_hash_string(k))
         .collect();
-    let passwords = [(); 3].map(|_| crate::keys::generate_password());
-
     let mut files = vec![
-        NewFile::public(dir.join(CONFIG), template::config_toml(&plan, &hashes)),
-        NewFile::private(
-            dir.join("signing-key.pem"),
-            crate::keys::generate_signing_key_pem()?,
+        (
+            NewFile::public(dir.join(CONFIG), template::config_toml(plan, &hashes)),
+            format!(
+                "the config: one user per role, the database `{}`",
+                plan.database
+            ),
         ),
-        NewFile::public(dir.join(CA_CERT), ca_pem),
-        NewFile::private(dir.join(CA_KEY), ca_key_pem),
-        NewFile::public(dir.join("proxy-cert.pem"), cert_pem),
-        NewFile::private(dir.join("proxy-key.pem"), key_pem),
-        NewFile::private(dir.join(API_KEYS), api_keys_file(&api_keys)),
+        (
+            NewFile::private(
+                dir.join("signing-key.pem"),
+                crate::keys::generate_signing_key_pem()?,
+            ),
+            "signs tokens and audit checkpoints (0600)".to_owned(),
+        ),
+        (
+            NewFile::public(dir.join(CA_CERT), ca_pem),
+            "the deployment's CA: engineers and clients trust it".to_owned(),
+        ),
+        (
+            NewFile::private(dir.join(CA_KEY), ca_key_pem),
+            "the CA's key (0600): serve does not read it, keep it offline".to_owned(),
+        ),
+        (
+            NewFile::public(dir.join("proxy-cert.pem"), cert_pem),
+            format!(
+                "the proxy's certificate for {}, signed by the CA",
+                args.hosts.join(", ")
+            ),
+        ),
+        (
+            NewFile::private(dir.join("proxy-key.pem"), key_pem),
+            "its key (0600)".to_owned(),
+        ),
     ];
-    for ((_, file), password) in plan.password_files().iter().zip(&passwords) {
-        files.push(NewFile::private(dir.join(file), password.clone()));
+    for ((role, file), password) in plan.password_files().into_iter().zip(passwords) {
+        files.push((
+            NewFile::private(dir.join(file), password.clone()),
+            format!("password of the upstream role `{role}` (0600)"),
+        ));
     }
-    write_all(&files, args.force)?;
-    print_next_steps(&dir, args, &plan, &passwords);
-    Ok(())
+    files.push((
+        NewFile::private(dir.join(API_KEYS), api_keys_file(&api_keys)),
+        "the users' API keys (0600): hand each out, then delete the file".to_owned(),
+    ));
+    Ok(files)
 }
 
 fn plan(args: &InitArgs) -> Result<Plan> {
@@ -169,7 +225,14 @@ fn api_keys_file(keys: &[String]) -> String {
     text
 }
 
-fn print_next_steps(dir: &Path, args: &InitArgs, plan: &Plan, passwords: &[String; 3]) {
+/// The SQL for the upstream roles and the commands that follow `init`.
+fn next_steps(
+    out: &mut String,
+    dir: &Path,
+    args: &InitArgs,
+    plan: &Plan,
+    passwords: &[String; 3],
+) -> std::fmt::Result {
     let config = dir.join(CONFIG);
     let ca = dir.join(CA_CERT);
     let host = args.hosts.first().map_or("localhost", String::as_str);
@@ -178,66 +241,30 @@ fn print_next_steps(dir: &Path, args: &InitArgs, plan: &Plan, passwords: &[Strin
         .rsplit_once(':')
         .map_or("6432", |(_, port)| port);
     let api = api_url(&args.api_listen);
-    println!("Wrote a lockbox deployment to {}:", dir.display());
-    let mut rows = vec![
-        (
-            CONFIG.to_owned(),
-            format!(
-                "the config: one user per role, the database `{}`",
-                plan.database
-            ),
-        ),
-        (
-            "signing-key.pem".to_owned(),
-            "signs tokens and audit checkpoints (0600)".to_owned(),
-        ),
-        (
-            CA_CERT.to_owned(),
-            "the deployment's CA: engineers and clients trust it".to_owned(),
-        ),
-        (
-            CA_KEY.to_owned(),
-            "the CA's key (0600): serve does not read it, keep it offline".to_owned(),
-        ),
-        (
-            "proxy-cert.pem".to_owned(),
-            format!(
-                "the proxy's certificate for {}, signed by the CA",
-                args.hosts.join(", ")
-            ),
-        ),
-        ("proxy-key.pem".to_owned(), "its key (0600)".to_owned()),
-    ];
-    for (role, file) in plan.password_files() {
-        rows.push((
-            file,
-            format!("password of the upstream role `{role}` (0600)"),
-        ));
-    }
-    rows.push((
-        API_KEYS.to_owned(),
-        "the users' API keys (0600): hand each out, then delete the file".to_owned(),
-    ));
-    for (file, what) in rows {
-        println!("  {file:<20} {what}");
-    }
-    println!();
-    println!("1. Create the upstream roles: run this as a superuser of {}:{}, connected to database `{}`", plan.upstream_host, plan.upstream_port, plan.database);
-    println!("   (it holds the passwords above; pg_hba.conf must let these roles log in from the proxy):");
-    println!();
-    print!("{}", template::upstream_sql(plan, passwords));
-    println!();
-    println!("2. lockbox config check --config {}", config.display());
-    println!("3. lockbox serve --config {}", config.display());
-    println!("4. An engineer files a request, an approver approves it, the engineer connects:");
-    println!("   export LOCKBOX_SERVER={api}");
-    println!("   id=$(LOCKBOX_API_KEY=<eve's key> lockbox request create --database {} --ticket T-1 --reason '…' --access read --duration 30m)", plan.database);
-    println!("   LOCKBOX_API_KEY=<carol's key> lockbox request approve \"$id\" --reason 'ok'");
-    println!(
+    writeln!(out)?;
+    writeln!(out, "1. Create the upstream roles: run this as a superuser of {}:{}, connected to database `{}`", plan.upstream_host, plan.upstream_port, plan.database)?;
+    writeln!(out, "   (it holds the passwords above; pg_hba.conf must let these roles log in from the proxy):")?;
+    writeln!(out)?;
+    out.push_str(&template::upstream_sql(plan, passwords));
+    writeln!(out)?;
+    writeln!(out, "2. lockbox config check --config {}", config.display())?;
+    writeln!(out, "3. lockbox serve --config {}", config.display())?;
+    writeln!(
+        out,
+        "4. An engineer files a request, an approver approves it, the engineer connects:"
+    )?;
+    writeln!(out, "   export LOCKBOX_SERVER={api}")?;
+    writeln!(out, "   id=$(LOCKBOX_API_KEY=<eve's key> lockbox request create --database {} --ticket T-1 --reason '…' --access read --duration 30m)", plan.database)?;
+    writeln!(
+        out,
+        "   LOCKBOX_API_KEY=<carol's key> lockbox request approve \"$id\" --reason 'ok'"
+    )?;
+    writeln!(
+        out,
         "   PGPASSWORD=$(LOCKBOX_API_KEY=<eve's key> lockbox token \"$id\") psql \"host={host} port={proxy_port} dbname={} user=eve sslmode=verify-full sslrootcert={}\"",
         plan.database,
         ca.display()
-    );
+    )
 }
 
 /// `lockbox config check`: the summary when `serve` would start, else every problem (and a
