@@ -13,7 +13,7 @@ use super::{
 
 /// The validated configuration at `path`, or every problem found in it, each naming its
 /// key. Nothing is connected to: an unreachable database is not found here.
-pub fn check(path: &Path) -> Result<Config, Vec<String>> {
+pub(crate) fn check(path: &Path) -> Result<Config, Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|source| {
         vec![ConfigError::Read {
             path: path.to_owned(),

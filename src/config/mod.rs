@@ -17,7 +17,7 @@ pub mod notify;
 mod users;
 pub mod workflow;
 pub use audit_sink::{PgSink, PgSinkFile};
-pub use check::check;
+pub(crate) use check::check;
 pub use databases::*;
 pub use users::*;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Why generated files were not written.
 #[derive(Debug, thiserror::Error)]
-pub enum WriteError {
+pub(crate) enum WriteError {
     #[error("{} already {}; nothing was written (pass --force to overwrite)", list(.0), if .0.len() == 1 { "exists" } else { "exist" })]
     Exists(Vec<PathBuf>),
     #[error("{0} is named twice; nothing was written")]
