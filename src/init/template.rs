@@ -214,7 +214,11 @@ mod tests {
             .map(|i| format!("sha256:{}", i.to_string().repeat(64)))
             .collect();
         let shipped = include_str!("../../config/lockbox.toml");
-        assert_eq!(shipped, config_toml(&plan, &hashes));
+        assert_eq!(
+            shipped,
+            config_toml(&plan, &hashes),
+            "config/lockbox.toml and init's template differ: change them together"
+        );
     }
 
     #[test]
