@@ -40,6 +40,13 @@ pub struct InitArgs {
     /// TLS towards the upstream server.
     #[arg(long, default_value = "require", value_parser = ["disable", "require"])]
     pub upstream_tls: String,
+    /// Sign the proxy's certificate with this existing CA (e.g. your organisation's) instead
+    /// of making one; its key is read, never copied.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The key of `--ca-cert`.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
     /// Write into a folder that is not empty, overwriting the files init writes.
     #[arg(long)]
     pub force: bool,
@@ -88,7 +95,14 @@ fn deployment_files(
     plan: &Plan,
     passwords: &[String; 3],
 ) -> Result<Vec<(NewFile, String)>> {
-    let (ca_pem, ca_key_pem) = crate::tls::generate_ca()?;
+    // The CA: the one given (its key stays where it is), else a new one.
+    let (ca_pem, ca_key_pem, new_ca) = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => (read(cert)?, read(key)?, false),
+        _ => {
+            let (cert, key) = crate::tls::generate_ca()?;
+            (cert, key, true)
+        }
+    };
     let (cert_pem, key_pem) = crate::tls::generate_signed_by(&args.hosts, &ca_pem, &ca_key_pem)?;
     let api_keys: Vec<String> = USERS
         .iter()
@@ -115,24 +129,26 @@ fn deployment_files(
         ),
         (
             NewFile::public(dir.join(CA_CERT), ca_pem),
-            "the deployment's CA: engineers and clients trust it".to_owned(),
-        ),
-        (
-            NewFile::private(dir.join(CA_KEY), ca_key_pem),
-            "the CA's key (0600): serve does not read it, keep it offline".to_owned(),
-        ),
-        (
-            NewFile::public(dir.join("proxy-cert.pem"), cert_pem),
-            format!(
-                "the proxy's certificate for {}, signed by the CA",
-                args.hosts.join(", ")
-            ),
-        ),
-        (
-            NewFile::private(dir.join("proxy-key.pem"), key_pem),
-            "its key (0600)".to_owned(),
+            "the CA that signs the proxy's certificate: engineers' clients trust it".to_owned(),
         ),
     ];
+    if new_ca {
+        files.push((
+            NewFile::private(dir.join(CA_KEY), ca_key_pem),
+            "the CA's key (0600): serve does not read it, keep it offline".to_owned(),
+        ));
+    }
+    files.push((
+        NewFile::public(dir.join("proxy-cert.pem"), cert_pem),
+        format!(
+            "the proxy's certificate for {}, signed by the CA",
+            args.hosts.join(", ")
+        ),
+    ));
+    files.push((
+        NewFile::private(dir.join("proxy-key.pem"), key_pem),
+        "its key (0600)".to_owned(),
+    ));
     for ((role, file), password) in plan.password_files().into_iter().zip(passwords) {
         files.push((
             NewFile::private(dir.join(file), password.clone()),
@@ -144,6 +160,10 @@ fn deployment_files(
         "the users' API keys (0600): hand each out, then delete the file".to_owned(),
     ));
     Ok(files)
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
 fn plan(args: &InitArgs) -> Result<Plan> {

@@ -283,8 +283,8 @@ fn config_check_lists_every_problem() {
     assert!(stderr.contains("4 problem(s)"), "{stderr}");
 }
 
-#[test]
-fn keygen_never_overwrites_and_writes_nothing_when_a_target_exists() {
+#[tokio::test]
+async fn keygen_never_overwrites_and_writes_nothing_when_a_target_exists() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let p = |name: &str| tmp.path().join(name);
     ok(lockbox(&[
@@ -320,7 +320,12 @@ fn keygen_never_overwrites_and_writes_nothing_when_a_target_exists() {
         std::fs::read(p("cert.pem")).expect("cert"),
         std::fs::read(p("key.pem")).expect("key"),
     );
-    assert!(lockbox::tls::server_config(&p("cert.pem"), &p("key.pem")).is_ok());
+    let (ca, cert_path, key_path) = (p("ca.pem"), p("cert.pem"), p("key.pem"));
+    let signed_by_ca = || handshake_verifies(&ca, &cert_path, &key_path, "db-proxy.example.com");
+    assert!(
+        signed_by_ca().await,
+        "the certificate does not chain to the CA"
+    );
 
     // Again: refused, and neither file of the pair changes.
     let stderr = failed(lockbox(&signed));
@@ -366,7 +371,10 @@ fn keygen_never_overwrites_and_writes_nothing_when_a_target_exists() {
     ok(lockbox(&forced));
     assert_ne!(std::fs::read(p("key.pem")).expect("key"), key);
     assert_eq!(mode(&p("key.pem")), 0o600);
-    assert!(lockbox::tls::server_config(&p("cert.pem"), &p("key.pem")).is_ok());
+    assert!(
+        signed_by_ca().await,
+        "the new pair does not chain to the CA"
+    );
 }
 
 #[test]
@@ -401,6 +409,88 @@ fn init_refuses_bad_flags_before_writing_anything() {
         assert!(stderr.contains(says), "{says} not in {stderr}");
         assert!(!dir.exists(), "{flags:?}: something was written");
     }
+}
+
+/// Whether a client trusting `ca` completes a TLS handshake with a server presenting
+/// `cert`/`key` under the name `host` (libpq's verify-full, in rustls).
+async fn handshake_verifies(ca: &Path, cert: &Path, key: &Path, host: &str) -> bool {
+    let server = lockbox::tls::server_config(cert, key).expect("server config");
+    let client = lockbox::tls::client_config_verified(ca, true).expect("client config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accept = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("accept");
+        let _ = tokio_rustls::TlsAcceptor::from(server).accept(socket).await;
+    });
+    let socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).expect("name");
+    let verified = tokio_rustls::TlsConnector::from(client)
+        .connect(name, socket)
+        .await
+        .is_ok();
+    accept.await.expect("accept task");
+    verified
+}
+
+#[tokio::test]
+async fn init_signs_with_an_existing_ca_and_leaves_its_key_out() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (ca, ca_key) = (
+        tmp.path().join("corp-ca.pem"),
+        tmp.path().join("corp-ca.key"),
+    );
+    ok(lockbox(&[
+        "keygen",
+        "ca",
+        "--cert",
+        s(&ca),
+        "--key",
+        s(&ca_key),
+    ]));
+    let dir = tmp.path().join("d");
+    ok(lockbox(&[
+        "init",
+        s(&dir),
+        "--host",
+        "db-proxy.example.com",
+        "--ca-cert",
+        s(&ca),
+        "--ca-key",
+        s(&ca_key),
+    ]));
+    assert!(!dir.join("ca-key.pem").exists(), "the CA's key was copied");
+    assert_eq!(
+        std::fs::read(dir.join("ca.pem")).expect("ca.pem"),
+        std::fs::read(&ca).expect("CA")
+    );
+    let (cert, key) = (dir.join("proxy-cert.pem"), dir.join("proxy-key.pem"));
+    assert!(handshake_verifies(&ca, &cert, &key, "db-proxy.example.com").await);
+    assert!(!handshake_verifies(&ca, &cert, &key, "elsewhere.example.com").await);
+    // A certificate of another CA is refused: the check above can fail.
+    let other = tmp.path().join("other");
+    ok(lockbox(&[
+        "init",
+        s(&other),
+        "--host",
+        "db-proxy.example.com",
+    ]));
+    assert!(
+        !handshake_verifies(
+            &ca,
+            &other.join("proxy-cert.pem"),
+            &other.join("proxy-key.pem"),
+            "db-proxy.example.com"
+        )
+        .await
+    );
+    ok(lockbox(&[
+        "config",
+        "check",
+        "--config",
+        s(&dir.join("lockbox.toml")),
+    ]));
 }
 
 /// The shipped example is complete: with the files its header names, `config check` passes.
