@@ -3,10 +3,9 @@
 //! prints the SQL for the upstream roles and the next commands. `lockbox keygen` writes key
 //! material one piece at a time. Neither overwrites a file unless `--force`.
 
-use std::path::{Path, PathBuf};
-
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
