@@ -9,8 +9,8 @@
 #
 # Targets: direct (PostgreSQL, superuser, no TLS), pgbouncer / pgbouncer-tls (session pooling,
 # the TLS one with client_tls_sslmode=require), lockbox-fsync / lockbox-fsync-tls (a
-# `lockbox serve` on the demo's state, audit durability fsync), lockbox-write / lockbox-write-tls (a second `lockbox serve` on
-# the same state, audit durability write). Each lockbox process gets grants of its own, so two
+# `lockbox serve` on the demo's state, audit durability fsync), lockbox-write /
+# lockbox-write-tls (another on the same state, audit durability write). Each lockbox process gets grants of its own, so two
 # proxies never take a per-grant role over from each other between runs.
 #
 # Environment: LOCKBOX_BIN=/path/to/lockbox uses that binary instead of `cargo build --release`.
