@@ -2,6 +2,7 @@
 //! verified (`verify-full`) connection, it takes no plaintext, and it leaves nothing on disk
 //! however it stops.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -13,6 +14,8 @@ struct Demo {
     child: Child,
     log: PathBuf,
     env_file: PathBuf,
+    /// The demo's TMPDIR: its PostgreSQL and its deployment (keys, passwords) go here.
+    sandbox: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
@@ -21,10 +24,17 @@ impl Demo {
         let tmp = tempfile::tempdir().expect("tempdir");
         let log = tmp.path().join("demo.log");
         let env_file = tmp.path().join("demo.env");
+        let sandbox = tmp.path().join("sandbox");
+        std::fs::create_dir(&sandbox).expect("sandbox folder");
+        // PostgreSQL runs as `postgres` under root: it must reach its folder in here.
+        for dir in [tmp.path(), &sandbox] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_lockbox"))
             .arg("demo")
             .args(args)
             .args(["--env-file", s(&env_file)])
+            .env("TMPDIR", &sandbox)
             .stdout(std::fs::File::create(&log).expect("log"))
             .stderr(Stdio::inherit())
             .spawn()
@@ -33,6 +43,7 @@ impl Demo {
             child,
             log,
             env_file,
+            sandbox,
             _tmp: tmp,
         }
     }
@@ -68,35 +79,20 @@ impl Demo {
     }
 }
 
-/// Where the demo's PostgreSQL keeps its files (removed at the end).
-fn demo_pg_folder(env: &std::collections::BTreeMap<String, String>) -> PathBuf {
-    let out = ok(psql(
-        &env["LOCKBOX_UPSTREAM_URL"],
-        "",
-        "SHOW data_directory",
-    ));
-    PathBuf::from(out)
-        .parent()
-        .expect("data directory has a parent")
-        .to_owned()
-}
-
-fn assert_cleaned_up(env_file: &Path, env: &std::collections::BTreeMap<String, String>, pg: &Path) {
-    let deployment = Path::new(&env["LOCKBOX_CONFIG"])
-        .parent()
-        .expect("config folder")
-        .to_owned();
-    assert!(!env_file.exists(), "the env file (API keys) is left");
-    assert!(
-        !deployment.exists(),
-        "the deployment (signing key, passwords) is left: {}",
-        deployment.display()
-    );
-    assert!(
-        !pg.exists(),
-        "PostgreSQL's folder is left: {}",
-        pg.display()
-    );
+impl Demo {
+    /// Stops the demo with `signal` and checks it left nothing: no env file (API keys), and
+    /// nothing in its TMPDIR (PostgreSQL, the deployment's keys and passwords).
+    fn stop_and_check_cleanup(&mut self, signal: &str) -> std::process::ExitStatus {
+        let status = stop(&mut self.child, signal);
+        assert!(self.log().contains("Cleaning up"), "{}", self.log());
+        assert!(!self.env_file.exists(), "the env file (API keys) is left");
+        let left: Vec<PathBuf> = std::fs::read_dir(&self.sandbox)
+            .expect("sandbox")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        status
+    }
 }
 
 #[test]
@@ -108,7 +104,6 @@ fn demo_env_file_connects_verify_full_and_sigterm_cleans_up() {
     let env = demo.env();
     let ca = Path::new(&env["LOCKBOX_CA_CERT"]);
     assert!(ca.exists(), "LOCKBOX_CA_CERT names no file");
-    let pg = demo_pg_folder(&env);
 
     let server = &env["LOCKBOX_SERVER"];
     let id = ok(as_user(
@@ -158,13 +153,12 @@ fn demo_env_file_connects_verify_full_and_sigterm_cleans_up() {
     let refused = failed(psql(&conninfo("disable"), &token, "SELECT 1"));
     assert!(refused.contains("only accepted over TLS"), "{refused}");
 
-    let status = stop(&mut demo.child, "TERM");
+    let status = demo.stop_and_check_cleanup("TERM");
     assert!(
         status.success(),
         "the demo ended with {status}:\n{}",
         demo.log()
     );
-    assert_cleaned_up(&demo.env_file, &env, &pg);
 }
 
 #[test]
@@ -172,10 +166,14 @@ fn demo_interrupted_midway_leaves_nothing_behind() {
     // A long window: the walk-through is still waiting for it when Ctrl-C comes.
     let mut demo = Demo::start(&["--window", "10m"]);
     demo.wait_for("Waiting for the");
-    let env = demo.env();
-    let pg = demo_pg_folder(&env);
-    let status = stop(&mut demo.child, "INT");
+    let status = demo.stop_and_check_cleanup("INT");
     assert!(!status.success(), "an interrupted demo reports it");
-    assert!(demo.log().contains("Cleaning up"), "{}", demo.log());
-    assert_cleaned_up(&demo.env_file, &env, &pg);
+}
+
+#[test]
+fn demo_stopped_while_postgres_starts_leaves_nothing_behind() {
+    let mut demo = Demo::start(&[]);
+    demo.wait_for("Starting a throwaway PostgreSQL server");
+    let status = demo.stop_and_check_cleanup("TERM");
+    assert!(!status.success(), "an interrupted demo reports it");
 }
