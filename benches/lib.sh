@@ -8,9 +8,9 @@
 #   bench_on TARGET [ACCESS] -- pgbench …   # a libpq client against TARGET (PGHOST, PGPORT, …)
 #
 # Targets: direct (PostgreSQL, superuser, no TLS), pgbouncer / pgbouncer-tls (session pooling,
-# the TLS one with client_tls_sslmode=require), lockbox-fsync / lockbox-fsync-tls (the demo's
-# proxy, audit durability fsync), lockbox-write / lockbox-write-tls (a second `lockbox serve` on
-# the same state, audit durability write). Each lockbox process gets grants of its own, so two
+# the TLS one with client_tls_sslmode=require), lockbox-fsync / lockbox-fsync-tls (a
+# `lockbox serve` on the demo's state, audit durability fsync), lockbox-write /
+# lockbox-write-tls (another on the same state, audit durability write). Each lockbox process gets grants of its own, so two
 # proxies never take a per-grant role over from each other between runs.
 #
 # Environment: LOCKBOX_BIN=/path/to/lockbox uses that binary instead of `cargo build --release`.
@@ -167,8 +167,6 @@ bench_start_demo() {
     source "$BENCH_WORK/env"
     PG_PORT=$(echo "$LOCKBOX_UPSTREAM_URL" | sed -E 's|.*:([0-9]+)/.*|\1|')
     PG_DATA=$(bench_psql -At -c "SHOW data_directory")
-    BENCH_PROXY_PORT[fsync]=$LOCKBOX_PROXY_PORT
-    BENCH_SERVE_PID[fsync]=$BENCH_DEMO_PID
 }
 
 bench_max_connections() { bench_psql -At -c "SHOW max_connections"; }
@@ -219,6 +217,8 @@ bench_grants() {
 # Starts another `lockbox serve` on the demo's state and upstream, with its own ports and
 # audit file (audit/audit-NAME.jsonl), and no practical connection cap (idle.sh holds
 # thousands). Sets BENCH_PROXY_PORT[NAME] and BENCH_SERVE_PID[NAME].
+# The demo's proxy takes tokens over TLS only; these also take them over loopback plaintext,
+# so the plain targets measure lockbox against plain PostgreSQL and pgbouncer.
 bench_start_lockbox() {
     local name=$1 durability=$2 proxy_port api_port api_old config
     proxy_port=$(bench_free_port)
@@ -229,6 +229,7 @@ bench_start_lockbox() {
         -e "s|^path = \"audit/audit.jsonl\"|path = \"audit/audit-$name.jsonl\"|" \
         -e "s/127.0.0.1:$LOCKBOX_PROXY_PORT\"/127.0.0.1:$proxy_port\"/" \
         -e "s/127.0.0.1:$api_old\"/127.0.0.1:$api_port\"/" \
+        -e "s/^allow_plaintext_loopback = false/allow_plaintext_loopback = true/" \
         -e 's/^\[proxy\]$/[proxy]\nmax_connections = 1000000/' "$LOCKBOX_CONFIG" >"$config"
     "$LOCKBOX" serve --config "$config" >"$BENCH_WORK/serve-$name.log" 2>&1 &
     BENCH_SERVE_PID[$name]=$!

@@ -19,6 +19,15 @@ pub fn generate_api_key() -> String {
     )
 }
 
+/// A fresh password for an upstream role: 32 random bytes, URL-safe base64 (nothing to
+/// escape in a config file, a connection string or a SQL literal).
+pub fn generate_password() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// SHA-256 of an API key. API keys carry 256 random bits, so a fast hash is enough: there
 /// is nothing to brute-force, unlike a human password.
 pub fn api_key_sha256(key: &str) -> [u8; 32] {

@@ -15,6 +15,7 @@ pub mod health;
 pub mod http_client;
 mod https;
 pub mod ids;
+pub mod init;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

@@ -1,5 +1,5 @@
-//! TLS material: loading the proxy's certificate, generating a self-signed one for the
-//! demo, and the client configurations used to reach TLS servers.
+//! TLS material: loading the proxy's certificate, generating a self-signed one or a CA
+//! and a certificate it signs, and the client configurations used to reach TLS servers.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -140,18 +140,62 @@ pub fn generate_self_signed(hosts: &[String]) -> Result<(String, String), TlsErr
 
 /// A CA and a server certificate it signed for `hosts`: `(ca_pem, cert_pem, key_pem)`.
 pub fn generate_ca_signed(hosts: &[String]) -> Result<(String, String, String), TlsError> {
-    let generate = |e: rcgen::Error| TlsError::Generate(e.to_string());
-    let ca_key = rcgen::KeyPair::generate().map_err(generate)?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
+    let (ca_pem, ca_key_pem) = generate_ca()?;
+    let (cert_pem, key_pem) = generate_signed_by(hosts, &ca_pem, &ca_key_pem)?;
+    Ok((ca_pem, cert_pem, key_pem))
+}
+
+fn generate_error(e: rcgen::Error) -> TlsError {
+    TlsError::Generate(e.to_string())
+}
+
+/// A new certificate authority: `(ca_pem, ca_key_pem)`. Clients that trust it
+/// (`sslrootcert=`) can check the proxy's name (`sslmode=verify-full`).
+pub fn generate_ca() -> Result<(String, String), TlsError> {
+    let ca_key = rcgen::KeyPair::generate().map_err(generate_error)?;
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(generate_error)?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "lockbox generated CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(generate)?;
-    let key = rcgen::KeyPair::generate().map_err(generate)?;
-    let params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(generate)?;
-    let cert = params.signed_by(&key, &ca).map_err(generate)?;
-    Ok((ca.pem(), cert.pem(), key.serialize_pem()))
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    // A name of its own: a client trusting two lockbox CAs must not take one for the other.
+    let mut id = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("lockbox CA {}", hex::encode(id)),
+    );
+    let ca = ca_params.self_signed(&ca_key).map_err(generate_error)?;
+    Ok((ca.pem(), ca_key.serialize_pem()))
+}
+
+/// A server certificate for `hosts` signed by the CA in `ca_pem` / `ca_key_pem`:
+/// `(cert_pem, key_pem)`. The CA may be one lockbox made or any other (its subject and key
+/// identifier are read from the certificate).
+pub fn generate_signed_by(
+    hosts: &[String],
+    ca_pem: &str,
+    ca_key_pem: &str,
+) -> Result<(String, String), TlsError> {
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).map_err(|e| TlsError::Key {
+        path: "<CA key>".into(),
+        message: e.to_string(),
+    })?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(ca_pem, ca_key).map_err(|e| TlsError::Cert {
+        path: "<CA certificate>".into(),
+        message: e.to_string(),
+    })?;
+    let key = rcgen::KeyPair::generate().map_err(generate_error)?;
+    let mut params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(generate_error)?;
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        hosts.first().map_or("lockbox", |h| h.as_str()),
+    );
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).map_err(generate_error)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Client configuration that verifies the server's chain against the CAs in `ca_file`,

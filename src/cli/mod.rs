@@ -112,6 +112,8 @@ pub enum Command {
         #[command(subcommand)]
         command: KeygenCommand,
     },
+    /// Write a new deployment into a folder: keys, CA and certificate, config, passwords.
+    Init(crate::init::InitArgs),
     /// Check configuration files.
     Config {
         #[command(subcommand)]
@@ -141,8 +143,21 @@ pub enum KeygenCommand {
     SigningKey {
         #[arg(long)]
         out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
     },
-    /// Write a self-signed TLS certificate and key for the proxy.
+    /// Write a new certificate authority (certificate and key) to sign the proxy's certificate.
+    Ca {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a TLS certificate and key for the proxy: self-signed, or signed by a CA.
     TlsCert {
         #[arg(long)]
         cert: PathBuf,
@@ -151,6 +166,15 @@ pub enum KeygenCommand {
         /// Host names or IP addresses the certificate is for.
         #[arg(long = "host", default_values = ["localhost", "127.0.0.1"])]
         hosts: Vec<String>,
+        /// Sign with this CA certificate (`keygen ca`) instead of self-signing.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// The key of `--ca-cert`.
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
     },
     /// Print a new API key and the `api_key_hash` line for the config file.
     ApiKey,
@@ -229,19 +253,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Man { out } => ops::man(out.as_deref()),
-        Command::Keygen { command } => keygen(command),
+        Command::Keygen { command } => crate::init::keygen::run(command),
+        Command::Init(args) => crate::init::run(args),
         Command::Config {
             command: ConfigCommand::Check { config },
-        } => {
-            let c = crate::config::Config::load(config)?;
-            println!(
-                "{}: ok ({} database(s), {} user(s))",
-                config.display(),
-                c.databases.len(),
-                c.users.len()
-            );
-            Ok(())
-        }
+        } => crate::init::config_check(config),
     }
 }
 
@@ -279,50 +295,6 @@ async fn wait_for_stop_signal() -> Result<()> {
         _ = term.recv() => {}
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
     }
-    Ok(())
-}
-
-fn keygen(command: &KeygenCommand) -> Result<()> {
-    match command {
-        KeygenCommand::SigningKey { out } => {
-            let pem = crate::keys::generate_signing_key_pem()?;
-            write_new_private(out, &pem)?;
-            let authority =
-                crate::token::TokenAuthority::from_pem(&pem, "lockbox", "lockbox-proxy")
-                    .map_err(|e| anyhow!(e))?;
-            eprintln!("wrote {}; its public key:", out.display());
-            print!("{}", authority.public_key_pem());
-        }
-        KeygenCommand::TlsCert { cert, key, hosts } => {
-            let (cert_pem, key_pem) = crate::tls::generate_self_signed(hosts)?;
-            std::fs::write(cert, cert_pem)
-                .with_context(|| format!("writing {}", cert.display()))?;
-            write_new_private(key, &key_pem)?;
-            println!("wrote {} and {}", cert.display(), key.display());
-        }
-        KeygenCommand::ApiKey => {
-            let key = crate::keys::generate_api_key();
-            println!("api key (give to the user): {key}");
-            println!(
-                "api_key_hash = \"{}\"",
-                crate::keys::api_key_hash_string(&key)
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Writes a secret file readable by its owner only, refusing to overwrite one.
-fn write_new_private(path: &std::path::Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
     Ok(())
 }
 

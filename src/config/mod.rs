@@ -12,12 +12,14 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) mod api_tls;
 mod audit_sink;
+mod check;
 mod databases;
 mod limits;
 pub mod notify;
 mod users;
 pub mod workflow;
 pub use audit_sink::{PgSink, PgSinkFile};
+pub(crate) use check::check;
 pub use databases::*;
 pub use users::*;
 

@@ -16,6 +16,8 @@ pub struct Deployment {
     pub api_port: u16,
     pub api_keys: BTreeMap<String, String>,
     pub cert_pem: String,
+    /// The CA that signed the proxy's certificate (`proxy-ca.pem`), with `proxy_ca`.
+    pub ca_path: Option<PathBuf>,
 }
 
 impl Deployment {
@@ -57,6 +59,9 @@ pub struct DeploymentSpec<'a> {
     /// Users whose credential carries no MFA (everyone else's does).
     pub without_mfa: Vec<&'a str>,
     pub allow_plaintext_loopback: bool,
+    /// Sign the proxy's certificate with a CA of the deployment's own (`proxy-ca.pem`), so
+    /// clients can connect with `sslmode=verify-full`; else it is self-signed.
+    pub proxy_ca: bool,
     /// Extra TOML appended to `[timings]`.
     pub timings: &'a str,
     /// `fsync` or `write`.
@@ -68,7 +73,16 @@ pub fn write_deployment(dir: &Path, spec: &DeploymentSpec<'_>) -> Result<Deploym
     std::fs::create_dir_all(dir)?;
     let signing = crate::keys::generate_signing_key_pem()?;
     write_private(&dir.join("signing-key.pem"), &signing)?;
-    let (cert, key) = crate::tls::generate_self_signed(&["localhost".into(), "127.0.0.1".into()])?;
+    let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let (cert, key, ca_path) = if spec.proxy_ca {
+        let (ca, cert, key) = crate::tls::generate_ca_signed(&hosts)?;
+        let ca_path = dir.join("proxy-ca.pem");
+        std::fs::write(&ca_path, ca)?;
+        (cert, key, Some(ca_path))
+    } else {
+        let (cert, key) = crate::tls::generate_self_signed(&hosts)?;
+        (cert, key, None)
+    };
     std::fs::write(dir.join("proxy-cert.pem"), &cert)?;
     write_private(&dir.join("proxy-key.pem"), &key)?;
     let proxy_port = crate::sandbox::free_port()?;
@@ -132,19 +146,13 @@ pub fn write_deployment(dir: &Path, spec: &DeploymentSpec<'_>) -> Result<Deploym
         api_port,
         api_keys,
         cert_pem: cert,
+        ca_path,
     })
 }
 
+/// Secrets are written 0600 from the start, like `lockbox init` writes them.
 fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
+    use crate::init::{write_all, NewFile};
+    write_all(&[NewFile::private(path, contents)], true)
+        .with_context(|| format!("writing {}", path.display()))
 }

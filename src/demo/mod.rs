@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::policy::{AccessLevel, NewRequest};
 use crate::sandbox::PgSandbox;
 
 mod deployment;
+mod interrupt;
 pub use deployment::{write_deployment, Deployment, DeploymentDatabase, DeploymentSpec};
 
 /// Demo users and their roles, in the order the env file lists them.
@@ -85,9 +86,32 @@ pub fn create_sample_database(pg: &PgSandbox, service_password: &str) -> Result<
 }
 
 pub async fn run(options: DemoOptions) -> Result<()> {
+    // Before anything is made: a stop signal from here on cleans up instead of killing.
+    let mut stop = interrupt::StopSignals::install()?;
+    let mut held = interrupt::Held::default();
     println!("lockbox demo: the whole customer-lockbox flow on this machine.");
+    let result = tokio::select! {
+        result = demo(&mut held, &options) => result,
+        signal = stop.recv() => Err(anyhow!("interrupted by {signal}")),
+    };
+    if result.is_ok() && options.keep {
+        say("The sandbox keeps running; press Ctrl-C to stop and clean up");
+        if let Some(path) = &options.env_file {
+            println!("    in another terminal: source {}", path.display());
+        }
+        stop.recv().await;
+    }
+    say("Cleaning up");
+    held.cleanup().await;
+    println!("    stopped lockbox and PostgreSQL, removed the sandbox");
+    result
+}
+
+/// Everything up to the end of the walk-through; what it makes goes into `held`, so an
+/// interruption at any await leaves nothing behind.
+async fn demo(held: &mut interrupt::Held, options: &DemoOptions) -> Result<()> {
     say("Starting a throwaway PostgreSQL server");
-    let pg = tokio::task::spawn_blocking(PgSandbox::start).await??;
+    let pg = held.start_pg().await?;
     println!(
         "    PostgreSQL listens on 127.0.0.1:{} (superuser url {})",
         pg.port,
@@ -95,12 +119,15 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     );
 
     say("Creating the sample database `sales` (table customers), owned by the service role");
-    let service_password = crate::keys::generate_api_key();
-    create_sample_database(&pg, &service_password)?;
+    let service_password = crate::keys::generate_password();
+    create_sample_database(pg, &service_password)?;
     println!("    service role `{SERVICE_ROLE}` (CREATEROLE: it makes a role per grant), with a password engineers never see");
+    let pg_port = pg.port;
 
-    say("Generating a deployment: Ed25519 signing key, self-signed TLS certificate, config, API keys");
-    let dir = tempfile::Builder::new().prefix("lockbox-demo-").tempdir()?;
+    say("Generating a deployment: Ed25519 signing key, a CA and the proxy's TLS certificate, config, API keys");
+    let dir = held
+        .dir
+        .insert(tempfile::Builder::new().prefix("lockbox-demo-").tempdir()?);
     let deployment = write_deployment(
         dir.path(),
         &DeploymentSpec {
@@ -108,7 +135,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
                 name: SAMPLE_DB,
                 host: "127.0.0.1",
                 extra: "",
-                port: pg.port,
+                port: pg_port,
                 user: SERVICE_ROLE,
                 password: &service_password,
                 levels: vec![("read", "sales_read", ""), ("write", "sales_write", "")],
@@ -118,7 +145,9 @@ pub async fn run(options: DemoOptions) -> Result<()> {
             }],
             users: DEMO_USERS.iter().map(|(n, r, _)| (*n, vec![*r])).collect(),
             without_mfa: Vec::new(),
-            allow_plaintext_loopback: true,
+            // Like production: tokens only over TLS, verified against the deployment's CA.
+            allow_plaintext_loopback: false,
+            proxy_ca: true,
             timings: "request_ttl = \"12h\"\ndefault_access = \"8h\"\nmax_access = \"24h\"",
             audit_durability: &options.audit_durability,
         },
@@ -128,35 +157,20 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     say("Starting lockbox (SQLite state, audit file, proxy + API in one process)");
     let config = crate::config::Config::load(&deployment.config_path)?;
     let audit_path = config.audit_path.clone();
-    let server = crate::server::start(config).await?;
+    let server = held.server.insert(crate::server::start(config).await?);
     println!(
-        "    proxy on {}, API on {}",
+        "    proxy on {} (TLS only), API on {}",
         server.proxy_addr, server.api_addr
     );
     if let Some(path) = &options.env_file {
-        write_env_file(path, &deployment, &pg, &audit_path)?;
+        held.env_file = Some(path.clone());
+        write_env_file(path, &deployment, held.pg()?, &audit_path)?;
         println!(
             "    environment for other terminals written to {}",
             path.display()
         );
     }
-
-    let result = walk_through(&deployment, &pg, &options).await;
-    if result.is_ok() && options.keep {
-        say("The sandbox keeps running; press Ctrl-C to stop and clean up");
-        if let Some(path) = &options.env_file {
-            println!("    in another terminal: source {}", path.display());
-        }
-        tokio::signal::ctrl_c().await?;
-    }
-    say("Cleaning up");
-    server.shutdown().await;
-    drop(pg);
-    if let Some(path) = &options.env_file {
-        let _ = std::fs::remove_file(path);
-    }
-    println!("    stopped lockbox and PostgreSQL, removed the sandbox");
-    result
+    walk_through(&deployment, held.pg()?, options).await
 }
 
 /// The rules send write access to a support lead before the customer is asked.
@@ -245,9 +259,9 @@ async fn walk_through(
     say("Eve fetches her time-bound lockbox token");
     let token = engineer.token(&request.id.0).await?;
     println!("    $ export PGPASSWORD=$(lockbox token {})", request.id);
-    println!("    connect with any client, e.g.:");
+    println!("    connect with any client, verifying the proxy's certificate against the demo's CA, e.g.:");
     println!(
-        "    PGPASSWORD=<token> psql \"host=127.0.0.1 port={} dbname={SAMPLE_DB} user=eve sslmode=require\"",
+        "    PGPASSWORD=<token> psql \"host=127.0.0.1 port={} dbname={SAMPLE_DB} user=eve sslmode=verify-full sslrootcert=$LOCKBOX_CA_CERT\"",
         deployment.proxy_port
     );
 
@@ -362,8 +376,9 @@ async fn wait_for_role_dropped(pg: &PgSandbox, role: &str) -> Result<()> {
     bail!("role `{role}` outlived its grant")
 }
 
-/// Connects through the proxy with TLS, trusting exactly the demo's certificate. The
-/// receiver yields the server's last error message once the connection ends.
+/// Connects through the proxy with TLS, verifying the proxy's certificate and name against
+/// the demo's CA (libpq's `verify-full`). The receiver yields the server's last error
+/// message once the connection ends.
 async fn connect_tls(
     deployment: &Deployment,
     token: &str,
@@ -372,7 +387,7 @@ async fn connect_tls(
     tokio::sync::oneshot::Receiver<Option<String>>,
 )> {
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(
-        (*crate::tls::client_config_pinned(&deployment.cert_pem)?).clone(),
+        (*crate::tls::client_config_verified(ca_cert(deployment)?, true)?).clone(),
     );
     let mut config = tokio_postgres::Config::new();
     config
@@ -395,6 +410,14 @@ async fn connect_tls(
     Ok((client, rx))
 }
 
+/// The CA that signed the demo proxy's certificate.
+fn ca_cert(deployment: &Deployment) -> Result<&Path> {
+    deployment
+        .ca_path
+        .as_deref()
+        .context("the demo's deployment has no CA")
+}
+
 /// The server's message inside a client error, if there is one.
 fn db_message(e: &anyhow::Error) -> String {
     e.downcast_ref::<tokio_postgres::Error>()
@@ -405,12 +428,13 @@ fn db_message(e: &anyhow::Error) -> String {
 
 /// Shows the same session with psql, when psql is installed.
 fn run_psql(deployment: &Deployment, token: &str) {
-    let Ok(bin) = crate::sandbox::find_server_binaries() else {
+    let (Ok(bin), Ok(ca)) = (crate::sandbox::find_server_binaries(), ca_cert(deployment)) else {
         return;
     };
     let conninfo = format!(
-        "host=127.0.0.1 port={} dbname={SAMPLE_DB} user=eve sslmode=require",
-        deployment.proxy_port
+        "host=127.0.0.1 port={} dbname={SAMPLE_DB} user=eve sslmode=verify-full sslrootcert={}",
+        deployment.proxy_port,
+        ca.display()
     );
     let sql = "SELECT plan, count(*) FROM customers GROUP BY plan ORDER BY plan";
     let out = std::process::Command::new(bin.join("psql"))
@@ -454,6 +478,8 @@ fn write_env_file(path: &Path, d: &Deployment, pg: &PgSandbox, audit_path: &Path
         format!("export LOCKBOX_CONFIG='{}'", d.config_path.display()),
         "export LOCKBOX_PROXY_HOST='127.0.0.1'".to_owned(),
         format!("export LOCKBOX_PROXY_PORT='{}'", d.proxy_port),
+        // The CA that signed the proxy's certificate: `sslmode=verify-full sslrootcert=…`.
+        format!("export LOCKBOX_CA_CERT='{}'", ca_cert(d)?.display()),
         format!("export LOCKBOX_DATABASE='{SAMPLE_DB}'"),
         format!("export LOCKBOX_UPSTREAM_URL='{}'", pg.url(SAMPLE_DB)),
         "export LOCKBOX_ENGINEER='eve'".to_owned(),
@@ -468,9 +494,11 @@ fn write_env_file(path: &Path, d: &Deployment, pg: &PgSandbox, audit_path: &Path
             d.api_keys.get(*user).map(String::as_str).unwrap_or("")
         ));
     }
-    // Write then rename, so a script polling for the file never reads half of it.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, lines.join("\n") + "\n")?;
-    std::fs::rename(&tmp, path)?;
+    // It holds API keys: 0600. Renamed into place, so a script polling for the file never
+    // reads half of it.
+    crate::init::write_all(
+        &[crate::init::NewFile::private(path, lines.join("\n") + "\n")],
+        true,
+    )?;
     Ok(())
 }

@@ -172,7 +172,7 @@ async fn login(
     if !(tls || plaintext_allowed) {
         return Err(login_error(
             sqlstate::INVALID_AUTHORIZATION,
-            "lockbox tokens are only accepted over TLS: connect with sslmode=require",
+            "lockbox tokens are only accepted over TLS: connect with sslmode=verify-full sslrootcert=<the CA of the proxy's certificate>",
         ));
     }
     let mut out = BytesMut::new();

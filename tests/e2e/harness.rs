@@ -215,6 +215,7 @@ impl Env {
                 users: USERS.iter().map(|(n, r)| (*n, r.to_vec())).collect(),
                 without_mfa: vec!["nomfa"],
                 allow_plaintext_loopback: options.plaintext,
+                proxy_ca: false,
                 timings: options.timings,
                 audit_durability: options.audit_durability,
             },
