@@ -8,6 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod connect;
 mod export;
 mod request;
 pub use audit::AuditCommand;
@@ -84,8 +85,16 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
-    /// Print the lockbox token of an approved request (only the token, for PGPASSWORD).
+    /// Print the lockbox token of an approved request (only the token, for PGPASSWORD;
+    /// with --json also host, port, database, user, sslmode, CA path and access end).
     Token { id: String },
+    /// Run psql connected through the proxy for an approved request (token in PGPASSWORD,
+    /// `sslmode=verify-full`); arguments after `--` go to psql.
+    Connect {
+        id: String,
+        #[arg(last = true)]
+        psql_args: Vec<String>,
+    },
     /// Read the audit trail.
     Audit {
         #[command(subcommand)]
@@ -181,15 +190,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Policy { command } => request::policy(&cli, command).await,
         Command::Admin { command } => request::admin(&cli, command).await,
         Command::Notify { command } => request::notify(&cli, command).await,
-        Command::Token { id } => {
-            let token = cli.client()?.token(id).await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&token)?);
-            } else {
-                println!("{}", token.token);
-            }
-            Ok(())
-        }
+        Command::Token { id } => connect::token(&cli, id).await,
+        Command::Connect { id, psql_args } => connect::connect(&cli, id, psql_args).await,
         Command::Audit { command } => audit::run(&cli, command).await,
         Command::Export { command } => export::run(&cli, command).await,
         Command::Keygen { command } => keygen(command),

@@ -83,12 +83,19 @@ fn require_role(caller: &User, role: Role, action: &str) -> Result<(), PolicyErr
     }
 }
 
-/// May `caller` see `request`? Engineers see their own; the other roles see all.
+/// May `caller` see `request`? Engineers see their own; approvers (customer and support
+/// lead), admins and auditors see all; a holder of the role a request's internal stage
+/// needs (a rule may name any role) sees the requests routed to it, as does anyone who
+/// decided on it. Whoever may act on a request can see it, so "not visible" and "missing"
+/// can share one answer.
 pub fn can_view(caller: &User, request: &Request) -> bool {
     request.engineer == caller.name
         || caller.has(Role::Approver)
+        || caller.has(Role::SupportLead)
         || caller.has(Role::Admin)
         || caller.has(Role::Auditor)
+        || (request.internal_required > 0 && caller.has(request.internal_role.clone()))
+        || request.approvals.iter().any(|a| a.by == caller.name)
 }
 
 pub fn check_audit_read(caller: &User) -> Result<(), PolicyError> {

@@ -16,6 +16,7 @@ mod auth;
 mod cli;
 mod client_tls;
 mod completeness;
+mod engineer;
 mod grammar;
 mod guard;
 mod lifecycle;
