@@ -17,6 +17,7 @@ mod cli;
 mod client_tls;
 mod completeness;
 mod engineer;
+mod expiry_notices;
 mod grammar;
 mod guard;
 mod lifecycle;
