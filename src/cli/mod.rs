@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod connect;
+mod display;
 mod export;
 mod request;
 pub use audit::AuditCommand;
@@ -39,6 +40,9 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Tables: every column, at full width (by default they fit 100 columns).
+    #[arg(long, global = true)]
+    pub wide: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -170,6 +174,7 @@ impl Cli {
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
+    display::set_wide(cli.wide);
     match &cli.command {
         Command::Serve { config } => serve(config).await,
         Command::Demo {
@@ -291,27 +296,17 @@ fn write_new_private(path: &std::path::Path, contents: &str) -> Result<()> {
 }
 
 /// Prints `rows` under `header`: left-aligned columns, each as wide as its widest cell,
-/// two spaces apart.
-fn print_columns(header: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i).map(String::len))
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
+/// two spaces apart, cells escaped; without `--wide` the widest columns (headers too) are
+/// cut short to fit 100 columns. Tables that know which columns matter use
+/// `display::print_table` with their own columns.
+fn print_columns(header: &[&'static str], rows: &[Vec<String>]) {
+    let columns: Vec<display::Column> = header
+        .iter()
+        .map(|h| display::Column {
+            header: h,
+            flexible: true,
+            min: 6,
         })
         .collect();
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
+    display::print_table(&columns, rows);
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::{parse_access, parse_status, print_columns, Cli};
+use super::display::{self, clean, Column};
+use super::{parse_access, parse_status, Cli};
 use crate::policy::{AccessLevel, NewRequest, ReasonCategory, Request, RequestStatus};
 
 #[derive(Subcommand)]
@@ -231,7 +232,7 @@ pub async fn policy(cli: &Cli, command: &PolicyCommand) -> Result<()> {
     println!("unprotected      {}", list(&view.unprotected_databases));
     println!(
         "changed by       {}{}",
-        view.changed_by,
+        clean(&view.changed_by),
         view.changed_at
             .map(|t| format!(" at {}", time(Some(t))))
             .unwrap_or_default()
@@ -286,16 +287,16 @@ pub async fn notify(cli: &Cli, command: &NotifyCommand) -> Result<()> {
         count("failed"),
         list.len()
     );
-    let header = [
-        "ID",
-        "CHANNEL",
-        "TARGET",
-        "EVENT",
-        "REQUEST",
-        "STATUS",
-        "ATTEMPTS",
-        "WHEN",
-        "LAST ERROR",
+    let columns = [
+        Column::fixed("ID"),
+        Column::fixed("CHANNEL"),
+        Column::flexible("TARGET"),
+        Column::flexible("EVENT"),
+        Column::fixed("REQUEST"),
+        Column::fixed("STATUS"),
+        Column::fixed("ATTEMPTS"),
+        Column::fixed("WHEN"),
+        Column::flexible("LAST ERROR"),
     ];
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -318,7 +319,7 @@ pub async fn notify(cli: &Cli, command: &NotifyCommand) -> Result<()> {
             ]
         })
         .collect();
-    print_columns(&header, &rows);
+    display::print_table(&columns, &rows);
     Ok(())
 }
 
@@ -385,17 +386,18 @@ fn print_request(cli: &Cli, r: &Request) -> Result<()> {
     if let Some(by) = &r.revoked_by {
         rows.push(("revoked by", by.clone()));
     }
+    // Every value may hold a requester's or approver's own text: escaped.
     for (k, v) in rows {
-        println!("{k:<17} {v}");
+        println!("{k:<17} {}", clean(&v));
     }
     for a in &r.approvals {
         let verb = if a.approved { "approved" } else { "denied" };
         println!(
             "  {} {verb} ({:?} stage) at {}: {}",
-            a.by,
+            clean(&a.by),
             a.stage,
             time(Some(a.at)),
-            a.justification
+            clean(&a.justification)
         );
     }
     for t in &r.history {
@@ -404,31 +406,69 @@ fn print_request(cli: &Cli, r: &Request) -> Result<()> {
             "  {} {from} -> {} by {}{}",
             time(Some(t.at)),
             t.to,
-            t.by,
+            clean(&t.by),
             t.reason
                 .as_deref()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", clean(r)))
                 .unwrap_or_default()
         );
     }
     Ok(())
 }
 
-/// The seeds' columns: support request id, database (environment), status, requested
-/// at, request expiration, access period, access expiration, approver(s).
+/// With `--wide`, the seeds' columns: support request id, database (environment), status,
+/// requested at, request expiration, access period, access expiration, approver(s).
+/// Without, what an approver decides on, in 100 columns: who asks for which access to
+/// what, in which state, until when, approved by whom (`request show` has the rest).
 fn print_table(list: &[Request]) {
-    let header = [
-        "ID",
-        "SUPPORT REQUEST",
-        "DATABASE",
-        "STATUS",
-        "ENGINEER",
-        "ACCESS",
-        "REQUESTED AT",
-        "REQUEST EXPIRES",
-        "ACCESS PERIOD",
-        "ACCESS EXPIRES",
-        "APPROVERS",
+    if display::wide() {
+        return print_wide_table(list);
+    }
+    let columns = [
+        Column::fixed("ID"),
+        Column::flexible("TICKET"),
+        Column::flexible("DATABASE"),
+        Column::fixed("STATUS"),
+        Column::flexible("ENGINEER"),
+        Column::fixed("ACCESS"),
+        Column::fixed("EXPIRES"),
+        Column::flexible("APPROVERS"),
+    ];
+    let short = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| t.format("%m-%d %H:%MZ").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.0.clone(),
+                r.ticket.clone(),
+                r.database.clone(),
+                r.status.to_string(),
+                r.engineer.clone(),
+                r.access.as_str().to_owned(),
+                short(r.access_expires_at),
+                approvers(r),
+            ]
+        })
+        .collect();
+    display::print_table(&columns, &rows);
+}
+
+fn print_wide_table(list: &[Request]) {
+    let columns = [
+        Column::fixed("ID"),
+        Column::flexible("SUPPORT REQUEST"),
+        Column::flexible("DATABASE"),
+        Column::fixed("STATUS"),
+        Column::flexible("ENGINEER"),
+        Column::fixed("ACCESS"),
+        Column::fixed("REQUESTED AT"),
+        Column::fixed("REQUEST EXPIRES"),
+        Column::fixed("ACCESS PERIOD"),
+        Column::fixed("ACCESS EXPIRES"),
+        Column::flexible("APPROVERS"),
     ];
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -448,5 +488,5 @@ fn print_table(list: &[Request]) {
             ]
         })
         .collect();
-    print_columns(&header, &rows);
+    display::print_table(&columns, &rows);
 }

@@ -416,3 +416,77 @@ async fn a_session_ends_no_earlier_than_its_window() {
         .expect("window end");
     assert!(at >= end, "dropped at {at}, before the window's end {end}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn human_output_fits_100_columns_and_shows_control_characters_escaped() {
+    let env = Env::start("eng_display").await;
+    // A requester tries to make the approver read `read` where the request says `write`.
+    let spoof = "fix\x1b[2K\r\x1b[1Aaccess           read\u{202e}";
+    let ticket = format!("SUP-{}", "9".repeat(80));
+    let create = lockbox(
+        &env,
+        "eve",
+        &[
+            "request",
+            "create",
+            "--database",
+            &env.db,
+            "--ticket",
+            &ticket,
+            "--reason",
+            spoof,
+            "--access",
+            "write",
+            "--duration",
+            "1h",
+        ],
+        &[],
+    );
+    assert!(create.status.success(), "{}", text(&create.stderr));
+    let id = text(&create.stdout).trim().to_owned();
+    env.approved_token("bob", "1h").await;
+
+    let list = lockbox(&env, "carol", &["request", "list"], &[]);
+    assert!(list.status.success(), "{}", text(&list.stderr));
+    let list = text(&list.stdout);
+    assert!(
+        list.contains(&id) && list.contains("pending_internal"),
+        "{list}"
+    );
+    for line in list.lines() {
+        assert!(
+            line.chars().count() <= 100,
+            "{} wide: {line}",
+            line.chars().count()
+        );
+    }
+    assert!(list.contains("SUP-99…"), "the ticket, cut short: {list}");
+
+    let wide = text(&lockbox(&env, "carol", &["request", "list", "--wide"], &[]).stdout);
+    assert!(wide
+        .lines()
+        .next()
+        .is_some_and(|h| h.contains("SUPPORT REQUEST")
+            && h.contains("REQUEST EXPIRES")
+            && h.contains("ACCESS PERIOD")));
+    assert!(wide.contains(&ticket), "--wide cuts nothing: {wide}");
+
+    let show = lockbox(&env, "carol", &["request", "show", &id], &[]);
+    assert!(show.status.success(), "{}", text(&show.stderr));
+    let show = text(&show.stdout);
+    assert!(
+        !show.contains('\x1b') && !show.contains('\r') && !show.contains('\u{202e}'),
+        "{show:?}"
+    );
+    assert!(
+        show.contains("fix\\u{1b}[2K\\r\\u{1b}[1Aaccess           read\\u{202e}"),
+        "{show}"
+    );
+    // JSON stays exact.
+    let json = lockbox(&env, "carol", &["--json", "request", "show", &id], &[]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(json["reason"], spoof);
+
+    let notify = text(&lockbox(&env, "alice", &["notify", "status"], &[]).stdout);
+    assert!(notify.lines().all(|l| l.chars().count() <= 100), "{notify}");
+}
