@@ -287,40 +287,53 @@ pub async fn notify(cli: &Cli, command: &NotifyCommand) -> Result<()> {
         count("failed"),
         list.len()
     );
-    let columns = [
+    // Without --wide: short times, and the attempt count left out (a failure shows in
+    // STATUS and LAST ERROR), so the table fits 100 columns.
+    let wide = display::wide();
+    let mut columns = vec![
         Column::fixed("ID"),
         Column::fixed("CHANNEL"),
         Column::flexible("TARGET"),
         Column::flexible("EVENT"),
         Column::fixed("REQUEST"),
         Column::fixed("STATUS"),
-        Column::fixed("ATTEMPTS"),
-        Column::fixed("WHEN"),
-        Column::flexible("LAST ERROR"),
     ];
+    if wide {
+        columns.push(Column::fixed("ATTEMPTS"));
+    }
+    columns.extend([Column::fixed("WHEN"), Column::flexible("LAST ERROR")]);
+    let when_time = |t| if wide { time(t) } else { short_time(t) };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|d| {
             let when = match d.status.as_str() {
-                "delivered" => time(d.delivered_at),
-                "pending" => format!("next {}", time(Some(d.next_attempt_at))),
-                _ => time(Some(d.created_at)),
+                "delivered" => when_time(d.delivered_at),
+                "pending" => format!("next {}", when_time(Some(d.next_attempt_at))),
+                _ => when_time(Some(d.created_at)),
             };
-            vec![
+            let mut row = vec![
                 d.id.to_string(),
                 d.channel.clone(),
                 d.target.clone(),
                 d.event.clone(),
                 d.request_id.clone(),
                 d.status.clone(),
-                d.attempts.to_string(),
-                when,
-                d.last_error.clone().unwrap_or_else(|| "-".into()),
-            ]
+            ];
+            if wide {
+                row.push(d.attempts.to_string());
+            }
+            row.extend([when, d.last_error.clone().unwrap_or_else(|| "-".into())]);
+            row
         })
         .collect();
     display::print_table(&columns, &rows);
     Ok(())
+}
+
+/// A time in a narrow table: month, day, hours and minutes (UTC).
+fn short_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%m-%d %H:%MZ").to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
@@ -434,10 +447,6 @@ fn print_table(list: &[Request]) {
         Column::fixed("EXPIRES"),
         Column::flexible("APPROVERS"),
     ];
-    let short = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map(|t| t.format("%m-%d %H:%MZ").to_string())
-            .unwrap_or_else(|| "-".into())
-    };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|r| {
@@ -448,7 +457,7 @@ fn print_table(list: &[Request]) {
                 r.status.to_string(),
                 r.engineer.clone(),
                 r.access.as_str().to_owned(),
-                short(r.access_expires_at),
+                short_time(r.access_expires_at),
                 approvers(r),
             ]
         })
