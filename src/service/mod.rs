@@ -376,7 +376,7 @@ impl Lockbox {
         let now = Utc::now();
         let mut changed = 0;
         for candidate in self.store.overdue(now).await? {
-            let (before, _guard) = self.load_locked(&candidate.id).await?;
+            let (before, guard) = self.load_locked(&candidate.id).await?;
             if !matches!(
                 before.effective_status(now),
                 RequestStatus::Expired | RequestStatus::Completed
@@ -394,8 +394,15 @@ impl Lockbox {
             let record = request_event(&after, event, SYSTEM_ACTOR, Some(reason));
             match self.commit(&before, after, vec![record]).await {
                 Ok(after) => {
+                    // An extension locks itself, then the grant it extends: the grant's
+                    // lock goes before its extensions are cancelled.
+                    drop(guard);
                     changed += 1;
                     self.end_grant_role(&after);
+                    if event == RequestEvent::Completed {
+                        self.cancel_extensions_of(&after, SYSTEM_ACTOR, "ended")
+                            .await;
+                    }
                     if event == RequestEvent::Expired {
                         self.notifier
                             .notify(&self.config(), &after, Event::Expired)

@@ -155,17 +155,18 @@ impl Lockbox {
             .map_err(ServiceError::RecordLagging)?;
         // An extension locks itself, then the grant it extends: the grant's lock goes first.
         drop(guard);
-        self.cancel_extensions_of(&after, &caller.name).await;
+        self.cancel_extensions_of(&after, &caller.name, "was revoked")
+            .await;
         self.notifier
             .notify(&self.config(), &after, Event::Revoked)
             .await;
         Ok(after)
     }
 
-    /// A revoked grant's pending extensions end with it: approvers are not asked to extend
-    /// what is over. A failure is logged; approving such an extension still fails, as the
-    /// grant it extends is no longer active.
-    async fn cancel_extensions_of(&self, grant: &Request, actor: &str) {
+    /// A grant's pending extensions end with it (revoked, or its window over): approvers
+    /// are not asked to extend what is over. A failure is logged; approving such an
+    /// extension still fails, as the grant it extends is no longer active.
+    pub(super) async fn cancel_extensions_of(&self, grant: &Request, actor: &str, why: &str) {
         let filter = RequestFilter {
             engineer: Some(grant.engineer.clone()),
             database: Some(grant.database.clone()),
@@ -184,7 +185,10 @@ impl Lockbox {
             .filter(|r| r.extends.as_ref() == Some(&grant.id))
             .filter(|r| r.effective_status(now).is_pending());
         for extension in pending {
-            if let Err(e) = self.cancel_extension(&extension.id, &grant.id, actor).await {
+            if let Err(e) = self
+                .cancel_extension(&extension.id, &grant.id, actor, why)
+                .await
+            {
                 tracing::error!(request_id = %extension.id, error = %e, "cannot cancel the extension of a revoked grant");
             }
         }
@@ -195,13 +199,14 @@ impl Lockbox {
         id: &RequestId,
         grant: &RequestId,
         actor: &str,
+        why: &str,
     ) -> Result<(), ServiceError> {
         let (before, _guard) = self.load_locked(id).await?;
         let now = Utc::now();
         if !before.effective_status(now).is_pending() {
             return Ok(()); // decided meanwhile; approving it fails on the revoked grant
         }
-        let reason = format!("the grant it extends, {grant}, was revoked");
+        let reason = format!("the grant it extends, {grant}, {why}");
         let mut after = before.clone();
         after.transition(RequestStatus::Cancelled, actor, now, Some(&reason));
         let record = request_event(&after, RequestEvent::Cancelled, actor, Some(&reason));

@@ -363,6 +363,40 @@ async fn revoking_a_grant_cancels_its_pending_extensions() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_grant_that_ends_takes_its_pending_extensions_with_it() {
+    let env = Env::start("eng_end_ext").await;
+    let (id, _) = env.approved_token("eve", "2s").await;
+    let extension = env
+        .client("eve")
+        .extend(&id, "1h", "almost done")
+        .await
+        .expect("extend while active")
+        .id
+        .0;
+    let mut status = RequestStatus::PendingCustomer;
+    for _ in 0..100 {
+        status = env
+            .client("carol")
+            .show_request(&extension)
+            .await
+            .expect("show")
+            .status;
+        if !status.is_pending() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, RequestStatus::Cancelled, "cancelled by the sweeper");
+    let shown = env
+        .client("eve")
+        .show_request(&extension)
+        .await
+        .expect("show");
+    let why = shown.history.last().and_then(|t| t.reason.clone());
+    assert_eq!(why, Some(format!("the grant it extends, {id}, ended")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn internal_approvers_see_the_requests_waiting_for_them() {
     let env = Env::start("eng_lead_view").await;
     let id = env.request_for("eve", "1h", AccessLevel::Write).await;
