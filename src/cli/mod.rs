@@ -95,7 +95,10 @@ pub enum Command {
     /// Run psql connected through the proxy for an approved request (token in PGPASSWORD,
     /// `sslmode=verify-full`); arguments after `--` go to psql.
     Connect {
+        /// The approved request's id.
         id: String,
+        /// Passed to psql as given (`-- -c 'SELECT 1'`); the CA is `LOCKBOX_CA_CERT` or the
+        /// server's `[proxy] ca_cert`.
         #[arg(last = true)]
         psql_args: Vec<String>,
     },

@@ -169,6 +169,14 @@ async fn connect_runs_psql_through_the_proxy_with_verify_full() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), env.db);
+    // psql shows the login NOTICE: when access ends.
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "NOTICE:  lockbox: access for request {id} ends at "
+        )),
+        "{}",
+        text(&out.stderr)
+    );
     // verify-full: a CA that did not sign the proxy's certificate is refused.
     let (other, _) = lockbox::tls::generate_self_signed(&["localhost".into(), "127.0.0.1".into()])
         .expect("another certificate");
