@@ -299,17 +299,13 @@ fn write_new_private(path: &std::path::Path, contents: &str) -> Result<()> {
 }
 
 /// Prints `rows` under `header`: left-aligned columns, each as wide as its widest cell,
-/// two spaces apart, cells escaped; without `--wide` the widest columns (headers too) are
-/// cut short to fit 100 columns. Tables that know which columns matter use
+/// two spaces apart, cells escaped; without `--wide` the widest cells are cut short to fit
+/// 100 columns, headers staying whole. Tables that know which columns matter use
 /// `display::print_table` with their own columns.
 fn print_columns(header: &[&'static str], rows: &[Vec<String>]) {
     let columns: Vec<display::Column> = header
         .iter()
-        .map(|h| display::Column {
-            header: h,
-            flexible: true,
-            min: 6,
-        })
+        .map(|h| display::Column::flexible(h))
         .collect();
     display::print_table(&columns, rows);
 }
