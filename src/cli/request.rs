@@ -224,10 +224,10 @@ pub async fn policy(cli: &Cli, command: &PolicyCommand) -> Result<()> {
         if l.is_empty() {
             "-".into()
         } else {
-            l.join(", ")
+            clean(&l.join(", ")).into_owned()
         }
     };
-    println!("protect          {}", view.protect);
+    println!("protect          {}", clean(&view.protect));
     println!("protected        {}", list(&view.protected_databases));
     println!("unprotected      {}", list(&view.unprotected_databases));
     println!(
