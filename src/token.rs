@@ -143,7 +143,9 @@ impl TokenAuthority {
             access: grant.access,
             iat: now,
             nbf: now,
-            exp: unix(expires_at),
+            // Rounded up: a whole-second `exp` must not cut the window short. Admission
+            // still ends the session at the stored window's end, to the millisecond.
+            exp: unix_ceil(expires_at),
             jti: uuid::Uuid::new_v4().to_string(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding)
@@ -215,9 +217,23 @@ pub fn unix(t: SystemTime) -> u64 {
         .as_secs()
 }
 
+/// `t` in whole seconds since the epoch, rounded up.
+fn unix_ceil(t: SystemTime) -> u64 {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    since.as_secs() + u64::from(since.subsec_nanos() > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_is_rounded_up_to_the_second() {
+        let exact = UNIX_EPOCH + Duration::from_secs(100);
+        assert_eq!(unix_ceil(exact), 100);
+        assert_eq!(unix_ceil(exact + Duration::from_millis(1)), 101);
+        assert_eq!(unix_ceil(exact + Duration::from_millis(999)), 101);
+    }
     use base64::Engine;
 
     fn authority() -> TokenAuthority {

@@ -402,6 +402,16 @@ pub struct TokenResponse {
     pub database: String,
     pub user: String,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where and how to connect: the proxy's public host and port, `sslmode`, and the CA
+    /// certificate's path on engineers' machines (`[proxy] public_host`, …).
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub sslmode: String,
+    #[serde(default)]
+    pub ca_cert: Option<String>,
 }
 
 async fn token(
@@ -410,11 +420,16 @@ async fn token(
     Path(id): Path<String>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let (token, request) = state.lockbox.issue_token(&user, &RequestId(id)).await?;
+    let connect = state.lockbox.config().connect.clone();
     Ok(Json(TokenResponse {
         token,
         request_id: request.id.0,
         database: request.database,
         user: request.engineer,
         expires_at: request.access_expires_at,
+        host: connect.host,
+        port: connect.port,
+        sslmode: connect.sslmode,
+        ca_cert: connect.ca_cert,
     }))
 }

@@ -160,7 +160,7 @@ fn print_record(r: &serde_json::Value, format: &str) -> Result<()> {
         "table" => {
             let row: Vec<String> = TABLE_COLUMNS
                 .iter()
-                .map(|c| cell(c).replace(['\n', '\t'], " "))
+                .map(|c| super::display::clean(&cell(c).replace(['\n', '\t'], " ")).into_owned())
                 .collect();
             println!("{}", row.join("\t"));
         }

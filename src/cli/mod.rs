@@ -8,6 +8,8 @@ use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod connect;
+mod display;
 mod export;
 mod ops;
 mod report;
@@ -46,6 +48,9 @@ pub struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Tables: every column, at full width (by default they fit 100 columns).
+    #[arg(long, global = true)]
+    pub wide: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -95,8 +100,19 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
-    /// Print the lockbox token of an approved request (only the token, for PGPASSWORD).
+    /// Print the lockbox token of an approved request (only the token, for PGPASSWORD;
+    /// with --json also host, port, database, user, sslmode, CA path and access end).
     Token { id: String },
+    /// Run psql connected through the proxy for an approved request (token in PGPASSWORD,
+    /// `sslmode=verify-full`); arguments after `--` go to psql.
+    Connect {
+        /// The approved request's id.
+        id: String,
+        /// Passed to psql as given (`-- -c 'SELECT 1'`); the CA is `LOCKBOX_CA_CERT` or the
+        /// server's `[proxy] ca_cert`.
+        #[arg(last = true)]
+        psql_args: Vec<String>,
+    },
     /// Read the audit trail.
     Audit {
         #[command(subcommand)]
@@ -216,6 +232,7 @@ impl Cli {
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
+    display::set_wide(cli.wide);
     match &cli.command {
         Command::Serve { config, .. } => serve(config).await,
         Command::Demo {
@@ -236,15 +253,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Policy { command } => request::policy(&cli, command).await,
         Command::Admin { command } => request::admin(&cli, command).await,
         Command::Notify { command } => request::notify(&cli, command).await,
-        Command::Token { id } => {
-            let token = cli.client()?.token(id).await?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&token)?);
-            } else {
-                println!("{}", token.token);
-            }
-            Ok(())
-        }
+        Command::Token { id } => connect::token(&cli, id).await,
+        Command::Connect { id, psql_args } => connect::connect(&cli, id, psql_args).await,
         Command::Audit { command } => audit::run(&cli, command).await,
         Command::Export { command } => export::run(&cli, command).await,
         Command::Session { command } => ops::session(&cli, command).await,
@@ -299,27 +309,13 @@ async fn wait_for_stop_signal() -> Result<()> {
 }
 
 /// Prints `rows` under `header`: left-aligned columns, each as wide as its widest cell,
-/// two spaces apart.
-fn print_columns(header: &[&str], rows: &[Vec<String>]) {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i).map(String::len))
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
+/// two spaces apart, cells escaped; without `--wide` the widest cells are cut short to fit
+/// 100 columns, headers staying whole. Tables that know which columns matter use
+/// `display::print_table` with their own columns.
+fn print_columns(header: &[&'static str], rows: &[Vec<String>]) {
+    let columns: Vec<display::Column> = header
+        .iter()
+        .map(|h| display::Column::flexible(h))
         .collect();
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
+    display::print_table(&columns, rows);
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Subcommand;
 
-use super::{parse_access, parse_status, print_columns, Cli};
+use super::display::{self, clean, Column};
+use super::{parse_access, parse_status, Cli};
 use crate::policy::{AccessLevel, NewRequest, ReasonCategory, Request, RequestStatus};
 
 #[derive(Subcommand)]
@@ -223,15 +224,15 @@ pub async fn policy(cli: &Cli, command: &PolicyCommand) -> Result<()> {
         if l.is_empty() {
             "-".into()
         } else {
-            l.join(", ")
+            clean(&l.join(", ")).into_owned()
         }
     };
-    println!("protect          {}", view.protect);
+    println!("protect          {}", clean(&view.protect));
     println!("protected        {}", list(&view.protected_databases));
     println!("unprotected      {}", list(&view.unprotected_databases));
     println!(
         "changed by       {}{}",
-        view.changed_by,
+        clean(&view.changed_by),
         view.changed_at
             .map(|t| format!(" at {}", time(Some(t))))
             .unwrap_or_default()
@@ -286,40 +287,53 @@ pub async fn notify(cli: &Cli, command: &NotifyCommand) -> Result<()> {
         count("failed"),
         list.len()
     );
-    let header = [
-        "ID",
-        "CHANNEL",
-        "TARGET",
-        "EVENT",
-        "REQUEST",
-        "STATUS",
-        "ATTEMPTS",
-        "WHEN",
-        "LAST ERROR",
+    // Without --wide: short times, and the attempt count left out (a failure shows in
+    // STATUS and LAST ERROR), so the table fits 100 columns.
+    let wide = display::wide();
+    let mut columns = vec![
+        Column::fixed("ID"),
+        Column::fixed("CHANNEL"),
+        Column::flexible("TARGET"),
+        Column::flexible("EVENT"),
+        Column::fixed("REQUEST"),
+        Column::fixed("STATUS"),
     ];
+    if wide {
+        columns.push(Column::fixed("ATTEMPTS"));
+    }
+    columns.extend([Column::fixed("WHEN"), Column::flexible("LAST ERROR")]);
+    let when_time = |t| if wide { time(t) } else { short_time(t) };
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|d| {
             let when = match d.status.as_str() {
-                "delivered" => time(d.delivered_at),
-                "pending" => format!("next {}", time(Some(d.next_attempt_at))),
-                _ => time(Some(d.created_at)),
+                "delivered" => when_time(d.delivered_at),
+                "pending" => format!("next {}", when_time(Some(d.next_attempt_at))),
+                _ => when_time(Some(d.created_at)),
             };
-            vec![
+            let mut row = vec![
                 d.id.to_string(),
                 d.channel.clone(),
                 d.target.clone(),
                 d.event.clone(),
                 d.request_id.clone(),
                 d.status.clone(),
-                d.attempts.to_string(),
-                when,
-                d.last_error.clone().unwrap_or_else(|| "-".into()),
-            ]
+            ];
+            if wide {
+                row.push(d.attempts.to_string());
+            }
+            row.extend([when, d.last_error.clone().unwrap_or_else(|| "-".into())]);
+            row
         })
         .collect();
-    print_columns(&header, &rows);
+    display::print_table(&columns, &rows);
     Ok(())
+}
+
+/// A time in a narrow table: month, day, hours and minutes (UTC).
+fn short_time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map(|t| t.format("%m-%d %H:%MZ").to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
@@ -385,17 +399,18 @@ fn print_request(cli: &Cli, r: &Request) -> Result<()> {
     if let Some(by) = &r.revoked_by {
         rows.push(("revoked by", by.clone()));
     }
+    // Every value may hold a requester's or approver's own text: escaped.
     for (k, v) in rows {
-        println!("{k:<17} {v}");
+        println!("{k:<17} {}", clean(&v));
     }
     for a in &r.approvals {
         let verb = if a.approved { "approved" } else { "denied" };
         println!(
             "  {} {verb} ({:?} stage) at {}: {}",
-            a.by,
+            clean(&a.by),
             a.stage,
             time(Some(a.at)),
-            a.justification
+            clean(&a.justification)
         );
     }
     for t in &r.history {
@@ -404,31 +419,65 @@ fn print_request(cli: &Cli, r: &Request) -> Result<()> {
             "  {} {from} -> {} by {}{}",
             time(Some(t.at)),
             t.to,
-            t.by,
+            clean(&t.by),
             t.reason
                 .as_deref()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", clean(r)))
                 .unwrap_or_default()
         );
     }
     Ok(())
 }
 
-/// The seeds' columns: support request id, database (environment), status, requested
-/// at, request expiration, access period, access expiration, approver(s).
+/// With `--wide`, the seeds' columns: support request id, database (environment), status,
+/// requested at, request expiration, access period, access expiration, approver(s).
+/// Without, what an approver decides on, in 100 columns: who asks for which access to
+/// what, in which state, until when, approved by whom (`request show` has the rest).
 fn print_table(list: &[Request]) {
-    let header = [
-        "ID",
-        "SUPPORT REQUEST",
-        "DATABASE",
-        "STATUS",
-        "ENGINEER",
-        "ACCESS",
-        "REQUESTED AT",
-        "REQUEST EXPIRES",
-        "ACCESS PERIOD",
-        "ACCESS EXPIRES",
-        "APPROVERS",
+    if display::wide() {
+        return print_wide_table(list);
+    }
+    let columns = [
+        Column::fixed("ID"),
+        Column::flexible("TICKET"),
+        Column::flexible("DATABASE"),
+        Column::fixed("STATUS"),
+        Column::flexible("ENGINEER"),
+        Column::fixed("ACCESS"),
+        Column::fixed("EXPIRES"),
+        Column::flexible("APPROVERS"),
+    ];
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.0.clone(),
+                r.ticket.clone(),
+                r.database.clone(),
+                r.status.to_string(),
+                r.engineer.clone(),
+                r.access.as_str().to_owned(),
+                short_time(r.access_expires_at),
+                approvers(r),
+            ]
+        })
+        .collect();
+    display::print_table(&columns, &rows);
+}
+
+fn print_wide_table(list: &[Request]) {
+    let columns = [
+        Column::fixed("ID"),
+        Column::flexible("SUPPORT REQUEST"),
+        Column::flexible("DATABASE"),
+        Column::fixed("STATUS"),
+        Column::flexible("ENGINEER"),
+        Column::fixed("ACCESS"),
+        Column::fixed("REQUESTED AT"),
+        Column::fixed("REQUEST EXPIRES"),
+        Column::fixed("ACCESS PERIOD"),
+        Column::fixed("ACCESS EXPIRES"),
+        Column::flexible("APPROVERS"),
     ];
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -448,5 +497,5 @@ fn print_table(list: &[Request]) {
             ]
         })
         .collect();
-    print_columns(&header, &rows);
+    display::print_table(&columns, &rows);
 }

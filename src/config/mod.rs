@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod access;
 pub(crate) mod api_tls;
 mod audit_sink;
 mod check;
@@ -18,6 +19,7 @@ mod limits;
 pub mod notify;
 mod users;
 pub mod workflow;
+pub use access::ConnectInfo;
 pub use audit_sink::{PgSink, PgSinkFile};
 pub(crate) use check::check;
 pub use databases::*;
@@ -122,6 +124,13 @@ pub struct ProxyFile {
     pub failed_login_limit: Option<u32>,
     /// The failed-login window, e.g. `"1m"` (the default).
     pub failed_login_window: Option<String>,
+    /// Host name engineers connect to (given out with tokens); the listen address by default.
+    pub public_host: Option<String>,
+    /// Port engineers connect to (given out with tokens); the listen port by default.
+    pub public_port: Option<u16>,
+    /// Path of the CA certificate engineers' clients verify the proxy with, as it is on
+    /// their machines (given out with tokens; `LOCKBOX_CA_CERT` overrides it in the CLI).
+    pub ca_cert: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -251,6 +260,10 @@ pub struct TimingsFile {
     /// proxy terminates it (`pg_terminate_backend`).
     #[serde(default = "default_terminate_after")]
     pub terminate_after: String,
+    /// Before a session's end, at each of these offsets, it gets a NOTICE (offsets longer
+    /// than the window are skipped).
+    #[serde(default = "access::default_warn_before")]
+    pub warn_before: Vec<String>,
 }
 
 fn default_request_ttl() -> String {
@@ -279,6 +292,7 @@ impl Default for TimingsFile {
             default_access: default_access(),
             max_access: default_max_access(),
             terminate_after: default_terminate_after(),
+            warn_before: access::default_warn_before(),
         }
     }
 }
@@ -315,6 +329,10 @@ pub struct Config {
     pub max_access: Duration,
     /// How long a dropped session's backend may linger before it is terminated.
     pub terminate_after: Duration,
+    /// `[timings] warn_before`, longest first.
+    pub warn_before: Vec<Duration>,
+    /// How engineers reach the proxy (`[proxy] public_host`, `public_port`, `ca_cert`).
+    pub connect: ConnectInfo,
     pub databases: BTreeMap<String, Database>,
     pub users: Vec<User>,
     /// Which databases need customer approval, as the file says (the store may hold a
@@ -450,6 +468,14 @@ impl Config {
                 ),
             ));
         }
+        let warn_before = access::warn_before(&file.timings.warn_before)?;
+        let connect = access::connect_info(
+            file.proxy.public_host.as_deref(),
+            file.proxy.public_port,
+            file.proxy.ca_cert.as_deref(),
+            proxy_listen,
+            tls.is_some(),
+        )?;
         if file.token.issuer.is_empty() {
             return Err(invalid("token.issuer", "must not be empty"));
         }
@@ -499,6 +525,8 @@ impl Config {
             default_access,
             max_access,
             terminate_after,
+            warn_before,
+            connect,
             databases,
             users,
             protection,

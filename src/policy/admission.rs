@@ -198,6 +198,18 @@ mod tests {
     }
 
     #[test]
+    fn a_token_rounded_up_to_the_second_ends_the_session_at_the_windows_millisecond() {
+        let now = Utc::now();
+        let mut approved = request(RequestStatus::Approved);
+        let end = now + chrono::Duration::milliseconds(60_500);
+        approved.access_expires_at = Some(end);
+        let mut rounded = claims();
+        rounded.exp = (end.timestamp() + 1) as u64;
+        let admission = admit(&rounded, "eve", "sales", Some(approved), now).expect("admit");
+        assert_eq!(admission.ends_at, end);
+    }
+
+    #[test]
     fn deadlines_count_before_the_sweeper_runs() {
         let mut pending = request(RequestStatus::PendingCustomer);
         pending.request_expires_at = Utc::now() - chrono::Duration::seconds(1);

@@ -84,12 +84,19 @@ fn require_role(caller: &User, role: Role, action: &str) -> Result<(), PolicyErr
     }
 }
 
-/// May `caller` see `request`? Engineers see their own; the other roles see all.
+/// May `caller` see `request`? Engineers see their own; approvers (customer and support
+/// lead), admins and auditors see all; a holder of the role a request's internal stage
+/// needs (a rule may name any role) sees the requests routed to it, as does anyone who
+/// decided on it. Whoever may act on a request can see it, so "not visible" and "missing"
+/// can share one answer.
 pub fn can_view(caller: &User, request: &Request) -> bool {
     request.engineer == caller.name
         || caller.has(Role::Approver)
+        || caller.has(Role::SupportLead)
         || caller.has(Role::Admin)
         || caller.has(Role::Auditor)
+        || (request.internal_required > 0 && caller.has(request.internal_role.clone()))
+        || request.approvals.iter().any(|a| a.by == caller.name)
 }
 
 pub fn check_audit_read(caller: &User) -> Result<(), PolicyError> {
@@ -112,5 +119,57 @@ pub fn check_export_admin(caller: &User) -> Result<(), PolicyError> {
             "{} may not manage audit exports (admin only)",
             caller.name
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, roles: &[&str]) -> User {
+        User {
+            name: name.into(),
+            roles: roles.iter().map(|r| Role::from((*r).to_owned())).collect(),
+            api_key_sha256: None,
+            mfa: true,
+            groups: Vec::new(),
+            email: None,
+        }
+    }
+
+    fn request(internal_role: &str, internal_required: u32) -> Request {
+        let now = chrono::Utc::now();
+        serde_json::from_value(serde_json::json!({
+            "id": "req-1", "engineer": "eve", "database": "sales", "ticket": "T-1",
+            "reason": "debug", "access": "write", "duration_secs": 3600,
+            "status": "pending_internal", "internal_role": internal_role,
+            "internal_required": internal_required,
+            "created_at": now, "request_expires_at": now + chrono::Duration::hours(12),
+            "decided_by": null, "decided_at": null, "decision_reason": null,
+            "access_starts_at": null, "access_expires_at": null,
+            "revoked_by": null, "revoked_at": null, "revoke_reason": null,
+        }))
+        .expect("request")
+    }
+
+    #[test]
+    fn approvers_of_every_stage_see_the_requests_waiting_for_them() {
+        let dba_stage = request("dba-lead", 1);
+        for (who, roles, sees) in [
+            ("eve", &["engineer"][..], true),
+            ("bob", &["engineer"], false),
+            ("carol", &["approver"], true),
+            ("lena", &["support-lead"], true),
+            ("dan", &["dba-lead"], true),
+            ("oncall", &["oncall"], false),
+            ("dave", &["auditor"], true),
+        ] {
+            assert_eq!(can_view(&user(who, roles), &dba_stage), sees, "{who}");
+        }
+        // A role a rule once named sees nothing where no internal stage asks for it.
+        assert!(!can_view(
+            &user("dan", &["dba-lead"]),
+            &request("dba-lead", 0)
+        ));
     }
 }

@@ -382,6 +382,7 @@ async fn run_admitted(
     wire::authentication_ok(&mut hello);
     hello.extend_from_slice(&upstream.greeting);
     wire::backend_key_data(&mut hello, cancel_key.0, cancel_key.1);
+    super::relay::login_notice(&mut hello, &request.id.0, admission.ends_at);
     wire::ready_for_query(&mut hello, upstream.ready_status);
     let deadline = deadline_for(&admission);
     tracing::info!(
@@ -422,6 +423,8 @@ async fn run_admitted(
                 },
                 redaction: db.redaction,
                 database_functions,
+                ends_at: admission.ends_at,
+                warn_before: config.warn_before.clone(),
             },
         );
         relay.run().await

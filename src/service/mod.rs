@@ -318,13 +318,15 @@ impl Lockbox {
     }
 
     pub async fn get(&self, caller: &User, id: &RequestId) -> Result<Request, ServiceError> {
-        let mut request = self.load(id).await?;
-        if !policy::can_view(caller, &request) {
-            // Same answer as for a missing request: do not confirm that it exists.
-            return Err(PolicyError::NotFound(id.0.clone()).into());
-        }
+        let mut request = self.load_visible(caller, id).await?;
         request.status = request.effective_status(Utc::now());
         Ok(request)
+    }
+
+    /// The request as `caller` may act on it: one they may not see gets exactly the answer
+    /// a missing one gets, so a refusal never confirms that a request id exists.
+    async fn load_visible(&self, caller: &User, id: &RequestId) -> Result<Request, ServiceError> {
+        visible(caller, self.load(id).await?)
     }
 
     async fn load(&self, id: &RequestId) -> Result<Request, ServiceError> {
@@ -340,7 +342,7 @@ impl Lockbox {
         caller: &User,
         id: &RequestId,
     ) -> Result<(String, Request), ServiceError> {
-        let request = self.load(id).await?;
+        let request = self.load_visible(caller, id).await?;
         let window_end = policy::check_token(caller, &request, Utc::now())?;
         let grant = TokenGrant {
             engineer: &request.engineer,
@@ -382,7 +384,7 @@ impl Lockbox {
         let now = Utc::now();
         let mut changed = 0;
         for candidate in self.store.overdue(now).await? {
-            let (before, _guard) = self.load_locked(&candidate.id).await?;
+            let (before, guard) = self.load_locked(&candidate.id).await?;
             if !matches!(
                 before.effective_status(now),
                 RequestStatus::Expired | RequestStatus::Completed
@@ -400,8 +402,15 @@ impl Lockbox {
             let record = request_event(&after, event, SYSTEM_ACTOR, Some(reason));
             match self.commit(&before, after, vec![record]).await {
                 Ok(after) => {
+                    // An extension locks itself, then the grant it extends: the grant's
+                    // lock goes before its extensions are cancelled.
+                    drop(guard);
                     changed += 1;
                     self.end_grant_role(&after);
+                    if event == RequestEvent::Completed {
+                        self.cancel_extensions_of(&after, SYSTEM_ACTOR, "ended")
+                            .await;
+                    }
                     if event == RequestEvent::Expired {
                         self.notifier
                             .notify(&self.config(), &after, Event::Expired)
@@ -450,6 +459,15 @@ impl Lockbox {
             return Err(conflict(&before.id));
         }
         Ok(after)
+    }
+}
+
+/// `request` if `caller` may see it, else the not-found answer of a missing request.
+fn visible(caller: &User, request: Request) -> Result<Request, ServiceError> {
+    if policy::can_view(caller, &request) {
+        Ok(request)
+    } else {
+        Err(PolicyError::NotFound(request.id.0).into())
     }
 }
 

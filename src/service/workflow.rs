@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use super::{conflict, request_event, require_reason, Lockbox, ServiceError};
+use super::{conflict, request_event, require_reason, visible, Lockbox, ServiceError};
 use crate::audit::RequestEvent;
 use crate::config::User;
 use crate::ids::RequestId;
 use crate::notify::Event;
 use crate::policy::{self, Decision, NewRequest, PolicyError, Request, RequestStatus};
+use crate::store::RequestFilter;
 
 /// How often a decision is retried when another one landed on the same request first.
 const CONFLICT_RETRIES: usize = 3;
@@ -70,6 +71,7 @@ impl Lockbox {
     ) -> Result<Request, ServiceError> {
         let _epoch = self.config_epoch.read().await;
         let (before, _guard) = self.load_locked(id).await?;
+        let before = visible(caller, before)?;
         let now = Utc::now();
         let config = self.config();
         let stage = policy::check_decision(&config, caller, &before, now)?;
@@ -127,7 +129,8 @@ impl Lockbox {
         reason: &str,
     ) -> Result<Request, ServiceError> {
         require_reason(reason)?;
-        let (before, _guard) = self.load_locked(id).await?;
+        let (before, guard) = self.load_locked(id).await?;
+        let before = visible(caller, before)?;
         let now = Utc::now();
         policy::check_revoke(caller, &before, now)?;
         let mut after = before.clone();
@@ -151,10 +154,65 @@ impl Lockbox {
             )])
             .await
             .map_err(ServiceError::RecordLagging)?;
+        // An extension locks itself, then the grant it extends: the grant's lock goes first.
+        drop(guard);
+        self.cancel_extensions_of(&after, &caller.name, "was revoked")
+            .await;
         self.notifier
             .notify(&self.config(), &after, Event::Revoked)
             .await;
         Ok(after)
+    }
+
+    /// A grant's pending extensions end with it (revoked, or its window over): approvers
+    /// are not asked to extend what is over. A failure is logged; approving such an
+    /// extension still fails, as the grant it extends is no longer active.
+    pub(super) async fn cancel_extensions_of(&self, grant: &Request, actor: &str, why: &str) {
+        let filter = RequestFilter {
+            engineer: Some(grant.engineer.clone()),
+            database: Some(grant.database.clone()),
+            status: None,
+        };
+        let candidates = match self.store.list(filter).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::error!(request_id = %grant.id, error = %e, "cannot look up the extensions of a revoked grant");
+                return;
+            }
+        };
+        let now = Utc::now();
+        let pending = candidates
+            .into_iter()
+            .filter(|r| r.extends.as_ref() == Some(&grant.id))
+            .filter(|r| r.effective_status(now).is_pending());
+        for extension in pending {
+            if let Err(e) = self
+                .cancel_extension(&extension.id, &grant.id, actor, why)
+                .await
+            {
+                tracing::error!(request_id = %extension.id, error = %e, "cannot cancel the extension of a revoked grant");
+            }
+        }
+    }
+
+    async fn cancel_extension(
+        &self,
+        id: &RequestId,
+        grant: &RequestId,
+        actor: &str,
+        why: &str,
+    ) -> Result<(), ServiceError> {
+        let (before, _guard) = self.load_locked(id).await?;
+        let now = Utc::now();
+        if !before.effective_status(now).is_pending() {
+            return Ok(()); // decided meanwhile; approving it fails on the revoked grant
+        }
+        let reason = format!("the grant it extends, {grant}, {why}");
+        let mut after = before.clone();
+        after.transition(RequestStatus::Cancelled, actor, now, Some(&reason));
+        let record = request_event(&after, RequestEvent::Cancelled, actor, Some(&reason));
+        self.commit(&before, after, vec![record]).await?;
+        Ok(())
     }
 
     /// The requester withdraws a request before its access began.
@@ -170,6 +228,7 @@ impl Lockbox {
             reason
         };
         let (before, _guard) = self.load_locked(id).await?;
+        let before = visible(caller, before)?;
         let now = Utc::now();
         policy::check_cancel(caller, &before, now)?;
         let mut after = before.clone();
@@ -193,7 +252,7 @@ impl Lockbox {
         reason: &str,
     ) -> Result<Request, ServiceError> {
         require_reason(reason)?;
-        let original = self.load(id).await?;
+        let original = self.load_visible(caller, id).await?;
         policy::check_extend(caller, &original, Utc::now())?;
         let new = NewRequest {
             database: original.database.clone(),
@@ -259,6 +318,7 @@ impl Lockbox {
     ) -> Result<Request, ServiceError> {
         require_reason(reason)?;
         let (before, _guard) = self.load_locked(id).await?;
+        let before = visible(caller, before)?;
         policy::check_acknowledge(caller, &before)?;
         let mut after = before.clone();
         after.acknowledged_by = Some(caller.name.clone());

@@ -169,6 +169,18 @@ impl BackendScanner {
         }
     }
 
+    /// Whether everything fed so far ends at a message boundary (nothing is partly read).
+    pub fn at_boundary(&self) -> bool {
+        matches!(self.state, State::Header { have: 0, .. })
+    }
+
+    /// The offset, in the last fed bytes, of the latest message boundary in them: their end
+    /// when no message is partly read, else where the partly read message began, if it
+    /// began there. Bytes may be inserted there without splitting a message.
+    pub fn last_boundary(&self) -> Option<usize> {
+        self.started_at
+    }
+
     /// Forgets a partly read message, to read it again from its first byte.
     pub fn rewind(&mut self) {
         *self = BackendScanner {
@@ -307,6 +319,31 @@ mod tests {
         let mut again = Vec::new();
         scanner.feed_located(&s[range.start..], &mut again);
         assert_eq!(again[0].1, Some(0..range.end - range.start));
+    }
+
+    #[test]
+    fn the_last_boundary_is_where_a_message_begins_or_the_stream_ends() {
+        let s = stream();
+        let mut starts = vec![0];
+        let mut at = 0;
+        while at < s.len() {
+            at += 1 + i32::from_be_bytes([s[at + 1], s[at + 2], s[at + 3], s[at + 4]]) as usize;
+            starts.push(at);
+        }
+        for chunk in [1, 2, 3, 5, 7, 64, 200] {
+            let mut scanner = BackendScanner::default();
+            let mut fed = 0;
+            for piece in s.chunks(chunk) {
+                scanner.feed(piece, &mut Vec::new());
+                if let Some(b) = scanner.last_boundary() {
+                    assert!(starts.contains(&(fed + b)), "chunk {chunk}: {}", fed + b);
+                }
+                fed += piece.len();
+                assert_eq!(scanner.at_boundary(), starts.contains(&fed));
+            }
+            let last = s.chunks(chunk).last().map_or(0, <[u8]>::len);
+            assert_eq!(scanner.last_boundary(), Some(last), "chunk {chunk}");
+        }
     }
 
     #[test]

@@ -58,7 +58,7 @@ async fn request_lifecycle_from_the_command_line() {
     let pending = ok(lockbox(
         &env,
         "carol",
-        &["request", "list", "--status", "pending"],
+        &["request", "list", "--status", "pending", "--wide"],
     ));
     assert!(pending
         .lines()

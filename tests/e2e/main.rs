@@ -17,6 +17,8 @@ mod cli;
 mod client_tls;
 mod completeness;
 mod demo;
+mod engineer;
+mod expiry_notices;
 mod grammar;
 mod guard;
 mod https;

@@ -205,6 +205,10 @@ async fn approvers_and_requesters_are_told_by_mail_and_webhook_even_when_a_recei
         printed.contains("webhook") && printed.contains("pending"),
         "{printed}"
     );
+    assert!(
+        printed.lines().all(|l| l.chars().count() <= 100),
+        "fits 100 columns: {printed}"
+    );
 
     let hooks = webhook_receiver(hook_port).await;
     let first = wait_for("the retried webhook", || {

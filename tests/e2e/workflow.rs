@@ -280,7 +280,7 @@ async fn approvers_may_shorten_and_requesters_may_cancel() {
         .cancel(&mistaken, "")
         .await
         .expect_err("bob");
-    assert_eq!(not_yours.code(), Some("forbidden"));
+    assert_eq!(not_yours.code(), Some("not_found"));
     let cancelled = env
         .client("eve")
         .cancel(&mistaken, "wrong database")
@@ -368,7 +368,7 @@ async fn an_extension_goes_through_approvals_and_keeps_the_session_alive() {
         .extend(&id, "1h", "me too")
         .await
         .expect_err("bob");
-    assert_eq!(not_engineer.code(), Some("forbidden"));
+    assert_eq!(not_engineer.code(), Some("not_found"));
     env.client("carol")
         .approve(&extension.id.0, "ok, one more hour")
         .await

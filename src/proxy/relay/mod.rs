@@ -12,8 +12,10 @@ use tokio::sync::watch;
 
 mod inspect;
 mod limits;
+mod notices;
 
 use limits::sleep_until_some;
+pub(crate) use notices::login_notice;
 
 use super::registry::{Control, DropReason};
 use super::statements::{self, Confirmation, Statements};
@@ -77,6 +79,10 @@ pub struct Grant {
     pub redaction: Redaction,
     /// The database's own function names, read at login when it has statement rules.
     pub database_functions: Arc<std::collections::HashSet<String>>,
+    /// When the session's access ends (wall clock), for the warnings before it.
+    pub ends_at: chrono::DateTime<chrono::Utc>,
+    /// `[timings] warn_before`: offsets before the end that get a NOTICE, longest first.
+    pub warn_before: Vec<std::time::Duration>,
 }
 
 /// A statement record waiting to be written, and where its tracker slot goes.
@@ -198,6 +204,8 @@ pub struct Relay {
     uncounted: std::collections::BTreeSet<u64>,
     events: Vec<wire::LocatedEvent>,
     outcomes: Vec<Outcome>,
+    /// NOTICEs before the end of access, written at message boundaries.
+    warnings: notices::Warnings,
 }
 
 impl Relay {
@@ -214,6 +222,13 @@ impl Relay {
         grant: Grant,
     ) -> Self {
         let (upstream_r, upstream_w) = tokio::io::split(upstream);
+        let warnings = notices::Warnings::new(
+            &session.request_id,
+            grant.ends_at,
+            &grant.warn_before,
+            deadline,
+            kill.clone(),
+        );
         Relay {
             client,
             upstream_r,
@@ -236,6 +251,7 @@ impl Relay {
             temporary_relations: false,
             events: Vec::new(),
             outcomes: Vec::new(),
+            warnings,
         }
     }
 
@@ -318,6 +334,7 @@ impl Relay {
                     self.cancel_running();
                     Ok(())
                 }
+                _ = self.warnings.timer(), if self.warnings.armed() => self.on_warning().await,
                 read = self.client.read_buf(&mut self.cbuf) => match read {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(_) => self.on_client_bytes().await,
@@ -577,6 +594,9 @@ impl Relay {
             }
             _ => None,
         };
+        if self.warnings.has_pending() {
+            self.insert_notice(held.is_some(), &mut rewrites);
+        }
         let outgoing = splice(&self.ubuf, rewrites);
         guarded(&mut self.term, write_flushed(&mut self.client, &outgoing))
             .await?
