@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod export;
 mod file;
+pub mod filters;
 pub mod pg_sink;
 mod reader;
 mod record;

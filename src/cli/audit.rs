@@ -8,7 +8,9 @@ use clap::Subcommand;
 
 use super::Cli;
 use crate::audit::export::columns::{csv_field, LIST_COLUMNS};
+use crate::audit::filters::{time_arg, KINDS, OUTCOMES};
 use crate::audit::AuditQuery;
+use clap::builder::PossibleValuesParser;
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
@@ -36,19 +38,21 @@ pub enum AuditCommand {
         session: Option<String>,
         #[arg(long)]
         engineer: Option<String>,
-        /// Statement kind: select, insert, update, delete, ddl, other, unknown.
-        #[arg(long)]
+        /// Statement kind: select, insert, update, delete, ddl, other, unknown, empty.
+        #[arg(long, value_parser = PossibleValuesParser::new(KINDS))]
         kind: Option<String>,
         /// Outcome status: ok, error, not_executed, interrupted, refused.
-        #[arg(long)]
+        #[arg(long, value_parser = PossibleValuesParser::new(OUTCOMES))]
         outcome: Option<String>,
         /// Statements containing this text.
         #[arg(long)]
         text: Option<String>,
-        /// RFC 3339 time, e.g. 2026-11-23T09:00:00Z.
-        #[arg(long)]
+        /// RFC 3339 time (2026-11-23T09:00:00Z), a date (2026-11-23: 00:00 UTC) or an
+        /// age (30m, 1h, 2d: that long ago).
+        #[arg(long, value_parser = time_arg)]
         since: Option<chrono::DateTime<chrono::Utc>>,
-        #[arg(long)]
+        /// Same forms as --since.
+        #[arg(long, value_parser = time_arg)]
         until: Option<chrono::DateTime<chrono::Utc>>,
         #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv", "table"])]
         format: String,
