@@ -13,6 +13,7 @@ use chrono::{SecondsFormat, Utc};
 use super::chain::{checkpoint_message, CheckpointSigner};
 use super::file::{chain_tail, sync_dir};
 use super::segments::rotated_name;
+use super::witness::Witness;
 use super::writer::{Progress, Shared, State};
 
 /// A signed checkpoint is written after this many records…
@@ -104,6 +105,7 @@ impl<'a> Syncer<'a> {
                 state.durable = state.durable.max(target);
                 state.unsynced_since = (state.file_seq > target).then(Instant::now);
                 self.publish(&state, None);
+                self.witness_if_durable(&mut state);
             }
             Err(e) => self.sync_failed(&mut state, &e),
         }
@@ -117,6 +119,9 @@ impl<'a> Syncer<'a> {
         self.shared.healthy.store(false, Ordering::SeqCst);
         tracing::error!(path = %self.shared.path.display(), error = %error, "audit fsync failed; statements are refused");
         self.reopen(state);
+        // Whether the last checkpoint reached the disk is unknown now; a later one is
+        // witnessed instead (its sequence number may even be reused).
+        state.unwitnessed = None;
         state.generation += 1;
         state.unsynced_since = None;
         let previous_durable = state.durable;
@@ -184,12 +189,24 @@ impl<'a> Syncer<'a> {
         }
         self.checkpoint(&mut state);
         match state.file.sync_data() {
-            Ok(()) => state.durable = state.file_seq,
+            Ok(()) => {
+                state.durable = state.file_seq;
+                self.witness_if_durable(&mut state);
+            }
             Err(e) => {
                 tracing::error!(path = %self.shared.path.display(), error = %e, "final audit fsync failed")
             }
         }
         self.publish(&state, Some(true));
+    }
+
+    /// Hands the last checkpoint on to be kept outside the file, once it is on disk (never
+    /// before: a crash could still take it, and the trail would look cut).
+    fn witness_if_durable(&self, state: &mut State) {
+        if let Some(witness) = state.unwitnessed.filter(|w| w.seq <= state.durable) {
+            state.unwitnessed = None;
+            self.shared.witness.send_replace(Some(witness));
+        }
     }
 
     fn checkpoint_if_due(&self, state: &mut State) {
@@ -227,6 +244,10 @@ impl<'a> Syncer<'a> {
         state.encode(&time, &fields);
         match self.shared.flush(state) {
             Ok(()) => {
+                state.unwitnessed = Some(Witness {
+                    seq: state.file_seq,
+                    hash: state.file_hash,
+                });
                 state.uncovered = 0;
                 state.uncovered_since = None;
                 state.sync_wanted = state.sync_wanted.max(state.file_seq);
@@ -265,6 +286,7 @@ impl<'a> Syncer<'a> {
         state.durable = state.file_seq;
         state.unsynced_since = None;
         self.publish(state, None);
+        self.witness_if_durable(state);
         self.rename_and_start_new(state);
     }
 

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::chain::CheckpointSigner;
 use super::file::{chain_tail, encode_line, first_seq_of};
 use super::syncer::{self, CHECKPOINT_EVERY, FLUSH_AFTER};
+use super::witness::Witness;
 use super::{AuditError, AuditEvent};
 use crate::config::Durability;
 
@@ -77,6 +78,8 @@ pub(super) struct Shared {
     pub(super) options: AuditOptions,
     /// fdatasyncs done so far (records per sync shows how well group commit batches).
     pub(super) syncs: AtomicU64,
+    /// The last checkpoint known durable, for keeping outside the file ([`super::witness`]).
+    pub(super) witness: watch::Sender<Option<Witness>>,
 }
 
 /// The file and the chain, guarded by [`Shared::state`].
@@ -116,6 +119,8 @@ pub(super) struct State {
     pub(super) file_first_seq: u64,
     /// When the active file was started (for rotation by time).
     pub(super) file_opened: Instant,
+    /// The last checkpoint written, until a sync makes it durable and it is witnessed.
+    pub(super) unwitnessed: Option<Witness>,
 }
 
 /// What the syncer last made durable; see [`Progress::settles`].
@@ -224,6 +229,7 @@ impl AuditLog {
             closed: false,
             file_first_seq,
             file_opened: Instant::now(),
+            unwitnessed: None,
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -237,6 +243,7 @@ impl AuditLog {
             path: path.to_owned(),
             options,
             syncs: AtomicU64::new(0),
+            witness: watch::Sender::new(None),
         });
         let for_syncer = shared.clone();
         let thread = std::thread::Builder::new()
@@ -260,6 +267,12 @@ impl AuditLog {
     /// Changes whenever records were written; holds the last one's sequence number.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared().head.subscribe()
+    }
+
+    /// Holds each checkpoint once it is durable (`None` until the first): what
+    /// [`super::witness::Keeper`] keeps outside the file.
+    pub fn witnessed(&self) -> watch::Receiver<Option<Witness>> {
+        self.shared().witness.subscribe()
     }
 
     /// How many fdatasyncs the trail has cost so far.
@@ -389,6 +402,15 @@ impl Shared {
             last: state.next_seq - 1,
         };
         match mode {
+            Mode::Later if state.pending.len() >= MAX_PENDING => {
+                // Backpressure: past the bound the appender writes what is held itself, so
+                // held records never grow with the rate of appends (a failing disk drops
+                // them here, fail-closed: the writer turns unhealthy and refuses statements).
+                if let Err(e) = self.flush(&mut state) {
+                    state.drop_failed();
+                    return Err(e);
+                }
+            }
             Mode::Later => {
                 let now = Instant::now();
                 let due = *state.pending_since.get_or_insert(now) + FLUSH_AFTER;
@@ -461,6 +483,10 @@ impl Shared {
         Ok(())
     }
 }
+
+/// Most bytes of records held for the next write (outcomes) before an append writes them
+/// itself; with one append's own records, the most the writer holds in memory.
+pub(super) const MAX_PENDING: usize = 1 << 20;
 
 /// When an append's records reach the file.
 #[derive(Debug, Clone, Copy)]
