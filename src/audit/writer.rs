@@ -121,6 +121,10 @@ pub(super) struct State {
     pub(super) file_opened: Instant,
     /// The last checkpoint written, until a sync makes it durable and it is witnessed.
     pub(super) unwitnessed: Option<Witness>,
+    /// The last checkpoint witnessed: the file must never end before it.
+    pub(super) witnessed_seq: u64,
+    /// Set once the file was found cut under the writer: every write fails with it.
+    pub(super) refused: Option<AuditError>,
 }
 
 /// What the syncer last made durable; see [`Progress::settles`].
@@ -230,6 +234,8 @@ impl AuditLog {
             file_first_seq,
             file_opened: Instant::now(),
             unwitnessed: None,
+            witnessed_seq: 0,
+            refused: None,
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -385,6 +391,9 @@ impl Shared {
         if state.closed {
             return Err(AuditError::Closed);
         }
+        if let Some(refused) = &state.refused {
+            return Err(refused.clone());
+        }
         // Stamped under the lock, so times rise with `seq` along the chain.
         let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         let first = state.next_seq;
@@ -462,6 +471,9 @@ impl Shared {
     /// Writes the pending records; on failure they are dropped and the chain resumes from
     /// the file's last record.
     pub(super) fn flush(&self, state: &mut State) -> Result<(), AuditError> {
+        if let Some(refused) = &state.refused {
+            return Err(refused.clone());
+        }
         if state.pending.is_empty() {
             return Ok(());
         }

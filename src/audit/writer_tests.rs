@@ -314,3 +314,42 @@ async fn the_last_durable_checkpoint_is_witnessed() {
         })
     );
 }
+
+/// A file found cut under the writer (when a failed fsync makes it take the file as it
+/// really is) ends before the checkpoint it witnessed: it is not continued, every append
+/// fails naming the cut, and nothing more reaches the file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trail_cut_under_the_writer_is_not_continued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, thread) = AuditLog::open(&path, None).expect("open");
+    let mut witnessed = log.witnessed();
+    let batch: Vec<AuditEvent> = (0..CHECKPOINT_EVERY as usize).map(event).collect();
+    log.append_durable(batch).await.expect("append");
+    witnessed
+        .wait_for(Option::is_some)
+        .await
+        .expect("a checkpoint witnessed");
+    std::fs::write(&path, b"").expect("cut the file");
+    {
+        let mut state = log.shared().lock();
+        super::syncer::reopen(log.shared(), &mut state);
+    }
+    let error = log
+        .append_durable(vec![event(1)])
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&error, AuditError::Truncated { last_seq: 0, witnessed_seq, .. } if *witnessed_seq > CHECKPOINT_EVERY),
+        "{error}"
+    );
+    assert!(!log.healthy());
+    log.append(vec![event(2)]);
+    log.close().await;
+    thread.join().expect("writer thread");
+    assert_eq!(
+        std::fs::read(&path).expect("read").len(),
+        0,
+        "nothing appended"
+    );
+}
