@@ -315,6 +315,12 @@ async fn check_resume_point(
         )
         .await?
         .get(0);
+    resume_point(active, &config.proxy_id, seq, &theirs)
+}
+
+/// Whether the trail holds `theirs`, the table's newest line (`seq`) for `proxy_id`: a trail
+/// that ends before it was cut; one with another line there is not this proxy's.
+fn resume_point(active: &Path, proxy_id: &str, seq: u64, theirs: &str) -> Result<(), SinkError> {
     let probe = Tail {
         last_seq: seq - 1,
         cursor: None,
@@ -334,13 +340,13 @@ async fn check_resume_point(
     if ours.is_none() && trail_seq < seq {
         return Err(SinkError::Truncated {
             path: active.display().to_string(),
-            proxy_id: config.proxy_id.clone(),
+            proxy_id: proxy_id.to_owned(),
             trail_seq,
             table_seq: seq,
         });
     }
     Err(SinkError::Collision {
-        proxy_id: config.proxy_id.clone(),
+        proxy_id: proxy_id.to_owned(),
         seq,
     })
 }

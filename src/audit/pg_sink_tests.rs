@@ -72,3 +72,30 @@ fn tail_of_one_huge(dir: &tempfile::TempDir) -> usize {
     };
     tail.read(&active, 100, 10).expect("read").lines.len()
 }
+
+#[test]
+fn a_table_ahead_of_the_trail_means_a_cut_trail_and_another_line_a_foreign_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let line = |seq: u64| format!("{{\"seq\":{seq},\"time\":\"t\",\"type\":\"checkpoint\"}}");
+    std::fs::write(&active, format!("{}\n{}\n", line(1), line(2))).expect("write");
+    assert!(resume_point(&active, "p", 2, &line(2)).is_ok());
+    let cut = resume_point(&active, "p", 5, &line(5)).expect_err("cut");
+    assert!(
+        matches!(
+            cut,
+            SinkError::Truncated {
+                trail_seq: 2,
+                table_seq: 5,
+                ..
+            }
+        ),
+        "{cut}"
+    );
+    assert!(cut.to_string().contains("audit.jsonl"), "{cut}");
+    let foreign = resume_point(&active, "p", 2, "another line").expect_err("foreign");
+    assert!(
+        matches!(foreign, SinkError::Collision { seq: 2, .. }),
+        "{foreign}"
+    );
+}
