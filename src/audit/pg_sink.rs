@@ -22,9 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::chain::line_hash;
 use super::segments::segments;
-use super::witness::Witness;
 use super::{open_segments, AuditError};
 use crate::config::PgSink;
 
@@ -242,7 +240,7 @@ fn note_written(active: &Path, status: &SinkStatus) {
     }
 }
 
-async fn connect(config: &PgSink) -> Result<tokio_postgres::Client, SinkError> {
+pub(super) async fn connect(config: &PgSink) -> Result<tokio_postgres::Client, SinkError> {
     let mut pg = config.connect.clone();
     pg.connect_timeout(CONNECT_TIMEOUT);
     let client = match &config.tls_client {
@@ -349,34 +347,6 @@ fn resume_point(active: &Path, proxy_id: &str, seq: u64, theirs: &str) -> Result
         proxy_id: proxy_id.to_owned(),
         seq,
     })
-}
-
-/// The newest checkpoint the audit database holds for this proxy. Rows are the trail's
-/// exact lines, so the checkpoint's sequence number and line hash witness the trail from
-/// outside the file (`audit verify --config` compares). `None` before the first.
-pub async fn witnessed_checkpoint(config: &PgSink) -> Result<Option<Witness>, SinkError> {
-    let client = connect(config).await?;
-    let table: Option<String> = client
-        .query_one("SELECT to_regclass($1)::text", &[&config.table])
-        .await?
-        .get(0);
-    if table.is_none() {
-        return Ok(None);
-    }
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT seq, line FROM {} WHERE proxy_id = $1 AND \"type\" = 'checkpoint' \
-                 ORDER BY seq DESC LIMIT 1",
-                config.table_sql
-            ),
-            &[&config.proxy_id],
-        )
-        .await?;
-    Ok(row.map(|row| Witness {
-        seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-        hash: line_hash(row.get::<_, &str>(1).as_bytes()),
-    }))
 }
 
 /// One record as read from the trail.

@@ -18,8 +18,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::chain::line_hash;
+use super::pg_sink::SinkError;
 use super::segments::segments_after;
 use super::AuditError;
+use crate::config::PgSink;
 use crate::store::Store;
 
 /// A checkpoint record known durable: its sequence number and the SHA-256 of its line.
@@ -163,6 +165,34 @@ fn io_error(path: &Path, message: String) -> AuditError {
         path: path.display().to_string(),
         message,
     }
+}
+
+/// The newest checkpoint the audit database holds for this proxy. Rows are the trail's
+/// exact lines, so the checkpoint's sequence number and line hash witness the trail from
+/// outside the file (`audit verify --config` compares). `None` before the first.
+pub async fn witnessed_checkpoint(config: &PgSink) -> Result<Option<Witness>, SinkError> {
+    let client = super::pg_sink::connect(config).await?;
+    let table: Option<String> = client
+        .query_one("SELECT to_regclass($1)::text", &[&config.table])
+        .await?
+        .get(0);
+    if table.is_none() {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT seq, line FROM {} WHERE proxy_id = $1 AND \"type\" = 'checkpoint' \
+                 ORDER BY seq DESC LIMIT 1",
+                config.table_sql
+            ),
+            &[&config.proxy_id],
+        )
+        .await?;
+    Ok(row.map(|row| Witness {
+        seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        hash: line_hash(row.get::<_, &str>(1).as_bytes()),
+    }))
 }
 
 /// Writes each checkpoint the writer reports durable into the state store.

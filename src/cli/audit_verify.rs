@@ -108,7 +108,7 @@ async fn witnesses_of(config: &Config) -> Vec<(String, Witness)> {
     if let Some(sink) = &config.audit_pg_sink {
         match tokio::time::timeout(
             SINK_TIMEOUT,
-            crate::audit::pg_sink::witnessed_checkpoint(sink),
+            witness::witnessed_checkpoint(sink),
         )
         .await
         {
