@@ -10,7 +10,7 @@
 //! ([`check_trail`]) and `audit verify --config` fails ([`check_files`]).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -93,7 +93,43 @@ pub async fn check_trail(active: &Path, store: &Store) -> Result<(), AuditError>
         .map(|s| s.path)
         .collect();
     let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    // After a clean shutdown the witnessed checkpoint is the last record, and a trail whose
+    // last record comes before it is cut: neither needs a scan of the file.
+    if let Some(path) = paths.last() {
+        let last = last_line(path).map_err(|e| io_error(path, e.to_string()))?;
+        if let Some((line, seq)) = last.and_then(|l| seq_of(&l).map(|seq| (l, seq))) {
+            if seq == witness.seq {
+                return found(path, seq, &line, &witness, "the state store");
+            }
+            if seq < witness.seq {
+                return Err(truncated(path, seq, &witness, "the state store"));
+            }
+        }
+    }
     check_files(&paths, &witness, "the state store", active)
+}
+
+/// The last complete line of `path`, read from the end.
+fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut window = 16 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        let end = tail.iter().rposition(|b| *b == b'\n');
+        match (
+            end,
+            end.and_then(|e| tail[..e].iter().rposition(|b| *b == b'\n')),
+        ) {
+            (Some(e), Some(s)) => return Ok(Some(tail[s + 1..e].to_vec())),
+            (Some(e), None) if start == 0 => return Ok(Some(tail[..e].to_vec())),
+            (None, _) if start == 0 => return Ok(None),
+            _ => window *= 4,
+        }
+    }
 }
 
 /// Checks that `files` (in order) hold the witnessed checkpoint at its sequence number.
@@ -122,27 +158,41 @@ pub fn check_files(
             }
             let Some(seq) = seq_of(&line) else { continue };
             if seq >= witness.seq {
-                return if seq == witness.seq && line_hash(&line) == witness.hash {
-                    Ok(())
-                } else {
-                    Err(AuditError::Diverged {
-                        path: path.display().to_string(),
-                        seq,
-                        witnessed_seq: witness.seq,
-                        witnessed_by: witnessed_by.to_owned(),
-                    })
-                };
+                return found(path, seq, &line, witness, witnessed_by);
             }
             last_seq = seq;
             last_path = path;
         }
     }
-    Err(AuditError::Truncated {
-        path: last_path.display().to_string(),
-        last_seq,
+    Err(truncated(last_path, last_seq, witness, witnessed_by))
+}
+
+/// The first record at or past the witnessed checkpoint must be that checkpoint.
+fn found(
+    path: &Path,
+    seq: u64,
+    line: &[u8],
+    witness: &Witness,
+    witnessed_by: &str,
+) -> Result<(), AuditError> {
+    if seq == witness.seq && line_hash(line) == witness.hash {
+        return Ok(());
+    }
+    Err(AuditError::Diverged {
+        path: path.display().to_string(),
+        seq,
         witnessed_seq: witness.seq,
         witnessed_by: witnessed_by.to_owned(),
     })
+}
+
+fn truncated(path: &Path, last_seq: u64, witness: &Witness, witnessed_by: &str) -> AuditError {
+    AuditError::Truncated {
+        path: path.display().to_string(),
+        last_seq,
+        witnessed_seq: witness.seq,
+        witnessed_by: witnessed_by.to_owned(),
+    }
 }
 
 /// A record's sequence number: the writer puts it first (`{"seq":N,…`), so it is read
@@ -343,6 +393,17 @@ mod tests {
         let error = check_trail(&active, &store).await.expect_err("cut trail");
         assert!(
             matches!(error, AuditError::Truncated { last_seq: 2, .. }),
+            "{error}"
+        );
+        // Another record where the checkpoint was: rewritten.
+        let mut bytes = Vec::new();
+        let first = encode_line(&mut bytes, 1, "t", &GENESIS, br#"{"type":"checkpoint"}"#);
+        let second = encode_line(&mut bytes, 2, "t", &first, br#"{"type":"checkpoint"}"#);
+        encode_line(&mut bytes, 3, "later", &second, br#"{"type":"checkpoint"}"#);
+        std::fs::write(&active, bytes).expect("write");
+        let error = check_trail(&active, &store).await.expect_err("rewritten");
+        assert!(
+            matches!(error, AuditError::Diverged { seq: 3, .. }),
             "{error}"
         );
     }
