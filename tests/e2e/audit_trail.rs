@@ -342,6 +342,11 @@ async fn a_trail_cut_after_a_checkpoint_fails_verify_and_is_not_continued() {
             && refused.contains("truncated"),
         "{refused}"
     );
+    let (_, stderr) = failed(serve(&env));
+    assert!(
+        stderr.contains("truncated") && stderr.contains(&path),
+        "{stderr}"
+    );
     assert_eq!(
         std::fs::read(&env.audit_path).expect("trail"),
         first,
@@ -369,4 +374,23 @@ fn last_seq(trail: &[u8]) -> u64 {
     let last = text.lines().last().expect("a record");
     let record: Value = serde_json::from_str(last).expect("JSON");
     record["seq"].as_u64().expect("seq")
+}
+
+/// `lockbox serve` on the test's config; a server that starts is killed and reported.
+fn serve(env: &Env) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lockbox"))
+        .arg("serve")
+        .env("LOCKBOX_CONFIG", &env.config_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run lockbox serve");
+    for _ in 0..300 {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("lockbox serve kept running on a truncated trail");
 }
