@@ -161,6 +161,7 @@ impl Outcome<'_> {
                 "checkpoints_verified": r.checkpoints_verified,
                 "uncovered_tail": r.uncovered_tail,
                 "pending": self.pending,
+                "partial_tail": r.partial_tail,
                 "witnessed": witnessed,
                 "problems": self.problems,
             })
@@ -190,6 +191,9 @@ impl Outcome<'_> {
                 "pending: {} record(s) after the last checkpoint, not signed yet (the writer signs them within seconds, and at shutdown)",
                 self.pending
             );
+        }
+        if r.partial_tail {
+            println!("pending: a record was being written at the end of the last file");
         }
         for problem in self.problems {
             println!("PROBLEM: {problem}");
