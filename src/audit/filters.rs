@@ -68,7 +68,7 @@ where
 
 impl AuditQuery {
     /// Refuses a kind or outcome no record can have.
-    pub fn validate(&self) -> Result<(), FilterError> {
+    pub(crate) fn validate(&self) -> Result<(), FilterError> {
         if let Some(kind) = self.kind.as_deref().filter(|k| !KINDS.contains(k)) {
             return Err(FilterError::Kind(kind.to_owned()));
         }

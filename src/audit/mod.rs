@@ -9,7 +9,7 @@
 pub mod chain;
 pub mod export;
 mod file;
-pub mod filters;
+pub(crate) mod filters;
 pub mod pg_sink;
 mod reader;
 mod record;
@@ -17,7 +17,7 @@ pub mod redact;
 pub mod segments;
 mod syncer;
 pub mod tail;
-pub mod witness;
+pub(crate) mod witness;
 mod writer;
 
 pub use reader::{open_segments, read_records, AuditQuery};

@@ -277,7 +277,7 @@ impl AuditLog {
 
     /// Holds each checkpoint once it is durable (`None` until the first): what
     /// [`super::witness::Keeper`] keeps outside the file.
-    pub fn witnessed(&self) -> watch::Receiver<Option<Witness>> {
+    pub(crate) fn witnessed(&self) -> watch::Receiver<Option<Witness>> {
         self.shared().witness.subscribe()
     }
 
