@@ -118,6 +118,37 @@ async fn outcomes_are_found_by_engineer_and_database_and_in_per_database_exports
     ));
     let records = exported(Path::new(run.trim()));
     assert_eq!(outcomes_of(&records, &id).len(), 2, "{records:#?}");
+
+    // A scheduled per-database export holds them too.
+    let scheduled = tempfile::tempdir().expect("tempdir");
+    let to = scheduled.path().to_str().expect("utf-8 path");
+    ok(lockbox(
+        &env,
+        "alice",
+        &[
+            "export",
+            "create",
+            "--name",
+            "per-db",
+            "--database",
+            &env.db,
+            "--format",
+            "jsonl",
+            "--to",
+            to,
+            "--every",
+            "1d",
+        ],
+    ));
+    let run: Value = serde_json::from_str(&ok(lockbox(
+        &env,
+        "alice",
+        &["--json", "export", "run", "per-db"],
+    )))
+    .expect("run JSON");
+    let folder = run["path"].as_str().expect("the run's folder");
+    let records = exported(Path::new(folder));
+    assert_eq!(outcomes_of(&records, &id).len(), 2, "{records:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
