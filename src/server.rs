@@ -59,6 +59,8 @@ pub struct RunningServer {
     audit_thread: Option<std::thread::JoinHandle<()>>,
     /// Copies the trail into PostgreSQL, when `[audit.postgres]` is configured.
     audit_sink: Option<PgSinkHandle>,
+    /// Keeps the last durable checkpoint in the state store (truncation evidence).
+    audit_witness: Option<crate::audit::witness::Keeper>,
 }
 
 /// Starts everything `config` describes. Listeners bind before this returns, so a test or
@@ -82,6 +84,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let signer = std::fs::read_to_string(&config.signing_key_path)
         .ok()
         .and_then(|pem| crate::audit::chain::CheckpointSigner::from_pem(&pem).ok());
+    // A trail shorter than the checkpoint last witnessed was cut: nothing is appended to it.
+    crate::audit::witness::check_trail(&config.audit_path, &store).await?;
     let (audit, audit_thread) = AuditLog::open_with(
         &config.audit_path,
         signer,
@@ -92,6 +96,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             rotate_interval: config.audit_rotate_interval,
         },
     )?;
+    let audit_witness = crate::audit::witness::Keeper::spawn(
+        store.clone(),
+        config.audit_path.clone(),
+        audit.witnessed(),
+    );
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
     lockbox
         .adopt_file_protection("configuration file", &config.protection)
@@ -173,6 +182,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         tasks,
         audit_thread: Some(audit_thread),
         audit_sink,
+        audit_witness: Some(audit_witness),
     })
 }
 
@@ -291,6 +301,9 @@ impl RunningServer {
         self.lockbox.audit.close().await;
         if let Some(thread) = self.audit_thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        if let Some(witness) = self.audit_witness.take() {
+            witness.finish().await;
         }
         // The file is complete now: the sink ships the rest, then stops.
         if let Some(sink) = self.audit_sink.take() {

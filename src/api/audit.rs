@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -30,9 +30,10 @@ const IDLE_CHECK: Duration = Duration::from_secs(15);
 pub async fn list(
     State(state): State<ApiState>,
     Caller(user): Caller,
-    Query(mut query): Query<AuditQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     policy::check_audit_read(&user).map_err(ServiceError::from)?;
+    let mut query = audit_query(raw)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     query.limit = Some(limit);
     let path = state.lockbox.audit.path().to_owned();
@@ -66,9 +67,10 @@ pub async fn stream(
     State(state): State<ApiState>,
     Caller(user): Caller,
     headers: HeaderMap,
-    Query(query): Query<AuditQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     policy::check_audit_read(&user).map_err(ServiceError::from)?;
+    let query = audit_query(raw)?;
     Ok(live(state, resume_point(&headers, query)))
 }
 
@@ -78,14 +80,25 @@ pub async fn request_stream(
     Caller(user): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Query(query): Query<AuditQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     policy::check_audit_read(&user).map_err(ServiceError::from)?;
     let query = AuditQuery {
         request: Some(id),
-        ..query
+        ..audit_query(raw)?
     };
     Ok(live(state, resume_point(&headers, query)))
+}
+
+/// The filters of a query string; a time, kind or outcome no record can match is a 400
+/// `invalid` naming the accepted values, never an empty answer.
+fn audit_query(raw: Option<String>) -> Result<AuditQuery, ApiError> {
+    let query: AuditQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| super::bad_request(e.to_string()))?;
+    query
+        .validate()
+        .map_err(|e| super::bad_request(e.to_string()))?;
+    Ok(query)
 }
 
 fn resume_point(headers: &HeaderMap, mut query: AuditQuery) -> AuditQuery {

@@ -51,6 +51,8 @@ pub struct Report {
     pub problems: Vec<String>,
     /// Records after the last checkpoint (not vouched for by a signature).
     pub uncovered_tail: u64,
+    /// `live`: the last file ends in a record still being written (not counted).
+    pub partial_tail: bool,
 }
 
 impl Report {
@@ -73,16 +75,21 @@ pub fn verify(files: &[&Path], public_key: Option<&str>, live: bool) -> Result<R
     let mut prev_hash = GENESIS;
     let mut prev_seq: Option<u64> = None;
     let mut since_checkpoint = 0u64;
-    for file in files {
+    for (index, file) in files.iter().enumerate() {
         let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let name = file.display().to_string();
         let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
         if lines.last().is_some_and(|l| l.is_empty()) {
             lines.pop();
         } else if !bytes.is_empty() {
-            report.problems.push(format!(
-                "{name}: the last line is incomplete: the file was truncated mid-record"
-            ));
+            if live && index + 1 == files.len() {
+                // The writer is appending right now.
+                report.partial_tail = true;
+            } else {
+                report.problems.push(format!(
+                    "{name}: the last line is incomplete: the file was truncated mid-record"
+                ));
+            }
             lines.pop();
         }
         for (i, line) in lines.iter().enumerate() {

@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod export;
 mod file;
+pub(crate) mod filters;
 pub mod pg_sink;
 mod reader;
 mod record;
@@ -16,6 +17,7 @@ pub mod redact;
 pub mod segments;
 mod syncer;
 pub mod tail;
+pub(crate) mod witness;
 mod writer;
 
 pub use reader::{open_segments, read_records, AuditQuery};
@@ -33,4 +35,20 @@ pub enum AuditError {
     Io { path: String, message: String },
     #[error("audit log is closed")]
     Closed,
+    /// The trail ends before the checkpoint witnessed outside it: records were cut off.
+    #[error("audit trail {path} ends at seq {last_seq}, but {witnessed_by} witnessed a checkpoint at seq {witnessed_seq}: the trail was truncated (records after seq {last_seq} are missing); nothing was appended")]
+    Truncated {
+        path: String,
+        last_seq: u64,
+        witnessed_seq: u64,
+        witnessed_by: String,
+    },
+    /// The trail holds another record where the witnessed checkpoint was.
+    #[error("audit trail {path}: seq {seq} is not the checkpoint {witnessed_by} witnessed at seq {witnessed_seq}: the trail was rewritten or replaced; nothing was appended")]
+    Diverged {
+        path: String,
+        seq: u64,
+        witnessed_seq: u64,
+        witnessed_by: String,
+    },
 }

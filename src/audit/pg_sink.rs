@@ -31,6 +31,9 @@ const POLL: Duration = Duration::from_millis(250);
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes of records one batch holds (besides `batch_size` records): statements can be
+/// megabytes each, and a batch is held in memory until its insert is done.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -42,6 +45,13 @@ pub enum SinkError {
     Read { path: String, message: String },
     #[error("record {seq} of proxy_id \"{proxy_id}\" in the table is not the trail's: another proxy uses this proxy_id, or the trail was replaced; shipping stopped")]
     Collision { proxy_id: String, seq: u64 },
+    #[error("the audit trail {path} ends at seq {trail_seq}, but the table holds seq {table_seq} of proxy_id \"{proxy_id}\": the trail was truncated; shipping stopped")]
+    Truncated {
+        path: String,
+        proxy_id: String,
+        trail_seq: u64,
+        table_seq: u64,
+    },
 }
 
 /// What `/v1/health` shows of the sink.
@@ -195,7 +205,7 @@ async fn ship_until_stopped(
         let stopping = stop_requested(stop);
         note_written(active, status);
         loop {
-            let batch = tail.read(active, config.batch_size)?;
+            let batch = tail.read(active, config.batch_size, MAX_BATCH_BYTES)?;
             let Some(last) = batch.lines.last().map(|l| l.seq) else {
                 break;
             };
@@ -230,7 +240,7 @@ fn note_written(active: &Path, status: &SinkStatus) {
     }
 }
 
-async fn connect(config: &PgSink) -> Result<tokio_postgres::Client, SinkError> {
+pub(super) async fn connect(config: &PgSink) -> Result<tokio_postgres::Client, SinkError> {
     let mut pg = config.connect.clone();
     pg.connect_timeout(CONNECT_TIMEOUT);
     let client = match &config.tls_client {
@@ -303,16 +313,38 @@ async fn check_resume_point(
         )
         .await?
         .get(0);
+    resume_point(active, &config.proxy_id, seq, &theirs)
+}
+
+/// Whether the trail holds `theirs`, the table's newest line (`seq`) for `proxy_id`: a trail
+/// that ends before it was cut; one with another line there is not this proxy's.
+fn resume_point(active: &Path, proxy_id: &str, seq: u64, theirs: &str) -> Result<(), SinkError> {
     let probe = Tail {
         last_seq: seq - 1,
         cursor: None,
     };
-    let ours = probe.read(active, 1)?.lines.into_iter().next();
-    if ours.is_some_and(|l| l.seq == seq && l.text == theirs) {
+    let ours = probe
+        .read(active, 1, MAX_BATCH_BYTES)?
+        .lines
+        .into_iter()
+        .next();
+    if ours
+        .as_ref()
+        .is_some_and(|l| l.seq == seq && l.text == theirs)
+    {
         return Ok(());
     }
+    let trail_seq = last_written_seq(active).ok().flatten().unwrap_or(0);
+    if ours.is_none() && trail_seq < seq {
+        return Err(SinkError::Truncated {
+            path: active.display().to_string(),
+            proxy_id: proxy_id.to_owned(),
+            trail_seq,
+            table_seq: seq,
+        });
+    }
     Err(SinkError::Collision {
-        proxy_id: config.proxy_id.clone(),
+        proxy_id: proxy_id.to_owned(),
         seq,
     })
 }
@@ -437,9 +469,10 @@ impl Tail {
         self.cursor = cursor;
     }
 
-    /// Up to `max` complete records after `last_seq`, oldest first. Reads at most `max`
+    /// Up to `max` complete records after `last_seq`, oldest first, and no more once they
+    /// hold `max_bytes` (a first record bigger than that comes alone). Reads at most `max`
     /// lines of local files, so it runs on the async thread between two inserts.
-    fn read(&self, active: &Path, max: usize) -> Result<Batch, SinkError> {
+    fn read(&self, active: &Path, max: usize, max_bytes: usize) -> Result<Batch, SinkError> {
         let mut files = open_segments(active, Some(self.last_seq))?;
         // Files before the cursor's are shipped whole.
         if let Some(cursor) = self.cursor {
@@ -454,6 +487,8 @@ impl Tail {
             lines: Vec::new(),
             cursor: self.cursor,
         };
+        let mut bytes = 0usize;
+        let full = |lines: usize, bytes: usize| lines >= max || bytes >= max_bytes;
         for (path, file) in files {
             let read_error = |e: std::io::Error| SinkError::Read {
                 path: path.display().to_string(),
@@ -468,7 +503,7 @@ impl Tail {
             reader.seek(SeekFrom::Start(start)).map_err(read_error)?;
             let mut offset = start;
             let mut buf = Vec::new();
-            while batch.lines.len() < max {
+            while !full(batch.lines.len(), bytes) {
                 buf.clear();
                 let n = reader.read_until(b'\n', &mut buf).map_err(read_error)?;
                 // End of file, or a record still being written: it is read next time.
@@ -484,9 +519,10 @@ impl Tail {
                     continue;
                 }
                 batch.cursor = Some(Cursor { file: id, offset });
+                bytes += line.text.len();
                 batch.lines.push(line);
             }
-            if batch.lines.len() >= max {
+            if full(batch.lines.len(), bytes) {
                 break;
             }
         }
@@ -550,29 +586,5 @@ fn seq_of(line: &[u8]) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_tail_reads_complete_records_after_the_last_shipped_across_files() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let active = dir.path().join("audit.jsonl");
-        let line = |seq: u64| format!("{{\"seq\":{seq},\"time\":\"t\",\"type\":\"checkpoint\"}}\n");
-        let rotated = super::super::segments::rotated_name(&active, 1);
-        std::fs::write(&rotated, format!("{}{}", line(1), line(2))).expect("write");
-        std::fs::write(&active, format!("{}{}{{\"seq\":5", line(3), line(4))).expect("write");
-        let mut tail = Tail {
-            last_seq: 1,
-            cursor: None,
-        };
-        let batch = tail.read(&active, 2).expect("read");
-        let seqs: Vec<u64> = batch.lines.iter().map(|l| l.seq).collect();
-        assert_eq!(seqs, [2, 3]);
-        tail.shipped(3, batch.cursor);
-        let batch = tail.read(&active, 10).expect("read");
-        let seqs: Vec<u64> = batch.lines.iter().map(|l| l.seq).collect();
-        assert_eq!(seqs, [4], "the torn record waits");
-        assert_eq!(batch.lines[0].text, line(4).trim_end());
-        assert_eq!(last_written_seq(&active).expect("tail"), Some(4));
-    }
-}
+#[path = "pg_sink_tests.rs"]
+mod tests;

@@ -23,7 +23,10 @@ pub struct AuditQuery {
     pub outcome: Option<String>,
     /// Substring of the statement text.
     pub text: Option<String>,
+    /// RFC 3339, a date or an age when read from a query string ([`super::filters`]).
+    #[serde(default, deserialize_with = "super::filters::deserialize_time")]
     pub since: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::filters::deserialize_time")]
     pub until: Option<DateTime<Utc>>,
     /// Records with a sequence number above this (for paging and following).
     pub after_seq: Option<u64>,

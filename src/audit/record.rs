@@ -77,12 +77,15 @@ pub enum OutcomeStatus {
     Refused,
 }
 
-/// What became of a statement; `statement_seq` points at its statement record.
+/// What became of a statement; `statement_seq` points at its statement record. It names
+/// the session like its statement does (request, engineer, database, …), so every filter
+/// and every per-database export holds outcomes too; the fields are the session's own,
+/// shared, so an outcome costs no copy of them.
 #[derive(Debug, Clone, Serialize)]
 pub struct OutcomeRecord {
     pub statement_seq: u64,
-    pub session_id: String,
-    pub request_id: String,
+    #[serde(flatten)]
+    pub session: Arc<SessionFields>,
     pub status: OutcomeStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command_tag: Option<String>,
@@ -99,8 +102,6 @@ pub struct OutcomeRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
     pub duration_ms: f64,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub break_glass: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -13,7 +13,9 @@ use chrono::{SecondsFormat, Utc};
 use super::chain::{checkpoint_message, CheckpointSigner};
 use super::file::{chain_tail, sync_dir};
 use super::segments::rotated_name;
+use super::witness::Witness;
 use super::writer::{Progress, Shared, State};
+use super::AuditError;
 
 /// A signed checkpoint is written after this many records…
 pub(super) const CHECKPOINT_EVERY: u64 = 1000;
@@ -108,6 +110,7 @@ impl<'a> Syncer<'a> {
                 state.durable = state.durable.max(target);
                 state.unsynced_since = (state.file_seq > target).then(Instant::now);
                 self.publish(&state, None);
+                self.witness_if_durable(&mut state);
             }
             Err(e) => self.sync_failed(&mut state, &e),
         }
@@ -121,6 +124,9 @@ impl<'a> Syncer<'a> {
         self.shared.healthy.store(false, Ordering::SeqCst);
         tracing::error!(path = %self.shared.path.display(), error = %error, "audit fsync failed; statements are refused");
         self.reopen(state);
+        // Whether the last checkpoint reached the disk is unknown now; a later one is
+        // witnessed instead (its sequence number may even be reused).
+        state.unwitnessed = None;
         state.generation += 1;
         state.unsynced_since = None;
         let previous_durable = state.durable;
@@ -148,37 +154,7 @@ impl<'a> Syncer<'a> {
     }
 
     fn reopen(&self, state: &mut State) {
-        let path = &self.shared.path;
-        let reopened = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(path)
-            .and_then(|mut f| {
-                let (seq, hash) = chain_tail(path, &mut f)?;
-                let len = f.metadata()?.len();
-                Ok((f, seq, hash, len))
-            });
-        match reopened {
-            Ok((file, seq, hash, len)) => {
-                state.file = Arc::new(file);
-                if (seq, hash) != (state.file_seq, state.file_hash) {
-                    // The held records were chained to a tail the file no longer ends
-                    // with: they cannot follow it.
-                    std::mem::swap(&mut state.pending, &mut state.failed_pending);
-                    state.pending.clear();
-                    state.pending_since = None;
-                    state.drop_failed();
-                    state.next_seq = seq + 1;
-                    state.last_hash = hash;
-                }
-                state.file_seq = seq;
-                state.file_hash = hash;
-                state.len = len;
-            }
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "audit log could not be reopened")
-            }
-        }
+        reopen(self.shared, state);
     }
 
     /// Closing: a last checkpoint, a last fsync, and every waiter answered.
@@ -188,12 +164,25 @@ impl<'a> Syncer<'a> {
         }
         self.checkpoint(&mut state);
         match state.file.sync_data() {
-            Ok(()) => state.durable = state.file_seq,
+            Ok(()) => {
+                state.durable = state.file_seq;
+                self.witness_if_durable(&mut state);
+            }
             Err(e) => {
                 tracing::error!(path = %self.shared.path.display(), error = %e, "final audit fsync failed")
             }
         }
         self.publish(&state, Some(true));
+    }
+
+    /// Hands the last checkpoint on to be kept outside the file, once it is on disk (never
+    /// before: a crash could still take it, and the trail would look cut).
+    fn witness_if_durable(&self, state: &mut State) {
+        if let Some(witness) = state.unwitnessed.filter(|w| w.seq <= state.durable) {
+            state.unwitnessed = None;
+            state.witnessed_seq = witness.seq;
+            self.shared.witness.send_replace(Some(witness));
+        }
     }
 
     fn checkpoint_if_due(&self, state: &mut State) {
@@ -231,6 +220,10 @@ impl<'a> Syncer<'a> {
         state.encode(&time, &fields);
         match self.shared.flush(state) {
             Ok(()) => {
+                state.unwitnessed = Some(Witness {
+                    seq: state.file_seq,
+                    hash: state.file_hash,
+                });
                 state.uncovered = 0;
                 state.uncovered_since = None;
                 state.sync_wanted = state.sync_wanted.max(state.file_seq);
@@ -269,6 +262,7 @@ impl<'a> Syncer<'a> {
         state.durable = state.file_seq;
         state.unsynced_since = None;
         self.publish(state, None);
+        self.witness_if_durable(state);
         self.rename_and_start_new(state);
     }
 
@@ -306,6 +300,54 @@ impl<'a> Syncer<'a> {
                 let _ = std::fs::rename(&target, path);
                 state.file_opened = Instant::now();
             }
+        }
+    }
+}
+
+/// Takes the file as it really is after a failed fsync. A file that now ends before the
+/// last checkpoint witnessed was cut under the writer: it is not continued (every append
+/// fails from here on, fail-closed), or new records would hide the cut.
+pub(super) fn reopen(shared: &Shared, state: &mut State) {
+    let path = &shared.path;
+    let reopened = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| {
+            let (seq, hash) = chain_tail(path, &mut f)?;
+            let len = f.metadata()?.len();
+            Ok((f, seq, hash, len))
+        });
+    match reopened {
+        Ok((_, seq, _, _)) if seq < state.witnessed_seq => {
+            let error = AuditError::Truncated {
+                path: path.display().to_string(),
+                last_seq: seq,
+                witnessed_seq: state.witnessed_seq,
+                witnessed_by: "the writer".into(),
+            };
+            tracing::error!(error = %error, "audit trail cut under the writer; nothing more is appended");
+            shared.healthy.store(false, Ordering::SeqCst);
+            state.refused = Some(error);
+        }
+        Ok((file, seq, hash, len)) => {
+            state.file = Arc::new(file);
+            if (seq, hash) != (state.file_seq, state.file_hash) {
+                // The held records were chained to a tail the file no longer ends
+                // with: they cannot follow it.
+                std::mem::swap(&mut state.pending, &mut state.failed_pending);
+                state.pending.clear();
+                state.pending_since = None;
+                state.drop_failed();
+                state.next_seq = seq + 1;
+                state.last_hash = hash;
+            }
+            state.file_seq = seq;
+            state.file_hash = hash;
+            state.len = len;
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "audit log could not be reopened")
         }
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::chain::CheckpointSigner;
 use super::file::{chain_tail, encode_line, first_seq_of};
 use super::syncer::{self, CHECKPOINT_EVERY, FLUSH_AFTER};
+use super::witness::Witness;
 use super::{AuditError, AuditEvent};
 use crate::config::Durability;
 
@@ -79,6 +80,8 @@ pub(super) struct Shared {
     pub(super) syncs: AtomicU64,
     /// Counted as records are written (`GET /metrics`).
     pub(super) metrics: Arc<crate::metrics::Metrics>,
+    /// The last checkpoint known durable, for keeping outside the file ([`super::witness`]).
+    pub(super) witness: watch::Sender<Option<Witness>>,
 }
 
 /// The file and the chain, guarded by [`Shared::state`].
@@ -118,6 +121,12 @@ pub(super) struct State {
     pub(super) file_first_seq: u64,
     /// When the active file was started (for rotation by time).
     pub(super) file_opened: Instant,
+    /// The last checkpoint written, until a sync makes it durable and it is witnessed.
+    pub(super) unwitnessed: Option<Witness>,
+    /// The last checkpoint witnessed: the file must never end before it.
+    pub(super) witnessed_seq: u64,
+    /// Set once the file was found cut under the writer: every write fails with it.
+    pub(super) refused: Option<AuditError>,
 }
 
 /// What the syncer last made durable; see [`Progress::settles`].
@@ -226,6 +235,9 @@ impl AuditLog {
             closed: false,
             file_first_seq,
             file_opened: Instant::now(),
+            unwitnessed: None,
+            witnessed_seq: 0,
+            refused: None,
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -240,6 +252,7 @@ impl AuditLog {
             options,
             syncs: AtomicU64::new(0),
             metrics: Arc::default(),
+            witness: watch::Sender::new(None),
         });
         let for_syncer = shared.clone();
         let thread = std::thread::Builder::new()
@@ -263,6 +276,12 @@ impl AuditLog {
     /// Changes whenever records were written; holds the last one's sequence number.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared().head.subscribe()
+    }
+
+    /// Holds each checkpoint once it is durable (`None` until the first): what
+    /// [`super::witness::Keeper`] keeps outside the file.
+    pub(crate) fn witnessed(&self) -> watch::Receiver<Option<Witness>> {
+        self.shared().witness.subscribe()
     }
 
     /// How many fdatasyncs the trail has cost so far.
@@ -383,6 +402,9 @@ impl Shared {
         if state.closed {
             return Err(AuditError::Closed);
         }
+        if let Some(refused) = &state.refused {
+            return Err(refused.clone());
+        }
         // Stamped under the lock, so times rise with `seq` along the chain.
         let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
         let first = state.next_seq;
@@ -400,6 +422,15 @@ impl Shared {
             last: state.next_seq - 1,
         };
         match mode {
+            Mode::Later if state.pending.len() >= MAX_PENDING => {
+                // Backpressure: past the bound the appender writes what is held itself, so
+                // held records never grow with the rate of appends (a failing disk drops
+                // them here, fail-closed: the writer turns unhealthy and refuses statements).
+                if let Err(e) = self.flush(&mut state) {
+                    state.drop_failed();
+                    return Err(e);
+                }
+            }
             Mode::Later => {
                 let now = Instant::now();
                 let due = *state.pending_since.get_or_insert(now) + FLUSH_AFTER;
@@ -451,6 +482,9 @@ impl Shared {
     /// Writes the pending records; on failure they are dropped and the chain resumes from
     /// the file's last record.
     pub(super) fn flush(&self, state: &mut State) -> Result<(), AuditError> {
+        if let Some(refused) = &state.refused {
+            return Err(refused.clone());
+        }
         if state.pending.is_empty() {
             return Ok(());
         }
@@ -472,6 +506,10 @@ impl Shared {
         Ok(())
     }
 }
+
+/// Most bytes of records held for the next write (outcomes) before an append writes them
+/// itself; with one append's own records, the most the writer holds in memory.
+pub(super) const MAX_PENDING: usize = 1 << 20;
 
 /// When an append's records reach the file.
 #[derive(Debug, Clone, Copy)]

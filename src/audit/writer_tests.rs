@@ -256,3 +256,100 @@ async fn records_nobody_waits_for_ride_the_next_write_or_reach_the_file_by_thems
     }
     panic!("a record nobody waits for never reached the file");
 }
+
+/// Records nobody waits for are held for the next write only up to a bound: an append that
+/// finds the bound reached writes them itself, whatever the rate of appends.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_records_are_bounded_and_written_by_the_append_that_reaches_the_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, thread) = AuditLog::open(&path, None).expect("open");
+    let big = |i: usize| {
+        let AuditEvent::Request(mut r) = event(i) else {
+            unreachable!("event() makes request records")
+        };
+        r.reason = Some("x".repeat(64 * 1024));
+        AuditEvent::Request(r)
+    };
+    // One append of more than the bound: nothing may stay held once it returns.
+    let records: Vec<AuditEvent> = (0..(MAX_PENDING / (64 * 1024)) + 4).map(big).collect();
+    log.append(records);
+    let held = log.shared().lock().pending.len();
+    assert_eq!(held, 0, "{held} bytes held past the bound");
+    assert!(std::fs::metadata(&path).expect("file").len() > MAX_PENDING as u64);
+    // Below the bound records are held, as before.
+    log.append(vec![event(1)]);
+    log.close().await;
+    thread.join().expect("writer thread");
+    let report = verify(&[&path], None, false).expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(
+        report.records,
+        (MAX_PENDING / (64 * 1024)) as u64 + 4 + 1 + 1
+    );
+}
+
+/// Each checkpoint is reported for keeping outside the file once it is on disk: after
+/// close, the witness is the final checkpoint, the file's last line.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_durable_checkpoint_is_witnessed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, thread) = AuditLog::open(&path, None).expect("open");
+    let witnessed = log.witnessed();
+    log.append_durable(vec![event(1), event(2)])
+        .await
+        .expect("append");
+    assert_eq!(*witnessed.borrow(), None, "no checkpoint yet");
+    log.close().await;
+    thread.join().expect("writer thread");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let last = text.lines().last().expect("a checkpoint");
+    assert!(last.contains("\"type\":\"checkpoint\""), "{last}");
+    assert_eq!(
+        *witnessed.borrow(),
+        Some(Witness {
+            seq: 3,
+            hash: crate::audit::chain::line_hash(last.as_bytes())
+        })
+    );
+}
+
+/// A file found cut under the writer (when a failed fsync makes it take the file as it
+/// really is) ends before the checkpoint it witnessed: it is not continued, every append
+/// fails naming the cut, and nothing more reaches the file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trail_cut_under_the_writer_is_not_continued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, thread) = AuditLog::open(&path, None).expect("open");
+    let mut witnessed = log.witnessed();
+    let batch: Vec<AuditEvent> = (0..CHECKPOINT_EVERY as usize).map(event).collect();
+    log.append_durable(batch).await.expect("append");
+    witnessed
+        .wait_for(Option::is_some)
+        .await
+        .expect("a checkpoint witnessed");
+    std::fs::write(&path, b"").expect("cut the file");
+    {
+        let mut state = log.shared().lock();
+        super::syncer::reopen(log.shared(), &mut state);
+    }
+    let error = log
+        .append_durable(vec![event(1)])
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&error, AuditError::Truncated { last_seq: 0, witnessed_seq, .. } if *witnessed_seq > CHECKPOINT_EVERY),
+        "{error}"
+    );
+    assert!(!log.healthy());
+    log.append(vec![event(2)]);
+    log.close().await;
+    thread.join().expect("writer thread");
+    assert_eq!(
+        std::fs::read(&path).expect("read").len(),
+        0,
+        "nothing appended"
+    );
+}

@@ -3,12 +3,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 
 use super::Cli;
+
+#[path = "audit_verify.rs"]
+mod verify;
 use crate::audit::export::columns::{csv_field, LIST_COLUMNS};
+use crate::audit::filters::{time_arg, KINDS, OUTCOMES};
 use crate::audit::AuditQuery;
+use clap::builder::PossibleValuesParser;
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
@@ -20,7 +25,8 @@ pub enum AuditCommand {
         /// the configured signing key).
         #[arg(long)]
         public_key: Option<PathBuf>,
-        /// The log is still being written: records after the last checkpoint are expected.
+        /// The log is still being written: records after the last checkpoint are expected
+        /// (with --config they are reported as pending anyway).
         #[arg(long)]
         live: bool,
         #[arg(long, env = "LOCKBOX_CONFIG")]
@@ -36,19 +42,21 @@ pub enum AuditCommand {
         session: Option<String>,
         #[arg(long)]
         engineer: Option<String>,
-        /// Statement kind: select, insert, update, delete, ddl, other, unknown.
-        #[arg(long)]
+        /// Statement kind: select, insert, update, delete, ddl, other, unknown, empty.
+        #[arg(long, value_parser = PossibleValuesParser::new(KINDS))]
         kind: Option<String>,
         /// Outcome status: ok, error, not_executed, interrupted, refused.
-        #[arg(long)]
+        #[arg(long, value_parser = PossibleValuesParser::new(OUTCOMES))]
         outcome: Option<String>,
         /// Statements containing this text.
         #[arg(long)]
         text: Option<String>,
-        /// RFC 3339 time, e.g. 2026-11-23T09:00:00Z.
-        #[arg(long)]
+        /// RFC 3339 time (2026-11-23T09:00:00Z), a date (2026-11-23: 00:00 UTC) or an
+        /// age (30m, 1h, 2d: that long ago).
+        #[arg(long, value_parser = time_arg)]
         since: Option<chrono::DateTime<chrono::Utc>>,
-        #[arg(long)]
+        /// Same forms as --since.
+        #[arg(long, value_parser = time_arg)]
         until: Option<chrono::DateTime<chrono::Utc>>,
         #[arg(long, default_value = "jsonl", value_parser = ["jsonl", "csv", "table"])]
         format: String,
@@ -106,13 +114,16 @@ pub async fn run(cli: &Cli, command: &AuditCommand) -> Result<()> {
             public_key,
             live,
             config,
-        } => verify_audit(
-            files,
-            public_key.as_deref(),
-            *live,
-            config.as_deref(),
-            cli.json,
-        ),
+        } => {
+            verify::verify_audit(
+                files,
+                public_key.as_deref(),
+                *live,
+                config.as_deref(),
+                cli.json,
+            )
+            .await
+        }
         AuditCommand::Export(args) => super::export::audit_export(cli, args).await,
         AuditCommand::VerifyExport(args) => super::export::verify_export(cli, args),
     }
@@ -198,82 +209,5 @@ async fn follow(cli: &Cli, mut query: AuditQuery, format: &str) -> Result<()> {
         }
         let backoff = Duration::from_millis(500 * u64::from(failures.min(10)) + 200);
         tokio::time::sleep(backoff).await;
-    }
-}
-
-fn verify_audit(
-    files: &[PathBuf],
-    public_key: Option<&std::path::Path>,
-    live: bool,
-    config: Option<&std::path::Path>,
-    json: bool,
-) -> Result<()> {
-    let config = config.map(crate::config::Config::load).transpose()?;
-    let files: Vec<PathBuf> = match (files.is_empty(), &config) {
-        (false, _) => files.to_vec(),
-        (true, Some(c)) => crate::audit::segments::segments(&c.audit_path)
-            .with_context(|| format!("listing the audit files of {}", c.audit_path.display()))?
-            .into_iter()
-            .map(|s| s.path)
-            .collect(),
-        (true, None) => {
-            return Err(anyhow!(
-                "name the audit files, or pass --config / LOCKBOX_CONFIG"
-            ))
-        }
-    };
-    let key_pem = match (public_key, &config) {
-        (Some(path), _) => Some(
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-        ),
-        (None, Some(c)) => Some(
-            crate::token::TokenAuthority::load(&c.signing_key_path, &c.issuer, &c.audience)?
-                .public_key_pem()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    };
-    let paths: Vec<&std::path::Path> = files.iter().map(PathBuf::as_path).collect();
-    let report =
-        crate::audit::chain::verify(&paths, key_pem.as_deref(), live).map_err(|e| anyhow!(e))?;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "ok": report.ok(),
-                "records": report.records,
-                "first_seq": report.first_seq,
-                "last_seq": report.last_seq,
-                "checkpoints": report.checkpoints,
-                "checkpoints_verified": report.checkpoints_verified,
-                "uncovered_tail": report.uncovered_tail,
-                "problems": report.problems,
-            })
-        );
-    } else {
-        println!(
-            "{} record(s), seq {}..{}, {} checkpoint(s), {} signature(s) verified{}",
-            report.records,
-            report.first_seq.unwrap_or(0),
-            report.last_seq.unwrap_or(0),
-            report.checkpoints,
-            report.checkpoints_verified,
-            if key_pem.is_none() {
-                " (no public key: signatures not checked)"
-            } else {
-                ""
-            }
-        );
-        for problem in &report.problems {
-            println!("PROBLEM: {problem}");
-        }
-    }
-    if report.ok() {
-        Ok(())
-    } else {
-        Err(anyhow!(
-            "the audit log failed verification ({} problem(s))",
-            report.problems.len()
-        ))
     }
 }

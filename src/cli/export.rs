@@ -19,11 +19,12 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Args)]
 pub struct AuditExportArgs {
-    /// RFC 3339 time, e.g. 2026-11-23T00:00:00Z (default: from the first record).
-    #[arg(long)]
+    /// RFC 3339 time (2026-11-23T00:00:00Z), a date (2026-11-23: 00:00 UTC) or an age
+    /// (30m, 1h, 2d: that long ago) (default: from the first record).
+    #[arg(long, value_parser = crate::audit::filters::time_arg)]
     since: Option<chrono::DateTime<chrono::Utc>>,
-    /// RFC 3339 time (default: up to the last record).
-    #[arg(long)]
+    /// Same forms as --since (default: up to the last record).
+    #[arg(long, value_parser = crate::audit::filters::time_arg)]
     until: Option<chrono::DateTime<chrono::Utc>>,
     /// jsonl, csv or parquet.
     #[arg(long, default_value = "jsonl", value_parser = parse_format)]

@@ -158,3 +158,21 @@ async fn a_served_log_verifies_with_the_cli() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("hash chain broken"));
 }
+
+/// A log still being written may end in a record the writer is writing right now: live, that
+/// is pending, not a problem; otherwise it is a torn file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_being_written_is_pending_only_for_a_live_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (lines, key) = write_log(&dir.path().join("audit.jsonl"), 4).await;
+    let path = dir.path().join("being-written.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n" + &lines[1][..20]).expect("write");
+    let live = verify(&[&path], Some(&key), true).expect("verify");
+    assert!(live.ok() && live.partial_tail, "{:?}", live.problems);
+    let offline = verify(&[&path], Some(&key), false).expect("verify");
+    assert!(
+        offline.problems.iter().any(|p| p.contains("incomplete")),
+        "{:?}",
+        offline.problems
+    );
+}

@@ -242,3 +242,63 @@ async fn proxies_share_a_table_under_their_own_ids_and_a_shared_id_is_refused() 
     c.stop().await;
     assert_eq!(shipped(&a, &audit_db, "proxy-a").await, trail(&a));
 }
+
+/// The audit database's newest checkpoint row witnesses the trail from outside: `audit
+/// verify --config` finds it in the trail, and fails, naming the audit database, once the
+/// trail is cut before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_database_witnesses_the_last_checkpoint_it_holds() {
+    let audit_db = audit_database("sink_witness_audit");
+    let mut env = Env::start("sink_witness").await;
+    with_sink(&mut env, &audit_db, "proxy-w").await;
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    statements(&env, &token, 12).await;
+    shipped(&env, &audit_db, "proxy-w").await;
+    env.stop().await;
+    let witnessed = rows(&audit_db, "proxy-w")
+        .await
+        .into_iter()
+        .filter(|(_, l)| l.contains("\"type\":\"checkpoint\""))
+        .map(|(seq, _)| seq)
+        .max()
+        .expect("the 4 KiB rotations shipped checkpoints");
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lockbox"))
+            .args(["audit", "verify", "--config"])
+            .arg(&env.config_path)
+            .output()
+            .expect("run lockbox")
+    };
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "checkpoint seq {witnessed} witnessed by the audit database: present"
+        )),
+        "{stdout}"
+    );
+    // Keep only the records before the witnessed checkpoint, in every file.
+    for segment in lockbox::audit::segments::segments(&env.audit_path).expect("segments") {
+        let text = std::fs::read_to_string(&segment.path).expect("read");
+        let kept: String = text
+            .split_inclusive('\n')
+            .filter(|l| {
+                let record: Value = serde_json::from_str(l).expect("JSON line");
+                record["seq"].as_i64().is_some_and(|s| s < witnessed)
+            })
+            .collect();
+        std::fs::write(&segment.path, kept).expect("cut");
+    }
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "the audit database witnessed a checkpoint at seq {witnessed}: the trail was truncated"
+        )),
+        "{stdout}"
+    );
+}

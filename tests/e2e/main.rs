@@ -12,6 +12,7 @@ mod audit_export;
 mod audit_pg_sink;
 mod audit_redaction;
 mod audit_rotation;
+mod audit_trail;
 mod auth;
 mod cli;
 mod client_tls;

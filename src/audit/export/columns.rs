@@ -39,8 +39,22 @@ pub fn cell(record: &Value, column: &str) -> Option<String> {
     }
 }
 
-/// RFC 4180: quote fields holding a comma, quote or line break; double inner quotes.
+/// Characters that make a spreadsheet read a cell as a formula when it starts with one.
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// A CSV cell as written: neutralised against formula injection, then quoted (RFC 4180).
+/// Statement text is whatever an engineer typed (`-- …`, `=cmd|…`), and auditors open
+/// these files in spreadsheets, so a cell that would start a formula gets a leading `'`
+/// (OWASP's advice): the spreadsheet shows it as text. The `record` column is JSON and
+/// starts with `{`, so the exact line (what `verify-export` reads back) is never changed.
 pub fn csv_field(value: &str) -> String {
+    let neutralised;
+    let value = if value.starts_with(FORMULA_STARTS) {
+        neutralised = format!("'{value}");
+        neutralised.as_str()
+    } else {
+        value
+    };
     if value.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", value.replace('"', "\"\""))
     } else {
@@ -129,6 +143,32 @@ mod tests {
         assert_eq!(rows[1][0], "7");
         assert_eq!(rows[1][9], "SELECT 'a,b', \"x\"\nFROM t");
         assert_eq!(rows[1][12], "3");
+        assert_eq!(rows[1][RECORD_COLUMN], line);
+    }
+
+    #[test]
+    fn cells_that_would_start_a_formula_are_neutralised() {
+        let check = |value: &str, expected: &str| assert_eq!(csv_field(value), expected);
+        check("=cmd|' /C calc'!A0", "'=cmd|' /C calc'!A0");
+        check("+1", "'+1");
+        check("-- drop", "'-- drop");
+        check("@SUM(A1)", "'@SUM(A1)");
+        check("\tx", "'\tx");
+        check("\rx", "\"'\rx\"");
+        check("=1,2", "\"'=1,2\"");
+        check("SELECT 1", "SELECT 1");
+        check("a=b", "a=b");
+        check("", "");
+    }
+
+    #[test]
+    fn a_neutralised_row_reads_back_with_its_record_intact() {
+        let value =
+            serde_json::json!({"seq": 3, "type": "statement", "statement": "=HYPERLINK(1)"});
+        let line = r#"{"seq":3,"statement":"=HYPERLINK(1)"}"#;
+        let rows = parse_csv(&(csv_header() + &csv_row(&value, line))).expect("parse");
+        assert_eq!(rows[1][9], "'=HYPERLINK(1)");
+        assert_eq!(rows[1][0], "3");
         assert_eq!(rows[1][RECORD_COLUMN], line);
     }
 

@@ -626,8 +626,7 @@ impl Relay {
                 AuditEvent::Outcome(OutcomeRecord {
                     bytes,
                     statement_seq: o.statement_seq,
-                    session_id: self.session.session_id.clone(),
-                    request_id: self.session.request_id.clone(),
+                    session: self.session.clone(),
                     rows: o.rows(),
                     status: o.status,
                     command_tag: o.command_tag,
@@ -641,7 +640,6 @@ impl Relay {
                     },
                     rule: o.rule.map(str::to_owned),
                     duration_ms: o.duration_ms,
-                    break_glass: self.session.break_glass,
                 })
             })
             .collect();

@@ -1,0 +1,410 @@
+//! The witnessed checkpoint: the last checkpoint known durable, kept outside the trail.
+//!
+//! The chain proves every record up to the last one in the file, and a signed checkpoint
+//! vouches for the head it covers, but nothing in the file can show that records after a
+//! checkpoint were cut off: a trail truncated right after one verifies as complete. So the
+//! writer hands each checkpoint, once fsynced, to [`Keeper`], which keeps its sequence
+//! number and line hash in the state store (and the PostgreSQL sink holds the checkpoint
+//! rows it shipped). A trail that ends before the witnessed checkpoint, or holds another
+//! record at its place, was truncated or rewritten: the writer refuses to continue it
+//! ([`check_trail`]) and `audit verify --config` fails ([`check_files`]).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::chain::line_hash;
+use super::pg_sink::SinkError;
+use super::segments::segments_after;
+use super::AuditError;
+use crate::config::PgSink;
+use crate::store::Store;
+
+/// A checkpoint record known durable: its sequence number and the SHA-256 of its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Witness {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+/// How the state store holds a witness: `{"seq":N,"hash":"<hex>"}`.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    seq: u64,
+    hash: String,
+}
+
+impl Witness {
+    fn to_setting(self) -> String {
+        let stored = Stored {
+            seq: self.seq,
+            hash: hex::encode(self.hash),
+        };
+        // A struct of a number and a string always serializes.
+        serde_json::to_string(&stored).unwrap_or_default()
+    }
+
+    fn from_setting(text: &str) -> Result<Witness, String> {
+        let stored: Stored = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(&stored.hash, &mut hash).map_err(|e| e.to_string())?;
+        Ok(Witness {
+            seq: stored.seq,
+            hash,
+        })
+    }
+}
+
+/// The state store's settings key for the trail whose active file is `active`: per trail,
+/// since processes that share a state store each write a trail of their own.
+pub fn setting_key(active: &Path) -> String {
+    format!("audit_witness {}", active.display())
+}
+
+/// The witness the state store holds for the trail, if any.
+pub async fn stored(store: &Store, active: &Path) -> Result<Option<Witness>, AuditError> {
+    let text = store
+        .setting(&setting_key(active))
+        .await
+        .map_err(|e| io_error(active, e.to_string()))?;
+    text.map(|t| Witness::from_setting(&t))
+        .transpose()
+        .map_err(|e| {
+            io_error(
+                active,
+                format!("the witnessed checkpoint is unreadable: {e}"),
+            )
+        })
+}
+
+/// Before the writer opens the trail: it must still hold the checkpoint the state store
+/// witnessed, or the writer would chain new records onto a truncated trail.
+pub async fn check_trail(active: &Path, store: &Store) -> Result<(), AuditError> {
+    let Some(witness) = stored(store, active).await? else {
+        return Ok(());
+    };
+    let files: Vec<PathBuf> = segments_after(active, Some(witness.seq.saturating_sub(1)))
+        .map_err(|e| io_error(active, e.to_string()))?
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    // After a clean shutdown the witnessed checkpoint is the last record, and a trail whose
+    // last record comes before it is cut: neither needs a scan of the file.
+    if let Some(path) = paths.last() {
+        let last = last_line(path).map_err(|e| io_error(path, e.to_string()))?;
+        if let Some((line, seq)) = last.and_then(|l| seq_of(&l).map(|seq| (l, seq))) {
+            if seq == witness.seq {
+                return found(path, seq, &line, &witness, "the state store");
+            }
+            if seq < witness.seq {
+                return Err(truncated(path, seq, &witness, "the state store"));
+            }
+        }
+    }
+    check_files(&paths, &witness, "the state store", active)
+}
+
+/// The last complete line of `path`, read from the end.
+fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut window = 16 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        let end = tail.iter().rposition(|b| *b == b'\n');
+        match (
+            end,
+            end.and_then(|e| tail[..e].iter().rposition(|b| *b == b'\n')),
+        ) {
+            (Some(e), Some(s)) => return Ok(Some(tail[s + 1..e].to_vec())),
+            (Some(e), None) if start == 0 => return Ok(Some(tail[..e].to_vec())),
+            (None, _) if start == 0 => return Ok(None),
+            _ => window *= 4,
+        }
+    }
+}
+
+/// Checks that `files` (in order) hold the witnessed checkpoint at its sequence number.
+/// `witnessed_by` names where the witness came from; `active` is named when there is no
+/// file at all.
+pub fn check_files(
+    files: &[&Path],
+    witness: &Witness,
+    witnessed_by: &str,
+    active: &Path,
+) -> Result<(), AuditError> {
+    let mut last_seq = 0;
+    let mut last_path = files.last().copied().unwrap_or(active);
+    for path in files {
+        let file = File::open(path).map_err(|e| io_error(path, e.to_string()))?;
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| io_error(path, e.to_string()))?;
+            // A torn last line is no record (the writer cuts it when it opens the file).
+            if n == 0 || line.pop() != Some(b'\n') {
+                break;
+            }
+            let Some(seq) = seq_of(&line) else { continue };
+            if seq >= witness.seq {
+                return found(path, seq, &line, witness, witnessed_by);
+            }
+            last_seq = seq;
+            last_path = path;
+        }
+    }
+    Err(truncated(last_path, last_seq, witness, witnessed_by))
+}
+
+/// The first record at or past the witnessed checkpoint must be that checkpoint.
+fn found(
+    path: &Path,
+    seq: u64,
+    line: &[u8],
+    witness: &Witness,
+    witnessed_by: &str,
+) -> Result<(), AuditError> {
+    if seq == witness.seq && line_hash(line) == witness.hash {
+        return Ok(());
+    }
+    Err(AuditError::Diverged {
+        path: path.display().to_string(),
+        seq,
+        witnessed_seq: witness.seq,
+        witnessed_by: witnessed_by.to_owned(),
+    })
+}
+
+fn truncated(path: &Path, last_seq: u64, witness: &Witness, witnessed_by: &str) -> AuditError {
+    AuditError::Truncated {
+        path: path.display().to_string(),
+        last_seq,
+        witnessed_seq: witness.seq,
+        witnessed_by: witnessed_by.to_owned(),
+    }
+}
+
+/// A record's sequence number: the writer puts it first (`{"seq":N,…`), so it is read
+/// without parsing the line; anything else is parsed.
+fn seq_of(line: &[u8]) -> Option<u64> {
+    if let Some(rest) = line.strip_prefix(b"{\"seq\":") {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if rest.get(digits) == Some(&b',') {
+            return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+        }
+    }
+    serde_json::from_slice::<serde_json::Value>(line)
+        .ok()?
+        .get("seq")?
+        .as_u64()
+}
+
+fn io_error(path: &Path, message: String) -> AuditError {
+    AuditError::Io {
+        path: path.display().to_string(),
+        message,
+    }
+}
+
+/// The newest checkpoint the audit database holds for this proxy. Rows are the trail's
+/// exact lines, so the checkpoint's sequence number and line hash witness the trail from
+/// outside the file (`audit verify --config` compares). `None` before the first.
+pub async fn witnessed_checkpoint(config: &PgSink) -> Result<Option<Witness>, SinkError> {
+    let client = super::pg_sink::connect(config).await?;
+    let table: Option<String> = client
+        .query_one("SELECT to_regclass($1)::text", &[&config.table])
+        .await?
+        .get(0);
+    if table.is_none() {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT seq, line FROM {} WHERE proxy_id = $1 AND \"type\" = 'checkpoint' \
+                 ORDER BY seq DESC LIMIT 1",
+                config.table_sql
+            ),
+            &[&config.proxy_id],
+        )
+        .await?;
+    Ok(row.map(|row| Witness {
+        seq: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        hash: line_hash(row.get::<_, &str>(1).as_bytes()),
+    }))
+}
+
+/// Writes each checkpoint the writer reports durable into the state store.
+pub struct Keeper {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Keeper {
+    /// Starts keeping the witnesses `witnessed` reports for the trail `active`.
+    pub fn spawn(
+        store: Store,
+        active: PathBuf,
+        witnessed: watch::Receiver<Option<Witness>>,
+    ) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(keep(store, setting_key(&active), witnessed, stopped));
+        Keeper { stop, task }
+    }
+
+    /// After the writer closed: records the last checkpoint (the one written at close),
+    /// then stops.
+    pub async fn finish(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the audit witness task failed");
+        }
+    }
+}
+
+async fn keep(
+    store: Store,
+    key: String,
+    mut witnessed: watch::Receiver<Option<Witness>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut kept = None;
+    loop {
+        let stopping = *stop.borrow();
+        let latest = *witnessed.borrow_and_update();
+        if let Some(witness) = latest.filter(|w| Some(*w) != kept) {
+            match store.set_setting(&key, &witness.to_setting()).await {
+                Ok(()) => kept = Some(witness),
+                // The previous witness stays: an older checkpoint, still a true one.
+                Err(e) => {
+                    tracing::error!(error = %e, seq = witness.seq, "could not keep the audit checkpoint in the state store")
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            // Err: the writer is gone, and what it reported last was kept above; or the
+            // server was dropped without a shutdown.
+            changed = witnessed.changed() => if changed.is_err() { return },
+            changed = stop.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::GENESIS;
+    use crate::audit::file::encode_line;
+
+    /// A trail of `n` records; returns its lines' hashes.
+    fn trail(path: &Path, n: u64) -> Vec<[u8; 32]> {
+        let (mut bytes, mut prev, mut hashes) = (Vec::new(), GENESIS, Vec::new());
+        for seq in 1..=n {
+            prev = encode_line(&mut bytes, seq, "t", &prev, br#"{"type":"checkpoint"}"#);
+            hashes.push(prev);
+        }
+        std::fs::write(path, bytes).expect("write");
+        hashes
+    }
+
+    #[test]
+    fn a_trail_holding_the_witnessed_checkpoint_passes_and_a_cut_one_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let active = dir.path().join("audit.jsonl");
+        let hashes = trail(&active, 5);
+        let check = |seq: u64, hash: [u8; 32]| {
+            check_files(
+                &[&active],
+                &Witness { seq, hash },
+                "the state store",
+                &active,
+            )
+        };
+        assert!(check(3, hashes[2]).is_ok());
+        assert!(check(5, hashes[4]).is_ok());
+        let cut = check(7, [1; 32]).expect_err("cut");
+        assert!(matches!(
+            cut,
+            AuditError::Truncated {
+                last_seq: 5,
+                witnessed_seq: 7,
+                ..
+            }
+        ));
+        let text = cut.to_string();
+        assert!(
+            text.contains("audit.jsonl") && text.contains("seq 5") && text.contains("seq 7"),
+            "{text}"
+        );
+        let other = check(4, hashes[2]).expect_err("rewritten");
+        assert!(
+            matches!(other, AuditError::Diverged { seq: 4, .. }),
+            "{other}"
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_are_read_from_the_line_head_or_parsed() {
+        assert_eq!(seq_of(br#"{"seq":42,"time":"t"}"#), Some(42));
+        assert_eq!(seq_of(br#"{"time":"t","seq":7}"#), Some(7));
+        assert_eq!(seq_of(b"not json"), None);
+    }
+
+    #[tokio::test]
+    async fn the_keeper_stores_the_last_witness_and_the_check_reads_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let active = dir.path().join("audit.jsonl");
+        let hashes = trail(&active, 3);
+        let store = Store::open(&dir.path().join("state.db")).expect("store");
+        let (tx, rx) = watch::channel(None);
+        let keeper = Keeper::spawn(store.clone(), active.clone(), rx);
+        tx.send_replace(Some(Witness {
+            seq: 2,
+            hash: hashes[1],
+        }));
+        tx.send_replace(Some(Witness {
+            seq: 3,
+            hash: hashes[2],
+        }));
+        keeper.finish().await;
+        assert_eq!(
+            stored(&store, &active).await.expect("stored"),
+            Some(Witness {
+                seq: 3,
+                hash: hashes[2]
+            })
+        );
+        check_trail(&active, &store).await.expect("whole trail");
+        trail(&active, 2);
+        let error = check_trail(&active, &store).await.expect_err("cut trail");
+        assert!(
+            matches!(error, AuditError::Truncated { last_seq: 2, .. }),
+            "{error}"
+        );
+        // Another record where the checkpoint was: rewritten.
+        let mut bytes = Vec::new();
+        let first = encode_line(&mut bytes, 1, "t", &GENESIS, br#"{"type":"checkpoint"}"#);
+        let second = encode_line(&mut bytes, 2, "t", &first, br#"{"type":"checkpoint"}"#);
+        encode_line(&mut bytes, 3, "later", &second, br#"{"type":"checkpoint"}"#);
+        std::fs::write(&active, bytes).expect("write");
+        let error = check_trail(&active, &store).await.expect_err("rewritten");
+        assert!(
+            matches!(error, AuditError::Diverged { seq: 3, .. }),
+            "{error}"
+        );
+    }
+}

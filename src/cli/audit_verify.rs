@@ -1,0 +1,202 @@
+//! `lockbox audit verify`: the chain, the checkpoint signatures and, with `--config`, the
+//! checkpoint witnessed outside the trail (state store, audit database), so a trail cut
+//! right after a checkpoint fails too. On a running deployment the records after the last
+//! checkpoint are not signed yet: with `--config` (or `--live`) they are reported as
+//! pending, not as a problem.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::audit::chain::Report;
+use crate::audit::witness::{self, Witness};
+use crate::config::Config;
+
+/// Longest the audit database may take to say which checkpoint it holds.
+const SINK_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn verify_audit(
+    files: &[PathBuf],
+    public_key: Option<&Path>,
+    live: bool,
+    config: Option<&Path>,
+    json: bool,
+) -> Result<()> {
+    let config = config.map(Config::load).transpose()?;
+    let whole_trail = files.is_empty();
+    let files: Vec<PathBuf> = match (whole_trail, &config) {
+        (false, _) => files.to_vec(),
+        (true, Some(c)) => crate::audit::segments::segments(&c.audit_path)
+            .with_context(|| format!("listing the audit files of {}", c.audit_path.display()))?
+            .into_iter()
+            .map(|s| s.path)
+            .collect(),
+        (true, None) => {
+            return Err(anyhow!(
+                "name the audit files, or pass --config / LOCKBOX_CONFIG"
+            ))
+        }
+    };
+    let key_pem = match (public_key, &config) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        (None, Some(c)) => Some(
+            crate::token::TokenAuthority::load(&c.signing_key_path, &c.issuer, &c.audience)?
+                .public_key_pem()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    // The writer signs its tail within seconds and at shutdown; a deployment read through
+    // its config may be running, so an unsigned tail is pending there, not a failure. What
+    // no signature covers, the witnessed checkpoint does.
+    let pending_allowed = live || config.is_some();
+    let report = crate::audit::chain::verify(&paths, key_pem.as_deref(), pending_allowed)
+        .map_err(|e| anyhow!(e))?;
+    let mut problems = report.problems.clone();
+    let mut witnessed = Vec::new();
+    if let (true, Some(c)) = (whole_trail, &config) {
+        for (by, w) in witnesses_of(c).await {
+            match witness::check_files(&paths, &w, &by, &c.audit_path) {
+                Ok(()) => witnessed.push((by, w.seq)),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+    }
+    let pending = if pending_allowed {
+        report.uncovered_tail
+    } else {
+        0
+    };
+    let outcome = Outcome {
+        report: &report,
+        problems: &problems,
+        pending,
+        witnessed: &witnessed,
+        keyed: key_pem.is_some(),
+    };
+    if json {
+        outcome.print_json();
+    } else {
+        outcome.print_text();
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "the audit log failed verification ({} problem(s))",
+            problems.len()
+        ))
+    }
+}
+
+/// The checkpoints witnessed outside the trail, each with where it was kept. A witness
+/// that cannot be read is a warning: the chain is still checked.
+async fn witnesses_of(config: &Config) -> Vec<(String, Witness)> {
+    let mut out = Vec::new();
+    match stored_witness(config).await {
+        Ok(Some(w)) => out.push(("the state store".to_owned(), w)),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "warning: cannot read the witnessed checkpoint from the state store {} ({e}); a trail cut after a checkpoint may go unnoticed",
+            config.state_path.display()
+        ),
+    }
+    if let Some(sink) = &config.audit_pg_sink {
+        match tokio::time::timeout(
+            SINK_TIMEOUT,
+            witness::witnessed_checkpoint(sink),
+        )
+        .await
+        {
+            Ok(Ok(Some(w))) => out.push(("the audit database".to_owned(), w)),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => eprintln!(
+                "warning: cannot read the last checkpoint the audit database holds ({e})"
+            ),
+            Err(_) => eprintln!(
+                "warning: the audit database did not answer within {SINK_TIMEOUT:?}; its checkpoint was not compared"
+            ),
+        }
+    }
+    out
+}
+
+async fn stored_witness(config: &Config) -> Result<Option<Witness>> {
+    // No state store yet: nothing was ever witnessed (and none is created here).
+    if !config.state_path.exists() {
+        return Ok(None);
+    }
+    let store = crate::store::Store::open(&config.state_path)?;
+    Ok(witness::stored(&store, &config.audit_path).await?)
+}
+
+struct Outcome<'a> {
+    report: &'a Report,
+    problems: &'a [String],
+    pending: u64,
+    witnessed: &'a [(String, u64)],
+    keyed: bool,
+}
+
+impl Outcome<'_> {
+    fn print_json(&self) {
+        let r = self.report;
+        let witnessed: Vec<serde_json::Value> = self
+            .witnessed
+            .iter()
+            .map(|(by, seq)| serde_json::json!({ "by": by, "seq": seq }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": self.problems.is_empty(),
+                "records": r.records,
+                "first_seq": r.first_seq,
+                "last_seq": r.last_seq,
+                "checkpoints": r.checkpoints,
+                "checkpoints_verified": r.checkpoints_verified,
+                "uncovered_tail": r.uncovered_tail,
+                "pending": self.pending,
+                "partial_tail": r.partial_tail,
+                "witnessed": witnessed,
+                "problems": self.problems,
+            })
+        );
+    }
+
+    fn print_text(&self) {
+        let r = self.report;
+        println!(
+            "{} record(s), seq {}..{}, {} checkpoint(s), {} signature(s) verified{}",
+            r.records,
+            r.first_seq.unwrap_or(0),
+            r.last_seq.unwrap_or(0),
+            r.checkpoints,
+            r.checkpoints_verified,
+            if self.keyed {
+                ""
+            } else {
+                " (no public key: signatures not checked)"
+            }
+        );
+        for (by, seq) in self.witnessed {
+            println!("checkpoint seq {seq} witnessed by {by}: present");
+        }
+        if self.pending > 0 {
+            println!(
+                "pending: {} record(s) after the last checkpoint, not signed yet (the writer signs them within seconds, and at shutdown)",
+                self.pending
+            );
+        }
+        if r.partial_tail {
+            println!("pending: a record was being written at the end of the last file");
+        }
+        for problem in self.problems {
+            println!("PROBLEM: {problem}");
+        }
+    }
+}
