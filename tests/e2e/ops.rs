@@ -223,9 +223,9 @@ async fn sessions_are_listed_and_killed_like_a_revocation() {
         .expect("own")
         .is_empty());
 
-    // The command line shows the same.
+    // The command line shows the same (`--wide`: no cell cut to fit 100 columns).
     let out = Command::new(env!("CARGO_BIN_EXE_lockbox"))
-        .args(["session", "list"])
+        .args(["session", "list", "--wide"])
         .env("LOCKBOX_SERVER", env.deployment.server_url())
         .env("LOCKBOX_API_KEY", &env.deployment.api_keys["alice"])
         .output()
