@@ -74,7 +74,16 @@ impl PgSandbox {
                 .collect(),
         };
         sandbox.init()?;
-        sandbox.launch()?;
+        // The port was free when chosen, but another process may bind it before the
+        // server does (tests and demos start clusters side by side): try fresh ones.
+        let mut attempts = 0;
+        while let Err(e) = sandbox.launch() {
+            attempts += 1;
+            if attempts == 3 || !e.to_string().contains("in use") {
+                return Err(e);
+            }
+            sandbox.port = free_port()?;
+        }
         sandbox.stopped = false;
         sandbox.spawn_watchdog();
         Ok(sandbox)

@@ -57,8 +57,11 @@ impl Held {
         let starting = self
             .pg_starting
             .insert(tokio::task::spawn_blocking(PgSandbox::start));
-        let pg = starting.await??;
+        let started = starting.await;
+        // Finished either way: `cleanup` must not await the handle again (a JoinHandle
+        // polled after completion panics).
         self.pg_starting = None;
+        let pg = started??;
         Ok(self.pg.insert(pg))
     }
 

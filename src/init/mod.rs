@@ -103,6 +103,9 @@ fn deployment_files(
         }
     };
     let (cert_pem, key_pem) = crate::tls::generate_signed_by(&args.hosts, &ca_pem, &ca_key_pem)?;
+    let api_hosts = api_hosts(args);
+    let (api_cert_pem, api_key_pem) =
+        crate::tls::generate_signed_by(&api_hosts, &ca_pem, &ca_key_pem)?;
     let api_keys: Vec<String> = USERS
         .iter()
         .map(|_| crate::keys::generate_api_key())
@@ -146,6 +149,17 @@ fn deployment_files(
     ));
     files.push((
         NewFile::private(dir.join("proxy-key.pem"), key_pem),
+        "its key (0600)".to_owned(),
+    ));
+    files.push((
+        NewFile::public(dir.join("api-cert.pem"), api_cert_pem),
+        format!(
+            "the API's certificate for {}, signed by the CA",
+            api_hosts.join(", ")
+        ),
+    ));
+    files.push((
+        NewFile::private(dir.join("api-key.pem"), api_key_pem),
         "its key (0600)".to_owned(),
     ));
     for ((role, file), password) in plan.password_files().into_iter().zip(passwords) {
@@ -272,7 +286,11 @@ fn next_steps(
         out,
         "4. An engineer files a request, an approver approves it, the engineer connects:"
     )?;
-    writeln!(out, "   export LOCKBOX_SERVER={api}")?;
+    writeln!(
+        out,
+        "   export LOCKBOX_SERVER={api} LOCKBOX_CA_CERT={}",
+        ca.display()
+    )?;
     writeln!(out, "   id=$(LOCKBOX_API_KEY=<eve's key> lockbox request create --database {} --ticket T-1 --reason '…' --access read --duration 30m)", plan.database)?;
     writeln!(
         out,
@@ -308,14 +326,37 @@ pub(crate) fn config_check(path: &Path) -> Result<()> {
     }
 }
 
-/// The URL the CLI reaches an API listening on `listen` at.
+/// The URL the CLI reaches an API listening on `listen` at (HTTPS: init gives the API a
+/// certificate of its own).
 fn api_url(listen: &str) -> String {
     let (host, port) = listen.rsplit_once(':').unwrap_or((listen, "8432"));
     let host = match host {
         "0.0.0.0" | "[::]" => "127.0.0.1",
         other => other,
     };
-    format!("http://{host}:{port}")
+    format!("https://{host}:{port}")
+}
+
+/// The names the API's certificate carries: the proxy's, loopback (the CLI on the lockbox
+/// host), and the API's own address when it listens on one.
+fn api_hosts(args: &InitArgs) -> Vec<String> {
+    let mut hosts = args.hosts.clone();
+    let listen_ip = args
+        .api_listen
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+        .map(|ip| ip.to_string());
+    for name in ["localhost".to_owned(), "127.0.0.1".to_owned()]
+        .into_iter()
+        .chain(listen_ip)
+    {
+        if !hosts.contains(&name) {
+            hosts.push(name);
+        }
+    }
+    hosts
 }
 
 #[cfg(test)]
@@ -340,7 +381,7 @@ mod tests {
 
     #[test]
     fn api_urls_reach_a_wildcard_listener_on_loopback() {
-        assert_eq!(api_url("0.0.0.0:8432"), "http://127.0.0.1:8432");
-        assert_eq!(api_url("10.1.2.3:9000"), "http://10.1.2.3:9000");
+        assert_eq!(api_url("0.0.0.0:8432"), "https://127.0.0.1:8432");
+        assert_eq!(api_url("10.1.2.3:9000"), "https://10.1.2.3:9000");
     }
 }

@@ -82,8 +82,11 @@ tls_key = "proxy-key.pem"
 allow_plaintext_loopback = false
 
 [api]
-# Control-plane HTTP API (the CLI, approvers, auditors): keep it on loopback or behind TLS.
+# Control-plane HTTP API (the CLI, approvers, auditors), served over HTTPS with a certificate
+# signed by ca.pem: the CLI trusts it with --ca-cert ca.pem or LOCKBOX_CA_CERT=ca.pem.
 listen = "{api_listen}"
+tls_cert = "api-cert.pem"
+tls_key = "api-key.pem"
 
 [state]
 sqlite_path = "data/state.db"

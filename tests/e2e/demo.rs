@@ -106,8 +106,13 @@ fn demo_env_file_connects_verify_full_and_sigterm_cleans_up() {
     assert!(ca.exists(), "LOCKBOX_CA_CERT names no file");
 
     let server = &env["LOCKBOX_SERVER"];
+    assert!(
+        server.starts_with("https://"),
+        "the demo's API serves HTTPS: {server}"
+    );
     let id = ok(as_user(
         server,
+        ca,
         &env["LOCKBOX_ENGINEER_KEY"],
         &[
             "request",
@@ -126,11 +131,13 @@ fn demo_env_file_connects_verify_full_and_sigterm_cleans_up() {
     ));
     ok(as_user(
         server,
+        ca,
         &env["LOCKBOX_APPROVER_KEY"],
         &["request", "approve", &id, "--reason", "ok"],
     ));
     let token = ok(as_user(
         server,
+        ca,
         &env["LOCKBOX_ENGINEER_KEY"],
         &["token", &id],
     ));

@@ -112,10 +112,11 @@ fn printed_sql(stdout: &str) -> String {
 }
 
 /// A CLI call against a running API as `key`.
-pub(crate) fn as_user(server: &str, key: &str, args: &[&str]) -> Output {
+pub(crate) fn as_user(server: &str, ca: &Path, key: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lockbox"))
         .args(args)
         .env("LOCKBOX_SERVER", server)
+        .env("LOCKBOX_CA_CERT", ca)
         .env("LOCKBOX_API_KEY", key)
         .output()
         .expect("run lockbox")
@@ -192,9 +193,12 @@ fn init_then_check_serve_request_connect_verified_and_audit() {
     wait_for_port(proxy_port, &mut serve, &log);
 
     let keys = api_keys(&dir);
-    let server = format!("http://127.0.0.1:{api_port}");
+    // The API serves HTTPS with init's certificate; the CLI trusts init's CA.
+    let server = format!("https://127.0.0.1:{api_port}");
+    let ca = dir.join("ca.pem");
     let id = ok(as_user(
         &server,
+        &ca,
         &keys["eve"],
         &[
             "request",
@@ -213,10 +217,11 @@ fn init_then_check_serve_request_connect_verified_and_audit() {
     ));
     ok(as_user(
         &server,
+        &ca,
         &keys["carol"],
         &["request", "approve", &id, "--reason", "ok"],
     ));
-    let token = ok(as_user(&server, &keys["eve"], &["token", &id]));
+    let token = ok(as_user(&server, &ca, &keys["eve"], &["token", &id]));
 
     let ca = dir.join("ca.pem");
     let conninfo = |host: &str, ca: &Path| {
@@ -241,6 +246,7 @@ fn init_then_check_serve_request_connect_verified_and_audit() {
 
     let trail = ok(as_user(
         &server,
+        &ca,
         &keys["dave"],
         &["audit", "list", "--request", &id],
     ));
@@ -504,6 +510,7 @@ fn the_shipped_config_checks_once_its_files_exist() {
         "keygen signing-key --out signing-key.pem",
         "keygen ca --cert ca.pem --key ca-key.pem",
         "keygen tls-cert --cert proxy-cert.pem --key proxy-key.pem --ca-cert ca.pem --ca-key ca-key.pem",
+        "keygen tls-cert --cert api-cert.pem --key api-key.pem --host 127.0.0.1 --ca-cert ca.pem --ca-key ca-key.pem",
     ] {
         let args: Vec<&str> = command.split(' ').collect();
         ok(Command::new(env!("CARGO_BIN_EXE_lockbox"))
