@@ -11,7 +11,7 @@
 //! than drop records silently.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -557,22 +557,8 @@ fn file_id(file: &File) -> std::io::Result<(u64, u64)> {
 /// (for the lag while the audit database is unreachable).
 fn last_written_seq(active: &Path) -> std::io::Result<Option<u64>> {
     for segment in segments(active)?.into_iter().rev() {
-        let mut file = File::open(&segment.path)?;
-        let len = file.metadata()?.len();
-        let mut window = 16 * 1024u64;
-        loop {
-            let start = len.saturating_sub(window);
-            file.seek(SeekFrom::Start(start))?;
-            let mut tail = Vec::new();
-            file.read_to_end(&mut tail)?;
-            let end = tail.iter().rposition(|b| *b == b'\n');
-            let line_start = end.and_then(|e| tail[..e].iter().rposition(|b| *b == b'\n'));
-            match (end, line_start) {
-                (Some(e), Some(s)) => return Ok(seq_of(&tail[s + 1..e])),
-                (Some(e), None) if start == 0 => return Ok(seq_of(&tail[..e])),
-                (None, _) if start == 0 => break,
-                _ => window *= 4,
-            }
+        if let Some(line) = super::witness::last_line(&segment.path)? {
+            return Ok(seq_of(&line));
         }
     }
     Ok(None)

@@ -109,8 +109,9 @@ pub async fn check_trail(active: &Path, store: &Store) -> Result<(), AuditError>
     check_files(&paths, &witness, "the state store", active)
 }
 
-/// The last complete line of `path`, read from the end.
-fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+/// The last complete line of `path`, read from the end (a window growing from 16 KiB, so a
+/// long line costs more reads, never a whole-file read for a short one).
+pub(super) fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     let mut file = File::open(path)?;
     let len = file.metadata()?.len();
     let mut window = 16 * 1024u64;
