@@ -433,9 +433,12 @@ async fn run_admitted(
     };
     proxy.registry.forget_cancel_key(cancel_key);
     // The window is counted from the relay's end, not from when the end is recorded.
-    if login.per_grant && matches!(end, End::Dropped(DropReason::Expired | DropReason::Revoked)) {
+    let role_closes =
+        login.per_grant && matches!(end, End::Dropped(DropReason::Expired | DropReason::Revoked));
+    if role_closes {
         // The grant is over: its role is dropped now rather than at the next sweep, which
-        // also ends every backend of it (the reaper below may no longer log in as it).
+        // also ends every backend of it, as the service role. That is the reaper's work: a
+        // reaper could not log in as the role any more (past VALID UNTIL, or NOLOGIN).
         let provisioner = lockbox.provisioner.clone();
         let (db, id) = (db.clone(), request.id.clone());
         tokio::spawn(async move {
@@ -444,7 +447,7 @@ async fn run_admitted(
             }
         });
     }
-    let reaper = ended_by_proxy(&end).then(|| Reaper {
+    let reaper = (ended_by_proxy(&end) && !role_closes).then(|| Reaper {
         db: db.clone(),
         credentials: login.credentials.clone(),
         access: request.access,

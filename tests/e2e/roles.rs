@@ -162,6 +162,21 @@ async fn grant_role_is_dropped_when_the_window_ends() {
     let (client, _conn) = env.connect("eve", &token).await.expect("login");
     assert_eq!(whoami(&client).await.0, role_of(&id));
     wait_for_drop(&env, &role_of(&id)).await;
+    // Dropping the role ended its backends as the service role; no reaper tried (and
+    // failed) to log in as a role past its VALID UNTIL.
+    env.wait_for_audit("the expiry", |r| {
+        r.iter().any(|r| r["event"] == "dropped_expired")
+    })
+    .await;
+    for _ in 0..20 {
+        let records = env.audit();
+        let failed: Vec<&serde_json::Value> = records
+            .iter()
+            .filter(|r| r["event"] == "backend_termination_failed")
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Concurrent first sessions of one grant all log in as its role, which is made once: the
