@@ -513,6 +513,39 @@ async fn idle_tls_connections_to_the_api_cannot_take_down_the_proxy() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Unauthenticated surface, now reachable from the network.
+// ---------------------------------------------------------------------------------------
+
+/// `/v1/health` takes no credentials. On loopback that was harmless; with HTTPS the API
+/// listens on the network, and anyone reaching it learns how many engineers are inside
+/// customer databases right now (`live_sessions`, pollable) and, with `[audit.postgres]`,
+/// the audit sink's `last_error` (PostgreSQL's words: host, role, database). A probe needs
+/// only up/down.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_tells_an_anonymous_caller_nothing_about_sessions() {
+    let h = https_env("atk_tls_health", "").await;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&h.ca).expect("ca")).expect("ca");
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    let body = http
+        .get(format!("{}/v1/health", h.url))
+        .send()
+        .await
+        .expect("health")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        !body.contains("live_sessions") && !body.contains("last_error"),
+        "an unauthenticated caller reads: {body}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // What held up (kept as regression checks).
 // ---------------------------------------------------------------------------------------
 
