@@ -360,6 +360,52 @@ async fn webhook_does_not_follow_a_redirect_to_plain_http_or_an_internal_address
     );
 }
 
+/// A webhook URL is a credential (Slack's `/services/T…/B…/<secret>`, Teams' signed URLs):
+/// whoever has it posts into the channel approvers trust. Each delivery shows it whole in
+/// `target` and again inside `last_error` ("webhook <url>: …") to every `audit read` caller
+/// of `/v1/notifications`, and the dispatcher logs it at warn on each failed attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_url_secret_is_not_shown_to_readers_of_notifications() {
+    let port = lockbox::sandbox::free_port().expect("port");
+    let secret = "xoxSECRETwebhookTOKEN42";
+    let settings = format!(
+        "\n[notifications]\nretry_base = \"200ms\"\nmax_attempts = 2\n\
+         [[notifications.webhooks]]\nurl = \"http://127.0.0.1:{port}/services/T0/B0/{secret}\"\n\
+         format = \"slack\"\n"
+    );
+    let env = Env::with(
+        "atk_tls_hook_secret",
+        Options {
+            policy: Box::leak(settings.into_boxed_str()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let _id = env.pending_request("eve", "1h").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deliveries = loop {
+        let list = env
+            .client("dave")
+            .notifications(None, None)
+            .await
+            .expect("an auditor lists deliveries");
+        if list.iter().any(|d| d.last_error.is_some()) || Instant::now() > deadline {
+            break list;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let shown: Vec<String> = deliveries
+        .iter()
+        .filter(|d| d.channel == "webhook")
+        .map(|d| format!("target={} last_error={:?}", d.target, d.last_error))
+        .collect();
+    assert!(!shown.is_empty(), "no webhook delivery was queued");
+    assert!(
+        !shown.iter().any(|d| d.contains(secret)),
+        "the auditor sees the webhook's secret: {shown:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Denial of service of the HTTPS listener.
 // ---------------------------------------------------------------------------------------
