@@ -406,6 +406,29 @@ async fn a_webhook_url_secret_is_not_shown_to_readers_of_notifications() {
     );
 }
 
+/// The API's rule ("plain only on loopback, it carries credentials") is not applied to the
+/// SMTP relay: `security` defaults to `none`, and with `username`/`password` lettre sends
+/// `AUTH PLAIN` (the password, base64) in clear to any host. A config naming a remote relay
+/// with credentials and no `security` should be refused, as a plain non-loopback API is.
+#[test]
+fn smtp_credentials_never_go_to_a_remote_relay_in_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for security in ["", "security = \"none\"\n"] {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n\
+             [token]\nsigning_key = \"signing.pem\"\n[api]\nlisten = \"127.0.0.1:8432\"\n\
+             [notifications.smtp]\nhost = \"smtp.example.com\"\nport = 587\n\
+             from = \"lockbox@example.com\"\nusername = \"lockbox\"\npassword = \"hunter2\"\n\
+             {security}"
+        );
+        let loaded = lockbox::config::Config::from_toml(&text, dir.path());
+        assert!(
+            loaded.is_err(),
+            "accepted: SMTP credentials to smtp.example.com:587 in clear ({security:?})"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Denial of service of the HTTPS listener.
 // ---------------------------------------------------------------------------------------
