@@ -429,6 +429,30 @@ fn smtp_credentials_never_go_to_a_remote_relay_in_clear() {
     }
 }
 
+/// Plain http:// off loopback is refused for the API but accepted for what tells approvers
+/// what to approve: a webhook to a remote `http://` receiver (an on-path attacker rewrites
+/// `lockbox request approve <id>` to their own pending request's id), and a `public_url`
+/// that points approvers' links (`POST http://…/approve`, with their API key) at plain HTTP
+/// while the API itself serves HTTPS.
+#[test]
+fn plain_http_urls_to_remote_hosts_are_refused_in_notifications() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = "[proxy]\nlisten = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n\
+                [token]\nsigning_key = \"signing.pem\"\n[api]\nlisten = \"127.0.0.1:8432\"\n";
+    let cases = [
+        "[notifications]\n[[notifications.webhooks]]\nurl = \"http://hooks.example.com/lockbox\"\n",
+        "[notifications]\npublic_url = \"http://lockbox.example.com\"\n",
+    ];
+    let accepted: Vec<&str> = cases
+        .iter()
+        .filter(|case| {
+            lockbox::config::Config::from_toml(&format!("{base}{case}"), dir.path()).is_ok()
+        })
+        .copied()
+        .collect();
+    assert!(accepted.is_empty(), "accepted: {accepted:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Denial of service of the HTTPS listener.
 // ---------------------------------------------------------------------------------------
