@@ -538,6 +538,22 @@ async fn a_connection_that_never_finishes_its_request_is_closed() {
     );
 }
 
+/// The `lockbox serve` this test started, stopped (by its own handle) however the test ends.
+struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The consequence of the above, end to end: `lockbox serve` under a file-descriptor limit
 /// (300 here; systemd's default soft limit is 1024), and one unauthenticated client
 /// opening TLS connections to the API and leaving them idle. Once the descriptors are
@@ -546,16 +562,18 @@ async fn a_connection_that_never_finishes_its_request_is_closed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_tls_connections_to_the_api_cannot_take_down_the_proxy() {
     let h = https_deployment("atk_tls_fds", "");
-    let mut child: Child = Command::new("prlimit")
-        .arg("--nofile=300:300")
-        .arg(env!("CARGO_BIN_EXE_lockbox"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&h.env.config_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start lockbox serve");
+    let mut child = KillOnDrop(
+        Command::new("prlimit")
+            .arg("--nofile=300:300")
+            .arg(env!("CARGO_BIN_EXE_lockbox"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&h.env.config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start lockbox serve"),
+    );
     let alice = h.client("alice");
     let deadline = Instant::now() + Duration::from_secs(30);
     while alice.whoami().await.is_err() {
@@ -595,8 +613,7 @@ async fn idle_tls_connections_to_the_api_cannot_take_down_the_proxy() {
         Ok(Ok(_))
     );
     let proxy_up = proxy_answers(proxy).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    child.stop();
     drop(held);
     assert!(
         api_up && proxy_up,
