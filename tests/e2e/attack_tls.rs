@@ -683,7 +683,7 @@ async fn garbage_on_the_https_port_neither_answers_in_clear_nor_breaks_the_api()
     // A TLS record header announcing a 16 MiB handshake, then bytes; random garbage.
     let mut huge = TcpStream::connect(h.api_addr()).await.expect("connect");
     let mut hello = vec![0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0xff, 0xff, 0xff];
-    hello.extend(std::iter::repeat(0x41).take(70_000));
+    hello.extend(std::iter::repeat_n(0x41, 70_000));
     let _ = huge.write_all(&hello).await;
     let mut junk = TcpStream::connect(h.api_addr()).await.expect("connect");
     let _ = junk.write_all(&[0xffu8; 100_000]).await;
