@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod api_hardening;
 mod attack;
 mod attack2;
 mod attack_tls;
