@@ -409,14 +409,14 @@ async fn a_webhook_reaches_an_https_receiver_signed_by_its_ca() {
             .notifications(Some(&id), None)
             .await
             .expect("status");
-        let target = |path: &str| format!("https://127.0.0.1:{port}/{path}");
-        delivered = list
-            .iter()
-            .find(|d| d.target == target("trusted") && d.status == "delivered")
-            .cloned();
+        // Both show as the receiver's origin (a webhook URL's path may be its secret):
+        // the one with its CA is told apart by being delivered.
+        let origin = format!("https://127.0.0.1:{port}");
+        assert!(list.iter().all(|d| d.target == origin), "{list:?}");
+        delivered = list.iter().find(|d| d.status == "delivered").cloned();
         refused = list
             .iter()
-            .find(|d| d.target == target("untrusted") && d.last_error.is_some())
+            .find(|d| d.status != "delivered" && d.last_error.is_some())
             .cloned();
         if delivered.is_some() && refused.is_some() {
             break;
