@@ -7,6 +7,7 @@
 //! - a handshake gets `HANDSHAKE_TIMEOUT`;
 //! - a request head gets `HEADER_READ_TIMEOUT`, counted from the end of the previous
 //!   response on a kept-alive connection too, so it is also the idle timeout;
+//! - a request body may pause at most `BODY_READ_TIMEOUT` between two pieces;
 //! - connections are capped in total and per client address for their whole life
 //!   (`limits`), the oldest shed first, well below the process's open-file limit, which
 //!   is raised to its hard limit at start (`fd_limit`) — the data-plane proxy shares
@@ -36,6 +37,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client gets this long to send a whole request head, and a kept-alive connection may
 /// idle this long between requests (hyper starts the same timer for both).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request body that sends nothing for this long fails (the handler answers 4xx and
+/// the connection is closed), so a trickled body cannot hold a connection.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection told to close (shed, or the server stopping) may finish the request it is
 /// serving for this long; then it is cut off.
@@ -131,7 +136,11 @@ impl Connection {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
-        let service = TowerToHyperService::new(self.app.clone());
+        let app = self.app.clone();
+        let service = TowerToHyperService::new(tower_http::timeout::RequestBodyTimeout::new(
+            app,
+            BODY_READ_TIMEOUT,
+        ));
         let mut conn = pin!(http.serve_connection(TokioIo::new(io), service));
         let peer = self.peer;
         tokio::select! {

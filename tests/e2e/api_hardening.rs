@@ -150,3 +150,29 @@ async fn a_silent_plain_http_connection_is_closed() {
         "the silent connection is still open: {read:?}"
     );
 }
+
+/// A request whose body trickles in (here: one byte of a announced thousand, then
+/// nothing) is cut off rather than holding its connection for as long as the client likes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_body_that_stops_coming_is_cut_off() {
+    let env = Env::start("harden_slow_body").await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], env.deployment.api_port));
+    let key = &env.deployment.api_keys["eve"];
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(
+        format!(
+            "POST /v1/requests HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
+             content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("head and one byte");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(45), slow.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the connection is still held open for the rest of the body ({} bytes answered)",
+        answer.len()
+    );
+}
