@@ -42,8 +42,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// the connection is closed), so a trickled body cannot hold a connection.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection told to close (shed, or the server stopping) may finish the request it is
-/// serving for this long; then it is cut off.
+/// When the server stops, a connection may finish the request it is serving for this
+/// long; then it is cut off.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The open-file limit assumed when it cannot be read: the usual default soft limit.
@@ -136,11 +136,22 @@ impl Connection {
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT);
-        let app = self.app.clone();
-        let service = TowerToHyperService::new(tower_http::timeout::RequestBodyTimeout::new(
-            app,
+        let app = TowerToHyperService::new(tower_http::timeout::RequestBodyTimeout::new(
+            self.app.clone(),
             BODY_READ_TIMEOUT,
         ));
+        let busy = self.slot.busy_counter();
+        // Each request marks its connection busy while in a handler: shedding takes idle
+        // connections first.
+        let service = hyper::service::service_fn(move |request| {
+            let mark = busy.mark();
+            let answer = hyper::service::Service::call(&app, request);
+            async move {
+                let answer = answer.await;
+                drop(mark);
+                answer
+            }
+        });
         let mut conn = pin!(http.serve_connection(TokioIo::new(io), service));
         let peer = self.peer;
         tokio::select! {
@@ -150,7 +161,9 @@ impl Connection {
                 }
                 return;
             }
-            _ = self.slot.shed.notified() => {}
+            // Closed at once: its slot is already given to a newer connection, and a
+            // grace period would let a flood hold descriptors beyond the cap.
+            _ = self.slot.shed.notified() => return,
             _ = stopped(&mut self.shutdown) => {}
         }
         // Idle: closes at once; serving a request: closes after its response.

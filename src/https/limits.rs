@@ -3,13 +3,15 @@
 //! A connection counts from `accept` until it is closed — during its TLS handshake, while
 //! a request runs and while it idles between requests — so what a client holds open is
 //! what it is charged for. When a new connection would go over a cap, the *oldest*
-//! connection (of the same address for the per-address cap) is told to close instead of
-//! refusing the new one: refusing would let whoever opens connections first keep everyone
-//! else out (the admin who wants to revoke a grant included), while shedding the oldest
-//! makes a flood cost its sender its own earlier connections.
+//! connection (of the same address for the per-address cap) is closed instead of refusing
+//! the new one: refusing would let whoever opens connections first keep everyone else out
+//! (the admin who wants to revoke a grant included), while shedding the oldest makes a
+//! flood cost its sender its own earlier connections. Connections with no request in a
+//! handler go first (idle, handshaking, or still sending a head: what a flood is made of).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
@@ -53,8 +55,14 @@ struct State {
     next: u64,
     /// Counted connections by admission order; a shed one is removed at once (it is
     /// closing) so it is never shed twice.
-    open: BTreeMap<u64, (IpAddr, Arc<Notify>)>,
+    open: BTreeMap<u64, Entry>,
     per_address: HashMap<IpAddr, usize>,
+}
+
+struct Entry {
+    peer: IpAddr,
+    shed: Arc<Notify>,
+    busy: Arc<AtomicUsize>,
 }
 
 /// One admitted connection: its slot is given back when this is dropped.
@@ -63,6 +71,35 @@ pub(crate) struct Slot {
     id: u64,
     /// Notified when this connection is shed to make room for a newer one.
     pub shed: Arc<Notify>,
+    /// Requests of this connection inside a handler now (`Busy`).
+    busy: Arc<AtomicUsize>,
+}
+
+/// Counts a request as in a handler while it lives.
+pub(crate) struct Busy(Arc<AtomicUsize>);
+
+impl Slot {
+    /// What the connection's service uses to mark each request it runs (`Busy`).
+    pub(crate) fn busy_counter(&self) -> BusyCounter {
+        BusyCounter(self.busy.clone())
+    }
+}
+
+/// Hands out `Busy` marks for one connection's requests.
+#[derive(Clone)]
+pub(crate) struct BusyCounter(Arc<AtomicUsize>);
+
+impl BusyCounter {
+    pub(crate) fn mark(&self) -> Busy {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Busy(self.0.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Tracker {
@@ -79,27 +116,29 @@ impl Tracker {
         // in a way that matters more than refusing every connection would.
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.per_address.get(&peer).copied().unwrap_or(0) >= self.caps.per_address {
-            let oldest = state
-                .open
-                .iter()
-                .find(|(_, (ip, _))| *ip == peer)
-                .map(|(id, _)| *id);
+            let oldest = state.oldest(|e| e.peer == peer);
             state.shed(oldest);
         }
         if state.open.len() >= self.caps.total {
-            let oldest = state.open.keys().next().copied();
+            let oldest = state.oldest(|_| true);
             state.shed(oldest);
         }
         let id = state.next;
         state.next += 1;
-        let shed = Arc::new(Notify::new());
-        state.open.insert(id, (peer, shed.clone()));
-        *state.per_address.entry(peer).or_default() += 1;
-        Slot {
+        let entry = Entry {
+            peer,
+            shed: Arc::new(Notify::new()),
+            busy: Arc::default(),
+        };
+        let slot = Slot {
             tracker: self.clone(),
             id,
-            shed,
-        }
+            shed: entry.shed.clone(),
+            busy: entry.busy.clone(),
+        };
+        state.open.insert(id, entry);
+        *state.per_address.entry(peer).or_default() += 1;
+        slot
     }
 
     #[cfg(test)]
@@ -113,24 +152,34 @@ impl Tracker {
 }
 
 impl State {
-    fn shed(&mut self, id: Option<u64>) {
-        let Some((ip, notify)) = id.and_then(|id| self.forget(id)) else {
-            return;
-        };
-        tracing::debug!(peer = %ip, "API connection shed to make room for a newer one");
-        // `notify_one` keeps the wake-up if the connection is not waiting yet.
-        notify.notify_one();
+    /// The oldest connection `matching`, preferring one with no request in a handler.
+    fn oldest(&self, matching: impl Fn(&Entry) -> bool) -> Option<u64> {
+        let mut candidates = self.open.iter().filter(|(_, e)| matching(e));
+        let first = candidates.clone().next().map(|(id, _)| *id);
+        candidates
+            .find(|(_, e)| e.busy.load(Ordering::Relaxed) == 0)
+            .map(|(id, _)| *id)
+            .or(first)
     }
 
-    fn forget(&mut self, id: u64) -> Option<(IpAddr, Arc<Notify>)> {
-        let (ip, notify) = self.open.remove(&id)?;
-        if let Some(n) = self.per_address.get_mut(&ip) {
+    fn shed(&mut self, id: Option<u64>) {
+        let Some(entry) = id.and_then(|id| self.forget(id)) else {
+            return;
+        };
+        tracing::debug!(peer = %entry.peer, "API connection shed to make room for a newer one");
+        // `notify_one` keeps the wake-up if the connection is not waiting yet.
+        entry.shed.notify_one();
+    }
+
+    fn forget(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.open.remove(&id)?;
+        if let Some(n) = self.per_address.get_mut(&entry.peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_address.remove(&ip);
+                self.per_address.remove(&entry.peer);
             }
         }
-        Some((ip, notify))
+        Some(entry)
     }
 }
 
@@ -217,6 +266,25 @@ mod tests {
         assert!(was_shed(&a));
         assert!(!was_shed(&b) && !was_shed(&c));
         assert_eq!(tracker.open(), 2);
+    }
+
+    #[test]
+    fn a_connection_serving_a_request_is_shed_after_idle_ones() {
+        let tracker = Tracker::new(Caps {
+            total: 3,
+            per_address: 3,
+        });
+        let working = tracker.admit(ip(1));
+        let _request = working.busy_counter().mark();
+        let idle = tracker.admit(ip(2));
+        let third = tracker.admit(ip(3));
+        let fourth = tracker.admit(ip(4));
+        assert!(was_shed(&idle), "the idle one goes first");
+        assert!(!was_shed(&working));
+        let _marks = (third.busy_counter().mark(), fourth.busy_counter().mark());
+        let _fifth = tracker.admit(ip(5));
+        assert!(was_shed(&working), "with none idle, the oldest goes");
+        assert!(!was_shed(&third) && !was_shed(&fourth));
     }
 
     #[test]
