@@ -1,26 +1,34 @@
 //! What of a delivery's target may be shown. A webhook URL is a credential (Slack's
 //! `/services/T…/B…/<secret>`, Teams' signed URLs): whoever has it posts where approvers
-//! look. Readers of `/v1/notifications` and the logs get its scheme, host and port only;
-//! the outbox keeps the whole URL, since it is where the delivery goes.
+//! look. Readers of `/v1/notifications` and the logs get its scheme, host and port only,
+//! and which configured webhook it is (`webhooks[i]`, in the configuration in force), so
+//! two webhooks to one host stay apart; the outbox keeps the whole URL, since it is where
+//! the delivery goes.
 
 use super::outbox::Delivery;
+use crate::config::notify::Webhook;
 
 /// `target` as it may be displayed or logged.
-pub(crate) fn target(channel: &str, target: &str) -> String {
-    match channel {
-        "webhook" => crate::http_client::redact_url(target),
-        _ => target.to_owned(),
+pub(crate) fn target(channel: &str, target: &str, webhooks: &[Webhook]) -> String {
+    if channel != "webhook" {
+        return target.to_owned();
+    }
+    let origin = crate::http_client::redact_url(target);
+    match webhooks.iter().position(|w| w.url == target) {
+        Some(i) => format!("{origin} (webhooks[{i}])"),
+        None => origin,
     }
 }
 
 /// `delivery` as readers of the outbox see it. An error recorded before URLs were
 /// redacted is scrubbed of the URL too.
-pub(crate) fn delivery(mut delivery: Delivery) -> Delivery {
-    let shown = target(&delivery.channel, &delivery.target);
+pub(crate) fn delivery(mut delivery: Delivery, webhooks: &[Webhook]) -> Delivery {
+    let shown = target(&delivery.channel, &delivery.target, webhooks);
     if shown != delivery.target {
+        let origin = crate::http_client::redact_url(&delivery.target);
         delivery.last_error = delivery
             .last_error
-            .map(|e| e.replace(delivery.target.as_str(), &shown));
+            .map(|e| e.replace(delivery.target.as_str(), &origin));
         delivery.target = shown;
     }
     delivery
@@ -47,7 +55,12 @@ mod tests {
             delivered_at: None,
             payload: String::new(),
         };
-        let shown = delivery(row.clone());
+        let configured = |url: &str| Webhook {
+            url: url.into(),
+            format: crate::config::notify::WebhookFormat::Json,
+            ca_pem: None,
+        };
+        let shown = delivery(row.clone(), &[]);
         assert_eq!(shown.target, "https://hooks.example.com");
         assert_eq!(
             shown.last_error.as_deref(),
@@ -56,8 +69,18 @@ mod tests {
         let email = Delivery {
             channel: "smtp".into(),
             target: "ops@example.com".into(),
-            ..row
+            ..row.clone()
         };
-        assert_eq!(delivery(email).target, "ops@example.com");
+        let webhooks = [
+            configured("https://hooks.example.com/other"),
+            configured(url),
+        ];
+        let second = delivery(row, &webhooks);
+        assert_eq!(second.target, "https://hooks.example.com (webhooks[1])");
+        assert_eq!(
+            second.last_error.as_deref(),
+            Some("webhook https://hooks.example.com: HTTP 500")
+        );
+        assert_eq!(delivery(email, &webhooks).target, "ops@example.com");
     }
 }
