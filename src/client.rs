@@ -11,6 +11,7 @@ use crate::policy::{NewRequest, Request, RequestStatus};
 use crate::service::{PolicyView, ReloadReport};
 
 mod exports;
+mod server_url;
 mod sessions;
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,21 @@ pub enum ClientError {
     },
     #[error("unexpected answer from the lockbox API: {0}")]
     Decode(String),
+    /// Checked before any request: the API key would go in clear, or `--ca-cert` would
+    /// be ignored.
+    #[error("refusing to use the lockbox API at {url}: {reason}")]
+    InsecureServer { url: String, reason: String },
+    /// The API never redirects, so the answer came from something else (a proxy, a moved
+    /// host); following it could send the API key elsewhere, or in clear.
+    #[error(
+        "the lockbox API at {url} answered HTTP {status} (a redirect to {location}); \
+         redirects are not followed — set LOCKBOX_SERVER (--server) to the API's own URL"
+    )]
+    Redirected {
+        url: String,
+        status: u16,
+        location: String,
+    },
 }
 
 impl ClientError {
@@ -51,22 +67,29 @@ pub struct ApiClient {
     base: String,
     api_key: String,
     http: reqwest::Client,
+    /// Whether a private CA was named: then the server must be https://.
+    with_ca: bool,
 }
 
 impl ApiClient {
     /// A client trusting the public CAs (an http:// or publicly signed https:// server).
+    /// A URL the key must not go to (plain http:// off loopback) fails each request
+    /// before anything is sent.
     pub fn new(base: &str, api_key: &str) -> Self {
         ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             api_key: api_key.to_owned(),
             // Building a client without a CA file reads nothing and cannot fail in practice.
             http: crate::http_client::client(None).unwrap_or_default(),
+            with_ca: false,
         }
     }
 
     /// A client trusting only the CAs in `ca_cert` when given (a private CA), else the
     /// public ones.
+    /// Fails at once for a URL the key must not go to, or a CA with an http:// URL.
     pub fn with_ca(base: &str, api_key: &str, ca_cert: Option<&Path>) -> Result<Self, ClientError> {
+        server_url::check(base, ca_cert.is_some())?;
         let Some(path) = ca_cert else {
             return Ok(ApiClient::new(base, api_key));
         };
@@ -81,6 +104,7 @@ impl ApiClient {
             base: base.trim_end_matches('/').to_owned(),
             api_key: api_key.to_owned(),
             http,
+            with_ca: true,
         })
     }
 
@@ -89,11 +113,13 @@ impl ApiClient {
         builder: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<T, ClientError> {
+        server_url::check(&self.base, self.with_ca)?;
         let response = builder
             .bearer_auth(&self.api_key)
             .send()
             .await
             .map_err(|e| unreachable(url, e))?;
+        refuse_redirect(url, &response)?;
         let status = response.status();
         let bytes = response
             .bytes()
@@ -284,6 +310,7 @@ impl ApiClient {
         query: &AuditQuery,
         on_record: &mut dyn FnMut(serde_json::Value),
     ) -> Result<Option<u64>, ClientError> {
+        server_url::check(&self.base, self.with_ca)?;
         let url = format!("{}/v1/audit/stream", self.base);
         let mut response = self
             .http
@@ -293,6 +320,7 @@ impl ApiClient {
             .send()
             .await
             .map_err(|e| unreachable(&url, e))?;
+        refuse_redirect(&url, &response)?;
         let status = response.status();
         if !status.is_success() {
             let bytes = response.bytes().await.unwrap_or_default();
@@ -357,6 +385,25 @@ fn unreachable(url: &str, error: reqwest::Error) -> ClientError {
         message: crate::http_client::describe(&error, crate::http_client::API),
         transport: error,
     }
+}
+
+/// A 3xx is an error (the client follows no redirects), naming where it pointed.
+fn refuse_redirect(url: &str, response: &reqwest::Response) -> Result<(), ClientError> {
+    let status = response.status();
+    if !status.is_redirection() {
+        return Ok(());
+    }
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or("nowhere")
+        .to_owned();
+    Err(ClientError::Redirected {
+        url: url.to_owned(),
+        status: status.as_u16(),
+        location,
+    })
 }
 
 /// What to try after an answer that is the caller's to fix.

@@ -29,6 +29,33 @@ impl DatabaseHealth {
     }
 }
 
+/// Whether `/v1/health` shows `caller` its details (live sessions, the audit sink's
+/// lag and errors). The API listens on the network once it serves HTTPS: how many
+/// engineers are inside customer databases right now, and PostgreSQL's error words
+/// (hosts, roles), are for those who may read the audit trail; a probe needs up/down.
+pub(crate) fn visible_to(caller: Option<&crate::config::User>) -> bool {
+    caller.is_some_and(|user| crate::policy::check_audit_read(user).is_ok())
+}
+
+/// The audit sink in `/v1/health`: its whole status for a caller who may see details,
+/// else `ok` (connected) or `failing`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SinkView {
+    Details(crate::audit::pg_sink::SinkHealth),
+    Summary(String),
+}
+
+impl SinkView {
+    pub(crate) fn new(health: crate::audit::pg_sink::SinkHealth, details: bool) -> SinkView {
+        match (details, health.connected) {
+            (true, _) => SinkView::Details(health),
+            (false, true) => SinkView::Summary("ok".into()),
+            (false, false) => SinkView::Summary("failing".into()),
+        }
+    }
+}
+
 /// The last round of probes and when it ran.
 #[derive(Default)]
 pub struct Probes {
@@ -78,6 +105,44 @@ async fn probe(name: &str, host: &str, port: u16) -> DatabaseHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Role, User};
+
+    fn user(roles: &[Role]) -> User {
+        User {
+            name: "u".into(),
+            roles: roles.to_vec(),
+            api_key_sha256: None,
+            mfa: false,
+            groups: Vec::new(),
+            email: None,
+        }
+    }
+
+    #[test]
+    fn details_are_for_those_who_may_read_the_audit_trail() {
+        assert!(!visible_to(None));
+        assert!(!visible_to(Some(&user(&[Role::Engineer]))));
+        assert!(visible_to(Some(&user(&[Role::Auditor]))));
+        assert!(visible_to(Some(&user(&[Role::Admin]))));
+    }
+
+    #[test]
+    fn an_anonymous_caller_sees_the_sink_as_ok_or_failing_only() {
+        let sink = |connected| crate::audit::pg_sink::SinkHealth {
+            proxy_id: "proxy-a".into(),
+            connected,
+            shipped_seq: 1,
+            written_seq: 3,
+            lag: 2,
+            last_error: Some("connection to db.internal:5432 refused".into()),
+        };
+        let shown = |view: SinkView| serde_json::to_value(view).expect("json");
+        assert_eq!(shown(SinkView::new(sink(true), false)), "ok");
+        assert_eq!(shown(SinkView::new(sink(false), false)), "failing");
+        let details = shown(SinkView::new(sink(false), true));
+        assert_eq!(details["lag"], 2);
+        assert!(details["last_error"].is_string());
+    }
 
     #[tokio::test]
     async fn a_closed_port_is_unreachable_and_an_open_one_ok() {

@@ -61,6 +61,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) fn client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .use_rustls_tls()
+        // Never follow a redirect: reqwest keeps `Authorization` when only the scheme
+        // changes (https -> http on the same host and port, an API key in clear), and a
+        // webhook receiver could point the notifier at internal addresses. The API never
+        // redirects; a 3xx is reported as an error by the caller.
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(CONNECT_TIMEOUT);
     if let Some(pem) = ca_pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?;
@@ -70,6 +75,39 @@ pub(crate) fn client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
         }
     }
     builder.build().map_err(|e| e.to_string())
+}
+
+/// Whether `host` (a URL's or a config's host: a name, an IP address, or an IPv6
+/// address in brackets) is this machine's loopback, where plain text crosses no network.
+/// Only `localhost` counts among names: another name may resolve anywhere.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Whether `url` points at this machine's loopback.
+pub(crate) fn is_loopback_url(url: &reqwest::Url) -> bool {
+    url.host_str().is_some_and(is_loopback_host)
+}
+
+/// What a URL may show where it is displayed or logged: scheme, host and port. The path
+/// and query of a webhook URL are often its secret (Slack's `/services/T…/B…/<secret>`),
+/// and user info is a password.
+pub(crate) fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => match (parsed.host_str(), parsed.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}", parsed.scheme()),
+            (Some(host), None) => format!("{}://{host}", parsed.scheme()),
+            (None, _) => format!("{}:", parsed.scheme()),
+        },
+        Err(_) => "<unparsable URL>".into(),
+    }
 }
 
 /// What to suggest, per kind of server.
@@ -206,6 +244,47 @@ mod tests {
             crate::tls::generate_ca_signed(&["127.0.0.1".into()]).expect("generate");
         assert!(client(Some(ca.as_bytes())).is_ok());
         assert!(client(None).is_ok());
+    }
+
+    #[test]
+    fn loopback_is_an_address_or_localhost() {
+        for host in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "[::1]",
+            "localhost",
+            "LocalHost",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "10.0.0.1",
+            "example.com",
+            "localhost.example.com",
+            "[::2]",
+            "",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_redacted_url_keeps_scheme_host_and_port_only() {
+        for (url, shown) in [
+            (
+                "https://hooks.slack.com/services/T0/B0/SECRET",
+                "https://hooks.slack.com",
+            ),
+            (
+                "http://127.0.0.1:9000/hook?token=SECRET",
+                "http://127.0.0.1:9000",
+            ),
+            ("https://user:SECRET@[::1]:8443/x", "https://[::1]:8443"),
+            ("not a url SECRET", "<unparsable URL>"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 
     #[test]

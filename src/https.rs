@@ -1,110 +1,176 @@
-//! HTTPS for the control-plane API: a listener that hands axum connections whose TLS
-//! handshake is already done.
+//! Serving the control-plane API (HTTPS, or plain HTTP on loopback) with the limits a
+//! listener on the network needs.
 //!
-//! Handshakes run on tasks of their own, never in the accept loop: a client that connects
-//! and then sends nothing (or garbage, slowly) costs one task until `HANDSHAKE_TIMEOUT`,
-//! and never delays the next accept.
+//! Each connection runs on a task of its own from `accept` on: the TLS handshake, then
+//! hyper's HTTP/1 with a timer. Nothing a client does holds up the accept loop, and
+//! nothing a client leaves open stays open for long:
+//! - a handshake gets `HANDSHAKE_TIMEOUT`;
+//! - a request head gets `HEADER_READ_TIMEOUT`, counted from the end of the previous
+//!   response on a kept-alive connection too, so it is also the idle timeout;
+//! - a request body may pause at most `BODY_READ_TIMEOUT` between two pieces;
+//! - connections are capped in total and per client address for their whole life
+//!   (`limits`), the oldest shed first, well below the process's open-file limit, which
+//!   is raised to its hard limit at start (`fd_limit`) — the data-plane proxy shares
+//!   those file descriptors.
+
+mod fd_limit;
+mod limits;
 
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
-use tokio_rustls::server::TlsStream;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-/// A client gets this long to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use limits::{Caps, Slot, Tracker};
 
-/// Handshakes in flight (and finished ones not yet taken by axum) at most; past it, accepts
-/// wait for one to end, so a flood of idle connections cannot take unbounded memory.
-const MAX_HANDSHAKES: usize = 512;
+/// A client gets this long to finish its TLS handshake: seconds suffice on any network,
+/// and a connection waiting for one is a slot someone else may need.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client gets this long to send a whole request head, and a kept-alive connection may
+/// idle this long between requests (hyper starts the same timer for both).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request body that sends nothing for this long fails (the handler answers 4xx and
+/// the connection is closed), so a trickled body cannot hold a connection.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// When the server stops, a connection may finish the request it is serving for this
+/// long; then it is cut off.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// The open-file limit assumed when it cannot be read: the usual default soft limit.
+const ASSUMED_FD_LIMIT: u64 = 1024;
 
 /// After an accept error that is not about one connection (out of file descriptors), wait
 /// this long before the next, rather than spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-type Ready = (TlsStream<TcpStream>, SocketAddr);
-
-/// A TCP listener whose connections come out TLS-terminated.
-pub(crate) struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<Ready>,
-    accepting: JoinHandle<()>,
-}
-
-impl TlsListener {
-    /// Starts accepting on `listener` at once; axum takes the finished connections.
-    pub(crate) fn new(
-        listener: TcpListener,
-        local: SocketAddr,
-        config: Arc<rustls::ServerConfig>,
-    ) -> TlsListener {
-        let (send, ready) = mpsc::channel(MAX_HANDSHAKES);
-        let accepting = tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), send));
-        TlsListener {
-            local,
-            ready,
-            accepting,
-        }
-    }
-}
-
-impl Drop for TlsListener {
-    /// The accept loop holds the socket: once axum is done with this listener, stop
-    /// accepting so the port is released.
-    fn drop(&mut self) {
-        self.accepting.abort();
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> Ready {
-        match self.ready.recv().await {
-            Some(ready) => ready,
-            // The accept loop only ends when aborted by `drop`: nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, ready: mpsc::Sender<Ready>) {
-    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+/// Serves `app` on `listener` until `shutdown` turns true, over TLS when `tls` is given;
+/// then lets open connections finish their request (at most `CLOSE_GRACE`).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let fd_limit = fd_limit::raise_nofile().unwrap_or(ASSUMED_FD_LIMIT);
+    let caps = Caps::for_fd_limit(fd_limit);
+    tracing::debug!(fd_limit, ?caps, "API connection limits");
+    let tracker = Tracker::new(caps);
+    let acceptor = tls.map(TlsAcceptor::from);
+    // Each connection task holds a sender: when all are gone, every connection is closed.
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) if is_per_connection(&e) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "API accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = ready.send((tls, peer)).await;
+        let (tcp, peer) = tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) if is_per_connection(&e) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "API accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
                 }
+            },
+        };
+        let connection = Connection {
+            peer,
+            app: app.clone(),
+            shutdown: shutdown.clone(),
+            slot: tracker.admit(peer.ip()),
+            _alive: alive.clone(),
+        };
+        tokio::spawn(connection.run(tcp, acceptor.clone()));
+    }
+    drop(listener);
+    drop(alive);
+    let _ = tokio::time::timeout(CLOSE_GRACE * 2, all_closed.recv()).await;
+}
+
+/// Returns once the server is told to stop (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// One accepted connection and what it holds while open.
+struct Connection {
+    peer: SocketAddr,
+    app: axum::Router,
+    shutdown: watch::Receiver<bool>,
+    slot: Slot,
+    _alive: mpsc::Sender<()>,
+}
+
+impl Connection {
+    async fn run(mut self, tcp: TcpStream, acceptor: Option<TlsAcceptor>) {
+        let Some(acceptor) = acceptor else {
+            return self.serve_http(tcp).await;
+        };
+        let peer = self.peer;
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+        let tls = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(tls)) => tls,
                 // A client's failure, not the server's: worth a look only when debugging.
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "API TLS handshake timed out"),
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "API TLS handshake timed out"),
+            },
+            _ = self.slot.shed.notified() => return,
+            _ = stopped(&mut self.shutdown) => return,
+        };
+        self.serve_http(tls).await
+    }
+
+    async fn serve_http<Io>(mut self, io: Io)
+    where
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let app = TowerToHyperService::new(tower_http::timeout::RequestBodyTimeout::new(
+            self.app.clone(),
+            BODY_READ_TIMEOUT,
+        ));
+        let busy = self.slot.busy_counter();
+        // Each request marks its connection busy while in a handler: shedding takes idle
+        // connections first.
+        let service = hyper::service::service_fn(move |request| {
+            let mark = busy.mark();
+            let answer = hyper::service::Service::call(&app, request);
+            async move {
+                let answer = answer.await;
+                drop(mark);
+                answer
             }
         });
+        let mut conn = pin!(http.serve_connection(TokioIo::new(io), service));
+        let peer = self.peer;
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(%peer, error = %e, "API connection ended with an error");
+                }
+                return;
+            }
+            // Closed at once: its slot is already given to a newer connection, and a
+            // grace period would let a flood hold descriptors beyond the cap.
+            _ = self.slot.shed.notified() => return,
+            _ = stopped(&mut self.shutdown) => {}
+        }
+        // Idle: closes at once; serving a request: closes after its response.
+        conn.as_mut().graceful_shutdown();
+        if tokio::time::timeout(CLOSE_GRACE, conn).await.is_err() {
+            tracing::debug!(%peer, "API connection cut off after its close grace");
+        }
     }
 }
 
@@ -144,8 +210,11 @@ mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("addr");
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-        let server = axum::serve(TlsListener::new(tcp, addr, config), app);
-        tokio::spawn(async move { server.await });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            serve(tcp, Some(config), app, stopped).await;
+            drop(stop);
+        });
         (addr, ca)
     }
 

@@ -203,28 +203,10 @@ async fn serve_api(
     state: crate::api::ApiState,
     listener: TcpListener,
     tls: Option<(Arc<rustls::ServerConfig>, SocketAddr)>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let app = crate::api::router(state);
-    let stop = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    };
-    let served = match tls {
-        Some((tls, addr)) => {
-            let listener = crate::https::TlsListener::new(listener, addr, tls);
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-    };
-    if let Err(e) = served {
-        tracing::error!(error = %e, "API server failed");
-    }
+    crate::https::serve(listener, tls.map(|(tls, _addr)| tls), app, shutdown).await;
 }
 
 /// Moves live sessions' deadlines when their grant is extended.

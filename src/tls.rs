@@ -58,6 +58,13 @@ fn load_certified_key(
     })?;
     let certified =
         rustls::sign::CertifiedKey::from_der(certs, key_der, &provider()).map_err(|e| {
+            // The certificate is only parsed here (PEM that holds no valid certificate).
+            if let rustls::Error::InvalidCertificate(_) = e {
+                return TlsError::Cert {
+                    path: cert.display().to_string(),
+                    message: e.to_string(),
+                };
+            }
             TlsError::Key {
                 path: key.display().to_string(),
                 message: e.to_string(),

@@ -54,10 +54,11 @@ pub async fn notifications(
 ) -> Result<Json<Vec<crate::notify::Delivery>>, ApiError> {
     policy::check_audit_read(&user).map_err(ServiceError::from)?;
     let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let config = state.lockbox.config();
     let list = state
         .lockbox
         .notifier
-        .recent(query.request, limit)
+        .recent(query.request, limit, &config.notifications.webhooks)
         .await
         .map_err(ServiceError::from)?;
     Ok(Json(list))

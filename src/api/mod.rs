@@ -194,17 +194,24 @@ pub struct Health {
     pub status: String,
     /// `ok` or `failing`: while failing, statements and new sessions are refused.
     pub audit: String,
-    pub live_sessions: usize,
+    /// Shown to an authenticated caller who may read the audit trail only: anonymous
+    /// callers get up/down (`crate::health::visible_to`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_sessions: Option<usize>,
     /// The PostgreSQL audit sink, when configured. Its lag or errors never make health
     /// fail: the file is the durable record, and the sink catches up from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit_sink: Option<crate::audit::pg_sink::SinkHealth>,
+    pub audit_sink: Option<crate::health::SinkView>,
     /// Each database's reachability; one unreachable makes `status` `degraded`.
     #[serde(default)]
     pub databases: Vec<crate::health::DatabaseHealth>,
 }
 
-async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
+async fn health(
+    State(state): State<ApiState>,
+    caller: Result<Caller, ApiError>,
+) -> (StatusCode, Json<Health>) {
+    let details = crate::health::visible_to(caller.ok().as_ref().map(|Caller(user)| user));
     let audit_ok = state.lockbox.audit.healthy();
     let status = if audit_ok {
         StatusCode::OK
@@ -223,8 +230,11 @@ async fn health(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
         }
         .into(),
         audit: if audit_ok { "ok" } else { "failing" }.into(),
-        live_sessions: state.registry.live_sessions(),
-        audit_sink: state.audit_sink.as_ref().map(|s| s.health()),
+        live_sessions: details.then(|| state.registry.live_sessions()),
+        audit_sink: state
+            .audit_sink
+            .as_ref()
+            .map(|s| crate::health::SinkView::new(s.health(), details)),
         databases,
     };
     (status, Json(health))

@@ -150,6 +150,17 @@ mod tests {
             &format!("{listen}\ntls_cert = \"{cert}\"\ntls_key = \"garbage.pem\""),
             "api.tls_key",
         );
+        // PEM armour around bytes that are no certificate: only parsed with the key.
+        std::fs::write(
+            dir.path().join("bad-der.pem"),
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        refused(
+            dir.path(),
+            &format!("{listen}\ntls_cert = \"bad-der.pem\"\ntls_key = \"{key}\""),
+            "api.tls_cert",
+        );
         // A key of another certificate: the pair does not match.
         let (_ca, _other_cert, other_key) =
             crate::tls::generate_ca_signed(&["127.0.0.1".into()]).expect("generate");

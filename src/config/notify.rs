@@ -140,6 +140,17 @@ pub fn validate(
                     ))
                 }
             };
+            if credentials.is_some()
+                && s.security == SmtpSecurity::None
+                && !crate::http_client::is_loopback_host(&s.host)
+            {
+                // lettre would send AUTH PLAIN (the password, base64) in clear.
+                return Err(invalid(
+                    "notifications.smtp.security",
+                    "with username and password, a relay off loopback needs \"starttls\" or \
+                     \"tls\": the password would cross the network in clear",
+                ));
+            }
             Some(Smtp {
                 host: s.host,
                 port: s.port,
@@ -151,12 +162,7 @@ pub fn validate(
     };
     let mut webhooks = Vec::new();
     for (i, w) in file.webhooks.into_iter().enumerate() {
-        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-            return Err(invalid(
-                format!("notifications.webhooks[{i}].url"),
-                "must be an http:// or https:// URL",
-            ));
-        }
+        check_url(&format!("notifications.webhooks[{i}].url"), &w.url)?;
         let ca_pem = match &w.ca_cert {
             None => None,
             Some(_) if !w.url.starts_with("https://") => {
@@ -186,6 +192,9 @@ pub fn validate(
     if max_attempts == 0 {
         return Err(invalid("notifications.max_attempts", "must be at least 1"));
     }
+    if let Some(url) = &file.public_url {
+        check_url("notifications.public_url", url)?;
+    }
     Ok(Notifications {
         smtp,
         webhooks,
@@ -200,6 +209,23 @@ pub fn validate(
             .trim_end_matches('/')
             .to_owned(),
     })
+}
+
+/// An https:// URL, or http:// to loopback. A webhook tells approvers what to approve and
+/// `public_url` makes the links they follow with their API key: in clear on a network, an
+/// on-path attacker rewrites either.
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| invalid(key, "must be an http:// or https:// URL"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if crate::http_client::is_loopback_url(&parsed) => Ok(()),
+        "http" => Err(invalid(
+            key,
+            "must be https:// (plain http:// is allowed to loopback only)",
+        )),
+        _ => Err(invalid(key, "must be an http:// or https:// URL")),
+    }
 }
 
 #[cfg(test)]
@@ -231,13 +257,69 @@ mod tests {
         for (url, file) in [
             ("https://hooks.example/x", "missing.pem"),
             ("https://hooks.example/x", "key.pem"),
-            ("http://hooks.example/x", "ca.pem"),
+            ("http://127.0.0.1:9000/x", "ca.pem"),
         ] {
             let err = webhook(dir.path(), url, file).expect_err(file);
             assert!(
                 err.contains("`notifications.webhooks[0].ca_cert`"),
                 "{url} {file}: {err}"
             );
+        }
+    }
+
+    fn check(case: &str) -> Result<Notifications, String> {
+        let file: NotificationsFile = toml::from_str(case).map_err(|e| e.to_string())?;
+        let listen = "127.0.0.1:8432".parse().expect("addr");
+        validate(file, listen, false, &|p: &Path| p.to_owned()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn plain_text_leaves_the_machine_only_where_nothing_secret_or_trusted_goes() {
+        let smtp = "[smtp]\nhost = \"HOST\"\nfrom = \"a@example.com\"\n";
+        let creds = "username = \"u\"\npassword = \"p\"\n";
+        for (case, refused_key) in [
+            (
+                format!("{smtp}{creds}"),
+                Some("notifications.smtp.security"),
+            ),
+            (
+                format!("{smtp}{creds}security = \"none\""),
+                Some("notifications.smtp.security"),
+            ),
+            (format!("{smtp}{creds}security = \"starttls\""), None),
+            (format!("{smtp}{creds}security = \"tls\""), None),
+            (smtp.to_owned(), None),
+            (format!("{smtp}{creds}").replace("HOST", "127.0.0.1"), None),
+            (format!("{smtp}{creds}").replace("HOST", "localhost"), None),
+            (
+                "[[webhooks]]\nurl = \"http://hooks.example.com/x\"".into(),
+                Some("notifications.webhooks[0].url"),
+            ),
+            (
+                "[[webhooks]]\nurl = \"https://hooks.example.com/x\"".into(),
+                None,
+            ),
+            (
+                "[[webhooks]]\nurl = \"http://127.0.0.1:9000/x\"".into(),
+                None,
+            ),
+            (
+                "[[webhooks]]\nurl = \"hooks.example.com\"".into(),
+                Some("notifications.webhooks[0].url"),
+            ),
+            (
+                "public_url = \"http://lockbox.example.com\"".into(),
+                Some("notifications.public_url"),
+            ),
+            ("public_url = \"https://lockbox.example.com\"".into(), None),
+            ("public_url = \"http://[::1]:8432\"".into(), None),
+        ] {
+            let case = case.replace("HOST", "smtp.example.com");
+            match (check(&case), refused_key) {
+                (Ok(_), None) => {}
+                (Err(e), Some(key)) => assert!(e.contains(&format!("`{key}`")), "{case}: {e}"),
+                (got, _) => panic!("{case}: {:?}", got.map(|_| "accepted")),
+            }
         }
     }
 

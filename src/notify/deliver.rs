@@ -92,7 +92,12 @@ impl WebhookClients {
     }
 }
 
+/// POSTs `payload` to `url`. Errors name the receiver by scheme, host and port only (the
+/// rest of a webhook URL is often its secret), and a redirect is an error: the notifier
+/// follows none (the client is built so), lest a receiver point it at internal addresses
+/// or downgrade https:// to clear text.
 pub async fn webhook(http: &reqwest::Client, url: &str, payload: &str) -> Result<(), String> {
+    let shown = crate::http_client::redact_url(url);
     let response = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -101,14 +106,28 @@ pub async fn webhook(http: &reqwest::Client, url: &str, payload: &str) -> Result
         .send()
         .await
         .map_err(|e| {
+            // reqwest's own message quotes the whole URL.
+            let e = e.without_url();
             format!(
-                "webhook {url}: {}",
+                "webhook {shown}: {}",
                 crate::http_client::describe(&e, crate::http_client::WEBHOOK)
             )
         })?;
-    if response.status().is_success() {
+    let status = response.status();
+    if status.is_success() {
         Ok(())
+    } else if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .map(crate::http_client::redact_url)
+            .unwrap_or_else(|| "nowhere".into());
+        Err(format!(
+            "webhook {shown}: HTTP {status}, a redirect to {location} (not followed: set \
+             the webhook's url to where it should post)"
+        ))
     } else {
-        Err(format!("webhook {url}: HTTP {}", response.status()))
+        Err(format!("webhook {shown}: HTTP {status}"))
     }
 }

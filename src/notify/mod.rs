@@ -20,6 +20,7 @@ use crate::store::Store;
 mod deliver;
 pub mod message;
 pub mod outbox;
+mod redact;
 
 pub use message::Event;
 pub use outbox::Delivery;
@@ -114,12 +115,12 @@ impl Notifier {
             let next = match &result {
                 Ok(()) => None,
                 Err(e) if attempt >= config.notifications.max_attempts => {
-                    tracing::error!(id = delivery.id, target = %delivery.target, error = %e, attempt, "notification failed; giving up");
+                    tracing::error!(id = delivery.id, target = %redact::target(&delivery.channel, &delivery.target, &config.notifications.webhooks), error = %e, attempt, "notification failed; giving up");
                     None
                 }
                 Err(e) => {
                     let backoff = backoff(config.notifications.retry_base, attempt);
-                    tracing::warn!(id = delivery.id, target = %delivery.target, error = %e, attempt, retry_in_ms = backoff.as_millis() as u64, "notification failed; will retry");
+                    tracing::warn!(id = delivery.id, target = %redact::target(&delivery.channel, &delivery.target, &config.notifications.webhooks), error = %e, attempt, retry_in_ms = backoff.as_millis() as u64, "notification failed; will retry");
                     chrono::Duration::from_std(backoff)
                         .ok()
                         .map(|b| Utc::now() + b)
@@ -152,12 +153,18 @@ impl Notifier {
         }
     }
 
+    /// Recent deliveries, webhook URLs shown as their origin and configured webhook.
     pub async fn recent(
         &self,
         request_id: Option<String>,
         limit: usize,
+        webhooks: &[crate::config::notify::Webhook],
     ) -> Result<Vec<Delivery>, crate::store::StoreError> {
-        outbox::recent(&self.store, request_id, limit).await
+        let recent = outbox::recent(&self.store, request_id, limit).await?;
+        Ok(recent
+            .into_iter()
+            .map(|d| redact::delivery(d, webhooks))
+            .collect())
     }
 }
 

@@ -111,7 +111,11 @@ async fn shipped(env: &Env, audit_db: &str, proxy_id: &str) -> Vec<(i64, String)
 }
 
 async fn health(env: &Env) -> (u16, Value) {
-    let response = reqwest::get(format!("{}/v1/health", env.deployment.server_url()))
+    // The sink's details are shown to callers who may read the audit trail only.
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/health", env.deployment.server_url()))
+        .bearer_auth(&env.deployment.api_keys["dave"])
+        .send()
         .await
         .expect("health");
     let status = response.status().as_u16();

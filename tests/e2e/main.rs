@@ -3,8 +3,10 @@
 
 mod harness;
 
+mod api_hardening;
 mod attack;
 mod attack2;
+mod attack_tls;
 mod audit_api;
 mod audit_chain;
 mod audit_durability;
