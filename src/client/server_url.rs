@@ -7,7 +7,9 @@
 use super::ClientError;
 
 /// Checks `base` before any request: `https://` anywhere, `http://` only to a loopback
-/// address (or `localhost`), and a CA bundle (`--ca-cert`) only with `https://`.
+/// address (or `localhost`). A CA bundle (`--ca-cert`) with `http://` is refused off
+/// loopback, where it would suggest a verification that cannot happen; on loopback it is
+/// the deployment's CA that `lockbox connect` hands to psql, and nothing crosses a network.
 pub(super) fn check(base: &str, with_ca: bool) -> Result<(), ClientError> {
     let refuse = |reason: &str| ClientError::InsecureServer {
         url: base.to_owned(),
@@ -16,11 +18,11 @@ pub(super) fn check(base: &str, with_ca: bool) -> Result<(), ClientError> {
     let url = reqwest::Url::parse(base).map_err(|e| refuse(&format!("not a URL ({e})")))?;
     match url.scheme() {
         "https" => Ok(()),
+        "http" if crate::http_client::is_loopback_url(&url) => Ok(()),
         "http" if with_ca => Err(refuse(
             "--ca-cert / LOCKBOX_CA_CERT is for an https:// server; with http:// it would \
              be ignored and nothing would be encrypted — use the server's https:// URL",
         )),
-        "http" if crate::http_client::is_loopback_url(&url) => Ok(()),
         "http" => Err(refuse(
             "plain http:// is only for a server on this machine (127.0.0.1, ::1, \
              localhost); the API key would cross the network in clear — use https://",
@@ -52,7 +54,8 @@ mod tests {
         check_case("http://10.0.0.5:8432", false, false);
         check_case("http://lockbox.example.com", false, false);
         check_case("http://localhost.example.com", false, false);
-        check_case("http://127.0.0.1:8432", true, false);
+        check_case("http://127.0.0.1:8432", true, true);
+        check_case("http://10.0.0.5:8432", true, false);
         check_case("ftp://127.0.0.1", false, false);
         check_case("127.0.0.1:8432", false, false);
     }
