@@ -140,8 +140,8 @@ fn print_records(records: &[serde_json::Value], format: &str) -> Result<()> {
 
 fn print_header(format: &str) {
     match format {
-        "csv" => println!("{}", LIST_COLUMNS.join(",")),
-        "table" => println!("{}", TABLE_COLUMNS.join("\t").to_uppercase()),
+        "csv" => outln!("{}", LIST_COLUMNS.join(",")),
+        "table" => outln!("{}", TABLE_COLUMNS.join("\t").to_uppercase()),
         _ => {}
     }
 }
@@ -155,16 +155,16 @@ fn print_record(r: &serde_json::Value, format: &str) -> Result<()> {
     match format {
         "csv" => {
             let row: Vec<String> = LIST_COLUMNS.iter().map(|c| csv_field(&cell(c))).collect();
-            println!("{}", row.join(","));
+            outln!("{}", row.join(","));
         }
         "table" => {
             let row: Vec<String> = TABLE_COLUMNS
                 .iter()
                 .map(|c| cell(c).replace(['\n', '\t'], " "))
                 .collect();
-            println!("{}", row.join("\t"));
+            outln!("{}", row.join("\t"));
         }
-        _ => println!("{}", serde_json::to_string(r)?),
+        _ => outln!("{}", serde_json::to_string(r)?),
     }
     Ok(())
 }
@@ -174,6 +174,7 @@ fn print_record(r: &serde_json::Value, format: &str) -> Result<()> {
 async fn follow(cli: &Cli, mut query: AuditQuery, format: &str) -> Result<()> {
     let client = cli.client()?;
     print_header(format);
+    super::out::exit_if_closed();
     let mut failures = 0u32;
     loop {
         let mut printed = Ok(());
@@ -182,6 +183,7 @@ async fn follow(cli: &Cli, mut query: AuditQuery, format: &str) -> Result<()> {
                 if printed.is_ok() {
                     printed = print_record(&record, format);
                 }
+                super::out::exit_if_closed();
             })
             .await;
         printed?;
@@ -237,7 +239,7 @@ fn verify_audit(
     let report =
         crate::audit::chain::verify(&paths, key_pem.as_deref(), live).map_err(|e| anyhow!(e))?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "ok": report.ok(),
@@ -251,7 +253,7 @@ fn verify_audit(
             })
         );
     } else {
-        println!(
+        outln!(
             "{} record(s), seq {}..{}, {} checkpoint(s), {} signature(s) verified{}",
             report.records,
             report.first_seq.unwrap_or(0),
@@ -265,7 +267,7 @@ fn verify_audit(
             }
         );
         for problem in &report.problems {
-            println!("PROBLEM: {problem}");
+            outln!("PROBLEM: {problem}");
         }
     }
     if report.ok() {

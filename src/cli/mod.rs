@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
+#[macro_use]
+pub(crate) mod out;
 mod audit;
 mod export;
 mod report;
@@ -171,6 +173,10 @@ impl Cli {
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
+    out::finish(run_verb(cli).await)
+}
+
+async fn run_verb(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Serve { config } => serve(config).await,
         Command::Demo {
@@ -194,9 +200,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Token { id } => {
             let token = cli.client()?.token(id).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&token)?);
+                outln!("{}", serde_json::to_string_pretty(&token)?);
             } else {
-                println!("{}", token.token);
+                outln!("{}", token.token);
             }
             Ok(())
         }
@@ -207,7 +213,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             command: ConfigCommand::Check { config },
         } => {
             let c = crate::config::Config::load(config)?;
-            println!(
+            outln!(
                 "{}: ok ({} database(s), {} user(s))",
                 config.display(),
                 c.databases.len(),
@@ -264,19 +270,19 @@ fn keygen(command: &KeygenCommand) -> Result<()> {
                 crate::token::TokenAuthority::from_pem(&pem, "lockbox", "lockbox-proxy")
                     .map_err(|e| anyhow!(e))?;
             eprintln!("wrote {}; its public key:", out.display());
-            print!("{}", authority.public_key_pem());
+            out!("{}", authority.public_key_pem());
         }
         KeygenCommand::TlsCert { cert, key, hosts } => {
             let (cert_pem, key_pem) = crate::tls::generate_self_signed(hosts)?;
             std::fs::write(cert, cert_pem)
                 .with_context(|| format!("writing {}", cert.display()))?;
             write_new_private(key, &key_pem)?;
-            println!("wrote {} and {}", cert.display(), key.display());
+            outln!("wrote {} and {}", cert.display(), key.display());
         }
         KeygenCommand::ApiKey => {
             let key = crate::keys::generate_api_key();
-            println!("api key (give to the user): {key}");
-            println!(
+            outln!("api key (give to the user): {key}");
+            outln!(
                 "api_key_hash = \"{}\"",
                 crate::keys::api_key_hash_string(&key)
             );
@@ -317,7 +323,7 @@ fn print_columns(header: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        outln!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
     for r in rows {

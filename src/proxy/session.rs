@@ -97,8 +97,13 @@ pub async fn serve(
             startup,
             leftover,
         }) => (stream, tls, startup, leftover),
-        Ok(Opened::Cancel { pid, secret }) => {
+        Ok(Opened::Cancel {
+            pid,
+            secret,
+            stream,
+        }) => {
             forward_cancel(&proxy, pid, secret).await;
+            negotiate::close_after_cancel(stream).await;
             return None;
         }
         Err((NegotiationError::Protocol { sqlstate, message }, Some(mut stream))) => {

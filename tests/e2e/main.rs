@@ -13,6 +13,8 @@ mod audit_pg_sink;
 mod audit_redaction;
 mod audit_rotation;
 mod auth;
+mod broken_pipe;
+mod cancel_tls;
 mod cli;
 mod client_tls;
 mod completeness;
