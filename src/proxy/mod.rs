@@ -8,6 +8,7 @@
 //! outlives its session is terminated).
 
 mod negotiate;
+mod oversize;
 mod reaper;
 mod registry;
 mod relay;

@@ -525,6 +525,12 @@ async fn finish(
     (backend_pid, backend_secret): (i32, i32),
     end: End,
 ) {
+    // Why a client message ended the session, for the record; "disconnected" alone hides it.
+    let detail = match &end {
+        End::MessageTooLarge(o) => Some(o.describe()),
+        End::ProtocolError(m) => Some(format!("client protocol violation: {m}")),
+        _ => None,
+    };
     let (event, reason) = match &end {
         End::Dropped(DropReason::Expired) => {
             (SessionEvent::DroppedExpired, Some("access window ended"))
@@ -544,10 +550,9 @@ async fn finish(
             SessionEvent::Disconnected,
             Some("upstream closed the connection"),
         ),
-        End::ProtocolError(_) => (
-            SessionEvent::Disconnected,
-            Some("client protocol violation"),
-        ),
+        End::ProtocolError(_) | End::MessageTooLarge(_) => {
+            (SessionEvent::Disconnected, detail.as_deref())
+        }
         End::AuditFailed => (SessionEvent::Disconnected, Some("audit log unavailable")),
         End::UnsafeSetting(_) => (
             SessionEvent::Disconnected,

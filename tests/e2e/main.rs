@@ -25,6 +25,7 @@ mod lifecycle;
 mod notify;
 mod oidc;
 mod openapi;
+mod oversize;
 mod protocol;
 mod relay;
 mod roles;
