@@ -7,6 +7,7 @@
 //! concurrent sessions share one fsync (group commit).
 
 pub mod chain;
+mod clip;
 pub mod export;
 mod file;
 pub mod pg_sink;
@@ -18,6 +19,7 @@ mod syncer;
 pub mod tail;
 mod writer;
 
+pub use clip::ClipLimits;
 pub use reader::{open_segments, read_records, AuditQuery};
 pub use record::{
     AdminEvent, AdminRecord, AuditEvent, ExportEvent, ExportRecord, OutcomeRecord, OutcomeStatus,

@@ -77,6 +77,8 @@ pub(super) struct Shared {
     pub(super) options: AuditOptions,
     /// fdatasyncs done so far (records per sync shows how well group commit batches).
     pub(super) syncs: AtomicU64,
+    /// Per-record size limits (`[audit] max_field_bytes`/`max_record_bytes`).
+    pub(super) clip: std::sync::OnceLock<super::ClipLimits>,
 }
 
 /// The file and the chain, guarded by [`Shared::state`].
@@ -237,6 +239,7 @@ impl AuditLog {
             path: path.to_owned(),
             options,
             syncs: AtomicU64::new(0),
+            clip: std::sync::OnceLock::new(),
         });
         let for_syncer = shared.clone();
         let thread = std::thread::Builder::new()
@@ -247,6 +250,12 @@ impl AuditLog {
             handle: Arc::new(Handle { shared }),
         };
         Ok((log, thread))
+    }
+
+    /// Sets the per-record size limits, once, before records are written (unset: the
+    /// defaults of `audit::clip`).
+    pub fn set_clip_limits(&self, limits: super::ClipLimits) {
+        let _ = self.shared().clip.set(limits);
     }
 
     fn shared(&self) -> &Shared {
@@ -320,8 +329,11 @@ impl AuditLog {
         FIELDS.with_borrow_mut(|fields| {
             fields.clear();
             let mut ends = Vec::with_capacity(1);
+            let clip = self.shared().clip.get().copied().unwrap_or_default();
             for event in events {
-                serialize_fields(fields, event);
+                if !super::clip::write_if_oversized(fields, event, clip) {
+                    serialize_fields(fields, event);
+                }
                 ends.push(fields.len());
             }
             self.shared().write_lines(fields, &ends, mode)
