@@ -18,6 +18,7 @@ mod cancel_tls;
 mod cli;
 mod client_tls;
 mod completeness;
+mod deny_drop;
 mod grammar;
 mod guard;
 mod https;
