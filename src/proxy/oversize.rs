@@ -1,7 +1,8 @@
 //! A client message over `proxy.max_message_size`. The session ends (the proxy never
 //! buffers more than the limit), and both the client's FATAL and the session's end record
 //! say which message, how large and what the limit is: "disconnected" alone left an
-//! operator guessing whether the client, the network or the proxy ended it.
+//! operator guessing whether the client, the network or the proxy ended it. The SQLSTATE
+//! stays 08P01, what PostgreSQL itself answers a message over its own limit with.
 
 use super::relay::End;
 use crate::wire::FrameError;

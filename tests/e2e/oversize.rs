@@ -20,7 +20,10 @@ async fn a_message_over_the_limit_ends_the_session_saying_why() {
     let expected =
         "Bind message of 104857601 bytes exceeds proxy.max_message_size (67108864 bytes)";
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(errors[0].0, "54000");
+    assert_eq!(
+        errors[0].0, "08P01",
+        "as PostgreSQL answers an oversized message"
+    );
     assert!(errors[0].1.contains(expected), "{errors:?}");
     let records = env
         .wait_for_audit("the session's end", |records| {

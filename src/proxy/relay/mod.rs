@@ -266,7 +266,7 @@ impl Relay {
                 "lockbox proxy is shutting down".to_owned(),
             )),
             End::ProtocolError(m) => Some((sqlstate::PROTOCOL_VIOLATION, m.clone())),
-            End::MessageTooLarge(o) => Some((sqlstate::PROGRAM_LIMIT_EXCEEDED, o.fatal_message())),
+            End::MessageTooLarge(o) => Some((sqlstate::PROTOCOL_VIOLATION, o.fatal_message())),
             End::AuditFailed => Some((
                 sqlstate::IO_ERROR,
                 "lockbox could not write the audit record; the statement was not executed"
