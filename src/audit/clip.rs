@@ -59,17 +59,25 @@ pub(crate) fn write_if_oversized(
     true
 }
 
-/// Whether a record's values exceed the limits: lengths only, nothing copied.
+/// Whether a record's values exceed the limits: lengths only, nothing copied or allocated.
 fn oversized(event: &AuditEvent, limits: ClipLimits) -> bool {
-    let sizes: Vec<usize> = match event {
-        AuditEvent::Statement(s) => std::iter::once(s.statement.len())
-            .chain(s.params.iter().flatten().map(value_len))
-            .collect(),
-        AuditEvent::Outcome(o) => o.message.iter().map(String::len).collect(),
-        _ => return false,
-    };
-    sizes.iter().any(|&n| n > limits.max_field_bytes)
-        || sizes.iter().sum::<usize>() > limits.max_record_bytes
+    match event {
+        AuditEvent::Statement(s) => over(
+            std::iter::once(s.statement.len()).chain(s.params.iter().flatten().map(value_len)),
+            limits,
+        ),
+        AuditEvent::Outcome(o) => over(o.message.iter().map(String::len), limits),
+        _ => false,
+    }
+}
+
+/// Whether one size is over the field limit or their running sum over the record limit.
+fn over(mut sizes: impl Iterator<Item = usize>, limits: ClipLimits) -> bool {
+    let mut total = 0usize;
+    sizes.any(|n| {
+        total = total.saturating_add(n);
+        n > limits.max_field_bytes || total > limits.max_record_bytes
+    })
 }
 
 /// The bytes a parameter takes in a record.
