@@ -101,6 +101,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         config.audit_path.clone(),
         audit.witnessed(),
     );
+    audit.set_clip_limits(config.audit_clip);
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
     lockbox
         .adopt_file_protection("configuration file", &config.protection)

@@ -7,6 +7,7 @@
 //! concurrent sessions share one fsync (group commit).
 
 pub mod chain;
+mod clip;
 pub mod export;
 mod file;
 pub(crate) mod filters;
@@ -20,6 +21,7 @@ pub mod tail;
 pub(crate) mod witness;
 mod writer;
 
+pub use clip::ClipLimits;
 pub use reader::{open_segments, read_records, AuditQuery};
 pub use record::{
     AdminEvent, AdminRecord, AuditEvent, ExportEvent, ExportRecord, OutcomeRecord, OutcomeStatus,

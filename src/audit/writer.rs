@@ -82,6 +82,8 @@ pub(super) struct Shared {
     pub(super) metrics: Arc<crate::metrics::Metrics>,
     /// The last checkpoint known durable, for keeping outside the file ([`super::witness`]).
     pub(super) witness: watch::Sender<Option<Witness>>,
+    /// Per-record size limits (`[audit] max_field_bytes`/`max_record_bytes`).
+    pub(super) clip: std::sync::OnceLock<super::ClipLimits>,
 }
 
 /// The file and the chain, guarded by [`Shared::state`].
@@ -253,6 +255,7 @@ impl AuditLog {
             syncs: AtomicU64::new(0),
             metrics: Arc::default(),
             witness: watch::Sender::new(None),
+            clip: std::sync::OnceLock::new(),
         });
         let for_syncer = shared.clone();
         let thread = std::thread::Builder::new()
@@ -263,6 +266,12 @@ impl AuditLog {
             handle: Arc::new(Handle { shared }),
         };
         Ok((log, thread))
+    }
+
+    /// Sets the per-record size limits, once, before records are written (unset: the
+    /// defaults of `audit::clip`).
+    pub fn set_clip_limits(&self, limits: super::ClipLimits) {
+        let _ = self.shared().clip.set(limits);
     }
 
     fn shared(&self) -> &Shared {
@@ -349,9 +358,12 @@ impl AuditLog {
         FIELDS.with_borrow_mut(|fields| {
             fields.clear();
             let mut ends = Vec::with_capacity(1);
+            let clip = self.shared().clip.get().copied().unwrap_or_default();
             for event in events {
                 self.shared().metrics.count(event);
-                serialize_fields(fields, event);
+                if !super::clip::write_if_oversized(fields, event, clip) {
+                    serialize_fields(fields, event);
+                }
                 ends.push(fields.len());
             }
             self.shared().write_lines(fields, &ends, mode)

@@ -151,8 +151,8 @@ fn print_records(records: &[serde_json::Value], format: &str) -> Result<()> {
 
 fn print_header(format: &str) {
     match format {
-        "csv" => println!("{}", LIST_COLUMNS.join(",")),
-        "table" => println!("{}", TABLE_COLUMNS.join("\t").to_uppercase()),
+        "csv" => outln!("{}", LIST_COLUMNS.join(",")),
+        "table" => outln!("{}", TABLE_COLUMNS.join("\t").to_uppercase()),
         _ => {}
     }
 }
@@ -166,16 +166,16 @@ fn print_record(r: &serde_json::Value, format: &str) -> Result<()> {
     match format {
         "csv" => {
             let row: Vec<String> = LIST_COLUMNS.iter().map(|c| csv_field(&cell(c))).collect();
-            println!("{}", row.join(","));
+            outln!("{}", row.join(","));
         }
         "table" => {
             let row: Vec<String> = TABLE_COLUMNS
                 .iter()
                 .map(|c| super::display::clean(&cell(c).replace(['\n', '\t'], " ")).into_owned())
                 .collect();
-            println!("{}", row.join("\t"));
+            outln!("{}", row.join("\t"));
         }
-        _ => println!("{}", serde_json::to_string(r)?),
+        _ => outln!("{}", serde_json::to_string(r)?),
     }
     Ok(())
 }
@@ -185,6 +185,7 @@ fn print_record(r: &serde_json::Value, format: &str) -> Result<()> {
 async fn follow(cli: &Cli, mut query: AuditQuery, format: &str) -> Result<()> {
     let client = cli.client()?;
     print_header(format);
+    super::out::exit_if_closed();
     let mut failures = 0u32;
     loop {
         let mut printed = Ok(());
@@ -193,6 +194,7 @@ async fn follow(cli: &Cli, mut query: AuditQuery, format: &str) -> Result<()> {
                 if printed.is_ok() {
                     printed = print_record(&record, format);
                 }
+                super::out::exit_if_closed();
             })
             .await;
         printed?;

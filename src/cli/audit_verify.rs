@@ -150,7 +150,7 @@ impl Outcome<'_> {
             .iter()
             .map(|(by, seq)| serde_json::json!({ "by": by, "seq": seq }))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "ok": self.problems.is_empty(),
@@ -170,7 +170,7 @@ impl Outcome<'_> {
 
     fn print_text(&self) {
         let r = self.report;
-        println!(
+        outln!(
             "{} record(s), seq {}..{}, {} checkpoint(s), {} signature(s) verified{}",
             r.records,
             r.first_seq.unwrap_or(0),
@@ -184,19 +184,19 @@ impl Outcome<'_> {
             }
         );
         for (by, seq) in self.witnessed {
-            println!("checkpoint seq {seq} witnessed by {by}: present");
+            outln!("checkpoint seq {seq} witnessed by {by}: present");
         }
         if self.pending > 0 {
-            println!(
+            outln!(
                 "pending: {} record(s) after the last checkpoint, not signed yet (the writer signs them within seconds, and at shutdown)",
                 self.pending
             );
         }
         if r.partial_tail {
-            println!("pending: a record was being written at the end of the last file");
+            outln!("pending: a record was being written at the end of the last file");
         }
         for problem in self.problems {
-            println!("PROBLEM: {problem}");
+            outln!("PROBLEM: {problem}");
         }
     }
 }

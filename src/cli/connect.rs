@@ -18,9 +18,9 @@ const CA_ENV: &str = "LOCKBOX_CA_CERT (--ca-cert)";
 pub async fn token(cli: &Cli, id: &str) -> Result<()> {
     let token = with_local_ca(cli, cli.client()?.token(id).await?);
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&token)?);
+        outln!("{}", serde_json::to_string_pretty(&token)?);
     } else {
-        println!("{}", token.token);
+        outln!("{}", token.token);
     }
     Ok(())
 }

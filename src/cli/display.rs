@@ -86,7 +86,7 @@ impl Column {
 /// Prints a table (see [`layout`]) at the width `--wide` asks for.
 pub(crate) fn print_table(columns: &[Column], rows: &[Vec<String>]) {
     for line in layout(columns, rows, limit()) {
-        println!("{line}");
+        outln!("{line}");
     }
 }
 

@@ -120,7 +120,7 @@ fn signer_of(config: &Config) -> Option<CheckpointSigner> {
 fn print_outcome(cli: &Cli, outcome: &ExportOutcome, quiet: bool) -> Result<()> {
     let m = &outcome.manifest;
     if cli.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "path": outcome.path, "manifest": m })
         );
@@ -141,7 +141,7 @@ fn print_outcome(cli: &Cli, outcome: &ExportOutcome, quiet: bool) -> Result<()> 
         );
     }
     // stdout holds only the run's folder, for scripts.
-    println!("{}", outcome.path.display());
+    outln!("{}", outcome.path.display());
     Ok(())
 }
 
@@ -197,7 +197,7 @@ pub fn verify_export(cli: &Cli, args: &VerifyExportArgs) -> Result<()> {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "ok": report.ok(), "runs": runs, "problems": report.problems })
         );
@@ -215,18 +215,18 @@ pub fn verify_export(cli: &Cli, args: &VerifyExportArgs) -> Result<()> {
                 (false, true) => "signature NOT verified",
                 (false, false) => "no public key: signature not checked",
             };
-            println!(
+            outln!(
                 "{}: {} record(s) in {} file(s), seq {seqs}, {signature}",
                 r.path.display(),
                 r.records,
                 r.files
             );
             for problem in &r.problems {
-                println!("PROBLEM: {}: {problem}", r.path.display());
+                outln!("PROBLEM: {}: {problem}", r.path.display());
             }
         }
         for problem in &report.problems {
-            println!("PROBLEM: {problem}");
+            outln!("PROBLEM: {problem}");
         }
     }
     let count = report.problems.len() + report.runs.iter().map(|r| r.problems.len()).sum::<usize>();
@@ -295,15 +295,15 @@ pub async fn run(cli: &Cli, command: &ExportCommand) -> Result<()> {
             };
             let created = client.create_export(&new).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&created)?);
+                outln!("{}", serde_json::to_string_pretty(&created)?);
             } else {
-                println!("{}", created.schedule.name);
+                outln!("{}", created.schedule.name);
             }
         }
         ExportCommand::List => {
             let list = client.list_exports().await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 print_schedules(&list);
             }
@@ -311,7 +311,7 @@ pub async fn run(cli: &Cli, command: &ExportCommand) -> Result<()> {
         ExportCommand::History { name } => {
             let runs = client.export_history(name).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
+                outln!("{}", serde_json::to_string_pretty(&runs)?);
             } else {
                 print_runs(&runs);
             }
@@ -319,7 +319,7 @@ pub async fn run(cli: &Cli, command: &ExportCommand) -> Result<()> {
         ExportCommand::Run { name } => {
             let run = client.run_export(name).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&run)?);
+                outln!("{}", serde_json::to_string_pretty(&run)?);
             } else {
                 print_runs(std::slice::from_ref(&run));
             }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
+#[macro_use]
+pub(crate) mod out;
 mod audit;
 mod connect;
 mod display;
@@ -233,6 +235,10 @@ impl Cli {
 
 pub async fn run(cli: Cli) -> Result<()> {
     display::set_wide(cli.wide);
+    out::finish(run_verb(cli).await)
+}
+
+async fn run_verb(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Serve { config, .. } => serve(config).await,
         Command::Demo {

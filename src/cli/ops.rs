@@ -27,7 +27,7 @@ pub async fn session(cli: &Cli, command: &SessionCommand) -> Result<()> {
         SessionCommand::List => {
             let list = client.list_sessions().await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = list
@@ -62,11 +62,13 @@ pub async fn session(cli: &Cli, command: &SessionCommand) -> Result<()> {
         SessionCommand::Kill { session, reason } => {
             let killed = client.kill_session(session, reason).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&killed)?);
+                outln!("{}", serde_json::to_string_pretty(&killed)?);
             } else {
-                println!(
+                outln!(
                     "session {} of {} (request {}) is being ended",
-                    killed.session_id, killed.engineer, killed.request_id
+                    killed.session_id,
+                    killed.engineer,
+                    killed.request_id
                 );
             }
         }
@@ -77,7 +79,11 @@ pub async fn session(cli: &Cli, command: &SessionCommand) -> Result<()> {
 /// Prints the completion script for `shell` to stdout.
 pub fn completion(shell: clap_complete::Shell) {
     let mut command = Cli::command();
-    clap_complete::generate(shell, &mut command, "lockbox", &mut std::io::stdout());
+    // Into a buffer, then out through `out!`: a reader that leaves early (`| head`) must
+    // not make the write panic.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "lockbox", &mut script);
+    out!("{}", String::from_utf8_lossy(&script));
 }
 
 /// Writes `lockbox.1` (and one page per subcommand, `lockbox-serve.1` …) into `out`, or
@@ -86,15 +92,17 @@ pub fn man(out: Option<&Path>) -> Result<()> {
     let command = Cli::command();
     match out {
         None => {
+            let mut page = Vec::new();
             clap_mangen::Man::new(command)
-                .render(&mut std::io::stdout())
+                .render(&mut page)
                 .context("writing the man page")?;
+            out!("{}", String::from_utf8_lossy(&page));
         }
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             clap_mangen::generate_to(command, dir)
                 .with_context(|| format!("writing man pages into {}", dir.display()))?;
-            println!("wrote man pages into {}", dir.display());
+            outln!("wrote man pages into {}", dir.display());
         }
     }
     Ok(())

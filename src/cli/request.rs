@@ -156,9 +156,9 @@ pub async fn run(cli: &Cli, command: &RequestCommand) -> Result<()> {
             };
             let request = client.create_request(&new).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&request)?);
+                outln!("{}", serde_json::to_string_pretty(&request)?);
             } else {
-                println!("{}", request.id);
+                outln!("{}", request.id);
             }
         }
         RequestCommand::List {
@@ -170,7 +170,7 @@ pub async fn run(cli: &Cli, command: &RequestCommand) -> Result<()> {
                 .list_requests_where(*status, *break_glass, *unacknowledged)
                 .await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 print_table(&list);
             }
@@ -201,9 +201,9 @@ pub async fn run(cli: &Cli, command: &RequestCommand) -> Result<()> {
         } => {
             let extension = client.extend(id, duration, reason).await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&extension)?);
+                outln!("{}", serde_json::to_string_pretty(&extension)?);
             } else {
-                println!("{}", extension.id);
+                outln!("{}", extension.id);
             }
         }
     }
@@ -217,7 +217,7 @@ pub async fn policy(cli: &Cli, command: &PolicyCommand) -> Result<()> {
         PolicyCommand::Set { protect } => client.set_policy(protect).await?,
     };
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        outln!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(());
     }
     let list = |l: &[String]| {
@@ -227,18 +227,18 @@ pub async fn policy(cli: &Cli, command: &PolicyCommand) -> Result<()> {
             clean(&l.join(", ")).into_owned()
         }
     };
-    println!("protect          {}", clean(&view.protect));
-    println!("protected        {}", list(&view.protected_databases));
-    println!("unprotected      {}", list(&view.unprotected_databases));
-    println!(
+    outln!("protect          {}", clean(&view.protect));
+    outln!("protected        {}", list(&view.protected_databases));
+    outln!("unprotected      {}", list(&view.unprotected_databases));
+    outln!(
         "changed by       {}{}",
         clean(&view.changed_by),
         view.changed_at
             .map(|t| format!(" at {}", time(Some(t))))
             .unwrap_or_default()
     );
-    println!("rules            {}", list(&view.rules));
-    println!(
+    outln!("rules            {}", list(&view.rules));
+    outln!(
         "break-glass      {}",
         if view.break_glass {
             "enabled"
@@ -254,14 +254,16 @@ pub async fn admin(cli: &Cli, command: &AdminCommand) -> Result<()> {
         AdminCommand::Reload => {
             let report = cli.client()?.reload().await?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
+                outln!(
                     "reloaded: {} database(s), {} user(s), {} rule(s)",
-                    report.databases, report.users, report.rules
+                    report.databases,
+                    report.users,
+                    report.rules
                 );
                 for name in &report.needs_restart {
-                    println!("changed, takes effect after a restart: {name}");
+                    outln!("changed, takes effect after a restart: {name}");
                 }
             }
         }
@@ -276,11 +278,11 @@ pub async fn notify(cli: &Cli, command: &NotifyCommand) -> Result<()> {
         .notifications(request.as_deref(), Some(*limit))
         .await?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
     let count = |s: &str| list.iter().filter(|d| d.status == s).count();
-    println!(
+    outln!(
         "{} delivered, {} pending, {} failed (of the latest {})",
         count("delivered"),
         count("pending"),
@@ -356,7 +358,7 @@ fn approvers(r: &Request) -> String {
 
 fn print_request(cli: &Cli, r: &Request) -> Result<()> {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+        outln!("{}", serde_json::to_string_pretty(r)?);
         return Ok(());
     }
     let required = format!(
@@ -401,11 +403,11 @@ fn print_request(cli: &Cli, r: &Request) -> Result<()> {
     }
     // Every value may hold a requester's or approver's own text: escaped.
     for (k, v) in rows {
-        println!("{k:<17} {}", clean(&v));
+        outln!("{k:<17} {}", clean(&v));
     }
     for a in &r.approvals {
         let verb = if a.approved { "approved" } else { "denied" };
-        println!(
+        outln!(
             "  {} {verb} ({:?} stage) at {}: {}",
             clean(&a.by),
             a.stage,
@@ -415,7 +417,7 @@ fn print_request(cli: &Cli, r: &Request) -> Result<()> {
     }
     for t in &r.history {
         let from = t.from.map_or("-".into(), |f| f.to_string());
-        println!(
+        outln!(
             "  {} {from} -> {} by {}{}",
             time(Some(t.at)),
             t.to,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod access;
 pub(crate) mod api_tls;
+mod audit_clip;
 mod audit_sink;
 mod check;
 mod databases;
@@ -192,6 +193,13 @@ pub struct AuditFile {
     /// `[audit.postgres]`: also copy the trail into a PostgreSQL table.
     #[serde(default)]
     pub postgres: Option<PgSinkFile>,
+    /// Most bytes of one value (statement text, parameter, error message) a record keeps;
+    /// beyond it, a prefix, the length and a SHA-256 (default `64KiB`).
+    #[serde(default)]
+    pub max_field_bytes: Option<String>,
+    /// Most bytes of values one record keeps in all (default `1MiB`).
+    #[serde(default)]
+    pub max_record_bytes: Option<String>,
 }
 
 fn default_rotate_size() -> String {
@@ -220,6 +228,8 @@ impl Default for AuditFile {
             rotate_size: default_rotate_size(),
             rotate_interval: None,
             postgres: None,
+            max_field_bytes: None,
+            max_record_bytes: None,
         }
     }
 }
@@ -321,6 +331,8 @@ pub struct Config {
     pub audit_rotate_interval: Option<Duration>,
     /// The PostgreSQL audit sink, when configured.
     pub audit_pg_sink: Option<PgSink>,
+    /// `[audit] max_field_bytes`/`max_record_bytes`.
+    pub audit_clip: crate::audit::ClipLimits,
     pub signing_key_path: PathBuf,
     pub issuer: String,
     pub audience: String,
@@ -442,6 +454,10 @@ impl Config {
             .as_deref()
             .map(|t| parse_duration("audit.rotate_interval", t))
             .transpose()?;
+        let audit_clip = audit_clip::validate(
+            file.audit.max_field_bytes.as_deref(),
+            file.audit.max_record_bytes.as_deref(),
+        )?;
         let audit_pg_sink = file
             .audit
             .postgres
@@ -518,6 +534,7 @@ impl Config {
             audit_rotate_size,
             audit_rotate_interval,
             audit_pg_sink,
+            audit_clip,
             signing_key_path: resolve(&file.token.signing_key),
             issuer: file.token.issuer,
             audience: file.token.audience,

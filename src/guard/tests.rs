@@ -736,3 +736,46 @@ fn calls_of_the_databases_own_functions_are_opaque_under_rules() {
         Some("opaque_statement")
     );
 }
+
+/// What `deny_drop` counts as a drop: objects, a column's data, the checks data is held to
+/// and rows a table answers for, in every statement form that removes them.
+#[test]
+fn deny_drop_covers_drops_under_alter() {
+    let rules = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    let check = |sql: &str, refused: bool| {
+        let got = check_rules(&rules, &analyze(sql).facts)
+            .err()
+            .map(|r| r.rule);
+        assert_eq!(got, refused.then_some("deny_drop"), "{sql}");
+    };
+    for sql in [
+        "ALTER TABLE items DROP COLUMN name",
+        "ALTER TABLE IF EXISTS items DROP COLUMN IF EXISTS name CASCADE",
+        "ALTER TABLE items ADD COLUMN x int, DROP COLUMN name",
+        "ALTER TABLE ONLY items DROP name",
+        "ALTER TABLE items DROP CONSTRAINT items_pkey",
+        "ALTER TABLE items ALTER COLUMN name DROP NOT NULL",
+        "ALTER TABLE items ALTER COLUMN g DROP EXPRESSION",
+        "ALTER TABLE items ALTER COLUMN id DROP IDENTITY",
+        "ALTER TABLE parent DETACH PARTITION child",
+        "ALTER TABLE child NO INHERIT parent",
+        "ALTER FOREIGN TABLE f DROP COLUMN c",
+        "ALTER TYPE t DROP ATTRIBUTE a",
+        "ALTER DOMAIN d DROP CONSTRAINT positive",
+        "ALTER DOMAIN d DROP NOT NULL",
+        "DROP OWNED BY eve",
+    ] {
+        check(sql, true);
+    }
+    for sql in [
+        "ALTER TABLE items ALTER COLUMN name DROP DEFAULT",
+        "ALTER TABLE items ADD COLUMN x int",
+        "ALTER TABLE items RENAME COLUMN name TO label",
+        "ALTER DOMAIN d DROP DEFAULT",
+    ] {
+        check(sql, false);
+    }
+}

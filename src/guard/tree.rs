@@ -128,6 +128,10 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             // ALTER COLUMN … TYPE rewrites every row (with USING, to any value).
             found.update_without_where |= subtype == AT_ALTER_COLUMN_TYPE;
         }
+        "AlterDomainStmt" => {
+            let subtype = node.get("subtype").and_then(Value::as_str).unwrap_or("");
+            found.drop |= ALTER_DOMAIN_DROPS.contains(&subtype);
+        }
         "SubLink" => {
             // `x OPERATOR(s.op) ANY (SELECT …)` keeps its operator here, not in an A_Expr.
             found
@@ -186,9 +190,14 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
 /// `CmdType` values of a MERGE action.
 const CMD_UPDATE: i64 = 3;
 const CMD_DELETE: i64 = 5;
-/// `AlterTableType` values that drop something: a column, an expression, a constraint, an
-/// identity, a partition.
-const ALTER_TABLE_DROPS: &[i64] = &[8, 14, 23, 61, 62, 65];
+/// `AlterTableType` values that drop something (rule `deny_drop`): a column's data
+/// (`DROP COLUMN`, `ALTER TYPE … DROP ATTRIBUTE`), a rule the data is checked against
+/// (`DROP CONSTRAINT`, `DROP NOT NULL`), a generated expression or an identity, rows a
+/// table answers for (`DETACH PARTITION [FINALIZE]`, `NO INHERIT`). `DROP DEFAULT` and the
+/// like lose neither data nor a check and stay allowed.
+const ALTER_TABLE_DROPS: &[i64] = &[5, 8, 14, 23, 51, 61, 62, 65];
+/// `AlterDomainStmt` subtypes that drop a check: `DROP CONSTRAINT`, `DROP NOT NULL`.
+const ALTER_DOMAIN_DROPS: &[&str] = &["X", "N"];
 const AT_ALTER_COLUMN_TYPE: i64 = 25;
 /// `OnConflictAction::OnconflictUpdate`.
 const ON_CONFLICT_UPDATE: i64 = 3;

@@ -2,6 +2,7 @@
 //! by a CA), an API key. Every file is written by `files::write_all`: all or nothing, keys
 //! 0600, no overwrite without `--force`.
 
+use crate::cli::out::{out, outln};
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
@@ -18,7 +19,7 @@ pub(crate) fn run(command: &KeygenCommand) -> Result<()> {
                     .map_err(|e| anyhow!(e))?;
             write_all(&[NewFile::private(out, pem)], *force)?;
             eprintln!("wrote {}; its public key:", out.display());
-            print!("{}", authority.public_key_pem());
+            out!("{}", authority.public_key_pem());
         }
         KeygenCommand::Ca { cert, key, force } => {
             let (ca_pem, ca_key_pem) = crate::tls::generate_ca()?;
@@ -29,7 +30,7 @@ pub(crate) fn run(command: &KeygenCommand) -> Result<()> {
                 ],
                 *force,
             )?;
-            println!(
+            outln!(
                 "wrote CA certificate {} and its key {} (keep the key offline; clients trust the certificate: sslrootcert={})",
                 cert.display(),
                 key.display(),
@@ -56,12 +57,12 @@ pub(crate) fn run(command: &KeygenCommand) -> Result<()> {
                 ],
                 *force,
             )?;
-            println!("wrote {} and {}", cert.display(), key.display());
+            outln!("wrote {} and {}", cert.display(), key.display());
         }
         KeygenCommand::ApiKey => {
             let key = crate::keys::generate_api_key();
-            println!("api key (give to the user): {key}");
-            println!(
+            outln!("api key (give to the user): {key}");
+            outln!(
                 "api_key_hash = \"{}\"",
                 crate::keys::api_key_hash_string(&key)
             );

@@ -309,12 +309,12 @@ fn next_steps(
 pub(crate) fn config_check(path: &Path) -> Result<()> {
     match crate::config::check(path) {
         Ok(config) => {
-            println!(
-                "{}: ok ({} database(s), {} user(s))",
+            crate::cli::out::write(format_args!(
+                "{}: ok ({} database(s), {} user(s))\n",
                 path.display(),
                 config.databases.len(),
                 config.users.len()
-            );
+            ));
             Ok(())
         }
         Err(problems) => {

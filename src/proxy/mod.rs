@@ -9,6 +9,7 @@
 
 mod gate;
 mod negotiate;
+mod oversize;
 mod reaper;
 mod registry;
 mod relay;
@@ -163,8 +164,13 @@ impl Proxy {
                 }
                 // A cancel still goes through: a full proxy must not leave a running
                 // query uncancellable (PostgreSQL, too, serves cancels past its limit).
-                Ok(Ok(negotiate::Opened::Cancel { pid, secret })) => {
+                Ok(Ok(negotiate::Opened::Cancel {
+                    pid,
+                    secret,
+                    stream,
+                })) => {
                     session::forward_cancel(&proxy, pid, secret).await;
+                    negotiate::close_after_cancel(stream).await;
                 }
                 _ => {}
             }

@@ -21,6 +21,10 @@ pub enum Opened {
     Cancel {
         pid: i32,
         secret: i32,
+        /// Kept to be closed after the cancel is forwarded: over TLS the client waits for
+        /// a close_notify, and libpq 17's `PQcancelBlocking` reports a cancel whose
+        /// connection ends without one as failed.
+        stream: BoxStream,
     },
 }
 
@@ -109,7 +113,14 @@ pub async fn negotiate(
                     return Err((e.into(), None));
                 }
             }
-            StartupPacket::Cancel { pid, secret } => return Ok(Opened::Cancel { pid, secret }),
+            StartupPacket::Cancel { pid, secret } => {
+                let stream = into_stream(tcp, stream).ok_or((NegotiationError::Closed, None))?;
+                return Ok(Opened::Cancel {
+                    pid,
+                    secret,
+                    stream,
+                });
+            }
             StartupPacket::UnsupportedVersion(v) => {
                 let e = NegotiationError::Protocol {
                     sqlstate: wire::sqlstate::FEATURE_NOT_SUPPORTED,
@@ -128,6 +139,21 @@ pub async fn negotiate(
                 });
             }
         }
+    }
+}
+
+/// How long closing a cancel connection may take: the close_notify is one small record, so
+/// only a client that stopped reading with a full receive buffer waits this out.
+const CANCEL_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Closes the connection a CancelRequest came on, as PostgreSQL does once it handled the
+/// cancel: over TLS with a close_notify alert (flushed) before the TCP FIN, so the client
+/// sees a clean end rather than a truncation.
+pub async fn close_after_cancel(mut stream: BoxStream) {
+    match tokio::time::timeout(CANCEL_CLOSE_TIMEOUT, stream.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "closing a cancel connection failed"),
+        Err(_) => tracing::debug!("closing a cancel connection timed out"),
     }
 }
 

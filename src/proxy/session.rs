@@ -97,8 +97,13 @@ pub async fn serve(
             startup,
             leftover,
         }) => (stream, tls, startup, leftover),
-        Ok(Opened::Cancel { pid, secret }) => {
+        Ok(Opened::Cancel {
+            pid,
+            secret,
+            stream,
+        }) => {
             forward_cancel(&proxy, pid, secret).await;
+            negotiate::close_after_cancel(stream).await;
             return None;
         }
         Err((NegotiationError::Protocol { sqlstate, message }, Some(mut stream))) => {
@@ -528,6 +533,12 @@ async fn finish(
     (backend_pid, backend_secret): (i32, i32),
     end: End,
 ) {
+    // Why a client message ended the session, for the record; "disconnected" alone hides it.
+    let detail = match &end {
+        End::MessageTooLarge(o) => Some(o.describe()),
+        End::ProtocolError(m) => Some(format!("client protocol violation: {m}")),
+        _ => None,
+    };
     let (event, reason) = match &end {
         End::Dropped(DropReason::Expired) => {
             (SessionEvent::DroppedExpired, Some("access window ended"))
@@ -548,10 +559,9 @@ async fn finish(
             SessionEvent::Disconnected,
             Some("upstream closed the connection"),
         ),
-        End::ProtocolError(_) => (
-            SessionEvent::Disconnected,
-            Some("client protocol violation"),
-        ),
+        End::ProtocolError(_) | End::MessageTooLarge(_) => {
+            (SessionEvent::Disconnected, detail.as_deref())
+        }
         End::AuditFailed => (SessionEvent::Disconnected, Some("audit log unavailable")),
         End::UnsafeSetting(_) => (
             SessionEvent::Disconnected,

@@ -233,6 +233,7 @@ fn keep_fixed_settings(current: &Config, next: &mut Config) -> Vec<String> {
     keep!(audit_sync_interval, "audit.sync_interval");
     keep!(audit_rotate_size, "audit.rotate_size");
     keep!(audit_rotate_interval, "audit.rotate_interval");
+    keep!(audit_clip, "audit.max_field_bytes");
     keep!(signing_key_path, "token.signing_key");
     keep!(issuer, "token.issuer");
     keep!(audience, "token.audience");

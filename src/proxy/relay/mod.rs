@@ -44,6 +44,8 @@ pub enum End {
     UnsafeSetting(String),
     /// A statement returned more rows than the grant allows.
     RowLimit(u64),
+    /// A client message declared a size over `proxy.max_message_size`.
+    MessageTooLarge(super::oversize::Oversize),
 }
 
 /// Per-grant limits the relay enforces.
@@ -284,6 +286,7 @@ impl Relay {
                 format!("lockbox session was ended by an operator: {why}"),
             )),
             End::ProtocolError(m) => Some((sqlstate::PROTOCOL_VIOLATION, m.clone())),
+            End::MessageTooLarge(o) => Some((sqlstate::PROTOCOL_VIOLATION, o.fatal_message())),
             End::AuditFailed => Some((
                 sqlstate::IO_ERROR,
                 "lockbox could not write the audit record; the statement was not executed"
@@ -404,7 +407,7 @@ impl Relay {
                 break;
             }
             let Some(len) = wire::frame_len(&buf[batch.consumed..], self.max_message)
-                .map_err(|e| End::ProtocolError(e.to_string()))?
+                .map_err(|e| super::oversize::end_for(tag, e))?
             else {
                 break;
             };

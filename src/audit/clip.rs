@@ -1,0 +1,263 @@
+//! A size limit per audit record. A 60 MiB bind parameter became a 125 MB audit line (hex
+//! doubles binary values): one such line slows every reader of the trail and every sink.
+//! A value over the limit keeps a prefix, its full length and the SHA-256 of the whole
+//! value, so the record still proves what ran: whoever holds the value can hash it and
+//! compare.
+//!
+//! Each field (the statement text, each parameter, an outcome's error message, which can
+//! quote a value) keeps at most `max_field_bytes`, and a record's fields together at most
+//! `max_record_bytes`, in order. A record within both is serialized as before: the check
+//! is a sum of lengths, with nothing copied.
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::AuditEvent;
+
+/// `[audit] max_field_bytes` when unset.
+pub const DEFAULT_MAX_FIELD_BYTES: usize = 64 * 1024;
+/// `[audit] max_record_bytes` when unset.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// How much of its values one record keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClipLimits {
+    pub max_field_bytes: usize,
+    pub max_record_bytes: usize,
+}
+
+impl Default for ClipLimits {
+    fn default() -> Self {
+        ClipLimits {
+            max_field_bytes: DEFAULT_MAX_FIELD_BYTES,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+}
+
+/// Serializes `event` clipped into `out` if any of its values is over the limits; returns
+/// false (writing nothing) when it is within them, for the caller's usual path.
+pub(crate) fn write_if_oversized(
+    out: &mut Vec<u8>,
+    event: &AuditEvent,
+    limits: ClipLimits,
+) -> bool {
+    if !oversized(event, limits) {
+        return false;
+    }
+    let Ok(mut record) = serde_json::to_value(event) else {
+        return false;
+    };
+    if let Value::Object(fields) = &mut record {
+        clip_fields(fields, limits);
+    }
+    let start = out.len();
+    if serde_json::to_writer(&mut *out, &record).is_err() {
+        out.truncate(start);
+        return false;
+    }
+    true
+}
+
+/// Whether a record's values exceed the limits: lengths only, nothing copied or allocated.
+fn oversized(event: &AuditEvent, limits: ClipLimits) -> bool {
+    match event {
+        AuditEvent::Statement(s) => over(
+            std::iter::once(s.statement.len()).chain(s.params.iter().flatten().map(value_len)),
+            limits,
+        ),
+        AuditEvent::Outcome(o) => over(o.message.iter().map(String::len), limits),
+        _ => false,
+    }
+}
+
+/// Whether one size is over the field limit or their running sum over the record limit.
+fn over(mut sizes: impl Iterator<Item = usize>, limits: ClipLimits) -> bool {
+    let mut total = 0usize;
+    sizes.any(|n| {
+        total = total.saturating_add(n);
+        n > limits.max_field_bytes || total > limits.max_record_bytes
+    })
+}
+
+/// The bytes a parameter takes in a record.
+fn value_len(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Object(o) => o
+            .get("binary_hex")
+            .and_then(Value::as_str)
+            .map_or(0, str::len),
+        _ => 0,
+    }
+}
+
+/// Clips the serialized record's `statement`, `params` and `message`, in that order,
+/// against one budget.
+fn clip_fields(fields: &mut Map<String, Value>, limits: ClipLimits) {
+    let mut budget = limits.max_record_bytes;
+    for name in ["statement", "message"] {
+        if let Some(Value::String(text)) = fields.get(name) {
+            let keep = limits.max_field_bytes.min(budget);
+            if let Some((prefix, clipped)) = clip_text(text, keep) {
+                budget -= prefix.len();
+                fields.insert(name.into(), Value::String(prefix));
+                fields.insert(format!("{name}_clipped"), clipped);
+            } else {
+                budget -= text.len();
+            }
+        }
+    }
+    if let Some(Value::Array(params)) = fields.get_mut("params") {
+        for param in params {
+            let keep = limits.max_field_bytes.min(budget);
+            budget -= clip_param(param, keep);
+        }
+    }
+}
+
+/// `text` cut to at most `keep` bytes (on a character boundary) and the record of what was
+/// cut; `None` if it fits.
+fn clip_text(text: &str, keep: usize) -> Option<(String, Value)> {
+    if text.len() <= keep {
+        return None;
+    }
+    let mut end = keep;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some((
+        text[..end].to_owned(),
+        json!({"length": text.len(), "sha256": hex::encode(Sha256::digest(text))}),
+    ))
+}
+
+/// Clips one parameter in place; returns the bytes it keeps. A binary value's length and
+/// hash are of its bytes, not of their hex.
+fn clip_param(param: &mut Value, keep: usize) -> usize {
+    match param {
+        Value::String(text) => match clip_text(text, keep) {
+            Some((prefix, clipped)) => {
+                let kept = prefix.len();
+                *param = with_prefix(clipped, "prefix", prefix);
+                kept
+            }
+            None => text.len(),
+        },
+        Value::Object(o) => {
+            let Some(hex_text) = o.get("binary_hex").and_then(Value::as_str) else {
+                return 0;
+            };
+            if hex_text.len() <= keep {
+                return hex_text.len();
+            }
+            // The hex was written by lockbox from the message's bytes: always valid.
+            let bytes = hex::decode(hex_text).unwrap_or_default();
+            let prefix = hex_text[..keep - keep % 2].to_owned();
+            let kept = prefix.len();
+            let clipped =
+                json!({"length": bytes.len(), "sha256": hex::encode(Sha256::digest(&bytes))});
+            *param = with_prefix(clipped, "prefix_hex", prefix);
+            kept
+        }
+        _ => 0,
+    }
+}
+
+/// A clipped parameter: `{"clipped": {"prefix": …, "length": …, "sha256": …}}`, an object
+/// like the `binary_hex` one, so no reader takes it for the value itself.
+fn with_prefix(mut clipped: Value, key: &str, prefix: String) -> Value {
+    if let Value::Object(o) = &mut clipped {
+        o.insert(key.into(), Value::String(prefix));
+    }
+    json!({ "clipped": clipped })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::audit::{Protocol, SessionFields, StatementRecord};
+
+    fn statement(text: &str, params: Vec<Value>) -> AuditEvent {
+        AuditEvent::Statement(StatementRecord {
+            session: Arc::new(SessionFields {
+                session_id: "s".into(),
+                request_id: "r".into(),
+                ticket: "t".into(),
+                engineer: "e".into(),
+                database: "d".into(),
+                client_addr: "a".into(),
+                break_glass: false,
+                statements: Default::default(),
+            }),
+            protocol: Protocol::Extended,
+            statement: text.into(),
+            params: Some(params),
+            kind: crate::sql::StatementKind::Select,
+            redacted: Vec::new(),
+        })
+    }
+
+    fn clipped(event: &AuditEvent, limits: ClipLimits) -> Option<Value> {
+        let mut out = Vec::new();
+        write_if_oversized(&mut out, event, limits)
+            .then(|| serde_json::from_slice(&out).expect("JSON"))
+    }
+
+    const SMALL: ClipLimits = ClipLimits {
+        max_field_bytes: 8,
+        max_record_bytes: 20,
+    };
+
+    #[test]
+    fn a_record_within_the_limits_is_left_to_the_usual_path() {
+        let event = statement("SELECT $1", vec![json!("abc"), Value::Null]);
+        assert_eq!(clipped(&event, ClipLimits::default()), None);
+    }
+
+    #[test]
+    fn an_oversized_parameter_keeps_a_prefix_its_length_and_hash() {
+        let value = "é".repeat(10); // 20 bytes, two per character
+        let event = statement("SELECT $1", vec![json!(value)]);
+        let limits = ClipLimits {
+            max_field_bytes: 11, // not a character boundary: the prefix stops before it
+            max_record_bytes: 30,
+        };
+        let record = clipped(&event, limits).expect("clipped");
+        let param = &record["params"][0]["clipped"];
+        assert_eq!(param["prefix"], "ééééé");
+        assert_eq!(param["length"], 20);
+        assert_eq!(param["sha256"], hex::encode(Sha256::digest(&value)));
+        assert_eq!(record["statement"], "SELECT $1");
+        assert!(record.get("statement_clipped").is_none());
+    }
+
+    #[test]
+    fn a_binary_parameter_is_hashed_as_bytes() {
+        let bytes = [7u8; 16];
+        let event = statement("SELECT $1", vec![json!({"binary_hex": hex::encode(bytes)})]);
+        let record = clipped(&event, SMALL).expect("clipped");
+        let param = &record["params"][0]["clipped"];
+        assert_eq!(param["prefix_hex"], "07070707");
+        assert_eq!(param["length"], 16);
+        assert_eq!(param["sha256"], hex::encode(Sha256::digest(bytes)));
+    }
+
+    #[test]
+    fn the_record_budget_is_shared_in_order() {
+        // Statement clipped to 8 bytes, then 8 + 4 of the 20-byte budget left.
+        let event = statement(
+            "SELECT $1, $2, $3",
+            vec![json!("aaaaaaaa"), json!("bbbbbbbb"), json!("c")],
+        );
+        let record = clipped(&event, SMALL).expect("clipped");
+        assert_eq!(record["statement"], "SELECT $");
+        assert_eq!(record["statement_clipped"]["length"], 17);
+        assert_eq!(record["params"][0], "aaaaaaaa");
+        assert_eq!(record["params"][1]["clipped"]["prefix"], "bbbb");
+        assert_eq!(record["params"][2]["clipped"]["prefix"], "");
+        assert_eq!(record["params"][2]["clipped"]["length"], 1);
+    }
+}
