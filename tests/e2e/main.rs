@@ -5,6 +5,7 @@ mod harness;
 
 mod attack;
 mod attack2;
+mod attack_11;
 mod audit_api;
 mod audit_chain;
 mod audit_durability;
