@@ -237,3 +237,35 @@ async fn attack_11_idle_connections_from_one_source_hold_every_slot() {
     );
     drop(idle);
 }
+
+/// A 40-byte statement makes PostgreSQL answer with an ErrorResponse that quotes a value
+/// of the engineer's choosing in full (`invalid input syntax for type integer: "xxx…"`):
+/// the scanner collects the whole message in memory (ErrorResponse is "interesting") and
+/// the audit record keeps the message uncut. 20 MB here; up to ~1 GB a query, held in the
+/// proxy's memory, fsynced to the trail, shipped to the sink: an engineer with read access
+/// exhausts the proxy's memory and the audit disk.
+#[tokio::test]
+async fn attack_11_a_short_statement_makes_a_huge_error_record() {
+    let env = Env::start("a11_bigerror").await;
+    let (_id, token) = env.approved_token("eve", "10m").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("eve connects");
+    let error = client
+        .simple_query("SELECT repeat('x', 20000000)::int")
+        .await
+        .expect_err("not an integer");
+    assert!(error.to_string().len() > 1_000_000 || error.as_db_error().is_some());
+    env.wait_for_audit("the failed statement", |records| {
+        records.iter().any(|r| {
+            r["statement"]
+                .as_str()
+                .is_some_and(|s| s.contains("repeat("))
+        })
+    })
+    .await;
+    let text = std::fs::read_to_string(&env.audit_path).expect("trail");
+    let longest = text.lines().map(str::len).max().unwrap_or(0);
+    assert!(
+        longest < 1_000_000,
+        "one audit line of {longest} bytes from a 40-byte statement"
+    );
+}
