@@ -269,3 +269,52 @@ async fn attack_11_a_short_statement_makes_a_huge_error_record() {
         "one audit line of {longest} bytes from a 40-byte statement"
     );
 }
+
+/// The expiry warning fires while two sessions stream results that arrive in many chunks:
+/// slow 200 kB DataRows and a slow COPY OUT. A notice written inside one of those messages
+/// corrupts the stream, and the client's query fails.
+#[tokio::test]
+async fn attack_11_expiry_warning_lands_between_messages_of_streamed_results() {
+    let env = Env::with(
+        "a11_notice_stream",
+        crate::harness::Options {
+            timings: "warn_before = [\"10s\"]",
+            ..crate::harness::Options::default()
+        },
+    )
+    .await;
+    let (_id, token) = env.approved_token("eve", "14s").await;
+    let (rows, _c1) = env.connect("eve", &token).await.expect("eve connects");
+    let (copy, _c2) = env.connect("eve", &token).await.expect("eve connects");
+    let slow_rows = async {
+        rows.query(
+            "SELECT g, repeat(md5(g::text), 6000), pg_sleep(0.02) FROM generate_series(1, 250) g",
+            &[],
+        )
+        .await
+        .map(|r| r.len())
+    };
+    let slow_copy = async {
+        use futures::StreamExt;
+        let stream = copy
+            .copy_out(
+                "COPY (SELECT g, repeat(md5(g::text), 3001), pg_sleep(0.02) FROM generate_series(1, 250) g) TO STDOUT",
+            )
+            .await?;
+        futures::pin_mut!(stream);
+        let mut bytes = 0usize;
+        while let Some(chunk) = stream.next().await {
+            bytes += chunk?.len();
+        }
+        Ok::<usize, tokio_postgres::Error>(bytes)
+    };
+    let started = Instant::now();
+    let (rows, copied) = tokio::join!(slow_rows, slow_copy);
+    let took = started.elapsed();
+    assert_eq!(rows.expect("rows arrive intact"), 250);
+    assert!(copied.expect("COPY data arrives intact") > 250 * 96_000);
+    assert!(
+        took > Duration::from_secs(5),
+        "spanned the warning: {took:?}"
+    );
+}
