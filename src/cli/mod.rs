@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 
+#[cfg(test)]
+mod attack_11;
 mod audit;
 mod connect;
 mod display;

@@ -8,6 +8,8 @@
 //! outlives its session is terminated).
 
 mod gate;
+#[cfg(test)]
+mod gate_attack_11;
 mod negotiate;
 mod reaper;
 mod registry;

@@ -6,6 +6,7 @@ mod harness;
 mod api_hardening;
 mod attack;
 mod attack2;
+mod attack_11;
 mod attack_tls;
 mod audit_api;
 mod audit_chain;
