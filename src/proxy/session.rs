@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::negotiate::{self, NegotiationError, Opened};
+use super::preauth;
 use super::reaper::Reaper;
 use super::registry::{CancelTarget, DropReason};
 use super::relay::{CancelKey, End, Grant, Limits, Relay};
@@ -82,15 +83,28 @@ pub async fn serve(
     peer: SocketAddr,
     id: SessionId,
 ) -> Option<Reaper> {
-    // A client that never finishes its startup (or TLS handshake) must not hold a task
-    // and a socket forever.
-    let Ok(opened) =
-        tokio::time::timeout(LOGIN_TIMEOUT, negotiate::negotiate(tcp, proxy.tls.as_ref())).await
-    else {
+    // Until it sends its token a connection proves nothing: it is bounded in time and
+    // shed when its source opens too many (see `preauth`).
+    let max_connections = proxy.lockbox.config().connection_limits.max_connections;
+    let pending = proxy
+        .registry
+        .preauth
+        .enter(peer.ip(), preauth::per_source_cap(max_connections));
+    let deadline = tokio::time::Instant::now() + preauth::PREAUTH_TIMEOUT;
+    let shed = pending.shed.clone();
+    let negotiated = tokio::select! {
+        opened = tokio::time::timeout_at(deadline, negotiate::negotiate(tcp, proxy.tls.as_ref())) => opened,
+        () = shed.notified() => {
+            tracing::debug!("unauthenticated connection shed for a newer one from its source");
+            return None;
+        }
+    };
+    let Ok(opened) = negotiated else {
         tracing::debug!("startup timed out");
+        pre_auth_timed_out(&proxy, &id, peer, &Startup { params: Vec::new() });
         return None;
     };
-    let (mut stream, tls, startup, leftover) = match opened {
+    let (mut stream, tls, startup, mut cbuf) = match opened {
         Ok(Opened::Session {
             stream,
             tls,
@@ -98,6 +112,7 @@ pub async fn serve(
             leftover,
         }) => (stream, tls, startup, leftover),
         Ok(Opened::Cancel { pid, secret }) => {
+            drop(pending);
             forward_cancel(&proxy, pid, secret).await;
             return None;
         }
@@ -111,25 +126,46 @@ pub async fn serve(
             return None;
         }
     };
-    let login = tokio::time::timeout(
-        LOGIN_TIMEOUT,
-        login(&proxy, &id, &mut stream, tls, peer, &startup, leftover),
-    )
-    .await;
-    let (admission, claimed, mut cbuf, kill) = match login {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => {
+    let presented = tokio::select! {
+        token = tokio::time::timeout_at(
+            deadline,
+            read_token(&proxy, &mut stream, tls, peer, &startup, &mut cbuf),
+        ) => token,
+        () = shed.notified() => {
+            tracing::debug!("unauthenticated connection shed for a newer one from its source");
+            return None;
+        }
+    };
+    drop(pending);
+    let login = match presented {
+        Ok(Ok((claimed, token))) => tokio::time::timeout(
+            LOGIN_TIMEOUT,
+            admit_token(&proxy, &id, peer, claimed, &token),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(LoginError {
+                sqlstate: sqlstate::PROTOCOL_VIOLATION,
+                message: "login timed out".into(),
+                audited: false,
+            })
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            pre_auth_timed_out(&proxy, &id, peer, &startup);
+            send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "login timed out").await;
+            return None;
+        }
+    };
+    let (admission, claimed, kill) = match login {
+        Ok(done) => done,
+        Err(e) => {
             proxy.registry.unregister(&id);
             if e.audited && proxy.failed_login(peer.ip()) {
                 audit_auth_failure(&proxy, &id, peer, &startup, &e.message);
             }
             tracing::info!(reason = %e.message, "login refused");
             send_fatal(&mut stream, e.sqlstate, &e.message).await;
-            return None;
-        }
-        Err(_) => {
-            proxy.registry.unregister(&id);
-            send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "login timed out").await;
             return None;
         }
     };
@@ -156,16 +192,28 @@ pub async fn serve(
     reaper
 }
 
-/// Everything between StartupMessage and AuthenticationOk.
-async fn login(
+/// A connection that sent no token within `PREAUTH_TIMEOUT` counts as a failed login of
+/// its source (audited like one while the source is under its limit): holding a slot
+/// without a credential is what a flood of silent sockets does.
+fn pre_auth_timed_out(proxy: &Proxy, id: &SessionId, peer: SocketAddr, startup: &Startup) {
+    if proxy.failed_login(peer.ip()) {
+        let reason = format!(
+            "no token within {}",
+            humantime::format_duration(preauth::PREAUTH_TIMEOUT)
+        );
+        audit_auth_failure(proxy, id, peer, startup, &reason);
+    }
+}
+
+/// StartupMessage to the password message: everything an unauthenticated client controls.
+async fn read_token(
     proxy: &Proxy,
-    id: &SessionId,
     stream: &mut BoxStream,
     tls: bool,
     peer: SocketAddr,
     startup: &Startup,
-    mut buf: BytesMut,
-) -> Result<(Admission, Claimed, BytesMut, KillSwitch), LoginError> {
+    buf: &mut BytesMut,
+) -> Result<(Claimed, String), LoginError> {
     let claimed = check_startup(startup)?;
     let plaintext_allowed =
         proxy.lockbox.config().allow_plaintext_loopback && peer.ip().is_loopback();
@@ -178,13 +226,24 @@ async fn login(
     let mut out = BytesMut::new();
     wire::authentication_cleartext(&mut out);
     write(stream, &out).await?;
-    let token = read_password(stream, &mut buf).await?;
-    let claims = proxy.lockbox.tokens.verify(&token).map_err(|e| {
-        login_error(
-            sqlstate::INVALID_PASSWORD,
-            format!("lockbox token refused: {e}"),
-        )
-    })?;
+    let token = read_password(stream, buf).await?;
+    Ok((claimed, token))
+}
+
+/// The token to admission. A source past its failed-login limit is refused only when its
+/// token does not even verify (a signature check, no I/O): garbage from an address never
+/// locks out a valid token from the same NAT, VPN or bastion.
+async fn admit_token(
+    proxy: &Proxy,
+    id: &SessionId,
+    peer: SocketAddr,
+    claimed: Claimed,
+    token: &str,
+) -> Result<(Admission, Claimed, KillSwitch), LoginError> {
+    let claims = match proxy.lockbox.tokens.verify(token) {
+        Ok(claims) => claims,
+        Err(e) => return Err(refused_token(proxy, peer, &e)),
+    };
     // Registered before the store is read: a revocation from here on reaches this session
     // even while it is still logging in upstream.
     let kill = proxy.registry.register(id, &RequestId(claims.rid.clone()));
@@ -206,7 +265,27 @@ async fn login(
                 }
             }
         })?;
-    Ok((admission, claimed, buf, kill))
+    Ok((admission, claimed, kill))
+}
+
+/// The error for a token that does not verify: 08004 (counted, not audited one by one)
+/// when its source is past its failed-login limit, else an audited failure.
+fn refused_token(proxy: &Proxy, peer: SocketAddr, e: &crate::token::TokenError) -> LoginError {
+    let limits = proxy.lockbox.config().connection_limits;
+    if proxy.registry.gate.blocked(peer.ip(), &limits) {
+        let metrics = proxy.lockbox.audit.metrics();
+        metrics.failed_login_unrecorded();
+        metrics.refused(crate::metrics::Refused::FailedLoginLimit);
+        return LoginError {
+            sqlstate: super::REJECTED_ESTABLISHMENT,
+            message: "too many failed logins from this address: try again later".into(),
+            audited: false,
+        };
+    }
+    login_error(
+        sqlstate::INVALID_PASSWORD,
+        format!("lockbox token refused: {e}"),
+    )
 }
 
 fn check_startup(startup: &Startup) -> Result<Claimed, LoginError> {

@@ -409,7 +409,10 @@ mod tests {
             assert_eq!(sqlstate, "22P02");
             assert!(message.len() < MAX_COLLECT + 100, "chunk {chunk}");
             assert!(message.starts_with("invalid input: \"éé"));
-            assert!(!message.contains('\u{fffd}'), "a split character is dropped");
+            assert!(
+                !message.contains('\u{fffd}'),
+                "a split character is dropped"
+            );
             assert!(
                 message.ends_with(&format!("error response was {len} bytes]")),
                 "{message}"
