@@ -2,7 +2,8 @@
 //! connections (`[proxy] max_connections`, FATAL 53300 past it) and the per-source limit
 //! on failed logins (`[proxy] failed_login_limit` per `failed_login_window`).
 //!
-//! A source past its failed-login limit is refused without its token being looked at, and
+//! A source past its failed-login limit is refused when its token fails verification (a
+//! valid token from the same NAT is still admitted, see `session::refused_token`), and
 //! its failures are no longer audited one by one: they are counted, and one
 //! `logins_throttled` record per source and window carries the count. So a client that
 //! hammers the proxy with bad tokens costs a bounded number of audit records (and export

@@ -33,6 +33,7 @@ mod oidc;
 mod openapi;
 mod ops;
 mod ops_limits;
+mod preauth;
 mod protocol;
 mod relay;
 mod roles;
