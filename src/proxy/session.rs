@@ -26,7 +26,8 @@ use crate::policy::Admission;
 use crate::service::AdmitError;
 use crate::wire::{self, sqlstate, Severity, Startup};
 
-/// How long a client has to finish logging in.
+/// How long admission of a presented token may take (the state store's answer); the client's
+/// own part, up to its token, is bounded by `preauth::PREAUTH_TIMEOUT`.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Startup parameters passed upstream. Anything that could change role, privileges or
