@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod notify;
 pub mod oidc;
 pub mod policy;
+mod private_files;
 pub mod provision;
 pub mod proxy;
 pub mod sandbox;

@@ -29,6 +29,11 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("state store: cannot create or restrict {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("state store: worker failed: {0}")]
     Worker(String),
 }
@@ -47,15 +52,37 @@ pub struct RequestFilter {
     pub database: Option<String>,
 }
 
+/// Creates the SQLite file owner-only before SQLite opens it (SQLite then gives its -wal
+/// and -shm files the database file's mode), and tightens files an older version left
+/// readable by others.
+fn restrict_files(path: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    crate::private_files::open_options()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        crate::private_files::restrict(Path::new(&name)).map_err(io)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the SQLite file at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Folder {
+            crate::private_files::create_dir_all(dir).map_err(|source| StoreError::Folder {
                 path: dir.display().to_string(),
                 source,
             })?;
         }
+        restrict_files(path)?;
         let conn = Connection::open(path)?;
         // WAL lets readers proceed during a write; FULL makes each commit durable.
         conn.pragma_update(None, "journal_mode", "WAL")?;

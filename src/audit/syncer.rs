@@ -279,7 +279,7 @@ impl<'a> Syncer<'a> {
             state.file_opened = Instant::now();
             return;
         }
-        match OpenOptions::new()
+        match crate::private_files::open_options()
             .create(true)
             .read(true)
             .append(true)

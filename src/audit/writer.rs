@@ -5,7 +5,7 @@
 //! (group commit), and one broadcast of "durable up to seq" wakes the whole batch.
 
 use std::cell::RefCell;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -206,9 +206,11 @@ impl AuditLog {
             message: e.to_string(),
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            crate::private_files::create_dir_all(dir).map_err(io)?;
         }
-        let mut file = OpenOptions::new()
+        // A trail created by an older version with the umask's mode is tightened too.
+        crate::private_files::restrict(path).map_err(io)?;
+        let mut file = crate::private_files::open_options()
             .create(true)
             .read(true)
             .append(true)

@@ -128,6 +128,10 @@ fn is_executable(path: &Path) -> bool {
 }
 
 #[cfg(test)]
+#[path = "connect_attack_11.rs"]
+mod attack_11;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 
 #[macro_use]
 pub(crate) mod out;
+#[cfg(test)]
+mod attack_11;
 mod audit;
 mod connect;
 mod display;

@@ -2,7 +2,8 @@
 //! connections (`[proxy] max_connections`, FATAL 53300 past it) and the per-source limit
 //! on failed logins (`[proxy] failed_login_limit` per `failed_login_window`).
 //!
-//! A source past its failed-login limit is refused without its token being looked at, and
+//! A source past its failed-login limit is refused when its token fails verification (a
+//! valid token from the same NAT is still admitted, see `session::refused_token`), and
 //! its failures are no longer audited one by one: they are counted, and one
 //! `logins_throttled` record per source and window carries the count. So a client that
 //! hammers the proxy with bad tokens costs a bounded number of audit records (and export
@@ -16,9 +17,29 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 
-/// Sources tracked at most: past it a new source's failures are audited as usual but not
-/// limited, so memory stays bounded under a spread-out attack.
+use super::source::Source;
+
+/// Sources tracked at most. Past it, every source not in the table shares one window
+/// (`Key::Others`): memory stays bounded under a spread-out attack and new sources are
+/// still limited (together), never let through unlimited.
 const MAX_SOURCES: usize = 65_536;
+
+/// What a failed-login window counts against: a host (`Source`, an IPv6 /64), or every
+/// source that found the table full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Host(Source),
+    Others,
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Host(source) => source.fmt(f),
+            Key::Others => f.write_str("other sources (failed-login table full)"),
+        }
+    }
+}
 
 /// Refused connections being told why at once; past it a refused connection is closed
 /// without a word, so a flood cannot make the proxy hold a task and socket per attempt.
@@ -36,7 +57,8 @@ struct Window {
 /// A summary of one source's window, to be audited as `logins_throttled`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Throttled {
-    pub(crate) source: IpAddr,
+    /// The source as audited: an address, an IPv6 /64, or the shared window.
+    pub(crate) source: String,
     pub(crate) since: DateTime<Utc>,
     pub(crate) count: u64,
 }
@@ -46,7 +68,7 @@ pub(crate) struct Throttled {
 pub(crate) struct Gate {
     open: AtomicUsize,
     refusing: Arc<AtomicUsize>,
-    windows: Mutex<HashMap<IpAddr, Window>>,
+    windows: Mutex<HashMap<Key, Window>>,
 }
 
 /// One counted connection; the count goes down when it is dropped.
@@ -74,7 +96,7 @@ impl Gate {
         self.open.load(Ordering::SeqCst)
     }
 
-    fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Window>> {
+    fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Window>> {
         self.windows.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -82,7 +104,8 @@ impl Gate {
     /// counts toward the window's summary.
     pub(crate) fn blocked(&self, source: IpAddr, limits: &Limits) -> bool {
         let mut windows = self.windows();
-        let Some(w) = windows.get_mut(&source) else {
+        let key = key_of(&windows, source);
+        let Some(w) = windows.get_mut(&key) else {
             return false;
         };
         if w.started.elapsed() >= limits.failed_login_window
@@ -98,10 +121,8 @@ impl Gate {
     /// window's first `failed_login_limit`), false if only counted for the summary.
     pub(crate) fn failed(&self, source: IpAddr, limits: &Limits) -> bool {
         let mut windows = self.windows();
-        if windows.len() >= MAX_SOURCES && !windows.contains_key(&source) {
-            return true;
-        }
-        let w = windows.entry(source).or_insert_with(|| Window {
+        let key = key_of(&windows, source);
+        let w = windows.entry(key).or_insert_with(|| Window {
             started: Instant::now(),
             started_at: Utc::now(),
             failures: 0,
@@ -125,7 +146,7 @@ impl Gate {
             }
             if w.unrecorded > 0 {
                 out.push(Throttled {
-                    source: *source,
+                    source: source.to_string(),
                     since: w.started_at,
                     count: w.unrecorded,
                 });
@@ -133,6 +154,17 @@ impl Gate {
             false
         });
         out
+    }
+}
+
+/// The window `ip` counts against: its host's, or the shared one when the table is full
+/// and holds no window of its host.
+fn key_of(windows: &HashMap<Key, Window>, ip: IpAddr) -> Key {
+    let host = Key::Host(Source::of(ip));
+    if windows.len() >= MAX_SOURCES && !windows.contains_key(&host) {
+        Key::Others
+    } else {
+        host
     }
 }
 
@@ -197,7 +229,10 @@ mod tests {
         assert!(gate.sweep(&l, false).is_empty());
         let summary = gate.sweep(&l, true);
         assert_eq!(summary.len(), 1);
-        assert_eq!((summary[0].source, summary[0].count), (ip, 3));
+        assert_eq!(
+            (summary[0].source.as_str(), summary[0].count),
+            ("10.0.0.1", 3)
+        );
         assert!(!gate.blocked(ip, &l), "a new window starts clean");
     }
 
@@ -211,6 +246,30 @@ mod tests {
         l.failed_login_window = std::time::Duration::ZERO;
         assert!(!gate.blocked(ip, &l), "the window is over");
         assert_eq!(gate.sweep(&l, false).len(), 1);
+    }
+
+    /// A full table still limits new sources: they share one window.
+    #[test]
+    fn sources_past_a_full_table_share_one_window() {
+        let gate = Gate::default();
+        let l = limits(3);
+        for n in 0..MAX_SOURCES as u32 {
+            gate.failed(IpAddr::from(n.to_be_bytes()), &l);
+        }
+        let late: Vec<IpAddr> = (0..4u32)
+            .map(|n| IpAddr::from((u32::MAX - n).to_be_bytes()))
+            .collect();
+        let recorded: Vec<bool> = late.iter().map(|ip| gate.failed(*ip, &l)).collect();
+        assert_eq!(recorded, [true, true, true, false]);
+        assert!(gate.blocked(late[0], &l));
+        assert!(
+            !gate.blocked(IpAddr::from(0u32.to_be_bytes()), &l),
+            "a host's own window"
+        );
+        let summary = gate.sweep(&l, true);
+        assert!(summary
+            .iter()
+            .any(|t| t.source.starts_with("other sources")));
     }
 
     #[test]

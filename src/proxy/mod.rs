@@ -8,13 +8,17 @@
 //! outlives its session is terminated).
 
 mod gate;
+#[cfg(test)]
+mod gate_attack_11;
 mod negotiate;
 mod oversize;
+mod preauth;
 mod reaper;
 mod registry;
 mod relay;
 mod scram;
 mod session;
+mod source;
 mod statements;
 mod stream;
 mod tracker;
@@ -106,11 +110,6 @@ impl Proxy {
             self.refuse(tcp, Refused::MaxConnections);
             return;
         };
-        if self.registry.gate.blocked(peer.ip(), &limits) {
-            self.lockbox.audit.metrics().failed_login_unrecorded();
-            self.refuse(tcp, Refused::FailedLoginLimit);
-            return;
-        }
         let id = crate::ids::SessionId::generate();
         let span = tracing::info_span!(
             "session",
@@ -229,7 +228,7 @@ impl Proxy {
 
 /// SQLSTATE 08004, sqlserver_rejected_establishment_of_sqlconnection: the server will not
 /// take a connection from this client now.
-const REJECTED_ESTABLISHMENT: &str = "08004";
+pub(crate) const REJECTED_ESTABLISHMENT: &str = "08004";
 
 /// Runs the reaper a finished session handed back, if any, beside the sessions.
 fn spawn_reaper(sessions: &mut JoinSet<Option<Reaper>>, done: Result<Option<Reaper>, JoinError>) {

@@ -85,6 +85,8 @@ pub struct Registry {
     shutting_down: AtomicBool,
     /// Connection cap and failed-login windows, checked at accept.
     pub(crate) gate: super::gate::Gate,
+    /// Connections that have not sent their token yet, per source.
+    pub(crate) preauth: super::preauth::PreAuth,
 }
 
 impl Registry {

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::negotiate::{self, NegotiationError, Opened};
+use super::preauth;
 use super::reaper::Reaper;
 use super::registry::{CancelTarget, DropReason};
 use super::relay::{CancelKey, End, Grant, Limits, Relay};
@@ -19,13 +20,16 @@ use super::Proxy;
 use crate::audit::{AuditEvent, SessionEvent, SessionFields, SessionRecord};
 use crate::ids::{RequestId, SessionId};
 
+mod login;
+use login::{admit_token, pre_auth_timed_out, read_token};
+
 /// Fires when the proxy must end the session.
 type KillSwitch = tokio::sync::watch::Receiver<super::registry::Control>;
 use crate::policy::Admission;
-use crate::service::AdmitError;
 use crate::wire::{self, sqlstate, Severity, Startup};
 
-/// How long a client has to finish logging in.
+/// How long admission of a presented token may take (the state store's answer); the client's
+/// own part, up to its token, is bounded by `preauth::PREAUTH_TIMEOUT`.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Startup parameters passed upstream. Anything that could change role, privileges or
@@ -82,15 +86,28 @@ pub async fn serve(
     peer: SocketAddr,
     id: SessionId,
 ) -> Option<Reaper> {
-    // A client that never finishes its startup (or TLS handshake) must not hold a task
-    // and a socket forever.
-    let Ok(opened) =
-        tokio::time::timeout(LOGIN_TIMEOUT, negotiate::negotiate(tcp, proxy.tls.as_ref())).await
-    else {
+    // Until it sends its token a connection proves nothing: it is bounded in time and
+    // shed when its source opens too many (see `preauth`).
+    let max_connections = proxy.lockbox.config().connection_limits.max_connections;
+    let pending = proxy
+        .registry
+        .preauth
+        .enter(peer.ip(), preauth::per_source_cap(max_connections));
+    let deadline = tokio::time::Instant::now() + preauth::PREAUTH_TIMEOUT;
+    let shed = pending.shed.clone();
+    let negotiated = tokio::select! {
+        opened = tokio::time::timeout_at(deadline, negotiate::negotiate(tcp, proxy.tls.as_ref())) => opened,
+        () = shed.notified() => {
+            tracing::debug!("unauthenticated connection shed for a newer one from its source");
+            return None;
+        }
+    };
+    let Ok(opened) = negotiated else {
         tracing::debug!("startup timed out");
+        pre_auth_timed_out(&proxy, &id, peer, &Startup { params: Vec::new() });
         return None;
     };
-    let (mut stream, tls, startup, leftover) = match opened {
+    let (mut stream, tls, startup, mut cbuf) = match opened {
         Ok(Opened::Session {
             stream,
             tls,
@@ -102,6 +119,7 @@ pub async fn serve(
             secret,
             stream,
         }) => {
+            drop(pending);
             forward_cancel(&proxy, pid, secret).await;
             negotiate::close_after_cancel(stream).await;
             return None;
@@ -116,25 +134,46 @@ pub async fn serve(
             return None;
         }
     };
-    let login = tokio::time::timeout(
-        LOGIN_TIMEOUT,
-        login(&proxy, &id, &mut stream, tls, peer, &startup, leftover),
-    )
-    .await;
-    let (admission, claimed, mut cbuf, kill) = match login {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => {
+    let presented = tokio::select! {
+        token = tokio::time::timeout_at(
+            deadline,
+            read_token(&proxy, &mut stream, tls, peer, &startup, &mut cbuf),
+        ) => token,
+        () = shed.notified() => {
+            tracing::debug!("unauthenticated connection shed for a newer one from its source");
+            return None;
+        }
+    };
+    drop(pending);
+    let login = match presented {
+        Ok(Ok((claimed, token))) => tokio::time::timeout(
+            LOGIN_TIMEOUT,
+            admit_token(&proxy, &id, peer, claimed, &token),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(LoginError {
+                sqlstate: sqlstate::PROTOCOL_VIOLATION,
+                message: "login timed out".into(),
+                audited: false,
+            })
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            pre_auth_timed_out(&proxy, &id, peer, &startup);
+            send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "login timed out").await;
+            return None;
+        }
+    };
+    let (admission, claimed, kill) = match login {
+        Ok(done) => done,
+        Err(e) => {
             proxy.registry.unregister(&id);
             if e.audited && proxy.failed_login(peer.ip()) {
                 audit_auth_failure(&proxy, &id, peer, &startup, &e.message);
             }
             tracing::info!(reason = %e.message, "login refused");
             send_fatal(&mut stream, e.sqlstate, &e.message).await;
-            return None;
-        }
-        Err(_) => {
-            proxy.registry.unregister(&id);
-            send_fatal(&mut stream, sqlstate::PROTOCOL_VIOLATION, "login timed out").await;
             return None;
         }
     };
@@ -159,59 +198,6 @@ pub async fn serve(
     // Every way out of a session, early ones included, ends its registration.
     registry.unregister(&id);
     reaper
-}
-
-/// Everything between StartupMessage and AuthenticationOk.
-async fn login(
-    proxy: &Proxy,
-    id: &SessionId,
-    stream: &mut BoxStream,
-    tls: bool,
-    peer: SocketAddr,
-    startup: &Startup,
-    mut buf: BytesMut,
-) -> Result<(Admission, Claimed, BytesMut, KillSwitch), LoginError> {
-    let claimed = check_startup(startup)?;
-    let plaintext_allowed =
-        proxy.lockbox.config().allow_plaintext_loopback && peer.ip().is_loopback();
-    if !(tls || plaintext_allowed) {
-        return Err(login_error(
-            sqlstate::INVALID_AUTHORIZATION,
-            "lockbox tokens are only accepted over TLS: connect with sslmode=verify-full sslrootcert=<the CA of the proxy's certificate>",
-        ));
-    }
-    let mut out = BytesMut::new();
-    wire::authentication_cleartext(&mut out);
-    write(stream, &out).await?;
-    let token = read_password(stream, &mut buf).await?;
-    let claims = proxy.lockbox.tokens.verify(&token).map_err(|e| {
-        login_error(
-            sqlstate::INVALID_PASSWORD,
-            format!("lockbox token refused: {e}"),
-        )
-    })?;
-    // Registered before the store is read: a revocation from here on reaches this session
-    // even while it is still logging in upstream.
-    let kill = proxy.registry.register(id, &RequestId(claims.rid.clone()));
-    let admission = proxy
-        .lockbox
-        .admit(&claims, &claimed.user, &claimed.database)
-        .await
-        .map_err(|e| match e {
-            AdmitError::Refused(r) => {
-                login_error(r.sqlstate(), format!("lockbox token refused: {r}"))
-            }
-            // Fail closed: without the state store there is no way to know the grant holds.
-            AdmitError::Store(e) => {
-                tracing::error!(error = %e, "state store unavailable during login");
-                LoginError {
-                    sqlstate: sqlstate::CONNECTION_FAILURE,
-                    message: "lockbox cannot verify the access request right now".into(),
-                    audited: false,
-                }
-            }
-        })?;
-    Ok((admission, claimed, buf, kill))
 }
 
 fn check_startup(startup: &Startup) -> Result<Claimed, LoginError> {

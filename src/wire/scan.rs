@@ -42,13 +42,21 @@ enum State {
     Header { have: usize, header: [u8; 5] },
     /// Skipping the rest of an uninteresting message.
     Skip { remaining: usize },
-    /// Collecting the body of an interesting message.
+    /// Collecting the body of an interesting message: at most `MAX_COLLECT` bytes of it
+    /// are kept, the rest is only counted (it is still forwarded by the caller).
     Collect {
         tag: u8,
         remaining: usize,
+        len: usize,
         body: Vec<u8>,
     },
 }
+
+/// How much of an interesting message the scanner keeps. An ErrorResponse can quote a
+/// value of the client's choosing in full (`invalid input syntax …: "xxx…"`, up to ~1 GB);
+/// the SQLSTATE and the start of the message are all the audit needs, and keeping more
+/// would let one short statement fill the proxy's memory and the audit trail.
+pub const MAX_COLLECT: usize = 4096;
 
 /// Incremental scanner over the upstream stream.
 pub struct BackendScanner {
@@ -133,7 +141,8 @@ impl BackendScanner {
                             State::Collect {
                                 tag,
                                 remaining,
-                                body: Vec::with_capacity(remaining.min(4096)),
+                                len: remaining,
+                                body: Vec::with_capacity(remaining.min(MAX_COLLECT)),
                             }
                         } else {
                             State::Skip { remaining }
@@ -151,7 +160,8 @@ impl BackendScanner {
                     remaining, body, ..
                 } => {
                     let n = (*remaining).min(data.len());
-                    body.extend_from_slice(&data[..n]);
+                    let room = MAX_COLLECT.saturating_sub(body.len()).min(n);
+                    body.extend_from_slice(&data[..room]);
                     *remaining -= n;
                     data = &data[n..];
                     self.finish_if_done(offset + n, events);
@@ -206,33 +216,17 @@ impl BackendScanner {
         );
         let range = self.started_at.map(|start| start..end);
         self.started_at = Some(end);
-        if let State::Collect { tag, body, .. } = previous {
-            events.push((decode_event(tag, &body), range));
+        if let State::Collect { tag, body, len, .. } = previous {
+            events.push((decode_event(tag, &body, len), range));
         }
     }
 }
 
-fn decode_event(tag: u8, body: &[u8]) -> BackendEvent {
+/// `len` is the body's length on the wire; `body` holds at most `MAX_COLLECT` bytes of it.
+fn decode_event(tag: u8, body: &[u8], len: usize) -> BackendEvent {
     match tag {
         b'C' => BackendEvent::Complete(cstr(body)),
-        b'E' => {
-            let (mut sqlstate, mut message) = (String::new(), String::new());
-            let mut rest = body;
-            while let Some((&field, tail)) = rest.split_first() {
-                if field == 0 {
-                    break;
-                }
-                let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
-                let value = String::from_utf8_lossy(&tail[..end]).into_owned();
-                match field {
-                    b'C' => sqlstate = value,
-                    b'M' => message = value,
-                    _ => {}
-                }
-                rest = tail.get(end + 1..).unwrap_or(&[]);
-            }
-            BackendEvent::Error { sqlstate, message }
-        }
+        b'E' => decode_error(body, len),
         b'I' => BackendEvent::Empty,
         b's' => BackendEvent::Suspended,
         b'G' => BackendEvent::CopyIn,
@@ -247,6 +241,50 @@ fn decode_event(tag: u8, body: &[u8]) -> BackendEvent {
         }
         _ => BackendEvent::Ready(body.first().copied().unwrap_or(b'I')),
     }
+}
+
+/// An ErrorResponse's SQLSTATE and message. When the body was cut, the message's last
+/// (unterminated) field ends at the cut, on a character boundary, and says so with the
+/// response's full length, so an auditor knows the record is not the whole text.
+fn decode_error(body: &[u8], len: usize) -> BackendEvent {
+    let cut = body.len() < len;
+    let (mut sqlstate, mut message, mut message_cut) = (String::new(), String::new(), false);
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
+        let value = if cut && end == tail.len() {
+            whole_chars(&tail[..end])
+        } else {
+            String::from_utf8_lossy(&tail[..end]).into_owned()
+        };
+        match field {
+            b'C' => sqlstate = value,
+            b'M' => {
+                message = value;
+                message_cut = cut && end == tail.len();
+            }
+            _ => {}
+        }
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+    }
+    if message_cut {
+        message.push_str(&format!(
+            "… [cut by lockbox: the server's error response was {len} bytes]"
+        ));
+    }
+    BackendEvent::Error { sqlstate, message }
+}
+
+/// The text of `bytes` without a character the cut split in two.
+fn whole_chars(bytes: &[u8]) -> String {
+    let whole = match std::str::from_utf8(bytes) {
+        Err(e) if e.error_len().is_none() => &bytes[..e.valid_up_to()],
+        _ => bytes,
+    };
+    String::from_utf8_lossy(whole).into_owned()
 }
 
 fn cstr(body: &[u8]) -> String {
@@ -344,6 +382,58 @@ mod tests {
             let last = s.chunks(chunk).last().map_or(0, <[u8]>::len);
             assert_eq!(scanner.last_boundary(), Some(last), "chunk {chunk}");
         }
+    }
+
+    /// A huge ErrorResponse (a quoted value of the client's choosing) is kept only up to
+    /// `MAX_COLLECT` bytes: the SQLSTATE survives, the message says it was cut and how long
+    /// the response was, a split character is dropped, and the stream stays in step.
+    #[test]
+    fn a_huge_error_is_cut_whatever_the_split() {
+        let mut body = b"SERROR\0C22P02\0Minvalid input: \"".to_vec();
+        body.extend("é".repeat(300_000).as_bytes());
+        body.extend_from_slice(b"\"\0\0");
+        let len = body.len();
+        let mut s = msg(b'E', &body);
+        s.extend(msg(b'Z', b"I"));
+        for chunk in [1, 7, 4096, 65536, s.len()] {
+            let mut scanner = BackendScanner::default();
+            let mut events = Vec::new();
+            for piece in s.chunks(chunk) {
+                scanner.feed(piece, &mut events);
+            }
+            let [BackendEvent::Error { sqlstate, message }, BackendEvent::Ready(b'I')] =
+                events.as_slice()
+            else {
+                panic!("chunk {chunk}: {events:?}");
+            };
+            assert_eq!(sqlstate, "22P02");
+            assert!(message.len() < MAX_COLLECT + 100, "chunk {chunk}");
+            assert!(message.starts_with("invalid input: \"éé"));
+            assert!(
+                !message.contains('\u{fffd}'),
+                "a split character is dropped"
+            );
+            assert!(
+                message.ends_with(&format!("error response was {len} bytes]")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_with_a_long_detail_keeps_its_whole_message() {
+        let mut body = b"SERROR\0C22P02\0Mshort\0D".to_vec();
+        body.extend(vec![b'x'; 10_000]);
+        body.extend_from_slice(b"\0\0");
+        let mut events = Vec::new();
+        BackendScanner::default().feed(&msg(b'E', &body), &mut events);
+        assert_eq!(
+            events,
+            vec![BackendEvent::Error {
+                sqlstate: "22P02".into(),
+                message: "short".into()
+            }]
+        );
     }
 
     #[test]

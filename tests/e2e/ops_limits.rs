@@ -105,10 +105,12 @@ async fn failed_logins_past_the_limit_are_refused_and_counted_not_recorded() {
     let (code, message) = db_error(&late);
     assert_eq!(code, "08004", "{message}");
     assert!(message.contains("too many failed logins"), "{message}");
-    // A real token from the same address is refused too, while the window lasts.
+    // A valid token from the same address is still admitted: only failures are blocked
+    // (finding 3 of the issue 11 review: garbage must not lock out a NAT's engineers).
     let (_id, token) = env.approved_token("eve", "1h").await;
-    let blocked = env.connect("eve", &token).await.expect_err("still limited");
-    assert_eq!(db_error(&blocked).0, "08004");
+    let admitted = env.connect("eve", &token).await;
+    assert!(admitted.is_ok(), "{:?}", admitted.err());
+    drop(admitted);
 
     // The window's summary is written when it ends, or at shutdown.
     env.stop().await;
@@ -127,8 +129,8 @@ async fn failed_logins_past_the_limit_are_refused_and_counted_not_recorded() {
         .collect();
     assert_eq!(summaries.len(), 1, "{summaries:?}");
     let reason = summaries[0]["reason"].as_str().expect("reason");
-    // 40 + 2 attempts, 3 of them recorded one by one.
-    assert!(reason.starts_with("39 "), "{reason}");
+    // 40 + 1 failed attempts, 3 of them recorded one by one.
+    assert!(reason.starts_with("38 "), "{reason}");
     assert_eq!(summaries[0]["client_addr"], "127.0.0.1");
 }
 

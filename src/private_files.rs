@@ -1,0 +1,65 @@
+//! Files and folders lockbox creates for itself hold what others must not read: the audit
+//! trail records every statement an engineer ran (literals included) and the state store
+//! every request. They are created owner-only (files 0600, folders 0700) whatever the
+//! process umask, and a state store or trail left readable by an older version is
+//! tightened when it is opened.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+const FILE_MODE: u32 = 0o600;
+const DIR_MODE: u32 = 0o700;
+
+/// `OpenOptions` that create a file readable and writable by its owner only.
+pub(crate) fn open_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(FILE_MODE);
+    options
+}
+
+/// Creates `dir` and its missing parents owner-only; existing folders are left as they are
+/// (they may be shared on purpose, e.g. `/var/lib`).
+pub(crate) fn create_dir_all(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+}
+
+/// Makes an existing file owner-only; a file that does not exist is fine.
+pub(crate) fn restrict(path: &Path) -> io::Result<()> {
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(FILE_MODE)) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn created_files_and_folders_are_owner_only() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b");
+        create_dir_all(&dir).unwrap();
+        assert_eq!(mode(&root.path().join("a")), DIR_MODE);
+        assert_eq!(mode(&dir), DIR_MODE);
+        let file = dir.join("f");
+        open_options()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .unwrap();
+        assert_eq!(mode(&file), FILE_MODE);
+        let loose = dir.join("loose");
+        std::fs::write(&loose, b"x").unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+        restrict(&loose).unwrap();
+        assert_eq!(mode(&loose), FILE_MODE);
+        restrict(&dir.join("missing")).unwrap();
+    }
+}

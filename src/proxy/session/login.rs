@@ -1,0 +1,120 @@
+//! A connection's login, split where the client stops being anonymous: `read_token` (the
+//! startup packet to the password message, bounded by `PREAUTH_TIMEOUT`) and `admit_token`
+//! (verification, the failed-login limit, admission).
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+
+use super::{
+    audit_auth_failure, check_startup, login_error, read_password, write, Claimed, KillSwitch,
+    LoginError,
+};
+use crate::ids::{RequestId, SessionId};
+use crate::policy::Admission;
+use crate::proxy::preauth;
+use crate::proxy::stream::BoxStream;
+use crate::proxy::Proxy;
+use crate::service::AdmitError;
+use crate::wire::{self, sqlstate, Startup};
+
+/// A connection that sent no token within `PREAUTH_TIMEOUT` counts as a failed login of
+/// its source (audited like one while the source is under its limit): holding a slot
+/// without a credential is what a flood of silent sockets does.
+pub(super) fn pre_auth_timed_out(
+    proxy: &Proxy,
+    id: &SessionId,
+    peer: SocketAddr,
+    startup: &Startup,
+) {
+    if proxy.failed_login(peer.ip()) {
+        let reason = format!(
+            "no token within {}",
+            humantime::format_duration(preauth::PREAUTH_TIMEOUT)
+        );
+        audit_auth_failure(proxy, id, peer, startup, &reason);
+    }
+}
+
+/// StartupMessage to the password message: everything an unauthenticated client controls.
+pub(super) async fn read_token(
+    proxy: &Proxy,
+    stream: &mut BoxStream,
+    tls: bool,
+    peer: SocketAddr,
+    startup: &Startup,
+    buf: &mut BytesMut,
+) -> Result<(Claimed, String), LoginError> {
+    let claimed = check_startup(startup)?;
+    let plaintext_allowed =
+        proxy.lockbox.config().allow_plaintext_loopback && peer.ip().is_loopback();
+    if !(tls || plaintext_allowed) {
+        return Err(login_error(
+            sqlstate::INVALID_AUTHORIZATION,
+            "lockbox tokens are only accepted over TLS: connect with sslmode=verify-full sslrootcert=<the CA of the proxy's certificate>",
+        ));
+    }
+    let mut out = BytesMut::new();
+    wire::authentication_cleartext(&mut out);
+    write(stream, &out).await?;
+    let token = read_password(stream, buf).await?;
+    Ok((claimed, token))
+}
+
+/// The token to admission. A source past its failed-login limit is refused only when its
+/// token does not even verify (a signature check, no I/O): garbage from an address never
+/// locks out a valid token from the same NAT, VPN or bastion.
+pub(super) async fn admit_token(
+    proxy: &Proxy,
+    id: &SessionId,
+    peer: SocketAddr,
+    claimed: Claimed,
+    token: &str,
+) -> Result<(Admission, Claimed, KillSwitch), LoginError> {
+    let claims = match proxy.lockbox.tokens.verify(token) {
+        Ok(claims) => claims,
+        Err(e) => return Err(refused_token(proxy, peer, &e)),
+    };
+    // Registered before the store is read: a revocation from here on reaches this session
+    // even while it is still logging in upstream.
+    let kill = proxy.registry.register(id, &RequestId(claims.rid.clone()));
+    let admission = proxy
+        .lockbox
+        .admit(&claims, &claimed.user, &claimed.database)
+        .await
+        .map_err(|e| match e {
+            AdmitError::Refused(r) => {
+                login_error(r.sqlstate(), format!("lockbox token refused: {r}"))
+            }
+            // Fail closed: without the state store there is no way to know the grant holds.
+            AdmitError::Store(e) => {
+                tracing::error!(error = %e, "state store unavailable during login");
+                LoginError {
+                    sqlstate: sqlstate::CONNECTION_FAILURE,
+                    message: "lockbox cannot verify the access request right now".into(),
+                    audited: false,
+                }
+            }
+        })?;
+    Ok((admission, claimed, kill))
+}
+
+/// The error for a token that does not verify: 08004 (counted, not audited one by one)
+/// when its source is past its failed-login limit, else an audited failure.
+fn refused_token(proxy: &Proxy, peer: SocketAddr, e: &crate::token::TokenError) -> LoginError {
+    let limits = proxy.lockbox.config().connection_limits;
+    if proxy.registry.gate.blocked(peer.ip(), &limits) {
+        let metrics = proxy.lockbox.audit.metrics();
+        metrics.failed_login_unrecorded();
+        metrics.refused(crate::metrics::Refused::FailedLoginLimit);
+        return LoginError {
+            sqlstate: crate::proxy::REJECTED_ESTABLISHMENT,
+            message: "too many failed logins from this address: try again later".into(),
+            audited: false,
+        };
+    }
+    login_error(
+        sqlstate::INVALID_PASSWORD,
+        format!("lockbox token refused: {e}"),
+    )
+}
