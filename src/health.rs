@@ -29,10 +29,11 @@ impl DatabaseHealth {
     }
 }
 
-/// Whether `/v1/health` shows `caller` its details (live sessions, the audit sink's
-/// lag and errors). The API listens on the network once it serves HTTPS: how many
-/// engineers are inside customer databases right now, and PostgreSQL's error words
-/// (hosts, roles), are for those who may read the audit trail; a probe needs up/down.
+/// Whether `/v1/health` shows `caller` its details (live sessions, each database by
+/// name, the audit sink's lag and errors). The API listens on the network once it serves
+/// HTTPS: which customer databases sit behind the proxy, how many engineers are inside
+/// them right now, and PostgreSQL's error words (hosts, roles), are for those who may read
+/// the audit trail; a probe needs up/down.
 pub(crate) fn visible_to(caller: Option<&crate::config::User>) -> bool {
     caller.is_some_and(|user| crate::policy::check_audit_read(user).is_ok())
 }

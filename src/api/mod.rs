@@ -202,9 +202,10 @@ pub struct Health {
     /// fail: the file is the durable record, and the sink catches up from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_sink: Option<crate::health::SinkView>,
-    /// Each database's reachability; one unreachable makes `status` `degraded`.
-    #[serde(default)]
-    pub databases: Vec<crate::health::DatabaseHealth>,
+    /// Each database's reachability; one unreachable makes `status` `degraded`. Shown to
+    /// the same callers as `live_sessions`: the names are the customer's databases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<Vec<crate::health::DatabaseHealth>>,
 }
 
 async fn health(
@@ -235,7 +236,7 @@ async fn health(
             .audit_sink
             .as_ref()
             .map(|s| crate::health::SinkView::new(s.health(), details)),
-        databases,
+        databases: details.then_some(databases),
     };
     (status, Json(health))
 }

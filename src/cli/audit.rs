@@ -165,7 +165,13 @@ fn print_record(r: &serde_json::Value, format: &str) -> Result<()> {
     };
     match format {
         "csv" => {
-            let row: Vec<String> = LIST_COLUMNS.iter().map(|c| csv_field(&cell(c))).collect();
+            // Escaped like the table (a statement's escape sequences reach the terminal
+            // either way); line breaks stay, quoted as RFC 4180 allows. The exact text is
+            // in jsonl and in `audit export`.
+            let row: Vec<String> = LIST_COLUMNS
+                .iter()
+                .map(|c| csv_field(&super::display::clean_keeping_lines(&cell(c))))
+                .collect();
             outln!("{}", row.join(","));
         }
         "table" => {
@@ -175,7 +181,7 @@ fn print_record(r: &serde_json::Value, format: &str) -> Result<()> {
                 .collect();
             outln!("{}", row.join("\t"));
         }
-        _ => outln!("{}", serde_json::to_string(r)?),
+        _ => outln!("{}", super::display::json_text(&serde_json::to_string(r)?)),
     }
     Ok(())
 }
@@ -206,7 +212,10 @@ async fn follow(cli: &Cli, mut query: AuditQuery, format: &str) -> Result<()> {
             Err(e @ crate::client::ClientError::Api { .. }) => return Err(e.into()),
             Err(e) => {
                 failures += 1;
-                eprintln!("lockbox: audit stream interrupted ({e}); reconnecting");
+                eprintln!(
+                    "lockbox: audit stream interrupted ({}); reconnecting",
+                    super::display::clean(&e.to_string())
+                );
             }
         }
         let backoff = Duration::from_millis(500 * u64::from(failures.min(10)) + 200);

@@ -36,7 +36,8 @@ pub async fn connect(cli: &Cli, id: &str, psql_args: &[String]) -> Result<()> {
         )
     })?;
     let token = with_local_ca(cli, cli.client()?.token(id).await?);
-    if token.sslmode == "verify-full" && token.ca_cert.is_none() {
+    insist_on_verify_full(&token)?;
+    if token.ca_cert.is_none() {
         eprintln!(
             "lockbox: no CA certificate configured ([proxy] ca_cert or {CA_ENV}); psql verifies the proxy against ~/.postgresql/root.crt"
         );
@@ -76,14 +77,36 @@ fn with_local_ca(cli: &Cli, mut token: TokenResponse) -> TokenResponse {
     token
 }
 
-/// A libpq connection string for `token`'s target (without the password).
+/// The only sslmode `connect` hands psql: the token is a password, so psql sends it only
+/// to a proxy whose certificate chains to the CA and names `host`.
+const SSLMODE: &str = "verify-full";
+
+/// Refuses an answer that asks for less than [`SSLMODE`]. The answer comes over the
+/// network: taking its sslmode (`disable`, `require`: no certificate check) would let
+/// whoever controls it, or a proxy configured without TLS, have psql send the token in
+/// clear or to anyone answering at `host`.
+fn insist_on_verify_full(token: &TokenResponse) -> Result<()> {
+    if token.sslmode == SSLMODE {
+        return Ok(());
+    }
+    Err(anyhow!(
+        "the server says to connect with sslmode={}, but `lockbox connect` only connects \
+         with sslmode={SSLMODE} (the token is a password); if this is a sandbox proxy \
+         without TLS, use `lockbox token {} --json` with psql yourself",
+        super::display::clean(&token.sslmode),
+        super::display::clean(&token.request_id),
+    ))
+}
+
+/// A libpq connection string for `token`'s target (without the password), always with
+/// `sslmode=verify-full` whatever the answer said (see [`insist_on_verify_full`]).
 fn conninfo(token: &TokenResponse) -> String {
     let mut pairs = vec![
         ("host", token.host.clone()),
         ("port", token.port.to_string()),
         ("dbname", token.database.clone()),
         ("user", token.user.clone()),
-        ("sslmode", token.sslmode.clone()),
+        ("sslmode", SSLMODE.to_owned()),
     ];
     if let Some(ca) = &token.ca_cert {
         pairs.push(("sslrootcert", ca.clone()));
@@ -157,6 +180,24 @@ mod tests {
         );
         assert!(!conninfo(&token(None)).contains("sslrootcert"));
         assert!(!conninfo(&token(None)).contains("secret-token"));
+    }
+
+    #[test]
+    fn an_answer_asking_for_less_than_verify_full_is_refused() {
+        assert!(insist_on_verify_full(&token(None)).is_ok());
+        for weak in ["disable", "require", "verify-ca", ""] {
+            let answer = TokenResponse {
+                sslmode: weak.into(),
+                ..token(None)
+            };
+            let refused = insist_on_verify_full(&answer).expect_err(weak);
+            assert!(
+                refused
+                    .to_string()
+                    .contains("only connects with sslmode=verify-full"),
+                "{refused}"
+            );
+        }
     }
 
     #[test]

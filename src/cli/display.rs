@@ -29,15 +29,31 @@ pub(crate) fn wide() -> bool {
     WIDE.load(Ordering::Relaxed)
 }
 
-/// `text` with every control character (C0, DEL, C1) and every bidirectional override
-/// escaped: `\n`, `\r`, `\t`, else `\u{1b}`-style. Printable text is left as it is.
+/// `text` with every control character (C0, DEL, C1), every Unicode format character
+/// (bidi overrides, zero-width spaces and joiners, BOM, soft hyphen, tag characters) and the
+/// line and paragraph separators escaped: `\n`, `\r`, `\t`, else `\u{1b}`-style. Printable
+/// text is left as it is.
 pub(crate) fn clean(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(needs_escape) {
+    escape(text, false)
+}
+
+/// [`clean`], keeping line breaks: for text that is ours to lay out on several lines (an
+/// error chain, whose parse errors show the offending line under a caret), where a `\n`
+/// printed as two characters would hide what it says. A carriage return is still escaped:
+/// it would let what follows overwrite the line.
+pub(crate) fn clean_keeping_lines(text: &str) -> Cow<'_, str> {
+    escape(text, true)
+}
+
+fn escape(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let kept = |c: char| keep_newlines && c == '\n';
+    if !text.chars().any(|c| needs_escape(c) && !kept(c)) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         match c {
+            c if kept(c) => out.push(c),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
@@ -50,8 +66,63 @@ pub(crate) fn clean(text: &str) -> Cow<'_, str> {
 
 fn needs_escape(c: char) -> bool {
     c.is_control()
-        // Bidirectional controls reorder what is shown (Trojan Source).
-        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || is_format(c)
+        // Line and paragraph separators break a line in some terminals, not in others.
+        || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Unicode's format characters (general category Cf, Unicode 15): invisible, so
+/// `adm\u{200b}in` reads as `admin`, and the bidirectional ones reorder what is shown
+/// (Trojan Source). Listed by hand: std has no general categories, and the list changes
+/// rarely.
+fn is_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061c}'
+            | '\u{06dd}'
+            | '\u{070f}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08e2}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{110bd}'
+            | '\u{110cd}'
+            | '\u{13430}'..='\u{1343f}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0001}'
+            | '\u{e0020}'..='\u{e007f}'
+    )
+}
+
+/// A JSON text with every character [`clean`] escapes written as a `\uXXXX` escape:
+/// the same JSON value (a parser reads back the exact text), but nothing in it a terminal
+/// obeys or hides. serde_json escapes C0 controls only; DEL, C1 (`\u{9b}` is CSI to many
+/// terminals), bidi overrides and invisible characters it writes as they are. Outside
+/// strings JSON holds ASCII punctuation only, so every such character is inside a string.
+pub(crate) fn json_text(json: &str) -> Cow<'_, str> {
+    if !json.chars().any(needs_escape) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    let mut units = [0u16; 2];
+    for c in json.chars() {
+        if needs_escape(c) {
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// A table column: its header, whether its cells may be cut short (with `…`) to fit,
@@ -179,8 +250,45 @@ mod tests {
                 "bell\\u{7} del\\u{7f} c1\\u{9b}",
             ),
             ("\u{202e}nimda", "\\u{202e}nimda"),
+            ("adm\u{200b}in", "adm\\u{200b}in"),
+            ("\u{feff}admin\u{e0041}", "\\u{feff}admin\\u{e0041}"),
+            ("read\u{2028}admin", "read\\u{2028}admin"),
+            ("so\u{ad}ft", "so\\u{ad}ft"),
         ] {
             assert_eq!(clean(raw), shown, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn json_keeps_its_value_and_loses_its_escapes() {
+        let value =
+            serde_json::json!({"s": "\u{1b}[2K del\u{7f} csi\u{9b} \u{202e}x\u{e0041} ü\n"});
+        let text = serde_json::to_string(&value).expect("json");
+        let shown = json_text(&text);
+        assert!(
+            !shown.chars().any(needs_escape),
+            "{shown:?} still holds a character a terminal obeys"
+        );
+        assert!(
+            shown.contains("\\u202e") && shown.contains("\\udb40\\udc41"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains('ü'),
+            "printable text stays as it is: {shown}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&shown).expect("still JSON");
+        assert_eq!(back, value);
+    }
+
+    #[test]
+    fn line_breaks_can_be_kept_and_nothing_else() {
+        for (raw, shown) in [
+            ("a\nb", "a\nb"),
+            ("a\r\nb\x1b[2K", "a\\r\nb\\u{1b}[2K"),
+            ("tab\there\u{202e}", "tab\\there\\u{202e}"),
+        ] {
+            assert_eq!(clean_keeping_lines(raw), shown, "{raw:?}");
         }
     }
 

@@ -64,16 +64,22 @@ pub async fn session(cli: &Cli, command: &SessionCommand) -> Result<()> {
             if cli.json {
                 outln!("{}", serde_json::to_string_pretty(&killed)?);
             } else {
-                outln!(
-                    "session {} of {} (request {}) is being ended",
-                    killed.session_id,
-                    killed.engineer,
-                    killed.request_id
-                );
+                outln!("{}", kill_line(&killed));
             }
         }
     }
     Ok(())
+}
+
+/// What `session kill` says: the server's words, escaped like any user-supplied text.
+fn kill_line(killed: &crate::proxy::SessionInfo) -> String {
+    use super::display::clean;
+    format!(
+        "session {} of {} (request {}) is being ended",
+        clean(&killed.session_id),
+        clean(&killed.engineer),
+        clean(&killed.request_id)
+    )
 }
 
 /// Prints the completion script for `shell` to stdout.
@@ -106,4 +112,27 @@ pub fn man(out: Option<&Path>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kill_line_escapes_what_the_server_sent() {
+        let killed = crate::proxy::SessionInfo {
+            session_id: "s-1".into(),
+            request_id: "req-1".into(),
+            engineer: "eve\u{1b}]8;;http://evil/\u{1b}\\\u{202e}".into(),
+            database: "sales".into(),
+            client_addr: "127.0.0.1:5".into(),
+            since: chrono::Utc::now(),
+            statements: 0,
+            break_glass: false,
+        };
+        assert_eq!(
+            kill_line(&killed),
+            "session s-1 of eve\\u{1b}]8;;http://evil/\\u{1b}\\\\u{202e} (request req-1) is being ended"
+        );
+    }
 }

@@ -1,10 +1,15 @@
 //! How the binary prints an error: each layer of the chain once, a layer whose words are
 //! already printed left out (a `thiserror` message that embeds its source, an anyhow
 //! context that repeats what it wraps).
+//!
+//! An error's words are not all ours: an API error carries the server's message (which
+//! may echo a value a requester typed, or come from a hostile server), an I/O error a file
+//! name. They reach a terminal, so they are escaped like any user-supplied text.
 
-/// `outer: cause: deeper cause`, without repeats.
+/// `outer: cause: deeper cause`, without repeats, control and invisible characters
+/// escaped (line breaks kept: see `display::clean_keeping_lines`).
 pub fn report(error: &anyhow::Error) -> String {
-    join(error.chain().map(ToString::to_string))
+    super::display::clean_keeping_lines(&join(error.chain().map(ToString::to_string))).into_owned()
 }
 
 fn join(layers: impl Iterator<Item = String>) -> String {
@@ -58,5 +63,15 @@ mod tests {
         let text = io.to_string();
         let error = anyhow::Error::new(io).context(format!("cannot open x: {text}"));
         assert_eq!(report(&error), format!("cannot open x: {text}"));
+    }
+
+    #[test]
+    fn escapes_in_a_cause_are_shown_not_obeyed() {
+        let error =
+            anyhow::anyhow!("unknown database `a\u{1b}[2K\rb\u{200b}`").context("request refused");
+        assert_eq!(
+            report(&error),
+            "request refused: unknown database `a\\u{1b}[2K\\rb\\u{200b}`"
+        );
     }
 }

@@ -36,10 +36,18 @@ async fn health_details_need_a_key_that_may_read_the_audit_trail() {
         assert_eq!(body["status"], "ok", "{user:?}: {body}");
         assert_eq!(body["audit"], "ok", "{user:?}: {body}");
         assert!(body.get("live_sessions").is_none(), "{user:?}: {body}");
+        assert!(body.get("databases").is_none(), "{user:?}: {body}");
     }
     for user in ["dave", "alice"] {
         let body = health_as(&env, Some(user)).await;
         assert_eq!(body["live_sessions"], 0, "{user}: {body}");
+        let databases = body["databases"].as_array().expect("databases");
+        assert!(
+            databases
+                .iter()
+                .any(|d| d["name"] == env.db.as_str() && d["status"] == "ok"),
+            "{user}: {body}"
+        );
     }
 }
 

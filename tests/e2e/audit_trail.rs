@@ -425,3 +425,37 @@ fn serve(env: &Env) -> Output {
     let _ = child.kill();
     panic!("lockbox serve kept running on a truncated trail");
 }
+
+/// `audit list` (jsonl) writes the characters a terminal obeys or hides (escapes, C1's CSI,
+/// bidi overrides, zero-width spaces) as JSON `\uXXXX` escapes: nothing reaches the
+/// terminal raw, and the value parsed back is exactly what the requester typed.
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_list_jsonl_escapes_what_a_terminal_obeys_and_keeps_the_value() {
+    let env = Env::start("trail_jsonl_escapes").await;
+    let reason = "ok \u{1b}[2K\u{9b}1A adm\u{200b}in \u{202e}x";
+    let new = NewRequest {
+        database: env.db.clone(),
+        ticket: "T-1".into(),
+        reason: reason.into(),
+        access: AccessLevel::Read,
+        duration: Some("1h".into()),
+        ..NewRequest::default()
+    };
+    let id = env
+        .client("eve")
+        .create_request(&new)
+        .await
+        .expect("create")
+        .id
+        .0;
+    let listed = ok(lockbox(&env, "dave", &["audit", "list", "--request", &id]));
+    for raw in ['\u{1b}', '\u{9b}', '\u{200b}', '\u{202e}'] {
+        assert!(!listed.contains(raw), "{raw:?} printed raw: {listed:?}");
+    }
+    let reasons: Vec<String> = listed
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("each line is JSON"))
+        .filter_map(|r| r["reason"].as_str().map(str::to_owned))
+        .collect();
+    assert!(reasons.iter().any(|r| r == reason), "{reasons:?}");
+}

@@ -42,11 +42,19 @@ pub fn cell(record: &Value, column: &str) -> Option<String> {
 /// Characters that make a spreadsheet read a cell as a formula when it starts with one.
 const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 
+/// Characters that make a cell quoted: RFC 4180's, and the separators other readers use.
+const QUOTE_IF_HELD: [char; 6] = [',', '"', '\n', '\r', ';', '\t'];
+
 /// A CSV cell as written: neutralised against formula injection, then quoted (RFC 4180).
 /// Statement text is whatever an engineer typed (`-- …`, `=cmd|…`), and auditors open
 /// these files in spreadsheets, so a cell that would start a formula gets a leading `'`
 /// (OWASP's advice): the spreadsheet shows it as text. The `record` column is JSON and
 /// starts with `{`, so the exact line (what `verify-export` reads back) is never changed.
+///
+/// Beyond RFC 4180's comma, a cell holding `;` or a tab is quoted too: spreadsheets in
+/// locales whose list separator is `;` (most of Europe), and tab-separated imports, split
+/// an unquoted line there, and the piece after it (`SELECT 1;=cmd|…`) would start a
+/// formula the check above never saw.
 pub fn csv_field(value: &str) -> String {
     let neutralised;
     let value = if value.starts_with(FORMULA_STARTS) {
@@ -55,7 +63,7 @@ pub fn csv_field(value: &str) -> String {
     } else {
         value
     };
-    if value.contains([',', '"', '\n', '\r']) {
+    if value.contains(QUOTE_IF_HELD) {
         format!("\"{}\"", value.replace('"', "\"\""))
     } else {
         value.to_owned()
@@ -153,7 +161,7 @@ mod tests {
         check("+1", "'+1");
         check("-- drop", "'-- drop");
         check("@SUM(A1)", "'@SUM(A1)");
-        check("\tx", "'\tx");
+        check("\tx", "\"'\tx\"");
         check("\rx", "\"'\rx\"");
         check("=1,2", "\"'=1,2\"");
         check("SELECT 1", "SELECT 1");
@@ -169,6 +177,21 @@ mod tests {
         let rows = parse_csv(&(csv_header() + &csv_row(&value, line))).expect("parse");
         assert_eq!(rows[1][9], "'=HYPERLINK(1)");
         assert_eq!(rows[1][0], "3");
+        assert_eq!(rows[1][RECORD_COLUMN], line);
+    }
+
+    #[test]
+    fn cells_holding_another_locales_separator_are_quoted() {
+        let check = |value: &str, expected: &str| assert_eq!(csv_field(value), expected);
+        check(
+            "SELECT 1;=cmd|' /C calc'!A0",
+            "\"SELECT 1;=cmd|' /C calc'!A0\"",
+        );
+        check("a\t=1", "\"a\t=1\"");
+        let value = serde_json::json!({"seq": 4, "statement": "SELECT 1;=1+1"});
+        let line = r#"{"seq":4,"statement":"SELECT 1;=1+1"}"#;
+        let rows = parse_csv(&(csv_header() + &csv_row(&value, line))).expect("parse");
+        assert_eq!(rows[1][9], "SELECT 1;=1+1");
         assert_eq!(rows[1][RECORD_COLUMN], line);
     }
 
