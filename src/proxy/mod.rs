@@ -107,7 +107,7 @@ impl Proxy {
         let _ = tcp.set_nodelay(true);
         let limits = self.lockbox.config().connection_limits;
         let Some(slot) = gate::take_slot(&self.registry, &limits) else {
-            self.refuse(tcp, Refused::MaxConnections);
+            self.refuse_over_capacity(tcp);
             return;
         };
         let id = crate::ids::SessionId::generate();
@@ -129,21 +129,18 @@ impl Proxy {
         );
     }
 
-    /// Refuses a connection before any upstream work: it is told why (after its startup
-    /// packet, so the client shows the message), counted, and closed. The task is not a
-    /// session's: shutdown does not wait for it, and it is bounded by a timeout.
-    fn refuse(self: &Arc<Self>, tcp: TcpStream, why: Refused) {
+    /// Refuses a connection over `[proxy] max_connections` before any upstream work: it is
+    /// told why (after its startup packet, so the client shows the message), counted, and
+    /// closed. The task is not a session's: shutdown does not wait for it, and it is bounded
+    /// by a timeout. (A source past its failed-login limit is refused later, only when its
+    /// token fails: see `session::login`.)
+    fn refuse_over_capacity(self: &Arc<Self>, tcp: TcpStream) {
+        let why = Refused::MaxConnections;
         self.lockbox.audit.metrics().refused(why);
-        let (code, message) = match why {
-            Refused::MaxConnections => (
-                crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
-                "sorry, too many clients already: lockbox's max_connections is reached",
-            ),
-            _ => (
-                REJECTED_ESTABLISHMENT,
-                "too many failed logins from this address: try again later",
-            ),
-        };
+        let (code, message) = (
+            crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
+            "sorry, too many clients already: lockbox's max_connections is reached",
+        );
         tracing::debug!(reason = ?why, "connection refused at accept");
         let Some(refusing) = self.registry.gate.refusing() else {
             // Too many being told already: closing without a word is all a flood gets.
