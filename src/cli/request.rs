@@ -431,73 +431,58 @@ fn print_request(cli: &Cli, r: &Request) -> Result<()> {
     Ok(())
 }
 
+/// A column of a request table: its header and how it is filled from a request.
+type RequestColumn = (Column, fn(&Request) -> String);
+
 /// With `--wide`, the seeds' columns: support request id, database (environment), status,
 /// requested at, request expiration, access period, access expiration, approver(s).
 /// Without, what an approver decides on, in 100 columns: who asks for which access to
 /// what, in which state, until when, approved by whom (`request show` has the rest).
 fn print_table(list: &[Request]) {
-    if display::wide() {
-        return print_wide_table(list);
-    }
-    let columns = [
-        Column::fixed("ID"),
-        Column::flexible("TICKET"),
-        Column::flexible("DATABASE"),
-        Column::fixed("STATUS"),
-        Column::flexible("ENGINEER"),
-        Column::fixed("ACCESS"),
-        Column::fixed("EXPIRES"),
-        Column::flexible("APPROVERS"),
-    ];
+    let columns = if display::wide() {
+        wide_columns()
+    } else {
+        narrow_columns()
+    };
     let rows: Vec<Vec<String>> = list
         .iter()
-        .map(|r| {
-            vec![
-                r.id.0.clone(),
-                r.ticket.clone(),
-                r.database.clone(),
-                r.status.to_string(),
-                r.engineer.clone(),
-                r.access.as_str().to_owned(),
-                short_time(r.access_expires_at),
-                approvers(r),
-            ]
-        })
+        .map(|r| columns.iter().map(|(_, cell)| cell(r)).collect())
         .collect();
-    display::print_table(&columns, &rows);
+    let headers: Vec<Column> = columns.into_iter().map(|(column, _)| column).collect();
+    display::print_table(&headers, &rows);
 }
 
-fn print_wide_table(list: &[Request]) {
-    let columns = [
-        Column::fixed("ID"),
-        Column::flexible("SUPPORT REQUEST"),
-        Column::flexible("DATABASE"),
-        Column::fixed("STATUS"),
-        Column::flexible("ENGINEER"),
-        Column::fixed("ACCESS"),
-        Column::fixed("REQUESTED AT"),
-        Column::fixed("REQUEST EXPIRES"),
-        Column::fixed("ACCESS PERIOD"),
-        Column::fixed("ACCESS EXPIRES"),
-        Column::flexible("APPROVERS"),
-    ];
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|r| {
-            vec![
-                r.id.0.clone(),
-                r.ticket.clone(),
-                r.database.clone(),
-                r.status.to_string(),
-                r.engineer.clone(),
-                r.access.as_str().to_owned(),
-                time(Some(r.created_at)),
-                time(Some(r.request_expires_at)),
-                period(r.duration_secs),
-                time(r.access_expires_at),
-                approvers(r),
-            ]
-        })
-        .collect();
-    display::print_table(&columns, &rows);
+fn narrow_columns() -> Vec<RequestColumn> {
+    vec![
+        (Column::fixed("ID"), |r| r.id.0.clone()),
+        (Column::flexible("TICKET"), |r| r.ticket.clone()),
+        (Column::flexible("DATABASE"), |r| r.database.clone()),
+        (Column::fixed("STATUS"), |r| r.status.to_string()),
+        (Column::flexible("ENGINEER"), |r| r.engineer.clone()),
+        (Column::fixed("ACCESS"), |r| r.access.as_str().to_owned()),
+        (Column::fixed("EXPIRES"), |r| {
+            short_time(r.access_expires_at)
+        }),
+        (Column::flexible("APPROVERS"), approvers),
+    ]
+}
+
+fn wide_columns() -> Vec<RequestColumn> {
+    vec![
+        (Column::fixed("ID"), |r| r.id.0.clone()),
+        (Column::flexible("SUPPORT REQUEST"), |r| r.ticket.clone()),
+        (Column::flexible("DATABASE"), |r| r.database.clone()),
+        (Column::fixed("STATUS"), |r| r.status.to_string()),
+        (Column::flexible("ENGINEER"), |r| r.engineer.clone()),
+        (Column::fixed("ACCESS"), |r| r.access.as_str().to_owned()),
+        (Column::fixed("REQUESTED AT"), |r| time(Some(r.created_at))),
+        (Column::fixed("REQUEST EXPIRES"), |r| {
+            time(Some(r.request_expires_at))
+        }),
+        (Column::fixed("ACCESS PERIOD"), |r| period(r.duration_secs)),
+        (Column::fixed("ACCESS EXPIRES"), |r| {
+            time(r.access_expires_at)
+        }),
+        (Column::flexible("APPROVERS"), approvers),
+    ]
 }
