@@ -234,13 +234,7 @@ async fn csv_cells_that_would_start_a_formula_are_neutralised_in_list_and_export
         duration: Some("1h".into()),
         ..NewRequest::default()
     };
-    let id = env
-        .client("eve")
-        .create_request(&new)
-        .await
-        .expect("create")
-        .id
-        .0;
+    let id = env.file("eve", &new).await;
     let listed = ok(lockbox(
         &env,
         "dave",
@@ -441,13 +435,7 @@ async fn audit_list_jsonl_escapes_what_a_terminal_obeys_and_keeps_the_value() {
         duration: Some("1h".into()),
         ..NewRequest::default()
     };
-    let id = env
-        .client("eve")
-        .create_request(&new)
-        .await
-        .expect("create")
-        .id
-        .0;
+    let id = env.file("eve", &new).await;
     let listed = ok(lockbox(&env, "dave", &["audit", "list", "--request", &id]));
     for raw in ['\u{1b}', '\u{9b}', '\u{200b}', '\u{202e}'] {
         assert!(!listed.contains(raw), "{raw:?} printed raw: {listed:?}");

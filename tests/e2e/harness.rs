@@ -317,7 +317,8 @@ impl Env {
         }
     }
 
-    async fn file(&self, engineer: &str, new: &NewRequest) -> String {
+    /// Files `new` as `engineer`, returns the request id.
+    pub async fn file(&self, engineer: &str, new: &NewRequest) -> String {
         self.client(engineer)
             .create_request(new)
             .await

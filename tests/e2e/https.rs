@@ -393,13 +393,7 @@ async fn a_webhook_reaches_an_https_receiver_signed_by_its_ca() {
         duration: Some("1h".into()),
         ..NewRequest::default()
     };
-    let id = env
-        .client("eve")
-        .create_request(&new)
-        .await
-        .expect("create")
-        .id
-        .0;
+    let id = env.file("eve", &new).await;
 
     let mut delivered = None;
     let mut refused = None;

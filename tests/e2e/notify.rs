@@ -144,13 +144,7 @@ async fn approvers_and_requesters_are_told_by_mail_and_webhook_even_when_a_recei
         duration: Some("1h".into()),
         ..NewRequest::default()
     };
-    let id = env
-        .client("eve")
-        .create_request(&new)
-        .await
-        .expect("create")
-        .id
-        .0;
+    let id = env.file("eve", &new).await;
 
     // The internal stage's designated approver (the support lead) is asked first.
     let asked = wait_for("the lead's mail", || {
