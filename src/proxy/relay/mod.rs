@@ -2,7 +2,6 @@
 //! forwarded as received; upstream bytes are scanned for statement outcomes and forwarded
 //! as received. The loop also ends the session when the grant expires or is revoked.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,23 +9,27 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+mod grant;
 mod inspect;
 mod limits;
 mod notices;
+mod terminator;
 
+pub use grant::{CancelKey, Grant, Limits};
 use limits::sleep_until_some;
 pub(crate) use notices::login_notice;
+pub use terminator::monotonic_deadline;
+use terminator::Terminator;
 
 use super::registry::{Control, DropReason};
 use super::statements::{self, Confirmation, Statements};
 use super::stream::BoxStream;
 use super::tracker::{Outcome, Tracker};
-use crate::audit::redact::{self, Redaction};
+use crate::audit::redact;
 use crate::audit::{
     AuditEvent, AuditLog, OutcomeRecord, OutcomeStatus, Protocol, SessionFields, StatementRecord,
 };
-use crate::guard::{self, Guardrails, Refusal};
-use crate::policy::AccessLevel;
+use crate::guard::{self, Refusal};
 use crate::wire::{self, sqlstate, BackendEvent, BackendScanner};
 
 /// Why a relay ended.
@@ -48,45 +51,6 @@ pub enum End {
     MessageTooLarge(super::oversize::Oversize),
 }
 
-/// Per-grant limits the relay enforces.
-#[derive(Clone, Debug, Default)]
-pub struct Limits {
-    /// The grant's statement timeout. It is set upstream as the session's default, and the
-    /// proxy cancels a statement that outlives it anyway: a client may set its own
-    /// `statement_timeout` (pg_dump sets 0) without lifting the grant's.
-    pub statement_timeout: Option<std::time::Duration>,
-    /// Most rows one statement may return.
-    pub max_rows: Option<u64>,
-    /// How to cancel the upstream backend's running statement.
-    pub cancel: Option<CancelKey>,
-}
-
-/// The upstream backend's cancel key and where to send it.
-#[derive(Clone, Debug)]
-pub struct CancelKey {
-    pub host: String,
-    pub port: u16,
-    pub pid: i32,
-    pub secret: i32,
-}
-
-/// What the session's grant and database allow and ask for, fixed at admission.
-#[derive(Clone, Debug)]
-pub struct Grant {
-    pub access: AccessLevel,
-    /// The database's own statement rules.
-    pub rules: Guardrails,
-    pub limits: Limits,
-    /// What the audit trail keeps out of this session's records.
-    pub redaction: Redaction,
-    /// The database's own function names, read at login when it has statement rules.
-    pub database_functions: Arc<std::collections::HashSet<String>>,
-    /// When the session's access ends (wall clock), for the warnings before it.
-    pub ends_at: chrono::DateTime<chrono::Utc>,
-    /// `[timings] warn_before`: offsets before the end that get a NOTICE, longest first.
-    pub warn_before: Vec<std::time::Duration>,
-}
-
 /// A statement record waiting to be written, and where its tracker slot goes.
 enum Pending {
     Statement(AuditEvent),
@@ -99,58 +63,6 @@ enum Pending {
     CopyEnd,
     /// The next statement reads the system catalogs only: a row limit does not count it.
     RowsUncounted,
-}
-
-/// Ends the session on expiry, revocation or shutdown, even in the middle of a write.
-struct Terminator {
-    kill: watch::Receiver<Control>,
-    deadline: tokio::time::Instant,
-    /// One timer for the session's life, moved when the grant is extended: every wait in
-    /// the relay races it, and making a new one per wait would cost a timer-wheel insert
-    /// and remove per statement.
-    expiry: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Terminator {
-    fn new(kill: watch::Receiver<Control>, deadline: tokio::time::Instant) -> Terminator {
-        Terminator {
-            kill,
-            deadline,
-            expiry: Box::pin(tokio::time::sleep_until(deadline)),
-        }
-    }
-
-    async fn fired(&mut self) -> DropReason {
-        loop {
-            let control = self.kill.borrow_and_update().clone();
-            match control {
-                Control::Drop(reason) => return reason,
-                Control::ExtendTo(end) => {
-                    let extended = self.deadline.max(monotonic_deadline(end));
-                    if extended != self.deadline {
-                        self.deadline = extended;
-                        self.expiry.as_mut().reset(extended);
-                    }
-                }
-                Control::Run => {}
-            }
-            tokio::select! {
-                _ = &mut self.expiry => return DropReason::Expired,
-                changed = self.kill.changed() => if changed.is_err() {
-                    // The registry is gone: the proxy is going away.
-                    return DropReason::Shutdown;
-                },
-            }
-        }
-    }
-}
-
-/// A wall-clock end, counted on the monotonic clock from now.
-pub fn monotonic_deadline(end: chrono::DateTime<chrono::Utc>) -> tokio::time::Instant {
-    let remaining = (end - chrono::Utc::now())
-        .to_std()
-        .unwrap_or(std::time::Duration::ZERO);
-    tokio::time::Instant::now() + remaining
 }
 
 /// Whether a statement record was sent with the extended protocol (Execute).

@@ -1,0 +1,46 @@
+//! What an admitted session's grant allows, fixed at admission and handed to the relay.
+
+use std::sync::Arc;
+
+use crate::audit::redact::Redaction;
+use crate::guard::Guardrails;
+use crate::policy::AccessLevel;
+
+/// Per-grant limits the relay enforces.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    /// The grant's statement timeout. It is set upstream as the session's default, and the
+    /// proxy cancels a statement that outlives it anyway: a client may set its own
+    /// `statement_timeout` (pg_dump sets 0) without lifting the grant's.
+    pub statement_timeout: Option<std::time::Duration>,
+    /// Most rows one statement may return.
+    pub max_rows: Option<u64>,
+    /// How to cancel the upstream backend's running statement.
+    pub cancel: Option<CancelKey>,
+}
+
+/// The upstream backend's cancel key and where to send it.
+#[derive(Clone, Debug)]
+pub struct CancelKey {
+    pub host: String,
+    pub port: u16,
+    pub pid: i32,
+    pub secret: i32,
+}
+
+/// What the session's grant and database allow and ask for, fixed at admission.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub access: AccessLevel,
+    /// The database's own statement rules.
+    pub rules: Guardrails,
+    pub limits: Limits,
+    /// What the audit trail keeps out of this session's records.
+    pub redaction: Redaction,
+    /// The database's own function names, read at login when it has statement rules.
+    pub database_functions: Arc<std::collections::HashSet<String>>,
+    /// When the session's access ends (wall clock), for the warnings before it.
+    pub ends_at: chrono::DateTime<chrono::Utc>,
+    /// `[timings] warn_before`: offsets before the end that get a NOTICE, longest first.
+    pub warn_before: Vec<std::time::Duration>,
+}
