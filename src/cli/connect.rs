@@ -18,7 +18,7 @@ const CA_ENV: &str = "LOCKBOX_CA_CERT (--ca-cert)";
 pub async fn token(cli: &Cli, id: &str) -> Result<()> {
     let token = with_local_ca(cli, cli.client()?.token(id).await?);
     if cli.json {
-        outln!("{}", serde_json::to_string_pretty(&token)?);
+        super::display::print_json(&token)?;
     } else {
         outln!("{}", token.token);
     }

@@ -106,15 +106,18 @@ fn is_format(c: char) -> bool {
 /// the same JSON value (a parser reads back the exact text), but nothing in it a terminal
 /// obeys or hides. serde_json escapes C0 controls only; DEL, C1 (`\u{9b}` is CSI to many
 /// terminals), bidi overrides and invisible characters it writes as they are. Outside
-/// strings JSON holds ASCII punctuation only, so every such character is inside a string.
+/// strings JSON holds ASCII punctuation and whitespace only, and inside strings serde_json
+/// escapes every C0 control, so a line break or tab is pretty-printing's (kept as is) and
+/// every other such character is inside a string.
 pub(crate) fn json_text(json: &str) -> Cow<'_, str> {
-    if !json.chars().any(needs_escape) {
+    let escaped = |c: char| needs_escape(c) && !matches!(c, '\n' | '\r' | '\t');
+    if !json.chars().any(escaped) {
         return Cow::Borrowed(json);
     }
     let mut out = String::with_capacity(json.len() + 8);
     let mut units = [0u16; 2];
     for c in json.chars() {
-        if needs_escape(c) {
+        if escaped(c) {
             for unit in c.encode_utf16(&mut units) {
                 out.push_str(&format!("\\u{unit:04x}"));
             }
@@ -123,6 +126,13 @@ pub(crate) fn json_text(json: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Prints `value` as pretty JSON (`--json`), escaped by [`json_text`]: what a requester
+/// wrote reaches a terminal as escapes, and a parser still reads the exact text.
+pub(crate) fn print_json<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<()> {
+    outln!("{}", json_text(&serde_json::to_string_pretty(value)?));
+    Ok(())
 }
 
 /// A table column: its header, whether its cells may be cut short (with `…`) to fit,
@@ -276,6 +286,24 @@ mod tests {
         assert!(
             shown.contains('ü'),
             "printable text stays as it is: {shown}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&shown).expect("still JSON");
+        assert_eq!(back, value);
+    }
+
+    #[test]
+    fn pretty_json_keeps_its_layout_and_loses_its_escapes() {
+        let value = serde_json::json!({"reason": "\u{1b}[2K\u{9b}1A \u{202e}x", "n": [1, 2]});
+        let pretty = serde_json::to_string_pretty(&value).expect("json");
+        let shown = json_text(&pretty);
+        assert_eq!(
+            shown.lines().count(),
+            pretty.lines().count(),
+            "pretty-printing's line breaks stay: {shown}"
+        );
+        assert!(
+            !shown.contains(['\u{1b}', '\u{9b}', '\u{202e}']),
+            "{shown:?} still holds a character a terminal obeys"
         );
         let back: serde_json::Value = serde_json::from_str(&shown).expect("still JSON");
         assert_eq!(back, value);

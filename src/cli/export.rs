@@ -295,7 +295,7 @@ pub async fn run(cli: &Cli, command: &ExportCommand) -> Result<()> {
             };
             let created = client.create_export(&new).await?;
             if cli.json {
-                outln!("{}", serde_json::to_string_pretty(&created)?);
+                super::display::print_json(&created)?;
             } else {
                 outln!("{}", created.schedule.name);
             }
@@ -303,7 +303,7 @@ pub async fn run(cli: &Cli, command: &ExportCommand) -> Result<()> {
         ExportCommand::List => {
             let list = client.list_exports().await?;
             if cli.json {
-                outln!("{}", serde_json::to_string_pretty(&list)?);
+                super::display::print_json(&list)?;
             } else {
                 print_schedules(&list);
             }
@@ -311,7 +311,7 @@ pub async fn run(cli: &Cli, command: &ExportCommand) -> Result<()> {
         ExportCommand::History { name } => {
             let runs = client.export_history(name).await?;
             if cli.json {
-                outln!("{}", serde_json::to_string_pretty(&runs)?);
+                super::display::print_json(&runs)?;
             } else {
                 print_runs(&runs);
             }
@@ -319,7 +319,7 @@ pub async fn run(cli: &Cli, command: &ExportCommand) -> Result<()> {
         ExportCommand::Run { name } => {
             let run = client.run_export(name).await?;
             if cli.json {
-                outln!("{}", serde_json::to_string_pretty(&run)?);
+                super::display::print_json(&run)?;
             } else {
                 print_runs(std::slice::from_ref(&run));
             }

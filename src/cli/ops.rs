@@ -27,7 +27,7 @@ pub async fn session(cli: &Cli, command: &SessionCommand) -> Result<()> {
         SessionCommand::List => {
             let list = client.list_sessions().await?;
             if cli.json {
-                outln!("{}", serde_json::to_string_pretty(&list)?);
+                super::display::print_json(&list)?;
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = list
@@ -62,7 +62,7 @@ pub async fn session(cli: &Cli, command: &SessionCommand) -> Result<()> {
         SessionCommand::Kill { session, reason } => {
             let killed = client.kill_session(session, reason).await?;
             if cli.json {
-                outln!("{}", serde_json::to_string_pretty(&killed)?);
+                super::display::print_json(&killed)?;
             } else {
                 outln!("{}", kill_line(&killed));
             }

@@ -156,7 +156,7 @@ pub async fn run(cli: &Cli, command: &RequestCommand) -> Result<()> {
             };
             let request = client.create_request(&new).await?;
             if cli.json {
-                outln!("{}", serde_json::to_string_pretty(&request)?);
+                super::display::print_json(&request)?;
             } else {
                 outln!("{}", request.id);
             }
@@ -170,7 +170,7 @@ pub async fn run(cli: &Cli, command: &RequestCommand) -> Result<()> {
                 .list_requests_where(*status, *break_glass, *unacknowledged)
                 .await?;
             if cli.json {
-                outln!("{}", serde_json::to_string_pretty(&list)?);
+                super::display::print_json(&list)?;
             } else {
                 print_table(&list);
             }
@@ -201,7 +201,7 @@ pub async fn run(cli: &Cli, command: &RequestCommand) -> Result<()> {
         } => {
             let extension = client.extend(id, duration, reason).await?;
             if cli.json {
-                outln!("{}", serde_json::to_string_pretty(&extension)?);
+                super::display::print_json(&extension)?;
             } else {
                 outln!("{}", extension.id);
             }
@@ -217,7 +217,7 @@ pub async fn policy(cli: &Cli, command: &PolicyCommand) -> Result<()> {
         PolicyCommand::Set { protect } => client.set_policy(protect).await?,
     };
     if cli.json {
-        outln!("{}", serde_json::to_string_pretty(&view)?);
+        super::display::print_json(&view)?;
         return Ok(());
     }
     let list = |l: &[String]| {
@@ -254,7 +254,7 @@ pub async fn admin(cli: &Cli, command: &AdminCommand) -> Result<()> {
         AdminCommand::Reload => {
             let report = cli.client()?.reload().await?;
             if cli.json {
-                outln!("{}", serde_json::to_string_pretty(&report)?);
+                super::display::print_json(&report)?;
             } else {
                 outln!(
                     "reloaded: {} database(s), {} user(s), {} rule(s)",
@@ -278,7 +278,7 @@ pub async fn notify(cli: &Cli, command: &NotifyCommand) -> Result<()> {
         .notifications(request.as_deref(), Some(*limit))
         .await?;
     if cli.json {
-        outln!("{}", serde_json::to_string_pretty(&list)?);
+        super::display::print_json(&list)?;
         return Ok(());
     }
     let count = |s: &str| list.iter().filter(|d| d.status == s).count();
@@ -358,7 +358,7 @@ fn approvers(r: &Request) -> String {
 
 fn print_request(cli: &Cli, r: &Request) -> Result<()> {
     if cli.json {
-        outln!("{}", serde_json::to_string_pretty(r)?);
+        super::display::print_json(r)?;
         return Ok(());
     }
     let required = format!(

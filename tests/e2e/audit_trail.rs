@@ -446,4 +446,26 @@ async fn audit_list_jsonl_escapes_what_a_terminal_obeys_and_keeps_the_value() {
         .filter_map(|r| r["reason"].as_str().map(str::to_owned))
         .collect();
     assert!(reasons.iter().any(|r| r == reason), "{reasons:?}");
+
+    // Every other `--json` output escapes the same way (here `request show` and `list`).
+    for args in [
+        vec!["--json", "request", "show", id.as_str()],
+        vec!["--json", "request", "list"],
+    ] {
+        let shown = ok(lockbox(&env, "eve", &args));
+        for raw in ['\u{1b}', '\u{9b}', '\u{200b}', '\u{202e}'] {
+            assert!(
+                !shown.contains(raw),
+                "{args:?}: {raw:?} printed raw: {shown:?}"
+            );
+        }
+        let value: Value =
+            serde_json::from_str(&shown).unwrap_or_else(|e| panic!("{args:?}: {e}: {shown}"));
+        let reason_back = if value.is_array() {
+            value[0]["reason"].clone()
+        } else {
+            value["reason"].clone()
+        };
+        assert_eq!(reason_back.as_str(), Some(reason), "{args:?}: {shown}");
+    }
 }
