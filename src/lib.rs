@@ -10,6 +10,8 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod exports;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod health;
 pub mod http_client;

@@ -36,6 +36,7 @@ use tracing::Instrument;
 
 pub use gate::Limits as ConnectionLimits;
 pub use registry::{DropReason, Registry, SessionInfo};
+pub(crate) use relay::inspect_client_bytes;
 
 use reaper::Reaper;
 

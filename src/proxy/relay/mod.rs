@@ -9,12 +9,14 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+mod fuzz;
 mod grant;
 mod inspect;
 mod limits;
 mod notices;
 mod terminator;
 
+pub(crate) use fuzz::inspect_client_bytes;
 pub use grant::{CancelKey, Grant, Limits};
 use limits::sleep_until_some;
 pub(crate) use notices::login_notice;

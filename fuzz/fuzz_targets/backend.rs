@@ -1,0 +1,12 @@
+//! `lockbox::fuzzing::backend` on whatever libFuzzer makes: see `src/fuzzing.rs` for what it
+//! checks beyond "no panic". A broken invariant is a crash, kept in `fuzz/artifacts/backend/`;
+//! once fixed, the input goes to `fuzz/regressions/backend/`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Err(broken) = lockbox::fuzzing::backend(data) {
+        panic!("{broken}");
+    }
+});
