@@ -6,6 +6,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod faults;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error(

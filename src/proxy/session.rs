@@ -499,7 +499,7 @@ async fn connect_upstream(
             }
             Err(e) => {
                 tracing::error!(error = %e, "upstream login failed");
-                return Err(unreachable);
+                return Err((sqlstate::CONNECTION_FAILURE, e.client_message()));
             }
         }
     }

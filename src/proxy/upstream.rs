@@ -57,6 +57,36 @@ pub enum UpstreamError {
     Io(#[from] std::io::Error),
 }
 
+impl UpstreamError {
+    /// What the engineer's client is told when admission fails on this: the cause in a
+    /// few words (down, stalled, refusing), never the address or the role lockbox used.
+    pub(crate) fn client_message(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { source, .. }
+                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                "lockbox could not connect to the upstream database: it refused the connection (is it running?)"
+            }
+            UpstreamError::Connect { .. } => {
+                "lockbox could not connect to the upstream database: it could not be reached"
+            }
+            UpstreamError::Timeout(_) => {
+                "lockbox could not connect to the upstream database: it did not answer within 10 s"
+            }
+            UpstreamError::Rejected { sqlstate, .. } if sqlstate == "57P03" => {
+                "lockbox could not connect to the upstream database: it is starting up or shutting down"
+            }
+            UpstreamError::Rejected { .. } => {
+                "lockbox could not connect to the upstream database: it refused lockbox's login"
+            }
+            UpstreamError::NoTls | UpstreamError::Tls(_) => {
+                "lockbox could not connect to the upstream database: TLS to it failed"
+            }
+            _ => "lockbox could not connect to the upstream database: its login failed",
+        }
+    }
+}
+
 /// A logged-in upstream connection, ready for queries.
 pub struct Upstream {
     pub stream: BoxStream,

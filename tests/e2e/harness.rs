@@ -85,6 +85,9 @@ pub struct Options {
     pub policy: &'static str,
     /// Run against this cluster (roles made by `create_roles`) instead of the shared one.
     pub cluster: Option<&'static PgSandbox>,
+    /// Put the deployment's second database, `other`, on this cluster instead of the
+    /// test database's (a test that stops its own cluster keeps another one served).
+    pub other_cluster: Option<&'static PgSandbox>,
 }
 
 impl Default for Options {
@@ -103,6 +106,7 @@ impl Default for Options {
             audit_durability: "fsync",
             policy: "",
             cluster: None,
+            other_cluster: None,
         }
     }
 }
@@ -204,7 +208,7 @@ impl Env {
                         name: "other",
                         host: "127.0.0.1",
                         extra: "",
-                        port: pg.port,
+                        port: options.other_cluster.unwrap_or(pg).port,
                         user: SERVICE_ROLE,
                         password: SERVICE_PASSWORD,
                         levels: vec![("read", "lockbox_read", "read-password")],

@@ -42,6 +42,7 @@ mod protocol;
 mod relay;
 mod roles;
 mod terminate;
+mod upstream_faults;
 mod upstream_tls;
 mod vanish;
 mod workflow;

@@ -122,6 +122,9 @@ pub struct Relay {
     outcomes: Vec<Outcome>,
     /// NOTICEs before the end of access, written at message boundaries.
     warnings: notices::Warnings,
+    /// The last upstream message was an ErrorResponse: if the server closes now, the
+    /// client has its reason already.
+    upstream_said_why: bool,
 }
 
 impl Relay {
@@ -168,6 +171,7 @@ impl Relay {
             events: Vec::new(),
             outcomes: Vec::new(),
             warnings,
+            upstream_said_why: false,
         }
     }
 
@@ -214,10 +218,19 @@ impl Relay {
                     self.session.request_id
                 ),
             )),
+            // Told only between messages: bytes after a torn message would be garbage to
+            // the client.
+            End::UpstreamGone if !self.upstream_said_why && self.scanner.at_boundary() => Some((
+                sqlstate::CONNECTION_FAILURE,
+                "lockbox lost the connection to the upstream database: the server closed it \
+                 (stopped, restarted or crashed); the session is ended"
+                    .to_owned(),
+            )),
             End::ClientGone | End::ClientLeftMidStatement | End::UpstreamGone => None,
         };
         if let Some((code, text)) = message {
             super::session::send_fatal(&mut self.client, code, &text).await;
+            discard_until_closed(&mut self.client).await;
         }
         self.close_upstream().await;
         let mut leftover = std::mem::take(&mut self.outcomes);
@@ -434,6 +447,9 @@ impl Relay {
                     )));
                 }
             }
+            // A server that ends a session on purpose says why (a FATAL ErrorResponse is
+            // its last message); one that stops or crashes goes without a word.
+            self.upstream_said_why = matches!(event, BackendEvent::Error { .. });
             match &event {
                 // COPY … TO STDOUT sends one CopyData per row: a row limit counts them too.
                 BackendEvent::DataRow | BackendEvent::CopyData(_) => {
@@ -582,6 +598,22 @@ struct Batch {
     /// Byte ranges of refused messages and their stand-ins.
     replacements: Vec<(std::ops::Range<usize>, Vec<u8>)>,
     terminate: bool,
+}
+
+/// Reads and drops what the client still sends, until it closes or for half a second.
+/// Closing a socket with unread bytes in it sends a reset, and a reset makes the client's
+/// system throw away what it had not read yet — the FATAL just sent with the reason, for a
+/// client that was writing (a COPY, a pipeline) when the session ended.
+async fn discard_until_closed(client: &mut BoxStream) {
+    let mut scratch = [0u8; 8192];
+    let drain = async {
+        while let Ok(n) = client.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
 }
 
 /// Writes `bytes` and flushes: over TLS, `write_all` may leave the tail of a large write in
