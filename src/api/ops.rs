@@ -70,7 +70,7 @@ async fn metrics(State(state): State<ApiState>, Caller(user): Caller) -> Respons
 }
 
 /// Deliveries still to be made (none counted if the state store cannot say).
-async fn pending_notifications(store: &crate::store::Store) -> Option<u64> {
+pub(crate) async fn pending_notifications(store: &crate::store::Store) -> Option<u64> {
     let count = store
         .with(|c| {
             let n: i64 = c.query_row(

@@ -104,6 +104,7 @@ fn each_part(file: ConfigFile, base: &Path, problems: &mut Problems) {
         ("timings.max_access", &timings.max_access),
         ("timings.terminate_after", &timings.terminate_after),
         ("audit.sync_interval", &file.audit.sync_interval),
+        ("api.web_session_ttl", &file.api.web_session_ttl),
     ] {
         problems.add(parse_duration(key, text));
     }

@@ -1,0 +1,102 @@
+//! What a page answers when it cannot show what was asked: a small HTML page with the
+//! status the API would give (403, 404, …), or the way back to `/login`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::html;
+
+use crate::policy::PolicyError;
+use crate::service::ServiceError;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WebError {
+    /// No live sign-in: back to the login page.
+    #[error("not signed in")]
+    SignIn,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Service(ServiceError),
+}
+
+impl From<ServiceError> for WebError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Policy(PolicyError::Forbidden(m)) => WebError::Forbidden(m),
+            ServiceError::Policy(PolicyError::NotFound(id)) => {
+                WebError::NotFound(format!("request {id} not found"))
+            }
+            other => WebError::Service(other),
+        }
+    }
+}
+
+impl From<PolicyError> for WebError {
+    fn from(e: PolicyError) -> Self {
+        ServiceError::from(e).into()
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let (status, message) = match &self {
+            WebError::SignIn => return Redirect::to("/login").into_response(),
+            WebError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
+            WebError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
+            WebError::Invalid(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            WebError::Service(e) => {
+                // The details of an internal failure stay in the log, as in the API.
+                let status = status_of(e);
+                if status.is_server_error() {
+                    tracing::error!(error = %e, "admin center action failed");
+                    (
+                        status,
+                        "lockbox cannot complete this action right now; nothing was changed"
+                            .to_owned(),
+                    )
+                } else {
+                    (status, e.to_string())
+                }
+            }
+        };
+        let body = html! {
+            (maud::DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    title { "lockbox: " (status.as_u16()) }
+                    link rel="stylesheet" href="/assets/app.css";
+                }
+                body {
+                    main {
+                        h1 { (status.canonical_reason().unwrap_or("Error")) }
+                        p role="alert" { (message) }
+                        p { a href="/requests" { "Back to the requests" } }
+                    }
+                }
+            }
+        };
+        (status, super::layout::html_response(body)).into_response()
+    }
+}
+
+/// The status the API answers `e` with.
+fn status_of(e: &ServiceError) -> StatusCode {
+    match e {
+        ServiceError::Policy(PolicyError::Forbidden(_)) => StatusCode::FORBIDDEN,
+        ServiceError::Policy(PolicyError::NotFound(_)) => StatusCode::NOT_FOUND,
+        ServiceError::Policy(PolicyError::Invalid(_)) | ServiceError::Config(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        ServiceError::Policy(PolicyError::Conflict(_)) => StatusCode::CONFLICT,
+        ServiceError::Audit(_)
+        | ServiceError::RecordLagging(_)
+        | ServiceError::Store(_)
+        | ServiceError::Token(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
