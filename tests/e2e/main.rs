@@ -44,4 +44,6 @@ mod roles;
 mod terminate;
 mod upstream_tls;
 mod vanish;
+mod web;
+mod web_origin;
 mod workflow;
