@@ -110,6 +110,16 @@ fn demo_env_file_connects_verify_full_and_sigterm_cleans_up() {
         server.starts_with("https://"),
         "the demo's API serves HTTPS: {server}"
     );
+    // The admin center's URL and the keys to sign in with are on the demo's output.
+    let log = demo.log();
+    assert!(log.contains(&format!("Admin center: {server}/")), "{log}");
+    assert!(
+        log.contains(&format!(
+            "carol  (approver): {}",
+            env["LOCKBOX_APPROVER_KEY"]
+        )),
+        "{log}"
+    );
     let id = ok(as_user(
         server,
         ca,
