@@ -654,4 +654,26 @@ mod tests {
             assert!(err.contains("timings.terminate_after"), "{bad}: {err}");
         }
     }
+
+    #[test]
+    fn web_session_ttl_defaults_to_eight_hours_and_is_checked() {
+        let config = with_timings("").expect("valid");
+        assert_eq!(config.web_session_ttl, Duration::from_secs(8 * 3600));
+        let api = |ttl: &str| {
+            let text = format!(
+                "[proxy]\nlisten = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n\
+                 [api]\nlisten = \"127.0.0.1:8432\"\nweb_session_ttl = \"{ttl}\"\n\
+                 [token]\nsigning_key = \"signing.pem\"\n"
+            );
+            Config::from_toml(&text, Path::new("."))
+        };
+        assert_eq!(
+            api("30m").expect("valid").web_session_ttl,
+            Duration::from_secs(1800)
+        );
+        for bad in ["0s", "soon"] {
+            let err = api(bad).expect_err(bad).to_string();
+            assert!(err.contains("api.web_session_ttl"), "{bad}: {err}");
+        }
+    }
 }

@@ -45,5 +45,6 @@ mod terminate;
 mod upstream_tls;
 mod vanish;
 mod web;
+mod web_actions;
 mod web_origin;
 mod workflow;
