@@ -3,6 +3,9 @@
 //! download of everything the filter selects. Readable by whoever may read the trail
 //! through the API (`policy::check_audit_read`).
 
+use std::collections::VecDeque;
+
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +17,7 @@ use super::request_page::record_line;
 use super::session::Signed;
 use super::WebState;
 use crate::audit::export::columns::{cell, csv_field, LIST_COLUMNS};
-use crate::audit::{read_records, AuditQuery};
+use crate::audit::{visit_records, AuditQuery};
 use crate::policy;
 
 /// Records per page.
@@ -61,13 +64,32 @@ fn query_of(pairs: &[(String, String)]) -> Result<AuditQuery, WebError> {
     Ok(query)
 }
 
-/// Every record the filters select, oldest first.
-async fn select(state: &WebState, query: AuditQuery) -> Result<Vec<serde_json::Value>, WebError> {
+/// Deepest page the table goes to: what a page keeps in memory is bounded by it.
+const MAX_PAGES: usize = 200;
+
+/// The newest `keep` records the filters select (oldest first) and how many match in all.
+pub(crate) async fn newest(
+    state: &WebState,
+    query: AuditQuery,
+    keep: usize,
+) -> Result<(VecDeque<serde_json::Value>, usize), WebError> {
     let path = state.api.lockbox.audit.path().to_owned();
-    tokio::task::spawn_blocking(move || read_records(&path, &query))
-        .await
-        .map_err(|e| WebError::Invalid(format!("reading the trail failed: {e}")))?
-        .map_err(|e| WebError::Service(e.into()))
+    tokio::task::spawn_blocking(move || {
+        let mut kept = VecDeque::with_capacity(keep.min(1024));
+        let mut total = 0;
+        visit_records(&path, &query, |record| {
+            total += 1;
+            if kept.len() == keep {
+                kept.pop_front();
+            }
+            kept.push_back(record);
+            true
+        })
+        .map(|()| (kept, total))
+    })
+    .await
+    .map_err(|e| WebError::Invalid(format!("reading the trail failed: {e}")))?
+    .map_err(|e| WebError::Service(e.into()))
 }
 
 pub(crate) async fn page_view(
@@ -77,8 +99,9 @@ pub(crate) async fn page_view(
 ) -> Result<Response, WebError> {
     policy::check_audit_read(&signed.user)?;
     let (pairs, page_no) = filters(raw);
-    let records = select(state, query_of(&pairs)?).await?;
-    let pages = records.len().div_ceil(PAGE_SIZE).max(1);
+    let page_no = page_no.min(MAX_PAGES);
+    let (records, total) = newest(state, query_of(&pairs)?, page_no * PAGE_SIZE).await?;
+    let pages = total.div_ceil(PAGE_SIZE).clamp(1, MAX_PAGES);
     let shown: Vec<&serde_json::Value> = records
         .iter()
         .rev()
@@ -111,7 +134,7 @@ pub(crate) async fn page_view(
             p { button type="submit" { "Filter" } }
         }
         p class="downloads" {
-            (records.len()) " records match. Download: "
+            (total) " records match. Download: "
             a href=(format!("/audit/download{}", link("format=csv"))) download="audit.csv" { "CSV" }
             " · "
             a href=(format!("/audit/download{}", link("format=jsonl"))) download="audit.jsonl" { "JSON Lines" }
@@ -156,16 +179,17 @@ pub(crate) async fn download(
         .map(|(_, v)| v)
         .unwrap_or_else(|| "csv".into());
     let (pairs, _) = filters(raw.as_deref());
-    let records = select(&state, query_of(&pairs)?).await?;
-    let (body, content_type, name) = match format.as_str() {
-        "csv" => (csv(&records), "text/csv; charset=utf-8", "audit.csv"),
-        "jsonl" => (jsonl(&records), "application/jsonl", "audit.jsonl"),
+    let query = query_of(&pairs)?;
+    let (content_type, name) = match format.as_str() {
+        "csv" => ("text/csv; charset=utf-8", "audit.csv"),
+        "jsonl" => ("application/jsonl", "audit.jsonl"),
         other => {
             return Err(WebError::Invalid(format!(
                 "unknown format `{other}` (csv or jsonl)"
             )))
         }
     };
+    let body = Body::from_stream(stream_records(&state, query, format == "csv"));
     Ok((
         [
             (header::CONTENT_TYPE, content_type.to_owned()),
@@ -179,26 +203,46 @@ pub(crate) async fn download(
         .into_response())
 }
 
-fn csv(records: &[serde_json::Value]) -> String {
-    let mut out = format!("{}\r\n", LIST_COLUMNS.join(","));
-    for r in records {
-        let row: Vec<String> = LIST_COLUMNS
-            .iter()
-            .map(|c| csv_field(&cell(r, c).unwrap_or_default()))
-            .collect();
-        out.push_str(&row.join(","));
-        out.push_str("\r\n");
-    }
-    out
+/// The selected records as lines, read on the blocking pool and sent as they are read, so
+/// a download of the whole trail holds a few lines in memory, not the trail.
+fn stream_records(
+    state: &WebState,
+    query: AuditQuery,
+    csv: bool,
+) -> impl futures::Stream<Item = Result<String, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
+    let path = state.api.lockbox.audit.path().to_owned();
+    tokio::task::spawn_blocking(move || {
+        if csv && tx.blocking_send(Ok(csv_header())).is_err() {
+            return;
+        }
+        let read = visit_records(&path, &query, |r| {
+            let line = if csv { csv_line(&r) } else { format!("{r}\n") };
+            tx.blocking_send(Ok(line)).is_ok()
+        });
+        if let Err(e) = read {
+            tracing::error!(error = %e, "audit download could not read the trail");
+            // Cut the download short: a truncated file must not pass for a whole one.
+            let _ = tx.blocking_send(Err(std::io::Error::other("the audit trail cannot be read")));
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
-fn jsonl(records: &[serde_json::Value]) -> String {
-    let mut out = String::new();
-    for r in records {
-        out.push_str(&r.to_string());
-        out.push('\n');
-    }
-    out
+/// The header of a CSV download: the columns of `audit list --format csv`.
+fn csv_header() -> String {
+    format!("{}\r\n", LIST_COLUMNS.join(","))
+}
+
+/// One record as a CSV row, each cell neutralised against spreadsheet formulas.
+fn csv_line(record: &serde_json::Value) -> String {
+    let row: Vec<String> = LIST_COLUMNS
+        .iter()
+        .map(|c| csv_field(&cell(record, c).unwrap_or_default()))
+        .collect();
+    format!("{}\r\n", row.join(","))
 }
 
 #[cfg(test)]
@@ -216,8 +260,9 @@ mod tests {
 
     #[test]
     fn csv_cells_are_neutralised() {
-        let text = csv(&[serde_json::json!({"seq": 1, "statement": "=cmd|' /C calc'!A0"})]);
+        let text = csv_line(&serde_json::json!({"seq": 1, "statement": "=cmd|' /C calc'!A0"}));
         assert!(text.contains("'=cmd"), "{text}");
-        assert!(text.starts_with("seq,time,"), "{text}");
+        assert!(text.starts_with("1,"), "{text}");
+        assert!(csv_header().starts_with("seq,time,"));
     }
 }

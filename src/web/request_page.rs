@@ -14,7 +14,7 @@ use super::layout::{csrf_field, page, span, table, time, time_or};
 use super::requests::{access_expires, access_period, approvers};
 use super::session::Signed;
 use super::WebState;
-use crate::audit::{read_records, AuditQuery};
+use crate::audit::AuditQuery;
 use crate::ids::RequestId;
 use crate::policy::{self, Request, RequestStatus};
 use crate::proxy::SessionInfo;
@@ -281,16 +281,12 @@ pub(crate) fn record_line(record: &serde_json::Value) -> Markup {
 
 /// The newest records of request `id`, newest first.
 async fn latest_records(state: &WebState, id: &str) -> Result<Vec<serde_json::Value>, WebError> {
-    let path = state.api.lockbox.audit.path().to_owned();
     let query = AuditQuery {
         request: Some(id.to_owned()),
         ..AuditQuery::default()
     };
-    let records = tokio::task::spawn_blocking(move || read_records(&path, &query))
-        .await
-        .map_err(|e| WebError::Invalid(format!("reading the trail failed: {e}")))?
-        .map_err(|e| WebError::Service(e.into()))?;
-    Ok(records.into_iter().rev().take(LATEST).collect())
+    let (records, _) = super::audit::newest(state, query, LATEST).await?;
+    Ok(records.into_iter().rev().collect())
 }
 
 /// `/requests/{id}/stream`: the request's records as server-sent events, for the page's

@@ -237,6 +237,36 @@ async fn every_request_action_works_as_a_plain_form() {
     )
     .await;
     assert_eq!(unknown.status(), 404);
+
+    // The trail newest first, in pages; the JSON Lines download holds what the filter
+    // selects, oldest first.
+    let audit = dave.page("/audit").await;
+    let seqs: Vec<u64> = audit
+        .split("<tr><td>")
+        .skip(1)
+        .filter_map(|c| c.split('<').next()?.parse().ok())
+        .collect();
+    assert!(seqs.len() > 10, "{audit}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {seqs:?}"
+    );
+    let jsonl = http::get(
+        &base,
+        &dave.cookie,
+        &format!("/audit/download?request={denied}&format=jsonl"),
+    )
+    .await
+    .text()
+    .await
+    .expect("jsonl");
+    let events: Vec<String> = jsonl
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("a JSON line")["event"].to_string()
+        })
+        .collect();
+    assert_eq!(events, ["\"created\"", "\"denied\""], "{jsonl}");
     let bob = Persona::sign_in(&env, &base, "bob").await;
     assert_eq!(
         http::get(&base, &bob.cookie, &format!("/requests/{granted}"))
