@@ -95,6 +95,43 @@ impl Demo {
     }
 }
 
+/// Signs in to the admin center at `server` (trusting `ca`); returns the session's
+/// `Set-Cookie`.
+fn admin_center_cookie(server: &str, ca: &Path, key: &str) -> String {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).expect("ca")).expect("ca");
+        let http = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let form = http
+            .get(format!("{server}/login"))
+            .send()
+            .await
+            .expect("login page");
+        let pairing = form.headers()["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .to_owned();
+        let nonce = crate::web::http::hidden_field(&form.text().await.expect("body"), "nonce")
+            .expect("nonce");
+        let signed = http
+            .post(format!("{server}/login"))
+            .header("cookie", pairing.split(';').next().expect("pair"))
+            .form(&[("nonce", nonce.as_str()), ("api_key", key)])
+            .send()
+            .await
+            .expect("sign in");
+        assert_eq!(signed.status(), 303);
+        signed.headers()["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .to_owned()
+    })
+}
+
 #[test]
 fn demo_env_file_connects_verify_full_and_sigterm_cleans_up() {
     // The default window: the walk-through's session must fit in it on a loaded machine.
@@ -120,6 +157,11 @@ fn demo_env_file_connects_verify_full_and_sigterm_cleans_up() {
         )),
         "{log}"
     );
+    // Served over HTTPS, the admin center's session cookie is `Secure`.
+    let cookie = admin_center_cookie(server, ca, &env["LOCKBOX_APPROVER_KEY"]);
+    for part in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
     let id = ok(as_user(
         server,
         ca,
