@@ -46,5 +46,6 @@ mod upstream_tls;
 mod vanish;
 mod web;
 mod web_actions;
+mod web_admin;
 mod web_origin;
 mod workflow;
