@@ -66,12 +66,7 @@ impl IntoResponse for WebError {
         let body = html! {
             (maud::DOCTYPE)
             html lang="en" {
-                head {
-                    meta charset="utf-8";
-                    meta name="viewport" content="width=device-width, initial-scale=1";
-                    title { "lockbox: " (status.as_u16()) }
-                    link rel="stylesheet" href="/assets/app.css";
-                }
+                (super::layout::head(&status.as_u16().to_string()))
                 body {
                     main {
                         h1 { (status.canonical_reason().unwrap_or("Error")) }

@@ -24,12 +24,7 @@ pub(crate) fn page(signed: &Signed, title: &str, content: Markup) -> Response {
     let body = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · lockbox" }
-                link rel="stylesheet" href="/assets/app.css";
-            }
+            (head(title))
             body {
                 header class="top" {
                     a class="brand" href="/requests" { "lockbox" }
@@ -58,6 +53,18 @@ pub(crate) fn page(signed: &Signed, title: &str, content: Markup) -> Response {
         }
     };
     html_response(body)
+}
+
+/// The `<head>` of every page: the one stylesheet, nothing from elsewhere.
+pub(crate) fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · lockbox" }
+            link rel="stylesheet" href="/assets/app.css";
+        }
+    }
 }
 
 fn flash_box(flash: &Flash) -> Markup {

@@ -10,7 +10,7 @@ use maud::{html, DOCTYPE};
 use serde::Deserialize;
 
 use super::error::WebError;
-use super::layout::html_response;
+use super::layout::{head, html_response};
 use super::session::{cookie, set_cookie, Signed};
 use super::{secure, WebState};
 
@@ -34,12 +34,7 @@ fn login_page(state: &WebState, status: StatusCode, error: Option<&str>) -> Resp
     let body = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · lockbox" }
-                link rel="stylesheet" href="/assets/app.css";
-            }
+            (head("Sign in"))
             body {
                 main id="main" class="narrow" {
                     h1 { "Sign in to lockbox" }

@@ -106,24 +106,7 @@ fn admin_center_cookie(server: &str, ca: &Path, key: &str) -> String {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("client");
-        let form = http
-            .get(format!("{server}/login"))
-            .send()
-            .await
-            .expect("login page");
-        let pairing = form.headers()["set-cookie"]
-            .to_str()
-            .expect("cookie")
-            .to_owned();
-        let nonce = crate::web::http::hidden_field(&form.text().await.expect("body"), "nonce")
-            .expect("nonce");
-        let signed = http
-            .post(format!("{server}/login"))
-            .header("cookie", pairing.split(';').next().expect("pair"))
-            .form(&[("nonce", nonce.as_str()), ("api_key", key)])
-            .send()
-            .await
-            .expect("sign in");
+        let signed = crate::web::http::login(&http, server, "api_key", key).await;
         assert_eq!(signed.status(), 303);
         signed.headers()["set-cookie"]
             .to_str()

@@ -104,33 +104,17 @@ async fn a_wrong_key_does_not_sign_in_and_pages_need_a_sign_in() {
         .expect("get");
     assert_eq!(unsigned.status(), 303);
     assert_eq!(unsigned.headers()["location"], "/login");
+    let refused = http::login(&http::client(), &base, "api_key", "not-a-key").await;
+    assert_eq!(refused.status(), 401);
+    assert!(http::set_cookie(&refused, "lockbox_session").is_none());
+    // A login form posted without its pairing cookie (from another site) is refused.
+    let key = env.deployment.api_keys.get("carol").expect("key");
     let form = http::client()
         .get(format!("{base}/login"))
         .send()
         .await
         .expect("login");
-    let cookie = form.headers()["set-cookie"]
-        .to_str()
-        .expect("cookie")
-        .split(';')
-        .next()
-        .expect("pair")
-        .to_owned();
     let nonce = http::hidden_field(&form.text().await.expect("body"), "nonce").expect("nonce");
-    let refused = http::client()
-        .post(format!("{base}/login"))
-        .header("cookie", &cookie)
-        .form(&[("nonce", nonce.as_str()), ("api_key", "not-a-key")])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(refused.status(), 401);
-    assert!(refused
-        .headers()
-        .get("set-cookie")
-        .is_none_or(|c| !c.to_str().unwrap_or("").starts_with("lockbox_session")));
-    // A login form posted without its pairing cookie (from another site) is refused.
-    let key = env.deployment.api_keys.get("carol").expect("key");
     let cross = http::client()
         .post(format!("{base}/login"))
         .form(&[("nonce", nonce.as_str()), ("api_key", key.as_str())])

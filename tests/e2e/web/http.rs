@@ -17,7 +17,7 @@ pub fn hidden_field(html: &str, field: &str) -> Option<String> {
 }
 
 /// The `name=value` part of a `Set-Cookie` for `name`.
-fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+pub fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
     response
         .headers()
         .get_all(reqwest::header::SET_COOKIE)
@@ -28,25 +28,38 @@ fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Signs in with `key`; returns the `Cookie` header value of the session.
-pub async fn sign_in(base: &str, key: &str) -> String {
-    let http = client();
+/// Posts the login form as a browser does (its pairing cookie and nonce first) with
+/// `credential` in `field` (`api_key` or `id_token`); returns the answer.
+pub async fn login(
+    http: &reqwest::Client,
+    base: &str,
+    field: &str,
+    credential: &str,
+) -> reqwest::Response {
     let form = http
         .get(format!("{base}/login"))
         .send()
         .await
         .expect("login page");
-    let login_cookie = set_cookie(&form, "lockbox_login").expect("a login form cookie");
+    let pairing = set_cookie(&form, "lockbox_login").expect("a login form cookie");
     let nonce = hidden_field(&form.text().await.expect("body"), "nonce").expect("nonce");
-    let signed = http
-        .post(format!("{base}/login"))
-        .header(reqwest::header::COOKIE, login_cookie)
-        .form(&[("nonce", nonce.as_str()), ("api_key", key)])
+    http.post(format!("{base}/login"))
+        .header(reqwest::header::COOKIE, pairing)
+        .form(&[("nonce", nonce.as_str()), (field, credential)])
         .send()
         .await
-        .expect("sign in");
+        .expect("sign in")
+}
+
+/// The session cookie (`name=value`) a successful sign-in set.
+pub fn session_cookie(signed: &reqwest::Response) -> String {
     assert_eq!(signed.status(), 303, "signing in redirects");
-    set_cookie(&signed, "lockbox_session").expect("a session cookie")
+    set_cookie(signed, "lockbox_session").expect("a session cookie")
+}
+
+/// Signs in with `key`; returns the `Cookie` header value of the session.
+pub async fn sign_in(base: &str, key: &str) -> String {
+    session_cookie(&login(&client(), base, "api_key", key).await)
 }
 
 /// GET `path` with the session cookie.
