@@ -109,7 +109,11 @@ pub(crate) async fn submit(
         );
     };
     let ttl = state.api.lockbox.config().web_session_ttl;
-    let id = state.sessions.create(&user, ttl);
+    // Bound to the key it signed in with (not to an identity token, which has none).
+    let key = credential
+        .map(crate::keys::api_key_sha256)
+        .filter(|hash| user.api_key_sha256 == Some(*hash));
+    let id = state.sessions.create(&user, ttl, key);
     tracing::info!(user = %user.name, "signed in to the admin center");
     let mut response = Redirect::to("/requests").into_response();
     if let Ok(value) = set_cookie(Some(&id), secure(&state), ttl).parse() {

@@ -34,6 +34,19 @@ struct Entry {
     expires: Instant,
     /// A message for the next page shown (after a POST, redirect, GET).
     flash: Option<Flash>,
+    /// The SHA-256 of the API key signed in with: a session lasts only while the user
+    /// still has that key, so rotating or removing a key (and a reload) signs its browsers
+    /// out too. `None` for an identity token.
+    key: Option<[u8; 32]>,
+}
+
+/// A live session as a request finds it.
+struct Live {
+    user: String,
+    mfa: bool,
+    csrf: String,
+    flash: Option<Flash>,
+    key: Option<[u8; 32]>,
 }
 
 /// A one-time message on the next page.
@@ -49,8 +62,9 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    /// Signs `user` in for `ttl`; returns the new session's id.
-    pub(crate) fn create(&self, user: &User, ttl: Duration) -> String {
+    /// Signs `user` in for `ttl` (with the API key hashing to `key`, if one was used);
+    /// returns the new session's id.
+    pub(crate) fn create(&self, user: &User, ttl: Duration, key: Option<[u8; 32]>) -> String {
         let id = random_hex();
         let entry = Entry {
             user: user.name.clone(),
@@ -58,6 +72,7 @@ impl Sessions {
             csrf: random_hex(),
             expires: Instant::now() + ttl,
             flash: None,
+            key,
         };
         let mut map = self.lock();
         if map.len() >= MAX_SESSIONS {
@@ -91,9 +106,9 @@ impl Sessions {
         }
     }
 
-    /// The live session `id`: (user name, mfa, csrf token, flash taken). An expired one is
-    /// removed and answers `None`.
-    fn take(&self, id: &str, take_flash: bool) -> Option<(String, bool, String, Option<Flash>)> {
+    /// The live session `id` (its flash taken if `take_flash`). An expired one is removed
+    /// and answers `None`.
+    fn take(&self, id: &str, take_flash: bool) -> Option<Live> {
         let mut map = self.lock();
         let entry = map.get_mut(id)?;
         if entry.expires <= Instant::now() {
@@ -101,7 +116,13 @@ impl Sessions {
             return None;
         }
         let flash = if take_flash { entry.flash.take() } else { None };
-        Some((entry.user.clone(), entry.mfa, entry.csrf.clone(), flash))
+        Some(Live {
+            user: entry.user.clone(),
+            mfa: entry.mfa,
+            csrf: entry.csrf.clone(),
+            flash,
+            key: entry.key,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -176,7 +197,7 @@ impl FromRequestParts<WebState> for Signed {
         let id = cookie(&parts.headers, COOKIE).ok_or(WebError::SignIn)?;
         // Only a page view shows (and so uses up) the flash; a stream or POST leaves it.
         let take_flash = parts.method == axum::http::Method::GET;
-        let (name, mfa, csrf, flash) = state
+        let live = state
             .sessions
             .take(id, take_flash)
             .ok_or(WebError::SignIn)?;
@@ -186,15 +207,19 @@ impl FromRequestParts<WebState> for Signed {
         let mut user = config
             .users
             .iter()
-            .find(|u| u.name == name)
+            .find(|u| u.name == live.user)
             .cloned()
             .ok_or(WebError::SignIn)?;
-        user.mfa = mfa;
+        if live.key.is_some() && user.api_key_sha256 != live.key {
+            state.sessions.remove(id);
+            return Err(WebError::SignIn);
+        }
+        user.mfa = live.mfa;
         Ok(Signed {
             user,
             id: id.to_owned(),
-            csrf,
-            flash,
+            csrf: live.csrf,
+            flash: live.flash,
         })
     }
 }
@@ -217,12 +242,12 @@ mod tests {
     #[test]
     fn an_expired_session_is_gone() {
         let sessions = Sessions::default();
-        let id = sessions.create(&user("carol"), Duration::ZERO);
+        let id = sessions.create(&user("carol"), Duration::ZERO, None);
         assert!(sessions.take(&id, false).is_none());
         assert_eq!(sessions.len(), 0);
-        let live = sessions.create(&user("carol"), Duration::from_secs(60));
+        let live = sessions.create(&user("carol"), Duration::from_secs(60), None);
         assert_eq!(
-            sessions.take(&live, false).map(|s| s.0),
+            sessions.take(&live, false).map(|s| s.user),
             Some("carol".into())
         );
     }
@@ -230,12 +255,12 @@ mod tests {
     #[test]
     fn ids_and_csrf_tokens_are_256_bits_and_distinct() {
         let sessions = Sessions::default();
-        let a = sessions.create(&user("a"), Duration::from_secs(60));
-        let b = sessions.create(&user("a"), Duration::from_secs(60));
+        let a = sessions.create(&user("a"), Duration::from_secs(60), None);
+        let b = sessions.create(&user("a"), Duration::from_secs(60), None);
         assert_eq!(a.len(), 64);
         assert_ne!(a, b);
-        let (_, _, csrf_a, _) = sessions.take(&a, false).expect("a");
-        let (_, _, csrf_b, _) = sessions.take(&b, false).expect("b");
+        let csrf_a = sessions.take(&a, false).expect("a").csrf;
+        let csrf_b = sessions.take(&b, false).expect("b").csrf;
         assert_ne!(csrf_a, csrf_b);
         assert_ne!(csrf_a, a);
     }
@@ -244,7 +269,7 @@ mod tests {
     fn the_store_is_bounded() {
         let sessions = Sessions::default();
         for _ in 0..MAX_SESSIONS + 5 {
-            sessions.create(&user("a"), Duration::from_secs(60));
+            sessions.create(&user("a"), Duration::from_secs(60), None);
         }
         assert_eq!(sessions.len(), MAX_SESSIONS);
     }
@@ -252,13 +277,16 @@ mod tests {
     #[test]
     fn a_flash_is_shown_once() {
         let sessions = Sessions::default();
-        let id = sessions.create(&user("a"), Duration::from_secs(60));
+        let id = sessions.create(&user("a"), Duration::from_secs(60), None);
         sessions.flash(&id, false, "approved");
         assert_eq!(
-            sessions.take(&id, true).and_then(|s| s.3).map(|f| f.text),
+            sessions
+                .take(&id, true)
+                .and_then(|s| s.flash)
+                .map(|f| f.text),
             Some("approved".into())
         );
-        assert!(sessions.take(&id, true).and_then(|s| s.3).is_none());
+        assert!(sessions.take(&id, true).and_then(|s| s.flash).is_none());
     }
 
     #[test]

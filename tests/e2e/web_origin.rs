@@ -135,3 +135,24 @@ async fn a_wrong_key_does_not_sign_in_and_pages_need_a_sign_in() {
     let after = http::get(&base, &session, "/requests").await;
     assert_eq!(after.status(), 303);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sign_in_ends_with_its_api_key() {
+    let env = Env::start("web_rotation").await;
+    let base = env.deployment.server_url();
+    let old = env.deployment.api_keys.get("carol").expect("key");
+    let cookie = http::sign_in(&base, old).await;
+    assert_eq!(http::get(&base, &cookie, "/requests").await.status(), 200);
+    // The admin rotates carol's key and reloads: her browser is signed out with it.
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let rotated = text.replace(
+        &lockbox::keys::api_key_hash_string(old),
+        &lockbox::keys::api_key_hash_string("a-brand-new-key-for-carol"),
+    );
+    assert_ne!(text, rotated);
+    std::fs::write(&env.config_path, rotated).expect("config");
+    env.client("alice").reload().await.expect("reload");
+    let after = http::get(&base, &cookie, "/requests").await;
+    assert_eq!(after.status(), 303);
+    assert_eq!(after.headers()["location"], "/login");
+}
