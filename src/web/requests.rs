@@ -210,6 +210,21 @@ mod tests {
     }
 
     #[test]
+    fn pages_link_to_their_neighbours_keeping_the_filter() {
+        let html = pager("pending", 2, 3).into_string();
+        assert!(
+            html.contains("/requests?status=pending&amp;page=1"),
+            "{html}"
+        );
+        assert!(
+            html.contains("/requests?status=pending&amp;page=3"),
+            "{html}"
+        );
+        let first = pager("", 1, 1).into_string();
+        assert!(!first.contains("href"), "{first}");
+    }
+
+    #[test]
     fn a_pending_request_fills_every_column() {
         let r = sample();
         assert_eq!(access_period(&r), "1h (read)");
