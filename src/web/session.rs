@@ -195,8 +195,12 @@ impl FromRequestParts<WebState> for Signed {
 
     async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, WebError> {
         let id = cookie(&parts.headers, COOKIE).ok_or(WebError::SignIn)?;
-        // Only a page view shows (and so uses up) the flash; a stream or POST leaves it.
-        let take_flash = parts.method == axum::http::Method::GET;
+        // Only a page view shows (and so uses up) the flash; a POST, the live stream and a
+        // download leave it for the page.
+        let path = parts.uri.path();
+        let take_flash = parts.method == axum::http::Method::GET
+            && !path.ends_with("/stream")
+            && !path.starts_with("/audit/download");
         let live = state
             .sessions
             .take(id, take_flash)

@@ -92,6 +92,9 @@ async fn every_request_action_works_as_a_plain_form() {
         .act(&format!("/requests/{denied}/deny"), &[("reason", " ")])
         .await;
     assert_eq!(back, format!("/requests/{denied}"));
+    // A download in between does not use up the flash meant for the page.
+    let download = http::get(&base, &carol.cookie, "/audit/download?format=jsonl").await;
+    assert_eq!(download.status(), 200);
     assert!(
         carol.page(&back).await.contains("justification"),
         "the refusal is flashed"
