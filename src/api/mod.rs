@@ -27,6 +27,7 @@ use crate::service::{Lockbox, ServiceError};
 mod exports;
 mod ops;
 pub(crate) use ops::pending_notifications;
+pub(crate) use ops::CallerSlot;
 pub use ops::Kill;
 
 #[derive(Clone)]

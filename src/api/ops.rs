@@ -114,10 +114,10 @@ async fn kill_session(
 
 /// Where the `Caller` extractor leaves the caller's name for the access log line.
 #[derive(Clone, Default)]
-pub(super) struct CallerSlot(Arc<Mutex<Option<String>>>);
+pub(crate) struct CallerSlot(Arc<Mutex<Option<String>>>);
 
 impl CallerSlot {
-    pub(super) fn set(&self, name: &str) {
+    pub(crate) fn set(&self, name: &str) {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(name.to_owned());
     }
 

@@ -51,8 +51,17 @@ pub(crate) async fn show(
         None
     };
     let config = lockbox.config();
+    // What needs a decision or is happening now comes first; the record of how the
+    // request got here after it.
     let content = html! {
         (details(&config, &request))
+        (actions(&config, &signed, &request))
+        @if live || !sessions.is_empty() {
+            (sessions_list(&signed, &request, &sessions))
+        }
+        @if let Some(records) = &statements {
+            (statement_list(&request, records, live))
+        }
         (approvals(&request))
         (history(&request))
         @if !extensions.is_empty() {
@@ -60,13 +69,6 @@ pub(crate) async fn show(
             ul { @for e in &extensions {
                 li { a href=(format!("/requests/{}", e.id)) { (e.id) } " — " (e.status.as_str().replace('_', " ")) ", " (span(e.duration_secs)) }
             } }
-        }
-        (actions(&config, &signed, &request))
-        @if live || !sessions.is_empty() {
-            (sessions_list(&signed, &request, &sessions))
-        }
-        @if let Some(records) = &statements {
-            (statement_list(&request, records, live))
         }
     };
     Ok(page(
@@ -271,7 +273,7 @@ pub(crate) fn record_line(record: &serde_json::Value) -> Markup {
     html! {
         span class="t" { (field("time")) } " "
         span class="k" { (field("type")) } " "
-        @for k in ["event", "kind", "status", "sqlstate"] {
+        @for k in ["event", "kind", "status", "sqlstate", "rows"] {
             @let v = field(k);
             @if !v.is_empty() { span class=(k) { (v) } " " }
         }

@@ -219,6 +219,10 @@ impl FromRequestParts<WebState> for Signed {
             return Err(WebError::SignIn);
         }
         user.mfa = live.mfa;
+        // The access log names the signed-in user, as it names an API key's.
+        if let Some(slot) = parts.extensions.get::<crate::api::CallerSlot>() {
+            slot.set(&user.name);
+        }
         Ok(Signed {
             user,
             id: id.to_owned(),

@@ -156,3 +156,41 @@ async fn a_sign_in_ends_with_its_api_key() {
     assert_eq!(after.status(), 303);
     assert_eq!(after.headers()["location"], "/login");
 }
+
+/// `lockbox serve`'s access log has a line per page with the route and the signed-in user,
+/// and never the session's cookie.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_names_the_signed_in_user_never_the_cookie() {
+    let env = crate::harness::Env::prepare("web_log", crate::harness::Options::default());
+    let log_path = env.deployment.dir.join("serve.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lockbox"))
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&env.config_path)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start lockbox serve");
+    let base = env.deployment.server_url();
+    for _ in 0..100 {
+        if env.client("carol").whoami().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let cookie = http::sign_in(&base, &env.deployment.api_keys["carol"]).await;
+    let status = http::get(&base, &cookie, "/requests").await.status();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200);
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "api call" && l["route"] == "/requests")
+        .unwrap_or_else(|| panic!("no access line: {log}"));
+    assert_eq!(line["caller"], "carol");
+    let session = cookie.trim_start_matches("lockbox_session=");
+    assert!(!log.contains(session), "the session id reached the log");
+}

@@ -7,7 +7,7 @@
   if (!list || !list.dataset.stream || !window.EventSource) {
     return;
   }
-  var fields = ["event", "kind", "status", "sqlstate"];
+  var fields = ["event", "kind", "status", "sqlstate", "rows"];
   function line(record) {
     var li = document.createElement("li");
     function part(cls, text) {
