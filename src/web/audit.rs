@@ -88,7 +88,7 @@ pub(crate) async fn newest(
         .map(|()| (kept, total))
     })
     .await
-    .map_err(|e| WebError::Invalid(format!("reading the trail failed: {e}")))?
+    .map_err(|e| WebError::Internal(format!("reading the trail failed: {e}")))?
     .map_err(|e| WebError::Service(e.into()))
 }
 

@@ -21,6 +21,9 @@ pub(crate) enum WebError {
     Invalid(String),
     #[error(transparent)]
     Service(ServiceError),
+    /// A bug or a lost task: logged, and the user told only that it failed.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<ServiceError> for WebError {
@@ -48,6 +51,13 @@ impl IntoResponse for WebError {
             WebError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
             WebError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
             WebError::Invalid(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            WebError::Internal(m) => {
+                tracing::error!(error = %m, "admin center page failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "lockbox could not show this page".to_owned(),
+                )
+            }
             WebError::Service(e) => {
                 // The details of an internal failure stay in the log, as in the API.
                 let status = status_of(e);
@@ -93,5 +103,36 @@ fn status_of(e: &ServiceError) -> StatusCode {
         | ServiceError::RecordLagging(_)
         | ServiceError::Store(_)
         | ServiceError::Token(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(e: WebError) -> StatusCode {
+        e.into_response().status()
+    }
+
+    #[test]
+    fn each_error_answers_with_the_apis_status() {
+        let policy = |e: PolicyError| status(ServiceError::from(e).into());
+        assert_eq!(policy(PolicyError::Forbidden("no".into())), 403);
+        assert_eq!(policy(PolicyError::NotFound("r".into())), 404);
+        assert_eq!(policy(PolicyError::Invalid("bad".into())), 400);
+        assert_eq!(policy(PolicyError::Conflict("moved".into())), 409);
+        let sign_in = WebError::SignIn.into_response();
+        assert_eq!(sign_in.status(), StatusCode::SEE_OTHER);
+        assert_eq!(sign_in.headers()["location"], "/login");
+    }
+
+    #[tokio::test]
+    async fn internal_details_stay_in_the_log() {
+        let response = WebError::Internal("secret path /x".into()).into_response();
+        assert_eq!(response.status(), 500);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        assert!(!String::from_utf8_lossy(&body).contains("secret path"));
     }
 }
