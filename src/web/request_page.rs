@@ -220,6 +220,7 @@ fn simple_form(
 }
 
 fn sessions_list(signed: &Signed, r: &Request, sessions: &[SessionInfo]) -> Markup {
+    let may_end = crate::policy::sessions::check_kill_role(&signed.user).is_ok();
     html! {
         h2 { "Live sessions" }
         @if sessions.is_empty() {
@@ -229,13 +230,13 @@ fn sessions_list(signed: &Signed, r: &Request, sessions: &[SessionInfo]) -> Mark
                 @for s in sessions {
                     li {
                         span { code { (s.session_id) } " from " (s.client_addr) " since " (time(s.since)) ", " (s.statements) " statements" }
-                        form class="inline" method="post" action=(format!("/sessions/{}/end", s.session_id)) {
+                        @if may_end { form class="inline" method="post" action=(format!("/sessions/{}/end", s.session_id)) {
                             (csrf_field(signed))
                             input type="hidden" name="request" value=(r.id);
                             label for=(format!("end-{}", s.session_id)) { "Reason" }
                             input id=(format!("end-{}", s.session_id)) name="reason" type="text" required;
                             button type="submit" class="danger" { "End session" }
-                        }
+                        } }
                     }
                 }
             }

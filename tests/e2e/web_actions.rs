@@ -188,6 +188,11 @@ async fn every_request_action_works_as_a_plain_form() {
         .page(&format!("/requests/{granted}"))
         .await
         .contains("served_without_js"));
+    // Each live session with its button, for whom may end it only.
+    let live = carol.page(&format!("/requests/{granted}")).await;
+    assert!(live.contains("End session"), "{live}");
+    let audited = dave.page(&format!("/requests/{granted}")).await;
+    assert!(audited.contains("Live sessions") && !audited.contains("End session"));
 
     // The requester cancels a pending request of theirs.
     let cancelled = env
