@@ -21,6 +21,9 @@ pub(crate) fn html_response(body: Markup) -> Response {
 /// A page for the signed-in user: the header's navigation, one `<h1>` (`title`), the
 /// flash message if one is waiting, then `content`.
 pub(crate) fn page(signed: &Signed, title: &str, content: Markup) -> Response {
+    // Links to pages the user may not open are left out (the pages still answer 403).
+    let audit = crate::policy::check_audit_read(&signed.user).is_ok();
+    let exports = crate::policy::check_export_admin(&signed.user).is_ok();
     let body = html! {
         (DOCTYPE)
         html lang="en" {
@@ -31,9 +34,9 @@ pub(crate) fn page(signed: &Signed, title: &str, content: Markup) -> Response {
                     nav aria-label="Main" {
                         ul {
                             li { a href="/requests" { "Requests" } }
-                            li { a href="/audit" { "Audit" } }
+                            @if audit { li { a href="/audit" { "Audit" } } }
                             li { a href="/policy" { "Policy" } }
-                            li { a href="/exports" { "Exports" } }
+                            @if exports { li { a href="/exports" { "Exports" } } }
                             li { a href="/health" { "Health" } }
                         }
                     }

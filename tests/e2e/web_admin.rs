@@ -58,6 +58,14 @@ async fn admins_schedule_exports_and_change_the_policy_others_may_not() {
     assert!(exports.contains(&to), "history names the folder: {exports}");
     let (status, _) = page(&base, &carol, "/exports").await;
     assert_eq!(status, 403, "exports are for admins");
+    let (_, nav) = page(&base, &carol, "/requests").await;
+    assert!(
+        !nav.contains("href=\"/exports\""),
+        "no link to what is refused"
+    );
+    assert!(nav.contains("href=\"/audit\""), "approvers read the trail");
+    let (_, nav) = page(&base, &eve, "/requests").await;
+    assert!(!nav.contains("href=\"/audit\""));
     let forged = post(&base, &carol, "/exports/nightly/run", &[]).await;
     assert_eq!(forged.status(), 403);
 
