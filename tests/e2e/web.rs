@@ -249,7 +249,8 @@ async fn an_expired_sign_in_goes_back_to_login() {
     let _one = ONE_BROWSER.lock().await;
     let mut env = Env::prepare("web_expiry", Options::default());
     let text = std::fs::read_to_string(&env.config_path).expect("config");
-    let text = text.replacen("[api]\n", "[api]\nweb_session_ttl = \"2s\"\n", 1);
+    // Short enough to wait out, long enough for a loaded machine to finish signing in.
+    let text = text.replacen("[api]\n", "[api]\nweb_session_ttl = \"3s\"\n", 1);
     std::fs::write(&env.config_path, text).expect("config");
     let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
     env.audit_path = config.audit_path.clone();
@@ -258,7 +259,7 @@ async fn an_expired_sign_in_goes_back_to_login() {
     b.sign_in(key(&env, "carol")).await;
     let signed_in = tokio::time::Instant::now();
     let cookie = b.session_cookie().await;
-    tokio::time::sleep_until(signed_in + Duration::from_millis(2100)).await;
+    tokio::time::sleep_until(signed_in + Duration::from_millis(3100)).await;
     // The server forgets the session, whatever the browser keeps.
     let stale = http::get(&env.deployment.server_url(), &cookie, "/requests").await;
     assert_eq!(stale.status(), 303);
