@@ -124,6 +124,9 @@ async fn a_wrong_key_does_not_sign_in_and_pages_need_a_sign_in() {
     assert_eq!(cross.status(), 403);
     // Signing out ends the session on the server.
     let session = http::sign_in(&base, key).await;
+    // The cookie is no credential for the API.
+    let api = http::get(&base, &session, "/v1/whoami").await;
+    assert_eq!(api.status(), 401);
     let page = http::get(&base, &session, "/requests")
         .await
         .text()
