@@ -35,6 +35,9 @@ impl Browser {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // A process group of its own, which the Chromium it starts joins: dropping the
+            // browser ends the group, so a failing test leaves no browser behind.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| {
@@ -163,8 +166,21 @@ impl Browser {
         format!("lockbox_session={}", cookie.value())
     }
 
-    pub async fn quit(mut self) {
-        let _ = self.client.close().await;
-        let _ = self.driver.kill().await;
+    /// Closes the browser session; dropping the `Browser` then ends chromedriver.
+    pub async fn quit(self) {
+        let _ = self.client.clone().close().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let Some(pid) = self.driver.id().and_then(|p| i32::try_from(p).ok()) else {
+            return;
+        };
+        // SAFETY: kill(2) with a negative pid signals the process group chromedriver leads
+        // (made by `process_group(0)` above); it touches no memory of this process.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
     }
 }
