@@ -34,4 +34,5 @@ pub mod sql;
 pub mod store;
 pub mod tls;
 pub mod token;
+mod web;
 pub mod wire;

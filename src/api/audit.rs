@@ -82,12 +82,24 @@ pub async fn request_stream(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    policy::check_audit_read(&user).map_err(ServiceError::from)?;
+    request_live(state, &user, id, &headers, raw)
+}
+
+/// The live stream of request `id`'s records for `user`, who must be allowed to read the
+/// trail: the API's route and the admin center's request page both serve it.
+pub(crate) fn request_live(
+    state: ApiState,
+    user: &crate::config::User,
+    id: String,
+    headers: &HeaderMap,
+    raw: Option<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    policy::check_audit_read(user).map_err(ServiceError::from)?;
     let query = AuditQuery {
         request: Some(id),
         ..audit_query(raw)?
     };
-    Ok(live(state, resume_point(&headers, query)))
+    Ok(live(state, resume_point(headers, query)))
 }
 
 /// The filters of a query string; a time, kind or outcome no record can match is a 400

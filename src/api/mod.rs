@@ -7,6 +7,7 @@ use std::sync::Arc;
 mod admin;
 pub use admin::PolicyChange;
 mod audit;
+pub(crate) use audit::request_live;
 pub use audit::{DEFAULT_PAGE, MAX_PAGE};
 
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -25,6 +26,8 @@ use crate::service::{Lockbox, ServiceError};
 
 mod exports;
 mod ops;
+pub(crate) use ops::pending_notifications;
+pub(crate) use ops::CallerSlot;
 pub use ops::Kill;
 
 #[derive(Clone)]
@@ -62,6 +65,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/requests/{id}/audit/stream", get(audit::request_stream))
         .merge(exports::routes())
         .merge(ops::routes())
+        .merge(crate::web::routes(&state))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::access_log,
@@ -212,7 +216,14 @@ async fn health(
     State(state): State<ApiState>,
     caller: Result<Caller, ApiError>,
 ) -> (StatusCode, Json<Health>) {
-    let details = crate::health::visible_to(caller.ok().as_ref().map(|Caller(user)| user));
+    let (status, health) =
+        health_report(&state, caller.ok().as_ref().map(|Caller(user)| user)).await;
+    (status, Json(health))
+}
+
+/// What `/v1/health` (and the admin center's health page) shows `caller`.
+pub(crate) async fn health_report(state: &ApiState, caller: Option<&User>) -> (StatusCode, Health) {
+    let details = crate::health::visible_to(caller);
     let audit_ok = state.lockbox.audit.healthy();
     let status = if audit_ok {
         StatusCode::OK
@@ -238,7 +249,7 @@ async fn health(
             .map(|s| crate::health::SinkView::new(s.health(), details)),
         databases: details.then_some(databases),
     };
-    (status, Json(health))
+    (status, health)
 }
 
 #[derive(Debug, Serialize, Deserialize)]

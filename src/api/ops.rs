@@ -70,7 +70,7 @@ async fn metrics(State(state): State<ApiState>, Caller(user): Caller) -> Respons
 }
 
 /// Deliveries still to be made (none counted if the state store cannot say).
-async fn pending_notifications(store: &crate::store::Store) -> Option<u64> {
+pub(crate) async fn pending_notifications(store: &crate::store::Store) -> Option<u64> {
     let count = store
         .with(|c| {
             let n: i64 = c.query_row(
@@ -114,10 +114,10 @@ async fn kill_session(
 
 /// Where the `Caller` extractor leaves the caller's name for the access log line.
 #[derive(Clone, Default)]
-pub(super) struct CallerSlot(Arc<Mutex<Option<String>>>);
+pub(crate) struct CallerSlot(Arc<Mutex<Option<String>>>);
 
 impl CallerSlot {
-    pub(super) fn set(&self, name: &str) {
+    pub(crate) fn set(&self, name: &str) {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(name.to_owned());
     }
 

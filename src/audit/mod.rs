@@ -22,7 +22,7 @@ pub(crate) mod witness;
 mod writer;
 
 pub use clip::ClipLimits;
-pub use reader::{open_segments, read_records, AuditQuery};
+pub use reader::{open_segments, read_records, visit_records, AuditQuery};
 pub use record::{
     AdminEvent, AdminRecord, AuditEvent, ExportEvent, ExportRecord, OutcomeRecord, OutcomeStatus,
     Protocol, RequestEvent, RequestRecord, SessionEvent, SessionFields, SessionRecord,

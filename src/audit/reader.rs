@@ -114,6 +114,21 @@ impl AuditQuery {
 /// that match `query`, in order.
 pub fn read_records(path: &Path, query: &AuditQuery) -> Result<Vec<serde_json::Value>, AuditError> {
     let mut out = Vec::new();
+    visit_records(path, query, |record| {
+        out.push(record);
+        query.limit.is_none_or(|l| out.len() < l)
+    })?;
+    Ok(out)
+}
+
+/// Hands each record matching `query` to `visit`, in order, until it answers `false`: for
+/// readers that keep less than everything (the newest page) or pass records on as they go
+/// (a download), so the trail's size never becomes their memory's.
+pub fn visit_records(
+    path: &Path,
+    query: &AuditQuery,
+    mut visit: impl FnMut(serde_json::Value) -> bool,
+) -> Result<(), AuditError> {
     for (segment, file) in open_segments(path, query.after_seq)? {
         for line in BufReader::new(file).lines() {
             let line = line.map_err(|e| io_error(&segment, e))?;
@@ -121,15 +136,12 @@ pub fn read_records(path: &Path, query: &AuditQuery) -> Result<Vec<serde_json::V
             let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            if query.matches(&record) {
-                out.push(record);
-                if query.limit.is_some_and(|l| out.len() >= l) {
-                    return Ok(out);
-                }
+            if query.matches(&record) && !visit(record) {
+                return Ok(());
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Opens the trail's files as one consistent set. A rotation between listing the folder

@@ -104,6 +104,7 @@ fn each_part(file: ConfigFile, base: &Path, problems: &mut Problems) {
         ("timings.max_access", &timings.max_access),
         ("timings.terminate_after", &timings.terminate_after),
         ("audit.sync_interval", &file.audit.sync_interval),
+        ("api.web_session_ttl", &file.api.web_session_ttl),
     ] {
         problems.add(parse_duration(key, text));
     }
@@ -198,6 +199,7 @@ mod tests {
             "[proxy]\nlisten = \"nowhere\"\ntls_cert = \"bad-cert.pem\"\ntls_key = \"bad-key.pem\"\n\
              [state]\nsqlite_path = \"bad-key.pem/state.db\"\n\
              [token]\nsigning_key = \"bad-key.pem\"\n\
+             [api]\nlisten = \"127.0.0.1:8432\"\nweb_session_ttl = \"soon\"\n\
              [timings]\nrequest_ttl = \"soon\"\n\
              [[databases]]\nname = \"a\"\nhost = \"h\"\nuser = \"u\"\n[databases.access.read]\nuser = \"r\"\n\
              [[databases]]\nname = \"b\"\nhost = \"h\"\nuser = \"u\"\npassword_file = \"missing.password\"\n\
@@ -211,6 +213,7 @@ mod tests {
             "token.signing_key",
             "state.sqlite_path",
             "timings.request_ttl",
+            "api.web_session_ttl",
             "databases[1].password_file",
             "users[1].api_key_hash",
         ] {

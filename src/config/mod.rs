@@ -144,6 +144,13 @@ pub struct ApiFile {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// How long a sign-in to the admin center in the browser lasts (`8h`).
+    #[serde(default = "default_web_session_ttl")]
+    pub web_session_ttl: String,
+}
+
+fn default_web_session_ttl() -> String {
+    "8h".into()
 }
 
 impl Default for ApiFile {
@@ -152,6 +159,7 @@ impl Default for ApiFile {
             listen: "127.0.0.1:8432".into(),
             tls_cert: None,
             tls_key: None,
+            web_session_ttl: default_web_session_ttl(),
         }
     }
 }
@@ -318,6 +326,8 @@ pub struct Config {
     pub api_listen: SocketAddr,
     /// The API's certificate and key (`[api] tls_cert`/`tls_key`): HTTPS when set.
     pub api_tls: Option<TlsFiles>,
+    /// `[api] web_session_ttl`: how long an admin center sign-in lasts.
+    pub web_session_ttl: Duration,
     pub tls: Option<TlsFiles>,
     pub allow_plaintext_loopback: bool,
     pub max_message_size: usize,
@@ -407,6 +417,7 @@ impl Config {
         let proxy_listen = parse_addr("proxy.listen", &file.proxy.listen)?;
         let api_listen = parse_addr("api.listen", &file.api.listen)?;
         let api_tls = api_tls::validate(&file.api, api_listen, &resolve)?;
+        let web_session_ttl = parse_duration("api.web_session_ttl", &file.api.web_session_ttl)?;
         let tls = match (&file.proxy.tls_cert, &file.proxy.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: resolve(cert),
@@ -523,6 +534,7 @@ impl Config {
             proxy_listen,
             api_listen,
             api_tls,
+            web_session_ttl,
             tls,
             allow_plaintext_loopback: file.proxy.allow_plaintext_loopback,
             max_message_size,
@@ -640,6 +652,28 @@ mod tests {
                 .expect_err(bad)
                 .to_string();
             assert!(err.contains("timings.terminate_after"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn web_session_ttl_defaults_to_eight_hours_and_is_checked() {
+        let config = with_timings("").expect("valid");
+        assert_eq!(config.web_session_ttl, Duration::from_secs(8 * 3600));
+        let api = |ttl: &str| {
+            let text = format!(
+                "[proxy]\nlisten = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n\
+                 [api]\nlisten = \"127.0.0.1:8432\"\nweb_session_ttl = \"{ttl}\"\n\
+                 [token]\nsigning_key = \"signing.pem\"\n"
+            );
+            Config::from_toml(&text, Path::new("."))
+        };
+        assert_eq!(
+            api("30m").expect("valid").web_session_ttl,
+            Duration::from_secs(1800)
+        );
+        for bad in ["0s", "soon"] {
+            let err = api(bad).expect_err(bad).to_string();
+            assert!(err.contains("api.web_session_ttl"), "{bad}: {err}");
         }
     }
 }

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::policy::{AccessLevel, NewRequest};
 use crate::sandbox::PgSandbox;
 
+mod admin_center;
 mod deployment;
 mod interrupt;
 pub use deployment::{write_deployment, Deployment, DeploymentDatabase, DeploymentSpec};
@@ -162,6 +163,9 @@ async fn demo(held: &mut interrupt::Held, options: &DemoOptions) -> Result<()> {
         "    proxy on {} (TLS only), API on {}",
         server.proxy_addr, server.api_addr
     );
+    for line in admin_center::lines(&deployment) {
+        println!("{line}");
+    }
     if let Some(path) = &options.env_file {
         held.env_file = Some(path.clone());
         write_env_file(path, &deployment, held.pg()?, &audit_path)?;

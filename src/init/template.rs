@@ -87,6 +87,8 @@ allow_plaintext_loopback = false
 listen = "{api_listen}"
 tls_cert = "api-cert.pem"
 tls_key = "api-key.pem"
+# The admin center (https://<listen>/ in a browser) signs users out after this long.
+# web_session_ttl = "8h"
 
 [state]
 sqlite_path = "data/state.db"

@@ -10,18 +10,26 @@ pub(crate) fn sees_all_sessions(caller: &User) -> bool {
 
 /// Ending a session is an act like a revocation: admins and (customer) approvers only.
 pub(crate) fn check_kill(caller: &User, reason: &str) -> Result<(), PolicyError> {
-    if !(caller.has(Role::Admin) || caller.has(Role::Approver)) {
-        return Err(forbidden(format!(
-            "{} may not end sessions: it needs the admin or approver role",
-            caller.name
-        )));
-    }
+    check_kill_role(caller)?;
     if reason.trim().is_empty() {
         return Err(PolicyError::Invalid(
             "a reason is required to end a session".into(),
         ));
     }
     Ok(())
+}
+
+/// Whether `caller` may end sessions at all (what the admin center asks before it offers
+/// the button; `check_kill` asks it again, with the reason).
+pub(crate) fn check_kill_role(caller: &User) -> Result<(), PolicyError> {
+    if caller.has(Role::Admin) || caller.has(Role::Approver) {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "{} may not end sessions: it needs the admin or approver role",
+            caller.name
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -95,6 +95,26 @@ impl Demo {
     }
 }
 
+/// Signs in to the admin center at `server` (trusting `ca`); returns the session's
+/// `Set-Cookie`.
+fn admin_center_cookie(server: &str, ca: &Path, key: &str) -> String {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).expect("ca")).expect("ca");
+        let http = reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let signed = crate::web::http::login(&http, server, "api_key", key).await;
+        assert_eq!(signed.status(), 303);
+        signed.headers()["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .to_owned()
+    })
+}
+
 #[test]
 fn demo_env_file_connects_verify_full_and_sigterm_cleans_up() {
     // The default window: the walk-through's session must fit in it on a loaded machine.
@@ -110,6 +130,21 @@ fn demo_env_file_connects_verify_full_and_sigterm_cleans_up() {
         server.starts_with("https://"),
         "the demo's API serves HTTPS: {server}"
     );
+    // The admin center's URL and the keys to sign in with are on the demo's output.
+    let log = demo.log();
+    assert!(log.contains(&format!("Admin center: {server}/")), "{log}");
+    assert!(
+        log.contains(&format!(
+            "carol  (approver): {}",
+            env["LOCKBOX_APPROVER_KEY"]
+        )),
+        "{log}"
+    );
+    // Served over HTTPS, the admin center's session cookie is `Secure`.
+    let cookie = admin_center_cookie(server, ca, &env["LOCKBOX_APPROVER_KEY"]);
+    for part in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(part), "{cookie}");
+    }
     let id = ok(as_user(
         server,
         ca,

@@ -45,4 +45,8 @@ mod terminate;
 mod upstream_faults;
 mod upstream_tls;
 mod vanish;
+mod web;
+mod web_actions;
+mod web_admin;
+mod web_origin;
 mod workflow;

@@ -51,8 +51,8 @@ impl Provider {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn identity_tokens_sign_in_and_amr_decides_mfa() {
+/// A lockbox whose `[oidc]` trusts a fresh provider; the folder holds its JWKS file.
+async fn with_provider(name: &str) -> (Env, Provider, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let jwks = dir.path().join("jwks.json");
     let idp = Provider::new(&jwks);
@@ -61,13 +61,19 @@ async fn identity_tokens_sign_in_and_amr_decides_mfa() {
         jwks.display()
     );
     let env = Env::with(
-        "oidc",
+        name,
         Options {
             policy: Box::leak(settings.into_boxed_str()),
             ..Options::default()
         },
     )
     .await;
+    (env, idp, dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_tokens_sign_in_and_amr_decides_mfa() {
+    let (env, idp, dir) = with_provider("oidc").await;
     let base = env.deployment.server_url();
     let as_token = |t: &str| lockbox::client::ApiClient::new(&base, t);
     let ask = NewRequest {
@@ -119,4 +125,34 @@ async fn identity_tokens_sign_in_and_amr_decides_mfa() {
         as_token(&forged).whoami().await.expect_err("forged").code(),
         Some("unauthorized")
     );
+}
+
+/// The admin center's sign-in takes an identity token too, through the same check as the
+/// API; a token the API refuses does not sign in.
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_tokens_sign_in_to_the_admin_center() {
+    let (env, idp, _dir) = with_provider("oidc_web").await;
+    let base = env.deployment.server_url();
+    let http = crate::web::http::client();
+    let form = http
+        .get(format!("{base}/login"))
+        .send()
+        .await
+        .expect("form");
+    let body = form.text().await.expect("body");
+    assert!(
+        body.contains("name=\"id_token\""),
+        "the form offers identity tokens"
+    );
+    let sign_in = |token: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move { crate::web::http::login(&http, &base, "id_token", &token).await }
+    };
+    let signed = sign_in(idp.token("carol", &["pwd", "otp"], ISSUER, 300)).await;
+    let session = crate::web::http::session_cookie(&signed);
+    let page = crate::web::http::get(&base, &session, "/requests").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.expect("page").contains("carol"));
+    let refused = sign_in(idp.token("carol", &["pwd"], "https://evil.example", 300)).await;
+    assert_eq!(refused.status(), 401);
 }

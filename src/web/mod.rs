@@ -1,0 +1,106 @@
+//! The admin center: the pages approvers, auditors and admins use in a browser, served on
+//! the API's listener (same origin as `/v1`). Pages are rendered on the server with maud;
+//! every action is a plain form POST (works with JavaScript off) carrying the session's
+//! CSRF token, and is authorised by the same service and policy functions the API calls.
+//! Like the API, this module calls the service, never the data plane.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::api::ApiState;
+
+mod actions;
+mod admin;
+mod audit;
+mod error;
+mod layout;
+mod login;
+mod request_page;
+mod requests;
+mod session;
+
+pub(crate) use session::Sessions;
+
+/// What the pages share: the API's state (service, registry, exports) and the sign-ins.
+#[derive(Clone)]
+pub(crate) struct WebState {
+    pub(crate) api: ApiState,
+    pub(crate) sessions: Arc<Sessions>,
+}
+
+/// The admin center's routes, ready to merge into the API's router.
+pub fn routes<S>(api: &ApiState) -> Router<S> {
+    let state = WebState {
+        api: api.clone(),
+        sessions: Arc::default(),
+    };
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/requests") }))
+        .route("/login", get(login::form).post(login::submit))
+        .route("/logout", post(login::logout))
+        .route("/requests", get(requests::list))
+        .route("/requests/{id}", get(request_page::show))
+        .route("/requests/{id}/stream", get(request_page::stream))
+        .route("/requests/{id}/{action}", post(actions::act))
+        .route("/sessions/{id}/end", post(actions::end_session))
+        .route("/policy", get(admin::policy).post(admin::set_policy))
+        .route("/audit", get(audit::show))
+        .route("/audit/download", get(audit::download))
+        .route("/exports", get(admin::exports).post(admin::create_export))
+        .route("/exports/{name}/run", post(admin::run_export))
+        .route("/health", get(admin::health))
+        .route("/assets/app.css", get(css))
+        .route("/assets/live.js", get(live_js))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+const CSS: &str = include_str!("assets/app.css");
+const LIVE_JS: &str = include_str!("assets/live.js");
+
+async fn css() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS)
+}
+
+async fn live_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        LIVE_JS,
+    )
+}
+
+/// Every answer of the admin center: scripts and styles only from this origin (so no
+/// inline script runs, whatever a page shows), no framing, no type sniffing, no referrer
+/// to elsewhere; pages (they show requests and the trail) are never cached.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let is_asset = request.uri().path().starts_with("/assets/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !is_asset {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// Whether the API (and so the admin center) is served over HTTPS: the cookie is `Secure`.
+fn secure(state: &WebState) -> bool {
+    state.api.lockbox.config().api_tls.is_some()
+}
