@@ -29,6 +29,10 @@ pub use outbox::Delivery;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// The dispatcher looks at the outbox at least this often.
 const IDLE_POLL: Duration = Duration::from_secs(5);
+/// Deliveries on their way at once (each bounded by the delivery timeout).
+const DELIVERIES_IN_FLIGHT: usize = 8;
+/// How soon the outbox is read again while deliveries are on their way.
+const BUSY_POLL: Duration = Duration::from_millis(200);
 
 #[derive(Clone)]
 pub struct Notifier {
@@ -84,16 +88,42 @@ impl Notifier {
     }
 
     /// Sends due deliveries until `shutdown`, reading the configuration in force each time.
+    /// Deliveries go out side by side and each is recorded as it ends: a receiver that
+    /// hangs holds one slot for the delivery timeout, not every delivery due behind it.
     pub async fn dispatch(
         self,
         config: impl Fn() -> Arc<Config>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        use futures::StreamExt;
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut sending = std::collections::HashSet::new();
         loop {
-            if let Err(e) = self.send_due(&config()).await {
-                tracing::error!(error = %e, "notification outbox unreadable");
+            let free = DELIVERIES_IN_FLIGHT.saturating_sub(in_flight.len());
+            if free > 0 {
+                match outbox::due(&self.store, Utc::now()).await {
+                    Ok(due) => {
+                        let config = config();
+                        let new: Vec<Delivery> = due
+                            .into_iter()
+                            .filter(|d| !sending.contains(&d.id))
+                            .take(free)
+                            .collect();
+                        for delivery in new {
+                            sending.insert(delivery.id);
+                            in_flight.push(self.send_one(config.clone(), delivery));
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "notification outbox unreadable"),
+                }
             }
             let wait = match outbox::next_due(&self.store).await {
+                // A delivery on its way is still "due" in the outbox: look again soon,
+                // not at once, while it is.
+                Ok(Some(at)) if !in_flight.is_empty() => (at - Utc::now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .clamp(BUSY_POLL, IDLE_POLL),
                 Ok(Some(at)) => (at - Utc::now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
@@ -104,31 +134,40 @@ impl Notifier {
                 _ = shutdown.changed() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
+                Some((id, recorded)) = in_flight.next(), if !in_flight.is_empty() => {
+                    sending.remove(&id);
+                    if let Err(e) = recorded {
+                        tracing::error!(error = %e, "notification outbox unwritable");
+                    }
+                }
             }
         }
     }
 
-    async fn send_due(&self, config: &Config) -> Result<(), crate::store::StoreError> {
-        for delivery in outbox::due(&self.store, Utc::now()).await? {
-            let result = self.send(config, &delivery).await;
-            let attempt = delivery.attempts + 1;
-            let next = match &result {
-                Ok(()) => None,
-                Err(e) if attempt >= config.notifications.max_attempts => {
-                    tracing::error!(id = delivery.id, target = %redact::target(&delivery.channel, &delivery.target, &config.notifications.webhooks), error = %e, attempt, "notification failed; giving up");
-                    None
-                }
-                Err(e) => {
-                    let backoff = backoff(config.notifications.retry_base, attempt);
-                    tracing::warn!(id = delivery.id, target = %redact::target(&delivery.channel, &delivery.target, &config.notifications.webhooks), error = %e, attempt, retry_in_ms = backoff.as_millis() as u64, "notification failed; will retry");
-                    chrono::Duration::from_std(backoff)
-                        .ok()
-                        .map(|b| Utc::now() + b)
-                }
-            };
-            outbox::record_attempt(&self.store, delivery.id, result, next).await?;
-        }
-        Ok(())
+    /// Sends one delivery and records the attempt (and the next one, or giving up).
+    async fn send_one(
+        &self,
+        config: Arc<Config>,
+        delivery: Delivery,
+    ) -> (i64, Result<(), crate::store::StoreError>) {
+        let result = self.send(&config, &delivery).await;
+        let attempt = delivery.attempts + 1;
+        let next = match &result {
+            Ok(()) => None,
+            Err(e) if attempt >= config.notifications.max_attempts => {
+                tracing::error!(id = delivery.id, target = %redact::target(&delivery.channel, &delivery.target, &config.notifications.webhooks), error = %e, attempt, "notification failed; giving up");
+                None
+            }
+            Err(e) => {
+                let backoff = backoff(config.notifications.retry_base, attempt);
+                tracing::warn!(id = delivery.id, target = %redact::target(&delivery.channel, &delivery.target, &config.notifications.webhooks), error = %e, attempt, retry_in_ms = backoff.as_millis() as u64, "notification failed; will retry");
+                chrono::Duration::from_std(backoff)
+                    .ok()
+                    .map(|b| Utc::now() + b)
+            }
+        };
+        let recorded = outbox::record_attempt(&self.store, delivery.id, result, next).await;
+        (delivery.id, recorded)
     }
 
     async fn send(&self, config: &Config, delivery: &Delivery) -> Result<(), String> {
