@@ -80,7 +80,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .as_ref()
         .map(crate::config::api_tls::server_config)
         .transpose()?;
-    let store = Store::open(&config.state_path)?;
+    let store = Store::from_config(&config).await?;
     let signer = std::fs::read_to_string(&config.signing_key_path)
         .ok()
         .and_then(|pem| crate::audit::chain::CheckpointSigner::from_pem(&pem).ok());
@@ -152,6 +152,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             _ = follower_stop.changed() => {}
         }
     }));
+    // Other nodes' revocations, cancels and extensions (a PostgreSQL state store only).
+    tasks.push(tokio::spawn(crate::cluster::follow(
+        lockbox.clone(),
+        registry.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(follow_extensions(
         lockbox.clone(),
         registry.clone(),

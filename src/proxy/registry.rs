@@ -203,6 +203,11 @@ impl Registry {
         n
     }
 
+    /// The requests of the live sessions, each once.
+    pub(crate) fn live_requests(&self) -> std::collections::HashSet<RequestId> {
+        self.sessions.iter().map(|e| e.request_id.clone()).collect()
+    }
+
     pub fn live_sessions(&self) -> usize {
         self.sessions.len()
     }
