@@ -26,6 +26,7 @@ mod demo;
 mod deny_drop;
 mod engineer;
 mod expiry_notices;
+mod fleet;
 mod grammar;
 mod guard;
 mod https;
