@@ -102,6 +102,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         audit.witnessed(),
     );
     audit.set_clip_limits(config.audit_clip);
+    audit.set_node(&config.node_id);
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
     lockbox
         .adopt_file_protection("configuration file", &config.protection)
@@ -140,6 +141,15 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         api_state,
         api_listener,
         api_tls.map(|tls| (tls, api_addr)),
+        shutdown_rx.clone(),
+    )));
+    // This node's heartbeat in a shared (PostgreSQL) store, for `GET /v1/cluster`.
+    tasks.push(tokio::spawn(crate::cluster::nodes::heartbeat(
+        crate::cluster::nodes::Local {
+            lockbox: lockbox.clone(),
+            registry: registry.clone(),
+            sink: audit_sink.as_ref().map(|s| s.status.clone()),
+        },
         shutdown_rx.clone(),
     )));
     let revocations = lockbox.subscribe_revocations();

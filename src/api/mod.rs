@@ -23,6 +23,7 @@ use crate::policy::{NewRequest, PolicyError, Request, RequestStatus};
 use crate::proxy::Registry;
 use crate::service::{Lockbox, ServiceError};
 
+mod cluster;
 mod exports;
 mod ops;
 pub use ops::Kill;
@@ -62,6 +63,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/requests/{id}/audit/stream", get(audit::request_stream))
         .merge(exports::routes())
         .merge(ops::routes())
+        .merge(cluster::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::access_log,

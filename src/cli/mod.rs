@@ -18,6 +18,7 @@ mod export;
 mod ops;
 mod report;
 mod request;
+mod status;
 pub use audit::AuditCommand;
 pub use export::ExportCommand;
 pub use ops::SessionCommand;
@@ -139,6 +140,9 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The nodes sharing the server's state store, seen recently: live sessions, audit
+    /// sequence and audit sink lag of each.
+    Status,
     /// List live proxy sessions, or end one.
     Session {
         #[command(subcommand)]
@@ -266,6 +270,7 @@ async fn run_verb(cli: Cli) -> Result<()> {
         Command::Audit { command } => audit::run(&cli, command).await,
         Command::Export { command } => export::run(&cli, command).await,
         Command::Session { command } => ops::session(&cli, command).await,
+        Command::Status => status::status(&cli).await,
         Command::Completion { shell } => {
             ops::completion(*shell);
             Ok(())

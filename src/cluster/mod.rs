@@ -20,6 +20,9 @@ use crate::service::Lockbox;
 use crate::store::pg::{pool, PgStore, CHANNEL};
 use crate::store::Change;
 
+pub(crate) mod nodes;
+pub use nodes::NodeInfo;
+
 /// How often live grants are re-read from the store whatever the listener heard.
 pub(crate) const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 

@@ -61,6 +61,9 @@ pub struct SessionInfo {
     pub statements: u64,
     #[serde(default)]
     pub break_glass: bool,
+    /// The node (`[node] id`) the session is on.
+    #[serde(default)]
+    pub node: String,
 }
 
 impl SessionInfo {
@@ -74,6 +77,7 @@ impl SessionInfo {
             since,
             statements: fields.statements.get(),
             break_glass: fields.break_glass,
+            node: String::new(),
         }
     }
 }

@@ -372,3 +372,74 @@ async fn with_the_state_store_down_new_sessions_and_decisions_are_refused_and_li
     let (code, _) = wait_until_dropped(&live, live_connection).await;
     assert_eq!(code, "57P01");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_lists_its_nodes_and_a_kill_on_one_node_ends_a_session_on_another() {
+    let (env, nodes) = start_fleet("fleet_kill", "").await;
+    let three = &nodes[1];
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, connection) = connect_via(&env, three.proxy_addr.port(), &token)
+        .await
+        .expect("connect through node 3");
+    client.simple_query("SELECT 1").await.expect("query");
+
+    let on_three = client_of(&env, three, "carol")
+        .list_sessions()
+        .await
+        .expect("sessions");
+    assert_eq!(on_three.len(), 1);
+    assert_eq!(on_three[0].node, "node-3");
+    assert_eq!(on_three[0].request_id, id);
+    // Every node's heartbeat (and node 3's session) reaches node 1.
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = client_of(&env, node_one(&env), "carol")
+            .cluster()
+            .await
+            .expect("cluster");
+        let ids: Vec<&str> = listed.iter().map(|n| n.id.as_str()).collect();
+        let three_live = listed
+            .iter()
+            .any(|n| n.id == "node-3" && n.live_sessions == 1);
+        if ids == ["node-1", "node-2", "node-3"] && three_live {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<&str> = listed.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["node-1", "node-2", "node-3"], "{listed:?}");
+    assert!(listed.iter().any(|n| n.id == "node-1" && n.this_node));
+
+    let killed = client_of(&env, node_one(&env), "carol")
+        .kill_session(&on_three[0].session_id, "enough")
+        .await
+        .expect("kill through node 1");
+    assert_eq!(killed.node, "node-3");
+    let (code, message) = wait_until_dropped(&client, connection).await;
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("enough"), "{message}");
+    // Node 1 recorded the kill; node 3 the drop, each record naming its node.
+    let node_of = |file: &str, event: &str| -> Option<String> {
+        let text = std::fs::read_to_string(env.audit_path.with_file_name(file)).ok()?;
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+            .find(|r| r["event"] == event)
+            .map(|r| r["node"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(
+        node_of("audit.jsonl", "session_killed").as_deref(),
+        Some("node-1")
+    );
+    let mut dropped = None;
+    for _ in 0..100 {
+        dropped = node_of("node3.jsonl", "dropped_killed");
+        if dropped.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dropped.as_deref(), Some("node-3"));
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

@@ -7,7 +7,10 @@ use tokio_postgres::Client;
 use super::super::StoreError;
 
 /// The migrations, in order: version i + 1 is `MIGRATIONS[i]`.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_state.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_state.sql"),
+    include_str!("../migrations/0002_nodes.sql"),
+];
 
 /// The advisory lock key of schema changes (`lockbox` in ASCII).
 const LOCK_KEY: i64 = 0x006c_6f63_6b62_6f78;

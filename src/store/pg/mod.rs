@@ -14,6 +14,7 @@ use crate::policy::Request;
 
 pub(crate) mod exports;
 mod migrate;
+pub(crate) mod nodes;
 pub(crate) mod outbox;
 pub(crate) mod pool;
 
