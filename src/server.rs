@@ -258,7 +258,7 @@ async fn sweep(lockbox: Arc<Lockbox>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {
-                if let Err(e) = lockbox.sweep().await {
+                if let Err(e) = crate::cluster::sweep_once(&lockbox).await {
                     tracing::error!(error = %e, "deadline sweep failed");
                 }
             }

@@ -29,6 +29,24 @@ pub(crate) const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause before the listener connects again after its connection broke.
 const RELISTEN_PAUSE: Duration = Duration::from_millis(500);
 
+/// The advisory lock key of the deadline sweep (`sweep` in ASCII).
+const SWEEP_LOCK: i64 = 0x0073_7765_6570;
+
+/// Records passed deadlines (expiry, completion) once across nodes: on a shared store one
+/// node sweeps at a time, so each change is recorded (and notified) by one node rather
+/// than won by one and recorded as superseded by the others; a node that dies mid-sweep
+/// lets go of the lock with its connection.
+pub(crate) async fn sweep_once(lockbox: &Lockbox) -> Result<usize, crate::service::ServiceError> {
+    match lockbox.store.postgres_backend() {
+        Some(pg) => Ok(pg
+            .exclusive(SWEEP_LOCK, lockbox.sweep())
+            .await?
+            .transpose()?
+            .unwrap_or(0)),
+        None => lockbox.sweep().await,
+    }
+}
+
 /// What the follower acts on.
 #[derive(Debug)]
 enum Event {

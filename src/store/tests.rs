@@ -375,3 +375,33 @@ async fn an_unreachable_store_says_so() {
     assert!(err.is_unreachable(), "{err}");
     assert!(err.to_string().contains("state store"), "{err}");
 }
+
+#[tokio::test]
+async fn work_under_an_exclusive_key_runs_on_one_node_at_a_time() {
+    let config = fresh_database("store_exclusive");
+    let one = Store::postgres(config.clone(), "node-1")
+        .await
+        .expect("node 1");
+    let two = Store::postgres(config, "node-2").await.expect("node 2");
+    let (one, two) = (
+        one.postgres_backend().expect("pg").clone(),
+        two.postgres_backend().expect("pg").clone(),
+    );
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let (finish, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = tokio::spawn(async move {
+        one.exclusive(7, async move {
+            let _ = started_tx.send(());
+            let _ = finish_rx.await;
+            "one"
+        })
+        .await
+    });
+    started.await.expect("node 1 holds the key");
+    let meanwhile = two.exclusive(7, async { "two" }).await.expect("try");
+    assert_eq!(meanwhile, None, "node 2 stays off while node 1 works");
+    let _ = finish.send(());
+    assert_eq!(holder.await.expect("task").expect("work"), Some("one"));
+    let after = two.exclusive(7, async { "two" }).await.expect("try");
+    assert_eq!(after, Some("two"), "free again once node 1 is done");
+}

@@ -182,6 +182,30 @@ impl PgStore {
         Ok(())
     }
 
+    /// Runs `work` if no other node runs work of `key` now (a session advisory lock, let go
+    /// after it, or by the server when this node's connection dies); `None` if another
+    /// node holds it.
+    pub(crate) async fn exclusive<T>(
+        &self,
+        key: i64,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<Option<T>, StoreError> {
+        let conn = self.pool.get().await?;
+        let got: bool = conn
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await?
+            .try_get(0)?;
+        if !got {
+            return Ok(None);
+        }
+        let out = work.await;
+        // A failed unlock leaves the lock to the connection's end.
+        if let Err(e) = conn.execute("SELECT pg_advisory_unlock($1)", &[&key]).await {
+            tracing::debug!(error = %e, "cannot release an advisory lock");
+        }
+        Ok(Some(out))
+    }
+
     /// Tells every node (this one included) about `change`.
     pub(crate) async fn publish(&self, change: &Change) -> Result<(), StoreError> {
         let conn = self.pool.get().await?;

@@ -2,7 +2,6 @@
 //! it broke. Small on purpose: the store's statements are short, and a pool crate would
 //! add a dependency for what fits here.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
@@ -22,7 +21,6 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub(crate) struct Pool {
     config: StatePostgres,
     slots: Vec<Mutex<Option<Client>>>,
-    next: AtomicUsize,
 }
 
 /// A connection lent out; back in its slot when dropped.
@@ -33,17 +31,18 @@ impl Pool {
         Pool {
             config,
             slots: (0..SIZE).map(|_| Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
         }
     }
 
-    /// A free connection (or the next one in turn, waiting for it), connected.
+    /// A free connection (waiting for one if none is), connected.
     pub(crate) async fn get(&self) -> Result<Conn<'_>, StoreError> {
         let mut guard = match self.slots.iter().find_map(|s| s.try_lock().ok()) {
             Some(guard) => guard,
+            // The first slot to come free: a caller holding one slot while it waits for
+            // another (an advisory lock held over a sweep) must not wait on its own.
             None => {
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-                self.slots[i].lock().await
+                let waits = self.slots.iter().map(|s| Box::pin(s.lock()));
+                futures::future::select_all(waits).await.0
             }
         };
         if guard.as_ref().is_none_or(Client::is_closed) {
