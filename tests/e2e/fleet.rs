@@ -13,13 +13,14 @@ use lockbox::server::RunningServer;
 use crate::harness::{db_error, fatal_error, postgres_state, Env, Options};
 
 /// Node `i` of the fleet `env` started as node 1: the same config (state, keys, users)
-/// with listeners, audit trail and node id of its own.
-async fn start_node(env: &Env, i: usize) -> RunningServer {
+/// with listeners, audit trail and node id of its own. Returns its config file and proxy port.
+fn node_config(env: &Env, i: usize) -> (std::path::PathBuf, u16) {
     let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let proxy_port = free_port().expect("port");
     let text = text
         .replace(
             &format!("listen = \"127.0.0.1:{}\"", env.proxy_port()),
-            &format!("listen = \"127.0.0.1:{}\"", free_port().expect("port")),
+            &format!("listen = \"127.0.0.1:{proxy_port}\""),
         )
         .replace(
             &format!("listen = \"127.0.0.1:{}\"", env.deployment.api_port),
@@ -32,6 +33,12 @@ async fn start_node(env: &Env, i: usize) -> RunningServer {
         .replace("id = \"node-1\"", &format!("id = \"node-{i}\""));
     let path = env.config_path.with_file_name(format!("node{i}.toml"));
     std::fs::write(&path, text).expect("node config");
+    (path, proxy_port)
+}
+
+/// Node `i`, in-process.
+async fn start_node(env: &Env, i: usize) -> RunningServer {
+    let (path, _) = node_config(env, i);
     let config = lockbox::config::Config::load(&path).expect("node config loads");
     lockbox::server::start(config).await.expect("node starts")
 }
@@ -439,6 +446,84 @@ async fn the_cluster_lists_its_nodes_and_a_kill_on_one_node_ends_a_session_on_an
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(dropped.as_deref(), Some("node-3"));
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_with_sigkill_leaves_the_others_serving_and_its_work_to_them() {
+    let (env, nodes) = start_fleet("fleet_sigkill", "").await;
+    // Node 4 is a process of its own, to be killed with SIGKILL.
+    let (path, port) = node_config(&env, 4);
+    let mut node4 = std::process::Command::new(env!("CARGO_BIN_EXE_lockbox"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("lockbox serve");
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "node 4 did not start");
+
+    // A grant whose window ends soon: its completion is work for whichever node sweeps.
+    let (short_id, short_token) = env.approved_token("eve", "3s").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let (on_four, four_connection) = connect_via(&env, port, &short_token)
+        .await
+        .expect("connect through node 4");
+    on_four.simple_query("SELECT 1").await.expect("query");
+    let (on_two, _two_connection) = connect_via(&env, nodes[0].proxy_addr.port(), &token)
+        .await
+        .expect("connect through node 2");
+
+    node4.kill().expect("SIGKILL node 4");
+    let _ = node4.wait();
+    let gone = tokio::time::timeout(Duration::from_secs(10), four_connection)
+        .await
+        .expect("node 4's session ends with it");
+    assert!(gone.is_ok());
+
+    // The others go on: a live session on node 2, a new one through node 3, decisions.
+    on_two
+        .simple_query("SELECT 1")
+        .await
+        .expect("node 2's session goes on");
+    let (_, fresh) = env.approved_token("eve", "1h").await;
+    let (on_three, _) = connect_via(&env, nodes[1].proxy_addr.port(), &fresh)
+        .await
+        .expect("connect through node 3");
+    on_three.simple_query("SELECT 1").await.expect("query");
+    // The short grant's completion is recorded by a node still running.
+    let trails = ["audit.jsonl", "node2.jsonl", "node3.jsonl"];
+    let completed = |trails: &[&str]| {
+        trails.iter().any(|t| {
+            std::fs::read_to_string(env.audit_path.with_file_name(t))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|r| r["event"] == "completed" && r["request_id"] == short_id.as_str())
+        })
+    };
+    let mut done = false;
+    for _ in 0..100 {
+        if completed(&trails) {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(done, "no surviving node recorded the grant's completion");
     for node in nodes {
         node.shutdown().await;
     }
