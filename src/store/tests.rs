@@ -405,3 +405,41 @@ async fn work_under_an_exclusive_key_runs_on_one_node_at_a_time() {
     let after = two.exclusive(7, async { "two" }).await.expect("try");
     assert_eq!(after, Some("two"), "free again once node 1 is done");
 }
+
+/// `lockbox config check`'s probe of `[state] url`.
+async fn probe(url: String) -> Option<String> {
+    let text = format!(
+        "[proxy]\nlisten = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n\
+         [token]\nsigning_key = \"signing.pem\"\n[state]\nurl = \"{url}\"\n"
+    );
+    let config =
+        crate::config::Config::from_toml(&text, std::path::Path::new(".")).expect("config");
+    tokio::task::spawn_blocking(move || crate::config::state_store_problem(&config))
+        .await
+        .expect("probe")
+}
+
+#[tokio::test]
+async fn config_check_reports_an_unreachable_store_and_a_newer_schema() {
+    let port = crate::sandbox::free_port().expect("port");
+    let down = probe(format!("postgres://lockbox@127.0.0.1:{port}/state"))
+        .await
+        .expect("a problem");
+    assert!(
+        down.contains("state.url") && down.contains("unreachable"),
+        "{down}"
+    );
+
+    let config = fresh_database("store_check");
+    Store::postgres(config, "node-1").await.expect("migrated");
+    let url = cluster().url("store_check");
+    assert_eq!(probe(url.clone()).await, None, "a current schema is fine");
+    cluster()
+        .psql(
+            "store_check",
+            "INSERT INTO lockbox_schema_version (version) VALUES (9999)",
+        )
+        .expect("newer version");
+    let newer = probe(url).await.expect("a problem");
+    assert!(newer.contains("newer than this lockbox knows"), "{newer}");
+}

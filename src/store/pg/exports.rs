@@ -41,7 +41,8 @@ impl PgStore {
                 &[&name],
             )
             .await?;
-        row.map(|r| schedule_of(r.get(0), r.get(1))).transpose()
+        row.map(|r| schedule_of(r.try_get(0)?, r.try_get(1)?))
+            .transpose()
     }
 
     pub(crate) async fn export_schedules(&self) -> Result<Vec<ExportSchedule>, StoreError> {
@@ -53,7 +54,7 @@ impl PgStore {
             )
             .await?;
         rows.iter()
-            .map(|r| schedule_of(r.get(0), r.get(1)))
+            .map(|r| schedule_of(r.try_get(0)?, r.try_get(1)?))
             .collect()
     }
 
@@ -69,7 +70,9 @@ impl PgStore {
                 &[&schedule, &to_sql(limit as u64)],
             )
             .await?;
-        rows.iter().map(|r| run_of(r.get(0), r.get(1))).collect()
+        rows.iter()
+            .map(|r| run_of(r.try_get(0)?, r.try_get(1)?))
+            .collect()
     }
 
     pub(crate) async fn export_run_summaries(
@@ -84,8 +87,8 @@ impl PgStore {
             )
             .await?
         {
-            out.entry(row.get(0)).or_default().runs =
-                u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
+            out.entry(row.try_get(0)?).or_default().runs =
+                u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0);
         }
         for ok_only in [false, true] {
             let status: Option<&str> = ok_only.then_some(RunStatus::Ok.as_str());
@@ -98,7 +101,7 @@ impl PgStore {
                 )
                 .await?;
             for row in rows {
-                let run = run_of(row.get(0), row.get(1))?;
+                let run = run_of(row.try_get(0)?, row.try_get(1)?)?;
                 let entry = out.entry(run.schedule.clone()).or_default();
                 if ok_only {
                     entry.last_ok = Some(run);

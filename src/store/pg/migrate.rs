@@ -64,7 +64,7 @@ pub(crate) async fn current_version(
     let exists: Option<String> = client
         .query_one("SELECT to_regclass('lockbox_schema_version')::text", &[])
         .await?
-        .get(0);
+        .try_get(0)?;
     if exists.is_none() {
         return Ok(0);
     }
@@ -74,5 +74,5 @@ pub(crate) async fn current_version(
             &[],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row.try_get(0)?)
 }

@@ -102,7 +102,7 @@ impl PgStore {
             .query_opt("SELECT body FROM lockbox_requests WHERE id = $1", &[&id.0])
             .await?;
         Ok(row
-            .map(|r| serde_json::from_str(r.get::<_, &str>(0)))
+            .map(|r| Ok::<_, StoreError>(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
             .transpose()?)
     }
 
@@ -120,7 +120,7 @@ impl PgStore {
             )
             .await?;
         rows.iter()
-            .map(|r| Ok(serde_json::from_str(r.get::<_, &str>(0))?))
+            .map(|r| Ok(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
             .collect()
     }
 
@@ -161,7 +161,9 @@ impl PgStore {
         let row = conn
             .query_opt("SELECT value FROM lockbox_settings WHERE key = $1", &[&key])
             .await?;
-        Ok(row.map(|r| r.get(0)))
+        row.map(|r| r.try_get(0))
+            .transpose()
+            .map_err(StoreError::from)
     }
 
     pub(crate) async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {

@@ -15,21 +15,21 @@ const CLAIM: chrono::Duration = chrono::Duration::minutes(2);
 
 const COLUMNS: &str = "id, channel, target, event, request_id, status, attempts, next_attempt_at, last_error, created_at, delivered_at, payload";
 
-fn delivery(r: &tokio_postgres::Row) -> Delivery {
-    Delivery {
-        id: r.get(0),
-        channel: r.get(1),
-        target: r.get(2),
-        event: r.get(3),
-        request_id: r.get(4),
-        status: r.get(5),
-        attempts: u32::try_from(r.get::<_, i32>(6)).unwrap_or(0),
-        next_attempt_at: millis(r.get(7)),
-        last_error: r.get(8),
-        created_at: millis(r.get(9)),
+fn delivery(r: &tokio_postgres::Row) -> Result<Delivery, tokio_postgres::Error> {
+    Ok(Delivery {
+        id: r.try_get(0)?,
+        channel: r.try_get(1)?,
+        target: r.try_get(2)?,
+        event: r.try_get(3)?,
+        request_id: r.try_get(4)?,
+        status: r.try_get(5)?,
+        attempts: u32::try_from(r.try_get::<_, i32>(6)?).unwrap_or(0),
+        next_attempt_at: millis(r.try_get(7)?),
+        last_error: r.try_get(8)?,
+        created_at: millis(r.try_get(9)?),
         delivered_at: r.get::<_, Option<i64>>(10).map(millis),
-        payload: r.get(11),
-    }
+        payload: r.try_get(11)?,
+    })
 }
 
 impl PgStore {
@@ -73,7 +73,7 @@ impl PgStore {
                 &[&now_ms, &node, &until],
             )
             .await?;
-        let mut out: Vec<Delivery> = rows.iter().map(delivery).collect();
+        let mut out = rows.iter().map(delivery).collect::<Result<Vec<_>, _>>()?;
         out.sort_by_key(|d| d.id);
         Ok(out)
     }
@@ -88,7 +88,7 @@ impl PgStore {
                 &[],
             )
             .await?;
-        Ok(row.get::<_, Option<i64>>(0).map(millis))
+        Ok(row.try_get::<_, Option<i64>>(0)?.map(millis))
     }
 
     pub(crate) async fn record_attempt(
@@ -141,7 +141,7 @@ impl PgStore {
                 &[&request_id, &i64::try_from(limit).unwrap_or(i64::MAX)],
             )
             .await?;
-        Ok(rows.iter().map(delivery).collect())
+        Ok(rows.iter().map(delivery).collect::<Result<Vec<_>, _>>()?)
     }
 
     pub(crate) async fn pending_notifications(&self) -> Result<i64, StoreError> {
@@ -152,6 +152,6 @@ impl PgStore {
                 &[],
             )
             .await?;
-        Ok(row.get(0))
+        Ok(row.try_get(0)?)
     }
 }

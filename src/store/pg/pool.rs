@@ -67,6 +67,12 @@ pub(crate) async fn connect_with(
 ) -> Result<(Client, tokio::task::JoinHandle<()>), StoreError> {
     let mut pg = config.connect.clone();
     pg.connect_timeout(CONNECT_TIMEOUT);
+    // A store gone without a word (a cut network) is noticed in seconds, not hours: its
+    // connections then fail, and the node fails closed instead of waiting.
+    pg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3);
     let unreachable = |e: String| StoreError::Unreachable(e);
     match &config.tls_client {
         None => {
