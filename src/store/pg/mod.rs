@@ -101,9 +101,8 @@ impl PgStore {
         let row = conn
             .query_opt("SELECT body FROM lockbox_requests WHERE id = $1", &[&id.0])
             .await?;
-        Ok(row
-            .map(|r| Ok::<_, StoreError>(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
-            .transpose()?)
+        row.map(|r| Ok(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
+            .transpose()
     }
 
     pub(crate) async fn list(&self, filter: RequestFilter) -> Result<Vec<Request>, StoreError> {
