@@ -26,8 +26,10 @@ pub use nodes::NodeInfo;
 /// How often live grants are re-read from the store whatever the listener heard.
 pub(crate) const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Pause before the listener connects again after its connection broke.
+/// Pause before the listener connects again after its connection broke, doubled while
+/// the store stays down (the reconcile covers the gap either way).
 const RELISTEN_PAUSE: Duration = Duration::from_millis(500);
+const RELISTEN_MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// The advisory lock key of the deadline sweep (`sweep` in ASCII).
 const SWEEP_LOCK: i64 = 0x0073_7765_6570;
@@ -90,6 +92,7 @@ pub(crate) async fn follow(
 
 /// Keeps a listening connection open, handing each notification to the follower.
 async fn listen(pg: Arc<PgStore>, tx: mpsc::Sender<Event>, mut shutdown: watch::Receiver<bool>) {
+    let mut pause = RELISTEN_PAUSE;
     loop {
         let sender = tx.clone();
         let on_message = move |message| {
@@ -108,6 +111,7 @@ async fn listen(pg: Arc<PgStore>, tx: mpsc::Sender<Event>, mut shutdown: watch::
                 match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
                     Ok(()) => {
                         tracing::info!("listening for changes of other nodes");
+                        pause = RELISTEN_PAUSE;
                         let _ = tx.send(Event::Listening).await;
                         tokio::select! {
                             _ = connection => {}
@@ -121,9 +125,10 @@ async fn listen(pg: Arc<PgStore>, tx: mpsc::Sender<Event>, mut shutdown: watch::
             Err(e) => tracing::warn!(error = %e, "cannot connect the change listener"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(RELISTEN_PAUSE) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => return,
         }
+        pause = (pause * 2).min(RELISTEN_MAX_PAUSE);
     }
 }
 

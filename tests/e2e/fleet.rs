@@ -528,3 +528,29 @@ async fn a_node_killed_with_sigkill_leaves_the_others_serving_and_its_work_to_th
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extension_approved_on_one_node_keeps_a_session_on_another_alive() {
+    let (env, nodes) = start_fleet("fleet_extend", "").await;
+    let (id, token) = env.approved_token("eve", "4s").await;
+    let (client, _connection) = connect_via(&env, nodes[0].proxy_addr.port(), &token)
+        .await
+        .expect("connect through node 2");
+    let extension = client_of(&env, &nodes[1], "eve")
+        .extend(&id, "1h", "the fix needs longer")
+        .await
+        .expect("extend on node 3");
+    client_of(&env, node_one(&env), "carol")
+        .approve(&extension.id.0, "ok")
+        .await
+        .expect("approve on node 1");
+    // Past the original 4 s the session on node 2 still works.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    client
+        .simple_query("SELECT 'still here'")
+        .await
+        .expect("the session on node 2 was extended");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
