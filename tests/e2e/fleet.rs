@@ -554,3 +554,23 @@ async fn an_extension_approved_on_one_node_keeps_a_session_on_another_alive() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_sqlite_the_cluster_is_this_node_alone() {
+    let env = Env::with(
+        "fleet_single",
+        Options {
+            state_postgres: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let (client, _connection) = env.connect("eve", &token).await.expect("connect");
+    client.simple_query("SELECT 1").await.expect("query");
+    let nodes = env.client("dave").cluster().await.expect("cluster");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert!(nodes[0].this_node);
+    assert_eq!(nodes[0].live_sessions, 1);
+    assert!(nodes[0].audit_seq.is_some_and(|seq| seq > 0));
+}
