@@ -267,6 +267,18 @@ impl PgSandbox {
     }
 }
 
+impl PgSandbox {
+    /// Starts a server stopped with [`PgSandbox::stop`] again, on the same port and data.
+    pub fn restart(&mut self) -> Result<(), SandboxError> {
+        if !self.stopped {
+            return Ok(());
+        }
+        self.launch()?;
+        self.stopped = false;
+        Ok(())
+    }
+}
+
 impl Drop for PgSandbox {
     fn drop(&mut self) {
         self.stop();

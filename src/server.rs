@@ -80,7 +80,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .as_ref()
         .map(crate::config::api_tls::server_config)
         .transpose()?;
-    let store = Store::open(&config.state_path)?;
+    let store = Store::from_config(&config).await?;
     let signer = std::fs::read_to_string(&config.signing_key_path)
         .ok()
         .and_then(|pem| crate::audit::chain::CheckpointSigner::from_pem(&pem).ok());
@@ -102,6 +102,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         audit.witnessed(),
     );
     audit.set_clip_limits(config.audit_clip);
+    audit.set_node(&config.node_id);
     let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
     lockbox
         .adopt_file_protection("configuration file", &config.protection)
@@ -142,6 +143,15 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         api_tls.map(|tls| (tls, api_addr)),
         shutdown_rx.clone(),
     )));
+    // This node's heartbeat in a shared (PostgreSQL) store, for `GET /v1/cluster`.
+    tasks.push(tokio::spawn(crate::cluster::nodes::heartbeat(
+        crate::cluster::nodes::Local {
+            lockbox: lockbox.clone(),
+            registry: registry.clone(),
+            sink: audit_sink.as_ref().map(|s| s.status.clone()),
+        },
+        shutdown_rx.clone(),
+    )));
     let revocations = lockbox.subscribe_revocations();
     let follower = registry.clone();
     let follower_lockbox = lockbox.clone();
@@ -152,6 +162,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             _ = follower_stop.changed() => {}
         }
     }));
+    // Other nodes' revocations, cancels and extensions (a PostgreSQL state store only).
+    tasks.push(tokio::spawn(crate::cluster::follow(
+        lockbox.clone(),
+        registry.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(follow_extensions(
         lockbox.clone(),
         registry.clone(),
@@ -242,7 +258,7 @@ async fn sweep(lockbox: Arc<Lockbox>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {
-                if let Err(e) = lockbox.sweep().await {
+                if let Err(e) = crate::cluster::sweep_once(&lockbox).await {
                     tracing::error!(error = %e, "deadline sweep failed");
                 }
             }

@@ -1,4 +1,5 @@
-//! Durable state: access requests and their grants, in SQLite.
+//! Durable state: access requests and their grants, in SQLite (one node, the embedded
+//! default) or PostgreSQL (several nodes sharing one state, `pg/`).
 //!
 //! Each request is one row: the columns the store filters on, plus the whole request as
 //! JSON so new fields need no migration. Updates are compare-and-set on the request's
@@ -16,7 +17,11 @@ use crate::ids::RequestId;
 use crate::policy::{Request, RequestStatus};
 
 mod exports;
+pub(crate) mod pg;
+#[cfg(test)]
+mod tests;
 pub use exports::{ExportRun, ExportSchedule, RunStatus, RunSummary};
+pub use pg::Change;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,12 +41,45 @@ pub enum StoreError {
     },
     #[error("state store: worker failed: {0}")]
     Worker(String),
+    #[error("state store (PostgreSQL): {}", pg::error_text(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the state store is unreachable: {0}")]
+    Unreachable(String),
+    #[error(
+        "the state store's schema is version {found}, newer than this lockbox knows ({known}): \
+         upgrade lockbox, or point it at another store"
+    )]
+    NewerSchema { found: i32, known: i32 },
+}
+
+impl StoreError {
+    /// The store could not be reached (rather than refusing or corrupting a value): the
+    /// caller fails closed and says the state store is down.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Unreachable(_) => true,
+            StoreError::Postgres(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none_or(|db| {
+                        let code = db.code().code();
+                        code.starts_with("08") || code.starts_with("57P")
+                    })
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Handle to the state store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(Arc<pg::PgStore>),
 }
 
 /// Which requests to list.
@@ -106,8 +144,42 @@ impl Store {
         crate::notify::outbox::create_tables(&conn)?;
         exports::create_tables(&conn)?;
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
+            backend: Backend::Sqlite(Arc::new(Mutex::new(conn))),
         })
+    }
+
+    /// Connects to the PostgreSQL state store and brings its schema up to date.
+    pub async fn postgres(
+        config: crate::config::StatePostgres,
+        node: &str,
+    ) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Postgres(Arc::new(pg::PgStore::open(config, node).await?)),
+        })
+    }
+
+    /// The store `config` names: PostgreSQL with `[state] url`, else the SQLite file.
+    pub async fn from_config(config: &crate::config::Config) -> Result<Store, StoreError> {
+        match &config.state_postgres {
+            Some(pg) => Store::postgres(pg.clone(), &config.node_id).await,
+            None => Store::open(&config.state_path),
+        }
+    }
+
+    /// The PostgreSQL store, when that is the backend (shared by several nodes).
+    pub(crate) fn postgres_backend(&self) -> Option<&Arc<pg::PgStore>> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// Tells every node about `change`; nothing to do on SQLite (one node).
+    pub async fn publish(&self, change: &Change) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.publish(change).await,
+            Backend::Sqlite(_) => Ok(()),
+        }
     }
 
     /// Runs `f` on the connection off the async runtime.
@@ -116,7 +188,16 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let conn = match &self.backend {
+            Backend::Sqlite(conn) => conn.clone(),
+            // Every caller picks its PostgreSQL statement first; reaching here is a bug,
+            // answered with an error rather than a panic.
+            Backend::Postgres(_) => {
+                return Err(StoreError::Worker(
+                    "a SQLite statement was sent to the PostgreSQL store".into(),
+                ))
+            }
+        };
         tokio::task::spawn_blocking(move || {
             let guard = conn
                 .lock()
@@ -128,6 +209,9 @@ impl Store {
     }
 
     pub async fn insert(&self, request: &Request) -> Result<(), StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.insert(request).await;
+        }
         let request = request.clone();
         self.with(move |c| {
             c.execute(
@@ -147,6 +231,9 @@ impl Store {
     }
 
     pub async fn get(&self, id: &RequestId) -> Result<Option<Request>, StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.get(id).await;
+        }
         let id = id.0.clone();
         self.with(move |c| {
             // Every session's admission reads its request: keep the statement prepared.
@@ -160,6 +247,9 @@ impl Store {
     }
 
     pub async fn list(&self, filter: RequestFilter) -> Result<Vec<Request>, StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.list(filter).await;
+        }
         self.with(move |c| {
             let mut stmt = c.prepare(
                 "SELECT body FROM requests
@@ -188,6 +278,9 @@ impl Store {
     /// Replaces the stored request with `request` (whose version must be one above the
     /// stored one); false if someone else changed it first.
     pub async fn update(&self, request: &Request) -> Result<bool, StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.update(request).await;
+        }
         let request = request.clone();
         self.with(move |c| {
             let stored: Option<String> = c
@@ -219,6 +312,9 @@ impl Store {
     }
 
     pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.setting(key).await;
+        }
         let key = key.to_owned();
         self.with(move |c| {
             Ok(
@@ -232,6 +328,9 @@ impl Store {
     }
 
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.set_setting(key, value).await;
+        }
         let (key, value) = (key.to_owned(), value.to_owned());
         self.with(move |c| {
             c.execute(

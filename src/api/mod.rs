@@ -24,6 +24,7 @@ use crate::policy::{NewRequest, PolicyError, Request, RequestStatus};
 use crate::proxy::Registry;
 use crate::service::{Lockbox, ServiceError};
 
+mod cluster;
 mod exports;
 mod ops;
 pub(crate) use ops::pending_notifications;
@@ -66,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(exports::routes())
         .merge(ops::routes())
         .merge(crate::web::routes(&state))
+        .merge(cluster::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::access_log,
@@ -114,9 +116,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Audit(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
             ServiceError::Config(_) => (StatusCode::BAD_REQUEST, "invalid_config"),
             ServiceError::RecordLagging(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_lagging"),
-            ServiceError::Store(_) | ServiceError::Token(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-            }
+            // Named, so a client (and the load balancer's operator) knows which part is down.
+            ServiceError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "state_store_unavailable"),
+            ServiceError::Token(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         };
         let message = match (&e, status) {
             (ServiceError::RecordLagging(_), _) => {
@@ -124,6 +126,10 @@ impl From<ServiceError> for ApiError {
                 "the action took effect, but its audit record could not be written yet".to_owned()
             }
             // Internal details go to the log, not to the caller.
+            (ServiceError::Store(_), _) => {
+                tracing::error!(error = %e, "state store unavailable");
+                "lockbox cannot reach its state store right now; nothing was changed".to_owned()
+            }
             (_, StatusCode::SERVICE_UNAVAILABLE) => {
                 tracing::error!(error = %e, "request failed");
                 "lockbox cannot complete this action right now; nothing was changed".to_owned()

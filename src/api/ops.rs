@@ -71,16 +71,7 @@ async fn metrics(State(state): State<ApiState>, Caller(user): Caller) -> Respons
 
 /// Deliveries still to be made (none counted if the state store cannot say).
 pub(crate) async fn pending_notifications(store: &crate::store::Store) -> Option<u64> {
-    let count = store
-        .with(|c| {
-            let n: i64 = c.query_row(
-                "SELECT COUNT(*) FROM notifications WHERE status = 'pending'",
-                [],
-                |r| r.get(0),
-            )?;
-            Ok(n)
-        })
-        .await;
+    let count = crate::notify::outbox::pending_count(store).await;
     count.ok().and_then(|n| u64::try_from(n).ok())
 }
 

@@ -11,6 +11,7 @@ mod clip;
 pub mod export;
 mod file;
 pub(crate) mod filters;
+mod node;
 pub mod pg_sink;
 mod reader;
 mod record;

@@ -61,6 +61,15 @@ impl Witness {
 
 /// The state store's settings key for the trail whose active file is `active`: per trail,
 /// since processes that share a state store each write a trail of their own.
+/// The key in `store`: on a store shared by several nodes, each node's trail has its own
+/// (two machines may well keep their trails at the same path).
+fn store_key(store: &Store, active: &Path) -> String {
+    match store.postgres_backend() {
+        Some(pg) => format!("audit_witness {} {}", pg.node, active.display()),
+        None => setting_key(active),
+    }
+}
+
 pub fn setting_key(active: &Path) -> String {
     format!("audit_witness {}", active.display())
 }
@@ -68,7 +77,7 @@ pub fn setting_key(active: &Path) -> String {
 /// The witness the state store holds for the trail, if any.
 pub async fn stored(store: &Store, active: &Path) -> Result<Option<Witness>, AuditError> {
     let text = store
-        .setting(&setting_key(active))
+        .setting(&store_key(store, active))
         .await
         .map_err(|e| io_error(active, e.to_string()))?;
     text.map(|t| Witness::from_setting(&t))
@@ -260,7 +269,12 @@ impl Keeper {
         witnessed: watch::Receiver<Option<Witness>>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(keep(store, setting_key(&active), witnessed, stopped));
+        let task = tokio::spawn(keep(
+            store.clone(),
+            store_key(&store, &active),
+            witnessed,
+            stopped,
+        ));
         Keeper { stop, task }
     }
 

@@ -101,6 +101,8 @@ pub(super) struct State {
     pub(super) len: u64,
     /// Encoded records not yet written: records nobody waits for ride the next write.
     pub(super) pending: Vec<u8>,
+    /// `[node] id`, stamped on every record once set.
+    pub(super) node: Option<super::node::NodeStamp>,
     /// What the last failed write tried to write (so held records can be retried alone).
     pub(super) failed_pending: Vec<u8>,
     pub(super) pending_since: Option<Instant>,
@@ -227,6 +229,7 @@ impl AuditLog {
             file_hash: last_hash,
             len,
             pending: Vec::with_capacity(4096),
+            node: None,
             failed_pending: Vec::new(),
             pending_since: None,
             uncovered: 0,
@@ -274,6 +277,11 @@ impl AuditLog {
     /// defaults of `audit::clip`).
     pub fn set_clip_limits(&self, limits: super::ClipLimits) {
         let _ = self.shared().clip.set(limits);
+    }
+
+    /// Names this node on every record from now on (`[node] id`).
+    pub fn set_node(&self, id: &str) {
+        self.shared().lock().node = Some(super::node::NodeStamp::new(id));
     }
 
     fn shared(&self) -> &Shared {
@@ -548,6 +556,10 @@ impl State {
     /// Appends one record line to the pending bytes, extending the chain.
     pub(super) fn encode(&mut self, time: &str, fields: &[u8]) {
         let (seq, prev) = (self.next_seq, self.last_hash);
+        let fields = match &mut self.node {
+            Some(node) => node.stamp(fields),
+            None => fields,
+        };
         self.last_hash = encode_line(&mut self.pending, seq, time, &prev, fields);
         self.next_seq += 1;
     }

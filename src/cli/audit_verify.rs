@@ -127,10 +127,10 @@ async fn witnesses_of(config: &Config) -> Vec<(String, Witness)> {
 
 async fn stored_witness(config: &Config) -> Result<Option<Witness>> {
     // No state store yet: nothing was ever witnessed (and none is created here).
-    if !config.state_path.exists() {
+    if config.state_postgres.is_none() && !config.state_path.exists() {
         return Ok(None);
     }
-    let store = crate::store::Store::open(&config.state_path)?;
+    let store = crate::store::Store::from_config(config).await?;
     Ok(witness::stored(&store, &config.audit_path).await?)
 }
 

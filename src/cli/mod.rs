@@ -18,6 +18,7 @@ mod export;
 mod ops;
 mod report;
 mod request;
+mod status;
 pub use audit::AuditCommand;
 pub use export::ExportCommand;
 pub use ops::SessionCommand;
@@ -83,6 +84,10 @@ pub enum Command {
         /// Audit durability of the sandbox: fsync or write.
         #[arg(long, default_value = "fsync", value_parser = ["fsync", "write"])]
         audit_durability: String,
+        /// Run this many lockbox nodes sharing one state database on the demo's
+        /// PostgreSQL (the env file gets LOCKBOX_NODE<i>_SERVER and _PROXY_PORT).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+        nodes: u16,
     },
     /// File, list, decide and revoke access requests.
     Request {
@@ -139,6 +144,9 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// The nodes sharing the server's state store, seen recently: live sessions, audit
+    /// sequence and audit sink lag of each.
+    Status,
     /// List live proxy sessions, or end one.
     Session {
         #[command(subcommand)]
@@ -248,12 +256,14 @@ async fn run_verb(cli: Cli) -> Result<()> {
             env_file,
             window,
             audit_durability,
+            nodes,
         } => {
             crate::demo::run(crate::demo::DemoOptions {
                 audit_durability: audit_durability.clone(),
                 keep: *keep,
                 env_file: env_file.clone(),
                 window: *window,
+                nodes: usize::from(*nodes),
             })
             .await
         }
@@ -266,6 +276,7 @@ async fn run_verb(cli: Cli) -> Result<()> {
         Command::Audit { command } => audit::run(&cli, command).await,
         Command::Export { command } => export::run(&cli, command).await,
         Command::Session { command } => ops::session(&cli, command).await,
+        Command::Status => status::status(&cli).await,
         Command::Completion { shell } => {
             ops::completion(*shell);
             Ok(())

@@ -129,6 +129,7 @@ mod tests {
             since: chrono::Utc::now(),
             statements: 0,
             break_glass: false,
+            node: "node-1".into(),
         };
         assert_eq!(
             kill_line(&killed),

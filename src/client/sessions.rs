@@ -19,3 +19,11 @@ impl ApiClient {
             .await
     }
 }
+
+impl ApiClient {
+    /// The nodes sharing the server's state store, seen recently (the server alone on
+    /// SQLite).
+    pub async fn cluster(&self) -> Result<Vec<crate::cluster::NodeInfo>, ClientError> {
+        self.get("/v1/cluster", &()).await
+    }
+}

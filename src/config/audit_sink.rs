@@ -158,8 +158,8 @@ fn quote_table(table: &str) -> Option<String> {
     )
 }
 
-/// This machine's name, the default proxy id.
-fn host_name() -> String {
+/// This machine's name, the default proxy id (and node id).
+pub(super) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

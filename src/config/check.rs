@@ -48,6 +48,34 @@ pub(crate) fn check(path: &Path) -> Result<Config, Vec<String>> {
     }
 }
 
+/// What `serve` would find wrong with a PostgreSQL state store (`[state] url`): it cannot
+/// be reached, or its schema is newer than this binary knows. The one check that connects,
+/// on a thread of its own so it runs from sync and async callers alike.
+pub(crate) fn state_store_problem(config: &Config) -> Option<String> {
+    let pg = config.state_postgres.clone()?;
+    let probe = move || -> Result<(), crate::store::StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| crate::store::StoreError::Worker(e.to_string()))?;
+        runtime.block_on(async {
+            let client = crate::store::pg::pool::connect(&pg).await?;
+            let found = crate::store::pg::current_version(&client).await?;
+            let known = crate::store::pg::known_version();
+            if found > known {
+                return Err(crate::store::StoreError::NewerSchema { found, known });
+            }
+            Ok(())
+        })
+    };
+    let result = std::thread::spawn(probe)
+        .join()
+        .unwrap_or_else(|_| Err(crate::store::StoreError::Worker("the probe failed".into())));
+    result
+        .err()
+        .map(|e| invalid("state.url", e.to_string()).to_string())
+}
+
 /// Problems in the order found, each once.
 #[derive(Default)]
 struct Problems(Vec<String>);
@@ -92,10 +120,9 @@ fn each_part(file: ConfigFile, base: &Path, problems: &mut Problems) {
         )
         .map_err(|e| invalid("token.signing_key", e.to_string())),
     );
-    problems.add(location(
-        "state.sqlite_path",
-        &resolve(&file.state.sqlite_path),
-    ));
+    if let Some((path, None)) = problems.add(super::state::validate_file(&file.state, &resolve)) {
+        problems.add(location("state.sqlite_path", &path));
+    }
     problems.add(location("audit.path", &resolve(&file.audit.path)));
     let timings = &file.timings;
     for (key, text) in [

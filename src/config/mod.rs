@@ -18,12 +18,15 @@ mod check;
 mod databases;
 mod limits;
 pub mod notify;
+pub(crate) mod state;
 mod users;
 pub mod workflow;
 pub use access::ConnectInfo;
 pub use audit_sink::{PgSink, PgSinkFile};
 pub(crate) use check::check;
+pub(crate) use check::state_store_problem;
 pub use databases::*;
+pub use state::StatePostgres;
 pub use users::*;
 
 /// Why a configuration could not be used.
@@ -79,6 +82,17 @@ pub struct ConfigFile {
     pub notifications: notify::NotificationsFile,
     /// Accept identity tokens of this OIDC provider besides API keys.
     pub oidc: Option<OidcFile>,
+    /// This node's name among several sharing one state store.
+    #[serde(default)]
+    pub node: NodeFile,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// Names this node on audit records, sessions and `lockbox status`; unique per node.
+    /// Default: the host name.
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -164,19 +178,22 @@ impl Default for ApiFile {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateFile {
-    /// SQLite file that holds requests and grants.
-    pub sqlite_path: PathBuf,
-}
-
-impl Default for StateFile {
-    fn default() -> Self {
-        StateFile {
-            sqlite_path: "lockbox-data/state.db".into(),
-        }
-    }
+    /// SQLite file that holds requests and grants (the default, `lockbox-data/state.db`,
+    /// when neither it nor `url` is set).
+    pub sqlite_path: Option<PathBuf>,
+    /// `postgres://user@host:port/db` of a PostgreSQL state store shared by several
+    /// nodes, without a password; instead of `sqlite_path`.
+    pub url: Option<String>,
+    /// File holding the state database's password (first line).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the state database's password.
+    pub password_env: Option<String>,
+    /// TLS towards the state database, as for `[[databases]]`.
+    pub tls: Option<UpstreamTls>,
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -334,6 +351,10 @@ pub struct Config {
     /// `[proxy] max_connections` and the failed-login limit.
     pub connection_limits: crate::proxy::ConnectionLimits,
     pub state_path: PathBuf,
+    /// `[state] url`: the shared PostgreSQL state store (SQLite at `state_path` when absent).
+    pub state_postgres: Option<StatePostgres>,
+    /// `[node] id`.
+    pub node_id: String,
     pub audit_path: PathBuf,
     pub audit_durability: Durability,
     pub audit_sync_interval: Duration,
@@ -474,6 +495,8 @@ impl Config {
             .postgres
             .map(|sink| audit_sink::validate(sink, &resolve))
             .transpose()?;
+        let (state_path, state_postgres) = state::validate_file(&file.state, &resolve)?;
+        let node_id = state::node_id(file.node.id.as_deref())?;
         let request_ttl = parse_duration("timings.request_ttl", &file.timings.request_ttl)?;
         let default_access =
             parse_duration("timings.default_access", &file.timings.default_access)?;
@@ -539,7 +562,9 @@ impl Config {
             allow_plaintext_loopback: file.proxy.allow_plaintext_loopback,
             max_message_size,
             connection_limits,
-            state_path: resolve(&file.state.sqlite_path),
+            state_path,
+            state_postgres,
+            node_id,
             audit_path: resolve(&file.audit.path),
             audit_durability: file.audit.durability,
             audit_sync_interval,

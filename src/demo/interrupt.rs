@@ -43,6 +43,8 @@ pub(super) struct Held {
     /// The deployment: signing key, certificates, passwords, config, state, audit.
     pub dir: Option<tempfile::TempDir>,
     pub server: Option<RunningServer>,
+    /// Nodes 2…N of `--nodes N`.
+    pub other_nodes: Vec<RunningServer>,
     /// The env file the user asked for (it holds API keys).
     pub env_file: Option<PathBuf>,
 }
@@ -69,6 +71,9 @@ impl Held {
     pub(super) async fn cleanup(&mut self) {
         if let Some(path) = self.env_file.take() {
             let _ = std::fs::remove_file(&path);
+        }
+        for node in self.other_nodes.drain(..) {
+            node.shutdown().await;
         }
         if let Some(server) = self.server.take() {
             server.shutdown().await;

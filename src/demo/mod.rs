@@ -12,6 +12,7 @@ use crate::sandbox::PgSandbox;
 mod admin_center;
 mod deployment;
 mod interrupt;
+mod nodes;
 pub use deployment::{write_deployment, Deployment, DeploymentDatabase, DeploymentSpec};
 
 /// Demo users and their roles, in the order the env file lists them.
@@ -34,6 +35,8 @@ pub struct DemoOptions {
     pub keep: bool,
     pub env_file: Option<PathBuf>,
     pub window: Duration,
+    /// Lockbox nodes sharing one state database (1: one node on SQLite).
+    pub nodes: usize,
 }
 
 const SAMPLE_DB: &str = "sales";
@@ -154,6 +157,10 @@ async fn demo(held: &mut interrupt::Held, options: &DemoOptions) -> Result<()> {
         },
     )?;
     println!("    config: {}", deployment.config_path.display());
+    if options.nodes > 1 {
+        nodes::share_state(held.pg()?, &deployment)?;
+        println!("    state: the shared database `lockbox_state` on the demo's PostgreSQL");
+    }
 
     say("Starting lockbox (SQLite state, audit file, proxy + API in one process)");
     let config = crate::config::Config::load(&deployment.config_path)?;
@@ -163,12 +170,24 @@ async fn demo(held: &mut interrupt::Held, options: &DemoOptions) -> Result<()> {
         "    proxy on {} (TLS only), API on {}",
         server.proxy_addr, server.api_addr
     );
+    for i in 2..=options.nodes {
+        let node = nodes::start_node(&deployment, i).await?;
+        println!(
+            "    node-{i}: proxy on {}, API on {}",
+            node.proxy_addr, node.api_addr
+        );
+        held.other_nodes.push(node);
+    }
     for line in admin_center::lines(&deployment) {
         println!("{line}");
     }
     if let Some(path) = &options.env_file {
         held.env_file = Some(path.clone());
-        write_env_file(path, &deployment, held.pg()?, &audit_path)?;
+        let node_lines = match options.nodes {
+            1 => Vec::new(),
+            _ => nodes::env_lines(&deployment, &held.other_nodes),
+        };
+        write_env_file(path, &deployment, held.pg()?, &audit_path, node_lines)?;
         println!(
             "    environment for other terminals written to {}",
             path.display()
@@ -476,7 +495,13 @@ fn summarize(r: &serde_json::Value) -> String {
     }
 }
 
-fn write_env_file(path: &Path, d: &Deployment, pg: &PgSandbox, audit_path: &Path) -> Result<()> {
+fn write_env_file(
+    path: &Path,
+    d: &Deployment,
+    pg: &PgSandbox,
+    audit_path: &Path,
+    node_lines: Vec<String>,
+) -> Result<()> {
     let mut lines = vec![
         format!("export LOCKBOX_SERVER='{}'", d.server_url()),
         format!("export LOCKBOX_CONFIG='{}'", d.config_path.display()),
@@ -492,6 +517,7 @@ fn write_env_file(path: &Path, d: &Deployment, pg: &PgSandbox, audit_path: &Path
             audit_path.parent().unwrap_or(Path::new(".")).display()
         ),
     ];
+    lines.extend(node_lines);
     for (user, _, var) in DEMO_USERS {
         lines.push(format!(
             "export {var}='{}'",

@@ -307,7 +307,13 @@ fn next_steps(
 /// `lockbox config check`: the summary when `serve` would start, else every problem (and a
 /// non-zero exit).
 pub(crate) fn config_check(path: &Path) -> Result<()> {
-    match crate::config::check(path) {
+    let checked = crate::config::check(path).and_then(|config| {
+        match crate::config::state_store_problem(&config) {
+            Some(problem) => Err(vec![problem]),
+            None => Ok(config),
+        }
+    });
+    match checked {
         Ok(config) => {
             crate::cli::out::write(format_args!(
                 "{}: ok ({} database(s), {} user(s))\n",

@@ -92,6 +92,12 @@ tls_key = "api-key.pem"
 
 [state]
 sqlite_path = "data/state.db"
+# Several lockbox nodes share one PostgreSQL state store instead (README: Several proxies):
+# url = "postgres://lockbox@state-db.internal:5432/lockbox"
+# password_env = "LOCKBOX_STATE_DB_PASSWORD"
+
+# [node]
+# id = "lockbox-eu-1"   # names this node on audit records and sessions; default: the host name
 
 [audit]
 # Append-only JSON Lines file: every lockbox action and every SQL statement.

@@ -60,6 +60,9 @@ pub struct NewDelivery {
 }
 
 pub async fn enqueue(store: &Store, list: Vec<NewDelivery>) -> Result<(), StoreError> {
+    if let Some(pg) = store.postgres_backend() {
+        return pg.enqueue(list).await;
+    }
     store
         .with(move |c| {
             let now = Utc::now().timestamp_millis();
@@ -95,8 +98,12 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
-/// Pending deliveries whose time has come, oldest first.
+/// Pending deliveries whose time has come, oldest first; on a shared (PostgreSQL) store,
+/// claimed for this node so no other node sends them too.
 pub async fn due(store: &Store, now: DateTime<Utc>) -> Result<Vec<Delivery>, StoreError> {
+    if let Some(pg) = store.postgres_backend() {
+        return pg.claim_due(now, &pg.node).await;
+    }
     store
         .with(move |c| {
             let mut stmt = c.prepare(&format!(
@@ -110,6 +117,9 @@ pub async fn due(store: &Store, now: DateTime<Utc>) -> Result<Vec<Delivery>, Sto
 
 /// When the next pending delivery is due, if any.
 pub async fn next_due(store: &Store) -> Result<Option<DateTime<Utc>>, StoreError> {
+    if let Some(pg) = store.postgres_backend() {
+        return pg.next_due().await;
+    }
     store
         .with(|c| {
             let ms: Option<i64> = c.query_row(
@@ -129,6 +139,9 @@ pub async fn record_attempt(
     result: Result<(), String>,
     next: Option<DateTime<Utc>>,
 ) -> Result<(), StoreError> {
+    if let Some(pg) = store.postgres_backend() {
+        return pg.record_attempt(id, result, next).await;
+    }
     store
         .with(move |c| {
             let now = Utc::now().timestamp_millis();
@@ -157,6 +170,9 @@ pub async fn recent(
     request_id: Option<String>,
     limit: usize,
 ) -> Result<Vec<Delivery>, StoreError> {
+    if let Some(pg) = store.postgres_backend() {
+        return pg.recent(request_id, limit).await;
+    }
     store
         .with(move |c| {
             let mut stmt = c.prepare(&format!(
@@ -164,6 +180,22 @@ pub async fn recent(
             ))?;
             let rows = stmt.query_map(params![request_id, limit as i64], row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+}
+
+/// Deliveries still to be made.
+pub async fn pending_count(store: &Store) -> Result<i64, StoreError> {
+    if let Some(pg) = store.postgres_backend() {
+        return pg.pending_notifications().await;
+    }
+    store
+        .with(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM notifications WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )?)
         })
         .await
 }

@@ -61,6 +61,9 @@ pub struct SessionInfo {
     pub statements: u64,
     #[serde(default)]
     pub break_glass: bool,
+    /// The node (`[node] id`) the session is on.
+    #[serde(default)]
+    pub node: String,
 }
 
 impl SessionInfo {
@@ -74,6 +77,7 @@ impl SessionInfo {
             since,
             statements: fields.statements.get(),
             break_glass: fields.break_glass,
+            node: String::new(),
         }
     }
 }
@@ -201,6 +205,11 @@ impl Registry {
             }
         }
         n
+    }
+
+    /// The requests of the live sessions, each once.
+    pub(crate) fn live_requests(&self) -> std::collections::HashSet<RequestId> {
+        self.sessions.iter().map(|e| e.request_id.clone()).collect()
     }
 
     pub fn live_sessions(&self) -> usize {

@@ -228,6 +228,8 @@ fn keep_fixed_settings(current: &Config, next: &mut Config) -> Vec<String> {
     keep!(api_listen, "api.listen");
     keep!(api_tls, "api.tls_cert");
     keep!(state_path, "state.sqlite_path");
+    keep!(state_postgres, "state.url");
+    keep!(node_id, "node.id");
     keep!(audit_path, "audit.path");
     keep!(audit_durability, "audit.durability");
     keep!(audit_sync_interval, "audit.sync_interval");

@@ -29,6 +29,8 @@ impl Lockbox {
     /// auditors, an engineer's own otherwise.
     pub(crate) fn list_sessions(&self, caller: &User, registry: &Registry) -> Vec<SessionInfo> {
         let mut list = registry.list();
+        let node = self.config().node_id.clone();
+        list.iter_mut().for_each(|s| s.node.clone_from(&node));
         if !sees_all_sessions(caller) {
             list.retain(|s| s.engineer == caller.name);
         }
@@ -47,9 +49,18 @@ impl Lockbox {
         reason: &str,
     ) -> Result<SessionInfo, KillError> {
         check_kill(caller, reason)?;
-        let info = registry
-            .get(session)
-            .ok_or_else(|| KillError::NotLive(session.0.clone()))?;
+        // A session on another node (shared store) is ended by that node, told below.
+        let (info, remote) = match registry.get(session) {
+            Some(mut info) => {
+                info.node.clone_from(&self.config().node_id);
+                (info, false)
+            }
+            None => match crate::cluster::nodes::remote_session(self, &session.0).await {
+                Ok(Some(info)) => (info, true),
+                Ok(None) => return Err(KillError::NotLive(session.0.clone())),
+                Err(e) => return Err(ServiceError::from(e).into()),
+            },
+        };
         let why = format!("session {}: {}", session.0, reason.trim());
         let record = match self.store.get(&RequestId(info.request_id.clone())).await {
             Ok(Some(request)) => request_event(
@@ -78,6 +89,19 @@ impl Lockbox {
             .await
             .map_err(ServiceError::from)?;
         let reason = format!("{} (by {})", reason.trim(), caller.name);
+        if remote {
+            let kill = crate::store::Change::Kill {
+                session: session.0.clone(),
+                node: info.node.clone(),
+                reason,
+            };
+            self.store
+                .publish(&kill)
+                .await
+                .map_err(ServiceError::from)?;
+            tracing::info!(session_id = %session.0, node = %info.node, actor = %caller.name, "session kill relayed");
+            return Ok(info);
+        }
         if !registry.kill(session, &reason) {
             tracing::info!(session_id = %session.0, "session ended before it could be killed");
         }

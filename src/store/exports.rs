@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError};
+use super::{Backend, Store, StoreError};
 use crate::audit::export::ExportFormat;
 
 pub(super) fn create_tables(conn: &Connection) -> Result<(), StoreError> {
@@ -105,6 +105,9 @@ impl Store {
         &self,
         schedule: &ExportSchedule,
     ) -> Result<bool, StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.insert_export_schedule(schedule).await;
+        }
         let schedule = schedule.clone();
         self.with(move |c| {
             let changed = c.execute(
@@ -122,6 +125,9 @@ impl Store {
     }
 
     pub async fn export_schedule(&self, name: &str) -> Result<Option<ExportSchedule>, StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.export_schedule(name).await;
+        }
         let name = name.to_owned();
         self.with(move |c| {
             let row: Option<(String, i64)> = c
@@ -138,6 +144,9 @@ impl Store {
     }
 
     pub async fn export_schedules(&self) -> Result<Vec<ExportSchedule>, StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.export_schedules().await;
+        }
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT body, watermark FROM export_schedules ORDER BY created_at, name",
@@ -161,6 +170,9 @@ impl Store {
         schedule: &str,
         limit: usize,
     ) -> Result<Vec<ExportRun>, StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.export_runs(schedule, limit).await;
+        }
         let schedule = schedule.to_owned();
         self.with(move |c| {
             let mut stmt = c.prepare(
@@ -181,6 +193,9 @@ impl Store {
 
     /// Per schedule: its newest run, newest successful run and run count.
     pub async fn export_run_summaries(&self) -> Result<HashMap<String, RunSummary>, StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.export_run_summaries().await;
+        }
         self.with(|c| {
             let mut out: HashMap<String, RunSummary> = HashMap::new();
             let mut counts = c.prepare("SELECT schedule, COUNT(*) FROM export_runs GROUP BY schedule")?;
@@ -218,6 +233,9 @@ impl Store {
     /// `run.after_seq` to `run.through_seq` in the same transaction. False (and nothing
     /// recorded) if the watermark was no longer `run.after_seq`.
     pub async fn record_export_run(&self, run: &ExportRun) -> Result<bool, StoreError> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return pg.record_export_run(run).await;
+        }
         let run = run.clone();
         self.with(move |c| {
             let tx = c.unchecked_transaction()?;
@@ -246,17 +264,17 @@ impl Store {
 }
 
 /// SQLite integers are signed; sequence numbers never get near the top bit.
-fn to_sql(n: u64) -> i64 {
+pub(super) fn to_sql(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn schedule_of(body: &str, watermark: i64) -> Result<ExportSchedule, StoreError> {
+pub(super) fn schedule_of(body: &str, watermark: i64) -> Result<ExportSchedule, StoreError> {
     let mut schedule: ExportSchedule = serde_json::from_str(body)?;
     schedule.watermark = u64::try_from(watermark).unwrap_or(0);
     Ok(schedule)
 }
 
-fn run_of(id: i64, body: &str) -> Result<ExportRun, StoreError> {
+pub(super) fn run_of(id: i64, body: &str) -> Result<ExportRun, StoreError> {
     let mut run: ExportRun = serde_json::from_str(body)?;
     run.id = id;
     Ok(run)

@@ -219,3 +219,69 @@ fn demo_stopped_while_postgres_starts_leaves_nothing_behind() {
     let status = demo.stop_and_check_cleanup("TERM");
     assert!(!status.success(), "an interrupted demo reports it");
 }
+
+#[test]
+fn demo_with_three_nodes_shares_one_state_and_lists_them() {
+    let mut demo = Demo::start(&["--keep", "--nodes", "3"]);
+    demo.wait_for("The sandbox keeps running");
+    let env = demo.env();
+    let ca = Path::new(&env["LOCKBOX_CA_CERT"]);
+    assert_eq!(env["LOCKBOX_NODE1_SERVER"], env["LOCKBOX_SERVER"]);
+    assert_eq!(env["LOCKBOX_NODE1_PROXY_PORT"], env["LOCKBOX_PROXY_PORT"]);
+    for i in 2..=3 {
+        assert!(env[&format!("LOCKBOX_NODE{i}_SERVER")].starts_with("https://"));
+        assert_ne!(
+            env[&format!("LOCKBOX_NODE{i}_PROXY_PORT")],
+            env["LOCKBOX_PROXY_PORT"]
+        );
+    }
+    // A request filed on node 2 is the one node 3 shows: one state.
+    let id = ok(as_user(
+        &env["LOCKBOX_NODE2_SERVER"],
+        ca,
+        &env["LOCKBOX_ENGINEER_KEY"],
+        &[
+            "request",
+            "create",
+            "--database",
+            "sales",
+            "--ticket",
+            "SUP-2",
+            "--reason",
+            "check",
+            "--access",
+            "read",
+            "--duration",
+            "30m",
+        ],
+    ));
+    let shown = ok(as_user(
+        &env["LOCKBOX_NODE3_SERVER"],
+        ca,
+        &env["LOCKBOX_APPROVER_KEY"],
+        &["request", "show", &id],
+    ));
+    assert!(shown.contains(&id), "{shown}");
+    // Every node's heartbeat reaches the others (every 2 s).
+    let mut listed = String::new();
+    for _ in 0..50 {
+        listed = ok(as_user(
+            &env["LOCKBOX_NODE3_SERVER"],
+            ca,
+            &env["LOCKBOX_ADMIN_KEY"],
+            &["status"],
+        ));
+        if ["node-1", "node-2", "node-3 (this)"]
+            .iter()
+            .all(|n| listed.contains(n))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for node in ["node-1", "node-2", "node-3 (this)"] {
+        assert!(listed.contains(node), "{listed}");
+    }
+    let status = demo.stop_and_check_cleanup("TERM");
+    assert!(status.success(), "{}", demo.log());
+}

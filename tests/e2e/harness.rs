@@ -88,6 +88,9 @@ pub struct Options {
     /// Put the deployment's second database, `other`, on this cluster instead of the
     /// test database's (a test that stops its own cluster keeps another one served).
     pub other_cluster: Option<&'static PgSandbox>,
+    /// Keep the state in a PostgreSQL database of the test's cluster (`[state] url`, node
+    /// id `node-1`) instead of SQLite; `LOCKBOX_TEST_STATE=postgres` sets it for every test.
+    pub state_postgres: bool,
 }
 
 impl Default for Options {
@@ -107,6 +110,7 @@ impl Default for Options {
             policy: "",
             cluster: None,
             other_cluster: None,
+            state_postgres: std::env::var("LOCKBOX_TEST_STATE").is_ok_and(|v| v == "postgres"),
         }
     }
 }
@@ -237,6 +241,9 @@ impl Env {
         let mut text = std::fs::read_to_string(&config_path).expect("config");
         text.push_str(BREAK_GLASS_POLICY);
         text.push_str(options.policy);
+        if options.state_postgres {
+            text = postgres_state(pg, &format!("s_{name}"), &text);
+        }
         std::fs::write(&config_path, text).expect("config");
         Env {
             db,
@@ -414,6 +421,27 @@ impl Env {
                 .expect("server restarts"),
         );
     }
+}
+
+/// `config` with its state in a fresh database `state_db` of `pg` instead of SQLite, as
+/// node `node-1`.
+pub fn postgres_state(pg: &PgSandbox, state_db: &str, config: &str) -> String {
+    pg.psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {state_db} WITH (FORCE)"),
+    )
+    .expect("drop state database");
+    pg.psql("postgres", &format!("CREATE DATABASE {state_db}"))
+        .expect("create state database");
+    let mut text = config.replace(
+        "sqlite_path = \"state.db\"",
+        &format!(
+            "url = \"postgres://postgres@127.0.0.1:{}/{state_db}\"",
+            pg.port
+        ),
+    );
+    text.push_str("\n[node]\nid = \"node-1\"\n");
+    text
 }
 
 /// The SQLSTATE and message of a failed connect or query.

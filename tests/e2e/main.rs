@@ -27,6 +27,7 @@ mod deny_drop;
 mod engineer;
 mod expiry_notices;
 mod faults;
+mod fleet;
 mod grammar;
 mod guard;
 mod https;

@@ -91,7 +91,7 @@ pub(super) async fn admit_token(
                 tracing::error!(error = %e, "state store unavailable during login");
                 LoginError {
                     sqlstate: sqlstate::CONNECTION_FAILURE,
-                    message: "lockbox cannot verify the access request right now".into(),
+                    message: "lockbox cannot verify the access request right now: its state store is unavailable".into(),
                     audited: false,
                 }
             }

@@ -1,0 +1,127 @@
+//! Which nodes run: each writes a heartbeat to the shared store every
+//! [`HEARTBEAT_INTERVAL`] (its live sessions, how far its audit sink lags), and
+//! `GET /v1/cluster` / `lockbox status` list those seen within [`SEEN_WITHIN`]. On SQLite
+//! the cluster is this node alone, described live.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::audit::pg_sink::SinkStatus;
+use crate::proxy::{Registry, SessionInfo};
+use crate::service::Lockbox;
+use crate::store::pg::nodes::NodeRow;
+use crate::store::StoreError;
+
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A node not heard from for this long is no longer listed.
+pub(crate) const SEEN_WITHIN: chrono::Duration = chrono::Duration::seconds(30);
+
+/// One node as `GET /v1/cluster` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub last_seen: DateTime<Utc>,
+    pub live_sessions: u64,
+    /// The last sequence number of the node's audit trail.
+    #[serde(default)]
+    pub audit_seq: Option<u64>,
+    /// Records of its trail not yet in the audit database (with `[audit.postgres]`).
+    #[serde(default)]
+    pub audit_sink_lag: Option<u64>,
+    /// The node that answered.
+    #[serde(default)]
+    pub this_node: bool,
+}
+
+/// What a node knows of itself.
+pub(crate) struct Local {
+    pub lockbox: Arc<Lockbox>,
+    pub registry: Arc<Registry>,
+    pub sink: Option<Arc<SinkStatus>>,
+}
+
+impl Local {
+    fn row(&self) -> NodeRow {
+        let node = self.lockbox.config().node_id.clone();
+        let mut sessions = self.registry.list();
+        sessions.iter_mut().for_each(|s| s.node.clone_from(&node));
+        NodeRow {
+            id: node,
+            last_seen: Utc::now(),
+            live_sessions: u64::try_from(self.registry.live_sessions()).unwrap_or(u64::MAX),
+            audit_seq: Some(*self.lockbox.audit.subscribe().borrow()),
+            audit_sink_lag: self.sink.as_ref().map(|s| s.health().lag),
+            sessions: serde_json::to_string(&sessions).unwrap_or_else(|_| "[]".into()),
+        }
+    }
+}
+
+fn info(row: NodeRow, this_node: &str) -> NodeInfo {
+    NodeInfo {
+        this_node: row.id == this_node,
+        id: row.id,
+        last_seen: row.last_seen,
+        live_sessions: row.live_sessions,
+        audit_seq: row.audit_seq,
+        audit_sink_lag: row.audit_sink_lag,
+    }
+}
+
+/// The nodes seen recently, this one described live.
+pub(crate) async fn cluster(local: &Local) -> Result<Vec<NodeInfo>, StoreError> {
+    let me = local.row();
+    let id = me.id.clone();
+    let mut rows = match local.lockbox.store.postgres_backend() {
+        Some(pg) => pg.nodes(Utc::now() - SEEN_WITHIN).await?,
+        None => Vec::new(),
+    };
+    rows.retain(|r| r.id != id);
+    rows.push(me);
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(rows.into_iter().map(|r| info(r, &id)).collect())
+}
+
+/// The session `id` on another node seen recently, and that node's id.
+pub(crate) async fn remote_session(
+    lockbox: &Lockbox,
+    id: &str,
+) -> Result<Option<SessionInfo>, StoreError> {
+    let Some(pg) = lockbox.store.postgres_backend() else {
+        return Ok(None);
+    };
+    let me = lockbox.config().node_id.clone();
+    for row in pg.nodes(Utc::now() - SEEN_WITHIN).await? {
+        if row.id == me {
+            continue;
+        }
+        let sessions: Vec<SessionInfo> = serde_json::from_str(&row.sessions).unwrap_or_default();
+        if let Some(mut found) = sessions.into_iter().find(|s| s.session_id == id) {
+            found.node = row.id;
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes this node's heartbeat until `shutdown` (a PostgreSQL store only).
+pub(crate) async fn heartbeat(local: Local, mut shutdown: watch::Receiver<bool>) {
+    let Some(pg) = local.lockbox.store.postgres_backend().cloned() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {
+                if let Err(e) = pg.beat(&local.row()).await {
+                    tracing::debug!(error = %e, "cannot write this node's heartbeat");
+                }
+            }
+        }
+    }
+}

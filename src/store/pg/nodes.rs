@@ -1,0 +1,76 @@
+//! `lockbox_nodes`: the heartbeat each node writes, read by `GET /v1/cluster` and by a
+//! session kill looking for the node that holds a session.
+
+use chrono::{DateTime, Utc};
+
+use super::super::StoreError;
+use super::{millis, PgStore};
+
+/// One node's row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NodeRow {
+    pub id: String,
+    pub last_seen: DateTime<Utc>,
+    pub live_sessions: u64,
+    pub audit_seq: Option<u64>,
+    pub audit_sink_lag: Option<u64>,
+    /// The node's live sessions, as JSON (`SessionInfo` list).
+    pub sessions: String,
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl PgStore {
+    /// Writes this node's heartbeat.
+    pub(crate) async fn beat(&self, row: &NodeRow) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        let live = i32::try_from(row.live_sessions).unwrap_or(i32::MAX);
+        conn.execute(
+            "INSERT INTO lockbox_nodes (id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
+                 live_sessions = excluded.live_sessions, audit_seq = excluded.audit_seq,
+                 audit_sink_lag = excluded.audit_sink_lag, sessions = excluded.sessions",
+            &[
+                &row.id,
+                &row.last_seen.timestamp_millis(),
+                &live,
+                &row.audit_seq.map(to_i64),
+                &row.audit_sink_lag.map(to_i64),
+                &row.sessions,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The nodes seen since `since`, by id.
+    pub(crate) async fn nodes(&self, since: DateTime<Utc>) -> Result<Vec<NodeRow>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(
+                "SELECT id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions
+                 FROM lockbox_nodes WHERE last_seen >= $1 ORDER BY id",
+                &[&since.timestamp_millis()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NodeRow {
+                    id: r.try_get(0)?,
+                    last_seen: millis(r.try_get(1)?),
+                    live_sessions: u64::try_from(r.try_get::<_, i32>(2)?).unwrap_or(0),
+                    audit_seq: r.try_get::<_, Option<i64>>(3)?.map(to_u64),
+                    audit_sink_lag: r.try_get::<_, Option<i64>>(4)?.map(to_u64),
+                    sessions: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+}

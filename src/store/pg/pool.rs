@@ -1,0 +1,115 @@
+//! A few connections to the PostgreSQL state store, each reconnected on first use after
+//! it broke. Small on purpose: the store's statements are short, and a pool crate would
+//! add a dependency for what fits here.
+
+use std::time::Duration;
+
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio_postgres::Client;
+
+use super::super::StoreError;
+use crate::config::StatePostgres;
+
+/// Connections held at most; enough for the API, the proxy's admissions and the
+/// background tasks of one node without starving the shared server of slots.
+const SIZE: usize = 4;
+
+/// How long a new connection may take before the store counts as unreachable: short, so
+/// a login or an API call fails closed quickly instead of hanging on a dead server.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub(crate) struct Pool {
+    config: StatePostgres,
+    slots: Vec<Mutex<Option<Client>>>,
+}
+
+/// A connection lent out; back in its slot when dropped.
+pub(crate) type Conn<'a> = MappedMutexGuard<'a, Client>;
+
+impl Pool {
+    pub(crate) fn new(config: StatePostgres) -> Pool {
+        Pool {
+            config,
+            slots: (0..SIZE).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// A free connection (waiting for one if none is), connected.
+    pub(crate) async fn get(&self) -> Result<Conn<'_>, StoreError> {
+        let mut guard = match self.slots.iter().find_map(|s| s.try_lock().ok()) {
+            Some(guard) => guard,
+            // The first slot to come free: a caller holding one slot while it waits for
+            // another (an advisory lock held over a sweep) must not wait on its own.
+            None => {
+                let waits = self.slots.iter().map(|s| Box::pin(s.lock()));
+                futures::future::select_all(waits).await.0
+            }
+        };
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            *guard = Some(connect(&self.config).await?);
+        }
+        MutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| StoreError::Unreachable("no connection".into()))
+    }
+}
+
+/// One new connection, its driver running on its own task.
+pub(crate) async fn connect(config: &StatePostgres) -> Result<Client, StoreError> {
+    let (client, _) = connect_with(config, |_| {}).await?;
+    Ok(client)
+}
+
+/// One new connection whose server messages (notifications) go to `on_message`; the
+/// returned handle ends when the connection does.
+pub(crate) async fn connect_with(
+    config: &StatePostgres,
+    on_message: impl FnMut(tokio_postgres::AsyncMessage) + Send + 'static,
+) -> Result<(Client, tokio::task::JoinHandle<()>), StoreError> {
+    let mut pg = config.connect.clone();
+    pg.connect_timeout(CONNECT_TIMEOUT);
+    // A store gone without a word (a cut network) is noticed in seconds, not hours: its
+    // connections then fail, and the node fails closed instead of waiting.
+    pg.keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3);
+    let unreachable = |e: String| StoreError::Unreachable(e);
+    match &config.tls_client {
+        None => {
+            let (client, connection) =
+                tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(tokio_postgres::NoTls))
+                    .await
+                    .map_err(|_| unreachable("connecting timed out".into()))?
+                    .map_err(|e| unreachable(super::error_text(&e)))?;
+            Ok((client, tokio::spawn(drive(connection, on_message))))
+        }
+        Some(tls) => {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+            let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(tls))
+                .await
+                .map_err(|_| unreachable("connecting timed out".into()))?
+                .map_err(|e| unreachable(super::error_text(&e)))?;
+            Ok((client, tokio::spawn(drive(connection, on_message))))
+        }
+    }
+}
+
+/// Runs a connection, handing what the server sends on its own to `on_message`.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    mut on_message: impl FnMut(tokio_postgres::AsyncMessage),
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(message)) => on_message(message),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "state store connection ended");
+                return;
+            }
+            None => return,
+        }
+    }
+}

@@ -1,0 +1,576 @@
+//! Several lockbox nodes on one PostgreSQL state store (issue 13): in-process servers on
+//! ports of their own, one state database, the engineer's session on one node and the
+//! decisions on others.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lockbox::client::ApiClient;
+use lockbox::policy::{AccessLevel, NewRequest, RequestStatus};
+use lockbox::sandbox::{free_port, PgSandbox};
+use lockbox::server::RunningServer;
+
+use crate::harness::{db_error, fatal_error, postgres_state, Env, Options};
+
+/// Node `i` of the fleet `env` started as node 1: the same config (state, keys, users)
+/// with listeners, audit trail and node id of its own. Returns its config file and proxy port.
+fn node_config(env: &Env, i: usize) -> (std::path::PathBuf, u16) {
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let proxy_port = free_port().expect("port");
+    let text = text
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", env.proxy_port()),
+            &format!("listen = \"127.0.0.1:{proxy_port}\""),
+        )
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", env.deployment.api_port),
+            &format!("listen = \"127.0.0.1:{}\"", free_port().expect("port")),
+        )
+        .replace(
+            "path = \"audit/audit.jsonl\"",
+            &format!("path = \"audit/node{i}.jsonl\""),
+        )
+        .replace("id = \"node-1\"", &format!("id = \"node-{i}\""));
+    let path = env.config_path.with_file_name(format!("node{i}.toml"));
+    std::fs::write(&path, text).expect("node config");
+    (path, proxy_port)
+}
+
+/// Node `i`, in-process.
+async fn start_node(env: &Env, i: usize) -> RunningServer {
+    let (path, _) = node_config(env, i);
+    let config = lockbox::config::Config::load(&path).expect("node config loads");
+    lockbox::server::start(config).await.expect("node starts")
+}
+
+fn client_of(env: &Env, server: &RunningServer, user: &str) -> ApiClient {
+    let key = env.deployment.api_keys.get(user).expect("user's key");
+    ApiClient::new(&format!("http://{}", server.api_addr), key)
+}
+
+fn node_one(env: &Env) -> &RunningServer {
+    env.server.as_ref().expect("node 1 runs")
+}
+
+async fn start_fleet(name: &str, policy: &'static str) -> (Env, Vec<RunningServer>) {
+    let env = Env::with(
+        name,
+        Options {
+            state_postgres: true,
+            policy,
+            ..Options::default()
+        },
+    )
+    .await;
+    let two = start_node(&env, 2).await;
+    let three = start_node(&env, 3).await;
+    (env, vec![two, three])
+}
+
+fn ask(env: &Env) -> NewRequest {
+    NewRequest {
+        database: env.db.clone(),
+        ticket: "T-13".into(),
+        reason: "investigate".into(),
+        access: AccessLevel::Read,
+        duration: Some("1h".into()),
+        ..NewRequest::default()
+    }
+}
+
+/// Connects through the proxy listening on `port`.
+async fn connect_via(
+    env: &Env,
+    port: u16,
+    token: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::task::JoinHandle<Option<tokio_postgres::Error>>,
+    ),
+    tokio_postgres::Error,
+> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(port)
+        .dbname(&env.db)
+        .user("eve")
+        .password(token)
+        .connect_timeout(Duration::from_secs(10));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    Ok((client, tokio::spawn(async move { connection.await.err() })))
+}
+
+/// Waits (bounded, never timed) until the session's next statement fails; returns the
+/// proxy's FATAL (SQLSTATE, message).
+async fn wait_until_dropped(
+    client: &tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<Option<tokio_postgres::Error>>,
+) -> (String, String) {
+    for _ in 0..200 {
+        if let Err(e) = client.simple_query("SELECT 1").await {
+            let connection = tokio::time::timeout(Duration::from_secs(10), connection)
+                .await
+                .expect("connection ends")
+                .expect("task");
+            return fatal_error(Some(e), connection);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the session was never dropped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn decided_on_three_nodes_connected_through_one_revoked_through_another() {
+    let (env, nodes) = start_fleet(
+        "fleet_three",
+        "\n[[rules]]\nname = \"lead-first\"\ninternal_approvals = 1\n",
+    )
+    .await;
+    let (two, three) = (&nodes[0], &nodes[1]);
+    let id = client_of(&env, node_one(&env), "eve")
+        .create_request(&ask(&env))
+        .await
+        .expect("create on node 1")
+        .id
+        .0;
+    let seen = client_of(&env, three, "carol")
+        .show_request(&id)
+        .await
+        .expect("node 3 sees it");
+    assert_eq!(seen.status, RequestStatus::PendingInternal);
+    client_of(&env, two, "lena")
+        .approve(&id, "lead ok")
+        .await
+        .expect("internal stage on node 2");
+    let approved = client_of(&env, three, "carol")
+        .approve(&id, "customer ok")
+        .await
+        .expect("customer stage on node 3");
+    assert!(
+        matches!(
+            approved.status,
+            RequestStatus::Approved | RequestStatus::Active
+        ),
+        "{:?}",
+        approved.status
+    );
+    let token = client_of(&env, three, "eve")
+        .token(&id)
+        .await
+        .expect("token")
+        .token;
+    let (client, connection) = connect_via(&env, three.proxy_addr.port(), &token)
+        .await
+        .expect("connect through node 3");
+    let rows = client
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .expect("read");
+    assert_eq!(rows.get::<_, i64>(0), 10);
+
+    client_of(&env, node_one(&env), "carol")
+        .revoke(&id, "done")
+        .await
+        .expect("revoke on node 1");
+    let (code, message) = wait_until_dropped(&client, connection).await;
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("revoked"), "{message}");
+    // Node 3 wrote the drop into its own trail.
+    let trail = env.audit_path.with_file_name("node3.jsonl");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&trail).expect("node 3's trail");
+        if text.contains("dropped_revoked") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(text.contains("dropped_revoked"), "node 3's trail: {text}");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_approvals_of_a_quorum_given_at_once_on_two_nodes_both_count() {
+    let (env, nodes) = start_fleet(
+        "fleet_quorum",
+        "\n[[rules]]\nname = \"two-customers\"\ncustomer_approvals = 2\n",
+    )
+    .await;
+    for round in 0..3 {
+        let id = client_of(&env, node_one(&env), "eve")
+            .create_request(&ask(&env))
+            .await
+            .expect("create")
+            .id
+            .0;
+        let (carol, cleo) = (
+            client_of(&env, &nodes[0], "carol"),
+            client_of(&env, &nodes[1], "cleo"),
+        );
+        let (a, b) = tokio::join!(carol.approve(&id, "one"), cleo.approve(&id, "two"));
+        a.expect("carol on node 2");
+        b.expect("cleo on node 3");
+        let request = client_of(&env, node_one(&env), "carol")
+            .show_request(&id)
+            .await
+            .expect("show");
+        assert_eq!(request.status, RequestStatus::Active, "round {round}");
+        let mut approvers: Vec<String> = request.approvals.iter().map(|a| a.by.clone()).collect();
+        approvers.sort();
+        assert_eq!(approvers, ["carol", "cleo"], "round {round}");
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+/// An HTTP receiver counting each webhook body by (event, request id).
+async fn counting_receiver(port: u16) -> Arc<Mutex<Vec<(String, String)>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let store = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let store = store.clone();
+            async move {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                    let event = v["event"].as_str().unwrap_or_default().to_owned();
+                    let request = v["request"]["request_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    store.lock().expect("seen").push((event, request));
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind hook");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_event_is_delivered_once_with_three_nodes_running() {
+    let hook_port = free_port().expect("port");
+    let seen = counting_receiver(hook_port).await;
+    let settings = format!(
+        "\n[notifications]\nretry_base = \"200ms\"\n\
+         [[notifications.webhooks]]\nurl = \"http://127.0.0.1:{hook_port}/hook\"\n"
+    );
+    let (env, nodes) = start_fleet("fleet_notify", Box::leak(settings.into_boxed_str())).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let node = if i == 0 {
+            node_one(&env)
+        } else {
+            &nodes[i - 1]
+        };
+        let id = client_of(&env, node, "eve")
+            .create_request(&ask(&env))
+            .await
+            .expect("create")
+            .id
+            .0;
+        ids.push(id);
+    }
+    // Every request's creation reaches the receiver…
+    for _ in 0..200 {
+        let got = seen.lock().expect("seen").clone();
+        if ids.iter().all(|id| got.iter().any(|(_, r)| r == id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // …and after every node has polled the outbox a few more times, still once each.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = seen.lock().expect("seen").clone();
+    for id in &ids {
+        let of_it: Vec<&(String, String)> = got.iter().filter(|(_, r)| r == id).collect();
+        assert!(!of_it.is_empty(), "no delivery for {id}: {got:?}");
+        let mut events: Vec<&str> = of_it.iter().map(|(e, _)| e.as_str()).collect();
+        let all = events.len();
+        events.sort_unstable();
+        events.dedup();
+        assert_eq!(
+            all,
+            events.len(),
+            "a delivery for {id} went out twice: {got:?}"
+        );
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_state_store_down_new_sessions_and_decisions_are_refused_and_live_ones_kept() {
+    // A cluster used only as the state store, so stopping it leaves the upstream running;
+    // commits are flushed, so an immediate stop (a crash) keeps them, as a real store does.
+    let mut state = PgSandbox::start_with(&[("synchronous_commit", "on")]).expect("state cluster");
+    let mut env = Env::prepare("fleet_down", Options::default());
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    std::fs::write(&env.config_path, postgres_state(&state, "state", &text)).expect("config");
+    let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
+    env.audit_path = config.audit_path.clone();
+    env.server = Some(lockbox::server::start(config).await.expect("starts"));
+
+    let (live_id, live_token) = env.approved_token("eve", "1h").await;
+    let (_, spare_token) = env.approved_token("eve", "1h").await;
+    let pending = env.pending_request("eve", "1h").await;
+    let (live, live_connection) = env.connect("eve", &live_token).await.expect("connect");
+
+    state.stop();
+    let Err(refused) = env.connect("eve", &spare_token).await else {
+        panic!("a new session was let in without the state store");
+    };
+    let (code, message) = db_error(&refused);
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("state store"), "{message}");
+    let decision = env
+        .client("carol")
+        .approve(&pending, "ok")
+        .await
+        .expect_err("no decision without the state store");
+    assert_eq!(
+        decision.code(),
+        Some("state_store_unavailable"),
+        "{decision}"
+    );
+    // The live session keeps its grant (its deadline is known), across reconcile rounds.
+    for _ in 0..3 {
+        let row = live
+            .query_one("SELECT count(*) FROM items", &[])
+            .await
+            .expect("the live session goes on");
+        assert_eq!(row.get::<_, i64>(0), 10);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
+    state.restart().expect("state store back");
+    let mut resumed = Err(String::new());
+    for _ in 0..100 {
+        match env.connect("eve", &spare_token).await {
+            Ok(session) => {
+                resumed = Ok(session);
+                break;
+            }
+            Err(e) => resumed = Err(format!("{:?}", db_error(&e))),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (spare, _) = resumed.expect("new sessions resume with the state store");
+    spare.simple_query("SELECT 1").await.expect("query");
+    env.client("carol")
+        .approve(&pending, "ok")
+        .await
+        .expect("decisions resume");
+    // Revoking the live grant still reaches its session after the outage.
+    env.client("carol")
+        .revoke(&live_id, "done")
+        .await
+        .expect("revoke");
+    let (code, _) = wait_until_dropped(&live, live_connection).await;
+    assert_eq!(code, "57P01");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_lists_its_nodes_and_a_kill_on_one_node_ends_a_session_on_another() {
+    let (env, nodes) = start_fleet("fleet_kill", "").await;
+    let three = &nodes[1];
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, connection) = connect_via(&env, three.proxy_addr.port(), &token)
+        .await
+        .expect("connect through node 3");
+    client.simple_query("SELECT 1").await.expect("query");
+
+    let on_three = client_of(&env, three, "carol")
+        .list_sessions()
+        .await
+        .expect("sessions");
+    assert_eq!(on_three.len(), 1);
+    assert_eq!(on_three[0].node, "node-3");
+    assert_eq!(on_three[0].request_id, id);
+    // Every node's heartbeat (and node 3's session) reaches node 1.
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = client_of(&env, node_one(&env), "carol")
+            .cluster()
+            .await
+            .expect("cluster");
+        let ids: Vec<&str> = listed.iter().map(|n| n.id.as_str()).collect();
+        let three_live = listed
+            .iter()
+            .any(|n| n.id == "node-3" && n.live_sessions == 1);
+        if ids == ["node-1", "node-2", "node-3"] && three_live {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<&str> = listed.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["node-1", "node-2", "node-3"], "{listed:?}");
+    assert!(listed.iter().any(|n| n.id == "node-1" && n.this_node));
+
+    let killed = client_of(&env, node_one(&env), "carol")
+        .kill_session(&on_three[0].session_id, "enough")
+        .await
+        .expect("kill through node 1");
+    assert_eq!(killed.node, "node-3");
+    let (code, message) = wait_until_dropped(&client, connection).await;
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("enough"), "{message}");
+    // Node 1 recorded the kill; node 3 the drop, each record naming its node.
+    let node_of = |file: &str, event: &str| -> Option<String> {
+        let text = std::fs::read_to_string(env.audit_path.with_file_name(file)).ok()?;
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+            .find(|r| r["event"] == event)
+            .map(|r| r["node"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(
+        node_of("audit.jsonl", "session_killed").as_deref(),
+        Some("node-1")
+    );
+    let mut dropped = None;
+    for _ in 0..100 {
+        dropped = node_of("node3.jsonl", "dropped_killed");
+        if dropped.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dropped.as_deref(), Some("node-3"));
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_with_sigkill_leaves_the_others_serving_and_its_work_to_them() {
+    let (env, nodes) = start_fleet("fleet_sigkill", "").await;
+    // Node 4 is a process of its own, to be killed with SIGKILL.
+    let (path, port) = node_config(&env, 4);
+    let mut node4 = std::process::Command::new(env!("CARGO_BIN_EXE_lockbox"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("lockbox serve");
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "node 4 did not start");
+
+    // A grant whose window ends soon: its completion is work for whichever node sweeps.
+    let (short_id, short_token) = env.approved_token("eve", "3s").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let (on_four, four_connection) = connect_via(&env, port, &short_token)
+        .await
+        .expect("connect through node 4");
+    on_four.simple_query("SELECT 1").await.expect("query");
+    let (on_two, _two_connection) = connect_via(&env, nodes[0].proxy_addr.port(), &token)
+        .await
+        .expect("connect through node 2");
+
+    node4.kill().expect("SIGKILL node 4");
+    let _ = node4.wait();
+    let gone = tokio::time::timeout(Duration::from_secs(10), four_connection)
+        .await
+        .expect("node 4's session ends with it");
+    assert!(gone.is_ok());
+
+    // The others go on: a live session on node 2, a new one through node 3, decisions.
+    on_two
+        .simple_query("SELECT 1")
+        .await
+        .expect("node 2's session goes on");
+    let (_, fresh) = env.approved_token("eve", "1h").await;
+    let (on_three, _) = connect_via(&env, nodes[1].proxy_addr.port(), &fresh)
+        .await
+        .expect("connect through node 3");
+    on_three.simple_query("SELECT 1").await.expect("query");
+    // The short grant's completion is recorded by a node still running.
+    let trails = ["audit.jsonl", "node2.jsonl", "node3.jsonl"];
+    let completed = |trails: &[&str]| {
+        trails.iter().any(|t| {
+            std::fs::read_to_string(env.audit_path.with_file_name(t))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|r| r["event"] == "completed" && r["request_id"] == short_id.as_str())
+        })
+    };
+    let mut done = false;
+    for _ in 0..100 {
+        if completed(&trails) {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(done, "no surviving node recorded the grant's completion");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extension_approved_on_one_node_keeps_a_session_on_another_alive() {
+    let (env, nodes) = start_fleet("fleet_extend", "").await;
+    let (id, token) = env.approved_token("eve", "4s").await;
+    let (client, _connection) = connect_via(&env, nodes[0].proxy_addr.port(), &token)
+        .await
+        .expect("connect through node 2");
+    let extension = client_of(&env, &nodes[1], "eve")
+        .extend(&id, "1h", "the fix needs longer")
+        .await
+        .expect("extend on node 3");
+    client_of(&env, node_one(&env), "carol")
+        .approve(&extension.id.0, "ok")
+        .await
+        .expect("approve on node 1");
+    // Past the original 4 s the session on node 2 still works.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    client
+        .simple_query("SELECT 'still here'")
+        .await
+        .expect("the session on node 2 was extended");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_sqlite_the_cluster_is_this_node_alone() {
+    let env = Env::with(
+        "fleet_single",
+        Options {
+            state_postgres: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let (client, _connection) = env.connect("eve", &token).await.expect("connect");
+    client.simple_query("SELECT 1").await.expect("query");
+    let nodes = env.client("dave").cluster().await.expect("cluster");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    assert!(nodes[0].this_node);
+    assert_eq!(nodes[0].live_sessions, 1);
+    assert!(nodes[0].audit_seq.is_some_and(|seq| seq > 0));
+}
