@@ -80,7 +80,8 @@ with open(log, errors="replace") as f:
         if m:
             logged[norm(m.group(1))] += 1
 recorded = collections.Counter()
-files = sorted(glob.glob(os.path.join(os.path.dirname(trail), "*.jsonl")))
+# The active file and the segments rotated out of it (audit-fsync-<seq>.jsonl).
+files = sorted(glob.glob(trail[: -len(".jsonl")] + "*.jsonl"))
 for path in files:
     with open(path, errors="replace") as f:
         for line in f:

@@ -53,17 +53,19 @@ verified=ok
 # Statement records that carry this run's marker, in the text (simple) or a parameter
 # (asyncpg sends text parameters in binary format, recorded as hex).
 records=$(python3 - "$TRAIL" "$MARKER-" <<'PY'
-import json, sys
+import glob, json, sys
 marker = sys.argv[2]
 marker_hex = marker.encode().hex()
 n = 0
-with open(sys.argv[1], errors="replace") as f:
-    for line in f:
-        if marker not in line and marker_hex not in line:
-            continue
-        r = json.loads(line)
-        if r.get("type") == "statement":
-            n += 1
+# The active file and the segments rotated out of it (audit-load-<seq>.jsonl).
+for path in glob.glob(sys.argv[1][: -len(".jsonl")] + "*.jsonl"):
+    with open(path, errors="replace") as f:
+        for line in f:
+            if marker not in line and marker_hex not in line:
+                continue
+            r = json.loads(line)
+            if r.get("type") == "statement":
+                n += 1
 print(n)
 PY
 )
