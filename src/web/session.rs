@@ -201,24 +201,7 @@ impl FromRequestParts<WebState> for Signed {
         let take_flash = parts.method == axum::http::Method::GET
             && !path.ends_with("/stream")
             && !path.starts_with("/audit/download");
-        let live = state
-            .sessions
-            .take(id, take_flash)
-            .ok_or(WebError::SignIn)?;
-        // The user as the configuration says now: a reload that removed the user or
-        // changed their roles applies to signed-in browsers at once, as to API keys.
-        let config = state.api.lockbox.config();
-        let mut user = config
-            .users
-            .iter()
-            .find(|u| u.name == live.user)
-            .cloned()
-            .ok_or(WebError::SignIn)?;
-        if live.key.is_some() && user.api_key_sha256 != live.key {
-            state.sessions.remove(id);
-            return Err(WebError::SignIn);
-        }
-        user.mfa = live.mfa;
+        let (user, live) = signed_in(state, id, take_flash).ok_or(WebError::SignIn)?;
         // The access log names the signed-in user, as it names an API key's.
         if let Some(slot) = parts.extensions.get::<crate::api::CallerSlot>() {
             slot.set(&user.name);
@@ -229,6 +212,39 @@ impl FromRequestParts<WebState> for Signed {
             csrf: live.csrf,
             flash: live.flash,
         })
+    }
+}
+
+/// The user session `id` stands for now, if it is still a sign-in: not expired, not
+/// signed out, the user still configured and still holding the key it signed in with.
+/// Every page asks this, and so does a live stream while it runs (see `ended`).
+fn signed_in(state: &WebState, id: &str, take_flash: bool) -> Option<(User, Live)> {
+    let live = state.sessions.take(id, take_flash)?;
+    // The user as the configuration says now: a reload that removed the user or
+    // changed their roles applies to signed-in browsers at once, as to API keys.
+    let config = state.api.lockbox.config();
+    let mut user = config.users.iter().find(|u| u.name == live.user).cloned()?;
+    if live.key.is_some() && user.api_key_sha256 != live.key {
+        state.sessions.remove(id);
+        return None;
+    }
+    user.mfa = live.mfa;
+    Some((user, live))
+}
+
+/// How often a live stream checks that its sign-in still holds.
+const STREAM_CHECK: Duration = Duration::from_secs(2);
+
+/// Resolves once session `id` no longer signs anyone in (signed out, expired, key rotated
+/// or removed, user removed). A live stream ends with it: the stream was authorised once,
+/// when it opened, and would otherwise keep showing statements to a browser whose
+/// sign-in is over, for as long as the connection lasts.
+pub(crate) async fn ended(state: WebState, id: String) {
+    loop {
+        tokio::time::sleep(STREAM_CHECK).await;
+        if signed_in(&state, &id, false).is_none() {
+            return;
+        }
     }
 }
 

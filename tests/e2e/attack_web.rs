@@ -1,0 +1,134 @@
+//! Attacks on the admin center from outside: a plain HTTP client with a cookie, doing what
+//! a hostile page, a stolen cookie or a careless user would.
+
+use std::time::Duration;
+
+use crate::harness::Env;
+
+/// A browser without JavaScript: follows no redirect, keeps the session cookie by hand.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    session: Option<String>,
+}
+
+/// The value of cookie `name` set by `response`.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a csrf field")
+        + 19;
+    html[at..].split('"').next().expect("token").to_owned()
+}
+
+impl Browser {
+    fn new(env: &Env) -> Browser {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(120));
+        if let Some(ca) = &env.deployment.ca_path {
+            let pem = std::fs::read(ca).expect("CA");
+            builder =
+                builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA"));
+        }
+        Browser {
+            http: builder.build().expect("client"),
+            base: env.deployment.server_url(),
+            session: None,
+        }
+    }
+
+    /// Signs in with `user`'s API key.
+    async fn sign_in(env: &Env, user: &str) -> Browser {
+        let mut browser = Browser::new(env);
+        let form = browser
+            .http
+            .get(format!("{}/login", browser.base))
+            .send()
+            .await
+            .expect("login form");
+        let nonce = set_cookie(&form, "lockbox_login").expect("login cookie");
+        let key = env.deployment.api_keys[user].clone();
+        let response = browser
+            .http
+            .post(format!("{}/login", browser.base))
+            .header("cookie", format!("lockbox_login={nonce}"))
+            .form(&[("nonce", nonce.as_str()), ("api_key", key.as_str())])
+            .send()
+            .await
+            .expect("sign in");
+        assert_eq!(response.status(), 303, "{user} signs in");
+        browser.session = Some(set_cookie(&response, "lockbox_session").expect("session"));
+        browser
+    }
+
+    fn with_cookie(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.session {
+            Some(id) => request.header("cookie", format!("lockbox_session={id}")),
+            None => request,
+        }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.with_cookie(self.http.get(format!("{}{path}", self.base)))
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.with_cookie(self.http.post(format!("{}{path}", self.base)))
+            .form(form)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// The CSRF token of this sign-in, as its pages carry it.
+    async fn csrf(&self) -> String {
+        let page = self.get("/requests").await;
+        assert_eq!(page.status(), 200);
+        csrf_of(&page.text().await.expect("page"))
+    }
+}
+
+/// Reads `response` to its end; `false` if it is still going after `limit`.
+async fn ends_within(mut response: reqwest::Response, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        while let Ok(Some(_)) = response.chunk().await {}
+    })
+    .await
+    .is_ok()
+}
+
+/// A live statement stream is authorised when it opens; signing out must end it, or a
+/// browser (or whoever holds its cookie) keeps reading every statement of the request
+/// for as long as the connection lasts.
+#[tokio::test]
+async fn the_live_stream_ends_with_the_sign_in() {
+    let env = Env::start("attack_web_stream").await;
+    let id = env.pending_request("eve", "1h").await;
+    let carol = Browser::sign_in(&env, "carol").await;
+    let csrf = carol.csrf().await;
+    let stream = carol.get(&format!("/requests/{id}/stream")).await;
+    assert_eq!(stream.status(), 200);
+    let out = carol.post("/logout", &[("csrf", csrf.as_str())]).await;
+    assert_eq!(out.status(), 303);
+    assert!(
+        ends_within(stream, Duration::from_secs(60)).await,
+        "the stream outlived the sign-in that opened it"
+    );
+}
