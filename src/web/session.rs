@@ -24,6 +24,10 @@ pub(crate) const COOKIE: &str = "lockbox_session";
 /// number of logins can grow the process's memory.
 const MAX_SESSIONS: usize = 10_000;
 
+/// Most sign-ins one user holds at once (browsers, tabs signed in anew): past it their
+/// own oldest makes room.
+const MAX_PER_USER: usize = 32;
+
 /// One signed-in browser.
 #[derive(Clone)]
 struct Entry {
@@ -75,6 +79,22 @@ impl Sessions {
             key,
         };
         let mut map = self.lock();
+        // One user's sign-ins make room among their own first: otherwise anyone holding a
+        // key could sign in MAX_SESSIONS times and push every other user's browser out.
+        let own: Vec<(&String, Instant)> = map
+            .iter()
+            .filter(|(_, e)| e.user == user.name)
+            .map(|(k, e)| (k, e.expires))
+            .collect();
+        if own.len() >= MAX_PER_USER {
+            let oldest = own
+                .iter()
+                .min_by_key(|(_, t)| *t)
+                .map(|(k, _)| (*k).clone());
+            if let Some(k) = oldest {
+                map.remove(&k);
+            }
+        }
         if map.len() >= MAX_SESSIONS {
             let now = Instant::now();
             map.retain(|_, e| e.expires > now);
@@ -292,8 +312,9 @@ mod tests {
     #[test]
     fn the_store_is_bounded() {
         let sessions = Sessions::default();
-        for _ in 0..MAX_SESSIONS + 5 {
-            sessions.create(&user("a"), Duration::from_secs(60), None);
+        // Distinct users: one user's own sign-ins are capped lower (MAX_PER_USER).
+        for i in 0..MAX_SESSIONS + 5 {
+            sessions.create(&user(&format!("u{i}")), Duration::from_secs(60), None);
         }
         assert_eq!(sessions.len(), MAX_SESSIONS);
     }
@@ -337,5 +358,39 @@ mod tests {
             assert!(c.contains(part), "{c}");
         }
         assert!(!set_cookie(Some("x"), false, Duration::from_secs(5)).contains("Secure"));
+    }
+}
+
+#[cfg(test)]
+mod attack_tests {
+    use super::*;
+
+    fn user(name: &str) -> User {
+        User {
+            name: name.into(),
+            roles: Vec::new(),
+            api_key_sha256: None,
+            mfa: false,
+            groups: Vec::new(),
+            email: None,
+        }
+    }
+
+    /// One user signing in over and over (a script with a valid key) must not sign
+    /// everybody else out.
+    #[test]
+    fn one_users_sign_ins_do_not_push_others_out() {
+        let sessions = Sessions::default();
+        let victim = sessions.create(&user("carol"), Duration::from_secs(60), None);
+        for _ in 0..MAX_SESSIONS + 5 {
+            sessions.create(&user("mallory"), Duration::from_secs(3600), None);
+        }
+        assert!(sessions.take(&victim, false).is_some());
+        let mallory = sessions
+            .lock()
+            .values()
+            .filter(|e| e.user == "mallory")
+            .count();
+        assert_eq!(mallory, MAX_PER_USER);
     }
 }
