@@ -132,3 +132,23 @@ async fn the_live_stream_ends_with_the_sign_in() {
         "the stream outlived the sign-in that opened it"
     );
 }
+
+/// A request id from the path goes back into the `Location` of the answer: a control
+/// character in it must be a 404 (as the API answers an unknown id), not a 500.
+#[tokio::test]
+async fn a_control_character_in_a_request_id_is_not_found() {
+    let env = Env::start("attack_web_ctl_id").await;
+    let carol = Browser::sign_in(&env, "carol").await;
+    let csrf = carol.csrf().await;
+    for action in ["approve", "deny", "revoke"] {
+        let response = carol
+            .post(
+                &format!("/requests/req-x%0Ay/{action}"),
+                &[("csrf", &csrf), ("reason", "why"), ("duration", "soon")],
+            )
+            .await;
+        assert_eq!(response.status(), 404, "{action}");
+    }
+    let page = carol.get("/requests/req-x%0Ay").await;
+    assert_eq!(page.status(), 404);
+}
