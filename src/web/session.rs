@@ -24,6 +24,9 @@ pub(crate) const COOKIE: &str = "lockbox_session";
 /// number of logins can grow the process's memory.
 const MAX_SESSIONS: usize = 10_000;
 
+/// The longest a sign-in lasts, whatever `web_session_ttl` says (a year).
+const LONGEST_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// Most sign-ins one user holds at once (browsers, tabs signed in anew): past it their
 /// own oldest makes room.
 const MAX_PER_USER: usize = 32;
@@ -74,7 +77,9 @@ impl Sessions {
             user: user.name.clone(),
             mfa: user.mfa,
             csrf: random_hex(),
-            expires: Instant::now() + ttl,
+            // `Instant + Duration` panics past what the clock can hold: an absurd
+            // `web_session_ttl` (say `100000000y`) would otherwise panic every sign-in.
+            expires: Instant::now() + ttl.min(LONGEST_TTL),
             flash: None,
             key,
         };
@@ -392,5 +397,13 @@ mod attack_tests {
             .filter(|e| e.user == "mallory")
             .count();
         assert_eq!(mallory, MAX_PER_USER);
+    }
+
+    /// A `web_session_ttl` beyond what the clock can add must not panic a sign-in.
+    #[test]
+    fn an_absurd_ttl_does_not_panic() {
+        let sessions = Sessions::default();
+        let id = sessions.create(&user("carol"), Duration::MAX, None);
+        assert!(sessions.take(&id, false).is_some());
     }
 }
