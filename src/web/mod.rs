@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::extract::Request;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -57,6 +57,7 @@ pub fn routes<S>(api: &ApiState) -> Router<S> {
         .route("/health", get(admin::health))
         .route("/assets/app.css", get(css))
         .route("/assets/live.js", get(live_js))
+        .layer(axum::middleware::from_fn(same_origin_posts))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }
@@ -98,6 +99,44 @@ async fn security_headers(request: Request, next: Next) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// Refuses (403) a form POST a browser says came from another origin. The CSRF token
+/// protects the signed-in forms, but the login form's double-submit nonce is only
+/// compared with a cookie, and a sibling host of the same site (`evil.example.com` next
+/// to `lockbox.example.com`, where SameSite=Strict does not apply) can set that cookie
+/// itself and sign a victim's browser in under the attacker's key. Browsers send
+/// `Origin` (and `Sec-Fetch-Site`) with every POST; a client that sends neither (curl,
+/// the tests) is left to the tokens.
+async fn same_origin_posts(request: Request, next: Next) -> Response {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let headers = request.headers();
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        let origin_ok = match headers.get(header::ORIGIN) {
+            None => true,
+            Some(origin) => origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .zip(host)
+                .is_some_and(|((_, authority), host)| authority.eq_ignore_ascii_case(host)),
+        };
+        let site_ok = headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v == "same-origin" || v == "none");
+        if !(origin_ok && site_ok) {
+            return error::WebError::Forbidden(
+                "this form was sent from another site: open lockbox's own page and try again"
+                    .into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Whether the API (and so the admin center) is served over HTTPS: the cookie is `Secure`.

@@ -152,3 +152,49 @@ async fn a_control_character_in_a_request_id_is_not_found() {
     let page = carol.get("/requests/req-x%0Ay").await;
     assert_eq!(page.status(), 404);
 }
+
+/// Login CSRF by cookie tossing: a page on a sibling host (`evil.example.com` next to
+/// `lockbox.example.com`, same site, so SameSite does not help) can set its own
+/// `lockbox_login` cookie for the parent domain and post the login form with the same
+/// nonce and the attacker's key, signing the victim's browser in as the attacker. The
+/// double-submit nonce is not tied to anything the server issued; a POST whose `Origin`
+/// is another origin must be refused.
+#[tokio::test]
+async fn a_post_from_another_origin_is_refused() {
+    let env = Env::start("attack_web_origin").await;
+    let browser = Browser::new(&env);
+    let key = env.deployment.api_keys["eve"].clone();
+    let tossed = "0123456789abcdef";
+    let response = browser
+        .http
+        .post(format!("{}/login", browser.base))
+        .header("cookie", format!("lockbox_login={tossed}"))
+        .header("origin", "https://evil.example.com")
+        .form(&[("nonce", tossed), ("api_key", key.as_str())])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(response.status(), 403, "a cross-origin sign-in");
+    assert!(set_cookie(&response, "lockbox_session").is_none());
+
+    // The same holds for every other form, token or not.
+    let carol = Browser::sign_in(&env, "carol").await;
+    let csrf = carol.csrf().await;
+    let response = carol
+        .with_cookie(carol.http.post(format!("{}/logout", carol.base)))
+        .header("origin", "null")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(response.status(), 403, "an opaque origin");
+    // Its own origin (what a browser sends with the page's own forms) still works.
+    let response = carol
+        .with_cookie(carol.http.post(format!("{}/logout", carol.base)))
+        .header("origin", carol.base.clone())
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(response.status(), 303, "a same-origin sign-out");
+}
