@@ -198,3 +198,74 @@ async fn a_post_from_another_origin_is_refused() {
         .expect("logout");
     assert_eq!(response.status(), 303, "a same-origin sign-out");
 }
+
+/// Every answer of the admin center (pages, redirects, errors, the framework's own
+/// rejections, assets) carries the browser protections, and the policy also pins where
+/// forms may post and what `<base>` may say: `default-src` covers neither, so injected
+/// markup could otherwise send a form (with its CSRF token) elsewhere.
+#[tokio::test]
+async fn every_answer_carries_the_protections() {
+    let env = Env::start("attack_web_headers").await;
+    let anonymous = Browser::new(&env);
+    let carol = Browser::sign_in(&env, "carol").await;
+    let csrf = carol.csrf().await;
+    let mut answers = vec![
+        ("login", anonymous.get("/login").await),
+        ("to login", anonymous.get("/requests").await),
+        ("asset", anonymous.get("/assets/app.css").await),
+        ("page", carol.get("/requests").await),
+        (
+            "bad filter",
+            carol.get("/requests?status=%3Cscript%3E").await,
+        ),
+        ("bad page", carol.get("/requests?page=-1").await),
+        (
+            "huge page",
+            carol.get("/requests?page=18446744073709551616").await,
+        ),
+        ("forbidden", carol.get("/exports").await),
+        (
+            "not found",
+            carol.get("/requests/req-0000000000000000").await,
+        ),
+        ("method", carol.get("/logout").await),
+        ("no token", carol.post("/logout", &[]).await),
+    ];
+    let not_a_form = carol
+        .with_cookie(
+            carol
+                .http
+                .post(format!("{}/requests/x/approve", carol.base)),
+        )
+        .header("content-type", "application/json")
+        .body(format!("{{\"csrf\":\"{csrf}\"}}"))
+        .send()
+        .await
+        .expect("json");
+    answers.push(("not a form", not_a_form));
+    for (what, response) in &answers {
+        let headers = response.headers();
+        let csp = headers
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("{what} ({}): no CSP", response.status()));
+        for part in [
+            "default-src 'self'",
+            "frame-ancestors 'none'",
+            "form-action 'self'",
+            "base-uri 'none'",
+        ] {
+            assert!(csp.contains(part), "{what}: {csp}");
+        }
+        assert!(!csp.contains("unsafe"), "{what}: {csp}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{what}");
+        if *what != "asset" {
+            assert_eq!(headers["cache-control"], "no-store", "{what}");
+        }
+        assert!(
+            response.status().as_u16() < 500,
+            "{what}: {}",
+            response.status()
+        );
+    }
+}
