@@ -269,3 +269,132 @@ async fn every_answer_carries_the_protections() {
         );
     }
 }
+
+/// The status the API answers `user` for `method path` (with a JSON body for a POST).
+async fn api_status(env: &Env, user: &str, method: &str, path: &str) -> u16 {
+    let browser = Browser::new(env);
+    let key = &env.deployment.api_keys[user];
+    let url = format!("{}{path}", browser.base);
+    let request = match method {
+        "GET" => browser.http.get(url),
+        _ => browser
+            .http
+            .post(url)
+            .json(&serde_json::json!({"reason": "why", "justification": "why"})),
+    };
+    request
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("API call")
+        .status()
+        .as_u16()
+}
+
+/// Each page and form refuses whom the API refuses, with the API's status: another
+/// engineer's request, one's own approval, roles without the right, pages for auditors
+/// and admins only.
+#[tokio::test]
+async fn pages_and_forms_refuse_as_the_api_does() {
+    let env = Env::start("attack_web_authz").await;
+    let id = env.pending_request("eve", "1h").await;
+    for (user, web, api) in [
+        (
+            "bob",
+            format!("/requests/{id}"),
+            format!("/v1/requests/{id}"),
+        ),
+        (
+            "eve",
+            format!("/requests/{id}"),
+            format!("/v1/requests/{id}"),
+        ),
+        (
+            "dave",
+            format!("/requests/{id}"),
+            format!("/v1/requests/{id}"),
+        ),
+        ("eve", "/audit".into(), "/v1/audit".into()),
+        ("lena", "/audit".into(), "/v1/audit".into()),
+        (
+            "eve",
+            format!("/requests/{id}/stream"),
+            format!("/v1/requests/{id}/audit/stream"),
+        ),
+        ("eve", "/exports".into(), "/v1/exports".into()),
+        ("carol", "/exports".into(), "/v1/exports".into()),
+    ] {
+        let browser = Browser::sign_in(&env, user).await;
+        let got = browser.get(&web).await.status().as_u16();
+        let want = api_status(&env, user, "GET", &api).await;
+        assert_eq!(got, want, "{user} GET {web} (API {api})");
+    }
+    let eve_audit = Browser::sign_in(&env, "eve").await;
+    assert_eq!(
+        eve_audit.get("/audit/download?format=csv").await.status(),
+        403
+    );
+    for (user, action) in [
+        ("eve", "approve"),
+        ("bob", "approve"),
+        ("dave", "approve"),
+        ("lena", "deny"),
+        ("bob", "revoke"),
+        ("bob", "cancel"),
+        ("carol", "cancel"),
+        ("carol", "extend"),
+        ("eve", "acknowledge"),
+    ] {
+        let browser = Browser::sign_in(&env, user).await;
+        let csrf = browser.csrf().await;
+        let got = browser
+            .post(
+                &format!("/requests/{id}/{action}"),
+                &[
+                    ("csrf", csrf.as_str()),
+                    ("reason", "why"),
+                    ("duration", "30m"),
+                ],
+            )
+            .await
+            .status()
+            .as_u16();
+        let want = api_status(&env, user, "POST", &format!("/v1/requests/{id}/{action}")).await;
+        // The API may refuse a body it cannot read (400/422) before it authorises; the
+        // page must refuse all the same, never act.
+        if got == 303 {
+            panic!("{user} {action}: the page acted where the API answers {want}");
+        }
+        if (want == 403 || want == 404) && got != want {
+            panic!("{user} {action}: page {got}, API {want}");
+        }
+    }
+    let eve = Browser::sign_in(&env, "eve").await;
+    let csrf = eve.csrf().await;
+    for (path, form) in [
+        (
+            "/policy",
+            vec![("csrf", csrf.as_str()), ("protect", "none")],
+        ),
+        (
+            "/exports",
+            vec![
+                ("csrf", csrf.as_str()),
+                ("name", "x"),
+                ("format", "jsonl"),
+                ("to", "/tmp/x"),
+                ("every", "1d"),
+            ],
+        ),
+        ("/exports/x/run", vec![("csrf", csrf.as_str())]),
+        (
+            "/sessions/s-0000000000000000/end",
+            vec![("csrf", csrf.as_str()), ("reason", "r")],
+        ),
+    ] {
+        assert_eq!(eve.post(path, &form).await.status(), 403, "eve POST {path}");
+    }
+    // Still pending: nothing above changed it.
+    let request = env.client("carol").show_request(&id).await.expect("show");
+    assert!(request.status.is_pending(), "{:?}", request.status);
+}
