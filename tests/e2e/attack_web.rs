@@ -398,3 +398,32 @@ async fn pages_and_forms_refuse_as_the_api_does() {
     let request = env.client("carol").show_request(&id).await.expect("show");
     assert!(request.status.is_pending(), "{:?}", request.status);
 }
+
+/// Rotating a user's API key (and reloading) signs out the browsers signed in with the
+/// old key, as it ends the old key's API calls; signing in with the new key works.
+#[tokio::test]
+async fn a_rotated_key_ends_its_sign_ins() {
+    let mut env = Env::start("attack_web_rotate").await;
+    let carol = Browser::sign_in(&env, "carol").await;
+    assert_eq!(carol.get("/requests").await.status(), 200);
+    let old = env.deployment.api_keys["carol"].clone();
+    let new = lockbox::keys::generate_api_key();
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let text = text.replace(
+        &lockbox::keys::api_key_hash_string(&old),
+        &lockbox::keys::api_key_hash_string(&new),
+    );
+    std::fs::write(&env.config_path, text).expect("config");
+    let reload = api_status(&env, "alice", "POST", "/v1/admin/reload").await;
+    assert_eq!(reload, 200);
+    let page = carol.get("/requests").await;
+    assert_eq!(
+        page.status(),
+        303,
+        "the old key's sign-in still opens pages"
+    );
+    assert_eq!(page.headers()["location"], "/login");
+    env.deployment.api_keys.insert("carol".into(), new);
+    let again = Browser::sign_in(&env, "carol").await;
+    assert_eq!(again.get("/requests").await.status(), 200);
+}
