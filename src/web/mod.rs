@@ -58,7 +58,10 @@ pub fn routes<S>(api: &ApiState) -> Router<S> {
         .route("/assets/app.css", get(css))
         .route("/assets/live.js", get(live_js))
         .layer(axum::middleware::from_fn(same_origin_posts))
-        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security_headers,
+        ))
         .with_state(state)
 }
 
@@ -79,10 +82,24 @@ async fn live_js() -> impl IntoResponse {
 /// Every answer of the admin center: scripts and styles only from this origin (so no
 /// inline script runs, whatever a page shows), no framing, no type sniffing, no referrer
 /// to elsewhere; pages (they show requests and the trail) are never cached.
-async fn security_headers(request: Request, next: Next) -> Response {
+async fn security_headers(
+    axum::extract::State(state): axum::extract::State<WebState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let is_asset = request.uri().path().starts_with("/assets/");
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    // Under TLS the browser is told to come back over HTTPS only: a user typing the
+    // address without `https://` would otherwise ask in the clear first, where someone on
+    // the path answers in lockbox's place (and reads the login form's key). A year, as
+    // browsers' preload rules ask; not `includeSubDomains`, other hosts are not ours.
+    if secure(&state) {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         // `default-src` does not cover where forms post nor what `<base>` may say:

@@ -427,3 +427,65 @@ async fn a_rotated_key_ends_its_sign_ins() {
     let again = Browser::sign_in(&env, "carol").await;
     assert_eq!(again.get("/requests").await.status(), 200);
 }
+
+/// Under TLS the cookies are `Secure` and every answer tells the browser to come back
+/// over HTTPS only (HSTS): without it, a user typing the address without `https://`, or
+/// following an `http://` link, asks in the clear first, where an attacker on the path
+/// answers in lockbox's place.
+#[tokio::test]
+async fn under_tls_the_browser_is_kept_on_https() {
+    let mut env = Env::prepare("attack_web_hsts", crate::harness::Options::default());
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let listen = format!("listen = \"127.0.0.1:{}\"\n", env.deployment.api_port);
+    let text = text.replacen(
+        &listen,
+        &format!("{listen}tls_cert = \"proxy-cert.pem\"\ntls_key = \"proxy-key.pem\"\n"),
+        1,
+    );
+    std::fs::write(&env.config_path, text).expect("config");
+    let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
+    env.server = Some(lockbox::server::start(config).await.expect("server starts"));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("client");
+    let base = format!("https://127.0.0.1:{}", env.deployment.api_port);
+    let form = http
+        .get(format!("{base}/login"))
+        .send()
+        .await
+        .expect("login form");
+    let cookie = form.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let nonce = set_cookie(&form, "lockbox_login").expect("nonce");
+    let key = env.deployment.api_keys["carol"].clone();
+    let signed = http
+        .post(format!("{base}/login"))
+        .header("cookie", format!("lockbox_login={nonce}"))
+        .form(&[("nonce", nonce.as_str()), ("api_key", key.as_str())])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(signed.status(), 303);
+    let cookie = signed.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    for response in [&form, &signed] {
+        let hsts = response
+            .headers()
+            .get("strict-transport-security")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert!(hsts.starts_with("max-age="), "no HSTS: {hsts:?}");
+    }
+    // Over plain HTTP (the default deployment) there is no such header to send.
+    let plain = Env::start("attack_web_no_hsts").await;
+    let page = Browser::new(&plain).get("/login").await;
+    assert!(page.headers().get("strict-transport-security").is_none());
+}
