@@ -253,7 +253,12 @@ fn signed_in(state: &WebState, id: &str, take_flash: bool) -> Option<(User, Live
         state.sessions.remove(id);
         return None;
     }
-    user.mfa = live.mfa;
+    // MFA as the API would judge the credential now: an API key's is the configuration's
+    // (so a reload that takes it away applies at once, as to the key itself); an identity
+    // token's is what its `amr` said at sign-in.
+    if live.key.is_none() {
+        user.mfa = live.mfa;
+    }
     Some((user, live))
 }
 

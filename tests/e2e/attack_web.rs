@@ -489,3 +489,58 @@ async fn under_tls_the_browser_is_kept_on_https() {
     let page = Browser::new(&plain).get("/login").await;
     assert!(page.headers().get("strict-transport-security").is_none());
 }
+
+/// A reload that takes MFA away from a user (their key is no longer trusted as MFA)
+/// applies to their signed-in browsers as to their key: an extension filed from the page
+/// is judged with the MFA the configuration gives now, not with the one at sign-in.
+#[tokio::test]
+async fn a_reload_that_takes_mfa_away_applies_to_signed_in_browsers() {
+    let env = Env::start("attack_web_mfa").await;
+    let (id, _token) = env.approved_token("eve", "1h").await;
+    let eve = Browser::sign_in(&env, "eve").await;
+    let csrf = eve.csrf().await;
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let before = "name = \"eve\"\nroles = [\"engineer\"]\nmfa = true";
+    assert!(text.contains(before), "eve's entry");
+    let text = text.replace(
+        before,
+        "name = \"eve\"\nroles = [\"engineer\"]\nmfa = false",
+    );
+    std::fs::write(&env.config_path, text).expect("config");
+    assert_eq!(
+        api_status(&env, "alice", "POST", "/v1/admin/reload").await,
+        200
+    );
+    let api = env
+        .client("eve")
+        .extend(&id, "30m", "more time")
+        .await
+        .expect_err("the API refuses eve's key without MFA");
+    assert!(api.to_string().contains("require-mfa"), "{api}");
+    let page = eve
+        .post(
+            &format!("/requests/{id}/extend"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("duration", "30m"),
+                ("reason", "more time"),
+            ],
+        )
+        .await;
+    let status = page.status();
+    let location = page
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = page.text().await.unwrap_or_default();
+    assert!(
+        status != 303 || location == format!("/requests/{id}"),
+        "the page filed an extension the API refuses: {status} {location}"
+    );
+    assert!(
+        status == 303 || body.contains("require-mfa"),
+        "{status}: {body}"
+    );
+}
