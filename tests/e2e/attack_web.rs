@@ -544,3 +544,59 @@ async fn a_reload_that_takes_mfa_away_applies_to_signed_in_browsers() {
         "{status}: {body}"
     );
 }
+
+/// What a requester types (reason, ticket) and what an engineer runs (statement text) is
+/// shown as text on every page that shows it: in the table, on the request page, in the
+/// trail, and in the flash an action leaves.
+#[tokio::test]
+async fn what_users_type_stays_text() {
+    let env = Env::start("attack_web_xss").await;
+    let evil = "\"><script>alert(1)</script><img src=x onerror=alert(2)>";
+    let mut new = lockbox::policy::NewRequest {
+        database: env.db.clone(),
+        ticket: format!("T-1{evil}"),
+        reason: evil.into(),
+        access: lockbox::policy::AccessLevel::Read,
+        duration: Some("1h".into()),
+        ..lockbox::policy::NewRequest::default()
+    };
+    let id = match env.client("eve").create_request(&new).await {
+        Ok(r) => r.id.to_string(),
+        // A ticket format the service refuses: the reason alone carries the attack.
+        Err(_) => {
+            new.ticket = "T-1".into();
+            env.file("eve", &new).await
+        }
+    };
+    let carol = Browser::sign_in(&env, "carol").await;
+    let csrf = carol.csrf().await;
+    // A bad window echoes what was typed in the flash.
+    let flashed = carol
+        .post(
+            &format!("/requests/{id}/approve"),
+            &[
+                ("csrf", csrf.as_str()),
+                ("reason", "ok"),
+                ("duration", evil),
+            ],
+        )
+        .await;
+    assert_eq!(flashed.status(), 303);
+    for path in [
+        "/requests".to_owned(),
+        format!("/requests/{id}"),
+        format!("/audit?request={id}"),
+        format!("/audit?engineer={}", urlencode(evil)),
+        format!("/requests?status={}", urlencode(evil)),
+    ] {
+        let page = carol.get(&path).await;
+        let body = page.text().await.expect("page");
+        for raw in ["<script>alert", "<img src=x"] {
+            assert!(!body.contains(raw), "{path} shows markup: {body}");
+        }
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    serde_urlencoded::to_string([("v", text)]).expect("encode")[2..].to_owned()
+}
