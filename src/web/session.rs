@@ -27,6 +27,9 @@ const MAX_SESSIONS: usize = 10_000;
 /// The longest a sign-in lasts, whatever `web_session_ttl` says (a year).
 const LONGEST_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// Longest flash message kept, in bytes.
+const MAX_FLASH: usize = 1024;
+
 /// Most sign-ins one user holds at once (browsers, tabs signed in anew): past it their
 /// own oldest makes room.
 const MAX_PER_USER: usize = 32;
@@ -123,11 +126,20 @@ impl Sessions {
 
     /// Leaves `flash` for the next page of session `id`.
     pub(crate) fn flash(&self, id: &str, error: bool, text: impl Into<String>) {
+        // A flash often quotes what the user typed (a window like `soon`, a name): cut
+        // short, so a 2 MB form field does not sit in memory until the next page, in each
+        // of a user's sign-ins.
+        let mut text = text.into();
+        if text.len() > MAX_FLASH {
+            let mut end = MAX_FLASH;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
         if let Some(e) = self.lock().get_mut(id) {
-            e.flash = Some(Flash {
-                error,
-                text: text.into(),
-            });
+            e.flash = Some(Flash { error, text });
         }
     }
 
@@ -410,5 +422,20 @@ mod attack_tests {
         let sessions = Sessions::default();
         let id = sessions.create(&user("carol"), Duration::MAX, None);
         assert!(sessions.take(&id, false).is_some());
+    }
+
+    /// A flash quoting a huge form field is kept short.
+    #[test]
+    fn a_flash_is_bounded() {
+        let sessions = Sessions::default();
+        let id = sessions.create(&user("carol"), Duration::from_secs(60), None);
+        sessions.flash(&id, true, format!("window `{}`", "é".repeat(1 << 20)));
+        let text = sessions
+            .take(&id, true)
+            .and_then(|s| s.flash)
+            .map(|f| f.text)
+            .unwrap_or_default();
+        assert!(text.starts_with("window `é"), "{}", &text[..20]);
+        assert!(text.len() <= MAX_FLASH + '…'.len_utf8(), "{}", text.len());
     }
 }
