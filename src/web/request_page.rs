@@ -314,11 +314,16 @@ pub(crate) async fn stream(
         Ok(sse) => sse.into_response(),
         Err(e) => return Ok(e.into_response()),
     };
-    // The stream lasts only as long as the sign-in that opened it: signing out, the
-    // session's expiry or a rotated key ends it too (the browser's EventSource then
+    // The stream lasts only as long as the sign-in that opened it and its right to read
+    // the trail: signing out, the session's expiry, a rotated key or a reload taking the
+    // role away ends it too (the browser's EventSource then
     // reconnects, and is refused like any page).
     let (parts, body) = sse.into_parts();
-    let until = Box::pin(super::session::ended(state.clone(), signed.id.clone()));
+    let until = Box::pin(super::session::ended(
+        state.clone(),
+        signed.id.clone(),
+        |user| policy::check_audit_read(user).is_ok(),
+    ));
     let body = Body::from_stream(body.into_data_stream().take_until(until));
     Ok(Response::from_parts(parts, body))
 }

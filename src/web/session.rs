@@ -278,13 +278,14 @@ fn signed_in(state: &WebState, id: &str, take_flash: bool) -> Option<(User, Live
 const STREAM_CHECK: Duration = Duration::from_secs(2);
 
 /// Resolves once session `id` no longer signs anyone in (signed out, expired, key rotated
-/// or removed, user removed). A live stream ends with it: the stream was authorised once,
-/// when it opened, and would otherwise keep showing statements to a browser whose
-/// sign-in is over, for as long as the connection lasts.
-pub(crate) async fn ended(state: WebState, id: String) {
+/// or removed, user removed) or its user no longer passes `allowed` (a reload took the
+/// role away). A live stream ends with it: the stream was authorised once, when it
+/// opened, and would otherwise keep showing statements to a browser whose sign-in or
+/// right is gone, for as long as the connection lasts.
+pub(crate) async fn ended(state: WebState, id: String, allowed: fn(&User) -> bool) {
     loop {
         tokio::time::sleep(STREAM_CHECK).await;
-        if signed_in(&state, &id, false).is_none() {
+        if signed_in(&state, &id, false).is_none_or(|(user, _)| !allowed(&user)) {
             return;
         }
     }

@@ -600,3 +600,28 @@ async fn what_users_type_stays_text() {
 fn urlencode(text: &str) -> String {
     serde_urlencoded::to_string([("v", text)]).expect("encode")[2..].to_owned()
 }
+
+/// A reload that takes away the role the stream was opened with ends the stream too, as
+/// it refuses the role's next page.
+#[tokio::test]
+async fn the_live_stream_ends_with_the_role() {
+    let env = Env::start("attack_web_stream_role").await;
+    let id = env.pending_request("eve", "1h").await;
+    let dave = Browser::sign_in(&env, "dave").await;
+    let stream = dave.get(&format!("/requests/{id}/stream")).await;
+    assert_eq!(stream.status(), 200);
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let before = "name = \"dave\"\nroles = [\"auditor\"]";
+    assert!(text.contains(before), "dave's entry");
+    let text = text.replace(before, "name = \"dave\"\nroles = [\"engineer\"]");
+    std::fs::write(&env.config_path, text).expect("config");
+    assert_eq!(
+        api_status(&env, "alice", "POST", "/v1/admin/reload").await,
+        200
+    );
+    assert_eq!(dave.get("/audit").await.status(), 403);
+    assert!(
+        ends_within(stream, Duration::from_secs(60)).await,
+        "the stream outlived the role that opened it"
+    );
+}
