@@ -261,7 +261,14 @@ fn signed_in(state: &WebState, id: &str, take_flash: bool) -> Option<(User, Live
     // changed their roles applies to signed-in browsers at once, as to API keys.
     let config = state.api.lockbox.config();
     let mut user = config.users.iter().find(|u| u.name == live.user).cloned()?;
-    if live.key.is_some() && user.api_key_sha256 != live.key {
+    // Bound to what signed it in: an API key's sign-in ends when the key is rotated or
+    // removed; an identity token's (no key) when `[oidc]` is removed, since the API no
+    // longer takes that provider's tokens.
+    let credential_gone = match live.key {
+        Some(_) => user.api_key_sha256 != live.key,
+        None => config.oidc.is_none(),
+    };
+    if credential_gone {
         state.sessions.remove(id);
         return None;
     }

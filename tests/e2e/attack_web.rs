@@ -625,3 +625,45 @@ async fn the_live_stream_ends_with_the_role() {
         "the stream outlived the role that opened it"
     );
 }
+
+/// A reload that removes `[oidc]` (the identity provider is no longer trusted) ends the
+/// sign-ins made with its identity tokens, as the API refuses those tokens from then on.
+#[tokio::test]
+async fn removing_oidc_ends_identity_token_sign_ins() {
+    let (env, idp, _dir) = crate::oidc::with_provider("attack_web_oidc").await;
+    let token = idp.token("carol", &["pwd", "otp"], crate::oidc::ISSUER, 600);
+    let mut carol = Browser::new(&env);
+    let form = carol.get("/login").await;
+    let nonce = set_cookie(&form, "lockbox_login").expect("nonce");
+    let signed = carol
+        .http
+        .post(format!("{}/login", carol.base))
+        .header("cookie", format!("lockbox_login={nonce}"))
+        .form(&[("nonce", nonce.as_str()), ("id_token", token.as_str())])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(signed.status(), 303, "an identity token signs in");
+    carol.session = set_cookie(&signed, "lockbox_session");
+    assert_eq!(carol.get("/requests").await.status(), 200);
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let at = text.find("\n[oidc]").expect("the [oidc] section");
+    let rest = &text[at + 1..];
+    let end = rest[1..].find("\n[").map_or(rest.len(), |i| i + 1);
+    let text = format!("{}{}", &text[..at + 1], &rest[end..]);
+    std::fs::write(&env.config_path, text).expect("config");
+    assert_eq!(
+        api_status(&env, "alice", "POST", "/v1/admin/reload").await,
+        200
+    );
+    let api = Browser::new(&env)
+        .http
+        .get(format!("{}/v1/whoami", carol.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("whoami");
+    assert_eq!(api.status(), 401, "the API no longer takes the token");
+    let page = carol.get("/requests").await;
+    assert_eq!(page.status(), 303, "the token's sign-in still opens pages");
+}
