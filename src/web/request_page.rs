@@ -304,6 +304,12 @@ pub(crate) async fn stream(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, WebError> {
     let request = state.api.lockbox.get(&signed.user, &RequestId(id)).await?;
+    let guard = state.sessions.open_stream(&signed.id).ok_or_else(|| {
+        WebError::TooMany(format!(
+            "this sign-in already follows {} live streams: close a tab and try again",
+            super::session::MAX_STREAMS
+        ))
+    })?;
     let sse = match crate::api::request_live(
         state.api.clone(),
         &signed.user,
@@ -324,6 +330,10 @@ pub(crate) async fn stream(
         signed.id.clone(),
         |user| policy::check_audit_read(user).is_ok(),
     ));
-    let body = Body::from_stream(body.into_data_stream().take_until(until));
+    // The guard lives in the stream, so the place is freed when the stream is dropped.
+    let body = Body::from_stream(body.into_data_stream().take_until(until).map(move |frame| {
+        let _held = &guard;
+        frame
+    }));
     Ok(Response::from_parts(parts, body))
 }

@@ -4,7 +4,8 @@
 //! against the API.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
@@ -27,6 +28,9 @@ const MAX_SESSIONS: usize = 10_000;
 /// The longest a sign-in lasts, whatever `web_session_ttl` says (a year).
 const LONGEST_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// Most live streams one sign-in holds open at once: a page opens one, a few tabs a few.
+pub(crate) const MAX_STREAMS: usize = 8;
+
 /// Longest flash message kept, in bytes.
 const MAX_FLASH: usize = 1024;
 
@@ -48,6 +52,8 @@ struct Entry {
     /// still has that key, so rotating or removing a key (and a reload) signs its browsers
     /// out too. `None` for an identity token.
     key: Option<[u8; 32]>,
+    /// How many live streams this sign-in holds open now (see `open_stream`).
+    streams: Arc<AtomicUsize>,
 }
 
 /// A live session as a request finds it.
@@ -85,6 +91,7 @@ impl Sessions {
             expires: Instant::now() + ttl.min(LONGEST_TTL),
             flash: None,
             key,
+            streams: Arc::default(),
         };
         let mut map = self.lock();
         // One user's sign-ins make room among their own first: otherwise anyone holding a
@@ -118,6 +125,21 @@ impl Sessions {
         }
         map.insert(id.clone(), entry);
         id
+    }
+
+    /// A place for one more live stream of session `id`, held until the guard is dropped
+    /// (with the stream); `None` when the sign-in already holds `MAX_STREAMS` (or is
+    /// gone). Each stream keeps a task and an open trail file for as long as its client
+    /// keeps the connection, and a client that never reads keeps it for ever: without a
+    /// bound one sign-in could hold any number.
+    pub(crate) fn open_stream(&self, id: &str) -> Option<StreamGuard> {
+        let counter = self.lock().get(id)?.streams.clone();
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_STREAMS).then_some(n + 1)
+            })
+            .ok()?;
+        Some(StreamGuard(counter))
     }
 
     pub(crate) fn remove(&self, id: &str) {
@@ -169,6 +191,15 @@ impl Sessions {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()
+    }
+}
+
+/// One live stream's place among its sign-in's `MAX_STREAMS`; freed when dropped.
+pub(crate) struct StreamGuard(Arc<AtomicUsize>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

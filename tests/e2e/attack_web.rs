@@ -667,3 +667,41 @@ async fn removing_oidc_ends_identity_token_sign_ins() {
     let page = carol.get("/requests").await;
     assert_eq!(page.status(), 303, "the token's sign-in still opens pages");
 }
+
+/// Each live stream holds a task and an open trail file for as long as its client keeps
+/// the connection (a client that never reads keeps it forever): one sign-in may hold only
+/// a few at once; past them the answer is 429, and a closed stream makes room again.
+#[tokio::test]
+async fn one_sign_in_holds_a_bounded_number_of_streams() {
+    let env = Env::start("attack_web_streams").await;
+    let id = env.pending_request("eve", "1h").await;
+    let carol = Browser::sign_in(&env, "carol").await;
+    let path = format!("/requests/{id}/stream");
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        let response = carol.get(&path).await;
+        if response.status() != 200 {
+            assert_eq!(response.status(), 429);
+            break;
+        }
+        open.push(response);
+    }
+    assert!(open.len() < 64, "64 streams held open by one sign-in");
+    let held = open.len();
+    drop(open.pop());
+    // The server notices the closed connection when it next writes to it: ask until the
+    // place is free again.
+    let reopened = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let response = carol.get(&path).await;
+            if response.status() == 200 {
+                return response;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("a closed stream makes room");
+    open.push(reopened);
+    assert_eq!(open.len(), held);
+}
