@@ -223,6 +223,22 @@ async fn every_answer_carries_the_protections() {
             "huge page",
             carol.get("/requests?page=18446744073709551616").await,
         ),
+        (
+            "last page",
+            carol.get("/requests?page=18446744073709551615").await,
+        ),
+        (
+            "last trail page",
+            carol.get("/audit?page=18446744073709551615").await,
+        ),
+        (
+            "bad utf-8",
+            carol.get("/audit?engineer=%FF%FE&page=%FF").await,
+        ),
+        (
+            "stream resume",
+            carol.get("/requests/req-x%0A/stream?after_seq=-1").await,
+        ),
         ("forbidden", carol.get("/exports").await),
         (
             "not found",
