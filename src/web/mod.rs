@@ -126,30 +126,36 @@ async fn security_headers(
 /// protects the signed-in forms, but the login form's double-submit nonce is only
 /// compared with a cookie, and a sibling host of the same site (`evil.example.com` next
 /// to `lockbox.example.com`, where SameSite=Strict does not apply) can set that cookie
-/// itself and sign a victim's browser in under the attacker's key. Browsers send
-/// `Origin` (and `Sec-Fetch-Site`) with every POST; a client that sends neither (curl,
-/// the tests) is left to the tokens.
+/// itself and sign a victim's browser in under the attacker's key.
+///
+/// `Sec-Fetch-Site` decides where the browser sends it (all current ones do): it is the
+/// browser's own judgement, so a reverse proxy that rewrites `Host` does not make every
+/// form fail. An older browser's `Origin` is compared with `Host`. A client that sends
+/// neither (curl, the tests) is left to the tokens.
 async fn same_origin_posts(request: Request, next: Next) -> Response {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let headers = request.headers();
-        let host = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().authority().map(|a| a.as_str()));
-        let origin_ok = match headers.get(header::ORIGIN) {
-            None => true,
-            Some(origin) => origin
+        let same_origin = match headers.get("sec-fetch-site") {
+            Some(site) => site
                 .to_str()
-                .ok()
-                .and_then(|o| o.split_once("://"))
-                .zip(host)
-                .is_some_and(|((_, authority), host)| authority.eq_ignore_ascii_case(host)),
+                .is_ok_and(|v| v == "same-origin" || v == "none"),
+            None => match headers.get(header::ORIGIN) {
+                None => true,
+                Some(origin) => {
+                    let host = headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+                    origin
+                        .to_str()
+                        .ok()
+                        .and_then(|o| o.split_once("://"))
+                        .zip(host)
+                        .is_some_and(|((_, authority), host)| authority.eq_ignore_ascii_case(host))
+                }
+            },
         };
-        let site_ok = headers
-            .get("sec-fetch-site")
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|v| v == "same-origin" || v == "none");
-        if !(origin_ok && site_ok) {
+        if !same_origin {
             return error::WebError::Forbidden(
                 "this form was sent from another site: open lockbox's own page and try again"
                     .into(),

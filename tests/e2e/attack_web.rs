@@ -188,6 +188,15 @@ async fn a_post_from_another_origin_is_refused() {
         .await
         .expect("logout");
     assert_eq!(response.status(), 403, "an opaque origin");
+    // A browser that says the form came from a sibling host of the same site.
+    let response = carol
+        .with_cookie(carol.http.post(format!("{}/logout", carol.base)))
+        .header("sec-fetch-site", "same-site")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(response.status(), 403, "a same-site, cross-origin form");
     // Its own origin (what a browser sends with the page's own forms) still works.
     let response = carol
         .with_cookie(carol.http.post(format!("{}/logout", carol.base)))
@@ -197,6 +206,18 @@ async fn a_post_from_another_origin_is_refused() {
         .await
         .expect("logout");
     assert_eq!(response.status(), 303, "a same-origin sign-out");
+    // Behind a reverse proxy that rewrites `Host`, the browser's own word decides.
+    let dave = Browser::sign_in(&env, "dave").await;
+    let csrf = dave.csrf().await;
+    let response = dave
+        .with_cookie(dave.http.post(format!("{}/logout", dave.base)))
+        .header("origin", "https://lockbox.example.com")
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(response.status(), 303, "a same-origin form behind a proxy");
 }
 
 /// Every answer of the admin center (pages, redirects, errors, the framework's own
