@@ -33,6 +33,12 @@ pub(crate) async fn act(
     Form(form): Form<ActionForm>,
 ) -> Result<Response, WebError> {
     signed.check_csrf(form.csrf.as_deref())?;
+    // The id goes back into the answer's `Location`: one no request can have (a control
+    // character would make that header invalid, and the answer a 500) is not found, as
+    // the API says of any unknown id.
+    if !plausible_id(&id) {
+        return Err(WebError::NotFound(format!("request {id} not found")));
+    }
     let lockbox = &state.api.lockbox;
     let user = &signed.user;
     let rid = RequestId(id.clone());
@@ -104,6 +110,15 @@ fn finish(
     }
 }
 
+/// Whether `id` could name a request (ids are `req-` and hex digits): only such an id is
+/// put into a URL the answer sends the browser to.
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// The approver's shorter window, if one was typed.
 fn shorten_to(text: &str) -> Result<Option<std::time::Duration>, String> {
     let text = text.trim();
@@ -134,12 +149,7 @@ pub(crate) async fn end_session(
 ) -> Result<Response, WebError> {
     signed.check_csrf(form.csrf.as_deref())?;
     // Only back to a request page: the field is the user's, and never sends them elsewhere.
-    let back = if !form.request.is_empty()
-        && form
-            .request
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    let back = if plausible_id(&form.request) {
         format!("/requests/{}", form.request)
     } else {
         "/requests".to_owned()

@@ -19,6 +19,9 @@ pub(crate) enum WebError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// Too much held at once (live streams of one sign-in): 429.
+    #[error("{0}")]
+    TooMany(String),
     #[error(transparent)]
     Service(ServiceError),
     /// A bug or a lost task: logged, and the user told only that it failed.
@@ -51,6 +54,7 @@ impl IntoResponse for WebError {
             WebError::Forbidden(m) => (StatusCode::FORBIDDEN, m.clone()),
             WebError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
             WebError::Invalid(m) => (StatusCode::BAD_REQUEST, m.clone()),
+            WebError::TooMany(m) => (StatusCode::TOO_MANY_REQUESTS, m.clone()),
             WebError::Internal(m) => {
                 tracing::error!(error = %m, "admin center page failed");
                 (

@@ -3,10 +3,12 @@
 //! forms show is decided by the policy checks the service runs on the POST itself
 //! (`check_decision`, `check_revoke`, …), so the page never offers what would be refused.
 
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use futures::StreamExt;
 use maud::{html, Markup};
 
 use super::error::WebError;
@@ -302,11 +304,36 @@ pub(crate) async fn stream(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, WebError> {
     let request = state.api.lockbox.get(&signed.user, &RequestId(id)).await?;
-    Ok(
-        match crate::api::request_live(state.api.clone(), &signed.user, request.id.0, &headers, raw)
-        {
-            Ok(sse) => sse.into_response(),
-            Err(e) => e.into_response(),
-        },
-    )
+    let guard = state.sessions.open_stream(&signed.id).ok_or_else(|| {
+        WebError::TooMany(format!(
+            "this sign-in already follows {} live streams: close a tab and try again",
+            super::session::MAX_STREAMS
+        ))
+    })?;
+    let sse = match crate::api::request_live(
+        state.api.clone(),
+        &signed.user,
+        request.id.0,
+        &headers,
+        raw,
+    ) {
+        Ok(sse) => sse.into_response(),
+        Err(e) => return Ok(e.into_response()),
+    };
+    // The stream lasts only as long as the sign-in that opened it and its right to read
+    // the trail: signing out, the session's expiry, a rotated key or a reload taking the
+    // role away ends it too (the browser's EventSource then
+    // reconnects, and is refused like any page).
+    let (parts, body) = sse.into_parts();
+    let until = Box::pin(super::session::ended(
+        state.clone(),
+        signed.id.clone(),
+        |user| policy::check_audit_read(user).is_ok(),
+    ));
+    // The guard lives in the stream, so the place is freed when the stream is dropped.
+    let body = Body::from_stream(body.into_data_stream().take_until(until).map(move |frame| {
+        let _held = &guard;
+        frame
+    }));
+    Ok(Response::from_parts(parts, body))
 }

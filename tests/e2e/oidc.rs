@@ -7,10 +7,10 @@ use lockbox::policy::{AccessLevel, NewRequest};
 
 use crate::harness::{Env, Options};
 
-const ISSUER: &str = "https://idp.example.test";
+pub(crate) const ISSUER: &str = "https://idp.example.test";
 const AUDIENCE: &str = "lockbox";
 
-struct Provider {
+pub(crate) struct Provider {
     key: EncodingKey,
     kid: String,
 }
@@ -39,7 +39,7 @@ impl Provider {
         }
     }
 
-    fn token(&self, user: &str, amr: &[&str], issuer: &str, expires_in: i64) -> String {
+    pub(crate) fn token(&self, user: &str, amr: &[&str], issuer: &str, expires_in: i64) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = serde_json::json!({
             "iss": issuer, "aud": AUDIENCE, "sub": format!("id-{user}"),
@@ -52,7 +52,7 @@ impl Provider {
 }
 
 /// A lockbox whose `[oidc]` trusts a fresh provider; the folder holds its JWKS file.
-async fn with_provider(name: &str) -> (Env, Provider, tempfile::TempDir) {
+pub(crate) async fn with_provider(name: &str) -> (Env, Provider, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let jwks = dir.path().join("jwks.json");
     let idp = Provider::new(&jwks);
