@@ -64,7 +64,8 @@ async fn every_page_stays_on_its_origin_for_every_persona() {
             assert!(status == 200 || status == 403, "{user} {path}: {status}");
             let headers = response.headers();
             assert_eq!(
-                headers["content-security-policy"], "default-src 'self'; frame-ancestors 'none'",
+                headers["content-security-policy"],
+                "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
                 "{path}"
             );
             assert_eq!(headers["x-content-type-options"], "nosniff");
