@@ -4,12 +4,11 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, resolve_password, tls_client_config, ConfigError, UpstreamTls};
+use super::{invalid, tls_client_config, ConfigError, UpstreamTls};
 
 /// The section as written.
 #[derive(Debug, Deserialize, Serialize)]
@@ -77,36 +76,16 @@ pub(super) fn validate(
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<PgSink, ConfigError> {
     let key = |field: &str| format!("{KEY}.{field}");
-    let mut connect = tokio_postgres::Config::from_str(&file.url)
-        .map_err(|e| invalid(key("url"), format!("not a postgres:// URL: {e}")))?;
-    if connect.get_password().is_some() {
-        return Err(invalid(
-            key("url"),
-            "holds a password: put it in password_file or password_env instead",
-        ));
-    }
-    if connect.get_user().is_none() || connect.get_dbname().is_none() {
-        return Err(invalid(key("url"), "must name a user and a database"));
-    }
-    let password = match (file.password_env, file.password_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                key("password_env"),
-                "set either password_env or password_file, not both",
-            ))
-        }
-        (Some(var), None) => Some(std::env::var(&var).map_err(|_| {
-            invalid(
-                key("password_env"),
-                format!("environment variable {var} is not set"),
-            )
-        })?),
-        (None, file) => resolve_password(None, file, &format!("{KEY}."), resolve)?,
-    };
-    if let Some(password) = password {
-        connect.password(password);
-    }
-    connect.application_name("lockbox-audit-sink");
+    let mut connect = super::pg_url::connect_config(
+        super::pg_url::PgUrlKeys {
+            section: KEY,
+            url: &file.url,
+            password_env: file.password_env,
+            password_file: file.password_file,
+            application_name: "lockbox-audit-sink",
+        },
+        resolve,
+    )?;
     let table_sql = quote_table(&file.table).ok_or_else(|| {
         invalid(
             key("table"),

@@ -18,6 +18,7 @@ mod check;
 mod databases;
 mod limits;
 pub mod notify;
+mod pg_url;
 pub(crate) mod state;
 mod users;
 pub mod workflow;

@@ -4,10 +4,9 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 
-use super::{invalid, resolve_password, tls_client_config, ConfigError, UpstreamTls};
+use super::{invalid, tls_client_config, ConfigError, UpstreamTls};
 
 /// Where the SQLite file goes when `[state]` names nothing.
 pub(crate) const DEFAULT_SQLITE_PATH: &str = "lockbox-data/state.db";
@@ -116,36 +115,16 @@ fn postgres_store(
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<StatePostgres, ConfigError> {
     let key = |field: &str| format!("{KEY}.{field}");
-    let mut connect = tokio_postgres::Config::from_str(&keys.url)
-        .map_err(|e| invalid(key("url"), format!("not a postgres:// URL: {e}")))?;
-    if connect.get_password().is_some() {
-        return Err(invalid(
-            key("url"),
-            "holds a password: put it in password_file or password_env instead",
-        ));
-    }
-    if connect.get_user().is_none() || connect.get_dbname().is_none() {
-        return Err(invalid(key("url"), "must name a user and a database"));
-    }
-    let password = match (keys.password_env, keys.password_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                key("password_env"),
-                "set either password_env or password_file, not both",
-            ))
-        }
-        (Some(var), None) => Some(std::env::var(&var).map_err(|_| {
-            invalid(
-                key("password_env"),
-                format!("environment variable {var} is not set"),
-            )
-        })?),
-        (None, file) => resolve_password(None, file, &format!("{KEY}."), resolve)?,
-    };
-    if let Some(password) = password {
-        connect.password(password);
-    }
-    connect.application_name("lockbox-state");
+    let mut connect = super::pg_url::connect_config(
+        super::pg_url::PgUrlKeys {
+            section: KEY,
+            url: &keys.url,
+            password_env: keys.password_env,
+            password_file: keys.password_file,
+            application_name: "lockbox-state",
+        },
+        resolve,
+    )?;
     // `sslmode=require` in the URL without a `tls` key means encrypted, unverified, as
     // libpq does; `tls` says more (verify-ca, verify-full with `tls_ca`).
     let url_requires = connect.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
