@@ -333,7 +333,7 @@ pub(crate) async fn ended(state: WebState, id: String, allowed: fn(&User) -> boo
 mod tests {
     use super::*;
 
-    fn user(name: &str) -> User {
+    pub(super) fn user(name: &str) -> User {
         User {
             name: name.into(),
             roles: Vec::new(),
@@ -424,18 +424,8 @@ mod tests {
 
 #[cfg(test)]
 mod attack_tests {
+    use super::tests::user;
     use super::*;
-
-    fn user(name: &str) -> User {
-        User {
-            name: name.into(),
-            roles: Vec::new(),
-            api_key_sha256: None,
-            mfa: false,
-            groups: Vec::new(),
-            email: None,
-        }
-    }
 
     /// One user signing in over and over (a script with a valid key) must not sign
     /// everybody else out.
