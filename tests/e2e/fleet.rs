@@ -90,14 +90,7 @@ async fn connect_via(
     ),
     tokio_postgres::Error,
 > {
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .dbname(&env.db)
-        .user("eve")
-        .password(token)
-        .connect_timeout(Duration::from_secs(10));
+    let config = env.pg_config_at(port, "eve", token);
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     Ok((client, tokio::spawn(async move { connection.await.err() })))
 }

@@ -339,9 +339,14 @@ impl Env {
     }
 
     pub fn pg_config(&self, user: &str, password: &str) -> tokio_postgres::Config {
+        self.pg_config_at(self.proxy_port(), user, password)
+    }
+
+    /// `pg_config` for the proxy on `port` (another node of a fleet).
+    pub fn pg_config_at(&self, port: u16, user: &str, password: &str) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
         c.host("127.0.0.1")
-            .port(self.proxy_port())
+            .port(port)
             .dbname(&self.db)
             .user(user)
             .password(password)
