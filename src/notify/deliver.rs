@@ -11,7 +11,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use crate::config::notify::{Smtp, SmtpSecurity};
 
 /// No delivery may hold the dispatcher longer than this.
-const TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An email's payload: subject, a blank line, then the text.
 pub fn email_payload(subject: &str, text: &str) -> String {

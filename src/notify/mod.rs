@@ -150,7 +150,18 @@ impl Notifier {
         config: Arc<Config>,
         delivery: Delivery,
     ) -> (i64, Result<(), crate::store::StoreError>) {
-        let result = self.send(&config, &delivery).await;
+        // The whole attempt is bounded here, whatever the channel: lettre's own timeout
+        // covers only the TCP connect, so a relay that accepts and never greets (or drips
+        // its replies) would hold this slot for ever, and 8 of them every notification.
+        let result = tokio::time::timeout(deliver::TIMEOUT, self.send(&config, &delivery))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "{}: no answer within {} s",
+                    delivery.channel,
+                    deliver::TIMEOUT.as_secs()
+                ))
+            });
         let attempt = delivery.attempts + 1;
         let next = match &result {
             Ok(()) => None,

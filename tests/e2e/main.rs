@@ -7,6 +7,7 @@ mod api_hardening;
 mod attack;
 mod attack2;
 mod attack_11;
+mod attack_faults;
 mod attack_tls;
 mod attack_web;
 mod audit_api;
