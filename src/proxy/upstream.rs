@@ -119,9 +119,16 @@ pub async fn connect(
         source,
     })?;
     let _ = tcp.set_nodelay(true);
+    // The TLS negotiation shares the login's bound: a stalled server (SIGSTOP, a hung host)
+    // still completes the TCP handshake from the kernel's backlog, then never answers the
+    // SSLRequest, and admission would wait for ever.
     let stream = match &db.tls_client {
         None => Box::new(tcp) as BoxStream,
-        Some(config) => start_tls(tcp, &db.host, config.clone()).await?,
+        Some(config) => {
+            tokio::time::timeout(CONNECT_TIMEOUT, start_tls(tcp, &db.host, config.clone()))
+                .await
+                .map_err(|_| UpstreamError::Timeout(addr.clone()))??
+        }
     };
     let mut params = params.to_vec();
     // The proxy splits query strings as a server with these settings does; pinning them

@@ -216,7 +216,6 @@ async fn a_revocation_while_the_database_is_stalled_mid_row_ends_with_a_whole_fa
 /// Finding: with TLS to the upstream, the TLS negotiation was outside the connect timeout:
 /// admission against a stalled database hung for ever instead of failing clearly.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding 2: fixed by a later commit"]
 async fn admission_to_a_stalled_database_over_tls_times_out_with_a_clear_error() {
     let (pg, _stop) = own_cluster();
     let (ca, cert, key) =
