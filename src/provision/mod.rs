@@ -30,6 +30,8 @@ pub enum ProvisionError {
         database: String,
         source: tokio_postgres::Error,
     },
+    #[error("database `{database}` did not answer lockbox's service connection within {secs} s")]
+    Timeout { database: String, secs: u64 },
     #[error("database `{database}`: {step}: {source}")]
     Sql {
         database: String,

@@ -29,16 +29,30 @@ pub(super) async fn connect(db: &Database) -> Result<Client, ProvisionError> {
         database: db.name.clone(),
         source,
     };
+    // tokio-postgres's connect_timeout bounds the TCP connect only: a stalled server
+    // (SIGSTOP, a hung host) completes that from the kernel's backlog and then never
+    // answers the login, which would hold a session's admission for as long as it stalls.
+    let timed_out = || ProvisionError::Timeout {
+        database: db.name.clone(),
+        secs: CONNECT_TIMEOUT.as_secs(),
+    };
     let client = match &db.tls_client {
         None => {
-            let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(failed)?;
+            let (client, connection) =
+                tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(tokio_postgres::NoTls))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(failed)?;
             tokio::spawn(drive(connection));
             client
         }
         Some(tls) => {
             pg.ssl_mode(tokio_postgres::config::SslMode::Require);
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
-            let (client, connection) = pg.connect(tls).await.map_err(failed)?;
+            let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, pg.connect(tls))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(failed)?;
             tokio::spawn(drive(connection));
             client
         }

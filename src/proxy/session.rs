@@ -32,6 +32,10 @@ use crate::wire::{self, sqlstate, Severity, Startup};
 /// own part, up to its token, is bounded by `preauth::PREAUTH_TIMEOUT`.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest the grant's upstream role may take to prepare (or the database's functions to
+/// read) at admission; the service login alone is bounded at 10 s.
+const PROVISION_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Startup parameters passed upstream. Anything that could change role, privileges or
 /// protocol behaviour is left out; `options` and `replication` are refused outright.
 const PASSED_PARAMETERS: &[&str] = &[
@@ -320,7 +324,18 @@ async fn run_admitted(
     // With statement rules in force, the guard must know the database's own functions
     // (fail closed: without them no statement could be checked).
     let database_functions = if crate::guard::has_guardrails(&db.guardrails) {
-        match lockbox.provisioner.database_functions(db).await {
+        let read = tokio::time::timeout(
+            PROVISION_TIMEOUT,
+            lockbox.provisioner.database_functions(db),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::provision::ProvisionError::Timeout {
+                database: db.name.clone(),
+                secs: PROVISION_TIMEOUT.as_secs(),
+            })
+        });
+        match read {
             Ok(names) => names,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the database's functions");
@@ -474,10 +489,29 @@ async fn connect_upstream(
         "lockbox could not connect to the upstream database",
     );
     for attempt in 0..2 {
-        let login = match lockbox.provisioner.login(db, request).await {
+        // Bounded as a whole: preparing the grant's role runs queries on a service
+        // connection, and a database that stalls after it answered the login would hold
+        // the admission (and its client) for as long as it stalls.
+        let prepared =
+            tokio::time::timeout(PROVISION_TIMEOUT, lockbox.provisioner.login(db, request))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::provision::ProvisionError::Timeout {
+                        database: db.name.clone(),
+                        secs: PROVISION_TIMEOUT.as_secs(),
+                    })
+                });
+        let login = match prepared {
             Ok(login) => login,
             Err(crate::provision::ProvisionError::Ended(_)) => {
                 return Err((sqlstate::INVALID_PASSWORD, "this access grant has ended"))
+            }
+            Err(e @ crate::provision::ProvisionError::Timeout { .. }) => {
+                tracing::error!(error = %e, "cannot prepare the grant's upstream role");
+                return Err((
+                    sqlstate::CONNECTION_FAILURE,
+                    "lockbox could not prepare the upstream role of this grant: the database did not answer in time",
+                ));
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot prepare the grant's upstream role");

@@ -253,7 +253,6 @@ async fn admission_to_a_stalled_database_over_tls_times_out_with_a_clear_error()
 /// was unbounded (tokio-postgres bounds only the TCP connect): a new grant's first session
 /// against a stalled database hung for ever.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding 3: fixed by a later commit"]
 async fn a_new_grants_first_session_to_a_stalled_database_times_out_with_a_clear_error() {
     let (pg, _stop) = own_cluster();
     let env = Env::with(
