@@ -95,9 +95,15 @@ impl Notifier {
         config: impl Fn() -> Arc<Config>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        use futures::StreamExt;
-        let mut in_flight = futures::stream::FuturesUnordered::new();
-        let mut sending = std::collections::HashSet::new();
+        // Each delivery runs on a task of its own, not as a future this loop polls: a
+        // delivery records its attempt through the state store's pool, and one that holds a
+        // pooled connection while this loop awaits the store itself (not polling it) would
+        // never give it back. Four such (the PostgreSQL pool's size) deadlocked the node's
+        // whole store: the API, decisions and admissions with it.
+        let mut in_flight = tokio::task::JoinSet::new();
+        // Delivery ids on their way, by task (a task that panicked still frees its id).
+        let mut sending: std::collections::HashMap<tokio::task::Id, i64> =
+            std::collections::HashMap::new();
         loop {
             let free = DELIVERIES_IN_FLIGHT.saturating_sub(in_flight.len());
             if free > 0 {
@@ -106,12 +112,16 @@ impl Notifier {
                         let config = config();
                         let new: Vec<Delivery> = due
                             .into_iter()
-                            .filter(|d| !sending.contains(&d.id))
+                            .filter(|d| !sending.values().any(|id| *id == d.id))
                             .take(free)
                             .collect();
                         for delivery in new {
-                            sending.insert(delivery.id);
-                            in_flight.push(self.send_one(config.clone(), delivery));
+                            let id = delivery.id;
+                            let notifier = self.clone();
+                            let config = config.clone();
+                            let task = in_flight
+                                .spawn(async move { notifier.send_one(config, delivery).await });
+                            sending.insert(task.id(), id);
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "notification outbox unreadable"),
@@ -134,10 +144,18 @@ impl Notifier {
                 _ = shutdown.changed() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                Some((id, recorded)) = in_flight.next(), if !in_flight.is_empty() => {
-                    sending.remove(&id);
-                    if let Err(e) = recorded {
-                        tracing::error!(error = %e, "notification outbox unwritable");
+                Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                    match joined {
+                        Ok((task, (_, recorded))) => {
+                            sending.remove(&task);
+                            if let Err(e) = recorded {
+                                tracing::error!(error = %e, "notification outbox unwritable");
+                            }
+                        }
+                        Err(e) => {
+                            sending.remove(&e.id());
+                            tracing::error!(error = %e, "a notification delivery failed to finish");
+                        }
                     }
                 }
             }

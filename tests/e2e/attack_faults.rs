@@ -358,7 +358,6 @@ async fn recording_receiver() -> (u16, Arc<Mutex<Vec<String>>>) {
 /// then were not polled while the dispatcher awaited the store, held all 4 for ever. The
 /// node's API, decisions and admissions all hung behind them.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding 4: fixed by a later commit"]
 async fn a_burst_of_deliveries_leaves_the_shared_store_answering() {
     let (port, paths) = recording_receiver().await;
     let mut settings = String::from("\n[notifications]\nretry_base = \"100ms\"\n");
