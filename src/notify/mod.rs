@@ -107,7 +107,10 @@ impl Notifier {
         loop {
             let free = DELIVERIES_IN_FLIGHT.saturating_sub(in_flight.len());
             if free > 0 {
-                match outbox::due(&self.store, Utc::now()).await {
+                // Only as many as there are free slots: on a shared store each one returned
+                // is claimed for two minutes, and one claimed but left unsent would wait out
+                // the claim before any node sent it.
+                match outbox::due(&self.store, Utc::now(), free).await {
                     Ok(due) => {
                         let config = config();
                         let new: Vec<Delivery> = due

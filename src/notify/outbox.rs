@@ -99,10 +99,17 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
 }
 
 /// Pending deliveries whose time has come, oldest first; on a shared (PostgreSQL) store,
-/// claimed for this node so no other node sends them too.
-pub async fn due(store: &Store, now: DateTime<Utc>) -> Result<Vec<Delivery>, StoreError> {
+/// claimed for this node so no other node sends them too, and then at most `limit` of them:
+/// the caller must send every one it got, or a claim keeps it from every node (this one
+/// included) until the claim lapses. SQLite claims nothing, and answers deliveries already
+/// on their way as well (the caller skips those), up to 100.
+pub async fn due(
+    store: &Store,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<Delivery>, StoreError> {
     if let Some(pg) = store.postgres_backend() {
-        return pg.claim_due(now, &pg.node).await;
+        return pg.claim_due(now, &pg.node, limit).await;
     }
     store
         .with(move |c| {

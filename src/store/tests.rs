@@ -259,7 +259,7 @@ async fn the_notification_outbox_on_both_backends() {
             .await
             .expect("enqueue");
         assert_eq!(outbox::pending_count(&store).await.expect("count"), 2);
-        let due = outbox::due(&store, Utc::now()).await.expect("due");
+        let due = outbox::due(&store, Utc::now(), 100).await.expect("due");
         assert_eq!(due.len(), 2, "{backend}");
         let later = Utc::now() + chrono::Duration::minutes(5);
         outbox::record_attempt(&store, due[0].id, Ok(()), None)
@@ -302,7 +302,7 @@ async fn nodes_claim_disjoint_deliveries_and_take_over_a_lapsed_claim() {
     .await
     .expect("enqueue");
     let now = Utc::now();
-    let (a, b) = tokio::join!(outbox::due(&one, now), outbox::due(&two, now));
+    let (a, b) = tokio::join!(outbox::due(&one, now, 100), outbox::due(&two, now, 100));
     let (a, b) = (a.expect("due"), b.expect("due"));
     assert_eq!(a.len() + b.len(), 20, "every delivery claimed once");
     assert!(
@@ -310,12 +310,12 @@ async fn nodes_claim_disjoint_deliveries_and_take_over_a_lapsed_claim() {
         "no delivery twice"
     );
     assert!(
-        outbox::due(&two, now).await.expect("due").is_empty(),
+        outbox::due(&two, now, 100).await.expect("due").is_empty(),
         "a held claim keeps others off"
     );
     // The node holding them died: once its claims lapse, another node takes them over.
     let after_lapse = now + chrono::Duration::minutes(3);
-    let taken = outbox::due(&two, after_lapse).await.expect("due");
+    let taken = outbox::due(&two, after_lapse, 100).await.expect("due");
     assert_eq!(taken.len(), 20);
 }
 

@@ -411,7 +411,6 @@ async fn a_burst_of_deliveries_leaves_the_shared_store_answering() {
 /// for two minutes but sent only as many as it had free slots (8): the rest waited out the
 /// claim before anyone sent them.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "finding 5: fixed by a later commit"]
 async fn more_deliveries_than_slots_all_go_out_promptly_on_a_shared_store() {
     let (port, paths) = recording_receiver().await;
     let mut settings = String::from("\n[notifications]\nretry_base = \"100ms\"\n");

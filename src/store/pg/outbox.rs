@@ -49,12 +49,14 @@ impl PgStore {
         Ok(())
     }
 
-    /// Claims the due deliveries no other node holds, for `node`.
+    /// Claims at most `limit` of the due deliveries no other node holds, for `node`.
     pub(crate) async fn claim_due(
         &self,
         now: DateTime<Utc>,
         node: &str,
+        limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
+        let limit = i64::try_from(limit.min(100)).unwrap_or(100);
         let conn = self.pool.get().await?;
         let now_ms = now.timestamp_millis();
         let until = (now + CLAIM).timestamp_millis();
@@ -66,11 +68,11 @@ impl PgStore {
                          SELECT id FROM lockbox_notifications
                          WHERE status = 'pending' AND next_attempt_at <= $1
                            AND (claimed_until IS NULL OR claimed_until <= $1)
-                         ORDER BY id LIMIT 100
+                         ORDER BY id LIMIT $4
                          FOR UPDATE SKIP LOCKED)
                      RETURNING {COLUMNS}"
                 ),
-                &[&now_ms, &node, &until],
+                &[&now_ms, &node, &until, &limit],
             )
             .await?;
         let mut out = rows.iter().map(delivery).collect::<Result<Vec<_>, _>>()?;
