@@ -655,7 +655,17 @@ fn audit_auth_failure(
 
 /// Sends a FATAL ErrorResponse and closes, without waiting long on a stuck client.
 pub(super) async fn send_fatal(stream: &mut BoxStream, code: &str, message: &str) {
-    let mut out = BytesMut::new();
+    send_fatal_after(stream, &[], code, message).await;
+}
+
+/// `send_fatal`, after `rest`: the end of a message the client was receiving.
+pub(super) async fn send_fatal_after(
+    stream: &mut BoxStream,
+    rest: &[u8],
+    code: &str,
+    message: &str,
+) {
+    let mut out = BytesMut::from(rest);
     wire::error_response(&mut out, Severity::Fatal, code, message);
     let send = async {
         stream.write_all(&out).await?;

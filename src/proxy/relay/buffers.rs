@@ -2,6 +2,8 @@
 //! client whole, stand-ins spliced over refused messages, and a close that lets the last
 //! FATAL arrive.
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -21,6 +23,81 @@ pub(super) async fn discard_until_closed(client: &mut BoxStream) {
         }
     };
     let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
+}
+
+/// The most of one upstream message held back from the client until it is whole; a larger
+/// one streams to the client as it comes (a FATAL can then not follow it cleanly).
+pub(super) const HOLD_LIMIT: usize = BUFFER_CAPACITY;
+
+impl super::Relay {
+    /// The bytes held back so far, then `bytes` but for its last `keep` (which the caller
+    /// holds back next); the held bytes are given up here.
+    pub(super) fn after_torn<'a>(&mut self, bytes: &'a [u8], keep: usize) -> Cow<'a, [u8]> {
+        let head = &bytes[..bytes.len() - keep];
+        if self.torn.is_empty() {
+            return Cow::Borrowed(head);
+        }
+        let mut out = std::mem::take(&mut self.torn);
+        out.extend_from_slice(head);
+        Cow::Owned(out)
+    }
+
+    /// Writes upstream bytes to the client, racing the session's end. `bytes` start where
+    /// the client's stream is (between messages unless `client_mid_message`); `mid_after`
+    /// says whether they end inside a message. A write cut short by the end leaves the rest
+    /// of the message it was in to `cut_short`, so the FATAL can follow it whole.
+    pub(super) async fn forward_to_client(
+        &mut self,
+        bytes: &[u8],
+        mid_after: bool,
+    ) -> Result<(), super::End> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let started_between = !self.client_mid_message;
+        // Until the write is done the client may be anywhere in it.
+        self.client_mid_message = true;
+        let mut written = 0;
+        while written < bytes.len() {
+            let wrote = tokio::select! {
+                biased;
+                reason = self.term.fired() => {
+                    if let Some(end) = message_end(bytes, written).filter(|_| started_between) {
+                        self.cut_short = bytes[written..end].to_vec();
+                        self.client_mid_message = false;
+                    }
+                    return Err(super::End::Dropped(reason));
+                }
+                wrote = self.client.write(&bytes[written..]) => wrote,
+            };
+            match wrote {
+                Ok(n) if n > 0 => written += n,
+                _ => return Err(super::End::ClientGone),
+            }
+        }
+        // Every byte is the stream's now (a TLS stream flushes the rest before its close).
+        self.client_mid_message = mid_after;
+        super::guarded(&mut self.term, self.client.flush())
+            .await?
+            .map_err(|_| super::End::ClientGone)
+    }
+}
+
+/// Where the message that byte `at` of `bytes` lies in ends, if `bytes` start with a
+/// message and that message ends within them.
+fn message_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut end = 0usize;
+    while end <= at {
+        if end == at {
+            return Some(end);
+        }
+        let header = bytes.get(end + 1..end + 5)?;
+        let len = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        end = end
+            .checked_add(1)?
+            .checked_add(usize::try_from(len).ok()?)?;
+    }
+    (end <= bytes.len()).then_some(end)
 }
 
 /// Writes `bytes` and flushes: over TLS, `write_all` may leave the tail of a large write in
@@ -46,9 +123,9 @@ pub(super) fn shrink_if_oversized(buf: &mut BytesMut) {
 pub(super) fn splice(
     bytes: &[u8],
     replacements: Vec<(std::ops::Range<usize>, Vec<u8>)>,
-) -> std::borrow::Cow<'_, [u8]> {
+) -> Cow<'_, [u8]> {
     if replacements.is_empty() {
-        return std::borrow::Cow::Borrowed(bytes);
+        return Cow::Borrowed(bytes);
     }
     let mut out = Vec::with_capacity(bytes.len() + 64);
     let mut at = 0;
@@ -58,7 +135,7 @@ pub(super) fn splice(
         at = range.end;
     }
     out.extend_from_slice(&bytes[at..]);
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

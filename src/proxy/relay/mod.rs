@@ -128,6 +128,16 @@ pub struct Relay {
     /// The last upstream message was an ErrorResponse: if the server closes now, the
     /// client has its reason already.
     upstream_said_why: bool,
+    /// The first bytes of an upstream message not yet whole, held back from the client (up
+    /// to `buffers::HOLD_LIMIT`) so that its stream is between two messages whenever the
+    /// relay waits: a FATAL written then is read as one, not as the rest of a DataRow.
+    torn: Vec<u8>,
+    /// The client has part of a message (one too large to hold back, or a write cut short
+    /// where the rest could not be told): nothing more can be said to it cleanly.
+    client_mid_message: bool,
+    /// The rest of the message a client write was cut short in by the session's end, to
+    /// finish before the FATAL.
+    cut_short: Vec<u8>,
 }
 
 impl Relay {
@@ -175,6 +185,9 @@ impl Relay {
             outcomes: Vec::new(),
             warnings,
             upstream_said_why: false,
+            torn: Vec::new(),
+            client_mid_message: false,
+            cut_short: Vec::new(),
         }
     }
 
@@ -223,7 +236,7 @@ impl Relay {
             )),
             // Told only between messages: bytes after a torn message would be garbage to
             // the client.
-            End::UpstreamGone if !self.upstream_said_why && self.scanner.at_boundary() => Some((
+            End::UpstreamGone if !self.upstream_said_why => Some((
                 sqlstate::CONNECTION_FAILURE,
                 "lockbox lost the connection to the upstream database: the server closed it \
                  (stopped, restarted or crashed); the session is ended"
@@ -231,8 +244,11 @@ impl Relay {
             )),
             End::ClientGone | End::ClientLeftMidStatement | End::UpstreamGone => None,
         };
-        if let Some((code, text)) = message {
-            super::session::send_fatal(&mut self.client, code, &text).await;
+        // A client in the middle of a message would read the FATAL as the rest of it:
+        // only one between messages is told (after the message a write was cut in, if any).
+        if let Some((code, text)) = message.filter(|_| !self.client_mid_message) {
+            let rest = std::mem::take(&mut self.cut_short);
+            super::session::send_fatal_after(&mut self.client, &rest, code, &text).await;
             discard_until_closed(&mut self.client).await;
         }
         self.close_upstream().await;
@@ -464,11 +480,16 @@ impl Relay {
                     };
                     self.rows += u64::from(self.counts_rows());
                     if self.rows > max {
-                        // Forward what came before this row, then end the session.
-                        let upto = range.as_ref().map_or(0, |r| r.start);
-                        let head = splice(&self.ubuf[..upto], std::mem::take(&mut rewrites));
-                        let _ =
-                            guarded(&mut self.term, write_flushed(&mut self.client, &head)).await;
+                        // Forward what came before this row, then end the session. A row that
+                        // began in an earlier read began in the bytes held back: none of it goes.
+                        let Some(upto) = range.as_ref().map(|r| r.start) else {
+                            self.torn.clear();
+                            return Err(End::RowLimit(max));
+                        };
+                        let ubuf = std::mem::take(&mut self.ubuf);
+                        let head = splice(&ubuf[..upto], std::mem::take(&mut rewrites));
+                        let head = self.after_torn(&head, 0);
+                        let _ = self.forward_to_client(&head, false).await;
                         return Err(End::RowLimit(max));
                     }
                     continue;
@@ -533,10 +554,39 @@ impl Relay {
         if self.warnings.has_pending() {
             self.insert_notice(held.is_some(), &mut rewrites);
         }
-        let outgoing = splice(&self.ubuf, rewrites);
-        guarded(&mut self.term, write_flushed(&mut self.client, &outgoing))
-            .await?
-            .map_err(|_| End::ClientGone)?;
+        // Taken out while it is written, as the write needs the relay whole.
+        let ubuf = std::mem::take(&mut self.ubuf);
+        let outgoing = splice(&ubuf, rewrites);
+        // The bytes at the end of `outgoing` that belong to a message not yet whole: those
+        // after the last boundary (rewrites and notices all lie before it), or all of them
+        // when the read continues a message begun earlier.
+        let continues = !self.scanner.at_boundary() && self.scanner.last_boundary().is_none();
+        let unfinished = match self.scanner.last_boundary() {
+            _ if self.scanner.at_boundary() => 0,
+            Some(start) => ubuf.len() - start,
+            None => outgoing.len(),
+        };
+        let unfinished_total = unfinished + if continues { self.torn.len() } else { 0 };
+        // A message already streaming to the client goes on streaming; one that outgrows
+        // the limit starts to.
+        let hold = unfinished > 0
+            && !(continues && self.client_mid_message)
+            && unfinished_total <= buffers::HOLD_LIMIT;
+        let send = if hold && continues {
+            // Still the message held back: nothing to send yet.
+            std::borrow::Cow::Borrowed(&[][..])
+        } else {
+            self.after_torn(&outgoing, if hold { unfinished } else { 0 })
+        };
+        let sent = self.forward_to_client(&send, unfinished > 0 && !hold).await;
+        if hold {
+            self.torn
+                .extend_from_slice(&outgoing[outgoing.len() - unfinished..]);
+        }
+        drop(send);
+        drop(outgoing);
+        self.ubuf = ubuf;
+        sent?;
         self.ubuf.clear();
         match held {
             Some(rest) => self.ubuf.unsplit(rest),

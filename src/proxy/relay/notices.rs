@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
-use super::{guarded, monotonic_deadline, write_flushed, End, Relay};
+use super::{monotonic_deadline, End, Relay};
 use crate::proxy::registry::Control;
 
 /// The warnings of one session: one timer, for the next warning (or, once all are given,
@@ -141,13 +141,12 @@ impl Relay {
     /// message boundary, else with the next upstream bytes, at the first boundary in them.
     pub(super) async fn on_warning(&mut self) -> Result<(), End> {
         self.warnings.fire();
-        // Everything read from upstream was written, or what was held back was rewound
-        // to its first byte: either way the client is between two messages.
-        if self.warnings.has_pending() && self.scanner.at_boundary() {
+        // Unless a message too large to hold back is streaming, the client is between two
+        // messages: what came from upstream was written up to the start of one not yet
+        // whole, which is held back (`torn`) or rewound to its first byte.
+        if self.warnings.has_pending() && !self.client_mid_message {
             let notice = self.warnings.take_pending();
-            guarded(&mut self.term, write_flushed(&mut self.client, &notice))
-                .await?
-                .map_err(|_| End::ClientGone)?;
+            self.forward_to_client(&notice, false).await?;
         }
         Ok(())
     }
