@@ -474,3 +474,63 @@ async fn rows_either_side_of_the_hold_limit_arrive_whole() {
         .await
         .expect("the session goes on");
 }
+
+/// Finding: the relay took any ErrorResponse as the server's own last word, so a database
+/// that crashed while a pipeline waited for its Sync after an ordinary ERROR left the
+/// client with that ERROR and a closed socket: no FATAL, no cause.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_after_an_error_in_a_pipeline_still_gets_the_fatal() {
+    use crate::harness::{errors_in, message};
+    use tokio::io::AsyncReadExt;
+    let (pg, _stop) = own_cluster();
+    let env = Env::with(
+        "atk14_crash_after_error",
+        Options {
+            cluster: Some(pg),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    let mut seen = raw.read_until_ready().await;
+    // Parse, Bind, Execute of a statement that fails, and a Flush: no Sync, so the server
+    // sends the ERROR and waits.
+    let mut batch = message(b'P', b"\0SELECT 1/0\0\0\0");
+    batch.extend(message(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(message(b'E', b"\0\0\0\0\0"));
+    batch.extend(message(b'H', b""));
+    raw.send(&batch).await;
+    let mut chunk = [0u8; 4096];
+    while !errors_in(&seen).iter().any(|(code, _)| code == "22012") {
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.stream.read(&mut chunk))
+            .await
+            .expect("the error arrives")
+            .expect("read");
+        assert!(n > 0, "closed before the error");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    pg.crash().expect("crash the cluster");
+    seen.extend(raw.read_to_close().await);
+    assert_ends_with_fatal(&seen, "08006");
+}
+
+/// Checked sound (and kept so by the fix above): a backend the server itself ends says why
+/// with its own FATAL, which reaches the client whole, and the proxy adds none of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_the_server_terminates_ends_with_the_servers_fatal_alone() {
+    let env = Env::start("atk14_server_fatal").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    let mut seen = raw.read_until_ready().await;
+    env.superuser_sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{}' AND usename = 'lockbox_read'",
+        env.db
+    ));
+    seen.extend(raw.read_to_close().await);
+    let message = assert_ends_with_fatal(&seen, "57P01");
+    assert!(message.contains("administrator command"), "{message}");
+    let fatals = crate::harness::errors_in(&seen).len();
+    assert_eq!(fatals, 1, "one FATAL, the server's");
+}

@@ -467,8 +467,15 @@ impl Relay {
                 }
             }
             // A server that ends a session on purpose says why (a FATAL ErrorResponse is
-            // its last message); one that stops or crashes goes without a word.
-            self.upstream_said_why = matches!(event, BackendEvent::Error { .. });
+            // its last message); one that stops or crashes goes without a word. An ERROR is
+            // no such word: a pipeline waits for its Sync after one, and the server may
+            // crash then. (An ErrorResponse split across reads cannot be read back here; it
+            // counts as the server's word, as it did before.)
+            self.upstream_said_why = matches!(event, BackendEvent::Error { .. })
+                && range
+                    .as_ref()
+                    .and_then(|r| self.ubuf.get(r.clone()))
+                    .is_none_or(buffers::ends_the_session);
             match &event {
                 // COPY … TO STDOUT sends one CopyData per row: a row limit counts them too.
                 BackendEvent::DataRow | BackendEvent::CopyData(_) => {
