@@ -534,3 +534,76 @@ async fn a_backend_the_server_terminates_ends_with_the_servers_fatal_alone() {
     let fatals = crate::harness::errors_in(&seen).len();
     assert_eq!(fatals, 1, "one FATAL, the server's");
 }
+
+/// Checked sound: the database crashing while a client streams COPY FROM STDIN ends the
+/// session with a whole FATAL (the proxy drains what the client still writes, so no reset
+/// throws it away), and the COPY's record gets an `interrupted` outcome.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_during_copy_in_ends_with_a_fatal_and_an_interrupted_copy() {
+    use crate::harness::message;
+    use tokio::io::AsyncWriteExt;
+    let (pg, _stop) = own_cluster();
+    let env = Env::with(
+        "atk14_crash_copy_in",
+        Options {
+            cluster: Some(pg),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    let mut seen = raw.read_until_ready().await;
+    raw.send(&query("CREATE TEMP TABLE t (x text)")).await;
+    seen.extend(raw.read_until_ready().await);
+    raw.send(&query("COPY t FROM STDIN")).await;
+    let (mut read, mut write) = raw.stream.into_split();
+    let writer = tokio::spawn(async move {
+        let row = message(b'd', format!("{}\n", "y".repeat(1000)).as_bytes());
+        let chunk: Vec<u8> = row.iter().copied().cycle().take(row.len() * 64).collect();
+        while write.write_all(&chunk).await.is_ok() {}
+    });
+    // Let the COPY run a while, then crash the database under it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.crash().expect("crash the cluster");
+    let mut rest = Vec::new();
+    let read_all = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = read.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(read_all.is_ok(), "the proxy did not close the connection");
+    writer.abort();
+    seen.extend(rest);
+    assert_ends_with_fatal(&seen, "08006");
+    let records = env
+        .wait_for_audit("the COPY's outcome", |records| {
+            records.iter().any(|r| {
+                r["type"] == "outcome" && r["request_id"] == id.as_str() && r["status"] != "ok"
+            })
+        })
+        .await;
+    let copy = records
+        .iter()
+        .find(|r| {
+            r["type"] == "statement"
+                && r["request_id"] == id.as_str()
+                && r["statement"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("COPY"))
+        })
+        .expect("the COPY's statement record");
+    let outcome = records
+        .iter()
+        .find(|r| r["type"] == "outcome" && r["statement_seq"] == copy["seq"])
+        .expect("the COPY's outcome");
+    assert_eq!(outcome["status"], "interrupted", "{outcome:#?}");
+}
