@@ -330,14 +330,36 @@ impl AuditLog {
         &self,
         events: impl Iterator<Item = &'a AuditEvent>,
     ) -> Result<u64, AuditError> {
+        let (_, durable) = self.append_durable_later(events)?;
+        durable.await
+    }
+
+    /// [`Self::append_durable_all`] in two steps: the records are written now, and their
+    /// first `seq` comes back with the wait for them to be durable. A caller that gives the
+    /// wait up (its session ended meanwhile) still knows which records are in the trail,
+    /// and can settle them.
+    pub(crate) fn append_durable_later<'a>(
+        &self,
+        events: impl Iterator<Item = &'a AuditEvent>,
+    ) -> Result<
+        (
+            u64,
+            impl std::future::Future<Output = Result<u64, AuditError>> + '_,
+        ),
+        AuditError,
+    > {
         let fsync = self.shared().options.durability == Durability::Fsync;
         let started = Instant::now();
         let written = self.write(events, Mode::Now { sync: fsync })?;
-        if fsync {
-            self.wait_durable(written).await?;
-        }
-        self.shared().metrics.observe_append(started.elapsed());
-        Ok(written.first)
+        let first = written.first;
+        let durable = async move {
+            if fsync {
+                self.wait_durable(written).await?;
+            }
+            self.shared().metrics.observe_append(started.elapsed());
+            Ok(first)
+        };
+        Ok((first, durable))
     }
 
     /// Chains `events` behind everything appended before and returns at once. For records

@@ -62,6 +62,12 @@ impl Outcome {
         Outcome::new(seq, Instant::now(), OutcomeStatus::NotExecuted)
     }
 
+    /// A statement recorded but never sent: the session ended while its record was
+    /// being made durable.
+    pub fn never_sent(seq: u64) -> Self {
+        Outcome::new(seq, Instant::now(), OutcomeStatus::Interrupted)
+    }
+
     /// Row count from the command tag (`SELECT 3`, `INSERT 0 5`, `COPY 10`).
     pub fn rows(&self) -> Option<u64> {
         self.command_tag

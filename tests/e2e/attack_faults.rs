@@ -607,3 +607,75 @@ async fn a_crash_during_copy_in_ends_with_a_fatal_and_an_interrupted_copy() {
         .expect("the COPY's outcome");
     assert_eq!(outcome["status"], "interrupted", "{outcome:#?}");
 }
+
+/// Statement records of `request` that have no outcome record.
+fn statements_without_outcome(env: &Env, request: &str) -> Vec<u64> {
+    let records = env.audit();
+    let settled: BTreeSet<u64> = records
+        .iter()
+        .filter(|r| r["type"] == "outcome")
+        .filter_map(|r| r["statement_seq"].as_u64())
+        .collect();
+    records
+        .iter()
+        .filter(|r| r["type"] == "statement" && r["request_id"] == request)
+        .filter_map(|r| r["seq"].as_u64())
+        .filter(|seq| !settled.contains(seq))
+        .collect()
+}
+
+/// Finding: a revocation while a batch's records waited for their fsync left them in the
+/// trail (they were written before the wait) with no outcome, and never sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_while_records_wait_for_their_fsync_leaves_no_statement_without_outcome() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::start("atk14_revoke_in_fsync").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut raw = Raw::login(&env, "eve", &token).await;
+        raw.read_until_ready().await;
+        let (mut read, mut write) = raw.stream.into_split();
+        tasks.push(tokio::spawn(async move {
+            // One query per write: each read of the relay is a batch of its own, and most
+            // of a batch's time is its fsync.
+            let q = query("SELECT 1");
+            while write.write_all(&q).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            let mut sink = [0u8; 8192];
+            while matches!(read.read(&mut sink).await, Ok(n) if n > 0) {}
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.client("carol")
+        .revoke(&id, "done")
+        .await
+        .expect("revoke");
+    env.wait_for_audit("the 4 sessions' ends", |records| {
+        records
+            .iter()
+            .filter(|r| {
+                r["type"] == "session"
+                    && r["request_id"] == id.as_str()
+                    && r["event"] == "dropped_revoked"
+            })
+            .count()
+            == 4
+    })
+    .await;
+    for task in tasks {
+        task.abort();
+    }
+    let mut missing = Vec::new();
+    for _ in 0..20 {
+        missing = statements_without_outcome(&env, &id);
+        if missing.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("statement records without an outcome: {missing:?}");
+}

@@ -383,11 +383,24 @@ impl Relay {
         let mut seq = if records.clone().next().is_none() {
             0
         } else {
-            match guarded(&mut self.term, self.audit.append_durable_all(records)).await? {
-                Ok(first) => first,
-                Err(e) => {
+            let count = records.clone().count() as u64;
+            let waited = match self.audit.append_durable_later(records) {
+                Ok((first, durable)) => guarded(&mut self.term, durable)
+                    .await
+                    .map_err(|end| (first, end)),
+                Err(e) => Ok(Err(e)),
+            };
+            match waited {
+                Ok(Ok(first)) => first,
+                Ok(Err(e)) => {
                     tracing::error!(error = %e, "audit write failed; statement refused");
                     return Err(End::AuditFailed);
+                }
+                // The session ended while the records waited for their fsync: they are in
+                // the trail already, and none will be sent, so each is settled here.
+                Err((first, end)) => {
+                    self.record_outcomes((first..first + count).map(Outcome::never_sent).collect());
+                    return Err(end);
                 }
             }
         };
