@@ -679,3 +679,68 @@ async fn a_revocation_while_records_wait_for_their_fsync_leaves_no_statement_wit
     }
     panic!("statement records without an outcome: {missing:?}");
 }
+
+/// Checked sound: while one database is down the proxy serves another, and once the first
+/// is back new sessions to it work; the live-session count falls back to zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crashed_database_spares_the_other_and_serves_again_once_back() {
+    let (pg, _stop) = own_cluster();
+    // The deployment's `other` database, on the shared cluster (made once, kept).
+    let _ = crate::harness::cluster().psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE other OWNER {}",
+            crate::harness::SERVICE_ROLE
+        ),
+    );
+    let env = Env::with(
+        "atk14_crash_other",
+        Options {
+            cluster: Some(pg),
+            other_cluster: Some(crate::harness::cluster()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let (_, other_token) = env
+        .approved(
+            "bob",
+            lockbox::policy::NewRequest {
+                database: "other".into(),
+                ticket: "T-2".into(),
+                reason: "investigate".into(),
+                access: AccessLevel::Read,
+                duration: Some("1h".into()),
+                ..lockbox::policy::NewRequest::default()
+            },
+        )
+        .await;
+    let (client, conn) = env.connect("eve", &token).await.expect("connect");
+    client.simple_query("SELECT 1").await.expect("query");
+    pg.crash().expect("crash the cluster");
+    let failed = client.simple_query("SELECT 1").await;
+    assert!(failed.is_err(), "a query on a crashed database fails");
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    // The other database, on another cluster, is served meanwhile.
+    let mut other = env.pg_config("bob", &other_token);
+    other.dbname("other");
+    let (other_client, other_conn) = other
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to the other database");
+    tokio::spawn(other_conn);
+    other_client
+        .simple_query("SELECT 1")
+        .await
+        .expect("the other database answers");
+    // A new session to the crashed one is refused clearly, then works once it is back.
+    let Err(refused) = env.connect("eve", &token).await else {
+        panic!("a session was admitted to a crashed database");
+    };
+    let (code, message) = crate::harness::db_error(&refused);
+    assert_eq!(code, "08006", "{message}");
+    pg.start_again().expect("start the cluster again");
+    let (again, _conn) = env.connect("eve", &token).await.expect("connect again");
+    again.simple_query("SELECT 1").await.expect("query again");
+}
