@@ -96,11 +96,22 @@ impl WebhookClients {
 /// rest of a webhook URL is often its secret), and a redirect is an error: the notifier
 /// follows none (the client is built so), lest a receiver point it at internal addresses
 /// or downgrade https:// to clear text.
-pub async fn webhook(http: &reqwest::Client, url: &str, payload: &str) -> Result<(), String> {
+///
+/// Every attempt of one delivery carries the same `Idempotency-Key`: delivery is at least
+/// once (an attempt the receiver took but whose answer was lost to the timeout, or to the
+/// proxy's crash before it recorded the answer, is made again), and the key lets a
+/// receiver tell such a repeat from a new notification.
+pub async fn webhook(
+    http: &reqwest::Client,
+    url: &str,
+    payload: &str,
+    delivery_id: i64,
+) -> Result<(), String> {
     let shown = crate::http_client::redact_url(url);
     let response = http
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("Idempotency-Key", idempotency_key(delivery_id))
         .body(payload.to_owned())
         .timeout(TIMEOUT)
         .send()
@@ -130,4 +141,9 @@ pub async fn webhook(http: &reqwest::Client, url: &str, payload: &str) -> Result
     } else {
         Err(format!("webhook {shown}: HTTP {status}"))
     }
+}
+
+/// The `Idempotency-Key` of every attempt of delivery `id`.
+pub(crate) fn idempotency_key(id: i64) -> String {
+    format!("lockbox-delivery-{id}")
 }

@@ -218,7 +218,7 @@ impl Notifier {
                     .find(|w| w.url == delivery.target)
                     .and_then(|w| w.ca_pem.as_deref());
                 let http = self.http.for_ca(ca)?;
-                deliver::webhook(&http, &delivery.target, &delivery.payload).await
+                deliver::webhook(&http, &delivery.target, &delivery.payload, delivery.id).await
             }
             other => Err(format!("unknown channel {other}")),
         }

@@ -744,3 +744,58 @@ async fn a_crashed_database_spares_the_other_and_serves_again_once_back() {
     let (again, _conn) = env.connect("eve", &token).await.expect("connect again");
     again.simple_query("SELECT 1").await.expect("query again");
 }
+
+/// Finding: delivery is at least once (an attempt the receiver took but whose answer was
+/// lost to the timeout or to a crash of the proxy is made again), and a repeat looked like a
+/// new notification: every attempt of one delivery now carries the same Idempotency-Key.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_attempt_of_one_delivery_carries_the_same_idempotency_key() {
+    let keys = Arc::new(Mutex::new(Vec::new()));
+    let store = keys.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let store = store.clone();
+        async move {
+            let key = headers
+                .get("idempotency-key")
+                .and_then(|k| k.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let mut keys = store.lock().expect("keys");
+            keys.push(key);
+            // The first attempt "fails" as one whose answer was lost would.
+            if keys.len() == 1 {
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                axum::http::StatusCode::OK
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let settings = format!(
+        "\n[notifications]\nretry_base = \"100ms\"\n\
+         [[notifications.webhooks]]\nurl = \"http://127.0.0.1:{port}/hook\"\n"
+    );
+    let env = Env::with(
+        "atk14_idempotency",
+        Options {
+            policy: Box::leak(settings.into_boxed_str()),
+            ..Options::default()
+        },
+    )
+    .await;
+    env.pending_request("eve", "1h").await;
+    for _ in 0..100 {
+        let seen = keys.lock().expect("keys").clone();
+        if seen.len() >= 2 {
+            assert!(!seen[0].is_empty(), "an attempt without an Idempotency-Key");
+            assert_eq!(seen[0], seen[1], "two attempts of one delivery");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the delivery was not retried");
+}
