@@ -799,3 +799,83 @@ async fn every_attempt_of_one_delivery_carries_the_same_idempotency_key() {
     }
     panic!("the delivery was not retried");
 }
+
+/// A TCP server answering every connection with `serve`.
+async fn raw_receiver<F, Fut>(serve: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(serve(socket));
+        }
+    });
+    port
+}
+
+/// Checked sound: a webhook receiver that drips its answer a byte a second (defeating a
+/// per-read timeout) is cut at the delivery timeout and retried; one answering 200 with an
+/// endless body is delivered at once (the body is never read).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dripping_receiver_times_out_and_an_endless_body_is_not_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let drip = raw_receiver(|mut socket| async move {
+        let mut buf = [0u8; 4096];
+        let _ = socket.read(&mut buf).await;
+        for byte in b"HTTP/1.1 200 OK\r\n".iter().cycle() {
+            if socket.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    let endless = raw_receiver(|mut socket| async move {
+        let mut buf = [0u8; 4096];
+        let _ = socket.read(&mut buf).await;
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n";
+        if socket.write_all(head).await.is_err() {
+            return;
+        }
+        let zeros = vec![0u8; 64 * 1024];
+        while socket.write_all(&zeros).await.is_ok() {}
+    })
+    .await;
+    let settings = format!(
+        "\n[notifications]\nretry_base = \"100ms\"\nmax_attempts = 50\n\
+         [[notifications.webhooks]]\nurl = \"http://127.0.0.1:{drip}/hook\"\n\
+         [[notifications.webhooks]]\nurl = \"http://127.0.0.1:{endless}/hook\"\n"
+    );
+    let env = Env::with(
+        "atk14_drip",
+        Options {
+            policy: Box::leak(settings.into_boxed_str()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let id = env.pending_request("eve", "1h").await;
+    for _ in 0..300 {
+        let list = env
+            .client("alice")
+            .notifications(Some(&id), None)
+            .await
+            .expect("status");
+        let dripped = list.iter().any(|d| {
+            d.target.contains(&drip.to_string()) && d.attempts >= 1 && d.last_error.is_some()
+        });
+        let endless_delivered = list
+            .iter()
+            .any(|d| d.target.contains(&endless.to_string()) && d.status == "delivered");
+        if dripped && endless_delivered {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the dripping receiver was not cut, or the endless body held its delivery");
+}
