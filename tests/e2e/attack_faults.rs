@@ -879,3 +879,44 @@ async fn a_dripping_receiver_times_out_and_an_endless_body_is_not_read() {
     }
     panic!("the dripping receiver was not cut, or the endless body held its delivery");
 }
+
+/// Checked sound: a cancel request for a session on a stalled database is forwarded and
+/// its connection closed in bounded time (the server's answer is waited for 2 s at most).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_request_to_a_stalled_database_does_not_hang() {
+    let (pg, _stop) = own_cluster();
+    let env = Env::with(
+        "atk14_stalled_cancel",
+        Options {
+            cluster: Some(pg),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    let hello = raw.read_until_ready().await;
+    let messages = frames(&hello).expect("whole messages");
+    let key = messages
+        .iter()
+        .find(|(tag, _)| *tag == b'K')
+        .map(|(_, body)| body.clone())
+        .expect("BackendKeyData");
+    pg.freeze(true).expect("stall the cluster");
+    let mut cancel = Raw::connect(env.proxy_port()).await;
+    let mut packet = 16i32.to_be_bytes().to_vec();
+    packet.extend(80_877_102i32.to_be_bytes());
+    packet.extend(&key);
+    cancel.send(&packet).await;
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut sink = Vec::new();
+        let _ = cancel.stream.read_to_end(&mut sink).await;
+    })
+    .await;
+    pg.freeze(false).expect("resume the cluster");
+    assert!(
+        closed.is_ok(),
+        "the cancel request hung on a stalled database"
+    );
+}
