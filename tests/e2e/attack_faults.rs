@@ -920,3 +920,70 @@ async fn a_cancel_request_to_a_stalled_database_does_not_hang() {
         "the cancel request hung on a stalled database"
     );
 }
+
+/// Checked with the fix above: a grant expiring while a large result streams, with a
+/// warning due meanwhile, gives whole messages throughout (the warning between two rows)
+/// and ends with the expiry's FATAL.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expiry_during_a_large_result_warns_between_rows_and_ends_with_a_whole_fatal() {
+    use tokio::io::AsyncReadExt;
+    let env = Env::with(
+        "atk14_expiry_mid_row",
+        Options {
+            timings: "warn_before = [\"3s\"]",
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "6s").await;
+    let (mut raw, seen) = mid_result(&env, &token, 1 << 20).await;
+    // Checked as it streams: only whole messages are kept, so memory stays small.
+    let mut buf = seen;
+    let mut notices = Vec::new();
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let mut at = 0;
+        while let Some(header) = buf.get(at..at + 5) {
+            let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+            let end = at + 1 + usize::try_from(len).expect("a length");
+            let Some(message) = buf.get(at..end) else {
+                break;
+            };
+            let whole = frames(message).unwrap_or_else(|e| panic!("{e}"));
+            if message[0] == b'N' {
+                notices.push(error_fields(&message[5..]).2);
+            }
+            last = whole.into_iter().next();
+            at = end;
+        }
+        buf.drain(..at);
+        let n = tokio::time::timeout_at(deadline, raw.stream.read(&mut chunk))
+            .await
+            .expect("the session ends by its deadline")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        buf.is_empty(),
+        "a torn message at the end: {} bytes",
+        buf.len()
+    );
+    assert!(
+        notices.iter().any(|n| n.contains("ends in")),
+        "the warning arrived: {notices:?}"
+    );
+    let (tag, body) = last.expect("messages");
+    assert_eq!(char::from(tag), 'E');
+    let (severity, code, message) = error_fields(&body);
+    assert_eq!(
+        (severity.as_str(), code.as_str()),
+        ("FATAL", "57P01"),
+        "{message}"
+    );
+    assert!(message.contains("expired"), "{message}");
+}
