@@ -987,3 +987,48 @@ async fn an_expiry_during_a_large_result_warns_between_rows_and_ends_with_a_whol
     );
     assert!(message.contains("expired"), "{message}");
 }
+
+/// A server that ends a backend itself while its client streams COPY FROM STDIN: the
+/// client still reads the server's FATAL (no reset from unread COPY data discards it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_terminated_during_copy_in_still_shows_the_servers_fatal() {
+    use crate::harness::message;
+    use tokio::io::AsyncWriteExt;
+    let env = Env::start("atk14_terminate_copy_in").await;
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    let mut seen = raw.read_until_ready().await;
+    raw.send(&query("CREATE TEMP TABLE t (x text)")).await;
+    seen.extend(raw.read_until_ready().await);
+    raw.send(&query("COPY t FROM STDIN")).await;
+    let (mut read, mut write) = raw.stream.into_split();
+    let writer = tokio::spawn(async move {
+        let row = message(b'd', format!("{}\n", "y".repeat(1000)).as_bytes());
+        let chunk: Vec<u8> = row.iter().copied().cycle().take(row.len() * 64).collect();
+        while write.write_all(&chunk).await.is_ok() {}
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.superuser_sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{}' AND usename = 'lockbox_write'",
+        env.db
+    ));
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = read.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            rest.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    writer.abort();
+    seen.extend(rest);
+    let message = assert_ends_with_fatal(&seen, "57P01");
+    assert!(message.contains("administrator command"), "{message}");
+}
