@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod census;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -188,6 +188,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         lockbox.clone(),
         shutdown_rx.clone(),
     )));
+    tasks.push(tokio::spawn(crate::census::log_every_minute(
+        lockbox.clone(),
+        registry.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(sweep(lockbox.clone(), shutdown_rx)));
     tracing::info!(%proxy_addr, %api_addr, "lockbox is serving");
     Ok(RunningServer {

@@ -161,12 +161,24 @@ impl TokenAuthority {
             return Ok(claims);
         }
         let claims = self.decode(token)?;
+        self.remember(key, claims.clone(), unix(SystemTime::now()));
+        Ok(claims)
+    }
+
+    /// Caches a verified token, forgetting those expired by `now` first: a cache that only
+    /// emptied when full kept every token of the last few thousand grants, long over.
+    fn remember(&self, key: [u8; 32], claims: Claims, now: u64) {
         let mut verified = self.verified();
+        verified.retain(|_, c| check_times(c, now) != Err(TokenError::Expired));
         if verified.len() >= VERIFIED_ENTRIES {
             verified.clear();
         }
-        verified.insert(key, claims.clone());
-        Ok(claims)
+        verified.insert(key, claims);
+    }
+
+    /// Verified tokens remembered now (the census counts them).
+    pub(crate) fn cached(&self) -> usize {
+        self.verified().len()
     }
 
     fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Claims>> {
@@ -295,6 +307,23 @@ mod tests {
         altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
         let altered = String::from_utf8(altered).expect("ascii");
         assert!(a.verify(&altered).is_err());
+    }
+
+    #[test]
+    fn tokens_of_grants_long_over_are_forgotten() {
+        let a = authority();
+        let mut latest = None;
+        for _ in 0..20 {
+            let token = a
+                .issue(&grant(), SystemTime::now() + Duration::from_secs(60))
+                .expect("issue");
+            latest = Some(a.verify(&token).expect("verify"));
+        }
+        assert_eq!(a.cached(), 20);
+        // The next token verified after all of those expired is the only one kept.
+        let claims = latest.expect("verified");
+        a.remember([7; 32], claims.clone(), claims.exp + LEEWAY_SECS + 1);
+        assert_eq!(a.cached(), 1);
     }
 
     #[test]

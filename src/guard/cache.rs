@@ -52,6 +52,11 @@ pub(crate) struct AnalysisCache {
 
 static CACHE: LazyLock<AnalysisCache> = LazyLock::new(AnalysisCache::new);
 
+/// Analyses the process-wide cache holds now (the census counts them).
+pub(crate) fn cached_analyses() -> usize {
+    CACHE.exact.len() + CACHE.shapes.len()
+}
+
 /// [`super::analyze_query`] through the process-wide cache.
 pub fn analyze_query_cached(sql: &str) -> Arc<[StatementAnalysis]> {
     CACHE.analyze(sql)

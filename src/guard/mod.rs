@@ -25,6 +25,7 @@ pub use crate::config::Guardrails;
 use crate::policy::AccessLevel;
 use crate::sql::{self, Parsed, StatementKind};
 
+pub(crate) use cache::cached_analyses;
 pub use cache::{analyze_query_cached, check_cache_agrees, with_other_numbers};
 pub use classify::{declares_held_cursor, prepared_kind};
 pub use functions::function_call_class;

@@ -96,6 +96,11 @@ impl Gate {
         self.open.load(Ordering::SeqCst)
     }
 
+    /// Failed-login windows held now (the census counts them).
+    pub(crate) fn windows_held(&self) -> usize {
+        self.windows().len()
+    }
+
     fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Window>> {
         self.windows.lock().unwrap_or_else(PoisonError::into_inner)
     }

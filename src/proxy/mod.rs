@@ -37,6 +37,7 @@ use tracing::Instrument;
 pub use gate::Limits as ConnectionLimits;
 pub use registry::{DropReason, Registry, SessionInfo};
 pub(crate) use relay::inspect_client_bytes;
+pub(crate) use scram::cached as scram_cached;
 
 use reaper::Reaper;
 

@@ -75,6 +75,11 @@ impl PreAuth {
         }
     }
 
+    /// Sources with connections not logged in yet (the census counts them).
+    pub(crate) fn sources_held(&self) -> usize {
+        lock(&self.state).by_source.len()
+    }
+
     #[cfg(test)]
     fn open(&self, ip: IpAddr) -> usize {
         lock(&self.state)

@@ -161,6 +161,16 @@ impl Registry {
         true
     }
 
+    /// Registered sessions now (the census counts them).
+    pub(crate) fn sessions_held(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Cancel keys held now (the census counts them).
+    pub(crate) fn cancel_keys_held(&self) -> usize {
+        self.cancel_keys.len()
+    }
+
     pub fn unregister(&self, session: &SessionId) {
         self.sessions.remove(session);
     }

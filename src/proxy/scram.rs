@@ -138,6 +138,11 @@ fn parse_server_first(message: &str) -> Result<(&str, Vec<u8>, u32), ScramError>
     Ok((nonce, salt, iterations))
 }
 
+/// Salted passwords cached now (the census counts them).
+pub(crate) fn cached() -> usize {
+    SALTED.lock().unwrap_or_else(PoisonError::into_inner).len()
+}
+
 /// `Hi(password, salt, iterations)`, remembered.
 fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     // Keyed by the password's hash, so the map holds no password in the clear.

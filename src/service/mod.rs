@@ -21,6 +21,7 @@ use crate::store::{RequestFilter, Store, StoreError};
 use crate::token::{Claims, TokenAuthority, TokenGrant};
 
 mod admin;
+mod locks;
 mod roles;
 mod sessions;
 pub(crate) use sessions::KillError;
@@ -68,7 +69,7 @@ pub struct Lockbox {
     extensions: broadcast::Sender<(RequestId, DateTime<Utc>)>,
     /// One lock per request: a change is read, checked, recorded and stored under it, so
     /// two changes of one request never interleave in this process.
-    locks: dashmap::DashMap<RequestId, Arc<tokio::sync::Mutex<()>>>,
+    locks: locks::RequestLocks,
     /// Per-grant upstream roles: made at a grant's first session, dropped at its end.
     pub provisioner: Arc<crate::provision::Provisioner>,
     /// A reload holds it exclusively from its record to the swap; request decisions hold it
@@ -93,7 +94,7 @@ impl Lockbox {
             tokens,
             revocations,
             extensions,
-            locks: dashmap::DashMap::new(),
+            locks: locks::RequestLocks::default(),
             config_epoch: tokio::sync::RwLock::new(()),
             provisioner: Arc::default(),
         }
@@ -429,9 +430,8 @@ impl Lockbox {
     pub(crate) async fn load_locked(
         &self,
         id: &RequestId,
-    ) -> Result<(Request, tokio::sync::OwnedMutexGuard<()>), ServiceError> {
-        let lock = self.locks.entry(id.clone()).or_default().clone();
-        let guard = lock.lock_owned().await;
+    ) -> Result<(Request, locks::RequestGuard), ServiceError> {
+        let guard = self.locks.lock(id).await;
         Ok((self.load(id).await?, guard))
     }
 

@@ -21,6 +21,7 @@ mod audit_trail;
 mod auth;
 mod broken_pipe;
 mod cancel_tls;
+mod census;
 mod cli;
 mod client_tls;
 mod completeness;
