@@ -337,16 +337,15 @@ async fn run_admitted(
         Arc::default()
     };
     let request = &admission.request;
-    let fields = Arc::new(SessionFields {
-        session_id: id.0.clone(),
-        request_id: request.id.0.clone(),
-        ticket: request.ticket.clone(),
-        engineer: request.engineer.clone(),
-        database: request.database.clone(),
-        client_addr: peer.to_string(),
-        break_glass: request.break_glass,
-        statements: Default::default(),
-    });
+    let fields = Arc::new(SessionFields::new(
+        id.0.clone(),
+        request.id.0.clone(),
+        request.ticket.clone(),
+        request.engineer.clone(),
+        request.database.clone(),
+        peer.to_string(),
+        request.break_glass,
+    ));
     // The connect record is durable before the client may send anything.
     if let Err(e) = lockbox
         .audit
