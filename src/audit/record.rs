@@ -40,6 +40,8 @@ pub struct SessionFields {
 }
 
 impl SessionFields {
+    /// The only way to build one outside this crate: the JSON of these members is cached
+    /// inside on first use ((`members`)), so they are set once, here.
     pub fn new(
         session_id: String,
         request_id: String,
