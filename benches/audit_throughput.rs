@@ -113,16 +113,15 @@ async fn session(
     writer: usize,
     until: Instant,
 ) -> Result<Vec<Duration>, lockbox::audit::AuditError> {
-    let fields = Arc::new(SessionFields {
-        session_id: format!("0b6f3c9e-2a41-4c7e-9d55-{writer:012}"),
-        request_id: "req_01J8ZK4Q2M7V3X9T5N6P8R0W1Y".into(),
-        ticket: "INC-48213".into(),
-        engineer: "eve@example.com".into(),
-        database: "orders".into(),
-        client_addr: "10.0.3.17:51544".into(),
-        break_glass: false,
-        statements: Default::default(),
-    });
+    let fields = Arc::new(SessionFields::new(
+        format!("0b6f3c9e-2a41-4c7e-9d55-{writer:012}"),
+        "req_01J8ZK4Q2M7V3X9T5N6P8R0W1Y".into(),
+        "INC-48213".into(),
+        "eve@example.com".into(),
+        "orders".into(),
+        "10.0.3.17:51544".into(),
+        false,
+    ));
     let mut latencies = Vec::new();
     let mut n = 0u64;
     while Instant::now() < until {

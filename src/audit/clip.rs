@@ -182,16 +182,15 @@ mod tests {
 
     fn statement(text: &str, params: Vec<Value>) -> AuditEvent {
         AuditEvent::Statement(StatementRecord {
-            session: Arc::new(SessionFields {
-                session_id: "s".into(),
-                request_id: "r".into(),
-                ticket: "t".into(),
-                engineer: "e".into(),
-                database: "d".into(),
-                client_addr: "a".into(),
-                break_glass: false,
-                statements: Default::default(),
-            }),
+            session: Arc::new(SessionFields::new(
+                "s".into(),
+                "r".into(),
+                "t".into(),
+                "e".into(),
+                "d".into(),
+                "a".into(),
+                false,
+            )),
             protocol: Protocol::Extended,
             statement: text.into(),
             params: Some(params),

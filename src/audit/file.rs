@@ -18,10 +18,12 @@ pub(super) fn encode_line(
     prev: &[u8; 32],
     fields: &[u8],
 ) -> [u8; 32] {
-    use std::io::Write as _;
     let start = buf.len();
-    // Writing into a Vec cannot fail.
-    let _ = write!(buf, "{{\"seq\":{seq},\"time\":\"{time}\",\"prev\":\"");
+    buf.extend_from_slice(b"{\"seq\":");
+    super::encode::u64_decimal(buf, seq);
+    buf.extend_from_slice(b",\"time\":\"");
+    buf.extend_from_slice(time.as_bytes());
+    buf.extend_from_slice(b"\",\"prev\":\"");
     let mut hex = [0u8; 64];
     let _ = hex::encode_to_slice(prev, &mut hex);
     buf.extend_from_slice(&hex);

@@ -8,6 +8,7 @@
 
 pub mod chain;
 mod clip;
+mod encode;
 pub mod export;
 mod file;
 pub(crate) mod filters;

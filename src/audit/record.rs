@@ -34,6 +34,35 @@ pub struct SessionFields {
     /// Statements recorded so far (for `lockbox session list`); not part of the record.
     #[serde(skip)]
     pub statements: crate::metrics::Counter,
+    /// These members as JSON, serialized once for all of the session's records.
+    #[serde(skip)]
+    pub(crate) encoded: super::encode::EncodedMembers,
+}
+
+impl SessionFields {
+    /// The only way to build one outside this crate: the JSON of these members is cached
+    /// inside on first use ((`members`)), so they are set once, here.
+    pub fn new(
+        session_id: String,
+        request_id: String,
+        ticket: String,
+        engineer: String,
+        database: String,
+        client_addr: String,
+        break_glass: bool,
+    ) -> SessionFields {
+        SessionFields {
+            session_id,
+            request_id,
+            ticket,
+            engineer,
+            database,
+            client_addr,
+            break_glass,
+            statements: Default::default(),
+            encoded: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use tokio::sync::watch;
 
 use super::chain::CheckpointSigner;
@@ -184,8 +184,9 @@ impl Progress {
 }
 
 thread_local! {
-    /// Each record's JSON fields, serialized before the lock is taken.
-    static FIELDS: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Each record's JSON fields, serialized before the lock is taken, and where each ends
+    /// (reused, so an append allocates nothing once they have grown).
+    static FIELDS: RefCell<(Vec<u8>, Vec<usize>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 impl AuditLog {
@@ -387,18 +388,18 @@ impl AuditLog {
         events: impl Iterator<Item = &'a AuditEvent>,
         mode: Mode,
     ) -> Result<Written, AuditError> {
-        FIELDS.with_borrow_mut(|fields| {
+        FIELDS.with_borrow_mut(|(fields, ends)| {
             fields.clear();
-            let mut ends = Vec::with_capacity(1);
+            ends.clear();
             let clip = self.shared().clip.get().copied().unwrap_or_default();
             for event in events {
                 self.shared().metrics.count(event);
                 if !super::clip::write_if_oversized(fields, event, clip) {
-                    serialize_fields(fields, event);
+                    super::encode::write_event(fields, event);
                 }
                 ends.push(fields.len());
             }
-            self.shared().write_lines(fields, &ends, mode)
+            self.shared().write_lines(fields, ends, mode)
         })
     }
 
@@ -413,17 +414,6 @@ impl AuditLog {
                 return Err(AuditError::Closed);
             }
         }
-    }
-}
-
-/// One record's fields as a JSON object; a record that cannot be serialized (none can
-/// today) still takes its place in the chain, so the sequence has no gap.
-fn serialize_fields(fields: &mut Vec<u8>, event: &AuditEvent) {
-    let start = fields.len();
-    if serde_json::to_writer(&mut *fields, event).is_err() {
-        tracing::error!("audit event failed to serialize");
-        fields.truncate(start);
-        fields.extend_from_slice(br#"{"type":"unserializable"}"#);
     }
 }
 
@@ -450,14 +440,14 @@ impl Shared {
             return Err(refused.clone());
         }
         // Stamped under the lock, so times rise with `seq` along the chain.
-        let time = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let time = super::encode::TimeStamp::of(Utc::now());
         let first = state.next_seq;
         // Records held from before this append (outcomes) must not be lost with it if the
         // write fails: they are written on their own then.
         let held = (state.pending.len(), state.next_seq, state.last_hash);
         let mut start = 0;
         for &end in ends {
-            state.encode(&time, &fields[start..end]);
+            state.encode(time.as_str(), &fields[start..end]);
             start = end;
         }
         let written = Written {

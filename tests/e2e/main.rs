@@ -46,6 +46,7 @@ mod preauth;
 mod protocol;
 mod relay;
 mod roles;
+mod session_end;
 mod terminate;
 mod upstream_faults;
 mod upstream_tls;

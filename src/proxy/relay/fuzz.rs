@@ -92,16 +92,15 @@ fn relay(fixture: &Fixture, access: AccessLevel, max_message: usize) -> Relay {
     let (upstream, _) = tokio::io::duplex(64);
     let (_kill, control) = tokio::sync::watch::channel(Control::Run);
     let ends_at = chrono::Utc::now() + chrono::Duration::hours(1);
-    let session = Arc::new(SessionFields {
-        session_id: "fuzz".into(),
-        request_id: "req-fuzz".into(),
-        ticket: "T-0".into(),
-        engineer: "fuzz".into(),
-        database: "fuzz".into(),
-        client_addr: "127.0.0.1:1".into(),
-        break_glass: false,
-        statements: Default::default(),
-    });
+    let session = Arc::new(SessionFields::new(
+        "fuzz".into(),
+        "req-fuzz".into(),
+        "T-0".into(),
+        "fuzz".into(),
+        "fuzz".into(),
+        "127.0.0.1:1".into(),
+        false,
+    ));
     let grant = Grant {
         access,
         rules: crate::config::Guardrails {
