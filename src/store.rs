@@ -16,6 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::ids::RequestId;
 use crate::policy::{Request, RequestStatus};
 
+mod export_claims;
 mod exports;
 pub(crate) mod pg;
 #[cfg(test)]
@@ -143,6 +144,7 @@ impl Store {
         )?;
         crate::notify::outbox::create_tables(&conn)?;
         exports::create_tables(&conn)?;
+        export_claims::create_tables(&conn)?;
         Ok(Store {
             backend: Backend::Sqlite(Arc::new(Mutex::new(conn))),
         })

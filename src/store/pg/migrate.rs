@@ -10,6 +10,7 @@ use super::super::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_state.sql"),
     include_str!("../migrations/0002_nodes.sql"),
+    include_str!("../migrations/0003_export_claims.sql"),
 ];
 
 /// The advisory lock key of schema changes (`lockbox` in ASCII).

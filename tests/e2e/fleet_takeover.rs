@@ -1,0 +1,1 @@
+//! A node killed with SIGKILL while it holds pending work (issue 13).
