@@ -31,6 +31,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const IDLE_POLL: Duration = Duration::from_secs(5);
 /// Deliveries on their way at once (each bounded by the delivery timeout).
 const DELIVERIES_IN_FLIGHT: usize = 8;
+/// Longest one delivery attempt may take, all steps together (an SMTP exchange is several
+/// steps of up to 10 s each): well within a node's claim on the delivery in a shared
+/// store (`store/pg/outbox.rs`), so no other node takes over an attempt still running.
+pub(crate) const ATTEMPT_LIMIT: Duration = Duration::from_secs(15);
 /// How soon the outbox is read again while deliveries are on their way.
 const BUSY_POLL: Duration = Duration::from_millis(200);
 
@@ -150,7 +154,9 @@ impl Notifier {
         config: Arc<Config>,
         delivery: Delivery,
     ) -> (i64, Result<(), crate::store::StoreError>) {
-        let result = self.send(&config, &delivery).await;
+        let result = tokio::time::timeout(ATTEMPT_LIMIT, self.send(&config, &delivery))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} s", ATTEMPT_LIMIT.as_secs())));
         let attempt = delivery.attempts + 1;
         let next = match &result {
             Ok(()) => None,
