@@ -307,7 +307,14 @@ async fn with_the_state_store_down_new_sessions_and_decisions_are_refused_and_li
     // A cluster used only as the state store, so stopping it leaves the upstream running;
     // commits are flushed, so an immediate stop (a crash) keeps them, as a real store does.
     let mut state = PgSandbox::start_with(&[("synchronous_commit", "on")]).expect("state cluster");
-    let mut env = Env::prepare("fleet_down", Options::default());
+    // Its own state cluster, whichever store the other tests run on.
+    let mut env = Env::prepare(
+        "fleet_down",
+        Options {
+            state_postgres: false,
+            ..Options::default()
+        },
+    );
     let text = std::fs::read_to_string(&env.config_path).expect("config");
     std::fs::write(&env.config_path, postgres_state(&state, "state", &text)).expect("config");
     let config = lockbox::config::Config::load(&env.config_path).expect("config loads");

@@ -84,6 +84,10 @@ async fn a_schedule_runs_once_per_due_time_with_three_nodes_running() {
         assert!(report.ok(), "{node}: {:?}", report.problems);
     }
     assert_eq!(folders, ok.len(), "{runs:?}");
+    // The whole target verifies too: each node's folder as one trail's runs.
+    let whole = verify_exports(&to, None).expect("verify");
+    assert!(whole.ok(), "{:?}", whole.problems);
+    assert_eq!(whole.runs.len(), ok.len());
     for run in ok {
         let path = run.path.as_deref().expect("an ok run names its folder");
         let node = run.node.as_deref().expect("node");
