@@ -21,8 +21,10 @@ mod exports;
 pub(crate) mod pg;
 #[cfg(test)]
 mod tests;
+mod web_sessions;
 pub use exports::{ExportRun, ExportSchedule, RunStatus, RunSummary};
 pub use pg::Change;
+pub use web_sessions::{WebSessionLimits, WebSessionRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -145,6 +147,7 @@ impl Store {
         crate::notify::outbox::create_tables(&conn)?;
         exports::create_tables(&conn)?;
         export_claims::create_tables(&conn)?;
+        web_sessions::create_tables(&conn)?;
         Ok(Store {
             backend: Backend::Sqlite(Arc::new(Mutex::new(conn))),
         })

@@ -349,6 +349,97 @@ async fn on_postgres_each_node_keeps_its_own_export_watermark() {
     assert_eq!(one.export_runs("daily", 10).await.expect("runs").len(), 3);
 }
 
+#[tokio::test]
+async fn web_sign_ins_on_both_backends() {
+    let (_dir, stores) = backends("web_sessions").await;
+    // Whole milliseconds, as the store keeps times.
+    let now = pg::millis(Utc::now().timestamp_millis());
+    let row = |user: &str, minutes: i64| WebSessionRow {
+        user: user.into(),
+        expires_at: now + chrono::Duration::minutes(minutes),
+        body: format!("{{\"of\":\"{user}\"}}"),
+        flash: None,
+    };
+    let limits = WebSessionLimits {
+        per_user: 2,
+        total: 3,
+    };
+    for (backend, store) in stores {
+        store
+            .insert_web_session("a1", &row("alice", 10), limits, now)
+            .await
+            .expect("insert");
+        let found = store.web_session("a1", false).await.expect("get");
+        assert_eq!(found, Some(row("alice", 10)), "{backend}");
+        assert_eq!(store.web_session("nope", true).await.expect("get"), None);
+
+        store.set_web_flash("a1", "saved").await.expect("flash");
+        let peek = store.web_session("a1", false).await.expect("get");
+        assert_eq!(peek.and_then(|r| r.flash).as_deref(), Some("saved"));
+        let taken = store.web_session("a1", true).await.expect("get");
+        assert_eq!(
+            taken.and_then(|r| r.flash).as_deref(),
+            Some("saved"),
+            "{backend}"
+        );
+        let after = store.web_session("a1", true).await.expect("get");
+        assert_eq!(after.map(|r| r.flash), Some(None), "{backend}: shown once");
+
+        // Per user: alice's soonest-ending sign-in makes room for her third.
+        for (id, minutes) in [("a2", 20), ("a3", 30)] {
+            store
+                .insert_web_session(id, &row("alice", minutes), limits, now)
+                .await
+                .expect("insert");
+        }
+        assert_eq!(
+            store.web_session("a1", false).await.expect("get"),
+            None,
+            "{backend}"
+        );
+        // In all: past three, the soonest-ending of anyone's goes; expired ones first.
+        store
+            .insert_web_session("b1", &row("bob", 5), limits, now)
+            .await
+            .expect("insert");
+        store
+            .insert_web_session("c1", &row("carol", 40), limits, now)
+            .await
+            .expect("insert");
+        assert_eq!(
+            store.web_session("b1", false).await.expect("get"),
+            None,
+            "{backend}"
+        );
+        assert_eq!(
+            store.web_session_count().await.expect("count"),
+            3,
+            "{backend}"
+        );
+        store
+            .insert_web_session(
+                "d1",
+                &row("dave", 50),
+                limits,
+                now + chrono::Duration::minutes(25),
+            )
+            .await
+            .expect("insert");
+        assert_eq!(
+            store.web_session("a2", false).await.expect("get"),
+            None,
+            "{backend}: expired"
+        );
+
+        store.delete_web_session("c1").await.expect("delete");
+        assert_eq!(
+            store.web_session("c1", false).await.expect("get"),
+            None,
+            "{backend}"
+        );
+    }
+}
+
 fn delivery(request_id: &str) -> NewDelivery {
     NewDelivery {
         channel: "webhook",

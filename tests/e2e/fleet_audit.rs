@@ -1,6 +1,7 @@
 //! The fleet's trail read from the PostgreSQL audit sink (issue 13): three nodes ship to
 //! one audit database, statements run through nodes 2 and 3, and `audit list`, the API
-//! (page by page) and the admin center on node 1 show all of them with their nodes.
+//! (page by page) and the admin center on node 1 show all of them with their nodes. The
+//! admin center's sign-in made on node 1 holds on node 2.
 
 use std::time::Duration;
 
@@ -233,6 +234,18 @@ async fn audit_list_the_api_and_the_admin_center_read_the_whole_fleet_from_the_a
         .collect();
     assert_eq!(downloaded.iter().map(key).collect::<Vec<_>>(), at_once);
     drop(sessions);
+
+    // The sign-in made on node 1 holds on node 2 (the state store keeps sign-ins), and
+    // signing out there ends it on node 1 too.
+    let base_two = format!("http://{}", two.api_addr);
+    let on_two = http::get(&base_two, &cookie, "/audit").await;
+    assert_eq!(on_two.status(), 200, "node 2 knows node 1's sign-in");
+    let body = on_two.text().await.expect("page");
+    let csrf = http::hidden_field(&body, "csrf").expect("csrf");
+    let out = http::post(&base_two, &cookie, "/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status(), 303);
+    let after = http::get(&base, &cookie, "/audit").await;
+    assert_eq!(after.status(), 303, "signed out on every node");
     two.shutdown().await;
     three.shutdown().await;
 }
