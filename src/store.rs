@@ -18,6 +18,8 @@ use crate::policy::{Request, RequestStatus};
 
 mod export_claims;
 mod exports;
+#[cfg(test)]
+mod fleet_tests;
 pub(crate) mod pg;
 #[cfg(test)]
 mod tests;
