@@ -295,6 +295,11 @@ impl ApiClient {
             let records: Vec<serde_json::Value> = self.get("/v1/audit", &page).await?;
             let full = records.len() == size;
             page.after_seq = records.last().and_then(|r| r["seq"].as_u64());
+            // The fleet's trail (read from the audit database) pages by node and seq.
+            page.after_node = records
+                .last()
+                .and_then(|r| r["node"].as_str())
+                .map(str::to_owned);
             all.extend(records);
             if !full || page.after_seq.is_none() {
                 return Ok(all);

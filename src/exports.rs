@@ -22,6 +22,9 @@ use crate::policy::{self, PolicyError};
 use crate::service::{Lockbox, ServiceError, SYSTEM_ACTOR};
 use crate::store::{ExportRun, ExportSchedule, RunStatus, StoreError};
 
+mod claim;
+use claim::{node_target, StoreClaim};
+
 /// How often the scheduler looks for due exports.
 const TICK: Duration = Duration::from_secs(1);
 /// The shortest interval a schedule may have.
@@ -211,8 +214,10 @@ impl Exports {
     /// Runs `name` now, for an admin; the run's history entry, whatever became of it.
     pub async fn run_now(&self, caller: &User, name: &str) -> Result<ExportRun, ExportsError> {
         policy::check_export_admin(caller)?;
-        let schedule = self.schedule(name).await?;
-        self.run(schedule, &caller.name).await
+        self.schedule(name).await?;
+        self.run(name, &caller.name, false)
+            .await?
+            .ok_or_else(|| conflict(format!("an export run of `{name}` is in progress")))
     }
 
     /// Runs every schedule whose time has come, one after the other.
@@ -222,9 +227,10 @@ impl Exports {
             if status.next_run_at > now || self.cancel.load(Ordering::Relaxed) {
                 continue;
             }
-            match self.run(status.schedule, "schedule").await {
+            match self.run(&status.schedule.name, "schedule", true).await {
                 Ok(_) => {}
-                // A manual run of the same schedule is under way: it does the work.
+                // A manual run of the same schedule is under way (here or on another
+                // node): it does the work.
                 Err(ExportsError::Service(ServiceError::Policy(PolicyError::Conflict(_)))) => {}
                 Err(e) => return Err(e),
             }
@@ -268,15 +274,41 @@ impl Exports {
         })
     }
 
-    /// One run of `schedule`. Only one run of a schedule happens at a time, and it starts
-    /// from the stored watermark, read after the claim.
+    /// One run of schedule `name`. Only one run of a schedule happens at a time on all
+    /// nodes (a claim here, then one in the state store), and it starts from the stored
+    /// watermark, read after the claims. `None` when `only_if_due` and another node ran it
+    /// for this due time while this one waited for the claim.
     async fn run(
         &self,
-        schedule: ExportSchedule,
+        name: &str,
         trigger: &str,
-    ) -> Result<ExportRun, ExportsError> {
-        let _claim = self.claim(&schedule.name)?;
-        let schedule = self.schedule(&schedule.name).await?;
+        only_if_due: bool,
+    ) -> Result<Option<ExportRun>, ExportsError> {
+        let _claim = self.claim(name)?;
+        let node = self.lockbox.config().node_id.clone();
+        let Some(claim) = StoreClaim::take(&self.lockbox.store, name, &node).await? else {
+            return Err(conflict(format!(
+                "an export run of `{name}` is in progress on another node"
+            )));
+        };
+        let result = claim
+            .hold(self.run_claimed(name, trigger, only_if_due, &node))
+            .await;
+        claim.release().await;
+        result
+    }
+
+    async fn run_claimed(
+        &self,
+        name: &str,
+        trigger: &str,
+        only_if_due: bool,
+        node: &str,
+    ) -> Result<Option<ExportRun>, ExportsError> {
+        if only_if_due && !self.still_due(name).await? {
+            return Ok(None);
+        }
+        let schedule = self.schedule(name).await?;
         let started_at = Utc::now();
         let mut run = ExportRun {
             id: 0,
@@ -291,8 +323,11 @@ impl Exports {
             files: 0,
             path: None,
             error: None,
+            node: Some(node.to_owned()),
         };
-        match self.export(&schedule).await {
+        let shared = self.lockbox.store.postgres_backend().is_some();
+        let target = node_target(&schedule.target, node, shared);
+        match self.export(&schedule, target).await {
             Ok(Some((path, manifest))) => {
                 run.status = RunStatus::Ok;
                 run.through_seq = manifest.through_seq.unwrap_or(schedule.watermark);
@@ -314,18 +349,30 @@ impl Exports {
             )));
         }
         self.audit_run(&schedule, &run).await;
-        Ok(run)
+        Ok(Some(run))
+    }
+
+    /// Whether `name` is still due, read after the claim: the node that held the claim
+    /// before may have run it for this due time already.
+    async fn still_due(&self, name: &str) -> Result<bool, ExportsError> {
+        let now = Utc::now();
+        Ok(self
+            .statuses()
+            .await?
+            .iter()
+            .any(|s| s.schedule.name == name && s.next_run_at <= now))
     }
 
     /// Exports after the watermark; `Ok(None)` when there was nothing new.
     async fn export(
         &self,
         schedule: &ExportSchedule,
+        target: std::path::PathBuf,
     ) -> Result<Option<(String, Manifest)>, String> {
         let name = schedule.name.clone();
         let after = schedule.watermark;
         let request = ExportRequest {
-            to: Path::new(&schedule.target).to_owned(),
+            to: target,
             format: schedule.format,
             since: None,
             until: None,

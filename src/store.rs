@@ -16,12 +16,17 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::ids::RequestId;
 use crate::policy::{Request, RequestStatus};
 
+mod export_claims;
 mod exports;
+#[cfg(test)]
+mod fleet_tests;
 pub(crate) mod pg;
 #[cfg(test)]
 mod tests;
+mod web_sessions;
 pub use exports::{ExportRun, ExportSchedule, RunStatus, RunSummary};
 pub use pg::Change;
+pub use web_sessions::{WebSessionLimits, WebSessionRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -143,6 +148,8 @@ impl Store {
         )?;
         crate::notify::outbox::create_tables(&conn)?;
         exports::create_tables(&conn)?;
+        export_claims::create_tables(&conn)?;
+        web_sessions::create_tables(&conn)?;
         Ok(Store {
             backend: Backend::Sqlite(Arc::new(Mutex::new(conn))),
         })

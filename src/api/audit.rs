@@ -12,8 +12,9 @@ use axum::Json;
 use futures::{SinkExt, Stream, StreamExt};
 
 use super::{ApiError, ApiState, Caller};
+use crate::audit::source::TrailSource;
 use crate::audit::tail::Tail;
-use crate::audit::{read_records, AuditQuery};
+use crate::audit::AuditQuery;
 use crate::policy;
 use crate::service::ServiceError;
 
@@ -36,21 +37,24 @@ pub async fn list(
     let mut query = audit_query(raw)?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     query.limit = Some(limit);
-    let path = state.lockbox.audit.path().to_owned();
-    let page_query = query.clone();
-    let records = tokio::task::spawn_blocking(move || read_records(&path, &page_query))
+    // The whole fleet's trail from the audit database when the sink is configured.
+    let source = TrailSource::of(&state.lockbox.config(), state.lockbox.audit.path());
+    let records = source
+        .page(query.clone())
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(ServiceError::from)?;
-    let next = records
-        .last()
-        .and_then(|r| r.get("seq"))
-        .and_then(|s| s.as_u64())
-        .filter(|_| records.len() == limit);
-    let mut response = Json(records).into_response();
+    let last = records.last().filter(|_| records.len() == limit);
+    let next = last.and_then(|r| r.get("seq")).and_then(|s| s.as_u64());
+    let next_node = last
+        .filter(|_| source.is_fleet())
+        .and_then(|r| r.get("node"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned);
+    let mut response = Json(&records).into_response();
     if let Some(after) = next {
         let mut next_query = query;
         next_query.after_seq = Some(after);
+        next_query.after_node = next_node;
         let link = serde_urlencoded::to_string(&next_query)
             .ok()
             .and_then(|q| HeaderValue::from_str(&format!("</v1/audit?{q}>; rel=\"next\"")).ok());

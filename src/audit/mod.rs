@@ -12,12 +12,14 @@ mod encode;
 pub mod export;
 mod file;
 pub(crate) mod filters;
+pub(crate) mod fleet;
 mod node;
 pub mod pg_sink;
 mod reader;
 mod record;
 pub mod redact;
 pub mod segments;
+pub(crate) mod source;
 mod syncer;
 pub mod tail;
 pub(crate) mod witness;
@@ -55,4 +57,7 @@ pub enum AuditError {
         witnessed_seq: u64,
         witnessed_by: String,
     },
+    /// The fleet's trail could not be read from the audit database.
+    #[error("audit database: {message}")]
+    Database { message: String },
 }

@@ -132,6 +132,7 @@ pub async fn run(cli: &Cli, command: &AuditCommand) -> Result<()> {
 /// The columns of the table form.
 const TABLE_COLUMNS: &[&str] = &[
     "seq",
+    "node",
     "time",
     "type",
     "event",

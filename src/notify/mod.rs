@@ -31,6 +31,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const IDLE_POLL: Duration = Duration::from_secs(5);
 /// Deliveries on their way at once (each bounded by the delivery timeout).
 const DELIVERIES_IN_FLIGHT: usize = 8;
+/// Longest one delivery attempt may take, all steps together (an SMTP exchange is several
+/// steps of up to 10 s each): well within a node's claim on the delivery in a shared
+/// store (`store/pg/outbox.rs`), so no other node takes over an attempt still running.
+pub(crate) const ATTEMPT_LIMIT: Duration = Duration::from_secs(15);
 /// How soon the outbox is read again while deliveries are on their way.
 const BUSY_POLL: Duration = Duration::from_millis(200);
 
@@ -174,13 +178,14 @@ impl Notifier {
         // The whole attempt is bounded here, whatever the channel: lettre's own timeout
         // covers only the TCP connect, so a relay that accepts and never greets (or drips
         // its replies) would hold this slot for ever, and 8 of them every notification.
-        let result = tokio::time::timeout(deliver::TIMEOUT, self.send(&config, &delivery))
+        // The same bound lets a shared store's claim outlast any live node's attempt.
+        let result = tokio::time::timeout(ATTEMPT_LIMIT, self.send(&config, &delivery))
             .await
             .unwrap_or_else(|_| {
                 Err(format!(
                     "{}: no answer within {} s",
                     delivery.channel,
-                    deliver::TIMEOUT.as_secs()
+                    ATTEMPT_LIMIT.as_secs()
                 ))
             });
         let attempt = delivery.attempts + 1;

@@ -89,6 +89,10 @@ pub struct ExportRun {
     pub files: u64,
     pub path: Option<String>,
     pub error: Option<String>,
+    /// The node that ran it (whose trail it exported); absent in runs recorded before
+    /// nodes shared a store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The newest run, the newest successful run and the number of runs of a schedule.

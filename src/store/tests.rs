@@ -33,7 +33,7 @@ pub(crate) fn fresh_database(name: &str) -> crate::config::StatePostgres {
 
 /// One store per backend, named for assertion messages. The temporary folder lives as
 /// long as the SQLite store is used.
-async fn backends(name: &str) -> (tempfile::TempDir, Vec<(&'static str, Store)>) {
+pub(super) async fn backends(name: &str) -> (tempfile::TempDir, Vec<(&'static str, Store)>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let sqlite = Store::open(&dir.path().join("state.db")).expect("sqlite");
     let postgres = Store::postgres(fresh_database(&format!("store_{name}")), "node-1")
@@ -160,7 +160,7 @@ async fn settings_round_trip_on_both_backends() {
     }
 }
 
-fn schedule(name: &str) -> ExportSchedule {
+pub(super) fn schedule(name: &str) -> ExportSchedule {
     ExportSchedule {
         name: name.into(),
         database: None,
@@ -173,7 +173,7 @@ fn schedule(name: &str) -> ExportSchedule {
     }
 }
 
-fn run(schedule: &str, status: RunStatus, after: u64, through: u64) -> ExportRun {
+pub(super) fn run(schedule: &str, status: RunStatus, after: u64, through: u64) -> ExportRun {
     ExportRun {
         id: 0,
         schedule: schedule.into(),
@@ -187,6 +187,7 @@ fn run(schedule: &str, status: RunStatus, after: u64, through: u64) -> ExportRun
         files: 1,
         path: None,
         error: None,
+        node: None,
     }
 }
 

@@ -86,12 +86,12 @@ pub(crate) async fn act(
             }),
         _ => return Err(WebError::NotFound(format!("no action `{action}`"))),
     };
-    finish(&state, &signed, outcome, &back)
+    finish(&state, &signed, outcome, &back).await
 }
 
 /// A successful action flashes its message on the page it leads to; a refusal the page
 /// did not offer is an error page; anything else is flashed on the page it came from.
-fn finish(
+async fn finish(
     state: &WebState,
     signed: &Signed,
     outcome: Result<(String, String), ServiceError>,
@@ -99,11 +99,11 @@ fn finish(
 ) -> Result<Response, WebError> {
     match outcome {
         Ok((to, message)) => {
-            state.sessions.flash(&signed.id, false, message);
+            state.sessions.flash(&signed.id, false, message).await;
             Ok(Redirect::to(&to).into_response())
         }
         Err(ServiceError::Policy(e @ (PolicyError::Invalid(_) | PolicyError::Conflict(_)))) => {
-            state.sessions.flash(&signed.id, true, e.to_string());
+            state.sessions.flash(&signed.id, true, e.to_string()).await;
             Ok(Redirect::to(back).into_response())
         }
         Err(e) => Err(e.into()),
@@ -169,7 +169,7 @@ pub(crate) async fn end_session(
         Err(KillError::Service(e)) => Err(e),
         Err(e @ KillError::NotLive(_)) => Err(PolicyError::Conflict(e.to_string()).into()),
     };
-    finish(&state, &signed, outcome, &back)
+    finish(&state, &signed, outcome, &back).await
 }
 
 #[cfg(test)]

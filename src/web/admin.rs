@@ -100,13 +100,18 @@ pub(crate) async fn set_policy(
         .set_protection(&signed.user, &protect)
         .await
     {
-        Ok(view) => state.sessions.flash(
-            &signed.id,
-            false,
-            format!("Policy saved: protect {}.", view.protect),
-        ),
+        Ok(view) => {
+            state
+                .sessions
+                .flash(
+                    &signed.id,
+                    false,
+                    format!("Policy saved: protect {}.", view.protect),
+                )
+                .await
+        }
         Err(crate::service::ServiceError::Policy(e @ policy::PolicyError::Invalid(_))) => {
-            state.sessions.flash(&signed.id, true, e.to_string())
+            state.sessions.flash(&signed.id, true, e.to_string()).await
         }
         Err(e) => return Err(e.into()),
     }
@@ -226,14 +231,19 @@ pub(crate) async fn create_export(
         every: form.every.trim().to_owned(),
     };
     match state.api.exports.create(&signed.user, new).await {
-        Ok(e) => state.sessions.flash(
-            &signed.id,
-            false,
-            format!("Export {} created.", e.schedule.name),
-        ),
+        Ok(e) => {
+            state
+                .sessions
+                .flash(
+                    &signed.id,
+                    false,
+                    format!("Export {} created.", e.schedule.name),
+                )
+                .await
+        }
         Err(ExportsError::Service(crate::service::ServiceError::Policy(
             e @ (policy::PolicyError::Invalid(_) | policy::PolicyError::Conflict(_)),
-        ))) => state.sessions.flash(&signed.id, true, e.to_string()),
+        ))) => state.sessions.flash(&signed.id, true, e.to_string()).await,
         Err(e) => return Err(e.into()),
     }
     Ok(Redirect::to("/exports").into_response())
@@ -253,14 +263,17 @@ pub(crate) async fn run_export(
     signed.check_csrf(form.csrf.as_deref())?;
     let run = state.api.exports.run_now(&signed.user, &name).await?;
     let status = format!("{:?}", run.status).to_lowercase();
-    state.sessions.flash(
-        &signed.id,
-        run.error.is_some(),
-        match &run.error {
-            Some(e) => format!("Export {name} failed: {e}"),
-            None => format!("Export {name} ran: {status}, {} records.", run.records),
-        },
-    );
+    state
+        .sessions
+        .flash(
+            &signed.id,
+            run.error.is_some(),
+            match &run.error {
+                Some(e) => format!("Export {name} failed: {e}"),
+                None => format!("Export {name} ran: {status}, {} records.", run.records),
+            },
+        )
+        .await;
     Ok(Redirect::to("/exports").into_response())
 }
 

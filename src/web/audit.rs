@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use maud::html;
 
 use super::error::WebError;
@@ -17,7 +18,8 @@ use super::request_page::record_line;
 use super::session::Signed;
 use super::WebState;
 use crate::audit::export::columns::{cell, csv_field, LIST_COLUMNS};
-use crate::audit::{visit_records, AuditQuery};
+use crate::audit::source::TrailSource;
+use crate::audit::{AuditError, AuditQuery};
 use crate::policy;
 
 /// Records per page.
@@ -67,29 +69,23 @@ fn query_of(pairs: &[(String, String)]) -> Result<AuditQuery, WebError> {
 /// Deepest page the table goes to: what a page keeps in memory is bounded by it.
 const MAX_PAGES: usize = 200;
 
-/// The newest `keep` records the filters select (oldest first) and how many match in all.
+/// The newest `keep` records the filters select (oldest first) and how many match in all:
+/// the whole fleet's from the audit database when the sink is configured, else this node's.
 pub(crate) async fn newest(
     state: &WebState,
     query: AuditQuery,
     keep: usize,
 ) -> Result<(VecDeque<serde_json::Value>, usize), WebError> {
-    let path = state.api.lockbox.audit.path().to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut kept = VecDeque::with_capacity(keep.min(1024));
-        let mut total = 0;
-        visit_records(&path, &query, |record| {
-            total += 1;
-            if kept.len() == keep {
-                kept.pop_front();
-            }
-            kept.push_back(record);
-            true
-        })
-        .map(|()| (kept, total))
+    trail(state).newest(query, keep).await.map_err(|e| match e {
+        // The audit database's details go to the log, not the page.
+        AuditError::Database { .. } => WebError::Internal(format!("reading the trail: {e}")),
+        e => WebError::Service(e.into()),
     })
-    .await
-    .map_err(|e| WebError::Internal(format!("reading the trail failed: {e}")))?
-    .map_err(|e| WebError::Service(e.into()))
+}
+
+fn trail(state: &WebState) -> TrailSource {
+    let lockbox = &state.api.lockbox;
+    TrailSource::of(&lockbox.config(), lockbox.audit.path())
 }
 
 pub(crate) async fn page_view(
@@ -139,10 +135,11 @@ pub(crate) async fn page_view(
             " · "
             a href=(format!("/audit/download{}", link("format=jsonl"))) download="audit.jsonl" { "JSON Lines" }
         }
-        (table("Audit records, newest first", &["Seq", "Record"], html! {
+        (table("Audit records, newest first", &["Seq", "Node", "Record"], html! {
             @for r in &shown {
                 tr {
                     td { (r.get("seq").and_then(|s| s.as_u64()).unwrap_or(0)) }
+                    td { (r.get("node").and_then(|n| n.as_str()).unwrap_or_default()) }
                     td { (record_line(r)) }
                 }
             }
@@ -210,25 +207,21 @@ fn stream_records(
     query: AuditQuery,
     csv: bool,
 ) -> impl futures::Stream<Item = Result<String, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
-    let path = state.api.lockbox.audit.path().to_owned();
-    tokio::task::spawn_blocking(move || {
-        if csv && tx.blocking_send(Ok(csv_header())).is_err() {
-            return;
-        }
-        let read = visit_records(&path, &query, |r| {
-            let line = if csv { csv_line(&r) } else { format!("{r}\n") };
-            tx.blocking_send(Ok(line)).is_ok()
-        });
-        if let Err(e) = read {
-            tracing::error!(error = %e, "audit download could not read the trail");
-            // Cut the download short: a truncated file must not pass for a whole one.
-            let _ = tx.blocking_send(Err(std::io::Error::other("the audit trail cannot be read")));
-        }
+    let records = trail(state).stream(query);
+    let header = csv.then(|| Ok(csv_header()));
+    let lines = futures::stream::unfold(records, move |mut rx| async move {
+        let line = match rx.recv().await? {
+            Ok(r) if csv => Ok(csv_line(&r)),
+            Ok(r) => Ok(format!("{r}\n")),
+            Err(e) => {
+                tracing::error!(error = %e, "audit download could not read the trail");
+                // Cut the download short: a truncated file must not pass for a whole one.
+                Err(std::io::Error::other("the audit trail cannot be read"))
+            }
+        };
+        Some((line, rx))
     });
-    futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
+    futures::stream::iter(header).chain(lines)
 }
 
 /// The header of a CSV download: the columns of `audit list --format csv`.

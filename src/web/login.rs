@@ -113,7 +113,11 @@ pub(crate) async fn submit(
     let key = credential
         .map(crate::keys::api_key_sha256)
         .filter(|hash| user.api_key_sha256 == Some(*hash));
-    let id = state.sessions.create(&user, ttl, key);
+    let id = match state.sessions.create(&user, ttl, key).await {
+        Ok(id) => id,
+        // No sign-in without the state store to keep it (fail closed, 503).
+        Err(e) => return WebError::Service(e.into()).into_response(),
+    };
     tracing::info!(user = %user.name, "signed in to the admin center");
     let mut response = Redirect::to("/requests").into_response();
     if let Ok(value) = set_cookie(Some(&id), secure(&state), ttl).parse() {
@@ -133,7 +137,7 @@ pub(crate) async fn logout(
     Form(form): Form<Csrf>,
 ) -> Result<Response, WebError> {
     signed.check_csrf(form.csrf.as_deref())?;
-    state.sessions.remove(&signed.id);
+    state.sessions.remove(&signed.id).await;
     let mut response = Redirect::to("/login").into_response();
     let ttl = std::time::Duration::ZERO;
     if let Ok(value) = set_cookie(None, secure(&state), ttl).parse() {

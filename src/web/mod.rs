@@ -38,7 +38,7 @@ pub(crate) struct WebState {
 pub fn routes<S>(api: &ApiState) -> Router<S> {
     let state = WebState {
         api: api.clone(),
-        sessions: Arc::default(),
+        sessions: Arc::new(Sessions::new(api.lockbox.store.clone())),
     };
     Router::new()
         .route("/", get(|| async { Redirect::to("/requests") }))

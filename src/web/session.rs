@@ -1,59 +1,58 @@
-//! Sign-ins to the admin center: server-side sessions kept in memory, found by a random
-//! 256-bit id in an HttpOnly cookie. The cookie carries nothing but the id, so signing out
-//! (or a restart) ends a session for good, and nothing a browser stores can be replayed
-//! against the API.
+//! Sign-ins to the admin center: server-side sessions kept in the state store (so every
+//! node of a fleet knows them, whichever node the balancer picks), found by a random
+//! 256-bit id in an HttpOnly cookie; the store holds only the id's SHA-256. The cookie
+//! carries nothing but the id, so signing out ends a session for good, and nothing a
+//! browser stores can be replayed against the API.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use chrono::{DateTime, Utc};
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::WebError;
 use super::WebState;
 use crate::config::User;
+use crate::store::{Store, StoreError, WebSessionLimits, WebSessionRow};
 
 /// The cookie that names a sign-in.
 pub(crate) const COOKIE: &str = "lockbox_session";
 
 /// Most sign-ins held at once: past it the one closest to its end makes room, so no
-/// number of logins can grow the process's memory.
+/// number of logins can grow the store without bound.
 const MAX_SESSIONS: usize = 10_000;
 
 /// The longest a sign-in lasts, whatever `web_session_ttl` says (a year).
 const LONGEST_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
-/// Most live streams one sign-in holds open at once: a page opens one, a few tabs a few.
+/// Most live streams one sign-in holds open at once on one node: a page opens one, a
+/// few tabs a few.
 pub(crate) const MAX_STREAMS: usize = 8;
 
 /// Longest flash message kept, in bytes.
 const MAX_FLASH: usize = 1024;
 
 /// Most sign-ins one user holds at once (browsers, tabs signed in anew): past it their
-/// own oldest makes room.
+/// own soonest-ending makes room.
 const MAX_PER_USER: usize = 32;
 
-/// One signed-in browser.
-#[derive(Clone)]
-struct Entry {
-    user: String,
+/// What a stored sign-in carries beside its user and end.
+#[derive(Serialize, Deserialize)]
+struct Body {
     /// Whether the credential used at sign-in counted as MFA (an identity token's `amr`).
     mfa: bool,
     csrf: String,
-    expires: Instant,
-    /// A message for the next page shown (after a POST, redirect, GET).
-    flash: Option<Flash>,
-    /// The SHA-256 of the API key signed in with: a session lasts only while the user
-    /// still has that key, so rotating or removing a key (and a reload) signs its browsers
-    /// out too. `None` for an identity token.
-    key: Option<[u8; 32]>,
-    /// How many live streams this sign-in holds open now (see `open_stream`).
-    streams: Arc<AtomicUsize>,
+    /// The SHA-256 (hex) of the API key signed in with: a session lasts only while the
+    /// user still has that key, so rotating or removing a key (and a reload) signs its
+    /// browsers out too. `None` for an identity token.
+    key: Option<String>,
 }
 
 /// A live session as a request finds it.
@@ -66,91 +65,107 @@ struct Live {
 }
 
 /// A one-time message on the next page.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Flash {
     pub(crate) error: bool,
     pub(crate) text: String,
 }
 
-#[derive(Default)]
 pub(crate) struct Sessions {
-    map: Mutex<HashMap<String, Entry>>,
+    store: Store,
+    limits: WebSessionLimits,
+    /// Live streams each sign-in holds open on this node (see `open_stream`).
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// The store's key of session `id`: its SHA-256, so the table holds no usable cookie.
+fn key_of(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
 }
 
 impl Sessions {
+    pub(crate) fn new(store: Store) -> Sessions {
+        Sessions::with_limits(
+            store,
+            WebSessionLimits {
+                per_user: MAX_PER_USER,
+                total: MAX_SESSIONS,
+            },
+        )
+    }
+
+    fn with_limits(store: Store, limits: WebSessionLimits) -> Sessions {
+        Sessions {
+            store,
+            limits,
+            streams: Arc::default(),
+        }
+    }
+
     /// Signs `user` in for `ttl` (with the API key hashing to `key`, if one was used);
     /// returns the new session's id.
-    pub(crate) fn create(&self, user: &User, ttl: Duration, key: Option<[u8; 32]>) -> String {
+    pub(crate) async fn create(
+        &self,
+        user: &User,
+        ttl: Duration,
+        key: Option<[u8; 32]>,
+    ) -> Result<String, StoreError> {
         let id = random_hex();
-        let entry = Entry {
-            user: user.name.clone(),
+        let now = Utc::now();
+        // An absurd `web_session_ttl` (say `100000000y`) is held to LONGEST_TTL, which the
+        // calendar can always add.
+        let ttl = chrono::Duration::from_std(ttl.min(LONGEST_TTL)).unwrap_or_default();
+        let body = Body {
             mfa: user.mfa,
             csrf: random_hex(),
-            // `Instant + Duration` panics past what the clock can hold: an absurd
-            // `web_session_ttl` (say `100000000y`) would otherwise panic every sign-in.
-            expires: Instant::now() + ttl.min(LONGEST_TTL),
-            flash: None,
-            key,
-            streams: Arc::default(),
+            key: key.map(hex::encode),
         };
-        let mut map = self.lock();
-        // One user's sign-ins make room among their own first: otherwise anyone holding a
-        // key could sign in MAX_SESSIONS times and push every other user's browser out.
-        let own: Vec<(&String, Instant)> = map
-            .iter()
-            .filter(|(_, e)| e.user == user.name)
-            .map(|(k, e)| (k, e.expires))
-            .collect();
-        if own.len() >= MAX_PER_USER {
-            let oldest = own
-                .iter()
-                .min_by_key(|(_, t)| *t)
-                .map(|(k, _)| (*k).clone());
-            if let Some(k) = oldest {
-                map.remove(&k);
-            }
-        }
-        if map.len() >= MAX_SESSIONS {
-            let now = Instant::now();
-            map.retain(|_, e| e.expires > now);
-        }
-        if map.len() >= MAX_SESSIONS {
-            let soonest = map
-                .iter()
-                .min_by_key(|(_, e)| e.expires)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = soonest {
-                map.remove(&k);
-            }
-        }
-        map.insert(id.clone(), entry);
-        id
+        let row = WebSessionRow {
+            user: user.name.clone(),
+            expires_at: now
+                .checked_add_signed(ttl)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            body: serde_json::to_string(&body).map_err(StoreError::from)?,
+            flash: None,
+        };
+        // One user's sign-ins make room among their own first (the store does it): otherwise
+        // anyone holding a key could sign in MAX_SESSIONS times and push every other user's
+        // browser out.
+        self.store
+            .insert_web_session(&key_of(&id), &row, self.limits, now)
+            .await?;
+        Ok(id)
     }
 
-    /// A place for one more live stream of session `id`, held until the guard is dropped
-    /// (with the stream); `None` when the sign-in already holds `MAX_STREAMS` (or is
-    /// gone). Each stream keeps a task and an open trail file for as long as its client
-    /// keeps the connection, and a client that never reads keeps it for ever: without a
-    /// bound one sign-in could hold any number.
+    /// A place for one more live stream of session `id` on this node, held until the
+    /// guard is dropped (with the stream); `None` when the sign-in already holds
+    /// `MAX_STREAMS`. Each stream keeps a task and an open trail file for as long as its
+    /// client keeps the connection, and a client that never reads keeps it for ever:
+    /// without a bound one sign-in could hold any number.
     pub(crate) fn open_stream(&self, id: &str) -> Option<StreamGuard> {
-        let counter = self.lock().get(id)?.streams.clone();
-        counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_STREAMS).then_some(n + 1)
-            })
-            .ok()?;
-        Some(StreamGuard(counter))
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = streams.entry(id.to_owned()).or_default();
+        if *open >= MAX_STREAMS {
+            return None;
+        }
+        *open += 1;
+        Some(StreamGuard {
+            streams: self.streams.clone(),
+            id: id.to_owned(),
+        })
     }
 
-    pub(crate) fn remove(&self, id: &str) {
-        self.lock().remove(id);
+    pub(crate) async fn remove(&self, id: &str) {
+        if let Err(e) = self.store.delete_web_session(&key_of(id)).await {
+            tracing::error!(error = %e, "could not end an admin center sign-in");
+        }
     }
 
     /// Leaves `flash` for the next page of session `id`.
-    pub(crate) fn flash(&self, id: &str, error: bool, text: impl Into<String>) {
+    pub(crate) async fn flash(&self, id: &str, error: bool, text: impl Into<String>) {
         // A flash often quotes what the user typed (a window like `soon`, a name): cut
-        // short, so a 2 MB form field does not sit in memory until the next page, in each
-        // of a user's sign-ins.
+        // short, so a 2 MB form field does not sit in the store until the next page, in
+        // each of a user's sign-ins.
         let mut text = text.into();
         if text.len() > MAX_FLASH {
             let mut end = MAX_FLASH;
@@ -160,46 +175,66 @@ impl Sessions {
             text.truncate(end);
             text.push('…');
         }
-        if let Some(e) = self.lock().get_mut(id) {
-            e.flash = Some(Flash { error, text });
+        let stored = serde_json::to_string(&Flash { error, text }).map_err(StoreError::from);
+        let result = match stored {
+            Ok(flash) => self.store.set_web_flash(&key_of(id), &flash).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            // The action itself is done; only its message is lost.
+            tracing::warn!(error = %e, "could not keep an admin center message");
         }
     }
 
     /// The live session `id` (its flash taken if `take_flash`). An expired one is removed
     /// and answers `None`.
-    fn take(&self, id: &str, take_flash: bool) -> Option<Live> {
-        let mut map = self.lock();
-        let entry = map.get_mut(id)?;
-        if entry.expires <= Instant::now() {
-            map.remove(id);
-            return None;
+    async fn take(&self, id: &str, take_flash: bool) -> Result<Option<Live>, StoreError> {
+        let key = key_of(id);
+        let Some(row) = self.store.web_session(&key, take_flash).await? else {
+            return Ok(None);
+        };
+        if row.expires_at <= Utc::now() {
+            self.store.delete_web_session(&key).await?;
+            return Ok(None);
         }
-        let flash = if take_flash { entry.flash.take() } else { None };
-        Some(Live {
-            user: entry.user.clone(),
-            mfa: entry.mfa,
-            csrf: entry.csrf.clone(),
+        let body: Body = serde_json::from_str(&row.body).map_err(StoreError::from)?;
+        let flash = row
+            .flash
+            .filter(|_| take_flash)
+            .and_then(|f| serde_json::from_str(&f).ok());
+        let key = match body.key {
+            None => None,
+            // A stored key hash that does not decode matches no key: signed out.
+            Some(hex_key) => match hex::decode(hex_key).ok().and_then(|b| b.try_into().ok()) {
+                Some(bytes) => Some(bytes),
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(Live {
+            user: row.user,
+            mfa: body.mfa,
+            csrf: body.csrf,
             flash,
-            key: entry.key,
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.lock().len()
+            key,
+        }))
     }
 }
 
 /// One live stream's place among its sign-in's `MAX_STREAMS`; freed when dropped.
-pub(crate) struct StreamGuard(Arc<AtomicUsize>);
+pub(crate) struct StreamGuard {
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+    id: String,
+}
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = streams.get_mut(&self.id) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -269,7 +304,9 @@ impl FromRequestParts<WebState> for Signed {
         let take_flash = parts.method == axum::http::Method::GET
             && !path.ends_with("/stream")
             && !path.starts_with("/audit/download");
-        let (user, live) = signed_in(state, id, take_flash).ok_or(WebError::SignIn)?;
+        let (user, live) = signed_in(state, id, take_flash)
+            .await?
+            .ok_or(WebError::SignIn)?;
         // The access log names the signed-in user, as it names an API key's.
         if let Some(slot) = parts.extensions.get::<crate::api::CallerSlot>() {
             slot.set(&user.name);
@@ -286,12 +323,26 @@ impl FromRequestParts<WebState> for Signed {
 /// The user session `id` stands for now, if it is still a sign-in: not expired, not
 /// signed out, the user still configured and still holding the key it signed in with.
 /// Every page asks this, and so does a live stream while it runs (see `ended`).
-fn signed_in(state: &WebState, id: &str, take_flash: bool) -> Option<(User, Live)> {
-    let live = state.sessions.take(id, take_flash)?;
+/// A state store that cannot answer is an error (503), never a sign-in.
+async fn signed_in(
+    state: &WebState,
+    id: &str,
+    take_flash: bool,
+) -> Result<Option<(User, Live)>, WebError> {
+    let Some(live) = state
+        .sessions
+        .take(id, take_flash)
+        .await
+        .map_err(|e| WebError::Service(e.into()))?
+    else {
+        return Ok(None);
+    };
     // The user as the configuration says now: a reload that removed the user or
     // changed their roles applies to signed-in browsers at once, as to API keys.
     let config = state.api.lockbox.config();
-    let mut user = config.users.iter().find(|u| u.name == live.user).cloned()?;
+    let Some(mut user) = config.users.iter().find(|u| u.name == live.user).cloned() else {
+        return Ok(None);
+    };
     // Bound to what signed it in: an API key's sign-in ends when the key is rotated or
     // removed; an identity token's (no key) when `[oidc]` is removed, since the API no
     // longer takes that provider's tokens.
@@ -300,8 +351,8 @@ fn signed_in(state: &WebState, id: &str, take_flash: bool) -> Option<(User, Live
         None => config.oidc.is_none(),
     };
     if credential_gone {
-        state.sessions.remove(id);
-        return None;
+        state.sessions.remove(id).await;
+        return Ok(None);
     }
     // MFA as the API would judge the credential now: an API key's is the configuration's
     // (so a reload that takes it away applies at once, as to the key itself); an identity
@@ -309,7 +360,7 @@ fn signed_in(state: &WebState, id: &str, take_flash: bool) -> Option<(User, Live
     if live.key.is_none() {
         user.mfa = live.mfa;
     }
-    Some((user, live))
+    Ok(Some((user, live)))
 }
 
 /// How often a live stream checks that its sign-in still holds.
@@ -323,7 +374,9 @@ const STREAM_CHECK: Duration = Duration::from_secs(2);
 pub(crate) async fn ended(state: WebState, id: String, allowed: fn(&User) -> bool) {
     loop {
         tokio::time::sleep(STREAM_CHECK).await;
-        if signed_in(&state, &id, false).is_none_or(|(user, _)| !allowed(&user)) {
+        // A store that cannot confirm the sign-in ends the stream too (fail closed).
+        let still = signed_in(&state, &id, false).await.ok().flatten();
+        if still.is_none_or(|(user, _)| !allowed(&user)) {
             return;
         }
     }
@@ -344,55 +397,109 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_expired_session_is_gone() {
-        let sessions = Sessions::default();
-        let id = sessions.create(&user("carol"), Duration::ZERO, None);
-        assert!(sessions.take(&id, false).is_none());
-        assert_eq!(sessions.len(), 0);
-        let live = sessions.create(&user("carol"), Duration::from_secs(60), None);
-        assert_eq!(
-            sessions.take(&live, false).map(|s| s.user),
-            Some("carol".into())
-        );
+    /// Sign-ins on a SQLite store in a temporary folder (the store tests run the rows on
+    /// PostgreSQL too), with `limits`.
+    pub(super) fn sessions(limits: WebSessionLimits) -> (tempfile::TempDir, Sessions) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.db")).expect("store");
+        (dir, Sessions::with_limits(store, limits))
     }
 
-    #[test]
-    fn ids_and_csrf_tokens_are_256_bits_and_distinct() {
-        let sessions = Sessions::default();
-        let a = sessions.create(&user("a"), Duration::from_secs(60), None);
-        let b = sessions.create(&user("a"), Duration::from_secs(60), None);
+    pub(super) fn default_sessions() -> (tempfile::TempDir, Sessions) {
+        sessions(WebSessionLimits {
+            per_user: MAX_PER_USER,
+            total: MAX_SESSIONS,
+        })
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn an_expired_session_is_gone() {
+        let (_dir, sessions) = default_sessions();
+        let id = sessions
+            .create(&user("carol"), Duration::ZERO, None)
+            .await
+            .expect("create");
+        assert!(sessions.take(&id, false).await.expect("take").is_none());
+        assert_eq!(sessions.store.web_session_count().await.expect("count"), 0);
+        let live = sessions
+            .create(&user("carol"), MINUTE, None)
+            .await
+            .expect("create");
+        let taken = sessions.take(&live, false).await.expect("take");
+        assert_eq!(taken.map(|s| s.user), Some("carol".into()));
+    }
+
+    #[tokio::test]
+    async fn ids_and_csrf_tokens_are_256_bits_and_distinct_and_the_store_keeps_a_hash() {
+        let (_dir, sessions) = default_sessions();
+        let a = sessions.create(&user("a"), MINUTE, None).await.expect("a");
+        let b = sessions.create(&user("a"), MINUTE, None).await.expect("b");
         assert_eq!(a.len(), 64);
         assert_ne!(a, b);
-        let csrf_a = sessions.take(&a, false).expect("a").csrf;
-        let csrf_b = sessions.take(&b, false).expect("b").csrf;
+        let csrf_a = sessions.take(&a, false).await.expect("a").expect("a").csrf;
+        let csrf_b = sessions.take(&b, false).await.expect("b").expect("b").csrf;
         assert_ne!(csrf_a, csrf_b);
         assert_ne!(csrf_a, a);
+        // The table holds the id's hash: the cookie's value is no key in it.
+        assert!(sessions
+            .store
+            .web_session(&a, false)
+            .await
+            .expect("row")
+            .is_none());
+        assert!(sessions
+            .store
+            .web_session(&key_of(&a), false)
+            .await
+            .expect("row")
+            .is_some());
     }
 
-    #[test]
-    fn the_store_is_bounded() {
-        let sessions = Sessions::default();
-        // Distinct users: one user's own sign-ins are capped lower (MAX_PER_USER).
-        for i in 0..MAX_SESSIONS + 5 {
-            sessions.create(&user(&format!("u{i}")), Duration::from_secs(60), None);
-        }
-        assert_eq!(sessions.len(), MAX_SESSIONS);
-    }
-
-    #[test]
-    fn a_flash_is_shown_once() {
-        let sessions = Sessions::default();
-        let id = sessions.create(&user("a"), Duration::from_secs(60), None);
-        sessions.flash(&id, false, "approved");
-        assert_eq!(
+    #[tokio::test]
+    async fn the_store_is_bounded() {
+        let (_dir, sessions) = sessions(WebSessionLimits {
+            per_user: 4,
+            total: 20,
+        });
+        // Distinct users: one user's own sign-ins are capped lower (per_user).
+        for i in 0..25 {
             sessions
-                .take(&id, true)
-                .and_then(|s| s.flash)
-                .map(|f| f.text),
-            Some("approved".into())
-        );
-        assert!(sessions.take(&id, true).and_then(|s| s.flash).is_none());
+                .create(&user(&format!("u{i}")), MINUTE, None)
+                .await
+                .expect("create");
+        }
+        assert_eq!(sessions.store.web_session_count().await.expect("count"), 20);
+    }
+
+    #[tokio::test]
+    async fn a_flash_is_shown_once() {
+        let (_dir, sessions) = default_sessions();
+        let id = sessions.create(&user("a"), MINUTE, None).await.expect("id");
+        sessions.flash(&id, false, "approved").await;
+        let peeked = sessions
+            .take(&id, false)
+            .await
+            .expect("take")
+            .expect("live");
+        assert!(peeked.flash.is_none(), "only a page that takes it sees it");
+        let shown = sessions.take(&id, true).await.expect("take").expect("live");
+        assert_eq!(shown.flash.map(|f| f.text), Some("approved".into()));
+        let again = sessions.take(&id, true).await.expect("take").expect("live");
+        assert!(again.flash.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_holds_a_bounded_number_of_streams() {
+        let (_dir, sessions) = default_sessions();
+        let id = sessions.create(&user("a"), MINUTE, None).await.expect("id");
+        let held: Vec<StreamGuard> = (0..MAX_STREAMS)
+            .map(|_| sessions.open_stream(&id).expect("a place"))
+            .collect();
+        assert!(sessions.open_stream(&id).is_none());
+        drop(held);
+        assert!(sessions.open_stream(&id).is_some());
     }
 
     #[test]
@@ -424,43 +531,57 @@ mod tests {
 
 #[cfg(test)]
 mod attack_tests {
-    use super::tests::user;
+    use super::tests::{default_sessions, sessions, user};
     use super::*;
 
     /// One user signing in over and over (a script with a valid key) must not sign
     /// everybody else out.
-    #[test]
-    fn one_users_sign_ins_do_not_push_others_out() {
-        let sessions = Sessions::default();
-        let victim = sessions.create(&user("carol"), Duration::from_secs(60), None);
-        for _ in 0..MAX_SESSIONS + 5 {
-            sessions.create(&user("mallory"), Duration::from_secs(3600), None);
+    #[tokio::test]
+    async fn one_users_sign_ins_do_not_push_others_out() {
+        let (_dir, sessions) = sessions(WebSessionLimits {
+            per_user: 4,
+            total: 20,
+        });
+        let victim = sessions
+            .create(&user("carol"), Duration::from_secs(60), None)
+            .await
+            .expect("victim");
+        for _ in 0..25 {
+            sessions
+                .create(&user("mallory"), Duration::from_secs(3600), None)
+                .await
+                .expect("mallory");
         }
-        assert!(sessions.take(&victim, false).is_some());
-        let mallory = sessions
-            .lock()
-            .values()
-            .filter(|e| e.user == "mallory")
-            .count();
-        assert_eq!(mallory, MAX_PER_USER);
+        assert!(sessions.take(&victim, false).await.expect("take").is_some());
+        assert_eq!(sessions.store.web_session_count().await.expect("count"), 5);
     }
 
     /// A `web_session_ttl` beyond what the clock can add must not panic a sign-in.
-    #[test]
-    fn an_absurd_ttl_does_not_panic() {
-        let sessions = Sessions::default();
-        let id = sessions.create(&user("carol"), Duration::MAX, None);
-        assert!(sessions.take(&id, false).is_some());
+    #[tokio::test]
+    async fn an_absurd_ttl_does_not_panic() {
+        let (_dir, sessions) = default_sessions();
+        let id = sessions
+            .create(&user("carol"), Duration::MAX, None)
+            .await
+            .expect("create");
+        assert!(sessions.take(&id, false).await.expect("take").is_some());
     }
 
     /// A flash quoting a huge form field is kept short.
-    #[test]
-    fn a_flash_is_bounded() {
-        let sessions = Sessions::default();
-        let id = sessions.create(&user("carol"), Duration::from_secs(60), None);
-        sessions.flash(&id, true, format!("window `{}`", "é".repeat(1 << 20)));
+    #[tokio::test]
+    async fn a_flash_is_bounded() {
+        let (_dir, sessions) = default_sessions();
+        let id = sessions
+            .create(&user("carol"), Duration::from_secs(60), None)
+            .await
+            .expect("create");
+        sessions
+            .flash(&id, true, format!("window `{}`", "é".repeat(1 << 20)))
+            .await;
         let text = sessions
             .take(&id, true)
+            .await
+            .expect("take")
             .and_then(|s| s.flash)
             .map(|f| f.text)
             .unwrap_or_default();

@@ -334,6 +334,9 @@ fn listed(env: &Env, name: &str) -> Value {
 
 /// Every record in every run folder of `target`, in seq order.
 fn exported(target: &Path) -> Vec<(u64, String)> {
+    // On a shared (PostgreSQL) state store a node's runs are in a folder named after it.
+    let node = target.join("node-1");
+    let target = if node.is_dir() { &node } else { target };
     let mut all = Vec::new();
     for entry in std::fs::read_dir(target).expect("target") {
         let path = entry.expect("entry").path();
@@ -526,14 +529,24 @@ async fn a_run_renamed_into_place_before_a_crash_is_taken_over_not_repeated() {
     let first = json(as_user(&env, "alice", &["--json", "export", "run", "pkg"]));
     assert_eq!(first["status"], "ok");
     // As if lockbox died between renaming the run into place and storing the watermark.
-    let state = rusqlite::Connection::open(env.deployment.dir.join("state.db")).expect("state");
-    state
-        .execute(
-            "UPDATE export_schedules SET watermark = 0 WHERE name = 'pkg'",
-            [],
-        )
-        .expect("rewind");
-    drop(state);
+    let sqlite = env.deployment.dir.join("state.db");
+    if sqlite.exists() {
+        let state = rusqlite::Connection::open(sqlite).expect("state");
+        state
+            .execute(
+                "UPDATE export_schedules SET watermark = 0 WHERE name = 'pkg'",
+                [],
+            )
+            .expect("rewind");
+    } else {
+        // The PostgreSQL state store (LOCKBOX_TEST_STATE=postgres) keeps one per node.
+        env.pg
+            .psql(
+                "s_export_takeover",
+                "UPDATE lockbox_export_watermarks SET watermark = 0 WHERE schedule = 'pkg'",
+            )
+            .expect("rewind");
+    }
     session(&env, &["SELECT 2"]).await;
     let again = json(as_user(&env, "alice", &["--json", "export", "run", "pkg"]));
     assert_eq!(

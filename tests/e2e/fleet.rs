@@ -14,7 +14,7 @@ use crate::harness::{db_error, fatal_error, postgres_state, Env, Options};
 
 /// Node `i` of the fleet `env` started as node 1: the same config (state, keys, users)
 /// with listeners, audit trail and node id of its own. Returns its config file and proxy port.
-fn node_config(env: &Env, i: usize) -> (std::path::PathBuf, u16) {
+pub(crate) fn node_config(env: &Env, i: usize) -> (std::path::PathBuf, u16) {
     let text = std::fs::read_to_string(&env.config_path).expect("config");
     let proxy_port = free_port().expect("port");
     let text = text
@@ -37,22 +37,22 @@ fn node_config(env: &Env, i: usize) -> (std::path::PathBuf, u16) {
 }
 
 /// Node `i`, in-process.
-async fn start_node(env: &Env, i: usize) -> RunningServer {
+pub(crate) async fn start_node(env: &Env, i: usize) -> RunningServer {
     let (path, _) = node_config(env, i);
     let config = lockbox::config::Config::load(&path).expect("node config loads");
     lockbox::server::start(config).await.expect("node starts")
 }
 
-fn client_of(env: &Env, server: &RunningServer, user: &str) -> ApiClient {
+pub(crate) fn client_of(env: &Env, server: &RunningServer, user: &str) -> ApiClient {
     let key = env.deployment.api_keys.get(user).expect("user's key");
     ApiClient::new(&format!("http://{}", server.api_addr), key)
 }
 
-fn node_one(env: &Env) -> &RunningServer {
+pub(crate) fn node_one(env: &Env) -> &RunningServer {
     env.server.as_ref().expect("node 1 runs")
 }
 
-async fn start_fleet(name: &str, policy: &'static str) -> (Env, Vec<RunningServer>) {
+pub(crate) async fn start_fleet(name: &str, policy: &'static str) -> (Env, Vec<RunningServer>) {
     let env = Env::with(
         name,
         Options {
@@ -67,7 +67,7 @@ async fn start_fleet(name: &str, policy: &'static str) -> (Env, Vec<RunningServe
     (env, vec![two, three])
 }
 
-fn ask(env: &Env) -> NewRequest {
+pub(crate) fn ask(env: &Env) -> NewRequest {
     NewRequest {
         database: env.db.clone(),
         ticket: "T-13".into(),
@@ -79,7 +79,7 @@ fn ask(env: &Env) -> NewRequest {
 }
 
 /// Connects through the proxy listening on `port`.
-async fn connect_via(
+pub(crate) async fn connect_via(
     env: &Env,
     port: u16,
     token: &str,
@@ -307,7 +307,14 @@ async fn with_the_state_store_down_new_sessions_and_decisions_are_refused_and_li
     // A cluster used only as the state store, so stopping it leaves the upstream running;
     // commits are flushed, so an immediate stop (a crash) keeps them, as a real store does.
     let mut state = PgSandbox::start_with(&[("synchronous_commit", "on")]).expect("state cluster");
-    let mut env = Env::prepare("fleet_down", Options::default());
+    // Its own state cluster, whichever store the other tests run on.
+    let mut env = Env::prepare(
+        "fleet_down",
+        Options {
+            state_postgres: false,
+            ..Options::default()
+        },
+    );
     let text = std::fs::read_to_string(&env.config_path).expect("config");
     std::fs::write(&env.config_path, postgres_state(&state, "state", &text)).expect("config");
     let config = lockbox::config::Config::load(&env.config_path).expect("config loads");

@@ -23,8 +23,26 @@ pub const COLUMNS: &[&str] = &[
     "record",
 ];
 
-/// The flat columns without `record` (what `audit list --format csv` prints).
-pub const LIST_COLUMNS: &[&str] = COLUMNS.split_at(COLUMNS.len() - 1).0;
+/// The flat columns without `record`, then the record's `node` (what `audit list --format
+/// csv` and the admin center's download print: the fleet's trail mixes nodes, and `seq`
+/// counts within one node's trail).
+pub const LIST_COLUMNS: &[&str] = &[
+    "seq",
+    "time",
+    "type",
+    "event",
+    "request_id",
+    "session_id",
+    "engineer",
+    "database",
+    "kind",
+    "statement",
+    "status",
+    "sqlstate",
+    "rows",
+    "reason",
+    "node",
+];
 
 /// Index of the `record` column.
 pub const RECORD_COLUMN: usize = COLUMNS.len() - 1;
@@ -137,6 +155,15 @@ pub fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_list_columns_are_the_export_columns_without_the_record_and_with_the_node() {
+        assert_eq!(
+            LIST_COLUMNS[..LIST_COLUMNS.len() - 1],
+            COLUMNS[..RECORD_COLUMN]
+        );
+        assert_eq!(LIST_COLUMNS.last(), Some(&"node"));
+    }
 
     #[test]
     fn rows_with_quotes_commas_and_line_breaks_read_back_as_written() {

@@ -48,6 +48,9 @@ impl ExportsReport {
 
 /// Verifies `dir`: one run (it holds `manifest.json`) or a target holding runs, in which
 /// case runs of the same schedule must also follow one another without gap or overlap.
+/// A folder inside holding runs rather than being one is a node's (several nodes on one
+/// state store each export their own trail into `<target>/<node id>`): its runs are
+/// checked as one trail's, apart from the other nodes'.
 /// Err only for an unusable public key or an unreadable folder.
 pub fn verify_exports(dir: &Path, public_key_pem: Option<&str>) -> Result<ExportsReport, String> {
     let key = public_key_pem.map(public_key).transpose()?;
@@ -56,24 +59,57 @@ pub fn verify_exports(dir: &Path, public_key_pem: Option<&str>) -> Result<Export
         report.runs.push(verify_run(dir, key.as_ref()));
         return Ok(report);
     }
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && !is_hidden(p))
-        .collect();
-    runs.sort();
-    for run in runs {
-        report.runs.push(verify_run(&run, key.as_ref()));
+    let mut own = Vec::new();
+    for folder in folders_in(dir)? {
+        if is_node_folder(&folder) {
+            let node = verify_runs(key.as_ref(), folders_in(&folder)?);
+            report.problems.extend(node.problems);
+            report.runs.extend(node.runs);
+        } else {
+            own.push(folder);
+        }
     }
+    let flat = verify_runs(key.as_ref(), own);
+    report.problems.extend(flat.problems);
+    report.runs.extend(flat.runs);
     if report.runs.is_empty() {
         report.problems.push(format!(
             "{}: no {MANIFEST_FILE} here or in any folder inside: not an export",
             dir.display()
         ));
     }
-    report.problems.extend(continuity_problems(&report.runs));
     Ok(report)
+}
+
+/// The runs `folders` of one trail, each verified, and their continuity.
+fn verify_runs(key: Option<&VerifyingKey>, folders: Vec<PathBuf>) -> ExportsReport {
+    let runs: Vec<ExportReport> = folders.iter().map(|run| verify_run(run, key)).collect();
+    ExportsReport {
+        problems: continuity_problems(&runs),
+        runs,
+    }
+}
+
+/// The folders inside `dir` that are not hidden (staging), sorted.
+fn folders_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut folders: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !is_hidden(p))
+        .collect();
+    folders.sort();
+    Ok(folders)
+}
+
+/// A node's folder: not a run itself, but holding at least one.
+fn is_node_folder(folder: &Path) -> bool {
+    !folder.join(MANIFEST_FILE).exists()
+        && std::fs::read_dir(folder).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| !is_hidden(&e.path()) && e.path().join(MANIFEST_FILE).exists())
+        })
 }
 
 /// Verifies one run folder.

@@ -1,7 +1,12 @@
 //! Export schedules and their runs on PostgreSQL (see `store/exports.rs` for SQLite):
-//! the watermark moves compare-and-set in the transaction that records the run.
+//! the watermark moves compare-and-set in the transaction that records the run. Each node
+//! exports its own trail, so a schedule's watermark is this node's
+//! (`lockbox_export_watermarks`), and a run is claimed by one node at a time
+//! (`lockbox_export_claims`, a lease the running node renews).
 
 use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 
 use super::super::exports::{
     run_of, schedule_of, to_sql, ExportRun, ExportSchedule, RunStatus, RunSummary,
@@ -37,8 +42,10 @@ impl PgStore {
         let conn = self.pool.get().await?;
         let row = conn
             .query_opt(
-                "SELECT body, watermark FROM lockbox_export_schedules WHERE name = $1",
-                &[&name],
+                "SELECT s.body, coalesce(w.watermark, 0) FROM lockbox_export_schedules s
+                 LEFT JOIN lockbox_export_watermarks w ON w.schedule = s.name AND w.node = $2
+                 WHERE s.name = $1",
+                &[&name, &self.node],
             )
             .await?;
         row.map(|r| schedule_of(r.try_get(0)?, r.try_get(1)?))
@@ -49,8 +56,10 @@ impl PgStore {
         let conn = self.pool.get().await?;
         let rows = conn
             .query(
-                "SELECT body, watermark FROM lockbox_export_schedules ORDER BY created_at, name",
-                &[],
+                "SELECT s.body, coalesce(w.watermark, 0) FROM lockbox_export_schedules s
+                 LEFT JOIN lockbox_export_watermarks w ON w.schedule = s.name AND w.node = $1
+                 ORDER BY s.created_at, s.name",
+                &[&self.node],
             )
             .await?;
         rows.iter()
@@ -117,10 +126,25 @@ impl PgStore {
         let mut conn = self.pool.get().await?;
         let tx = conn.transaction().await?;
         if run.status == RunStatus::Ok {
+            // A node without a row is at 0: only a run from 0 may create its row.
+            let statement = if run.after_seq == 0 {
+                "INSERT INTO lockbox_export_watermarks (schedule, node, watermark)
+                 VALUES ($2, $4, $1)
+                 ON CONFLICT (schedule, node) DO UPDATE SET watermark = EXCLUDED.watermark
+                 WHERE lockbox_export_watermarks.watermark = $3"
+            } else {
+                "UPDATE lockbox_export_watermarks SET watermark = $1
+                 WHERE schedule = $2 AND watermark = $3 AND node = $4"
+            };
             let moved = tx
                 .execute(
-                    "UPDATE lockbox_export_schedules SET watermark = $1 WHERE name = $2 AND watermark = $3",
-                    &[&to_sql(run.through_seq), &run.schedule, &to_sql(run.after_seq)],
+                    statement,
+                    &[
+                        &to_sql(run.through_seq),
+                        &run.schedule,
+                        &to_sql(run.after_seq),
+                        &self.node,
+                    ],
                 )
                 .await?;
             if moved != 1 {
@@ -138,5 +162,46 @@ impl PgStore {
         .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Claims the run of `schedule` for `node` until `now + lease`: true when no other
+    /// node holds a claim that is still running at `now` (a lapsed one is taken over). The
+    /// node holding it renews it the same way.
+    pub(crate) async fn claim_export_run(
+        &self,
+        schedule: &str,
+        node: &str,
+        now: DateTime<Utc>,
+        lease: chrono::Duration,
+    ) -> Result<bool, StoreError> {
+        let conn = self.pool.get().await?;
+        let until = (now + lease).timestamp_millis();
+        let claimed = conn
+            .execute(
+                "INSERT INTO lockbox_export_claims (schedule, node, claimed_until)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT (schedule) DO UPDATE
+                   SET node = EXCLUDED.node, claimed_until = EXCLUDED.claimed_until
+                 WHERE lockbox_export_claims.node = EXCLUDED.node
+                    OR lockbox_export_claims.claimed_until <= $4",
+                &[&schedule, &node, &until, &now.timestamp_millis()],
+            )
+            .await?;
+        Ok(claimed == 1)
+    }
+
+    /// Lets go of `node`'s claim on `schedule` (another node's is left alone).
+    pub(crate) async fn release_export_run(
+        &self,
+        schedule: &str,
+        node: &str,
+    ) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            "DELETE FROM lockbox_export_claims WHERE schedule = $1 AND node = $2",
+            &[&schedule, &node],
+        )
+        .await?;
+        Ok(())
     }
 }

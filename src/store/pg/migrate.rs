@@ -10,6 +10,8 @@ use super::super::StoreError;
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_state.sql"),
     include_str!("../migrations/0002_nodes.sql"),
+    include_str!("../migrations/0003_export_claims.sql"),
+    include_str!("../migrations/0004_web_sessions.sql"),
 ];
 
 /// The advisory lock key of schema changes (`lockbox` in ASCII).

@@ -17,6 +17,7 @@ mod migrate;
 pub(crate) mod nodes;
 pub(crate) mod outbox;
 pub(crate) mod pool;
+mod web_sessions;
 
 pub(crate) use migrate::{current_version, known_version};
 

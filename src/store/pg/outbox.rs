@@ -9,9 +9,11 @@ use super::super::StoreError;
 use super::{millis, PgStore};
 use crate::notify::outbox::{Delivery, NewDelivery};
 
-/// How long a node's claim on a delivery holds: longer than an attempt can take (SMTP
-/// and webhook calls are bounded well below it).
-const CLAIM: chrono::Duration = chrono::Duration::minutes(2);
+/// How long a node's claim on a delivery holds: twice the longest attempt
+/// (`notify::ATTEMPT_LIMIT`), so a live node's attempt is never taken over, while a dead
+/// node's delivery goes out from another node within half a minute.
+const CLAIM: chrono::Duration = chrono::Duration::seconds(30);
+const _: () = assert!(CLAIM.num_seconds() >= 2 * crate::notify::ATTEMPT_LIMIT.as_secs() as i64);
 
 const COLUMNS: &str = "id, channel, target, event, request_id, status, attempts, next_attempt_at, last_error, created_at, delivered_at, payload";
 

@@ -1,0 +1,257 @@
+//! The whole fleet's trail, read back from the PostgreSQL audit sink's table: every node
+//! ships its own chain there (`pg_sink.rs`), so the table is the one place that holds all
+//! of them. Same filters as the local reader (`AuditQuery::matches`), as SQL; records in
+//! the fleet's order, (time, node, seq), each naming its node. As fresh as the sink: a
+//! node's records appear once its sink shipped them (its lag shows in `/v1/cluster`).
+
+use std::collections::VecDeque;
+
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use tokio_postgres::types::ToSql;
+
+use super::pg_sink::connect;
+use super::{AuditError, AuditQuery};
+use crate::config::PgSink;
+
+/// A record's node: the one it names, else (records written before nodes were named)
+/// the sink's `proxy_id` it was shipped under.
+const NODE: &str = "coalesce(record->>'node', proxy_id)";
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// A WHERE clause and its parameters, built from a query's filters.
+#[derive(Default)]
+struct Filter {
+    clauses: Vec<String>,
+    params: Vec<Param>,
+}
+
+impl Filter {
+    /// The next parameter's placeholder, bound to `value`.
+    fn bind(&mut self, value: Param) -> String {
+        self.params.push(value);
+        format!("${}", self.params.len())
+    }
+
+    fn equals(&mut self, column: &str, value: &Option<String>) {
+        if let Some(v) = value {
+            let p = self.bind(Box::new(v.clone()));
+            self.clauses.push(format!("{column} = {p}"));
+        }
+    }
+
+    fn of(query: &AuditQuery, table: &str) -> Filter {
+        let mut f = Filter::default();
+        f.equals("request_id", &query.request);
+        f.equals("\"database\"", &query.database);
+        f.equals("session_id", &query.session);
+        f.equals("engineer", &query.engineer);
+        f.equals("record->>'kind'", &query.kind);
+        if query.outcome.is_some() {
+            f.clauses.push("\"type\" = 'outcome'".into());
+            f.equals("record->>'status'", &query.outcome);
+        }
+        if let Some(text) = &query.text {
+            let p = f.bind(Box::new(text.clone()));
+            f.clauses
+                .push(format!("strpos(record->>'statement', {p}) > 0"));
+        }
+        for (bound, op) in [(query.since, ">="), (query.until, "<=")] {
+            if let Some(at) = bound {
+                let p = f.bind(Box::new(at.to_rfc3339()));
+                f.clauses
+                    .push(format!("\"time\" {op} ({p}::text)::timestamptz"));
+            }
+        }
+        let after = query
+            .after_seq
+            .map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+        match (after, &query.after_node) {
+            // After one node's record in the fleet's order (paging). A cursor naming no
+            // record leaves nothing after it.
+            (Some(seq), Some(node)) => {
+                let node = f.bind(Box::new(node.clone()));
+                let seq = f.bind(Box::new(seq));
+                f.clauses.push(format!(
+                    "(\"time\", {NODE}, seq) > (SELECT \"time\", {NODE}, seq FROM {table} \
+                     WHERE {NODE} = {node} AND seq = {seq} LIMIT 1)"
+                ));
+            }
+            // Without a node: each node's records after that sequence number.
+            (Some(seq), None) => {
+                let seq = f.bind(Box::new(seq));
+                f.clauses.push(format!("seq > {seq}"));
+            }
+            (None, _) => {}
+        }
+        f
+    }
+
+    fn sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+fn db_error(e: tokio_postgres::Error) -> AuditError {
+    AuditError::Database {
+        message: crate::store::pg::error_text(&e),
+    }
+}
+
+async fn client(sink: &PgSink) -> Result<tokio_postgres::Client, AuditError> {
+    connect(sink).await.map_err(|e| AuditError::Database {
+        message: e.to_string(),
+    })
+}
+
+/// The record of a row, naming its node.
+fn record_of(row: &tokio_postgres::Row) -> Result<Value, AuditError> {
+    let line: &str = row.try_get(0).map_err(db_error)?;
+    let mut record: Value = serde_json::from_str(line).map_err(|e| AuditError::Database {
+        message: format!("a record in the audit table is not JSON: {e}"),
+    })?;
+    if let Some(fields) = record.as_object_mut() {
+        if !fields.contains_key("node") {
+            let proxy_id: String = row.try_get(1).map_err(db_error)?;
+            fields.insert("node".into(), Value::String(proxy_id));
+        }
+    }
+    Ok(record)
+}
+
+/// Matching records in the fleet's order, at most `query.limit`.
+pub(crate) async fn page(sink: &PgSink, query: &AuditQuery) -> Result<Vec<Value>, AuditError> {
+    let client = client(sink).await?;
+    let mut filter = Filter::of(query, &sink.table_sql);
+    let limit = match query.limit {
+        Some(l) => format!(
+            " LIMIT {}",
+            filter.bind(Box::new(i64::try_from(l).unwrap_or(i64::MAX)))
+        ),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT line, proxy_id FROM {}{} ORDER BY \"time\", {NODE}, seq{limit}",
+        sink.table_sql,
+        filter.sql()
+    );
+    let rows = client
+        .query(&sql, &filter.params())
+        .await
+        .map_err(db_error)?;
+    rows.iter().map(record_of).collect()
+}
+
+/// The newest `keep` matching records (oldest first) and how many match in all.
+pub(crate) async fn newest(
+    sink: &PgSink,
+    query: &AuditQuery,
+    keep: usize,
+) -> Result<(VecDeque<Value>, usize), AuditError> {
+    let client = client(sink).await?;
+    let mut filter = Filter::of(query, &sink.table_sql);
+    let count_sql = format!("SELECT count(*) FROM {}{}", sink.table_sql, filter.sql());
+    let total: i64 = client
+        .query_one(&count_sql, &filter.params())
+        .await
+        .map_err(db_error)?
+        .try_get(0)
+        .map_err(db_error)?;
+    let limit = filter.bind(Box::new(i64::try_from(keep).unwrap_or(i64::MAX)));
+    let sql = format!(
+        "SELECT line, proxy_id FROM {}{} ORDER BY \"time\" DESC, {NODE} DESC, seq DESC LIMIT {limit}",
+        sink.table_sql,
+        filter.sql()
+    );
+    let rows = client
+        .query(&sql, &filter.params())
+        .await
+        .map_err(db_error)?;
+    let mut out = VecDeque::with_capacity(rows.len());
+    for row in rows.iter().rev() {
+        out.push_back(record_of(row)?);
+    }
+    Ok((out, usize::try_from(total).unwrap_or(0)))
+}
+
+/// Every matching record in the fleet's order, as the server sends the rows: a download
+/// of the whole trail holds a few rows in memory, not the trail.
+pub(crate) async fn all(
+    sink: &PgSink,
+    query: &AuditQuery,
+) -> Result<impl Stream<Item = Result<Value, AuditError>>, AuditError> {
+    let client = client(sink).await?;
+    let filter = Filter::of(query, &sink.table_sql);
+    let sql = format!(
+        "SELECT line, proxy_id FROM {}{} ORDER BY \"time\", {NODE}, seq",
+        sink.table_sql,
+        filter.sql()
+    );
+    let rows = client
+        .query_raw(&sql, filter.params())
+        .await
+        .map_err(db_error)?;
+    // The client goes along with the rows: its connection must outlive them.
+    Ok(rows.map(move |row| {
+        let _keep = &client;
+        row.map_err(db_error).and_then(|r| record_of(&r))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(query: AuditQuery, expected: &str) {
+        assert_eq!(Filter::of(&query, "t").sql(), expected);
+    }
+
+    #[test]
+    fn each_filter_becomes_its_clause() {
+        check(AuditQuery::default(), "");
+        check(
+            AuditQuery {
+                engineer: Some("eve".into()),
+                outcome: Some("error".into()),
+                ..AuditQuery::default()
+            },
+            " WHERE engineer = $1 AND \"type\" = 'outcome' AND record->>'status' = $2",
+        );
+        check(
+            AuditQuery {
+                after_seq: Some(4),
+                ..AuditQuery::default()
+            },
+            " WHERE seq > $1",
+        );
+        let paged = Filter::of(
+            &AuditQuery {
+                text: Some("x".into()),
+                after_seq: Some(4),
+                after_node: Some("node-2".into()),
+                ..AuditQuery::default()
+            },
+            "t",
+        );
+        assert_eq!(paged.params.len(), 3);
+        assert!(
+            paged.sql().contains(&format!(
+                "(\"time\", {NODE}, seq) > (SELECT \"time\", {NODE}, seq FROM t WHERE {NODE} = $2 AND seq = $3 LIMIT 1)"
+            )),
+            "{}",
+            paged.sql()
+        );
+    }
+}
