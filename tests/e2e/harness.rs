@@ -242,7 +242,10 @@ impl Env {
         text.push_str(BREAK_GLASS_POLICY);
         text.push_str(options.policy);
         if options.state_postgres {
-            text = postgres_state(pg, &format!("s_{name}"), &text);
+            // On the shared cluster even when the test has a cluster of its own: that one
+            // is the upstream a fault test crashes or stalls, and a store going down with
+            // it is another test (`fleet::with_the_state_store_down_…`).
+            text = postgres_state(cluster(), &format!("s_{name}"), &text);
         }
         std::fs::write(&config_path, text).expect("config");
         Env {
