@@ -1,7 +1,8 @@
 //! How many entries each long-lived map of the process holds, so a long run can tell a
 //! leak (a count that keeps growing with the sessions and requests that came and went)
-//! from allocator growth (every count flat while RSS creeps up). `serve` logs it every
-//! minute at debug level (`RUST_LOG=info,lockbox::census=debug`); `benches/soak.sh` reads
+//! from allocator growth (every count flat while RSS creeps up). Each minute `serve` hands
+//! freed memory back to the OS ([`crate::memory`]) and logs the census at debug level
+//! (`RUST_LOG=info,lockbox::census=debug`); `benches/soak.sh` reads
 //! those lines, and the e2e tests call [`take`] after sessions have come and gone.
 
 use std::time::Duration;
@@ -74,6 +75,11 @@ pub(crate) async fn log_every_minute(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {
+                // Freed memory goes back to the OS first, so RSS next to the census tells
+                // a map that grows from memory the allocator merely kept.
+                let trimmed = tokio::task::spawn_blocking(crate::memory::release_free_memory)
+                    .await
+                    .unwrap_or(false);
                 let c = take(&lockbox, &registry);
                 tracing::debug!(
                     sessions = c.sessions,
@@ -86,6 +92,7 @@ pub(crate) async fn log_every_minute(
                     cached_analyses = c.cached_analyses,
                     cached_scram = c.cached_scram,
                     sqlite_kib = c.sqlite_kib,
+                    trimmed,
                     "census"
                 );
             }

@@ -22,6 +22,7 @@ pub mod ids;
 pub mod init;
 pub mod keys;
 pub mod logging;
+mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod oidc;
