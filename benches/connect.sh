@@ -7,11 +7,14 @@
 #   SECONDS_PER_RUN  seconds of each run (env BENCH_SECONDS; default 10)
 #   CLIENTS          client counts, "1,8" or "1 8" (env BENCH_CLIENTS; default 1,8)
 #   ROUNDS           rounds; each figure is the median over them (env BENCH_ROUNDS; default 3)
-#   env BENCH_TARGETS  default: direct,pgbouncer,pgbouncer-tls,lockbox-fsync,
+#   env BENCH_TARGETS  default: direct,direct-scram,pgbouncer,pgbouncer-tls,lockbox-fsync,
 #                      lockbox-fsync-tls,lockbox-write,lockbox-write-tls
 #   env LOCKBOX_BIN    use this lockbox binary instead of `cargo build --release`
 #
-# Direct: PostgreSQL forks a backend per connection (trust login). pgbouncer: the client login
+# Direct: PostgreSQL forks a backend per connection (trust login, as the superuser);
+# direct-scram: the same with a password login (SCRAM, the client deriving its key from the
+# password each time, as libpq does), which is what lockbox's upstream login is and what a
+# direct login of an engineer would be. pgbouncer: the client login
 # only, server connections stay pooled. lockbox: TLS handshake (the -tls targets), token check
 # (signature, admission against the stored request), a durable `connected` record, and a fresh
 # upstream login (SCRAM) as the grant's role, then the statement and its record, and the
@@ -22,7 +25,7 @@ source "$(dirname "$0")/lib.sh"
 SECONDS_PER_RUN=${1:-${BENCH_SECONDS:-10}}
 read -ra CLIENT_COUNTS <<<"$(bench_list "${2:-${BENCH_CLIENTS:-1,8}}")"
 ROUNDS=${3:-${BENCH_ROUNDS:-3}}
-read -ra TARGETS <<<"$(bench_list "${BENCH_TARGETS:-direct,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-fsync-tls,lockbox-write,lockbox-write-tls}")"
+read -ra TARGETS <<<"$(bench_list "${BENCH_TARGETS:-direct,direct-scram,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-fsync-tls,lockbox-write,lockbox-write-tls}")"
 
 max_clients=0
 for c in "${CLIENT_COUNTS[@]}"; do if ((c > max_clients)); then max_clients=$c; fi; done
@@ -74,7 +77,8 @@ done
 echo
 echo "pgbench -C -S: one new connection per transaction, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $NPROC cores"
 echo "conn/s: connections (= transactions) per second; connect ms: pgbench's average connection time"
-echo "vs-direct: conn/s / direct PostgreSQL; vs-bouncer: conn/s / pgbouncer on the same transport (plain or TLS)"
+echo "vs-direct: conn/s / direct PostgreSQL (trust); vs-scram: / direct PostgreSQL with a password login;"
+echo "vs-bouncer: conn/s / pgbouncer on the same transport (plain or TLS)"
 python3 - "$results" "${TARGETS[*]}" "${CLIENT_COUNTS[*]}" <<'PY'
 import statistics, sys
 path, targets, clients = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
@@ -99,17 +103,19 @@ def figures(t, c):
 def ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b else "-"
 
-head = f"{'clients':>7}  {'target':<18} {'conn/s':>9} {'connect ms':>10} {'vs-direct':>9} {'vs-bouncer':>10}"
+head = f"{'clients':>7}  {'target':<18} {'conn/s':>9} {'connect ms':>10} {'vs-direct':>9} {'vs-scram':>9} {'vs-bouncer':>10}"
 print(head)
 print("-" * len(head))
 for c in clients:
     direct = figures("direct", c)[0]
+    scram = figures("direct-scram", c)[0]
     for t in targets:
         tps, conn = figures(t, c)
         bouncer = "pgbouncer-tls" if t.endswith("-tls") else "pgbouncer"
         print(f"{c:>7}  {t:<18} {(f'{tps:.0f}' if tps is not None else 'failed'):>9} "
               f"{(f'{conn:.3f}' if conn is not None else '-'):>10} "
               f"{(ratio(tps, direct) if t != 'direct' else ''):>9} "
+              f"{(ratio(tps, scram) if t.startswith('lockbox') else ''):>9} "
               f"{(ratio(tps, figures(bouncer, c)[0]) if t.startswith('lockbox') else ''):>10}")
     print()
 PY

@@ -26,7 +26,7 @@ BENCH_DEMO_PID=""
 BENCH_PIDS=()            # our own children, stopped in reverse order on exit
 BENCH_PIDFILES=()        # pid files of processes started through runuser (pgbouncer)
 BENCH_LAST_PORT=""
-declare -A BENCH_PORT=() BENCH_USER=() BENCH_SSL=() BENCH_PROXY=() BENCH_TOKEN=()
+declare -A BENCH_PORT=() BENCH_USER=() BENCH_SSL=() BENCH_PROXY=() BENCH_TOKEN=() BENCH_PASSWORD=()
 declare -A BENCH_SERVE_PID=() BENCH_PROXY_PORT=()
 
 bench_log() { echo "[$(date +%T)] $*" >&2; }
@@ -318,6 +318,13 @@ bench_targets() {
     for target in "$@"; do
         case $target in
         direct) bench_target direct "$PG_PORT" postgres disable ;;
+        direct-scram)
+            # A password login straight to PostgreSQL (SCRAM, as lockbox's own upstream
+            # login is), where `direct` logs in as the superuser on trust.
+            bench_start_scram_role
+            bench_target direct-scram "$PG_PORT" "$BENCH_SCRAM_ROLE" disable
+            BENCH_PASSWORD[direct-scram]=$BENCH_SCRAM_PASSWORD
+            ;;
         pgbouncer | pgbouncer-tls)
             if [ "$target" = pgbouncer-tls ]; then
                 bench_start_pgbouncer "$target" tls "$pool"
@@ -337,7 +344,7 @@ bench_targets() {
             [ "$target" != "${target%-tls}" ] && ssl=require
             bench_target "$target" "${BENCH_PROXY_PORT[$durability]}" "$LOCKBOX_ENGINEER" "$ssl" "$durability"
             ;;
-        *) bench_die "unknown target $target (direct, pgbouncer, pgbouncer-tls, lockbox-fsync, lockbox-fsync-tls, lockbox-write, lockbox-write-tls)" ;;
+        *) bench_die "unknown target $target (direct, direct-scram, pgbouncer, pgbouncer-tls, lockbox-fsync, lockbox-fsync-tls, lockbox-write, lockbox-write-tls)" ;;
         esac
     done
 }
@@ -356,9 +363,22 @@ bench_on() {
     if [ -n "${BENCH_PROXY[$target]}" ]; then
         password=${BENCH_TOKEN[${BENCH_PROXY[$target]},$access]:-}
         [ -n "$password" ] || bench_die "no $access grant for $target: call bench_grants $access $target first"
+    else
+        password=${BENCH_PASSWORD[$target]:-}
     fi
     PGHOST=127.0.0.1 PGPORT=${BENCH_PORT[$target]} PGUSER=${BENCH_USER[$target]} \
         PGDATABASE=$LOCKBOX_DATABASE PGSSLMODE=${BENCH_SSL[$target]} PGPASSWORD=$password "$@"
+}
+
+# A login role with a password of this run (scram-sha-256 in the sandbox's pg_hba) for the
+# direct-scram target; it may read what the lockbox roles read. Sets BENCH_SCRAM_ROLE and
+# BENCH_SCRAM_PASSWORD.
+BENCH_SCRAM_ROLE=bench_scram
+bench_start_scram_role() {
+    [ -n "${BENCH_SCRAM_PASSWORD:-}" ] && return 0
+    BENCH_SCRAM_PASSWORD=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    bench_psql -c "DROP ROLE IF EXISTS $BENCH_SCRAM_ROLE" \
+        -c "CREATE ROLE $BENCH_SCRAM_ROLE LOGIN PASSWORD '$BENCH_SCRAM_PASSWORD'" >/dev/null
 }
 
 # Loads pgbench's tables (scale $1) and lets the lockbox roles read them.
@@ -368,6 +388,9 @@ bench_load_pgbench() {
     "$PGBENCH" -i -s "$scale" -q "$LOCKBOX_UPSTREAM_URL" >"$BENCH_WORK/pgbench-init.log" 2>&1 ||
         { cat "$BENCH_WORK/pgbench-init.log" >&2; bench_die "pgbench -i failed"; }
     bench_psql -c "GRANT SELECT ON ALL TABLES IN SCHEMA public TO lockbox_service, sales_read, sales_write"
+    if [ -n "${BENCH_SCRAM_PASSWORD:-}" ]; then
+        bench_psql -c "GRANT SELECT ON ALL TABLES IN SCHEMA public TO $BENCH_SCRAM_ROLE"
+    fi
 }
 
 # Raises the soft limit of open files to at least $1 (up to the hard limit, or beyond as root).
