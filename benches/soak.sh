@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Soak: SECONDS of steady load through one `lockbox serve` (audit fsync) while a grant
 # expires or is revoked every few seconds (three sessions on each), driven by
-# benches/soak_sessions.py. Prints the proxy's RSS, open files, threads and live sessions
-# after the warm-up and at the end (with the quarters' medians and the proxy's census of its
-# long-lived maps), and how late sessions were dropped after their end (expiry) or after the
-# revoke call returned; exits non-zero on a leak or a late or missed drop. A leak is growth
-# that is a trend after the warm-up (every quarter of the run higher than the one before, and
-# by more than an allowance overall), not a one-off step: the rule is in soak_sessions.py.
+# benches/soak_sessions.py. Prints the proxy's RSS (and its anonymous and file-backed parts),
+# open files, threads and live sessions after the warm-up and at the end (with the quarters'
+# medians and the proxy's census of its long-lived maps), and how late sessions were dropped
+# after their end (expiry) or after the revoke call returned; exits non-zero on a leak or a
+# late or missed drop. A leak is growth of anonymous memory, open files or threads that is a
+# trend after the warm-up (every quarter of the run higher than the one before, and by more
+# than an allowance overall), not a one-off step: the rule is in soak_sessions.py.
 #
 #   benches/soak.sh [SECONDS]      # env SOAK_SECONDS; default 1800 (30 minutes)
 #   env LOCKBOX_BIN  use this lockbox binary instead of `cargo build --release`
