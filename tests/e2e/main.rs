@@ -8,6 +8,7 @@ mod attack;
 mod attack2;
 mod attack_11;
 mod attack_faults;
+mod attack_review;
 mod attack_tls;
 mod attack_web;
 mod audit_api;

@@ -1,0 +1,109 @@
+//! Attacks on the fleet's trail read from the PostgreSQL audit sink, and on what the sink
+//! ships: findings of a review, each a test that failed before its fix.
+
+use std::time::Duration;
+
+use lockbox::audit::AuditQuery;
+
+use crate::harness::{cluster, message, query, Env, Options, Raw};
+
+/// A lockbox whose trail is also shipped to table `lockbox_audit` of database `a_<name>` on
+/// the shared cluster, so the API reads the fleet's trail from there.
+async fn sink_env(name: &str) -> (Env, String) {
+    let mut env = Env::prepare(name, Options::default());
+    let pg = cluster();
+    let audit_db = format!("a_{name}");
+    pg.psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {audit_db} WITH (FORCE)"),
+    )
+    .expect("drop audit database");
+    pg.psql("postgres", &format!("CREATE DATABASE {audit_db}"))
+        .expect("create audit database");
+    let mut text = std::fs::read_to_string(&env.config_path).expect("config");
+    text.push_str(&format!(
+        "\n[audit.postgres]\nurl = \"postgres://postgres@127.0.0.1:{}/{audit_db}\"\nproxy_id = \"node-1\"\nbatch_size = 50\n",
+        pg.port
+    ));
+    std::fs::write(&env.config_path, text).expect("config");
+    let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
+    env.audit_path = config.audit_path.clone();
+    env.server = Some(lockbox::server::start(config).await.expect("server starts"));
+    (env, audit_db)
+}
+
+/// Waits (bounded) until the audit table holds a statement record whose text is `sql`.
+async fn wait_shipped(audit_db: &str, sql: &str) {
+    let check = format!(
+        "SELECT count(*) FROM lockbox_audit WHERE \"type\" = 'statement' AND line LIKE '%{}%'",
+        sql.replace('\'', "''")
+    );
+    for _ in 0..150 {
+        let out = cluster().psql(audit_db, &check).unwrap_or_default();
+        if out
+            .split_whitespace()
+            .any(|w| w.parse::<u64>().is_ok_and(|n| n > 0))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last_error = cluster()
+        .psql(audit_db, "SELECT max(seq) FROM lockbox_audit")
+        .unwrap_or_default();
+    panic!("the sink never shipped `{sql}` (table's max seq: {last_error})");
+}
+
+/// An engineer's session, logged in and ready.
+async fn session(env: &Env) -> Raw {
+    let (_, token) = env.approved_token("eve", "30m").await;
+    let mut raw = Raw::login(env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw
+}
+
+/// Parse, Bind of one text-format parameter holding `value`, Execute, Sync.
+fn bind_text(sql: &str, value: &[u8]) -> Vec<u8> {
+    let mut out = message(b'P', &[b"\0", sql.as_bytes(), b"\0\0\0"].concat());
+    let mut bind = b"\0\0".to_vec();
+    bind.extend_from_slice(&0i16.to_be_bytes()); // no format codes: text
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    bind.extend_from_slice(value);
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    out.extend(message(b'B', &bind));
+    out.extend(message(
+        b'E',
+        &[b"\0".as_slice(), &0i32.to_be_bytes()].concat(),
+    ));
+    out.extend(message(b'S', b""));
+    out
+}
+
+/// Finding 1: a text-format bind parameter holding a NUL byte is recorded as `\u0000`,
+/// which PostgreSQL's `jsonb` refuses; the sink's batch failed on every retry, so one
+/// statement of any engineer stopped the node's whole trail from reaching the audit
+/// database (and so the fleet's `audit list`, API and admin center) for good.
+#[tokio::test]
+async fn a_nul_in_a_bind_parameter_does_not_stop_the_audit_sink() {
+    let (env, audit_db) = sink_env("review_nul_param").await;
+    let mut raw = session(&env).await;
+    raw.send(&bind_text("SELECT $1::text", b"before\0after"))
+        .await;
+    // PostgreSQL refuses the NUL itself; the record was written before it was forwarded.
+    raw.read_until_ready_after_error().await;
+    raw.send(&query("SELECT 'after the nul record'")).await;
+    raw.read_until_ready().await;
+    wait_shipped(&audit_db, "after the nul record").await;
+    // The record with the NUL is in the table too, its exact line kept.
+    let fleet = env
+        .client("dave")
+        .audit(&AuditQuery {
+            text: Some("SELECT $1::text".into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("the fleet's trail");
+    assert_eq!(fleet.len(), 1, "{fleet:?}");
+    assert_eq!(fleet[0]["params"][0], "before\0after");
+}
