@@ -34,8 +34,19 @@ impl Filter {
         format!("${}", self.params.len())
     }
 
+    /// A clause no row passes, for a filter no record can match.
+    fn nothing(&mut self) {
+        self.clauses.push("FALSE".into());
+    }
+
     fn equals(&mut self, column: &str, value: &Option<String>) {
         if let Some(v) = value {
+            // PostgreSQL refuses a NUL in a text parameter (the whole read failed, a 503);
+            // no column holds one, so like the local file's filter it matches nothing.
+            if v.contains('\0') {
+                self.nothing();
+                return;
+            }
             let p = self.bind(Box::new(v.clone()));
             self.clauses.push(format!("{column} = {p}"));
         }
@@ -53,9 +64,14 @@ impl Filter {
             f.equals("record->>'status'", &query.outcome);
         }
         if let Some(text) = &query.text {
-            let p = f.bind(Box::new(text.clone()));
-            f.clauses
-                .push(format!("strpos(record->>'statement', {p}) > 0"));
+            if text.contains('\0') {
+                // As above: no statement holds a NUL (the protocol ends its text at one).
+                f.nothing();
+            } else {
+                let p = f.bind(Box::new(text.clone()));
+                f.clauses
+                    .push(format!("strpos(record->>'statement', {p}) > 0"));
+            }
         }
         for (bound, op) in [(query.since, ">="), (query.until, "<=")] {
             if let Some(at) = bound {
@@ -70,6 +86,7 @@ impl Filter {
         match (after, &query.after_node) {
             // After one node's record in the fleet's order (paging). A cursor naming no
             // record leaves nothing after it.
+            (Some(_), Some(node)) if node.contains('\0') => f.nothing(),
             (Some(seq), Some(node)) => {
                 let node = f.bind(Box::new(node.clone()));
                 let seq = f.bind(Box::new(seq));

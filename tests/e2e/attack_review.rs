@@ -107,3 +107,37 @@ async fn a_nul_in_a_bind_parameter_does_not_stop_the_audit_sink() {
     assert_eq!(fleet.len(), 1, "{fleet:?}");
     assert_eq!(fleet[0]["params"][0], "before\0after");
 }
+
+/// Finding 2: a filter holding a NUL (`?engineer=%00`) matches no record in the local
+/// file, but on the fleet's trail PostgreSQL refused the parameter and the API answered
+/// 503 "audit unavailable": the two paths must answer alike.
+#[tokio::test]
+async fn a_nul_in_a_filter_matches_nothing_on_the_fleets_trail_too() {
+    let (env, audit_db) = sink_env("review_nul_filter").await;
+    let mut raw = session(&env).await;
+    raw.send(&query("SELECT 'nul filter probe'")).await;
+    raw.read_until_ready().await;
+    wait_shipped(&audit_db, "nul filter probe").await;
+    let dave = env.client("dave");
+    for filter in [
+        AuditQuery {
+            engineer: Some("eve\0".into()),
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            text: Some("nul\0".into()),
+            ..AuditQuery::default()
+        },
+        AuditQuery {
+            after_seq: Some(1),
+            after_node: Some("node\0".into()),
+            ..AuditQuery::default()
+        },
+    ] {
+        let records = dave.audit(&filter).await;
+        assert!(
+            records.as_ref().is_ok_and(Vec::is_empty),
+            "{filter:?}: {records:?}"
+        );
+    }
+}
