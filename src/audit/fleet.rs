@@ -74,11 +74,18 @@ impl Filter {
             }
         }
         for (bound, op) in [(query.since, ">="), (query.until, "<=")] {
-            if let Some(at) = bound {
-                let p = f.bind(Box::new(at.to_rfc3339()));
-                f.clauses
-                    .push(format!("\"time\" {op} ({p}::text)::timestamptz"));
+            let Some(at) = bound else { continue };
+            // An age can reach before year 1 (`since=3000000d`), whose RFC 3339 text
+            // (`-0974-…`) PostgreSQL does not read: every record is after it, none before.
+            if chrono::Datelike::year(&at) < 1 {
+                if op == "<=" {
+                    f.nothing();
+                }
+                continue;
             }
+            let p = f.bind(Box::new(at.to_rfc3339()));
+            f.clauses
+                .push(format!("\"time\" {op} ({p}::text)::timestamptz"));
         }
         let after = query
             .after_seq

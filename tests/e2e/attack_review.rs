@@ -141,3 +141,35 @@ async fn a_nul_in_a_filter_matches_nothing_on_the_fleets_trail_too() {
         );
     }
 }
+
+/// `GET /v1/audit?<query>` as `user`: the status and the body.
+async fn get_audit(env: &Env, user: &str, query: &str) -> (u16, serde_json::Value) {
+    let url = format!("{}/v1/audit?{query}", env.deployment.server_url());
+    let response = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(&env.deployment.api_keys[user])
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("the API answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// Finding 3: `since=3000000d` (an age reaching before year 1) is a valid filter that
+/// every record matches in the local file; on the fleet's trail chrono's RFC 3339 text of a
+/// year before 1 is no `timestamptz` PostgreSQL reads, and the API answered 503.
+#[tokio::test]
+async fn an_ancient_since_or_until_reads_the_fleets_trail_like_the_file() {
+    let (env, audit_db) = sink_env("review_ancient").await;
+    let mut raw = session(&env).await;
+    raw.send(&query("SELECT 'ancient probe'")).await;
+    raw.read_until_ready().await;
+    wait_shipped(&audit_db, "ancient probe").await;
+    let (status, body) = get_audit(&env, "dave", "text=ancient+probe&since=3000000d").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_array().map(Vec::len), Some(1), "{body}");
+    let (status, body) = get_audit(&env, "dave", "until=3000000d").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_array().map(Vec::len), Some(0), "{body}");
+}
