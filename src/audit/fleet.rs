@@ -5,6 +5,7 @@
 //! node's records appear once its sink shipped them (its lag shows in `/v1/cluster`).
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use serde_json::Value;
@@ -134,10 +135,44 @@ fn db_error(e: tokio_postgres::Error) -> AuditError {
     }
 }
 
-async fn client(sink: &PgSink) -> Result<tokio_postgres::Client, AuditError> {
-    connect(sink).await.map_err(|e| AuditError::Database {
+/// Longest a read of the audit database may wait: for a page, the whole query; for a
+/// download, the query's start and each gap between two rows. A locked table or a stalled
+/// server otherwise held the API request (and its caller) for as long as it lasted.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn stalled() -> AuditError {
+    AuditError::Database {
+        message: format!(
+            "the audit database did not answer within {} s",
+            READ_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// `work`, or the stall error once it took longer than [`READ_TIMEOUT`].
+async fn bounded<T>(
+    work: impl std::future::Future<Output = Result<T, AuditError>>,
+) -> Result<T, AuditError> {
+    tokio::time::timeout(READ_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(stalled()))
+}
+
+/// A connection to the audit database for reading. The server gives up too (a client
+/// that timed out leaves no backend waiting on the lock behind it): a page's whole query
+/// is bounded, a download's wait for a lock.
+async fn client(sink: &PgSink, whole_query: bool) -> Result<tokio_postgres::Client, AuditError> {
+    let client = connect(sink).await.map_err(|e| AuditError::Database {
         message: e.to_string(),
-    })
+    })?;
+    let ms = READ_TIMEOUT.as_millis();
+    let limits = if whole_query {
+        format!("SET lock_timeout = {ms}; SET statement_timeout = {ms}")
+    } else {
+        format!("SET lock_timeout = {ms}")
+    };
+    client.batch_execute(&limits).await.map_err(db_error)?;
+    Ok(client)
 }
 
 /// The record of a row, naming its node.
@@ -157,7 +192,11 @@ fn record_of(row: &tokio_postgres::Row) -> Result<Value, AuditError> {
 
 /// Matching records in the fleet's order, at most `query.limit`.
 pub(crate) async fn page(sink: &PgSink, query: &AuditQuery) -> Result<Vec<Value>, AuditError> {
-    let client = client(sink).await?;
+    bounded(page_unbounded(sink, query)).await
+}
+
+async fn page_unbounded(sink: &PgSink, query: &AuditQuery) -> Result<Vec<Value>, AuditError> {
+    let client = client(sink, true).await?;
     let mut filter = Filter::of(query, &sink.table_sql);
     let limit = match query.limit {
         Some(l) => format!(
@@ -184,7 +223,15 @@ pub(crate) async fn newest(
     query: &AuditQuery,
     keep: usize,
 ) -> Result<(VecDeque<Value>, usize), AuditError> {
-    let client = client(sink).await?;
+    bounded(newest_unbounded(sink, query, keep)).await
+}
+
+async fn newest_unbounded(
+    sink: &PgSink,
+    query: &AuditQuery,
+    keep: usize,
+) -> Result<(VecDeque<Value>, usize), AuditError> {
+    let client = client(sink, true).await?;
     let mut filter = Filter::of(query, &sink.table_sql);
     let count_sql = format!("SELECT count(*) FROM {}{}", sink.table_sql, filter.sql());
     let total: i64 = client
@@ -216,22 +263,38 @@ pub(crate) async fn all(
     sink: &PgSink,
     query: &AuditQuery,
 ) -> Result<impl Stream<Item = Result<Value, AuditError>>, AuditError> {
-    let client = client(sink).await?;
-    let filter = Filter::of(query, &sink.table_sql);
-    let sql = format!(
-        "SELECT line, proxy_id FROM {}{} ORDER BY \"time\", {NODE}, seq",
-        sink.table_sql,
-        filter.sql()
-    );
-    let rows = client
-        .query_raw(&sql, filter.params())
-        .await
-        .map_err(db_error)?;
-    // The client goes along with the rows: its connection must outlive them.
-    Ok(rows.map(move |row| {
-        let _keep = &client;
-        row.map_err(db_error).and_then(|r| record_of(&r))
-    }))
+    let (client, rows) = bounded(async {
+        let client = client(sink, false).await?;
+        let filter = Filter::of(query, &sink.table_sql);
+        let sql = format!(
+            "SELECT line, proxy_id FROM {}{} ORDER BY \"time\", {NODE}, seq",
+            sink.table_sql,
+            filter.sql()
+        );
+        let rows = client
+            .query_raw(&sql, filter.params())
+            .await
+            .map_err(db_error)?;
+        Ok((client, rows))
+    })
+    .await?;
+    // The client goes along with the rows: its connection must outlive them. A row that
+    // does not come within READ_TIMEOUT ends the stream with the stall error.
+    let rows = Box::pin(rows);
+    Ok(futures::stream::unfold(
+        Some((client, rows)),
+        |state| async move {
+            let (client, mut rows) = state?;
+            match tokio::time::timeout(READ_TIMEOUT, rows.next()).await {
+                Ok(None) => None,
+                Ok(Some(row)) => {
+                    let record = row.map_err(db_error).and_then(|r| record_of(&r));
+                    Some((record, Some((client, rows))))
+                }
+                Err(_) => Some((Err(stalled()), None)),
+            }
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -173,3 +173,41 @@ async fn an_ancient_since_or_until_reads_the_fleets_trail_like_the_file() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.as_array().map(Vec::len), Some(0), "{body}");
 }
+
+/// Finding 4: an audit database that holds the reader up (here the table locked by a
+/// maintenance transaction; a stalled server does the same) made `GET /v1/audit` wait for
+/// as long as the lock lasted: no error, no bound. It must answer with a clear error in
+/// bounded time.
+#[tokio::test]
+async fn a_stalled_audit_database_is_a_bounded_clear_error() {
+    let (env, audit_db) = sink_env("review_stalled").await;
+    let mut raw = session(&env).await;
+    raw.send(&query("SELECT 'stall probe'")).await;
+    raw.read_until_ready().await;
+    wait_shipped(&audit_db, "stall probe").await;
+    let (locker, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(cluster().port)
+        .user("postgres")
+        .dbname(&audit_db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to the audit database");
+    let driver = tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE lockbox_audit IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock the table");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(50),
+        get_audit(&env, "dave", "text=stall+probe"),
+    )
+    .await;
+    let _ = locker.batch_execute("ROLLBACK").await;
+    driver.abort();
+    let (status, body) = answer.expect("the API answered while the audit database stalled");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "audit_unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("audit database"), "{body}");
+}
