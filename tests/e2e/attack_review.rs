@@ -211,3 +211,117 @@ async fn a_stalled_audit_database_is_a_bounded_clear_error() {
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("audit database"), "{body}");
 }
+
+/// Signs `user` in to the admin center; returns the session cookie (`name=value`).
+async fn web_sign_in(env: &Env, user: &str) -> String {
+    let base = env.deployment.server_url();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client");
+    let form = http
+        .get(format!("{base}/login"))
+        .send()
+        .await
+        .expect("login page");
+    let login_cookie = form
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("login cookie")
+        .to_owned();
+    let page = form.text().await.expect("login page");
+    let nonce = page
+        .split("name=\"nonce\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("nonce");
+    let signed = http
+        .post(format!("{base}/login"))
+        .header("cookie", login_cookie)
+        .form(&[
+            ("nonce", nonce),
+            ("api_key", &env.deployment.api_keys[user]),
+        ])
+        .send()
+        .await
+        .expect("sign in");
+    signed
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("lockbox_session="))
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_owned()
+}
+
+/// Finding 5: with the sink, a request page lists the fleet's records, newest first, and
+/// its live list follows this node's own trail from `after_seq` = the newest record's
+/// `seq`. That record may be another node's, whose numbering has nothing to do with this
+/// node's: the live list then skipped every record of this node up to that number
+/// (here 900), so statements run right now through this node never appeared.
+#[tokio::test]
+async fn a_request_pages_live_list_resumes_after_this_nodes_own_newest_record() {
+    let (env, audit_db) = sink_env("review_page_after").await;
+    let (id, token) = env.approved_token("eve", "30m").await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw.send(&query("SELECT 'page probe'")).await;
+    raw.read_until_ready().await;
+    wait_shipped(&audit_db, "page probe").await;
+    // Another node's newer record of the same request, far ahead in its own numbering.
+    let time = (chrono::Utc::now() + chrono::Duration::seconds(60))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let line = serde_json::json!({
+        "seq": 900, "time": time, "prev": "00".repeat(32), "node": "node-2",
+        "type": "statement", "session_id": "s-2", "request_id": id, "ticket": "T",
+        "engineer": "eve", "database": env.db, "client_addr": "127.0.0.1:1",
+        "protocol": "simple", "statement": "SELECT 2 AS on_node_2", "kind": "select",
+    })
+    .to_string();
+    cluster()
+        .psql(
+            &audit_db,
+            &format!(
+                "INSERT INTO lockbox_audit (proxy_id, seq, \"time\", \"type\", request_id, \
+                 session_id, engineer, \"database\", record, line) VALUES ('node-2', 900, \
+                 '{time}', 'statement', '{id}', 's-2', 'eve', '{}', '{line}'::jsonb, '{line}')",
+                env.db
+            ),
+        )
+        .expect("another node's record");
+    let cookie = web_sign_in(&env, "carol").await;
+    let page = reqwest::Client::new()
+        .get(format!("{}/requests/{id}", env.deployment.server_url()))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("request page")
+        .text()
+        .await
+        .expect("request page");
+    assert!(
+        page.contains("on_node_2"),
+        "the page lists the fleet's records"
+    );
+    let after: u64 = page
+        .split("stream?after_seq=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the live list's resume point");
+    let newest_here = env
+        .audit()
+        .iter()
+        .filter(|r| r["request_id"] == id.as_str())
+        .filter_map(|r| r["seq"].as_u64())
+        .max()
+        .expect("this node's records of the request");
+    assert!(
+        after <= newest_here,
+        "the live list resumes after {after}, past this node's newest record {newest_here}"
+    );
+}
