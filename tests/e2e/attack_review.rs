@@ -325,3 +325,68 @@ async fn a_request_pages_live_list_resumes_after_this_nodes_own_newest_record() 
         "the live list resumes after {after}, past this node's newest record {newest_here}"
     );
 }
+
+/// Finding 6: signing out when the state store fails to delete the sign-in answered as a
+/// success (303 to `/login`, the cookie cleared in this browser) while the sign-in stayed
+/// valid in the store: a copy of the cookie (another tab's, a stolen one) kept working
+/// after the user believed they had signed out. It must say the sign-out failed.
+#[tokio::test]
+async fn a_sign_out_the_store_did_not_take_is_not_reported_as_done() {
+    let env = Env::with(
+        "review_signout",
+        Options {
+            state_postgres: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let cookie = web_sign_in(&env, "carol").await;
+    let base = env.deployment.server_url();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client");
+    let page = http
+        .get(format!("{base}/requests"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("a page")
+        .text()
+        .await
+        .expect("a page");
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("csrf token")
+        .to_owned();
+    // The store reads, but refuses to delete sign-ins (a store failing mid-request).
+    let state = rusqlite::Connection::open(env.deployment.dir.join("state.db")).expect("state");
+    state
+        .execute_batch(
+            "CREATE TRIGGER keep_sign_ins BEFORE DELETE ON web_sessions
+             BEGIN SELECT RAISE(FAIL, 'the store is failing'); END;",
+        )
+        .expect("trigger");
+    let out = http
+        .post(format!("{base}/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("sign out");
+    let still = http
+        .get(format!("{base}/requests"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("a page")
+        .status();
+    assert!(
+        !(out.status().is_redirection() && still.is_success()),
+        "the sign-out answered {} but the cookie still signs in ({still})",
+        out.status()
+    );
+    assert_eq!(out.status().as_u16(), 503);
+}
