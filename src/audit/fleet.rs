@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
@@ -84,6 +85,10 @@ impl Filter {
                 }
                 continue;
             }
+            // Records hold microseconds and the file's filter compares to the nanosecond;
+            // PostgreSQL would round a finer bound to the nearest microsecond (half to
+            // even), taking in a record just outside it. A `since` goes up, an `until` down.
+            let at = whole_micros(at, op == ">=");
             let p = f.bind(Box::new(at.to_rfc3339()));
             f.clauses
                 .push(format!("\"time\" {op} ({p}::text)::timestamptz"));
@@ -127,6 +132,19 @@ impl Filter {
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
             .collect()
     }
+}
+
+/// `at` on a whole microsecond: the next one up (`up`) or down, unless it is on one.
+/// (Checked arithmetic: `at` comes from a query string; a bound at the edge of chrono's
+/// range stays as it is.)
+fn whole_micros(at: DateTime<Utc>, up: bool) -> DateTime<Utc> {
+    let below = i64::from(at.timestamp_subsec_nanos() % 1000);
+    let step = if up { 1000 - below } else { -below };
+    if below == 0 {
+        return at;
+    }
+    at.checked_add_signed(chrono::Duration::nanoseconds(step))
+        .unwrap_or(at)
 }
 
 fn db_error(e: tokio_postgres::Error) -> AuditError {

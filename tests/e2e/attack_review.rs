@@ -390,3 +390,35 @@ async fn a_sign_out_the_store_did_not_take_is_not_reported_as_done() {
     );
     assert_eq!(out.status().as_u16(), 503);
 }
+
+/// Finding 7: the file's records carry microseconds, and the local filter compares a
+/// `since`/`until` to the nanosecond; PostgreSQL rounded the bound to the microsecond
+/// (half to even), so `until` half a microsecond before a record (or `since` half after
+/// it) still selected that record from the fleet's trail, never from the file.
+#[tokio::test]
+async fn sub_microsecond_bounds_select_what_the_file_selects() {
+    let (env, audit_db) = sink_env("review_micros").await;
+    let mut raw = session(&env).await;
+    for i in 0..6 {
+        raw.send(&query(&format!("SELECT 'micro probe {i}'"))).await;
+        raw.read_until_ready().await;
+    }
+    wait_shipped(&audit_db, "micro probe 5").await;
+    let mut mismatches = Vec::new();
+    for i in 0..6 {
+        let text = format!("micro+probe+{i}");
+        let (_, records) = get_audit(&env, "dave", &format!("text={text}")).await;
+        let time = records[0]["time"].as_str().expect("time").to_owned();
+        let at = chrono::DateTime::parse_from_rfc3339(&time).expect("time");
+        let half = chrono::Duration::nanoseconds(500);
+        for (name, bound) in [("since", at + half), ("until", at - half)] {
+            let bound = bound.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+            let q = format!("text={text}&{name}={}", bound.replace('+', "%2B"));
+            let (status, body) = get_audit(&env, "dave", &q).await;
+            if status != 200 || body.as_array().is_none_or(|a| !a.is_empty()) {
+                mismatches.push(format!("{time} {name}={bound}: {status} {body}"));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
