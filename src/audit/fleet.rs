@@ -176,21 +176,52 @@ async fn bounded<T>(
         .unwrap_or_else(|_| Err(stalled()))
 }
 
+/// Most reads of the audit database at once on this node (pages, request pages and
+/// downloads): each holds a connection, and without a bound a burst of page views, or
+/// readers of a locked table, took every connection the audit database has (the sink's
+/// own reconnect included). A read waits for its turn within [`READ_TIMEOUT`].
+const MAX_READERS: usize = 16;
+
+static READERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_READERS);
+
+/// A connection for one read, and its place among the [`MAX_READERS`].
+struct Reader {
+    client: tokio_postgres::Client,
+    _turn: tokio::sync::SemaphorePermit<'static>,
+}
+
+impl std::ops::Deref for Reader {
+    type Target = tokio_postgres::Client;
+
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+}
+
 /// A connection to the audit database for reading. The server gives up too (a client
 /// that timed out leaves no backend waiting on the lock behind it): a page's whole query
 /// is bounded, a download's wait for a lock.
-async fn client(sink: &PgSink, whole_query: bool) -> Result<tokio_postgres::Client, AuditError> {
+async fn client(sink: &PgSink, whole_query: bool) -> Result<Reader, AuditError> {
+    // The semaphore is never closed; were it, no read could go on.
+    let turn = READERS.acquire().await.map_err(|_| stalled())?;
     let client = connect(sink).await.map_err(|e| AuditError::Database {
         message: e.to_string(),
     })?;
-    let ms = READ_TIMEOUT.as_millis();
+    // A little shorter than the client's bound: the server gives up first and ends the
+    // backend, instead of leaving it behind a client that stopped waiting.
+    let ms = READ_TIMEOUT
+        .saturating_sub(Duration::from_secs(5))
+        .as_millis();
     let limits = if whole_query {
         format!("SET lock_timeout = {ms}; SET statement_timeout = {ms}")
     } else {
         format!("SET lock_timeout = {ms}")
     };
     client.batch_execute(&limits).await.map_err(db_error)?;
-    Ok(client)
+    Ok(Reader {
+        client,
+        _turn: turn,
+    })
 }
 
 /// The record of a row, naming its node.

@@ -422,3 +422,71 @@ async fn sub_microsecond_bounds_select_what_the_file_selects() {
     }
     assert!(mismatches.is_empty(), "{mismatches:#?}");
 }
+
+/// Connections the API holds open to the audit database for reading (the sink's own
+/// writer has one more under the same application name).
+fn audit_db_connections(audit_db: &str) -> usize {
+    cluster()
+        .psql(
+            audit_db,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{audit_db}' \
+                 AND application_name = 'lockbox-audit-sink'"
+            ),
+        )
+        .unwrap_or_default()
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Finding 8: every read of the fleet's trail opened a connection of its own to the
+/// audit database, with no bound on how many at once: readers of a slow or locked table
+/// (or a burst of page views by the customer's approvers) took every connection the
+/// audit database has, the sink's reconnect included. At most a few read at once now.
+#[tokio::test]
+async fn concurrent_reads_hold_a_bounded_number_of_audit_database_connections() {
+    let (env, audit_db) = sink_env("review_readers").await;
+    let mut raw = session(&env).await;
+    raw.send(&query("SELECT 'readers probe'")).await;
+    raw.read_until_ready().await;
+    wait_shipped(&audit_db, "readers probe").await;
+    let (locker, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(cluster().port)
+        .user("postgres")
+        .dbname(&audit_db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to the audit database");
+    let driver = tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE lockbox_audit IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock the table");
+    let env = std::sync::Arc::new(env);
+    let readers: Vec<_> = (0..40)
+        .map(|_| {
+            let env = env.clone();
+            tokio::spawn(async move { get_audit(&env, "dave", "text=readers+probe").await.0 })
+        })
+        .collect();
+    let mut most = 0;
+    for _ in 0..600 {
+        most = most.max(audit_db_connections(&audit_db));
+        if readers.iter().all(|r| r.is_finished()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = locker.batch_execute("ROLLBACK").await;
+    driver.abort();
+    for reader in readers {
+        let status = reader.await.expect("reader");
+        assert_eq!(status, 503, "a read of a locked table is the stall error");
+    }
+    assert!(
+        most <= 17,
+        "{most} connections to the audit database at once"
+    );
+}
