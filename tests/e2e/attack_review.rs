@@ -490,3 +490,64 @@ async fn concurrent_reads_hold_a_bounded_number_of_audit_database_connections() 
         "{most} connections to the audit database at once"
     );
 }
+
+/// Finding 9: a download of the fleet's trail that its client stops reading held its
+/// connection to the audit database (and its turn among the readers) for as long as the
+/// client kept the socket open: a few such downloads starve every other read. A reader
+/// that takes nothing for a while now loses its rows (the download ends in an error).
+#[tokio::test]
+async fn a_download_nobody_reads_lets_go_of_the_audit_database() {
+    let (env, audit_db) = sink_env("review_unread").await;
+    let mut raw = session(&env).await;
+    raw.send(&query("SELECT 'unread probe'")).await;
+    raw.read_until_ready().await;
+    wait_shipped(&audit_db, "unread probe").await;
+    // Far more than the channel, the HTTP stack and the socket buffers hold.
+    let line = format!(
+        "{{\"seq\":0,\"time\":\"2026-01-01T00:00:00Z\",\"prev\":\"\",\"type\":\"statement\",\"statement\":\"{}\"}}",
+        "x".repeat(400)
+    );
+    cluster()
+        .psql(
+            &audit_db,
+            &format!(
+                "INSERT INTO lockbox_audit (proxy_id, seq, \"time\", \"type\", record, line) \
+                 SELECT 'node-x', g, '2026-01-01T00:00:00Z', 'statement', \
+                 replace('{line}', '\"seq\":0', '\"seq\":' || g)::jsonb, \
+                 replace('{line}', '\"seq\":0', '\"seq\":' || g) \
+                 FROM generate_series(1, 100000) g"
+            ),
+        )
+        .expect("many records");
+    let cookie = web_sign_in(&env, "dave").await;
+    let download = reqwest::Client::new()
+        .get(format!(
+            "{}/audit/download?format=jsonl",
+            env.deployment.server_url()
+        ))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("the download starts");
+    assert_eq!(download.status().as_u16(), 200);
+    // The download is kept open and never read; its reader must let go.
+    let mut readers = usize::MAX;
+    for _ in 0..900 {
+        readers = audit_db_connections(&audit_db);
+        if readers <= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(download);
+    assert!(
+        readers <= 1,
+        "{readers} connections to the audit database while a download sits unread: {}",
+        cluster()
+            .psql(
+                &audit_db,
+                "SELECT application_name, state, left(query, 60) FROM pg_stat_activity"
+            )
+            .unwrap_or_default()
+    );
+}
