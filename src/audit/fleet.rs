@@ -177,17 +177,16 @@ async fn bounded<T>(
 }
 
 /// Most reads of the audit database at once on this node (pages, request pages and
-/// downloads): each holds a connection, and without a bound a burst of page views, or
-/// readers of a locked table, took every connection the audit database has (the sink's
-/// own reconnect included). A read waits for its turn within [`READ_TIMEOUT`].
-const MAX_READERS: usize = 16;
-
-static READERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_READERS);
+/// downloads; the turns live in [`PgSink::readers`]): each holds a connection, and without
+/// a bound a burst of page views, or readers of a locked table, took every connection the
+/// audit database has (the sink's own reconnect included). A read waits for its turn
+/// within [`READ_TIMEOUT`].
+pub(crate) const MAX_READERS: usize = 16;
 
 /// A connection for one read, and its place among the [`MAX_READERS`].
 struct Reader {
     client: tokio_postgres::Client,
-    _turn: tokio::sync::SemaphorePermit<'static>,
+    _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl std::ops::Deref for Reader {
@@ -203,7 +202,12 @@ impl std::ops::Deref for Reader {
 /// is bounded, a download's wait for a lock.
 async fn client(sink: &PgSink, whole_query: bool) -> Result<Reader, AuditError> {
     // The semaphore is never closed; were it, no read could go on.
-    let turn = READERS.acquire().await.map_err(|_| stalled())?;
+    let turn = sink
+        .readers
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| stalled())?;
     let client = connect(sink).await.map_err(|e| AuditError::Database {
         message: e.to_string(),
     })?;
