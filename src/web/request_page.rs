@@ -47,8 +47,15 @@ pub(crate) async fn show(
         .filter(|s| s.request_id == request.id.0)
         .collect();
     // The trail as the API shows it: only to those who may read it.
+    // A trail that cannot be read (with the sink, the audit database down or stalled)
+    // leaves the list out, not the page: deciding, revoking and ending sessions must not
+    // depend on reading a copy of the trail.
     let statements = if policy::check_audit_read(&signed.user).is_ok() {
-        Some(latest_records(&state, &request.id.0).await?)
+        Some(
+            latest_records(&state, &request.id.0)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "request page without its statements")),
+        )
     } else {
         None
     };
@@ -67,8 +74,13 @@ pub(crate) async fn show(
         @if live || !sessions.is_empty() {
             (sessions_list(&signed, &request, &sessions))
         }
-        @if let Some(records) = &statements {
-            (statement_list(&request, records, live, stream_after(records, this_node)))
+        @match &statements {
+            Some(Ok(records)) => (statement_list(&request, records, live, stream_after(records, this_node))),
+            Some(Err(_)) => {
+                h2 { "Statements and outcomes" }
+                p role="alert" { "The statements cannot be shown right now: lockbox cannot read the audit trail. " a href=(format!("/requests/{}", request.id)) { "Try again" } }
+            }
+            None => {}
         }
         (approvals(&request))
         (history(&request))

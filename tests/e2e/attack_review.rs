@@ -551,3 +551,34 @@ async fn a_download_nobody_reads_lets_go_of_the_audit_database() {
             .unwrap_or_default()
     );
 }
+
+/// Finding 10: with the sink configured, a request page read its latest statements from
+/// the audit database and failed whole (500) when that read failed: an approver could not
+/// see, approve, revoke or end sessions from the page while the audit database (a copy;
+/// the file is the primary record) was down. The page shows without the statements then.
+#[tokio::test]
+async fn a_request_page_works_while_the_audit_database_is_down() {
+    let mut env = Env::prepare("review_page_sink_down", Options::default());
+    let mut text = std::fs::read_to_string(&env.config_path).expect("config");
+    // Nothing listens on port 1: every read of the audit database fails at once.
+    text.push_str("\n[audit.postgres]\nurl = \"postgres://postgres@127.0.0.1:1/audit\"\nproxy_id = \"node-1\"\n");
+    std::fs::write(&env.config_path, text).expect("config");
+    let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
+    env.audit_path = config.audit_path.clone();
+    env.server = Some(lockbox::server::start(config).await.expect("server starts"));
+    let (id, _token) = env.approved_token("eve", "30m").await;
+    let cookie = web_sign_in(&env, "carol").await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/requests/{id}", env.deployment.server_url()))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("request page");
+    let status = response.status().as_u16();
+    let page = response.text().await.expect("request page");
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("/revoke"),
+        "the page offers its actions: {page}"
+    );
+}
