@@ -78,7 +78,7 @@ impl Filter {
         for (bound, op) in [(query.since, ">="), (query.until, "<=")] {
             let Some(at) = bound else { continue };
             // An age can reach before year 1 (`since=3000000d`), whose RFC 3339 text
-            // (`-0974-…`) PostgreSQL does not read: every record is after it, none before.
+            // (`-6188-…`) PostgreSQL does not read: every record is after it, none before.
             if chrono::Datelike::year(&at) < 1 {
                 if op == "<=" {
                     f.nothing();
