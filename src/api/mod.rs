@@ -130,6 +130,12 @@ impl From<ServiceError> for ApiError {
                 tracing::error!(error = %e, "state store unavailable");
                 "lockbox cannot reach its state store right now; nothing was changed".to_owned()
             }
+            // A read of the fleet's trail: name the part that is down (the audit
+            // database), as for the state store; its details go to the log.
+            (ServiceError::Audit(crate::audit::AuditError::Database { .. }), _) => {
+                tracing::error!(error = %e, "audit database unavailable");
+                "lockbox cannot read the fleet's trail from its audit database right now".to_owned()
+            }
             (_, StatusCode::SERVICE_UNAVAILABLE) => {
                 tracing::error!(error = %e, "request failed");
                 "lockbox cannot complete this action right now; nothing was changed".to_owned()

@@ -274,3 +274,7 @@ impl TimeStamp {
 #[cfg(test)]
 #[path = "encode_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "encode_attack_tests.rs"]
+mod attack_tests;

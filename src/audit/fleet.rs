@@ -5,7 +5,9 @@
 //! node's records appear once its sink shipped them (its lag shows in `/v1/cluster`).
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
@@ -34,8 +36,19 @@ impl Filter {
         format!("${}", self.params.len())
     }
 
+    /// A clause no row passes, for a filter no record can match.
+    fn nothing(&mut self) {
+        self.clauses.push("FALSE".into());
+    }
+
     fn equals(&mut self, column: &str, value: &Option<String>) {
         if let Some(v) = value {
+            // PostgreSQL refuses a NUL in a text parameter (the whole read failed, a 503);
+            // no column holds one, so like the local file's filter it matches nothing.
+            if v.contains('\0') {
+                self.nothing();
+                return;
+            }
             let p = self.bind(Box::new(v.clone()));
             self.clauses.push(format!("{column} = {p}"));
         }
@@ -53,16 +66,32 @@ impl Filter {
             f.equals("record->>'status'", &query.outcome);
         }
         if let Some(text) = &query.text {
-            let p = f.bind(Box::new(text.clone()));
-            f.clauses
-                .push(format!("strpos(record->>'statement', {p}) > 0"));
+            if text.contains('\0') {
+                // As above: no statement holds a NUL (the protocol ends its text at one).
+                f.nothing();
+            } else {
+                let p = f.bind(Box::new(text.clone()));
+                f.clauses
+                    .push(format!("strpos(record->>'statement', {p}) > 0"));
+            }
         }
         for (bound, op) in [(query.since, ">="), (query.until, "<=")] {
-            if let Some(at) = bound {
-                let p = f.bind(Box::new(at.to_rfc3339()));
-                f.clauses
-                    .push(format!("\"time\" {op} ({p}::text)::timestamptz"));
+            let Some(at) = bound else { continue };
+            // An age can reach before year 1 (`since=3000000d`), whose RFC 3339 text
+            // (`-6188-…`) PostgreSQL does not read: every record is after it, none before.
+            if chrono::Datelike::year(&at) < 1 {
+                if op == "<=" {
+                    f.nothing();
+                }
+                continue;
             }
+            // Records hold microseconds and the file's filter compares to the nanosecond;
+            // PostgreSQL would round a finer bound to the nearest microsecond (half to
+            // even), taking in a record just outside it. A `since` goes up, an `until` down.
+            let at = whole_micros(at, op == ">=");
+            let p = f.bind(Box::new(at.to_rfc3339()));
+            f.clauses
+                .push(format!("\"time\" {op} ({p}::text)::timestamptz"));
         }
         let after = query
             .after_seq
@@ -70,6 +99,7 @@ impl Filter {
         match (after, &query.after_node) {
             // After one node's record in the fleet's order (paging). A cursor naming no
             // record leaves nothing after it.
+            (Some(_), Some(node)) if node.contains('\0') => f.nothing(),
             (Some(seq), Some(node)) => {
                 let node = f.bind(Box::new(node.clone()));
                 let seq = f.bind(Box::new(seq));
@@ -104,15 +134,97 @@ impl Filter {
     }
 }
 
+/// `at` on a whole microsecond: the next one up (`up`) or down, unless it is on one.
+/// (Checked arithmetic: `at` comes from a query string; a bound at the edge of chrono's
+/// range stays as it is.)
+fn whole_micros(at: DateTime<Utc>, up: bool) -> DateTime<Utc> {
+    let below = i64::from(at.timestamp_subsec_nanos() % 1000);
+    let step = if up { 1000 - below } else { -below };
+    if below == 0 {
+        return at;
+    }
+    at.checked_add_signed(chrono::Duration::nanoseconds(step))
+        .unwrap_or(at)
+}
+
 fn db_error(e: tokio_postgres::Error) -> AuditError {
     AuditError::Database {
         message: crate::store::pg::error_text(&e),
     }
 }
 
-async fn client(sink: &PgSink) -> Result<tokio_postgres::Client, AuditError> {
-    connect(sink).await.map_err(|e| AuditError::Database {
+/// Longest a read of the audit database may wait: for a page, the whole query; for a
+/// download, the query's start and each gap between two rows. A locked table or a stalled
+/// server otherwise held the API request (and its caller) for as long as it lasted.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn stalled() -> AuditError {
+    AuditError::Database {
+        message: format!(
+            "the audit database did not answer within {} s",
+            READ_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// `work`, or the stall error once it took longer than [`READ_TIMEOUT`].
+async fn bounded<T>(
+    work: impl std::future::Future<Output = Result<T, AuditError>>,
+) -> Result<T, AuditError> {
+    tokio::time::timeout(READ_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(stalled()))
+}
+
+/// Most reads of the audit database at once on this node (pages, request pages and
+/// downloads; the turns live in [`PgSink::readers`]): each holds a connection, and without
+/// a bound a burst of page views, or readers of a locked table, took every connection the
+/// audit database has (the sink's own reconnect included). A read waits for its turn
+/// within [`READ_TIMEOUT`].
+pub(crate) const MAX_READERS: usize = 16;
+
+/// A connection for one read, and its place among the [`MAX_READERS`].
+struct Reader {
+    client: tokio_postgres::Client,
+    _turn: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Reader {
+    type Target = tokio_postgres::Client;
+
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+}
+
+/// A connection to the audit database for reading. The server gives up too (a client
+/// that timed out leaves no backend waiting on the lock behind it): a page's whole query
+/// is bounded, a download's wait for a lock.
+async fn client(sink: &PgSink, whole_query: bool) -> Result<Reader, AuditError> {
+    // The semaphore is never closed; were it, no read could go on.
+    let turn = sink
+        .readers
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| stalled())?;
+    let client = connect(sink).await.map_err(|e| AuditError::Database {
         message: e.to_string(),
+    })?;
+    // A little shorter than the client's bound: the server gives up first and ends the
+    // backend, instead of leaving it behind a client that stopped waiting.
+    let ms = READ_TIMEOUT
+        .saturating_sub(Duration::from_secs(5))
+        .as_millis();
+    let limits = if whole_query {
+        format!("SET lock_timeout = {ms}; SET statement_timeout = {ms}")
+    } else {
+        format!("SET lock_timeout = {ms}")
+    };
+    client.batch_execute(&limits).await.map_err(db_error)?;
+    Ok(Reader {
+        client,
+        _turn: turn,
     })
 }
 
@@ -133,7 +245,11 @@ fn record_of(row: &tokio_postgres::Row) -> Result<Value, AuditError> {
 
 /// Matching records in the fleet's order, at most `query.limit`.
 pub(crate) async fn page(sink: &PgSink, query: &AuditQuery) -> Result<Vec<Value>, AuditError> {
-    let client = client(sink).await?;
+    bounded(page_unbounded(sink, query)).await
+}
+
+async fn page_unbounded(sink: &PgSink, query: &AuditQuery) -> Result<Vec<Value>, AuditError> {
+    let client = client(sink, true).await?;
     let mut filter = Filter::of(query, &sink.table_sql);
     let limit = match query.limit {
         Some(l) => format!(
@@ -160,7 +276,15 @@ pub(crate) async fn newest(
     query: &AuditQuery,
     keep: usize,
 ) -> Result<(VecDeque<Value>, usize), AuditError> {
-    let client = client(sink).await?;
+    bounded(newest_unbounded(sink, query, keep)).await
+}
+
+async fn newest_unbounded(
+    sink: &PgSink,
+    query: &AuditQuery,
+    keep: usize,
+) -> Result<(VecDeque<Value>, usize), AuditError> {
+    let client = client(sink, true).await?;
     let mut filter = Filter::of(query, &sink.table_sql);
     let count_sql = format!("SELECT count(*) FROM {}{}", sink.table_sql, filter.sql());
     let total: i64 = client
@@ -192,22 +316,38 @@ pub(crate) async fn all(
     sink: &PgSink,
     query: &AuditQuery,
 ) -> Result<impl Stream<Item = Result<Value, AuditError>>, AuditError> {
-    let client = client(sink).await?;
-    let filter = Filter::of(query, &sink.table_sql);
-    let sql = format!(
-        "SELECT line, proxy_id FROM {}{} ORDER BY \"time\", {NODE}, seq",
-        sink.table_sql,
-        filter.sql()
-    );
-    let rows = client
-        .query_raw(&sql, filter.params())
-        .await
-        .map_err(db_error)?;
-    // The client goes along with the rows: its connection must outlive them.
-    Ok(rows.map(move |row| {
-        let _keep = &client;
-        row.map_err(db_error).and_then(|r| record_of(&r))
-    }))
+    let (client, rows) = bounded(async {
+        let client = client(sink, false).await?;
+        let filter = Filter::of(query, &sink.table_sql);
+        let sql = format!(
+            "SELECT line, proxy_id FROM {}{} ORDER BY \"time\", {NODE}, seq",
+            sink.table_sql,
+            filter.sql()
+        );
+        let rows = client
+            .query_raw(&sql, filter.params())
+            .await
+            .map_err(db_error)?;
+        Ok((client, rows))
+    })
+    .await?;
+    // The client goes along with the rows: its connection must outlive them. A row that
+    // does not come within READ_TIMEOUT ends the stream with the stall error.
+    let rows = Box::pin(rows);
+    Ok(futures::stream::unfold(
+        Some((client, rows)),
+        |state| async move {
+            let (client, mut rows) = state?;
+            match tokio::time::timeout(READ_TIMEOUT, rows.next()).await {
+                Ok(None) => None,
+                Ok(Some(row)) => {
+                    let record = row.map_err(db_error).and_then(|r| record_of(&r));
+                    Some((record, Some((client, rows))))
+                }
+                Err(_) => Some((Err(stalled()), None)),
+            }
+        },
+    ))
 }
 
 #[cfg(test)]

@@ -385,14 +385,17 @@ async fn insert(
     let engineers = column(|f| f.engineer.as_deref());
     let databases = column(|f| f.database.as_deref());
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    let jsonb: Vec<Option<String>> = lines.iter().map(|l| jsonb_text(&l.text)).collect();
     let inserted = client
         .execute(
             &format!(
                 "INSERT INTO {} (proxy_id, seq, \"time\", \"type\", request_id, session_id, \
                  engineer, \"database\", record, line) \
-                 SELECT $1, u.seq, u.t::timestamptz, u.k, u.r, u.s, u.e, u.d, u.l::jsonb, u.l \
+                 SELECT $1, u.seq, u.t::timestamptz, u.k, u.r, u.s, u.e, u.d, \
+                 coalesce(u.j, u.l)::jsonb, u.l \
                  FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                 $7::text[], $8::text[], $9::text[]) AS u(seq, t, k, r, s, e, d, l) \
+                 $7::text[], $8::text[], $9::text[], $10::text[]) \
+                 AS u(seq, t, k, r, s, e, d, l, j) \
                  ON CONFLICT (proxy_id, seq) DO NOTHING",
                 config.table_sql
             ),
@@ -406,6 +409,7 @@ async fn insert(
                 &engineers,
                 &databases,
                 &texts,
+                &jsonb,
             ],
         )
         .await?;
@@ -413,6 +417,40 @@ async fn insert(
         check_existing(client, config, lines, &seqs).await?;
     }
     Ok(())
+}
+
+/// The text of a line's `record` (jsonb) column when it cannot be the line itself: `jsonb`
+/// refuses the escape `\u0000`, and a text bind parameter (or FunctionCall argument) may hold
+/// a NUL that the record keeps as it was sent. The batch failed on every retry, so one such
+/// statement stopped the node's trail from reaching the table for good. The `record`
+/// column only serves filters (a reader takes the exact `line`), so there each NUL becomes
+/// U+FFFD. `None` (the line itself) for every line without the escape.
+fn jsonb_text(line: &str) -> Option<String> {
+    if !line.contains("\\u0000") {
+        return None;
+    }
+    let mut value: serde_json::Value = serde_json::from_str(line).ok()?;
+    replace_nul(&mut value);
+    serde_json::to_string(&value).ok()
+}
+
+fn replace_nul(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{fffd}"),
+        Value::Array(items) => items.iter_mut().for_each(replace_nul),
+        Value::Object(fields) => {
+            if fields.keys().any(|k| k.contains('\0')) {
+                let old = std::mem::take(fields);
+                fields.extend(
+                    old.into_iter()
+                        .map(|(k, v)| (k.replace('\0', "\u{fffd}"), v)),
+                );
+            }
+            fields.values_mut().for_each(replace_nul);
+        }
+        _ => {}
+    }
 }
 
 /// After a conflict: a retry of rows already shipped is fine, a different line is not.

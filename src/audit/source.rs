@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
@@ -87,11 +88,21 @@ impl TrailSource {
                             return;
                         }
                     };
-                    futures::pin_mut!(rows);
+                    let mut rows = Box::pin(rows);
                     while let Some(record) = rows.next().await {
                         let failed = record.is_err();
-                        if tx.send(record).await.is_err() || failed {
-                            return;
+                        match tokio::time::timeout(UNREAD_LIMIT, tx.send(record)).await {
+                            Ok(Ok(())) if !failed => {}
+                            Ok(_) => return,
+                            Err(_) => {
+                                // The client stopped reading: the rows (and with them the
+                                // audit database's connection and this read's turn among
+                                // the readers) go now, not when the client hangs up; the
+                                // download then ends in an error, never looking whole.
+                                drop(rows);
+                                let _ = tx.send(Err(unread())).await;
+                                return;
+                            }
                         }
                     }
                 });
@@ -107,6 +118,18 @@ impl TrailSource {
             }
         }
         rx
+    }
+}
+
+/// Longest a download of the fleet's trail waits for its client to take the next record.
+const UNREAD_LIMIT: Duration = Duration::from_secs(30);
+
+fn unread() -> AuditError {
+    AuditError::Database {
+        message: format!(
+            "the download was not read for {} s: its read of the audit database ended",
+            UNREAD_LIMIT.as_secs()
+        ),
     }
 }
 

@@ -54,6 +54,9 @@ pub struct PgSink {
     pub proxy_id: String,
     pub batch_size: usize,
     pub tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// Turns for reading the fleet's trail from this database (`audit/fleet.rs`), shared
+    /// by every clone of these settings: one server's reads at once are bounded.
+    pub readers: Arc<tokio::sync::Semaphore>,
 }
 
 // tokio_postgres::Config redacts its password in Debug; say nothing of TLS internals.
@@ -111,6 +114,9 @@ pub(super) fn validate(
         proxy_id,
         batch_size: file.batch_size,
         tls_client,
+        readers: Arc::new(tokio::sync::Semaphore::new(
+            crate::audit::fleet::MAX_READERS,
+        )),
     })
 }
 

@@ -19,7 +19,7 @@ use super::session::Signed;
 use super::WebState;
 use crate::audit::export::columns::{cell, csv_field, LIST_COLUMNS};
 use crate::audit::source::TrailSource;
-use crate::audit::{AuditError, AuditQuery};
+use crate::audit::AuditQuery;
 use crate::policy;
 
 /// Records per page.
@@ -76,11 +76,12 @@ pub(crate) async fn newest(
     query: AuditQuery,
     keep: usize,
 ) -> Result<(VecDeque<serde_json::Value>, usize), WebError> {
-    trail(state).newest(query, keep).await.map_err(|e| match e {
-        // The audit database's details go to the log, not the page.
-        AuditError::Database { .. } => WebError::Internal(format!("reading the trail: {e}")),
-        e => WebError::Service(e.into()),
-    })
+    // An unreadable trail (the audit database down or stalled) is a 503, as the API
+    // answers, not a bug's 500; the details go to the log, not the page.
+    trail(state)
+        .newest(query, keep)
+        .await
+        .map_err(|e| WebError::Service(e.into()))
 }
 
 fn trail(state: &WebState) -> TrailSource {

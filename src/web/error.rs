@@ -24,9 +24,6 @@ pub(crate) enum WebError {
     TooMany(String),
     #[error(transparent)]
     Service(ServiceError),
-    /// A bug or a lost task: logged, and the user told only that it failed.
-    #[error("{0}")]
-    Internal(String),
 }
 
 impl From<ServiceError> for WebError {
@@ -55,13 +52,6 @@ impl IntoResponse for WebError {
             WebError::NotFound(m) => (StatusCode::NOT_FOUND, m.clone()),
             WebError::Invalid(m) => (StatusCode::BAD_REQUEST, m.clone()),
             WebError::TooMany(m) => (StatusCode::TOO_MANY_REQUESTS, m.clone()),
-            WebError::Internal(m) => {
-                tracing::error!(error = %m, "admin center page failed");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "lockbox could not show this page".to_owned(),
-                )
-            }
             WebError::Service(e) => {
                 // The details of an internal failure stay in the log, as in the API.
                 let status = status_of(e);
@@ -132,8 +122,12 @@ mod tests {
 
     #[tokio::test]
     async fn internal_details_stay_in_the_log() {
-        let response = WebError::Internal("secret path /x".into()).into_response();
-        assert_eq!(response.status(), 500);
+        // (The audit database's errors were the one `Internal` kind; they are a 503 now.)
+        let failed = crate::audit::AuditError::Database {
+            message: "secret path /x".into(),
+        };
+        let response = WebError::Service(failed.into()).into_response();
+        assert_eq!(response.status(), 503);
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .expect("body");

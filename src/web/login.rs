@@ -137,7 +137,13 @@ pub(crate) async fn logout(
     Form(form): Form<Csrf>,
 ) -> Result<Response, WebError> {
     signed.check_csrf(form.csrf.as_deref())?;
-    state.sessions.remove(&signed.id).await;
+    // A sign-out the store did not take is a 503, the cookie left as it is: the browser
+    // must not look signed out while the sign-in still works.
+    state
+        .sessions
+        .remove(&signed.id)
+        .await
+        .map_err(|e| WebError::Service(e.into()))?;
     let mut response = Redirect::to("/login").into_response();
     let ttl = std::time::Duration::ZERO;
     if let Ok(value) = set_cookie(None, secure(&state), ttl).parse() {

@@ -47,12 +47,25 @@ pub(crate) async fn show(
         .filter(|s| s.request_id == request.id.0)
         .collect();
     // The trail as the API shows it: only to those who may read it.
+    // A trail that cannot be read (with the sink, the audit database down or stalled)
+    // leaves the list out, not the page: deciding, revoking and ending sessions must not
+    // depend on reading a copy of the trail.
     let statements = if policy::check_audit_read(&signed.user).is_ok() {
-        Some(latest_records(&state, &request.id.0).await?)
+        Some(
+            latest_records(&state, &request.id.0)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "request page without its statements")),
+        )
     } else {
         None
     };
     let config = lockbox.config();
+    // With the sink the page lists the fleet's records, but the live list follows this
+    // node's trail only: it resumes after this node's newest record.
+    let this_node = config
+        .audit_pg_sink
+        .is_some()
+        .then_some(config.node_id.as_str());
     // What needs a decision or is happening now comes first; the record of how the
     // request got here after it.
     let content = html! {
@@ -61,8 +74,13 @@ pub(crate) async fn show(
         @if live || !sessions.is_empty() {
             (sessions_list(&signed, &request, &sessions))
         }
-        @if let Some(records) = &statements {
-            (statement_list(&request, records, live))
+        @match &statements {
+            Some(Ok(records)) => (statement_list(&request, records, live, stream_after(records, this_node))),
+            Some(Err(_)) => {
+                h2 { "Statements and outcomes" }
+                p role="alert" { "The statements cannot be shown right now: lockbox cannot read the audit trail. " a href=(format!("/requests/{}", request.id)) { "Try again" } }
+            }
+            None => {}
         }
         (approvals(&request))
         (history(&request))
@@ -246,12 +264,25 @@ fn sessions_list(signed: &Signed, r: &Request, sessions: &[SessionInfo]) -> Mark
     }
 }
 
-fn statement_list(r: &Request, records: &[serde_json::Value], live: bool) -> Markup {
-    let after = records
-        .first()
-        .and_then(|r| r.get("seq"))
-        .and_then(|s| s.as_u64())
-        .unwrap_or(0);
+/// Where the live list resumes in this node's trail: after the newest listed record, or,
+/// when the list is the fleet's (`this_node` is set), after the newest of this node's own.
+/// Another node's `seq` counts in its own trail: resuming after it skipped this node's
+/// records up to that number. With none of this node's listed, it resumes from the start
+/// of the request (this node's older records may come again; none is lost).
+fn stream_after(records: &[serde_json::Value], this_node: Option<&str>) -> u64 {
+    let seq = |r: &serde_json::Value| r.get("seq").and_then(|s| s.as_u64());
+    match this_node {
+        None => records.first().and_then(seq).unwrap_or(0),
+        Some(node) => records
+            .iter()
+            .filter(|r| r.get("node").and_then(|n| n.as_str()) == Some(node))
+            .filter_map(seq)
+            .max()
+            .unwrap_or(0),
+    }
+}
+
+fn statement_list(r: &Request, records: &[serde_json::Value], live: bool, after: u64) -> Markup {
     html! {
         h2 id="statements-heading" { "Statements and outcomes" }
         p {

@@ -155,10 +155,11 @@ impl Sessions {
         })
     }
 
-    pub(crate) async fn remove(&self, id: &str) {
-        if let Err(e) = self.store.delete_web_session(&key_of(id)).await {
-            tracing::error!(error = %e, "could not end an admin center sign-in");
-        }
+    /// Ends sign-in `id`. An error means it may still be valid: a sign-out must say so
+    /// rather than clear the browser's cookie as if done, since a copy of the cookie
+    /// (another tab's, a stolen one) would go on signing in.
+    pub(crate) async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        self.store.delete_web_session(&key_of(id)).await
     }
 
     /// Leaves `flash` for the next page of session `id`.
@@ -351,7 +352,10 @@ async fn signed_in(
         None => config.oidc.is_none(),
     };
     if credential_gone {
-        state.sessions.remove(id).await;
+        // Not a sign-in either way; a row left behind fails the same check next time.
+        if let Err(e) = state.sessions.remove(id).await {
+            tracing::error!(error = %e, "could not end an admin center sign-in");
+        }
         return Ok(None);
     }
     // MFA as the API would judge the credential now: an API key's is the configuration's

@@ -8,6 +8,8 @@ mod attack;
 mod attack2;
 mod attack_11;
 mod attack_faults;
+mod attack_review;
+mod attack_review_web;
 mod attack_tls;
 mod attack_web;
 mod audit_api;
