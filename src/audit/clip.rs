@@ -108,11 +108,60 @@ fn clip_fields(fields: &mut Map<String, Value>, limits: ClipLimits) {
             }
         }
     }
-    if let Some(Value::Array(params)) = fields.get_mut("params") {
-        for param in params {
-            let keep = limits.max_field_bytes.min(budget);
-            budget -= clip_param(param, keep);
+    let Some(Value::Array(params)) = fields.get_mut("params") else {
+        return;
+    };
+    // Once the budget is spent the rest are summarised as one: each parameter clipped to
+    // nothing still cost its stand-in, and 65,535 of them made a record eight times the
+    // limit.
+    let omitted_from = params.iter_mut().position(|param| {
+        if budget == 0 {
+            return true;
         }
+        let keep = limits.max_field_bytes.min(budget);
+        budget -= clip_param(param, keep);
+        false
+    });
+    if let Some(from) = omitted_from {
+        let omitted: Vec<Value> = params.drain(from..).collect();
+        fields.insert("params_clipped".into(), omitted_summary(&omitted));
+    }
+}
+
+/// The parameters past the budget, as one: `{"omitted": count, "length": their bytes,
+/// "sha256": …}`. The hash is of the omitted parameters as the unclipped record's `params`
+/// would have held them (a JSON array, compact), so whoever holds the values can check
+/// them too.
+fn omitted_summary(omitted: &[Value]) -> Value {
+    let mut hasher = Sha256::new();
+    // The writer only feeds the hash and these values always serialize: nothing can fail.
+    let _ = serde_json::to_writer(HashWriter(&mut hasher), omitted);
+    json!({
+        "omitted": omitted.len(),
+        "length": omitted.iter().map(value_bytes).sum::<usize>(),
+        "sha256": hex::encode(hasher.finalize()),
+    })
+}
+
+/// A parameter's own length: a text value's bytes, a binary value's bytes (not its hex).
+fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::Object(_) => value_len(v) / 2,
+        _ => value_len(v),
+    }
+}
+
+/// An `io::Write` that feeds a hash, so a large array is hashed without a copy of its JSON.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -256,7 +305,33 @@ mod tests {
         assert_eq!(record["statement_clipped"]["length"], 17);
         assert_eq!(record["params"][0], "aaaaaaaa");
         assert_eq!(record["params"][1]["clipped"]["prefix"], "bbbb");
-        assert_eq!(record["params"][2]["clipped"]["prefix"], "");
-        assert_eq!(record["params"][2]["clipped"]["length"], 1);
+        // The budget is spent: the third is summarised, not given a stand-in of its own.
+        assert_eq!(record["params"].as_array().map(Vec::len), Some(2));
+        assert_eq!(record["params_clipped"]["omitted"], 1);
+        assert_eq!(record["params_clipped"]["length"], 1);
+        assert_eq!(
+            record["params_clipped"]["sha256"],
+            hex::encode(Sha256::digest(br#"["c"]"#))
+        );
+    }
+
+    #[test]
+    fn parameters_past_the_budget_are_summarised_with_a_hash_of_their_json() {
+        let omitted = vec![json!("dddd"), Value::Null, json!({"binary_hex": "0a0b"})];
+        // 8 bytes of the statement, 8 of the first parameter, the last 4 on the second.
+        let mut params = vec![json!("x".repeat(20)), json!("yyyyyy")];
+        params.extend(omitted.iter().cloned());
+        let record = clipped(&statement("SELECT $1", params), SMALL).expect("clipped");
+        assert_eq!(record["params"][0]["clipped"]["prefix"], "x".repeat(8));
+        assert_eq!(record["params"][1]["clipped"]["prefix"], "yyyy");
+        let summary = &record["params_clipped"];
+        assert_eq!(summary["omitted"], 3);
+        assert_eq!(
+            summary["length"],
+            4 + 2,
+            "text bytes and binary bytes, not hex"
+        );
+        let json = serde_json::to_vec(&omitted).expect("JSON");
+        assert_eq!(summary["sha256"], hex::encode(Sha256::digest(json)));
     }
 }

@@ -1,7 +1,8 @@
 //! The whole fleet's trail, read back from the PostgreSQL audit sink's table: every node
 //! ships its own chain there (`pg_sink.rs`), so the table is the one place that holds all
 //! of them. Same filters as the local reader (`AuditQuery::matches`), as SQL; records in
-//! the fleet's order, (time, node, seq), each naming its node. As fresh as the sink: a
+//! the order the table received them (`arrival.rs`: a cursor then has nothing behind it
+//! that a lagging node can still ship), each naming its node. As fresh as the sink: a
 //! node's records appear once its sink shipped them (its lag shows in `/v1/cluster`).
 
 use std::collections::VecDeque;
@@ -54,7 +55,7 @@ impl Filter {
         }
     }
 
-    fn of(query: &AuditQuery, table: &str) -> Filter {
+    fn of(query: &AuditQuery, table: &str, order: Order) -> Filter {
         let mut f = Filter::default();
         f.equals("request_id", &query.request);
         f.equals("\"database\"", &query.database);
@@ -103,9 +104,10 @@ impl Filter {
             (Some(seq), Some(node)) => {
                 let node = f.bind(Box::new(node.clone()));
                 let seq = f.bind(Box::new(seq));
+                let columns = order.ascending();
                 f.clauses.push(format!(
-                    "(\"time\", {NODE}, seq) > (SELECT \"time\", {NODE}, seq FROM {table} \
-                     WHERE {NODE} = {node} AND seq = {seq} LIMIT 1)"
+                    "({columns}) > (SELECT {columns} FROM {table} WHERE {NODE} = {node} \
+                     AND seq = {seq} LIMIT 1)"
                 ));
             }
             // Without a node: each node's records after that sequence number.
@@ -145,6 +147,38 @@ fn whole_micros(at: DateTime<Utc>, up: bool) -> DateTime<Utc> {
     }
     at.checked_add_signed(chrono::Duration::nanoseconds(step))
         .unwrap_or(at)
+}
+
+/// The fleet's order: the table's arrival order, or time order on a table without the
+/// arrival column (one the sink's role could not alter: `arrival.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Arrival,
+    Time,
+}
+
+impl Order {
+    async fn of(client: &tokio_postgres::Client, sink: &PgSink) -> Result<Order, AuditError> {
+        let arrival = super::arrival::has_column(client, &sink.table)
+            .await
+            .map_err(db_error)?;
+        Ok(if arrival { Order::Arrival } else { Order::Time })
+    }
+
+    /// The columns a row's place is given by, in order.
+    fn ascending(self) -> String {
+        match self {
+            Order::Arrival => super::arrival::COLUMN.into(),
+            Order::Time => format!("\"time\", {NODE}, seq"),
+        }
+    }
+
+    fn descending(self) -> String {
+        match self {
+            Order::Arrival => format!("{} DESC", super::arrival::COLUMN),
+            Order::Time => format!("\"time\" DESC, {NODE} DESC, seq DESC"),
+        }
+    }
 }
 
 fn db_error(e: tokio_postgres::Error) -> AuditError {
@@ -250,7 +284,8 @@ pub(crate) async fn page(sink: &PgSink, query: &AuditQuery) -> Result<Vec<Value>
 
 async fn page_unbounded(sink: &PgSink, query: &AuditQuery) -> Result<Vec<Value>, AuditError> {
     let client = client(sink, true).await?;
-    let mut filter = Filter::of(query, &sink.table_sql);
+    let order = Order::of(&client, sink).await?;
+    let mut filter = Filter::of(query, &sink.table_sql, order);
     let limit = match query.limit {
         Some(l) => format!(
             " LIMIT {}",
@@ -259,9 +294,10 @@ async fn page_unbounded(sink: &PgSink, query: &AuditQuery) -> Result<Vec<Value>,
         None => String::new(),
     };
     let sql = format!(
-        "SELECT line, proxy_id FROM {}{} ORDER BY \"time\", {NODE}, seq{limit}",
+        "SELECT line, proxy_id FROM {}{} ORDER BY {}{limit}",
         sink.table_sql,
-        filter.sql()
+        filter.sql(),
+        order.ascending()
     );
     let rows = client
         .query(&sql, &filter.params())
@@ -285,7 +321,8 @@ async fn newest_unbounded(
     keep: usize,
 ) -> Result<(VecDeque<Value>, usize), AuditError> {
     let client = client(sink, true).await?;
-    let mut filter = Filter::of(query, &sink.table_sql);
+    let order = Order::of(&client, sink).await?;
+    let mut filter = Filter::of(query, &sink.table_sql, order);
     let count_sql = format!("SELECT count(*) FROM {}{}", sink.table_sql, filter.sql());
     let total: i64 = client
         .query_one(&count_sql, &filter.params())
@@ -295,9 +332,10 @@ async fn newest_unbounded(
         .map_err(db_error)?;
     let limit = filter.bind(Box::new(i64::try_from(keep).unwrap_or(i64::MAX)));
     let sql = format!(
-        "SELECT line, proxy_id FROM {}{} ORDER BY \"time\" DESC, {NODE} DESC, seq DESC LIMIT {limit}",
+        "SELECT line, proxy_id FROM {}{} ORDER BY {} LIMIT {limit}",
         sink.table_sql,
-        filter.sql()
+        filter.sql(),
+        order.descending()
     );
     let rows = client
         .query(&sql, &filter.params())
@@ -318,11 +356,13 @@ pub(crate) async fn all(
 ) -> Result<impl Stream<Item = Result<Value, AuditError>>, AuditError> {
     let (client, rows) = bounded(async {
         let client = client(sink, false).await?;
-        let filter = Filter::of(query, &sink.table_sql);
+        let order = Order::of(&client, sink).await?;
+        let filter = Filter::of(query, &sink.table_sql, order);
         let sql = format!(
-            "SELECT line, proxy_id FROM {}{} ORDER BY \"time\", {NODE}, seq",
+            "SELECT line, proxy_id FROM {}{} ORDER BY {}",
             sink.table_sql,
-            filter.sql()
+            filter.sql(),
+            order.ascending()
         );
         let rows = client
             .query_raw(&sql, filter.params())
@@ -355,7 +395,7 @@ mod tests {
     use super::*;
 
     fn check(query: AuditQuery, expected: &str) {
-        assert_eq!(Filter::of(&query, "t").sql(), expected);
+        assert_eq!(Filter::of(&query, "t", Order::Arrival).sql(), expected);
     }
 
     #[test]
@@ -376,22 +416,28 @@ mod tests {
             },
             " WHERE seq > $1",
         );
-        let paged = Filter::of(
-            &AuditQuery {
-                text: Some("x".into()),
-                after_seq: Some(4),
-                after_node: Some("node-2".into()),
-                ..AuditQuery::default()
-            },
-            "t",
-        );
+        let cursor = AuditQuery {
+            text: Some("x".into()),
+            after_seq: Some(4),
+            after_node: Some("node-2".into()),
+            ..AuditQuery::default()
+        };
+        let paged = Filter::of(&cursor, "t", Order::Arrival);
         assert_eq!(paged.params.len(), 3);
         assert!(
             paged.sql().contains(&format!(
-                "(\"time\", {NODE}, seq) > (SELECT \"time\", {NODE}, seq FROM t WHERE {NODE} = $2 AND seq = $3 LIMIT 1)"
+                "(arrival) > (SELECT arrival FROM t WHERE {NODE} = $2 AND seq = $3 LIMIT 1)"
             )),
             "{}",
             paged.sql()
+        );
+        // A table without the arrival column pages in time order.
+        let by_time = Filter::of(&cursor, "t", Order::Time).sql();
+        assert!(
+            by_time.contains(&format!(
+                "(\"time\", {NODE}, seq) > (SELECT \"time\", {NODE}, seq FROM t WHERE {NODE} = $2"
+            )),
+            "{by_time}"
         );
     }
 }

@@ -180,6 +180,7 @@ async fn ship_until_stopped(
 ) -> Result<(), SinkError> {
     let client = connect(config).await?;
     ensure_table(&client, config).await?;
+    let arrival_lock = super::arrival::lock_key(&client, &config.table).await?;
     let row = client
         .query_one(
             &format!(
@@ -210,7 +211,7 @@ async fn ship_until_stopped(
                 break;
             };
             status.saw_written(last);
-            insert(&client, config, &batch.lines).await?;
+            insert(&client, config, arrival_lock, &batch.lines).await?;
             tail.shipped(last, batch.cursor);
             status.shipped.store(last, Ordering::SeqCst);
             status.set_error(None);
@@ -286,13 +287,15 @@ async fn ensure_table(client: &tokio_postgres::Client, config: &PgSink) -> Resul
                     \"database\" text,
                     record jsonb NOT NULL,
                     line text NOT NULL,
+                    {},
                     PRIMARY KEY (proxy_id, seq)
                 )",
-                config.table_sql
+                config.table_sql,
+                super::arrival::DEFINITION
             ))
             .await?;
     }
-    Ok(())
+    super::arrival::ensure_column(client, config).await
 }
 
 /// The table's newest row for this proxy must be this trail's record: otherwise another
@@ -368,10 +371,13 @@ struct Fields {
     database: Option<String>,
 }
 
-/// Inserts `lines` (one statement); rows that exist already must be the same lines.
+/// Inserts `lines` (one statement, in the table's arrival order: `arrival.rs`); rows that
+/// exist already must be the same lines. On an error the transaction is left open: the
+/// caller drops the connection, and the server rolls it back.
 async fn insert(
     client: &tokio_postgres::Client,
     config: &PgSink,
+    arrival_lock: i64,
     lines: &[Line],
 ) -> Result<(), SinkError> {
     let seqs: Vec<i64> = lines.iter().map(|l| l.seq as i64).collect();
@@ -386,6 +392,7 @@ async fn insert(
     let databases = column(|f| f.database.as_deref());
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
     let jsonb: Vec<Option<String>> = lines.iter().map(|l| jsonb_text(&l.text)).collect();
+    super::arrival::begin_in_order(client, arrival_lock).await?;
     let inserted = client
         .execute(
             &format!(
@@ -416,6 +423,7 @@ async fn insert(
     if inserted < lines.len() as u64 {
         check_existing(client, config, lines, &seqs).await?;
     }
+    client.batch_execute("COMMIT").await?;
     Ok(())
 }
 

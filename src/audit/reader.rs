@@ -31,7 +31,7 @@ pub struct AuditQuery {
     /// Records with a sequence number above this (for paging and following).
     pub after_seq: Option<u64>,
     /// With `after_seq`, when the fleet's trail is read from the audit database: records
-    /// after that node's record `after_seq` in the fleet's order (time, node, seq). The
+    /// after that node's record `after_seq` in the fleet's order (the sink table's arrival order). The
     /// local trail is one node's and ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_node: Option<String>,

@@ -374,14 +374,12 @@ async fn a_download_nobody_reads_lets_go_of_the_audit_database() {
     );
 }
 
-/// Finding 12 (open): the fleet's cursor (`after_node` + `after_seq`) is a position in
-/// the order (time, node, seq). A node whose sink lags ships records older than a cursor
-/// a reader already holds, and paging on from it never shows them: a tool that follows
-/// the fleet's trail through `Link` loses a lagging node's records without a sign. A
-/// cursor by arrival (a per-row insertion number in the table) would fix it; that is a
-/// schema change and a new paging contract.
+/// Finding 12: the fleet's cursor (`after_node` + `after_seq`) was a position in the
+/// order (time, node, seq). A node whose sink lags ships records older than a cursor a
+/// reader already holds, and paging on from it never showed them: a tool that follows the
+/// fleet's trail through `Link` lost a lagging node's records without a sign. The fleet
+/// pages in the table's arrival order now.
 #[tokio::test]
-#[ignore = "finding 12: the fleet's time-ordered cursor skips records a lagging node ships later"]
 async fn paging_on_from_a_cursor_shows_records_a_lagging_node_shipped_later() {
     let (env, audit_db) = sink_env("review_late").await;
     let mut raw = session(&env).await;

@@ -13,7 +13,7 @@ use crate::harness::{cluster, Env, SERVICE_PASSWORD, SERVICE_ROLE};
 
 /// A fresh audit database on the shared cluster, owned by a role that logs in with a
 /// password, as a customer's would.
-fn audit_database(name: &str) -> String {
+pub(crate) fn audit_database(name: &str) -> String {
     let db = format!("t_{name}");
     let pg = cluster();
     pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
@@ -28,7 +28,7 @@ fn audit_database(name: &str) -> String {
 
 /// Turns the sink on in `env`'s config and restarts it. The trail rotates every 4 KiB so
 /// shipping has to cross files; small batches so it takes several INSERTs.
-async fn with_sink(env: &mut Env, audit_db: &str, proxy_id: &str) {
+pub(crate) async fn with_sink(env: &mut Env, audit_db: &str, proxy_id: &str) {
     let dir = env.config_path.parent().expect("config folder").to_owned();
     std::fs::write(dir.join("audit-db.password"), SERVICE_PASSWORD).expect("password file");
     let text = std::fs::read_to_string(&env.config_path).expect("config");
@@ -88,7 +88,7 @@ async fn rows(audit_db: &str, proxy_id: &str) -> Vec<(i64, String)> {
 }
 
 /// Waits (bounded) until the table holds exactly the trail for `proxy_id`.
-async fn shipped(env: &Env, audit_db: &str, proxy_id: &str) -> Vec<(i64, String)> {
+pub(crate) async fn shipped(env: &Env, audit_db: &str, proxy_id: &str) -> Vec<(i64, String)> {
     let mut last = (Vec::new(), Vec::new());
     for _ in 0..150 {
         let (file, table) = (trail(env), rows(audit_db, proxy_id).await);
@@ -138,7 +138,7 @@ async fn sink_health(env: &Env, what: &str, check: impl Fn(&Value) -> bool) -> V
 }
 
 /// Runs `n` audited statements in one session.
-async fn statements(env: &Env, token: &str, n: usize) {
+pub(crate) async fn statements(env: &Env, token: &str, n: usize) {
     let (client, _conn) = env.connect("eve", token).await.expect("login");
     for i in 0..n {
         client

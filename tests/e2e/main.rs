@@ -13,6 +13,7 @@ mod attack_review_web;
 mod attack_tls;
 mod attack_web;
 mod audit_api;
+mod audit_arrival;
 mod audit_chain;
 mod audit_durability;
 mod audit_export;
