@@ -35,6 +35,9 @@ pub struct Census {
     /// KiB SQLite holds (page cache, statements), for the state store: its page cache fills
     /// up to `cache_size` as the store grows, which shows as RSS without being a leak.
     pub sqlite_kib: usize,
+    /// KiB malloc has handed out and not had back: the live heap, SQLite's included. Flat
+    /// while RSS rises means the allocator keeps memory, not that something leaks.
+    pub heap_kib: usize,
 }
 
 /// Counts every map now.
@@ -50,6 +53,7 @@ pub fn take(lockbox: &Lockbox, registry: &Registry) -> Census {
         cached_analyses: crate::guard::cached_analyses(),
         cached_scram: crate::proxy::scram_cached(),
         sqlite_kib: sqlite_bytes() / 1024,
+        heap_kib: crate::memory::heap_in_use() / 1024,
     }
 }
 
@@ -92,6 +96,7 @@ pub(crate) async fn log_every_minute(
                     cached_analyses = c.cached_analyses,
                     cached_scram = c.cached_scram,
                     sqlite_kib = c.sqlite_kib,
+                    heap_kib = c.heap_kib,
                     trimmed,
                     "census"
                 );

@@ -8,6 +8,7 @@ fn main() -> std::process::ExitCode {
         _ => ("warn", lockbox::logging::LogFormat::Text),
     };
     lockbox::logging::init(format, default_level);
+    lockbox::limit_arenas();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -79,11 +79,21 @@ pub struct TokenAuthority {
     /// Tokens whose signature and claims checked out, by the token's hash: every new
     /// session presents its token, and an engineer's client reconnects with the same one.
     /// Only the signature check is skipped on a hit; the time claims are checked each time.
-    verified: Mutex<HashMap<[u8; 32], Claims>>,
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+/// A remembered token: its claims and when (unix seconds) it was last presented.
+struct Verified {
+    claims: Claims,
+    used: u64,
 }
 
 /// Verified tokens remembered per key; cleared when full.
 const VERIFIED_ENTRIES: usize = 4096;
+/// A token not presented for this long is forgotten (its next use checks the signature
+/// again): a revoked grant's token stays valid by its claims until they expire, hours
+/// later, and was remembered all that time.
+const VERIFIED_IDLE_SECS: u64 = 300;
 
 impl TokenAuthority {
     /// Loads the Ed25519 private key (PKCS#8 PEM) and derives the public key from it.
@@ -155,9 +165,13 @@ impl TokenAuthority {
     /// Verifies signature, algorithm, issuer, audience and time claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let known = self.verified().get(&key).cloned();
+        let now = unix(SystemTime::now());
+        let known = self.verified().get_mut(&key).map(|v| {
+            v.used = v.used.max(now);
+            v.claims.clone()
+        });
         if let Some(claims) = known {
-            check_times(&claims, unix(SystemTime::now()))?;
+            check_times(&claims, now)?;
             return Ok(claims);
         }
         let claims = self.decode(token)?;
@@ -165,15 +179,18 @@ impl TokenAuthority {
         Ok(claims)
     }
 
-    /// Caches a verified token, forgetting those expired by `now` first: a cache that only
-    /// emptied when full kept every token of the last few thousand grants, long over.
+    /// Caches a verified token, forgetting first those expired or idle by `now`: a cache
+    /// that only emptied when full kept every token of the last few thousand grants.
     fn remember(&self, key: [u8; 32], claims: Claims, now: u64) {
         let mut verified = self.verified();
-        verified.retain(|_, c| check_times(c, now) != Err(TokenError::Expired));
+        verified.retain(|_, v| {
+            now.saturating_sub(v.used) < VERIFIED_IDLE_SECS
+                && check_times(&v.claims, now) != Err(TokenError::Expired)
+        });
         if verified.len() >= VERIFIED_ENTRIES {
             verified.clear();
         }
-        verified.insert(key, claims);
+        verified.insert(key, Verified { claims, used: now });
     }
 
     /// Verified tokens remembered now (the census counts them).
@@ -181,7 +198,7 @@ impl TokenAuthority {
         self.verified().len()
     }
 
-    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Claims>> {
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Verified>> {
         self.verified.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -324,6 +341,28 @@ mod tests {
         let claims = latest.expect("verified");
         a.remember([7; 32], claims.clone(), claims.exp + LEEWAY_SECS + 1);
         assert_eq!(a.cached(), 1);
+    }
+
+    #[test]
+    fn tokens_not_presented_for_a_while_are_forgotten_though_still_valid() {
+        let a = authority();
+        let token = a
+            .issue(&grant(), SystemTime::now() + Duration::from_secs(86_400))
+            .expect("issue");
+        let claims = a.verify(&token).expect("verify");
+        let now = unix(SystemTime::now());
+        a.remember([8; 32], claims.clone(), now + VERIFIED_IDLE_SECS - 1);
+        assert_eq!(a.cached(), 2, "within the idle limit both stay");
+        a.remember([9; 32], claims, now + VERIFIED_IDLE_SECS + 1);
+        assert_eq!(
+            a.cached(),
+            2,
+            "the first, idle, is gone; the second and third stay"
+        );
+        assert!(
+            a.verify(&token).is_ok(),
+            "verified again from its signature"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -17,6 +18,10 @@ use sha2::{Digest, Sha256};
 const MAX_ITERATIONS: u32 = 100_000;
 /// Salted passwords remembered (one per role and password); cleared when full.
 const CACHE_ENTRIES: usize = 4096;
+/// A salted password not used for this long is forgotten at the next miss: there is one
+/// per grant's role, of no use once the grant is over, and without this the map grew by
+/// every grant until it was full (a soak's memory rose all the way).
+const IDLE: Duration = Duration::from_secs(300);
 /// `n,,`: no channel binding (the client does not support it).
 const GS2_HEADER: &str = "n,,";
 
@@ -31,7 +36,13 @@ pub(crate) enum ScramError {
 }
 
 type CacheKey = ([u8; 32], Vec<u8>, u32);
-static SALTED: LazyLock<Mutex<HashMap<CacheKey, [u8; 32]>>> =
+
+struct Salted {
+    value: [u8; 32],
+    used: Instant,
+}
+
+static SALTED: LazyLock<Mutex<HashMap<CacheKey, Salted>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// One SCRAM exchange, client side.
@@ -145,19 +156,35 @@ pub(crate) fn cached() -> usize {
 
 /// `Hi(password, salt, iterations)`, remembered.
 fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    salted_password_at(password, salt, iterations, Instant::now())
+}
+
+fn salted_password_at(password: &[u8], salt: &[u8], iterations: u32, now: Instant) -> [u8; 32] {
     // Keyed by the password's hash, so the map holds no password in the clear.
     let key: CacheKey = (Sha256::digest(password).into(), salt.to_vec(), iterations);
     let cache = || SALTED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(hit) = cache().get(&key) {
-        return *hit;
+    if let Some(hit) = cache().get_mut(&key) {
+        hit.used = hit.used.max(now);
+        return hit.value;
     }
-    let salted = hi(password, salt, iterations);
+    let value = hi(password, salt, iterations);
     let mut cache = cache();
+    // A scan per miss: far cheaper than the thousands of HMACs the miss just cost.
+    cache.retain(|_, e| now.saturating_duration_since(e.used) < IDLE);
     if cache.len() >= CACHE_ENTRIES {
         cache.clear();
     }
-    cache.insert(key, salted);
-    salted
+    cache.insert(key, Salted { value, used: now });
+    value
+}
+
+#[cfg(test)]
+fn is_cached(password: &[u8], salt: &[u8], iterations: u32) -> bool {
+    let key: CacheKey = (Sha256::digest(password).into(), salt.to_vec(), iterations);
+    SALTED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains_key(&key)
 }
 
 fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
@@ -272,5 +299,28 @@ mod tests {
         assert_ne!(salted_password(b"pw2", b"salt-a", 4096), a);
         assert_ne!(salted_password(b"pw", b"salt-a", 4097), a);
         assert_eq!(a, hi(b"pw", b"salt-a", 4096));
+    }
+
+    #[test]
+    fn a_salted_password_unused_for_a_while_is_forgotten() {
+        let start = Instant::now();
+        salted_password_at(b"idle-pw", b"idle-salt", 4096, start);
+        salted_password_at(b"busy-pw", b"idle-salt", 4096, start);
+        // The busy one is used again just before the idle limit; a miss after it sweeps.
+        salted_password_at(
+            b"busy-pw",
+            b"idle-salt",
+            4096,
+            start + IDLE - Duration::from_secs(1),
+        );
+        salted_password_at(
+            b"late-pw",
+            b"idle-salt",
+            4096,
+            start + IDLE + Duration::from_secs(1),
+        );
+        assert!(!is_cached(b"idle-pw", b"idle-salt", 4096));
+        assert!(is_cached(b"busy-pw", b"idle-salt", 4096));
+        assert!(is_cached(b"late-pw", b"idle-salt", 4096));
     }
 }
