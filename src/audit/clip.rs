@@ -6,8 +6,9 @@
 //!
 //! Each field (the statement text, each parameter, an outcome's error message, which can
 //! quote a value) keeps at most `max_field_bytes`, and a record's fields together at most
-//! `max_record_bytes`, in order. A record within both is serialized as before: the check
-//! is a sum of lengths, with nothing copied.
+//! `max_record_bytes`, in order, counted as the bytes they take in the record (JSON
+//! escapes included: a control character is six). A record within both is serialized as
+//! before: the check is a sum of lengths, with nothing copied.
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -63,27 +64,62 @@ pub(crate) fn write_if_oversized(
 fn oversized(event: &AuditEvent, limits: ClipLimits) -> bool {
     match event {
         AuditEvent::Statement(s) => over(
-            std::iter::once(s.statement.len()).chain(s.params.iter().flatten().map(value_len)),
+            std::iter::once((json_len(&s.statement), 0)).chain(
+                s.params
+                    .iter()
+                    .flatten()
+                    .map(|v| (value_len(v), frame_len(v))),
+            ),
             limits,
         ),
-        AuditEvent::Outcome(o) => over(o.message.iter().map(String::len), limits),
+        AuditEvent::Outcome(o) => over(o.message.iter().map(|m| (json_len(m), 0)), limits),
         _ => false,
     }
 }
 
-/// Whether one size is over the field limit or their running sum over the record limit.
-fn over(mut sizes: impl Iterator<Item = usize>, limits: ClipLimits) -> bool {
+/// Whether one size is over the field limit or their running sum (with each value's frame)
+/// over the record limit.
+fn over(mut sizes: impl Iterator<Item = (usize, usize)>, limits: ClipLimits) -> bool {
     let mut total = 0usize;
-    sizes.any(|n| {
-        total = total.saturating_add(n);
+    sizes.any(|(n, frame)| {
+        total = total.saturating_add(n).saturating_add(frame);
         n > limits.max_field_bytes || total > limits.max_record_bytes
     })
+}
+
+/// What a parameter takes in a record besides its value: `null` for a NULL, the object
+/// around a binary value's hex. Counted against the record's budget: 65,535 NULL or empty
+/// binary parameters are 0 bytes of values but 1.2 MB of record, and with a megabyte of
+/// values beside them made a record over twice `max_record_bytes`.
+fn frame_len(v: &Value) -> usize {
+    match v {
+        Value::Null => "null".len(),
+        Value::Object(_) => r#"{"binary_hex":""}"#.len(),
+        _ => 0,
+    }
+}
+
+/// The bytes `text` takes in a record, inside its quotes: JSON escapes a control
+/// character as six bytes (`\u0001`) and a quote or backslash as two, so a value of 64 KiB
+/// of control characters was a field of 384 KiB, and a record within the limits by its raw
+/// lengths six times `max_record_bytes`.
+fn json_len(text: &str) -> usize {
+    text.len() + text.bytes().map(escape_extra).sum::<usize>()
+}
+
+/// The bytes JSON adds to escape `b` (serde_json's escapes).
+fn escape_extra(b: u8) -> usize {
+    match b {
+        b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+        0..=0x1f => 5,
+        _ => 0,
+    }
 }
 
 /// The bytes a parameter takes in a record.
 fn value_len(v: &Value) -> usize {
     match v {
-        Value::String(s) => s.len(),
+        Value::String(s) => json_len(s),
         Value::Object(o) => o
             .get("binary_hex")
             .and_then(Value::as_str)
@@ -100,11 +136,12 @@ fn clip_fields(fields: &mut Map<String, Value>, limits: ClipLimits) {
         if let Some(Value::String(text)) = fields.get(name) {
             let keep = limits.max_field_bytes.min(budget);
             if let Some((prefix, clipped)) = clip_text(text, keep) {
-                budget -= prefix.len();
+                // A clipped value spends all it was allowed (see `clip_param`).
+                budget -= keep;
                 fields.insert(name.into(), Value::String(prefix));
                 fields.insert(format!("{name}_clipped"), clipped);
             } else {
-                budget -= text.len();
+                budget -= json_len(text);
             }
         }
     }
@@ -119,7 +156,8 @@ fn clip_fields(fields: &mut Map<String, Value>, limits: ClipLimits) {
             return true;
         }
         let keep = limits.max_field_bytes.min(budget);
-        budget -= clip_param(param, keep);
+        let frame = frame_len(param);
+        budget = budget.saturating_sub(clip_param(param, keep).saturating_add(frame));
         false
     });
     if let Some(from) = omitted_from {
@@ -147,7 +185,8 @@ fn omitted_summary(omitted: &[Value]) -> Value {
 fn value_bytes(v: &Value) -> usize {
     match v {
         Value::Object(_) => value_len(v) / 2,
-        _ => value_len(v),
+        Value::String(s) => s.len(),
+        _ => 0,
     }
 }
 
@@ -165,33 +204,40 @@ impl std::io::Write for HashWriter<'_> {
     }
 }
 
-/// `text` cut to at most `keep` bytes (on a character boundary) and the record of what was
-/// cut; `None` if it fits.
+/// `text` cut to at most `keep` bytes of JSON (on a character boundary) and the record of
+/// what was cut; `None` if it fits.
 fn clip_text(text: &str, keep: usize) -> Option<(String, Value)> {
-    if text.len() <= keep {
+    if json_len(text) <= keep {
         return None;
     }
-    let mut end = keep;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
+    let mut taken = 0usize;
+    let end = text
+        .char_indices()
+        .find_map(|(at, c)| {
+            let mut utf8 = [0u8; 4];
+            taken += json_len(c.encode_utf8(&mut utf8));
+            (taken > keep).then_some(at)
+        })
+        .unwrap_or(text.len());
     Some((
         text[..end].to_owned(),
         json!({"length": text.len(), "sha256": hex::encode(Sha256::digest(text))}),
     ))
 }
 
-/// Clips one parameter in place; returns the bytes it keeps. A binary value's length and
-/// hash are of its bytes, not of their hex.
+/// Clips one parameter in place; returns the budget it spends: the bytes of a value kept
+/// whole, all of `keep` for a value clipped. What a clipped value keeps can be less than
+/// `keep` (whole characters, whole bytes of a binary value), down to nothing: costing only
+/// that, a budget left at one byte was never spent and every later parameter got a stand-in
+/// of its own. A binary value's length and hash are of its bytes, not of their hex.
 fn clip_param(param: &mut Value, keep: usize) -> usize {
     match param {
         Value::String(text) => match clip_text(text, keep) {
             Some((prefix, clipped)) => {
-                let kept = prefix.len();
                 *param = with_prefix(clipped, "prefix", prefix);
-                kept
+                keep
             }
-            None => text.len(),
+            None => json_len(text),
         },
         Value::Object(o) => {
             let Some(hex_text) = o.get("binary_hex").and_then(Value::as_str) else {
@@ -203,11 +249,10 @@ fn clip_param(param: &mut Value, keep: usize) -> usize {
             // The hex was written by lockbox from the message's bytes: always valid.
             let bytes = hex::decode(hex_text).unwrap_or_default();
             let prefix = hex_text[..keep - keep % 2].to_owned();
-            let kept = prefix.len();
             let clipped =
                 json!({"length": bytes.len(), "sha256": hex::encode(Sha256::digest(&bytes))});
             *param = with_prefix(clipped, "prefix_hex", prefix);
-            kept
+            keep
         }
         _ => 0,
     }

@@ -269,3 +269,122 @@ fn a_record_of_many_clipped_parameters_stays_near_the_record_limit() {
         out.len()
     );
 }
+
+/// The record as the writer writes it: clipped if over the limits, else the usual path.
+fn written(event: &AuditEvent, limits: ClipLimits) -> Vec<u8> {
+    let mut out = Vec::new();
+    if !crate::audit::clip::write_if_oversized(&mut out, event, limits) {
+        write_event(&mut out, event);
+    }
+    out
+}
+
+fn bind(statement: &str, params: Vec<Value>) -> AuditEvent {
+    AuditEvent::Statement(StatementRecord {
+        session: Arc::new(SessionFields::new(
+            "s".into(),
+            "r".into(),
+            "t".into(),
+            "e".into(),
+            "d".into(),
+            "a".into(),
+            false,
+        )),
+        protocol: Protocol::Extended,
+        statement: statement.into(),
+        params: Some(params),
+        kind: StatementKind::Select,
+        redacted: Vec::new(),
+    })
+}
+
+/// Attack 12: the limits were checked against the values' raw bytes, but JSON escapes a
+/// control character as six bytes (`\u0001`): fifteen parameters of 64 KiB of control
+/// characters (960 KiB, under both limits by their raw length) were a 5.6 MiB record, and
+/// a statement of them clipped to 64 KiB still a 384 KiB field.
+#[test]
+fn control_characters_cannot_make_a_record_six_times_the_limit() {
+    use sha2::Digest as _;
+    let limits = ClipLimits::default();
+    let field = "\u{1}".repeat(limits.max_field_bytes);
+    let event = bind("SELECT 1", vec![Value::String(field.clone()); 15]);
+    let out = written(&event, limits);
+    assert!(
+        out.len() <= limits.max_record_bytes + 64 * 1024,
+        "a record of {} bytes",
+        out.len()
+    );
+    // Quotes and backslashes double; a statement is a field like any other.
+    let event = bind(&"\"\\".repeat(limits.max_field_bytes), vec![]);
+    let record: Value = serde_json::from_slice(&written(&event, limits)).expect("JSON");
+    let kept = serde_json::to_string(&record["statement"]).expect("JSON");
+    assert!(
+        kept.len() <= limits.max_field_bytes + 2,
+        "a statement field of {} bytes",
+        kept.len()
+    );
+    let full = "\"\\".repeat(limits.max_field_bytes);
+    assert_eq!(
+        record["statement_clipped"]["sha256"],
+        hex::encode(sha2::Sha256::digest(full.as_bytes()))
+    );
+    assert_eq!(record["statement_clipped"]["length"], full.len());
+    // A control character is never split from its escape: the prefix is whole characters.
+    let event = bind("SELECT $1", vec![Value::String(field)]);
+    let record: Value = serde_json::from_slice(&written(&event, limits)).expect("JSON");
+    let prefix = record["params"][0]["clipped"]["prefix"]
+        .as_str()
+        .expect("a prefix");
+    assert_eq!(prefix.len(), limits.max_field_bytes / 6);
+}
+
+/// Attack 12: a parameter clipped to a budget of one byte keeps an empty prefix (a binary
+/// value keeps whole bytes, two hex digits; a text value whole characters) and so cost
+/// nothing: the budget stayed at one byte, never spent, and every later parameter got a
+/// stand-in of its own again. A Bind whose parameters leave an odd byte of the budget,
+/// then 60,000 one-byte binary parameters, was a 6.7 MB record: finding 13 over again.
+#[test]
+fn a_budget_left_at_one_byte_is_spent_by_the_parameter_clipped_to_it() {
+    let limits = ClipLimits::default();
+    let big = json!({ "binary_hex": "00".repeat(limits.max_field_bytes / 2) });
+    let tiny = json!({ "binary_hex": "00" });
+    // "SELECT $1" takes 9 bytes: an odd budget left, down to one byte after 16 big ones.
+    let mut params = vec![big; 16];
+    params.extend(std::iter::repeat_n(tiny, 60_000));
+    let out = written(&bind("SELECT $1", params), limits);
+    assert!(
+        out.len() <= 2 * limits.max_record_bytes,
+        "a clipped record of {} bytes",
+        out.len()
+    );
+    let record: Value = serde_json::from_slice(&out).expect("JSON");
+    assert!(record["params_clipped"]["omitted"].as_u64() > Some(59_000));
+    // Text too: a character that does not fit whole leaves an empty prefix.
+    let mut params = vec![Value::String("x".repeat(limits.max_field_bytes)); 15];
+    params.push(Value::String("x".repeat(limits.max_field_bytes - 10)));
+    params.extend(std::iter::repeat_n(Value::String("éé".into()), 60_000));
+    let out = written(&bind("SELECT $1", params), limits);
+    assert!(
+        out.len() <= 2 * limits.max_record_bytes,
+        "a clipped record of {} bytes",
+        out.len()
+    );
+}
+
+/// Attack 12: a NULL or an empty binary parameter counted nothing against the record's
+/// budget, though each is `null` or `{"binary_hex":""}` in the record: 960 KiB of values
+/// and 65,520 empty binary parameters (a Bind's most) were a 2.1 MB record, never clipped.
+#[test]
+fn empty_and_null_parameters_count_against_the_record_budget() {
+    let limits = ClipLimits::default();
+    for filler in [json!({ "binary_hex": "" }), Value::Null] {
+        let mut params = vec![Value::String("x".repeat(limits.max_field_bytes)); 15];
+        params.extend(std::iter::repeat_n(filler.clone(), 65_520));
+        let out = written(&bind("SELECT 1", params), limits);
+        assert!(
+            out.len() <= limits.max_record_bytes + 64 * 1024,
+            "a record of {} bytes with {filler}",
+            out.len()
+        );
+    }
+}

@@ -7,6 +7,7 @@ mod api_hardening;
 mod attack;
 mod attack2;
 mod attack_11;
+mod attack_arrival;
 mod attack_faults;
 mod attack_review;
 mod attack_review_web;
