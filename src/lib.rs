@@ -23,7 +23,7 @@ pub mod init;
 pub mod keys;
 pub mod logging;
 mod memory;
-pub use memory::limit_arenas;
+pub use memory::configure_allocator;
 pub mod metrics;
 pub mod notify;
 pub mod oidc;
