@@ -23,7 +23,7 @@ pub mod init;
 pub mod keys;
 pub mod logging;
 mod memory;
-pub use memory::configure_allocator;
+pub use memory::limit_arenas;
 pub mod metrics;
 pub mod notify;
 pub mod oidc;

@@ -1,9 +1,5 @@
 use clap::Parser;
 
-// The binary's allocator (why: `src/memory.rs`). The library's tests keep the system's.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> std::process::ExitCode {
     let cli = lockbox::cli::Cli::parse();
     // The server logs its work; client verbs stay quiet unless asked (RUST_LOG).
@@ -12,7 +8,7 @@ fn main() -> std::process::ExitCode {
         _ => ("warn", lockbox::logging::LogFormat::Text),
     };
     lockbox::logging::init(format, default_level);
-    lockbox::configure_allocator();
+    lockbox::limit_arenas();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,32 +1,19 @@
-//! Keeping the process's memory close to what is live.
+//! Handing memory the process has freed back to the operating system.
 //!
-//! The binary's Rust allocations go to jemalloc (`src/main.rs`): under a soak glibc's
-//! malloc kept the freed holes of its heaps resident, so anonymous memory rose for the
-//! whole run while the live heap stayed near 2.5 MB. jemalloc groups allocations by size
-//! and a background thread returns pages unused for a few seconds. The C libraries
-//! (SQLite, PostgreSQL's parser) still use glibc's malloc: its arenas are capped at one
-//! per core, and once a minute `serve` hands what both allocators hold free back to the OS
-//! and logs the live heap beside its census (`benches/soak.sh` reads it).
-
-/// Sets both allocators up for a long-running process; called before the runtime starts
-/// its threads. A failure is logged and changes nothing else: the allocators still work,
-/// they only keep more memory.
-pub fn configure_allocator() {
-    limit_arenas();
-    // Purges pages jemalloc no longer uses after its decay time, without waiting for the
-    // next allocation to do it.
-    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-        tracing::warn!(error = %e, "jemalloc's background purging is off");
-    }
-}
+//! glibc's malloc keeps freed memory for reuse: in the middle of an arena's heap it is
+//! never returned on its own, and a long-running `serve` spreads its allocations over one
+//! arena per thread that ever allocated (tokio workers, blocking-pool threads that come and
+//! go). Its RSS then creeps up for hours while the live heap stays flat, which looks like a
+//! leak and hides a real one. Trimming once a minute keeps RSS close to what is live, so a
+//! long run's RSS tells growth from retention (`benches/soak.sh`).
 
 /// Caps glibc's malloc arenas at one per core (unless `MALLOC_ARENA_MAX` says otherwise).
 /// glibc gives each new thread an arena of its own, up to eight per core: memory a task
 /// frees on another worker goes back to the arena it came from, and long-lived entries
 /// (cached logins, the state store's pages) end up scattered over a dozen half-empty heaps
 /// that trimming cannot give back. A soak's anonymous memory rose every quarter while the
-/// live heap stayed near 3 MB.
-fn limit_arenas() {
+/// live heap stayed near 3 MB. Called before the runtime starts its threads.
+pub fn limit_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
@@ -41,15 +28,10 @@ fn limit_arenas() {
     }
 }
 
-/// Bytes both allocators have handed out and not had back: the live heap, whatever RSS
-/// they keep around it.
+/// Bytes malloc has handed out and not had back (all arenas, and large blocks it mapped
+/// on their own): the live heap, whatever RSS the allocator keeps around it. 0 where the C
+/// library is not glibc.
 pub(crate) fn heap_in_use() -> usize {
-    glibc_in_use().saturating_add(jemalloc_in_use())
-}
-
-/// glibc's part (all arenas, and large blocks mapped on their own); 0 where the C library
-/// is not glibc.
-fn glibc_in_use() -> usize {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallinfo2 takes the arenas' locks and only reads their counters.
@@ -62,41 +44,9 @@ fn glibc_in_use() -> usize {
     }
 }
 
-/// jemalloc's part (0 while nothing was allocated from it, as in the library's tests).
-fn jemalloc_in_use() -> usize {
-    // The statistics are a snapshot refreshed by advancing the epoch.
-    if tikv_jemalloc_ctl::epoch::advance().is_err() {
-        return 0;
-    }
-    tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0)
-}
-
-/// Purges every jemalloc arena's unused pages now (`arena.<MALLCTL_ARENAS_ALL>.purge`).
-fn purge_jemalloc() -> bool {
-    // SAFETY: a NUL-terminated name; the control neither reads nor writes a value, so every
-    // pointer is null and every length 0.
-    let status = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"arena.4096.purge".as_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    status == 0
-}
-
-/// Returns what both allocators hold free to the OS: jemalloc's unused pages, and the free
-/// memory of every glibc arena (`malloc_trim`; a no-op where the C library is not glibc).
-/// True when some memory was released.
+/// Returns the free memory of every malloc arena to the OS (glibc's `malloc_trim`); a no-op
+/// where the C library is not glibc. True when some memory was released.
 pub(crate) fn release_free_memory() -> bool {
-    let purged = purge_jemalloc();
-    let trimmed = trim_glibc();
-    purged || trimmed
-}
-
-fn trim_glibc() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: malloc_trim takes the arenas' own locks and only releases free chunks;
@@ -171,7 +121,7 @@ mod tests {
         if let Some(mode) = std::env::var_os(CHILD) {
             // The child: report the count for the parent to judge.
             if mode == "limited" {
-                configure_allocator();
+                limit_arenas();
             }
             println!("arenas={}", arenas_after_many_threads());
             return;
@@ -212,24 +162,6 @@ mod tests {
     }
 
     #[test]
-    fn jemallocs_live_heap_is_counted_and_its_free_pages_purged() {
-        use std::alloc::{GlobalAlloc, Layout};
-        // This process allocates from the system's malloc: jemalloc holds only this block.
-        const BLOCK: usize = 64 << 20;
-        let layout = Layout::from_size_align(BLOCK, 64).expect("layout");
-        let before = jemalloc_in_use();
-        // SAFETY: a non-zero size; the block is freed below with the same layout.
-        let block = unsafe { tikv_jemallocator::Jemalloc.alloc(layout) };
-        assert!(!block.is_null(), "jemalloc allocated");
-        let during = jemalloc_in_use();
-        // SAFETY: allocated above by the same allocator with this layout.
-        unsafe { tikv_jemallocator::Jemalloc.dealloc(block, layout) };
-        assert!(during >= before + BLOCK, "{before} → {during} bytes");
-        assert!(jemalloc_in_use() < during, "freed");
-        assert!(purge_jemalloc(), "arena.4096.purge refused");
-    }
-
-    #[test]
     fn the_live_heap_counts_what_is_allocated() {
         // Far more than the other tests running meanwhile allocate or free; zeroed, so
         // mapped without being touched.
@@ -251,7 +183,7 @@ mod tests {
         let before_free = resident_bytes();
         drop(blocks);
         let after_free = resident_bytes();
-        assert!(trim_glibc(), "malloc_trim released nothing");
+        assert!(release_free_memory(), "malloc_trim released nothing");
         let after_trim = resident_bytes();
         let freed = BLOCKS * BLOCK;
         assert!(
