@@ -289,6 +289,34 @@ impl Store {
         .await
     }
 
+    /// The requests of `engineer` on `database` stored as pending (awaiting a decision),
+    /// oldest first: what a grant's end cancels. Ending a grant used to read and decode
+    /// every request the engineer ever made there, a growing load on each expiry or revoke
+    /// and a transient allocation that grew with the store.
+    pub async fn pending_of(
+        &self,
+        engineer: &str,
+        database: &str,
+    ) -> Result<Vec<Request>, StoreError> {
+        let mut out = Vec::new();
+        for status in [
+            RequestStatus::PendingInternal,
+            RequestStatus::PendingCustomer,
+            RequestStatus::Pending,
+        ] {
+            out.extend(
+                self.list(RequestFilter {
+                    status: Some(status),
+                    engineer: Some(engineer.to_owned()),
+                    database: Some(database.to_owned()),
+                })
+                .await?,
+            );
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id.0).cmp(&(b.created_at, &b.id.0)));
+        Ok(out)
+    }
+
     /// Replaces the stored request with `request` (whose version must be one above the
     /// stored one); false if someone else changed it first.
     pub async fn update(&self, request: &Request) -> Result<bool, StoreError> {

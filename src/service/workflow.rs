@@ -11,7 +11,6 @@ use crate::config::User;
 use crate::ids::RequestId;
 use crate::notify::Event;
 use crate::policy::{self, Decision, NewRequest, PolicyError, Request, RequestStatus};
-use crate::store::RequestFilter;
 
 /// How often a decision is retried when another one landed on the same request first.
 const CONFLICT_RETRIES: usize = 3;
@@ -168,12 +167,11 @@ impl Lockbox {
     /// are not asked to extend what is over. A failure is logged; approving such an
     /// extension still fails, as the grant it extends is no longer active.
     pub(super) async fn cancel_extensions_of(&self, grant: &Request, actor: &str, why: &str) {
-        let filter = RequestFilter {
-            engineer: Some(grant.engineer.clone()),
-            database: Some(grant.database.clone()),
-            status: None,
-        };
-        let candidates = match self.store.list(filter).await {
+        let candidates = match self
+            .store
+            .pending_of(&grant.engineer, &grant.database)
+            .await
+        {
             Ok(list) => list,
             Err(e) => {
                 tracing::error!(request_id = %grant.id, error = %e, "cannot look up the extensions of a revoked grant");

@@ -115,6 +115,40 @@ async fn requests_round_trip_filter_and_compare_and_set_on_both_backends() {
 }
 
 #[tokio::test]
+async fn pending_of_reads_only_the_pending_requests_of_an_engineer_on_a_database() {
+    let (_dir, stores) = backends("pending_of").await;
+    for (backend, store) in stores {
+        let statuses = [
+            ("p-1", "eve", RequestStatus::PendingInternal),
+            ("p-2", "eve", RequestStatus::Approved),
+            ("p-3", "eve", RequestStatus::PendingCustomer),
+            ("p-4", "eve", RequestStatus::Revoked),
+            ("p-5", "bob", RequestStatus::PendingCustomer),
+            ("p-6", "eve", RequestStatus::Pending),
+            ("p-7", "eve", RequestStatus::Denied),
+        ];
+        for (id, engineer, status) in statuses {
+            store
+                .insert(&request(id, engineer, status))
+                .await
+                .expect("insert");
+        }
+        let mut other_database = request("p-8", "eve", RequestStatus::PendingCustomer);
+        other_database.database = "billing".into();
+        store.insert(&other_database).await.expect("insert");
+        let mut ids: Vec<String> = store
+            .pending_of("eve", "sales")
+            .await
+            .expect("pending")
+            .into_iter()
+            .map(|r| r.id.0)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["p-1", "p-3", "p-6"], "{backend}");
+    }
+}
+
+#[tokio::test]
 async fn of_two_concurrent_updates_from_one_version_exactly_one_wins() {
     let (_dir, stores) = backends("race").await;
     for (backend, store) in stores {
