@@ -285,9 +285,45 @@ impl Drop for PgSandbox {
     }
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, below the kernel's range for outgoing connections
+/// where it can: a port from `bind(0)` is in that range, and between this call and the
+/// listener's own bind any connection (a test's, a load generator's) could take it as its
+/// local port ("address already in use" at start, seen under a soak's connection churn).
+/// Ports are handed out in turn from a random start, so one process never hands out the
+/// same port twice while others are still waiting to be bound.
 pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let below = ephemeral_start().unwrap_or(32_768);
+    if below > LISTEN_PORTS_FROM + 1_000 {
+        let span = u32::from(below - LISTEN_PORTS_FROM);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        // The first call picks where this process starts; later ones take the next.
+        let _ = NEXT.compare_exchange(u32::MAX, seed % span, Ordering::SeqCst, Ordering::SeqCst);
+        for _ in 0..64 {
+            let turn = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+            let Ok(offset) = u16::try_from(turn) else {
+                continue;
+            };
+            let port = LISTEN_PORTS_FROM + offset;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The lowest port `free_port` hands out below the outgoing range.
+const LISTEN_PORTS_FROM: u16 = 20_000;
+
+/// The first port of the kernel's range for outgoing connections.
+fn ephemeral_start() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 fn running_as_root() -> bool {
@@ -354,4 +390,27 @@ pub fn find_server_binaries() -> Result<PathBuf, SandboxError> {
         .rev()
         .find(|dir| has_tools(dir))
         .ok_or(SandboxError::NoServerBinaries)
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_below_the_outgoing_range_and_not_handed_out_twice() {
+        let below = ephemeral_start().expect("the kernel's outgoing port range");
+        let ports: Vec<u16> = (0..50).map(|_| free_port().expect("a port")).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        assert!(
+            ports
+                .iter()
+                .all(|&p| (LISTEN_PORTS_FROM..below).contains(&p)),
+            "{ports:?} not in {LISTEN_PORTS_FROM}..{below}"
+        );
+        // Each is free: a listener can take it.
+        for port in ports {
+            TcpListener::bind(("127.0.0.1", port)).expect("bind a port handed out");
+        }
+    }
 }
