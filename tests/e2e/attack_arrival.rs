@@ -8,37 +8,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::attack_review::{get_audit, wait_shipped};
+use crate::attack_review::{fresh_audit_db, get_audit, sink_env_with, wait_shipped};
+use crate::audit_arrival::client as connect;
 use crate::harness::{cluster, query, Env, Options, Raw};
-
-/// A lockbox shipping as `node-1` to table `lockbox_audit` of a fresh database `a_<name>`,
-/// made by `setup` first, through port `port` (the cluster's, or a relay's).
-async fn sink_env_with(name: &str, setup: &str, port: Option<u16>) -> (Env, String) {
-    let mut env = Env::prepare(name, Options::default());
-    let pg = cluster();
-    let audit_db = format!("a_{name}");
-    pg.psql(
-        "postgres",
-        &format!("DROP DATABASE IF EXISTS {audit_db} WITH (FORCE)"),
-    )
-    .expect("drop audit database");
-    pg.psql("postgres", &format!("CREATE DATABASE {audit_db}"))
-        .expect("create audit database");
-    if !setup.is_empty() {
-        pg.psql(&audit_db, setup)
-            .expect("the table as the customer made it");
-    }
-    let mut text = std::fs::read_to_string(&env.config_path).expect("config");
-    text.push_str(&format!(
-        "\n[audit.postgres]\nurl = \"postgres://postgres@127.0.0.1:{}/{audit_db}\"\nproxy_id = \"node-1\"\nbatch_size = 50\n",
-        port.unwrap_or(pg.port)
-    ));
-    std::fs::write(&env.config_path, text).expect("config");
-    let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
-    env.audit_path = config.audit_path.clone();
-    env.server = Some(lockbox::server::start(config).await.expect("server starts"));
-    (env, audit_db)
-}
 
 /// The table as an earlier lockbox made it, without the arrival column.
 const OLD_TABLE: &str = "CREATE TABLE lockbox_audit (proxy_id text NOT NULL, seq bigint NOT NULL, \
@@ -56,15 +28,6 @@ async fn session(env: &Env) -> Raw {
 async fn run(raw: &mut Raw, sql: &str) {
     raw.send(&query(sql)).await;
     raw.read_until_ready().await;
-}
-
-async fn connect(audit_db: &str) -> tokio_postgres::Client {
-    let (client, connection) =
-        tokio_postgres::connect(&cluster().url(audit_db), tokio_postgres::NoTls)
-            .await
-            .expect("connect to the audit database");
-    tokio::spawn(connection);
-    client
 }
 
 /// The cursor of a page's last record.
@@ -179,13 +142,7 @@ async fn adding_the_arrival_column_does_not_stop_shipping_behind_a_reader() {
     let audit_db = "a_arrival_alter_wait".to_string();
     // The table exists before the reader and the lockbox start.
     let pg = cluster();
-    pg.psql(
-        "postgres",
-        &format!("DROP DATABASE IF EXISTS {audit_db} WITH (FORCE)"),
-    )
-    .expect("drop audit database");
-    pg.psql("postgres", &format!("CREATE DATABASE {audit_db}"))
-        .expect("create audit database");
+    fresh_audit_db(&audit_db);
     pg.psql(&audit_db, OLD_TABLE).expect("the old table");
     let reader = connect(&audit_db).await;
     reader

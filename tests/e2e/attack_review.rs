@@ -11,20 +11,36 @@ use crate::harness::{cluster, message, query, Env, Options, Raw};
 /// A lockbox whose trail is also shipped to table `lockbox_audit` of database `a_<name>` on
 /// the shared cluster, so the API reads the fleet's trail from there.
 pub(crate) async fn sink_env(name: &str) -> (Env, String) {
+    sink_env_with(name, "", None).await
+}
+
+/// A fresh, empty database `name` on the shared cluster.
+pub(crate) fn fresh_audit_db(name: &str) {
+    let pg = cluster();
+    pg.psql(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .expect("drop audit database");
+    pg.psql("postgres", &format!("CREATE DATABASE {name}"))
+        .expect("create audit database");
+}
+
+/// As [`sink_env`], with `setup` run in the audit database first (unless empty) and the
+/// sink reaching it through `port` (the cluster's when `None`, or a relay's).
+pub(crate) async fn sink_env_with(name: &str, setup: &str, port: Option<u16>) -> (Env, String) {
     let mut env = Env::prepare(name, Options::default());
     let pg = cluster();
     let audit_db = format!("a_{name}");
-    pg.psql(
-        "postgres",
-        &format!("DROP DATABASE IF EXISTS {audit_db} WITH (FORCE)"),
-    )
-    .expect("drop audit database");
-    pg.psql("postgres", &format!("CREATE DATABASE {audit_db}"))
-        .expect("create audit database");
+    fresh_audit_db(&audit_db);
+    if !setup.is_empty() {
+        pg.psql(&audit_db, setup)
+            .expect("the table as the customer made it");
+    }
     let mut text = std::fs::read_to_string(&env.config_path).expect("config");
     text.push_str(&format!(
         "\n[audit.postgres]\nurl = \"postgres://postgres@127.0.0.1:{}/{audit_db}\"\nproxy_id = \"node-1\"\nbatch_size = 50\n",
-        pg.port
+        port.unwrap_or(pg.port)
     ));
     std::fs::write(&env.config_path, text).expect("config");
     let config = lockbox::config::Config::load(&env.config_path).expect("config loads");

@@ -28,7 +28,8 @@ fn old_table(audit_db: &str) {
         .expect("an old audit table");
 }
 
-async fn client(audit_db: &str) -> tokio_postgres::Client {
+/// A connection to the audit database as its superuser.
+pub(crate) async fn client(audit_db: &str) -> tokio_postgres::Client {
     let (client, connection) =
         tokio_postgres::connect(&cluster().url(audit_db), tokio_postgres::NoTls)
             .await
