@@ -62,6 +62,19 @@ pub(crate) fn write_if_oversized(
 
 /// Whether a record's values exceed the limits: lengths only, nothing copied or allocated.
 fn oversized(event: &AuditEvent, limits: ClipLimits) -> bool {
+    // Every statement passes here: its text is scanned for escapes only when even six
+    // bytes per byte could reach a limit, which a statement of a few KiB never does.
+    if let AuditEvent::Statement(s) = event {
+        let worst = std::iter::once((worst_len(&s.statement), 0)).chain(
+            s.params
+                .iter()
+                .flatten()
+                .map(|v| (worst_value_len(v), frame_len(v))),
+        );
+        if !over(worst, limits) {
+            return false;
+        }
+    }
     match event {
         AuditEvent::Statement(s) => over(
             std::iter::once((json_len(&s.statement), 0)).chain(
@@ -105,6 +118,20 @@ fn frame_len(v: &Value) -> usize {
 /// lengths six times `max_record_bytes`.
 fn json_len(text: &str) -> usize {
     text.len() + text.bytes().map(escape_extra).sum::<usize>()
+}
+
+/// The most bytes `text` can take in a record: every byte escaped as six.
+fn worst_len(text: &str) -> usize {
+    text.len().saturating_mul(6)
+}
+
+/// The most bytes a parameter's value can take in a record (a binary value's hex needs no
+/// escape).
+fn worst_value_len(v: &Value) -> usize {
+    match v {
+        Value::String(s) => worst_len(s),
+        _ => value_len(v),
+    }
 }
 
 /// The bytes JSON adds to escape `b` (serde_json's escapes).
