@@ -69,10 +69,11 @@ impl<'a> Syncer<'a> {
     /// Someone waits for a record to be durable, or the oldest unsynced record has waited
     /// `sync_interval` (records nobody waits for, and all of them in `write` mode).
     fn sync_due(&self, state: &State) -> bool {
-        state.sync_wanted > state.durable
-            || state
-                .unsynced_since
-                .is_some_and(|t| t.elapsed() >= self.shared.options.sync_interval)
+        !state.syncing
+            && (state.sync_wanted > state.durable
+                || state
+                    .unsynced_since
+                    .is_some_and(|t| t.elapsed() >= self.shared.options.sync_interval))
     }
 
     fn sleep_for(&self, state: &State) -> Duration {
@@ -87,74 +88,15 @@ impl<'a> Syncer<'a> {
         sleep.max(Duration::from_millis(1))
     }
 
-    /// One fdatasync, outside the lock so sessions keep writing (their records ride the
-    /// next sync); then wakes every waiter it made durable.
+    /// A sync nobody else is doing: records past `sync_interval`, a checkpoint, or records
+    /// whose appender gave up waiting. Pending records go first (nobody is held up by them
+    /// here).
     fn sync(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        // Pending records go first: they precede the ones waited for.
         if self.shared.flush(&mut state).is_err() {
             state.drop_failed();
             return state;
         }
-        let target = state.file_seq;
-        let file = state.file.clone();
-        drop(state);
-        let result = file.sync_data();
-        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.shared.lock();
-        match result {
-            Ok(()) => {
-                let batch = target.saturating_sub(state.durable);
-                if batch > 0 {
-                    self.shared.metrics.fsync_batch.observe(batch);
-                }
-                state.durable = state.durable.max(target);
-                state.unsynced_since = (state.file_seq > target).then(Instant::now);
-                self.publish(&state, None);
-                self.witness_if_durable(&mut state);
-            }
-            Err(e) => self.sync_failed(&mut state, &e),
-        }
-        state
-    }
-
-    /// After a failed fsync nothing is known about what reached the disk: do not retry on
-    /// this file handle as if it had worked. Reopen, take sequence and chain from what the
-    /// file really holds, and fail every waiter not yet durable (a new generation).
-    fn sync_failed(&self, state: &mut State, error: &std::io::Error) {
-        self.shared.healthy.store(false, Ordering::SeqCst);
-        tracing::error!(path = %self.shared.path.display(), error = %error, "audit fsync failed; statements are refused");
-        self.reopen(state);
-        // Whether the last checkpoint reached the disk is unknown now; a later one is
-        // witnessed instead (its sequence number may even be reused).
-        state.unwitnessed = None;
-        state.generation += 1;
-        state.unsynced_since = None;
-        let previous_durable = state.durable;
-        // The new generation starts with what the file holds.
-        state.durable = state.file_seq;
-        state.sync_wanted = state.durable;
-        let progress = Progress {
-            generation: state.generation,
-            durable: state.durable,
-            previous_durable,
-            failure: Some(error.to_string().into()),
-            stopped: false,
-        };
-        self.shared.progress.send_replace(progress);
-    }
-
-    fn publish(&self, state: &State, stopped: Option<bool>) {
-        self.shared.progress.send_modify(|p| {
-            p.generation = state.generation;
-            p.durable = state.durable;
-            if let Some(stopped) = stopped {
-                p.stopped = stopped;
-            }
-        });
-    }
-
-    fn reopen(&self, state: &mut State) {
-        reopen(self.shared, state);
+        self.shared.sync(state)
     }
 
     /// Closing: a last checkpoint, a last fsync, and every waiter answered.
@@ -166,23 +108,13 @@ impl<'a> Syncer<'a> {
         match state.file.sync_data() {
             Ok(()) => {
                 state.durable = state.file_seq;
-                self.witness_if_durable(&mut state);
+                self.shared.witness_if_durable(&mut state);
             }
             Err(e) => {
                 tracing::error!(path = %self.shared.path.display(), error = %e, "final audit fsync failed")
             }
         }
-        self.publish(&state, Some(true));
-    }
-
-    /// Hands the last checkpoint on to be kept outside the file, once it is on disk (never
-    /// before: a crash could still take it, and the trail would look cut).
-    fn witness_if_durable(&self, state: &mut State) {
-        if let Some(witness) = state.unwitnessed.filter(|w| w.seq <= state.durable) {
-            state.unwitnessed = None;
-            state.witnessed_seq = witness.seq;
-            self.shared.witness.send_replace(Some(witness));
-        }
+        self.shared.publish(&state, Some(true));
     }
 
     fn checkpoint_if_due(&self, state: &mut State) {
@@ -247,6 +179,8 @@ impl<'a> Syncer<'a> {
         let by_time = options
             .rotate_interval
             .is_some_and(|t| state.file_opened.elapsed() >= t);
+        // An appender's fdatasync may be running: it covers less than the rotation's own
+        // (taken under the lock), and what it reports then changes nothing.
         if state.len == 0 || !(by_size || by_time) || !self.shared.healthy.load(Ordering::SeqCst) {
             return;
         }
@@ -256,13 +190,13 @@ impl<'a> Syncer<'a> {
         }
         if let Err(e) = state.file.sync_data() {
             tracing::error!(path = %self.shared.path.display(), error = %e, "audit fsync before rotation failed");
-            self.sync_failed(state, &e);
+            self.shared.sync_failed(state, &e);
             return;
         }
         state.durable = state.file_seq;
         state.unsynced_since = None;
-        self.publish(state, None);
-        self.witness_if_durable(state);
+        self.shared.publish(state, None);
+        self.shared.witness_if_durable(state);
         self.rename_and_start_new(state);
     }
 
@@ -300,6 +234,102 @@ impl<'a> Syncer<'a> {
                 let _ = std::fs::rename(&target, path);
                 state.file_opened = Instant::now();
             }
+        }
+    }
+}
+
+impl Shared {
+    /// One fdatasync of everything written so far, outside the lock so sessions keep
+    /// writing (their records ride the next sync); then wakes every waiter it made durable.
+    /// Done by the syncer thread or by an appender waiting for its own records, one at a
+    /// time (`State::syncing`).
+    pub(super) fn sync<'s>(&'s self, mut state: MutexGuard<'s, State>) -> MutexGuard<'s, State> {
+        if state.syncing {
+            return state;
+        }
+        state.syncing = true;
+        let waiters = state.waited_appends - state.waited_at_last_sync;
+        state.waited_at_last_sync = state.waited_appends;
+        // A moving average over about the last eight syncs, so one lone waiter among busy
+        // batches does not hand a session's thread a sync.
+        state.waiters_per_sync =
+            (state.waiters_per_sync * 7 + waiters.saturating_mul(256).min(1 << 40)) / 8;
+        let target = state.file_seq;
+        let generation = state.generation;
+        let file = state.file.clone();
+        drop(state);
+        let started = Instant::now();
+        let result = file.sync_data();
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.lock();
+        state.syncing = false;
+        state.last_sync_took = started.elapsed();
+        match result {
+            // A generation that ended meanwhile (a rotation's own fsync failed) says
+            // nothing this sync could vouch for.
+            Ok(()) if state.generation != generation => {}
+            Ok(()) => {
+                // A rotation meanwhile may have synced more (under the lock).
+                if target > state.durable {
+                    self.metrics.fsync_batch.observe(target - state.durable);
+                    state.durable = target;
+                    state.unsynced_since = (state.file_seq > target).then(Instant::now);
+                }
+                self.publish(&state, None);
+                self.witness_if_durable(&mut state);
+            }
+            Err(e) => self.sync_failed(&mut state, &e),
+        }
+        state
+    }
+
+    /// After a failed fsync nothing is known about what reached the disk: do not retry on
+    /// this file handle as if it had worked. Reopen, take sequence and chain from what the
+    /// file really holds, and fail every waiter not yet durable (a new generation).
+    pub(super) fn sync_failed(&self, state: &mut State, error: &std::io::Error) {
+        self.healthy.store(false, Ordering::SeqCst);
+        tracing::error!(path = %self.path.display(), error = %error, "audit fsync failed; statements are refused");
+        self.reopen(state);
+        // Whether the last checkpoint reached the disk is unknown now; a later one is
+        // witnessed instead (its sequence number may even be reused).
+        state.unwitnessed = None;
+        state.generation += 1;
+        state.unsynced_since = None;
+        let previous_durable = state.durable;
+        // The new generation starts with what the file holds.
+        state.durable = state.file_seq;
+        state.sync_wanted = state.durable;
+        let progress = Progress {
+            generation: state.generation,
+            durable: state.durable,
+            previous_durable,
+            failure: Some(error.to_string().into()),
+            stopped: false,
+        };
+        self.progress.send_replace(progress);
+    }
+
+    pub(super) fn publish(&self, state: &State, stopped: Option<bool>) {
+        self.progress.send_modify(|p| {
+            p.generation = state.generation;
+            p.durable = state.durable;
+            if let Some(stopped) = stopped {
+                p.stopped = stopped;
+            }
+        });
+    }
+
+    fn reopen(&self, state: &mut State) {
+        reopen(self, state);
+    }
+
+    /// Hands the last checkpoint on to be kept outside the file, once it is on disk (never
+    /// before: a crash could still take it, and the trail would look cut).
+    pub(super) fn witness_if_durable(&self, state: &mut State) {
+        if let Some(witness) = state.unwitnessed.filter(|w| w.seq <= state.durable) {
+            state.unwitnessed = None;
+            state.witnessed_seq = witness.seq;
+            self.witness.send_replace(Some(witness));
         }
     }
 }

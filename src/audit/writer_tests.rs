@@ -179,6 +179,7 @@ fn written(generation: u64, last: u64) -> Written {
         generation,
         first: last,
         last,
+        lead: false,
     }
 }
 
@@ -352,4 +353,80 @@ async fn a_trail_cut_under_the_writer_is_not_continued() {
         0,
         "nothing appended"
     );
+}
+
+fn led_syncs(log: &AuditLog) -> u64 {
+    log.shared().led_syncs.load(Ordering::Relaxed)
+}
+
+/// One session at a time (one client, psql): the appender syncs its own record instead of
+/// handing it to the syncer thread and being woken back, two thread hand-overs per
+/// statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_waiting_alone_syncs_its_records_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, thread) = AuditLog::open(&path, None).expect("open");
+    for i in 0..50 {
+        let seq = log.append_durable(vec![event(i)]).await.expect("append");
+        assert!(
+            durable(&log) >= seq,
+            "returned before its record was durable"
+        );
+    }
+    let led = led_syncs(&log);
+    assert!(
+        led >= 40,
+        "only {led} of 50 lone appends synced their own records"
+    );
+    assert!(log.sync_count() >= led);
+    log.close().await;
+    thread.join().expect("writer thread");
+    let report = verify(&[&path], None, false).expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+}
+
+/// Where the runtime has no other worker to go on with (a single-threaded runtime), a
+/// session's thread is never held in an fdatasync: the syncer does them all.
+#[tokio::test]
+async fn on_a_single_threaded_runtime_the_syncer_does_every_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open(&path, None).expect("open");
+    for i in 0..10 {
+        let seq = log.append_durable(vec![event(i)]).await.expect("append");
+        assert!(durable(&log) >= seq);
+    }
+    assert_eq!(led_syncs(&log), 0);
+    assert!(log.sync_count() > 0);
+}
+
+/// Once syncs cover several waiters each (busy), or a sync is slow (a failing disk), the
+/// syncer does them: a session's thread held in an fdatasync would hold up other
+/// sessions' traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_batches_and_slow_syncs_leave_the_sync_to_the_syncer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open(&path, None).expect("open");
+    log.shared().lock().waiters_per_sync = 8 * 256;
+    let seq = log.append_durable(vec![event(1)]).await.expect("append");
+    assert!(durable(&log) >= seq);
+    assert_eq!(led_syncs(&log), 0, "led a sync while batches were busy");
+    {
+        let mut state = log.shared().lock();
+        state.waiters_per_sync = 0;
+        state.last_sync_took = Duration::from_secs(2);
+    }
+    let seq = log.append_durable(vec![event(2)]).await.expect("append");
+    assert!(durable(&log) >= seq);
+    assert_eq!(led_syncs(&log), 0, "led a sync on a slow disk");
+    // A quick disk and lone waiters again: the appender leads.
+    {
+        let mut state = log.shared().lock();
+        state.waiters_per_sync = 0;
+        state.last_sync_took = Duration::ZERO;
+    }
+    log.append_durable(vec![event(3)]).await.expect("append");
+    assert_eq!(led_syncs(&log), 1);
 }
