@@ -30,7 +30,9 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
     let syncer = Syncer { shared, signer };
     let mut state = shared.lock();
     loop {
-        if state.closed {
+        // Not while an appender's fdatasync runs: the final one must not overlap it (see
+        // `rotate_if_due`); its end wakes the syncer.
+        if state.closed && !state.syncing {
             syncer.finish(state);
             return;
         }
@@ -51,6 +53,10 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
             continue;
         }
         let timeout = syncer.sleep_for(&state);
+        // A sync that could not start, a rotation or a close put off because an appender's
+        // fdatasync runs is taken up as soon as it ends, not after a whole sleep (nobody
+        // else wakes the syncer for it: the waiting appender may have asked before).
+        state.wake_syncer_after_sync = state.syncing;
         state.syncer_sleeps_until = Some(Instant::now() + timeout);
         state = match shared.syncer_wake.wait_timeout(state, timeout) {
             Ok((state, _)) => state,
@@ -179,9 +185,16 @@ impl<'a> Syncer<'a> {
         let by_time = options
             .rotate_interval
             .is_some_and(|t| state.file_opened.elapsed() >= t);
-        // An appender's fdatasync may be running: it covers less than the rotation's own
-        // (taken under the lock), and what it reports then changes nothing.
-        if state.len == 0 || !(by_size || by_time) || !self.shared.healthy.load(Ordering::SeqCst) {
+        // Not while an appender's fdatasync runs (outside the lock): Linux reports a
+        // writeback error to one fsync of an open file only, so the rotation's own could
+        // come back fine while the appender's fails, and declare its records durable
+        // before that failure is taken in.
+        // The end of that sync wakes the syncer to rotate then.
+        if state.len == 0
+            || !(by_size || by_time)
+            || state.syncing
+            || !self.shared.healthy.load(Ordering::SeqCst)
+        {
             return;
         }
         self.checkpoint(state);
@@ -259,17 +272,20 @@ impl Shared {
         let file = state.file.clone();
         drop(state);
         let started = Instant::now();
-        let result = file.sync_data();
+        let result = self.before_sync().and_then(|()| file.sync_data());
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
         state.syncing = false;
         state.last_sync_took = started.elapsed();
+        if std::mem::take(&mut state.wake_syncer_after_sync) {
+            state.syncer_sleeps_until = None;
+            self.syncer_wake.notify_one();
+        }
         match result {
-            // A generation that ended meanwhile (a rotation's own fsync failed) says
-            // nothing this sync could vouch for.
+            // A generation that ended meanwhile says nothing this sync could vouch for
+            // (defensive: no other fsync runs while `syncing`).
             Ok(()) if state.generation != generation => {}
             Ok(()) => {
-                // A rotation meanwhile may have synced more (under the lock).
                 if target > state.durable {
                     self.metrics.fsync_batch.observe(target - state.durable);
                     state.durable = target;

@@ -87,7 +87,14 @@ pub(super) struct Shared {
     pub(super) witness: watch::Sender<Option<Witness>>,
     /// Per-record size limits (`[audit] max_field_bytes`/`max_record_bytes`).
     pub(super) clip: std::sync::OnceLock<super::ClipLimits>,
+    /// Tests only: runs just before the fdatasync of [`Shared::sync`] (outside the lock), on
+    /// the thread doing it; an error stands for the fdatasync failing.
+    #[cfg(test)]
+    pub(super) sync_hook: Mutex<Option<SyncHook>>,
 }
+
+#[cfg(test)]
+pub(super) type SyncHook = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
 
 /// The file and the chain, guarded by [`Shared::state`].
 pub(super) struct State {
@@ -120,6 +127,9 @@ pub(super) struct State {
     pub(super) durable: u64,
     /// An fdatasync is running (the syncer's or a waiting appender's); one at a time.
     pub(super) syncing: bool,
+    /// The syncer went to sleep while an appender's fdatasync ran, with what it may not
+    /// do meanwhile (sync, rotate, close) possibly put off: the end of that sync wakes it.
+    pub(super) wake_syncer_after_sync: bool,
     /// Appends that wait for durability, counted (`waited_at_last_sync`: the count when
     /// the last sync started), and how many a sync covers, on average over the last few
     /// (in 1/256ths): see [`Written::lead`].
@@ -255,6 +265,7 @@ impl AuditLog {
             sync_wanted: last_seq,
             durable: last_seq,
             syncing: false,
+            wake_syncer_after_sync: false,
             waited_appends: 0,
             waited_at_last_sync: 0,
             waiters_per_sync: 0,
@@ -284,6 +295,8 @@ impl AuditLog {
             metrics: Arc::default(),
             witness: watch::Sender::new(None),
             clip: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            sync_hook: Mutex::new(None),
         });
         let for_syncer = shared.clone();
         let thread = std::thread::Builder::new()
@@ -463,6 +476,22 @@ impl AuditLog {
 }
 
 impl Shared {
+    /// Tests only: see [`Shared::sync_hook`].
+    #[cfg(test)]
+    pub(super) fn before_sync(&self) -> std::io::Result<()> {
+        let hook = self
+            .sync_hook
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        hook.map_or(Ok(()), |hook| hook())
+    }
+
+    #[cfg(not(test))]
+    pub(super) fn before_sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic under the lock leaves the chain state as the last completed write left
         // it (every field is updated only after a write succeeds).

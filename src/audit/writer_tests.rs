@@ -430,3 +430,164 @@ async fn busy_batches_and_slow_syncs_leave_the_sync_to_the_syncer() {
     log.append_durable(vec![event(3)]).await.expect("append");
     assert_eq!(led_syncs(&log), 1);
 }
+
+/// Holds appenders' fdatasyncs in flight (the syncer's own go through): `entered` once an
+/// appender starts one, which then returns what `release` sends.
+struct HeldSyncs {
+    entered: std::sync::mpsc::Receiver<()>,
+    release: std::sync::mpsc::Sender<std::io::Result<()>>,
+}
+
+fn hold_appender_syncs(log: &AuditLog) -> HeldSyncs {
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+    let hook: SyncHook = Arc::new(move || {
+        if std::thread::current().name() == Some("lockbox-audit") {
+            return Ok(());
+        }
+        let _ = entered_tx.lock().expect("hook").send(());
+        release_rx.lock().expect("hook").recv().unwrap_or(Ok(()))
+    });
+    *log.shared().sync_hook.lock().expect("hook") = Some(hook);
+    HeldSyncs { entered, release }
+}
+
+impl HeldSyncs {
+    /// Lets the held fdatasync return `result`; later ones are not held.
+    fn release(&self, log: &AuditLog, result: std::io::Result<()>) {
+        *log.shared().sync_hook.lock().expect("hook") = None;
+        self.release.send(result).expect("a held sync");
+    }
+}
+
+/// Durable appends, until one's appender is held in its own fdatasync (the syncer may sync
+/// a record before its appender gets to): that append's task.
+async fn append_leading(
+    log: &AuditLog,
+    held: &HeldSyncs,
+) -> tokio::task::JoinHandle<Result<u64, AuditError>> {
+    loop {
+        let task = tokio::spawn({
+            let log = log.clone();
+            async move { log.append_durable(vec![event(1)]).await }
+        });
+        while !task.is_finished() {
+            if held.entered.try_recv().is_ok() {
+                return task;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Until the syncer goes to sleep (again): when it sleeps, until when.
+async fn syncer_sleeps(log: &AuditLog) -> Instant {
+    loop {
+        if let Some(until) = log.shared().lock().syncer_sleeps_until {
+            return until;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn eio() -> std::io::Error {
+    std::io::Error::other("injected EIO")
+}
+
+/// A rotation while an appender's fdatasync runs: the rotation's own fdatasync on the same
+/// file may come back fine because the appender's reports the error (Linux reports a
+/// writeback error once per open file), so it must not declare the appender's records
+/// durable while that one can still fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_during_an_appenders_failing_fsync_does_not_vouch_for_its_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let options = AuditOptions {
+        rotate_size: Some(16 * 1024),
+        ..AuditOptions::default()
+    };
+    let (log, thread) = AuditLog::open_with(&path, None, options).expect("open");
+    let held = hold_appender_syncs(&log);
+    let leader = append_leading(&log, &held).await;
+    // Enough to make rotation due (the syncer is woken for it); nobody waits for them.
+    let batch: Vec<AuditEvent> = (0..200).map(event).collect();
+    drop(log.append_durable_later(batch.iter()).expect("written"));
+    syncer_sleeps(&log).await;
+    held.release(&log, Err(eio()));
+    let result = leader.await.expect("leader");
+    assert!(
+        result.is_err(),
+        "an append whose own fdatasync failed was reported durable: {result:?}"
+    );
+    // The trail goes on, rotates, and its chain stays whole.
+    log.append_durable(vec![event(2)]).await.expect("append");
+    log.close().await;
+    thread.join().expect("syncer");
+    let files = crate::audit::segments::segments(&path).expect("segments");
+    assert!(files.len() >= 2, "not rotated: {files:?}");
+    let paths: Vec<&Path> = files.iter().map(|s| s.path.as_path()).collect();
+    let report = verify(&paths, None, false).expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+}
+
+/// Closing while an appender's fdatasync runs: the final fdatasync must not declare the
+/// appender's records durable while its own can still fail, and the close completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_during_an_appenders_failing_fsync_does_not_vouch_for_its_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, thread) = AuditLog::open(&path, None).expect("open");
+    let held = hold_appender_syncs(&log);
+    let leader = append_leading(&log, &held).await;
+    // What `close` does, the syncer's sleep taken so that its next one is seen.
+    {
+        let mut state = log.shared().lock();
+        state.closed = true;
+        state.syncer_sleeps_until = None;
+    }
+    log.shared().syncer_wake.notify_one();
+    while !thread.is_finished() && log.shared().lock().syncer_sleeps_until.is_none() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    held.release(&log, Err(eio()));
+    let result = leader.await.expect("leader");
+    assert!(
+        result.is_err(),
+        "an append whose own fdatasync failed was reported durable: {result:?}"
+    );
+    log.close().await;
+    thread.join().expect("syncer");
+    assert!(log.shared().progress.borrow().stopped);
+}
+
+/// An append that leaves its sync to the syncer (busy batches) while an appender's
+/// fdatasync runs: the syncer cannot sync meanwhile, so the end of that sync must wake it
+/// rather than leave the append waiting out the syncer's sleep (up to a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_ending_short_of_what_the_syncer_was_asked_for_wakes_the_syncer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(
+        &path,
+        None,
+        options(Durability::Fsync, Duration::from_secs(3600)),
+    )
+    .expect("open");
+    let held = hold_appender_syncs(&log);
+    let leader = append_leading(&log, &held).await;
+    log.shared().lock().waiters_per_sync = 8 * 256;
+    let batch = [event(2)];
+    let (seq, follower) = log.append_durable_later(batch.iter()).expect("written");
+    // The syncer, woken for it, finds a sync running and sleeps.
+    let sleeps_until = syncer_sleeps(&log).await;
+    held.release(&log, Ok(()));
+    leader.await.expect("leader").expect("append");
+    assert_ne!(
+        log.shared().lock().syncer_sleeps_until,
+        Some(sleeps_until),
+        "the syncer was left asleep with an append waiting for it"
+    );
+    follower.await.expect("append");
+    assert!(durable(&log) >= seq);
+}
