@@ -56,7 +56,9 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
         // A sync that could not start, a rotation or a close put off because an appender's
         // fdatasync runs is taken up as soon as it ends, not after a whole sleep (nobody
         // else wakes the syncer for it: the waiting appender may have asked before).
-        state.wake_syncer_after_sync = state.syncing;
+        // Only then: a syncer woken after every appender's sync would cost the thread
+        // wake-up per statement that appenders syncing themselves save.
+        state.wake_syncer_after_sync = state.syncing && syncer.put_off(&state);
         state.syncer_sleeps_until = Some(Instant::now() + timeout);
         state = match shared.syncer_wake.wait_timeout(state, timeout) {
             Ok((state, _)) => state,
@@ -80,6 +82,17 @@ impl<'a> Syncer<'a> {
                 || state
                     .unsynced_since
                     .is_some_and(|t| t.elapsed() >= self.shared.options.sync_interval))
+    }
+
+    /// While an appender's fdatasync runs: whether the syncer has work that waits for its
+    /// end (a sync for records it does not cover, a rotation, the close).
+    fn put_off(&self, state: &State) -> bool {
+        state.closed
+            || state.sync_wanted > state.syncing_up_to
+            || self.shared.rotation_due(state)
+            || state
+                .unsynced_since
+                .is_some_and(|t| t.elapsed() >= self.shared.options.sync_interval)
     }
 
     fn sleep_for(&self, state: &State) -> Duration {
@@ -180,18 +193,12 @@ impl<'a> Syncer<'a> {
     /// appending to the current file and the syncer tries again later. Sessions wait on the
     /// lock meanwhile: rotation is rare, and the file's name must not change under them.
     fn rotate_if_due(&self, state: &mut State) {
-        let options = &self.shared.options;
-        let by_size = options.rotate_size.is_some_and(|s| state.len >= s);
-        let by_time = options
-            .rotate_interval
-            .is_some_and(|t| state.file_opened.elapsed() >= t);
         // Not while an appender's fdatasync runs (outside the lock): Linux reports a
         // writeback error to one fsync of an open file only, so the rotation's own could
         // come back fine while the appender's fails, and declare its records durable
         // before that failure is taken in.
         // The end of that sync wakes the syncer to rotate then.
-        if state.len == 0
-            || !(by_size || by_time)
+        if !self.shared.rotation_due(state)
             || state.syncing
             || !self.shared.healthy.load(Ordering::SeqCst)
         {
@@ -261,6 +268,7 @@ impl Shared {
             return state;
         }
         state.syncing = true;
+        state.syncing_up_to = state.file_seq;
         let waiters = state.waited_appends - state.waited_at_last_sync;
         state.waited_at_last_sync = state.waited_appends;
         // A moving average over about the last eight syncs, so one lone waiter among busy

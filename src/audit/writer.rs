@@ -127,6 +127,8 @@ pub(super) struct State {
     pub(super) durable: u64,
     /// An fdatasync is running (the syncer's or a waiting appender's); one at a time.
     pub(super) syncing: bool,
+    /// What the running fdatasync covers.
+    pub(super) syncing_up_to: u64,
     /// The syncer went to sleep while an appender's fdatasync ran, with what it may not
     /// do meanwhile (sync, rotate, close) possibly put off: the end of that sync wakes it.
     pub(super) wake_syncer_after_sync: bool,
@@ -265,6 +267,7 @@ impl AuditLog {
             sync_wanted: last_seq,
             durable: last_seq,
             syncing: false,
+            syncing_up_to: last_seq,
             wake_syncer_after_sync: false,
             waited_appends: 0,
             waited_at_last_sync: 0,
@@ -464,9 +467,18 @@ impl AuditLog {
     /// Syncs if `written` still needs it and no sync is running; true if it did.
     fn lead_sync(&self, written: Written) -> bool {
         let shared = self.shared();
-        let state = shared.lock();
+        let mut state = shared.lock();
         let needed = state.generation == written.generation && state.durable < written.last;
         if !needed || state.syncing || state.closed || state.refused.is_some() {
+            return false;
+        }
+        if shared.rotation_due(&state) {
+            // The syncer rotates only while no sync runs: an appender that kept syncing
+            // would put it off for as long as its session kept sending. The rotation's own
+            // fsync covers this record.
+            if state.syncer_sleeps_until.take().is_some() {
+                shared.syncer_wake.notify_one();
+            }
             return false;
         }
         drop(shared.sync(state));
@@ -490,6 +502,16 @@ impl Shared {
     #[cfg(not(test))]
     pub(super) fn before_sync(&self) -> std::io::Result<()> {
         Ok(())
+    }
+
+    /// The active file is big or old enough to be rotated (see `Syncer::rotate_if_due`).
+    pub(super) fn rotation_due(&self, state: &State) -> bool {
+        let by_size = self.options.rotate_size.is_some_and(|s| state.len >= s);
+        let by_time = self
+            .options
+            .rotate_interval
+            .is_some_and(|t| state.file_opened.elapsed() >= t);
+        state.len > 0 && (by_size || by_time)
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
@@ -615,11 +637,7 @@ impl Shared {
         self.head.send_replace(state.file_seq);
         // Housekeeping is due: the syncer may be asleep for a while when appenders sync
         // their records themselves.
-        let rotation_due = self
-            .options
-            .rotate_size
-            .is_some_and(|size| state.len >= size);
-        if (state.uncovered >= CHECKPOINT_EVERY || rotation_due)
+        if (state.uncovered >= CHECKPOINT_EVERY || self.rotation_due(state))
             && state.syncer_sleeps_until.take().is_some()
         {
             self.syncer_wake.notify_one();

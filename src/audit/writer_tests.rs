@@ -591,3 +591,32 @@ async fn a_sync_ending_short_of_what_the_syncer_was_asked_for_wakes_the_syncer()
     follower.await.expect("append");
     assert!(durable(&log) >= seq);
 }
+
+/// A rotation that is due is not put off by appenders syncing their own records: one that
+/// finds it due leaves its record to the rotation's own fsync (a lone client that kept
+/// syncing would otherwise hold rotation off for as long as it kept sending).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_finding_a_rotation_due_leaves_its_sync_to_the_rotation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let options = AuditOptions {
+        rotate_size: Some(1),
+        ..AuditOptions::default()
+    };
+    let (log, thread) = AuditLog::open_with(&path, None, options).expect("open");
+    for i in 0..5 {
+        log.append_durable(vec![event(i)]).await.expect("append");
+    }
+    assert_eq!(
+        led_syncs(&log),
+        0,
+        "an append synced itself past a due rotation"
+    );
+    let files = std::fs::read_dir(dir.path()).expect("dir").count();
+    assert!(
+        files >= 5,
+        "{files} files after five appends each past the rotation size"
+    );
+    log.close().await;
+    thread.join().expect("writer thread");
+}
