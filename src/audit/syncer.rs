@@ -267,15 +267,15 @@ impl Shared {
         if state.syncing {
             return state;
         }
+        let target = state.file_seq;
         state.syncing = true;
-        state.syncing_up_to = state.file_seq;
+        state.syncing_up_to = target;
         let waiters = state.waited_appends - state.waited_at_last_sync;
         state.waited_at_last_sync = state.waited_appends;
         // A moving average over about the last eight syncs, so one lone waiter among busy
         // batches does not hand a session's thread a sync.
         state.waiters_per_sync =
             (state.waiters_per_sync * 7 + waiters.saturating_mul(256).min(1 << 40)) / 8;
-        let target = state.file_seq;
         let generation = state.generation;
         let file = state.file.clone();
         drop(state);

@@ -1,9 +1,10 @@
 //! Appending to the audit trail. A session encodes its records on its own task and writes
 //! them to the file itself, under one lock: no thread hop, no channel per record. In
-//! `fsync` mode it then makes them durable: the first waiter to find no fdatasync running
-//! does one for everything written so far (leader-based group commit), and one broadcast
-//! of "durable up to seq" wakes the whole batch. The syncer thread ([`super::syncer`])
-//! syncs what nobody waits for, and does the trail's housekeeping.
+//! `fsync` mode it then waits for them to be durable. While sessions wait one at a time the
+//! waiter does the fdatasync itself; once several wait together the syncer thread
+//! ([`super::syncer`]) does it, one fdatasync covering everything written while the previous
+//! one ran (group commit). Either way one broadcast of "durable up to seq" wakes the whole
+//! batch. The syncer also syncs what nobody waits for and does the trail's housekeeping.
 
 use std::cell::RefCell;
 use std::fs::File;
