@@ -29,6 +29,9 @@ pub(super) const FLUSH_AFTER: Duration = Duration::from_millis(5);
 pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
     let syncer = Syncer { shared, signer };
     let mut state = shared.lock();
+    // Where the chain stood when the syncer last went to sleep: records appended since
+    // mean appends are flowing.
+    let mut seq_at_sleep = state.next_seq;
     loop {
         // Not while an appender's fdatasync runs: the final one must not overlap it (see
         // `rotate_if_due`); its end wakes the syncer.
@@ -52,7 +55,9 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
         if syncer.sync_due(&state) {
             continue;
         }
-        let timeout = syncer.sleep_for(&state);
+        let appending = state.next_seq != seq_at_sleep;
+        seq_at_sleep = state.next_seq;
+        let timeout = syncer.sleep_for(&state, appending);
         // A sync that could not start, a rotation or a close put off because an appender's
         // fdatasync runs is taken up as soon as it ends, not after a whole sleep (nobody
         // else wakes the syncer for it: the waiting appender may have asked before).
@@ -95,9 +100,14 @@ impl<'a> Syncer<'a> {
                 .is_some_and(|t| t.elapsed() >= self.shared.options.sync_interval)
     }
 
-    fn sleep_for(&self, state: &State) -> Duration {
+    /// While records are being appended the syncer naps [`FLUSH_AFTER`] at a time, so a
+    /// record left for it (an outcome) is flushed in time without its appender waking it:
+    /// that wake-up, a futex call and a thread switch, would otherwise come with nearly
+    /// every statement. Once a nap passes with no append it sleeps long again, and the
+    /// first record left for it after that wakes it.
+    fn sleep_for(&self, state: &State, appending: bool) -> Duration {
         let interval = self.shared.options.sync_interval;
-        let mut sleep = TICK;
+        let mut sleep = if appending { FLUSH_AFTER } else { TICK };
         if let Some(t) = state.unsynced_since {
             sleep = sleep.min(interval.saturating_sub(t.elapsed()));
         }

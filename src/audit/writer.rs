@@ -82,6 +82,8 @@ pub(super) struct Shared {
     pub(super) syncs: AtomicU64,
     /// …of which appenders did themselves (see [`AuditLog::wait_durable`]).
     pub(super) led_syncs: AtomicU64,
+    /// Times an append woke the syncer to write the records it left held (outcomes).
+    pub(super) woken_for_held: AtomicU64,
     /// Counted as records are written (`GET /metrics`).
     pub(super) metrics: Arc<crate::metrics::Metrics>,
     /// The last checkpoint known durable, for keeping outside the file ([`super::witness`]).
@@ -296,6 +298,7 @@ impl AuditLog {
             options,
             syncs: AtomicU64::new(0),
             led_syncs: AtomicU64::new(0),
+            woken_for_held: AtomicU64::new(0),
             metrics: Arc::default(),
             witness: watch::Sender::new(None),
             clip: std::sync::OnceLock::new(),
@@ -571,6 +574,7 @@ impl Shared {
                 let due = *state.pending_since.get_or_insert(now) + FLUSH_AFTER;
                 if state.syncer_sleeps_until.is_some_and(|until| until > due) {
                     state.syncer_sleeps_until = None;
+                    self.woken_for_held.fetch_add(1, Ordering::Relaxed);
                     self.syncer_wake.notify_one();
                 }
             }

@@ -620,3 +620,55 @@ async fn an_append_finding_a_rotation_due_leaves_its_sync_to_the_rotation() {
     log.close().await;
     thread.join().expect("writer thread");
 }
+
+/// While a session's statements and outcomes flow, the syncer naps in flush-delay steps, so
+/// the outcomes it must flush by the delay do not each wake it (a futex call and a thread
+/// switch per statement); the first one after a quiet spell does.
+#[tokio::test(flavor = "multi_thread")]
+async fn outcomes_appended_while_records_flow_do_not_each_wake_the_syncer() {
+    const STATEMENTS: usize = 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(
+        &path,
+        None,
+        options(Durability::Write, Duration::from_secs(3600)),
+    )
+    .expect("open");
+    let woken = || log.shared().woken_for_held.load(Ordering::Relaxed);
+    // As a session does: an outcome, held, written with the next statement, which the
+    // server then runs a while.
+    log.append_durable(vec![event(0)]).await.expect("append");
+    for i in 0..STATEMENTS {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        log.append(vec![event(2 * i + 1)]);
+        log.append_durable(vec![event(2 * i + 2)])
+            .await
+            .expect("append");
+    }
+    // Over 100 ms of traffic: woken once at its start, or a few times where the test
+    // itself stalled longer than a nap.
+    assert!(
+        woken() <= 5,
+        "the syncer was woken {} times for {STATEMENTS} outcomes",
+        woken()
+    );
+    // After a quiet spell it sleeps long again, and a held record wakes it.
+    loop {
+        let until = log.shared().lock().syncer_sleeps_until;
+        if until.is_some_and(|u| u > Instant::now() + FLUSH_AFTER) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = woken();
+    log.append(vec![event(2 * STATEMENTS + 1)]);
+    assert_eq!(woken(), before + 1);
+    for _ in 0..200 {
+        if lines(&path).len() == 2 * STATEMENTS + 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the outcome appended after the quiet spell never reached the file");
+}

@@ -282,3 +282,64 @@ async fn grants_survive_a_restart_and_shutdown_tells_sessions_why() {
         "sequence continues across restarts: {seqs:?}"
     );
 }
+
+/// Outcomes are recorded once their answer has been written to the client. A session
+/// dropped while that write is stuck (its client stopped reading) still records every one:
+/// each statement ends with exactly one outcome.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_dropped_while_its_answers_wait_for_the_client_records_every_outcome() {
+    const STATEMENTS: usize = 5_000;
+    let env = Env::start("life_stuck_answers").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    // 5,000 results of 8 kB, far more than the socket buffers between the proxy and a client
+    // that reads none of it; several fit in one read from the server.
+    let sql = "SELECT repeat('x', 8000);".repeat(STATEMENTS);
+    raw.send(&crate::harness::query(&sql)).await;
+    // The server blocks writing to the proxy once the proxy blocks writing to the client.
+    let mut stuck = false;
+    for _ in 0..200 {
+        let waiting = env.superuser_sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND wait_event = 'ClientWrite'",
+            env.db
+        ));
+        if waiting.trim() == "1" {
+            stuck = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stuck, "the server never waited for the proxy to read");
+    env.client("carol")
+        .revoke(&id, "customer withdrew consent")
+        .await
+        .expect("revoke");
+    let records = env
+        .wait_for_audit("the session's end", |records| {
+            records
+                .iter()
+                .any(|r| r["request_id"] == id.as_str() && r["event"] == "dropped_revoked")
+        })
+        .await;
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        records
+            .iter()
+            .filter(|r| r["type"] == kind && r["request_id"] == id.as_str())
+            .collect()
+    };
+    let (statements, outcomes) = (of("statement"), of("outcome"));
+    assert_eq!(statements.len(), STATEMENTS);
+    for statement in &statements {
+        let settled = outcomes
+            .iter()
+            .filter(|o| o["statement_seq"] == statement["seq"])
+            .count();
+        assert_eq!(settled, 1, "outcomes of {statement}");
+    }
+    let answered = outcomes.iter().filter(|o| o["status"] == "ok").count();
+    assert!(
+        answered > 0 && answered < STATEMENTS,
+        "{answered} statements answered before the drop"
+    );
+}

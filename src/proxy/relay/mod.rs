@@ -554,10 +554,6 @@ impl Relay {
             }
         }
         self.events = events;
-        if !self.outcomes.is_empty() {
-            let outcomes = std::mem::take(&mut self.outcomes);
-            self.record_outcomes(outcomes);
-        }
         // While a stand-in's error is due, an unfinished message is held back until it is
         // whole, so the error can be swapped before any of it reaches the client.
         let held = match self
@@ -599,6 +595,13 @@ impl Relay {
             self.after_torn(&outgoing, if hold { unfinished } else { 0 })
         };
         let sent = self.forward_to_client(&send, unfinished > 0 && !hold).await;
+        // Outcomes gate nothing: they are recorded once the client has its answer, off the
+        // path of the reply (sent or not; a session dropped during the write records what
+        // is left in `outcomes` as it ends).
+        if !self.outcomes.is_empty() {
+            let outcomes = std::mem::take(&mut self.outcomes);
+            self.record_outcomes(outcomes);
+        }
         if hold {
             self.torn
                 .extend_from_slice(&outgoing[outgoing.len() - unfinished..]);
