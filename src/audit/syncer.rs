@@ -393,6 +393,12 @@ pub(super) fn reopen(shared: &Shared, state: &mut State) {
             tracing::error!(error = %error, "audit trail cut under the writer; nothing more is appended");
             shared.healthy.store(false, Ordering::SeqCst);
             state.refused = Some(error);
+            // Records held for the next write (outcomes) can never be written now: given up
+            // (and counted in the log), or the syncer would find them overdue every 1 ms.
+            std::mem::swap(&mut state.pending, &mut state.failed_pending);
+            state.pending.clear();
+            state.pending_since = None;
+            state.drop_failed();
         }
         Ok((file, seq, hash, len)) => {
             state.file = Arc::new(file);

@@ -355,6 +355,40 @@ async fn a_trail_cut_under_the_writer_is_not_continued() {
     );
 }
 
+/// Records held for the next write when the trail is found cut can never be written: they
+/// are given up, and the syncer goes back to sleep instead of finding them overdue every
+/// millisecond.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_held_when_the_trail_is_found_cut_are_given_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open(&path, None).expect("open");
+    let mut witnessed = log.witnessed();
+    let batch: Vec<AuditEvent> = (0..CHECKPOINT_EVERY as usize).map(event).collect();
+    log.append_durable(batch).await.expect("append");
+    witnessed
+        .wait_for(Option::is_some)
+        .await
+        .expect("a checkpoint witnessed");
+    std::fs::write(&path, b"").expect("cut the file");
+    {
+        let mut state = log.shared().lock();
+        state.encode("t", br#"{"type":"request","request_id":"held"}"#);
+        state.pending_since = Some(Instant::now());
+        super::syncer::reopen(log.shared(), &mut state);
+        assert!(state.refused.is_some());
+    }
+    for _ in 0..200 {
+        let until = log.shared().lock().syncer_sleeps_until;
+        if until.is_some_and(|u| u > Instant::now() + FLUSH_AFTER) {
+            assert!(log.shared().lock().pending.is_empty());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the syncer keeps waking for records it can never write");
+}
+
 fn led_syncs(log: &AuditLog) -> u64 {
     log.shared().led_syncs.load(Ordering::Relaxed)
 }
