@@ -42,6 +42,8 @@ pub struct Outcome {
     pub duration_ms: f64,
     /// The guardrail rule that refused it.
     pub rule: Option<&'static str>,
+    /// COPY data bytes it moved (either direction), set by the relay as it settles.
+    pub bytes: Option<u64>,
 }
 
 impl Outcome {
@@ -54,6 +56,7 @@ impl Outcome {
             message: None,
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
             rule: None,
+            bytes: None,
         }
     }
 

@@ -225,6 +225,32 @@ async fn copy_in_and_out_pass_through() {
     assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "60");
 }
 
+/// Two COPY … TO STDOUT whose results arrive in one read: each outcome has its own bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_answered_in_one_read_each_count_their_own_bytes() {
+    let env = Env::start("relay_copy_bytes").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw.send(&crate::harness::query(
+        "COPY (SELECT 1) TO STDOUT; COPY (SELECT generate_series(10, 12)) TO STDOUT",
+    ))
+    .await;
+    raw.read_until_ready().await;
+    let (statements, outcomes) = settled(&env, &id, 2).await;
+    // "1\n", then "10\n11\n12\n".
+    assert_eq!(
+        outcome_of(&outcomes, &statements[0])["bytes"],
+        2,
+        "{outcomes:#?}"
+    );
+    assert_eq!(
+        outcome_of(&outcomes, &statements[1])["bytes"],
+        9,
+        "{outcomes:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn notices_and_notifications_reach_the_client() {
     let env = Env::start("relay_notify").await;

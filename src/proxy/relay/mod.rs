@@ -253,7 +253,11 @@ impl Relay {
         }
         self.close_upstream().await;
         let mut leftover = std::mem::take(&mut self.outcomes);
+        let settled = leftover.len();
         self.tracker.interrupt_all(&mut leftover);
+        for outcome in &mut leftover[settled..] {
+            take_copy_bytes(&mut self.copy_bytes, outcome);
+        }
         self.record_outcomes(leftover);
         end
     }
@@ -539,6 +543,11 @@ impl Relay {
             }
             let settled = self.outcomes.len();
             self.tracker.on_event(event, &mut self.outcomes);
+            // Bytes counted so far belong to the COPY settled now, not to one settled later
+            // in the same read.
+            for outcome in &mut self.outcomes[settled..] {
+                take_copy_bytes(&mut self.copy_bytes, outcome);
+            }
             let refused = self.outcomes[settled..]
                 .iter()
                 .find(|o| o.status == OutcomeStatus::Refused);
@@ -625,15 +634,8 @@ impl Relay {
         let records = outcomes
             .into_iter()
             .map(|o| {
-                // The bytes a COPY moved belong to its outcome (or its failure).
-                let is_copy = o
-                    .command_tag
-                    .as_deref()
-                    .is_some_and(|t| t.starts_with("COPY"));
-                let bytes = (is_copy || (o.status == OutcomeStatus::Error && self.copy_bytes > 0))
-                    .then(|| std::mem::take(&mut self.copy_bytes));
                 AuditEvent::Outcome(OutcomeRecord {
-                    bytes,
+                    bytes: o.bytes,
                     statement_seq: o.statement_seq,
                     session: self.session.clone(),
                     rows: o.rows(),
@@ -653,6 +655,17 @@ impl Relay {
             })
             .collect();
         self.audit.append(records);
+    }
+}
+
+/// The COPY data bytes counted so far belong to `outcome` if it ends a COPY (or fails one).
+fn take_copy_bytes(copy_bytes: &mut u64, outcome: &mut Outcome) {
+    let is_copy = outcome
+        .command_tag
+        .as_deref()
+        .is_some_and(|t| t.starts_with("COPY"));
+    if is_copy || (outcome.status == OutcomeStatus::Error && *copy_bytes > 0) {
+        outcome.bytes = Some(std::mem::take(copy_bytes));
     }
 }
 
