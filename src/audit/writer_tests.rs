@@ -316,6 +316,18 @@ async fn the_last_durable_checkpoint_is_witnessed() {
     );
 }
 
+/// Appends until a checkpoint is witnessed, then empties the file under the writer.
+async fn witness_a_checkpoint_then_cut(log: &AuditLog, path: &Path) {
+    let mut witnessed = log.witnessed();
+    let batch: Vec<AuditEvent> = (0..CHECKPOINT_EVERY as usize).map(event).collect();
+    log.append_durable(batch).await.expect("append");
+    witnessed
+        .wait_for(Option::is_some)
+        .await
+        .expect("a checkpoint witnessed");
+    std::fs::write(path, b"").expect("cut the file");
+}
+
 /// A file found cut under the writer (when a failed fsync makes it take the file as it
 /// really is) ends before the checkpoint it witnessed: it is not continued, every append
 /// fails naming the cut, and nothing more reaches the file.
@@ -324,14 +336,7 @@ async fn a_trail_cut_under_the_writer_is_not_continued() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.jsonl");
     let (log, thread) = AuditLog::open(&path, None).expect("open");
-    let mut witnessed = log.witnessed();
-    let batch: Vec<AuditEvent> = (0..CHECKPOINT_EVERY as usize).map(event).collect();
-    log.append_durable(batch).await.expect("append");
-    witnessed
-        .wait_for(Option::is_some)
-        .await
-        .expect("a checkpoint witnessed");
-    std::fs::write(&path, b"").expect("cut the file");
+    witness_a_checkpoint_then_cut(&log, &path).await;
     {
         let mut state = log.shared().lock();
         super::syncer::reopen(log.shared(), &mut state);
@@ -363,14 +368,7 @@ async fn records_held_when_the_trail_is_found_cut_are_given_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.jsonl");
     let (log, _thread) = AuditLog::open(&path, None).expect("open");
-    let mut witnessed = log.witnessed();
-    let batch: Vec<AuditEvent> = (0..CHECKPOINT_EVERY as usize).map(event).collect();
-    log.append_durable(batch).await.expect("append");
-    witnessed
-        .wait_for(Option::is_some)
-        .await
-        .expect("a checkpoint witnessed");
-    std::fs::write(&path, b"").expect("cut the file");
+    witness_a_checkpoint_then_cut(&log, &path).await;
     {
         let mut state = log.shared().lock();
         state.encode("t", br#"{"type":"request","request_id":"held"}"#);
