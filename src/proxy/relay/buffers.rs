@@ -59,16 +59,24 @@ impl super::Relay {
         self.client_mid_message = true;
         let mut written = 0;
         while written < bytes.len() {
-            let wrote = tokio::select! {
-                biased;
-                reason = self.term.fired() => {
+            // Checked before each write rather than raced first: see `guarded`.
+            let wrote = match self.term.ended() {
+                Some(reason) => Err(reason),
+                None => tokio::select! {
+                    biased;
+                    wrote = self.client.write(&bytes[written..]) => Ok(wrote),
+                    reason = self.term.fired() => Err(reason),
+                },
+            };
+            let wrote = match wrote {
+                Ok(wrote) => wrote,
+                Err(reason) => {
                     if let Some(end) = message_end(bytes, written).filter(|_| started_between) {
                         self.cut_short = bytes[written..end].to_vec();
                         self.client_mid_message = false;
                     }
                     return Err(super::End::Dropped(reason));
                 }
-                wrote = self.client.write(&bytes[written..]) => wrote,
             };
             match wrote {
                 Ok(n) if n > 0 => written += n,

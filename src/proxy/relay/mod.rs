@@ -81,15 +81,21 @@ fn is_extended(record: &AuditEvent) -> bool {
     )
 }
 
-/// Runs `fut` unless the terminator fires first.
+/// Runs `fut` unless the session has ended already or ends while `fut` waits.
+///
+/// `fut` is polled before the terminator: most guarded waits are over at once, and then
+/// the terminator's registration would be wasted (see [`Terminator::ended`]).
 async fn guarded<T>(
     term: &mut Terminator,
     fut: impl std::future::Future<Output = T>,
 ) -> Result<T, End> {
+    if let Some(reason) = term.ended() {
+        return Err(End::Dropped(reason));
+    }
     tokio::select! {
         biased;
-        reason = term.fired() => Err(End::Dropped(reason)),
         out = fut => Ok(out),
+        reason = term.fired() => Err(End::Dropped(reason)),
     }
 }
 
@@ -449,11 +455,15 @@ impl Relay {
         }
         let mut sent = 0;
         while sent < outgoing.len() {
+            // Checked before each write rather than raced first: see `guarded`.
+            if let Some(reason) = self.term.ended() {
+                return Err(End::Dropped(reason));
+            }
             let step = tokio::select! {
                 biased;
-                reason = self.term.fired() => return Err(End::Dropped(reason)),
                 wrote = self.upstream_w.write(&outgoing[sent..]) => Step::Wrote(wrote),
                 read = self.upstream_r.read_buf(&mut self.ubuf) => Step::Read(read),
+                reason = self.term.fired() => return Err(End::Dropped(reason)),
             };
             match step {
                 Step::Wrote(Ok(n)) if n > 0 => sent += n,

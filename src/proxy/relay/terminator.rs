@@ -28,19 +28,28 @@ impl Terminator {
         }
     }
 
+    /// Why the session must end, if it must already: the current control (a drop, or an
+    /// extension, which moves the timer) and the deadline, read without waiting.
+    ///
+    /// Waits that are usually over at once (a write to a socket with room, a flush, an
+    /// audit write that is already done) check this first and then race [`Self::fired`]
+    /// only behind their own future: `fired` registers with the watch and the timer
+    /// whenever it is polled, which costs more than the write it would guard.
+    pub(super) fn ended(&mut self) -> Option<DropReason> {
+        if let Some(reason) = self.apply_control() {
+            return Some(reason);
+        }
+        if self.kill.has_changed().is_err() {
+            // The registry is gone: the proxy is going away.
+            return Some(DropReason::Shutdown);
+        }
+        (tokio::time::Instant::now() >= self.deadline).then_some(DropReason::Expired)
+    }
+
     pub(super) async fn fired(&mut self) -> DropReason {
         loop {
-            let control = self.kill.borrow_and_update().clone();
-            match control {
-                Control::Drop(reason) => return reason,
-                Control::ExtendTo(end) => {
-                    let extended = self.deadline.max(monotonic_deadline(end));
-                    if extended != self.deadline {
-                        self.deadline = extended;
-                        self.expiry.as_mut().reset(extended);
-                    }
-                }
-                Control::Run => {}
+            if let Some(reason) = self.apply_control() {
+                return reason;
             }
             tokio::select! {
                 _ = &mut self.expiry => return DropReason::Expired,
@@ -51,6 +60,24 @@ impl Terminator {
             }
         }
     }
+
+    /// Marks the current control seen and acts on it: a drop is returned, an extension
+    /// moves the deadline and its timer.
+    fn apply_control(&mut self) -> Option<DropReason> {
+        let control = self.kill.borrow_and_update().clone();
+        match control {
+            Control::Drop(reason) => Some(reason),
+            Control::ExtendTo(end) => {
+                let extended = self.deadline.max(monotonic_deadline(end));
+                if extended != self.deadline {
+                    self.deadline = extended;
+                    self.expiry.as_mut().reset(extended);
+                }
+                None
+            }
+            Control::Run => None,
+        }
+    }
 }
 
 /// A wall-clock end, counted on the monotonic clock from now.
@@ -59,4 +86,56 @@ pub fn monotonic_deadline(end: chrono::DateTime<chrono::Utc>) -> tokio::time::In
         .to_std()
         .unwrap_or(std::time::Duration::ZERO);
     tokio::time::Instant::now() + remaining
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn terminator(deadline: Instant) -> (watch::Sender<Control>, Terminator) {
+        let (control, kill) = watch::channel(Control::Run);
+        (control, Terminator::new(kill, deadline))
+    }
+
+    #[tokio::test]
+    async fn ended_reports_a_drop_every_time_it_is_asked() {
+        let (control, mut term) = terminator(Instant::now() + HOUR);
+        assert_eq!(term.ended(), None);
+        control.send_replace(Control::Drop(DropReason::Revoked));
+        assert_eq!(term.ended(), Some(DropReason::Revoked));
+        // Seen once is not forgotten: a later wait must not run either.
+        assert_eq!(term.ended(), Some(DropReason::Revoked));
+        assert_eq!(term.fired().await, DropReason::Revoked);
+    }
+
+    #[tokio::test]
+    async fn ended_reads_the_clock_rather_than_waiting_for_the_timer() {
+        let past = Instant::now().checked_sub(Duration::from_secs(1));
+        let (_control, mut term) = terminator(past.unwrap_or_else(Instant::now));
+        // The timer was never polled, so it has not fired; the deadline is still over.
+        assert_eq!(term.ended(), Some(DropReason::Expired));
+    }
+
+    #[tokio::test]
+    async fn ended_applies_an_extension_before_judging_the_deadline() {
+        let past = Instant::now().checked_sub(Duration::from_secs(1));
+        let (control, mut term) = terminator(past.unwrap_or_else(Instant::now));
+        control.send_replace(Control::ExtendTo(chrono::Utc::now() + HOUR));
+        assert_eq!(term.ended(), None);
+        assert!(term.deadline > Instant::now() + HOUR / 2);
+    }
+
+    #[tokio::test]
+    async fn ended_reports_shutdown_once_the_registry_is_gone() {
+        let (control, mut term) = terminator(Instant::now() + HOUR);
+        drop(control);
+        assert_eq!(term.ended(), Some(DropReason::Shutdown));
+        assert_eq!(term.fired().await, DropReason::Shutdown);
+    }
 }
