@@ -6,6 +6,7 @@
 //! its record itself, then (in `fsync` mode) waits for the syncer thread's fdatasync;
 //! concurrent sessions share one fsync (group commit).
 
+mod append;
 mod arrival;
 pub mod chain;
 mod clip;

@@ -3,7 +3,9 @@
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::audit::append::MAX_PENDING;
 use crate::audit::chain::verify;
+use crate::audit::syncer::{CHECKPOINT_EVERY, FLUSH_AFTER};
 use crate::audit::{RequestEvent, RequestRecord};
 
 fn event(i: usize) -> AuditEvent {
