@@ -27,7 +27,7 @@ BENCH_PIDS=()            # our own children, stopped in reverse order on exit
 BENCH_PIDFILES=()        # pid files of processes started through runuser (pgbouncer)
 BENCH_LAST_PORT=""
 declare -A BENCH_PORT=() BENCH_USER=() BENCH_SSL=() BENCH_PROXY=() BENCH_TOKEN=() BENCH_PASSWORD=()
-declare -A BENCH_SERVE_PID=() BENCH_PROXY_PORT=()
+declare -A BENCH_SERVE_PID=() BENCH_PROXY_PORT=() BENCH_API_PORT=()
 
 bench_log() { echo "[$(date +%T)] $*" >&2; }
 bench_die() {
@@ -235,17 +235,55 @@ bench_start_lockbox() {
     BENCH_SERVE_PID[$name]=$!
     BENCH_PIDS+=("$!")
     BENCH_PROXY_PORT[$name]=$proxy_port
+    BENCH_API_PORT[$name]=$api_port
     bench_wait_port "$proxy_port" || {
         cat "$BENCH_WORK/serve-$name.log" >&2
         bench_die "lockbox serve ($name) did not start"
     }
 }
 
+# bench_fsync_buckets NAME: the cumulative buckets of lockbox_audit_fsync_seconds on the
+# lockbox started as NAME, one "UPPER_BOUND COUNT" line each (read from its /metrics as the
+# demo's auditor).
+bench_fsync_buckets() {
+    local name=$1
+    curl -sf --cacert "$LOCKBOX_CA_CERT" -H "Authorization: Bearer $LOCKBOX_AUDITOR_KEY" \
+        "${LOCKBOX_SERVER%:*}:${BENCH_API_PORT[$name]}/metrics" |
+        sed -nE 's/^lockbox_audit_fsync_seconds_bucket\{le="([^"]+)"\} ([0-9]+)$/\1 \2/p'
+}
+
+# bench_fsync_median BEFORE AFTER: the median fdatasync (ms) between two bench_fsync_buckets
+# snapshots, interpolated within its bucket; "-" without syncs.
+bench_fsync_median() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+def read(path):
+    with open(path) as f:
+        return [(float(b), int(n)) for b, n in (line.split() for line in f if line.strip())]
+before, after = read(sys.argv[1]), read(sys.argv[2])
+counts = [(b, n - m) for (b, n), (_, m) in zip(after, before)]
+total = counts[-1][1] if counts else 0
+if total <= 0:
+    print("-")
+    sys.exit()
+lower, below = 0.0, 0
+for bound, cumulative in counts:
+    if cumulative >= total / 2:
+        if bound == float("inf"):
+            print(f"{lower * 1000:.4f}")
+        else:
+            share = (total / 2 - below) / max(cumulative - below, 1)
+            print(f"{(lower + (bound - lower) * share) * 1000:.4f}")
+        break
+    lower, below = bound, cumulative
+PY
+}
+
 # Stops a lockbox started by bench_start_lockbox.
 bench_stop_lockbox() {
     local name=$1
     bench_stop_pid "${BENCH_SERVE_PID[$name]}"
-    unset "BENCH_SERVE_PID[$name]" "BENCH_PROXY_PORT[$name]"
+    unset "BENCH_SERVE_PID[$name]" "BENCH_PROXY_PORT[$name]" "BENCH_API_PORT[$name]"
 }
 
 # A self-signed certificate (P-256, like lockbox's) for pgbouncer, readable by postgres.

@@ -72,22 +72,32 @@ PY
 # run TARGET CLIENTS PROTOCOL ROUND: one pgbench run, appends a line to $results.
 run() {
     local target=$1 clients=$2 mode=$3 round=$4 threads out tps p50=- p99=- prefix
+    local fsync=- proxy=${BENCH_PROXY[$target]:-} syncs=""
     threads=$((clients < NPROC ? clients : NPROC))
     local args=(-n -S -M "$mode" -c "$clients" -j "$threads" -T "$SECONDS_PER_RUN")
     prefix=$BENCH_WORK/lat/$target.$mode.$round
     if ((clients == 1)); then args+=(-l --log-prefix "$prefix"); fi
+    # At 1 client in fsync mode, the disk's share: the run's median fdatasync.
+    if ((clients == 1)) && [ "$proxy" = fsync ]; then
+        syncs=$BENCH_WORK/fsync-buckets
+        bench_fsync_buckets "$proxy" >"$syncs.before"
+    fi
     if out=$(bench_on "$target" -- "$PGBENCH" "${args[@]}" 2>"$BENCH_WORK/pgbench.err"); then
         tps=$(echo "$out" | sed -nE 's/^tps = ([0-9.]+) .*/\1/p' | head -1)
         if ((clients == 1)); then
             read -r p50 p99 <<<"$(percentiles "$prefix".*)"
             rm -f "$prefix".*
         fi
+        if [ -n "$syncs" ]; then
+            bench_fsync_buckets "$proxy" >"$syncs.after"
+            fsync=$(bench_fsync_median "$syncs.before" "$syncs.after")
+        fi
     else
         bench_log "pgbench on $target ($clients clients, $mode) failed: $(tail -3 "$BENCH_WORK/pgbench.err")"
         bench_check_alive
         tps=failed
     fi
-    echo "$target $clients $mode $round ${tps:-failed} $p50 $p99" >>"$results"
+    echo "$target $clients $mode $round ${tps:-failed} $p50 $p99 $fsync" >>"$results"
 }
 
 bench_log "warming up each target (and checking it answers)"
@@ -116,13 +126,14 @@ echo "pgbench -S (select-only, scale $SCALE), ${SECONDS_PER_RUN}s per run, media
 echo "lockbox-fsync: audit durability fsync (each statement waits for its fsync'd record); lockbox-write: durability write"
 echo "vs-direct: tps / direct PostgreSQL; vs-bouncer: tps / pgbouncer on the same transport (plain or TLS);"
 echo "latency at 1 client from pgbench's per-transaction log; +p50/+p99: lockbox minus pgbouncer, same transport"
+echo "fsync ms: lockbox-fsync's median fdatasync during the run (lockbox_audit_fsync_seconds, interpolated in its bucket); +p50-fsync: +p50 minus it"
 python3 - "$results" "${TARGETS[*]}" "${CLIENT_COUNTS[*]}" "${PROTOCOLS[*]}" <<'PY'
 import statistics, sys
 path, targets, clients, modes = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
 runs = {}
 for line in open(path):
-    t, c, m, _r, tps, p50, p99 = line.split()
-    runs.setdefault((t, c, m), []).append((tps, p50, p99))
+    t, c, m, _r, tps, p50, p99, fsync = line.split()
+    runs.setdefault((t, c, m), []).append((tps, p50, p99, fsync))
 
 def median(values):
     xs = []
@@ -135,7 +146,7 @@ def median(values):
 
 def figures(t, c, m):
     rs = runs.get((t, c, m), [])
-    return tuple(median(r[i] for r in rs) for i in range(3))
+    return tuple(median(r[i] for r in rs) for i in range(4))
 
 def ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b else "-"
@@ -146,23 +157,26 @@ def ms(v):
 def plus(a, b):
     return f"{a - b:+.3f}" if a is not None and b is not None else "-"
 
-head = f"{'clients':>7}  {'protocol':<9} {'target':<18} {'tps':>10} {'vs-direct':>9} {'vs-bouncer':>10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8}"
+head = f"{'clients':>7}  {'protocol':<9} {'target':<18} {'tps':>10} {'vs-direct':>9} {'vs-bouncer':>10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'fsync ms':>8} {'+p50-fsync':>10}"
 print(head)
 print("-" * len(head))
 for c in clients:
     for m in modes:
         direct = figures("direct", c, m)[0]
         for t in targets:
-            tps, p50, p99 = figures(t, c, m)
+            tps, p50, p99, fsync = figures(t, c, m)
             bouncer = "pgbouncer-tls" if t.endswith("-tls") else "pgbouncer"
-            b_tps, b_p50, b_p99 = figures(bouncer, c, m)
+            b_tps, b_p50, b_p99, _ = figures(bouncer, c, m)
+            added = p50 - b_p50 if p50 is not None and b_p50 is not None else None
             is_lockbox = t.startswith("lockbox")
             print(f"{c:>7}  {m:<9} {t:<18} {(f'{tps:.0f}' if tps is not None else 'failed'):>10} "
                   f"{(ratio(tps, direct) if t != 'direct' else ''):>9} "
                   f"{(ratio(tps, b_tps) if is_lockbox else ''):>10} "
                   f"{(ms(p50) if c == '1' else ''):>8} {(ms(p99) if c == '1' else ''):>8} "
                   f"{(plus(p50, b_p50) if c == '1' and is_lockbox else ''):>8} "
-                  f"{(plus(p99, b_p99) if c == '1' and is_lockbox else ''):>8}")
+                  f"{(plus(p99, b_p99) if c == '1' and is_lockbox else ''):>8} "
+                  f"{(ms(fsync) if fsync is not None else ''):>8} "
+                  f"{(plus(added, fsync) if fsync is not None else ''):>10}")
         print()
 PY
 echo "audit files (statements recorded by lockbox during the run, warm-up included):"

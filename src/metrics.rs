@@ -180,11 +180,17 @@ const LATENCY_US: [u64; 14] = [
     1_000_000, 5_000_000,
 ];
 
+/// fdatasync durations, in microseconds (25 µs … 1 s): fine where disks answer, so the
+/// share of a statement's latency that is the disk's own shows.
+const FSYNC_US: [u64; 15] = [
+    25, 50, 75, 100, 150, 200, 300, 500, 750, 1_000, 2_500, 10_000, 50_000, 250_000, 1_000_000,
+];
+
 /// Records made durable by one fsync.
 const BATCH: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
 
 // A histogram has 16 buckets: its bounds and `+Inf`.
-const _: () = assert!(LATENCY_US.len() < 16 && BATCH.len() < 16);
+const _: () = assert!(LATENCY_US.len() < 16 && FSYNC_US.len() < 16 && BATCH.len() < 16);
 
 /// One server's counters (one per `AuditLog`, so a test process can run several).
 pub(crate) struct Metrics {
@@ -203,6 +209,8 @@ pub(crate) struct Metrics {
     pub(crate) append_latency: Histogram,
     /// Records made durable per fsync (group commit).
     pub(crate) fsync_batch: Histogram,
+    /// How long each fdatasync of the audit file took, failed ones too.
+    pub(crate) fsync_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -219,8 +227,13 @@ impl Default for Metrics {
             api_calls: Default::default(),
             append_latency: Histogram::new(&LATENCY_US),
             fsync_batch: Histogram::new(&BATCH),
+            fsync_latency: Histogram::new(&FSYNC_US),
         }
     }
+}
+
+fn micros(took: Duration) -> u64 {
+    u64::try_from(took.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn inc(counter: &AtomicU64) {
@@ -278,8 +291,11 @@ impl Metrics {
     }
 
     pub(crate) fn observe_append(&self, took: Duration) {
-        self.append_latency
-            .observe(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        self.append_latency.observe(micros(took));
+    }
+
+    pub(crate) fn observe_fsync(&self, took: Duration) {
+        self.fsync_latency.observe(micros(took));
     }
 
     /// Sessions admitted and not yet ended.
@@ -388,6 +404,14 @@ impl Metrics {
         );
         self.fsync_batch
             .render(o, "lockbox_audit_fsync_batch_records", 1.0);
+        family(
+            o,
+            "lockbox_audit_fsync_seconds",
+            "histogram",
+            "Time one fdatasync of the audit file took.",
+        );
+        self.fsync_latency
+            .render(o, "lockbox_audit_fsync_seconds", 1e6);
         scrape.render(o);
         out
     }

@@ -295,6 +295,7 @@ impl Shared {
         let mut state = self.lock();
         state.syncing = false;
         state.last_sync_took = started.elapsed();
+        self.metrics.observe_fsync(state.last_sync_took);
         if std::mem::take(&mut state.wake_syncer_after_sync) {
             state.syncer_sleeps_until = None;
             self.syncer_wake.notify_one();

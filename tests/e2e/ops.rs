@@ -159,6 +159,12 @@ async fn metrics_count_real_sessions_and_statements() {
     // Each statement waited for its record to be durable: latency and fsync batches moved.
     assert!(delta(&after, "lockbox_audit_append_seconds_count") >= 4.0);
     assert!(delta(&after, "lockbox_audit_fsync_batch_records_count") >= 1.0);
+    // Every sync that made a batch durable was timed (the syncer's idle syncs too).
+    assert!(
+        delta(&after, "lockbox_audit_fsync_seconds_count")
+            >= delta(&after, "lockbox_audit_fsync_batch_records_count")
+    );
+    assert!(delta(&after, "lockbox_audit_fsync_seconds_sum") > 0.0);
     assert_eq!(
         after.get("lockbox_audit_append_seconds_bucket{le=\"+Inf\"}"),
         after.get("lockbox_audit_append_seconds_count")
