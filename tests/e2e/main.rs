@@ -31,6 +31,7 @@ mod client_tls;
 mod completeness;
 mod demo;
 mod deny_drop;
+mod ending;
 mod engineer;
 mod expiry_notices;
 mod faults;

@@ -1,4 +1,5 @@
-//! The relay's end of a session: expiry, revocation or shutdown, raced by every wait.
+//! The relay's end of a session: expiry, revocation or shutdown, checked before or raced
+//! by every wait.
 
 use std::pin::Pin;
 
@@ -9,10 +10,13 @@ use crate::proxy::registry::{Control, DropReason};
 /// Ends the session on expiry, revocation or shutdown, even in the middle of a write.
 pub(super) struct Terminator {
     kill: watch::Receiver<Control>,
+    /// The drop seen last, kept: [`Terminator::ended`] reads the control only when it
+    /// changed, and a drop must stay seen.
+    dropped: Option<DropReason>,
     pub(super) deadline: tokio::time::Instant,
-    /// One timer for the session's life, moved when the grant is extended: every wait in
-    /// the relay races it, and making a new one per wait would cost a timer-wheel insert
-    /// and remove per statement.
+    /// One timer for the session's life, moved when the grant is extended: the waits that
+    /// race it share it, where a new one per wait would cost a timer-wheel insert and
+    /// remove per statement.
     expiry: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -21,11 +25,16 @@ impl Terminator {
         kill: watch::Receiver<Control>,
         deadline: tokio::time::Instant,
     ) -> Terminator {
-        Terminator {
+        let mut terminator = Terminator {
             kill,
+            dropped: None,
             deadline,
             expiry: Box::pin(tokio::time::sleep_until(deadline)),
-        }
+        };
+        // A receiver subscribed after a drop or an extension holds it as already seen,
+        // which `ended` alone would not read.
+        terminator.apply_control();
+        terminator
     }
 
     /// Why the session must end, if it must already: the current control (a drop, or an
@@ -36,12 +45,19 @@ impl Terminator {
     /// only behind their own future: `fired` registers with the watch and the timer
     /// whenever it is polled, which costs more than the write it would guard.
     pub(super) fn ended(&mut self) -> Option<DropReason> {
-        if let Some(reason) = self.apply_control() {
-            return Some(reason);
+        if let Some(reason) = &self.dropped {
+            return Some(reason.clone());
         }
-        if self.kill.has_changed().is_err() {
+        match self.kill.has_changed() {
+            // An extension is applied once, not at every write after it.
+            Ok(true) => {
+                if let Some(reason) = self.apply_control() {
+                    return Some(reason);
+                }
+            }
+            Ok(false) => {}
             // The registry is gone: the proxy is going away.
-            return Some(DropReason::Shutdown);
+            Err(_) => return Some(DropReason::Shutdown),
         }
         (tokio::time::Instant::now() >= self.deadline).then_some(DropReason::Expired)
     }
@@ -66,7 +82,10 @@ impl Terminator {
     fn apply_control(&mut self) -> Option<DropReason> {
         let control = self.kill.borrow_and_update().clone();
         match control {
-            Control::Drop(reason) => Some(reason),
+            Control::Drop(reason) => {
+                self.dropped = Some(reason.clone());
+                Some(reason)
+            }
             Control::ExtendTo(end) => {
                 let extended = self.deadline.max(monotonic_deadline(end));
                 if extended != self.deadline {
@@ -112,6 +131,28 @@ mod tests {
         // Seen once is not forgotten: a later wait must not run either.
         assert_eq!(term.ended(), Some(DropReason::Revoked));
         assert_eq!(term.fired().await, DropReason::Revoked);
+    }
+
+    #[tokio::test]
+    async fn ended_reports_a_drop_sent_before_the_session_subscribed() {
+        let (control, _first) = watch::channel(Control::Run);
+        control.send_replace(Control::Drop(DropReason::Revoked));
+        // `subscribe` marks the current value seen: only reading it finds the drop.
+        let mut term = Terminator::new(control.subscribe(), Instant::now() + HOUR);
+        assert_eq!(term.ended(), Some(DropReason::Revoked));
+    }
+
+    #[tokio::test]
+    async fn an_extension_is_applied_once() {
+        let (control, mut term) = terminator(Instant::now() + HOUR);
+        control.send_replace(Control::ExtendTo(chrono::Utc::now() + 2 * HOUR));
+        assert_eq!(term.ended(), None);
+        let extended = term.deadline;
+        assert!(extended > Instant::now() + HOUR);
+        // Moved back by hand: a second reading of the same extension would undo this.
+        term.deadline = Instant::now() + HOUR;
+        assert_eq!(term.ended(), None);
+        assert!(term.deadline < extended);
     }
 
     #[tokio::test]
