@@ -7,11 +7,12 @@
 #   SECONDS_PER_RUN  seconds of each run (env BENCH_SECONDS; default 10)
 #   CLIENTS          client counts, "1,8" or "1 8" (env BENCH_CLIENTS; default 1,8)
 #   ROUNDS           rounds; each figure is the median over them (env BENCH_ROUNDS; default 3)
-#   env BENCH_TARGETS  default: direct,direct-scram,pgbouncer,pgbouncer-tls,lockbox-fsync,
-#                      lockbox-fsync-tls,lockbox-write,lockbox-write-tls
+#   env BENCH_TARGETS  default: direct,direct-tls,direct-scram,pgbouncer,pgbouncer-tls,
+#                      lockbox-fsync,lockbox-fsync-tls,lockbox-write,lockbox-write-tls
 #   env LOCKBOX_BIN    use this lockbox binary instead of `cargo build --release`
 #
 # Direct: PostgreSQL forks a backend per connection (trust login, as the superuser);
+# direct-tls: the same over TLS (PostgreSQL's own handshake, like lockbox's -tls targets);
 # direct-scram: the same with a password login (SCRAM, the client deriving its key from the
 # password each time, as libpq does), which is what lockbox's upstream login is and what a
 # direct login of an engineer would be. pgbouncer: the client login
@@ -25,7 +26,7 @@ source "$(dirname "$0")/lib.sh"
 SECONDS_PER_RUN=${1:-${BENCH_SECONDS:-10}}
 read -ra CLIENT_COUNTS <<<"$(bench_list "${2:-${BENCH_CLIENTS:-1,8}}")"
 ROUNDS=${3:-${BENCH_ROUNDS:-3}}
-read -ra TARGETS <<<"$(bench_list "${BENCH_TARGETS:-direct,direct-scram,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-fsync-tls,lockbox-write,lockbox-write-tls}")"
+read -ra TARGETS <<<"$(bench_list "${BENCH_TARGETS:-direct,direct-tls,direct-scram,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-fsync-tls,lockbox-write,lockbox-write-tls}")"
 
 max_clients=0
 for c in "${CLIENT_COUNTS[@]}"; do if ((c > max_clients)); then max_clients=$c; fi; done
@@ -77,7 +78,8 @@ done
 echo
 echo "pgbench -C -S: one new connection per transaction, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $NPROC cores"
 echo "conn/s: connections (= transactions) per second; connect ms: pgbench's average connection time"
-echo "vs-direct: conn/s / direct PostgreSQL (trust); vs-scram: / direct PostgreSQL with a password login;"
+echo "vs-direct: conn/s / direct PostgreSQL (trust) on the same transport (TLS targets / direct-tls when it ran);"
+echo "vs-scram: / direct PostgreSQL with a password login (plain);"
 echo "vs-bouncer: conn/s / pgbouncer on the same transport (plain or TLS)"
 python3 - "$results" "${TARGETS[*]}" "${CLIENT_COUNTS[*]}" <<'PY'
 import statistics, sys
@@ -108,13 +110,15 @@ print(head)
 print("-" * len(head))
 for c in clients:
     direct = figures("direct", c)[0]
+    direct_tls = figures("direct-tls", c)[0] if "direct-tls" in targets else None
     scram = figures("direct-scram", c)[0]
     for t in targets:
         tps, conn = figures(t, c)
         bouncer = "pgbouncer-tls" if t.endswith("-tls") else "pgbouncer"
+        same = direct_tls if t.endswith("-tls") and t != "direct-tls" and direct_tls else direct
         print(f"{c:>7}  {t:<18} {(f'{tps:.0f}' if tps is not None else 'failed'):>9} "
               f"{(f'{conn:.3f}' if conn is not None else '-'):>10} "
-              f"{(ratio(tps, direct) if t != 'direct' else ''):>9} "
+              f"{(ratio(tps, same) if t != 'direct' else ''):>9} "
               f"{(ratio(tps, scram) if t.startswith('lockbox') else ''):>9} "
               f"{(ratio(tps, figures(bouncer, c)[0]) if t.startswith('lockbox') else ''):>10}")
     print()

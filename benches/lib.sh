@@ -294,6 +294,26 @@ bench_tls_cert() {
     chmod 600 "$dir/key.pem"
 }
 
+# Turns TLS on in the demo's PostgreSQL (a self-signed certificate in its data directory),
+# for the direct-tls target; plain connections, lockbox's upstream ones among them
+# (sslmode=disable), stay plain.
+bench_start_pg_tls() {
+    [ -n "${BENCH_PG_TLS:-}" ] && return 0
+    local dir datadir
+    dir=$BENCH_WORK/pg-tls
+    mkdir -p "$dir"
+    bench_tls_cert "$dir"
+    datadir=$(bench_psql -Atc "SHOW data_directory")
+    cp "$dir/cert.pem" "$datadir/bench-cert.pem"
+    cp "$dir/key.pem" "$datadir/bench-key.pem"
+    chown --reference="$datadir" "$datadir/bench-cert.pem" "$datadir/bench-key.pem"
+    chmod 600 "$datadir/bench-key.pem"
+    bench_psql -c "ALTER SYSTEM SET ssl_cert_file = 'bench-cert.pem'" \
+        -c "ALTER SYSTEM SET ssl_key_file = 'bench-key.pem'" \
+        -c "ALTER SYSTEM SET ssl = on" -c "SELECT pg_reload_conf()" >/dev/null
+    BENCH_PG_TLS=1
+}
+
 # Starts pgbouncer (session pooling) in front of the demo's PostgreSQL; `tls` makes clients
 # use TLS (client_tls_sslmode=require). Pool sized for `pool` clients. Sets BENCH_LAST_PORT.
 bench_start_pgbouncer() {
@@ -356,6 +376,10 @@ bench_targets() {
     for target in "$@"; do
         case $target in
         direct) bench_target direct "$PG_PORT" postgres disable ;;
+        direct-tls)
+            bench_start_pg_tls
+            bench_target direct-tls "$PG_PORT" postgres require
+            ;;
         direct-scram)
             # A password login straight to PostgreSQL (SCRAM, as lockbox's own upstream
             # login is), where `direct` logs in as the superuser on trust.
@@ -382,7 +406,7 @@ bench_targets() {
             [ "$target" != "${target%-tls}" ] && ssl=require
             bench_target "$target" "${BENCH_PROXY_PORT[$durability]}" "$LOCKBOX_ENGINEER" "$ssl" "$durability"
             ;;
-        *) bench_die "unknown target $target (direct, direct-scram, pgbouncer, pgbouncer-tls, lockbox-fsync, lockbox-fsync-tls, lockbox-write, lockbox-write-tls)" ;;
+        *) bench_die "unknown target $target (direct, direct-tls, direct-scram, pgbouncer, pgbouncer-tls, lockbox-fsync, lockbox-fsync-tls, lockbox-write, lockbox-write-tls)" ;;
         esac
     done
 }
