@@ -5,9 +5,8 @@
 use std::process::Command;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::harness::{Env, Options};
+use crate::harness::{tls_to_proxy, Env, Options};
 
 async fn tls_env(name: &str) -> Env {
     Env::with(
@@ -23,21 +22,7 @@ async fn tls_env(name: &str) -> Env {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancel_over_tls_ends_with_close_notify() {
     let env = tls_env("cancel_tls_close").await;
-    let mut tcp = TcpStream::connect(("127.0.0.1", env.proxy_port()))
-        .await
-        .expect("connect");
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .expect("SSLRequest");
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.expect("answer");
-    assert_eq!(&answer, b"S");
-    let config = lockbox::tls::client_config_pinned(&env.deployment.cert_pem).expect("config");
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .expect("handshake");
+    let mut tls = tls_to_proxy(&env).await;
     // CancelRequest: length 16, code 80877102, a key no session has (ignored, as the
     // server ignores one).
     let mut cancel = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];

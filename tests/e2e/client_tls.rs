@@ -6,11 +6,10 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use lockbox::wire::{BackendEvent, BackendScanner};
 
-use crate::harness::{message, query, startup_packet, Env, Options};
+use crate::harness::{query, tls_login, Env, Options};
 
 /// Reads until ReadyForQuery, `chunk` bytes at a time with a pause between reads (a slow
 /// client keeps the proxy's socket full); returns the DataRows counted. Panics if the
@@ -54,27 +53,7 @@ async fn a_large_result_to_a_slow_tls_client_arrives_whole() {
     )
     .await;
     let (_, token) = env.approved_token("eve", "1h").await;
-    let mut tcp = TcpStream::connect(("127.0.0.1", env.proxy_port()))
-        .await
-        .expect("connect");
-    let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
-    tcp.write_all(&ssl_request).await.expect("SSLRequest");
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.expect("answer");
-    assert_eq!(&answer, b"S");
-    let config = lockbox::tls::client_config_pinned(&env.deployment.cert_pem).expect("config");
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .expect("handshake");
-    tls.write_all(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
-        .await
-        .expect("startup");
-    tls.write_all(&message(b'p', &[token.as_bytes(), b"\0"].concat()))
-        .await
-        .expect("password");
-    tls.flush().await.expect("flush");
+    let mut tls = tls_login(&env, "eve", &token).await;
     read_result(&mut tls, 64 * 1024, Duration::ZERO).await;
 
     let rows = 20_000;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use lockbox::policy::AccessLevel;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::harness::{message, query, startup_packet, Env, Options, Raw};
+use crate::harness::{query, tls_login, Env, Options, Raw};
 
 /// What a client read: whole messages, up to the close.
 #[derive(Default, Debug)]
@@ -265,7 +265,7 @@ async fn an_endless_result_read_at_full_speed_over_tls_ends_whole_when_the_sessi
     )
     .await;
     let (id, token) = env.approved_token("eve", "1h").await;
-    let mut tls = tls_login(&env, &token).await;
+    let mut tls = tls_login_ready(&env, &token).await;
     let endless = query("SELECT repeat('x', 1000), generate_series(1, 100000000)");
     tls.write_all(&endless).await.expect("query");
     tls.flush().await.expect("flush");
@@ -288,32 +288,11 @@ async fn an_endless_result_read_at_full_speed_over_tls_ends_whole_when_the_sessi
 }
 
 /// Logs in over TLS with `token`, up to the first ReadyForQuery.
-async fn tls_login(
+async fn tls_login_ready(
     env: &Env,
     token: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", env.proxy_port()))
-        .await
-        .expect("connect");
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .expect("SSLRequest");
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.expect("answer");
-    assert_eq!(&answer, b"S");
-    let config = lockbox::tls::client_config_pinned(&env.deployment.cert_pem).expect("config");
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .expect("handshake");
-    tls.write_all(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
-        .await
-        .expect("startup");
-    tls.write_all(&message(b'p', &[token.as_bytes(), b"\0"].concat()))
-        .await
-        .expect("password");
-    tls.flush().await.expect("flush");
+    let mut tls = tls_login(env, "eve", token).await;
     let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
     loop {
         let n = tls.read(&mut buf).await.expect("read");

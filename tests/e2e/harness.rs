@@ -474,6 +474,43 @@ pub fn fatal_error(
         .unwrap_or_default()
 }
 
+/// A TLS connection to `env`'s proxy, before its startup packet: an SSLRequest, then a
+/// handshake that trusts only the proxy's certificate.
+pub async fn tls_to_proxy(env: &Env) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", env.proxy_port()))
+        .await
+        .expect("connect");
+    let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+    tcp.write_all(&ssl_request).await.expect("SSLRequest");
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(&answer, b"S");
+    let config = lockbox::tls::client_config_pinned(&env.deployment.cert_pem).expect("config");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("handshake")
+}
+
+/// Logs in to `env`'s proxy over TLS as `user` with `token`, without waiting for the
+/// answer.
+pub async fn tls_login(
+    env: &Env,
+    user: &str,
+    token: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tls = tls_to_proxy(env).await;
+    tls.write_all(&startup_packet(&[("user", user), ("database", &env.db)]))
+        .await
+        .expect("startup");
+    tls.write_all(&message(b'p', &[token.as_bytes(), b"\0"].concat()))
+        .await
+        .expect("password");
+    tls.flush().await.expect("flush");
+    tls
+}
+
 /// Raw protocol access for the tests that misbehave on purpose.
 pub struct Raw {
     pub stream: TcpStream,
