@@ -140,8 +140,9 @@ fn count(env: &Env, sql: &str) -> i64 {
         .unwrap_or_else(|| panic!("{sql}: {out}"))
 }
 
-/// Every statement of `request` has exactly one outcome and the chain verifies; returns
-/// the backend's pid and how many statements ended ok and interrupted.
+/// Every statement of `request` has exactly one outcome and the chain verifies, once the
+/// session's end and its backend's are recorded; returns the backend's pid and how many
+/// statements ended ok and interrupted.
 async fn settled(env: &Env, request: &str) -> (i64, usize, usize) {
     let of_request = |r: &&serde_json::Value| r["request_id"] == request;
     let records = env
@@ -156,7 +157,12 @@ async fn settled(env: &Env, request: &str) -> (i64, usize, usize) {
             let statements = statements.filter(|r| r["type"] == "statement").count();
             let outcomes = records.iter().filter(of_request);
             let outcomes = outcomes.filter(|r| r["type"] == "outcome").count();
-            ended && statements > 0 && outcomes >= statements
+            // The reaper's record of the backend (gone, or terminated) names its pid.
+            let reaped = records
+                .iter()
+                .filter(of_request)
+                .any(|r| r["backend_pid"].is_i64());
+            ended && reaped && statements > 0 && outcomes >= statements
         })
         .await;
     let mine: Vec<_> = records.iter().filter(of_request).collect();
