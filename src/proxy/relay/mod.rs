@@ -15,6 +15,7 @@ mod grant;
 mod inspect;
 mod limits;
 mod notices;
+mod record;
 mod terminator;
 
 pub(crate) use buffers::write_flushed;
@@ -23,6 +24,7 @@ pub(crate) use fuzz::inspect_client_bytes;
 pub use grant::{CancelKey, Grant, Limits};
 use limits::sleep_until_some;
 pub(crate) use notices::login_notice;
+use record::{take_copy_bytes, Pending};
 pub use terminator::monotonic_deadline;
 use terminator::Terminator;
 
@@ -30,11 +32,8 @@ use super::registry::{Control, DropReason};
 use super::statements::{self, Confirmation, Statements};
 use super::stream::BoxStream;
 use super::tracker::{Outcome, Tracker};
-use crate::audit::redact;
-use crate::audit::{
-    AuditEvent, AuditLog, OutcomeRecord, OutcomeStatus, Protocol, SessionFields, StatementRecord,
-};
-use crate::guard::{self, Refusal};
+use crate::audit::{AuditLog, OutcomeStatus, SessionFields};
+use crate::guard;
 use crate::wire::{self, sqlstate, BackendEvent, BackendScanner};
 
 /// Why a relay ended.
@@ -54,31 +53,6 @@ pub enum End {
     RowLimit(u64),
     /// A client message declared a size over `proxy.max_message_size`.
     MessageTooLarge(super::oversize::Oversize),
-}
-
-/// A statement record waiting to be written, and where its tracker slot goes.
-enum Pending {
-    Statement(AuditEvent),
-    /// Refused by a guardrail; a failing stand-in goes upstream in its place.
-    Refused(AuditEvent, Arc<Refusal>),
-    /// Recorded, but will not run (another statement of its query string was refused).
-    NotRun(AuditEvent),
-    QueryEnd,
-    Sync,
-    CopyEnd,
-    /// The next statement reads the system catalogs only: a row limit does not count it.
-    RowsUncounted,
-}
-
-/// Whether a statement record was sent with the extended protocol (Execute).
-fn is_extended(record: &AuditEvent) -> bool {
-    matches!(
-        record,
-        AuditEvent::Statement(StatementRecord {
-            protocol: Protocol::Extended,
-            ..
-        })
-    )
 }
 
 /// Runs `fut` unless the session has ended already or ends while `fut` waits.
@@ -384,68 +358,6 @@ impl Relay {
         Ok(batch)
     }
 
-    /// Writes the batch's statement records durably and opens their tracker slots.
-    async fn record_statements(&mut self, pending: Vec<Pending>) -> Result<(), End> {
-        let records = pending.iter().filter_map(|p| match p {
-            Pending::Statement(e) | Pending::Refused(e, _) | Pending::NotRun(e) => Some(e),
-            _ => None,
-        });
-        let mut seq = if records.clone().next().is_none() {
-            0
-        } else {
-            let count = records.clone().count() as u64;
-            let waited = match self.audit.append_durable_later(records) {
-                Ok((first, durable)) => guarded(&mut self.term, durable)
-                    .await
-                    .map_err(|end| (first, end)),
-                Err(e) => Ok(Err(e)),
-            };
-            match waited {
-                Ok(Ok(first)) => first,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "audit write failed; statement refused");
-                    return Err(End::AuditFailed);
-                }
-                // The session ended while the records waited for their fsync: they are in
-                // the trail already, and none will be sent, so each is settled here.
-                Err((first, end)) => {
-                    self.record_outcomes((first..first + count).map(Outcome::never_sent).collect());
-                    return Err(end);
-                }
-            }
-        };
-        let started = Instant::now();
-        let mut not_run = Vec::new();
-        let mut uncounted = false;
-        for p in pending {
-            match p {
-                Pending::RowsUncounted => uncounted = true,
-                Pending::Statement(record) => {
-                    if std::mem::take(&mut uncounted) {
-                        self.uncounted.insert(seq);
-                    }
-                    self.tracker.statement(seq, started, is_extended(&record));
-                    seq += 1;
-                }
-                Pending::Refused(record, refusal) => {
-                    tracing::info!(rule = refusal.rule, "statement refused by guardrail");
-                    self.tracker
-                        .refused(seq, started, refusal, is_extended(&record));
-                    seq += 1;
-                }
-                Pending::NotRun(_) => {
-                    not_run.push(Outcome::not_run(seq));
-                    seq += 1;
-                }
-                Pending::QueryEnd => self.tracker.query_end(),
-                Pending::Sync => self.tracker.sync(),
-                Pending::CopyEnd => self.tracker.copy_end(),
-            }
-        }
-        self.record_outcomes(not_run);
-        Ok(())
-    }
-
     /// Writes `outgoing` upstream while still reading what upstream sends (and handling it as
     /// usual): a server busy sending results reads no more input until they are read.
     async fn forward_upstream(&mut self, outgoing: &[u8]) -> Result<(), End> {
@@ -635,47 +547,6 @@ impl Relay {
             None => shrink_if_oversized(&mut self.ubuf),
         }
         Ok(())
-    }
-
-    fn record_outcomes(&mut self, outcomes: Vec<Outcome>) {
-        if outcomes.is_empty() {
-            return;
-        }
-        let records = outcomes
-            .into_iter()
-            .map(|o| {
-                AuditEvent::Outcome(OutcomeRecord {
-                    bytes: o.bytes,
-                    statement_seq: o.statement_seq,
-                    session: self.session.clone(),
-                    rows: o.rows(),
-                    status: o.status,
-                    command_tag: o.command_tag,
-                    sqlstate: o.sqlstate,
-                    // Error messages echo values ("invalid input syntax …: \"…\""), so they
-                    // are redacted along with the values themselves.
-                    message: if self.grant.redaction.any() {
-                        o.message.map(|_| redact::MASK.to_owned())
-                    } else {
-                        o.message
-                    },
-                    rule: o.rule.map(str::to_owned),
-                    duration_ms: o.duration_ms,
-                })
-            })
-            .collect();
-        self.audit.append(records);
-    }
-}
-
-/// The COPY data bytes counted so far belong to `outcome` if it ends a COPY (or fails one).
-fn take_copy_bytes(copy_bytes: &mut u64, outcome: &mut Outcome) {
-    let is_copy = outcome
-        .command_tag
-        .as_deref()
-        .is_some_and(|t| t.starts_with("COPY"));
-    if is_copy || (outcome.status == OutcomeStatus::Error && *copy_bytes > 0) {
-        outcome.bytes = Some(std::mem::take(copy_bytes));
     }
 }
 
