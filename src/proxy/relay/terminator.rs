@@ -56,8 +56,9 @@ impl Terminator {
                 }
             }
             Ok(false) => {}
-            // The registry is gone: the proxy is going away.
-            Err(_) => return Some(DropReason::Shutdown),
+            // The registry is gone: the proxy is going away. A drop sent before it went
+            // is still unread, and names the real reason.
+            Err(_) => return Some(self.apply_control().unwrap_or(DropReason::Shutdown)),
         }
         (tokio::time::Instant::now() >= self.deadline).then_some(DropReason::Expired)
     }
@@ -170,6 +171,41 @@ mod tests {
         control.send_replace(Control::ExtendTo(chrono::Utc::now() + HOUR));
         assert_eq!(term.ended(), None);
         assert!(term.deadline > Instant::now() + HOUR / 2);
+    }
+
+    #[tokio::test]
+    async fn every_extension_is_applied_and_none_shortens_the_session() {
+        let (control, mut term) = terminator(Instant::now() + HOUR);
+        control.send_replace(Control::ExtendTo(chrono::Utc::now() + 2 * HOUR));
+        assert_eq!(term.ended(), None);
+        let first = term.deadline;
+        control.send_replace(Control::ExtendTo(chrono::Utc::now() + 3 * HOUR));
+        assert_eq!(term.ended(), None);
+        assert!(term.deadline > first + HOUR / 2);
+        // An extension that arrives late with an earlier end does not take time back.
+        control.send_replace(Control::ExtendTo(chrono::Utc::now() + 2 * HOUR));
+        assert_eq!(term.ended(), None);
+        assert!(term.deadline > first + HOUR / 2);
+    }
+
+    #[tokio::test]
+    async fn an_extension_seen_before_the_relay_started_still_counts() {
+        let (control, mut seen) = watch::channel(Control::Run);
+        control.send_replace(Control::ExtendTo(chrono::Utc::now() + 2 * HOUR));
+        // Marked seen (as a login step might) before the terminator is made.
+        let _ = seen.borrow_and_update();
+        let past = Instant::now().checked_sub(Duration::from_secs(1));
+        let mut term = Terminator::new(seen, past.unwrap_or_else(Instant::now));
+        assert_eq!(term.ended(), None);
+        assert!(term.deadline > Instant::now() + HOUR);
+    }
+
+    #[tokio::test]
+    async fn a_drop_sent_just_before_the_registry_went_keeps_its_reason() {
+        let (control, mut term) = terminator(Instant::now() + HOUR);
+        control.send_replace(Control::Drop(DropReason::Revoked));
+        drop(control);
+        assert_eq!(term.ended(), Some(DropReason::Revoked));
     }
 
     #[tokio::test]
