@@ -59,25 +59,17 @@ impl super::Relay {
         self.client_mid_message = true;
         let mut written = 0;
         while written < bytes.len() {
-            // Checked before each write rather than raced first: see `guarded`.
-            let wrote = match self.term.ended() {
-                Some(reason) => Err(reason),
-                None => tokio::select! {
-                    biased;
-                    wrote = self.client.write(&bytes[written..]) => Ok(wrote),
-                    reason = self.term.fired() => Err(reason),
-                },
-            };
-            let wrote = match wrote {
-                Ok(wrote) => wrote,
-                Err(reason) => {
-                    if let Some(end) = message_end(bytes, written).filter(|_| started_between) {
-                        self.cut_short = bytes[written..end].to_vec();
-                        self.client_mid_message = false;
+            let wrote =
+                match super::guarded(&mut self.term, self.client.write(&bytes[written..])).await {
+                    Ok(wrote) => wrote,
+                    Err(ended) => {
+                        if let Some(end) = message_end(bytes, written).filter(|_| started_between) {
+                            self.cut_short = bytes[written..end].to_vec();
+                            self.client_mid_message = false;
+                        }
+                        return Err(ended);
                     }
-                    return Err(super::End::Dropped(reason));
-                }
-            };
+                };
             match wrote {
                 Ok(n) if n > 0 => written += n,
                 _ => return Err(super::End::ClientGone),
