@@ -7,8 +7,8 @@
 #   BYTES    size of the data, with an optional K/M/G suffix (powers of 1024)
 #            (env BULK_BYTES; default 1G); e.g. `benches/bulk.sh 20M 1` for a quick check
 #   ROUNDS   rounds; each figure is the median over them (env BENCH_ROUNDS; default 3)
-#   env BENCH_TARGETS  default: direct,lockbox-fsync,lockbox-fsync-tls (any target of
-#                      benches/lib.sh works, pgbouncer included)
+#   env BENCH_TARGETS  default: direct,direct-tls,lockbox-fsync,lockbox-fsync-tls (any target
+#                      of benches/lib.sh works, pgbouncer included)
 #   env LOCKBOX_BIN    use this lockbox binary instead of `cargo build --release`
 #
 # The table holds rows of about 1,000 bytes (an int and 992 characters of text). The clients
@@ -17,13 +17,14 @@
 # holding the whole result in memory), unaligned into /dev/null; `COPY bulk_dst FROM STDIN`
 # from a file made once by COPY TO (bulk_dst is emptied directly before each run). Lockbox
 # reads with a read grant and writes with a write grant, each its own per-grant role. MB/s
-# counts the COPY text size for all three.
+# counts the COPY text size for all three. Like for like: a -tls target is compared with
+# direct-tls (PostgreSQL's own TLS, so both sides pay for encryption), a plain one with direct.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 BYTES=$(numfmt --from=iec "${1:-${BULK_BYTES:-1G}}")
 ROUNDS=${2:-${BENCH_ROUNDS:-3}}
-read -ra TARGETS <<<"$(bench_list "${BENCH_TARGETS:-direct,lockbox-fsync,lockbox-fsync-tls}")"
+read -ra TARGETS <<<"$(bench_list "${BENCH_TARGETS:-direct,direct-tls,lockbox-fsync,lockbox-fsync-tls}")"
 OPS=(copy-out select copy-in)
 
 bench_init
@@ -98,7 +99,8 @@ done
 echo
 echo "bulk transfer of $size bytes ($rows rows) with psql, median of $ROUNDS round(s), $NPROC cores"
 echo "copy-out: COPY TO STDOUT; select: SELECT through a cursor (FETCH_COUNT=10000); copy-in: COPY FROM STDIN"
-echo "MB/s: COPY text bytes (10^6) per second; vs-direct: MB/s / direct PostgreSQL"
+echo "MB/s: COPY text bytes (10^6) per second; vs-direct: MB/s / direct PostgreSQL on the same transport"
+echo "(a -tls target against direct-tls when it ran, else against plain direct)"
 python3 - "$results" "${TARGETS[*]}" "${OPS[*]}" "$size" <<'PY'
 import statistics, sys
 path, targets, ops, size = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), int(sys.argv[4])
@@ -120,11 +122,12 @@ head = f"{'operation':<9} {'target':<18} {'seconds':>8} {'MB/s':>8} {'vs-direct'
 print(head)
 print("-" * len(head))
 for op in ops:
-    direct = seconds(op, "direct")
     for t in targets:
+        base = "direct-tls" if t.endswith("-tls") and "direct-tls" in targets else "direct"
+        direct = seconds(op, base)
         s = seconds(op, t)
         rate = f"{size / s / 1e6:.1f}" if s else "failed"
-        ratio = f"{direct / s:.2f}" if s and direct and t != "direct" else ""
+        ratio = f"{direct / s:.2f}" if s and direct and t != base else ""
         print(f"{op:<9} {t:<18} {(f'{s:.3f}' if s else 'failed'):>8} {rate:>8} {ratio:>9}")
     print()
 PY
