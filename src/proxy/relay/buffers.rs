@@ -3,6 +3,7 @@
 //! FATAL arrive.
 
 use std::borrow::Cow;
+use std::io::IoSlice;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,46 +31,70 @@ pub(super) async fn discard_until_closed(client: &mut BoxStream) {
 pub(super) const HOLD_LIMIT: usize = BUFFER_CAPACITY;
 
 impl super::Relay {
-    /// The bytes held back so far, then `bytes` but for its last `keep` (which the caller
-    /// holds back next); the held bytes are given up here.
-    pub(super) fn after_torn<'a>(&mut self, bytes: &'a [u8], keep: usize) -> Cow<'a, [u8]> {
-        let head = &bytes[..bytes.len() - keep];
-        if self.torn.is_empty() {
-            return Cow::Borrowed(head);
-        }
-        let mut out = std::mem::take(&mut self.torn);
-        out.extend_from_slice(head);
-        Cow::Owned(out)
-    }
-
-    /// Writes upstream bytes to the client, racing the session's end. `bytes` start where
-    /// the client's stream is (between messages unless `client_mid_message`); `mid_after`
-    /// says whether they end inside a message. A write cut short by the end leaves the rest
-    /// of the message it was in to `cut_short`, so the FATAL can follow it whole.
+    /// Writes upstream bytes to the client, racing the session's end; see
+    /// [`Self::write_to_client`]. Bytes held back (`torn`) stay held.
     pub(super) async fn forward_to_client(
         &mut self,
         bytes: &[u8],
         mid_after: bool,
     ) -> Result<(), super::End> {
-        if bytes.is_empty() {
+        self.write_to_client(&[], bytes, mid_after).await
+    }
+
+    /// The bytes held back so far (`torn`, given up here; its allocation is kept for the
+    /// next hold), then `bytes`, written as by [`Self::write_to_client`].
+    pub(super) async fn forward_held_then(
+        &mut self,
+        bytes: &[u8],
+        mid_after: bool,
+    ) -> Result<(), super::End> {
+        let mut held = std::mem::take(&mut self.torn);
+        let result = self.write_to_client(&held, bytes, mid_after).await;
+        held.clear();
+        self.torn = held;
+        result
+    }
+
+    /// Writes `first` then `second` to the client, racing the session's end. The two go
+    /// out in vectored writes rather than joined first: the held-back start of a message
+    /// split across reads comes with nearly every read of a large result, and joining it
+    /// to the read copied the whole read. The bytes start where the client's stream is
+    /// (between messages unless `client_mid_message`); `mid_after` says whether they end
+    /// inside a message. A write cut short by the end leaves the rest of the message it was
+    /// in to `cut_short`, so the FATAL can follow it whole.
+    async fn write_to_client(
+        &mut self,
+        first: &[u8],
+        second: &[u8],
+        mid_after: bool,
+    ) -> Result<(), super::End> {
+        let total = first.len() + second.len();
+        if total == 0 {
             return Ok(());
         }
         let started_between = !self.client_mid_message;
         // Until the write is done the client may be anywhere in it.
         self.client_mid_message = true;
         let mut written = 0;
-        while written < bytes.len() {
-            let wrote =
-                match super::guarded(&mut self.term, self.client.write(&bytes[written..])).await {
-                    Ok(wrote) => wrote,
-                    Err(ended) => {
-                        if let Some(end) = message_end(bytes, written).filter(|_| started_between) {
-                            self.cut_short = bytes[written..end].to_vec();
+        while written < total {
+            let (a, b) = unwritten(first, second, written);
+            let parts = [IoSlice::new(a), IoSlice::new(b)];
+            let write = self
+                .client
+                .write_vectored(if a.is_empty() { &parts[1..] } else { &parts });
+            let wrote = match super::guarded(&mut self.term, write).await {
+                Ok(wrote) => wrote,
+                Err(ended) => {
+                    if started_between {
+                        let whole = [first, second].concat();
+                        if let Some(end) = message_end(&whole, written) {
+                            self.cut_short = whole[written..end].to_vec();
                             self.client_mid_message = false;
                         }
-                        return Err(ended);
                     }
-                };
+                    return Err(ended);
+                }
+            };
             match wrote {
                 Ok(n) if n > 0 => written += n,
                 _ => return Err(super::End::ClientGone),
@@ -80,6 +105,14 @@ impl super::Relay {
         super::guarded(&mut self.term, self.client.flush())
             .await?
             .map_err(|_| super::End::ClientGone)
+    }
+}
+
+/// What is left of `first` then `second` once `written` bytes of the two are written.
+fn unwritten<'a>(first: &'a [u8], second: &'a [u8], written: usize) -> (&'a [u8], &'a [u8]) {
+    match first.get(written..) {
+        Some(rest) => (rest, second),
+        None => (&[], &second[(written - first.len()).min(second.len())..]),
     }
 }
 
@@ -166,5 +199,23 @@ mod tests {
         let before = usual.as_ptr();
         shrink_if_oversized(&mut usual);
         assert_eq!(usual.as_ptr(), before, "a usual buffer is not reallocated");
+    }
+}
+
+#[cfg(test)]
+mod unwritten_tests {
+    use super::unwritten;
+
+    #[test]
+    fn what_is_left_of_two_parts_follows_the_bytes_written() {
+        let (first, second) = (&b"abc"[..], &b"defg"[..]);
+        let joined = [first, second].concat();
+        for written in 0..=joined.len() {
+            let (a, b) = unwritten(first, second, written);
+            assert_eq!([a, b].concat(), joined[written..], "after {written} bytes");
+            // The first part is done before the second is touched.
+            assert!(a.is_empty() || b == second, "after {written} bytes");
+        }
+        assert_eq!(unwritten(&[], second, 2), (&b""[..], &b"fg"[..]));
     }
 }

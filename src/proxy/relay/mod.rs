@@ -434,8 +434,7 @@ impl Relay {
                         };
                         let ubuf = std::mem::take(&mut self.ubuf);
                         let head = splice(&ubuf[..upto], std::mem::take(&mut rewrites));
-                        let head = self.after_torn(&head, 0);
-                        let _ = self.forward_to_client(&head, false).await;
+                        let _ = self.forward_held_then(&head, false).await;
                         return Err(End::RowLimit(max));
                     }
                     continue;
@@ -519,13 +518,14 @@ impl Relay {
         let hold = unfinished > 0
             && !(continues && self.client_mid_message)
             && unfinished_total <= buffers::HOLD_LIMIT;
-        let send = if hold && continues {
-            // Still the message held back: nothing to send yet.
-            std::borrow::Cow::Borrowed(&[][..])
+        // Still the message held back: nothing to send yet. Otherwise the bytes held so
+        // far go first, then these but for what is held back next.
+        let sent = if hold && continues {
+            Ok(())
         } else {
-            self.after_torn(&outgoing, if hold { unfinished } else { 0 })
+            let send = &outgoing[..outgoing.len() - if hold { unfinished } else { 0 }];
+            self.forward_held_then(send, unfinished > 0 && !hold).await
         };
-        let sent = self.forward_to_client(&send, unfinished > 0 && !hold).await;
         // Outcomes gate nothing: they are recorded once the client has its answer, off the
         // path of the reply (sent or not; a session dropped during the write records what
         // is left in `outcomes` as it ends).
@@ -537,7 +537,6 @@ impl Relay {
             self.torn
                 .extend_from_slice(&outgoing[outgoing.len() - unfinished..]);
         }
-        drop(send);
         drop(outgoing);
         self.ubuf = ubuf;
         sent?;
