@@ -17,10 +17,13 @@ use super::relay::{CancelKey, End, Grant, Limits, Relay};
 use super::stream::BoxStream;
 use super::upstream;
 use super::Proxy;
-use crate::audit::{AuditEvent, SessionEvent, SessionFields, SessionRecord};
-use crate::ids::{RequestId, SessionId};
+use crate::audit::{SessionEvent, SessionFields};
+use crate::ids::SessionId;
 
+mod end;
 mod login;
+pub(super) use end::session_record;
+use end::{audit_auth_failure, ended_by_proxy, finish, session_event};
 use login::{admit_token, pre_auth_timed_out, read_token};
 
 /// Fires when the proxy must end the session.
@@ -466,15 +469,6 @@ async fn run_admitted(
     reaper
 }
 
-/// The proxy ended the session itself, so the backend may be mid-query: it is cancelled,
-/// and reaped if it does not go.
-fn ended_by_proxy(end: &End) -> bool {
-    matches!(
-        end,
-        End::Dropped(_) | End::RowLimit(_) | End::ClientLeftMidStatement
-    )
-}
-
 /// Logs in upstream as the grant's role. A per-grant role whose password another proxy
 /// reset since (it took the role over) is taken over again, once.
 async fn connect_upstream(
@@ -542,112 +536,6 @@ async fn connect_upstream(
 /// The session's monotonic deadline: wall-clock remaining, counted on the monotonic clock.
 fn deadline_for(admission: &Admission) -> tokio::time::Instant {
     super::relay::monotonic_deadline(admission.ends_at)
-}
-
-async fn finish(
-    audit: &crate::audit::AuditLog,
-    fields: &Arc<SessionFields>,
-    request_id: &RequestId,
-    db: &crate::config::Database,
-    (backend_pid, backend_secret): (i32, i32),
-    end: End,
-) {
-    // Why a client message ended the session, for the record; "disconnected" alone hides it.
-    let detail = match &end {
-        End::MessageTooLarge(o) => Some(o.describe()),
-        End::ProtocolError(m) => Some(format!("client protocol violation: {m}")),
-        _ => None,
-    };
-    let (event, reason) = match &end {
-        End::Dropped(DropReason::Expired) => {
-            (SessionEvent::DroppedExpired, Some("access window ended"))
-        }
-        End::Dropped(DropReason::Revoked) => {
-            (SessionEvent::DroppedRevoked, Some("request revoked"))
-        }
-        End::Dropped(DropReason::Shutdown) => {
-            (SessionEvent::DroppedShutdown, Some("proxy shutting down"))
-        }
-        End::Dropped(DropReason::Killed(why)) => (SessionEvent::DroppedKilled, Some(&**why)),
-        End::ClientGone => (SessionEvent::Disconnected, None),
-        End::ClientLeftMidStatement => (
-            SessionEvent::Disconnected,
-            Some("client left while a statement ran; it was cancelled"),
-        ),
-        End::UpstreamGone => (
-            SessionEvent::Disconnected,
-            Some("upstream closed the connection"),
-        ),
-        End::ProtocolError(_) | End::MessageTooLarge(_) => {
-            (SessionEvent::Disconnected, detail.as_deref())
-        }
-        End::AuditFailed => (SessionEvent::Disconnected, Some("audit log unavailable")),
-        End::UnsafeSetting(_) => (
-            SessionEvent::Disconnected,
-            Some("unsafe setting reported by the server"),
-        ),
-        End::RowLimit(_) => (SessionEvent::Disconnected, Some("row limit exceeded")),
-    };
-    if ended_by_proxy(&end) {
-        // A query may be running: cancel it, so the backend notices the closed socket at once.
-        if let Err(e) = upstream::send_cancel(&db.host, db.port, backend_pid, backend_secret).await
-        {
-            tracing::warn!(error = %e, "could not cancel the upstream query");
-        }
-    }
-    tracing::info!(request_id = %request_id, ?event, "session ended");
-    // The end follows what already happened and gates nothing, so, like an outcome, its
-    // record rides the next write and fsync instead of costing one of its own (in `fsync`
-    // mode an fsync per connection). A failure to record it is logged by `append`.
-    audit.append(vec![session_event(fields, event, reason)]);
-}
-
-fn session_event(fields: &SessionFields, event: SessionEvent, reason: Option<&str>) -> AuditEvent {
-    AuditEvent::Session(session_record(fields, event, reason))
-}
-
-/// A session record of an admitted session.
-pub(super) fn session_record(
-    fields: &SessionFields,
-    event: SessionEvent,
-    reason: Option<&str>,
-) -> SessionRecord {
-    SessionRecord {
-        event,
-        session_id: fields.session_id.clone(),
-        client_addr: fields.client_addr.clone(),
-        engineer: Some(fields.engineer.clone()),
-        database: Some(fields.database.clone()),
-        request_id: Some(fields.request_id.clone()),
-        ticket: Some(fields.ticket.clone()),
-        reason: reason.map(str::to_owned),
-        backend_pid: None,
-        break_glass: fields.break_glass,
-    }
-}
-
-fn audit_auth_failure(
-    proxy: &Proxy,
-    id: &SessionId,
-    peer: SocketAddr,
-    startup: &Startup,
-    reason: &str,
-) {
-    proxy
-        .lockbox
-        .audit
-        .append(vec![AuditEvent::Session(SessionRecord {
-            event: SessionEvent::AuthenticationFailed,
-            session_id: id.0.clone(),
-            client_addr: peer.to_string(),
-            engineer: startup.get("user").map(str::to_owned),
-            database: startup.get("database").map(str::to_owned),
-            request_id: None,
-            ticket: None,
-            reason: Some(reason.to_owned()),
-            backend_pid: None,
-            break_glass: false,
-        })]);
 }
 
 /// Sends a FATAL ErrorResponse and closes, without waiting long on a stuck client.
