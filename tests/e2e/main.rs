@@ -12,6 +12,7 @@ mod attack_faults;
 mod attack_review;
 mod attack_review_web;
 mod attack_tls;
+mod attack_vec;
 mod attack_web;
 mod audit_api;
 mod audit_arrival;

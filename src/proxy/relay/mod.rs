@@ -17,6 +17,8 @@ mod limits;
 mod notices;
 mod record;
 mod terminator;
+#[cfg(test)]
+mod vectored_tests;
 
 pub(crate) use buffers::write_flushed;
 use buffers::{discard_until_closed, shrink_if_oversized, splice, BUFFER_CAPACITY};
