@@ -30,6 +30,9 @@ pub(super) async fn discard_until_closed(client: &mut BoxStream) {
 /// one streams to the client as it comes (a FATAL can then not follow it cleanly).
 pub(super) const HOLD_LIMIT: usize = BUFFER_CAPACITY;
 
+/// The largest allocation of held-back bytes kept from one hold to the next.
+const KEEP_HELD_CAPACITY: usize = 16 * 1024;
+
 impl super::Relay {
     /// Writes upstream bytes to the client, racing the session's end; see
     /// [`Self::write_to_client`]. Bytes held back (`torn`) stay held.
@@ -41,8 +44,10 @@ impl super::Relay {
         self.write_to_client(&[], bytes, mid_after).await
     }
 
-    /// The bytes held back so far (`torn`, given up here; its allocation is kept for the
-    /// next hold), then `bytes`, written as by [`Self::write_to_client`].
+    /// The bytes held back so far (`torn`, given up here), then `bytes`, written as by
+    /// [`Self::write_to_client`]. The held bytes' allocation is kept for the next hold
+    /// when it is small (the start of a row, nearly every read of a large result); one
+    /// grown for a large message goes, so an idle session does not keep it.
     pub(super) async fn forward_held_then(
         &mut self,
         bytes: &[u8],
@@ -50,8 +55,10 @@ impl super::Relay {
     ) -> Result<(), super::End> {
         let mut held = std::mem::take(&mut self.torn);
         let result = self.write_to_client(&held, bytes, mid_after).await;
-        held.clear();
-        self.torn = held;
+        if held.capacity() <= KEEP_HELD_CAPACITY {
+            held.clear();
+            self.torn = held;
+        }
         result
     }
 
