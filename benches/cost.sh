@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# The work per transaction: how much CPU time and how many context switches each proxy, and the
+# whole machine, spend on one `pgbench -S` transaction. Throughput on a small machine follows
+# this sum (client, proxy and server share the cores), so it says where a tps gap comes from
+# before any profile, and it needs nothing but /proc (no perf).
+#
+#   benches/cost.sh [SECONDS_PER_RUN] [CLIENTS] [ROUNDS]
+#
+#   SECONDS_PER_RUN  seconds of each pgbench run (env BENCH_SECONDS; default 10)
+#   CLIENTS          client counts, "8,64" or "8 64" (env BENCH_CLIENTS; default 1,8,64)
+#   ROUNDS           rounds; each figure is the median over them (env BENCH_ROUNDS; default 3)
+#   env BENCH_PROTOCOL  pgbench -M mode (default simple)
+#   env BENCH_TARGETS   default: direct,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-write,
+#                       lockbox-write-tls
+#   env LOCKBOX_BIN     use this lockbox binary instead of `cargo build --release`
+#
+# Around each run it reads the proxy's own CPU time (user + system, every thread:
+# /proc/PID/stat), its threads' context switches (voluntary and involuntary:
+# /proc/PID/task/*/status), and the machine's busy time and context switches (/proc/stat).
+# Each is divided by the run's transactions. "proxy us" and "proxy cs" are empty for direct
+# PostgreSQL; "machine us" includes pgbench, PostgreSQL and the proxy.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+SECONDS_PER_RUN=${1:-${BENCH_SECONDS:-10}}
+read -ra CLIENT_COUNTS <<<"$(bench_list "${2:-${BENCH_CLIENTS:-1,8,64}}")"
+ROUNDS=${3:-${BENCH_ROUNDS:-3}}
+PROTOCOL=${BENCH_PROTOCOL:-simple}
+read -ra TARGETS <<<"$(bench_list "${BENCH_TARGETS:-direct,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-write,lockbox-write-tls}")"
+
+max_clients=0
+for c in "${CLIENT_COUNTS[@]}"; do if ((c > max_clients)); then max_clients=$c; fi; done
+
+bench_init
+bench_start_demo
+needed=$((3 * max_clients + 20))
+if ((needed > $(bench_max_connections))); then
+    bench_raise_max_connections "$((needed + 20))"
+fi
+BENCH_POOL=$max_clients bench_targets "${TARGETS[@]}"
+bench_grants read "${TARGETS[@]}"
+bench_load_pgbench "${BENCH_SCALE:-10}"
+
+# The process that proxies TARGET's connections (empty for direct PostgreSQL).
+proxy_pid() {
+    local target=$1
+    case $target in
+    pgbouncer | pgbouncer-tls) cat "$BENCH_WORK/$target/pgbouncer.pid" ;;
+    lockbox-*) echo "${BENCH_SERVE_PID[${BENCH_PROXY[$target]}]}" ;;
+    *) echo "" ;;
+    esac
+}
+
+# "cpu_ticks context_switches" of a process, every thread (0 0 without one).
+proc_counts() {
+    local pid=$1
+    if [ -z "$pid" ] || [ ! -r "/proc/$pid/stat" ]; then
+        echo "0 0"
+        return
+    fi
+    # Fields 14 and 15 of stat: user and system time of every thread, living or gone. The
+    # command name (field 2) may hold spaces, so count from after its closing parenthesis.
+    local ticks switches
+    ticks=$(sed -E 's/^.*\) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
+    switches=$(cat "/proc/$pid"/task/*/status 2>/dev/null |
+        awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ {n += $2} END {print n + 0}')
+    echo "$ticks $switches"
+}
+
+# "busy_ticks context_switches" of the whole machine.
+machine_counts() {
+    awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8} /^ctxt / {cs = $2} END {print busy, cs}' /proc/stat
+}
+
+results=$BENCH_WORK/results
+: >"$results"
+
+run() {
+    local target=$1 clients=$2 round=$3 pid threads out tps p0 p1 m0 m1
+    pid=$(proxy_pid "$target")
+    threads=$((clients < NPROC ? clients : NPROC))
+    p0=$(proc_counts "$pid")
+    m0=$(machine_counts)
+    if out=$(bench_on "$target" -- "$PGBENCH" -n -S -M "$PROTOCOL" -c "$clients" -j "$threads" -T "$SECONDS_PER_RUN" 2>"$BENCH_WORK/pgbench.err"); then
+        tps=$(echo "$out" | sed -nE 's/^tps = ([0-9.]+) .*/\1/p' | head -1)
+    else
+        bench_log "pgbench on $target ($clients clients) failed: $(tail -3 "$BENCH_WORK/pgbench.err")"
+        bench_check_alive
+    fi
+    p1=$(proc_counts "$pid")
+    m1=$(machine_counts)
+    echo "$target $clients $round ${tps:-failed} ${pid:-none} $p0 $p1 $m0 $m1" >>"$results"
+}
+
+bench_log "warming up each target (and checking it answers)"
+for target in "${TARGETS[@]}"; do
+    bench_on "$target" -- "$PGBENCH" -n -S -M "$PROTOCOL" -c 1 -t 200 >/dev/null 2>"$BENCH_WORK/pgbench.err" ||
+        bench_die "pgbench against $target failed: $(tail -3 "$BENCH_WORK/pgbench.err")"
+done
+
+total=$((ROUNDS * ${#CLIENT_COUNTS[@]} * ${#TARGETS[@]}))
+n=0
+for round in $(seq 1 "$ROUNDS"); do
+    for clients in "${CLIENT_COUNTS[@]}"; do
+        for target in "${TARGETS[@]}"; do
+            n=$((n + 1))
+            bench_log "run $n/$total: round $round, $clients clients, $target"
+            run "$target" "$clients" "$round"
+        done
+    done
+done
+
+echo
+echo "pgbench -S -M $PROTOCOL, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $NPROC cores"
+echo "per transaction: proxy us = the proxy's CPU time (every thread, user + system); proxy cs = its"
+echo "threads' context switches; machine us / cs = the same for the whole machine (pgbench, PostgreSQL,"
+echo "the proxy). vs-bouncer: lockbox's figure / pgbouncer's on the same transport (plain or TLS)"
+python3 - "$results" "${TARGETS[*]}" "${CLIENT_COUNTS[*]}" "$SECONDS_PER_RUN" "$(getconf CLK_TCK)" <<'PY'
+import statistics, sys
+path, targets, clients = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+seconds, hz = float(sys.argv[4]), float(sys.argv[5])
+runs = {}
+for line in open(path):
+    (t, c, _r, tps, pid, pt0, pc0, pt1, pc1, mt0, mc0, mt1, mc1) = line.split()
+    try:
+        txns = float(tps) * seconds
+    except ValueError:
+        continue
+    if txns <= 0:
+        continue
+    us = lambda a, b: (float(b) - float(a)) * 1e6 / hz / txns
+    per = lambda a, b: (float(b) - float(a)) / txns
+    proxy = pid != "none"
+    runs.setdefault((t, c), []).append({
+        "tps": float(tps),
+        "proxy_us": us(pt0, pt1) if proxy else None,
+        "proxy_cs": per(pc0, pc1) if proxy else None,
+        "machine_us": us(mt0, mt1),
+        "machine_cs": per(mc0, mc1),
+    })
+
+def median(t, c, key):
+    xs = [r[key] for r in runs.get((t, c), []) if r[key] is not None]
+    return statistics.median(xs) if xs else None
+
+def cell(v, fmt, width):
+    return f"{(fmt.format(v) if v is not None else '-'):>{width}}"
+
+head = (f"{'clients':>7}  {'target':<18} {'tps':>8} {'proxy us':>9} {'proxy cs':>9} "
+        f"{'machine us':>10} {'machine cs':>10} {'tps vs-bouncer':>14} {'proxy us vs-bouncer':>19}")
+print(head)
+print("-" * len(head))
+for c in clients:
+    for t in targets:
+        tps = median(t, c, "tps")
+        bouncer = "pgbouncer-tls" if t.endswith("-tls") else "pgbouncer"
+        ratio = lambda a, b: a / b if a is not None and b else None
+        lockbox = t.startswith("lockbox")
+        print(f"{c:>7}  {t:<18} {cell(tps, '{:.0f}', 8)} "
+              f"{cell(median(t, c, 'proxy_us'), '{:.1f}', 9)} {cell(median(t, c, 'proxy_cs'), '{:.2f}', 9)} "
+              f"{cell(median(t, c, 'machine_us'), '{:.1f}', 10)} {cell(median(t, c, 'machine_cs'), '{:.2f}', 10)} "
+              f"{cell(ratio(tps, median(bouncer, c, 'tps')) if lockbox else None, '{:.2f}', 14)} "
+              f"{cell(ratio(median(t, c, 'proxy_us'), median(bouncer, c, 'proxy_us')) if lockbox else None, '{:.2f}', 19)}")
+    print()
+PY
