@@ -98,17 +98,7 @@ for target in "${TARGETS[@]}"; do
         bench_die "pgbench against $target failed: $(tail -3 "$BENCH_WORK/pgbench.err")"
 done
 
-total=$((ROUNDS * ${#CLIENT_COUNTS[@]} * ${#TARGETS[@]}))
-n=0
-for round in $(seq 1 "$ROUNDS"); do
-    for clients in "${CLIENT_COUNTS[@]}"; do
-        for target in "${TARGETS[@]}"; do
-            n=$((n + 1))
-            bench_log "run $n/$total: round $round, $clients clients, $target"
-            run "$target" "$clients" "$round"
-        done
-    done
-done
+bench_each_run
 
 echo
 echo "pgbench -S -M $PROTOCOL, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $NPROC cores"

@@ -362,6 +362,21 @@ INI
     BENCH_LAST_PORT=$port
 }
 
+# Calls `run TARGET CLIENTS ROUND` for every round × client count (CLIENT_COUNTS) × target
+# (TARGETS), the targets interleaved within a round so a noisy neighbour hits them alike.
+bench_each_run() {
+    local total=$((ROUNDS * ${#CLIENT_COUNTS[@]} * ${#TARGETS[@]})) n=0 round clients target
+    for round in $(seq 1 "$ROUNDS"); do
+        for clients in "${CLIENT_COUNTS[@]}"; do
+            for target in "${TARGETS[@]}"; do
+                n=$((n + 1))
+                bench_log "run $n/$total: round $round, $clients clients, $target"
+                run "$target" "$clients" "$round"
+            done
+        done
+    done
+}
+
 # Declares a target: name, port, user, sslmode, lockbox process (empty: no token).
 bench_target() {
     BENCH_PORT[$1]=$2
