@@ -28,18 +28,7 @@ ROUNDS=${3:-${BENCH_ROUNDS:-3}}
 PROTOCOL=${BENCH_PROTOCOL:-simple}
 read -ra TARGETS <<<"$(bench_list "${BENCH_TARGETS:-direct,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-write,lockbox-write-tls}")"
 
-max_clients=0
-for c in "${CLIENT_COUNTS[@]}"; do if ((c > max_clients)); then max_clients=$c; fi; done
-
-bench_init
-bench_start_demo
-needed=$((3 * max_clients + 20))
-if ((needed > $(bench_max_connections))); then
-    bench_raise_max_connections "$((needed + 20))"
-fi
-BENCH_POOL=$max_clients bench_targets "${TARGETS[@]}"
-bench_grants read "${TARGETS[@]}"
-bench_load_pgbench "${BENCH_SCALE:-10}"
+bench_start_pgbench_targets "${BENCH_SCALE:-10}"
 
 # The process that proxies TARGET's connections (empty for direct PostgreSQL).
 proxy_pid() {

@@ -362,6 +362,25 @@ INI
     BENCH_LAST_PORT=$port
 }
 
+# The common start of the pgbench-driven benches: the demo, PostgreSQL's max_connections
+# raised to fit the largest client count (CLIENT_COUNTS), the targets (TARGETS) started and
+# granted read access, and pgbench's tables loaded at SCALE.
+bench_start_pgbench_targets() {
+    local scale=$1 max_clients=0 c needed
+    for c in "${CLIENT_COUNTS[@]}"; do if ((c > max_clients)); then max_clients=$c; fi; done
+    bench_init
+    bench_start_demo
+    # Two pgbouncer pools may stay open (up to max_clients server connections each, until
+    # server_idle_timeout) while one run holds max_clients more.
+    needed=$((3 * max_clients + 20))
+    if ((needed > $(bench_max_connections))); then
+        bench_raise_max_connections "$((needed + 20))"
+    fi
+    BENCH_POOL=$max_clients bench_targets "${TARGETS[@]}"
+    bench_grants read "${TARGETS[@]}"
+    bench_load_pgbench "$scale"
+}
+
 # Calls `run TARGET CLIENTS ROUND` for every round × client count (CLIENT_COUNTS) × target
 # (TARGETS), the targets interleaved within a round so a noisy neighbour hits them alike.
 bench_each_run() {

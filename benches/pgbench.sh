@@ -31,21 +31,7 @@ read -ra PROTOCOLS <<<"$(bench_list "${BENCH_PROTOCOLS:-simple,extended,prepared
 read -ra TARGETS <<<"$(bench_list "${BENCH_TARGETS:-direct,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-fsync-tls,lockbox-write,lockbox-write-tls}")"
 SCALE=${BENCH_SCALE:-10}
 
-max_clients=0
-for c in "${CLIENT_COUNTS[@]}"; do if ((c > max_clients)); then max_clients=$c; fi; done
-
-bench_init
-bench_start_demo
-# Two pgbouncer pools may stay open (up to max_clients server connections each, until
-# server_idle_timeout) while one run holds max_clients more.
-needed=$((3 * max_clients + 20))
-max_connections=$(bench_max_connections)
-if ((needed > max_connections)); then
-    bench_raise_max_connections "$((needed + 20))"
-fi
-BENCH_POOL=$max_clients bench_targets "${TARGETS[@]}"
-bench_grants read "${TARGETS[@]}"
-bench_load_pgbench "$SCALE"
+bench_start_pgbench_targets "$SCALE"
 
 results=$BENCH_WORK/results
 : >"$results"
