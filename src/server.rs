@@ -84,6 +84,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let signer = std::fs::read_to_string(&config.signing_key_path)
         .ok()
         .and_then(|pem| crate::audit::chain::CheckpointSigner::from_pem(&pem).ok());
+    // Records a crash left only in the `fsync` journal go back into the trail first: the
+    // trail is compared with its witness as it stood when those records were acknowledged.
+    crate::audit::recover_journal(&config.audit_path).map_err(|e| {
+        crate::audit::AuditError::Io {
+            path: config.audit_path.display().to_string(),
+            message: format!("recovering the audit journal: {e}"),
+        }
+    })?;
     // A trail shorter than the checkpoint last witnessed was cut: nothing is appended to it.
     crate::audit::witness::check_trail(&config.audit_path, &store).await?;
     let (audit, audit_thread) = AuditLog::open_with(
@@ -94,6 +102,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             sync_interval: config.audit_sync_interval,
             rotate_size: Some(config.audit_rotate_size),
             rotate_interval: config.audit_rotate_interval,
+            ..crate::audit::AuditOptions::default()
         },
     )?;
     let audit_witness = crate::audit::witness::Keeper::spawn(

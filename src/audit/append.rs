@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::file::encode_line;
+use super::journal::Frame;
 use super::syncer::{CHECKPOINT_EVERY, FLUSH_AFTER};
 use super::writer::{Shared, State, Written};
 use super::AuditError;
@@ -238,10 +239,13 @@ impl State {
     /// Writes the pending bytes. On failure cuts off whatever part of them got there, so no
     /// half record stays, and drops them.
     pub(super) fn write_pending(&mut self) -> std::io::Result<()> {
-        let result = (&*self.file).write_all(&self.pending);
+        let result = (&*self.file)
+            .write_all(&self.pending)
+            .and_then(|()| self.journal_pending());
         self.pending_since = None;
         if let Err(e) = result {
             let _ = self.file.set_len(self.len);
+            self.trail_cuts += 1;
             std::mem::swap(&mut self.pending, &mut self.failed_pending);
             self.pending.clear();
             self.next_seq = self.file_seq + 1;
@@ -257,5 +261,21 @@ impl State {
         self.file_seq = self.next_seq - 1;
         self.file_hash = self.last_hash;
         Ok(())
+    }
+
+    /// Copies the pending bytes, just appended to the trail, into the journal (`fsync` mode),
+    /// where the next sync makes them durable.
+    fn journal_pending(&mut self) -> std::io::Result<()> {
+        let Some(journal) = &mut self.journal else {
+            return Ok(());
+        };
+        let frame = Frame {
+            file_first_seq: self.file_first_seq,
+            trail_offset: self.len,
+            trail_len: self.pending.len() as u64,
+            first_seq: self.file_seq + 1,
+            last_seq: self.next_seq - 1,
+        };
+        journal.record(frame, &self.pending, &self.file, &mut self.trail_durable)
     }
 }

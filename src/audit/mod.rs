@@ -15,6 +15,7 @@ pub mod export;
 mod file;
 pub(crate) mod filters;
 pub(crate) mod fleet;
+mod journal;
 mod node;
 pub mod pg_sink;
 mod reader;
@@ -28,6 +29,9 @@ pub(crate) mod witness;
 mod writer;
 
 pub use clip::ClipLimits;
+pub(crate) use journal::{
+    path_for as journal_path, recover as recover_journal, unrecovered as unrecovered_in_journal,
+};
 pub use reader::{open_segments, read_records, visit_records, AuditQuery};
 pub use record::{
     AdminEvent, AdminRecord, AuditEvent, ExportEvent, ExportRecord, OutcomeRecord, OutcomeStatus,

@@ -12,6 +12,7 @@ use chrono::{SecondsFormat, Utc};
 
 use super::chain::{checkpoint_message, CheckpointSigner};
 use super::file::{chain_tail, sync_dir};
+use super::journal::Journal;
 use super::segments::rotated_name;
 use super::witness::Witness;
 use super::writer::{Progress, Shared, State};
@@ -52,6 +53,7 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
         }
         syncer.checkpoint_if_due(&mut state);
         syncer.rotate_if_due(&mut state);
+        state = syncer.sync_trail_if_due(state);
         if syncer.sync_due(&state) {
             continue;
         }
@@ -114,6 +116,9 @@ impl<'a> Syncer<'a> {
         if let Some(t) = state.pending_since {
             sleep = sleep.min(FLUSH_AFTER.saturating_sub(t.elapsed()));
         }
+        if state.journal.is_some() && state.trail_durable < state.file_seq {
+            sleep = sleep.min(interval.saturating_sub(state.trail_synced_at.elapsed()));
+        }
         sleep.max(Duration::from_millis(1))
     }
 
@@ -128,6 +133,34 @@ impl<'a> Syncer<'a> {
         self.shared.sync(state)
     }
 
+    /// With a journal, the trail itself is fdatasynced every `sync_interval` (outside the
+    /// lock), so a half of the journal can be reused without a sync in a session's path
+    /// (see [`super::journal::Journal::record`]).
+    fn sync_trail_if_due(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let due = state.journal.is_some()
+            && !state.trail_syncing
+            && state.trail_durable < state.file_seq
+            && state.trail_synced_at.elapsed() >= self.shared.options.sync_interval;
+        if !due {
+            return state;
+        }
+        let (target, cuts, file) = (state.file_seq, state.trail_cuts, state.file.clone());
+        state.trail_syncing = true;
+        drop(state);
+        let result = file.sync_data();
+        let mut state = self.shared.lock();
+        state.trail_syncing = false;
+        state.trail_synced_at = Instant::now();
+        match result {
+            Ok(()) if state.trail_cuts == cuts => {
+                state.trail_durable = state.trail_durable.max(target);
+            }
+            Ok(()) => {}
+            Err(e) => self.shared.sync_failed(&mut state, &e),
+        }
+        state
+    }
+
     /// Closing: a last checkpoint, a last fsync, and every waiter answered.
     fn finish(&self, mut state: MutexGuard<'_, State>) {
         if self.shared.flush(&mut state).is_err() {
@@ -138,6 +171,10 @@ impl<'a> Syncer<'a> {
             Ok(()) => {
                 state.durable = state.file_seq;
                 self.shared.witness_if_durable(&mut state);
+                // Everything is in the trail on disk: the journal's frames are redundant.
+                if let Some(Err(e)) = state.journal.as_ref().map(|j| j.empty()) {
+                    tracing::warn!(path = %self.shared.path.display(), error = %e, "could not empty the audit journal");
+                }
             }
             Err(e) => {
                 tracing::error!(path = %self.shared.path.display(), error = %e, "final audit fsync failed")
@@ -224,6 +261,7 @@ impl<'a> Syncer<'a> {
             return;
         }
         state.durable = state.file_seq;
+        state.trail_durable = state.file_seq;
         state.unsynced_since = None;
         self.shared.publish(state, None);
         self.shared.witness_if_durable(state);
@@ -287,7 +325,11 @@ impl Shared {
         state.waiters_per_sync =
             (state.waiters_per_sync * 7 + waiters.saturating_mul(256).min(1 << 40)) / 8;
         let generation = state.generation;
-        let file = state.file.clone();
+        // With a journal, everything written is in it: its sync makes the records durable.
+        let file = state
+            .journal
+            .as_ref()
+            .map_or_else(|| state.file.clone(), Journal::file);
         drop(state);
         let started = Instant::now();
         let result = self.before_sync().and_then(|()| file.sync_data());

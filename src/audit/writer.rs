@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::append::Mode;
 use super::chain::CheckpointSigner;
 use super::file::{chain_tail, first_seq_of};
+use super::journal::Journal;
 use super::syncer;
 use super::witness::Witness;
 use super::{AuditError, AuditEvent};
@@ -34,6 +35,9 @@ pub struct AuditOptions {
     pub rotate_size: Option<u64>,
     /// Rotate once the active file is this old.
     pub rotate_interval: Option<Duration>,
+    /// `fsync` mode: bytes of the journal records are made durable in ([`super::journal`]);
+    /// 0 fdatasyncs the trail itself instead.
+    pub journal_bytes: u64,
 }
 
 impl Default for AuditOptions {
@@ -43,6 +47,7 @@ impl Default for AuditOptions {
             sync_interval: Duration::from_secs(1),
             rotate_size: None,
             rotate_interval: None,
+            journal_bytes: super::journal::DEFAULT_JOURNAL_BYTES,
         }
     }
 }
@@ -158,6 +163,17 @@ pub(super) struct State {
     pub(super) witnessed_seq: u64,
     /// Set once the file was found cut under the writer: every write fails with it.
     pub(super) refused: Option<AuditError>,
+    /// `fsync` mode: where records are made durable (a sync of the journal covers
+    /// everything written; the trail itself is synced every `sync_interval`).
+    pub(super) journal: Option<Journal>,
+    /// The trail file itself is on disk up to here (with a journal; without one, `durable`).
+    pub(super) trail_durable: u64,
+    pub(super) trail_synced_at: Instant,
+    /// The syncer is fdatasyncing the trail (outside the lock).
+    pub(super) trail_syncing: bool,
+    /// Failed writes cut back from the trail so far (their sequence numbers are reused: a
+    /// trail sync that ran across one vouches for nothing).
+    pub(super) trail_cuts: u64,
 }
 
 /// What the syncer last made durable; see [`Progress::settles`].
@@ -213,6 +229,21 @@ impl Progress {
     }
 }
 
+/// The journal of `fsync` mode, or, where it cannot be allocated (a small or full disk), none:
+/// records are then made durable by fdatasyncs of the trail itself, as correct, only slower.
+fn open_journal(path: &Path, bytes: u64) -> Option<Journal> {
+    match Journal::create(path, bytes) {
+        Ok(journal) => Some(journal),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, bytes, "no audit journal: each fsync of the trail also writes its new size");
+            if let Err(e) = super::journal::remove(path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove the unusable audit journal");
+            }
+            None
+        }
+    }
+}
+
 thread_local! {
     /// Each record's JSON fields, serialized before the lock is taken, and where each ends
     /// (reused, so an append allocates nothing once they have grown).
@@ -243,6 +274,8 @@ impl AuditLog {
         }
         // A trail created by an older version with the umask's mode is tightened too.
         crate::private_files::restrict(path).map_err(io)?;
+        // Records made durable in the journal before a crash go back into the trail first.
+        super::journal::recover(path).map_err(io)?;
         let mut file = crate::private_files::open_options()
             .create(true)
             .read(true)
@@ -252,6 +285,12 @@ impl AuditLog {
         let (last_seq, last_hash) = chain_tail(path, &mut file).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let file_first_seq = first_seq_of(&mut file).map_err(io)?.unwrap_or(last_seq + 1);
+        let journal = if options.durability == Durability::Fsync && options.journal_bytes > 0 {
+            open_journal(path, options.journal_bytes)
+        } else {
+            super::journal::remove(path).map_err(io)?;
+            None
+        };
         let state = State {
             file: Arc::new(file),
             next_seq: last_seq + 1,
@@ -283,6 +322,11 @@ impl AuditLog {
             unwitnessed: None,
             witnessed_seq: 0,
             refused: None,
+            journal,
+            trail_durable: last_seq,
+            trail_synced_at: Instant::now(),
+            trail_syncing: false,
+            trail_cuts: 0,
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -343,6 +387,16 @@ impl AuditLog {
     /// [`super::witness::Keeper`] keeps outside the file.
     pub(crate) fn witnessed(&self) -> watch::Receiver<Option<Witness>> {
         self.shared().witness.subscribe()
+    }
+
+    /// How far the trail file itself is on disk (with a journal, behind `durable`).
+    #[cfg(test)]
+    pub(super) fn trail_durable(&self) -> u64 {
+        let state = self.shared().lock();
+        match state.journal {
+            Some(_) => state.trail_durable,
+            None => state.durable,
+        }
     }
 
     /// How many fdatasyncs the trail has cost so far.

@@ -59,6 +59,14 @@ pub(super) async fn verify_audit(
     let mut problems = report.problems.clone();
     let mut witnessed = Vec::new();
     if let (true, Some(c)) = (whole_trail, &config) {
+        match crate::audit::unrecovered_in_journal(&c.audit_path) {
+            Ok(0) => {}
+            Ok(n) => problems.push(format!(
+                "{n} record(s) are in the audit journal ({}) and not yet in the trail (a crash in fsync mode): lockbox writes them back when it starts",
+                crate::audit::journal_path(&c.audit_path).display()
+            )),
+            Err(e) => problems.push(format!("the audit journal could not be read: {e}")),
+        }
         for (by, w) in witnesses_of(c).await {
             match witness::check_files(&paths, &w, &by, &c.audit_path) {
                 Ok(()) => witnessed.push((by, w.seq)),

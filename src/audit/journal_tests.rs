@@ -1,0 +1,283 @@
+//! The journal against real files: what a crash can leave of the trail, torn frames,
+//! frames of another file, garbage.
+
+use std::time::Duration;
+
+use super::*;
+use crate::audit::chain::verify;
+use crate::audit::{AuditEvent, AuditLog, AuditOptions, RequestEvent, RequestRecord};
+use crate::config::Durability;
+
+fn event(i: usize) -> AuditEvent {
+    AuditEvent::Request(RequestRecord {
+        event: RequestEvent::Created,
+        request_id: format!("req-{i}"),
+        actor: "eve".into(),
+        engineer: "eve".into(),
+        database: "sales".into(),
+        ticket: format!("T-{i}"),
+        access: "read".into(),
+        reason: Some("x".repeat(i % 97)),
+        access_expires_at: None,
+        status: None,
+        break_glass: false,
+    })
+}
+
+/// A tiny journal (halves of 4 KiB, reused every few dozen records) and a trail the
+/// syncer never syncs on its own: only the journal's half reuse makes the trail durable.
+fn small_journal() -> AuditOptions {
+    AuditOptions {
+        durability: Durability::Fsync,
+        sync_interval: Duration::from_secs(3600),
+        journal_bytes: 8 * 1024,
+        ..AuditOptions::default()
+    }
+}
+
+/// The byte offset where the record `seq` ends in `trail` (0 for seq 0).
+fn end_of_record(trail: &[u8], seq: u64) -> usize {
+    if seq == 0 {
+        return 0;
+    }
+    let mut at = 0;
+    for line in trail.split_inclusive(|b| *b == b'\n') {
+        at += line.len();
+        let value: serde_json::Value = serde_json::from_slice(line).expect("json line");
+        if value["seq"].as_u64() == Some(seq) {
+            return at;
+        }
+    }
+    panic!("seq {seq} not in the trail");
+}
+
+/// What a power cut can leave: the trail as it is on disk up to `trail_durable`, and after
+/// that either nothing or garbage where pages were lost (the file's size may have reached
+/// the disk before its data); the journal as written.
+fn crash_copy(dir: &Path, into: &Path, trail_durable: u64, garbage: bool) -> Vec<u8> {
+    let trail = std::fs::read(dir.join("audit.jsonl")).expect("read trail");
+    let keep = end_of_record(&trail, trail_durable);
+    let mut left = trail[..keep].to_vec();
+    if garbage {
+        left.extend(
+            trail[keep..]
+                .iter()
+                .enumerate()
+                .map(|(i, _)| b"\0\n{x"[i % 4]),
+        );
+    }
+    std::fs::create_dir_all(into).expect("mkdir");
+    std::fs::write(into.join("audit.jsonl"), &left).expect("write trail");
+    std::fs::copy(
+        path_for(&dir.join("audit.jsonl")),
+        path_for(&into.join("audit.jsonl")),
+    )
+    .expect("copy journal");
+    trail
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_record_survives_a_crash_that_loses_what_the_trail_did_not_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(&active, None, small_journal()).expect("open");
+    let mut crashes = 0;
+    for i in 0..400 {
+        log.append_durable(vec![event(i)]).await.expect("append");
+        if i % 37 != 36 {
+            continue;
+        }
+        // Every record appended so far was acknowledged as durable.
+        crashes += 1;
+        let trail_durable = log.trail_durable();
+        let copy = dir.path().join(format!("crash-{i}"));
+        let whole = crash_copy(dir.path(), &copy, trail_durable, i % 2 == 0);
+        let copied = copy.join("audit.jsonl");
+        let before = unrecovered(&copied).expect("unrecovered");
+        let recovered = recover(&copied).expect("recover");
+        assert_eq!(
+            before, recovered.records,
+            "audit verify counts what recovery writes"
+        );
+        assert_eq!(
+            std::fs::read(&copied).expect("read"),
+            whole,
+            "after {} records (trail durable to {trail_durable}): {recovered:?}",
+            i + 1
+        );
+        // Idempotent: a second recovery (a crash during the first) changes nothing more.
+        assert_eq!(recover(&copied).expect("again"), Recovered::default());
+        assert_eq!(unrecovered(&copied).expect("unrecovered"), 0);
+    }
+    assert!(crashes >= 10);
+    // The journal was reused many times over, and the trail lagged behind it.
+    assert!(
+        log.trail_durable() > 0,
+        "the trail was never synced for a half's reuse"
+    );
+    log.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trail_completed_from_its_journal_is_continued_and_verifies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let copy = dir.path().join("crashed");
+    {
+        let (log, _thread) = AuditLog::open_with(&active, None, small_journal()).expect("open");
+        for i in 0..100 {
+            log.append_durable(vec![event(i)]).await.expect("append");
+        }
+        crash_copy(dir.path(), &copy, log.trail_durable(), true);
+        log.close().await;
+    }
+    let copied = copy.join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(&copied, None, small_journal()).expect("reopen");
+    let seq = log.append_durable(vec![event(100)]).await.expect("append");
+    assert_eq!(seq, 101, "the chain continues after the recovered records");
+    log.close().await;
+    let report = verify(&[copied.as_path()], None, false).expect("verify");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.last_seq, Some(report.records));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_close_empties_the_journal_and_write_mode_removes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(&active, None, small_journal()).expect("open");
+    for i in 0..50 {
+        log.append_durable(vec![event(i)]).await.expect("append");
+    }
+    // Before the close the journal holds frames the trail may not have on disk.
+    let cut = dir.path().join("cut");
+    crash_copy(dir.path(), &cut, log.trail_durable(), false);
+    assert!(recover(&cut.join("audit.jsonl")).expect("recover").records > 0);
+    log.close().await;
+    let closed = dir.path().join("closed");
+    crash_copy(dir.path(), &closed, 0, false);
+    assert_eq!(
+        recover(&closed.join("audit.jsonl")).expect("recover"),
+        Recovered::default(),
+        "a closed trail's journal is empty"
+    );
+    let write_mode = AuditOptions {
+        durability: Durability::Write,
+        ..small_journal()
+    };
+    let (log, _thread) = AuditLog::open_with(&active, None, write_mode).expect("reopen");
+    assert!(!path_for(&active).exists(), "write mode keeps no journal");
+    log.close().await;
+}
+
+/// Frames written straight through the journal's API for `trail`, one record per frame.
+fn journal_frames(active: &Path, records: usize) -> Vec<u8> {
+    let mut journal = Journal::create(active, 64 * 1024).expect("create");
+    let trail = crate::private_files::open_options()
+        .create(true)
+        .append(true)
+        .open(active)
+        .expect("trail");
+    let mut written = Vec::new();
+    let mut trail_durable = 0;
+    for seq in 1..=records as u64 {
+        let line = format!(
+            "{{\"seq\":{seq},\"pad\":\"{}\"}}\n",
+            "p".repeat(seq as usize)
+        );
+        std::io::Write::write_all(&mut &trail, line.as_bytes()).expect("append");
+        let frame = Frame {
+            file_first_seq: 1,
+            trail_offset: written.len() as u64,
+            trail_len: line.len() as u64,
+            first_seq: seq,
+            last_seq: seq,
+        };
+        journal
+            .record(frame, line.as_bytes(), &trail, &mut trail_durable)
+            .expect("record");
+        written.extend_from_slice(line.as_bytes());
+    }
+    written
+}
+
+#[test]
+fn a_torn_last_frame_is_not_written_back_and_what_follows_the_last_whole_one_is_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let written = journal_frames(&active, 5);
+    let last_line = written[..written.len() - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .expect("lines")
+        + 1;
+    // The last frame's payload reached the journal only in part.
+    let journal_path = path_for(&active);
+    let mut journal = std::fs::read(&journal_path).expect("journal");
+    let frames_end = (0..5).map(|s| HEADER_LEN + 15 + s + 1).sum::<usize>();
+    journal[frames_end - 3] ^= 0x55;
+    std::fs::write(&journal_path, &journal).expect("tear");
+    // The trail lost its last two records.
+    let second_last = written[..last_line - 1]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .expect("lines")
+        + 1;
+    std::fs::write(&active, &written[..second_last]).expect("lose");
+    let recovered = recover(&active).expect("recover");
+    assert_eq!(recovered.records, 1);
+    assert_eq!(std::fs::read(&active).expect("read"), written[..last_line]);
+}
+
+#[test]
+fn frames_of_a_rotated_file_are_never_written_into_the_new_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    journal_frames(&active, 3);
+    std::fs::rename(&active, rotated_name(&active, 1)).expect("rotate");
+    std::fs::write(&active, b"").expect("new active file");
+    assert_eq!(recover(&active).expect("recover"), Recovered::default());
+    assert_eq!(std::fs::read(&active).expect("read"), b"");
+}
+
+#[test]
+fn frames_of_another_trail_file_are_not_written_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    journal_frames(&active, 3);
+    // The active file was replaced by one that starts elsewhere in the chain.
+    let other = b"{\"seq\":900}\n{\"seq\":901}\n".to_vec();
+    std::fs::write(&active, &other).expect("replace");
+    assert_eq!(recover(&active).expect("recover"), Recovered::default());
+    assert_eq!(std::fs::read(&active).expect("read"), other);
+}
+
+#[test]
+fn garbage_in_the_journal_changes_nothing_and_does_not_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let trail = b"{\"seq\":1}\n{\"seq\":2}\n".to_vec();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for len in [0usize, 1, HEADER_LEN - 1, HEADER_LEN, 100, 4096, 65_536] {
+        std::fs::write(&active, &trail).expect("trail");
+        let mut junk = Vec::with_capacity(len);
+        for i in 0..len {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Now and then the magic, so headers are parsed past it.
+            junk.push(if i % 512 < 4 {
+                MAGIC[i % 512]
+            } else {
+                seed as u8
+            });
+        }
+        std::fs::write(path_for(&active), &junk).expect("junk");
+        assert_eq!(recover(&active).expect("recover"), Recovered::default());
+        assert_eq!(
+            std::fs::read(&active).expect("read"),
+            trail,
+            "{len} bytes of junk"
+        );
+    }
+}
