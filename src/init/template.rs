@@ -102,6 +102,8 @@ sqlite_path = "data/state.db"
 [audit]
 # Append-only JSON Lines file: every lockbox action and every SQL statement.
 path = "data/audit/audit.jsonl"
+# fsync: a statement runs once its record is on disk (in audit.jsonl.journal beside the
+# trail, 32 MiB, written back into the trail at the next start after a crash).
 durability = "fsync"
 
 [token]
