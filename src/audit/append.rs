@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 
 use super::file::encode_line;
-use super::journal::Frame;
+use super::journal::{Frame, JournalError};
 use super::syncer::{CHECKPOINT_EVERY, FLUSH_AFTER};
 use super::writer::{Shared, State, Written};
 use super::AuditError;
@@ -239,6 +239,9 @@ impl State {
     /// Writes the pending bytes. On failure cuts off whatever part of them got there, so no
     /// half record stays, and drops them.
     pub(super) fn write_pending(&mut self) -> std::io::Result<()> {
+        if let Some(refused) = &self.refused {
+            return Err(std::io::Error::other(refused.to_string()));
+        }
         let result = (&*self.file)
             .write_all(&self.pending)
             .and_then(|()| self.journal_pending());
@@ -276,6 +279,15 @@ impl State {
             first_seq: self.file_seq + 1,
             last_seq: self.next_seq - 1,
         };
-        journal.record(frame, &self.pending, &self.file, &mut self.trail_durable)
+        match journal.record(frame, &self.pending, &self.file, &mut self.trail_durable) {
+            Ok(()) => Ok(()),
+            Err(JournalError::Write(e)) => Err(e),
+            Err(JournalError::TrailSync(e)) => {
+                let refusal = journal.refusal(&e);
+                tracing::error!(error = %refusal, "audit trail fdatasync failed; statements are refused");
+                self.refused = Some(refusal);
+                Err(e)
+            }
+        }
     }
 }

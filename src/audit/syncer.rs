@@ -128,7 +128,11 @@ impl<'a> Syncer<'a> {
     fn sync(&self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         if self.shared.flush(&mut state).is_err() {
             state.drop_failed();
-            return state;
+            // Refused after the trail's own fdatasync failed: what was written is still
+            // made durable in the journal (its waiters go on); only nothing new is written.
+            if state.refused.is_none() || state.journal.is_none() {
+                return state;
+            }
         }
         self.shared.sync(state)
     }
@@ -144,7 +148,14 @@ impl<'a> Syncer<'a> {
         if !due {
             return state;
         }
-        let (target, cuts, file) = (state.file_seq, state.trail_cuts, state.file.clone());
+        // An open file description of its own: Linux reports a writeback error to each
+        // description that has not seen it, so a half-reuse sync running meanwhile on the
+        // writer's (`Journal::record`) cannot take this one's error, or this its.
+        let file = match std::fs::File::open(&self.shared.path) {
+            Ok(file) => Arc::new(file),
+            Err(_) => state.file.clone(),
+        };
+        let (target, cuts) = (state.file_seq, state.trail_cuts);
         state.trail_syncing = true;
         drop(state);
         let result = file.sync_data();
@@ -156,7 +167,7 @@ impl<'a> Syncer<'a> {
                 state.trail_durable = state.trail_durable.max(target);
             }
             Ok(()) => {}
-            Err(e) => self.shared.sync_failed(&mut state, &e),
+            Err(e) => self.shared.refuse_after_trail_sync(&mut state, &e),
         }
         state
     }
@@ -257,7 +268,11 @@ impl<'a> Syncer<'a> {
         }
         if let Err(e) = state.file.sync_data() {
             tracing::error!(path = %self.shared.path.display(), error = %e, "audit fsync before rotation failed");
-            self.shared.sync_failed(state, &e);
+            if state.journal.is_some() {
+                self.shared.refuse_after_trail_sync(state, &e);
+            } else {
+                self.shared.sync_failed(state, &e);
+            }
             return;
         }
         state.durable = state.file_seq;
@@ -355,9 +370,45 @@ impl Shared {
                 self.publish(&state, None);
                 self.witness_if_durable(&mut state);
             }
-            Err(e) => self.sync_failed(&mut state, &e),
+            Err(e) => {
+                self.sync_failed(&mut state, &e);
+                self.after_journal_sync_failed(&mut state);
+            }
         }
         state
+    }
+
+    /// After the journal's fdatasync failed, its frames from the last good sync on may be
+    /// gone from the disk, and recovery stops at the first bad one, so frames written after
+    /// it would not be found: the trail is made durable itself and the journal starts over
+    /// in its other half. If the trail's sync fails too, nothing more is appended.
+    fn after_journal_sync_failed(&self, state: &mut State) {
+        let Some(journal) = &mut state.journal else {
+            return;
+        };
+        match state.file.sync_data() {
+            Ok(()) => {
+                state.trail_durable = state.file_seq;
+                journal.start_over();
+            }
+            Err(e) => self.refuse_after_trail_sync(state, &e),
+        }
+    }
+
+    /// The trail's own fdatasync failed while a journal is kept: see
+    /// [`super::journal::Journal::refusal`]. Records held for the next write can never be
+    /// written now: given up (and counted in the log).
+    pub(super) fn refuse_after_trail_sync(&self, state: &mut State, error: &std::io::Error) {
+        let Some(refusal) = state.journal.as_ref().map(|j| j.refusal(error)) else {
+            return self.sync_failed(state, error);
+        };
+        tracing::error!(error = %refusal, "audit trail fdatasync failed; statements are refused");
+        self.healthy.store(false, Ordering::SeqCst);
+        state.refused = Some(refusal);
+        std::mem::swap(&mut state.pending, &mut state.failed_pending);
+        state.pending.clear();
+        state.pending_since = None;
+        state.drop_failed();
     }
 
     /// After a failed fsync nothing is known about what reached the disk: do not retry on

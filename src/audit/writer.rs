@@ -283,6 +283,10 @@ impl AuditLog {
             .open(path)
             .map_err(io)?;
         let (last_seq, last_hash) = chain_tail(path, &mut file).map_err(io)?;
+        // Everything the trail holds now is on disk before anything relies on it: the
+        // journal below starts empty, and the trail may hold records a killed process wrote
+        // (in the page cache only) or a `write`-mode run never synced.
+        file.sync_all().map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let file_first_seq = first_seq_of(&mut file).map_err(io)?.unwrap_or(last_seq + 1);
         let journal = if options.durability == Durability::Fsync && options.journal_bytes > 0 {
@@ -547,3 +551,7 @@ impl AuditLog {
 #[cfg(test)]
 #[path = "writer_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "writer_journal_attack_tests.rs"]
+mod journal_attack_tests;

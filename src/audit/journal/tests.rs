@@ -5,8 +5,33 @@ use std::time::Duration;
 
 use super::*;
 use crate::audit::chain::verify;
+use crate::audit::segments::rotated_name;
 use crate::audit::{AuditEvent, AuditLog, AuditOptions, RequestEvent, RequestRecord};
 use crate::config::Durability;
+
+/// Record lines as the writer makes them, each naming the hash of the one before.
+pub(super) struct Chain(pub(super) [u8; 32]);
+
+impl Chain {
+    pub(super) fn new() -> Chain {
+        Chain(crate::audit::chain::GENESIS)
+    }
+
+    /// Continues the chain that `trail`'s last line ends.
+    pub(super) fn after(trail: &[u8]) -> Chain {
+        let body = trail.strip_suffix(b"\n").unwrap_or(trail);
+        let start = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        match body.is_empty() {
+            true => Chain::new(),
+            false => Chain(crate::audit::chain::line_hash(&body[start..])),
+        }
+    }
+
+    /// Appends record `seq` with the JSON object `fields` to `out`.
+    pub(super) fn line(&mut self, out: &mut Vec<u8>, seq: u64, fields: &str) {
+        self.0 = crate::audit::file::encode_line(out, seq, "t", &self.0, fields.as_bytes());
+    }
+}
 
 fn event(i: usize) -> AuditEvent {
     AuditEvent::Request(RequestRecord {
@@ -180,11 +205,15 @@ fn journal_frames(active: &Path, records: usize) -> Vec<u8> {
         .expect("trail");
     let mut written = Vec::new();
     let mut trail_durable = 0;
+    let mut chain = Chain::new();
     for seq in 1..=records as u64 {
-        let line = format!(
-            "{{\"seq\":{seq},\"pad\":\"{}\"}}\n",
-            "p".repeat(seq as usize)
+        let mut line = Vec::new();
+        chain.line(
+            &mut line,
+            seq,
+            &format!("{{\"pad\":\"{}\"}}", "p".repeat(seq as usize)),
         );
+        let line = String::from_utf8(line).expect("utf-8");
         std::io::Write::write_all(&mut &trail, line.as_bytes()).expect("append");
         let frame = Frame {
             file_first_seq: 1,
@@ -214,7 +243,10 @@ fn a_torn_last_frame_is_not_written_back_and_what_follows_the_last_whole_one_is_
     // The last frame's payload reached the journal only in part.
     let journal_path = path_for(&active);
     let mut journal = std::fs::read(&journal_path).expect("journal");
-    let frames_end = (0..5).map(|s| HEADER_LEN + 15 + s + 1).sum::<usize>();
+    let frames_end = written
+        .split_inclusive(|b| *b == b'\n')
+        .map(|line| HEADER_LEN + line.len())
+        .sum::<usize>();
     journal[frames_end - 3] ^= 0x55;
     std::fs::write(&journal_path, &journal).expect("tear");
     // The trail lost its last two records.
@@ -248,7 +280,12 @@ fn frames_of_another_trail_file_are_not_written_back() {
     // The active file was replaced by one that starts elsewhere in the chain.
     let other = b"{\"seq\":900}\n{\"seq\":901}\n".to_vec();
     std::fs::write(&active, &other).expect("replace");
-    assert_eq!(recover(&active).expect("recover"), Recovered::default());
+    let refused = recover(&active).expect_err("a journal of another trail is refused");
+    assert!(
+        refused.to_string().contains("does not continue the trail"),
+        "{refused}"
+    );
+    assert!(unrecovered(&active).is_err(), "audit verify says so too");
     assert_eq!(std::fs::read(&active).expect("read"), other);
 }
 

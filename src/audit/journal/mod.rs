@@ -17,9 +17,10 @@
 //! record is on disk either in the trail or in a frame that recovery reads.
 //!
 //! At start ([`recover`]) the newest run of frames is written back to the trail at the
-//! offsets they were appended at, the trail is cut after the last one (bytes beyond had no
-//! frame yet, so nobody was told they were durable) and fdatasynced. A clean close leaves
-//! the journal empty.
+//! offsets they were appended at, once the trail is shown to hold the record the run
+//! continues; what follows is kept as far as it continues the chain and cut where it does
+//! not (a torn write, pages lost with the size kept), and the trail is fdatasynced. A clean
+//! close leaves the journal empty.
 
 use std::fs::File;
 use std::io;
@@ -30,17 +31,22 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::file::{first_seq_of, sync_dir};
-use super::segments::rotated_name;
+use super::file::sync_dir;
+use super::AuditError;
+
+mod recover;
+#[cfg(test)]
+use recover::Recovered;
+pub(crate) use recover::{recover, unrecovered};
 
 /// Bytes of the journal (two halves); `[audit]` has no key for it, the default fits every
 /// rate this proxy reaches with a trail fdatasync every second.
 pub(super) const DEFAULT_JOURNAL_BYTES: u64 = 32 << 20;
 
-const MAGIC: [u8; 4] = *b"LBJ1";
+const MAGIC: [u8; 4] = *b"LBJ2";
 const CHECKSUM_LEN: usize = 16;
-/// magic, payload length, five u64 fields, checksum.
-const HEADER_LEN: usize = 4 + 4 + 5 * 8 + CHECKSUM_LEN;
+/// magic, payload length, the run's id, the five fields of [`Frame`], checksum.
+const HEADER_LEN: usize = 4 + 4 + 8 + 5 * 8 + CHECKSUM_LEN;
 
 /// Where a frame's bytes belong in the trail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,16 +62,27 @@ pub(super) struct Frame {
 }
 
 impl Frame {
+    /// Where the bytes end (checked when the header is read: no overflow).
     fn trail_end(&self) -> u64 {
-        self.trail_offset + self.trail_len
+        self.trail_offset.saturating_add(self.trail_len)
     }
 
-    /// `next` continues this frame in the trail, byte for byte and record for record.
-    fn continued_by(&self, next: &Frame) -> bool {
-        self.file_first_seq == next.file_first_seq
-            && self.last_seq + 1 == next.first_seq
-            && self.trail_end() == next.trail_offset
+    fn records(&self) -> u64 {
+        self.last_seq
+            .saturating_sub(self.first_seq)
+            .saturating_add(1)
     }
+}
+
+/// Why a frame could not be written.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum JournalError {
+    /// The trail's own fdatasync, before journal space was reused, failed: what the trail
+    /// holds on disk is unknown, and the journal's frames are the only record of it.
+    #[error("fdatasync of the audit trail failed: {0}")]
+    TrailSync(#[source] io::Error),
+    #[error("writing the audit journal failed: {0}")]
+    Write(#[source] io::Error),
 }
 
 /// The journal's path beside the trail's active file (`audit.jsonl.journal`): not a name
@@ -82,6 +99,10 @@ pub(crate) fn path_for(active: &Path) -> PathBuf {
 /// The open journal, owned by the writer's state (under its lock).
 pub(super) struct Journal {
     file: Arc<File>,
+    /// The trail's active file (for messages).
+    trail: PathBuf,
+    /// Written into every frame: frames an earlier run left behind are told apart.
+    run_id: u64,
     half: u64,
     current: usize,
     head: u64,
@@ -109,6 +130,8 @@ impl Journal {
         }
         let journal = Journal {
             file: Arc::new(file),
+            trail: active.to_owned(),
+            run_id: rand::random(),
             half,
             current: 0,
             head: 0,
@@ -131,6 +154,20 @@ impl Journal {
         self.file.sync_all()
     }
 
+    /// Why nothing more is appended after the trail's own fdatasync failed: what the trail
+    /// holds on disk is unknown from then on (Linux reports a writeback error once, so a
+    /// later fdatasync could succeed without it), and frames must not overwrite what only
+    /// the journal holds. A restart writes the journal back.
+    pub(super) fn refusal(&self, error: &io::Error) -> AuditError {
+        AuditError::Io {
+            path: self.trail.display().to_string(),
+            message: format!(
+                "fdatasync of the trail failed ({error}); its last records are kept in {}: nothing more is appended until lockbox restarts and writes them back",
+                path_for(&self.trail).display()
+            ),
+        }
+    }
+
     /// The file an fdatasync makes the journal durable with.
     pub(super) fn file(&self) -> Arc<File> {
         self.file.clone()
@@ -146,33 +183,49 @@ impl Journal {
         payload: &[u8],
         trail: &File,
         trail_durable: &mut u64,
-    ) -> io::Result<()> {
+    ) -> Result<(), JournalError> {
         let mut payload = payload;
         if (HEADER_LEN + payload.len()) as u64 > self.half {
             // Too big for the journal: the trail holds it on disk, a frame without bytes
             // keeps the run of frames continuous for recovery.
-            trail.sync_data()?;
-            *trail_durable = frame.first_seq - 1;
+            sync_trail(trail, &frame, trail_durable)?;
             payload = &[];
         }
         let len = (HEADER_LEN + payload.len()) as u64;
         if self.head + len > (self.current as u64 + 1) * self.half {
             let next = 1 - self.current;
             if self.half_last_seq[next] > *trail_durable {
-                trail.sync_data()?;
-                // Only what precedes this frame for sure: if writing the frame fails, its
-                // records are cut from the trail and their numbers reused.
-                *trail_durable = frame.first_seq - 1;
+                sync_trail(trail, &frame, trail_durable)?;
             }
             self.current = next;
             self.head = next as u64 * self.half;
         }
-        encode(&mut self.frame, &frame, payload);
-        self.file.write_all_at(&self.frame, self.head)?;
+        encode(&mut self.frame, self.run_id, &frame, payload);
+        self.file
+            .write_all_at(&self.frame, self.head)
+            .map_err(JournalError::Write)?;
         self.head += len;
         self.half_last_seq[self.current] = frame.last_seq;
         Ok(())
     }
+
+    /// After the journal's own fdatasync failed, its frames from the last good sync on may
+    /// be gone from the disk, and recovery stops at the first bad one: with the trail made
+    /// durable up to every record written (by the caller), the journal starts over in
+    /// its other half, so later frames are found again (the old frames of both halves are then
+    /// all in the trail on disk).
+    pub(super) fn start_over(&mut self) {
+        self.current = 1 - self.current;
+        self.head = self.current as u64 * self.half;
+    }
+}
+
+/// Only what precedes `frame` is durable for sure after a sync here: if writing the frame
+/// fails, its records are cut from the trail and their numbers reused.
+fn sync_trail(trail: &File, frame: &Frame, trail_durable: &mut u64) -> Result<(), JournalError> {
+    trail.sync_data().map_err(JournalError::TrailSync)?;
+    *trail_durable = (*trail_durable).max(frame.first_seq.saturating_sub(1));
+    Ok(())
 }
 
 fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
@@ -187,10 +240,11 @@ fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
     }
 }
 
-fn encode(buf: &mut Vec<u8>, frame: &Frame, payload: &[u8]) {
+fn encode(buf: &mut Vec<u8>, run_id: u64, frame: &Frame, payload: &[u8]) {
     buf.clear();
     buf.extend_from_slice(&MAGIC);
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&run_id.to_le_bytes());
     for field in [
         frame.file_first_seq,
         frame.trail_offset,
@@ -219,6 +273,7 @@ fn checksum(header: &[u8], payload: &[u8]) -> [u8; CHECKSUM_LEN] {
 /// [`Journal::record`]).
 #[derive(Debug)]
 struct ReadFrame {
+    run_id: u64,
     frame: Frame,
     payload: Option<Vec<u8>>,
 }
@@ -233,7 +288,7 @@ fn read_frames(file: &File, start: u64, end: u64, out: &mut Vec<ReadFrame>) -> i
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             other => other?,
         }
-        let Some((frame, payload_len)) = decode_header(&header) else {
+        let Some((run_id, frame, payload_len)) = decode_header(&header) else {
             return Ok(());
         };
         let payload_end = at + (HEADER_LEN + payload_len) as u64;
@@ -251,6 +306,7 @@ fn read_frames(file: &File, start: u64, end: u64, out: &mut Vec<ReadFrame>) -> i
             return Ok(());
         }
         out.push(ReadFrame {
+            run_id,
             frame,
             payload: (payload_len > 0).then_some(payload),
         });
@@ -259,7 +315,7 @@ fn read_frames(file: &File, start: u64, end: u64, out: &mut Vec<ReadFrame>) -> i
     Ok(())
 }
 
-fn decode_header(header: &[u8; HEADER_LEN]) -> Option<(Frame, usize)> {
+fn decode_header(header: &[u8; HEADER_LEN]) -> Option<(u64, Frame, usize)> {
     if header[..4] != MAGIC {
         return None;
     }
@@ -278,158 +334,20 @@ fn decode_header(header: &[u8; HEADER_LEN]) -> Option<(Frame, usize)> {
             .map(u64::from_le_bytes)
     };
     let frame = Frame {
-        file_first_seq: u64_at(8)?,
-        trail_offset: u64_at(16)?,
-        trail_len: u64_at(24)?,
-        first_seq: u64_at(32)?,
-        last_seq: u64_at(40)?,
+        file_first_seq: u64_at(16)?,
+        trail_offset: u64_at(24)?,
+        trail_len: u64_at(32)?,
+        first_seq: u64_at(40)?,
+        last_seq: u64_at(48)?,
     };
-    let sane = frame.first_seq <= frame.last_seq
+    // Whatever a checksum admits (it is not a secret), no arithmetic on these overflows.
+    let sane = frame.file_first_seq >= 1
         && frame.first_seq >= frame.file_first_seq
-        && frame.trail_offset.checked_add(frame.trail_len).is_some();
-    sane.then_some((frame, usize::try_from(u32_at(4)?).ok()?))
-}
-
-/// The newest run of frames: those of the newest trail file, from the last one written
-/// back as far as each continues the one before it.
-fn newest_run(mut frames: Vec<ReadFrame>) -> Vec<ReadFrame> {
-    let Some(newest_file) = frames.iter().map(|f| f.frame.file_first_seq).max() else {
-        return Vec::new();
-    };
-    frames.retain(|f| f.frame.file_first_seq == newest_file);
-    frames.sort_by_key(|f| f.frame.first_seq);
-    let mut run: Vec<ReadFrame> = Vec::new();
-    while let Some(candidate) = frames.pop() {
-        match run.last() {
-            None => run.push(candidate),
-            Some(after) if candidate.frame.continued_by(&after.frame) => run.push(candidate),
-            Some(_) => {}
-        }
-    }
-    run.reverse();
-    run
-}
-
-/// What [`recover`] wrote back.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Recovered {
-    /// Records whose bytes the trail did not hold as written.
-    pub(crate) records: u64,
-    /// Bytes cut after the last frame (appended, never made durable).
-    pub(crate) cut_bytes: u64,
-}
-
-/// Writes the journal's newest run of frames back into the trail's active file, cuts what
-/// follows the last one, and fdatasyncs: the trail then holds every record that was made
-/// durable through the journal. Idempotent; a missing or empty journal changes nothing.
-pub(crate) fn recover(active: &Path) -> io::Result<Recovered> {
-    let run = frames_of(active)?;
-    let (Some(first), Some(last)) = (run.first(), run.last()) else {
-        return Ok(Recovered::default());
-    };
-    let trail = crate::private_files::open_options()
-        .create(true)
-        .read(true)
-        .write(true)
-        .open(active)?;
-    let len = trail.metadata()?.len();
-    if len < first.frame.trail_offset {
-        tracing::error!(path = %active.display(), len, journal_from = first.frame.trail_offset, "the audit trail ends before the journal's first frame: records between are lost");
-    }
-    let mut recovered = Recovered::default();
-    for (read, payload) in missing(&trail, &run) {
-        trail.write_all_at(payload, read.frame.trail_offset)?;
-        recovered.records += read.frame.last_seq - read.frame.first_seq + 1;
-    }
-    let end = last.frame.trail_end();
-    let len = trail.metadata()?.len();
-    if len > end {
-        trail.set_len(end)?;
-        recovered.cut_bytes = len - end;
-    }
-    if recovered != Recovered::default() {
-        trail.sync_all()?;
-        tracing::warn!(path = %active.display(), records = recovered.records, cut_bytes = recovered.cut_bytes, "audit trail completed from its journal after a crash");
-    }
-    Ok(recovered)
-}
-
-/// Records the journal holds that the trail does not (yet): what [`recover`] would write
-/// back (`audit verify` says so rather than only calling the trail cut).
-pub(crate) fn unrecovered(active: &Path) -> io::Result<u64> {
-    let run = frames_of(active)?;
-    if run.is_empty() {
-        return Ok(0);
-    }
-    let missing_records = |trail: Option<&File>| -> u64 {
-        let frames: Vec<&ReadFrame> = match trail {
-            Some(trail) => missing(trail, &run).into_iter().map(|(f, _)| f).collect(),
-            None => run.iter().filter(|f| f.payload.is_some()).collect(),
-        };
-        frames
-            .iter()
-            .map(|f| f.frame.last_seq - f.frame.first_seq + 1)
-            .sum()
-    };
-    match File::open(active) {
-        Ok(trail) => Ok(missing_records(Some(&trail))),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(missing_records(None)),
-        Err(e) => Err(e),
-    }
-}
-
-/// The journal's newest run of frames, if they are of the trail's active file: its first
-/// record says so, or, when that record did not reach the disk, the frames start the file.
-fn frames_of(active: &Path) -> io::Result<Vec<ReadFrame>> {
-    let journal = match File::open(path_for(active)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let half = journal.metadata()?.len() / 2;
-    let mut frames = Vec::new();
-    read_frames(&journal, 0, half, &mut frames)?;
-    read_frames(&journal, half, 2 * half, &mut frames)?;
-    let run = newest_run(frames);
-    let Some(first) = run.first() else {
-        return Ok(run);
-    };
-    let file_first_seq = first.frame.file_first_seq;
-    if rotated_name(active, file_first_seq).exists() {
-        // The frames are of a file since rotated, which was made durable before its rename.
-        return Ok(Vec::new());
-    }
-    let trail_first_seq = match File::open(active) {
-        Ok(mut trail) => first_seq_of(&mut trail)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
-    };
-    let starts_file = first.frame.trail_offset == 0 && first.frame.first_seq == file_first_seq;
-    if trail_first_seq != Some(file_first_seq) && !(starts_file && trail_first_seq.is_none()) {
-        tracing::warn!(path = %active.display(), file_first_seq, "the audit journal's frames are not of this trail file; not written back");
-        return Ok(Vec::new());
-    }
-    Ok(run)
-}
-
-/// The frames of `run` whose bytes `trail` does not hold where they were appended.
-fn missing<'r>(trail: &File, run: &'r [ReadFrame]) -> Vec<(&'r ReadFrame, &'r [u8])> {
-    let mut on_disk = Vec::new();
-    let mut out = Vec::new();
-    for read in run {
-        let Some(payload) = &read.payload else {
-            continue;
-        };
-        on_disk.resize(payload.len(), 0);
-        let holds = trail
-            .read_exact_at(&mut on_disk, read.frame.trail_offset)
-            .is_ok()
-            && on_disk == *payload;
-        if !holds {
-            out.push((read, payload.as_slice()));
-        }
-    }
-    out
+        && frame.first_seq <= frame.last_seq
+        && frame.last_seq < u64::MAX / 2
+        && frame.trail_offset < u64::MAX / 2
+        && frame.trail_len < u64::MAX / 2;
+    sane.then_some((u64_at(8)?, frame, usize::try_from(u32_at(4)?).ok()?))
 }
 
 /// Removes the journal beside `active` (in `write` mode, once [`recover`] has run).
@@ -441,5 +359,7 @@ pub(super) fn remove(active: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-#[path = "journal_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod attack_tests;
