@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::append::Mode;
 use super::chain::CheckpointSigner;
 use super::file::{chain_tail, first_seq_of};
-use super::journal::Journal;
+use super::journal::{Frame, Journal};
 use super::syncer;
 use super::witness::Witness;
 use super::{AuditError, AuditEvent};
@@ -231,8 +231,8 @@ impl Progress {
 
 /// The journal of `fsync` mode, or, where it cannot be allocated (a small or full disk), none:
 /// records are then made durable by fdatasyncs of the trail itself, as correct, only slower.
-fn open_journal(path: &Path, bytes: u64) -> Option<Journal> {
-    match Journal::create(path, bytes) {
+fn open_journal(path: &Path, bytes: u64, anchor: Option<Frame>) -> Option<Journal> {
+    match Journal::create(path, bytes, anchor) {
         Ok(journal) => Some(journal),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, bytes, "no audit journal: each fsync of the trail also writes its new size");
@@ -290,7 +290,8 @@ impl AuditLog {
         let len = file.metadata().map_err(io)?.len();
         let file_first_seq = first_seq_of(&mut file).map_err(io)?.unwrap_or(last_seq + 1);
         let journal = if options.durability == Durability::Fsync && options.journal_bytes > 0 {
-            open_journal(path, options.journal_bytes)
+            let anchor = super::journal::anchor(&file, file_first_seq).map_err(io)?;
+            open_journal(path, options.journal_bytes, anchor)
         } else {
             super::journal::remove(path).map_err(io)?;
             None
@@ -555,3 +556,7 @@ mod tests;
 #[cfg(test)]
 #[path = "writer_journal_attack_tests.rs"]
 mod journal_attack_tests;
+
+#[cfg(test)]
+#[path = "writer_attack2_tests.rs"]
+mod attack2_tests;

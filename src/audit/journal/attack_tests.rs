@@ -196,7 +196,7 @@ async fn a_write_mode_tail_is_synced_when_fsync_mode_starts_so_no_hole_precedes_
 /// Frames straight through the API, several records per frame now and then; returns the
 /// trail bytes and the journal. Every trail byte is on disk (the trail is complete).
 fn frames_for(active: &Path, journal_bytes: u64, records: u64) -> (Vec<u8>, Journal) {
-    let mut journal = Journal::create(active, journal_bytes).expect("create");
+    let mut journal = Journal::create(active, journal_bytes, None).expect("create");
     let trail = crate::private_files::open_options()
         .create(true)
         .append(true)
@@ -518,7 +518,7 @@ fn random_batches_boundaries_restarts_and_reused_seqs_survive_power_cuts() {
         let journal_bytes = 8 * 1024u64;
         let half = journal_bytes / 2;
         let mut active = work.join("audit.jsonl");
-        let mut journal = Journal::create(&active, journal_bytes).expect("create");
+        let mut journal = Journal::create(&active, journal_bytes, None).expect("create");
         let mut trail = crate::private_files::open_options()
             .create(true)
             .read(true)
@@ -599,7 +599,7 @@ fn random_batches_boundaries_restarts_and_reused_seqs_survive_power_cuts() {
                     // Clean restart: the trail is synced, the journal's headers zeroed.
                     trail.sync_data().expect("sync");
                     drop(journal);
-                    journal = Journal::create(&active, journal_bytes).expect("create");
+                    journal = Journal::create(&active, journal_bytes, None).expect("create");
                     trail_durable = seq - 1;
                     synced = trail_durable;
                 }
@@ -624,7 +624,7 @@ fn random_batches_boundaries_restarts_and_reused_seqs_survive_power_cuts() {
                     drop(journal);
                     work = next;
                     active = next_active;
-                    journal = Journal::create(&active, journal_bytes).expect("create");
+                    journal = Journal::create(&active, journal_bytes, None).expect("create");
                     trail = crate::private_files::open_options()
                         .read(true)
                         .append(true)

@@ -37,7 +37,7 @@ use super::AuditError;
 mod recover;
 #[cfg(test)]
 use recover::Recovered;
-pub(crate) use recover::{recover, unrecovered};
+pub(crate) use recover::{anchor, recover, unrecovered};
 
 /// Bytes of the journal (two halves); `[audit]` has no key for it, the default fits every
 /// rate this proxy reaches with a trail fdatasync every second.
@@ -68,9 +68,7 @@ impl Frame {
     }
 
     fn records(&self) -> u64 {
-        self.last_seq
-            .saturating_sub(self.first_seq)
-            .saturating_add(1)
+        (self.last_seq + 1).saturating_sub(self.first_seq)
     }
 }
 
@@ -112,9 +110,9 @@ pub(super) struct Journal {
 }
 
 impl Journal {
-    /// Opens the journal beside `active` empty, `bytes` long (allocated now, so the
-    /// journal's size never changes while it is written).
-    pub(super) fn create(active: &Path, bytes: u64) -> io::Result<Journal> {
+    /// Opens the journal beside `active` empty but for `anchor` (see [`anchor`]), `bytes`
+    /// long (allocated now, so the journal's size never changes while it is written).
+    pub(super) fn create(active: &Path, bytes: u64, anchor: Option<Frame>) -> io::Result<Journal> {
         let path = path_for(active);
         let existed = path.exists();
         crate::private_files::restrict(&path)?;
@@ -128,7 +126,7 @@ impl Journal {
             file.set_len(0)?;
             preallocate(&file, 2 * half)?;
         }
-        let journal = Journal {
+        let mut journal = Journal {
             file: Arc::new(file),
             trail: active.to_owned(),
             run_id: rand::random(),
@@ -138,7 +136,14 @@ impl Journal {
             half_last_seq: [0; 2],
             frame: Vec::new(),
         };
-        journal.empty()?;
+        journal.blank_halves()?;
+        if let Some(anchor) = anchor {
+            encode(&mut journal.frame, journal.run_id, &anchor, &[]);
+            journal.file.write_all_at(&journal.frame, 0)?;
+            journal.head = journal.frame.len() as u64;
+            journal.half_last_seq[0] = anchor.last_seq;
+        }
+        journal.file.sync_all()?;
         if !existed {
             sync_dir(&path);
         }
@@ -148,10 +153,14 @@ impl Journal {
     /// No frame at either half's start: recovery finds nothing. Once the trail is durable
     /// (a clean close), so a later start does not write redundant frames back.
     pub(super) fn empty(&self) -> io::Result<()> {
+        self.blank_halves()?;
+        self.file.sync_all()
+    }
+
+    fn blank_halves(&self) -> io::Result<()> {
         let blank = [0u8; HEADER_LEN];
         self.file.write_all_at(&blank, 0)?;
-        self.file.write_all_at(&blank, self.half)?;
-        self.file.sync_all()
+        self.file.write_all_at(&blank, self.half)
     }
 
     /// Why nothing more is appended after the trail's own fdatasync failed: what the trail
@@ -341,9 +350,11 @@ fn decode_header(header: &[u8; HEADER_LEN]) -> Option<(u64, Frame, usize)> {
         last_seq: u64_at(48)?,
     };
     // Whatever a checksum admits (it is not a secret), no arithmetic on these overflows.
+    // A frame of no record (`last_seq` one before `first_seq`) anchors an empty file.
     let sane = frame.file_first_seq >= 1
         && frame.first_seq >= frame.file_first_seq
-        && frame.first_seq <= frame.last_seq
+        && (frame.first_seq <= frame.last_seq
+            || (frame.trail_len == 0 && frame.last_seq + 1 == frame.first_seq))
         && frame.last_seq < u64::MAX / 2
         && frame.trail_offset < u64::MAX / 2
         && frame.trail_len < u64::MAX / 2;
@@ -363,3 +374,6 @@ mod tests;
 
 #[cfg(test)]
 mod attack_tests;
+
+#[cfg(test)]
+mod attack2_tests;

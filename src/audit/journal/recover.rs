@@ -12,13 +12,18 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{path_for, read_frames, ReadFrame};
+use super::{path_for, read_frames, Frame, ReadFrame};
 use crate::audit::chain::line_hash;
-use crate::audit::segments::rotated_name;
+use crate::audit::segments::{rotated_name, segments};
+use crate::audit::witness::last_line;
 
 /// Longest line recovery reads (a record is at most `audit.max_record_bytes` plus its
 /// header and escapes); past it, bytes are not a record.
 const MAX_LINE: u64 = 64 << 20;
+
+/// Largest journal recovery reads: frames are read into memory whole, and lockbox never
+/// writes one this big (its default is 32 MiB).
+const MAX_JOURNAL_BYTES: u64 = 256 << 20;
 
 /// What [`recover`] wrote back.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,25 +34,26 @@ pub(crate) struct Recovered {
     pub(crate) cut_bytes: u64,
 }
 
-/// Writes the journal's newest run of frames back into the trail's active file, cuts what
-/// follows the last record that continues the chain, and fdatasyncs: the trail then holds
-/// every record that was made durable through the journal. Idempotent; a missing or empty
-/// journal changes nothing. A journal that does not continue the trail is an error (it is
-/// not written back, and lockbox does not start on it).
+/// Writes the journal's frames back into the trail's active file, as far as each continues
+/// the chain (see [`plan`]), cuts what follows the last record that continues it, and
+/// fdatasyncs: the trail then holds every record that was made durable through the journal.
+/// Idempotent; a missing or empty journal changes nothing. A journal that does not continue
+/// the trail, or would replace records the trail holds, is an error (it is not written back,
+/// and lockbox does not start on it).
 pub(crate) fn recover(active: &Path) -> io::Result<Recovered> {
-    let run = frames_of(active)?;
-    let Some(last) = run.last() else {
+    let frames = frames_of(active)?;
+    if frames.is_empty() {
         return Ok(Recovered::default());
-    };
+    }
     let trail = crate::private_files::open_options()
         .create(true)
         .read(true)
         .write(true)
         .open(active)?;
-    check_continues(active, &trail, &run)?;
+    let plan = plan(active, &trail, &frames)?;
     let mut recovered = Recovered::default();
     let mut on_disk = Vec::new();
-    for read in &run {
+    for read in &plan.writes {
         let Some(payload) = &read.payload else {
             continue;
         };
@@ -56,11 +62,7 @@ pub(crate) fn recover(active: &Path) -> io::Result<Recovered> {
         }
         trail.write_all_at(payload, read.frame.trail_offset)?;
     }
-    let end = last.frame.trail_end();
-    let kept = match line_ending_at(&trail, end)?.and_then(|line| seq_and_hash(&line)) {
-        Some((seq, hash)) => chained_end(&trail, end, seq, hash)?,
-        None => end,
-    };
+    let (kept, _, _) = chained(&trail, plan.end, plan.seq, plan.hash, None)?;
     let len = trail.metadata()?.len();
     if len > kept {
         trail.set_len(kept)?;
@@ -76,14 +78,14 @@ pub(crate) fn recover(active: &Path) -> io::Result<Recovered> {
 /// Records the journal holds that the trail does not (yet): what [`recover`] would write
 /// back (`audit verify` says so rather than only calling the trail cut).
 pub(crate) fn unrecovered(active: &Path) -> io::Result<u64> {
-    let run = frames_of(active)?;
-    if run.is_empty() {
+    let frames = frames_of(active)?;
+    if frames.is_empty() {
         return Ok(0);
     }
     let trail = match File::open(active) {
         Ok(trail) => trail,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Ok(run
+            return Ok(frames
                 .iter()
                 .filter(|f| f.payload.is_some())
                 .map(|f| f.frame.records())
@@ -91,9 +93,10 @@ pub(crate) fn unrecovered(active: &Path) -> io::Result<u64> {
         }
         Err(e) => return Err(e),
     };
-    check_continues(active, &trail, &run)?;
+    let plan = plan(active, &trail, &frames)?;
     let mut on_disk = Vec::new();
-    Ok(run
+    Ok(plan
+        .writes
         .iter()
         .filter(|read| {
             read.payload
@@ -104,80 +107,215 @@ pub(crate) fn unrecovered(active: &Path) -> io::Result<u64> {
         .sum())
 }
 
-/// The journal's newest run of frames for the trail's active file, from its first frame
-/// with bytes (a frame without bytes stands for records already synced in the trail).
+/// A marker frame for the trail's last record, written first into an empty journal: a
+/// point recovery knows is on disk (the trail was just fdatasynced), so the trail's lines
+/// after it are checked and cut even if no other frame survives a crash.
+/// An empty trail gets a frame of no record (`last_seq` one before `first_seq`): the file
+/// starts there.
+pub(crate) fn anchor(trail: &File, file_first_seq: u64) -> io::Result<Option<Frame>> {
+    let len = trail.metadata()?.len();
+    if len == 0 {
+        return Ok(Some(Frame {
+            file_first_seq,
+            trail_offset: 0,
+            trail_len: 0,
+            first_seq: file_first_seq,
+            last_seq: file_first_seq - 1,
+        }));
+    }
+    let Some(line) = line_ending_at(trail, len)? else {
+        return Ok(None);
+    };
+    let Some((seq, _)) = seq_and_hash(&line) else {
+        return Ok(None);
+    };
+    let trail_len = line.len() as u64 + 1;
+    Ok((seq >= file_first_seq).then_some(Frame {
+        file_first_seq,
+        trail_offset: len - trail_len,
+        trail_len,
+        first_seq: seq,
+        last_seq: seq,
+    }))
+}
+
+/// The frames of the journal's newest run (the writer run and trail file of its newest
+/// frame), in the order they were written.
 fn frames_of(active: &Path) -> io::Result<Vec<ReadFrame>> {
     let journal = match File::open(path_for(active)) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    let half = journal.metadata()?.len() / 2;
+    let len = journal.metadata()?.len();
+    if len > MAX_JOURNAL_BYTES {
+        return Err(io::Error::other(format!(
+            "{} is {len} bytes, larger than any audit journal lockbox writes: not read; keep a copy of it and move it aside to start",
+            path_for(active).display()
+        )));
+    }
+    let half = len / 2;
     let mut frames = Vec::new();
     read_frames(&journal, 0, half, &mut frames)?;
     read_frames(&journal, half, 2 * half, &mut frames)?;
-    let mut run = newest_run(frames);
-    let leading_markers = run.iter().take_while(|f| f.payload.is_none()).count();
-    run.drain(..leading_markers);
-    match run.first() {
-        // The frames are of a file since rotated, which was made durable before its rename.
-        Some(first) if rotated_name(active, first.frame.file_first_seq).exists() => Ok(Vec::new()),
-        _ => Ok(run),
-    }
-}
-
-/// The newest run of frames: those written in the same run of the writer and to the same
-/// trail file as the newest one, back from it as far as each continues the one before.
-fn newest_run(mut frames: Vec<ReadFrame>) -> Vec<ReadFrame> {
     let Some(newest) = frames.iter().max_by_key(|f| f.frame.first_seq) else {
-        return Vec::new();
+        return Ok(frames);
     };
     let (run_id, file) = (newest.run_id, newest.frame.file_first_seq);
+    if rotated_name(active, file).exists() {
+        // The frames are of a file since rotated, which was made durable before its rename.
+        return Ok(Vec::new());
+    }
     frames.retain(|f| f.run_id == run_id && f.frame.file_first_seq == file);
     frames.sort_by_key(|f| f.frame.first_seq);
-    let mut run: Vec<ReadFrame> = Vec::new();
-    while let Some(candidate) = frames.pop() {
-        let continues = |after: &ReadFrame| {
-            candidate.frame.last_seq + 1 == after.frame.first_seq
-                && candidate.frame.trail_end() == after.frame.trail_offset
-        };
-        match run.last() {
-            None => run.push(candidate),
-            Some(after) if continues(after) => run.push(candidate),
-            Some(_) => {}
-        }
-    }
-    run.reverse();
-    run
+    Ok(frames)
 }
 
-/// The run's first record must follow what the trail holds before it: at the start of
-/// the file nothing or the same record, further in a record whose hash it names as `prev`.
-/// Otherwise the journal is of another trail (replaced, restored, forged): refused.
-fn check_continues(active: &Path, trail: &File, run: &[ReadFrame]) -> io::Result<()> {
-    let Some((first, payload)) = run.first().and_then(|f| Some((f, f.payload.as_ref()?))) else {
-        return Ok(());
+/// What recovery writes back, and where the chain then stands.
+struct Plan<'f> {
+    writes: Vec<&'f ReadFrame>,
+    end: u64,
+    seq: u64,
+    hash: [u8; 32],
+}
+
+/// Walks the frames in the order they were written, each checked to continue the chain:
+/// the first must follow a record the trail holds (or start the file after the newest
+/// rotated file's last record); a frame's records must chain; a frame without bytes must
+/// stand for chained records the trail holds; past a gap (frames lost in the crash, or
+/// overwritten) the trail's own lines must lead to the next frame. The walk stops where a
+/// check fails: a journal fdatasync that covered a later frame covered everything before
+/// it, so nothing past a gap the trail does not bridge was acknowledged. The first frame not
+/// continuing the trail, or a frame whose bytes differ from chained records the trail
+/// already holds, is an error: the journal is not this trail's.
+fn plan<'f>(active: &Path, trail: &File, frames: &'f [ReadFrame]) -> io::Result<Plan<'f>> {
+    let not_this_trails = |why: &str, frame: &Frame| {
+        io::Error::other(format!(
+            "the audit journal {} does not continue the trail {} ({why}, at byte {}, seq {}). It is not written back; keep a copy of it and move it aside to start",
+            path_for(active).display(),
+            active.display(),
+            frame.trail_offset,
+            frame.first_seq,
+        ))
     };
-    let first_line = payload.split(|b| *b == b'\n').next().unwrap_or_default();
-    let offset = first.frame.trail_offset;
-    let continues = if offset == 0 {
-        match line_starting_at(trail, 0)? {
-            Some(line) if seq_and_hash(&line).is_some() => line == first_line,
-            _ => true,
+    let mut plan = Plan {
+        writes: Vec::new(),
+        end: 0,
+        seq: 0,
+        hash: crate::audit::chain::GENESIS,
+    };
+    let Some(first) = frames.first() else {
+        return Ok(plan);
+    };
+    (plan.seq, plan.hash) = predecessor(active, trail, &first.frame)?.ok_or_else(|| {
+        not_this_trails(
+            "its first record follows no record the trail holds",
+            &first.frame,
+        )
+    })?;
+    plan.end = first.frame.trail_offset;
+    for (i, read) in frames.iter().enumerate() {
+        let frame = &read.frame;
+        if frame.last_seq <= plan.seq {
+            continue; // covered already (a frame left from earlier in this run)
         }
-    } else {
-        let wanted = line_ending_at(trail, offset)?.map(|line| hex::encode(line_hash(&line)));
-        wanted.is_some() && prev_of(first_line) == wanted
-    };
-    if continues {
-        return Ok(());
+        if frame.trail_offset != plan.end || frame.first_seq != plan.seq + 1 {
+            let bridged = chained(
+                trail,
+                plan.end,
+                plan.seq,
+                plan.hash,
+                Some(frame.trail_offset),
+            )?;
+            if bridged.0 != frame.trail_offset || bridged.1 + 1 != frame.first_seq {
+                break;
+            }
+            (plan.end, plan.seq, plan.hash) = bridged;
+        }
+        let next = match &read.payload {
+            Some(payload) => chain_through(payload, plan.seq, plan.hash),
+            None => {
+                let end = frame.trail_end();
+                let (reached, seq, hash) =
+                    chained(trail, plan.end, plan.seq, plan.hash, Some(end))?;
+                (reached == end).then_some((seq, hash))
+            }
+        };
+        let Some((seq, hash)) = next.filter(|(seq, _)| *seq == frame.last_seq) else {
+            if i == 0 {
+                return Err(not_this_trails(
+                    "its records do not chain onto the trail",
+                    frame,
+                ));
+            }
+            break;
+        };
+        if let Some(payload) = &read.payload {
+            if replaces_a_record(trail, plan.end, payload)? {
+                return Err(not_this_trails(
+                    "its records differ from records the trail holds",
+                    frame,
+                ));
+            }
+            plan.writes.push(read);
+        }
+        (plan.end, plan.seq, plan.hash) = (frame.trail_end(), seq, hash);
     }
-    Err(io::Error::other(format!(
-        "the audit journal {} does not continue the trail {}: its records start at byte {offset} with seq {}, after no record the trail holds. It is not written back; keep a copy of it and move it aside to start",
-        path_for(active).display(),
-        active.display(),
-        first.frame.first_seq,
-    )))
+    Ok(plan)
+}
+
+/// The record the frame's first record follows: the trail's line ending where the frame
+/// starts, or at the start of the file the newest rotated file's last record (none: the
+/// chain's start). `None` when the trail holds no such record.
+fn predecessor(active: &Path, trail: &File, frame: &Frame) -> io::Result<Option<(u64, [u8; 32])>> {
+    if frame.trail_offset > 0 {
+        return Ok(line_ending_at(trail, frame.trail_offset)?.and_then(|line| seq_and_hash(&line)));
+    }
+    if frame.first_seq != frame.file_first_seq {
+        return Ok(None);
+    }
+    let rotated = segments(active)?
+        .into_iter()
+        .rev()
+        .find(|s| s.first_seq.is_some());
+    let Some(rotated) = rotated else {
+        return Ok((frame.first_seq == 1).then_some((0, crate::audit::chain::GENESIS)));
+    };
+    Ok(last_line(&rotated.path)?.and_then(|line| seq_and_hash(&line)))
+}
+
+/// The chain continued through `payload`'s lines from `seq` and `hash`, if every one
+/// continues it (and the last ends with its newline).
+fn chain_through(payload: &[u8], mut seq: u64, mut hash: [u8; 32]) -> Option<(u64, [u8; 32])> {
+    let body = payload.strip_suffix(b"\n")?;
+    for line in body.split(|b| *b == b'\n') {
+        let (next, next_hash) = seq_and_hash(line)?;
+        if next != seq + 1 || prev_of(line)? != hex::encode(hash) {
+            return None;
+        }
+        (seq, hash) = (next, next_hash);
+    }
+    Some((seq, hash))
+}
+
+/// Whether writing `payload` at `at` would replace a record the trail holds with another:
+/// line by line, the first line that differs from the frame's is a record (not garbage
+/// from lost pages or a torn write). The trail is append-only, so a place holds one record
+/// in its life: another one there is another trail's.
+fn replaces_a_record(trail: &File, at: u64, payload: &[u8]) -> io::Result<bool> {
+    let mut reader = BufReader::new(trail);
+    reader.seek(SeekFrom::Start(at))?;
+    let mut line = Vec::new();
+    for wanted in payload.split_inclusive(|b| *b == b'\n') {
+        line.clear();
+        (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line)?;
+        if line == wanted {
+            continue;
+        }
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        return Ok(seq_and_hash(body).is_some() && prev_of(body).is_some());
+    }
+    Ok(false)
 }
 
 fn holds(trail: &File, offset: u64, payload: &[u8], buf: &mut Vec<u8>) -> bool {
@@ -214,26 +352,24 @@ fn line_ending_at(trail: &File, end: u64) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// The whole line (without its newline) that starts at `start`, if it ends in one.
-fn line_starting_at(trail: &File, start: u64) -> io::Result<Option<Vec<u8>>> {
-    let mut reader = BufReader::new(trail);
-    reader.seek(SeekFrom::Start(start))?;
-    let mut line = Vec::new();
-    reader.take(MAX_LINE).read_until(b'\n', &mut line)?;
-    Ok(line.pop().filter(|b| *b == b'\n').map(|_| line))
-}
-
-/// Where the records from `start` on stop continuing the chain that `seq` and `hash` end.
-fn chained_end(trail: &File, start: u64, mut seq: u64, mut hash: [u8; 32]) -> io::Result<u64> {
+/// How far the trail's lines from `start` on continue the chain that `seq` and `hash` end
+/// (not past `limit`): where they stop, and the chain's end there.
+fn chained(
+    trail: &File,
+    start: u64,
+    mut seq: u64,
+    mut hash: [u8; 32],
+    limit: Option<u64>,
+) -> io::Result<(u64, u64, [u8; 32])> {
     let mut reader = BufReader::new(trail);
     reader.seek(SeekFrom::Start(start))?;
     let mut end = start;
     let mut line = Vec::new();
-    loop {
+    while limit.is_none_or(|limit| end < limit) {
         line.clear();
         (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line)?;
         if line.pop() != Some(b'\n') {
-            return Ok(end);
+            break;
         }
         let prev = hex::encode(hash);
         match seq_and_hash(&line) {
@@ -243,9 +379,10 @@ fn chained_end(trail: &File, start: u64, mut seq: u64, mut hash: [u8; 32]) -> io
                 (seq, hash) = (next, next_hash);
                 end += line.len() as u64 + 1;
             }
-            _ => return Ok(end),
+            _ => break,
         }
     }
+    Ok((end, seq, hash))
 }
 
 /// A record line's `seq` and hash; `None` for anything that is not a record.

@@ -197,7 +197,7 @@ async fn a_clean_close_empties_the_journal_and_write_mode_removes_it() {
 
 /// Frames written straight through the journal's API for `trail`, one record per frame.
 fn journal_frames(active: &Path, records: usize) -> Vec<u8> {
-    let mut journal = Journal::create(active, 64 * 1024).expect("create");
+    let mut journal = Journal::create(active, 64 * 1024, None).expect("create");
     let trail = crate::private_files::open_options()
         .create(true)
         .append(true)
@@ -278,7 +278,10 @@ fn frames_of_another_trail_file_are_not_written_back() {
     let active = dir.path().join("audit.jsonl");
     journal_frames(&active, 3);
     // The active file was replaced by one that starts elsewhere in the chain.
-    let other = b"{\"seq\":900}\n{\"seq\":901}\n".to_vec();
+    let mut other = Vec::new();
+    let mut chain = Chain(crate::audit::chain::line_hash(b"elsewhere"));
+    chain.line(&mut other, 900, "{}");
+    chain.line(&mut other, 901, "{}");
     std::fs::write(&active, &other).expect("replace");
     let refused = recover(&active).expect_err("a journal of another trail is refused");
     assert!(
