@@ -122,10 +122,11 @@ impl Journal {
             .write(true)
             .open(&path)?;
         let half = (bytes / 2).max(HEADER_LEN as u64 * 4);
-        if file.metadata()?.len() != 2 * half {
-            file.set_len(0)?;
-            preallocate(&file, 2 * half)?;
-        }
+        // All zeros, every start: frames an earlier run left (with sequence numbers this run
+        // may reuse after a crash cut them from the trail) must never be read again behind
+        // this run's. Re-allocating is a metadata change, no write of the bytes.
+        file.set_len(0)?;
+        preallocate(&file, 2 * half)?;
         let mut journal = Journal {
             file: Arc::new(file),
             trail: active.to_owned(),
@@ -377,3 +378,6 @@ mod attack_tests;
 
 #[cfg(test)]
 mod attack2_tests;
+
+#[cfg(test)]
+mod attack3_tests;

@@ -207,7 +207,7 @@ fn plan<'f>(active: &Path, trail: &File, frames: &'f [ReadFrame]) -> io::Result<
     let Some(first) = frames.first() else {
         return Ok(plan);
     };
-    (plan.seq, plan.hash) = predecessor(active, trail, &first.frame)?.ok_or_else(|| {
+    (plan.seq, plan.hash) = predecessor(active, trail, frames)?.ok_or_else(|| {
         not_this_trails(
             "its first record follows no record the trail holds",
             &first.frame,
@@ -264,10 +264,18 @@ fn plan<'f>(active: &Path, trail: &File, frames: &'f [ReadFrame]) -> io::Result<
     Ok(plan)
 }
 
-/// The record the frame's first record follows: the trail's line ending where the frame
-/// starts, or at the start of the file the newest rotated file's last record (none: the
-/// chain's start). `None` when the trail holds no such record.
-fn predecessor(active: &Path, trail: &File, frame: &Frame) -> io::Result<Option<(u64, [u8; 32])>> {
+/// The record the first frame's first record follows: the trail's line ending where the
+/// frame starts, or at the start of the file the newest rotated file's last record (none:
+/// the chain's start, or, past seq 1, rotated files moved away, when only the file's own
+/// first record can say what it follows). `None` when the trail holds no such record.
+fn predecessor(
+    active: &Path,
+    trail: &File,
+    frames: &[ReadFrame],
+) -> io::Result<Option<(u64, [u8; 32])>> {
+    let Some(frame) = frames.first().map(|f| &f.frame) else {
+        return Ok(None);
+    };
     if frame.trail_offset > 0 {
         return Ok(line_ending_at(trail, frame.trail_offset)?.and_then(|line| seq_and_hash(&line)));
     }
@@ -279,7 +287,18 @@ fn predecessor(active: &Path, trail: &File, frame: &Frame) -> io::Result<Option<
         .rev()
         .find(|s| s.first_seq.is_some());
     let Some(rotated) = rotated else {
-        return Ok((frame.first_seq == 1).then_some((0, crate::audit::chain::GENESIS)));
+        if frame.first_seq == 1 {
+            return Ok(Some((0, crate::audit::chain::GENESIS)));
+        }
+        let named = frames
+            .iter()
+            .find(|f| f.frame.trail_offset == 0 && f.payload.is_some())
+            .and_then(|f| f.payload.as_deref())
+            .and_then(|p| p.split(|b| *b == b'\n').next())
+            .and_then(prev_of)
+            .and_then(|hex_hash| hex::decode(hex_hash).ok())
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+        return Ok(named.map(|hash| (frame.first_seq - 1, hash)));
     };
     Ok(last_line(&rotated.path)?.and_then(|line| seq_and_hash(&line)))
 }
