@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::audit::chain::verify;
+use crate::audit::journal::tests::{end_of_record, seqs};
 use crate::audit::journal::{path_for, recover};
 use crate::audit::{RequestEvent, RequestRecord};
 
@@ -23,29 +24,6 @@ fn event(i: usize, reason: usize) -> AuditEvent {
         status: None,
         break_glass: false,
     })
-}
-
-fn seqs(trail: &[u8]) -> Vec<u64> {
-    trail
-        .split_inclusive(|b| *b == b'\n')
-        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["seq"].as_u64())
-        .collect()
-}
-
-fn end_of_record(trail: &[u8], seq: u64) -> usize {
-    let mut at = 0;
-    let mut end = 0;
-    for line in trail.split_inclusive(|b| *b == b'\n') {
-        at += line.len();
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
-            break;
-        };
-        if value["seq"].as_u64().is_some_and(|s| s <= seq) {
-            end = at;
-        }
-    }
-    end
 }
 
 /// (offset, len, first_seq, last_seq) of each whole-looking frame header in the journal

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::tests::Chain;
+use super::tests::{end_of_record, power_cut, seqs, Chain};
 use super::*;
 use crate::audit::chain::verify;
 use crate::audit::{AuditEvent, AuditLog, AuditOptions, RequestEvent, RequestRecord};
@@ -35,40 +35,6 @@ fn opts(durability: Durability, journal_bytes: u64) -> AuditOptions {
     }
 }
 
-/// Byte offset where record `seq` ends in `trail` (0 for seq 0 or a seq not in it below).
-fn end_of_record(trail: &[u8], seq: u64) -> usize {
-    let mut at = 0;
-    let mut end = 0;
-    for line in trail.split_inclusive(|b| *b == b'\n') {
-        at += line.len();
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
-            break;
-        };
-        if value["seq"].as_u64().is_some_and(|s| s <= seq) {
-            end = at;
-        }
-    }
-    end
-}
-
-/// A power cut: the trail as fdatasynced up to `trail_durable` (then garbage where pages
-/// were lost, or nothing), the journal as it is.
-fn power_cut(from: &Path, into: &Path, trail_durable: u64, garbage: bool) -> Vec<u8> {
-    let trail = std::fs::read(from.join("audit.jsonl")).expect("read trail");
-    let keep = end_of_record(&trail, trail_durable);
-    let mut left = trail[..keep].to_vec();
-    if garbage {
-        left.extend((keep..trail.len()).map(|i| b"\0\n{x"[i % 4]));
-    }
-    std::fs::create_dir_all(into).expect("mkdir");
-    std::fs::write(into.join("audit.jsonl"), &left).expect("write trail");
-    let journal = path_for(&from.join("audit.jsonl"));
-    if journal.exists() {
-        std::fs::copy(journal, path_for(&into.join("audit.jsonl"))).expect("copy journal");
-    }
-    trail
-}
-
 /// A process crash (kill -9, OOM, abort): the page cache survives, so the files are
 /// exactly as the process left them.
 fn process_crash(from: &Path, into: &Path) {
@@ -79,14 +45,6 @@ fn process_crash(from: &Path, into: &Path) {
             std::fs::copy(&path, into.join(path.file_name().expect("name"))).expect("copy");
         }
     }
-}
-
-fn seqs(trail: &[u8]) -> Vec<u64> {
-    trail
-        .split_inclusive(|b| *b == b'\n')
-        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["seq"].as_u64())
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------

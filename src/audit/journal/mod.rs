@@ -371,7 +371,7 @@ pub(super) fn remove(active: &Path) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(in crate::audit) mod tests;
 
 #[cfg(test)]
 mod attack_tests;

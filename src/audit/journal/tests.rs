@@ -60,44 +60,52 @@ fn small_journal() -> AuditOptions {
     }
 }
 
-/// The byte offset where the record `seq` ends in `trail` (0 for seq 0).
-fn end_of_record(trail: &[u8], seq: u64) -> usize {
-    if seq == 0 {
-        return 0;
-    }
+/// Where record `seq` ends in `trail`: the end of the last line up to it (0 when none).
+pub(in crate::audit) fn end_of_record(trail: &[u8], seq: u64) -> usize {
     let mut at = 0;
+    let mut end = 0;
     for line in trail.split_inclusive(|b| *b == b'\n') {
         at += line.len();
-        let value: serde_json::Value = serde_json::from_slice(line).expect("json line");
-        if value["seq"].as_u64() == Some(seq) {
-            return at;
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
+            break;
+        };
+        if value["seq"].as_u64().is_some_and(|s| s <= seq) {
+            end = at;
         }
     }
-    panic!("seq {seq} not in the trail");
+    end
+}
+
+/// The sequence numbers of the record lines in `trail`.
+pub(in crate::audit) fn seqs(trail: &[u8]) -> Vec<u64> {
+    trail
+        .split_inclusive(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["seq"].as_u64())
+        .collect()
 }
 
 /// What a power cut can leave: the trail as it is on disk up to `trail_durable`, and after
 /// that either nothing or garbage where pages were lost (the file's size may have reached
-/// the disk before its data); the journal as written.
-fn crash_copy(dir: &Path, into: &Path, trail_durable: u64, garbage: bool) -> Vec<u8> {
-    let trail = std::fs::read(dir.join("audit.jsonl")).expect("read trail");
+/// the disk before its data); the journal as written. Returns the trail before the cut.
+pub(in crate::audit) fn power_cut(
+    from: &Path,
+    into: &Path,
+    trail_durable: u64,
+    garbage: bool,
+) -> Vec<u8> {
+    let trail = std::fs::read(from.join("audit.jsonl")).expect("read trail");
     let keep = end_of_record(&trail, trail_durable);
     let mut left = trail[..keep].to_vec();
     if garbage {
-        left.extend(
-            trail[keep..]
-                .iter()
-                .enumerate()
-                .map(|(i, _)| b"\0\n{x"[i % 4]),
-        );
+        left.extend((keep..trail.len()).map(|i| b"\0\n{x"[i % 4]));
     }
     std::fs::create_dir_all(into).expect("mkdir");
     std::fs::write(into.join("audit.jsonl"), &left).expect("write trail");
-    std::fs::copy(
-        path_for(&dir.join("audit.jsonl")),
-        path_for(&into.join("audit.jsonl")),
-    )
-    .expect("copy journal");
+    let journal = path_for(&from.join("audit.jsonl"));
+    if journal.exists() {
+        std::fs::copy(journal, path_for(&into.join("audit.jsonl"))).expect("copy journal");
+    }
     trail
 }
 
@@ -116,7 +124,7 @@ async fn every_acknowledged_record_survives_a_crash_that_loses_what_the_trail_di
         crashes += 1;
         let trail_durable = log.trail_durable();
         let copy = dir.path().join(format!("crash-{i}"));
-        let whole = crash_copy(dir.path(), &copy, trail_durable, i % 2 == 0);
+        let whole = power_cut(dir.path(), &copy, trail_durable, i % 2 == 0);
         let copied = copy.join("audit.jsonl");
         let before = unrecovered(&copied).expect("unrecovered");
         let recovered = recover(&copied).expect("recover");
@@ -153,7 +161,7 @@ async fn a_trail_completed_from_its_journal_is_continued_and_verifies() {
         for i in 0..100 {
             log.append_durable(vec![event(i)]).await.expect("append");
         }
-        crash_copy(dir.path(), &copy, log.trail_durable(), true);
+        power_cut(dir.path(), &copy, log.trail_durable(), true);
         log.close().await;
     }
     let copied = copy.join("audit.jsonl");
@@ -176,11 +184,11 @@ async fn a_clean_close_empties_the_journal_and_write_mode_removes_it() {
     }
     // Before the close the journal holds frames the trail may not have on disk.
     let cut = dir.path().join("cut");
-    crash_copy(dir.path(), &cut, log.trail_durable(), false);
+    power_cut(dir.path(), &cut, log.trail_durable(), false);
     assert!(recover(&cut.join("audit.jsonl")).expect("recover").records > 0);
     log.close().await;
     let closed = dir.path().join("closed");
-    crash_copy(dir.path(), &closed, 0, false);
+    power_cut(dir.path(), &closed, 0, false);
     assert_eq!(
         recover(&closed.join("audit.jsonl")).expect("recover"),
         Recovered::default(),
