@@ -4,27 +4,11 @@
 
 use std::time::Duration;
 
-use super::tests::{end_of_record, power_cut, seqs, Chain};
+use super::tests::{end_of_record, event, power_cut, seqs, Chain};
 use super::*;
 use crate::audit::chain::verify;
-use crate::audit::{AuditEvent, AuditLog, AuditOptions, RequestEvent, RequestRecord};
+use crate::audit::{AuditLog, AuditOptions};
 use crate::config::Durability;
-
-fn event(i: usize) -> AuditEvent {
-    AuditEvent::Request(RequestRecord {
-        event: RequestEvent::Created,
-        request_id: format!("req-{i}"),
-        actor: "eve".into(),
-        engineer: "eve".into(),
-        database: "sales".into(),
-        ticket: format!("T-{i}"),
-        access: "read".into(),
-        reason: Some("x".repeat(i % 97)),
-        access_expires_at: None,
-        status: None,
-        break_glass: false,
-    })
-}
 
 fn opts(durability: Durability, journal_bytes: u64) -> AuditOptions {
     AuditOptions {

@@ -33,7 +33,7 @@ impl Chain {
     }
 }
 
-fn event(i: usize) -> AuditEvent {
+pub(in crate::audit) fn event(i: usize) -> AuditEvent {
     AuditEvent::Request(RequestRecord {
         event: RequestEvent::Created,
         request_id: format!("req-{i}"),
