@@ -7,6 +7,7 @@
 //! revocation or shutdown, via `registry`) → `reaper` (a backend the proxy dropped that
 //! outlives its session is terminated).
 
+mod aftermath;
 mod gate;
 #[cfg(test)]
 mod gate_attack_11;
@@ -39,7 +40,7 @@ pub use registry::{DropReason, Registry, SessionInfo};
 pub(crate) use relay::inspect_client_bytes;
 pub(crate) use scram::cached as scram_cached;
 
-use reaper::Reaper;
+use aftermath::Aftermath;
 
 use crate::audit::{AuditEvent, SessionEvent, SessionRecord};
 use crate::metrics::Refused;
@@ -64,9 +65,10 @@ pub struct Proxy {
 impl Proxy {
     /// Accepts connections until `shutdown` turns true, then waits (bounded) for the
     /// sessions, which the registry has told to end, to finish, and for their backends to
-    /// be gone. Reapers run in the same set as sessions, so shutdown waits for them too.
+    /// be gone. Reapers and farewells run in the same set as sessions, so shutdown waits for
+    /// them too.
     pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let mut sessions: JoinSet<Option<Reaper>> = JoinSet::new();
+        let mut sessions: JoinSet<Option<Aftermath>> = JoinSet::new();
         let mut gate_sweep = tokio::time::interval(GATE_SWEEP);
         loop {
             tokio::select! {
@@ -81,7 +83,7 @@ impl Proxy {
                     }
                 },
                 Some(done) = sessions.join_next(), if !sessions.is_empty() => {
-                    spawn_reaper(&mut sessions, done);
+                    spawn_aftermath(&mut sessions, done);
                 }
             }
         }
@@ -90,7 +92,7 @@ impl Proxy {
         self.registry.drop_all(DropReason::Shutdown);
         let drain = async {
             while let Some(done) = sessions.join_next().await {
-                spawn_reaper(&mut sessions, done);
+                spawn_aftermath(&mut sessions, done);
             }
         };
         // A dropped session's backend may take its whole window before it is terminated.
@@ -102,7 +104,7 @@ impl Proxy {
 
     fn spawn_session(
         self: &Arc<Self>,
-        sessions: &mut JoinSet<Option<Reaper>>,
+        sessions: &mut JoinSet<Option<Aftermath>>,
         tcp: TcpStream,
         peer: SocketAddr,
     ) {
@@ -124,8 +126,8 @@ impl Proxy {
         let proxy = self.clone();
         sessions.spawn(
             async move {
-                let _slot = slot;
-                session::serve(proxy, tcp, peer, id).await
+                let after = session::serve(proxy, tcp, peer, id).await;
+                after.map(|after| after.holding(slot))
             }
             .instrument(span),
         );
@@ -229,11 +231,14 @@ impl Proxy {
 /// take a connection from this client now.
 pub(crate) const REJECTED_ESTABLISHMENT: &str = "08004";
 
-/// Runs the reaper a finished session handed back, if any, beside the sessions.
-fn spawn_reaper(sessions: &mut JoinSet<Option<Reaper>>, done: Result<Option<Reaper>, JoinError>) {
-    if let Ok(Some(reaper)) = done {
+/// Runs what a finished session handed back (its reaper, its farewell), beside the sessions.
+fn spawn_aftermath(
+    sessions: &mut JoinSet<Option<Aftermath>>,
+    done: Result<Option<Aftermath>, JoinError>,
+) {
+    if let Ok(Some(after)) = done {
         sessions.spawn(async move {
-            reaper.run().await;
+            after.run().await;
             None
         });
     }

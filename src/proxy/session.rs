@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::aftermath::Aftermath;
 use super::negotiate::{self, NegotiationError, Opened};
 use super::preauth;
 use super::reaper::Reaper;
@@ -86,13 +87,15 @@ struct Claimed {
 }
 
 /// Serves one connection. A session the proxy ended hands back the `Reaper` that makes
-/// sure its upstream backend is gone, for the proxy to run as a task of its own.
+/// sure its upstream backend is gone, and a client still to be told why its session ended
+/// its `Farewell`, for the proxy to run as a task of their own.
 pub async fn serve(
     proxy: Arc<Proxy>,
     tcp: TcpStream,
     peer: SocketAddr,
     id: SessionId,
-) -> Option<Reaper> {
+) -> Option<Aftermath> {
+    let client_fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     // Until it sends its token a connection proves nothing: it is bounded in time and
     // shed when its source opens too many (see `preauth`).
     let max_connections = proxy.lockbox.config().connection_limits.max_connections;
@@ -190,9 +193,9 @@ pub async fn serve(
     span.record("request_id", admission.request.id.0.as_str());
     cbuf.reserve(8192);
     let registry = proxy.registry.clone();
-    let reaper = run_admitted(
+    let after = run_admitted(
         proxy,
-        stream,
+        (stream, client_fd),
         peer,
         id.clone(),
         admission,
@@ -204,7 +207,7 @@ pub async fn serve(
     .await;
     // Every way out of a session, early ones included, ends its registration.
     registry.unregister(&id);
-    reaper
+    after.into_work()
 }
 
 fn check_startup(startup: &Startup) -> Result<Claimed, LoginError> {
@@ -287,7 +290,7 @@ async fn write(stream: &mut BoxStream, bytes: &[u8]) -> Result<(), LoginError> {
 #[allow(clippy::too_many_arguments)]
 async fn run_admitted(
     proxy: Arc<Proxy>,
-    mut stream: BoxStream,
+    (mut stream, client_fd): (BoxStream, std::os::fd::RawFd),
     peer: SocketAddr,
     id: SessionId,
     admission: Admission,
@@ -295,7 +298,7 @@ async fn run_admitted(
     startup: &Startup,
     cbuf: BytesMut,
     kill: KillSwitch,
-) -> Option<Reaper> {
+) -> Aftermath {
     let lockbox = &proxy.lockbox;
     let config = lockbox.config();
     let Some(db) = config.databases.get(&claimed.database) else {
@@ -305,7 +308,7 @@ async fn run_admitted(
             "database is not served here",
         )
         .await;
-        return None;
+        return Aftermath::default();
     };
     let mut passed: Vec<(String, String)> = startup
         .params
@@ -321,7 +324,7 @@ async fn run_admitted(
         Ok(connected) => connected,
         Err((code, message)) => {
             send_fatal(&mut stream, code, message).await;
-            return None;
+            return Aftermath::default();
         }
     };
     // With statement rules in force, the guard must know the database's own functions
@@ -348,7 +351,7 @@ async fn run_admitted(
                     "lockbox cannot read this database's functions to enforce its rules",
                 )
                 .await;
-                return None;
+                return Aftermath::default();
             }
         }
     } else {
@@ -377,7 +380,7 @@ async fn run_admitted(
             "lockbox cannot write its audit log; no session is allowed",
         )
         .await;
-        return None;
+        return Aftermath::default();
     }
     proxy.registry.admitted(&id, fields.clone());
     let cancel_key = proxy.registry.issue_cancel_key(CancelTarget {
@@ -401,7 +404,7 @@ async fn run_admitted(
     );
 
     let backend = (upstream.backend_pid, upstream.backend_secret);
-    let end = if super::relay::write_flushed(&mut stream, &hello)
+    let (end, farewell) = if super::relay::write_flushed(&mut stream, &hello)
         .await
         .is_ok()
     {
@@ -434,10 +437,11 @@ async fn run_admitted(
                 ends_at: admission.ends_at,
                 warn_before: config.warn_before.clone(),
             },
-        );
-        relay.run().await
+        )
+        .with_client_fd(client_fd);
+        relay.run_to_farewell().await
     } else {
-        End::ClientGone
+        (End::ClientGone, None)
     };
     proxy.registry.forget_cancel_key(cancel_key);
     // The window is counted from the relay's end, not from when the end is recorded.
@@ -466,7 +470,7 @@ async fn run_admitted(
         span: tracing::Span::current(),
     });
     finish(&lockbox.audit, &fields, &request.id, db, backend, end).await;
-    reaper
+    Aftermath::new(reaper, farewell)
 }
 
 /// Logs in upstream as the grant's role. A per-grant role whose password another proxy
@@ -540,17 +544,7 @@ fn deadline_for(admission: &Admission) -> tokio::time::Instant {
 
 /// Sends a FATAL ErrorResponse and closes, without waiting long on a stuck client.
 pub(super) async fn send_fatal(stream: &mut BoxStream, code: &str, message: &str) {
-    send_fatal_after(stream, &[], code, message).await;
-}
-
-/// `send_fatal`, after `rest`: the end of a message the client was receiving.
-pub(super) async fn send_fatal_after(
-    stream: &mut BoxStream,
-    rest: &[u8],
-    code: &str,
-    message: &str,
-) {
-    let mut out = BytesMut::from(rest);
+    let mut out = BytesMut::new();
     wire::error_response(&mut out, Severity::Fatal, code, message);
     let send = async {
         stream.write_all(&out).await?;

@@ -341,3 +341,66 @@ async fn vec_a_revoke_during_a_slowly_read_result_ends_whole_plain_and_tls() {
         }
     }
 }
+
+/// Reads `chunk` bytes every `every` until the close or a ReadyForQuery.
+async fn read_steadily(stream: &mut Box<dyn Stream>, chunk: usize, every: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(60), stream.read(&mut buf))
+            .await
+            .expect("the result stalled");
+        let n = read.unwrap_or(0);
+        if n == 0 {
+            return got;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if whole(&got).0.iter().any(|m| m[0] == b'Z') {
+            return got;
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Megabytes of whole rows queued for a client that reads slowly but steadily: a revoke
+/// still ends the result between two rows, and the client reads the FATAL after them,
+/// however long the queued rows take to drain.
+#[tokio::test(flavor = "multi_thread")]
+async fn vec_a_revoke_with_megabytes_queued_for_a_steady_reader_ends_with_the_fatal() {
+    for tls in [false, true] {
+        let env = env(
+            if tls {
+                "vec_queued_tls"
+            } else {
+                "vec_queued_plain"
+            },
+            tls,
+        )
+        .await;
+        let (id, token) = env.approved_token("eve", "1h").await;
+        let sizes = vec![20_000; 300];
+        let mut stream = login(&env, tls, &token).await;
+        stream.write_all(&query(&sql(&sizes))).await.expect("query");
+        stream.flush().await.expect("flush");
+        let reader =
+            async { read_steadily(&mut stream, 16 * 1024, Duration::from_millis(10)).await };
+        let revoke = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            env.client("carol")
+                .revoke(&id, "done")
+                .await
+                .expect("revoke");
+        };
+        let (got, ()) = tokio::join!(reader, revoke);
+        let n = rows_then(&got, &expected_rows(&sizes), b"E");
+        eprintln!("tls {tls}: {n} rows ({} bytes), then the FATAL", got.len());
+        assert!(
+            n < sizes.len(),
+            "the revoke came after the result (tls {tls})"
+        );
+        assert!(
+            String::from_utf8_lossy(&got).contains("was revoked"),
+            "the revoke's FATAL (tls {tls})"
+        );
+    }
+}

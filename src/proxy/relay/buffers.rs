@@ -1,30 +1,14 @@
 //! The relay's buffers and writes: reads that grow and shrink back, writes that reach the
 //! client whole, stand-ins spliced over refused messages, and a close that lets the last
-//! FATAL arrive.
+//! FATAL arrive (see `farewell`).
 
 use std::borrow::Cow;
 use std::io::IoSlice;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::proxy::stream::BoxStream;
-
-/// Reads and drops what the client still sends, until it closes or for half a second.
-/// Closing a socket with unread bytes in it sends a reset, and a reset makes the client's
-/// system throw away what it had not read yet — the FATAL just sent with the reason, for a
-/// client that was writing (a COPY, a pipeline) when the session ended.
-pub(super) async fn discard_until_closed(client: &mut BoxStream) {
-    let mut scratch = [0u8; 8192];
-    let drain = async {
-        while let Ok(n) = client.read(&mut scratch).await {
-            if n == 0 {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), drain).await;
-}
 
 /// The most of one upstream message held back from the client until it is whole; a larger
 /// one streams to the client as it comes (a FATAL can then not follow it cleanly).

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 mod buffers;
+mod farewell;
 mod fuzz;
 mod grant;
 mod inspect;
@@ -21,7 +22,8 @@ mod terminator;
 mod vectored_tests;
 
 pub(crate) use buffers::write_flushed;
-use buffers::{discard_until_closed, shrink_if_oversized, splice, BUFFER_CAPACITY};
+use buffers::{shrink_if_oversized, splice, BUFFER_CAPACITY};
+pub(crate) use farewell::Farewell;
 pub(crate) use fuzz::inspect_client_bytes;
 pub use grant::{CancelKey, Grant, Limits};
 use limits::sleep_until_some;
@@ -77,6 +79,8 @@ async fn guarded<T>(
 
 pub struct Relay {
     client: BoxStream,
+    /// The TCP socket under `client`, for the farewell to see whether the client reads.
+    client_fd: Option<std::os::fd::RawFd>,
     /// The upstream connection's halves: the relay reads upstream while it writes upstream,
     /// or a client's long pipeline and the server's results could each wait for the other.
     upstream_r: tokio::io::ReadHalf<BoxStream>,
@@ -145,6 +149,7 @@ impl Relay {
         );
         Relay {
             client,
+            client_fd: None,
             upstream_r,
             upstream_w,
             cbuf,
@@ -173,7 +178,27 @@ impl Relay {
         }
     }
 
-    pub async fn run(mut self) -> End {
+    /// The TCP socket under the client stream (plain or TLS).
+    pub(crate) fn with_client_fd(mut self, fd: std::os::fd::RawFd) -> Self {
+        self.client_fd = Some(fd);
+        self
+    }
+
+    /// Runs the session to its end and tells the client why, as [`Self::run_to_farewell`]
+    /// then [`Farewell::deliver`].
+    #[cfg(test)]
+    pub(crate) async fn run(self) -> End {
+        let (end, farewell) = self.run_to_farewell().await;
+        if let Some(farewell) = farewell {
+            farewell.deliver().await;
+        }
+        end
+    }
+
+    /// Runs the session to its end, closes upstream and records what was left unsettled.
+    /// What the client is still to be told comes back, to be delivered beside the reaper:
+    /// a slow reader may take a while to read up to it.
+    pub(crate) async fn run_to_farewell(mut self) -> (End, Option<Farewell>) {
         let end = match self.relay().await {
             End::ClientGone if !self.tracker.is_idle() => End::ClientLeftMidStatement,
             other => other,
@@ -226,13 +251,6 @@ impl Relay {
             )),
             End::ClientGone | End::ClientLeftMidStatement | End::UpstreamGone => None,
         };
-        // A client in the middle of a message would read the FATAL as the rest of it:
-        // only one between messages is told (after the message a write was cut in, if any).
-        if let Some((code, text)) = message.filter(|_| !self.client_mid_message) {
-            let rest = std::mem::take(&mut self.cut_short);
-            super::session::send_fatal_after(&mut self.client, &rest, code, &text).await;
-            discard_until_closed(&mut self.client).await;
-        }
         self.close_upstream().await;
         let mut leftover = std::mem::take(&mut self.outcomes);
         let settled = leftover.len();
@@ -241,7 +259,24 @@ impl Relay {
             take_copy_bytes(&mut self.copy_bytes, outcome);
         }
         self.record_outcomes(leftover);
-        end
+        // A client in the middle of a message would read the FATAL as the rest of it:
+        // only one between messages is told (after the message a write was cut in, if any).
+        let words = message
+            .filter(|_| !self.client_mid_message)
+            .map(|(code, text)| {
+                let mut words = BytesMut::from(&self.cut_short[..]);
+                wire::error_response(&mut words, wire::Severity::Fatal, code, &text);
+                words.to_vec()
+            });
+        let Relay {
+            client, client_fd, ..
+        } = self;
+        let farewell = words.map(|words| Farewell {
+            client,
+            client_fd,
+            words,
+        });
+        (end, farewell)
     }
 
     async fn close_upstream(&mut self) {

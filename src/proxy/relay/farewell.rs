@@ -1,0 +1,237 @@
+//! The last words to a client whose session the proxy ended: the rest of a message a write
+//! was cut short in, the FATAL that says why, and a close the client can read to the end.
+//!
+//! By the time a session ends, megabytes of whole rows may sit in the socket's send queue
+//! for a client that reads slowly. The FATAL can only follow them, so it is delivered for as
+//! long as the client keeps taking bytes, not for a fixed time: a fixed bound cut the rest
+//! of a row short (a torn row) or dropped the FATAL unread. The upstream connection is
+//! closed before this starts, and this runs beside the reaper, so a slow reader holds
+//! nothing of the database's.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use crate::proxy::stream::BoxStream;
+
+/// How long the client may take no bytes at all before it is given up on.
+const STALL_LIMIT: Duration = Duration::from_secs(2);
+
+/// The longest a farewell lasts, however steadily the client reads.
+const FAREWELL_LIMIT: Duration = Duration::from_secs(30);
+
+/// How often the send queue is looked at while a write waits.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How long the client has to close once it has every byte (see [`Farewell::deliver`]).
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+
+/// A client connection and what it is still to be told.
+pub(crate) struct Farewell {
+    pub(super) client: BoxStream,
+    /// The TCP socket under `client` (TLS or not), to see whether queued bytes drain.
+    pub(super) client_fd: Option<std::os::fd::RawFd>,
+    /// The rest of a message cut short, then the FATAL.
+    pub(super) words: Vec<u8>,
+}
+
+impl Farewell {
+    /// Writes the words and closes, patiently while the client takes bytes (see the module
+    /// docs). Then reads and drops what the client still sends until it closes: closing a
+    /// socket with unread bytes in it sends a reset, and a reset makes the client's system
+    /// throw away what it had not read yet, the FATAL among it.
+    pub(crate) async fn deliver(mut self) {
+        let mut patience = Patience::new(self.client_fd);
+        let words = std::mem::take(&mut self.words);
+        let said = async {
+            self.client.write_all(&words).await?;
+            self.client.shutdown().await
+        };
+        if !patience.wait_for(said).await {
+            tracing::debug!("client took no bytes; its last words are dropped");
+            return;
+        }
+        // Until the queue is drained the client is still reading what came before.
+        let mut scratch = [0u8; 8192];
+        let client = &mut self.client;
+        let drained = async {
+            while let Ok(n) = client.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = patience.wait_for_drain(drained).await;
+    }
+}
+
+/// Waits while the client makes progress, up to [`FAREWELL_LIMIT`].
+struct Patience {
+    fd: Option<std::os::fd::RawFd>,
+    started: Instant,
+    last_progress: Instant,
+    queued: Option<usize>,
+}
+
+impl Patience {
+    fn new(fd: Option<std::os::fd::RawFd>) -> Self {
+        let now = Instant::now();
+        Patience {
+            fd,
+            started: now,
+            last_progress: now,
+            queued: fd.and_then(unsent_bytes),
+        }
+    }
+
+    /// Runs `fut` to its end (`true`, and it went well) or until the client stalls.
+    async fn wait_for<T, E>(
+        &mut self,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> bool {
+        tokio::pin!(fut);
+        loop {
+            match tokio::time::timeout(TICK, &mut fut).await {
+                Ok(done) => {
+                    self.last_progress = Instant::now();
+                    return done.is_ok();
+                }
+                Err(_) if self.keeps_taking() => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Runs `fut` (a read to the client's close) while queued bytes still drain, and then
+    /// for [`CLOSE_WAIT`] more.
+    async fn wait_for_drain(&mut self, fut: impl std::future::Future<Output = ()>) -> bool {
+        tokio::pin!(fut);
+        let mut empty_since: Option<Instant> = None;
+        loop {
+            if tokio::time::timeout(TICK, &mut fut).await.is_ok() {
+                return true;
+            }
+            if !self.keeps_taking() {
+                return false;
+            }
+            if self.queued.unwrap_or(0) > 0 {
+                empty_since = None;
+            } else if empty_since.get_or_insert_with(Instant::now).elapsed() >= CLOSE_WAIT {
+                return false;
+            }
+        }
+    }
+
+    /// Whether the client took bytes lately: the send queue shrank or is empty within
+    /// [`STALL_LIMIT`], and the farewell is within [`FAREWELL_LIMIT`]. Where the queue
+    /// cannot be seen, [`CLOSE_WAIT`] from the last step done is all it gets.
+    fn keeps_taking(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.started) >= FAREWELL_LIMIT {
+            return false;
+        }
+        let Some(queued) = self.fd.and_then(unsent_bytes) else {
+            self.queued = None;
+            return now.duration_since(self.last_progress) < CLOSE_WAIT;
+        };
+        if queued == 0 || self.queued.is_none_or(|before| queued < before) {
+            self.last_progress = now;
+        }
+        self.queued = Some(queued);
+        now.duration_since(self.last_progress) < STALL_LIMIT
+    }
+}
+
+/// Bytes in the socket's send queue that the peer has not acknowledged yet.
+#[cfg(target_os = "linux")]
+fn unsent_bytes(fd: std::os::fd::RawFd) -> Option<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `fd` is the socket of a stream the farewell owns, open for the whole call;
+    // SIOCOUTQ (TIOCOUTQ) writes one int to the pointer given.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+    (rc == 0).then(|| usize::try_from(queued).ok()).flatten()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unsent_bytes(_fd: std::os::fd::RawFd) -> Option<usize> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A connected pair: the proxy's side (its send queue filled with `filler` bytes the
+    /// client has not read) and the client's.
+    async fn queued_pair() -> (TcpStream, TcpStream, usize) {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (proxy, _) = listener.accept().await.expect("accept");
+        let mut filler = 0;
+        let chunk = vec![b'r'; 64 * 1024];
+        // Fill until the socket takes no more now.
+        while let Ok(n) = proxy.try_write(&chunk) {
+            filler += n;
+        }
+        (proxy, client, filler)
+    }
+
+    fn farewell(proxy: TcpStream, words: &[u8]) -> Farewell {
+        let fd = proxy.as_raw_fd();
+        Farewell {
+            client: Box::new(proxy),
+            client_fd: Some(fd),
+            words: words.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_reading_slowly_gets_every_queued_byte_then_the_last_words() {
+        let (proxy, mut client, filler) = queued_pair().await;
+        let words = b"the FATAL".repeat(1000);
+        let deliver = tokio::spawn(farewell(proxy, &words).deliver());
+        // Slowly enough that the queue takes well over a second to drain: a fixed bound of
+        // half a second cut the words short.
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = client.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let per_second = (filler / 2).max(64 * 1024);
+            let pause = Duration::from_secs_f64(n as f64 / per_second as f64);
+            tokio::time::sleep(pause).await;
+        }
+        assert_eq!(got.len(), filler + words.len(), "{filler} queued bytes");
+        assert!(got[..filler].iter().all(|b| *b == b'r'));
+        assert_eq!(&got[filler..], &words[..]);
+        deliver
+            .await
+            .expect("the farewell ends once the client closed");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_is_given_up_on() {
+        let (proxy, mut client, filler) = queued_pair().await;
+        let words = b"the FATAL".to_vec();
+        // The farewell ends while the client still reads nothing: a stalled client does
+        // not hold its socket for the whole farewell limit.
+        tokio::time::timeout(FAREWELL_LIMIT / 2, farewell(proxy, &words).deliver())
+            .await
+            .expect("the farewell gave up on a client that takes no bytes");
+        // The client may read what was queued, then the close.
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert!(got.len() >= filler, "the queued bytes still arrive");
+    }
+}
