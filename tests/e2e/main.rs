@@ -9,6 +9,7 @@ mod attack2;
 mod attack_11;
 mod attack_arrival;
 mod attack_faults;
+mod attack_farewell;
 mod attack_review;
 mod attack_review_web;
 mod attack_tls;
