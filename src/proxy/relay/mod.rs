@@ -11,6 +11,8 @@ use tokio::sync::watch;
 
 mod buffers;
 mod farewell;
+#[cfg(test)]
+mod farewell_attack;
 mod fuzz;
 mod grant;
 mod inspect;

@@ -1,0 +1,164 @@
+//! Attack review of d0ec59e at the socket level: the farewell's bounds and the
+//! connection slot it holds. These are non-findings (they pass): each pins a bound the
+//! change relies on.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use super::farewell::Farewell;
+
+/// The proxy's side with a full send queue, and the client's (receive buffer `rcvbuf`).
+async fn queued_pair(rcvbuf: Option<u32>) -> (TcpStream, TcpStream, usize) {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+    let socket = TcpSocket::new_v4().expect("socket");
+    if let Some(size) = rcvbuf {
+        socket.set_recv_buffer_size(size).expect("rcvbuf");
+    }
+    let client = socket
+        .connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (proxy, _) = listener.accept().await.expect("accept");
+    let chunk = vec![b'r'; 64 * 1024];
+    let mut filler = 0;
+    // Fill, letting the kernel grow the buffers, until it takes no more.
+    for _ in 0..20 {
+        while let Ok(n) = proxy.try_write(&chunk) {
+            filler += n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (proxy, client, filler)
+}
+
+fn farewell(proxy: TcpStream, words: &[u8]) -> Farewell {
+    let fd = proxy.as_raw_fd();
+    Farewell {
+        client: Box::new(proxy),
+        client_fd: Some(fd),
+        words: words.to_vec(),
+    }
+}
+
+/// A client that keeps taking a trickle of bytes, forever, never reaching the end: the
+/// farewell still lets it go (30 s cap), so one client cannot hold its socket and slot
+/// for longer than that after its session ended.
+#[tokio::test]
+async fn attack_a_client_taking_a_trickle_forever_is_let_go() {
+    let (proxy, mut client, filler) = queued_pair(Some(4096)).await;
+    let words = b"the FATAL".repeat(100);
+    let started = Instant::now();
+    let deliver = tokio::spawn(farewell(proxy, &words).deliver());
+    let trickle = tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        let mut got = 0usize;
+        loop {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got += n,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(45), deliver)
+        .await
+        .expect("the farewell ends within its hard cap, however steadily the client reads")
+        .expect("join");
+    let took = started.elapsed();
+    trickle.abort();
+    eprintln!("{filler} bytes queued; the farewell lasted {took:?}");
+}
+
+/// A client that keeps sending during the drain and never closes: the drain ends once the
+/// queue is empty (plus `CLOSE_WAIT`), it is not held open by the client's writes.
+#[tokio::test]
+async fn attack_a_client_that_keeps_sending_during_the_drain_is_let_go() {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+    let client = TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (proxy, _) = listener.accept().await.expect("accept");
+    let (mut client_r, mut client_w) = client.into_split();
+    let writer = tokio::spawn(async move {
+        let junk = vec![b'Q'; 8192];
+        while client_w.write_all(&junk).await.is_ok() {}
+    });
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = client_r.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    });
+    let started = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        farewell(proxy, b"the FATAL").deliver(),
+    )
+    .await
+    .expect("a client sending forever does not hold the farewell");
+    eprintln!("farewell lasted {:?}", started.elapsed());
+    writer.abort();
+    let got = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("reader ends")
+        .expect("join");
+    assert_eq!(got, b"the FATAL", "exactly the words, nothing after them");
+}
+
+/// The connection slot: held by the aftermath while its farewell holds the client's
+/// socket, given back when the farewell ends; not held at all when there is no farewell.
+#[tokio::test]
+async fn attack_the_aftermath_gives_the_slot_back() {
+    use crate::proxy::aftermath::Aftermath;
+    use crate::proxy::gate::{take_slot, Limits};
+    let registry = Arc::new(crate::proxy::Registry::default());
+    let limits = Limits {
+        max_connections: 4,
+        failed_login_limit: 10,
+        failed_login_window: Duration::from_secs(60),
+    };
+    // No farewell, no reaper: nothing to run, and the slot goes with the session.
+    let slot = take_slot(&registry, &limits).expect("slot");
+    assert_eq!(registry.gate.open(), 1);
+    let none = Aftermath::new(None, None)
+        .into_work()
+        .map(|a| a.holding(slot));
+    assert!(none.is_none());
+    assert_eq!(
+        registry.gate.open(),
+        0,
+        "the slot of a session with no aftermath"
+    );
+
+    let (proxy, mut client, _filler) = queued_pair(None).await;
+    let slot = take_slot(&registry, &limits).expect("slot");
+    let after = Aftermath::new(None, Some(farewell(proxy, b"the FATAL")))
+        .into_work()
+        .expect("a farewell is work")
+        .holding(slot);
+    let run = tokio::spawn(after.run());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        registry.gate.open(),
+        1,
+        "held while the farewell holds the socket"
+    );
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.expect("read");
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the aftermath ends once the client closed")
+        .expect("join");
+    assert_eq!(registry.gate.open(), 0, "given back after the farewell");
+    assert!(got.ends_with(b"the FATAL"));
+}
