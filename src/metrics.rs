@@ -456,6 +456,8 @@ fn labelled(
 pub(crate) struct Scrape {
     /// Connections the proxy holds now (logging in or admitted).
     pub(crate) connections: usize,
+    /// Ended sessions' clients still being told why, patiently (slow readers).
+    pub(crate) farewells: usize,
     pub(crate) audit_healthy: bool,
     /// `(written, shipped)` sequence numbers of the PostgreSQL audit sink, when configured.
     pub(crate) sink: Option<(u64, u64)>,
@@ -473,6 +475,13 @@ impl Scrape {
             "Client connections the proxy holds (logging in or admitted).",
         );
         sample(o, "lockbox_connections", "", self.connections);
+        family(
+            o,
+            "lockbox_farewells",
+            "gauge",
+            "Clients of ended sessions still reading up to the FATAL that says why (no slot, no backend; at most max_connections).",
+        );
+        sample(o, "lockbox_farewells", "", self.farewells);
         family(
             o,
             "lockbox_audit_healthy",

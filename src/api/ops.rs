@@ -54,6 +54,7 @@ async fn metrics(State(state): State<ApiState>, Caller(user): Caller) -> Respons
     let databases = state.probes.check(&config).await;
     let scrape = Scrape {
         connections: state.registry.gate.open(),
+        farewells: state.registry.gate.farewells(),
         audit_healthy: lockbox.audit.healthy(),
         sink: state.audit_sink.as_ref().map(|s| {
             let h = s.health();

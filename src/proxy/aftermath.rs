@@ -1,26 +1,35 @@
 //! What a session leaves to run once its relay is over, beside the other sessions (so that
-//! shutdown waits for it too): the reaper that makes sure a dropped session's backend is
-//! gone, and the farewell that tells a slow-reading client why its session ended.
+//! shutdown waits for it too): the cancel of a backend the proxy ended mid-query and the
+//! reaper that makes sure it is gone, and, at the same time, the farewell that tells the
+//! client why its session ended (a slow reader must not hold back either).
 
 use tracing::Instrument;
 
-use super::gate::Slot;
+use super::gate::{FarewellPass, Slot};
 use super::reaper::Reaper;
-use super::relay::Farewell;
+use super::relay::{CancelKey, Farewell};
+use super::upstream;
 
 #[derive(Default)]
 pub(crate) struct Aftermath {
+    /// The backend's cancel key, when the proxy ended the session (a query may run).
+    cancel: Option<CancelKey>,
     reaper: Option<Reaper>,
     farewell: Option<Farewell>,
-    /// The client's connection slot, held while the farewell holds the client's socket.
-    slot: Option<Slot>,
-    /// The session's span, for what the farewell logs.
+    /// Held while the farewell is patient with a slow reader.
+    pass: Option<FarewellPass>,
+    /// The session's span, for what is logged after it.
     span: Option<tracing::Span>,
 }
 
 impl Aftermath {
-    pub(crate) fn new(reaper: Option<Reaper>, farewell: Option<Farewell>) -> Self {
+    pub(crate) fn new(
+        cancel: Option<CancelKey>,
+        reaper: Option<Reaper>,
+        farewell: Option<Farewell>,
+    ) -> Self {
         Aftermath {
+            cancel,
             reaper,
             farewell,
             ..Aftermath::default()
@@ -29,36 +38,53 @@ impl Aftermath {
 
     /// `None` when there is nothing left to do.
     pub(crate) fn into_work(self) -> Option<Self> {
-        (self.reaper.is_some() || self.farewell.is_some()).then_some(self)
+        (self.cancel.is_some() || self.reaper.is_some() || self.farewell.is_some()).then_some(self)
     }
 
-    /// Keeps `slot` taken for as long as the client's socket is open. Called in the
-    /// session's span, which the farewell goes on logging in.
-    pub(crate) fn holding(mut self, slot: Slot) -> Self {
-        if self.farewell.is_some() {
-            self.slot = Some(slot);
-            self.span = Some(tracing::Span::current());
+    /// Gives the connection's slot back; the farewell is patient with a slow reader only
+    /// while fewer than `max_farewells` are (see [`Slot::into_farewell_pass`]). Called in
+    /// the session's span, which what follows goes on logging in.
+    pub(crate) fn releasing(mut self, slot: Slot, max_farewells: usize) -> Self {
+        self.span = Some(tracing::Span::current());
+        if let Some(farewell) = &mut self.farewell {
+            self.pass = slot.into_farewell_pass(max_farewells);
+            if self.pass.is_none() {
+                farewell.hurry();
+            }
         }
         self
     }
 
-    /// Runs the reaper and delivers the farewell at the same time: a client slow to read
-    /// its last words must not hold back the end of the backend.
+    /// Whether the farewell, if any, waits on a slow reader.
+    #[cfg(test)]
+    pub(crate) fn farewell_is_patient(&self) -> Option<bool> {
+        self.farewell.as_ref().map(Farewell::is_patient)
+    }
+
+    /// Cancels and reaps the backend, and delivers the farewell at the same time: a
+    /// database that takes no new connection (the cancel's) must not delay the FATAL, and a
+    /// client slow to read it must not hold back the end of the backend.
     pub(crate) async fn run(self) {
-        let reap = async {
+        let span = self.span.unwrap_or_else(tracing::Span::none);
+        let backend = async {
+            if let Some(key) = self.cancel {
+                // The backend notices the closed socket once its query stops.
+                if let Err(e) =
+                    upstream::send_cancel(&key.host, key.port, key.pid, key.secret).await
+                {
+                    tracing::warn!(error = %e, "could not cancel the upstream query");
+                }
+            }
             if let Some(reaper) = self.reaper {
                 reaper.run().await;
             }
         };
         let farewell = async {
             if let Some(farewell) = self.farewell {
-                farewell
-                    .deliver()
-                    .instrument(self.span.unwrap_or_else(tracing::Span::none))
-                    .await;
+                farewell.deliver().await;
             }
-            drop(self.slot);
+            drop(self.pass);
         };
-        tokio::join!(reap, farewell);
+        tokio::join!(backend.instrument(span.clone()), farewell.instrument(span));
     }
 }

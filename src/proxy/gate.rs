@@ -67,6 +67,8 @@ pub(crate) struct Throttled {
 #[derive(Default)]
 pub(crate) struct Gate {
     open: AtomicUsize,
+    /// Farewells given their full patience now (see [`Slot::into_farewell_pass`]).
+    farewells: AtomicUsize,
     refusing: Arc<AtomicUsize>,
     windows: Mutex<HashMap<Key, Window>>,
 }
@@ -82,6 +84,37 @@ impl Drop for Slot {
     }
 }
 
+impl Slot {
+    /// Gives the connection's slot back as its session ends, and takes a pass for its
+    /// farewell if fewer than `max` farewells hold one. A farewell does not hold a slot (a
+    /// client slow to read why its session ended must not keep another engineer out), so
+    /// passes bound how many client sockets wait out slow readers beside the sessions.
+    pub(crate) fn into_farewell_pass(self, max: usize) -> Option<FarewellPass> {
+        let gate = self.gate.clone();
+        drop(self);
+        let taken = gate
+            .gate
+            .farewells
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        // Built only when taken: a pass dropped gives one back.
+        taken.then(|| FarewellPass { gate })
+    }
+}
+
+/// One farewell given its full patience; the count goes down when it is dropped.
+pub(crate) struct FarewellPass {
+    gate: Arc<super::Registry>,
+}
+
+impl Drop for FarewellPass {
+    fn drop(&mut self) {
+        self.gate.gate.farewells.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The limits in force (read from the configuration at each accept, so a reload applies).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -94,6 +127,11 @@ impl Gate {
     /// Connections held now.
     pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// Farewells holding a pass now.
+    pub(crate) fn farewells(&self) -> usize {
+        self.farewells.load(Ordering::SeqCst)
     }
 
     /// Failed-login windows held now (the census counts them).

@@ -127,7 +127,7 @@ impl Proxy {
         sessions.spawn(
             async move {
                 let after = session::serve(proxy, tcp, peer, id).await;
-                after.map(|after| after.holding(slot))
+                after.map(|after| after.releasing(slot, limits.max_connections))
             }
             .instrument(span),
         );

@@ -469,8 +469,15 @@ async fn run_admitted(
         audit: lockbox.audit.clone(),
         span: tracing::Span::current(),
     });
-    finish(&lockbox.audit, &fields, &request.id, db, backend, end).await;
-    Aftermath::new(reaper, farewell)
+    finish(&lockbox.audit, &fields, &request.id, &end);
+    // A query may be running: it is cancelled, so the backend notices the closed socket.
+    let cancel = ended_by_proxy(&end).then(|| CancelKey {
+        host: db.host.clone(),
+        port: db.port,
+        pid: backend.0,
+        secret: backend.1,
+    });
+    Aftermath::new(cancel, reaper, farewell)
 }
 
 /// Logs in upstream as the grant's role. A per-grant role whose password another proxy

@@ -1,7 +1,9 @@
 //! Attack review of d0ec59e (the farewell: upstream closed first, the FATAL delivered
 //! beside the reaper while the client drains its send queue).
 //!
-//! Findings are tests that fail on d0ec59e; non-findings pass.
+//! The three findings failed on d0ec59e and hold since the fix (the cancel runs beside the
+//! farewell in the `Aftermath`; a farewell holds no connection slot, a pass instead); the
+//! non-findings pinned bounds that held already.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -185,7 +187,7 @@ async fn read_to_end_timed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>,
     }
 }
 
-/// FINDING. The FATAL now waits for `session::end::finish`, which sends the upstream
+/// FINDING (fixed). The FATAL waited for `session::end::finish`, which sends the upstream
 /// cancel (`upstream::send_cancel`: a new TCP connection to the database, up to a 10 s
 /// connect timeout, then up to 2 s waiting for the server to close). Before d0ec59e the
 /// FATAL was written inside `relay.run()`, before the cancel. With the database host
@@ -222,7 +224,7 @@ async fn farewell_a_revoke_is_told_at_once_even_when_the_database_takes_no_new_c
     );
 }
 
-/// FINDING (same cause, worse outcome). At shutdown the proxy waits `SHUTDOWN_GRACE +
+/// FINDING (fixed; same cause, worse outcome). At shutdown the proxy waits `SHUTDOWN_GRACE +
 /// terminate_after` (7 s by default) for its sessions, then aborts them. A session whose
 /// `finish` is stuck in the upstream cancel's connect (10 s) is aborted before its
 /// farewell ever starts: the client never gets "lockbox proxy is shutting down", only a
@@ -347,7 +349,7 @@ async fn env_with_proxy_keys(name: &str, keys: &str) -> Env {
     env
 }
 
-/// FINDING (low). A revoked engineer's connections keep their `max_connections` slots
+/// FINDING (low, fixed). A revoked engineer's connections keep their `max_connections` slots
 /// for up to `FAREWELL_LIMIT` (30 s) after the revoke, by reading their queued rows a
 /// trickle at a time: the farewell holds the slot, while the session is already
 /// unregistered (not in `/v1/sessions`, not killable by an operator). With the proxy

@@ -37,6 +37,17 @@ pub(crate) struct Farewell {
 }
 
 impl Farewell {
+    /// Gives the client no more than [`CLOSE_WAIT`] per step, as if its send queue could
+    /// not be seen: too many farewells wait on slow readers already.
+    pub(crate) fn hurry(&mut self) {
+        self.client_fd = None;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_patient(&self) -> bool {
+        self.client_fd.is_some()
+    }
+
     /// Writes the words and closes, patiently while the client takes bytes (see the module
     /// docs). Then reads and drops what the client still sends until it closes: closing a
     /// socket with unread bytes in it sends a reset, and a reset makes the client's system

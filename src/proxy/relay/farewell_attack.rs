@@ -115,10 +115,11 @@ async fn attack_a_client_that_keeps_sending_during_the_drain_is_let_go() {
     assert_eq!(got, b"the FATAL", "exactly the words, nothing after them");
 }
 
-/// The connection slot: held by the aftermath while its farewell holds the client's
-/// socket, given back when the farewell ends; not held at all when there is no farewell.
+/// The connection slot goes back as the session ends, farewell or not (a slow reader must
+/// not keep another engineer out); a patient farewell holds a pass instead, given back when
+/// it ends, and past `max` passes a farewell hurries (no more than a moment per step).
 #[tokio::test]
-async fn attack_the_aftermath_gives_the_slot_back() {
+async fn attack_the_aftermath_gives_the_slot_back_and_bounds_patient_farewells() {
     use crate::proxy::aftermath::Aftermath;
     use crate::proxy::gate::{take_slot, Limits};
     let registry = Arc::new(crate::proxy::Registry::default());
@@ -130,9 +131,9 @@ async fn attack_the_aftermath_gives_the_slot_back() {
     // No farewell, no reaper: nothing to run, and the slot goes with the session.
     let slot = take_slot(&registry, &limits).expect("slot");
     assert_eq!(registry.gate.open(), 1);
-    let none = Aftermath::new(None, None)
+    let none = Aftermath::new(None, None, None)
         .into_work()
-        .map(|a| a.holding(slot));
+        .map(|a| a.releasing(slot, 1));
     assert!(none.is_none());
     assert_eq!(
         registry.gate.open(),
@@ -140,25 +141,47 @@ async fn attack_the_aftermath_gives_the_slot_back() {
         "the slot of a session with no aftermath"
     );
 
+    // A farewell to a client that reads nothing for now: the slot is back at once, the
+    // pass held while the farewell waits.
     let (proxy, mut client, _filler) = queued_pair(None).await;
     let slot = take_slot(&registry, &limits).expect("slot");
-    let after = Aftermath::new(None, Some(farewell(proxy, b"the FATAL")))
+    let after = Aftermath::new(None, None, Some(farewell(proxy, b"the FATAL")))
         .into_work()
         .expect("a farewell is work")
-        .holding(slot);
-    let run = tokio::spawn(after.run());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+        .releasing(slot, 1);
     assert_eq!(
         registry.gate.open(),
-        1,
-        "held while the farewell holds the socket"
+        0,
+        "the slot is back as the session ends"
     );
+    assert_eq!(
+        registry.gate.farewells(),
+        1,
+        "a pass for the patient farewell"
+    );
+    assert_eq!(after.farewell_is_patient(), Some(true));
+    let run = tokio::spawn(after.run());
+
+    // A second farewell finds no pass left: it hurries, and gives up on its stalled client
+    // within a moment rather than the stall limit.
+    let (proxy2, _client2, _) = queued_pair(None).await;
+    let slot = take_slot(&registry, &limits).expect("slot");
+    let hurried = Aftermath::new(None, None, Some(farewell(proxy2, b"the FATAL")))
+        .into_work()
+        .expect("work")
+        .releasing(slot, 1);
+    assert_eq!(registry.gate.farewells(), 1, "no second pass");
+    assert_eq!(hurried.farewell_is_patient(), Some(false), "it hurries");
+    tokio::time::timeout(Duration::from_secs(10), hurried.run())
+        .await
+        .expect("a hurried farewell ends");
+
     let mut got = Vec::new();
     client.read_to_end(&mut got).await.expect("read");
     tokio::time::timeout(Duration::from_secs(5), run)
         .await
         .expect("the aftermath ends once the client closed")
         .expect("join");
-    assert_eq!(registry.gate.open(), 0, "given back after the farewell");
+    assert_eq!(registry.gate.farewells(), 0, "the pass is given back");
     assert!(got.ends_with(b"the FATAL"));
 }

@@ -1,6 +1,7 @@
 //! The end of an admitted session: why it ended, for the record (the `disconnected` or
-//! `dropped_*` record rides the next write, since it gates nothing), and the upstream query
-//! cancelled when the proxy ended the session itself. Also the record of a failed login.
+//! `dropped_*` record rides the next write, since it gates nothing). The upstream query of
+//! a session the proxy ended is cancelled by its `Aftermath`. Also the record of a failed
+//! login.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,6 @@ use crate::audit::{AuditEvent, SessionEvent, SessionFields, SessionRecord};
 use crate::ids::{RequestId, SessionId};
 use crate::proxy::registry::DropReason;
 use crate::proxy::relay::End;
-use crate::proxy::upstream;
 use crate::proxy::Proxy;
 use crate::wire::Startup;
 
@@ -22,21 +22,19 @@ pub(super) fn ended_by_proxy(end: &End) -> bool {
     )
 }
 
-pub(super) async fn finish(
+pub(super) fn finish(
     audit: &crate::audit::AuditLog,
     fields: &Arc<SessionFields>,
     request_id: &RequestId,
-    db: &crate::config::Database,
-    (backend_pid, backend_secret): (i32, i32),
-    end: End,
+    end: &End,
 ) {
     // Why a client message ended the session, for the record; "disconnected" alone hides it.
-    let detail = match &end {
+    let detail = match end {
         End::MessageTooLarge(o) => Some(o.describe()),
         End::ProtocolError(m) => Some(format!("client protocol violation: {m}")),
         _ => None,
     };
-    let (event, reason) = match &end {
+    let (event, reason) = match end {
         End::Dropped(DropReason::Expired) => {
             (SessionEvent::DroppedExpired, Some("access window ended"))
         }
@@ -66,13 +64,6 @@ pub(super) async fn finish(
         ),
         End::RowLimit(_) => (SessionEvent::Disconnected, Some("row limit exceeded")),
     };
-    if ended_by_proxy(&end) {
-        // A query may be running: cancel it, so the backend notices the closed socket at once.
-        if let Err(e) = upstream::send_cancel(&db.host, db.port, backend_pid, backend_secret).await
-        {
-            tracing::warn!(error = %e, "could not cancel the upstream query");
-        }
-    }
     tracing::info!(request_id = %request_id, ?event, "session ended");
     // The end follows what already happened and gates nothing, so, like an outcome, its
     // record rides the next write and fsync instead of costing one of its own (in `fsync`
