@@ -18,7 +18,6 @@ pub(crate) mod fleet;
 mod journal;
 mod node;
 pub mod pg_sink;
-mod priority;
 mod reader;
 mod record;
 pub mod redact;

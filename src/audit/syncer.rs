@@ -28,13 +28,6 @@ const TICK: Duration = Duration::from_secs(1);
 pub(super) const FLUSH_AFTER: Duration = Duration::from_millis(5);
 
 pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
-    if shared.options.durability == crate::config::Durability::Fsync {
-        // Every statement waits for this thread's fdatasync: see `priority`.
-        match super::priority::raise_this_thread(super::priority::SYNCER_NICE) {
-            Some(nice) => tracing::debug!(nice, "audit syncer runs at a raised priority"),
-            None => tracing::debug!("audit syncer runs at the process's priority"),
-        }
-    }
     let syncer = Syncer { shared, signer };
     let mut state = shared.lock();
     // Where the chain stood when the syncer last went to sleep: records appended since
