@@ -73,10 +73,16 @@ pub(super) fn first_seq_of(file: &mut File) -> std::io::Result<Option<u64>> {
 
 /// Makes a rename in the file's folder durable.
 pub(super) fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not fsync the audit folder");
-        }
+    if let Err(e) = try_sync_dir(path) {
+        tracing::warn!(path = %path.display(), error = %e, "could not fsync the audit folder");
+    }
+}
+
+/// Fsyncs the folder `path` is in, so that a name just given or taken in it is on disk.
+pub(super) fn try_sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir).and_then(|d| d.sync_all()),
+        None => Ok(()),
     }
 }
 

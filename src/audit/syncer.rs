@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{SecondsFormat, Utc};
 
 use super::chain::{checkpoint_message, CheckpointSigner};
-use super::file::{chain_tail, sync_dir};
+use super::file::{chain_tail, try_sync_dir};
 use super::journal::Journal;
 use super::segments::rotated_name;
 use super::witness::Witness;
@@ -296,29 +296,70 @@ impl<'a> Syncer<'a> {
             state.file_opened = Instant::now();
             return;
         }
-        match crate::private_files::open_options()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-        {
+        let opened = self
+            .shared
+            .rotation_step(RotationStep::OpenNew)
+            .and_then(|()| {
+                crate::private_files::open_options()
+                    .create(true)
+                    .read(true)
+                    .append(true)
+                    .open(path)
+            });
+        match opened {
             Ok(file) => {
-                sync_dir(path);
                 tracing::info!(rotated = %target.display(), first_seq = state.file_first_seq, "audit file rotated");
                 state.file = Arc::new(file);
                 state.len = 0;
                 state.file_first_seq = state.next_seq;
                 state.file_opened = Instant::now();
+                // Until the folder is on disk, a power loss may take the new file's name
+                // with every record written to it since: none is written.
+                let synced = self
+                    .shared
+                    .rotation_step(RotationStep::SyncFolder)
+                    .and_then(|()| try_sync_dir(path));
+                if let Err(e) = synced {
+                    self.shared.refuse_after_rotation(
+                        state,
+                        &format!(
+                            "the folder could not be fsynced after rotating to a new file ({e})"
+                        ),
+                    );
+                }
             }
             Err(e) => {
                 // The handle still points at the renamed file: records keep going there, and
                 // the chain stays whole. Put the name back so readers find the active file.
                 tracing::error!(path = %path.display(), error = %e, "could not start a new audit file");
-                let _ = std::fs::rename(&target, path);
+                let back = self
+                    .shared
+                    .rotation_step(RotationStep::RenameBack)
+                    .and_then(|()| std::fs::rename(&target, path));
                 state.file_opened = Instant::now();
+                if let Err(back) = back {
+                    // Records would go on under a rotated file's name, where neither readers
+                    // nor the journal's recovery look for the active file.
+                    self.shared.refuse_after_rotation(
+                        state,
+                        &format!(
+                            "no new file could be started ({e}) and {} could not be renamed back ({back})",
+                            target.display()
+                        ),
+                    );
+                }
             }
         }
     }
+}
+
+/// The steps of a rotation that tests make fail.
+#[cfg_attr(not(test), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RotationStep {
+    OpenNew,
+    SyncFolder,
+    RenameBack,
 }
 
 impl Shared {
@@ -398,6 +439,44 @@ impl Shared {
     /// The trail's own fdatasync failed while a journal is kept: see
     /// [`super::journal::Journal::refusal`]. Records held for the next write can never be
     /// written now: given up (and counted in the log).
+    /// A rotation left the trail's names in a state a power loss or a restart could not
+    /// make sense of: every later append is refused (fail closed) until a restart, which
+    /// reads the folder as it is.
+    pub(super) fn refuse_after_rotation(&self, state: &mut State, why: &str) {
+        let refusal = AuditError::Io {
+            path: self.path.display().to_string(),
+            message: format!(
+                "{why}; statements are refused until lockbox is restarted with the disk fixed"
+            ),
+        };
+        tracing::error!(error = %refusal, "audit rotation failed; statements are refused");
+        self.healthy.store(false, Ordering::SeqCst);
+        state.refused = Some(refusal);
+    }
+
+    /// Tests only: fails `step` once if a test asked for it.
+    #[cfg(test)]
+    pub(super) fn rotation_step(&self, step: RotationStep) -> std::io::Result<()> {
+        let mut faults = self
+            .rotation_faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match faults.iter().position(|f| *f == step) {
+            Some(at) => {
+                faults.remove(at);
+                Err(std::io::Error::other(format!(
+                    "injected failure of {step:?}"
+                )))
+            }
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    pub(super) fn rotation_step(&self, _step: RotationStep) -> std::io::Result<()> {
+        Ok(())
+    }
+
     pub(super) fn refuse_after_trail_sync(&self, state: &mut State, error: &std::io::Error) {
         let Some(refusal) = state.journal.as_ref().map(|j| j.refusal(error)) else {
             return self.sync_failed(state, error);

@@ -98,6 +98,9 @@ pub(super) struct Shared {
     /// the thread doing it; an error stands for the fdatasync failing.
     #[cfg(test)]
     pub(super) sync_hook: Mutex<Option<SyncHook>>,
+    /// Tests only: rotation steps made to fail, each once (see [`Shared::rotation_step`]).
+    #[cfg(test)]
+    pub(super) rotation_faults: Mutex<Vec<super::syncer::RotationStep>>,
 }
 
 #[cfg(test)]
@@ -352,6 +355,8 @@ impl AuditLog {
             clip: std::sync::OnceLock::new(),
             #[cfg(test)]
             sync_hook: Mutex::new(None),
+            #[cfg(test)]
+            rotation_faults: Mutex::new(Vec::new()),
         });
         let for_syncer = shared.clone();
         let thread = std::thread::Builder::new()
@@ -560,3 +565,7 @@ mod journal_attack_tests;
 #[cfg(test)]
 #[path = "writer_attack2_tests.rs"]
 mod attack2_tests;
+
+#[cfg(test)]
+#[path = "rotation_fault_tests.rs"]
+mod rotation_fault_tests;
