@@ -231,6 +231,30 @@ mod tests {
             .expect("the farewell ends once the client closed");
     }
 
+    /// Words that outgrow the socket (as a TLS stream's buffered records do): the send
+    /// queue stays full while they go out, so only the bytes the client acknowledges show
+    /// that it reads.
+    #[tokio::test]
+    async fn words_larger_than_the_socket_reach_a_client_that_reads_steadily() {
+        let (proxy, mut client, filler) = queued_pair().await;
+        let words = vec![b'w'; 3 * filler.max(1 << 20)];
+        let deliver = tokio::spawn(farewell(proxy, &words).deliver());
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 32 * 1024];
+        // One socket-full a second: the words take twice the stall limit.
+        let per_second = filler.max(64 * 1024);
+        loop {
+            let n = client.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got += n;
+            tokio::time::sleep(Duration::from_secs_f64(n as f64 / per_second as f64)).await;
+        }
+        assert_eq!(got, filler + words.len(), "{filler} queued bytes, then the words");
+        deliver.await.expect("the farewell ends once the client closed");
+    }
+
     #[tokio::test]
     async fn a_client_that_reads_nothing_is_given_up_on() {
         let (proxy, mut client, filler) = queued_pair().await;

@@ -263,13 +263,17 @@ impl Relay {
         self.record_outcomes(leftover);
         // A client in the middle of a message would read the FATAL as the rest of it:
         // only one between messages is told (after the message a write was cut in, if any).
-        let words = message
-            .filter(|_| !self.client_mid_message)
-            .map(|(code, text)| {
-                let mut words = BytesMut::from(&self.cut_short[..]);
-                wire::error_response(&mut words, wire::Severity::Fatal, code, &text);
-                words.to_vec()
-            });
+        // One in the middle still gets a farewell without words: over TLS, bytes it was
+        // sent may wait in the TLS stream, and without that flush it would see whole rows
+        // and a close, as if nothing were missing.
+        let words = message.map(|(code, text)| {
+            if self.client_mid_message {
+                return Vec::new();
+            }
+            let mut words = BytesMut::from(&self.cut_short[..]);
+            wire::error_response(&mut words, wire::Severity::Fatal, code, &text);
+            words.to_vec()
+        });
         let Relay {
             client, client_fd, ..
         } = self;

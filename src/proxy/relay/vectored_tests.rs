@@ -603,19 +603,16 @@ fn describe(got: &[u8], at: usize) -> String {
 }
 
 /// The stream is a prefix of the script then one FATAL (with `reason`) at a boundary, or,
-/// only inside a message too large to hold back, a prefix with nothing after it.
-///
-/// Over TLS the relay's last writes may sit in the TLS session unsent when it closes
-/// without a FATAL (it cannot tell one): the client's stream may then stop up to `slack`
-/// bytes before the message that was streaming.
-fn check_ended(s: &Script, got: &[u8], reason: &str, tls: bool) -> Result<usize, String> {
-    let slack = if tls { 4 * HOLD_LIMIT } else { 0 };
+/// only inside a message too large to hold back, a prefix with nothing after it. Over TLS
+/// too: the relay's last writes, which may sit in the TLS session when it ends inside a
+/// message, are flushed by its farewell, so the client's stream never stops short of them.
+fn check_ended(s: &Script, got: &[u8], reason: &str) -> Result<usize, String> {
     let p = got.iter().zip(&s.bytes).take_while(|(a, b)| a == b).count();
     if p == got.len() {
         let inside_big = s
             .spans
             .iter()
-            .any(|(a, b)| (*a < p || *a <= p + slack && tls) && p < *b && b - a > HOLD_LIMIT);
+            .any(|(a, b)| *a < p && p < *b && b - a > HOLD_LIMIT);
         return if inside_big {
             Ok(p)
         } else {
@@ -654,7 +651,7 @@ fn check_ended(s: &Script, got: &[u8], reason: &str, tls: bool) -> Result<usize,
 fn check(case: &Case, out: &Outcome) -> Result<(), String> {
     let s = &out.script;
     if let Expect::FatalAt(at) = case.plan.expect {
-        let p = check_ended(s, &out.got, "", case.tls)?;
+        let p = check_ended(s, &out.got, "")?;
         if p != at || p == out.got.len() {
             return Err(format!(
                 "expected the script up to {at} then the FATAL; got the script up to {p} ({} bytes in all)",
@@ -680,7 +677,7 @@ fn check(case: &Case, out: &Outcome) -> Result<(), String> {
             }
         }
         Ending::Revoke => {
-            let p = check_ended(s, &out.got, "was revoked", case.tls)?;
+            let p = check_ended(s, &out.got, "was revoked")?;
             trace(&format!("revoke: after {p} of {} bytes", s.bytes.len()));
             if !matches!(out.end, End::Dropped(DropReason::Revoked)) {
                 return Err(format!("ended {:?}", out.end));
@@ -691,7 +688,7 @@ fn check(case: &Case, out: &Outcome) -> Result<(), String> {
             if notices.len() > 1 {
                 return Err(format!("notices at {notices:?}"));
             }
-            let p = check_ended(s, &stripped, "has expired", case.tls)?;
+            let p = check_ended(s, &stripped, "has expired")?;
             trace(&format!(
                 "expiry: after {p} of {} bytes, notices at {notices:?}",
                 s.bytes.len()
@@ -708,12 +705,12 @@ fn check(case: &Case, out: &Outcome) -> Result<(), String> {
             // The script: a RowDescription, then rows: the first n rows end at boundary n + 1.
             let rows = s.spans.len() - 3;
             if (n as usize) >= rows {
-                if out.got != s.bytes && check_ended(s, &out.got, "", case.tls).is_err() {
+                if out.got != s.bytes && check_ended(s, &out.got, "").is_err() {
                     return Err("under the limit, the stream is not the script".into());
                 }
                 return Ok(());
             }
-            let p = check_ended(s, &out.got, &format!("more than {n} rows"), case.tls)?;
+            let p = check_ended(s, &out.got, &format!("more than {n} rows"))?;
             if p != s.boundaries[n as usize + 1] {
                 return Err(format!(
                     "row limit {n}: client got script up to {p}, the first {n} rows end at {}",
