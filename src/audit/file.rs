@@ -81,10 +81,22 @@ pub(super) fn sync_dir(path: &Path) {
 /// Fsyncs the folder `path` is in, so that a name just given or taken in it is on disk.
 pub(super) fn try_sync_dir(path: &Path) -> std::io::Result<()> {
     match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => File::open(dir).and_then(|d| d.sync_all()),
+        Some(dir) => File::open(dir).and_then(|d| d.sync_all()).inspect(|()| {
+            #[cfg(test)]
+            FOLDER_SYNCS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(dir.to_owned());
+        }),
         None => Ok(()),
     }
 }
+
+/// Tests only: every folder fsynced successfully, in order (so a simulated power cut knows
+/// which names in a folder are on disk).
+#[cfg(test)]
+pub(super) static FOLDER_SYNCS: std::sync::Mutex<Vec<std::path::PathBuf>> =
+    std::sync::Mutex::new(Vec::new());
 
 /// Drops a torn final record (a crash mid-write) and returns the last record's sequence
 /// number and hash, where the chain continues.

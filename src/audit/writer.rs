@@ -569,3 +569,7 @@ mod attack2_tests;
 #[cfg(test)]
 #[path = "rotation_fault_tests.rs"]
 mod rotation_fault_tests;
+
+#[cfg(test)]
+#[path = "rotation_attack_tests.rs"]
+mod rotation_attack_tests;
