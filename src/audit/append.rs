@@ -35,6 +35,12 @@ impl Shared {
 
     /// The active file is big or old enough to be rotated (see `Syncer::rotate_if_due`).
     pub(super) fn rotation_due(&self, state: &State) -> bool {
+        if state
+            .rotation_put_off_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return false;
+        }
         let by_size = self.options.rotate_size.is_some_and(|s| state.len >= s);
         let by_time = self
             .options

@@ -116,6 +116,18 @@ async fn a_rotation_that_can_neither_start_a_file_nor_rename_back_refuses_every_
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_put_back_that_cannot_be_made_durable_refuses_every_later_statement() {
+    refused_then_restarted(
+        &[
+            RotationStep::OpenNew,
+            RotationStep::SyncFolderAfterRenameBack,
+        ],
+        "after putting the active file's name back",
+    )
+    .await;
+}
+
 /// Where only the new file could not be started, the old name is put back and the trail
 /// goes on (no refusal), its chain whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,12 +288,12 @@ impl<'a> Syncer<'a> {
         let target = rotated_name(path, state.file_first_seq);
         if target.exists() {
             tracing::error!(target = %target.display(), "audit rotation target exists; not rotating");
-            state.file_opened = Instant::now();
+            put_off_rotation(state);
             return;
         }
         if let Err(e) = std::fs::rename(path, &target) {
             tracing::error!(path = %path.display(), error = %e, "audit rotation failed");
-            state.file_opened = Instant::now();
+            put_off_rotation(state);
             return;
         }
         let opened = self
@@ -308,39 +308,38 @@ impl<'a> Syncer<'a> {
             });
         match opened {
             Ok(file) => {
-                tracing::info!(rotated = %target.display(), first_seq = state.file_first_seq, "audit file rotated");
                 state.file = Arc::new(file);
                 state.len = 0;
                 state.file_first_seq = state.next_seq;
                 state.file_opened = Instant::now();
+                state.rotation_put_off_until = None;
                 // Until the folder is on disk, a power loss may take the new file's name
                 // with every record written to it since: none is written.
-                let synced = self
-                    .shared
-                    .rotation_step(RotationStep::SyncFolder)
-                    .and_then(|()| try_sync_dir(path));
-                if let Err(e) = synced {
-                    self.shared.refuse_after_rotation(
+                match self.sync_folder(RotationStep::SyncFolder) {
+                    Ok(()) => {
+                        tracing::info!(rotated = %target.display(), first_seq = state.file_first_seq, "audit file rotated")
+                    }
+                    Err(e) => self.shared.refuse_after_rotation(
                         state,
                         &format!(
                             "the folder could not be fsynced after rotating to a new file ({e})"
                         ),
-                    );
+                    ),
                 }
             }
             Err(e) => {
                 // The handle still points at the renamed file: records keep going there, and
                 // the chain stays whole. Put the name back so readers find the active file.
                 tracing::error!(path = %path.display(), error = %e, "could not start a new audit file");
+                put_off_rotation(state);
                 let back = self
                     .shared
                     .rotation_step(RotationStep::RenameBack)
                     .and_then(|()| std::fs::rename(&target, path));
-                state.file_opened = Instant::now();
                 if let Err(back) = back {
                     // Records would go on under a rotated file's name, where neither readers
                     // nor the journal's recovery look for the active file.
-                    self.shared.refuse_after_rotation(
+                    return self.shared.refuse_after_rotation(
                         state,
                         &format!(
                             "no new file could be started ({e}) and {} could not be renamed back ({back})",
@@ -348,9 +347,33 @@ impl<'a> Syncer<'a> {
                         ),
                     );
                 }
+                // The name put back must be on disk before a record is written under it:
+                // recovery trusts a rotated name to hold only records synced before it.
+                if let Err(e) = self.sync_folder(RotationStep::SyncFolderAfterRenameBack) {
+                    self.shared.refuse_after_rotation(
+                        state,
+                        &format!("the folder could not be fsynced after putting the active file's name back ({e})"),
+                    );
+                }
             }
         }
     }
+
+    /// Fsyncs the trail's folder (`step` names it for the tests' faults).
+    fn sync_folder(&self, step: RotationStep) -> std::io::Result<()> {
+        self.shared
+            .rotation_step(step)
+            .and_then(|()| try_sync_dir(&self.shared.path))
+    }
+}
+
+/// How long a rotation that could not be done waits before it is tried again.
+const ROTATION_RETRY: Duration = Duration::from_secs(60);
+
+/// A rotation failed: it is not tried again for [`ROTATION_RETRY`].
+fn put_off_rotation(state: &mut State) {
+    state.file_opened = Instant::now();
+    state.rotation_put_off_until = Some(Instant::now() + ROTATION_RETRY);
 }
 
 /// The steps of a rotation that tests make fail.
@@ -360,6 +383,7 @@ pub(super) enum RotationStep {
     OpenNew,
     SyncFolder,
     RenameBack,
+    SyncFolderAfterRenameBack,
 }
 
 impl Shared {
@@ -436,9 +460,6 @@ impl Shared {
         }
     }
 
-    /// The trail's own fdatasync failed while a journal is kept: see
-    /// [`super::journal::Journal::refusal`]. Records held for the next write can never be
-    /// written now: given up (and counted in the log).
     /// A rotation left the trail's names in a state a power loss or a restart could not
     /// make sense of: every later append is refused (fail closed) until a restart, which
     /// reads the folder as it is.
@@ -477,6 +498,9 @@ impl Shared {
         Ok(())
     }
 
+    /// The trail's own fdatasync failed while a journal is kept: see
+    /// [`super::journal::Journal::refusal`]. Records held for the next write can never be
+    /// written now: given up (and counted in the log).
     pub(super) fn refuse_after_trail_sync(&self, state: &mut State, error: &std::io::Error) {
         let Some(refusal) = state.journal.as_ref().map(|j| j.refusal(error)) else {
             return self.sync_failed(state, error);

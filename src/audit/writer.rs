@@ -160,6 +160,9 @@ pub(super) struct State {
     pub(super) file_first_seq: u64,
     /// When the active file was started (for rotation by time).
     pub(super) file_opened: Instant,
+    /// A rotation failed (a new file could not be had): not tried again before this, so a
+    /// size past `rotate_size` does not retry it after every append.
+    pub(super) rotation_put_off_until: Option<Instant>,
     /// The last checkpoint written, until a sync makes it durable and it is witnessed.
     pub(super) unwitnessed: Option<Witness>,
     /// The last checkpoint witnessed: the file must never end before it.
@@ -327,6 +330,7 @@ impl AuditLog {
             closed: false,
             file_first_seq,
             file_opened: Instant::now(),
+            rotation_put_off_until: None,
             unwitnessed: None,
             witnessed_seq: 0,
             refused: None,

@@ -251,8 +251,14 @@ mod tests {
             got += n;
             tokio::time::sleep(Duration::from_secs_f64(n as f64 / per_second as f64)).await;
         }
-        assert_eq!(got, filler + words.len(), "{filler} queued bytes, then the words");
-        deliver.await.expect("the farewell ends once the client closed");
+        assert_eq!(
+            got,
+            filler + words.len(),
+            "{filler} queued bytes, then the words"
+        );
+        deliver
+            .await
+            .expect("the farewell ends once the client closed");
     }
 
     #[tokio::test]
