@@ -8,26 +8,9 @@ use std::time::Duration;
 use super::*;
 use crate::audit::chain::verify;
 use crate::audit::journal::path_for;
-use crate::audit::journal::tests::{end_of_record, seqs};
+use crate::audit::journal::tests::{end_of_record, event, seqs};
 use crate::audit::segments::{rotated_name, segments};
 use crate::audit::syncer::RotationStep;
-use crate::audit::{RequestEvent, RequestRecord};
-
-fn event(i: usize) -> AuditEvent {
-    AuditEvent::Request(RequestRecord {
-        event: RequestEvent::Created,
-        request_id: format!("req-{i}"),
-        actor: "eve".into(),
-        engineer: "eve".into(),
-        database: "sales".into(),
-        ticket: format!("T-{i}"),
-        access: "read".into(),
-        reason: None,
-        access_expires_at: None,
-        status: None,
-        break_glass: false,
-    })
-}
 
 /// Successful fsyncs of `dir` so far (see [`crate::audit::file::FOLDER_SYNCS`]).
 fn folder_syncs(dir: &Path) -> usize {

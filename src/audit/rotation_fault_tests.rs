@@ -5,24 +5,8 @@
 
 use super::*;
 use crate::audit::chain::verify;
+use crate::audit::journal::tests::event;
 use crate::audit::syncer::RotationStep;
-use crate::audit::{RequestEvent, RequestRecord};
-
-fn event(i: usize) -> AuditEvent {
-    AuditEvent::Request(RequestRecord {
-        event: RequestEvent::Created,
-        request_id: format!("req-{i}"),
-        actor: "eve".into(),
-        engineer: "eve".into(),
-        database: "sales".into(),
-        ticket: format!("T-{i}"),
-        access: "read".into(),
-        reason: None,
-        access_expires_at: None,
-        status: None,
-        break_glass: false,
-    })
-}
 
 /// A log that rotates after every append, with `faults` injected into its rotations.
 fn rotating_log(path: &Path, faults: &[RotationStep]) -> (AuditLog, std::thread::JoinHandle<()>) {

@@ -259,6 +259,33 @@ fn big_result_sql(marker: &str, rows: usize, width: usize) -> String {
     format!("SELECT /* {marker} */ g, repeat('x', {width}) FROM generate_series(1, {rows}) g")
 }
 
+/// Logs in with a small receive buffer, sends a query for 2,000 rows of 20 kB tagged with
+/// `marker`, and reads its first bytes: the proxy's send queue then fills behind them.
+async fn big_result_started(env: &Env, token: &str, marker: &str) -> TcpStream {
+    let mut client = login_plain(env, token, Some(4096)).await;
+    client
+        .write_all(&query(&big_result_sql(marker, 2000, 20_000)))
+        .await
+        .expect("query");
+    let mut first = vec![0u8; 4096];
+    let _ = client.read(&mut first).await.expect("first bytes");
+    client
+}
+
+/// Reads 512 bytes every 50 ms until the close.
+fn trickle(mut client: TcpStream) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
 fn activity(env: &Env, marker: &str) -> i64 {
     env.superuser_sql(&format!(
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
@@ -274,15 +301,9 @@ fn activity(env: &Env, marker: &str) -> i64 {
 async fn farewell_a_slow_reader_after_a_revoke_holds_no_backend() {
     let env = Env::with("af_slow_no_backend", Options::default()).await;
     let (id, token) = env.approved_token("eve", "1h").await;
-    let mut client = login_plain(&env, &token, Some(4096)).await;
     let marker = "farewell_marker_slow";
-    client
-        .write_all(&query(&big_result_sql(marker, 2000, 20_000)))
-        .await
-        .expect("query");
-    // Let the proxy's send queue fill (the backend blocks behind it).
-    let mut first = vec![0u8; 4096];
-    let _ = client.read(&mut first).await.expect("first bytes");
+    // The proxy's send queue fills (the backend blocks behind it).
+    let mut client = big_result_started(&env, &token, marker).await;
     for _ in 0..40 {
         if activity(&env, marker) > 0 {
             break;
@@ -337,18 +358,6 @@ async fn farewell_a_slow_reader_after_a_revoke_holds_no_backend() {
     );
 }
 
-/// Starts lockbox with `keys` added to the test deployment's `[proxy]` table.
-async fn env_with_proxy_keys(name: &str, keys: &str) -> Env {
-    let mut env = Env::prepare(name, Options::default());
-    let text = std::fs::read_to_string(&env.config_path).expect("config");
-    let text = text.replacen("[proxy]\n", &format!("[proxy]\n{keys}\n"), 1);
-    std::fs::write(&env.config_path, text).expect("config");
-    let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
-    env.audit_path = config.audit_path.clone();
-    env.server = Some(lockbox::server::start(config).await.expect("server starts"));
-    env
-}
-
 /// FINDING (low, fixed). A revoked engineer's connections keep their `max_connections` slots
 /// for up to `FAREWELL_LIMIT` (30 s) after the revoke, by reading their queued rows a
 /// trickle at a time: the farewell holds the slot, while the session is already
@@ -356,20 +365,10 @@ async fn env_with_proxy_keys(name: &str, keys: &str) -> Env {
 /// full, another engineer is refused with 53300 for those 30 s (before d0ec59e: ~1 s).
 #[tokio::test(flavor = "multi_thread")]
 async fn farewell_a_revoked_slow_reader_does_not_keep_other_engineers_out() {
-    let env = env_with_proxy_keys("af_slot", "max_connections = 1").await;
+    let env = crate::ops_limits::start_with_proxy_keys("af_slot", "max_connections = 1").await;
     let (id, token) = env.approved_token("eve", "1h").await;
     let (_bob_id, bob_token) = env.approved_token("bob", "1h").await;
-    let mut client = login_plain(&env, &token, Some(4096)).await;
-    client
-        .write_all(&query(&big_result_sql(
-            "farewell_marker_slot",
-            2000,
-            20_000,
-        )))
-        .await
-        .expect("query");
-    let mut first = vec![0u8; 4096];
-    let _ = client.read(&mut first).await.expect("first bytes");
+    let client = big_result_started(&env, &token, "farewell_marker_slot").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     env.client("carol")
         .revoke(&id, "done")
@@ -377,16 +376,7 @@ async fn farewell_a_revoked_slow_reader_does_not_keep_other_engineers_out() {
         .expect("revoke");
     let revoked = Instant::now();
     // The revoked client takes a trickle: 512 bytes every 50 ms.
-    let trickle = tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        loop {
-            match client.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let trickle = trickle(client);
     // Bob keeps trying to log in for 10 s.
     let mut admitted_after = None;
     let mut last_error = String::new();
@@ -421,28 +411,9 @@ async fn farewell_a_revoked_slow_reader_does_not_keep_other_engineers_out() {
 async fn farewell_a_slow_reader_does_not_hold_shutdown_past_its_grace() {
     let mut env = Env::with("af_slow_shutdown", Options::default()).await;
     let (_id, token) = env.approved_token("eve", "1h").await;
-    let mut client = login_plain(&env, &token, Some(4096)).await;
-    client
-        .write_all(&query(&big_result_sql(
-            "farewell_marker_shut",
-            2000,
-            20_000,
-        )))
-        .await
-        .expect("query");
-    let mut first = vec![0u8; 4096];
-    let _ = client.read(&mut first).await.expect("first bytes");
+    let client = big_result_started(&env, &token, "farewell_marker_shut").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let trickle = tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        loop {
-            match client.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
+    let trickle = trickle(client);
     let stopping = Instant::now();
     tokio::time::timeout(Duration::from_secs(20), env.stop())
         .await

@@ -3,7 +3,7 @@
 use crate::harness::{db_error, Env, Options, Raw};
 
 /// Starts lockbox with `keys` added to the test deployment's `[proxy]` table.
-async fn start_with_proxy_keys(name: &str, keys: &str) -> Env {
+pub(crate) async fn start_with_proxy_keys(name: &str, keys: &str) -> Env {
     let mut env = Env::prepare(name, Options::default());
     let text = std::fs::read_to_string(&env.config_path).expect("config");
     assert!(text.contains("[proxy]\n"));

@@ -170,32 +170,42 @@ fn unsent_bytes(_fd: std::os::fd::RawFd) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::os::fd::AsRawFd;
 
     use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
     use super::*;
 
-    /// A connected pair: the proxy's side (its send queue filled with `filler` bytes the
-    /// client has not read) and the client's.
-    async fn queued_pair() -> (TcpStream, TcpStream, usize) {
+    /// The proxy's side with a full send queue, and the client's (receive buffer
+    /// `rcvbuf`), and how many bytes wait in the queue for the client.
+    pub(in crate::proxy::relay) async fn queued_pair(
+        rcvbuf: Option<u32>,
+    ) -> (TcpStream, TcpStream, usize) {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+        let socket = TcpSocket::new_v4().expect("socket");
+        if let Some(size) = rcvbuf {
+            socket.set_recv_buffer_size(size).expect("rcvbuf");
+        }
+        let client = socket
+            .connect(listener.local_addr().expect("addr"))
             .await
             .expect("connect");
         let (proxy, _) = listener.accept().await.expect("accept");
-        let mut filler = 0;
         let chunk = vec![b'r'; 64 * 1024];
-        // Fill until the socket takes no more now.
-        while let Ok(n) = proxy.try_write(&chunk) {
-            filler += n;
+        let mut filler = 0;
+        // Fill, letting the kernel grow the buffers, until it takes no more.
+        for _ in 0..20 {
+            while let Ok(n) = proxy.try_write(&chunk) {
+                filler += n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         (proxy, client, filler)
     }
 
-    fn farewell(proxy: TcpStream, words: &[u8]) -> Farewell {
+    pub(in crate::proxy::relay) fn farewell(proxy: TcpStream, words: &[u8]) -> Farewell {
         let fd = proxy.as_raw_fd();
         Farewell {
             client: Box::new(proxy),
@@ -206,7 +216,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_reading_slowly_gets_every_queued_byte_then_the_last_words() {
-        let (proxy, mut client, filler) = queued_pair().await;
+        let (proxy, mut client, filler) = queued_pair(None).await;
         let words = b"the FATAL".repeat(1000);
         let deliver = tokio::spawn(farewell(proxy, &words).deliver());
         // Slowly enough that the queue takes well over a second to drain: a fixed bound of
@@ -236,7 +246,7 @@ mod tests {
     /// that it reads.
     #[tokio::test]
     async fn words_larger_than_the_socket_reach_a_client_that_reads_steadily() {
-        let (proxy, mut client, filler) = queued_pair().await;
+        let (proxy, mut client, filler) = queued_pair(None).await;
         let words = vec![b'w'; 3 * filler.max(1 << 20)];
         let deliver = tokio::spawn(farewell(proxy, &words).deliver());
         let mut got = 0usize;
@@ -263,7 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_reads_nothing_is_given_up_on() {
-        let (proxy, mut client, filler) = queued_pair().await;
+        let (proxy, mut client, filler) = queued_pair(None).await;
         let words = b"the FATAL".to_vec();
         // The farewell ends while the client still reads nothing: a stalled client does
         // not hold its socket for the whole farewell limit.

@@ -2,48 +2,14 @@
 //! connection slot it holds. These are non-findings (they pass): each pins a bound the
 //! change relies on.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use super::farewell::Farewell;
-
-/// The proxy's side with a full send queue, and the client's (receive buffer `rcvbuf`).
-async fn queued_pair(rcvbuf: Option<u32>) -> (TcpStream, TcpStream, usize) {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
-    let socket = TcpSocket::new_v4().expect("socket");
-    if let Some(size) = rcvbuf {
-        socket.set_recv_buffer_size(size).expect("rcvbuf");
-    }
-    let client = socket
-        .connect(listener.local_addr().expect("addr"))
-        .await
-        .expect("connect");
-    let (proxy, _) = listener.accept().await.expect("accept");
-    let chunk = vec![b'r'; 64 * 1024];
-    let mut filler = 0;
-    // Fill, letting the kernel grow the buffers, until it takes no more.
-    for _ in 0..20 {
-        while let Ok(n) = proxy.try_write(&chunk) {
-            filler += n;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (proxy, client, filler)
-}
-
-fn farewell(proxy: TcpStream, words: &[u8]) -> Farewell {
-    let fd = proxy.as_raw_fd();
-    Farewell {
-        client: Box::new(proxy),
-        client_fd: Some(fd),
-        words: words.to_vec(),
-    }
-}
+use super::farewell::tests::{farewell, queued_pair};
 
 /// A client that keeps taking a trickle of bytes, forever, never reaching the end: the
 /// farewell still lets it go (30 s cap), so one client cannot hold its socket and slot
