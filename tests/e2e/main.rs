@@ -10,6 +10,7 @@ mod attack_11;
 mod attack_arrival;
 mod attack_farewell;
 mod attack_faults;
+mod attack_final;
 mod attack_review;
 mod attack_review_web;
 mod attack_tls;

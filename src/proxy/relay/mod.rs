@@ -13,6 +13,8 @@ mod buffers;
 mod farewell;
 #[cfg(test)]
 mod farewell_attack;
+#[cfg(test)]
+mod farewell_final_attack;
 mod fuzz;
 mod grant;
 mod inspect;
