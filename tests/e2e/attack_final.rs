@@ -1,6 +1,7 @@
 //! Attack review of c391f98 / a7cc473 / d0ec59e (the farewell without words, the cancel in
-//! the `Aftermath`, farewell passes). `finding_*` fail on the commit under review;
-//! `held_*` are attacks that held.
+//! the `Aftermath`, farewell passes). The two findings failed on the commit under review
+//! and hold since every end the proxy makes cancels and reaps the backend; `held_*` are
+//! attacks that held.
 
 use std::time::Duration;
 
@@ -105,7 +106,7 @@ async fn end_mid_statement(name: &str, marker: &str, ending: &[u8]) -> (Vec<u8>,
     (got, gone)
 }
 
-/// FINDING (medium; beyond the reviewed diff, but the rule a7cc473 moved). A client that
+/// FINDING (medium, fixed; beyond the reviewed diff, but the rule a7cc473 moved). A client that
 /// ends its own session with a protocol violation while a statement runs upstream leaves
 /// that statement running: `ended_by_proxy` covers `Dropped`, `RowLimit` and
 /// `ClientLeftMidStatement` only, so a `ProtocolError` gets no cancel and no reaper, the
@@ -113,7 +114,7 @@ async fn end_mid_statement(name: &str, marker: &str, ending: &[u8]) -> (Vec<u8>,
 /// unsupervised (a procedure that never touches the socket would outlive the grant, which
 /// is what `ClientLeftMidStatement` was made to prevent for a client that just leaves).
 #[tokio::test(flavor = "multi_thread")]
-async fn finding_a_protocol_error_mid_statement_leaves_the_backend_running() {
+async fn a_protocol_error_mid_statement_ends_the_running_backend() {
     // 0x01 is no frontend message type: the relay ends the session at once (08P01).
     let (got, gone) =
         end_mid_statement("afin_proto_mid", "afin_marker_proto", &[1, 0, 0, 0, 4]).await;
@@ -128,11 +129,11 @@ async fn finding_a_protocol_error_mid_statement_leaves_the_backend_running() {
     );
 }
 
-/// FINDING (medium; same cause). A client message declaring a size over
+/// FINDING (medium, fixed; same cause). A client message declaring a size over
 /// `proxy.max_message_size` (End::MessageTooLarge) while a statement runs: no cancel, no
 /// reaper, the backend runs on.
 #[tokio::test(flavor = "multi_thread")]
-async fn finding_an_oversized_message_mid_statement_leaves_the_backend_running() {
+async fn an_oversized_message_mid_statement_ends_the_running_backend() {
     let mut huge = vec![b'Q'];
     huge.extend_from_slice(&(1i32 << 30).to_be_bytes());
     let (got, gone) = end_mid_statement("afin_oversize_mid", "afin_marker_oversize", &huge).await;

@@ -309,6 +309,10 @@ async fn vec_a_revoke_during_a_slowly_read_result_ends_whole_plain_and_tls() {
                     .expect("revoke");
             };
             let (got, ()) = tokio::join!(reader, revoke);
+            if revoked_before_the_result(&got) {
+                eprintln!("tls {tls} seed {seed}: revoked before the result began");
+                continue;
+            }
             let (_, at) = whole(&got);
             if at < got.len() {
                 // Ended inside a row: only one too large to hold back streams, and then
@@ -340,6 +344,14 @@ async fn vec_a_revoke_during_a_slowly_read_result_ends_whole_plain_and_tls() {
             );
         }
     }
+}
+
+/// A revoke that beat the statement's first result (a loaded machine): the client got the
+/// revoke's FATAL alone, whole, and nothing else.
+fn revoked_before_the_result(got: &[u8]) -> bool {
+    let (messages, at) = whole(got);
+    let alone = messages.len() == 1 && messages[0][0] == b'E' && at == got.len();
+    alone && String::from_utf8_lossy(got).contains("was revoked")
 }
 
 /// Reads `chunk` bytes every `every` until the close or a ReadyForQuery.
@@ -392,6 +404,10 @@ async fn vec_a_revoke_with_megabytes_queued_for_a_steady_reader_ends_with_the_fa
                 .expect("revoke");
         };
         let (got, ()) = tokio::join!(reader, revoke);
+        if revoked_before_the_result(&got) {
+            eprintln!("tls {tls}: revoked before the result began");
+            continue;
+        }
         let n = rows_then(&got, &expected_rows(&sizes), b"E");
         eprintln!("tls {tls}: {n} rows ({} bytes), then the FATAL", got.len());
         assert!(

@@ -14,12 +14,21 @@ use crate::proxy::Proxy;
 use crate::wire::Startup;
 
 /// The proxy ended the session itself, so the backend may be mid-query: it is cancelled,
-/// and reaped if it does not go.
+/// and reaped if it does not go. Every end but the client's own between statements and the
+/// server's: a client that ends its session with a bad message mid-statement must not leave
+/// a procedure running unwatched past its grant (the Terminate sent upstream is read only
+/// once the statement is over).
 pub(super) fn ended_by_proxy(end: &End) -> bool {
-    matches!(
-        end,
-        End::Dropped(_) | End::RowLimit(_) | End::ClientLeftMidStatement
-    )
+    match end {
+        End::Dropped(_)
+        | End::RowLimit(_)
+        | End::ClientLeftMidStatement
+        | End::ProtocolError(_)
+        | End::MessageTooLarge(_)
+        | End::UnsafeSetting(_)
+        | End::AuditFailed => true,
+        End::ClientGone | End::UpstreamGone => false,
+    }
 }
 
 pub(super) fn finish(
