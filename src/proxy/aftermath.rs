@@ -46,7 +46,7 @@ impl Aftermath {
     /// the session's span, which what follows goes on logging in.
     pub(crate) fn releasing(mut self, slot: Slot, max_farewells: usize) -> Self {
         self.span = Some(tracing::Span::current());
-        if let Some(farewell) = &mut self.farewell {
+        if let Some(farewell) = self.farewell.as_mut().filter(|f| f.is_patient()) {
             self.pass = slot.into_farewell_pass(max_farewells);
             if self.pass.is_none() {
                 farewell.hurry();

@@ -234,3 +234,53 @@ async fn held_the_farewells_gauge_follows_a_slow_readers_farewell() {
     }
     assert_eq!(after, 0.0, "the pass is given back when the farewell ends");
 }
+
+/// A client that breaks the protocol while rows are queued for it is told why, but its
+/// farewell takes no pass: clients cannot use up, by sending garbage and reading a trickle,
+/// the patience kept for those whose access ended under them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_protocol_violation_gets_a_farewell_without_a_pass() {
+    let env = Env::with("afin_violation_pass", Options::default()).await;
+    let (_id, token) = env.approved_token("eve", "1h").await;
+    let mut client = login_plain(&env, &token, Some(4096)).await;
+    client
+        .write_all(&query(
+            "SELECT g, repeat('x', 20000) FROM generate_series(1, 2000) g",
+        ))
+        .await
+        .expect("query");
+    let mut first = vec![0u8; 4096];
+    let _ = client.read(&mut first).await.expect("first bytes");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 0x01 is no frontend message type: the relay ends the session once it reads it.
+    client.write_all(&[1, 0, 0, 0, 4]).await.expect("garbage");
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(40), client.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        got
+    });
+    let mut most = 0.0f64;
+    while !reader.is_finished() {
+        most = most.max(farewells_gauge(&env).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reader.await.expect("reader");
+    // The session ended for the violation (its FATAL may not have been waited for).
+    env.wait_for_audit("the violation's end record", |records| {
+        records.iter().any(|r| {
+            r["event"] == "disconnected"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|why| why.starts_with("client protocol violation"))
+        })
+    })
+    .await;
+    assert_eq!(most, 0.0, "a protocol violation's farewell held a pass");
+}

@@ -43,7 +43,7 @@ impl Farewell {
         self.client_fd = None;
     }
 
-    #[cfg(test)]
+    /// Whether it waits on a slow reader (else [`CLOSE_WAIT`] per step).
     pub(crate) fn is_patient(&self) -> bool {
         self.client_fd.is_some()
     }

@@ -279,9 +279,13 @@ impl Relay {
         let Relay {
             client, client_fd, ..
         } = self;
+        // A client that broke the protocol is told why but not waited on (no send queue
+        // to watch, so no pass): such clients cannot use up the patience kept for those
+        // whose access ended under them.
+        let patient = !matches!(end, End::ProtocolError(_) | End::MessageTooLarge(_));
         let farewell = words.map(|words| Farewell {
             client,
-            client_fd,
+            client_fd: client_fd.filter(|_| patient),
             words,
         });
         (end, farewell)
