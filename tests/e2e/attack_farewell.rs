@@ -122,7 +122,7 @@ async fn env_behind_forwarder(name: &str) -> (Env, Forwarder) {
 }
 
 /// Connects (plain), logs in and reads up to the first ReadyForQuery.
-async fn login_plain(env: &Env, token: &str, rcvbuf: Option<u32>) -> TcpStream {
+pub(crate) async fn login_plain(env: &Env, token: &str, rcvbuf: Option<u32>) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     if let Some(size) = rcvbuf {
         socket.set_recv_buffer_size(size).expect("rcvbuf");

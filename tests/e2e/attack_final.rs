@@ -6,48 +6,11 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::harness::{errors_in, message, query, startup_packet, Env, Options};
-
-async fn login_plain(env: &Env, token: &str, rcvbuf: Option<u32>) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    if let Some(size) = rcvbuf {
-        socket.set_recv_buffer_size(size).expect("rcvbuf");
-    }
-    let mut stream = socket
-        .connect(([127, 0, 0, 1], env.proxy_port()).into())
-        .await
-        .expect("connect");
-    stream
-        .write_all(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
-        .await
-        .expect("startup");
-    stream
-        .write_all(&message(b'p', &[token.as_bytes(), b"\0"].concat()))
-        .await
-        .expect("password");
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let mut events = Vec::new();
-        lockbox::wire::BackendScanner::default().feed(&got, &mut events);
-        if events
-            .iter()
-            .any(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
-        {
-            return stream;
-        }
-        let mut chunk = [0u8; 8192];
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("ReadyForQuery in time")
-            .expect("read");
-        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&chunk[..n]);
-    }
-}
+use crate::attack_farewell::login_plain;
+use crate::harness::{errors_in, query, Env, Options};
 
 async fn read_to_end(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
     let mut got = Vec::new();
