@@ -57,6 +57,7 @@ mod preauth;
 mod protocol;
 mod relay;
 mod roles;
+mod server_end_tls;
 mod session_end;
 mod terminate;
 mod upstream_faults;

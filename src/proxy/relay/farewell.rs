@@ -1,5 +1,7 @@
 //! The last words to a client whose session the proxy ended: the rest of a message a write
 //! was cut short in, the FATAL that says why, and a close the client can read to the end.
+//! A session the server ended (its own FATAL relayed) gets a farewell without words: the
+//! close, which over TLS is a close_notify after every byte, as PostgreSQL ends it.
 //!
 //! By the time a session ends, megabytes of whole rows may sit in the socket's send queue
 //! for a client that reads slowly. The FATAL can only follow them, so it is delivered for as

@@ -268,14 +268,19 @@ impl Relay {
         // One in the middle still gets a farewell without words: over TLS, bytes it was
         // sent may wait in the TLS stream, and without that flush it would see whole rows
         // and a close, as if nothing were missing.
-        let words = message.map(|(code, text)| {
-            if self.client_mid_message {
-                return Vec::new();
+        let words = match message {
+            Some(_) if self.client_mid_message => Some(Vec::new()),
+            Some((code, text)) => {
+                let mut words = BytesMut::from(&self.cut_short[..]);
+                wire::error_response(&mut words, wire::Severity::Fatal, code, &text);
+                Some(words.to_vec())
             }
-            let mut words = BytesMut::from(&self.cut_short[..]);
-            wire::error_response(&mut words, wire::Severity::Fatal, code, &text);
-            words.to_vec()
-        });
+            // The server said why itself, and its FATAL was relayed: the close that follows
+            // must still be one the client can tell from a cut connection (over TLS, a
+            // close_notify after every byte, as PostgreSQL ends it).
+            None if matches!(end, End::UpstreamGone) => Some(Vec::new()),
+            None => None,
+        };
         let Relay {
             client, client_fd, ..
         } = self;
