@@ -252,6 +252,35 @@ bench_fsync_buckets() {
         sed -nE 's/^lockbox_audit_fsync_seconds_bucket\{le="([^"]+)"\} ([0-9]+)$/\1 \2/p'
 }
 
+# bench_audit_sums NAME: "FSYNC_SUM FSYNC_COUNT APPEND_SUM APPEND_COUNT" (seconds, counts) of
+# lockbox_audit_fsync_seconds and lockbox_audit_append_seconds on the lockbox started as NAME:
+# between two snapshots, the mean durable append minus the mean fdatasync is lockbox's own
+# time around the sync, exactly (no bucket to interpolate in).
+bench_audit_sums() {
+    local name=$1
+    curl -sf --cacert "$LOCKBOX_CA_CERT" -H "Authorization: Bearer $LOCKBOX_AUDITOR_KEY" \
+        "${LOCKBOX_SERVER%:*}:${BENCH_API_PORT[$name]}/metrics" |
+        awk 'BEGIN { fs = fc = as = ac = 0 }
+             $1 == "lockbox_audit_fsync_seconds_sum" { fs = $2 }
+             $1 == "lockbox_audit_fsync_seconds_count" { fc = $2 }
+             $1 == "lockbox_audit_append_seconds_sum" { as = $2 }
+             $1 == "lockbox_audit_append_seconds_count" { ac = $2 }
+             END { print fs, fc, as, ac }'
+}
+
+# bench_own_ms BEFORE AFTER (two bench_audit_sums lines): the mean durable append minus the
+# mean fdatasync between them, in ms; "-" without syncs.
+bench_own_ms() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+(fs0, fc0, as0, ac0), (fs1, fc1, as1, ac1) = (map(float, a.split()) for a in sys.argv[1:3])
+if fc1 <= fc0 or ac1 <= ac0:
+    print("-")
+else:
+    print(f"{((as1 - as0) / (ac1 - ac0) - (fs1 - fs0) / (fc1 - fc0)) * 1000:.4f}")
+PY
+}
+
 # bench_fsync_median BEFORE AFTER: the median fdatasync (ms) between two bench_fsync_buckets
 # snapshots, interpolated within its bucket; "-" without syncs.
 bench_fsync_median() {

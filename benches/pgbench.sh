@@ -58,7 +58,7 @@ PY
 # run TARGET CLIENTS PROTOCOL ROUND: one pgbench run, appends a line to $results.
 run() {
     local target=$1 clients=$2 mode=$3 round=$4 threads out tps p50=- p99=- prefix
-    local fsync=- proxy=${BENCH_PROXY[$target]:-} syncs=""
+    local fsync=- own=- proxy=${BENCH_PROXY[$target]:-} syncs="" sums=""
     threads=$((clients < NPROC ? clients : NPROC))
     local args=(-n -S -M "$mode" -c "$clients" -j "$threads" -T "$SECONDS_PER_RUN")
     prefix=$BENCH_WORK/lat/$target.$mode.$round
@@ -67,6 +67,7 @@ run() {
     if ((clients == 1)) && [ "$proxy" = fsync ]; then
         syncs=$BENCH_WORK/fsync-buckets
         bench_fsync_buckets "$proxy" >"$syncs.before"
+        sums=$(bench_audit_sums "$proxy")
     fi
     if out=$(bench_on "$target" -- "$PGBENCH" "${args[@]}" 2>"$BENCH_WORK/pgbench.err"); then
         tps=$(echo "$out" | sed -nE 's/^tps = ([0-9.]+) .*/\1/p' | head -1)
@@ -77,13 +78,14 @@ run() {
         if [ -n "$syncs" ]; then
             bench_fsync_buckets "$proxy" >"$syncs.after"
             fsync=$(bench_fsync_median "$syncs.before" "$syncs.after")
+            own=$(bench_own_ms "$sums" "$(bench_audit_sums "$proxy")")
         fi
     else
         bench_log "pgbench on $target ($clients clients, $mode) failed: $(tail -3 "$BENCH_WORK/pgbench.err")"
         bench_check_alive
         tps=failed
     fi
-    echo "$target $clients $mode $round ${tps:-failed} $p50 $p99 $fsync" >>"$results"
+    echo "$target $clients $mode $round ${tps:-failed} $p50 $p99 $fsync $own" >>"$results"
 }
 
 bench_log "warming up each target (and checking it answers)"
@@ -113,13 +115,14 @@ echo "lockbox-fsync: audit durability fsync (each statement waits for its fsync'
 echo "vs-direct: tps / direct PostgreSQL; vs-bouncer: tps / pgbouncer on the same transport (plain or TLS);"
 echo "latency at 1 client from pgbench's per-transaction log; +p50/+p99: lockbox minus pgbouncer, same transport"
 echo "fsync ms: lockbox-fsync's median fdatasync during the run (lockbox_audit_fsync_seconds, interpolated in its bucket); +p50-fsync: +p50 minus it"
+echo "own ms: lockbox-fsync's mean durable append minus its mean fdatasync (exact sums): its own time around the sync"
 python3 - "$results" "${TARGETS[*]}" "${CLIENT_COUNTS[*]}" "${PROTOCOLS[*]}" <<'PY'
 import statistics, sys
 path, targets, clients, modes = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
 runs = {}
 for line in open(path):
-    t, c, m, _r, tps, p50, p99, fsync = line.split()
-    runs.setdefault((t, c, m), []).append((tps, p50, p99, fsync))
+    t, c, m, _r, tps, p50, p99, fsync, own = line.split()
+    runs.setdefault((t, c, m), []).append((tps, p50, p99, fsync, own))
 
 def median(values):
     xs = []
@@ -132,7 +135,7 @@ def median(values):
 
 def figures(t, c, m):
     rs = runs.get((t, c, m), [])
-    return tuple(median(r[i] for r in rs) for i in range(4))
+    return tuple(median(r[i] for r in rs) for i in range(5))
 
 def ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b else "-"
@@ -143,16 +146,16 @@ def ms(v):
 def plus(a, b):
     return f"{a - b:+.3f}" if a is not None and b is not None else "-"
 
-head = f"{'clients':>7}  {'protocol':<9} {'target':<18} {'tps':>10} {'vs-direct':>9} {'vs-bouncer':>10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'fsync ms':>8} {'+p50-fsync':>10}"
+head = f"{'clients':>7}  {'protocol':<9} {'target':<18} {'tps':>10} {'vs-direct':>9} {'vs-bouncer':>10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'fsync ms':>8} {'+p50-fsync':>10} {'own ms':>7}"
 print(head)
 print("-" * len(head))
 for c in clients:
     for m in modes:
         direct = figures("direct", c, m)[0]
         for t in targets:
-            tps, p50, p99, fsync = figures(t, c, m)
+            tps, p50, p99, fsync, own = figures(t, c, m)
             bouncer = "pgbouncer-tls" if t.endswith("-tls") else "pgbouncer"
-            b_tps, b_p50, b_p99, _ = figures(bouncer, c, m)
+            b_tps, b_p50, b_p99, _, _ = figures(bouncer, c, m)
             added = p50 - b_p50 if p50 is not None and b_p50 is not None else None
             is_lockbox = t.startswith("lockbox")
             print(f"{c:>7}  {m:<9} {t:<18} {(f'{tps:.0f}' if tps is not None else 'failed'):>10} "
@@ -162,7 +165,8 @@ for c in clients:
                   f"{(plus(p50, b_p50) if c == '1' and is_lockbox else ''):>8} "
                   f"{(plus(p99, b_p99) if c == '1' and is_lockbox else ''):>8} "
                   f"{(ms(fsync) if fsync is not None else ''):>8} "
-                  f"{(plus(added, fsync) if fsync is not None else ''):>10}")
+                  f"{(plus(added, fsync) if fsync is not None else ''):>10} "
+                  f"{(ms(own) if own is not None else ''):>7}")
         print()
 PY
 echo "audit files (statements recorded by lockbox during the run, warm-up included):"
