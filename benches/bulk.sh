@@ -97,7 +97,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "bulk transfer of $size bytes ($rows rows) with psql, median of $ROUNDS round(s), $NPROC cores"
+echo "bulk transfer of $size bytes ($rows rows) with psql, median of $ROUNDS round(s), $(bench_cores)"
 echo "copy-out: COPY TO STDOUT; select: SELECT through a cursor (FETCH_COUNT=10000); copy-in: COPY FROM STDIN"
 echo "MB/s: COPY text bytes (10^6) per second; vs-direct: MB/s / direct PostgreSQL on the same transport"
 echo "(a -tls target against direct-tls when it ran, else against plain direct)"

@@ -55,7 +55,7 @@ done
 bench_each_run
 
 echo
-echo "pgbench -C -S: one new connection per transaction, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $NPROC cores"
+echo "pgbench -C -S: one new connection per transaction, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $(bench_cores)"
 echo "conn/s: connections (= transactions) per second; connect ms: pgbench's average connection time"
 echo "vs-direct: conn/s / direct PostgreSQL (trust) on the same transport (TLS targets / direct-tls when it ran);"
 echo "vs-scram: / direct PostgreSQL with a password login (plain);"

@@ -90,7 +90,7 @@ done
 bench_each_run
 
 echo
-echo "pgbench -S -M $PROTOCOL, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $NPROC cores"
+echo "pgbench -S -M $PROTOCOL, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $(bench_cores)"
 echo "per transaction: proxy us = the proxy's CPU time (every thread, user + system); proxy cs = its"
 echo "threads' context switches; machine us / cs = the same for the whole machine (pgbench, PostgreSQL,"
 echo "the proxy). vs-bouncer: lockbox's figure / pgbouncer's on the same transport (plain or TLS)"

@@ -83,7 +83,7 @@ for mode in "${MODES[@]}"; do
 done
 
 echo
-echo "idle sessions through one lockbox (fresh \`lockbox serve\` per mode, audit fsync), $NPROC cores"
+echo "idle sessions through one lockbox (fresh \`lockbox serve\` per mode, audit fsync), $(bench_cores)"
 echo "RSS of the lockbox process (VmRSS) after one warm-up session, with the sessions open (2 s after"
 echo "the last login), and 2 s after they closed; per session = (with - before) / sessions opened"
 for note in "${notes[@]}"; do echo "note: $note"; done

@@ -125,6 +125,22 @@ bench_init() {
     export PGAPPNAME=lockbox-bench PGCONNECT_TIMEOUT=30
 }
 
+# bench_cores: "N cores", and how an idle CPU waits when the cpuidle driver says (a virtual
+# machine's guest halt polling, off here by default, moves small-transaction figures by a
+# factor: with it off every idle moment halts the virtual CPU, and waking it costs tens of
+# µs; a run that leaves CPUs idle, such as a wait for fdatasync, pays that on each hop).
+bench_cores() {
+    local note="$NPROC cores" driver poll
+    driver=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || true)
+    poll=$(cat /sys/module/haltpoll/parameters/guest_halt_poll_ns 2>/dev/null || true)
+    if [ "$driver" = haltpoll ] && [ -n "$poll" ]; then
+        note="$note (cpuidle haltpoll, guest_halt_poll_ns=$poll)"
+    elif [ -n "$driver" ]; then
+        note="$note (cpuidle $driver)"
+    fi
+    echo "$note"
+}
+
 bench_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

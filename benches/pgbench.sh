@@ -110,7 +110,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo
-echo "pgbench -S (select-only, scale $SCALE), ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $NPROC cores"
+echo "pgbench -S (select-only, scale $SCALE), ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $(bench_cores)"
 echo "lockbox-fsync: audit durability fsync (each statement waits for its fsync'd record); lockbox-write: durability write"
 echo "vs-direct: tps / direct PostgreSQL; vs-bouncer: tps / pgbouncer on the same transport (plain or TLS);"
 echo "latency at 1 client from pgbench's per-transaction log; +p50/+p99: lockbox minus pgbouncer, same transport"
