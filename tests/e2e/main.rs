@@ -13,6 +13,7 @@ mod attack_faults;
 mod attack_final;
 mod attack_review;
 mod attack_review_web;
+mod attack_server_end;
 mod attack_tls;
 mod attack_vec;
 mod attack_web;

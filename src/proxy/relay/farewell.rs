@@ -36,6 +36,8 @@ pub(crate) struct Farewell {
     pub(super) client_fd: Option<std::os::fd::RawFd>,
     /// The rest of a message cut short, then the FATAL.
     pub(super) words: Vec<u8>,
+    /// The client could have brought this end about itself (see `Relay::run_to_farewell`).
+    pub(super) provoked: bool,
 }
 
 impl Farewell {
@@ -43,6 +45,12 @@ impl Farewell {
     /// not be seen: too many farewells wait on slow readers already.
     pub(crate) fn hurry(&mut self) {
         self.client_fd = None;
+    }
+
+    /// Whether the client could have brought this end about itself: such farewells get a
+    /// pass only from the first half (see `Aftermath::releasing`).
+    pub(crate) fn is_provoked(&self) -> bool {
+        self.provoked
     }
 
     /// Whether it waits on a slow reader (else [`CLOSE_WAIT`] per step).
@@ -213,7 +221,61 @@ pub(super) mod tests {
             client: Box::new(proxy),
             client_fd: Some(fd),
             words: words.to_vec(),
+            provoked: false,
         }
+    }
+
+    /// Farewells for ends the client could have brought about itself take passes only
+    /// from the first half, so a client ending its own sessions over and over while
+    /// reading slowly cannot make a revoked engineer's farewell hurry.
+    #[tokio::test]
+    async fn provoked_farewells_take_no_more_than_half_the_passes() {
+        use crate::proxy::aftermath::Aftermath;
+        use crate::proxy::gate::{take_slot, Limits};
+        let limits = Limits {
+            max_connections: 4,
+            failed_login_limit: 10,
+            failed_login_window: Duration::from_secs(60),
+        };
+        let registry = std::sync::Arc::new(crate::proxy::Registry::default());
+        let mut held = Vec::new();
+        let release = |provoked: bool, held: &mut Vec<_>| {
+            let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+            let peer = std::net::TcpStream::connect(listener.local_addr().expect("addr"))
+                .expect("connect");
+            let (socket, _) = listener.accept().expect("accept");
+            socket.set_nonblocking(true).expect("nonblocking");
+            let socket = TcpStream::from_std(socket).expect("tokio socket");
+            let mut farewell = farewell(socket, b"the FATAL");
+            farewell.provoked = provoked;
+            let slot = take_slot(&registry, &limits).expect("slot");
+            let after = Aftermath::new(None, None, Some(farewell))
+                .into_work()
+                .expect("work")
+                .releasing(slot, limits.max_connections);
+            let patient = after.farewell_is_patient() == Some(true);
+            held.push((after, peer));
+            patient
+        };
+        // Half of 4: two provoked farewells are patient, the third hurries.
+        assert!(release(true, &mut held));
+        assert!(release(true, &mut held));
+        assert!(
+            !release(true, &mut held),
+            "a third provoked farewell hurries"
+        );
+        assert_eq!(registry.gate.farewells(), 2);
+        // The other half is kept for ends the client did not choose.
+        assert!(release(false, &mut held));
+        assert!(release(false, &mut held));
+        assert!(!release(false, &mut held), "every pass is taken");
+        assert_eq!(registry.gate.farewells(), 4);
+        drop(held);
+        assert_eq!(
+            registry.gate.farewells(),
+            0,
+            "dropped farewells give their passes back"
+        );
     }
 
     #[tokio::test]

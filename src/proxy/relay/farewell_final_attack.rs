@@ -318,6 +318,7 @@ async fn held_a_pass_comes_back_when_the_aftermath_panics_or_is_aborted() {
             // the stream panics first.
             client_fd: Some(-1),
             words: b"the FATAL".to_vec(),
+            provoked: false,
         }),
     )
     .into_work()
@@ -347,6 +348,7 @@ async fn held_a_pass_comes_back_when_the_aftermath_panics_or_is_aborted() {
             client: Box::new(proxy),
             client_fd: Some(fd),
             words: b"the FATAL".to_vec(),
+            provoked: false,
         }),
     )
     .into_work()

@@ -288,10 +288,20 @@ impl Relay {
         // to watch, so no pass): such clients cannot use up the patience kept for those
         // whose access ended under them.
         let patient = !matches!(end, End::ProtocolError(_) | End::MessageTooLarge(_));
+        // Ends a client can bring about at will: its own statement (a row limit, a setting
+        // refused) or the server's end, which `SET idle_session_timeout` brings on. Their
+        // farewells may be patient only while passes are plentiful (see
+        // `Aftermath::releasing`), so they never use up the patience kept for ends the
+        // client did not choose (revoke, expiry, shutdown).
+        let provoked = matches!(
+            end,
+            End::UpstreamGone | End::RowLimit(_) | End::UnsafeSetting(_)
+        );
         let farewell = words.map(|words| Farewell {
             client,
             client_fd: client_fd.filter(|_| patient),
             words,
+            provoked,
         });
         (end, farewell)
     }
