@@ -44,6 +44,9 @@ use crate::audit::{AuditLog, OutcomeStatus, SessionFields};
 use crate::guard;
 use crate::wire::{self, sqlstate, BackendEvent, BackendScanner};
 
+/// How long what a server sent before it went is read after a write to it failed.
+const FAILED_WRITE_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why a relay ended.
 #[derive(Debug)]
 pub enum End {
@@ -443,13 +446,39 @@ impl Relay {
             };
             match step {
                 Step::Wrote(Ok(n)) if n > 0 => sent += n,
-                Step::Wrote(_) | Step::Read(Ok(0) | Err(_)) => return Err(End::UpstreamGone),
+                Step::Wrote(_) => return Err(self.upstream_gone_after_a_failed_write().await),
+                Step::Read(Ok(0) | Err(_)) => return Err(End::UpstreamGone),
                 Step::Read(Ok(_)) => self.on_upstream_bytes().await?,
             }
         }
-        guarded(&mut self.term, self.upstream_w.flush())
-            .await?
-            .map_err(|_| End::UpstreamGone)
+        match guarded(&mut self.term, self.upstream_w.flush()).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.upstream_gone_after_a_failed_write().await),
+        }
+    }
+
+    /// A write upstream failed: the server is gone, but what it sent before it went may
+    /// still wait to be read (rows, and its FATAL saying why: a server that ends a session
+    /// with the client's bytes unread resets the connection, which fails the next write at
+    /// once). It is read and relayed as usual, as libpq reads after a failed send, for at
+    /// most [`FAILED_WRITE_DRAIN`] of reading.
+    async fn upstream_gone_after_a_failed_write(&mut self) -> End {
+        let until = tokio::time::Instant::now() + FAILED_WRITE_DRAIN;
+        loop {
+            let read = tokio::select! {
+                biased;
+                reason = self.term.fired() => return End::Dropped(reason),
+                read = tokio::time::timeout_at(until, self.upstream_r.read_buf(&mut self.ubuf)) => read,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {
+                    if let Err(end) = self.on_upstream_bytes().await {
+                        return end;
+                    }
+                }
+                _ => return End::UpstreamGone,
+            }
+        }
     }
 
     /// Scans what upstream sent for outcomes, records them, and forwards the bytes as read

@@ -315,3 +315,64 @@ async fn se_plain_terminated_mid_result_no_reset() {
 
 // PostgreSQL itself stopped: immediate (SIGQUIT: a WARNING, no FATAL) and fast (SIGTERM:
 // FATAL 57P01), on a cluster of the test's own.
+
+/// COPY FROM STDIN at full speed (the proxy's writes upstream always pending) when the
+/// backend is terminated: the server says why (57P01) and closes with the client's data
+/// unread, which resets the connection, so the proxy's next write upstream fails at once.
+/// What the server sent before it went is still to be read then, as libpq reads it after a
+/// failed send: the client must get the server's own FATAL, not the proxy's 08006 for a
+/// server that went without a word.
+async fn full_speed_copy_in_terminated<S>(env: &Env, s: S) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut r, mut w) = tokio::io::split(s);
+    w.write_all(&query("COPY items FROM STDIN")).await.unwrap();
+    w.flush().await.unwrap();
+    read_until(&mut r, |m| m.iter().any(|(t, _)| *t == b'G')).await;
+    let writer = tokio::spawn(async move {
+        let name = "y".repeat(8 * 1024);
+        // Ids of their own: the table's id is its key.
+        for first in (1_000_000..).step_by(16) {
+            let chunk: Vec<u8> = (first..first + 16)
+                .flat_map(|id| message(b'd', format!("{id}\t{name}\n").as_bytes()))
+                .collect();
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    wait_running(env.pg, &env.db, "COPY items FROM STDIN").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(terminate_backends(env, "lockbox_write"), "1");
+    let (got, close) =
+        read_to_end_slowly(&mut r, 16384, Duration::ZERO, Duration::from_secs(30)).await;
+    writer.abort();
+    let code = assert_ends_with_fatal_then_clean_close("full-speed copy in", &got, &close);
+    let fatal = errors(&got).pop().expect("a FATAL");
+    assert_eq!(
+        code, "57P01",
+        "the server's word, not the proxy's: {fatal:?}"
+    );
+    code
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn se_full_speed_copy_in_terminated_shows_the_servers_fatal_plain_and_tls() {
+    for tls in [false, true] {
+        let env = if tls {
+            Env::with("se_copy_fast_tls", tls_options()).await
+        } else {
+            Env::start("se_copy_fast_plain").await
+        };
+        let (_, token) = env
+            .approved_token_for("eve", "1h", AccessLevel::Write)
+            .await;
+        if tls {
+            full_speed_copy_in_terminated(&env, tls_session(&env, "eve", &token, None).await).await;
+        } else {
+            full_speed_copy_in_terminated(&env, plain_session(&env, "eve", &token, None).await)
+                .await;
+        }
+    }
+}
