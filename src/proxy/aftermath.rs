@@ -43,19 +43,21 @@ impl Aftermath {
 
     /// Gives the connection's slot back; the farewell is patient with a slow reader only
     /// while fewer than `max_farewells` are (see [`Slot::into_farewell_pass`]), or half as
-    /// many for an end the client could have brought about itself: a client that ends its
-    /// own sessions over and over, reading slowly, can hold at most half the passes, and
-    /// the rest stay for those whose access ended under them. Called in the session's
-    /// span, which what follows goes on logging in.
+    /// many (rounded up) for an end the client could have brought about itself, and while
+    /// its grant holds fewer than half: a client that ends its own sessions over and over
+    /// while reading slowly (with a setting, a row limit, or by revoking its own grant)
+    /// holds at most half the passes, and the rest stay for those whose access ended
+    /// under them. Called in the session's span, which what follows goes on logging in.
     pub(crate) fn releasing(mut self, slot: Slot, max_farewells: usize) -> Self {
         self.span = Some(tracing::Span::current());
         if let Some(farewell) = self.farewell.as_mut().filter(|f| f.is_patient()) {
+            let half = max_farewells.div_ceil(2);
             let max = if farewell.is_provoked() {
-                max_farewells / 2
+                half
             } else {
                 max_farewells
             };
-            self.pass = slot.into_farewell_pass(max);
+            self.pass = slot.into_farewell_pass(max, Some((farewell.grant(), half)));
             if self.pass.is_none() {
                 farewell.hurry();
             }

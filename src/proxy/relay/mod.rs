@@ -15,6 +15,8 @@ mod farewell;
 mod farewell_attack;
 #[cfg(test)]
 mod farewell_final_attack;
+#[cfg(test)]
+mod farewell_pass_tests;
 mod fuzz;
 mod grant;
 mod inspect;
@@ -305,6 +307,7 @@ impl Relay {
             client_fd: client_fd.filter(|_| patient),
             words,
             provoked,
+            grant: self.session.request_id.clone(),
         });
         (end, farewell)
     }

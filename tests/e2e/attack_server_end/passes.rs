@@ -268,3 +268,87 @@ async fn se_self_ended_small_queue_still_gets_close_notify() {
     let (got, close, _) = reader.await.unwrap();
     assert_ends_with_fatal_then_clean_close("small queue", &got, &close);
 }
+
+/// FINDING of the second review (fixed): an engineer may revoke their own grant, and a
+/// revoke is no end the client provoked, so the farewells of that grant's sessions, each
+/// with a large result queued and read as a trickle, took every pass; another engineer
+/// revoked meanwhile got a hurried farewell: no FATAL, a torn row, no close_notify. One
+/// grant now holds at most half the passes, whatever ended its sessions.
+#[tokio::test(flavor = "multi_thread")]
+async fn se_a_self_revoked_grant_holds_at_most_half_the_passes() {
+    let env =
+        crate::ops_limits::start_with_proxy_keys("se_self_revoke", "max_connections = 2").await;
+    let (eve_id, token) = env.approved_token("eve", "1h").await;
+    let (bob_id, bob_token) = env.approved_token("bob", "1h").await;
+    let mut eves = Vec::new();
+    for _ in 0..2 {
+        let mut tls = tls_session(&env, "eve", &token, Some(4096)).await;
+        tls.write_all(&query(
+            "SELECT g, repeat('x', 2000) FROM generate_series(1, 2000) g",
+        ))
+        .await
+        .unwrap();
+        tls.flush().await.unwrap();
+        eves.push(tls);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    env.client("eve")
+        .revoke(&eve_id, "giving it up")
+        .await
+        .expect("an engineer may revoke their own grant");
+    let hogs: Vec<_> = eves
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                read_to_end_slowly(
+                    &mut s,
+                    512,
+                    Duration::from_millis(50),
+                    Duration::from_secs(60),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        seen.push(gauge(&env, "lockbox_farewells").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.contains(&1.0), "eve's farewells hold a pass: {seen:?}");
+    assert!(seen.iter().all(|&n| n <= 1.0), "at most half: {seen:?}");
+    // Bob, revoked while reading a large result, still gets a patient farewell.
+    let mut bob = tls_session(&env, "bob", &bob_token, Some(4096)).await;
+    bob.write_all(&query(
+        "SELECT g, repeat('x', 20000) FROM generate_series(1, 2000) g",
+    ))
+    .await
+    .unwrap();
+    bob.flush().await.unwrap();
+    let mut got = vec![0u8; 4096];
+    let n = bob.read(&mut got).await.unwrap();
+    got.truncate(n);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    env.client("carol")
+        .revoke(&bob_id, "done")
+        .await
+        .expect("revoke");
+    let (rest, close) = read_to_end_slowly(
+        &mut bob,
+        32 * 1024,
+        Duration::from_millis(30),
+        Duration::from_secs(60),
+    )
+    .await;
+    got.extend_from_slice(&rest);
+    for hog in hogs {
+        hog.abort();
+    }
+    let code = assert_ends_with_fatal_then_clean_close("bob", &got, &close);
+    assert_eq!(code, "57P01");
+    assert!(
+        errors(&got).iter().any(|e| e.2.contains("revoked")),
+        "{:?}",
+        errors(&got)
+    );
+}
