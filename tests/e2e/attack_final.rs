@@ -125,20 +125,7 @@ async fn held_a_terminate_mid_statement_cancels_the_backend() {
 }
 
 async fn farewells_gauge(env: &Env) -> f64 {
-    let key = &env.deployment.api_keys["alice"];
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", env.deployment.server_url()))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
-    text.lines()
-        .find_map(|l| l.strip_prefix("lockbox_farewells "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no lockbox_farewells in {text}"))
+    crate::harness::metric(env, "lockbox_farewells").await
 }
 
 /// HELD. `lockbox_farewells` counts a revoked slow reader while it drains (and it holds no

@@ -629,3 +629,22 @@ pub fn errors_in(bytes: &[u8]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// The value of an unlabelled series `name` in `env`'s `/metrics`, scraped as an admin.
+pub async fn metric(env: &Env, name: &str) -> f64 {
+    let key = &env.deployment.api_keys["alice"];
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", env.deployment.server_url()))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}

@@ -2,24 +2,6 @@
 
 use super::*;
 
-async fn gauge(env: &Env, name: &str) -> f64 {
-    let key = &env.deployment.api_keys["alice"];
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", env.deployment.server_url()))
-        .bearer_auth(key)
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
-    let prefix = format!("{name} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name}"))
-}
-
 /// A session that ends itself: idle_session_timeout behind ~300 kB of rows queued for a
 /// client with a tiny receive buffer, who then reads a trickle (512 B / 50 ms).
 async fn self_ended_trickle(
@@ -65,7 +47,7 @@ async fn se_self_ended_sessions_hold_at_most_half_the_passes() {
     let b = self_ended_trickle(&env, &token, 400).await;
     let mut seen = Vec::new();
     for _ in 0..30 {
-        seen.push(gauge(&env, "lockbox_farewells").await);
+        seen.push(crate::harness::metric(&env, "lockbox_farewells").await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     a.abort();
@@ -111,8 +93,8 @@ async fn se_bookkeeping_does_not_wait_for_the_farewell() {
         .await
         .expect("list")
         .len();
-    let open = gauge(&env, "lockbox_sessions_open").await;
-    let passes = gauge(&env, "lockbox_farewells").await;
+    let open = crate::harness::metric(&env, "lockbox_sessions_open").await;
+    let passes = crate::harness::metric(&env, "lockbox_farewells").await;
     eprintln!("recorded after {recorded:?}; listed {listed}; open {open}; passes {passes}");
     assert!(recorded < Duration::from_secs(5));
     assert_eq!(listed, 0);
@@ -120,7 +102,7 @@ async fn se_bookkeeping_does_not_wait_for_the_farewell() {
     // Never read: the farewell gives up (stall) and the pass comes back.
     let mut back = None;
     for _ in 0..400 {
-        if gauge(&env, "lockbox_farewells").await == 0.0 {
+        if crate::harness::metric(&env, "lockbox_farewells").await == 0.0 {
             back = Some(ended.elapsed());
             break;
         }
@@ -146,12 +128,12 @@ async fn se_shutdown_during_server_end_farewell() {
     let (_, token) = env.approved_token("eve", "1h").await;
     let reader = self_ended_trickle(&env, &token, 400).await;
     for _ in 0..40 {
-        if gauge(&env, "lockbox_farewells").await >= 1.0 {
+        if crate::harness::metric(&env, "lockbox_farewells").await >= 1.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(gauge(&env, "lockbox_farewells").await, 1.0);
+    assert_eq!(crate::harness::metric(&env, "lockbox_farewells").await, 1.0);
     let stopping = Instant::now();
     tokio::time::timeout(Duration::from_secs(20), env.stop())
         .await
@@ -185,6 +167,35 @@ async fn se_terminate_closes_at_once() {
     assert!(t.elapsed() < Duration::from_secs(2));
 }
 
+/// Bob reads a large result slowly (about 1 MB/s, well within a patient farewell's
+/// bounds) and is revoked meanwhile: what he got, and how it closed.
+async fn bob_revoked_while_reading(env: &Env, bob_id: &str, bob_token: &str) -> (Vec<u8>, Close) {
+    let mut bob = tls_session(env, "bob", bob_token, Some(4096)).await;
+    bob.write_all(&query(
+        "SELECT g, repeat('x', 20000) FROM generate_series(1, 2000) g",
+    ))
+    .await
+    .unwrap();
+    bob.flush().await.unwrap();
+    let mut got = vec![0u8; 4096];
+    let n = bob.read(&mut got).await.unwrap();
+    got.truncate(n);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    env.client("carol")
+        .revoke(bob_id, "done")
+        .await
+        .expect("revoke");
+    let (rest, close) = read_to_end_slowly(
+        &mut bob,
+        32 * 1024,
+        Duration::from_millis(30),
+        Duration::from_secs(60),
+    )
+    .await;
+    got.extend_from_slice(&rest);
+    (got, close)
+}
+
 /// The impact of the passes above: with one engineer's self-ended sessions (SET
 /// idle_session_timeout, a queued result, a trickle read) holding all they may, another
 /// engineer revoked while reading a large result slowly still gets a patient farewell, and
@@ -200,7 +211,7 @@ async fn revoked_victim(name: &str, exhaust: bool) -> Vec<(String, String, Strin
         // The hogs' farewells hold what they may (half the passes) before the revoke.
         let mut held = 0.0;
         for _ in 0..40 {
-            held = gauge(&env, "lockbox_farewells").await;
+            held = crate::harness::metric(&env, "lockbox_farewells").await;
             if held >= 1.0 {
                 break;
             }
@@ -208,30 +219,7 @@ async fn revoked_victim(name: &str, exhaust: bool) -> Vec<(String, String, Strin
         }
         assert_eq!(held, 1.0, "eve's self-ended sessions hold a pass");
     }
-    let mut bob = tls_session(&env, "bob", &bob_token, Some(4096)).await;
-    bob.write_all(&query(
-        "SELECT g, repeat('x', 20000) FROM generate_series(1, 2000) g",
-    ))
-    .await
-    .unwrap();
-    bob.flush().await.unwrap();
-    let mut got = vec![0u8; 4096];
-    let n = bob.read(&mut got).await.unwrap();
-    got.truncate(n);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    env.client("carol")
-        .revoke(&bob_id, "done")
-        .await
-        .expect("revoke");
-    // ~1 MB/s: well within the patient farewell's bounds.
-    let (rest, close) = read_to_end_slowly(
-        &mut bob,
-        32 * 1024,
-        Duration::from_millis(30),
-        Duration::from_secs(60),
-    )
-    .await;
-    got.extend_from_slice(&rest);
+    let (got, close) = bob_revoked_while_reading(&env, &bob_id, &bob_token).await;
     let s = shape(&got);
     eprintln!(
         "{name}: bob got {} bytes, torn {}, close {close:?}, errors {:?}",
@@ -312,35 +300,13 @@ async fn se_a_self_revoked_grant_holds_at_most_half_the_passes() {
         .collect();
     let mut seen = Vec::new();
     for _ in 0..20 {
-        seen.push(gauge(&env, "lockbox_farewells").await);
+        seen.push(crate::harness::metric(&env, "lockbox_farewells").await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seen.contains(&1.0), "eve's farewells hold a pass: {seen:?}");
     assert!(seen.iter().all(|&n| n <= 1.0), "at most half: {seen:?}");
     // Bob, revoked while reading a large result, still gets a patient farewell.
-    let mut bob = tls_session(&env, "bob", &bob_token, Some(4096)).await;
-    bob.write_all(&query(
-        "SELECT g, repeat('x', 20000) FROM generate_series(1, 2000) g",
-    ))
-    .await
-    .unwrap();
-    bob.flush().await.unwrap();
-    let mut got = vec![0u8; 4096];
-    let n = bob.read(&mut got).await.unwrap();
-    got.truncate(n);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    env.client("carol")
-        .revoke(&bob_id, "done")
-        .await
-        .expect("revoke");
-    let (rest, close) = read_to_end_slowly(
-        &mut bob,
-        32 * 1024,
-        Duration::from_millis(30),
-        Duration::from_secs(60),
-    )
-    .await;
-    got.extend_from_slice(&rest);
+    let (got, close) = bob_revoked_while_reading(&env, &bob_id, &bob_token).await;
     for hog in hogs {
         hog.abort();
     }
