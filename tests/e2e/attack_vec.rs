@@ -82,22 +82,9 @@ async fn small_socket(env: &Env) -> TcpStream {
 
 /// Logs in (TLS when the env serves it), up to the first ReadyForQuery.
 async fn login(env: &Env, tls: bool, token: &str) -> Box<dyn Stream> {
-    let mut tcp = small_socket(env).await;
+    let tcp = small_socket(env).await;
     let mut stream: Box<dyn Stream> = if tls {
-        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-            .await
-            .expect("SSLRequest");
-        let mut answer = [0u8; 1];
-        tcp.read_exact(&mut answer).await.expect("answer");
-        assert_eq!(&answer, b"S");
-        let config = lockbox::tls::client_config_pinned(&env.deployment.cert_pem).expect("config");
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-        Box::new(
-            tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .expect("handshake"),
-        )
+        Box::new(crate::harness::tls_over(env, tcp).await)
     } else {
         Box::new(tcp)
     };

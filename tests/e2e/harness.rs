@@ -477,9 +477,14 @@ pub fn fatal_error(
 /// A TLS connection to `env`'s proxy, before its startup packet: an SSLRequest, then a
 /// handshake that trusts only the proxy's certificate.
 pub async fn tls_to_proxy(env: &Env) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut tcp = TcpStream::connect(("127.0.0.1", env.proxy_port()))
+    let tcp = TcpStream::connect(("127.0.0.1", env.proxy_port()))
         .await
         .expect("connect");
+    tls_over(env, tcp).await
+}
+
+/// [`tls_to_proxy`] over a socket the caller connected (with its own buffer sizes).
+pub async fn tls_over(env: &Env, mut tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
     let ssl_request = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
     tcp.write_all(&ssl_request).await.expect("SSLRequest");
     let mut answer = [0u8; 1];

@@ -12,14 +12,14 @@ use crate::harness::{cluster, create_roles, db_error, fatal_error, Env, Options}
 
 /// A cluster for one test, with the roles `Env` logs in with. Leaked: the process's end
 /// (or the sandbox's watchdog) stops it.
-fn own_cluster() -> &'static PgSandbox {
+pub(crate) fn own_cluster() -> &'static PgSandbox {
     let pg = PgSandbox::start().unwrap_or_else(|e| panic!("cannot start a PostgreSQL: {e}"));
     create_roles(&pg);
     Box::leak(Box::new(pg))
 }
 
 /// The `other` database on the shared cluster, for the deployment's second entry.
-fn other_database_on_the_shared_cluster() {
+pub(crate) fn other_database_on_the_shared_cluster() {
     let pg = cluster();
     let exists = pg
         .psql(
@@ -28,8 +28,16 @@ fn other_database_on_the_shared_cluster() {
         )
         .expect("look for other");
     if exists.trim() == "0" {
-        pg.psql("postgres", "CREATE DATABASE other")
-            .expect("create other");
+        // Another test may create it at the same moment: only its absence afterwards fails.
+        if let Err(e) = pg.psql("postgres", "CREATE DATABASE other") {
+            let now = pg
+                .psql(
+                    "postgres",
+                    "SELECT count(*) FROM pg_database WHERE datname = 'other'",
+                )
+                .expect("look for other");
+            assert_eq!(now.trim(), "1", "create other: {e}");
+        }
     }
 }
 

@@ -2,24 +2,7 @@
 
 use super::*;
 
-fn own_cluster() -> &'static PgSandbox {
-    let pg = PgSandbox::start().unwrap_or_else(|e| panic!("cannot start a PostgreSQL: {e}"));
-    create_roles(&pg);
-    Box::leak(Box::new(pg))
-}
-
-fn other_database_on_the_shared_cluster() {
-    let pg = crate::harness::cluster();
-    let exists = pg
-        .psql(
-            "postgres",
-            "SELECT count(*) FROM pg_database WHERE datname = 'other'",
-        )
-        .expect("look for other");
-    if exists.trim() == "0" {
-        let _ = pg.psql("postgres", "CREATE DATABASE other");
-    }
-}
+use crate::upstream_faults::{other_database_on_the_shared_cluster, own_cluster};
 
 fn stop_fast(pg: &PgSandbox) {
     let pg_ctl = pg.bin_dir().join("pg_ctl");

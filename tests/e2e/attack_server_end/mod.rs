@@ -15,7 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
 
-use crate::harness::{create_roles, message, query, startup_packet, Env, Options};
+use crate::harness::{message, query, startup_packet, Env, Options};
 
 // ---------------------------------------------------------------------------------------
 // Clients
@@ -56,19 +56,7 @@ async fn tls_session(
     token: &str,
     rcvbuf: Option<u32>,
 ) -> TlsStream<TcpStream> {
-    let mut tcp = tcp(env, rcvbuf).await;
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .expect("SSLRequest");
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.expect("answer");
-    assert_eq!(&answer, b"S");
-    let config = lockbox::tls::client_config_pinned(&env.deployment.cert_pem).expect("config");
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let mut tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .expect("handshake");
+    let mut tls = crate::harness::tls_over(env, tcp(env, rcvbuf).await).await;
     login(&mut tls, env, user, token).await;
     tls
 }
