@@ -20,6 +20,7 @@ mod farewell_pass_tests;
 mod fuzz;
 mod grant;
 mod inspect;
+mod last_words;
 mod limits;
 mod notices;
 mod record;
@@ -212,54 +213,7 @@ impl Relay {
             End::ClientGone if !self.tracker.is_idle() => End::ClientLeftMidStatement,
             other => other,
         };
-        let message = match &end {
-            End::Dropped(DropReason::Expired) => Some((
-                sqlstate::ADMIN_SHUTDOWN,
-                format!(
-                    "lockbox access for request {} has expired",
-                    self.session.request_id
-                ),
-            )),
-            End::Dropped(DropReason::Revoked) => Some((
-                sqlstate::ADMIN_SHUTDOWN,
-                format!(
-                    "lockbox access for request {} was revoked",
-                    self.session.request_id
-                ),
-            )),
-            End::Dropped(DropReason::Shutdown) => Some((
-                sqlstate::ADMIN_SHUTDOWN,
-                "lockbox proxy is shutting down".to_owned(),
-            )),
-            End::Dropped(DropReason::Killed(why)) => Some((
-                sqlstate::ADMIN_SHUTDOWN,
-                format!("lockbox session was ended by an operator: {why}"),
-            )),
-            End::ProtocolError(m) => Some((sqlstate::PROTOCOL_VIOLATION, m.clone())),
-            End::MessageTooLarge(o) => Some((sqlstate::PROTOCOL_VIOLATION, o.fatal_message())),
-            End::AuditFailed => Some((
-                sqlstate::IO_ERROR,
-                "lockbox could not write the audit record; the statement was not executed"
-                    .to_owned(),
-            )),
-            End::UnsafeSetting(m) => Some((sqlstate::INSUFFICIENT_PRIVILEGE, m.clone())),
-            End::RowLimit(n) => Some((
-                sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                format!(
-                    "lockbox: a statement returned more than {n} rows, the max_rows of request {}; the session is ended",
-                    self.session.request_id
-                ),
-            )),
-            // Told only between messages: bytes after a torn message would be garbage to
-            // the client.
-            End::UpstreamGone if !self.upstream_said_why => Some((
-                sqlstate::CONNECTION_FAILURE,
-                "lockbox lost the connection to the upstream database: the server closed it \
-                 (stopped, restarted or crashed); the session is ended"
-                    .to_owned(),
-            )),
-            End::ClientGone | End::ClientLeftMidStatement | End::UpstreamGone => None,
-        };
+        let message = last_words::fatal_for(&end, &self.session.request_id, self.upstream_said_why);
         self.close_upstream().await;
         let mut leftover = std::mem::take(&mut self.outcomes);
         let settled = leftover.len();
@@ -289,19 +243,8 @@ impl Relay {
         let Relay {
             client, client_fd, ..
         } = self;
-        // A client that broke the protocol is told why but not waited on (no send queue
-        // to watch, so no pass): such clients cannot use up the patience kept for those
-        // whose access ended under them.
-        let patient = !matches!(end, End::ProtocolError(_) | End::MessageTooLarge(_));
-        // Ends a client can bring about at will: its own statement (a row limit, a setting
-        // refused) or the server's end, which `SET idle_session_timeout` brings on. Their
-        // farewells may be patient only while passes are plentiful (see
-        // `Aftermath::releasing`), so they never use up the patience kept for ends the
-        // client did not choose (revoke, expiry, shutdown).
-        let provoked = matches!(
-            end,
-            End::UpstreamGone | End::RowLimit(_) | End::UnsafeSetting(_)
-        );
+        let patient = last_words::may_be_patient(&end);
+        let provoked = last_words::is_provoked(&end);
         let farewell = words.map(|words| Farewell {
             client,
             client_fd: client_fd.filter(|_| patient),
