@@ -7,6 +7,14 @@
 //! execution of `s1`. So changes wait in order until confirmed; lookups for messages still
 //! in flight see them (if those run, the changes before them took effect).
 //!
+//! Which reply confirms which change is not decided here: every change is named by the
+//! [`MessageId`] of the message that made it, and the tracker, which follows the server
+//! through its replies (errors, skips to Sync, COPY), says which message a reply answers
+//! ([`Statements::confirm`]) and which messages are settled ([`Statements::settle`]).
+//! Matching replies to changes by their kind alone let a client that desynchronised the
+//! two (a query string sent where the server skips to Sync) confirm one Parse with
+//! another's ParseComplete, and so run a statement under the text of a different one.
+//!
 //! SQL shares these namespaces with the protocol, as in the server: `PREPARE` creates a
 //! statement a Bind may use and `EXECUTE` runs one a Parse made; `DECLARE` creates a portal
 //! an Execute may fetch from; `DEALLOCATE [ALL]`, `CLOSE [ALL]` and `DISCARD ALL` remove
@@ -47,9 +55,17 @@ enum Change {
     ClosePortal(String),
     /// A SQL statement's change, confirmed by its CommandComplete.
     Sql(SqlChange),
-    /// A Sync or a simple Query: its ReadyForQuery drops what was not confirmed.
-    GroupEnd,
 }
+
+/// The number of a client message, in the order the server reads them: what names a
+/// change, a step the server answers, or the end of a group.
+pub type MessageId = u64;
+
+/// A reply that does not fit what lockbox knows was sent: from here on it could name the
+/// wrong statement in the audit, so the session must end.
+#[derive(Debug, thiserror::Error)]
+#[error("lockbox lost track of the server's replies: {0}")]
+pub struct LostTrack(pub String);
 
 /// What SQL does to the namespaces.
 pub enum SqlChange {
@@ -73,26 +89,6 @@ impl SqlChange {
     }
 }
 
-/// Whether a command tag is one that confirms a SQL change.
-pub fn is_namespace_tag(tag: &str) -> bool {
-    matches!(tag, "PREPARE" | "DECLARE CURSOR" | "DISCARD ALL")
-        || tag.starts_with("DEALLOCATE")
-        || tag.starts_with("CLOSE CURSOR")
-}
-
-/// What confirms a change.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Confirmation {
-    /// ParseComplete.
-    Parse,
-    /// BindComplete.
-    Bind,
-    /// CloseComplete.
-    Close,
-    /// CommandComplete of PREPARE, DEALLOCATE, DECLARE CURSOR, CLOSE CURSOR, DISCARD ALL.
-    Command(String),
-}
-
 /// Most changes that may wait for confirmation, and most statements a session may keep.
 pub const MAX_PENDING: usize = 10_000;
 pub const MAX_PREPARED: usize = 10_000;
@@ -101,7 +97,9 @@ pub const MAX_PREPARED: usize = 10_000;
 pub struct Statements {
     prepared: HashMap<String, Prepared>,
     portals: HashMap<String, Portal>,
-    pending: VecDeque<Change>,
+    pending: VecDeque<(MessageId, Change)>,
+    /// The next message's number.
+    next_id: MessageId,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,15 +107,24 @@ pub struct Statements {
 pub struct TooMany(&'static str);
 
 impl Statements {
-    fn push(&mut self, change: Change) -> Result<(), TooMany> {
+    fn push(&mut self, change: Change) -> Result<MessageId, TooMany> {
         if self.pending.len() >= MAX_PENDING {
             return Err(TooMany("too many messages waiting for the server's answer"));
         }
-        self.pending.push_back(change);
-        Ok(())
+        let id = self.message();
+        self.pending.push_back((id, change));
+        Ok(id)
     }
 
-    pub fn parse(&mut self, name: String, statement: Prepared) -> Result<(), TooMany> {
+    /// Numbers a message that changes no name (a Describe, a Sync, the end of a query
+    /// string), so that it can be told apart from the messages around it.
+    pub fn message(&mut self) -> MessageId {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    pub fn parse(&mut self, name: String, statement: Prepared) -> Result<MessageId, TooMany> {
         if self.prepared.len() >= MAX_PREPARED && !name.is_empty() {
             return Err(TooMany("too many prepared statements in one session"));
         }
@@ -130,7 +137,7 @@ impl Statements {
         portal: String,
         name: &str,
         params: Vec<serde_json::Value>,
-    ) -> Result<(), TooMany> {
+    ) -> Result<MessageId, TooMany> {
         let statement = self.statement(name).unwrap_or(Prepared {
             text: "".into(),
             kind: StatementKind::Unknown,
@@ -148,29 +155,25 @@ impl Statements {
         ))
     }
 
-    pub fn close_statement(&mut self, name: String) -> Result<(), TooMany> {
+    pub fn close_statement(&mut self, name: String) -> Result<MessageId, TooMany> {
         self.push(Change::CloseStatement(name))
     }
 
-    pub fn close_portal(&mut self, name: String) -> Result<(), TooMany> {
+    pub fn close_portal(&mut self, name: String) -> Result<MessageId, TooMany> {
         self.push(Change::ClosePortal(name))
     }
 
     /// A SQL statement's change, in the order the server will run it.
-    pub fn sql(&mut self, change: SqlChange) -> Result<(), TooMany> {
+    pub fn sql(&mut self, change: SqlChange) -> Result<MessageId, TooMany> {
         if matches!(change, SqlChange::Prepare(..)) && self.prepared.len() >= MAX_PREPARED {
             return Err(TooMany("too many prepared statements in one session"));
         }
         self.push(Change::Sql(change))
     }
 
-    pub fn group_end(&mut self) -> Result<(), TooMany> {
-        self.push(Change::GroupEnd)
-    }
-
     /// The statement `name` as the next message will find it.
     pub fn statement(&self, name: &str) -> Option<Prepared> {
-        for change in self.pending.iter().rev() {
+        for (_, change) in self.pending.iter().rev() {
             match change {
                 Change::Parse(n, p) | Change::Sql(SqlChange::Prepare(n, p)) if n == name => {
                     return Some(p.clone())
@@ -189,7 +192,7 @@ impl Statements {
 
     /// The portal `name` as the next Execute will find it.
     pub fn portal(&self, name: &str) -> Option<Portal> {
-        for change in self.pending.iter().rev() {
+        for (_, change) in self.pending.iter().rev() {
             match change {
                 Change::Bind(n, p) | Change::Sql(SqlChange::Declare(n, p)) if n == name => {
                     return Some(p.clone())
@@ -204,39 +207,44 @@ impl Statements {
         self.portals.get(name).cloned()
     }
 
-    /// The server confirmed the oldest change of this kind.
-    pub fn confirm(&mut self, what: Confirmation) {
-        let Some(position) = self
-            .pending
-            .iter()
-            .position(|c| !matches!(c, Change::GroupEnd))
-        else {
-            return;
+    /// The server took message `id` (its ParseComplete, BindComplete or CloseComplete, or,
+    /// for a SQL change, its CommandComplete `tag`). Changes made before it that are still
+    /// waiting were not taken: after an error the server takes nothing more until Sync.
+    pub fn confirm(&mut self, id: MessageId, tag: Option<&str>) -> Result<(), LostTrack> {
+        while self.pending.front().is_some_and(|(at, _)| *at < id) {
+            self.pending.pop_front();
+        }
+        let change = match self.pending.front() {
+            Some((at, _)) if *at == id => self.pending.pop_front().map(|(_, c)| c),
+            _ => None,
         };
-        let Some(change) = self.pending.remove(position) else {
-            return;
+        let Some(change) = change else {
+            return Err(LostTrack(format!("message {id} changed no name")));
         };
-        match (what, change) {
-            (Confirmation::Parse, Change::Parse(name, statement)) => {
+        match (change, tag) {
+            (Change::Parse(name, statement), None) => {
                 self.prepared.insert(name, statement);
             }
-            (Confirmation::Bind, Change::Bind(name, portal)) => {
+            (Change::Bind(name, portal), None) => {
                 self.portals.insert(name, portal);
             }
-            (Confirmation::Close, Change::CloseStatement(name)) => {
+            (Change::CloseStatement(name), None) => {
                 self.prepared.remove(&name);
             }
-            (Confirmation::Close, Change::ClosePortal(name)) => {
+            (Change::ClosePortal(name), None) => {
                 self.portals.remove(&name);
             }
-            (Confirmation::Command(tag), Change::Sql(change)) if change.confirmed_by(&tag) => {
-                self.apply(change)
+            (Change::Sql(change), Some(tag)) if change.confirmed_by(tag) => self.apply(change),
+            // A statement that completed as something else changed no name.
+            (Change::Sql(_), Some(_)) => {}
+            (_, tag) => {
+                return Err(LostTrack(format!(
+                    "message {id} was answered by {}",
+                    tag.unwrap_or("a protocol reply")
+                )))
             }
-            (what, _) => tracing::warn!(
-                ?what,
-                "confirmation does not match the oldest pending change"
-            ),
         }
+        Ok(())
     }
 
     fn apply(&mut self, change: SqlChange) {
@@ -262,12 +270,13 @@ impl Statements {
         }
     }
 
-    /// ReadyForQuery: what the group did not get confirmed never happened; outside a
-    /// transaction only cursors declared WITH HOLD survive.
-    pub fn ready(&mut self, transaction_status: u8) {
-        while let Some(change) = self.pending.pop_front() {
-            if matches!(change, Change::GroupEnd) {
-                break;
+    /// ReadyForQuery, which ends the group up to message `through` (when the tracker knows
+    /// of one): what the group did not get confirmed never happened; outside a transaction
+    /// only cursors declared WITH HOLD survive.
+    pub fn settle(&mut self, through: Option<MessageId>, transaction_status: u8) {
+        if let Some(through) = through {
+            while self.pending.front().is_some_and(|(at, _)| *at <= through) {
+                self.pending.pop_front();
             }
         }
         if transaction_status == b'I' {
@@ -296,17 +305,21 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// A Sync: its ReadyForQuery settles what came before it.
+    fn sync(s: &mut Statements, status: u8) {
+        let id = s.message();
+        s.settle(Some(id), status);
+    }
+
     #[test]
     fn a_rejected_parse_does_not_replace_the_statement() {
         let mut s = Statements::default();
-        s.parse("s1".into(), stmt("DELETE FROM t")).expect("parse");
-        s.group_end().expect("sync");
-        s.confirm(Confirmation::Parse);
-        s.ready(b'I');
+        let parse = s.parse("s1".into(), stmt("DELETE FROM t")).expect("parse");
+        s.confirm(parse, None).expect("confirmed");
+        sync(&mut s, b'I');
         // The server answers 42P05 (already exists): no ParseComplete.
         s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
-        s.group_end().expect("sync");
-        s.ready(b'I');
+        sync(&mut s, b'I');
         s.bind("".into(), "s1", vec![]).expect("bind");
         assert_eq!(text_of(&s, ""), "DELETE FROM t");
     }
@@ -314,37 +327,70 @@ mod tests {
     #[test]
     fn in_flight_changes_are_seen_by_later_messages_of_the_pipeline() {
         let mut s = Statements::default();
-        s.parse("".into(), stmt("SELECT 2")).expect("parse");
-        s.bind("".into(), "", vec![]).expect("bind");
+        let parse = s.parse("".into(), stmt("SELECT 2")).expect("parse");
+        let bind = s.bind("".into(), "", vec![]).expect("bind");
         assert_eq!(text_of(&s, ""), "SELECT 2");
-        s.confirm(Confirmation::Parse);
-        s.confirm(Confirmation::Bind);
-        s.group_end().expect("sync");
-        s.ready(b'T');
+        s.confirm(parse, None).expect("parse confirmed");
+        s.confirm(bind, None).expect("bind confirmed");
+        sync(&mut s, b'T');
         assert_eq!(text_of(&s, ""), "SELECT 2");
-        s.ready(b'I');
+        sync(&mut s, b'I');
         assert_eq!(text_of(&s, ""), "", "portals end with the transaction");
+    }
+
+    #[test]
+    fn a_confirmation_takes_effect_only_for_the_message_it_answers() {
+        // Two Parses of one name: the reply to the second cannot confirm the first's text,
+        // whatever was left waiting before it.
+        let mut s = Statements::default();
+        s.parse("s1".into(), stmt("SELECT 'harmless'"))
+            .expect("parse");
+        let real = s
+            .parse("s1".into(), stmt("UPDATE t SET x = 1"))
+            .expect("parse");
+        s.confirm(real, None).expect("confirmed");
+        sync(&mut s, b'I');
+        s.bind("".into(), "s1", vec![]).expect("bind");
+        assert_eq!(text_of(&s, ""), "UPDATE t SET x = 1");
+    }
+
+    #[test]
+    fn a_reply_for_a_message_that_changed_nothing_is_lost_track() {
+        let mut s = Statements::default();
+        let parse = s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+        let describe = s.message();
+        assert!(
+            s.confirm(describe, None).is_err(),
+            "no change was made by it"
+        );
+        // A settled message cannot be confirmed afterwards either.
+        sync(&mut s, b'I');
+        assert!(s.confirm(parse, None).is_err());
+        // Nor can a Parse be confirmed by a SQL statement's tag.
+        let parse = s.parse("s2".into(), stmt("SELECT 2")).expect("parse");
+        assert!(s.confirm(parse, Some("PREPARE")).is_err());
     }
 
     #[test]
     fn sql_prepare_and_deallocate_share_the_namespace_of_parse() {
         let mut s = Statements::default();
-        s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
-        s.group_end().expect("sync");
-        s.confirm(Confirmation::Parse);
-        s.ready(b'I');
+        let parse = s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+        s.confirm(parse, None).expect("confirmed");
+        sync(&mut s, b'I');
         // DEALLOCATE s1; PREPARE s1 AS DELETE … in one simple Query, both confirmed.
-        s.sql(SqlChange::Deallocate(Some("s1".into())))
+        let deallocate = s
+            .sql(SqlChange::Deallocate(Some("s1".into())))
             .expect("deallocate");
-        s.sql(SqlChange::Prepare(
-            "s1".into(),
-            stmt("PREPARE s1 AS DELETE FROM t"),
-        ))
-        .expect("prepare");
-        s.group_end().expect("query end");
-        s.confirm(Confirmation::Command("DEALLOCATE".into()));
-        s.confirm(Confirmation::Command("PREPARE".into()));
-        s.ready(b'I');
+        let prepare = s
+            .sql(SqlChange::Prepare(
+                "s1".into(),
+                stmt("PREPARE s1 AS DELETE FROM t"),
+            ))
+            .expect("prepare");
+        s.confirm(deallocate, Some("DEALLOCATE"))
+            .expect("confirmed");
+        s.confirm(prepare, Some("PREPARE")).expect("confirmed");
+        sync(&mut s, b'I');
         s.bind("".into(), "s1", vec![]).expect("bind");
         assert_eq!(text_of(&s, ""), "PREPARE s1 AS DELETE FROM t");
     }
@@ -352,14 +398,19 @@ mod tests {
     #[test]
     fn an_unconfirmed_sql_change_never_happened() {
         let mut s = Statements::default();
-        s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
-        s.group_end().expect("sync");
-        s.confirm(Confirmation::Parse);
-        s.ready(b'I');
+        let parse = s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+        s.confirm(parse, None).expect("confirmed");
+        sync(&mut s, b'I');
         // DEALLOCATE ALL fails (inside an aborted transaction, say): no CommandComplete.
         s.sql(SqlChange::Deallocate(None)).expect("deallocate");
-        s.group_end().expect("query end");
-        s.ready(b'E');
+        sync(&mut s, b'E');
+        s.bind("".into(), "s1", vec![]).expect("bind");
+        assert_eq!(text_of(&s, ""), "SELECT 1");
+        // One that completes as something else changed nothing either.
+        let odd = s.sql(SqlChange::Deallocate(None)).expect("deallocate");
+        s.confirm(odd, Some("SELECT 1"))
+            .expect("a statement's own tag");
+        sync(&mut s, b'I');
         s.bind("".into(), "s1", vec![]).expect("bind");
         assert_eq!(text_of(&s, ""), "SELECT 1");
     }
@@ -372,32 +423,32 @@ mod tests {
             params: vec![],
             held,
         };
-        s.sql(SqlChange::Declare(
-            "c".into(),
-            cursor("DECLARE c CURSOR FOR SELECT 1", false),
-        ))
-        .expect("declare");
-        s.sql(SqlChange::Declare(
-            "h".into(),
-            cursor("DECLARE h CURSOR WITH HOLD FOR SELECT 2", true),
-        ))
-        .expect("declare");
-        s.group_end().expect("query end");
-        s.confirm(Confirmation::Command("DECLARE CURSOR".into()));
-        s.confirm(Confirmation::Command("DECLARE CURSOR".into()));
-        s.ready(b'T');
+        let c = s
+            .sql(SqlChange::Declare(
+                "c".into(),
+                cursor("DECLARE c CURSOR FOR SELECT 1", false),
+            ))
+            .expect("declare");
+        let h = s
+            .sql(SqlChange::Declare(
+                "h".into(),
+                cursor("DECLARE h CURSOR WITH HOLD FOR SELECT 2", true),
+            ))
+            .expect("declare");
+        s.confirm(c, Some("DECLARE CURSOR")).expect("confirmed");
+        s.confirm(h, Some("DECLARE CURSOR")).expect("confirmed");
+        sync(&mut s, b'T');
         assert_eq!(text_of(&s, "c"), "DECLARE c CURSOR FOR SELECT 1");
-        s.ready(b'I');
+        sync(&mut s, b'I');
         assert_eq!(
             text_of(&s, "c"),
             "",
             "a plain cursor ends with its transaction"
         );
         assert_eq!(text_of(&s, "h"), "DECLARE h CURSOR WITH HOLD FOR SELECT 2");
-        s.sql(SqlChange::DiscardAll).expect("discard");
-        s.group_end().expect("query end");
-        s.confirm(Confirmation::Command("DISCARD ALL".into()));
-        s.ready(b'I');
+        let discard = s.sql(SqlChange::DiscardAll).expect("discard");
+        s.confirm(discard, Some("DISCARD ALL")).expect("confirmed");
+        sync(&mut s, b'I');
         assert_eq!(text_of(&s, "h"), "");
     }
 }

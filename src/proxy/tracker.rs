@@ -1,9 +1,18 @@
 //! Matching upstream replies to the statements the audit recorded, so each statement
-//! record gets exactly one outcome record.
+//! record gets exactly one outcome record, and to the messages that change the session's
+//! prepared statements and portals, so each change is confirmed by its own reply.
 //!
 //! Replies come in order. A query string, a FunctionCall or a Sync ends a group that the
-//! server closes with ReadyForQuery; after an error the server skips the rest of the
-//! group, and those statements are recorded as not executed.
+//! server closes with ReadyForQuery. An error in a query string skips the rest of it; an
+//! error in an extended-protocol message (Parse, Bind, Describe, Close, Execute) makes the
+//! server skip every message up to the next Sync, query strings included. Skipped
+//! statements are recorded as not executed.
+//!
+//! Parse, Bind, Close and Describe are steps here, each answered by its own reply. Without
+//! them an error from one of them could not be told from an error of the statement after
+//! it: a Describe of a missing statement followed by a query string then looked like an
+//! error in the query string, the server's skip to Sync went unseen, and every later reply
+//! was matched to the statement before its own.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,7 +21,23 @@ use std::time::Instant;
 use crate::guard::Refusal;
 
 use crate::audit::OutcomeStatus;
+use crate::proxy::statements::{LostTrack, MessageId};
 use crate::wire::BackendEvent;
+
+/// An extended-protocol message other than Execute, and the reply that says the server
+/// took it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// ParseComplete.
+    Parse,
+    /// BindComplete.
+    Bind,
+    /// CloseComplete.
+    Close,
+    /// RowDescription or NoData (a Describe of a statement sends its ParameterDescription
+    /// first).
+    Describe,
+}
 
 enum Slot {
     Statement {
@@ -23,12 +48,31 @@ enum Slot {
         refusal: Option<Arc<Refusal>>,
         /// Sent with the extended protocol: an error makes the server skip to the next Sync.
         extended: bool,
+        /// The name it creates or removes (PREPARE, DECLARE, …), confirmed by its
+        /// CommandComplete.
+        change: Option<MessageId>,
+    },
+    Step {
+        step: Step,
+        id: MessageId,
     },
     /// End of a group: a ReadyForQuery will answer it. `sync` tells a Sync message from
     /// the end of a query string or FunctionCall.
-    GroupEnd { sync: bool },
+    GroupEnd {
+        sync: bool,
+        id: MessageId,
+    },
     /// The client ended a COPY FROM STDIN (CopyDone or CopyFail).
     CopyEnd,
+}
+
+/// What a reply did to the session's names (see `Statements`).
+#[derive(Debug, PartialEq)]
+pub enum Names {
+    /// The server took message `id`; `tag` is the CommandComplete of a SQL statement.
+    Confirm { id: MessageId, tag: Option<String> },
+    /// ReadyForQuery: every message up to `through` is settled.
+    Settle { through: Option<MessageId> },
 }
 
 /// What became of one recorded statement.
@@ -95,12 +139,25 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    #[cfg(test)]
     pub fn statement(&mut self, seq: u64, started: Instant, extended: bool) {
+        self.statement_changing(seq, started, extended, None);
+    }
+
+    /// A statement whose CommandComplete confirms the name change of message `change`.
+    pub fn statement_changing(
+        &mut self,
+        seq: u64,
+        started: Instant,
+        extended: bool,
+        change: Option<MessageId>,
+    ) {
         self.slots.push_back(Slot::Statement {
             seq,
             started,
             refusal: None,
             extended,
+            change,
         });
     }
 
@@ -111,7 +168,16 @@ impl Tracker {
             started,
             refusal: Some(refusal),
             extended,
+            change: None,
         });
+    }
+
+    /// A Parse, Bind, Close or Describe was sent. One sent while the server skips to Sync
+    /// gets no reply.
+    pub fn step(&mut self, step: Step, id: MessageId) {
+        if !self.skipping_to_sync {
+            self.slots.push_back(Slot::Step { step, id });
+        }
     }
 
     /// The statement the server is working on (the oldest without an outcome), by seq.
@@ -140,41 +206,47 @@ impl Tracker {
         })
     }
 
-    /// A query string or FunctionCall was sent: its ReadyForQuery closes the group.
-    pub fn query_end(&mut self) {
+    /// A query string or FunctionCall (message `id`) was sent: its ReadyForQuery closes
+    /// the group.
+    pub fn query_end(&mut self, id: MessageId) {
         if !self.skipping_to_sync {
-            self.slots.push_back(Slot::GroupEnd { sync: false });
+            self.slots.push_back(Slot::GroupEnd { sync: false, id });
         }
     }
 
-    /// A Sync was sent. The server ignores Sync during COPY FROM STDIN, so does the tracker.
-    pub fn sync(&mut self) {
+    /// A Sync (message `id`) was sent. The server ignores Sync during COPY FROM STDIN, so
+    /// does the tracker.
+    pub fn sync(&mut self, id: MessageId) {
         if !self.in_copy_in {
-            self.slots.push_back(Slot::GroupEnd { sync: true });
+            self.slots.push_back(Slot::GroupEnd { sync: true, id });
             self.skipping_to_sync = false;
         }
     }
 
     /// After an extended-protocol error the server ignores every message up to the next
-    /// Sync: a query string or FunctionCall sent in between gets no ReadyForQuery, so its
-    /// group end is dropped and its statements close with the Sync's group as not executed.
+    /// Sync: steps get no reply, and a query string or FunctionCall sent in between gets no
+    /// ReadyForQuery, so its group end is dropped and its statements close with the Sync's
+    /// group as not executed.
     fn skip_to_sync(&mut self) {
         let sync_at = self
             .slots
             .iter()
-            .position(|s| matches!(s, Slot::GroupEnd { sync: true }));
+            .position(|s| matches!(s, Slot::GroupEnd { sync: true, .. }));
         let end = sync_at.unwrap_or(self.slots.len());
         let mut i = 0;
         let mut kept = end;
         while i < kept {
-            if matches!(self.slots[i], Slot::GroupEnd { sync: false }) {
+            if matches!(
+                self.slots[i],
+                Slot::GroupEnd { sync: false, .. } | Slot::Step { .. }
+            ) {
                 self.slots.remove(i);
                 kept -= 1;
             } else {
                 i += 1;
             }
         }
-        // The Sync is not sent yet: query strings sent before it are skipped too.
+        // The Sync is not sent yet: what is sent before it is skipped too.
         self.skipping_to_sync = sync_at.is_none();
     }
 
@@ -200,7 +272,7 @@ impl Tracker {
         let mut i = copy + 1;
         while i < self.slots.len() {
             match self.slots[i] {
-                Slot::GroupEnd { sync: true } => {
+                Slot::GroupEnd { sync: true, .. } => {
                     self.slots.remove(i);
                 }
                 Slot::CopyEnd => {
@@ -221,8 +293,14 @@ impl Tracker {
             .any(|s| matches!(s, Slot::Statement { .. }))
     }
 
-    /// Applies one upstream event; outcomes it settles are pushed to `out`.
-    pub fn on_event(&mut self, event: BackendEvent, out: &mut Vec<Outcome>) {
+    /// Applies one upstream event; outcomes it settles are pushed to `out`, and what it
+    /// did to the session's names is returned. A reply that answers no message lockbox
+    /// sent is an error: from there on, replies could be matched to the wrong statements.
+    pub fn on_event(
+        &mut self,
+        event: BackendEvent,
+        out: &mut Vec<Outcome>,
+    ) -> Result<Option<Names>, LostTrack> {
         // A COPY FROM STDIN that fails (bad row, cancel, timeout) ends copy mode without
         // the client's CopyDone: Syncs count again.
         if matches!(
@@ -232,59 +310,111 @@ impl Tracker {
             self.in_copy_in = false;
         }
         match event {
-            BackendEvent::Complete(tag) => {
-                if let Some(mut outcome) = self.pop_statement(OutcomeStatus::Ok) {
-                    outcome.command_tag = Some(tag);
-                    out.push(outcome);
-                }
-            }
+            BackendEvent::Complete(tag) => return Ok(self.complete(tag, out)),
             BackendEvent::Empty | BackendEvent::Suspended | BackendEvent::FunctionResult => {
                 out.extend(self.pop_statement(OutcomeStatus::Ok))
             }
-            BackendEvent::Error { sqlstate, message } => {
-                let (refusal, extended) = match self.front_statement() {
-                    Some(Slot::Statement {
-                        refusal, extended, ..
-                    }) => (refusal.clone(), *extended),
-                    _ => (None, false),
-                };
-                if extended {
-                    self.skip_to_sync();
-                }
-                if let Some(mut outcome) = self.pop_statement(OutcomeStatus::Error) {
-                    match refusal {
-                        Some(r) => {
-                            outcome.status = OutcomeStatus::Refused;
-                            outcome.sqlstate =
-                                Some(crate::wire::sqlstate::INSUFFICIENT_PRIVILEGE.to_owned());
-                            outcome.message = Some(r.message.clone());
-                            outcome.rule = Some(r.rule);
-                        }
-                        None => {
-                            outcome.sqlstate = Some(sqlstate);
-                            outcome.message = Some(message);
-                        }
-                    }
-                    out.push(outcome);
-                }
-            }
+            BackendEvent::Error { sqlstate, message } => self.error(sqlstate, message, out),
             BackendEvent::Ready(status) => {
                 self.transaction_status = status;
-                self.close_group(out);
+                let through = self.close_group(out);
+                return Ok(Some(Names::Settle { through }));
             }
             BackendEvent::CopyIn => self.copy_in_started(),
-            BackendEvent::Parameter { .. }
-            | BackendEvent::DataRow
-            | BackendEvent::CopyData(_)
-            | BackendEvent::ParseComplete
-            | BackendEvent::BindComplete
-            | BackendEvent::CloseComplete => {}
+            BackendEvent::ParseComplete => return self.answered(Step::Parse),
+            BackendEvent::BindComplete => return self.answered(Step::Bind),
+            BackendEvent::CloseComplete => return self.answered(Step::Close),
+            // A RowDescription is also a query string's, and answers a Describe only when
+            // one is next.
+            BackendEvent::Description => {
+                if matches!(
+                    self.front(),
+                    Some(Slot::Step {
+                        step: Step::Describe,
+                        ..
+                    })
+                ) {
+                    self.slots.pop_front();
+                }
+            }
+            BackendEvent::Parameter { .. } | BackendEvent::DataRow | BackendEvent::CopyData(_) => {}
         }
+        Ok(None)
+    }
+
+    fn complete(&mut self, tag: String, out: &mut Vec<Outcome>) -> Option<Names> {
+        let change = match self.front() {
+            Some(Slot::Statement { change, .. }) => *change,
+            _ => None,
+        };
+        let mut outcome = self.pop_statement(OutcomeStatus::Ok)?;
+        let names = change.map(|id| Names::Confirm {
+            id,
+            tag: Some(tag.clone()),
+        });
+        outcome.command_tag = Some(tag);
+        out.push(outcome);
+        names
+    }
+
+    /// The reply that says the server took the step at the head of the queue.
+    fn answered(&mut self, step: Step) -> Result<Option<Names>, LostTrack> {
+        match self.front() {
+            Some(Slot::Step { step: next, id }) if *next == step => {
+                let id = *id;
+                self.slots.pop_front();
+                Ok(Some(Names::Confirm { id, tag: None }))
+            }
+            _ => Err(LostTrack(format!(
+                "the server took a {step:?} that lockbox did not see sent next"
+            ))),
+        }
+    }
+
+    /// An ErrorResponse: it answers the message at the head of the queue.
+    fn error(&mut self, sqlstate: String, message: String, out: &mut Vec<Outcome>) {
+        let (failed_step, extended) = match self.front() {
+            Some(Slot::Step { .. }) => (true, true),
+            Some(Slot::Statement { extended, .. }) => (false, *extended),
+            _ => (false, false),
+        };
+        if failed_step {
+            self.slots.pop_front();
+        }
+        if extended {
+            self.skip_to_sync();
+        }
+        // The statement that failed, or, when a step failed (its Parse, Bind or Describe,
+        // say), the extended statement of the group that will not run because of it. A
+        // query string the server skips is not the one that failed: it is closed with its
+        // group as not executed, as is a refused statement whose stand-in is skipped.
+        let refusal = match self.front() {
+            Some(Slot::Statement {
+                extended, refusal, ..
+            }) if !failed_step || (*extended && refusal.is_none()) => refusal.clone(),
+            _ => return,
+        };
+        let Some(mut outcome) = self.pop_statement(OutcomeStatus::Error) else {
+            return;
+        };
+        match refusal {
+            Some(r) => {
+                outcome.status = OutcomeStatus::Refused;
+                outcome.sqlstate = Some(crate::wire::sqlstate::INSUFFICIENT_PRIVILEGE.to_owned());
+                outcome.message = Some(r.message.clone());
+                outcome.rule = Some(r.rule);
+            }
+            None => {
+                outcome.sqlstate = Some(sqlstate);
+                outcome.message = Some(message);
+            }
+        }
+        out.push(outcome);
     }
 
     /// The head of the queue, past CopyEnd markers the server never answered (the COPY
     /// failed before starting).
-    fn front_statement(&mut self) -> Option<&Slot> {
+    fn front(&mut self) -> Option<&Slot> {
         while matches!(self.slots.front(), Some(Slot::CopyEnd)) {
             self.slots.pop_front();
         }
@@ -293,7 +423,7 @@ impl Tracker {
 
     /// The statement at the head of the current group, if the group has one left.
     fn pop_statement(&mut self, status: OutcomeStatus) -> Option<Outcome> {
-        match self.front_statement() {
+        match self.front() {
             Some(Slot::Statement { .. }) => match self.slots.pop_front() {
                 Some(Slot::Statement { seq, started, .. }) => {
                     Some(Outcome::new(seq, started, status))
@@ -304,23 +434,38 @@ impl Tracker {
         }
     }
 
-    fn close_group(&mut self, out: &mut Vec<Outcome>) {
+    /// ReadyForQuery: what is left of the group was not executed. Returns the message that
+    /// ended the group, if one was waiting.
+    fn close_group(&mut self, out: &mut Vec<Outcome>) -> Option<MessageId> {
         if !self
             .slots
             .iter()
             .any(|s| matches!(s, Slot::GroupEnd { .. }))
         {
-            return;
+            return None;
         }
         while let Some(slot) = self.slots.pop_front() {
             match slot {
-                Slot::GroupEnd { .. } => return,
-                Slot::CopyEnd => {}
-                Slot::Statement { seq, started, .. } => {
-                    out.push(Outcome::new(seq, started, OutcomeStatus::NotExecuted))
+                Slot::GroupEnd { id, .. } => return Some(id),
+                Slot::CopyEnd | Slot::Step { .. } => {}
+                Slot::Statement {
+                    seq,
+                    started,
+                    refusal,
+                    ..
+                } => {
+                    let mut outcome = Outcome::new(seq, started, OutcomeStatus::NotExecuted);
+                    // Refused, and skipped by the server before its stand-in failed: the
+                    // record still names the rule.
+                    if let Some(r) = refusal {
+                        outcome.message = Some(r.message.clone());
+                        outcome.rule = Some(r.rule);
+                    }
+                    out.push(outcome)
                 }
             }
         }
+        None
     }
 
     /// The session ended: whatever is still open was interrupted.
@@ -334,182 +479,5 @@ impl Tracker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn statuses(out: &[Outcome]) -> Vec<(u64, OutcomeStatus)> {
-        out.iter().map(|o| (o.statement_seq, o.status)).collect()
-    }
-
-    fn err() -> BackendEvent {
-        BackendEvent::Error {
-            sqlstate: "22012".into(),
-            message: "division by zero".into(),
-        }
-    }
-
-    #[test]
-    fn a_query_string_inside_a_failed_pipeline_gets_no_ready_of_its_own() {
-        // Execute(1) fails; the server then discards Query(2) up to the Sync, answers the
-        // Sync alone, and runs Query(3) after it.
-        let now = Instant::now();
-        let mut t = Tracker::default();
-        t.statement(1, now, true);
-        t.statement(2, now, false);
-        t.query_end();
-        t.sync();
-        t.statement(3, now, false);
-        t.query_end();
-        let mut out = Vec::new();
-        t.on_event(err(), &mut out);
-        t.on_event(BackendEvent::Ready(b'I'), &mut out);
-        t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out);
-        t.on_event(BackendEvent::Ready(b'I'), &mut out);
-        assert_eq!(
-            statuses(&out),
-            vec![
-                (1, OutcomeStatus::Error),
-                (2, OutcomeStatus::NotExecuted),
-                (3, OutcomeStatus::Ok)
-            ]
-        );
-        assert!(!t.in_flight());
-    }
-
-    #[test]
-    fn error_in_a_query_string_skips_the_rest() {
-        let now = Instant::now();
-        let mut t = Tracker::default();
-        for seq in 1..=3 {
-            t.statement(seq, now, false);
-        }
-        t.query_end();
-        let mut out = Vec::new();
-        t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out);
-        t.on_event(err(), &mut out);
-        t.on_event(BackendEvent::Ready(b'I'), &mut out);
-        assert_eq!(
-            statuses(&out),
-            [
-                (1, OutcomeStatus::Ok),
-                (2, OutcomeStatus::Error),
-                (3, OutcomeStatus::NotExecuted)
-            ]
-        );
-        assert_eq!(out[0].rows(), Some(1));
-        assert!(!t.in_flight());
-    }
-
-    #[test]
-    fn pipelined_groups_close_one_at_a_time() {
-        let now = Instant::now();
-        let mut t = Tracker::default();
-        t.statement(1, now, false);
-        t.sync();
-        t.statement(2, now, false);
-        t.sync();
-        let mut out = Vec::new();
-        t.on_event(err(), &mut out);
-        t.on_event(BackendEvent::Ready(b'I'), &mut out);
-        assert_eq!(statuses(&out), [(1, OutcomeStatus::Error)]);
-        assert!(t.in_flight(), "second group still open");
-        t.on_event(BackendEvent::Complete("INSERT 0 4".into()), &mut out);
-        t.on_event(BackendEvent::Ready(b'T'), &mut out);
-        assert_eq!(statuses(&out)[1], (2, OutcomeStatus::Ok));
-        assert_eq!(out[1].rows(), Some(4));
-        assert_eq!(t.transaction_status, b'T');
-    }
-
-    #[test]
-    fn parse_error_lands_on_the_groups_first_statement_and_leftovers_are_interrupted() {
-        let now = Instant::now();
-        let mut t = Tracker::default();
-        let mut out = Vec::new();
-        // An error with nothing recorded (a lone Parse) changes nothing.
-        t.sync();
-        t.on_event(err(), &mut out);
-        t.on_event(BackendEvent::Ready(b'I'), &mut out);
-        assert!(out.is_empty());
-        t.statement(7, now, false);
-        t.interrupt_all(&mut out);
-        assert_eq!(statuses(&out), [(7, OutcomeStatus::Interrupted)]);
-    }
-
-    #[test]
-    fn syncs_sent_during_copy_in_get_no_ready_for_query() {
-        let now = Instant::now();
-        // Whether the client's CopyDone arrives before or after the server's CopyInResponse,
-        // the COPY's outcome and the next statement's must line up.
-        for copy_done_first in [false, true] {
-            let mut t = Tracker::default();
-            let mut out = Vec::new();
-            t.statement(1, now, false);
-            t.sync();
-            if copy_done_first {
-                t.copy_end();
-                t.sync();
-                t.on_event(BackendEvent::CopyIn, &mut out);
-            } else {
-                t.on_event(BackendEvent::CopyIn, &mut out);
-                t.copy_end();
-                t.sync();
-            }
-            t.on_event(BackendEvent::Complete("COPY 5".into()), &mut out);
-            t.on_event(BackendEvent::Ready(b'I'), &mut out);
-            t.statement(2, now, false);
-            t.sync();
-            t.on_event(BackendEvent::Complete("COPY 9".into()), &mut out);
-            t.on_event(BackendEvent::Ready(b'I'), &mut out);
-            let rows: Vec<_> = out
-                .iter()
-                .map(|o| (o.statement_seq, o.status, o.rows()))
-                .collect();
-            assert_eq!(
-                rows,
-                [
-                    (1, OutcomeStatus::Ok, Some(5)),
-                    (2, OutcomeStatus::Ok, Some(9))
-                ],
-                "copy_done_first = {copy_done_first}"
-            );
-        }
-    }
-
-    #[test]
-    fn simple_query_copy_keeps_its_group_end() {
-        let now = Instant::now();
-        let mut t = Tracker::default();
-        let mut out = Vec::new();
-        t.statement(1, now, false);
-        t.query_end();
-        t.copy_end();
-        t.on_event(BackendEvent::CopyIn, &mut out);
-        t.on_event(BackendEvent::Complete("COPY 2".into()), &mut out);
-        t.on_event(BackendEvent::Ready(b'I'), &mut out);
-        assert_eq!(statuses(&out), [(1, OutcomeStatus::Ok)]);
-        assert!(!t.in_flight());
-    }
-
-    #[test]
-    fn a_failed_copy_in_ends_copy_mode() {
-        let now = Instant::now();
-        let mut t = Tracker::default();
-        let mut out = Vec::new();
-        t.statement(1, now, false);
-        t.sync();
-        t.on_event(BackendEvent::CopyIn, &mut out);
-        // A bad row: the server errors out of COPY; the client then syncs.
-        t.on_event(err(), &mut out);
-        t.sync();
-        t.on_event(BackendEvent::Ready(b'I'), &mut out);
-        t.statement(2, now, false);
-        t.sync();
-        t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out);
-        t.on_event(BackendEvent::Ready(b'I'), &mut out);
-        assert_eq!(
-            statuses(&out),
-            [(1, OutcomeStatus::Error), (2, OutcomeStatus::Ok)]
-        );
-        assert!(!t.in_flight());
-    }
-}
+#[path = "tracker_tests.rs"]
+mod tests;

@@ -35,6 +35,9 @@ pub enum BackendEvent {
     ParseComplete,
     BindComplete,
     CloseComplete,
+    /// The header of a RowDescription or a NoData: the answer to a Describe (or, for a
+    /// RowDescription, the start of a query string's rows). The body is skipped.
+    Description,
 }
 
 enum State {
@@ -129,6 +132,10 @@ impl BackendScanner {
                         if tag == b'D' && self.count_rows {
                             let start = self.started_at;
                             events.push((BackendEvent::DataRow, start.map(|s| s..s)));
+                        }
+                        if tag == b'T' || tag == b'n' {
+                            let start = self.started_at;
+                            events.push((BackendEvent::Description, start.map(|s| s..s)));
                         }
                         if tag == b'd' {
                             let start = self.started_at;
@@ -313,18 +320,21 @@ mod tests {
             b"SERROR\0C42P01\0Mrelation \"x\" does not exist\0\0",
         ));
         s.extend(msg(b'I', b""));
+        s.extend(msg(b'n', b""));
         s.extend(msg(b'Z', b"T"));
         s
     }
 
     fn expected() -> Vec<BackendEvent> {
         vec![
+            BackendEvent::Description,
             BackendEvent::Complete("SELECT 1".into()),
             BackendEvent::Error {
                 sqlstate: "42P01".into(),
                 message: "relation \"x\" does not exist".into(),
             },
             BackendEvent::Empty,
+            BackendEvent::Description,
             BackendEvent::Ready(b'T'),
         ]
     }
@@ -341,7 +351,8 @@ mod tests {
         let s = stream();
         let mut located = Vec::new();
         BackendScanner::default().feed_located(&s, &mut located);
-        let (event, range) = &located[1];
+        assert_eq!(located[0], (BackendEvent::Description, Some(0..0)));
+        let (event, range) = &located[2];
         assert!(matches!(event, BackendEvent::Error { .. }));
         let range = range.clone().expect("whole message");
         assert_eq!(s[range.start], b'E');

@@ -10,6 +10,7 @@ use lockbox::policy::AccessLevel;
 
 use std::time::Duration;
 
+use crate::frontend::{bind, execute, sync};
 use crate::harness::{message, query, Env, Options, Raw};
 
 async fn session(env: &Env, access: AccessLevel) -> (String, tokio_postgres::Client) {
@@ -61,31 +62,6 @@ async fn drain(raw: &mut Raw, wait: Duration) -> Vec<u8> {
             _ => return out,
         }
     }
-}
-
-fn bind(portal: &str, statement: &str) -> Vec<u8> {
-    let body = [
-        portal.as_bytes(),
-        b"\0",
-        statement.as_bytes(),
-        b"\0",
-        &0i16.to_be_bytes(),
-        &0i16.to_be_bytes(),
-        &0i16.to_be_bytes(),
-    ]
-    .concat();
-    message(b'B', &body)
-}
-
-fn execute(portal: &str) -> Vec<u8> {
-    message(
-        b'E',
-        &[portal.as_bytes(), b"\0", &0i32.to_be_bytes()].concat(),
-    )
-}
-
-fn sync() -> Vec<u8> {
-    message(b'S', &[])
 }
 
 /// `set_config` whose name argument is the column `name` of a subquery, in a statement

@@ -1,6 +1,7 @@
 //! End-to-end tests: a real PostgreSQL, lockbox in-process, real clients (tokio-postgres,
 //! psql, pgbench) and raw sockets for the misbehaving ones.
 
+mod frontend;
 mod harness;
 
 mod api_hardening;
@@ -60,6 +61,7 @@ mod relay;
 mod roles;
 mod server_end_tls;
 mod session_end;
+mod skip_to_sync;
 mod terminate;
 mod upstream_faults;
 mod upstream_tls;

@@ -10,7 +10,8 @@ use crate::audit::redact;
 use crate::audit::{AuditEvent, Protocol, StatementRecord};
 use crate::guard::{self, NameChange, Refusal};
 use crate::policy::AccessLevel;
-use crate::proxy::statements::{Portal, Prepared, SqlChange};
+use crate::proxy::statements::{MessageId, Portal, Prepared, SqlChange};
+use crate::proxy::tracker::Step;
 use crate::sql::StatementKind;
 use crate::wire::{self, ParamValue};
 
@@ -32,6 +33,7 @@ impl Relay {
                 // transaction. The first refused statement carries the refusal.
                 let mut records = Vec::with_capacity(statements.len());
                 let mut verdicts = Vec::with_capacity(statements.len());
+                let mut changes = Vec::with_capacity(statements.len());
                 for (i, s) in statements.iter().enumerate() {
                     let piece = text.get(s.range.clone()).unwrap_or(&text);
                     let (record, recorded) = self.statement_record(
@@ -46,17 +48,19 @@ impl Relay {
                             .and_then(|()| self.check(&s.analysis))
                             .and_then(|()| self.check_names(&s.analysis)),
                     };
-                    if verdict.is_ok() {
-                        // Later statements of the string see what this one will create;
-                        // it takes effect only once the server confirms it.
-                        self.note_names(piece, &s.analysis, None)?;
-                    }
+                    // Later statements of the string see what this one will create; it
+                    // takes effect only once the server confirms it.
+                    changes.push(match verdict {
+                        Ok(()) => self.note_names(piece, &s.analysis, None)?,
+                        Err(_) => None,
+                    });
                     verdicts.push(verdict);
                     records.push(record);
                 }
                 let refused_at = verdicts.iter().position(Result::is_err);
                 let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
-                for (i, (record, s)) in records.into_iter().zip(statements.iter()).enumerate() {
+                let each = records.into_iter().zip(changes).zip(statements.iter());
+                for (i, ((record, change), s)) in each.enumerate() {
                     self.temporary_relations |= s.analysis.facts.temporary_relations;
                     if refusal.is_none()
                         && self.reads_catalog_only(
@@ -69,11 +73,10 @@ impl Relay {
                     pending.push(match (&refusal, refused_at) {
                         (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
                         (Some(_), _) => Pending::NotRun(record),
-                        _ => Pending::Statement(record),
+                        _ => Pending::Statement(record, change),
                     });
                 }
-                pending.push(Pending::QueryEnd);
-                self.statements.group_end().map_err(|e| e.to_string())?;
+                pending.push(Pending::QueryEnd(self.statements.message()));
                 return Ok(refusal.map(|_| stand_in_query()));
             }
             b'P' => {
@@ -102,16 +105,20 @@ impl Relay {
                     catalog_only: analysis.facts.catalog_only,
                     catalog_unqualified: analysis.facts.catalog_unqualified,
                 };
-                self.statements
+                let id = self
+                    .statements
                     .parse(name, statement)
                     .map_err(|e| e.to_string())?;
+                pending.push(Pending::Step(Step::Parse, id));
             }
             b'B' => {
                 let bind = wire::decode_bind(body).map_err(|e| e.to_string())?;
                 let params = bind.params.into_iter().map(param_json).collect();
-                self.statements
+                let id = self
+                    .statements
                     .bind(bind.portal, &bind.statement, params)
                     .map_err(|e| e.to_string())?;
+                pending.push(Pending::Step(Step::Bind, id));
             }
             b'E' => {
                 let portal = wire::decode_execute(body).map_err(|e| e.to_string())?;
@@ -135,7 +142,7 @@ impl Relay {
                         ));
                         return Ok(Some(stand_in_execute()));
                     }
-                    pending.push(Pending::Statement(record));
+                    pending.push(Pending::Statement(record, None));
                     return Ok(None);
                 };
                 if self.reads_catalog_only(
@@ -150,29 +157,31 @@ impl Relay {
                     Some(found.params),
                     found.statement.names,
                 );
-                if let Some(change) = &names {
+                let change = match &names {
                     // A Parse of `PREPARE …`, `DECLARE …`, `DEALLOCATE …` changes the
                     // namespaces each time its portal runs.
-                    let analysis = guard::analyze_cached(&text);
-                    self.note_names(&text, &analysis, Some(change))?;
-                }
+                    Some(change) => {
+                        let analysis = guard::analyze_cached(&text);
+                        self.note_names(&text, &analysis, Some(change))?
+                    }
+                    None => None,
+                };
                 // The text was checked when it was parsed; what is recorded is the text of
                 // the statement the server holds under that name.
                 let (record, _) = self.statement_record(Protocol::Extended, &text, kind, params);
-                pending.push(Pending::Statement(record));
+                pending.push(Pending::Statement(record, change));
             }
             b'C' => {
                 let (kind, name) = wire::decode_close(body).map_err(|e| e.to_string())?;
-                match kind {
+                let id = match kind {
                     b'S' => self.statements.close_statement(name),
                     _ => self.statements.close_portal(name),
                 }
                 .map_err(|e| e.to_string())?;
+                pending.push(Pending::Step(Step::Close, id));
             }
-            b'S' => {
-                self.statements.group_end().map_err(|e| e.to_string())?;
-                pending.push(Pending::Sync);
-            }
+            b'D' => pending.push(Pending::Step(Step::Describe, self.statements.message())),
+            b'S' => pending.push(Pending::Sync(self.statements.message())),
             b'c' | b'f' => pending.push(Pending::CopyEnd),
             b'F' => {
                 let call = wire::decode_function_call(body).map_err(|e| e.to_string())?;
@@ -195,16 +204,14 @@ impl Relay {
                 );
                 if let Err(refusal) = guard::check_class(self.grant.access, class) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
-                    pending.push(Pending::QueryEnd);
-                    self.statements.group_end().map_err(|e| e.to_string())?;
+                    pending.push(Pending::QueryEnd(self.statements.message()));
                     return Ok(Some(stand_in_query()));
                 }
-                pending.push(Pending::Statement(record));
-                pending.push(Pending::QueryEnd);
-                self.statements.group_end().map_err(|e| e.to_string())?;
+                pending.push(Pending::Statement(record, None));
+                pending.push(Pending::QueryEnd(self.statements.message()));
             }
             b'd' => self.copy_bytes += body.len() as u64,
-            b'D' | b'H' | b'X' => {}
+            b'H' | b'X' => {}
             other => return Err(unexpected_message(other)),
         }
         Ok(None)
@@ -222,7 +229,7 @@ impl Relay {
         let in_flight = !self.tracker.is_idle()
             || pending
                 .iter()
-                .any(|p| matches!(p, Pending::Statement(_) | Pending::Refused(..)));
+                .any(|p| matches!(p, Pending::Statement(..) | Pending::Refused(..)));
         (in_flight && !guard::lexing_is_stable(text, analyses)).then(guard::lexer_uncertain)
     }
 
@@ -326,9 +333,9 @@ impl Relay {
         text: &str,
         analysis: &guard::Analysis,
         change: Option<&NameChange>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<MessageId>, String> {
         let Some(change) = change.or(analysis.facts.names.as_ref()) else {
-            return Ok(());
+            return Ok(None);
         };
         let own = |kind| Prepared {
             text: text.into(),
@@ -353,9 +360,12 @@ impl Relay {
             NameChange::Deallocate(name) => SqlChange::Deallocate(name.clone()),
             NameChange::Close(name) => SqlChange::Close(name.clone()),
             NameChange::DiscardAll => SqlChange::DiscardAll,
-            NameChange::Execute(_) | NameChange::Fetch(_) => return Ok(()),
+            NameChange::Execute(_) | NameChange::Fetch(_) => return Ok(None),
         };
-        self.statements.sql(sql_change).map_err(|e| e.to_string())
+        self.statements
+            .sql(sql_change)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 }
 

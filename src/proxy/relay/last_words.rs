@@ -38,6 +38,13 @@ pub(super) fn fatal_for(
             "lockbox could not write the audit record; the statement was not executed".to_owned(),
         ),
         End::UnsafeSetting(m) => (sqlstate::INSUFFICIENT_PRIVILEGE, m.clone()),
+        End::LostTrack(m) => (
+            sqlstate::INTERNAL_ERROR,
+            format!(
+                "lockbox lost track of the server's replies ({m}); the session is ended so \
+                 that no statement runs under another's record"
+            ),
+        ),
         End::RowLimit(n) => (
             sqlstate::PROGRAM_LIMIT_EXCEEDED,
             format!(
@@ -60,7 +67,10 @@ pub(super) fn fatal_for(
 /// or oversized message) is told why but not waited on, so such clients cannot use up the
 /// patience kept for those whose access ended under them.
 pub(super) fn may_be_patient(end: &End) -> bool {
-    !matches!(end, End::ProtocolError(_) | End::MessageTooLarge(_))
+    !matches!(
+        end,
+        End::ProtocolError(_) | End::MessageTooLarge(_) | End::LostTrack(_)
+    )
 }
 
 /// Whether the client could have brought this end about at will: its own statement (a row
@@ -71,7 +81,7 @@ pub(super) fn may_be_patient(end: &End) -> bool {
 pub(super) fn is_provoked(end: &End) -> bool {
     matches!(
         end,
-        End::UpstreamGone | End::RowLimit(_) | End::UnsafeSetting(_)
+        End::UpstreamGone | End::RowLimit(_) | End::UnsafeSetting(_) | End::LostTrack(_)
     )
 }
 
@@ -92,6 +102,7 @@ mod tests {
             End::AuditFailed,
             End::UnsafeSetting("a setting".to_owned()),
             End::RowLimit(10),
+            End::LostTrack("a reply".to_owned()),
         ]
     }
 
@@ -106,6 +117,7 @@ mod tests {
         assert_eq!(code(End::UnsafeSetting("x".into())), Some("42501"));
         assert_eq!(code(End::RowLimit(3)), Some("54000"));
         assert_eq!(code(End::UpstreamGone), Some("08006"));
+        assert_eq!(code(End::LostTrack("x".into())), Some("XX000"));
         let (_, revoked) =
             fatal_for(&End::Dropped(DropReason::Revoked), "req-1", false).expect("told");
         assert!(
@@ -147,6 +159,7 @@ mod tests {
             (End::Dropped(DropReason::Shutdown), true, false),
             (End::AuditFailed, true, false),
             (End::ProtocolError("x".into()), false, false),
+            (End::LostTrack("x".into()), false, true),
             (End::UpstreamGone, true, true),
             (End::RowLimit(1), true, true),
             (End::UnsafeSetting("x".into()), true, true),

@@ -40,9 +40,9 @@ pub use terminator::monotonic_deadline;
 use terminator::Terminator;
 
 use super::registry::{Control, DropReason};
-use super::statements::{self, Confirmation, Statements};
+use super::statements::Statements;
 use super::stream::BoxStream;
-use super::tracker::{Outcome, Tracker};
+use super::tracker::{Names, Outcome, Tracker};
 use crate::audit::{AuditLog, OutcomeStatus, SessionFields};
 use crate::guard;
 use crate::wire::{self, sqlstate, BackendEvent, BackendScanner};
@@ -65,6 +65,10 @@ pub enum End {
     UnsafeSetting(String),
     /// A statement returned more rows than the grant allows.
     RowLimit(u64),
+    /// A server reply answered no message the proxy knows it sent: from here on, replies
+    /// could be matched to the wrong statements, and prepared statements named by the
+    /// wrong text, so nothing more may run.
+    LostTrack(String),
     /// A client message declared a size over `proxy.max_message_size`.
     MessageTooLarge(super::oversize::Oversize),
 }
@@ -478,20 +482,11 @@ impl Relay {
                     }
                     continue;
                 }
-                BackendEvent::Complete(tag) => {
-                    self.rows = 0;
-                    if statements::is_namespace_tag(tag) {
-                        self.statements.confirm(Confirmation::Command(tag.clone()));
-                    }
-                }
-                BackendEvent::Error { .. } | BackendEvent::Empty | BackendEvent::Suspended => {
-                    self.rows = 0
-                }
-                BackendEvent::ParseComplete => self.statements.confirm(Confirmation::Parse),
-                BackendEvent::BindComplete => self.statements.confirm(Confirmation::Bind),
-                BackendEvent::CloseComplete => self.statements.confirm(Confirmation::Close),
-                BackendEvent::Ready(status) => {
-                    self.statements.ready(*status);
+                BackendEvent::Complete(_)
+                | BackendEvent::Error { .. }
+                | BackendEvent::Empty
+                | BackendEvent::Suspended => self.rows = 0,
+                BackendEvent::Ready(_) => {
                     // Statements before this Ready are settled.
                     if let Some(next) = self.tracker.running() {
                         self.uncounted = self.uncounted.split_off(&next);
@@ -502,7 +497,20 @@ impl Relay {
                 _ => {}
             }
             let settled = self.outcomes.len();
-            self.tracker.on_event(event, &mut self.outcomes);
+            let names = self
+                .tracker
+                .on_event(event, &mut self.outcomes)
+                .map_err(|lost| End::LostTrack(lost.0))?;
+            match names {
+                Some(Names::Confirm { id, tag }) => self
+                    .statements
+                    .confirm(id, tag.as_deref())
+                    .map_err(|lost| End::LostTrack(lost.0))?,
+                Some(Names::Settle { through }) => self
+                    .statements
+                    .settle(through, self.tracker.transaction_status),
+                None => {}
+            }
             // Bytes counted so far belong to the COPY settled now, not to one settled later
             // in the same read.
             for outcome in &mut self.outcomes[settled..] {

@@ -8,17 +8,22 @@ use std::time::Instant;
 use super::{guarded, End, Relay};
 use crate::audit::{redact, AuditEvent, OutcomeRecord, OutcomeStatus, Protocol, StatementRecord};
 use crate::guard::Refusal;
-use crate::proxy::tracker::Outcome;
+use crate::proxy::statements::MessageId;
+use crate::proxy::tracker::{Outcome, Step};
 
 /// A statement record waiting to be written, and where its tracker slot goes.
 pub(super) enum Pending {
-    Statement(AuditEvent),
+    /// A statement, and the name change (PREPARE, DECLARE, …) its CommandComplete confirms.
+    Statement(AuditEvent, Option<MessageId>),
     /// Refused by a guardrail; a failing stand-in goes upstream in its place.
     Refused(AuditEvent, Arc<Refusal>),
     /// Recorded, but will not run (another statement of its query string was refused).
     NotRun(AuditEvent),
-    QueryEnd,
-    Sync,
+    /// The end of a query string or FunctionCall (message id).
+    QueryEnd(MessageId),
+    Sync(MessageId),
+    /// A Parse, Bind, Close or Describe (message id), which the server answers.
+    Step(Step, MessageId),
     CopyEnd,
     /// The next statement reads the system catalogs only: a row limit does not count it.
     RowsUncounted,
@@ -39,7 +44,7 @@ impl Relay {
     /// Writes the batch's statement records durably and opens their tracker slots.
     pub(super) async fn record_statements(&mut self, pending: Vec<Pending>) -> Result<(), End> {
         let records = pending.iter().filter_map(|p| match p {
-            Pending::Statement(e) | Pending::Refused(e, _) | Pending::NotRun(e) => Some(e),
+            Pending::Statement(e, _) | Pending::Refused(e, _) | Pending::NotRun(e) => Some(e),
             _ => None,
         });
         let mut seq = if records.clone().next().is_none() {
@@ -72,11 +77,12 @@ impl Relay {
         for p in pending {
             match p {
                 Pending::RowsUncounted => uncounted = true,
-                Pending::Statement(record) => {
+                Pending::Statement(record, change) => {
                     if std::mem::take(&mut uncounted) {
                         self.uncounted.insert(seq);
                     }
-                    self.tracker.statement(seq, started, is_extended(&record));
+                    self.tracker
+                        .statement_changing(seq, started, is_extended(&record), change);
                     seq += 1;
                 }
                 Pending::Refused(record, refusal) => {
@@ -89,8 +95,9 @@ impl Relay {
                     not_run.push(Outcome::not_run(seq));
                     seq += 1;
                 }
-                Pending::QueryEnd => self.tracker.query_end(),
-                Pending::Sync => self.tracker.sync(),
+                Pending::QueryEnd(id) => self.tracker.query_end(id),
+                Pending::Sync(id) => self.tracker.sync(id),
+                Pending::Step(step, id) => self.tracker.step(step, id),
                 Pending::CopyEnd => self.tracker.copy_end(),
             }
         }

@@ -26,6 +26,7 @@ pub(super) fn ended_by_proxy(end: &End) -> bool {
         | End::ProtocolError(_)
         | End::MessageTooLarge(_)
         | End::UnsafeSetting(_)
+        | End::LostTrack(_)
         | End::AuditFailed => true,
         End::ClientGone | End::UpstreamGone => false,
     }
@@ -41,6 +42,7 @@ pub(super) fn finish(
     let detail = match end {
         End::MessageTooLarge(o) => Some(o.describe()),
         End::ProtocolError(m) => Some(format!("client protocol violation: {m}")),
+        End::LostTrack(m) => Some(format!("lockbox lost track of the server's replies: {m}")),
         _ => None,
     };
     let (event, reason) = match end {
@@ -63,7 +65,7 @@ pub(super) fn finish(
             SessionEvent::Disconnected,
             Some("upstream closed the connection"),
         ),
-        End::ProtocolError(_) | End::MessageTooLarge(_) => {
+        End::ProtocolError(_) | End::MessageTooLarge(_) | End::LostTrack(_) => {
             (SessionEvent::Disconnected, detail.as_deref())
         }
         End::AuditFailed => (SessionEvent::Disconnected, Some("audit log unavailable")),

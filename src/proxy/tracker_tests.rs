@@ -1,0 +1,427 @@
+//! The tracker against the server's own order of replies: groups, skips to Sync, COPY,
+//! and the steps of the extended protocol.
+
+use super::*;
+
+fn statuses(out: &[Outcome]) -> Vec<(u64, OutcomeStatus)> {
+    out.iter().map(|o| (o.statement_seq, o.status)).collect()
+}
+
+fn err() -> BackendEvent {
+    BackendEvent::Error {
+        sqlstate: "22012".into(),
+        message: "division by zero".into(),
+    }
+}
+
+#[test]
+fn a_query_string_inside_a_failed_pipeline_gets_no_ready_of_its_own() {
+    // Execute(1) fails; the server then discards Query(2) up to the Sync, answers the
+    // Sync alone, and runs Query(3) after it.
+    let now = Instant::now();
+    let mut t = Tracker::default();
+    t.statement(1, now, true);
+    t.statement(2, now, false);
+    t.query_end(0);
+    t.sync(0);
+    t.statement(3, now, false);
+    t.query_end(0);
+    let mut out = Vec::new();
+    t.on_event(err(), &mut out).expect("tracked");
+    t.on_event(BackendEvent::Ready(b'I'), &mut out)
+        .expect("tracked");
+    t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out)
+        .expect("tracked");
+    t.on_event(BackendEvent::Ready(b'I'), &mut out)
+        .expect("tracked");
+    assert_eq!(
+        statuses(&out),
+        vec![
+            (1, OutcomeStatus::Error),
+            (2, OutcomeStatus::NotExecuted),
+            (3, OutcomeStatus::Ok)
+        ]
+    );
+    assert!(!t.in_flight());
+}
+
+#[test]
+fn error_in_a_query_string_skips_the_rest() {
+    let now = Instant::now();
+    let mut t = Tracker::default();
+    for seq in 1..=3 {
+        t.statement(seq, now, false);
+    }
+    t.query_end(0);
+    let mut out = Vec::new();
+    t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out)
+        .expect("tracked");
+    t.on_event(err(), &mut out).expect("tracked");
+    t.on_event(BackendEvent::Ready(b'I'), &mut out)
+        .expect("tracked");
+    assert_eq!(
+        statuses(&out),
+        [
+            (1, OutcomeStatus::Ok),
+            (2, OutcomeStatus::Error),
+            (3, OutcomeStatus::NotExecuted)
+        ]
+    );
+    assert_eq!(out[0].rows(), Some(1));
+    assert!(!t.in_flight());
+}
+
+#[test]
+fn pipelined_groups_close_one_at_a_time() {
+    let now = Instant::now();
+    let mut t = Tracker::default();
+    t.statement(1, now, false);
+    t.sync(0);
+    t.statement(2, now, false);
+    t.sync(0);
+    let mut out = Vec::new();
+    t.on_event(err(), &mut out).expect("tracked");
+    t.on_event(BackendEvent::Ready(b'I'), &mut out)
+        .expect("tracked");
+    assert_eq!(statuses(&out), [(1, OutcomeStatus::Error)]);
+    assert!(t.in_flight(), "second group still open");
+    t.on_event(BackendEvent::Complete("INSERT 0 4".into()), &mut out)
+        .expect("tracked");
+    t.on_event(BackendEvent::Ready(b'T'), &mut out)
+        .expect("tracked");
+    assert_eq!(statuses(&out)[1], (2, OutcomeStatus::Ok));
+    assert_eq!(out[1].rows(), Some(4));
+    assert_eq!(t.transaction_status, b'T');
+}
+
+#[test]
+fn parse_error_lands_on_the_groups_first_statement_and_leftovers_are_interrupted() {
+    let now = Instant::now();
+    let mut t = Tracker::default();
+    let mut out = Vec::new();
+    // An error with nothing recorded (a lone Parse) changes nothing.
+    t.sync(0);
+    t.on_event(err(), &mut out).expect("tracked");
+    t.on_event(BackendEvent::Ready(b'I'), &mut out)
+        .expect("tracked");
+    assert!(out.is_empty());
+    t.statement(7, now, false);
+    t.interrupt_all(&mut out);
+    assert_eq!(statuses(&out), [(7, OutcomeStatus::Interrupted)]);
+}
+
+#[test]
+fn syncs_sent_during_copy_in_get_no_ready_for_query() {
+    let now = Instant::now();
+    // Whether the client's CopyDone arrives before or after the server's CopyInResponse,
+    // the COPY's outcome and the next statement's must line up.
+    for copy_done_first in [false, true] {
+        let mut t = Tracker::default();
+        let mut out = Vec::new();
+        t.statement(1, now, false);
+        t.sync(0);
+        if copy_done_first {
+            t.copy_end();
+            t.sync(0);
+            t.on_event(BackendEvent::CopyIn, &mut out).expect("tracked");
+        } else {
+            t.on_event(BackendEvent::CopyIn, &mut out).expect("tracked");
+            t.copy_end();
+            t.sync(0);
+        }
+        t.on_event(BackendEvent::Complete("COPY 5".into()), &mut out)
+            .expect("tracked");
+        t.on_event(BackendEvent::Ready(b'I'), &mut out)
+            .expect("tracked");
+        t.statement(2, now, false);
+        t.sync(0);
+        t.on_event(BackendEvent::Complete("COPY 9".into()), &mut out)
+            .expect("tracked");
+        t.on_event(BackendEvent::Ready(b'I'), &mut out)
+            .expect("tracked");
+        let rows: Vec<_> = out
+            .iter()
+            .map(|o| (o.statement_seq, o.status, o.rows()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (1, OutcomeStatus::Ok, Some(5)),
+                (2, OutcomeStatus::Ok, Some(9))
+            ],
+            "copy_done_first = {copy_done_first}"
+        );
+    }
+}
+
+#[test]
+fn simple_query_copy_keeps_its_group_end() {
+    let now = Instant::now();
+    let mut t = Tracker::default();
+    let mut out = Vec::new();
+    t.statement(1, now, false);
+    t.query_end(0);
+    t.copy_end();
+    t.on_event(BackendEvent::CopyIn, &mut out).expect("tracked");
+    t.on_event(BackendEvent::Complete("COPY 2".into()), &mut out)
+        .expect("tracked");
+    t.on_event(BackendEvent::Ready(b'I'), &mut out)
+        .expect("tracked");
+    assert_eq!(statuses(&out), [(1, OutcomeStatus::Ok)]);
+    assert!(!t.in_flight());
+}
+
+#[test]
+fn a_failed_copy_in_ends_copy_mode() {
+    let now = Instant::now();
+    let mut t = Tracker::default();
+    let mut out = Vec::new();
+    t.statement(1, now, false);
+    t.sync(0);
+    t.on_event(BackendEvent::CopyIn, &mut out).expect("tracked");
+    // A bad row: the server errors out of COPY; the client then syncs.
+    t.on_event(err(), &mut out).expect("tracked");
+    t.sync(0);
+    t.on_event(BackendEvent::Ready(b'I'), &mut out)
+        .expect("tracked");
+    t.statement(2, now, false);
+    t.sync(0);
+    t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out)
+        .expect("tracked");
+    t.on_event(BackendEvent::Ready(b'I'), &mut out)
+        .expect("tracked");
+    assert_eq!(
+        statuses(&out),
+        [(1, OutcomeStatus::Error), (2, OutcomeStatus::Ok)]
+    );
+    assert!(!t.in_flight());
+}
+
+/// What a client sends, in order, and the tracker's slots for it (ids count messages).
+struct Client {
+    t: Tracker,
+    next_id: MessageId,
+    out: Vec<Outcome>,
+    names: Vec<Names>,
+}
+
+impl Client {
+    fn new() -> Self {
+        Client {
+            t: Tracker::default(),
+            next_id: 0,
+            out: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+
+    fn id(&mut self) -> MessageId {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn step(&mut self, step: Step) -> MessageId {
+        let id = self.id();
+        self.t.step(step, id);
+        id
+    }
+
+    fn execute(&mut self, seq: u64) {
+        self.t.statement(seq, Instant::now(), true);
+    }
+
+    fn query(&mut self, seq: u64) -> MessageId {
+        self.t.statement(seq, Instant::now(), false);
+        let id = self.id();
+        self.t.query_end(id);
+        id
+    }
+
+    fn sync(&mut self) -> MessageId {
+        let id = self.id();
+        self.t.sync(id);
+        id
+    }
+
+    fn reply(&mut self, event: BackendEvent) -> Result<(), LostTrack> {
+        let names = self.t.on_event(event, &mut self.out)?;
+        self.names.extend(names);
+        Ok(())
+    }
+
+    fn replies(&mut self, events: impl IntoIterator<Item = BackendEvent>) {
+        for event in events {
+            self.reply(event)
+                .expect("every reply answers a message sent");
+        }
+    }
+}
+
+fn complete(tag: &str) -> BackendEvent {
+    BackendEvent::Complete(tag.into())
+}
+
+#[test]
+fn an_error_in_any_step_skips_a_query_string_sent_before_the_sync() {
+    // Describe, Parse, Bind or Close fails; the server then ignores the query string up to
+    // the Sync, answers the Sync alone, and runs the next query string. Each reply must land
+    // on its own statement.
+    for failing in [Step::Describe, Step::Parse, Step::Bind, Step::Close] {
+        let mut c = Client::new();
+        c.step(failing);
+        c.query(1);
+        let sync = c.sync();
+        let next = c.query(2);
+        c.replies([err(), BackendEvent::Ready(b'I')]);
+        c.replies([complete("SELECT 1"), BackendEvent::Ready(b'I')]);
+        assert_eq!(
+            statuses(&c.out),
+            [(1, OutcomeStatus::NotExecuted), (2, OutcomeStatus::Ok)],
+            "{failing:?}"
+        );
+        assert_eq!(
+            c.names,
+            [
+                Names::Settle {
+                    through: Some(sync)
+                },
+                Names::Settle {
+                    through: Some(next)
+                }
+            ],
+            "{failing:?}"
+        );
+        assert!(c.t.is_idle(), "{failing:?}");
+    }
+}
+
+#[test]
+fn steps_sent_after_an_error_and_before_the_sync_get_no_reply() {
+    // The error comes back before the client has sent its Sync: what it sends until then
+    // is skipped by the server, steps and query strings alike.
+    let mut c = Client::new();
+    c.step(Step::Describe);
+    c.replies([err()]);
+    c.step(Step::Parse);
+    c.query(1);
+    c.sync();
+    c.step(Step::Parse);
+    c.step(Step::Bind);
+    c.execute(2);
+    c.sync();
+    c.replies([BackendEvent::Ready(b'I')]);
+    c.replies([
+        BackendEvent::ParseComplete,
+        BackendEvent::BindComplete,
+        complete("UPDATE 1"),
+        BackendEvent::Ready(b'I'),
+    ]);
+    assert_eq!(
+        statuses(&c.out),
+        [(1, OutcomeStatus::NotExecuted), (2, OutcomeStatus::Ok)]
+    );
+}
+
+#[test]
+fn each_confirmation_names_the_message_it_answers() {
+    let mut c = Client::new();
+    let parse = c.step(Step::Parse);
+    let bind = c.step(Step::Bind);
+    c.step(Step::Describe);
+    c.execute(1);
+    let close = c.step(Step::Close);
+    let sync = c.sync();
+    c.replies([
+        BackendEvent::ParseComplete,
+        BackendEvent::BindComplete,
+        BackendEvent::Description,
+        complete("SELECT 3"),
+        BackendEvent::CloseComplete,
+        BackendEvent::Ready(b'I'),
+    ]);
+    let confirm = |id| Names::Confirm { id, tag: None };
+    assert_eq!(
+        c.names,
+        [
+            confirm(parse),
+            confirm(bind),
+            confirm(close),
+            Names::Settle {
+                through: Some(sync)
+            }
+        ]
+    );
+    assert_eq!(statuses(&c.out), [(1, OutcomeStatus::Ok)]);
+}
+
+#[test]
+fn a_parse_error_lands_on_the_statement_it_kept_from_running() {
+    let mut c = Client::new();
+    c.step(Step::Parse);
+    c.step(Step::Bind);
+    c.execute(1);
+    c.sync();
+    c.replies([err(), BackendEvent::Ready(b'I')]);
+    assert_eq!(statuses(&c.out), [(1, OutcomeStatus::Error)]);
+    assert_eq!(c.out[0].sqlstate.as_deref(), Some("22012"));
+}
+
+#[test]
+fn a_reply_to_no_message_sent_is_lost_track() {
+    for reply in [
+        BackendEvent::ParseComplete,
+        BackendEvent::BindComplete,
+        BackendEvent::CloseComplete,
+    ] {
+        let mut c = Client::new();
+        c.query(1);
+        assert!(c.reply(reply).is_err());
+    }
+    // A BindComplete where a ParseComplete is due.
+    let mut c = Client::new();
+    c.step(Step::Parse);
+    c.step(Step::Bind);
+    assert!(c.reply(BackendEvent::BindComplete).is_err());
+}
+
+#[test]
+fn a_statements_name_change_is_confirmed_by_its_command_complete() {
+    let mut c = Client::new();
+    c.t.statement_changing(1, Instant::now(), false, Some(7));
+    c.t.statement(2, Instant::now(), false);
+    let end = c.id();
+    c.t.query_end(end);
+    c.replies([
+        complete("PREPARE"),
+        complete("SELECT 1"),
+        BackendEvent::Ready(b'I'),
+    ]);
+    assert_eq!(
+        c.names,
+        [
+            Names::Confirm {
+                id: 7,
+                tag: Some("PREPARE".into())
+            },
+            Names::Settle { through: Some(end) }
+        ]
+    );
+}
+
+#[test]
+fn a_refused_statement_the_server_skips_keeps_its_rule() {
+    let refusal = Arc::new(Refusal {
+        rule: "read_only",
+        message: "lockbox: refused".into(),
+    });
+    let mut c = Client::new();
+    c.step(Step::Describe);
+    c.t.refused(1, Instant::now(), refusal, false);
+    let end = c.id();
+    c.t.query_end(end);
+    c.sync();
+    c.replies([err(), BackendEvent::Ready(b'I')]);
+    assert_eq!(statuses(&c.out), [(1, OutcomeStatus::NotExecuted)]);
+    assert_eq!(c.out[0].rule, Some("read_only"));
+    assert!(!c.t.refusal_pending());
+}
