@@ -46,6 +46,9 @@ pub struct Portal {
     pub params: Vec<serde_json::Value>,
     /// A cursor declared WITH HOLD survives the end of its transaction.
     pub held: bool,
+    /// Rows it returned so far, across the Executes and FETCHes that took them (a row
+    /// limit counts them all). A new Bind or DECLARE of its name starts from none.
+    pub rows: u64,
 }
 
 enum Change {
@@ -151,6 +154,7 @@ impl Statements {
                 statement,
                 params,
                 held: false,
+                rows: 0,
             },
         ))
     }
@@ -205,6 +209,14 @@ impl Statements {
             }
         }
         self.portals.get(name).cloned()
+    }
+
+    /// One more row taken from the portal `name` (as the server holds it); how many it
+    /// returned so far. `None` when no such portal is known to be open.
+    pub fn take_row(&mut self, name: &str) -> Option<u64> {
+        let portal = self.portals.get_mut(name)?;
+        portal.rows += 1;
+        Some(portal.rows)
     }
 
     /// The server took message `id` (its ParseComplete, BindComplete or CloseComplete, or,
@@ -422,6 +434,7 @@ mod tests {
             statement: stmt(text),
             params: vec![],
             held,
+            rows: 0,
         };
         let c = s
             .sql(SqlChange::Declare(
@@ -450,5 +463,25 @@ mod tests {
         s.confirm(discard, Some("DISCARD ALL")).expect("confirmed");
         sync(&mut s, b'I');
         assert_eq!(text_of(&s, "h"), "");
+    }
+
+    #[test]
+    fn a_portals_rows_add_up_until_its_name_is_bound_again() {
+        let mut s = Statements::default();
+        let parse = s.parse("".into(), stmt("SELECT 1")).expect("parse");
+        let bind = s.bind("".into(), "", vec![]).expect("bind");
+        assert_eq!(s.take_row(""), None, "not open until the server says so");
+        s.confirm(parse, None).expect("parse confirmed");
+        s.confirm(bind, None).expect("bind confirmed");
+        assert_eq!(s.take_row(""), Some(1));
+        assert_eq!(
+            s.take_row(""),
+            Some(2),
+            "a second Execute adds to the first's"
+        );
+        let again = s.bind("".into(), "", vec![]).expect("bind");
+        s.confirm(again, None).expect("bind confirmed");
+        assert_eq!(s.take_row(""), Some(1), "a new portal of the same name");
+        assert_eq!(s.take_row("c"), None);
     }
 }

@@ -27,9 +27,15 @@ pub fn bind(portal: &str, statement: &str) -> Vec<u8> {
 
 /// Execute of `portal`, every row.
 pub fn execute(portal: &str) -> Vec<u8> {
+    execute_rows(portal, 0)
+}
+
+/// Execute of `portal`, at most `rows` rows (0: all); the server answers PortalSuspended
+/// when more are left.
+pub fn execute_rows(portal: &str, rows: i32) -> Vec<u8> {
     message(
         b'E',
-        &[portal.as_bytes(), b"\0", &0i32.to_be_bytes()].concat(),
+        &[portal.as_bytes(), b"\0", &rows.to_be_bytes()].concat(),
     )
 }
 

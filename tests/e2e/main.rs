@@ -59,6 +59,7 @@ mod preauth;
 mod protocol;
 mod relay;
 mod roles;
+mod row_limit_portals;
 mod server_end_tls;
 mod session_end;
 mod skip_to_sync;

@@ -73,7 +73,14 @@ impl Relay {
                     pending.push(match (&refusal, refused_at) {
                         (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
                         (Some(_), _) => Pending::NotRun(record),
-                        _ => Pending::Statement(record, change),
+                        _ => Pending::Statement {
+                            record,
+                            change,
+                            portal: match &s.analysis.facts.names {
+                                Some(NameChange::Fetch(cursor)) => Some(cursor.clone()),
+                                _ => None,
+                            },
+                        },
                     });
                 }
                 pending.push(Pending::QueryEnd(self.statements.message()));
@@ -142,7 +149,11 @@ impl Relay {
                         ));
                         return Ok(Some(stand_in_execute()));
                     }
-                    pending.push(Pending::Statement(record, None));
+                    pending.push(Pending::Statement {
+                        record,
+                        change: None,
+                        portal: None,
+                    });
                     return Ok(None);
                 };
                 if self.reads_catalog_only(
@@ -169,7 +180,11 @@ impl Relay {
                 // The text was checked when it was parsed; what is recorded is the text of
                 // the statement the server holds under that name.
                 let (record, _) = self.statement_record(Protocol::Extended, &text, kind, params);
-                pending.push(Pending::Statement(record, change));
+                pending.push(Pending::Statement {
+                    record,
+                    change,
+                    portal: Some(portal),
+                });
             }
             b'C' => {
                 let (kind, name) = wire::decode_close(body).map_err(|e| e.to_string())?;
@@ -207,7 +222,11 @@ impl Relay {
                     pending.push(Pending::QueryEnd(self.statements.message()));
                     return Ok(Some(stand_in_query()));
                 }
-                pending.push(Pending::Statement(record, None));
+                pending.push(Pending::Statement {
+                    record,
+                    change: None,
+                    portal: None,
+                });
                 pending.push(Pending::QueryEnd(self.statements.message()));
             }
             b'd' => self.copy_bytes += body.len() as u64,
@@ -229,7 +248,7 @@ impl Relay {
         let in_flight = !self.tracker.is_idle()
             || pending
                 .iter()
-                .any(|p| matches!(p, Pending::Statement(..) | Pending::Refused(..)));
+                .any(|p| matches!(p, Pending::Statement { .. } | Pending::Refused(..)));
         (in_flight && !guard::lexing_is_stable(text, analyses)).then(guard::lexer_uncertain)
     }
 
@@ -355,6 +374,7 @@ impl Relay {
                     statement: own(StatementKind::Select),
                     params: Vec::new(),
                     held: crate::guard::declares_held_cursor(text),
+                    rows: 0,
                 },
             ),
             NameChange::Deallocate(name) => SqlChange::Deallocate(name.clone()),

@@ -25,6 +25,22 @@ impl Relay {
             .is_none_or(|seq| !self.uncounted.contains(&seq))
     }
 
+    /// Counts one more row of the statement the server is working on; returns how many it
+    /// returned so far. A statement that takes rows from a portal (an Execute, a FETCH of a
+    /// cursor) adds to the portal's count: fetching a result a few rows at a time returns
+    /// no more of it than one statement may.
+    pub(super) fn count_row(&mut self) -> u64 {
+        let portal = self
+            .tracker
+            .running()
+            .and_then(|seq| self.drawn_from.get(&seq));
+        if let Some(taken) = portal.and_then(|p| self.statements.take_row(p)) {
+            return taken;
+        }
+        self.rows += 1;
+        self.rows
+    }
+
     /// When the statement the server is working on passes the grant's statement timeout.
     pub(super) fn statement_deadline(&mut self) -> Option<tokio::time::Instant> {
         let limit = self.grant.limits.statement_timeout?;

@@ -121,6 +121,9 @@ pub struct Relay {
     temporary_relations: bool,
     /// Statements (by seq) whose rows a row limit does not count (catalog reads).
     uncounted: std::collections::BTreeSet<u64>,
+    /// Statements (by seq) that take rows from a portal (an Execute, a FETCH): a row limit
+    /// counts the portal's rows across them.
+    drawn_from: std::collections::BTreeMap<u64, String>,
     events: Vec<wire::LocatedEvent>,
     outcomes: Vec<Outcome>,
     /// NOTICEs before the end of access, written at message boundaries.
@@ -181,6 +184,7 @@ impl Relay {
             running: None,
             cancelled: None,
             uncounted: std::collections::BTreeSet::new(),
+            drawn_from: std::collections::BTreeMap::new(),
             temporary_relations: false,
             events: Vec::new(),
             outcomes: Vec::new(),
@@ -467,8 +471,7 @@ impl Relay {
                     let Some(max) = self.grant.limits.max_rows else {
                         continue;
                     };
-                    self.rows += u64::from(self.counts_rows());
-                    if self.rows > max {
+                    if self.counts_rows() && self.count_row() > max {
                         // Forward what came before this row, then end the session. A row that
                         // began in an earlier read began in the bytes held back: none of it goes.
                         let Some(upto) = range.as_ref().map(|r| r.start) else {
@@ -490,8 +493,10 @@ impl Relay {
                     // Statements before this Ready are settled.
                     if let Some(next) = self.tracker.running() {
                         self.uncounted = self.uncounted.split_off(&next);
+                        self.drawn_from = self.drawn_from.split_off(&next);
                     } else {
                         self.uncounted.clear();
+                        self.drawn_from.clear();
                     }
                 }
                 _ => {}

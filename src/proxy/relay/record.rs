@@ -13,8 +13,13 @@ use crate::proxy::tracker::{Outcome, Step};
 
 /// A statement record waiting to be written, and where its tracker slot goes.
 pub(super) enum Pending {
-    /// A statement, and the name change (PREPARE, DECLARE, …) its CommandComplete confirms.
-    Statement(AuditEvent, Option<MessageId>),
+    /// A statement; the name change (PREPARE, DECLARE, …) its CommandComplete confirms;
+    /// the portal it takes rows from (an Execute's, a FETCH's cursor).
+    Statement {
+        record: AuditEvent,
+        change: Option<MessageId>,
+        portal: Option<String>,
+    },
     /// Refused by a guardrail; a failing stand-in goes upstream in its place.
     Refused(AuditEvent, Arc<Refusal>),
     /// Recorded, but will not run (another statement of its query string was refused).
@@ -44,7 +49,9 @@ impl Relay {
     /// Writes the batch's statement records durably and opens their tracker slots.
     pub(super) async fn record_statements(&mut self, pending: Vec<Pending>) -> Result<(), End> {
         let records = pending.iter().filter_map(|p| match p {
-            Pending::Statement(e, _) | Pending::Refused(e, _) | Pending::NotRun(e) => Some(e),
+            Pending::Statement { record: e, .. } | Pending::Refused(e, _) | Pending::NotRun(e) => {
+                Some(e)
+            }
             _ => None,
         });
         let mut seq = if records.clone().next().is_none() {
@@ -77,9 +84,16 @@ impl Relay {
         for p in pending {
             match p {
                 Pending::RowsUncounted => uncounted = true,
-                Pending::Statement(record, change) => {
+                Pending::Statement {
+                    record,
+                    change,
+                    portal,
+                } => {
                     if std::mem::take(&mut uncounted) {
                         self.uncounted.insert(seq);
+                    }
+                    if let Some(portal) = portal {
+                        self.drawn_from.insert(seq, portal);
                     }
                     self.tracker
                         .statement_changing(seq, started, is_extended(&record), change);

@@ -1,0 +1,102 @@
+//! A grant's row limit counts a result however it is fetched: a cursor read a few rows per
+//! FETCH, or a portal read a few rows per Execute, returns no more of it than one statement
+//! may (an attack review read 250 rows under a limit of 5 five at a time).
+
+use lockbox::policy::{AccessLevel, NewRequest};
+
+use crate::frontend::{bind, execute_rows, parse, sync};
+use crate::harness::{errors_in, query, Env, Raw};
+
+async fn limited_session(env: &Env, max_rows: u64) -> Raw {
+    let (_id, token) = env
+        .approved(
+            "eve",
+            NewRequest {
+                database: env.db.clone(),
+                ticket: "T-6".into(),
+                reason: "a bounded look".into(),
+                access: AccessLevel::Read,
+                duration: Some("1h".into()),
+                max_rows: Some(max_rows),
+                ..NewRequest::default()
+            },
+        )
+        .await;
+    let mut raw = Raw::login(env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw
+}
+
+/// DataRows in `bytes`.
+fn rows_in(bytes: &[u8]) -> usize {
+    let mut events = Vec::new();
+    lockbox::wire::BackendScanner::counting_rows(true).feed(bytes, &mut events);
+    events
+        .iter()
+        .filter(|e| matches!(e, lockbox::wire::BackendEvent::DataRow))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetching_a_cursor_a_few_rows_at_a_time_counts_against_the_limit() {
+    let env = Env::start("rows_cursor").await;
+    let mut raw = limited_session(&env, 5).await;
+    raw.send(&query(
+        "BEGIN; DECLARE c CURSOR FOR SELECT id FROM items ORDER BY id",
+    ))
+    .await;
+    raw.read_until_ready().await;
+    raw.send(&query("FETCH 3 FROM c")).await;
+    let first = raw.read_until_ready().await;
+    assert_eq!(rows_in(&first), 3);
+    raw.send(&query("FETCH 3 FROM c")).await;
+    let rest = raw.read_to_close().await;
+    assert_eq!(rows_in(&rest), 2, "rows 4 and 5, not the sixth");
+    let codes: Vec<String> = errors_in(&rest).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["54000"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executing_a_portal_a_few_rows_at_a_time_counts_against_the_limit() {
+    let env = Env::start("rows_portal").await;
+    let mut raw = limited_session(&env, 5).await;
+    raw.send(
+        &[
+            parse("", "SELECT id FROM items ORDER BY id"),
+            bind("", ""),
+            execute_rows("", 3),
+            execute_rows("", 3),
+            execute_rows("", 3),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_to_close().await;
+    assert_eq!(rows_in(&answer), 5);
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["54000"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_new_portal_starts_its_own_count() {
+    // Drivers bind the unnamed portal for every query: rows of earlier portals of that
+    // name do not count against a later one.
+    let env = Env::start("rows_new_portal").await;
+    let mut raw = limited_session(&env, 5).await;
+    for _ in 0..4 {
+        raw.send(
+            &[
+                parse("", "SELECT id FROM items ORDER BY id LIMIT 4"),
+                bind("", ""),
+                execute_rows("", 0),
+                sync(),
+            ]
+            .concat(),
+        )
+        .await;
+        let answer = raw.read_until_ready().await;
+        assert_eq!(rows_in(&answer), 4);
+        assert!(errors_in(&answer).is_empty());
+    }
+}
