@@ -374,24 +374,28 @@ impl Tracker {
     /// An ErrorResponse: it answers the message at the head of the queue.
     fn error(&mut self, sqlstate: String, message: String, out: &mut Vec<Outcome>) {
         let (failed_step, extended) = match self.front() {
-            Some(Slot::Step { .. }) => (true, true),
-            Some(Slot::Statement { extended, .. }) => (false, *extended),
-            _ => (false, false),
+            Some(Slot::Step { step, .. }) => (Some(*step), true),
+            Some(Slot::Statement { extended, .. }) => (None, *extended),
+            _ => (None, false),
         };
-        if failed_step {
+        if failed_step.is_some() {
             self.slots.pop_front();
         }
         if extended {
             self.skip_to_sync();
         }
-        // The statement that failed, or, when a step failed (its Parse, Bind or Describe,
-        // say), the extended statement of the group that will not run because of it. A
-        // query string the server skips is not the one that failed: it is closed with its
-        // group as not executed, as is a refused statement whose stand-in is skipped.
+        // The statement that failed; or, when its preparation failed (a Parse or a Bind),
+        // the extended statement of the group that it kept from running. A Describe or a
+        // Close that fails is no statement's failure, and a query string the server skips
+        // is not the one that failed: they close with their group as not executed, as does
+        // a refused statement whose stand-in is skipped.
+        let preparation = matches!(failed_step, Some(Step::Parse | Step::Bind));
         let refusal = match self.front() {
             Some(Slot::Statement {
                 extended, refusal, ..
-            }) if !failed_step || (*extended && refusal.is_none()) => refusal.clone(),
+            }) if failed_step.is_none() || (preparation && *extended && refusal.is_none()) => {
+                refusal.clone()
+            }
             _ => return,
         };
         let Some(mut outcome) = self.pop_statement(OutcomeStatus::Error) else {

@@ -367,6 +367,23 @@ fn a_parse_error_lands_on_the_statement_it_kept_from_running() {
 }
 
 #[test]
+fn a_failed_describe_or_close_is_no_statements_error() {
+    for failing in [Step::Describe, Step::Close] {
+        let mut c = Client::new();
+        c.step(failing);
+        c.step(Step::Bind);
+        c.execute(1);
+        c.sync();
+        c.replies([err(), BackendEvent::Ready(b'I')]);
+        assert_eq!(
+            statuses(&c.out),
+            [(1, OutcomeStatus::NotExecuted)],
+            "{failing:?}"
+        );
+    }
+}
+
+#[test]
 fn a_reply_to_no_message_sent_is_lost_track() {
     for reply in [
         BackendEvent::ParseComplete,

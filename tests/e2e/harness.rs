@@ -567,7 +567,7 @@ impl Raw {
     }
 
     /// Reads (bounded) until the messages received so far satisfy `done`.
-    async fn read_until(&mut self, done: impl Fn(&[BackendEvent]) -> bool) -> Vec<u8> {
+    pub async fn read_until(&mut self, done: impl Fn(&[BackendEvent]) -> bool) -> Vec<u8> {
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {

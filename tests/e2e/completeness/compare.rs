@@ -122,10 +122,13 @@ fn walk(session: &str, lines: &[Logged], audit: &[Audited], problems: &mut Vec<S
     unlogged(session, &audit[next..], problems);
 }
 
-/// Audit records no server line matched: wrong unless the server skipped them.
+/// Audit records no server line matched: wrong unless the server skipped them (or, for an
+/// Execute, its Parse or Bind failed).
 fn unlogged(session: &str, records: &[Audited], problems: &mut Vec<String>) {
     for r in records {
-        if !(r.protocol == "extended" && r.outcome == "not_executed") {
+        let skipped = r.outcome == "not_executed";
+        let kept_from_running = r.protocol == "extended" && r.outcome == "error";
+        if !(skipped || kept_from_running) {
             problems.push(format!(
                 "[{session}] audit record {} the server never logged: {r:?}",
                 r.seq

@@ -112,11 +112,11 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    fn percent(&mut self, p: u64) -> bool {
+    pub fn percent(&mut self, p: u64) -> bool {
         self.next() % 100 < p
     }
 
