@@ -7,6 +7,14 @@ fn statuses(out: &[Outcome]) -> Vec<(u64, OutcomeStatus)> {
     out.iter().map(|o| (o.statement_seq, o.status)).collect()
 }
 
+/// Replies, each of which must answer a message sent.
+fn feed(t: &mut Tracker, out: &mut Vec<Outcome>, events: impl IntoIterator<Item = BackendEvent>) {
+    for event in events {
+        t.on_event(event, out)
+            .expect("every reply answers a message sent");
+    }
+}
+
 fn err() -> BackendEvent {
     BackendEvent::Error {
         sqlstate: "22012".into(),
@@ -27,13 +35,16 @@ fn a_query_string_inside_a_failed_pipeline_gets_no_ready_of_its_own() {
     t.statement(3, now, false);
     t.query_end(0);
     let mut out = Vec::new();
-    t.on_event(err(), &mut out).expect("tracked");
-    t.on_event(BackendEvent::Ready(b'I'), &mut out)
-        .expect("tracked");
-    t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out)
-        .expect("tracked");
-    t.on_event(BackendEvent::Ready(b'I'), &mut out)
-        .expect("tracked");
+    feed(
+        &mut t,
+        &mut out,
+        [
+            err(),
+            BackendEvent::Ready(b'I'),
+            BackendEvent::Complete("SELECT 1".into()),
+            BackendEvent::Ready(b'I'),
+        ],
+    );
     assert_eq!(
         statuses(&out),
         vec![
@@ -54,11 +65,15 @@ fn error_in_a_query_string_skips_the_rest() {
     }
     t.query_end(0);
     let mut out = Vec::new();
-    t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out)
-        .expect("tracked");
-    t.on_event(err(), &mut out).expect("tracked");
-    t.on_event(BackendEvent::Ready(b'I'), &mut out)
-        .expect("tracked");
+    feed(
+        &mut t,
+        &mut out,
+        [
+            BackendEvent::Complete("SELECT 1".into()),
+            err(),
+            BackendEvent::Ready(b'I'),
+        ],
+    );
     assert_eq!(
         statuses(&out),
         [
@@ -80,15 +95,17 @@ fn pipelined_groups_close_one_at_a_time() {
     t.statement(2, now, false);
     t.sync(0);
     let mut out = Vec::new();
-    t.on_event(err(), &mut out).expect("tracked");
-    t.on_event(BackendEvent::Ready(b'I'), &mut out)
-        .expect("tracked");
+    feed(&mut t, &mut out, [err(), BackendEvent::Ready(b'I')]);
     assert_eq!(statuses(&out), [(1, OutcomeStatus::Error)]);
     assert!(t.in_flight(), "second group still open");
-    t.on_event(BackendEvent::Complete("INSERT 0 4".into()), &mut out)
-        .expect("tracked");
-    t.on_event(BackendEvent::Ready(b'T'), &mut out)
-        .expect("tracked");
+    feed(
+        &mut t,
+        &mut out,
+        [
+            BackendEvent::Complete("INSERT 0 4".into()),
+            BackendEvent::Ready(b'T'),
+        ],
+    );
     assert_eq!(statuses(&out)[1], (2, OutcomeStatus::Ok));
     assert_eq!(out[1].rows(), Some(4));
     assert_eq!(t.transaction_status, b'T');
@@ -101,9 +118,7 @@ fn parse_error_lands_on_the_groups_first_statement_and_leftovers_are_interrupted
     let mut out = Vec::new();
     // An error with nothing recorded (a lone Parse) changes nothing.
     t.sync(0);
-    t.on_event(err(), &mut out).expect("tracked");
-    t.on_event(BackendEvent::Ready(b'I'), &mut out)
-        .expect("tracked");
+    feed(&mut t, &mut out, [err(), BackendEvent::Ready(b'I')]);
     assert!(out.is_empty());
     t.statement(7, now, false);
     t.interrupt_all(&mut out);
@@ -123,22 +138,30 @@ fn syncs_sent_during_copy_in_get_no_ready_for_query() {
         if copy_done_first {
             t.copy_end();
             t.sync(0);
-            t.on_event(BackendEvent::CopyIn, &mut out).expect("tracked");
+            feed(&mut t, &mut out, [BackendEvent::CopyIn]);
         } else {
-            t.on_event(BackendEvent::CopyIn, &mut out).expect("tracked");
+            feed(&mut t, &mut out, [BackendEvent::CopyIn]);
             t.copy_end();
             t.sync(0);
         }
-        t.on_event(BackendEvent::Complete("COPY 5".into()), &mut out)
-            .expect("tracked");
-        t.on_event(BackendEvent::Ready(b'I'), &mut out)
-            .expect("tracked");
+        feed(
+            &mut t,
+            &mut out,
+            [
+                BackendEvent::Complete("COPY 5".into()),
+                BackendEvent::Ready(b'I'),
+            ],
+        );
         t.statement(2, now, false);
         t.sync(0);
-        t.on_event(BackendEvent::Complete("COPY 9".into()), &mut out)
-            .expect("tracked");
-        t.on_event(BackendEvent::Ready(b'I'), &mut out)
-            .expect("tracked");
+        feed(
+            &mut t,
+            &mut out,
+            [
+                BackendEvent::Complete("COPY 9".into()),
+                BackendEvent::Ready(b'I'),
+            ],
+        );
         let rows: Vec<_> = out
             .iter()
             .map(|o| (o.statement_seq, o.status, o.rows()))
@@ -162,11 +185,15 @@ fn simple_query_copy_keeps_its_group_end() {
     t.statement(1, now, false);
     t.query_end(0);
     t.copy_end();
-    t.on_event(BackendEvent::CopyIn, &mut out).expect("tracked");
-    t.on_event(BackendEvent::Complete("COPY 2".into()), &mut out)
-        .expect("tracked");
-    t.on_event(BackendEvent::Ready(b'I'), &mut out)
-        .expect("tracked");
+    feed(
+        &mut t,
+        &mut out,
+        [
+            BackendEvent::CopyIn,
+            BackendEvent::Complete("COPY 2".into()),
+            BackendEvent::Ready(b'I'),
+        ],
+    );
     assert_eq!(statuses(&out), [(1, OutcomeStatus::Ok)]);
     assert!(!t.in_flight());
 }
@@ -178,18 +205,21 @@ fn a_failed_copy_in_ends_copy_mode() {
     let mut out = Vec::new();
     t.statement(1, now, false);
     t.sync(0);
-    t.on_event(BackendEvent::CopyIn, &mut out).expect("tracked");
+    feed(&mut t, &mut out, [BackendEvent::CopyIn]);
     // A bad row: the server errors out of COPY; the client then syncs.
-    t.on_event(err(), &mut out).expect("tracked");
+    feed(&mut t, &mut out, [err()]);
     t.sync(0);
-    t.on_event(BackendEvent::Ready(b'I'), &mut out)
-        .expect("tracked");
+    feed(&mut t, &mut out, [BackendEvent::Ready(b'I')]);
     t.statement(2, now, false);
     t.sync(0);
-    t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out)
-        .expect("tracked");
-    t.on_event(BackendEvent::Ready(b'I'), &mut out)
-        .expect("tracked");
+    feed(
+        &mut t,
+        &mut out,
+        [
+            BackendEvent::Complete("SELECT 1".into()),
+            BackendEvent::Ready(b'I'),
+        ],
+    );
     assert_eq!(
         statuses(&out),
         [(1, OutcomeStatus::Error), (2, OutcomeStatus::Ok)]
