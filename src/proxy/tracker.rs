@@ -188,6 +188,11 @@ impl Tracker {
         })
     }
 
+    /// The server is in COPY FROM STDIN and the client has not ended it yet.
+    pub fn in_copy_in(&self) -> bool {
+        self.in_copy_in
+    }
+
     /// Nothing sent is still waiting for its outcome or its ReadyForQuery.
     pub fn is_idle(&self) -> bool {
         self.slots.is_empty()

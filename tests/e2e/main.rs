@@ -34,6 +34,7 @@ mod census;
 mod cli;
 mod client_tls;
 mod completeness;
+mod copy_sync;
 mod demo;
 mod deny_drop;
 mod ending;

@@ -15,6 +15,14 @@ use crate::proxy::tracker::Step;
 use crate::sql::StatementKind;
 use crate::wire::{self, ParamValue};
 
+/// Why a Sync sent with COPY data is refused: the server ignores a Sync while in COPY FROM
+/// STDIN but answers it once the COPY has failed (on an earlier bad row, say), and which of
+/// the two happens is decided inside the server, after the proxy forwarded it. Guessing
+/// wrong puts every later reply on the wrong statement. No client sends one: COPY data
+/// ends with CopyDone or CopyFail.
+const SYNC_IN_COPY: &str = "Sync sent inside COPY FROM STDIN data (before CopyDone or CopyFail): \
+     whether the server answers it depends on whether the COPY failed first";
+
 impl Relay {
     /// Looks at one client message; statements it carries are added to `pending`. Returns
     /// the stand-in to send instead when a guardrail refuses the message.
@@ -196,8 +204,12 @@ impl Relay {
                 pending.push(Pending::Step(Step::Close, id));
             }
             b'D' => pending.push(Pending::Step(Step::Describe, self.statements.message())),
+            b'S' if self.copy_open => return Err(SYNC_IN_COPY.to_owned()),
             b'S' => pending.push(Pending::Sync(self.statements.message())),
-            b'c' | b'f' => pending.push(Pending::CopyEnd),
+            b'c' | b'f' => {
+                self.copy_open = false;
+                pending.push(Pending::CopyEnd);
+            }
             b'F' => {
                 let call = wire::decode_function_call(body).map_err(|e| e.to_string())?;
                 let known = guard::function_call_class(call.oid, &call.args);
@@ -229,7 +241,10 @@ impl Relay {
                 });
                 pending.push(Pending::QueryEnd(self.statements.message()));
             }
-            b'd' => self.copy_bytes += body.len() as u64,
+            b'd' => {
+                self.copy_open = true;
+                self.copy_bytes += body.len() as u64;
+            }
             b'H' | b'X' => {}
             other => return Err(unexpected_message(other)),
         }

@@ -121,6 +121,10 @@ pub struct Relay {
     temporary_relations: bool,
     /// Statements (by seq) whose rows a row limit does not count (catalog reads).
     uncounted: std::collections::BTreeSet<u64>,
+    /// The client may be sending COPY FROM STDIN data: it sent CopyData, or the server
+    /// asked for it, and neither the client's CopyDone or CopyFail nor the COPY's end has
+    /// come since. A Sync then is refused (see `inspect::SYNC_IN_COPY`).
+    copy_open: bool,
     /// Statements (by seq) that take rows from a portal (an Execute, a FETCH): a row limit
     /// counts the portal's rows across them.
     drawn_from: std::collections::BTreeMap<u64, String>,
@@ -185,6 +189,7 @@ impl Relay {
             cancelled: None,
             uncounted: std::collections::BTreeSet::new(),
             drawn_from: std::collections::BTreeMap::new(),
+            copy_open: false,
             temporary_relations: false,
             events: Vec::new(),
             outcomes: Vec::new(),
@@ -502,10 +507,18 @@ impl Relay {
                 _ => {}
             }
             let settled = self.outcomes.len();
+            let copying = self.tracker.in_copy_in();
             let names = self
                 .tracker
                 .on_event(event, &mut self.outcomes)
                 .map_err(|lost| End::LostTrack(lost.0))?;
+            // The server asked for COPY data the client has not ended yet, or the COPY is
+            // over (its end read before any Sync the client sends from now on).
+            match (copying, self.tracker.in_copy_in()) {
+                (false, true) => self.copy_open = true,
+                (true, false) => self.copy_open = false,
+                _ => {}
+            }
             match names {
                 Some(Names::Confirm { id, tag }) => self
                     .statements
