@@ -136,6 +136,9 @@ pub struct Tracker {
     /// An extended-protocol error: the server discards what comes before the next Sync,
     /// query strings included, so they get no ReadyForQuery of their own.
     skipping_to_sync: bool,
+    /// The COPY FROM STDIN (by seq) that asked for data while Syncs the client sent after
+    /// it were waiting (see `copy_in_started`).
+    copy_with_syncs: Option<u64>,
 }
 
 impl Tracker {
@@ -265,7 +268,11 @@ impl Tracker {
     }
 
     /// The server entered COPY FROM STDIN: Syncs the client sent after the COPY and before
-    /// ending it will get no ReadyForQuery.
+    /// ending it will get no ReadyForQuery, if the server reads them during the COPY. (The
+    /// client sends none after COPY data: the relay refuses that.) But a COPY may fail
+    /// after asking for data and before reading anything (a view, FREEZE, a statement
+    /// trigger), and then the server answers them: so if this COPY fails, which of the two
+    /// happened cannot be told, and the session must end (see `error`).
     fn copy_in_started(&mut self) {
         let Some(copy) = self
             .slots
@@ -274,11 +281,16 @@ impl Tracker {
         else {
             return;
         };
+        let copy_seq = match self.slots[copy] {
+            Slot::Statement { seq, .. } => Some(seq),
+            _ => None,
+        };
         let mut i = copy + 1;
         while i < self.slots.len() {
             match self.slots[i] {
                 Slot::GroupEnd { sync: true, .. } => {
                     self.slots.remove(i);
+                    self.copy_with_syncs = copy_seq;
                 }
                 Slot::CopyEnd => {
                     self.slots.remove(i);
@@ -319,7 +331,7 @@ impl Tracker {
             BackendEvent::Empty | BackendEvent::Suspended | BackendEvent::FunctionResult => {
                 out.extend(self.pop_statement(OutcomeStatus::Ok))
             }
-            BackendEvent::Error { sqlstate, message } => self.error(sqlstate, message, out),
+            BackendEvent::Error { sqlstate, message } => self.error(sqlstate, message, out)?,
             BackendEvent::Ready(status) => {
                 self.transaction_status = status;
                 let through = self.close_group(out);
@@ -353,6 +365,10 @@ impl Tracker {
             _ => None,
         };
         let mut outcome = self.pop_statement(OutcomeStatus::Ok)?;
+        if self.copy_with_syncs == Some(outcome.statement_seq) {
+            // It read everything up to the client's CopyDone: the Syncs among it too.
+            self.copy_with_syncs = None;
+        }
         let names = change.map(|id| Names::Confirm {
             id,
             tag: Some(tag.clone()),
@@ -377,7 +393,12 @@ impl Tracker {
     }
 
     /// An ErrorResponse: it answers the message at the head of the queue.
-    fn error(&mut self, sqlstate: String, message: String, out: &mut Vec<Outcome>) {
+    fn error(
+        &mut self,
+        sqlstate: String,
+        message: String,
+        out: &mut Vec<Outcome>,
+    ) -> Result<(), LostTrack> {
         let (failed_step, extended) = match self.front() {
             Some(Slot::Step { step, .. }) => (Some(*step), true),
             Some(Slot::Statement { extended, .. }) => (None, *extended),
@@ -401,11 +422,12 @@ impl Tracker {
             }) if failed_step.is_none() || (preparation && *extended && refusal.is_none()) => {
                 refusal.clone()
             }
-            _ => return,
+            _ => return Ok(()),
         };
         let Some(mut outcome) = self.pop_statement(OutcomeStatus::Error) else {
-            return;
+            return Ok(());
         };
+        let ambiguous = self.copy_with_syncs.take() == Some(outcome.statement_seq);
         match refusal {
             Some(r) => {
                 outcome.status = OutcomeStatus::Refused;
@@ -419,6 +441,15 @@ impl Tracker {
             }
         }
         out.push(outcome);
+        if ambiguous {
+            return Err(LostTrack(
+                "a COPY FROM STDIN failed with Syncs sent after it: whether the server read \
+                 them during the COPY (and ignored them) or after it (and answers them) \
+                 cannot be told"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// The head of the queue, past CopyEnd markers the server never answered (the COPY

@@ -204,10 +204,11 @@ fn a_failed_copy_in_ends_copy_mode() {
     let mut t = Tracker::default();
     let mut out = Vec::new();
     t.statement(1, now, false);
-    t.sync(0);
+    t.query_end(0);
     feed(&mut t, &mut out, [BackendEvent::CopyIn]);
-    // A bad row: the server errors out of COPY; the client then syncs.
-    feed(&mut t, &mut out, [err()]);
+    // A bad row: the server errors out of COPY and answers the query string; the client,
+    // still sending data, then syncs, which the server now answers too.
+    feed(&mut t, &mut out, [err(), BackendEvent::Ready(b'I')]);
     t.sync(0);
     feed(&mut t, &mut out, [BackendEvent::Ready(b'I')]);
     t.statement(2, now, false);
@@ -471,4 +472,32 @@ fn a_refused_statement_the_server_skips_keeps_its_rule() {
     assert_eq!(statuses(&c.out), [(1, OutcomeStatus::NotExecuted)]);
     assert_eq!(c.out[0].rule, Some("read_only"));
     assert!(!c.t.refusal_pending());
+}
+
+#[test]
+fn a_copy_that_fails_with_a_sync_behind_it_is_lost_track_but_one_that_loads_is_not() {
+    // The Sync sent after the COPY (before its data) is read inside the COPY, unless the
+    // COPY fails before reading anything: then the server answers it.
+    for fails in [true, false] {
+        let mut c = Client::new();
+        c.execute(1);
+        c.sync();
+        c.replies([BackendEvent::CopyIn]);
+        c.t.copy_end();
+        let after = c.sync();
+        let end = if fails { err() } else { complete("COPY 1") };
+        let result = c.reply(end);
+        assert_eq!(result.is_err(), fails);
+        // Either way the COPY has its outcome.
+        assert_eq!(c.out.len(), 1);
+        if !fails {
+            c.replies([BackendEvent::Ready(b'I')]);
+            assert_eq!(
+                c.names,
+                [Names::Settle {
+                    through: Some(after)
+                }]
+            );
+        }
+    }
 }

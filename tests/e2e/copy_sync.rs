@@ -5,7 +5,10 @@
 //! catalog query, and a statement past the grant's timeout was never cancelled. Such a Sync
 //! now ends the session before it is forwarded; COPY as clients really send it (data, then
 //! CopyDone or CopyFail, then a Sync in the extended protocol) is unchanged, bad rows
-//! included.
+//! included. A Sync sent before the COPY's data (libpq's extended protocol sends one right
+//! after the Execute) is read inside the COPY — unless the COPY fails before it reads
+//! anything, when the server answers it: a COPY that fails with such a Sync behind it ends
+//! the session (XX000), since which happened cannot be told.
 
 use std::process::Command;
 
@@ -111,25 +114,13 @@ async fn a_sync_after_the_server_asked_for_copy_data_ends_the_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn copy_with_a_bad_row_then_copy_done_and_sync_goes_on_as_before() {
+async fn copy_with_a_bad_row_then_copy_done_goes_on_as_before() {
     let env = Env::start("copy_sync_legit").await;
     let (id, mut raw) = write_session(&env, None).await;
-    // The extended protocol, as libpq sends it: the Sync right after the Execute, and
-    // another after CopyDone.
-    raw.send(
-        &[
-            parse("", "COPY items (id, name) FROM STDIN"),
-            bind("", ""),
-            execute(""),
-            sync(),
-        ]
-        .concat(),
-    )
-    .await;
+    raw.send(&query("COPY items (id, name) FROM STDIN")).await;
     raw.read_until(|events| events.contains(&BackendEvent::CopyIn))
         .await;
-    raw.send(&[copy_data("x\ty\n"), copy_done(), sync()].concat())
-        .await;
+    raw.send(&[copy_data("x\ty\n"), copy_done()].concat()).await;
     let failed = raw.read_until_ready_after_error().await;
     assert_eq!(codes(&failed), ["22P02"]);
     raw.send(&query("SELECT count(*) FROM items")).await;
@@ -162,6 +153,74 @@ async fn copy_with_a_bad_row_then_copy_done_and_sync_goes_on_as_before() {
             ("ok".to_owned(), "SELECT 1".to_owned())
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_copy_whose_data_loads_keeps_its_session() {
+    // As libpq's PQexecParams sends it: the Sync right after the Execute, which the server
+    // reads inside the COPY and ignores, and another after CopyDone.
+    let env = Env::start("copy_sync_extended").await;
+    let (_id, mut raw) = write_session(&env, None).await;
+    raw.send(
+        &[
+            parse("", "COPY items (id, name) FROM STDIN"),
+            bind("", ""),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    raw.read_until(|events| events.contains(&BackendEvent::CopyIn))
+        .await;
+    raw.send(&[copy_data("70\tseventy\n"), copy_done(), sync()].concat())
+        .await;
+    let loaded = raw.read_until_ready().await;
+    assert!(codes(&loaded).is_empty(), "{:?}", errors_in(&loaded));
+    raw.send(&query("SELECT count(*) FROM items")).await;
+    assert!(codes(&raw.read_until_ready().await).is_empty());
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "11");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_fails_with_a_sync_sent_after_it_ends_the_session() {
+    // COPY … (FREEZE) asks for data, then fails before reading any: the Sync behind it is
+    // answered, where one read during the COPY would not be. An attack review used that
+    // to put every later reply one statement off. The DELETE after it was forwarded with
+    // the rest; its record keeps its own text and is not settled by another's reply.
+    let env = Env::start("copy_sync_early_fail").await;
+    let (id, mut raw) = write_session(&env, Some(5)).await;
+    let delete = "DELETE FROM items WHERE id = 1";
+    raw.send(
+        &[
+            query("COPY items (id, name) FROM STDIN (FREEZE)"),
+            sync(),
+            query(delete),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_to_close().await;
+    assert!(
+        codes(&answer).contains(&"XX000".to_owned()),
+        "{:?}",
+        errors_in(&answer)
+    );
+    let trail = env
+        .wait_for_audit("the DELETE's outcome", |t| {
+            t.iter()
+                .any(|r| r["request_id"] == id.as_str() && r["event"] == "disconnected")
+        })
+        .await;
+    let statement = trail
+        .iter()
+        .find(|r| r["type"] == "statement" && r["statement"] == delete)
+        .expect("the DELETE has its record");
+    let outcome = trail
+        .iter()
+        .find(|r| r["type"] == "outcome" && r["statement_seq"] == statement["seq"])
+        .expect("and an outcome");
+    assert_eq!(outcome["status"], "interrupted", "{outcome}");
 }
 
 const CLIENTS_COPY: &str = r#"

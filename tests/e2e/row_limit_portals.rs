@@ -100,3 +100,51 @@ async fn each_new_portal_starts_its_own_count() {
         assert!(errors_in(&answer).is_empty());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_sent_as_parse_bind_execute_counts_against_its_cursor() {
+    // The rows come through the unnamed portal that runs the FETCH, which every Bind makes
+    // anew; they are the cursor's, and count against it.
+    let env = Env::start("rows_fetch_extended").await;
+    let mut raw = limited_session(&env, 5).await;
+    raw.send(&query(
+        "BEGIN; DECLARE c CURSOR FOR SELECT id FROM items ORDER BY id",
+    ))
+    .await;
+    raw.read_until_ready().await;
+    let fetch = [
+        parse("", "FETCH 3 FROM c"),
+        bind("", ""),
+        execute_rows("", 0),
+        sync(),
+    ]
+    .concat();
+    raw.send(&fetch).await;
+    assert_eq!(rows_in(&raw.read_until_ready().await), 3);
+    raw.send(&fetch).await;
+    let rest = raw.read_to_close().await;
+    assert_eq!(rows_in(&rest), 2);
+    let codes: Vec<String> = errors_in(&rest).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["54000"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parsed_fetch_from_a_cursor_lockbox_never_saw_is_refused_when_it_runs() {
+    let env = Env::start("rows_fetch_unknown").await;
+    let mut raw = limited_session(&env, 5).await;
+    raw.send(
+        &[
+            parse("", "FETCH 3 FROM made_elsewhere"),
+            bind("", ""),
+            execute_rows("", 0),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_until_ready_after_error().await;
+    let errors = errors_in(&answer);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "42501");
+    assert!(errors[0].1.contains("unknown_cursor"), "{}", errors[0].1);
+}

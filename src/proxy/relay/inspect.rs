@@ -176,6 +176,15 @@ impl Relay {
                     Some(found.params),
                     found.statement.names,
                 );
+                // A Parse of `FETCH … FROM c` or `EXECUTE s` names its cursor or statement
+                // only when it runs: what runs must be one lockbox saw created, as for the
+                // same text in a query string.
+                if let Err(refusal) = self.check_name_use(names.as_ref()) {
+                    let (record, _) =
+                        self.statement_record(Protocol::Extended, &text, kind, params);
+                    pending.push(Pending::Refused(record, Arc::new(refusal)));
+                    return Ok(Some(stand_in_execute()));
+                }
                 let change = match &names {
                     // A Parse of `PREPARE …`, `DECLARE …`, `DEALLOCATE …` changes the
                     // namespaces each time its portal runs.
@@ -188,10 +197,16 @@ impl Relay {
                 // The text was checked when it was parsed; what is recorded is the text of
                 // the statement the server holds under that name.
                 let (record, _) = self.statement_record(Protocol::Extended, &text, kind, params);
+                // A FETCH takes its rows from the cursor it names, not from the portal
+                // that runs it.
+                let drawn_from = match names {
+                    Some(NameChange::Fetch(cursor)) => cursor,
+                    _ => portal,
+                };
                 pending.push(Pending::Statement {
                     record,
                     change,
-                    portal: Some(portal),
+                    portal: Some(drawn_from),
                 });
             }
             b'C' => {
@@ -271,10 +286,16 @@ impl Relay {
     /// created, or the audit could not say what runs (server-side code can PREPARE and open
     /// cursors). An admin grant may still use them.
     pub(super) fn check_names(&self, analysis: &guard::Analysis) -> Result<(), Refusal> {
+        self.check_name_use(analysis.facts.names.as_ref())
+    }
+
+    /// A statement that runs a prepared statement or fetches from a cursor by name: below
+    /// admin, the name must be one lockbox saw created.
+    fn check_name_use(&self, names: Option<&NameChange>) -> Result<(), Refusal> {
         if self.grant.access == AccessLevel::Admin {
             return Ok(());
         }
-        match &analysis.facts.names {
+        match names {
             Some(NameChange::Execute(name)) if self.statements.statement(name).is_none() => {
                 Err(unknown_name_refusal("unknown_statement", name))
             }
