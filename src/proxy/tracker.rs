@@ -66,6 +66,15 @@ enum Slot {
     CopyEnd,
 }
 
+/// Something the server works on, as the statement timeout sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// A statement, by its record's seq.
+    Statement(u64),
+    /// A step or the end of a group, by its message id.
+    Message(MessageId),
+}
+
 /// What a reply did to the session's names (see `Statements`).
 #[derive(Debug, PartialEq)]
 pub enum Names {
@@ -188,6 +197,18 @@ impl Tracker {
         self.slots.iter().find_map(|s| match s {
             Slot::Statement { seq, .. } => Some(*seq),
             _ => None,
+        })
+    }
+
+    /// What the server is working on: the oldest message sent that is still unanswered —
+    /// a statement, or a step (a Bind plans its statement, and planning runs functions),
+    /// or a group end (a Sync commits an implicit transaction, deferred checks and all).
+    /// The grant's statement timeout times each.
+    pub fn working(&self) -> Option<Work> {
+        self.slots.iter().find_map(|s| match s {
+            Slot::Statement { seq, .. } => Some(Work::Statement(*seq)),
+            Slot::Step { id, .. } | Slot::GroupEnd { id, .. } => Some(Work::Message(*id)),
+            Slot::CopyEnd => None,
         })
     }
 

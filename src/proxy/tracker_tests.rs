@@ -501,3 +501,18 @@ fn a_copy_that_fails_with_a_sync_behind_it_is_lost_track_but_one_that_loads_is_n
         }
     }
 }
+
+#[test]
+fn the_server_works_on_steps_and_group_ends_too() {
+    let mut c = Client::new();
+    let bind = c.step(Step::Bind);
+    c.execute(1);
+    let sync = c.sync();
+    assert_eq!(c.t.working(), Some(Work::Message(bind)), "a Bind plans");
+    c.replies([BackendEvent::BindComplete]);
+    assert_eq!(c.t.working(), Some(Work::Statement(1)));
+    c.replies([complete("INSERT 0 1")]);
+    assert_eq!(c.t.working(), Some(Work::Message(sync)), "a Sync commits");
+    c.replies([BackendEvent::Ready(b'I')]);
+    assert_eq!(c.t.working(), None);
+}

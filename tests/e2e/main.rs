@@ -65,6 +65,7 @@ mod server_end_tls;
 mod session_end;
 mod skip_to_sync;
 mod terminate;
+mod timeout_work;
 mod upstream_faults;
 mod upstream_tls;
 mod vanish;

@@ -41,22 +41,24 @@ impl Relay {
         self.rows
     }
 
-    /// When the statement the server is working on passes the grant's statement timeout.
+    /// When what the server is working on passes the grant's statement timeout: a
+    /// statement, or the Bind that plans one, or the Sync that commits a group (see
+    /// `Tracker::working`).
     pub(super) fn statement_deadline(&mut self) -> Option<tokio::time::Instant> {
         let limit = self.grant.limits.statement_timeout?;
-        let Some(seq) = self.tracker.running() else {
+        let Some(work) = self.tracker.working() else {
             self.running = None;
             return None;
         };
         let since = match self.running {
-            Some((running, since)) if running == seq => since,
+            Some((running, since)) if running == work => since,
             _ => {
                 let now = Instant::now();
-                self.running = Some((seq, now));
+                self.running = Some((work, now));
                 now
             }
         };
-        if self.cancelled == Some(seq) {
+        if self.cancelled == Some(work) {
             return None;
         }
         Some(tokio::time::Instant::from_std(since) + limit + TIMEOUT_GRACE)
@@ -64,17 +66,14 @@ impl Relay {
 
     /// Cancels the running statement, once; its error comes back as its outcome.
     pub(super) fn cancel_running(&mut self) {
-        let Some((seq, _)) = self.running else {
+        let Some((work, _)) = self.running else {
             return;
         };
-        self.cancelled = Some(seq);
+        self.cancelled = Some(work);
         let Some(key) = self.grant.limits.cancel.clone() else {
             return;
         };
-        tracing::info!(
-            statement_seq = seq,
-            "statement timeout of the grant: cancelling"
-        );
+        tracing::info!(?work, "statement timeout of the grant: cancelling");
         tokio::spawn(async move {
             if let Err(e) =
                 crate::proxy::upstream::send_cancel(&key.host, key.port, key.pid, key.secret).await

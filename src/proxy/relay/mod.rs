@@ -42,7 +42,7 @@ use terminator::Terminator;
 use super::registry::{Control, DropReason};
 use super::statements::Statements;
 use super::stream::BoxStream;
-use super::tracker::{Names, Outcome, Tracker};
+use super::tracker::{Names, Outcome, Tracker, Work};
 use crate::audit::{AuditLog, OutcomeStatus, SessionFields};
 use crate::guard;
 use crate::wire::{self, sqlstate, BackendEvent, BackendScanner};
@@ -113,10 +113,11 @@ pub struct Relay {
     copy_bytes: u64,
     /// DataRows of the statement now returning rows.
     rows: u64,
-    /// The statement the server is working on and since when, for the statement timeout.
-    running: Option<(u64, Instant)>,
-    /// The statement whose timeout already sent a cancel.
-    cancelled: Option<u64>,
+    /// What the server is working on (`Tracker::working`) and since when, for the statement
+    /// timeout.
+    running: Option<(Work, Instant)>,
+    /// The work whose timeout already sent a cancel.
+    cancelled: Option<Work>,
     /// The session named a temporary relation: unqualified catalog names may be shadowed.
     temporary_relations: bool,
     /// Statements (by seq) whose rows a row limit does not count (catalog reads).
