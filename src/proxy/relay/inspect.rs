@@ -179,9 +179,10 @@ impl Relay {
                 // A Parse of `FETCH … FROM c` or `EXECUTE s` names its cursor or statement
                 // only when it runs: what runs must be one lockbox saw created, as for the
                 // same text in a query string.
+                // The text was checked when it was parsed; what is recorded is the text of
+                // the statement the server holds under that name.
+                let (record, _) = self.statement_record(Protocol::Extended, &text, kind, params);
                 if let Err(refusal) = self.check_name_use(names.as_ref()) {
-                    let (record, _) =
-                        self.statement_record(Protocol::Extended, &text, kind, params);
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
                     return Ok(Some(stand_in_execute()));
                 }
@@ -194,9 +195,6 @@ impl Relay {
                     }
                     None => None,
                 };
-                // The text was checked when it was parsed; what is recorded is the text of
-                // the statement the server holds under that name.
-                let (record, _) = self.statement_record(Protocol::Extended, &text, kind, params);
                 // A FETCH takes its rows from the cursor it names, not from the portal
                 // that runs it.
                 let drawn_from = match names {

@@ -92,7 +92,8 @@ impl Relay {
                     if std::mem::take(&mut uncounted) {
                         self.uncounted.insert(seq);
                     }
-                    if let Some(portal) = portal {
+                    // Only a row limit asks which portal rows come from.
+                    if let Some(portal) = portal.filter(|_| self.grant.limits.max_rows.is_some()) {
                         self.drawn_from.insert(seq, portal);
                     }
                     self.tracker
