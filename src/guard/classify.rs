@@ -93,6 +93,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             catalog_only,
             catalog_unqualified,
             temporary_relations: found.temporary_relations,
+            copy_in: matches!(node, N::CopyStmt(c) if c.is_from && !c.is_program && c.filename.is_empty()),
             search_path: search_path_of(&found, &calls).into(),
             maybe_called: found
                 .calls

@@ -160,6 +160,9 @@ pub struct Facts {
     pub catalog_unqualified: bool,
     /// It names a temporary relation (creating one, most likely).
     pub temporary_relations: bool,
+    /// It is `COPY … FROM STDIN`: the server asks the client for data (CopyInResponse) and
+    /// reads it, ignoring Sync, until the COPY ends.
+    pub copy_in: bool,
     /// Schemas it puts on the search path (`SET search_path`, `set_config('search_path', …)`),
     /// lowercased; `*` for a value computed at run time.
     pub search_path: Arc<[String]>,

@@ -358,6 +358,18 @@ fn kinds() {
 }
 
 #[test]
+fn copy_from_stdin_is_told_apart() {
+    let copy_in = |sql: &str| analyze(sql).facts.copy_in;
+    assert!(copy_in("copy t from stdin"));
+    assert!(copy_in("COPY s.t (a, b) FROM STDIN WITH (FORMAT csv)"));
+    assert!(!copy_in("copy t to stdout"));
+    assert!(!copy_in("copy (select 1) to stdout"));
+    assert!(!copy_in("copy t from '/tmp/x'"));
+    assert!(!copy_in("copy t from program 'true'"));
+    assert!(!copy_in("select 'copy t from stdin'"));
+}
+
+#[test]
 fn names_changes() {
     let names = |sql: &str| analyze(sql).facts.names;
     assert_eq!(

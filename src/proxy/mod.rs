@@ -12,6 +12,7 @@ mod gate;
 #[cfg(test)]
 mod gate_attack_11;
 mod negotiate;
+mod outcome;
 mod oversize;
 mod preauth;
 mod reaper;

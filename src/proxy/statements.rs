@@ -37,6 +37,8 @@ pub struct Prepared {
     pub catalog_only: bool,
     /// …naming some of them without their schema (a temporary table could shadow them).
     pub catalog_unqualified: bool,
+    /// It is `COPY … FROM STDIN` (see `Facts::copy_in`).
+    pub copy_in: bool,
 }
 
 /// A portal created with Bind or SQL DECLARE.
@@ -147,6 +149,7 @@ impl Statements {
             names: None,
             catalog_only: false,
             catalog_unqualified: false,
+            copy_in: false,
         });
         self.push(Change::Bind(
             portal,
@@ -308,6 +311,7 @@ mod tests {
             names: None,
             catalog_only: false,
             catalog_unqualified: false,
+            copy_in: false,
         }
     }
 

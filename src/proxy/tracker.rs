@@ -21,6 +21,7 @@ use std::time::Instant;
 use crate::guard::Refusal;
 
 use crate::audit::OutcomeStatus;
+pub use crate::proxy::outcome::Outcome;
 use crate::proxy::statements::{LostTrack, MessageId};
 use crate::wire::BackendEvent;
 
@@ -51,6 +52,8 @@ enum Slot {
         /// The name it creates or removes (PREPARE, DECLARE, …), confirmed by its
         /// CommandComplete.
         change: Option<MessageId>,
+        /// A COPY FROM STDIN the server has not yet started (CopyInResponse) or failed.
+        copy_start: bool,
     },
     Step {
         step: Step,
@@ -84,57 +87,6 @@ pub enum Names {
     Settle { through: Option<MessageId> },
 }
 
-/// What became of one recorded statement.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    pub statement_seq: u64,
-    pub status: OutcomeStatus,
-    pub command_tag: Option<String>,
-    pub sqlstate: Option<String>,
-    pub message: Option<String>,
-    pub duration_ms: f64,
-    /// The guardrail rule that refused it.
-    pub rule: Option<&'static str>,
-    /// COPY data bytes it moved (either direction), set by the relay as it settles.
-    pub bytes: Option<u64>,
-}
-
-impl Outcome {
-    fn new(seq: u64, started: Instant, status: OutcomeStatus) -> Self {
-        Outcome {
-            statement_seq: seq,
-            status,
-            command_tag: None,
-            sqlstate: None,
-            message: None,
-            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-            rule: None,
-            bytes: None,
-        }
-    }
-
-    /// A statement recorded but never sent (its query string was refused).
-    pub fn not_run(seq: u64) -> Self {
-        Outcome::new(seq, Instant::now(), OutcomeStatus::NotExecuted)
-    }
-
-    /// A statement recorded but never sent: the session ended while its record was
-    /// being made durable.
-    pub fn never_sent(seq: u64) -> Self {
-        Outcome::new(seq, Instant::now(), OutcomeStatus::Interrupted)
-    }
-
-    /// Row count from the command tag (`SELECT 3`, `INSERT 0 5`, `COPY 10`).
-    pub fn rows(&self) -> Option<u64> {
-        self.command_tag
-            .as_deref()?
-            .rsplit(' ')
-            .next()?
-            .parse()
-            .ok()
-    }
-}
-
 #[derive(Default)]
 pub struct Tracker {
     slots: VecDeque<Slot>,
@@ -148,6 +100,13 @@ pub struct Tracker {
     /// The COPY FROM STDIN (by seq) that asked for data while Syncs the client sent after
     /// it were waiting (see `copy_in_started`).
     copy_with_syncs: Option<u64>,
+    /// The outcome of an extended statement that completed with nothing but steps and a
+    /// Sync (sent or still to come) after it, held until the server's next reply to a
+    /// statement or a group: the Sync commits
+    /// the implicit transaction, and if that commit fails (a deferred constraint, a
+    /// serialization failure) the statement's work is undone and the error is its own, as
+    /// the server reports it for the last statement of a query string.
+    awaiting_commit: Option<(Outcome, Instant)>,
 }
 
 impl Tracker {
@@ -170,6 +129,7 @@ impl Tracker {
             refusal: None,
             extended,
             change,
+            copy_start: false,
         });
     }
 
@@ -181,7 +141,36 @@ impl Tracker {
             refusal: Some(refusal),
             extended,
             change: None,
+            copy_start: false,
         });
+    }
+
+    /// The statement just sent is COPY … FROM STDIN: until the server starts it or fails
+    /// it, a Sync sent after it waits (see `copy_start_awaited`).
+    pub fn copy_from_stdin(&mut self) {
+        if let Some(Slot::Statement { copy_start, .. }) = self.slots.back_mut() {
+            *copy_start = true;
+        }
+    }
+
+    /// A COPY FROM STDIN was sent that the server has neither started (CopyInResponse) nor
+    /// failed, and will not skip (nothing before it failed). A Sync the client sends now
+    /// is read inside the COPY, and ignored, if the COPY starts reading; it is answered if
+    /// the COPY fails first (a view, FREEZE, a statement trigger fail after asking for
+    /// data). Which of the two happens is decided inside the server, so the relay holds
+    /// such a Sync back until it knows: then it drops one the COPY would read, and
+    /// forwards one the server will answer.
+    pub fn copy_start_awaited(&self) -> bool {
+        !self.skipping_to_sync
+            && self.slots.iter().any(|s| {
+                matches!(
+                    s,
+                    Slot::Statement {
+                        copy_start: true,
+                        ..
+                    }
+                )
+            })
     }
 
     /// A Parse, Bind, Close or Describe was sent. One sent while the server skips to Sync
@@ -284,6 +273,13 @@ impl Tracker {
         if self.in_copy_in {
             self.in_copy_in = false;
         } else {
+            // Sent before the server asked for data: the COPY reads up to it, whenever it
+            // starts, and what comes after it is no longer the COPY's.
+            for slot in &mut self.slots {
+                if let Slot::Statement { copy_start, .. } = slot {
+                    *copy_start = false;
+                }
+            }
             self.slots.push_back(Slot::CopyEnd);
         }
     }
@@ -302,8 +298,13 @@ impl Tracker {
         else {
             return;
         };
-        let copy_seq = match self.slots[copy] {
-            Slot::Statement { seq, .. } => Some(seq),
+        let copy_seq = match &mut self.slots[copy] {
+            Slot::Statement {
+                seq, copy_start, ..
+            } => {
+                *copy_start = false;
+                Some(*seq)
+            }
             _ => None,
         };
         let mut i = copy + 1;
@@ -347,6 +348,17 @@ impl Tracker {
         ) {
             self.in_copy_in = false;
         }
+        // A step's reply says nothing of the transaction; a statement's or a group's does.
+        if !matches!(
+            event,
+            BackendEvent::Parameter { .. }
+                | BackendEvent::ParseComplete
+                | BackendEvent::BindComplete
+                | BackendEvent::CloseComplete
+                | BackendEvent::Description
+        ) {
+            self.settle_awaiting_commit(&event, out);
+        }
         match event {
             BackendEvent::Complete(tag) => return Ok(self.complete(tag, out)),
             BackendEvent::Empty | BackendEvent::Suspended | BackendEvent::FunctionResult => {
@@ -381,9 +393,14 @@ impl Tracker {
     }
 
     fn complete(&mut self, tag: String, out: &mut Vec<Outcome>) -> Option<Names> {
-        let change = match self.front() {
-            Some(Slot::Statement { change, .. }) => *change,
-            _ => None,
+        let (change, extended, started) = match self.front() {
+            Some(Slot::Statement {
+                change,
+                extended,
+                started,
+                ..
+            }) => (*change, *extended, *started),
+            _ => (None, false, Instant::now()),
         };
         let mut outcome = self.pop_statement(OutcomeStatus::Ok)?;
         if self.copy_with_syncs == Some(outcome.statement_seq) {
@@ -395,8 +412,44 @@ impl Tracker {
             tag: Some(tag.clone()),
         });
         outcome.command_tag = Some(tag);
-        out.push(outcome);
+        // Only steps (a Close, say) before the Sync, or nothing sent yet.
+        let commit_next = matches!(
+            self.slots
+                .iter()
+                .find(|s| !matches!(s, Slot::Step { .. } | Slot::CopyEnd)),
+            None | Some(Slot::GroupEnd { sync: true, .. })
+        );
+        if extended && commit_next {
+            self.awaiting_commit = Some((outcome, started));
+        } else {
+            out.push(outcome);
+        }
         names
+    }
+
+    /// The outcome held for the commit at a Sync (see `awaiting_commit`), when the next
+    /// reply comes. An error answering the Sync is the commit's: nothing of the statement
+    /// was kept. Any other reply means the statement's transaction goes on (the client
+    /// sent more before its Sync) or committed.
+    fn settle_awaiting_commit(&mut self, event: &BackendEvent, out: &mut Vec<Outcome>) {
+        let Some((mut outcome, started)) = self.awaiting_commit.take() else {
+            return;
+        };
+        if let BackendEvent::Error { sqlstate, message } = event {
+            if matches!(self.front(), Some(Slot::GroupEnd { sync: true, .. })) {
+                outcome.status = OutcomeStatus::Error;
+                outcome.command_tag = None;
+                outcome.sqlstate = Some(sqlstate.clone());
+                outcome.message = Some(message.clone());
+                outcome.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            }
+        }
+        out.push(outcome);
+    }
+
+    /// The outcome held for a Sync's commit, for the relay to complete (COPY bytes).
+    pub fn awaiting_commit_mut(&mut self) -> Option<&mut Outcome> {
+        self.awaiting_commit.as_mut().map(|(outcome, _)| outcome)
     }
 
     /// The reply that says the server took the step at the head of the queue.
@@ -531,6 +584,9 @@ impl Tracker {
 
     /// The session ended: whatever is still open was interrupted.
     pub fn interrupt_all(&mut self, out: &mut Vec<Outcome>) {
+        // It completed; the session's end rolls its transaction back, as it does any
+        // other open transaction's work.
+        out.extend(self.awaiting_commit.take().map(|(outcome, _)| outcome));
         for slot in self.slots.drain(..) {
             if let Slot::Statement { seq, started, .. } = slot {
                 out.push(Outcome::new(seq, started, OutcomeStatus::Interrupted));

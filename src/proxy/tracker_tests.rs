@@ -488,8 +488,6 @@ fn a_copy_that_fails_with_a_sync_behind_it_is_lost_track_but_one_that_loads_is_n
         let end = if fails { err() } else { complete("COPY 1") };
         let result = c.reply(end);
         assert_eq!(result.is_err(), fails);
-        // Either way the COPY has its outcome.
-        assert_eq!(c.out.len(), 1);
         if !fails {
             c.replies([BackendEvent::Ready(b'I')]);
             assert_eq!(
@@ -499,7 +497,148 @@ fn a_copy_that_fails_with_a_sync_behind_it_is_lost_track_but_one_that_loads_is_n
                 }]
             );
         }
+        // Either way the COPY has its outcome.
+        assert_eq!(c.out.len(), 1);
     }
+}
+
+fn unique_violation() -> BackendEvent {
+    BackendEvent::Error {
+        sqlstate: "23505".into(),
+        message: "duplicate key value violates unique constraint \"k\"".into(),
+    }
+}
+
+#[test]
+fn a_commit_that_fails_at_the_sync_is_the_last_statements_error() {
+    // Two INSERTs and a Sync: the Sync commits the implicit transaction, a deferred unique
+    // key fails there, and nothing of either INSERT is kept. The server reports such a
+    // failure on the last statement of a query string; the record does so for a Sync.
+    for commit_fails in [true, false] {
+        let mut c = Client::new();
+        c.execute(1);
+        c.execute(2);
+        c.sync();
+        c.replies([complete("INSERT 0 1"), complete("INSERT 0 1")]);
+        assert_eq!(statuses(&c.out), [(1, OutcomeStatus::Ok)], "2 waits");
+        if commit_fails {
+            c.replies([unique_violation()]);
+        }
+        c.replies([BackendEvent::Ready(b'I')]);
+        let last = &c.out[1];
+        if commit_fails {
+            assert_eq!(last.status, OutcomeStatus::Error);
+            assert_eq!(last.sqlstate.as_deref(), Some("23505"));
+            assert_eq!(last.command_tag, None, "nothing of it was kept");
+        } else {
+            assert_eq!(last.status, OutcomeStatus::Ok);
+            assert_eq!(last.command_tag.as_deref(), Some("INSERT 0 1"));
+        }
+        assert_eq!(c.out.len(), 2);
+    }
+}
+
+#[test]
+fn a_statement_waits_for_its_commit_past_steps_and_a_sync_sent_later() {
+    // A Close between the Execute and the Sync.
+    let mut c = Client::new();
+    c.execute(1);
+    c.step(Step::Close);
+    c.sync();
+    c.replies([complete("INSERT 0 1"), BackendEvent::CloseComplete]);
+    assert!(c.out.is_empty());
+    c.replies([unique_violation(), BackendEvent::Ready(b'I')]);
+    assert_eq!(statuses(&c.out), [(1, OutcomeStatus::Error)]);
+
+    // Execute and Flush; the Sync comes once the client has its rows.
+    let mut c = Client::new();
+    c.execute(1);
+    c.replies([complete("INSERT 0 1")]);
+    assert!(c.out.is_empty());
+    c.sync();
+    c.replies([unique_violation(), BackendEvent::Ready(b'I')]);
+    assert_eq!(statuses(&c.out), [(1, OutcomeStatus::Error)]);
+
+    // …or more statements come before the Sync: the first one's transaction goes on, and
+    // its outcome is recorded as the next statement answers.
+    let mut c = Client::new();
+    c.execute(1);
+    c.replies([complete("INSERT 0 1")]);
+    c.step(Step::Parse);
+    c.execute(2);
+    c.sync();
+    c.replies([BackendEvent::ParseComplete]);
+    assert!(
+        c.out.is_empty(),
+        "a step's reply says nothing of the commit"
+    );
+    c.replies([complete("SELECT 1")]);
+    assert_eq!(statuses(&c.out), [(1, OutcomeStatus::Ok)]);
+    c.replies([BackendEvent::Ready(b'I')]);
+    assert_eq!(
+        statuses(&c.out),
+        [(1, OutcomeStatus::Ok), (2, OutcomeStatus::Ok)]
+    );
+
+    // A session that ends first records what completed.
+    let mut c = Client::new();
+    c.execute(1);
+    c.replies([complete("INSERT 0 1")]);
+    c.t.interrupt_all(&mut c.out);
+    assert_eq!(statuses(&c.out), [(1, OutcomeStatus::Ok)]);
+}
+
+#[test]
+fn a_query_strings_statements_are_not_held() {
+    let mut c = Client::new();
+    c.query(1);
+    c.replies([complete("INSERT 0 1")]);
+    assert_eq!(statuses(&c.out), [(1, OutcomeStatus::Ok)]);
+}
+
+#[test]
+fn a_copy_from_stdin_is_awaited_until_the_server_starts_or_fails_it() {
+    // Started.
+    let mut c = Client::new();
+    c.execute(1);
+    c.t.copy_from_stdin();
+    assert!(c.t.copy_start_awaited());
+    c.replies([BackendEvent::CopyIn]);
+    assert!(!c.t.copy_start_awaited());
+    assert!(c.t.in_copy_in());
+
+    // Failed before starting (no such table).
+    let mut c = Client::new();
+    c.execute(1);
+    c.t.copy_from_stdin();
+    c.replies([err()]);
+    assert!(!c.t.copy_start_awaited());
+
+    // Skipped: a statement before it failed, and the server skips to the Sync held back.
+    let mut c = Client::new();
+    c.execute(1);
+    c.execute(2);
+    c.t.copy_from_stdin();
+    assert!(c.t.copy_start_awaited());
+    c.replies([err()]);
+    assert!(!c.t.copy_start_awaited(), "the server will not start it");
+
+    // In a query string after a statement that failed: skipped too, which the server says
+    // with its ReadyForQuery.
+    let mut c = Client::new();
+    c.t.statement(1, Instant::now(), false);
+    c.t.statement(2, Instant::now(), false);
+    c.t.copy_from_stdin();
+    c.t.query_end(0);
+    c.replies([err()]);
+    assert!(c.t.copy_start_awaited());
+    c.replies([BackendEvent::Ready(b'E')]);
+    assert!(!c.t.copy_start_awaited());
+
+    // Another statement is no COPY.
+    let mut c = Client::new();
+    c.execute(1);
+    assert!(!c.t.copy_start_awaited());
 }
 
 #[test]

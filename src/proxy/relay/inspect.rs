@@ -15,14 +15,6 @@ use crate::proxy::tracker::Step;
 use crate::sql::StatementKind;
 use crate::wire::{self, ParamValue};
 
-/// Why a Sync sent with COPY data is refused: the server ignores a Sync while in COPY FROM
-/// STDIN but answers it once the COPY has failed (on an earlier bad row, say), and which of
-/// the two happens is decided inside the server, after the proxy forwarded it. Guessing
-/// wrong puts every later reply on the wrong statement. No client sends one: COPY data
-/// ends with CopyDone or CopyFail.
-const SYNC_IN_COPY: &str = "Sync sent inside COPY FROM STDIN data (before CopyDone or CopyFail): \
-     whether the server answers it depends on whether the COPY failed first";
-
 impl Relay {
     /// Looks at one client message; statements it carries are added to `pending`. Returns
     /// the stand-in to send instead when a guardrail refuses the message.
@@ -78,6 +70,9 @@ impl Relay {
                     {
                         pending.push(Pending::RowsUncounted);
                     }
+                    if refusal.is_none() && s.analysis.facts.copy_in {
+                        pending.push(Pending::CopyFromStdin);
+                    }
                     pending.push(match (&refusal, refused_at) {
                         (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
                         (Some(_), _) => Pending::NotRun(record),
@@ -119,6 +114,7 @@ impl Relay {
                     names: analysis.facts.names.clone(),
                     catalog_only: analysis.facts.catalog_only,
                     catalog_unqualified: analysis.facts.catalog_unqualified,
+                    copy_in: analysis.facts.copy_in,
                 };
                 let id = self
                     .statements
@@ -201,6 +197,9 @@ impl Relay {
                     Some(NameChange::Fetch(cursor)) => cursor,
                     _ => portal,
                 };
+                if found.statement.copy_in {
+                    pending.push(Pending::CopyFromStdin);
+                }
                 pending.push(Pending::Statement {
                     record,
                     change,
@@ -217,7 +216,6 @@ impl Relay {
                 pending.push(Pending::Step(Step::Close, id));
             }
             b'D' => pending.push(Pending::Step(Step::Describe, self.statements.message())),
-            b'S' if self.copy_open => return Err(SYNC_IN_COPY.to_owned()),
             b'S' => pending.push(Pending::Sync(self.statements.message())),
             b'c' | b'f' => {
                 self.copy_open = false;
@@ -396,6 +394,7 @@ impl Relay {
             names: None,
             catalog_only: false,
             catalog_unqualified: false,
+            copy_in: false,
         };
         let sql_change = match change {
             NameChange::Prepare(name) => {

@@ -10,6 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 mod buffers;
+mod client_side;
+mod copy_gate;
 mod farewell;
 #[cfg(test)]
 mod farewell_attack;
@@ -46,9 +48,6 @@ use super::tracker::{Names, Outcome, Tracker, Work};
 use crate::audit::{AuditLog, OutcomeStatus, SessionFields};
 use crate::guard;
 use crate::wire::{self, sqlstate, BackendEvent, BackendScanner};
-
-/// How long what a server sent before it went is read after a write to it failed.
-const FAILED_WRITE_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a relay ended.
 #[derive(Debug)]
@@ -126,6 +125,10 @@ pub struct Relay {
     /// asked for it, and neither the client's CopyDone or CopyFail nor the COPY's end has
     /// come since. A Sync then is refused (see `inspect::SYNC_IN_COPY`).
     copy_open: bool,
+    /// A message sent after a COPY FROM STDIN the server has not started yet waits at the
+    /// front of `cbuf`, and what the client sends after it waits behind it (see
+    /// `copy_gate`).
+    held_for_copy: bool,
     /// Statements (by seq) that take rows from a portal (an Execute, a FETCH): a row limit
     /// counts the portal's rows across them.
     drawn_from: std::collections::BTreeMap<u64, String>,
@@ -191,6 +194,7 @@ impl Relay {
             uncounted: std::collections::BTreeSet::new(),
             drawn_from: std::collections::BTreeMap::new(),
             copy_open: false,
+            held_for_copy: false,
             temporary_relations: false,
             events: Vec::new(),
             outcomes: Vec::new(),
@@ -286,7 +290,17 @@ impl Relay {
             }
         }
         loop {
+            if self.held_for_copy && !self.tracker.copy_start_awaited() {
+                // The COPY started or failed: the held message, and what came after it, go on.
+                if let Err(end) = self.on_client_bytes().await {
+                    return end;
+                }
+                continue;
+            }
             let timeout = self.statement_deadline();
+            // While a message is held, reading goes on (a client that leaves is seen) up to
+            // a bound: what it sends waits behind it.
+            let reading = !self.held_for_copy || self.cbuf.len() < buffers::BUFFER_CAPACITY;
             let step = tokio::select! {
                 biased;
                 reason = self.term.fired() => Err(End::Dropped(reason)),
@@ -295,7 +309,7 @@ impl Relay {
                     Ok(())
                 }
                 _ = self.warnings.timer(), if self.warnings.armed() => self.on_warning().await,
-                read = self.client.read_buf(&mut self.cbuf) => match read {
+                read = self.client.read_buf(&mut self.cbuf), if reading => match read {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(_) => self.on_client_bytes().await,
                 },
@@ -306,137 +320,6 @@ impl Relay {
             };
             if let Err(end) = step {
                 return end;
-            }
-        }
-    }
-
-    /// Inspects every complete client message, makes the batch's statement records
-    /// durable, then forwards the batch as received (refused messages swapped for stand-ins).
-    async fn on_client_bytes(&mut self) -> Result<(), End> {
-        let buf = std::mem::take(&mut self.cbuf);
-        // Parsing a large batch takes a while: let the runtime move other sessions' work
-        // off this thread meanwhile.
-        let big = buf.len() > 16 * 1024
-            && tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread;
-        let scanned = if big {
-            tokio::task::block_in_place(|| self.inspect_batch(&buf))
-        } else {
-            self.inspect_batch(&buf)
-        };
-        self.cbuf = buf;
-        let batch = scanned?;
-        if batch.consumed == 0 {
-            return Ok(());
-        }
-        let bytes = self.cbuf.split_to(batch.consumed);
-        self.record_statements(batch.pending).await?;
-        let outgoing = splice(&bytes, batch.replacements);
-        self.forward_upstream(&outgoing).await?;
-        // The batch shared the buffer's allocation; a huge one would be reclaimed whole by
-        // the next read.
-        if bytes.len() > 4 * BUFFER_CAPACITY && self.cbuf.is_empty() {
-            self.cbuf = BytesMut::with_capacity(BUFFER_CAPACITY);
-        }
-        if batch.terminate {
-            return Err(End::ClientGone);
-        }
-        // A bad message left behind the forwarded ones ends the session now.
-        match self.cbuf.first() {
-            Some(&tag) if !FRONTEND_TAGS.contains(&tag) => {
-                Err(End::ProtocolError(unexpected_message(tag)))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Walks the complete messages at the front of `buf`.
-    fn inspect_batch(&mut self, buf: &[u8]) -> Result<Batch, End> {
-        let mut batch = Batch::default();
-        while let Some(&tag) = buf.get(batch.consumed) {
-            // A message type nobody sends after login (a second StartupMessage starts with a
-            // zero byte) is refused at once, not after waiting for the length it seems to
-            // declare. Messages before it are forwarded first.
-            if !FRONTEND_TAGS.contains(&tag) {
-                if batch.consumed == 0 {
-                    return Err(End::ProtocolError(unexpected_message(tag)));
-                }
-                break;
-            }
-            let Some(len) = wire::frame_len(&buf[batch.consumed..], self.max_message)
-                .map_err(|e| super::oversize::end_for(tag, e))?
-            else {
-                break;
-            };
-            let at = batch.consumed;
-            let frame = &buf[at..at + len];
-            if let Some(stand_in) = self
-                .inspect(frame[0], &frame[5..], &mut batch.pending)
-                .map_err(End::ProtocolError)?
-            {
-                batch.replacements.push((at..at + len, stand_in));
-            }
-            batch.consumed += len;
-            if frame[0] == b'X' {
-                batch.terminate = true;
-                break;
-            }
-        }
-        Ok(batch)
-    }
-
-    /// Writes `outgoing` upstream while still reading what upstream sends (and handling it as
-    /// usual): a server busy sending results reads no more input until they are read.
-    async fn forward_upstream(&mut self, outgoing: &[u8]) -> Result<(), End> {
-        enum Step {
-            Wrote(std::io::Result<usize>),
-            Read(std::io::Result<usize>),
-        }
-        let mut sent = 0;
-        while sent < outgoing.len() {
-            // Checked before each write rather than raced first: see `guarded`.
-            if let Some(reason) = self.term.ended() {
-                return Err(End::Dropped(reason));
-            }
-            let step = tokio::select! {
-                biased;
-                wrote = self.upstream_w.write(&outgoing[sent..]) => Step::Wrote(wrote),
-                read = self.upstream_r.read_buf(&mut self.ubuf) => Step::Read(read),
-                reason = self.term.fired() => return Err(End::Dropped(reason)),
-            };
-            match step {
-                Step::Wrote(Ok(n)) if n > 0 => sent += n,
-                Step::Wrote(_) => return Err(self.upstream_gone_after_a_failed_write().await),
-                Step::Read(Ok(0) | Err(_)) => return Err(End::UpstreamGone),
-                Step::Read(Ok(_)) => self.on_upstream_bytes().await?,
-            }
-        }
-        match guarded(&mut self.term, self.upstream_w.flush()).await? {
-            Ok(()) => Ok(()),
-            Err(_) => Err(self.upstream_gone_after_a_failed_write().await),
-        }
-    }
-
-    /// A write upstream failed: the server is gone, but what it sent before it went may
-    /// still wait to be read (rows, and its FATAL saying why: a server that ends a session
-    /// with the client's bytes unread resets the connection, which fails the next write at
-    /// once). It is read and relayed as usual, as libpq reads after a failed send, for at
-    /// most [`FAILED_WRITE_DRAIN`] of reading.
-    async fn upstream_gone_after_a_failed_write(&mut self) -> End {
-        let until = tokio::time::Instant::now() + FAILED_WRITE_DRAIN;
-        loop {
-            let read = tokio::select! {
-                biased;
-                reason = self.term.fired() => return End::Dropped(reason),
-                read = tokio::time::timeout_at(until, self.upstream_r.read_buf(&mut self.ubuf)) => read,
-            };
-            match read {
-                Ok(Ok(n)) if n > 0 => {
-                    if let Err(end) = self.on_upstream_bytes().await {
-                        return end;
-                    }
-                }
-                _ => return End::UpstreamGone,
             }
         }
     }
@@ -532,7 +415,8 @@ impl Relay {
             }
             // Bytes counted so far belong to the COPY settled now, not to one settled later
             // in the same read.
-            for outcome in &mut self.outcomes[settled..] {
+            let held = self.tracker.awaiting_commit_mut();
+            for outcome in self.outcomes[settled..].iter_mut().chain(held) {
                 take_copy_bytes(&mut self.copy_bytes, outcome);
             }
             let refused = self.outcomes[settled..]
@@ -615,22 +499,9 @@ impl Relay {
     }
 }
 
-/// Message types a client may send after login.
-const FRONTEND_TAGS: &[u8] = b"QPBEDCHSFdcfX";
-
 pub(super) fn unexpected_message(tag: u8) -> String {
     format!(
         "unexpected message type '{}' (0x{tag:02x})",
         char::from(tag).escape_default()
     )
-}
-
-/// What one read of client bytes holds.
-#[derive(Default)]
-struct Batch {
-    consumed: usize,
-    pending: Vec<Pending>,
-    /// Byte ranges of refused messages and their stand-ins.
-    replacements: Vec<(std::ops::Range<usize>, Vec<u8>)>,
-    terminate: bool,
 }

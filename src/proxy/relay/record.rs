@@ -32,6 +32,8 @@ pub(super) enum Pending {
     CopyEnd,
     /// The next statement reads the system catalogs only: a row limit does not count it.
     RowsUncounted,
+    /// The next statement is COPY … FROM STDIN (see `Tracker::copy_start_awaited`).
+    CopyFromStdin,
 }
 
 /// Whether a statement record was sent with the extended protocol (Execute).
@@ -81,9 +83,11 @@ impl Relay {
         let started = Instant::now();
         let mut not_run = Vec::new();
         let mut uncounted = false;
+        let mut copy_in = false;
         for p in pending {
             match p {
                 Pending::RowsUncounted => uncounted = true,
+                Pending::CopyFromStdin => copy_in = true,
                 Pending::Statement {
                     record,
                     change,
@@ -98,6 +102,9 @@ impl Relay {
                     }
                     self.tracker
                         .statement_changing(seq, started, is_extended(&record), change);
+                    if std::mem::take(&mut copy_in) {
+                        self.tracker.copy_from_stdin();
+                    }
                     seq += 1;
                 }
                 Pending::Refused(record, refusal) => {
@@ -152,8 +159,12 @@ impl Relay {
     }
 }
 
-/// The COPY data bytes counted so far belong to `outcome` if it ends a COPY (or fails one).
+/// The COPY data bytes counted so far belong to `outcome` if it ends a COPY (or fails one)
+/// and has none yet (an outcome held for its Sync's commit took them as it completed).
 pub(super) fn take_copy_bytes(copy_bytes: &mut u64, outcome: &mut Outcome) {
+    if outcome.bytes.is_some() {
+        return;
+    }
     let is_copy = outcome
         .command_tag
         .as_deref()

@@ -1,0 +1,171 @@
+//! The client's side of the relay: complete messages are inspected (`inspect.rs`), their
+//! statement records made durable (`record.rs`), and the batch forwarded upstream as
+//! received, while what upstream sends meanwhile keeps flowing to the client.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::buffers::{splice, BUFFER_CAPACITY};
+use super::copy_gate::CopyGate;
+use super::record::Pending;
+use super::{guarded, unexpected_message, End, Relay};
+use crate::wire;
+
+/// How long what a server sent before it went is read after a write to it failed.
+const FAILED_WRITE_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Message types a client may send after login.
+const FRONTEND_TAGS: &[u8] = b"QPBEDCHSFdcfX";
+
+impl Relay {
+    /// Inspects every complete client message, makes the batch's statement records
+    /// durable, then forwards the batch as received (refused messages swapped for stand-ins).
+    pub(super) async fn on_client_bytes(&mut self) -> Result<(), End> {
+        let buf = std::mem::take(&mut self.cbuf);
+        // Parsing a large batch takes a while: let the runtime move other sessions' work
+        // off this thread meanwhile.
+        let big = buf.len() > 16 * 1024
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
+        let scanned = if big {
+            tokio::task::block_in_place(|| self.inspect_batch(&buf))
+        } else {
+            self.inspect_batch(&buf)
+        };
+        self.cbuf = buf;
+        let batch = scanned?;
+        if batch.consumed == 0 {
+            return Ok(());
+        }
+        let bytes = self.cbuf.split_to(batch.consumed);
+        self.record_statements(batch.pending).await?;
+        let outgoing = splice(&bytes, batch.replacements);
+        self.forward_upstream(&outgoing).await?;
+        // The batch shared the buffer's allocation; a huge one would be reclaimed whole by
+        // the next read.
+        if bytes.len() > 4 * BUFFER_CAPACITY && self.cbuf.is_empty() {
+            self.cbuf = BytesMut::with_capacity(BUFFER_CAPACITY);
+        }
+        if batch.terminate {
+            return Err(End::ClientGone);
+        }
+        // A bad message left behind the forwarded ones ends the session now.
+        match self.cbuf.first() {
+            Some(&tag) if !FRONTEND_TAGS.contains(&tag) => {
+                Err(End::ProtocolError(unexpected_message(tag)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Walks the complete messages at the front of `buf`.
+    pub(super) fn inspect_batch(&mut self, buf: &[u8]) -> Result<Batch, End> {
+        let mut batch = Batch::default();
+        while let Some(&tag) = buf.get(batch.consumed) {
+            // A message type nobody sends after login (a second StartupMessage starts with a
+            // zero byte) is refused at once, not after waiting for the length it seems to
+            // declare. Messages before it are forwarded first.
+            if !FRONTEND_TAGS.contains(&tag) {
+                if batch.consumed == 0 {
+                    return Err(End::ProtocolError(unexpected_message(tag)));
+                }
+                break;
+            }
+            let Some(len) = wire::frame_len(&buf[batch.consumed..], self.max_message)
+                .map_err(|e| crate::proxy::oversize::end_for(tag, e))?
+            else {
+                break;
+            };
+            let at = batch.consumed;
+            let frame = &buf[at..at + len];
+            match self.copy_gate(frame[0], &batch.pending) {
+                CopyGate::Pass => {}
+                CopyGate::Hold => break,
+                CopyGate::Drop => {
+                    batch.replacements.push((at..at + len, Vec::new()));
+                    batch.consumed += len;
+                    continue;
+                }
+                CopyGate::Refuse(why) => return Err(End::ProtocolError(why.to_owned())),
+            }
+            if let Some(stand_in) = self
+                .inspect(frame[0], &frame[5..], &mut batch.pending)
+                .map_err(End::ProtocolError)?
+            {
+                batch.replacements.push((at..at + len, stand_in));
+            }
+            batch.consumed += len;
+            if frame[0] == b'X' {
+                batch.terminate = true;
+                break;
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Writes `outgoing` upstream while still reading what upstream sends (and handling it as
+    /// usual): a server busy sending results reads no more input until they are read.
+    pub(super) async fn forward_upstream(&mut self, outgoing: &[u8]) -> Result<(), End> {
+        enum Step {
+            Wrote(std::io::Result<usize>),
+            Read(std::io::Result<usize>),
+        }
+        let mut sent = 0;
+        while sent < outgoing.len() {
+            // Checked before each write rather than raced first: see `guarded`.
+            if let Some(reason) = self.term.ended() {
+                return Err(End::Dropped(reason));
+            }
+            let step = tokio::select! {
+                biased;
+                wrote = self.upstream_w.write(&outgoing[sent..]) => Step::Wrote(wrote),
+                read = self.upstream_r.read_buf(&mut self.ubuf) => Step::Read(read),
+                reason = self.term.fired() => return Err(End::Dropped(reason)),
+            };
+            match step {
+                Step::Wrote(Ok(n)) if n > 0 => sent += n,
+                Step::Wrote(_) => return Err(self.upstream_gone_after_a_failed_write().await),
+                Step::Read(Ok(0) | Err(_)) => return Err(End::UpstreamGone),
+                Step::Read(Ok(_)) => self.on_upstream_bytes().await?,
+            }
+        }
+        match guarded(&mut self.term, self.upstream_w.flush()).await? {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.upstream_gone_after_a_failed_write().await),
+        }
+    }
+
+    /// A write upstream failed: the server is gone, but what it sent before it went may
+    /// still wait to be read (rows, and its FATAL saying why: a server that ends a session
+    /// with the client's bytes unread resets the connection, which fails the next write at
+    /// once). It is read and relayed as usual, as libpq reads after a failed send, for at
+    /// most [`FAILED_WRITE_DRAIN`] of reading.
+    pub(super) async fn upstream_gone_after_a_failed_write(&mut self) -> End {
+        let until = tokio::time::Instant::now() + FAILED_WRITE_DRAIN;
+        loop {
+            let read = tokio::select! {
+                biased;
+                reason = self.term.fired() => return End::Dropped(reason),
+                read = tokio::time::timeout_at(until, self.upstream_r.read_buf(&mut self.ubuf)) => read,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {
+                    if let Err(end) = self.on_upstream_bytes().await {
+                        return end;
+                    }
+                }
+                _ => return End::UpstreamGone,
+            }
+        }
+    }
+}
+
+/// What one read of client bytes holds.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) consumed: usize,
+    pub(super) pending: Vec<Pending>,
+    /// Byte ranges of refused messages and their stand-ins.
+    pub(super) replacements: Vec<(std::ops::Range<usize>, Vec<u8>)>,
+    pub(super) terminate: bool,
+}
