@@ -377,3 +377,33 @@ async fn tokio_postgres_copy_in_with_a_bad_row_keeps_its_session() {
         assert_eq!(count, 11);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_data_sent_after_the_copy_failed_opens_nothing() {
+    // psql (libpq) goes on sending the data it had before it reads the COPY's error, and
+    // then sends no CopyDone: the server drops that data, and the next query runs.
+    let env = Env::start("copy_gate_late_data").await;
+    let steps = || {
+        vec![
+            Step::Send(query(COPY)),
+            Step::UntilType("G"),
+            Step::Send(copy_data("x\ty\n")),
+            Step::UntilType("E"),
+            Step::Readies(1),
+            Step::Send([copy_data("80\tlate\n"), copy_data("81\tlater\n")].concat()),
+            Step::Send(query("SELECT 1")),
+            Step::Readies(2),
+        ]
+    };
+    let mut pg = direct(&env).await;
+    let direct = run(&mut pg, &steps()).await;
+    let (id, mut raw) = write_session(&env).await;
+    let through = run(&mut raw, &steps()).await;
+    assert_eq!(
+        direct, through,
+        "what PostgreSQL sends, and what lockbox relays"
+    );
+    assert!(through.contains(&"C:SELECT 1".to_owned()), "{through:?}");
+    let after = audited(&env, &id, "SELECT 1").await;
+    assert_eq!(after["status"], "ok", "{after}");
+}

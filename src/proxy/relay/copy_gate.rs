@@ -49,7 +49,7 @@ impl Relay {
         if matches!(tag, b'd' | b'c' | b'f' | b'H' | b'X') {
             return CopyGate::Pass;
         }
-        let awaited = copy_not_ended(batch) || self.tracker.copy_start_awaited();
+        let awaited = self.copy_start_awaited(batch);
         if awaited && (self.held_for_copy || !self.copy_open) {
             self.held_for_copy = true;
             return CopyGate::Hold;
@@ -67,15 +67,26 @@ impl Relay {
     }
 }
 
-/// The batch sends a COPY FROM STDIN and no CopyDone or CopyFail after it.
-fn copy_not_ended(batch: &[Pending]) -> bool {
-    batch
-        .iter()
-        .rev()
-        .find_map(|p| match p {
-            Pending::CopyFromStdin => Some(true),
-            Pending::CopyEnd => Some(false),
-            _ => None,
-        })
-        .unwrap_or(false)
+impl Relay {
+    /// A COPY FROM STDIN was sent that the server has not started or failed yet, and the
+    /// client has not ended it (CopyDone, CopyFail), in this batch or before it.
+    fn copy_start_awaited(&self, batch: &[Pending]) -> bool {
+        last_copy_mark(batch).unwrap_or_else(|| self.tracker.copy_start_awaited())
+    }
+
+    /// A COPY FROM STDIN reads data, or may start to, and the client has not ended it.
+    pub(super) fn copy_may_read(&self, batch: &[Pending]) -> bool {
+        last_copy_mark(batch)
+            .unwrap_or_else(|| self.tracker.copy_start_awaited() || self.tracker.in_copy_in())
+    }
+}
+
+/// Whether the batch's last word on COPY FROM STDIN is a COPY sent (true) or a CopyDone
+/// or CopyFail (false); `None` if it has none.
+fn last_copy_mark(batch: &[Pending]) -> Option<bool> {
+    batch.iter().rev().find_map(|p| match p {
+        Pending::CopyFromStdin => Some(true),
+        Pending::CopyEnd => Some(false),
+        _ => None,
+    })
 }

@@ -253,7 +253,10 @@ impl Relay {
                 pending.push(Pending::QueryEnd(self.statements.message()));
             }
             b'd' => {
-                self.copy_open = true;
+                // Data for a COPY the server runs or is about to start; after the COPY
+                // failed the server drops it, and it opens nothing (libpq goes on sending
+                // what it had before it reads the error, then sends no CopyDone).
+                self.copy_open |= self.copy_may_read(pending);
                 self.copy_bytes += body.len() as u64;
             }
             b'H' | b'X' => {}
