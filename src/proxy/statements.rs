@@ -105,6 +105,9 @@ pub struct Statements {
     pending: VecDeque<(MessageId, Change)>,
     /// The next message's number.
     next_id: MessageId,
+    /// The first message of the group the client is sending now (after its last Sync,
+    /// query string or FunctionCall).
+    group_start: MessageId,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +130,44 @@ impl Statements {
         let id = self.next_id;
         self.next_id += 1;
         id
+    }
+
+    /// Numbers a message that ends a group (a Sync, a query string, a FunctionCall).
+    pub fn end_group(&mut self) -> MessageId {
+        let id = self.message();
+        self.group_start = self.next_id;
+        id
+    }
+
+    /// Whether the statement `name`, as the next message would find it, is certain: it
+    /// comes from no change still waiting in an earlier group. Within a group a change
+    /// that fails makes the server skip the rest of the group, so a message that runs saw
+    /// it take effect; a change in an earlier group can fail (a Parse of a name that
+    /// exists, a syntax error) and the next group then runs with what was there before.
+    pub fn statement_certain(&self, name: &str) -> bool {
+        let decided_by = self.pending.iter().rev().find(|(_, change)| match change {
+            Change::Parse(n, _)
+            | Change::Sql(SqlChange::Prepare(n, _))
+            | Change::CloseStatement(n)
+            | Change::Sql(SqlChange::Deallocate(Some(n))) => n == name,
+            Change::Sql(SqlChange::Deallocate(None) | SqlChange::DiscardAll) => true,
+            _ => false,
+        });
+        decided_by.is_none_or(|(id, _)| *id >= self.group_start)
+    }
+
+    /// Whether the portal `name`, as the next Execute would find it, is certain (see
+    /// [`Self::statement_certain`]).
+    pub fn portal_certain(&self, name: &str) -> bool {
+        let decided_by = self.pending.iter().rev().find(|(_, change)| match change {
+            Change::Bind(n, _)
+            | Change::Sql(SqlChange::Declare(n, _))
+            | Change::ClosePortal(n)
+            | Change::Sql(SqlChange::Close(Some(n))) => n == name,
+            Change::Sql(SqlChange::Close(None) | SqlChange::DiscardAll) => true,
+            _ => false,
+        });
+        decided_by.is_none_or(|(id, _)| *id >= self.group_start)
     }
 
     pub fn parse(&mut self, name: String, statement: Prepared) -> Result<MessageId, TooMany> {
@@ -338,6 +379,45 @@ mod tests {
         sync(&mut s, b'I');
         s.bind("".into(), "s1", vec![]).expect("bind");
         assert_eq!(text_of(&s, ""), "DELETE FROM t");
+    }
+
+    #[test]
+    fn a_name_changed_in_an_earlier_group_is_uncertain_until_that_group_settles() {
+        let mut s = Statements::default();
+        let parse = s.parse("s1".into(), stmt("DELETE FROM t")).expect("parse");
+        s.confirm(parse, None).expect("confirmed");
+        sync(&mut s, b'T');
+        assert!(s.statement_certain("s1"));
+        // Pipelined: a Parse of the same name (the server will reject it: 42P05), its
+        // Sync, then a Bind.
+        s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+        assert!(
+            s.statement_certain("s1"),
+            "in its own group the Parse decides: if it fails, the rest is skipped"
+        );
+        let group_end = s.end_group();
+        assert!(
+            !s.statement_certain("s1"),
+            "past its Sync it may have failed"
+        );
+        assert!(
+            s.statement_certain("s2"),
+            "a name nothing changes is certain"
+        );
+        s.settle(Some(group_end), b'T');
+        assert!(s.statement_certain("s1"));
+        s.bind("p".into(), "s1", vec![]).expect("bind");
+        assert_eq!(text_of(&s, "p"), "DELETE FROM t");
+        // Portals likewise.
+        assert!(s.portal_certain("p"));
+        let group_end = s.end_group();
+        assert!(!s.portal_certain("p"));
+        s.settle(Some(group_end), b'T');
+        assert!(s.portal_certain("p"));
+        // DISCARD ALL decides every name.
+        s.sql(SqlChange::DiscardAll).expect("discard");
+        s.end_group();
+        assert!(!s.statement_certain("s2") && !s.portal_certain("q"));
     }
 
     #[test]

@@ -101,8 +101,8 @@ pub struct Tracker {
     /// it were waiting (see `copy_in_started`).
     copy_with_syncs: Option<u64>,
     /// The outcome of an extended statement that completed with nothing but steps and a
-    /// Sync (sent or still to come) after it, held until the server's next reply to a
-    /// statement or a group: the Sync commits
+    /// Sync after it, held until the server's next reply to a statement or a group: the
+    /// Sync commits
     /// the implicit transaction, and if that commit fails (a deferred constraint, a
     /// serialization failure) the statement's work is undone and the error is its own, as
     /// the server reports it for the last statement of a query string.
@@ -412,12 +412,13 @@ impl Tracker {
             tag: Some(tag.clone()),
         });
         outcome.command_tag = Some(tag);
-        // Only steps (a Close, say) before the Sync, or nothing sent yet.
+        // Only steps (a Close, say) before the Sync. A client that has not sent its Sync
+        // yet may idle before it: the outcome is not held for as long.
         let commit_next = matches!(
             self.slots
                 .iter()
                 .find(|s| !matches!(s, Slot::Step { .. } | Slot::CopyEnd)),
-            None | Some(Slot::GroupEnd { sync: true, .. })
+            Some(Slot::GroupEnd { sync: true, .. })
         );
         if extended && commit_next {
             self.awaiting_commit = Some((outcome, started));

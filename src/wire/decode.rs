@@ -147,6 +147,19 @@ impl Reader<'_> {
     }
 }
 
+/// The `n`-th NUL-terminated string of a message body (a Bind's statement name is the
+/// second, an Execute's portal the first), read as the decoders read names; `None` if the
+/// body has fewer.
+pub fn cstr_at(body: &[u8], n: usize) -> Option<std::borrow::Cow<'_, str>> {
+    let mut rest = body;
+    for _ in 0..n {
+        let end = rest.iter().position(|b| *b == 0)?;
+        rest = &rest[end + 1..];
+    }
+    let end = rest.iter().position(|b| *b == 0)?;
+    Some(String::from_utf8_lossy(&rest[..end]))
+}
+
 /// Execute ('E'): the portal name.
 pub fn decode_execute(body: &[u8]) -> Result<String, FrameError> {
     Reader { body }.cstr().map(text)
@@ -162,6 +175,18 @@ pub fn decode_close(body: &[u8]) -> Result<(u8, String), FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cstr_at_reads_the_nth_name_as_the_decoders_do() {
+        let bind = b"portal\0stmt\0\0\0";
+        assert_eq!(cstr_at(bind, 0).as_deref(), Some("portal"));
+        assert_eq!(cstr_at(bind, 1).as_deref(), Some("stmt"));
+        assert_eq!(cstr_at(b"\0", 0).as_deref(), Some(""));
+        assert_eq!(cstr_at(b"no end", 0), None);
+        assert_eq!(cstr_at(b"one\0", 1), None);
+        let lossy = decode_execute(b"\xff\0\0\0\0\0").expect("decodes");
+        assert_eq!(cstr_at(b"\xff\0", 0).as_deref(), Some(lossy.as_str()));
+    }
 
     fn bind_body(formats: &[i16], params: &[Option<&[u8]>]) -> Vec<u8> {
         let mut body = b"p1\0s1\0".to_vec();

@@ -407,3 +407,39 @@ async fn copy_data_sent_after_the_copy_failed_opens_nothing() {
     let after = audited(&env, &id, "SELECT 1").await;
     assert_eq!(after["status"], "ok", "{after}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_follows_a_copy_that_fails_right_after_asking_for_data_is_answered_as_directly() {
+    // COPY into a view asks for data and fails at once; its two messages often reach the
+    // proxy in separate reads. What the client sent behind the COPY waits for the failure
+    // or for the client's next bytes, not only for the request for data. Repeated: a
+    // decision taken on the request alone went wrong in most runs.
+    let env = Env::start("copy_gate_view_race").await;
+    env.superuser_sql(
+        "CREATE VIEW items_view AS SELECT * FROM items; GRANT ALL ON items_view TO lockbox_write",
+    );
+    let (id, mut raw) = write_session(&env).await;
+    for _ in 0..20 {
+        // A query string behind it: answered, the session goes on.
+        run(
+            &mut raw,
+            &[
+                Step::Send([query("COPY items_view FROM STDIN"), query("SELECT 'next'")].concat()),
+                Step::Until("C:SELECT 1"),
+                Step::Readies(2),
+            ],
+        )
+        .await;
+        // libpq's extended COPY: the Sync behind the Execute is answered, as directly.
+        run(
+            &mut raw,
+            &[
+                Step::Send(extended("COPY items_view FROM STDIN")),
+                Step::Readies(1),
+            ],
+        )
+        .await;
+    }
+    let after = audited(&env, &id, "SELECT 'next'").await;
+    assert_eq!(after["status"], "ok", "{after}");
+}

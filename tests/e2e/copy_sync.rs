@@ -7,7 +7,7 @@
 //! CopyDone or CopyFail, then a Sync in the extended protocol) is unchanged, bad rows
 //! included. A Sync sent before the COPY's data (libpq's extended protocol sends one right
 //! after the Execute) waits until the server has started or failed the COPY: see
-//! `copy_gate.rs`.
+//! `copy_gate.rs` and the relay's `hold.rs`.
 
 use std::process::Command;
 

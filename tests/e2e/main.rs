@@ -52,6 +52,7 @@ mod guard;
 mod https;
 mod init;
 mod lifecycle;
+mod names_across_groups;
 mod notify;
 mod oidc;
 mod openapi;

@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::buffers::{splice, BUFFER_CAPACITY};
-use super::copy_gate::CopyGate;
+use super::hold::Verdict;
 use super::record::Pending;
 use super::{guarded, unexpected_message, End, Relay};
 use crate::wire;
@@ -60,6 +60,7 @@ impl Relay {
 
     /// Walks the complete messages at the front of `buf`.
     pub(super) fn inspect_batch(&mut self, buf: &[u8]) -> Result<Batch, End> {
+        self.batch_copy_mark = None;
         let mut batch = Batch::default();
         while let Some(&tag) = buf.get(batch.consumed) {
             // A message type nobody sends after login (a second StartupMessage starts with a
@@ -78,15 +79,15 @@ impl Relay {
             };
             let at = batch.consumed;
             let frame = &buf[at..at + len];
-            match self.copy_gate(frame[0], &batch.pending) {
-                CopyGate::Pass => {}
-                CopyGate::Hold => break,
-                CopyGate::Drop => {
+            match self.verdict(frame, buf.len() > at + len) {
+                Verdict::Pass => {}
+                Verdict::Hold => break,
+                Verdict::Drop => {
                     batch.replacements.push((at..at + len, Vec::new()));
                     batch.consumed += len;
                     continue;
                 }
-                CopyGate::Refuse(why) => return Err(End::ProtocolError(why.to_owned())),
+                Verdict::Refuse(why) => return Err(End::ProtocolError(why.to_owned())),
             }
             if let Some(stand_in) = self
                 .inspect(frame[0], &frame[5..], &mut batch.pending)

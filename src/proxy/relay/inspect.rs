@@ -72,6 +72,8 @@ impl Relay {
                     }
                     if refusal.is_none() && s.analysis.facts.copy_in {
                         pending.push(Pending::CopyFromStdin);
+                        self.batch_copy_mark = Some(true);
+                        self.batch_copy_mark = Some(true);
                     }
                     pending.push(match (&refusal, refused_at) {
                         (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
@@ -86,7 +88,7 @@ impl Relay {
                         },
                     });
                 }
-                pending.push(Pending::QueryEnd(self.statements.message()));
+                pending.push(Pending::QueryEnd(self.statements.end_group()));
                 return Ok(refusal.map(|_| stand_in_query()));
             }
             b'P' => {
@@ -199,6 +201,7 @@ impl Relay {
                 };
                 if found.statement.copy_in {
                     pending.push(Pending::CopyFromStdin);
+                    self.batch_copy_mark = Some(true);
                 }
                 pending.push(Pending::Statement {
                     record,
@@ -216,10 +219,11 @@ impl Relay {
                 pending.push(Pending::Step(Step::Close, id));
             }
             b'D' => pending.push(Pending::Step(Step::Describe, self.statements.message())),
-            b'S' => pending.push(Pending::Sync(self.statements.message())),
+            b'S' => pending.push(Pending::Sync(self.statements.end_group())),
             b'c' | b'f' => {
                 self.copy_open = false;
                 pending.push(Pending::CopyEnd);
+                self.batch_copy_mark = Some(false);
             }
             b'F' => {
                 let call = wire::decode_function_call(body).map_err(|e| e.to_string())?;
@@ -242,7 +246,7 @@ impl Relay {
                 );
                 if let Err(refusal) = guard::check_class(self.grant.access, class) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
-                    pending.push(Pending::QueryEnd(self.statements.message()));
+                    pending.push(Pending::QueryEnd(self.statements.end_group()));
                     return Ok(Some(stand_in_query()));
                 }
                 pending.push(Pending::Statement {
@@ -250,13 +254,13 @@ impl Relay {
                     change: None,
                     portal: None,
                 });
-                pending.push(Pending::QueryEnd(self.statements.message()));
+                pending.push(Pending::QueryEnd(self.statements.end_group()));
             }
             b'd' => {
                 // Data for a COPY the server runs or is about to start; after the COPY
                 // failed the server drops it, and it opens nothing (libpq goes on sending
                 // what it had before it reads the error, then sends no CopyDone).
-                self.copy_open |= self.copy_may_read(pending);
+                self.copy_open |= self.copy_may_read();
                 self.copy_bytes += body.len() as u64;
             }
             b'H' | b'X' => {}

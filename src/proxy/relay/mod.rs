@@ -11,7 +11,6 @@ use tokio::sync::watch;
 
 mod buffers;
 mod client_side;
-mod copy_gate;
 mod farewell;
 #[cfg(test)]
 mod farewell_attack;
@@ -21,6 +20,7 @@ mod farewell_final_attack;
 mod farewell_pass_tests;
 mod fuzz;
 mod grant;
+mod hold;
 mod inspect;
 mod last_words;
 mod limits;
@@ -125,10 +125,12 @@ pub struct Relay {
     /// asked for it, and neither the client's CopyDone or CopyFail nor the COPY's end has
     /// come since. A Sync then is refused (see `inspect::SYNC_IN_COPY`).
     copy_open: bool,
-    /// A message sent after a COPY FROM STDIN the server has not started yet waits at the
-    /// front of `cbuf`, and what the client sends after it waits behind it (see
-    /// `copy_gate`).
-    held_for_copy: bool,
+    /// A message whose fate depends on a reply not yet come waits at the front of `cbuf`,
+    /// and what the client sends after it waits behind it (see `hold.rs`).
+    held: bool,
+    /// The last word on COPY FROM STDIN of the batch being inspected, so far: a COPY sent
+    /// (`true`) or a CopyDone or CopyFail (`false`); `None` if it has none yet.
+    batch_copy_mark: Option<bool>,
     /// Statements (by seq) that take rows from a portal (an Execute, a FETCH): a row limit
     /// counts the portal's rows across them.
     drawn_from: std::collections::BTreeMap<u64, String>,
@@ -194,7 +196,8 @@ impl Relay {
             uncounted: std::collections::BTreeSet::new(),
             drawn_from: std::collections::BTreeMap::new(),
             copy_open: false,
-            held_for_copy: false,
+            held: false,
+            batch_copy_mark: None,
             temporary_relations: false,
             events: Vec::new(),
             outcomes: Vec::new(),
@@ -290,8 +293,8 @@ impl Relay {
             }
         }
         loop {
-            if self.held_for_copy && !self.tracker.copy_start_awaited() {
-                // The COPY started or failed: the held message, and what came after it, go on.
+            if self.held && !self.still_held() {
+                // What it waited for came: the held message, and what came after it, go on.
                 if let Err(end) = self.on_client_bytes().await {
                     return end;
                 }
@@ -300,7 +303,7 @@ impl Relay {
             let timeout = self.statement_deadline();
             // While a message is held, reading goes on (a client that leaves is seen) up to
             // a bound: what it sends waits behind it.
-            let reading = !self.held_for_copy || self.cbuf.len() < buffers::BUFFER_CAPACITY;
+            let reading = !self.held || self.cbuf.len() < buffers::BUFFER_CAPACITY;
             let step = tokio::select! {
                 biased;
                 reason = self.term.fired() => Err(End::Dropped(reason)),

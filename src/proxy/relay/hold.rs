@@ -1,0 +1,109 @@
+//! Client messages whose fate upstream depends on a reply not yet come: they wait, with
+//! everything the client sends after them, until it has. Forwarded blind, the tracker
+//! would expect replies the server does not send (or the audit would name what does not
+//! run), and every later reply would land on the wrong statement.
+//!
+//! - **COPY FROM STDIN.** While the server reads COPY data it ignores Flush and Sync and
+//!   fails the COPY on any other message, which it consumes: a query sent then never runs
+//!   and gets no reply of its own. After the COPY has failed (a bad row, a view, FREEZE)
+//!   the same message is answered as usual.
+//! - **Names from an earlier group.** A Bind or Execute that finds its statement or portal
+//!   through a change still waiting in an earlier group (a Parse before the last Sync,
+//!   say) waits for that group's ReadyForQuery: the change may fail (a Parse of a name that
+//!   exists) and the server would then run what the name held before.
+
+use super::Relay;
+use crate::wire;
+
+/// Why a Sync among COPY data is refused. No client sends one: COPY data ends with
+/// CopyDone or CopyFail.
+const SYNC_IN_COPY: &str = "Sync sent inside COPY FROM STDIN data (before CopyDone or CopyFail): \
+     whether the server answers it depends on whether the COPY failed first";
+
+/// Why any other message among COPY data is refused.
+const MESSAGE_IN_COPY: &str =
+    "message sent inside COPY FROM STDIN data (before CopyDone or CopyFail): \
+     the server would end the COPY with it, unless the COPY failed first";
+
+/// What becomes of one client message (see `Relay::verdict`).
+pub(super) enum Verdict {
+    /// Inspect and forward it as usual.
+    Pass,
+    /// Leave it, and everything after it, at the front of the client buffer.
+    Hold,
+    /// Consume it without forwarding: the server would have ignored it.
+    Drop,
+    /// End the session: its fate upstream cannot be known.
+    Refuse(&'static str),
+}
+
+impl Relay {
+    /// The fate of the whole message `frame`; `more_behind`: the client sent more after it.
+    ///
+    /// libpq and tokio-postgres send a Sync right behind a COPY's Execute, before its data:
+    /// the server reads it inside the COPY and ignores it, unless the COPY fails before
+    /// reading anything (a view, FREEZE, a statement trigger fail after asking for data),
+    /// when it answers it. So a message sent after a COPY FROM STDIN the server has not
+    /// started or failed yet waits until it has; once the server asked for data, it still
+    /// waits for the COPY's failure or the client's next bytes (its data, sent once it saw
+    /// the request). Then a Sync is dropped if the COPY reads (the server would ignore it)
+    /// and forwarded if it failed, and any other message is refused if the COPY reads (no
+    /// client sends one there) and forwarded if it failed.
+    pub(super) fn verdict(&mut self, frame: &[u8], more_behind: bool) -> Verdict {
+        if self.must_wait(frame, more_behind, self.batch_copy_mark) {
+            self.held = true;
+            return Verdict::Hold;
+        }
+        let was_held = std::mem::take(&mut self.held);
+        // `copy_open`: the server asked for data (or the client sent some) and neither the
+        // COPY's end nor the client's CopyDone or CopyFail has come since.
+        match (self.copy_open, frame[0]) {
+            (false, _) | (_, b'd' | b'c' | b'f' | b'H' | b'X') => Verdict::Pass,
+            // Sent before the client knew the COPY had started: read inside it.
+            (true, b'S') if was_held => Verdict::Drop,
+            (true, b'S') => Verdict::Refuse(SYNC_IN_COPY),
+            (true, _) => Verdict::Refuse(MESSAGE_IN_COPY),
+        }
+    }
+
+    /// The message held at the front of the client buffer must wait still.
+    pub(super) fn still_held(&self) -> bool {
+        let Ok(Some(len)) = wire::frame_len(&self.cbuf, self.max_message) else {
+            return false;
+        };
+        self.must_wait(&self.cbuf[..len], self.cbuf.len() > len, None)
+    }
+
+    /// `batch_copy_mark`: the last word on COPY of the batch the message is in, before it.
+    fn must_wait(&self, frame: &[u8], more_behind: bool, batch_copy_mark: Option<bool>) -> bool {
+        let tag = frame[0];
+        // COPY data, its end, and Flush (no reply, ignored inside a COPY) go as they come;
+        // Terminate ends the session either way.
+        if matches!(tag, b'd' | b'c' | b'f' | b'H' | b'X') {
+            return false;
+        }
+        let copy_unstarted = batch_copy_mark.unwrap_or_else(|| self.tracker.copy_start_awaited());
+        if copy_unstarted && (self.held || !self.copy_open) {
+            return true;
+        }
+        if self.held && self.copy_open && !more_behind {
+            return true;
+        }
+        let body = &frame[5..];
+        match tag {
+            b'B' => {
+                wire::cstr_at(body, 1).is_some_and(|name| !self.statements.statement_certain(&name))
+            }
+            b'E' => {
+                wire::cstr_at(body, 0).is_some_and(|name| !self.statements.portal_certain(&name))
+            }
+            _ => false,
+        }
+    }
+
+    /// A COPY FROM STDIN reads data, or may start to, and the client has not ended it.
+    pub(super) fn copy_may_read(&self) -> bool {
+        self.batch_copy_mark
+            .unwrap_or_else(|| self.tracker.copy_start_awaited() || self.tracker.in_copy_in())
+    }
+}

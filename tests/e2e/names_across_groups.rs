@@ -1,0 +1,185 @@
+//! A Bind or Execute that finds its statement or portal through a change in an earlier
+//! group, not yet answered. PostgreSQL rejects a Parse of a name that exists (42P05),
+//! and the Sync after it ends the skip, so a Bind pipelined behind that Sync runs the
+//! statement the name held before. An attack review used it to run a read of a customer
+//! table under the text of a catalog query (which the row limit does not count) and a
+//! DELETE under the text of a SELECT. Such a message now waits for the earlier group's
+//! ReadyForQuery, and the record names what runs.
+
+use lockbox::policy::{AccessLevel, NewRequest};
+use serde_json::Value;
+
+use crate::frontend::{bind, execute, parse, sync};
+use crate::harness::{errors_in, Env, Raw};
+
+async fn session(env: &Env, access: AccessLevel, max_rows: Option<u64>) -> (String, Raw) {
+    let (id, token) = env
+        .approved(
+            "eve",
+            NewRequest {
+                database: env.db.clone(),
+                ticket: "T-10".into(),
+                reason: "look into it".into(),
+                access,
+                duration: Some("1h".into()),
+                max_rows,
+                ..NewRequest::default()
+            },
+        )
+        .await;
+    let mut raw = Raw::login(env, "eve", &token).await;
+    raw.read_until_ready().await;
+    (id, raw)
+}
+
+/// Defines `s1` as `first`, then, pipelined, tries to define it again as `second` and
+/// runs it, each in a group of its own.
+fn redefine_then_run(first: &str, second: &str) -> Vec<u8> {
+    [
+        parse("s1", first),
+        sync(),
+        parse("s1", second),
+        sync(),
+        bind("", "s1"),
+        execute(""),
+        sync(),
+    ]
+    .concat()
+}
+
+/// The statements recorded for `grant` and their outcomes' status and tag.
+fn executed(trail: &[Value], grant: &str) -> Vec<(String, String, String)> {
+    trail
+        .iter()
+        .filter(|r| r["type"] == "statement" && r["request_id"] == grant)
+        .map(|r| {
+            let outcome = trail
+                .iter()
+                .find(|o| o["type"] == "outcome" && o["statement_seq"] == r["seq"]);
+            let field = |k: &str| {
+                outcome
+                    .and_then(|o| o[k].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (
+                r["statement"].as_str().unwrap_or_default().to_owned(),
+                field("status"),
+                field("command_tag"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_redefinition_does_not_lend_its_text_to_what_runs() {
+    let env = Env::start("names_across_groups_write").await;
+    let (grant, mut raw) = session(&env, AccessLevel::Write, None).await;
+    let delete = "DELETE FROM items WHERE id = 3";
+    raw.send(&redefine_then_run(delete, "SELECT 'harmless'"))
+        .await;
+    let answer = raw
+        .read_until(|events| {
+            events
+                .iter()
+                .filter(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
+                .count()
+                == 3
+        })
+        .await;
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["42P05"], "the server rejects the second Parse");
+    assert_eq!(
+        env.superuser_sql("SELECT count(*) FROM items"),
+        "9",
+        "the DELETE ran"
+    );
+    let trail = env
+        .wait_for_audit("the DELETE's outcome", |t| {
+            executed(t, &grant)
+                .iter()
+                .any(|(_, status, _)| !status.is_empty())
+        })
+        .await;
+    assert_eq!(
+        executed(&trail, &grant),
+        [(delete.to_owned(), "ok".to_owned(), "DELETE 1".to_owned())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_redefinition_as_a_catalog_query_does_not_escape_the_row_limit() {
+    let env = Env::start("names_across_groups_read").await;
+    env.superuser_sql(
+        "CREATE TABLE big AS SELECT g AS id FROM generate_series(1, 100) g; \
+         GRANT SELECT ON big TO lockbox_read",
+    );
+    let (grant, mut raw) = session(&env, AccessLevel::Read, Some(5)).await;
+    let read = "SELECT id FROM big";
+    raw.send(&redefine_then_run(
+        read,
+        "SELECT relname FROM pg_catalog.pg_class LIMIT 1",
+    ))
+    .await;
+    let answer = raw.read_to_close().await;
+    let mut events = Vec::new();
+    lockbox::wire::BackendScanner::counting_rows(true).feed(&answer, &mut events);
+    let rows = events
+        .iter()
+        .filter(|e| matches!(e, lockbox::wire::BackendEvent::DataRow))
+        .count();
+    assert_eq!(rows, 5, "the row limit holds");
+    let trail = env
+        .wait_for_audit("the read's outcome", |t| {
+            executed(t, &grant)
+                .iter()
+                .any(|(_, status, _)| !status.is_empty())
+        })
+        .await;
+    let recorded = executed(&trail, &grant);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].0, read, "the record names what ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_that_prepares_then_runs_across_syncs_still_runs() {
+    // libpq's pipeline mode: PQsendPrepare, PQpipelineSync, PQsendQueryPrepared.
+    let env = Env::start("names_across_groups_pipeline").await;
+    let (grant, mut raw) = session(&env, AccessLevel::Read, None).await;
+    let count = "SELECT count(*) FROM items";
+    raw.send(
+        &[
+            parse("s2", count),
+            sync(),
+            bind("", "s2"),
+            execute(""),
+            sync(),
+            bind("", "s2"),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw
+        .read_until(|events| {
+            events
+                .iter()
+                .filter(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
+                .count()
+                == 3
+        })
+        .await;
+    assert!(errors_in(&answer).is_empty(), "{:?}", errors_in(&answer));
+    let trail = env
+        .wait_for_audit("both outcomes", |t| {
+            executed(t, &grant)
+                .iter()
+                .filter(|(_, status, _)| status == "ok")
+                .count()
+                == 2
+        })
+        .await;
+    let ok = (count.to_owned(), "ok".to_owned(), "SELECT 1".to_owned());
+    assert_eq!(executed(&trail, &grant), [ok.clone(), ok]);
+}
