@@ -201,6 +201,12 @@ impl Tracker {
         })
     }
 
+    /// After an extended-protocol error, the server skips what the client sends until a
+    /// Sync the client has not sent yet.
+    pub fn skipping_to_sync(&self) -> bool {
+        self.skipping_to_sync
+    }
+
     /// The server is in COPY FROM STDIN and the client has not ended it yet.
     pub fn in_copy_in(&self) -> bool {
         self.in_copy_in

@@ -183,3 +183,56 @@ async fn a_pipeline_that_prepares_then_runs_across_syncs_still_runs() {
     let ok = (count.to_owned(), "ok".to_owned(), "SELECT 1".to_owned());
     assert_eq!(executed(&trail, &grant), [ok.clone(), ok]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_server_will_skip_does_not_wait() {
+    // The Parse fails, so the server skips everything up to a Sync, the query string
+    // included: that group never gets its ReadyForQuery, and the Bind behind it, which
+    // the server skips too, must not wait for one (its Sync comes after it).
+    let env = Env::start("names_across_groups_skip").await;
+    let (_grant, mut raw) = session(&env, AccessLevel::Read, None).await;
+    raw.send(
+        &[
+            parse("s1", "SELECT * FROM no_such_table"),
+            crate::harness::query("SELECT 1"),
+            bind("", "s1"),
+            execute(""),
+            sync(),
+            crate::harness::query("SELECT 2"),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw
+        .read_until(|events| {
+            events
+                .iter()
+                .filter(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
+                .count()
+                == 2
+        })
+        .await;
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["42P01"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_sent_inside_copy_data_is_refused_not_held() {
+    // The PREPARE waits behind a COPY that waits for data: a Bind of its statement sent
+    // now would be the COPY's end upstream, and waiting for the PREPARE's answer would
+    // wait for ever.
+    let env = Env::start("names_across_groups_copy").await;
+    let (_grant, mut raw) = session(&env, AccessLevel::Write, None).await;
+    raw.send(&crate::harness::query(
+        "COPY items FROM STDIN; PREPARE s1 AS SELECT 1",
+    ))
+    .await;
+    raw.read_until(|events| events.contains(&lockbox::wire::BackendEvent::CopyIn))
+        .await;
+    raw.send(&[bind("", "s1"), execute(""), sync()].concat())
+        .await;
+    let answer = raw.read_to_close().await;
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["08P01"]);
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
+}

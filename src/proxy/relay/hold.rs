@@ -89,6 +89,12 @@ impl Relay {
         if self.held && self.copy_open && !more_behind {
             return true;
         }
+        // Refused below if a COPY reads; skipped by the server if it skips to a Sync the
+        // client has not sent yet (which then waits behind this message: holding it would
+        // wait for ever).
+        if self.copy_open || self.tracker.skipping_to_sync() {
+            return false;
+        }
         let body = &frame[5..];
         match tag {
             b'B' => {
