@@ -107,6 +107,10 @@ pub struct Tracker {
     /// serialization failure) the statement's work is undone and the error is its own, as
     /// the server reports it for the last statement of a query string.
     awaiting_commit: Option<(Outcome, Instant)>,
+    /// How many slots may still be a COPY FROM STDIN not started (`copy_start`): zero
+    /// spares every client message a walk of the slots. Counted up as one is sent, and
+    /// again from the slots when the server answers a COPY or a group.
+    copy_starts: usize,
 }
 
 impl Tracker {
@@ -145,34 +149,6 @@ impl Tracker {
         });
     }
 
-    /// The statement just sent is COPY … FROM STDIN: until the server starts it or fails
-    /// it, a Sync sent after it waits (see `copy_start_awaited`).
-    pub fn copy_from_stdin(&mut self) {
-        if let Some(Slot::Statement { copy_start, .. }) = self.slots.back_mut() {
-            *copy_start = true;
-        }
-    }
-
-    /// A COPY FROM STDIN was sent that the server has neither started (CopyInResponse) nor
-    /// failed, and will not skip (nothing before it failed). A Sync the client sends now
-    /// is read inside the COPY, and ignored, if the COPY starts reading; it is answered if
-    /// the COPY fails first (a view, FREEZE, a statement trigger fail after asking for
-    /// data). Which of the two happens is decided inside the server, so the relay holds
-    /// such a Sync back until it knows: then it drops one the COPY would read, and
-    /// forwards one the server will answer.
-    pub fn copy_start_awaited(&self) -> bool {
-        !self.skipping_to_sync
-            && self.slots.iter().any(|s| {
-                matches!(
-                    s,
-                    Slot::Statement {
-                        copy_start: true,
-                        ..
-                    }
-                )
-            })
-    }
-
     /// A Parse, Bind, Close or Describe was sent. One sent while the server skips to Sync
     /// gets no reply.
     pub fn step(&mut self, step: Step, id: MessageId) {
@@ -205,11 +181,6 @@ impl Tracker {
     /// Sync the client has not sent yet.
     pub fn skipping_to_sync(&self) -> bool {
         self.skipping_to_sync
-    }
-
-    /// The server is in COPY FROM STDIN and the client has not ended it yet.
-    pub fn in_copy_in(&self) -> bool {
-        self.in_copy_in
     }
 
     /// Nothing sent is still waiting for its outcome or its ReadyForQuery.
@@ -274,62 +245,6 @@ impl Tracker {
         self.skipping_to_sync = sync_at.is_none();
     }
 
-    /// The client sent CopyDone or CopyFail.
-    pub fn copy_end(&mut self) {
-        if self.in_copy_in {
-            self.in_copy_in = false;
-        } else {
-            // Sent before the server asked for data: the COPY reads up to it, whenever it
-            // starts, and what comes after it is no longer the COPY's.
-            for slot in &mut self.slots {
-                if let Slot::Statement { copy_start, .. } = slot {
-                    *copy_start = false;
-                }
-            }
-            self.slots.push_back(Slot::CopyEnd);
-        }
-    }
-
-    /// The server entered COPY FROM STDIN: Syncs the client sent after the COPY and before
-    /// ending it will get no ReadyForQuery, if the server reads them during the COPY. (The
-    /// client sends none after COPY data: the relay refuses that.) But a COPY may fail
-    /// after asking for data and before reading anything (a view, FREEZE, a statement
-    /// trigger), and then the server answers them: so if this COPY fails, which of the two
-    /// happened cannot be told, and the session must end (see `error`).
-    fn copy_in_started(&mut self) {
-        let Some(copy) = self
-            .slots
-            .iter()
-            .position(|s| matches!(s, Slot::Statement { .. }))
-        else {
-            return;
-        };
-        let copy_seq = match &mut self.slots[copy] {
-            Slot::Statement {
-                seq, copy_start, ..
-            } => {
-                *copy_start = false;
-                Some(*seq)
-            }
-            _ => None,
-        };
-        let mut i = copy + 1;
-        while i < self.slots.len() {
-            match self.slots[i] {
-                Slot::GroupEnd { sync: true, .. } => {
-                    self.slots.remove(i);
-                    self.copy_with_syncs = copy_seq;
-                }
-                Slot::CopyEnd => {
-                    self.slots.remove(i);
-                    return;
-                }
-                _ => i += 1,
-            }
-        }
-        self.in_copy_in = true;
-    }
-
     /// Statements still waiting for the server.
     #[cfg(test)]
     fn in_flight(&self) -> bool {
@@ -370,13 +285,21 @@ impl Tracker {
             BackendEvent::Empty | BackendEvent::Suspended | BackendEvent::FunctionResult => {
                 out.extend(self.pop_statement(OutcomeStatus::Ok))
             }
-            BackendEvent::Error { sqlstate, message } => self.error(sqlstate, message, out)?,
+            BackendEvent::Error { sqlstate, message } => {
+                let failed = self.error(sqlstate, message, out);
+                self.recount_copy_starts();
+                failed?
+            }
             BackendEvent::Ready(status) => {
                 self.transaction_status = status;
                 let through = self.close_group(out);
+                self.recount_copy_starts();
                 return Ok(Some(Names::Settle { through }));
             }
-            BackendEvent::CopyIn => self.copy_in_started(),
+            BackendEvent::CopyIn => {
+                self.copy_in_started();
+                self.recount_copy_starts();
+            }
             BackendEvent::ParseComplete => return self.answered(Step::Parse),
             BackendEvent::BindComplete => return self.answered(Step::Bind),
             BackendEvent::CloseComplete => return self.answered(Step::Close),
@@ -601,6 +524,9 @@ impl Tracker {
         }
     }
 }
+
+#[path = "tracker_copy.rs"]
+mod copy;
 
 #[cfg(test)]
 #[path = "tracker_tests.rs"]
