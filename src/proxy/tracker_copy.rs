@@ -13,17 +13,27 @@ impl Tracker {
         }
     }
 
-    /// A COPY FROM STDIN was sent that the server has neither started (CopyInResponse) nor
-    /// failed, and will not skip (nothing before it failed). A Sync the client sends now
-    /// is read inside the COPY, and ignored, if the COPY starts reading; it is answered if
-    /// the COPY fails first (a view, FREEZE, a statement trigger fail after asking for
-    /// data). Which of the two happens is decided inside the server, so the relay holds
-    /// such a Sync back until it knows: then it drops one the COPY would read, and
-    /// forwards one the server will answer.
+    /// A COPY FROM STDIN is awaited (see `copies_unstarted`).
+    #[cfg(test)]
     pub fn copy_start_awaited(&self) -> bool {
-        self.copy_starts > 0
-            && !self.skipping_to_sync
-            && self.slots.iter().any(|s| {
+        self.copies_unstarted() > 0
+    }
+
+    /// How many COPYs FROM STDIN were sent that the server has neither started
+    /// (CopyInResponse) nor failed nor will skip (nothing before them failed), and the
+    /// client has not ended. A Sync the client sends now is read inside the COPY, and
+    /// ignored, if the COPY starts reading; it is answered if the COPY fails first (a
+    /// view, FREEZE, a statement trigger fail after asking for data). Which of the two
+    /// happens is decided inside the server, so the relay holds such a Sync back until it
+    /// knows: then it drops one the COPY would read, and forwards one the server will
+    /// answer.
+    pub fn copies_unstarted(&self) -> usize {
+        if self.copy_starts == 0 || self.skipping_to_sync {
+            return 0;
+        }
+        self.slots
+            .iter()
+            .filter(|s| {
                 matches!(
                     s,
                     Slot::Statement {
@@ -32,6 +42,7 @@ impl Tracker {
                     }
                 )
             })
+            .count()
     }
 
     /// The server is in COPY FROM STDIN and the client has not ended it yet.
@@ -44,14 +55,19 @@ impl Tracker {
         if self.in_copy_in {
             self.in_copy_in = false;
         } else {
-            // Sent before the server asked for data: the COPY reads up to it, whenever it
-            // starts, and what comes after it is no longer the COPY's.
-            for slot in &mut self.slots {
-                if let Slot::Statement { copy_start, .. } = slot {
-                    *copy_start = false;
-                }
+            // Sent before the server asked for data: the first COPY not started reads up
+            // to it, whenever it starts, and no other message is that COPY's. A second
+            // COPY of the same query string still waits for its own end.
+            let first = self.slots.iter_mut().find_map(|slot| match slot {
+                Slot::Statement {
+                    copy_start: copy_start @ true,
+                    ..
+                } => Some(copy_start),
+                _ => None,
+            });
+            if let Some(copy_start) = first {
+                *copy_start = false;
             }
-            self.copy_starts = 0;
             self.slots.push_back(Slot::CopyEnd);
         }
     }

@@ -634,6 +634,26 @@ fn a_copy_from_stdin_is_awaited_until_the_server_starts_or_fails_it() {
     c.replies([BackendEvent::Ready(b'E')]);
     assert!(!c.t.copy_start_awaited());
 
+    // Two COPYs in one query string, the first ended before it started: the second is
+    // still awaited, and started by its own CopyInResponse.
+    let mut c = Client::new();
+    c.t.statement(1, Instant::now(), false);
+    c.t.copy_from_stdin();
+    c.t.statement(2, Instant::now(), false);
+    c.t.copy_from_stdin();
+    c.t.query_end(0);
+    assert_eq!(c.t.copies_unstarted(), 2);
+    c.t.copy_end();
+    assert_eq!(c.t.copies_unstarted(), 1);
+    c.replies([BackendEvent::CopyIn, complete("COPY 0")]);
+    assert_eq!(
+        c.t.copies_unstarted(),
+        1,
+        "the first COPY read up to its CopyDone"
+    );
+    c.replies([BackendEvent::CopyIn]);
+    assert_eq!(c.t.copies_unstarted(), 0);
+
     // Another statement is no COPY.
     let mut c = Client::new();
     c.execute(1);

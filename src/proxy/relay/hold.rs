@@ -50,7 +50,7 @@ impl Relay {
     /// and forwarded if it failed, and any other message is refused if the COPY reads (no
     /// client sends one there) and forwarded if it failed.
     pub(super) fn verdict(&mut self, frame: &[u8], more_behind: bool) -> Verdict {
-        if self.must_wait(frame, more_behind, self.batch_copy_mark) {
+        if self.must_wait(frame, more_behind, self.batch_copy) {
             self.held = true;
             return Verdict::Hold;
         }
@@ -71,18 +71,22 @@ impl Relay {
         let Ok(Some(len)) = wire::frame_len(&self.cbuf, self.max_message) else {
             return false;
         };
-        self.must_wait(&self.cbuf[..len], self.cbuf.len() > len, None)
+        self.must_wait(
+            &self.cbuf[..len],
+            self.cbuf.len() > len,
+            BatchCopy::default(),
+        )
     }
 
-    /// `batch_copy_mark`: the last word on COPY of the batch the message is in, before it.
-    fn must_wait(&self, frame: &[u8], more_behind: bool, batch_copy_mark: Option<bool>) -> bool {
+    /// `batch`: COPY in the batch the message is in, before it.
+    fn must_wait(&self, frame: &[u8], more_behind: bool, batch: BatchCopy) -> bool {
         let tag = frame[0];
         // COPY data, its end, and Flush (no reply, ignored inside a COPY) go as they come;
         // Terminate ends the session either way.
         if matches!(tag, b'd' | b'c' | b'f' | b'H' | b'X') {
             return false;
         }
-        let copy_unstarted = batch_copy_mark.unwrap_or_else(|| self.tracker.copy_start_awaited());
+        let copy_unstarted = self.copies_unstarted(batch) > 0;
         if copy_unstarted && (self.held || !self.copy_open) {
             return true;
         }
@@ -109,7 +113,24 @@ impl Relay {
 
     /// A COPY FROM STDIN reads data, or may start to, and the client has not ended it.
     pub(super) fn copy_may_read(&self) -> bool {
-        self.batch_copy_mark
-            .unwrap_or_else(|| self.tracker.copy_start_awaited() || self.tracker.in_copy_in())
+        let batch = self.batch_copy;
+        self.copies_unstarted(batch) > 0 || (self.tracker.in_copy_in() && batch.ended == 0)
     }
+
+    /// COPYs FROM STDIN sent that the server has not started or failed, and the client has
+    /// not ended: those the tracker knows of and those of the batch, less the batch's
+    /// CopyDone and CopyFail (the first of which ends a COPY running now, if one is).
+    fn copies_unstarted(&self, batch: BatchCopy) -> usize {
+        let ending_running = usize::from(self.tracker.in_copy_in() && batch.ended > 0);
+        (self.tracker.copies_unstarted() + batch.sent).saturating_sub(batch.ended - ending_running)
+    }
+}
+
+/// COPY FROM STDIN in the batch of client messages being inspected, so far.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct BatchCopy {
+    /// COPY FROM STDIN statements sent.
+    pub(super) sent: usize,
+    /// CopyDone and CopyFail messages sent.
+    pub(super) ended: usize,
 }

@@ -72,8 +72,7 @@ impl Relay {
                     }
                     if refusal.is_none() && s.analysis.facts.copy_in {
                         pending.push(Pending::CopyFromStdin);
-                        self.batch_copy_mark = Some(true);
-                        self.batch_copy_mark = Some(true);
+                        self.batch_copy.sent += 1;
                     }
                     pending.push(match (&refusal, refused_at) {
                         (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
@@ -201,7 +200,7 @@ impl Relay {
                 };
                 if found.statement.copy_in {
                     pending.push(Pending::CopyFromStdin);
-                    self.batch_copy_mark = Some(true);
+                    self.batch_copy.sent += 1;
                 }
                 pending.push(Pending::Statement {
                     record,
@@ -223,7 +222,7 @@ impl Relay {
             b'c' | b'f' => {
                 self.copy_open = false;
                 pending.push(Pending::CopyEnd);
-                self.batch_copy_mark = Some(false);
+                self.batch_copy.ended += 1;
             }
             b'F' => {
                 let call = wire::decode_function_call(body).map_err(|e| e.to_string())?;

@@ -128,9 +128,8 @@ pub struct Relay {
     /// A message whose fate depends on a reply not yet come waits at the front of `cbuf`,
     /// and what the client sends after it waits behind it (see `hold.rs`).
     held: bool,
-    /// The last word on COPY FROM STDIN of the batch being inspected, so far: a COPY sent
-    /// (`true`) or a CopyDone or CopyFail (`false`); `None` if it has none yet.
-    batch_copy_mark: Option<bool>,
+    /// COPY FROM STDIN in the batch being inspected, so far (the tracker knows the rest).
+    batch_copy: hold::BatchCopy,
     /// Statements (by seq) that take rows from a portal (an Execute, a FETCH): a row limit
     /// counts the portal's rows across them.
     drawn_from: std::collections::BTreeMap<u64, String>,
@@ -197,7 +196,7 @@ impl Relay {
             drawn_from: std::collections::BTreeMap::new(),
             copy_open: false,
             held: false,
-            batch_copy_mark: None,
+            batch_copy: hold::BatchCopy::default(),
             temporary_relations: false,
             events: Vec::new(),
             outcomes: Vec::new(),
