@@ -95,14 +95,31 @@ impl SqlChange {
 }
 
 /// Most changes that may wait for confirmation, and most statements a session may keep.
+/// The relay stops reading a client well before (`PENDING_HIGH`): these bound what one
+/// batch of client messages can add before the relay looks again.
 pub const MAX_PENDING: usize = 10_000;
 pub const MAX_PREPARED: usize = 10_000;
+/// Most bytes of statement text that may wait for confirmation (the texts of Parse,
+/// PREPARE and DECLARE; a Bind shares its statement's).
+pub const MAX_PENDING_TEXT: usize = 64 << 20;
+/// Past this many changes, or bytes of text, waiting for the server, the relay reads no
+/// more client messages until the server has answered some (`PENDING_LOW`).
+pub const PENDING_HIGH: usize = 2_048;
+pub const PENDING_TEXT_HIGH: usize = 8 << 20;
+pub const PENDING_LOW: usize = 512;
 
 #[derive(Default)]
 pub struct Statements {
     prepared: HashMap<String, Prepared>,
     portals: HashMap<String, Portal>,
     pending: VecDeque<(MessageId, Change)>,
+    /// How many pending changes name each statement (Parse, PREPARE, Close, DEALLOCATE),
+    /// and how many change them all (DEALLOCATE ALL, DISCARD ALL): a lookup of a name no
+    /// pending change touches goes straight to `prepared`, without a walk of `pending`.
+    pending_by_statement: HashMap<String, usize>,
+    pending_all_statements: usize,
+    /// Bytes of statement text in `pending`.
+    pending_text: usize,
     /// The next message's number.
     next_id: MessageId,
     /// The first message of the group the client is sending now (after its last Sync,
@@ -119,9 +136,56 @@ impl Statements {
         if self.pending.len() >= MAX_PENDING {
             return Err(TooMany("too many messages waiting for the server's answer"));
         }
+        let text = own_text(&change);
+        if self.pending_text + text > MAX_PENDING_TEXT {
+            return Err(TooMany(
+                "too much statement text waiting for the server's answer",
+            ));
+        }
+        self.pending_text += text;
+        match statement_named(&change) {
+            Some(Some(name)) => {
+                *self
+                    .pending_by_statement
+                    .entry(name.to_owned())
+                    .or_default() += 1
+            }
+            Some(None) => self.pending_all_statements += 1,
+            None => {}
+        }
         let id = self.message();
         self.pending.push_back((id, change));
         Ok(id)
+    }
+
+    /// Takes the oldest pending change off the queue.
+    fn pop_pending(&mut self) -> Option<(MessageId, Change)> {
+        let (id, change) = self.pending.pop_front()?;
+        self.pending_text -= own_text(&change);
+        match statement_named(&change) {
+            Some(Some(name)) => {
+                if let Some(count) = self.pending_by_statement.get_mut(name) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.pending_by_statement.remove(name);
+                    }
+                }
+            }
+            Some(None) => self.pending_all_statements -= 1,
+            None => {}
+        }
+        Some((id, change))
+    }
+
+    /// No pending change touches the statement `name`.
+    fn statement_untouched(&self, name: &str) -> bool {
+        self.pending_all_statements == 0 && !self.pending_by_statement.contains_key(name)
+    }
+
+    /// Changes waiting for the server, and the bytes of statement text among them: the
+    /// relay's backpressure.
+    pub fn pending_load(&self) -> (usize, usize) {
+        (self.pending.len(), self.pending_text)
     }
 
     /// Numbers a message that changes no name (a Describe, a Sync, the end of a query
@@ -145,6 +209,9 @@ impl Statements {
     /// it take effect; a change in an earlier group can fail (a Parse of a name that
     /// exists, a syntax error) and the next group then runs with what was there before.
     pub fn statement_certain(&self, name: &str) -> bool {
+        if self.statement_untouched(name) {
+            return true;
+        }
         let decided_by = self.pending.iter().rev().find(|(_, change)| match change {
             Change::Parse(n, _)
             | Change::Sql(SqlChange::Prepare(n, _))
@@ -221,6 +288,9 @@ impl Statements {
 
     /// The statement `name` as the next message will find it.
     pub fn statement(&self, name: &str) -> Option<Prepared> {
+        if self.statement_untouched(name) {
+            return self.prepared.get(name).cloned();
+        }
         for (_, change) in self.pending.iter().rev() {
             match change {
                 Change::Parse(n, p) | Change::Sql(SqlChange::Prepare(n, p)) if n == name => {
@@ -268,10 +338,10 @@ impl Statements {
     /// waiting were not taken: after an error the server takes nothing more until Sync.
     pub fn confirm(&mut self, id: MessageId, tag: Option<&str>) -> Result<(), LostTrack> {
         while self.pending.front().is_some_and(|(at, _)| *at < id) {
-            self.pending.pop_front();
+            self.pop_pending();
         }
         let change = match self.pending.front() {
-            Some((at, _)) if *at == id => self.pending.pop_front().map(|(_, c)| c),
+            Some((at, _)) if *at == id => self.pop_pending().map(|(_, c)| c),
             _ => None,
         };
         let Some(change) = change else {
@@ -332,12 +402,33 @@ impl Statements {
     pub fn settle(&mut self, through: Option<MessageId>, transaction_status: u8) {
         if let Some(through) = through {
             while self.pending.front().is_some_and(|(at, _)| *at <= through) {
-                self.pending.pop_front();
+                self.pop_pending();
             }
         }
         if transaction_status == b'I' {
             self.portals.retain(|_, portal| portal.held);
         }
+    }
+}
+
+/// The bytes of statement text a change brings of its own.
+fn own_text(change: &Change) -> usize {
+    match change {
+        Change::Parse(_, p) | Change::Sql(SqlChange::Prepare(_, p)) => p.text.len(),
+        Change::Sql(SqlChange::Declare(_, portal)) => portal.statement.text.len(),
+        _ => 0,
+    }
+}
+
+/// The statement a change touches: `Some(Some(name))`, or `Some(None)` for all of them.
+fn statement_named(change: &Change) -> Option<Option<&str>> {
+    match change {
+        Change::Parse(n, _)
+        | Change::Sql(SqlChange::Prepare(n, _))
+        | Change::CloseStatement(n)
+        | Change::Sql(SqlChange::Deallocate(Some(n))) => Some(Some(n)),
+        Change::Sql(SqlChange::Deallocate(None) | SqlChange::DiscardAll) => Some(None),
+        _ => None,
     }
 }
 
@@ -418,6 +509,29 @@ mod tests {
         s.sql(SqlChange::DiscardAll).expect("discard");
         s.end_group();
         assert!(!s.statement_certain("s2") && !s.portal_certain("q"));
+    }
+
+    #[test]
+    fn the_changes_waiting_and_their_text_are_counted_until_answered() {
+        let mut s = Statements::default();
+        let parse = s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+        s.bind("".into(), "s1", vec![]).expect("bind");
+        assert_eq!(s.pending_load(), (2, "SELECT 1".len()), "a Bind shares its text");
+        assert_eq!(text_of(&s, ""), "SELECT 1");
+        s.confirm(parse, None).expect("confirmed");
+        assert_eq!(s.pending_load(), (1, 0));
+        let group_end = s.end_group();
+        s.settle(Some(group_end), b'I');
+        assert_eq!(s.pending_load(), (0, 0));
+        assert_eq!(
+            s.statement("s1").map(|p| p.text.to_string()).as_deref(),
+            Some("SELECT 1"),
+            "a name no pending change touches is found without a walk"
+        );
+        // A bound on text: what waits may not grow past it.
+        let big = "x".repeat(MAX_PENDING_TEXT / 2 + 1);
+        s.parse("a".into(), stmt(&big)).expect("half fits");
+        assert!(s.parse("b".into(), stmt(&big)).is_err(), "the second half does not");
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod audit_redaction;
 mod audit_rotation;
 mod audit_trail;
 mod auth;
+mod backpressure;
 mod broken_pipe;
 mod cancel_tls;
 mod census;

@@ -14,6 +14,9 @@ use crate::wire;
 /// How long what a server sent before it went is read after a write to it failed.
 const FAILED_WRITE_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A Flush message: no reply; the server sends what it has buffered.
+const FLUSH: [u8; 5] = [b'H', 0, 0, 0, 4];
+
 /// Message types a client may send after login.
 const FRONTEND_TAGS: &[u8] = b"QPBEDCHSFdcfX";
 
@@ -35,11 +38,17 @@ impl Relay {
         self.cbuf = buf;
         let batch = scanned?;
         if batch.consumed == 0 {
+            if std::mem::take(&mut self.flush_upstream) {
+                self.forward_upstream(&FLUSH).await?;
+            }
             return Ok(());
         }
         let bytes = self.cbuf.split_to(batch.consumed);
         self.record_statements(batch.pending).await?;
-        let outgoing = splice(&bytes, batch.replacements);
+        let mut outgoing = splice(&bytes, batch.replacements);
+        if std::mem::take(&mut self.flush_upstream) {
+            outgoing.to_mut().extend_from_slice(&FLUSH);
+        }
         self.forward_upstream(&outgoing).await?;
         // The batch shared the buffer's allocation; a huge one would be reclaimed whole by
         // the next read.

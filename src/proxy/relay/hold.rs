@@ -13,6 +13,7 @@
 //!   exists) and the server would then run what the name held before.
 
 use super::Relay;
+use crate::proxy::statements::{PENDING_HIGH, PENDING_LOW, PENDING_TEXT_HIGH};
 use crate::wire;
 
 /// Why a Sync among COPY data is refused. No client sends one: COPY data ends with
@@ -51,6 +52,11 @@ impl Relay {
     /// client sends one there) and forwarded if it failed.
     pub(super) fn verdict(&mut self, frame: &[u8], more_behind: bool) -> Verdict {
         if self.must_wait(frame, more_behind, self.batch_copy) {
+            // The server may be sitting on the answers the backlog waits for, its output
+            // unflushed until a Sync or Flush the client has yet to send.
+            if !self.held && self.backlogged() {
+                self.flush_upstream = true;
+            }
             self.held = true;
             return Verdict::Hold;
         }
@@ -86,6 +92,9 @@ impl Relay {
         if matches!(tag, b'd' | b'c' | b'f' | b'H' | b'X') {
             return false;
         }
+        if self.backlogged() {
+            return true;
+        }
         let copy_unstarted = self.copies_unstarted(batch) > 0;
         if copy_unstarted && (self.held || !self.copy_open) {
             return true;
@@ -108,6 +117,36 @@ impl Relay {
                 wire::cstr_at(body, 0).is_some_and(|name| !self.statements.portal_certain(&name))
             }
             _ => false,
+        }
+    }
+
+    /// Too many changes to the session's names wait for the server's answer: a client that
+    /// sends faster than the server answers (a pipelined `executemany`) is read no further
+    /// until the server caught up (backpressure), rather than have its messages pile up in
+    /// the proxy. Not while the server skips to a Sync: nothing it skips is answered, and
+    /// the Sync that ends the skip may be next.
+    pub(super) fn backlogged(&self) -> bool {
+        if self.tracker.skipping_to_sync() {
+            return false;
+        }
+        let (changes, text) = self.statements.pending_load();
+        let (max, max_text) = if self.held {
+            (PENDING_LOW, PENDING_TEXT_HIGH / 4)
+        } else {
+            (PENDING_HIGH, PENDING_TEXT_HIGH)
+        };
+        changes >= max || text >= max_text
+    }
+
+    /// The server skips to a Sync (so discards this message) and the changes waiting for
+    /// its answer are many: a Parse, Bind or Close is not kept as a change, since it will
+    /// never be confirmed. (Kept below that, a skipped Execute's record names the text it
+    /// would have run.) A client that pipelines thousands of rows after an early error
+    /// (`executemany`) keeps its session.
+    pub(super) fn discarded_past_backlog(&self) -> bool {
+        self.tracker.skipping_to_sync() && {
+            let (changes, text) = self.statements.pending_load();
+            changes >= PENDING_HIGH || text >= PENDING_TEXT_HIGH
         }
     }
 

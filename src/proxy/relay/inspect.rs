@@ -117,19 +117,25 @@ impl Relay {
                     catalog_unqualified: analysis.facts.catalog_unqualified,
                     copy_in: analysis.facts.copy_in,
                 };
-                let id = self
-                    .statements
-                    .parse(name, statement)
-                    .map_err(|e| e.to_string())?;
+                let id = if self.discarded_past_backlog() {
+                    self.statements.message()
+                } else {
+                    self.statements
+                        .parse(name, statement)
+                        .map_err(|e| e.to_string())?
+                };
                 pending.push(Pending::Step(Step::Parse, id));
             }
             b'B' => {
                 let bind = wire::decode_bind(body).map_err(|e| e.to_string())?;
                 let params = bind.params.into_iter().map(param_json).collect();
-                let id = self
-                    .statements
-                    .bind(bind.portal, &bind.statement, params)
-                    .map_err(|e| e.to_string())?;
+                let id = if self.discarded_past_backlog() {
+                    self.statements.message()
+                } else {
+                    self.statements
+                        .bind(bind.portal, &bind.statement, params)
+                        .map_err(|e| e.to_string())?
+                };
                 pending.push(Pending::Step(Step::Bind, id));
             }
             b'E' => {
@@ -211,6 +217,7 @@ impl Relay {
             b'C' => {
                 let (kind, name) = wire::decode_close(body).map_err(|e| e.to_string())?;
                 let id = match kind {
+                    _ if self.discarded_past_backlog() => Ok(self.statements.message()),
                     b'S' => self.statements.close_statement(name),
                     _ => self.statements.close_portal(name),
                 }

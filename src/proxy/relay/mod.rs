@@ -128,6 +128,9 @@ pub struct Relay {
     /// A message whose fate depends on a reply not yet come waits at the front of `cbuf`,
     /// and what the client sends after it waits behind it (see `hold.rs`).
     held: bool,
+    /// A Flush is due upstream: the relay began to hold client messages until the server
+    /// answers those it has (see `hold::backlogged`).
+    flush_upstream: bool,
     /// COPY FROM STDIN in the batch being inspected, so far (the tracker knows the rest).
     batch_copy: hold::BatchCopy,
     /// Statements (by seq) that take rows from a portal (an Execute, a FETCH): a row limit
@@ -196,6 +199,7 @@ impl Relay {
             drawn_from: std::collections::BTreeMap::new(),
             copy_open: false,
             held: false,
+            flush_upstream: false,
             batch_copy: hold::BatchCopy::default(),
             temporary_relations: false,
             events: Vec::new(),
