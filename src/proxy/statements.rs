@@ -516,7 +516,11 @@ mod tests {
         let mut s = Statements::default();
         let parse = s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
         s.bind("".into(), "s1", vec![]).expect("bind");
-        assert_eq!(s.pending_load(), (2, "SELECT 1".len()), "a Bind shares its text");
+        assert_eq!(
+            s.pending_load(),
+            (2, "SELECT 1".len()),
+            "a Bind shares its text"
+        );
         assert_eq!(text_of(&s, ""), "SELECT 1");
         s.confirm(parse, None).expect("confirmed");
         assert_eq!(s.pending_load(), (1, 0));
@@ -531,7 +535,10 @@ mod tests {
         // A bound on text: what waits may not grow past it.
         let big = "x".repeat(MAX_PENDING_TEXT / 2 + 1);
         s.parse("a".into(), stmt(&big)).expect("half fits");
-        assert!(s.parse("b".into(), stmt(&big)).is_err(), "the second half does not");
+        assert!(
+            s.parse("b".into(), stmt(&big)).is_err(),
+            "the second half does not"
+        );
     }
 
     #[test]

@@ -236,3 +236,49 @@ async fn a_bind_sent_inside_copy_data_is_refused_not_held() {
     assert_eq!(codes, ["08P01"]);
     assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_earlier_in_the_same_read_ends_the_skip_for_what_follows_it() {
+    // The re-Parse fails alone (no Sync behind it yet), so the server skips to a Sync.
+    // Then one write brings that Sync and a Bind and Execute of the name: the Sync ends
+    // the skip, the Bind runs the statement the name held before, and the record must say
+    // so though the proxy learns of the Sync only once the whole read is recorded.
+    let env = Env::start("names_across_groups_batch_sync").await;
+    let (grant, mut raw) = session(&env, AccessLevel::Write, None).await;
+    let delete = "DELETE FROM items WHERE id = 4";
+    raw.send(&[parse("s1", delete), sync()].concat()).await;
+    raw.read_until_ready().await;
+    raw.send(&parse("s1", "SELECT 'harmless'")).await;
+    raw.read_until(|events| {
+        events
+            .iter()
+            .any(|e| matches!(e, lockbox::wire::BackendEvent::Error { .. }))
+    })
+    .await;
+    raw.send(&[sync(), bind("", "s1"), execute(""), sync()].concat())
+        .await;
+    raw.read_until(|events| {
+        events
+            .iter()
+            .filter(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
+            .count()
+            == 2
+    })
+    .await;
+    assert_eq!(
+        env.superuser_sql("SELECT count(*) FROM items"),
+        "9",
+        "the DELETE ran"
+    );
+    let trail = env
+        .wait_for_audit("the DELETE's outcome", |t| {
+            executed(t, &grant)
+                .iter()
+                .any(|(_, status, _)| !status.is_empty())
+        })
+        .await;
+    assert_eq!(
+        executed(&trail, &grant),
+        [(delete.to_owned(), "ok".to_owned(), "DELETE 1".to_owned())]
+    );
+}

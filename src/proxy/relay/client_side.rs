@@ -6,7 +6,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::buffers::{splice, BUFFER_CAPACITY};
-use super::hold::{BatchCopy, Verdict};
+use super::hold::{BatchSoFar, Verdict};
 use super::record::Pending;
 use super::{guarded, unexpected_message, End, Relay};
 use crate::wire;
@@ -69,7 +69,7 @@ impl Relay {
 
     /// Walks the complete messages at the front of `buf`.
     pub(super) fn inspect_batch(&mut self, buf: &[u8]) -> Result<Batch, End> {
-        self.batch_copy = BatchCopy::default();
+        self.batch = BatchSoFar::default();
         let mut batch = Batch::default();
         while let Some(&tag) = buf.get(batch.consumed) {
             // A message type nobody sends after login (a second StartupMessage starts with a

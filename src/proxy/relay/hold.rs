@@ -51,10 +51,10 @@ impl Relay {
     /// and forwarded if it failed, and any other message is refused if the COPY reads (no
     /// client sends one there) and forwarded if it failed.
     pub(super) fn verdict(&mut self, frame: &[u8], more_behind: bool) -> Verdict {
-        if self.must_wait(frame, more_behind, self.batch_copy) {
+        if self.must_wait(frame, more_behind, self.batch) {
             // The server may be sitting on the answers the backlog waits for, its output
             // unflushed until a Sync or Flush the client has yet to send.
-            if !self.held && self.backlogged() {
+            if !self.held && self.backlogged(self.batch) {
                 self.flush_upstream = true;
             }
             self.held = true;
@@ -80,19 +80,19 @@ impl Relay {
         self.must_wait(
             &self.cbuf[..len],
             self.cbuf.len() > len,
-            BatchCopy::default(),
+            BatchSoFar::default(),
         )
     }
 
     /// `batch`: COPY in the batch the message is in, before it.
-    fn must_wait(&self, frame: &[u8], more_behind: bool, batch: BatchCopy) -> bool {
+    fn must_wait(&self, frame: &[u8], more_behind: bool, batch: BatchSoFar) -> bool {
         let tag = frame[0];
         // COPY data, its end, and Flush (no reply, ignored inside a COPY) go as they come;
         // Terminate ends the session either way.
         if matches!(tag, b'd' | b'c' | b'f' | b'H' | b'X') {
             return false;
         }
-        if self.backlogged() {
+        if self.backlogged(batch) {
             return true;
         }
         let copy_unstarted = self.copies_unstarted(batch) > 0;
@@ -105,7 +105,7 @@ impl Relay {
         // Refused below if a COPY reads; skipped by the server if it skips to a Sync the
         // client has not sent yet (which then waits behind this message: holding it would
         // wait for ever).
-        if self.copy_open || self.tracker.skipping_to_sync() {
+        if self.copy_open || self.server_skips(batch) {
             return false;
         }
         let body = &frame[5..];
@@ -125,8 +125,8 @@ impl Relay {
     /// until the server caught up (backpressure), rather than have its messages pile up in
     /// the proxy. Not while the server skips to a Sync: nothing it skips is answered, and
     /// the Sync that ends the skip may be next.
-    pub(super) fn backlogged(&self) -> bool {
-        if self.tracker.skipping_to_sync() {
+    fn backlogged(&self, batch: BatchSoFar) -> bool {
+        if self.server_skips(batch) {
             return false;
         }
         let (changes, text) = self.statements.pending_load();
@@ -144,32 +144,43 @@ impl Relay {
     /// would have run.) A client that pipelines thousands of rows after an early error
     /// (`executemany`) keeps its session.
     pub(super) fn discarded_past_backlog(&self) -> bool {
-        self.tracker.skipping_to_sync() && {
+        self.server_skips(self.batch) && {
             let (changes, text) = self.statements.pending_load();
             changes >= PENDING_HIGH || text >= PENDING_TEXT_HIGH
         }
     }
 
+    /// The server will discard the message being inspected: it skips to a Sync after an
+    /// error, and the client sent none since (none in this batch before the message either:
+    /// the tracker learns of the batch's Syncs only once it is recorded).
+    fn server_skips(&self, batch: BatchSoFar) -> bool {
+        self.tracker.skipping_to_sync() && !batch.synced
+    }
+
     /// A COPY FROM STDIN reads data, or may start to, and the client has not ended it.
     pub(super) fn copy_may_read(&self) -> bool {
-        let batch = self.batch_copy;
-        self.copies_unstarted(batch) > 0 || (self.tracker.in_copy_in() && batch.ended == 0)
+        let batch = self.batch;
+        self.copies_unstarted(batch) > 0 || (self.tracker.in_copy_in() && batch.copies_ended == 0)
     }
 
     /// COPYs FROM STDIN sent that the server has not started or failed, and the client has
     /// not ended: those the tracker knows of and those of the batch, less the batch's
     /// CopyDone and CopyFail (the first of which ends a COPY running now, if one is).
-    fn copies_unstarted(&self, batch: BatchCopy) -> usize {
-        let ending_running = usize::from(self.tracker.in_copy_in() && batch.ended > 0);
-        (self.tracker.copies_unstarted() + batch.sent).saturating_sub(batch.ended - ending_running)
+    fn copies_unstarted(&self, batch: BatchSoFar) -> usize {
+        let ending_running = usize::from(self.tracker.in_copy_in() && batch.copies_ended > 0);
+        (self.tracker.copies_unstarted() + batch.copies_sent)
+            .saturating_sub(batch.copies_ended - ending_running)
     }
 }
 
-/// COPY FROM STDIN in the batch of client messages being inspected, so far.
+/// What the batch of client messages being inspected sent so far, which the tracker
+/// learns only once the batch is recorded.
 #[derive(Clone, Copy, Default)]
-pub(crate) struct BatchCopy {
-    /// COPY FROM STDIN statements sent.
-    pub(super) sent: usize,
-    /// CopyDone and CopyFail messages sent.
-    pub(super) ended: usize,
+pub(crate) struct BatchSoFar {
+    /// COPY FROM STDIN statements.
+    pub(super) copies_sent: usize,
+    /// CopyDone and CopyFail messages.
+    pub(super) copies_ended: usize,
+    /// A Sync: whatever the server skips ends there.
+    pub(super) synced: bool,
 }

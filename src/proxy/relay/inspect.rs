@@ -72,7 +72,7 @@ impl Relay {
                     }
                     if refusal.is_none() && s.analysis.facts.copy_in {
                         pending.push(Pending::CopyFromStdin);
-                        self.batch_copy.sent += 1;
+                        self.batch.copies_sent += 1;
                     }
                     pending.push(match (&refusal, refused_at) {
                         (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
@@ -206,7 +206,7 @@ impl Relay {
                 };
                 if found.statement.copy_in {
                     pending.push(Pending::CopyFromStdin);
-                    self.batch_copy.sent += 1;
+                    self.batch.copies_sent += 1;
                 }
                 pending.push(Pending::Statement {
                     record,
@@ -225,11 +225,14 @@ impl Relay {
                 pending.push(Pending::Step(Step::Close, id));
             }
             b'D' => pending.push(Pending::Step(Step::Describe, self.statements.message())),
-            b'S' => pending.push(Pending::Sync(self.statements.end_group())),
+            b'S' => {
+                self.batch.synced = true;
+                pending.push(Pending::Sync(self.statements.end_group()))
+            }
             b'c' | b'f' => {
                 self.copy_open = false;
                 pending.push(Pending::CopyEnd);
-                self.batch_copy.ended += 1;
+                self.batch.copies_ended += 1;
             }
             b'F' => {
                 let call = wire::decode_function_call(body).map_err(|e| e.to_string())?;

@@ -131,8 +131,8 @@ pub struct Relay {
     /// A Flush is due upstream: the relay began to hold client messages until the server
     /// answers those it has (see `hold::backlogged`).
     flush_upstream: bool,
-    /// COPY FROM STDIN in the batch being inspected, so far (the tracker knows the rest).
-    batch_copy: hold::BatchCopy,
+    /// What the batch being inspected sent so far that the tracker does not know yet.
+    batch: hold::BatchSoFar,
     /// Statements (by seq) that take rows from a portal (an Execute, a FETCH): a row limit
     /// counts the portal's rows across them.
     drawn_from: std::collections::BTreeMap<u64, String>,
@@ -200,7 +200,7 @@ impl Relay {
             copy_open: false,
             held: false,
             flush_upstream: false,
-            batch_copy: hold::BatchCopy::default(),
+            batch: hold::BatchSoFar::default(),
             temporary_relations: false,
             events: Vec::new(),
             outcomes: Vec::new(),
