@@ -39,6 +39,9 @@ pub struct Prepared {
     pub catalog_unqualified: bool,
     /// It is `COPY … FROM STDIN` (see `Facts::copy_in`).
     pub copy_in: bool,
+    /// Its text is in the audit trail already: it was made by SQL PREPARE or DECLARE,
+    /// whose records hold it. A Parse has no record of its own.
+    pub recorded: bool,
 }
 
 /// A portal created with Bind or SQL DECLARE.
@@ -258,6 +261,7 @@ impl Statements {
             catalog_only: false,
             catalog_unqualified: false,
             copy_in: false,
+            recorded: false,
         });
         self.push(Change::Bind(
             portal,
@@ -444,6 +448,7 @@ mod tests {
             catalog_only: false,
             catalog_unqualified: false,
             copy_in: false,
+            recorded: false,
         }
     }
 

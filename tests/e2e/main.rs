@@ -54,6 +54,7 @@ mod https;
 mod init;
 mod lifecycle;
 mod names_across_groups;
+mod names_unrecorded;
 mod notify;
 mod oidc;
 mod openapi;

@@ -116,6 +116,7 @@ impl Relay {
                     catalog_only: analysis.facts.catalog_only,
                     catalog_unqualified: analysis.facts.catalog_unqualified,
                     copy_in: analysis.facts.copy_in,
+                    recorded: false,
                 };
                 let id = if self.discarded_past_backlog() {
                     self.statements.message()
@@ -158,7 +159,7 @@ impl Relay {
                             record,
                             Arc::new(unknown_name_refusal("unknown_statement", &portal)),
                         ));
-                        return Ok(Some(stand_in_execute()));
+                        return Ok(Some(stand_in_execute(&self.stand_in_portal)));
                     }
                     pending.push(Pending::Statement {
                         record,
@@ -187,7 +188,7 @@ impl Relay {
                 let (record, _) = self.statement_record(Protocol::Extended, &text, kind, params);
                 if let Err(refusal) = self.check_name_use(names.as_ref()) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
-                    return Ok(Some(stand_in_execute()));
+                    return Ok(Some(stand_in_execute(&self.stand_in_portal)));
                 }
                 let change = match &names {
                     // A Parse of `PREPARE …`, `DECLARE …`, `DEALLOCATE …` changes the
@@ -307,11 +308,21 @@ impl Relay {
         if self.grant.access == AccessLevel::Admin {
             return Ok(());
         }
+        // Only a name whose text is in the trail: one made by SQL PREPARE or DECLARE (a
+        // Parse or Bind has no record of its own; its text is recorded as an Execute runs
+        // it, which SQL EXECUTE or FETCH would not do).
         match names {
-            Some(NameChange::Execute(name)) if self.statements.statement(name).is_none() => {
+            Some(NameChange::Execute(name))
+                if !self.statements.statement(name).is_some_and(|p| p.recorded) =>
+            {
                 Err(unknown_name_refusal("unknown_statement", name))
             }
-            Some(NameChange::Fetch(name)) if self.statements.portal(name).is_none() => {
+            Some(NameChange::Fetch(name))
+                if !self
+                    .statements
+                    .portal(name)
+                    .is_some_and(|p| p.statement.recorded) =>
+            {
                 Err(unknown_name_refusal("unknown_cursor", name))
             }
             _ => Ok(()),
@@ -411,6 +422,7 @@ impl Relay {
             catalog_only: false,
             catalog_unqualified: false,
             copy_in: false,
+            recorded: true,
         };
         let sql_change = match change {
             NameChange::Prepare(name) => {
@@ -448,10 +460,20 @@ pub(super) fn stand_in_query() -> Vec<u8> {
     tagged(b'Q', &[STAND_IN.as_bytes(), b"\0"].concat())
 }
 
-/// An Execute of a portal that cannot exist (portal names from clients never hold a
-/// newline and this marker), so it fails like the stand-in query.
-pub(super) fn stand_in_execute() -> Vec<u8> {
-    tagged(b'E', b"lockbox\nrefused this portal\0\0\0\0\0")
+/// An Execute of a portal that does not exist, so it fails like the stand-in query. Its
+/// name is the session's own, random (`new_stand_in_portal`): a client that could name it
+/// could Bind a portal of its own under it, which a refused Execute would then run.
+pub(super) fn stand_in_execute(portal: &str) -> Vec<u8> {
+    tagged(b'E', &[portal.as_bytes(), b"\0\0\0\0\0"].concat())
+}
+
+/// A portal name no client can know: 128 random bits, never shown (the stand-in's error
+/// that would name it is replaced by the refusal).
+pub(super) fn new_stand_in_portal() -> String {
+    let mut bits = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bits);
+    let hex: String = bits.iter().map(|b| format!("{b:02x}")).collect();
+    format!("lockbox refused {hex}")
 }
 
 pub(super) fn unknown_name_refusal(rule: &'static str, name: &str) -> Refusal {

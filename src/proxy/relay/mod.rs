@@ -128,6 +128,8 @@ pub struct Relay {
     /// A message whose fate depends on a reply not yet come waits at the front of `cbuf`,
     /// and what the client sends after it waits behind it (see `hold.rs`).
     held: bool,
+    /// The portal a refused Execute's stand-in names (see `inspect::stand_in_execute`).
+    stand_in_portal: String,
     /// A Flush is due upstream: the relay began to hold client messages until the server
     /// answers those it has (see `hold::backlogged`).
     flush_upstream: bool,
@@ -199,6 +201,7 @@ impl Relay {
             drawn_from: std::collections::BTreeMap::new(),
             copy_open: false,
             held: false,
+            stand_in_portal: inspect::new_stand_in_portal(),
             flush_upstream: false,
             batch: hold::BatchSoFar::default(),
             temporary_relations: false,

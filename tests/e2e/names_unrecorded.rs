@@ -1,0 +1,92 @@
+//! Names whose text the audit never holds. A Parse or Bind makes no record of its own: a
+//! statement's text is recorded when an Execute runs it. SQL `EXECUTE` of a Parse'd
+//! statement, or `FETCH` from a Bind's portal, would run that text under a record of
+//! "EXECUTE s" or "FETCH ALL FROM p" only, so below admin only names made by SQL PREPARE
+//! or DECLARE (whose records hold their text) may be used that way. And the stand-in a
+//! refused Execute sends names a portal no client can know: with a fixed name, a client
+//! could Bind its own DELETE under it and have a refused Execute run it. An attack review
+//! found all three.
+
+use lockbox::policy::AccessLevel;
+
+use crate::frontend::{bind, execute, parse, sync};
+use crate::harness::{errors_in, query, Env, Raw};
+
+async fn session(env: &Env, access: AccessLevel) -> Raw {
+    let (_id, token) = env.approved_token_for("eve", "1h", access).await;
+    let mut raw = Raw::login(env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw
+}
+
+fn codes(bytes: &[u8]) -> Vec<String> {
+    errors_in(bytes).into_iter().map(|(c, _)| c).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_named_like_the_old_stand_in_is_not_run_by_a_refused_execute() {
+    let env = Env::start("names_unrecorded_stand_in").await;
+    let mut raw = session(&env, AccessLevel::Write).await;
+    raw.send(
+        &[
+            parse("d", "DELETE FROM items WHERE id = 3 RETURNING id"),
+            bind("lockbox\nrefused this portal", "d"),
+            execute("nosuch"),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_until_ready().await;
+    assert_eq!(codes(&answer), ["42501"], "the Execute is refused");
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_fetch_from_a_protocol_portal_is_refused() {
+    let env = Env::start("names_unrecorded_fetch").await;
+    let mut raw = session(&env, AccessLevel::Write).await;
+    raw.send(&query("BEGIN")).await;
+    raw.read_until_ready().await;
+    raw.send(
+        &[
+            parse("d", "DELETE FROM items WHERE id = 4 RETURNING id"),
+            bind("p", "d"),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    raw.read_until_ready().await;
+    raw.send(&query("FETCH ALL FROM p")).await;
+    let answer = raw.read_until_ready().await;
+    assert_eq!(codes(&answer), ["42501"]);
+    raw.send(&query("COMMIT")).await;
+    raw.read_until_ready().await;
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
+    // A cursor made by SQL DECLARE, whose record holds its query, may be fetched.
+    raw.send(&query("BEGIN; DECLARE c CURSOR FOR SELECT id FROM items"))
+        .await;
+    raw.read_until_ready().await;
+    raw.send(&query("FETCH 2 FROM c")).await;
+    let fetched = raw.read_until_ready().await;
+    assert!(codes(&fetched).is_empty(), "{:?}", errors_in(&fetched));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_execute_of_a_parsed_statement_is_refused() {
+    let env = Env::start("names_unrecorded_execute").await;
+    let mut raw = session(&env, AccessLevel::Read).await;
+    raw.send(&[parse("s", "SELECT id FROM items"), sync()].concat())
+        .await;
+    raw.read_until_ready().await;
+    raw.send(&query("EXECUTE s")).await;
+    let answer = raw.read_until_ready().await;
+    assert_eq!(codes(&answer), ["42501"]);
+    // One made by SQL PREPARE, whose record holds its text, may be executed.
+    raw.send(&query("PREPARE q AS SELECT id FROM items")).await;
+    raw.read_until_ready().await;
+    raw.send(&query("EXECUTE q")).await;
+    let ran = raw.read_until_ready().await;
+    assert!(codes(&ran).is_empty(), "{:?}", errors_in(&ran));
+}
