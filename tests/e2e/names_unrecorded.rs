@@ -90,3 +90,31 @@ async fn sql_execute_of_a_parsed_statement_is_refused() {
     let ran = raw.read_until_ready().await;
     assert!(codes(&ran).is_empty(), "{:?}", errors_in(&ran));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_execute_of_a_name_an_unanswered_earlier_query_changes_is_refused() {
+    // A re-PREPARE the server rejects (42P05) would leave the old statement to run under
+    // the record "EXECUTE s"; the proxy cannot know yet whether it will be rejected.
+    let env = Env::start("names_unrecorded_uncertain").await;
+    let mut raw = session(&env, AccessLevel::Write).await;
+    raw.send(&query("PREPARE s AS DELETE FROM items WHERE id = 5"))
+        .await;
+    raw.read_until_ready().await;
+    raw.send(&[query("PREPARE s AS SELECT 1"), query("EXECUTE s")].concat())
+        .await;
+    let answer = raw
+        .read_until(|events| {
+            events
+                .iter()
+                .filter(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
+                .count()
+                == 2
+        })
+        .await;
+    assert_eq!(codes(&answer), ["42P05", "42501"]);
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
+    // Within one query string the PREPARE decides: if it fails, the rest is skipped.
+    raw.send(&query("PREPARE t AS SELECT 1; EXECUTE t")).await;
+    let ran = raw.read_until_ready().await;
+    assert!(codes(&ran).is_empty(), "{:?}", errors_in(&ran));
+}

@@ -311,7 +311,15 @@ impl Relay {
         // Only a name whose text is in the trail: one made by SQL PREPARE or DECLARE (a
         // Parse or Bind has no record of its own; its text is recorded as an Execute runs
         // it, which SQL EXECUTE or FETCH would not do).
+        // And one no unanswered change of an earlier group decides: a re-PREPARE the
+        // server rejects (42P05) would leave the old statement to run.
         match names {
+            Some(NameChange::Execute(name)) if !self.statements.statement_certain(name) => {
+                Err(uncertain_name_refusal("unknown_statement", name))
+            }
+            Some(NameChange::Fetch(name)) if !self.statements.portal_certain(name) => {
+                Err(uncertain_name_refusal("unknown_cursor", name))
+            }
             Some(NameChange::Execute(name))
                 if !self.statements.statement(name).is_some_and(|p| p.recorded) =>
             {
@@ -481,6 +489,15 @@ pub(super) fn unknown_name_refusal(rule: &'static str, name: &str) -> Refusal {
         rule,
         message: format!(
             "lockbox: \"{name}\" was not created by a statement lockbox recorded, so what it runs cannot be recorded (rule {rule})"
+        ),
+    }
+}
+
+fn uncertain_name_refusal(rule: &'static str, name: &str) -> Refusal {
+    Refusal {
+        rule,
+        message: format!(
+            "lockbox: \"{name}\" was changed by a message the server has not answered yet, so what it runs cannot be known; send this once that is answered (rule {rule})"
         ),
     }
 }
