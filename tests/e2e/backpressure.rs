@@ -5,14 +5,12 @@
 //! session at 10,000 changes waiting. After an early error the server discards the rest up
 //! to the Sync, and answers none of it: those messages are not kept as changes at all.
 
-use std::process::Command;
-
 use lockbox::policy::AccessLevel;
 use lockbox::wire::{BackendEvent, BackendScanner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::frontend::{bind, execute, parse, sync};
-use crate::harness::{errors_in, query, Env, Raw};
+use crate::harness::{errors_in, python, query, Env, Raw};
 
 /// Sends `pipeline` while reading what comes back until `readies` ReadyForQuery; returns
 /// the DataRows and the errors' SQLSTATEs.
@@ -125,18 +123,6 @@ async fn psycopg_and_asyncpg_executemany_of_30000_rows() {
     let (_id, token) = env
         .approved_token_for("eve", "1h", AccessLevel::Write)
         .await;
-    let out = Command::new("python3")
-        .args(["-c", EXECUTEMANY])
-        .env("LB_PORT", env.proxy_port().to_string())
-        .env("LB_DB", &env.db)
-        .env("LB_TOKEN", &token)
-        .output()
-        .expect("python3 runs (asyncpg and psycopg 3 installed)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(stdout.trim(), "30010 60010 23505 60010");
+    let stdout = python(&env, &token, EXECUTEMANY);
+    assert_eq!(stdout, "30010 60010 23505 60010");
 }

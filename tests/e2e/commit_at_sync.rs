@@ -5,13 +5,11 @@
 //! reports it on the last statement before the Sync. Before, the error was in no record
 //! and every INSERT read `ok`.
 
-use std::process::Command;
-
 use lockbox::policy::AccessLevel;
 use serde_json::Value;
 
 use crate::frontend::{bind, execute, parse, sync};
-use crate::harness::{Env, Raw};
+use crate::harness::{python, Env, Raw};
 
 fn extended(sql: &str) -> Vec<u8> {
     [parse("", sql), bind("", ""), execute("")].concat()
@@ -101,19 +99,7 @@ async fn asyncpg_executemany_that_fails_at_commit_is_recorded() {
     let (grant, token) = env
         .approved_token_for("eve", "1h", AccessLevel::Write)
         .await;
-    let out = Command::new("python3")
-        .args(["-c", EXECUTEMANY])
-        .env("LB_PORT", env.proxy_port().to_string())
-        .env("LB_DB", &env.db)
-        .env("LB_TOKEN", &token)
-        .output()
-        .expect("python3 runs (asyncpg installed)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = python(&env, &token, EXECUTEMANY);
     assert_eq!(
         stdout.split_whitespace().collect::<Vec<_>>(),
         ["23505", "0"]

@@ -9,13 +9,11 @@
 //! after the Execute) waits until the server has started or failed the COPY: see
 //! `copy_gate.rs` and the relay's `hold.rs`.
 
-use std::process::Command;
-
 use lockbox::policy::{AccessLevel, NewRequest};
 use lockbox::wire::BackendEvent;
 
 use crate::frontend::{bind, execute, parse, sync};
-use crate::harness::{errors_in, message, query, Env, Raw};
+use crate::harness::{errors_in, message, python, query, Env, Raw};
 
 fn copy_data(row: &str) -> Vec<u8> {
     message(b'd', row.as_bytes())
@@ -216,20 +214,8 @@ async fn psycopg_and_asyncpg_copy_with_a_bad_row_keep_their_sessions() {
     let (_id, token) = env
         .approved_token_for("eve", "1h", AccessLevel::Write)
         .await;
-    let out = Command::new("python3")
-        .args(["-c", CLIENTS_COPY])
-        .env("LB_PORT", env.proxy_port().to_string())
-        .env("LB_DB", &env.db)
-        .env("LB_TOKEN", &token)
-        .output()
-        .expect("python3 runs (asyncpg and psycopg 3 installed)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = python(&env, &token, CLIENTS_COPY);
     // Each COPY fails on its bad row (22P02 text for an int, 23502 NULL), nothing of it
     // is kept, and the same connection goes on.
-    assert_eq!(stdout.trim(), "22P02 10 23502 10");
+    assert_eq!(stdout, "22P02 10 23502 10");
 }

@@ -551,6 +551,18 @@ impl Raw {
             .await
     }
 
+    /// Reads (bounded) until `n` ReadyForQuery have arrived; returns what was read.
+    pub async fn read_until_readies(&mut self, n: usize) -> Vec<u8> {
+        self.read_until(|events| {
+            events
+                .iter()
+                .filter(|e| matches!(e, BackendEvent::Ready(_)))
+                .count()
+                >= n
+        })
+        .await
+    }
+
     /// Reads (bounded) until an ErrorResponse and the ReadyForQuery after it have arrived.
     pub async fn read_until_ready_after_error(&mut self) -> Vec<u8> {
         self.read_until(|events| {
@@ -633,6 +645,27 @@ pub fn errors_in(bytes: &[u8]) -> Vec<(String, String)> {
             _ => None,
         })
         .collect()
+}
+
+/// Runs a Python script (psycopg 3, asyncpg) against `env`'s proxy, with `LB_PORT`,
+/// `LB_DB` and `LB_TOKEN` in its environment; its standard output, trimmed. A script that
+/// fails, or a Python without its modules, fails the test.
+pub fn python(env: &Env, token: &str, script: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("LB_PORT", env.proxy_port().to_string())
+        .env("LB_DB", &env.db)
+        .env("LB_TOKEN", token)
+        .output()
+        .expect("python3 runs (.ci/run installs psycopg 3 and asyncpg)");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "python failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 /// The value of an unlabelled series `name` in `env`'s `/metrics`, scraped as an admin.

@@ -78,15 +78,7 @@ async fn a_rejected_redefinition_does_not_lend_its_text_to_what_runs() {
     let delete = "DELETE FROM items WHERE id = 3";
     raw.send(&redefine_then_run(delete, "SELECT 'harmless'"))
         .await;
-    let answer = raw
-        .read_until(|events| {
-            events
-                .iter()
-                .filter(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
-                .count()
-                == 3
-        })
-        .await;
+    let answer = raw.read_until_readies(3).await;
     let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
     assert_eq!(codes, ["42P05"], "the server rejects the second Parse");
     assert_eq!(
@@ -161,15 +153,7 @@ async fn a_pipeline_that_prepares_then_runs_across_syncs_still_runs() {
         .concat(),
     )
     .await;
-    let answer = raw
-        .read_until(|events| {
-            events
-                .iter()
-                .filter(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
-                .count()
-                == 3
-        })
-        .await;
+    let answer = raw.read_until_readies(3).await;
     assert!(errors_in(&answer).is_empty(), "{:?}", errors_in(&answer));
     let trail = env
         .wait_for_audit("both outcomes", |t| {
@@ -203,15 +187,7 @@ async fn a_message_the_server_will_skip_does_not_wait() {
         .concat(),
     )
     .await;
-    let answer = raw
-        .read_until(|events| {
-            events
-                .iter()
-                .filter(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
-                .count()
-                == 2
-        })
-        .await;
+    let answer = raw.read_until_readies(2).await;
     let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
     assert_eq!(codes, ["42P01"]);
 }
@@ -257,14 +233,7 @@ async fn a_sync_earlier_in_the_same_read_ends_the_skip_for_what_follows_it() {
     .await;
     raw.send(&[sync(), bind("", "s1"), execute(""), sync()].concat())
         .await;
-    raw.read_until(|events| {
-        events
-            .iter()
-            .filter(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
-            .count()
-            == 2
-    })
-    .await;
+    raw.read_until_readies(2).await;
     assert_eq!(
         env.superuser_sql("SELECT count(*) FROM items"),
         "9",

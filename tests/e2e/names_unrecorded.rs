@@ -102,15 +102,7 @@ async fn sql_execute_of_a_name_an_unanswered_earlier_query_changes_is_refused() 
     raw.read_until_ready().await;
     raw.send(&[query("PREPARE s AS SELECT 1"), query("EXECUTE s")].concat())
         .await;
-    let answer = raw
-        .read_until(|events| {
-            events
-                .iter()
-                .filter(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
-                .count()
-                == 2
-        })
-        .await;
+    let answer = raw.read_until_readies(2).await;
     assert_eq!(codes(&answer), ["42P05", "42501"]);
     assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
     // Within one query string the PREPARE decides: if it fails, the rest is skipped.

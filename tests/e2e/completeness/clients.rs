@@ -14,7 +14,7 @@ use lockbox::policy::AccessLevel;
 
 use super::compare::compare_by_content;
 use super::{audit_sessions, logging_cluster, marker, server_sessions, settled_audit};
-use crate::harness::{Env, Options};
+use crate::harness::{python, Env, Options};
 
 /// A schema with one of each kind of object pg_dump has to read: functions, a trigger, a
 /// domain, composite and enum types, a sequence, a view, data.
@@ -221,19 +221,6 @@ async fn psql_backslash_commands_under_a_read_grant() {
         );
     }
     assert_audited(&env, &request, "psql").await;
-}
-
-/// Runs a Python script with the connection in the environment; its standard output.
-fn python(env: &Env, token: &str, script: &str) -> String {
-    let out = run(
-        "python3",
-        Command::new("python3")
-            .args(["-c", script])
-            .env("LB_PORT", env.proxy_port().to_string())
-            .env("LB_DB", &env.db)
-            .env("LB_TOKEN", token),
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 const ASYNCPG: &str = r#"
