@@ -212,32 +212,44 @@ impl Statements {
     /// it take effect; a change in an earlier group can fail (a Parse of a name that
     /// exists, a syntax error) and the next group then runs with what was there before.
     pub fn statement_certain(&self, name: &str) -> bool {
-        if self.statement_untouched(name) {
-            return true;
-        }
-        let decided_by = self.pending.iter().rev().find(|(_, change)| match change {
-            Change::Parse(n, _)
-            | Change::Sql(SqlChange::Prepare(n, _))
-            | Change::CloseStatement(n)
-            | Change::Sql(SqlChange::Deallocate(Some(n))) => n == name,
-            Change::Sql(SqlChange::Deallocate(None) | SqlChange::DiscardAll) => true,
-            _ => false,
-        });
-        decided_by.is_none_or(|(id, _)| *id >= self.group_start)
+        self.certain(self.deciding_statement(name))
     }
 
     /// Whether the portal `name`, as the next Execute would find it, is certain (see
     /// [`Self::statement_certain`]).
     pub fn portal_certain(&self, name: &str) -> bool {
-        let decided_by = self.pending.iter().rev().find(|(_, change)| match change {
+        self.certain(self.deciding_portal(name))
+    }
+
+    fn certain(&self, decided_by: Option<&(MessageId, Change)>) -> bool {
+        decided_by.is_none_or(|(id, _)| *id >= self.group_start)
+    }
+
+    /// The latest pending change that decides what the statement `name` is, if any.
+    fn deciding_statement(&self, name: &str) -> Option<&(MessageId, Change)> {
+        if self.statement_untouched(name) {
+            return None;
+        }
+        self.pending
+            .iter()
+            .rev()
+            .find(|(_, change)| match statement_named(change) {
+                Some(Some(n)) => n == name,
+                Some(None) => true,
+                None => false,
+            })
+    }
+
+    /// The latest pending change that decides what the portal `name` is, if any.
+    fn deciding_portal(&self, name: &str) -> Option<&(MessageId, Change)> {
+        self.pending.iter().rev().find(|(_, change)| match change {
             Change::Bind(n, _)
             | Change::Sql(SqlChange::Declare(n, _))
             | Change::ClosePortal(n)
             | Change::Sql(SqlChange::Close(Some(n))) => n == name,
             Change::Sql(SqlChange::Close(None) | SqlChange::DiscardAll) => true,
             _ => false,
-        });
-        decided_by.is_none_or(|(id, _)| *id >= self.group_start)
+        })
     }
 
     pub fn parse(&mut self, name: String, statement: Prepared) -> Result<MessageId, TooMany> {
@@ -292,41 +304,24 @@ impl Statements {
 
     /// The statement `name` as the next message will find it.
     pub fn statement(&self, name: &str) -> Option<Prepared> {
-        if self.statement_untouched(name) {
-            return self.prepared.get(name).cloned();
-        }
-        for (_, change) in self.pending.iter().rev() {
-            match change {
-                Change::Parse(n, p) | Change::Sql(SqlChange::Prepare(n, p)) if n == name => {
-                    return Some(p.clone())
-                }
-                Change::CloseStatement(n) | Change::Sql(SqlChange::Deallocate(Some(n)))
-                    if n == name =>
-                {
-                    return None
-                }
-                Change::Sql(SqlChange::Deallocate(None) | SqlChange::DiscardAll) => return None,
-                _ => {}
+        match self.deciding_statement(name) {
+            Some((_, Change::Parse(_, p) | Change::Sql(SqlChange::Prepare(_, p)))) => {
+                Some(p.clone())
             }
+            Some(_) => None,
+            None => self.prepared.get(name).cloned(),
         }
-        self.prepared.get(name).cloned()
     }
 
     /// The portal `name` as the next Execute will find it.
     pub fn portal(&self, name: &str) -> Option<Portal> {
-        for (_, change) in self.pending.iter().rev() {
-            match change {
-                Change::Bind(n, p) | Change::Sql(SqlChange::Declare(n, p)) if n == name => {
-                    return Some(p.clone())
-                }
-                Change::ClosePortal(n) | Change::Sql(SqlChange::Close(Some(n))) if n == name => {
-                    return None
-                }
-                Change::Sql(SqlChange::Close(None) | SqlChange::DiscardAll) => return None,
-                _ => {}
+        match self.deciding_portal(name) {
+            Some((_, Change::Bind(_, p) | Change::Sql(SqlChange::Declare(_, p)))) => {
+                Some(p.clone())
             }
+            Some(_) => None,
+            None => self.portals.get(name).cloned(),
         }
-        self.portals.get(name).cloned()
     }
 
     /// One more row taken from the portal `name` (as the server holds it); how many it
