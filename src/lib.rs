@@ -38,5 +38,6 @@ pub mod sql;
 pub mod store;
 pub mod tls;
 pub mod token;
+mod visible;
 mod web;
 pub mod wire;

@@ -15,8 +15,19 @@ pub(super) fn routes() -> Router<ApiState> {
 
 async fn cluster(
     State(state): State<ApiState>,
-    Caller(_user): Caller,
+    Caller(user): Caller,
 ) -> Result<Json<Vec<NodeInfo>>, ApiError> {
+    // Each node's live sessions and audit-sink state: for the callers `/v1/health` shows
+    // them to (those who may read the audit trail).
+    if !crate::health::visible_to(Some(&user)) {
+        return Err(
+            ServiceError::from(crate::policy::PolicyError::Forbidden(format!(
+                "{} may not see the nodes: it needs the admin, auditor or approver role",
+                user.name
+            )))
+            .into(),
+        );
+    }
     let local = Local {
         lockbox: state.lockbox.clone(),
         registry: state.registry.clone(),

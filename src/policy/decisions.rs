@@ -53,6 +53,8 @@ pub fn check_new_request(
     if new.reason.trim().is_empty() {
         return Err(PolicyError::Invalid("a reason is required".into()));
     }
+    super::check_shown_text("the ticket", &new.ticket, super::MAX_TICKET_CHARS, false)?;
+    super::check_shown_text("the reason", &new.reason, super::MAX_REASON_CHARS, true)?;
     let duration = match &new.duration {
         None => config.default_access,
         Some(text) => parse_duration("duration", text)?,
@@ -133,26 +135,7 @@ pub fn check_decision(
         )?,
         Stage::Customer => {
             require_role(caller, Role::Approver, "approve or deny requests")?;
-            // A database no longer configured has no approvers: nobody decides for it.
-            let named = config
-                .databases
-                .get(&request.database)
-                .map(|d| d.approvers.as_slice())
-                .ok_or_else(|| {
-                    forbidden(format!(
-                        "database {} is no longer configured",
-                        request.database
-                    ))
-                })?;
-            let listed = named
-                .iter()
-                .any(|n| *n == caller.name || caller.groups.contains(n));
-            if !named.is_empty() && !listed {
-                return Err(forbidden(format!(
-                    "{} is not an approver of database {}",
-                    caller.name, request.database
-                )));
-            }
+            check_approver_of(config, caller, &request.database)?;
         }
     }
     if request.approvals.iter().any(|a| a.by == caller.name) {
@@ -162,6 +145,34 @@ pub fn check_decision(
         )));
     }
     Ok(stage)
+}
+
+/// Is `caller`, an approver, one of the customer approvers of `database`? Where the
+/// database names its approvers (by user or group) only those are; where it names none,
+/// every approver is. A database no longer configured has none: nobody acts for it as its
+/// approver. Deciding, revoking, reviewing break-glass access and ending sessions all ask
+/// this, so an approver of one customer's databases never acts on another's.
+pub fn check_approver_of(
+    config: &Config,
+    caller: &User,
+    database: &str,
+) -> Result<(), PolicyError> {
+    let named = config
+        .databases
+        .get(database)
+        .map(|d| d.approvers.as_slice())
+        .ok_or_else(|| forbidden(format!("database {database} is no longer configured")))?;
+    let listed = named
+        .iter()
+        .any(|n| *n == caller.name || caller.groups.contains(n));
+    if named.is_empty() || listed {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "{} is not an approver of database {database}",
+            caller.name
+        )))
+    }
 }
 
 /// An approver's decision on a request.
@@ -243,28 +254,36 @@ pub fn initial_status(plan: &Plan) -> RequestStatus {
     }
 }
 
-/// May `caller` revoke `request` now? Approvers, support leads and admins may; so may the
-/// engineer, giving up their own access.
+/// May `caller` revoke `request` now? Admins and support leads may; approvers may for the
+/// databases they approve for; so may the engineer, giving up their own access. An
+/// extension already in effect is part of its grant's window: revoking it alone would
+/// leave that time in place, so the grant itself is revoked instead.
 pub fn check_revoke(
+    config: &Config,
     caller: &User,
     request: &Request,
     now: DateTime<Utc>,
 ) -> Result<(), PolicyError> {
     let own = request.engineer == caller.name;
-    if !(own
-        || caller.has(Role::Approver)
-        || caller.has(Role::Admin)
-        || caller.has(Role::SupportLead))
-    {
-        return Err(forbidden(format!(
-            "{} may not revoke this request",
-            caller.name
-        )));
+    if !(own || caller.has(Role::Admin) || caller.has(Role::SupportLead)) {
+        if !caller.has(Role::Approver) {
+            return Err(forbidden(format!(
+                "{} may not revoke this request",
+                caller.name
+            )));
+        }
+        check_approver_of(config, caller, &request.database)?;
     }
     let status = request.effective_status(now);
     if status.is_final() {
         return Err(PolicyError::Conflict(format!(
             "request {} is {status}: nothing to revoke",
+            request.id
+        )));
+    }
+    if let Some(grant) = request.extends.as_ref().filter(|_| !status.is_pending()) {
+        return Err(PolicyError::Conflict(format!(
+            "extension {} is in effect: its time is part of request {grant} now; revoke {grant} to end that access",
             request.id
         )));
     }
@@ -371,9 +390,15 @@ pub fn check_break_glass(
     Ok(duration.min(policy.max_duration))
 }
 
-/// May `caller` acknowledge the break-glass `request` after the fact?
-pub fn check_acknowledge(caller: &User, request: &Request) -> Result<(), PolicyError> {
+/// May `caller` acknowledge the break-glass `request` after the fact? An approver of its
+/// database only.
+pub fn check_acknowledge(
+    config: &Config,
+    caller: &User,
+    request: &Request,
+) -> Result<(), PolicyError> {
     require_role(caller, Role::Approver, "review break-glass access")?;
+    check_approver_of(config, caller, &request.database)?;
     if !request.break_glass {
         return Err(PolicyError::Conflict(format!(
             "request {} is not break-glass access",
@@ -395,4 +420,100 @@ pub fn check_acknowledge(caller: &User, request: &Request) -> Result<(), PolicyE
 /// May `caller` change the lockbox policy?
 pub fn check_policy_change(caller: &User) -> Result<(), PolicyError> {
     require_role(caller, Role::Admin, "change the lockbox policy")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn user(name: &str, roles: &[&str]) -> User {
+        User {
+            name: name.into(),
+            roles: roles.iter().map(|r| Role::from(r.to_string())).collect(),
+            api_key_sha256: None,
+            mfa: true,
+            groups: Vec::new(),
+            email: None,
+        }
+    }
+
+    /// `hr` names its approvers (cleo); `sales` names none.
+    fn config() -> Config {
+        let text = "[proxy]\nlisten = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n\
+                    [token]\nsigning_key = \"signing.pem\"\n\
+                    [[databases]]\nname = \"sales\"\nhost = \"h\"\nuser = \"u\"\n\
+                    [databases.access.read]\nuser = \"r\"\n\
+                    [[databases]]\nname = \"hr\"\nhost = \"h\"\nuser = \"u\"\napprovers = [\"cleo\"]\n\
+                    [databases.access.read]\nuser = \"r\"\n";
+        Config::from_toml(text, Path::new(".")).expect("config")
+    }
+
+    fn request(database: &str, status: &str, extends: Option<&str>, break_glass: bool) -> Request {
+        let now = Utc::now();
+        serde_json::from_value(serde_json::json!({
+            "id": "req-2", "engineer": "eve", "database": database, "ticket": "T-1",
+            "reason": "debug", "access": "read", "duration_secs": 3600,
+            "status": status, "internal_role": "support-lead", "internal_required": 0,
+            "created_at": now, "request_expires_at": now + chrono::Duration::hours(12),
+            "decided_by": null, "decided_at": null, "decision_reason": null,
+            "access_starts_at": now, "access_expires_at": now + chrono::Duration::hours(1),
+            "revoked_by": null, "revoked_at": null, "revoke_reason": null,
+            "extends": extends, "break_glass": break_glass,
+        }))
+        .expect("request")
+    }
+
+    #[test]
+    fn approvers_revoke_and_review_only_for_the_databases_they_approve_for() {
+        let config = config();
+        let now = Utc::now();
+        let hr = request("hr", "approved", None, true);
+        let carol = user("carol", &["approver"]);
+        let cleo = user("cleo", &["approver"]);
+        assert!(matches!(
+            check_revoke(&config, &carol, &hr, now),
+            Err(PolicyError::Forbidden(m)) if m.contains("not an approver of database hr")
+        ));
+        assert!(check_revoke(&config, &cleo, &hr, now).is_ok());
+        assert!(check_revoke(
+            &config,
+            &carol,
+            &request("sales", "approved", None, false),
+            now
+        )
+        .is_ok());
+        // Admins, support leads and the engineer themself are not bound to a database.
+        for caller in [
+            user("ann", &["admin"]),
+            user("lena", &["support-lead"]),
+            user("eve", &["engineer"]),
+        ] {
+            assert!(
+                check_revoke(&config, &caller, &hr, now).is_ok(),
+                "{}",
+                caller.name
+            );
+        }
+        assert!(check_revoke(&config, &user("dave", &["auditor"]), &hr, now).is_err());
+        assert!(matches!(
+            check_acknowledge(&config, &carol, &hr),
+            Err(PolicyError::Forbidden(_))
+        ));
+        assert!(check_acknowledge(&config, &cleo, &hr).is_ok());
+    }
+
+    #[test]
+    fn an_extension_in_effect_is_revoked_with_its_grant_not_alone() {
+        let config = config();
+        let now = Utc::now();
+        let admin = user("ann", &["admin"]);
+        let applied = request("sales", "approved", Some("req-1"), false);
+        assert!(matches!(
+            check_revoke(&config, &admin, &applied, now),
+            Err(PolicyError::Conflict(m)) if m.contains("revoke req-1")
+        ));
+        let asked = request("sales", "pending_customer", Some("req-1"), false);
+        assert!(check_revoke(&config, &admin, &asked, now).is_ok());
+    }
 }

@@ -84,6 +84,41 @@ fn require_role(caller: &User, role: Role, action: &str) -> Result<(), PolicyErr
     }
 }
 
+/// Longest support ticket a request may name, in characters.
+pub const MAX_TICKET_CHARS: usize = 200;
+/// Longest reason or justification, in characters. Every record of a grant carries its
+/// ticket, and its request records the reason: both are bounded, so that one request
+/// cannot make each of its statements' records megabytes long.
+pub const MAX_REASON_CHARS: usize = 4_000;
+
+/// `text`, a request's ticket or reason or a decision's justification (`what`), is at most
+/// `max` characters and holds nothing that would hide or reorder what an approver reads:
+/// no control or Unicode format character (bidi overrides, zero-width spaces), except, in
+/// free text (`lines`), line breaks and tabs.
+pub(crate) fn check_shown_text(
+    what: &str,
+    text: &str,
+    max: usize,
+    lines: bool,
+) -> Result<(), PolicyError> {
+    if text.chars().count() > max {
+        return Err(PolicyError::Invalid(format!(
+            "{what} is longer than {max} characters"
+        )));
+    }
+    let allowed = |c: char| lines && matches!(c, '\n' | '\r' | '\t');
+    match text
+        .chars()
+        .find(|c| crate::visible::needs_escape(*c) && !allowed(*c))
+    {
+        Some(c) => Err(PolicyError::Invalid(format!(
+            "{what} holds the invisible or control character {}",
+            c.escape_unicode()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// May `caller` see `request`? Engineers see their own; approvers (customer and support
 /// lead), admins and auditors see all; a holder of the role a request's internal stage
 /// needs (a rule may name any role) sees the requests routed to it, as does anyone who
@@ -171,5 +206,35 @@ mod tests {
             &user("dan", &["dba-lead"]),
             &request("dba-lead", 0)
         ));
+    }
+
+    #[test]
+    fn tickets_and_reasons_are_bounded_and_hold_nothing_invisible() {
+        assert!(
+            check_shown_text("the ticket", "INC-42 / https://t.example/42", 200, false).is_ok()
+        );
+        assert!(check_shown_text("the reason", "line one\n\tline two", 4000, true).is_ok());
+        assert!(check_shown_text("the reason", "ünïcødé, 日本語, 🙂", 4000, true).is_ok());
+        for (text, lines) in [
+            ("T-1\u{202e}lasr", false),
+            ("T-\u{200b}1", false),
+            ("T-1\n", false),
+            ("ok \u{1b}[2J", true),
+            ("ok \u{2066}hidden\u{2069}", true),
+            ("ok \u{feff}", true),
+        ] {
+            assert!(
+                matches!(
+                    check_shown_text("x", text, 4000, lines),
+                    Err(PolicyError::Invalid(_))
+                ),
+                "{text:?}"
+            );
+        }
+        let long = "a".repeat(201);
+        assert!(check_shown_text("the ticket", &long, 200, false).is_err());
+        assert!(check_shown_text("the ticket", &long[..200], 200, false).is_ok());
+        // Characters are counted, not bytes.
+        assert!(check_shown_text("the ticket", &"é".repeat(200), 200, false).is_ok());
     }
 }

@@ -473,12 +473,11 @@ fn visible(caller: &User, request: Request) -> Result<Request, ServiceError> {
 
 fn require_reason(reason: &str) -> Result<(), PolicyError> {
     if reason.trim().is_empty() {
-        Err(PolicyError::Invalid(
+        return Err(PolicyError::Invalid(
             "a justification (--reason) is required".into(),
-        ))
-    } else {
-        Ok(())
+        ));
     }
+    policy::check_shown_text("the justification", reason, policy::MAX_REASON_CHARS, true)
 }
 
 fn conflict(id: &RequestId) -> ServiceError {

@@ -6,7 +6,7 @@ use super::{request_event, Lockbox, ServiceError};
 use crate::audit::{AuditEvent, RequestEvent, RequestRecord};
 use crate::config::User;
 use crate::ids::{RequestId, SessionId};
-use crate::policy::sessions::{check_kill, sees_all_sessions};
+use crate::policy::sessions::{check_kill, check_kill_any, sees_sessions_of};
 use crate::proxy::{Registry, SessionInfo};
 
 /// Why a session could not be ended.
@@ -25,15 +25,16 @@ impl From<crate::policy::PolicyError> for KillError {
 }
 
 impl Lockbox {
-    /// The live, admitted sessions `caller` may see: all of them for approvers, admins and
-    /// auditors, an engineer's own otherwise.
+    /// The live, admitted sessions `caller` may see: all of them for admins and auditors,
+    /// those of their databases for approvers, an engineer's own otherwise.
     pub(crate) fn list_sessions(&self, caller: &User, registry: &Registry) -> Vec<SessionInfo> {
         let mut list = registry.list();
         let node = self.config().node_id.clone();
         list.iter_mut().for_each(|s| s.node.clone_from(&node));
-        if !sees_all_sessions(caller) {
-            list.retain(|s| s.engineer == caller.name);
-        }
+        let config = self.config();
+        list.retain(|s| {
+            sees_sessions_of(&config, caller, &s.database) || s.engineer == caller.name
+        });
         list
     }
 
@@ -48,7 +49,9 @@ impl Lockbox {
         session: &SessionId,
         reason: &str,
     ) -> Result<SessionInfo, KillError> {
-        check_kill(caller, reason)?;
+        // Who may end sessions at all is refused before the session is looked up; whose
+        // sessions, once its database is known.
+        check_kill_any(caller, reason)?;
         // A session on another node (shared store) is ended by that node, told below.
         let (info, remote) = match registry.get(session) {
             Some(mut info) => {
@@ -61,6 +64,7 @@ impl Lockbox {
                 Err(e) => return Err(ServiceError::from(e).into()),
             },
         };
+        check_kill(&self.config(), caller, &info.database, reason)?;
         let why = format!("session {}: {}", session.0, reason.trim());
         let record = match self.store.get(&RequestId(info.request_id.clone())).await {
             Ok(Some(request)) => request_event(

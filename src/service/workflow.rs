@@ -131,7 +131,7 @@ impl Lockbox {
         let (before, guard) = self.load_locked(id).await?;
         let before = visible(caller, before)?;
         let now = Utc::now();
-        policy::check_revoke(caller, &before, now)?;
+        policy::check_revoke(&self.config(), caller, &before, now)?;
         let mut after = before.clone();
         after.transition(RequestStatus::Revoked, &caller.name, now, Some(reason));
         after.revoked_by = Some(caller.name.clone());
@@ -223,6 +223,7 @@ impl Lockbox {
         let reason = if reason.trim().is_empty() {
             "cancelled by the requester"
         } else {
+            require_reason(reason)?;
             reason
         };
         let (before, _guard) = self.load_locked(id).await?;
@@ -317,7 +318,7 @@ impl Lockbox {
         require_reason(reason)?;
         let (before, _guard) = self.load_locked(id).await?;
         let before = visible(caller, before)?;
-        policy::check_acknowledge(caller, &before)?;
+        policy::check_acknowledge(&self.config(), caller, &before)?;
         let mut after = before.clone();
         after.acknowledged_by = Some(caller.name.clone());
         after.acknowledged_at = Some(Utc::now());

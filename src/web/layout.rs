@@ -86,6 +86,13 @@ pub(crate) fn csrf_field(signed: &Signed) -> Markup {
 }
 
 /// A time as people read it, in UTC.
+/// Text someone else wrote (a ticket, a reason, a statement), with what would hide or
+/// reorder it in the page (controls, bidi overrides, zero-width characters) shown as
+/// escapes, as the CLI shows it (`crate::visible`); maud then escapes it for HTML.
+pub(crate) fn shown(text: &str) -> String {
+    crate::visible::escape(text, true).into_owned()
+}
+
 pub(crate) fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use maud::{html, Markup};
 
 use super::error::WebError;
-use super::layout::{csrf_field, page, span, table, time, time_or};
+use super::layout::{csrf_field, page, shown, span, table, time, time_or};
 use super::requests::{access_expires, access_period, approvers};
 use super::session::Signed;
 use super::WebState;
@@ -72,7 +72,7 @@ pub(crate) async fn show(
         (details(&config, &request))
         (actions(&config, &signed, &request))
         @if live || !sessions.is_empty() {
-            (sessions_list(&signed, &request, &sessions))
+            (sessions_list(&config, &signed, &request, &sessions))
         }
         @match &statements {
             Some(Ok(records)) => (statement_list(&request, records, live, stream_after(records, this_node))),
@@ -93,7 +93,11 @@ pub(crate) async fn show(
     };
     Ok(page(
         &signed,
-        &format!("Request {} ({})", request.ticket, request.database),
+        &format!(
+            "Request {} ({})",
+            shown(&request.ticket),
+            shown(&request.database)
+        ),
         content,
     ))
 }
@@ -104,10 +108,10 @@ fn details(config: &crate::config::Config, r: &Request) -> Markup {
             dt { "Request" } dd { code { (r.id) } }
             dt { "Status" } dd { span class=(format!("status s-{}", r.status.as_str())) { (r.status.as_str().replace('_', " ")) }
                 @if r.break_glass { " " span class="badge warn" { "break-glass" } } }
-            dt { "Engineer" } dd { (r.engineer) }
+            dt { "Engineer" } dd { (shown(&r.engineer)) }
             dt { "Database" } dd { (r.database) }
-            dt { "Support request" } dd { (r.ticket) }
-            dt { "Reason" } dd class="reason" { (r.reason) }
+            dt { "Support request" } dd { (shown(&r.ticket)) }
+            dt { "Reason" } dd class="reason" { (shown(&r.reason)) }
             dt { "Level" } dd { (r.access.as_str()) }
             dt { "Requested" } dd { (time(r.created_at)) }
             dt { "Request expires" } dd { (time(r.request_expires_at)) }
@@ -124,7 +128,7 @@ fn details(config: &crate::config::Config, r: &Request) -> Markup {
                 dt { "Acknowledged" } dd { (r.acknowledged_by.as_deref().unwrap_or("not yet")) }
             }
             @if let Some(by) = &r.revoked_by {
-                dt { "Revoked" } dd { (by) ", " (time_or(r.revoked_at, "")) ": " (r.revoke_reason.as_deref().unwrap_or("")) }
+                dt { "Revoked" } dd { (by) ", " (time_or(r.revoked_at, "")) ": " (shown(r.revoke_reason.as_deref().unwrap_or(""))) }
             }
         }
     }
@@ -143,7 +147,7 @@ fn approvals(r: &Request) -> Markup {
                         td { (a.by) }
                         td { @if a.approved { "approved" } @else { "denied" }
                              @if let Some(s) = a.shortened_to_secs { " (shortened to " (span(s)) ")" } }
-                        td { (a.justification) }
+                        td { (shown(&a.justification)) }
                         td { (time(a.at)) }
                     }
                 }
@@ -161,7 +165,7 @@ fn history(r: &Request) -> Markup {
                     td { (time(t.at)) }
                     td { (t.by) }
                     td { (t.from.map_or("new", |f| f.as_str())) " → " (t.to.as_str()) }
-                    td { (t.reason.as_deref().unwrap_or("")) }
+                    td { (shown(t.reason.as_deref().unwrap_or(""))) }
                 }
             }
         }))
@@ -173,10 +177,10 @@ fn actions(config: &crate::config::Config, signed: &Signed, r: &Request) -> Mark
     let now = Utc::now();
     let user = &signed.user;
     let decide = policy::check_decision(config, user, r, now).is_ok();
-    let revoke = policy::check_revoke(user, r, now).is_ok();
+    let revoke = policy::check_revoke(config, user, r, now).is_ok();
     let cancel = policy::check_cancel(user, r, now).is_ok();
     let extend = policy::check_extend(user, r, now).is_ok();
-    let acknowledge = policy::check_acknowledge(user, r).is_ok();
+    let acknowledge = policy::check_acknowledge(config, user, r).is_ok();
     let url = |action: &str| format!("/requests/{}/{action}", r.id);
     html! {
         @if decide || revoke || cancel || extend || acknowledge {
@@ -239,8 +243,14 @@ fn simple_form(
     }
 }
 
-fn sessions_list(signed: &Signed, r: &Request, sessions: &[SessionInfo]) -> Markup {
-    let may_end = crate::policy::sessions::check_kill_role(&signed.user).is_ok();
+fn sessions_list(
+    config: &crate::config::Config,
+    signed: &Signed,
+    r: &Request,
+    sessions: &[SessionInfo],
+) -> Markup {
+    let may_end =
+        crate::policy::sessions::check_kill_role(config, &signed.user, &r.database).is_ok();
     html! {
         h2 { "Live sessions" }
         @if sessions.is_empty() {
@@ -301,7 +311,7 @@ fn statement_list(r: &Request, records: &[serde_json::Value], live: bool, after:
 pub(crate) fn record_line(record: &serde_json::Value) -> Markup {
     let field = |k: &str| match record.get(k) {
         None | Some(serde_json::Value::Null) => String::new(),
-        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::String(s)) => shown(s),
         Some(other) => other.to_string(),
     };
     html! {

@@ -9,7 +9,7 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::error::WebError;
-use super::layout::{page, span, table, time, time_or};
+use super::layout::{page, shown, span, table, time, time_or};
 use super::session::Signed;
 use super::WebState;
 use crate::config::{Config, Role, User};
@@ -101,7 +101,7 @@ fn row(config: &Config, r: &Request) -> Markup {
     html! {
         tr {
             td {
-                a href=(format!("/requests/{}", r.id)) { (r.ticket) }
+                a href=(format!("/requests/{}", r.id)) { (shown(&r.ticket)) }
                 @if r.break_glass { " " span class="badge warn" { "break-glass" } }
                 @if r.extends.is_some() { " " span class="badge" { "extension" } }
             }

@@ -573,4 +573,8 @@ async fn on_sqlite_the_cluster_is_this_node_alone() {
     assert!(nodes[0].this_node);
     assert_eq!(nodes[0].live_sessions, 1);
     assert!(nodes[0].audit_seq.is_some_and(|seq| seq > 0));
+    // Live sessions and the audit sink's state are for those who may read the trail, as
+    // in `/v1/health`: not for an engineer.
+    let refused = env.client("eve").cluster().await.expect_err("eve");
+    assert_eq!(refused.code(), Some("forbidden"), "{refused}");
 }

@@ -103,6 +103,17 @@ async fn an_approver_approves_watches_live_ends_a_session_and_revokes() {
         .await
         .expect("query");
     b.wait_text("#statements", "watched live").await;
+    // A bidi override in a statement would reorder what the approver reads: the live list
+    // shows it as an escape, and so does the list the server renders.
+    client
+        .simple_query("SELECT 'txt.exe' -- \u{202e}gpj.txt")
+        .await
+        .expect("query");
+    b.wait_text("#statements", "-- \\u{202e}gpj.txt").await;
+    b.goto(&format!("/requests/{id}")).await;
+    let rendered = b.text("#statements").await;
+    assert!(rendered.contains("-- \\u{202e}gpj.txt"), "{rendered}");
+    assert!(!rendered.contains('\u{202e}'), "{rendered}");
 
     // End the session from the page: the engineer's session is dropped.
     b.goto(&format!("/requests/{id}")).await;

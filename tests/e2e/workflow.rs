@@ -325,6 +325,38 @@ async fn per_database_approvers_and_request_expiry_by_rule() {
         .await
         .expect("cleo is listed");
     assert_eq!(status(&env, &named).await, RequestStatus::Active);
+    // An approver of other databases neither sees nor ends its sessions, nor revokes it.
+    let token = env.client("eve").token(&named).await.expect("token").token;
+    let (_client, _conn) = env.connect("eve", &token).await.expect("login");
+    let live = env
+        .client("cleo")
+        .list_sessions()
+        .await
+        .expect("cleo lists");
+    assert_eq!(live.len(), 1, "cleo sees the session of her database");
+    let carols = env
+        .client("carol")
+        .list_sessions()
+        .await
+        .expect("carol lists");
+    assert!(carols.is_empty(), "carol sees no session of hr: {carols:?}");
+    let kill = env
+        .client("carol")
+        .kill_session(&live[0].session_id, "not mine to end")
+        .await
+        .expect_err("carol may not end it");
+    assert_eq!(kill.code(), Some("forbidden"), "{kill}");
+    let revoke = env
+        .client("carol")
+        .revoke(&named, "not mine to revoke")
+        .await
+        .expect_err("carol may not revoke it");
+    assert_eq!(revoke.code(), Some("forbidden"), "{revoke}");
+    assert_eq!(status(&env, &named).await, RequestStatus::Active);
+    env.client("cleo")
+        .kill_session(&live[0].session_id, "cleo ends it")
+        .await
+        .expect("cleo ends the session of her database");
     let id = env.request_for("bob", "1h", AccessLevel::Read).await;
     assert_eq!(status(&env, &id).await, RequestStatus::PendingCustomer);
     env.wait_for_audit("the request to expire", |records| {
@@ -386,6 +418,17 @@ async fn an_extension_goes_through_approvals_and_keeps_the_session_alive() {
     // A fresh token covers the extended window.
     let fresh = env.client("eve").token(&id).await.expect("token");
     assert_eq!(fresh.expires_at, Some(end));
+    // The extension is part of the grant's window now: revoking it alone would leave the
+    // time in place, so it is refused, naming the grant to revoke.
+    let alone = env
+        .client("carol")
+        .revoke(&extension.id.0, "no more time")
+        .await
+        .expect_err("an extension in effect");
+    assert_eq!(alone.code(), Some("conflict"), "{alone}");
+    assert!(alone.to_string().contains(&id), "{alone}");
+    let original = env.client("eve").show_request(&id).await.expect("show");
+    assert_eq!(original.access_expires_at, Some(end));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -635,4 +678,42 @@ async fn a_later_start_is_approved_but_not_active_until_it_opens() {
         .await
         .expect_err("too far ahead");
     assert_eq!(err.code(), Some("invalid"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_with_invisible_characters_or_an_endless_reason_is_refused() {
+    let env = Env::start("wf_text").await;
+    let mut reversed = ask(&env, AccessLevel::Read, "1h");
+    // Shown as "SUP-9 (sales)" with the database name reversed by the override.
+    reversed.ticket = "SUP-9\u{202e}".into();
+    let mut hidden = ask(&env, AccessLevel::Read, "1h");
+    hidden.ticket = "SUP-\u{200b}9".into();
+    let mut endless = ask(&env, AccessLevel::Read, "1h");
+    endless.reason = "x".repeat(1_000_000);
+    for (what, new) in [
+        ("bidi override", reversed),
+        ("zero-width space", hidden),
+        ("a megabyte of reason", endless),
+    ] {
+        let refused = env
+            .client("eve")
+            .create_request(&new)
+            .await
+            .expect_err(what);
+        assert_eq!(refused.code(), Some("invalid"), "{what}: {refused}");
+    }
+    let id = env.request_for("eve", "1h", AccessLevel::Read).await;
+    let long = env
+        .client("carol")
+        .approve(&id, &"y".repeat(5_000))
+        .await
+        .expect_err("a justification past 4,000 characters");
+    assert_eq!(long.code(), Some("invalid"), "{long}");
+    let filed = env.client("dave").list_requests(None).await.expect("list");
+    let ids: Vec<&str> = filed.iter().map(|r| r.id.0.as_str()).collect();
+    assert_eq!(ids, [id.as_str()], "only the plain request was filed");
+    assert!(
+        filed[0].approvals.is_empty(),
+        "the long justification counted"
+    );
 }
