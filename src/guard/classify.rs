@@ -71,11 +71,16 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         name.starts_with("pg_stats") || name.starts_with("pg_statistic")
     });
     let calls_reads_by_name = calls.reads_tables_by_name || reads_statistics;
+    // Relations named in call arguments (`table_to_xml('…')`) are read as the server reads
+    // a regclass, which the lowercased names here do not tell exactly: never catalogs.
     let catalog_only = class == Class::Read
         && opaque.is_none()
         && !calls_reads_by_name
-        && !relations.is_empty()
-        && relations.iter().all(|r| is_catalog(r));
+        && !calls.reads_data
+        && !found.relations.is_empty()
+        && !found.non_catalog_relations
+        && calls.relations.is_empty();
+    let search_path = search_path_of(&found, &calls);
     let catalog_unqualified = catalog_only && relations.iter().any(|r| !r.contains('.'));
     Analysis {
         kind,
@@ -92,9 +97,9 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             names,
             catalog_only,
             catalog_unqualified,
-            temporary_relations: found.temporary_relations,
+            may_shadow_catalog: found.temporary_relations || before_pg_catalog(&search_path),
             copy_in: matches!(node, N::CopyStmt(c) if c.is_from && !c.is_program && c.filename.is_empty()),
-            search_path: search_path_of(&found, &calls).into(),
+            search_path: search_path.into(),
             maybe_called: found
                 .calls
                 .iter()
@@ -356,6 +361,17 @@ fn search_path_of(found: &Found<'_>, calls: &Calls) -> Vec<String> {
     out
 }
 
+/// Whether a search path (as `search_path_of` lists it) searches some schema before
+/// pg_catalog: one listed ahead of it, or a value that cannot be read (`*`). Where
+/// pg_catalog is not listed it is searched first.
+fn before_pg_catalog(schemas: &[String]) -> bool {
+    schemas.iter().any(|s| s == "*")
+        || schemas
+            .iter()
+            .position(|s| s == "pg_catalog")
+            .is_some_and(|at| at > 0)
+}
+
 /// The schema names of a search_path value (`"$user", public, hr`).
 fn schemas_in(value: &str) -> Vec<String> {
     value
@@ -374,6 +390,9 @@ struct Calls {
     relations: Vec<String>,
     opaque: bool,
     reads_tables_by_name: bool,
+    /// A built-in that returns stored data without naming a table (`lo_get`): its rows
+    /// are customer data whatever relations the statement reads.
+    reads_data: bool,
 }
 
 fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
@@ -394,6 +413,10 @@ fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
         let class = match functions::effect(name) {
             Effect::None if name == "lo_open" => Class::Write,
             Effect::None | Effect::ReadsTablesByName | Effect::RunsQueryText => continue,
+            Effect::ReadsData => {
+                out.reads_data = true;
+                continue;
+            }
             Effect::Write => Class::Write,
             Effect::Escalation(rule) => Class::Escalation(rule),
             Effect::SetsConfig => Class::Forbidden("lexer_setting"),
@@ -412,6 +435,10 @@ fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
         }
         let class = match functions::effect(&call.name) {
             Effect::None if call.name == "lo_open" => functions::lo_open_class(call),
+            Effect::ReadsData => {
+                out.reads_data = true;
+                Class::Read
+            }
             Effect::None => Class::Read,
             Effect::Write => Class::Write,
             Effect::Escalation(rule) => Class::Escalation(rule),
@@ -558,15 +585,6 @@ fn renames_routine(r: &protobuf::RenameStmt) -> bool {
         O::try_from(r.rename_type),
         Ok(O::ObjectFunction | O::ObjectProcedure | O::ObjectRoutine | O::ObjectAggregate)
     )
-}
-
-/// A relation of the system catalogs: qualified with pg_catalog or information_schema, or
-/// unqualified with the name of one (pg_dump reads them with an empty search path).
-fn is_catalog(relation: &str) -> bool {
-    match relation.split_once('.') {
-        Some((schema, _)) => schema == "pg_catalog" || schema == "information_schema",
-        None => functions::is_catalog_relation(relation),
-    }
 }
 
 fn non_empty(name: &str) -> Option<String> {

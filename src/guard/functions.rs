@@ -31,6 +31,8 @@ pub(crate) enum Effect {
     RunsQueryText,
     /// Reads a table named by text, or a whole schema or database.
     ReadsTablesByName,
+    /// Returns stored data without naming a table (large objects): never a catalog read.
+    ReadsData,
 }
 
 /// The names of pg_catalog's functions in PostgreSQL 15, one per line (`psql -Atc "select
@@ -89,6 +91,10 @@ pub(crate) fn effect(name: &str) -> Effect {
         "lo_create" | "lo_creat" | "lo_unlink" | "lowrite" | "lo_write" | "lo_put"
         | "lo_truncate" | "lo_truncate64" | "lo_from_bytea" => Effect::Write,
         "lo_import" | "lo_export" => Effect::Escalation(ESCAPING),
+        "lo_get" | "loread" => Effect::ReadsData,
+        // They assign a transaction id even in a read-only transaction: each one a WAL
+        // record and a step towards wraparound.
+        "txid_current" | "pg_current_xact_id" => Effect::Write,
         // Sequences.
         "nextval" | "setval" => Effect::Write,
         // Advisory locks block other sessions (the session-level ones beyond the

@@ -158,8 +158,10 @@ pub struct Facts {
     /// Some catalog it reads is named without its schema: a temporary table of the same
     /// name would be read instead (pg_temp comes first on the search path).
     pub catalog_unqualified: bool,
-    /// It names a temporary relation (creating one, most likely).
-    pub temporary_relations: bool,
+    /// After it, an unqualified catalog name may find another relation: it names a
+    /// temporary relation (pg_temp is searched first; creating one, most likely), or puts a
+    /// schema before pg_catalog on the search path (or a search path it cannot read).
+    pub may_shadow_catalog: bool,
     /// It is `COPY … FROM STDIN`: the server asks the client for data (CopyInResponse) and
     /// reads it, ignoring Sync, until the COPY ends.
     pub copy_in: bool,

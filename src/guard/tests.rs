@@ -122,6 +122,8 @@ fn writes() {
         "select pg_catalog.lo_truncate(0, 0)",
         "select nextval('s')",
         "select setval('s', 1)",
+        "select txid_current()",
+        "select pg_catalog.pg_current_xact_id()",
         "select pg_advisory_lock(1)",
         "select pg_notify('c', 'x')",
         "notify c",
@@ -671,6 +673,49 @@ fn catalog_reads_are_told_apart() {
 }
 
 #[test]
+fn only_what_the_server_resolves_to_a_catalog_is_one() {
+    let catalog = |sql: &str| analyze(sql).facts.catalog_only;
+    // information_schema is on no search path: an unqualified name of one of its views is
+    // the customer's table of that name.
+    assert!(!catalog("SELECT * FROM parameters"));
+    assert!(!catalog("SELECT * FROM tables"));
+    assert!(catalog("SELECT * FROM information_schema.parameters"));
+    // Quoted names are case-sensitive: these are not the catalogs.
+    assert!(!catalog(r#"SELECT * FROM "PG_CLASS""#));
+    assert!(!catalog(r#"SELECT * FROM "PG_CATALOG".pg_class"#));
+    assert!(!catalog(r#"SELECT * FROM "INFORMATION_SCHEMA".tables"#));
+    // Large objects are stored data, whatever table lists them.
+    assert!(!catalog(
+        "SELECT l.oid, pg_catalog.lo_get(l.oid) FROM pg_catalog.pg_largeobject_metadata l"
+    ));
+    assert!(!catalog("SELECT loread(0, 100) FROM pg_class"));
+    // A table named in a call's argument is read as the server reads a regclass.
+    assert!(!catalog(
+        r#"SELECT table_to_xml('"PG_CLASS"', true, false, '')"#
+    ));
+    // What lets an unqualified catalog name find another relation later.
+    let shadows = |sql: &str| analyze(sql).facts.may_shadow_catalog;
+    assert!(shadows(
+        "CREATE TABLE pg_temp_3.pg_class AS SELECT * FROM items"
+    ));
+    assert!(shadows("CREATE TABLE pg_temp.pg_class (id int)"));
+    assert!(shadows("CREATE TEMP TABLE pg_class (id int)"));
+    assert!(shadows("SET search_path = public, pg_catalog"));
+    assert!(shadows(
+        "SELECT set_config('search_path', 'public, pg_catalog', false)"
+    ));
+    assert!(shadows(
+        "SELECT set_config('search_path', current_user, false)"
+    ));
+    assert!(!shadows("SET search_path = public"));
+    assert!(!shadows("SET search_path = pg_catalog, public"));
+    assert!(!shadows(
+        "SELECT pg_catalog.set_config('search_path', '', false)"
+    ));
+    assert!(!shadows("SELECT * FROM pg_class"));
+}
+
+#[test]
 fn second_review_findings_stay_closed() {
     let rules = Guardrails {
         deny_drop: true,
@@ -790,4 +835,31 @@ fn deny_drop_covers_drops_under_alter() {
     ] {
         check(sql, false);
     }
+}
+
+#[test]
+fn sql_json_syntax_is_the_call_an_older_server_makes() {
+    let rules = Guardrails {
+        deny_delete_without_where: true,
+        ..Guardrails::default()
+    };
+    // PostgreSQL 15 reads these as calls of the database's own functions of those names.
+    for sql in [
+        "SELECT json_scalar(1)",
+        "SELECT json_serialize('1')",
+        "SELECT json_array(1, 2)",
+        "SELECT json_arrayagg(id) FROM items",
+        "SELECT json_exists('{}', '$.a')",
+        "SELECT json_value('{}', '$.a')",
+        "SELECT json_query('{}', '$.a')",
+        "SELECT json('1')",
+    ] {
+        let facts = analyze(sql).facts;
+        assert_eq!(
+            check_rules(&rules, &facts).err().map(|r| r.rule),
+            Some("opaque_statement"),
+            "{sql}"
+        );
+    }
+    assert!(check_rules(&rules, &analyze("SELECT json_build_array(1, 2)").facts).is_ok());
 }

@@ -54,6 +54,9 @@ pub(crate) struct Found<'t> {
     pub indirection_names: Vec<String>,
     /// A temporary relation is named (created, most likely): it can shadow a catalog's name.
     pub temporary_relations: bool,
+    /// A relation is named that is not certainly one of the system catalogs (compared as
+    /// the server resolves names: case-sensitive, see `is_catalog`).
+    pub non_catalog_relations: bool,
     /// Operators as written: schema (if qualified) and symbol.
     pub operators: Vec<(Option<String>, String)>,
 }
@@ -83,9 +86,12 @@ fn visit<'t>(value: &'t Value, found: &mut Found<'t>) {
 fn inspect_untagged<'t>(map: &'t Map<String, Value>, found: &mut Found<'t>) {
     if map.contains_key("relname") && map.contains_key("relpersistence") {
         found.relations.push(relation_name(map));
-        let temporary = map.get("relpersistence").and_then(Value::as_str) == Some("t")
-            || map.get("schemaname").and_then(Value::as_str) == Some("pg_temp");
+        let part = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or_default();
+        let (schema, name) = (part("schemaname"), part("relname"));
+        // `pg_temp` is the session's temporary schema, and so is its own name (`pg_temp_3`).
+        let temporary = part("relpersistence") == "t" || schema.starts_with("pg_temp");
         found.temporary_relations |= temporary;
+        found.non_catalog_relations |= !is_catalog(schema, name);
     }
     if map.contains_key("funcname") && map.contains_key("agg_star") {
         found.calls.push(call_of(map));
@@ -106,6 +112,14 @@ fn inspect_untagged<'t>(map: &'t Map<String, Value>, found: &mut Found<'t>) {
 /// Node types recognised by their tag.
 fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
     let has = |field: &str| !is_empty(node.get(field));
+    if let Some(name) = sql_json_call(key, node) {
+        found.calls.push(Call {
+            schema: None,
+            name: name.to_owned(),
+            args: Vec::new(),
+            named: Vec::new(),
+        });
+    }
     match key {
         "InsertStmt" => {
             found.writes = true;
@@ -259,6 +273,46 @@ fn is_empty(value: Option<&Value>) -> bool {
         Some(Value::Array(items)) => items.is_empty(),
         Some(_) => false,
     }
+}
+
+/// A relation of the system catalogs, by the exact (case-sensitive) names the parser
+/// gives: qualified with pg_catalog or information_schema, where nobody but a superuser
+/// creates anything; or unqualified with the name of a pg_catalog relation (all of them
+/// start `pg_`), which pg_catalog resolves first unless a temporary relation or the search
+/// path puts another in front (the relay keeps track of both: `Facts::may_shadow_catalog`).
+/// An unqualified information_schema name (`tables`, `parameters`) is not one: that schema
+/// is on no search path by default, and a customer's table of that name is found instead.
+fn is_catalog(schema: &str, name: &str) -> bool {
+    match schema {
+        "" => name.starts_with("pg_") && super::functions::is_catalog_relation(name),
+        "pg_catalog" | "information_schema" => true,
+        _ => false,
+    }
+}
+
+/// The function a server before PostgreSQL 16 calls where this parser (PostgreSQL 18's
+/// grammar) reads SQL/JSON syntax: `json_scalar(1)` is a node of its own here, but a
+/// plain call there, of whatever function of the database bears the name. Judged as a
+/// call of that name (not a built-in of PostgreSQL 15, so opaque), with its arguments
+/// unknown; `json_object` is a built-in there and is judged as one.
+fn sql_json_call(key: &str, node: &Value) -> Option<&'static str> {
+    Some(match key {
+        "JsonScalarExpr" => "json_scalar",
+        "JsonSerializeExpr" => "json_serialize",
+        "JsonParseExpr" => "json",
+        "JsonArrayConstructor" | "JsonArrayQueryConstructor" => "json_array",
+        "JsonObjectConstructor" => "json_object",
+        "JsonArrayAgg" => "json_arrayagg",
+        "JsonObjectAgg" => "json_objectagg",
+        "JsonTable" => "json_table",
+        "MergeSupportFunc" => "merge_action",
+        "JsonFuncExpr" => match node.get("op").and_then(Value::as_str) {
+            Some("JSON_EXISTS_OP") => "json_exists",
+            Some("JSON_QUERY_OP") => "json_query",
+            _ => "json_value",
+        },
+        _ => return None,
+    })
 }
 
 fn relation_name(map: &Map<String, Value>) -> String {

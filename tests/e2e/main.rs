@@ -31,6 +31,7 @@ mod auth;
 mod backpressure;
 mod broken_pipe;
 mod cancel_tls;
+mod catalog_names;
 mod census;
 mod cli;
 mod client_tls;

@@ -61,7 +61,7 @@ impl Relay {
                 let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
                 let each = records.into_iter().zip(changes).zip(statements.iter());
                 for (i, ((record, change), s)) in each.enumerate() {
-                    self.temporary_relations |= s.analysis.facts.temporary_relations;
+                    self.catalog_shadowed |= s.analysis.facts.may_shadow_catalog;
                     if refusal.is_none()
                         && self.reads_catalog_only(
                             s.analysis.facts.catalog_only,
@@ -97,7 +97,7 @@ impl Relay {
                     [one] => one.analysis.clone(),
                     _ => guard::Analysis::rejected(),
                 };
-                self.temporary_relations |= analysis.facts.temporary_relations;
+                self.catalog_shadowed |= analysis.facts.may_shadow_catalog;
                 let kind = self.kind_of(&analysis);
                 let (record, recorded) =
                     self.statement_record(Protocol::Extended, &text, kind, None);

@@ -11,10 +11,11 @@ const TIMEOUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Relay {
     /// Whether a statement's rows are catalog rows, which a row limit does not count:
-    /// unqualified catalog names count as catalogs only while the session has named no
-    /// temporary relation (`pg_temp` is searched first and could hold a `pg_class`).
+    /// unqualified catalog names count as catalogs only while nothing can shadow them: the
+    /// session has named no temporary relation (`pg_temp` is searched first and could hold
+    /// a `pg_class`) and put no schema before pg_catalog on its search path.
     pub(super) fn reads_catalog_only(&self, catalog_only: bool, unqualified: bool) -> bool {
-        catalog_only && !(unqualified && self.temporary_relations)
+        catalog_only && !(unqualified && self.catalog_shadowed)
     }
 
     /// Whether the rows arriving now count against the grant's row limit: not those of a

@@ -117,8 +117,9 @@ pub struct Relay {
     running: Option<(Work, Instant)>,
     /// The work whose timeout already sent a cancel.
     cancelled: Option<Work>,
-    /// The session named a temporary relation: unqualified catalog names may be shadowed.
-    temporary_relations: bool,
+    /// The session named a temporary relation or put a schema before pg_catalog on its
+    /// search path: unqualified catalog names may be shadowed.
+    catalog_shadowed: bool,
     /// Statements (by seq) whose rows a row limit does not count (catalog reads).
     uncounted: std::collections::BTreeSet<u64>,
     /// The client may be sending COPY FROM STDIN data: it sent CopyData, or the server
@@ -204,7 +205,7 @@ impl Relay {
             stand_in_portal: inspect::new_stand_in_portal(),
             flush_upstream: false,
             batch: hold::BatchSoFar::default(),
-            temporary_relations: false,
+            catalog_shadowed: false,
             events: Vec::new(),
             outcomes: Vec::new(),
             warnings,
