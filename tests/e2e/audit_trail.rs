@@ -427,7 +427,7 @@ fn serve(env: &Env) -> Output {
 async fn audit_list_jsonl_escapes_what_a_terminal_obeys_and_keeps_the_value() {
     let env = Env::start("trail_jsonl_escapes").await;
     let reason = "ok \u{1b}[2K\u{9b}1A adm\u{200b}in \u{202e}x";
-    let new = NewRequest {
+    let mut new = NewRequest {
         database: env.db.clone(),
         ticket: "T-1".into(),
         reason: reason.into(),
@@ -435,17 +435,32 @@ async fn audit_list_jsonl_escapes_what_a_terminal_obeys_and_keeps_the_value() {
         duration: Some("1h".into()),
         ..NewRequest::default()
     };
+    // The API refuses such a reason; a session's statements carry any text all the same,
+    // and a request stored before that check may hold it: both are shown escaped.
+    let refused = env.client("eve").create_request(&new).await.expect_err("refused");
+    assert_eq!(refused.code(), Some("invalid"), "{refused}");
+    new.reason = "plain".into();
     let id = env.file("eve", &new).await;
+    env.store_reason(&id, reason);
+    env.client("carol").approve(&id, "ok").await.expect("approve");
+    let token = env.client("eve").token(&id).await.expect("token").token;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    let statement = format!("SELECT 1 -- {reason}");
+    client.simple_query(&statement).await.expect("query");
+    env.wait_for_audit("the statement", |records| {
+        records.iter().any(|r| r["statement"] == statement.as_str())
+    })
+    .await;
     let listed = ok(lockbox(&env, "dave", &["audit", "list", "--request", &id]));
     for raw in ['\u{1b}', '\u{9b}', '\u{200b}', '\u{202e}'] {
         assert!(!listed.contains(raw), "{raw:?} printed raw: {listed:?}");
     }
-    let reasons: Vec<String> = listed
+    let statements: Vec<String> = listed
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).expect("each line is JSON"))
-        .filter_map(|r| r["reason"].as_str().map(str::to_owned))
+        .filter_map(|r| r["statement"].as_str().map(str::to_owned))
         .collect();
-    assert!(reasons.iter().any(|r| r == reason), "{reasons:?}");
+    assert!(statements.contains(&statement), "{statements:?}");
 
     // Every other `--json` output escapes the same way (here `request show` and `list`).
     for args in [

@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 
 use lockbox::client::{ApiClient, ClientError};
-use lockbox::policy::{AccessLevel, RequestStatus};
+use lockbox::policy::{AccessLevel, NewRequest, RequestStatus};
 
 use crate::harness::Env;
 
@@ -476,7 +476,7 @@ async fn human_output_fits_100_columns_and_shows_control_characters_escaped() {
             "--ticket",
             &ticket,
             "--reason",
-            spoof,
+            "plain",
             "--access",
             "write",
             "--duration",
@@ -486,6 +486,22 @@ async fn human_output_fits_100_columns_and_shows_control_characters_escaped() {
     );
     assert!(create.status.success(), "{}", text(&create.stderr));
     let id = text(&create.stdout).trim().to_owned();
+    // The API refuses the spoof; a request stored before that check may hold it, and the
+    // CLI shows it escaped.
+    let refused = env
+        .client("eve")
+        .create_request(&NewRequest {
+            database: env.db.clone(),
+            ticket: "SUP-1".into(),
+            reason: spoof.into(),
+            access: AccessLevel::Write,
+            duration: Some("1h".into()),
+            ..NewRequest::default()
+        })
+        .await
+        .expect_err("a reason with control characters");
+    assert_eq!(refused.code(), Some("invalid"), "{refused}");
+    env.store_reason(&id, spoof);
     env.approved_token("bob", "1h").await;
 
     let list = lockbox(&env, "carol", &["request", "list"], &[]);
