@@ -28,12 +28,30 @@ pub(crate) fn escape(text: &str, keep_newlines: bool) -> Cow<'_, str> {
 }
 
 /// Whether `c` must not be shown as it is: a control character (C0, DEL, C1), a format
-/// character, or a line or paragraph separator.
+/// character, a letter that draws nothing, or a line or paragraph separator.
 pub(crate) fn needs_escape(c: char) -> bool {
     c.is_control()
         || is_format(c)
+        || is_blank_filler(c)
         // Line and paragraph separators break a line in some terminals, not in others.
         || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Letters that draw nothing (Hangul fillers, the combining grapheme joiner, Khmer
+/// inherent vowels): Unicode lists them as default-ignorable, and `T-\u{3164}` reads as
+/// `T-`.
+fn is_blank_filler(c: char) -> bool {
+    matches!(
+        c,
+        '\u{034f}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}' | '\u{3164}' | '\u{ffa0}'
+    )
+}
+
+/// Variation selectors: they choose how the character before them is drawn (an emoji's
+/// colour form), and alone draw nothing. Shown as they are in free text, where they follow
+/// emoji; no part of a ticket.
+pub(crate) fn is_variation_selector(c: char) -> bool {
+    matches!(c, '\u{180b}'..='\u{180f}' | '\u{fe00}'..='\u{fe0f}' | '\u{e0100}'..='\u{e01ef}')
 }
 
 /// Unicode's format characters (general category Cf, Unicode 15): invisible, so

@@ -107,10 +107,11 @@ pub(crate) fn check_shown_text(
         )));
     }
     let allowed = |c: char| lines && matches!(c, '\n' | '\r' | '\t');
-    match text
-        .chars()
-        .find(|c| crate::visible::needs_escape(*c) && !allowed(*c))
-    {
+    let hidden = |c: char| {
+        (crate::visible::needs_escape(c) && !allowed(c))
+            || (!lines && crate::visible::is_variation_selector(c))
+    };
+    match text.chars().find(|c| hidden(*c)) {
         Some(c) => Err(PolicyError::Invalid(format!(
             "{what} holds the invisible or control character {}",
             c.escape_unicode()
@@ -214,7 +215,9 @@ mod tests {
             check_shown_text("the ticket", "INC-42 / https://t.example/42", 200, false).is_ok()
         );
         assert!(check_shown_text("the reason", "line one\n\tline two", 4000, true).is_ok());
-        assert!(check_shown_text("the reason", "ünïcødé, 日本語, 🙂", 4000, true).is_ok());
+        assert!(
+            check_shown_text("the reason", "ünïcødé, 日本語, 🙂, ❤\u{fe0f}", 4000, true).is_ok()
+        );
         for (text, lines) in [
             ("T-1\u{202e}lasr", false),
             ("T-\u{200b}1", false),
@@ -222,6 +225,11 @@ mod tests {
             ("ok \u{1b}[2J", true),
             ("ok \u{2066}hidden\u{2069}", true),
             ("ok \u{feff}", true),
+            ("T-\u{3164}", false),
+            ("T-\u{115f}", false),
+            ("T-1\u{34f}", false),
+            ("T-1\u{fe0f}", false),
+            ("ok \u{3164}", true),
         ] {
             assert!(
                 matches!(

@@ -320,16 +320,19 @@ async fn run_admitted(
     if let Some(ms) = admission.request.statement_timeout_ms {
         passed.push(("statement_timeout".into(), ms.to_string()));
     }
-    let (upstream, login) = match connect_upstream(lockbox, db, &admission.request, &passed).await {
-        Ok(connected) => connected,
-        Err((code, message)) => {
-            send_fatal(&mut stream, code, message).await;
-            return Aftermath::default();
-        }
-    };
+    let (mut upstream, login) =
+        match connect_upstream(lockbox, db, &admission.request, &passed).await {
+            Ok(connected) => connected,
+            Err((code, message)) => {
+                send_fatal(&mut stream, code, message).await;
+                return Aftermath::default();
+            }
+        };
     // With statement rules in force, the guard must know the database's own functions
-    // (fail closed: without them no statement could be checked).
-    let database_functions = if crate::guard::has_guardrails(&db.guardrails) {
+    // (fail closed: without them no statement could be checked); under a row limit, so
+    // must the exemption of catalog reads, which a function of the database could feed.
+    let row_limit = admission.request.max_rows.is_some();
+    let database_functions = if crate::guard::has_guardrails(&db.guardrails) || row_limit {
         let read = tokio::time::timeout(
             PROVISION_TIMEOUT,
             lockbox.provisioner.database_functions(db),
@@ -357,6 +360,7 @@ async fn run_admitted(
     } else {
         Arc::default()
     };
+    let search_path_shadows_catalog = row_limit && search_path_shadows_catalog(&mut upstream).await;
     let request = &admission.request;
     let fields = Arc::new(SessionFields::new(
         id.0.clone(),
@@ -434,6 +438,7 @@ async fn run_admitted(
                 },
                 redaction: db.redaction,
                 database_functions,
+                search_path_shadows_catalog,
                 ends_at: admission.ends_at,
                 warn_before: config.warn_before.clone(),
             },
@@ -478,6 +483,24 @@ async fn run_admitted(
         secret: backend.1,
     });
     Aftermath::new(cancel, reaper, farewell)
+}
+
+/// Whether the search path the server gave the session at login (its role's and
+/// database's defaults, which the proxy never sees set) lists a schema before pg_catalog,
+/// where a relation could shadow a catalog's unqualified name. Asked on the session's own
+/// connection before the client may send anything; a failure counts as yes (the catalog
+/// reads are then counted against the row limit, the safe direction).
+async fn search_path_shadows_catalog(upstream: &mut upstream::Upstream) -> bool {
+    const ASK: &str = "SELECT 1 FROM pg_catalog.unnest(pg_catalog.string_to_array(\
+        pg_catalog.current_setting('search_path'), ',')) WITH ORDINALITY AS p(name, n) \
+        WHERE pg_catalog.btrim(p.name, ' \"') = 'pg_catalog' AND p.n > 1";
+    match upstream.simple_query(ASK).await {
+        Ok(rows) => rows > 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the session's search path; catalog reads are counted");
+            true
+        }
+    }
 }
 
 /// Logs in upstream as the grant's role. A per-grant role whose password another proxy

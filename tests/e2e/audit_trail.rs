@@ -437,12 +437,19 @@ async fn audit_list_jsonl_escapes_what_a_terminal_obeys_and_keeps_the_value() {
     };
     // The API refuses such a reason; a session's statements carry any text all the same,
     // and a request stored before that check may hold it: both are shown escaped.
-    let refused = env.client("eve").create_request(&new).await.expect_err("refused");
+    let refused = env
+        .client("eve")
+        .create_request(&new)
+        .await
+        .expect_err("refused");
     assert_eq!(refused.code(), Some("invalid"), "{refused}");
     new.reason = "plain".into();
     let id = env.file("eve", &new).await;
     env.store_reason(&id, reason);
-    env.client("carol").approve(&id, "ok").await.expect("approve");
+    env.client("carol")
+        .approve(&id, "ok")
+        .await
+        .expect("approve");
     let token = env.client("eve").token(&id).await.expect("token").token;
     let (client, _conn) = env.connect("eve", &token).await.expect("login");
     let statement = format!("SELECT 1 -- {reason}");

@@ -134,3 +134,57 @@ async fn a_schema_put_before_pg_catalog_is_counted() {
     raw.read_until_ready().await;
     ended_at_the_limit(&mut raw, "SELECT * FROM pg_class", 5).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_path_the_database_sets_before_pg_catalog_is_counted() {
+    let env = Env::start("catalog_db_path").await;
+    // Set where the proxy never sees it: the database's default (an admin grant's
+    // `ALTER DATABASE … SET` would do the same for every later session).
+    env.superuser_sql(&format!(
+        "CREATE VIEW public.pg_class AS SELECT id, name FROM items;
+         GRANT SELECT ON public.pg_class TO lockbox_read;
+         ALTER DATABASE {} SET search_path = public, pg_catalog",
+        env.db
+    ));
+    let mut raw = limited(&env, AccessLevel::Read, 5).await;
+    ended_at_the_limit(&mut raw, "SELECT * FROM pg_class", 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_of_the_database_called_from_a_catalog_read_is_counted() {
+    let env = Env::start("catalog_functions").await;
+    env.superuser_sql(
+        "CREATE FUNCTION public.leak(c pg_class) RETURNS text LANGUAGE sql STABLE
+           AS 'SELECT name FROM items ORDER BY id LIMIT 1';
+         CREATE FUNCTION public.upper(o oid) RETURNS text LANGUAGE sql STABLE
+           AS 'SELECT name FROM items ORDER BY id LIMIT 1';
+         GRANT SELECT ON items TO lockbox_read",
+    );
+    // Column notation calls leak(c); upper(oid) is the database's, not the built-in.
+    for sql in [
+        "SELECT c.leak FROM pg_catalog.pg_class c LIMIT 10",
+        "SELECT upper(oid) FROM pg_catalog.pg_class LIMIT 10",
+    ] {
+        let mut raw = limited(&env, AccessLevel::Read, 3).await;
+        ended_at_the_limit(&mut raw, sql, 3).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_session_changes_the_databases_code_catalog_reads_are_counted() {
+    let env = Env::start("catalog_ddl").await;
+    let mut raw = limited(&env, AccessLevel::Admin, 3).await;
+    raw.send(&query(
+        "CREATE FUNCTION public.leak2(c pg_class) RETURNS text LANGUAGE sql STABLE \
+         AS 'SELECT name FROM items ORDER BY id LIMIT 1'",
+    ))
+    .await;
+    let created = raw.read_until_ready().await;
+    assert!(errors_in(&created).is_empty(), "{:?}", errors_in(&created));
+    ended_at_the_limit(
+        &mut raw,
+        "SELECT c.leak2 FROM pg_catalog.pg_class c LIMIT 10",
+        3,
+    )
+    .await;
+}

@@ -419,7 +419,8 @@ impl Env {
             .expect("config folder")
             .join("state.db");
         let db = rusqlite::Connection::open(&path).expect("state store");
-        db.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+        db.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
         let changed = db
             .execute(
                 "UPDATE requests SET body = json_set(body, '$.reason', ?1) WHERE id = ?2",

@@ -116,6 +116,7 @@ fn relay(fixture: &Fixture, access: AccessLevel, max_message: usize) -> Relay {
         },
         redaction: Default::default(),
         database_functions: Default::default(),
+        search_path_shadows_catalog: false,
         ends_at,
         warn_before: vec![std::time::Duration::from_secs(60)],
     };

@@ -37,8 +37,13 @@ pub struct Grant {
     pub limits: Limits,
     /// What the audit trail keeps out of this session's records.
     pub redaction: Redaction,
-    /// The database's own function names, read at login when it has statement rules.
+    /// The database's own function names, read at login when it has statement rules or
+    /// the grant a row limit.
     pub database_functions: Arc<std::collections::HashSet<String>>,
+    /// The session's search path, as the server set it at login (role and database
+    /// defaults), searches a schema before pg_catalog: unqualified catalog names may find
+    /// another relation. Asked only under a row limit; true when it could not be asked.
+    pub search_path_shadows_catalog: bool,
     /// When the session's access ends (wall clock), for the warnings before it.
     pub ends_at: chrono::DateTime<chrono::Utc>,
     /// `[timings] warn_before`: offsets before the end that get a NOTICE, longest first.

@@ -61,10 +61,10 @@ impl Relay {
                 let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
                 let each = records.into_iter().zip(changes).zip(statements.iter());
                 for (i, ((record, change), s)) in each.enumerate() {
-                    self.catalog_shadowed |= s.analysis.facts.may_shadow_catalog;
+                    self.note_catalog_changes(&s.analysis);
                     if refusal.is_none()
                         && self.reads_catalog_only(
-                            s.analysis.facts.catalog_only,
+                            self.catalog_only(&s.analysis.facts),
                             s.analysis.facts.catalog_unqualified,
                         )
                     {
@@ -97,7 +97,7 @@ impl Relay {
                     [one] => one.analysis.clone(),
                     _ => guard::Analysis::rejected(),
                 };
-                self.catalog_shadowed |= analysis.facts.may_shadow_catalog;
+                self.note_catalog_changes(&analysis);
                 let kind = self.kind_of(&analysis);
                 let (record, recorded) =
                     self.statement_record(Protocol::Extended, &text, kind, None);
@@ -113,7 +113,7 @@ impl Relay {
                     text: text.into(),
                     kind,
                     names: analysis.facts.names.clone(),
-                    catalog_only: analysis.facts.catalog_only,
+                    catalog_only: self.catalog_only(&analysis.facts),
                     catalog_unqualified: analysis.facts.catalog_unqualified,
                     copy_in: analysis.facts.copy_in,
                     recorded: false,

@@ -10,12 +10,33 @@ use super::Relay;
 const TIMEOUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Relay {
+    /// Whether the guard's analysis reads only catalogs, with what only the session knows:
+    /// a name it may call (`f(x)`, `c.f`, a built-in's name overloaded by the database)
+    /// that is one of the database's own functions could return any data.
+    pub(super) fn catalog_only(&self, facts: &crate::guard::Facts) -> bool {
+        facts.catalog_only
+            && !facts
+                .maybe_called
+                .iter()
+                .any(|name| self.grant.database_functions.contains(name.as_str()))
+    }
+
+    /// Notes what a statement the proxy forwards may change for later catalog reads.
+    pub(super) fn note_catalog_changes(&mut self, analysis: &crate::guard::Analysis) {
+        self.catalog_shadowed |= analysis.facts.may_shadow_catalog;
+        self.database_code_changed |= matches!(
+            analysis.class,
+            crate::guard::Class::Ddl | crate::guard::Class::Escalation(_)
+        );
+    }
+
     /// Whether a statement's rows are catalog rows, which a row limit does not count:
     /// unqualified catalog names count as catalogs only while nothing can shadow them: the
     /// session has named no temporary relation (`pg_temp` is searched first and could hold
     /// a `pg_class`) and put no schema before pg_catalog on its search path.
+    /// Nor once the session changed the database's schema or code (`database_code_changed`).
     pub(super) fn reads_catalog_only(&self, catalog_only: bool, unqualified: bool) -> bool {
-        catalog_only && !(unqualified && self.catalog_shadowed)
+        catalog_only && !self.database_code_changed && !(unqualified && self.catalog_shadowed)
     }
 
     /// Whether the rows arriving now count against the grant's row limit: not those of a

@@ -120,6 +120,10 @@ pub struct Relay {
     /// The session named a temporary relation or put a schema before pg_catalog on its
     /// search path: unqualified catalog names may be shadowed.
     catalog_shadowed: bool,
+    /// The session changed the database's schema or code (DDL): a function or view it made
+    /// may be reached from a catalog read, and the function list read at login does not
+    /// know it.
+    database_code_changed: bool,
     /// Statements (by seq) whose rows a row limit does not count (catalog reads).
     uncounted: std::collections::BTreeSet<u64>,
     /// The client may be sending COPY FROM STDIN data: it sent CopyData, or the server
@@ -171,6 +175,7 @@ impl Relay {
         deadline: tokio::time::Instant,
         grant: Grant,
     ) -> Self {
+        let shadowed_at_login = grant.search_path_shadows_catalog;
         let (upstream_r, upstream_w) = tokio::io::split(upstream);
         let warnings = notices::Warnings::new(
             &session.request_id,
@@ -205,7 +210,8 @@ impl Relay {
             stand_in_portal: inspect::new_stand_in_portal(),
             flush_upstream: false,
             batch: hold::BatchSoFar::default(),
-            catalog_shadowed: false,
+            catalog_shadowed: shadowed_at_login,
+            database_code_changed: false,
             events: Vec::new(),
             outcomes: Vec::new(),
             warnings,

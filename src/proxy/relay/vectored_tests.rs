@@ -468,6 +468,7 @@ async fn run_case(case: Case) -> Outcome {
         },
         redaction: Default::default(),
         database_functions: Default::default(),
+        search_path_shadows_catalog: false,
         ends_at,
         warn_before,
     };
