@@ -94,6 +94,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     })?;
     // A trail shorter than the checkpoint last witnessed was cut: nothing is appended to it.
     crate::audit::witness::check_trail(&config.audit_path, &store).await?;
+    crate::audit::witness::reopen(&store, &config.audit_path).await?;
     let (audit, audit_thread) = AuditLog::open_with(
         &config.audit_path,
         signer,

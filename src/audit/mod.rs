@@ -55,6 +55,14 @@ pub enum AuditError {
         witnessed_seq: u64,
         witnessed_by: String,
     },
+    /// Records follow the checkpoint a clean stop ended the trail with: they were written
+    /// while lockbox was not running.
+    #[error("audit trail {path}: records up to seq {last_seq} follow the checkpoint at seq {closed_seq} that lockbox ended the trail with when it stopped; they were written while lockbox was not running and no signature covers them. Nothing was appended: move them aside (or restore the trail) after investigating")]
+    AppendedWhileStopped {
+        path: String,
+        closed_seq: u64,
+        last_seq: u64,
+    },
     /// The trail holds another record where the witnessed checkpoint was.
     #[error("audit trail {path}: seq {seq} is not the checkpoint {witnessed_by} witnessed at seq {witnessed_seq}: the trail was rewritten or replaced; nothing was appended")]
     Diverged {

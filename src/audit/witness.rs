@@ -31,30 +31,50 @@ pub struct Witness {
     pub hash: [u8; 32],
 }
 
-/// How the state store holds a witness: `{"seq":N,"hash":"<hex>"}`.
+/// How the state store holds a witness: `{"seq":N,"hash":"<hex>","closed":true}`.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     seq: u64,
     hash: String,
+    /// The writer closed the trail cleanly with this checkpoint as its last record: until
+    /// the next start nothing may follow it (see [`Kept::closed`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    closed: bool,
 }
 
-impl Witness {
+/// A witness as the state store keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    pub witness: Witness,
+    /// The checkpoint was the trail's last record when lockbox stopped cleanly. A clean
+    /// stop always ends the trail with a signed checkpoint, so any record after it was
+    /// written while lockbox was not running: appended by someone else, and signed by no
+    /// one. The next start refuses such a trail (rather than sign what follows), and
+    /// `audit verify --config` reports it.
+    pub closed: bool,
+}
+
+impl Kept {
     fn to_setting(self) -> String {
         let stored = Stored {
-            seq: self.seq,
-            hash: hex::encode(self.hash),
+            seq: self.witness.seq,
+            hash: hex::encode(self.witness.hash),
+            closed: self.closed,
         };
-        // A struct of a number and a string always serializes.
+        // A struct of a number, a string and a flag always serializes.
         serde_json::to_string(&stored).unwrap_or_default()
     }
 
-    fn from_setting(text: &str) -> Result<Witness, String> {
+    fn from_setting(text: &str) -> Result<Kept, String> {
         let stored: Stored = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let mut hash = [0u8; 32];
         hex::decode_to_slice(&stored.hash, &mut hash).map_err(|e| e.to_string())?;
-        Ok(Witness {
-            seq: stored.seq,
-            hash,
+        Ok(Kept {
+            witness: Witness {
+                seq: stored.seq,
+                hash,
+            },
+            closed: stored.closed,
         })
     }
 }
@@ -74,13 +94,14 @@ pub fn setting_key(active: &Path) -> String {
     format!("audit_witness {}", active.display())
 }
 
-/// The witness the state store holds for the trail, if any.
-pub async fn stored(store: &Store, active: &Path) -> Result<Option<Witness>, AuditError> {
+/// The witness the state store holds for the trail, with whether the trail was closed
+/// at it.
+pub async fn kept(store: &Store, active: &Path) -> Result<Option<Kept>, AuditError> {
     let text = store
         .setting(&store_key(store, active))
         .await
         .map_err(|e| io_error(active, e.to_string()))?;
-    text.map(|t| Witness::from_setting(&t))
+    text.map(|t| Kept::from_setting(&t))
         .transpose()
         .map_err(|e| {
             io_error(
@@ -90,12 +111,42 @@ pub async fn stored(store: &Store, active: &Path) -> Result<Option<Witness>, Aud
         })
 }
 
+/// After [`check_trail`] passed, before the writer appends: the trail is open again, so a
+/// crash from now on may leave records after the checkpoint, unsigned but lockbox's own.
+pub async fn reopen(store: &Store, active: &Path) -> Result<(), AuditError> {
+    let Some(mut kept) = kept(store, active).await? else {
+        return Ok(());
+    };
+    if !kept.closed {
+        return Ok(());
+    }
+    kept.closed = false;
+    store
+        .set_setting(&store_key(store, active), &kept.to_setting())
+        .await
+        .map_err(|e| io_error(active, format!("reopening the witnessed checkpoint: {e}")))
+}
+
+/// A trail closed at its witnessed checkpoint must end with it: the last record's
+/// sequence number is compared (`last_seq` in the trail's newest file).
+pub fn check_closed(kept: &Kept, path: &Path, last_seq: u64) -> Result<(), AuditError> {
+    if kept.closed && last_seq > kept.witness.seq {
+        return Err(AuditError::AppendedWhileStopped {
+            path: path.display().to_string(),
+            closed_seq: kept.witness.seq,
+            last_seq,
+        });
+    }
+    Ok(())
+}
+
 /// Before the writer opens the trail: it must still hold the checkpoint the state store
 /// witnessed, or the writer would chain new records onto a truncated trail.
 pub async fn check_trail(active: &Path, store: &Store) -> Result<(), AuditError> {
-    let Some(witness) = stored(store, active).await? else {
+    let Some(kept) = kept(store, active).await? else {
         return Ok(());
     };
+    let witness = kept.witness;
     let files: Vec<PathBuf> = segments_after(active, Some(witness.seq.saturating_sub(1)))
         .map_err(|e| io_error(active, e.to_string()))?
         .into_iter()
@@ -107,6 +158,7 @@ pub async fn check_trail(active: &Path, store: &Store) -> Result<(), AuditError>
     if let Some(path) = paths.last() {
         let last = last_line(path).map_err(|e| io_error(path, e.to_string()))?;
         if let Some((line, seq)) = last.and_then(|l| seq_of(&l).map(|seq| (l, seq))) {
+            check_closed(&kept, path, seq)?;
             if seq == witness.seq {
                 return found(path, seq, &line, &witness, "the state store");
             }
@@ -116,6 +168,15 @@ pub async fn check_trail(active: &Path, store: &Store) -> Result<(), AuditError>
         }
     }
     check_files(&paths, &witness, "the state store", active)
+}
+
+/// Whether `witness` is the last record of the trail whose active file is `active`: the
+/// writer closed it with that checkpoint.
+fn ends_trail(active: &Path, witness: &Witness) -> bool {
+    matches!(
+        last_line(active),
+        Ok(Some(line)) if seq_of(&line) == Some(witness.seq) && line_hash(&line) == witness.hash
+    )
 }
 
 /// The last complete line of `path`, read from the end (a window growing from 16 KiB, so a
@@ -272,6 +333,7 @@ impl Keeper {
         let task = tokio::spawn(keep(
             store.clone(),
             store_key(&store, &active),
+            active,
             witnessed,
             stopped,
         ));
@@ -279,7 +341,7 @@ impl Keeper {
     }
 
     /// After the writer closed: records the last checkpoint (the one written at close),
-    /// then stops.
+    /// closed when it is the trail's last record, then stops.
     pub async fn finish(self) {
         let _ = self.stop.send(true);
         if let Err(e) = self.task.await {
@@ -291,6 +353,7 @@ impl Keeper {
 async fn keep(
     store: Store,
     key: String,
+    active: PathBuf,
     mut witnessed: watch::Receiver<Option<Witness>>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -298,8 +361,24 @@ async fn keep(
     loop {
         let stopping = *stop.borrow();
         let latest = *witnessed.borrow_and_update();
+        if stopping {
+            if let Some(witness) = latest.filter(|w| ends_trail(&active, w)) {
+                let closed = Kept {
+                    witness,
+                    closed: true,
+                };
+                if let Err(e) = store.set_setting(&key, &closed.to_setting()).await {
+                    tracing::error!(error = %e, seq = witness.seq, "could not keep the closing audit checkpoint in the state store");
+                }
+                return;
+            }
+        }
         if let Some(witness) = latest.filter(|w| Some(*w) != kept) {
-            match store.set_setting(&key, &witness.to_setting()).await {
+            let open = Kept {
+                witness,
+                closed: false,
+            };
+            match store.set_setting(&key, &open.to_setting()).await {
                 Ok(()) => kept = Some(witness),
                 // The previous witness stays: an older checkpoint, still a true one.
                 Err(e) => {
@@ -397,10 +476,14 @@ mod tests {
         }));
         keeper.finish().await;
         assert_eq!(
-            stored(&store, &active).await.expect("stored"),
-            Some(Witness {
-                seq: 3,
-                hash: hashes[2]
+            kept(&store, &active).await.expect("stored"),
+            Some(Kept {
+                witness: Witness {
+                    seq: 3,
+                    hash: hashes[2]
+                },
+                // The trail ends with it: closed there.
+                closed: true,
             })
         );
         check_trail(&active, &store).await.expect("whole trail");
@@ -421,5 +504,79 @@ mod tests {
             matches!(error, AuditError::Diverged { seq: 3, .. }),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn records_after_the_checkpoint_a_clean_stop_ended_with_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let active = dir.path().join("audit.jsonl");
+        let hashes = trail(&active, 3);
+        let store = Store::open(&dir.path().join("state.db")).expect("store");
+        let stop = |seq: u64| {
+            let (tx, rx) = watch::channel(None);
+            let keeper = Keeper::spawn(store.clone(), active.clone(), rx);
+            tx.send_replace(Some(Witness {
+                seq,
+                hash: hashes[seq as usize - 1],
+            }));
+            keeper.finish()
+        };
+        // The last witness is not the trail's end (a failed final checkpoint): not closed.
+        stop(2).await;
+        let open = kept(&store, &active).await.expect("read").expect("kept");
+        assert!(!open.closed);
+        check_trail(&active, &store)
+            .await
+            .expect("a crash's tail is the writer's own");
+        stop(3).await;
+        assert!(
+            kept(&store, &active)
+                .await
+                .expect("read")
+                .expect("kept")
+                .closed
+        );
+        check_trail(&active, &store)
+            .await
+            .expect("the trail as it was closed");
+        // Someone appends a record, chained correctly, while lockbox is stopped.
+        let mut bytes = std::fs::read(&active).expect("read");
+        encode_line(
+            &mut bytes,
+            4,
+            "forged",
+            &hashes[2],
+            br#"{"type":"request"}"#,
+        );
+        std::fs::write(&active, &bytes).expect("write");
+        let error = check_trail(&active, &store)
+            .await
+            .expect_err("appended while stopped");
+        assert!(
+            matches!(
+                error,
+                AuditError::AppendedWhileStopped {
+                    closed_seq: 3,
+                    last_seq: 4,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        // Once started on a trail that checked out, a crash's tail is lockbox's own again.
+        trail(&active, 3);
+        check_trail(&active, &store).await.expect("restored");
+        reopen(&store, &active).await.expect("reopen");
+        assert!(
+            !kept(&store, &active)
+                .await
+                .expect("read")
+                .expect("kept")
+                .closed
+        );
+        std::fs::write(&active, &bytes).expect("write");
+        check_trail(&active, &store)
+            .await
+            .expect("an open trail's tail");
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 
 use crate::audit::chain::Report;
-use crate::audit::witness::{self, Witness};
+use crate::audit::witness::{self, Kept};
 use crate::config::Config;
 
 /// Longest the audit database may take to say which checkpoint it holds.
@@ -67,9 +67,14 @@ pub(super) async fn verify_audit(
             )),
             Err(e) => problems.push(format!("the audit journal could not be read: {e}")),
         }
-        for (by, w) in witnesses_of(c).await {
-            match witness::check_files(&paths, &w, &by, &c.audit_path) {
-                Ok(()) => witnessed.push((by, w.seq)),
+        for (by, kept) in witnesses_of(c).await {
+            let last_file = paths.last().copied().unwrap_or(&c.audit_path);
+            let checked =
+                witness::check_files(&paths, &kept.witness, &by, &c.audit_path).and_then(|()| {
+                    witness::check_closed(&kept, last_file, report.last_seq.unwrap_or(0))
+                });
+            match checked {
+                Ok(()) => witnessed.push((by, kept.witness.seq)),
                 Err(e) => problems.push(e.to_string()),
             }
         }
@@ -103,7 +108,7 @@ pub(super) async fn verify_audit(
 
 /// The checkpoints witnessed outside the trail, each with where it was kept. A witness
 /// that cannot be read is a warning: the chain is still checked.
-async fn witnesses_of(config: &Config) -> Vec<(String, Witness)> {
+async fn witnesses_of(config: &Config) -> Vec<(String, Kept)> {
     let mut out = Vec::new();
     match stored_witness(config).await {
         Ok(Some(w)) => out.push(("the state store".to_owned(), w)),
@@ -120,7 +125,13 @@ async fn witnesses_of(config: &Config) -> Vec<(String, Witness)> {
         )
         .await
         {
-            Ok(Ok(Some(w))) => out.push(("the audit database".to_owned(), w)),
+            Ok(Ok(Some(witness))) => out.push((
+                "the audit database".to_owned(),
+                Kept {
+                    witness,
+                    closed: false,
+                },
+            )),
             Ok(Ok(None)) => {}
             Ok(Err(e)) => eprintln!(
                 "warning: cannot read the last checkpoint the audit database holds ({e})"
@@ -133,13 +144,13 @@ async fn witnesses_of(config: &Config) -> Vec<(String, Witness)> {
     out
 }
 
-async fn stored_witness(config: &Config) -> Result<Option<Witness>> {
+async fn stored_witness(config: &Config) -> Result<Option<Kept>> {
     // No state store yet: nothing was ever witnessed (and none is created here).
     if config.state_postgres.is_none() && !config.state_path.exists() {
         return Ok(None);
     }
     let store = crate::store::Store::from_config(config).await?;
-    Ok(witness::stored(&store, &config.audit_path).await?)
+    Ok(witness::kept(&store, &config.audit_path).await?)
 }
 
 struct Outcome<'a> {

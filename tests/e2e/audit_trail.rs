@@ -386,6 +386,58 @@ async fn a_trail_cut_after_a_checkpoint_fails_verify_and_is_not_continued() {
     ok(lockbox(&env, "dave", &["audit", "verify"]));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_appended_while_lockbox_is_stopped_fails_verify_and_is_not_signed() {
+    let mut env = Env::start("trail_appended").await;
+    let (_, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    statement(&env, &token).await;
+    env.stop().await;
+    let closed = std::fs::read(&env.audit_path).expect("trail");
+    let closed_seq = last_seq(&closed);
+    ok(lockbox(&env, "dave", &["audit", "verify"]));
+
+    // A record chained exactly onto the last one, as anyone who can write the folder can.
+    let text = String::from_utf8_lossy(&closed);
+    let last = text.lines().last().expect("a record");
+    let prev = hex::encode(lockbox::audit::chain::line_hash(last.as_bytes()));
+    let forged = format!(
+        "{{\"seq\":{},\"time\":\"2026-01-01T00:00:00.000000Z\",\"prev\":\"{prev}\",\"type\":\"request\",\"event\":\"approved\",\"request_id\":\"req-0\",\"actor\":\"carol\",\"reason\":\"forged\"}}\n",
+        closed_seq + 1
+    );
+    let mut appended = closed.clone();
+    appended.extend_from_slice(forged.as_bytes());
+    std::fs::write(&env.audit_path, &appended).expect("append");
+
+    let (stdout, _) = failed(lockbox(&env, "dave", &["audit", "verify"]));
+    let expected = format!(
+        "records up to seq {} follow the checkpoint at seq {closed_seq}",
+        closed_seq + 1
+    );
+    assert!(stdout.contains(&expected), "{stdout}");
+    let config = lockbox::config::Config::load(&env.config_path).expect("config");
+    let refused = match lockbox::server::start(config).await {
+        Ok(server) => {
+            server.shutdown().await;
+            panic!("the server signed a record written while it was stopped");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains(&expected), "{refused}");
+    assert_eq!(
+        std::fs::read(&env.audit_path).expect("trail"),
+        appended,
+        "nothing appended, nothing signed"
+    );
+
+    // The trail as lockbox closed it starts again, and a crash's tail after that start is
+    // lockbox's own (reported pending, not refused).
+    std::fs::write(&env.audit_path, &closed).expect("restore");
+    env.restart().await;
+    statement(&env, &token).await;
+    env.stop().await;
+    ok(lockbox(&env, "dave", &["audit", "verify"]));
+}
+
 async fn statement(env: &Env, token: &str) {
     let (client, conn) = env.connect("eve", token).await.expect("login");
     client.batch_execute("SELECT 1").await.expect("query");
