@@ -16,8 +16,8 @@ use crate::audit::{AuditEvent, OutcomeStatus, SessionEvent};
 use crate::sql::StatementKind;
 
 /// Every statement kind, in the order of [`kind_index`].
-const KINDS: [&str; 8] = [
-    "select", "insert", "update", "delete", "ddl", "other", "unknown", "empty",
+const KINDS: [&str; 9] = [
+    "select", "insert", "update", "delete", "ddl", "other", "unknown", "empty", "merge",
 ];
 
 fn kind_index(kind: StatementKind) -> usize {
@@ -30,6 +30,7 @@ fn kind_index(kind: StatementKind) -> usize {
         StatementKind::Other => 5,
         StatementKind::Unknown => 6,
         StatementKind::Empty => 7,
+        StatementKind::Merge => 8,
     }
 }
 

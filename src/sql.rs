@@ -22,6 +22,8 @@ pub enum StatementKind {
     Insert,
     Update,
     Delete,
+    /// MERGE: inserts, updates or deletes, by its actions.
+    Merge,
     Ddl,
     Other,
     Unknown,

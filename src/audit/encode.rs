@@ -210,6 +210,7 @@ fn kind_name(kind: StatementKind) -> &'static str {
         StatementKind::Insert => "insert",
         StatementKind::Update => "update",
         StatementKind::Delete => "delete",
+        StatementKind::Merge => "merge",
         StatementKind::Ddl => "ddl",
         StatementKind::Other => "other",
         StatementKind::Unknown => "unknown",

@@ -10,7 +10,7 @@ use super::reader::AuditQuery;
 
 /// Statement kinds a statement record can have (`StatementKind`, lowercase).
 pub const KINDS: &[&str] = &[
-    "select", "insert", "update", "delete", "ddl", "other", "unknown", "empty",
+    "select", "insert", "update", "delete", "merge", "ddl", "other", "unknown", "empty",
 ];
 
 /// Outcome statuses an outcome record can have (`OutcomeStatus`, snake_case).
@@ -155,6 +155,7 @@ mod tests {
             | StatementKind::Insert
             | StatementKind::Update
             | StatementKind::Delete
+            | StatementKind::Merge
             | StatementKind::Ddl
             | StatementKind::Other
             | StatementKind::Unknown
@@ -165,6 +166,7 @@ mod tests {
             StatementKind::Insert,
             StatementKind::Update,
             StatementKind::Delete,
+            StatementKind::Merge,
             StatementKind::Ddl,
             StatementKind::Other,
             StatementKind::Unknown,

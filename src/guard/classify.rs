@@ -120,13 +120,24 @@ fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameC
             Class::Read
         }
     };
+    // A SELECT that writes (a writable CTE) is recorded as the write, so that filtering
+    // the trail by kind finds it; SELECT INTO creates a table.
+    let select_kind = || match written_kind(found) {
+        Some(kind) => kind,
+        None if found.select_into => K::Ddl,
+        None => K::Select,
+    };
     match node {
-        N::SelectStmt(_) => (K::Select, select_class(), None),
+        N::SelectStmt(_) => (select_kind(), select_class(), None),
         N::InsertStmt(_) => (K::Insert, Class::Write, None),
         N::UpdateStmt(_) => (K::Update, Class::Write, None),
         N::DeleteStmt(_) => (K::Delete, Class::Write, None),
-        N::MergeStmt(_) => (K::Other, Class::Write, None),
-        N::ExplainStmt(e) => (K::Other, explain_class(e, found), explained_execute(e)),
+        N::MergeStmt(_) => (K::Merge, Class::Write, None),
+        N::ExplainStmt(e) => (
+            explain_kind(e),
+            explain_class(e, found),
+            explained_execute(e),
+        ),
         N::CopyStmt(c) => (K::Other, copy_class(c, found), None),
         N::DeclareCursorStmt(d) => {
             let class = if d.options & CURSOR_OPT_HOLD != 0 {
@@ -251,6 +262,29 @@ fn ddl_class(node: &N) -> Class {
 }
 
 /// EXPLAIN plans without running; EXPLAIN ANALYZE runs the statement.
+/// The kind of the write a statement holds inside, the most destructive first when it
+/// holds several.
+fn written_kind(found: &Found<'_>) -> Option<StatementKind> {
+    use StatementKind as K;
+    [
+        (found.deletes, K::Delete),
+        (found.merges, K::Merge),
+        (found.updates, K::Update),
+        (found.inserts, K::Insert),
+    ]
+    .into_iter()
+    .find_map(|(present, kind)| present.then_some(kind))
+}
+
+/// EXPLAIN ANALYZE runs its statement, and is recorded as what it runs; a plain EXPLAIN
+/// runs nothing.
+fn explain_kind(e: &protobuf::ExplainStmt) -> StatementKind {
+    match e.query.as_deref() {
+        Some(query) if analyzes(e) => analyze_inner(query).kind,
+        _ => StatementKind::Other,
+    }
+}
+
 fn explain_class(e: &protobuf::ExplainStmt, found: &Found<'_>) -> Class {
     let Some(query) = e.query.as_deref() else {
         return Class::Unknown;

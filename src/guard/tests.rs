@@ -863,3 +863,25 @@ fn sql_json_syntax_is_the_call_an_older_server_makes() {
     }
     assert!(check_rules(&rules, &analyze("SELECT json_build_array(1, 2)").facts).is_ok());
 }
+
+#[test]
+fn a_statement_that_writes_inside_is_recorded_as_the_write() {
+    use crate::sql::StatementKind as K;
+    for (sql, kind) in [
+        ("WITH d AS (DELETE FROM items WHERE id = 1 RETURNING *) SELECT count(*) FROM d", K::Delete),
+        ("WITH x AS (INSERT INTO items VALUES (1, 'a') RETURNING 1) SELECT 1", K::Insert),
+        ("WITH u AS (UPDATE items SET name = 'b' WHERE id = 1 RETURNING 1) SELECT * FROM u", K::Update),
+        (
+            "WITH i AS (INSERT INTO items VALUES (2, 'c') RETURNING 1), d AS (DELETE FROM items WHERE id = 3 RETURNING 1) SELECT 1",
+            K::Delete,
+        ),
+        ("SELECT * INTO TEMP tt FROM items", K::Ddl),
+        ("MERGE INTO items USING items s ON items.id = s.id WHEN MATCHED THEN DELETE", K::Merge),
+        ("EXPLAIN ANALYZE DELETE FROM items WHERE id = 1", K::Delete),
+        ("EXPLAIN (ANALYZE) UPDATE items SET name = 'x' WHERE id = 1", K::Update),
+        ("EXPLAIN DELETE FROM items WHERE id = 1", K::Other),
+        ("SELECT * FROM items", K::Select),
+    ] {
+        assert_eq!(analyze(sql).kind, kind, "{sql}");
+    }
+}

@@ -37,6 +37,12 @@ pub(crate) struct Found<'t> {
     pub sets: Vec<SetClause<'t>>,
     /// INSERT, UPDATE, DELETE or MERGE anywhere (writable CTEs included).
     pub writes: bool,
+    /// Which of them, for the audit's kind of a statement that writes inside (a writable
+    /// CTE, EXPLAIN ANALYZE).
+    pub inserts: bool,
+    pub updates: bool,
+    pub deletes: bool,
+    pub merges: bool,
     pub delete_without_where: bool,
     pub update_without_where: bool,
     /// `FOR UPDATE` / `FOR SHARE` …
@@ -123,11 +129,13 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
     match key {
         "InsertStmt" => {
             found.writes = true;
+            found.inserts = true;
             found.writes_pg_settings |= targets_pg_settings(node);
             found.update_without_where |= unbounded_upsert(node);
         }
         "MergeStmt" => {
             found.writes = true;
+            found.merges = true;
             found.writes_pg_settings |= targets_pg_settings(node);
             // A MERGE's join is no filter: the source can be the whole table. An UPDATE or
             // DELETE action without a condition of its own is unbounded.
@@ -154,11 +162,13 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         }
         "UpdateStmt" => {
             found.writes = true;
+            found.updates = true;
             found.update_without_where |= !has("where_clause");
             found.writes_pg_settings |= targets_pg_settings(node);
         }
         "DeleteStmt" => {
             found.writes = true;
+            found.deletes = true;
             found.delete_without_where |= !has("where_clause");
             found.writes_pg_settings |= targets_pg_settings(node);
         }
