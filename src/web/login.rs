@@ -123,6 +123,13 @@ pub(crate) async fn submit(
     if let Ok(value) = set_cookie(Some(&id), secure(&state), ttl).parse() {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
+    // The form's nonce did its work: it is not left for the next sign-in.
+    let secure = if secure(&state) { "; Secure" } else { "" };
+    let spent =
+        format!("{LOGIN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/login; Max-Age=0{secure}");
+    if let Ok(value) = spent.parse() {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
     response
 }
 

@@ -24,6 +24,20 @@ use crate::store::{Store, StoreError, WebSessionLimits, WebSessionRow};
 
 /// The cookie that names a sign-in.
 pub(crate) const COOKIE: &str = "lockbox_session";
+/// The session cookie's name under TLS. A browser accepts a `__Host-` cookie only from this
+/// very host, over HTTPS, for the whole site (`Secure`, `Path=/`, no `Domain`): a sibling
+/// subdomain cannot plant one to sign a victim's browser in as the attacker (session
+/// fixation), and a cookie of the plain name, which a sibling can set, is never read.
+pub(crate) const SECURE_COOKIE: &str = "__Host-lockbox_session";
+
+/// The session cookie's name: the `__Host-` one under TLS (browsers refuse it without).
+pub(crate) fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_COOKIE
+    } else {
+        COOKIE
+    }
+}
 
 /// Most sign-ins held at once: past it the one closest to its end makes room, so no
 /// number of logins can grow the store without bound.
@@ -260,13 +274,14 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 
 /// The `Set-Cookie` value for session `id` (`None`: delete the cookie).
 pub(crate) fn set_cookie(id: Option<&str>, secure: bool, ttl: Duration) -> String {
+    let name = cookie_name(secure);
     let secure = if secure { "; Secure" } else { "" };
     match id {
         Some(id) => format!(
-            "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
+            "{name}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
             ttl.as_secs()
         ),
-        None => format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}"),
+        None => format!("{name}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}"),
     }
 }
 
@@ -298,7 +313,8 @@ impl FromRequestParts<WebState> for Signed {
     type Rejection = WebError;
 
     async fn from_request_parts(parts: &mut Parts, state: &WebState) -> Result<Self, WebError> {
-        let id = cookie(&parts.headers, COOKIE).ok_or(WebError::SignIn)?;
+        let name = cookie_name(super::secure(state));
+        let id = cookie(&parts.headers, name).ok_or(WebError::SignIn)?;
         // Only a page view shows (and so uses up) the flash; a POST, the live stream and a
         // download leave it for the page.
         let path = parts.uri.path();

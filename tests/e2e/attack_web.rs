@@ -513,6 +513,25 @@ async fn under_tls_the_browser_is_kept_on_https() {
         .expect("cookie")
         .to_owned();
     assert!(cookie.contains("; Secure"), "{cookie}");
+    // Under TLS the session cookie is a `__Host-` one, which no sibling subdomain can
+    // plant; the form's nonce is spent.
+    let session = set_cookie(&signed, "__Host-lockbox_session").expect("a __Host- session");
+    assert!(set_cookie(&signed, "lockbox_session").is_none());
+    assert_eq!(set_cookie(&signed, "lockbox_login").as_deref(), Some(""));
+    let page = |cookie: String| {
+        http.get(format!("{base}/requests"))
+            .header("cookie", cookie)
+            .send()
+    };
+    let shown = page(format!("__Host-lockbox_session={session}"))
+        .await
+        .expect("page");
+    assert_eq!(shown.status(), 200);
+    // The same id under the name a sibling could set is no sign-in.
+    let planted = page(format!("lockbox_session={session}"))
+        .await
+        .expect("page");
+    assert_eq!(planted.status(), 303, "sent to sign in");
     for response in [&form, &signed] {
         let hsts = response
             .headers()
