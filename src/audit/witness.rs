@@ -147,6 +147,14 @@ pub async fn check_trail(active: &Path, store: &Store) -> Result<(), AuditError>
         return Ok(());
     };
     let witness = kept.witness;
+    if witness.seq == 0 {
+        // Closed before it held a record (or opened since): any record now was added
+        // while lockbox was stopped.
+        return match last_seq_of_trail(active)? {
+            Some(last) => check_closed(&kept, active, last),
+            None => Ok(()),
+        };
+    }
     let files: Vec<PathBuf> = segments_after(active, Some(witness.seq.saturating_sub(1)))
         .map_err(|e| io_error(active, e.to_string()))?
         .into_iter()
@@ -170,6 +178,35 @@ pub async fn check_trail(active: &Path, store: &Store) -> Result<(), AuditError>
     check_files(&paths, &witness, "the state store", active)
 }
 
+/// What a clean stop closes the trail at: the checkpoint this run witnessed last, or (when
+/// it wrote none) the one kept from before, if the trail ends with it; for a trail with no
+/// record at all, [`EMPTY`]. `None` when the trail ends otherwise (a final checkpoint that
+/// failed): then nothing is closed, as after a crash.
+async fn closing_witness(
+    store: &Store,
+    key: &str,
+    active: &Path,
+    latest: Option<Witness>,
+) -> Option<Witness> {
+    let candidate = match latest {
+        Some(w) => Some(w),
+        None => match store.setting(key).await {
+            Ok(Some(text)) => Kept::from_setting(&text).ok().map(|k| k.witness),
+            _ => None,
+        },
+    };
+    match candidate {
+        Some(w) if w.seq > 0 => ends_trail(active, &w).then_some(w),
+        _ => matches!(last_seq_of_trail(active), Ok(None)).then_some(EMPTY),
+    }
+}
+
+/// The witness of a trail closed before it held any record.
+pub const EMPTY: Witness = Witness {
+    seq: 0,
+    hash: [0; 32],
+};
+
 /// Whether `witness` is the last record of the trail whose active file is `active`: the
 /// writer closed it with that checkpoint.
 fn ends_trail(active: &Path, witness: &Witness) -> bool {
@@ -177,6 +214,18 @@ fn ends_trail(active: &Path, witness: &Witness) -> bool {
         last_line(active),
         Ok(Some(line)) if seq_of(&line) == Some(witness.seq) && line_hash(&line) == witness.hash
     )
+}
+
+/// The sequence number of the trail's last complete record, if any.
+fn last_seq_of_trail(active: &Path) -> Result<Option<u64>, AuditError> {
+    let files = segments_after(active, None).map_err(|e| io_error(active, e.to_string()))?;
+    for segment in files.iter().rev() {
+        let last = last_line(&segment.path).map_err(|e| io_error(&segment.path, e.to_string()))?;
+        if let Some(seq) = last.and_then(|l| seq_of(&l)) {
+            return Ok(Some(seq));
+        }
+    }
+    Ok(None)
 }
 
 /// The last complete line of `path`, read from the end (a window growing from 16 KiB, so a
@@ -362,7 +411,7 @@ async fn keep(
         let stopping = *stop.borrow();
         let latest = *witnessed.borrow_and_update();
         if stopping {
-            if let Some(witness) = latest.filter(|w| ends_trail(&active, w)) {
+            if let Some(witness) = closing_witness(&store, &key, &active, latest).await {
                 let closed = Kept {
                     witness,
                     closed: true,
@@ -578,5 +627,46 @@ mod tests {
         check_trail(&active, &store)
             .await
             .expect("an open trail's tail");
+    }
+
+    #[tokio::test]
+    async fn a_trail_closed_before_its_first_record_takes_none_while_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let active = dir.path().join("audit.jsonl");
+        std::fs::write(&active, b"").expect("empty trail");
+        let store = Store::open(&dir.path().join("state.db")).expect("store");
+        let (_tx, rx) = watch::channel(None);
+        Keeper::spawn(store.clone(), active.clone(), rx)
+            .finish()
+            .await;
+        assert_eq!(
+            kept(&store, &active).await.expect("read"),
+            Some(Kept {
+                witness: EMPTY,
+                closed: true
+            })
+        );
+        check_trail(&active, &store).await.expect("still empty");
+        let mut bytes = Vec::new();
+        encode_line(&mut bytes, 1, "forged", &GENESIS, br#"{"type":"request"}"#);
+        std::fs::write(&active, &bytes).expect("write");
+        let error = check_trail(&active, &store)
+            .await
+            .expect_err("appended while stopped");
+        assert!(
+            matches!(
+                error,
+                AuditError::AppendedWhileStopped {
+                    closed_seq: 0,
+                    last_seq: 1,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        reopen(&store, &active).await.expect("reopen");
+        check_trail(&active, &store)
+            .await
+            .expect("an open trail's records are its own");
     }
 }

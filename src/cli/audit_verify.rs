@@ -69,10 +69,15 @@ pub(super) async fn verify_audit(
         }
         for (by, kept) in witnesses_of(c).await {
             let last_file = paths.last().copied().unwrap_or(&c.audit_path);
-            let checked =
-                witness::check_files(&paths, &kept.witness, &by, &c.audit_path).and_then(|()| {
-                    witness::check_closed(&kept, last_file, report.last_seq.unwrap_or(0))
-                });
+            // A trail closed before it held a record has no checkpoint to find.
+            let found = if kept.witness.seq == 0 {
+                Ok(())
+            } else {
+                witness::check_files(&paths, &kept.witness, &by, &c.audit_path)
+            };
+            let checked = found.and_then(|()| {
+                witness::check_closed(&kept, last_file, report.last_seq.unwrap_or(0))
+            });
             match checked {
                 Ok(()) => witnessed.push((by, kept.witness.seq)),
                 Err(e) => problems.push(e.to_string()),

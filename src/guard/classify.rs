@@ -97,7 +97,9 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             names,
             catalog_only,
             catalog_unqualified,
-            may_shadow_catalog: found.temporary_relations || before_pg_catalog(&search_path),
+            may_shadow_catalog: found.temporary_relations
+                || calls.search_path_shadows
+                || set_search_path_shadows(&found),
             copy_in: matches!(node, N::CopyStmt(c) if c.is_from && !c.is_program && c.filename.is_empty()),
             search_path: search_path.into(),
             maybe_called: found
@@ -138,7 +140,12 @@ fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameC
             explain_class(e, found),
             explained_execute(e),
         ),
-        N::CopyStmt(c) => (K::Other, copy_class(c, found), None),
+        // `COPY (DELETE … RETURNING *) TO STDOUT` is the delete.
+        N::CopyStmt(c) => (
+            written_kind(found).unwrap_or(K::Other),
+            copy_class(c, found),
+            None,
+        ),
         N::DeclareCursorStmt(d) => {
             let class = if d.options & CURSOR_OPT_HOLD != 0 {
                 // A held cursor outlives its transaction: materialised at commit and kept
@@ -395,15 +402,40 @@ fn search_path_of(found: &Found<'_>, calls: &Calls) -> Vec<String> {
     out
 }
 
-/// Whether a search path (as `search_path_of` lists it) searches some schema before
-/// pg_catalog: one listed ahead of it, or a value that cannot be read (`*`). Where
-/// pg_catalog is not listed it is searched first.
-fn before_pg_catalog(schemas: &[String]) -> bool {
-    schemas.iter().any(|s| s == "*")
-        || schemas
-            .iter()
-            .position(|s| s == "pg_catalog")
-            .is_some_and(|at| at > 0)
+/// Whether a `SET search_path` in the statement may search a schema before pg_catalog.
+/// Each of its values is one schema name, exact (the grammar took the quotes off a quoted
+/// one, and the server quotes it back: `"pg_catalog,x"` is a schema of that name): a
+/// schema listed before `pg_catalog` shadows it, and a value that cannot be read might.
+fn set_search_path_shadows(found: &Found<'_>) -> bool {
+    found
+        .sets
+        .iter()
+        .filter(|s| s.name == "search_path")
+        .any(|set| {
+            let values: Vec<Option<String>> = set.args.iter().map(tree::literal).collect();
+            values.iter().any(Option::is_none)
+                || values
+                    .iter()
+                    .position(|v| v.as_deref() == Some("pg_catalog"))
+                    .is_some_and(|at| at > 0)
+        })
+}
+
+/// Whether a search_path value as the server reads it from text (`set_config`, a role's
+/// or database's default) may search a schema before pg_catalog. Read conservatively
+/// rather than parsed: unless the value starts with `pg_catalog` unquoted, any mention of
+/// it (quoted, in any case, inside another name) counts as being listed later. Where it
+/// is not mentioned at all, pg_catalog is searched first.
+pub(crate) fn search_path_text_shadows(value: &str) -> bool {
+    let lower = value.to_lowercase();
+    if !lower.contains("pg_catalog") {
+        return false;
+    }
+    let rest = value.trim_start();
+    let first_is_catalog = rest
+        .strip_prefix("pg_catalog")
+        .is_some_and(|after| after.trim_start().is_empty() || after.trim_start().starts_with(','));
+    !first_is_catalog
 }
 
 /// The schema names of a search_path value (`"$user", public, hr`).
@@ -424,6 +456,8 @@ struct Calls {
     relations: Vec<String>,
     opaque: bool,
     reads_tables_by_name: bool,
+    /// A `set_config('search_path', …)` may put a schema before pg_catalog.
+    search_path_shadows: bool,
     /// A built-in that returns stored data without naming a table (`lo_get`): its rows
     /// are customer data whatever relations the statement reads.
     reads_data: bool,
@@ -481,8 +515,14 @@ fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
                 if name.as_deref() == Some("search_path") {
                     let value = call.args.get(1).and_then(|v| tree::literal(v));
                     match value {
-                        Some(value) => out.search_path.extend(schemas_in(&value)),
-                        None => out.search_path.push("*".into()),
+                        Some(value) => {
+                            out.search_path_shadows |= search_path_text_shadows(&value);
+                            out.search_path.extend(schemas_in(&value));
+                        }
+                        None => {
+                            out.search_path_shadows = true;
+                            out.search_path.push("*".into());
+                        }
                     }
                 }
                 if name.is_none() {

@@ -713,6 +713,24 @@ fn only_what_the_server_resolves_to_a_catalog_is_one() {
         "SELECT pg_catalog.set_config('search_path', '', false)"
     ));
     assert!(!shadows("SELECT * FROM pg_class"));
+    // Quoted names are exact: `"PG_CATALOG"` and `"pg_catalog,x"` are other schemas, and
+    // the real pg_catalog comes after them.
+    assert!(shadows(
+        r#"SET search_path = "PG_CATALOG", public, pg_catalog"#
+    ));
+    assert!(shadows(
+        r#"SET search_path = "pg_catalog,x", public, pg_catalog"#
+    ));
+    assert!(shadows(
+        r#"SELECT set_config('search_path', '"pg_catalog,x", public, pg_catalog', false)"#
+    ));
+    assert!(shadows(
+        r#"SELECT set_config('search_path', '"PG_CATALOG", public, pg_catalog', false)"#
+    ));
+    assert!(!shadows(r#"SET search_path = "PG_CATALOG", public"#));
+    assert!(!shadows(
+        "SELECT set_config('search_path', 'pg_catalog, public', false)"
+    ));
 }
 
 #[test]
@@ -880,6 +898,8 @@ fn a_statement_that_writes_inside_is_recorded_as_the_write() {
         ("EXPLAIN ANALYZE DELETE FROM items WHERE id = 1", K::Delete),
         ("EXPLAIN (ANALYZE) UPDATE items SET name = 'x' WHERE id = 1", K::Update),
         ("EXPLAIN DELETE FROM items WHERE id = 1", K::Other),
+        ("COPY (DELETE FROM items WHERE id = 2 RETURNING *) TO STDOUT", K::Delete),
+        ("COPY items TO STDOUT", K::Other),
         ("SELECT * FROM items", K::Select),
     ] {
         assert_eq!(analyze(sql).kind, kind, "{sql}");

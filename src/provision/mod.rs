@@ -5,6 +5,7 @@
 //! logs in as it; the role is dropped when the grant ends. Without per-grant roles,
 //! sessions log in as the level's configured role.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,8 +76,13 @@ const ENDED_MEMORY: Duration = Duration::from_secs(600);
 pub struct Provisioner {
     /// Each database's decision, by name, valid while its coordinates stay the same.
     modes: DashMap<String, Decided>,
-    /// Each database's own function names, by database name, and when they were read.
-    functions: DashMap<String, (Instant, Arc<std::collections::HashSet<String>>)>,
+    /// Each database's own function names, by database name, when they were read, and the
+    /// database's code generation then.
+    functions: DashMap<String, (Instant, u64, Arc<std::collections::HashSet<String>>)>,
+    /// Each database's code generation: how many statements that may change its schema or
+    /// code (DDL) the sessions of this process forwarded to it. A list read before the
+    /// latest is stale, and so is a session's view of it.
+    generations: DashMap<String, Arc<AtomicU64>>,
     /// Each grant's role as this process knows it. The lock makes the first session of a
     /// grant create the role and the others wait for it; the end of the grant takes it too.
     grants: DashMap<RequestId, Arc<tokio::sync::Mutex<GrantRole>>>,
@@ -213,20 +219,30 @@ impl Provisioner {
     /// call the guard takes for a built-in or a column may be one of them (`t.f` calls
     /// `f(t)`; `lower(1)` may be a database's `lower(int)`): with guardrails in force such a
     /// call is as opaque as any other call of a database function.
+    /// The database's code generation (see `generations`): a session reads it before the
+    /// function list and counts up when it forwards DDL.
+    pub fn code_generation(&self, database: &str) -> Arc<AtomicU64> {
+        self.generations
+            .entry(database.to_owned())
+            .or_default()
+            .clone()
+    }
+
     pub async fn database_functions(
         &self,
         db: &Database,
     ) -> Result<Arc<std::collections::HashSet<String>>, ProvisionError> {
         const FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+        let generation = self.code_generation(&db.name).load(Ordering::SeqCst);
         if let Some(entry) = self.functions.get(&db.name) {
-            if entry.0.elapsed() < FRESH {
-                return Ok(entry.1.clone());
+            if entry.0.elapsed() < FRESH && entry.1 == generation {
+                return Ok(entry.2.clone());
             }
         }
         let names: Arc<std::collections::HashSet<String>> =
             Arc::new(roles::function_names(db).await?.into_iter().collect());
         self.functions
-            .insert(db.name.clone(), (Instant::now(), names.clone()));
+            .insert(db.name.clone(), (Instant::now(), generation, names.clone()));
         Ok(names)
     }
 

@@ -332,6 +332,9 @@ async fn run_admitted(
     // (fail closed: without them no statement could be checked); under a row limit, so
     // must the exemption of catalog reads, which a function of the database could feed.
     let row_limit = admission.request.max_rows.is_some();
+    // Read before the list, so that DDL forwarded while it is read makes it stale.
+    let code_generation = lockbox.provisioner.code_generation(&db.name);
+    let code_generation_at_login = code_generation.load(std::sync::atomic::Ordering::SeqCst);
     let database_functions = if crate::guard::has_guardrails(&db.guardrails) || row_limit {
         let read = tokio::time::timeout(
             PROVISION_TIMEOUT,
@@ -439,6 +442,8 @@ async fn run_admitted(
                 redaction: db.redaction,
                 database_functions,
                 search_path_shadows_catalog,
+                code_generation,
+                code_generation_at_login,
                 ends_at: admission.ends_at,
                 warn_before: config.warn_before.clone(),
             },
@@ -491,9 +496,11 @@ async fn run_admitted(
 /// connection before the client may send anything; a failure counts as yes (the catalog
 /// reads are then counted against the row limit, the safe direction).
 async fn search_path_shadows_catalog(upstream: &mut upstream::Upstream) -> bool {
-    const ASK: &str = "SELECT 1 FROM pg_catalog.unnest(pg_catalog.string_to_array(\
-        pg_catalog.current_setting('search_path'), ',')) WITH ORDINALITY AS p(name, n) \
-        WHERE pg_catalog.btrim(p.name, ' \"') = 'pg_catalog' AND p.n > 1";
+    // The rule of `guard::search_path_text_shadows`, asked of the server's own value:
+    // every name schema-qualified, the operator too (a database's own would be found first).
+    const ASK: &str = "SELECT 1 FROM (SELECT pg_catalog.current_setting('search_path') AS s) p \
+        WHERE pg_catalog.strpos(pg_catalog.lower(p.s), 'pg_catalog') > 0 \
+        AND p.s OPERATOR(pg_catalog.!~) '^\\s*pg_catalog\\s*(,|$)'";
     match upstream.simple_query(ASK).await {
         Ok(rows) => rows > 0,
         Err(e) => {

@@ -125,14 +125,21 @@ async fn a_schema_put_before_pg_catalog_is_counted() {
         "CREATE TABLE public.pg_class AS SELECT id, name FROM items;
          GRANT SELECT ON public.pg_class TO lockbox_read",
     );
-    let mut raw = limited(&env, AccessLevel::Read, 5).await;
-    raw.send(&query("SELECT * FROM pg_class LIMIT 20")).await;
-    let catalog = raw.read_until_ready().await;
-    assert_eq!(rows_in(&catalog), 20, "pg_catalog is searched first");
-    raw.send(&query("SET search_path = public, pg_catalog"))
-        .await;
-    raw.read_until_ready().await;
-    ended_at_the_limit(&mut raw, "SELECT * FROM pg_class", 5).await;
+    // A quoted name is exact: "PG_CATALOG" and "pg_catalog,x" are other schemas, before
+    // the real one.
+    for set in [
+        "SET search_path = public, pg_catalog",
+        r#"SET search_path = "PG_CATALOG", public, pg_catalog"#,
+        r#"SELECT set_config('search_path', '"pg_catalog,x", public, pg_catalog', false)"#,
+    ] {
+        let mut raw = limited(&env, AccessLevel::Read, 5).await;
+        raw.send(&query("SELECT * FROM pg_class LIMIT 20")).await;
+        let catalog = raw.read_until_ready().await;
+        assert_eq!(rows_in(&catalog), 20, "pg_catalog is searched first");
+        raw.send(&query(set)).await;
+        raw.read_until_ready().await;
+        ended_at_the_limit(&mut raw, "SELECT * FROM pg_class", 5).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +150,7 @@ async fn a_search_path_the_database_sets_before_pg_catalog_is_counted() {
     env.superuser_sql(&format!(
         "CREATE VIEW public.pg_class AS SELECT id, name FROM items;
          GRANT SELECT ON public.pg_class TO lockbox_read;
-         ALTER DATABASE {} SET search_path = public, pg_catalog",
+         ALTER DATABASE {} SET search_path = \"PG_CATALOG\", public, pg_catalog",
         env.db
     ));
     let mut raw = limited(&env, AccessLevel::Read, 5).await;
@@ -184,6 +191,29 @@ async fn after_the_session_changes_the_databases_code_catalog_reads_are_counted(
     ended_at_the_limit(
         &mut raw,
         "SELECT c.leak2 FROM pg_catalog.pg_class c LIMIT 10",
+        3,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_another_session_creates_later_is_counted() {
+    let env = Env::start("catalog_later").await;
+    env.superuser_sql("GRANT SELECT ON items TO lockbox_read");
+    // The reader logs in first: its list of the database's functions has no `upper(pg_class)`.
+    let mut reader = limited(&env, AccessLevel::Read, 3).await;
+    let mut admin = limited(&env, AccessLevel::Admin, 100).await;
+    admin
+        .send(&query(
+            "CREATE FUNCTION public.upper(c pg_class) RETURNS text LANGUAGE sql STABLE \
+             AS 'SELECT name FROM items ORDER BY id LIMIT 1'",
+        ))
+        .await;
+    let created = admin.read_until_ready().await;
+    assert!(errors_in(&created).is_empty(), "{:?}", errors_in(&created));
+    ended_at_the_limit(
+        &mut reader,
+        "SELECT upper(c) FROM pg_catalog.pg_class c LIMIT 10",
         3,
     )
     .await;

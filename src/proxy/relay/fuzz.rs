@@ -117,6 +117,8 @@ fn relay(fixture: &Fixture, access: AccessLevel, max_message: usize) -> Relay {
         redaction: Default::default(),
         database_functions: Default::default(),
         search_path_shadows_catalog: false,
+        code_generation: Default::default(),
+        code_generation_at_login: 0,
         ends_at,
         warn_before: vec![std::time::Duration::from_secs(60)],
     };

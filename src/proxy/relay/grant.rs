@@ -44,6 +44,11 @@ pub struct Grant {
     /// defaults), searches a schema before pg_catalog: unqualified catalog names may find
     /// another relation. Asked only under a row limit; true when it could not be asked.
     pub search_path_shadows_catalog: bool,
+    /// The database's code generation (`Provisioner::code_generation`), counted up by every
+    /// session of this process that forwards DDL to it, and its value before
+    /// `database_functions` was read: once it moves, that list may miss a function.
+    pub code_generation: Arc<std::sync::atomic::AtomicU64>,
+    pub code_generation_at_login: u64,
     /// When the session's access ends (wall clock), for the warnings before it.
     pub ends_at: chrono::DateTime<chrono::Utc>,
     /// `[timings] warn_before`: offsets before the end that get a NOTICE, longest first.

@@ -24,10 +24,17 @@ impl Relay {
     /// Notes what a statement the proxy forwards may change for later catalog reads.
     pub(super) fn note_catalog_changes(&mut self, analysis: &crate::guard::Analysis) {
         self.catalog_shadowed |= analysis.facts.may_shadow_catalog;
-        self.database_code_changed |= matches!(
+        let changes_code = matches!(
             analysis.class,
             crate::guard::Class::Ddl | crate::guard::Class::Escalation(_)
         );
+        if changes_code {
+            self.database_code_changed = true;
+            // Other sessions' lists, and the shared one, are stale from now on.
+            self.grant
+                .code_generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     /// Whether a statement's rows are catalog rows, which a row limit does not count:
@@ -35,8 +42,16 @@ impl Relay {
     /// session has named no temporary relation (`pg_temp` is searched first and could hold
     /// a `pg_class`) and put no schema before pg_catalog on its search path.
     /// Nor once the session changed the database's schema or code (`database_code_changed`).
+    /// Nor once any session of this process changed them since the function list was read.
     pub(super) fn reads_catalog_only(&self, catalog_only: bool, unqualified: bool) -> bool {
-        catalog_only && !self.database_code_changed && !(unqualified && self.catalog_shadowed)
+        catalog_only
+            && !self.database_code_changed
+            && !(unqualified && self.catalog_shadowed)
+            && self
+                .grant
+                .code_generation
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == self.grant.code_generation_at_login
     }
 
     /// Whether the rows arriving now count against the grant's row limit: not those of a

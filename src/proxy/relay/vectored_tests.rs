@@ -469,6 +469,8 @@ async fn run_case(case: Case) -> Outcome {
         redaction: Default::default(),
         database_functions: Default::default(),
         search_path_shadows_catalog: false,
+        code_generation: Default::default(),
+        code_generation_at_login: 0,
         ends_at,
         warn_before,
     };

@@ -214,6 +214,31 @@ impl Run {
     }
 
     /// Each of `texts` run alone, in order, in one rolled-back transaction.
+    /// Whether each recorded statement, sent alone, writes: PostgreSQL refuses it in a
+    /// read-only transaction (25006). Asked only where its tag does not say so already.
+    async fn alone_writes(&mut self, texts: &[String], alone: &[Vec<Reply>]) -> Vec<bool> {
+        let mut out = Vec::new();
+        for (text, replies) in texts.iter().zip(alone) {
+            let hides = replies
+                .iter()
+                .filter_map(Reply::tag)
+                .any(verdict::tag_may_hide_a_write);
+            if !hides {
+                out.push(false);
+                continue;
+            }
+            self.direct("BEGIN READ ONLY").await;
+            let read_only = self.server.simple(text).await.expect("the server answers");
+            self.direct("ROLLBACK").await;
+            out.push(
+                read_only
+                    .iter()
+                    .any(|r| matches!(r, Reply::Failed { code, .. } if code == "25006")),
+            );
+        }
+        out
+    }
+
     async fn alone(&mut self, texts: &[String]) -> Vec<Vec<Reply>> {
         self.direct("BEGIN").await;
         let mut out = Vec::new();
@@ -279,11 +304,11 @@ impl Run {
         let audited = self.tail.statements();
         self.bracket("ROLLBACK").await;
         let reference = self.reference(protocol, &subject.sql, false).await;
-        let writes = if self.grant == AccessLevel::Read {
+        // Asked under every grant: the audit's kind of a statement whose tag hides a write
+        // (a writable CTE's SELECT) is judged by it.
+        let writes = {
             let read_only = self.reference(protocol, &subject.sql, true).await;
             read_only.iter().any(Reply::is_error) && !reference.iter().any(Reply::is_error)
-        } else {
-            false
         };
         if writes && protocol == Protocol::Simple {
             self.writes_tried += 1;
@@ -296,6 +321,10 @@ impl Run {
             Protocol::Simple => self.alone(&texts).await,
             Protocol::Extended => Vec::new(),
         };
+        let alone_writes = match protocol {
+            Protocol::Simple => self.alone_writes(&texts, &alone).await,
+            Protocol::Extended => Vec::new(),
+        };
         let observed = Observed {
             protocol,
             sql: &subject.sql,
@@ -306,6 +335,7 @@ impl Run {
             via: &via,
             audited: &audited,
             alone: &alone,
+            alone_writes: &alone_writes,
         };
         let issues = judge(&observed);
         if !issues.is_empty() {
