@@ -108,6 +108,11 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 .map(|c| c.name.clone())
                 .chain(found.field_names.iter().cloned())
                 .collect(),
+            operators: found
+                .operators
+                .iter()
+                .map(|(_, symbol)| symbol.clone())
+                .collect(),
         },
     }
 }
@@ -431,10 +436,14 @@ pub(crate) fn search_path_text_shadows(value: &str) -> bool {
     if !lower.contains("pg_catalog") {
         return false;
     }
-    let rest = value.trim_start();
-    let first_is_catalog = rest
-        .strip_prefix("pg_catalog")
-        .is_some_and(|after| after.trim_start().is_empty() || after.trim_start().starts_with(','));
+    // Only the whitespace PostgreSQL's identifier splitter skips: a vertical tab or a
+    // no-break space is part of the name (`\u{b}pg_catalog` is another schema).
+    let blank = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c');
+    let rest = value.trim_start_matches(blank);
+    let first_is_catalog = rest.strip_prefix("pg_catalog").is_some_and(|after| {
+        let after = after.trim_start_matches(blank);
+        after.is_empty() || after.starts_with(',')
+    });
     !first_is_catalog
 }
 

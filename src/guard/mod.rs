@@ -170,6 +170,8 @@ pub struct Facts {
     pub search_path: Arc<[String]>,
     /// Every name that may call a function: calls, `t.name` and `(expr).name`.
     pub maybe_called: Arc<[String]>,
+    /// The operators it uses, by symbol (a database's own may be found for one).
+    pub operators: Arc<[String]>,
 }
 
 /// Per-database rules, on top of what the access level allows; they bind every level.

@@ -731,6 +731,15 @@ fn only_what_the_server_resolves_to_a_catalog_is_one() {
     assert!(!shadows(
         "SELECT set_config('search_path', 'pg_catalog, public', false)"
     ));
+    // Whitespace the server does not skip is part of a name.
+    for value in [
+        "E'\\x0bpg_catalog, public, pg_catalog'",
+        "'pg_catalog\u{a0}, public, pg_catalog'",
+        "'\u{a0}pg_catalog, public, pg_catalog'",
+    ] {
+        let sql = format!("SELECT set_config('search_path', {value}, false)");
+        assert!(shadows(&sql), "{sql}");
+    }
 }
 
 #[test]

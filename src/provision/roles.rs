@@ -219,8 +219,16 @@ pub(super) async fn function_names(db: &Database) -> Result<Vec<String>, Provisi
     let client = connect(db).await?;
     let rows = client
         .query(
+            // Operators too, named `operator <symbol>`, that no extension installed: an
+            // unqualified operator of a catalog read can resolve to one (`c @@ 1` with a
+            // `public.@@(pg_class, int)`); extensions' own (PostGIS, citext) are left out,
+            // as they define common symbols for their own types.
             "SELECT DISTINCT proname::text FROM pg_catalog.pg_proc \
-             WHERE pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)",
+             WHERE pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
+             UNION SELECT DISTINCT pg_catalog.concat('operator ', o.oprname) FROM pg_catalog.pg_operator o \
+             WHERE o.oprnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
+             AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
+               WHERE d.classid = 'pg_catalog.pg_operator'::regclass AND d.objid = o.oid AND d.deptype = 'e')",
             &[],
         )
         .await

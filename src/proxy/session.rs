@@ -497,10 +497,13 @@ async fn run_admitted(
 /// reads are then counted against the row limit, the safe direction).
 async fn search_path_shadows_catalog(upstream: &mut upstream::Upstream) -> bool {
     // The rule of `guard::search_path_text_shadows`, asked of the server's own value:
-    // every name schema-qualified, the operator too (a database's own would be found first).
+    // every name schema-qualified, the operator too (a database's own would be found
+    // first); the blanks are those PostgreSQL's identifier splitter skips (not `\s`, which
+    // takes a vertical tab too).
     const ASK: &str = "SELECT 1 FROM (SELECT pg_catalog.current_setting('search_path') AS s) p \
         WHERE pg_catalog.strpos(pg_catalog.lower(p.s), 'pg_catalog') > 0 \
-        AND p.s OPERATOR(pg_catalog.!~) '^\\s*pg_catalog\\s*(,|$)'";
+        AND p.s OPERATOR(pg_catalog.!~) pg_catalog.concat('^[', E' \\t\\n\\r\\f', \
+        ']*pg_catalog[', E' \\t\\n\\r\\f', ']*(,|$)')";
     match upstream.simple_query(ASK).await {
         Ok(rows) => rows > 0,
         Err(e) => {

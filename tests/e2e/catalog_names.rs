@@ -147,14 +147,23 @@ async fn a_search_path_the_database_sets_before_pg_catalog_is_counted() {
     let env = Env::start("catalog_db_path").await;
     // Set where the proxy never sees it: the database's default (an admin grant's
     // `ALTER DATABASE … SET` would do the same for every later session).
-    env.superuser_sql(&format!(
+    env.superuser_sql(
         "CREATE VIEW public.pg_class AS SELECT id, name FROM items;
-         GRANT SELECT ON public.pg_class TO lockbox_read;
-         ALTER DATABASE {} SET search_path = \"PG_CATALOG\", public, pg_catalog",
-        env.db
-    ));
-    let mut raw = limited(&env, AccessLevel::Read, 5).await;
-    ended_at_the_limit(&mut raw, "SELECT * FROM pg_class", 5).await;
+         GRANT SELECT ON public.pg_class TO lockbox_read",
+    );
+    // A quoted name is another schema; so is one led by a vertical tab, which PostgreSQL's
+    // regex `\s` takes for a blank and its search path does not.
+    for set in [
+        r#"SET search_path = "PG_CATALOG", public, pg_catalog"#,
+        r"SELECT set_config('search_path', E'\x0bpg_catalog, public, pg_catalog', false)",
+    ] {
+        env.superuser_sql(&format!(
+            "{set}; ALTER DATABASE {} SET search_path FROM CURRENT",
+            env.db
+        ));
+        let mut raw = limited(&env, AccessLevel::Read, 5).await;
+        ended_at_the_limit(&mut raw, "SELECT * FROM pg_class", 5).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,12 +174,18 @@ async fn a_function_of_the_database_called_from_a_catalog_read_is_counted() {
            AS 'SELECT name FROM items ORDER BY id LIMIT 1';
          CREATE FUNCTION public.upper(o oid) RETURNS text LANGUAGE sql STABLE
            AS 'SELECT name FROM items ORDER BY id LIMIT 1';
+         CREATE FUNCTION public.leak_op(c pg_class, n int) RETURNS text LANGUAGE sql STABLE
+           AS 'SELECT name FROM items ORDER BY id LIMIT 1';
+         CREATE OPERATOR public.@@ (LEFTARG = pg_class, RIGHTARG = int, FUNCTION = public.leak_op);
          GRANT SELECT ON items TO lockbox_read",
     );
-    // Column notation calls leak(c); upper(oid) is the database's, not the built-in.
+    // Column notation calls leak(c); upper(oid) is the database's, not the built-in; so is
+    // the operator.
     for sql in [
         "SELECT c.leak FROM pg_catalog.pg_class c LIMIT 10",
         "SELECT upper(oid) FROM pg_catalog.pg_class LIMIT 10",
+        // `@@` is a built-in symbol, but not for (pg_class, int): the database's is found.
+        "SELECT c @@ 1 FROM pg_catalog.pg_class c LIMIT 10",
     ] {
         let mut raw = limited(&env, AccessLevel::Read, 3).await;
         ended_at_the_limit(&mut raw, sql, 3).await;

@@ -12,13 +12,19 @@ const TIMEOUT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 impl Relay {
     /// Whether the guard's analysis reads only catalogs, with what only the session knows:
     /// a name it may call (`f(x)`, `c.f`, a built-in's name overloaded by the database)
-    /// that is one of the database's own functions could return any data.
+    /// that is one of the database's own functions, or an operator the database defines
+    /// (not an extension's), could return any data.
     pub(super) fn catalog_only(&self, facts: &crate::guard::Facts) -> bool {
+        let functions = &self.grant.database_functions;
         facts.catalog_only
             && !facts
                 .maybe_called
                 .iter()
-                .any(|name| self.grant.database_functions.contains(name.as_str()))
+                .any(|name| functions.contains(name.as_str()))
+            && !facts
+                .operators
+                .iter()
+                .any(|symbol| functions.contains(&format!("operator {symbol}")))
     }
 
     /// Notes what a statement the proxy forwards may change for later catalog reads.
