@@ -425,29 +425,7 @@ pub fn check_policy_change(caller: &User) -> Result<(), PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-
-    fn user(name: &str, roles: &[&str]) -> User {
-        User {
-            name: name.into(),
-            roles: roles.iter().map(|r| Role::from(r.to_string())).collect(),
-            api_key_sha256: None,
-            mfa: true,
-            groups: Vec::new(),
-            email: None,
-        }
-    }
-
-    /// `hr` names its approvers (cleo); `sales` names none.
-    fn config() -> Config {
-        let text = "[proxy]\nlisten = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n\
-                    [token]\nsigning_key = \"signing.pem\"\n\
-                    [[databases]]\nname = \"sales\"\nhost = \"h\"\nuser = \"u\"\n\
-                    [databases.access.read]\nuser = \"r\"\n\
-                    [[databases]]\nname = \"hr\"\nhost = \"h\"\nuser = \"u\"\napprovers = [\"cleo\"]\n\
-                    [databases.access.read]\nuser = \"r\"\n";
-        Config::from_toml(text, Path::new(".")).expect("config")
-    }
+    use crate::policy::test_support::{two_databases as config, user};
 
     fn request(database: &str, status: &str, extends: Option<&str>, break_glass: bool) -> Request {
         let now = Utc::now();

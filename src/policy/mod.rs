@@ -13,6 +13,8 @@ mod decisions;
 mod request;
 pub mod rules;
 pub(crate) mod sessions;
+#[cfg(test)]
+mod test_support;
 
 pub use admission::{admit, Admission, Refusal};
 pub use decisions::*;
@@ -161,17 +163,7 @@ pub fn check_export_admin(caller: &User) -> Result<(), PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn user(name: &str, roles: &[&str]) -> User {
-        User {
-            name: name.into(),
-            roles: roles.iter().map(|r| Role::from((*r).to_owned())).collect(),
-            api_key_sha256: None,
-            mfa: true,
-            groups: Vec::new(),
-            email: None,
-        }
-    }
+    use crate::policy::test_support::user;
 
     fn request(internal_role: &str, internal_required: u32) -> Request {
         let now = chrono::Utc::now();

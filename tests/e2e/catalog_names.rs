@@ -4,39 +4,9 @@
 //! (`parameters`), large objects listed from `pg_largeobject_metadata`, and a temporary
 //! `pg_class` in the session's own `pg_temp_N`. Each is counted here, against PostgreSQL.
 
-use lockbox::policy::{AccessLevel, NewRequest};
+use lockbox::policy::AccessLevel;
 
-use crate::harness::{errors_in, query, Env, Raw};
-
-async fn limited(env: &Env, access: AccessLevel, max_rows: u64) -> Raw {
-    let (_id, token) = env
-        .approved(
-            "eve",
-            NewRequest {
-                database: env.db.clone(),
-                ticket: "T-7".into(),
-                reason: "a bounded look".into(),
-                access,
-                duration: Some("1h".into()),
-                max_rows: Some(max_rows),
-                ..NewRequest::default()
-            },
-        )
-        .await;
-    let mut raw = Raw::login(env, "eve", &token).await;
-    raw.read_until_ready().await;
-    raw
-}
-
-/// DataRows in `bytes`.
-fn rows_in(bytes: &[u8]) -> usize {
-    let mut events = Vec::new();
-    lockbox::wire::BackendScanner::counting_rows(true).feed(bytes, &mut events);
-    events
-        .iter()
-        .filter(|e| matches!(e, lockbox::wire::BackendEvent::DataRow))
-        .count()
-}
+use crate::harness::{errors_in, limited_session as limited, query, rows_in, Env, Raw};
 
 /// Sends `sql` and expects the row limit to end the session after `limit` rows.
 async fn ended_at_the_limit(raw: &mut Raw, sql: &str, limit: usize) {

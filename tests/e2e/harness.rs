@@ -656,6 +656,37 @@ pub fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// The ErrorResponses in a byte stream from the proxy: (sqlstate, message).
+/// DataRows in `bytes`.
+pub fn rows_in(bytes: &[u8]) -> usize {
+    let mut events = Vec::new();
+    lockbox::wire::BackendScanner::counting_rows(true).feed(bytes, &mut events);
+    events
+        .iter()
+        .filter(|e| matches!(e, lockbox::wire::BackendEvent::DataRow))
+        .count()
+}
+
+/// A raw session of a grant at `access` with a row limit of `max_rows`, ready for queries.
+pub async fn limited_session(env: &Env, access: AccessLevel, max_rows: u64) -> Raw {
+    let (_id, token) = env
+        .approved(
+            "eve",
+            NewRequest {
+                database: env.db.clone(),
+                ticket: "T-6".into(),
+                reason: "a bounded look".into(),
+                access,
+                duration: Some("1h".into()),
+                max_rows: Some(max_rows),
+                ..NewRequest::default()
+            },
+        )
+        .await;
+    let mut raw = Raw::login(env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw
+}
+
 pub fn errors_in(bytes: &[u8]) -> Vec<(String, String)> {
     let mut events = Vec::new();
     lockbox::wire::BackendScanner::default().feed(bytes, &mut events);

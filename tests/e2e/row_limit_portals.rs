@@ -2,45 +2,19 @@
 //! FETCH, or a portal read a few rows per Execute, returns no more of it than one statement
 //! may (an attack review read 250 rows under a limit of 5 five at a time).
 
-use lockbox::policy::{AccessLevel, NewRequest};
+use lockbox::policy::AccessLevel;
 
 use crate::frontend::{bind, execute_rows, parse, sync};
-use crate::harness::{errors_in, query, Env, Raw};
+use crate::harness::{errors_in, limited_session, query, rows_in, Env, Raw};
 
-async fn limited_session(env: &Env, max_rows: u64) -> Raw {
-    let (_id, token) = env
-        .approved(
-            "eve",
-            NewRequest {
-                database: env.db.clone(),
-                ticket: "T-6".into(),
-                reason: "a bounded look".into(),
-                access: AccessLevel::Read,
-                duration: Some("1h".into()),
-                max_rows: Some(max_rows),
-                ..NewRequest::default()
-            },
-        )
-        .await;
-    let mut raw = Raw::login(env, "eve", &token).await;
-    raw.read_until_ready().await;
-    raw
-}
-
-/// DataRows in `bytes`.
-fn rows_in(bytes: &[u8]) -> usize {
-    let mut events = Vec::new();
-    lockbox::wire::BackendScanner::counting_rows(true).feed(bytes, &mut events);
-    events
-        .iter()
-        .filter(|e| matches!(e, lockbox::wire::BackendEvent::DataRow))
-        .count()
+async fn limited(env: &Env, max_rows: u64) -> Raw {
+    limited_session(env, AccessLevel::Read, max_rows).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetching_a_cursor_a_few_rows_at_a_time_counts_against_the_limit() {
     let env = Env::start("rows_cursor").await;
-    let mut raw = limited_session(&env, 5).await;
+    let mut raw = limited(&env, 5).await;
     raw.send(&query(
         "BEGIN; DECLARE c CURSOR FOR SELECT id FROM items ORDER BY id",
     ))
@@ -59,7 +33,7 @@ async fn fetching_a_cursor_a_few_rows_at_a_time_counts_against_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executing_a_portal_a_few_rows_at_a_time_counts_against_the_limit() {
     let env = Env::start("rows_portal").await;
-    let mut raw = limited_session(&env, 5).await;
+    let mut raw = limited(&env, 5).await;
     raw.send(
         &[
             parse("", "SELECT id FROM items ORDER BY id"),
@@ -83,7 +57,7 @@ async fn each_new_portal_starts_its_own_count() {
     // Drivers bind the unnamed portal for every query: rows of earlier portals of that
     // name do not count against a later one.
     let env = Env::start("rows_new_portal").await;
-    let mut raw = limited_session(&env, 5).await;
+    let mut raw = limited(&env, 5).await;
     for _ in 0..4 {
         raw.send(
             &[
@@ -106,7 +80,7 @@ async fn a_fetch_sent_as_parse_bind_execute_counts_against_its_cursor() {
     // The rows come through the unnamed portal that runs the FETCH, which every Bind makes
     // anew; they are the cursor's, and count against it.
     let env = Env::start("rows_fetch_extended").await;
-    let mut raw = limited_session(&env, 5).await;
+    let mut raw = limited(&env, 5).await;
     raw.send(&query(
         "BEGIN; DECLARE c CURSOR FOR SELECT id FROM items ORDER BY id",
     ))
@@ -131,7 +105,7 @@ async fn a_fetch_sent_as_parse_bind_execute_counts_against_its_cursor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parsed_fetch_from_a_cursor_lockbox_never_saw_is_refused_when_it_runs() {
     let env = Env::start("rows_fetch_unknown").await;
-    let mut raw = limited_session(&env, 5).await;
+    let mut raw = limited(&env, 5).await;
     raw.send(
         &[
             parse("", "FETCH 3 FROM made_elsewhere"),
