@@ -35,8 +35,8 @@ impl Relay {
             crate::guard::Class::Ddl | crate::guard::Class::Escalation(_)
         );
         if changes_code {
-            self.database_code_changed = true;
-            // Other sessions' lists, and the shared one, are stale from now on.
+            // This session's list of the database's functions, the other sessions' and the
+            // shared one are stale from now on.
             self.grant
                 .code_generation
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -47,11 +47,10 @@ impl Relay {
     /// unqualified catalog names count as catalogs only while nothing can shadow them: the
     /// session has named no temporary relation (`pg_temp` is searched first and could hold
     /// a `pg_class`) and put no schema before pg_catalog on its search path.
-    /// Nor once the session changed the database's schema or code (`database_code_changed`).
-    /// Nor once any session of this process changed them since the function list was read.
+    /// Nor once this session, or any other of this process, changed the database's schema
+    /// or code (DDL) since the function list was read: the code generation moved.
     pub(super) fn reads_catalog_only(&self, catalog_only: bool, unqualified: bool) -> bool {
         catalog_only
-            && !self.database_code_changed
             && !(unqualified && self.catalog_shadowed)
             && self
                 .grant

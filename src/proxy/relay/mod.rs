@@ -120,10 +120,6 @@ pub struct Relay {
     /// The session named a temporary relation or put a schema before pg_catalog on its
     /// search path: unqualified catalog names may be shadowed.
     catalog_shadowed: bool,
-    /// The session changed the database's schema or code (DDL): a function or view it made
-    /// may be reached from a catalog read, and the function list read at login does not
-    /// know it.
-    database_code_changed: bool,
     /// Statements (by seq) whose rows a row limit does not count (catalog reads).
     uncounted: std::collections::BTreeSet<u64>,
     /// The client may be sending COPY FROM STDIN data: it sent CopyData, or the server
@@ -211,7 +207,6 @@ impl Relay {
             flush_upstream: false,
             batch: hold::BatchSoFar::default(),
             catalog_shadowed: shadowed_at_login,
-            database_code_changed: false,
             events: Vec::new(),
             outcomes: Vec::new(),
             warnings,
