@@ -144,6 +144,7 @@ async fn session(
             ]),
             kind: StatementKind::Select,
             redacted: Vec::new(),
+            mentions: None,
         });
         let sent = Instant::now();
         log.append_durable(vec![record]).await?;

@@ -13,7 +13,7 @@
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::AuditEvent;
+use super::{AuditEvent, StatementNames};
 
 /// `[audit] max_field_bytes` when unset.
 pub const DEFAULT_MAX_FIELD_BYTES: usize = 64 * 1024;
@@ -49,8 +49,12 @@ pub(crate) fn write_if_oversized(
     let Ok(mut record) = serde_json::to_value(event) else {
         return false;
     };
+    let names = match event {
+        AuditEvent::Statement(s) => s.mentions.as_ref(),
+        _ => None,
+    };
     if let Value::Object(fields) = &mut record {
-        clip_fields(fields, limits);
+        clip_fields(fields, limits, names);
     }
     let start = out.len();
     if serde_json::to_writer(&mut *out, &record).is_err() {
@@ -58,6 +62,13 @@ pub(crate) fn write_if_oversized(
         return false;
     }
     true
+}
+
+/// Whether a statement of `text` may be clipped: the field limit against the most bytes it
+/// can take (a statement comes first in its record, so the record limit never clips it
+/// before the field limit does).
+pub(crate) fn may_clip(text: &str, limits: ClipLimits) -> bool {
+    worst_len(text) > limits.max_field_bytes
 }
 
 /// Whether a record's values exceed the limits: lengths only, nothing copied or allocated.
@@ -157,14 +168,22 @@ fn value_len(v: &Value) -> usize {
 
 /// Clips the serialized record's `statement`, `params` and `message`, in that order,
 /// against one budget.
-fn clip_fields(fields: &mut Map<String, Value>, limits: ClipLimits) {
+fn clip_fields(
+    fields: &mut Map<String, Value>,
+    limits: ClipLimits,
+    names: Option<&StatementNames>,
+) {
     let mut budget = limits.max_record_bytes;
     for name in ["statement", "message"] {
         if let Some(Value::String(text)) = fields.get(name) {
             let keep = limits.max_field_bytes.min(budget);
-            if let Some((prefix, clipped)) = clip_text(text, keep) {
+            if let Some((prefix, mut clipped)) = clip_text(text, keep) {
                 // A clipped value spends all it was allowed (see `clip_param`).
                 budget -= keep;
+                if let (Some(names), Value::Object(clipped)) = (names, &mut clipped) {
+                    let room = limits.max_field_bytes.min(budget);
+                    budget -= add_names(clipped, names, room);
+                }
                 fields.insert(name.into(), Value::String(prefix));
                 fields.insert(format!("{name}_clipped"), clipped);
             } else {
@@ -191,6 +210,36 @@ fn clip_fields(fields: &mut Map<String, Value>, limits: ClipLimits) {
         let omitted: Vec<Value> = params.drain(from..).collect();
         fields.insert("params_clipped".into(), omitted_summary(&omitted));
     }
+}
+
+/// Adds what a clipped statement names to its `statement_clipped`: `relations` and
+/// `functions`, each name once, as many as fit in `room` bytes in order, and
+/// `names_omitted`, the count of those that did not. Returns the bytes they take.
+fn add_names(clipped: &mut Map<String, Value>, names: &StatementNames, room: usize) -> usize {
+    let mut used = 0usize;
+    let mut omitted = 0usize;
+    for (key, list) in [
+        ("relations", &names.relations),
+        ("functions", &names.functions),
+    ] {
+        let mut seen = std::collections::HashSet::new();
+        let mut kept = Vec::new();
+        for name in list.iter().filter(|n| seen.insert(n.as_str())) {
+            // The quotes and the comma around it.
+            let cost = json_len(name) + 3;
+            if used + cost > room {
+                omitted += 1;
+                continue;
+            }
+            used += cost;
+            kept.push(Value::String(name.clone()));
+        }
+        clipped.insert(key.into(), Value::Array(kept));
+    }
+    if omitted > 0 {
+        clipped.insert("names_omitted".into(), omitted.into());
+    }
+    used
 }
 
 /// The parameters past the budget, as one: `{"omitted": count, "length": their bytes,
@@ -317,6 +366,7 @@ mod tests {
             params: Some(params),
             kind: crate::sql::StatementKind::Select,
             redacted: Vec::new(),
+            mentions: None,
         })
     }
 
@@ -335,6 +385,70 @@ mod tests {
     fn a_record_within_the_limits_is_left_to_the_usual_path() {
         let event = statement("SELECT $1", vec![json!("abc"), Value::Null]);
         assert_eq!(clipped(&event, ClipLimits::default()), None);
+    }
+
+    fn with_mentions(text: &str, relations: &[&str], functions: &[&str]) -> AuditEvent {
+        let mut event = statement(text, vec![]);
+        if let AuditEvent::Statement(s) = &mut event {
+            s.mentions = Some(StatementNames {
+                relations: relations.iter().map(|r| r.to_string()).collect(),
+                functions: functions.iter().map(|f| f.to_string()).collect(),
+            });
+        }
+        event
+    }
+
+    #[test]
+    fn a_clipped_statement_keeps_what_it_names_once_each() {
+        let event = with_mentions(
+            "/* padding */ SELECT lower(a) FROM t JOIN u USING (k) JOIN t AS again USING (k)",
+            &["t", "u", "t"],
+            &["lower"],
+        );
+        let limits = ClipLimits {
+            max_field_bytes: 16,
+            max_record_bytes: 1024,
+        };
+        let record = clipped(&event, limits).expect("clipped");
+        let kept = &record["statement_clipped"];
+        assert_eq!(kept["relations"], json!(["t", "u"]));
+        assert_eq!(kept["functions"], json!(["lower"]));
+        assert!(kept.get("names_omitted").is_none(), "{kept}");
+        // Kept whole, the same statement carries no list.
+        assert_eq!(clipped(&event, ClipLimits::default()), None);
+    }
+
+    #[test]
+    fn names_past_the_field_limit_are_counted_not_kept() {
+        // Each name costs its length and three bytes: 16 bytes hold two of these.
+        let event = with_mentions(&"x".repeat(100), &["aaaa", "bbbb", "cccc"], &["ffff"]);
+        let limits = ClipLimits {
+            max_field_bytes: 16,
+            max_record_bytes: 1024,
+        };
+        let record = clipped(&event, limits).expect("clipped");
+        let kept = &record["statement_clipped"];
+        assert_eq!(kept["relations"], json!(["aaaa", "bbbb"]));
+        assert_eq!(kept["functions"], json!([]));
+        assert_eq!(kept["names_omitted"], 2);
+        // And they spend the record's budget: with none left, none is kept.
+        let tight = ClipLimits {
+            max_field_bytes: 16,
+            max_record_bytes: 16,
+        };
+        let record = clipped(&event, tight).expect("clipped");
+        assert_eq!(record["statement_clipped"]["names_omitted"], 4);
+    }
+
+    #[test]
+    fn only_a_text_that_could_pass_the_field_limit_may_be_clipped() {
+        let limits = ClipLimits {
+            max_field_bytes: 60,
+            max_record_bytes: 1024,
+        };
+        // Ten bytes could be sixty escaped; eleven could be more.
+        assert!(!may_clip(&"a".repeat(10), limits));
+        assert!(may_clip(&"a".repeat(11), limits));
     }
 
     #[test]

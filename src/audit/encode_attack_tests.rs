@@ -143,6 +143,7 @@ fn statement(rng: &mut Rng, i: usize) -> AuditEvent {
         params,
         kind: KINDS[i % KINDS.len()],
         redacted: [vec![], vec!["literals"], vec!["literals", "parameters"]][i % 3].clone(),
+        mentions: None,
     })
 }
 
@@ -258,6 +259,7 @@ fn a_record_of_many_clipped_parameters_stays_near_the_record_limit() {
         params: Some(vec![Value::String("x".repeat(1000)); 65_535]),
         kind: StatementKind::Select,
         redacted: Vec::new(),
+        mentions: None,
     });
     let mut out = Vec::new();
     assert!(crate::audit::clip::write_if_oversized(
@@ -295,6 +297,7 @@ fn bind(statement: &str, params: Vec<Value>) -> AuditEvent {
         params: Some(params),
         kind: StatementKind::Select,
         redacted: Vec::new(),
+        mentions: None,
     })
 }
 

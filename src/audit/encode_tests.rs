@@ -152,6 +152,7 @@ impl Gen {
             params: (!self.chance(3)).then(|| (0..self.below(5)).map(|_| self.value(0)).collect()),
             kind: KINDS[self.below(8) as usize],
             redacted: REDACTED[..self.below(3) as usize].to_vec(),
+            mentions: None,
         })
     }
 
@@ -382,6 +383,7 @@ fn appending_a_statement_and_its_outcome_allocates_nothing_once_warm() {
         params: None,
         kind: StatementKind::Select,
         redacted: Vec::new(),
+        mentions: None,
     })];
     let outcome = [AuditEvent::Outcome(OutcomeRecord {
         statement_seq: 1,

@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use tokio_postgres::types::ToSql;
 
-use super::pg_sink::connect;
+use super::pg_sink::connect_keeping;
 use super::{AuditError, AuditQuery};
 use crate::config::PgSink;
 
@@ -72,8 +72,13 @@ impl Filter {
                 f.nothing();
             } else {
                 let p = f.bind(Box::new(text.clone()));
-                f.clauses
-                    .push(format!("strpos(record->>'statement', {p}) > 0"));
+                // As the file's filter: a clipped statement's kept names count too.
+                f.clauses.push(format!(
+                    "(strpos(record->>'statement', {p}) > 0 OR EXISTS (SELECT 1 FROM \
+                     jsonb_array_elements_text(coalesce(record->'statement_clipped'->'relations', '[]') \
+                     || coalesce(record->'statement_clipped'->'functions', '[]')) AS kept(name) \
+                     WHERE strpos(kept.name, {p}) > 0))"
+                ));
             }
         }
         for (bound, op) in [(query.since, ">="), (query.until, "<=")] {
@@ -217,10 +222,10 @@ async fn bounded<T>(
 /// within [`READ_TIMEOUT`].
 pub(crate) const MAX_READERS: usize = 16;
 
-/// A connection for one read, and its place among the [`MAX_READERS`].
+/// A connection for one read; its place among the [`MAX_READERS`] is held by the
+/// connection's task until the connection has ended.
 struct Reader {
     client: tokio_postgres::Client,
-    _turn: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl std::ops::Deref for Reader {
@@ -242,9 +247,11 @@ async fn client(sink: &PgSink, whole_query: bool) -> Result<Reader, AuditError> 
         .acquire_owned()
         .await
         .map_err(|_| stalled())?;
-    let client = connect(sink).await.map_err(|e| AuditError::Database {
-        message: e.to_string(),
-    })?;
+    let client = connect_keeping(sink, turn)
+        .await
+        .map_err(|e| AuditError::Database {
+            message: e.to_string(),
+        })?;
     // A little shorter than the client's bound: the server gives up first and ends the
     // backend, instead of leaving it behind a client that stopped waiting.
     let ms = READ_TIMEOUT
@@ -256,10 +263,7 @@ async fn client(sink: &PgSink, whole_query: bool) -> Result<Reader, AuditError> 
         format!("SET lock_timeout = {ms}")
     };
     client.batch_execute(&limits).await.map_err(db_error)?;
-    Ok(Reader {
-        client,
-        _turn: turn,
-    })
+    Ok(Reader { client })
 }
 
 /// The record of a row, naming its node.

@@ -32,11 +32,11 @@ pub use clip::ClipLimits;
 pub(crate) use journal::{
     path_for as journal_path, recover as recover_journal, unrecovered as unrecovered_in_journal,
 };
-pub use reader::{open_segments, read_records, visit_records, AuditQuery};
+pub use reader::{open_segments, read_records, shown_statement, visit_records, AuditQuery};
 pub use record::{
     AdminEvent, AdminRecord, AuditEvent, ExportEvent, ExportRecord, OutcomeRecord, OutcomeStatus,
     Protocol, RequestEvent, RequestRecord, SessionEvent, SessionFields, SessionRecord,
-    StatementRecord,
+    StatementNames, StatementRecord,
 };
 pub use writer::{AuditLog, AuditOptions};
 

@@ -242,28 +242,42 @@ fn note_written(active: &Path, status: &SinkStatus) {
 }
 
 pub(super) async fn connect(config: &PgSink) -> Result<tokio_postgres::Client, SinkError> {
+    connect_keeping(config, ()).await
+}
+
+/// [`connect`], with `kept` dropped only once the connection has ended (a reader's turn:
+/// released when the client is dropped, the next reader's backend started beside one
+/// still closing, so a bound on readers was not one on connections).
+pub(super) async fn connect_keeping<K: Send + 'static>(
+    config: &PgSink,
+    kept: K,
+) -> Result<tokio_postgres::Client, SinkError> {
     let mut pg = config.connect.clone();
     pg.connect_timeout(CONNECT_TIMEOUT);
     let client = match &config.tls_client {
         None => {
             let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(drive(connection));
+            tokio::spawn(drive(connection, kept));
             client
         }
         Some(tls) => {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
             let (client, connection) = pg.connect(tls).await?;
-            tokio::spawn(drive(connection));
+            tokio::spawn(drive(connection, kept));
             client
         }
     };
     Ok(client)
 }
 
-async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+async fn drive<F, K>(connection: F, kept: K)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>>,
+{
     if let Err(e) = connection.await {
         tracing::debug!(error = %e, "audit sink connection ended");
     }
+    drop(kept);
 }
 
 /// Creates the table unless it exists (checked first: a role that may insert but not

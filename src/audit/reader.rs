@@ -38,6 +38,61 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
+/// Whether a record's statement holds `text`: its text, or for a clipped statement, a name
+/// its record keeps of what it touches (padding ahead of a table's name cannot hide it from
+/// a search for that table).
+fn statement_mentions(record: &serde_json::Value, text: &str) -> bool {
+    if record
+        .get("statement")
+        .and_then(|v| v.as_str())
+        .is_some_and(|s| s.contains(text))
+    {
+        return true;
+    }
+    let Some(clipped) = record.get("statement_clipped") else {
+        return false;
+    };
+    ["relations", "functions"].iter().any(|list| {
+        clipped
+            .get(list)
+            .and_then(|v| v.as_array())
+            .is_some_and(|names| {
+                names
+                    .iter()
+                    .any(|n| n.as_str().is_some_and(|n| n.contains(text)))
+            })
+    })
+}
+
+/// A record's statement as a person reads it in a list: the text, and for a clipped one
+/// what was cut and the names kept of it (the prefix may be padding only).
+pub fn shown_statement(record: &serde_json::Value) -> String {
+    let text = record
+        .get("statement")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let Some(clipped) = record.get("statement_clipped") else {
+        return text.to_owned();
+    };
+    let length = clipped.get("length").and_then(|v| v.as_u64()).unwrap_or(0);
+    let mut shown = format!("{text} … (clipped: {length} bytes");
+    for list in ["relations", "functions"] {
+        let names: Vec<&str> = clipped
+            .get(list)
+            .and_then(|v| v.as_array())
+            .map(|names| names.iter().filter_map(|n| n.as_str()).collect())
+            .unwrap_or_default();
+        if !names.is_empty() {
+            shown.push_str(&format!("; {list}: {}", names.join(", ")));
+        }
+    }
+    if let Some(n) = clipped.get("names_omitted").and_then(|v| v.as_u64()) {
+        shown.push_str(&format!("; {n} more names"));
+    }
+    shown.push(')');
+    shown
+}
+
 impl AuditQuery {
     pub fn matches(&self, record: &serde_json::Value) -> bool {
         let field = |name: &str| record.get(name).and_then(|v| v.as_str());
@@ -86,7 +141,7 @@ impl AuditQuery {
         if self
             .text
             .as_deref()
-            .is_some_and(|t| !field("statement").is_some_and(|s| s.contains(t)))
+            .is_some_and(|t| !statement_mentions(record, t))
         {
             return false;
         }
@@ -179,5 +234,46 @@ fn io_error(path: &Path, e: std::io::Error) -> AuditError {
     AuditError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod shown_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_clipped_statement_is_shown_with_what_was_cut_and_what_it_names() {
+        let record = json!({
+            "statement": "/* xxxx",
+            "statement_clipped": {
+                "length": 70_000, "sha256": "ab",
+                "relations": ["orders", "hr.payroll"], "functions": [], "names_omitted": 3,
+            },
+        });
+        assert_eq!(
+            shown_statement(&record),
+            "/* xxxx … (clipped: 70000 bytes; relations: orders, hr.payroll; 3 more names)"
+        );
+        assert_eq!(
+            shown_statement(&json!({"statement": "SELECT 1"})),
+            "SELECT 1"
+        );
+    }
+
+    #[test]
+    fn a_text_search_finds_a_clipped_statement_by_a_name_it_keeps() {
+        let record = json!({
+            "statement": "/* xxxx",
+            "statement_clipped": {"relations": ["orders"], "functions": ["app.leak"]},
+        });
+        let search = |text: &str| AuditQuery {
+            text: Some(text.into()),
+            ..AuditQuery::default()
+        };
+        assert!(search("order").matches(&record));
+        assert!(search("leak").matches(&record));
+        assert!(search("xxxx").matches(&record));
+        assert!(!search("payroll").matches(&record));
     }
 }

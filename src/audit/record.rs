@@ -89,6 +89,19 @@ pub struct StatementRecord {
     /// `parameters`); absent when the record is verbatim.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub redacted: Vec<&'static str>,
+    /// What the parser found `statement` names, carried only for a text long enough to be
+    /// clipped: a clipped record keeps them in `statement_clipped`, so text padded past the
+    /// limit cannot carry a table out of the record. Never serialized beside a whole text.
+    #[serde(skip)]
+    pub mentions: Option<StatementNames>,
+}
+
+/// The relations and functions one statement names (`guard::Facts`), shared with its
+/// analysis: no copy per record.
+#[derive(Debug, Clone, Default)]
+pub struct StatementNames {
+    pub relations: Arc<[String]>,
+    pub functions: Arc<[String]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -182,18 +182,10 @@ pub async fn check_trail(active: &Path, store: &Store) -> Result<(), AuditError>
 /// it wrote none) the one kept from before, if the trail ends with it; for a trail with no
 /// record at all, [`EMPTY`]. `None` when the trail ends otherwise (a final checkpoint that
 /// failed): then nothing is closed, as after a crash.
-async fn closing_witness(
-    store: &Store,
-    key: &str,
-    active: &Path,
-    latest: Option<Witness>,
-) -> Option<Witness> {
+async fn closing_witness(store: &Store, active: &Path, latest: Option<Witness>) -> Option<Witness> {
     let candidate = match latest {
         Some(w) => Some(w),
-        None => match store.setting(key).await {
-            Ok(Some(text)) => Kept::from_setting(&text).ok().map(|k| k.witness),
-            _ => None,
-        },
+        None => kept(store, active).await.ok().flatten().map(|k| k.witness),
     };
     match candidate {
         Some(w) if w.seq > 0 => ends_trail(active, &w).then_some(w),
@@ -411,7 +403,7 @@ async fn keep(
         let stopping = *stop.borrow();
         let latest = *witnessed.borrow_and_update();
         if stopping {
-            if let Some(witness) = closing_witness(&store, &key, &active, latest).await {
+            if let Some(witness) = closing_witness(&store, &active, latest).await {
                 let closed = Kept {
                     witness,
                     closed: true,

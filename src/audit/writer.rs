@@ -379,6 +379,13 @@ impl AuditLog {
         let _ = self.shared().clip.set(limits);
     }
 
+    /// Whether a statement of `text` may be clipped in its record (`audit::clip`): only
+    /// such a record carries what the statement names (`StatementRecord::mentions`).
+    pub fn may_clip(&self, text: &str) -> bool {
+        let limits = self.shared().clip.get().copied().unwrap_or_default();
+        super::clip::may_clip(text, limits)
+    }
+
     /// Names this node on every record from now on (`[node] id`).
     pub fn set_node(&self, id: &str) {
         self.shared().lock().node = Some(super::node::NodeStamp::new(id));

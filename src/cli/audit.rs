@@ -176,9 +176,15 @@ fn print_record(r: &serde_json::Value, format: &str) -> Result<()> {
             outln!("{}", row.join(","));
         }
         "table" => {
+            // A clipped statement says what was cut and what it names (its prefix may be
+            // padding only); csv and jsonl keep the record's own fields.
+            let shown = |c: &str| match c {
+                "statement" => crate::audit::shown_statement(r),
+                _ => cell(c),
+            };
             let row: Vec<String> = TABLE_COLUMNS
                 .iter()
-                .map(|c| super::display::clean(&cell(c).replace(['\n', '\t'], " ")).into_owned())
+                .map(|c| super::display::clean(&shown(c).replace(['\n', '\t'], " ")).into_owned())
                 .collect();
             outln!("{}", row.join("\t"));
         }

@@ -108,6 +108,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 .map(|c| c.name.clone())
                 .chain(found.field_names.iter().cloned())
                 .collect(),
+            functions: called_functions(&found).into(),
             operators: found
                 .operators
                 .iter()
@@ -115,6 +116,20 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 .collect(),
         },
     }
+}
+
+/// The functions `found` calls, each once, in the order first written.
+fn called_functions(found: &Found<'_>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    found
+        .calls
+        .iter()
+        .map(|call| match &call.schema {
+            Some(schema) => format!("{schema}.{}", call.name),
+            None => call.name.clone(),
+        })
+        .filter(|name| seen.insert(name.clone()))
+        .collect()
 }
 
 /// The statement's own kind, class and namespace change, from its type.

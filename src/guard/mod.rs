@@ -170,6 +170,9 @@ pub struct Facts {
     pub search_path: Arc<[String]>,
     /// Every name that may call a function: calls, `t.name` and `(expr).name`.
     pub maybe_called: Arc<[String]>,
+    /// The functions it calls by name, once each, schema-qualified where written so
+    /// (`lower`, `app.refresh`): with `relations`, what a clipped statement's record keeps.
+    pub functions: Arc<[String]>,
     /// The operators it uses, by symbol (a database's own may be found for one).
     pub operators: Arc<[String]>,
 }

@@ -914,3 +914,17 @@ fn a_statement_that_writes_inside_is_recorded_as_the_write() {
         assert_eq!(analyze(sql).kind, kind, "{sql}");
     }
 }
+
+#[test]
+fn functions_are_listed_once_each_as_written() {
+    let analyses = analyze_query(
+        "SELECT lower(a), app.refresh(b), lower(c), count(*) FROM t WHERE upper(d) = 'X'",
+    );
+    let [one] = &analyses[..] else {
+        panic!("one statement: {analyses:?}");
+    };
+    assert_eq!(
+        &one.analysis.facts.functions[..],
+        ["lower", "app.refresh", "count", "upper"].map(String::from)
+    );
+}

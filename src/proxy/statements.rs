@@ -23,6 +23,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::audit::StatementNames;
 use crate::guard::NameChange;
 use crate::sql::StatementKind;
 
@@ -42,6 +43,9 @@ pub struct Prepared {
     /// Its text is in the audit trail already: it was made by SQL PREPARE or DECLARE,
     /// whose records hold it. A Parse has no record of its own.
     pub recorded: bool,
+    /// The relations and functions its text names, kept when its record may clip the text
+    /// (`StatementRecord::mentions`).
+    pub mentions: Option<StatementNames>,
 }
 
 /// A portal created with Bind or SQL DECLARE.
@@ -274,6 +278,7 @@ impl Statements {
             catalog_unqualified: false,
             copy_in: false,
             recorded: false,
+            mentions: None,
         });
         self.push(Change::Bind(
             portal,
@@ -444,6 +449,7 @@ mod tests {
             catalog_unqualified: false,
             copy_in: false,
             recorded: false,
+            mentions: None,
         }
     }
 

@@ -321,7 +321,7 @@ pub(crate) fn record_line(record: &serde_json::Value) -> Markup {
             @let v = field(k);
             @if !v.is_empty() { span class=(k) { (v) } " " }
         }
-        code class="sql" { (field("statement")) }
+        code class="sql" { (shown(&crate::audit::shown_statement(record))) }
     }
 }
 

@@ -14,7 +14,7 @@ use crate::harness::Env;
 
 /// Runs the binary as `user` against the test's API (and with its config, for the offline
 /// verbs that take one).
-fn lockbox(env: &Env, user: &str, args: &[&str]) -> Output {
+pub(crate) fn lockbox(env: &Env, user: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lockbox"))
         .args(args)
         .env("LOCKBOX_SERVER", env.deployment.server_url())

@@ -2,6 +2,8 @@
 //! why; a value over the audit's per-field limit is recorded clipped, with its length and
 //! SHA-256.
 
+use lockbox::audit::AuditQuery;
+
 use crate::harness::{errors_in, Env, Raw};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -109,4 +111,130 @@ async fn a_large_bind_parameter_is_recorded_clipped_with_length_and_hash() {
     let report =
         lockbox::audit::chain::verify(&[env.audit_path.as_path()], None, true).expect("verify");
     assert!(report.ok(), "{:?}", report.problems);
+}
+
+/// A statement padded past `audit.max_field_bytes` keeps only a prefix of its text, which
+/// the padding fills: the record keeps what the statement touches, from PostgreSQL's parse,
+/// and a search of the trail for a table finds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_padded_past_the_limit_keeps_the_tables_and_functions_it_names() {
+    let env = Env::start("oversize_padded").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    let padded = padded("SELECT upper(name) FROM items WHERE id = 1");
+    // Simple protocol, then Parse/Bind/Execute of the same text.
+    client.simple_query(&padded).await.expect("simple query");
+    client.query(&padded, &[]).await.expect("extended query");
+    client
+        .simple_query("SELECT 'after the padded ones'")
+        .await
+        .expect("a short one");
+    let records = env
+        .wait_for_audit("the short statement", |records| {
+            records
+                .iter()
+                .any(|r| r["statement"] == "SELECT 'after the padded ones'")
+        })
+        .await;
+    let statements: Vec<_> = records
+        .iter()
+        .filter(|r| r["type"] == "statement" && r["request_id"] == id.as_str())
+        .collect();
+    let clipped: Vec<_> = statements
+        .iter()
+        .filter(|r| !r["statement_clipped"].is_null())
+        .collect();
+    assert_eq!(clipped.len(), 2, "both padded statements: {statements:?}");
+    for record in &clipped {
+        let kept = &record["statement_clipped"];
+        assert!(
+            !record["statement"]
+                .as_str()
+                .expect("text")
+                .contains("items"),
+            "the prefix is padding only"
+        );
+        assert_eq!(kept["relations"], serde_json::json!(["items"]), "{kept}");
+        assert_eq!(kept["functions"], serde_json::json!(["upper"]), "{kept}");
+        assert_eq!(kept["length"], padded.len());
+    }
+    // A statement kept whole carries no list: its text says it all.
+    let short = statements
+        .iter()
+        .find(|r| r["statement"] == "SELECT 'after the padded ones'")
+        .expect("the short record");
+    assert!(short.get("statement_clipped").is_none(), "{short}");
+    // Searching the trail for the table finds both.
+    let found = env
+        .client("dave")
+        .audit(&AuditQuery {
+            text: Some("items".into()),
+            request: Some(id.clone()),
+            ..AuditQuery::default()
+        })
+        .await
+        .expect("search");
+    assert_eq!(found.len(), 2, "{found:?}");
+    // The table form says what was cut and what it names, where the prefix is padding.
+    let out = crate::audit_trail::lockbox(
+        &env,
+        "dave",
+        &[
+            "audit",
+            "list",
+            "--request",
+            &id,
+            "--text",
+            "items",
+            "--format",
+            "table",
+        ],
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let summary = format!(
+        "(clipped: {} bytes; relations: items; functions: upper)",
+        padded.len()
+    );
+    assert_eq!(table.matches(&summary).count(), 2, "{table}");
+    let report =
+        lockbox::audit::chain::verify(&[env.audit_path.as_path()], None, true).expect("verify");
+    assert!(report.ok(), "{:?}", report.problems);
+}
+
+/// The same search on the fleet's trail (the PostgreSQL audit sink) finds a padded
+/// statement by the table it names, as the local trail does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fleets_trail_finds_a_padded_statement_by_its_table() {
+    let (env, audit_db) = crate::attack_review::sink_env("oversize_padded_fleet").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    client
+        .simple_query(&padded("SELECT name FROM items"))
+        .await
+        .expect("padded query");
+    client
+        .simple_query("SELECT 'shipped after the padded one'")
+        .await
+        .expect("a short one");
+    crate::attack_review::wait_shipped(&audit_db, "shipped after the padded one").await;
+    let search = |text: &str| AuditQuery {
+        text: Some(text.into()),
+        request: Some(id.clone()),
+        ..AuditQuery::default()
+    };
+    let dave = env.client("dave");
+    let found = dave.audit(&search("items")).await.expect("search");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0]["statement_clipped"]["relations"],
+        serde_json::json!(["items"])
+    );
+    // A name it does not hold finds nothing.
+    let none = dave.audit(&search("secrets")).await.expect("search");
+    assert!(none.is_empty(), "{none:?}");
+}
+
+/// `statement` behind 70 kB of comment: over the default 64 KiB field limit.
+fn padded(statement: &str) -> String {
+    format!("/* {} */ {statement}", "x".repeat(70_000))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::{unexpected_message, Pending, Relay};
 use crate::audit::redact;
-use crate::audit::{AuditEvent, Protocol, StatementRecord};
+use crate::audit::{AuditEvent, Protocol, StatementNames, StatementRecord};
 use crate::guard::{self, NameChange, Refusal};
 use crate::policy::AccessLevel;
 use crate::proxy::statements::{MessageId, Portal, Prepared, SqlChange};
@@ -41,6 +41,7 @@ impl Relay {
                         piece,
                         self.kind_of(&s.analysis),
                         None,
+                        self.mentions(piece, &s.analysis.facts),
                     );
                     let verdict = match (i, &uncertain) {
                         (0, Some(refusal)) => Err(refusal.clone()),
@@ -99,8 +100,9 @@ impl Relay {
                 };
                 self.note_catalog_changes(&analysis);
                 let kind = self.kind_of(&analysis);
+                let mentions = self.mentions(&text, &analysis.facts);
                 let (record, recorded) =
-                    self.statement_record(Protocol::Extended, &text, kind, None);
+                    self.statement_record(Protocol::Extended, &text, kind, None, mentions.clone());
                 let stable = match self.lexer_uncertain(&text, &analyses, pending) {
                     Some(refusal) => Err(refusal),
                     None => Ok(()),
@@ -117,6 +119,7 @@ impl Relay {
                     catalog_unqualified: analysis.facts.catalog_unqualified,
                     copy_in: analysis.facts.copy_in,
                     recorded: false,
+                    mentions,
                 };
                 let id = if self.discarded_past_backlog() {
                     self.statements.message()
@@ -153,6 +156,7 @@ impl Relay {
                         &text,
                         StatementKind::Unknown,
                         None,
+                        None,
                     );
                     if self.grant.access != AccessLevel::Admin {
                         pending.push(Pending::Refused(
@@ -174,18 +178,20 @@ impl Relay {
                 ) {
                     pending.push(Pending::RowsUncounted);
                 }
-                let (text, kind, params, names) = (
+                let (text, kind, params, names, mentions) = (
                     found.statement.text.clone(),
                     found.statement.kind,
                     Some(found.params),
                     found.statement.names,
+                    found.statement.mentions,
                 );
                 // A Parse of `FETCH … FROM c` or `EXECUTE s` names its cursor or statement
                 // only when it runs: what runs must be one lockbox saw created, as for the
                 // same text in a query string.
                 // The text was checked when it was parsed; what is recorded is the text of
                 // the statement the server holds under that name.
-                let (record, _) = self.statement_record(Protocol::Extended, &text, kind, params);
+                let (record, _) =
+                    self.statement_record(Protocol::Extended, &text, kind, params, mentions);
                 if let Err(refusal) = self.check_name_use(names.as_ref()) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
                     return Ok(Some(stand_in_execute(&self.stand_in_portal)));
@@ -253,6 +259,7 @@ impl Relay {
                     &text,
                     StatementKind::Other,
                     Some(args),
+                    None,
                 );
                 if let Err(refusal) = guard::check_class(self.grant.access, class) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
@@ -368,6 +375,7 @@ impl Relay {
         statement: &str,
         kind: StatementKind,
         params: Option<Vec<serde_json::Value>>,
+        mentions: Option<StatementNames>,
     ) -> (AuditEvent, Result<(), Refusal>) {
         let redaction = self.grant.redaction;
         let (statement, recorded) = if redaction.literals {
@@ -390,15 +398,26 @@ impl Relay {
             Some(p) if redaction.parameters => Some(redact::mask_parameters(p)),
             other => other,
         };
+        let mentions = mentions.filter(|_| self.audit.may_clip(&statement));
         let record = AuditEvent::Statement(StatementRecord {
             session: self.session.clone(),
             protocol,
             statement,
             params,
+            mentions,
             kind,
             redacted: redaction.names(),
         });
         (record, recorded)
+    }
+
+    /// What `text` names, kept only if its record may clip it (masked literals can make
+    /// the recorded text longer than `text`).
+    pub(super) fn mentions(&self, text: &str, facts: &guard::Facts) -> Option<StatementNames> {
+        (self.grant.redaction.literals || self.audit.may_clip(text)).then(|| StatementNames {
+            relations: facts.relations.clone(),
+            functions: facts.functions.clone(),
+        })
     }
 
     /// The audit kind of a statement; `EXECUTE name` takes the kind of what it runs.
@@ -431,6 +450,7 @@ impl Relay {
             catalog_unqualified: false,
             copy_in: false,
             recorded: true,
+            mentions: self.mentions(text, &analysis.facts),
         };
         let sql_change = match change {
             NameChange::Prepare(name) => {
