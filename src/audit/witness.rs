@@ -140,6 +140,22 @@ pub fn check_closed(kept: &Kept, path: &Path, last_seq: u64) -> Result<(), Audit
     Ok(())
 }
 
+/// A trail closed by a clean stop ends with its closing checkpoint: a partial line after
+/// it (`partial_tail`) is no record being written, as it would be while lockbox runs, but
+/// bytes put there while it was stopped.
+pub fn check_closed_end(kept: &Kept, path: &Path, partial_tail: bool) -> Result<(), AuditError> {
+    if kept.closed && partial_tail {
+        return Err(io_error(
+            path,
+            format!(
+                "a partial line follows the checkpoint (seq {}) that closed the trail when lockbox stopped: nothing was being written, so it was added while lockbox was stopped",
+                kept.witness.seq
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Before the writer opens the trail: it must still hold the checkpoint the state store
 /// witnessed, or the writer would chain new records onto a truncated trail.
 pub async fn check_trail(active: &Path, store: &Store) -> Result<(), AuditError> {
@@ -454,6 +470,23 @@ mod tests {
         }
         std::fs::write(path, bytes).expect("write");
         hashes
+    }
+
+    #[test]
+    fn a_partial_line_is_a_problem_only_after_a_closed_trail() {
+        let path = Path::new("audit.jsonl");
+        let kept = |closed| Kept {
+            witness: Witness {
+                seq: 7,
+                hash: [1; 32],
+            },
+            closed,
+        };
+        // While lockbox runs (or after a crash) the last line may be one being written.
+        assert!(check_closed_end(&kept(false), path, true).is_ok());
+        assert!(check_closed_end(&kept(true), path, false).is_ok());
+        let error = check_closed_end(&kept(true), path, true).expect_err("closed");
+        assert!(error.to_string().contains("seq 7"), "{error}");
     }
 
     #[test]

@@ -75,9 +75,11 @@ pub(super) async fn verify_audit(
             } else {
                 witness::check_files(&paths, &kept.witness, &by, &c.audit_path)
             };
-            let checked = found.and_then(|()| {
-                witness::check_closed(&kept, last_file, report.last_seq.unwrap_or(0))
-            });
+            let checked = found
+                .and_then(|()| {
+                    witness::check_closed(&kept, last_file, report.last_seq.unwrap_or(0))
+                })
+                .and_then(|()| witness::check_closed_end(&kept, last_file, report.partial_tail));
             match checked {
                 Ok(()) => witnessed.push((by, kept.witness.seq)),
                 Err(e) => problems.push(e.to_string()),

@@ -438,6 +438,31 @@ async fn a_record_appended_while_lockbox_is_stopped_fails_verify_and_is_not_sign
     ok(lockbox(&env, "dave", &["audit", "verify"]));
 }
 
+/// A partial line after the checkpoint a clean stop closed the trail with is no record
+/// being written (nothing writes while lockbox is stopped): `audit verify` reports it
+/// rather than calling it pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partial_line_after_a_closed_trail_fails_verify() {
+    let mut env = Env::start("trail_partial_after_close").await;
+    let (_, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    statement(&env, &token).await;
+    env.stop().await;
+    let closed = std::fs::read(&env.audit_path).expect("trail");
+    let closed_seq = last_seq(&closed);
+    let mut torn = closed.clone();
+    torn.extend_from_slice(format!("{{\"seq\":{},\"time\":\"2026-01-", closed_seq + 1).as_bytes());
+    std::fs::write(&env.audit_path, &torn).expect("append");
+    let (stdout, _) = failed(lockbox(&env, "dave", &["audit", "verify"]));
+    assert!(
+        stdout.contains(&format!(
+            "a partial line follows the checkpoint (seq {closed_seq}) that closed the trail"
+        )),
+        "{stdout}"
+    );
+    std::fs::write(&env.audit_path, &closed).expect("restore");
+    ok(lockbox(&env, "dave", &["audit", "verify"]));
+}
+
 async fn statement(env: &Env, token: &str) {
     let (client, conn) = env.connect("eve", token).await.expect("login");
     client.batch_execute("SELECT 1").await.expect("query");
