@@ -181,8 +181,10 @@ fn clip_fields(
                 // A clipped value spends all it was allowed (see `clip_param`).
                 budget -= keep;
                 if let (Some(names), Value::Object(clipped)) = (names, &mut clipped) {
-                    let room = limits.max_field_bytes.min(budget);
-                    budget -= add_names(clipped, names, room);
+                    // The names take what the record has left (not one field's worth):
+                    // a statement names no more than its text holds, which the parse
+                    // limit bounds, so only a crafted flood of names is cut.
+                    budget -= add_names(clipped, names, budget);
                 }
                 fields.insert(name.into(), Value::String(prefix));
                 fields.insert(format!("{name}_clipped"), clipped);
@@ -213,7 +215,8 @@ fn clip_fields(
 }
 
 /// Adds what a clipped statement names to its `statement_clipped`: `relations` and
-/// `functions`, each name once, as many as fit in `room` bytes in order, and
+/// `functions`, each name once, as many as fit in `room` bytes (what the record has left)
+/// in order, and
 /// `names_omitted`, the count of those that did not. Returns the bytes they take.
 fn add_names(clipped: &mut Map<String, Value>, names: &StatementNames, room: usize) -> usize {
     let mut used = 0usize;
@@ -419,19 +422,31 @@ mod tests {
     }
 
     #[test]
-    fn names_past_the_field_limit_are_counted_not_kept() {
-        // Each name costs its length and three bytes: 16 bytes hold two of these.
+    fn names_past_the_record_limit_are_counted_not_kept() {
+        // The statement keeps 16 bytes of the record's 32; each name costs its length and
+        // three bytes, so the 16 left hold two of these.
         let event = with_mentions(&"x".repeat(100), &["aaaa", "bbbb", "cccc"], &["ffff"]);
         let limits = ClipLimits {
             max_field_bytes: 16,
-            max_record_bytes: 1024,
+            max_record_bytes: 32,
         };
         let record = clipped(&event, limits).expect("clipped");
         let kept = &record["statement_clipped"];
         assert_eq!(kept["relations"], json!(["aaaa", "bbbb"]));
         assert_eq!(kept["functions"], json!([]));
         assert_eq!(kept["names_omitted"], 2);
-        // And they spend the record's budget: with none left, none is kept.
+        // More than one field's worth fits where the record has room.
+        let roomy = ClipLimits {
+            max_field_bytes: 16,
+            max_record_bytes: 1024,
+        };
+        let record = clipped(&event, roomy).expect("clipped");
+        assert_eq!(
+            record["statement_clipped"]["relations"],
+            json!(["aaaa", "bbbb", "cccc"])
+        );
+        assert!(record["statement_clipped"].get("names_omitted").is_none());
+        // With none left, none is kept.
         let tight = ClipLimits {
             max_field_bytes: 16,
             max_record_bytes: 16,
