@@ -96,6 +96,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             reads_tables_by_name: calls_reads_by_name,
             names,
             catalog_only,
+            plan_only: matches!(node, N::ExplainStmt(_)),
             catalog_unqualified,
             may_shadow_catalog: found.temporary_relations
                 || calls.search_path_shadows

@@ -155,6 +155,10 @@ pub struct Facts {
     /// backslash commands and pg_dump ask. Its rows are no customer data, and a grant's
     /// `max_rows` does not count them.
     pub catalog_only: bool,
+    /// It is EXPLAIN: its rows are the server's plan, never a table's, so a grant's
+    /// `max_rows` does not count them (EXPLAIN ANALYZE runs the statement and discards
+    /// what it returns).
+    pub plan_only: bool,
     /// Some catalog it reads is named without its schema: a temporary table of the same
     /// name would be read instead (pg_temp comes first on the search path).
     pub catalog_unqualified: bool,

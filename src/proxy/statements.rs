@@ -38,6 +38,8 @@ pub struct Prepared {
     pub catalog_only: bool,
     /// …naming some of them without their schema (a temporary table could shadow them).
     pub catalog_unqualified: bool,
+    /// It is EXPLAIN: a row limit does not count its plan's lines (`Facts::plan_only`).
+    pub plan_only: bool,
     /// It is `COPY … FROM STDIN` (see `Facts::copy_in`).
     pub copy_in: bool,
     /// Its text is in the audit trail already: it was made by SQL PREPARE or DECLARE,
@@ -276,6 +278,7 @@ impl Statements {
             names: None,
             catalog_only: false,
             catalog_unqualified: false,
+            plan_only: false,
             copy_in: false,
             recorded: false,
             mentions: None,
@@ -447,6 +450,7 @@ mod tests {
             names: None,
             catalog_only: false,
             catalog_unqualified: false,
+            plan_only: false,
             copy_in: false,
             recorded: false,
             mentions: None,

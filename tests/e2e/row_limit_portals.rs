@@ -122,3 +122,39 @@ async fn a_parsed_fetch_from_a_cursor_lockbox_never_saw_is_refused_when_it_runs(
     assert_eq!(errors[0].0, "42501");
     assert!(errors[0].1.contains("unknown_cursor"), "{}", errors[0].1);
 }
+
+/// EXPLAIN's rows are the server's plan, never a table's: a plan longer than the limit
+/// comes back whole, by either protocol, and the session's next read is still counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_longer_than_the_limit_is_not_counted() {
+    let env = Env::start("rows_explain").await;
+    let mut raw = limited(&env, 3).await;
+    let explain = "EXPLAIN (ANALYZE, VERBOSE, COSTS OFF) SELECT i.name FROM items i \
+                   JOIN items j USING (id) WHERE i.id IN (SELECT id FROM items ORDER BY id LIMIT 8)";
+    raw.send(&query(explain)).await;
+    let simple = raw.read_until_ready().await;
+    assert!(errors_in(&simple).is_empty(), "{:?}", errors_in(&simple));
+    assert!(rows_in(&simple) > 3, "{} plan lines", rows_in(&simple));
+    raw.send(
+        &[
+            parse("", explain),
+            bind("", ""),
+            execute_rows("", 0),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let extended = raw.read_until_ready().await;
+    assert!(
+        errors_in(&extended).is_empty(),
+        "{:?}",
+        errors_in(&extended)
+    );
+    assert!(rows_in(&extended) > 3, "{} plan lines", rows_in(&extended));
+    raw.send(&query("SELECT id FROM items")).await;
+    let rows = raw.read_to_close().await;
+    assert_eq!(rows_in(&rows), 3);
+    let codes: Vec<String> = errors_in(&rows).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["54000"]);
+}

@@ -64,10 +64,11 @@ impl Relay {
                 for (i, ((record, change), s)) in each.enumerate() {
                     self.note_catalog_changes(&s.analysis);
                     if refusal.is_none()
-                        && self.reads_catalog_only(
-                            self.catalog_only(&s.analysis.facts),
-                            s.analysis.facts.catalog_unqualified,
-                        )
+                        && (s.analysis.facts.plan_only
+                            || self.reads_catalog_only(
+                                self.catalog_only(&s.analysis.facts),
+                                s.analysis.facts.catalog_unqualified,
+                            ))
                     {
                         pending.push(Pending::RowsUncounted);
                     }
@@ -117,6 +118,7 @@ impl Relay {
                     names: analysis.facts.names.clone(),
                     catalog_only: self.catalog_only(&analysis.facts),
                     catalog_unqualified: analysis.facts.catalog_unqualified,
+                    plan_only: analysis.facts.plan_only,
                     copy_in: analysis.facts.copy_in,
                     recorded: false,
                     mentions,
@@ -172,10 +174,12 @@ impl Relay {
                     });
                     return Ok(None);
                 };
-                if self.reads_catalog_only(
-                    found.statement.catalog_only,
-                    found.statement.catalog_unqualified,
-                ) {
+                if found.statement.plan_only
+                    || self.reads_catalog_only(
+                        found.statement.catalog_only,
+                        found.statement.catalog_unqualified,
+                    )
+                {
                     pending.push(Pending::RowsUncounted);
                 }
                 let (text, kind, params, names, mentions) = (
@@ -448,6 +452,7 @@ impl Relay {
             names: None,
             catalog_only: false,
             catalog_unqualified: false,
+            plan_only: false,
             copy_in: false,
             recorded: true,
             mentions: self.mentions(text, &analysis.facts),
