@@ -176,14 +176,19 @@ fn clip_fields(
     let mut budget = limits.max_record_bytes;
     for name in ["statement", "message"] {
         if let Some(Value::String(text)) = fields.get(name) {
-            let keep = limits.max_field_bytes.min(budget);
+            // A clipped statement's names come before its prefix: they say what it
+            // touched, which padding fills the prefix to hide.
+            let names = names.filter(|_| name == "statement");
+            let mut keep = limits.max_field_bytes.min(budget);
+            if names.is_some() && json_len(text) > keep {
+                keep = keep.min(budget.saturating_sub(names.map_or(0, names_cost)));
+            }
             if let Some((prefix, mut clipped)) = clip_text(text, keep) {
                 // A clipped value spends all it was allowed (see `clip_param`).
                 budget -= keep;
                 if let (Some(names), Value::Object(clipped)) = (names, &mut clipped) {
-                    // The names take what the record has left (not one field's worth):
-                    // a statement names no more than its text holds, which the parse
-                    // limit bounds, so only a crafted flood of names is cut.
+                    // All of them, unless they alone are over the record's limit (the
+                    // relay refuses such a statement: `names_fit`).
                     budget -= add_names(clipped, names, budget);
                 }
                 fields.insert(name.into(), Value::String(prefix));
@@ -214,22 +219,51 @@ fn clip_fields(
     }
 }
 
-/// Adds what a clipped statement names to its `statement_clipped`: `relations` and
-/// `functions`, each name once, as many as fit in `room` bytes (what the record has left)
-/// in order, and
+/// The lists of a clipped statement's names, by key.
+fn name_lists(names: &StatementNames) -> [(&'static str, &[String]); 3] {
+    [
+        ("relations", &names.relations[..]),
+        ("functions", &names.functions[..]),
+        ("fields", &names.fields[..]),
+    ]
+}
+
+/// The bytes one name takes in a record's list: its JSON, its quotes and a comma.
+fn name_cost(name: &str) -> usize {
+    json_len(name) + 3
+}
+
+/// The bytes a clipped statement's names take in its record, each once.
+pub(crate) fn names_cost(names: &StatementNames) -> usize {
+    name_lists(names)
+        .into_iter()
+        .map(|(_, list)| {
+            let mut seen = std::collections::HashSet::new();
+            list.iter()
+                .filter(|n| seen.insert(n.as_str()))
+                .map(|n| name_cost(n))
+                .sum::<usize>()
+        })
+        .sum()
+}
+
+/// Whether a statement's names fit in its record should its text be clipped: a statement
+/// whose record cannot say what it touches does not run.
+pub(crate) fn names_fit(names: &StatementNames, limits: ClipLimits) -> bool {
+    names_cost(names) <= limits.max_record_bytes
+}
+
+/// Adds what a clipped statement names to its `statement_clipped`: `relations`,
+/// `functions` and `fields`, each name once, as many as fit in `room` bytes in order, and
 /// `names_omitted`, the count of those that did not. Returns the bytes they take.
 fn add_names(clipped: &mut Map<String, Value>, names: &StatementNames, room: usize) -> usize {
     let mut used = 0usize;
     let mut omitted = 0usize;
-    for (key, list) in [
-        ("relations", &names.relations),
-        ("functions", &names.functions),
-    ] {
+    for (key, list) in name_lists(names) {
         let mut seen = std::collections::HashSet::new();
         let mut kept = Vec::new();
         for name in list.iter().filter(|n| seen.insert(n.as_str())) {
-            // The quotes and the comma around it.
-            let cost = json_len(name) + 3;
+            let cost = name_cost(name);
             if used + cost > room {
                 omitted += 1;
                 continue;
@@ -396,6 +430,7 @@ mod tests {
             s.mentions = Some(StatementNames {
                 relations: relations.iter().map(|r| r.to_string()).collect(),
                 functions: functions.iter().map(|f| f.to_string()).collect(),
+                fields: Arc::from(vec!["o.leak".to_owned()]),
             });
         }
         event
@@ -416,43 +451,49 @@ mod tests {
         let kept = &record["statement_clipped"];
         assert_eq!(kept["relations"], json!(["t", "u"]));
         assert_eq!(kept["functions"], json!(["lower"]));
+        assert_eq!(kept["fields"], json!(["o.leak"]));
         assert!(kept.get("names_omitted").is_none(), "{kept}");
         // Kept whole, the same statement carries no list.
         assert_eq!(clipped(&event, ClipLimits::default()), None);
     }
 
     #[test]
-    fn names_past_the_record_limit_are_counted_not_kept() {
-        // The statement keeps 16 bytes of the record's 32; each name costs its length and
-        // three bytes, so the 16 left hold two of these.
-        let event = with_mentions(&"x".repeat(100), &["aaaa", "bbbb", "cccc"], &["ffff"]);
+    fn names_come_before_the_prefix_and_only_a_flood_is_cut() {
+        // Each name costs its length and three bytes: these take 30 of the record's 32
+        // bytes (with the field `o.leak`), so the prefix keeps 2, not the field's 16.
+        let event = with_mentions(&"x".repeat(100), &["aaaa", "bbbb", "cccc"], &[]);
         let limits = ClipLimits {
             max_field_bytes: 16,
             max_record_bytes: 32,
         };
+        assert!(names_fit(mentions(&event), limits));
         let record = clipped(&event, limits).expect("clipped");
+        assert_eq!(record["statement"], "xx");
         let kept = &record["statement_clipped"];
-        assert_eq!(kept["relations"], json!(["aaaa", "bbbb"]));
-        assert_eq!(kept["functions"], json!([]));
-        assert_eq!(kept["names_omitted"], 2);
-        // More than one field's worth fits where the record has room.
-        let roomy = ClipLimits {
-            max_field_bytes: 16,
-            max_record_bytes: 1024,
-        };
-        let record = clipped(&event, roomy).expect("clipped");
-        assert_eq!(
-            record["statement_clipped"]["relations"],
-            json!(["aaaa", "bbbb", "cccc"])
-        );
-        assert!(record["statement_clipped"].get("names_omitted").is_none());
-        // With none left, none is kept.
+        assert_eq!(kept["relations"], json!(["aaaa", "bbbb", "cccc"]));
+        assert_eq!(kept["fields"], json!(["o.leak"]));
+        assert!(kept.get("names_omitted").is_none(), "{kept}");
+        // Names over the record's limit alone do not fit (the relay refuses such a
+        // statement); the record keeps what fits and counts the rest.
         let tight = ClipLimits {
             max_field_bytes: 16,
             max_record_bytes: 16,
         };
+        assert!(!names_fit(mentions(&event), tight));
         let record = clipped(&event, tight).expect("clipped");
-        assert_eq!(record["statement_clipped"]["names_omitted"], 4);
+        assert_eq!(record["statement"], "");
+        assert_eq!(
+            record["statement_clipped"]["relations"],
+            json!(["aaaa", "bbbb"])
+        );
+        assert_eq!(record["statement_clipped"]["names_omitted"], 2);
+    }
+
+    fn mentions(event: &AuditEvent) -> &StatementNames {
+        match event {
+            AuditEvent::Statement(s) => s.mentions.as_ref().expect("mentions"),
+            _ => panic!("a statement"),
+        }
     }
 
     #[test]

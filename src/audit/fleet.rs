@@ -76,7 +76,8 @@ impl Filter {
                 f.clauses.push(format!(
                     "(strpos(record->>'statement', {p}) > 0 OR EXISTS (SELECT 1 FROM \
                      jsonb_array_elements_text(coalesce(record->'statement_clipped'->'relations', '[]') \
-                     || coalesce(record->'statement_clipped'->'functions', '[]')) AS kept(name) \
+                     || coalesce(record->'statement_clipped'->'functions', '[]') \
+                     || coalesce(record->'statement_clipped'->'fields', '[]')) AS kept(name) \
                      WHERE strpos(kept.name, {p}) > 0))"
                 ));
             }

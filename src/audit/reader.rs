@@ -52,7 +52,7 @@ fn statement_mentions(record: &serde_json::Value, text: &str) -> bool {
     let Some(clipped) = record.get("statement_clipped") else {
         return false;
     };
-    ["relations", "functions"].iter().any(|list| {
+    CLIPPED_NAME_LISTS.iter().any(|list| {
         clipped
             .get(list)
             .and_then(|v| v.as_array())
@@ -62,6 +62,24 @@ fn statement_mentions(record: &serde_json::Value, text: &str) -> bool {
                     .any(|n| n.as_str().is_some_and(|n| n.contains(text)))
             })
     })
+}
+
+/// The lists of names a clipped statement's record keeps (`audit::clip`).
+const CLIPPED_NAME_LISTS: [&str; 3] = ["relations", "functions", "fields"];
+
+/// A name as SQL would write it where it could be read as something else: in double
+/// quotes (doubled inside) unless it is lower-case letters, digits, `_`, `$` and `.`, so a
+/// name holding `; functions: …` cannot pass for the summary's own words.
+fn quoted_if_needed(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_$.".contains(c));
+    if plain {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
 }
 
 /// A record's statement as a person reads it in a list: the text, and for a clipped one
@@ -76,11 +94,17 @@ pub fn shown_statement(record: &serde_json::Value) -> String {
     };
     let length = clipped.get("length").and_then(|v| v.as_u64()).unwrap_or(0);
     let mut shown = format!("{text} … (clipped: {length} bytes");
-    for list in ["relations", "functions"] {
-        let names: Vec<&str> = clipped
+    for list in CLIPPED_NAME_LISTS {
+        let names: Vec<String> = clipped
             .get(list)
             .and_then(|v| v.as_array())
-            .map(|names| names.iter().filter_map(|n| n.as_str()).collect())
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str())
+                    .map(quoted_if_needed)
+                    .collect()
+            })
             .unwrap_or_default();
         if !names.is_empty() {
             shown.push_str(&format!("; {list}: {}", names.join(", ")));
@@ -248,12 +272,13 @@ mod shown_tests {
             "statement": "/* xxxx",
             "statement_clipped": {
                 "length": 70_000, "sha256": "ab",
-                "relations": ["orders", "hr.payroll"], "functions": [], "names_omitted": 3,
+                "relations": ["orders", "hr.payroll", "Odd; functions: x"], "functions": [],
+                "names_omitted": 3,
             },
         });
         assert_eq!(
             shown_statement(&record),
-            "/* xxxx … (clipped: 70000 bytes; relations: orders, hr.payroll; 3 more names)"
+            "/* xxxx … (clipped: 70000 bytes; relations: orders, hr.payroll, \"Odd; functions: x\"; 3 more names)"
         );
         assert_eq!(
             shown_statement(&json!({"statement": "SELECT 1"})),
@@ -265,7 +290,9 @@ mod shown_tests {
     fn a_text_search_finds_a_clipped_statement_by_a_name_it_keeps() {
         let record = json!({
             "statement": "/* xxxx",
-            "statement_clipped": {"relations": ["orders"], "functions": ["app.leak"]},
+            "statement_clipped": {
+                "relations": ["orders"], "functions": ["app.leak"], "fields": ["nextval"],
+            },
         });
         let search = |text: &str| AuditQuery {
             text: Some(text.into()),
@@ -273,6 +300,7 @@ mod shown_tests {
         };
         assert!(search("order").matches(&record));
         assert!(search("leak").matches(&record));
+        assert!(search("nextval").matches(&record));
         assert!(search("xxxx").matches(&record));
         assert!(!search("payroll").matches(&record));
     }

@@ -102,6 +102,8 @@ pub struct StatementRecord {
 pub struct StatementNames {
     pub relations: Arc<[String]>,
     pub functions: Arc<[String]>,
+    /// Names used as fields (`t.name`): columns, or calls in column notation.
+    pub fields: Arc<[String]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -386,6 +386,13 @@ impl AuditLog {
         super::clip::may_clip(text, limits)
     }
 
+    /// Whether a statement's names fit in its record should its text be clipped
+    /// (`audit::clip::names_fit`).
+    pub fn names_fit(&self, names: &super::StatementNames) -> bool {
+        let limits = self.shared().clip.get().copied().unwrap_or_default();
+        super::clip::names_fit(names, limits)
+    }
+
     /// Names this node on every record from now on (`[node] id`).
     pub fn set_node(&self, id: &str) {
         self.shared().lock().node = Some(super::node::NodeStamp::new(id));

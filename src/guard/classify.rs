@@ -110,6 +110,15 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 .chain(found.field_names.iter().cloned())
                 .collect(),
             functions: called_functions(&found).into(),
+            written_relations: once_each(
+                found
+                    .written_relations
+                    .iter()
+                    .chain(calls.relations.iter())
+                    .cloned(),
+            )
+            .into(),
+            fields: once_each(found.field_names.iter().cloned()).into(),
             operators: found
                 .operators
                 .iter()
@@ -121,16 +130,16 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
 
 /// The functions `found` calls, each once, in the order first written.
 fn called_functions(found: &Found<'_>) -> Vec<String> {
+    once_each(found.calls.iter().map(|call| match &call.schema {
+        Some(schema) => format!("{schema}.{}", call.name),
+        None => call.name.clone(),
+    }))
+}
+
+/// `names` without repeats, in the order first seen.
+fn once_each(names: impl Iterator<Item = String>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    found
-        .calls
-        .iter()
-        .map(|call| match &call.schema {
-            Some(schema) => format!("{schema}.{}", call.name),
-            None => call.name.clone(),
-        })
-        .filter(|name| seen.insert(name.clone()))
-        .collect()
+    names.filter(|name| seen.insert(name.clone())).collect()
 }
 
 /// The statement's own kind, class and namespace change, from its type.

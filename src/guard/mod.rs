@@ -177,6 +177,12 @@ pub struct Facts {
     /// The functions it calls by name, once each, schema-qualified where written so
     /// (`lower`, `app.refresh`): with `relations`, what a clipped statement's record keeps.
     pub functions: Arc<[String]>,
+    /// Every relation it names as the server resolves it (a quoted `"Secret"` keeps its
+    /// case; `relations` is lowercased for the rules), with what call arguments name.
+    pub written_relations: Arc<[String]>,
+    /// Names used as a field (`t.name`, `(expr).name`, a column), once each: a column, or a
+    /// call of a function of that name in column notation.
+    pub fields: Arc<[String]>,
     /// The operators it uses, by symbol (a database's own may be found for one).
     pub operators: Arc<[String]>,
 }
@@ -326,7 +332,7 @@ pub fn check_class(access: AccessLevel, class: Class) -> Result<(), Refusal> {
         (AccessLevel::Read, Class::Ddl) => refuse("read_only", "changing the schema"),
         (_, Class::Unknown) => refuse(
             "unparsable",
-            "a statement PostgreSQL's grammar rejects (it would not run)",
+            "a statement PostgreSQL's grammar rejects (it would not run), or one over the 1 MiB lockbox parses,",
         ),
     }
 }

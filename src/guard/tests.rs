@@ -928,3 +928,23 @@ fn functions_are_listed_once_each_as_written() {
         ["lower", "app.refresh", "count", "upper"].map(String::from)
     );
 }
+
+#[test]
+fn names_are_kept_as_the_server_resolves_them_for_the_record() {
+    let analyses =
+        analyze_query("SELECT \"Secret\".x, s.leak, (t.c).nextval FROM \"Secret\", secret s, t");
+    let [one] = &analyses[..] else {
+        panic!("one statement: {analyses:?}");
+    };
+    let facts = &one.analysis.facts;
+    assert_eq!(
+        &facts.written_relations[..],
+        ["Secret", "secret", "t"].map(String::from)
+    );
+    // The rules' list is lowercased (their patterns are case-insensitive).
+    assert!(facts.relations.iter().all(|r| r == &r.to_lowercase()));
+    assert_eq!(
+        &facts.fields[..],
+        ["x", "leak", "nextval", "c"].map(String::from)
+    );
+}

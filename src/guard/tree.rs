@@ -56,6 +56,9 @@ pub(crate) struct Found<'t> {
     /// Names used in column or attribute notation (`t.name`, `(expr).name`), lowercased as
     /// written: PostgreSQL calls a one-argument function of that name when no column has it.
     pub field_names: Vec<String>,
+    /// Every relation named, as the server resolves it (`relations` lowercases them for
+    /// the rules' case-insensitive patterns).
+    pub written_relations: Vec<String>,
     /// Names in `(expr).name`: a field of a composite value, or a call of `name(expr)`.
     pub indirection_names: Vec<String>,
     /// A temporary relation is named (created, most likely): it can shadow a catalog's name.
@@ -91,7 +94,9 @@ fn visit<'t>(value: &'t Value, found: &mut Found<'t>) {
 /// Node types recognised by their fields (they appear untagged in typed fields).
 fn inspect_untagged<'t>(map: &'t Map<String, Value>, found: &mut Found<'t>) {
     if map.contains_key("relname") && map.contains_key("relpersistence") {
-        found.relations.push(relation_name(map));
+        let written = written_relation_name(map);
+        found.relations.push(written.to_lowercase());
+        found.written_relations.push(written);
         let part = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or_default();
         let (schema, name) = (part("schemaname"), part("relname"));
         // `pg_temp` is the session's temporary schema, and so is its own name (`pg_temp_3`).
@@ -325,16 +330,13 @@ fn sql_json_call(key: &str, node: &Value) -> Option<&'static str> {
     })
 }
 
-fn relation_name(map: &Map<String, Value>) -> String {
-    let part = |key: &str| {
-        map.get(key)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_lowercase()
-    };
+/// A relation's name as the server resolves it: an unquoted name is folded to lower case by
+/// the parser already, a quoted one (`"Secret"`) keeps its case.
+fn written_relation_name(map: &Map<String, Value>) -> String {
+    let part = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or_default();
     let (schema, name) = (part("schemaname"), part("relname"));
     if schema.is_empty() {
-        name
+        name.to_owned()
     } else {
         format!("{schema}.{name}")
     }

@@ -156,6 +156,7 @@ async fn a_statement_padded_past_the_limit_keeps_the_tables_and_functions_it_nam
         );
         assert_eq!(kept["relations"], serde_json::json!(["items"]), "{kept}");
         assert_eq!(kept["functions"], serde_json::json!(["upper"]), "{kept}");
+        assert_eq!(kept["fields"], serde_json::json!(["name", "id"]), "{kept}");
         assert_eq!(kept["length"], padded.len());
     }
     // A statement kept whole carries no list: its text says it all.
@@ -192,7 +193,7 @@ async fn a_statement_padded_past_the_limit_keeps_the_tables_and_functions_it_nam
     );
     let table = String::from_utf8_lossy(&out.stdout);
     let summary = format!(
-        "(clipped: {} bytes; relations: items; functions: upper)",
+        "(clipped: {} bytes; relations: items; functions: upper; fields: name, id)",
         padded.len()
     );
     assert_eq!(table.matches(&summary).count(), 2, "{table}");
@@ -232,6 +233,103 @@ async fn the_fleets_trail_finds_a_padded_statement_by_its_table() {
     // A name it does not hold finds nothing.
     let none = dave.audit(&search("secrets")).await.expect("search");
     assert!(none.is_empty(), "{none:?}");
+}
+
+/// A quoted name keeps its case in the record, as the server resolves it: `"Items"` is
+/// another table than `items`, and a search for it finds it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clipped_statement_keeps_names_as_the_server_resolves_them() {
+    let env = Env::start("oversize_case").await;
+    env.superuser_sql(
+        "CREATE TABLE \"Items\" AS SELECT * FROM items; GRANT SELECT ON \"Items\" TO lockbox_read",
+    );
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    client
+        .simple_query(&padded(
+            "SELECT u.name FROM \"Items\" u JOIN items l USING (id)",
+        ))
+        .await
+        .expect("padded query");
+    let search = |text: &str| AuditQuery {
+        text: Some(text.into()),
+        request: Some(id.clone()),
+        ..AuditQuery::default()
+    };
+    let dave = env.client("dave");
+    let found = env
+        .wait_for_audit("the padded statement", |records| {
+            records
+                .iter()
+                .any(|r| r["request_id"] == id.as_str() && !r["statement_clipped"].is_null())
+        })
+        .await;
+    let record = found
+        .iter()
+        .find(|r| r["request_id"] == id.as_str() && !r["statement_clipped"].is_null())
+        .expect("the clipped record");
+    assert_eq!(
+        record["statement_clipped"]["relations"],
+        serde_json::json!(["Items", "items"])
+    );
+    assert_eq!(dave.audit(&search("Items")).await.expect("search").len(), 1);
+}
+
+/// A statement whose names alone are more than its record may hold does not run: its
+/// record could not say what it touched. One whose names fit runs, its prefix shorter.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_naming_more_than_its_record_holds_is_refused() {
+    let env = Env::with(
+        "oversize_names_flood",
+        crate::harness::Options {
+            audit_durability: "fsync\"\nmax_field_bytes = \"1 KiB\"\nmax_record_bytes = \"2 KiB",
+            ..crate::harness::Options::default()
+        },
+    )
+    .await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    // 300 names of a CTE each: about 2.7 KiB of names in a record of 2 KiB.
+    let flood = |n: usize| {
+        let names: Vec<String> = (0..n).map(|i| format!("cte{i:04}")).collect();
+        let defs: Vec<String> = names.iter().map(|c| format!("{c} AS (SELECT 1)")).collect();
+        format!(
+            "WITH {} SELECT count(*) FROM {}, items",
+            defs.join(", "),
+            names.join(", ")
+        )
+    };
+    let error = client.simple_query(&flood(300)).await.expect_err("refused");
+    let (code, message) = crate::harness::db_error(&error);
+    assert_eq!(code, "42501", "{message}");
+    assert!(message.contains("rule audit_record"), "{message}");
+    // 100 names fit: it runs, and its record names `items` with the rest.
+    client.simple_query(&flood(100)).await.expect("runs");
+    let records = env
+        .wait_for_audit("both statements", |records| {
+            records
+                .iter()
+                .filter(|r| r["request_id"] == id.as_str() && !r["statement_clipped"].is_null())
+                .count()
+                == 2
+        })
+        .await;
+    let ran = records
+        .iter()
+        .filter(|r| r["request_id"] == id.as_str() && !r["statement_clipped"].is_null())
+        .nth(1)
+        .expect("the second");
+    let relations = ran["statement_clipped"]["relations"]
+        .as_array()
+        .expect("relations");
+    assert_eq!(relations.len(), 101, "{ran}");
+    assert!(relations.contains(&serde_json::json!("items")));
+    assert!(
+        ran["statement_clipped"].get("names_omitted").is_none(),
+        "{ran}"
+    );
+    let line = serde_json::to_string(ran).expect("JSON");
+    assert!(line.len() < 4096, "record of {} bytes", line.len());
 }
 
 /// `statement` behind 70 kB of comment: over the default 64 KiB field limit.

@@ -114,6 +114,22 @@ async fn an_approver_approves_watches_live_ends_a_session_and_revokes() {
     let rendered = b.text("#statements").await;
     assert!(rendered.contains("-- \\u{202e}gpj.txt"), "{rendered}");
     assert!(!rendered.contains('\u{202e}'), "{rendered}");
+    // A statement padded past the audit's field limit: its record keeps a prefix of
+    // padding and what it names, and both lists say so.
+    b.wait_text("#live-state", "Live").await;
+    let padded = format!(
+        "/* {} */ SELECT name FROM items WHERE id = 8",
+        "x".repeat(70_000)
+    );
+    client.simple_query(&padded).await.expect("padded query");
+    let summary = format!(
+        "(clipped: {} bytes; relations: items; fields: name, id)",
+        padded.len()
+    );
+    b.wait_text("#statements", &summary).await;
+    b.goto(&format!("/requests/{id}")).await;
+    let rendered = b.text("#statements").await;
+    assert!(rendered.contains(&summary), "{rendered}");
 
     // End the session from the page: the engineer's session is dropped.
     b.goto(&format!("/requests/{id}")).await;

@@ -403,6 +403,14 @@ impl Relay {
             other => other,
         };
         let mentions = mentions.filter(|_| self.audit.may_clip(&statement));
+        // A record that cannot say what its statement touches is as good as none.
+        let recorded = match &mentions {
+            Some(names) if !self.audit.names_fit(names) => Err(Refusal {
+                rule: "audit_record",
+                message: "lockbox: this statement names more relations, functions and fields than its audit record can hold (audit.max_record_bytes), so it cannot run (rule audit_record)".into(),
+            }),
+            _ => recorded,
+        };
         let record = AuditEvent::Statement(StatementRecord {
             session: self.session.clone(),
             protocol,
@@ -419,8 +427,9 @@ impl Relay {
     /// the recorded text longer than `text`).
     pub(super) fn mentions(&self, text: &str, facts: &guard::Facts) -> Option<StatementNames> {
         (self.grant.redaction.literals || self.audit.may_clip(text)).then(|| StatementNames {
-            relations: facts.relations.clone(),
+            relations: facts.written_relations.clone(),
             functions: facts.functions.clone(),
+            fields: facts.fields.clone(),
         })
     }
 

@@ -36,8 +36,28 @@
         part(f, String(record[f]));
       }
     });
-    part("sql", String(record.statement || ""));
+    part("sql", statement(record));
     return li;
+  }
+  // As the server renders it (audit::shown_statement): a clipped statement says what was
+  // cut and the names its record keeps, quoted where a name could pass for the words.
+  function statement(record) {
+    var text = String(record.statement || "");
+    var clipped = record.statement_clipped;
+    if (!clipped || typeof clipped !== "object") { return text; }
+    var out = text + " \u2026 (clipped: " + Number(clipped.length || 0) + " bytes";
+    ["relations", "functions", "fields"].forEach(function (list) {
+      var names = Array.isArray(clipped[list]) ? clipped[list] : [];
+      names = names.filter(function (n) { return typeof n === "string"; }).map(quoted);
+      if (names.length) { out += "; " + list + ": " + names.join(", "); }
+    });
+    if (typeof clipped.names_omitted === "number") {
+      out += "; " + clipped.names_omitted + " more names";
+    }
+    return out + ")";
+  }
+  function quoted(name) {
+    return /^[a-z0-9_$.]+$/.test(name) ? name : "\"" + name.replace(/"/g, "\"\"") + "\"";
   }
   var source = new EventSource(list.dataset.stream, { withCredentials: true });
   source.onmessage = function (event) {
