@@ -948,3 +948,23 @@ fn names_are_kept_as_the_server_resolves_them_for_the_record() {
         ["x", "leak", "nextval", "c"].map(String::from)
     );
 }
+
+#[test]
+fn a_drop_names_the_relations_it_drops() {
+    let analyses = analyze_query("DROP TABLE hr.payroll, \"Secret\"; DROP FUNCTION f(int)");
+    let [table, function] = &analyses[..] else {
+        panic!("two statements: {analyses:?}");
+    };
+    assert_eq!(
+        &table.analysis.facts.written_relations[..],
+        ["hr.payroll", "Secret"].map(String::from)
+    );
+    assert!(function.analysis.facts.relations.is_empty());
+    // So `off_limits` covers dropping them too.
+    let rules = Guardrails {
+        off_limits: vec!["hr.*".into()],
+        ..Guardrails::default()
+    };
+    let refused = check_rules(&rules, &table.analysis.facts).expect_err("off limits");
+    assert_eq!(refused.rule, "off_limits");
+}

@@ -181,8 +181,11 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.row_locks |= has("locking_clause");
             found.select_into |= has("into_clause");
         }
-        "DropStmt"
-        | "DropOwnedStmt"
+        "DropStmt" => {
+            found.drop = true;
+            dropped_relations(node, found);
+        }
+        "DropOwnedStmt"
         | "DropdbStmt"
         | "DropRoleStmt"
         | "DropTableSpaceStmt"
@@ -225,6 +228,48 @@ const CMD_DELETE: i64 = 5;
 /// table answers for (`DETACH PARTITION [FINALIZE]`, `NO INHERIT`). `DROP DEFAULT` and the
 /// like lose neither data nor a check and stay allowed.
 const ALTER_TABLE_DROPS: &[i64] = &[5, 8, 14, 23, 51, 61, 62, 65];
+/// The relations a `DROP TABLE/VIEW/…` names (as lists of name parts, not RangeVars):
+/// relations it touches like any other, for the rules and the record.
+fn dropped_relations(node: &Value, found: &mut Found<'_>) {
+    use pg_query::protobuf::ObjectType as O;
+    let relation_kinds = [
+        O::ObjectTable,
+        O::ObjectView,
+        O::ObjectMatview,
+        O::ObjectSequence,
+        O::ObjectIndex,
+        O::ObjectForeignTable,
+    ];
+    let kind = node.get("remove_type").and_then(Value::as_i64).unwrap_or(0);
+    if !relation_kinds.iter().any(|k| *k as i64 == kind) {
+        return;
+    }
+    let objects = node.get("objects").and_then(Value::as_array);
+    for object in objects.into_iter().flatten() {
+        let parts: Vec<String> = object
+            .pointer("/node/List/items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(string_node)
+            .collect();
+        let (schema, name) = match &parts[..] {
+            [] => continue,
+            [name] => ("", name.as_str()),
+            [.., schema, name] => (schema.as_str(), name.as_str()),
+        };
+        let written = if schema.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{schema}.{name}")
+        };
+        found.non_catalog_relations |= !is_catalog(schema, name);
+        found.temporary_relations |= schema.starts_with("pg_temp");
+        found.relations.push(written.to_lowercase());
+        found.written_relations.push(written);
+    }
+}
+
 /// `AlterDomainStmt` subtypes that drop a check: `DROP CONSTRAINT`, `DROP NOT NULL`.
 const ALTER_DOMAIN_DROPS: &[&str] = &["X", "N"];
 const AT_ALTER_COLUMN_TYPE: i64 = 25;

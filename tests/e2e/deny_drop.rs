@@ -41,3 +41,33 @@ async fn drops_under_alter_are_refused_by_deny_drop() {
         .await
         .expect("DROP DEFAULT is no drop");
 }
+
+/// A DROP names its tables as lists of names, not as the relations a query reads: an
+/// off-limits table could be dropped by a grant that could not read it.
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_an_off_limits_table_is_refused() {
+    let env = Env::with(
+        "off_limits_drop",
+        Options {
+            guardrails: "off_limits = [\"secrets\"]",
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
+    for sql in [
+        "DROP TABLE secrets",
+        "DROP TABLE IF EXISTS items, public.secrets",
+    ] {
+        let error = client.batch_execute(sql).await.expect_err(sql);
+        let (code, message) = db_error(&error);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains("off_limits"), "{sql}: {message}");
+    }
+    let left =
+        env.superuser_sql("SELECT count(*) FROM pg_tables WHERE tablename IN ('items', 'secrets')");
+    assert_eq!(left.trim(), "2", "both still there");
+}
