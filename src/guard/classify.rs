@@ -90,7 +90,11 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             truncate: found.truncate,
             delete_without_where: found.delete_without_where,
             update_without_where: found.update_without_where,
-            relations: relations.into(),
+            relations: relations
+                .into_iter()
+                .chain(found.dropped_relations.iter().cloned())
+                .collect(),
+            schema_wide: found.schema_wide,
             settings: changed.into(),
             opaque,
             reads_tables_by_name: calls_reads_by_name,
@@ -108,21 +112,28 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 .iter()
                 .map(|c| c.name.clone())
                 .chain(found.field_names.iter().cloned())
+                .chain(calls.maybe_called.iter().cloned())
                 .collect(),
-            functions: called_functions(&found).into(),
+            functions: once_each(
+                called_functions(&found)
+                    .into_iter()
+                    .chain(calls.functions.iter().cloned()),
+            )
+            .into(),
             written_relations: once_each(
                 found
                     .written_relations
                     .iter()
-                    .chain(calls.relations.iter())
+                    .chain(&calls.written_relations)
                     .cloned(),
             )
             .into(),
-            fields: once_each(found.field_names.iter().cloned()).into(),
+            fields: once_each(found.field_names.iter().chain(&calls.fields).cloned()).into(),
             operators: found
                 .operators
                 .iter()
                 .map(|(_, symbol)| symbol.clone())
+                .chain(calls.operators.iter().cloned())
                 .collect(),
         },
     }
@@ -495,6 +506,14 @@ struct Calls {
     /// A built-in that returns stored data without naming a table (`lo_get`): its rows
     /// are customer data whatever relations the statement reads.
     reads_data: bool,
+    /// `relations` as the server resolves them (see `Facts::written_relations`).
+    written_relations: Vec<String>,
+    /// What a query run from text (`query_to_xml('…')`) may call, uses as fields and
+    /// operators: its calls are the statement's own.
+    maybe_called: Vec<String>,
+    functions: Vec<String>,
+    fields: Vec<String>,
+    operators: Vec<String>,
 }
 
 fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
@@ -581,8 +600,15 @@ fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
                 let text = call.args.get(position).and_then(|a| tree::literal(a));
                 match text.map(|t| super::analyze(&t)) {
                     Some(inner) => {
-                        out.relations.extend(inner.facts.relations.iter().cloned());
-                        out.opaque |= inner.facts.opaque.is_some();
+                        let facts = &inner.facts;
+                        out.relations.extend(facts.relations.iter().cloned());
+                        out.written_relations
+                            .extend(facts.written_relations.iter().cloned());
+                        out.maybe_called.extend(facts.maybe_called.iter().cloned());
+                        out.functions.extend(facts.functions.iter().cloned());
+                        out.fields.extend(facts.fields.iter().cloned());
+                        out.operators.extend(facts.operators.iter().cloned());
+                        out.opaque |= facts.opaque.is_some();
                         inner.class.worst(Class::Read)
                     }
                     // SQL computed at run time: nothing can be said about it.
@@ -601,7 +627,10 @@ fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
                     .filter(|_| call.name.starts_with("table_to_"))
                     .and_then(|name| relation_named(&name));
                 match named {
-                    Some(relation) => out.relations.push(relation),
+                    Some(written) => {
+                        out.relations.push(written.to_lowercase());
+                        out.written_relations.push(written);
+                    }
                     None => out.reads_tables_by_name = true,
                 }
                 Class::Read
@@ -680,7 +709,7 @@ fn pg_settings_where_name(node: &N) -> Option<String> {
 /// blanks around the dot): `None` for an OID or anything that is not one plain name.
 fn relation_named(text: &str) -> Option<String> {
     let probe = super::analyze(&format!("SELECT FROM {text}"));
-    match (&probe.class, &probe.facts.relations[..]) {
+    match (&probe.class, &probe.facts.written_relations[..]) {
         (Class::Read, [only]) if probe.facts.opaque.is_none() => Some(only.clone()),
         _ => None,
     }

@@ -142,6 +142,9 @@ pub struct Facts {
     pub update_without_where: bool,
     /// Every table or view it names anywhere, lowercased (`items`, `hr.payroll`).
     pub relations: Arc<[String]>,
+    /// It acts on whole schemas or everything a role owns (`DROP SCHEMA`, `DROP OWNED`,
+    /// `ALTER SCHEMA … RENAME`): which tables it touches cannot be told from its text.
+    pub schema_wide: bool,
     /// Settings it changes with SET, RESET or set_config, lowercased.
     pub settings: Arc<[String]>,
     /// Why its effect cannot be seen from its text (a DO block, CALL, a function that is
@@ -229,6 +232,12 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
     }) {
         return refuse("off_limits", format!("putting {schema} on the search path"));
     }
+    if !rules.off_limits.is_empty() && facts.schema_wide {
+        return refuse(
+            "off_limits",
+            "a statement on whole schemas or on everything a role owns (it may reach tables that are off limits)".into(),
+        );
+    }
     if !rules.off_limits.is_empty() && facts.reads_tables_by_name {
         return refuse(
             "off_limits",
@@ -258,11 +267,19 @@ pub fn check_database_functions(
     if !has_guardrails(rules) {
         return Ok(());
     }
-    match facts
+    // An operator the database defines outside an extension runs its function whatever
+    // symbol it borrows (`public.+(text, text)`): the login list holds it as `operator +`.
+    let operator = facts
+        .operators
+        .iter()
+        .map(|symbol| format!("operator {symbol}"))
+        .find(|key| database_functions.contains(key));
+    let called = facts
         .maybe_called
         .iter()
         .find(|name| database_functions.contains(name.as_str()))
-    {
+        .cloned();
+    match called.or(operator) {
         Some(name) => Err(Refusal {
             rule: "opaque_statement",
             message: format!(

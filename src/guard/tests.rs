@@ -968,3 +968,64 @@ fn a_drop_names_the_relations_it_drops() {
     let refused = check_rules(&rules, &table.analysis.facts).expect_err("off limits");
     assert_eq!(refused.rule, "off_limits");
 }
+
+fn facts_of(sql: &str) -> Facts {
+    let analyses = analyze_query(sql);
+    let [one] = &analyses[..] else {
+        panic!("one statement: {analyses:?}");
+    };
+    one.analysis.facts.clone()
+}
+
+#[test]
+fn a_query_run_from_text_calls_what_it_names() {
+    let facts = facts_of("SELECT query_to_xml('select c.leak, lower(x) from customers c where a + b > 0', true, true, '')");
+    assert!(facts.maybe_called.iter().any(|n| n == "leak"), "{facts:?}");
+    assert!(facts.fields.iter().any(|n| n == "leak"), "{facts:?}");
+    assert!(facts.functions.iter().any(|n| n == "lower"), "{facts:?}");
+    assert!(facts.operators.iter().any(|n| n == "+"), "{facts:?}");
+    let database: std::collections::HashSet<String> = ["leak".to_owned()].into();
+    let rules = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    assert!(check_database_functions(&rules, &facts, &database).is_err());
+    // A table named in a string keeps its case as the server resolves it.
+    let facts = facts_of("SELECT table_to_xml('\"Secret\"', true, true, '')");
+    assert_eq!(&facts.written_relations[..], ["Secret".to_owned()]);
+}
+
+#[test]
+fn a_database_operator_with_a_built_in_symbol_is_its_function() {
+    let facts = facts_of("SELECT name + email FROM customers");
+    let rules = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    let database: std::collections::HashSet<String> = ["operator +".to_owned()].into();
+    let refused = check_database_functions(&rules, &facts, &database).expect_err("refused");
+    assert_eq!(refused.rule, "opaque_statement");
+    assert!(check_database_functions(&rules, &facts, &Default::default()).is_ok());
+}
+
+#[test]
+fn off_limits_covers_what_drops_or_renames_whole_schemas_and_objects_on_a_table() {
+    let rules = Guardrails {
+        off_limits: vec!["hr.*".into(), "secret".into()],
+        ..Guardrails::default()
+    };
+    for sql in [
+        "DROP SCHEMA hr CASCADE",
+        "DROP OWNED BY CURRENT_USER",
+        "REASSIGN OWNED BY a TO b",
+        "ALTER SCHEMA hr RENAME TO hr2",
+        "DROP TRIGGER secret_audit ON secret",
+        "DROP POLICY only_id1 ON public.secret",
+    ] {
+        let refused = check_rules(&rules, &facts_of(sql)).expect_err(sql);
+        assert_eq!(refused.rule, "off_limits", "{sql}");
+    }
+    // A dropped name like the statistics views' is no read of them.
+    assert!(check_rules(&rules, &facts_of("DROP TABLE IF EXISTS pg_stats_archive")).is_ok());
+    assert!(check_rules(&rules, &facts_of("DROP TRIGGER t ON items")).is_ok());
+}

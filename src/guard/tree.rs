@@ -56,6 +56,11 @@ pub(crate) struct Found<'t> {
     /// Names used in column or attribute notation (`t.name`, `(expr).name`), lowercased as
     /// written: PostgreSQL calls a one-argument function of that name when no column has it.
     pub field_names: Vec<String>,
+    /// Relations a DROP removes (lowercased), named as lists rather than RangeVars.
+    pub dropped_relations: Vec<String>,
+    /// It acts on whole schemas or on everything a role owns (`DROP SCHEMA`, `DROP OWNED`,
+    /// `REASSIGN OWNED`, `ALTER SCHEMA … RENAME`): tables it touches go unnamed.
+    pub schema_wide: bool,
     /// Every relation named, as the server resolves it (`relations` lowercases them for
     /// the rules' case-insensitive patterns).
     pub written_relations: Vec<String>,
@@ -185,8 +190,16 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.drop = true;
             dropped_relations(node, found);
         }
-        "DropOwnedStmt"
-        | "DropdbStmt"
+        "DropOwnedStmt" => {
+            found.drop = true;
+            found.schema_wide = true;
+        }
+        "ReassignOwnedStmt" => found.schema_wide = true,
+        "RenameStmt" => {
+            let kind = node.get("rename_type").and_then(Value::as_i64);
+            found.schema_wide |= kind == Some(pg_query::protobuf::ObjectType::ObjectSchema as i64);
+        }
+        "DropdbStmt"
         | "DropRoleStmt"
         | "DropTableSpaceStmt"
         | "DropSubscriptionStmt"
@@ -240,19 +253,30 @@ fn dropped_relations(node: &Value, found: &mut Found<'_>) {
         O::ObjectIndex,
         O::ObjectForeignTable,
     ];
+    // `DROP TRIGGER t ON secret`: the name's last part is the object, the rest its table.
+    let on_table_kinds = [O::ObjectTrigger, O::ObjectPolicy, O::ObjectRule];
     let kind = node.get("remove_type").and_then(Value::as_i64).unwrap_or(0);
-    if !relation_kinds.iter().any(|k| *k as i64 == kind) {
+    let is = |kinds: &[O]| kinds.iter().any(|k| *k as i64 == kind);
+    if kind == O::ObjectSchema as i64 {
+        found.schema_wide = true;
+        return;
+    }
+    let on_table = is(&on_table_kinds);
+    if !on_table && !is(&relation_kinds) {
         return;
     }
     let objects = node.get("objects").and_then(Value::as_array);
     for object in objects.into_iter().flatten() {
-        let parts: Vec<String> = object
+        let mut parts: Vec<String> = object
             .pointer("/node/List/items")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .filter_map(string_node)
             .collect();
+        if on_table {
+            parts.pop();
+        }
         let (schema, name) = match &parts[..] {
             [] => continue,
             [name] => ("", name.as_str()),
@@ -263,9 +287,8 @@ fn dropped_relations(node: &Value, found: &mut Found<'_>) {
         } else {
             format!("{schema}.{name}")
         };
-        found.non_catalog_relations |= !is_catalog(schema, name);
         found.temporary_relations |= schema.starts_with("pg_temp");
-        found.relations.push(written.to_lowercase());
+        found.dropped_relations.push(written.to_lowercase());
         found.written_relations.push(written);
     }
 }

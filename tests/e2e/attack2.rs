@@ -353,6 +353,9 @@ async fn column_notation_and_overloads_of_database_functions_are_opaque() {
          AS 'DELETE FROM items RETURNING 1'; \
          CREATE FUNCTION public.lower(int) RETURNS int LANGUAGE sql \
          AS 'DELETE FROM items RETURNING 1'; \
+         CREATE FUNCTION public.wipe_op(text, text) RETURNS text LANGUAGE sql \
+         AS 'DELETE FROM items RETURNING $1'; \
+         CREATE OPERATOR public.+ (leftarg = text, rightarg = text, function = public.wipe_op); \
          GRANT DELETE ON items TO lockbox_write",
     );
     let (_id, token) = env
@@ -360,6 +363,17 @@ async fn column_notation_and_overloads_of_database_functions_are_opaque() {
         .await;
     let (client, _conn) = env.connect("eve", &token).await.expect("login");
     for sql in ["SELECT i.wipe FROM items i LIMIT 1", "SELECT lower(1)"] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        let message = crate::harness::db_error(&err).1;
+        assert!(message.contains("opaque_statement"), "{sql}: {message}");
+    }
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items").trim(), "10");
+    // The same call inside a query run from text, and an operator the database defines
+    // with a built-in's symbol, are calls of its functions too.
+    for sql in [
+        "SELECT query_to_xml('select i.wipe from items i limit 1', true, true, '')",
+        "SELECT i.name + i.name FROM items i LIMIT 1",
+    ] {
         let err = client.batch_execute(sql).await.expect_err(sql);
         let message = crate::harness::db_error(&err).1;
         assert!(message.contains("opaque_statement"), "{sql}: {message}");

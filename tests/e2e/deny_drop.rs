@@ -61,6 +61,9 @@ async fn dropping_an_off_limits_table_is_refused() {
     for sql in [
         "DROP TABLE secrets",
         "DROP TABLE IF EXISTS items, public.secrets",
+        "DROP TRIGGER IF EXISTS audit_it ON secrets",
+        "DROP SCHEMA public CASCADE",
+        "DROP OWNED BY CURRENT_USER",
     ] {
         let error = client.batch_execute(sql).await.expect_err(sql);
         let (code, message) = db_error(&error);
