@@ -1021,6 +1021,9 @@ fn off_limits_covers_what_drops_or_renames_whole_schemas_and_objects_on_a_table(
         "ALTER SCHEMA hr RENAME TO hr2",
         "DROP TRIGGER secret_audit ON secret",
         "DROP POLICY only_id1 ON public.secret",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA hr TO public",
+        "REVOKE SELECT ON ALL TABLES IN SCHEMA hr FROM public",
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA hr GRANT SELECT ON TABLES TO public",
     ] {
         let refused = check_rules(&rules, &facts_of(sql)).expect_err(sql);
         assert_eq!(refused.rule, "off_limits", "{sql}");
@@ -1028,4 +1031,5 @@ fn off_limits_covers_what_drops_or_renames_whole_schemas_and_objects_on_a_table(
     // A dropped name like the statistics views' is no read of them.
     assert!(check_rules(&rules, &facts_of("DROP TABLE IF EXISTS pg_stats_archive")).is_ok());
     assert!(check_rules(&rules, &facts_of("DROP TRIGGER t ON items")).is_ok());
+    assert!(check_rules(&rules, &facts_of("GRANT SELECT ON items TO public")).is_ok());
 }

@@ -194,7 +194,13 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.drop = true;
             found.schema_wide = true;
         }
-        "ReassignOwnedStmt" => found.schema_wide = true,
+        "ReassignOwnedStmt" | "AlterDefaultPrivilegesStmt" => found.schema_wide = true,
+        // `GRANT … ON ALL TABLES IN SCHEMA hr`: every table of the schema, unnamed.
+        "GrantStmt" => {
+            let target = node.get("targtype").and_then(Value::as_i64);
+            let all = pg_query::protobuf::GrantTargetType::AclTargetAllInSchema as i64;
+            found.schema_wide |= target == Some(all);
+        }
         "RenameStmt" => {
             let kind = node.get("rename_type").and_then(Value::as_i64);
             found.schema_wide |= kind == Some(pg_query::protobuf::ObjectType::ObjectSchema as i64);
