@@ -267,19 +267,7 @@ pub fn check_database_functions(
     if !has_guardrails(rules) {
         return Ok(());
     }
-    // An operator the database defines outside an extension runs its function whatever
-    // symbol it borrows (`public.+(text, text)`): the login list holds it as `operator +`.
-    let operator = facts
-        .operators
-        .iter()
-        .map(|symbol| format!("operator {symbol}"))
-        .find(|key| database_functions.contains(key));
-    let called = facts
-        .maybe_called
-        .iter()
-        .find(|name| database_functions.contains(name.as_str()))
-        .cloned();
-    match called.or(operator) {
+    match database_function_used(facts, database_functions) {
         Some(name) => Err(Refusal {
             rule: "opaque_statement",
             message: format!(
@@ -288,6 +276,28 @@ pub fn check_database_functions(
         }),
         None => Ok(()),
     }
+}
+
+/// The first of the database's own functions (`database_functions`, read at login) the
+/// statement may call: by a name (`f(x)`, `c.f`, an overload of a built-in's name) or
+/// through an operator the database defines outside an extension, which runs its function
+/// whatever symbol it borrows (`public.+(text, text)`; the list holds it as `operator +`).
+pub fn database_function_used(
+    facts: &Facts,
+    database_functions: &std::collections::HashSet<String>,
+) -> Option<String> {
+    let called = facts
+        .maybe_called
+        .iter()
+        .find(|name| database_functions.contains(name.as_str()))
+        .cloned();
+    called.or_else(|| {
+        facts
+            .operators
+            .iter()
+            .map(|symbol| format!("operator {symbol}"))
+            .find(|key| database_functions.contains(key))
+    })
 }
 
 /// Whether the database has any statement rule configured.

@@ -15,16 +15,8 @@ impl Relay {
     /// that is one of the database's own functions, or an operator the database defines
     /// (not an extension's), could return any data.
     pub(super) fn catalog_only(&self, facts: &crate::guard::Facts) -> bool {
-        let functions = &self.grant.database_functions;
         facts.catalog_only
-            && !facts
-                .maybe_called
-                .iter()
-                .any(|name| functions.contains(name.as_str()))
-            && !facts
-                .operators
-                .iter()
-                .any(|symbol| functions.contains(&format!("operator {symbol}")))
+            && crate::guard::database_function_used(facts, &self.grant.database_functions).is_none()
     }
 
     /// Notes what a statement the proxy forwards may change for later catalog reads.
