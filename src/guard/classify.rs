@@ -92,7 +92,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             update_without_where: found.update_without_where,
             relations: relations
                 .into_iter()
-                .chain(found.dropped_relations.iter().cloned())
+                .chain(found.listed_relations.iter().cloned())
                 .collect(),
             schema_wide: found.schema_wide,
             settings: changed.into(),

@@ -13,6 +13,7 @@ mod cache;
 mod classify;
 mod functions;
 mod numbers;
+mod reach;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ pub(crate) use cache::cached_analyses;
 pub use cache::{analyze_query_cached, check_cache_agrees, with_other_numbers};
 pub use classify::{declares_held_cursor, prepared_kind};
 pub use functions::function_call_class;
+pub use reach::{check_off_limits_reach, LinkKind, OffLimitsReach, RelationLink};
 pub use settings::{client_encoding_is_safe, reported_setting_is_safe};
 
 /// What a statement does, for the guardrails.

@@ -1033,3 +1033,34 @@ fn off_limits_covers_what_drops_or_renames_whole_schemas_and_objects_on_a_table(
     assert!(check_rules(&rules, &facts_of("DROP TRIGGER t ON items")).is_ok());
     assert!(check_rules(&rules, &facts_of("GRANT SELECT ON items TO public")).is_ok());
 }
+
+#[test]
+fn off_limits_covers_comments_labels_partitions_and_moves_into_a_protected_schema() {
+    let rules = Guardrails {
+        off_limits: vec!["hr.*".into(), "secret".into()],
+        ..Guardrails::default()
+    };
+    for sql in [
+        "COMMENT ON TABLE secret IS 'x'",
+        "COMMENT ON COLUMN hr.payroll.salary IS 'x'",
+        "COMMENT ON CONSTRAINT secret_pkey ON secret IS 'x'",
+        "COMMENT ON TRIGGER t ON hr.payroll IS 'x'",
+        "SECURITY LABEL ON TABLE secret IS 'x'",
+        "ALTER TABLE ledger DETACH PARTITION hr.ledger_p1",
+        "ALTER TABLE ledger ATTACH PARTITION hr.ledger_p1 FOR VALUES IN (1)",
+        // Moving a table into a protected schema makes it one of its tables.
+        "ALTER TABLE items SET SCHEMA hr",
+        "ALTER VIEW v SET SCHEMA hr",
+    ] {
+        let refused = check_rules(&rules, &facts_of(sql)).expect_err(sql);
+        assert_eq!(refused.rule, "off_limits", "{sql}");
+    }
+    for sql in [
+        "COMMENT ON TABLE items IS 'x'",
+        "COMMENT ON COLUMN items.secret IS 'x'",
+        "ALTER TABLE items SET SCHEMA archive",
+        "COMMENT ON FUNCTION secret() IS 'x'",
+    ] {
+        assert!(check_rules(&rules, &facts_of(sql)).is_ok(), "{sql}");
+    }
+}

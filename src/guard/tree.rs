@@ -56,8 +56,9 @@ pub(crate) struct Found<'t> {
     /// Names used in column or attribute notation (`t.name`, `(expr).name`), lowercased as
     /// written: PostgreSQL calls a one-argument function of that name when no column has it.
     pub field_names: Vec<String>,
-    /// Relations a DROP removes (lowercased), named as lists rather than RangeVars.
-    pub dropped_relations: Vec<String>,
+    /// Relations named as name lists rather than RangeVars (lowercased): what a DROP
+    /// removes, a COMMENT or SECURITY LABEL describes, and where `SET SCHEMA` moves a table.
+    pub listed_relations: Vec<String>,
     /// It acts on whole schemas or on everything a role owns (`DROP SCHEMA`, `DROP OWNED`,
     /// `REASSIGN OWNED`, `ALTER SCHEMA … RENAME`): tables it touches go unnamed.
     pub schema_wide: bool,
@@ -188,8 +189,25 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         }
         "DropStmt" => {
             found.drop = true;
-            dropped_relations(node, found);
+            let kind = node.get("remove_type").and_then(Value::as_i64).unwrap_or(0);
+            if kind == pg_query::protobuf::ObjectType::ObjectSchema as i64 {
+                found.schema_wide = true;
+            }
+            let objects = node.get("objects").and_then(Value::as_array);
+            for object in objects.into_iter().flatten() {
+                listed_relation(kind, object, found);
+            }
         }
+        // `COMMENT ON TABLE payroll`, `SECURITY LABEL ON COLUMN hr.pay.amount`: the object
+        // is a name list, its table a relation like any other.
+        "CommentStmt" | "SecLabelStmt" => {
+            let kind = node.get("objtype").and_then(Value::as_i64).unwrap_or(0);
+            if let Some(object) = node.get("object") {
+                listed_relation(kind, object, found);
+            }
+        }
+        // `ALTER TABLE x SET SCHEMA hr` names, besides `x`, the table it makes: `hr.x`.
+        "AlterObjectSchemaStmt" => moved_relation(node, found),
         "DropOwnedStmt" => {
             found.drop = true;
             found.schema_wide = true;
@@ -247,9 +265,10 @@ const CMD_DELETE: i64 = 5;
 /// table answers for (`DETACH PARTITION [FINALIZE]`, `NO INHERIT`). `DROP DEFAULT` and the
 /// like lose neither data nor a check and stay allowed.
 const ALTER_TABLE_DROPS: &[i64] = &[5, 8, 14, 23, 51, 61, 62, 65];
-/// The relations a `DROP TABLE/VIEW/…` names (as lists of name parts, not RangeVars):
-/// relations it touches like any other, for the rules and the record.
-fn dropped_relations(node: &Value, found: &mut Found<'_>) {
+/// The relation a name list of an object of `kind` names (`DROP TABLE hr.pay`, `COMMENT
+/// ON COLUMN pay.amount`, `DROP TRIGGER t ON secret`), if it names one: a relation it
+/// touches like any other, for the rules and the record.
+fn listed_relation(kind: i64, object: &Value, found: &mut Found<'_>) {
     use pg_query::protobuf::ObjectType as O;
     let relation_kinds = [
         O::ObjectTable,
@@ -259,44 +278,56 @@ fn dropped_relations(node: &Value, found: &mut Found<'_>) {
         O::ObjectIndex,
         O::ObjectForeignTable,
     ];
-    // `DROP TRIGGER t ON secret`: the name's last part is the object, the rest its table.
-    let on_table_kinds = [O::ObjectTrigger, O::ObjectPolicy, O::ObjectRule];
-    let kind = node.get("remove_type").and_then(Value::as_i64).unwrap_or(0);
+    // `DROP TRIGGER t ON secret`, `COMMENT ON COLUMN secret.c`: the name's last part is
+    // the object, the rest its table.
+    let on_table_kinds = [
+        O::ObjectTrigger,
+        O::ObjectPolicy,
+        O::ObjectRule,
+        O::ObjectColumn,
+        O::ObjectTabconstraint,
+    ];
     let is = |kinds: &[O]| kinds.iter().any(|k| *k as i64 == kind);
-    if kind == O::ObjectSchema as i64 {
-        found.schema_wide = true;
-        return;
-    }
     let on_table = is(&on_table_kinds);
     if !on_table && !is(&relation_kinds) {
         return;
     }
-    let objects = node.get("objects").and_then(Value::as_array);
-    for object in objects.into_iter().flatten() {
-        let mut parts: Vec<String> = object
-            .pointer("/node/List/items")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(string_node)
-            .collect();
-        if on_table {
-            parts.pop();
-        }
-        let (schema, name) = match &parts[..] {
-            [] => continue,
-            [name] => ("", name.as_str()),
-            [.., schema, name] => (schema.as_str(), name.as_str()),
-        };
-        let written = if schema.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{schema}.{name}")
-        };
-        found.temporary_relations |= schema.starts_with("pg_temp");
-        found.dropped_relations.push(written.to_lowercase());
-        found.written_relations.push(written);
+    let mut parts: Vec<String> = object
+        .pointer("/node/List/items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(string_node)
+        .collect();
+    if on_table {
+        parts.pop();
     }
+    let (schema, name) = match &parts[..] {
+        [] => return,
+        [name] => ("", name.as_str()),
+        [.., schema, name] => (schema.as_str(), name.as_str()),
+    };
+    push_listed(schema, name, found);
+}
+
+/// `ALTER TABLE x SET SCHEMA hr` (and views, sequences…): the relation as it will be named.
+fn moved_relation(node: &Value, found: &mut Found<'_>) {
+    let schema = node.get("newschema").and_then(Value::as_str);
+    let name = node.pointer("/relation/relname").and_then(Value::as_str);
+    if let (Some(schema), Some(name)) = (schema, name) {
+        push_listed(schema, name, found);
+    }
+}
+
+fn push_listed(schema: &str, name: &str, found: &mut Found<'_>) {
+    let written = if schema.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{schema}.{name}")
+    };
+    found.temporary_relations |= schema.starts_with("pg_temp");
+    found.listed_relations.push(written.to_lowercase());
+    found.written_relations.push(written);
 }
 
 /// `AlterDomainStmt` subtypes that drop a check: `DROP CONSTRAINT`, `DROP NOT NULL`.

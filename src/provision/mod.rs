@@ -76,9 +76,9 @@ const ENDED_MEMORY: Duration = Duration::from_secs(600);
 pub struct Provisioner {
     /// Each database's decision, by name, valid while its coordinates stay the same.
     modes: DashMap<String, Decided>,
-    /// Each database's own function names, by database name, when they were read, and the
-    /// database's code generation then.
-    functions: DashMap<String, (Instant, u64, Arc<std::collections::HashSet<String>>)>,
+    /// Each database's own functions and relation links, by database name, when they were
+    /// read, and the database's code generation then.
+    functions: DashMap<String, (Instant, u64, DatabaseCode)>,
     /// Each database's code generation: how many statements that may change its schema or
     /// code (DDL) the sessions of this process forwarded to it. A list read before the
     /// latest is stale, and so is a session's view of it.
@@ -86,6 +86,17 @@ pub struct Provisioner {
     /// Each grant's role as this process knows it. The lock makes the first session of a
     /// grant create the role and the others wait for it; the end of the grant takes it too.
     grants: DashMap<RequestId, Arc<tokio::sync::Mutex<GrantRole>>>,
+}
+
+/// A database's own functions and the links between its relations, as its catalog had
+/// them.
+#[derive(Clone, Default)]
+pub struct DatabaseCode {
+    /// Names of its functions that are not built in (lowercased as PostgreSQL stores
+    /// unquoted names), and its operators that no extension installed (`operator <symbol>`).
+    pub functions: Arc<std::collections::HashSet<String>>,
+    /// How its relations reach each other's rows (inheritance, views and rules, cascades).
+    pub links: Arc<[crate::guard::RelationLink]>,
 }
 
 /// What a decision depends on: a reload that changes any of it decides again.
@@ -215,10 +226,6 @@ impl Provisioner {
         }
     }
 
-    /// The names of `db`'s own functions (not built in), read at most once a minute. A
-    /// call the guard takes for a built-in or a column may be one of them (`t.f` calls
-    /// `f(t)`; `lower(1)` may be a database's `lower(int)`): with guardrails in force such a
-    /// call is as opaque as any other call of a database function.
     /// The database's code generation (see `generations`): a session reads it before the
     /// function list and counts up when it forwards DDL.
     pub fn code_generation(&self, database: &str) -> Arc<AtomicU64> {
@@ -228,10 +235,13 @@ impl Provisioner {
             .clone()
     }
 
-    pub async fn database_functions(
-        &self,
-        db: &Database,
-    ) -> Result<Arc<std::collections::HashSet<String>>, ProvisionError> {
+    /// What `db`'s own code and schema are, read at most once a minute: its functions (not
+    /// built in) and the links between its relations. A call the guard takes for a
+    /// built-in or a column may be one of its functions (`t.f` calls `f(t)`; `lower(1)` may
+    /// be a database's `lower(int)`): with guardrails in force such a call is as opaque as
+    /// any other call of a database function. The links tell which relations reach an
+    /// off-limits table's rows without naming it.
+    pub async fn database_code(&self, db: &Database) -> Result<DatabaseCode, ProvisionError> {
         const FRESH: std::time::Duration = std::time::Duration::from_secs(60);
         let generation = self.code_generation(&db.name).load(Ordering::SeqCst);
         if let Some(entry) = self.functions.get(&db.name) {
@@ -239,11 +249,14 @@ impl Provisioner {
                 return Ok(entry.2.clone());
             }
         }
-        let names: Arc<std::collections::HashSet<String>> =
-            Arc::new(roles::function_names(db).await?.into_iter().collect());
+        let (functions, links) = roles::database_code(db).await?;
+        let code = DatabaseCode {
+            functions: Arc::new(functions.into_iter().collect()),
+            links: links.into(),
+        };
         self.functions
-            .insert(db.name.clone(), (Instant::now(), generation, names.clone()));
-        Ok(names)
+            .insert(db.name.clone(), (Instant::now(), generation, code.clone()));
+        Ok(code)
     }
 
     /// The grant ended: no session of it logs in again, its role's backends end, and the

@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use super::sql::{self, RoleName};
 use super::ProvisionError;
 use crate::config::Database;
+use crate::guard::{LinkKind, RelationLink};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -213,9 +214,12 @@ pub(super) async fn drop_role(
     Ok(true)
 }
 
-/// The names of the functions of the database that are not built in (any schema but
-/// pg_catalog and information_schema), lowercased as PostgreSQL stores unquoted names.
-pub(super) async fn function_names(db: &Database) -> Result<Vec<String>, ProvisionError> {
+/// The database's own code and links, on one service connection: the names of its
+/// functions that are not built in (any schema but pg_catalog and information_schema),
+/// lowercased as PostgreSQL stores unquoted names, and how its relations reach each other.
+pub(super) async fn database_code(
+    db: &Database,
+) -> Result<(Vec<String>, Vec<RelationLink>), ProvisionError> {
     let client = connect(db).await?;
     let rows = client
         .query(
@@ -233,13 +237,68 @@ pub(super) async fn function_names(db: &Database) -> Result<Vec<String>, Provisi
         )
         .await
         .map_err(failed(db, "listing the database's functions"))?;
-    rows.iter()
+    let functions = rows
+        .iter()
         .map(|row| {
             row.try_get(0)
                 .map_err(failed(db, "listing the database's functions"))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    let rows = client.query(RELATION_LINKS, &[]).await.map_err(failed(
+        db,
+        "listing how the database's relations reach each other",
+    ))?;
+    let links = rows
+        .iter()
+        .map(|row| {
+            let kind = match row.try_get::<_, String>(0)?.as_str() {
+                "i" => LinkKind::Inherits,
+                "f" => LinkKind::Cascades,
+                _ => LinkKind::Reads,
+            };
+            let name = |schema: usize, relation: usize| -> Result<String, tokio_postgres::Error> {
+                Ok(format!(
+                    "{}.{}",
+                    row.try_get::<_, String>(schema)?,
+                    row.try_get::<_, String>(relation)?
+                )
+                .to_lowercase())
+            };
+            Ok(RelationLink {
+                kind,
+                from: name(1, 2)?,
+                to: name(3, 4)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(failed(
+            db,
+            "listing how the database's relations reach each other",
+        ))?;
+    Ok((functions, links))
 }
+
+/// Pairs of relations (kind, from's schema and name, to's): using `from` touches `to`'s
+/// rows. `i`: `to` inherits from or is a partition of `from`; `r`: a view, materialized
+/// view or rule of `from` reads or writes `to`, or a row security policy of `from` reads it;
+/// `f`: `to`'s foreign key to `from` changes `to` when `from` is deleted from or updated.
+/// The system's own views are left out (they read catalogs only).
+const RELATION_LINKS: &str = "\
+    WITH rel AS (SELECT c.oid, n.nspname::text AS s, c.relname::text AS r \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace), \
+    pair (kind, from_oid, to_oid) AS ( \
+      SELECT 'i', inhparent, inhrelid FROM pg_catalog.pg_inherits \
+      UNION SELECT 'r', w.ev_class, d.refobjid FROM pg_catalog.pg_rewrite w \
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = w.oid \
+         AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> w.ev_class \
+      UNION SELECT 'r', p.polrelid, d.refobjid FROM pg_catalog.pg_policy p \
+        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid \
+         AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> p.polrelid \
+      UNION SELECT 'f', k.confrelid, k.conrelid FROM pg_catalog.pg_constraint k \
+        WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))) \
+    SELECT pair.kind, f.s, f.r, t.s, t.r FROM pair \
+      JOIN rel f ON f.oid = pair.from_oid JOIN rel t ON t.oid = pair.to_oid \
+     WHERE f.s NOT IN ('pg_catalog', 'information_schema')";
 
 /// The requests whose roles exist on the database's server.
 pub(super) async fn list(db: &Database) -> Result<Vec<String>, ProvisionError> {

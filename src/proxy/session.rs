@@ -335,18 +335,15 @@ async fn run_admitted(
     // Read before the list, so that DDL forwarded while it is read makes it stale.
     let code_generation = lockbox.provisioner.code_generation(&db.name);
     let code_generation_at_login = code_generation.load(std::sync::atomic::Ordering::SeqCst);
-    let database_functions = if crate::guard::has_guardrails(&db.guardrails) || row_limit {
-        let read = tokio::time::timeout(
-            PROVISION_TIMEOUT,
-            lockbox.provisioner.database_functions(db),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(crate::provision::ProvisionError::Timeout {
-                database: db.name.clone(),
-                secs: PROVISION_TIMEOUT.as_secs(),
-            })
-        });
+    let database_code = if crate::guard::has_guardrails(&db.guardrails) || row_limit {
+        let read = tokio::time::timeout(PROVISION_TIMEOUT, lockbox.provisioner.database_code(db))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::provision::ProvisionError::Timeout {
+                    database: db.name.clone(),
+                    secs: PROVISION_TIMEOUT.as_secs(),
+                })
+            });
         match read {
             Ok(names) => names,
             Err(e) => {
@@ -361,8 +358,12 @@ async fn run_admitted(
             }
         }
     } else {
-        Arc::default()
+        crate::provision::DatabaseCode::default()
     };
+    let off_limits_reach = Arc::new(crate::guard::OffLimitsReach::new(
+        &db.guardrails.off_limits,
+        &database_code.links,
+    ));
     let search_path_shadows_catalog = row_limit && search_path_shadows_catalog(&mut upstream).await;
     let request = &admission.request;
     let fields = Arc::new(SessionFields::new(
@@ -440,7 +441,8 @@ async fn run_admitted(
                     }),
                 },
                 redaction: db.redaction,
-                database_functions,
+                database_functions: database_code.functions,
+                off_limits_reach,
                 search_path_shadows_catalog,
                 code_generation,
                 code_generation_at_login,

@@ -57,6 +57,7 @@ mod lifecycle;
 mod names_across_groups;
 mod names_unrecorded;
 mod notify;
+mod off_limits_reach;
 mod oidc;
 mod openapi;
 mod ops;
