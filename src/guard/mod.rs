@@ -30,7 +30,7 @@ pub(crate) use cache::cached_analyses;
 pub use cache::{analyze_query_cached, check_cache_agrees, with_other_numbers};
 pub use classify::{declares_held_cursor, prepared_kind};
 pub use functions::function_call_class;
-pub use reach::{check_off_limits_reach, LinkKind, OffLimitsReach, RelationLink};
+pub use reach::{check_reach, CatalogReach, LinkKind, RelationLink};
 pub use settings::{client_encoding_is_safe, reported_setting_is_safe};
 
 /// What a statement does, for the guardrails.
@@ -140,6 +140,8 @@ pub enum NameChange {
 pub struct Facts {
     pub drop: bool,
     pub truncate: bool,
+    /// A DELETE, UPDATE or MERGE anywhere in it: what a foreign key's action cascades from.
+    pub changes_rows: bool,
     pub delete_without_where: bool,
     pub update_without_where: bool,
     /// Every table or view it names anywhere, lowercased (`items`, `hr.payroll`).

@@ -1,29 +1,39 @@
-//! Which relations reach the rows of an off-limits table without naming it: a parent whose
+//! What naming a relation reaches beyond it, which names alone cannot tell: a parent whose
 //! scan includes a child's rows, a partition that holds a protected table's rows, a view or
-//! rule over it, a table whose deletes cascade into it. Names alone cannot tell: the links
-//! are read from the database's catalog at login (`RelationLink`), and a statement naming
-//! a relation that reaches an off-limits table is refused like one naming the table.
+//! rule over a table, a table whose deletes cascade into another; and the database's own
+//! functions a relation runs when used (a view's expressions, a trigger, a column default,
+//! a check). The links are read from the database's catalog at login (`RelationLink`); a
+//! statement naming a relation that reaches an off-limits table is refused like one naming
+//! the table (rule `off_limits`), and one naming a relation that runs a database function
+//! like one calling it (rule `opaque_statement`).
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{off_limits_match, Analysis, Class, Refusal};
+use super::{has_guardrails, off_limits_match, Analysis, Class, Guardrails, Refusal};
 
-/// How one relation's use reaches another's rows, as the catalog records it.
+/// How using one relation reaches another relation's rows or a function, as the catalog
+/// records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkKind {
     /// `to` inherits from `from` or is a partition of it (`pg_inherits`): a scan of
     /// `from` includes `to`'s rows, and `to`'s rows are `from`'s.
     Inherits,
-    /// A view, materialized view or rule of `from` reads or writes `to` (`pg_rewrite`),
-    /// or a row security policy of `from` reads it (`pg_policy`).
+    /// Any use of `from` reads `to`: a view or materialized view over it (`pg_rewrite`), a
+    /// row security policy of `from` that reads it or calls it (`pg_policy`).
     Reads,
-    /// `to` has a foreign key to `from` whose ON DELETE or ON UPDATE action changes `to`'s
-    /// rows (CASCADE, SET NULL, SET DEFAULT): writing `from` writes `to`.
+    /// Writing `from` writes or runs `to`: a rule on INSERT, UPDATE or DELETE of `from`; a
+    /// trigger, default, check or index expression of `from` calling the function `to`. An
+    /// empty `from`: any DDL runs `to` (an event trigger).
+    OnWrite,
+    /// Deleting from or updating `from` changes `to`'s rows: a foreign key of `to` whose
+    /// action is CASCADE, SET NULL or SET DEFAULT.
     Cascades,
+    /// `TRUNCATE from CASCADE` empties `to`: any foreign key of `to` to `from`.
+    Truncates,
 }
 
-/// One link of the catalog: using `from` may touch `to`'s rows. Names are
-/// `schema.relation`, lowercased like the rules' patterns.
+/// One link of the catalog: using `from` may touch `to`. Relations are `schema.relation`,
+/// functions `schema.function()`, lowercased like the rules' patterns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelationLink {
     pub kind: LinkKind,
@@ -31,19 +41,103 @@ pub struct RelationLink {
     pub to: String,
 }
 
-/// An off-limits table a relation reaches, and how.
+impl RelationLink {
+    /// The name of a function as a link's `to`.
+    pub fn function(schema: &str, name: &str) -> String {
+        format!("{schema}.{name}()").to_lowercase()
+    }
+}
+
+fn is_function(node: &str) -> bool {
+    node.ends_with("()")
+}
+
+/// The protected table or the database function a relation reaches, and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reached {
-    pub table: String,
+    pub target: String,
     pub how: &'static str,
 }
 
-/// The relations that reach an off-limits table through the catalog's links: any use of
-/// them, and a write (which cascades too).
+/// What naming a relation reaches, from the database's catalog at login: off-limits tables
+/// (under `off_limits`) and the database's own functions (under any guardrail).
 #[derive(Debug, Default)]
-pub struct OffLimitsReach {
+pub struct CatalogReach {
+    off_limits: Reach,
+    functions: Reach,
+    /// A function of the database an event trigger runs on DDL, under any guardrail.
+    ddl_runs: Option<String>,
+}
+
+impl CatalogReach {
+    pub fn new(rules: &Guardrails, links: &[RelationLink]) -> CatalogReach {
+        let patterns = &rules.off_limits;
+        let off =
+            |node: &str| !is_function(node) && patterns.iter().any(|p| off_limits_match(p, node));
+        CatalogReach {
+            off_limits: match patterns.is_empty() {
+                true => Reach::default(),
+                false => Reach::new(&off, links),
+            },
+            functions: match has_guardrails(rules) {
+                true => Reach::new(&is_function, links),
+                false => Reach::default(),
+            },
+            ddl_runs: links
+                .iter()
+                .find(|l| l.from.is_empty() && is_function(&l.to))
+                .filter(|_| has_guardrails(rules))
+                .map(|l| l.to.clone()),
+        }
+    }
+}
+
+/// The relations that reach a target through the catalog's links, by what a statement
+/// does with them: read them; write them (rules, triggers, defaults and checks run); delete
+/// or update rows (foreign keys' actions cascade too); truncate or drop them (every
+/// referencing table goes too, with CASCADE).
+#[derive(Debug, Default)]
+struct Reach {
     used: Reaching,
     written: Reaching,
+    changed: Reaching,
+    truncated: Reaching,
+}
+
+impl Reach {
+    fn new(target: &dyn Fn(&str) -> bool, links: &[RelationLink]) -> Reach {
+        use LinkKind::*;
+        let up_to = |kinds: &[LinkKind]| -> Vec<RelationLink> {
+            links
+                .iter()
+                .filter(|l| kinds.contains(&l.kind))
+                .cloned()
+                .collect()
+        };
+        Reach {
+            used: Reaching::new(target, &up_to(&[Inherits, Reads])),
+            written: Reaching::new(target, &up_to(&[Inherits, Reads, OnWrite])),
+            changed: Reaching::new(target, &up_to(&[Inherits, Reads, OnWrite, Cascades])),
+            truncated: Reaching::new(target, links),
+        }
+    }
+
+    /// What `relation` (a name as a statement writes it, lowercased) reaches, if anything,
+    /// when `analysis`'s statement names it.
+    fn reached_by(&self, relation: &str, analysis: &Analysis) -> Option<&Reached> {
+        let facts = &analysis.facts;
+        let scope = match analysis.class {
+            _ if facts.truncate || facts.drop => &self.truncated,
+            _ if facts.changes_rows => &self.changed,
+            Class::Read | Class::Session => &self.used,
+            _ => &self.written,
+        };
+        scope.reached_by(relation)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.truncated.qualified.is_empty()
+    }
 }
 
 /// Relations by `schema.relation` and by bare name (an unqualified name may resolve to any
@@ -54,83 +148,54 @@ struct Reaching {
     by_name: HashMap<String, Reached>,
 }
 
-impl OffLimitsReach {
-    /// The relations that reach a table `patterns` put off limits, through `links`.
-    pub fn new(patterns: &[String], links: &[RelationLink]) -> OffLimitsReach {
-        if patterns.is_empty() {
-            return OffLimitsReach::default();
-        }
-        // Reading a table does not cascade; reading a view over one that does is a read.
-        let read_links: Vec<RelationLink> = links
-            .iter()
-            .filter(|l| l.kind != LinkKind::Cascades)
-            .cloned()
-            .collect();
-        OffLimitsReach {
-            used: Reaching::new(patterns, &read_links),
-            written: Reaching::new(patterns, links),
-        }
-    }
-
-    /// The off-limits table `relation` (a name as a statement writes it, lowercased)
-    /// reaches, if any, when a statement of `class` names it.
-    pub fn reached_by(&self, relation: &str, class: Class) -> Option<&Reached> {
-        match class {
-            Class::Read | Class::Session => self.used.reached_by(relation),
-            _ => self.written.reached_by(relation),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.written.qualified.is_empty()
-    }
-}
-
 impl Reaching {
-    fn new(patterns: &[String], links: &[RelationLink]) -> Reaching {
-        let off = |name: &str| patterns.iter().any(|p| off_limits_match(p, name));
+    fn new(target: &dyn Fn(&str) -> bool, links: &[RelationLink]) -> Reaching {
         let mut reached: HashMap<String, Reached> = HashMap::new();
         // A protected table's partitions and children, at any depth, hold its rows (its
         // parents' other children hold their own).
         let mut queue: VecDeque<(String, Reached)> = links
             .iter()
-            .filter(|l| l.kind == LinkKind::Inherits && off(&l.from))
+            .filter(|l| l.kind == LinkKind::Inherits && target(&l.from))
             .map(|l| (l.to.clone(), reach(&l.from, "a partition or child of it")))
             .collect();
         while let Some((name, why)) = queue.pop_front() {
-            if off(&name) || reached.contains_key(&name) {
+            if target(&name) || reached.contains_key(&name) {
                 continue;
             }
             let below = links
                 .iter()
                 .filter(|l| l.kind == LinkKind::Inherits && l.from == name);
-            queue.extend(below.map(|l| (l.to.clone(), reach(&why.table, why.how))));
+            queue.extend(below.map(|l| (l.to.clone(), reach(&why.target, why.how))));
             reached.insert(name, why);
         }
-        // Whatever scans, reads or writes into a protected table or one of those reaches
-        // its rows, and so on up: parents, views, rules and policies over it, tables whose
-        // writes cascade into it.
+        // Whatever scans, reads, writes into or runs a target or one of those reaches it,
+        // and so on up: parents, views, rules and policies over it, tables whose writes
+        // cascade into it.
         let mut queue: VecDeque<(String, Reached)> = links
             .iter()
-            .filter(|l| off(&l.to) || reached.contains_key(&l.to))
+            .filter(|l| target(&l.to) || reached.contains_key(&l.to))
             .map(|l| {
-                let table = reached
-                    .get(&l.to)
-                    .map_or(l.to.as_str(), |r| r.table.as_str());
-                (l.from.clone(), reach(table, how(l.kind)))
+                let first = reached.get(&l.to).map_or(l.to.as_str(), |r| &r.target);
+                (l.from.clone(), reach(first, how(l.kind, target(&l.to))))
             })
             .collect();
         while let Some((name, why)) = queue.pop_front() {
-            if off(&name) || reached.contains_key(&name) {
+            // An empty name is no relation: any DDL (see `ddl_runs`).
+            if name.is_empty() || target(&name) || reached.contains_key(&name) {
                 continue;
             }
             let above = links.iter().filter(|l| l.to == name);
-            queue.extend(above.map(|l| (l.from.clone(), reach(&why.table, how(l.kind)))));
+            queue.extend(above.map(|l| (l.from.clone(), reach(&why.target, how(l.kind, false)))));
             reached.insert(name, why);
         }
+        // A name may hold dots (`public."v.x"`): its bare name is any part after a dot.
         let by_name = reached
             .iter()
-            .map(|(name, why)| (bare(name).to_owned(), why.clone()))
+            .flat_map(|(name, why)| {
+                suffixes(name)
+                    .skip(1)
+                    .map(|bare| (bare.to_owned(), why.clone()))
+            })
             .collect();
         Reaching {
             qualified: reached,
@@ -138,54 +203,89 @@ impl Reaching {
         }
     }
 
+    /// What `relation` reaches: read as a bare name, or as qualified at any of its dots
+    /// (`public.v.x` is `public."v.x"` or `"public.v".x`; `app.public.t` is `public.t` in
+    /// database `app`).
     fn reached_by(&self, relation: &str) -> Option<&Reached> {
-        let parts: Vec<&str> = relation.rsplitn(3, '.').collect();
-        match parts[..] {
-            [name] => self.by_name.get(name),
-            [name, schema, ..] => self.qualified.get(&format!("{schema}.{name}")),
-            [] => None,
-        }
+        self.by_name
+            .get(relation)
+            .or_else(|| suffixes(relation).find_map(|name| self.qualified.get(name)))
     }
 }
 
-fn reach(table: &str, how: &'static str) -> Reached {
+/// `name` and each part of it after a dot: `a.b.c`, `b.c`, `c`.
+fn suffixes(name: &str) -> impl Iterator<Item = &str> {
+    std::iter::once(name).chain(name.match_indices('.').map(move |(at, _)| &name[at + 1..]))
+}
+
+fn reach(target: &str, how: &'static str) -> Reached {
     Reached {
-        table: table.to_owned(),
+        target: target.to_owned(),
         how,
     }
 }
 
-/// How a relation linked to one that holds protected rows reaches them.
-fn how(kind: LinkKind) -> &'static str {
-    match kind {
-        LinkKind::Inherits => "its scans include its rows",
-        LinkKind::Reads => "a view, rule or policy reads it",
-        LinkKind::Cascades => "its writes cascade into it",
+/// How a relation linked to a target (`direct`) or to what reaches one reaches it.
+fn how(kind: LinkKind, direct: bool) -> &'static str {
+    match (kind, direct) {
+        (LinkKind::Inherits, true) => "a parent of it",
+        (LinkKind::Inherits, false) => "a parent of what reaches it",
+        (LinkKind::Reads, true) => "a view or policy over it or calling it",
+        (LinkKind::Reads, false) => "a view or policy over what reaches it",
+        (LinkKind::OnWrite, true) => "a rule, trigger, default, check or index of it runs it",
+        (LinkKind::OnWrite, false) => "its writes reach what reaches it",
+        (LinkKind::Cascades, true) => "its deletes and updates cascade into it",
+        (LinkKind::Cascades, false) => "its deletes and updates cascade into what reaches it",
+        (LinkKind::Truncates, true) => "TRUNCATE … CASCADE of it empties it",
+        (LinkKind::Truncates, false) => "TRUNCATE … CASCADE of it empties what reaches it",
     }
-}
-
-fn bare(qualified: &str) -> &str {
-    qualified.rsplit('.').next().unwrap_or(qualified)
 }
 
 /// Refuses a statement that names a relation reaching an off-limits table (rule
-/// `off_limits`), as if it named the table.
-pub fn check_off_limits_reach(reach: &OffLimitsReach, analysis: &Analysis) -> Result<(), Refusal> {
-    if reach.is_empty() {
-        return Ok(());
+/// `off_limits`) as if it named the table, and one naming a relation that runs one of the
+/// database's own functions (rule `opaque_statement`) as if it called it.
+pub fn check_reach(reach: &CatalogReach, analysis: &Analysis) -> Result<(), Refusal> {
+    if let Some((relation, why)) = first_reaching(&reach.off_limits, analysis) {
+        return Err(Refusal {
+            rule: "off_limits",
+            message: format!(
+                "lockbox: touching {relation}, which reaches {} ({}), is not allowed on this database (rule off_limits)",
+                why.target, why.how
+            ),
+        });
     }
-    for relation in analysis.facts.relations.iter() {
-        if let Some(why) = reach.reached_by(relation, analysis.class) {
-            return Err(Refusal {
-                rule: "off_limits",
-                message: format!(
-                    "lockbox: touching {relation}, which reaches {} ({}), is not allowed on this database (rule off_limits)",
-                    why.table, why.how
-                ),
-            });
-        }
+    let ddl = matches!(analysis.class, Class::Ddl | Class::Escalation(_));
+    if let Some(function) = reach.ddl_runs.as_ref().filter(|_| ddl) {
+        return Err(Refusal {
+            rule: "opaque_statement",
+            message: format!(
+                "lockbox: DDL, which runs {} (an event trigger's function of this database, whose effect lockbox cannot check against its rules), is not allowed on this database (rule opaque_statement)",
+                function.trim_end_matches("()")
+            ),
+        });
+    }
+    if let Some((relation, why)) = first_reaching(&reach.functions, analysis) {
+        return Err(Refusal {
+            rule: "opaque_statement",
+            message: format!(
+                "lockbox: touching {relation}, which runs {}, a function of this database ({}) whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)",
+                why.target.trim_end_matches("()"), why.how
+            ),
+        });
     }
     Ok(())
+}
+
+/// The first relation the statement names that reaches a target of `reach`, and how.
+fn first_reaching<'a>(reach: &'a Reach, analysis: &'a Analysis) -> Option<(&'a str, &'a Reached)> {
+    if reach.is_empty() {
+        return None;
+    }
+    analysis.facts.relations.iter().find_map(|relation| {
+        reach
+            .reached_by(relation, analysis)
+            .map(|why| (relation.as_str(), why))
+    })
 }
 
 #[cfg(test)]
@@ -197,6 +297,21 @@ mod tests {
             kind,
             from: from.into(),
             to: to.into(),
+        }
+    }
+
+    /// A statement of `class`; a Write that `changes` rows (DELETE/UPDATE) or truncates.
+    fn doing(class: Class, changes: bool, truncates: bool) -> Analysis {
+        let mut analysis = Analysis::of(crate::sql::StatementKind::Other, class);
+        analysis.facts.changes_rows = changes;
+        analysis.facts.truncate = truncates;
+        analysis
+    }
+
+    fn rules(off_limits: &[&str]) -> Guardrails {
+        Guardrails {
+            off_limits: off_limits.iter().map(|p| p.to_string()).collect(),
+            ..Guardrails::default()
         }
     }
 
@@ -214,8 +329,11 @@ mod tests {
             link(Reads, "public.open_view", "public.sibling"),
             link(Cascades, "public.depts", "hr.staff"),
             link(Cascades, "public.regions", "public.depts"),
+            link(Truncates, "public.sites", "hr.staff"),
+            link(Reads, "public.v.x", "hr.bonus"),
+            link(Reads, "x.y.vv", "hr.bonus"),
         ];
-        let reach = OffLimitsReach::new(&["hr.*".into()], &links);
+        let reach = CatalogReach::new(&rules(&["hr.*"]), &links).off_limits;
         for (relation, table) in [
             ("base", "hr.bonus"),
             ("public.top", "hr.bonus"),
@@ -223,9 +341,16 @@ mod tests {
             ("pay_p1a", "hr.pay"),
             ("v2", "hr.bonus"),
             ("public.regions", "hr.staff"),
+            // Names with dots, however the statement's parts split.
+            ("public.v.x", "hr.bonus"),
+            ("v.x", "hr.bonus"),
+            ("app.public.v.x", "hr.bonus"),
+            ("x.y.vv", "hr.bonus"),
         ] {
-            let reached = reach.reached_by(relation, Class::Write).expect(relation);
-            assert_eq!(reached.table, table, "{relation}");
+            let reached = reach
+                .reached_by(relation, &doing(Class::Write, true, false))
+                .expect(relation);
+            assert_eq!(reached.target, table, "{relation}");
         }
         for relation in [
             "sibling",
@@ -235,14 +360,91 @@ mod tests {
             "items",
         ] {
             assert!(
-                reach.reached_by(relation, Class::Write).is_none(),
+                reach
+                    .reached_by(relation, &doing(Class::Write, true, false))
+                    .is_none(),
                 "{relation}"
             );
         }
+        // Only TRUNCATE … CASCADE empties a table whatever its key's action.
+        assert!(reach
+            .reached_by("sites", &doing(Class::Write, true, false))
+            .is_none());
+        assert!(reach
+            .reached_by("sites", &doing(Class::Write, false, true))
+            .is_some());
+        // An INSERT into a table whose deletes cascade into a protected one changes nothing of it.
+        assert!(reach
+            .reached_by("depts", &doing(Class::Write, false, false))
+            .is_none());
         // Reading a table whose deletes would cascade into a protected one reads nothing of it.
-        assert!(reach.reached_by("depts", Class::Read).is_none());
-        assert!(reach.reached_by("regions", Class::Read).is_none());
-        assert!(reach.reached_by("v2", Class::Read).is_some());
-        assert!(OffLimitsReach::new(&[], &links).is_empty());
+        assert!(reach
+            .reached_by("depts", &doing(Class::Read, false, false))
+            .is_none());
+        assert!(reach
+            .reached_by("regions", &doing(Class::Read, false, false))
+            .is_none());
+        assert!(reach
+            .reached_by("v2", &doing(Class::Read, false, false))
+            .is_some());
+        assert!(CatalogReach::new(&rules(&[]), &links).off_limits.is_empty());
+    }
+
+    #[test]
+    fn views_over_functions_run_them_and_triggers_run_them_on_write() {
+        use LinkKind::*;
+        let f = RelationLink::function("app", "leak");
+        let links = [
+            link(Reads, "public.report", &f),
+            link(Reads, "public.report_2", "public.report"),
+            link(OnWrite, "public.orders", &f),
+            link(Reads, "public.orders_view", "public.orders"),
+            link(Cascades, "public.customers", "public.orders"),
+            // A function named like an off-limits table is no table.
+            link(
+                Reads,
+                "public.open",
+                &RelationLink::function("hr", "secret"),
+            ),
+        ];
+        let reach = CatalogReach::new(&rules(&["secret", "hr.*"]), &links);
+        for (relation, class, changes) in [
+            ("report", Class::Read, false),
+            ("public.report_2", Class::Read, false),
+            ("orders", Class::Write, false),
+            ("orders_view", Class::Write, false),
+            ("customers", Class::Write, true),
+        ] {
+            let doing = doing(class, changes, false);
+            let reached = reach
+                .functions
+                .reached_by(relation, &doing)
+                .expect(relation);
+            assert_eq!(reached.target, "app.leak()", "{relation}");
+        }
+        for relation in ["orders", "orders_view", "customers", "items"] {
+            assert!(
+                reach
+                    .functions
+                    .reached_by(relation, &doing(Class::Read, false, false))
+                    .is_none(),
+                "{relation}"
+            );
+        }
+        assert!(reach.off_limits.is_empty(), "{:?}", reach.off_limits);
+        assert!(reach.ddl_runs.is_none());
+        // An event trigger runs its function on any DDL.
+        let mut with_event = links.to_vec();
+        with_event.push(link(OnWrite, "", &RelationLink::function("app", "on_ddl")));
+        let reach = CatalogReach::new(&rules(&["secret"]), &with_event);
+        assert_eq!(reach.ddl_runs.as_deref(), Some("app.on_ddl()"));
+        assert!(reach
+            .functions
+            .reached_by("", &doing(Class::Ddl, false, false))
+            .is_none());
+        // Without guardrails nothing is refused for running code.
+        assert!(CatalogReach::new(&Guardrails::default(), &links)
+            .functions
+            .is_empty());
     }
 }

@@ -1050,6 +1050,12 @@ fn off_limits_covers_comments_labels_partitions_and_moves_into_a_protected_schem
         "ALTER TABLE ledger ATTACH PARTITION hr.ledger_p1 FOR VALUES IN (1)",
         // Moving a table into a protected schema makes it one of its tables.
         "ALTER TABLE items SET SCHEMA hr",
+        // A foreign table on a loopback server reads the table its options name.
+        "CREATE FOREIGN TABLE pay (id int) SERVER loop OPTIONS (schema_name 'hr', table_name 'pay')",
+        "CREATE FOREIGN TABLE secret (id int) SERVER loop OPTIONS (schema_name 'public')",
+        "CREATE FOREIGN TABLE x (id int) SERVER loop OPTIONS (table_name 'secret')",
+        "ALTER FOREIGN TABLE x OPTIONS (SET table_name 'secret')",
+        "IMPORT FOREIGN SCHEMA public FROM SERVER loop INTO imported",
         "ALTER VIEW v SET SCHEMA hr",
     ] {
         let refused = check_rules(&rules, &facts_of(sql)).expect_err(sql);
@@ -1060,6 +1066,7 @@ fn off_limits_covers_comments_labels_partitions_and_moves_into_a_protected_schem
         "COMMENT ON COLUMN items.secret IS 'x'",
         "ALTER TABLE items SET SCHEMA archive",
         "COMMENT ON FUNCTION secret() IS 'x'",
+        "CREATE FOREIGN TABLE pay (id int) SERVER loop OPTIONS (schema_name 'public', table_name 'pay')",
     ] {
         assert!(check_rules(&rules, &facts_of(sql)).is_ok(), "{sql}");
     }

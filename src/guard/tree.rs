@@ -74,13 +74,36 @@ pub(crate) struct Found<'t> {
     pub non_catalog_relations: bool,
     /// Operators as written: schema (if qualified) and symbol.
     pub operators: Vec<(Option<String>, String)>,
+    /// A foreign table's `schema_name` and `table_name` options: the table a loopback
+    /// server reads for it.
+    pub foreign_schema: Option<String>,
+    pub foreign_table: Option<String>,
 }
 
 /// Collects what the guard looks at from the serde form of a statement's tree.
 pub(crate) fn walk(tree: &Value) -> Found<'_> {
     let mut found = Found::default();
     visit(tree, &mut found);
+    note_foreign_target(&mut found);
     found
+}
+
+/// `CREATE FOREIGN TABLE f … OPTIONS (schema_name 'hr', table_name 'pay')` (or `ALTER
+/// FOREIGN TABLE … OPTIONS`) names the table its server reads: `hr.pay`, a relation like any
+/// other (a loopback server reads this database). A missing option defaults to the foreign
+/// table's own schema or name.
+fn note_foreign_target(found: &mut Found<'_>) {
+    if found.foreign_schema.is_none() && found.foreign_table.is_none() {
+        return;
+    }
+    let own = found.written_relations.first().cloned().unwrap_or_default();
+    let (own_schema, own_name) = own.rsplit_once('.').unwrap_or(("", &own));
+    let schema = found
+        .foreign_schema
+        .clone()
+        .unwrap_or(own_schema.to_owned());
+    let name = found.foreign_table.clone().unwrap_or(own_name.to_owned());
+    push_listed(&schema, &name, found);
 }
 
 fn visit<'t>(value: &'t Value, found: &mut Found<'t>) {
@@ -251,6 +274,19 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.field_names.extend(names);
         }
         "TruncateStmt" => found.truncate = true,
+        "DefElem" => {
+            let value = || {
+                node.pointer("/arg/node/String/sval")
+                    .and_then(Value::as_str)
+            };
+            match node.get("defname").and_then(Value::as_str) {
+                Some("schema_name") => found.foreign_schema = value().map(str::to_owned),
+                Some("table_name") => found.foreign_table = value().map(str::to_owned),
+                _ => {}
+            }
+        }
+        // Every table of a remote schema, unnamed: this database's own, on a loopback server.
+        "ImportForeignSchemaStmt" => found.schema_wide = true,
         "AConst" => super::numbers::note_constant(node),
         _ => {}
     }

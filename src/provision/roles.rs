@@ -251,21 +251,26 @@ pub(super) async fn database_code(
     let links = rows
         .iter()
         .map(|row| {
-            let kind = match row.try_get::<_, String>(0)?.as_str() {
-                "i" => LinkKind::Inherits,
-                "f" => LinkKind::Cascades,
-                _ => LinkKind::Reads,
-            };
+            let kind: String = row.try_get(0)?;
             let name = |schema: usize, relation: usize| -> Result<String, tokio_postgres::Error> {
-                Ok(format!(
-                    "{}.{}",
+                let (schema, name) = (
                     row.try_get::<_, String>(schema)?,
-                    row.try_get::<_, String>(relation)?
-                )
-                .to_lowercase())
+                    row.try_get::<_, String>(relation)?,
+                );
+                Ok(match kind.starts_with('c') {
+                    true if relation == 4 => RelationLink::function(&schema, &name),
+                    _ if kind == "ce" => String::new(),
+                    _ => format!("{schema}.{name}").to_lowercase(),
+                })
             };
             Ok(RelationLink {
-                kind,
+                kind: match kind.as_str() {
+                    "i" => LinkKind::Inherits,
+                    "r" | "cr" => LinkKind::Reads,
+                    "k" => LinkKind::Cascades,
+                    "t" => LinkKind::Truncates,
+                    _ => LinkKind::OnWrite,
+                },
                 from: name(1, 2)?,
                 to: name(3, 4)?,
             })
@@ -278,27 +283,64 @@ pub(super) async fn database_code(
     Ok((functions, links))
 }
 
-/// Pairs of relations (kind, from's schema and name, to's): using `from` touches `to`'s
-/// rows. `i`: `to` inherits from or is a partition of `from`; `r`: a view, materialized
-/// view or rule of `from` reads or writes `to`, or a row security policy of `from` reads it;
-/// `f`: `to`'s foreign key to `from` changes `to` when `from` is deleted from or updated.
-/// The system's own views are left out (they read catalogs only).
+/// Links of the catalog (kind, from's schema and name, to's): using the relation `from`
+/// touches `to`. `i`: `to` inherits from or is a partition of `from`; `r`: a view or
+/// materialized view of `from` reads `to`, a row security policy of `from` does, `from` is
+/// `to`'s TOAST table, or `from` is a foreign table whose options name `to` (a loopback
+/// server may read it); `w`: a rule on INSERT, UPDATE or DELETE of `from` writes `to`; `k`:
+/// a foreign key of `to` to `from` changes `to`'s rows on delete or update (CASCADE, SET
+/// NULL, SET DEFAULT); `t`: any other foreign key (TRUNCATE … CASCADE empties `to`). `cr`
+/// and `cw`: `to` is a function of the database (not built in) that a view or policy of
+/// `from` calls (`cr`), or a trigger, default, check (its own or its columns' domains'),
+/// index expression or write rule of it calls (`cw`); `ce`: an event trigger calls the
+/// function `to` on DDL (`from` is empty). The system's own relations are left out.
 const RELATION_LINKS: &str = "\
     WITH rel AS (SELECT c.oid, n.nspname::text AS s, c.relname::text AS r \
                  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace), \
-    pair (kind, from_oid, to_oid) AS ( \
-      SELECT 'i', inhparent, inhrelid FROM pg_catalog.pg_inherits \
-      UNION SELECT 'r', w.ev_class, d.refobjid FROM pg_catalog.pg_rewrite w \
-        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = w.oid \
-         AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> w.ev_class \
-      UNION SELECT 'r', p.polrelid, d.refobjid FROM pg_catalog.pg_policy p \
-        JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid \
-         AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> p.polrelid \
-      UNION SELECT 'f', k.confrelid, k.conrelid FROM pg_catalog.pg_constraint k \
-        WHERE k.contype = 'f' AND (k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd'))) \
+    fn AS (SELECT p.oid, n.nspname::text AS s, p.proname::text AS r \
+           FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+           WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')), \
+    dep AS (SELECT classid, objid, refclassid, refobjid FROM pg_catalog.pg_depend \
+            WHERE refclassid IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_proc'::regclass)), \
+    pair (kind, from_oid, to_oid, to_class) AS ( \
+      SELECT 'i', inhparent, inhrelid, 'pg_catalog.pg_class'::regclass FROM pg_catalog.pg_inherits \
+      UNION SELECT CASE w.ev_type WHEN '1' THEN 'r' ELSE 'w' END, w.ev_class, d.refobjid, d.refclassid \
+        FROM pg_catalog.pg_rewrite w JOIN dep d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
+         AND d.objid = w.oid AND d.refobjid <> w.ev_class \
+      UNION SELECT 'r', p.polrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_policy p \
+        JOIN dep d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid \
+         AND d.refobjid <> p.polrelid \
+      UNION SELECT CASE WHEN k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd') \
+                   THEN 'k' ELSE 't' END, k.confrelid, k.conrelid, 'pg_catalog.pg_class'::regclass \
+        FROM pg_catalog.pg_constraint k WHERE k.contype = 'f' \
+      UNION SELECT 'r', c.reltoastrelid, c.oid, 'pg_catalog.pg_class'::regclass FROM pg_catalog.pg_class c \
+        WHERE c.reltoastrelid <> 0 \
+      UNION SELECT 'w', t.tgrelid, t.tgfoid, 'pg_catalog.pg_proc'::regclass FROM pg_catalog.pg_trigger t \
+        WHERE NOT t.tgisinternal \
+      UNION SELECT 'w', a.adrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_attrdef a \
+        JOIN dep d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = a.oid \
+      UNION SELECT 'w', k.conrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_constraint k \
+        JOIN dep d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid \
+        WHERE k.conrelid <> 0 AND k.contype = 'c' \
+      UNION SELECT 'w', i.indrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_index i \
+        JOIN dep d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = i.indexrelid \
+         AND d.refobjid <> i.indrelid \
+      UNION SELECT 'w', a.attrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_attribute a \
+        JOIN pg_catalog.pg_constraint k ON k.contypid = a.atttypid AND k.contypid <> 0 \
+        JOIN dep d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid \
+        WHERE NOT a.attisdropped AND a.attnum > 0) \
     SELECT pair.kind, f.s, f.r, t.s, t.r FROM pair \
       JOIN rel f ON f.oid = pair.from_oid JOIN rel t ON t.oid = pair.to_oid \
-     WHERE f.s NOT IN ('pg_catalog', 'information_schema')";
+     WHERE pair.to_class = 'pg_catalog.pg_class'::regclass AND f.s NOT IN ('pg_catalog', 'information_schema') \
+    UNION SELECT 'c' || CASE pair.kind WHEN 'r' THEN 'r' ELSE 'w' END, f.s, f.r, t.s, t.r FROM pair \
+      JOIN rel f ON f.oid = pair.from_oid JOIN fn t ON t.oid = pair.to_oid \
+     WHERE pair.to_class = 'pg_catalog.pg_proc'::regclass AND f.s NOT IN ('pg_catalog', 'information_schema') \
+    UNION SELECT 'ce', '', '', t.s, t.r FROM pg_catalog.pg_event_trigger e JOIN fn t ON t.oid = e.evtfoid \
+     WHERE e.evtenabled <> 'D' AND e.evtevent <> 'login' \
+    UNION SELECT 'r', f.s, f.r, \
+      coalesce((SELECT substr(o, 13) FROM pg_catalog.unnest(t.ftoptions) o WHERE o LIKE 'schema\\_name=%'), f.s), \
+      coalesce((SELECT substr(o, 12) FROM pg_catalog.unnest(t.ftoptions) o WHERE o LIKE 'table\\_name=%'), f.r) \
+      FROM pg_catalog.pg_foreign_table t JOIN rel f ON f.oid = t.ftrelid";
 
 /// The requests whose roles exist on the database's server.
 pub(super) async fn list(db: &Database) -> Result<Vec<String>, ProvisionError> {

@@ -360,8 +360,8 @@ async fn run_admitted(
     } else {
         crate::provision::DatabaseCode::default()
     };
-    let off_limits_reach = Arc::new(crate::guard::OffLimitsReach::new(
-        &db.guardrails.off_limits,
+    let catalog_reach = Arc::new(crate::guard::CatalogReach::new(
+        &db.guardrails,
         &database_code.links,
     ));
     let search_path_shadows_catalog = row_limit && search_path_shadows_catalog(&mut upstream).await;
@@ -442,7 +442,7 @@ async fn run_admitted(
                 },
                 redaction: db.redaction,
                 database_functions: database_code.functions,
-                off_limits_reach,
+                catalog_reach,
                 search_path_shadows_catalog,
                 code_generation,
                 code_generation_at_login,

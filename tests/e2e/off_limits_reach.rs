@@ -36,8 +36,19 @@ const SCHEMA: &str = "
     INSERT INTO hr.staff VALUES (1, 1, 1);
     CREATE TABLE inbox (v text);
     CREATE RULE copy_to_hr AS ON INSERT TO inbox DO ALSO INSERT INTO hr.staff VALUES (9, 1, 1);
-    GRANT ALL ON ALL TABLES IN SCHEMA public, hr TO PUBLIC;
-    GRANT USAGE ON SCHEMA hr TO PUBLIC;
+    CREATE TABLE offices (id int PRIMARY KEY);
+    CREATE TABLE hr.desks (office int REFERENCES offices);
+    INSERT INTO offices VALUES (1);
+    INSERT INTO hr.desks VALUES (1);
+    CREATE VIEW public.\"v.x\" AS SELECT * FROM hr.bonus;
+    CREATE SCHEMA \"x.y\";
+    CREATE VIEW \"x.y\".vv AS SELECT * FROM hr.bonus;
+    CREATE EXTENSION postgres_fdw;
+    CREATE SERVER loop FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'nowhere');
+    CREATE FOREIGN TABLE bonus_remote (id int, pay int) SERVER loop
+        OPTIONS (schema_name 'hr', table_name 'bonus');
+    GRANT ALL ON ALL TABLES IN SCHEMA public, hr, \"x.y\" TO PUBLIC;
+    GRANT USAGE ON SCHEMA hr, \"x.y\" TO PUBLIC;
 ";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -74,6 +85,14 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
         ("REFRESH MATERIALIZED VIEW bonus_copy", "hr.bonus"),
         ("DELETE FROM depts WHERE id = 1", "hr.staff"),
         ("INSERT INTO inbox VALUES ('x')", "hr.staff"),
+        // Whatever a key's action, TRUNCATE … CASCADE empties the referencing table.
+        ("TRUNCATE offices CASCADE", "hr.desks"),
+        // Names with dots in them.
+        ("SELECT * FROM public.\"v.x\"", "hr.bonus"),
+        ("SELECT * FROM \"v.x\"", "hr.bonus"),
+        ("SELECT * FROM \"x.y\".vv", "hr.bonus"),
+        // A foreign table whose options name a protected table (a loopback server reads it).
+        ("SELECT * FROM bonus_remote", "hr.bonus"),
     ] {
         let error = client.batch_execute(sql).await.expect_err(sql);
         let (code, message) = db_error(&error);
@@ -89,6 +108,8 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
     assert_eq!(staff.trim(), "1", "no cascade, no rule ran");
     let pay = env.superuser_sql("SELECT pay FROM hr.bonus");
     assert_eq!(pay.trim(), "1000");
+    let desks = env.superuser_sql("SELECT count(*) FROM hr.desks");
+    assert_eq!(desks.trim(), "1", "no TRUNCATE cascaded");
     // A sibling's rows are its own; a key with no action on delete writes nothing of hr's.
     for sql in [
         "SELECT count(*) FROM contractors",
@@ -96,6 +117,82 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
         "SELECT count(*) FROM sites",
         "SELECT count(*) FROM depts",
         "UPDATE contractors SET pay = 11 WHERE id = 2",
+        // An INSERT cascades nothing, nor does a DELETE over a key with no action.
+        "INSERT INTO depts VALUES (2)",
+        "DELETE FROM offices WHERE id = 42",
+    ] {
+        client.simple_query(sql).await.expect(sql);
+    }
+}
+
+const CODE: &str = "
+    CREATE FUNCTION app_leak(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
+    CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+    CREATE VIEW report AS SELECT app_leak(id) AS v FROM items;
+    CREATE VIEW report_2 AS SELECT * FROM report;
+    CREATE TABLE audited (id int);
+    CREATE TRIGGER touch_it BEFORE INSERT ON audited FOR EACH ROW EXECUTE FUNCTION touch();
+    CREATE TABLE defaulted (id int, v int DEFAULT app_leak(1));
+    CREATE DOMAIN checked_int AS int CHECK (app_leak(VALUE) > 0);
+    CREATE TABLE domained (v checked_int);
+    CREATE TABLE checked (v int CHECK (app_leak(v) > 0));
+    CREATE TABLE indexed (v int);
+    CREATE FUNCTION app_key(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';
+    CREATE INDEX indexed_key ON indexed (app_key(v));
+    GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC;
+    CREATE FUNCTION on_ddl() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END';
+    CREATE EVENT TRIGGER on_ddl ON ddl_command_start EXECUTE FUNCTION on_ddl();
+";
+
+/// With guardrails in force a database function may not run out of the guard's sight: not
+/// when a view calls it, nor a trigger, default, check, domain or index on a write, nor an
+/// event trigger on DDL.
+#[tokio::test(flavor = "multi_thread")]
+async fn relations_that_run_a_database_function_are_opaque() {
+    let env = Env::with(
+        "reach_functions",
+        Options {
+            guardrails: "deny_drop = true",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(CODE);
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
+    for (sql, function) in [
+        ("SELECT * FROM report", "public.app_leak"),
+        ("SELECT count(*) FROM report_2", "public.app_leak"),
+        ("INSERT INTO audited VALUES (1)", "public.touch"),
+        ("INSERT INTO defaulted (id) VALUES (1)", "public.app_leak"),
+        ("INSERT INTO domained VALUES (1)", "public.app_leak"),
+        ("UPDATE checked SET v = 2 WHERE v = 1", "public.app_leak"),
+        ("INSERT INTO indexed VALUES (1)", "public.app_key"),
+        // An event trigger runs its function on any DDL.
+        ("CREATE TABLE made_here (a int)", "public.on_ddl"),
+    ] {
+        let error = client.batch_execute(sql).await.expect_err(sql);
+        let (code, message) = db_error(&error);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains("opaque_statement"), "{sql}: {message}");
+        assert!(
+            message.contains(function),
+            "{sql} runs {function}: {message}"
+        );
+    }
+    let written = env.superuser_sql(
+        "SELECT (SELECT count(*) FROM audited) + (SELECT count(*) FROM defaulted) + (SELECT count(*) FROM domained) + (SELECT count(*) FROM indexed)",
+    );
+    assert_eq!(written.trim(), "0", "no write ran");
+    // Reading a table runs none of its triggers, defaults or checks.
+    for sql in [
+        "SELECT count(*) FROM audited",
+        "SELECT count(*) FROM defaulted",
+        "SELECT count(*) FROM domained",
+        "SELECT count(*) FROM indexed",
+        "INSERT INTO items (id, name) VALUES (4242, 'plain')",
     ] {
         client.simple_query(sql).await.expect(sql);
     }

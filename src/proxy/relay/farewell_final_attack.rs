@@ -178,7 +178,7 @@ async fn held_tls_revoke_inside_a_streaming_row_flushes_every_taken_byte_then_cl
         limits: Limits::default(),
         redaction: Default::default(),
         database_functions: Default::default(),
-        off_limits_reach: Default::default(),
+        catalog_reach: Default::default(),
         search_path_shadows_catalog: false,
         code_generation: Default::default(),
         code_generation_at_login: 0,

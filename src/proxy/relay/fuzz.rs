@@ -116,7 +116,7 @@ fn relay(fixture: &Fixture, access: AccessLevel, max_message: usize) -> Relay {
         },
         redaction: Default::default(),
         database_functions: Default::default(),
-        off_limits_reach: Default::default(),
+        catalog_reach: Default::default(),
         search_path_shadows_catalog: false,
         code_generation: Default::default(),
         code_generation_at_login: 0,

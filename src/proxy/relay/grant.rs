@@ -40,9 +40,10 @@ pub struct Grant {
     /// The database's own function names, read at login when it has statement rules or
     /// the grant a row limit.
     pub database_functions: Arc<std::collections::HashSet<String>>,
-    /// The relations that reach an off-limits table's rows without naming it (a parent, a
-    /// partition, a view…), from the database's catalog at login.
-    pub off_limits_reach: Arc<crate::guard::OffLimitsReach>,
+    /// What naming a relation reaches without naming it, from the database's catalog at
+    /// login: an off-limits table's rows (through a parent, a partition, a view…), or one
+    /// of the database's functions (a view's expressions, a trigger…).
+    pub catalog_reach: Arc<crate::guard::CatalogReach>,
     /// The session's search path, as the server set it at login (role and database
     /// defaults), searches a schema before pg_catalog: unqualified catalog names may find
     /// another relation. Asked only under a row limit; true when it could not be asked.

@@ -356,7 +356,7 @@ impl Relay {
             &analysis.facts,
             &self.grant.database_functions,
         )?;
-        guard::check_off_limits_reach(&self.grant.off_limits_reach, analysis)?;
+        guard::check_reach(&self.grant.catalog_reach, analysis)?;
         // Setting statement_timeout is fine (the proxy enforces the grant's own); a setting
         // whose name is computed could be anything and is not.
         if self.grant.limits.statement_timeout.is_some()

@@ -468,7 +468,7 @@ async fn run_case(case: Case) -> Outcome {
         },
         redaction: Default::default(),
         database_functions: Default::default(),
-        off_limits_reach: Default::default(),
+        catalog_reach: Default::default(),
         search_path_shadows_catalog: false,
         code_generation: Default::default(),
         code_generation_at_login: 0,
