@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use rand::Rng;
 
-use crate::config::{Config, ConfigError, Credentials, Database};
+use crate::config::{Config, ConfigError, Credentials, Database, Guardrails};
+use crate::guard::CatalogReach;
 use crate::ids::RequestId;
 use crate::policy::{AccessLevel, Request};
 
@@ -97,6 +98,25 @@ pub struct DatabaseCode {
     pub functions: Arc<std::collections::HashSet<String>>,
     /// How its relations reach each other's rows (inheritance, views and rules, cascades).
     pub links: Arc<[crate::guard::RelationLink]>,
+    /// What its links reach under the rules last asked for: computed once per read of the
+    /// catalog, not at every login.
+    reach: Arc<std::sync::Mutex<Option<(Guardrails, Arc<CatalogReach>)>>>,
+}
+
+impl DatabaseCode {
+    /// What naming each relation reaches under `rules` (see `guard::CatalogReach`).
+    pub fn reach(&self, rules: &Guardrails) -> Arc<CatalogReach> {
+        // A poisoned lock only means another session panicked computing it: compute again.
+        let mut cached = self.reach.lock().unwrap_or_else(|e| e.into_inner());
+        match cached.as_ref() {
+            Some((for_rules, reach)) if for_rules == rules => reach.clone(),
+            _ => {
+                let reach = Arc::new(CatalogReach::new(rules, &self.links));
+                *cached = Some((rules.clone(), reach.clone()));
+                reach
+            }
+        }
+    }
 }
 
 /// What a decision depends on: a reload that changes any of it decides again.
@@ -253,6 +273,7 @@ impl Provisioner {
         let code = DatabaseCode {
             functions: Arc::new(functions.into_iter().collect()),
             links: links.into(),
+            reach: Arc::default(),
         };
         self.functions
             .insert(db.name.clone(), (Instant::now(), generation, code.clone()));
@@ -406,4 +427,35 @@ fn role_name(id: &RequestId) -> Result<RoleName, ProvisionError> {
 fn generate_password() -> String {
     let bytes: [u8; 32] = rand::rng().random();
     hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::{LinkKind, RelationLink};
+
+    #[test]
+    fn a_databases_reach_is_computed_once_per_rules() {
+        let code = DatabaseCode {
+            links: vec![RelationLink {
+                kind: LinkKind::Inherits,
+                from: "public.base".into(),
+                to: "hr.pay".into(),
+            }]
+            .into(),
+            ..DatabaseCode::default()
+        };
+        let rules = Guardrails {
+            off_limits: vec!["hr.*".into()],
+            ..Guardrails::default()
+        };
+        let first = code.reach(&rules);
+        assert!(Arc::ptr_eq(&first, &code.clone().reach(&rules)));
+        // Rules changed by a reload are computed afresh.
+        let other = Guardrails {
+            off_limits: vec!["secret".into()],
+            ..rules.clone()
+        };
+        assert!(!Arc::ptr_eq(&first, &code.reach(&other)));
+    }
 }

@@ -360,10 +360,7 @@ async fn run_admitted(
     } else {
         crate::provision::DatabaseCode::default()
     };
-    let catalog_reach = Arc::new(crate::guard::CatalogReach::new(
-        &db.guardrails,
-        &database_code.links,
-    ));
+    let catalog_reach = database_code.reach(&db.guardrails);
     let search_path_shadows_catalog = row_limit && search_path_shadows_catalog(&mut upstream).await;
     let request = &admission.request;
     let fields = Arc::new(SessionFields::new(
