@@ -13,6 +13,9 @@
 #   env BENCH_TARGETS   default: direct,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-write,
 #                       lockbox-write-tls
 #   env LOCKBOX_BIN     use this lockbox binary instead of `cargo build --release`
+#   env BENCH_PERF      a folder: also `perf record -g` each proxy during each run into it, and
+#                       write each profile's top symbols beside it (TARGET-CLIENTS.txt). The
+#                       profiler costs CPU: take the tps of such a run as no figure.
 #
 # Around each run it reads the proxy's own CPU time (user + system, every thread:
 # /proc/PID/stat), its threads' context switches (voluntary and involuntary:
@@ -70,6 +73,13 @@ run() {
     threads=$((clients < NPROC ? clients : NPROC))
     p0=$(proc_counts "$pid")
     m0=$(machine_counts)
+    local profiler=""
+    if [ -n "${BENCH_PERF:-}" ] && [ -n "$pid" ]; then
+        mkdir -p "$BENCH_PERF"
+        perf record -q -F 499 -g -p "$pid" -o "$BENCH_PERF/$target-$clients.data" \
+            -- sleep "$SECONDS_PER_RUN" 2>/dev/null &
+        profiler=$!
+    fi
     if out=$(bench_on "$target" -- "$PGBENCH" -n -S -M "$PROTOCOL" -c "$clients" -j "$threads" -T "$SECONDS_PER_RUN" 2>"$BENCH_WORK/pgbench.err"); then
         tps=$(echo "$out" | sed -nE 's/^tps = ([0-9.]+) .*/\1/p' | head -1)
     else
@@ -78,6 +88,11 @@ run() {
     fi
     p1=$(proc_counts "$pid")
     m1=$(machine_counts)
+    if [ -n "$profiler" ]; then
+        wait "$profiler" || true
+        perf report -q -i "$BENCH_PERF/$target-$clients.data" --stdio --no-children \
+            --sort comm,dso,sym 2>/dev/null | grep -E '^ +[0-9]' | head -40 >"$BENCH_PERF/$target-$clients.txt" || true
+    fi
     echo "$target $clients $round ${tps:-failed} ${pid:-none} $p0 $p1 $m0 $m1" >>"$results"
 }
 
