@@ -88,7 +88,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         facts: Facts {
             drop: found.drop,
             truncate: found.truncate,
-            changes_rows: found.deletes || found.updates || found.merges,
+            changes_rows: found.deletes || found.updates || found.merges || found.upserts,
             delete_without_where: found.delete_without_where,
             update_without_where: found.update_without_where,
             relations: relations

@@ -29,7 +29,7 @@ use crate::sql::{self, Parsed, StatementKind};
 pub(crate) use cache::cached_analyses;
 pub use cache::{analyze_query_cached, check_cache_agrees, with_other_numbers};
 pub use classify::{declares_held_cursor, prepared_kind};
-pub use functions::function_call_class;
+pub use functions::{function_call_class, SQL_AS_TEXT};
 pub use reach::{check_reach, CatalogReach, LinkKind, RelationLink};
 pub use settings::{client_encoding_is_safe, reported_setting_is_safe};
 
@@ -140,7 +140,8 @@ pub enum NameChange {
 pub struct Facts {
     pub drop: bool,
     pub truncate: bool,
-    /// A DELETE, UPDATE or MERGE anywhere in it: what a foreign key's action cascades from.
+    /// A DELETE, UPDATE, MERGE or `INSERT … ON CONFLICT DO UPDATE` anywhere in it: what a
+    /// foreign key's action cascades from.
     pub changes_rows: bool,
     pub delete_without_where: bool,
     pub update_without_where: bool,
@@ -239,7 +240,7 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
     if !rules.off_limits.is_empty() && facts.schema_wide {
         return refuse(
             "off_limits",
-            "a statement on whole schemas or on everything a role owns (it may reach tables that are off limits)".into(),
+            "a statement on whole schemas, on everything a role owns, or dropping with CASCADE (it may reach tables that are off limits)".into(),
         );
     }
     if !rules.off_limits.is_empty() && facts.reads_tables_by_name {

@@ -114,10 +114,16 @@ impl Reach {
                 .cloned()
                 .collect()
         };
+        let changed = Reaching::new(target, &up_to(&[Inherits, Reads, OnWrite, Cascades]));
         Reach {
             used: Reaching::new(target, &up_to(&[Inherits, Reads])),
-            written: Reaching::new(target, &up_to(&[Inherits, Reads, OnWrite])),
-            changed: Reaching::new(target, &up_to(&[Inherits, Reads, OnWrite, Cascades])),
+            // An INSERT cascades nothing, but a rule it fires may update or delete.
+            written: Reaching::climbing(
+                target,
+                &up_to(&[Inherits, Reads, OnWrite]),
+                Some(&changed),
+            ),
+            changed,
             truncated: Reaching::new(target, links),
         }
     }
@@ -150,6 +156,16 @@ struct Reaching {
 
 impl Reaching {
     fn new(target: &dyn Fn(&str) -> bool, links: &[RelationLink]) -> Reaching {
+        Reaching::climbing(target, links, None)
+    }
+
+    /// What reaches a target through `links`; with `changing`, also what writes through a
+    /// rule into a relation `changing` holds (whose changed rows cascade into a target).
+    fn climbing(
+        target: &dyn Fn(&str) -> bool,
+        links: &[RelationLink],
+        changing: Option<&Reaching>,
+    ) -> Reaching {
         let mut reached: HashMap<String, Reached> = HashMap::new();
         // A protected table's partitions and children, at any depth, hold its rows (its
         // parents' other children hold their own).
@@ -179,6 +195,18 @@ impl Reaching {
                 (l.from.clone(), reach(first, how(l.kind, target(&l.to))))
             })
             .collect();
+        // A write rule's UPDATE or DELETE of a table whose changed rows cascade.
+        let into_changing = links.iter().filter(|l| l.kind == LinkKind::OnWrite);
+        queue.extend(into_changing.filter_map(|l| {
+            let why = changing?.qualified.get(&l.to)?;
+            Some((
+                l.from.clone(),
+                reach(
+                    &why.target,
+                    "a write rule of it changes rows that cascade into it",
+                ),
+            ))
+        }));
         while let Some((name, why)) = queue.pop_front() {
             // An empty name is no relation: any DDL (see `ddl_runs`).
             if name.is_empty() || target(&name) || reached.contains_key(&name) {
@@ -254,8 +282,11 @@ pub fn check_reach(reach: &CatalogReach, analysis: &Analysis) -> Result<(), Refu
             ),
         });
     }
-    let ddl = matches!(analysis.class, Class::Ddl | Class::Escalation(_));
-    if let Some(function) = reach.ddl_runs.as_ref().filter(|_| ddl) {
+    if let Some(function) = reach
+        .ddl_runs
+        .as_ref()
+        .filter(|_| fires_event_triggers(analysis))
+    {
         return Err(Refusal {
             rule: "opaque_statement",
             message: format!(
@@ -265,15 +296,30 @@ pub fn check_reach(reach: &CatalogReach, analysis: &Analysis) -> Result<(), Refu
         });
     }
     if let Some((relation, why)) = first_reaching(&reach.functions, analysis) {
+        let function = why.target.trim_end_matches("()");
+        let what = match function.strip_prefix("pg_catalog.") {
+            Some(_) => "a built-in that runs SQL given as text",
+            None => "a function of this database",
+        };
         return Err(Refusal {
             rule: "opaque_statement",
             message: format!(
-                "lockbox: touching {relation}, which runs {}, a function of this database ({}) whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)",
-                why.target.trim_end_matches("()"), why.how
+                "lockbox: touching {relation}, which runs {function}, {what} ({}) whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)",
+                why.how
             ),
         });
     }
     Ok(())
+}
+
+/// Whether the statement may fire event triggers: DDL (`CREATE`, `ALTER`, `SELECT … INTO`)
+/// and the other utility statements that write (`REFRESH MATERIALIZED VIEW`…), not DML or
+/// `COPY … FROM STDIN`.
+fn fires_event_triggers(analysis: &Analysis) -> bool {
+    use crate::sql::StatementKind as K;
+    matches!(analysis.class, Class::Ddl | Class::Escalation(_))
+        || analysis.kind == K::Ddl
+        || (analysis.class == Class::Write && analysis.kind == K::Other && !analysis.facts.copy_in)
 }
 
 /// The first relation the statement names that reaches a target of `reach`, and how.
@@ -330,6 +376,7 @@ mod tests {
             link(Cascades, "public.depts", "hr.staff"),
             link(Cascades, "public.regions", "public.depts"),
             link(Truncates, "public.sites", "hr.staff"),
+            link(OnWrite, "public.inbox", "public.depts"),
             link(Reads, "public.v.x", "hr.bonus"),
             link(Reads, "x.y.vv", "hr.bonus"),
         ];
@@ -366,6 +413,9 @@ mod tests {
                 "{relation}"
             );
         }
+        // A write rule that updates a table whose key cascades writes the protected table.
+        let reached = reach.reached_by("inbox", &doing(Class::Write, false, false));
+        assert_eq!(reached.map(|r| r.target.as_str()), Some("hr.staff"));
         // Only TRUNCATE … CASCADE empties a table whatever its key's action.
         assert!(reach
             .reached_by("sites", &doing(Class::Write, true, false))

@@ -1057,6 +1057,11 @@ fn off_limits_covers_comments_labels_partitions_and_moves_into_a_protected_schem
         "ALTER FOREIGN TABLE x OPTIONS (SET table_name 'secret')",
         "IMPORT FOREIGN SCHEMA public FROM SERVER loop INTO imported",
         "ALTER VIEW v SET SCHEMA hr",
+        // CASCADE drops what depends on it, in protected tables too (a column of a domain).
+        "DROP DOMAIN money_amount CASCADE",
+        "ALTER TYPE address DROP ATTRIBUTE street CASCADE",
+        "DROP FUNCTION f() CASCADE",
+        "ALTER TABLE items DROP COLUMN id CASCADE",
     ] {
         let refused = check_rules(&rules, &facts_of(sql)).expect_err(sql);
         assert_eq!(refused.rule, "off_limits", "{sql}");
@@ -1067,6 +1072,8 @@ fn off_limits_covers_comments_labels_partitions_and_moves_into_a_protected_schem
         "ALTER TABLE items SET SCHEMA archive",
         "COMMENT ON FUNCTION secret() IS 'x'",
         "CREATE FOREIGN TABLE pay (id int) SERVER loop OPTIONS (schema_name 'public', table_name 'pay')",
+        "DROP DOMAIN money_amount",
+        "TRUNCATE items CASCADE",
     ] {
         assert!(check_rules(&rules, &facts_of(sql)).is_ok(), "{sql}");
     }

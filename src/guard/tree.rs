@@ -43,6 +43,8 @@ pub(crate) struct Found<'t> {
     pub updates: bool,
     pub deletes: bool,
     pub merges: bool,
+    /// `INSERT … ON CONFLICT DO UPDATE`: it may update rows (and cascade).
+    pub upserts: bool,
     pub delete_without_where: bool,
     pub update_without_where: bool,
     /// `FOR UPDATE` / `FOR SHARE` …
@@ -60,7 +62,8 @@ pub(crate) struct Found<'t> {
     /// removes, a COMMENT or SECURITY LABEL describes, and where `SET SCHEMA` moves a table.
     pub listed_relations: Vec<String>,
     /// It acts on whole schemas or on everything a role owns (`DROP SCHEMA`, `DROP OWNED`,
-    /// `REASSIGN OWNED`, `ALTER SCHEMA … RENAME`): tables it touches go unnamed.
+    /// `REASSIGN OWNED`, `ALTER SCHEMA … RENAME`), or drops with CASCADE: tables it touches
+    /// go unnamed.
     pub schema_wide: bool,
     /// Every relation named, as the server resolves it (`relations` lowercases them for
     /// the rules' case-insensitive patterns).
@@ -160,12 +163,19 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             named: Vec::new(),
         });
     }
+    // `DROP … CASCADE`, `ALTER TABLE/TYPE … DROP … CASCADE`: what else goes is unnamed (a
+    // protected table's column of a dropped domain, a view in a protected schema).
+    let cascades = node.get("behavior").and_then(Value::as_i64) == Some(DROP_CASCADE);
+    if cascades && matches!(key, "DropStmt" | "AlterTableCmd" | "AlterDomainStmt") {
+        found.schema_wide = true;
+    }
     match key {
         "InsertStmt" => {
             found.writes = true;
             found.inserts = true;
             found.writes_pg_settings |= targets_pg_settings(node);
             found.update_without_where |= unbounded_upsert(node);
+            found.upserts |= upserts(node);
         }
         "MergeStmt" => {
             found.writes = true;
@@ -292,6 +302,8 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
     }
 }
 
+/// `DropBehavior::DropCascade`.
+const DROP_CASCADE: i64 = pg_query::protobuf::DropBehavior::DropCascade as i64;
 /// `CmdType` values of a MERGE action.
 const CMD_UPDATE: i64 = 3;
 const CMD_DELETE: i64 = 5;
@@ -389,6 +401,14 @@ fn merge_actions(node: &Value) -> Vec<(i64, bool)> {
             )
         })
         .collect()
+}
+
+/// `INSERT … ON CONFLICT DO UPDATE`.
+fn upserts(node: &Value) -> bool {
+    node.get("on_conflict_clause")
+        .and_then(|clause| clause.get("action"))
+        .and_then(Value::as_i64)
+        == Some(ON_CONFLICT_UPDATE)
 }
 
 /// `INSERT … ON CONFLICT DO UPDATE` without a WHERE, fed by anything but one VALUES row:

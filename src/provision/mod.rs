@@ -100,8 +100,11 @@ pub struct DatabaseCode {
     pub links: Arc<[crate::guard::RelationLink]>,
     /// What its links reach under the rules last asked for: computed once per read of the
     /// catalog, not at every login.
-    reach: Arc<std::sync::Mutex<Option<(Guardrails, Arc<CatalogReach>)>>>,
+    reach: ReachCache,
 }
+
+/// The reach last computed from a database's links, and the rules it was computed for.
+type ReachCache = Arc<std::sync::Mutex<Option<(Guardrails, Arc<CatalogReach>)>>>;
 
 impl DatabaseCode {
     /// What naming each relation reaches under `rules` (see `guard::CatalogReach`).

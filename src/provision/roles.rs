@@ -244,10 +244,20 @@ pub(super) async fn database_code(
                 .map_err(failed(db, "listing the database's functions"))
         })
         .collect::<Result<_, _>>()?;
-    let rows = client.query(RELATION_LINKS, &[]).await.map_err(failed(
+    let text_sql: Vec<&str> = crate::guard::SQL_AS_TEXT.to_vec();
+    let mut rows = client.query(RELATION_LINKS, &[]).await.map_err(failed(
         db,
         "listing how the database's relations reach each other",
     ))?;
+    rows.extend(
+        client
+            .query(FUNCTION_LINKS, &[&text_sql])
+            .await
+            .map_err(failed(
+                db,
+                "listing the functions the database's relations run",
+            ))?,
+    );
     let links = rows
         .iter()
         .map(|row| {
@@ -283,17 +293,77 @@ pub(super) async fn database_code(
     Ok((functions, links))
 }
 
+/// The functions each relation runs (kind, the relation's schema and name, the function's):
+/// `cr` on any use (a view's or a SELECT rule's query, a policy), `cw` on writes (anything
+/// else of it: triggers and their WHEN, defaults and generated columns, checks, indexes,
+/// statistics, write rules, its columns' types — domains of domains, arrays, composites —
+/// with their checks and defaults, operators and operator classes on the way). It follows
+/// the catalog's dependencies from the relation's parts until a function: one of the
+/// database's own (not built in, not an extension's; the walk does not enter extensions), or
+/// a built-in that runs SQL given as text (`$1`; those are pinned, so not in `pg_depend`:
+/// found in the parts' expression trees instead).
+const FUNCTION_LINKS: &str = "\
+    WITH RECURSIVE \
+    ext AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e'), \
+    part (rel, on_read, classid, objid) AS ( \
+      SELECT c.oid, false, 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c \
+       WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+      UNION SELECT d.refobjid, \
+             d.classid = 'pg_catalog.pg_policy'::regclass \
+             OR (d.classid = 'pg_catalog.pg_rewrite'::regclass \
+                 AND (SELECT w.ev_type = '1' FROM pg_catalog.pg_rewrite w WHERE w.oid = d.objid)), \
+             d.classid, d.objid \
+        FROM pg_catalog.pg_depend d \
+       WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')), \
+    edge (classid, objid, to_class, to_obj) AS ( \
+      SELECT classid, objid, refclassid, refobjid FROM pg_catalog.pg_depend \
+       WHERE deptype IN ('n', 'a', 'i') AND refclassid IN ('pg_catalog.pg_type'::regclass, \
+             'pg_catalog.pg_operator'::regclass, 'pg_catalog.pg_opclass'::regclass, \
+             'pg_catalog.pg_opfamily'::regclass, 'pg_catalog.pg_proc'::regclass, \
+             'pg_catalog.pg_class'::regclass, 'pg_catalog.pg_amproc'::regclass, \
+             'pg_catalog.pg_amop'::regclass, 'pg_catalog.pg_constraint'::regclass) \
+      UNION ALL SELECT refclassid, refobjid, classid, objid FROM pg_catalog.pg_depend \
+       WHERE deptype IN ('a', 'i') AND refclassid IN ('pg_catalog.pg_type'::regclass, \
+             'pg_catalog.pg_opfamily'::regclass, 'pg_catalog.pg_opclass'::regclass)), \
+    walk (rel, on_read, classid, objid) AS ( \
+      SELECT rel, on_read, classid, objid FROM part \
+      UNION SELECT w.rel, w.on_read, e.to_class, e.to_obj FROM walk w \
+        JOIN edge e ON e.classid = w.classid AND e.objid = w.objid \
+       WHERE w.classid <> 'pg_catalog.pg_proc'::regclass \
+         AND NOT EXISTS (SELECT FROM ext x WHERE x.classid = e.to_class AND x.objid = e.to_obj)), \
+    ran (rel, on_read, fn) AS ( \
+      SELECT rel, on_read, objid FROM walk WHERE classid = 'pg_catalog.pg_proc'::regclass \
+      UNION SELECT t.rel, t.on_read, m[1]::oid FROM ( \
+          SELECT ev_class, ev_type = '1', ev_action::text FROM pg_catalog.pg_rewrite \
+          UNION ALL SELECT polrelid, true, concat(polqual::text, polwithcheck::text) FROM pg_catalog.pg_policy \
+          UNION ALL SELECT adrelid, false, adbin::text FROM pg_catalog.pg_attrdef \
+          UNION ALL SELECT conrelid, false, conbin::text FROM pg_catalog.pg_constraint WHERE conrelid <> 0 \
+          UNION ALL SELECT tgrelid, false, tgqual::text FROM pg_catalog.pg_trigger \
+          UNION ALL SELECT indrelid, false, concat(indexprs::text, indpred::text) FROM pg_catalog.pg_index \
+          UNION ALL SELECT stxrelid, false, stxexprs::text FROM pg_catalog.pg_statistic_ext \
+        ) AS t (rel, on_read, tree), \
+        LATERAL pg_catalog.regexp_matches(t.tree, ':funcid ([0-9]+)', 'g') AS m \
+       WHERE t.tree IS NOT NULL AND m[1]::oid IN (SELECT p.oid FROM pg_catalog.pg_proc p \
+             WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = ANY($1::text[]))) \
+    SELECT DISTINCT CASE WHEN ran.on_read THEN 'cr' ELSE 'cw' END, rn.nspname::text, r.relname::text, \
+           pn.nspname::text, p.proname::text \
+      FROM ran JOIN pg_catalog.pg_class r ON r.oid = ran.rel \
+      JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
+      JOIN pg_catalog.pg_proc p ON p.oid = ran.fn JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+     WHERE rn.nspname NOT IN ('pg_catalog', 'information_schema') \
+       AND (pn.nspname NOT IN ('pg_catalog', 'information_schema') OR p.proname = ANY($1::text[])) \
+       AND NOT EXISTS (SELECT FROM ext x WHERE x.classid = 'pg_catalog.pg_proc'::regclass AND x.objid = p.oid)";
+
 /// Links of the catalog (kind, from's schema and name, to's): using the relation `from`
 /// touches `to`. `i`: `to` inherits from or is a partition of `from`; `r`: a view or
 /// materialized view of `from` reads `to`, a row security policy of `from` does, `from` is
 /// `to`'s TOAST table, or `from` is a foreign table whose options name `to` (a loopback
-/// server may read it); `w`: a rule on INSERT, UPDATE or DELETE of `from` writes `to`; `k`:
-/// a foreign key of `to` to `from` changes `to`'s rows on delete or update (CASCADE, SET
-/// NULL, SET DEFAULT); `t`: any other foreign key (TRUNCATE … CASCADE empties `to`). `cr`
-/// and `cw`: `to` is a function of the database (not built in) that a view or policy of
-/// `from` calls (`cr`), or a trigger, default, check (its own or its columns' domains'),
-/// index expression or write rule of it calls (`cw`); `ce`: an event trigger calls the
-/// function `to` on DDL (`from` is empty). The system's own relations are left out.
+/// server may read it); `w`: a rule on INSERT, UPDATE or DELETE of `from` writes `to`, or a
+/// default of it uses the sequence `to`; `k`: a foreign key of `to` to `from` changes `to`'s
+/// rows on delete or update (CASCADE, SET NULL, SET DEFAULT); `t`: any other foreign key
+/// (TRUNCATE … CASCADE empties `to`); `ce`: an event trigger calls the function `to` on DDL
+/// (`from` is empty). The system's own relations are left out. (The functions relations
+/// run: `FUNCTION_LINKS`.)
 const RELATION_LINKS: &str = "\
     WITH rel AS (SELECT c.oid, n.nspname::text AS s, c.relname::text AS r \
                  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace), \
@@ -315,8 +385,6 @@ const RELATION_LINKS: &str = "\
         FROM pg_catalog.pg_constraint k WHERE k.contype = 'f' \
       UNION SELECT 'r', c.reltoastrelid, c.oid, 'pg_catalog.pg_class'::regclass FROM pg_catalog.pg_class c \
         WHERE c.reltoastrelid <> 0 \
-      UNION SELECT 'w', t.tgrelid, t.tgfoid, 'pg_catalog.pg_proc'::regclass FROM pg_catalog.pg_trigger t \
-        WHERE NOT t.tgisinternal \
       UNION SELECT 'w', a.adrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_attrdef a \
         JOIN dep d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = a.oid \
       UNION SELECT 'w', k.conrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_constraint k \
@@ -325,16 +393,10 @@ const RELATION_LINKS: &str = "\
       UNION SELECT 'w', i.indrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_index i \
         JOIN dep d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = i.indexrelid \
          AND d.refobjid <> i.indrelid \
-      UNION SELECT 'w', a.attrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_attribute a \
-        JOIN pg_catalog.pg_constraint k ON k.contypid = a.atttypid AND k.contypid <> 0 \
-        JOIN dep d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid \
-        WHERE NOT a.attisdropped AND a.attnum > 0) \
+      ) \
     SELECT pair.kind, f.s, f.r, t.s, t.r FROM pair \
       JOIN rel f ON f.oid = pair.from_oid JOIN rel t ON t.oid = pair.to_oid \
      WHERE pair.to_class = 'pg_catalog.pg_class'::regclass AND f.s NOT IN ('pg_catalog', 'information_schema') \
-    UNION SELECT 'c' || CASE pair.kind WHEN 'r' THEN 'r' ELSE 'w' END, f.s, f.r, t.s, t.r FROM pair \
-      JOIN rel f ON f.oid = pair.from_oid JOIN fn t ON t.oid = pair.to_oid \
-     WHERE pair.to_class = 'pg_catalog.pg_proc'::regclass AND f.s NOT IN ('pg_catalog', 'information_schema') \
     UNION SELECT 'ce', '', '', t.s, t.r FROM pg_catalog.pg_event_trigger e JOIN fn t ON t.oid = e.evtfoid \
      WHERE e.evtenabled <> 'D' AND e.evtevent <> 'login' \
     UNION SELECT 'r', f.s, f.r, \

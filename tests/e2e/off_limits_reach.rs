@@ -34,6 +34,12 @@ const SCHEMA: &str = "
     CREATE TABLE hr.staff (id int, dept int REFERENCES depts ON DELETE CASCADE,
                            site int REFERENCES sites);
     INSERT INTO hr.staff VALUES (1, 1, 1);
+    CREATE TABLE depts2 (id int PRIMARY KEY);
+    INSERT INTO depts2 VALUES (1), (2);
+    CREATE TABLE hr.staff3 (id int, dept int REFERENCES depts2 ON UPDATE CASCADE);
+    INSERT INTO hr.staff3 VALUES (1, 1), (2, 2);
+    CREATE TABLE rsrc (id int);
+    CREATE RULE bump AS ON INSERT TO rsrc DO ALSO UPDATE depts2 SET id = id + 100 WHERE id = new.id;
     CREATE TABLE inbox (v text);
     CREATE RULE copy_to_hr AS ON INSERT TO inbox DO ALSO INSERT INTO hr.staff VALUES (9, 1, 1);
     CREATE TABLE offices (id int PRIMARY KEY);
@@ -85,6 +91,12 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
         ("REFRESH MATERIALIZED VIEW bonus_copy", "hr.bonus"),
         ("DELETE FROM depts WHERE id = 1", "hr.staff"),
         ("INSERT INTO inbox VALUES ('x')", "hr.staff"),
+        // An upsert updates, and a rule's UPDATE cascades.
+        (
+            "INSERT INTO depts2 VALUES (1) ON CONFLICT (id) DO UPDATE SET id = 50",
+            "hr.staff3",
+        ),
+        ("INSERT INTO rsrc VALUES (2)", "hr.staff3"),
         // Whatever a key's action, TRUNCATE … CASCADE empties the referencing table.
         ("TRUNCATE offices CASCADE", "hr.desks"),
         // Names with dots in them.
@@ -110,6 +122,8 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
     assert_eq!(pay.trim(), "1000");
     let desks = env.superuser_sql("SELECT count(*) FROM hr.desks");
     assert_eq!(desks.trim(), "1", "no TRUNCATE cascaded");
+    let depts = env.superuser_sql("SELECT string_agg(dept::text, ',' ORDER BY id) FROM hr.staff3");
+    assert_eq!(depts.trim(), "1,2", "no update cascaded");
     // A sibling's rows are its own; a key with no action on delete writes nothing of hr's.
     for sql in [
         "SELECT count(*) FROM contractors",
@@ -119,6 +133,7 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
         "UPDATE contractors SET pay = 11 WHERE id = 2",
         // An INSERT cascades nothing, nor does a DELETE over a key with no action.
         "INSERT INTO depts VALUES (2)",
+        "INSERT INTO depts2 VALUES (3)",
         "DELETE FROM offices WHERE id = 42",
     ] {
         client.simple_query(sql).await.expect(sql);
@@ -139,6 +154,24 @@ const CODE: &str = "
     CREATE TABLE indexed (v int);
     CREATE FUNCTION app_key(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1';
     CREATE INDEX indexed_key ON indexed (app_key(v));
+    GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC;
+    CREATE FUNCTION app_op(int, int) RETURNS int LANGUAGE sql AS 'SELECT $1 + $2';
+    CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = app_op);
+    CREATE VIEW op_view AS SELECT id ### 0 AS v FROM items;
+    CREATE DOMAIN inner_int AS int CHECK (VALUE ### 0 IS NOT NULL);
+    CREATE DOMAIN outer_int AS inner_int;
+    CREATE TABLE nested_domain (v outer_int);
+    CREATE TABLE domain_array (v inner_int[]);
+    CREATE TYPE pair AS (a inner_int);
+    CREATE TABLE composite (p pair);
+    CREATE DOMAIN defaulted_int AS int DEFAULT app_leak(1);
+    CREATE TABLE domain_default (id int, v defaulted_int);
+    CREATE TABLE guarded (id int, v text);
+    CREATE TRIGGER guarded_when BEFORE UPDATE ON guarded FOR EACH ROW
+        WHEN (app_leak(1) > 0) EXECUTE FUNCTION suppress_redundant_updates_trigger();
+    CREATE VIEW xml_view AS SELECT query_to_xml('select 1', true, false, '') AS x;
+    CREATE EXTENSION \"uuid-ossp\";
+    CREATE TABLE with_uuid (id uuid DEFAULT uuid_generate_v4(), v int);
     GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC;
     CREATE FUNCTION on_ddl() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END';
     CREATE EVENT TRIGGER on_ddl ON ddl_command_start EXECUTE FUNCTION on_ddl();
@@ -170,8 +203,25 @@ async fn relations_that_run_a_database_function_are_opaque() {
         ("INSERT INTO domained VALUES (1)", "public.app_leak"),
         ("UPDATE checked SET v = 2 WHERE v = 1", "public.app_leak"),
         ("INSERT INTO indexed VALUES (1)", "public.app_key"),
-        // An event trigger runs its function on any DDL.
+        // Through operators, domains of domains, arrays, composites, domain defaults, a
+        // trigger's WHEN.
+        ("SELECT * FROM op_view", "public.app_op"),
+        ("INSERT INTO nested_domain VALUES (1)", "public.app_op"),
+        (
+            "INSERT INTO domain_array VALUES (ARRAY[1])",
+            "public.app_op",
+        ),
+        ("INSERT INTO composite VALUES (ROW(1))", "public.app_op"),
+        (
+            "INSERT INTO domain_default (id) VALUES (1)",
+            "public.app_leak",
+        ),
+        ("UPDATE guarded SET v = 'x' WHERE id = 1", "public.app_leak"),
+        // A built-in that runs SQL given as text, inside a view.
+        ("SELECT * FROM xml_view", "query_to_xml"),
+        // An event trigger runs its function on any DDL, and on what fires ddl_command_end.
         ("CREATE TABLE made_here (a int)", "public.on_ddl"),
+        ("SELECT 1 AS a INTO made_here_too", "public.on_ddl"),
     ] {
         let error = client.batch_execute(sql).await.expect_err(sql);
         let (code, message) = db_error(&error);
@@ -193,6 +243,8 @@ async fn relations_that_run_a_database_function_are_opaque() {
         "SELECT count(*) FROM domained",
         "SELECT count(*) FROM indexed",
         "INSERT INTO items (id, name) VALUES (4242, 'plain')",
+        // An extension's function is no function of the database's own.
+        "INSERT INTO with_uuid (v) VALUES (1)",
     ] {
         client.simple_query(sql).await.expect(sql);
     }
