@@ -57,7 +57,7 @@ pub(crate) fn is_builtin_operator(schema: Option<&str>, symbol: &str) -> bool {
 }
 
 /// Whether a name is the name of a pg_catalog function.
-pub(crate) fn is_builtin_name(name: &str) -> bool {
+pub fn is_builtin_name(name: &str) -> bool {
     BUILTIN_NAMES.contains(name)
 }
 

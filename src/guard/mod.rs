@@ -29,7 +29,7 @@ use crate::sql::{self, Parsed, StatementKind};
 pub(crate) use cache::cached_analyses;
 pub use cache::{analyze_query_cached, check_cache_agrees, with_other_numbers};
 pub use classify::{declares_held_cursor, prepared_kind};
-pub use functions::{function_call_class, SQL_AS_TEXT};
+pub use functions::{function_call_class, is_builtin_name, SQL_AS_TEXT};
 pub use reach::{check_reach, CatalogReach, LinkKind, RelationLink};
 pub use settings::{client_encoding_is_safe, reported_setting_is_safe};
 

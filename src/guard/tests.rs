@@ -1028,6 +1028,16 @@ fn off_limits_covers_what_drops_or_renames_whole_schemas_and_objects_on_a_table(
         let refused = check_rules(&rules, &facts_of(sql)).expect_err(sql);
         assert_eq!(refused.rule, "off_limits", "{sql}");
     }
+    // The extended statistics' definitions hold no values: psql's `\d` and pg_dump read them.
+    let definitions = "SELECT stxname FROM pg_catalog.pg_statistic_ext WHERE stxrelid = 16384";
+    assert!(check_rules(&rules, &facts_of(definitions)).is_ok());
+    for sql in [
+        "SELECT * FROM pg_catalog.pg_statistic_ext_data",
+        "SELECT * FROM pg_statistic",
+        "SELECT * FROM pg_stats_ext",
+    ] {
+        assert!(check_rules(&rules, &facts_of(sql)).is_err(), "{sql}");
+    }
     // A dropped name like the statistics views' is no read of them.
     assert!(check_rules(&rules, &facts_of("DROP TABLE IF EXISTS pg_stats_archive")).is_ok());
     assert!(check_rules(&rules, &facts_of("DROP TRIGGER t ON items")).is_ok());
@@ -1076,5 +1086,33 @@ fn off_limits_covers_comments_labels_partitions_and_moves_into_a_protected_schem
         "TRUNCATE items CASCADE",
     ] {
         assert!(check_rules(&rules, &facts_of(sql)).is_ok(), "{sql}");
+    }
+}
+
+#[test]
+fn implicit_equality_uses_a_databases_own_equals() {
+    let rules = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    let database: std::collections::HashSet<String> = ["operator =".to_owned()].into();
+    for sql in [
+        "SELECT CASE 'a'::text WHEN 1 THEN 1 END",
+        "SELECT 'a'::text IN (SELECT 1)",
+        "SELECT 'a'::text NOT IN (SELECT 1)",
+        "SELECT ROW('a'::text) IN (SELECT 1)",
+    ] {
+        let refused = check_database_functions(&rules, &facts_of(sql), &database).expect_err(sql);
+        assert_eq!(refused.rule, "opaque_statement", "{sql}");
+    }
+    // A searched CASE and EXISTS compare nothing by themselves.
+    for sql in [
+        "SELECT CASE WHEN true THEN 1 END",
+        "SELECT EXISTS (SELECT 1)",
+    ] {
+        assert!(
+            check_database_functions(&rules, &facts_of(sql), &database).is_ok(),
+            "{sql}"
+        );
     }
 }

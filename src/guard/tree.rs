@@ -199,11 +199,17 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.drop |= ALTER_DOMAIN_DROPS.contains(&subtype);
         }
         "SubLink" => {
-            // `x OPERATOR(s.op) ANY (SELECT …)` keeps its operator here, not in an A_Expr.
-            found
-                .operators
-                .extend(operator_named(node.get("oper_name")));
+            // `x OPERATOR(s.op) ANY (SELECT …)` keeps its operator here, not in an A_Expr;
+            // `x IN (SELECT …)` names none and means `=`.
+            let named = operator_named(node.get("oper_name"));
+            let any = node.get("sub_link_type").and_then(Value::as_i64) == Some(ANY_SUBLINK);
+            if named.is_none() && any {
+                found.operators.push((None, "=".to_owned()));
+            }
+            found.operators.extend(named);
         }
+        // `CASE x WHEN v …` compares with `=`, which names no operator.
+        "CaseExpr" if !is_empty(node.get("arg")) => found.operators.push((None, "=".to_owned())),
         "UpdateStmt" => {
             found.writes = true;
             found.updates = true;
@@ -302,6 +308,8 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
     }
 }
 
+/// `SubLinkType::AnySublink`: `x IN (SELECT …)`, `x op ANY (SELECT …)`.
+const ANY_SUBLINK: i64 = pg_query::protobuf::SubLinkType::AnySublink as i64;
 /// `DropBehavior::DropCascade`.
 const DROP_CASCADE: i64 = pg_query::protobuf::DropBehavior::DropCascade as i64;
 /// `CmdType` values of a MERGE action.

@@ -227,9 +227,16 @@ pub(super) async fn database_code(
             // unqualified operator of a catalog read can resolve to one (`c @@ 1` with a
             // `public.@@(pg_class, int)`); extensions' own (PostGIS, citext) are left out,
             // as they define common symbols for their own types.
-            "SELECT DISTINCT proname::text FROM pg_catalog.pg_proc \
-             WHERE pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
-             UNION SELECT DISTINCT pg_catalog.concat('operator ', o.oprname) FROM pg_catalog.pg_operator o \
+            // An extension's overload of a built-in's name (citext's `max(citext)`,
+            // `replace(citext, …)`) is left out: it is the built-in for the extension's type,
+            // and counting it would refuse every `max(id)` where citext is installed. Its
+            // other functions (`crosstab`, `dblink`) stay: what they run is out of sight.
+            "SELECT p.proname::text, bool_and(EXISTS (SELECT FROM pg_catalog.pg_depend d \
+               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')) \
+             FROM pg_catalog.pg_proc p \
+             WHERE p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
+             GROUP BY p.proname \
+             UNION SELECT DISTINCT pg_catalog.concat('operator ', o.oprname), false FROM pg_catalog.pg_operator o \
              WHERE o.oprnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
              AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
                WHERE d.classid = 'pg_catalog.pg_operator'::regclass AND d.objid = o.oid AND d.deptype = 'e')",
@@ -237,13 +244,17 @@ pub(super) async fn database_code(
         )
         .await
         .map_err(failed(db, "listing the database's functions"))?;
-    let functions = rows
-        .iter()
-        .map(|row| {
-            row.try_get(0)
-                .map_err(failed(db, "listing the database's functions"))
-        })
-        .collect::<Result<_, _>>()?;
+    let mut functions = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let read = |row: &tokio_postgres::Row| -> Result<(String, bool), tokio_postgres::Error> {
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        };
+        let (name, extensions_only) =
+            read(row).map_err(failed(db, "listing the database's functions"))?;
+        if !(extensions_only && crate::guard::is_builtin_name(&name)) {
+            functions.push(name);
+        }
+    }
     let text_sql: Vec<&str> = crate::guard::SQL_AS_TEXT.to_vec();
     let mut rows = client.query(RELATION_LINKS, &[]).await.map_err(failed(
         db,
@@ -294,27 +305,30 @@ pub(super) async fn database_code(
 }
 
 /// The functions each relation runs (kind, the relation's schema and name, the function's):
-/// `cr` on any use (a view's or a SELECT rule's query, a policy), `cw` on writes (anything
-/// else of it: triggers and their WHEN, defaults and generated columns, checks, indexes,
-/// statistics, write rules, its columns' types — domains of domains, arrays, composites —
-/// with their checks and defaults, operators and operator classes on the way). It follows
-/// the catalog's dependencies from the relation's parts until a function: one of the
-/// database's own (not built in, not an extension's; the walk does not enter extensions), or
-/// a built-in that runs SQL given as text (`$1`; those are pinned, so not in `pg_depend`:
-/// found in the parts' expression trees instead).
+/// `cw` on writes (triggers and their WHEN, defaults and generated columns, write rules,
+/// its columns' types — domains of domains, arrays, composites — with their checks and
+/// defaults), `cr` on any use (everything else: a view's query, policies, and what the
+/// planner may evaluate while planning a read — checks, index expressions and predicates,
+/// statistics expressions, a partitioned table's key). It follows the catalog's
+/// dependencies from the relation's parts, through operators and operator classes, until a
+/// function: one of the database's own (not built in; the walk does not enter extensions),
+/// any function a view, policy or trigger calls by name (an extension's `crosstab` or
+/// `check_foreign_key` runs SQL out of sight too), or a built-in that runs SQL given as text
+/// (`$1`; those are pinned, so not in `pg_depend`: found in the parts' expression trees).
 const FUNCTION_LINKS: &str = "\
     WITH RECURSIVE \
     ext AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e'), \
     part (rel, on_read, classid, objid) AS ( \
-      SELECT c.oid, false, 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c \
+      SELECT c.oid, c.relkind = 'p', 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c \
        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
       UNION SELECT d.refobjid, \
-             d.classid = 'pg_catalog.pg_policy'::regclass \
-             OR (d.classid = 'pg_catalog.pg_rewrite'::regclass \
-                 AND (SELECT w.ev_type = '1' FROM pg_catalog.pg_rewrite w WHERE w.oid = d.objid)), \
+             NOT (d.classid IN ('pg_catalog.pg_trigger'::regclass, 'pg_catalog.pg_attrdef'::regclass) \
+                  OR (d.classid = 'pg_catalog.pg_rewrite'::regclass \
+                      AND (SELECT w.ev_type <> '1' FROM pg_catalog.pg_rewrite w WHERE w.oid = d.objid))), \
              d.classid, d.objid \
         FROM pg_catalog.pg_depend d \
-       WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i')), \
+       WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') \
+         AND d.classid <> 'pg_catalog.pg_type'::regclass), \
     edge (classid, objid, to_class, to_obj) AS ( \
       SELECT classid, objid, refclassid, refobjid FROM pg_catalog.pg_depend \
        WHERE deptype IN ('n', 'a', 'i') AND refclassid IN ('pg_catalog.pg_type'::regclass, \
@@ -331,9 +345,13 @@ const FUNCTION_LINKS: &str = "\
         JOIN edge e ON e.classid = w.classid AND e.objid = w.objid \
        WHERE w.classid <> 'pg_catalog.pg_proc'::regclass \
          AND NOT EXISTS (SELECT FROM ext x WHERE x.classid = e.to_class AND x.objid = e.to_obj)), \
-    ran (rel, on_read, fn) AS ( \
-      SELECT rel, on_read, objid FROM walk WHERE classid = 'pg_catalog.pg_proc'::regclass \
-      UNION SELECT t.rel, t.on_read, m[1]::oid FROM ( \
+    ran (rel, on_read, fn, any_fn) AS ( \
+      SELECT rel, on_read, objid, false FROM walk WHERE classid = 'pg_catalog.pg_proc'::regclass \
+      UNION SELECT p.rel, p.on_read, d.refobjid, true FROM part p JOIN pg_catalog.pg_depend d \
+          ON d.classid = p.classid AND d.objid = p.objid AND d.refclassid = 'pg_catalog.pg_proc'::regclass \
+       WHERE p.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass, \
+                           'pg_catalog.pg_trigger'::regclass) \
+      UNION SELECT t.rel, t.on_read, m[1]::oid, true FROM ( \
           SELECT ev_class, ev_type = '1', ev_action::text FROM pg_catalog.pg_rewrite \
           UNION ALL SELECT polrelid, true, concat(polqual::text, polwithcheck::text) FROM pg_catalog.pg_policy \
           UNION ALL SELECT adrelid, false, adbin::text FROM pg_catalog.pg_attrdef \
@@ -352,7 +370,8 @@ const FUNCTION_LINKS: &str = "\
       JOIN pg_catalog.pg_proc p ON p.oid = ran.fn JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
      WHERE rn.nspname NOT IN ('pg_catalog', 'information_schema') \
        AND (pn.nspname NOT IN ('pg_catalog', 'information_schema') OR p.proname = ANY($1::text[])) \
-       AND NOT EXISTS (SELECT FROM ext x WHERE x.classid = 'pg_catalog.pg_proc'::regclass AND x.objid = p.oid)";
+       AND (ran.any_fn OR NOT EXISTS (SELECT FROM ext x \
+            WHERE x.classid = 'pg_catalog.pg_proc'::regclass AND x.objid = p.oid))";
 
 /// Links of the catalog (kind, from's schema and name, to's): using the relation `from`
 /// touches `to`. `i`: `to` inherits from or is a partition of `from`; `r`: a view or
