@@ -167,6 +167,16 @@ impl Reaching {
         changing: Option<&Reaching>,
     ) -> Reaching {
         let mut reached: HashMap<String, Reached> = HashMap::new();
+        // The links by the relation they lead to, and inheritance by parent: each step of
+        // the walks below is a lookup, not a pass over every link of a large catalog.
+        let mut into: HashMap<&str, Vec<&RelationLink>> = HashMap::new();
+        let mut children: HashMap<&str, Vec<&RelationLink>> = HashMap::new();
+        for link in links {
+            into.entry(&link.to).or_default().push(link);
+            if link.kind == LinkKind::Inherits {
+                children.entry(&link.from).or_default().push(link);
+            }
+        }
         // A protected table's partitions and children, at any depth, hold its rows (its
         // parents' other children hold their own).
         let mut queue: VecDeque<(String, Reached)> = links
@@ -178,9 +188,7 @@ impl Reaching {
             if target(&name) || reached.contains_key(&name) {
                 continue;
             }
-            let below = links
-                .iter()
-                .filter(|l| l.kind == LinkKind::Inherits && l.from == name);
+            let below = children.get(name.as_str()).into_iter().flatten();
             queue.extend(below.map(|l| (l.to.clone(), reach(&why.target, why.how))));
             reached.insert(name, why);
         }
@@ -212,7 +220,7 @@ impl Reaching {
             if name.is_empty() || target(&name) || reached.contains_key(&name) {
                 continue;
             }
-            let above = links.iter().filter(|l| l.to == name);
+            let above = into.get(name.as_str()).into_iter().flatten();
             queue.extend(above.map(|l| (l.from.clone(), reach(&why.target, how(l.kind, false)))));
             reached.insert(name, why);
         }
