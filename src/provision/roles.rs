@@ -390,32 +390,32 @@ const RELATION_LINKS: &str = "\
            FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
            WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')), \
     dep AS (SELECT classid, objid, refclassid, refobjid FROM pg_catalog.pg_depend \
-            WHERE refclassid IN ('pg_catalog.pg_class'::regclass, 'pg_catalog.pg_proc'::regclass)), \
-    pair (kind, from_oid, to_oid, to_class) AS ( \
-      SELECT 'i', inhparent, inhrelid, 'pg_catalog.pg_class'::regclass FROM pg_catalog.pg_inherits \
-      UNION SELECT CASE w.ev_type WHEN '1' THEN 'r' ELSE 'w' END, w.ev_class, d.refobjid, d.refclassid \
+            WHERE refclassid = 'pg_catalog.pg_class'::regclass), \
+    pair (kind, from_oid, to_oid) AS ( \
+      SELECT 'i', inhparent, inhrelid FROM pg_catalog.pg_inherits \
+      UNION SELECT CASE w.ev_type WHEN '1' THEN 'r' ELSE 'w' END, w.ev_class, d.refobjid \
         FROM pg_catalog.pg_rewrite w JOIN dep d ON d.classid = 'pg_catalog.pg_rewrite'::regclass \
          AND d.objid = w.oid AND d.refobjid <> w.ev_class \
-      UNION SELECT 'r', p.polrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_policy p \
+      UNION SELECT 'r', p.polrelid, d.refobjid FROM pg_catalog.pg_policy p \
         JOIN dep d ON d.classid = 'pg_catalog.pg_policy'::regclass AND d.objid = p.oid \
          AND d.refobjid <> p.polrelid \
       UNION SELECT CASE WHEN k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd') \
-                   THEN 'k' ELSE 't' END, k.confrelid, k.conrelid, 'pg_catalog.pg_class'::regclass \
+                   THEN 'k' ELSE 't' END, k.confrelid, k.conrelid \
         FROM pg_catalog.pg_constraint k WHERE k.contype = 'f' \
-      UNION SELECT 'r', c.reltoastrelid, c.oid, 'pg_catalog.pg_class'::regclass FROM pg_catalog.pg_class c \
+      UNION SELECT 'r', c.reltoastrelid, c.oid FROM pg_catalog.pg_class c \
         WHERE c.reltoastrelid <> 0 \
-      UNION SELECT 'w', a.adrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_attrdef a \
+      UNION SELECT 'w', a.adrelid, d.refobjid FROM pg_catalog.pg_attrdef a \
         JOIN dep d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = a.oid \
-      UNION SELECT 'w', k.conrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_constraint k \
+      UNION SELECT 'w', k.conrelid, d.refobjid FROM pg_catalog.pg_constraint k \
         JOIN dep d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid \
         WHERE k.conrelid <> 0 AND k.contype = 'c' \
-      UNION SELECT 'w', i.indrelid, d.refobjid, d.refclassid FROM pg_catalog.pg_index i \
+      UNION SELECT 'w', i.indrelid, d.refobjid FROM pg_catalog.pg_index i \
         JOIN dep d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = i.indexrelid \
          AND d.refobjid <> i.indrelid \
       ) \
     SELECT pair.kind, f.s, f.r, t.s, t.r FROM pair \
       JOIN rel f ON f.oid = pair.from_oid JOIN rel t ON t.oid = pair.to_oid \
-     WHERE pair.to_class = 'pg_catalog.pg_class'::regclass AND f.s NOT IN ('pg_catalog', 'information_schema') \
+     WHERE f.s NOT IN ('pg_catalog', 'information_schema') \
     UNION SELECT 'ce', '', '', t.s, t.r FROM pg_catalog.pg_event_trigger e JOIN fn t ON t.oid = e.evtfoid \
      WHERE e.evtenabled <> 'D' AND e.evtevent <> 'login' \
     UNION SELECT 'r', f.s, f.r, \
