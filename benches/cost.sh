@@ -16,6 +16,10 @@
 #   env BENCH_PERF      a folder: also `perf record -g` each proxy during each run into it, and
 #                       write each profile's top symbols beside it (TARGET-CLIENTS.txt). The
 #                       profiler costs CPU: take the tps of such a run as no figure.
+#   env BENCH_SYSCALLS  a folder: also trace each proxy's system calls during each run
+#                       (`perf trace -s`) and write the summary per thread beside it
+#                       (TARGET-CLIENTS.syscalls), with the calls per transaction of each kind
+#                       (TARGET-CLIENTS.per-tx). Tracing costs CPU too: no tps figure either.
 #
 # Around each run it reads the proxy's own CPU time (user + system, every thread:
 # /proc/PID/stat), its threads' context switches (voluntary and involuntary:
@@ -59,9 +63,22 @@ proc_counts() {
     echo "$ticks $switches"
 }
 
-# "busy_ticks context_switches" of the whole machine.
+# "busy_ticks context_switches all_ticks steal_ticks" of the whole machine. Steal is the time
+# the hypervisor gave this machine's CPUs to someone else: on a shared host it comes and goes,
+# and a run with much of it has fewer transactions for the same work.
 machine_counts() {
-    awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8} /^ctxt / {cs = $2} END {print busy, cs}' /proc/stat
+    awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8; all = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; steal = $9}
+         /^ctxt / {cs = $2} END {print busy, cs, all, steal}' /proc/stat
+}
+
+# Each system call's count per transaction, summed over the threads of a `perf trace -s`
+# summary, most frequent first.
+syscalls_per_tx() {
+    local summary=$1 tps=$2
+    awk -v tps="$tps" -v seconds="$SECONDS_PER_RUN" '
+        BEGIN { txns = tps * seconds }
+        $2 ~ /^[0-9]+$/ && $1 ~ /^[a-z_0-9]+$/ { n[$1] += $2 }
+        END { if (txns > 0) for (k in n) printf "%8.2f %s\n", n[k] / txns, k }' "$summary" | sort -rn
 }
 
 results=$BENCH_WORK/results
@@ -76,9 +93,16 @@ run() {
     local profiler=""
     if [ -n "${BENCH_PERF:-}" ] && [ -n "$pid" ]; then
         mkdir -p "$BENCH_PERF"
-        perf record -q -F 499 -g -p "$pid" -o "$BENCH_PERF/$target-$clients.data" \
+        perf record -q -F "${BENCH_PERF_HZ:-499}" -g -p "$pid" -o "$BENCH_PERF/$target-$clients.data" \
             -- sleep "$SECONDS_PER_RUN" 2>/dev/null &
         profiler=$!
+    fi
+    local tracer=""
+    if [ -n "${BENCH_SYSCALLS:-}" ] && [ -n "$pid" ]; then
+        mkdir -p "$BENCH_SYSCALLS"
+        perf trace -s -p "$pid" -o "$BENCH_SYSCALLS/$target-$clients.syscalls" \
+            -- sleep "$SECONDS_PER_RUN" >/dev/null 2>&1 &
+        tracer=$!
     fi
     if out=$(bench_on "$target" -- "$PGBENCH" -n -S -M "$PROTOCOL" -c "$clients" -j "$threads" -T "$SECONDS_PER_RUN" 2>"$BENCH_WORK/pgbench.err"); then
         tps=$(echo "$out" | sed -nE 's/^tps = ([0-9.]+) .*/\1/p' | head -1)
@@ -92,6 +116,11 @@ run() {
         wait "$profiler" || true
         perf report -q -i "$BENCH_PERF/$target-$clients.data" --stdio --no-children \
             --sort comm,dso,sym 2>/dev/null | grep -E '^ +[0-9]' | head -40 >"$BENCH_PERF/$target-$clients.txt" || true
+    fi
+    if [ -n "$tracer" ]; then
+        wait "$tracer" || true
+        syscalls_per_tx "$BENCH_SYSCALLS/$target-$clients.syscalls" "${tps:-0}" \
+            >"$BENCH_SYSCALLS/$target-$clients.per-tx" || true
     fi
     echo "$target $clients $round ${tps:-failed} ${pid:-none} $p0 $p1 $m0 $m1" >>"$results"
 }
@@ -108,14 +137,16 @@ echo
 echo "pgbench -S -M $PROTOCOL, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $(bench_cores)"
 echo "per transaction: proxy us = the proxy's CPU time (every thread, user + system); proxy cs = its"
 echo "threads' context switches; machine us / cs = the same for the whole machine (pgbench, PostgreSQL,"
-echo "the proxy). vs-bouncer: lockbox's figure / pgbouncer's on the same transport (plain or TLS)"
+echo "the proxy); steal % = the share of the run's CPU time the hypervisor gave elsewhere (runs with"
+echo "much of it are slower for the same work). vs-bouncer: lockbox's figure / pgbouncer's on the same"
+echo "transport (plain or TLS)"
 python3 - "$results" "${TARGETS[*]}" "${CLIENT_COUNTS[*]}" "$SECONDS_PER_RUN" "$(getconf CLK_TCK)" <<'PY'
 import statistics, sys
 path, targets, clients = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 seconds, hz = float(sys.argv[4]), float(sys.argv[5])
 runs = {}
 for line in open(path):
-    (t, c, _r, tps, pid, pt0, pc0, pt1, pc1, mt0, mc0, mt1, mc1) = line.split()
+    (t, c, _r, tps, pid, pt0, pc0, pt1, pc1, mt0, mc0, ma0, ms0, mt1, mc1, ma1, ms1) = line.split()
     try:
         txns = float(tps) * seconds
     except ValueError:
@@ -131,6 +162,7 @@ for line in open(path):
         "proxy_cs": per(pc0, pc1) if proxy else None,
         "machine_us": us(mt0, mt1),
         "machine_cs": per(mc0, mc1),
+        "steal": 100 * (float(ms1) - float(ms0)) / max(float(ma1) - float(ma0), 1),
     })
 
 def median(t, c, key):
@@ -141,7 +173,7 @@ def cell(v, fmt, width):
     return f"{(fmt.format(v) if v is not None else '-'):>{width}}"
 
 head = (f"{'clients':>7}  {'target':<18} {'tps':>8} {'proxy us':>9} {'proxy cs':>9} "
-        f"{'machine us':>10} {'machine cs':>10} {'tps vs-bouncer':>14} {'proxy us vs-bouncer':>19}")
+        f"{'machine us':>10} {'machine cs':>10} {'steal %':>7} {'tps vs-bouncer':>14} {'proxy us vs-bouncer':>19}")
 print(head)
 print("-" * len(head))
 for c in clients:
@@ -153,6 +185,7 @@ for c in clients:
         print(f"{c:>7}  {t:<18} {cell(tps, '{:.0f}', 8)} "
               f"{cell(median(t, c, 'proxy_us'), '{:.1f}', 9)} {cell(median(t, c, 'proxy_cs'), '{:.2f}', 9)} "
               f"{cell(median(t, c, 'machine_us'), '{:.1f}', 10)} {cell(median(t, c, 'machine_cs'), '{:.2f}', 10)} "
+              f"{cell(median(t, c, 'steal'), '{:.0f}', 7)} "
               f"{cell(ratio(tps, median(bouncer, c, 'tps')) if lockbox else None, '{:.2f}', 14)} "
               f"{cell(ratio(median(t, c, 'proxy_us'), median(bouncer, c, 'proxy_us')) if lockbox else None, '{:.2f}', 19)}")
     print()

@@ -237,30 +237,66 @@ pub(super) enum TimeStamp {
     Other(String),
 }
 
+/// `2026-12-01T03:03:10`: the part of a [`TimeStamp`] before the fraction.
+const DATE_TIME_LEN: usize = 19;
+
+thread_local! {
+    /// The last second this thread stamped, and its date and time of day.
+    static SECOND: std::cell::Cell<Option<(i64, [u8; DATE_TIME_LEN])>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Writes `n`'s last `out.len()` decimal digits into `out`, zero-padded.
+fn put_digits(out: &mut [u8], mut n: u32) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// The date and time of day of `t` (a year within 0..=9999, no leap second).
+fn date_time_of(t: &chrono::DateTime<chrono::Utc>) -> [u8; DATE_TIME_LEN] {
+    use chrono::{Datelike, Timelike};
+    let mut b = *b"0000-00-00T00:00:00";
+    // Every value fits its field: the year is checked by the caller, the rest bounded by
+    // the calendar.
+    put_digits(&mut b[0..4], t.year().unsigned_abs());
+    put_digits(&mut b[5..7], t.month());
+    put_digits(&mut b[8..10], t.day());
+    put_digits(&mut b[11..13], t.hour());
+    put_digits(&mut b[14..16], t.minute());
+    put_digits(&mut b[17..19], t.second());
+    b
+}
+
 impl TimeStamp {
     pub(super) fn of(t: chrono::DateTime<chrono::Utc>) -> TimeStamp {
         use chrono::{Datelike, Timelike};
+        // A leap second's nanoseconds run past 10^9, beyond the fixed layout.
         let nanos = t.nanosecond();
-        let year = t.year();
-        if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-            return TimeStamp::Other(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        if nanos >= 1_000_000_000 {
+            return TimeStamp::other(&t);
         }
-        let mut b = *b"0000-00-00T00:00:00.000000Z";
-        // Every value below fits its field: checked above or bounded by the calendar.
-        let mut put = |at: usize, width: usize, mut n: u32| {
-            for i in (at..at + width).rev() {
-                b[i] = b'0' + (n % 10) as u8;
-                n /= 10;
+        // Every record of a second shares its date and time of day: the calendar is
+        // worked out once a second per thread, not once a record.
+        let second = t.timestamp();
+        let date_time = match SECOND.get() {
+            Some((cached, text)) if cached == second => text,
+            _ if !(0..=9999).contains(&t.year()) => return TimeStamp::other(&t),
+            _ => {
+                let text = date_time_of(&t);
+                SECOND.set(Some((second, text)));
+                text
             }
         };
-        put(0, 4, year.unsigned_abs());
-        put(5, 2, t.month());
-        put(8, 2, t.day());
-        put(11, 2, t.hour());
-        put(14, 2, t.minute());
-        put(17, 2, t.second());
-        put(20, 6, nanos / 1000);
+        let mut b = *b"0000-00-00T00:00:00.000000Z";
+        b[..DATE_TIME_LEN].copy_from_slice(&date_time);
+        put_digits(&mut b[20..26], nanos / 1000);
         TimeStamp::Fixed(b)
+    }
+
+    fn other(t: &chrono::DateTime<chrono::Utc>) -> TimeStamp {
+        TimeStamp::Other(t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
     }
 
     pub(super) fn as_str(&self) -> &str {

@@ -256,6 +256,11 @@ fn timestamps_match_chrono_and_odd_ones_fall_back_to_it() {
         let secs = gen.below(253_402_300_800) as i64;
         let nanos = gen.below(1_000_000_000) as u32;
         times.push(Utc.timestamp_opt(secs, nanos).single().expect("in range"));
+        // The same second again (its date and time of day come from the thread's last
+        // second), the next one, and back: each must still be its own.
+        for (s, n) in [(secs, 999_999_999 - nanos), (secs + 1, nanos), (secs, 0)] {
+            times.push(Utc.timestamp_opt(s, n).single().expect("in range"));
+        }
     }
     // Past year 9999, and a leap second: chrono's own text.
     times.push(

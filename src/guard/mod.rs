@@ -297,13 +297,31 @@ pub fn database_function_used(
         .find(|name| database_functions.contains(name.as_str()))
         .cloned();
     called.or_else(|| {
+        // Every statement with a `=` asks this: the key is built on the stack (operator
+        // symbols are at most NAMEDATALEN - 1 bytes), not in a new String each time.
+        let mut key = [0u8; OPERATOR_KEY_CAPACITY];
+        key[..OPERATOR_PREFIX.len()].copy_from_slice(OPERATOR_PREFIX.as_bytes());
         facts
             .operators
             .iter()
-            .map(|symbol| format!("operator {symbol}"))
-            .find(|key| database_functions.contains(key))
+            .find(|symbol| {
+                let end = OPERATOR_PREFIX.len() + symbol.len();
+                match key.get_mut(OPERATOR_PREFIX.len()..end) {
+                    Some(room) => {
+                        room.copy_from_slice(symbol.as_bytes());
+                        std::str::from_utf8(&key[..end])
+                            .is_ok_and(|key| database_functions.contains(key))
+                    }
+                    None => database_functions.contains(&format!("{OPERATOR_PREFIX}{symbol}")),
+                }
+            })
+            .map(|symbol| format!("{OPERATOR_PREFIX}{symbol}"))
     })
 }
+
+/// How the database's own operators are listed among its functions: `operator ===`.
+const OPERATOR_PREFIX: &str = "operator ";
+const OPERATOR_KEY_CAPACITY: usize = OPERATOR_PREFIX.len() + 64;
 
 /// Whether the database has any statement rule configured.
 pub fn has_guardrails(rules: &Guardrails) -> bool {
@@ -373,7 +391,8 @@ pub fn check_class(access: AccessLevel, class: Class) -> Result<(), Refusal> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatementAnalysis {
     pub range: Range<usize>,
-    pub analysis: Analysis,
+    /// Shared: a cached analysis is handed to every text of its shape without a copy.
+    pub analysis: Arc<Analysis>,
 }
 
 /// Statements longer than this are not parsed at all: they are unknown (admin only), and
@@ -397,7 +416,7 @@ fn analyze_query_watched(sql: &str) -> (Vec<StatementAnalysis>, numbers::Watch) 
     .unwrap_or_else(|| {
         let rejected = vec![StatementAnalysis {
             range: 0..sql.len(),
-            analysis: Analysis::rejected(),
+            analysis: Arc::new(Analysis::rejected()),
         }];
         (rejected, numbers::Watch::default())
     })
@@ -407,7 +426,7 @@ fn analyze_query_on_this_stack(sql: &str) -> Vec<StatementAnalysis> {
     let whole = |analysis| {
         vec![StatementAnalysis {
             range: 0..sql.len(),
-            analysis,
+            analysis: Arc::new(analysis),
         }]
     };
     if sql.len() > MAX_ANALYZED_LEN {
@@ -420,7 +439,7 @@ fn analyze_query_on_this_stack(sql: &str) -> Vec<StatementAnalysis> {
             .into_iter()
             .map(|(range, raw)| StatementAnalysis {
                 range,
-                analysis: classify::analyze_stmt(raw.stmt.as_deref()),
+                analysis: Arc::new(classify::analyze_stmt(raw.stmt.as_deref())),
             })
             .collect(),
     }
@@ -457,7 +476,7 @@ fn reads_the_same_without_standard_strings(sql: &str, analyses: &[StatementAnaly
     };
     list.len() == analyses.len()
         && list.iter().zip(analyses).all(|((range, raw), seen)| {
-            *range == seen.range && classify::analyze_stmt(raw.stmt.as_deref()) == seen.analysis
+            *range == seen.range && classify::analyze_stmt(raw.stmt.as_deref()) == *seen.analysis
         })
 }
 
@@ -474,17 +493,17 @@ pub fn lexer_uncertain() -> Refusal {
 pub fn analyze(statement: &str) -> Analysis {
     let mut all = analyze_query(statement);
     match all.len() {
-        1 => all.remove(0).analysis,
+        1 => Arc::unwrap_or_clone(all.remove(0).analysis),
         _ => Analysis::rejected(),
     }
 }
 
 /// [`analyze`] through the cache.
-pub fn analyze_cached(statement: &str) -> Analysis {
+pub fn analyze_cached(statement: &str) -> Arc<Analysis> {
     let all = analyze_query_cached(statement);
     match &all[..] {
         [one] => one.analysis.clone(),
-        _ => Analysis::rejected(),
+        _ => Arc::new(Analysis::rejected()),
     }
 }
 

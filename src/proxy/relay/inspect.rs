@@ -97,7 +97,7 @@ impl Relay {
                 let analyses = guard::analyze_query_cached(&text);
                 let analysis = match &analyses[..] {
                     [one] => one.analysis.clone(),
-                    _ => guard::Analysis::rejected(),
+                    _ => Arc::new(guard::Analysis::rejected()),
                 };
                 self.note_catalog_changes(&analysis);
                 let kind = self.kind_of(&analysis);
