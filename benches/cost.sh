@@ -16,6 +16,9 @@
 #   env BENCH_PERF      a folder: also `perf record -g` each proxy during each run into it, and
 #                       write each profile's top symbols beside it (TARGET-CLIENTS.txt). The
 #                       profiler costs CPU: take the tps of such a run as no figure.
+#                       BENCH_PERF_HZ: samples per second (default 499); BENCH_PERF_CALLGRAPH:
+#                       how stacks are read (default fp; `dwarf` where the binary has no frame
+#                       pointers, as a release build has not: callers of libc's memcpy, say).
 #   env BENCH_SYSCALLS  a folder: also trace each proxy's system calls during each run
 #                       (`perf trace -s`) and write the summary per thread beside it
 #                       (TARGET-CLIENTS.syscalls), with the calls per transaction of each kind
@@ -93,7 +96,7 @@ run() {
     local profiler=""
     if [ -n "${BENCH_PERF:-}" ] && [ -n "$pid" ]; then
         mkdir -p "$BENCH_PERF"
-        perf record -q -F "${BENCH_PERF_HZ:-499}" -g -p "$pid" -o "$BENCH_PERF/$target-$clients.data" \
+        perf record -q -F "${BENCH_PERF_HZ:-499}" --call-graph "${BENCH_PERF_CALLGRAPH:-fp}" -p "$pid" -o "$BENCH_PERF/$target-$clients.data" \
             -- sleep "$SECONDS_PER_RUN" 2>/dev/null &
         profiler=$!
     fi
