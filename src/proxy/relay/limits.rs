@@ -118,10 +118,34 @@ impl Relay {
     }
 }
 
-/// Sleeps until `deadline`, or forever without one.
-pub(super) async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// The grant's statement timeout, as one timer for the session's life: moved when the
+/// running statement's deadline moves, where a new timer per relay step would cost a
+/// timer-wheel insert and remove for every message a running statement's session relays.
+pub(super) struct StatementTimer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The deadline `sleep` is set to, once set.
+    set_to: Option<tokio::time::Instant>,
+}
+
+impl StatementTimer {
+    /// Must be called within the runtime (as the relay is made).
+    pub(super) fn new() -> StatementTimer {
+        StatementTimer {
+            // Never polled before `wait` moves it to a deadline.
+            sleep: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(86_400))),
+            set_to: None,
+        }
+    }
+
+    /// Sleeps until `deadline`, or forever without one.
+    pub(super) async fn wait(&mut self, deadline: Option<tokio::time::Instant>) {
+        let Some(at) = deadline else {
+            return std::future::pending().await;
+        };
+        if self.set_to != Some(at) {
+            self.sleep.as_mut().reset(at);
+            self.set_to = Some(at);
+        }
+        self.sleep.as_mut().await
     }
 }

@@ -35,7 +35,7 @@ use buffers::{shrink_if_oversized, splice, BUFFER_CAPACITY};
 pub(crate) use farewell::Farewell;
 pub(crate) use fuzz::inspect_client_bytes;
 pub use grant::{CancelKey, Grant, Limits};
-use limits::sleep_until_some;
+use limits::StatementTimer;
 pub(crate) use notices::login_notice;
 use record::{take_copy_bytes, Pending};
 pub use terminator::monotonic_deadline;
@@ -117,6 +117,7 @@ pub struct Relay {
     running: Option<(Work, Instant)>,
     /// The work whose timeout already sent a cancel.
     cancelled: Option<Work>,
+    statement_timer: StatementTimer,
     /// The session named a temporary relation or put a schema before pg_catalog on its
     /// search path: unqualified catalog names may be shadowed.
     catalog_shadowed: bool,
@@ -199,6 +200,7 @@ impl Relay {
             rows: 0,
             running: None,
             cancelled: None,
+            statement_timer: StatementTimer::new(),
             uncounted: std::collections::BTreeSet::new(),
             drawn_from: std::collections::BTreeMap::new(),
             copy_open: false,
@@ -315,7 +317,7 @@ impl Relay {
             let step = tokio::select! {
                 biased;
                 reason = self.term.fired() => Err(End::Dropped(reason)),
-                _ = sleep_until_some(timeout) => {
+                _ = self.statement_timer.wait(timeout) => {
                     self.cancel_running();
                     Ok(())
                 }
