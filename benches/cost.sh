@@ -13,7 +13,7 @@
 #   env BENCH_TARGETS   default: direct,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-write,
 #                       lockbox-write-tls
 #   env LOCKBOX_BIN     use this lockbox binary instead of `cargo build --release`
-#   env BENCH_PERF      a folder: also `perf record -g` each proxy during each run into it, and
+#   env BENCH_PERF      a folder: also `perf record` each proxy (with stacks) during each run into it, and
 #                       write each profile's top symbols beside it (TARGET-CLIENTS.txt). The
 #                       profiler costs CPU: take the tps of such a run as no figure.
 #                       BENCH_PERF_HZ: samples per second (default 499); BENCH_PERF_CALLGRAPH:
@@ -96,8 +96,8 @@ run() {
     local profiler=""
     if [ -n "${BENCH_PERF:-}" ] && [ -n "$pid" ]; then
         mkdir -p "$BENCH_PERF"
-        perf record -q -F "${BENCH_PERF_HZ:-499}" --call-graph "${BENCH_PERF_CALLGRAPH:-fp}" -p "$pid" -o "$BENCH_PERF/$target-$clients.data" \
-            -- sleep "$SECONDS_PER_RUN" 2>/dev/null &
+        perf record -q -F "${BENCH_PERF_HZ:-499}" --call-graph "${BENCH_PERF_CALLGRAPH:-fp}" \
+            -p "$pid" -o "$BENCH_PERF/$target-$clients.data" -- sleep "$SECONDS_PER_RUN" 2>/dev/null &
         profiler=$!
     fi
     local tracer=""
