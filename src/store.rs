@@ -19,6 +19,9 @@ use crate::policy::{Request, RequestStatus};
 /// The state store's page cache, in KiB (negative: SQLite's unit for a size in KiB).
 const STORE_CACHE_SIZE: i64 = -512;
 
+/// How long a statement off the runtime waits for another connection's lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 mod export_claims;
 mod exports;
 #[cfg(test)]
@@ -98,6 +101,45 @@ pub struct RequestFilter {
     pub database: Option<String>,
 }
 
+fn read_request(c: &Connection, id: &str) -> Result<Option<Request>, StoreError> {
+    // Every session's admission reads its request: keep the statement prepared.
+    let body: Option<String> = c
+        .prepare_cached("SELECT body FROM requests WHERE id = ?1")?
+        .query_row([id], |row| row.get(0))
+        .optional()?;
+    Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
+}
+
+/// Reads a request on the calling task when that costs no wait: the connection is free and
+/// no other connection's lock is in the way (WAL readers rarely meet one). Every login reads
+/// its request, and the hand-off to a blocking thread and back cost more CPU than the read
+/// (~0.2 ms of ~1.5 ms per login). `None`: the caller reads it the usual way, off the
+/// runtime, where waiting for a lock blocks no other task.
+fn get_without_waiting(
+    conn: &Mutex<Connection>,
+    id: &str,
+) -> Option<Result<Option<Request>, StoreError>> {
+    let c = conn.try_lock().ok()?;
+    c.busy_timeout(std::time::Duration::ZERO).ok()?;
+    let read = read_request(&c, id);
+    // A connection left without its timeout would fail every write that meets a lock:
+    // that failure is this read's answer, rather than a later surprise.
+    if let Err(e) = c.busy_timeout(BUSY_TIMEOUT) {
+        return Some(Err(e.into()));
+    }
+    match read {
+        Err(StoreError::Sqlite(e)) if is_busy(&e) => None,
+        other => Some(other),
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// Creates the SQLite file owner-only before SQLite opens it (SQLite then gives its -wal
 /// and -shm files the database file's mode), and tightens files an older version left
 /// readable by others.
@@ -133,7 +175,7 @@ impl Store {
         // WAL lets readers proceed during a write; FULL makes each commit durable.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         // The page cache fills to its size as the store grows (SQLite's default is 2 MiB)
         // and is never given back: resident memory that rose for the better part of an
         // hour of soak. The store's reads are by key; the OS caches the file anyway.
@@ -248,16 +290,13 @@ impl Store {
         if let Backend::Postgres(pg) = &self.backend {
             return pg.get(id).await;
         }
+        if let Backend::Sqlite(conn) = &self.backend {
+            if let Some(read) = get_without_waiting(conn, &id.0) {
+                return read;
+            }
+        }
         let id = id.0.clone();
-        self.with(move |c| {
-            // Every session's admission reads its request: keep the statement prepared.
-            let body: Option<String> = c
-                .prepare_cached("SELECT body FROM requests WHERE id = ?1")?
-                .query_row([id], |row| row.get(0))
-                .optional()?;
-            Ok(body.map(|b| serde_json::from_str(&b)).transpose()?)
-        })
-        .await
+        self.with(move |c| read_request(c, &id)).await
     }
 
     pub async fn list(&self, filter: RequestFilter) -> Result<Vec<Request>, StoreError> {

@@ -478,3 +478,84 @@ async fn config_check_reports_an_unreachable_store_and_a_newer_schema() {
     let newer = probe(url).await.expect("a problem");
     assert!(newer.contains("newer than this lockbox knows"), "{newer}");
 }
+
+/// A login's read of its request runs on its own task when the connection is free, and
+/// leaves the connection with its timeout for the writes after it (SQLite's lock timeout is
+/// the connection's: the read runs with none, so that it never waits on the runtime).
+#[tokio::test]
+async fn a_request_read_without_waiting_leaves_the_lock_timeout_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state.db")).expect("sqlite");
+    let stored = request("req-free", "eve", RequestStatus::Pending);
+    store.insert(&stored).await.expect("insert");
+    let Backend::Sqlite(conn) = &store.backend else {
+        panic!("a SQLite store")
+    };
+    let read = get_without_waiting(conn, "req-free").expect("read without waiting");
+    assert_eq!(read.expect("read").map(|r| r.id), Some(stored.id));
+    assert!(matches!(
+        get_without_waiting(conn, "req-none"),
+        Some(Ok(None))
+    ));
+    let timeout: i64 = conn
+        .lock()
+        .expect("connection")
+        .query_row("PRAGMA busy_timeout", [], |row| row.get(0))
+        .expect("busy_timeout");
+    assert_eq!(timeout as u128, BUSY_TIMEOUT.as_millis());
+}
+
+#[test]
+fn only_a_lock_in_the_way_sends_a_read_off_the_runtime() {
+    let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+    assert!(is_busy(&failure(rusqlite::ffi::SQLITE_BUSY)));
+    assert!(is_busy(&failure(rusqlite::ffi::SQLITE_LOCKED)));
+    assert!(!is_busy(&failure(rusqlite::ffi::SQLITE_CORRUPT)));
+    assert!(!is_busy(&rusqlite::Error::QueryReturnedNoRows));
+}
+
+/// While another thread uses the connection, a read does not wait for it on the runtime:
+/// on a one-thread runtime, the task that lets the connection go must still run. (Were the
+/// read to wait for the connection there, nothing would ever let it go: the runtime runs
+/// on its own thread so that this test fails rather than hangs.)
+#[test]
+fn a_read_while_the_connection_is_in_use_leaves_the_runtime_free() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.db");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let read = runtime.block_on(async move {
+            let store = Store::open(&path).expect("sqlite");
+            let stored = request("req-busy", "eve", RequestStatus::Pending);
+            store.insert(&stored).await.expect("insert");
+            let Backend::Sqlite(conn) = &store.backend else {
+                panic!("a SQLite store")
+            };
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+            let conn = conn.clone();
+            let holder = std::thread::spawn(move || {
+                let _in_use = conn.lock().expect("connection");
+                held_tx.send(()).expect("held");
+                let _ = release_rx.recv();
+            });
+            held_rx.recv().expect("the connection is in use");
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                let _ = release_tx.send(());
+            });
+            let read = store.get(&stored.id).await;
+            holder.join().expect("holder");
+            read.map(|r| r.map(|r| r.id == stored.id))
+        });
+        let _ = done_tx.send(read);
+    });
+    let read = done_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the read waited for the connection on the runtime (it never let go)");
+    assert!(matches!(read, Ok(Some(true))), "{read:?}");
+}
