@@ -40,7 +40,7 @@ read -ra CLIENT_COUNTS <<<"$(bench_list "${2:-${BENCH_CLIENTS:-1,8,64}}")"
 ROUNDS=${3:-${BENCH_ROUNDS:-3}}
 PROTOCOL=${BENCH_PROTOCOL:-simple}
 CONNECT_FLAG=()
-[ "${BENCH_CONNECT:-0}" = 1 ] && CONNECT_FLAG=(-C)
+if [ "${BENCH_CONNECT:-0}" = 1 ]; then CONNECT_FLAG=(-C); fi
 read -ra TARGETS <<<"$(bench_list "${BENCH_TARGETS:-direct,pgbouncer,pgbouncer-tls,lockbox-fsync,lockbox-write,lockbox-write-tls}")"
 
 bench_start_pgbench_targets "${BENCH_SCALE:-10}"
@@ -112,7 +112,7 @@ run() {
             -- sleep "$SECONDS_PER_RUN" >/dev/null 2>&1 &
         tracer=$!
     fi
-    if out=$(bench_on "$target" -- "$PGBENCH" -n -S "${CONNECT_FLAG[@]}" -M "$PROTOCOL" -c "$clients" -j "$threads" -T "$SECONDS_PER_RUN" 2>"$BENCH_WORK/pgbench.err"); then
+    if out=$(bench_on "$target" -- "$PGBENCH" -n -S ${CONNECT_FLAG[@]+"${CONNECT_FLAG[@]}"} -M "$PROTOCOL" -c "$clients" -j "$threads" -T "$SECONDS_PER_RUN" 2>"$BENCH_WORK/pgbench.err"); then
         tps=$(echo "$out" | sed -nE 's/^tps = ([0-9.]+) .*/\1/p' | head -1)
     else
         bench_log "pgbench on $target ($clients clients) failed: $(tail -3 "$BENCH_WORK/pgbench.err")"
@@ -135,14 +135,14 @@ run() {
 
 bench_log "warming up each target (and checking it answers)"
 for target in "${TARGETS[@]}"; do
-    bench_on "$target" -- "$PGBENCH" -n -S "${CONNECT_FLAG[@]}" -M "$PROTOCOL" -c 1 -t 200 >/dev/null 2>"$BENCH_WORK/pgbench.err" ||
+    bench_on "$target" -- "$PGBENCH" -n -S ${CONNECT_FLAG[@]+"${CONNECT_FLAG[@]}"} -M "$PROTOCOL" -c 1 -t 200 >/dev/null 2>"$BENCH_WORK/pgbench.err" ||
         bench_die "pgbench against $target failed: $(tail -3 "$BENCH_WORK/pgbench.err")"
 done
 
 bench_each_run
 
 echo
-echo "pgbench -S ${CONNECT_FLAG[*]} -M $PROTOCOL, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $(bench_cores)"
+echo "pgbench -S${CONNECT_FLAG[*]:+ ${CONNECT_FLAG[*]}} -M $PROTOCOL, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $(bench_cores)"
 echo "per transaction: proxy us = the proxy's CPU time (every thread, user + system); proxy cs = its"
 echo "threads' context switches; machine us / cs = the same for the whole machine (pgbench, PostgreSQL,"
 echo "the proxy); steal % = the share of the run's CPU time the hypervisor gave elsewhere (runs with"

@@ -121,7 +121,10 @@ fn get_without_waiting(
 ) -> Option<Result<Option<Request>, StoreError>> {
     let c = conn.try_lock().ok()?;
     c.busy_timeout(std::time::Duration::ZERO).ok()?;
-    let read = read_request(&c, id);
+    // On a blocking thread a panic was the join's error; here it would unwind the caller
+    // (the revocation follower, say) and poison the connection: it stays an error.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_request(&c, id)))
+        .unwrap_or_else(|_| Err(StoreError::Worker("reading a request panicked".into())));
     // A connection left without its timeout would fail every write that meets a lock:
     // that failure is this read's answer, rather than a later surprise.
     if let Err(e) = c.busy_timeout(BUSY_TIMEOUT) {

@@ -505,6 +505,32 @@ async fn a_request_read_without_waiting_leaves_the_lock_timeout_as_it_was() {
     assert_eq!(timeout as u128, BUSY_TIMEOUT.as_millis());
 }
 
+/// An unreadable request read without waiting is an error, as it is off the runtime: never
+/// "not found", and not sent the other way to be read again.
+#[tokio::test]
+async fn an_unreadable_request_read_without_waiting_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state.db")).expect("sqlite");
+    let Backend::Sqlite(conn) = &store.backend else {
+        panic!("a SQLite store")
+    };
+    conn.lock()
+        .expect("connection")
+        .execute(
+            "INSERT INTO requests (id, status, engineer, database, created_at, body) \
+             VALUES ('req-bad', 'approved', 'eve', 'sales', 0, '{not json')",
+            [],
+        )
+        .expect("insert");
+    let read = get_without_waiting(conn, "req-bad");
+    assert!(
+        matches!(read, Some(Err(StoreError::Corrupt(_)))),
+        "{read:?}"
+    );
+    let read = store.get(&RequestId("req-bad".into())).await;
+    assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
+}
+
 #[test]
 fn only_a_lock_in_the_way_sends_a_read_off_the_runtime() {
     let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
