@@ -91,6 +91,9 @@ fn rule_index(rule: &str) -> usize {
 /// Why the proxy ended a session on its own.
 const DROPS: [&str; 4] = ["expired", "revoked", "shutdown", "killed"];
 
+/// What became of an upstream connection dialed before its login was done.
+const EARLY_DIALS: [&str; 2] = ["used", "unused"];
+
 /// Why a connection was refused before or at login.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -204,6 +207,8 @@ pub(crate) struct Metrics {
     refused: [AtomicU64; REFUSED.len()],
     /// Failed logins not written one by one (rate-limited into summary records).
     failed_logins_unrecorded: AtomicU64,
+    /// Upstream dials started during a login: used by it, or closed unused.
+    early_dials: [AtomicU64; EARLY_DIALS.len()],
     /// API calls by status class (1xx … 5xx).
     api_calls: [AtomicU64; 5],
     /// Time from an `append_durable` call until its records are durable.
@@ -225,6 +230,7 @@ impl Default for Metrics {
             drops: Default::default(),
             refused: Default::default(),
             failed_logins_unrecorded: AtomicU64::new(0),
+            early_dials: Default::default(),
             api_calls: Default::default(),
             append_latency: Histogram::new(&LATENCY_US),
             fsync_batch: Histogram::new(&BATCH),
@@ -286,6 +292,18 @@ impl Metrics {
         inc(&self.failed_logins_unrecorded);
     }
 
+    /// An upstream connection dialed during a login was used by it (`true`) or closed
+    /// without a byte sent (`false`).
+    pub(crate) fn early_dial(&self, used: bool) {
+        inc(&self.early_dials[usize::from(!used)]);
+    }
+
+    /// Early dials (used, unused) so far.
+    #[cfg(test)]
+    pub(crate) fn early_dials(&self) -> (u64, u64) {
+        (load(&self.early_dials[0]), load(&self.early_dials[1]))
+    }
+
     pub(crate) fn api_call(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         inc(&self.api_calls[class]);
@@ -345,6 +363,15 @@ impl Metrics {
             "reason",
             &DROPS,
             &self.drops,
+        );
+        labelled(
+            o,
+            "lockbox_upstream_early_dials_total",
+            "counter",
+            "Upstream connections dialed while their login was still being checked, by what became of them.",
+            "outcome",
+            &EARLY_DIALS,
+            &self.early_dials,
         );
         family(o, "lockbox_failed_logins_unrecorded_total", "counter", "Failed logins past the per-source limit, counted in summary records instead of one record each.");
         sample(

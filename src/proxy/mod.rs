@@ -8,6 +8,7 @@
 //! outlives its session is terminated).
 
 mod aftermath;
+mod early_dial;
 mod gate;
 #[cfg(test)]
 mod gate_attack_11;

@@ -91,6 +91,8 @@ pub struct Registry {
     pub(crate) gate: super::gate::Gate,
     /// Connections that have not sent their token yet, per source.
     pub(crate) preauth: super::preauth::PreAuth,
+    /// Sources admitted lately, whose logins are dialed upstream at their startup packet.
+    pub(crate) trusted: super::early_dial::TrustedSources,
 }
 
 impl Registry {

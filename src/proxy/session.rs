@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::aftermath::Aftermath;
+use super::early_dial::EarlyDial;
 use super::negotiate::{self, NegotiationError, Opened};
 use super::preauth;
 use super::reaper::Reaper;
@@ -144,6 +145,9 @@ pub async fn serve(
             return None;
         }
     };
+    // A source admitted lately has its upstream dialed now, to overlap the database's
+    // connection setup with the rest of the login (see `early_dial`).
+    let mut early = login::dial_if_trusted(&proxy, peer, &startup);
     let presented = tokio::select! {
         token = tokio::time::timeout_at(
             deadline,
@@ -158,7 +162,7 @@ pub async fn serve(
     let login = match presented {
         Ok(Ok((claimed, token))) => tokio::time::timeout(
             LOGIN_TIMEOUT,
-            admit_token(&proxy, &id, peer, claimed, &token),
+            admit_token(&proxy, &id, peer, claimed, &token, &mut early),
         )
         .await
         .unwrap_or_else(|_| {
@@ -178,6 +182,9 @@ pub async fn serve(
     let (admission, claimed, kill) = match login {
         Ok(done) => done,
         Err(e) => {
+            // Closed before the client is told: nothing of a login went up on it.
+            drop(early);
+            proxy.registry.trusted.lose(peer.ip());
             proxy.registry.unregister(&id);
             if e.audited && proxy.failed_login(peer.ip()) {
                 audit_auth_failure(&proxy, &id, peer, &startup, &e.message);
@@ -203,6 +210,7 @@ pub async fn serve(
         &startup,
         cbuf,
         kill,
+        early,
     )
     .await;
     // Every way out of a session, early ones included, ends its registration.
@@ -298,6 +306,7 @@ async fn run_admitted(
     startup: &Startup,
     cbuf: BytesMut,
     kill: KillSwitch,
+    early: Option<EarlyDial>,
 ) -> Aftermath {
     let lockbox = &proxy.lockbox;
     let config = lockbox.config();
@@ -321,7 +330,7 @@ async fn run_admitted(
         passed.push(("statement_timeout".into(), ms.to_string()));
     }
     let (mut upstream, login) =
-        match connect_upstream(lockbox, db, &admission.request, &passed).await {
+        match connect_upstream(lockbox, db, &admission.request, &passed, early).await {
             Ok(connected) => connected,
             Err((code, message)) => {
                 send_fatal(&mut stream, code, message).await;
@@ -388,6 +397,7 @@ async fn run_admitted(
         return Aftermath::default();
     }
     proxy.registry.admitted(&id, fields.clone());
+    proxy.registry.trusted.earn(peer.ip());
     let cancel_key = proxy.registry.issue_cancel_key(CancelTarget {
         host: db.host.clone(),
         port: db.port,
@@ -519,6 +529,7 @@ async fn connect_upstream(
     db: &crate::config::Database,
     request: &crate::policy::Request,
     params: &[(String, String)],
+    mut early: Option<EarlyDial>,
 ) -> Result<(upstream::Upstream, crate::provision::Login), (&'static str, &'static str)> {
     let unreachable = (
         sqlstate::CONNECTION_FAILURE,
@@ -557,7 +568,11 @@ async fn connect_upstream(
                 ));
             }
         };
-        match upstream::connect(db, &login.credentials, request.access, params).await {
+        let connected = match early.take() {
+            Some(dial) => login_on_early_dial(dial, db, &login, request, params).await,
+            None => upstream::connect(db, &login.credentials, request.access, params).await,
+        };
+        match connected {
             Ok(u) => return Ok((u, login)),
             Err(upstream::UpstreamError::Rejected { sqlstate, .. })
                 if login.per_grant && attempt == 0 && sqlstate == "28P01" =>
@@ -574,6 +589,31 @@ async fn connect_upstream(
         }
     }
     Err(unreachable)
+}
+
+/// Logs in on a connection dialed during the login. One the server has closed meanwhile
+/// (its own login timeout, a restart) or that could not be dialed is dialed again: the
+/// early dial saves time, it never costs a login.
+async fn login_on_early_dial(
+    dial: EarlyDial,
+    db: &crate::config::Database,
+    login: &crate::provision::Login,
+    request: &crate::policy::Request,
+    params: &[(String, String)],
+) -> Result<upstream::Upstream, upstream::UpstreamError> {
+    let early = match dial.stream().await {
+        Ok(stream) => {
+            upstream::login_on(stream, db, &login.credentials, request.access, params).await
+        }
+        Err(e) => Err(e),
+    };
+    match early {
+        Err(e) if !matches!(e, upstream::UpstreamError::Rejected { .. }) => {
+            tracing::debug!(error = %e, "early upstream dial unusable; dialing again");
+            upstream::connect(db, &login.credentials, request.access, params).await
+        }
+        done => done,
+    }
 }
 
 /// The session's monotonic deadline: wall-clock remaining, counted on the monotonic clock.

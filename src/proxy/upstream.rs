@@ -107,10 +107,46 @@ pub async fn connect(
     access: AccessLevel,
     params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
-    let addr = format!("{}:{}", db.host, db.port);
+    let stream = dial(&DialTarget::of(db)).await?;
+    login_on(stream, db, credentials, access, params).await
+}
+
+/// What a dial needs of a database, owned: a login's dial runs as a task of its own
+/// (see `early_dial`).
+#[derive(Clone)]
+pub(crate) struct DialTarget {
+    host: String,
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl DialTarget {
+    pub(crate) fn of(db: &Database) -> DialTarget {
+        DialTarget {
+            host: db.host.clone(),
+            port: db.port,
+            tls: db.tls_client.clone(),
+        }
+    }
+
+    /// A plaintext database on the loopback interface.
+    #[cfg(test)]
+    pub(crate) fn loopback(port: u16) -> DialTarget {
+        DialTarget {
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+        }
+    }
+}
+
+/// The connection to a database, TLS negotiated when it is configured, and not a byte of
+/// a login sent: a server closed now sees a connection that never said anything.
+pub(crate) async fn dial(target: &DialTarget) -> Result<BoxStream, UpstreamError> {
+    let addr = format!("{}:{}", target.host, target.port);
     let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        TcpStream::connect((db.host.as_str(), db.port)),
+        TcpStream::connect((target.host.as_str(), target.port)),
     )
     .await
     .map_err(|_| UpstreamError::Timeout(addr.clone()))?
@@ -122,14 +158,25 @@ pub async fn connect(
     // The TLS negotiation shares the login's bound: a stalled server (SIGSTOP, a hung host)
     // still completes the TCP handshake from the kernel's backlog, then never answers the
     // SSLRequest, and admission would wait for ever.
-    let stream = match &db.tls_client {
-        None => Box::new(tcp) as BoxStream,
-        Some(config) => {
-            tokio::time::timeout(CONNECT_TIMEOUT, start_tls(tcp, &db.host, config.clone()))
-                .await
-                .map_err(|_| UpstreamError::Timeout(addr.clone()))??
-        }
-    };
+    match &target.tls {
+        None => Ok(Box::new(tcp) as BoxStream),
+        Some(config) => tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            start_tls(tcp, &target.host, config.clone()),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout(addr))?,
+    }
+}
+
+/// Logs in on a dialed `stream` to `db` as `credentials`: see [`connect`].
+pub(crate) async fn login_on(
+    stream: BoxStream,
+    db: &Database,
+    credentials: &Credentials,
+    access: AccessLevel,
+    params: &[(String, String)],
+) -> Result<Upstream, UpstreamError> {
     let mut params = params.to_vec();
     // The proxy splits query strings as a server with these settings does; pinning them
     // keeps a role or database default from making the two readings differ.
@@ -146,7 +193,7 @@ pub async fn connect(
         login(stream, &db.dbname, credentials, &params),
     )
     .await
-    .map_err(|_| UpstreamError::Timeout(addr))?
+    .map_err(|_| UpstreamError::Timeout(format!("{}:{}", db.host, db.port)))?
 }
 
 async fn start_tls(

@@ -41,6 +41,7 @@ mod copy_gate;
 mod copy_sync;
 mod demo;
 mod deny_drop;
+mod early_dial;
 mod ending;
 mod engineer;
 mod expiry_notices;

@@ -12,8 +12,10 @@ use super::{
 };
 use crate::ids::{RequestId, SessionId};
 use crate::policy::Admission;
+use crate::proxy::early_dial::EarlyDial;
 use crate::proxy::preauth;
 use crate::proxy::stream::BoxStream;
+use crate::proxy::upstream::DialTarget;
 use crate::proxy::Proxy;
 use crate::service::AdmitError;
 use crate::wire::{self, sqlstate, Startup};
@@ -70,11 +72,17 @@ pub(super) async fn admit_token(
     peer: SocketAddr,
     claimed: Claimed,
     token: &str,
+    early: &mut Option<EarlyDial>,
 ) -> Result<(Admission, Claimed, KillSwitch), LoginError> {
     let claims = match proxy.lockbox.tokens.verify(token) {
         Ok(claims) => claims,
         Err(e) => return Err(refused_token(proxy, peer, &e)),
     };
+    // Only lockbox mints a token that verifies: its upstream is dialed while the store
+    // says whether it is admitted.
+    if early.is_none() {
+        *early = dial_for(proxy, peer, &claimed.database);
+    }
     // Registered before the store is read: a revocation from here on reaches this session
     // even while it is still logging in upstream.
     let kill = proxy.registry.register(id, &RequestId(claims.rid.clone()));
@@ -97,6 +105,30 @@ pub(super) async fn admit_token(
             }
         })?;
     Ok((admission, claimed, kill))
+}
+
+/// A connection from a source admitted lately (see `early_dial`) has its upstream dialed
+/// at its startup packet.
+pub(super) fn dial_if_trusted(
+    proxy: &Proxy,
+    peer: SocketAddr,
+    startup: &Startup,
+) -> Option<EarlyDial> {
+    if !proxy.registry.trusted.holds(peer.ip()) {
+        return None;
+    }
+    dial_for(proxy, peer, startup.get("database")?)
+}
+
+/// Starts dialing the upstream of `database`, when the proxy serves it.
+fn dial_for(proxy: &Proxy, peer: SocketAddr, database: &str) -> Option<EarlyDial> {
+    let target = DialTarget::of(proxy.lockbox.config().databases.get(database)?);
+    Some(EarlyDial::start(
+        target,
+        peer.ip(),
+        proxy.registry.clone(),
+        proxy.lockbox.audit.metrics().clone(),
+    ))
 }
 
 /// The error for a token that does not verify: 08004 (counted, not audited one by one)

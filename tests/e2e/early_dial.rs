@@ -1,0 +1,105 @@
+//! A login's upstream dial overlaps the login (`src/proxy/early_dial.rs`): a source
+//! admitted lately is dialed at its startup packet; one never admitted only once its token
+//! verifies; an abandoned or failed login costs its source that head start until it is
+//! admitted again. Counted in `lockbox_upstream_early_dials_total`.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use crate::harness::{message, metric, startup_packet, Env, Raw};
+
+async fn dials(env: &Env, outcome: &str) -> f64 {
+    metric(
+        env,
+        &format!("lockbox_upstream_early_dials_total{{outcome=\"{outcome}\"}}"),
+    )
+    .await
+}
+
+async fn wait_for_dials(env: &Env, outcome: &str, want: f64) {
+    for _ in 0..100 {
+        if dials(env, outcome).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{outcome} early dials never reached {want}: {}",
+        dials(env, outcome).await
+    );
+}
+
+/// A connection that sends its startup packet, reads the password request, and leaves.
+async fn abandon_login(env: &Env) {
+    let mut raw = Raw::connect(env.proxy_port()).await;
+    raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
+        .await;
+    let mut request = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), raw.stream.read_exact(&mut request))
+        .await
+        .expect("the password request in time")
+        .expect("read");
+    assert_eq!(request[0], b'R', "{request:?}");
+}
+
+/// A login with a token that does not verify, its refusal read back.
+async fn refused_login(env: &Env) {
+    let mut raw = Raw::connect(env.proxy_port()).await;
+    raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
+        .await;
+    raw.send(&message(b'p', b"not-a-token\0")).await;
+    let answer = raw.read_to_close().await;
+    assert!(
+        answer.windows(5).any(|w| w == b"28P01"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_never_admitted_is_dialed_only_once_its_token_verifies() {
+    let env = Env::start("early_dial_untrusted").await;
+    refused_login(&env).await;
+    abandon_login(&env).await;
+    let (_id, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    client.simple_query("SELECT 1").await.expect("select");
+    // The admitted login's dial (started after its token verified) was its upstream; the
+    // refused and the abandoned ones dialed nothing.
+    assert_eq!(dials(&env, "used").await, 1.0);
+    assert_eq!(dials(&env, "unused").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admitted_source_is_dialed_at_its_startup_and_loses_that_when_it_abandons_a_login() {
+    let env = Env::start("early_dial_trusted").await;
+    let (_id, token) = env.approved_token("eve", "1h").await;
+    let (first, _conn) = env.connect("eve", &token).await.expect("login");
+    first.simple_query("SELECT 1").await.expect("select");
+    assert_eq!(dials(&env, "used").await, 1.0);
+
+    // Admitted: the next connection is dialed at its startup packet, so leaving before
+    // the token leaves a dial unused (closed with nothing sent).
+    abandon_login(&env).await;
+    wait_for_dials(&env, "unused", 1.0).await;
+
+    // That cost the source its head start: neither a refused nor an abandoned login
+    // dials again.
+    refused_login(&env).await;
+    abandon_login(&env).await;
+    let (second, _conn) = env.connect("eve", &token).await.expect("login");
+    second.simple_query("SELECT 1").await.expect("select");
+    assert_eq!(dials(&env, "used").await, 2.0);
+    assert_eq!(dials(&env, "unused").await, 1.0);
+
+    // Admitted again, so trusted again; a refused login is a failure too.
+    refused_login(&env).await;
+    wait_for_dials(&env, "unused", 2.0).await;
+
+    // Sessions on an early dial work as any other: statements, their records.
+    let (third, _conn) = env.connect("eve", &token).await.expect("login");
+    let rows = third.simple_query("SELECT 40 + 2").await.expect("select");
+    assert!(format!("{rows:?}").contains("42"), "{rows:?}");
+    assert_eq!(dials(&env, "used").await, 3.0);
+}
