@@ -51,6 +51,7 @@ async fn bench() -> Result<(), Box<dyn std::error::Error>> {
             allow_plaintext_loopback: true,
             proxy_ca: false,
             timings: "",
+            proxy_extra: "",
             audit_durability: "fsync",
         },
     )?;

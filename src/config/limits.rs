@@ -1,7 +1,8 @@
-//! `[proxy] max_connections`, `failed_login_limit` and `failed_login_window`.
+//! `[proxy] max_connections`, `failed_login_limit`, `failed_login_window` and
+//! `early_dial`.
 
 use super::{invalid, parse_duration, ConfigError, ProxyFile};
-use crate::proxy::ConnectionLimits;
+use crate::proxy::{ConnectionLimits, EarlyDialPolicy};
 
 /// A cap well above what one proxy serves, so a flood of connections (each a task, a
 /// socket and maybe a TLS handshake) cannot exhaust the process.
@@ -33,6 +34,18 @@ pub(super) fn validate(proxy: &ProxyFile) -> Result<ConnectionLimits, ConfigErro
     })
 }
 
+pub(super) fn early_dial(proxy: &ProxyFile) -> Result<EarlyDialPolicy, ConfigError> {
+    match proxy.early_dial.as_deref() {
+        None | Some("trusted") => Ok(EarlyDialPolicy::Trusted),
+        Some("verified") => Ok(EarlyDialPolicy::Verified),
+        Some("off") => Ok(EarlyDialPolicy::Off),
+        Some(other) => Err(invalid(
+            "proxy.early_dial",
+            format!("\"{other}\" is not one of \"trusted\", \"verified\", \"off\""),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -41,6 +54,31 @@ mod tests {
         let text = format!("listen = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n{extra}");
         let file: ProxyFile = toml::from_str(&text).map_err(|e| e.to_string())?;
         validate(&file).map_err(|e| e.to_string())
+    }
+
+    fn early(extra: &str) -> Result<EarlyDialPolicy, String> {
+        let text = format!("listen = \"127.0.0.1:6432\"\n{extra}");
+        let file: ProxyFile = toml::from_str(&text).map_err(|e| e.to_string())?;
+        early_dial(&file).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn early_dial_defaults_to_trusted_and_names_its_key_when_wrong() {
+        assert_eq!(early(""), Ok(EarlyDialPolicy::Trusted));
+        assert_eq!(
+            early("early_dial = \"trusted\""),
+            Ok(EarlyDialPolicy::Trusted)
+        );
+        assert_eq!(
+            early("early_dial = \"verified\""),
+            Ok(EarlyDialPolicy::Verified)
+        );
+        assert_eq!(early("early_dial = \"off\""), Ok(EarlyDialPolicy::Off));
+        let wrong = early("early_dial = \"always\"").expect_err("not a policy");
+        assert!(
+            wrong.contains("proxy.early_dial") && wrong.contains("always"),
+            "{wrong}"
+        );
     }
 
     #[test]

@@ -140,6 +140,10 @@ pub struct ProxyFile {
     pub failed_login_limit: Option<u32>,
     /// The failed-login window, e.g. `"1m"` (the default).
     pub failed_login_window: Option<String>,
+    /// When a login's upstream is dialed: `"trusted"` (the default: at the startup packet
+    /// for a source admitted in the last 10 minutes, else once the token verifies),
+    /// `"verified"` (once the token verifies) or `"off"` (once the login is admitted).
+    pub early_dial: Option<String>,
     /// Host name engineers connect to (given out with tokens); the listen address by default.
     pub public_host: Option<String>,
     /// Port engineers connect to (given out with tokens); the listen port by default.
@@ -351,6 +355,8 @@ pub struct Config {
     pub max_message_size: usize,
     /// `[proxy] max_connections` and the failed-login limit.
     pub connection_limits: crate::proxy::ConnectionLimits,
+    /// `[proxy] early_dial`.
+    pub early_dial: crate::proxy::EarlyDialPolicy,
     pub state_path: PathBuf,
     /// `[state] url`: the shared PostgreSQL state store (SQLite at `state_path` when absent).
     pub state_postgres: Option<StatePostgres>,
@@ -563,6 +569,7 @@ impl Config {
             allow_plaintext_loopback: file.proxy.allow_plaintext_loopback,
             max_message_size,
             connection_limits,
+            early_dial: limits::early_dial(&file.proxy)?,
             state_path,
             state_postgres,
             node_id,

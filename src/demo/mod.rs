@@ -152,6 +152,7 @@ async fn demo(held: &mut interrupt::Held, options: &DemoOptions) -> Result<()> {
             // Like production: tokens only over TLS, verified against the deployment's CA.
             allow_plaintext_loopback: false,
             proxy_ca: true,
+            proxy_extra: "",
             timings: "request_ttl = \"12h\"\ndefault_access = \"8h\"\nmax_access = \"24h\"",
             audit_durability: &options.audit_durability,
         },

@@ -25,6 +25,18 @@ use super::stream::BoxStream;
 use super::upstream::{self, DialTarget, UpstreamError};
 use crate::metrics::Metrics;
 
+/// `[proxy] early_dial`: when a login's upstream is dialed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EarlyDialPolicy {
+    /// At the startup packet for a trusted source, else once the token verifies.
+    #[default]
+    Trusted,
+    /// Once the token's signature verifies, for every source.
+    Verified,
+    /// Once the login is admitted (no dial before it).
+    Off,
+}
+
 /// How long an admission keeps its source trusted to have connections dialed at their
 /// startup packet.
 pub(crate) const TRUST_FOR: Duration = Duration::from_secs(600);

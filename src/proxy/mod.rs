@@ -37,6 +37,7 @@ use tokio::task::{JoinError, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
+pub use early_dial::EarlyDialPolicy;
 pub use gate::Limits as ConnectionLimits;
 pub use registry::{DropReason, Registry, SessionInfo};
 pub(crate) use relay::inspect_client_bytes;

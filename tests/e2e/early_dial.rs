@@ -103,3 +103,43 @@ async fn an_admitted_source_is_dialed_at_its_startup_and_loses_that_when_it_aban
     assert!(format!("{rows:?}").contains("42"), "{rows:?}");
     assert_eq!(dials(&env, "used").await, 3.0);
 }
+
+async fn with_policy(name: &str, policy: &'static str) -> Env {
+    Env::with(
+        name,
+        crate::harness::Options {
+            proxy_extra: policy,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn early_dial_verified_never_dials_at_the_startup_packet() {
+    let env = with_policy("early_dial_verified", "early_dial = \"verified\"").await;
+    let (_id, token) = env.approved_token("eve", "1h").await;
+    let (first, _conn) = env.connect("eve", &token).await.expect("login");
+    first.simple_query("SELECT 1").await.expect("select");
+    assert_eq!(
+        dials(&env, "used").await,
+        1.0,
+        "dialed once the token verified"
+    );
+    // Admitted, yet a login refused for its token dialed nothing.
+    refused_login(&env).await;
+    assert_eq!(dials(&env, "unused").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn early_dial_off_dials_after_admission_only() {
+    let env = with_policy("early_dial_off", "early_dial = \"off\"").await;
+    let (_id, token) = env.approved_token("eve", "1h").await;
+    for _ in 0..2 {
+        let (client, _conn) = env.connect("eve", &token).await.expect("login");
+        client.simple_query("SELECT 1").await.expect("select");
+    }
+    refused_login(&env).await;
+    assert_eq!(dials(&env, "used").await, 0.0);
+    assert_eq!(dials(&env, "unused").await, 0.0);
+}

@@ -68,6 +68,8 @@ pub fn create_roles(pg: &PgSandbox) {
 pub struct Options {
     pub plaintext: bool,
     pub timings: &'static str,
+    /// More `[proxy]` keys.
+    pub proxy_extra: &'static str,
     pub upstream_user: &'static str,
     pub upstream_password: &'static str,
     pub guardrails: &'static str,
@@ -98,6 +100,7 @@ impl Default for Options {
         Options {
             plaintext: true,
             timings: "",
+            proxy_extra: "",
             upstream_user: SERVICE_ROLE,
             upstream_password: SERVICE_PASSWORD,
             guardrails: "",
@@ -225,6 +228,7 @@ impl Env {
                 allow_plaintext_loopback: options.plaintext,
                 proxy_ca: false,
                 timings: options.timings,
+                proxy_extra: options.proxy_extra,
                 audit_durability: options.audit_durability,
             },
         )

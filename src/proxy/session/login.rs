@@ -12,7 +12,7 @@ use super::{
 };
 use crate::ids::{RequestId, SessionId};
 use crate::policy::Admission;
-use crate::proxy::early_dial::EarlyDial;
+use crate::proxy::early_dial::{EarlyDial, EarlyDialPolicy};
 use crate::proxy::preauth;
 use crate::proxy::stream::BoxStream;
 use crate::proxy::upstream::DialTarget;
@@ -80,7 +80,7 @@ pub(super) async fn admit_token(
     };
     // Only lockbox mints a token that verifies: its upstream is dialed while the store
     // says whether it is admitted.
-    if early.is_none() {
+    if early.is_none() && proxy.lockbox.config().early_dial != EarlyDialPolicy::Off {
         *early = dial_for(proxy, peer, &claimed.database);
     }
     // Registered before the store is read: a revocation from here on reaches this session
@@ -114,7 +114,9 @@ pub(super) fn dial_if_trusted(
     peer: SocketAddr,
     startup: &Startup,
 ) -> Option<EarlyDial> {
-    if !proxy.registry.trusted.holds(peer.ip()) {
+    if proxy.lockbox.config().early_dial != EarlyDialPolicy::Trusted
+        || !proxy.registry.trusted.holds(peer.ip())
+    {
         return None;
     }
     dial_for(proxy, peer, startup.get("database")?)
