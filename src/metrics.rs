@@ -92,7 +92,20 @@ fn rule_index(rule: &str) -> usize {
 const DROPS: [&str; 4] = ["expired", "revoked", "shutdown", "killed"];
 
 /// What became of an upstream connection dialed before its login was done.
-const EARLY_DIALS: [&str; 2] = ["used", "unused"];
+const EARLY_DIALS: [&str; 4] = ["used", "unused", "failed", "stale"];
+
+/// What became of an early dial (see `proxy::early_dial`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EarlyDialOutcome {
+    /// Its connection was handed to the login.
+    Used = 0,
+    /// Closed with nothing sent: the login failed or was given up.
+    Unused = 1,
+    /// The dial failed (the login dialed again).
+    Failed = 2,
+    /// The database was configured differently by the time of the login (dialed again).
+    Stale = 3,
+}
 
 /// Why a connection was refused before or at login.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,16 +305,14 @@ impl Metrics {
         inc(&self.failed_logins_unrecorded);
     }
 
-    /// An upstream connection dialed during a login was used by it (`true`) or closed
-    /// without a byte sent (`false`).
-    pub(crate) fn early_dial(&self, used: bool) {
-        inc(&self.early_dials[usize::from(!used)]);
+    pub(crate) fn early_dial(&self, outcome: EarlyDialOutcome) {
+        inc(&self.early_dials[outcome as usize]);
     }
 
-    /// Early dials (used, unused) so far.
+    /// Early dials so far, by outcome.
     #[cfg(test)]
-    pub(crate) fn early_dials(&self) -> (u64, u64) {
-        (load(&self.early_dials[0]), load(&self.early_dials[1]))
+    pub(crate) fn early_dials(&self, outcome: EarlyDialOutcome) -> u64 {
+        load(&self.early_dials[outcome as usize])
     }
 
     pub(crate) fn api_call(&self, status: u16) {

@@ -4,14 +4,18 @@
 //! password round trip, the token check and admission; dialing earlier lets them overlap.
 //!
 //! Nothing of a login is sent on an early dial until admission holds: a dial whose login
-//! fails is closed without a byte, which PostgreSQL does not even log. What may start one:
-//! - a token whose signature verifies (only lockbox mints them): dialed while its request
-//!   is read from the store and admitted;
-//! - the startup packet of a *trusted* source: one admitted within [`TRUST_FOR`] that has
-//!   not failed or abandoned a login since. Each admission earns the trust; each failed
-//!   login, and each early dial left unused, loses it. So an address without a token makes
-//!   the database fork at most one backend per admission of that address, never one per
-//!   connection it opens.
+//! fails is closed without a byte of a login (PostgreSQL logs nothing for a plaintext
+//! connection that never spoke; an upstream TLS handshake cut short it may log). What may
+//! start one (`[proxy] early_dial`):
+//! - a token whose signature verifies (only lockbox mints them), for the user and database
+//!   it was minted for, from a source not past its failed-login limit: dialed while its
+//!   request is read from the store and admitted;
+//! - the startup packet of a *trusted* source, once it passed the startup checks: a source
+//!   admitted within [`TRUST_FOR`] that has not failed or abandoned a login since, with
+//!   fewer than [`MAX_IN_FLIGHT`] such dials open. Each admission earns the trust; each
+//!   failed login, and each early dial left unused, loses it. So an address without a valid
+//!   token makes the database fork at most [`MAX_IN_FLIGHT`] backends per admission of that
+//!   address, never one per connection it opens.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,7 +27,7 @@ use tokio::task::JoinHandle;
 use super::source::Source;
 use super::stream::BoxStream;
 use super::upstream::{self, DialTarget, UpstreamError};
-use crate::metrics::Metrics;
+use crate::metrics::{EarlyDialOutcome, Metrics};
 
 /// `[proxy] early_dial`: when a login's upstream is dialed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,19 +45,30 @@ pub enum EarlyDialPolicy {
 /// startup packet.
 pub(crate) const TRUST_FOR: Duration = Duration::from_secs(600);
 
+/// A trusted source's startup dials open at once (a client pool opening connections side
+/// by side); more wait for their token.
+pub(crate) const MAX_IN_FLIGHT: u32 = 2;
+
 /// Sources trusted at most; past it, new sources are not trusted until old trust lapses
 /// (they still get the dial after their token verifies).
 const MAX_TRUSTED: usize = 4096;
 
-/// Sources admitted lately, and when.
+/// A trusted source: when it was last admitted, and its startup dials not yet settled.
+#[derive(Clone, Copy)]
+struct Trust {
+    admitted: Instant,
+    in_flight: u32,
+}
+
+/// Sources admitted lately.
 #[derive(Default)]
 pub(crate) struct TrustedSources {
-    admitted: Mutex<HashMap<Source, Instant>>,
+    sources: Mutex<HashMap<Source, Trust>>,
 }
 
 impl TrustedSources {
-    fn admitted(&self) -> std::sync::MutexGuard<'_, HashMap<Source, Instant>> {
-        self.admitted.lock().unwrap_or_else(PoisonError::into_inner)
+    fn sources(&self) -> std::sync::MutexGuard<'_, HashMap<Source, Trust>> {
+        self.sources.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A login from `ip` was admitted.
@@ -63,77 +78,156 @@ impl TrustedSources {
 
     fn earn_at(&self, ip: IpAddr, now: Instant) {
         let source = Source::of(ip);
-        let mut admitted = self.admitted();
-        if admitted.len() >= MAX_TRUSTED && !admitted.contains_key(&source) {
-            admitted.retain(|_, at| now.saturating_duration_since(*at) < TRUST_FOR);
-            if admitted.len() >= MAX_TRUSTED {
+        let mut sources = self.sources();
+        if let Some(trust) = sources.get_mut(&source) {
+            trust.admitted = now;
+            return;
+        }
+        if sources.len() >= MAX_TRUSTED {
+            sources.retain(|_, t| {
+                t.in_flight > 0 || now.saturating_duration_since(t.admitted) < TRUST_FOR
+            });
+            if sources.len() >= MAX_TRUSTED {
                 return;
             }
         }
-        admitted.insert(source, now);
+        sources.insert(
+            source,
+            Trust {
+                admitted: now,
+                in_flight: 0,
+            },
+        );
     }
 
     /// A login from `ip` failed, or left its early dial unused.
     pub(crate) fn lose(&self, ip: IpAddr) {
-        self.admitted().remove(&Source::of(ip));
+        self.sources().remove(&Source::of(ip));
     }
 
-    /// Whether a connection from `ip` may be dialed at its startup packet.
-    pub(crate) fn holds(&self, ip: IpAddr) -> bool {
-        self.holds_at(ip, Instant::now())
+    /// Takes one of a trusted `ip`'s startup dials, if it is trusted and has one free; give
+    /// it back with [`Self::settled`] (or lose the trust).
+    pub(crate) fn claim(&self, ip: IpAddr) -> bool {
+        self.claim_at(ip, Instant::now())
     }
 
-    fn holds_at(&self, ip: IpAddr, now: Instant) -> bool {
-        self.admitted()
-            .get(&Source::of(ip))
-            .is_some_and(|at| now.saturating_duration_since(*at) < TRUST_FOR)
+    fn claim_at(&self, ip: IpAddr, now: Instant) -> bool {
+        match self.sources().get_mut(&Source::of(ip)) {
+            Some(trust)
+                if now.saturating_duration_since(trust.admitted) < TRUST_FOR
+                    && trust.in_flight < MAX_IN_FLIGHT =>
+            {
+                trust.in_flight += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A startup dial of `ip` was used by its login.
+    pub(crate) fn settled(&self, ip: IpAddr) {
+        if let Some(trust) = self.sources().get_mut(&Source::of(ip)) {
+            trust.in_flight = trust.in_flight.saturating_sub(1);
+        }
     }
 }
 
-/// A dial running as a task of its own. Dropped unused, it is aborted (its connection
-/// closed with nothing sent), counted, and its source loses its trust.
+/// A dial running as a task of its own. Dropped unused (the login failed, or was given
+/// up), it is aborted (its connection closed with nothing of a login sent), counted, and
+/// its source loses its trust.
 pub(crate) struct EarlyDial {
     task: Option<JoinHandle<Result<BoxStream, UpstreamError>>>,
+    target: DialTarget,
     source: IpAddr,
+    /// Started at the startup packet on the source's trust (one of its dials in flight).
+    on_trust: bool,
     registry: Arc<super::Registry>,
     metrics: Arc<Metrics>,
 }
 
 impl EarlyDial {
-    /// Starts dialing `target` for a login from `source`.
+    /// Starts dialing `target` for a login from `source`; `on_trust` when the source's
+    /// trust (a claimed dial) is what allowed it.
     pub(crate) fn start(
         target: DialTarget,
         source: IpAddr,
+        on_trust: bool,
         registry: Arc<super::Registry>,
         metrics: Arc<Metrics>,
     ) -> EarlyDial {
-        let task = tokio::spawn(async move { upstream::dial(&target).await });
+        let dialing = target.clone();
+        let task = tokio::spawn(async move { upstream::dial(&dialing).await });
         EarlyDial {
             task: Some(task),
+            target,
             source,
+            on_trust,
             registry,
             metrics,
         }
     }
 
-    /// The dialed connection, once it is there.
-    pub(crate) async fn stream(mut self) -> Result<BoxStream, UpstreamError> {
-        let Some(task) = self.task.take() else {
-            return Err(UpstreamError::Protocol("early dial taken twice".into()));
+    /// The dialed connection, for a login to `expected`. A dial to anywhere else (the
+    /// configuration was reloaded since it started) is closed unused and `Stale` returned:
+    /// the login dials afresh. Cancelled while it waits, the dial is dropped unused.
+    pub(crate) async fn stream(
+        mut self,
+        expected: &DialTarget,
+    ) -> Result<BoxStream, EarlyDialError> {
+        if &self.target != expected {
+            if let Some(task) = self.task.take() {
+                task.abort();
+            }
+            self.metrics.early_dial(EarlyDialOutcome::Stale);
+            self.settle();
+            return Err(EarlyDialError::Stale);
+        }
+        let Some(task) = self.task.as_mut() else {
+            return Err(EarlyDialError::Stale);
         };
-        self.metrics.early_dial(true);
-        match task.await {
-            Ok(dialed) => dialed,
-            Err(e) => Err(UpstreamError::Io(std::io::Error::other(e))),
+        let dialed = task.await;
+        self.task = None;
+        self.settle();
+        match dialed {
+            Ok(Ok(stream)) => {
+                self.metrics.early_dial(EarlyDialOutcome::Used);
+                Ok(stream)
+            }
+            Ok(Err(e)) => {
+                self.metrics.early_dial(EarlyDialOutcome::Failed);
+                Err(EarlyDialError::Dial(e))
+            }
+            Err(e) => {
+                self.metrics.early_dial(EarlyDialOutcome::Failed);
+                Err(EarlyDialError::Dial(UpstreamError::Io(
+                    std::io::Error::other(e),
+                )))
+            }
         }
     }
+
+    /// The source's claimed startup dial is given back.
+    fn settle(&mut self) {
+        if std::mem::take(&mut self.on_trust) {
+            self.registry.trusted.settled(self.source);
+        }
+    }
+}
+
+/// Why an early dial gave no connection to log in on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EarlyDialError {
+    #[error("the early dial went to a database configured differently since")]
+    Stale,
+    #[error(transparent)]
+    Dial(UpstreamError),
 }
 
 impl Drop for EarlyDial {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
-            self.metrics.early_dial(false);
+            self.metrics.early_dial(EarlyDialOutcome::Unused);
             self.registry.trusted.lose(self.source);
         }
     }

@@ -16,15 +16,36 @@ fn v4(last: u8) -> IpAddr {
 fn an_admission_earns_trust_for_a_while_and_a_failure_loses_it() {
     let trusted = TrustedSources::default();
     let now = Instant::now();
-    assert!(!trusted.holds_at(v4(1), now), "never admitted");
+    assert!(!trusted.claim_at(v4(1), now), "never admitted");
     trusted.earn_at(v4(1), now);
-    assert!(trusted.holds_at(v4(1), now + TRUST_FOR - Duration::from_secs(1)));
-    assert!(!trusted.holds_at(v4(2), now), "another address");
-    assert!(!trusted.holds_at(v4(1), now + TRUST_FOR), "lapsed");
+    assert!(!trusted.claim_at(v4(2), now), "another address");
+    assert!(!trusted.claim_at(v4(1), now + TRUST_FOR), "lapsed");
+    assert!(trusted.claim_at(v4(1), now + TRUST_FOR - Duration::from_secs(1)));
+    trusted.settled(v4(1));
     trusted.earn_at(v4(1), now + TRUST_FOR);
-    assert!(trusted.holds_at(v4(1), now + TRUST_FOR), "earned again");
+    assert!(trusted.claim_at(v4(1), now + TRUST_FOR), "earned again");
+    trusted.settled(v4(1));
     trusted.lose(v4(1));
-    assert!(!trusted.holds_at(v4(1), now + TRUST_FOR), "lost");
+    assert!(!trusted.claim_at(v4(1), now + TRUST_FOR), "lost");
+}
+
+#[test]
+fn a_trusted_source_has_a_bounded_number_of_startup_dials_at_once() {
+    let trusted = TrustedSources::default();
+    let now = Instant::now();
+    trusted.earn_at(v4(3), now);
+    for _ in 0..MAX_IN_FLIGHT {
+        assert!(trusted.claim_at(v4(3), now));
+    }
+    assert!(!trusted.claim_at(v4(3), now), "all its dials are in flight");
+    // Being admitted again does not free a dial still in flight.
+    trusted.earn_at(v4(3), now);
+    assert!(!trusted.claim_at(v4(3), now));
+    trusted.settled(v4(3));
+    assert!(
+        trusted.claim_at(v4(3), now),
+        "a used dial gives its place back"
+    );
 }
 
 #[test]
@@ -33,12 +54,18 @@ fn trust_is_per_host_an_ipv6_host_being_its_64() {
     let a: IpAddr = "2001:db8:1:2::10".parse().unwrap();
     let same_host: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
     let other_host: IpAddr = "2001:db8:1:3::10".parse().unwrap();
+    let mapped: IpAddr = "::ffff:10.0.0.4".parse().unwrap();
     trusted.earn(a);
-    assert!(trusted.holds(same_host));
-    assert!(!trusted.holds(other_host));
+    trusted.earn(mapped);
+    assert!(
+        trusted.claim(v4(4)),
+        "an IPv4-mapped address is its IPv4 host"
+    );
+    assert!(trusted.claim(same_host));
+    assert!(!trusted.claim(other_host));
     // A failure anywhere in the /64 loses the host's trust.
     trusted.lose(same_host);
-    assert!(!trusted.holds(a));
+    assert!(!trusted.claim(a));
 }
 
 #[test]
@@ -51,15 +78,16 @@ fn the_table_is_bounded_and_lapsed_trust_makes_room() {
     }
     let newcomer = host(MAX_TRUSTED);
     trusted.earn_at(newcomer, start);
-    assert!(!trusted.holds_at(newcomer, start), "full: not taken in");
-    assert!(trusted.holds_at(host(0), start), "old trust kept");
+    assert!(!trusted.claim_at(newcomer, start), "full: not taken in");
+    assert!(trusted.claim_at(host(0), start), "old trust kept");
     let later = start + TRUST_FOR;
     trusted.earn_at(newcomer, later);
     assert!(
-        trusted.holds_at(newcomer, later),
+        trusted.claim_at(newcomer, later),
         "lapsed entries made room"
     );
-    assert_eq!(trusted.admitted().len(), 1);
+    // The one with a dial in flight stays until it is settled.
+    assert_eq!(trusted.sources().len(), 2);
 }
 
 /// A listener standing in for the database, and a dial to it from `source`.
@@ -67,34 +95,52 @@ async fn dial_to_listener(
     registry: &Arc<Registry>,
     metrics: &Arc<Metrics>,
     source: IpAddr,
-) -> (TcpListener, EarlyDial) {
+    on_trust: bool,
+) -> (TcpListener, DialTarget, EarlyDial) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let target = DialTarget::loopback(listener.local_addr().unwrap().port());
     let dial = EarlyDial::start(
-        DialTarget::loopback(port),
+        target.clone(),
         source,
+        on_trust,
         registry.clone(),
         metrics.clone(),
     );
-    (listener, dial)
+    (listener, target, dial)
+}
+
+fn counts(metrics: &Metrics) -> [u64; 4] {
+    [
+        EarlyDialOutcome::Used,
+        EarlyDialOutcome::Unused,
+        EarlyDialOutcome::Failed,
+        EarlyDialOutcome::Stale,
+    ]
+    .map(|o| metrics.early_dials(o))
 }
 
 #[tokio::test]
-async fn a_used_dial_hands_over_its_connection_and_keeps_the_trust() {
+async fn a_used_dial_hands_over_its_connection_keeps_the_trust_and_frees_its_place() {
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     registry.trusted.earn(v4(7));
-    let (listener, dial) = dial_to_listener(&registry, &metrics, v4(7)).await;
+    for _ in 0..MAX_IN_FLIGHT {
+        assert!(registry.trusted.claim(v4(7)));
+    }
+    let (listener, target, dial) = dial_to_listener(&registry, &metrics, v4(7), true).await;
     let (mut server, _) = listener.accept().await.unwrap();
-    let mut stream = dial.stream().await.expect("dialed");
+    let mut stream = dial.stream(&target).await.expect("dialed");
     tokio::io::AsyncWriteExt::write_all(&mut stream, b"hello")
         .await
         .unwrap();
     let mut got = [0u8; 5];
     server.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"hello");
-    assert_eq!(metrics.early_dials(), (1, 0));
-    assert!(registry.trusted.holds(v4(7)));
+    assert_eq!(counts(&metrics), [1, 0, 0, 0]);
+    assert!(
+        registry.trusted.claim(v4(7)),
+        "trusted, with a dial free again"
+    );
 }
 
 #[tokio::test]
@@ -103,7 +149,8 @@ async fn an_unused_dial_closes_without_a_byte_and_costs_its_source_the_trust() {
     let metrics = Arc::new(Metrics::default());
     registry.trusted.earn(v4(8));
     registry.trusted.earn(v4(9));
-    let (listener, dial) = dial_to_listener(&registry, &metrics, v4(8)).await;
+    assert!(registry.trusted.claim(v4(8)));
+    let (listener, _, dial) = dial_to_listener(&registry, &metrics, v4(8), true).await;
     let (mut server, _) = listener.accept().await.unwrap();
     // Accepted: whether or not the dial's task has seen its connect finish, dropping it
     // closes the connection.
@@ -113,7 +160,61 @@ async fn an_unused_dial_closes_without_a_byte_and_costs_its_source_the_trust() {
         .await
         .expect("the dialed connection is closed when the dial is dropped");
     assert_eq!(read.unwrap(), 0, "nothing was sent on it: {got:?}");
-    assert_eq!(metrics.early_dials(), (0, 1));
-    assert!(!registry.trusted.holds(v4(8)), "its source lost the trust");
-    assert!(registry.trusted.holds(v4(9)), "other sources keep theirs");
+    assert_eq!(counts(&metrics), [0, 1, 0, 0]);
+    assert!(!registry.trusted.claim(v4(8)), "its source lost the trust");
+    assert!(registry.trusted.claim(v4(9)), "other sources keep theirs");
+}
+
+#[tokio::test]
+async fn a_dial_to_a_database_configured_differently_since_is_closed_not_used() {
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
+    registry.trusted.earn(v4(11));
+    for _ in 0..MAX_IN_FLIGHT {
+        assert!(registry.trusted.claim(v4(11)));
+    }
+    let (listener, _, dial) = dial_to_listener(&registry, &metrics, v4(11), true).await;
+    let (mut server, _) = listener.accept().await.unwrap();
+    let moved = DialTarget::loopback(1);
+    let stale = dial.stream(&moved).await;
+    assert!(
+        matches!(stale, Err(EarlyDialError::Stale)),
+        "{:?}",
+        stale.as_ref().err()
+    );
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), server.read_to_end(&mut got))
+        .await
+        .expect("closed");
+    assert_eq!(read.unwrap(), 0);
+    assert_eq!(counts(&metrics), [0, 0, 0, 1]);
+    // Not the source's doing: its trust stays, its place is free again.
+    assert!(registry.trusted.claim(v4(11)));
+}
+
+#[tokio::test]
+async fn a_failed_dial_is_the_logins_to_redo_and_counted_as_failed() {
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
+    // A port nobody listens on (any more).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = DialTarget::loopback(listener.local_addr().unwrap().port());
+    drop(listener);
+    let dial = EarlyDial::start(
+        target.clone(),
+        v4(12),
+        false,
+        registry.clone(),
+        metrics.clone(),
+    );
+    let dialed = dial.stream(&target).await;
+    assert!(
+        matches!(
+            dialed,
+            Err(EarlyDialError::Dial(UpstreamError::Connect { .. }))
+        ),
+        "{:?}",
+        dialed.as_ref().err()
+    );
+    assert_eq!(counts(&metrics), [0, 0, 1, 0]);
 }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::aftermath::Aftermath;
-use super::early_dial::EarlyDial;
+use super::early_dial::{EarlyDial, EarlyDialError};
 use super::negotiate::{self, NegotiationError, Opened};
 use super::preauth;
 use super::reaper::Reaper;
@@ -145,13 +145,11 @@ pub async fn serve(
             return None;
         }
     };
-    // A source admitted lately has its upstream dialed now, to overlap the database's
-    // connection setup with the rest of the login (see `early_dial`).
-    let mut early = login::dial_if_trusted(&proxy, peer, &startup);
+    let mut early = None;
     let presented = tokio::select! {
         token = tokio::time::timeout_at(
             deadline,
-            read_token(&proxy, &mut stream, tls, peer, &startup, &mut cbuf),
+            read_token(&proxy, &mut stream, tls, peer, &startup, &mut cbuf, &mut early),
         ) => token,
         () = shed.notified() => {
             tracing::debug!("unauthenticated connection shed for a newer one from its source");
@@ -591,9 +589,11 @@ async fn connect_upstream(
     Err(unreachable)
 }
 
-/// Logs in on a connection dialed during the login. One the server has closed meanwhile
-/// (its own login timeout, a restart) or that could not be dialed is dialed again: the
-/// early dial saves time, it never costs a login.
+/// Logs in on a connection dialed during the login. It is dialed again when it is no
+/// longer the database's as configured, when dialing failed fast (refused, reset: the
+/// server may have been restarting), or when the server closed it before the login (its
+/// own login timeout): the early dial saves time, it never costs a login. A timeout, a TLS
+/// failure or a refused login is the login's answer, as it would be without the early dial.
 async fn login_on_early_dial(
     dial: EarlyDial,
     db: &crate::config::Database,
@@ -601,16 +601,21 @@ async fn login_on_early_dial(
     request: &crate::policy::Request,
     params: &[(String, String)],
 ) -> Result<upstream::Upstream, upstream::UpstreamError> {
-    let early = match dial.stream().await {
-        Ok(stream) => {
-            upstream::login_on(stream, db, &login.credentials, request.access, params).await
+    use upstream::UpstreamError;
+    let again = || upstream::connect(db, &login.credentials, request.access, params);
+    let stream = match dial.stream(&upstream::DialTarget::of(db)).await {
+        Ok(stream) => stream,
+        Err(EarlyDialError::Stale) => return again().await,
+        Err(EarlyDialError::Dial(e @ (UpstreamError::Connect { .. } | UpstreamError::Io(_)))) => {
+            tracing::debug!(error = %e, "early upstream dial failed; dialing again");
+            return again().await;
         }
-        Err(e) => Err(e),
+        Err(EarlyDialError::Dial(e)) => return Err(e),
     };
-    match early {
-        Err(e) if !matches!(e, upstream::UpstreamError::Rejected { .. }) => {
-            tracing::debug!(error = %e, "early upstream dial unusable; dialing again");
-            upstream::connect(db, &login.credentials, request.access, params).await
+    match upstream::login_on(stream, db, &login.credentials, request.access, params).await {
+        Err(e @ (UpstreamError::Closed | UpstreamError::Io(_))) => {
+            tracing::debug!(error = %e, "early upstream connection closed; dialing again");
+            again().await
         }
         done => done,
     }

@@ -51,6 +51,8 @@ pub enum UpstreamError {
     Query { sqlstate: String, message: String },
     #[error("upstream protocol: {0}")]
     Protocol(String),
+    #[error("upstream closed the connection during login")]
+    Closed,
     #[error("upstream login: {0}")]
     Scram(#[from] ScramError),
     #[error("upstream I/O: {0}")]
@@ -118,6 +120,20 @@ pub(crate) struct DialTarget {
     host: String,
     port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The same server, reached the same way (the very TLS settings, not merely equal ones: a
+/// reload builds new ones, and a dial made under the old ones is not used after it).
+impl PartialEq for DialTarget {
+    fn eq(&self, other: &DialTarget) -> bool {
+        self.host == other.host
+            && self.port == other.port
+            && match (&self.tls, &other.tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
 }
 
 impl DialTarget {
@@ -406,9 +422,7 @@ async fn next_frame(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<BytesM
             return Ok(frame);
         }
         if stream.read_buf(buf).await? == 0 {
-            return Err(UpstreamError::Protocol(
-                "upstream closed the connection during login".into(),
-            ));
+            return Err(UpstreamError::Closed);
         }
     }
 }

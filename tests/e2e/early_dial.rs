@@ -57,12 +57,31 @@ async fn refused_login(env: &Env) {
     );
 }
 
+/// A login with a real token, for a database it was not minted for, its refusal read back.
+async fn login_elsewhere(env: &Env, token: &str) {
+    let mut raw = Raw::connect(env.proxy_port()).await;
+    raw.send(&startup_packet(&[("user", "eve"), ("database", "other")]))
+        .await;
+    let mut password = token.as_bytes().to_vec();
+    password.push(0);
+    raw.send(&message(b'p', &password)).await;
+    let answer = raw.read_to_close().await;
+    assert!(
+        String::from_utf8_lossy(&answer).contains("FATAL"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_never_admitted_is_dialed_only_once_its_token_verifies() {
     let env = Env::start("early_dial_untrusted").await;
     refused_login(&env).await;
     abandon_login(&env).await;
     let (_id, token) = env.approved_token("eve", "1h").await;
+    // A token that verifies, presented for a database it was not minted for: refused,
+    // and nothing dialed for it.
+    login_elsewhere(&env, &token).await;
     let (client, _conn) = env.connect("eve", &token).await.expect("login");
     client.simple_query("SELECT 1").await.expect("select");
     // The admitted login's dial (started after its token verified) was its upstream; the
@@ -142,4 +161,46 @@ async fn early_dial_off_dials_after_admission_only() {
     refused_login(&env).await;
     assert_eq!(dials(&env, "used").await, 0.0);
     assert_eq!(dials(&env, "unused").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trusted_source_cannot_open_more_than_a_few_dials_without_a_token() {
+    let env = Env::start("early_dial_flood").await;
+    let (_id, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    client.simple_query("SELECT 1").await.expect("select");
+    // A startup the proxy refuses is not dialed, trusted source or not.
+    let mut refused = Raw::connect(env.proxy_port()).await;
+    refused
+        .send(&startup_packet(&[
+            ("user", "eve"),
+            ("database", &env.db),
+            ("options", "-c work_mem=1MB"),
+        ]))
+        .await;
+    let answer = refused.read_to_close().await;
+    assert!(String::from_utf8_lossy(&answer).contains("options"));
+    assert_eq!(dials(&env, "unused").await, 0.0);
+    // That was a failed login, so the source is admitted again to be trusted.
+    let (again, _conn) = env.connect("eve", &token).await.expect("login");
+    again.simple_query("SELECT 1").await.expect("select");
+    // Many connections that stop at the password request, held open together.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut raw = Raw::connect(env.proxy_port()).await;
+        raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
+            .await;
+        let mut request = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(10), raw.stream.read_exact(&mut request))
+            .await
+            .expect("the password request in time")
+            .expect("read");
+        held.push(raw);
+    }
+    drop(held);
+    // Only the source's few startup dials were made; each went unused.
+    wait_for_dials(&env, "unused", 2.0).await;
+    refused_login(&env).await;
+    assert_eq!(dials(&env, "unused").await, 2.0);
+    assert_eq!(dials(&env, "used").await, 2.0);
 }

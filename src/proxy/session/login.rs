@@ -46,6 +46,7 @@ pub(super) async fn read_token(
     peer: SocketAddr,
     startup: &Startup,
     buf: &mut BytesMut,
+    early: &mut Option<EarlyDial>,
 ) -> Result<(Claimed, String), LoginError> {
     let claimed = check_startup(startup)?;
     let plaintext_allowed =
@@ -56,6 +57,9 @@ pub(super) async fn read_token(
             "lockbox tokens are only accepted over TLS: connect with sslmode=verify-full sslrootcert=<the CA of the proxy's certificate>",
         ));
     }
+    // A source admitted lately has its upstream dialed now, to overlap the database's
+    // connection setup with the rest of the login (see `early_dial`).
+    *early = dial_if_trusted(proxy, peer, &claimed);
     let mut out = BytesMut::new();
     wire::authentication_cleartext(&mut out);
     write(stream, &out).await?;
@@ -79,9 +83,16 @@ pub(super) async fn admit_token(
         Err(e) => return Err(refused_token(proxy, peer, &e)),
     };
     // Only lockbox mints a token that verifies: its upstream is dialed while the store
-    // says whether it is admitted.
-    if early.is_none() && proxy.lockbox.config().early_dial != EarlyDialPolicy::Off {
-        *early = dial_for(proxy, peer, &claimed.database);
+    // says whether it is admitted. Not for a token presented for another user or database
+    // (refused below), nor from a source past its failed-login limit.
+    let limits = proxy.lockbox.config().connection_limits;
+    if early.is_none()
+        && proxy.lockbox.config().early_dial != EarlyDialPolicy::Off
+        && claims.db == claimed.database
+        && claims.sub == claimed.user
+        && !proxy.registry.gate.blocked(peer.ip(), &limits)
+    {
+        *early = dial_for(proxy, peer, &claims.db, false);
     }
     // Registered before the store is read: a revocation from here on reaches this session
     // even while it is still logging in upstream.
@@ -108,26 +119,33 @@ pub(super) async fn admit_token(
 }
 
 /// A connection from a source admitted lately (see `early_dial`) has its upstream dialed
-/// at its startup packet.
-pub(super) fn dial_if_trusted(
-    proxy: &Proxy,
-    peer: SocketAddr,
-    startup: &Startup,
-) -> Option<EarlyDial> {
+/// once its startup passed the checks, if the source has a startup dial free.
+fn dial_if_trusted(proxy: &Proxy, peer: SocketAddr, claimed: &Claimed) -> Option<EarlyDial> {
     if proxy.lockbox.config().early_dial != EarlyDialPolicy::Trusted
-        || !proxy.registry.trusted.holds(peer.ip())
+        || !proxy
+            .lockbox
+            .config()
+            .databases
+            .contains_key(&claimed.database)
+        || !proxy.registry.trusted.claim(peer.ip())
     {
         return None;
     }
-    dial_for(proxy, peer, startup.get("database")?)
+    let dial = dial_for(proxy, peer, &claimed.database, true);
+    if dial.is_none() {
+        // The database left the configuration in between: the claim goes back.
+        proxy.registry.trusted.settled(peer.ip());
+    }
+    dial
 }
 
 /// Starts dialing the upstream of `database`, when the proxy serves it.
-fn dial_for(proxy: &Proxy, peer: SocketAddr, database: &str) -> Option<EarlyDial> {
+fn dial_for(proxy: &Proxy, peer: SocketAddr, database: &str, on_trust: bool) -> Option<EarlyDial> {
     let target = DialTarget::of(proxy.lockbox.config().databases.get(database)?);
     Some(EarlyDial::start(
         target,
         peer.ip(),
+        on_trust,
         proxy.registry.clone(),
         proxy.lockbox.audit.metrics().clone(),
     ))
