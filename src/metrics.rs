@@ -97,11 +97,12 @@ const EARLY_DIALS: [&str; 4] = ["used", "unused", "failed", "stale"];
 /// What became of an early dial (see `proxy::early_dial`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum EarlyDialOutcome {
-    /// Its connection was handed to the login.
+    /// Its connection was handed to the login (which dials again should the server have
+    /// closed it meanwhile).
     Used = 0,
     /// Closed with nothing sent: the login failed or was given up.
     Unused = 1,
-    /// The dial failed (the login dialed again).
+    /// The dial failed (the login dials again when it failed fast: refused, reset).
     Failed = 2,
     /// The database was configured differently by the time of the login (dialed again).
     Stale = 3,

@@ -4,9 +4,9 @@
 //! password round trip, the token check and admission; dialing earlier lets them overlap.
 //!
 //! Nothing of a login is sent on an early dial until admission holds: a dial whose login
-//! fails is closed without a byte of a login (PostgreSQL logs nothing for a plaintext
-//! connection that never spoke; an upstream TLS handshake cut short it may log). What may
-//! start one (`[proxy] early_dial`):
+//! fails is closed without a byte of a login (PostgreSQL then logs at most the connection
+//! received, with `log_connections` on, or an upstream TLS handshake cut short). At most
+//! [`MAX_EARLY_IN_FLIGHT`] are open at once. What may start one (`[proxy] early_dial`):
 //! - a token whose signature verifies (only lockbox mints them), for the user and database
 //!   it was minted for, from a source not past its failed-login limit: dialed while its
 //!   request is read from the store and admitted;
@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,11 @@ pub(crate) const TRUST_FOR: Duration = Duration::from_secs(600);
 /// by side); more wait for their token.
 pub(crate) const MAX_IN_FLIGHT: u32 = 2;
 
+/// Early dials open at once across the proxy, whatever started them: past it logins dial
+/// once admitted, so no burst of logins (a grant's revoked token sent on many parked
+/// connections at once, say) holds more backends than this before they are refused.
+pub(crate) const MAX_EARLY_IN_FLIGHT: usize = 64;
+
 /// Sources trusted at most; past it, new sources are not trusted until old trust lapses
 /// (they still get the dial after their token verifies).
 const MAX_TRUSTED: usize = 4096;
@@ -64,9 +70,26 @@ struct Trust {
 #[derive(Default)]
 pub(crate) struct TrustedSources {
     sources: Mutex<HashMap<Source, Trust>>,
+    /// Early dials open now (see [`MAX_EARLY_IN_FLIGHT`]).
+    in_flight: AtomicUsize,
 }
 
 impl TrustedSources {
+    /// Takes one of the proxy's early dials, if one is free.
+    fn begin_dial(&self) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_EARLY_IN_FLIGHT).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn end_dial(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
     fn sources(&self) -> std::sync::MutexGuard<'_, HashMap<Source, Trust>> {
         self.sources.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -148,23 +171,27 @@ pub(crate) struct EarlyDial {
 impl EarlyDial {
     /// Starts dialing `target` for a login from `source`; `on_trust` when the source's
     /// trust (a claimed dial) is what allowed it.
+    /// `None` when [`MAX_EARLY_IN_FLIGHT`] dials are open already.
     pub(crate) fn start(
         target: DialTarget,
         source: IpAddr,
         on_trust: bool,
         registry: Arc<super::Registry>,
         metrics: Arc<Metrics>,
-    ) -> EarlyDial {
+    ) -> Option<EarlyDial> {
+        if !registry.trusted.begin_dial() {
+            return None;
+        }
         let dialing = target.clone();
         let task = tokio::spawn(async move { upstream::dial(&dialing).await });
-        EarlyDial {
+        Some(EarlyDial {
             task: Some(task),
             target,
             source,
             on_trust,
             registry,
             metrics,
-        }
+        })
     }
 
     /// The dialed connection, for a login to `expected`. A dial to anywhere else (the
@@ -177,6 +204,7 @@ impl EarlyDial {
         if &self.target != expected {
             if let Some(task) = self.task.take() {
                 task.abort();
+                self.registry.trusted.end_dial();
             }
             self.metrics.early_dial(EarlyDialOutcome::Stale);
             self.settle();
@@ -187,6 +215,7 @@ impl EarlyDial {
         };
         let dialed = task.await;
         self.task = None;
+        self.registry.trusted.end_dial();
         self.settle();
         match dialed {
             Ok(Ok(stream)) => {
@@ -227,6 +256,7 @@ impl Drop for EarlyDial {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+            self.registry.trusted.end_dial();
             self.metrics.early_dial(EarlyDialOutcome::Unused);
             self.registry.trusted.lose(self.source);
         }

@@ -105,7 +105,8 @@ async fn dial_to_listener(
         on_trust,
         registry.clone(),
         metrics.clone(),
-    );
+    )
+    .expect("a dial free");
     (listener, target, dial)
 }
 
@@ -206,7 +207,8 @@ async fn a_failed_dial_is_the_logins_to_redo_and_counted_as_failed() {
         false,
         registry.clone(),
         metrics.clone(),
-    );
+    )
+    .expect("a dial free");
     let dialed = dial.stream(&target).await;
     assert!(
         matches!(
@@ -217,4 +219,36 @@ async fn a_failed_dial_is_the_logins_to_redo_and_counted_as_failed() {
         dialed.as_ref().err()
     );
     assert_eq!(counts(&metrics), [0, 0, 1, 0]);
+}
+
+#[tokio::test]
+async fn the_proxy_holds_a_bounded_number_of_early_dials_at_once() {
+    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = DialTarget::loopback(listener.local_addr().unwrap().port());
+    let start = |i: u8| {
+        EarlyDial::start(
+            target.clone(),
+            v4(i),
+            false,
+            registry.clone(),
+            metrics.clone(),
+        )
+    };
+    let mut open: Vec<EarlyDial> = (0..MAX_EARLY_IN_FLIGHT)
+        .map(|i| start(i as u8).expect("under the cap"))
+        .collect();
+    assert!(
+        start(200).is_none(),
+        "past the cap: the login dials once admitted"
+    );
+    // A dial dropped unused frees its place; so does one handed to its login.
+    drop(open.pop());
+    let next = start(201).expect("a place was freed");
+    let _ = next.stream(&target).await;
+    let after = start(202).expect("a used dial freed its place");
+    drop(after);
+    drop(open);
+    assert_eq!(registry.trusted.in_flight.load(Ordering::SeqCst), 0);
 }

@@ -192,16 +192,21 @@ impl Gate {
     pub(crate) fn blocked(&self, source: IpAddr, limits: &Limits) -> bool {
         let mut windows = self.windows();
         let key = key_of(&windows, source);
-        let Some(w) = windows.get_mut(&key) else {
-            return false;
-        };
-        if w.started.elapsed() >= limits.failed_login_window
-            || w.failures < limits.failed_login_limit
-        {
-            return false;
+        match windows.get_mut(&key) {
+            Some(w) if past_limit(w, limits) => {
+                w.unrecorded += 1;
+                true
+            }
+            _ => false,
         }
-        w.unrecorded += 1;
-        true
+    }
+
+    /// [`Self::blocked`], only asked: nothing is counted (no refusal follows).
+    pub(crate) fn is_blocked(&self, source: IpAddr, limits: &Limits) -> bool {
+        let windows = self.windows();
+        windows
+            .get(&key_of(&windows, source))
+            .is_some_and(|w| past_limit(w, limits))
     }
 
     /// Counts a failed login of `source`; true if it is to be audited on its own (the
@@ -246,6 +251,10 @@ impl Gate {
 
 /// The window `ip` counts against: its host's, or the shared one when the table is full
 /// and holds no window of its host.
+fn past_limit(w: &Window, limits: &Limits) -> bool {
+    w.started.elapsed() < limits.failed_login_window && w.failures >= limits.failed_login_limit
+}
+
 fn key_of(windows: &HashMap<Key, Window>, ip: IpAddr) -> Key {
     let host = Key::Host(Source::of(ip));
     if windows.len() >= MAX_SOURCES && !windows.contains_key(&host) {
@@ -309,6 +318,8 @@ mod tests {
         let l = limits(3);
         let recorded: Vec<bool> = (0..5).map(|_| gate.failed(ip, &l)).collect();
         assert_eq!(recorded, [true, true, true, false, false]);
+        // Asking is not refusing: the summary counts only the refusal below.
+        assert!(gate.is_blocked(ip, &l) && gate.is_blocked(ip, &l));
         assert!(gate.blocked(ip, &l));
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(!gate.blocked(other, &l), "another source is not limited");

@@ -591,8 +591,9 @@ async fn connect_upstream(
 
 /// Logs in on a connection dialed during the login. It is dialed again when it is no
 /// longer the database's as configured, when dialing failed fast (refused, reset: the
-/// server may have been restarting), or when the server closed it before the login (its
-/// own login timeout): the early dial saves time, it never costs a login. A timeout, a TLS
+/// server may have been restarting), when the server closed it before the login (its
+/// own login timeout), or answered it was starting up: the early dial saves time, it never
+/// costs a login. A timeout, a TLS
 /// failure or a refused login is the login's answer, as it would be without the early dial.
 async fn login_on_early_dial(
     dial: EarlyDial,
@@ -615,6 +616,11 @@ async fn login_on_early_dial(
     match upstream::login_on(stream, db, &login.credentials, request.access, params).await {
         Err(e @ (UpstreamError::Closed | UpstreamError::Io(_))) => {
             tracing::debug!(error = %e, "early upstream connection closed; dialing again");
+            again().await
+        }
+        // Dialed while the server was starting up, which it may be done with now.
+        Err(e @ UpstreamError::Rejected { .. }) if e.sqlstate() == Some("57P03") => {
+            tracing::debug!(error = %e, "early upstream connection refused at startup; dialing again");
             again().await
         }
         done => done,

@@ -60,6 +60,14 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The SQLSTATE of a login the server refused.
+    pub(crate) fn sqlstate(&self) -> Option<&str> {
+        match self {
+            UpstreamError::Rejected { sqlstate, .. } => Some(sqlstate),
+            _ => None,
+        }
+    }
+
     /// What the engineer's client is told when admission fails on this: the cause in a
     /// few words (down, stalled, refusing), never the address or the role lockbox used.
     pub(crate) fn client_message(&self) -> &'static str {

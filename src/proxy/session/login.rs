@@ -90,7 +90,7 @@ pub(super) async fn admit_token(
         && proxy.lockbox.config().early_dial != EarlyDialPolicy::Off
         && claims.db == claimed.database
         && claims.sub == claimed.user
-        && !proxy.registry.gate.blocked(peer.ip(), &limits)
+        && !proxy.registry.gate.is_blocked(peer.ip(), &limits)
     {
         *early = dial_for(proxy, peer, &claims.db, false);
     }
@@ -133,7 +133,8 @@ fn dial_if_trusted(proxy: &Proxy, peer: SocketAddr, claimed: &Claimed) -> Option
     }
     let dial = dial_for(proxy, peer, &claimed.database, true);
     if dial.is_none() {
-        // The database left the configuration in between: the claim goes back.
+        // The database left the configuration in between, or the proxy has as many early
+        // dials open as it allows: the claim goes back.
         proxy.registry.trusted.settled(peer.ip());
     }
     dial
@@ -142,13 +143,13 @@ fn dial_if_trusted(proxy: &Proxy, peer: SocketAddr, claimed: &Claimed) -> Option
 /// Starts dialing the upstream of `database`, when the proxy serves it.
 fn dial_for(proxy: &Proxy, peer: SocketAddr, database: &str, on_trust: bool) -> Option<EarlyDial> {
     let target = DialTarget::of(proxy.lockbox.config().databases.get(database)?);
-    Some(EarlyDial::start(
+    EarlyDial::start(
         target,
         peer.ip(),
         on_trust,
         proxy.registry.clone(),
         proxy.lockbox.audit.metrics().clone(),
-    ))
+    )
 }
 
 /// The error for a token that does not verify: 08004 (counted, not audited one by one)
