@@ -30,8 +30,8 @@ async fn wait_for_dials(env: &Env, outcome: &str, want: f64) {
     );
 }
 
-/// A connection that sends its startup packet, reads the password request, and leaves.
-async fn abandon_login(env: &Env) {
+/// A connection that sent its startup packet and read the password request.
+async fn at_password_request(env: &Env) -> Raw {
     let mut raw = Raw::connect(env.proxy_port()).await;
     raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
         .await;
@@ -41,6 +41,12 @@ async fn abandon_login(env: &Env) {
         .expect("the password request in time")
         .expect("read");
     assert_eq!(request[0], b'R', "{request:?}");
+    raw
+}
+
+/// A connection that sends its startup packet, reads the password request, and leaves.
+async fn abandon_login(env: &Env) {
+    drop(at_password_request(env).await);
 }
 
 /// A login with a token that does not verify, its refusal read back.
@@ -187,15 +193,7 @@ async fn a_trusted_source_cannot_open_more_than_a_few_dials_without_a_token() {
     // Many connections that stop at the password request, held open together.
     let mut held = Vec::new();
     for _ in 0..6 {
-        let mut raw = Raw::connect(env.proxy_port()).await;
-        raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
-            .await;
-        let mut request = [0u8; 9];
-        tokio::time::timeout(Duration::from_secs(10), raw.stream.read_exact(&mut request))
-            .await
-            .expect("the password request in time")
-            .expect("read");
-        held.push(raw);
+        held.push(at_password_request(&env).await);
     }
     drop(held);
     // Only the source's few startup dials were made; each went unused.
