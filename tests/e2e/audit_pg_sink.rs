@@ -138,8 +138,20 @@ async fn sink_health(env: &Env, what: &str, check: impl Fn(&Value) -> bool) -> V
 }
 
 /// Runs `n` audited statements in one session.
+/// Runs `n` statements in a session of its own and returns once the session's end is in
+/// the local trail: a comparison of the trail with the table made after it sees the whole
+/// session, not a moment before its last records.
 pub(crate) async fn statements(env: &Env, token: &str, n: usize) {
-    let (client, _conn) = env.connect("eve", token).await.expect("login");
+    let ended = |env: &Env| {
+        trail(env)
+            .iter()
+            .filter(|(_, line)| {
+                serde_json::from_str::<Value>(line).is_ok_and(|r| r["event"] == "disconnected")
+            })
+            .count()
+    };
+    let before = ended(env);
+    let (client, conn) = env.connect("eve", token).await.expect("login");
     for i in 0..n {
         client
             .execute(
@@ -149,6 +161,15 @@ pub(crate) async fn statements(env: &Env, token: &str, n: usize) {
             .await
             .expect("statement");
     }
+    drop(client);
+    let _ = conn.await;
+    for _ in 0..100 {
+        if ended(env) > before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the session's end never reached the trail");
 }
 
 /// The table's lines as a file, checked as one chain by `lockbox audit verify`'s code.
