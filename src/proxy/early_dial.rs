@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,17 @@ const MAX_TRUSTED: usize = 4096;
 struct Trust {
     admitted: Instant,
     in_flight: u32,
+    /// Which trust this is: a source that lost its trust and earned it again has a new one,
+    /// and dials claimed from the old one are not given back to it.
+    earned: u64,
+}
+
+/// One of a trusted source's startup dials, taken by [`TrustedSources::claim`] and given
+/// back with [`TrustedSources::settled`] to the trust it was taken from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Claim {
+    ip: IpAddr,
+    earned: u64,
 }
 
 /// Sources admitted lately.
@@ -72,6 +83,8 @@ pub(crate) struct TrustedSources {
     sources: Mutex<HashMap<Source, Trust>>,
     /// Early dials open now (see [`MAX_EARLY_IN_FLIGHT`]).
     in_flight: AtomicUsize,
+    /// Trusts handed out so far (each new one is numbered by it).
+    earnings: AtomicU64,
 }
 
 impl TrustedSources {
@@ -119,6 +132,7 @@ impl TrustedSources {
             Trust {
                 admitted: now,
                 in_flight: 0,
+                earned: self.earnings.fetch_add(1, Ordering::Relaxed),
             },
         );
     }
@@ -130,27 +144,34 @@ impl TrustedSources {
 
     /// Takes one of a trusted `ip`'s startup dials, if it is trusted and has one free; give
     /// it back with [`Self::settled`] (or lose the trust).
-    pub(crate) fn claim(&self, ip: IpAddr) -> bool {
+    pub(crate) fn claim(&self, ip: IpAddr) -> Option<Claim> {
         self.claim_at(ip, Instant::now())
     }
 
-    fn claim_at(&self, ip: IpAddr, now: Instant) -> bool {
+    fn claim_at(&self, ip: IpAddr, now: Instant) -> Option<Claim> {
         match self.sources().get_mut(&Source::of(ip)) {
             Some(trust)
                 if now.saturating_duration_since(trust.admitted) < TRUST_FOR
                     && trust.in_flight < MAX_IN_FLIGHT =>
             {
                 trust.in_flight += 1;
-                true
+                Some(Claim {
+                    ip,
+                    earned: trust.earned,
+                })
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    /// A startup dial of `ip` was used by its login.
-    pub(crate) fn settled(&self, ip: IpAddr) {
-        if let Some(trust) = self.sources().get_mut(&Source::of(ip)) {
-            trust.in_flight = trust.in_flight.saturating_sub(1);
+    /// A startup dial is over (used by its login, or never started). Given back only to the
+    /// trust it was claimed from: one lost and earned again since starts with none in flight,
+    /// and must not count this one's end as one of its own.
+    pub(crate) fn settled(&self, claim: Claim) {
+        if let Some(trust) = self.sources().get_mut(&Source::of(claim.ip)) {
+            if trust.earned == claim.earned {
+                trust.in_flight = trust.in_flight.saturating_sub(1);
+            }
         }
     }
 }
@@ -163,19 +184,19 @@ pub(crate) struct EarlyDial {
     target: DialTarget,
     source: IpAddr,
     /// Started at the startup packet on the source's trust (one of its dials in flight).
-    on_trust: bool,
+    on_trust: Option<Claim>,
     registry: Arc<super::Registry>,
     metrics: Arc<Metrics>,
 }
 
 impl EarlyDial {
-    /// Starts dialing `target` for a login from `source`; `on_trust` when the source's
-    /// trust (a claimed dial) is what allowed it.
+    /// Starts dialing `target` for a login from `source`; `on_trust`: the source's claimed
+    /// dial, when its trust is what allowed it.
     /// `None` when [`MAX_EARLY_IN_FLIGHT`] dials are open already.
     pub(crate) fn start(
         target: DialTarget,
         source: IpAddr,
-        on_trust: bool,
+        on_trust: Option<Claim>,
         registry: Arc<super::Registry>,
         metrics: Arc<Metrics>,
     ) -> Option<EarlyDial> {
@@ -237,8 +258,8 @@ impl EarlyDial {
 
     /// The source's claimed startup dial is given back.
     fn settle(&mut self) {
-        if std::mem::take(&mut self.on_trust) {
-            self.registry.trusted.settled(self.source);
+        if let Some(claim) = self.on_trust.take() {
+            self.registry.trusted.settled(claim);
         }
     }
 }

@@ -16,17 +16,17 @@ fn v4(last: u8) -> IpAddr {
 fn an_admission_earns_trust_for_a_while_and_a_failure_loses_it() {
     let trusted = TrustedSources::default();
     let now = Instant::now();
-    assert!(!trusted.claim_at(v4(1), now), "never admitted");
+    assert!(trusted.claim_at(v4(1), now).is_none(), "never admitted");
     trusted.earn_at(v4(1), now);
-    assert!(!trusted.claim_at(v4(2), now), "another address");
-    assert!(!trusted.claim_at(v4(1), now + TRUST_FOR), "lapsed");
-    assert!(trusted.claim_at(v4(1), now + TRUST_FOR - Duration::from_secs(1)));
-    trusted.settled(v4(1));
+    assert!(trusted.claim_at(v4(2), now).is_none(), "another address");
+    assert!(trusted.claim_at(v4(1), now + TRUST_FOR).is_none(), "lapsed");
+    let claim = trusted.claim_at(v4(1), now + TRUST_FOR - Duration::from_secs(1));
+    trusted.settled(claim.expect("trusted"));
     trusted.earn_at(v4(1), now + TRUST_FOR);
-    assert!(trusted.claim_at(v4(1), now + TRUST_FOR), "earned again");
-    trusted.settled(v4(1));
+    let claim = trusted.claim_at(v4(1), now + TRUST_FOR);
+    trusted.settled(claim.expect("earned again"));
     trusted.lose(v4(1));
-    assert!(!trusted.claim_at(v4(1), now + TRUST_FOR), "lost");
+    assert!(trusted.claim_at(v4(1), now + TRUST_FOR).is_none(), "lost");
 }
 
 #[test]
@@ -34,17 +34,40 @@ fn a_trusted_source_has_a_bounded_number_of_startup_dials_at_once() {
     let trusted = TrustedSources::default();
     let now = Instant::now();
     trusted.earn_at(v4(3), now);
-    for _ in 0..MAX_IN_FLIGHT {
-        assert!(trusted.claim_at(v4(3), now));
-    }
-    assert!(!trusted.claim_at(v4(3), now), "all its dials are in flight");
+    let claims: Vec<Claim> = (0..MAX_IN_FLIGHT)
+        .map(|_| trusted.claim_at(v4(3), now).expect("a dial free"))
+        .collect();
+    assert!(
+        trusted.claim_at(v4(3), now).is_none(),
+        "all its dials are in flight"
+    );
     // Being admitted again does not free a dial still in flight.
     trusted.earn_at(v4(3), now);
-    assert!(!trusted.claim_at(v4(3), now));
-    trusted.settled(v4(3));
+    assert!(trusted.claim_at(v4(3), now).is_none());
+    trusted.settled(claims[0]);
     assert!(
-        trusted.claim_at(v4(3), now),
+        trusted.claim_at(v4(3), now).is_some(),
         "a used dial gives its place back"
+    );
+}
+
+#[test]
+fn a_dial_claimed_before_the_trust_was_lost_and_earned_again_does_not_free_a_new_place() {
+    let trusted = TrustedSources::default();
+    let now = Instant::now();
+    trusted.earn_at(v4(5), now);
+    let old = trusted.claim_at(v4(5), now).expect("trusted");
+    // Another login from the source fails (the trust is lost), a third is admitted (earned
+    // anew), and the new trust's dials are all taken while the old one is still in flight.
+    trusted.lose(v4(5));
+    trusted.earn_at(v4(5), now);
+    for _ in 0..MAX_IN_FLIGHT {
+        assert!(trusted.claim_at(v4(5), now).is_some());
+    }
+    trusted.settled(old);
+    assert!(
+        trusted.claim_at(v4(5), now).is_none(),
+        "the old trust's dial ended: the new trust still has {MAX_IN_FLIGHT} in flight"
     );
 }
 
@@ -58,14 +81,14 @@ fn trust_is_per_host_an_ipv6_host_being_its_64() {
     trusted.earn(a);
     trusted.earn(mapped);
     assert!(
-        trusted.claim(v4(4)),
+        trusted.claim(v4(4)).is_some(),
         "an IPv4-mapped address is its IPv4 host"
     );
-    assert!(trusted.claim(same_host));
-    assert!(!trusted.claim(other_host));
+    assert!(trusted.claim(same_host).is_some());
+    assert!(trusted.claim(other_host).is_none());
     // A failure anywhere in the /64 loses the host's trust.
     trusted.lose(same_host);
-    assert!(!trusted.claim(a));
+    assert!(trusted.claim(a).is_none());
 }
 
 #[test]
@@ -78,12 +101,15 @@ fn the_table_is_bounded_and_lapsed_trust_makes_room() {
     }
     let newcomer = host(MAX_TRUSTED);
     trusted.earn_at(newcomer, start);
-    assert!(!trusted.claim_at(newcomer, start), "full: not taken in");
-    assert!(trusted.claim_at(host(0), start), "old trust kept");
+    assert!(
+        trusted.claim_at(newcomer, start).is_none(),
+        "full: not taken in"
+    );
+    assert!(trusted.claim_at(host(0), start).is_some(), "old trust kept");
     let later = start + TRUST_FOR;
     trusted.earn_at(newcomer, later);
     assert!(
-        trusted.claim_at(newcomer, later),
+        trusted.claim_at(newcomer, later).is_some(),
         "lapsed entries made room"
     );
     // The one with a dial in flight stays until it is settled.
@@ -95,7 +121,7 @@ async fn dial_to_listener(
     registry: &Arc<Registry>,
     metrics: &Arc<Metrics>,
     source: IpAddr,
-    on_trust: bool,
+    on_trust: Option<Claim>,
 ) -> (TcpListener, DialTarget, EarlyDial) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = DialTarget::loopback(listener.local_addr().unwrap().port());
@@ -125,10 +151,11 @@ async fn a_used_dial_hands_over_its_connection_keeps_the_trust_and_frees_its_pla
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     registry.trusted.earn(v4(7));
-    for _ in 0..MAX_IN_FLIGHT {
-        assert!(registry.trusted.claim(v4(7)));
-    }
-    let (listener, target, dial) = dial_to_listener(&registry, &metrics, v4(7), true).await;
+    let claims: Vec<Claim> = (0..MAX_IN_FLIGHT)
+        .map(|_| registry.trusted.claim(v4(7)).expect("a dial free"))
+        .collect();
+    let (listener, target, dial) =
+        dial_to_listener(&registry, &metrics, v4(7), Some(claims[0])).await;
     let (mut server, _) = listener.accept().await.unwrap();
     let mut stream = dial.stream(&target).await.expect("dialed");
     tokio::io::AsyncWriteExt::write_all(&mut stream, b"hello")
@@ -139,7 +166,7 @@ async fn a_used_dial_hands_over_its_connection_keeps_the_trust_and_frees_its_pla
     assert_eq!(&got, b"hello");
     assert_eq!(counts(&metrics), [1, 0, 0, 0]);
     assert!(
-        registry.trusted.claim(v4(7)),
+        registry.trusted.claim(v4(7)).is_some(),
         "trusted, with a dial free again"
     );
 }
@@ -150,8 +177,9 @@ async fn an_unused_dial_closes_without_a_byte_and_costs_its_source_the_trust() {
     let metrics = Arc::new(Metrics::default());
     registry.trusted.earn(v4(8));
     registry.trusted.earn(v4(9));
-    assert!(registry.trusted.claim(v4(8)));
-    let (listener, _, dial) = dial_to_listener(&registry, &metrics, v4(8), true).await;
+    let claim = registry.trusted.claim(v4(8));
+    assert!(claim.is_some());
+    let (listener, _, dial) = dial_to_listener(&registry, &metrics, v4(8), claim).await;
     let (mut server, _) = listener.accept().await.unwrap();
     // Accepted: whether or not the dial's task has seen its connect finish, dropping it
     // closes the connection.
@@ -162,8 +190,14 @@ async fn an_unused_dial_closes_without_a_byte_and_costs_its_source_the_trust() {
         .expect("the dialed connection is closed when the dial is dropped");
     assert_eq!(read.unwrap(), 0, "nothing was sent on it: {got:?}");
     assert_eq!(counts(&metrics), [0, 1, 0, 0]);
-    assert!(!registry.trusted.claim(v4(8)), "its source lost the trust");
-    assert!(registry.trusted.claim(v4(9)), "other sources keep theirs");
+    assert!(
+        registry.trusted.claim(v4(8)).is_none(),
+        "its source lost the trust"
+    );
+    assert!(
+        registry.trusted.claim(v4(9)).is_some(),
+        "other sources keep theirs"
+    );
 }
 
 #[tokio::test]
@@ -171,10 +205,10 @@ async fn a_dial_to_a_database_configured_differently_since_is_closed_not_used() 
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     registry.trusted.earn(v4(11));
-    for _ in 0..MAX_IN_FLIGHT {
-        assert!(registry.trusted.claim(v4(11)));
-    }
-    let (listener, _, dial) = dial_to_listener(&registry, &metrics, v4(11), true).await;
+    let claims: Vec<Claim> = (0..MAX_IN_FLIGHT)
+        .map(|_| registry.trusted.claim(v4(11)).expect("a dial free"))
+        .collect();
+    let (listener, _, dial) = dial_to_listener(&registry, &metrics, v4(11), Some(claims[0])).await;
     let (mut server, _) = listener.accept().await.unwrap();
     let moved = DialTarget::loopback(1);
     let stale = dial.stream(&moved).await;
@@ -190,7 +224,7 @@ async fn a_dial_to_a_database_configured_differently_since_is_closed_not_used() 
     assert_eq!(read.unwrap(), 0);
     assert_eq!(counts(&metrics), [0, 0, 0, 1]);
     // Not the source's doing: its trust stays, its place is free again.
-    assert!(registry.trusted.claim(v4(11)));
+    assert!(registry.trusted.claim(v4(11)).is_some());
 }
 
 #[tokio::test]
@@ -204,7 +238,7 @@ async fn a_failed_dial_is_the_logins_to_redo_and_counted_as_failed() {
     let dial = EarlyDial::start(
         target.clone(),
         v4(12),
-        false,
+        None,
         registry.clone(),
         metrics.clone(),
     )
@@ -231,7 +265,7 @@ async fn the_proxy_holds_a_bounded_number_of_early_dials_at_once() {
         EarlyDial::start(
             target.clone(),
             v4(i),
-            false,
+            None,
             registry.clone(),
             metrics.clone(),
         )

@@ -49,34 +49,27 @@ async fn abandon_login(env: &Env) {
     drop(at_password_request(env).await);
 }
 
+/// A login as eve to `database` with `password`, read back to the close.
+async fn login_answer(env: &Env, database: &str, password: &str) -> String {
+    let mut raw = Raw::connect(env.proxy_port()).await;
+    raw.send(&startup_packet(&[("user", "eve"), ("database", database)]))
+        .await;
+    let mut password = password.as_bytes().to_vec();
+    password.push(0);
+    raw.send(&message(b'p', &password)).await;
+    String::from_utf8_lossy(&raw.read_to_close().await).into_owned()
+}
+
 /// A login with a token that does not verify, its refusal read back.
 async fn refused_login(env: &Env) {
-    let mut raw = Raw::connect(env.proxy_port()).await;
-    raw.send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
-        .await;
-    raw.send(&message(b'p', b"not-a-token\0")).await;
-    let answer = raw.read_to_close().await;
-    assert!(
-        answer.windows(5).any(|w| w == b"28P01"),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
+    let answer = login_answer(env, &env.db, "not-a-token").await;
+    assert!(answer.contains("28P01"), "{answer:?}");
 }
 
 /// A login with a real token, for a database it was not minted for, its refusal read back.
 async fn login_elsewhere(env: &Env, token: &str) {
-    let mut raw = Raw::connect(env.proxy_port()).await;
-    raw.send(&startup_packet(&[("user", "eve"), ("database", "other")]))
-        .await;
-    let mut password = token.as_bytes().to_vec();
-    password.push(0);
-    raw.send(&message(b'p', &password)).await;
-    let answer = raw.read_to_close().await;
-    assert!(
-        String::from_utf8_lossy(&answer).contains("FATAL"),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
-    );
+    let answer = login_answer(env, "other", token).await;
+    assert!(answer.contains("FATAL"), "{answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::ids::{RequestId, SessionId};
 use crate::policy::Admission;
-use crate::proxy::early_dial::{EarlyDial, EarlyDialPolicy};
+use crate::proxy::early_dial::{Claim, EarlyDial, EarlyDialPolicy};
 use crate::proxy::preauth;
 use crate::proxy::stream::BoxStream;
 use crate::proxy::upstream::DialTarget;
@@ -92,7 +92,7 @@ pub(super) async fn admit_token(
         && claims.sub == claimed.user
         && !proxy.registry.gate.is_blocked(peer.ip(), &limits)
     {
-        *early = dial_for(proxy, peer, &claims.db, false);
+        *early = dial_for(proxy, peer, &claims.db, None);
     }
     // Registered before the store is read: a revocation from here on reaches this session
     // even while it is still logging in upstream.
@@ -127,21 +127,26 @@ fn dial_if_trusted(proxy: &Proxy, peer: SocketAddr, claimed: &Claimed) -> Option
             .config()
             .databases
             .contains_key(&claimed.database)
-        || !proxy.registry.trusted.claim(peer.ip())
     {
         return None;
     }
-    let dial = dial_for(proxy, peer, &claimed.database, true);
+    let claim = proxy.registry.trusted.claim(peer.ip())?;
+    let dial = dial_for(proxy, peer, &claimed.database, Some(claim));
     if dial.is_none() {
         // The database left the configuration in between, or the proxy has as many early
         // dials open as it allows: the claim goes back.
-        proxy.registry.trusted.settled(peer.ip());
+        proxy.registry.trusted.settled(claim);
     }
     dial
 }
 
 /// Starts dialing the upstream of `database`, when the proxy serves it.
-fn dial_for(proxy: &Proxy, peer: SocketAddr, database: &str, on_trust: bool) -> Option<EarlyDial> {
+fn dial_for(
+    proxy: &Proxy,
+    peer: SocketAddr,
+    database: &str,
+    on_trust: Option<Claim>,
+) -> Option<EarlyDial> {
     let target = DialTarget::of(proxy.lockbox.config().databases.get(database)?);
     EarlyDial::start(
         target,
