@@ -70,8 +70,9 @@ struct Trust {
 }
 
 /// One of a trusted source's startup dials, taken by [`TrustedSources::claim`] and given
-/// back with [`TrustedSources::settled`] to the trust it was taken from.
-#[derive(Clone, Copy, Debug)]
+/// back with [`TrustedSources::settled`] to the trust it was taken from. Not `Copy`: a
+/// claim is given back once, by whoever holds it.
+#[derive(Debug)]
 pub(crate) struct Claim {
     ip: IpAddr,
     earned: u64,
@@ -164,8 +165,8 @@ impl TrustedSources {
         }
     }
 
-    /// A startup dial is over (used by its login, or never started). Given back only to the
-    /// trust it was claimed from: one lost and earned again since starts with none in flight,
+    /// A startup dial is over (used by its login, failed, stale, or never started). Given
+    /// back only to the trust it was claimed from: one lost and earned again since starts with none in flight,
     /// and must not count this one's end as one of its own.
     pub(crate) fn settled(&self, claim: Claim) {
         if let Some(trust) = self.sources().get_mut(&Source::of(claim.ip)) {
@@ -192,7 +193,7 @@ pub(crate) struct EarlyDial {
 impl EarlyDial {
     /// Starts dialing `target` for a login from `source`; `on_trust`: the source's claimed
     /// dial, when its trust is what allowed it.
-    /// `None` when [`MAX_EARLY_IN_FLIGHT`] dials are open already.
+    /// `None` when [`MAX_EARLY_IN_FLIGHT`] dials are open already (the claim is given back).
     pub(crate) fn start(
         target: DialTarget,
         source: IpAddr,
@@ -201,6 +202,9 @@ impl EarlyDial {
         metrics: Arc<Metrics>,
     ) -> Option<EarlyDial> {
         if !registry.trusted.begin_dial() {
+            if let Some(claim) = on_trust {
+                registry.trusted.settled(claim);
+            }
             return None;
         }
         let dialing = target.clone();

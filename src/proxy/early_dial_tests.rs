@@ -34,7 +34,7 @@ fn a_trusted_source_has_a_bounded_number_of_startup_dials_at_once() {
     let trusted = TrustedSources::default();
     let now = Instant::now();
     trusted.earn_at(v4(3), now);
-    let claims: Vec<Claim> = (0..MAX_IN_FLIGHT)
+    let mut claims: Vec<Claim> = (0..MAX_IN_FLIGHT)
         .map(|_| trusted.claim_at(v4(3), now).expect("a dial free"))
         .collect();
     assert!(
@@ -44,7 +44,7 @@ fn a_trusted_source_has_a_bounded_number_of_startup_dials_at_once() {
     // Being admitted again does not free a dial still in flight.
     trusted.earn_at(v4(3), now);
     assert!(trusted.claim_at(v4(3), now).is_none());
-    trusted.settled(claims[0]);
+    trusted.settled(claims.remove(0));
     assert!(
         trusted.claim_at(v4(3), now).is_some(),
         "a used dial gives its place back"
@@ -151,11 +151,11 @@ async fn a_used_dial_hands_over_its_connection_keeps_the_trust_and_frees_its_pla
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     registry.trusted.earn(v4(7));
-    let claims: Vec<Claim> = (0..MAX_IN_FLIGHT)
+    let mut claims: Vec<Claim> = (0..MAX_IN_FLIGHT)
         .map(|_| registry.trusted.claim(v4(7)).expect("a dial free"))
         .collect();
     let (listener, target, dial) =
-        dial_to_listener(&registry, &metrics, v4(7), Some(claims[0])).await;
+        dial_to_listener(&registry, &metrics, v4(7), Some(claims.remove(0))).await;
     let (mut server, _) = listener.accept().await.unwrap();
     let mut stream = dial.stream(&target).await.expect("dialed");
     tokio::io::AsyncWriteExt::write_all(&mut stream, b"hello")
@@ -205,10 +205,11 @@ async fn a_dial_to_a_database_configured_differently_since_is_closed_not_used() 
     let registry = Arc::new(Registry::default());
     let metrics = Arc::new(Metrics::default());
     registry.trusted.earn(v4(11));
-    let claims: Vec<Claim> = (0..MAX_IN_FLIGHT)
+    let mut claims: Vec<Claim> = (0..MAX_IN_FLIGHT)
         .map(|_| registry.trusted.claim(v4(11)).expect("a dial free"))
         .collect();
-    let (listener, _, dial) = dial_to_listener(&registry, &metrics, v4(11), Some(claims[0])).await;
+    let (listener, _, dial) =
+        dial_to_listener(&registry, &metrics, v4(11), Some(claims.remove(0))).await;
     let (mut server, _) = listener.accept().await.unwrap();
     let moved = DialTarget::loopback(1);
     let stale = dial.stream(&moved).await;
@@ -277,6 +278,23 @@ async fn the_proxy_holds_a_bounded_number_of_early_dials_at_once() {
         start(200).is_none(),
         "past the cap: the login dials once admitted"
     );
+    // A trusted source's claim is given back when its dial cannot start.
+    registry.trusted.earn(v4(203));
+    let claim = registry.trusted.claim(v4(203)).expect("trusted");
+    let refused = EarlyDial::start(
+        target.clone(),
+        v4(203),
+        Some(claim),
+        registry.clone(),
+        metrics.clone(),
+    );
+    assert!(refused.is_none());
+    for _ in 0..MAX_IN_FLIGHT {
+        assert!(
+            registry.trusted.claim(v4(203)).is_some(),
+            "the refused dial's claim was given back"
+        );
+    }
     // A dial dropped unused frees its place; so does one handed to its login.
     drop(open.pop());
     let next = start(201).expect("a place was freed");

@@ -92,7 +92,7 @@ pub(super) async fn admit_token(
         && claims.sub == claimed.user
         && !proxy.registry.gate.is_blocked(peer.ip(), &limits)
     {
-        *early = dial_for(proxy, peer, &claims.db, None);
+        *early = dial_for(proxy, peer, &claims.db);
     }
     // Registered before the store is read: a revocation from here on reaches this session
     // even while it is still logging in upstream.
@@ -121,33 +121,28 @@ pub(super) async fn admit_token(
 /// A connection from a source admitted lately (see `early_dial`) has its upstream dialed
 /// once its startup passed the checks, if the source has a startup dial free.
 fn dial_if_trusted(proxy: &Proxy, peer: SocketAddr, claimed: &Claimed) -> Option<EarlyDial> {
-    if proxy.lockbox.config().early_dial != EarlyDialPolicy::Trusted
-        || !proxy
-            .lockbox
-            .config()
-            .databases
-            .contains_key(&claimed.database)
-    {
+    let config = proxy.lockbox.config();
+    if config.early_dial != EarlyDialPolicy::Trusted {
         return None;
     }
+    let target = DialTarget::of(config.databases.get(&claimed.database)?);
     let claim = proxy.registry.trusted.claim(peer.ip())?;
-    let dial = dial_for(proxy, peer, &claimed.database, Some(claim));
-    if dial.is_none() {
-        // The database left the configuration in between, or the proxy has as many early
-        // dials open as it allows: the claim goes back.
-        proxy.registry.trusted.settled(claim);
-    }
-    dial
+    // Past the proxy's cap on early dials, the claim goes back (see `EarlyDial::start`).
+    start_dial(proxy, peer, target, Some(claim))
 }
 
 /// Starts dialing the upstream of `database`, when the proxy serves it.
-fn dial_for(
+fn dial_for(proxy: &Proxy, peer: SocketAddr, database: &str) -> Option<EarlyDial> {
+    let target = DialTarget::of(proxy.lockbox.config().databases.get(database)?);
+    start_dial(proxy, peer, target, None)
+}
+
+fn start_dial(
     proxy: &Proxy,
     peer: SocketAddr,
-    database: &str,
+    target: DialTarget,
     on_trust: Option<Claim>,
 ) -> Option<EarlyDial> {
-    let target = DialTarget::of(proxy.lockbox.config().databases.get(database)?);
     EarlyDial::start(
         target,
         peer.ip(),
