@@ -166,8 +166,8 @@ impl TrustedSources {
     }
 
     /// A startup dial is over (used by its login, failed, stale, or never started). Given
-    /// back only to the trust it was claimed from: one lost and earned again since starts with none in flight,
-    /// and must not count this one's end as one of its own.
+    /// back only to the trust it was claimed from: one lost and earned again since started
+    /// with none in flight, and must not count this one's end as one of its own.
     pub(crate) fn settled(&self, claim: Claim) {
         if let Some(trust) = self.sources().get_mut(&Source::of(claim.ip)) {
             if trust.earned == claim.earned {
