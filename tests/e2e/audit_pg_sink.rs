@@ -137,10 +137,9 @@ async fn sink_health(env: &Env, what: &str, check: impl Fn(&Value) -> bool) -> V
     panic!("health never showed {what}: {last}");
 }
 
-/// Runs `n` audited statements in one session.
-/// Runs `n` statements in a session of its own and returns once the session's end is in
-/// the local trail: a comparison of the trail with the table made after it sees the whole
-/// session, not a moment before its last records.
+/// Runs `n` audited statements in a session of its own and returns once the session's end
+/// is in the local trail: a comparison of the trail with the table made after it sees the
+/// whole session, not a moment before its last records.
 pub(crate) async fn statements(env: &Env, token: &str, n: usize) {
     let ended = |env: &Env| {
         trail(env)

@@ -79,8 +79,8 @@ pub(super) async fn connect_upstream(
 /// longer the database's as configured, when dialing failed fast (refused, reset: the
 /// server may have been restarting), when the server closed it before the login (its
 /// own login timeout), or answered it was starting up: the early dial saves time, it never
-/// costs a login. A timeout, a TLS
-/// failure or a refused login is the login's answer, as it would be without the early dial.
+/// costs a login. A timeout, a TLS failure or a refused login is the login's answer, as it
+/// would be without the early dial.
 async fn login_on_early_dial(
     dial: EarlyDial,
     db: &crate::config::Database,
