@@ -47,7 +47,13 @@ impl TinyDisk {
 
 impl Drop for TinyDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        // Lazily: the proxy the test started may still hold the audit file open while it
+        // exits, and a busy mount left in place would stay mounted after the run (its
+        // folder could not be removed either).
+        let _ = Command::new("umount")
+            .arg("--lazy")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
