@@ -1,6 +1,7 @@
 //! The relay's end of a session: expiry, revocation or shutdown, checked before or raced
 //! by every wait.
 
+use std::future::Future;
 use std::pin::Pin;
 
 use tokio::sync::watch;
@@ -18,6 +19,20 @@ pub(super) struct Terminator {
     /// race it share it, where a new one per wait would cost a timer-wheel insert and
     /// remove per statement.
     expiry: Pin<Box<tokio::time::Sleep>>,
+    /// The wait for the next control, kept across [`Self::fired`]'s calls for the same
+    /// reason: a `changed()` made per call would join the watch's list of waiters and leave
+    /// it again (two lock round trips and a waker clone) on every loop of the relay. Made
+    /// again only after a control arrived, once it has been read.
+    next_control: Option<ControlWait>,
+}
+
+/// Resolves when the control changes (true) or the registry is gone (false).
+type ControlWait = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// A wait on a receiver of its own, which starts from what `kill` has seen.
+fn wait_for_control(kill: &watch::Receiver<Control>) -> ControlWait {
+    let mut kill = kill.clone();
+    Box::pin(async move { kill.changed().await.is_ok() })
 }
 
 impl Terminator {
@@ -30,6 +45,7 @@ impl Terminator {
             dropped: None,
             deadline,
             expiry: Box::pin(tokio::time::sleep_until(deadline)),
+            next_control: None,
         };
         // A receiver subscribed after a drop or an extension holds it as already seen,
         // which `ended` alone would not read.
@@ -65,15 +81,29 @@ impl Terminator {
 
     pub(super) async fn fired(&mut self) -> DropReason {
         loop {
-            if let Some(reason) = self.apply_control() {
-                return reason;
+            if let Some(reason) = &self.dropped {
+                return reason.clone();
             }
+            // Read only when it changed (or the registry is gone: a drop sent before it
+            // went names the real reason), and before the wait is made, which starts from
+            // what has been read.
+            if self.kill.has_changed().unwrap_or(true) {
+                if let Some(reason) = self.apply_control() {
+                    return reason;
+                }
+            }
+            let next_control = self
+                .next_control
+                .get_or_insert_with(|| wait_for_control(&self.kill));
             tokio::select! {
                 _ = &mut self.expiry => return DropReason::Expired,
-                changed = self.kill.changed() => if changed.is_err() {
-                    // The registry is gone: the proxy is going away.
-                    return DropReason::Shutdown;
-                },
+                alive = next_control => {
+                    self.next_control = None;
+                    if !alive {
+                        // The registry is gone: the proxy is going away.
+                        return DropReason::Shutdown;
+                    }
+                }
             }
         }
     }
@@ -206,6 +236,29 @@ mod tests {
         control.send_replace(Control::Drop(DropReason::Revoked));
         drop(control);
         assert_eq!(term.ended(), Some(DropReason::Revoked));
+    }
+
+    /// `fired` is raced in every loop of the relay and mostly dropped unfinished; its wait
+    /// for the control outlives each call.
+    #[tokio::test]
+    async fn waits_dropped_unfinished_still_see_every_control_after_them() {
+        let (control, mut term) = terminator(Instant::now() + HOUR);
+        assert!(futures::poll!(std::pin::pin!(term.fired())).is_pending());
+        control.send_replace(Control::ExtendTo(chrono::Utc::now() + 3 * HOUR));
+        // The kept wait ends with the extension; the call reads it and waits again.
+        assert!(futures::poll!(std::pin::pin!(term.fired())).is_pending());
+        assert!(term.deadline > Instant::now() + 2 * HOUR);
+        assert!(futures::poll!(std::pin::pin!(term.fired())).is_pending());
+        control.send_replace(Control::Drop(DropReason::Revoked));
+        assert_eq!(term.fired().await, DropReason::Revoked);
+    }
+
+    #[tokio::test]
+    async fn a_wait_kept_from_before_the_registry_went_reports_shutdown() {
+        let (control, mut term) = terminator(Instant::now() + HOUR);
+        assert!(futures::poll!(std::pin::pin!(term.fired())).is_pending());
+        drop(control);
+        assert_eq!(term.fired().await, DropReason::Shutdown);
     }
 
     #[tokio::test]
