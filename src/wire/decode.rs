@@ -21,6 +21,18 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    /// A prepared statement's or portal's name, refused where the server could take it for
+    /// another (see [`FrameError::NameTooLong`]).
+    fn name(&mut self) -> Result<String, FrameError> {
+        let raw = self.cstr()?;
+        if raw.len() > super::MAX_NAME_BYTES {
+            return Err(FrameError::NameTooLong(raw.len()));
+        }
+        std::str::from_utf8(raw)
+            .map(str::to_owned)
+            .map_err(|_| FrameError::NameNotUtf8)
+    }
+
     fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
         if self.body.len() < n {
             return Err(TRUNCATED);
@@ -63,7 +75,7 @@ pub fn decode_password(body: &[u8]) -> Result<String, FrameError> {
 /// Parse ('P'): statement name and SQL text.
 pub fn decode_parse(body: &[u8]) -> Result<(String, String), FrameError> {
     let mut r = Reader { body };
-    let name = text(r.cstr()?);
+    let name = r.name()?;
     let query = text(r.cstr()?);
     Ok((name, query))
 }
@@ -87,8 +99,8 @@ pub struct Bind {
 
 pub fn decode_bind(body: &[u8]) -> Result<Bind, FrameError> {
     let mut r = Reader { body };
-    let portal = text(r.cstr()?);
-    let statement = text(r.cstr()?);
+    let portal = r.name()?;
+    let statement = r.name()?;
     let params = r.params()?;
     Ok(Bind {
         portal,
@@ -162,18 +174,19 @@ pub fn cstr_at(body: &[u8], n: usize) -> Option<std::borrow::Cow<'_, str>> {
 
 /// Execute ('E'): the portal name.
 pub fn decode_execute(body: &[u8]) -> Result<String, FrameError> {
-    Reader { body }.cstr().map(text)
+    Reader { body }.name()
 }
 
 /// Close ('C'): `(b'S' | b'P', name)`.
 pub fn decode_close(body: &[u8]) -> Result<(u8, String), FrameError> {
     let mut r = Reader { body };
     let kind = r.bytes(1)?[0];
-    Ok((kind, text(r.cstr()?)))
+    Ok((kind, r.name()?))
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::MAX_NAME_BYTES;
     use super::*;
 
     #[test]
@@ -184,8 +197,40 @@ mod tests {
         assert_eq!(cstr_at(b"\0", 0).as_deref(), Some(""));
         assert_eq!(cstr_at(b"no end", 0), None);
         assert_eq!(cstr_at(b"one\0", 1), None);
-        let lossy = decode_execute(b"\xff\0\0\0\0\0").expect("decodes");
-        assert_eq!(cstr_at(b"\xff\0", 0).as_deref(), Some(lossy.as_str()));
+    }
+
+    /// PostgreSQL compares names on their first 63 bytes: longer ones could be two names to
+    /// lockbox and one to the server. Names not UTF-8 could be one to lockbox (read lossily)
+    /// and two to a server that does not check them.
+    #[test]
+    fn names_postgresql_would_truncate_or_that_are_not_utf8_are_refused() {
+        let name = |len: usize| "n".repeat(len);
+        let parse = |name: &[u8]| decode_parse(&[name, b"\0SELECT 1\0\0\0"].concat());
+        let execute = |name: &[u8]| decode_execute(&[name, b"\0\0\0\0\0"].concat());
+        let close = |name: &[u8]| decode_close(&[b"S", name, b"\0"].concat());
+        let bind = |portal: &[u8], statement: &[u8]| {
+            decode_bind(&[portal, b"\0", statement, b"\0\0\0\0\0\0\0"].concat())
+        };
+        let most = name(MAX_NAME_BYTES);
+        let over = name(MAX_NAME_BYTES + 1);
+        assert_eq!(parse(most.as_bytes()).map(|p| p.0), Ok(most.clone()));
+        assert_eq!(execute(most.as_bytes()), Ok(most.clone()));
+        assert_eq!(close(most.as_bytes()), Ok((b'S', most.clone())));
+        assert!(bind(most.as_bytes(), most.as_bytes()).is_ok());
+        let too_long = Err(FrameError::NameTooLong(MAX_NAME_BYTES + 1));
+        assert_eq!(parse(over.as_bytes()).map(|p| p.0), too_long);
+        assert_eq!(execute(over.as_bytes()), too_long);
+        assert_eq!(close(over.as_bytes()).map(|c| c.1), too_long);
+        assert_eq!(bind(over.as_bytes(), b"s").map(|b| b.portal), too_long);
+        assert_eq!(bind(b"p", over.as_bytes()).map(|b| b.portal), too_long);
+        // 63 bytes that end in a two-byte character: at the limit, whole.
+        let multibyte = format!("{}é", name(MAX_NAME_BYTES - 2));
+        assert_eq!(execute(multibyte.as_bytes()), Ok(multibyte.clone()));
+        let not_utf8 = Err(FrameError::NameNotUtf8);
+        assert_eq!(parse(b"\xff").map(|p| p.0), not_utf8);
+        assert_eq!(execute(b"a\xfe"), not_utf8);
+        assert_eq!(close(b"\xc3").map(|c| c.1), not_utf8);
+        assert_eq!(bind(b"\xff", b"s").map(|b| b.portal), not_utf8);
     }
 
     fn bind_body(formats: &[i16], params: &[Option<&[u8]>]) -> Vec<u8> {

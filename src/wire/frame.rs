@@ -14,6 +14,15 @@ pub enum FrameError {
     TooLarge { size: usize, limit: usize },
     #[error("malformed startup packet: {0}")]
     BadStartup(&'static str),
+    /// PostgreSQL keys prepared statements and portals by a name's first 63 bytes
+    /// (NAMEDATALEN - 1): two longer names alike that far are one to the server, and lockbox
+    /// could record one statement's text while the other runs.
+    #[error("a statement or portal name of {0} bytes: PostgreSQL keeps only the first {max} bytes of a name, so lockbox cannot tell which statement such a name runs; use names of at most {max} bytes", max = super::MAX_NAME_BYTES)]
+    NameTooLong(usize),
+    /// Names not valid UTF-8 (the session's client_encoding): read as text, two of them
+    /// could look alike to lockbox and differ to a server that does not check (SQL_ASCII).
+    #[error("a statement or portal name that is not valid UTF-8")]
+    NameNotUtf8,
 }
 
 /// Takes one complete tagged message (`tag`, length, body) off the front of `buf`.

@@ -44,3 +44,7 @@ pub mod codes {
 
 /// PostgreSQL's own limit on a startup packet.
 pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// The longest prepared statement or portal name the proxy accepts: PostgreSQL's
+/// NAMEDATALEN - 1, the bytes of a name its hash tables compare.
+pub const MAX_NAME_BYTES: usize = 63;

@@ -55,6 +55,7 @@ mod guard;
 mod https;
 mod init;
 mod lifecycle;
+mod long_names;
 mod names_across_groups;
 mod names_unrecorded;
 mod notify;
