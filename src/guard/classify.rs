@@ -116,6 +116,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 .iter()
                 .map(|c| c.name.clone())
                 .chain(found.field_names.iter().cloned())
+                .chain(found.type_names.iter().map(|name| super::type_entry(name)))
                 .chain(calls.maybe_called.iter().cloned())
                 .collect(),
             functions: once_each(

@@ -272,15 +272,21 @@ pub fn check_database_functions(
     if !has_guardrails(rules) {
         return Ok(());
     }
-    match database_function_used(facts, database_functions) {
-        Some(name) => Err(Refusal {
-            rule: "opaque_statement",
-            message: format!(
+    let message = match database_function_used(facts, database_functions) {
+        None => return Ok(()),
+        Some(name) => match name.strip_prefix(TYPE_PREFIX) {
+            Some(type_name) => format!(
+                "lockbox: a use of the type {type_name}, whose casts or checks run a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
+            ),
+            None => format!(
                 "lockbox: a call of {name}, a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
             ),
-        }),
-        None => Ok(()),
-    }
+        },
+    };
+    Err(Refusal {
+        rule: "opaque_statement",
+        message,
+    })
 }
 
 /// The first of the database's own functions (`database_functions`, read at login) the
@@ -321,6 +327,15 @@ pub fn database_function_used(
 
 /// How the database's own operators are listed among its functions: `operator ===`.
 const OPERATOR_PREFIX: &str = "operator ";
+
+/// How types whose casts or checks run a function of the database are listed among its
+/// functions (`type posint`): using one runs that function as a call would.
+pub(crate) const TYPE_PREFIX: &str = "type ";
+
+/// The entry of `database_functions` a use of the type `name` matches.
+pub(crate) fn type_entry(name: &str) -> String {
+    format!("{TYPE_PREFIX}{name}")
+}
 const OPERATOR_KEY_CAPACITY: usize = OPERATOR_PREFIX.len() + 64;
 
 /// Whether the database has any statement rule configured.

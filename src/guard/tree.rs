@@ -70,6 +70,9 @@ pub(crate) struct Found<'t> {
     pub written_relations: Vec<String>,
     /// Names in `(expr).name`: a field of a composite value, or a call of `name(expr)`.
     pub indirection_names: Vec<String>,
+    /// Types named (a cast's, a column's, `ROW(…)::t`), unqualified as the catalog stores
+    /// them: a cast to or from one, or a domain's check, may run a function of the database.
+    pub type_names: Vec<String>,
     /// A temporary relation is named (created, most likely): it can shadow a catalog's name.
     pub temporary_relations: bool,
     /// A relation is named that is not certainly one of the system catalogs (compared as
@@ -138,6 +141,12 @@ fn inspect_untagged<'t>(map: &'t Map<String, Value>, found: &mut Found<'t>) {
     }
     if map.contains_key("funcname") && map.contains_key("agg_star") {
         found.calls.push(call_of(map));
+    }
+    if map.contains_key("names") && map.contains_key("pct_type") {
+        let names = map.get("names").and_then(Value::as_array);
+        if let Some(name) = names.and_then(|n| n.last()).and_then(string_node) {
+            found.type_names.push(name);
+        }
     }
     if let (Some(kind), Some(Value::String(name)), Some(Value::Array(args))) =
         (map.get("kind"), map.get("name"), map.get("args"))

@@ -255,6 +255,20 @@ pub(super) async fn database_code(
             functions.push(name);
         }
     }
+    let types = client
+        .query(TYPES_RUNNING_FUNCTIONS, &[])
+        .await
+        .map_err(failed(
+            db,
+            "listing the types whose casts or checks run the database's functions",
+        ))?;
+    for row in &types {
+        let name: String = row.try_get(0).map_err(failed(
+            db,
+            "listing the types whose casts or checks run the database's functions",
+        ))?;
+        functions.push(crate::guard::type_entry(&name));
+    }
     let text_sql: Vec<&str> = crate::guard::SQL_AS_TEXT.to_vec();
     let mut rows = client.query(RELATION_LINKS, &[]).await.map_err(failed(
         db,
@@ -372,6 +386,40 @@ const FUNCTION_LINKS: &str = "\
        AND (pn.nspname NOT IN ('pg_catalog', 'information_schema') OR p.proname = ANY($1::text[])) \
        AND (ran.any_fn OR NOT EXISTS (SELECT FROM ext x \
             WHERE x.classid = 'pg_catalog.pg_proc'::regclass AND x.objid = p.oid))";
+
+/// The types whose use runs a function of the database (not built in, not an extension's),
+/// as a call of it would: a type a cast with such a function converts to or from (only its
+/// ends not built in, unless both are), one whose own functions are such (input, output, a
+/// domain's default), a domain whose checks call one (directly or through an operator), and
+/// every type built on one of these (a domain over it, an array of it, a composite or a
+/// table's row with a field of it). `7::posint` runs posint's check, `9::mood` the cast's
+/// function, where a statement names no function at all.
+const TYPES_RUNNING_FUNCTIONS: &str = "\
+    WITH RECURSIVE \
+    db_function AS (SELECT p.oid FROM pg_catalog.pg_proc p \
+       WHERE p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
+         AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass \
+                         AND d.objid = p.oid AND d.deptype = 'e')), \
+    builtin_type AS (SELECT oid FROM pg_catalog.pg_type \
+       WHERE typnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)), \
+    runs (typ) AS ( \
+      SELECT x.typ FROM pg_catalog.pg_cast c, LATERAL (VALUES (c.castsource), (c.casttarget)) AS x (typ) \
+       WHERE c.castfunc IN (SELECT oid FROM db_function) \
+         AND (x.typ NOT IN (SELECT oid FROM builtin_type) \
+              OR c.castsource IN (SELECT oid FROM builtin_type) AND c.casttarget IN (SELECT oid FROM builtin_type)) \
+      UNION SELECT d.objid FROM pg_catalog.pg_depend d \
+       WHERE d.classid = 'pg_catalog.pg_type'::regclass AND d.refclassid = 'pg_catalog.pg_proc'::regclass \
+         AND d.refobjid IN (SELECT oid FROM db_function) \
+      UNION SELECT k.contypid FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_depend d \
+          ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid \
+       WHERE k.contypid <> 0 AND (d.refclassid = 'pg_catalog.pg_proc'::regclass \
+             AND d.refobjid IN (SELECT oid FROM db_function) \
+          OR d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN (SELECT o.oid \
+             FROM pg_catalog.pg_operator o WHERE o.oprcode IN (SELECT oid FROM db_function))) \
+      UNION SELECT t.oid FROM runs r JOIN pg_catalog.pg_type t ON t.typbasetype = r.typ OR t.typelem = r.typ \
+          OR t.typrelid IN (SELECT a.attrelid FROM pg_catalog.pg_attribute a \
+                             WHERE a.atttypid = r.typ AND a.attnum > 0 AND NOT a.attisdropped)) \
+    SELECT DISTINCT t.typname::text FROM runs JOIN pg_catalog.pg_type t ON t.oid = runs.typ";
 
 /// Links of the catalog (kind, from's schema and name, to's): using the relation `from`
 /// touches `to`. `i`: `to` inherits from or is a partition of `from`; `r`: a view or

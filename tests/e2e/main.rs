@@ -75,6 +75,7 @@ mod session_end;
 mod skip_to_sync;
 mod terminate;
 mod timeout_work;
+mod type_functions;
 mod upstream_faults;
 mod upstream_tls;
 mod vanish;

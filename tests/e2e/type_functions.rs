@@ -1,0 +1,66 @@
+//! Types that run the database's code. A cast to a domain runs the domain's checks, and a
+//! cast the database defines runs its function: `SELECT 7::posint` calls whatever posint's
+//! check calls, naming no function. An attack review ran a function that took an advisory
+//! lock that way from a read session. With rules in force, a statement naming such a type
+//! is refused as opaque, like a call of the function.
+
+use lockbox::policy::AccessLevel;
+
+use crate::harness::{db_error, Env, Options};
+
+async fn env_with_typed_code() -> Env {
+    let env = Env::with(
+        "type_functions",
+        Options {
+            guardrails: "deny_delete_without_where = true",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(
+        "CREATE FUNCTION public.probe(int) RETURNS bool LANGUAGE plpgsql \
+           AS 'BEGIN PERFORM pg_advisory_lock(4242); RETURN true; END'; \
+         CREATE DOMAIN public.posint AS int CHECK (public.probe(VALUE)); \
+         CREATE DOMAIN public.posint_too AS public.posint; \
+         CREATE DOMAIN public.positive AS int CHECK (VALUE > 0); \
+         CREATE TYPE public.mood AS ENUM ('calm', 'busy'); \
+         CREATE FUNCTION public.to_mood(int) RETURNS public.mood LANGUAGE plpgsql \
+           AS 'BEGIN PERFORM pg_advisory_lock(4243); RETURN ''calm''; END'; \
+         CREATE CAST (int AS public.mood) WITH FUNCTION public.to_mood(int); \
+         CREATE TYPE public.pair AS (a public.posint, b int)",
+    );
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casts_that_run_the_databases_functions_are_opaque() {
+    let env = env_with_typed_code().await;
+    let (_id, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    for sql in [
+        "SELECT 7::posint",
+        "SELECT CAST(8 AS public.posint)",
+        "SELECT '3'::posint",
+        "SELECT ARRAY[1]::posint[]",
+        "SELECT 4::posint_too",
+        "SELECT 9::mood",
+        "SELECT ROW(1, 2)::pair",
+        "SELECT query_to_xml('select 5::posint', true, true, '')",
+    ] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        let message = db_error(&err).1;
+        assert!(message.contains("opaque_statement"), "{sql}: {message}");
+    }
+    let locks = env.superuser_sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'");
+    assert_eq!(
+        locks.trim(),
+        "0",
+        "no refused statement ran its type's function"
+    );
+    // Casts to built-in types, and to a domain whose check calls only built-ins, still run.
+    for sql in ["SELECT 1::int", "SELECT 5::positive", "SELECT 'calm'::text"] {
+        client.batch_execute(sql).await.unwrap_or_else(|e| {
+            panic!("{sql}: {:?}", db_error(&e));
+        });
+    }
+}
