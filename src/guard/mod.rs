@@ -327,6 +327,7 @@ pub fn database_function_used(
 
 /// How the database's own operators are listed among its functions: `operator ===`.
 const OPERATOR_PREFIX: &str = "operator ";
+const OPERATOR_KEY_CAPACITY: usize = OPERATOR_PREFIX.len() + 64;
 
 /// How types whose casts or checks run a function of the database are listed among its
 /// functions (`type posint`): using one runs that function as a call would.
@@ -336,7 +337,6 @@ pub(crate) const TYPE_PREFIX: &str = "type ";
 pub(crate) fn type_entry(name: &str) -> String {
     format!("{TYPE_PREFIX}{name}")
 }
-const OPERATOR_KEY_CAPACITY: usize = OPERATOR_PREFIX.len() + 64;
 
 /// Whether the database has any statement rule configured.
 pub fn has_guardrails(rules: &Guardrails) -> bool {

@@ -1132,11 +1132,18 @@ fn a_type_whose_casts_or_checks_run_database_code_is_used_like_a_call() {
     ] {
         let facts = facts_of(sql);
         let refusal = check_database_functions(&rules, &facts, &database).expect_err(sql);
-        assert!(refusal.message.contains("the type posint"), "{sql}: {}", refusal.message);
+        assert!(
+            refusal.message.contains("the type posint"),
+            "{sql}: {}",
+            refusal.message
+        );
     }
     // A type of another name, quoted or not as the catalog stores it, is not that one.
     for sql in ["SELECT 7::int", "SELECT 7::\"Posint\"", "SELECT 7::posint2"] {
         let facts = facts_of(sql);
-        assert!(check_database_functions(&rules, &facts, &database).is_ok(), "{sql}");
+        assert!(
+            check_database_functions(&rules, &facts, &database).is_ok(),
+            "{sql}"
+        );
     }
 }

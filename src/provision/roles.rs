@@ -255,18 +255,13 @@ pub(super) async fn database_code(
             functions.push(name);
         }
     }
+    let listing_types = "listing the types whose casts or checks run the database's functions";
     let types = client
         .query(TYPES_RUNNING_FUNCTIONS, &[])
         .await
-        .map_err(failed(
-            db,
-            "listing the types whose casts or checks run the database's functions",
-        ))?;
+        .map_err(failed(db, listing_types))?;
     for row in &types {
-        let name: String = row.try_get(0).map_err(failed(
-            db,
-            "listing the types whose casts or checks run the database's functions",
-        ))?;
+        let name: String = row.try_get(0).map_err(failed(db, listing_types))?;
         functions.push(crate::guard::type_entry(&name));
     }
     let text_sql: Vec<&str> = crate::guard::SQL_AS_TEXT.to_vec();
