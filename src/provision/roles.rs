@@ -256,19 +256,27 @@ pub(super) async fn database_code(
         }
     }
     let listing_types = "listing the types whose casts or checks run the database's functions";
-    let types = client
+    let typed = client
         .query(TYPES_RUNNING_FUNCTIONS, &[])
         .await
         .map_err(failed(db, listing_types))?;
-    for row in &types {
-        let name: String = row.try_get(0).map_err(failed(db, listing_types))?;
-        functions.push(crate::guard::type_entry(&name));
+    // Types are named like functions; the relations that hold them link to what they run.
+    let mut type_links = Vec::new();
+    for row in typed {
+        let kind: String = row.try_get(0).map_err(failed(db, listing_types))?;
+        if kind == "ty" {
+            let name: String = row.try_get(2).map_err(failed(db, listing_types))?;
+            functions.push(crate::guard::type_entry(&name));
+        } else {
+            type_links.push(row);
+        }
     }
     let text_sql: Vec<&str> = crate::guard::SQL_AS_TEXT.to_vec();
     let mut rows = client.query(RELATION_LINKS, &[]).await.map_err(failed(
         db,
         "listing how the database's relations reach each other",
     ))?;
+    rows.extend(type_links);
     rows.extend(
         client
             .query(FUNCTION_LINKS, &[&text_sql])
@@ -382,13 +390,17 @@ const FUNCTION_LINKS: &str = "\
        AND (ran.any_fn OR NOT EXISTS (SELECT FROM ext x \
             WHERE x.classid = 'pg_catalog.pg_proc'::regclass AND x.objid = p.oid))";
 
-/// The types whose use runs a function of the database (not built in, not an extension's),
-/// as a call of it would: a type a cast with such a function converts to or from (only its
-/// ends not built in, unless both are), one whose own functions are such (input, output, a
-/// domain's default), a domain whose checks call one (directly or through an operator), and
-/// every type built on one of these (a domain over it, an array of it, a composite or a
-/// table's row with a field of it). `7::posint` runs posint's check, `9::mood` the cast's
-/// function, where a statement names no function at all.
+/// What uses of types run of the database's own functions (not built in, not an
+/// extension's), where a statement names no function: rows `ty` (a type's schema and name,
+/// the function's) for a type whose use runs one, and `cr` (a relation's schema and name,
+/// the function's) for a relation with a column of such a type, or whose row type is one.
+/// A type runs a function when a cast with it converts to or from the type (only its ends
+/// not built in, unless both are: `9::mood`, `m::text`, `to_json(row)`), when it is one of
+/// the type's own (input, output, a domain's default), when a domain's check calls it
+/// (directly or through an operator: `7::posint`), or when the type's default operator
+/// class is built on it (ORDER BY, DISTINCT, GROUP BY, comparisons); and every type built on
+/// such a type runs it too (a domain over it, an array of it, a composite or a table's row
+/// with a field of it). The system's own relations are left out, as in `RELATION_LINKS`.
 const TYPES_RUNNING_FUNCTIONS: &str = "\
     WITH RECURSIVE \
     db_function AS (SELECT p.oid FROM pg_catalog.pg_proc p \
@@ -397,24 +409,46 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
                          AND d.objid = p.oid AND d.deptype = 'e')), \
     builtin_type AS (SELECT oid FROM pg_catalog.pg_type \
        WHERE typnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)), \
-    runs (typ) AS ( \
-      SELECT x.typ FROM pg_catalog.pg_cast c, LATERAL (VALUES (c.castsource), (c.casttarget)) AS x (typ) \
+    direct (typ, fn) AS ( \
+      SELECT x.typ, c.castfunc FROM pg_catalog.pg_cast c, LATERAL (VALUES (c.castsource), (c.casttarget)) AS x (typ) \
        WHERE c.castfunc IN (SELECT oid FROM db_function) \
          AND (x.typ NOT IN (SELECT oid FROM builtin_type) \
               OR c.castsource IN (SELECT oid FROM builtin_type) AND c.casttarget IN (SELECT oid FROM builtin_type)) \
-      UNION SELECT d.objid FROM pg_catalog.pg_depend d \
+      UNION SELECT d.objid, d.refobjid FROM pg_catalog.pg_depend d \
        WHERE d.classid = 'pg_catalog.pg_type'::regclass AND d.refclassid = 'pg_catalog.pg_proc'::regclass \
          AND d.refobjid IN (SELECT oid FROM db_function) \
-      UNION SELECT k.contypid FROM pg_catalog.pg_constraint k JOIN pg_catalog.pg_depend d \
-          ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid \
-       WHERE k.contypid <> 0 AND (d.refclassid = 'pg_catalog.pg_proc'::regclass \
-             AND d.refobjid IN (SELECT oid FROM db_function) \
-          OR d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN (SELECT o.oid \
-             FROM pg_catalog.pg_operator o WHERE o.oprcode IN (SELECT oid FROM db_function))) \
-      UNION SELECT t.oid FROM runs r JOIN pg_catalog.pg_type t ON t.typbasetype = r.typ OR t.typelem = r.typ \
-          OR t.typrelid IN (SELECT a.attrelid FROM pg_catalog.pg_attribute a \
-                             WHERE a.atttypid = r.typ AND a.attnum > 0 AND NOT a.attisdropped)) \
-    SELECT DISTINCT t.typname::text FROM runs JOIN pg_catalog.pg_type t ON t.oid = runs.typ";
+      UNION SELECT k.contypid, coalesce(o.oprcode, d.refobjid) FROM pg_catalog.pg_constraint k \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid \
+         LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid = d.refobjid \
+       WHERE k.contypid <> 0 AND coalesce(o.oprcode, d.refobjid) IN (SELECT oid FROM db_function) \
+         AND d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_operator'::regclass) \
+      UNION SELECT c.opcintype, p.amproc FROM pg_catalog.pg_opclass c \
+         JOIN pg_catalog.pg_amproc p ON p.amprocfamily = c.opcfamily \
+       WHERE c.opcdefault AND c.opcintype NOT IN (SELECT oid FROM builtin_type) \
+         AND p.amproc IN (SELECT oid FROM db_function) \
+      UNION SELECT c.opcintype, o.oprcode FROM pg_catalog.pg_opclass c \
+         JOIN pg_catalog.pg_amop a ON a.amopfamily = c.opcfamily \
+         JOIN pg_catalog.pg_operator o ON o.oid = a.amopopr \
+       WHERE c.opcdefault AND c.opcintype NOT IN (SELECT oid FROM builtin_type) \
+         AND o.oprcode IN (SELECT oid FROM db_function)), \
+    built_on (base, typ) AS ( \
+      SELECT typbasetype, oid FROM pg_catalog.pg_type WHERE typbasetype <> 0 \
+      UNION ALL SELECT typelem, oid FROM pg_catalog.pg_type WHERE typelem <> 0 \
+      UNION ALL SELECT a.atttypid, t.oid FROM pg_catalog.pg_attribute a \
+         JOIN pg_catalog.pg_type t ON t.typrelid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped), \
+    runs (typ, fn) AS ( \
+      SELECT typ, fn FROM direct \
+      UNION SELECT b.typ, r.fn FROM runs r JOIN built_on b ON b.base = r.typ), \
+    named (kind, schema, name, fn) AS ( \
+      SELECT 'ty', tn.nspname, t.typname, runs.fn FROM runs JOIN pg_catalog.pg_type t ON t.oid = runs.typ \
+        JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
+      UNION SELECT 'cr', cn.nspname, c.relname, runs.fn FROM runs JOIN pg_catalog.pg_type t ON t.oid = runs.typ \
+        JOIN pg_catalog.pg_class c ON c.oid = t.typrelid AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
+        JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
+       WHERE cn.nspname NOT IN ('pg_catalog', 'information_schema')) \
+    SELECT DISTINCT named.kind, named.schema::text, named.name::text, pn.nspname::text, p.proname::text \
+      FROM named JOIN pg_catalog.pg_proc p ON p.oid = named.fn \
+      JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace";
 
 /// Links of the catalog (kind, from's schema and name, to's): using the relation `from`
 /// touches `to`. `i`: `to` inherits from or is a partition of `from`; `r`: a view or

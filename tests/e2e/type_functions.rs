@@ -2,7 +2,9 @@
 //! cast the database defines runs its function: `SELECT 7::posint` calls whatever posint's
 //! check calls, naming no function. An attack review ran a function that took an advisory
 //! lock that way from a read session. With rules in force, a statement naming such a type
-//! is refused as opaque, like a call of the function.
+//! is refused as opaque, like a call of the function, and so is one naming a relation
+//! holding such a type (a second review ran them through a column's implicit cast, a cast
+//! to JSON, and a sort by the type's operator class).
 
 use lockbox::policy::AccessLevel;
 
@@ -27,7 +29,43 @@ async fn env_with_typed_code() -> Env {
          CREATE FUNCTION public.to_mood(int) RETURNS public.mood LANGUAGE plpgsql \
            AS 'BEGIN PERFORM pg_advisory_lock(4243); RETURN ''calm''; END'; \
          CREATE CAST (int AS public.mood) WITH FUNCTION public.to_mood(int); \
-         CREATE TYPE public.pair AS (a public.posint, b int)",
+         CREATE TYPE public.pair AS (a public.posint, b int); \
+         CREATE TYPE public.tone AS ENUM ('low', 'high'); \
+         CREATE TABLE public.tones (t public.tone); \
+         INSERT INTO public.tones VALUES ('low'), ('high'); \
+         CREATE FUNCTION public.tone_text(public.tone) RETURNS text LANGUAGE plpgsql \
+           AS 'BEGIN PERFORM pg_advisory_lock(4244); RETURN ''t''; END'; \
+         CREATE CAST (public.tone AS text) WITH FUNCTION public.tone_text(public.tone) AS IMPLICIT; \
+         CREATE FUNCTION public.tone_json(public.tone) RETURNS json LANGUAGE plpgsql \
+           AS 'BEGIN PERFORM pg_advisory_lock(4245); RETURN ''1''; END'; \
+         CREATE CAST (public.tone AS json) WITH FUNCTION public.tone_json(public.tone); \
+         CREATE TABLE public.boxes (id int); \
+         CREATE FUNCTION public.box_text(public.boxes) RETURNS text LANGUAGE plpgsql \
+           AS 'BEGIN PERFORM pg_advisory_lock(4246); RETURN ''b''; END'; \
+         CREATE CAST (public.boxes AS text) WITH FUNCTION public.box_text(public.boxes); \
+         CREATE TYPE public.level AS ENUM ('a', 'b'); \
+         CREATE FUNCTION public.level_cmp(public.level, public.level) RETURNS int \
+           LANGUAGE plpgsql IMMUTABLE \
+           AS 'BEGIN PERFORM pg_advisory_lock(4247); RETURN enum_cmp($1, $2); END'; \
+         CREATE FUNCTION public.level_lt(public.level, public.level) RETURNS bool \
+           LANGUAGE sql IMMUTABLE AS 'SELECT enum_lt($1, $2)'; \
+         CREATE FUNCTION public.level_eq(public.level, public.level) RETURNS bool \
+           LANGUAGE sql IMMUTABLE AS 'SELECT enum_eq($1, $2)'; \
+         CREATE FUNCTION public.level_gt(public.level, public.level) RETURNS bool \
+           LANGUAGE sql IMMUTABLE AS 'SELECT enum_gt($1, $2)'; \
+         CREATE OPERATOR public.<< (leftarg = public.level, rightarg = public.level, \
+           function = public.level_lt); \
+         CREATE OPERATOR public.== (leftarg = public.level, rightarg = public.level, \
+           function = public.level_eq); \
+         CREATE OPERATOR public.>> (leftarg = public.level, rightarg = public.level, \
+           function = public.level_gt); \
+         CREATE OPERATOR CLASS public.level_ops DEFAULT FOR TYPE public.level USING btree AS \
+           OPERATOR 1 public.<<, OPERATOR 3 public.==, OPERATOR 5 public.>>, \
+           FUNCTION 1 public.level_cmp(public.level, public.level); \
+         CREATE TYPE public.ranked AS (l public.level, n int); \
+         CREATE TABLE public.levels (r public.ranked); \
+         CREATE TABLE public.leveled (l public.level); \
+         INSERT INTO public.leveled VALUES ('b'), ('a')",
     );
     env
 }
@@ -46,6 +84,15 @@ async fn casts_that_run_the_databases_functions_are_opaque() {
         "SELECT 9::mood",
         "SELECT ROW(1, 2)::pair",
         "SELECT query_to_xml('select 5::posint', true, true, '')",
+        // Named nowhere: a column's type converted by the database's cast, implicitly or
+        // to JSON; a row converted by one; a sort by the type's default operator class.
+        "SELECT t::text FROM tones",
+        "SELECT upper(t) FROM tones",
+        "SELECT row_to_json(x) FROM tones x",
+        "SELECT b::text FROM boxes b",
+        "SELECT l FROM leveled ORDER BY l",
+        "SELECT DISTINCT l FROM leveled",
+        "SELECT r FROM levels ORDER BY r",
     ] {
         let err = client.batch_execute(sql).await.expect_err(sql);
         let message = db_error(&err).1;
