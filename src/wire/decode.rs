@@ -177,6 +177,12 @@ pub fn decode_execute(body: &[u8]) -> Result<String, FrameError> {
     Reader { body }.name()
 }
 
+/// Describe ('D'): `(b'S' | b'P', name)`. Nothing runs, but its name is held to the same
+/// rule as the others', so what a long name means never depends on the message.
+pub fn decode_describe(body: &[u8]) -> Result<(u8, String), FrameError> {
+    decode_close(body)
+}
+
 /// Close ('C'): `(b'S' | b'P', name)`.
 pub fn decode_close(body: &[u8]) -> Result<(u8, String), FrameError> {
     let mut r = Reader { body };
@@ -208,6 +214,7 @@ mod tests {
         let parse = |name: &[u8]| decode_parse(&[name, b"\0SELECT 1\0\0\0"].concat());
         let execute = |name: &[u8]| decode_execute(&[name, b"\0\0\0\0\0"].concat());
         let close = |name: &[u8]| decode_close(&[b"S", name, b"\0"].concat());
+        let describe = |name: &[u8]| decode_describe(&[b"P", name, b"\0"].concat());
         let bind = |portal: &[u8], statement: &[u8]| {
             decode_bind(&[portal, b"\0", statement, b"\0\0\0\0\0\0\0"].concat())
         };
@@ -221,6 +228,8 @@ mod tests {
         assert_eq!(parse(over.as_bytes()).map(|p| p.0), too_long);
         assert_eq!(execute(over.as_bytes()), too_long);
         assert_eq!(close(over.as_bytes()).map(|c| c.1), too_long);
+        assert_eq!(describe(over.as_bytes()).map(|d| d.1), too_long);
+        assert_eq!(describe(most.as_bytes()), Ok((b'P', most.clone())));
         assert_eq!(bind(over.as_bytes(), b"s").map(|b| b.portal), too_long);
         assert_eq!(bind(b"p", over.as_bytes()).map(|b| b.portal), too_long);
         // 63 bytes that end in a two-byte character: at the limit, whole.

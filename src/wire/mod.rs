@@ -9,8 +9,8 @@ mod frame;
 mod scan;
 
 pub use decode::{
-    cstr_at, decode_bind, decode_close, decode_execute, decode_function_call, decode_parse,
-    decode_password, decode_query, Bind, ParamValue,
+    cstr_at, decode_bind, decode_close, decode_describe, decode_execute, decode_function_call,
+    decode_parse, decode_password, decode_query, Bind, ParamValue,
 };
 pub use encode::{
     authentication_cleartext, authentication_ok, backend_key_data, cancel_request, error_response,

@@ -8,7 +8,7 @@
 
 use lockbox::policy::AccessLevel;
 
-use crate::frontend::{bind, close, execute, parse, sync};
+use crate::frontend::{bind, close, describe, execute, parse, sync};
 use crate::harness::{errors_in, message, rows_in, Env, Raw};
 
 async fn session(env: &Env) -> Raw {
@@ -116,4 +116,16 @@ async fn names_of_63_bytes_work() {
         })
     })
     .await;
+}
+
+/// A Describe runs nothing, but its name follows the same rule: a long one means no
+/// different statement to a Describe than to a Bind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_describe_of_a_long_name_ends_the_session() {
+    let env = Env::start("long_names_describe").await;
+    let mut raw = session(&env).await;
+    raw.send(&[describe(b'S', &long("q", "_x")), sync()].concat())
+        .await;
+    let answer = raw.read_to_close().await;
+    assert_eq!(codes(&answer), ["08P01"], "{:?}", errors_in(&answer));
 }

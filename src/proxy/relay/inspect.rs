@@ -235,7 +235,10 @@ impl Relay {
                 .map_err(|e| e.to_string())?;
                 pending.push(Pending::Step(Step::Close, id));
             }
-            b'D' => pending.push(Pending::Step(Step::Describe, self.statements.message())),
+            b'D' => {
+                wire::decode_describe(body).map_err(|e| e.to_string())?;
+                pending.push(Pending::Step(Step::Describe, self.statements.message()));
+            }
             b'S' => {
                 self.batch.synced = true;
                 pending.push(Pending::Sync(self.statements.end_group()))
