@@ -249,6 +249,14 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
             "a function that reads tables named in a string".into(),
         );
     }
+    if facts.reads_tables_by_name && has_guardrails(rules) {
+        // Catalog reach finds what a relation runs (a view's calls, a column type's cast) by
+        // the relation's name; one computed at run time (`schema_to_xml`) goes unseen.
+        return refuse(
+            "opaque_statement",
+            "a function that reads tables named in a string (they may run this database's functions)".into(),
+        );
+    }
     if let Some(what) = facts.opaque.filter(|_| has_guardrails(rules)) {
         // The rules above look at what a statement names; a DO block, a procedure or a
         // user function can do anything out of sight, so with rules in force it may not run.
@@ -336,6 +344,36 @@ pub(crate) const TYPE_PREFIX: &str = "type ";
 /// The entry of `database_functions` a use of the type `name` matches.
 pub(crate) fn type_entry(name: &str) -> String {
     format!("{TYPE_PREFIX}{name}")
+}
+
+/// The entry of `database_functions` for the same type by OID: a Parse gives its
+/// parameters types by OID, naming none in the text.
+pub(crate) fn type_oid_entry(oid: impl std::fmt::Display) -> String {
+    format!("{TYPE_PREFIX}oid {oid}")
+}
+
+/// With rules in force, a Parse that gives a parameter one of the types whose use runs a
+/// function of the database (see [`type_entry`]) is refused like a statement naming it.
+pub fn check_parameter_types(
+    rules: &Guardrails,
+    types: &[u32],
+    database_functions: &std::collections::HashSet<String>,
+) -> Result<(), Refusal> {
+    // Built-in types (OIDs below FirstNormalObjectId) are looked up too: a database may
+    // give one a cast of its own.
+    let flagged = types
+        .iter()
+        .filter(|oid| **oid != 0)
+        .find(|oid| database_functions.contains(&type_oid_entry(oid)));
+    match flagged {
+        Some(oid) if has_guardrails(rules) => Err(Refusal {
+            rule: "opaque_statement",
+            message: format!(
+                "lockbox: a parameter of the type with OID {oid}, whose casts or checks run a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the database has any statement rule configured.

@@ -468,6 +468,24 @@ fn database_rules() {
         Some("opaque_statement"),
     );
     check("call cleanup()", Some("opaque_statement"));
+    // Tables read by a name computed at run time may run the database's functions.
+    let deny_only = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    for sql in [
+        "select schema_to_xml('public', true, false, '')",
+        "select database_to_xml(true, false, '')",
+        "select table_to_xml(to_regclass(concat('v_', 'probe')), true, false, '')",
+    ] {
+        let refusal = check_rules(&deny_only, &analyze(sql).facts).expect_err(sql);
+        assert_eq!(refusal.rule, "opaque_statement", "{sql}");
+    }
+    assert!(check_rules(
+        &deny_only,
+        &analyze("select table_to_xml('items', true, false, '')").facts
+    )
+    .is_ok());
     check("select public.wipe()", Some("opaque_statement"));
     check("select my_function(1)", Some("opaque_statement"));
     check(
@@ -1145,5 +1163,20 @@ fn a_type_whose_casts_or_checks_run_database_code_is_used_like_a_call() {
             check_database_functions(&rules, &facts, &database).is_ok(),
             "{sql}"
         );
+    }
+}
+
+#[test]
+fn an_operator_a_sort_uses_is_the_statements_own() {
+    for sql in [
+        "SELECT x FROM t ORDER BY x USING <<<<",
+        "SELECT array_agg(x ORDER BY x USING OPERATOR(public.<<<<)) FROM t",
+        "SELECT rank() OVER (ORDER BY x USING <<<<) FROM t",
+    ] {
+        let facts = facts_of(sql);
+        // Unqualified, it is looked up among the database's operators; qualified with a
+        // schema other than pg_catalog, it is a database operator at once.
+        let unqualified = facts.operators.iter().any(|o| o == "<<<<");
+        assert!(unqualified || facts.opaque.is_some(), "{sql}: {facts:?}");
     }
 }

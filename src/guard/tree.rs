@@ -217,6 +217,9 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             }
             found.operators.extend(named);
         }
+        // `ORDER BY x USING <<<` (a query's, an aggregate's, a window's) sorts with that
+        // operator's function.
+        "SortBy" => found.operators.extend(operator_named(node.get("use_op"))),
         // `CASE x WHEN v …` compares with `=`, which names no operator.
         "CaseExpr" if !is_empty(node.get("arg")) => found.operators.push((None, "=".to_owned())),
         "UpdateStmt" => {

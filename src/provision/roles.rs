@@ -221,6 +221,17 @@ pub(super) async fn database_code(
     db: &Database,
 ) -> Result<(Vec<String>, Vec<RelationLink>), ProvisionError> {
     let client = connect(db).await?;
+    // The catalog walks below are cheap but estimated dear: with JIT on, PostgreSQL spent
+    // 2.5 s compiling one that then ran in 0.1 s, on every login (there is no `jit` before
+    // PostgreSQL 11).
+    client
+        .query(
+            "SELECT pg_catalog.set_config('jit', 'off', false) \
+             WHERE pg_catalog.current_setting('server_version_num')::int >= 110000",
+            &[],
+        )
+        .await
+        .map_err(failed(db, "turning JIT off for the catalog's reading"))?;
     let rows = client
         .query(
             // Operators too, named `operator <symbol>`, that no extension installed: an
@@ -266,7 +277,9 @@ pub(super) async fn database_code(
         let kind: String = row.try_get(0).map_err(failed(db, listing_types))?;
         if kind == "ty" {
             let name: String = row.try_get(2).map_err(failed(db, listing_types))?;
+            let oid: i64 = row.try_get(5).map_err(failed(db, listing_types))?;
             functions.push(crate::guard::type_entry(&name));
+            functions.push(crate::guard::type_oid_entry(oid));
         } else {
             type_links.push(row);
         }
@@ -391,16 +404,20 @@ const FUNCTION_LINKS: &str = "\
             WHERE x.classid = 'pg_catalog.pg_proc'::regclass AND x.objid = p.oid))";
 
 /// What uses of types run of the database's own functions (not built in, not an
-/// extension's), where a statement names no function: rows `ty` (a type's schema and name,
-/// the function's) for a type whose use runs one, and `cr` (a relation's schema and name,
-/// the function's) for a relation with a column of such a type, or whose row type is one.
-/// A type runs a function when a cast with it converts to or from the type (only its ends
-/// not built in, unless both are: `9::mood`, `m::text`, `to_json(row)`), when it is one of
-/// the type's own (input, output, a domain's default), when a domain's check calls it
-/// (directly or through an operator: `7::posint`), or when the type's default operator
-/// class is built on it (ORDER BY, DISTINCT, GROUP BY, comparisons); and every type built on
-/// such a type runs it too (a domain over it, an array of it, a composite or a table's row
-/// with a field of it). The system's own relations are left out, as in `RELATION_LINKS`.
+/// extension's), where a statement names no function. A type runs a function when a cast
+/// with it converts to or from the type (only its ends not built in, unless both are:
+/// `9::mood`, `m::text`, `to_json(row)`), when it is one of the type's own (input, output, a
+/// domain's default), when a domain's check calls it (directly or through an operator:
+/// `7::posint`), or when the type's default operator class is built on it (ORDER BY,
+/// DISTINCT, GROUP BY, comparisons); and every type built on such a type runs it too (a
+/// domain over it, an array of it, a composite or a table's row with a field of it).
+///
+/// Rows: `ty` (a type's schema and name, the function's, the type's OID, which a Parse may
+/// give a parameter) for each such type; `cr` or `cw` (a relation's schema and name, the
+/// function's) for a relation with a column of such a type, or whose row type is one: `cr`
+/// where reading it may run the function (casts, I/O, operator classes), `cw` where only
+/// writing does (a domain's check and default, as `FUNCTION_LINKS` has them). The system's
+/// own relations are left out, as in `RELATION_LINKS`.
 const TYPES_RUNNING_FUNCTIONS: &str = "\
     WITH RECURSIVE \
     db_function AS (SELECT p.oid FROM pg_catalog.pg_proc p \
@@ -409,24 +426,27 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
                          AND d.objid = p.oid AND d.deptype = 'e')), \
     builtin_type AS (SELECT oid FROM pg_catalog.pg_type \
        WHERE typnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)), \
-    direct (typ, fn) AS ( \
-      SELECT x.typ, c.castfunc FROM pg_catalog.pg_cast c, LATERAL (VALUES (c.castsource), (c.casttarget)) AS x (typ) \
+    direct (typ, fn, on_read) AS ( \
+      SELECT x.typ, c.castfunc, true FROM pg_catalog.pg_cast c, LATERAL (VALUES (c.castsource), (c.casttarget)) AS x (typ) \
        WHERE c.castfunc IN (SELECT oid FROM db_function) \
          AND (x.typ NOT IN (SELECT oid FROM builtin_type) \
               OR c.castsource IN (SELECT oid FROM builtin_type) AND c.casttarget IN (SELECT oid FROM builtin_type)) \
-      UNION SELECT d.objid, d.refobjid FROM pg_catalog.pg_depend d \
+      UNION SELECT t.oid, x.fn, true FROM pg_catalog.pg_type t, \
+             LATERAL (VALUES (t.typinput), (t.typoutput), (t.typreceive), (t.typsend)) AS x (fn) \
+       WHERE x.fn IN (SELECT oid FROM db_function) \
+      UNION SELECT d.objid, d.refobjid, false FROM pg_catalog.pg_depend d \
        WHERE d.classid = 'pg_catalog.pg_type'::regclass AND d.refclassid = 'pg_catalog.pg_proc'::regclass \
          AND d.refobjid IN (SELECT oid FROM db_function) \
-      UNION SELECT k.contypid, coalesce(o.oprcode, d.refobjid) FROM pg_catalog.pg_constraint k \
+      UNION SELECT k.contypid, coalesce(o.oprcode, d.refobjid), false FROM pg_catalog.pg_constraint k \
          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid \
          LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid = d.refobjid \
        WHERE k.contypid <> 0 AND coalesce(o.oprcode, d.refobjid) IN (SELECT oid FROM db_function) \
          AND d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_operator'::regclass) \
-      UNION SELECT c.opcintype, p.amproc FROM pg_catalog.pg_opclass c \
+      UNION SELECT c.opcintype, p.amproc, true FROM pg_catalog.pg_opclass c \
          JOIN pg_catalog.pg_amproc p ON p.amprocfamily = c.opcfamily \
        WHERE c.opcdefault AND c.opcintype NOT IN (SELECT oid FROM builtin_type) \
          AND p.amproc IN (SELECT oid FROM db_function) \
-      UNION SELECT c.opcintype, o.oprcode FROM pg_catalog.pg_opclass c \
+      UNION SELECT c.opcintype, o.oprcode, true FROM pg_catalog.pg_opclass c \
          JOIN pg_catalog.pg_amop a ON a.amopfamily = c.opcfamily \
          JOIN pg_catalog.pg_operator o ON o.oid = a.amopopr \
        WHERE c.opcdefault AND c.opcintype NOT IN (SELECT oid FROM builtin_type) \
@@ -436,17 +456,19 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
       UNION ALL SELECT typelem, oid FROM pg_catalog.pg_type WHERE typelem <> 0 \
       UNION ALL SELECT a.atttypid, t.oid FROM pg_catalog.pg_attribute a \
          JOIN pg_catalog.pg_type t ON t.typrelid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped), \
-    runs (typ, fn) AS ( \
-      SELECT typ, fn FROM direct \
-      UNION SELECT b.typ, r.fn FROM runs r JOIN built_on b ON b.base = r.typ), \
-    named (kind, schema, name, fn) AS ( \
-      SELECT 'ty', tn.nspname, t.typname, runs.fn FROM runs JOIN pg_catalog.pg_type t ON t.oid = runs.typ \
+    runs (typ, fn, on_read) AS ( \
+      SELECT typ, fn, on_read FROM direct \
+      UNION SELECT b.typ, r.fn, r.on_read FROM runs r JOIN built_on b ON b.base = r.typ), \
+    named (kind, schema, name, fn, typ) AS ( \
+      SELECT 'ty', tn.nspname, t.typname, runs.fn, t.oid FROM runs JOIN pg_catalog.pg_type t ON t.oid = runs.typ \
         JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
-      UNION SELECT 'cr', cn.nspname, c.relname, runs.fn FROM runs JOIN pg_catalog.pg_type t ON t.oid = runs.typ \
+      UNION SELECT CASE WHEN runs.on_read THEN 'cr' ELSE 'cw' END, cn.nspname, c.relname, runs.fn, 0::oid \
+        FROM runs JOIN pg_catalog.pg_type t ON t.oid = runs.typ \
         JOIN pg_catalog.pg_class c ON c.oid = t.typrelid AND c.relkind IN ('r', 'p', 'v', 'm', 'f') \
         JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace \
        WHERE cn.nspname NOT IN ('pg_catalog', 'information_schema')) \
-    SELECT DISTINCT named.kind, named.schema::text, named.name::text, pn.nspname::text, p.proname::text \
+    SELECT DISTINCT named.kind, named.schema::text, named.name::text, pn.nspname::text, p.proname::text, \
+           named.typ::bigint \
       FROM named JOIN pg_catalog.pg_proc p ON p.oid = named.fn \
       JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace";
 

@@ -72,12 +72,18 @@ pub fn decode_password(body: &[u8]) -> Result<String, FrameError> {
     Reader { body }.cstr().map(text)
 }
 
-/// Parse ('P'): statement name and SQL text.
-pub fn decode_parse(body: &[u8]) -> Result<(String, String), FrameError> {
+/// Parse ('P'): statement name, SQL text, and the types it gives its parameters (OIDs, 0
+/// for "infer").
+pub fn decode_parse(body: &[u8]) -> Result<(String, String, Vec<u32>), FrameError> {
     let mut r = Reader { body };
     let name = r.name()?;
     let query = text(r.cstr()?);
-    Ok((name, query))
+    let count = r.count()?;
+    let mut types = Vec::with_capacity(count.min(r.body.len() / 4));
+    for _ in 0..count {
+        types.push(r.i32()? as u32);
+    }
+    Ok((name, query, types))
 }
 
 /// One bound parameter as the audit records it.
@@ -221,6 +227,9 @@ mod tests {
         let most = name(MAX_NAME_BYTES);
         let over = name(MAX_NAME_BYTES + 1);
         assert_eq!(parse(most.as_bytes()).map(|p| p.0), Ok(most.clone()));
+        let typed = decode_parse(b"s\0SELECT $1\0\0\x02\0\0\0\x17\0\0\x40\x01");
+        assert_eq!(typed.map(|p| p.2), Ok(vec![23, 16385]));
+        assert!(decode_parse(b"s\0SELECT $1\0\0\x02\0\0\0\x17").is_err());
         assert_eq!(execute(most.as_bytes()), Ok(most.clone()));
         assert_eq!(close(most.as_bytes()), Ok((b'S', most.clone())));
         assert!(bind(most.as_bytes(), most.as_bytes()).is_ok());

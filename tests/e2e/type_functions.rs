@@ -8,11 +8,12 @@
 
 use lockbox::policy::AccessLevel;
 
-use crate::harness::{db_error, Env, Options};
+use crate::frontend::{bind, execute, sync};
+use crate::harness::{db_error, errors_in, message, Env, Options, Raw};
 
-async fn env_with_typed_code() -> Env {
+async fn env_with_typed_code(name: &str) -> Env {
     let env = Env::with(
-        "type_functions",
+        name,
         Options {
             guardrails: "deny_delete_without_where = true",
             ..Options::default()
@@ -72,7 +73,7 @@ async fn env_with_typed_code() -> Env {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn casts_that_run_the_databases_functions_are_opaque() {
-    let env = env_with_typed_code().await;
+    let env = env_with_typed_code("type_functions_casts").await;
     let (_id, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
     let (client, _conn) = env.connect("eve", &token).await.expect("login");
     for sql in [
@@ -110,4 +111,60 @@ async fn casts_that_run_the_databases_functions_are_opaque() {
             panic!("{sql}: {:?}", db_error(&e));
         });
     }
+}
+
+/// A Parse gives its parameters types by OID, naming none in its text: a third review ran
+/// the cast and the check that way (`SELECT upper($1)` with `$1` a tone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parameter_given_such_a_type_is_opaque_too() {
+    let env = env_with_typed_code("type_functions_parameters").await;
+    let oid_of = |name: &str| -> u32 {
+        let oid = env.superuser_sql(&format!("SELECT '{name}'::regtype::oid"));
+        oid.trim().parse().expect("an OID")
+    };
+    let (_id, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    let typed_parse = |sql: &str, oid: u32| {
+        let body = [
+            b"\0".as_slice(),
+            sql.as_bytes(),
+            b"\0",
+            &1i16.to_be_bytes(),
+            &oid.to_be_bytes(),
+        ]
+        .concat();
+        message(b'P', &body)
+    };
+    for (sql, type_name) in [
+        ("SELECT upper($1)", "public.tone"),
+        ("SELECT $1", "public.posint"),
+        ("SELECT $1 IS NULL", "public.level"),
+    ] {
+        raw.send(
+            &[
+                typed_parse(sql, oid_of(type_name)),
+                bind("", ""),
+                execute(""),
+                sync(),
+            ]
+            .concat(),
+        )
+        .await;
+        let answer = raw.read_until_ready().await;
+        let errors = errors_in(&answer);
+        assert!(
+            errors
+                .first()
+                .is_some_and(|(_, m)| m.contains("opaque_statement")),
+            "{sql} with a {type_name}: {errors:?}"
+        );
+    }
+    // A built-in parameter type is still parsed.
+    raw.send(&[typed_parse("SELECT $1", 23), sync()].concat())
+        .await;
+    let answer = raw.read_until_ready().await;
+    assert!(errors_in(&answer).is_empty(), "{:?}", errors_in(&answer));
+    let locks = env.superuser_sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'");
+    assert_eq!(locks.trim(), "0");
 }

@@ -93,7 +93,7 @@ impl Relay {
                 return Ok(refusal.map(|_| stand_in_query()));
             }
             b'P' => {
-                let (name, text) = wire::decode_parse(body).map_err(|e| e.to_string())?;
+                let (name, text, types) = wire::decode_parse(body).map_err(|e| e.to_string())?;
                 let analyses = guard::analyze_query_cached(&text);
                 let analysis = match &analyses[..] {
                     [one] => one.analysis.clone(),
@@ -108,7 +108,15 @@ impl Relay {
                     Some(refusal) => Err(refusal),
                     None => Ok(()),
                 };
-                if let Err(refusal) = recorded.and(stable).and_then(|()| self.check(&analysis)) {
+                let typed = || {
+                    guard::check_parameter_types(
+                        &self.grant.rules,
+                        &types,
+                        &self.grant.database_functions,
+                    )
+                };
+                let checked = recorded.and(stable).and_then(|()| self.check(&analysis));
+                if let Err(refusal) = checked.and_then(|()| typed()) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
                     return Ok(Some(stand_in_parse(&name)));
                 }
