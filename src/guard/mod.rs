@@ -284,7 +284,7 @@ pub fn check_database_functions(
         None => return Ok(()),
         Some(name) => match name.strip_prefix(TYPE_PREFIX) {
             Some(type_name) => format!(
-                "lockbox: a use of the type {type_name}, whose casts or checks run a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
+                "lockbox: a use of the type {type_name}, whose casts, checks or operators run a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
             ),
             None => format!(
                 "lockbox: a call of {name}, a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
@@ -359,6 +359,10 @@ pub fn check_parameter_types(
     types: &[u32],
     database_functions: &std::collections::HashSet<String>,
 ) -> Result<(), Refusal> {
+    // Drivers give types with every Parse (JDBC does): nothing is looked up without rules.
+    if !has_guardrails(rules) || database_functions.is_empty() {
+        return Ok(());
+    }
     // Built-in types (OIDs below FirstNormalObjectId) are looked up too: a database may
     // give one a cast of its own.
     let flagged = types
@@ -366,13 +370,13 @@ pub fn check_parameter_types(
         .filter(|oid| **oid != 0)
         .find(|oid| database_functions.contains(&type_oid_entry(oid)));
     match flagged {
-        Some(oid) if has_guardrails(rules) => Err(Refusal {
+        Some(oid) => Err(Refusal {
             rule: "opaque_statement",
             message: format!(
-                "lockbox: a parameter of the type with OID {oid}, whose casts or checks run a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
+                "lockbox: a parameter of the type with OID {oid}, whose casts, checks or operators run a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
             ),
         }),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 

@@ -415,9 +415,11 @@ const FUNCTION_LINKS: &str = "\
 /// Rows: `ty` (a type's schema and name, the function's, the type's OID, which a Parse may
 /// give a parameter) for each such type; `cr` or `cw` (a relation's schema and name, the
 /// function's) for a relation with a column of such a type, or whose row type is one: `cr`
-/// where reading it may run the function (casts, I/O, operator classes), `cw` where only
-/// writing does (a domain's check and default, as `FUNCTION_LINKS` has them). The system's
-/// own relations are left out, as in `RELATION_LINKS`.
+/// where reading it may run the function (casts, I/O, operator classes, and a domain's
+/// check: a read can turn a value into the relation's row type, `coalesce(t, '(8)')` or
+/// `jsonb_populate_record(t, …)`, which checks its domains), `cw` where only writing does
+/// (a domain's default, as `FUNCTION_LINKS` has it). The system's own relations are left
+/// out, as in `RELATION_LINKS`.
 const TYPES_RUNNING_FUNCTIONS: &str = "\
     WITH RECURSIVE \
     db_function AS (SELECT p.oid FROM pg_catalog.pg_proc p \
@@ -437,7 +439,7 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
       UNION SELECT d.objid, d.refobjid, false FROM pg_catalog.pg_depend d \
        WHERE d.classid = 'pg_catalog.pg_type'::regclass AND d.refclassid = 'pg_catalog.pg_proc'::regclass \
          AND d.refobjid IN (SELECT oid FROM db_function) \
-      UNION SELECT k.contypid, coalesce(o.oprcode, d.refobjid), false FROM pg_catalog.pg_constraint k \
+      UNION SELECT k.contypid, coalesce(o.oprcode, d.refobjid), true FROM pg_catalog.pg_constraint k \
          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid \
          LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid = d.refobjid \
        WHERE k.contypid <> 0 AND coalesce(o.oprcode, d.refobjid) IN (SELECT oid FROM db_function) \
