@@ -3,6 +3,8 @@
 //! The crate is split by concern; `ARCHITECTURE.md` maps the modules and how a
 //! connection and an access request flow through them.
 
+#[cfg(test)]
+mod allocations;
 pub mod api;
 pub mod audit;
 pub mod census;

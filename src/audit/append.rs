@@ -8,8 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-
 use super::file::encode_line;
 use super::journal::{Frame, JournalError};
 use super::syncer::{CHECKPOINT_EVERY, FLUSH_AFTER};
@@ -71,7 +69,7 @@ impl Shared {
             return Err(refused.clone());
         }
         // Stamped under the lock, so times rise with `seq` along the chain.
-        let time = super::encode::TimeStamp::of(Utc::now());
+        let time = super::encode::TimeStamp::now();
         let first = state.next_seq;
         // Records held from before this append (outcomes) must not be lost with it if the
         // write fails: they are written on their own then.

@@ -289,6 +289,27 @@ impl TimeStamp {
                 text
             }
         };
+        TimeStamp::fixed(date_time, nanos)
+    }
+
+    /// The time now (the system's wall clock, as `Utc::now`).
+    pub(super) fn now() -> TimeStamp {
+        TimeStamp::of_system(std::time::SystemTime::now())
+    }
+
+    /// [`TimeStamp::of`] of `t`, without working out the calendar (as a `DateTime` would)
+    /// when this thread stamped its second already.
+    fn of_system(t: std::time::SystemTime) -> TimeStamp {
+        if let Ok(since) = t.duration_since(std::time::UNIX_EPOCH) {
+            let second = i64::try_from(since.as_secs()).ok();
+            if let Some((_, date_time)) = SECOND.get().filter(|(s, _)| Some(*s) == second) {
+                return TimeStamp::fixed(date_time, since.subsec_nanos());
+            }
+        }
+        TimeStamp::of(chrono::DateTime::<chrono::Utc>::from(t))
+    }
+
+    fn fixed(date_time: [u8; DATE_TIME_LEN], nanos: u32) -> TimeStamp {
         let mut b = *b"0000-00-00T00:00:00.000000Z";
         b[..DATE_TIME_LEN].copy_from_slice(&date_time);
         put_digits(&mut b[20..26], nanos / 1000);

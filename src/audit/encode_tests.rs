@@ -273,11 +273,19 @@ fn timestamps_match_chrono_and_odd_ones_fall_back_to_it() {
         .expect("leap second");
     times.push(Utc.from_utc_datetime(&leap));
     for t in times {
-        assert_eq!(
-            TimeStamp::of(t).as_str(),
-            t.to_rfc3339_opts(SecondsFormat::Micros, true),
-            "{t:?}"
-        );
+        let expected = t.to_rfc3339_opts(SecondsFormat::Micros, true);
+        assert_eq!(TimeStamp::of(t).as_str(), expected, "{t:?}");
+        // From the system clock's type, as the writer stamps: the same text, whether the
+        // thread's last second is this one (the calendar skipped) or not.
+        if t.timestamp_subsec_nanos() < 1_000_000_000 {
+            let system = std::time::SystemTime::from(t);
+            assert_eq!(TimeStamp::of_system(system).as_str(), expected, "{t:?}");
+            assert_eq!(
+                TimeStamp::of_system(system).as_str(),
+                expected,
+                "{t:?} again"
+            );
+        }
     }
 }
 
@@ -310,58 +318,9 @@ fn a_written_record_is_the_serde_record_behind_the_chain_header() {
     assert!(report.ok(), "{:?}", report.problems);
 }
 
-mod allocations {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-
-    /// Counts this thread's allocations (the test's own thread: the syncer's are its own).
-    pub(super) struct Counting;
-
-    thread_local! {
-        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-    }
-
-    pub(super) fn count() -> u64 {
-        ALLOCATIONS.with(Cell::get)
-    }
-
-    fn counted() {
-        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
-    }
-
-    // SAFETY: every call is passed on to the system allocator unchanged; counting touches
-    // only a const-initialized thread-local without a destructor.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            counted();
-            // SAFETY: the caller's contract is the system allocator's.
-            unsafe { System.alloc(layout) }
-        }
-
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            counted();
-            // SAFETY: as above.
-            unsafe { System.alloc_zeroed(layout) }
-        }
-
-        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            // SAFETY: as above.
-            unsafe { System.dealloc(ptr, layout) }
-        }
-
-        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            counted();
-            // SAFETY: as above.
-            unsafe { System.realloc(ptr, layout, new_size) }
-        }
-    }
-}
-
-#[global_allocator]
-static COUNTING: allocations::Counting = allocations::Counting;
-
 #[test]
 fn appending_a_statement_and_its_outcome_allocates_nothing_once_warm() {
+    use crate::allocations;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.jsonl");
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -491,6 +491,11 @@ impl AuditLog {
     /// append's write (or the syncer writes them within [`FLUSH_AFTER`]) and are fsynced
     /// with what follows, never costing a write or an fsync of their own.
     pub fn append(&self, events: Vec<AuditEvent>) {
+        self.append_slice(&events);
+    }
+
+    /// [`AuditLog::append`] of records the caller keeps (a session reuses its buffer).
+    pub fn append_slice(&self, events: &[AuditEvent]) {
         if let Err(e) = self.write(events.iter(), Mode::Later) {
             tracing::error!(error = %e, "audit record dropped");
         }

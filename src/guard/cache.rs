@@ -27,6 +27,7 @@
 //!
 //! Everything else is cached under its exact text, as before.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
@@ -79,11 +80,38 @@ impl AnalysisCache {
         if let Some(hit) = self.exact.get(sql) {
             return hit.clone();
         }
-        let shape = normalize::shape(sql);
-        if let Some(hit) = shape.as_ref().and_then(|s| self.shared(sql, s)) {
-            return hit;
+        match self.by_shape(sql) {
+            Ok(hit) => hit,
+            Err(shape) => self.analyze_cold(sql, shape),
         }
-        self.analyze_cold(sql, shape)
+    }
+
+    /// The analysis `sql`'s shape shares, or the shape (if it has one) to analyse it cold
+    /// under. The shape is read into a buffer this thread keeps, so a hit allocates nothing
+    /// for it.
+    fn by_shape(&self, sql: &str) -> Result<Arc<[StatementAnalysis]>, Option<Shape>> {
+        thread_local! {
+            static SHAPE: RefCell<Shape> = RefCell::new(Shape::default());
+        }
+        let warm = SHAPE.try_with(|cell| {
+            let mut shape = cell.try_borrow_mut().ok()?;
+            Some(if normalize::shape_into(sql, &mut shape) {
+                self.shared(sql, &shape).ok_or_else(|| Some(shape.clone()))
+            } else {
+                Err(None)
+            })
+        });
+        match warm {
+            Ok(Some(found)) => found,
+            // This thread's buffer is gone or in use: a shape of its own.
+            _ => {
+                let shape = normalize::shape(sql);
+                match shape.as_ref().and_then(|s| self.shared(sql, s)) {
+                    Some(hit) => Ok(hit),
+                    None => Err(shape),
+                }
+            }
+        }
     }
 
     /// Analyses `sql` from its parse and keeps the analysis, under its shape too when it
@@ -177,15 +205,24 @@ fn moved(
     analyses: &[StatementAnalysis],
     position: impl Fn(usize) -> Option<usize>,
 ) -> Option<Arc<[StatementAnalysis]>> {
-    analyses
-        .iter()
-        .map(|s| {
-            Some(StatementAnalysis {
-                range: position(s.range.start)?..position(s.range.end)?,
+    let movable = |s: &StatementAnalysis| {
+        position(s.range.start).is_some() && position(s.range.end).is_some()
+    };
+    if !analyses.iter().all(movable) {
+        return None;
+    }
+    // Every end moves (checked above), so the analyses are collected from an iterator of
+    // known length: one allocation, where collecting `Option`s would build a Vec first.
+    let moved = |at: usize| position(at).unwrap_or(at);
+    Some(
+        analyses
+            .iter()
+            .map(|s| StatementAnalysis {
+                range: moved(s.range.start)..moved(s.range.end),
                 analysis: s.analysis.clone(),
             })
-        })
-        .collect()
+            .collect(),
+    )
 }
 
 /// Positions in a text and in its shape's key, where each literal is one byte. The bytes

@@ -25,7 +25,7 @@ const ICONST: char = '\u{1}';
 const FCONST: char = '\u{2}';
 
 /// A text's key and where its numeric literals are.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Shape {
     /// The text with each numeric literal replaced by [`ICONST`] or [`FCONST`]; neither can
     /// appear in a text that has a key, so the key says where every literal was.
@@ -55,12 +55,24 @@ pub(crate) enum Number {
 /// The key of `sql`, if its lexing is plain and it has at least one numeric literal (without
 /// one the exact text is as good a key).
 pub(crate) fn shape(sql: &str) -> Option<Shape> {
+    let mut shape = Shape::default();
+    shape_into(sql, &mut shape).then_some(shape)
+}
+
+/// [`shape`] into `shape`, whose buffers are reused (the hot path keeps one per thread):
+/// whether `sql` has a shape. When it has none, `shape` holds nothing of use.
+pub(crate) fn shape_into(sql: &str, shape: &mut Shape) -> bool {
+    shape.key.clear();
+    shape.literals.clear();
+    fill_shape(sql, &mut shape.key, &mut shape.literals).is_some() && !shape.literals.is_empty()
+}
+
+fn fill_shape(sql: &str, key: &mut String, literals: &mut Vec<Literal>) -> Option<()> {
     let bytes = sql.as_bytes();
     if !bytes.iter().copied().all(plain_byte) {
         return None;
     }
-    let mut key = String::with_capacity(sql.len());
-    let mut literals = Vec::new();
+    key.reserve(sql.len());
     let mut at = 0;
     while let Some(&b) = bytes.get(at) {
         let next = bytes.get(at + 1).copied();
@@ -91,7 +103,7 @@ pub(crate) fn shape(sql: &str) -> Option<Shape> {
         key.push_str(sql.get(at..end)?);
         at = end;
     }
-    (!literals.is_empty()).then_some(Shape { key, literals })
+    Some(())
 }
 
 /// Printable ASCII but the backslash, and the whitespace every lexer agrees on.

@@ -59,12 +59,21 @@ impl<'a> Reader<'a> {
 }
 
 fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    borrowed_text(b).into_owned()
 }
 
-/// Query ('Q'): the SQL string.
-pub fn decode_query(body: &[u8]) -> Result<String, FrameError> {
-    Reader { body }.cstr().map(text)
+/// `b` as text, each invalid sequence replaced; borrowed when it is valid (nearly always),
+/// which the faster validator finds out.
+fn borrowed_text(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
+
+/// Query ('Q'): the SQL string (borrowed from the message when it is valid UTF-8).
+pub fn decode_query(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, FrameError> {
+    Reader { body }.cstr().map(borrowed_text)
 }
 
 /// PasswordMessage ('p'): the password (for lockbox, the token).
@@ -175,7 +184,7 @@ pub fn cstr_at(body: &[u8], n: usize) -> Option<std::borrow::Cow<'_, str>> {
         rest = &rest[end + 1..];
     }
     let end = rest.iter().position(|b| *b == 0)?;
-    Some(String::from_utf8_lossy(&rest[..end]))
+    Some(borrowed_text(&rest[..end]))
 }
 
 /// Execute ('E'): the portal name.

@@ -51,7 +51,6 @@ enum State {
         tag: u8,
         remaining: usize,
         len: usize,
-        body: Vec<u8>,
     },
 }
 
@@ -68,6 +67,9 @@ pub struct BackendScanner {
     count_rows: bool,
     /// Where the message being read began in the current `feed`, if it began there.
     started_at: Option<usize>,
+    /// The body collected of the message in `State::Collect` (kept from message to
+    /// message, so a statement's CommandComplete and ReadyForQuery allocate nothing).
+    body: Vec<u8>,
 }
 
 impl Default for BackendScanner {
@@ -79,6 +81,7 @@ impl Default for BackendScanner {
             },
             started_at: Some(0),
             count_rows: false,
+            body: Vec::new(),
         }
     }
 }
@@ -145,11 +148,11 @@ impl BackendScanner {
                             ));
                         }
                         self.state = if interesting(tag) {
+                            self.body.clear();
                             State::Collect {
                                 tag,
                                 remaining,
                                 len: remaining,
-                                body: Vec::with_capacity(remaining.min(MAX_COLLECT)),
                             }
                         } else {
                             State::Skip { remaining }
@@ -163,12 +166,10 @@ impl BackendScanner {
                     data = &data[n..];
                     self.finish_if_done(offset + n, events);
                 }
-                State::Collect {
-                    remaining, body, ..
-                } => {
+                State::Collect { remaining, .. } => {
                     let n = (*remaining).min(data.len());
-                    let room = MAX_COLLECT.saturating_sub(body.len()).min(n);
-                    body.extend_from_slice(&data[..room]);
+                    let room = MAX_COLLECT.saturating_sub(self.body.len()).min(n);
+                    self.body.extend_from_slice(&data[..room]);
                     *remaining -= n;
                     data = &data[n..];
                     self.finish_if_done(offset + n, events);
@@ -200,10 +201,12 @@ impl BackendScanner {
 
     /// Forgets a partly read message, to read it again from its first byte.
     pub fn rewind(&mut self) {
-        *self = BackendScanner {
-            count_rows: self.count_rows,
-            ..BackendScanner::default()
+        self.state = State::Header {
+            have: 0,
+            header: [0; 5],
         };
+        self.started_at = Some(0);
+        self.body.clear();
     }
 
     fn finish_if_done(&mut self, end: usize, events: &mut Vec<LocatedEvent>) {
@@ -223,8 +226,8 @@ impl BackendScanner {
         );
         let range = self.started_at.map(|start| start..end);
         self.started_at = Some(end);
-        if let State::Collect { tag, body, len, .. } = previous {
-            events.push((decode_event(tag, &body, len), range));
+        if let State::Collect { tag, len, .. } = previous {
+            events.push((decode_event(tag, &self.body, len), range));
         }
     }
 }
@@ -296,7 +299,16 @@ fn whole_chars(bytes: &[u8]) -> String {
 
 fn cstr(body: &[u8]) -> String {
     let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
-    String::from_utf8_lossy(&body[..end]).into_owned()
+    lossy(&body[..end])
+}
+
+/// `bytes` as text, each invalid sequence replaced. Valid text (nearly always) is checked by
+/// the faster validator and copied once.
+fn lossy(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -151,6 +151,18 @@ pub(super) fn shrink_if_oversized(buf: &mut BytesMut) {
     }
 }
 
+/// Most entries a per-read list (pending statements, events, outcomes) keeps room for
+/// between reads: a warm statement allocates no list, and a pipeline of thousands does not
+/// leave its room with an idle session.
+const LIST_CAPACITY: usize = 8;
+
+/// `list`, emptied, to be used again for the next read.
+pub(super) fn emptied<T>(mut list: Vec<T>) -> Vec<T> {
+    list.clear();
+    list.shrink_to(LIST_CAPACITY);
+    list
+}
+
 /// `bytes` with each range replaced; borrowed as is when nothing is replaced.
 pub(super) fn splice(
     bytes: &[u8],

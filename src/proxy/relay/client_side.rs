@@ -36,8 +36,9 @@ impl Relay {
             self.inspect_batch(&buf)
         };
         self.cbuf = buf;
-        let batch = scanned?;
+        let mut batch = scanned?;
         if batch.consumed == 0 {
+            self.spare_pending = std::mem::take(&mut batch.pending);
             if std::mem::take(&mut self.flush_upstream) {
                 self.forward_upstream(&FLUSH).await?;
             }
@@ -70,7 +71,10 @@ impl Relay {
     /// Walks the complete messages at the front of `buf`.
     pub(super) fn inspect_batch(&mut self, buf: &[u8]) -> Result<Batch, End> {
         self.batch = BatchSoFar::default();
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            pending: std::mem::take(&mut self.spare_pending),
+            ..Batch::default()
+        };
         while let Some(&tag) = buf.get(batch.consumed) {
             // A message type nobody sends after login (a second StartupMessage starts with a
             // zero byte) is refused at once, not after waiting for the length it seems to

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::{unexpected_message, Pending, Relay};
 use crate::audit::redact;
 use crate::audit::{AuditEvent, Protocol, StatementNames, StatementRecord};
@@ -30,10 +32,9 @@ impl Relay {
                 let statements = guard::analyze_query_cached(&text);
                 let uncertain = self.lexer_uncertain(&text, &statements, pending);
                 // One refused statement refuses the string: PostgreSQL runs it as one
-                // transaction. The first refused statement carries the refusal.
-                let mut records = Vec::with_capacity(statements.len());
-                let mut verdicts = Vec::with_capacity(statements.len());
-                let mut changes = Vec::with_capacity(statements.len());
+                // transaction. The first refused statement carries the refusal. (Kept on the
+                // stack for the usual string of one statement.)
+                let mut checked: SmallVec<[_; 1]> = SmallVec::with_capacity(statements.len());
                 for (i, s) in statements.iter().enumerate() {
                     let piece = text.get(s.range.clone()).unwrap_or(&text);
                     let (record, recorded) = self.statement_record(
@@ -51,16 +52,20 @@ impl Relay {
                     };
                     // Later statements of the string see what this one will create; it
                     // takes effect only once the server confirms it.
-                    changes.push(match verdict {
+                    let change = match verdict {
                         Ok(()) => self.note_names(piece, &s.analysis, None)?,
                         Err(_) => None,
-                    });
-                    verdicts.push(verdict);
-                    records.push(record);
+                    };
+                    checked.push((record, verdict, change));
                 }
-                let refused_at = verdicts.iter().position(Result::is_err);
-                let refusal = verdicts.into_iter().find_map(Result::err).map(Arc::new);
-                let each = records.into_iter().zip(changes).zip(statements.iter());
+                let refused_at = checked.iter().position(|(_, verdict, _)| verdict.is_err());
+                let refusal = refused_at
+                    .and_then(|at| std::mem::replace(&mut checked[at].1, Ok(())).err())
+                    .map(Arc::new);
+                let each = checked
+                    .into_iter()
+                    .map(|(record, _, change)| (record, change))
+                    .zip(statements.iter());
                 for (i, ((record, change), s)) in each.enumerate() {
                     self.note_catalog_changes(&s.analysis);
                     if refusal.is_none()

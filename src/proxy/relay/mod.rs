@@ -9,6 +9,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+#[cfg(test)]
+mod allocation_tests;
 mod buffers;
 mod client_side;
 mod farewell;
@@ -45,7 +47,7 @@ use super::registry::{Control, DropReason};
 use super::statements::Statements;
 use super::stream::BoxStream;
 use super::tracker::{Names, Outcome, Tracker, Work};
-use crate::audit::{AuditLog, OutcomeStatus, SessionFields};
+use crate::audit::{AuditEvent, AuditLog, OutcomeStatus, SessionFields};
 use crate::guard;
 use crate::wire::{self, sqlstate, BackendEvent, BackendScanner};
 
@@ -142,6 +144,10 @@ pub struct Relay {
     drawn_from: std::collections::BTreeMap<u64, String>,
     events: Vec<wire::LocatedEvent>,
     outcomes: Vec<Outcome>,
+    /// `record_outcomes`' buffer, kept from call to call.
+    outcome_records: Vec<AuditEvent>,
+    /// A batch's pending statements, kept from batch to batch.
+    spare_pending: Vec<Pending>,
     /// NOTICEs before the end of access, written at message boundaries.
     warnings: notices::Warnings,
     /// The last upstream message was an ErrorResponse: if the server closes now, the
@@ -211,6 +217,8 @@ impl Relay {
             catalog_shadowed: shadowed_at_login,
             events: Vec::new(),
             outcomes: Vec::new(),
+            outcome_records: Vec::new(),
+            spare_pending: Vec::new(),
             warnings,
             upstream_said_why: false,
             torn: Vec::new(),
@@ -446,7 +454,7 @@ impl Relay {
                 rewrites.push((range, error.to_vec()));
             }
         }
-        self.events = events;
+        self.events = buffers::emptied(events);
         // While a stand-in's error is due, an unfinished message is held back until it is
         // whole, so the error can be swapped before any of it reaches the client.
         let held = match self
@@ -493,8 +501,10 @@ impl Relay {
         // path of the reply (sent or not; a session dropped during the write records what
         // is left in `outcomes` as it ends).
         if !self.outcomes.is_empty() {
-            let outcomes = std::mem::take(&mut self.outcomes);
-            self.record_outcomes(outcomes);
+            // Drained, not taken: the buffer is kept for the next read.
+            let mut outcomes = std::mem::take(&mut self.outcomes);
+            self.record_outcomes(outcomes.drain(..));
+            self.outcomes = buffers::emptied(outcomes);
         }
         if hold {
             self.torn

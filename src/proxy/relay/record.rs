@@ -49,7 +49,7 @@ fn is_extended(record: &AuditEvent) -> bool {
 
 impl Relay {
     /// Writes the batch's statement records durably and opens their tracker slots.
-    pub(super) async fn record_statements(&mut self, pending: Vec<Pending>) -> Result<(), End> {
+    pub(super) async fn record_statements(&mut self, mut pending: Vec<Pending>) -> Result<(), End> {
         let records = pending.iter().filter_map(|p| match p {
             Pending::Statement { record: e, .. } | Pending::Refused(e, _) | Pending::NotRun(e) => {
                 Some(e)
@@ -75,7 +75,7 @@ impl Relay {
                 // The session ended while the records waited for their fsync: they are in
                 // the trail already, and none will be sent, so each is settled here.
                 Err((first, end)) => {
-                    self.record_outcomes((first..first + count).map(Outcome::never_sent).collect());
+                    self.record_outcomes((first..first + count).map(Outcome::never_sent));
                     return Err(end);
                 }
             }
@@ -84,7 +84,7 @@ impl Relay {
         let mut not_run = Vec::new();
         let mut uncounted = false;
         let mut copy_in = false;
-        for p in pending {
+        for p in pending.drain(..) {
             match p {
                 Pending::RowsUncounted => uncounted = true,
                 Pending::CopyFromStdin => copy_in = true,
@@ -123,39 +123,39 @@ impl Relay {
                 Pending::CopyEnd => self.tracker.copy_end(),
             }
         }
+        self.spare_pending = super::buffers::emptied(pending);
         self.record_outcomes(not_run);
         Ok(())
     }
 
     /// Appends the records of settled statements; they ride the next write.
-    pub(super) fn record_outcomes(&mut self, outcomes: Vec<Outcome>) {
-        if outcomes.is_empty() {
-            return;
-        }
-        let records = outcomes
-            .into_iter()
-            .map(|o| {
-                AuditEvent::Outcome(OutcomeRecord {
-                    bytes: o.bytes,
-                    statement_seq: o.statement_seq,
-                    session: self.session.clone(),
-                    rows: o.rows(),
-                    status: o.status,
-                    command_tag: o.command_tag,
-                    sqlstate: o.sqlstate,
-                    // Error messages echo values ("invalid input syntax …: \"…\""), so they
-                    // are redacted along with the values themselves.
-                    message: if self.grant.redaction.any() {
-                        o.message.map(|_| redact::MASK.to_owned())
-                    } else {
-                        o.message
-                    },
-                    rule: o.rule.map(str::to_owned),
-                    duration_ms: o.duration_ms,
-                })
+    pub(super) fn record_outcomes(&mut self, outcomes: impl IntoIterator<Item = Outcome>) {
+        // The records are built in a buffer kept from call to call.
+        let mut records = std::mem::take(&mut self.outcome_records);
+        records.extend(outcomes.into_iter().map(|o| {
+            AuditEvent::Outcome(OutcomeRecord {
+                bytes: o.bytes,
+                statement_seq: o.statement_seq,
+                session: self.session.clone(),
+                rows: o.rows(),
+                status: o.status,
+                command_tag: o.command_tag,
+                sqlstate: o.sqlstate,
+                // Error messages echo values ("invalid input syntax …: \"…\""), so they
+                // are redacted along with the values themselves.
+                message: if self.grant.redaction.any() {
+                    o.message.map(|_| redact::MASK.to_owned())
+                } else {
+                    o.message
+                },
+                rule: o.rule.map(str::to_owned),
+                duration_ms: o.duration_ms,
             })
-            .collect();
-        self.audit.append(records);
+        }));
+        if !records.is_empty() {
+            self.audit.append_slice(&records);
+        }
+        self.outcome_records = super::buffers::emptied(records);
     }
 }
 
