@@ -4,6 +4,8 @@
 //! pgwire's `Message::decode_body` implementations read with `bytes::Buf::get_*`, which
 //! panic on short input, so client bytes are decoded here instead.
 
+use std::borrow::Cow;
+
 use super::FrameError;
 
 /// A cursor over a message body.
@@ -64,15 +66,15 @@ fn text(b: &[u8]) -> String {
 
 /// `b` as text, each invalid sequence replaced; borrowed when it is valid (nearly always),
 /// which the faster validator finds out.
-fn borrowed_text(b: &[u8]) -> std::borrow::Cow<'_, str> {
+fn borrowed_text(b: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(b) {
-        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Ok(text) => Cow::Borrowed(text),
         Err(_) => String::from_utf8_lossy(b),
     }
 }
 
 /// Query ('Q'): the SQL string (borrowed from the message when it is valid UTF-8).
-pub fn decode_query(body: &[u8]) -> Result<std::borrow::Cow<'_, str>, FrameError> {
+pub fn decode_query(body: &[u8]) -> Result<Cow<'_, str>, FrameError> {
     Reader { body }.cstr().map(borrowed_text)
 }
 
@@ -83,10 +85,10 @@ pub fn decode_password(body: &[u8]) -> Result<String, FrameError> {
 
 /// Parse ('P'): statement name, SQL text, and the types it gives its parameters (OIDs, 0
 /// for "infer").
-pub fn decode_parse(body: &[u8]) -> Result<(String, String, Vec<u32>), FrameError> {
+pub fn decode_parse(body: &[u8]) -> Result<(String, Cow<'_, str>, Vec<u32>), FrameError> {
     let mut r = Reader { body };
     let name = r.name()?;
-    let query = text(r.cstr()?);
+    let query = borrowed_text(r.cstr()?);
     let count = r.count()?;
     let mut types = Vec::with_capacity(count.min(r.body.len() / 4));
     for _ in 0..count {
@@ -177,7 +179,7 @@ impl Reader<'_> {
 /// The `n`-th NUL-terminated string of a message body (a Bind's statement name is the
 /// second, an Execute's portal the first), read as the decoders read names; `None` if the
 /// body has fewer.
-pub fn cstr_at(body: &[u8], n: usize) -> Option<std::borrow::Cow<'_, str>> {
+pub fn cstr_at(body: &[u8], n: usize) -> Option<Cow<'_, str>> {
     let mut rest = body;
     for _ in 0..n {
         let end = rest.iter().position(|b| *b == 0)?;
@@ -226,7 +228,7 @@ mod tests {
     #[test]
     fn names_postgresql_would_truncate_or_that_are_not_utf8_are_refused() {
         let name = |len: usize| "n".repeat(len);
-        let parse = |name: &[u8]| decode_parse(&[name, b"\0SELECT 1\0\0\0"].concat());
+        let parse = |name: &[u8]| decode_parse(&[name, b"\0SELECT 1\0\0\0"].concat()).map(|p| p.0);
         let execute = |name: &[u8]| decode_execute(&[name, b"\0\0\0\0\0"].concat());
         let close = |name: &[u8]| decode_close(&[b"S", name, b"\0"].concat());
         let describe = |name: &[u8]| decode_describe(&[b"P", name, b"\0"].concat());
@@ -235,7 +237,7 @@ mod tests {
         };
         let most = name(MAX_NAME_BYTES);
         let over = name(MAX_NAME_BYTES + 1);
-        assert_eq!(parse(most.as_bytes()).map(|p| p.0), Ok(most.clone()));
+        assert_eq!(parse(most.as_bytes()), Ok(most.clone()));
         let typed = decode_parse(b"s\0SELECT $1\0\0\x02\0\0\0\x17\0\0\x40\x01");
         assert_eq!(typed.map(|p| p.2), Ok(vec![23, 16385]));
         assert!(decode_parse(b"s\0SELECT $1\0\0\x02\0\0\0\x17").is_err());
@@ -243,7 +245,7 @@ mod tests {
         assert_eq!(close(most.as_bytes()), Ok((b'S', most.clone())));
         assert!(bind(most.as_bytes(), most.as_bytes()).is_ok());
         let too_long = Err(FrameError::NameTooLong(MAX_NAME_BYTES + 1));
-        assert_eq!(parse(over.as_bytes()).map(|p| p.0), too_long);
+        assert_eq!(parse(over.as_bytes()), too_long);
         assert_eq!(execute(over.as_bytes()), too_long);
         assert_eq!(close(over.as_bytes()).map(|c| c.1), too_long);
         assert_eq!(describe(over.as_bytes()).map(|d| d.1), too_long);
@@ -254,7 +256,7 @@ mod tests {
         let multibyte = format!("{}é", name(MAX_NAME_BYTES - 2));
         assert_eq!(execute(multibyte.as_bytes()), Ok(multibyte.clone()));
         let not_utf8 = Err(FrameError::NameNotUtf8);
-        assert_eq!(parse(b"\xff").map(|p| p.0), not_utf8);
+        assert_eq!(parse(b"\xff"), not_utf8);
         assert_eq!(execute(b"a\xfe"), not_utf8);
         assert_eq!(close(b"\xc3").map(|c| c.1), not_utf8);
         assert_eq!(bind(b"\xff", b"s").map(|b| b.portal), not_utf8);

@@ -25,9 +25,9 @@ const QUERY_STRING: u64 = 3;
 /// value, the list as JSON the portal keeps, the portal; at the Execute a copy of the
 /// portal's parameters (list and value) for the record, the record's text, the tag.
 const PREPARED: u64 = 8;
-/// As `PREPARED`, with a Parse of the unnamed statement each time: its text as read, and a
-/// record built for a refusal and dropped when none comes.
-const EXTENDED: u64 = 10;
+/// As `PREPARED`, with a Parse of the unnamed statement each time: its text as the statement
+/// keeps it, and a record built for a refusal and dropped when none comes.
+const EXTENDED: u64 = 9;
 const WARM_UP: usize = 50;
 const MEASURED: usize = 200;
 
