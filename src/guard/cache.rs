@@ -39,6 +39,9 @@ use crate::sql::normalize::{self, Number, Shape};
 
 /// Query strings longer than this are analysed every time rather than cached.
 const CACHEABLE_LEN: usize = 8 * 1024;
+/// What a thread's shape buffer keeps room for between texts (key bytes; literals, a
+/// sixteenth of that).
+const KEPT_SHAPE_BYTES: usize = 1024;
 /// Each map is emptied when it holds this many strings.
 const CACHE_ENTRIES: usize = 50_000;
 
@@ -95,11 +98,15 @@ impl AnalysisCache {
         }
         let warm = SHAPE.try_with(|cell| {
             let mut shape = cell.try_borrow_mut().ok()?;
-            Some(if normalize::shape_into(sql, &mut shape) {
+            let found = if normalize::shape_into(sql, &mut shape) {
                 self.shared(sql, &shape).ok_or_else(|| Some(shape.clone()))
             } else {
                 Err(None)
-            })
+            };
+            // A long text with thousands of literals does not leave its room with the thread.
+            shape.key.shrink_to(KEPT_SHAPE_BYTES);
+            shape.literals.shrink_to(KEPT_SHAPE_BYTES / 16);
+            Some(found)
         });
         match warm {
             Ok(Some(found)) => found,

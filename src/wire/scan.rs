@@ -245,8 +245,11 @@ fn decode_event(tag: u8, body: &[u8], len: usize) -> BackendEvent {
         b'2' => BackendEvent::BindComplete,
         b'3' => BackendEvent::CloseComplete,
         b'S' => {
-            let name = cstr(body);
-            let value = body.get(name.len() + 1..).map(cstr).unwrap_or_default();
+            // The value starts after the name's bytes as sent (its text may be longer, an
+            // invalid byte read as U+FFFD).
+            let name_end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
+            let name = lossy(&body[..name_end]);
+            let value = body.get(name_end + 1..).map(cstr).unwrap_or_default();
             BackendEvent::Parameter { name, value }
         }
         _ => BackendEvent::Ready(body.first().copied().unwrap_or(b'I')),
@@ -349,6 +352,20 @@ mod tests {
             BackendEvent::Description,
             BackendEvent::Ready(b'T'),
         ]
+    }
+
+    #[test]
+    fn a_parameter_value_follows_the_name_as_sent_even_when_it_is_not_utf8() {
+        let mut events = Vec::new();
+        let status = msg(b'S', b"na\xffme\0value\0");
+        BackendScanner::default().feed(&status, &mut events);
+        assert_eq!(
+            events,
+            vec![BackendEvent::Parameter {
+                name: "na\u{FFFD}me".into(),
+                value: "value".into(),
+            }]
+        );
     }
 
     #[test]

@@ -11,11 +11,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::{Grant, Limits, Relay};
+use super::{Grant, Relay};
 use crate::allocations;
 use crate::audit::{AuditLog, AuditOptions, SessionFields};
 use crate::config::Durability;
-use crate::policy::AccessLevel;
 use crate::proxy::registry::Control;
 
 /// A query string may allocate this many times: its record's text, its analysis (moved to
@@ -118,22 +117,6 @@ fn reply(steps: &[u8]) -> Vec<u8> {
     out
 }
 
-fn grant() -> Grant {
-    Grant {
-        access: AccessLevel::Read,
-        rules: Default::default(),
-        limits: Limits::default(),
-        redaction: Default::default(),
-        database_functions: Default::default(),
-        catalog_reach: Default::default(),
-        search_path_shadows_catalog: false,
-        code_generation: Default::default(),
-        code_generation_at_login: 0,
-        ends_at: chrono::Utc::now() + chrono::Duration::hours(1),
-        warn_before: Vec::new(),
-    }
-}
-
 /// Allocations on this thread per statement, over `MEASURED` statements after `WARM_UP`,
 /// for a client sending `requests` one at a time and a server answering each with its
 /// `answers` entry. Everything the test itself needs is built before it counts.
@@ -162,7 +145,7 @@ fn allocations_per_statement(requests: Vec<Vec<u8>>, answers: Vec<Vec<u8>>) -> f
         let (client_relay, mut client) = tokio::io::duplex(64 * 1024);
         let (upstream_relay, mut server) = tokio::io::duplex(64 * 1024);
         let (_kill, kill_rx) = watch::channel(Control::Run);
-        let grant = grant();
+        let grant = Grant::plain_read(chrono::Utc::now() + chrono::Duration::hours(1));
         let relay = Relay::new(
             Box::new(client_relay),
             Box::new(upstream_relay),

@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::buffers::{splice, BUFFER_CAPACITY};
+use super::buffers::{emptied, splice, BUFFER_CAPACITY};
 use super::hold::{BatchSoFar, Verdict};
 use super::record::Pending;
 use super::{guarded, unexpected_message, End, Relay};
@@ -38,7 +38,7 @@ impl Relay {
         self.cbuf = buf;
         let mut batch = scanned?;
         if batch.consumed == 0 {
-            self.spare_pending = std::mem::take(&mut batch.pending);
+            self.spare_pending = emptied(std::mem::take(&mut batch.pending));
             if std::mem::take(&mut self.flush_upstream) {
                 self.forward_upstream(&FLUSH).await?;
             }

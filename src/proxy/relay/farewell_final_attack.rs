@@ -16,9 +16,8 @@ use tokio::sync::watch;
 
 use super::buffers::HOLD_LIMIT;
 use super::farewell::Farewell;
-use super::{End, Grant, Limits, Relay};
+use super::{End, Grant, Relay};
 use crate::audit::{AuditLog, SessionFields};
-use crate::policy::AccessLevel;
 use crate::proxy::registry::{Control, DropReason};
 use crate::proxy::stream::BoxStream;
 
@@ -172,19 +171,7 @@ async fn held_tls_revoke_inside_a_streaming_row_flushes_every_taken_byte_then_cl
         false,
     ));
     let ends_at = chrono::Utc::now() + chrono::Duration::hours(1);
-    let grant = Grant {
-        access: AccessLevel::Read,
-        rules: Default::default(),
-        limits: Limits::default(),
-        redaction: Default::default(),
-        database_functions: Default::default(),
-        catalog_reach: Default::default(),
-        search_path_shadows_catalog: false,
-        code_generation: Default::default(),
-        code_generation_at_login: 0,
-        ends_at,
-        warn_before: Vec::new(),
-    };
+    let grant = Grant::plain_read(ends_at);
     let (up_relay, mut up_server) = tokio::io::duplex(64 * 1024);
     let (kill_tx, kill_rx) = watch::channel(Control::Run);
     let relay = Relay::new(

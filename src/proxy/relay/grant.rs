@@ -58,3 +58,24 @@ pub struct Grant {
     /// `[timings] warn_before`: offsets before the end that get a NOTICE, longest first.
     pub warn_before: Vec<std::time::Duration>,
 }
+
+#[cfg(test)]
+impl Grant {
+    /// A read grant without rules, limits or redaction, ending at `ends_at`: what the
+    /// relay's tests start from.
+    pub(crate) fn plain_read(ends_at: chrono::DateTime<chrono::Utc>) -> Grant {
+        Grant {
+            access: AccessLevel::Read,
+            rules: Default::default(),
+            limits: Limits::default(),
+            redaction: Default::default(),
+            database_functions: Default::default(),
+            catalog_reach: Default::default(),
+            search_path_shadows_catalog: false,
+            code_generation: Default::default(),
+            code_generation_at_login: 0,
+            ends_at,
+            warn_before: Vec::new(),
+        }
+    }
+}

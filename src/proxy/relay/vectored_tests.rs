@@ -17,7 +17,6 @@ use tokio::sync::watch;
 use super::buffers::HOLD_LIMIT;
 use super::{End, Grant, Limits, Relay};
 use crate::audit::{AuditLog, SessionFields};
-use crate::policy::AccessLevel;
 use crate::proxy::registry::{Control, DropReason};
 use crate::proxy::stream::BoxStream;
 
@@ -457,8 +456,6 @@ async fn run_case(case: Case) -> Outcome {
         _ => (chrono::Utc::now() + chrono::Duration::hours(1), Vec::new()),
     };
     let grant = Grant {
-        access: AccessLevel::Read,
-        rules: Default::default(),
         limits: Limits {
             max_rows: match case.ending {
                 Ending::MaxRows(n) => Some(n),
@@ -466,14 +463,8 @@ async fn run_case(case: Case) -> Outcome {
             },
             ..Limits::default()
         },
-        redaction: Default::default(),
-        database_functions: Default::default(),
-        catalog_reach: Default::default(),
-        search_path_shadows_catalog: false,
-        code_generation: Default::default(),
-        code_generation_at_login: 0,
-        ends_at,
         warn_before,
+        ..Grant::plain_read(ends_at)
     };
 
     let (up_relay, up_server) = tokio::io::duplex(512 + rng.below(200_000));
