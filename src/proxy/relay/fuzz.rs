@@ -114,14 +114,8 @@ fn relay(fixture: &Fixture, access: AccessLevel, max_message: usize) -> Relay {
             max_rows: Some(10),
             ..Limits::default()
         },
-        redaction: Default::default(),
-        database_functions: Default::default(),
-        catalog_reach: Default::default(),
-        search_path_shadows_catalog: false,
-        code_generation: Default::default(),
-        code_generation_at_login: 0,
-        ends_at,
         warn_before: vec![std::time::Duration::from_secs(60)],
+        ..Grant::plain_read(ends_at)
     };
     Relay::new(
         Box::new(client),
