@@ -22,6 +22,11 @@
 #                       BENCH_PERF_HZ: samples per second (default 499); BENCH_PERF_CALLGRAPH:
 #                       how stacks are read (default fp; `dwarf` where the binary has no frame
 #                       pointers, as a release build has not: callers of libc's memcpy, say).
+#                       TARGET-CLIENTS.where splits the proxy's CPU time per transaction by part
+#                       (benches/where_time_goes.py): in the kernel by system call (send,
+#                       receive, file write, epoll, futex), in user space by the part of lockbox
+#                       (audit, statement analysis, reply tracking, runtime, tracing); needs
+#                       stacks into user space (dwarf) for the user-space split.
 #   env BENCH_SYSCALLS  a folder: also trace each proxy's system calls during each run
 #                       (`perf trace -s`) and write the summary per thread beside it
 #                       (TARGET-CLIENTS.syscalls), with the calls per transaction of each kind
@@ -55,17 +60,17 @@ proxy_pid() {
     esac
 }
 
-# "cpu_ticks context_switches" of a process, every thread (0 0 without one).
+# "user_ticks system_ticks context_switches" of a process, every thread (0 0 0 without one).
 proc_counts() {
     local pid=$1
     if [ -z "$pid" ] || [ ! -r "/proc/$pid/stat" ]; then
-        echo "0 0"
+        echo "0 0 0"
         return
     fi
     # Fields 14 and 15 of stat: user and system time of every thread, living or gone. The
     # command name (field 2) may hold spaces, so count from after its closing parenthesis.
     local ticks switches
-    ticks=$(sed -E 's/^.*\) //' "/proc/$pid/stat" | awk '{print $12 + $13}')
+    ticks=$(sed -E 's/^.*\) //' "/proc/$pid/stat" | awk '{print $12, $13}')
     switches=$(cat "/proc/$pid"/task/*/status 2>/dev/null |
         awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ {n += $2} END {print n + 0}')
     echo "$ticks $switches"
@@ -124,6 +129,12 @@ run() {
         wait "$profiler" || true
         perf report -q -i "$BENCH_PERF/$target-$clients.data" --stdio --no-children \
             --sort comm,dso,sym 2>/dev/null | grep -E '^ +[0-9]' | head -40 >"$BENCH_PERF/$target-$clients.txt" || true
+        # Where the proxy's time per transaction went (with stacks, by part).
+        local us_per_tx
+        us_per_tx=$(awk -v a="$p0" -v b="$p1" -v tps="${tps:-0}" -v s="$SECONDS_PER_RUN" -v hz="$(getconf CLK_TCK)" \
+            'BEGIN { split(a, x); split(b, y); t = tps * s; print (t > 0 ? (y[1] + y[2] - x[1] - x[2]) * 1e6 / hz / t : 0) }')
+        perf script -i "$BENCH_PERF/$target-$clients.data" 2>/dev/null |
+            python3 "$(dirname "$0")/where_time_goes.py" "$us_per_tx" >"$BENCH_PERF/$target-$clients.where" || true
     fi
     if [ -n "$tracer" ]; then
         wait "$tracer" || true
@@ -143,7 +154,8 @@ bench_each_run
 
 echo
 echo "pgbench -S${CONNECT_FLAG[*]:+ ${CONNECT_FLAG[*]}} -M $PROTOCOL, ${SECONDS_PER_RUN}s per run, median of $ROUNDS round(s), $(bench_cores)"
-echo "per transaction: proxy us = the proxy's CPU time (every thread, user + system); proxy cs = its"
+echo "per transaction: proxy us = the proxy's CPU time (every thread, user + system), and its user and"
+echo "system (kernel) parts beside it; proxy cs = its"
 echo "threads' context switches; machine us / cs = the same for the whole machine (pgbench, PostgreSQL,"
 echo "the proxy); steal % = the share of the run's CPU time the hypervisor gave elsewhere (runs with"
 echo "much of it are slower for the same work). vs-bouncer: lockbox's figure / pgbouncer's on the same"
@@ -154,7 +166,7 @@ path, targets, clients = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 seconds, hz = float(sys.argv[4]), float(sys.argv[5])
 runs = {}
 for line in open(path):
-    (t, c, _r, tps, pid, pt0, pc0, pt1, pc1, mt0, mc0, ma0, ms0, mt1, mc1, ma1, ms1) = line.split()
+    (t, c, _r, tps, pid, pu0, ps0, pc0, pu1, ps1, pc1, mt0, mc0, ma0, ms0, mt1, mc1, ma1, ms1) = line.split()
     try:
         txns = float(tps) * seconds
     except ValueError:
@@ -166,7 +178,9 @@ for line in open(path):
     proxy = pid != "none"
     runs.setdefault((t, c), []).append({
         "tps": float(tps),
-        "proxy_us": us(pt0, pt1) if proxy else None,
+        "proxy_us": us(float(pu0) + float(ps0), float(pu1) + float(ps1)) if proxy else None,
+        "proxy_user": us(pu0, pu1) if proxy else None,
+        "proxy_sys": us(ps0, ps1) if proxy else None,
         "proxy_cs": per(pc0, pc1) if proxy else None,
         "machine_us": us(mt0, mt1),
         "machine_cs": per(mc0, mc1),
@@ -180,7 +194,7 @@ def median(t, c, key):
 def cell(v, fmt, width):
     return f"{(fmt.format(v) if v is not None else '-'):>{width}}"
 
-head = (f"{'clients':>7}  {'target':<18} {'tps':>8} {'proxy us':>9} {'proxy cs':>9} "
+head = (f"{'clients':>7}  {'target':<18} {'tps':>8} {'proxy us':>9} {'user':>6} {'sys':>6} {'proxy cs':>9} "
         f"{'machine us':>10} {'machine cs':>10} {'steal %':>7} {'tps vs-bouncer':>14} {'proxy us vs-bouncer':>19}")
 print(head)
 print("-" * len(head))
@@ -191,7 +205,8 @@ for c in clients:
         ratio = lambda a, b: a / b if a is not None and b else None
         lockbox = t.startswith("lockbox")
         print(f"{c:>7}  {t:<18} {cell(tps, '{:.0f}', 8)} "
-              f"{cell(median(t, c, 'proxy_us'), '{:.1f}', 9)} {cell(median(t, c, 'proxy_cs'), '{:.2f}', 9)} "
+              f"{cell(median(t, c, 'proxy_us'), '{:.1f}', 9)} {cell(median(t, c, 'proxy_user'), '{:.1f}', 6)} "
+              f"{cell(median(t, c, 'proxy_sys'), '{:.1f}', 6)} {cell(median(t, c, 'proxy_cs'), '{:.2f}', 9)} "
               f"{cell(median(t, c, 'machine_us'), '{:.1f}', 10)} {cell(median(t, c, 'machine_cs'), '{:.2f}', 10)} "
               f"{cell(median(t, c, 'steal'), '{:.0f}', 7)} "
               f"{cell(ratio(tps, median(bouncer, c, 'tps')) if lockbox else None, '{:.2f}', 14)} "
