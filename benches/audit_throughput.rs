@@ -141,7 +141,7 @@ async fn session(
             params: Some(vec![
                 serde_json::Value::String(format!("customer{n}@example.com")),
                 serde_json::json!({ "binary_hex": "0002a1b3c4d5e6f7" }),
-            ]),
+            ].into()),
             kind: StatementKind::Select,
             redacted: Vec::new(),
             mentions: None,

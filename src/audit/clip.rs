@@ -79,7 +79,7 @@ fn oversized(event: &AuditEvent, limits: ClipLimits) -> bool {
         let worst = std::iter::once((worst_len(&s.statement), 0)).chain(
             s.params
                 .iter()
-                .flatten()
+                .flat_map(|params| params.iter())
                 .map(|v| (worst_value_len(v), frame_len(v))),
         );
         if !over(worst, limits) {
@@ -91,7 +91,7 @@ fn oversized(event: &AuditEvent, limits: ClipLimits) -> bool {
             std::iter::once((json_len(&s.statement), 0)).chain(
                 s.params
                     .iter()
-                    .flatten()
+                    .flat_map(|params| params.iter())
                     .map(|v| (value_len(v), frame_len(v))),
             ),
             limits,
@@ -400,7 +400,7 @@ mod tests {
             )),
             protocol: Protocol::Extended,
             statement: text.into(),
-            params: Some(params),
+            params: Some(params.into()),
             kind: crate::sql::StatementKind::Select,
             redacted: Vec::new(),
             mentions: None,

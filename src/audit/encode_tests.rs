@@ -148,7 +148,7 @@ impl Gen {
         AuditEvent::Statement(StatementRecord {
             session: session.clone(),
             protocol: PROTOCOLS[self.below(3) as usize],
-            statement: self.text(),
+            statement: self.text().into(),
             params: (!self.chance(3)).then(|| (0..self.below(5)).map(|_| self.value(0)).collect()),
             kind: KINDS[self.below(8) as usize],
             redacted: REDACTED[..self.below(3) as usize].to_vec(),

@@ -79,11 +79,14 @@ pub struct StatementRecord {
     #[serde(flatten)]
     pub session: Arc<SessionFields>,
     pub protocol: Protocol,
-    pub statement: String,
+    /// Shared with the prepared statement it runs, if any (an Execute records it without a
+    /// copy), unless its literals are masked.
+    pub statement: Arc<str>,
     /// Bind parameters (extended protocol) or FunctionCall arguments: text values as
-    /// strings, NULL as null, binary values as `{"binary_hex": "…"}`.
+    /// strings, NULL as null, binary values as `{"binary_hex": "…"}`. Shared with the portal
+    /// they were bound to, unless they are masked.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub params: Option<Vec<serde_json::Value>>,
+    pub params: Option<Arc<[serde_json::Value]>>,
     pub kind: StatementKind,
     /// What the database's redaction settings kept out of this record (`literals`,
     /// `parameters`); absent when the record is verbatim.

@@ -102,9 +102,9 @@ pub fn mask_literals(sql: &str) -> Result<String, Unscannable> {
 }
 
 /// Parameters with every value masked; NULLs stay null.
-pub fn mask_parameters(params: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+pub fn mask_parameters(params: &[serde_json::Value]) -> std::sync::Arc<[serde_json::Value]> {
     params
-        .into_iter()
+        .iter()
         .map(|p| match p {
             serde_json::Value::Null => serde_json::Value::Null,
             _ => serde_json::Value::String(MASK.into()),
@@ -153,14 +153,14 @@ mod tests {
 
     #[test]
     fn parameters_keep_their_count_and_nulls() {
-        let masked = mask_parameters(vec![
+        let masked = mask_parameters(&[
             serde_json::json!("123-45-6789"),
             serde_json::Value::Null,
             serde_json::json!({"binary_hex": "00ff"}),
         ]);
         assert_eq!(
-            masked,
-            vec![
+            masked[..],
+            [
                 serde_json::json!("?"),
                 serde_json::Value::Null,
                 serde_json::json!("?")

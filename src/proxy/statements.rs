@@ -54,7 +54,8 @@ pub struct Prepared {
 #[derive(Clone)]
 pub struct Portal {
     pub statement: Prepared,
-    pub params: Vec<serde_json::Value>,
+    /// Shared with the records of its Executes.
+    pub params: Arc<[serde_json::Value]>,
     /// A cursor declared WITH HOLD survives the end of its transaction.
     pub held: bool,
     /// Rows it returned so far, across the Executes and FETCHes that took them (a row
@@ -270,9 +271,10 @@ impl Statements {
         &mut self,
         portal: String,
         name: &str,
-        params: Vec<serde_json::Value>,
+        params: Arc<[serde_json::Value]>,
     ) -> Result<MessageId, TooMany> {
-        let statement = self.statement(name).unwrap_or(Prepared {
+        // Made only when the statement is unknown: an empty `Arc<str>` allocates too.
+        let statement = self.statement(name).unwrap_or_else(|| Prepared {
             text: "".into(),
             kind: StatementKind::Unknown,
             names: None,
@@ -478,7 +480,7 @@ mod tests {
         // The server answers 42P05 (already exists): no ParseComplete.
         s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
         sync(&mut s, b'I');
-        s.bind("".into(), "s1", vec![]).expect("bind");
+        s.bind("".into(), "s1", Arc::from([])).expect("bind");
         assert_eq!(text_of(&s, ""), "DELETE FROM t");
     }
 
@@ -507,7 +509,7 @@ mod tests {
         );
         s.settle(Some(group_end), b'T');
         assert!(s.statement_certain("s1"));
-        s.bind("p".into(), "s1", vec![]).expect("bind");
+        s.bind("p".into(), "s1", Arc::from([])).expect("bind");
         assert_eq!(text_of(&s, "p"), "DELETE FROM t");
         // Portals likewise.
         assert!(s.portal_certain("p"));
@@ -525,7 +527,7 @@ mod tests {
     fn the_changes_waiting_and_their_text_are_counted_until_answered() {
         let mut s = Statements::default();
         let parse = s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
-        s.bind("".into(), "s1", vec![]).expect("bind");
+        s.bind("".into(), "s1", Arc::from([])).expect("bind");
         assert_eq!(
             s.pending_load(),
             (2, "SELECT 1".len()),
@@ -555,7 +557,7 @@ mod tests {
     fn in_flight_changes_are_seen_by_later_messages_of_the_pipeline() {
         let mut s = Statements::default();
         let parse = s.parse("".into(), stmt("SELECT 2")).expect("parse");
-        let bind = s.bind("".into(), "", vec![]).expect("bind");
+        let bind = s.bind("".into(), "", Arc::from([])).expect("bind");
         assert_eq!(text_of(&s, ""), "SELECT 2");
         s.confirm(parse, None).expect("parse confirmed");
         s.confirm(bind, None).expect("bind confirmed");
@@ -577,7 +579,7 @@ mod tests {
             .expect("parse");
         s.confirm(real, None).expect("confirmed");
         sync(&mut s, b'I');
-        s.bind("".into(), "s1", vec![]).expect("bind");
+        s.bind("".into(), "s1", Arc::from([])).expect("bind");
         assert_eq!(text_of(&s, ""), "UPDATE t SET x = 1");
     }
 
@@ -618,7 +620,7 @@ mod tests {
             .expect("confirmed");
         s.confirm(prepare, Some("PREPARE")).expect("confirmed");
         sync(&mut s, b'I');
-        s.bind("".into(), "s1", vec![]).expect("bind");
+        s.bind("".into(), "s1", Arc::from([])).expect("bind");
         assert_eq!(text_of(&s, ""), "PREPARE s1 AS DELETE FROM t");
     }
 
@@ -631,14 +633,14 @@ mod tests {
         // DEALLOCATE ALL fails (inside an aborted transaction, say): no CommandComplete.
         s.sql(SqlChange::Deallocate(None)).expect("deallocate");
         sync(&mut s, b'E');
-        s.bind("".into(), "s1", vec![]).expect("bind");
+        s.bind("".into(), "s1", Arc::from([])).expect("bind");
         assert_eq!(text_of(&s, ""), "SELECT 1");
         // One that completes as something else changed nothing either.
         let odd = s.sql(SqlChange::Deallocate(None)).expect("deallocate");
         s.confirm(odd, Some("SELECT 1"))
             .expect("a statement's own tag");
         sync(&mut s, b'I');
-        s.bind("".into(), "s1", vec![]).expect("bind");
+        s.bind("".into(), "s1", Arc::from([])).expect("bind");
         assert_eq!(text_of(&s, ""), "SELECT 1");
     }
 
@@ -647,7 +649,7 @@ mod tests {
         let mut s = Statements::default();
         let cursor = |text: &str, held| Portal {
             statement: stmt(text),
-            params: vec![],
+            params: Arc::from([]),
             held,
             rows: 0,
         };
@@ -684,7 +686,7 @@ mod tests {
     fn a_portals_rows_add_up_until_its_name_is_bound_again() {
         let mut s = Statements::default();
         let parse = s.parse("".into(), stmt("SELECT 1")).expect("parse");
-        let bind = s.bind("".into(), "", vec![]).expect("bind");
+        let bind = s.bind("".into(), "", Arc::from([])).expect("bind");
         assert_eq!(s.take_row(""), None, "not open until the server says so");
         s.confirm(parse, None).expect("parse confirmed");
         s.confirm(bind, None).expect("bind confirmed");
@@ -694,7 +696,7 @@ mod tests {
             Some(2),
             "a second Execute adds to the first's"
         );
-        let again = s.bind("".into(), "", vec![]).expect("bind");
+        let again = s.bind("".into(), "", Arc::from([])).expect("bind");
         s.confirm(again, None).expect("bind confirmed");
         assert_eq!(s.take_row(""), Some(1), "a new portal of the same name");
         assert_eq!(s.take_row("c"), None);

@@ -26,13 +26,16 @@ impl<'a> Reader<'a> {
     /// A prepared statement's or portal's name, refused where the server could take it for
     /// another (see [`FrameError::NameTooLong`]).
     fn name(&mut self) -> Result<String, FrameError> {
+        self.borrowed_name().map(str::to_owned)
+    }
+
+    /// [`Self::name`], borrowed from the message: for a name only looked up.
+    fn borrowed_name(&mut self) -> Result<&'a str, FrameError> {
         let raw = self.cstr()?;
         if raw.len() > super::MAX_NAME_BYTES {
             return Err(FrameError::NameTooLong(raw.len()));
         }
-        std::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| FrameError::NameNotUtf8)
+        std::str::from_utf8(raw).map_err(|_| FrameError::NameNotUtf8)
     }
 
     fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
@@ -108,16 +111,17 @@ pub enum ParamValue {
 
 /// Bind ('B').
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bind {
+pub struct Bind<'a> {
     pub portal: String,
-    pub statement: String,
+    /// Only looked up: borrowed from the message.
+    pub statement: &'a str,
     pub params: Vec<ParamValue>,
 }
 
-pub fn decode_bind(body: &[u8]) -> Result<Bind, FrameError> {
+pub fn decode_bind(body: &[u8]) -> Result<Bind<'_>, FrameError> {
     let mut r = Reader { body };
     let portal = r.name()?;
-    let statement = r.name()?;
+    let statement = r.borrowed_name()?;
     let params = r.params()?;
     Ok(Bind {
         portal,
@@ -234,6 +238,7 @@ mod tests {
         let describe = |name: &[u8]| decode_describe(&[b"P", name, b"\0"].concat());
         let bind = |portal: &[u8], statement: &[u8]| {
             decode_bind(&[portal, b"\0", statement, b"\0\0\0\0\0\0\0"].concat())
+                .map(|b| (b.portal, b.statement.to_owned()))
         };
         let most = name(MAX_NAME_BYTES);
         let over = name(MAX_NAME_BYTES + 1);
@@ -250,8 +255,8 @@ mod tests {
         assert_eq!(close(over.as_bytes()).map(|c| c.1), too_long);
         assert_eq!(describe(over.as_bytes()).map(|d| d.1), too_long);
         assert_eq!(describe(most.as_bytes()), Ok((b'P', most.clone())));
-        assert_eq!(bind(over.as_bytes(), b"s").map(|b| b.portal), too_long);
-        assert_eq!(bind(b"p", over.as_bytes()).map(|b| b.portal), too_long);
+        assert_eq!(bind(over.as_bytes(), b"s").map(|b| b.0), too_long);
+        assert_eq!(bind(b"p", over.as_bytes()).map(|b| b.0), too_long);
         // 63 bytes that end in a two-byte character: at the limit, whole.
         let multibyte = format!("{}é", name(MAX_NAME_BYTES - 2));
         assert_eq!(execute(multibyte.as_bytes()), Ok(multibyte.clone()));
@@ -259,7 +264,8 @@ mod tests {
         assert_eq!(parse(b"\xff"), not_utf8);
         assert_eq!(execute(b"a\xfe"), not_utf8);
         assert_eq!(close(b"\xc3").map(|c| c.1), not_utf8);
-        assert_eq!(bind(b"\xff", b"s").map(|b| b.portal), not_utf8);
+        assert_eq!(bind(b"\xff", b"s").map(|b| b.0), not_utf8);
+        assert_eq!(bind(b"p", b"\xff").map(|b| b.1), not_utf8);
     }
 
     fn bind_body(formats: &[i16], params: &[Option<&[u8]>]) -> Vec<u8> {

@@ -21,12 +21,12 @@ use crate::proxy::registry::Control;
 /// its literals from the cached shape) and its outcome's command tag.
 const QUERY_STRING: u64 = 3;
 /// A Bind and Execute of a prepared statement: the Bind's parameter list as read, its
-/// value, the list as JSON the portal keeps, the portal; at the Execute a copy of the
-/// portal's parameters (list and value) for the record, the record's text, the tag.
-const PREPARED: u64 = 8;
-/// As `PREPARED`, with a Parse of the unnamed statement each time: its text as the statement
-/// keeps it, and a record built for a refusal and dropped when none comes.
-const EXTENDED: u64 = 9;
+/// value, and the list the portal and its Executes' records share; the outcome's command
+/// tag. The Execute's record shares the statement's text and the portal's parameters.
+const PREPARED: u64 = 4;
+/// As `PREPARED`, with a Parse of the unnamed statement each time: its text, which the
+/// statement keeps and its records share.
+const EXTENDED: u64 = 5;
 const WARM_UP: usize = 50;
 const MEASURED: usize = 200;
 

@@ -107,8 +107,16 @@ impl Relay {
                 self.note_catalog_changes(&analysis);
                 let kind = self.kind_of(&analysis);
                 let mentions = self.mentions(&text, &analysis.facts);
-                let (record, recorded) =
-                    self.statement_record(Protocol::Extended, &text, kind, None, mentions.clone());
+                // One copy of the text, shared by the record (built in case it is refused)
+                // and the statement the session keeps.
+                let shared: Arc<str> = Arc::from(&*text);
+                let (record, recorded) = self.statement_record(
+                    Protocol::Extended,
+                    shared.clone(),
+                    kind,
+                    None,
+                    mentions.clone(),
+                );
                 let stable = match self.lexer_uncertain(&text, &analyses, pending) {
                     Some(refusal) => Err(refusal),
                     None => Ok(()),
@@ -126,7 +134,7 @@ impl Relay {
                     return Ok(Some(stand_in_parse(&name)));
                 }
                 let statement = Prepared {
-                    text: text.into(),
+                    text: shared,
                     kind,
                     names: analysis.facts.names.clone(),
                     catalog_only: self.catalog_only(&analysis.facts),
@@ -147,12 +155,14 @@ impl Relay {
             }
             b'B' => {
                 let bind = wire::decode_bind(body).map_err(|e| e.to_string())?;
-                let params = bind.params.into_iter().map(param_json).collect();
+                // Collected once, into the list the portal and its Executes' records share.
+                let params: Arc<[serde_json::Value]> =
+                    bind.params.into_iter().map(param_json).collect();
                 let id = if self.discarded_past_backlog() {
                     self.statements.message()
                 } else {
                     self.statements
-                        .bind(bind.portal, &bind.statement, params)
+                        .bind(bind.portal, bind.statement, params)
                         .map_err(|e| e.to_string())?
                 };
                 pending.push(Pending::Step(Step::Bind, id));
@@ -168,7 +178,7 @@ impl Relay {
                     let text = format!("-- Execute of portal \"{portal}\", whose statement lockbox did not see prepared");
                     let (record, _) = self.statement_record(
                         Protocol::Extended,
-                        &text,
+                        text.as_str(),
                         StatementKind::Unknown,
                         None,
                         None,
@@ -208,7 +218,7 @@ impl Relay {
                 // The text was checked when it was parsed; what is recorded is the text of
                 // the statement the server holds under that name.
                 let (record, _) =
-                    self.statement_record(Protocol::Extended, &text, kind, params, mentions);
+                    self.statement_record(Protocol::Extended, text.clone(), kind, params, mentions);
                 if let Err(refusal) = self.check_name_use(names.as_ref()) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
                     return Ok(Some(stand_in_execute(&self.stand_in_portal)));
@@ -273,10 +283,11 @@ impl Relay {
                 // anything (lo_import, set_config, …), so only an admin grant may call it.
                 let class = known.map_or(guard::Class::Escalation("function_call"), |(_, c)| c);
                 // The arguments say what the call does (a file name for lo_import, …).
-                let args = call.args.into_iter().map(param_json).collect();
+                let args: Arc<[serde_json::Value]> =
+                    call.args.into_iter().map(param_json).collect();
                 let (record, _) = self.statement_record(
                     Protocol::FunctionCall,
-                    &text,
+                    text.as_str(),
                     StatementKind::Other,
                     Some(args),
                     None,
@@ -393,17 +404,17 @@ impl Relay {
     pub(super) fn statement_record(
         &self,
         protocol: Protocol,
-        statement: &str,
+        statement: impl AsRef<str> + Into<Arc<str>>,
         kind: StatementKind,
-        params: Option<Vec<serde_json::Value>>,
+        params: Option<Arc<[serde_json::Value]>>,
         mentions: Option<StatementNames>,
     ) -> (AuditEvent, Result<(), Refusal>) {
         let redaction = self.grant.redaction;
-        let (statement, recorded) = if redaction.literals {
-            match redact::mask_literals(statement) {
-                Ok(masked) => (masked, Ok(())),
+        let (statement, recorded): (Arc<str>, _) = if redaction.literals {
+            match redact::mask_literals(statement.as_ref()) {
+                Ok(masked) => (masked.into(), Ok(())),
                 Err(e) => (
-                    redact::UNREADABLE.to_owned(),
+                    redact::UNREADABLE.into(),
                     Err(Refusal {
                         rule: "unscannable",
                         message: format!(
@@ -413,10 +424,11 @@ impl Relay {
                 ),
             }
         } else {
-            (statement.to_owned(), Ok(()))
+            // A text the caller shares already (a prepared statement's) is not copied.
+            (statement.into(), Ok(()))
         };
         let params = match params {
-            Some(p) if redaction.parameters => Some(redact::mask_parameters(p)),
+            Some(p) if redaction.parameters => Some(redact::mask_parameters(&p)),
             other => other,
         };
         let mentions = mentions.filter(|_| self.audit.may_clip(&statement));
@@ -492,7 +504,7 @@ impl Relay {
                 name.clone(),
                 Portal {
                     statement: own(StatementKind::Select),
-                    params: Vec::new(),
+                    params: Arc::from([]),
                     held: crate::guard::declares_held_cursor(text),
                     rows: 0,
                 },
