@@ -12,7 +12,7 @@ use chrono::{SecondsFormat, Utc};
 
 use super::chain::{checkpoint_message, CheckpointSigner};
 use super::file::{chain_tail, try_sync_dir};
-use super::journal::Journal;
+use super::journal::{Journal, Unwritten};
 use super::segments::rotated_name;
 use super::witness::Witness;
 use super::writer::{Progress, Shared, State};
@@ -183,7 +183,7 @@ impl<'a> Syncer<'a> {
                 state.durable = state.file_seq;
                 self.shared.witness_if_durable(&mut state);
                 // Everything is in the trail on disk: the journal's frames are redundant.
-                if let Some(Err(e)) = state.journal.as_ref().map(|j| j.empty()) {
+                if let Some(Err(e)) = state.journal.as_mut().map(Journal::empty) {
                     tracing::warn!(path = %self.shared.path.display(), error = %e, "could not empty the audit journal");
                 }
             }
@@ -405,14 +405,18 @@ impl Shared {
         state.waiters_per_sync =
             (state.waiters_per_sync * 7 + waiters.saturating_mul(256).min(1 << 40)) / 8;
         let generation = state.generation;
-        // With a journal, everything written is in it: its sync makes the records durable.
-        let file = state
-            .journal
-            .as_ref()
-            .map_or_else(|| state.file.clone(), Journal::file);
+        // With a journal, everything written is in it once its unwritten frames are: its
+        // sync makes the records durable.
+        let (file, unwritten) = match state.journal.as_mut() {
+            Some(journal) => (journal.file(), journal.take_unwritten()),
+            None => (state.file.clone(), Unwritten::default()),
+        };
         drop(state);
         let started = Instant::now();
-        let result = self.before_sync().and_then(|()| file.sync_data());
+        let result = unwritten
+            .write_to(&file)
+            .and_then(|()| self.before_sync())
+            .and_then(|()| file.sync_data());
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
         state.syncing = false;

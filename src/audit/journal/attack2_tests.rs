@@ -123,6 +123,8 @@ impl Sim {
     }
 
     fn sync_journal(&mut self) {
+        // A sync writes the frames recorded since the last one, then fdatasyncs.
+        self.journal.write_unwritten().expect("write the frames");
         self.journal_disk = std::fs::read(path_for(&self.active)).expect("read");
         self.acked = self.seq;
     }
@@ -231,6 +233,8 @@ fn an_unsynced_frame_lost_before_a_surviving_one_in_the_other_half() {
     loop {
         let current_before = sim.journal.current;
         sim.append(1, "z");
+        // In the page cache, not on disk (a sync wrote them and is in its fdatasync).
+        sim.journal.write_unwritten().expect("write the frames");
         if sim.journal.current != current_before {
             break;
         }
@@ -278,6 +282,8 @@ fn an_unsynced_frame_lost_before_a_surviving_one_silently_loses_acknowledged_rec
     loop {
         let current_before = sim.journal.current;
         sim.append(1, "z");
+        // In the page cache, not on disk (a sync wrote them and is in its fdatasync).
+        sim.journal.write_unwritten().expect("write the frames");
         if sim.journal.current != current_before {
             break;
         }
@@ -333,6 +339,11 @@ fn random_crashes_keep_every_acknowledged_record() {
                         "select 1"
                     };
                     sim.append(n, text);
+                    if rng.random_bool(0.5) {
+                        // Written, not yet synced: a sync between its write and its
+                        // fdatasync, or unwritten frames past their memory bound.
+                        sim.journal.write_unwritten().expect("write the frames");
+                    }
                 }
                 6..=8 => sim.sync_journal(),
                 _ => sim.sync_trail(),

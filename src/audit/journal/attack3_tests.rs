@@ -278,6 +278,7 @@ fn a_new_run_leaves_no_frame_of_the_run_before_it() {
             .expect("record");
         offset += line.len() as u64;
     }
+    journal.write_unwritten().expect("write the frames");
     let run_a = journal.run_id;
     drop(journal);
     let journal = Journal::create(&active, 16 * 1024, None).expect("next run");

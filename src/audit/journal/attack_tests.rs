@@ -166,6 +166,7 @@ fn frames_for(active: &Path, journal_bytes: u64, records: u64) -> (Vec<u8>, Jour
         journal
             .record(frame, &bytes, &trail, &mut trail_durable)
             .expect("record");
+        journal.write_unwritten().expect("write the frame");
         written.extend_from_slice(&bytes);
         seq += batch;
     }
@@ -296,6 +297,7 @@ fn write_frames(active: &Path, half: u64, frames: &[(Frame, &[u8])]) {
     let mut at = 0;
     let mut buf = Vec::new();
     for (frame, payload) in frames {
+        buf.clear();
         encode(&mut buf, 7, frame, payload);
         journal[at..at + buf.len()].copy_from_slice(&buf);
         at += buf.len();
@@ -415,6 +417,7 @@ fn fuzzed_journals_never_panic_and_recovery_is_idempotent() {
                         first_seq: first,
                         last_seq: first.saturating_add(pick(&mut rng) % 4),
                     };
+                    buf.clear();
                     encode(&mut buf, 7, &frame, &payload);
                     if at + buf.len() > 8192 {
                         break;
@@ -506,6 +509,7 @@ fn random_batches_boundaries_restarts_and_reused_seqs_survive_power_cuts() {
             journal
                 .record(frame, &bytes, &trail, &mut trail_durable)
                 .expect("record");
+            journal.write_unwritten().expect("write the frame");
             if trail_durable != before || (HEADER_LEN + bytes.len()) as u64 > half {
                 // record() fdatasynced the trail, which already held this batch.
                 synced = frame.last_seq;

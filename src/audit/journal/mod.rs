@@ -106,8 +106,49 @@ pub(super) struct Journal {
     head: u64,
     /// The last record each half holds a frame of.
     half_last_seq: [u64; 2],
-    frame: Vec<u8>,
+    /// Frames recorded since the last sync took them, not yet in the file: the sync writes
+    /// them right before its fdatasync (one write per sync instead of one per append, and
+    /// none under the writer's lock). Until then the trail holds their bytes (the frames
+    /// only make them durable), so losing these with the process loses nothing.
+    unwritten: Unwritten,
 }
+
+/// Frames for the journal file, as runs of bytes and where each starts (a new run when the
+/// journal moves to its other half).
+#[derive(Debug, Default)]
+pub(super) struct Unwritten {
+    runs: Vec<(u64, Vec<u8>)>,
+}
+
+impl Unwritten {
+    fn bytes(&self) -> usize {
+        self.runs.iter().map(|(_, run)| run.len()).sum()
+    }
+
+    /// Where the frame about to be written at `at` goes: the open run when it ends there.
+    fn run_at(&mut self, at: u64) -> &mut Vec<u8> {
+        let continues = self
+            .runs
+            .last()
+            .is_some_and(|(start, run)| start + run.len() as u64 == at);
+        if !continues {
+            self.runs.push((at, Vec::new()));
+        }
+        let open = self.runs.len() - 1;
+        &mut self.runs[open].1
+    }
+
+    /// Writes the runs into the journal file (no sync).
+    pub(super) fn write_to(&self, file: &File) -> io::Result<()> {
+        self.runs
+            .iter()
+            .try_for_each(|(at, run)| file.write_all_at(run, *at))
+    }
+}
+
+/// Unwritten frames past this are written at once (still without a sync), so the memory they
+/// hold stays bounded between syncs.
+const MAX_UNWRITTEN_BYTES: usize = 1 << 20;
 
 impl Journal {
     /// Opens the journal beside `active` empty but for `anchor` (see [`anchor`]), `bytes`
@@ -135,13 +176,14 @@ impl Journal {
             current: 0,
             head: 0,
             half_last_seq: [0; 2],
-            frame: Vec::new(),
+            unwritten: Unwritten::default(),
         };
         journal.blank_halves()?;
         if let Some(anchor) = anchor {
-            encode(&mut journal.frame, journal.run_id, &anchor, &[]);
-            journal.file.write_all_at(&journal.frame, 0)?;
-            journal.head = journal.frame.len() as u64;
+            let mut frame = Vec::new();
+            encode(&mut frame, journal.run_id, &anchor, &[]);
+            journal.file.write_all_at(&frame, 0)?;
+            journal.head = frame.len() as u64;
             journal.half_last_seq[0] = anchor.last_seq;
         }
         journal.file.sync_all()?;
@@ -153,7 +195,8 @@ impl Journal {
 
     /// No frame at either half's start: recovery finds nothing. Once the trail is durable
     /// (a clean close), so a later start does not write redundant frames back.
-    pub(super) fn empty(&self) -> io::Result<()> {
+    pub(super) fn empty(&mut self) -> io::Result<()> {
+        self.unwritten = Unwritten::default();
         self.blank_halves()?;
         self.file.sync_all()
     }
@@ -183,8 +226,19 @@ impl Journal {
         self.file.clone()
     }
 
-    /// Writes the frame of `payload`, the bytes just appended to the trail (`frame` says
-    /// where). `trail_durable` is how far the trail itself is on disk; when a half must be
+    /// The frames recorded since the last call, for a sync to write before its fdatasync.
+    pub(super) fn take_unwritten(&mut self) -> Unwritten {
+        std::mem::take(&mut self.unwritten)
+    }
+
+    /// Writes the frames recorded so far into the file now (no sync).
+    pub(super) fn write_unwritten(&mut self) -> io::Result<()> {
+        let unwritten = self.take_unwritten();
+        unwritten.write_to(&self.file)
+    }
+
+    /// Records the frame of `payload`, the bytes just appended to the trail (`frame` says
+    /// where), for the next sync to write. `trail_durable` is how far the trail itself is on disk; when a half must be
     /// reused before the trail covers its old frames, or the bytes are larger than a half,
     /// `trail` is fdatasynced first (rare: the syncer syncs it every `sync_interval`).
     pub(super) fn record(
@@ -210,12 +264,17 @@ impl Journal {
             self.current = next;
             self.head = next as u64 * self.half;
         }
-        encode(&mut self.frame, self.run_id, &frame, payload);
-        self.file
-            .write_all_at(&self.frame, self.head)
-            .map_err(JournalError::Write)?;
+        encode(
+            self.unwritten.run_at(self.head),
+            self.run_id,
+            &frame,
+            payload,
+        );
         self.head += len;
         self.half_last_seq[self.current] = frame.last_seq;
+        if self.unwritten.bytes() > MAX_UNWRITTEN_BYTES {
+            self.write_unwritten().map_err(JournalError::Write)?;
+        }
         Ok(())
     }
 
@@ -225,6 +284,8 @@ impl Journal {
     /// its other half, so later frames are found again (the old frames of both halves are then
     /// all in the trail on disk).
     pub(super) fn start_over(&mut self) {
+        // Their records are all in the trail on disk now (the caller synced it).
+        self.unwritten = Unwritten::default();
         self.current = 1 - self.current;
         self.head = self.current as u64 * self.half;
     }
@@ -250,8 +311,9 @@ fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
     }
 }
 
+/// Appends the frame to `buf`.
 fn encode(buf: &mut Vec<u8>, run_id: u64, frame: &Frame, payload: &[u8]) {
-    buf.clear();
+    let start = buf.len();
     buf.extend_from_slice(&MAGIC);
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     buf.extend_from_slice(&run_id.to_le_bytes());
@@ -264,7 +326,7 @@ fn encode(buf: &mut Vec<u8>, run_id: u64, frame: &Frame, payload: &[u8]) {
     ] {
         buf.extend_from_slice(&field.to_le_bytes());
     }
-    let checksum = checksum(&buf[..HEADER_LEN - CHECKSUM_LEN], payload);
+    let checksum = checksum(&buf[start..start + HEADER_LEN - CHECKSUM_LEN], payload);
     buf.extend_from_slice(&checksum);
     buf.extend_from_slice(payload);
 }

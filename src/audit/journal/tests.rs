@@ -235,6 +235,7 @@ fn journal_frames(active: &Path, records: usize) -> Vec<u8> {
             .expect("record");
         written.extend_from_slice(line.as_bytes());
     }
+    journal.write_unwritten().expect("write the frames");
     written
 }
 
@@ -328,4 +329,88 @@ fn garbage_in_the_journal_changes_nothing_and_does_not_panic() {
             "{len} bytes of junk"
         );
     }
+}
+
+/// The frames on disk in the journal beside `active`.
+fn frames_on_disk(active: &Path, half: u64) -> Vec<ReadFrame> {
+    let file = File::open(path_for(active)).expect("journal");
+    let mut frames = Vec::new();
+    read_frames(&file, 0, half, &mut frames).expect("read");
+    read_frames(&file, half, 2 * half, &mut frames).expect("read");
+    frames
+}
+
+/// A record's frame waits in memory for the sync that makes it durable (one write per
+/// sync, none per record and none under the writer's lock), and past a bound the waiting
+/// frames are written at once, so what they hold between two syncs stays bounded.
+#[test]
+fn frames_wait_for_the_next_sync_up_to_a_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let mut journal = Journal::create(&active, 8 << 20, None).expect("create");
+    let half = journal.half;
+    let trail = crate::private_files::open_options()
+        .create(true)
+        .append(true)
+        .open(&active)
+        .expect("trail");
+    let mut trail_durable = 0;
+    let mut chain = Chain::new();
+    let mut offset = 0u64;
+    let mut record = |journal: &mut Journal, seq: u64| {
+        let mut line = Vec::new();
+        chain.line(
+            &mut line,
+            seq,
+            &format!("{{\"pad\":\"{}\"}}", "p".repeat(4000)),
+        );
+        std::io::Write::write_all(&mut &trail, &line).expect("append");
+        let frame = Frame {
+            file_first_seq: 1,
+            trail_offset: offset,
+            trail_len: line.len() as u64,
+            first_seq: seq,
+            last_seq: seq,
+        };
+        offset += line.len() as u64;
+        journal
+            .record(frame, &line, &trail, &mut trail_durable)
+            .expect("record");
+    };
+
+    record(&mut journal, 1);
+    record(&mut journal, 2);
+    assert!(
+        frames_on_disk(&active, half).is_empty(),
+        "written per record"
+    );
+    // What a sync does before its fdatasync.
+    journal
+        .take_unwritten()
+        .write_to(&journal.file())
+        .expect("write");
+    let seqs = |frames: &[ReadFrame]| frames.iter().map(|f| f.frame.last_seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&frames_on_disk(&active, half)), [1, 2]);
+    assert_eq!(journal.unwritten.bytes(), 0);
+
+    // No sync for a while: frames past the bound go to the file on their own.
+    let mut seq = 3;
+    while journal.unwritten.bytes() < MAX_UNWRITTEN_BYTES / 2 {
+        record(&mut journal, seq);
+        seq += 1;
+    }
+    assert_eq!(
+        frames_on_disk(&active, half).len(),
+        2,
+        "written before the bound"
+    );
+    let last = seq + (MAX_UNWRITTEN_BYTES / 4000) as u64;
+    while seq <= last {
+        record(&mut journal, seq);
+        assert!(journal.unwritten.bytes() <= MAX_UNWRITTEN_BYTES);
+        seq += 1;
+    }
+    let on_disk = seqs(&frames_on_disk(&active, half));
+    assert!(on_disk.len() > 2, "nothing written past the bound");
+    assert_eq!(on_disk, (1..=on_disk.len() as u64).collect::<Vec<_>>());
 }
