@@ -285,7 +285,6 @@ impl State {
         };
         match journal.record(frame, &self.pending, &self.file, &mut self.trail_durable) {
             Ok(()) => Ok(()),
-            Err(JournalError::Write(e)) => Err(e),
             Err(JournalError::TrailSync(e)) => {
                 let refusal = journal.refusal(&e);
                 tracing::error!(error = %refusal, "audit trail fdatasync failed; statements are refused");

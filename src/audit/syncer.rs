@@ -12,7 +12,7 @@ use chrono::{SecondsFormat, Utc};
 
 use super::chain::{checkpoint_message, CheckpointSigner};
 use super::file::{chain_tail, try_sync_dir};
-use super::journal::{Journal, Unwritten};
+use super::journal::Journal;
 use super::segments::rotated_name;
 use super::witness::Witness;
 use super::writer::{Progress, Shared, State};
@@ -405,16 +405,19 @@ impl Shared {
         state.waiters_per_sync =
             (state.waiters_per_sync * 7 + waiters.saturating_mul(256).min(1 << 40)) / 8;
         let generation = state.generation;
-        // With a journal, everything written is in it once its unwritten frames are: its
-        // sync makes the records durable.
-        let (file, unwritten) = match state.journal.as_mut() {
-            Some(journal) => (journal.file(), journal.take_unwritten()),
-            None => (state.file.clone(), Unwritten::default()),
+        // With a journal, everything written is in it once its waiting frames are (written
+        // here, under the lock, so no later write of frames can be overtaken by this one):
+        // its sync makes the records durable. A failed write fails the sync.
+        let (file, written) = match state.journal.as_mut() {
+            Some(journal) => {
+                let written = journal.write_unwritten();
+                (journal.file(), written)
+            }
+            None => (state.file.clone(), Ok(())),
         };
         drop(state);
         let started = Instant::now();
-        let result = unwritten
-            .write_to(&file)
+        let result = written
             .and_then(|()| self.before_sync())
             .and_then(|()| file.sync_data());
         self.syncs.fetch_add(1, Ordering::Relaxed);

@@ -596,3 +596,7 @@ mod rotation_fault_tests;
 #[cfg(test)]
 #[path = "rotation_attack_tests.rs"]
 mod rotation_attack_tests;
+
+#[cfg(test)]
+#[path = "writer_unwritten_tests.rs"]
+mod unwritten_tests;

@@ -79,8 +79,6 @@ pub(super) enum JournalError {
     /// holds on disk is unknown, and the journal's frames are the only record of it.
     #[error("fdatasync of the audit trail failed: {0}")]
     TrailSync(#[source] io::Error),
-    #[error("writing the audit journal failed: {0}")]
-    Write(#[source] io::Error),
 }
 
 /// The journal's path beside the trail's active file (`audit.jsonl.journal`): not a name
@@ -106,17 +104,18 @@ pub(super) struct Journal {
     head: u64,
     /// The last record each half holds a frame of.
     half_last_seq: [u64; 2],
-    /// Frames recorded since the last sync took them, not yet in the file: the sync writes
-    /// them right before its fdatasync (one write per sync instead of one per append, and
-    /// none under the writer's lock). Until then the trail holds their bytes (the frames
-    /// only make them durable), so losing these with the process loses nothing.
+    /// Frames recorded since the last sync wrote them, not yet in the file: the sync writes
+    /// them right before its fdatasync (one write per sync instead of one per append).
+    /// Until then the trail holds their bytes (the frames only make them durable), so
+    /// losing these with the process loses nothing. Every write of them happens under the
+    /// writer's lock, so a late write can never land over newer frames after a wrap.
     unwritten: Unwritten,
 }
 
 /// Frames for the journal file, as runs of bytes and where each starts (a new run when the
 /// journal moves to its other half).
 #[derive(Debug, Default)]
-pub(super) struct Unwritten {
+struct Unwritten {
     runs: Vec<(u64, Vec<u8>)>,
 }
 
@@ -139,7 +138,7 @@ impl Unwritten {
     }
 
     /// Writes the runs into the journal file (no sync).
-    pub(super) fn write_to(&self, file: &File) -> io::Result<()> {
+    fn write_to(&self, file: &File) -> io::Result<()> {
         self.runs
             .iter()
             .try_for_each(|(at, run)| file.write_all_at(run, *at))
@@ -226,15 +225,12 @@ impl Journal {
         self.file.clone()
     }
 
-    /// The frames recorded since the last call, for a sync to write before its fdatasync.
-    pub(super) fn take_unwritten(&mut self) -> Unwritten {
-        std::mem::take(&mut self.unwritten)
-    }
-
-    /// Writes the frames recorded so far into the file now (no sync).
+    /// Writes the frames recorded so far into the file (no sync): a sync does this, under
+    /// the writer's lock, right before its fdatasync. If it fails, the frames are gone and
+    /// their slots are a hole where recovery would stop: the caller must treat it as a failed
+    /// sync of the journal (the trail made durable, then [`Journal::start_over`]).
     pub(super) fn write_unwritten(&mut self) -> io::Result<()> {
-        let unwritten = self.take_unwritten();
-        unwritten.write_to(&self.file)
+        std::mem::take(&mut self.unwritten).write_to(&self.file)
     }
 
     /// Records the frame of `payload`, the bytes just appended to the trail (`frame` says
@@ -273,7 +269,16 @@ impl Journal {
         self.head += len;
         self.half_last_seq[self.current] = frame.last_seq;
         if self.unwritten.bytes() > MAX_UNWRITTEN_BYTES {
-            self.write_unwritten().map_err(JournalError::Write)?;
+            if let Err(e) = self.write_unwritten() {
+                // Those frames (of records whose appenders may be waiting) are lost and
+                // would leave a hole recovery stops at. Every one of their records is in
+                // the trail (this frame's too: it was appended before): made durable there,
+                // the journal starts over behind it. A failed trail sync refuses appends.
+                tracing::warn!(path = %self.trail.display(), error = %e, "writing the audit journal failed; the trail is fdatasynced instead");
+                trail.sync_data().map_err(JournalError::TrailSync)?;
+                *trail_durable = (*trail_durable).max(frame.last_seq);
+                self.start_over();
+            }
         }
         Ok(())
     }

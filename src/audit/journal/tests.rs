@@ -385,10 +385,7 @@ fn frames_wait_for_the_next_sync_up_to_a_bound() {
         "written per record"
     );
     // What a sync does before its fdatasync.
-    journal
-        .take_unwritten()
-        .write_to(&journal.file())
-        .expect("write");
+    journal.write_unwritten().expect("write");
     let seqs = |frames: &[ReadFrame]| frames.iter().map(|f| f.frame.last_seq).collect::<Vec<_>>();
     assert_eq!(seqs(&frames_on_disk(&active, half)), [1, 2]);
     assert_eq!(journal.unwritten.bytes(), 0);
@@ -413,4 +410,94 @@ fn frames_wait_for_the_next_sync_up_to_a_bound() {
     let on_disk = seqs(&frames_on_disk(&active, half));
     assert!(on_disk.len() > 2, "nothing written past the bound");
     assert_eq!(on_disk, (1..=on_disk.len() as u64).collect::<Vec<_>>());
+}
+
+/// Frames written by a sync, then a whole journal's worth of appends (half 0 reused, frames
+/// past the bound written by `record`): a power cut after the next sync loses nothing.
+#[test]
+fn a_sync_then_a_wrap_and_frames_written_past_the_bound_keep_every_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    // Halves of 2 MiB (production: 16 MiB); the bound is 1 MiB either way.
+    let mut journal = Journal::create(&active, 4 << 20, None).expect("create");
+    let trail = crate::private_files::open_options()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(&active)
+        .expect("trail");
+    let mut trail_durable = 0;
+    let mut chain = Chain::new();
+    let mut offset = 0u64;
+    let mut seq = 0u64;
+    let mut record = |journal: &mut Journal, trail_durable: &mut u64| {
+        seq += 1;
+        let mut line = Vec::new();
+        chain.line(
+            &mut line,
+            seq,
+            &format!("{{\"pad\":\"{}\"}}", "p".repeat(60_000)),
+        );
+        std::io::Write::write_all(&mut &trail, &line).expect("append");
+        let frame = Frame {
+            file_first_seq: 1,
+            trail_offset: offset,
+            trail_len: line.len() as u64,
+            first_seq: seq,
+            last_seq: seq,
+        };
+        offset += line.len() as u64;
+        journal
+            .record(frame, &line, &trail, trail_durable)
+            .expect("record");
+        seq
+    };
+    for _ in 0..5 {
+        record(&mut journal, &mut trail_durable);
+    }
+    // S1 (Shared::sync) writes the frames of 1..=5 under the lock, drops it, and is slow
+    // in its fdatasync. (The first version wrote them after dropping the lock: that late
+    // write landed over the newer frames below.)
+    journal.write_unwritten().expect("write");
+    let s1_end = journal.head;
+    // Meanwhile sessions append a half and more: half 0 fills, half 1 fills, half 0 is
+    // reused (the trail is fdatasynced first), and past 1 MiB `record` writes at once.
+    let mut last;
+    let mut wrapped = false;
+    loop {
+        last = record(&mut journal, &mut trail_durable);
+        wrapped |= journal.current == 1;
+        if wrapped
+            && journal.current == 0
+            && journal.head > s1_end
+            && journal.unwritten.bytes() == 0
+        {
+            break; // frames newer than 1..=5 are in the file over where S1 will write
+        }
+    }
+    // S1's fdatasync ends: it acknowledges 1..=5.
+    journal.file().sync_data().expect("fdatasync");
+    // S2: writes what is left and fdatasyncs: every record up to `last` is acknowledged.
+    journal.write_unwritten().expect("write");
+    journal.file().sync_data().expect("fdatasync");
+    let acked = last;
+
+    // Power cut: the trail on disk as far as its last fdatasync (record's, at the reuse of
+    // half 0), garbage after; the journal as synced.
+    let whole = std::fs::read(&active).expect("trail");
+    let keep = end_of_record(&whole, trail_durable);
+    let mut cut = whole[..keep].to_vec();
+    cut.extend((keep..whole.len()).map(|i| b"\0\n{x"[i % 4]));
+    let crash = dir.path().join("crash");
+    std::fs::create_dir_all(&crash).expect("mkdir");
+    let copied = crash.join("audit.jsonl");
+    std::fs::write(&copied, &cut).expect("write");
+    std::fs::copy(path_for(&active), path_for(&copied)).expect("copy");
+    let recovered = recover(&copied);
+    let have = seqs(&std::fs::read(&copied).expect("read"));
+    let lost: Vec<u64> = (1..=acked).filter(|s| !have.contains(s)).collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged {lost:?} lost (trail_durable {trail_durable}, acked up to {acked}, {recovered:?})"
+    );
 }

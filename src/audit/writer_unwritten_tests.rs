@@ -1,0 +1,192 @@
+//! Frames that wait in memory for the next sync, when writing them fails: every
+//! acknowledged record must still survive a power cut (found by an outside attack on the
+//! first version, which lost them).
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use super::*;
+use crate::audit::journal::tests::{end_of_record, seqs};
+use crate::audit::journal::{path_for, recover};
+use crate::audit::{RequestEvent, RequestRecord};
+
+fn event(i: usize, reason: usize) -> AuditEvent {
+    AuditEvent::Request(RequestRecord {
+        event: RequestEvent::Created,
+        request_id: format!("req-{i}"),
+        actor: "eve".into(),
+        engineer: "eve".into(),
+        database: "sales".into(),
+        ticket: format!("T-{i}"),
+        access: "read".into(),
+        reason: Some("r".repeat(reason)),
+        access_expires_at: None,
+        status: None,
+        break_glass: false,
+    })
+}
+
+fn options() -> AuditOptions {
+    AuditOptions {
+        durability: Durability::Fsync,
+        sync_interval: Duration::from_secs(3600),
+        journal_bytes: 8 << 20,
+        ..AuditOptions::default()
+    }
+}
+
+/// Makes every pwrite to the journal's descriptor fail (EBADF: the descriptor now reads
+/// only), or puts it back. Stands for EIO/ENOSPC/EROFS on the journal's write.
+fn break_journal(log: &AuditLog, active: &Path, broken: bool) {
+    let fd = log
+        .shared()
+        .lock()
+        .journal
+        .as_ref()
+        .expect("journal")
+        .file()
+        .as_raw_fd();
+    let other = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!broken)
+        .open(path_for(active))
+        .expect("open");
+    // SAFETY: both descriptors are open; dup2 replaces the journal's descriptor in place
+    // (the writer's File keeps the same number) and touches no memory.
+    assert!(unsafe { libc::dup2(other.as_raw_fd(), fd) } == fd);
+}
+
+/// Power cut now: the trail on disk up to `trail_durable` (size kept, garbage after), the
+/// journal with everything written to it (the most recovery could hope for). Returns the
+/// seqs the recovered trail holds.
+fn crash_and_recover(log: &AuditLog, dir: &Path, active: &Path) -> (u64, Vec<u64>) {
+    let crash = dir.join("crash");
+    std::fs::create_dir_all(&crash).expect("mkdir");
+    let (whole, trail_durable, journal) = {
+        let state = log.shared().lock();
+        (
+            std::fs::read(active).expect("trail"),
+            state.trail_durable,
+            std::fs::read(path_for(active)).expect("journal"),
+        )
+    };
+    let keep = end_of_record(&whole, trail_durable);
+    let mut trail = whole[..keep].to_vec();
+    trail.extend((keep..whole.len()).map(|i| b"\0\n{x"[i % 4]));
+    let copied = crash.join("audit.jsonl");
+    std::fs::write(&copied, &trail).expect("trail");
+    std::fs::write(path_for(&copied), &journal).expect("journal");
+    recover(&copied).expect("recover");
+    (trail_durable, seqs(&std::fs::read(&copied).expect("read")))
+}
+
+/// A write of the waiting frames that `record` does past the 1 MiB bound fails: the failed
+/// frames' slots must not stay a hole that hides every frame written after it (of records
+/// acknowledged later) from recovery, which stops at the first frame that is not whole.
+async fn hole(fault: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("work").join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(&active, None, options()).expect("open");
+    for i in 0..3 {
+        log.append_durable(vec![event(i, 50)])
+            .await
+            .expect("acknowledged");
+    }
+    // One statement's records, over 1 MiB together: its frame is written at once.
+    let big: Vec<AuditEvent> = (0..18).map(|i| event(100 + i, 60_000)).collect();
+    if fault {
+        break_journal(&log, &active, true);
+    }
+    // With the journal's write failing, the trail is fdatasynced instead: still acknowledged.
+    log.append_durable(big).await.expect("acknowledged");
+    if fault {
+        break_journal(&log, &active, false);
+    }
+    assert_eq!(
+        log.shared().lock().trail_durable > 0,
+        fault,
+        "the trail is synced when, and only when, the journal's write failed"
+    );
+    let acked = log
+        .append_durable(vec![event(7, 50)])
+        .await
+        .expect("acknowledged");
+    let (trail_durable, have) = crash_and_recover(&log, dir.path(), &active);
+    log.close().await;
+    assert!(
+        have.contains(&acked),
+        "acknowledged seq {acked} lost (trail_durable {trail_durable}); trail holds {have:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_written_past_the_bound_without_a_fault_keep_every_record() {
+    hole(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_past_the_bound_leaves_no_hole_that_hides_later_records() {
+    hole(true).await;
+}
+
+/// Records written (their appenders waiting) whose frames wait in memory; the next append
+/// crosses 1 MiB and `record`'s write of all waiting frames fails: the earlier records,
+/// which the next sync acknowledges, must be on disk anyway (in the trail).
+async fn dropped(fault: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("work").join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(&active, None, options()).expect("open");
+    for i in 0..3 {
+        log.append_durable(vec![event(i, 50)])
+            .await
+            .expect("acknowledged");
+    }
+    // Written under the lock, not yet synced (as while a group commit's fdatasync runs).
+    let mut waiting = Vec::new();
+    for i in 0..17 {
+        waiting.push(
+            log.write([event(10 + i, 60_000)].iter(), Mode::Now { sync: false })
+                .expect("written"),
+        );
+    }
+    if fault {
+        break_journal(&log, &active, true);
+    }
+    let crossing = log.write([event(50, 60_000)].iter(), Mode::Now { sync: false });
+    break_journal(&log, &active, false);
+    let crossing = crossing.expect("written: the trail is fdatasynced in the journal's place");
+    assert_eq!(
+        log.shared().lock().trail_durable >= crossing.first,
+        fault,
+        "the trail is synced when, and only when, the journal's write failed"
+    );
+    let later = log
+        .append_durable(vec![event(60, 50)])
+        .await
+        .expect("acknowledged");
+    for w in &waiting {
+        log.wait_durable(*w).await.expect("acknowledged");
+    }
+    let (trail_durable, have) = crash_and_recover(&log, dir.path(), &active);
+    log.close().await;
+    let lost: Vec<u64> = waiting
+        .iter()
+        .map(|w| w.first)
+        .chain([later])
+        .filter(|s| !have.contains(s))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged seqs {lost:?} lost (trail_durable {trail_durable}); trail holds {have:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_frames_crossing_the_bound_without_a_fault_keep_every_record() {
+    dropped(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_past_the_bound_loses_no_waiting_record() {
+    dropped(true).await;
+}
