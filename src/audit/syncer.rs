@@ -173,11 +173,23 @@ impl<'a> Syncer<'a> {
     }
 
     /// Closing: a last checkpoint, a last fsync, and every waiter answered.
-    fn finish(&self, mut state: MutexGuard<'_, State>) {
+    fn finish(&self, mut state: MutexGuard<'a, State>) {
         if self.shared.flush(&mut state).is_err() {
             state.drop_failed();
         }
         self.checkpoint(&mut state);
+        if state.refused.is_some() {
+            // Appends were refused after a failed sync of the trail (or a rotation that
+            // could not hold): a sync of the trail now can succeed without its records on
+            // disk (Linux reports a writeback error once). The journal, the only copy of what
+            // the trail may have lost, is left for the restart to write back; through it the
+            // last waiters are answered, as while running.
+            if state.journal.is_some() {
+                state = self.shared.sync(state);
+            }
+            self.shared.publish(&state, Some(true));
+            return;
+        }
         match state.file.sync_data() {
             Ok(()) => {
                 state.durable = state.file_seq;

@@ -190,3 +190,174 @@ async fn waiting_frames_crossing_the_bound_without_a_fault_keep_every_record() {
 async fn a_failed_write_past_the_bound_loses_no_waiting_record() {
     dropped(true).await;
 }
+
+// Found by a second outside attack, on ff73874.
+
+/// Points the trail's descriptor at /dev/null (writes vanish, fdatasync fails with EINVAL:
+/// stands for EIO on the trail's fdatasync); returns a copy of the real descriptor to put
+/// back with `restore_trail`.
+fn break_trail(log: &AuditLog) -> (i32, i32) {
+    let fd = log.shared().lock().file.as_raw_fd();
+    // SAFETY: plain descriptor calls on descriptors open for the whole call; no memory.
+    let saved = unsafe { libc::dup(fd) };
+    assert!(saved >= 0);
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("null");
+    // SAFETY: as above.
+    assert!(unsafe { libc::dup2(null.as_raw_fd(), fd) } == fd);
+    (fd, saved)
+}
+
+fn restore_trail((fd, saved): (i32, i32)) {
+    // SAFETY: `saved` is the copy `break_trail` made, closed only here.
+    assert!(unsafe { libc::dup2(saved, fd) } == fd);
+    // SAFETY: as above.
+    unsafe { libc::close(saved) };
+}
+
+/// Waiting frames crossing the bound; the journal's write fails AND the trail's fdatasync
+/// in its place fails: appends are refused, and the syncer goes on making durable what was
+/// written. Its next sync must not acknowledge records whose frames were never written (the
+/// first fix dropped them on the failed write, and that sync acknowledged them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_then_a_failed_trail_sync_acknowledge_nothing_unwritten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("work").join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(&active, None, options()).expect("open");
+    for i in 0..3 {
+        log.append_durable(vec![event(i, 50)])
+            .await
+            .expect("acknowledged");
+    }
+    // S: a sync held in its fdatasync (outside the lock) until released.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = Arc::new(Mutex::new(held));
+    let (entered_tx, entered) = std::sync::mpsc::channel::<()>();
+    let entered_tx = Mutex::new(entered_tx);
+    let once = std::sync::atomic::AtomicBool::new(false);
+    *log.shared().sync_hook.lock().expect("hook") = Some(Arc::new(move || {
+        if !once.swap(true, Ordering::SeqCst) {
+            let _ = entered_tx.lock().unwrap().send(());
+            let _ = held.lock().unwrap().recv();
+        }
+        Ok(())
+    }));
+    let s = {
+        let log = log.clone();
+        tokio::spawn(async move { log.append_durable(vec![event(5, 50)]).await })
+    };
+    tokio::task::spawn_blocking(move || entered.recv().expect("S in its fdatasync"))
+        .await
+        .expect("join");
+    // Sessions append while S runs (they ask for a sync: it waits for S).
+    let mut waiting = Vec::new();
+    for i in 0..17 {
+        waiting.push(
+            log.write([event(10 + i, 60_000)].iter(), Mode::Now { sync: true })
+                .expect("written"),
+        );
+    }
+    // The next append crosses 1 MiB: the journal's write fails, and so does the trail's
+    // fdatasync in its place.
+    break_journal(&log, &active, true);
+    let trail = break_trail(&log);
+    let crossing = log.write([event(50, 60_000)].iter(), Mode::Now { sync: false });
+    restore_trail(trail);
+    break_journal(&log, &active, false);
+    assert!(crossing.is_err(), "refused after the trail's sync failed");
+    release.send(()).expect("release S");
+    assert!(
+        s.await.expect("join").is_ok(),
+        "S acknowledges its own record"
+    );
+    let mut acked = Vec::new();
+    for w in &waiting {
+        if tokio::time::timeout(Duration::from_secs(10), log.wait_durable(*w))
+            .await
+            .expect("settled")
+            .is_ok()
+        {
+            acked.push(w.first);
+        }
+    }
+    assert!(!acked.is_empty(), "none acknowledged");
+    let (trail_durable, have) = crash_and_recover(&log, dir.path(), &active);
+    let lost: Vec<u64> = acked
+        .iter()
+        .copied()
+        .filter(|s| !have.contains(s))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged seqs {lost:?} lost (trail_durable {trail_durable}); trail holds {have:?}"
+    );
+}
+
+fn small() -> AuditOptions {
+    AuditOptions {
+        journal_bytes: 8 * 1024,
+        ..options()
+    }
+}
+
+/// A half-reuse trail fdatasync in `record` fails (on the writer's own description: Linux
+/// reports the error there once): appends are refused and "the last records are kept in the
+/// journal until lockbox restarts". Closing fdatasyncs the same description, which then
+/// succeeds: it must not call the trail durable and empty the journal, the only copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_after_a_failed_trail_sync_keeps_the_journal() {
+    // Dry run: which append makes `record` fdatasync the trail first.
+    let k = {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let active = dir.path().join("audit.jsonl");
+        let (log, _thread) = AuditLog::open_with(&active, None, small()).expect("open");
+        let mut k = 0;
+        for i in 0..1000 {
+            log.append_durable(vec![event(i, 50)]).await.expect("ok");
+            if log.trail_durable() > 0 {
+                k = i;
+                break;
+            }
+        }
+        log.close().await;
+        k
+    };
+    assert!(k > 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("work").join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(&active, None, small()).expect("open");
+    let mut acked = Vec::new();
+    for i in 0..k {
+        acked.push(log.append_durable(vec![event(i, 50)]).await.expect("ok"));
+    }
+    assert_eq!(log.trail_durable(), 0);
+    let trail = break_trail(&log);
+    let refused = log.append_durable(vec![event(k, 50)]).await;
+    restore_trail(trail);
+    assert!(
+        refused.is_err(),
+        "the half-reuse trail sync failed: refused"
+    );
+    // Before close, a power cut loses nothing (the journal holds them).
+    let (_, have) = crash_and_recover(&log, dir.path(), &active);
+    let lost: Vec<u64> = acked
+        .iter()
+        .copied()
+        .filter(|s| !have.contains(s))
+        .collect();
+    assert!(lost.is_empty(), "before close: lost {lost:?}");
+    std::fs::remove_dir_all(dir.path().join("crash")).expect("rm");
+    log.close().await;
+    let (trail_durable, have) = crash_and_recover(&log, dir.path(), &active);
+    let lost: Vec<u64> = acked
+        .iter()
+        .copied()
+        .filter(|s| !have.contains(s))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "after close: acknowledged {lost:?} lost (trail_durable {trail_durable})"
+    );
+}

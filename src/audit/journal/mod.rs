@@ -226,11 +226,16 @@ impl Journal {
     }
 
     /// Writes the frames recorded so far into the file (no sync): a sync does this, under
-    /// the writer's lock, right before its fdatasync. If it fails, the frames are gone and
-    /// their slots are a hole where recovery would stop: the caller must treat it as a failed
-    /// sync of the journal (the trail made durable, then [`Journal::start_over`]).
+    /// the writer's lock, right before its fdatasync. If it fails, what reached the file is
+    /// unknown and a slot may be a hole where recovery would stop: the caller must treat it
+    /// as a failed sync of the journal (the trail made durable, then
+    /// [`Journal::start_over`]). The frames are let go only once written, so a later sync
+    /// (of a writer refusing appends, for its waiters) writes them again before it vouches
+    /// for their records.
     pub(super) fn write_unwritten(&mut self) -> io::Result<()> {
-        std::mem::take(&mut self.unwritten).write_to(&self.file)
+        self.unwritten.write_to(&self.file)?;
+        self.unwritten.runs.clear();
+        Ok(())
     }
 
     /// Records the frame of `payload`, the bytes just appended to the trail (`frame` says
