@@ -293,6 +293,12 @@ async fn a_failed_write_then_a_failed_trail_sync_acknowledge_nothing_unwritten()
         lost.is_empty(),
         "acknowledged seqs {lost:?} lost (trail_durable {trail_durable}); trail holds {have:?}"
     );
+    // The refused append's statement never ran: a restart must not bring its record back.
+    let refused = waiting.last().expect("waiting").first + 1;
+    assert!(
+        !have.contains(&refused),
+        "the refused record {refused} came back at restart; trail holds {have:?}"
+    );
 }
 
 fn small() -> AuditOptions {

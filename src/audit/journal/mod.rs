@@ -20,7 +20,8 @@
 //! offsets they were appended at, once the trail is shown to hold the record the run
 //! continues; what follows is kept as far as it continues the chain and cut where it does
 //! not (a torn write, pages lost with the size kept), and the trail is fdatasynced. A clean
-//! close leaves the journal empty.
+//! close leaves the journal empty, unless appends were refused (the journal is then kept for
+//! the restart).
 
 use std::fs::File;
 use std::io;
@@ -117,6 +118,8 @@ pub(super) struct Journal {
 #[derive(Debug, Default)]
 struct Unwritten {
     runs: Vec<(u64, Vec<u8>)>,
+    /// A written run's buffer, kept for the next (no allocation per sync).
+    spare: Vec<u8>,
 }
 
 impl Unwritten {
@@ -131,10 +134,30 @@ impl Unwritten {
             .last()
             .is_some_and(|(start, run)| start + run.len() as u64 == at);
         if !continues {
-            self.runs.push((at, Vec::new()));
+            self.runs.push((at, std::mem::take(&mut self.spare)));
         }
         let open = self.runs.len() - 1;
         &mut self.runs[open].1
+    }
+
+    /// Forgets the runs once written, keeping one buffer.
+    fn clear(&mut self) {
+        if let Some((_, mut buffer)) = self.runs.drain(..).next() {
+            buffer.clear();
+            self.spare = buffer;
+        }
+        self.runs.clear();
+    }
+
+    /// Forgets what was recorded from journal offset `at` on (a frame taken back).
+    fn truncate_at(&mut self, at: u64) {
+        while let Some((start, run)) = self.runs.last_mut() {
+            if *start < at {
+                run.truncate(usize::try_from(at - *start).unwrap_or(usize::MAX));
+                return;
+            }
+            self.runs.pop();
+        }
     }
 
     /// Writes the runs into the journal file (no sync).
@@ -234,7 +257,7 @@ impl Journal {
     /// for their records.
     pub(super) fn write_unwritten(&mut self) -> io::Result<()> {
         self.unwritten.write_to(&self.file)?;
-        self.unwritten.runs.clear();
+        self.unwritten.clear();
         Ok(())
     }
 
@@ -265,6 +288,7 @@ impl Journal {
             self.current = next;
             self.head = next as u64 * self.half;
         }
+        let (start, last_seq_before) = (self.head, self.half_last_seq[self.current]);
         encode(
             self.unwritten.run_at(self.head),
             self.run_id,
@@ -275,12 +299,21 @@ impl Journal {
         self.half_last_seq[self.current] = frame.last_seq;
         if self.unwritten.bytes() > MAX_UNWRITTEN_BYTES {
             if let Err(e) = self.write_unwritten() {
-                // Those frames (of records whose appenders may be waiting) are lost and
-                // would leave a hole recovery stops at. Every one of their records is in
-                // the trail (this frame's too: it was appended before): made durable there,
-                // the journal starts over behind it. A failed trail sync refuses appends.
+                // Those frames (of records whose appenders may be waiting) are not on disk,
+                // and a slot may be a hole recovery stops at. Every one of their records is
+                // in the trail (this frame's too: it was appended before): made durable
+                // there, the journal starts over behind it. A failed trail sync refuses
+                // appends; the frames before this one stay for the refused writer's syncs.
                 tracing::warn!(path = %self.trail.display(), error = %e, "writing the audit journal failed; the trail is fdatasynced instead");
-                trail.sync_data().map_err(JournalError::TrailSync)?;
+                if let Err(e) = trail.sync_data() {
+                    // This append is refused and cut from the trail: its frame must not be
+                    // written by a later sync (for the waiters before it), or a restart
+                    // would bring back the record of a statement that never ran.
+                    self.unwritten.truncate_at(start);
+                    self.head = start;
+                    self.half_last_seq[self.current] = last_seq_before;
+                    return Err(JournalError::TrailSync(e));
+                }
                 *trail_durable = (*trail_durable).max(frame.last_seq);
                 self.start_over();
             }
@@ -295,7 +328,7 @@ impl Journal {
     /// all in the trail on disk).
     pub(super) fn start_over(&mut self) {
         // Their records are all in the trail on disk now (the caller synced it).
-        self.unwritten = Unwritten::default();
+        self.unwritten.clear();
         self.current = 1 - self.current;
         self.head = self.current as u64 * self.half;
     }
