@@ -10,7 +10,8 @@ use crate::audit::journal::tests::{end_of_record, seqs};
 use crate::audit::journal::{path_for, recover};
 use crate::audit::{RequestEvent, RequestRecord};
 
-fn event(i: usize, reason: usize) -> AuditEvent {
+/// A request record whose reason is `reason` bytes long (to size records).
+pub(super) fn event(i: usize, reason: usize) -> AuditEvent {
     AuditEvent::Request(RequestRecord {
         event: RequestEvent::Created,
         request_id: format!("req-{i}"),

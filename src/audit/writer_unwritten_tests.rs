@@ -5,26 +5,10 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use super::journal_attack_tests::event;
 use super::*;
 use crate::audit::journal::tests::{end_of_record, seqs};
 use crate::audit::journal::{path_for, recover};
-use crate::audit::{RequestEvent, RequestRecord};
-
-fn event(i: usize, reason: usize) -> AuditEvent {
-    AuditEvent::Request(RequestRecord {
-        event: RequestEvent::Created,
-        request_id: format!("req-{i}"),
-        actor: "eve".into(),
-        engineer: "eve".into(),
-        database: "sales".into(),
-        ticket: format!("T-{i}"),
-        access: "read".into(),
-        reason: Some("r".repeat(reason)),
-        access_expires_at: None,
-        status: None,
-        break_glass: false,
-    })
-}
 
 fn options() -> AuditOptions {
     AuditOptions {
@@ -56,6 +40,40 @@ fn break_journal(log: &AuditLog, active: &Path, broken: bool) {
     assert!(unsafe { libc::dup2(other.as_raw_fd(), fd) } == fd);
 }
 
+/// A trail in a new folder, in `fsync` mode with a journal, with three records
+/// acknowledged.
+async fn three_acknowledged() -> (tempfile::TempDir, PathBuf, AuditLog, JoinHandle<()>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("work").join("audit.jsonl");
+    let (log, thread) = AuditLog::open_with(&active, None, options()).expect("open");
+    for i in 0..3 {
+        log.append_durable(vec![event(i, 50)])
+            .await
+            .expect("acknowledged");
+    }
+    (dir, active, log, thread)
+}
+
+/// The records of `acked` that `have` lacks.
+fn missing(acked: &[u64], have: &[u64]) -> Vec<u64> {
+    acked
+        .iter()
+        .copied()
+        .filter(|s| !have.contains(s))
+        .collect()
+}
+
+/// Seventeen records of ~60 kB written, their frames waiting for a sync (together just
+/// under the 1 MiB bound: the next such record crosses it).
+fn seventeen_written(log: &AuditLog, sync: bool) -> Vec<Written> {
+    (0..17)
+        .map(|i| {
+            log.write([event(10 + i, 60_000)].iter(), Mode::Now { sync })
+                .expect("written")
+        })
+        .collect()
+}
+
 /// Power cut now: the trail on disk up to `trail_durable` (size kept, garbage after), the
 /// journal with everything written to it (the most recovery could hope for). Returns the
 /// seqs the recovered trail holds.
@@ -84,14 +102,7 @@ fn crash_and_recover(log: &AuditLog, dir: &Path, active: &Path) -> (u64, Vec<u64
 /// frames' slots must not stay a hole that hides every frame written after it (of records
 /// acknowledged later) from recovery, which stops at the first frame that is not whole.
 async fn hole(fault: bool) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let active = dir.path().join("work").join("audit.jsonl");
-    let (log, _thread) = AuditLog::open_with(&active, None, options()).expect("open");
-    for i in 0..3 {
-        log.append_durable(vec![event(i, 50)])
-            .await
-            .expect("acknowledged");
-    }
+    let (dir, active, log, _thread) = three_acknowledged().await;
     // One statement's records, over 1 MiB together: its frame is written at once.
     let big: Vec<AuditEvent> = (0..18).map(|i| event(100 + i, 60_000)).collect();
     if fault {
@@ -133,22 +144,9 @@ async fn a_failed_write_past_the_bound_leaves_no_hole_that_hides_later_records()
 /// crosses 1 MiB and `record`'s write of all waiting frames fails: the earlier records,
 /// which the next sync acknowledges, must be on disk anyway (in the trail).
 async fn dropped(fault: bool) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let active = dir.path().join("work").join("audit.jsonl");
-    let (log, _thread) = AuditLog::open_with(&active, None, options()).expect("open");
-    for i in 0..3 {
-        log.append_durable(vec![event(i, 50)])
-            .await
-            .expect("acknowledged");
-    }
+    let (dir, active, log, _thread) = three_acknowledged().await;
     // Written under the lock, not yet synced (as while a group commit's fdatasync runs).
-    let mut waiting = Vec::new();
-    for i in 0..17 {
-        waiting.push(
-            log.write([event(10 + i, 60_000)].iter(), Mode::Now { sync: false })
-                .expect("written"),
-        );
-    }
+    let waiting = seventeen_written(&log, false);
     if fault {
         break_journal(&log, &active, true);
     }
@@ -169,12 +167,8 @@ async fn dropped(fault: bool) {
     }
     let (trail_durable, have) = crash_and_recover(&log, dir.path(), &active);
     log.close().await;
-    let lost: Vec<u64> = waiting
-        .iter()
-        .map(|w| w.first)
-        .chain([later])
-        .filter(|s| !have.contains(s))
-        .collect();
+    let acked: Vec<u64> = waiting.iter().map(|w| w.first).chain([later]).collect();
+    let lost = missing(&acked, &have);
     assert!(
         lost.is_empty(),
         "acknowledged seqs {lost:?} lost (trail_durable {trail_durable}); trail holds {have:?}"
@@ -223,14 +217,7 @@ fn restore_trail((fd, saved): (i32, i32)) {
 /// first fix dropped them on the failed write, and that sync acknowledged them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_then_a_failed_trail_sync_acknowledge_nothing_unwritten() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let active = dir.path().join("work").join("audit.jsonl");
-    let (log, _thread) = AuditLog::open_with(&active, None, options()).expect("open");
-    for i in 0..3 {
-        log.append_durable(vec![event(i, 50)])
-            .await
-            .expect("acknowledged");
-    }
+    let (dir, active, log, _thread) = three_acknowledged().await;
     // S: a sync held in its fdatasync (outside the lock) until released.
     let (release, held) = std::sync::mpsc::channel::<()>();
     let held = Arc::new(Mutex::new(held));
@@ -252,13 +239,7 @@ async fn a_failed_write_then_a_failed_trail_sync_acknowledge_nothing_unwritten()
         .await
         .expect("join");
     // Sessions append while S runs (they ask for a sync: it waits for S).
-    let mut waiting = Vec::new();
-    for i in 0..17 {
-        waiting.push(
-            log.write([event(10 + i, 60_000)].iter(), Mode::Now { sync: true })
-                .expect("written"),
-        );
-    }
+    let waiting = seventeen_written(&log, true);
     // The next append crosses 1 MiB: the journal's write fails, and so does the trail's
     // fdatasync in its place.
     break_journal(&log, &active, true);
@@ -284,11 +265,7 @@ async fn a_failed_write_then_a_failed_trail_sync_acknowledge_nothing_unwritten()
     }
     assert!(!acked.is_empty(), "none acknowledged");
     let (trail_durable, have) = crash_and_recover(&log, dir.path(), &active);
-    let lost: Vec<u64> = acked
-        .iter()
-        .copied()
-        .filter(|s| !have.contains(s))
-        .collect();
+    let lost = missing(&acked, &have);
     assert!(
         lost.is_empty(),
         "acknowledged seqs {lost:?} lost (trail_durable {trail_durable}); trail holds {have:?}"
@@ -348,20 +325,12 @@ async fn a_close_after_a_failed_trail_sync_keeps_the_journal() {
     );
     // Before close, a power cut loses nothing (the journal holds them).
     let (_, have) = crash_and_recover(&log, dir.path(), &active);
-    let lost: Vec<u64> = acked
-        .iter()
-        .copied()
-        .filter(|s| !have.contains(s))
-        .collect();
+    let lost = missing(&acked, &have);
     assert!(lost.is_empty(), "before close: lost {lost:?}");
     std::fs::remove_dir_all(dir.path().join("crash")).expect("rm");
     log.close().await;
     let (trail_durable, have) = crash_and_recover(&log, dir.path(), &active);
-    let lost: Vec<u64> = acked
-        .iter()
-        .copied()
-        .filter(|s| !have.contains(s))
-        .collect();
+    let lost = missing(&acked, &have);
     assert!(
         lost.is_empty(),
         "after close: acknowledged {lost:?} lost (trail_durable {trail_durable})"

@@ -340,42 +340,69 @@ fn frames_on_disk(active: &Path, half: u64) -> Vec<ReadFrame> {
     frames
 }
 
+/// Appends records of one padded size to a trail and records their frames in a journal,
+/// as the writer does (one record per frame).
+struct Appender {
+    trail: File,
+    chain: Chain,
+    offset: u64,
+    seq: u64,
+    trail_durable: u64,
+    pad: usize,
+}
+
+impl Appender {
+    fn new(active: &Path, pad: usize) -> Appender {
+        let trail = crate::private_files::open_options()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(active)
+            .expect("trail");
+        Appender {
+            trail,
+            chain: Chain::new(),
+            offset: 0,
+            seq: 0,
+            trail_durable: 0,
+            pad,
+        }
+    }
+
+    /// Appends the next record and records its frame; returns its seq.
+    fn record(&mut self, journal: &mut Journal) -> u64 {
+        self.seq += 1;
+        let mut line = Vec::new();
+        let fields = format!("{{\"pad\":\"{}\"}}", "p".repeat(self.pad));
+        self.chain.line(&mut line, self.seq, &fields);
+        std::io::Write::write_all(&mut &self.trail, &line).expect("append");
+        let frame = Frame {
+            file_first_seq: 1,
+            trail_offset: self.offset,
+            trail_len: line.len() as u64,
+            first_seq: self.seq,
+            last_seq: self.seq,
+        };
+        self.offset += line.len() as u64;
+        journal
+            .record(frame, &line, &self.trail, &mut self.trail_durable)
+            .expect("record");
+        self.seq
+    }
+}
+
 /// A record's frame waits in memory for the sync that makes it durable (one write per
-/// sync, none per record and none under the writer's lock), and past a bound the waiting
-/// frames are written at once, so what they hold between two syncs stays bounded.
+/// sync, not one per record), and past a bound the waiting frames are written at once, so
+/// what they hold between two syncs stays bounded.
 #[test]
 fn frames_wait_for_the_next_sync_up_to_a_bound() {
     let dir = tempfile::tempdir().expect("tempdir");
     let active = dir.path().join("audit.jsonl");
     let mut journal = Journal::create(&active, 8 << 20, None).expect("create");
     let half = journal.half;
-    let trail = crate::private_files::open_options()
-        .create(true)
-        .append(true)
-        .open(&active)
-        .expect("trail");
-    let mut trail_durable = 0;
-    let mut chain = Chain::new();
-    let mut offset = 0u64;
+    let mut appender = Appender::new(&active, 4000);
     let mut record = |journal: &mut Journal, seq: u64| {
-        let mut line = Vec::new();
-        chain.line(
-            &mut line,
-            seq,
-            &format!("{{\"pad\":\"{}\"}}", "p".repeat(4000)),
-        );
-        std::io::Write::write_all(&mut &trail, &line).expect("append");
-        let frame = Frame {
-            file_first_seq: 1,
-            trail_offset: offset,
-            trail_len: line.len() as u64,
-            first_seq: seq,
-            last_seq: seq,
-        };
-        offset += line.len() as u64;
-        journal
-            .record(frame, &line, &trail, &mut trail_durable)
-            .expect("record");
+        assert_eq!(appender.record(journal), seq);
     };
 
     record(&mut journal, 1);
@@ -420,40 +447,9 @@ fn a_sync_then_a_wrap_and_frames_written_past_the_bound_keep_every_record() {
     let active = dir.path().join("audit.jsonl");
     // Halves of 2 MiB (production: 16 MiB); the bound is 1 MiB either way.
     let mut journal = Journal::create(&active, 4 << 20, None).expect("create");
-    let trail = crate::private_files::open_options()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(&active)
-        .expect("trail");
-    let mut trail_durable = 0;
-    let mut chain = Chain::new();
-    let mut offset = 0u64;
-    let mut seq = 0u64;
-    let mut record = |journal: &mut Journal, trail_durable: &mut u64| {
-        seq += 1;
-        let mut line = Vec::new();
-        chain.line(
-            &mut line,
-            seq,
-            &format!("{{\"pad\":\"{}\"}}", "p".repeat(60_000)),
-        );
-        std::io::Write::write_all(&mut &trail, &line).expect("append");
-        let frame = Frame {
-            file_first_seq: 1,
-            trail_offset: offset,
-            trail_len: line.len() as u64,
-            first_seq: seq,
-            last_seq: seq,
-        };
-        offset += line.len() as u64;
-        journal
-            .record(frame, &line, &trail, trail_durable)
-            .expect("record");
-        seq
-    };
+    let mut appender = Appender::new(&active, 60_000);
     for _ in 0..5 {
-        record(&mut journal, &mut trail_durable);
+        appender.record(&mut journal);
     }
     // S1 (Shared::sync) writes the frames of 1..=5 under the lock, drops it, and is slow
     // in its fdatasync. (The first version wrote them after dropping the lock: that late
@@ -465,7 +461,7 @@ fn a_sync_then_a_wrap_and_frames_written_past_the_bound_keep_every_record() {
     let mut last;
     let mut wrapped = false;
     loop {
-        last = record(&mut journal, &mut trail_durable);
+        last = appender.record(&mut journal);
         wrapped |= journal.current == 1;
         if wrapped
             && journal.current == 0
@@ -485,6 +481,7 @@ fn a_sync_then_a_wrap_and_frames_written_past_the_bound_keep_every_record() {
     // Power cut: the trail on disk as far as its last fdatasync (record's, at the reuse of
     // half 0), garbage after; the journal as synced.
     let whole = std::fs::read(&active).expect("trail");
+    let trail_durable = appender.trail_durable;
     let keep = end_of_record(&whole, trail_durable);
     let mut cut = whole[..keep].to_vec();
     cut.extend((keep..whole.len()).map(|i| b"\0\n{x"[i % 4]));
