@@ -218,7 +218,7 @@ impl Journal {
     /// No frame at either half's start: recovery finds nothing. Once the trail is durable
     /// (a clean close), so a later start does not write redundant frames back.
     pub(super) fn empty(&mut self) -> io::Result<()> {
-        self.unwritten = Unwritten::default();
+        self.unwritten.clear();
         self.blank_halves()?;
         self.file.sync_all()
     }
@@ -262,9 +262,10 @@ impl Journal {
     }
 
     /// Records the frame of `payload`, the bytes just appended to the trail (`frame` says
-    /// where), for the next sync to write. `trail_durable` is how far the trail itself is on disk; when a half must be
-    /// reused before the trail covers its old frames, or the bytes are larger than a half,
-    /// `trail` is fdatasynced first (rare: the syncer syncs it every `sync_interval`).
+    /// where), for the next sync to write. `trail_durable` is how far the trail itself is on
+    /// disk; when a half must be reused before the trail covers its old frames, or the bytes
+    /// are larger than a half, `trail` is fdatasynced first (rare: the syncer syncs it every
+    /// `sync_interval`).
     pub(super) fn record(
         &mut self,
         frame: Frame,
