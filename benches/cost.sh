@@ -76,14 +76,6 @@ proc_counts() {
     echo "$ticks $switches"
 }
 
-# "busy_ticks context_switches all_ticks steal_ticks" of the whole machine. Steal is the time
-# the hypervisor gave this machine's CPUs to someone else: on a shared host it comes and goes,
-# and a run with much of it has fewer transactions for the same work.
-machine_counts() {
-    awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8; all = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; steal = $9}
-         /^ctxt / {cs = $2} END {print busy, cs, all, steal}' /proc/stat
-}
-
 # Each system call's count per transaction, summed over the threads of a `perf trace -s`
 # summary, most frequent first.
 syscalls_per_tx() {
@@ -102,7 +94,7 @@ run() {
     pid=$(proxy_pid "$target")
     threads=$((clients < NPROC ? clients : NPROC))
     p0=$(proc_counts "$pid")
-    m0=$(machine_counts)
+    m0=$(bench_machine_counts)
     local profiler=""
     if [ -n "${BENCH_PERF:-}" ] && [ -n "$pid" ]; then
         mkdir -p "$BENCH_PERF"
@@ -124,7 +116,7 @@ run() {
         bench_check_alive
     fi
     p1=$(proc_counts "$pid")
-    m1=$(machine_counts)
+    m1=$(bench_machine_counts)
     if [ -n "$profiler" ]; then
         wait "$profiler" || true
         perf report -q -i "$BENCH_PERF/$target-$clients.data" --stdio --no-children \

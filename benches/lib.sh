@@ -141,6 +141,23 @@ bench_cores() {
     echo "$note"
 }
 
+# "busy_ticks context_switches all_ticks steal_ticks" of the whole machine. Steal is the time
+# the hypervisor gave this machine's CPUs to someone else: on a shared host it comes and goes,
+# and a run with much of it has fewer transactions for the same work.
+bench_machine_counts() {
+    awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8; all = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; steal = $9}
+         /^ctxt / {cs = $2} END {print busy, cs, all, steal}' /proc/stat
+}
+
+# bench_steal_percent BEFORE AFTER: the share (%) of the CPU time between two
+# bench_machine_counts that the hypervisor gave elsewhere.
+bench_steal_percent() {
+    local _b0 _c0 all0 steal0 _b1 _c1 all1 steal1
+    read -r _b0 _c0 all0 steal0 <<<"$1"
+    read -r _b1 _c1 all1 steal1 <<<"$2"
+    awk -v s="$((steal1 - steal0))" -v a="$((all1 - all0))" 'BEGIN {printf "%.1f", (a > 0 ? 100 * s / a : 0)}'
+}
+
 bench_free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

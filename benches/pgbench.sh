@@ -58,7 +58,7 @@ PY
 # run TARGET CLIENTS PROTOCOL ROUND: one pgbench run, appends a line to $results.
 run() {
     local target=$1 clients=$2 mode=$3 round=$4 threads out tps p50=- p99=- prefix
-    local fsync=- own=- proxy=${BENCH_PROXY[$target]:-} syncs="" sums=""
+    local fsync=- own=- proxy=${BENCH_PROXY[$target]:-} syncs="" sums="" before steal=-
     threads=$((clients < NPROC ? clients : NPROC))
     local args=(-n -S -M "$mode" -c "$clients" -j "$threads" -T "$SECONDS_PER_RUN")
     prefix=$BENCH_WORK/lat/$target.$mode.$round
@@ -69,7 +69,9 @@ run() {
         bench_fsync_buckets "$proxy" >"$syncs.before"
         sums=$(bench_audit_sums "$proxy")
     fi
+    before=$(bench_machine_counts)
     if out=$(bench_on "$target" -- "$PGBENCH" "${args[@]}" 2>"$BENCH_WORK/pgbench.err"); then
+        steal=$(bench_steal_percent "$before" "$(bench_machine_counts)")
         tps=$(echo "$out" | sed -nE 's/^tps = ([0-9.]+) .*/\1/p' | head -1)
         if ((clients == 1)); then
             read -r p50 p99 <<<"$(percentiles "$prefix".*)"
@@ -85,7 +87,7 @@ run() {
         bench_check_alive
         tps=failed
     fi
-    echo "$target $clients $mode $round ${tps:-failed} $p50 $p99 $fsync $own" >>"$results"
+    echo "$target $clients $mode $round ${tps:-failed} $p50 $p99 $fsync $own $steal" >>"$results"
 }
 
 bench_log "warming up each target (and checking it answers)"
@@ -116,13 +118,15 @@ echo "vs-direct: tps / direct PostgreSQL; vs-bouncer: tps / pgbouncer on the sam
 echo "latency at 1 client from pgbench's per-transaction log; +p50/+p99: lockbox minus pgbouncer, same transport"
 echo "fsync ms: lockbox-fsync's median fdatasync during the run (lockbox_audit_fsync_seconds, interpolated in its bucket); +p50-fsync: +p50 minus it"
 echo "own ms: lockbox-fsync's mean durable append minus its mean fdatasync (exact sums): its own time around the sync"
+echo "steal %: the share of the machine's CPU time the hypervisor gave elsewhere during the run (median over rounds);"
+echo "  a ratio between rows whose steal differs much says more about the neighbours than about the proxy"
 python3 - "$results" "${TARGETS[*]}" "${CLIENT_COUNTS[*]}" "${PROTOCOLS[*]}" <<'PY'
 import statistics, sys
 path, targets, clients, modes = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), sys.argv[4].split()
 runs = {}
 for line in open(path):
-    t, c, m, _r, tps, p50, p99, fsync, own = line.split()
-    runs.setdefault((t, c, m), []).append((tps, p50, p99, fsync, own))
+    t, c, m, _r, tps, p50, p99, fsync, own, steal = line.split()
+    runs.setdefault((t, c, m), []).append((tps, p50, p99, fsync, own, steal))
 
 def median(values):
     xs = []
@@ -135,7 +139,7 @@ def median(values):
 
 def figures(t, c, m):
     rs = runs.get((t, c, m), [])
-    return tuple(median(r[i] for r in rs) for i in range(5))
+    return tuple(median(r[i] for r in rs) for i in range(6))
 
 def ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b else "-"
@@ -146,16 +150,16 @@ def ms(v):
 def plus(a, b):
     return f"{a - b:+.3f}" if a is not None and b is not None else "-"
 
-head = f"{'clients':>7}  {'protocol':<9} {'target':<18} {'tps':>10} {'vs-direct':>9} {'vs-bouncer':>10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'fsync ms':>8} {'+p50-fsync':>10} {'own ms':>7}"
+head = f"{'clients':>7}  {'protocol':<9} {'target':<18} {'tps':>10} {'vs-direct':>9} {'vs-bouncer':>10} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} {'fsync ms':>8} {'+p50-fsync':>10} {'own ms':>7} {'steal %':>7}"
 print(head)
 print("-" * len(head))
 for c in clients:
     for m in modes:
         direct = figures("direct", c, m)[0]
         for t in targets:
-            tps, p50, p99, fsync, own = figures(t, c, m)
+            tps, p50, p99, fsync, own, steal = figures(t, c, m)
             bouncer = "pgbouncer-tls" if t.endswith("-tls") else "pgbouncer"
-            b_tps, b_p50, b_p99, _, _ = figures(bouncer, c, m)
+            b_tps, b_p50, b_p99, _, _, _ = figures(bouncer, c, m)
             added = p50 - b_p50 if p50 is not None and b_p50 is not None else None
             is_lockbox = t.startswith("lockbox")
             print(f"{c:>7}  {m:<9} {t:<18} {(f'{tps:.0f}' if tps is not None else 'failed'):>10} "
@@ -166,7 +170,8 @@ for c in clients:
                   f"{(plus(p99, b_p99) if c == '1' and is_lockbox else ''):>8} "
                   f"{(ms(fsync) if fsync is not None else ''):>8} "
                   f"{(plus(added, fsync) if fsync is not None else ''):>10} "
-                  f"{(ms(own) if own is not None else ''):>7}")
+                  f"{(ms(own) if own is not None else ''):>7} "
+                  f"{(f'{steal:.1f}' if steal is not None else '-'):>7}")
         print()
 PY
 echo "audit files (statements recorded by lockbox during the run, warm-up included):"
