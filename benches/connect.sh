@@ -34,16 +34,18 @@ results=$BENCH_WORK/results
 : >"$results"
 
 run() {
-    local target=$1 clients=$2 round=$3 threads out tps conn
+    local target=$1 clients=$2 round=$3 threads out tps conn before steal=-
     threads=$((clients < NPROC ? clients : NPROC))
+    before=$(bench_machine_counts)
     if out=$(bench_on "$target" -- "$PGBENCH" -n -C -S -c "$clients" -j "$threads" -T "$SECONDS_PER_RUN" 2>"$BENCH_WORK/pgbench.err"); then
+        steal=$(bench_steal_percent "$before" "$(bench_machine_counts)")
         tps=$(echo "$out" | sed -nE 's/^tps = ([0-9.]+) .*/\1/p' | head -1)
         conn=$(echo "$out" | sed -nE 's/^average connection time = ([0-9.]+) ms.*/\1/p' | head -1)
     else
         bench_log "pgbench -C on $target ($clients clients) failed: $(tail -3 "$BENCH_WORK/pgbench.err")"
         bench_check_alive
     fi
-    echo "$target $clients $round ${tps:-failed} ${conn:-failed}" >>"$results"
+    echo "$target $clients $round ${tps:-failed} ${conn:-failed} $steal" >>"$results"
 }
 
 bench_log "warming up each target (and checking it answers)"
@@ -60,13 +62,14 @@ echo "conn/s: connections (= transactions) per second; connect ms: pgbench's ave
 echo "vs-direct: conn/s / direct PostgreSQL (trust) on the same transport (TLS targets / direct-tls when it ran);"
 echo "vs-scram: / direct PostgreSQL with a password login (plain);"
 echo "vs-bouncer: conn/s / pgbouncer on the same transport (plain or TLS)"
+echo "steal %: the share of the machine's CPU time the hypervisor gave elsewhere during the run (median over rounds)"
 python3 - "$results" "${TARGETS[*]}" "${CLIENT_COUNTS[*]}" <<'PY'
 import statistics, sys
 path, targets, clients = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 runs = {}
 for line in open(path):
-    t, c, _r, tps, conn = line.split()
-    runs.setdefault((t, c), []).append((tps, conn))
+    t, c, _r, tps, conn, steal = line.split()
+    runs.setdefault((t, c), []).append((tps, conn, steal))
 
 def median(values):
     xs = []
@@ -79,12 +82,12 @@ def median(values):
 
 def figures(t, c):
     rs = runs.get((t, c), [])
-    return median(r[0] for r in rs), median(r[1] for r in rs)
+    return median(r[0] for r in rs), median(r[1] for r in rs), median(r[2] for r in rs)
 
 def ratio(a, b):
     return f"{a / b:.2f}" if a is not None and b else "-"
 
-head = f"{'clients':>7}  {'target':<18} {'conn/s':>9} {'connect ms':>10} {'vs-direct':>9} {'vs-scram':>9} {'vs-bouncer':>10}"
+head = f"{'clients':>7}  {'target':<18} {'conn/s':>9} {'connect ms':>10} {'vs-direct':>9} {'vs-scram':>9} {'vs-bouncer':>10} {'steal %':>7}"
 print(head)
 print("-" * len(head))
 for c in clients:
@@ -92,13 +95,14 @@ for c in clients:
     direct_tls = figures("direct-tls", c)[0] if "direct-tls" in targets else None
     scram = figures("direct-scram", c)[0]
     for t in targets:
-        tps, conn = figures(t, c)
+        tps, conn, steal = figures(t, c)
         bouncer = "pgbouncer-tls" if t.endswith("-tls") else "pgbouncer"
         same = direct_tls if t.endswith("-tls") and t != "direct-tls" and direct_tls else direct
         print(f"{c:>7}  {t:<18} {(f'{tps:.0f}' if tps is not None else 'failed'):>9} "
               f"{(f'{conn:.3f}' if conn is not None else '-'):>10} "
               f"{(ratio(tps, same) if t != 'direct' else ''):>9} "
               f"{(ratio(tps, scram) if t.startswith('lockbox') else ''):>9} "
-              f"{(ratio(tps, figures(bouncer, c)[0]) if t.startswith('lockbox') else ''):>10}")
+              f"{(ratio(tps, figures(bouncer, c)[0]) if t.startswith('lockbox') else ''):>10} "
+              f"{(f'{steal:.1f}' if steal is not None else '-'):>7}")
     print()
 PY
