@@ -36,7 +36,10 @@
 # /proc/PID/stat), its threads' context switches (voluntary and involuntary:
 # /proc/PID/task/*/status), and the machine's busy time and context switches (/proc/stat).
 # Each is divided by the run's transactions. "proxy us" and "proxy cs" are empty for direct
-# PostgreSQL; "machine us" includes pgbench, PostgreSQL and the proxy.
+# PostgreSQL; "machine us" includes pgbench, PostgreSQL and the proxy. "server us" is
+# PostgreSQL's share (the postmaster's CPU time with its reaped children's, and each living
+# backend's): with `BENCH_CONNECT=1` it shows what a login costs the server, which differs by
+# who logs in and how (a superuser on trust, a grant's role with SCRAM).
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
@@ -76,6 +79,26 @@ proc_counts() {
     echo "$ticks $switches"
 }
 
+# PostgreSQL's CPU ticks so far, every process of it: the postmaster's own and those of its
+# children it has reaped (a backend that ended), plus each living child's. A backend alive at
+# the start that ends during the run is counted as living then and as reaped after, so the
+# difference is the time spent during the run either way.
+server_ticks() {
+    local postmaster
+    postmaster=$(head -1 "$PG_DATA/postmaster.pid" 2>/dev/null) || true
+    if [ -z "$postmaster" ] || [ ! -r "/proc/$postmaster/stat" ]; then
+        echo 0
+        return
+    fi
+    # After the command name's closing parenthesis: field 4 (ppid) is $2, utime $12, stime
+    # $13, cutime $14, cstime $15.
+    { sed -E 's/^.*\) //' /proc/[0-9]*/stat 2>/dev/null || true; } |
+        awk -v pm="$postmaster" -v pmstat="$(sed -E 's/^.*\) //' "/proc/$postmaster/stat")" '
+            BEGIN { split(pmstat, f, " "); n = f[12] + f[13] + f[14] + f[15] }
+            $2 == pm { n += $12 + $13 }
+            END { print n }'
+}
+
 # Each system call's count per transaction, summed over the threads of a `perf trace -s`
 # summary, most frequent first.
 syscalls_per_tx() {
@@ -90,11 +113,12 @@ results=$BENCH_WORK/results
 : >"$results"
 
 run() {
-    local target=$1 clients=$2 round=$3 pid threads out tps p0 p1 m0 m1
+    local target=$1 clients=$2 round=$3 pid threads out tps p0 p1 m0 m1 s0 s1
     pid=$(proxy_pid "$target")
     threads=$((clients < NPROC ? clients : NPROC))
     p0=$(proc_counts "$pid")
     m0=$(bench_machine_counts)
+    s0=$(server_ticks)
     local profiler=""
     if [ -n "${BENCH_PERF:-}" ] && [ -n "$pid" ]; then
         mkdir -p "$BENCH_PERF"
@@ -117,6 +141,7 @@ run() {
     fi
     p1=$(proc_counts "$pid")
     m1=$(bench_machine_counts)
+    s1=$(server_ticks)
     if [ -n "$profiler" ]; then
         wait "$profiler" || true
         perf report -q -i "$BENCH_PERF/$target-$clients.data" --stdio --no-children \
@@ -133,7 +158,7 @@ run() {
         syscalls_per_tx "$BENCH_SYSCALLS/$target-$clients.syscalls" "${tps:-0}" \
             >"$BENCH_SYSCALLS/$target-$clients.per-tx" || true
     fi
-    echo "$target $clients $round ${tps:-failed} ${pid:-none} $p0 $p1 $m0 $m1" >>"$results"
+    echo "$target $clients $round ${tps:-failed} ${pid:-none} $p0 $p1 $m0 $m1 $s0 $s1" >>"$results"
 }
 
 bench_log "warming up each target (and checking it answers)"
@@ -149,7 +174,7 @@ echo "pgbench -S${CONNECT_FLAG[*]:+ ${CONNECT_FLAG[*]}} -M $PROTOCOL, ${SECONDS_
 echo "per transaction: proxy us = the proxy's CPU time (every thread, user + system), and its user and"
 echo "system (kernel) parts beside it; proxy cs = its"
 echo "threads' context switches; machine us / cs = the same for the whole machine (pgbench, PostgreSQL,"
-echo "the proxy); steal % = the share of the run's CPU time the hypervisor gave elsewhere (runs with"
+echo "the proxy); server us = PostgreSQL's (postmaster and every backend, ended ones too); steal % = the share of the run's CPU time the hypervisor gave elsewhere (runs with"
 echo "much of it are slower for the same work). vs-bouncer: lockbox's figure / pgbouncer's on the same"
 echo "transport (plain or TLS)"
 python3 - "$results" "${TARGETS[*]}" "${CLIENT_COUNTS[*]}" "$SECONDS_PER_RUN" "$(getconf CLK_TCK)" <<'PY'
@@ -158,7 +183,7 @@ path, targets, clients = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 seconds, hz = float(sys.argv[4]), float(sys.argv[5])
 runs = {}
 for line in open(path):
-    (t, c, _r, tps, pid, pu0, ps0, pc0, pu1, ps1, pc1, mt0, mc0, ma0, ms0, mt1, mc1, ma1, ms1) = line.split()
+    (t, c, _r, tps, pid, pu0, ps0, pc0, pu1, ps1, pc1, mt0, mc0, ma0, ms0, mt1, mc1, ma1, ms1, st0, st1) = line.split()
     try:
         txns = float(tps) * seconds
     except ValueError:
@@ -176,6 +201,7 @@ for line in open(path):
         "proxy_cs": per(pc0, pc1) if proxy else None,
         "machine_us": us(mt0, mt1),
         "machine_cs": per(mc0, mc1),
+        "server_us": us(st0, st1),
         "steal": 100 * (float(ms1) - float(ms0)) / max(float(ma1) - float(ma0), 1),
     })
 
@@ -187,7 +213,7 @@ def cell(v, fmt, width):
     return f"{(fmt.format(v) if v is not None else '-'):>{width}}"
 
 head = (f"{'clients':>7}  {'target':<18} {'tps':>8} {'proxy us':>9} {'user':>6} {'sys':>6} {'proxy cs':>9} "
-        f"{'machine us':>10} {'machine cs':>10} {'steal %':>7} {'tps vs-bouncer':>14} {'proxy us vs-bouncer':>19}")
+        f"{'machine us':>10} {'machine cs':>10} {'server us':>9} {'steal %':>7} {'tps vs-bouncer':>14} {'proxy us vs-bouncer':>19}")
 print(head)
 print("-" * len(head))
 for c in clients:
@@ -200,6 +226,7 @@ for c in clients:
               f"{cell(median(t, c, 'proxy_us'), '{:.1f}', 9)} {cell(median(t, c, 'proxy_user'), '{:.1f}', 6)} "
               f"{cell(median(t, c, 'proxy_sys'), '{:.1f}', 6)} {cell(median(t, c, 'proxy_cs'), '{:.2f}', 9)} "
               f"{cell(median(t, c, 'machine_us'), '{:.1f}', 10)} {cell(median(t, c, 'machine_cs'), '{:.2f}', 10)} "
+              f"{cell(median(t, c, 'server_us'), '{:.1f}', 9)} "
               f"{cell(median(t, c, 'steal'), '{:.0f}', 7)} "
               f"{cell(ratio(tps, median(bouncer, c, 'tps')) if lockbox else None, '{:.2f}', 14)} "
               f"{cell(ratio(median(t, c, 'proxy_us'), median(bouncer, c, 'proxy_us')) if lockbox else None, '{:.2f}', 19)}")
