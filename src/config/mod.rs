@@ -663,50 +663,5 @@ pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn with_timings(timings: &str) -> Result<Config, ConfigError> {
-        let text = format!(
-            "[proxy]\nlisten = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n\
-             [token]\nsigning_key = \"signing.pem\"\n[timings]\n{timings}\n"
-        );
-        Config::from_toml(&text, Path::new("."))
-    }
-
-    #[test]
-    fn terminate_after_defaults_and_is_bounded() {
-        let config = with_timings("").expect("valid");
-        assert_eq!(config.terminate_after, Duration::from_secs(2));
-        let config = with_timings("terminate_after = \"500ms\"").expect("valid");
-        assert_eq!(config.terminate_after, Duration::from_millis(500));
-        for bad in ["0s", "1m", "soon"] {
-            let err = with_timings(&format!("terminate_after = \"{bad}\""))
-                .expect_err(bad)
-                .to_string();
-            assert!(err.contains("timings.terminate_after"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn web_session_ttl_defaults_to_eight_hours_and_is_checked() {
-        let config = with_timings("").expect("valid");
-        assert_eq!(config.web_session_ttl, Duration::from_secs(8 * 3600));
-        let api = |ttl: &str| {
-            let text = format!(
-                "[proxy]\nlisten = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n\
-                 [api]\nlisten = \"127.0.0.1:8432\"\nweb_session_ttl = \"{ttl}\"\n\
-                 [token]\nsigning_key = \"signing.pem\"\n"
-            );
-            Config::from_toml(&text, Path::new("."))
-        };
-        assert_eq!(
-            api("30m").expect("valid").web_session_ttl,
-            Duration::from_secs(1800)
-        );
-        for bad in ["0s", "soon"] {
-            let err = api(bad).expect_err(bad).to_string();
-            assert!(err.contains("api.web_session_ttl"), "{bad}: {err}");
-        }
-    }
-}
+#[path = "tests.rs"]
+mod tests;

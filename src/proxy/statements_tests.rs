@@ -1,0 +1,258 @@
+use super::*;
+
+fn stmt(text: &str) -> Prepared {
+    Prepared {
+        text: text.into(),
+        kind: StatementKind::Other,
+        names: None,
+        catalog_only: false,
+        catalog_unqualified: false,
+        plan_only: false,
+        copy_in: false,
+        recorded: false,
+        mentions: None,
+    }
+}
+
+fn text_of(s: &Statements, portal: &str) -> String {
+    s.portal(portal)
+        .map(|p| p.statement.text.to_string())
+        .unwrap_or_default()
+}
+
+/// A Sync: its ReadyForQuery settles what came before it.
+fn sync(s: &mut Statements, status: u8) {
+    let id = s.message();
+    s.settle(Some(id), status);
+}
+
+#[test]
+fn a_rejected_parse_does_not_replace_the_statement() {
+    let mut s = Statements::default();
+    let parse = s.parse("s1".into(), stmt("DELETE FROM t")).expect("parse");
+    s.confirm(parse, None).expect("confirmed");
+    sync(&mut s, b'I');
+    // The server answers 42P05 (already exists): no ParseComplete.
+    s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+    sync(&mut s, b'I');
+    s.bind("".into(), "s1", Arc::from([])).expect("bind");
+    assert_eq!(text_of(&s, ""), "DELETE FROM t");
+}
+
+#[test]
+fn a_name_changed_in_an_earlier_group_is_uncertain_until_that_group_settles() {
+    let mut s = Statements::default();
+    let parse = s.parse("s1".into(), stmt("DELETE FROM t")).expect("parse");
+    s.confirm(parse, None).expect("confirmed");
+    sync(&mut s, b'T');
+    assert!(s.statement_certain("s1"));
+    // Pipelined: a Parse of the same name (the server will reject it: 42P05), its
+    // Sync, then a Bind.
+    s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+    assert!(
+        s.statement_certain("s1"),
+        "in its own group the Parse decides: if it fails, the rest is skipped"
+    );
+    let group_end = s.end_group();
+    assert!(
+        !s.statement_certain("s1"),
+        "past its Sync it may have failed"
+    );
+    assert!(
+        s.statement_certain("s2"),
+        "a name nothing changes is certain"
+    );
+    s.settle(Some(group_end), b'T');
+    assert!(s.statement_certain("s1"));
+    s.bind("p".into(), "s1", Arc::from([])).expect("bind");
+    assert_eq!(text_of(&s, "p"), "DELETE FROM t");
+    // Portals likewise.
+    assert!(s.portal_certain("p"));
+    let group_end = s.end_group();
+    assert!(!s.portal_certain("p"));
+    s.settle(Some(group_end), b'T');
+    assert!(s.portal_certain("p"));
+    // DISCARD ALL decides every name.
+    s.sql(SqlChange::DiscardAll).expect("discard");
+    s.end_group();
+    assert!(!s.statement_certain("s2") && !s.portal_certain("q"));
+}
+
+#[test]
+fn the_changes_waiting_and_their_text_are_counted_until_answered() {
+    let mut s = Statements::default();
+    let parse = s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+    s.bind("".into(), "s1", Arc::from([])).expect("bind");
+    assert_eq!(
+        s.pending_load(),
+        (2, "SELECT 1".len()),
+        "a Bind shares its text"
+    );
+    assert_eq!(text_of(&s, ""), "SELECT 1");
+    s.confirm(parse, None).expect("confirmed");
+    assert_eq!(s.pending_load(), (1, 0));
+    let group_end = s.end_group();
+    s.settle(Some(group_end), b'I');
+    assert_eq!(s.pending_load(), (0, 0));
+    assert_eq!(
+        s.statement("s1").map(|p| p.text.to_string()).as_deref(),
+        Some("SELECT 1"),
+        "a name no pending change touches is found without a walk"
+    );
+    // A bound on text: what waits may not grow past it.
+    let big = "x".repeat(MAX_PENDING_TEXT / 2 + 1);
+    s.parse("a".into(), stmt(&big)).expect("half fits");
+    assert!(
+        s.parse("b".into(), stmt(&big)).is_err(),
+        "the second half does not"
+    );
+}
+
+#[test]
+fn in_flight_changes_are_seen_by_later_messages_of_the_pipeline() {
+    let mut s = Statements::default();
+    let parse = s.parse("".into(), stmt("SELECT 2")).expect("parse");
+    let bind = s.bind("".into(), "", Arc::from([])).expect("bind");
+    assert_eq!(text_of(&s, ""), "SELECT 2");
+    s.confirm(parse, None).expect("parse confirmed");
+    s.confirm(bind, None).expect("bind confirmed");
+    sync(&mut s, b'T');
+    assert_eq!(text_of(&s, ""), "SELECT 2");
+    sync(&mut s, b'I');
+    assert_eq!(text_of(&s, ""), "", "portals end with the transaction");
+}
+
+#[test]
+fn a_confirmation_takes_effect_only_for_the_message_it_answers() {
+    // Two Parses of one name: the reply to the second cannot confirm the first's text,
+    // whatever was left waiting before it.
+    let mut s = Statements::default();
+    s.parse("s1".into(), stmt("SELECT 'harmless'"))
+        .expect("parse");
+    let real = s
+        .parse("s1".into(), stmt("UPDATE t SET x = 1"))
+        .expect("parse");
+    s.confirm(real, None).expect("confirmed");
+    sync(&mut s, b'I');
+    s.bind("".into(), "s1", Arc::from([])).expect("bind");
+    assert_eq!(text_of(&s, ""), "UPDATE t SET x = 1");
+}
+
+#[test]
+fn a_reply_for_a_message_that_changed_nothing_is_lost_track() {
+    let mut s = Statements::default();
+    let parse = s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+    let describe = s.message();
+    assert!(
+        s.confirm(describe, None).is_err(),
+        "no change was made by it"
+    );
+    // A settled message cannot be confirmed afterwards either.
+    sync(&mut s, b'I');
+    assert!(s.confirm(parse, None).is_err());
+    // Nor can a Parse be confirmed by a SQL statement's tag.
+    let parse = s.parse("s2".into(), stmt("SELECT 2")).expect("parse");
+    assert!(s.confirm(parse, Some("PREPARE")).is_err());
+}
+
+#[test]
+fn sql_prepare_and_deallocate_share_the_namespace_of_parse() {
+    let mut s = Statements::default();
+    let parse = s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+    s.confirm(parse, None).expect("confirmed");
+    sync(&mut s, b'I');
+    // DEALLOCATE s1; PREPARE s1 AS DELETE … in one simple Query, both confirmed.
+    let deallocate = s
+        .sql(SqlChange::Deallocate(Some("s1".into())))
+        .expect("deallocate");
+    let prepare = s
+        .sql(SqlChange::Prepare(
+            "s1".into(),
+            stmt("PREPARE s1 AS DELETE FROM t"),
+        ))
+        .expect("prepare");
+    s.confirm(deallocate, Some("DEALLOCATE"))
+        .expect("confirmed");
+    s.confirm(prepare, Some("PREPARE")).expect("confirmed");
+    sync(&mut s, b'I');
+    s.bind("".into(), "s1", Arc::from([])).expect("bind");
+    assert_eq!(text_of(&s, ""), "PREPARE s1 AS DELETE FROM t");
+}
+
+#[test]
+fn an_unconfirmed_sql_change_never_happened() {
+    let mut s = Statements::default();
+    let parse = s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+    s.confirm(parse, None).expect("confirmed");
+    sync(&mut s, b'I');
+    // DEALLOCATE ALL fails (inside an aborted transaction, say): no CommandComplete.
+    s.sql(SqlChange::Deallocate(None)).expect("deallocate");
+    sync(&mut s, b'E');
+    s.bind("".into(), "s1", Arc::from([])).expect("bind");
+    assert_eq!(text_of(&s, ""), "SELECT 1");
+    // One that completes as something else changed nothing either.
+    let odd = s.sql(SqlChange::Deallocate(None)).expect("deallocate");
+    s.confirm(odd, Some("SELECT 1"))
+        .expect("a statement's own tag");
+    sync(&mut s, b'I');
+    s.bind("".into(), "s1", Arc::from([])).expect("bind");
+    assert_eq!(text_of(&s, ""), "SELECT 1");
+}
+
+#[test]
+fn declared_cursors_are_portals_and_held_ones_outlive_the_transaction() {
+    let mut s = Statements::default();
+    let cursor = |text: &str, held| Portal {
+        statement: stmt(text),
+        params: Arc::from([]),
+        held,
+        rows: 0,
+    };
+    let c = s
+        .sql(SqlChange::Declare(
+            "c".into(),
+            cursor("DECLARE c CURSOR FOR SELECT 1", false),
+        ))
+        .expect("declare");
+    let h = s
+        .sql(SqlChange::Declare(
+            "h".into(),
+            cursor("DECLARE h CURSOR WITH HOLD FOR SELECT 2", true),
+        ))
+        .expect("declare");
+    s.confirm(c, Some("DECLARE CURSOR")).expect("confirmed");
+    s.confirm(h, Some("DECLARE CURSOR")).expect("confirmed");
+    sync(&mut s, b'T');
+    assert_eq!(text_of(&s, "c"), "DECLARE c CURSOR FOR SELECT 1");
+    sync(&mut s, b'I');
+    assert_eq!(
+        text_of(&s, "c"),
+        "",
+        "a plain cursor ends with its transaction"
+    );
+    assert_eq!(text_of(&s, "h"), "DECLARE h CURSOR WITH HOLD FOR SELECT 2");
+    let discard = s.sql(SqlChange::DiscardAll).expect("discard");
+    s.confirm(discard, Some("DISCARD ALL")).expect("confirmed");
+    sync(&mut s, b'I');
+    assert_eq!(text_of(&s, "h"), "");
+}
+
+#[test]
+fn a_portals_rows_add_up_until_its_name_is_bound_again() {
+    let mut s = Statements::default();
+    let parse = s.parse("".into(), stmt("SELECT 1")).expect("parse");
+    let bind = s.bind("".into(), "", Arc::from([])).expect("bind");
+    assert_eq!(s.take_row(""), None, "not open until the server says so");
+    s.confirm(parse, None).expect("parse confirmed");
+    s.confirm(bind, None).expect("bind confirmed");
+    assert_eq!(s.take_row(""), Some(1));
+    assert_eq!(
+        s.take_row(""),
+        Some(2),
+        "a second Execute adds to the first's"
+    );
+    let again = s.bind("".into(), "", Arc::from([])).expect("bind");
+    s.confirm(again, None).expect("bind confirmed");
+    assert_eq!(s.take_row(""), Some(1), "a new portal of the same name");
+    assert_eq!(s.take_row("c"), None);
+}
