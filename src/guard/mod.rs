@@ -10,6 +10,7 @@
 //! closed: a string the grammar rejects is `Unknown`, which only an admin grant may run.
 
 mod cache;
+mod calls;
 mod classify;
 mod functions;
 mod numbers;

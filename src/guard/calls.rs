@@ -1,0 +1,234 @@
+//! The function calls of one statement, classified: what they read, write, set and reach
+//! (a `set_config('search_path', …)`, a `lo_get`, a query run from text), so that
+//! `classify` can weigh a statement's calls beside its own kind.
+
+use pg_query::protobuf::{self, node::Node as N};
+
+use super::classify::{schemas_in, search_path_text_shadows};
+use super::functions::{self, Effect};
+use super::settings;
+use super::tree::{self, Found};
+use super::Class;
+
+/// What the function calls of a statement add up to.
+#[derive(Default)]
+pub(super) struct Calls {
+    pub(super) search_path: Vec<String>,
+    pub(super) class: Class,
+    pub(super) settings: Vec<String>,
+    pub(super) relations: Vec<String>,
+    pub(super) opaque: bool,
+    pub(super) reads_tables_by_name: bool,
+    /// A `set_config('search_path', …)` may put a schema before pg_catalog.
+    pub(super) search_path_shadows: bool,
+    /// A built-in that returns stored data without naming a table (`lo_get`): its rows
+    /// are customer data whatever relations the statement reads.
+    pub(super) reads_data: bool,
+    /// `relations` as the server resolves them (see `Facts::written_relations`).
+    pub(super) written_relations: Vec<String>,
+    /// What a query run from text (`query_to_xml('…')`) may call, uses as fields and
+    /// operators: its calls are the statement's own.
+    pub(super) maybe_called: Vec<String>,
+    pub(super) functions: Vec<String>,
+    pub(super) fields: Vec<String>,
+    pub(super) operators: Vec<String>,
+}
+
+pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
+    let mut out = Calls::default();
+    out.opaque |= found
+        .operators
+        .iter()
+        .any(|(schema, symbol)| !functions::is_builtin_operator(schema.as_deref(), symbol));
+    // `(x).lo_create` and `t.lo_create` call lo_create(x) when no column has that name: a
+    // side-effecting built-in named that way is judged as a call whose arguments are
+    // unknown.
+    // `(expr).name` that names no built-in may be a call of a function of the database.
+    out.opaque |= found
+        .indirection_names
+        .iter()
+        .any(|name| !functions::is_builtin_name(name));
+    for name in &found.field_names {
+        let class = match functions::effect(name) {
+            Effect::None if name == "lo_open" => Class::Write,
+            Effect::None | Effect::ReadsTablesByName | Effect::RunsQueryText => continue,
+            Effect::ReadsData => {
+                out.reads_data = true;
+                continue;
+            }
+            Effect::Write => Class::Write,
+            Effect::Escalation(rule) => Class::Escalation(rule),
+            Effect::SetsConfig => Class::Forbidden("lexer_setting"),
+        };
+        out.class = out.class.worst(class);
+    }
+    for call in &found.calls {
+        if let Some(rule) = functions::extension_escalation(&call.name) {
+            out.class = out.class.worst(Class::Escalation(rule));
+            out.opaque = true;
+            continue;
+        }
+        if !functions::is_builtin(call) {
+            out.opaque = true;
+            continue;
+        }
+        let class = match functions::effect(&call.name) {
+            Effect::None if call.name == "lo_open" => functions::lo_open_class(call),
+            Effect::ReadsData => {
+                out.reads_data = true;
+                Class::Read
+            }
+            Effect::None => Class::Read,
+            Effect::Write => Class::Write,
+            Effect::Escalation(rule) => Class::Escalation(rule),
+            Effect::SetsConfig => {
+                let (name, class) = settings::class_of_set_config(call, where_name);
+                if name.as_deref() == Some("search_path") {
+                    let value = call.args.get(1).and_then(|v| tree::literal(v));
+                    match value {
+                        Some(value) => {
+                            out.search_path_shadows |= search_path_text_shadows(&value);
+                            out.search_path.extend(schemas_in(&value));
+                        }
+                        None => {
+                            out.search_path_shadows = true;
+                            out.search_path.push("*".into());
+                        }
+                    }
+                }
+                if name.is_none() {
+                    out.settings.push("*".into());
+                }
+                out.settings.extend(name);
+                // Changing the role or read-only mode through a function keeps the rule
+                // name it has always had.
+                match class {
+                    Class::ReadOnlyEscape(_) => Class::ReadOnlyEscape(functions::ESCAPING),
+                    Class::Escalation(_) => Class::Escalation(functions::ESCAPING),
+                    other => other,
+                }
+            }
+            // ts_rewrite(query, target, substitute) runs nothing.
+            Effect::RunsQueryText if call.name == "ts_rewrite" && call.args.len() != 2 => {
+                Class::Read
+            }
+            Effect::RunsQueryText => {
+                // ts_rewrite(query, 'SELECT …') runs its second argument.
+                let position = usize::from(call.name == "ts_rewrite");
+                let text = call.args.get(position).and_then(|a| tree::literal(a));
+                match text.map(|t| super::analyze(&t)) {
+                    Some(inner) => {
+                        let facts = &inner.facts;
+                        out.relations.extend(facts.relations.iter().cloned());
+                        out.written_relations
+                            .extend(facts.written_relations.iter().cloned());
+                        out.maybe_called.extend(facts.maybe_called.iter().cloned());
+                        out.functions.extend(facts.functions.iter().cloned());
+                        out.fields.extend(facts.fields.iter().cloned());
+                        out.operators.extend(facts.operators.iter().cloned());
+                        out.opaque |= facts.opaque.is_some();
+                        inner.class.worst(Class::Read)
+                    }
+                    // SQL computed at run time: nothing can be said about it.
+                    None => {
+                        out.reads_tables_by_name = true;
+                        out.opaque = true;
+                        Class::Write
+                    }
+                }
+            }
+            Effect::ReadsTablesByName => {
+                let named = call
+                    .args
+                    .first()
+                    .and_then(|a| tree::literal(a))
+                    .filter(|_| call.name.starts_with("table_to_"))
+                    .and_then(|name| relation_named(&name));
+                match named {
+                    Some(written) => {
+                        out.relations.push(written.to_lowercase());
+                        out.written_relations.push(written);
+                    }
+                    None => out.reads_tables_by_name = true,
+                }
+                Class::Read
+            }
+        };
+        out.class = out.class.worst(class);
+    }
+    out
+}
+
+/// `SELECT set_config(name, …) FROM pg_settings WHERE name = '<setting>'` (pg_dump's form):
+/// the literal the statement restricts `name` to, when it has exactly that shape.
+pub(super) fn pg_settings_where_name(node: &N) -> Option<String> {
+    let N::SelectStmt(select) = node else {
+        return None;
+    };
+    let [from] = select.from_clause.as_slice() else {
+        return None;
+    };
+    let Some(N::RangeVar(range)) = from.node.as_ref() else {
+        return None;
+    };
+    let schema_ok = range.schemaname.is_empty() || range.schemaname == "pg_catalog";
+    if !schema_ok || range.relname != "pg_settings" {
+        return None;
+    }
+    let [target] = select.target_list.as_slice() else {
+        return None;
+    };
+    let Some(N::ResTarget(target)) = target.node.as_ref() else {
+        return None;
+    };
+    let Some(N::FuncCall(call)) = target.val.as_deref().and_then(|v| v.node.as_ref()) else {
+        return None;
+    };
+    let called = call.funcname.last().and_then(|n| match n.node.as_ref() {
+        Some(N::String(s)) => Some(s.sval.as_str()),
+        _ => None,
+    });
+    if called != Some("set_config") {
+        return None;
+    }
+    let Some(N::AExpr(expr)) = select.where_clause.as_deref().and_then(|w| w.node.as_ref()) else {
+        return None;
+    };
+    let operator = expr.name.iter().filter_map(|n| match n.node.as_ref() {
+        Some(N::String(s)) => Some(s.sval.as_str()),
+        _ => None,
+    });
+    if expr.kind != protobuf::AExprKind::AexprOp as i32 || !operator.eq(["="]) {
+        return None;
+    }
+    let column =
+        |side: &Option<Box<protobuf::Node>>| match side.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(N::ColumnRef(c)) => matches!(
+                c.fields.as_slice(),
+                [f] if matches!(f.node.as_ref(), Some(N::String(s)) if s.sval == "name")
+            ),
+            _ => false,
+        };
+    let constant = |side: &Option<Box<protobuf::Node>>| {
+        side.as_deref()
+            .and_then(|n| serde_json::to_value(n).ok())
+            .and_then(|v| tree::literal(&v))
+    };
+    if column(&expr.lexpr) {
+        constant(&expr.rexpr)
+    } else if column(&expr.rexpr) {
+        constant(&expr.lexpr)
+    } else {
+        None
+    }
+}
+
+/// The relation a text names, read the way a relation name in SQL is (quotes, case,
+/// blanks around the dot): `None` for an OID or anything that is not one plain name.
+fn relation_named(text: &str) -> Option<String> {
+    let probe = super::analyze(&format!("SELECT FROM {text}"));
+    match (&probe.class, &probe.facts.written_relations[..]) {
+        (Class::Read, [only]) if probe.facts.opaque.is_none() => Some(only.clone()),
+        _ => None,
+    }
+}
