@@ -86,8 +86,10 @@ proc_counts() {
 server_ticks() {
     local postmaster
     postmaster=$(head -1 "$PG_DATA/postmaster.pid" 2>/dev/null) || true
+    # Its pid is in the data folder, which only the server's owner may read: without it
+    # the column stays empty rather than show a zero.
     if [ -z "$postmaster" ] || [ ! -r "/proc/$postmaster/stat" ]; then
-        echo 0
+        echo none
         return
     fi
     # After the command name's closing parenthesis: field 4 (ppid) is $2, utime $12, stime
@@ -201,7 +203,7 @@ for line in open(path):
         "proxy_cs": per(pc0, pc1) if proxy else None,
         "machine_us": us(mt0, mt1),
         "machine_cs": per(mc0, mc1),
-        "server_us": us(st0, st1),
+        "server_us": us(st0, st1) if "none" not in (st0, st1) else None,
         "steal": 100 * (float(ms1) - float(ms0)) / max(float(ma1) - float(ma0), 1),
     })
 
