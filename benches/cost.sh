@@ -40,6 +40,10 @@
 # PostgreSQL's share (the postmaster's CPU time with its reaped children's, and each living
 # backend's): with `BENCH_CONNECT=1` it shows what a login costs the server, which differs by
 # who logs in and how (a superuser on trust, a grant's role with SCRAM).
+# "faults" is PostgreSQL's page faults per transaction (minflt, counted as "server us" is):
+# fresh backends fault in the shared memory they touch, pooled ones did so in earlier runs.
+#   env BENCH_PG_OPTIONS  more settings for the sandbox PostgreSQL ("-c huge_pages=on"): it is
+#                         restarted with them (lib.sh)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
@@ -111,16 +115,35 @@ syscalls_per_tx() {
         END { if (txns > 0) for (k in n) printf "%8.2f %s\n", n[k] / txns, k }' "$summary" | sort -rn
 }
 
+# PostgreSQL's page faults so far, counted as server_ticks counts its time (minflt, field
+# 10, is $8 after the name; cminflt $9). A backend faults in each page of shared memory it
+# touches for the first time: a run on fresh backends (lockbox gives each session its own)
+# pays for pages that pgbouncer's kept pool mapped in earlier runs.
+server_faults() {
+    local postmaster
+    postmaster=$(head -1 "$PG_DATA/postmaster.pid" 2>/dev/null) || true
+    if [ -z "$postmaster" ] || [ ! -r "/proc/$postmaster/stat" ]; then
+        echo none
+        return
+    fi
+    { sed -E 's/^.*\) //' /proc/[0-9]*/stat 2>/dev/null || true; } |
+        awk -v pm="$postmaster" -v pmstat="$(sed -E 's/^.*\) //' "/proc/$postmaster/stat")" '
+            BEGIN { split(pmstat, f, " "); n = f[8] + f[9] }
+            $2 == pm { n += $8 }
+            END { print n }'
+}
+
 results=$BENCH_WORK/results
 : >"$results"
 
 run() {
-    local target=$1 clients=$2 round=$3 pid threads out tps p0 p1 m0 m1 s0 s1
+    local target=$1 clients=$2 round=$3 pid threads out tps p0 p1 m0 m1 s0 s1 f0 f1
     pid=$(proxy_pid "$target")
     threads=$((clients < NPROC ? clients : NPROC))
     p0=$(proc_counts "$pid")
     m0=$(bench_machine_counts)
     s0=$(server_ticks)
+    f0=$(server_faults)
     local profiler=""
     if [ -n "${BENCH_PERF:-}" ] && [ -n "$pid" ]; then
         mkdir -p "$BENCH_PERF"
@@ -144,6 +167,7 @@ run() {
     p1=$(proc_counts "$pid")
     m1=$(bench_machine_counts)
     s1=$(server_ticks)
+    f1=$(server_faults)
     if [ -n "$profiler" ]; then
         wait "$profiler" || true
         perf report -q -i "$BENCH_PERF/$target-$clients.data" --stdio --no-children \
@@ -160,7 +184,7 @@ run() {
         syscalls_per_tx "$BENCH_SYSCALLS/$target-$clients.syscalls" "${tps:-0}" \
             >"$BENCH_SYSCALLS/$target-$clients.per-tx" || true
     fi
-    echo "$target $clients $round ${tps:-failed} ${pid:-none} $p0 $p1 $m0 $m1 $s0 $s1" >>"$results"
+    echo "$target $clients $round ${tps:-failed} ${pid:-none} $p0 $p1 $m0 $m1 $s0 $s1 $f0 $f1" >>"$results"
 }
 
 bench_log "warming up each target (and checking it answers)"
@@ -176,7 +200,8 @@ echo "pgbench -S${CONNECT_FLAG[*]:+ ${CONNECT_FLAG[*]}} -M $PROTOCOL, ${SECONDS_
 echo "per transaction: proxy us = the proxy's CPU time (every thread, user + system), and its user and"
 echo "system (kernel) parts beside it; proxy cs = its"
 echo "threads' context switches; machine us / cs = the same for the whole machine (pgbench, PostgreSQL,"
-echo "the proxy); server us = PostgreSQL's (postmaster and every backend, ended ones too); steal % = the share of the run's CPU time the hypervisor gave elsewhere (runs with"
+echo "the proxy); server us = PostgreSQL's (postmaster and every backend, ended ones too); faults = PostgreSQL's page faults"
+echo "(a fresh backend faults in each page of shared memory it touches first); steal % = the share of the run's CPU time the hypervisor gave elsewhere (runs with"
 echo "much of it are slower for the same work). vs-bouncer: lockbox's figure / pgbouncer's on the same"
 echo "transport (plain or TLS)"
 python3 - "$results" "${TARGETS[*]}" "${CLIENT_COUNTS[*]}" "$SECONDS_PER_RUN" "$(getconf CLK_TCK)" <<'PY'
@@ -185,7 +210,7 @@ path, targets, clients = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 seconds, hz = float(sys.argv[4]), float(sys.argv[5])
 runs = {}
 for line in open(path):
-    (t, c, _r, tps, pid, pu0, ps0, pc0, pu1, ps1, pc1, mt0, mc0, ma0, ms0, mt1, mc1, ma1, ms1, st0, st1) = line.split()
+    (t, c, _r, tps, pid, pu0, ps0, pc0, pu1, ps1, pc1, mt0, mc0, ma0, ms0, mt1, mc1, ma1, ms1, st0, st1, f0, f1) = line.split()
     try:
         txns = float(tps) * seconds
     except ValueError:
@@ -204,6 +229,7 @@ for line in open(path):
         "machine_us": us(mt0, mt1),
         "machine_cs": per(mc0, mc1),
         "server_us": us(st0, st1) if "none" not in (st0, st1) else None,
+        "faults": per(f0, f1) if "none" not in (f0, f1) else None,
         "steal": 100 * (float(ms1) - float(ms0)) / max(float(ma1) - float(ma0), 1),
     })
 
@@ -215,7 +241,7 @@ def cell(v, fmt, width):
     return f"{(fmt.format(v) if v is not None else '-'):>{width}}"
 
 head = (f"{'clients':>7}  {'target':<18} {'tps':>8} {'proxy us':>9} {'user':>6} {'sys':>6} {'proxy cs':>9} "
-        f"{'machine us':>10} {'machine cs':>10} {'server us':>9} {'steal %':>7} {'tps vs-bouncer':>14} {'proxy us vs-bouncer':>19}")
+        f"{'machine us':>10} {'machine cs':>10} {'server us':>9} {'faults':>6} {'steal %':>7} {'tps vs-bouncer':>14} {'proxy us vs-bouncer':>19}")
 print(head)
 print("-" * len(head))
 for c in clients:
@@ -229,6 +255,7 @@ for c in clients:
               f"{cell(median(t, c, 'proxy_sys'), '{:.1f}', 6)} {cell(median(t, c, 'proxy_cs'), '{:.2f}', 9)} "
               f"{cell(median(t, c, 'machine_us'), '{:.1f}', 10)} {cell(median(t, c, 'machine_cs'), '{:.2f}', 10)} "
               f"{cell(median(t, c, 'server_us'), '{:.1f}', 9)} "
+              f"{cell(median(t, c, 'faults'), '{:.2f}', 6)} "
               f"{cell(median(t, c, 'steal'), '{:.0f}', 7)} "
               f"{cell(ratio(tps, median(bouncer, c, 'tps')) if lockbox else None, '{:.2f}', 14)} "
               f"{cell(ratio(median(t, c, 'proxy_us'), median(bouncer, c, 'proxy_us')) if lockbox else None, '{:.2f}', 19)}")

@@ -206,12 +206,14 @@ bench_max_connections() { bench_psql -At -c "SHOW max_connections"; }
 
 # The demo's cluster gets max_connections=300 on its command line (src/sandbox.rs), which
 # ALTER SYSTEM cannot override: restart it with the same options and a larger value.
+# BENCH_PG_OPTIONS adds settings of the caller's ("-c huge_pages=on"); the benches restart
+# the cluster with them even when max_connections is large enough already.
 bench_raise_max_connections() {
     local want=$1 dir
     dir=$(dirname "$PG_DATA")
     bench_log "restarting the demo's PostgreSQL with max_connections=$want (was $(bench_max_connections))"
     bench_as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$dir/server.log" -w -t 120 -m fast \
-        -o "-c port=$PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='$dir' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=$want" \
+        -o "-c port=$PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='$dir' -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=$want ${BENCH_PG_OPTIONS:-}" \
         restart >/dev/null
 }
 
@@ -437,6 +439,8 @@ bench_start_pgbench_targets() {
     needed=$((3 * max_clients + 20))
     if ((needed > $(bench_max_connections))); then
         bench_raise_max_connections "$((needed + 20))"
+    elif [ -n "${BENCH_PG_OPTIONS:-}" ]; then
+        bench_raise_max_connections "$(bench_max_connections)"
     fi
     BENCH_POOL=$max_clients bench_targets "${TARGETS[@]}"
     bench_grants read "${TARGETS[@]}"
