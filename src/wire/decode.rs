@@ -13,7 +13,7 @@ struct Reader<'a> {
     body: &'a [u8],
 }
 
-const TRUNCATED: FrameError = FrameError::BadStartup("truncated message body");
+const TRUNCATED: FrameError = FrameError::Truncated;
 
 impl<'a> Reader<'a> {
     fn cstr(&mut self) -> Result<&'a [u8], FrameError> {
@@ -215,6 +215,20 @@ pub fn decode_close(body: &[u8]) -> Result<(u8, String), FrameError> {
 mod tests {
     use super::super::MAX_NAME_BYTES;
     use super::*;
+
+    /// A body cut short after login is no startup packet: the error says what PostgreSQL
+    /// says of it, not "malformed startup packet".
+    #[test]
+    fn a_truncated_body_is_reported_in_postgresql_words() {
+        for error in [
+            decode_query(b"SELECT 1").unwrap_err(),
+            decode_parse(b"stmt\0SELECT 1\0\0").unwrap_err(),
+            decode_bind(b"portal\0stmt\0\0").unwrap_err(),
+        ] {
+            assert_eq!(error, FrameError::Truncated);
+            assert_eq!(error.to_string(), "insufficient data left in message");
+        }
+    }
 
     #[test]
     fn cstr_at_reads_the_nth_name_as_the_decoders_do() {

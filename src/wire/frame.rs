@@ -14,6 +14,9 @@ pub enum FrameError {
     TooLarge { size: usize, limit: usize },
     #[error("malformed startup packet: {0}")]
     BadStartup(&'static str),
+    /// A message whose body ends before the fields it declares (PostgreSQL's words for it).
+    #[error("insufficient data left in message")]
+    Truncated,
     /// PostgreSQL keys prepared statements and portals by a name's first 63 bytes
     /// (NAMEDATALEN - 1): two longer names alike that far are one to the server, and lockbox
     /// could record one statement's text while the other runs.

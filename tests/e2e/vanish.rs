@@ -105,3 +105,88 @@ async fn a_client_vanishing_mid_pipeline_frees_its_backend_at_once() {
     drop(raw);
     assert_gone_by_itself(&env, &id, pid).await;
 }
+
+/// A client that resets its connection while the proxy is not reading it (a pipeline larger
+/// than every buffer between proxy and server waits behind a statement the server is busy
+/// with) is seen gone at once, not when the server gets to its input.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_vanishing_while_its_pipeline_waits_on_a_busy_server_frees_its_backend_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+
+    let env = Env::start("vanish_stuck_pipeline").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    let sleep = "SELECT pg_sleep(600)";
+    let parse = b"s1\0SELECT $1::text\0\0\0";
+    let value = vec![b'q'; 10_000];
+    let mut bind = b"\0s1\0".to_vec();
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    bind.extend_from_slice(&value);
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let one = [message(b'B', &bind), message(b'E', b"\0\0\0\0\0")].concat();
+    // 64 MB: more than the client's, the proxy's and the server's socket buffers hold
+    // together, so the writer below never finishes while the server sleeps.
+    let pipeline = [query(sleep), message(b'P', parse), one.repeat(6_400)].concat();
+    let total = pipeline.len();
+
+    raw.stream.set_zero_linger().expect("linger");
+    let (reader, mut writer) = raw.stream.into_split();
+    let written = Arc::new(AtomicUsize::new(0));
+    let progress = written.clone();
+    let writing = tokio::spawn(async move {
+        for chunk in pipeline.chunks(64 * 1024) {
+            if writer.write_all(chunk).await.is_err() {
+                return;
+            }
+            progress.fetch_add(chunk.len(), Ordering::SeqCst);
+        }
+    });
+    let pid = backend_running(&env, sleep).await;
+    // The pipeline stops moving once every buffer is full and the proxy waits to write
+    // upstream: from then on the proxy reads the client no more.
+    let mut last = usize::MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = written.load(Ordering::SeqCst);
+        assert!(now < total, "the whole pipeline went through");
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    // With no lingering, the close resets the connection.
+    writing.abort();
+    let _ = writing.await;
+    drop(reader);
+    let records = env
+        .wait_for_audit("what became of the backend", |records| {
+            records.iter().any(|r| {
+                r["request_id"] == id
+                    && r["backend_pid"] == pid
+                    && r["event"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with("backend_"))
+            })
+        })
+        .await;
+    let ended = records
+        .iter()
+        .find(|r| r["request_id"] == id && r["event"] == "disconnected")
+        .expect("the session's end");
+    assert_eq!(
+        ended["reason"], "client left while a statement ran; it was cancelled",
+        "{ended}"
+    );
+    assert_eq!(
+        count(
+            &env,
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")
+        ),
+        0
+    );
+}

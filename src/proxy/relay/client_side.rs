@@ -6,6 +6,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::buffers::{emptied, splice, BUFFER_CAPACITY};
+use super::hangup::{self, Hangup};
 use super::hold::{BatchSoFar, Verdict};
 use super::record::Pending;
 use super::{guarded, unexpected_message, End, Relay};
@@ -125,6 +126,9 @@ impl Relay {
             Read(std::io::Result<usize>),
         }
         let mut sent = 0;
+        // The client is not read while its batch waits to be written: watched instead once
+        // a write did not take it all (see `hangup`), so one that leaves meanwhile is seen.
+        let mut hangup = None;
         while sent < outgoing.len() {
             // Checked before each write rather than raced first: see `guarded`.
             if let Some(reason) = self.term.ended() {
@@ -135,12 +139,16 @@ impl Relay {
                 wrote = self.upstream_w.write(&outgoing[sent..]) => Step::Wrote(wrote),
                 read = self.upstream_r.read_buf(&mut self.ubuf) => Step::Read(read),
                 reason = self.term.fired() => return Err(End::Dropped(reason)),
+                () = hangup::hung_up(&hangup) => return Err(End::ClientGone),
             };
             match step {
                 Step::Wrote(Ok(n)) if n > 0 => sent += n,
                 Step::Wrote(_) => return Err(self.upstream_gone_after_a_failed_write().await),
                 Step::Read(Ok(0) | Err(_)) => return Err(End::UpstreamGone),
                 Step::Read(Ok(_)) => self.on_upstream_bytes().await?,
+            }
+            if hangup.is_none() && sent < outgoing.len() {
+                hangup = Hangup::watch(self.client_fd);
             }
         }
         match guarded(&mut self.term, self.upstream_w.flush()).await? {

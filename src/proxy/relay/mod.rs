@@ -22,6 +22,7 @@ mod farewell_final_attack;
 mod farewell_pass_tests;
 mod fuzz;
 mod grant;
+mod hangup;
 mod hold;
 mod inspect;
 mod last_words;
@@ -31,6 +32,24 @@ mod record;
 mod terminator;
 #[cfg(test)]
 mod vectored_tests;
+
+#[cfg(test)]
+mod unexpected_message_tests {
+    /// A zero byte (a second StartupMessage, an SSLRequest) is named in hex alone, not as
+    /// Rust's escape of it; a letter is named as itself.
+    #[test]
+    fn an_unexpected_tag_is_named_without_escape_sequences() {
+        assert_eq!(super::unexpected_message(0), "unexpected message type 0x00");
+        assert_eq!(
+            super::unexpected_message(b'Z'),
+            "unexpected message type 'Z' (0x5a)"
+        );
+        assert_eq!(
+            super::unexpected_message(0x7f),
+            "unexpected message type 0x7f"
+        );
+    }
+}
 
 pub(crate) use buffers::write_flushed;
 use buffers::{shrink_if_oversized, splice, BUFFER_CAPACITY};
@@ -310,6 +329,7 @@ impl Relay {
                 return end;
             }
         }
+        let mut hangup = None;
         loop {
             if self.held && !self.still_held() {
                 // What it waited for came: the held message, and what came after it, go on.
@@ -320,8 +340,14 @@ impl Relay {
             }
             let timeout = self.statement_deadline();
             // While a message is held, reading goes on (a client that leaves is seen) up to
-            // a bound: what it sends waits behind it.
+            // a bound: what it sends waits behind it. Past the bound, its socket is watched
+            // for a close instead.
             let reading = !self.held || self.cbuf.len() < buffers::BUFFER_CAPACITY;
+            if reading {
+                hangup = None;
+            } else if hangup.is_none() {
+                hangup = hangup::Hangup::watch(self.client_fd);
+            }
             let step = tokio::select! {
                 biased;
                 reason = self.term.fired() => Err(End::Dropped(reason)),
@@ -334,6 +360,7 @@ impl Relay {
                     Ok(0) | Err(_) => Err(End::ClientGone),
                     Ok(_) => self.on_client_bytes().await,
                 },
+                () = hangup::hung_up(&hangup), if !reading => Err(End::ClientGone),
                 read = self.upstream_r.read_buf(&mut self.ubuf) => match read {
                     Ok(0) | Err(_) => Err(End::UpstreamGone),
                     Ok(_) => self.on_upstream_bytes().await,
@@ -523,8 +550,14 @@ impl Relay {
 }
 
 pub(super) fn unexpected_message(tag: u8) -> String {
-    format!(
-        "unexpected message type '{}' (0x{tag:02x})",
-        char::from(tag).escape_default()
-    )
+    // A printable tag is shown as the letter too; any other byte (a second startup packet
+    // begins with a zero) only in hex, not as an escape sequence.
+    if tag.is_ascii_graphic() {
+        format!(
+            "unexpected message type '{}' (0x{tag:02x})",
+            char::from(tag)
+        )
+    } else {
+        format!("unexpected message type 0x{tag:02x}")
+    }
 }
