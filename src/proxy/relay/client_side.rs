@@ -2,8 +2,11 @@
 //! statement records made durable (`record.rs`), and the batch forwarded upstream as
 //! received, while what upstream sends meanwhile keeps flowing to the client.
 
+use std::pin::Pin;
+use std::task::Poll;
+
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::buffers::{emptied, splice, BUFFER_CAPACITY};
 use super::hangup::{self, Hangup};
@@ -126,20 +129,33 @@ impl Relay {
             Read(std::io::Result<usize>),
         }
         let mut sent = 0;
-        // The client is not read while its batch waits to be written: watched instead once
-        // a write did not take it all (see `hangup`), so one that leaves meanwhile is seen.
+        // The client is not read while its batch waits to be written: it is watched instead
+        // from the first write that cannot go at once (see `hangup`), so that one that
+        // leaves meanwhile is seen. Most batches go at once and never set up the watch.
         let mut hangup = None;
+        let mut waited = false;
         while sent < outgoing.len() {
             // Checked before each write rather than raced first: see `guarded`.
             if let Some(reason) = self.term.ended() {
                 return Err(End::Dropped(reason));
             }
-            let step = tokio::select! {
-                biased;
-                wrote = self.upstream_w.write(&outgoing[sent..]) => Step::Wrote(wrote),
-                read = self.upstream_r.read_buf(&mut self.ubuf) => Step::Read(read),
-                reason = self.term.fired() => return Err(End::Dropped(reason)),
-                () = hangup::hung_up(&hangup) => return Err(End::ClientGone),
+            let step = if waited {
+                tokio::select! {
+                    biased;
+                    wrote = self.upstream_w.write(&outgoing[sent..]) => Step::Wrote(wrote),
+                    read = self.upstream_r.read_buf(&mut self.ubuf) => Step::Read(read),
+                    reason = self.term.fired() => return Err(End::Dropped(reason)),
+                    () = hangup::hung_up(&hangup) => return Err(End::ClientGone),
+                }
+            } else {
+                match self.try_write_upstream(&outgoing[sent..]).await {
+                    Poll::Ready(wrote) => Step::Wrote(wrote),
+                    Poll::Pending => {
+                        waited = true;
+                        hangup = Hangup::watch(self.client_fd);
+                        continue;
+                    }
+                }
             };
             match step {
                 Step::Wrote(Ok(n)) if n > 0 => sent += n,
@@ -147,14 +163,17 @@ impl Relay {
                 Step::Read(Ok(0) | Err(_)) => return Err(End::UpstreamGone),
                 Step::Read(Ok(_)) => self.on_upstream_bytes().await?,
             }
-            if hangup.is_none() && sent < outgoing.len() {
-                hangup = Hangup::watch(self.client_fd);
-            }
         }
         match guarded(&mut self.term, self.upstream_w.flush()).await? {
             Ok(()) => Ok(()),
             Err(_) => Err(self.upstream_gone_after_a_failed_write().await),
         }
+    }
+
+    /// One attempt at writing `bytes` upstream, without waiting for room.
+    async fn try_write_upstream(&mut self, bytes: &[u8]) -> Poll<std::io::Result<usize>> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut self.upstream_w).poll_write(cx, bytes)))
+            .await
     }
 
     /// A write upstream failed: the server is gone, but what it sent before it went may
