@@ -106,34 +106,33 @@ async fn a_client_vanishing_mid_pipeline_frees_its_backend_at_once() {
     assert_gone_by_itself(&env, &id, pid).await;
 }
 
-/// A client that resets its connection while the proxy is not reading it (a pipeline larger
-/// than every buffer between proxy and server waits behind a statement the server is busy
-/// with) is seen gone at once, not when the server gets to its input.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_client_vanishing_while_its_pipeline_waits_on_a_busy_server_frees_its_backend_at_once() {
+/// A Bind of `s1` (`SELECT $1::text`) with a `size`-byte parameter, then an Execute.
+fn bind_execute(size: usize) -> Vec<u8> {
+    let value = vec![b'q'; size];
+    let mut bind = b"\0s1\0".to_vec();
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&i32::try_from(size).expect("a size").to_be_bytes());
+    bind.extend_from_slice(&value);
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    [message(b'B', &bind), message(b'E', b"\0\0\0\0\0")].concat()
+}
+
+const SLEEP: &str = "SELECT pg_sleep(600)";
+
+/// Sends `pipeline` (which starts with [`SLEEP`]) until it stops moving: every buffer on
+/// the way is full and the proxy reads the client no more. Then resets the connection and
+/// checks that the session ends at once, long before the server would get to its input.
+async fn reset_while_not_read(name: &str, pipeline: Vec<u8>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
 
-    let env = Env::start("vanish_stuck_pipeline").await;
+    let env = Env::start(name).await;
     let (id, token) = env.approved_token("eve", "1h").await;
     let mut raw = Raw::login(&env, "eve", &token).await;
     raw.read_until_ready().await;
-    let sleep = "SELECT pg_sleep(600)";
-    let parse = b"s1\0SELECT $1::text\0\0\0";
-    let value = vec![b'q'; 10_000];
-    let mut bind = b"\0s1\0".to_vec();
-    bind.extend_from_slice(&0i16.to_be_bytes());
-    bind.extend_from_slice(&1i16.to_be_bytes());
-    bind.extend_from_slice(&(value.len() as i32).to_be_bytes());
-    bind.extend_from_slice(&value);
-    bind.extend_from_slice(&0i16.to_be_bytes());
-    let one = [message(b'B', &bind), message(b'E', b"\0\0\0\0\0")].concat();
-    // 64 MB: more than the client's, the proxy's and the server's socket buffers hold
-    // together, so the writer below never finishes while the server sleeps.
-    let pipeline = [query(sleep), message(b'P', parse), one.repeat(6_400)].concat();
     let total = pipeline.len();
-
     raw.stream.set_zero_linger().expect("linger");
     let (reader, mut writer) = raw.stream.into_split();
     let written = Arc::new(AtomicUsize::new(0));
@@ -146,9 +145,7 @@ async fn a_client_vanishing_while_its_pipeline_waits_on_a_busy_server_frees_its_
             progress.fetch_add(chunk.len(), Ordering::SeqCst);
         }
     });
-    let pid = backend_running(&env, sleep).await;
-    // The pipeline stops moving once every buffer is full and the proxy waits to write
-    // upstream: from then on the proxy reads the client no more.
+    let pid = backend_running(&env, SLEEP).await;
     let mut last = usize::MAX;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -189,4 +186,38 @@ async fn a_client_vanishing_while_its_pipeline_waits_on_a_busy_server_frees_its_
         ),
         0
     );
+}
+
+/// A pipeline larger than every buffer between proxy and server waits behind a statement
+/// the server is busy with: the proxy waits to write it upstream, and does not read the
+/// client meanwhile. A client that resets then is seen gone at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_vanishing_while_its_pipeline_waits_on_a_busy_server_frees_its_backend_at_once() {
+    // 64 MB: more than the client's, the proxy's and the server's socket buffers hold
+    // together, so the writer never finishes while the server sleeps.
+    let pipeline = [
+        query(SLEEP),
+        message(b'P', b"s1\0SELECT $1::text\0\0\0"),
+        bind_execute(10_000).repeat(6_400),
+    ]
+    .concat();
+    reset_while_not_read("vanish_stuck_pipeline", pipeline).await;
+}
+
+/// Binds of a statement parsed in a group the server has not answered yet (it is busy with
+/// the statement before) are held back, and once the held bytes fill the client buffer the
+/// proxy reads the client no more. A client that resets then is seen gone at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_vanishing_while_its_messages_are_held_frees_its_backend_at_once() {
+    let group = [bind_execute(1_000), message(b'S', b"")].concat();
+    // 4 MB: more than the client's and the proxy's socket buffers hold before the proxy
+    // reads again.
+    let pipeline = [
+        query(SLEEP),
+        message(b'P', b"s1\0SELECT $1::text\0\0\0"),
+        message(b'S', b""),
+        group.repeat(4_000),
+    ]
+    .concat();
+    reset_while_not_read("vanish_held", pipeline).await;
 }
