@@ -83,12 +83,14 @@ proc_counts() {
     echo "$ticks $switches"
 }
 
-# PostgreSQL's CPU ticks so far, every process of it: the postmaster's own and those of its
-# children it has reaped (a backend that ended), plus each living child's. A backend alive at
-# the start that ends during the run is counted as living then and as reaped after, so the
-# difference is the time spent during the run either way.
-server_ticks() {
-    local postmaster
+# A sum over PostgreSQL's processes, from /proc/*/stat: the postmaster's fields OWN (its own
+# figures and those of the children it has reaped, i.e. backends that ended) plus each living
+# child's fields CHILD. Fields are counted after the command name's closing parenthesis (the
+# name may hold spaces): field 4 of stat, the ppid, is $2. A backend alive at the start that
+# ends during the run is counted as living then and as reaped after, so the difference of
+# two sums is the run's either way.
+server_sum() {
+    local own=$1 child=$2 postmaster
     postmaster=$(head -1 "$PG_DATA/postmaster.pid" 2>/dev/null) || true
     # Its pid is in the data folder, which only the server's owner may read: without it
     # the column stays empty rather than show a zero.
@@ -96,14 +98,25 @@ server_ticks() {
         echo none
         return
     fi
-    # After the command name's closing parenthesis: field 4 (ppid) is $2, utime $12, stime
-    # $13, cutime $14, cstime $15.
     { sed -E 's/^.*\) //' /proc/[0-9]*/stat 2>/dev/null || true; } |
-        awk -v pm="$postmaster" -v pmstat="$(sed -E 's/^.*\) //' "/proc/$postmaster/stat")" '
-            BEGIN { split(pmstat, f, " "); n = f[12] + f[13] + f[14] + f[15] }
-            $2 == pm { n += $12 + $13 }
+        awk -v pm="$postmaster" -v pmstat="$(sed -E 's/^.*\) //' "/proc/$postmaster/stat")" \
+            -v own="$own" -v child="$child" '
+            BEGIN {
+                split(pmstat, f, " ")
+                k = split(own, o, ","); for (i = 1; i <= k; i++) n += f[o[i]]
+                m = split(child, c, ",")
+            }
+            $2 == pm { for (i = 1; i <= m; i++) n += $(c[i]) }
             END { print n }'
 }
+
+# PostgreSQL's CPU ticks so far: utime $12, stime $13, cutime $14, cstime $15.
+server_ticks() { server_sum 12,13,14,15 12,13; }
+
+# PostgreSQL's page faults so far: minflt $8, cminflt $9. A backend faults in each page of
+# shared memory it touches for the first time: a run on fresh backends (lockbox gives each
+# session its own) pays for pages that pgbouncer's kept pool mapped in earlier runs.
+server_faults() { server_sum 8,9 8; }
 
 # Each system call's count per transaction, summed over the threads of a `perf trace -s`
 # summary, most frequent first.
@@ -113,24 +126,6 @@ syscalls_per_tx() {
         BEGIN { txns = tps * seconds }
         $2 ~ /^[0-9]+$/ && $1 ~ /^[a-z_0-9]+$/ { n[$1] += $2 }
         END { if (txns > 0) for (k in n) printf "%8.2f %s\n", n[k] / txns, k }' "$summary" | sort -rn
-}
-
-# PostgreSQL's page faults so far, counted as server_ticks counts its time (minflt, field
-# 10, is $8 after the name; cminflt $9). A backend faults in each page of shared memory it
-# touches for the first time: a run on fresh backends (lockbox gives each session its own)
-# pays for pages that pgbouncer's kept pool mapped in earlier runs.
-server_faults() {
-    local postmaster
-    postmaster=$(head -1 "$PG_DATA/postmaster.pid" 2>/dev/null) || true
-    if [ -z "$postmaster" ] || [ ! -r "/proc/$postmaster/stat" ]; then
-        echo none
-        return
-    fi
-    { sed -E 's/^.*\) //' /proc/[0-9]*/stat 2>/dev/null || true; } |
-        awk -v pm="$postmaster" -v pmstat="$(sed -E 's/^.*\) //' "/proc/$postmaster/stat")" '
-            BEGIN { split(pmstat, f, " "); n = f[8] + f[9] }
-            $2 == pm { n += $8 }
-            END { print n }'
 }
 
 results=$BENCH_WORK/results
