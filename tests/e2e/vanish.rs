@@ -33,20 +33,25 @@ async fn backend_running(env: &Env, sql: &str) -> i32 {
     panic!("the statement never started: {sql}");
 }
 
+/// The trail once it holds the reaper's record of what became of backend `pid` of request
+/// `id` (gone by itself, terminated, or not made sure of).
+async fn backend_fate(env: &Env, id: &str, pid: i32) -> Vec<serde_json::Value> {
+    env.wait_for_audit("what became of the backend", |records| {
+        records.iter().any(|r| {
+            r["request_id"] == id
+                && r["backend_pid"] == pid
+                && r["event"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("backend_"))
+        })
+    })
+    .await
+}
+
 /// The backend left by itself: the reaper found it gone within its window and did not
 /// have to terminate it.
 async fn assert_gone_by_itself(env: &Env, id: &str, pid: i32) {
-    let records = env
-        .wait_for_audit("what became of the backend", |records| {
-            records.iter().any(|r| {
-                r["request_id"] == id
-                    && r["backend_pid"] == pid
-                    && r["event"]
-                        .as_str()
-                        .is_some_and(|e| e.starts_with("backend_"))
-            })
-        })
-        .await;
+    let records = backend_fate(env, id, pid).await;
     let fate = records
         .iter()
         .find(|r| r["request_id"] == id && r["backend_pid"] == pid)
@@ -160,17 +165,7 @@ async fn reset_while_not_read(name: &str, pipeline: Vec<u8>) {
     writing.abort();
     let _ = writing.await;
     drop(reader);
-    let records = env
-        .wait_for_audit("what became of the backend", |records| {
-            records.iter().any(|r| {
-                r["request_id"] == id
-                    && r["backend_pid"] == pid
-                    && r["event"]
-                        .as_str()
-                        .is_some_and(|e| e.starts_with("backend_"))
-            })
-        })
-        .await;
+    let records = backend_fate(&env, &id, pid).await;
     let ended = records
         .iter()
         .find(|r| r["request_id"] == id && r["event"] == "disconnected")
