@@ -37,12 +37,27 @@ pub fn split_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>,
     match frame_len(buf, limit)? {
         Some(total) => Ok(Some(buf.split_to(total))),
         None => {
-            if buf.len() >= 5 {
-                let declared = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
-                buf.reserve(declared.saturating_sub(buf.len()));
-            }
+            reserve_rest_of_frame(buf, limit);
             Ok(None)
         }
+    }
+}
+
+/// Makes room at once for the rest of the tagged message `buf` starts with, once its header
+/// is in and the message is larger than what `buf` holds. Left to the reads, a buffer grows
+/// by doubling: a 60 MB message would take a 64 MB buffer, and the 32 MB one while it is
+/// copied over. A message over `limit` (refused when it is framed) or with a negative
+/// length gets nothing.
+pub fn reserve_rest_of_frame(buf: &mut BytesMut, limit: usize) {
+    let Some(&[a, b, c, d]) = buf.get(1..5) else {
+        return;
+    };
+    let Ok(declared) = usize::try_from(i32::from_be_bytes([a, b, c, d])) else {
+        return;
+    };
+    let total = declared.saturating_add(1);
+    if total <= limit && total > buf.len() {
+        buf.reserve(total - buf.len());
     }
 }
 
@@ -163,6 +178,44 @@ fn take_cstr(body: &mut &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message's size is known from its header: the buffer takes that much room once,
+    /// not twice as much by doubling while it fills.
+    #[test]
+    fn room_for_a_large_message_is_reserved_to_its_size() {
+        // A session's usual read buffer.
+        const CAPACITY: usize = 64 * 1024;
+        let size = 10 * 1024 * 1024 + 12_345;
+        let header = |declared: i32| {
+            let mut buf = BytesMut::with_capacity(CAPACITY);
+            buf.extend_from_slice(b"B");
+            buf.extend_from_slice(&declared.to_be_bytes());
+            buf.extend_from_slice(&[0u8; 1000]);
+            buf
+        };
+        let mut buf = header(i32::try_from(size - 1).expect("fits"));
+        reserve_rest_of_frame(&mut buf, 64 * 1024 * 1024);
+        assert!(buf.capacity() >= size, "room for the whole message");
+        assert!(
+            buf.capacity() < size + CAPACITY,
+            "no more than it needs: {}",
+            buf.capacity()
+        );
+        // Over the limit (refused when inspected), a lying length, or a message that fits:
+        // the buffer stays as it was.
+        for (declared, limit) in [
+            (i32::try_from(size - 1).expect("fits"), size - 1),
+            (-5, size),
+            (100, size),
+        ] {
+            let mut buf = header(declared);
+            reserve_rest_of_frame(&mut buf, limit);
+            assert_eq!(buf.capacity(), CAPACITY, "declared {declared}");
+        }
+        let mut short = BytesMut::from(&b"B\0\0"[..]);
+        reserve_rest_of_frame(&mut short, size);
+        assert_eq!(short.len(), 3);
+    }
 
     fn startup_bytes(code: i32, rest: &[u8]) -> BytesMut {
         let mut b = BytesMut::new();

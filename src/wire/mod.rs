@@ -16,7 +16,10 @@ pub use encode::{
     authentication_cleartext, authentication_ok, backend_key_data, cancel_request, error_response,
     ready_for_query, Severity,
 };
-pub use frame::{frame_len, parse_startup, split_frame, FrameError, Startup, StartupPacket};
+pub use frame::{
+    frame_len, parse_startup, reserve_rest_of_frame, split_frame, FrameError, Startup,
+    StartupPacket,
+};
 pub use scan::{BackendEvent, BackendScanner, LocatedEvent};
 
 /// SQLSTATE codes the proxy itself produces.

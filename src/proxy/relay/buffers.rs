@@ -143,24 +143,6 @@ pub(crate) async fn write_flushed(stream: &mut BoxStream, bytes: &[u8]) -> std::
 /// What a session's read buffers start with and return to.
 pub(super) const BUFFER_CAPACITY: usize = 64 * 1024;
 
-/// Makes room at once for the rest of the message `buf` starts with, once its header is in
-/// and it is larger than the room left. Left to the reads, the buffer would grow by
-/// doubling: a 60 MB message would take a 64 MB buffer, and the 32 MB one while it is
-/// copied over. A message over `limit` is refused when it is inspected: nothing is reserved
-/// for it.
-pub(super) fn reserve_for_message(buf: &mut BytesMut, limit: usize) {
-    let Some(&[a, b, c, d]) = buf.get(1..5) else {
-        return;
-    };
-    let Ok(declared) = usize::try_from(i32::from_be_bytes([a, b, c, d])) else {
-        return;
-    };
-    let total = declared.saturating_add(1);
-    if total <= limit && total > buf.len() {
-        buf.reserve(total - buf.len());
-    }
-}
-
 /// A buffer grown for one huge message (a large COPY row, a long query) goes back to its
 /// usual size once it is empty, so an idle session does not keep megabytes.
 pub(super) fn shrink_if_oversized(buf: &mut BytesMut) {
@@ -220,42 +202,6 @@ mod tests {
         let before = usual.as_ptr();
         shrink_if_oversized(&mut usual);
         assert_eq!(usual.as_ptr(), before, "a usual buffer is not reallocated");
-    }
-
-    /// A message's size is known from its header: the buffer takes that much room once,
-    /// not twice as much by doubling while it fills.
-    #[test]
-    fn room_for_a_large_message_is_reserved_to_its_size() {
-        let size = 10 * 1024 * 1024 + 12_345;
-        let header = |declared: i32| {
-            let mut buf = BytesMut::with_capacity(BUFFER_CAPACITY);
-            buf.extend_from_slice(b"B");
-            buf.extend_from_slice(&declared.to_be_bytes());
-            buf.extend_from_slice(&[0u8; 1000]);
-            buf
-        };
-        let mut buf = header(i32::try_from(size - 1).expect("fits"));
-        reserve_for_message(&mut buf, 64 * 1024 * 1024);
-        assert!(buf.capacity() >= size, "room for the whole message");
-        assert!(
-            buf.capacity() < size + BUFFER_CAPACITY,
-            "no more than it needs: {}",
-            buf.capacity()
-        );
-        // Over the limit (refused when inspected), a lying length, or a message that fits:
-        // the buffer stays as it was.
-        for (declared, limit) in [
-            (i32::try_from(size - 1).expect("fits"), size - 1),
-            (-5, size),
-            (100, size),
-        ] {
-            let mut buf = header(declared);
-            reserve_for_message(&mut buf, limit);
-            assert_eq!(buf.capacity(), BUFFER_CAPACITY, "declared {declared}");
-        }
-        let mut short = BytesMut::from(&b"B\0\0"[..]);
-        reserve_for_message(&mut short, size);
-        assert_eq!(short.len(), 3);
     }
 }
 

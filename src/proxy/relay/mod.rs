@@ -345,7 +345,7 @@ impl Relay {
             let reading = !self.held || self.cbuf.len() < buffers::BUFFER_CAPACITY;
             if reading {
                 hangup = None;
-                buffers::reserve_for_message(&mut self.cbuf, self.max_message);
+                wire::reserve_rest_of_frame(&mut self.cbuf, self.max_message);
             } else if hangup.is_none() {
                 hangup = hangup::Hangup::watch(self.client_fd);
             }
