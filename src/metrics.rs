@@ -94,6 +94,23 @@ const DROPS: [&str; 4] = ["expired", "revoked", "shutdown", "killed"];
 /// What became of an upstream connection dialed before its login was done.
 const EARLY_DIALS: [&str; 4] = ["used", "unused", "failed", "stale"];
 
+/// What became of a backend logged in ahead for a grant's next session.
+const SPARE_BACKENDS: [&str; 4] = ["used", "expired", "closed", "failed"];
+
+/// What became of a spare backend (see `proxy::spare`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpareOutcome {
+    /// Handed to a session of its grant.
+    Used = 0,
+    /// Closed unused after its idle time, or at its grant's end.
+    Expired = 1,
+    /// Closed unused for any other reason: its grant's sessions were dropped (revocation),
+    /// the proxy stopped, or the server had closed it or said something to it.
+    Closed = 2,
+    /// Its login failed (the grant's session was never affected).
+    Failed = 3,
+}
+
 /// What became of an early dial (see `proxy::early_dial`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum EarlyDialOutcome {
@@ -223,6 +240,8 @@ pub(crate) struct Metrics {
     failed_logins_unrecorded: AtomicU64,
     /// Upstream dials started during a login: used by it, or closed unused.
     early_dials: [AtomicU64; EARLY_DIALS.len()],
+    /// Backends logged in ahead for a grant's next session, by what became of them.
+    spare_backends: [AtomicU64; SPARE_BACKENDS.len()],
     /// API calls by status class (1xx … 5xx).
     api_calls: [AtomicU64; 5],
     /// Time from an `append_durable` call until its records are durable.
@@ -245,6 +264,7 @@ impl Default for Metrics {
             refused: Default::default(),
             failed_logins_unrecorded: AtomicU64::new(0),
             early_dials: Default::default(),
+            spare_backends: Default::default(),
             api_calls: Default::default(),
             append_latency: Histogram::new(&LATENCY_US),
             fsync_batch: Histogram::new(&BATCH),
@@ -316,6 +336,16 @@ impl Metrics {
         load(&self.early_dials[outcome as usize])
     }
 
+    pub(crate) fn spare_backend(&self, outcome: SpareOutcome) {
+        inc(&self.spare_backends[outcome as usize]);
+    }
+
+    /// Spare backends so far, by outcome.
+    #[cfg(test)]
+    pub(crate) fn spare_backends(&self, outcome: SpareOutcome) -> u64 {
+        load(&self.spare_backends[outcome as usize])
+    }
+
     pub(crate) fn api_call(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         inc(&self.api_calls[class]);
@@ -384,6 +414,15 @@ impl Metrics {
             "outcome",
             &EARLY_DIALS,
             &self.early_dials,
+        );
+        labelled(
+            o,
+            "lockbox_spare_backends_total",
+            "counter",
+            "Upstream backends logged in ahead for the next session of a grant that reconnects, by what became of them.",
+            "outcome",
+            &SPARE_BACKENDS,
+            &self.spare_backends,
         );
         family(o, "lockbox_failed_logins_unrecorded_total", "counter", "Failed logins past the per-source limit, counted in summary records instead of one record each.");
         sample(

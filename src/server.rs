@@ -124,6 +124,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .clone()
         .map(|sink| PgSinkHandle::spawn(sink, config.audit_path.clone()));
     let registry = Arc::new(Registry::default());
+    registry.spares.count_in(lockbox.audit.metrics().clone());
     let exports = crate::exports::Exports::new(lockbox.clone());
 
     let proxy_listener = bind(config.proxy_listen).await?;

@@ -97,6 +97,9 @@ pub struct ProxyFile {
     /// for a source admitted in the last 10 minutes, else once the token verifies),
     /// `"verified"` (once the token verifies) or `"off"` (once the login is admitted).
     pub early_dial: Option<String>,
+    /// Whether a grant that reconnects has its next session's backend logged in ahead:
+    /// `"reconnects"` (the default) or `"off"`.
+    pub spare_backends: Option<String>,
     /// Host name engineers connect to (given out with tokens); the listen address by default.
     pub public_host: Option<String>,
     /// Port engineers connect to (given out with tokens); the listen port by default.

@@ -1,5 +1,5 @@
-//! `[proxy] max_connections`, `failed_login_limit`, `failed_login_window` and
-//! `early_dial`.
+//! `[proxy] max_connections`, `failed_login_limit`, `failed_login_window`, `early_dial`
+//! and `spare_backends`.
 
 use super::{invalid, parse_duration, ConfigError, ProxyFile};
 use crate::proxy::{ConnectionLimits, EarlyDialPolicy};
@@ -46,6 +46,18 @@ pub(super) fn early_dial(proxy: &ProxyFile) -> Result<EarlyDialPolicy, ConfigErr
     }
 }
 
+/// `[proxy] spare_backends`: whether grants that reconnect get a backend logged in ahead.
+pub(super) fn spare_backends(proxy: &ProxyFile) -> Result<bool, ConfigError> {
+    match proxy.spare_backends.as_deref() {
+        None | Some("reconnects") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(invalid(
+            "proxy.spare_backends",
+            format!("\"{other}\" is not one of \"reconnects\", \"off\""),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +89,23 @@ mod tests {
         let wrong = early("early_dial = \"always\"").expect_err("not a policy");
         assert!(
             wrong.contains("proxy.early_dial") && wrong.contains("always"),
+            "{wrong}"
+        );
+    }
+
+    #[test]
+    fn spare_backends_default_to_reconnects_and_name_their_key_when_wrong() {
+        let spares = |extra: &str| -> Result<bool, String> {
+            let text = format!("listen = \"127.0.0.1:6432\"\n{extra}");
+            let file: ProxyFile = toml::from_str(&text).map_err(|e| e.to_string())?;
+            spare_backends(&file).map_err(|e| e.to_string())
+        };
+        assert_eq!(spares(""), Ok(true));
+        assert_eq!(spares("spare_backends = \"reconnects\""), Ok(true));
+        assert_eq!(spares("spare_backends = \"off\""), Ok(false));
+        let wrong = spares("spare_backends = \"always\"").expect_err("not a policy");
+        assert!(
+            wrong.contains("proxy.spare_backends") && wrong.contains("always"),
             "{wrong}"
         );
     }

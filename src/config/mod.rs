@@ -71,6 +71,8 @@ pub struct Config {
     pub connection_limits: crate::proxy::ConnectionLimits,
     /// `[proxy] early_dial`.
     pub early_dial: crate::proxy::EarlyDialPolicy,
+    /// `[proxy] spare_backends`: a grant that reconnects has a backend logged in ahead.
+    pub spare_backends: bool,
     pub state_path: PathBuf,
     /// `[state] url`: the shared PostgreSQL state store (SQLite at `state_path` when absent).
     pub state_postgres: Option<StatePostgres>,
@@ -284,6 +286,7 @@ impl Config {
             max_message_size,
             connection_limits,
             early_dial: limits::early_dial(&file.proxy)?,
+            spare_backends: limits::spare_backends(&file.proxy)?,
             state_path,
             state_postgres,
             node_id,

@@ -22,6 +22,7 @@ mod relay;
 mod scram;
 mod session;
 mod source;
+mod spare;
 mod statements;
 mod stream;
 mod tracker;

@@ -93,6 +93,8 @@ pub struct Registry {
     pub(crate) preauth: super::preauth::PreAuth,
     /// Sources admitted lately, whose logins are dialed upstream at their startup packet.
     pub(crate) trusted: super::early_dial::TrustedSources,
+    /// Backends logged in ahead for grants that reconnect (see `spare`).
+    pub(crate) spares: Arc<super::spare::Spares>,
 }
 
 impl Registry {
@@ -179,6 +181,7 @@ impl Registry {
 
     /// Tells every session of `request_id` to end.
     pub fn drop_request(&self, request_id: &RequestId, reason: DropReason) -> usize {
+        self.spares.discard(request_id);
         let mut n = 0;
         for entry in self.sessions.iter() {
             if &entry.request_id == request_id {
@@ -191,6 +194,7 @@ impl Registry {
 
     pub fn drop_all(&self, reason: DropReason) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.spares.close_all();
         for entry in self.sessions.iter() {
             let _ = entry.kill.send(Control::Drop(reason.clone()));
         }
@@ -219,9 +223,12 @@ impl Registry {
         n
     }
 
-    /// The requests of the live sessions, each once.
+    /// The requests of the live sessions and of the spare backends, each once.
     pub(crate) fn live_requests(&self) -> std::collections::HashSet<RequestId> {
-        self.sessions.iter().map(|e| e.request_id.clone()).collect()
+        let mut live: std::collections::HashSet<RequestId> =
+            self.sessions.iter().map(|e| e.request_id.clone()).collect();
+        live.extend(self.spares.grants());
+        live
     }
 
     pub fn live_sessions(&self) -> usize {
@@ -275,10 +282,8 @@ impl Registry {
 
     /// Drops every session whose request is no longer approved (or cannot be read: fail closed).
     async fn recheck_all(&self, lockbox: &Lockbox) {
-        let mut requests: Vec<RequestId> =
-            self.sessions.iter().map(|e| e.request_id.clone()).collect();
+        let mut requests: Vec<RequestId> = self.live_requests().into_iter().collect();
         requests.sort();
-        requests.dedup();
         for id in requests {
             let still_approved = match lockbox.store.get(&id).await {
                 Ok(Some(r)) => r.effective_status(chrono::Utc::now()) == RequestStatus::Active,

@@ -28,7 +28,7 @@ mod upstream_login;
 pub(super) use end::session_record;
 use end::{audit_auth_failure, ended_by_proxy, finish, session_event};
 use login::{admit_token, pre_auth_timed_out, read_token};
-use upstream_login::connect_upstream;
+use upstream_login::{connect_upstream, SpareSlots};
 
 /// Fires when the proxy must end the session.
 type KillSwitch = tokio::sync::watch::Receiver<super::registry::Control>;
@@ -329,8 +329,13 @@ async fn run_admitted(
     if let Some(ms) = admission.request.statement_timeout_ms {
         passed.push(("statement_timeout".into(), ms.to_string()));
     }
+    let slots = SpareSlots {
+        spares: &proxy.registry.spares,
+        enabled: config.spare_backends,
+        ends_at: deadline_for(&admission),
+    };
     let (mut upstream, login) =
-        match connect_upstream(lockbox, db, &admission.request, &passed, early).await {
+        match connect_upstream(lockbox, slots, db, &admission.request, &passed, early).await {
             Ok(connected) => connected,
             Err((code, message)) => {
                 send_fatal(&mut stream, code, message).await;
@@ -463,6 +468,7 @@ async fn run_admitted(
         (End::ClientGone, None)
     };
     proxy.registry.forget_cancel_key(cancel_key);
+    proxy.registry.spares.ended(&request.id);
     // The window is counted from the relay's end, not from when the end is recorded.
     let role_closes =
         login.per_grant && matches!(end, End::Dropped(DropReason::Expired | DropReason::Revoked));

@@ -73,6 +73,7 @@ mod row_limit_portals;
 mod server_end_tls;
 mod session_end;
 mod skip_to_sync;
+mod spare;
 mod terminate;
 mod timeout_work;
 mod type_functions;

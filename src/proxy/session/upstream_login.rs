@@ -1,16 +1,35 @@
-//! The upstream login of an admitted session: the grant's role prepared, then a login on
-//! the connection dialed early (see `early_dial`) or on a fresh one.
+//! The upstream login of an admitted session: the grant's role prepared, then the grant's
+//! spare backend (see `spare`), or a login on the connection dialed early (see
+//! `early_dial`) or on a fresh one; and, for a grant that reconnects, its next session's
+//! spare opened.
+
+use std::sync::Arc;
+
+use tracing::Instrument;
 
 use super::PROVISION_TIMEOUT;
+use crate::config::{Credentials, Database};
+use crate::policy::AccessLevel;
 use crate::proxy::early_dial::{EarlyDial, EarlyDialError};
+use crate::proxy::spare::{Reservation, SpareKey, Spares, SPARE_LOGIN_TIMEOUT};
 use crate::proxy::upstream;
 use crate::wire::sqlstate;
 
-/// Logs in upstream as the grant's role. A per-grant role whose password another proxy
-/// reset since (it took the role over) is taken over again, once.
+/// Where the grant's spares are kept, and whether (and until when) one may be opened.
+pub(super) struct SpareSlots<'a> {
+    pub(super) spares: &'a Arc<Spares>,
+    pub(super) enabled: bool,
+    /// The grant's end: a spare is closed by then.
+    pub(super) ends_at: tokio::time::Instant,
+}
+
+/// Logs in upstream as the grant's role, or takes the grant's spare backend logged in as
+/// it for exactly this login. A per-grant role whose password another proxy reset since (it
+/// took the role over) is taken over again, once.
 pub(super) async fn connect_upstream(
     lockbox: &crate::service::Lockbox,
-    db: &crate::config::Database,
+    slots: SpareSlots<'_>,
+    db: &Database,
     request: &crate::policy::Request,
     params: &[(String, String)],
     mut early: Option<EarlyDial>,
@@ -52,12 +71,55 @@ pub(super) async fn connect_upstream(
                 ));
             }
         };
+        let key = SpareKey::new(db, &login.credentials.user, request.access, params);
+        let reserve = |taken| {
+            slots
+                .enabled
+                .then(|| {
+                    slots
+                        .spares
+                        .reserve(&request.id, &key, taken, slots.ends_at)
+                })
+                .flatten()
+        };
+        if let Some(spare) = slots.spares.take(&request.id, &key).await {
+            tracing::debug!(
+                backend_pid = spare.backend_pid,
+                "session takes its grant's spare backend"
+            );
+            // The dial this login did not need becomes the next spare's connection.
+            if let Some(reservation) = reserve(true) {
+                open_spare(
+                    reservation,
+                    db,
+                    &login.credentials,
+                    request.access,
+                    params,
+                    early.take(),
+                );
+            }
+            return Ok((spare, login));
+        }
         let connected = match early.take() {
-            Some(dial) => login_on_early_dial(dial, db, &login, request, params).await,
+            Some(dial) => {
+                login_on_early_dial(dial, db, &login.credentials, request.access, params).await
+            }
             None => upstream::connect(db, &login.credentials, request.access, params).await,
         };
         match connected {
-            Ok(u) => return Ok((u, login)),
+            Ok(u) => {
+                if let Some(reservation) = reserve(false) {
+                    open_spare(
+                        reservation,
+                        db,
+                        &login.credentials,
+                        request.access,
+                        params,
+                        None,
+                    );
+                }
+                return Ok((u, login));
+            }
             Err(upstream::UpstreamError::Rejected { sqlstate, .. })
                 if login.per_grant && attempt == 0 && sqlstate == "28P01" =>
             {
@@ -83,13 +145,13 @@ pub(super) async fn connect_upstream(
 /// would be without the early dial.
 async fn login_on_early_dial(
     dial: EarlyDial,
-    db: &crate::config::Database,
-    login: &crate::provision::Login,
-    request: &crate::policy::Request,
+    db: &Database,
+    credentials: &Credentials,
+    access: AccessLevel,
     params: &[(String, String)],
 ) -> Result<upstream::Upstream, upstream::UpstreamError> {
     use upstream::UpstreamError;
-    let again = || upstream::connect(db, &login.credentials, request.access, params);
+    let again = || upstream::connect(db, credentials, access, params);
     let stream = match dial.stream(&upstream::DialTarget::of(db)).await {
         Ok(stream) => stream,
         Err(EarlyDialError::Stale) => return again().await,
@@ -99,7 +161,7 @@ async fn login_on_early_dial(
         }
         Err(EarlyDialError::Dial(e)) => return Err(e),
     };
-    match upstream::login_on(stream, db, &login.credentials, request.access, params).await {
+    match upstream::login_on(stream, db, credentials, access, params).await {
         Err(e @ (UpstreamError::Closed | UpstreamError::Io(_))) => {
             tracing::debug!(error = %e, "early upstream connection closed; dialing again");
             again().await
@@ -111,4 +173,39 @@ async fn login_on_early_dial(
         }
         done => done,
     }
+}
+
+/// Logs the grant's next session's backend in, as its own task (the session does not wait
+/// for it), on `early` when this session left it unused.
+fn open_spare(
+    reservation: Reservation,
+    db: &Database,
+    credentials: &Credentials,
+    access: AccessLevel,
+    params: &[(String, String)],
+    early: Option<EarlyDial>,
+) {
+    let (db, credentials, params) = (db.clone(), credentials.clone(), params.to_vec());
+    let login = async move {
+        match early {
+            Some(dial) => login_on_early_dial(dial, &db, &credentials, access, &params).await,
+            None => upstream::connect(&db, &credentials, access, &params).await,
+        }
+    };
+    tokio::spawn(
+        async move {
+            match tokio::time::timeout(SPARE_LOGIN_TIMEOUT, login).await {
+                Ok(Ok(upstream)) => reservation.fill(upstream),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "spare backend's login failed");
+                    reservation.failed();
+                }
+                Err(_) => {
+                    tracing::debug!("spare backend's login timed out");
+                    reservation.failed();
+                }
+            }
+        }
+        .instrument(tracing::Span::current()),
+    );
 }

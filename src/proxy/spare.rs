@@ -1,0 +1,402 @@
+//! Spare backends: the next session of a grant that reconnects finds its backend logged in.
+//!
+//! Why: a login through the proxy waits, after the token check, for the server's own
+//! password login as the grant's role — its backend's start, catalog reads and the SCRAM
+//! round trips, most of the 3–5 ms a new connection takes. A client that opens a
+//! connection per task (a script running `psql -c` in a loop, `pgbench -C`, an application
+//! without a pool) pays it every time. For such a grant the proxy keeps one backend logged
+//! in ahead and hands it to the grant's next session, which then waits only for its token
+//! check and its own `connected` record; the server's login overlaps the previous session.
+//!
+//! What keeps this as strict as a fresh login:
+//! - a spare is opened only right after a session of its grant was admitted, and handed
+//!   only to a session whose own admission held: the token check and admission never move;
+//! - it serves one session and is never given back, so nothing of one session (settings,
+//!   prepared statements, temporary tables) reaches another;
+//! - it is handed over only on an exact match ([`SpareKey`]): the server and its TLS
+//!   settings as configured now, the database, the role, the access level and every
+//!   startup parameter passed upstream; otherwise the session logs in as it would have;
+//! - one per grant, at most [`MAX_SPARES`] in all; closed unused after [`SPARE_IDLE`] or at
+//!   its grant's end, whichever is first, at once when its grant's sessions are dropped
+//!   (revocation, expiry) and at shutdown; a spare that heard anything from the server (a
+//!   termination, a closed socket, a message) is closed, never handed over.
+//!
+//! Which grants get one: a grant whose session ended within [`RECONNECT_WINDOW`] before
+//! another of its sessions logged in (it reconnects), and a grant whose spare was just
+//! taken. A grant with one long session never has a second backend.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::upstream::{DialTarget, Upstream};
+use crate::config::Database;
+use crate::ids::RequestId;
+use crate::metrics::{Metrics, SpareOutcome};
+use crate::policy::AccessLevel;
+
+/// How long a spare waits for its session before it is closed.
+pub(crate) const SPARE_IDLE: Duration = Duration::from_secs(10);
+/// A session that logs in this soon after another of its grant ended has a spare opened
+/// for the next one.
+pub(crate) const RECONNECT_WINDOW: Duration = Duration::from_secs(10);
+/// Spares open (or opening) at once, over all grants.
+pub(crate) const MAX_SPARES: usize = 64;
+/// Longest a spare's login may take; a session waiting for it waits no longer.
+pub(crate) const SPARE_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a backend's login decided: a spare is handed only to a session that would
+/// have logged in with exactly this.
+#[derive(Clone, PartialEq)]
+pub(crate) struct SpareKey {
+    target: DialTarget,
+    database: String,
+    role: String,
+    access: AccessLevel,
+    params: Vec<(String, String)>,
+}
+
+impl SpareKey {
+    pub(crate) fn new(
+        db: &Database,
+        role: &str,
+        access: AccessLevel,
+        params: &[(String, String)],
+    ) -> SpareKey {
+        SpareKey {
+            target: DialTarget::of(db),
+            database: db.name.clone(),
+            role: role.to_owned(),
+            access,
+            params: params.to_vec(),
+        }
+    }
+}
+
+/// The spares, one slot per grant (in the `Registry`, so that dropping a grant's sessions
+/// closes its spare too).
+#[derive(Default)]
+pub(crate) struct Spares {
+    state: Mutex<State>,
+    /// Where what becomes of spares is counted (set once at start; tests may leave it).
+    metrics: OnceLock<Arc<Metrics>>,
+}
+
+#[derive(Default)]
+struct State {
+    slots: HashMap<RequestId, Slot>,
+    /// When each grant's last session ended, kept for `RECONNECT_WINDOW`.
+    ended: HashMap<RequestId, Instant>,
+    next_id: u64,
+    /// Shutdown: no more spares.
+    closed: bool,
+}
+
+enum Slot {
+    /// A spare's login is running; `id` tells it from a later one. One session that would
+    /// take it may wait for it (`claimed`): its login started before that session's own
+    /// would, so it is ready sooner.
+    Opening {
+        id: u64,
+        key: SpareKey,
+        ready: Arc<Notify>,
+        claimed: bool,
+    },
+    Ready {
+        id: u64,
+        key: SpareKey,
+        upstream: Upstream,
+    },
+}
+
+/// Leave to open a grant's spare, from [`Spares::reserve`]: [`Reservation::fill`] puts the
+/// backend in its slot; dropped unfilled (the login failed), it frees the slot.
+pub(crate) struct Reservation {
+    spares: Arc<Spares>,
+    request: RequestId,
+    id: u64,
+    /// When the spare is closed unused: its idle time, or its grant's end if sooner.
+    close_at: Instant,
+    filled: bool,
+}
+
+impl Spares {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts what becomes of spares in `metrics` from now on.
+    pub(crate) fn count_in(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn count(&self, outcome: SpareOutcome) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.spare_backend(outcome);
+        }
+    }
+
+    /// The grant's spare, if it was logged in for exactly `key` and has heard nothing from
+    /// the server since; a spare that did is closed. A spare still logging in for `key` is
+    /// waited for by the first session that finds it so (its login ends within
+    /// `SPARE_LOGIN_TIMEOUT`, failed or not); any other logs in as it would have.
+    pub(crate) async fn take(&self, request: &RequestId, key: &SpareKey) -> Option<Upstream> {
+        let opening = {
+            let mut state = self.lock();
+            match state.slots.get_mut(request) {
+                Some(Slot::Ready { key: k, .. }) if k == key => None,
+                Some(Slot::Opening {
+                    id,
+                    key: k,
+                    ready,
+                    claimed,
+                }) if k == key && !*claimed => {
+                    *claimed = true;
+                    Some((*id, ready.clone()))
+                }
+                _ => return None,
+            }
+        };
+        if let Some((id, ready)) = opening {
+            let notified = ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Registered before this look: a login that ends from here on wakes it.
+            if self.is_opening(request, id) {
+                let wait = SPARE_LOGIN_TIMEOUT + Duration::from_secs(1);
+                let _ = tokio::time::timeout(wait, notified).await;
+            }
+        }
+        self.take_ready(request, key)
+    }
+
+    fn is_opening(&self, request: &RequestId, id: u64) -> bool {
+        matches!(self.lock().slots.get(request), Some(Slot::Opening { id: o, .. }) if *o == id)
+    }
+
+    fn take_ready(&self, request: &RequestId, key: &SpareKey) -> Option<Upstream> {
+        let mut upstream = {
+            let mut state = self.lock();
+            match state.slots.get(request) {
+                Some(Slot::Ready { key: k, .. }) if k == key => {}
+                _ => return None,
+            }
+            match state.slots.remove(request) {
+                Some(Slot::Ready { upstream, .. }) => upstream,
+                _ => return None,
+            }
+        };
+        if heard_from_server(&mut upstream) {
+            tracing::debug!("spare backend closed by the server; logging in afresh");
+            self.count(SpareOutcome::Closed);
+            close_later(upstream);
+            return None;
+        }
+        self.count(SpareOutcome::Used);
+        Some(upstream)
+    }
+
+    /// Leave to open a spare for the grant of a session just admitted: when its spare was
+    /// just taken (`taken`), or when another of its sessions ended within
+    /// `RECONNECT_WINDOW`; never while the grant has one, past `MAX_SPARES`, or after
+    /// shutdown. `ends_at` is the grant's end.
+    pub(crate) fn reserve(
+        self: &Arc<Self>,
+        request: &RequestId,
+        key: &SpareKey,
+        taken: bool,
+        ends_at: Instant,
+    ) -> Option<Reservation> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let reconnects = state
+            .ended
+            .get(request)
+            .is_some_and(|ended| now.duration_since(*ended) < RECONNECT_WINDOW);
+        if state.closed
+            || !(taken || reconnects)
+            || state.slots.contains_key(request)
+            || state.slots.len() >= MAX_SPARES
+            || ends_at <= now
+        {
+            return None;
+        }
+        state.next_id += 1;
+        let id = state.next_id;
+        state.slots.insert(
+            request.clone(),
+            Slot::Opening {
+                id,
+                key: key.clone(),
+                ready: Arc::new(Notify::new()),
+                claimed: false,
+            },
+        );
+        Some(Reservation {
+            spares: self.clone(),
+            request: request.clone(),
+            id,
+            close_at: (now + SPARE_IDLE).min(ends_at),
+            filled: false,
+        })
+    }
+
+    /// A session of the grant ended: its next one, if soon, reconnects.
+    pub(crate) fn ended(&self, request: &RequestId) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state
+            .ended
+            .retain(|_, at| now.duration_since(*at) < RECONNECT_WINDOW);
+        state.ended.insert(request.clone(), now);
+    }
+
+    /// Closes the grant's spare (its sessions are being dropped), and forgets that it
+    /// reconnects; a spare still logging in is closed when its login ends.
+    pub(crate) fn discard(&self, request: &RequestId) {
+        let slot = {
+            let mut state = self.lock();
+            state.ended.remove(request);
+            state.slots.remove(request)
+        };
+        match slot {
+            Some(Slot::Ready { upstream, .. }) => {
+                self.count(SpareOutcome::Closed);
+                close_later(upstream);
+            }
+            Some(Slot::Opening { ready, .. }) => ready.notify_waiters(),
+            None => {}
+        }
+    }
+
+    /// Shutdown: every spare is closed and none is opened again.
+    pub(crate) fn close_all(&self) {
+        let slots = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.ended.clear();
+            std::mem::take(&mut state.slots)
+        };
+        for slot in slots.into_values() {
+            match slot {
+                Slot::Ready { upstream, .. } => {
+                    self.count(SpareOutcome::Closed);
+                    close_later(upstream);
+                }
+                Slot::Opening { ready, .. } => ready.notify_waiters(),
+            }
+        }
+    }
+
+    /// Spares open or logging in.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// The grants with a spare open or logging in (whose revocation must reach it).
+    pub(crate) fn grants(&self) -> Vec<RequestId> {
+        self.lock().slots.keys().cloned().collect()
+    }
+
+    /// Closes the spare `id` if it is still waiting.
+    fn expire(&self, request: &RequestId, id: u64) {
+        let upstream = {
+            let mut state = self.lock();
+            match state.slots.get(request) {
+                Some(Slot::Ready { id: ready, .. }) if *ready == id => {}
+                _ => return,
+            }
+            match state.slots.remove(request) {
+                Some(Slot::Ready { upstream, .. }) => upstream,
+                _ => return,
+            }
+        };
+        tracing::debug!("spare backend unused; closed");
+        self.count(SpareOutcome::Expired);
+        close_later(upstream);
+    }
+}
+
+impl Reservation {
+    /// Puts the logged-in backend in its slot, where it waits until `close_at`; if the
+    /// slot was given up meanwhile (revocation, shutdown), the backend is closed.
+    pub(crate) fn fill(mut self, upstream: Upstream) {
+        self.filled = true;
+        let mut state = self.spares.lock();
+        let (key, ready) = match state.slots.remove(&self.request) {
+            Some(Slot::Opening { id, key, ready, .. }) if id == self.id => (key, ready),
+            other => {
+                // Given up meanwhile; whatever holds the slot now stays.
+                if let Some(slot) = other {
+                    state.slots.insert(self.request.clone(), slot);
+                }
+                drop(state);
+                self.spares.count(SpareOutcome::Closed);
+                close_later(upstream);
+                return;
+            }
+        };
+        state.slots.insert(
+            self.request.clone(),
+            Slot::Ready {
+                id: self.id,
+                key,
+                upstream,
+            },
+        );
+        drop(state);
+        ready.notify_waiters();
+        let (spares, request, id) = (self.spares.clone(), self.request.clone(), self.id);
+        let close_at = self.close_at;
+        tokio::spawn(async move {
+            tokio::time::sleep_until(close_at).await;
+            spares.expire(&request, id);
+        });
+    }
+
+    /// The login failed: counted, and the slot freed when the reservation drops.
+    pub(crate) fn failed(self) {
+        self.spares.count(SpareOutcome::Failed);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.filled {
+            return;
+        }
+        let mut state = self.spares.lock();
+        if matches!(state.slots.get(&self.request), Some(Slot::Opening { id, .. }) if *id == self.id)
+        {
+            if let Some(Slot::Opening { ready, .. }) = state.slots.remove(&self.request) {
+                ready.notify_waiters();
+            }
+        }
+    }
+}
+
+/// Whether the server closed the spare or sent it anything since its login: an idle
+/// backend says nothing unless it is ending (a termination's FATAL, a closed socket) or
+/// something changed under it, and either way it is not handed over. Polled once, never
+/// waited on; a read that would wait is the answer "nothing".
+fn heard_from_server(upstream: &mut Upstream) -> bool {
+    let mut byte = [0u8; 1];
+    upstream.stream.read(&mut byte).now_or_never().is_some()
+}
+
+/// Logs a spare out (Terminate), on a task of its own so no lock or caller waits for it.
+fn close_later(upstream: Upstream) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(upstream.close());
+    }
+}
+
+#[cfg(test)]
+#[path = "spare_tests.rs"]
+mod tests;

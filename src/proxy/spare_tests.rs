@@ -1,0 +1,339 @@
+//! The spare pool's rules, on in-memory connections standing in for the server: what is
+//! handed to whom, when a spare is opened, and every way one is closed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::time::Instant;
+
+use super::*;
+
+fn key(params: &[(&str, &str)]) -> SpareKey {
+    SpareKey {
+        target: DialTarget::loopback(5432),
+        database: "app".into(),
+        role: "lockbox_req".into(),
+        access: AccessLevel::Read,
+        params: params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+/// A logged-in backend as the proxy holds it, and the server's end of its connection.
+fn backend(pid: i32) -> (Upstream, DuplexStream) {
+    let (proxy_side, server) = tokio::io::duplex(4096);
+    let upstream = Upstream {
+        stream: Box::new(proxy_side),
+        greeting: BytesMut::new(),
+        backend_pid: pid,
+        backend_secret: 7,
+        ready_status: b'I',
+    };
+    (upstream, server)
+}
+
+fn pool() -> (Arc<Spares>, Arc<Metrics>) {
+    let spares = Arc::new(Spares::default());
+    let metrics = Arc::new(Metrics::default());
+    spares.count_in(metrics.clone());
+    (spares, metrics)
+}
+
+fn grant(name: &str) -> RequestId {
+    RequestId(name.into())
+}
+
+fn later() -> Instant {
+    Instant::now() + Duration::from_secs(3600)
+}
+
+/// The server's end read to its close: what the proxy sent before closing.
+async fn sent_before_close(server: &mut DuplexStream) -> Vec<u8> {
+    let mut sent = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), server.read_to_end(&mut sent))
+        .await
+        .expect("the spare is closed")
+        .expect("read");
+    sent
+}
+
+#[tokio::test]
+async fn a_spare_goes_only_to_a_login_that_matches_it_exactly() {
+    let (spares, metrics) = pool();
+    let a = grant("a");
+    let reservation = spares
+        .reserve(&a, &key(&[("application_name", "psql")]), true, later())
+        .expect("a reservation");
+    let (upstream, _server) = backend(41);
+    reservation.fill(upstream);
+
+    for other in [
+        key(&[("application_name", "pgbench")]),
+        key(&[]),
+        key(&[("application_name", "psql"), ("TimeZone", "UTC")]),
+        SpareKey {
+            role: "lockbox_service".into(),
+            ..key(&[("application_name", "psql")])
+        },
+        SpareKey {
+            access: AccessLevel::Write,
+            ..key(&[("application_name", "psql")])
+        },
+        SpareKey {
+            database: "other".into(),
+            ..key(&[("application_name", "psql")])
+        },
+        SpareKey {
+            target: DialTarget::loopback(5433),
+            ..key(&[("application_name", "psql")])
+        },
+    ] {
+        assert!(
+            spares.take_ready(&a, &other).is_none(),
+            "{:?}",
+            other.params
+        );
+    }
+    assert!(spares
+        .take(&grant("b"), &key(&[("application_name", "psql")]))
+        .await
+        .is_none());
+    let taken = spares
+        .take(&a, &key(&[("application_name", "psql")]))
+        .await
+        .expect("the matching login takes it");
+    assert_eq!(taken.backend_pid, 41);
+    assert!(
+        spares
+            .take(&a, &key(&[("application_name", "psql")]))
+            .await
+            .is_none(),
+        "a spare serves one session"
+    );
+    assert_eq!(metrics.spare_backends(SpareOutcome::Used), 1);
+    assert_eq!(spares.held(), 0);
+}
+
+#[tokio::test]
+async fn only_a_grant_that_reconnects_gets_a_spare_and_one_at_a_time() {
+    let (spares, _) = pool();
+    let a = grant("a");
+    assert!(
+        spares.reserve(&a, &key(&[]), false, later()).is_none(),
+        "a first session has no spare opened beside it"
+    );
+    spares.ended(&a);
+    let first = spares
+        .reserve(&a, &key(&[]), false, later())
+        .expect("it reconnects");
+    assert!(spares.reserve(&a, &key(&[]), false, later()).is_none());
+    assert!(
+        spares.reserve(&a, &key(&[]), true, later()).is_none(),
+        "one per grant"
+    );
+    assert!(
+        spares
+            .reserve(&grant("b"), &key(&[]), false, later())
+            .is_none(),
+        "another grant's end says nothing of this one"
+    );
+    // A login that failed frees the slot.
+    first.failed();
+    assert_eq!(spares.held(), 0);
+    assert!(spares.reserve(&a, &key(&[]), false, later()).is_some());
+    assert!(
+        spares
+            .reserve(&grant("c"), &key(&[]), false, Instant::now())
+            .is_none(),
+        "nor for a grant already over"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_that_ended_long_ago_does_not_make_its_grant_reconnect() {
+    let (spares, _) = pool();
+    let a = grant("a");
+    spares.ended(&a);
+    tokio::time::advance(RECONNECT_WINDOW + Duration::from_millis(1)).await;
+    assert!(spares.reserve(&a, &key(&[]), false, later()).is_none());
+}
+
+#[tokio::test]
+async fn a_spare_the_server_spoke_to_or_closed_is_never_handed_over() {
+    let (spares, metrics) = pool();
+    let a = grant("a");
+    // A termination's FATAL (any byte will do: an idle backend says nothing).
+    let (upstream, mut server) = backend(1);
+    spares
+        .reserve(&a, &key(&[]), true, later())
+        .expect("reservation")
+        .fill(upstream);
+    server.write_all(b"E").await.expect("write");
+    assert!(spares.take_ready(&a, &key(&[])).is_none());
+    assert_eq!(spares.held(), 0, "and it is gone");
+    // A closed socket.
+    let (upstream, server) = backend(2);
+    spares
+        .reserve(&a, &key(&[]), true, later())
+        .expect("reservation")
+        .fill(upstream);
+    drop(server);
+    assert!(spares.take_ready(&a, &key(&[])).is_none());
+    assert_eq!(metrics.spare_backends(SpareOutcome::Closed), 2);
+    assert_eq!(metrics.spare_backends(SpareOutcome::Used), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unused_spare_is_logged_out_after_its_idle_time_or_its_grant_end() {
+    let (spares, metrics) = pool();
+    let (a, b) = (grant("a"), grant("b"));
+    let (upstream, mut idle_server) = backend(1);
+    spares
+        .reserve(&a, &key(&[]), true, later())
+        .expect("reservation")
+        .fill(upstream);
+    let grant_end = Instant::now() + Duration::from_secs(2);
+    let (upstream, mut ending_server) = backend(2);
+    spares
+        .reserve(&b, &key(&[]), true, grant_end)
+        .expect("reservation")
+        .fill(upstream);
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // Terminate ('X'), then the close.
+    assert_eq!(sent_before_close(&mut ending_server).await, b"X\0\0\0\x04");
+    assert_eq!(spares.held(), 1, "the other grant's spare still waits");
+    tokio::time::advance(SPARE_IDLE).await;
+    assert_eq!(sent_before_close(&mut idle_server).await, b"X\0\0\0\x04");
+    assert!(spares.take_ready(&a, &key(&[])).is_none());
+    assert_eq!(metrics.spare_backends(SpareOutcome::Expired), 2);
+}
+
+#[tokio::test]
+async fn dropping_a_grants_sessions_closes_its_spare_even_one_still_logging_in() {
+    let (spares, metrics) = pool();
+    let (a, b) = (grant("a"), grant("b"));
+    let (upstream, mut ready_server) = backend(1);
+    spares
+        .reserve(&a, &key(&[]), true, later())
+        .expect("reservation")
+        .fill(upstream);
+    let logging_in = spares
+        .reserve(&b, &key(&[]), true, later())
+        .expect("reservation");
+    spares.discard(&a);
+    spares.discard(&b);
+    assert_eq!(sent_before_close(&mut ready_server).await, b"X\0\0\0\x04");
+    // The login that was running when its grant was dropped ends in a close, not a spare.
+    let (upstream, mut late_server) = backend(2);
+    logging_in.fill(upstream);
+    assert_eq!(sent_before_close(&mut late_server).await, b"X\0\0\0\x04");
+    assert!(spares.take_ready(&b, &key(&[])).is_none());
+    assert_eq!(metrics.spare_backends(SpareOutcome::Closed), 2);
+    // A discarded grant no longer counts as reconnecting.
+    spares.ended(&a);
+    spares.discard(&a);
+    assert!(spares.reserve(&a, &key(&[]), false, later()).is_none());
+}
+
+#[tokio::test]
+async fn at_shutdown_every_spare_is_closed_and_none_is_opened_again() {
+    let (spares, _) = pool();
+    let a = grant("a");
+    let (upstream, mut server) = backend(1);
+    spares
+        .reserve(&a, &key(&[]), true, later())
+        .expect("reservation")
+        .fill(upstream);
+    spares.close_all();
+    assert_eq!(sent_before_close(&mut server).await, b"X\0\0\0\x04");
+    assert!(spares.reserve(&a, &key(&[]), true, later()).is_none());
+    assert!(spares.grants().is_empty());
+}
+
+#[tokio::test]
+async fn spares_are_capped_over_all_grants() {
+    let (spares, _) = pool();
+    let held: Vec<Reservation> = (0..MAX_SPARES)
+        .map(|i| {
+            spares
+                .reserve(&grant(&format!("g{i}")), &key(&[]), true, later())
+                .expect("under the cap")
+        })
+        .collect();
+    assert!(spares
+        .reserve(&grant("one-more"), &key(&[]), true, later())
+        .is_none());
+    drop(held);
+    assert!(spares
+        .reserve(&grant("one-more"), &key(&[]), true, later())
+        .is_some());
+}
+
+#[tokio::test]
+async fn the_first_login_to_find_its_spare_still_logging_in_waits_for_it() {
+    let (spares, metrics) = pool();
+    let a = grant("a");
+    let reservation = spares
+        .reserve(&a, &key(&[]), true, later())
+        .expect("reservation");
+    let waiter = {
+        let spares = spares.clone();
+        let a = a.clone();
+        tokio::spawn(async move { spares.take(&a, &key(&[])).await.map(|u| u.backend_pid) })
+    };
+    // Until the waiter has claimed it, a second look could claim it too: wait for that.
+    for _ in 0..1000 {
+        if spares
+            .lock()
+            .slots
+            .get(&a)
+            .is_some_and(|s| matches!(s, Slot::Opening { claimed: true, .. }))
+        {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        spares.take(&a, &key(&[])).await.is_none(),
+        "one session waits for it; the others log in as they would"
+    );
+    assert!(
+        spares
+            .take(&a, &key(&[("application_name", "x")]))
+            .await
+            .is_none(),
+        "nor does a login it was not made for"
+    );
+    let (upstream, _server) = backend(9);
+    reservation.fill(upstream);
+    assert_eq!(waiter.await.expect("join"), Some(9));
+    assert_eq!(metrics.spare_backends(SpareOutcome::Used), 1);
+}
+
+#[tokio::test]
+async fn a_login_waiting_for_a_spare_that_fails_logs_in_as_it_would() {
+    let (spares, metrics) = pool();
+    let a = grant("a");
+    let reservation = spares
+        .reserve(&a, &key(&[]), true, later())
+        .expect("reservation");
+    let waiter = {
+        let spares = spares.clone();
+        let a = a.clone();
+        tokio::spawn(async move { spares.take(&a, &key(&[])).await.is_none() })
+    };
+    tokio::task::yield_now().await;
+    reservation.failed();
+    let nothing = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter is told at once")
+        .expect("join");
+    assert!(nothing);
+    assert_eq!(metrics.spare_backends(SpareOutcome::Failed), 1);
+    assert_eq!(spares.held(), 0);
+}
