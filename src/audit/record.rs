@@ -118,7 +118,8 @@ pub enum OutcomeStatus {
     Error,
     /// An earlier error in the same query string or pipeline made the server skip it.
     NotExecuted,
-    /// The session ended before the server answered.
+    /// The session ended before the server's answer reached the proxy. Whether it ran is
+    /// not known: the server may have completed (and committed) it before it saw the end.
     Interrupted,
     /// A guardrail refused it; it never reached the database.
     Refused,

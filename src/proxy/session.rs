@@ -219,8 +219,14 @@ pub async fn serve(
 }
 
 fn check_startup(startup: &Startup) -> Result<Claimed, LoginError> {
+    // Setting names are case-insensitive to PostgreSQL (only `user`, `database`, `options`
+    // and `replication` are not, and refusing those in any case costs nothing).
     for name in REFUSED_PARAMETERS {
-        if startup.get(name).is_some() {
+        if startup
+            .params
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
             return Err(login_error(
                 sqlstate::INVALID_AUTHORIZATION,
                 format!("startup parameter \"{name}\" is not allowed through lockbox"),
@@ -322,7 +328,7 @@ async fn run_admitted(
     let mut passed: Vec<(String, String)> = startup
         .params
         .iter()
-        .filter(|(k, _)| PASSED_PARAMETERS.contains(&k.as_str()))
+        .filter(|(k, _)| PASSED_PARAMETERS.iter().any(|p| p.eq_ignore_ascii_case(k)))
         .cloned()
         .collect();
     // As a startup parameter it is the session's default, so RESET cannot lift it.

@@ -18,8 +18,17 @@
 //!   startup parameter passed upstream; otherwise the session logs in as it would have;
 //! - one per grant, at most [`MAX_SPARES`] in all; closed unused after [`SPARE_IDLE`] or at
 //!   its grant's end, whichever is first, at once when its grant's sessions are dropped
-//!   (revocation, expiry) and at shutdown; a spare that heard anything from the server (a
-//!   termination, a closed socket, a message) is closed, never handed over.
+//!   (revocation; none is opened for that grant again, not even by a session admitted
+//!   before it and still logging in) and at shutdown; a spare that heard anything from the
+//!   server (a termination, a closed socket, a message) is closed, never handed over;
+//! - spares yield to logins: a login the server refuses for want of connection slots
+//!   (53300, the server's or the role's limit) closes every waiting spare and is tried again.
+//!
+//! What it does not keep: a spare logged in up to [`SPARE_IDLE`] before its session, so a
+//! change the database makes at login (a role made NOLOGIN, a CONNECT privilege revoked,
+//! `pg_hba.conf`, a role's `ALTER ROLE … SET`) reaches that session only at the next login,
+//! as it would for a connection a pooler kept open. The grant's own end and revocation are
+//! lockbox's, and close the spare.
 //!
 //! Which grants get one: a grant whose session ended within [`RECONNECT_WINDOW`] before
 //! another of its sessions logged in (it reconnects), and a grant whose spare was just
@@ -29,8 +38,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures::FutureExt;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -49,13 +59,22 @@ pub(crate) const RECONNECT_WINDOW: Duration = Duration::from_secs(10);
 pub(crate) const MAX_SPARES: usize = 64;
 /// Longest a spare's login may take; a session waiting for it waits no longer.
 pub(crate) const SPARE_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A grant that ends sooner than this gets no spare (its login could outlive the role's
+/// `VALID UNTIL`, and its session would not be long).
+const LEAST_REMAINING: Duration = Duration::from_secs(2);
+/// How long a grant whose sessions were dropped (revoked) is refused spares: longer than a
+/// login admitted before the revocation can still be running (`LOGIN_TIMEOUT` and the
+/// upstream login's own bounds).
+const DISCARDED_FOR: Duration = Duration::from_secs(600);
 
 /// Everything a backend's login decided: a spare is handed only to a session that would
 /// have logged in with exactly this.
 #[derive(Clone, PartialEq)]
 pub(crate) struct SpareKey {
     target: DialTarget,
+    /// The database as configured, and the server's database it logs in to.
     database: String,
+    dbname: String,
     role: String,
     access: AccessLevel,
     params: Vec<(String, String)>,
@@ -71,6 +90,7 @@ impl SpareKey {
         SpareKey {
             target: DialTarget::of(db),
             database: db.name.clone(),
+            dbname: db.dbname.clone(),
             role: role.to_owned(),
             access,
             params: params.to_vec(),
@@ -92,6 +112,9 @@ struct State {
     slots: HashMap<RequestId, Slot>,
     /// When each grant's last session ended, kept for `RECONNECT_WINDOW`.
     ended: HashMap<RequestId, Instant>,
+    /// Grants whose sessions were dropped (revocation), kept for `DISCARDED_FOR`: a session
+    /// admitted before it and still logging in must not open a spare after it.
+    discarded: HashMap<RequestId, Instant>,
     next_id: u64,
     /// Shutdown: no more spares.
     closed: bool,
@@ -220,9 +243,10 @@ impl Spares {
             .is_some_and(|ended| now.duration_since(*ended) < RECONNECT_WINDOW);
         if state.closed
             || !(taken || reconnects)
+            || state.discarded.contains_key(request)
             || state.slots.contains_key(request)
             || state.slots.len() >= MAX_SPARES
-            || ends_at <= now
+            || ends_at <= now + LEAST_REMAINING
         {
             return None;
         }
@@ -253,14 +277,21 @@ impl Spares {
         state
             .ended
             .retain(|_, at| now.duration_since(*at) < RECONNECT_WINDOW);
-        state.ended.insert(request.clone(), now);
+        if !state.discarded.contains_key(request) {
+            state.ended.insert(request.clone(), now);
+        }
     }
 
-    /// Closes the grant's spare (its sessions are being dropped), and forgets that it
-    /// reconnects; a spare still logging in is closed when its login ends.
+    /// Closes the grant's spare (its sessions are being dropped) and opens none for it
+    /// again; a spare still logging in is closed when its login ends.
     pub(crate) fn discard(&self, request: &RequestId) {
         let slot = {
             let mut state = self.lock();
+            let now = Instant::now();
+            state
+                .discarded
+                .retain(|_, at| now.duration_since(*at) < DISCARDED_FOR);
+            state.discarded.insert(request.clone(), now);
             state.ended.remove(request);
             state.slots.remove(request)
         };
@@ -291,6 +322,34 @@ impl Spares {
                 Slot::Opening { ready, .. } => ready.notify_waiters(),
             }
         }
+    }
+
+    /// The server refused a login for want of connection slots (SQLSTATE 53300): every
+    /// waiting spare is logged out, and each waited for until the server closed its
+    /// connection (its backend has exited, its slot is free). Returns how many there were.
+    pub(crate) async fn close_idle(&self) -> usize {
+        let idle: Vec<Upstream> = {
+            let mut state = self.lock();
+            let ready: Vec<RequestId> = state
+                .slots
+                .iter()
+                .filter(|(_, slot)| matches!(slot, Slot::Ready { .. }))
+                .map(|(request, _)| request.clone())
+                .collect();
+            ready
+                .iter()
+                .filter_map(|request| match state.slots.remove(request) {
+                    Some(Slot::Ready { upstream, .. }) => Some(upstream),
+                    _ => None,
+                })
+                .collect()
+        };
+        let n = idle.len();
+        for _ in 0..n {
+            self.count(SpareOutcome::Closed);
+        }
+        futures::future::join_all(idle.into_iter().map(close_and_wait)).await;
+        n
     }
 
     /// Spares open or logging in.
@@ -388,6 +447,20 @@ impl Drop for Reservation {
 fn heard_from_server(upstream: &mut Upstream) -> bool {
     let mut byte = [0u8; 1];
     upstream.stream.read(&mut byte).now_or_never().is_some()
+}
+
+/// Logs a spare out and waits (bounded) until the server closes the connection.
+async fn close_and_wait(mut upstream: Upstream) {
+    let mut terminate = BytesMut::new();
+    postgres_protocol::message::frontend::terminate(&mut terminate);
+    let logged_out = async {
+        upstream.stream.write_all(&terminate).await?;
+        upstream.stream.flush().await?;
+        let mut rest = [0u8; 512];
+        while upstream.stream.read(&mut rest).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), logged_out).await;
 }
 
 /// Logs a spare out (Terminate), on a task of its own so no lock or caller waits for it.

@@ -14,6 +14,7 @@ fn key(params: &[(&str, &str)]) -> SpareKey {
     SpareKey {
         target: DialTarget::loopback(5432),
         database: "app".into(),
+        dbname: "app".into(),
         role: "lockbox_req".into(),
         access: AccessLevel::Read,
         params: params
@@ -88,6 +89,10 @@ async fn a_spare_goes_only_to_a_login_that_matches_it_exactly() {
             ..key(&[("application_name", "psql")])
         },
         SpareKey {
+            dbname: "app_v2".into(),
+            ..key(&[("application_name", "psql")])
+        },
+        SpareKey {
             target: DialTarget::loopback(5433),
             ..key(&[("application_name", "psql")])
         },
@@ -147,9 +152,14 @@ async fn only_a_grant_that_reconnects_gets_a_spare_and_one_at_a_time() {
     assert!(spares.reserve(&a, &key(&[]), false, later()).is_some());
     assert!(
         spares
-            .reserve(&grant("c"), &key(&[]), false, Instant::now())
+            .reserve(&grant("c"), &key(&[]), true, Instant::now())
             .is_none(),
         "nor for a grant already over"
+    );
+    let soon = Instant::now() + LEAST_REMAINING - Duration::from_millis(1);
+    assert!(
+        spares.reserve(&grant("c"), &key(&[]), true, soon).is_none(),
+        "nor for one about to end"
     );
 }
 
@@ -196,14 +206,14 @@ async fn an_unused_spare_is_logged_out_after_its_idle_time_or_its_grant_end() {
         .reserve(&a, &key(&[]), true, later())
         .expect("reservation")
         .fill(upstream);
-    let grant_end = Instant::now() + Duration::from_secs(2);
+    let grant_end = Instant::now() + Duration::from_secs(4);
     let (upstream, mut ending_server) = backend(2);
     spares
         .reserve(&b, &key(&[]), true, grant_end)
         .expect("reservation")
         .fill(upstream);
 
-    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio::time::advance(Duration::from_secs(4)).await;
     // Terminate ('X'), then the close.
     assert_eq!(sent_before_close(&mut ending_server).await, b"X\0\0\0\x04");
     assert_eq!(spares.held(), 1, "the other grant's spare still waits");
@@ -234,10 +244,56 @@ async fn dropping_a_grants_sessions_closes_its_spare_even_one_still_logging_in()
     assert_eq!(sent_before_close(&mut late_server).await, b"X\0\0\0\x04");
     assert!(spares.take_ready(&b, &key(&[])).is_none());
     assert_eq!(metrics.spare_backends(SpareOutcome::Closed), 2);
-    // A discarded grant no longer counts as reconnecting.
+    // A dropped grant gets no spare again: not from a session admitted before the drop
+    // that is still logging in (it took a spare, or its grant's sessions just ended).
     spares.ended(&a);
-    spares.discard(&a);
     assert!(spares.reserve(&a, &key(&[]), false, later()).is_none());
+    assert!(spares.reserve(&a, &key(&[]), true, later()).is_none());
+    assert!(spares.reserve(&b, &key(&[]), true, later()).is_none());
+    assert!(spares
+        .reserve(&grant("c"), &key(&[]), true, later())
+        .is_some());
+}
+
+#[tokio::test]
+async fn a_login_refused_for_want_of_slots_logs_every_waiting_spare_out() {
+    let (spares, metrics) = pool();
+    let (a, b, c) = (grant("a"), grant("b"), grant("c"));
+    let mut servers = Vec::new();
+    for (request, pid) in [(&a, 1), (&b, 2)] {
+        let (upstream, server) = backend(pid);
+        spares
+            .reserve(request, &key(&[]), true, later())
+            .expect("reservation")
+            .fill(upstream);
+        servers.push(server);
+    }
+    let logging_in = spares
+        .reserve(&c, &key(&[]), true, later())
+        .expect("reservation");
+    // Each server reads the Terminate and closes, as a backend does as it exits.
+    let exits: Vec<_> = servers
+        .into_iter()
+        .map(|mut server| {
+            tokio::spawn(async move {
+                let mut terminate = [0u8; 5];
+                server.read_exact(&mut terminate).await.expect("terminate");
+                terminate
+            })
+        })
+        .collect();
+    assert_eq!(spares.close_idle().await, 2);
+    for exit in exits {
+        assert_eq!(&exit.await.expect("join"), b"X\0\0\0\x04");
+    }
+    assert_eq!(metrics.spare_backends(SpareOutcome::Closed), 2);
+    assert_eq!(
+        spares.held(),
+        1,
+        "a spare still logging in is left to finish"
+    );
+    drop(logging_in);
+    assert_eq!(spares.close_idle().await, 0);
 }
 
 #[tokio::test]

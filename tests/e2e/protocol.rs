@@ -80,10 +80,15 @@ async fn bytes_after_ssl_request_close_the_connection() {
 async fn unsafe_and_missing_startup_parameters_are_refused() {
     let env = Env::start("proto_params").await;
     let db = env.db.clone();
-    let cases: [(&[(&str, &str)], &str); 7] = [
+    let cases: [(&[(&str, &str)], &str); 8] = [
         (
             &[("user", "eve"), ("database", &db), ("role", "postgres")],
             "role",
+        ),
+        // PostgreSQL reads setting names in any case.
+        (
+            &[("user", "eve"), ("database", &db), ("Search_Path", "evil")],
+            "search_path",
         ),
         (
             &[
@@ -120,6 +125,38 @@ async fn unsafe_and_missing_startup_parameters_are_refused() {
         let (code, message) = error_for(&env, &startup_packet(params)).await;
         assert_eq!(code, "28000", "{message}");
         assert!(message.contains(says), "{says:?} not in {message:?}");
+    }
+}
+
+/// libpq sends `PGTZ` and `PGDATESTYLE` as `timezone` and `datestyle`: PostgreSQL takes a
+/// setting's name in any case, and so does the proxy's list of those it passes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_named_in_any_case_reach_the_server() {
+    let env = Env::start("proto_param_case").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let mut raw = Raw::connect(env.proxy_port()).await;
+    raw.send(&startup_packet(&[
+        ("user", "eve"),
+        ("database", &env.db),
+        ("timezone", "Asia/Tokyo"),
+        ("DATESTYLE", "SQL, DMY"),
+    ]))
+    .await;
+    let mut password = token.as_bytes().to_vec();
+    password.push(0);
+    raw.send(&message(b'p', &password)).await;
+    let greeting = raw.read_until_ready().await;
+    // The server's ParameterStatus messages name the settings as it holds them.
+    for reported in [
+        &b"TimeZone\0Asia/Tokyo\0"[..],
+        &b"DateStyle\0SQL, DMY\0"[..],
+    ] {
+        assert!(
+            greeting.windows(reported.len()).any(|w| w == reported),
+            "{} not in the greeting: {}",
+            String::from_utf8_lossy(reported),
+            String::from_utf8_lossy(&greeting)
+        );
     }
 }
 

@@ -185,3 +185,35 @@ async fn revoking_the_grant_closes_its_spare() {
     assert_eq!(spares(&env, "expired").await, 0.0);
     assert!(second.simple_query("SELECT 1").await.is_err());
 }
+
+/// An idle spare holds a connection slot: a login the server refuses for want of one
+/// (53300, here the role's CONNECTION LIMIT) closes it and logs in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spare_yields_its_slot_to_a_login_the_server_would_refuse() {
+    let env = Env::with(
+        "spare_yields",
+        Options {
+            upstream_user: PROVISIONER_ROLE,
+            upstream_password: PROVISIONER_PASSWORD,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let (second, second_pid, role, spare) = reconnected(&env, &token).await;
+    drop(second);
+    gone(&env, second_pid).await;
+    env.superuser_sql(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 1"));
+
+    // Another client of the grant, which the spare was not logged in for.
+    let (third, connection) = env
+        .pg_config("eve", &token)
+        .application_name("another tool")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("login despite the spare holding the role's one slot");
+    tokio::spawn(connection);
+    assert_ne!(backend_pid(&third).await, spare);
+    gone(&env, spare).await;
+    assert_eq!(spares(&env, "closed").await, 1.0);
+}

@@ -82,7 +82,11 @@ pub(super) async fn connect_upstream(
                 })
                 .flatten()
         };
-        if let Some(spare) = slots.spares.take(&request.id, &key).await {
+        let spare = match slots.enabled {
+            true => slots.spares.take(&request.id, &key).await,
+            false => None,
+        };
+        if let Some(spare) = spare {
             tracing::debug!(
                 backend_pid = spare.backend_pid,
                 "session takes its grant's spare backend"
@@ -105,6 +109,17 @@ pub(super) async fn connect_upstream(
                 login_on_early_dial(dial, db, &login.credentials, request.access, params).await
             }
             None => upstream::connect(db, &login.credentials, request.access, params).await,
+        };
+        let connected = match connected {
+            // Spares yield to logins: one may hold the slot the server (or the role's
+            // CONNECTION LIMIT) refused this login for.
+            Err(e) if e.sqlstate() == Some("53300") && slots.spares.close_idle().await > 0 => {
+                tracing::info!(
+                    "the database is at its connection limit: closed the spare backends and logging in again"
+                );
+                upstream::connect(db, &login.credentials, request.access, params).await
+            }
+            other => other,
         };
         match connected {
             Ok(u) => {
