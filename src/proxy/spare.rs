@@ -22,7 +22,8 @@
 //!   before it and still logging in) and at shutdown; a spare that heard anything from the
 //!   server (a termination, a closed socket, a message) is closed, never handed over;
 //! - spares yield to logins: a login the server refuses for want of connection slots
-//!   (53300, the server's or the role's limit) closes every waiting spare and is tried again.
+//!   (53300, the server's or the role's limit) has every spare on that server give its
+//!   slot up, and is tried again once.
 //!
 //! What it does not keep: a spare logged in up to [`SPARE_IDLE`] before its session, so a
 //! change the database makes at login (a role made NOLOGIN, a CONNECT privilege revoked,
@@ -62,6 +63,8 @@ pub(crate) const SPARE_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A grant that ends sooner than this gets no spare (its login could outlive the role's
 /// `VALID UNTIL`, and its session would not be long).
 const LEAST_REMAINING: Duration = Duration::from_secs(2);
+/// A login refused for want of slots this soon after spares gave theirs up tries again.
+const FREED_LATELY: Duration = Duration::from_secs(1);
 /// How long a grant whose sessions were dropped (revoked) is refused spares: longer than a
 /// login admitted before the revocation can still be running (`LOGIN_TIMEOUT` and the
 /// upstream login's own bounds).
@@ -105,6 +108,8 @@ pub(crate) struct Spares {
     state: Mutex<State>,
     /// Where what becomes of spares is counted (set once at start; tests may leave it).
     metrics: OnceLock<Arc<Metrics>>,
+    /// Told when no logout for a refused login (`yield_slots`) is running any more.
+    closed_all: Notify,
 }
 
 #[derive(Default)]
@@ -118,6 +123,11 @@ struct State {
     next_id: u64,
     /// Shutdown: no more spares.
     closed: bool,
+    /// Spares being logged out for a login the server refused for want of slots.
+    closing: usize,
+    /// When such logouts last freed a slot: a login refused at the same moment as the one
+    /// that freed them may find one free now too.
+    last_freed: Option<Instant>,
 }
 
 enum Slot {
@@ -135,6 +145,14 @@ enum Slot {
         key: SpareKey,
         upstream: Upstream,
     },
+}
+
+impl Slot {
+    fn key(&self) -> &SpareKey {
+        match self {
+            Slot::Opening { key, .. } | Slot::Ready { key, .. } => key,
+        }
+    }
 }
 
 /// Leave to open a grant's spare, from [`Spares::reserve`]: [`Reservation::fill`] puts the
@@ -324,32 +342,62 @@ impl Spares {
         }
     }
 
-    /// The server refused a login for want of connection slots (SQLSTATE 53300): every
-    /// waiting spare is logged out, and each waited for until the server closed its
-    /// connection (its backend has exited, its slot is free). Returns how many there were.
-    pub(crate) async fn close_idle(&self) -> usize {
-        let idle: Vec<Upstream> = {
+    /// The server at `target` refused a login for want of connection slots (SQLSTATE
+    /// 53300): every spare on that server gives its slot up. Waiting ones are logged out and
+    /// waited for until the server closed their connection (the backend has exited, its
+    /// slot is free); ones still logging in are given up (closed as their login ends);
+    /// logouts another login started are waited for too. Whether the login may find a slot
+    /// now: anything was freed, was being freed, or was freed within `FREED_LATELY`.
+    pub(crate) async fn yield_slots(&self, target: &DialTarget) -> bool {
+        let (idle, given_up, others_closing, freed_lately) = {
             let mut state = self.lock();
-            let ready: Vec<RequestId> = state
+            let freed_lately = state
+                .last_freed
+                .is_some_and(|at| at.elapsed() < FREED_LATELY);
+            let on_target: Vec<RequestId> = state
                 .slots
                 .iter()
-                .filter(|(_, slot)| matches!(slot, Slot::Ready { .. }))
+                .filter(|(_, slot)| slot.key().target == *target)
                 .map(|(request, _)| request.clone())
                 .collect();
-            ready
-                .iter()
-                .filter_map(|request| match state.slots.remove(request) {
-                    Some(Slot::Ready { upstream, .. }) => Some(upstream),
-                    _ => None,
-                })
-                .collect()
+            let (mut idle, mut given_up) = (Vec::new(), 0);
+            for request in on_target {
+                match state.slots.remove(&request) {
+                    Some(Slot::Ready { upstream, .. }) => idle.push(upstream),
+                    Some(Slot::Opening { ready, .. }) => {
+                        ready.notify_waiters();
+                        given_up += 1;
+                    }
+                    None => {}
+                }
+            }
+            let others_closing = state.closing;
+            state.closing += idle.len();
+            (idle, given_up, others_closing, freed_lately)
         };
-        let n = idle.len();
-        for _ in 0..n {
+        let closed = idle.len();
+        for _ in 0..closed {
             self.count(SpareOutcome::Closed);
         }
+        let logged_out = self.closed_all.notified();
+        tokio::pin!(logged_out);
+        logged_out.as_mut().enable();
         futures::future::join_all(idle.into_iter().map(close_and_wait)).await;
-        n
+        let still_closing = {
+            let mut state = self.lock();
+            state.closing -= closed;
+            if closed > 0 {
+                state.last_freed = Some(Instant::now());
+            }
+            state.closing
+        };
+        if still_closing == 0 {
+            self.closed_all.notify_waiters();
+        } else {
+            // Another login's logouts: bounded as they are.
+            let _ = tokio::time::timeout(Duration::from_secs(1), logged_out).await;
+        }
+        closed > 0 || given_up > 0 || others_closing > 0 || freed_lately
     }
 
     /// Spares open or logging in.

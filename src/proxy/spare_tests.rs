@@ -255,45 +255,70 @@ async fn dropping_a_grants_sessions_closes_its_spare_even_one_still_logging_in()
         .is_some());
 }
 
-#[tokio::test]
-async fn a_login_refused_for_want_of_slots_logs_every_waiting_spare_out() {
+/// A spare filled in for `request` on the server at `port`, and its server end.
+fn ready_spare(spares: &Arc<Spares>, request: &RequestId, port: u16) -> DuplexStream {
+    let (upstream, server) = backend(1);
+    let on_port = SpareKey {
+        target: DialTarget::loopback(port),
+        ..key(&[])
+    };
+    spares
+        .reserve(request, &on_port, true, later())
+        .expect("reservation")
+        .fill(upstream);
+    server
+}
+
+/// Reads the Terminate and closes, as a backend does as it exits.
+fn exits(mut server: DuplexStream) -> tokio::task::JoinHandle<[u8; 5]> {
+    tokio::spawn(async move {
+        let mut terminate = [0u8; 5];
+        server.read_exact(&mut terminate).await.expect("terminate");
+        terminate
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_login_refused_for_want_of_slots_has_the_spares_on_its_server_give_theirs_up() {
     let (spares, metrics) = pool();
-    let (a, b, c) = (grant("a"), grant("b"), grant("c"));
-    let mut servers = Vec::new();
-    for (request, pid) in [(&a, 1), (&b, 2)] {
-        let (upstream, server) = backend(pid);
-        spares
-            .reserve(request, &key(&[]), true, later())
-            .expect("reservation")
-            .fill(upstream);
-        servers.push(server);
-    }
+    let (a, b, c, d) = (grant("a"), grant("b"), grant("c"), grant("d"));
+    let on_server = [
+        ready_spare(&spares, &a, 5432),
+        ready_spare(&spares, &b, 5432),
+    ];
+    let mut elsewhere = ready_spare(&spares, &c, 6543);
     let logging_in = spares
-        .reserve(&c, &key(&[]), true, later())
+        .reserve(&d, &key(&[]), true, later())
         .expect("reservation");
-    // Each server reads the Terminate and closes, as a backend does as it exits.
-    let exits: Vec<_> = servers
-        .into_iter()
-        .map(|mut server| {
-            tokio::spawn(async move {
-                let mut terminate = [0u8; 5];
-                server.read_exact(&mut terminate).await.expect("terminate");
-                terminate
-            })
-        })
-        .collect();
-    assert_eq!(spares.close_idle().await, 2);
+    let exits: Vec<_> = on_server.into_iter().map(exits).collect();
+
+    assert!(spares.yield_slots(&DialTarget::loopback(5432)).await);
     for exit in exits {
         assert_eq!(&exit.await.expect("join"), b"X\0\0\0\x04");
     }
     assert_eq!(metrics.spare_backends(SpareOutcome::Closed), 2);
-    assert_eq!(
-        spares.held(),
-        1,
-        "a spare still logging in is left to finish"
+    // The one logging in is given up: its backend is closed when its login ends.
+    let (upstream, mut late_server) = backend(4);
+    logging_in.fill(upstream);
+    assert_eq!(sent_before_close(&mut late_server).await, b"X\0\0\0\x04");
+    // A spare on another server cannot hold this server's slots: it stays.
+    assert_eq!(spares.grants(), vec![c.clone()]);
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), elsewhere.read(&mut byte))
+            .await
+            .is_err(),
+        "nothing was sent to the other server's spare"
     );
-    drop(logging_in);
-    assert_eq!(spares.close_idle().await, 0);
+
+    // A login refused at the same moment finds nothing left to close, yet tries again:
+    // the slots were freed just now.
+    assert!(spares.yield_slots(&DialTarget::loopback(5432)).await);
+    tokio::time::advance(FREED_LATELY).await;
+    assert!(
+        !spares.yield_slots(&DialTarget::loopback(5432)).await,
+        "with nothing freed lately, a refused login is refused"
+    );
 }
 
 #[tokio::test]

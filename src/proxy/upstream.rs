@@ -86,6 +86,9 @@ impl UpstreamError {
             UpstreamError::Rejected { sqlstate, .. } if sqlstate == "57P03" => {
                 "lockbox could not connect to the upstream database: it is starting up or shutting down"
             }
+            UpstreamError::Rejected { sqlstate, .. } if sqlstate == "53300" => {
+                "lockbox could not connect to the upstream database: it has no connection slot free (too many connections, the server's or the role's limit)"
+            }
             UpstreamError::Rejected { .. } => {
                 "lockbox could not connect to the upstream database: it refused lockbox's login"
             }

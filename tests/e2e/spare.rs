@@ -217,3 +217,31 @@ async fn a_spare_yields_its_slot_to_a_login_the_server_would_refuse() {
     gone(&env, spare).await;
     assert_eq!(spares(&env, "closed").await, 1.0);
 }
+
+/// With no spare to give a slot up, a login the server refuses for want of one gets the
+/// server's own SQLSTATE, which clients and poolers know to retry, and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_the_server_has_no_slot_for_is_told_so() {
+    let env = Env::with(
+        "spare_no_slot",
+        Options {
+            upstream_user: PROVISIONER_ROLE,
+            upstream_password: PROVISIONER_PASSWORD,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (first, _conn) = env.connect("eve", &token).await.expect("first login");
+    let pid = backend_pid(&first).await;
+    drop(first);
+    gone(&env, pid).await;
+    env.superuser_sql(&format!("ALTER ROLE \"lockbox_{id}\" CONNECTION LIMIT 0"));
+    let refused = env.connect("eve", &token).await.err().and_then(|e| {
+        e.as_db_error()
+            .map(|e| (e.code().code().to_owned(), e.message().to_owned()))
+    });
+    let (code, message) = refused.expect("refused by the server");
+    assert_eq!(code, "53300", "{message}");
+    assert!(message.contains("no connection slot free"), "{message}");
+}

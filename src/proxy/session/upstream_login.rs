@@ -113,9 +113,15 @@ pub(super) async fn connect_upstream(
         let connected = match connected {
             // Spares yield to logins: one may hold the slot the server (or the role's
             // CONNECTION LIMIT) refused this login for.
-            Err(e) if e.sqlstate() == Some("53300") && slots.spares.close_idle().await > 0 => {
+            Err(e)
+                if e.sqlstate() == Some(sqlstate::TOO_MANY_CONNECTIONS)
+                    && slots
+                        .spares
+                        .yield_slots(&upstream::DialTarget::of(db))
+                        .await =>
+            {
                 tracing::info!(
-                    "the database is at its connection limit: closed the spare backends and logging in again"
+                    "the database is at its connection limit: its spare backends gave their slots up; logging in again"
                 );
                 upstream::connect(db, &login.credentials, request.access, params).await
             }
@@ -145,7 +151,13 @@ pub(super) async fn connect_upstream(
             }
             Err(e) => {
                 tracing::error!(error = %e, "upstream login failed");
-                return Err((sqlstate::CONNECTION_FAILURE, e.client_message()));
+                // Out of slots is the server's own answer, which clients and poolers know
+                // to retry.
+                let code = match e.sqlstate() {
+                    Some(sqlstate::TOO_MANY_CONNECTIONS) => sqlstate::TOO_MANY_CONNECTIONS,
+                    _ => sqlstate::CONNECTION_FAILURE,
+                };
+                return Err((code, e.client_message()));
             }
         }
     }
