@@ -37,6 +37,31 @@ fn backend(pid: i32) -> (Upstream, DuplexStream) {
     (upstream, server)
 }
 
+/// A spare filled in for `request` on the server at `port`, and its server end.
+fn ready_spare(spares: &Arc<Spares>, request: &RequestId, port: u16) -> DuplexStream {
+    let (upstream, server) = backend(1);
+    let on_port = SpareKey {
+        target: DialTarget::loopback(port),
+        ..key(&[])
+    };
+    spares
+        .reserve(request, &on_port, true, later())
+        .expect("reservation")
+        .fill(upstream);
+    server
+}
+
+/// A login of `request` taking its spare, as a task: the pid of the backend it got.
+fn taking(spares: &Arc<Spares>, request: &RequestId) -> tokio::task::JoinHandle<Option<i32>> {
+    let (spares, request) = (spares.clone(), request.clone());
+    tokio::spawn(async move {
+        spares
+            .take(&request, &key(&[]))
+            .await
+            .map(|u| u.backend_pid)
+    })
+}
+
 fn pool() -> (Arc<Spares>, Arc<Metrics>) {
     let spares = Arc::new(Spares::default());
     let metrics = Arc::new(Metrics::default());
@@ -177,20 +202,12 @@ async fn a_spare_the_server_spoke_to_or_closed_is_never_handed_over() {
     let (spares, metrics) = pool();
     let a = grant("a");
     // A termination's FATAL (any byte will do: an idle backend says nothing).
-    let (upstream, mut server) = backend(1);
-    spares
-        .reserve(&a, &key(&[]), true, later())
-        .expect("reservation")
-        .fill(upstream);
+    let mut server = ready_spare(&spares, &a, 5432);
     server.write_all(b"E").await.expect("write");
     assert!(spares.take_ready(&a, &key(&[])).is_none());
     assert_eq!(spares.held(), 0, "and it is gone");
     // A closed socket.
-    let (upstream, server) = backend(2);
-    spares
-        .reserve(&a, &key(&[]), true, later())
-        .expect("reservation")
-        .fill(upstream);
+    let server = ready_spare(&spares, &a, 5432);
     drop(server);
     assert!(spares.take_ready(&a, &key(&[])).is_none());
     assert_eq!(metrics.spare_backends(SpareOutcome::Closed), 2);
@@ -201,11 +218,7 @@ async fn a_spare_the_server_spoke_to_or_closed_is_never_handed_over() {
 async fn an_unused_spare_is_logged_out_after_its_idle_time_or_its_grant_end() {
     let (spares, metrics) = pool();
     let (a, b) = (grant("a"), grant("b"));
-    let (upstream, mut idle_server) = backend(1);
-    spares
-        .reserve(&a, &key(&[]), true, later())
-        .expect("reservation")
-        .fill(upstream);
+    let mut idle_server = ready_spare(&spares, &a, 5432);
     let grant_end = Instant::now() + Duration::from_secs(4);
     let (upstream, mut ending_server) = backend(2);
     spares
@@ -227,11 +240,7 @@ async fn an_unused_spare_is_logged_out_after_its_idle_time_or_its_grant_end() {
 async fn dropping_a_grants_sessions_closes_its_spare_even_one_still_logging_in() {
     let (spares, metrics) = pool();
     let (a, b) = (grant("a"), grant("b"));
-    let (upstream, mut ready_server) = backend(1);
-    spares
-        .reserve(&a, &key(&[]), true, later())
-        .expect("reservation")
-        .fill(upstream);
+    let mut ready_server = ready_spare(&spares, &a, 5432);
     let logging_in = spares
         .reserve(&b, &key(&[]), true, later())
         .expect("reservation");
@@ -253,20 +262,6 @@ async fn dropping_a_grants_sessions_closes_its_spare_even_one_still_logging_in()
     assert!(spares
         .reserve(&grant("c"), &key(&[]), true, later())
         .is_some());
-}
-
-/// A spare filled in for `request` on the server at `port`, and its server end.
-fn ready_spare(spares: &Arc<Spares>, request: &RequestId, port: u16) -> DuplexStream {
-    let (upstream, server) = backend(1);
-    let on_port = SpareKey {
-        target: DialTarget::loopback(port),
-        ..key(&[])
-    };
-    spares
-        .reserve(request, &on_port, true, later())
-        .expect("reservation")
-        .fill(upstream);
-    server
 }
 
 /// Reads the Terminate and closes, as a backend does as it exits.
@@ -325,11 +320,7 @@ async fn a_login_refused_for_want_of_slots_has_the_spares_on_its_server_give_the
 async fn at_shutdown_every_spare_is_closed_and_none_is_opened_again() {
     let (spares, _) = pool();
     let a = grant("a");
-    let (upstream, mut server) = backend(1);
-    spares
-        .reserve(&a, &key(&[]), true, later())
-        .expect("reservation")
-        .fill(upstream);
+    let mut server = ready_spare(&spares, &a, 5432);
     spares.close_all();
     assert_eq!(sent_before_close(&mut server).await, b"X\0\0\0\x04");
     assert!(spares.reserve(&a, &key(&[]), true, later()).is_none());
@@ -362,11 +353,7 @@ async fn the_first_login_to_find_its_spare_still_logging_in_waits_for_it() {
     let reservation = spares
         .reserve(&a, &key(&[]), true, later())
         .expect("reservation");
-    let waiter = {
-        let spares = spares.clone();
-        let a = a.clone();
-        tokio::spawn(async move { spares.take(&a, &key(&[])).await.map(|u| u.backend_pid) })
-    };
+    let waiter = taking(&spares, &a);
     // Until the waiter has claimed it, a second look could claim it too: wait for that.
     for _ in 0..1000 {
         if spares
@@ -403,18 +390,14 @@ async fn a_login_waiting_for_a_spare_that_fails_logs_in_as_it_would() {
     let reservation = spares
         .reserve(&a, &key(&[]), true, later())
         .expect("reservation");
-    let waiter = {
-        let spares = spares.clone();
-        let a = a.clone();
-        tokio::spawn(async move { spares.take(&a, &key(&[])).await.is_none() })
-    };
+    let waiter = taking(&spares, &a);
     tokio::task::yield_now().await;
     reservation.failed();
-    let nothing = tokio::time::timeout(Duration::from_secs(5), waiter)
+    let taken = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .expect("the waiter is told at once")
         .expect("join");
-    assert!(nothing);
+    assert_eq!(taken, None);
     assert_eq!(metrics.spare_backends(SpareOutcome::Failed), 1);
     assert_eq!(spares.held(), 0);
 }

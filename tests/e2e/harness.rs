@@ -152,6 +152,19 @@ impl Env {
         Env::with(name, Options::default()).await
     }
 
+    /// A test world whose service role may create roles (per-grant roles by default).
+    pub async fn provisioned(name: &str) -> Env {
+        Env::with(
+            name,
+            Options {
+                upstream_user: PROVISIONER_ROLE,
+                upstream_password: PROVISIONER_PASSWORD,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     pub async fn with(name: &str, options: Options) -> Env {
         let mut env = Env::prepare(name, options);
         let config = lockbox::config::Config::load(&env.config_path).expect("config loads");

@@ -6,19 +6,10 @@ use std::time::Duration;
 
 use lockbox::policy::AccessLevel;
 
-use crate::harness::{db_error, Env, Options, PROVISIONER_PASSWORD, PROVISIONER_ROLE};
+use crate::harness::{db_error, Env, Options, PROVISIONER_ROLE};
 
-/// A test world whose service role may create roles (per-grant roles by default).
 async fn provisioned(name: &str) -> Env {
-    Env::with(
-        name,
-        Options {
-            upstream_user: PROVISIONER_ROLE,
-            upstream_password: PROVISIONER_PASSWORD,
-            ..Default::default()
-        },
-    )
-    .await
+    Env::provisioned(name).await
 }
 
 fn role_of(id: &str) -> String {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{metric, Env, Options, PROVISIONER_PASSWORD, PROVISIONER_ROLE};
+use crate::harness::{metric, Env};
 
 async fn spares(env: &Env, outcome: &str) -> f64 {
     metric(
@@ -83,15 +83,7 @@ async fn reconnected(env: &Env, token: &str) -> (tokio_postgres::Client, i32, St
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grant_that_reconnects_runs_its_next_session_on_the_backend_logged_in_ahead() {
-    let env = Env::with(
-        "spare_used",
-        Options {
-            upstream_user: PROVISIONER_ROLE,
-            upstream_password: PROVISIONER_PASSWORD,
-            ..Default::default()
-        },
-    )
-    .await;
+    let env = Env::provisioned("spare_used").await;
     let (id, token) = env.approved_token("eve", "1h").await;
     let (second, second_pid, role, spare) = reconnected(&env, &token).await;
     assert_eq!(role, format!("lockbox_{id}"), "the grant's own role");
@@ -190,15 +182,7 @@ async fn revoking_the_grant_closes_its_spare() {
 /// (53300, here the role's CONNECTION LIMIT) closes it and logs in.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spare_yields_its_slot_to_a_login_the_server_would_refuse() {
-    let env = Env::with(
-        "spare_yields",
-        Options {
-            upstream_user: PROVISIONER_ROLE,
-            upstream_password: PROVISIONER_PASSWORD,
-            ..Default::default()
-        },
-    )
-    .await;
+    let env = Env::provisioned("spare_yields").await;
     let (_, token) = env.approved_token("eve", "1h").await;
     let (second, second_pid, role, spare) = reconnected(&env, &token).await;
     drop(second);
@@ -222,15 +206,7 @@ async fn a_spare_yields_its_slot_to_a_login_the_server_would_refuse() {
 /// server's own SQLSTATE, which clients and poolers know to retry, and says why.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_login_the_server_has_no_slot_for_is_told_so() {
-    let env = Env::with(
-        "spare_no_slot",
-        Options {
-            upstream_user: PROVISIONER_ROLE,
-            upstream_password: PROVISIONER_PASSWORD,
-            ..Default::default()
-        },
-    )
-    .await;
+    let env = Env::provisioned("spare_no_slot").await;
     let (id, token) = env.approved_token("eve", "1h").await;
     let (first, _conn) = env.connect("eve", &token).await.expect("first login");
     let pid = backend_pid(&first).await;

@@ -72,15 +72,24 @@ pub(super) async fn connect_upstream(
             }
         };
         let key = SpareKey::new(db, &login.credentials.user, request.access, params);
-        let reserve = |taken| {
-            slots
-                .enabled
-                .then(|| {
-                    slots
-                        .spares
-                        .reserve(&request.id, &key, taken, slots.ends_at)
-                })
-                .flatten()
+        // Opens the grant's next spare when it may have one (see `spare`).
+        let open_next = |taken: bool, early: Option<EarlyDial>| {
+            if !slots.enabled {
+                return;
+            }
+            let reserved = slots
+                .spares
+                .reserve(&request.id, &key, taken, slots.ends_at);
+            if let Some(reservation) = reserved {
+                open_spare(
+                    reservation,
+                    db,
+                    &login.credentials,
+                    request.access,
+                    params,
+                    early,
+                );
+            }
         };
         let spare = match slots.enabled {
             true => slots.spares.take(&request.id, &key).await,
@@ -92,16 +101,7 @@ pub(super) async fn connect_upstream(
                 "session takes its grant's spare backend"
             );
             // The dial this login did not need becomes the next spare's connection.
-            if let Some(reservation) = reserve(true) {
-                open_spare(
-                    reservation,
-                    db,
-                    &login.credentials,
-                    request.access,
-                    params,
-                    early.take(),
-                );
-            }
+            open_next(true, early.take());
             return Ok((spare, login));
         }
         let connected = match early.take() {
@@ -129,16 +129,7 @@ pub(super) async fn connect_upstream(
         };
         match connected {
             Ok(u) => {
-                if let Some(reservation) = reserve(false) {
-                    open_spare(
-                        reservation,
-                        db,
-                        &login.credentials,
-                        request.access,
-                        params,
-                        None,
-                    );
-                }
+                open_next(false, None);
                 return Ok((u, login));
             }
             Err(upstream::UpstreamError::Rejected { sqlstate, .. })
