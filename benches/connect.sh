@@ -10,6 +10,7 @@
 #   env BENCH_TARGETS  default: direct,direct-tls,direct-scram,pgbouncer,pgbouncer-tls,
 #                      lockbox-fsync,lockbox-fsync-tls,lockbox-write,lockbox-write-tls
 #   env LOCKBOX_BIN    use this lockbox binary instead of `cargo build --release`
+#   env BENCH_SPARES   "off": lockbox without spare backends (default "reconnects")
 #
 # Direct: PostgreSQL forks a backend per connection (trust login, as the superuser);
 # direct-tls: the same over TLS (PostgreSQL's own handshake, like lockbox's -tls targets);
@@ -106,3 +107,9 @@ for c in clients:
               f"{(f'{steal:.1f}' if steal is not None else '-'):>7}")
     print()
 PY
+# Whether the logins ran on spare backends (a grant that reconnects, as pgbench -C does, has
+# its next session's backend logged in ahead; BENCH_SPARES=off compares without).
+for name in fsync write; do
+    [ -n "${BENCH_API_PORT[$name]:-}" ] || continue
+    echo "lockbox-$name spare backends (spare_backends = \"${BENCH_SPARES:-reconnects}\"): $(bench_spare_counts "$name")"
+done

@@ -14,6 +14,8 @@
 # proxies never take a per-grant role over from each other between runs.
 #
 # Environment: LOCKBOX_BIN=/path/to/lockbox uses that binary instead of `cargo build --release`.
+# BENCH_SPARES=off starts the lockbox targets with `[proxy] spare_backends = "off"` (default:
+# "reconnects"), to compare logins with and without spare backends on one binary.
 # The binary is copied into the temp dir first, so a rebuild during a run changes nothing.
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # globals (PGBENCH, NPROC, …) are for the scripts that source this
@@ -265,7 +267,8 @@ bench_start_lockbox() {
         -e "s/127.0.0.1:$LOCKBOX_PROXY_PORT\"/127.0.0.1:$proxy_port\"/" \
         -e "s/127.0.0.1:$api_old\"/127.0.0.1:$api_port\"/" \
         -e "s/^allow_plaintext_loopback = false/allow_plaintext_loopback = true/" \
-        -e 's/^\[proxy\]$/[proxy]\nmax_connections = 1000000/' "$LOCKBOX_CONFIG" >"$config"
+        -e "s/^\\[proxy\\]\$/[proxy]\\nmax_connections = 1000000\\nspare_backends = \"${BENCH_SPARES:-reconnects}\"/" \
+        "$LOCKBOX_CONFIG" >"$config"
     "$LOCKBOX" serve --config "$config" >"$BENCH_WORK/serve-$name.log" 2>&1 &
     BENCH_SERVE_PID[$name]=$!
     BENCH_PIDS+=("$!")
@@ -275,6 +278,16 @@ bench_start_lockbox() {
         cat "$BENCH_WORK/serve-$name.log" >&2
         bench_die "lockbox serve ($name) did not start"
     }
+}
+
+# bench_spare_counts NAME: what became of the spare backends of the lockbox started as NAME
+# (`used=… expired=… closed=… failed=…`, from its /metrics as the demo's auditor).
+bench_spare_counts() {
+    local name=$1
+    curl -sf --cacert "$LOCKBOX_CA_CERT" -H "Authorization: Bearer $LOCKBOX_AUDITOR_KEY" \
+        "${LOCKBOX_SERVER%:*}:${BENCH_API_PORT[$name]}/metrics" |
+        sed -nE 's/^lockbox_spare_backends_total\{outcome="([a-z]+)"\} ([0-9]+)$/\1=\2/p' |
+        tr '\n' ' '
 }
 
 # bench_fsync_buckets NAME: the cumulative buckets of lockbox_audit_fsync_seconds on the
