@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{metric, Env};
+use crate::harness::{metric, Env, Options};
 
 async fn spares(env: &Env, outcome: &str) -> f64 {
     metric(
@@ -220,4 +220,28 @@ async fn a_login_the_server_has_no_slot_for_is_told_so() {
     let (code, message) = refused.expect("refused by the server");
     assert_eq!(code, "53300", "{message}");
     assert!(message.contains("no connection slot free"), "{message}");
+}
+
+/// `spare_backends = "off"`: a grant that reconnects logs in afresh every time (on, its
+/// third session would wait for and take the spare opened beside its second).
+#[tokio::test(flavor = "multi_thread")]
+async fn with_spares_off_no_backend_is_logged_in_ahead() {
+    let env = Env::with(
+        "spare_off",
+        Options {
+            proxy_extra: "spare_backends = \"off\"",
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    for _ in 0..3 {
+        let (client, _conn) = env.connect("eve", &token).await.expect("login");
+        let pid = backend_pid(&client).await;
+        drop(client);
+        gone(&env, pid).await;
+    }
+    for outcome in ["used", "expired", "closed", "failed"] {
+        assert_eq!(spares(&env, outcome).await, 0.0, "{outcome}");
+    }
 }
