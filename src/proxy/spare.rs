@@ -39,9 +39,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures::FutureExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -220,18 +219,37 @@ impl Spares {
         matches!(self.lock().slots.get(request), Some(Slot::Opening { id: o, .. }) if *o == id)
     }
 
+    /// The grant's waiting spare, out of its slot, if `wanted` says so of its id and key.
+    fn remove_ready(
+        &self,
+        request: &RequestId,
+        wanted: impl Fn(u64, &SpareKey) -> bool,
+    ) -> Option<Upstream> {
+        let mut state = self.lock();
+        if !matches!(state.slots.get(request), Some(Slot::Ready { id, key, .. }) if wanted(*id, key))
+        {
+            return None;
+        }
+        match state.slots.remove(request) {
+            Some(Slot::Ready { upstream, .. }) => Some(upstream),
+            _ => None,
+        }
+    }
+
+    /// A slot given up unused: a waiting spare is closed, a login still running is closed
+    /// when it ends (and whoever waits for it is told now).
+    fn give_up(&self, slot: Slot) {
+        match slot {
+            Slot::Ready { upstream, .. } => {
+                self.count(SpareOutcome::Closed);
+                close_later(upstream);
+            }
+            Slot::Opening { ready, .. } => ready.notify_waiters(),
+        }
+    }
+
     fn take_ready(&self, request: &RequestId, key: &SpareKey) -> Option<Upstream> {
-        let mut upstream = {
-            let mut state = self.lock();
-            match state.slots.get(request) {
-                Some(Slot::Ready { key: k, .. }) if k == key => {}
-                _ => return None,
-            }
-            match state.slots.remove(request) {
-                Some(Slot::Ready { upstream, .. }) => upstream,
-                _ => return None,
-            }
-        };
+        let mut upstream = self.remove_ready(request, |_, k| k == key)?;
         if heard_from_server(&mut upstream) {
             tracing::debug!("spare backend closed by the server; logging in afresh");
             self.count(SpareOutcome::Closed);
@@ -313,13 +331,8 @@ impl Spares {
             state.ended.remove(request);
             state.slots.remove(request)
         };
-        match slot {
-            Some(Slot::Ready { upstream, .. }) => {
-                self.count(SpareOutcome::Closed);
-                close_later(upstream);
-            }
-            Some(Slot::Opening { ready, .. }) => ready.notify_waiters(),
-            None => {}
+        if let Some(slot) = slot {
+            self.give_up(slot);
         }
     }
 
@@ -332,13 +345,7 @@ impl Spares {
             std::mem::take(&mut state.slots)
         };
         for slot in slots.into_values() {
-            match slot {
-                Slot::Ready { upstream, .. } => {
-                    self.count(SpareOutcome::Closed);
-                    close_later(upstream);
-                }
-                Slot::Opening { ready, .. } => ready.notify_waiters(),
-            }
+            self.give_up(slot);
         }
     }
 
@@ -382,7 +389,7 @@ impl Spares {
         let logged_out = self.closed_all.notified();
         tokio::pin!(logged_out);
         logged_out.as_mut().enable();
-        futures::future::join_all(idle.into_iter().map(close_and_wait)).await;
+        futures::future::join_all(idle.into_iter().map(Upstream::close_and_wait)).await;
         let still_closing = {
             let mut state = self.lock();
             state.closing -= closed;
@@ -413,16 +420,8 @@ impl Spares {
 
     /// Closes the spare `id` if it is still waiting.
     fn expire(&self, request: &RequestId, id: u64) {
-        let upstream = {
-            let mut state = self.lock();
-            match state.slots.get(request) {
-                Some(Slot::Ready { id: ready, .. }) if *ready == id => {}
-                _ => return,
-            }
-            match state.slots.remove(request) {
-                Some(Slot::Ready { upstream, .. }) => upstream,
-                _ => return,
-            }
+        let Some(upstream) = self.remove_ready(request, |ready, _| ready == id) else {
+            return;
         };
         tracing::debug!("spare backend unused; closed");
         self.count(SpareOutcome::Expired);
@@ -495,20 +494,6 @@ impl Drop for Reservation {
 fn heard_from_server(upstream: &mut Upstream) -> bool {
     let mut byte = [0u8; 1];
     upstream.stream.read(&mut byte).now_or_never().is_some()
-}
-
-/// Logs a spare out and waits (bounded) until the server closes the connection.
-async fn close_and_wait(mut upstream: Upstream) {
-    let mut terminate = BytesMut::new();
-    postgres_protocol::message::frontend::terminate(&mut terminate);
-    let logged_out = async {
-        upstream.stream.write_all(&terminate).await?;
-        upstream.stream.flush().await?;
-        let mut rest = [0u8; 512];
-        while upstream.stream.read(&mut rest).await? > 0 {}
-        Ok::<_, std::io::Error>(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), logged_out).await;
 }
 
 /// Logs a spare out (Terminate), on a task of its own so no lock or caller waits for it.

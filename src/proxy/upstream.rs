@@ -400,6 +400,21 @@ impl Upstream {
         };
         let _ = tokio::time::timeout(Duration::from_millis(500), terminate).await;
     }
+
+    /// Logs out and waits (bounded, 1 s) until the server closes the connection: its
+    /// backend has exited, so its connection slot is free again.
+    pub(crate) async fn close_and_wait(mut self) {
+        let logged_out = async {
+            let mut out = BytesMut::new();
+            frontend::terminate(&mut out);
+            self.stream.write_all(&out).await?;
+            self.stream.flush().await?;
+            let mut rest = [0u8; 512];
+            while self.stream.read(&mut rest).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), logged_out).await;
+    }
 }
 
 /// The row count at the end of a command tag (`SELECT 3`, `INSERT 0 3`).

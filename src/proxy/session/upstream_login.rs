@@ -91,9 +91,10 @@ pub(super) async fn connect_upstream(
                 );
             }
         };
-        let spare = match slots.enabled {
-            true => slots.spares.take(&request.id, &key).await,
-            false => None,
+        let spare = if slots.enabled {
+            slots.spares.take(&request.id, &key).await
+        } else {
+            None
         };
         if let Some(spare) = spare {
             tracing::debug!(
