@@ -12,7 +12,7 @@ use chrono::{SecondsFormat, Utc};
 
 use super::chain::{checkpoint_message, CheckpointSigner};
 use super::file::{chain_tail, try_sync_dir};
-use super::journal::Journal;
+use super::journal::{Journal, JournalSync};
 use super::segments::rotated_name;
 use super::witness::Witness;
 use super::writer::{Progress, Shared, State};
@@ -417,23 +417,29 @@ impl Shared {
         state.waiters_per_sync =
             (state.waiters_per_sync * 7 + waiters.saturating_mul(256).min(1 << 40)) / 8;
         let generation = state.generation;
-        // With a journal, everything written is in it once its waiting frames are (written
-        // here, under the lock, so no later write of frames can be overtaken by this one):
-        // its sync makes the records durable. A failed write fails the sync.
-        let (file, written) = match state.journal.as_mut() {
-            Some(journal) => {
-                let written = journal.write_unwritten();
-                (journal.file(), written)
-            }
-            None => (state.file.clone(), Ok(())),
-        };
+        // With a journal, everything written is in it once its waiting frames are: laid out
+        // (or written through the page cache) here, under the lock, so no later write of
+        // frames can be overtaken by this one; made durable outside it. A failed write fails
+        // the sync.
+        let journal_sync = state.journal.as_mut().map(Journal::begin_sync);
+        let trail = state.file.clone();
         drop(state);
         let started = Instant::now();
-        let result = written
-            .and_then(|()| self.before_sync())
-            .and_then(|()| file.sync_data());
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        // The tests' hook sees the file as the sync leaves it on disk: before an fdatasync,
+        // after a direct write.
+        let result = match &journal_sync {
+            Some(Ok(sync @ JournalSync::Direct(_))) => {
+                sync.make_durable().and_then(|()| self.before_sync())
+            }
+            Some(Ok(sync)) => self.before_sync().and_then(|()| sync.make_durable()),
+            Some(Err(e)) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            None => self.before_sync().and_then(|()| trail.sync_data()),
+        };
         let mut state = self.lock();
+        if let (Some(Ok(sync)), Some(journal)) = (journal_sync, state.journal.as_mut()) {
+            journal.end_sync(sync, result.is_ok());
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         state.syncing = false;
         state.last_sync_took = started.elapsed();
         self.metrics.observe_fsync(state.last_sync_took);

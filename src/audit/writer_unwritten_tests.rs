@@ -3,6 +3,7 @@
 //! first version, which lost them).
 
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
 use super::journal_attack_tests::event;
@@ -19,25 +20,29 @@ fn options() -> AuditOptions {
     }
 }
 
-/// Makes every pwrite to the journal's descriptor fail (EBADF: the descriptor now reads
-/// only), or puts it back. Stands for EIO/ENOSPC/EROFS on the journal's write.
+/// Makes every pwrite to the journal's descriptors fail (EBADF: they now read only), or puts
+/// them back. Stands for EIO/ENOSPC/EROFS on the journal's write.
 fn break_journal(log: &AuditLog, active: &Path, broken: bool) {
-    let fd = log
-        .shared()
-        .lock()
-        .journal
-        .as_ref()
-        .expect("journal")
-        .file()
-        .as_raw_fd();
-    let other = std::fs::OpenOptions::new()
-        .read(true)
-        .write(!broken)
-        .open(path_for(active))
-        .expect("open");
-    // SAFETY: both descriptors are open; dup2 replaces the journal's descriptor in place
-    // (the writer's File keeps the same number) and touches no memory.
-    assert!(unsafe { libc::dup2(other.as_raw_fd(), fd) } == fd);
+    let (file, direct) = {
+        let state = log.shared().lock();
+        let journal = state.journal.as_ref().expect("journal");
+        (journal.file(), journal.direct_file())
+    };
+    let replace = |fd: i32, flags: i32| {
+        let other = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!broken)
+            .custom_flags(flags)
+            .open(path_for(active))
+            .expect("open");
+        // SAFETY: both descriptors are open; dup2 replaces the journal's descriptor in place
+        // (the writer's File keeps the same number) and touches no memory.
+        assert!(unsafe { libc::dup2(other.as_raw_fd(), fd) } == fd);
+    };
+    replace(file.as_raw_fd(), 0);
+    if let Some(direct) = direct {
+        replace(direct.as_raw_fd(), libc::O_DIRECT | libc::O_DSYNC);
+    }
 }
 
 /// A trail in a new folder, in `fsync` mode with a journal, with three records
@@ -217,7 +222,31 @@ fn restore_trail((fd, saved): (i32, i32)) {
 /// first fix dropped them on the failed write, and that sync acknowledged them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_then_a_failed_trail_sync_acknowledge_nothing_unwritten() {
+    failed_write_then_failed_trail_sync(false).await;
+}
+
+/// The same with direct writes: while S's direct write is in flight nothing else writes the
+/// journal (its blocks would be overwritten), so the crossing append writes nothing early
+/// and is not refused; every record acknowledged still survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_a_direct_write_is_in_flight_frames_wait_and_none_is_lost() {
+    failed_write_then_failed_trail_sync(true).await;
+}
+
+async fn failed_write_then_failed_trail_sync(direct: bool) {
     let (dir, active, log, _thread) = three_acknowledged().await;
+    {
+        let mut state = log.shared().lock();
+        let journal = state.journal.as_mut().expect("journal");
+        if direct {
+            assert!(
+                journal.direct_file().is_some(),
+                "no direct I/O on the temporary folder's filesystem"
+            );
+        } else {
+            journal.without_direct_io();
+        }
+    }
     // S: a sync held in its fdatasync (outside the lock) until released.
     let (release, held) = std::sync::mpsc::channel::<()>();
     let held = Arc::new(Mutex::new(held));
@@ -247,7 +276,11 @@ async fn a_failed_write_then_a_failed_trail_sync_acknowledge_nothing_unwritten()
     let crossing = log.write([event(50, 60_000)].iter(), Mode::Now { sync: false });
     restore_trail(trail);
     break_journal(&log, &active, false);
-    assert!(crossing.is_err(), "refused after the trail's sync failed");
+    if direct {
+        assert!(crossing.is_ok(), "nothing written early, nothing to fail");
+    } else {
+        assert!(crossing.is_err(), "refused after the trail's sync failed");
+    }
     release.send(()).expect("release S");
     assert!(
         s.await.expect("join").is_ok(),
@@ -270,6 +303,14 @@ async fn a_failed_write_then_a_failed_trail_sync_acknowledge_nothing_unwritten()
         lost.is_empty(),
         "acknowledged seqs {lost:?} lost (trail_durable {trail_durable}); trail holds {have:?}"
     );
+    if direct {
+        assert_eq!(
+            acked.len(),
+            waiting.len(),
+            "every waiting record acknowledged"
+        );
+        return;
+    }
     // The refused append's statement never ran: a restart must not bring its record back.
     let refused = waiting.last().expect("waiting").first + 1;
     assert!(

@@ -34,7 +34,9 @@ use sha2::{Digest, Sha256};
 
 use super::file::sync_dir;
 use super::AuditError;
+use direct::{AlignedBuffer, DirectWrite, Tail};
 
+mod direct;
 mod recover;
 #[cfg(test)]
 use recover::Recovered;
@@ -106,11 +108,46 @@ pub(super) struct Journal {
     /// The last record each half holds a frame of.
     half_last_seq: [u64; 2],
     /// Frames recorded since the last sync wrote them, not yet in the file: the sync writes
-    /// them right before its fdatasync (one write per sync instead of one per append).
-    /// Until then the trail holds their bytes (the frames only make them durable), so
-    /// losing these with the process loses nothing. Every write of them happens under the
-    /// writer's lock, so a late write can never land over newer frames after a wrap.
+    /// them (one write per sync instead of one per append). Until then the trail holds
+    /// their bytes (the frames only make them durable), so losing these with the process
+    /// loses nothing. Every write of them is laid out under the writer's lock, and a direct
+    /// one outside it runs alone (`in_flight`), so a late write can never land over newer
+    /// frames after a wrap.
     unwritten: Unwritten,
+    /// The journal opened for direct synchronous writes, where the filesystem takes them
+    /// (see [`direct`]).
+    direct: Option<Arc<File>>,
+    /// The written bytes of the block the head lies in (for direct writes), and a copy
+    /// from before the write in flight, restored if it fails.
+    tail: Tail,
+    tail_before: Tail,
+    /// Memory for direct writes, kept from sync to sync.
+    aligned: AlignedBuffer,
+    /// The runs a direct write is writing outside the writer's lock: put back if it fails.
+    /// While it runs no other write of the journal may start (the blocks overlap).
+    in_flight: Option<Vec<(u64, Vec<u8>)>>,
+    /// Frames were written through the page cache (a direct write could not be laid out):
+    /// the next sync is an fdatasync of `file`, the only call that reports their errors.
+    buffered_unsynced: bool,
+}
+
+/// How the frames a sync covers are made durable, outside the writer's lock.
+#[derive(Debug)]
+pub(in crate::audit) enum JournalSync {
+    /// Written through the page cache: an fdatasync of the journal.
+    Buffered(Arc<File>),
+    /// Whole blocks for the direct descriptor: written, they are durable.
+    Direct(DirectWrite),
+}
+
+impl JournalSync {
+    /// Makes the frames durable (the sync's slow part, run outside the writer's lock).
+    pub(in crate::audit) fn make_durable(&self) -> io::Result<()> {
+        match self {
+            JournalSync::Buffered(file) => file.sync_data(),
+            JournalSync::Direct(write) => write.write(),
+        }
+    }
 }
 
 /// Frames for the journal file, as runs of bytes and where each starts (a new run when the
@@ -199,12 +236,19 @@ impl Journal {
             head: 0,
             half_last_seq: [0; 2],
             unwritten: Unwritten::default(),
+            direct: direct::open(&path, half),
+            tail: Tail::default(),
+            tail_before: Tail::default(),
+            aligned: AlignedBuffer::default(),
+            in_flight: None,
+            buffered_unsynced: false,
         };
         journal.blank_halves()?;
         if let Some(anchor) = anchor {
             let mut frame = Vec::new();
             encode(&mut frame, journal.run_id, &anchor, &[]);
             journal.file.write_all_at(&frame, 0)?;
+            journal.tail.advance(0, &frame);
             journal.head = frame.len() as u64;
             journal.half_last_seq[0] = anchor.last_seq;
         }
@@ -219,6 +263,7 @@ impl Journal {
     /// (a clean close), so a later start does not write redundant frames back.
     pub(super) fn empty(&mut self) -> io::Result<()> {
         self.unwritten.clear();
+        self.tail.forget();
         self.blank_halves()?;
         self.file.sync_all()
     }
@@ -243,22 +288,104 @@ impl Journal {
         }
     }
 
-    /// The file an fdatasync makes the journal durable with.
+    /// The file an fdatasync makes the journal durable with (tests: frames written through
+    /// the page cache).
+    #[cfg(test)]
     pub(super) fn file(&self) -> Arc<File> {
         self.file.clone()
     }
 
-    /// Writes the frames recorded so far into the file (no sync): a sync does this, under
-    /// the writer's lock, right before its fdatasync. If it fails, what reached the file is
-    /// unknown and a slot may be a hole where recovery would stop: the caller must treat it
-    /// as a failed sync of the journal (the trail made durable, then
-    /// [`Journal::start_over`]). The frames are let go only once written, so a later sync
-    /// (of a writer refusing appends, for its waiters) writes them again before it vouches
-    /// for their records.
+    /// Tests: frames go through the page cache and an fdatasync from now on.
+    #[cfg(test)]
+    pub(super) fn without_direct_io(&mut self) {
+        self.direct = None;
+    }
+
+    /// Tests: the descriptor direct writes go through, if any.
+    #[cfg(test)]
+    pub(super) fn direct_file(&self) -> Option<Arc<File>> {
+        self.direct.clone()
+    }
+
+    /// Writes the frames recorded so far into the file: a direct write (durable once it
+    /// returns), or a write through the page cache (the next sync fdatasyncs it). If it
+    /// fails, what reached the file is unknown and a slot may be a hole where recovery would
+    /// stop: the caller must treat it as a failed sync of the journal (the trail made
+    /// durable, then [`Journal::start_over`]). The frames are let go only once written, so a
+    /// later sync (of a writer refusing appends, for its waiters) writes them again before
+    /// it vouches for their records.
     pub(super) fn write_unwritten(&mut self) -> io::Result<()> {
-        self.unwritten.write_to(&self.file)?;
+        match self.begin_sync()? {
+            JournalSync::Direct(write) => {
+                let result = write.write();
+                self.end_sync(JournalSync::Direct(write), result.is_ok());
+                result
+            }
+            JournalSync::Buffered(_) => Ok(()),
+        }
+    }
+
+    /// A sync's start, under the writer's lock: the frames recorded so far laid out for a
+    /// direct write (taken out of `unwritten`, put back by [`Journal::end_sync`] if it fails),
+    /// or written through the page cache now, for an fdatasync. Either way the caller runs
+    /// [`JournalSync::make_durable`] outside the lock, then `end_sync` under it, one sync
+    /// at a time (`State::syncing`): no other write of the journal overlaps a direct one.
+    pub(in crate::audit) fn begin_sync(&mut self) -> io::Result<JournalSync> {
+        if let (Some(file), false, None) = (&self.direct, self.buffered_unsynced, &self.in_flight) {
+            let buffer = std::mem::take(&mut self.aligned);
+            self.tail_before.clone_from(&self.tail);
+            match DirectWrite::build(file, buffer, &self.unwritten.runs, &mut self.tail) {
+                Ok(write) => {
+                    self.in_flight = Some(std::mem::take(&mut self.unwritten.runs));
+                    return Ok(JournalSync::Direct(write));
+                }
+                Err(buffer) => self.aligned = buffer,
+            }
+        }
+        let written = self.unwritten.write_to(&self.file);
+        match &written {
+            Ok(()) => self
+                .unwritten
+                .runs
+                .iter()
+                .for_each(|(at, run)| self.tail.advance(*at, run)),
+            Err(_) => self.tail.forget(),
+        }
+        written?;
         self.unwritten.clear();
-        Ok(())
+        self.buffered_unsynced = self.direct.is_some();
+        Ok(JournalSync::Buffered(self.file.clone()))
+    }
+
+    /// A sync's end, under the writer's lock: `durable` says whether `sync` made its frames
+    /// durable. A direct write that failed has its frames recorded again, before any
+    /// recorded since, and the head block's bytes as they were.
+    pub(in crate::audit) fn end_sync(&mut self, sync: JournalSync, durable: bool) {
+        match sync {
+            JournalSync::Buffered(_) => {
+                if durable {
+                    self.buffered_unsynced = false;
+                }
+            }
+            JournalSync::Direct(write) => {
+                self.aligned = write.into_buffer();
+                let Some(mut runs) = self.in_flight.take() else {
+                    return;
+                };
+                if durable {
+                    if let Some((_, mut buffer)) = runs.pop() {
+                        if self.unwritten.spare.capacity() < buffer.capacity() {
+                            buffer.clear();
+                            self.unwritten.spare = buffer;
+                        }
+                    }
+                } else {
+                    runs.append(&mut self.unwritten.runs);
+                    self.unwritten.runs = runs;
+                    std::mem::swap(&mut self.tail, &mut self.tail_before);
+                }
+            }
+        }
     }
 
     /// Records the frame of `payload`, the bytes just appended to the trail (`frame` says
@@ -298,7 +425,9 @@ impl Journal {
         );
         self.head += len;
         self.half_last_seq[self.current] = frame.last_seq;
-        if self.unwritten.bytes() > MAX_UNWRITTEN_BYTES {
+        // Not while a direct write runs: its blocks would be written over (the frames wait
+        // for it; each session waits for its own record first, so they stay few).
+        if self.unwritten.bytes() > MAX_UNWRITTEN_BYTES && self.in_flight.is_none() {
             if let Err(e) = self.write_unwritten() {
                 // Those frames (of records whose appenders may be waiting) are not on disk,
                 // and a slot may be a hole recovery stops at. Every one of their records is
@@ -330,6 +459,7 @@ impl Journal {
     pub(super) fn start_over(&mut self) {
         // Their records are all in the trail on disk now (the caller synced it).
         self.unwritten.clear();
+        self.tail.forget();
         self.current = 1 - self.current;
         self.head = self.current as u64 * self.half;
     }
@@ -481,6 +611,9 @@ pub(in crate::audit) mod tests;
 
 #[cfg(test)]
 mod attack_tests;
+
+#[cfg(test)]
+mod direct_tests;
 
 #[cfg(test)]
 mod attack2_tests;

@@ -332,7 +332,7 @@ fn garbage_in_the_journal_changes_nothing_and_does_not_panic() {
 }
 
 /// The frames on disk in the journal beside `active`.
-fn frames_on_disk(active: &Path, half: u64) -> Vec<ReadFrame> {
+pub(super) fn frames_on_disk(active: &Path, half: u64) -> Vec<ReadFrame> {
     let file = File::open(path_for(active)).expect("journal");
     let mut frames = Vec::new();
     read_frames(&file, 0, half, &mut frames).expect("read");
@@ -342,17 +342,17 @@ fn frames_on_disk(active: &Path, half: u64) -> Vec<ReadFrame> {
 
 /// Appends records of one padded size to a trail and records their frames in a journal,
 /// as the writer does (one record per frame).
-struct Appender {
+pub(super) struct Appender {
     trail: File,
     chain: Chain,
     offset: u64,
     seq: u64,
-    trail_durable: u64,
+    pub(super) trail_durable: u64,
     pad: usize,
 }
 
 impl Appender {
-    fn new(active: &Path, pad: usize) -> Appender {
+    pub(super) fn new(active: &Path, pad: usize) -> Appender {
         let trail = crate::private_files::open_options()
             .create(true)
             .read(true)
@@ -370,7 +370,7 @@ impl Appender {
     }
 
     /// Appends the next record and records its frame; returns its seq.
-    fn record(&mut self, journal: &mut Journal) -> u64 {
+    pub(super) fn record(&mut self, journal: &mut Journal) -> u64 {
         self.seq += 1;
         let mut line = Vec::new();
         let fields = format!("{{\"pad\":\"{}\"}}", "p".repeat(self.pad));
