@@ -188,6 +188,19 @@ impl Tracker {
         self.slots.is_empty()
     }
 
+    /// Everything sent ends with one group that a ReadyForQuery will close (a query string,
+    /// or steps and their Sync): once the server answers up to it, every statement sent has
+    /// its outcome.
+    pub fn one_group_open(&self) -> bool {
+        matches!(self.slots.back(), Some(Slot::GroupEnd { .. }))
+            && self
+                .slots
+                .iter()
+                .filter(|s| matches!(s, Slot::GroupEnd { .. }))
+                .count()
+                == 1
+    }
+
     /// Whether a refusal's error is still to come (its bytes must be rewritten).
     pub fn refusal_pending(&self) -> bool {
         self.slots.iter().any(|s| {

@@ -54,6 +54,7 @@ mod grammar;
 mod guard;
 mod https;
 mod init;
+mod left_mid_statement;
 mod lifecycle;
 mod long_names;
 mod names_across_groups;

@@ -17,7 +17,7 @@ fn count(env: &Env, sql: &str) -> i64 {
 }
 
 /// The pid of the backend running `sql` in the test's database (waits for it to start).
-async fn backend_running(env: &Env, sql: &str) -> i32 {
+pub(crate) async fn backend_running(env: &Env, sql: &str) -> i32 {
     let find = format!(
         "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE datname = '{}' AND query = '{}'",
         env.db,
@@ -50,7 +50,7 @@ async fn backend_fate(env: &Env, id: &str, pid: i32) -> Vec<serde_json::Value> {
 
 /// The backend left by itself: the reaper found it gone within its window and did not
 /// have to terminate it.
-async fn assert_gone_by_itself(env: &Env, id: &str, pid: i32) {
+pub(crate) async fn assert_gone_by_itself(env: &Env, id: &str, pid: i32) {
     let records = backend_fate(env, id, pid).await;
     let fate = records
         .iter()

@@ -29,6 +29,7 @@ mod last_words;
 mod limits;
 mod notices;
 mod record;
+mod settle;
 mod terminator;
 #[cfg(test)]
 mod vectored_tests;
@@ -271,6 +272,9 @@ impl Relay {
             End::ClientGone if !self.tracker.is_idle() => End::ClientLeftMidStatement,
             other => other,
         };
+        if matches!(end, End::ClientLeftMidStatement) {
+            self.settle_after_client_left().await;
+        }
         let message = last_words::fatal_for(&end, &self.session.request_id, self.upstream_said_why);
         self.close_upstream().await;
         let mut leftover = std::mem::take(&mut self.outcomes);

@@ -1,0 +1,80 @@
+//! The client left while a statement ran. The proxy cancels it, as it would anyway (the
+//! backend would otherwise run on, past the grant if need be), and then reads the server's
+//! answers for a moment, forwarding nothing, so that the trail says what became of the
+//! statement: completed (it may have committed before the cancel landed), failed, or
+//! cancelled. Without this every such statement was recorded `interrupted`, which says
+//! only that the proxy never saw its answer.
+//!
+//! Only where one group is open (a query string, or steps ending with their Sync): its
+//! ReadyForQuery then settles everything sent. A batch without its Sync gets no
+//! ReadyForQuery, and statements sent after another group's end could run on after the
+//! cancel; those ends stay as they were (`interrupted`, the backend closed at once).
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::record::take_copy_bytes;
+use super::{buffers, Relay};
+use crate::wire::BackendEvent;
+
+/// How long the server's answers are waited for. A statement that ignores the cancel (a
+/// procedure that catches it) is left to the reaper after this, as before.
+const SETTLE_WITHIN: Duration = Duration::from_secs(2);
+
+impl Relay {
+    /// Cancels what runs and reads the server's answers until everything sent is settled
+    /// (outcomes in `self.outcomes`), the server closes, or [`SETTLE_WITHIN`] passes.
+    pub(super) async fn settle_after_client_left(&mut self) {
+        if !self.tracker.one_group_open() || self.tracker.in_copy_in() {
+            return;
+        }
+        let Some(key) = self.grant.limits.cancel.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) =
+                crate::proxy::upstream::send_cancel(&key.host, key.port, key.pid, key.secret).await
+            {
+                tracing::warn!(error = %e, "could not cancel the statement of a client that left");
+            }
+        });
+        let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
+        while !self.tracker.is_idle() {
+            let read =
+                tokio::time::timeout_at(deadline, self.upstream_r.read_buf(&mut self.ubuf)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            if !self.settle_read() {
+                return;
+            }
+        }
+    }
+
+    /// Scans what was read for outcomes, as the relay does, and drops the bytes. False if
+    /// the replies could no longer be matched to statements.
+    fn settle_read(&mut self) -> bool {
+        let mut events = std::mem::take(&mut self.events);
+        self.scanner.feed_located(&self.ubuf, &mut events);
+        let mut on_track = true;
+        for (event, _) in events.drain(..) {
+            if let BackendEvent::CopyData(n) = &event {
+                self.copy_bytes += n;
+            }
+            let settled = self.outcomes.len();
+            if self.tracker.on_event(event, &mut self.outcomes).is_err() {
+                on_track = false;
+                break;
+            }
+            let held = self.tracker.awaiting_commit_mut();
+            for outcome in self.outcomes[settled..].iter_mut().chain(held) {
+                take_copy_bytes(&mut self.copy_bytes, outcome);
+            }
+        }
+        self.events = buffers::emptied(events);
+        self.ubuf.clear();
+        on_track
+    }
+}
