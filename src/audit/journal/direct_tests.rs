@@ -110,3 +110,55 @@ fn direct_syncs_that_share_blocks_keep_every_frame() {
         (1..=last).collect::<Vec<_>>()
     );
 }
+
+/// The extents of `file` the filesystem marks unwritten (allocated, never written), by
+/// FIEMAP: the first direct write into one is a metadata change too, as slow as an append.
+fn unwritten_extents(file: &File) -> usize {
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u32 = 1;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+    const HEADER: usize = 32;
+    const EXTENT: usize = 56;
+    const EXTENTS: usize = 512;
+    // u64s, so the struct's fields are aligned.
+    let mut buf = vec![0u64; (HEADER + EXTENT * EXTENTS) / 8];
+    buf[1] = u64::MAX; // fm_length
+                       // fm_flags (low half of word 2), fm_extent_count (low half of word 3).
+    buf[2] = u64::from(FIEMAP_FLAG_SYNC);
+    buf[3] = EXTENTS as u64;
+    // SAFETY: the buffer holds the header and EXTENTS extents, as fm_extent_count says;
+    // the descriptor is open for the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, buf.as_mut_ptr()) };
+    assert_eq!(rc, 0, "FIEMAP: {}", io::Error::last_os_error());
+    let mapped = (buf[2] >> 32) as usize;
+    assert!(mapped < EXTENTS, "more extents than asked for");
+    (0..mapped)
+        .filter(|i| {
+            // fe_flags: the u32 at byte 40 of each extent.
+            let word = (HEADER + i * EXTENT + 40) / 8;
+            (buf[word] as u32) & FIEMAP_EXTENT_UNWRITTEN != 0
+        })
+        .count()
+}
+
+/// The journal is written through at creation, not only allocated: no block of it is left
+/// for a statement's sync to convert.
+#[test]
+fn a_new_journal_has_no_unwritten_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let journal = direct_journal(&active, 4 << 20);
+    assert_eq!(unwritten_extents(&journal.file()), 0);
+    // The check itself sees what `posix_fallocate` leaves.
+    let other = File::options()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(dir.path().join("allocated"))
+        .expect("file");
+    preallocate(&other, 4 << 20).expect("allocate");
+    assert!(
+        unwritten_extents(&other) > 0,
+        "an allocated file shows no unwritten extent"
+    );
+}

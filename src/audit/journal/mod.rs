@@ -224,9 +224,10 @@ impl Journal {
         let half = (bytes / 2).max(HEADER_LEN as u64 * 4);
         // All zeros, every start: frames an earlier run left (with sequence numbers this run
         // may reuse after a crash cut them from the trail) must never be read again behind
-        // this run's. Re-allocating is a metadata change, no write of the bytes.
+        // this run's.
         file.set_len(0)?;
         preallocate(&file, 2 * half)?;
+        write_zeros(&file, 2 * half)?;
         let mut journal = Journal {
             file: Arc::new(file),
             trail: active.to_owned(),
@@ -483,6 +484,23 @@ fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
         // still fit (the writer then goes without a journal).
         errno => Err(io::Error::from_raw_os_error(errno)),
     }
+}
+
+/// Writes zeros over the first `bytes` of `file` (synced with the journal's creation).
+/// Allocated blocks a filesystem marks unwritten (ext4 after `posix_fallocate`) would
+/// otherwise make the first sync into each block a metadata change too: on the bench VM
+/// 126 µs instead of 82 per direct sync, for the journal's whole first lap, which at a
+/// support session's rate is every statement. 32 MiB take about 20 ms at start.
+fn write_zeros(file: &File, bytes: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK as usize];
+    let mut at = 0;
+    while at < bytes {
+        let len = (bytes - at).min(CHUNK) as usize;
+        file.write_all_at(&zeros[..len], at)?;
+        at += len as u64;
+    }
+    Ok(())
 }
 
 /// Appends the frame to `buf`.
