@@ -430,7 +430,7 @@ async fn run_admitted(
     );
 
     let backend = (upstream.backend_pid, upstream.backend_secret);
-    let (end, farewell) = if super::relay::write_flushed(&mut stream, &hello)
+    let (end, farewell, relay_ended) = if super::relay::write_flushed(&mut stream, &hello)
         .await
         .is_ok()
     {
@@ -457,6 +457,7 @@ async fn run_admitted(
                         pid: backend.0,
                         secret: backend.1,
                     }),
+                    settle_within: config.terminate_after / 2,
                 },
                 redaction: db.redaction,
                 database_functions: database_code.functions,
@@ -471,7 +472,7 @@ async fn run_admitted(
         .with_client_fd(client_fd);
         relay.run_to_farewell().await
     } else {
-        (End::ClientGone, None)
+        (End::ClientGone, None, tokio::time::Instant::now())
     };
     proxy.registry.forget_cancel_key(cancel_key);
     proxy.registry.spares.ended(&request.id);
@@ -495,7 +496,7 @@ async fn run_admitted(
         credentials: login.credentials.clone(),
         access: request.access,
         backend_pid: backend.0,
-        window_end: tokio::time::Instant::now() + config.terminate_after,
+        window_end: relay_ended + config.terminate_after,
         fields: fields.clone(),
         audit: lockbox.audit.clone(),
         span: tracing::Span::current(),

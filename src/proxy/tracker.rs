@@ -188,17 +188,27 @@ impl Tracker {
         self.slots.is_empty()
     }
 
-    /// Everything sent ends with one group that a ReadyForQuery will close (a query string,
-    /// or steps and their Sync): once the server answers up to it, every statement sent has
-    /// its outcome.
+    /// Everything sent ends with one group that a ReadyForQuery will close however the
+    /// server answers (a query string, or steps and their Sync), and no COPY FROM STDIN may
+    /// start in it (it would wait for data that never comes): once the server answers up to
+    /// it, every statement sent has its outcome. A query string behind extended messages
+    /// without their Sync is not such a group: an error among them makes the server skip
+    /// to a Sync, past the query string's ReadyForQuery.
     pub fn one_group_open(&self) -> bool {
-        matches!(self.slots.back(), Some(Slot::GroupEnd { .. }))
-            && self
-                .slots
-                .iter()
-                .filter(|s| matches!(s, Slot::GroupEnd { .. }))
-                .count()
-                == 1
+        let Some(Slot::GroupEnd { sync, .. }) = self.slots.back() else {
+            return false;
+        };
+        let mut before = self.slots.iter().take(self.slots.len() - 1);
+        before.all(|s| match s {
+            Slot::Statement {
+                extended,
+                copy_start,
+                ..
+            } => !copy_start && (*sync || !extended),
+            Slot::Step { .. } => *sync,
+            Slot::GroupEnd { .. } | Slot::CopyEnd => false,
+        }) && !self.in_copy_in
+            && !self.skipping_to_sync
     }
 
     /// Whether a refusal's error is still to come (its bytes must be rewritten).
@@ -544,3 +554,7 @@ mod copy;
 #[cfg(test)]
 #[path = "tracker_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "tracker_group_tests.rs"]
+mod group_tests;

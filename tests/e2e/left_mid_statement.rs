@@ -114,3 +114,61 @@ async fn with_a_second_group_sent_the_statements_stay_interrupted() {
     assert_eq!(outcome_of(&outcomes, 0)["status"], "interrupted");
     assert_eq!(outcome_of(&outcomes, 1)["status"], "interrupted");
 }
+
+/// A procedure that ignores the cancel keeps the answers from coming; the grant is revoked
+/// meanwhile. The wait ends at once and the session ends as revoked: its per-grant role is
+/// dropped with its backend, and the reaper does not try to log in as a role that is gone
+/// (before, it recorded a termination failure, and the session's end said only that the
+/// client left).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_while_the_answers_are_awaited_ends_the_session_as_revoked() {
+    use crate::terminate::{stubborn, stubborn_backend, wait_until_gone, CALL};
+    use lockbox::policy::AccessLevel;
+
+    let env = Env::with(
+        "left_revoked",
+        crate::harness::Options {
+            upstream_user: crate::harness::PROVISIONER_ROLE,
+            upstream_password: crate::harness::PROVISIONER_PASSWORD,
+            // The longest window, so the wait (half of it) outlasts the revocation.
+            timings: "terminate_after = \"5s\"",
+            ..Default::default()
+        },
+    )
+    .await;
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    env.superuser_sql(&stubborn("lockbox_write"));
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw.send(&query(CALL)).await;
+    let pid = stubborn_backend(&env).await;
+    drop(raw);
+    env.client("carol")
+        .revoke(&id, "customer withdrew consent")
+        .await
+        .expect("revoke");
+    wait_until_gone(&env, pid).await;
+    let records = env
+        .wait_for_audit("the session's end", |records| {
+            records
+                .iter()
+                .any(|r| r["request_id"] == id.as_str() && r["type"] == "session")
+        })
+        .await;
+    let ends: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["request_id"] == id.as_str() && r["type"] == "session")
+        .collect();
+    assert!(
+        ends.iter().any(|r| r["event"] == "dropped_revoked"),
+        "{ends:?}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["request_id"] == id.as_str() && r["event"] == "backend_termination_failed"),
+        "a termination failure recorded for a backend the role's drop ended"
+    );
+}

@@ -14,7 +14,7 @@ use crate::harness::{cluster, Env, Options};
 /// nothing of the loop lies outside its exception block but the step from the handler
 /// back into the block (a COMMIT there was a window wide enough for a cancel to land in,
 /// end the procedure, and leave the reaper nothing to terminate: a 1-in-many flake).
-fn stubborn(role: &str) -> String {
+pub(crate) fn stubborn(role: &str) -> String {
     format!(
         "SET ROLE lockbox_svc;
      CREATE SEQUENCE ticks;
@@ -37,7 +37,7 @@ const STUBBORN: &str = "CREATE PROCEDURE stubborn() LANGUAGE plpgsql AS $$
        END LOOP;
      END $$;";
 
-const CALL: &str = "CALL stubborn()";
+pub(crate) const CALL: &str = "CALL stubborn()";
 
 fn count(env: &Env, sql: &str) -> i64 {
     env.superuser_sql(sql).parse().expect("a count")
@@ -52,7 +52,7 @@ fn ticks(env: &Env) -> i64 {
 }
 
 /// Waits (bounded) for the procedure to run and tick; returns its backend's pid.
-async fn stubborn_backend(env: &Env) -> i32 {
+pub(crate) async fn stubborn_backend(env: &Env) -> i32 {
     let find = format!(
         "SELECT coalesce(max(pid), 0) FROM pg_stat_activity WHERE datname = '{}' AND query = '{CALL}'",
         env.db
@@ -68,7 +68,7 @@ async fn stubborn_backend(env: &Env) -> i32 {
 }
 
 /// Waits (bounded, to catch "never") until `pid` is no longer a backend.
-async fn wait_until_gone(env: &Env, pid: i32) {
+pub(crate) async fn wait_until_gone(env: &Env, pid: i32) {
     let alive = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
     for _ in 0..200 {
         if count(env, &alive) == 0 {

@@ -205,14 +205,31 @@ async fn a_client_vanishing_while_its_pipeline_waits_on_a_busy_server_frees_its_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_vanishing_while_its_messages_are_held_frees_its_backend_at_once() {
     let group = [bind_execute(1_000), message(b'S', b"")].concat();
-    // 4 MB: more than the client's and the proxy's socket buffers hold before the proxy
-    // reads again.
+    // More than the client's and the proxy's socket buffers can hold once the proxy reads
+    // no more (4 MB did not always: TCP grows a receive buffer up to `tcp_rmem`'s maximum).
+    let groups = (most_kernel_buffers() + (4 << 20)) / group.len();
     let pipeline = [
         query(SLEEP),
         message(b'P', b"s1\0SELECT $1::text\0\0\0"),
         message(b'S', b""),
-        group.repeat(4_000),
+        group.repeat(groups),
     ]
     .concat();
     reset_while_not_read("vanish_held", pipeline).await;
+}
+
+/// The most a TCP connection's send and receive buffers may grow to together (Linux:
+/// the maxima of `tcp_wmem` and `tcp_rmem`, which autotuning reaches on its own).
+fn most_kernel_buffers() -> usize {
+    ["tcp_rmem", "tcp_wmem"]
+        .iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            text.split_whitespace()
+                .last()
+                .and_then(|max| max.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("{name}: {text}"))
+        })
+        .sum()
 }

@@ -14,9 +14,9 @@
 //! last WAL page: a write torn at a sector leaves each sector old or new, and the leading
 //! bytes are the same in both, so no frame a sync vouched for can be lost by a later one.
 //!
-//! Where the filesystem refuses direct I/O (tmpfs), or the journal's halves are not whole
-//! blocks (tests' small journals), the journal is written through the page cache and
-//! fdatasynced, as before.
+//! Where the filesystem refuses direct I/O (some do, older tmpfs among them), or the
+//! journal's halves are not whole blocks (tests' small journals), the journal is written
+//! through the page cache and fdatasynced, as before.
 
 use std::fs::{File, OpenOptions};
 use std::io;

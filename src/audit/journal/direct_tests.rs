@@ -1,6 +1,8 @@
 //! The journal's direct writes (see `direct.rs`) against a real file: a failed one leaves
 //! its frames for the next, and nothing writes the journal while one is in flight.
 
+use std::os::fd::AsRawFd;
+
 use super::tests::{frames_on_disk, Appender};
 use super::*;
 
@@ -160,5 +162,116 @@ fn a_new_journal_has_no_unwritten_blocks() {
     assert!(
         unwritten_extents(&other) > 0,
         "an allocated file shows no unwritten extent"
+    );
+}
+
+/// A frame whose early write (past the 1 MiB bound) fails, and the trail's fdatasync in its
+/// place too, is taken back, and only it: when it wrapped into the other half, the frames
+/// recorded before it lie at higher offsets and still wait to be written (dropping them
+/// let a later sync acknowledge records that were on disk nowhere; found by an attack).
+#[test]
+fn a_refused_frame_after_a_wrap_takes_back_only_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let mut journal = direct_journal(&active, 128 << 10);
+    let direct = journal.direct_file().expect("direct");
+    let trail = File::create(dir.path().join("trail")).expect("trail");
+    let failing_trail = File::options()
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null");
+    assert!(
+        failing_trail.sync_data().is_err(),
+        "fdatasync of /dev/null fails"
+    );
+    // Trail syncs ran: no half is held back by the trail.
+    let mut trail_durable = u64::MAX / 4;
+    let frame = |seq: u64, offset: u64, len: u64| Frame {
+        file_first_seq: 1,
+        trail_offset: offset,
+        trail_len: len,
+        first_seq: seq,
+        last_seq: seq,
+    };
+    let (mut seq, mut offset) = (1u64, 0u64);
+    for _ in 0..10_000 {
+        let waiting = journal.unwritten.bytes();
+        if journal.current == 1 && waiting + 60_000 > MAX_UNWRITTEN_BYTES {
+            // One frame that both wraps into half 0 and crosses the bound.
+            let to_wrap = 2 * journal.half - journal.head + 1;
+            let to_cross = (MAX_UNWRITTEN_BYTES - waiting + 1) as u64;
+            let len = to_wrap.max(to_cross) - HEADER_LEN as u64;
+            assert!(len + (HEADER_LEN as u64) < journal.half);
+            // Its write fails (EBADF: the direct descriptor now reads only).
+            let read_only = File::open(path_for(&active)).expect("open");
+            // SAFETY: both descriptors are open; dup2 replaces the direct one in place.
+            assert!(unsafe { libc::dup2(read_only.as_raw_fd(), direct.as_raw_fd()) } >= 0);
+            let refused = journal.record(
+                frame(seq, offset, len),
+                &vec![b'z'; len as usize],
+                &failing_trail,
+                &mut trail_durable,
+            );
+            assert!(
+                matches!(refused, Err(JournalError::TrailSync(_))),
+                "{refused:?}"
+            );
+            assert_eq!(
+                journal.unwritten.bytes(),
+                waiting,
+                "the frames recorded before the refused one still wait"
+            );
+            return;
+        }
+        let len = 3000 + seq * 37 % 2000;
+        journal
+            .record(
+                frame(seq, offset, len),
+                &vec![b'a'; len as usize],
+                &trail,
+                &mut trail_durable,
+            )
+            .expect("record");
+        seq += 1;
+        offset += len;
+    }
+    panic!("the journal never filled half 1 with a megabyte waiting");
+}
+
+/// Frames written through the page cache while an fdatasync of them runs (an early write
+/// past the bound) are not covered by it: the next sync is an fdatasync again, not a direct
+/// write that would vouch for them unsynced (found by an attack, by reading the code).
+#[test]
+fn an_fdatasync_vouches_only_for_the_writes_before_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let mut journal = direct_journal(&active, 1 << 20);
+    let mut appender = Appender::new(&active, 100);
+    appender.record(&mut journal);
+    journal.write_unwritten().expect("written direct");
+    // The head block's bytes unknown, and the next run not on a block boundary: written
+    // through the page cache.
+    journal.tail.forget();
+    appender.record(&mut journal);
+    let first = journal.begin_sync().expect("written");
+    assert!(matches!(first, JournalSync::Buffered { .. }), "{first:?}");
+    // While its fdatasync runs, more frames are written through the page cache.
+    appender.record(&mut journal);
+    journal.write_unwritten().expect("written");
+    first.make_durable().expect("fdatasync");
+    journal.end_sync(first, true);
+    let next = journal.begin_sync().expect("laid out");
+    assert!(
+        matches!(next, JournalSync::Buffered { .. }),
+        "the frames written during the last fdatasync get one of their own: {next:?}"
+    );
+    next.make_durable().expect("fdatasync");
+    journal.end_sync(next, true);
+    assert!(
+        matches!(
+            journal.begin_sync().expect("laid out"),
+            JournalSync::Direct(_)
+        ),
+        "direct again once every page-cache write is fdatasynced"
     );
 }

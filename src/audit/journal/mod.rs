@@ -129,13 +129,17 @@ pub(super) struct Journal {
     /// Frames were written through the page cache (a direct write could not be laid out):
     /// the next sync is an fdatasync of `file`, the only call that reports their errors.
     buffered_unsynced: bool,
+    /// Writes through the page cache so far: an fdatasync vouches only for those before it
+    /// began (an early write may land while it runs).
+    buffered_writes: u64,
 }
 
 /// How the frames a sync covers are made durable, outside the writer's lock.
 #[derive(Debug)]
 pub(in crate::audit) enum JournalSync {
-    /// Written through the page cache: an fdatasync of the journal.
-    Buffered(Arc<File>),
+    /// Written through the page cache: an fdatasync of the journal, covering the
+    /// `covers` first such writes.
+    Buffered { file: Arc<File>, covers: u64 },
     /// Whole blocks for the direct descriptor: written, they are durable.
     Direct(DirectWrite),
 }
@@ -144,7 +148,7 @@ impl JournalSync {
     /// Makes the frames durable (the sync's slow part, run outside the writer's lock).
     pub(in crate::audit) fn make_durable(&self) -> io::Result<()> {
         match self {
-            JournalSync::Buffered(file) => file.sync_data(),
+            JournalSync::Buffered { file, .. } => file.sync_data(),
             JournalSync::Direct(write) => write.write(),
         }
     }
@@ -186,14 +190,16 @@ impl Unwritten {
         self.runs.clear();
     }
 
-    /// Forgets what was recorded from journal offset `at` on (a frame taken back).
-    fn truncate_at(&mut self, at: u64) {
-        while let Some((start, run)) = self.runs.last_mut() {
+    /// Takes back the frame just recorded at journal offset `at`: it ends the last run.
+    /// Only that run is cut: after a wrap, runs recorded before it lie at higher offsets
+    /// (the other half), and their frames must still be written.
+    fn take_back(&mut self, at: u64) {
+        if let Some((start, run)) = self.runs.last_mut() {
             if *start < at {
                 run.truncate(usize::try_from(at - *start).unwrap_or(usize::MAX));
-                return;
+            } else {
+                self.runs.pop();
             }
-            self.runs.pop();
         }
     }
 
@@ -243,6 +249,7 @@ impl Journal {
             aligned: AlignedBuffer::default(),
             in_flight: None,
             buffered_unsynced: false,
+            buffered_writes: 0,
         };
         journal.blank_halves()?;
         if let Some(anchor) = anchor {
@@ -322,7 +329,7 @@ impl Journal {
                 self.end_sync(JournalSync::Direct(write), result.is_ok());
                 result
             }
-            JournalSync::Buffered(_) => Ok(()),
+            JournalSync::Buffered { .. } => Ok(()),
         }
     }
 
@@ -355,7 +362,11 @@ impl Journal {
         written?;
         self.unwritten.clear();
         self.buffered_unsynced = self.direct.is_some();
-        Ok(JournalSync::Buffered(self.file.clone()))
+        self.buffered_writes += 1;
+        Ok(JournalSync::Buffered {
+            file: self.file.clone(),
+            covers: self.buffered_writes,
+        })
     }
 
     /// A sync's end, under the writer's lock: `durable` says whether `sync` made its frames
@@ -363,8 +374,8 @@ impl Journal {
     /// recorded since, and the head block's bytes as they were.
     pub(in crate::audit) fn end_sync(&mut self, sync: JournalSync, durable: bool) {
         match sync {
-            JournalSync::Buffered(_) => {
-                if durable {
+            JournalSync::Buffered { covers, .. } => {
+                if durable && covers == self.buffered_writes {
                     self.buffered_unsynced = false;
                 }
             }
@@ -440,7 +451,7 @@ impl Journal {
                     // This append is refused and cut from the trail: its frame must not be
                     // written by a later sync (for the waiters before it), or a restart
                     // would bring back the record of a statement that never ran.
-                    self.unwritten.truncate_at(start);
+                    self.unwritten.take_back(start);
                     self.head = start;
                     self.half_last_seq[self.current] = last_seq_before;
                     return Err(JournalError::TrailSync(e));

@@ -17,6 +17,10 @@ pub struct Limits {
     pub max_rows: Option<u64>,
     /// How to cancel the upstream backend's running statement.
     pub cancel: Option<CancelKey>,
+    /// How long a client that left mid-statement has its statements' answers waited for
+    /// (see `settle.rs`): half the reaper's window (`timings.terminate_after`), which
+    /// counts from the relay's end, so the wait never lets a backend run longer.
+    pub settle_within: std::time::Duration,
 }
 
 /// The upstream backend's cancel key and where to send it.

@@ -257,7 +257,7 @@ impl Relay {
     /// then [`Farewell::deliver`].
     #[cfg(test)]
     pub(crate) async fn run(self) -> End {
-        let (end, farewell) = self.run_to_farewell().await;
+        let (end, farewell, _) = self.run_to_farewell().await;
         if let Some(farewell) = farewell {
             farewell.deliver().await;
         }
@@ -267,13 +267,18 @@ impl Relay {
     /// Runs the session to its end, closes upstream and records what was left unsettled.
     /// What the client is still to be told comes back, to be delivered beside the reaper:
     /// a slow reader may take a while to read up to it.
-    pub(crate) async fn run_to_farewell(mut self) -> (End, Option<Farewell>) {
-        let end = match self.relay().await {
+    /// Also returns when the relay ended (before any wait for a statement of a client that
+    /// left to settle): the reaper's window counts from then.
+    pub(crate) async fn run_to_farewell(mut self) -> (End, Option<Farewell>, tokio::time::Instant) {
+        let mut end = match self.relay().await {
             End::ClientGone if !self.tracker.is_idle() => End::ClientLeftMidStatement,
             other => other,
         };
+        let ended_at = tokio::time::Instant::now();
         if matches!(end, End::ClientLeftMidStatement) {
-            self.settle_after_client_left().await;
+            if let Some(reason) = self.settle_after_client_left().await {
+                end = End::Dropped(reason);
+            }
         }
         let message = last_words::fatal_for(&end, &self.session.request_id, self.upstream_said_why);
         self.close_upstream().await;
@@ -314,7 +319,7 @@ impl Relay {
             provoked,
             grant: self.session.request_id.clone(),
         });
-        (end, farewell)
+        (end, farewell, ended_at)
     }
 
     async fn close_upstream(&mut self) {

@@ -10,28 +10,28 @@
 //! ReadyForQuery, and statements sent after another group's end could run on after the
 //! cancel; those ends stay as they were (`interrupted`, the backend closed at once).
 
-use std::time::Duration;
-
 use tokio::io::AsyncReadExt;
 
 use super::record::take_copy_bytes;
 use super::{buffers, Relay};
+use crate::proxy::registry::DropReason;
 use crate::wire::BackendEvent;
-
-/// How long the server's answers are waited for. A statement that ignores the cancel (a
-/// procedure that catches it) is left to the reaper after this, as before.
-const SETTLE_WITHIN: Duration = Duration::from_secs(2);
 
 impl Relay {
     /// Cancels what runs and reads the server's answers until everything sent is settled
-    /// (outcomes in `self.outcomes`), the server closes, or [`SETTLE_WITHIN`] passes.
-    pub(super) async fn settle_after_client_left(&mut self) {
-        if !self.tracker.one_group_open() || self.tracker.in_copy_in() {
-            return;
+    /// (outcomes in `self.outcomes`), the server closes, or the grant's `settle_within`
+    /// passes: a cancel lands within milliseconds, and what the server sent before it (a
+    /// COPY's rows in the socket buffers) is read as fast. That bound is half the reaper's
+    /// window, which counts from the relay's end, not from this wait's: a statement that
+    /// ignores the cancel (a procedure that catches it) lives no longer than without it.
+    /// Revocation, expiry or shutdown meanwhile stops the wait at once and is returned:
+    /// the session ends for that reason (a grant's role is dropped then, as for any
+    /// session its end finds).
+    pub(super) async fn settle_after_client_left(&mut self) -> Option<DropReason> {
+        if !self.tracker.one_group_open() {
+            return None;
         }
-        let Some(key) = self.grant.limits.cancel.clone() else {
-            return;
-        };
+        let key = self.grant.limits.cancel.clone()?;
         tokio::spawn(async move {
             if let Err(e) =
                 crate::proxy::upstream::send_cancel(&key.host, key.port, key.pid, key.secret).await
@@ -39,18 +39,28 @@ impl Relay {
                 tracing::warn!(error = %e, "could not cancel the statement of a client that left");
             }
         });
-        let deadline = tokio::time::Instant::now() + SETTLE_WITHIN;
-        while !self.tracker.is_idle() {
-            let read =
-                tokio::time::timeout_at(deadline, self.upstream_r.read_buf(&mut self.ubuf)).await;
+        let deadline = tokio::time::Instant::now() + self.grant.limits.settle_within;
+        // A COPY FROM STDIN started after all (a function's) waits for data: no answer comes.
+        while !self.tracker.is_idle() && !self.tracker.in_copy_in() {
+            if let Some(reason) = self.term.ended() {
+                return Some(reason);
+            }
+            let read = tokio::select! {
+                biased;
+                reason = self.term.fired() => return Some(reason),
+                read = tokio::time::timeout_at(deadline, self.upstream_r.read_buf(&mut self.ubuf)) => read,
+            };
             match read {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return,
+                // A revocation may close the backend (its role dropped) as it ends the
+                // session: the end is the revocation's, not the server's.
+                _ => return self.term.ended(),
             }
             if !self.settle_read() {
-                return;
+                return None;
             }
         }
+        None
     }
 
     /// Scans what was read for outcomes, as the relay does, and drops the bytes. False if
