@@ -70,8 +70,14 @@ impl Relay {
         self.scanner.feed_located(&self.ubuf, &mut events);
         let mut on_track = true;
         for (event, _) in events.drain(..) {
-            if let BackendEvent::CopyData(n) = &event {
-                self.copy_bytes += n;
+            // Rows go to no statement's settling, as in the relay (`on_upstream_bytes`).
+            match event {
+                BackendEvent::CopyData(n) => {
+                    self.copy_bytes += n;
+                    continue;
+                }
+                BackendEvent::DataRow => continue,
+                _ => {}
             }
             let settled = self.outcomes.len();
             if self.tracker.on_event(event, &mut self.outcomes).is_err() {
