@@ -537,6 +537,8 @@ pub(crate) struct Scrape {
     pub(crate) connections: usize,
     /// Ended sessions' clients still being told why, patiently (slow readers).
     pub(crate) farewells: usize,
+    /// Connections on each session thread (`[proxy] threads`), by thread.
+    pub(crate) thread_sessions: Vec<usize>,
     pub(crate) audit_healthy: bool,
     /// `(written, shipped)` sequence numbers of the PostgreSQL audit sink, when configured.
     pub(crate) sink: Option<(u64, u64)>,
@@ -561,6 +563,20 @@ impl Scrape {
             "Clients of ended sessions still reading up to the FATAL that says why (no slot, no backend; at most max_connections).",
         );
         sample(o, "lockbox_farewells", "", self.farewells);
+        family(
+            o,
+            "lockbox_session_thread_connections",
+            "gauge",
+            "Client connections each session thread serves ([proxy] threads; a connection is placed on the thread with the fewest).",
+        );
+        for (thread, connections) in self.thread_sessions.iter().enumerate() {
+            sample(
+                o,
+                "lockbox_session_thread_connections",
+                &format!("{{thread=\"{thread}\"}}"),
+                connections,
+            );
+        }
         family(
             o,
             "lockbox_audit_healthy",

@@ -31,6 +31,8 @@ pub enum ServerError {
     Service(#[from] crate::service::ServiceError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("cannot start the proxy's session threads: {0}")]
+    SessionThreads(#[source] std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -134,10 +136,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let mut tasks = Vec::new();
+    let threads = crate::proxy::SessionThreads::start(config.proxy_threads)
+        .map_err(ServerError::SessionThreads)?;
+    let _ = registry.thread_sessions.set(threads.live());
     let proxy = Arc::new(Proxy {
         lockbox: lockbox.clone(),
         tls,
         registry: registry.clone(),
+        threads,
     });
     tasks.push(tokio::spawn(proxy.run(proxy_listener, shutdown_rx.clone())));
     let api_state = crate::api::ApiState {

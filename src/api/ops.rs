@@ -55,6 +55,16 @@ async fn metrics(State(state): State<ApiState>, Caller(user): Caller) -> Respons
     let scrape = Scrape {
         connections: state.registry.gate.open(),
         farewells: state.registry.gate.farewells(),
+        thread_sessions: state
+            .registry
+            .thread_sessions
+            .get()
+            .map(|live| {
+                live.iter()
+                    .map(|n| n.load(std::sync::atomic::Ordering::Relaxed))
+                    .collect()
+            })
+            .unwrap_or_default(),
         audit_healthy: lockbox.audit.healthy(),
         sink: state.audit_sink.as_ref().map(|s| {
             let h = s.health();

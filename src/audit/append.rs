@@ -86,7 +86,7 @@ impl Shared {
             lead: mode.syncs()
                 && state.waiters_per_sync <= LEAD_WHILE_WAITERS_PER_SYNC
                 && state.last_sync_took < LEAD_WHILE_SYNCS_TAKE
-                && runtime_has_other_workers(),
+                && may_lead_sync_here(),
         };
         match mode {
             Mode::Later if state.pending.len() >= MAX_PENDING => {
@@ -190,13 +190,27 @@ const LEAD_WHILE_WAITERS_PER_SYNC: u64 = 320;
 /// thread is not held in one, the syncer waits instead.
 const LEAD_WHILE_SYNCS_TAKE: Duration = Duration::from_millis(5);
 
-/// A session's thread is only held in an fdatasync where the runtime has another worker to
-/// go on with everything else (revocations, the API): never on a single-threaded runtime.
-fn runtime_has_other_workers() -> bool {
-    tokio::runtime::Handle::try_current().is_ok_and(|h| {
-        h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-            && h.metrics().num_workers() >= 2
-    })
+thread_local! {
+    /// Set on the proxy's session threads: nothing but sessions runs there.
+    static SERVES_SESSIONS_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one that runs nothing but sessions (the proxy's session
+/// threads), so a session there may hold it in an fdatasync: the other sessions on it are
+/// held at most as long, and only while sessions wait one at a time.
+pub(crate) fn thread_serves_sessions_only() {
+    SERVES_SESSIONS_ONLY.with(|only| only.set(true));
+}
+
+/// A session's thread is only held in an fdatasync where everything else (revocations, the
+/// API) goes on elsewhere: on a session thread, or on a runtime with another worker. Never
+/// on a single-threaded runtime that runs the rest too.
+pub(crate) fn may_lead_sync_here() -> bool {
+    SERVES_SESSIONS_ONLY.with(|only| only.get())
+        || tokio::runtime::Handle::try_current().is_ok_and(|h| {
+            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                && h.metrics().num_workers() >= 2
+        })
 }
 
 /// Most bytes of records held for the next write (outcomes) before an append writes them

@@ -100,6 +100,9 @@ pub struct ProxyFile {
     /// Whether a grant that reconnects has its next session's backend logged in ahead:
     /// `"reconnects"` (the default) or `"off"`.
     pub spare_backends: Option<String>,
+    /// How many threads serve sessions (each a runtime of its own, a session on one of them
+    /// throughout): the number of CPUs lockbox may use by default.
+    pub threads: Option<usize>,
     /// Host name engineers connect to (given out with tokens); the listen address by default.
     pub public_host: Option<String>,
     /// Port engineers connect to (given out with tokens); the listen port by default.

@@ -58,6 +58,23 @@ pub(super) fn spare_backends(proxy: &ProxyFile) -> Result<bool, ConfigError> {
     }
 }
 
+/// The most `[proxy] threads`: far past any CPU count a proxy is given, low enough that a
+/// typo does not start thousands of threads.
+const MAX_THREADS: usize = 1024;
+
+/// `[proxy] threads`: how many threads serve sessions; the CPUs lockbox may use by default.
+pub(super) fn threads(proxy: &ProxyFile) -> Result<usize, ConfigError> {
+    match proxy.threads {
+        None => Ok(std::thread::available_parallelism().map_or(1, std::num::NonZero::get)),
+        Some(0) => Err(invalid("proxy.threads", "must be at least 1")),
+        Some(n) if n > MAX_THREADS => Err(invalid(
+            "proxy.threads",
+            format!("{n} is more than {MAX_THREADS}"),
+        )),
+        Some(n) => Ok(n),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +125,23 @@ mod tests {
             wrong.contains("proxy.spare_backends") && wrong.contains("always"),
             "{wrong}"
         );
+    }
+
+    #[test]
+    fn threads_default_to_the_cpus_and_name_their_key_when_wrong() {
+        let threads_of = |extra: &str| -> Result<usize, String> {
+            let text = format!("listen = \"127.0.0.1:6432\"\n{extra}");
+            let file: ProxyFile = toml::from_str(&text).map_err(|e| e.to_string())?;
+            threads(&file).map_err(|e| e.to_string())
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(threads_of(""), Ok(cpus));
+        assert_eq!(threads_of("threads = 3"), Ok(3));
+        for wrong in ["threads = 0", "threads = 100000"] {
+            let e = threads_of(wrong).expect_err(wrong);
+            assert!(e.contains("proxy.threads"), "{e}");
+        }
+        assert!(threads_of("threads = -1").is_err());
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct Config {
     pub early_dial: crate::proxy::EarlyDialPolicy,
     /// `[proxy] spare_backends`: a grant that reconnects has a backend logged in ahead.
     pub spare_backends: bool,
+    /// `[proxy] threads`: how many threads serve sessions.
+    pub proxy_threads: usize,
     pub state_path: PathBuf,
     /// `[state] url`: the shared PostgreSQL state store (SQLite at `state_path` when absent).
     pub state_postgres: Option<StatePostgres>,
@@ -287,6 +289,7 @@ impl Config {
             connection_limits,
             early_dial: limits::early_dial(&file.proxy)?,
             spare_backends: limits::spare_backends(&file.proxy)?,
+            proxy_threads: limits::threads(&file.proxy)?,
             state_path,
             state_postgres,
             node_id,

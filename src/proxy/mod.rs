@@ -25,6 +25,7 @@ mod source;
 mod spare;
 mod statements;
 mod stream;
+mod threads;
 mod tracker;
 mod upstream;
 
@@ -43,6 +44,7 @@ pub use gate::Limits as ConnectionLimits;
 pub use registry::{DropReason, Registry, SessionInfo};
 pub(crate) use relay::inspect_client_bytes;
 pub(crate) use scram::cached as scram_cached;
+pub(crate) use threads::SessionThreads;
 
 use aftermath::Aftermath;
 
@@ -64,6 +66,8 @@ pub struct Proxy {
     pub lockbox: Arc<Lockbox>,
     pub tls: Option<TlsAcceptor>,
     pub registry: Arc<Registry>,
+    /// Where sessions run (see `threads`).
+    pub(crate) threads: SessionThreads,
 }
 
 impl Proxy {
@@ -104,6 +108,8 @@ impl Proxy {
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::warn!("sessions still running after shutdown grace period; aborting them");
         }
+        sessions.abort_all();
+        self.threads.stop();
     }
 
     fn spawn_session(
@@ -127,13 +133,31 @@ impl Proxy {
             database = tracing::field::Empty,
             request_id = tracing::field::Empty,
         );
+        // The socket moves to its session thread's reactor (see `threads`).
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepted connection could not be handed to a session thread");
+                return;
+            }
+        };
+        let (thread, placed) = self.threads.place();
         let proxy = self.clone();
-        sessions.spawn(
+        sessions.spawn_on(
             async move {
+                let _placed = placed;
+                let tcp = match TcpStream::from_std(tcp) {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "session thread could not take the connection");
+                        return None;
+                    }
+                };
                 let after = session::serve(proxy, tcp, peer, id).await;
                 after.map(|after| after.releasing(slot, limits.max_connections))
             }
             .instrument(span),
+            thread,
         );
     }
 

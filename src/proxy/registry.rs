@@ -95,6 +95,8 @@ pub struct Registry {
     pub(crate) trusted: super::early_dial::TrustedSources,
     /// Backends logged in ahead for grants that reconnect (see `spare`).
     pub(crate) spares: Arc<super::spare::Spares>,
+    /// Sessions on each session thread, once the threads started (see `threads`).
+    pub(crate) thread_sessions: std::sync::OnceLock<super::threads::LiveSessions>,
 }
 
 impl Registry {

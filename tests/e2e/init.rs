@@ -86,6 +86,16 @@ pub(crate) fn stop(child: &mut Child, signal: &str) -> std::process::ExitStatus 
     child.wait().expect("wait")
 }
 
+/// The names of a process's session threads (`lockbox-sess-N`).
+fn session_threads(pid: u32) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| name.starts_with("lockbox-sess-"))
+        .collect()
+}
+
 /// The API keys `lockbox init` wrote, by user.
 fn api_keys(dir: &Path) -> std::collections::BTreeMap<String, String> {
     std::fs::read_to_string(dir.join("api-keys"))
@@ -191,6 +201,11 @@ fn init_then_check_serve_request_connect_verified_and_audit() {
         .expect("serve");
     wait_for_port(api_port, &mut serve, &log);
     wait_for_port(proxy_port, &mut serve, &log);
+    // Sessions run on threads of their own, one per CPU by default (`[proxy] threads`).
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let expected: std::collections::BTreeSet<String> =
+        (0..cpus).map(|i| format!("lockbox-sess-{i}")).collect();
+    assert_eq!(session_threads(serve.id()), expected);
 
     let keys = api_keys(&dir);
     // The API serves HTTPS with init's certificate; the CLI trusts init's CA.

@@ -73,6 +73,7 @@ mod roles;
 mod row_limit_portals;
 mod server_end_tls;
 mod session_end;
+mod session_threads;
 mod skip_to_sync;
 mod spare;
 mod terminate;
