@@ -33,6 +33,7 @@ pub mod policy;
 mod private_files;
 pub mod provision;
 pub mod proxy;
+mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod service;

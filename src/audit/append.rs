@@ -190,23 +190,12 @@ const LEAD_WHILE_WAITERS_PER_SYNC: u64 = 320;
 /// thread is not held in one, the syncer waits instead.
 const LEAD_WHILE_SYNCS_TAKE: Duration = Duration::from_millis(5);
 
-thread_local! {
-    /// Set on the proxy's session threads: nothing but sessions runs there.
-    static SERVES_SESSIONS_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Marks the calling thread as one that runs nothing but sessions (the proxy's session
-/// threads), so a session there may hold it in an fdatasync: the other sessions on it are
-/// held at most as long, and only while sessions wait one at a time.
-pub(crate) fn thread_serves_sessions_only() {
-    SERVES_SESSIONS_ONLY.with(|only| only.set(true));
-}
-
 /// A session's thread is only held in an fdatasync where everything else (revocations, the
-/// API) goes on elsewhere: on a session thread, or on a runtime with another worker. Never
-/// on a single-threaded runtime that runs the rest too.
+/// API) goes on elsewhere: on a session thread (the other sessions there are held at most
+/// as long, and only while sessions wait one at a time), or on a runtime with another
+/// worker. Never on a single-threaded runtime that runs the rest too.
 pub(crate) fn may_lead_sync_here() -> bool {
-    SERVES_SESSIONS_ONLY.with(|only| only.get())
+    crate::runtime::on_session_thread()
         || tokio::runtime::Handle::try_current().is_ok_and(|h| {
             h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
                 && h.metrics().num_workers() >= 2

@@ -44,7 +44,7 @@ pub(super) async fn connect(db: &Database) -> Result<Client, ProvisionError> {
                     .await
                     .map_err(|_| timed_out())?
                     .map_err(failed)?;
-            tokio::spawn(drive(connection));
+            crate::runtime::spawn_control(drive(connection));
             client
         }
         Some(tls) => {
@@ -54,7 +54,7 @@ pub(super) async fn connect(db: &Database) -> Result<Client, ProvisionError> {
                 .await
                 .map_err(|_| timed_out())?
                 .map_err(failed)?;
-            tokio::spawn(drive(connection));
+            crate::runtime::spawn_control(drive(connection));
             client
         }
     };

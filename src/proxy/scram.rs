@@ -167,7 +167,8 @@ fn salted_password_at(password: &[u8], salt: &[u8], iterations: u32, now: Instan
         hit.used = hit.used.max(now);
         return hit.value;
     }
-    let value = hi(password, salt, iterations);
+    // Thousands of HMACs: the session thread's other sessions go on elsewhere meanwhile.
+    let value = crate::runtime::blocking(|| hi(password, salt, iterations));
     let mut cache = cache();
     // A scan per miss: far cheaper than the thousands of HMACs the miss just cost.
     cache.retain(|_, e| now.saturating_duration_since(e.used) < IDLE);
@@ -289,6 +290,15 @@ mod tests {
             assert!(client.respond(bad.as_bytes()).is_err(), "{bad}");
         }
         assert!(client.verify(b"v=AAAA").is_err(), "no final before a first");
+    }
+
+    #[test]
+    fn a_miss_computes_off_the_session_thread_and_a_hit_does_not() {
+        let before = crate::runtime::blocking_calls();
+        let salted = salted_password(b"pw-miss", b"salt-miss", 4096);
+        assert_eq!(crate::runtime::blocking_calls(), before + 1);
+        assert_eq!(salted_password(b"pw-miss", b"salt-miss", 4096), salted);
+        assert_eq!(crate::runtime::blocking_calls(), before + 1);
     }
 
     #[test]

@@ -485,7 +485,7 @@ async fn run_admitted(
         // reaper could not log in as the role any more (past VALID UNTIL, or NOLOGIN).
         let provisioner = lockbox.provisioner.clone();
         let (db, id) = (db.clone(), request.id.clone());
-        tokio::spawn(async move {
+        crate::runtime::spawn_control(async move {
             if let Err(e) = provisioner.end(&db, &id).await {
                 tracing::error!(error = %e, "could not drop the role of an ended grant");
             }

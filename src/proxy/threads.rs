@@ -55,9 +55,12 @@ impl SessionThreads {
     /// Starts `count` threads (at least one), each with its own runtime (I/O and timers).
     pub(crate) fn start(count: usize) -> io::Result<Self> {
         let count = count.max(1);
+        // Work that is not a session's goes back to the runtime starting the threads.
+        let control = Handle::try_current().ok();
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
-            threads.push(SessionThread::start(index)?);
+            // On failure the threads already started are stopped as `threads` drops.
+            threads.push(SessionThread::start(index, control.clone())?);
         }
         let live = (0..count).map(|_| AtomicUsize::new(0)).collect();
         Ok(Self { threads, live })
@@ -101,9 +104,16 @@ impl SessionThreads {
     }
 }
 
-impl Drop for SessionThreads {
+impl Drop for SessionThread {
+    /// Without waiting (a runtime dropped in async code would panic).
     fn drop(&mut self) {
-        self.stop();
+        let runtime = match self.runtime.get_mut() {
+            Ok(runtime) => runtime.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(runtime) = runtime {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -112,11 +122,15 @@ impl SessionThread {
     /// when a socket turns ready. It is tokio's multi-threaded kind all the same, so that a
     /// session parsing a very large batch (`block_in_place`) hands the thread's other
     /// sessions to a thread of its own meanwhile, instead of holding them up.
-    fn start(index: usize) -> io::Result<Self> {
+    fn start(index: usize, control: Option<Handle>) -> io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(format!("lockbox-sess-{index}"))
-            .on_thread_start(crate::audit::thread_serves_sessions_only)
+            .on_thread_start(move || {
+                if let Some(control) = &control {
+                    crate::runtime::enter_session_thread(control.clone());
+                }
+            })
             .enable_all()
             .build()?;
         Ok(Self {

@@ -102,7 +102,11 @@ fn session_threads_may_lead_a_sync_and_a_lone_runtime_thread_may_not() {
         .enable_all()
         .build()
         .expect("runtime");
-    let threads = SessionThreads::start(1).expect("threads start");
+    // Started from a runtime, as the server starts them: its handle is the threads' main one.
+    let threads = {
+        let _main = runtime.enter();
+        SessionThreads::start(1).expect("threads start")
+    };
     let (thread, _placed) = threads.place();
     let on_session_thread = runtime
         .block_on(thread.spawn(async { crate::audit::may_lead_sync_here() }))

@@ -22,7 +22,7 @@ impl Lockbox {
         };
         let provisioner = self.provisioner.clone();
         let id = request.id.clone();
-        tokio::spawn(async move {
+        crate::runtime::spawn_control(async move {
             if let Err(e) = provisioner.end(&db, &id).await {
                 tracing::warn!(request_id = %id, error = %e, "could not drop the grant's role yet; retried later");
             }
@@ -36,7 +36,7 @@ impl Lockbox {
         };
         let provisioner = self.provisioner.clone();
         let id = request.id.clone();
-        tokio::spawn(async move {
+        crate::runtime::spawn_control(async move {
             if let Err(e) = provisioner.extend(&db, &id, until).await {
                 // The role then stops at the old end; new sessions move it (the safe side).
                 tracing::warn!(request_id = %id, error = %e, "could not move the grant role's VALID UNTIL");

@@ -117,3 +117,33 @@ async fn connections_go_to_the_session_thread_with_the_fewest() {
         assert_eq!(row.get::<_, i32>(0), 1);
     }
 }
+
+/// Session threads that cannot all be started (here for want of file descriptors: each
+/// runtime needs a few) stop `lockbox serve` with an error that says so, not a panic: the
+/// ones already started are stopped without waiting, as async code must.
+#[test]
+fn threads_that_cannot_be_started_stop_serve_with_an_error() {
+    let env = Env::prepare(
+        "threads_fd_limit",
+        Options {
+            proxy_extra: "threads = 1024",
+            ..Default::default()
+        },
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 4096 && ulimit -Hn 4096 && exec \"$0\" serve --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_lockbox"))
+        .arg(&env.config_path)
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run lockbox serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("cannot start the proxy's session threads"),
+        "{stderr}"
+    );
+}

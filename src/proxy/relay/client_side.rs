@@ -29,13 +29,10 @@ impl Relay {
     /// durable, then forwards the batch as received (refused messages swapped for stand-ins).
     pub(super) async fn on_client_bytes(&mut self) -> Result<(), End> {
         let buf = std::mem::take(&mut self.cbuf);
-        // Parsing a large batch takes a while: let the runtime move other sessions' work
-        // off this thread meanwhile.
-        let big = buf.len() > 16 * 1024
-            && tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread;
-        let scanned = if big {
-            tokio::task::block_in_place(|| self.inspect_batch(&buf))
+        // Parsing a large batch takes a while: the session thread's other sessions go on
+        // elsewhere meanwhile.
+        let scanned = if buf.len() > 16 * 1024 {
+            crate::runtime::blocking(|| self.inspect_batch(&buf))
         } else {
             self.inspect_batch(&buf)
         };

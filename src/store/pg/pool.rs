@@ -81,7 +81,10 @@ pub(crate) async fn connect_with(
                     .await
                     .map_err(|_| unreachable("connecting timed out".into()))?
                     .map_err(|e| unreachable(super::error_text(&e)))?;
-            Ok((client, tokio::spawn(drive(connection, on_message))))
+            Ok((
+                client,
+                crate::runtime::spawn_control(drive(connection, on_message)),
+            ))
         }
         Some(tls) => {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
@@ -89,7 +92,10 @@ pub(crate) async fn connect_with(
                 .await
                 .map_err(|_| unreachable("connecting timed out".into()))?
                 .map_err(|e| unreachable(super::error_text(&e)))?;
-            Ok((client, tokio::spawn(drive(connection, on_message))))
+            Ok((
+                client,
+                crate::runtime::spawn_control(drive(connection, on_message)),
+            ))
         }
     }
 }
