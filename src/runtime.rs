@@ -14,24 +14,46 @@
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::task::JoinHandle;
 
+/// What a session thread knows of itself.
+struct SessionThread {
+    /// The main runtime, for work that does not belong on a session thread.
+    control: Handle,
+    /// Connections on each session thread (`proxy::threads`), and which one this is.
+    connections: Arc<[AtomicUsize]>,
+    index: usize,
+}
+
 thread_local! {
-    /// Set on session threads: the main runtime, for work that does not belong there.
-    static CONTROL: RefCell<Option<Handle>> = const { RefCell::new(None) };
+    static SESSION_THREAD: RefCell<Option<SessionThread>> = const { RefCell::new(None) };
 }
 
-/// Marks the calling thread as a session thread of the server whose main runtime is
+/// Marks the calling thread as session thread `index` of the server whose main runtime is
 /// `control` (called as each session thread starts).
-pub(crate) fn enter_session_thread(control: Handle) {
-    CONTROL.with(|c| *c.borrow_mut() = Some(control));
+pub(crate) fn enter_session_thread(control: Handle, connections: Arc<[AtomicUsize]>, index: usize) {
+    SESSION_THREAD.with(|t| {
+        *t.borrow_mut() = Some(SessionThread {
+            control,
+            connections,
+            index,
+        });
+    });
 }
 
-/// Whether the calling thread is a session thread: it runs nothing but sessions.
-pub(crate) fn on_session_thread() -> bool {
-    CONTROL.with(|c| c.borrow().is_some())
+/// On a session thread, how many connections it serves now; `None` elsewhere.
+pub(crate) fn session_thread_connections() -> Option<usize> {
+    SESSION_THREAD.with(|t| {
+        t.borrow().as_ref().map(|here| {
+            here.connections
+                .get(here.index)
+                .map_or(0, |n| n.load(Ordering::Relaxed))
+        })
+    })
 }
 
 /// Spawns `task` on the main runtime when called from a session thread, else on the
@@ -41,7 +63,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    match CONTROL.with(|c| c.borrow().clone()) {
+    match SESSION_THREAD.with(|t| t.borrow().as_ref().map(|here| here.control.clone())) {
         Some(control) => control.spawn(task),
         None => tokio::spawn(task),
     }
@@ -122,7 +144,7 @@ mod tests {
             .thread_name("session")
             .on_thread_start({
                 let main = main.clone();
-                move || enter_session_thread(main.clone())
+                move || enter_session_thread(main.clone(), Arc::new([AtomicUsize::new(1)]), 0)
             })
             .enable_all()
             .build()
@@ -133,7 +155,7 @@ mod tests {
                 let spawned = spawn_control(async {
                     (
                         std::thread::current().name().map(str::to_owned),
-                        on_session_thread(),
+                        session_thread_connections(),
                     )
                 });
                 (here, spawned.await.expect("ran"))
@@ -147,7 +169,7 @@ mod tests {
             Some("session"),
             "it ran on the session thread"
         );
-        assert!(!on_session);
+        assert_eq!(on_session, None);
         session.shutdown_background();
     }
 

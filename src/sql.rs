@@ -52,13 +52,16 @@ pub fn with_tree_stack<T: Send>(sql: &str, work: impl FnOnce() -> T + Send) -> O
     if !may_nest_deeply(sql) {
         return Some(work());
     }
-    std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("lockbox-parse".into())
-            .stack_size(TREE_STACK)
-            .spawn_scoped(scope, work)
-            .ok()
-            .and_then(|worker| worker.join().ok())
+    // Waiting for it, a session thread hands its other sessions on (`runtime::blocking`).
+    crate::runtime::blocking(|| {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("lockbox-parse".into())
+                .stack_size(TREE_STACK)
+                .spawn_scoped(scope, work)
+                .ok()
+                .and_then(|worker| worker.join().ok())
+        })
     })
 }
 
@@ -242,6 +245,16 @@ fn split_invariants(sql: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deep_tree_is_worked_on_off_the_session_threads_way_and_a_short_text_inline() {
+        let before = crate::runtime::blocking_calls();
+        assert_eq!(with_tree_stack("SELECT 1", || 1), Some(1));
+        assert_eq!(crate::runtime::blocking_calls(), before);
+        let deep = format!("SELECT {}1{}", "(".repeat(200), ")".repeat(200));
+        assert_eq!(with_tree_stack(&deep, || 2), Some(2));
+        assert_eq!(crate::runtime::blocking_calls(), before + 1);
+    }
 
     fn check_split(sql: &str, expected: &[&str]) {
         assert_eq!(split_statements(sql), expected, "splitting {sql:?}");

@@ -190,16 +190,18 @@ const LEAD_WHILE_WAITERS_PER_SYNC: u64 = 320;
 /// thread is not held in one, the syncer waits instead.
 const LEAD_WHILE_SYNCS_TAKE: Duration = Duration::from_millis(5);
 
-/// A session's thread is only held in an fdatasync where everything else (revocations, the
-/// API) goes on elsewhere: on a session thread (the other sessions there are held at most
-/// as long, and only while sessions wait one at a time), or on a runtime with another
-/// worker. Never on a single-threaded runtime that runs the rest too.
+/// A session's thread is only held in an fdatasync where nothing else waits for it: on a
+/// session thread that serves this one connection alone, or on a runtime with another
+/// worker. Never on a session thread with other sessions (a slow disk would hold them
+/// all), nor on a single-threaded runtime that runs the rest too.
 pub(crate) fn may_lead_sync_here() -> bool {
-    crate::runtime::on_session_thread()
-        || tokio::runtime::Handle::try_current().is_ok_and(|h| {
-            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                && h.metrics().num_workers() >= 2
-        })
+    if let Some(connections) = crate::runtime::session_thread_connections() {
+        return connections <= 1;
+    }
+    tokio::runtime::Handle::try_current().is_ok_and(|h| {
+        h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            && h.metrics().num_workers() >= 2
+    })
 }
 
 /// Most bytes of records held for the next write (outcomes) before an append writes them

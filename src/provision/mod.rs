@@ -32,6 +32,11 @@ pub enum ProvisionError {
         database: String,
         source: tokio_postgres::Error,
     },
+    #[error("database `{database}`: the service connection's task failed: {source}")]
+    Task {
+        database: String,
+        source: tokio::task::JoinError,
+    },
     #[error("database `{database}` did not answer lockbox's service connection within {secs} s")]
     Timeout { database: String, secs: u64 },
     #[error("database `{database}`: {step}: {source}")]

@@ -14,8 +14,22 @@ use crate::guard::{LinkKind, RelationLink};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Logs in as the database's service role.
+/// Logs in as the database's service role. On the main runtime: called from a session,
+/// the login's password hashing and TLS handshake would otherwise hold up its session
+/// thread, and the connection would stay there.
 pub(super) async fn connect(db: &Database) -> Result<Client, ProvisionError> {
+    let owned = db.clone();
+    crate::runtime::spawn_control(async move { connect_here(&owned).await })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ProvisionError::Task {
+                database: db.name.clone(),
+                source: e,
+            })
+        })
+}
+
+async fn connect_here(db: &Database) -> Result<Client, ProvisionError> {
     let mut pg = tokio_postgres::Config::new();
     pg.host(&db.host)
         .port(db.port)
@@ -103,7 +117,9 @@ pub(super) async fn create_or_reset(
 ) -> Result<(), ProvisionError> {
     let client = connect(db).await?;
     // Only the verifier reaches the server (and any statement log): never the password.
-    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    let verifier = crate::runtime::blocking(|| {
+        postgres_protocol::password::scram_sha_256(password.as_bytes())
+    });
     match client
         .batch_execute(&sql::create_role(role, &verifier, until, member_of))
         .await

@@ -57,12 +57,12 @@ impl SessionThreads {
         let count = count.max(1);
         // Work that is not a session's goes back to the runtime starting the threads.
         let control = Handle::try_current().ok();
+        let live: LiveSessions = (0..count).map(|_| AtomicUsize::new(0)).collect();
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
             // On failure the threads already started are stopped as `threads` drops.
-            threads.push(SessionThread::start(index, control.clone())?);
+            threads.push(SessionThread::start(index, control.clone(), live.clone())?);
         }
-        let live = (0..count).map(|_| AtomicUsize::new(0)).collect();
         Ok(Self { threads, live })
     }
 
@@ -122,13 +122,13 @@ impl SessionThread {
     /// when a socket turns ready. It is tokio's multi-threaded kind all the same, so that a
     /// session parsing a very large batch (`block_in_place`) hands the thread's other
     /// sessions to a thread of its own meanwhile, instead of holding them up.
-    fn start(index: usize, control: Option<Handle>) -> io::Result<Self> {
+    fn start(index: usize, control: Option<Handle>, live: LiveSessions) -> io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(format!("lockbox-sess-{index}"))
             .on_thread_start(move || {
                 if let Some(control) = &control {
-                    crate::runtime::enter_session_thread(control.clone());
+                    crate::runtime::enter_session_thread(control.clone(), live.clone(), index);
                 }
             })
             .enable_all()

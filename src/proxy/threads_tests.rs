@@ -97,7 +97,7 @@ async fn stopping_ends_the_sessions_still_on_the_threads() {
 }
 
 #[test]
-fn session_threads_may_lead_a_sync_and_a_lone_runtime_thread_may_not() {
+fn a_session_alone_on_its_thread_may_lead_a_sync_and_one_with_neighbours_may_not() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -107,11 +107,22 @@ fn session_threads_may_lead_a_sync_and_a_lone_runtime_thread_may_not() {
         let _main = runtime.enter();
         SessionThreads::start(1).expect("threads start")
     };
-    let (thread, _placed) = threads.place();
-    let on_session_thread = runtime
-        .block_on(thread.spawn(async { crate::audit::may_lead_sync_here() }))
-        .expect("the task ran");
-    let on_lone_runtime = runtime.block_on(async { crate::audit::may_lead_sync_here() });
-    assert!(on_session_thread);
-    assert!(!on_lone_runtime);
+    let may_lead_there = |thread: &Handle| {
+        runtime
+            .block_on(thread.spawn(async { crate::audit::may_lead_sync_here() }))
+            .expect("the task ran")
+    };
+    let (thread, alone) = threads.place();
+    let thread = thread.clone();
+    assert!(may_lead_there(&thread), "alone on its thread");
+    let (_, neighbour) = threads.place();
+    assert!(
+        !may_lead_there(&thread),
+        "a neighbour would wait on the sync"
+    );
+    drop(neighbour);
+    assert!(may_lead_there(&thread), "alone again");
+    drop(alone);
+    // A runtime of one thread that runs everything else too never may.
+    assert!(!runtime.block_on(async { crate::audit::may_lead_sync_here() }));
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{guarded, End, Relay};
-use crate::audit::{redact, AuditEvent, OutcomeRecord, OutcomeStatus, Protocol, StatementRecord};
+use crate::audit::{
+    redact, AuditEvent, AuditLog, OutcomeRecord, OutcomeStatus, Protocol, StatementRecord,
+};
 use crate::guard::Refusal;
 use crate::proxy::statements::MessageId;
 use crate::proxy::tracker::{Outcome, Step};
@@ -47,6 +49,39 @@ fn is_extended(record: &AuditEvent) -> bool {
     )
 }
 
+/// Statement text past which a batch's records are encoded and written off the session
+/// thread's other sessions' way (`runtime::blocking`), as the batch's inspection is.
+const BIG_BATCH_TEXT: usize = 16 * 1024;
+
+fn statement_len(record: &AuditEvent) -> usize {
+    match record {
+        AuditEvent::Statement(s) => s.statement.len(),
+        _ => 0,
+    }
+}
+
+/// Appends a batch's statement records (see `AuditLog::append_durable_later`). Encoding
+/// and writing a batch's worth of long texts takes a while: the session thread's other
+/// sessions go on elsewhere meanwhile.
+fn append_statements<'a>(
+    audit: &'a AuditLog,
+    records: impl Iterator<Item = &'a AuditEvent> + Clone,
+) -> Result<
+    (
+        u64,
+        impl std::future::Future<Output = Result<u64, crate::audit::AuditError>> + 'a,
+    ),
+    crate::audit::AuditError,
+> {
+    let text: usize = records.clone().map(statement_len).sum();
+    let append = || audit.append_durable_later(records);
+    if text > BIG_BATCH_TEXT {
+        crate::runtime::blocking(append)
+    } else {
+        append()
+    }
+}
+
 impl Relay {
     /// Writes the batch's statement records durably and opens their tracker slots.
     pub(super) async fn record_statements(&mut self, mut pending: Vec<Pending>) -> Result<(), End> {
@@ -60,7 +95,7 @@ impl Relay {
             0
         } else {
             let count = records.clone().count() as u64;
-            let waited = match self.audit.append_durable_later(records) {
+            let waited = match append_statements(&self.audit, records) {
                 Ok((first, durable)) => guarded(&mut self.term, durable)
                     .await
                     .map_err(|end| (first, end)),
@@ -171,5 +206,58 @@ pub(super) fn take_copy_bytes(copy_bytes: &mut u64, outcome: &mut Outcome) {
         .is_some_and(|t| t.starts_with("COPY"));
     if is_copy || (outcome.status == OutcomeStatus::Error && *copy_bytes > 0) {
         outcome.bytes = Some(std::mem::take(copy_bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::audit::SessionFields;
+    use crate::sql::StatementKind;
+
+    fn statement(session: &Arc<SessionFields>, text: &str) -> AuditEvent {
+        AuditEvent::Statement(StatementRecord {
+            session: session.clone(),
+            protocol: Protocol::Simple,
+            statement: text.into(),
+            params: None,
+            kind: StatementKind::Select,
+            redacted: vec![],
+            mentions: None,
+        })
+    }
+
+    #[test]
+    fn a_batch_of_long_texts_is_appended_off_the_session_threads_way_and_a_short_one_inline() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (audit, _syncer) = AuditLog::open(&dir.path().join("audit.jsonl"), None).expect("open");
+        let session = Arc::new(SessionFields::new(
+            "s".into(),
+            "r".into(),
+            "t".into(),
+            "eve".into(),
+            "db".into(),
+            "127.0.0.1".into(),
+            false,
+        ));
+        let short = [
+            statement(&session, "SELECT 1"),
+            statement(&session, "SELECT 2"),
+        ];
+        let long_text = format!("SELECT '{}'", "x".repeat(BIG_BATCH_TEXT / 2));
+        let long = [
+            statement(&session, &long_text),
+            statement(&session, &long_text),
+        ];
+
+        let before = crate::runtime::blocking_calls();
+        let (first, _) = append_statements(&audit, short.iter()).expect("short batch");
+        assert_eq!(crate::runtime::blocking_calls(), before);
+        let (next, _) = append_statements(&audit, long.iter()).expect("long batch");
+        assert_eq!(crate::runtime::blocking_calls(), before + 1);
+        // Both were appended, in order.
+        assert_eq!(next, first + 2);
     }
 }

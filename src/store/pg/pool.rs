@@ -61,7 +61,21 @@ pub(crate) async fn connect(config: &StatePostgres) -> Result<Client, StoreError
 
 /// One new connection whose server messages (notifications) go to `on_message`; the
 /// returned handle ends when the connection does.
+///
+/// On the main runtime: a pool connection a session's admission opens serves the API and
+/// revocations afterwards, so its socket must not stay on that session's thread (nor its
+/// login's password hashing and TLS handshake hold that thread up).
 pub(crate) async fn connect_with(
+    config: &StatePostgres,
+    on_message: impl FnMut(tokio_postgres::AsyncMessage) + Send + 'static,
+) -> Result<(Client, tokio::task::JoinHandle<()>), StoreError> {
+    let config = config.clone();
+    crate::runtime::spawn_control(async move { connect_here(&config, on_message).await })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Unreachable(format!("connecting failed: {e}"))))
+}
+
+async fn connect_here(
     config: &StatePostgres,
     on_message: impl FnMut(tokio_postgres::AsyncMessage) + Send + 'static,
 ) -> Result<(Client, tokio::task::JoinHandle<()>), StoreError> {
