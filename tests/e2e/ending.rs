@@ -277,6 +277,14 @@ async fn an_endless_result_read_at_full_speed_over_tls_ends_whole_when_the_sessi
     tls.flush().await.expect("flush");
     let (read, _write) = tokio::io::split(tls);
     let reader = tokio::spawn(read_to_close(read, Arc::default()));
+    // Killed only once the proxy has the query (recorded, so forwarded right after): a
+    // kill that came first would end a session that never ran it.
+    env.wait_for_audit("the endless query recorded", |records| {
+        records
+            .iter()
+            .any(|r| r["type"] == "statement" && r["request_id"] == id)
+    })
+    .await;
     let sessions = env.client("alice").list_sessions().await.expect("sessions");
     let session = sessions
         .iter()
