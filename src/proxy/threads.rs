@@ -92,32 +92,29 @@ impl SessionThreads {
     /// Ends every thread's runtime without waiting for it (so it may be called from async
     /// code); sessions still on them are dropped.
     pub(crate) fn stop(&self) {
-        for thread in &self.threads {
-            let runtime = match thread.runtime.lock() {
-                Ok(mut runtime) => runtime.take(),
-                Err(poisoned) => poisoned.into_inner().take(),
-            };
-            if let Some(runtime) = runtime {
-                runtime.shutdown_background();
-            }
-        }
+        self.threads.iter().for_each(SessionThread::stop);
     }
 }
 
 impl Drop for SessionThread {
-    /// Without waiting (a runtime dropped in async code would panic).
     fn drop(&mut self) {
-        let runtime = match self.runtime.get_mut() {
-            Ok(runtime) => runtime.take(),
+        self.stop();
+    }
+}
+
+impl SessionThread {
+    /// Ends the runtime without waiting for it (a runtime dropped in async code would
+    /// panic); a second call finds it gone.
+    fn stop(&self) {
+        let runtime = match self.runtime.lock() {
+            Ok(mut runtime) => runtime.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
         if let Some(runtime) = runtime {
             runtime.shutdown_background();
         }
     }
-}
 
-impl SessionThread {
     /// A runtime of one worker: nothing to steal from or for, so no other thread is woken
     /// when a socket turns ready. It is tokio's multi-threaded kind all the same, so that a
     /// session parsing a very large batch (`block_in_place`) hands the thread's other
