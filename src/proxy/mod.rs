@@ -25,6 +25,8 @@ mod source;
 mod spare;
 mod statements;
 mod stream;
+#[cfg(test)]
+mod test_tls;
 mod threads;
 mod tracker;
 mod upstream;

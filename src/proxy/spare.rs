@@ -256,6 +256,11 @@ impl Spares {
             close_later(upstream);
             return None;
         }
+        // The spare was logged in on the session thread of the session that opened it;
+        // its socket comes to this one's, or every message would wake that thread too.
+        if let Err(e) = upstream.stream.move_here() {
+            tracing::debug!(error = %e, "spare backend stays on the thread that opened it");
+        }
         self.count(SpareOutcome::Used);
         Some(upstream)
     }

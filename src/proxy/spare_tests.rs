@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::Instant;
 
 use super::*;
+use crate::proxy::stream::AsyncStream;
 
 fn key(params: &[(&str, &str)]) -> SpareKey {
     SpareKey {
@@ -400,4 +401,59 @@ async fn a_login_waiting_for_a_spare_that_fails_logs_in_as_it_would() {
     assert_eq!(taken, None);
     assert_eq!(metrics.spare_backends(SpareOutcome::Failed), 1);
     assert_eq!(spares.held(), 0);
+}
+
+/// A spare logged in on one session thread and taken on another comes to the taker's
+/// reactor: it still serves once the thread that opened it has stopped.
+#[test]
+fn a_spare_taken_on_another_thread_is_served_by_that_threads_reactor() {
+    use tokio::net::{TcpListener, TcpStream};
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (spares, metrics) = pool();
+    let a = grant("a");
+    let opener = runtime();
+    let mut server = opener.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (connected, accepted) = tokio::join!(
+            TcpStream::connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let upstream = Upstream {
+            stream: Box::new(connected.unwrap()),
+            greeting: BytesMut::new(),
+            backend_pid: 9,
+            backend_secret: 7,
+            ready_status: b'I',
+        };
+        spares
+            .reserve(&a, &key(&[]), true, later())
+            .expect("reservation")
+            .fill(upstream);
+        accepted.unwrap().0
+    });
+    let taker = runtime();
+    let mut upstream = taker
+        .block_on(spares.take(&a, &key(&[])))
+        .expect("the spare is handed over");
+    opener.shutdown_background();
+    taker.block_on(async {
+        server.move_here().unwrap();
+        upstream.stream.write_all(b"Q").await.expect("write");
+        upstream.stream.flush().await.expect("flush");
+        let mut got = [0u8; 1];
+        server.read_exact(&mut got).await.expect("server reads");
+        server.write_all(b"Z").await.expect("server writes");
+        upstream
+            .stream
+            .read_exact(&mut got)
+            .await
+            .expect("the spare reads on the taker's reactor");
+        assert_eq!(&got, b"Z");
+    });
+    assert_eq!(metrics.spare_backends(SpareOutcome::Used), 1);
 }

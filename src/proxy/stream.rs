@@ -1,8 +1,55 @@
 //! One type for plain and TLS connections, so the session code is written once.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::io;
+use std::os::fd::AsFd;
 
-pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::net::TcpStream;
+
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Registers the connection's socket with the reactor of the runtime this is called
+    /// on, and leaves the one it was opened on.
+    ///
+    /// Why: a socket stays with the reactor (the session thread) that opened it, and one
+    /// read on another thread then costs a wake-up across threads for every message. A
+    /// connection opened on one session thread and used on another (a spare backend) is
+    /// moved once, when it changes hands.
+    fn move_here(&mut self) -> io::Result<()>;
+}
 
 pub type BoxStream = Box<dyn AsyncStream>;
+
+impl AsyncStream for TcpStream {
+    fn move_here(&mut self) -> io::Result<()> {
+        // The same socket under a second descriptor, registered here; the old one leaves
+        // its reactor as it drops. Nothing is read or lost: the socket's buffers are the
+        // kernel's, and a registration reports readiness already there when it starts.
+        let socket = std::net::TcpStream::from(self.as_fd().try_clone_to_owned()?);
+        *self = TcpStream::from_std(socket)?;
+        Ok(())
+    }
+}
+
+impl<S: AsyncStream> AsyncStream for tokio_rustls::client::TlsStream<S> {
+    fn move_here(&mut self) -> io::Result<()> {
+        // The TLS session's state (keys, buffered records) stays; only its socket moves.
+        self.get_mut().0.move_here()
+    }
+}
+
+impl<S: AsyncStream> AsyncStream for tokio_rustls::server::TlsStream<S> {
+    fn move_here(&mut self) -> io::Result<()> {
+        self.get_mut().0.move_here()
+    }
+}
+
+/// In-memory connections (tests) have no reactor to leave.
+impl AsyncStream for DuplexStream {
+    fn move_here(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "stream_tests.rs"]
+mod tests;

@@ -19,12 +19,19 @@ use super::farewell::Farewell;
 use super::{End, Grant, Relay};
 use crate::audit::{AuditLog, SessionFields};
 use crate::proxy::registry::{Control, DropReason};
-use crate::proxy::stream::BoxStream;
+use crate::proxy::stream::{AsyncStream, BoxStream};
+use crate::proxy::test_tls::tls_configs;
 
 /// Counts the bytes the relay's writes were told were taken (plaintext, above TLS).
 struct Counting<S> {
     inner: S,
     taken: Arc<AtomicUsize>,
+}
+
+impl<S: AsyncStream> AsyncStream for Counting<S> {
+    fn move_here(&mut self) -> std::io::Result<()> {
+        self.inner.move_here()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
@@ -73,33 +80,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-fn tls_configs() -> (tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector) {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert: CertificateDer<'static> = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
-    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (
-        tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-        tokio_rustls::TlsConnector::from(Arc::new(client)),
-    )
 }
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -256,6 +236,12 @@ async fn held_tls_revoke_inside_a_streaming_row_flushes_every_taken_byte_then_cl
 
 /// A client stream whose writes panic (a bug anywhere under the farewell).
 struct Panicking;
+
+impl AsyncStream for Panicking {
+    fn move_here(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 impl AsyncRead for Panicking {
     fn poll_read(

@@ -18,7 +18,8 @@ use super::buffers::HOLD_LIMIT;
 use super::{End, Grant, Limits, Relay};
 use crate::audit::{AuditLog, SessionFields};
 use crate::proxy::registry::{Control, DropReason};
-use crate::proxy::stream::BoxStream;
+use crate::proxy::stream::{AsyncStream, BoxStream};
+use crate::proxy::test_tls::tls_configs;
 
 #[derive(Clone)]
 struct Rng(u64);
@@ -49,6 +50,12 @@ struct Chaos<S> {
     inner: S,
     rng: Rng,
     vectored: bool,
+}
+
+impl<S: AsyncStream> AsyncStream for Chaos<S> {
+    fn move_here(&mut self) -> std::io::Result<()> {
+        self.inner.move_here()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Chaos<S> {
@@ -347,36 +354,6 @@ async fn client(
         }
     }
     got
-}
-
-fn tls_configs() -> (tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector) {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert: CertificateDer<'static> = certified.cert.der().clone();
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        certified.signing_key.serialize_der(),
-    ));
-    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
-    // The handshake runs with the client in one join: tickets written after the client's
-    // side is done would wait for a reader in a small pipe.
-    server.send_tls13_tickets = 0;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (
-        tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-        tokio_rustls::TlsConnector::from(Arc::new(client)),
-    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
