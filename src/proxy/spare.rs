@@ -494,11 +494,13 @@ impl Drop for Reservation {
 
 /// Whether the server closed the spare or sent it anything since its login: an idle
 /// backend says nothing unless it is ending (a termination's FATAL, a closed socket) or
-/// something changed under it, and either way it is not handed over. Polled once, never
-/// waited on; a read that would wait is the answer "nothing".
+/// something changed under it, and either way it is not handed over. Never waited on.
+/// A read polled once finds what the TLS session already holds and what the reactor knows
+/// of; the socket itself is asked too, since the spare's reactor is another session
+/// thread's, which may not have handled a FATAL that already arrived.
 fn heard_from_server(upstream: &mut Upstream) -> bool {
     let mut byte = [0u8; 1];
-    upstream.stream.read(&mut byte).now_or_never().is_some()
+    upstream.stream.read(&mut byte).now_or_never().is_some() || upstream.stream.peer_spoke()
 }
 
 /// Logs a spare out (Terminate), on a task of its own so no lock or caller waits for it.

@@ -457,3 +457,48 @@ fn a_spare_taken_on_another_thread_is_served_by_that_threads_reactor() {
     });
     assert_eq!(metrics.spare_backends(SpareOutcome::Used), 1);
 }
+
+/// A spare whose server already sent its termination is closed, not handed over, even when
+/// the session thread it was logged in on has not handled that yet (here: its runtime never
+/// runs again), and the taker is on another thread.
+#[test]
+fn a_spare_the_server_ended_unseen_by_its_own_thread_is_not_handed_over() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (spares, metrics) = pool();
+    let a = grant("a");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    // A second descriptor of the proxy's end, to see when the server's bytes are there.
+    let observer = client.try_clone().unwrap();
+    client.set_nonblocking(true).unwrap();
+    let opener = runtime();
+    opener.block_on(async {
+        let upstream = Upstream {
+            stream: Box::new(tokio::net::TcpStream::from_std(client).unwrap()),
+            greeting: BytesMut::new(),
+            backend_pid: 9,
+            backend_secret: 7,
+            ready_status: b'I',
+        };
+        spares
+            .reserve(&a, &key(&[]), true, later())
+            .expect("reservation")
+            .fill(upstream);
+    });
+    std::io::Write::write_all(&mut server, b"E").unwrap();
+    // Blocking for this one peek (the flag is the socket's, shared by both descriptors).
+    observer.set_nonblocking(false).unwrap();
+    observer.peek(&mut [0u8; 1]).unwrap();
+    observer.set_nonblocking(true).unwrap();
+    let taker = runtime();
+    let taken = taker.block_on(spares.take(&a, &key(&[])));
+    assert!(taken.is_none(), "an ended spare is never handed over");
+    assert_eq!(metrics.spare_backends(SpareOutcome::Closed), 1);
+    assert_eq!(metrics.spare_backends(SpareOutcome::Used), 0);
+}

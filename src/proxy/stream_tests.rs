@@ -94,3 +94,45 @@ fn a_tls_connection_moved_here_talks_after_the_runtime_that_opened_it_stopped() 
     assert_eq!(got, b"pingpong");
     assert!(talks_after_its_opener_stopped(tls, false).is_err());
 }
+
+/// Asks `spoke` until it says yes, for at most 10 s: loopback delivery is quick but not
+/// part of the write's return.
+fn comes_true(spoke: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !spoke() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
+
+/// `peer_spoke` asks the kernel: it sees bytes and a close that the reactor the socket is
+/// registered with has not handled (here, one that never runs again), and reads nothing.
+fn peer_spoke_is_the_kernels_view(open: impl FnOnce(&Runtime) -> (BoxStream, BoxStream)) {
+    let opener = runtime();
+    let (mut a, mut b) = open(&opener);
+    assert!(!a.peer_spoke(), "nothing sent yet");
+    opener.block_on(async {
+        b.write_all(b"x").await.unwrap();
+        b.flush().await.unwrap();
+    });
+    assert!(comes_true(|| a.peer_spoke()), "bytes waiting");
+    let mut got = [0u8; 1];
+    opener.block_on(a.read_exact(&mut got)).unwrap();
+    assert_eq!(&got, b"x", "the peek read nothing away");
+    assert!(!a.peer_spoke(), "all read");
+    drop(b);
+    assert!(comes_true(|| a.peer_spoke()), "the peer closed");
+}
+
+#[test]
+fn peer_spoke_sees_what_the_kernel_holds_on_a_tcp_connection() {
+    peer_spoke_is_the_kernels_view(plain);
+}
+
+#[test]
+fn peer_spoke_sees_what_the_kernel_holds_on_a_tls_connection() {
+    peer_spoke_is_the_kernels_view(tls);
+}

@@ -32,6 +32,9 @@ impl<S: AsyncStream> AsyncStream for Counting<S> {
     fn move_here(&mut self) -> std::io::Result<()> {
         self.inner.move_here()
     }
+    fn peer_spoke(&self) -> bool {
+        self.inner.peer_spoke()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
@@ -240,6 +243,9 @@ struct Panicking;
 impl AsyncStream for Panicking {
     fn move_here(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+    fn peer_spoke(&self) -> bool {
+        false
     }
 }
 

@@ -56,6 +56,9 @@ impl<S: AsyncStream> AsyncStream for Chaos<S> {
     fn move_here(&mut self) -> std::io::Result<()> {
         self.inner.move_here()
     }
+    fn peer_spoke(&self) -> bool {
+        self.inner.peer_spoke()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Chaos<S> {
