@@ -16,6 +16,8 @@
 # Environment: LOCKBOX_BIN=/path/to/lockbox uses that binary instead of `cargo build --release`.
 # BENCH_SPARES=off starts the lockbox targets with `[proxy] spare_backends = "off"` (default:
 # "reconnects"), to compare logins with and without spare backends on one binary.
+# BENCH_THREADS=N starts them with `[proxy] threads = N` (default: the CPUs), to compare session
+# thread counts on one binary.
 # The binary is copied into the temp dir first, so a rebuild during a run changes nothing.
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # globals (PGBENCH, NPROC, …) are for the scripts that source this
@@ -267,7 +269,7 @@ bench_start_lockbox() {
         -e "s/127.0.0.1:$LOCKBOX_PROXY_PORT\"/127.0.0.1:$proxy_port\"/" \
         -e "s/127.0.0.1:$api_old\"/127.0.0.1:$api_port\"/" \
         -e "s/^allow_plaintext_loopback = false/allow_plaintext_loopback = true/" \
-        -e "s/^\\[proxy\\]\$/[proxy]\\nmax_connections = 1000000\\nspare_backends = \"${BENCH_SPARES:-reconnects}\"/" \
+        -e "s/^\\[proxy\\]\$/[proxy]\\nmax_connections = 1000000\\nspare_backends = \"${BENCH_SPARES:-reconnects}\"${BENCH_THREADS:+\\nthreads = $BENCH_THREADS}/" \
         "$LOCKBOX_CONFIG" >"$config"
     "$LOCKBOX" serve --config "$config" >"$BENCH_WORK/serve-$name.log" 2>&1 &
     BENCH_SERVE_PID[$name]=$!
