@@ -403,17 +403,34 @@ async fn a_login_waiting_for_a_spare_that_fails_logs_in_as_it_would() {
     assert_eq!(spares.held(), 0);
 }
 
+/// A runtime standing in for a session thread.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Fills `request`'s spare with a backend on `socket`, registered with the current runtime.
+fn fill_on_this_thread(spares: &Arc<Spares>, request: &RequestId, socket: tokio::net::TcpStream) {
+    let upstream = Upstream {
+        stream: Box::new(socket),
+        greeting: BytesMut::new(),
+        backend_pid: 9,
+        backend_secret: 7,
+        ready_status: b'I',
+    };
+    spares
+        .reserve(request, &key(&[]), true, later())
+        .expect("reservation")
+        .fill(upstream);
+}
+
 /// A spare logged in on one session thread and taken on another comes to the taker's
 /// reactor: it still serves once the thread that opened it has stopped.
 #[test]
 fn a_spare_taken_on_another_thread_is_served_by_that_threads_reactor() {
     use tokio::net::{TcpListener, TcpStream};
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let (spares, metrics) = pool();
     let a = grant("a");
     let opener = runtime();
@@ -423,17 +440,7 @@ fn a_spare_taken_on_another_thread_is_served_by_that_threads_reactor() {
             TcpStream::connect(listener.local_addr().unwrap()),
             listener.accept()
         );
-        let upstream = Upstream {
-            stream: Box::new(connected.unwrap()),
-            greeting: BytesMut::new(),
-            backend_pid: 9,
-            backend_secret: 7,
-            ready_status: b'I',
-        };
-        spares
-            .reserve(&a, &key(&[]), true, later())
-            .expect("reservation")
-            .fill(upstream);
+        fill_on_this_thread(&spares, &a, connected.unwrap());
         accepted.unwrap().0
     });
     let taker = runtime();
@@ -463,12 +470,6 @@ fn a_spare_taken_on_another_thread_is_served_by_that_threads_reactor() {
 /// runs again), and the taker is on another thread.
 #[test]
 fn a_spare_the_server_ended_unseen_by_its_own_thread_is_not_handed_over() {
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let (spares, metrics) = pool();
     let a = grant("a");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -479,17 +480,11 @@ fn a_spare_the_server_ended_unseen_by_its_own_thread_is_not_handed_over() {
     client.set_nonblocking(true).unwrap();
     let opener = runtime();
     opener.block_on(async {
-        let upstream = Upstream {
-            stream: Box::new(tokio::net::TcpStream::from_std(client).unwrap()),
-            greeting: BytesMut::new(),
-            backend_pid: 9,
-            backend_secret: 7,
-            ready_status: b'I',
-        };
-        spares
-            .reserve(&a, &key(&[]), true, later())
-            .expect("reservation")
-            .fill(upstream);
+        fill_on_this_thread(
+            &spares,
+            &a,
+            tokio::net::TcpStream::from_std(client).unwrap(),
+        );
     });
     std::io::Write::write_all(&mut server, b"E").unwrap();
     // Blocking for this one peek (the flag is the socket's, shared by both descriptors).
