@@ -24,6 +24,32 @@ fn histogram_buckets_are_cumulative() {
 }
 
 #[test]
+fn fsync_buckets_are_25_microseconds_wide_up_to_200() {
+    let fsync = Histogram::new(&FSYNC_US);
+    for v in [110, 130, 140, 160, 190, 260] {
+        fsync.observe(v);
+    }
+    let mut out = String::new();
+    fsync.render(&mut out, "f", 1e6);
+    for (le, below) in [
+        ("0.0001", 0),
+        ("0.000125", 1),
+        ("0.00015", 3),
+        ("0.000175", 4),
+        ("0.0002", 5),
+        ("0.00025", 5),
+        ("0.0003", 6),
+        ("1", 6),
+        ("+Inf", 6),
+    ] {
+        assert!(
+            out.contains(&format!("f_bucket{{le=\"{le}\"}} {below}\n")),
+            "{le}: {out}"
+        );
+    }
+}
+
+#[test]
 fn unknown_rules_count_as_other() {
     assert_eq!(RULES[rule_index("read_only")], "read_only");
     assert_eq!(RULES[rule_index("a rule added later")], "other");
