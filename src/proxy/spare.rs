@@ -496,7 +496,7 @@ impl Drop for Reservation {
 /// backend says nothing unless it is ending (a termination's FATAL, a closed socket) or
 /// something changed under it, and either way it is not handed over. Never waited on.
 /// A read polled once finds what the TLS session already holds and what the reactor knows
-/// of; the socket itself is asked too, since the spare's reactor is another session
+/// of; the socket itself is asked too, since the spare's reactor may be another session
 /// thread's, which may not have handled a FATAL that already arrived.
 fn heard_from_server(upstream: &mut Upstream) -> bool {
     let mut byte = [0u8; 1];
