@@ -12,7 +12,7 @@ use super::buffers::{emptied, splice, BUFFER_CAPACITY};
 use super::hangup::{self, Hangup};
 use super::hold::{BatchSoFar, Verdict};
 use super::record::Pending;
-use super::{guarded, unexpected_message, End, Relay};
+use super::{guarded, unexpected_message, End, Relay, BIG_BATCH};
 use crate::wire;
 
 /// How long what a server sent before it went is read after a write to it failed.
@@ -31,7 +31,7 @@ impl Relay {
         let buf = std::mem::take(&mut self.cbuf);
         // Parsing a large batch takes a while: the session thread's other sessions go on
         // elsewhere meanwhile.
-        let scanned = if buf.len() > 16 * 1024 {
+        let scanned = if buf.len() > BIG_BATCH {
             crate::runtime::blocking(|| self.inspect_batch(&buf))
         } else {
             self.inspect_batch(&buf)

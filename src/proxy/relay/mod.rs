@@ -71,6 +71,11 @@ use crate::audit::{AuditEvent, AuditLog, OutcomeStatus, SessionFields};
 use crate::guard;
 use crate::wire::{self, sqlstate, BackendEvent, BackendScanner};
 
+/// Bytes of a client batch (its messages, or the statement texts its records carry) past
+/// which inspecting it, or encoding and writing its records, runs under
+/// `runtime::blocking`: long enough to hold up the session thread's other sessions.
+const BIG_BATCH: usize = 16 * 1024;
+
 /// Why a relay ended.
 #[derive(Debug)]
 pub enum End {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{guarded, End, Relay};
+use super::{guarded, End, Relay, BIG_BATCH};
 use crate::audit::{
     redact, AuditEvent, AuditLog, OutcomeRecord, OutcomeStatus, Protocol, StatementRecord,
 };
@@ -49,10 +49,6 @@ fn is_extended(record: &AuditEvent) -> bool {
     )
 }
 
-/// Statement text past which a batch's records are encoded and written off the session
-/// thread's other sessions' way (`runtime::blocking`), as the batch's inspection is.
-const BIG_BATCH_TEXT: usize = 16 * 1024;
-
 fn statement_len(record: &AuditEvent) -> usize {
     match record {
         AuditEvent::Statement(s) => s.statement.len(),
@@ -75,7 +71,7 @@ fn append_statements<'a>(
 > {
     let text: usize = records.clone().map(statement_len).sum();
     let append = || audit.append_durable_later(records);
-    if text > BIG_BATCH_TEXT {
+    if text > BIG_BATCH {
         crate::runtime::blocking(append)
     } else {
         append()
@@ -246,7 +242,7 @@ mod tests {
             statement(&session, "SELECT 1"),
             statement(&session, "SELECT 2"),
         ];
-        let long_text = format!("SELECT '{}'", "x".repeat(BIG_BATCH_TEXT / 2));
+        let long_text = format!("SELECT '{}'", "x".repeat(BIG_BATCH / 2));
         let long = [
             statement(&session, &long_text),
             statement(&session, &long_text),
