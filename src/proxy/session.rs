@@ -476,6 +476,9 @@ async fn run_admitted(
     };
     proxy.registry.forget_cancel_key(cancel_key);
     proxy.registry.spares.ended(&request.id);
+    // The server closed: its backend needs neither a cancel nor a reaper, whoever ended it.
+    let backend_gone = end::the_server_ended(&end);
+    let end = end::whose_end(&lockbox.store, &request.id, end).await;
     // The window is counted from the relay's end, not from when the end is recorded.
     let role_closes =
         login.per_grant && matches!(end, End::Dropped(DropReason::Expired | DropReason::Revoked));
@@ -491,7 +494,7 @@ async fn run_admitted(
             }
         });
     }
-    let reaper = (ended_by_proxy(&end) && !role_closes).then(|| Reaper {
+    let reaper = (ended_by_proxy(&end) && !role_closes && !backend_gone).then(|| Reaper {
         db: db.clone(),
         credentials: login.credentials.clone(),
         access: request.access,
@@ -503,7 +506,7 @@ async fn run_admitted(
     });
     finish(&lockbox.audit, &fields, &request.id, &end);
     // A query may be running: it is cancelled, so the backend notices the closed socket.
-    let cancel = ended_by_proxy(&end).then(|| CancelKey {
+    let cancel = (ended_by_proxy(&end) && !backend_gone).then(|| CancelKey {
         host: db.host.clone(),
         port: db.port,
         pid: backend.0,

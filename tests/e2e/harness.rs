@@ -447,6 +447,34 @@ impl Env {
         assert_eq!(changed, 1, "request {id} in {}", path.display());
     }
 
+    /// Marks request `id` revoked in the (SQLite) state store, as another node sharing it
+    /// would, without this node's proxy being told: what a session learns of it, it learns
+    /// from the store.
+    pub fn store_revoked_elsewhere(&self, id: &str) {
+        let path = self
+            .config_path
+            .parent()
+            .expect("config folder")
+            .join("state.db");
+        let db = rusqlite::Connection::open(&path).expect("state store");
+        db.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        let now = chrono::Utc::now().to_rfc3339();
+        let changed = db
+            .execute(
+                "UPDATE requests SET status = 'revoked', body = json_insert(
+                     json_set(body, '$.status', 'revoked', '$.revoked_at', ?1,
+                              '$.revoked_by', 'carol', '$.revoke_reason', 'revoked elsewhere'),
+                     '$.history[#]',
+                     json_object('from', json_extract(body, '$.status'), 'to', 'revoked',
+                                 'by', 'carol', 'at', ?1, 'reason', 'revoked elsewhere'))
+                 WHERE id = ?2",
+                (now, id),
+            )
+            .expect("revoke in the store");
+        assert_eq!(changed, 1, "request {id} in {}", path.display());
+    }
+
     pub fn superuser_sql(&self, sql: &str) -> String {
         self.pg.psql(&self.db, sql).expect("superuser query")
     }

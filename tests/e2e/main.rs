@@ -69,6 +69,7 @@ mod oversize;
 mod preauth;
 mod protocol;
 mod relay;
+mod revoked_elsewhere;
 mod roles;
 mod row_limit_portals;
 mod server_end_tls;

@@ -58,7 +58,10 @@ pub(super) fn fatal_for(
              (stopped, restarted or crashed); the session is ended"
                 .to_owned(),
         ),
-        End::ClientGone | End::ClientLeftMidStatement | End::UpstreamGone => return None,
+        End::ClientGone
+        | End::ClientLeftMidStatement
+        | End::ClientLeftThenServerClosed
+        | End::UpstreamGone => return None,
     };
     Some(told)
 }
@@ -93,6 +96,7 @@ mod tests {
         vec![
             End::ClientGone,
             End::ClientLeftMidStatement,
+            End::ClientLeftThenServerClosed,
             End::UpstreamGone,
             End::Dropped(DropReason::Expired),
             End::Dropped(DropReason::Revoked),
@@ -137,6 +141,7 @@ mod tests {
     fn the_client_that_left_and_a_server_that_said_why_are_told_nothing_more() {
         assert!(fatal_for(&End::ClientGone, "r", false).is_none());
         assert!(fatal_for(&End::ClientLeftMidStatement, "r", false).is_none());
+        assert!(fatal_for(&End::ClientLeftThenServerClosed, "r", false).is_none());
         assert!(fatal_for(&End::UpstreamGone, "r", true).is_none());
         // Whether the server said why matters only when the server is what went.
         for end in every_end() {

@@ -13,6 +13,8 @@ use tokio::sync::watch;
 mod allocation_tests;
 mod buffers;
 mod client_side;
+#[cfg(test)]
+mod end_tests;
 mod farewell;
 #[cfg(test)]
 mod farewell_attack;
@@ -30,6 +32,7 @@ mod limits;
 mod notices;
 mod record;
 mod settle;
+use settle::Settled;
 mod terminator;
 #[cfg(test)]
 mod vectored_tests;
@@ -83,6 +86,9 @@ pub enum End {
     /// The client left while a statement was still running: the backend would run on,
     /// past the grant if need be, so it is cancelled and reaped like one the proxy ends.
     ClientLeftMidStatement,
+    /// The client left while a statement ran, and the server closed the connection while
+    /// its answers were awaited: the backend is gone, nothing is left to cancel or reap.
+    ClientLeftThenServerClosed,
     UpstreamGone,
     Dropped(DropReason),
     ProtocolError(String),
@@ -178,6 +184,9 @@ pub struct Relay {
     /// The last upstream message was an ErrorResponse: if the server closes now, the
     /// client has its reason already.
     upstream_said_why: bool,
+    /// The server sent a FATAL (read whole): it ends the session, and a client that leaves
+    /// after reading it leaves because of it.
+    server_ended_it: bool,
     /// The first bytes of an upstream message not yet whole, held back from the client (up
     /// to `buffers::HOLD_LIMIT`) so that its stream is between two messages whenever the
     /// relay waits: a FATAL written then is read as one, not as the rest of a DataRow.
@@ -246,6 +255,7 @@ impl Relay {
             spare_pending: Vec::new(),
             warnings,
             upstream_said_why: false,
+            server_ended_it: false,
             torn: Vec::new(),
             client_mid_message: false,
             cut_short: Vec::new(),
@@ -276,13 +286,17 @@ impl Relay {
     /// left to settle): the reaper's window counts from then.
     pub(crate) async fn run_to_farewell(mut self) -> (End, Option<Farewell>, tokio::time::Instant) {
         let mut end = match self.relay().await {
+            // The client read the server's FATAL and closed before the server did.
+            End::ClientGone if self.server_ended_it => End::UpstreamGone,
             End::ClientGone if !self.tracker.is_idle() => End::ClientLeftMidStatement,
             other => other,
         };
         let ended_at = tokio::time::Instant::now();
         if matches!(end, End::ClientLeftMidStatement) {
-            if let Some(reason) = self.settle_after_client_left().await {
-                end = End::Dropped(reason);
+            match self.settle_after_client_left().await {
+                Settled::Done => {}
+                Settled::Dropped(reason) => end = End::Dropped(reason),
+                Settled::ServerClosed => end = End::ClientLeftThenServerClosed,
             }
         }
         let message = last_words::fatal_for(&end, &self.session.request_id, self.upstream_said_why);
@@ -409,11 +423,14 @@ impl Relay {
             // no such word: a pipeline waits for its Sync after one, and the server may
             // crash then. (An ErrorResponse split across reads cannot be read back here; it
             // counts as the server's word, as it did before.)
-            self.upstream_said_why = matches!(event, BackendEvent::Error { .. })
-                && range
+            let fatal = matches!(event, BackendEvent::Error { .. }).then(|| {
+                range
                     .as_ref()
                     .and_then(|r| self.ubuf.get(r.clone()))
-                    .is_none_or(buffers::ends_the_session);
+                    .map(buffers::ends_the_session)
+            });
+            self.upstream_said_why = fatal.is_some_and(|whole| whole.unwrap_or(true));
+            self.server_ended_it |= fatal == Some(Some(true));
             match &event {
                 // COPY … TO STDOUT sends one CopyData per row: a row limit counts them too.
                 BackendEvent::DataRow | BackendEvent::CopyData(_) => {

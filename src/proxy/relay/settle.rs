@@ -17,6 +17,19 @@ use super::{buffers, Relay};
 use crate::proxy::registry::DropReason;
 use crate::wire::BackendEvent;
 
+/// How the wait for the answers of a client that left ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Settled {
+    /// Everything sent is settled, or cannot be: the session ends as the client's leaving.
+    Done,
+    /// The grant ended, or the proxy shuts down: the session ends for that reason.
+    Dropped(DropReason),
+    /// The server closed the connection first. A revocation whose role drop ended the
+    /// backend before the news reached this session looks like this too; the session's
+    /// end asks the state store which it was (`session::end::whose_end`).
+    ServerClosed,
+}
+
 impl Relay {
     /// Cancels what runs and reads the server's answers until everything sent is settled
     /// (outcomes in `self.outcomes`), the server closes, or the grant's `settle_within`
@@ -27,11 +40,13 @@ impl Relay {
     /// Revocation, expiry or shutdown meanwhile stops the wait at once and is returned:
     /// the session ends for that reason (a grant's role is dropped then, as for any
     /// session its end finds).
-    pub(super) async fn settle_after_client_left(&mut self) -> Option<DropReason> {
+    pub(super) async fn settle_after_client_left(&mut self) -> Settled {
         if !self.tracker.one_group_open() {
-            return None;
+            return Settled::Done;
         }
-        let key = self.grant.limits.cancel.clone()?;
+        let Some(key) = self.grant.limits.cancel.clone() else {
+            return Settled::Done;
+        };
         tokio::spawn(async move {
             if let Err(e) =
                 crate::proxy::upstream::send_cancel(&key.host, key.port, key.pid, key.secret).await
@@ -43,24 +58,35 @@ impl Relay {
         // A COPY FROM STDIN started after all (a function's) waits for data: no answer comes.
         while !self.tracker.is_idle() && !self.tracker.in_copy_in() {
             if let Some(reason) = self.term.ended() {
-                return Some(reason);
+                return Settled::Dropped(reason);
             }
             let read = tokio::select! {
                 biased;
-                reason = self.term.fired() => return Some(reason),
+                reason = self.term.fired() => return Settled::Dropped(reason),
                 read = tokio::time::timeout_at(deadline, self.upstream_r.read_buf(&mut self.ubuf)) => read,
             };
+            let Ok(read) = read else {
+                // The statement ignores the cancel: the reaper takes over.
+                return self.term.ended().map_or(Settled::Done, Settled::Dropped);
+            };
             match read {
-                Ok(Ok(n)) if n > 0 => {}
+                Ok(n) if n > 0 => {}
                 // A revocation may close the backend (its role dropped) as it ends the
                 // session: the end is the revocation's, not the server's.
-                _ => return self.term.ended(),
+                read if the_server_closed(&read) => {
+                    return self
+                        .term
+                        .ended()
+                        .map_or(Settled::ServerClosed, Settled::Dropped);
+                }
+                // Whether the backend is gone is not known: the reaper makes sure.
+                _ => return self.term.ended().map_or(Settled::Done, Settled::Dropped),
             }
             if !self.settle_read() {
-                return None;
+                return Settled::Done;
             }
         }
-        None
+        Settled::Done
     }
 
     /// Scans what was read for outcomes, as the relay does, and drops the bytes. False if
@@ -92,5 +118,19 @@ impl Relay {
         self.events = buffers::emptied(events);
         self.ubuf.clear();
         on_track
+    }
+}
+
+/// Whether a read's end says the server closed the connection (so its backend is gone),
+/// rather than that the connection failed under a backend that may run on: a clean end, or
+/// a TLS stream whose socket ended without the TLS close.
+fn the_server_closed(read: &std::io::Result<usize>) -> bool {
+    use std::io::ErrorKind;
+    match read {
+        Ok(n) => *n == 0,
+        Err(e) => matches!(
+            e.kind(),
+            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+        ),
     }
 }

@@ -5,12 +5,17 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use crate::audit::{AuditEvent, SessionEvent, SessionFields, SessionRecord};
 use crate::ids::{RequestId, SessionId};
+use crate::policy::{Request, RequestStatus};
 use crate::proxy::registry::DropReason;
 use crate::proxy::relay::End;
 use crate::proxy::Proxy;
+use crate::store::Store;
 use crate::wire::Startup;
 
 /// The proxy ended the session itself, so the backend may be mid-query: it is cancelled,
@@ -28,8 +33,53 @@ pub(super) fn ended_by_proxy(end: &End) -> bool {
         | End::UnsafeSetting(_)
         | End::LostTrack(_)
         | End::AuditFailed => true,
-        End::ClientGone | End::UpstreamGone => false,
+        End::ClientGone | End::ClientLeftThenServerClosed | End::UpstreamGone => false,
     }
+}
+
+/// How long a session's end waits to learn from the state store whether its grant ended
+/// under it; the end is recorded either way.
+const GRANT_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whose end a closed upstream connection was. A grant revoked or cancelled, on this node
+/// or another, has its role dropped, which ends the role's backends, and that may reach a
+/// session before the news itself does: the session would then record the server's end,
+/// not the grant's. The state store says which it was; one that cannot answer leaves the
+/// server's.
+pub(super) async fn whose_end(store: &Store, id: &RequestId, end: End) -> End {
+    if !the_server_ended(&end) {
+        return end;
+    }
+    let closed_at = Utc::now();
+    match tokio::time::timeout(GRANT_CHECK_TIMEOUT, store.get(id)).await {
+        Ok(Ok(Some(request))) => grant_ended_by(&request, closed_at).map_or(end, End::Dropped),
+        Ok(Ok(None)) => end,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "cannot read the grant of a session the server ended");
+            end
+        }
+        Err(_) => end,
+    }
+}
+
+/// Whether the server closed the connection, so its backend is gone, whoever ended it.
+pub(super) fn the_server_ended(end: &End) -> bool {
+    matches!(end, End::UpstreamGone | End::ClientLeftThenServerClosed)
+}
+
+/// Why `request`'s grant was over by `at`, if it was: revoked or cancelled by then (from
+/// its history, as the time of the change), or its window ended.
+pub(super) fn grant_ended_by(request: &Request, at: DateTime<Utc>) -> Option<DropReason> {
+    let withdrawn = request.history.iter().any(|change| {
+        matches!(change.to, RequestStatus::Revoked | RequestStatus::Cancelled) && change.at <= at
+    });
+    if withdrawn {
+        return Some(DropReason::Revoked);
+    }
+    request
+        .access_expires_at
+        .filter(|end| *end <= at)
+        .map(|_| DropReason::Expired)
 }
 
 pub(super) fn finish(
@@ -60,6 +110,10 @@ pub(super) fn finish(
         End::ClientLeftMidStatement => (
             SessionEvent::Disconnected,
             Some("client left while a statement ran; it was cancelled"),
+        ),
+        End::ClientLeftThenServerClosed => (
+            SessionEvent::Disconnected,
+            Some("client left while a statement ran; the server then closed the connection"),
         ),
         End::UpstreamGone => (
             SessionEvent::Disconnected,
@@ -132,4 +186,59 @@ pub(in crate::proxy) fn audit_auth_failure(
             backend_pid: None,
             break_glass: false,
         })]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration as Span;
+
+    /// An approved grant of an hour that began ten minutes before `now`.
+    fn grant(now: DateTime<Utc>) -> Request {
+        let began = now - Span::minutes(10);
+        serde_json::from_value(serde_json::json!({
+            "id": "req-1", "engineer": "eve", "database": "sales", "ticket": "T-1",
+            "reason": "debug", "access": "read", "duration_secs": 3600,
+            "status": "active", "customer_required": 1,
+            "created_at": began, "request_expires_at": began + Span::hours(12),
+            "access_starts_at": began, "access_expires_at": began + Span::hours(1),
+        }))
+        .expect("a request")
+    }
+
+    #[test]
+    fn a_grant_withdrawn_before_the_server_closed_ended_the_session() {
+        let now = Utc::now();
+        for to in [RequestStatus::Revoked, RequestStatus::Cancelled] {
+            let mut request = grant(now);
+            request.transition(to, "carol", now - Span::milliseconds(3), Some("done"));
+            assert_eq!(
+                grant_ended_by(&request, now),
+                Some(DropReason::Revoked),
+                "{to:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_grant_withdrawn_after_the_server_closed_did_not_end_the_session() {
+        let now = Utc::now();
+        let mut request = grant(now);
+        request.transition(
+            RequestStatus::Revoked,
+            "carol",
+            now + Span::milliseconds(3),
+            Some("done"),
+        );
+        assert_eq!(grant_ended_by(&request, now), None);
+    }
+
+    #[test]
+    fn a_window_over_by_then_ended_the_session_and_a_live_one_did_not() {
+        let now = Utc::now();
+        let mut request = grant(now);
+        assert_eq!(grant_ended_by(&request, now), None);
+        request.access_expires_at = Some(now - Span::milliseconds(1));
+        assert_eq!(grant_ended_by(&request, now), Some(DropReason::Expired));
+    }
 }

@@ -1,0 +1,175 @@
+//! Whose end a session's end was, when the client and the server both go: a client that
+//! reads the server's FATAL and closes first left because the server ended the session;
+//! a server that closes while the answers of a client that left are awaited leaves no
+//! backend to cancel or reap (and its end may be a revocation's, which the session's end
+//! asks the state store about).
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::{CancelKey, End, Grant, Limits, Relay};
+use crate::audit::{AuditLog, SessionFields};
+use crate::proxy::registry::Control;
+use crate::wire::{self, Severity};
+
+struct Setup {
+    relay: Relay,
+    client: DuplexStream,
+    server: DuplexStream,
+    _audit_dir: tempfile::TempDir,
+    /// Never used: the session is not ended from outside here.
+    _kill: tokio::sync::watch::Sender<Control>,
+}
+
+/// A relay between an in-memory client and server whose statements are cancelled through
+/// `cancel` (a listener that takes the cancel requests), if given.
+fn setup(cancel: Option<u16>) -> Setup {
+    let (relay_client, client) = tokio::io::duplex(1 << 16);
+    let (relay_server, server) = tokio::io::duplex(1 << 16);
+    let dir = tempfile::tempdir().expect("a folder");
+    let (audit, _syncer) = AuditLog::open(&dir.path().join("audit.jsonl"), None).expect("audit");
+    let ends_at = chrono::Utc::now() + chrono::Duration::hours(1);
+    let session = Arc::new(SessionFields::new(
+        "eve".into(),
+        "req-end".into(),
+        "T-0".into(),
+        "sales".into(),
+        "s-end".into(),
+        "127.0.0.1:1".into(),
+        false,
+    ));
+    let grant = Grant {
+        limits: Limits {
+            cancel: cancel.map(|port| CancelKey {
+                host: "127.0.0.1".into(),
+                port,
+                pid: 1,
+                secret: 2,
+            }),
+            settle_within: std::time::Duration::from_secs(60),
+            ..Limits::default()
+        },
+        ..Grant::plain_read(ends_at)
+    };
+    let (kill, control) = tokio::sync::watch::channel(Control::Run);
+    let relay = Relay::new(
+        Box::new(relay_client),
+        Box::new(relay_server),
+        BytesMut::new(),
+        session,
+        audit,
+        1 << 20,
+        control,
+        super::monotonic_deadline(ends_at),
+        grant,
+    );
+    Setup {
+        relay,
+        client,
+        server,
+        _audit_dir: dir,
+        _kill: kill,
+    }
+}
+
+fn query(sql: &str) -> Vec<u8> {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    let mut out = vec![b'Q'];
+    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reads until `want` bytes came (or the stream ended); returns them.
+async fn read_exactly(stream: &mut DuplexStream, want: usize) -> Vec<u8> {
+    let mut got = vec![0u8; want];
+    let mut at = 0;
+    while at < want {
+        match stream.read(&mut got[at..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => at += n,
+        }
+    }
+    got.truncate(at);
+    got
+}
+
+#[tokio::test]
+async fn a_client_that_closes_after_the_servers_fatal_left_because_the_server_ended_it() {
+    let Setup {
+        relay,
+        mut client,
+        mut server,
+        _audit_dir,
+        _kill,
+    } = setup(None);
+    let mut fatal = BytesMut::new();
+    wire::error_response(
+        &mut fatal,
+        Severity::Fatal,
+        "57P01",
+        "terminating connection due to administrator command",
+    );
+    let fatal = fatal.to_vec();
+    let peers = async {
+        // The server says why and stays open; the client reads that and closes first.
+        server.write_all(&fatal).await.expect("the server writes");
+        assert_eq!(read_exactly(&mut client, fatal.len()).await, fatal);
+        drop(client);
+        server
+    };
+    let (end, _server) = tokio::join!(relay.run(), peers);
+    assert!(matches!(end, End::UpstreamGone), "{end:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_closes_between_statements_on_its_own_is_the_end() {
+    let Setup {
+        relay,
+        client,
+        server,
+        _audit_dir,
+        _kill,
+    } = setup(None);
+    drop(client);
+    let end = relay.run().await;
+    assert!(matches!(end, End::ClientGone), "{end:?}");
+    drop(server);
+}
+
+#[tokio::test]
+async fn a_server_that_closes_while_a_leaving_clients_answers_are_awaited_is_recorded_so() {
+    // Takes the proxy's cancel request, as the server's postmaster would.
+    let cancels = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a listener");
+    let port = cancels.local_addr().expect("its address").port();
+    let Setup {
+        relay,
+        mut client,
+        mut server,
+        _audit_dir,
+        _kill,
+    } = setup(Some(port));
+    let sent = query("SELECT pg_sleep(600)");
+    let peers = async {
+        client.write_all(&sent).await.expect("the client writes");
+        assert_eq!(read_exactly(&mut server, sent.len()).await, sent);
+        drop(client);
+        // The proxy cancels the statement once it sees the client gone; the server then
+        // closes without answering (its role was dropped, say).
+        let (mut request, _) = cancels.accept().await.expect("a cancel request");
+        let mut packet = [0u8; 16];
+        request
+            .read_exact(&mut packet)
+            .await
+            .expect("the cancel request");
+        assert_eq!(&packet[8..], &[0, 0, 0, 1, 0, 0, 0, 2]);
+        drop(server);
+    };
+    let (end, ()) = tokio::join!(relay.run(), peers);
+    assert!(matches!(end, End::ClientLeftThenServerClosed), "{end:?}");
+}
