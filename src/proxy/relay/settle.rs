@@ -123,14 +123,11 @@ impl Relay {
 
 /// Whether a read's end says the server closed the connection (so its backend is gone),
 /// rather than that the connection failed under a backend that may run on: a clean end, or
-/// a TLS stream whose socket ended without the TLS close.
+/// a TLS stream whose socket ended without the TLS close. A reset is not enough: something
+/// between the two (a firewall's idle timeout) may send one while the backend runs on.
 fn the_server_closed(read: &std::io::Result<usize>) -> bool {
-    use std::io::ErrorKind;
     match read {
         Ok(n) => *n == 0,
-        Err(e) => matches!(
-            e.kind(),
-            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-        ),
+        Err(e) => e.kind() == std::io::ErrorKind::UnexpectedEof,
     }
 }
