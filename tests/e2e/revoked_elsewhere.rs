@@ -70,14 +70,17 @@ async fn an_idle_session_whose_server_closed_on_its_own_ends_as_disconnected() {
 }
 
 /// A procedure that counts the cancels it catches, so a test can see the proxy's cancel
-/// land (the wait for the answers of a client that left is under way).
+/// land (the wait for the answers of a client that left is under way), and its entries
+/// into the block that catches them, so a test leaves only once a cancel would be caught.
 const CATCHER: &str = "SET ROLE lockbox_svc;
      CREATE SEQUENCE catches;
-     GRANT USAGE ON SEQUENCE catches TO lockbox_write;
+     CREATE SEQUENCE entries;
+     GRANT USAGE ON SEQUENCE catches, entries TO lockbox_write;
      CREATE PROCEDURE catcher() LANGUAGE plpgsql AS $$
      BEGIN
        LOOP
          BEGIN
+           PERFORM nextval('entries');
            PERFORM pg_sleep(600);
          EXCEPTION WHEN query_canceled THEN
            PERFORM nextval('catches');
@@ -87,10 +90,24 @@ const CATCHER: &str = "SET ROLE lockbox_svc;
 
 const CALL: &str = "CALL catcher()";
 
-fn catches(env: &Env) -> i64 {
-    env.superuser_sql("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM catches")
-        .parse()
-        .expect("a count")
+/// How often the procedure drew from `sequence` (visible without a commit).
+fn drawn(env: &Env, sequence: &str) -> i64 {
+    env.superuser_sql(&format!(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}"
+    ))
+    .parse()
+    .expect("a count")
+}
+
+/// Waits (bounded, to catch "never") until the procedure drew from `sequence`.
+async fn until_drawn(env: &Env, sequence: &str, what: &str) {
+    for _ in 0..200 {
+        if drawn(env, sequence) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}");
 }
 
 /// Logs in with a write grant, runs [`CALL`], leaves, and waits (bounded) until the
@@ -103,15 +120,15 @@ async fn leave_while_the_proxy_awaits_the_answers(env: &Env) -> String {
     let mut raw = Raw::login(env, "eve", &token).await;
     raw.read_until_ready().await;
     raw.send(&query(CALL)).await;
-    crate::vanish::backend_running(env, CALL).await;
+    until_drawn(env, "entries", "the procedure never started").await;
     drop(raw);
-    for _ in 0..200 {
-        if catches(env) > 0 {
-            return id;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the proxy never cancelled the statement of the client that left");
+    until_drawn(
+        env,
+        "catches",
+        "the proxy never cancelled the statement of the client that left",
+    )
+    .await;
+    id
 }
 
 #[tokio::test(flavor = "multi_thread")]
