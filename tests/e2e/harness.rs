@@ -426,10 +426,8 @@ impl Env {
         panic!("audit never showed {what}: {:#?}", self.audit());
     }
 
-    /// Writes `reason` into request `id` as the (SQLite) state store holds it, past the
-    /// API's checks: what a request filed before those checks, or restored from a backup,
-    /// may hold. What shows it must still escape it.
-    pub fn store_reason(&self, id: &str, reason: &str) {
+    /// The (SQLite) state store, opened behind the server's back, and its path.
+    fn state_store(&self) -> (rusqlite::Connection, PathBuf) {
         let path = self
             .config_path
             .parent()
@@ -438,6 +436,14 @@ impl Env {
         let db = rusqlite::Connection::open(&path).expect("state store");
         db.busy_timeout(Duration::from_secs(5))
             .expect("busy timeout");
+        (db, path)
+    }
+
+    /// Writes `reason` into request `id` as the (SQLite) state store holds it, past the
+    /// API's checks: what a request filed before those checks, or restored from a backup,
+    /// may hold. What shows it must still escape it.
+    pub fn store_reason(&self, id: &str, reason: &str) {
+        let (db, path) = self.state_store();
         let changed = db
             .execute(
                 "UPDATE requests SET body = json_set(body, '$.reason', ?1) WHERE id = ?2",
@@ -451,14 +457,7 @@ impl Env {
     /// would, without this node's proxy being told: what a session learns of it, it learns
     /// from the store.
     pub fn store_revoked_elsewhere(&self, id: &str) {
-        let path = self
-            .config_path
-            .parent()
-            .expect("config folder")
-            .join("state.db");
-        let db = rusqlite::Connection::open(&path).expect("state store");
-        db.busy_timeout(Duration::from_secs(5))
-            .expect("busy timeout");
+        let (db, path) = self.state_store();
         let now = chrono::Utc::now().to_rfc3339();
         let changed = db
             .execute(
