@@ -454,11 +454,11 @@ impl Env {
     }
 
     /// Marks request `id` revoked in the (SQLite) state store, as another node sharing it
-    /// would, without this node's proxy being told: what a session learns of it, it learns
-    /// from the store.
-    pub fn store_revoked_elsewhere(&self, id: &str) {
+    /// would (its clock `ahead` of this one's), without this node's proxy being told: what
+    /// a session learns of it, it learns from the store.
+    pub fn store_revoked_elsewhere(&self, id: &str, ahead: chrono::TimeDelta) {
         let (db, path) = self.state_store();
-        let now = chrono::Utc::now().to_rfc3339();
+        let now = (chrono::Utc::now() + ahead).to_rfc3339();
         let changed = db
             .execute(
                 "UPDATE requests SET status = 'revoked', body = json_insert(

@@ -38,18 +38,29 @@ async fn session_ends(env: &Env, id: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_idle_session_whose_backend_a_revocation_elsewhere_ended_ends_as_revoked() {
-    let env = Env::provisioned("revoked_elsewhere_idle").await;
+/// An idle session; the other node's clock is `ahead` of this one's.
+async fn idle_session_revoked_elsewhere(name: &str, ahead: chrono::TimeDelta) {
+    let env = Env::provisioned(name).await;
     let (id, token) = env.approved_token("eve", "1h").await;
     let (client, _connection) = env.connect("eve", &token).await.expect("login");
     client.simple_query("SELECT 1").await.expect("a statement");
-    env.store_revoked_elsewhere(&id);
+    env.store_revoked_elsewhere(&id, ahead);
     end_the_grants_backends(&env, &id);
     let ends = session_ends(&env, &id).await;
     assert_eq!(ends.len(), 1, "{ends:?}");
     assert_eq!(ends[0]["event"], "dropped_revoked", "{ends:?}");
     assert_eq!(ends[0]["reason"], "request revoked", "{ends:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_session_whose_backend_a_revocation_elsewhere_ended_ends_as_revoked() {
+    idle_session_revoked_elsewhere("revoked_elsewhere_idle", chrono::TimeDelta::zero()).await;
+}
+
+/// The revocation's time, stamped by a clock a second ahead, is after the close here.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_by_a_node_whose_clock_is_ahead_still_ends_the_session_as_revoked() {
+    idle_session_revoked_elsewhere("revoked_elsewhere_ahead", chrono::TimeDelta::seconds(1)).await;
 }
 
 /// The control: a server that ends a session of a grant that still stands is the end.
@@ -135,7 +146,7 @@ async fn leave_while_the_proxy_awaits_the_answers(env: &Env) -> String {
 async fn a_session_awaiting_the_answers_of_a_client_that_left_ends_as_revoked_too() {
     let env = Env::provisioned("revoked_elsewhere_left").await;
     let id = leave_while_the_proxy_awaits_the_answers(&env).await;
-    env.store_revoked_elsewhere(&id);
+    env.store_revoked_elsewhere(&id, chrono::TimeDelta::zero());
     end_the_grants_backends(&env, &id);
     let ends = session_ends(&env, &id).await;
     assert_eq!(ends.len(), 1, "{ends:?}");

@@ -1,8 +1,9 @@
 //! Whose end a session's end was, when the client and the server both go: a client that
 //! reads the server's FATAL and closes first left because the server ended the session;
-//! a server that closes while the answers of a client that left are awaited leaves no
-//! backend to cancel or reap (and its end may be a revocation's, which the session's end
-//! asks the state store about).
+//! a server that ends the connection with its FATAL while the answers of a client that
+//! left are awaited leaves no backend to cancel or reap (and its end may be a
+//! revocation's, which the session's end asks the state store about), but a connection
+//! that just ends may have a backend behind it still.
 
 use std::sync::Arc;
 
@@ -140,9 +141,9 @@ async fn a_client_that_closes_between_statements_on_its_own_is_the_end() {
     drop(server);
 }
 
-#[tokio::test]
-async fn a_server_that_closes_while_a_leaving_clients_answers_are_awaited_is_recorded_so() {
-    // Takes the proxy's cancel request, as the server's postmaster would.
+/// The client sends a statement and leaves; once the proxy's cancel came (taken by a
+/// listener standing in for the postmaster), the server writes `last` and closes.
+async fn leave_then_server_closes(last: &[u8]) -> End {
     let cancels = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a listener");
@@ -159,8 +160,7 @@ async fn a_server_that_closes_while_a_leaving_clients_answers_are_awaited_is_rec
         client.write_all(&sent).await.expect("the client writes");
         assert_eq!(read_exactly(&mut server, sent.len()).await, sent);
         drop(client);
-        // The proxy cancels the statement once it sees the client gone; the server then
-        // closes without answering (its role was dropped, say).
+        // The proxy cancels the statement once it sees the client gone.
         let (mut request, _) = cancels.accept().await.expect("a cancel request");
         let mut packet = [0u8; 16];
         request
@@ -168,8 +168,31 @@ async fn a_server_that_closes_while_a_leaving_clients_answers_are_awaited_is_rec
             .await
             .expect("the cancel request");
         assert_eq!(&packet[8..], &[0, 0, 0, 1, 0, 0, 0, 2]);
+        server.write_all(last).await.expect("the server writes");
         drop(server);
     };
     let (end, ()) = tokio::join!(relay.run(), peers);
+    end
+}
+
+#[tokio::test]
+async fn a_server_that_ends_the_session_while_a_leaving_clients_answers_are_awaited_is_the_end() {
+    let mut fatal = BytesMut::new();
+    wire::error_response(
+        &mut fatal,
+        Severity::Fatal,
+        "57P01",
+        "terminating connection due to administrator command",
+    );
+    let end = leave_then_server_closes(&fatal).await;
     assert!(matches!(end, End::ClientLeftThenServerClosed), "{end:?}");
+}
+
+/// A connection that ends without the server's word may have been closed by something in
+/// between (a load balancer) while the backend runs on: the end stays the client's, whose
+/// backend the proxy cancels and reaps.
+#[tokio::test]
+async fn a_connection_that_ends_without_the_servers_word_meanwhile_leaves_the_backend_to_reap() {
+    let end = leave_then_server_closes(b"").await;
+    assert!(matches!(end, End::ClientLeftMidStatement), "{end:?}");
 }

@@ -87,7 +87,8 @@ pub enum End {
     /// past the grant if need be, so it is cancelled and reaped like one the proxy ends.
     ClientLeftMidStatement,
     /// The client left while a statement ran, and the server closed the connection while
-    /// its answers were awaited: the backend is gone, nothing is left to cancel or reap.
+    /// its answers were awaited, after its FATAL: the backend is gone, nothing is left to
+    /// cancel or reap.
     ClientLeftThenServerClosed,
     UpstreamGone,
     Dropped(DropReason),
@@ -401,6 +402,18 @@ impl Relay {
         }
     }
 
+    /// Notes whether the server's message `event` (at `range` of `ubuf`, if whole there)
+    /// was its last word: a FATAL ErrorResponse.
+    fn heard(&mut self, event: &BackendEvent, range: Option<&std::ops::Range<usize>>) {
+        let fatal = matches!(event, BackendEvent::Error { .. }).then(|| {
+            range
+                .and_then(|r| self.ubuf.get(r.clone()))
+                .map(buffers::ends_the_session)
+        });
+        self.upstream_said_why = fatal.is_some_and(|whole| whole.unwrap_or(true));
+        self.server_ended_it |= fatal == Some(Some(true));
+    }
+
     /// Scans what upstream sent for outcomes, records them, and forwards the bytes as read
     /// (except that a refused statement's stand-in error becomes the refusal).
     async fn on_upstream_bytes(&mut self) -> Result<(), End> {
@@ -423,14 +436,7 @@ impl Relay {
             // no such word: a pipeline waits for its Sync after one, and the server may
             // crash then. (An ErrorResponse split across reads cannot be read back here; it
             // counts as the server's word, as it did before.)
-            let fatal = matches!(event, BackendEvent::Error { .. }).then(|| {
-                range
-                    .as_ref()
-                    .and_then(|r| self.ubuf.get(r.clone()))
-                    .map(buffers::ends_the_session)
-            });
-            self.upstream_said_why = fatal.is_some_and(|whole| whole.unwrap_or(true));
-            self.server_ended_it |= fatal == Some(Some(true));
+            self.heard(&event, range.as_ref());
             match &event {
                 // COPY … TO STDOUT sends one CopyData per row: a row limit counts them too.
                 BackendEvent::DataRow | BackendEvent::CopyData(_) => {

@@ -24,9 +24,10 @@ pub(super) enum Settled {
     Done,
     /// The grant ended, or the proxy shuts down: the session ends for that reason.
     Dropped(DropReason),
-    /// The server closed the connection first. A revocation whose role drop ended the
-    /// backend before the news reached this session looks like this too; the session's
-    /// end asks the state store which it was (`session::end::whose_end`).
+    /// The server ended the connection first, with a FATAL: its backend is gone. A
+    /// revocation whose role drop ended the backend before the news reached this session
+    /// looks like this too; the session's end asks the state store which it was
+    /// (`session::end::whose_end`).
     ServerClosed,
 }
 
@@ -69,18 +70,18 @@ impl Relay {
                 // The statement ignores the cancel: the reaper takes over.
                 return self.term.ended().map_or(Settled::Done, Settled::Dropped);
             };
-            match read {
-                Ok(n) if n > 0 => {}
+            if !matches!(read, Ok(n) if n > 0) {
                 // A revocation may close the backend (its role dropped) as it ends the
-                // session: the end is the revocation's, not the server's.
-                read if the_server_closed(&read) => {
-                    return self
-                        .term
-                        .ended()
-                        .map_or(Settled::ServerClosed, Settled::Dropped);
-                }
-                // Whether the backend is gone is not known: the reaper makes sure.
-                _ => return self.term.ended().map_or(Settled::Done, Settled::Dropped),
+                // session: the end is the revocation's, not the server's. A connection
+                // that ended without the server's FATAL may have been closed by something
+                // in between (a load balancer's idle timeout) while the backend runs on:
+                // the cancel and the reaper make sure.
+                let closed = if self.server_ended_it {
+                    Settled::ServerClosed
+                } else {
+                    Settled::Done
+                };
+                return self.term.ended().map_or(closed, Settled::Dropped);
             }
             if !self.settle_read() {
                 return Settled::Done;
@@ -95,7 +96,7 @@ impl Relay {
         let mut events = std::mem::take(&mut self.events);
         self.scanner.feed_located(&self.ubuf, &mut events);
         let mut on_track = true;
-        for (event, _) in events.drain(..) {
+        for (event, range) in events.drain(..) {
             // Rows go to no statement's settling, as in the relay (`on_upstream_bytes`).
             match event {
                 BackendEvent::CopyData(n) => {
@@ -105,6 +106,7 @@ impl Relay {
                 BackendEvent::DataRow => continue,
                 _ => {}
             }
+            self.heard(&event, range.as_ref());
             let settled = self.outcomes.len();
             if self.tracker.on_event(event, &mut self.outcomes).is_err() {
                 on_track = false;
@@ -118,16 +120,5 @@ impl Relay {
         self.events = buffers::emptied(events);
         self.ubuf.clear();
         on_track
-    }
-}
-
-/// Whether a read's end says the server closed the connection (so its backend is gone),
-/// rather than that the connection failed under a backend that may run on: a clean end, or
-/// a TLS stream whose socket ended without the TLS close. A reset is not enough: something
-/// between the two (a firewall's idle timeout) may send one while the backend runs on.
-fn the_server_closed(read: &std::io::Result<usize>) -> bool {
-    match read {
-        Ok(n) => *n == 0,
-        Err(e) => e.kind() == std::io::ErrorKind::UnexpectedEof,
     }
 }
