@@ -480,8 +480,12 @@ async fn run_admitted(
     let backend_gone = end::the_server_ended(&end);
     let end = end::whose_end(&lockbox.store, &request.id, end).await;
     // The window is counted from the relay's end, not from when the end is recorded.
-    let role_closes =
-        login.per_grant && matches!(end, End::Dropped(DropReason::Expired | DropReason::Revoked));
+    let role_closes = login.per_grant
+        && match end {
+            End::Dropped(DropReason::Revoked) => true,
+            End::Dropped(DropReason::Expired) => end::window_over(request),
+            _ => false,
+        };
     if role_closes {
         // The grant is over: its role is dropped now rather than at the next sweep, which
         // also ends every backend of it, as the service role. That is the reaper's work: a

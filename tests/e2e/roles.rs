@@ -318,3 +318,53 @@ fn read_must_not_log_in_as_a_role_that_can_write() {
     )
     .expect("a read role of its own is enough");
 }
+
+/// A token ends where the window ended when it was issued; a session admitted with it
+/// after the grant was extended ends at the token's end. The grant itself goes on: its
+/// role stays, and so do its other sessions and new logins (before, the role was dropped
+/// as if the grant were over, which ended them and refused later logins).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_that_reaches_its_tokens_end_leaves_the_role_of_an_extended_grant() {
+    let env = provisioned("roles_token_end").await;
+    let (id, old_token) = env.approved_token("eve", "3s").await;
+    let extension = env
+        .client("eve")
+        .extend(&id, "1h", "the fix needs longer")
+        .await
+        .expect("extend")
+        .id
+        .0;
+    env.client("carol")
+        .approve(&extension, "ok")
+        .await
+        .expect("approve the extension");
+    let (old, _old_connection) = env.connect("eve", &old_token).await.expect("old token");
+    let new_token = env
+        .client("eve")
+        .token(&id)
+        .await
+        .expect("a new token")
+        .token;
+    let (current, _connection) = env.connect("eve", &new_token).await.expect("new token");
+    env.wait_for_audit("the old token's session ended", |records| {
+        records
+            .iter()
+            .any(|r| r["request_id"] == id.as_str() && r["event"] == "dropped_expired")
+    })
+    .await;
+    assert!(
+        old.simple_query("SELECT 1").await.is_err(),
+        "the old session ended"
+    );
+    // A drop would have been started as the end was recorded; it takes milliseconds.
+    for _ in 0..20 {
+        assert_eq!(role_count(&env, &role_of(&id)), 1, "the grant's role stays");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    current
+        .simple_query("SELECT 1")
+        .await
+        .expect("the grant's other session goes on");
+    let (later, _later_connection) = env.connect("eve", &new_token).await.expect("a later login");
+    later.simple_query("SELECT 1").await.expect("and works");
+}

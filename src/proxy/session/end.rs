@@ -67,6 +67,20 @@ pub(super) fn the_server_ended(end: &End) -> bool {
     matches!(end, End::UpstreamGone | End::ClientLeftThenServerClosed)
 }
 
+/// Whether the grant's window is over: a session that expired may have reached only the
+/// end of its token, which is where the window ended when the token was issued, while the
+/// grant was extended since. Its role then stays, for the grant's other sessions and later
+/// logins. An extension the session heard of moves its end past the window it was admitted
+/// in, so that window is over whenever the grant's is.
+pub(super) fn window_over(request: &Request) -> bool {
+    // The session's timer runs on the monotonic clock, which may drift a little from the
+    // wall clock the window's end is counted on.
+    const DRIFT: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
+    request
+        .access_expires_at
+        .is_none_or(|end| end <= Utc::now() + DRIFT)
+}
+
 /// How far another node's clock may be ahead of this one's when its sweeper ends a grant
 /// whose window is over (dropping its role) before this node's sessions reach the end.
 const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
@@ -229,6 +243,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_window_is_over_at_its_end_not_at_an_earlier_tokens() {
+        let now = Utc::now();
+        let mut request = grant(now);
+        assert!(!window_over(&request), "an hour to go");
+        request.access_expires_at = Some(now - Span::milliseconds(1));
+        assert!(window_over(&request));
+        request.access_expires_at = None;
+        assert!(window_over(&request), "no window: nothing to keep");
     }
 
     #[test]
