@@ -15,7 +15,7 @@ use super::negotiate::{self, NegotiationError, Opened};
 use super::preauth;
 use super::reaper::Reaper;
 use super::registry::{CancelTarget, DropReason};
-use super::relay::{CancelKey, End, Grant, Limits, Relay};
+use super::relay::{CancelKey, End, Grant, Limits, Relay, RelayEnd};
 use super::stream::BoxStream;
 use super::upstream;
 use super::Proxy;
@@ -430,7 +430,7 @@ async fn run_admitted(
     );
 
     let backend = (upstream.backend_pid, upstream.backend_secret);
-    let (end, farewell, relay_ended) = if super::relay::write_flushed(&mut stream, &hello)
+    let ended = if super::relay::write_flushed(&mut stream, &hello)
         .await
         .is_ok()
     {
@@ -472,12 +472,25 @@ async fn run_admitted(
         .with_client_fd(client_fd);
         relay.run_to_farewell().await
     } else {
-        (End::ClientGone, None, tokio::time::Instant::now())
+        RelayEnd {
+            end: End::ClientGone,
+            farewell: None,
+            ended_at: tokio::time::Instant::now(),
+            backend_may_run_on: false,
+        }
     };
+    let RelayEnd {
+        end,
+        farewell,
+        ended_at: relay_ended,
+        backend_may_run_on,
+    } = ended;
     proxy.registry.forget_cancel_key(cancel_key);
     proxy.registry.spares.ended(&request.id);
     // The server closed: its backend needs neither a cancel nor a reaper, whoever ended it.
-    let backend_gone = end::the_server_ended(&end);
+    // One whose connection just ended mid-statement may live on: it gets both.
+    let backend_gone = end::the_server_ended(&end) && !backend_may_run_on;
+    let make_sure = |end: &End| (ended_by_proxy(end) && !backend_gone) || backend_may_run_on;
     let end = end::whose_end(&lockbox.store, &request.id, end).await;
     // The window is counted from the relay's end, not from when the end is recorded.
     let role_closes = login.per_grant
@@ -498,7 +511,7 @@ async fn run_admitted(
             }
         });
     }
-    let reaper = (ended_by_proxy(&end) && !role_closes && !backend_gone).then(|| Reaper {
+    let reaper = (make_sure(&end) && !role_closes).then(|| Reaper {
         db: db.clone(),
         credentials: login.credentials.clone(),
         access: request.access,
@@ -510,7 +523,7 @@ async fn run_admitted(
     });
     finish(&lockbox.audit, &fields, &request.id, &end);
     // A query may be running: it is cancelled, so the backend notices the closed socket.
-    let cancel = (ended_by_proxy(&end) && !backend_gone).then(|| CancelKey {
+    let cancel = make_sure(&end).then(|| CancelKey {
         host: db.host.clone(),
         port: db.port,
         pid: backend.0,

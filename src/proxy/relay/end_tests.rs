@@ -196,3 +196,64 @@ async fn a_connection_that_ends_without_the_servers_word_meanwhile_leaves_the_ba
     let end = leave_then_server_closes(b"").await;
     assert!(matches!(end, End::ClientLeftMidStatement), "{end:?}");
 }
+
+/// The client sends a statement and stays; the server reads it, writes `last` and closes.
+/// Returns the relay's end and whether it left the backend to be made sure of.
+async fn server_closes_mid_statement(last: &[u8]) -> (End, bool) {
+    let Setup {
+        relay,
+        mut client,
+        mut server,
+        _audit_dir,
+        _kill,
+    } = setup(None);
+    let sent = query("SELECT pg_sleep(600)");
+    let peers = async {
+        client.write_all(&sent).await.expect("the client writes");
+        assert_eq!(read_exactly(&mut server, sent.len()).await, sent);
+        server.write_all(last).await.expect("the server writes");
+        drop(server);
+        client
+    };
+    let (ended, _client) = tokio::join!(relay.run_to_farewell(), peers);
+    (ended.end, ended.backend_may_run_on)
+}
+
+/// Something in between (a load balancer) may close the connection while the backend
+/// runs on: the cancel and the reaper make sure of it.
+#[tokio::test]
+async fn a_connection_that_ends_without_a_word_mid_statement_leaves_the_backend_to_make_sure_of() {
+    let (end, may_run_on) = server_closes_mid_statement(b"").await;
+    assert!(matches!(end, End::UpstreamGone), "{end:?}");
+    assert!(may_run_on);
+}
+
+#[tokio::test]
+async fn a_server_that_ends_the_session_mid_statement_leaves_no_backend_behind() {
+    let mut fatal = BytesMut::new();
+    wire::error_response(
+        &mut fatal,
+        Severity::Fatal,
+        "57P01",
+        "terminating connection due to administrator command",
+    );
+    let (end, may_run_on) = server_closes_mid_statement(&fatal).await;
+    assert!(matches!(end, End::UpstreamGone), "{end:?}");
+    assert!(!may_run_on);
+}
+
+#[tokio::test]
+async fn a_connection_that_ends_between_statements_leaves_an_idle_backend_at_most() {
+    let Setup {
+        relay,
+        client,
+        server,
+        _audit_dir,
+        _kill,
+    } = setup(None);
+    drop(server);
+    let ended = relay.run_to_farewell().await;
+    assert!(matches!(ended.end, End::UpstreamGone), "{:?}", ended.end);
+    assert!(!ended.backend_may_run_on);
+    drop(client);
+}

@@ -124,6 +124,18 @@ async fn guarded<T>(
     }
 }
 
+/// How a relay ended, and what is left to do.
+pub(crate) struct RelayEnd {
+    pub(crate) end: End,
+    /// What the client is still to be told.
+    pub(crate) farewell: Option<Farewell>,
+    /// When the relay ended, before any wait for a statement of a client that left to
+    /// settle: the reaper's window counts from then.
+    pub(crate) ended_at: tokio::time::Instant,
+    /// See [`Relay::backend_may_run_on`].
+    pub(crate) backend_may_run_on: bool,
+}
+
 pub struct Relay {
     client: BoxStream,
     /// The TCP socket under `client`, for the farewell to see whether the client reads.
@@ -269,11 +281,20 @@ impl Relay {
         self
     }
 
+    /// Whether the backend may run on after the relay: the server's connection ended
+    /// without its FATAL while a statement ran. Something in between (a load balancer's
+    /// idle timeout) may have closed it, and a backend notices a closed socket only once
+    /// its statement writes; the cancel and the reaper make sure, as for a session the
+    /// proxy ended.
+    pub(crate) fn backend_may_run_on(&self, end: &End) -> bool {
+        matches!(end, End::UpstreamGone) && !self.server_ended_it && !self.tracker.is_idle()
+    }
+
     /// Runs the session to its end and tells the client why, as [`Self::run_to_farewell`]
     /// then [`Farewell::deliver`].
     #[cfg(test)]
     pub(crate) async fn run(self) -> End {
-        let (end, farewell, _) = self.run_to_farewell().await;
+        let RelayEnd { end, farewell, .. } = self.run_to_farewell().await;
         if let Some(farewell) = farewell {
             farewell.deliver().await;
         }
@@ -285,7 +306,7 @@ impl Relay {
     /// a slow reader may take a while to read up to it.
     /// Also returns when the relay ended (before any wait for a statement of a client that
     /// left to settle): the reaper's window counts from then.
-    pub(crate) async fn run_to_farewell(mut self) -> (End, Option<Farewell>, tokio::time::Instant) {
+    pub(crate) async fn run_to_farewell(mut self) -> RelayEnd {
         let mut end = match self.relay().await {
             // The client read the server's FATAL and closed before the server did.
             End::ClientGone if self.server_ended_it => End::UpstreamGone,
@@ -293,6 +314,7 @@ impl Relay {
             other => other,
         };
         let ended_at = tokio::time::Instant::now();
+        let backend_may_run_on = self.backend_may_run_on(&end);
         if matches!(end, End::ClientLeftMidStatement) {
             match self.settle_after_client_left().await {
                 Settled::Done => {}
@@ -339,7 +361,12 @@ impl Relay {
             provoked,
             grant: self.session.request_id.clone(),
         });
-        (end, farewell, ended_at)
+        RelayEnd {
+            end,
+            farewell,
+            ended_at,
+            backend_may_run_on,
+        }
     }
 
     async fn close_upstream(&mut self) {
