@@ -163,8 +163,14 @@ enum GrantRole {
         password: String,
         until: DateTime<Utc>,
     },
-    /// The grant ended: its role is dropped (or will be) and never made again.
-    Ended { since: Instant },
+    /// The grant ended: its role is dropped (or will be) and never made again — unless it
+    /// ended with its window (`window`, the end reached) and an extension has moved the
+    /// window past that since: an extension approved as the window ended may reach a
+    /// session only after it ended and dropped the role.
+    Ended {
+        since: Instant,
+        window: Option<DateTime<Utc>>,
+    },
 }
 
 impl Provisioner {
@@ -195,7 +201,14 @@ impl Provisioner {
         let slot = self.slot(&request.id);
         let mut state = slot.lock().await;
         let password = match &*state {
-            GrantRole::Ended { .. } => return Err(ProvisionError::Ended(request.id.0.clone())),
+            GrantRole::Ended { window, .. } if !extended_past(*window, until) => {
+                return Err(ProvisionError::Ended(request.id.0.clone()))
+            }
+            GrantRole::Ended { .. } => {
+                let password = generate_password();
+                roles::create_or_reset(db, &role, &password, until, &level_role.user).await?;
+                password
+            }
             GrantRole::Live { password, until: u } if *u == until => password.clone(),
             GrantRole::Live { password, .. } => {
                 roles::set_valid_until(db, &role, until).await?;
@@ -244,6 +257,11 @@ impl Provisioner {
         let slot = self.slot(id);
         let mut state = slot.lock().await;
         match &mut *state {
+            // The role is gone; the next login makes it again, valid until then.
+            GrantRole::Ended { window, .. } if extended_past(*window, until) => {
+                *state = GrantRole::Unknown;
+                Ok(())
+            }
             GrantRole::Ended { .. } => Ok(()),
             GrantRole::Live { until: known, .. } => {
                 roles::set_valid_until(db, &role, until).await?;
@@ -291,11 +309,32 @@ impl Provisioner {
     /// The grant ended: no session of it logs in again, its role's backends end, and the
     /// role is dropped. Returns whether a role was dropped.
     pub async fn end(&self, db: &Database, id: &RequestId) -> Result<bool, ProvisionError> {
+        self.end_at(db, id, None).await
+    }
+
+    /// The grant's window, ending at `window`, is over: as [`Self::end`], except that an
+    /// extension past `window` makes the role again for the grant's next login.
+    pub async fn end_window(
+        &self,
+        db: &Database,
+        id: &RequestId,
+        window: DateTime<Utc>,
+    ) -> Result<bool, ProvisionError> {
+        self.end_at(db, id, Some(window)).await
+    }
+
+    async fn end_at(
+        &self,
+        db: &Database,
+        id: &RequestId,
+        window: Option<DateTime<Utc>>,
+    ) -> Result<bool, ProvisionError> {
         let role = role_name(id)?;
         let slot = self.slot(id);
         let mut state = slot.lock().await;
         *state = GrantRole::Ended {
             since: Instant::now(),
+            window,
         };
         if db.provisioning.per_grant_roles == Some(false) {
             return Ok(false);
@@ -352,7 +391,7 @@ impl Provisioner {
     pub fn prune(&self) {
         self.grants.retain(|_, slot| match slot.try_lock() {
             Ok(state) => {
-                !matches!(&*state, GrantRole::Ended { since } if since.elapsed() > ENDED_MEMORY)
+                !matches!(&*state, GrantRole::Ended { since, .. } if since.elapsed() > ENDED_MEMORY)
             }
             Err(_) => true,
         });
@@ -427,6 +466,12 @@ async fn decide(db: &Database, target: Target) -> Result<Decided, ProvisionError
     })
 }
 
+/// Whether a grant whose window ended at `ended` (none: ended otherwise, for good) now
+/// runs until `until`, later.
+fn extended_past(ended: Option<DateTime<Utc>>, until: DateTime<Utc>) -> bool {
+    ended.is_some_and(|ended| until > ended)
+}
+
 fn role_name(id: &RequestId) -> Result<RoleName, ProvisionError> {
     RoleName::for_request(id).ok_or_else(|| ProvisionError::BadName(id.0.clone()))
 }
@@ -441,6 +486,19 @@ fn generate_password() -> String {
 mod tests {
     use super::*;
     use crate::guard::{LinkKind, RelationLink};
+
+    #[test]
+    fn a_role_ended_with_its_window_comes_back_only_for_an_extension_past_it() {
+        let end = Utc::now();
+        assert!(extended_past(Some(end), end + chrono::TimeDelta::hours(1)));
+        assert!(!extended_past(Some(end), end), "the same window");
+        assert!(!extended_past(
+            Some(end),
+            end - chrono::TimeDelta::seconds(1)
+        ));
+        // Revoked, cancelled or completed: never again.
+        assert!(!extended_past(None, end + chrono::TimeDelta::hours(1)));
+    }
 
     #[test]
     fn a_databases_reach_is_computed_once_per_rules() {

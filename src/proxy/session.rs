@@ -493,24 +493,32 @@ async fn run_admitted(
     let make_sure = |end: &End| (ended_by_proxy(end) && !backend_gone) || backend_may_run_on;
     let end = end::whose_end(&lockbox.store, &request.id, end).await;
     // The window is counted from the relay's end, not from when the end is recorded.
-    let role_closes = login.per_grant
-        && match end {
-            End::Dropped(DropReason::Revoked) => true,
-            End::Dropped(DropReason::Expired) => end::window_over(request),
-            _ => false,
-        };
-    if role_closes {
+    let role_closes = match end {
+        End::Dropped(DropReason::Revoked) if login.per_grant => Some(None),
+        End::Dropped(DropReason::Expired) if login.per_grant => {
+            end::window_to_close(&lockbox.store, request)
+                .await
+                .map(Some)
+        }
+        _ => None,
+    };
+    if let Some(window) = role_closes {
         // The grant is over: its role is dropped now rather than at the next sweep, which
         // also ends every backend of it, as the service role. That is the reaper's work: a
         // reaper could not log in as the role any more (past VALID UNTIL, or NOLOGIN).
         let provisioner = lockbox.provisioner.clone();
         let (db, id) = (db.clone(), request.id.clone());
         crate::runtime::spawn_control(async move {
-            if let Err(e) = provisioner.end(&db, &id).await {
+            let dropped = match window {
+                Some(window) => provisioner.end_window(&db, &id, window).await,
+                None => provisioner.end(&db, &id).await,
+            };
+            if let Err(e) = dropped {
                 tracing::error!(error = %e, "could not drop the role of an ended grant");
             }
         });
     }
+    let role_closes = role_closes.is_some();
     let reaper = (make_sure(&end) && !role_closes).then(|| Reaper {
         db: db.clone(),
         credentials: login.credentials.clone(),

@@ -474,6 +474,27 @@ impl Env {
         assert_eq!(changed, 1, "request {id} in {}", path.display());
     }
 
+    /// Moves the end of request `id`'s window `later` in the (SQLite) state store, as an
+    /// extension approved on another node would, without this node's proxy being told.
+    pub fn store_extended_elsewhere(&self, id: &str, later: chrono::TimeDelta) {
+        let (db, path) = self.state_store();
+        let end: String = db
+            .query_row(
+                "SELECT json_extract(body, '$.access_expires_at') FROM requests WHERE id = ?1",
+                [id],
+                |row| row.get(0),
+            )
+            .expect("the window's end");
+        let end = chrono::DateTime::parse_from_rfc3339(&end).expect("a time") + later;
+        let changed = db
+            .execute(
+                "UPDATE requests SET body = json_set(body, '$.access_expires_at', ?1) WHERE id = ?2",
+                (end.to_rfc3339(), id),
+            )
+            .expect("extend in the store");
+        assert_eq!(changed, 1, "request {id} in {}", path.display());
+    }
+
     pub fn superuser_sql(&self, sql: &str) -> String {
         self.pg.psql(&self.db, sql).expect("superuser query")
     }

@@ -368,3 +368,33 @@ async fn a_session_that_reaches_its_tokens_end_leaves_the_role_of_an_extended_gr
     let (later, _later_connection) = env.connect("eve", &new_token).await.expect("a later login");
     later.simple_query("SELECT 1").await.expect("and works");
 }
+
+/// An extension approved as the window ends may reach a session only after its timer
+/// fired: the session's end reads the grant again, and the extended grant keeps its role
+/// and takes new logins.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_that_expires_before_it_hears_of_an_extension_leaves_the_role() {
+    let env = provisioned("roles_late_extension").await;
+    let (id, token) = env.approved_token("eve", "3s").await;
+    let (_client, _connection) = env.connect("eve", &token).await.expect("login");
+    env.store_extended_elsewhere(&id, chrono::TimeDelta::hours(1));
+    env.wait_for_audit("the session's end at the old window's end", |records| {
+        records
+            .iter()
+            .any(|r| r["request_id"] == id.as_str() && r["event"] == "dropped_expired")
+    })
+    .await;
+    // A drop would have been started as the end was recorded; it takes milliseconds.
+    for _ in 0..20 {
+        assert_eq!(role_count(&env, &role_of(&id)), 1, "the grant's role stays");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new_token = env
+        .client("eve")
+        .token(&id)
+        .await
+        .expect("a new token")
+        .token;
+    let (later, _later_connection) = env.connect("eve", &new_token).await.expect("a later login");
+    later.simple_query("SELECT 1").await.expect("and works");
+}

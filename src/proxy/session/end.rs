@@ -67,29 +67,36 @@ pub(super) fn the_server_ended(end: &End) -> bool {
     matches!(end, End::UpstreamGone | End::ClientLeftThenServerClosed)
 }
 
-/// Whether the grant's window is over: a session that expired may have reached only the
-/// end of its token, which is where the window ended when the token was issued, while the
-/// grant was extended since. Its role then stays, for the grant's other sessions and later
-/// logins. An extension the session heard of moves its end past the window it was admitted
-/// in, so that window is over whenever the grant's is.
-pub(super) fn window_over(request: &Request) -> bool {
+/// The end of the window of an expired session's grant, if that window is over, so its
+/// role goes. A session that expired may have reached only the end of its token, which is
+/// where the window ended when the token was issued, while the grant was extended since;
+/// or an extension approved as the window ended may not have reached it in time. The
+/// grant is read again from the store (bounded) for that; the window the session was
+/// admitted in stands in when the store cannot answer.
+pub(super) async fn window_to_close(store: &Store, admitted: &Request) -> Option<DateTime<Utc>> {
+    let fresh = match tokio::time::timeout(GRANT_CHECK_TIMEOUT, store.get(&admitted.id)).await {
+        Ok(Ok(Some(request))) => Some(request),
+        _ => None,
+    };
+    window_over(fresh.as_ref().unwrap_or(admitted), Utc::now())
+}
+
+/// `request`'s window end, if it is over at `now`.
+fn window_over(request: &Request, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     // The session's timer runs on the monotonic clock, which may drift a little from the
     // wall clock the window's end is counted on.
     const DRIFT: chrono::TimeDelta = chrono::TimeDelta::seconds(1);
-    request
-        .access_expires_at
-        .is_none_or(|end| end <= Utc::now() + DRIFT)
+    request.access_expires_at.filter(|end| *end <= now + DRIFT)
 }
-
-/// How far another node's clock may be ahead of this one's when its sweeper ends a grant
-/// whose window is over (dropping its role) before this node's sessions reach the end.
-const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 /// Why `request`'s grant was over when its server closed at `at` (read just after), if it
 /// was: withdrawn (revoked or cancelled) by the time it is read, or its window over. The
 /// time a node stamped on a withdrawal is not compared with `at`: another node's clock may
 /// be ahead by more than the few milliseconds between the withdrawal and the close it
-/// brings, and a withdrawal found in the read that follows the close came with it.
+/// brings, and a withdrawal found in the read that follows the close came with it. The
+/// window's end is compared exactly: a close just before it (an administrator's
+/// `pg_terminate_backend`) is not the window's end, and the session's own timer ends it
+/// at the end itself.
 pub(super) fn grant_ended_by(request: &Request, at: DateTime<Utc>) -> Option<DropReason> {
     if matches!(
         request.status,
@@ -99,7 +106,7 @@ pub(super) fn grant_ended_by(request: &Request, at: DateTime<Utc>) -> Option<Dro
     }
     request
         .access_expires_at
-        .filter(|end| *end <= at + CLOCK_SKEW)
+        .filter(|end| *end <= at)
         .map(|_| DropReason::Expired)
 }
 
@@ -249,11 +256,10 @@ mod tests {
     fn a_window_is_over_at_its_end_not_at_an_earlier_tokens() {
         let now = Utc::now();
         let mut request = grant(now);
-        assert!(!window_over(&request), "an hour to go");
-        request.access_expires_at = Some(now - Span::milliseconds(1));
-        assert!(window_over(&request));
-        request.access_expires_at = None;
-        assert!(window_over(&request), "no window: nothing to keep");
+        assert_eq!(window_over(&request, now), None, "an hour to go");
+        let end = now - Span::milliseconds(1);
+        request.access_expires_at = Some(end);
+        assert_eq!(window_over(&request, now), Some(end));
     }
 
     #[test]
@@ -266,14 +272,12 @@ mod tests {
     }
 
     #[test]
-    fn a_window_over_by_then_ended_the_session_allowing_for_another_nodes_clock() {
+    fn a_window_over_by_then_ended_the_session_and_one_about_to_end_did_not() {
         let now = Utc::now();
         let mut request = grant(now);
         request.access_expires_at = Some(now - Span::milliseconds(1));
         assert_eq!(grant_ended_by(&request, now), Some(DropReason::Expired));
-        request.access_expires_at = Some(now + Span::seconds(4));
-        assert_eq!(grant_ended_by(&request, now), Some(DropReason::Expired));
-        request.access_expires_at = Some(now + Span::seconds(6));
+        request.access_expires_at = Some(now + Span::seconds(3));
         assert_eq!(grant_ended_by(&request, now), None);
     }
 }
