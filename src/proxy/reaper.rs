@@ -21,6 +21,9 @@ use crate::policy::AccessLevel;
 /// How often the reaper looks for the backend.
 const POLL: Duration = Duration::from_millis(100);
 
+/// How long the reaper waits between logins the server refused (it may be restarting).
+const LOGIN_RETRY: Duration = Duration::from_millis(250);
+
 /// How long a terminated backend may take to exit (it rolls back its transaction first).
 const EXIT_BOUND: Duration = Duration::from_secs(3);
 
@@ -82,17 +85,36 @@ impl Reaper {
     }
 
     async fn settle(&self) -> Result<Fate, ReapError> {
-        let mut conn = upstream::connect(
-            &self.db,
-            &self.credentials,
-            self.access,
-            &[("application_name".into(), APPLICATION_NAME.into())],
-        )
-        .await
-        .map_err(ReapError::Connect)?;
+        let mut conn = self.log_in().await?;
         let fate = self.watch(&mut conn).await;
         conn.close().await;
         fate
+    }
+
+    /// Logs in as the session did, trying again until the window ends: a server that
+    /// closed a connection without a word may be restarting (a backend killed, crash
+    /// recovery), and refuses logins for a while; once it takes them, the backend it had
+    /// is gone.
+    async fn log_in(&self) -> Result<Upstream, ReapError> {
+        loop {
+            let login = upstream::connect(
+                &self.db,
+                &self.credentials,
+                self.access,
+                &[("application_name".into(), APPLICATION_NAME.into())],
+            )
+            .await;
+            match login {
+                Ok(conn) => return Ok(conn),
+                Err(e)
+                    if e.server_unavailable() && Instant::now() + LOGIN_RETRY < self.window_end =>
+                {
+                    tracing::debug!(error = %e, "the reaper's login was refused; trying again");
+                    tokio::time::sleep(LOGIN_RETRY).await;
+                }
+                Err(e) => return Err(ReapError::Connect(e)),
+            }
+        }
     }
 
     /// Gives the backend its window, then terminates it and waits (bounded) for it to go.
@@ -155,7 +177,11 @@ fn log(fate: &Result<Fate, ReapError>) {
 /// of another role or database is left alone. The reaper logs in as the session did, so
 /// its `current_user` and `current_database()` are the session's.
 fn backend_filter(pid: i32) -> String {
-    format!("pid = {pid} AND usename = current_user AND datname = current_database()")
+    // Not the reaper's own backend, should a restarted server have given it the pid.
+    format!(
+        "pid = {pid} AND pid <> pg_backend_pid() AND usename = current_user \
+         AND datname = current_database()"
+    )
 }
 
 /// Whether the backend is still there.

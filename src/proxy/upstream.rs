@@ -60,6 +60,22 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether the server could not take the login for now, rather than refused the
+    /// login itself: unreachable, closing the connection, starting up or shutting down
+    /// (57P01–57P03, crash recovery among them), or out of connections (53300).
+    pub(crate) fn server_unavailable(&self) -> bool {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::Timeout(_)
+            | UpstreamError::Closed
+            | UpstreamError::Io(_) => true,
+            UpstreamError::Rejected { sqlstate, .. } => {
+                sqlstate.starts_with("57P") || sqlstate == "53300"
+            }
+            _ => false,
+        }
+    }
+
     /// The SQLSTATE of a login the server refused.
     pub(crate) fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -470,6 +486,30 @@ pub async fn send_cancel(host: &str, port: u16, pid: i32, secret: i32) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_restarting_or_full_is_unavailable_and_a_refused_login_is_not() {
+        let rejected = |sqlstate: &str| UpstreamError::Rejected {
+            sqlstate: sqlstate.into(),
+            message: String::new(),
+        };
+        for unavailable in [
+            rejected("57P03"),
+            rejected("57P01"),
+            rejected("53300"),
+            UpstreamError::Closed,
+            UpstreamError::Timeout("db".into()),
+        ] {
+            assert!(unavailable.server_unavailable(), "{unavailable}");
+        }
+        for refused in [
+            rejected("28P01"),
+            rejected("28000"),
+            UpstreamError::NoPassword,
+        ] {
+            assert!(!refused.server_unavailable(), "{refused}");
+        }
+    }
 
     #[test]
     fn command_tags_give_their_row_count() {

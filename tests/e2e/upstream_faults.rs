@@ -294,3 +294,64 @@ async fn a_stalled_database_loses_its_sessions_at_their_deadline_and_refuses_new
     assert_eq!(code, "08006", "{message}");
     assert!(message.contains("did not answer"), "{message}");
 }
+
+/// A backend killed mid-statement (the OOM killer, a crash) says nothing before its
+/// connection ends, so the proxy cannot tell it from a connection something in between
+/// closed while the backend runs on: it makes sure. The server restarts (crash recovery)
+/// and refuses logins meanwhile; the reaper tries again until it gets in, and records the
+/// backend as gone, not as one it could not terminate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_killed_mid_statement_is_recorded_gone_once_the_server_is_back() {
+    let crashing = own_cluster();
+    let env = Env::with(
+        "upstream_killed_backend",
+        Options {
+            cluster: Some(crashing),
+            timings: "terminate_after = \"5s\"",
+            ..Options::default()
+        },
+    )
+    .await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, connection) = env.connect("eve", &token).await.expect("login");
+    let sleeping = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(60)").await });
+    wait_until_running(crashing, &env.db, "SELECT pg_sleep(60)").await;
+    let pid = crashing
+        .psql(
+            &env.db,
+            "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'",
+        )
+        .expect("the backend's pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success(), "kill -9 {pid}");
+    let statement = told("the running query", sleeping)
+        .await
+        .expect_err("the query cannot finish");
+    let _ = told("its connection", connection).await;
+    drop(statement);
+    let records = env
+        .wait_for_audit("what became of the backend", |records| {
+            records.iter().any(|r| {
+                r["request_id"] == id.as_str()
+                    && r["event"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with("backend_"))
+            })
+        })
+        .await;
+    let fate: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| {
+            r["request_id"] == id.as_str()
+                && r["event"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("backend_"))
+        })
+        .collect();
+    assert_eq!(fate.len(), 1, "{fate:?}");
+    assert_eq!(fate[0]["event"], "backend_gone", "{fate:?}");
+    assert_eq!(fate[0]["backend_pid"].to_string(), pid.trim(), "{fate:?}");
+}
