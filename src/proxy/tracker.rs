@@ -308,7 +308,9 @@ impl Tracker {
             BackendEvent::Empty | BackendEvent::Suspended | BackendEvent::FunctionResult => {
                 out.extend(self.pop_statement(OutcomeStatus::Ok))
             }
-            BackendEvent::Error { sqlstate, message } => {
+            BackendEvent::Error {
+                sqlstate, message, ..
+            } => {
                 let failed = self.error(sqlstate, message, out);
                 self.recount_copy_starts();
                 failed?
@@ -388,7 +390,10 @@ impl Tracker {
         let Some((mut outcome, started)) = self.awaiting_commit.take() else {
             return;
         };
-        if let BackendEvent::Error { sqlstate, message } = event {
+        if let BackendEvent::Error {
+            sqlstate, message, ..
+        } = event
+        {
             if matches!(self.front(), Some(Slot::GroupEnd { sync: true, .. })) {
                 outcome.status = OutcomeStatus::Error;
                 outcome.command_tag = None;

@@ -19,6 +19,7 @@ fn err() -> BackendEvent {
     BackendEvent::Error {
         sqlstate: "22012".into(),
         message: "division by zero".into(),
+        fatal: false,
     }
 }
 
@@ -506,6 +507,7 @@ fn unique_violation() -> BackendEvent {
     BackendEvent::Error {
         sqlstate: "23505".into(),
         message: "duplicate key value violates unique constraint \"k\"".into(),
+        fatal: false,
     }
 }
 

@@ -385,7 +385,9 @@ impl Upstream {
             for event in events.drain(..) {
                 match event {
                     BackendEvent::Complete(tag) => rows = Some(tag_rows(&tag)?),
-                    BackendEvent::Error { sqlstate, message } => {
+                    BackendEvent::Error {
+                        sqlstate, message, ..
+                    } => {
                         error.get_or_insert(UpstreamError::Query { sqlstate, message });
                     }
                     BackendEvent::Ready(_) => {
@@ -449,9 +451,9 @@ fn rejected(raw: &Bytes) -> UpstreamError {
     let mut events = Vec::new();
     BackendScanner::default().feed(raw, &mut events);
     match events.pop() {
-        Some(BackendEvent::Error { sqlstate, message }) => {
-            UpstreamError::Rejected { sqlstate, message }
-        }
+        Some(BackendEvent::Error {
+            sqlstate, message, ..
+        }) => UpstreamError::Rejected { sqlstate, message },
         _ => UpstreamError::Protocol("unreadable error response".into()),
     }
 }

@@ -7,10 +7,12 @@
 pub enum BackendEvent {
     /// CommandComplete: the command tag, e.g. `SELECT 3`.
     Complete(String),
-    /// ErrorResponse: SQLSTATE and message.
+    /// ErrorResponse: SQLSTATE and message, and whether its severity is FATAL or PANIC
+    /// (the server's last message: it ends the session).
     Error {
         sqlstate: String,
         message: String,
+        fatal: bool,
     },
     /// EmptyQueryResponse.
     Empty,
@@ -262,6 +264,7 @@ fn decode_event(tag: u8, body: &[u8], len: usize) -> BackendEvent {
 fn decode_error(body: &[u8], len: usize) -> BackendEvent {
     let cut = body.len() < len;
     let (mut sqlstate, mut message, mut message_cut) = (String::new(), String::new(), false);
+    let mut fatal = false;
     let mut rest = body;
     while let Some((&field, tail)) = rest.split_first() {
         if field == 0 {
@@ -275,6 +278,8 @@ fn decode_error(body: &[u8], len: usize) -> BackendEvent {
         };
         match field {
             b'C' => sqlstate = value,
+            // `S` is localized, `V` (since 9.6) never is.
+            b'S' | b'V' => fatal |= matches!(value.as_str(), "FATAL" | "PANIC"),
             b'M' => {
                 message = value;
                 message_cut = cut && end == tail.len();
@@ -288,7 +293,11 @@ fn decode_error(body: &[u8], len: usize) -> BackendEvent {
             "… [cut by lockbox: the server's error response was {len} bytes]"
         ));
     }
-    BackendEvent::Error { sqlstate, message }
+    BackendEvent::Error {
+        sqlstate,
+        message,
+        fatal,
+    }
 }
 
 /// The text of `bytes` without a character the cut split in two.
@@ -347,6 +356,7 @@ mod tests {
             BackendEvent::Error {
                 sqlstate: "42P01".into(),
                 message: "relation \"x\" does not exist".into(),
+                fatal: false,
             },
             BackendEvent::Empty,
             BackendEvent::Description,
@@ -441,8 +451,9 @@ mod tests {
             for piece in s.chunks(chunk) {
                 scanner.feed(piece, &mut events);
             }
-            let [BackendEvent::Error { sqlstate, message }, BackendEvent::Ready(b'I')] =
-                events.as_slice()
+            let [BackendEvent::Error {
+                sqlstate, message, ..
+            }, BackendEvent::Ready(b'I')] = events.as_slice()
             else {
                 panic!("chunk {chunk}: {events:?}");
             };
@@ -461,6 +472,28 @@ mod tests {
     }
 
     #[test]
+    fn a_fatal_or_panic_is_told_from_an_error_whatever_the_split() {
+        let fatal = msg(
+            b'E',
+            b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0",
+        );
+        let panic = msg(b'E', b"SPANIK\0VPANIC\0CXX000\0Mboom\0\0");
+        let error = msg(b'E', b"SERROR\0VERROR\0C42P01\0Mno such relation\0\0");
+        for (bytes, want) in [(fatal, true), (panic, true), (error, false)] {
+            for cut in 1..bytes.len() {
+                let mut scanner = BackendScanner::default();
+                let mut events = Vec::new();
+                scanner.feed(&bytes[..cut], &mut events);
+                scanner.feed(&bytes[cut..], &mut events);
+                let [BackendEvent::Error { fatal, .. }] = events.as_slice() else {
+                    panic!("one error at cut {cut}: {events:?}");
+                };
+                assert_eq!(*fatal, want, "cut {cut}");
+            }
+        }
+    }
+
+    #[test]
     fn an_error_with_a_long_detail_keeps_its_whole_message() {
         let mut body = b"SERROR\0C22P02\0Mshort\0D".to_vec();
         body.extend(vec![b'x'; 10_000]);
@@ -471,7 +504,8 @@ mod tests {
             events,
             vec![BackendEvent::Error {
                 sqlstate: "22P02".into(),
-                message: "short".into()
+                message: "short".into(),
+                fatal: false,
             }]
         );
     }

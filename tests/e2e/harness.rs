@@ -758,7 +758,9 @@ pub fn errors_in(bytes: &[u8]) -> Vec<(String, String)> {
     events
         .into_iter()
         .filter_map(|e| match e {
-            lockbox::wire::BackendEvent::Error { sqlstate, message } => Some((sqlstate, message)),
+            lockbox::wire::BackendEvent::Error {
+                sqlstate, message, ..
+            } => Some((sqlstate, message)),
             _ => None,
         })
         .collect()

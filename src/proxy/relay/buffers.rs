@@ -107,14 +107,6 @@ fn unwritten<'a>(first: &'a [u8], second: &'a [u8], written: usize) -> (&'a [u8]
     }
 }
 
-/// Whether an ErrorResponse (`message`, whole) is a FATAL or PANIC: the server's last word.
-pub(super) fn ends_the_session(message: &[u8]) -> bool {
-    let fields = message.get(5..).unwrap_or_default();
-    fields.split(|b| *b == 0).any(|field| {
-        matches!(field.first(), Some(b'S' | b'V')) && matches!(&field[1..], b"FATAL" | b"PANIC")
-    })
-}
-
 /// Where the message that byte `at` of `bytes` lies in ends, if `bytes` start with a
 /// message and that message ends within them.
 fn message_end(bytes: &[u8], at: usize) -> Option<usize> {

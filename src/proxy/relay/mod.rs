@@ -429,16 +429,12 @@ impl Relay {
         }
     }
 
-    /// Notes whether the server's message `event` (at `range` of `ubuf`, if whole there)
-    /// was its last word: a FATAL ErrorResponse.
-    fn heard(&mut self, event: &BackendEvent, range: Option<&std::ops::Range<usize>>) {
-        let fatal = matches!(event, BackendEvent::Error { .. }).then(|| {
-            range
-                .and_then(|r| self.ubuf.get(r.clone()))
-                .map(buffers::ends_the_session)
-        });
-        self.upstream_said_why = fatal.is_some_and(|whole| whole.unwrap_or(true));
-        self.server_ended_it |= fatal == Some(Some(true));
+    /// Notes whether the server's message `event` was its last word: a FATAL (or PANIC)
+    /// ErrorResponse, told by the scanner even when the message came in pieces.
+    fn heard(&mut self, event: &BackendEvent) {
+        let fatal = matches!(event, BackendEvent::Error { fatal: true, .. });
+        self.upstream_said_why = fatal;
+        self.server_ended_it |= fatal;
     }
 
     /// Scans what upstream sent for outcomes, records them, and forwards the bytes as read
@@ -461,9 +457,8 @@ impl Relay {
             // A server that ends a session on purpose says why (a FATAL ErrorResponse is
             // its last message); one that stops or crashes goes without a word. An ERROR is
             // no such word: a pipeline waits for its Sync after one, and the server may
-            // crash then. (An ErrorResponse split across reads cannot be read back here; it
-            // counts as the server's word, as it did before.)
-            self.heard(&event, range.as_ref());
+            // crash then.
+            self.heard(&event);
             match &event {
                 // COPY … TO STDOUT sends one CopyData per row: a row limit counts them too.
                 BackendEvent::DataRow | BackendEvent::CopyData(_) => {

@@ -96,7 +96,7 @@ impl Relay {
         let mut events = std::mem::take(&mut self.events);
         self.scanner.feed_located(&self.ubuf, &mut events);
         let mut on_track = true;
-        for (event, range) in events.drain(..) {
+        for (event, _) in events.drain(..) {
             // Rows go to no statement's settling, as in the relay (`on_upstream_bytes`).
             match event {
                 BackendEvent::CopyData(n) => {
@@ -106,7 +106,7 @@ impl Relay {
                 BackendEvent::DataRow => continue,
                 _ => {}
             }
-            self.heard(&event, range.as_ref());
+            self.heard(&event);
             let settled = self.outcomes.len();
             if self.tracker.on_event(event, &mut self.outcomes).is_err() {
                 on_track = false;
