@@ -28,7 +28,7 @@ mod exports;
 mod fleet_tests;
 pub(crate) mod pg;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod web_sessions;
 pub use exports::{ExportRun, ExportSchedule, RunStatus, RunSummary};
 pub use pg::Change;

@@ -332,6 +332,9 @@ impl Provisioner {
         let role = role_name(id)?;
         let slot = self.slot(id);
         let mut state = slot.lock().await;
+        let Some(window) = ended_window(&state, window) else {
+            return Ok(false);
+        };
         *state = GrantRole::Ended {
             since: Instant::now(),
             window,
@@ -466,6 +469,24 @@ async fn decide(db: &Database, target: Target) -> Result<Decided, ProvisionError
     })
 }
 
+/// The window a grant's role ends with now (see [`GrantRole::Ended`]), given its state,
+/// or `None` when it does not end: this process already moved the role past that window
+/// (an extension), so the grant goes on. An end for good (`Some(None)`) stays one, and of
+/// two window ends the later counts, so a late end of an older window never weakens an
+/// earlier end.
+#[allow(clippy::option_option)]
+fn ended_window(state: &GrantRole, window: Option<DateTime<Utc>>) -> Option<Option<DateTime<Utc>>> {
+    Some(match state {
+        GrantRole::Live { until, .. } if window.is_some_and(|w| *until > w) => return None,
+        GrantRole::Ended { window: None, .. } => None,
+        GrantRole::Ended {
+            window: Some(before),
+            ..
+        } => window.map(|w| w.max(*before)),
+        GrantRole::Unknown | GrantRole::Live { .. } => window,
+    })
+}
+
 /// Whether a grant whose window ended at `ended` (none: ended otherwise, for good) now
 /// runs until `until`, later.
 fn extended_past(ended: Option<DateTime<Utc>>, until: DateTime<Utc>) -> bool {
@@ -498,6 +519,51 @@ mod tests {
         ));
         // Revoked, cancelled or completed: never again.
         assert!(!extended_past(None, end + chrono::TimeDelta::hours(1)));
+    }
+
+    #[test]
+    fn an_end_for_good_stays_one_and_a_later_window_end_counts() {
+        let end = Utc::now();
+        let hour = chrono::TimeDelta::hours(1);
+        let ended = |window| GrantRole::Ended {
+            since: Instant::now(),
+            window,
+        };
+        assert_eq!(
+            ended_window(&ended(None), Some(end)),
+            Some(None),
+            "revoked first"
+        );
+        assert_eq!(
+            ended_window(&ended(Some(end)), None),
+            Some(None),
+            "revoked after"
+        );
+        assert_eq!(
+            ended_window(&ended(Some(end)), Some(end - hour)),
+            Some(Some(end))
+        );
+        assert_eq!(
+            ended_window(&ended(Some(end - hour)), Some(end)),
+            Some(Some(end))
+        );
+        assert_eq!(
+            ended_window(&GrantRole::Unknown, Some(end)),
+            Some(Some(end))
+        );
+    }
+
+    #[test]
+    fn a_window_this_process_extended_the_role_past_does_not_end_it() {
+        let end = Utc::now();
+        let live = |until| GrantRole::Live {
+            password: "p".into(),
+            until,
+        };
+        let later = end + chrono::TimeDelta::hours(1);
+        assert_eq!(ended_window(&live(later), Some(end)), None);
+        assert_eq!(ended_window(&live(end), Some(end)), Some(Some(end)));
+        assert_eq!(ended_window(&live(later), None), Some(None), "revoked");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub(crate) struct Reaper {
     pub(crate) credentials: Credentials,
     pub(crate) access: AccessLevel,
     pub(crate) backend_pid: i32,
+    /// When the session's relay ended.
+    pub(crate) relay_ended: Instant,
     /// Until when the backend may go away on its own.
     pub(crate) window_end: Instant,
     pub(crate) fields: Arc<SessionFields>,
@@ -119,14 +121,18 @@ impl Reaper {
 
     /// Gives the backend its window, then terminates it and waits (bounded) for it to go.
     async fn watch(&self, conn: &mut Upstream) -> Result<Fate, ReapError> {
-        if gone_by(conn, self.backend_pid, self.window_end).await? {
+        let backend = Backend {
+            pid: self.backend_pid,
+            relay_ended: self.relay_ended,
+        };
+        if gone_by(conn, backend, self.window_end).await? {
             return Ok(Fate::Gone);
         }
-        if !terminate(conn, self.backend_pid).await? {
+        if !terminate(conn, backend).await? {
             // It exited between the last look and the signal.
             return Ok(Fate::Gone);
         }
-        if gone_by(conn, self.backend_pid, Instant::now() + EXIT_BOUND).await? {
+        if gone_by(conn, backend, Instant::now() + EXIT_BOUND).await? {
             Ok(Fate::Terminated)
         } else {
             Err(ReapError::StillRunning(EXIT_BOUND))
@@ -173,31 +179,44 @@ fn log(fate: &Result<Fate, ReapError>) {
     }
 }
 
+/// The session's backend, as the reaper finds it.
+#[derive(Clone, Copy)]
+struct Backend {
+    pid: i32,
+    /// When the session's relay ended: its backend had started by then.
+    relay_ended: Instant,
+}
+
 /// Only the session's own backend: a pid the server has since given to another connection
-/// of another role or database is left alone. The reaper logs in as the session did, so
-/// its `current_user` and `current_database()` are the session's.
-fn backend_filter(pid: i32) -> String {
-    // Not the reaper's own backend, should a restarted server have given it the pid.
+/// of another role or database is left alone, and so is one that started after the
+/// session's relay ended (a pid used again, after a restart that reached a pid namespace's
+/// start or wrapped around: another session of the same role, the reaper's own). The
+/// reaper logs in as the session did, so its `current_user` and `current_database()` are
+/// the session's; the time is the server's own clock, less how long ago the relay ended.
+fn backend_filter(backend: Backend) -> String {
+    let since = backend.relay_ended.elapsed().as_secs_f64();
     format!(
-        "pid = {pid} AND pid <> pg_backend_pid() AND usename = current_user \
-         AND datname = current_database()"
+        "pid = {} AND pid <> pg_backend_pid() AND usename = current_user \
+         AND datname = current_database() \
+         AND backend_start <= now() - make_interval(secs => {since:.6})",
+        backend.pid
     )
 }
 
 /// Whether the backend is still there.
-async fn alive(conn: &mut Upstream, pid: i32) -> Result<bool, ReapError> {
+async fn alive(conn: &mut Upstream, backend: Backend) -> Result<bool, ReapError> {
     let sql = format!(
         "SELECT 1 FROM pg_stat_activity WHERE {}",
-        backend_filter(pid)
+        backend_filter(backend)
     );
     let rows = conn.simple_query(&sql).await.map_err(ReapError::Query)?;
     Ok(rows > 0)
 }
 
 /// Polls until the backend is gone (true) or `until` passes with it still there (false).
-async fn gone_by(conn: &mut Upstream, pid: i32, until: Instant) -> Result<bool, ReapError> {
+async fn gone_by(conn: &mut Upstream, backend: Backend, until: Instant) -> Result<bool, ReapError> {
     loop {
-        if !alive(conn, pid).await? {
+        if !alive(conn, backend).await? {
             return Ok(true);
         }
         if Instant::now() >= until {
@@ -208,14 +227,65 @@ async fn gone_by(conn: &mut Upstream, pid: i32, until: Instant) -> Result<bool, 
 }
 
 /// Signals the backend to terminate; false when it was no longer there to signal.
-async fn terminate(conn: &mut Upstream, pid: i32) -> Result<bool, ReapError> {
+async fn terminate(conn: &mut Upstream, backend: Backend) -> Result<bool, ReapError> {
     // OFFSET 0 keeps the planner from moving the (volatile) signal below the role and
     // database checks: only a row that passed all of them is signalled.
     let sql = format!(
         "SELECT 1 FROM (SELECT pid FROM pg_stat_activity WHERE {} OFFSET 0) AS backend \
          WHERE pg_terminate_backend(backend.pid)",
-        backend_filter(pid)
+        backend_filter(backend)
     );
     let rows = conn.simple_query(&sql).await.map_err(ReapError::Query)?;
     Ok(rows > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::cluster;
+
+    /// How many backends the filter finds, asked as the test's backend's role and database.
+    fn found(backend: Backend) -> String {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {}",
+            backend_filter(backend)
+        );
+        cluster().psql("postgres", &sql).expect("ask")
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_started_after_the_relay_ended_is_not_the_sessions() {
+        let pg = cluster();
+        let before = Instant::now();
+        // Ordering, not timing: the backend starts strictly after `before`.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (client, connection) =
+            tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+        tokio::spawn(connection);
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let after = Instant::now();
+        assert_eq!(
+            found(Backend {
+                pid,
+                relay_ended: after
+            }),
+            "1",
+            "the session's own backend is found"
+        );
+        assert_eq!(
+            found(Backend {
+                pid,
+                relay_ended: before
+            }),
+            "0",
+            "a pid used again by a later backend is not the session's"
+        );
+    }
 }

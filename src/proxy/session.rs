@@ -496,9 +496,7 @@ async fn run_admitted(
     let role_closes = match end {
         End::Dropped(DropReason::Revoked) if login.per_grant => Some(None),
         End::Dropped(DropReason::Expired) if login.per_grant => {
-            end::window_to_close(&lockbox.store, request)
-                .await
-                .map(Some)
+            end::role_end_of_expired(&lockbox.store, request).await
         }
         _ => None,
     };
@@ -524,6 +522,7 @@ async fn run_admitted(
         credentials: login.credentials.clone(),
         access: request.access,
         backend_pid: backend.0,
+        relay_ended,
         window_end: relay_ended + config.terminate_after,
         fields: fields.clone(),
         audit: lockbox.audit.clone(),

@@ -67,18 +67,26 @@ pub(super) fn the_server_ended(end: &End) -> bool {
     matches!(end, End::UpstreamGone | End::ClientLeftThenServerClosed)
 }
 
-/// The end of the window of an expired session's grant, if that window is over, so its
-/// role goes. A session that expired may have reached only the end of its token, which is
-/// where the window ended when the token was issued, while the grant was extended since;
-/// or an extension approved as the window ended may not have reached it in time. The
-/// grant is read again from the store (bounded) for that; the window the session was
-/// admitted in stands in when the store cannot answer.
-pub(super) async fn window_to_close(store: &Store, admitted: &Request) -> Option<DateTime<Utc>> {
+/// How an expired session's grant ends its role, if it does: `Some(Some(end))` when the
+/// window ending at `end` is over, `Some(None)` when the grant was withdrawn meanwhile
+/// (for good), `None` when it goes on. A session that expired may have reached only the
+/// end of its token, which is where the window ended when the token was issued, while the
+/// grant was extended since; or an extension approved as the window ended may not have
+/// reached it in time. The grant is read again from the store (bounded) for that; the
+/// window the session was admitted in stands in when the store cannot answer.
+pub(super) async fn role_end_of_expired(
+    store: &Store,
+    admitted: &Request,
+) -> Option<Option<DateTime<Utc>>> {
     let fresh = match tokio::time::timeout(GRANT_CHECK_TIMEOUT, store.get(&admitted.id)).await {
         Ok(Ok(Some(request))) => Some(request),
         _ => None,
     };
-    window_over(fresh.as_ref().unwrap_or(admitted), Utc::now())
+    let request = fresh.as_ref().unwrap_or(admitted);
+    if grant_ended_by(request, Utc::now()) == Some(DropReason::Revoked) {
+        return Some(None);
+    }
+    window_over(request, Utc::now()).map(Some)
 }
 
 /// `request`'s window end, if it is over at `now`.
