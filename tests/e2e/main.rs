@@ -70,6 +70,7 @@ mod preauth;
 mod protocol;
 mod relay;
 mod revoked_elsewhere;
+mod role_ends;
 mod roles;
 mod row_limit_portals;
 mod server_end_tls;
