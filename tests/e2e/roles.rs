@@ -319,6 +319,21 @@ fn read_must_not_log_in_as_a_role_that_can_write() {
     .expect("a read role of its own is enough");
 }
 
+/// The role of grant `id` is still there a while after a session's end recorded: a drop
+/// would have been started as the end was recorded, and takes milliseconds.
+async fn role_stays(env: &Env, id: &str) {
+    for _ in 0..20 {
+        assert_eq!(role_count(env, &role_of(id)), 1, "the grant's role stays");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A login with `token` works.
+async fn logs_in(env: &Env, token: &str) {
+    let (later, _connection) = env.connect("eve", token).await.expect("a later login");
+    later.simple_query("SELECT 1").await.expect("and works");
+}
+
 /// A token ends where the window ended when it was issued; a session admitted with it
 /// after the grant was extended ends at the token's end. The grant itself goes on: its
 /// role stays, and so do its other sessions and new logins (before, the role was dropped
@@ -356,17 +371,12 @@ async fn a_session_that_reaches_its_tokens_end_leaves_the_role_of_an_extended_gr
         old.simple_query("SELECT 1").await.is_err(),
         "the old session ended"
     );
-    // A drop would have been started as the end was recorded; it takes milliseconds.
-    for _ in 0..20 {
-        assert_eq!(role_count(&env, &role_of(&id)), 1, "the grant's role stays");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    role_stays(&env, &id).await;
     current
         .simple_query("SELECT 1")
         .await
         .expect("the grant's other session goes on");
-    let (later, _later_connection) = env.connect("eve", &new_token).await.expect("a later login");
-    later.simple_query("SELECT 1").await.expect("and works");
+    logs_in(&env, &new_token).await;
 }
 
 /// An extension approved as the window ends may reach a session only after its timer
@@ -384,17 +394,12 @@ async fn a_session_that_expires_before_it_hears_of_an_extension_leaves_the_role(
             .any(|r| r["request_id"] == id.as_str() && r["event"] == "dropped_expired")
     })
     .await;
-    // A drop would have been started as the end was recorded; it takes milliseconds.
-    for _ in 0..20 {
-        assert_eq!(role_count(&env, &role_of(&id)), 1, "the grant's role stays");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    role_stays(&env, &id).await;
     let new_token = env
         .client("eve")
         .token(&id)
         .await
         .expect("a new token")
         .token;
-    let (later, _later_connection) = env.connect("eve", &new_token).await.expect("a later login");
-    later.simple_query("SELECT 1").await.expect("and works");
+    logs_in(&env, &new_token).await;
 }

@@ -75,6 +75,18 @@ fn setup(cancel: Option<u16>) -> Setup {
     }
 }
 
+/// The FATAL a backend sends as `pg_terminate_backend` (or a role's drop) ends it.
+fn administrators_fatal() -> Vec<u8> {
+    let mut fatal = BytesMut::new();
+    wire::error_response(
+        &mut fatal,
+        Severity::Fatal,
+        "57P01",
+        "terminating connection due to administrator command",
+    );
+    fatal.to_vec()
+}
+
 fn query(sql: &str) -> Vec<u8> {
     let mut body = sql.as_bytes().to_vec();
     body.push(0);
@@ -107,14 +119,7 @@ async fn a_client_that_closes_after_the_servers_fatal_left_because_the_server_en
         _audit_dir,
         _kill,
     } = setup(None);
-    let mut fatal = BytesMut::new();
-    wire::error_response(
-        &mut fatal,
-        Severity::Fatal,
-        "57P01",
-        "terminating connection due to administrator command",
-    );
-    let fatal = fatal.to_vec();
+    let fatal = administrators_fatal();
     let peers = async {
         // The server says why and stays open; the client reads that and closes first.
         server.write_all(&fatal).await.expect("the server writes");
@@ -177,13 +182,7 @@ async fn leave_then_server_closes(last: &[u8]) -> End {
 
 #[tokio::test]
 async fn a_server_that_ends_the_session_while_a_leaving_clients_answers_are_awaited_is_the_end() {
-    let mut fatal = BytesMut::new();
-    wire::error_response(
-        &mut fatal,
-        Severity::Fatal,
-        "57P01",
-        "terminating connection due to administrator command",
-    );
+    let fatal = administrators_fatal();
     let end = leave_then_server_closes(&fatal).await;
     assert!(matches!(end, End::ClientLeftThenServerClosed), "{end:?}");
 }
@@ -230,13 +229,7 @@ async fn a_connection_that_ends_without_a_word_mid_statement_leaves_the_backend_
 
 #[tokio::test]
 async fn a_server_that_ends_the_session_mid_statement_leaves_no_backend_behind() {
-    let mut fatal = BytesMut::new();
-    wire::error_response(
-        &mut fatal,
-        Severity::Fatal,
-        "57P01",
-        "terminating connection due to administrator command",
-    );
+    let fatal = administrators_fatal();
     let (end, may_run_on) = server_closes_mid_statement(&fatal).await;
     assert!(matches!(end, End::UpstreamGone), "{end:?}");
     assert!(!may_run_on);
