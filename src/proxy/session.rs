@@ -492,7 +492,6 @@ async fn run_admitted(
     let backend_gone = end::the_server_ended(&end) && !backend_may_run_on;
     let make_sure = |end: &End| (ended_by_proxy(end) && !backend_gone) || backend_may_run_on;
     let end = end::whose_end(&lockbox.store, &request.id, end).await;
-    // The window is counted from the relay's end, not from when the end is recorded.
     let role_closes = match end {
         End::Dropped(DropReason::Revoked) if login.per_grant => Some(None),
         End::Dropped(DropReason::Expired) if login.per_grant => {
@@ -523,6 +522,7 @@ async fn run_admitted(
         access: request.access,
         backend_pid: backend.0,
         relay_ended,
+        // Counted from the relay's end, not from when the end is recorded.
         window_end: relay_ended + config.terminate_after,
         fields: fields.clone(),
         audit: lockbox.audit.clone(),
