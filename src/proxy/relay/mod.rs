@@ -197,7 +197,7 @@ pub struct Relay {
     /// The last upstream message was an ErrorResponse: if the server closes now, the
     /// client has its reason already.
     upstream_said_why: bool,
-    /// The server sent a FATAL (read whole): it ends the session, and a client that leaves
+    /// The server sent a FATAL (or PANIC): it ends the session, and a client that leaves
     /// after reading it leaves because of it.
     server_ended_it: bool,
     /// The first bytes of an upstream message not yet whole, held back from the client (up

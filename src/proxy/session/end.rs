@@ -51,14 +51,22 @@ pub(super) async fn whose_end(store: &Store, id: &RequestId, end: End) -> End {
         return end;
     }
     let closed_at = Utc::now();
+    match read_grant(store, id).await {
+        Some(request) => grant_ended_by(&request, closed_at).map_or(end, End::Dropped),
+        None => end,
+    }
+}
+
+/// The grant `id` as the store holds it now, if the store answers within
+/// [`GRANT_CHECK_TIMEOUT`].
+async fn read_grant(store: &Store, id: &RequestId) -> Option<Request> {
     match tokio::time::timeout(GRANT_CHECK_TIMEOUT, store.get(id)).await {
-        Ok(Ok(Some(request))) => grant_ended_by(&request, closed_at).map_or(end, End::Dropped),
-        Ok(Ok(None)) => end,
+        Ok(Ok(request)) => request,
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "cannot read the grant of a session the server ended");
-            end
+            tracing::debug!(error = %e, "cannot read the grant of an ended session");
+            None
         }
-        Err(_) => end,
+        Err(_) => None,
     }
 }
 
@@ -78,15 +86,21 @@ pub(super) async fn role_end_of_expired(
     store: &Store,
     admitted: &Request,
 ) -> Option<Option<DateTime<Utc>>> {
-    let fresh = match tokio::time::timeout(GRANT_CHECK_TIMEOUT, store.get(&admitted.id)).await {
-        Ok(Ok(Some(request))) => Some(request),
-        _ => None,
-    };
+    let fresh = read_grant(store, &admitted.id).await;
     let request = fresh.as_ref().unwrap_or(admitted);
-    if grant_ended_by(request, Utc::now()) == Some(DropReason::Revoked) {
+    if withdrawn(request) {
         return Some(None);
     }
     window_over(request, Utc::now()).map(Some)
+}
+
+/// Whether `request` was revoked or cancelled: its sessions end as revoked (as the
+/// cluster's recheck drops them) and its role for good.
+fn withdrawn(request: &Request) -> bool {
+    matches!(
+        request.status,
+        RequestStatus::Revoked | RequestStatus::Cancelled
+    )
 }
 
 /// `request`'s window end, if it is over at `now`.
@@ -105,11 +119,8 @@ fn window_over(request: &Request, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 /// window's end is compared exactly: a close just before it (an administrator's
 /// `pg_terminate_backend`) is not the window's end, and the session's own timer ends it
 /// at the end itself.
-pub(super) fn grant_ended_by(request: &Request, at: DateTime<Utc>) -> Option<DropReason> {
-    if matches!(
-        request.status,
-        RequestStatus::Revoked | RequestStatus::Cancelled
-    ) {
+fn grant_ended_by(request: &Request, at: DateTime<Utc>) -> Option<DropReason> {
+    if withdrawn(request) {
         return Some(DropReason::Revoked);
     }
     request
