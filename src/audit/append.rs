@@ -5,7 +5,10 @@
 
 use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::sync::{MutexGuard, PoisonError};
+#[cfg(test)]
+use std::sync::PoisonError;
+
+use parking_lot::MutexGuard;
 use std::time::{Duration, Instant};
 
 use super::file::encode_line;
@@ -48,20 +51,87 @@ impl Shared {
     }
 
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic under the lock leaves the chain state as the last completed write left
-        // it (every field is updated only after a write succeeds).
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        // Not poisoned by a panic under it: that leaves the chain state as the last
+        // completed write left it (every field is updated only after a write succeeds).
+        self.state.lock()
     }
 
-    /// Encodes one line per record (`fields[..ends[0]]`, `fields[ends[0]..ends[1]]`, …)
-    /// behind the pending ones and writes them all, or leaves them pending.
-    pub(super) fn write_lines(
+    /// Writes the records whose fields are `fields[..ends[0]]`, `fields[ends[0]..ends[1]]`,
+    /// … (or leaves them pending), in parts of at most about [`WRITE_PART`] bytes, the lock
+    /// taken again for each: a query string of thousands of statements is chained and
+    /// written while other sessions' records go between its parts, so no session waits
+    /// behind another's batch for longer than one part takes. Stops at the first part that
+    /// fails; those before it stay written.
+    pub(super) fn write_parts(
         &self,
         fields: &[u8],
         ends: &[usize],
         mode: Mode,
-    ) -> Result<Written, AuditError> {
+    ) -> Result<Landed, Unwritten> {
+        let mut landed: Option<Landed> = None;
+        let (mut from, mut start) = (0, 0);
         let mut state = self.lock();
+        loop {
+            // At least one record per part, however large (`clip` bounds a record).
+            let mut to = from;
+            while to < ends.len() && (to == from || ends[to] - start <= WRITE_PART) {
+                to += 1;
+            }
+            if landed.is_some() {
+                // Handed to a session waiting for it, if any (a plain unlock would let this
+                // thread take it straight back, and the waiter wait for the whole batch).
+                MutexGuard::unlocked_fair(&mut state, || self.between_parts());
+            }
+            match self.write_lines(&mut state, fields, start, &ends[from..to], mode) {
+                Ok(written) => match &mut landed {
+                    None => landed = Some(Landed::new(written)),
+                    Some(landed) => landed.rest.push(written),
+                },
+                Err(error) => {
+                    return Err(Unwritten {
+                        error,
+                        written: landed.map(Box::new),
+                    })
+                }
+            }
+            if to >= ends.len() {
+                break;
+            }
+            // `to > from`: every part holds a record.
+            (from, start) = (to, ends[to - 1]);
+        }
+        landed.ok_or(Unwritten {
+            error: AuditError::Closed,
+            written: None,
+        })
+    }
+
+    /// Tests only: see [`Shared::between_parts_hook`].
+    #[cfg(test)]
+    fn between_parts(&self) {
+        let hook = self
+            .between_parts_hook
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    #[cfg(not(test))]
+    fn between_parts(&self) {}
+
+    /// Encodes one line per record (`fields[start..ends[0]]`, `fields[ends[0]..ends[1]]`,
+    /// …) behind the pending ones and writes them all, or leaves them pending.
+    fn write_lines(
+        &self,
+        state: &mut State,
+        fields: &[u8],
+        start: usize,
+        ends: &[usize],
+        mode: Mode,
+    ) -> Result<Written, AuditError> {
         if state.closed {
             return Err(AuditError::Closed);
         }
@@ -74,7 +144,7 @@ impl Shared {
         // Records held from before this append (outcomes) must not be lost with it if the
         // write fails: they are written on their own then.
         let held = (state.pending.len(), state.next_seq, state.last_hash);
-        let mut start = 0;
+        let mut start = start;
         for &end in ends {
             state.encode(time.as_str(), &fields[start..end]);
             start = end;
@@ -93,7 +163,7 @@ impl Shared {
                 // Backpressure: past the bound the appender writes what is held itself, so
                 // held records never grow with the rate of appends (a failing disk drops
                 // them here, fail-closed: the writer turns unhealthy and refuses statements).
-                if let Err(e) = self.flush(&mut state) {
+                if let Err(e) = self.flush(state) {
                     state.drop_failed();
                     return Err(e);
                 }
@@ -108,8 +178,8 @@ impl Shared {
                 }
             }
             Mode::Now { sync } => {
-                if let Err(e) = self.flush(&mut state) {
-                    self.write_held(&mut state, held);
+                if let Err(e) = self.flush(state) {
+                    self.write_held(state, held);
                     return Err(e);
                 }
                 if sync {
@@ -202,6 +272,52 @@ pub(crate) fn may_lead_sync_here() -> bool {
         h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
             && h.metrics().num_workers() >= 2
     })
+}
+
+/// Most bytes of record fields one part of an append holds (see [`Shared::write_parts`]):
+/// chaining and writing 256 KiB take well under a millisecond, and a part this large makes
+/// the lock's cost per byte small.
+pub(super) const WRITE_PART: usize = 256 << 10;
+
+/// Where an append's records landed: one run of sequence numbers per part it was written in
+/// (one part unless the append was large; see [`Shared::write_parts`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Landed {
+    pub(super) head: Written,
+    /// Further parts (none for most appends: an empty `Vec` allocates nothing).
+    pub(super) rest: Vec<Written>,
+}
+
+impl Landed {
+    fn new(head: Written) -> Self {
+        Landed {
+            head,
+            rest: Vec::new(),
+        }
+    }
+
+    pub(super) fn parts(&self) -> impl Iterator<Item = Written> + '_ {
+        std::iter::once(self.head).chain(self.rest.iter().copied())
+    }
+
+    /// The first record's sequence number.
+    pub(crate) fn first(&self) -> u64 {
+        self.head.first
+    }
+
+    /// Every record's sequence number, in the order the records were given.
+    pub(crate) fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.parts().flat_map(|part| part.first..=part.last)
+    }
+}
+
+/// An append that failed part of the way: `error` is why; the records of the parts before
+/// it (`written`) are in the trail, the rest are not.
+#[derive(Debug)]
+pub(crate) struct Unwritten {
+    pub(crate) error: AuditError,
+    /// Boxed: an error path, kept small.
+    pub(crate) written: Option<Box<Landed>>,
 }
 
 /// Most bytes of records held for the next write (outcomes) before an append writes them

@@ -30,6 +30,7 @@ mod writer;
 
 #[cfg(test)]
 pub(crate) use append::may_lead_sync_here;
+pub(crate) use append::{Landed, Unwritten};
 pub use clip::ClipLimits;
 pub(crate) use journal::{
     path_for as journal_path, recover as recover_journal, unrecovered as unrecovered_in_journal,

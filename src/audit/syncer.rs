@@ -5,7 +5,9 @@
 
 use std::fs::OpenOptions;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::MutexGuard;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
@@ -67,10 +69,7 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
         // wake-up per statement that appenders syncing themselves save.
         state.wake_syncer_after_sync = state.syncing && syncer.put_off(&state);
         state.syncer_sleeps_until = Some(Instant::now() + timeout);
-        state = match shared.syncer_wake.wait_timeout(state, timeout) {
-            Ok((state, _)) => state,
-            Err(poisoned) => poisoned.into_inner().0,
-        };
+        shared.syncer_wake.wait_for(&mut state, timeout);
         state.syncer_sleeps_until = None;
     }
 }

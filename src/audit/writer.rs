@@ -10,13 +10,15 @@ use std::cell::RefCell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+#[cfg(test)]
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::append::Mode;
+use super::append::{Landed, Mode, Unwritten};
 use super::chain::CheckpointSigner;
 use super::file::{chain_tail, first_seq_of};
 use super::journal::{Frame, Journal};
@@ -72,9 +74,9 @@ impl Drop for Handle {
 
 /// What appenders and the syncer share.
 pub(super) struct Shared {
-    pub(super) state: Mutex<State>,
+    pub(super) state: parking_lot::Mutex<State>,
     /// Wakes the syncer: a durable append is waiting, a checkpoint is due, or closing.
-    pub(super) syncer_wake: Condvar,
+    pub(super) syncer_wake: parking_lot::Condvar,
     pub(super) healthy: AtomicBool,
     /// "Durable up to seq", for appenders waiting in `fsync` mode.
     pub(super) progress: watch::Sender<Progress>,
@@ -101,6 +103,10 @@ pub(super) struct Shared {
     /// Tests only: rotation steps made to fail, each once (see [`Shared::rotation_step`]).
     #[cfg(test)]
     pub(super) rotation_faults: Mutex<Vec<super::syncer::RotationStep>>,
+    /// Tests only: runs between the parts of a large append (see [`Shared::write_parts`]),
+    /// with the lock not held.
+    #[cfg(test)]
+    pub(super) between_parts_hook: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 #[cfg(test)]
@@ -341,8 +347,8 @@ impl AuditLog {
             trail_cuts: 0,
         };
         let shared = Arc::new(Shared {
-            state: Mutex::new(state),
-            syncer_wake: Condvar::new(),
+            state: parking_lot::Mutex::new(state),
+            syncer_wake: parking_lot::Condvar::new(),
             healthy: AtomicBool::new(true),
             progress: watch::Sender::new(Progress {
                 durable: last_seq,
@@ -361,6 +367,8 @@ impl AuditLog {
             sync_hook: Mutex::new(None),
             #[cfg(test)]
             rotation_faults: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            between_parts_hook: Mutex::new(None),
         });
         let for_syncer = shared.clone();
         let thread = std::thread::Builder::new()
@@ -454,36 +462,38 @@ impl AuditLog {
         &self,
         events: impl Iterator<Item = &'a AuditEvent>,
     ) -> Result<u64, AuditError> {
-        let (_, durable) = self.append_durable_later(events)?;
+        let (_, durable) = self.append_durable_later(events).map_err(|u| u.error)?;
         durable.await
     }
 
-    /// [`Self::append_durable_all`] in two steps: the records are written now, and their
-    /// first `seq` comes back with the wait for them to be durable. A caller that gives the
-    /// wait up (its session ended meanwhile) still knows which records are in the trail,
-    /// and can settle them.
+    /// [`Self::append_durable_all`] in two steps: the records are written now, and where
+    /// they landed comes back with the wait for them to be durable. A caller that gives the
+    /// wait up (its session ended meanwhile), or whose append failed part of the way, still
+    /// knows which records are in the trail, and can settle them.
     pub(crate) fn append_durable_later<'a>(
         &self,
         events: impl Iterator<Item = &'a AuditEvent>,
     ) -> Result<
         (
-            u64,
+            Landed,
             impl std::future::Future<Output = Result<u64, AuditError>> + '_,
         ),
-        AuditError,
+        Unwritten,
     > {
         let fsync = self.shared().options.durability == Durability::Fsync;
         let started = Instant::now();
-        let written = self.write(events, Mode::Now { sync: fsync })?;
-        let first = written.first;
+        let landed = self.write(events, Mode::Now { sync: fsync })?;
+        let parts = landed.clone();
         let durable = async move {
             if fsync {
-                self.wait_durable(written).await?;
+                for part in parts.parts() {
+                    self.wait_durable(part).await?;
+                }
             }
             self.shared().metrics.observe_append(started.elapsed());
-            Ok(first)
+            Ok(parts.first())
         };
-        Ok((first, durable))
+        Ok((landed, durable))
     }
 
     /// Chains `events` behind everything appended before and returns at once. For records
@@ -497,7 +507,7 @@ impl AuditLog {
     /// [`AuditLog::append`] of records the caller keeps (a session reuses its buffer).
     pub fn append_slice(&self, events: &[AuditEvent]) {
         if let Err(e) = self.write(events.iter(), Mode::Later) {
-            tracing::error!(error = %e, "audit record dropped");
+            tracing::error!(error = %e.error, "audit record dropped");
         }
     }
 
@@ -515,7 +525,7 @@ impl AuditLog {
         &self,
         events: impl Iterator<Item = &'a AuditEvent>,
         mode: Mode,
-    ) -> Result<Written, AuditError> {
+    ) -> Result<Landed, Unwritten> {
         FIELDS.with_borrow_mut(|(fields, ends)| {
             fields.clear();
             ends.clear();
@@ -527,7 +537,7 @@ impl AuditLog {
                 }
                 ends.push(fields.len());
             }
-            self.shared().write_lines(fields, ends, mode)
+            self.shared().write_parts(fields, ends, mode)
         })
     }
 
@@ -600,3 +610,7 @@ mod rotation_attack_tests;
 #[cfg(test)]
 #[path = "writer_unwritten_tests.rs"]
 mod unwritten_tests;
+
+#[cfg(test)]
+#[path = "writer_parts_tests.rs"]
+mod parts_tests;

@@ -75,6 +75,7 @@ fn seventeen_written(log: &AuditLog, sync: bool) -> Vec<Written> {
         .map(|i| {
             log.write([event(10 + i, 60_000)].iter(), Mode::Now { sync })
                 .expect("written")
+                .head
         })
         .collect()
 }
@@ -159,7 +160,7 @@ async fn dropped(fault: bool) {
     break_journal(&log, &active, false);
     let crossing = crossing.expect("written: the trail is fdatasynced in the journal's place");
     assert_eq!(
-        log.shared().lock().trail_durable >= crossing.first,
+        log.shared().lock().trail_durable >= crossing.first(),
         fault,
         "the trail is synced when, and only when, the journal's write failed"
     );

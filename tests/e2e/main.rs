@@ -54,6 +54,7 @@ mod grammar;
 mod guard;
 mod https;
 mod init;
+mod large_batch;
 mod left_mid_statement;
 mod lifecycle;
 mod long_names;

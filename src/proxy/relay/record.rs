@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use super::{guarded, End, Relay, BIG_BATCH};
 use crate::audit::{
-    redact, AuditEvent, AuditLog, OutcomeRecord, OutcomeStatus, Protocol, StatementRecord,
+    redact, AuditEvent, AuditLog, Landed, OutcomeRecord, OutcomeStatus, Protocol, StatementRecord,
+    Unwritten,
 };
 use crate::guard::Refusal;
 use crate::proxy::statements::MessageId;
@@ -64,10 +65,10 @@ fn append_statements<'a>(
     records: impl Iterator<Item = &'a AuditEvent> + Clone,
 ) -> Result<
     (
-        u64,
+        Landed,
         impl std::future::Future<Output = Result<u64, crate::audit::AuditError>> + 'a,
     ),
-    crate::audit::AuditError,
+    Unwritten,
 > {
     let text: usize = records.clone().map(statement_len).sum();
     let append = || audit.append_durable_later(records);
@@ -87,30 +88,36 @@ impl Relay {
             }
             _ => None,
         });
-        let mut seq = if records.clone().next().is_none() {
-            0
+        let landed = if records.clone().next().is_none() {
+            None
         } else {
-            let count = records.clone().count() as u64;
-            let waited = match append_statements(&self.audit, records) {
-                Ok((first, durable)) => guarded(&mut self.term, durable)
-                    .await
-                    .map_err(|end| (first, end)),
-                Err(e) => Ok(Err(e)),
+            // Settled after the append's borrow of the audit log ends.
+            let (landed, failed) = match append_statements(&self.audit, records) {
+                Ok((landed, durable)) => match guarded(&mut self.term, durable).await {
+                    Ok(Ok(_)) => (Some(landed), None),
+                    Ok(Err(e)) => (None, Some(Err(e))),
+                    // The session ended while the records waited for their fsync: they are
+                    // in the trail already, and none will be sent.
+                    Err(end) => (Some(landed), Some(Ok(end))),
+                },
+                // A large batch written in parts, one of which failed: the parts before it
+                // are in the trail, and none of the batch will be sent.
+                Err(Unwritten { error, written }) => (written.map(|w| *w), Some(Err(error))),
             };
-            match waited {
-                Ok(Ok(first)) => first,
-                Ok(Err(e)) => {
+            if let Some(failed) = failed {
+                if let Some(landed) = landed {
+                    self.record_outcomes(landed.seqs().map(Outcome::never_sent));
+                }
+                return Err(failed.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "audit write failed; statement refused");
-                    return Err(End::AuditFailed);
-                }
-                // The session ended while the records waited for their fsync: they are in
-                // the trail already, and none will be sent, so each is settled here.
-                Err((first, end)) => {
-                    self.record_outcomes((first..first + count).map(Outcome::never_sent));
-                    return Err(end);
-                }
+                    End::AuditFailed
+                }));
             }
+            landed
         };
+        // One sequence number per record, in the order of `pending`: consecutive within each
+        // part the batch was written in.
+        let mut seqs = landed.iter().flat_map(Landed::seqs);
         let started = Instant::now();
         let mut not_run = Vec::new();
         let mut uncounted = false;
@@ -124,6 +131,7 @@ impl Relay {
                     change,
                     portal,
                 } => {
+                    let seq = next_seq(&mut seqs)?;
                     if std::mem::take(&mut uncounted) {
                         self.uncounted.insert(seq);
                     }
@@ -136,18 +144,14 @@ impl Relay {
                     if std::mem::take(&mut copy_in) {
                         self.tracker.copy_from_stdin();
                     }
-                    seq += 1;
                 }
                 Pending::Refused(record, refusal) => {
                     tracing::info!(rule = refusal.rule, "statement refused by guardrail");
+                    let seq = next_seq(&mut seqs)?;
                     self.tracker
                         .refused(seq, started, refusal, is_extended(&record));
-                    seq += 1;
                 }
-                Pending::NotRun(_) => {
-                    not_run.push(Outcome::not_run(seq));
-                    seq += 1;
-                }
+                Pending::NotRun(_) => not_run.push(Outcome::not_run(next_seq(&mut seqs)?)),
                 Pending::QueryEnd(id) => self.tracker.query_end(id),
                 Pending::Sync(id) => self.tracker.sync(id),
                 Pending::Step(step, id) => self.tracker.step(step, id),
@@ -188,6 +192,14 @@ impl Relay {
         }
         self.outcome_records = super::buffers::emptied(records);
     }
+}
+
+/// The sequence number of the batch's next statement record. The writer gives one per
+/// record, so running out is a bug: the session ends rather than file an outcome under
+/// another record's number.
+fn next_seq(seqs: &mut impl Iterator<Item = u64>) -> Result<u64, End> {
+    seqs.next()
+        .ok_or_else(|| End::LostTrack("fewer audit sequence numbers than statement records".into()))
 }
 
 /// The COPY data bytes counted so far belong to `outcome` if it ends a COPY (or fails one)
@@ -254,6 +266,6 @@ mod tests {
         let (next, _) = append_statements(&audit, long.iter()).expect("long batch");
         assert_eq!(crate::runtime::blocking_calls(), before + 1);
         // Both were appended, in order.
-        assert_eq!(next, first + 2);
+        assert_eq!(next.first(), first.first() + 2);
     }
 }
