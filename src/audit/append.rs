@@ -34,6 +34,22 @@ impl Shared {
         Ok(())
     }
 
+    /// Tests only: see [`Shared::trail_sync_hook`].
+    #[cfg(test)]
+    pub(super) fn before_trail_sync(&self) -> std::io::Result<()> {
+        let hook = self
+            .trail_sync_hook
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        hook.map_or(Ok(()), |hook| hook())
+    }
+
+    #[cfg(not(test))]
+    pub(super) fn before_trail_sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// The active file is big or old enough to be rotated (see `Syncer::rotate_if_due`).
     pub(super) fn rotation_due(&self, state: &State) -> bool {
         if state
@@ -84,7 +100,14 @@ impl Shared {
             }
             match self.write_lines(&mut state, fields, start, &ends[from..to], mode) {
                 Ok(written) => match &mut landed {
-                    None => landed = Some(Landed::new(written)),
+                    None => {
+                        // One waiting append, however many parts: the count says how many
+                        // sessions a sync serves (see `Written::lead`).
+                        if mode.syncs() {
+                            state.waited_appends += 1;
+                        }
+                        landed = Some(Landed::new(written));
+                    }
                     Some(landed) => landed.rest.push(written),
                 },
                 Err(error) => {
@@ -184,7 +207,6 @@ impl Shared {
                 }
                 if sync {
                     state.sync_wanted = state.sync_wanted.max(written.last);
-                    state.waited_appends += 1;
                     if !written.lead && state.syncer_sleeps_until.take().is_some() {
                         self.syncer_wake.notify_one();
                     }

@@ -103,6 +103,10 @@ pub(super) struct Shared {
     /// Tests only: rotation steps made to fail, each once (see [`Shared::rotation_step`]).
     #[cfg(test)]
     pub(super) rotation_faults: Mutex<Vec<super::syncer::RotationStep>>,
+    /// Tests only: runs just before the trail's own fdatasync of `fsync` mode (see
+    /// `syncer::sync_trail`), outside the lock, on the thread doing it.
+    #[cfg(test)]
+    pub(super) trail_sync_hook: Mutex<Option<SyncHook>>,
     /// Tests only: runs between the parts of a large append (see [`Shared::write_parts`]),
     /// with the lock not held.
     #[cfg(test)]
@@ -183,6 +187,8 @@ pub(super) struct State {
     pub(super) trail_synced_at: Instant,
     /// The syncer is fdatasyncing the trail (outside the lock).
     pub(super) trail_syncing: bool,
+    /// Bytes of the active file whose writeback was started (see `Syncer::start_writeback`).
+    pub(super) writeback_started: u64,
     /// Failed writes cut back from the trail so far (their sequence numbers are reused: a
     /// trail sync that ran across one vouches for nothing).
     pub(super) trail_cuts: u64,
@@ -345,6 +351,7 @@ impl AuditLog {
             trail_synced_at: Instant::now(),
             trail_syncing: false,
             trail_cuts: 0,
+            writeback_started: 0,
         };
         let shared = Arc::new(Shared {
             state: parking_lot::Mutex::new(state),
@@ -369,6 +376,8 @@ impl AuditLog {
             rotation_faults: Mutex::new(Vec::new()),
             #[cfg(test)]
             between_parts_hook: Mutex::new(None),
+            #[cfg(test)]
+            trail_sync_hook: Mutex::new(None),
         });
         let for_syncer = shared.clone();
         let thread = std::thread::Builder::new()
@@ -614,3 +623,7 @@ mod unwritten_tests;
 #[cfg(test)]
 #[path = "writer_parts_tests.rs"]
 mod parts_tests;
+
+#[cfg(test)]
+#[path = "writer_trail_tests.rs"]
+mod trail_tests;

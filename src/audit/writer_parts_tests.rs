@@ -219,3 +219,20 @@ fn a_failed_part_says_which_records_the_parts_before_it_wrote() {
         "the trail holds the first part and nothing of the rest"
     );
 }
+
+/// However many parts, an append that waits is one waiting session to the count that
+/// decides whether sessions sync their own records (`Written::lead`): a large batch must
+/// not make the syncer take every sync from lone sessions for a while.
+#[test]
+fn a_large_append_counts_as_one_waiting_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open(&path, None).expect("open");
+    let before = log.shared().lock().waited_appends;
+    let batch = large_batch();
+    let landed = log
+        .write(batch.iter(), Mode::Now { sync: true })
+        .expect("written");
+    assert!(!landed.rest.is_empty(), "several parts");
+    assert_eq!(log.shared().lock().waited_appends, before + 1);
+}

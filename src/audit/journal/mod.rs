@@ -400,6 +400,17 @@ impl Journal {
         }
     }
 
+    /// Whether the trail should be fdatasynced now, ahead of its `sync_interval`: the
+    /// current half is over half full, and the next still holds frames of records the trail
+    /// does not have on disk (up to `trail_durable`). The syncer then syncs it outside the
+    /// lock, so that a burst of appends (a query string of thousands of statements) does not
+    /// find the next half unusable and sync the trail in [`Journal::record`], under the lock
+    /// every session waits on.
+    pub(super) fn trail_wanted_soon(&self, trail_durable: u64) -> bool {
+        let used = self.head - self.current as u64 * self.half;
+        self.half_last_seq[1 - self.current] > trail_durable && used > self.half / 2
+    }
+
     /// Records the frame of `payload`, the bytes just appended to the trail (`frame` says
     /// where), for the next sync to write. `trail_durable` is how far the trail itself is on
     /// disk; when a half must be reused before the trail covers its old frames, or the bytes

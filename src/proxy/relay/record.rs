@@ -95,9 +95,10 @@ impl Relay {
             let (landed, failed) = match append_statements(&self.audit, records) {
                 Ok((landed, durable)) => match guarded(&mut self.term, durable).await {
                     Ok(Ok(_)) => (Some(landed), None),
-                    Ok(Err(e)) => (None, Some(Err(e))),
-                    // The session ended while the records waited for their fsync: they are
-                    // in the trail already, and none will be sent.
+                    // The records are in the trail (some of them, a large batch's earlier
+                    // parts, maybe on disk), and none will be sent.
+                    Ok(Err(e)) => (Some(landed), Some(Err(e))),
+                    // The session ended while the records waited for their fsync: likewise.
                     Err(end) => (Some(landed), Some(Ok(end))),
                 },
                 // A large batch written in parts, one of which failed: the parts before it

@@ -1,0 +1,156 @@
+//! The trail's own fdatasync in `fsync` mode: beside the group commits, not in their way,
+//! and early enough that the journal never waits for it under the lock.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::audit::{RequestEvent, RequestRecord};
+
+fn event(i: usize, bytes: usize) -> AuditEvent {
+    AuditEvent::Request(RequestRecord {
+        event: RequestEvent::Created,
+        request_id: format!("req-{i}"),
+        actor: "eve".into(),
+        engineer: "eve".into(),
+        database: "sales".into(),
+        ticket: format!("T-{i}"),
+        access: "read".into(),
+        reason: Some("r".repeat(bytes)),
+        access_expires_at: None,
+        status: None,
+        break_glass: false,
+    })
+}
+
+/// Waits (at most 10 s) until `done`.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// A trail sync held in its fdatasync (a second's worth of records on a slow disk): a
+/// statement waiting for its record meanwhile is made durable by the syncer all the same.
+/// On a single-threaded runtime, so the appender leaves the sync to the syncer.
+#[tokio::test]
+async fn a_statement_waits_for_no_trail_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(
+        &path,
+        None,
+        AuditOptions {
+            sync_interval: Duration::from_millis(20),
+            ..AuditOptions::default()
+        },
+    )
+    .expect("open");
+    assert!(
+        log.shared().lock().journal.is_some(),
+        "fsync mode's journal"
+    );
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+    *log.shared().trail_sync_hook.lock().expect("hook") = Some(Arc::new(move || {
+        let _ = entered_tx.lock().expect("hook").send(());
+        let _ = release_rx.lock().expect("hook").recv();
+        Ok(())
+    }));
+    log.append(vec![event(1, 100)]);
+    until("a trail sync starts", || entered.try_recv().is_ok()).await;
+
+    let durable = tokio::time::timeout(
+        Duration::from_secs(10),
+        log.append_durable(vec![event(2, 100)]),
+    )
+    .await;
+    *log.shared().trail_sync_hook.lock().expect("hook") = None;
+    let _ = release.send(());
+    durable
+        .expect("made durable while the trail sync was held")
+        .expect("durable");
+}
+
+/// Records filling the journal's second half past its middle, while its first half holds
+/// frames the trail does not have on disk: the syncer fdatasyncs the trail then, long
+/// before its interval, so the append that wraps to the first half need not do it under
+/// the lock every session waits on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trail_is_synced_before_the_journal_needs_its_next_half() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let half: u64 = 1 << 20;
+    let (log, _thread) = AuditLog::open_with(
+        &path,
+        None,
+        AuditOptions {
+            sync_interval: Duration::from_secs(3600),
+            journal_bytes: 2 * half,
+            ..AuditOptions::default()
+        },
+    )
+    .expect("open");
+    assert!(
+        log.shared().lock().journal.is_some(),
+        "fsync mode's journal"
+    );
+    let before = log.shared().lock().trail_durable;
+    // About 1.1 halves: through the first half and into the second, not past its middle.
+    let mut i = 0;
+    let mut write = |bytes: u64| {
+        for _ in 0..bytes / 10_000 {
+            i += 1;
+            log.write([event(i, 10_000)].iter(), Mode::Now { sync: false })
+                .expect("written");
+        }
+    };
+    write(half + half / 10);
+    let first_half_last = log.shared().lock().file_seq;
+    assert_eq!(
+        log.shared().lock().trail_durable,
+        before,
+        "nothing asked for the trail yet"
+    );
+    // Past the second half's middle.
+    write(half / 2);
+    until("the trail is synced past the first half's frames", || {
+        log.shared().lock().trail_durable >= first_half_last
+    })
+    .await;
+}
+
+/// In `fsync` mode the trail's writeback is started as it grows, in steps, not left for a
+/// second's fdatasync to write at once while the statements' journal syncs queue behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trails_writeback_is_started_as_it_grows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(
+        &path,
+        None,
+        AuditOptions {
+            sync_interval: Duration::from_secs(3600),
+            ..AuditOptions::default()
+        },
+    )
+    .expect("open");
+    assert!(
+        log.shared().lock().journal.is_some(),
+        "fsync mode's journal"
+    );
+    for i in 0..100 {
+        log.write([event(i, 10_000)].iter(), Mode::Now { sync: false })
+            .expect("written");
+    }
+    let written = log.shared().lock().len;
+    until("the writeback of most of it started", || {
+        let state = log.shared().lock();
+        state.writeback_started + (256 << 10) > written && state.trail_durable < state.file_seq
+    })
+    .await;
+}
