@@ -7,9 +7,9 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 #[cfg(test)]
 use std::sync::PoisonError;
+use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
-use std::time::{Duration, Instant};
 
 use super::file::encode_line;
 use super::journal::{Frame, JournalError};
@@ -263,7 +263,12 @@ impl Shared {
         self.head.send_replace(state.file_seq);
         // Housekeeping is due: the syncer may be asleep for a while when appenders sync
         // their records themselves.
-        if (state.uncovered >= CHECKPOINT_EVERY || self.rotation_due(state))
+        let trail_wanted = !state.trail_syncing
+            && state
+                .journal
+                .as_ref()
+                .is_some_and(|journal| journal.trail_wanted_soon(state.trail_durable));
+        if (state.uncovered >= CHECKPOINT_EVERY || self.rotation_due(state) || trail_wanted)
             && state.syncer_sleeps_until.take().is_some()
         {
             self.syncer_wake.notify_one();

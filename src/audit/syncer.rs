@@ -39,9 +39,9 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
     // mean appends are flowing.
     let mut seq_at_sleep = state.next_seq;
     loop {
-        // Not while an appender's fdatasync runs: the final one must not overlap it (see
-        // `rotate_if_due`); its end wakes the syncer.
-        if state.closed && !state.syncing {
+        // Not while an appender's fdatasync runs, nor the trail's own: the final one must
+        // not overlap them (see `rotate_if_due`); their end wakes the syncer.
+        if state.closed && !state.syncing && !state.trail_syncing {
             syncer.finish(state);
             return;
         }
@@ -158,23 +158,28 @@ impl<'a> Syncer<'a> {
         if !due {
             return state;
         }
-        // An open file description of its own: Linux reports a writeback error to each
-        // description that has not seen it, so a half-reuse sync running meanwhile on the
-        // writer's (`Journal::record`) cannot take this one's error, or this its.
-        let file = match std::fs::File::open(&self.shared.path) {
-            Ok(file) => Arc::new(file),
-            Err(_) => state.file.clone(),
-        };
         let (target, cuts) = (state.file_seq, state.trail_cuts);
         state.trail_syncing = true;
+        // An open file description of its own, of the very file the writer appends to (not
+        // whatever now bears its name): Linux reports a writeback error to each description
+        // that has not seen it, so neither this sync nor one running meanwhile on the
+        // writer's (`Journal::record`, a rotation's) can take the other's error.
+        let Some(file) = reopen_same_file(&state.file) else {
+            // None to be had (no descriptor free): the syncer does it on the writer's own,
+            // as before it had a thread for it, so it overlaps no other sync of its own.
+            let file = state.file.clone();
+            drop(state);
+            sync_trail(self.shared, &file, target, cuts);
+            return self.shared.lock();
+        };
         drop(state);
-        let shared = self.shared.clone();
+        let (shared, file) = (self.shared.clone(), Arc::new(file));
         let sync = move || sync_trail(&shared, &file, target, cuts);
         let spawned = std::thread::Builder::new()
             .name("lockbox-audit-trail".into())
             .spawn(sync.clone());
         if spawned.is_err() {
-            // No thread to be had: the syncer does it, as it can.
+            // No thread to be had: the syncer does it.
             sync();
         }
         self.shared.lock()
@@ -297,6 +302,7 @@ impl<'a> Syncer<'a> {
         // The end of that sync wakes the syncer to rotate then.
         if !self.shared.rotation_due(state)
             || state.syncing
+            || state.trail_syncing
             || !self.shared.healthy.load(Ordering::SeqCst)
         {
             return;
@@ -349,6 +355,7 @@ impl<'a> Syncer<'a> {
             Ok(file) => {
                 state.file = Arc::new(file);
                 state.len = 0;
+                state.writeback_started = 0;
                 state.file_first_seq = state.next_seq;
                 state.file_opened = Instant::now();
                 state.rotation_put_off_until = None;
@@ -406,7 +413,15 @@ impl<'a> Syncer<'a> {
     }
 }
 
-/// One fdatasync of the trail up to `target` (see `Syncer::sync_trail_if_due`).
+/// A new open file description of `file` itself, through `/proc/self/fd` (which reopens the
+/// file the descriptor refers to even once renamed or replaced under its name).
+fn reopen_same_file(file: &std::fs::File) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::File::open(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
+}
+
+/// One fdatasync of the trail up to `target` (see `Syncer::sync_trail_if_due`); its end
+/// wakes the syncer, whose rotation or close may wait for it.
 fn sync_trail(shared: &Shared, file: &std::fs::File, target: u64, cuts: u64) {
     let result = shared.before_trail_sync().and_then(|()| file.sync_data());
     let mut state = shared.lock();
@@ -419,6 +434,8 @@ fn sync_trail(shared: &Shared, file: &std::fs::File, target: u64, cuts: u64) {
         Ok(()) => {}
         Err(e) => shared.refuse_after_trail_sync(&mut state, &e),
     }
+    state.syncer_sleeps_until = None;
+    shared.syncer_wake.notify_one();
 }
 
 /// How long a rotation that could not be done waits before it is tried again.
@@ -666,6 +683,9 @@ pub(super) fn reopen(shared: &Shared, state: &mut State) {
         }
         Ok((file, seq, hash, len)) => {
             state.file = Arc::new(file);
+            // A trail sync running across this vouches for nothing: the file may now end
+            // before records it would have covered, whose numbers are then reused.
+            state.trail_cuts += 1;
             if (seq, hash) != (state.file_seq, state.file_hash) {
                 // The held records were chained to a tail the file no longer ends
                 // with: they cannot follow it.

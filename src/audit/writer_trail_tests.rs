@@ -154,3 +154,168 @@ async fn the_trails_writeback_is_started_as_it_grows() {
     })
     .await;
 }
+
+/// Holds the trail thread's fdatasync until `release` sends what it is to return.
+fn hold_trail_sync(log: &AuditLog) -> (mpsc::Receiver<()>, mpsc::Sender<std::io::Result<()>>) {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<std::io::Result<()>>();
+    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+    *log.shared().trail_sync_hook.lock().expect("hook") = Some(Arc::new(move || {
+        let _ = entered_tx.lock().expect("hook").send(());
+        release_rx.lock().expect("hook").recv().unwrap_or(Ok(()))
+    }));
+    (entered, release)
+}
+
+/// Waits until the syncer has gone once more through its loop (and to sleep).
+async fn syncer_went_round(log: &AuditLog) {
+    log.shared().lock().syncer_sleeps_until = None;
+    until("the syncer went round its loop", || {
+        log.shared().lock().syncer_sleeps_until.is_some()
+    })
+    .await;
+}
+
+fn journal_holds_frames(active: &Path) -> bool {
+    let journal = std::fs::read(crate::audit::journal::path_for(active)).expect("journal");
+    journal.iter().any(|b| *b != 0)
+}
+
+/// Closing while the trail's fdatasync runs: the close waits for it. Had it fdatasynced the
+/// trail itself meanwhile and emptied the journal, a failure of that running sync (its
+/// error reported to it alone) would leave acknowledged records in neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_waits_for_a_running_trail_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(
+        &active,
+        None,
+        AuditOptions {
+            sync_interval: Duration::from_millis(20),
+            ..AuditOptions::default()
+        },
+    )
+    .expect("open");
+    let (entered, release) = hold_trail_sync(&log);
+    for i in 0..3 {
+        log.append_durable(vec![event(i, 100)])
+            .await
+            .expect("acknowledged");
+    }
+    until("a trail sync starts", || entered.try_recv().is_ok()).await;
+    let closing = tokio::spawn({
+        let log = log.clone();
+        async move { log.close().await }
+    });
+    until("the close is under way", || log.shared().lock().closed).await;
+    syncer_went_round(&log).await;
+    let closed_meanwhile = closing.is_finished();
+    release
+        .send(Err(std::io::Error::other("injected EIO")))
+        .expect("held");
+    closing.await.expect("close");
+    assert!(!closed_meanwhile, "closed while the trail sync ran");
+    assert!(
+        log.shared().lock().refused.is_some(),
+        "the failed trail sync refused"
+    );
+    assert!(
+        journal_holds_frames(&active),
+        "the journal, the only copy the failed sync leaves, is kept"
+    );
+}
+
+/// A rotation that falls due while the trail's fdatasync runs waits for it: its own
+/// fdatasync of the trail must not overlap another (a writeback error is reported to one of
+/// them), nor may the file take a rotated name, which recovery trusts to be on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_waits_for_a_running_trail_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(
+        &active,
+        None,
+        AuditOptions {
+            sync_interval: Duration::from_millis(20),
+            rotate_size: Some(64 << 10),
+            ..AuditOptions::default()
+        },
+    )
+    .expect("open");
+    let (entered, release) = hold_trail_sync(&log);
+    log.append_durable(vec![event(0, 100)])
+        .await
+        .expect("acknowledged");
+    until("a trail sync starts", || entered.try_recv().is_ok()).await;
+    log.append_durable(vec![event(1, 100 << 10)])
+        .await
+        .expect("acknowledged");
+    assert!(log.shared().rotation_due(&log.shared().lock()));
+    syncer_went_round(&log).await;
+    let files = crate::audit::segments::segments(&active)
+        .expect("files")
+        .len();
+    release.send(Ok(())).expect("held");
+    assert_eq!(files, 1, "rotated while the trail sync ran");
+    until("rotated once the trail sync is over", || {
+        crate::audit::segments::segments(&active).map_or(0, |s| s.len()) == 2
+    })
+    .await;
+}
+
+/// The trail's fdatasync is of the file the writer appends to, even once another file
+/// bears its name (moved by an operator, say): syncing that one would count records as on
+/// disk that are not, and let the journal's halves holding them be reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trail_sync_is_of_the_file_written_not_of_its_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let moved = dir.path().join("moved.jsonl");
+    let (log, _thread) = AuditLog::open_with(
+        &active,
+        None,
+        AuditOptions {
+            sync_interval: Duration::from_millis(20),
+            ..AuditOptions::default()
+        },
+    )
+    .expect("open");
+    std::fs::rename(&active, &moved).expect("move");
+    std::fs::write(&active, b"").expect("another file under the name");
+    // In the held sync, on its thread: the descriptors open on each file.
+    let (seen_tx, seen) = mpsc::channel();
+    let seen_tx = Mutex::new(seen_tx);
+    let (active_at, moved_at) = (active.clone(), moved.clone());
+    *log.shared().trail_sync_hook.lock().expect("hook") = Some(Arc::new(move || {
+        let on = |path: &Path| {
+            std::fs::read_dir("/proc/self/fd")
+                .map(|fds| {
+                    fds.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                        .filter(|target| target == path)
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        let _ = seen_tx
+            .lock()
+            .expect("hook")
+            .send((on(&active_at), on(&moved_at)));
+        Ok(())
+    }));
+    log.append_durable(vec![event(0, 100)])
+        .await
+        .expect("acknowledged");
+    let on = std::cell::Cell::new(None);
+    until("a trail sync runs", || {
+        on.set(seen.try_recv().ok());
+        on.get().is_some()
+    })
+    .await;
+    let (on_name, on_written) = on.get().expect("seen");
+    assert_eq!(on_name, 0, "the file under the trail's name was opened");
+    assert!(
+        on_written >= 2,
+        "the written file has the writer's description and the sync's own"
+    );
+}

@@ -132,6 +132,10 @@ pub(super) struct Journal {
     /// Writes through the page cache so far: an fdatasync vouches only for those before it
     /// began (an early write may land while it runs).
     buffered_writes: u64,
+    /// Tests only: the syncer never syncs the trail early, so the half-reuse sync in
+    /// [`Journal::record`] is the one that runs.
+    #[cfg(test)]
+    pub(in crate::audit) no_early_trail_sync: bool,
 }
 
 /// How the frames a sync covers are made durable, outside the writer's lock.
@@ -250,6 +254,8 @@ impl Journal {
             in_flight: None,
             buffered_unsynced: false,
             buffered_writes: 0,
+            #[cfg(test)]
+            no_early_trail_sync: false,
         };
         journal.blank_halves()?;
         if let Some(anchor) = anchor {
@@ -407,6 +413,10 @@ impl Journal {
     /// find the next half unusable and sync the trail in [`Journal::record`], under the lock
     /// every session waits on.
     pub(super) fn trail_wanted_soon(&self, trail_durable: u64) -> bool {
+        #[cfg(test)]
+        if self.no_early_trail_sync {
+            return false;
+        }
         let used = self.head - self.current as u64 * self.half;
         self.half_last_seq[1 - self.current] > trail_durable && used > self.half / 2
     }
