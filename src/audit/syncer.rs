@@ -52,17 +52,16 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
         {
             state.drop_failed();
         }
-        // Before the group commit: while statements keep waiting, one sync follows another
-        // and the trail's sync, which runs beside them, must not wait for a lull.
+        // Housekeeping before the group commit: while statements keep waiting, one sync
+        // follows another, and what comes after it would wait for a lull that may not come
+        // (a checkpoint, a rotation that `lead_sync` leaves to the syncer, the trail's
+        // sync). A rotation first: its own fdatasync of the trail does the trail sync's work.
+        syncer.checkpoint_if_due(&mut state);
+        syncer.rotate_if_due(&mut state);
         state = syncer.sync_trail_if_due(state);
         state = syncer.start_writeback(state);
         if syncer.sync_due(&state) {
             state = syncer.sync(state);
-            continue;
-        }
-        syncer.checkpoint_if_due(&mut state);
-        syncer.rotate_if_due(&mut state);
-        if syncer.sync_due(&state) {
             continue;
         }
         let appending = state.next_seq != seq_at_sleep;
@@ -152,26 +151,27 @@ impl<'a> Syncer<'a> {
         let due = !state.trail_syncing
             && state.trail_durable < state.file_seq
             && state.journal.as_ref().is_some_and(|journal| {
-                state.trail_synced_at.elapsed() >= self.shared.options.sync_interval
-                    || journal.trail_wanted_soon(state.trail_durable)
+                let since = state.trail_synced_at.elapsed();
+                since >= self.shared.options.sync_interval
+                    || (journal.trail_wanted_soon(state.trail_durable) && since >= FLUSH_AFTER)
             });
         if !due {
             return state;
         }
-        let (target, cuts) = (state.file_seq, state.trail_cuts);
-        state.trail_syncing = true;
         // An open file description of its own, of the very file the writer appends to (not
         // whatever now bears its name): Linux reports a writeback error to each description
         // that has not seen it, so neither this sync nor one running meanwhile on the
         // writer's (`Journal::record`, a rotation's) can take the other's error.
         let Some(file) = reopen_same_file(&state.file) else {
-            // None to be had (no descriptor free): the syncer does it on the writer's own,
-            // as before it had a thread for it, so it overlaps no other sync of its own.
-            let file = state.file.clone();
-            drop(state);
-            sync_trail(self.shared, &file, target, cuts);
-            return self.shared.lock();
+            // None to be had (no descriptor free): not on the writer's own either, where an
+            // appender's half-reuse sync in `Journal::record` may run at the same time and
+            // one of the two miss an error. Tried again after `sync_interval`; meanwhile
+            // that half-reuse sync, a rotation and the close sync the trail when they need it.
+            state.trail_synced_at = Instant::now();
+            return state;
         };
+        let (target, cuts) = (state.file_seq, state.trail_cuts);
+        state.trail_syncing = true;
         drop(state);
         let (shared, file) = (self.shared.clone(), Arc::new(file));
         let sync = move || sync_trail(&shared, &file, target, cuts);

@@ -319,3 +319,46 @@ async fn the_trail_sync_is_of_the_file_written_not_of_its_name() {
         "the written file has the writer's description and the sync's own"
     );
 }
+
+/// While statements keep waiting, every sync ends with another due: a rotation (which
+/// appenders leave to the syncer) and checkpoints still come, not only in a lull. Here a
+/// waiting append lands during each sync, as under two or more busy sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_group_commit_still_rotates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(
+        &active,
+        None,
+        AuditOptions {
+            sync_interval: Duration::from_secs(3600),
+            rotate_size: Some(1),
+            ..AuditOptions::default()
+        },
+    )
+    .expect("open");
+    let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (counted, writer) = (syncs.clone(), log.clone());
+    *log.shared().sync_hook.lock().expect("hook") = Some(Arc::new(move || {
+        if counted.fetch_add(1, Ordering::SeqCst) < 40 {
+            writer
+                .write([event(1000, 100)].iter(), Mode::Now { sync: true })
+                .expect("written");
+        }
+        Ok(())
+    }));
+    log.append_durable(vec![event(0, 100)])
+        .await
+        .expect("durable");
+    // Starved, the rotation would come only once the 40 syncs with a waiter are over.
+    until("a rotation, or 40 syncs", || {
+        log.shared().lock().file_first_seq > 1 || syncs.load(Ordering::SeqCst) > 40
+    })
+    .await;
+    let during = syncs.load(Ordering::SeqCst);
+    *log.shared().sync_hook.lock().expect("hook") = None;
+    assert!(
+        during <= 40 && log.shared().lock().file_first_seq > 1,
+        "no rotation while each sync found another waiting ({during} syncs)"
+    );
+}
