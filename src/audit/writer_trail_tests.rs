@@ -24,6 +24,14 @@ fn event(i: usize, bytes: usize) -> AuditEvent {
     })
 }
 
+/// A writer on `audit.jsonl` in a new folder, with `options`.
+fn opened(options: AuditOptions) -> (tempfile::TempDir, PathBuf, AuditLog) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(&path, None, options).expect("open");
+    (dir, path, log)
+}
+
 /// Waits (at most 10 s) until `done`.
 async fn until(what: &str, done: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -38,17 +46,10 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 /// On a single-threaded runtime, so the appender leaves the sync to the syncer.
 #[tokio::test]
 async fn a_statement_waits_for_no_trail_sync() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("audit.jsonl");
-    let (log, _thread) = AuditLog::open_with(
-        &path,
-        None,
-        AuditOptions {
-            sync_interval: Duration::from_millis(20),
-            ..AuditOptions::default()
-        },
-    )
-    .expect("open");
+    let (_dir, _path, log) = opened(AuditOptions {
+        sync_interval: Duration::from_millis(20),
+        ..AuditOptions::default()
+    });
     assert!(
         log.shared().lock().journal.is_some(),
         "fsync mode's journal"
@@ -82,19 +83,12 @@ async fn a_statement_waits_for_no_trail_sync() {
 /// the lock every session waits on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trail_is_synced_before_the_journal_needs_its_next_half() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("audit.jsonl");
     let half: u64 = 1 << 20;
-    let (log, _thread) = AuditLog::open_with(
-        &path,
-        None,
-        AuditOptions {
-            sync_interval: Duration::from_secs(3600),
-            journal_bytes: 2 * half,
-            ..AuditOptions::default()
-        },
-    )
-    .expect("open");
+    let (_dir, _path, log) = opened(AuditOptions {
+        sync_interval: Duration::from_secs(3600),
+        journal_bytes: 2 * half,
+        ..AuditOptions::default()
+    });
     assert!(
         log.shared().lock().journal.is_some(),
         "fsync mode's journal"
@@ -128,17 +122,10 @@ async fn the_trail_is_synced_before_the_journal_needs_its_next_half() {
 /// second's fdatasync to write at once while the statements' journal syncs queue behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trails_writeback_is_started_as_it_grows() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("audit.jsonl");
-    let (log, _thread) = AuditLog::open_with(
-        &path,
-        None,
-        AuditOptions {
-            sync_interval: Duration::from_secs(3600),
-            ..AuditOptions::default()
-        },
-    )
-    .expect("open");
+    let (_dir, _path, log) = opened(AuditOptions {
+        sync_interval: Duration::from_secs(3600),
+        ..AuditOptions::default()
+    });
     assert!(
         log.shared().lock().journal.is_some(),
         "fsync mode's journal"
@@ -186,17 +173,10 @@ fn journal_holds_frames(active: &Path) -> bool {
 /// error reported to it alone) would leave acknowledged records in neither.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_waits_for_a_running_trail_sync() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let active = dir.path().join("audit.jsonl");
-    let (log, _thread) = AuditLog::open_with(
-        &active,
-        None,
-        AuditOptions {
-            sync_interval: Duration::from_millis(20),
-            ..AuditOptions::default()
-        },
-    )
-    .expect("open");
+    let (_dir, active, log) = opened(AuditOptions {
+        sync_interval: Duration::from_millis(20),
+        ..AuditOptions::default()
+    });
     let (entered, release) = hold_trail_sync(&log);
     for i in 0..3 {
         log.append_durable(vec![event(i, 100)])
@@ -231,18 +211,11 @@ async fn a_close_waits_for_a_running_trail_sync() {
 /// them), nor may the file take a rotated name, which recovery trusts to be on disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_waits_for_a_running_trail_sync() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let active = dir.path().join("audit.jsonl");
-    let (log, _thread) = AuditLog::open_with(
-        &active,
-        None,
-        AuditOptions {
-            sync_interval: Duration::from_millis(20),
-            rotate_size: Some(64 << 10),
-            ..AuditOptions::default()
-        },
-    )
-    .expect("open");
+    let (_dir, active, log) = opened(AuditOptions {
+        sync_interval: Duration::from_millis(20),
+        rotate_size: Some(64 << 10),
+        ..AuditOptions::default()
+    });
     let (entered, release) = hold_trail_sync(&log);
     log.append_durable(vec![event(0, 100)])
         .await
@@ -269,18 +242,11 @@ async fn a_rotation_waits_for_a_running_trail_sync() {
 /// disk that are not, and let the journal's halves holding them be reused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trail_sync_is_of_the_file_written_not_of_its_name() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let active = dir.path().join("audit.jsonl");
+    let (dir, active, log) = opened(AuditOptions {
+        sync_interval: Duration::from_millis(20),
+        ..AuditOptions::default()
+    });
     let moved = dir.path().join("moved.jsonl");
-    let (log, _thread) = AuditLog::open_with(
-        &active,
-        None,
-        AuditOptions {
-            sync_interval: Duration::from_millis(20),
-            ..AuditOptions::default()
-        },
-    )
-    .expect("open");
     std::fs::rename(&active, &moved).expect("move");
     std::fs::write(&active, b"").expect("another file under the name");
     // In the held sync, on its thread: the descriptors open on each file.
@@ -325,18 +291,11 @@ async fn the_trail_sync_is_of_the_file_written_not_of_its_name() {
 /// waiting append lands during each sync, as under two or more busy sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steady_group_commit_still_rotates() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let active = dir.path().join("audit.jsonl");
-    let (log, _thread) = AuditLog::open_with(
-        &active,
-        None,
-        AuditOptions {
-            sync_interval: Duration::from_secs(3600),
-            rotate_size: Some(1),
-            ..AuditOptions::default()
-        },
-    )
-    .expect("open");
+    let (_dir, _active, log) = opened(AuditOptions {
+        sync_interval: Duration::from_secs(3600),
+        rotate_size: Some(1),
+        ..AuditOptions::default()
+    });
     let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (counted, writer) = (syncs.clone(), log.clone());
     *log.shared().sync_hook.lock().expect("hook") = Some(Arc::new(move || {
