@@ -69,6 +69,9 @@ pub struct BackendScanner {
     count_rows: bool,
     /// Where the message being read began in the current `feed`, if it began there.
     started_at: Option<usize>,
+    /// Where the first message boundary lies in the current `feed`: 0 when it began
+    /// between messages, else the end of the message it continued, if that ended there.
+    first_boundary: Option<usize>,
     /// The body collected of the message in `State::Collect` (kept from message to
     /// message, so a statement's CommandComplete and ReadyForQuery allocate nothing).
     body: Vec<u8>,
@@ -82,6 +85,7 @@ impl Default for BackendScanner {
                 header: [0; 5],
             },
             started_at: Some(0),
+            first_boundary: Some(0),
             count_rows: false,
             body: Vec::new(),
         }
@@ -121,6 +125,7 @@ impl BackendScanner {
             State::Header { have: 0, .. } => Some(0),
             _ => None,
         };
+        self.first_boundary = self.started_at;
         while !data.is_empty() {
             let offset = all.len() - data.len();
             match &mut self.state {
@@ -201,6 +206,14 @@ impl BackendScanner {
         self.started_at
     }
 
+    /// The offset, in the last fed bytes, of their first message boundary: 0 when they
+    /// began between messages, else where the message they continued ended, if it ended
+    /// in them. Where the client's stream is between messages again when the bytes before
+    /// it (the rest of a message already streaming to it) are written.
+    pub fn first_boundary(&self) -> Option<usize> {
+        self.first_boundary
+    }
+
     /// Forgets a partly read message, to read it again from its first byte.
     pub fn rewind(&mut self) {
         self.state = State::Header {
@@ -228,6 +241,7 @@ impl BackendScanner {
         );
         let range = self.started_at.map(|start| start..end);
         self.started_at = Some(end);
+        self.first_boundary.get_or_insert(end);
         if let State::Collect { tag, len, .. } = previous {
             events.push((decode_event(tag, &self.body, len), range));
         }
@@ -431,6 +445,32 @@ mod tests {
             }
             let last = s.chunks(chunk).last().map_or(0, <[u8]>::len);
             assert_eq!(scanner.last_boundary(), Some(last), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn the_first_boundary_is_where_the_first_message_of_a_feed_begins() {
+        let s = stream();
+        let mut starts = vec![0];
+        let mut at = 0;
+        while at < s.len() {
+            at += 1 + i32::from_be_bytes([s[at + 1], s[at + 2], s[at + 3], s[at + 4]]) as usize;
+            starts.push(at);
+        }
+        for chunk in [1, 2, 3, 5, 7, 64, 200] {
+            let mut scanner = BackendScanner::default();
+            let mut fed = 0;
+            for piece in s.chunks(chunk) {
+                scanner.feed(piece, &mut Vec::new());
+                // A boundary at the piece's very end counts: the bytes before it are the
+                // rest of a message, and the stream is between messages after them.
+                let expected = starts
+                    .iter()
+                    .find(|b| (fed..=fed + piece.len()).contains(*b))
+                    .map(|b| b - fed);
+                assert_eq!(scanner.first_boundary(), expected, "chunk {chunk} at {fed}");
+                fed += piece.len();
+            }
         }
     }
 

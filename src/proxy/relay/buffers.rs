@@ -25,20 +25,27 @@ impl super::Relay {
         bytes: &[u8],
         mid_after: bool,
     ) -> Result<(), super::End> {
-        self.write_to_client(&[], bytes, mid_after).await
+        self.write_to_client(&[], bytes, mid_after, None).await
     }
 
     /// The bytes held back so far (`torn`, given up here), then `bytes`, written as by
     /// [`Self::write_to_client`]. The held bytes' allocation is kept for the next hold
     /// when it is small (the start of a row, nearly every read of a large result); one
-    /// grown for a large message goes, so an idle session does not keep it.
+    /// grown for a large message goes, so an idle session does not keep it. `resumes_at`:
+    /// where in `bytes` a message begins, for a client in the middle of one (see
+    /// [`Self::write_to_client`]).
     pub(super) async fn forward_held_then(
         &mut self,
         bytes: &[u8],
         mid_after: bool,
+        resumes_at: Option<usize>,
     ) -> Result<(), super::End> {
         let mut held = std::mem::take(&mut self.torn);
-        let result = self.write_to_client(&held, bytes, mid_after).await;
+        // Held bytes begin a message, so they go only to a client between messages.
+        let resumes_at = resumes_at.filter(|at| *at <= bytes.len() && held.is_empty());
+        let result = self
+            .write_to_client(&held, bytes, mid_after, resumes_at)
+            .await;
         if held.capacity() <= KEEP_HELD_CAPACITY {
             held.clear();
             self.torn = held;
@@ -50,20 +57,28 @@ impl super::Relay {
     /// out in vectored writes rather than joined first: the held-back start of a message
     /// split across reads comes with nearly every read of a large result, and joining it
     /// to the read copied the whole read. The bytes start where the client's stream is
-    /// (between messages unless `client_mid_message`); `mid_after` says whether they end
-    /// inside a message. A write cut short by the end leaves the rest of the message it was
-    /// in to `cut_short`, so the FATAL can follow it whole.
+    /// (between messages unless `client_mid_message`, and then a message begins at
+    /// `resumes_at`, if anywhere in them); `mid_after` says whether they end inside a
+    /// message. A write cut short by the end leaves the rest of the message it was in to
+    /// `cut_short`, so the FATAL can follow it whole: also when the write began with the
+    /// rest of a message too large to hold back, which once left a small row after it torn
+    /// and the client without its FATAL.
     async fn write_to_client(
         &mut self,
         first: &[u8],
         second: &[u8],
         mid_after: bool,
+        resumes_at: Option<usize>,
     ) -> Result<(), super::End> {
         let total = first.len() + second.len();
         if total == 0 {
             return Ok(());
         }
-        let started_between = !self.client_mid_message;
+        let resumes_at = if self.client_mid_message {
+            resumes_at
+        } else {
+            Some(0)
+        };
         // Until the write is done the client may be anywhere in it.
         self.client_mid_message = true;
         let mut written = 0;
@@ -76,9 +91,9 @@ impl super::Relay {
             let wrote = match super::guarded(&mut self.term, write).await {
                 Ok(wrote) => wrote,
                 Err(ended) => {
-                    if started_between {
+                    if let Some(resumes_at) = resumes_at {
                         let whole = [first, second].concat();
-                        if let Some(end) = message_end(&whole, written) {
+                        if let Some(end) = cut_message_end(&whole, resumes_at, written) {
                             self.cut_short = whole[written..end].to_vec();
                             self.client_mid_message = false;
                         }
@@ -105,6 +120,17 @@ fn unwritten<'a>(first: &'a [u8], second: &'a [u8], written: usize) -> (&'a [u8]
         Some(rest) => (rest, second),
         None => (&[], &second[(written - first.len()).min(second.len())..]),
     }
+}
+
+/// Where the message that byte `at` of `bytes` lies in ends, if it ends within them:
+/// `bytes` continue a message up to `resumes_at` (0 when they start with one), and whole
+/// messages follow.
+fn cut_message_end(bytes: &[u8], resumes_at: usize, at: usize) -> Option<usize> {
+    if at < resumes_at {
+        return (resumes_at <= bytes.len()).then_some(resumes_at);
+    }
+    let end = message_end(bytes.get(resumes_at..)?, at - resumes_at)?;
+    Some(resumes_at + end)
 }
 
 /// Where the message that byte `at` of `bytes` lies in ends, if `bytes` start with a
@@ -194,6 +220,54 @@ mod tests {
         let before = usual.as_ptr();
         shrink_if_oversized(&mut usual);
         assert_eq!(usual.as_ptr(), before, "a usual buffer is not reallocated");
+    }
+}
+
+#[cfg(test)]
+mod cut_message_tests {
+    use super::cut_message_end;
+
+    fn msg(tag: u8, body_len: usize) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(4 + body_len as i32).to_be_bytes());
+        m.extend(std::iter::repeat_n(b'x', body_len));
+        m
+    }
+
+    #[test]
+    fn a_cut_in_the_rest_of_a_streaming_message_ends_where_it_does() {
+        // The last 30 bytes of a large row, then two small rows.
+        let rows = [msg(b'D', 20), msg(b'D', 40)].concat();
+        let bytes = [vec![b'r'; 30], rows.clone()].concat();
+        for at in 0..30 {
+            assert_eq!(cut_message_end(&bytes, 30, at), Some(30), "cut at {at}");
+        }
+        // Past it, each small row ends where it does: the client is given all of it.
+        assert_eq!(cut_message_end(&bytes, 30, 30), Some(30));
+        for at in 31..30 + 25 {
+            assert_eq!(
+                cut_message_end(&bytes, 30, at),
+                Some(30 + 25),
+                "cut at {at}"
+            );
+        }
+        for at in 30 + 26..bytes.len() {
+            assert_eq!(
+                cut_message_end(&bytes, 30, at),
+                Some(bytes.len()),
+                "cut at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cut_in_a_message_that_does_not_end_in_the_bytes_has_no_end() {
+        let mut bytes = msg(b'D', 20);
+        bytes.extend_from_slice(&msg(b'D', 100)[..50]);
+        assert_eq!(cut_message_end(&bytes, 0, 10), Some(25));
+        assert_eq!(cut_message_end(&bytes, 0, 30), None);
+        // A message said to begin past the bytes: nothing is known of where it ends.
+        assert_eq!(cut_message_end(&bytes, bytes.len() + 1, 3), None);
     }
 }
 

@@ -477,7 +477,8 @@ impl Relay {
                         };
                         let ubuf = std::mem::take(&mut self.ubuf);
                         let head = splice(&ubuf[..upto], std::mem::take(&mut rewrites));
-                        let _ = self.forward_held_then(&head, false).await;
+                        let resumes_at = self.scanner.first_boundary();
+                        let _ = self.forward_held_then(&head, false, resumes_at).await;
                         return Err(End::RowLimit(max));
                     }
                     continue;
@@ -582,7 +583,10 @@ impl Relay {
             Ok(())
         } else {
             let send = &outgoing[..outgoing.len() - if hold { unfinished } else { 0 }];
-            self.forward_held_then(send, unfinished > 0 && !hold).await
+            // Rewrites and notices all lie past the first boundary: its offset holds.
+            let resumes_at = self.scanner.first_boundary();
+            self.forward_held_then(send, unfinished > 0 && !hold, resumes_at)
+                .await
         };
         // Outcomes gate nothing: they are recorded once the client has its answer, off the
         // path of the reply (sent or not; a session dropped during the write records what

@@ -963,6 +963,60 @@ async fn vec_targeted_revoke_cuts_the_held_write_short() {
     .await;
 }
 
+/// A revoke while the rest of a row too large to hold back and the small rows after it
+/// are being written to a client that stopped reading in one of those small rows: the
+/// client gets the rest of that row, then the FATAL. The write began inside a message, and
+/// the small row was once left torn, the client with no FATAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vec_targeted_revoke_cuts_short_a_write_that_began_inside_a_large_row() {
+    sweep(
+        "targeted revoke after a large row",
+        seeds(9, 16).map(|seed| {
+            let mut rng = Rng::new(seed);
+            let big = HOLD_LIMIT + 2_000 + rng.below(40_000);
+            let mut rows = vec![300 + rng.below(3_000), big];
+            rows.extend((0..3).map(|_| 2_000 + rng.below(6_000)));
+            let s = script(&rows);
+            // The server stops past the hold limit in the large row: what came of it
+            // streams, and the rest comes with the small rows after it.
+            let large = s.spans[2];
+            let cut = large.0 + HOLD_LIMIT + 500 + rng.below(big - HOLD_LIMIT - 1_000);
+            // The client stops in one of the small rows, well before its end.
+            let small = s.spans[3 + rng.below(2)];
+            let stop = small.0 + 5 + rng.below(small.1 - small.0 - 1_000);
+            let tls = seed % 2 == 1;
+            Case {
+                seed,
+                tls,
+                big: true,
+                ending: Ending::Revoke,
+                plan: Plan {
+                    rows: Some(rows),
+                    server_cuts: vec![Cut {
+                        at: cut,
+                        pause_ms: 20,
+                        revoke_after_ms: None,
+                    }],
+                    client_pause: Some(Cut {
+                        at: stop,
+                        pause_ms: 150,
+                        revoke_after_ms: Some(50),
+                    }),
+                    client_pipe: Some(if tls { 512 } else { 16 }),
+                    // Over TLS the relay's write is done once rustls has it: the FATAL
+                    // comes at some later boundary (the general rules still hold).
+                    expect: if tls {
+                        Expect::Nothing
+                    } else {
+                        Expect::FatalAt(small.1)
+                    },
+                },
+            }
+        }),
+    )
+    .await;
+}
+
 /// A warning due while the start of a row is held back goes out at once, before that
 /// row, and the held bytes follow it whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
