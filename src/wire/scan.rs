@@ -423,15 +423,21 @@ mod tests {
         assert_eq!(again[0].1, Some(0..range.end - range.start));
     }
 
-    #[test]
-    fn the_last_boundary_is_where_a_message_begins_or_the_stream_ends() {
-        let s = stream();
+    /// Where each message of `s` begins, and its end.
+    fn message_starts(s: &[u8]) -> Vec<usize> {
         let mut starts = vec![0];
         let mut at = 0;
         while at < s.len() {
             at += 1 + i32::from_be_bytes([s[at + 1], s[at + 2], s[at + 3], s[at + 4]]) as usize;
             starts.push(at);
         }
+        starts
+    }
+
+    #[test]
+    fn the_last_boundary_is_where_a_message_begins_or_the_stream_ends() {
+        let s = stream();
+        let starts = message_starts(&s);
         for chunk in [1, 2, 3, 5, 7, 64, 200] {
             let mut scanner = BackendScanner::default();
             let mut fed = 0;
@@ -451,12 +457,7 @@ mod tests {
     #[test]
     fn the_first_boundary_is_where_the_first_message_of_a_feed_begins() {
         let s = stream();
-        let mut starts = vec![0];
-        let mut at = 0;
-        while at < s.len() {
-            at += 1 + i32::from_be_bytes([s[at + 1], s[at + 2], s[at + 3], s[at + 4]]) as usize;
-            starts.push(at);
-        }
+        let starts = message_starts(&s);
         for chunk in [1, 2, 3, 5, 7, 64, 200] {
             let mut scanner = BackendScanner::default();
             let mut fed = 0;

@@ -928,39 +928,52 @@ async fn vec_targeted_revoke_cuts_the_held_write_short() {
             let cut = span.0 + 5 + rng.below(span.1 - span.0 - 5);
             // The client stops in the row: in the held part or after it, well before its end.
             let stop = span.0 + rng.below(span.1 - span.0 - 100);
-            let tls = seed % 2 == 1;
-            Case {
-                seed,
-                tls,
-                big: false,
-                ending: Ending::Revoke,
-                plan: Plan {
-                    rows: Some(rows),
-                    server_cuts: vec![Cut {
-                        at: cut,
-                        pause_ms: 20,
-                        revoke_after_ms: None,
-                    }],
-                    client_pause: Some(Cut {
-                        at: stop,
-                        pause_ms: 150,
-                        revoke_after_ms: Some(50),
-                    }),
-                    // (Over TLS a 16-byte pipe is too slow in a debug build for the
-                    // rest of the row and the FATAL to go within their half second.)
-                    client_pipe: Some(if tls { 512 } else { 16 }),
-                    // Over TLS the relay's write is done once rustls has it: the FATAL
-                    // comes at some later boundary (the general rules still hold).
-                    expect: if tls {
-                        Expect::Nothing
-                    } else {
-                        Expect::FatalAt(span.1)
-                    },
-                },
-            }
+            revoke_in_a_write(seed, rows, cut, stop, span.1)
         }),
     )
     .await;
+}
+
+/// A revoke while the relay writes to a client that stopped reading at `stop`: the server
+/// pauses at `cut` first, and over plaintext the client gets the script up to `fatal_at`
+/// (the end of the row it stopped in), then the FATAL.
+fn revoke_in_a_write(
+    seed: u64,
+    rows: Vec<usize>,
+    cut: usize,
+    stop: usize,
+    fatal_at: usize,
+) -> Case {
+    let tls = seed % 2 == 1;
+    Case {
+        seed,
+        tls,
+        big: rows.iter().any(|r| *r > HOLD_LIMIT),
+        ending: Ending::Revoke,
+        plan: Plan {
+            rows: Some(rows),
+            server_cuts: vec![Cut {
+                at: cut,
+                pause_ms: 20,
+                revoke_after_ms: None,
+            }],
+            client_pause: Some(Cut {
+                at: stop,
+                pause_ms: 150,
+                revoke_after_ms: Some(50),
+            }),
+            // (Over TLS a 16-byte pipe is too slow in a debug build for the rest of the
+            // row and the FATAL to go within their half second.)
+            client_pipe: Some(if tls { 512 } else { 16 }),
+            // Over TLS the relay's write is done once rustls has it: the FATAL comes at
+            // some later boundary (the general rules still hold).
+            expect: if tls {
+                Expect::Nothing
+            } else {
+                Expect::FatalAt(fatal_at)
+            },
+        },
+    }
 }
 
 /// A revoke while the rest of a row too large to hold back and the small rows after it
@@ -984,34 +997,7 @@ async fn vec_targeted_revoke_cuts_short_a_write_that_began_inside_a_large_row() 
             // The client stops in one of the small rows, well before its end.
             let small = s.spans[3 + rng.below(2)];
             let stop = small.0 + 5 + rng.below(small.1 - small.0 - 1_000);
-            let tls = seed % 2 == 1;
-            Case {
-                seed,
-                tls,
-                big: true,
-                ending: Ending::Revoke,
-                plan: Plan {
-                    rows: Some(rows),
-                    server_cuts: vec![Cut {
-                        at: cut,
-                        pause_ms: 20,
-                        revoke_after_ms: None,
-                    }],
-                    client_pause: Some(Cut {
-                        at: stop,
-                        pause_ms: 150,
-                        revoke_after_ms: Some(50),
-                    }),
-                    client_pipe: Some(if tls { 512 } else { 16 }),
-                    // Over TLS the relay's write is done once rustls has it: the FATAL
-                    // comes at some later boundary (the general rules still hold).
-                    expect: if tls {
-                        Expect::Nothing
-                    } else {
-                        Expect::FatalAt(small.1)
-                    },
-                },
-            }
+            revoke_in_a_write(seed, rows, cut, stop, small.1)
         }),
     )
     .await;
