@@ -250,3 +250,35 @@ async fn a_connection_that_ends_between_statements_leaves_an_idle_backend_at_mos
     assert!(!ended.backend_may_run_on);
     drop(client);
 }
+
+/// A refused statement's stand-in answered by the server's FATAL (an administrator ended
+/// the backend just then), then the close: the client reads that FATAL, not the refusal's
+/// ERROR in its place and then a silent close.
+#[tokio::test]
+async fn a_fatal_in_a_refused_statements_place_reaches_the_client() {
+    let Setup {
+        relay,
+        mut client,
+        mut server,
+        _audit_dir,
+        _kill,
+    } = setup(None);
+    let fatal = administrators_fatal();
+    let peers = async {
+        client
+            .write_all(&query("DELETE FROM accounts"))
+            .await
+            .expect("the client writes");
+        // The server reads the stand-in, answers it with its FATAL and closes.
+        let stand_in = read_exactly(&mut server, 5).await;
+        assert_eq!(stand_in.first(), Some(&b'Q'), "the stand-in went upstream");
+        server.write_all(&fatal).await.expect("the server writes");
+        drop(server);
+        let mut got = Vec::new();
+        let _ = client.read_to_end(&mut got).await;
+        got
+    };
+    let (end, got) = tokio::join!(relay.run(), peers);
+    assert!(matches!(end, End::UpstreamGone), "{end:?}");
+    assert_eq!(got, fatal, "{:?}", String::from_utf8_lossy(&got));
+}

@@ -531,7 +531,11 @@ impl Relay {
             let refused = self.outcomes[settled..]
                 .iter()
                 .find(|o| o.status == OutcomeStatus::Refused);
-            if let (Some(outcome), Some(range)) = (refused, range) {
+            // A FATAL in the stand-in's place (the backend was ended just then) is the
+            // server's last word, and the client is owed it: made into the refusal's ERROR,
+            // the client would see no FATAL at all, the proxy taking it as relayed.
+            let server_ended_here = self.upstream_said_why;
+            if let (Some(outcome), Some(range), false) = (refused, range, server_ended_here) {
                 let mut error = BytesMut::new();
                 wire::error_response(
                     &mut error,
