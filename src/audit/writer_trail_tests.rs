@@ -5,24 +5,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::journal_attack_tests::event;
 use super::*;
-use crate::audit::{RequestEvent, RequestRecord};
-
-fn event(i: usize, bytes: usize) -> AuditEvent {
-    AuditEvent::Request(RequestRecord {
-        event: RequestEvent::Created,
-        request_id: format!("req-{i}"),
-        actor: "eve".into(),
-        engineer: "eve".into(),
-        database: "sales".into(),
-        ticket: format!("T-{i}"),
-        access: "read".into(),
-        reason: Some("r".repeat(bytes)),
-        access_expires_at: None,
-        status: None,
-        break_glass: false,
-    })
-}
 
 /// A writer on `audit.jsonl` in a new folder, with `options`.
 fn opened(options: AuditOptions) -> (tempfile::TempDir, PathBuf, AuditLog) {
