@@ -4,6 +4,7 @@
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+use super::trail_tests::opened;
 use super::*;
 use crate::audit::append::WRITE_PART;
 use crate::audit::chain::verify;
@@ -52,17 +53,10 @@ fn set_hook(log: &AuditLog, hook: Option<Arc<dyn Fn() + Send + Sync>>) {
 }
 
 async fn other_sessions_records_go_between_the_parts(durability: Durability) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("audit.jsonl");
-    let (log, _thread) = AuditLog::open_with(
-        &path,
-        None,
-        AuditOptions {
-            durability,
-            ..AuditOptions::default()
-        },
-    )
-    .expect("open");
+    let (_dir, path, log) = opened(AuditOptions {
+        durability,
+        ..AuditOptions::default()
+    });
     // Between parts another session appends (from its own thread, as another session
     // thread would): it must get the lock, which it could not if the whole batch held it.
     let other = log.clone();
@@ -176,17 +170,10 @@ fn restore((fd, saved): (i32, i32)) {
 /// first part put in the trail (its caller settles them), and that nothing else was.
 #[test]
 fn a_failed_part_says_which_records_the_parts_before_it_wrote() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("audit.jsonl");
-    let (log, _thread) = AuditLog::open_with(
-        &path,
-        None,
-        AuditOptions {
-            durability: Durability::Write,
-            ..AuditOptions::default()
-        },
-    )
-    .expect("open");
+    let (_dir, path, log) = opened(AuditOptions {
+        durability: Durability::Write,
+        ..AuditOptions::default()
+    });
     let broken = Arc::new(Mutex::new(None));
     let (for_hook, hook_path, hook_log) = (broken.clone(), path.clone(), log.clone());
     set_hook(

@@ -9,7 +9,7 @@ use super::journal_attack_tests::event;
 use super::*;
 
 /// A writer on `audit.jsonl` in a new folder, with `options`.
-fn opened(options: AuditOptions) -> (tempfile::TempDir, PathBuf, AuditLog) {
+pub(super) fn opened(options: AuditOptions) -> (tempfile::TempDir, PathBuf, AuditLog) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.jsonl");
     let (log, _thread) = AuditLog::open_with(&path, None, options).expect("open");
