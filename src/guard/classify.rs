@@ -184,7 +184,7 @@ fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameC
         N::ExplainStmt(e) => (
             explain_kind(e),
             explain_class(e, found),
-            explained_execute(e),
+            executed_below(analyzes(e), found),
         ),
         // `COPY (DELETE … RETURNING *) TO STDOUT` is the delete.
         N::CopyStmt(c) => (
@@ -261,17 +261,7 @@ fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameC
         | N::CheckPointStmt(_) => (K::Other, Class::Write, None),
         N::CallStmt(_) => (K::Other, Class::Write, None),
         N::DoStmt(_) => (K::Other, Class::Escalation("do_block"), None),
-        N::CreateTableAsStmt(c) => {
-            let names = c
-                .query
-                .as_deref()
-                .and_then(|q| q.node.as_ref())
-                .and_then(|q| match q {
-                    N::ExecuteStmt(e) => Some(NameChange::Execute(e.name.clone())),
-                    _ => None,
-                });
-            (K::Ddl, Class::Ddl, names)
-        }
+        N::CreateTableAsStmt(_) => (K::Ddl, Class::Ddl, executed_below(true, found)),
         other => (K::Ddl, ddl_class(other), None),
     }
 }
@@ -379,11 +369,16 @@ fn analyzes(e: &protobuf::ExplainStmt) -> bool {
     })
 }
 
-fn explained_execute(e: &protobuf::ExplainStmt) -> Option<NameChange> {
-    match e.query.as_deref().and_then(|q| q.node.as_ref()) {
-        Some(N::ExecuteStmt(x)) if analyzes(e) => Some(NameChange::Execute(x.name.clone())),
-        _ => None,
-    }
+/// The prepared statement a statement runs by name below its top (`CREATE TABLE t AS
+/// EXECUTE s`, `EXPLAIN ANALYZE` of it or of `EXECUTE s`), found anywhere in its tree so
+/// that no nesting the grammar allows escapes the name check `EXECUTE s` gets. `runs`:
+/// false for an EXPLAIN that only plans it.
+fn executed_below(runs: bool, found: &Found<'_>) -> Option<NameChange> {
+    found
+        .executes
+        .first()
+        .filter(|_| runs)
+        .map(|name| NameChange::Execute(name.clone()))
 }
 
 fn copy_class(c: &protobuf::CopyStmt, found: &Found<'_>) -> Class {

@@ -398,6 +398,18 @@ fn names_changes() {
     assert_eq!(names("close all"), Some(NameChange::Close(None)));
     assert_eq!(names("discard all"), Some(NameChange::DiscardAll));
     assert_eq!(names("discard plans"), None);
+    // Run below the top: every nesting the grammar allows is the same name check.
+    for sql in [
+        "create table t as execute p",
+        "create temp table if not exists t as execute p(1) with no data",
+        "explain analyze create temp table t as execute p",
+        "explain (analyze, verbose) create table t as execute p",
+    ] {
+        assert_eq!(names(sql), Some(NameChange::Execute("p".into())), "{sql}");
+    }
+    // An EXPLAIN that only plans runs nothing.
+    assert_eq!(names("explain create table t as execute p"), None);
+    assert_eq!(names("explain (analyze off) execute p"), None);
 }
 
 #[test]

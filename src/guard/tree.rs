@@ -84,6 +84,9 @@ pub(crate) struct Found<'t> {
     /// server reads for it.
     pub foreign_schema: Option<String>,
     pub foreign_table: Option<String>,
+    /// Prepared statements run by name anywhere in it: `EXECUTE s`, and below the top,
+    /// `CREATE TABLE t AS EXECUTE s` and `EXPLAIN ANALYZE` of either.
+    pub executes: Vec<String>,
 }
 
 /// Collects what the guard looks at from the serde form of a statement's tree.
@@ -234,6 +237,9 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.delete_without_where |= !has("where_clause");
             found.writes_pg_settings |= targets_pg_settings(node);
         }
+        "ExecuteStmt" => found
+            .executes
+            .extend(node.get("name").and_then(Value::as_str).map(str::to_owned)),
         "SelectStmt" => {
             found.row_locks |= has("locking_clause");
             found.select_into |= has("into_clause");

@@ -390,7 +390,10 @@ impl Statements {
             SqlChange::Deallocate(Some(name)) => {
                 self.prepared.remove(&name);
             }
-            SqlChange::Deallocate(None) => self.prepared.clear(),
+            // The server keeps its unnamed statement apart from the named ones, and
+            // `DEALLOCATE ALL` and `DISCARD ALL` drop only those: forgetting it here would
+            // leave it to run later as a statement lockbox never saw, its text unrecorded.
+            SqlChange::Deallocate(None) => self.prepared.retain(|name, _| name.is_empty()),
             SqlChange::Declare(name, portal) => {
                 self.portals.insert(name, portal);
             }
@@ -399,7 +402,7 @@ impl Statements {
             }
             SqlChange::Close(None) => self.portals.clear(),
             SqlChange::DiscardAll => {
-                self.prepared.clear();
+                self.prepared.retain(|name, _| name.is_empty());
                 self.portals.clear();
             }
         }

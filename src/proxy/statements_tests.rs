@@ -200,6 +200,30 @@ fn an_unconfirmed_sql_change_never_happened() {
 }
 
 #[test]
+fn deallocate_all_and_discard_all_leave_the_unnamed_statement() {
+    // The server keeps its unnamed statement apart from the named ones: both statements
+    // drop the named ones only, and a later Bind of "" runs the unnamed one's text.
+    for change in [SqlChange::Deallocate(None), SqlChange::DiscardAll] {
+        let mut s = Statements::default();
+        let unnamed = s.parse("".into(), stmt("DELETE FROM t")).expect("parse");
+        let named = s.parse("s1".into(), stmt("SELECT 1")).expect("parse");
+        s.confirm(unnamed, None).expect("confirmed");
+        s.confirm(named, None).expect("confirmed");
+        sync(&mut s, b'I');
+        let tag = match change {
+            SqlChange::DiscardAll => "DISCARD ALL",
+            _ => "DEALLOCATE ALL",
+        };
+        let all = s.sql(change).expect("change");
+        s.confirm(all, Some(tag)).expect("confirmed");
+        sync(&mut s, b'I');
+        assert!(s.statement("s1").is_none(), "{tag}: the named one is gone");
+        s.bind("".into(), "", Arc::from([])).expect("bind");
+        assert_eq!(text_of(&s, ""), "DELETE FROM t", "{tag}");
+    }
+}
+
+#[test]
 fn declared_cursors_are_portals_and_held_ones_outlive_the_transaction() {
     let mut s = Statements::default();
     let cursor = |text: &str, held| Portal {

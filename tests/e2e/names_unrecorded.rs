@@ -110,3 +110,81 @@ async fn sql_execute_of_a_name_an_unanswered_earlier_query_changes_is_refused() 
     let ran = raw.read_until_ready().await;
     assert!(codes(&ran).is_empty(), "{:?}", errors_in(&ran));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parsed_statement_run_below_the_top_is_refused_like_execute() {
+    // `EXECUTE s` nested where the grammar allows it runs `s` too: its text, made by a
+    // Parse, would be in no record (an attack review found `EXPLAIN ANALYZE CREATE TABLE …
+    // AS EXECUTE s` deleting rows recorded as "ddl").
+    let env = Env::start("names_unrecorded_nested").await;
+    let mut raw = session(&env, AccessLevel::Write).await;
+    raw.send(
+        &[
+            parse(
+                "s",
+                "WITH d AS (DELETE FROM items WHERE id >= 9 RETURNING *) SELECT * FROM d",
+            ),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    raw.read_until_ready().await;
+    for sql in [
+        "EXPLAIN ANALYZE CREATE TEMP TABLE z AS EXECUTE s",
+        "EXPLAIN (ANALYZE, COSTS OFF) CREATE TEMP TABLE z AS EXECUTE s",
+        "CREATE TEMP TABLE z AS EXECUTE s",
+    ] {
+        raw.send(&query(sql)).await;
+        let answer = raw.read_until_ready().await;
+        assert_eq!(codes(&answer), ["42501"], "{sql}: {:?}", errors_in(&answer));
+    }
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
+    // One made by SQL PREPARE, whose record holds its text, may run there.
+    raw.send(&query("PREPARE q AS SELECT id FROM items WHERE id < 3"))
+        .await;
+    raw.read_until_ready().await;
+    raw.send(&query("EXPLAIN ANALYZE CREATE TEMP TABLE z AS EXECUTE q"))
+        .await;
+    let ran = raw.read_until_ready().await;
+    assert!(codes(&ran).is_empty(), "{:?}", errors_in(&ran));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_statement_outlives_deallocate_all_and_discard_all_in_the_record_too() {
+    // The server drops only named statements on DEALLOCATE ALL and DISCARD ALL: a Bind of
+    // the unnamed one afterwards runs its text, which its Execute's record must hold (an
+    // attack review found it recorded as a statement lockbox "did not see prepared").
+    let env = Env::start("names_unrecorded_unnamed").await;
+    let mut raw = session(&env, AccessLevel::Admin).await;
+    for (id, all) in [(10, "DEALLOCATE ALL"), (9, "DISCARD ALL")] {
+        let marker = format!("survivor of {all}");
+        let delete = format!("DELETE FROM items WHERE id = {id} /* {marker} */");
+        raw.send(&[parse("", &delete), sync()].concat()).await;
+        raw.read_until_ready().await;
+        raw.send(&[parse("d", all), bind("", "d"), execute(""), sync()].concat())
+            .await;
+        let dropped = raw.read_until_ready().await;
+        assert!(
+            codes(&dropped).is_empty(),
+            "{all}: {:?}",
+            errors_in(&dropped)
+        );
+        raw.send(&[bind("", ""), execute(""), sync()].concat())
+            .await;
+        let ran = raw.read_until_ready().await;
+        assert!(codes(&ran).is_empty(), "{all}: {:?}", errors_in(&ran));
+        assert_eq!(
+            env.superuser_sql(&format!("SELECT count(*) FROM items WHERE id = {id}")),
+            "0",
+            "the server ran the unnamed statement after {all}"
+        );
+        env.wait_for_audit(&marker, |records| {
+            records.iter().any(|r| {
+                r["type"] == "statement"
+                    && r["statement"].as_str().is_some_and(|s| s.contains(&marker))
+            })
+        })
+        .await;
+    }
+}
