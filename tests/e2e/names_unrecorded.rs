@@ -188,3 +188,44 @@ async fn the_unnamed_statement_outlives_deallocate_all_and_discard_all_in_the_re
         .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_grant_may_not_run_a_parsed_statement_by_name_either() {
+    // An admin may do anything, but not unrecorded: SQL EXECUTE of a Parse'd statement, or
+    // FETCH from a Bind's portal, would run text no record holds.
+    let env = Env::start("names_unrecorded_admin").await;
+    let mut raw = session(&env, AccessLevel::Admin).await;
+    raw.send(
+        &[
+            parse("s", "DELETE FROM items WHERE id = 7 RETURNING id"),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    raw.read_until_ready().await;
+    for sql in [
+        "EXECUTE s",
+        "EXPLAIN ANALYZE CREATE TEMP TABLE z AS EXECUTE s",
+    ] {
+        raw.send(&query(sql)).await;
+        let answer = raw.read_until_ready().await;
+        assert_eq!(codes(&answer), ["42501"], "{sql}: {:?}", errors_in(&answer));
+    }
+    raw.send(&query("BEGIN")).await;
+    raw.read_until_ready().await;
+    raw.send(&[bind("p", "s"), sync()].concat()).await;
+    raw.read_until_ready().await;
+    raw.send(&query("FETCH ALL FROM p")).await;
+    let fetched = raw.read_until_ready().await;
+    assert_eq!(codes(&fetched), ["42501"], "{:?}", errors_in(&fetched));
+    raw.send(&query("ROLLBACK")).await;
+    raw.read_until_ready().await;
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
+    // The statement itself runs through the protocol, its Execute recording its text.
+    raw.send(&[bind("", "s"), execute(""), sync()].concat())
+        .await;
+    let ran = raw.read_until_ready().await;
+    assert!(codes(&ran).is_empty(), "{:?}", errors_in(&ran));
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "9");
+}

@@ -341,25 +341,31 @@ impl Relay {
     }
 
     /// A statement that runs a prepared statement or fetches from a cursor by name: below
-    /// admin, the name must be one lockbox saw created.
+    /// admin, the name must be one lockbox saw created; for any grant, not one it saw made
+    /// by a Parse or Bind.
     fn check_name_use(&self, names: Option<&NameChange>) -> Result<(), Refusal> {
-        if self.grant.access == AccessLevel::Admin {
-            return Ok(());
-        }
         // Only a name whose text is in the trail: one made by SQL PREPARE or DECLARE (a
         // Parse or Bind has no record of its own; its text is recorded as an Execute runs
-        // it, which SQL EXECUTE or FETCH would not do).
-        // And one no unanswered change of an earlier group decides: a re-PREPARE the
-        // server rejects (42P05) would leave the old statement to run.
+        // it, which SQL EXECUTE or FETCH would not do). An admin may also use a name
+        // lockbox never saw made: only code whose own text is recorded (a DO block's
+        // dynamic PREPARE) can have made it.
+        // And below admin, one no unanswered change of an earlier group decides: a
+        // re-PREPARE the server rejects (42P05) would leave the old statement to run.
+        let admin = self.grant.access == AccessLevel::Admin;
         match names {
-            Some(NameChange::Execute(name)) if !self.statements.statement_certain(name) => {
+            Some(NameChange::Execute(name))
+                if !admin && !self.statements.statement_certain(name) =>
+            {
                 Err(uncertain_name_refusal("unknown_statement", name))
             }
-            Some(NameChange::Fetch(name)) if !self.statements.portal_certain(name) => {
+            Some(NameChange::Fetch(name)) if !admin && !self.statements.portal_certain(name) => {
                 Err(uncertain_name_refusal("unknown_cursor", name))
             }
             Some(NameChange::Execute(name))
-                if !self.statements.statement(name).is_some_and(|p| p.recorded) =>
+                if !self
+                    .statements
+                    .statement(name)
+                    .map_or(admin, |p| p.recorded) =>
             {
                 Err(unknown_name_refusal("unknown_statement", name))
             }
@@ -367,7 +373,7 @@ impl Relay {
                 if !self
                     .statements
                     .portal(name)
-                    .is_some_and(|p| p.statement.recorded) =>
+                    .map_or(admin, |p| p.statement.recorded) =>
             {
                 Err(unknown_name_refusal("unknown_cursor", name))
             }
