@@ -59,6 +59,7 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
             Effect::Write => Class::Write,
             Effect::Escalation(rule) => Class::Escalation(rule),
             Effect::SetsConfig => Class::Forbidden("lexer_setting"),
+            Effect::FetchesPortalByName => functions::FETCHES_PORTAL_BY_NAME,
         };
         out.class = out.class.worst(class);
     }
@@ -79,6 +80,7 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
                 Class::Read
             }
             Effect::None => Class::Read,
+            Effect::FetchesPortalByName => functions::FETCHES_PORTAL_BY_NAME,
             Effect::Write => Class::Write,
             Effect::Escalation(rule) => Class::Escalation(rule),
             Effect::SetsConfig => {

@@ -33,7 +33,15 @@ pub(crate) enum Effect {
     ReadsTablesByName,
     /// Returns stored data without naming a table (large objects): never a catalog read.
     ReadsData,
+    /// Fetches from a portal named by text (`cursor_to_xml`): refused at every level (see
+    /// [`FETCHES_PORTAL_BY_NAME`]).
+    FetchesPortalByName,
 }
+
+/// The rule a call that fetches from a portal by a name in text breaks: the portal may be a
+/// Bind's, whose statement and parameters are in no record, and unlike SQL `FETCH` the name
+/// is a value, not known before it runs.
+pub(crate) const FETCHES_PORTAL_BY_NAME: Class = Class::Forbidden("unknown_cursor");
 
 /// The names of pg_catalog's functions in PostgreSQL 15, one per line (`psql -Atc "select
 /// distinct proname from pg_proc where pronamespace = 'pg_catalog'::regnamespace order by
@@ -184,9 +192,10 @@ pub(crate) fn effect(name: &str) -> Effect {
         | "schema_to_xml_and_xmlschema"
         | "database_to_xml"
         | "database_to_xmlschema"
-        | "database_to_xml_and_xmlschema"
-        | "cursor_to_xml"
-        | "cursor_to_xmlschema" => Effect::ReadsTablesByName,
+        | "database_to_xml_and_xmlschema" => Effect::ReadsTablesByName,
+        // Fetch from a portal named in text: a Bind's, whose statement's text and
+        // parameters may be in no record, run as the fetch goes.
+        "cursor_to_xml" | "cursor_to_xmlschema" => Effect::FetchesPortalByName,
         _ => Effect::None,
     }
 }

@@ -430,6 +430,10 @@ pub fn check_class(access: AccessLevel, class: Class) -> Result<(), Refusal> {
         })
     };
     match (access, class) {
+        (_, Class::Forbidden(rule @ "unknown_cursor")) => refuse(
+            rule,
+            "fetching from a cursor named by a value (its query may be in no audit record)",
+        ),
         (_, Class::Forbidden(rule)) => refuse(rule, "changing how statements are read"),
         (AccessLevel::Admin, _) => Ok(()),
         (_, Class::Read | Class::Session) => Ok(()),

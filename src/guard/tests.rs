@@ -1192,3 +1192,25 @@ fn an_operator_a_sort_uses_is_the_statements_own() {
         assert!(unqualified || facts.opaque.is_some(), "{sql}: {facts:?}");
     }
 }
+
+#[test]
+fn fetching_from_a_portal_named_by_a_value_is_refused_at_every_level() {
+    for sql in [
+        "select cursor_to_xml('p', 10, false, false, '')",
+        "select pg_catalog.cursor_to_xmlschema(name, false, false, '') from t",
+    ] {
+        let class = analyze(sql).class;
+        assert_eq!(class, Class::Forbidden("unknown_cursor"), "{sql}");
+        let refusal = check_class(crate::policy::AccessLevel::Admin, class).expect_err(sql);
+        assert!(
+            refusal.message.contains("cursor named by a value"),
+            "{}",
+            refusal.message
+        );
+    }
+    // The functions that read a table named in text are judged as before.
+    assert_eq!(
+        analyze("select table_to_xml('items', false, false, '')").class,
+        Class::Read
+    );
+}

@@ -430,6 +430,7 @@ async fn run_admitted(
     );
 
     let backend = (upstream.backend_pid, upstream.backend_secret);
+    let server_utf8 = super::upstream::greeting_says_utf8(&upstream.greeting);
     let ended = if super::relay::write_flushed(&mut stream, &hello)
         .await
         .is_ok()
@@ -467,6 +468,7 @@ async fn run_admitted(
                 code_generation_at_login,
                 ends_at: admission.ends_at,
                 warn_before: config.warn_before.clone(),
+                server_utf8,
             },
         )
         .with_client_fd(client_fd);

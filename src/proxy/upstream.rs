@@ -127,6 +127,28 @@ pub struct Upstream {
     pub ready_status: u8,
 }
 
+/// Whether the server's greeting (its ParameterStatus messages at login) says its encoding
+/// is UTF8, the parser's own: only then does the server cut an identifier over 63 bytes
+/// where the parser does (in another encoding its bytes differ, and so may the cut). Fails
+/// closed: a greeting that does not say so reads as another encoding.
+pub(crate) fn greeting_says_utf8(greeting: &[u8]) -> bool {
+    let mut rest = greeting;
+    while let [tag, l0, l1, l2, l3, after @ ..] = rest {
+        let len = u32::from_be_bytes([*l0, *l1, *l2, *l3]) as usize;
+        let Some(body) = len.checked_sub(4).and_then(|n| after.get(..n)) else {
+            return false;
+        };
+        if *tag == b'S' {
+            let mut fields = body.split(|b| *b == 0);
+            if fields.next() == Some(b"server_encoding".as_slice()) {
+                return fields.next() == Some(b"UTF8".as_slice());
+            }
+        }
+        rest = &after[body.len()..];
+    }
+    false
+}
+
 /// Connects and logs in to `db` as `credentials` (the grant's role, see `provision`),
 /// passing `params` (already filtered) in the startup packet. Read sessions also start
 /// read-only, on top of a role that cannot write.
@@ -488,6 +510,37 @@ pub async fn send_cancel(host: &str, port: u16, pid: i32, secret: i32) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parameter(name: &str, value: &str) -> Vec<u8> {
+        let body = [name.as_bytes(), b"\0", value.as_bytes(), b"\0"].concat();
+        let mut message = vec![b'S'];
+        message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        message.extend_from_slice(&body);
+        message
+    }
+
+    #[test]
+    fn the_greeting_says_whether_the_server_reads_names_as_utf8() {
+        let others = [
+            parameter("application_name", "UTF8"),
+            parameter("client_encoding", "UTF8"),
+        ]
+        .concat();
+        let with =
+            |encoding: &str| [others.clone(), parameter("server_encoding", encoding)].concat();
+        assert!(greeting_says_utf8(&with("UTF8")));
+        for other in ["LATIN1", "SQL_ASCII", "utf8", "UTF8 "] {
+            assert!(!greeting_says_utf8(&with(other)), "{other}");
+        }
+        assert!(!greeting_says_utf8(&others), "not said: not UTF8");
+        let whole = with("UTF8");
+        for cut in 0..whole.len() {
+            assert!(!greeting_says_utf8(&whole[..cut]), "cut at {cut}");
+        }
+        let mut lying = with("UTF8");
+        lying[others.len() + 4] = 0xff;
+        assert!(!greeting_says_utf8(&lying), "a length past the end");
+    }
 
     #[test]
     fn a_server_restarting_or_full_is_unavailable_and_a_refused_login_is_not() {

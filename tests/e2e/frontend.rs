@@ -12,16 +12,19 @@ pub fn parse(name: &str, sql: &str) -> Vec<u8> {
 
 /// Bind of `statement` to `portal`, no parameters, text results.
 pub fn bind(portal: &str, statement: &str) -> Vec<u8> {
-    let body = [
-        portal.as_bytes(),
-        b"\0",
-        statement.as_bytes(),
-        b"\0",
-        &0i16.to_be_bytes(),
-        &0i16.to_be_bytes(),
-        &0i16.to_be_bytes(),
-    ]
-    .concat();
+    bind_with(portal, statement, &[])
+}
+
+/// Bind of `statement` to `portal` with text-format `values`, text results.
+pub fn bind_with(portal: &str, statement: &str, values: &[&str]) -> Vec<u8> {
+    let mut body = [portal.as_bytes(), b"\0", statement.as_bytes(), b"\0"].concat();
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&(values.len() as i16).to_be_bytes());
+    for value in values {
+        body.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        body.extend_from_slice(value.as_bytes());
+    }
+    body.extend_from_slice(&0i16.to_be_bytes());
     message(b'B', &body)
 }
 

@@ -93,6 +93,9 @@ pub struct Options {
     /// Keep the state in a PostgreSQL database of the test's cluster (`[state] url`, node
     /// id `node-1`) instead of SQLite; `LOCKBOX_TEST_STATE=postgres` sets it for every test.
     pub state_postgres: bool,
+    /// Create the test's database in this encoding (`LATIN1`, `SQL_ASCII`) instead of the
+    /// cluster's UTF8.
+    pub db_encoding: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -114,6 +117,7 @@ impl Default for Options {
             cluster: None,
             other_cluster: None,
             state_postgres: std::env::var("LOCKBOX_TEST_STATE").is_ok_and(|v| v == "postgres"),
+            db_encoding: None,
         }
     }
 }
@@ -179,9 +183,12 @@ impl Env {
         let db = format!("t_{name}");
         pg.psql("postgres", &format!("DROP DATABASE IF EXISTS {db}"))
             .expect("drop database");
+        let encoding = options.db_encoding.map_or(String::new(), |e| {
+            format!(" ENCODING '{e}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+        });
         pg.psql(
             "postgres",
-            &format!("CREATE DATABASE {db} OWNER {SERVICE_ROLE}"),
+            &format!("CREATE DATABASE {db} OWNER {SERVICE_ROLE}{encoding}"),
         )
         .expect("create database");
         pg.psql(

@@ -59,6 +59,7 @@ mod left_mid_statement;
 mod lifecycle;
 mod long_names;
 mod names_across_groups;
+mod names_encoding;
 mod names_unrecorded;
 mod notify;
 mod off_limits_reach;

@@ -61,6 +61,9 @@ pub struct Grant {
     pub ends_at: chrono::DateTime<chrono::Utc>,
     /// `[timings] warn_before`: offsets before the end that get a NOTICE, longest first.
     pub warn_before: Vec<std::time::Duration>,
+    /// The server's encoding is UTF8, as the parser's: both cut a name over 63 bytes at the
+    /// same place (see `upstream::greeting_says_utf8`).
+    pub server_utf8: bool,
 }
 
 impl Grant {
@@ -79,6 +82,7 @@ impl Grant {
             code_generation_at_login: 0,
             ends_at,
             warn_before: Vec::new(),
+            server_utf8: true,
         }
     }
 }

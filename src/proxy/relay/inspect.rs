@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use super::names::unknown_name_refusal;
 use super::{unexpected_message, Pending, Relay};
 use crate::audit::redact;
 use crate::audit::{AuditEvent, Protocol, StatementNames, StatementRecord};
@@ -41,7 +42,7 @@ impl Relay {
                         Protocol::Simple,
                         piece,
                         self.kind_of(&s.analysis),
-                        None,
+                        self.params_run_by_name(&s.analysis),
                         self.mentions(piece, &s.analysis.facts),
                     );
                     let verdict = match (i, &uncertain) {
@@ -99,6 +100,7 @@ impl Relay {
             }
             b'P' => {
                 let (name, text, types) = wire::decode_parse(body).map_err(|e| e.to_string())?;
+                self.protocol_name(&name)?;
                 let analyses = guard::analyze_query_cached(&text);
                 let analysis = match &analyses[..] {
                     [one] => one.analysis.clone(),
@@ -155,6 +157,8 @@ impl Relay {
             }
             b'B' => {
                 let bind = wire::decode_bind(body).map_err(|e| e.to_string())?;
+                self.protocol_name(&bind.portal)?;
+                self.protocol_name(bind.statement)?;
                 // Collected once, into the list the portal and its Executes' records share.
                 let params: Arc<[serde_json::Value]> =
                     bind.params.into_iter().map(param_json).collect();
@@ -169,6 +173,7 @@ impl Relay {
             }
             b'E' => {
                 let portal = wire::decode_execute(body).map_err(|e| e.to_string())?;
+                self.protocol_name(&portal)?;
                 let Some(found) = self.statements.portal(&portal).filter(|p| {
                     !p.statement.text.is_empty() || p.statement.kind != StatementKind::Unknown
                 }) else {
@@ -250,6 +255,7 @@ impl Relay {
             }
             b'C' => {
                 let (kind, name) = wire::decode_close(body).map_err(|e| e.to_string())?;
+                self.protocol_name(&name)?;
                 let id = match kind {
                     _ if self.discarded_past_backlog() => Ok(self.statements.message()),
                     b'S' => self.statements.close_statement(name),
@@ -331,54 +337,6 @@ impl Relay {
                 .iter()
                 .any(|p| matches!(p, Pending::Statement { .. } | Pending::Refused(..)));
         (in_flight && !guard::lexing_is_stable(text, analyses)).then(guard::lexer_uncertain)
-    }
-
-    /// `EXECUTE name`, `FETCH`/`MOVE` from a cursor: the name must be one lockbox saw
-    /// created, or the audit could not say what runs (server-side code can PREPARE and open
-    /// cursors). An admin grant may still use them.
-    pub(super) fn check_names(&self, analysis: &guard::Analysis) -> Result<(), Refusal> {
-        self.check_name_use(analysis.facts.names.as_ref())
-    }
-
-    /// A statement that runs a prepared statement or fetches from a cursor by name: below
-    /// admin, the name must be one lockbox saw created; for any grant, not one it saw made
-    /// by a Parse or Bind.
-    fn check_name_use(&self, names: Option<&NameChange>) -> Result<(), Refusal> {
-        // Only a name whose text is in the trail: one made by SQL PREPARE or DECLARE (a
-        // Parse or Bind has no record of its own; its text is recorded as an Execute runs
-        // it, which SQL EXECUTE or FETCH would not do). An admin may also use a name
-        // lockbox never saw made: only code whose own text is recorded (a DO block's
-        // dynamic PREPARE) can have made it.
-        // And below admin, one no unanswered change of an earlier group decides: a
-        // re-PREPARE the server rejects (42P05) would leave the old statement to run.
-        let admin = self.grant.access == AccessLevel::Admin;
-        match names {
-            Some(NameChange::Execute(name))
-                if !admin && !self.statements.statement_certain(name) =>
-            {
-                Err(uncertain_name_refusal("unknown_statement", name))
-            }
-            Some(NameChange::Fetch(name)) if !admin && !self.statements.portal_certain(name) => {
-                Err(uncertain_name_refusal("unknown_cursor", name))
-            }
-            Some(NameChange::Execute(name))
-                if !self
-                    .statements
-                    .statement(name)
-                    .map_or(admin, |p| p.recorded) =>
-            {
-                Err(unknown_name_refusal("unknown_statement", name))
-            }
-            Some(NameChange::Fetch(name))
-                if !self
-                    .statements
-                    .portal(name)
-                    .map_or(admin, |p| p.statement.recorded) =>
-            {
-                Err(unknown_name_refusal("unknown_cursor", name))
-            }
-            _ => Ok(()),
-        }
     }
 
     /// The grant, the database's rules and the grant's limits, for one statement.
@@ -468,14 +426,37 @@ impl Relay {
         })
     }
 
-    /// The audit kind of a statement; `EXECUTE name` takes the kind of what it runs.
+    /// The audit kind of a statement; `EXECUTE name` takes the kind of what it runs, and
+    /// `FETCH` the kind of its portal's statement (a Bind of a prepared DELETE … RETURNING
+    /// deletes as it is fetched).
     pub(super) fn kind_of(&self, analysis: &guard::Analysis) -> StatementKind {
         match &analysis.facts.names {
             Some(NameChange::Execute(name)) if analysis.kind == StatementKind::Other => self
                 .statements
                 .statement(name)
                 .map_or(analysis.kind, |p| p.kind),
+            Some(NameChange::Fetch(name)) => self
+                .statements
+                .portal(name)
+                .map_or(analysis.kind, |p| p.statement.kind),
             _ => analysis.kind,
+        }
+    }
+
+    /// The Bind parameters a statement runs with by name: `FETCH` from a portal a Bind made
+    /// of a prepared statement runs it with the portal's values, which no other record
+    /// holds.
+    pub(super) fn params_run_by_name(
+        &self,
+        analysis: &guard::Analysis,
+    ) -> Option<Arc<[serde_json::Value]>> {
+        match &analysis.facts.names {
+            Some(NameChange::Fetch(name)) => self
+                .statements
+                .portal(name)
+                .map(|p| p.params.clone())
+                .filter(|params| !params.is_empty()),
+            _ => None,
         }
     }
 
@@ -551,24 +532,6 @@ pub(super) fn new_stand_in_portal() -> String {
     rand::RngCore::fill_bytes(&mut rand::rng(), &mut bits);
     let hex: String = bits.iter().map(|b| format!("{b:02x}")).collect();
     format!("lockbox refused {hex}")
-}
-
-pub(super) fn unknown_name_refusal(rule: &'static str, name: &str) -> Refusal {
-    Refusal {
-        rule,
-        message: format!(
-            "lockbox: \"{name}\" was not created by a statement lockbox recorded, so what it runs cannot be recorded (rule {rule})"
-        ),
-    }
-}
-
-fn uncertain_name_refusal(rule: &'static str, name: &str) -> Refusal {
-    Refusal {
-        rule,
-        message: format!(
-            "lockbox: \"{name}\" was changed by a message the server has not answered yet, so what it runs cannot be known; send this once that is answered (rule {rule})"
-        ),
-    }
 }
 
 pub(super) fn stand_in_parse(name: &str) -> Vec<u8> {

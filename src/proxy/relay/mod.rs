@@ -29,6 +29,7 @@ mod hold;
 mod inspect;
 mod last_words;
 mod limits;
+mod names;
 mod notices;
 mod record;
 mod settle;
