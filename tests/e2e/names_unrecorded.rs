@@ -359,3 +359,71 @@ async fn a_fetch_from_a_bound_prepared_statement_records_its_values_and_kind() {
     assert_eq!(fetch["kind"], "delete", "{fetch}");
     assert_eq!(fetch["params"], serde_json::json!(["3"]), "{fetch}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parsed_fetch_or_execute_records_what_it_runs_by_name_as_it_runs() {
+    // Through the extended protocol too: a Parse'd `FETCH ALL FROM p` records p's Bind
+    // values and its statement's kind, and a Parse'd `EXECUTE s` the kind `s` has when
+    // it runs, not when the Parse came (an attack review found both recorded as
+    // `select`/`other`, the values in no record).
+    let env = Env::start("names_unrecorded_parsed_by_name").await;
+    let (request, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw.send(&query(
+        "PREPARE d(int) AS DELETE FROM items WHERE id = $1 RETURNING id",
+    ))
+    .await;
+    raw.read_until_ready().await;
+    raw.send(&query("BEGIN")).await;
+    raw.read_until_ready().await;
+    raw.send(
+        &[
+            parse("q", "FETCH ALL FROM p"),
+            bind_with("p", "d", &["4"]),
+            bind("", "q"),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let fetched = raw.read_until_ready().await;
+    assert!(codes(&fetched).is_empty(), "{:?}", errors_in(&fetched));
+    raw.send(&query("COMMIT")).await;
+    raw.read_until_ready().await;
+    // An EXECUTE parsed before its statement exists.
+    raw.send(&[parse("e", "EXECUTE later"), sync()].concat())
+        .await;
+    raw.read_until_ready().await;
+    raw.send(&query("PREPARE later AS DELETE FROM items WHERE id = 6"))
+        .await;
+    raw.read_until_ready().await;
+    raw.send(&[bind("", "e"), execute(""), sync()].concat())
+        .await;
+    let ran = raw.read_until_ready().await;
+    assert!(codes(&ran).is_empty(), "{:?}", errors_in(&ran));
+    assert_eq!(
+        env.superuser_sql("SELECT count(*) FROM items WHERE id IN (4, 6)"),
+        "0"
+    );
+    let records = env
+        .wait_for_audit("both records", |records| {
+            records.iter().any(|r| r["statement"] == "EXECUTE later")
+        })
+        .await;
+    let of = |text: &str| {
+        records
+            .iter()
+            .find(|r| r["statement"] == text && r["request_id"] == request.as_str())
+            .unwrap_or_else(|| panic!("{text} is recorded"))
+            .clone()
+    };
+    let fetch = of("FETCH ALL FROM p");
+    assert_eq!(fetch["kind"], "delete", "{fetch}");
+    assert_eq!(fetch["params"], serde_json::json!(["4"]), "{fetch}");
+    let execute = of("EXECUTE later");
+    assert_eq!(execute["kind"], "delete", "{execute}");
+}

@@ -42,7 +42,7 @@ impl Relay {
                         Protocol::Simple,
                         piece,
                         self.kind_of(&s.analysis),
-                        self.params_run_by_name(&s.analysis),
+                        self.params_by_name(s.analysis.facts.names.as_ref()),
                         self.mentions(piece, &s.analysis.facts),
                     );
                     let verdict = match (i, &uncertain) {
@@ -222,6 +222,18 @@ impl Relay {
                 // same text in a query string.
                 // The text was checked when it was parsed; what is recorded is the text of
                 // the statement the server holds under that name.
+                // What it runs by name decides its kind and values as it runs (the name's
+                // statement or portal may have changed since the Parse).
+                let (kind, params) = match &names {
+                    Some(by_name) => {
+                        let own = guard::analyze_cached(&text).kind;
+                        (
+                            self.kind_by_name(Some(by_name), own),
+                            self.params_by_name(Some(by_name)).or(params),
+                        )
+                    }
+                    None => (kind, params),
+                };
                 let (record, _) =
                     self.statement_record(Protocol::Extended, text.clone(), kind, params, mentions);
                 if let Err(refusal) = self.check_name_use(names.as_ref()) {
@@ -424,40 +436,6 @@ impl Relay {
             functions: facts.functions.clone(),
             fields: facts.fields.clone(),
         })
-    }
-
-    /// The audit kind of a statement; `EXECUTE name` takes the kind of what it runs, and
-    /// `FETCH` the kind of its portal's statement (a Bind of a prepared DELETE … RETURNING
-    /// deletes as it is fetched).
-    pub(super) fn kind_of(&self, analysis: &guard::Analysis) -> StatementKind {
-        match &analysis.facts.names {
-            Some(NameChange::Execute(name)) if analysis.kind == StatementKind::Other => self
-                .statements
-                .statement(name)
-                .map_or(analysis.kind, |p| p.kind),
-            Some(NameChange::Fetch(name)) => self
-                .statements
-                .portal(name)
-                .map_or(analysis.kind, |p| p.statement.kind),
-            _ => analysis.kind,
-        }
-    }
-
-    /// The Bind parameters a statement runs with by name: `FETCH` from a portal a Bind made
-    /// of a prepared statement runs it with the portal's values, which no other record
-    /// holds.
-    pub(super) fn params_run_by_name(
-        &self,
-        analysis: &guard::Analysis,
-    ) -> Option<Arc<[serde_json::Value]>> {
-        match &analysis.facts.names {
-            Some(NameChange::Fetch(name)) => self
-                .statements
-                .portal(name)
-                .map(|p| p.params.clone())
-                .filter(|params| !params.is_empty()),
-            _ => None,
-        }
     }
 
     /// Queues what a statement about to run does to the prepared statements and cursors;

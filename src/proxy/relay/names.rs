@@ -3,11 +3,56 @@
 //! Parse or Bind makes no record of its own (its text is recorded as an Execute runs it),
 //! so SQL that runs one by name (`EXECUTE s`, `FETCH p`) would run text no record holds.
 
+use std::sync::Arc;
+
 use super::Relay;
 use crate::guard::{self, NameChange, Refusal};
 use crate::policy::AccessLevel;
+use crate::sql::StatementKind;
 
 impl Relay {
+    /// The audit kind of a statement; one that runs a prepared statement or portal by name
+    /// takes the kind of what it runs (see [`Relay::kind_by_name`]).
+    pub(super) fn kind_of(&self, analysis: &guard::Analysis) -> StatementKind {
+        self.kind_by_name(analysis.facts.names.as_ref(), analysis.kind)
+    }
+
+    /// `EXECUTE name` takes the kind of the statement it runs, and `FETCH`/`MOVE` the kind
+    /// of its portal's statement (a Bind of a prepared DELETE … RETURNING deletes as it is
+    /// fetched); `own`: the statement's own kind.
+    pub(super) fn kind_by_name(
+        &self,
+        names: Option<&NameChange>,
+        own: StatementKind,
+    ) -> StatementKind {
+        match names {
+            Some(NameChange::Execute(name)) if own == StatementKind::Other => {
+                self.statements.statement(name).map_or(own, |p| p.kind)
+            }
+            Some(NameChange::Fetch(name)) => self
+                .statements
+                .portal(name)
+                .map_or(own, |p| p.statement.kind),
+            _ => own,
+        }
+    }
+
+    /// The Bind values a statement runs with by name: `FETCH` from a portal a Bind made of
+    /// a prepared statement runs it with the portal's values, which no other record holds.
+    pub(super) fn params_by_name(
+        &self,
+        names: Option<&NameChange>,
+    ) -> Option<Arc<[serde_json::Value]>> {
+        match names {
+            Some(NameChange::Fetch(name)) => self
+                .statements
+                .portal(name)
+                .map(|p| p.params.clone())
+                .filter(|params| !params.is_empty()),
+            _ => None,
+        }
+    }
+
     /// `EXECUTE name`, `FETCH`/`MOVE` from a cursor: the name must be one lockbox saw
     /// created by a recorded statement, or the audit could not say what runs (server-side
     /// code can PREPARE and open cursors; an admin grant may use those).
