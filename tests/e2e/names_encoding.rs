@@ -7,18 +7,8 @@
 use lockbox::policy::AccessLevel;
 
 use crate::frontend::{bind, execute, parse, sync};
-use crate::harness::{errors_in, query, Env, Options, Raw};
-
-async fn session(env: &Env, access: AccessLevel) -> Raw {
-    let (_id, token) = env.approved_token_for("eve", "1h", access).await;
-    let mut raw = Raw::login(env, "eve", &token).await;
-    raw.read_until_ready().await;
-    raw
-}
-
-fn codes(bytes: &[u8]) -> Vec<String> {
-    errors_in(bytes).into_iter().map(|(c, _)| c).collect()
-}
+use crate::harness::{errors_in, query, Env, Options};
+use crate::names_unrecorded::{codes, session};
 
 async fn latin1(name: &str) -> Env {
     Env::with(

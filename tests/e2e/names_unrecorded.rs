@@ -12,14 +12,14 @@ use lockbox::policy::AccessLevel;
 use crate::frontend::{bind, bind_with, execute, parse, sync};
 use crate::harness::{errors_in, query, Env, Raw};
 
-async fn session(env: &Env, access: AccessLevel) -> Raw {
+pub(crate) async fn session(env: &Env, access: AccessLevel) -> Raw {
     let (_id, token) = env.approved_token_for("eve", "1h", access).await;
     let mut raw = Raw::login(env, "eve", &token).await;
     raw.read_until_ready().await;
     raw
 }
 
-fn codes(bytes: &[u8]) -> Vec<String> {
+pub(crate) fn codes(bytes: &[u8]) -> Vec<String> {
     errors_in(bytes).into_iter().map(|(c, _)| c).collect()
 }
 
@@ -317,56 +317,13 @@ async fn cursor_to_xml_of_a_bound_portal_is_refused_at_every_level() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fetch_from_a_bound_prepared_statement_records_its_values_and_kind() {
-    // The portal runs the prepared DELETE with the Bind's value: the FETCH's record holds
-    // both, as an Execute's would.
-    let env = Env::start("names_unrecorded_fetch_params").await;
-    let (request, token) = env
-        .approved_token_for("eve", "1h", AccessLevel::Write)
-        .await;
-    let mut raw = Raw::login(&env, "eve", &token).await;
-    raw.read_until_ready().await;
-    raw.send(&query(
-        "PREPARE d5(int) AS DELETE FROM items WHERE id = $1 RETURNING id",
-    ))
-    .await;
-    raw.read_until_ready().await;
-    raw.send(&query("BEGIN")).await;
-    raw.read_until_ready().await;
-    raw.send(&[bind_with("p5", "d5", &["3"]), sync()].concat())
-        .await;
-    raw.read_until_ready().await;
-    raw.send(&query("FETCH ALL FROM p5")).await;
-    let fetched = raw.read_until_ready().await;
-    assert!(codes(&fetched).is_empty(), "{:?}", errors_in(&fetched));
-    raw.send(&query("COMMIT")).await;
-    raw.read_until_ready().await;
-    assert_eq!(
-        env.superuser_sql("SELECT count(*) FROM items WHERE id = 3"),
-        "0"
-    );
-    let records = env
-        .wait_for_audit("the FETCH's record", |records| {
-            records
-                .iter()
-                .any(|r| r["statement"] == "FETCH ALL FROM p5")
-        })
-        .await;
-    let fetch = records
-        .iter()
-        .find(|r| r["statement"] == "FETCH ALL FROM p5" && r["request_id"] == request.as_str())
-        .expect("the FETCH is recorded");
-    assert_eq!(fetch["kind"], "delete", "{fetch}");
-    assert_eq!(fetch["params"], serde_json::json!(["3"]), "{fetch}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_parsed_fetch_or_execute_records_what_it_runs_by_name_as_it_runs() {
-    // Through the extended protocol too: a Parse'd `FETCH ALL FROM p` records p's Bind
-    // values and its statement's kind, and a Parse'd `EXECUTE s` the kind `s` has when
-    // it runs, not when the Parse came (an attack review found both recorded as
-    // `select`/`other`, the values in no record).
-    let env = Env::start("names_unrecorded_parsed_by_name").await;
+async fn a_fetch_or_execute_records_what_it_runs_by_name_as_it_runs() {
+    // A FETCH from a portal a Bind made of a prepared DELETE runs it with the Bind's value:
+    // its record holds the value and the kind `delete`, in a query string and as a Parse'd
+    // statement; a Parse'd `EXECUTE s` takes the kind `s` has when it runs, not when the
+    // Parse came (attack reviews found them recorded as `select`/`other`, the values in no
+    // record).
+    let env = Env::start("names_unrecorded_by_name").await;
     let (request, token) = env
         .approved_token_for("eve", "1h", AccessLevel::Write)
         .await;
@@ -392,6 +349,12 @@ async fn a_parsed_fetch_or_execute_records_what_it_runs_by_name_as_it_runs() {
     .await;
     let fetched = raw.read_until_ready().await;
     assert!(codes(&fetched).is_empty(), "{:?}", errors_in(&fetched));
+    raw.send(&[bind_with("p3", "d", &["3"]), sync()].concat())
+        .await;
+    raw.read_until_ready().await;
+    raw.send(&query("FETCH ALL FROM p3")).await;
+    let fetched = raw.read_until_ready().await;
+    assert!(codes(&fetched).is_empty(), "{:?}", errors_in(&fetched));
     raw.send(&query("COMMIT")).await;
     raw.read_until_ready().await;
     // An EXECUTE parsed before its statement exists.
@@ -406,7 +369,7 @@ async fn a_parsed_fetch_or_execute_records_what_it_runs_by_name_as_it_runs() {
     let ran = raw.read_until_ready().await;
     assert!(codes(&ran).is_empty(), "{:?}", errors_in(&ran));
     assert_eq!(
-        env.superuser_sql("SELECT count(*) FROM items WHERE id IN (4, 6)"),
+        env.superuser_sql("SELECT count(*) FROM items WHERE id IN (3, 4, 6)"),
         "0"
     );
     let records = env
@@ -421,9 +384,11 @@ async fn a_parsed_fetch_or_execute_records_what_it_runs_by_name_as_it_runs() {
             .unwrap_or_else(|| panic!("{text} is recorded"))
             .clone()
     };
-    let fetch = of("FETCH ALL FROM p");
-    assert_eq!(fetch["kind"], "delete", "{fetch}");
-    assert_eq!(fetch["params"], serde_json::json!(["4"]), "{fetch}");
+    for (text, value) in [("FETCH ALL FROM p", "4"), ("FETCH ALL FROM p3", "3")] {
+        let fetch = of(text);
+        assert_eq!(fetch["kind"], "delete", "{fetch}");
+        assert_eq!(fetch["params"], serde_json::json!([value]), "{fetch}");
+    }
     let execute = of("EXECUTE later");
     assert_eq!(execute["kind"], "delete", "{execute}");
 }
