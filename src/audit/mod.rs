@@ -21,6 +21,7 @@ pub mod pg_sink;
 mod reader;
 mod record;
 pub mod redact;
+mod rotation;
 pub mod segments;
 pub(crate) mod source;
 mod syncer;

@@ -9,8 +9,8 @@ use super::*;
 use crate::audit::chain::verify;
 use crate::audit::journal::path_for;
 use crate::audit::journal::tests::{end_of_record, event, seqs};
+use crate::audit::rotation::RotationStep;
 use crate::audit::segments::{rotated_name, segments};
-use crate::audit::syncer::RotationStep;
 
 /// Successful fsyncs of `dir` so far (see [`crate::audit::file::FOLDER_SYNCS`]).
 fn folder_syncs(dir: &Path) -> usize {

@@ -6,7 +6,7 @@
 use super::*;
 use crate::audit::chain::verify;
 use crate::audit::journal::tests::event;
-use crate::audit::syncer::RotationStep;
+use crate::audit::rotation::RotationStep;
 
 /// A log that rotates after every append, with `faults` injected into its rotations.
 fn rotating_log(path: &Path, faults: &[RotationStep]) -> (AuditLog, std::thread::JoinHandle<()>) {

@@ -102,7 +102,7 @@ pub(super) struct Shared {
     pub(super) sync_hook: Mutex<Option<SyncHook>>,
     /// Tests only: rotation steps made to fail, each once (see [`Shared::rotation_step`]).
     #[cfg(test)]
-    pub(super) rotation_faults: Mutex<Vec<super::syncer::RotationStep>>,
+    pub(super) rotation_faults: Mutex<Vec<super::rotation::RotationStep>>,
     /// Tests only: runs just before the trail's own fdatasync of `fsync` mode (see
     /// `syncer::sync_trail`), outside the lock, on the thread doing it.
     #[cfg(test)]
