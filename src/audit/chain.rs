@@ -37,6 +37,15 @@ impl CheckpointSigner {
         base64::engine::general_purpose::STANDARD
             .encode(self.key.sign(message.as_bytes()).to_bytes())
     }
+
+    /// The key that checks these signatures (SPKI PEM, as [`verify`] takes it).
+    pub fn public_key_pem(&self) -> Result<String, String> {
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        self.key
+            .verifying_key()
+            .to_public_key_pem(Default::default())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// What `verify` found.
@@ -109,7 +118,7 @@ pub fn verify(files: &[&Path], public_key: Option<&str>, live: bool) -> Result<R
             report.records += 1;
             match (prev_seq, seq) {
                 (_, None) => report.problems.push(format!("{at}: no sequence number")),
-                (Some(p), Some(s)) if s == p + 1 => {}
+                (Some(p), Some(s)) if p.checked_add(1) == Some(s) => {}
                 (Some(p), Some(s)) if s <= p => report.problems.push(format!(
                     "{at}: sequence goes back from {p} to {s}: records were reordered or inserted"
                 )),
@@ -194,5 +203,31 @@ fn check_checkpoint(
         _ => report.problems.push(format!(
             "{at}: checkpoint signature is not valid for this public key"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_sequence_number_is_a_problem_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let zeros = hex::encode(GENESIS);
+        std::fs::write(
+            &path,
+            format!(
+                "{{\"seq\":{},\"prev\":\"{zeros}\",\"type\":\"x\"}}\n{{\"seq\":0,\"prev\":\"00\",\"type\":\"x\"}}\n",
+                u64::MAX
+            ),
+        )
+        .expect("write");
+        let report = verify(&[&path], None, false).expect("verify");
+        assert!(
+            report.problems.iter().any(|p| p.contains("goes back")),
+            "{:?}",
+            report.problems
+        );
     }
 }

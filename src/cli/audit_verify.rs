@@ -67,6 +67,14 @@ pub(super) async fn verify_audit(
             )),
             Err(e) => problems.push(format!("the audit journal could not be read: {e}")),
         }
+        if report.checkpoints > 0 && c.state_postgres.is_none() && !c.state_path.exists() {
+            // The witness lives in the state store: without it a trail cut after a signed
+            // checkpoint reads as whole (an attack review deleted both and verify passed).
+            problems.push(format!(
+                "the state store {} is missing, so the checkpoint it witnesses cannot be compared: a trail cut after its last checkpoint could not be told from a whole one",
+                c.state_path.display()
+            ));
+        }
         for (by, kept) in witnesses_of(c).await {
             let last_file = paths.last().copied().unwrap_or(&c.audit_path);
             // A trail closed before it held a record has no checkpoint to find.

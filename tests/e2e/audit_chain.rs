@@ -176,3 +176,44 @@ async fn a_record_being_written_is_pending_only_for_a_live_log() {
         offline.problems
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trail_whose_witness_is_gone_with_the_state_store_does_not_verify() {
+    // The state store keeps the last checkpoint outside the trail: deleting the active
+    // file and the store together passed verification (an attack review).
+    let mut env = crate::harness::Env::with(
+        "audit_verify_no_store",
+        crate::harness::Options {
+            state_postgres: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    client.batch_execute("SELECT 1").await.expect("query");
+    drop(client);
+    env.stop().await;
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lockbox"))
+            .args(["audit", "verify", "--config"])
+            .arg(&env.config_path)
+            .output()
+            .expect("run lockbox")
+    };
+    let whole = verify();
+    assert!(
+        whole.status.success(),
+        "{}",
+        String::from_utf8_lossy(&whole.stdout)
+    );
+    let store = env.config_path.parent().expect("folder").join("state.db");
+    std::fs::remove_file(&store).expect("the state store is a file");
+    let out = verify();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("state store") && stdout.contains("missing"),
+        "{stdout}"
+    );
+}

@@ -28,6 +28,8 @@ use serde_json::Value;
 
 pub use manifest::{public_key, FileEntry, Manifest, Selection, MANIFEST_FILE};
 pub use parquet::{read_rows, ParquetRow};
+#[cfg(test)]
+use verify::check_chain_for_tests;
 pub use verify::{verify_export, verify_exports, ExportReport, ExportsReport};
 
 use super::chain::{line_hash, CheckpointSigner};
@@ -133,6 +135,7 @@ pub fn export(
         .prefix(".lockbox-export-")
         .tempdir_in(&request.to)
         .map_err(|e| target_error(e.to_string()))?;
+    check_source(active, signer)?;
     let mut run = Run::new(request, staging.path());
     scan(active, request.after_seq, |seq, line, value| {
         if cancel.load(Ordering::Relaxed) {
@@ -169,6 +172,37 @@ pub fn export(
         path: final_path,
         manifest,
     }))
+}
+
+/// Verifies the whole trail before any of it is exported: the chain, the sequence, and with
+/// the deployment's key the checkpoints' signatures, as `lockbox audit verify` does. An export
+/// signs what it copies, so it must not vouch for a trail that was changed (an attack review
+/// exported, signed, a trail with a segment deleted and one with a record rewritten). Reads
+/// every segment, which a large trail makes the bulk of a run's time.
+fn check_source(active: &Path, signer: Option<&CheckpointSigner>) -> Result<(), ExportError> {
+    let source_error = |message: String| ExportError::Source {
+        path: active.display().to_string(),
+        message,
+    };
+    let files: Vec<PathBuf> = super::segments::segments(active)
+        .map_err(|e| source_error(e.to_string()))?
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let key = signer
+        .map(CheckpointSigner::public_key_pem)
+        .transpose()
+        .map_err(source_error)?;
+    // Live: the writer may be appending, and its tail is not signed yet.
+    let report = super::chain::verify(&paths, key.as_deref(), true).map_err(source_error)?;
+    match report.problems.first() {
+        None => Ok(()),
+        Some(first) => Err(source_error(format!(
+            "it fails verification ({} problem(s), the first: {first}); `lockbox audit verify` tells them all, and nothing was exported",
+            report.problems.len()
+        ))),
+    }
 }
 
 /// Scheduled runs are named after the range they cover, so a retry of the same range can

@@ -231,3 +231,117 @@ async fn scheduled_runs_continue_from_the_watermark_and_gaps_are_found() {
         0
     );
 }
+
+/// Rewrites the trail's line of `seq` with `edit`, then the `prev` of every line after it and
+/// every checkpoint's `head`, so the hash chain holds again (only a signature can tell).
+fn rewrite_and_rechain(active: &Path, seq: u64, edit: impl Fn(&str) -> String) {
+    let text = std::fs::read_to_string(active).expect("trail");
+    let mut prev: Option<String> = None;
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut value: serde_json::Value = serde_json::from_str(line).expect("json");
+        if let Some(prev) = &prev {
+            value["prev"] = serde_json::Value::String(prev.clone());
+            if value["type"] == "checkpoint" {
+                value["head"] = serde_json::Value::String(prev.clone());
+            }
+        }
+        let mut line = serde_json::to_string(&value).expect("json");
+        if value["seq"] == seq {
+            line = edit(&line);
+        }
+        prev = Some(hex::encode(line_hash(line.as_bytes())));
+        out.push_str(&line);
+        out.push('\n');
+    }
+    std::fs::write(active, out).expect("rewrite");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trail_that_fails_verification_is_not_exported() {
+    // An export signs what it copies: an attack review had it sign a trail with records
+    // deleted, and one with a record rewritten and the chain computed again.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = crate::keys::generate_signing_key_pem().expect("key");
+    let signer = CheckpointSigner::from_pem(&pem).expect("signer");
+    let exported = |active: &Path, to: &str| {
+        export(
+            active,
+            &request(&dir.path().join(to), ExportFormat::Jsonl),
+            Some(&signer),
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+    };
+    let active = trail(dir.path(), &pem).await;
+    assert!(
+        exported(&active, "before").is_ok(),
+        "an intact trail exports"
+    );
+
+    // Records taken out of the middle.
+    let text = std::fs::read_to_string(&active).expect("trail");
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| !(10..14).contains(i))
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(&active, kept.join("\n") + "\n").expect("cut");
+    let cut = exported(&active, "cut").expect_err("refused");
+    assert!(cut.to_string().contains("fails verification"), "{cut}");
+    assert!(!dir.path().join("cut").read_dir().expect("dir").any(|e| e
+        .expect("entry")
+        .file_name()
+        .to_string_lossy()
+        .starts_with("export-")));
+
+    // A record rewritten, the chain made to hold again: the checkpoints' signatures fail.
+    let active = trail(&dir.path().join("second"), &pem).await;
+    rewrite_and_rechain(&active, 5, |line| line.replace("T-4", "T-EDITED"));
+    let edited = exported(&active, "edited").expect_err("refused");
+    assert!(edited.to_string().contains("signature"), "{edited}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_taken_out_of_an_export_of_every_record_is_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = crate::keys::generate_signing_key_pem().expect("key");
+    let active = trail(dir.path(), &pem).await;
+    let out = run(
+        &active,
+        &request(&dir.path().join("out"), ExportFormat::Jsonl),
+        &pem,
+    );
+    let mut all: Vec<(u64, String, String)> = Vec::new();
+    for file in &out.manifest.files {
+        let text = std::fs::read_to_string(out.path.join(&file.path)).expect("part");
+        for line in text.lines() {
+            let seq = serde_json::from_str::<serde_json::Value>(line).expect("json")["seq"]
+                .as_u64()
+                .expect("seq");
+            all.push((seq, line.to_owned(), file.path.clone()));
+        }
+    }
+    let mut problems = Vec::new();
+    check_chain_for_tests(&out.manifest, &mut all.clone(), &mut problems);
+    assert!(problems.is_empty(), "{problems:#?}");
+    all.retain(|r| r.0 != 7);
+    let mut manifest = out.manifest.clone();
+    manifest.records -= 1;
+    check_chain_for_tests(&manifest, &mut all, &mut problems);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("seq 8 follows seq 6") && p.contains("1 record(s) are missing")),
+        "{problems:#?}"
+    );
+    // A database's records are not consecutive: gaps are expected there.
+    let mut problems = Vec::new();
+    manifest.selection.database = Some("sales".into());
+    check_chain_for_tests(&manifest, &mut all, &mut problems);
+    assert!(
+        !problems.iter().any(|p| p.contains("missing")),
+        "{problems:#?}"
+    );
+}

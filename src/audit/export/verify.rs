@@ -366,6 +366,15 @@ fn check_selection(manifest: &Manifest, all: &[(u64, String, String)], problems:
     }
 }
 
+#[cfg(test)]
+pub(super) fn check_chain_for_tests(
+    manifest: &Manifest,
+    all: &mut [(u64, String, String)],
+    problems: &mut Vec<String>,
+) {
+    check_chain(manifest, all, problems);
+}
+
 /// Counts, duplicates and the hash chain across every file of the run.
 fn check_chain(manifest: &Manifest, all: &mut [(u64, String, String)], problems: &mut Vec<String>) {
     all.sort_by_key(|r| r.0);
@@ -375,12 +384,23 @@ fn check_chain(manifest: &Manifest, all: &mut [(u64, String, String)], problems:
                 "seq {} is exported twice ({} and {})",
                 pair[0].0, pair[0].2, pair[1].2
             ));
-        } else if pair[1].0 == pair[0].0 + 1
-            && prev_of(&pair[1].1) != hex::encode(line_hash(pair[0].1.as_bytes()))
-        {
+        } else if pair[0].0.checked_add(1) == Some(pair[1].0) {
+            if prev_of(&pair[1].1) != hex::encode(line_hash(pair[0].1.as_bytes())) {
+                problems.push(format!(
+                    "{}: seq {} does not chain to seq {} in {}: a record was altered",
+                    pair[1].2, pair[1].0, pair[0].0, pair[0].2
+                ));
+            }
+        } else if manifest.selection.database.is_none() {
+            // Every other selection (a time window, records after a watermark) is a run of
+            // consecutive records: a gap is records taken out.
             problems.push(format!(
-                "{}: seq {} does not chain to seq {} in {}: a record was altered",
-                pair[1].2, pair[1].0, pair[0].0, pair[0].2
+                "{}: seq {} follows seq {} in {}: {} record(s) are missing from an export of every record in its range",
+                pair[1].2,
+                pair[1].0,
+                pair[0].0,
+                pair[0].2,
+                pair[1].0.saturating_sub(pair[0].0).saturating_sub(1)
             ));
         }
     }
