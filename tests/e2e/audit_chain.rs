@@ -132,11 +132,7 @@ async fn a_served_log_verifies_with_the_cli() {
         .expect("query");
     drop(client);
     env.stop().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockbox"))
-        .args(["audit", "verify", "--config"])
-        .arg(&env.config_path)
-        .output()
-        .expect("run lockbox");
+    let out = env.verify_trail();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -150,11 +146,7 @@ async fn a_served_log_verifies_with_the_cli() {
     // One changed byte and the CLI fails, naming the place.
     let text = std::fs::read_to_string(&env.audit_path).expect("audit");
     std::fs::write(&env.audit_path, text.replacen("SELECT 2", "SELECT 3", 1)).expect("tamper");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockbox"))
-        .args(["audit", "verify", "--config"])
-        .arg(&env.config_path)
-        .output()
-        .expect("run lockbox");
+    let out = env.verify_trail();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("hash chain broken"));
 }
@@ -194,14 +186,7 @@ async fn a_trail_whose_witness_is_gone_with_the_state_store_does_not_verify() {
     client.batch_execute("SELECT 1").await.expect("query");
     drop(client);
     env.stop().await;
-    let verify = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_lockbox"))
-            .args(["audit", "verify", "--config"])
-            .arg(&env.config_path)
-            .output()
-            .expect("run lockbox")
-    };
-    let whole = verify();
+    let whole = env.verify_trail();
     assert!(
         whole.status.success(),
         "{}",
@@ -209,7 +194,7 @@ async fn a_trail_whose_witness_is_gone_with_the_state_store_does_not_verify() {
     );
     let store = env.config_path.parent().expect("folder").join("state.db");
     std::fs::remove_file(&store).expect("the state store is a file");
-    let out = verify();
+    let out = env.verify_trail();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{stdout}");
     assert!(

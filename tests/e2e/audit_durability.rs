@@ -362,11 +362,7 @@ async fn write_mode_records_every_statement_and_syncs_on_its_own() {
 }
 
 fn verify_with_config(env: &Env) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lockbox"))
-        .args(["audit", "verify", "--config"])
-        .arg(&env.config_path)
-        .output()
-        .expect("run lockbox");
+    let out = env.verify_trail();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -288,14 +288,7 @@ async fn the_audit_database_witnesses_the_last_checkpoint_it_holds() {
         .map(|(seq, _)| seq)
         .max()
         .expect("the 4 KiB rotations shipped checkpoints");
-    let verify = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_lockbox"))
-            .args(["audit", "verify", "--config"])
-            .arg(&env.config_path)
-            .output()
-            .expect("run lockbox")
-    };
-    let out = verify();
+    let out = env.verify_trail();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{stdout}");
     assert!(
@@ -316,7 +309,7 @@ async fn the_audit_database_witnesses_the_last_checkpoint_it_holds() {
             .collect();
         std::fs::write(&segment.path, kept).expect("cut");
     }
-    let out = verify();
+    let out = env.verify_trail();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!out.status.success(), "{stdout}");
     assert!(

@@ -502,6 +502,15 @@ impl Env {
         assert_eq!(changed, 1, "request {id} in {}", path.display());
     }
 
+    /// `lockbox audit verify --config` of this deployment's whole trail, as an auditor runs it.
+    pub fn verify_trail(&self) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lockbox"))
+            .args(["audit", "verify", "--config"])
+            .arg(&self.config_path)
+            .output()
+            .expect("run lockbox")
+    }
+
     pub fn superuser_sql(&self, sql: &str) -> String {
         self.pg.psql(&self.db, sql).expect("superuser query")
     }
