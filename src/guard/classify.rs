@@ -240,7 +240,7 @@ fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameC
                 all.then_some(NameChange::DiscardAll),
             )
         }
-        N::TransactionStmt(t) => (K::Other, transaction_class(t), None),
+        N::TransactionStmt(t) => (K::Other, transaction_class(t), transaction_end(t)),
         N::VariableSetStmt(_) | N::VariableShowStmt(_) | N::ListenStmt(_) | N::UnlistenStmt(_) => {
             (K::Other, Class::Session, None)
         }
@@ -421,6 +421,19 @@ fn transaction_class(t: &protobuf::TransactionStmt) -> Class {
         ) => Class::Session,
         // Two-phase commit keeps a transaction's changes (and locks) beyond the session.
         _ => Class::Write,
+    }
+}
+
+/// A transaction statement that ends the transaction, and with it the cursors opened in
+/// it (a savepoint's rollback ends only the cursors opened since; lockbox keeps believing
+/// in those until the transaction ends, where the server drops them earlier).
+fn transaction_end(t: &protobuf::TransactionStmt) -> Option<NameChange> {
+    use protobuf::TransactionStmtKind as T;
+    match T::try_from(t.kind) {
+        Ok(T::TransStmtCommit | T::TransStmtRollback | T::TransStmtPrepare) => {
+            Some(NameChange::EndTransaction)
+        }
+        _ => None,
     }
 }
 

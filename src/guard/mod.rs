@@ -134,6 +134,11 @@ pub enum NameChange {
     DiscardAll,
     /// `FETCH`/`MOVE` from a cursor runs its query.
     Fetch(String),
+    /// `COMMIT`, `ROLLBACK` (not to a savepoint), `PREPARE TRANSACTION`: the transaction's
+    /// cursors end with it, and a commit keeps those declared WITH HOLD; which of the two
+    /// happened, the server's command tag says (a COMMIT of a failed transaction answers
+    /// `ROLLBACK`).
+    EndTransaction,
 }
 
 /// Facts of a parsed statement for per-database rules and the session's bookkeeping.

@@ -61,6 +61,9 @@ pub struct Portal {
     /// Rows it returned so far, across the Executes and FETCHes that took them (a row
     /// limit counts them all). A new Bind or DECLARE of its name starts from none.
     pub rows: u64,
+    /// Opened in the transaction still going on: if it aborts, the server drops the portal
+    /// even WITH HOLD.
+    pub opened_in_transaction: bool,
 }
 
 enum Change {
@@ -89,6 +92,8 @@ pub enum SqlChange {
     Declare(String, Portal),
     Close(Option<String>),
     DiscardAll,
+    /// COMMIT, ROLLBACK, PREPARE TRANSACTION.
+    EndTransaction,
 }
 
 impl SqlChange {
@@ -100,6 +105,9 @@ impl SqlChange {
             SqlChange::Declare(..) => tag == "DECLARE CURSOR",
             SqlChange::Close(_) => tag.starts_with("CLOSE CURSOR"),
             SqlChange::DiscardAll => tag == "DISCARD ALL",
+            SqlChange::EndTransaction => {
+                matches!(tag, "COMMIT" | "ROLLBACK" | "PREPARE TRANSACTION")
+            }
         }
     }
 }
@@ -135,6 +143,9 @@ pub struct Statements {
     /// The first message of the group the client is sending now (after its last Sync,
     /// query string or FunctionCall).
     group_start: MessageId,
+    /// The server answered an error since its last ReadyForQuery: a ReadyForQuery outside a
+    /// transaction then ends one that was rolled back.
+    failed_since_ready: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,7 +265,9 @@ impl Statements {
             | Change::Sql(SqlChange::Declare(n, _))
             | Change::ClosePortal(n)
             | Change::Sql(SqlChange::Close(Some(n))) => n == name,
-            Change::Sql(SqlChange::Close(None) | SqlChange::DiscardAll) => true,
+            Change::Sql(
+                SqlChange::Close(None) | SqlChange::DiscardAll | SqlChange::EndTransaction,
+            ) => true,
             _ => false,
         })
     }
@@ -292,6 +305,7 @@ impl Statements {
                 params,
                 held: false,
                 rows: 0,
+                opened_in_transaction: true,
             },
         ))
     }
@@ -329,6 +343,13 @@ impl Statements {
             Some((_, Change::Bind(_, p) | Change::Sql(SqlChange::Declare(_, p)))) => {
                 Some(p.clone())
             }
+            // Whether the transaction commits or aborts is the server's to say: only a
+            // cursor held from an earlier transaction outlives it either way.
+            Some((_, Change::Sql(SqlChange::EndTransaction))) => self
+                .portals
+                .get(name)
+                .filter(|p| p.held && !p.opened_in_transaction)
+                .cloned(),
             Some(_) => None,
             None => self.portals.get(name).cloned(),
         }
@@ -360,16 +381,14 @@ impl Statements {
             (Change::Parse(name, statement), None) => {
                 self.prepared.insert(name, statement);
             }
-            (Change::Bind(name, portal), None) => {
-                self.portals.insert(name, portal);
-            }
+            (Change::Bind(name, portal), None) => self.open_portal(name, portal),
             (Change::CloseStatement(name), None) => {
                 self.prepared.remove(&name);
             }
             (Change::ClosePortal(name), None) => {
                 self.portals.remove(&name);
             }
-            (Change::Sql(change), Some(tag)) if change.confirmed_by(tag) => self.apply(change),
+            (Change::Sql(change), Some(tag)) if change.confirmed_by(tag) => self.apply(change, tag),
             // A statement that completed as something else changed no name.
             (Change::Sql(_), Some(_)) => {}
             (_, tag) => {
@@ -382,7 +401,13 @@ impl Statements {
         Ok(())
     }
 
-    fn apply(&mut self, change: SqlChange) {
+    /// A portal the server opened, in the transaction going on.
+    fn open_portal(&mut self, name: String, mut portal: Portal) {
+        portal.opened_in_transaction = true;
+        self.portals.insert(name, portal);
+    }
+
+    fn apply(&mut self, change: SqlChange, tag: &str) {
         match change {
             SqlChange::Prepare(name, statement) => {
                 self.prepared.insert(name, statement);
@@ -394,9 +419,7 @@ impl Statements {
             // `DEALLOCATE ALL` and `DISCARD ALL` drop only those: forgetting it here would
             // leave it to run later as a statement lockbox never saw, its text unrecorded.
             SqlChange::Deallocate(None) => self.prepared.retain(|name, _| name.is_empty()),
-            SqlChange::Declare(name, portal) => {
-                self.portals.insert(name, portal);
-            }
+            SqlChange::Declare(name, portal) => self.open_portal(name, portal),
             SqlChange::Close(Some(name)) => {
                 self.portals.remove(&name);
             }
@@ -405,20 +428,40 @@ impl Statements {
                 self.prepared.retain(|name, _| name.is_empty());
                 self.portals.clear();
             }
+            SqlChange::EndTransaction => self.end_transaction(tag == "ROLLBACK"),
         }
+    }
+
+    /// The transaction ended: its portals end with it, but for those declared WITH HOLD
+    /// when it committed (the server materialises them). Closing a portal is not undone by
+    /// a rollback, and prepared statements are not transactional.
+    fn end_transaction(&mut self, aborted: bool) {
+        self.portals.retain(|_, portal| {
+            let kept = portal.held && !(aborted && portal.opened_in_transaction);
+            portal.opened_in_transaction = false;
+            kept
+        });
+    }
+
+    /// The server answered an ErrorResponse.
+    pub fn server_failed(&mut self) {
+        self.failed_since_ready = true;
     }
 
     /// ReadyForQuery, which ends the group up to message `through` (when the tracker knows
     /// of one): what the group did not get confirmed never happened; outside a transaction
-    /// only cursors declared WITH HOLD survive.
+    /// only cursors declared WITH HOLD survive, and not those of an implicit transaction
+    /// (a query string's, a pipeline's up to its Sync) that an error rolled back. An
+    /// explicit one ended already, at its COMMIT or ROLLBACK.
     pub fn settle(&mut self, through: Option<MessageId>, transaction_status: u8) {
         if let Some(through) = through {
             while self.pending.front().is_some_and(|(at, _)| *at <= through) {
                 self.pop_pending();
             }
         }
+        let failed = std::mem::take(&mut self.failed_since_ready);
         if transaction_status == b'I' {
-            self.portals.retain(|_, portal| portal.held);
+            self.end_transaction(failed);
         }
     }
 }

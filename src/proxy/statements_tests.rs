@@ -231,6 +231,7 @@ fn declared_cursors_are_portals_and_held_ones_outlive_the_transaction() {
         params: Arc::from([]),
         held,
         rows: 0,
+        opened_in_transaction: false,
     };
     let c = s
         .sql(SqlChange::Declare(
@@ -279,4 +280,95 @@ fn a_portals_rows_add_up_until_its_name_is_bound_again() {
     s.confirm(again, None).expect("bind confirmed");
     assert_eq!(s.take_row(""), Some(1), "a new portal of the same name");
     assert_eq!(s.take_row("c"), None);
+}
+
+fn held_cursor(s: &mut Statements, name: &str) {
+    let portal = Portal {
+        statement: stmt("DECLARE … CURSOR WITH HOLD FOR SELECT 1"),
+        params: Arc::from([]),
+        held: true,
+        rows: 0,
+        opened_in_transaction: false,
+    };
+    let id = s
+        .sql(SqlChange::Declare(name.into(), portal))
+        .expect("declare");
+    s.confirm(id, Some("DECLARE CURSOR")).expect("confirmed");
+}
+
+fn end_transaction(s: &mut Statements, tag: &str) {
+    let id = s.sql(SqlChange::EndTransaction).expect("end");
+    s.confirm(id, Some(tag)).expect("confirmed");
+}
+
+#[test]
+fn a_held_cursor_of_a_transaction_that_aborts_ends_with_it() {
+    // As PostgreSQL does (checked with pg_cursors): WITH HOLD keeps a cursor past its
+    // transaction's commit only.
+    let mut s = Statements::default();
+    held_cursor(&mut s, "rolled_back");
+    end_transaction(&mut s, "ROLLBACK");
+    assert!(s.portal("rolled_back").is_none(), "ROLLBACK");
+
+    held_cursor(&mut s, "commit_of_failed");
+    end_transaction(&mut s, "ROLLBACK");
+    assert!(s.portal("commit_of_failed").is_none(), "a failed COMMIT");
+
+    held_cursor(&mut s, "implicit");
+    s.server_failed();
+    sync(&mut s, b'I');
+    assert!(
+        s.portal("implicit").is_none(),
+        "an error in the query string's implicit transaction"
+    );
+
+    held_cursor(&mut s, "committed");
+    end_transaction(&mut s, "COMMIT");
+    s.server_failed();
+    sync(&mut s, b'I');
+    assert!(
+        s.portal("committed").is_some(),
+        "committed before the error, in a transaction of its own"
+    );
+    held_cursor(&mut s, "later");
+    end_transaction(&mut s, "ROLLBACK");
+    assert!(
+        s.portal("committed").is_some(),
+        "a rollback does not reach back past a commit"
+    );
+    // BEGIN; DECLARE …; SAVEPOINT s; a failing statement; ROLLBACK TO s; COMMIT.
+    held_cursor(&mut s, "before_the_savepoint");
+    s.server_failed();
+    sync(&mut s, b'E');
+    sync(&mut s, b'T');
+    end_transaction(&mut s, "COMMIT");
+    sync(&mut s, b'I');
+    assert!(
+        s.portal("before_the_savepoint").is_some(),
+        "an error in an earlier group, rolled back to a savepoint, is no abort"
+    );
+}
+
+#[test]
+fn an_unanswered_end_of_transaction_decides_the_cursors_opened_in_it() {
+    let mut s = Statements::default();
+    held_cursor(&mut s, "old");
+    sync(&mut s, b'I');
+    held_cursor(&mut s, "new");
+    let end = s.sql(SqlChange::EndTransaction).expect("end");
+    assert!(
+        s.portal("old").is_some(),
+        "held from before: kept either way"
+    );
+    assert!(
+        s.portal("new").is_none(),
+        "kept only if the transaction commits"
+    );
+    s.end_group();
+    assert!(
+        !s.portal_certain("old"),
+        "an earlier group's end is unanswered"
+    );
+    s.confirm(end, Some("COMMIT")).expect("confirmed");
+    assert!(s.portal("new").is_some());
 }

@@ -60,6 +60,7 @@ mod lifecycle;
 mod long_names;
 mod names_across_groups;
 mod names_encoding;
+mod names_transactions;
 mod names_unrecorded;
 mod notify;
 mod off_limits_reach;

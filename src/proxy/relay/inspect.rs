@@ -472,11 +472,13 @@ impl Relay {
                     params: Arc::from([]),
                     held: crate::guard::declares_held_cursor(text),
                     rows: 0,
+                    opened_in_transaction: true,
                 },
             ),
             NameChange::Deallocate(name) => SqlChange::Deallocate(name.clone()),
             NameChange::Close(name) => SqlChange::Close(name.clone()),
             NameChange::DiscardAll => SqlChange::DiscardAll,
+            NameChange::EndTransaction => SqlChange::EndTransaction,
             NameChange::Execute(_) | NameChange::Fetch(_) => return Ok(None),
         };
         self.statements

@@ -484,10 +484,13 @@ impl Relay {
                     }
                     continue;
                 }
-                BackendEvent::Complete(_)
-                | BackendEvent::Error { .. }
-                | BackendEvent::Empty
-                | BackendEvent::Suspended => self.rows = 0,
+                BackendEvent::Error { .. } => {
+                    self.rows = 0;
+                    self.statements.server_failed();
+                }
+                BackendEvent::Complete(_) | BackendEvent::Empty | BackendEvent::Suspended => {
+                    self.rows = 0
+                }
                 BackendEvent::Ready(_) => {
                     // Statements before this Ready are settled.
                     if let Some(next) = self.tracker.running() {

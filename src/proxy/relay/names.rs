@@ -134,7 +134,10 @@ fn name_and_rule(change: &NameChange) -> Option<(&str, &'static str)> {
         NameChange::Declare(name) | NameChange::Fetch(name) | NameChange::Close(Some(name)) => {
             Some((name, "unknown_cursor"))
         }
-        NameChange::Deallocate(None) | NameChange::Close(None) | NameChange::DiscardAll => None,
+        NameChange::Deallocate(None)
+        | NameChange::Close(None)
+        | NameChange::DiscardAll
+        | NameChange::EndTransaction => None,
     }
 }
 
