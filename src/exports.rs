@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::audit::chain::CheckpointSigner;
-use crate::audit::export::{self, ExportFormat, ExportRequest, Manifest, MANIFEST_FILE};
+use crate::audit::export::{
+    self, ExportFormat, ExportRequest, Manifest, Witnessing, MANIFEST_FILE,
+};
+use crate::audit::witness;
 use crate::audit::{AuditEvent, ExportEvent, ExportRecord};
 use crate::config::User;
 use crate::policy::{self, PolicyError};
@@ -380,6 +383,7 @@ impl Exports {
             after_seq: Some(after),
             schedule: Some(schedule.name.clone()),
             created_by: schedule.created_by.clone(),
+            witnessing: self.witnessing().await?,
         };
         let active = self.lockbox.audit.path().to_owned();
         let (signer, cancel) = (self.signer.clone(), self.cancel.clone());
@@ -395,6 +399,23 @@ impl Exports {
         })
         .await
         .map_err(|e| format!("the export task failed: {e}"))?
+    }
+
+    /// The checkpoint the state store witnesses for this node's trail: read before the
+    /// export's pass, which then finds it in the trail (the writer puts a checkpoint in the
+    /// trail before it is witnessed).
+    async fn witnessing(&self) -> Result<Witnessing, String> {
+        let active = self.lockbox.audit.path();
+        let kept = witness::kept(&self.lockbox.store, active)
+            .await
+            .map_err(|e| format!("reading the witnessed audit checkpoint: {e}"))?;
+        Ok(Witnessing {
+            witnesses: kept
+                .map(|k| ("the state store".to_owned(), k))
+                .into_iter()
+                .collect(),
+            ..Witnessing::default()
+        })
     }
 
     async fn audit_run(&self, schedule: &ExportSchedule, run: &ExportRun) {

@@ -74,102 +74,162 @@ impl Report {
 /// signatures are checked too. `live` accepts records after the last checkpoint (a log
 /// still being written); otherwise they mean the tail was cut off.
 pub fn verify(files: &[&Path], public_key: Option<&str>, live: bool) -> Result<Report, String> {
-    let key = match public_key {
-        Some(pem) => {
-            Some(VerifyingKey::from_public_key_pem(pem).map_err(|e| format!("public key: {e}"))?)
-        }
-        None => None,
-    };
-    let mut report = Report::default();
-    let mut prev_hash = GENESIS;
-    let mut prev_seq: Option<u64> = None;
-    let mut since_checkpoint = 0u64;
+    let mut check = ChainCheck::new(public_key, live)?;
     for (index, file) in files.iter().enumerate() {
-        let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let name = file.display().to_string();
+        let bytes = read_regular_file(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        check.file(
+            &file.display().to_string(),
+            &bytes,
+            index + 1 == files.len(),
+        );
+    }
+    Ok(check.finish())
+}
+
+/// The whole of a file that must be a regular one: a FIFO or a device put in the audit
+/// folder in a segment's place would otherwise block a reader, or feed it without end
+/// (opened without waiting for a FIFO's writer, and refused).
+pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file (an audit file is never a FIFO, a device or a folder)",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// `verify`, fed one file's bytes at a time: a caller that goes on to use those very bytes
+/// (an export) checks what it uses, not a second read of the files.
+pub struct ChainCheck {
+    key: Option<VerifyingKey>,
+    live: bool,
+    report: Report,
+    prev_hash: [u8; 32],
+    prev_seq: Option<u64>,
+    since_checkpoint: u64,
+}
+
+impl ChainCheck {
+    pub fn new(public_key: Option<&str>, live: bool) -> Result<Self, String> {
+        let key = match public_key {
+            Some(pem) => Some(
+                VerifyingKey::from_public_key_pem(pem).map_err(|e| format!("public key: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(ChainCheck {
+            key,
+            live,
+            report: Report::default(),
+            prev_hash: GENESIS,
+            prev_seq: None,
+            since_checkpoint: 0,
+        })
+    }
+
+    /// The next file's bytes (`name` for the problems found); `last`: no file follows, so
+    /// with `live` its incomplete last line is a record being written.
+    pub fn file(&mut self, name: &str, bytes: &[u8], last: bool) {
         let mut lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
         if lines.last().is_some_and(|l| l.is_empty()) {
             lines.pop();
         } else if !bytes.is_empty() {
-            if live && index + 1 == files.len() {
+            if self.live && last {
                 // The writer is appending right now.
-                report.partial_tail = true;
+                self.report.partial_tail = true;
             } else {
-                report.problems.push(format!(
+                self.report.problems.push(format!(
                     "{name}: the last line is incomplete: the file was truncated mid-record"
                 ));
             }
             lines.pop();
         }
         for (i, line) in lines.iter().enumerate() {
-            let at = format!("{name} line {}", i + 1);
-            let record: serde_json::Value = match serde_json::from_slice(line) {
-                Ok(v) => v,
-                Err(e) => {
-                    report.problems.push(format!(
-                        "{at}: not a JSON record ({e}): the record was altered"
-                    ));
-                    prev_hash = line_hash(line);
-                    continue;
-                }
-            };
-            let seq = record.get("seq").and_then(|s| s.as_u64());
-            let at = format!("{at} (seq {})", seq.map_or("?".into(), |s| s.to_string()));
-            report.records += 1;
-            match (prev_seq, seq) {
-                (_, None) => report.problems.push(format!("{at}: no sequence number")),
-                (Some(p), Some(s)) if p.checked_add(1) == Some(s) => {}
-                (Some(p), Some(s)) if s <= p => report.problems.push(format!(
-                    "{at}: sequence goes back from {p} to {s}: records were reordered or inserted"
-                )),
-                (Some(p), Some(s)) => report.problems.push(format!(
-                    "{at}: sequence jumps from {p} to {s}: {} record(s) were deleted",
-                    s - p - 1
-                )),
-                (None, Some(_)) => {}
-            }
-            let claimed_prev = record.get("prev").and_then(|p| p.as_str()).unwrap_or("");
-            if prev_seq.is_none()
-                && report.records == 1
-                && (seq != Some(1) || claimed_prev != hex::encode(GENESIS))
-            {
-                report.problems.push(format!(
-                    "{at}: the log does not start at the first record: earlier records are missing (or pass the earlier files first)"
-                ));
-            } else if claimed_prev != hex::encode(prev_hash) {
-                report.problems.push(format!(
-                    "{at}: hash chain broken: `prev` does not match the record before it (that record was changed, or this one was inserted, moved or altered)"
-                ));
-            }
-            if record.get("type").and_then(|t| t.as_str()) == Some("checkpoint") {
-                report.checkpoints += 1;
-                since_checkpoint = 0;
-                check_checkpoint(
-                    &record,
-                    &prev_hash,
-                    prev_seq,
-                    key.as_ref(),
-                    &at,
-                    &mut report,
-                );
-            } else {
-                since_checkpoint += 1;
-            }
-            report.first_seq = report.first_seq.or(seq);
-            if seq.is_some() {
-                report.last_seq = seq;
-                prev_seq = seq;
-            }
-            prev_hash = line_hash(line);
+            self.line(&format!("{name} line {}", i + 1), line);
         }
     }
-    report.uncovered_tail = since_checkpoint;
-    if since_checkpoint > 0 && !live {
-        report.problems.push(format!(
-            "the last {since_checkpoint} record(s) are not followed by a checkpoint: the log was truncated, or the proxy is still running or crashed"
-        ));
+
+    fn line(&mut self, at: &str, line: &[u8]) {
+        let report = &mut self.report;
+        let record: serde_json::Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => {
+                report.problems.push(format!(
+                    "{at}: not a JSON record ({e}): the record was altered"
+                ));
+                self.prev_hash = line_hash(line);
+                return;
+            }
+        };
+        let seq = record.get("seq").and_then(|s| s.as_u64());
+        let at = format!("{at} (seq {})", seq.map_or("?".into(), |s| s.to_string()));
+        report.records += 1;
+        match (self.prev_seq, seq) {
+            (_, None) => report.problems.push(format!("{at}: no sequence number")),
+            (Some(p), Some(s)) if p.checked_add(1) == Some(s) => {}
+            (Some(p), Some(s)) if s <= p => report.problems.push(format!(
+                "{at}: sequence goes back from {p} to {s}: records were reordered or inserted"
+            )),
+            (Some(p), Some(s)) => report.problems.push(format!(
+                "{at}: sequence jumps from {p} to {s}: {} record(s) were deleted",
+                s - p - 1
+            )),
+            (None, Some(_)) => {}
+        }
+        let claimed_prev = record.get("prev").and_then(|p| p.as_str()).unwrap_or("");
+        if self.prev_seq.is_none()
+            && report.records == 1
+            && (seq != Some(1) || claimed_prev != hex::encode(GENESIS))
+        {
+            report.problems.push(format!(
+                "{at}: the log does not start at the first record: earlier records are missing (or pass the earlier files first)"
+            ));
+        } else if claimed_prev != hex::encode(self.prev_hash) {
+            report.problems.push(format!(
+                "{at}: hash chain broken: `prev` does not match the record before it (that record was changed, or this one was inserted, moved or altered)"
+            ));
+        }
+        if record.get("type").and_then(|t| t.as_str()) == Some("checkpoint") {
+            report.checkpoints += 1;
+            self.since_checkpoint = 0;
+            check_checkpoint(
+                &record,
+                &self.prev_hash,
+                self.prev_seq,
+                self.key.as_ref(),
+                &at,
+                report,
+            );
+        } else {
+            self.since_checkpoint += 1;
+        }
+        report.first_seq = report.first_seq.or(seq);
+        if seq.is_some() {
+            report.last_seq = seq;
+            self.prev_seq = seq;
+        }
+        self.prev_hash = line_hash(line);
     }
-    Ok(report)
+
+    pub fn finish(mut self) -> Report {
+        self.report.uncovered_tail = self.since_checkpoint;
+        if self.since_checkpoint > 0 && !self.live {
+            self.report.problems.push(format!(
+                "the last {} record(s) are not followed by a checkpoint: the log was truncated, or the proxy is still running or crashed",
+                self.since_checkpoint
+            ));
+        }
+        self.report
+    }
 }
 
 fn check_checkpoint(

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use super::Cli;
 
 #[path = "audit_verify.rs"]
-mod verify;
+pub(super) mod verify;
 use crate::audit::export::columns::{csv_field, LIST_COLUMNS};
 use crate::audit::filters::{time_arg, KINDS, OUTCOMES};
 use crate::audit::AuditQuery;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 
 use crate::audit::chain::Report;
+use crate::audit::export::Witnessing;
 use crate::audit::witness::{self, Kept};
 use crate::config::Config;
 
@@ -118,6 +119,25 @@ pub(super) async fn verify_audit(
             "the audit log failed verification ({} problem(s))",
             problems.len()
         ))
+    }
+}
+
+/// What an export checks its source against besides the chain (as `verify --config`
+/// does): the witnessed checkpoints, whether the state store holding them is gone, and
+/// records only the journal holds.
+pub(in crate::cli) async fn witnessing_of(config: &Config) -> Witnessing {
+    let mut problems = Vec::new();
+    match crate::audit::unrecovered_in_journal(&config.audit_path) {
+        Ok(0) => {}
+        Ok(n) => problems.push(format!(
+            "{n} record(s) are in the audit journal and not yet in the trail (a crash in fsync mode): lockbox writes them back when it starts"
+        )),
+        Err(e) => problems.push(format!("the audit journal could not be read: {e}")),
+    }
+    Witnessing {
+        witnesses: witnesses_of(config).await,
+        store_missing: config.state_postgres.is_none() && !config.state_path.exists(),
+        problems,
     }
 }
 

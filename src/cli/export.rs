@@ -70,6 +70,7 @@ pub async fn audit_export(cli: &Cli, args: &AuditExportArgs) -> Result<()> {
         after_seq: None,
         schedule: None,
         created_by: "lockbox audit export".into(),
+        witnessing: super::audit::verify::witnessing_of(&config).await,
     };
     let signer = signer_of(&config);
     let cancel = Arc::new(AtomicBool::new(false));

@@ -17,7 +17,6 @@ mod verify;
 mod tests;
 
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,8 +31,8 @@ pub use parquet::{read_rows, ParquetRow};
 use verify::check_chain_for_tests;
 pub use verify::{verify_export, verify_exports, ExportReport, ExportsReport};
 
-use super::chain::{line_hash, CheckpointSigner};
-use super::open_segments;
+use super::chain::{line_hash, read_regular_file, ChainCheck, CheckpointSigner};
+use super::witness::{self, Kept};
 use part::PartWriter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +94,24 @@ pub struct ExportRequest {
     pub after_seq: Option<u64>,
     pub schedule: Option<String>,
     pub created_by: String,
+    /// What is known of the trail from outside its files, checked against the very bytes
+    /// exported.
+    pub witnessing: Witnessing,
+}
+
+/// The trail as vouched for outside its files: an export must not sign a trail that
+/// `lockbox audit verify --config` would fail (an attack review exported, signed, a trail cut
+/// after an older checkpoint, and one with records appended while lockbox was stopped).
+#[derive(Debug, Clone, Default)]
+pub struct Witnessing {
+    /// Checkpoints witnessed outside the trail (the state store, the audit database), each
+    /// with where it was kept.
+    pub witnesses: Vec<(String, Kept)>,
+    /// The SQLite state store that would hold the witness is gone: a trail with a
+    /// checkpoint then cannot be told whole.
+    pub store_missing: bool,
+    /// Problems found outside the files (records only the journal holds).
+    pub problems: Vec<String>,
 }
 
 /// How far a run has got.
@@ -135,9 +152,8 @@ pub fn export(
         .prefix(".lockbox-export-")
         .tempdir_in(&request.to)
         .map_err(|e| target_error(e.to_string()))?;
-    check_source(active, signer)?;
     let mut run = Run::new(request, staging.path());
-    scan(active, request.after_seq, |seq, line, value| {
+    scan_checked(active, request, signer, |seq, line, value| {
         if cancel.load(Ordering::Relaxed) {
             return Err(ExportError::Cancelled);
         }
@@ -174,37 +190,6 @@ pub fn export(
     }))
 }
 
-/// Verifies the whole trail before any of it is exported: the chain, the sequence, and with
-/// the deployment's key the checkpoints' signatures, as `lockbox audit verify` does. An export
-/// signs what it copies, so it must not vouch for a trail that was changed (an attack review
-/// exported, signed, a trail with a segment deleted and one with a record rewritten). Reads
-/// every segment, which a large trail makes the bulk of a run's time.
-fn check_source(active: &Path, signer: Option<&CheckpointSigner>) -> Result<(), ExportError> {
-    let source_error = |message: String| ExportError::Source {
-        path: active.display().to_string(),
-        message,
-    };
-    let files: Vec<PathBuf> = super::segments::segments(active)
-        .map_err(|e| source_error(e.to_string()))?
-        .into_iter()
-        .map(|s| s.path)
-        .collect();
-    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let key = signer
-        .map(CheckpointSigner::public_key_pem)
-        .transpose()
-        .map_err(source_error)?;
-    // Live: the writer may be appending, and its tail is not signed yet.
-    let report = super::chain::verify(&paths, key.as_deref(), true).map_err(source_error)?;
-    match report.problems.first() {
-        None => Ok(()),
-        Some(first) => Err(source_error(format!(
-            "it fails verification ({} problem(s), the first: {first}); `lockbox audit verify` tells them all, and nothing was exported",
-            report.problems.len()
-        ))),
-    }
-}
-
 /// Scheduled runs are named after the range they cover, so a retry of the same range can
 /// never land twice; one-off runs after their time.
 fn run_name(request: &ExportRequest, through: Option<u64>, at: DateTime<Utc>) -> String {
@@ -219,48 +204,95 @@ pub fn scheduled_run_prefix(after_seq: u64) -> String {
     format!("seq-{:012}-", after_seq + 1)
 }
 
-/// Calls `f` with each complete record after `after_seq`, in order. A line still being
-/// written (no newline yet) ends the scan; it belongs to the next run.
-fn scan(
+/// Calls `f` with each complete record after `request.after_seq`, in order, and verifies
+/// the whole trail in the same pass, from the same bytes: the chain, the sequence, with the
+/// deployment's key every checkpoint's signature (as `lockbox audit verify` does), and the
+/// witnessed checkpoints. What `f` wrote is thrown away unless all of it holds: an export
+/// signs what it copies, and a check of one read followed by a copy of a second would sign
+/// whatever was put in the files between the two (an attack review swapped a segment so).
+/// A line still being written (no newline yet) ends the scan; it belongs to the next run.
+fn scan_checked(
     active: &Path,
-    after_seq: Option<u64>,
+    request: &ExportRequest,
+    signer: Option<&CheckpointSigner>,
     mut f: impl FnMut(u64, &[u8], &Value) -> Result<(), ExportError>,
 ) -> Result<(), ExportError> {
-    let segments = open_segments(active, after_seq).map_err(|e| ExportError::Source {
+    let source_error = |message: String| ExportError::Source {
         path: active.display().to_string(),
-        message: e.to_string(),
-    })?;
-    for (path, file) in segments {
-        let source = |n: usize, message: String| ExportError::Source {
-            path: format!("{} line {n}", path.display()),
-            message,
-        };
-        let mut reader = std::io::BufReader::new(file);
-        let mut line = Vec::new();
-        for n in 1.. {
-            line.clear();
-            let read = reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| source(n, e.to_string()))?;
-            if read == 0 || line.pop() != Some(b'\n') {
-                break;
+        message,
+    };
+    let files = super::segments::segments(active).map_err(|e| source_error(e.to_string()))?;
+    let key = signer
+        .map(CheckpointSigner::public_key_pem)
+        .transpose()
+        .map_err(source_error)?;
+    // Live: the writer may be appending, and its tail is not signed yet.
+    let mut chain = ChainCheck::new(key.as_deref(), true).map_err(source_error)?;
+    let witnessing = &request.witnessing;
+    let mut witnessed_found = vec![false; witnessing.witnesses.len()];
+    for (index, segment) in files.iter().enumerate() {
+        let path = &segment.path;
+        let bytes = read_regular_file(path).map_err(|e| ExportError::Source {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        chain.file(
+            &path.display().to_string(),
+            &bytes,
+            index + 1 == files.len(),
+        );
+        let whole = bytes
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |end| end + 1);
+        for line in bytes[..whole]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+        {
+            // A line that is no record is the chain's problem, reported below.
+            let Ok(value) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
+            let Some(seq) = value.get("seq").and_then(Value::as_u64) else {
+                continue;
+            };
+            for (found, (_, kept)) in witnessed_found.iter_mut().zip(&witnessing.witnesses) {
+                *found |= kept.witness.seq == seq && line_hash(line) == kept.witness.hash;
             }
-            let value: Value = serde_json::from_slice(&line).map_err(|e| {
-                source(
-                    n,
-                    format!("not a JSON record ({e}); run `lockbox audit verify`"),
-                )
-            })?;
-            let seq = value
-                .get("seq")
-                .and_then(Value::as_u64)
-                .ok_or_else(|| source(n, "a record without `seq`".into()))?;
-            if after_seq.is_none_or(|a| seq > a) {
-                f(seq, &line, &value)?;
+            if request.after_seq.is_none_or(|a| seq > a) {
+                f(seq, line, &value)?;
             }
         }
     }
-    Ok(())
+    let report = chain.finish();
+    let mut problems = report.problems.clone();
+    problems.extend(witnessing.problems.iter().cloned());
+    if witnessing.store_missing && report.checkpoints > 0 {
+        problems.push(
+            "the state store that witnesses the last checkpoint is missing, so a trail cut after its last checkpoint could not be told from a whole one".into(),
+        );
+    }
+    let last_file = files.last().map_or(active, |s| s.path.as_path());
+    for (found, (by, kept)) in witnessed_found.into_iter().zip(&witnessing.witnesses) {
+        if kept.witness.seq > 0 && !found {
+            problems.push(format!(
+                "the checkpoint at seq {} that {by} witnessed is not in the trail as it was: the trail was cut or rewritten",
+                kept.witness.seq
+            ));
+        }
+        let closed = witness::check_closed(kept, last_file, report.last_seq.unwrap_or(0))
+            .and_then(|()| witness::check_closed_end(kept, last_file, report.partial_tail));
+        if let Err(e) = closed {
+            problems.push(e.to_string());
+        }
+    }
+    match problems.first() {
+        None => Ok(()),
+        Some(first) => Err(source_error(format!(
+            "it fails verification ({} problem(s), the first: {first}); `lockbox audit verify --config` tells them all, and nothing was exported",
+            problems.len()
+        ))),
+    }
 }
 
 type PartitionKey = (String, Option<String>);

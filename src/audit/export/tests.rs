@@ -49,6 +49,7 @@ fn request(to: &Path, format: ExportFormat) -> ExportRequest {
         after_seq: None,
         schedule: None,
         created_by: "test".into(),
+        witnessing: Witnessing::default(),
     }
 }
 
@@ -344,4 +345,87 @@ async fn a_record_taken_out_of_an_export_of_every_record_is_found() {
         !problems.iter().any(|p| p.contains("missing")),
         "{problems:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trail_the_witness_says_was_cut_or_added_to_is_not_exported() {
+    // An attack review exported, signed, a trail cut after an older checkpoint than the one
+    // the state store witnessed, and one with records appended after the checkpoint a
+    // clean stop closed it with: `audit verify --config` failed both, the export did not.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = crate::keys::generate_signing_key_pem().expect("key");
+    let active = trail(dir.path(), &pem).await;
+    let text = std::fs::read_to_string(&active).expect("trail");
+    let lines: Vec<&str> = text.lines().collect();
+    let last = lines.last().expect("a record");
+    let seq = serde_json::from_str::<Value>(last).expect("json")["seq"]
+        .as_u64()
+        .expect("seq");
+    let witness = |closed| Kept {
+        witness: crate::audit::witness::Witness {
+            seq,
+            hash: line_hash(last.as_bytes()),
+        },
+        closed,
+    };
+    let exported = |to: &str, kept: Kept| {
+        let mut request = request(&dir.path().join(to), ExportFormat::Jsonl);
+        request.witnessing.witnesses = vec![("the state store".into(), kept)];
+        export(
+            &active,
+            &request,
+            None,
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+    };
+    assert!(
+        exported("whole", witness(true)).is_ok(),
+        "a trail that ends with the checkpoint it was closed at"
+    );
+
+    // Records appended after the closing checkpoint, chained onto it.
+    let mut appended = text.clone();
+    let forged = format!(
+        "{{\"seq\":{},\"prev\":\"{}\",\"type\":\"statement\"}}\n",
+        seq + 1,
+        hex::encode(line_hash(last.as_bytes()))
+    );
+    appended.push_str(&forged);
+    std::fs::write(&active, &appended).expect("append");
+    let added = exported("added", witness(true)).expect_err("refused");
+    assert!(added.to_string().contains("fails verification"), "{added}");
+
+    // Cut before the witnessed checkpoint: the records left chain, and the unsigned tail
+    // of a live trail is no problem of the chain's own.
+    std::fs::write(&active, lines[..lines.len() - 3].join("\n") + "\n").expect("cut");
+    let cut = exported("cut", witness(false)).expect_err("refused");
+    assert!(cut.to_string().contains("witnessed"), "{cut}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_segment_that_is_no_regular_file_is_refused_not_waited_on() {
+    // A FIFO in a segment's place made verify and export wait forever for a writer.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = crate::keys::generate_signing_key_pem().expect("key");
+    let active = trail(dir.path(), &pem).await;
+    std::fs::remove_file(&active).expect("remove");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&active)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success());
+    let request = request(&dir.path().join("out"), ExportFormat::Jsonl);
+    let refused = export(
+        &active,
+        &request,
+        None,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .expect_err("refused");
+    assert!(refused.to_string().contains("regular file"), "{refused}");
+    let verified =
+        crate::audit::chain::verify(&[active.as_path()], None, true).expect_err("refused");
+    assert!(verified.contains("regular file"), "{verified}");
 }
