@@ -420,6 +420,15 @@ pub fn check_analysis(
     analysis: &Analysis,
 ) -> Result<(), Refusal> {
     check_class(access, analysis.class)?;
+    if analysis.class == Class::Unknown && has_guardrails(rules) {
+        // An admin may run what the parser could not read, but its rules then go unchecked:
+        // an attack review dropped a table behind 1 MiB of comment, and behind an alias the
+        // server (an older release) reads but this grammar takes as a keyword.
+        return Err(Refusal {
+            rule: "unparsable",
+            message: "lockbox: a statement lockbox cannot parse (over 1 MiB, or text its grammar rejects, which an older server may still run) cannot be checked against this database's rules (rule unparsable)".into(),
+        });
+    }
     check_rules(rules, &analysis.facts)
 }
 

@@ -1214,3 +1214,70 @@ fn fetching_from_a_portal_named_by_a_value_is_refused_at_every_level() {
         Class::Read
     );
 }
+
+#[test]
+fn a_cast_that_may_change_a_literal_leaves_its_value_unknown() {
+    // An attack review had the guard read the literal as written while the server read it
+    // cut by the cast: a read grant reached an off-limits schema and table, left read-only
+    // mode and changed role.
+    let rules = Guardrails {
+        off_limits: vec!["hr.*".into(), "secret".into()],
+        ..Guardrails::default()
+    };
+    let refused = |sql: &str| {
+        check(AccessLevel::Read, sql).is_err() || check_rules(&rules, &analyze(sql).facts).is_err()
+    };
+    for sql in [
+        "SELECT set_config('search_path_x'::varchar(11), 'hr', false)",
+        "SELECT set_config('search_path', 'public, hrx'::varchar(10), false)",
+        "SELECT set_config('search_path', 'public, hrx'::char(10), false)",
+        "SELECT table_to_xml('secretx'::varchar(6), true, false, '')",
+        "SELECT query_to_xml('SELECT * FROM secretx'::varchar(20), true, false, '')",
+        "SELECT set_config('default_transaction_read_only_x'::varchar(29), 'off', false)",
+        "SELECT set_config('role_'::varchar(4), 'sales_read', false)",
+        "SELECT set_config('default_transaction_read_only', 'offx'::bpchar(3), false)",
+        "SELECT lo_open(16400, '100000000001000000'::bit(18)::int)",
+        "SELECT lo_open(16400, 131072.4::int)",
+    ] {
+        assert!(refused(sql), "{sql}");
+    }
+    // Casts that keep the text as it is are still looked through.
+    for sql in [
+        "SELECT set_config('statement_timeout'::text, '5s'::varchar, false)",
+        "SELECT lo_open(16400, 262144::int4)",
+    ] {
+        assert!(!refused(sql), "{sql}");
+    }
+    assert!(refused(
+        "SELECT set_config('search_path'::text, 'hr', false)"
+    ));
+}
+
+#[test]
+fn what_cannot_be_parsed_is_refused_to_admin_where_rules_must_be_checked() {
+    // An attack review dropped a table under deny_drop as admin, behind 1 MiB of comment and
+    // behind an alias PostgreSQL 15 reads and this grammar does not.
+    let rules = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    let padded = format!("/*{}*/ DROP TABLE victim", "x".repeat(1 << 20));
+    for sql in [
+        padded.as_str(),
+        "DROP TABLE victim; SELECT 1 FROM customers AS system_user",
+    ] {
+        let analyses = analyze_query(sql);
+        let refusal =
+            check_analysis(AccessLevel::Admin, &rules, &analyses[0].analysis).expect_err("refused");
+        assert_eq!(refusal.rule, "unparsable");
+        assert!(
+            check_analysis(
+                AccessLevel::Admin,
+                &Guardrails::default(),
+                &analyses[0].analysis
+            )
+            .is_ok(),
+            "without rules an admin may run it"
+        );
+    }
+}

@@ -578,7 +578,8 @@ pub(crate) fn string_node(node: &Value) -> Option<String> {
 pub(crate) fn literal(node: &Value) -> Option<String> {
     let inner = node.get("node").unwrap_or(node);
     if let Some(cast) = inner.get("TypeCast") {
-        return literal(cast.get("arg")?);
+        let value = literal(cast.get("arg")?)?;
+        return keeps_literal(cast.get("type_name")?, &value).then_some(value);
     }
     // Option values (`EXPLAIN (ANALYZE false)`, transaction modes) are bare value nodes.
     if let Some(bare) = scalar(inner, ["String", "Integer", "Float", "Boolean"]) {
@@ -592,6 +593,40 @@ pub(crate) fn literal(node: &Value) -> Option<String> {
         return None;
     }
     scalar(constant.get("val")?, ["Sval", "Ival", "Fval", "Boolval"])
+}
+
+/// Whether a cast to `type_name` leaves the literal `value` as the server will use it. Many
+/// casts change it: `varchar(n)`, `char(n)` and `bit(n)` cut it, `name` cuts it at 63 bytes,
+/// `::int` rounds `10.7`, an array type parses it. An attack review had the guard read a
+/// setting's or a table's name as written while the server read it cut
+/// (`set_config('search_path_x'::varchar(11), 'hr', false)`). Only types that keep text as
+/// it is, or an integer's digits, are looked through; any other cast makes the value unknown.
+fn keeps_literal(type_name: &Value, value: &str) -> bool {
+    let empty = |key: &str| {
+        type_name
+            .get(key)
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+    };
+    if !empty("typmods") || !empty("array_bounds") {
+        return false;
+    }
+    let Some(name) = type_name
+        .get("names")
+        .and_then(Value::as_array)
+        .and_then(|names| names.last())
+        .map(|n| n.get("node").unwrap_or(n))
+        .and_then(|n| n.get("String").unwrap_or(n).get("sval"))
+        .and_then(Value::as_str)
+    else {
+        return false;
+    };
+    match name {
+        "text" | "varchar" | "unknown" | "regclass" | "regnamespace" | "regproc"
+        | "regprocedure" | "regtype" | "regrole" | "regconfig" | "regcollation" => true,
+        "int2" | "int4" | "int8" | "oid" => value.parse::<i64>().is_ok(),
+        _ => false,
+    }
 }
 
 /// The text of a value node, given its tags for a string, an integer, a float and a boolean
