@@ -4,7 +4,7 @@
 //! process umask, and a state store or trail left readable by an older version is
 //! tightened when it is opened.
 
-use std::fs::{DirBuilder, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -23,6 +23,26 @@ pub(crate) fn open_options() -> OpenOptions {
 /// (they may be shared on purpose, e.g. `/var/lib`).
 pub(crate) fn create_dir_all(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+}
+
+/// Opens a file lockbox writes for itself (the audit trail, its journal) with `options`:
+/// never through a symbolic link, only if it is a regular file, and made owner-only through
+/// the open descriptor. Someone who can write the folder could otherwise point the name at
+/// any file lockbox may write (its signing key, the state store), which it would then make
+/// owner-only and overwrite (an attack review did so with a link in the journal's place),
+/// or at a FIFO, whose open would wait for a reader.
+pub(crate) fn open_own_file(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
+    Ok(file)
 }
 
 /// Makes an existing file owner-only; a file that does not exist is fine.

@@ -70,11 +70,13 @@ impl Syncer<'_> {
             .shared
             .rotation_step(RotationStep::OpenNew)
             .and_then(|()| {
-                crate::private_files::open_options()
-                    .create(true)
-                    .read(true)
-                    .append(true)
-                    .open(path)
+                crate::private_files::open_own_file(
+                    path,
+                    crate::private_files::open_options()
+                        .create(true)
+                        .read(true)
+                        .append(true),
+                )
             });
         match opened {
             Ok(file) => {

@@ -290,16 +290,17 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             crate::private_files::create_dir_all(dir).map_err(io)?;
         }
-        // A trail created by an older version with the umask's mode is tightened too.
-        crate::private_files::restrict(path).map_err(io)?;
         // Records made durable in the journal before a crash go back into the trail first.
         super::journal::recover(path).map_err(io)?;
-        let mut file = crate::private_files::open_options()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
+        // A trail created by an older version with the umask's mode is tightened too.
+        let mut file = crate::private_files::open_own_file(
+            path,
+            crate::private_files::open_options()
+                .create(true)
+                .read(true)
+                .append(true),
+        )
+        .map_err(io)?;
         let (last_seq, last_hash) = chain_tail(path, &mut file).map_err(io)?;
         // Everything the trail holds now is on disk before anything relies on it: the
         // journal below starts empty, and the trail may hold records a killed process wrote

@@ -31,15 +31,23 @@ pub(super) const BLOCK: usize = 4096;
 
 /// The journal's descriptor for direct synchronous writes, if the filesystem takes them.
 /// `half`: the journal's half size, whose start is where a run of frames begins anew.
-pub(super) fn open(path: &Path, half: u64) -> Option<Arc<File>> {
+/// `journal`: the descriptor the journal was opened with; the direct one must be of the
+/// same file (the name could have been replaced in between).
+pub(super) fn open(path: &Path, journal: &File, half: u64) -> Option<Arc<File>> {
+    use std::os::unix::fs::MetadataExt;
     if half % BLOCK as u64 != 0 {
         return None;
     }
     let file = OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC | libc::O_NOFOLLOW)
         .open(path)
         .ok()?;
+    let (opened, expected) = (file.metadata().ok()?, journal.metadata().ok()?);
+    if (opened.dev(), opened.ino()) != (expected.dev(), expected.ino()) {
+        tracing::error!(path = %path.display(), "the audit journal's name was given to another file while it was opened; writing it through the page cache");
+        return None;
+    }
     // Some filesystems open the descriptor and refuse the first write: a block of zeros at
     // the second half's start (zeros already, and blanked again right after) tells.
     let mut probe = AlignedBuffer::default();

@@ -225,12 +225,13 @@ impl Journal {
     pub(super) fn create(active: &Path, bytes: u64, anchor: Option<Frame>) -> io::Result<Journal> {
         let path = path_for(active);
         let existed = path.exists();
-        crate::private_files::restrict(&path)?;
-        let file = crate::private_files::open_options()
-            .create(true)
-            .read(true)
-            .write(true)
-            .open(&path)?;
+        let file = crate::private_files::open_own_file(
+            &path,
+            crate::private_files::open_options()
+                .create(true)
+                .read(true)
+                .write(true),
+        )?;
         let half = (bytes / 2).max(HEADER_LEN as u64 * 4);
         // All zeros, every start: frames an earlier run left (with sequence numbers this run
         // may reuse after a crash cut them from the trail) must never be read again behind
@@ -238,6 +239,7 @@ impl Journal {
         file.set_len(0)?;
         preallocate(&file, 2 * half)?;
         write_zeros(&file, 2 * half)?;
+        let direct = direct::open(&path, &file, half);
         let mut journal = Journal {
             file: Arc::new(file),
             trail: active.to_owned(),
@@ -247,7 +249,7 @@ impl Journal {
             head: 0,
             half_last_seq: [0; 2],
             unwritten: Unwritten::default(),
-            direct: direct::open(&path, half),
+            direct,
             tail: Tail::default(),
             tail_before: Tail::default(),
             aligned: AlignedBuffer::default(),

@@ -45,11 +45,13 @@ pub(crate) fn recover(active: &Path) -> io::Result<Recovered> {
     if frames.is_empty() {
         return Ok(Recovered::default());
     }
-    let trail = crate::private_files::open_options()
-        .create(true)
-        .read(true)
-        .write(true)
-        .open(active)?;
+    let trail = crate::private_files::open_own_file(
+        active,
+        crate::private_files::open_options()
+            .create(true)
+            .read(true)
+            .write(true),
+    )?;
     let plan = plan(active, &trail, &frames)?;
     let mut recovered = Recovered::default();
     let mut on_disk = Vec::new();
@@ -162,12 +164,31 @@ fn frames_of(active: &Path) -> io::Result<Vec<ReadFrame>> {
         return Ok(frames);
     };
     let (run_id, file) = (newest.run_id, newest.frame.file_first_seq);
-    if rotated_name(active, file).exists() {
-        // The frames are of a file since rotated, which was made durable before its rename.
-        return Ok(Vec::new());
-    }
     frames.retain(|f| f.run_id == run_id && f.frame.file_first_seq == file);
     frames.sort_by_key(|f| f.frame.first_seq);
+    let rotated = rotated_name(active, file);
+    if rotated.exists() {
+        // The frames are of a file since rotated, which was made durable before its rename:
+        // it holds their bytes. One that does not was put there (an attack review planted an
+        // empty file under that name, and the next start wiped the journal's records).
+        let segment = File::open(&rotated)?;
+        let mut buf = Vec::new();
+        let missing = frames.iter().find(|f| {
+            f.payload
+                .as_ref()
+                .is_some_and(|p| !holds(&segment, f.frame.trail_offset, p, &mut buf))
+        });
+        if let Some(missing) = missing {
+            return Err(io::Error::other(format!(
+                "{} holds records (seq {}..={}) of {} that it does not: that file was replaced or cut; keep copies of both and move the journal aside to start",
+                path_for(active).display(),
+                missing.frame.first_seq,
+                missing.frame.last_seq,
+                rotated.display()
+            )));
+        }
+        return Ok(Vec::new());
+    }
     Ok(frames)
 }
 

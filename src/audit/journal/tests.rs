@@ -1,6 +1,7 @@
 //! The journal against real files: what a crash can leave of the trail, torn frames,
 //! frames of another file, garbage.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use super::*;
@@ -282,6 +283,21 @@ fn frames_of_a_rotated_file_are_never_written_into_the_new_one() {
 }
 
 #[test]
+fn a_rotated_file_planted_under_the_frames_name_does_not_hide_them() {
+    // An attack review cut the trail after a crash and put an empty file under the rotated
+    // name of the frames' file: recovery then skipped the frames, verify passed, and the
+    // next start wiped the journal.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let written = journal_frames(&active, 3);
+    std::fs::write(&active, &written[..written.len() / 2]).expect("cut");
+    std::fs::write(rotated_name(&active, 1), b"").expect("plant");
+    let refused = recover(&active).expect_err("refused");
+    assert!(refused.to_string().contains("does not"), "{refused}");
+    assert!(unrecovered(&active).is_err(), "verify --config is told too");
+}
+
+#[test]
 fn frames_of_another_trail_file_are_not_written_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let active = dir.path().join("audit.jsonl");
@@ -497,4 +513,34 @@ fn a_sync_then_a_wrap_and_frames_written_past_the_bound_keep_every_record() {
         lost.is_empty(),
         "acknowledged {lost:?} lost (trail_durable {trail_durable}, acked up to {acked}, {recovered:?})"
     );
+}
+
+#[test]
+fn a_link_or_fifo_in_the_journals_place_is_refused_and_its_target_left_alone() {
+    // An attack review linked the journal's name to another file: lockbox made it
+    // owner-only and overwrote it with 32 MiB of journal.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let active = dir.path().join("audit.jsonl");
+    let decoy = dir.path().join("decoy");
+    std::fs::write(&decoy, b"precious").expect("decoy");
+    std::fs::set_permissions(&decoy, std::fs::Permissions::from_mode(0o644)).expect("mode");
+    std::os::unix::fs::symlink(&decoy, path_for(&active)).expect("link");
+    assert!(Journal::create(&active, 64 * 1024, None).is_err());
+    assert_eq!(std::fs::read(&decoy).expect("decoy"), b"precious");
+    let mode = std::fs::metadata(&decoy)
+        .expect("decoy")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+
+    std::fs::remove_file(path_for(&active)).expect("unlink");
+    let made = std::process::Command::new("mkfifo")
+        .arg(path_for(&active))
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let refused = Journal::create(&active, 64 * 1024, None)
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("regular file"), "{refused}");
 }
