@@ -429,3 +429,38 @@ async fn a_segment_that_is_no_regular_file_is_refused_not_waited_on() {
         crate::audit::chain::verify(&[active.as_path()], None, true).expect_err("refused");
     assert!(verified.contains("regular file"), "{verified}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_export_checks_the_signatures_of_the_checkpoints_it_holds() {
+    // Were an export ever made of records rewritten and chained again (an attack review had
+    // lockbox sign one), its manifest's signature would hold; its checkpoints' cannot.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = crate::keys::generate_signing_key_pem().expect("key");
+    let public = crate::token::TokenAuthority::from_pem(&pem, "i", "a")
+        .expect("authority")
+        .public_key_pem()
+        .to_owned();
+    let key = manifest::public_key(&public).expect("key");
+    let active = trail(dir.path(), &pem).await;
+    let records = |active: &Path| -> Vec<(u64, String, String)> {
+        std::fs::read_to_string(active)
+            .expect("trail")
+            .lines()
+            .map(|l| {
+                let seq = serde_json::from_str::<Value>(l).expect("json")["seq"]
+                    .as_u64()
+                    .expect("seq");
+                (seq, l.to_owned(), "part".to_owned())
+            })
+            .collect()
+    };
+    let mut found = Vec::new();
+    verify::check_checkpoints(&key, &records(&active), &mut found);
+    assert!(found.is_empty(), "{found:?}");
+    rewrite_and_rechain(&active, 5, |line| line.replace("T-4", "T-EDITED"));
+    verify::check_checkpoints(&key, &records(&active), &mut found);
+    assert!(
+        found.iter().any(|p| p.contains("not signed by this key")),
+        "{found:?}"
+    );
+}

@@ -152,6 +152,9 @@ fn verify_run(dir: &Path, key: Option<&VerifyingKey>) -> ExportReport {
     report.records = all.len() as u64;
     check_selection(&manifest, &all, &mut report.problems);
     check_chain(&manifest, &mut all, &mut report.problems);
+    if let Some(key) = key {
+        check_checkpoints(key, &all, &mut report.problems);
+    }
     report.manifest = Some(manifest);
     report
 }
@@ -215,7 +218,7 @@ fn check_file(
             entry.sha256
         ));
     }
-    let records = match read_part(&path, &bytes, format) {
+    let records = match read_part(&bytes, format) {
         Ok(r) => r,
         Err(e) => {
             problems.push(format!(
@@ -249,11 +252,7 @@ fn check_file(
 
 /// A part's records as (seq, original line). The seq is the record's own; for CSV and
 /// Parquet the `seq` column must agree with it.
-fn read_part(
-    path: &Path,
-    bytes: &[u8],
-    format: ExportFormat,
-) -> Result<Vec<(u64, String)>, String> {
+fn read_part(bytes: &[u8], format: ExportFormat) -> Result<Vec<(u64, String)>, String> {
     let lines: Vec<(Option<u64>, String)> = match format {
         ExportFormat::Jsonl => {
             let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
@@ -284,13 +283,10 @@ fn read_part(
             })
             .collect::<Result<_, String>>()?
         }
-        ExportFormat::Parquet => {
-            let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-            super::read_rows(file)?
-                .into_iter()
-                .map(|r| (r.seq, r.record.unwrap_or_default()))
-                .collect()
-        }
+        ExportFormat::Parquet => super::parquet::read_rows_of_bytes(bytes)?
+            .into_iter()
+            .map(|r| (r.seq, r.record.unwrap_or_default()))
+            .collect(),
     };
     let mut out = Vec::with_capacity(lines.len());
     for (i, (column_seq, line)) in lines.into_iter().enumerate() {
@@ -428,6 +424,31 @@ fn check_chain(manifest: &Manifest, all: &mut [(u64, String, String)], problems:
             problems.push(format!(
                 "{}: seq {} does not hash to the manifest's last_hash: it was altered",
                 last.2, last.0
+            ));
+        }
+    }
+}
+
+/// With the deployment's key, every checkpoint the run holds must be signed by it and vouch
+/// for the record before it (its `head` is that record's hash, which its own `prev` is too):
+/// records rewritten and chained again before an export was made, which its manifest's
+/// signature would cover, still fail here.
+pub(super) fn check_checkpoints(
+    key: &VerifyingKey,
+    all: &[(u64, String, String)],
+    problems: &mut Vec<String>,
+) {
+    for (seq, line, file) in all {
+        let Ok(record) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if record.get("type").and_then(Value::as_str) != Some("checkpoint") {
+            continue;
+        }
+        let head = record.get("head").and_then(Value::as_str).unwrap_or("");
+        if !crate::audit::chain::checkpoint_signed(&record, key) || head != prev_of(line) {
+            problems.push(format!(
+                "{file}: the checkpoint at seq {seq} is not signed by this key for the records before it: they were altered"
             ));
         }
     }
