@@ -37,6 +37,7 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
     // Where the chain stood when the syncer last went to sleep: records appended since
     // mean appends are flowing.
     let mut seq_at_sleep = state.next_seq;
+    let mut identity_checked = Instant::now();
     loop {
         // Not while an appender's fdatasync runs, nor the trail's own: the final one must
         // not overlap them (see `rotate_if_due`); their end wakes the syncer.
@@ -55,6 +56,10 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
         // follows another, and what comes after it would wait for a lull that may not come
         // (a checkpoint, a rotation that `lead_sync` leaves to the syncer, the trail's
         // sync). A rotation first: its own fdatasync of the trail does the trail sync's work.
+        if identity_checked.elapsed() >= IDENTITY_EVERY {
+            identity_checked = Instant::now();
+            syncer.check_trail_identity(&mut state);
+        }
         syncer.checkpoint_if_due(&mut state);
         syncer.rotate_if_due(&mut state);
         state = syncer.sync_trail_if_due(state);
@@ -78,12 +83,45 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
     }
 }
 
+/// How often the syncer makes sure the trail's name still leads to the file it writes.
+const IDENTITY_EVERY: Duration = Duration::from_secs(1);
+
 pub(super) struct Syncer<'a> {
     pub(super) shared: &'a Arc<Shared>,
     signer: Option<CheckpointSigner>,
 }
 
 impl<'a> Syncer<'a> {
+    /// The trail's name must still lead to the file the writer appends to. One replaced (a
+    /// copy moved over it) or removed while lockbox runs takes every later record into a
+    /// file nobody can read once lockbox stops: an attack review had statements
+    /// acknowledged in `fsync` mode whose records a clean stop then lost. Appends are
+    /// refused from then on (the records written since the swap are in the file lockbox
+    /// still holds open, `/proc/<pid>/fd`, until it stops).
+    pub(super) fn check_trail_identity(&self, state: &mut State) {
+        use std::os::unix::fs::MetadataExt;
+        if state.refused.is_some() {
+            return;
+        }
+        let Ok(open) = state.file.metadata() else {
+            return;
+        };
+        let named = std::fs::symlink_metadata(&self.shared.path);
+        let same = named
+            .as_ref()
+            .is_ok_and(|n| (n.dev(), n.ino()) == (open.dev(), open.ino()))
+            && open.nlink() > 0;
+        if !same {
+            let refusal = AuditError::Io {
+                path: self.shared.path.display().to_string(),
+                message: "the audit trail's file was replaced or removed while lockbox wrote it (its name now leads to another file, or to none); statements are refused until lockbox is restarted".into(),
+            };
+            tracing::error!(error = %refusal, "audit trail replaced; statements are refused");
+            self.shared.healthy.store(false, Ordering::SeqCst);
+            state.refused = Some(refusal);
+        }
+    }
+
     /// Someone waits for a record to be durable, or the oldest unsynced record has waited
     /// `sync_interval` (records nobody waits for, and all of them in `write` mode).
     fn sync_due(&self, state: &State) -> bool {

@@ -305,3 +305,40 @@ async fn a_steady_group_commit_still_rotates() {
         "no rotation while each sync found another waiting ({during} syncs)"
     );
 }
+
+/// A copy of the trail moved over its name while lockbox writes: appends are refused from
+/// then on, rather than acknowledged into a file nobody can read once lockbox stops (an
+/// attack review had that happen in `fsync` mode, unnoticed until the next verify).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trail_replaced_under_the_writer_refuses_further_appends() {
+    for replace in ["copy moved over it", "removed"] {
+        let (_dir, path, log) = opened(AuditOptions {
+            durability: Durability::Fsync,
+            ..AuditOptions::default()
+        });
+        log.append_durable(vec![event(1, 10)])
+            .await
+            .expect("before");
+        if replace == "removed" {
+            std::fs::remove_file(&path).expect("remove");
+        } else {
+            let copy = path.with_extension("copy");
+            std::fs::copy(&path, &copy).expect("copy");
+            std::fs::rename(&copy, &path).expect("move over");
+        }
+        let log = Arc::new(log);
+        let refused = || {
+            let log = log.clone();
+            async move { log.append_durable(vec![event(2, 10)]).await.is_err() }
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !refused().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{replace}: never refused"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!log.healthy(), "{replace}");
+    }
+}
