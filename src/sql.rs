@@ -8,6 +8,7 @@
 //! so every query string the server receives has a record.
 
 pub(crate) mod normalize;
+pub(crate) mod skeleton;
 
 use std::ops::Range;
 

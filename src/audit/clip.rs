@@ -190,6 +190,7 @@ fn clip_fields(
                     // All of them, unless they alone are over the record's limit (the
                     // relay refuses such a statement: `names_fit`).
                     budget -= add_names(clipped, names, budget);
+                    budget -= add_skeleton(clipped, names, budget);
                 }
                 fields.insert(name.into(), Value::String(prefix));
                 fields.insert(format!("{name}_clipped"), clipped);
@@ -277,6 +278,31 @@ fn add_names(clipped: &mut Map<String, Value>, names: &StatementNames, room: usi
         clipped.insert("names_omitted".into(), omitted.into());
     }
     used
+}
+
+/// Adds a clipped statement's skeleton (its text without comments and long constants),
+/// whole if it fits in `room`, else a prefix and `skeleton_length`. Returns the bytes taken.
+fn add_skeleton(clipped: &mut Map<String, Value>, names: &StatementNames, room: usize) -> usize {
+    let Some(skeleton) = &names.skeleton else {
+        return 0;
+    };
+    // The key and its punctuation.
+    let frame = json_len("skeleton") + 4;
+    let Some(keep) = room.checked_sub(frame) else {
+        return 0;
+    };
+    match clip_text(skeleton, keep) {
+        None => {
+            clipped.insert("skeleton".into(), Value::String(skeleton.to_string()));
+            frame + json_len(skeleton)
+        }
+        Some((prefix, _)) => {
+            let taken = frame + json_len(&prefix) + json_len("skeleton_length") + 24;
+            clipped.insert("skeleton".into(), Value::String(prefix));
+            clipped.insert("skeleton_length".into(), skeleton.len().into());
+            taken.min(room)
+        }
+    }
 }
 
 /// The parameters past the budget, as one: `{"omitted": count, "length": their bytes,
@@ -431,6 +457,7 @@ mod tests {
                 relations: relations.iter().map(|r| r.to_string()).collect(),
                 functions: functions.iter().map(|f| f.to_string()).collect(),
                 fields: Arc::from(vec!["o.leak".to_owned()]),
+                skeleton: None,
             });
         }
         event

@@ -107,6 +107,10 @@ pub struct StatementNames {
     pub functions: Arc<[String]>,
     /// Names used as fields (`t.name`): columns, or calls in column notation.
     pub fields: Arc<[String]>,
+    /// The text without its comments and long string constants (`sql::skeleton`): what a
+    /// statement padded past the limit does, kept in `statement_clipped` as far as the
+    /// record has room.
+    pub skeleton: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

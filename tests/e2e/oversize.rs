@@ -158,6 +158,17 @@ async fn a_statement_padded_past_the_limit_keeps_the_tables_and_functions_it_nam
         assert_eq!(kept["functions"], serde_json::json!(["upper"]), "{kept}");
         assert_eq!(kept["fields"], serde_json::json!(["name", "id"]), "{kept}");
         assert_eq!(kept["length"], padded.len());
+        // And what the statement does, its padding taken out (an attack review hid a
+        // DROP TABLE and a CREATE OR REPLACE FUNCTION behind a comment).
+        let skeleton = kept["skeleton"].as_str().expect("a skeleton");
+        assert!(
+            skeleton
+                .trim_start()
+                .starts_with("SELECT upper(name) FROM items WHERE id = 1")
+                || skeleton.contains("SELECT upper(name) FROM items WHERE id = 1"),
+            "{skeleton}"
+        );
+        assert!(skeleton.len() < 200, "{skeleton}");
     }
     // A statement kept whole carries no list: its text says it all.
     let short = statements

@@ -431,10 +431,16 @@ impl Relay {
     /// What `text` names, kept only if its record may clip it (masked literals can make
     /// the recorded text longer than `text`).
     pub(super) fn mentions(&self, text: &str, facts: &guard::Facts) -> Option<StatementNames> {
-        (self.grant.redaction.literals || self.audit.may_clip(text)).then(|| StatementNames {
+        let may_clip = self.audit.may_clip(text);
+        (self.grant.redaction.literals || may_clip).then(|| StatementNames {
             relations: facts.written_relations.clone(),
             functions: facts.functions.clone(),
             fields: facts.fields.clone(),
+            // Only for a text that may be clipped: one scan of it, not one per statement.
+            skeleton: may_clip
+                .then(|| crate::sql::skeleton::skeleton(text, self.grant.redaction.literals))
+                .flatten()
+                .map(Arc::from),
         })
     }
 
