@@ -8,6 +8,9 @@
 
 use pg_query::protobuf::Token;
 
+/// Longest text given a skeleton (as long as the guard parses).
+const MAX_SCANNED_LEN: usize = 1024 * 1024;
+
 /// String constants longer than this (in bytes, quotes included) are cut to a stand-in.
 const LONG_CONSTANT: usize = 64;
 
@@ -16,6 +19,11 @@ const LONG_CONSTANT: usize = 64;
 /// or `None` where the scanner rejects the text. `every_constant`: where the database has
 /// its literals masked in the record, every constant is replaced, numbers too.
 pub(crate) fn skeleton(sql: &str, every_constant: bool) -> Option<String> {
+    // The scanner's token list is a few dozen bytes per token: past the size the guard
+    // parses at all, a text of one-byte tokens would cost the proxy too much memory.
+    if sql.len() > MAX_SCANNED_LEN {
+        return None;
+    }
     let tokens = pg_query::scan_tokens(sql).ok()?;
     let mut out = String::with_capacity(sql.len().min(4096));
     let mut at = 0usize;
@@ -82,6 +90,7 @@ mod tests {
             Some("CREATE FUNCTION f() RETURNS int AS '…' /* 106 bytes */ LANGUAGE sql")
         );
         assert_eq!(skeleton("SELECT 'unterminated", false), None);
+        assert_eq!(skeleton(&"1,".repeat(MAX_SCANNED_LEN), false), None);
         // Masked literals stay masked.
         assert_eq!(
             skeleton("SELECT 'ab', 42, 1.5 FROM t", true).as_deref(),
