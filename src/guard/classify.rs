@@ -240,7 +240,7 @@ fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameC
                 all.then_some(NameChange::DiscardAll),
             )
         }
-        N::TransactionStmt(t) => (K::Other, transaction_class(t), transaction_end(t)),
+        N::TransactionStmt(t) => (K::Other, transaction_class(t), transaction_names(t)),
         N::VariableSetStmt(_) | N::VariableShowStmt(_) | N::ListenStmt(_) | N::UnlistenStmt(_) => {
             (K::Other, Class::Session, None)
         }
@@ -424,15 +424,18 @@ fn transaction_class(t: &protobuf::TransactionStmt) -> Class {
     }
 }
 
-/// A transaction statement that ends the transaction, and with it the cursors opened in
-/// it (a savepoint's rollback ends only the cursors opened since; lockbox keeps believing
-/// in those until the transaction ends, where the server drops them earlier).
-fn transaction_end(t: &protobuf::TransactionStmt) -> Option<NameChange> {
+/// What a transaction statement does to the cursors: the end of the transaction ends those
+/// opened in it, a rollback to a savepoint those opened since the savepoint.
+fn transaction_names(t: &protobuf::TransactionStmt) -> Option<NameChange> {
     use protobuf::TransactionStmtKind as T;
+    let name = || t.savepoint_name.clone();
     match T::try_from(t.kind) {
         Ok(T::TransStmtCommit | T::TransStmtRollback | T::TransStmtPrepare) => {
             Some(NameChange::EndTransaction)
         }
+        Ok(T::TransStmtSavepoint) => Some(NameChange::Savepoint(name())),
+        Ok(T::TransStmtRelease) => Some(NameChange::Release(name())),
+        Ok(T::TransStmtRollbackTo) => Some(NameChange::RollbackTo(name())),
         _ => None,
     }
 }

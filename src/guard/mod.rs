@@ -139,6 +139,11 @@ pub enum NameChange {
     /// happened, the server's command tag says (a COMMIT of a failed transaction answers
     /// `ROLLBACK`).
     EndTransaction,
+    /// `SAVEPOINT name`, `RELEASE name`, `ROLLBACK TO name`: a rollback to a savepoint ends
+    /// the cursors opened since it.
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
 }
 
 /// Facts of a parsed statement for per-database rules and the session's bookkeeping.

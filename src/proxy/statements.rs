@@ -61,9 +61,10 @@ pub struct Portal {
     /// Rows it returned so far, across the Executes and FETCHes that took them (a row
     /// limit counts them all). A new Bind or DECLARE of its name starts from none.
     pub rows: u64,
-    /// Opened in the transaction still going on: if it aborts, the server drops the portal
-    /// even WITH HOLD.
-    pub opened_in_transaction: bool,
+    /// Opened in the transaction still going on, under this many savepoints: if the
+    /// transaction aborts, or rolls back to a savepoint made before it, the server drops the
+    /// portal even WITH HOLD. `None`: held from an earlier transaction (or not yet open).
+    pub opened_in: Option<usize>,
 }
 
 enum Change {
@@ -94,6 +95,9 @@ pub enum SqlChange {
     DiscardAll,
     /// COMMIT, ROLLBACK, PREPARE TRANSACTION.
     EndTransaction,
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
 }
 
 impl SqlChange {
@@ -108,6 +112,9 @@ impl SqlChange {
             SqlChange::EndTransaction => {
                 matches!(tag, "COMMIT" | "ROLLBACK" | "PREPARE TRANSACTION")
             }
+            SqlChange::Savepoint(_) => tag == "SAVEPOINT",
+            SqlChange::Release(_) => tag == "RELEASE",
+            SqlChange::RollbackTo(_) => tag == "ROLLBACK",
         }
     }
 }
@@ -146,6 +153,9 @@ pub struct Statements {
     /// The server answered an error since its last ReadyForQuery: a ReadyForQuery outside a
     /// transaction then ends one that was rolled back.
     failed_since_ready: bool,
+    /// The savepoints of the transaction going on, oldest first (a name may repeat; the
+    /// newest of a name is the one RELEASE and ROLLBACK TO mean).
+    savepoints: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,7 +276,10 @@ impl Statements {
             | Change::ClosePortal(n)
             | Change::Sql(SqlChange::Close(Some(n))) => n == name,
             Change::Sql(
-                SqlChange::Close(None) | SqlChange::DiscardAll | SqlChange::EndTransaction,
+                SqlChange::Close(None)
+                | SqlChange::DiscardAll
+                | SqlChange::EndTransaction
+                | SqlChange::RollbackTo(_),
             ) => true,
             _ => false,
         })
@@ -305,7 +318,7 @@ impl Statements {
                 params,
                 held: false,
                 rows: 0,
-                opened_in_transaction: true,
+                opened_in: None,
             },
         ))
     }
@@ -348,7 +361,14 @@ impl Statements {
             Some((_, Change::Sql(SqlChange::EndTransaction))) => self
                 .portals
                 .get(name)
-                .filter(|p| p.held && !p.opened_in_transaction)
+                .filter(|p| p.held && p.opened_in.is_none())
+                .cloned(),
+            // Which savepoint a name means then is not known yet: only a cursor from an
+            // earlier transaction outlives the rollback for certain.
+            Some((_, Change::Sql(SqlChange::RollbackTo(_)))) => self
+                .portals
+                .get(name)
+                .filter(|p| p.opened_in.is_none())
                 .cloned(),
             Some(_) => None,
             None => self.portals.get(name).cloned(),
@@ -403,7 +423,7 @@ impl Statements {
 
     /// A portal the server opened, in the transaction going on.
     fn open_portal(&mut self, name: String, mut portal: Portal) {
-        portal.opened_in_transaction = true;
+        portal.opened_in = Some(self.savepoints.len());
         self.portals.insert(name, portal);
     }
 
@@ -429,6 +449,25 @@ impl Statements {
                 self.portals.clear();
             }
             SqlChange::EndTransaction => self.end_transaction(tag == "ROLLBACK"),
+            SqlChange::Savepoint(name) => self.savepoints.push(name),
+            SqlChange::Release(name) => {
+                // The savepoint and every later one go; what was opened under them now
+                // belongs to the level the savepoint was made at.
+                if let Some(at) = self.savepoints.iter().rposition(|s| *s == name) {
+                    self.savepoints.truncate(at);
+                    for portal in self.portals.values_mut() {
+                        portal.opened_in = portal.opened_in.map(|depth| depth.min(at));
+                    }
+                }
+            }
+            SqlChange::RollbackTo(name) => {
+                // The savepoint stays; what was opened since it goes, WITH HOLD or not.
+                if let Some(at) = self.savepoints.iter().rposition(|s| *s == name) {
+                    self.savepoints.truncate(at + 1);
+                    self.portals
+                        .retain(|_, portal| portal.opened_in.is_none_or(|depth| depth <= at));
+                }
+            }
         }
     }
 
@@ -437,10 +476,11 @@ impl Statements {
     /// a rollback, and prepared statements are not transactional.
     fn end_transaction(&mut self, aborted: bool) {
         self.portals.retain(|_, portal| {
-            let kept = portal.held && !(aborted && portal.opened_in_transaction);
-            portal.opened_in_transaction = false;
+            let kept = portal.held && !(aborted && portal.opened_in.is_some());
+            portal.opened_in = None;
             kept
         });
+        self.savepoints.clear();
     }
 
     /// The server answered an ErrorResponse.

@@ -231,7 +231,7 @@ fn declared_cursors_are_portals_and_held_ones_outlive_the_transaction() {
         params: Arc::from([]),
         held,
         rows: 0,
-        opened_in_transaction: false,
+        opened_in: None,
     };
     let c = s
         .sql(SqlChange::Declare(
@@ -288,7 +288,7 @@ fn held_cursor(s: &mut Statements, name: &str) {
         params: Arc::from([]),
         held: true,
         rows: 0,
-        opened_in_transaction: false,
+        opened_in: None,
     };
     let id = s
         .sql(SqlChange::Declare(name.into(), portal))
@@ -371,4 +371,42 @@ fn an_unanswered_end_of_transaction_decides_the_cursors_opened_in_it() {
     );
     s.confirm(end, Some("COMMIT")).expect("confirmed");
     assert!(s.portal("new").is_some());
+}
+
+fn transaction_step(s: &mut Statements, change: SqlChange, tag: &str) {
+    let id = s.sql(change).expect("change");
+    s.confirm(id, Some(tag)).expect("confirmed");
+}
+
+#[test]
+fn a_rollback_to_a_savepoint_ends_the_cursors_opened_since_it() {
+    let mut s = Statements::default();
+    held_cursor(&mut s, "before");
+    transaction_step(&mut s, SqlChange::Savepoint("a".into()), "SAVEPOINT");
+    held_cursor(&mut s, "under_a");
+    transaction_step(&mut s, SqlChange::Savepoint("b".into()), "SAVEPOINT");
+    held_cursor(&mut s, "under_b");
+    transaction_step(&mut s, SqlChange::Release("b".into()), "RELEASE");
+    let rollback = s
+        .sql(SqlChange::RollbackTo("a".into()))
+        .expect("rollback to");
+    assert!(
+        s.portal("under_a").is_none(),
+        "which savepoint is meant is not settled until the server answers"
+    );
+    s.confirm(rollback, Some("ROLLBACK")).expect("confirmed");
+    assert!(s.portal("before").is_some(), "opened before the savepoint");
+    assert!(s.portal("under_a").is_none());
+    assert!(
+        s.portal("under_b").is_none(),
+        "released into a's level first"
+    );
+    // The savepoint stays after a rollback to it; an unknown name changes nothing.
+    held_cursor(&mut s, "again");
+    transaction_step(&mut s, SqlChange::RollbackTo("nosuch".into()), "ROLLBACK");
+    assert!(s.portal("again").is_some());
+    transaction_step(&mut s, SqlChange::RollbackTo("a".into()), "ROLLBACK");
+    assert!(s.portal("again").is_none());
+    end_transaction(&mut s, "COMMIT");
+    assert!(s.portal("before").is_some());
 }

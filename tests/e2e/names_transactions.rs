@@ -3,7 +3,8 @@
 //! that cursor's recorded text, while the name may by then be another cursor's, one that
 //! server-side code opened. PostgreSQL keeps a cursor declared WITH HOLD past its
 //! transaction's commit only; a rollback (explicit, a failed COMMIT, an error in a query
-//! string's implicit transaction) drops it, and a CLOSE is not undone by a rollback.
+//! string's implicit transaction) drops it, a rollback to a savepoint drops those opened
+//! since the savepoint, and a CLOSE is not undone by a rollback.
 //! Compared here with what the server itself lists in `pg_cursors`, in the same session.
 
 use lockbox::policy::AccessLevel;
@@ -61,6 +62,58 @@ fn scenarios() -> Vec<(&'static str, Vec<Vec<u8>>)> {
                 q("SAVEPOINT s"),
                 q("SELECT 1/0"),
                 q("ROLLBACK TO s"),
+                q("COMMIT"),
+            ],
+        ),
+        (
+            "after_savepoint",
+            vec![
+                q("BEGIN"),
+                q("SAVEPOINT s"),
+                q("DECLARE after_savepoint CURSOR WITH HOLD FOR SELECT 1"),
+                q("ROLLBACK TO s"),
+                q("COMMIT"),
+            ],
+        ),
+        (
+            "released",
+            vec![
+                q("BEGIN"),
+                q("SAVEPOINT s"),
+                q("DECLARE released CURSOR WITH HOLD FOR SELECT 1"),
+                q("RELEASE s"),
+                q("COMMIT"),
+            ],
+        ),
+        (
+            "plain_in_open_transaction",
+            vec![
+                q("BEGIN"),
+                q("SAVEPOINT a"),
+                q("DECLARE plain_in_open_transaction CURSOR FOR SELECT 1"),
+                q("ROLLBACK TO a"),
+            ],
+        ),
+        (
+            "released_then_rolled_back",
+            vec![
+                q("BEGIN"),
+                q("SAVEPOINT a"),
+                q("SAVEPOINT b"),
+                q("DECLARE released_then_rolled_back CURSOR WITH HOLD FOR SELECT 1"),
+                q("RELEASE b"),
+                q("ROLLBACK TO a"),
+                q("COMMIT"),
+            ],
+        ),
+        (
+            "name_used_twice",
+            vec![
+                q("BEGIN"),
+                q("SAVEPOINT a"),
+                q("DECLARE name_used_twice CURSOR WITH HOLD FOR SELECT 1"),
+                q("SAVEPOINT a"),
+                q("ROLLBACK TO a"),
                 q("COMMIT"),
             ],
         ),
@@ -131,10 +184,13 @@ async fn the_proxy_knows_the_cursors_the_server_keeps_after_each_kind_of_transac
             if on_server { "keeps" } else { "dropped" },
             errors_in(&fetched)
         );
+        // A scenario that leaves its transaction open ends it here.
+        raw.send(&query("ROLLBACK")).await;
+        raw.read_until_ready().await;
     }
     // Both outcomes were seen, so neither half of the comparison is vacuous.
     assert_eq!(
-        kept, 4,
-        "committed_then_error, chained, savepoint, pipeline_committed"
+        kept, 6,
+        "committed_then_error, chained, savepoint, released, name_used_twice, pipeline_committed"
     );
 }

@@ -478,13 +478,16 @@ impl Relay {
                     params: Arc::from([]),
                     held: crate::guard::declares_held_cursor(text),
                     rows: 0,
-                    opened_in_transaction: true,
+                    opened_in: None,
                 },
             ),
             NameChange::Deallocate(name) => SqlChange::Deallocate(name.clone()),
             NameChange::Close(name) => SqlChange::Close(name.clone()),
             NameChange::DiscardAll => SqlChange::DiscardAll,
             NameChange::EndTransaction => SqlChange::EndTransaction,
+            NameChange::Savepoint(name) => SqlChange::Savepoint(name.clone()),
+            NameChange::Release(name) => SqlChange::Release(name.clone()),
+            NameChange::RollbackTo(name) => SqlChange::RollbackTo(name.clone()),
             NameChange::Execute(_) | NameChange::Fetch(_) => return Ok(None),
         };
         self.statements

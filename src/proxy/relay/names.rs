@@ -137,7 +137,10 @@ fn name_and_rule(change: &NameChange) -> Option<(&str, &'static str)> {
         NameChange::Deallocate(None)
         | NameChange::Close(None)
         | NameChange::DiscardAll
-        | NameChange::EndTransaction => None,
+        | NameChange::EndTransaction
+        | NameChange::Savepoint(_)
+        | NameChange::Release(_)
+        | NameChange::RollbackTo(_) => None,
     }
 }
 
