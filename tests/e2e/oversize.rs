@@ -347,3 +347,40 @@ async fn a_statement_naming_more_than_its_record_holds_is_refused() {
 fn padded(statement: &str) -> String {
     format!("/* {} */ {statement}", "x".repeat(70_000))
 }
+
+/// Over 1 MiB a statement is read by neither the parser nor the scanner, so a clipped record
+/// could say nothing of what it does: an attack review dropped a table as admin behind
+/// 1 MiB of comment, recorded as a prefix of padding and a hash. Refused at every level; a
+/// long statement lockbox can read still runs, its skeleton in the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_too_long_to_read_or_record_is_refused_even_to_admin() {
+    let env = Env::start("oversize_unreadable").await;
+    let (_id, token) = env
+        .approved_token_for("eve", "1h", lockbox::policy::AccessLevel::Admin)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    client
+        .simple_query("CREATE TABLE victim (a int)")
+        .await
+        .expect("create");
+    let hidden = format!("/*{}*/ DROP TABLE victim", "x".repeat(1_100_000));
+    let refused = client.simple_query(&hidden).await.expect_err("refused");
+    let message = refused
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
+    assert!(message.contains("audit_record"), "{refused}");
+    assert_eq!(
+        env.superuser_sql("SELECT to_regclass('victim') IS NOT NULL"),
+        "t"
+    );
+    let readable = format!("/*{}*/ DROP TABLE victim", "x".repeat(100_000));
+    client
+        .simple_query(&readable)
+        .await
+        .expect("readable, runs");
+    assert_eq!(
+        env.superuser_sql("SELECT to_regclass('victim') IS NULL"),
+        "t"
+    );
+}
