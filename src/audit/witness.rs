@@ -84,6 +84,12 @@ impl Kept {
 /// The key in `store`: on a store shared by several nodes, each node's trail has its own
 /// (two machines may well keep their trails at the same path).
 fn store_key(store: &Store, active: &Path) -> String {
+    store_key_as(store, &canonical(active))
+}
+
+/// The key under the trail's path as spelled: how versions before the canonical key kept
+/// it, and still read when the canonical key holds nothing.
+fn store_key_as(store: &Store, active: &Path) -> String {
     match store.postgres_backend() {
         Some(pg) => format!("audit_witness {} {}", pg.node, active.display()),
         None => setting_key(active),
@@ -94,13 +100,35 @@ pub fn setting_key(active: &Path) -> String {
     format!("audit_witness {}", active.display())
 }
 
+/// The trail's path with its folder resolved (links, `..`, a relative spelling): one key
+/// however the config was reached. An attack review ran `audit verify --config lockbox.toml`
+/// from the deployment's folder, which looked the witness up under another key, found
+/// none, and passed a cut trail (as `serve` started on it).
+fn canonical(active: &Path) -> PathBuf {
+    let (Some(dir), Some(name)) = (active.parent(), active.file_name()) else {
+        return active.to_owned();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::canonicalize(dir).map_or_else(|_| active.to_owned(), |dir| dir.join(name))
+}
+
 /// The witness the state store holds for the trail, with whether the trail was closed
 /// at it.
 pub async fn kept(store: &Store, active: &Path) -> Result<Option<Kept>, AuditError> {
-    let text = store
-        .setting(&store_key(store, active))
-        .await
-        .map_err(|e| io_error(active, e.to_string()))?;
+    let read = |key: String| async move {
+        store
+            .setting(&key)
+            .await
+            .map_err(|e| io_error(active, e.to_string()))
+    };
+    let text = match read(store_key(store, active)).await? {
+        Some(text) => Some(text),
+        None => read(store_key_as(store, active)).await?,
+    };
     text.map(|t| Kept::from_setting(&t))
         .transpose()
         .map_err(|e| {

@@ -235,3 +235,45 @@ async fn a_trail_closed_before_its_first_record_takes_none_while_stopped() {
         .await
         .expect("an open trail's records are its own");
 }
+
+#[tokio::test]
+async fn the_witness_is_found_however_the_trails_path_is_spelled() {
+    // An attack review reached the deployment through a relative config path and a linked
+    // folder: the witness, kept under another spelling, was not found and a cut trail passed.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = dir.path().join("deployment");
+    std::fs::create_dir(&real).expect("mkdir");
+    let active = real.join("audit.jsonl");
+    let hashes = trail(&active, 3);
+    let store = Store::open(&dir.path().join("state.db")).expect("store");
+    let (tx, rx) = watch::channel(None);
+    let keeper = Keeper::spawn(store.clone(), active.clone(), rx);
+    tx.send_replace(Some(Witness {
+        seq: 3,
+        hash: hashes[2],
+    }));
+    keeper.finish().await;
+    let linked = dir.path().join("linked");
+    std::os::unix::fs::symlink(&real, &linked).expect("link");
+    let dotted = real.join("..").join("deployment").join("audit.jsonl");
+    for spelling in [linked.join("audit.jsonl"), dotted] {
+        let found = kept(&store, &spelling).await.expect("read");
+        assert_eq!(
+            found.map(|k| k.witness.seq),
+            Some(3),
+            "{}",
+            spelling.display()
+        );
+    }
+    // One kept by an older version under the path as spelled is still read.
+    let older = dir.path().join("older.jsonl");
+    store
+        .set_setting(
+            &setting_key(&older),
+            r#"{"seq":7,"hash":"0000000000000000000000000000000000000000000000000000000000000000"}"#,
+        )
+        .await
+        .expect("set");
+    let found = kept(&store, &older).await.expect("read");
+    assert_eq!(found.map(|k| k.witness.seq), Some(7));
+}

@@ -131,7 +131,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Relative paths resolve against the config's folder as the filesystem names it, so
+        // one deployment's paths (and the keys made of them) are the same however the config
+        // was reached: a relative `--config`, a linked folder.
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let canonical = std::fs::canonicalize(parent.unwrap_or(Path::new("."))).ok();
+        let base = canonical.as_deref().or(parent).unwrap_or(Path::new("."));
         let mut config = Config::from_toml(&text, base).map_err(|e| match e {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: path.to_owned(),
