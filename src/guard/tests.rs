@@ -182,7 +182,7 @@ fn read_only_mode_cannot_be_left_under_read() {
         "escaping_function",
     );
     check(
-        "select set_config('DEFAULT_TRANSACTION_READ_ONLY'::text, 'off', false)",
+        "select set_config('DEFAULT_TRANSACTION_READ_ONLY'::pg_catalog.text, 'off', false)",
         "escaping_function",
     );
     check(
@@ -1238,13 +1238,17 @@ fn a_cast_that_may_change_a_literal_leaves_its_value_unknown() {
         "SELECT set_config('default_transaction_read_only', 'offx'::bpchar(3), false)",
         "SELECT lo_open(16400, '100000000001000000'::bit(18)::int)",
         "SELECT lo_open(16400, 131072.4::int)",
+        "SELECT set_config('search_path', '16407'::regnamespace::text, false)",
+        "SELECT set_config('search_path', 'hrx'::pg_temp.text, false)",
+        "SELECT set_config('search_path', 'hrx'::public.varchar, false)",
     ] {
         assert!(refused(sql), "{sql}");
     }
     // Casts that keep the text as it is are still looked through.
     for sql in [
-        "SELECT set_config('statement_timeout'::text, '5s'::varchar, false)",
+        "SELECT set_config('statement_timeout'::pg_catalog.text, '5s'::pg_catalog.varchar, false)",
         "SELECT lo_open(16400, 262144::int4)",
+        "SELECT set_config('statement_timeout', '5s'::pg_catalog.text, false)",
     ] {
         assert!(!refused(sql), "{sql}");
     }

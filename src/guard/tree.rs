@@ -611,20 +611,31 @@ fn keeps_literal(type_name: &Value, value: &str) -> bool {
     if !empty("typmods") || !empty("array_bounds") {
         return false;
     }
-    let Some(name) = type_name
+    let names: Vec<&str> = type_name
         .get("names")
         .and_then(Value::as_array)
-        .and_then(|names| names.last())
-        .map(|n| n.get("node").unwrap_or(n))
-        .and_then(|n| n.get("String").unwrap_or(n).get("sval"))
-        .and_then(Value::as_str)
-    else {
-        return false;
-    };
-    match name {
-        "text" | "varchar" | "unknown" | "regclass" | "regnamespace" | "regproc"
-        | "regprocedure" | "regtype" | "regrole" | "regconfig" | "regcollation" => true,
-        "int2" | "int4" | "int8" | "oid" => value.parse::<i64>().is_ok(),
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| {
+                    let n = n.get("node").unwrap_or(n);
+                    n.get("String").unwrap_or(n).get("sval")?.as_str()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Not the `reg*` types: cast back to text they print the object's name, which need not
+    // be what was written (`'16407'::regnamespace::text` is a schema's name).
+    match names[..] {
+        // Text types of pg_catalog's own only: a domain of that name elsewhere can cut the
+        // value (`'hrx'::pg_temp.text` over `varchar(2)`), and an unqualified name finds
+        // such a domain first where the search path names pg_catalog after its schema.
+        ["pg_catalog", "text" | "varchar" | "unknown"] => true,
+        // A domain over any type can keep an integer's digits or refuse them, not change
+        // them.
+        ["int2" | "int4" | "int8" | "oid"] | ["pg_catalog", "int2" | "int4" | "int8" | "oid"] => {
+            value.parse::<i64>().is_ok()
+        }
         _ => false,
     }
 }

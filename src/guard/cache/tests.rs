@@ -120,8 +120,8 @@ const VERDICT_CHANGES: &[(&str, &str)] = &[
         "SET standard_conforming_strings = 0",
     ),
     (
-        "select set_config('default_transaction_read_only', 1::text, false)",
-        "select set_config('default_transaction_read_only', 0::text, false)",
+        "select set_config('default_transaction_read_only', 1::pg_catalog.text, false)",
+        "select set_config('default_transaction_read_only', 0::pg_catalog.text, false)",
     ),
     (
         "explain (analyze 0) delete from t where a = 1",
