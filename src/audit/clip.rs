@@ -181,7 +181,9 @@ fn clip_fields(
             let names = names.filter(|_| name == "statement");
             let mut keep = limits.max_field_bytes.min(budget);
             if names.is_some() && json_len(text) > keep {
-                keep = keep.min(budget.saturating_sub(names.map_or(0, names_cost)));
+                // The names, then the skeleton, say more than the prefix does.
+                let said = names.map_or(0, |n| names_cost(n) + skeleton_cost(n));
+                keep = keep.min(budget.saturating_sub(said));
             }
             if let Some((prefix, mut clipped)) = clip_text(text, keep) {
                 // A clipped value spends all it was allowed (see `clip_param`).
@@ -246,6 +248,20 @@ pub(crate) fn names_cost(names: &StatementNames) -> usize {
                 .sum::<usize>()
         })
         .sum()
+}
+
+/// The bytes a clipped statement's skeleton takes in its record, key included.
+fn skeleton_cost(names: &StatementNames) -> usize {
+    names
+        .skeleton
+        .as_deref()
+        .map_or(0, |s| json_len("skeleton") + 4 + json_len(s))
+}
+
+/// Whether a statement's skeleton fits in its record beside its names should its text be
+/// clipped: a statement whose record cannot say what it does does not run.
+pub(crate) fn skeleton_fits(names: &StatementNames, limits: ClipLimits) -> bool {
+    names_cost(names) + skeleton_cost(names) <= limits.max_record_bytes
 }
 
 /// Whether a statement's names fit in its record should its text be clipped: a statement
@@ -482,6 +498,28 @@ mod tests {
         assert!(kept.get("names_omitted").is_none(), "{kept}");
         // Kept whole, the same statement carries no list.
         assert_eq!(clipped(&event, ClipLimits::default()), None);
+    }
+
+    #[test]
+    fn the_skeleton_comes_before_the_prefix_and_one_that_cannot_fit_refuses() {
+        let mut event = with_mentions(&format!("/* {} */ DROP TABLE t", "x".repeat(100)), &[], &[]);
+        if let AuditEvent::Statement(s) = &mut event {
+            if let Some(m) = &mut s.mentions {
+                m.skeleton = Some("DROP TABLE t".into());
+            }
+        }
+        let limits = ClipLimits {
+            max_field_bytes: 64,
+            max_record_bytes: 48,
+        };
+        assert!(skeleton_fits(mentions(&event), limits));
+        let record = clipped(&event, limits).expect("clipped");
+        assert_eq!(record["statement_clipped"]["skeleton"], "DROP TABLE t");
+        let tight = ClipLimits {
+            max_field_bytes: 64,
+            max_record_bytes: 20,
+        };
+        assert!(!skeleton_fits(mentions(&event), tight));
     }
 
     #[test]

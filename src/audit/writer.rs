@@ -411,6 +411,13 @@ impl AuditLog {
         super::clip::names_fit(names, limits)
     }
 
+    /// Whether a statement's skeleton fits in its record beside its names should its text be
+    /// clipped (`audit::clip::skeleton_fits`).
+    pub fn skeleton_fits(&self, names: &super::StatementNames) -> bool {
+        let limits = self.shared().clip.get().copied().unwrap_or_default();
+        super::clip::skeleton_fits(names, limits)
+    }
+
     /// Names this node on every record from now on (`[node] id`).
     pub fn set_node(&self, id: &str) {
         self.shared().lock().node = Some(super::node::NodeStamp::new(id));

@@ -287,7 +287,8 @@ async fn a_clipped_statement_keeps_names_as_the_server_resolves_them() {
 }
 
 /// A statement whose names alone are more than its record may hold does not run: its
-/// record could not say what it touched. One whose names fit runs, its prefix shorter.
+/// record could not say what it touched; nor one whose skeleton does not fit beside them.
+/// One whose names and skeleton fit runs, its prefix shorter.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_statement_naming_more_than_its_record_holds_is_refused() {
     let env = Env::with(
@@ -310,30 +311,37 @@ async fn a_statement_naming_more_than_its_record_holds_is_refused() {
             names.join(", ")
         )
     };
-    let error = client.simple_query(&flood(300)).await.expect_err("refused");
-    let (code, message) = crate::harness::db_error(&error);
-    assert_eq!(code, "42501", "{message}");
-    assert!(message.contains("rule audit_record"), "{message}");
-    // 100 names fit: it runs, and its record names `items` with the rest.
-    client.simple_query(&flood(100)).await.expect("runs");
+    for refused in [flood(300), flood(100)] {
+        let error = client.simple_query(&refused).await.expect_err("refused");
+        let (code, message) = crate::harness::db_error(&error);
+        assert_eq!(code, "42501", "{message}");
+        assert!(message.contains("rule audit_record"), "{message}");
+    }
+    // 30 names behind a comment fit, with the statement's skeleton: it runs, and its record
+    // names `items` with the rest.
+    let fits = format!("/* {} */ {}", "x".repeat(1500), flood(30));
+    client.simple_query(&fits).await.expect("runs");
     let records = env
-        .wait_for_audit("both statements", |records| {
+        .wait_for_audit("the three statements", |records| {
             records
                 .iter()
                 .filter(|r| r["request_id"] == id.as_str() && !r["statement_clipped"].is_null())
                 .count()
-                == 2
+                == 3
         })
         .await;
     let ran = records
         .iter()
         .filter(|r| r["request_id"] == id.as_str() && !r["statement_clipped"].is_null())
-        .nth(1)
-        .expect("the second");
+        .nth(2)
+        .expect("the third");
     let relations = ran["statement_clipped"]["relations"]
         .as_array()
         .expect("relations");
-    assert_eq!(relations.len(), 101, "{ran}");
+    assert_eq!(relations.len(), 31, "{ran}");
+    assert!(ran["statement_clipped"]["skeleton"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("WITH cte0000")));
     assert!(relations.contains(&serde_json::json!("items")));
     assert!(
         ran["statement_clipped"].get("names_omitted").is_none(),
@@ -382,5 +390,36 @@ async fn a_statement_too_long_to_read_or_record_is_refused_even_to_admin() {
     assert_eq!(
         env.superuser_sql("SELECT to_regclass('victim') IS NULL"),
         "t"
+    );
+}
+
+/// Whitespace costs up to six bytes a character in a record (a tab two): an attack review
+/// padded an UPDATE's WHERE with tabs so that even its skeleton was cut before `OR true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whitespace_padding_does_not_push_a_statements_end_out_of_its_record() {
+    let env = Env::start("oversize_whitespace").await;
+    let (id, token) = env
+        .approved_token_for("eve", "1h", lockbox::policy::AccessLevel::Write)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    let padded = format!(
+        "UPDATE items SET name = 'x' WHERE id = 5{} OR true",
+        "\t".repeat(520_000)
+    );
+    client.simple_query(&padded).await.expect("runs");
+    let records = env
+        .wait_for_audit("the padded update", |records| {
+            records
+                .iter()
+                .any(|r| r["request_id"] == id.as_str() && !r["statement_clipped"].is_null())
+        })
+        .await;
+    let record = records
+        .iter()
+        .find(|r| r["request_id"] == id.as_str() && !r["statement_clipped"].is_null())
+        .expect("the record");
+    assert_eq!(
+        record["statement_clipped"]["skeleton"], "UPDATE items SET name = 'x' WHERE id = 5 OR true",
+        "{record}"
     );
 }
