@@ -315,6 +315,12 @@ impl AuditLog {
             super::journal::remove(path).map_err(io)?;
             None
         };
+        // Records after the trail's last checkpoint (a crash, a run whose appends were refused)
+        // are signed by this run's first checkpoint, at the latest its closing one: a clean
+        // stop must end the trail with a checkpoint even if nothing is appended meanwhile (an
+        // attack review found a tail left unsigned by a start and a stop, which a cut then
+        // took unnoticed).
+        let inherited_unsigned = last_seq > 0 && !ends_with_checkpoint(path);
         let state = State {
             file: Arc::new(file),
             next_seq: last_seq + 1,
@@ -326,8 +332,8 @@ impl AuditLog {
             node: None,
             failed_pending: Vec::new(),
             pending_since: None,
-            uncovered: 0,
-            uncovered_since: None,
+            uncovered: u64::from(inherited_unsigned),
+            uncovered_since: inherited_unsigned.then(Instant::now),
             unsynced_since: None,
             sync_wanted: last_seq,
             durable: last_seq,
@@ -635,3 +641,14 @@ mod parts_tests;
 #[cfg(test)]
 #[path = "writer_trail_tests.rs"]
 mod trail_tests;
+
+/// Whether the active file's last record is a checkpoint (an empty file is taken as ending
+/// with the checkpoint its rotation wrote into the segment before it).
+fn ends_with_checkpoint(path: &Path) -> bool {
+    match super::witness::last_line(path) {
+        Ok(Some(line)) => serde_json::from_slice::<serde_json::Value>(&line)
+            .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("checkpoint")),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}

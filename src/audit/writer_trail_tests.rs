@@ -342,3 +342,58 @@ async fn a_trail_replaced_under_the_writer_refuses_further_appends() {
         assert!(!log.healthy(), "{replace}");
     }
 }
+
+/// A trail whose last record is no checkpoint (a crash, or a run whose appends were refused)
+/// is signed by the next run's close even if that run appends nothing: an attack review
+/// found the tail left unsigned by a start and a clean stop, which a later cut then took
+/// unnoticed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_stop_signs_a_tail_it_found_unsigned() {
+    let signer = || {
+        crate::audit::chain::CheckpointSigner::from_pem(
+            &crate::keys::generate_signing_key_pem().expect("key"),
+        )
+        .expect("signer")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (log, thread) = AuditLog::open(&path, Some(signer())).expect("open");
+    log.append_durable(vec![event(1, 10)])
+        .await
+        .expect("append");
+    log.close().await;
+    thread.join().expect("writer");
+    // A record after the closing checkpoint, chained to it, as a crashed run leaves one.
+    let text = std::fs::read(&path).expect("trail");
+    let last = text[..text.len() - 1]
+        .split(|b| *b == b'\n')
+        .next_back()
+        .expect("a line")
+        .to_vec();
+    let seq = serde_json::from_slice::<serde_json::Value>(&last).expect("json")["seq"]
+        .as_u64()
+        .expect("seq");
+    let mut tail = Vec::new();
+    crate::audit::file::encode_line(
+        &mut tail,
+        seq + 1,
+        "2026-01-01T00:00:00Z",
+        &crate::audit::chain::line_hash(&last),
+        br#"{"type":"statement"}"#,
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open");
+    std::io::Write::write_all(&mut file, &tail).expect("append");
+    let (log, thread) = AuditLog::open(&path, Some(signer())).expect("reopen");
+    log.close().await;
+    thread.join().expect("writer");
+    let last = std::fs::read_to_string(&path)
+        .expect("trail")
+        .lines()
+        .last()
+        .map(str::to_owned)
+        .expect("a line");
+    assert!(last.contains(r#""type":"checkpoint""#), "{last}");
+}
