@@ -35,10 +35,22 @@ pub(crate) fn open_own_file(path: &Path, options: &mut OpenOptions) -> io::Resul
     let file = options
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a regular file", path.display()),
+        ));
+    }
+    // Another name for the same file (a hard link made to the signing key or the state
+    // store) would have lockbox write into that file.
+    if std::os::unix::fs::MetadataExt::nlink(&metadata) > 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} has other names (hard links); lockbox writes only files of its own",
+                path.display()
+            ),
         ));
     }
     file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
@@ -81,5 +93,22 @@ mod tests {
         restrict(&loose).unwrap();
         assert_eq!(mode(&loose), FILE_MODE);
         restrict(&dir.join("missing")).unwrap();
+    }
+
+    #[test]
+    fn a_file_of_lockbox_is_never_one_reached_through_another_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("signing-key.pem");
+        std::fs::write(&key, b"key").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let trail = dir.path().join("audit.jsonl");
+        std::fs::hard_link(&key, &trail).unwrap();
+        let refused = open_own_file(&trail, open_options().append(true)).unwrap_err();
+        assert!(refused.to_string().contains("other names"), "{refused}");
+        std::fs::remove_file(&trail).unwrap();
+        std::os::unix::fs::symlink(&key, &trail).unwrap();
+        assert!(open_own_file(&trail, open_options().append(true)).is_err());
+        assert_eq!(std::fs::read(&key).unwrap(), b"key");
+        assert_eq!(mode(&key), 0o640, "its mode left as it was");
     }
 }

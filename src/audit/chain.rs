@@ -91,20 +91,29 @@ pub fn verify(files: &[&Path], public_key: Option<&str>, live: bool) -> Result<R
 /// (opened without waiting for a FIFO's writer, and refused).
 pub fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    let mut bytes = Vec::new();
+    open_regular_file(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// An audit file opened for reading, refused unless it is a regular file (see
+/// [`read_regular_file`]).
+pub fn open_regular_file(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "not a regular file (an audit file is never a FIFO, a device or a folder)",
+            format!(
+                "{} is not a regular file (an audit file is never a FIFO, a device or a folder)",
+                path.display()
+            ),
         ));
     }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
+    Ok(file)
 }
 
 /// `verify`, fed one file's bytes at a time: a caller that goes on to use those very bytes

@@ -70,10 +70,11 @@ impl Syncer<'_> {
             .shared
             .rotation_step(RotationStep::OpenNew)
             .and_then(|()| {
+                // A new file, never one put under the name meanwhile.
                 crate::private_files::open_own_file(
                     path,
                     crate::private_files::open_options()
-                        .create(true)
+                        .create_new(true)
                         .read(true)
                         .append(true),
                 )

@@ -9,7 +9,6 @@
 //! record at its place, was truncated or rewritten: the writer refuses to continue it
 //! ([`check_trail`]) and `audit verify --config` fails ([`check_files`]).
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -267,7 +266,7 @@ fn last_seq_of_trail(active: &Path) -> Result<Option<u64>, AuditError> {
 /// The last complete line of `path`, read from the end (a window growing from 16 KiB, so a
 /// long line costs more reads, never a whole-file read for a short one).
 pub(super) fn last_line(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    let mut file = File::open(path)?;
+    let mut file = super::chain::open_regular_file(path)?;
     let len = file.metadata()?.len();
     let mut window = 16 * 1024u64;
     loop {
@@ -300,7 +299,8 @@ pub fn check_files(
     let mut last_seq = 0;
     let mut last_path = files.last().copied().unwrap_or(active);
     for path in files {
-        let file = File::open(path).map_err(|e| io_error(path, e.to_string()))?;
+        let file =
+            super::chain::open_regular_file(path).map_err(|e| io_error(path, e.to_string()))?;
         let mut reader = BufReader::new(file);
         let mut line = Vec::new();
         loop {

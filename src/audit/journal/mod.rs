@@ -224,11 +224,16 @@ impl Journal {
     /// long (allocated now, so the journal's size never changes while it is written).
     pub(super) fn create(active: &Path, bytes: u64, anchor: Option<Frame>) -> io::Result<Journal> {
         let path = path_for(active);
-        let existed = path.exists();
+        // Made anew under its name: whatever the name led to (a link to another file,
+        // which lockbox would otherwise overwrite) is left alone. Recovery has read it.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let file = crate::private_files::open_own_file(
             &path,
             crate::private_files::open_options()
-                .create(true)
+                .create_new(true)
                 .read(true)
                 .write(true),
         )?;
@@ -269,9 +274,8 @@ impl Journal {
             journal.half_last_seq[0] = anchor.last_seq;
         }
         journal.file.sync_all()?;
-        if !existed {
-            sync_dir(&path);
-        }
+        // A new directory entry each time.
+        sync_dir(&path);
         Ok(journal)
     }
 

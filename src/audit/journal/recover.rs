@@ -84,7 +84,7 @@ pub(crate) fn unrecovered(active: &Path) -> io::Result<u64> {
     if frames.is_empty() {
         return Ok(0);
     }
-    let trail = match File::open(active) {
+    let trail = match crate::audit::chain::open_regular_file(active) {
         Ok(trail) => trail,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Ok(frames
@@ -144,7 +144,7 @@ pub(crate) fn anchor(trail: &File, file_first_seq: u64) -> io::Result<Option<Fra
 /// The frames of the journal's newest run (the writer run and trail file of its newest
 /// frame), in the order they were written.
 fn frames_of(active: &Path) -> io::Result<Vec<ReadFrame>> {
-    let journal = match File::open(path_for(active)) {
+    let journal = match crate::audit::chain::open_regular_file(&path_for(active)) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
@@ -171,7 +171,7 @@ fn frames_of(active: &Path) -> io::Result<Vec<ReadFrame>> {
         // The frames are of a file since rotated, which was made durable before its rename:
         // it holds their bytes. One that does not was put there (an attack review planted an
         // empty file under that name, and the next start wiped the journal's records).
-        let segment = File::open(&rotated)?;
+        let segment = crate::audit::chain::open_regular_file(&rotated)?;
         let mut buf = Vec::new();
         let missing = frames.iter().find(|f| {
             f.payload

@@ -516,31 +516,43 @@ fn a_sync_then_a_wrap_and_frames_written_past_the_bound_keep_every_record() {
 }
 
 #[test]
-fn a_link_or_fifo_in_the_journals_place_is_refused_and_its_target_left_alone() {
-    // An attack review linked the journal's name to another file: lockbox made it
-    // owner-only and overwrote it with 32 MiB of journal.
+fn a_link_or_fifo_in_the_journals_place_is_replaced_and_its_target_left_alone() {
+    // An attack review linked the journal's name to another file (a symbolic link, then a
+    // hard link to the signing key): lockbox made it owner-only and overwrote it with
+    // 32 MiB of journal. A FIFO there made the start wait forever.
     let dir = tempfile::tempdir().expect("tempdir");
     let active = dir.path().join("audit.jsonl");
     let decoy = dir.path().join("decoy");
     std::fs::write(&decoy, b"precious").expect("decoy");
     std::fs::set_permissions(&decoy, std::fs::Permissions::from_mode(0o644)).expect("mode");
-    std::os::unix::fs::symlink(&decoy, path_for(&active)).expect("link");
-    assert!(Journal::create(&active, 64 * 1024, None).is_err());
-    assert_eq!(std::fs::read(&decoy).expect("decoy"), b"precious");
-    let mode = std::fs::metadata(&decoy)
-        .expect("decoy")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o644);
-
-    std::fs::remove_file(path_for(&active)).expect("unlink");
-    let made = std::process::Command::new("mkfifo")
-        .arg(path_for(&active))
-        .status()
-        .expect("mkfifo");
-    assert!(made.success());
-    let refused = Journal::create(&active, 64 * 1024, None)
-        .err()
-        .expect("refused");
-    assert!(refused.to_string().contains("regular file"), "{refused}");
+    let plant: [&dyn Fn(&Path); 3] = [
+        &|at| std::os::unix::fs::symlink(&decoy, at).expect("symlink"),
+        &|at| std::fs::hard_link(&decoy, at).expect("hard link"),
+        &|at| {
+            let made = std::process::Command::new("mkfifo")
+                .arg(at)
+                .status()
+                .expect("mkfifo");
+            assert!(made.success());
+        },
+    ];
+    for (i, plant) in plant.iter().enumerate() {
+        let _ = std::fs::remove_file(path_for(&active));
+        plant(&path_for(&active));
+        match recover(&active) {
+            // A FIFO is refused, not waited on: lockbox says so and does not start.
+            Err(e) => assert!(i == 2 && e.to_string().contains("regular file"), "{i}: {e}"),
+            Ok(recovered) => assert_eq!(recovered, Recovered::default(), "{i}"),
+        }
+        Journal::create(&active, 64 * 1024, None).expect("a journal of its own");
+        let made = std::fs::symlink_metadata(path_for(&active)).expect("journal");
+        assert!(made.file_type().is_file(), "{i}");
+        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&made), 1, "{i}");
+        assert_eq!(std::fs::read(&decoy).expect("decoy"), b"precious", "{i}");
+        let mode = std::fs::metadata(&decoy)
+            .expect("decoy")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "{i}");
+    }
 }
