@@ -1285,3 +1285,17 @@ fn what_cannot_be_parsed_is_refused_to_admin_where_rules_must_be_checked() {
         );
     }
 }
+
+#[test]
+fn a_text_of_too_many_tokens_is_not_parsed() {
+    // An attack review had 1 MB of `1,` cost the proxy 3.4 GB in its analysis.
+    let many = format!("SELECT {}1", "1,".repeat(MAX_ANALYZED_TOKENS / 2 + 1));
+    assert_eq!(analyze_query(&many)[0].analysis.class, Class::Unknown);
+    assert_eq!(
+        check(AccessLevel::Read, &many).map_err(|r| r.rule),
+        Err("unparsable")
+    );
+    // Fewer are read as ever (an IN list of 10,000 values).
+    let list = format!("SELECT * FROM t WHERE id IN ({}1)", "1,".repeat(10_000));
+    assert_eq!(analyze_query(&list)[0].analysis.class, Class::Read);
+}
