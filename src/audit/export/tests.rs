@@ -464,3 +464,36 @@ async fn verify_export_checks_the_signatures_of_the_checkpoints_it_holds() {
         "{found:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_export_refuses_fifos_and_does_not_follow_links_around_a_run() {
+    // A FIFO in a part's place made it wait forever; links to `.` made its walk of the
+    // run's folder take forever (an attack review).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = crate::keys::generate_signing_key_pem().expect("key");
+    let public = crate::token::TokenAuthority::from_pem(&pem, "i", "a")
+        .expect("authority")
+        .public_key_pem()
+        .to_owned();
+    let active = trail(dir.path(), &pem).await;
+    let out = run(
+        &active,
+        &request(&dir.path().join("out"), ExportFormat::Jsonl),
+        &pem,
+    );
+    for name in ["a", "b", "c", "d", "e", "f"] {
+        std::os::unix::fs::symlink(".", out.path.join(name)).expect("link");
+    }
+    let part = out.path.join(&out.manifest.files[0].path);
+    std::fs::remove_file(&part).expect("remove");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&part)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let found = problems(&out.path, &public);
+    assert!(
+        found.iter().any(|p| p.contains("regular file")),
+        "{found:#?}"
+    );
+}

@@ -159,9 +159,29 @@ fn verify_run(dir: &Path, key: Option<&VerifyingKey>) -> ExportReport {
     report
 }
 
+/// Largest manifest read (one lists a run's part files: a few hundred bytes each).
+const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// A file of the export, read only if it is a regular file of at most `limit` bytes: a FIFO
+/// in a part's place made `verify-export` wait forever, a link to `/dev/zero` read until
+/// memory ran out (an attack review).
+fn read_export_file(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = crate::audit::chain::open_regular_file(path)?;
+    let len = file.metadata()?.len();
+    if len > limit {
+        return Err(std::io::Error::other(format!(
+            "{len} bytes, more than the {limit} it may hold"
+        )));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn read_manifest(dir: &Path) -> Result<Manifest, String> {
     let path = dir.join(MANIFEST_FILE);
-    let bytes = std::fs::read(&path).map_err(|e| {
+    let bytes = read_export_file(&path, MAX_MANIFEST_BYTES).map_err(|e| {
         format!(
             "{}: cannot read the manifest ({e}): not an export, or the manifest was deleted",
             path.display()
@@ -195,11 +215,11 @@ fn check_file(
         return None;
     }
     let path = dir.join(relative);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match read_export_file(&path, entry.bytes) {
         Ok(b) => b,
         Err(e) => {
             problems.push(format!(
-                "{name}: missing or unreadable ({e}): the file was deleted"
+                "{name}: missing, unreadable or too large ({e}): the file was deleted or changed"
             ));
             return None;
         }
@@ -325,7 +345,8 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.is_dir() {
+        // Not through links: a few links to `.` made the walk take forever.
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
             walk(root, &path, out);
         } else if let Ok(relative) = path.strip_prefix(root) {
             let parts: Vec<String> = relative
