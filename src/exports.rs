@@ -386,11 +386,14 @@ impl Exports {
             witnessing: self.witnessing().await?,
         };
         let active = self.lockbox.audit.path().to_owned();
+        let last_seq = *self.lockbox.audit.subscribe().borrow();
         let (signer, cancel) = (self.signer.clone(), self.cancel.clone());
         tokio::task::spawn_blocking(move || {
             // A run renamed into place just before a crash, whose watermark never moved, is
             // taken over instead of written again: that would export its records twice.
-            if let Some(found) = committed_run(&request.to, &name, after) {
+            let key = signer.as_deref().and_then(|s| s.public_key_pem().ok());
+            if let Some(found) = committed_run(&request.to, &name, after, key.as_deref(), last_seq)
+            {
                 return Ok(Some(found));
             }
             export::export(&active, &request, signer.as_deref(), &mut |_| {}, &cancel)
@@ -438,7 +441,17 @@ impl Exports {
 }
 
 /// A run folder of `name` starting right after `after`, complete with its manifest.
-fn committed_run(target: &Path, name: &str, after: u64) -> Option<(String, Manifest)> {
+/// Only a run that verifies (with the deployment's key, its manifest's signature too) and
+/// ends within the trail is taken over: an attack review planted an unsigned manifest
+/// claiming records up to seq 999,999, and the schedule's watermark jumped there, so no
+/// later record was ever exported.
+fn committed_run(
+    target: &Path,
+    name: &str,
+    after: u64,
+    key: Option<&str>,
+    last_seq: u64,
+) -> Option<(String, Manifest)> {
     let prefix = export::scheduled_run_prefix(after);
     let entries = std::fs::read_dir(target).ok()?;
     for entry in entries.flatten() {
@@ -450,7 +463,16 @@ fn committed_run(target: &Path, name: &str, after: u64) -> Option<(String, Manif
         let manifest: Manifest = std::fs::read(path.join(MANIFEST_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())?;
-        if manifest.schedule.as_deref() == Some(name) && manifest.selection.after_seq == Some(after)
+        if manifest.schedule.as_deref() != Some(name) || manifest.selection.after_seq != Some(after)
+        {
+            continue;
+        }
+        let verified = export::verify_export(&path, key)
+            .is_ok_and(|r| r.ok() && (key.is_none() || r.signature_verified));
+        if verified
+            && manifest
+                .through_seq
+                .is_some_and(|through| through <= last_seq)
         {
             tracing::warn!(path = %path.display(), "taking over an export run written before a restart");
             return Some((path.display().to_string(), manifest));
@@ -532,5 +554,81 @@ pub async fn scheduler(exports: Arc<Exports>, mut shutdown: watch::Receiver<bool
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::export::Witnessing;
+    use crate::audit::{AuditLog, RequestEvent, RequestRecord};
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn only_a_run_that_verifies_within_the_trail_is_taken_over() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pem = crate::keys::generate_signing_key_pem().expect("key");
+        let signer = CheckpointSigner::from_pem(&pem).expect("signer");
+        let key = signer.public_key_pem().expect("public key");
+        let active = dir.path().join("audit").join("audit.jsonl");
+        let (log, thread) = AuditLog::open(
+            &active,
+            Some(CheckpointSigner::from_pem(&pem).expect("signer")),
+        )
+        .expect("open");
+        for i in 0..5 {
+            let event = AuditEvent::Request(RequestRecord {
+                event: RequestEvent::Created,
+                request_id: format!("req-{i}"),
+                actor: "eve".into(),
+                engineer: "eve".into(),
+                database: "sales".into(),
+                ticket: format!("T-{i}"),
+                access: "read".into(),
+                reason: None,
+                access_expires_at: None,
+                status: None,
+                break_glass: false,
+            });
+            log.append_durable(vec![event]).await.expect("append");
+        }
+        log.close().await;
+        thread.join().expect("writer");
+        let target = dir.path().join("target");
+        let request = ExportRequest {
+            to: target.clone(),
+            format: ExportFormat::Jsonl,
+            since: None,
+            until: None,
+            database: None,
+            after_seq: Some(0),
+            schedule: Some("nightly".into()),
+            created_by: "test".into(),
+            witnessing: Witnessing::default(),
+        };
+        let run = export::export(
+            &active,
+            &request,
+            Some(&signer),
+            &mut |_| {},
+            &AtomicBool::new(false),
+        )
+        .expect("export")
+        .expect("a run");
+        let last = run.manifest.through_seq.expect("through");
+        assert!(committed_run(&target, "nightly", 0, Some(&key), last).is_some());
+        assert!(
+            committed_run(&target, "nightly", 0, Some(&key), last - 1).is_none(),
+            "a run past the trail's end"
+        );
+        // The same run with its manifest's claim moved on and its signature gone.
+        let mut forged = run.manifest.clone();
+        forged.through_seq = Some(999_999);
+        forged.signature = None;
+        std::fs::write(
+            run.path.join(MANIFEST_FILE),
+            serde_json::to_vec(&forged).expect("json"),
+        )
+        .expect("plant");
+        assert!(committed_run(&target, "nightly", 0, Some(&key), last).is_none());
     }
 }
