@@ -376,6 +376,7 @@ impl Shared {
         // frames can be overtaken by this one; made durable outside it. A failed write fails
         // the sync.
         let journal_sync = state.journal.as_mut().map(Journal::begin_sync);
+        let journal_name = state.journal.as_ref().map(Journal::name);
         let trail = state.file.clone();
         drop(state);
         let started = Instant::now();
@@ -388,6 +389,14 @@ impl Shared {
             Some(Ok(sync)) => self.before_sync().and_then(|()| sync.make_durable()),
             Some(Err(e)) => Err(std::io::Error::new(e.kind(), e.to_string())),
             None => self.before_sync().and_then(|()| trail.sync_data()),
+        };
+        let replaced = result.is_ok() && journal_name.is_some_and(|n| !n.still_leads_to_it());
+        let result = if replaced {
+            Err(std::io::Error::other(
+                "the audit journal's name no longer leads to the file lockbox writes (the audit folder was replaced or the journal removed)",
+            ))
+        } else {
+            result
         };
         let mut state = self.lock();
         if let (Some(Ok(sync)), Some(journal)) = (journal_sync, state.journal.as_mut()) {
@@ -416,7 +425,18 @@ impl Shared {
             }
             Err(e) => {
                 self.sync_failed(&mut state, &e);
-                self.after_journal_sync_failed(&mut state);
+                if replaced {
+                    // Nothing written from here on would be where a restart looks.
+                    let refusal = AuditError::Io {
+                        path: self.path.display().to_string(),
+                        message: format!("{e}; statements are refused until lockbox is restarted"),
+                    };
+                    tracing::error!(error = %refusal, "audit journal replaced; statements are refused");
+                    self.healthy.store(false, Ordering::SeqCst);
+                    state.refused = Some(refusal);
+                } else {
+                    self.after_journal_sync_failed(&mut state);
+                }
             }
         }
         state

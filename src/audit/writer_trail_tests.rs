@@ -397,3 +397,37 @@ async fn a_clean_stop_signs_a_tail_it_found_unsigned() {
         .expect("a line");
     assert!(last.contains(r#""type":"checkpoint""#), "{last}");
 }
+
+/// The whole audit folder swapped for a copy while lockbox runs: the next statement waiting
+/// for its record is told it failed, not that it is durable, and later ones are refused (an
+/// attack review had two statements acknowledged in `fsync` mode into files a restart never
+/// reads, and a clean verify afterwards).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swapped_audit_folder_fails_the_next_durable_wait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("audit");
+    let path = folder.join("audit.jsonl");
+    let (log, _thread) = AuditLog::open_with(
+        &path,
+        None,
+        AuditOptions {
+            durability: Durability::Fsync,
+            ..AuditOptions::default()
+        },
+    )
+    .expect("open");
+    log.append_durable(vec![event(1, 10)])
+        .await
+        .expect("before");
+    std::fs::rename(&folder, dir.path().join("audit.old")).expect("move away");
+    std::fs::create_dir(&folder).expect("new folder");
+    for name in ["audit.jsonl", "audit.jsonl.journal"] {
+        std::fs::copy(dir.path().join("audit.old").join(name), folder.join(name)).expect("copy");
+    }
+    assert!(
+        log.append_durable(vec![event(2, 10)]).await.is_err(),
+        "not acknowledged"
+    );
+    assert!(log.append_durable(vec![event(3, 10)]).await.is_err());
+    assert!(!log.healthy());
+}

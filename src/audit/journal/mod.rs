@@ -98,6 +98,8 @@ pub(crate) fn path_for(active: &Path) -> PathBuf {
 /// The open journal, owned by the writer's state (under its lock).
 pub(super) struct Journal {
     file: Arc<File>,
+    /// The journal's name and the file it led to when it was made.
+    name: Arc<JournalName>,
     /// The trail's active file (for messages).
     trail: PathBuf,
     /// Written into every frame: frames an earlier run left behind are told apart.
@@ -219,7 +221,30 @@ impl Unwritten {
 /// hold stays bounded between syncs.
 const MAX_UNWRITTEN_BYTES: usize = 1 << 20;
 
+/// What a sync checks the journal's name against.
+pub(super) struct JournalName {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl JournalName {
+    /// Whether the journal's name still leads to the file being written. The audit folder
+    /// swapped for a copy while lockbox runs (an attack review did) takes the frames a sync
+    /// makes durable to a file no restart reads: checked after each sync, before anyone is
+    /// told their record is durable (a path lookup, about a microsecond).
+    pub(super) fn still_leads_to_it(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| (m.dev(), m.ino()) == self.identity && m.nlink() > 0)
+    }
+}
+
 impl Journal {
+    /// The journal's name, for a check outside the lock.
+    pub(super) fn name(&self) -> Arc<JournalName> {
+        self.name.clone()
+    }
+
     /// Opens the journal beside `active` empty but for `anchor` (see [`anchor`]), `bytes`
     /// long (allocated now, so the journal's size never changes while it is written).
     pub(super) fn create(active: &Path, bytes: u64, anchor: Option<Frame>) -> io::Result<Journal> {
@@ -245,8 +270,17 @@ impl Journal {
         preallocate(&file, 2 * half)?;
         write_zeros(&file, 2 * half)?;
         let direct = direct::open(&path, &file, half);
+        let identity = {
+            use std::os::unix::fs::MetadataExt;
+            let made = file.metadata()?;
+            (made.dev(), made.ino())
+        };
         let mut journal = Journal {
             file: Arc::new(file),
+            name: Arc::new(JournalName {
+                path: path.clone(),
+                identity,
+            }),
             trail: active.to_owned(),
             run_id: rand::random(),
             half,
