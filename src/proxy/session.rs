@@ -382,6 +382,10 @@ async fn run_admitted(
     };
     let catalog_reach = database_code.reach(&db.guardrails);
     let search_path_shadows_catalog = row_limit && search_path_shadows_catalog(&mut upstream).await;
+    if let Err(message) = login_search_path_clear(&mut upstream, &db.guardrails).await {
+        send_fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &message).await;
+        return Aftermath::default();
+    }
     let request = &admission.request;
     let fields = Arc::new(SessionFields::new(
         id.0.clone(),
@@ -560,6 +564,45 @@ async fn search_path_shadows_catalog(upstream: &mut upstream::Upstream) -> bool 
         Err(e) => {
             tracing::warn!(error = %e, "could not read the session's search path; catalog reads are counted");
             true
+        }
+    }
+}
+
+/// A schema that is off limits as a whole (`schema.*`) must not be on the search path the
+/// server gave the session at login (its role's or database's default, which the proxy never
+/// sees set): an unqualified name would then read its tables, matched by no rule (an attack
+/// review read `hr.pay` as `pay` after `ALTER DATABASE … SET search_path = public, hr`).
+/// Asked on the session's own connection before the client may send anything; a failure
+/// to ask refuses the session.
+async fn login_search_path_clear(
+    upstream: &mut upstream::Upstream,
+    rules: &crate::config::Guardrails,
+) -> Result<(), String> {
+    let schemas: Vec<String> = rules
+        .off_limits
+        .iter()
+        .filter_map(|p| p.to_lowercase().strip_suffix(".*").map(str::to_owned))
+        .collect();
+    if schemas.is_empty() {
+        return Ok(());
+    }
+    // E'' literals, quotes and backslashes escaped: read alike whatever the server's
+    // standard_conforming_strings.
+    let literals: Vec<String> = schemas
+        .iter()
+        .map(|s| format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''")))
+        .collect();
+    let ask = format!(
+        "SELECT 1 FROM pg_catalog.unnest(pg_catalog.current_schemas(false)) AS s(name) \
+         WHERE pg_catalog.lower(s.name::pg_catalog.text) OPERATOR(pg_catalog.=) ANY (ARRAY[{}]::pg_catalog.text[])",
+        literals.join(", ")
+    );
+    match upstream.simple_query(&ask).await {
+        Ok(0) => Ok(()),
+        Ok(_) => Err("lockbox: the search path this session starts with (set for its role or the database) includes a schema that is off limits on this database; its tables would be read by unqualified names no rule matches".into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the session's search path");
+            Err("lockbox cannot read the session's search path to enforce this database's off-limits schemas".into())
         }
     }
 }

@@ -461,3 +461,40 @@ async fn per_grant_limits_hold() {
     assert_eq!(message.0, "54000", "{message:?}");
     assert!(message.1.contains("max_rows"), "{message:?}");
 }
+
+/// A whole schema off limits must not be on the search path a session starts with (its
+/// role's or database's default, which the proxy never sees set): an attack review read
+/// `hr.pay` as `pay` after `ALTER DATABASE … SET search_path = public, hr`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_default_search_path_opens_an_off_limits_schema_is_refused() {
+    let env = Env::with(
+        "guard_login_search_path",
+        crate::harness::Options {
+            guardrails: "off_limits = [\"hr.*\"]",
+            ..crate::harness::Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(
+        "CREATE SCHEMA hr; CREATE TABLE hr.pay (amount int); \
+         GRANT USAGE ON SCHEMA hr TO lockbox_read; GRANT SELECT ON hr.pay TO lockbox_read",
+    );
+    env.superuser_sql(&format!(
+        "ALTER DATABASE {} SET search_path = public, hr",
+        env.db
+    ));
+    let (_id, token) = env.approved_token("eve", "1h").await;
+    // Refused as it logs in; the FATAL may reach the client after its login did.
+    let refused = match env.connect("eve", &token).await {
+        Err(e) => e,
+        Ok((client, _conn)) => client.simple_query("SELECT 1").await.expect_err("refused"),
+    };
+    let (code, message) = crate::harness::db_error(&refused);
+    assert_eq!(code, "42501", "{message}");
+    assert!(message.contains("off limits"), "{message}");
+    // Without hr on it, another grant's session runs.
+    env.superuser_sql(&format!("ALTER DATABASE {} RESET search_path", env.db));
+    let (_id, token) = env.approved_token("eve", "1h").await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    client.simple_query("SELECT 1").await.expect("a clean path");
+}
