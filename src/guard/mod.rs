@@ -490,6 +490,50 @@ const MAX_ANALYZED_TOKENS: usize = 50_000;
 const LARGE_ANALYSIS_TOKENS: usize = 5_000;
 static LARGE_ANALYSIS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+thread_local! {
+    /// This thread holds [`LARGE_ANALYSIS`]: a query given as a string inside the text
+    /// (`query_to_xml('…')`) is analysed within the outer analysis, on the same thread, and
+    /// must not wait for the lock its own caller holds (an attack review hung every later
+    /// large analysis that way).
+    static HOLDS_LARGE_ANALYSIS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The hold of [`LARGE_ANALYSIS`] by an outermost analysis.
+struct LargeAnalysis(#[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+
+/// This thread marked as analysing under the hold, until dropped.
+struct HeldHere(bool);
+
+impl LargeAnalysis {
+    /// The lock, unless this thread works under it already (a nested analysis goes on under
+    /// its caller's hold).
+    fn take() -> Option<LargeAnalysis> {
+        if Self::held_here() {
+            return None;
+        }
+        Some(LargeAnalysis(
+            LARGE_ANALYSIS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ))
+    }
+
+    fn held_here() -> bool {
+        HOLDS_LARGE_ANALYSIS.with(std::cell::Cell::get)
+    }
+
+    /// Marks the thread as working under the hold (when `held`) until the mark drops.
+    fn mark_held(held: bool) -> HeldHere {
+        HeldHere(HOLDS_LARGE_ANALYSIS.with(|h| h.replace(h.get() || held)))
+    }
+}
+
+impl Drop for HeldHere {
+    fn drop(&mut self) {
+        HOLDS_LARGE_ANALYSIS.with(|h| h.set(self.0));
+    }
+}
+
 /// Analyses a whole query string, statement by statement, from one parse. Always at least
 /// one statement: a rejected string is one unknown statement (all of it), an empty one is
 /// one empty statement.
@@ -501,16 +545,35 @@ pub fn analyze_query(sql: &str) -> Vec<StatementAnalysis> {
 /// analysis is watched in a scope of its own, so one nested in another (of a query given
 /// as a string) never adds to the outer record.
 fn analyze_query_watched(sql: &str) -> (Vec<StatementAnalysis>, numbers::Watch) {
-    sql::with_tree_stack(sql, || {
-        numbers::watching(|| analyze_query_on_this_stack(sql))
-    })
-    .unwrap_or_else(|| {
+    let rejected = || {
         let rejected = vec![StatementAnalysis {
             range: 0..sql.len(),
             analysis: Arc::new(Analysis::rejected()),
         }];
         (rejected, numbers::Watch::default())
+    };
+    // The analysis costs memory by the parse tree's nodes, a few KiB each: an attack review
+    // had 1 MB of `1,` cost the proxy 3.4 GB. Counted by the scanner first (a small share
+    // of the parse's cost), a text of too many tokens is not parsed, and large ones are
+    // analysed one at a time, so sessions cannot add up their peaks.
+    let tokens = (sql.len() > TOKENS_COUNTED_FROM && sql.len() <= MAX_ANALYZED_LEN)
+        .then(|| pg_query::scan_tokens(sql).map(|t| t.len()).ok())
+        .flatten()
+        .unwrap_or(0);
+    if tokens > MAX_ANALYZED_TOKENS {
+        return rejected();
+    }
+    let hold = (tokens > LARGE_ANALYSIS_TOKENS)
+        .then(LargeAnalysis::take)
+        .flatten();
+    let held = hold.is_some() || LargeAnalysis::held_here();
+    sql::with_tree_stack(sql, || {
+        // The tree's stack may be another thread's: a query nested in this text (given as
+        // a string) is analysed there, under the hold taken here.
+        let _held = LargeAnalysis::mark_held(held);
+        numbers::watching(|| analyze_query_on_this_stack(sql))
     })
+    .unwrap_or_else(rejected)
 }
 
 fn analyze_query_on_this_stack(sql: &str) -> Vec<StatementAnalysis> {
@@ -523,23 +586,6 @@ fn analyze_query_on_this_stack(sql: &str) -> Vec<StatementAnalysis> {
     if sql.len() > MAX_ANALYZED_LEN {
         return whole(Analysis::rejected());
     }
-    // The analysis costs memory by the parse tree's nodes, a few KiB each: an attack review
-    // had 1 MB of `1,` cost the proxy 3.4 GB. Counted by the scanner first (a small share
-    // of the parse's cost), a text of too many tokens is not parsed, and large ones are
-    // analysed one at a time, so sessions cannot add up their peaks.
-    let _one_at_a_time = if sql.len() > TOKENS_COUNTED_FROM {
-        match pg_query::scan_tokens(sql).map(|t| t.len()) {
-            Ok(tokens) if tokens > MAX_ANALYZED_TOKENS => return whole(Analysis::rejected()),
-            Ok(tokens) if tokens > LARGE_ANALYSIS_TOKENS => Some(
-                LARGE_ANALYSIS
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            ),
-            _ => None,
-        }
-    } else {
-        None
-    };
     match sql::parse(sql) {
         Parsed::Empty => whole(Analysis::empty()),
         Parsed::Rejected(_) => whole(Analysis::rejected()),

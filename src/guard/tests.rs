@@ -1299,3 +1299,24 @@ fn a_text_of_too_many_tokens_is_not_parsed() {
     let list = format!("SELECT * FROM t WHERE id IN ({}1)", "1,".repeat(10_000));
     assert_eq!(analyze_query(&list)[0].analysis.class, Class::Read);
 }
+
+#[test]
+fn a_large_query_nested_in_a_large_one_is_analysed_not_waited_on() {
+    // The nested text is analysed within the outer analysis on the same thread; waiting for
+    // the lock the outer one holds hung it, and every large analysis after it.
+    let inner = format!("select {}1", "1,".repeat(3000));
+    let outer = format!(
+        "select query_to_xml('{inner}', true, false, ''), {}2",
+        "2,".repeat(3000)
+    );
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(analyze_query(&outer)[0].analysis.class);
+    });
+    let class = finished
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the analysis ends");
+    assert_ne!(class, Class::Unknown);
+    // And the lock is free again for the next one.
+    assert_eq!(analyze_query(&inner)[0].analysis.class, Class::Read);
+}
