@@ -22,7 +22,7 @@ use super::AuditError;
 /// A signed checkpoint is written after this many records…
 pub(super) const CHECKPOINT_EVERY: u64 = 1000;
 /// …or this long after the first record it does not yet cover.
-const CHECKPOINT_AFTER: Duration = Duration::from_secs(10);
+pub(super) const CHECKPOINT_AFTER: Duration = Duration::from_secs(10);
 /// With a journal, the writeback of the trail is started each time it grew by this much
 /// (see `Syncer::start_writeback`).
 const WRITEBACK_STEP: u64 = 256 << 10;
@@ -64,6 +64,11 @@ pub(super) fn run(shared: &Arc<Shared>, signer: Option<CheckpointSigner>) {
         syncer.rotate_if_due(&mut state);
         state = syncer.sync_trail_if_due(state);
         state = syncer.start_writeback(state);
+        if state.refused.is_some() && state.journal.is_none() && state.sync_wanted > state.durable {
+            // Nothing will make them durable now: their waiters are failed, not left waiting.
+            let refused = std::io::Error::other("appends are refused; nothing more is synced");
+            shared.sync_failed(&mut state, &refused);
+        }
         if syncer.sync_due(&state) {
             state = syncer.sync(state);
             continue;
@@ -125,7 +130,12 @@ impl<'a> Syncer<'a> {
     /// Someone waits for a record to be durable, or the oldest unsynced record has waited
     /// `sync_interval` (records nobody waits for, and all of them in `write` mode).
     fn sync_due(&self, state: &State) -> bool {
-        !state.syncing
+        // Refused without a journal, a sync has nothing it may make durable (see
+        // `Syncer::sync`); found due, it was tried again at once, for ever, spinning a core
+        // and starving appenders of the lock (an attack review, `write` mode).
+        let nothing_to_sync = state.refused.is_some() && state.journal.is_none();
+        !nothing_to_sync
+            && !state.syncing
             && (state.sync_wanted > state.durable
                 || state
                     .unsynced_since
@@ -276,6 +286,11 @@ impl<'a> Syncer<'a> {
     }
 
     fn checkpoint_if_due(&self, state: &mut State) {
+        // Refused appends refuse the checkpoint too: tried again at every nap, it made the
+        // syncer spin, logging a failure a millisecond (an attack review saw 86% of a core).
+        if state.refused.is_some() {
+            return;
+        }
         let due_by_time = state
             .uncovered_since
             .is_some_and(|t| t.elapsed() >= CHECKPOINT_AFTER);
@@ -286,6 +301,10 @@ impl<'a> Syncer<'a> {
 
     /// Writes a signed checkpoint covering everything so far; the next sync makes it durable.
     pub(super) fn checkpoint(&self, state: &mut State) {
+        #[cfg(test)]
+        self.shared
+            .checkpoint_attempts
+            .fetch_add(1, Ordering::Relaxed);
         if self.shared.flush(state).is_err() {
             state.drop_failed();
             return;

@@ -103,6 +103,9 @@ pub(super) struct Shared {
     /// Tests only: rotation steps made to fail, each once (see [`Shared::rotation_step`]).
     #[cfg(test)]
     pub(super) rotation_faults: Mutex<Vec<super::rotation::RotationStep>>,
+    /// Tests only: checkpoints the syncer set out to write.
+    #[cfg(test)]
+    pub(super) checkpoint_attempts: AtomicU64,
     /// Tests only: runs just before the trail's own fdatasync of `fsync` mode (see
     /// `syncer::sync_trail`), outside the lock, on the thread doing it.
     #[cfg(test)]
@@ -381,6 +384,8 @@ impl AuditLog {
             sync_hook: Mutex::new(None),
             #[cfg(test)]
             rotation_faults: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            checkpoint_attempts: AtomicU64::new(0),
             #[cfg(test)]
             between_parts_hook: Mutex::new(None),
             #[cfg(test)]

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use super::journal_attack_tests::event;
 use super::*;
+use crate::audit::syncer::CHECKPOINT_AFTER;
+use std::sync::atomic::Ordering;
 
 /// A writer on `audit.jsonl` in a new folder, with `options`.
 pub(super) fn opened(options: AuditOptions) -> (tempfile::TempDir, PathBuf, AuditLog) {
@@ -430,4 +432,30 @@ async fn a_swapped_audit_folder_fails_the_next_durable_wait() {
     );
     assert!(log.append_durable(vec![event(3, 10)]).await.is_err());
     assert!(!log.healthy());
+}
+
+/// Once appends are refused the syncer does not keep trying to write a checkpoint (it did at
+/// every 1 ms nap, spinning a core; an attack review saw it in `write` mode after the trail
+/// was replaced).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_trail_is_not_checkpointed_again_and_again() {
+    let (_dir, path, log) = opened(AuditOptions {
+        durability: Durability::Write,
+        ..AuditOptions::default()
+    });
+    log.append_durable(vec![event(1, 10)])
+        .await
+        .expect("before");
+    std::fs::remove_file(&path).expect("remove");
+    let log = Arc::new(log);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.append_durable(vec![event(2, 10)]).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let attempts = || log.shared().checkpoint_attempts.load(Ordering::Relaxed);
+    let before = attempts();
+    // Long past the time a checkpoint is due for the records the trail took last.
+    tokio::time::sleep(CHECKPOINT_AFTER + Duration::from_millis(500)).await;
+    assert!(attempts() - before <= 2, "{} attempts", attempts() - before);
 }
