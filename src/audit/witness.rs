@@ -86,6 +86,28 @@ fn store_key(store: &Store, active: &Path) -> String {
     store_key_as(store, &canonical(active))
 }
 
+/// Every key the witness is kept under: the canonical path's and the path's as spelled
+/// (once each). The path as spelled may lead elsewhere later (a link in it swapped for
+/// another, an attack review did so after cutting the trail), and the canonical one may be
+/// spelled otherwise next time (a relative `--config`): kept under both, read from both, the
+/// newest wins.
+fn store_keys(store: &Store, active: &Path) -> Vec<String> {
+    let mut keys = vec![store_key(store, active), store_key_as(store, active)];
+    keys.dedup();
+    keys
+}
+
+/// Keeps `kept` under every key of the trail.
+async fn keep_under_all(store: &Store, active: &Path, kept: &Kept) -> Result<(), String> {
+    for key in store_keys(store, active) {
+        store
+            .set_setting(&key, &kept.to_setting())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// The key under the trail's path as spelled: how versions before the canonical key kept
 /// it, and still read when the canonical key holds nothing.
 fn store_key_as(store: &Store, active: &Path) -> String {
@@ -124,18 +146,22 @@ pub async fn kept(store: &Store, active: &Path) -> Result<Option<Kept>, AuditErr
             .await
             .map_err(|e| io_error(active, e.to_string()))
     };
-    let text = match read(store_key(store, active)).await? {
-        Some(text) => Some(text),
-        None => read(store_key_as(store, active)).await?,
-    };
-    text.map(|t| Kept::from_setting(&t))
-        .transpose()
-        .map_err(|e| {
+    let mut newest: Option<Kept> = None;
+    for key in store_keys(store, active) {
+        let Some(text) = read(key).await? else {
+            continue;
+        };
+        let found = Kept::from_setting(&text).map_err(|e| {
             io_error(
                 active,
                 format!("the witnessed checkpoint is unreadable: {e}"),
             )
-        })
+        })?;
+        if newest.is_none_or(|n| found.witness.seq > n.witness.seq) {
+            newest = Some(found);
+        }
+    }
+    Ok(newest)
 }
 
 /// After [`check_trail`] passed, before the writer appends: the trail is open again, so a
@@ -148,8 +174,7 @@ pub async fn reopen(store: &Store, active: &Path) -> Result<(), AuditError> {
         return Ok(());
     }
     kept.closed = false;
-    store
-        .set_setting(&store_key(store, active), &kept.to_setting())
+    keep_under_all(store, active, &kept)
         .await
         .map_err(|e| io_error(active, format!("reopening the witnessed checkpoint: {e}")))
 }
@@ -415,13 +440,7 @@ impl Keeper {
         witnessed: watch::Receiver<Option<Witness>>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(keep(
-            store.clone(),
-            store_key(&store, &active),
-            active,
-            witnessed,
-            stopped,
-        ));
+        let task = tokio::spawn(keep(store.clone(), active, witnessed, stopped));
         Keeper { stop, task }
     }
 
@@ -437,7 +456,6 @@ impl Keeper {
 
 async fn keep(
     store: Store,
-    key: String,
     active: PathBuf,
     mut witnessed: watch::Receiver<Option<Witness>>,
     mut stop: watch::Receiver<bool>,
@@ -452,7 +470,7 @@ async fn keep(
                     witness,
                     closed: true,
                 };
-                if let Err(e) = store.set_setting(&key, &closed.to_setting()).await {
+                if let Err(e) = keep_under_all(&store, &active, &closed).await {
                     tracing::error!(error = %e, seq = witness.seq, "could not keep the closing audit checkpoint in the state store");
                 }
                 return;
@@ -463,7 +481,7 @@ async fn keep(
                 witness,
                 closed: false,
             };
-            match store.set_setting(&key, &open.to_setting()).await {
+            match keep_under_all(&store, &active, &open).await {
                 Ok(()) => kept = Some(witness),
                 // The previous witness stays: an older checkpoint, still a true one.
                 Err(e) => {

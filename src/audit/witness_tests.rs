@@ -277,3 +277,35 @@ async fn the_witness_is_found_however_the_trails_path_is_spelled() {
     let found = kept(&store, &older).await.expect("read");
     assert_eq!(found.map(|k| k.witness.seq), Some(7));
 }
+
+#[tokio::test]
+async fn the_witness_survives_a_link_in_its_path_being_swapped() {
+    // An attack review configured the trail through a link (`conf/audit -> ../data/audit`),
+    // cut it, then moved the real folder and linked the old name to it: the canonical path
+    // changed, the witness was found under neither key, and a cut trail passed.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("audit")).expect("mkdir");
+    std::fs::create_dir(dir.path().join("conf")).expect("mkdir");
+    std::os::unix::fs::symlink(data.join("audit"), dir.path().join("conf/audit")).expect("link");
+    let spelled = dir.path().join("conf/audit/audit.jsonl");
+    let hashes = trail(&spelled, 3);
+    let store = Store::open(&dir.path().join("state.db")).expect("store");
+    let (tx, rx) = watch::channel(None);
+    let keeper = Keeper::spawn(store.clone(), spelled.clone(), rx);
+    tx.send_replace(Some(Witness {
+        seq: 3,
+        hash: hashes[2],
+    }));
+    keeper.finish().await;
+    std::fs::rename(data.join("audit"), data.join("audit2")).expect("move");
+    std::fs::remove_file(dir.path().join("conf/audit")).expect("unlink");
+    std::os::unix::fs::symlink(data.join("audit2"), dir.path().join("conf/audit")).expect("link");
+    trail(&spelled, 2);
+    let found = kept(&store, &spelled).await.expect("read");
+    assert_eq!(found.map(|k| k.witness.seq), Some(3));
+    assert!(
+        check_trail(&spelled, &store).await.is_err(),
+        "the cut is found"
+    );
+}
