@@ -63,6 +63,8 @@ pub struct RunningServer {
     audit_sink: Option<PgSinkHandle>,
     /// Keeps the last durable checkpoint in the state store (truncation evidence).
     audit_witness: Option<crate::audit::witness::Keeper>,
+    /// The trail's lock (`audit::lock_trail`), held while the server lives.
+    _audit_lock: std::fs::File,
 }
 
 /// Starts everything `config` describes. Listeners bind before this returns, so a test or
@@ -86,6 +88,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let signer = std::fs::read_to_string(&config.signing_key_path)
         .ok()
         .and_then(|pem| crate::audit::chain::CheckpointSigner::from_pem(&pem).ok());
+    // One process writes a trail: taken before anything reads or changes it.
+    let audit_lock = crate::audit::lock_trail(&config.audit_path)?;
     // Records a crash left only in the `fsync` journal go back into the trail first: the
     // trail is compared with its witness as it stood when those records were acknowledged.
     crate::audit::recover_journal(&config.audit_path).map_err(|e| {
@@ -222,6 +226,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         audit_thread: Some(audit_thread),
         audit_sink,
         audit_witness: Some(audit_witness),
+        _audit_lock: audit_lock,
     })
 }
 

@@ -163,6 +163,41 @@ pub(super) fn start_writeback(file: &File, from: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 pub(super) fn start_writeback(_file: &File, _from: u64, _len: u64) {}
 
+/// Takes the trail's lock (`<trail>.lock`, an exclusive `flock` held for as long as the
+/// returned file is open): one process writes a trail. A second `lockbox serve` on the same
+/// audit folder used to start, recreate the journal the first was syncing and leave the
+/// first refusing every statement (an attack review).
+pub fn lock_trail(active: &Path) -> Result<File, super::AuditError> {
+    let mut name = active.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    let error = |message: String| super::AuditError::Io {
+        path: path.display().to_string(),
+        message,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::private_files::create_dir_all(dir).map_err(|e| error(e.to_string()))?;
+    }
+    let mut options = crate::private_files::open_options();
+    options.create(true).read(true).write(true);
+    let file = crate::private_files::open_own_file(&path, &mut options)
+        .map_err(|e| error(e.to_string()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked == 0 {
+        return Ok(file);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        return Err(error(format!(
+            "the audit trail {} is being written by another lockbox process (it holds this lock); one process writes a trail",
+            active.display()
+        )));
+    }
+    Err(error(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +217,19 @@ mod tests {
         let (seq, hash) = recover_tail(&mut file).expect("recover");
         assert_eq!((seq, hash), (1, h1));
         assert_eq!(std::fs::read(&path).expect("read"), good);
+    }
+
+    #[test]
+    fn one_process_at_a_time_holds_a_trail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let held = lock_trail(&path).expect("first");
+        let refused = lock_trail(&path).expect_err("second");
+        assert!(
+            refused.to_string().contains("another lockbox process"),
+            "{refused}"
+        );
+        drop(held);
+        lock_trail(&path).expect("free again");
     }
 }

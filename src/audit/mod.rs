@@ -13,6 +13,7 @@ mod clip;
 mod encode;
 pub mod export;
 mod file;
+pub use file::lock_trail;
 pub(crate) mod filters;
 pub(crate) mod fleet;
 mod journal;
