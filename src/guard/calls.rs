@@ -144,7 +144,7 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
                     .args
                     .first()
                     .and_then(|a| tree::literal(a))
-                    .filter(|_| call.name.starts_with("table_to_"))
+                    .filter(|_| reads_the_relation_named_first(&call.name))
                     .and_then(|name| relation_named(&name));
                 match named {
                     Some(written) => {
@@ -223,6 +223,12 @@ pub(super) fn pg_settings_where_name(node: &N) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Whether a call's first argument is the regclass of the one relation it reads (the
+/// other calls that read by name read a whole schema or database).
+fn reads_the_relation_named_first(function: &str) -> bool {
+    function.starts_with("table_to_") || function == "pg_sequence_last_value"
 }
 
 /// The relation a text names, read the way a relation name in SQL is (quotes, case,

@@ -67,11 +67,13 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         .collect();
     // The planner's statistics hold sample values of every analysed column (`pg_statistic`,
     // `pg_statistic_ext_data` and the `pg_stats*` views over them). `pg_statistic_ext` holds
-    // only the definitions, which psql's `\d` and pg_dump read.
+    // only the definitions, which psql's `\d` and pg_dump read. `pg_sequences` shows every
+    // sequence's last value (`pg_sequence` only their parameters).
     let reads_statistics = relations.iter().any(|r| {
         let name = r.rsplit('.').next().unwrap_or(r);
         name.starts_with("pg_stats")
             || (name.starts_with("pg_statistic") && name != "pg_statistic_ext")
+            || name == "pg_sequences"
     });
     let calls_reads_by_name = calls.reads_tables_by_name || reads_statistics;
     // Relations named in call arguments (`table_to_xml('…')`) are read as the server reads

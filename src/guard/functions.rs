@@ -184,7 +184,9 @@ pub(crate) fn effect(name: &str) -> Effect {
         | "query_to_xml_and_xmlschema"
         | "ts_stat"
         | "ts_rewrite" => Effect::RunsQueryText,
-        "table_to_xml"
+        // A sequence's state, by its name as a regclass.
+        "pg_sequence_last_value"
+        | "table_to_xml"
         | "table_to_xmlschema"
         | "table_to_xml_and_xmlschema"
         | "schema_to_xml"

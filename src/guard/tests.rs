@@ -793,6 +793,9 @@ fn second_review_findings_stay_closed() {
         ("SELECT 1 OPERATOR(public.===) ANY (SELECT 1)", "opaque_statement"),
         ("SELECT (i).wipe FROM items i", "opaque_statement"),
         ("SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'secrets'", "off_limits"),
+        ("SELECT last_value FROM pg_sequences", "off_limits"),
+        ("SELECT pg_sequence_last_value('hr.pay_id_seq')", "off_limits"),
+        ("SELECT pg_catalog.pg_sequence_last_value(c.oid) FROM pg_class c", "off_limits"),
         ("SELECT value FROM secrets", "off_limits"),
         ("SET search_path = hr, public", "off_limits"),
         ("SELECT set_config('search_path', 'hr', false)", "off_limits"),
@@ -806,6 +809,8 @@ fn second_review_findings_stay_closed() {
         "MERGE INTO items USING (SELECT 1 AS id) s ON items.id = s.id WHEN MATCHED AND items.id = 1 THEN DELETE",
         "SET search_path = public",
         "SELECT 1 = ANY (SELECT 1)",
+        "SELECT pg_sequence_last_value('public.items_id_seq')",
+        "SELECT seqstart, seqincrement FROM pg_catalog.pg_sequence",
     ] {
         assert_eq!(rule(sql), None, "{sql}");
     }
