@@ -17,6 +17,9 @@ pub use file::lock_trail;
 pub(crate) mod filters;
 pub(crate) mod fleet;
 mod journal;
+/// A request record numbered `i`, for tests that need a trail of something.
+#[cfg(test)]
+pub(crate) use journal::tests::event as sample_event;
 mod node;
 pub mod pg_sink;
 mod reader;

@@ -9,7 +9,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::{has_guardrails, off_limits_match, Analysis, Class, Guardrails, Refusal};
+use super::rules::off_limits_match;
+use super::{has_guardrails, Analysis, Class, Guardrails, Refusal};
 
 /// How using one relation reaches another relation's rows or a function, as the catalog
 /// records it.

@@ -4,6 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use super::frame::MAGIC;
 use super::*;
 use crate::audit::chain::verify;
 use crate::audit::segments::rotated_name;
@@ -34,7 +35,7 @@ impl Chain {
     }
 }
 
-pub(in crate::audit) fn event(i: usize) -> AuditEvent {
+pub(crate) fn event(i: usize) -> AuditEvent {
     AuditEvent::Request(RequestRecord {
         event: RequestEvent::Created,
         request_id: format!("req-{i}"),

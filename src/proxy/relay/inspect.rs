@@ -414,13 +414,15 @@ impl Relay {
                 rule: "audit_record",
                 message: "lockbox: this statement names more relations, functions and fields than its audit record can hold (audit.max_record_bytes), so it cannot run (rule audit_record)".into(),
             }),
-            // Too long to be recorded whole, and read by neither the parser nor the scanner
-            // (over 1 MiB): its record would hold a prefix of what may be padding, and
-            // nothing of what it does (an attack review dropped a table so as admin).
+            // Its skeleton (what it does) would be cut: the record would hold a prefix of
+            // what may be padding.
             Some(names) if !self.audit.skeleton_fits(names) => Err(Refusal {
                 rule: "audit_record",
                 message: "lockbox: this statement is too long for its audit record to hold whole, and what it does (its text without comments, whitespace and long tokens) is too: it cannot run (rule audit_record)".into(),
             }),
+            // Too long to be recorded whole, and read by neither the parser nor the scanner
+            // (over 1 MiB): its record would hold nothing of what it does (an attack review
+            // dropped a table so as admin).
             Some(names) if kind == StatementKind::Unknown && names.skeleton.is_none() => {
                 Err(Refusal {
                     rule: "audit_record",

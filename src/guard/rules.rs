@@ -1,0 +1,217 @@
+//! Per-database statement rules (`[databases.guardrails]`): what a statement's facts may
+//! not show on a database, whatever the access level, and the database's own functions
+//! that put a statement out of their sight.
+
+use super::{Facts, Guardrails, Refusal};
+
+/// Per-database rules, on top of what the access level allows; they bind every level.
+pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
+    let refuse = |rule: &'static str, what: String| {
+        Err(Refusal {
+            rule,
+            message: format!("lockbox: {what} is not allowed on this database (rule {rule})"),
+        })
+    };
+    if rules.deny_drop && facts.drop {
+        return refuse("deny_drop", "DROP".into());
+    }
+    if rules.deny_truncate && facts.truncate {
+        return refuse("deny_truncate", "TRUNCATE".into());
+    }
+    if rules.deny_delete_without_where && facts.delete_without_where {
+        return refuse("delete_without_where", "DELETE without WHERE".into());
+    }
+    if rules.deny_update_without_where && facts.update_without_where {
+        return refuse("update_without_where", "UPDATE without WHERE".into());
+    }
+    if let Some(relation) = facts.relations.iter().find(|r| {
+        rules
+            .off_limits
+            .iter()
+            .any(|pattern| off_limits_match(pattern, r))
+    }) {
+        return refuse("off_limits", format!("touching {relation}"));
+    }
+    // An unqualified name resolves through the search path: a schema that is off limits may
+    // not be put on it.
+    if let Some(schema) = facts.search_path.iter().find(|schema| {
+        rules.off_limits.iter().any(|pattern| {
+            // `schema.table` patterns match unqualified names by table name already; a whole
+            // schema (`schema.*`) is what the search path could open.
+            let pattern = pattern.to_lowercase();
+            pattern
+                .strip_suffix(".*")
+                .is_some_and(|off| schema.as_str() == "*" || off == schema.as_str())
+        })
+    }) {
+        return refuse("off_limits", format!("putting {schema} on the search path"));
+    }
+    if !rules.off_limits.is_empty() && facts.schema_wide {
+        return refuse(
+            "off_limits",
+            "a statement on whole schemas, on everything a role owns, or dropping with CASCADE (it may reach tables that are off limits)".into(),
+        );
+    }
+    if !rules.off_limits.is_empty() && facts.reads_tables_by_name {
+        return refuse(
+            "off_limits",
+            "a function that reads tables named in a string".into(),
+        );
+    }
+    if facts.reads_tables_by_name && has_guardrails(rules) {
+        // Catalog reach finds what a relation runs (a view's calls, a column type's cast) by
+        // the relation's name; one computed at run time (`schema_to_xml`) goes unseen.
+        return refuse(
+            "opaque_statement",
+            "a function that reads tables named in a string (they may run this database's functions)".into(),
+        );
+    }
+    if let Some(what) = facts.opaque.filter(|_| has_guardrails(rules)) {
+        // The rules above look at what a statement names; a DO block, a procedure or a
+        // user function can do anything out of sight, so with rules in force it may not run.
+        return refuse(
+            "opaque_statement",
+            format!("{what}, whose effect lockbox cannot check against this database's rules,"),
+        );
+    }
+    Ok(())
+}
+
+/// With rules in force, a statement that may call one of the database's own functions
+/// (`database_functions`: not built in) is refused: what such a function does is out of
+/// sight. This catches what the parse tree alone cannot tell: `t.f` calling `f(t)`, and a
+/// database's overload of a built-in name (`lower(int)`).
+pub fn check_database_functions(
+    rules: &Guardrails,
+    facts: &Facts,
+    database_functions: &std::collections::HashSet<String>,
+) -> Result<(), Refusal> {
+    if !has_guardrails(rules) {
+        return Ok(());
+    }
+    let message = match database_function_used(facts, database_functions) {
+        None => return Ok(()),
+        Some(name) => match name.strip_prefix(TYPE_PREFIX) {
+            Some(type_name) => format!(
+                "lockbox: a use of the type {type_name}, whose casts, checks or operators run a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
+            ),
+            None => format!(
+                "lockbox: a call of {name}, a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
+            ),
+        },
+    };
+    Err(Refusal {
+        rule: "opaque_statement",
+        message,
+    })
+}
+
+/// The first of the database's own functions (`database_functions`, read at login) the
+/// statement may call: by a name (`f(x)`, `c.f`, an overload of a built-in's name) or
+/// through an operator the database defines outside an extension, which runs its function
+/// whatever symbol it borrows (`public.+(text, text)`; the list holds it as `operator +`).
+pub fn database_function_used(
+    facts: &Facts,
+    database_functions: &std::collections::HashSet<String>,
+) -> Option<String> {
+    let called = facts
+        .maybe_called
+        .iter()
+        .find(|name| database_functions.contains(name.as_str()))
+        .cloned();
+    called.or_else(|| {
+        // Every statement with a `=` asks this: the key is built on the stack (operator
+        // symbols are at most NAMEDATALEN - 1 bytes), not in a new String each time.
+        let mut key = [0u8; OPERATOR_KEY_CAPACITY];
+        key[..OPERATOR_PREFIX.len()].copy_from_slice(OPERATOR_PREFIX.as_bytes());
+        facts
+            .operators
+            .iter()
+            .find(|symbol| {
+                let end = OPERATOR_PREFIX.len() + symbol.len();
+                match key.get_mut(OPERATOR_PREFIX.len()..end) {
+                    Some(room) => {
+                        room.copy_from_slice(symbol.as_bytes());
+                        std::str::from_utf8(&key[..end])
+                            .is_ok_and(|key| database_functions.contains(key))
+                    }
+                    None => database_functions.contains(&format!("{OPERATOR_PREFIX}{symbol}")),
+                }
+            })
+            .map(|symbol| format!("{OPERATOR_PREFIX}{symbol}"))
+    })
+}
+
+/// How the database's own operators are listed among its functions: `operator ===`.
+const OPERATOR_PREFIX: &str = "operator ";
+const OPERATOR_KEY_CAPACITY: usize = OPERATOR_PREFIX.len() + 64;
+
+/// How types whose casts or checks run a function of the database are listed among its
+/// functions (`type posint`): using one runs that function as a call would.
+pub(crate) const TYPE_PREFIX: &str = "type ";
+
+/// The entry of `database_functions` a use of the type `name` matches.
+pub(crate) fn type_entry(name: &str) -> String {
+    format!("{TYPE_PREFIX}{name}")
+}
+
+/// The entry of `database_functions` for the same type by OID: a Parse gives its
+/// parameters types by OID, naming none in the text.
+pub(crate) fn type_oid_entry(oid: impl std::fmt::Display) -> String {
+    format!("{TYPE_PREFIX}oid {oid}")
+}
+
+/// With rules in force, a Parse that gives a parameter one of the types whose use runs a
+/// function of the database (see [`type_entry`]) is refused like a statement naming it.
+pub fn check_parameter_types(
+    rules: &Guardrails,
+    types: &[u32],
+    database_functions: &std::collections::HashSet<String>,
+) -> Result<(), Refusal> {
+    // Drivers give types with every Parse (JDBC does): nothing is looked up without rules.
+    if !has_guardrails(rules) || database_functions.is_empty() {
+        return Ok(());
+    }
+    // Built-in types (OIDs below FirstNormalObjectId) are looked up too: a database may
+    // give one a cast of its own.
+    let flagged = types
+        .iter()
+        .filter(|oid| **oid != 0)
+        .find(|oid| database_functions.contains(&type_oid_entry(oid)));
+    match flagged {
+        Some(oid) => Err(Refusal {
+            rule: "opaque_statement",
+            message: format!(
+                "lockbox: a parameter of the type with OID {oid}, whose casts, checks or operators run a function of this database whose effect lockbox cannot check against its rules, is not allowed on this database (rule opaque_statement)"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether the database has any statement rule configured.
+pub fn has_guardrails(rules: &Guardrails) -> bool {
+    rules.deny_drop
+        || rules.deny_truncate
+        || rules.deny_delete_without_where
+        || rules.deny_update_without_where
+        || !rules.off_limits.is_empty()
+}
+
+/// `table` matches that table in any schema, `schema.table` exactly, `schema.*` every
+/// table of the schema.
+pub(super) fn off_limits_match(pattern: &str, relation: &str) -> bool {
+    let pattern = pattern.to_lowercase();
+    match pattern.strip_suffix(".*") {
+        Some(schema) => relation
+            .strip_prefix(schema)
+            .is_some_and(|rest| rest.starts_with('.')),
+        // An unqualified name may resolve into that schema (the search path decides), so it
+        // matches by table name.
+        None if pattern.contains('.') => {
+            relation == pattern
+                || (!relation.contains('.') && pattern.rsplit('.').next() == Some(relation))
+        }
+        None => relation == pattern || relation.rsplit('.').next() == Some(pattern.as_str()),
+    }
+}
