@@ -392,3 +392,48 @@ async fn a_fetch_or_execute_records_what_it_runs_by_name_as_it_runs() {
     let execute = of("EXECUTE later");
     assert_eq!(execute["kind"], "delete", "{execute}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_from_a_cursor_a_parsed_declare_opened_records_the_declares_values() {
+    // A Parse'd `DECLARE c CURSOR … $1` run with a Bind value opens a cursor whose query
+    // runs with that value as it is fetched: a later SQL `FETCH c` records the value, as a
+    // FETCH from a Bind's portal does (a review found it in the DECLARE's record only).
+    let env = Env::start("names_unrecorded_declare_values").await;
+    let (request, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw.send(&query("BEGIN")).await;
+    raw.read_until_ready().await;
+    raw.send(
+        &[
+            parse(
+                "d",
+                "DECLARE c CURSOR FOR SELECT id FROM items WHERE id = $1::int",
+            ),
+            bind_with("", "d", &["5"]),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let declared = raw.read_until_ready().await;
+    assert!(codes(&declared).is_empty(), "{:?}", errors_in(&declared));
+    raw.send(&query("FETCH ALL FROM c")).await;
+    let fetched = raw.read_until_ready().await;
+    assert!(codes(&fetched).is_empty(), "{:?}", errors_in(&fetched));
+    // The server ran the cursor's query with 5: one row, id 5.
+    assert_eq!(crate::harness::rows_in(&fetched), 1);
+    let records = env
+        .wait_for_audit("the fetch", |records| {
+            records.iter().any(|r| {
+                r["statement"] == "FETCH ALL FROM c" && r["request_id"] == request.as_str()
+            })
+        })
+        .await;
+    let fetch = records
+        .iter()
+        .find(|r| r["statement"] == "FETCH ALL FROM c" && r["request_id"] == request.as_str())
+        .expect("recorded");
+    assert_eq!(fetch["params"], serde_json::json!(["5"]), "{fetch}");
+}

@@ -54,7 +54,7 @@ impl Relay {
                     // Later statements of the string see what this one will create; it
                     // takes effect only once the server confirms it.
                     let change = match verdict {
-                        Ok(()) => self.note_names(piece, &s.analysis, None)?,
+                        Ok(()) => self.note_names(piece, &s.analysis, None, None)?,
                         Err(_) => None,
                     };
                     checked.push((record, verdict, change));
@@ -234,6 +234,8 @@ impl Relay {
                     }
                     None => (kind, params),
                 };
+                // A DECLARE's Bind values go with its cursor (kept only where a name changes).
+                let declared_with = names.as_ref().and_then(|_| params.clone());
                 let (record, _) =
                     self.statement_record(Protocol::Extended, text.clone(), kind, params, mentions);
                 if let Err(refusal) = self.check_name_use(names.as_ref()) {
@@ -245,7 +247,7 @@ impl Relay {
                     // namespaces each time its portal runs.
                     Some(change) => {
                         let analysis = guard::analyze_cached(&text);
-                        self.note_names(&text, &analysis, Some(change))?
+                        self.note_names(&text, &analysis, Some(change), declared_with.as_ref())?
                     }
                     None => None,
                 };
@@ -460,12 +462,14 @@ impl Relay {
     }
 
     /// Queues what a statement about to run does to the prepared statements and cursors;
-    /// it takes effect when the server confirms it.
+    /// it takes effect when the server confirms it. `params`: the Bind values it runs with
+    /// (a Parse'd `DECLARE … $1`), which a later `FETCH` of its cursor records too.
     pub(super) fn note_names(
         &mut self,
         text: &str,
         analysis: &guard::Analysis,
         change: Option<&NameChange>,
+        params: Option<&Arc<[serde_json::Value]>>,
     ) -> Result<Option<MessageId>, String> {
         let Some(change) = change.or(analysis.facts.names.as_ref()) else {
             return Ok(None);
@@ -490,7 +494,7 @@ impl Relay {
                 name.clone(),
                 Portal {
                     statement: own(StatementKind::Select),
-                    params: Arc::from([]),
+                    params: params.cloned().unwrap_or_else(|| Arc::from([])),
                     held: crate::guard::declares_held_cursor(text),
                     rows: 0,
                     opened_in: None,
