@@ -32,6 +32,43 @@ pub(super) struct Calls {
     pub(super) functions: Vec<String>,
     pub(super) fields: Vec<String>,
     pub(super) operators: Vec<String>,
+    /// What a query run from text does beyond the calls' own effects (see
+    /// [`Calls::take_in`]).
+    pub(super) drop: bool,
+    pub(super) truncate: bool,
+    pub(super) changes_rows: bool,
+    pub(super) delete_without_where: bool,
+    pub(super) update_without_where: bool,
+    pub(super) schema_wide: bool,
+}
+
+impl Calls {
+    /// Makes what a query run from text does (`query_to_xml('…')`) the statement's own:
+    /// every fact of it, since the rules look at each (an attack review put an off-limits
+    /// schema on the search path, and read whole schemas, through facts left behind).
+    fn take_in(&mut self, inner: &super::Facts) {
+        self.relations.extend(inner.relations.iter().cloned());
+        self.written_relations
+            .extend(inner.written_relations.iter().cloned());
+        self.maybe_called.extend(inner.maybe_called.iter().cloned());
+        self.functions.extend(inner.functions.iter().cloned());
+        self.fields.extend(inner.fields.iter().cloned());
+        self.operators.extend(inner.operators.iter().cloned());
+        self.settings.extend(inner.settings.iter().cloned());
+        self.search_path.extend(inner.search_path.iter().cloned());
+        self.search_path_shadows |= inner.may_shadow_catalog;
+        self.reads_tables_by_name |= inner.reads_tables_by_name;
+        // Its rows are the statement's: customer data unless it reads catalogs only.
+        self.reads_data |= !inner.catalog_only;
+        self.drop |= inner.drop;
+        self.truncate |= inner.truncate;
+        self.changes_rows |= inner.changes_rows;
+        self.delete_without_where |= inner.delete_without_where;
+        self.update_without_where |= inner.update_without_where;
+        self.schema_wide |= inner.schema_wide;
+        // The server runs only a query from text; anything else it would do is unseen.
+        self.opaque |= inner.opaque.is_some() || inner.names.is_some() || inner.copy_in;
+    }
 }
 
 pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Calls {
@@ -51,7 +88,16 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
     for name in &found.field_names {
         let class = match functions::effect(name) {
             Effect::None if name == "lo_open" => Class::Write,
-            Effect::None | Effect::ReadsTablesByName | Effect::RunsQueryText => continue,
+            Effect::None => continue,
+            // `('select …'::text).ts_stat`, `('hr.seq'::regclass).pg_sequence_last_value`:
+            // the argument is an expression, so what runs or is read is unknown, as for a
+            // query computed at run time (an attack review ran any SQL through `ts_stat`
+            // this way, writes and role changes included).
+            Effect::ReadsTablesByName | Effect::RunsQueryText => {
+                out.reads_tables_by_name = true;
+                out.opaque = true;
+                Class::Write
+            }
             Effect::ReadsData => {
                 out.reads_data = true;
                 continue;
@@ -120,15 +166,7 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
                 let text = call.args.get(position).and_then(|a| tree::literal(a));
                 match text.map(|t| super::analyze(&t)) {
                     Some(inner) => {
-                        let facts = &inner.facts;
-                        out.relations.extend(facts.relations.iter().cloned());
-                        out.written_relations
-                            .extend(facts.written_relations.iter().cloned());
-                        out.maybe_called.extend(facts.maybe_called.iter().cloned());
-                        out.functions.extend(facts.functions.iter().cloned());
-                        out.fields.extend(facts.fields.iter().cloned());
-                        out.operators.extend(facts.operators.iter().cloned());
-                        out.opaque |= facts.opaque.is_some();
+                        out.take_in(&inner.facts);
                         inner.class.worst(Class::Read)
                     }
                     // SQL computed at run time: nothing can be said about it.

@@ -91,16 +91,20 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         kind,
         class,
         facts: Facts {
-            drop: found.drop,
-            truncate: found.truncate,
-            changes_rows: found.deletes || found.updates || found.merges || found.upserts,
-            delete_without_where: found.delete_without_where,
-            update_without_where: found.update_without_where,
+            drop: found.drop || calls.drop,
+            truncate: found.truncate || calls.truncate,
+            changes_rows: found.deletes
+                || found.updates
+                || found.merges
+                || found.upserts
+                || calls.changes_rows,
+            delete_without_where: found.delete_without_where || calls.delete_without_where,
+            update_without_where: found.update_without_where || calls.update_without_where,
             relations: relations
                 .into_iter()
                 .chain(found.listed_relations.iter().cloned())
                 .collect(),
-            schema_wide: found.schema_wide,
+            schema_wide: found.schema_wide || calls.schema_wide,
             settings: changed.into(),
             opaque,
             reads_tables_by_name: calls_reads_by_name,

@@ -15,6 +15,8 @@ mod classify;
 mod functions;
 mod literals;
 mod numbers;
+#[cfg(test)]
+mod query_text_tests;
 mod reach;
 mod rules;
 mod settings;
@@ -39,7 +41,9 @@ pub use rules::{
     has_guardrails,
 };
 pub(crate) use rules::{type_entry, type_oid_entry};
-pub use settings::{client_encoding_is_safe, reported_setting_is_safe};
+pub use settings::{
+    client_encoding_is_safe, reported_setting_is_safe, reported_setting_keeps_access,
+};
 
 /// What a statement does, for the guardrails.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

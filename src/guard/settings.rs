@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::tree::{literal, string_node, Call, SetClause};
 use super::Class;
+use crate::policy::AccessLevel;
 
 /// `VariableSetKind` values of the parse tree.
 const SET_VALUE: i64 = 1;
@@ -174,6 +175,15 @@ pub fn client_encoding_is_safe(name: &str) -> bool {
             | "gb18030"
             | "johab"
     )
+}
+
+/// Whether a setting the server reports (ParameterStatus) keeps the session within its
+/// access level: a read session's `default_transaction_read_only` stays on. The backstop
+/// behind the checks of every way to change it.
+pub fn reported_setting_keeps_access(access: AccessLevel, name: &str, value: &str) -> bool {
+    access != AccessLevel::Read
+        || name != "default_transaction_read_only"
+        || value.eq_ignore_ascii_case("on")
 }
 
 /// Whether a setting the server reports (ParameterStatus) keeps the proxy's reading of

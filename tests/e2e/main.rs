@@ -71,6 +71,8 @@ mod ops_limits;
 mod oversize;
 mod preauth;
 mod protocol;
+mod query_text;
+mod read_only_backstop;
 mod relay;
 mod revoked_elsewhere;
 mod role_ends;

@@ -36,6 +36,13 @@ impl Relay {
                         "lockbox: {name} changed to \"{value}\"; the session is ended so that no statement escapes the audit"
                     )));
                 }
+                if !guard::reported_setting_keeps_access(self.grant.access, name, value) {
+                    // The guard's checks failed to keep a read session read-only (the
+                    // server reports its default since PostgreSQL 14): nothing more runs.
+                    return Err(End::UnsafeSetting(format!(
+                        "lockbox: {name} changed to \"{value}\" under a read grant; the session is ended"
+                    )));
+                }
             }
             // A server that ends a session on purpose says why (a FATAL ErrorResponse is
             // its last message); one that stops or crashes goes without a word. An ERROR is

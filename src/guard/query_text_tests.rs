@@ -1,0 +1,108 @@
+//! Queries the server runs from text (`query_to_xml('…')`, `ts_stat('…')`) and the
+//! built-ins that read by name, called either way PostgreSQL allows: an attack review of a
+//! read grant with off-limits rules ran SQL through both ways unseen.
+
+use super::*;
+
+fn rules() -> Guardrails {
+    Guardrails {
+        off_limits: vec!["secret".into(), "hr.*".into()],
+        ..Guardrails::default()
+    }
+}
+
+/// The rule `sql` breaks as one statement, with the access level's own check first.
+fn refusal(access: AccessLevel, sql: &str) -> Option<&'static str> {
+    let analyses = analyze_query(sql);
+    let [one] = &analyses[..] else {
+        panic!("one statement: {analyses:?}");
+    };
+    check_analysis(access, &rules(), &one.analysis)
+        .err()
+        .map(|r| r.rule)
+}
+
+#[test]
+fn a_query_run_from_text_or_read_by_name_in_column_notation_is_unknown() {
+    // `(x).f` calls f(x): the argument is an expression, whatever it looks like.
+    for sql in [
+        "SELECT ('select to_tsvector(ssn) from secret'::text).ts_stat",
+        "SELECT ((SELECT 'select to_tsvector(name) from hr.payroll'::text)).ts_stat",
+        "SELECT ('hr.counter'::regclass).pg_sequence_last_value",
+        "SELECT x.pg_sequence_last_value FROM CAST('hr.counter' AS regclass) x",
+        "SELECT t.ts_stat FROM reverse('x') t",
+        "SELECT ('select to_tsvector(set_config(''role'',''sales_read'',false))'::text).ts_stat",
+        "SELECT ('select to_tsvector(lo_from_bytea(0, ''x'')::text)'::text).ts_stat",
+    ] {
+        assert_ne!(classify(sql), Class::Read, "{sql}");
+        assert!(check(AccessLevel::Read, sql).is_err(), "{sql}");
+        // Under rules even an admin's: what it reads cannot be matched against them.
+        assert!(refusal(AccessLevel::Admin, sql).is_some(), "{sql}");
+        let facts = &analyze(sql).facts;
+        assert!(
+            facts.reads_tables_by_name && facts.opaque.is_some(),
+            "{sql}"
+        );
+    }
+}
+
+#[test]
+fn every_fact_of_a_query_run_from_text_is_the_statements_own() {
+    for (sql, rule) in [
+        (
+            "SELECT query_to_xml('select schema_to_xml(''hr'', true, false, '''')', true, false, '')",
+            "off_limits",
+        ),
+        (
+            "SELECT query_to_xml('select database_to_xml(true,false,'''')', true, false, '')",
+            "off_limits",
+        ),
+        (
+            "SELECT * FROM ts_stat('select to_tsvector(table_to_xml(c.oid::regclass,true,false,'''')::text) from pg_class c where relname=''secret''')",
+            "off_limits",
+        ),
+        (
+            "SELECT query_to_xml('select set_config(''search_path'', ''hr'', false)', true, false, '')",
+            "off_limits",
+        ),
+        (
+            "SELECT * FROM ts_stat('select to_tsvector(set_config(''search_path'', ''hr'', false))')",
+            "off_limits",
+        ),
+        (
+            "SELECT query_to_xml('select query_to_xml(''select * from hr.pay'', true, false, '''')', true, false, '')",
+            "off_limits",
+        ),
+    ] {
+        assert_eq!(refusal(AccessLevel::Admin, sql), Some(rule), "{sql}");
+    }
+    let facts = analyze(
+        "SELECT query_to_xml('select set_config(''search_path'', ''x, pg_catalog'', false)', true, false, '')",
+    )
+    .facts;
+    assert_eq!(&facts.search_path[..], ["x", "pg_catalog"]);
+    assert!(facts.may_shadow_catalog);
+    assert!(analyze(
+        "SELECT query_to_xml('select set_config(''work_mem'', ''1MB'', false)', true, false, '')"
+    )
+    .facts
+    .settings
+    .contains(&"work_mem".to_owned()));
+    // What it reads counts as the statement's rows.
+    assert!(
+        !analyze("SELECT query_to_xml('select * from items', true, false, '') FROM pg_class")
+            .facts
+            .catalog_only
+    );
+}
+
+#[test]
+fn queries_from_text_that_stay_within_the_grant_still_run() {
+    for sql in [
+        "SELECT query_to_xml('select 1', true, false, '')",
+        "SELECT * FROM ts_stat('select to_tsvector(name) from items')",
+        "SELECT query_to_xml('select * from items', true, false, '')",
+    ] {
+        assert_eq!(refusal(AccessLevel::Read, sql), None, "{sql}");
+    }
+}

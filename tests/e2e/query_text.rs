@@ -1,0 +1,55 @@
+//! SQL the server runs from text (`ts_stat('…')`, `query_to_xml('…')`) against a real
+//! server, under a read grant on a database with off-limits rules: the ways an attack
+//! review read an off-limits table, left read-only mode and put an off-limits schema on
+//! the search path are refused, and the server shows nothing changed.
+
+use lockbox::policy::AccessLevel;
+
+use crate::harness::{errors_in, query, Env, Options, Raw};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_run_from_text_are_held_to_the_grant_and_the_rules() {
+    let env = Env::with(
+        "query_text",
+        Options {
+            guardrails: "off_limits = [\"secret\", \"hr.*\"]",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(
+        "CREATE TABLE secret (ssn text); INSERT INTO secret VALUES ('078-05-1120'); \
+         GRANT SELECT ON secret TO PUBLIC; CREATE SCHEMA hr; GRANT USAGE ON SCHEMA hr TO PUBLIC; \
+         CREATE TABLE hr.payroll (pay int); GRANT SELECT ON hr.payroll TO PUBLIC",
+    );
+    let (_id, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    for sql in [
+        "SELECT ('select to_tsvector(ssn) from secret'::text).ts_stat",
+        "SELECT t.ts_stat FROM reverse(')terces morf nss(rotcevst_ot tceles') t",
+        "SELECT ('select to_tsvector(set_config(''default_transaction_read_only'', ''off'', false))'::text).ts_stat",
+        "SELECT query_to_xml('select set_config(''search_path'', ''hr'', false)', true, false, '')",
+        "SELECT query_to_xml('select schema_to_xml(''hr'', true, false, '''')', true, false, '')",
+    ] {
+        raw.send(&query(sql)).await;
+        let answer = raw.read_until_ready().await;
+        let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(codes, ["42501"], "{sql}");
+        assert!(!String::from_utf8_lossy(&answer).contains("078-05-1120"), "{sql}");
+    }
+    raw.send(&query("SHOW search_path")).await;
+    let path = raw.read_until_ready().await;
+    assert!(!String::from_utf8_lossy(&path).contains("hr"));
+    raw.send(&query("SHOW default_transaction_read_only")).await;
+    let read_only = raw.read_until_ready().await;
+    assert!(String::from_utf8_lossy(&read_only).contains("on"));
+    // Within the grant and the rules, a query from text still runs.
+    raw.send(&query(
+        "SELECT * FROM ts_stat('select to_tsvector(name) from items')",
+    ))
+    .await;
+    let ran = raw.read_until_ready().await;
+    assert!(errors_in(&ran).is_empty(), "{:?}", errors_in(&ran));
+    assert!(crate::harness::rows_in(&ran) > 0);
+}
