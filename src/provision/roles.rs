@@ -493,8 +493,9 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
 /// Links of the catalog (kind, from's schema and name, to's): using the relation `from`
 /// touches `to`. `i`: `to` inherits from or is a partition of `from`; `r`: a view or
 /// materialized view of `from` reads `to`, a row security policy of `from` does, `from` is
-/// `to`'s TOAST table, or `from` is a foreign table whose options name `to` (a loopback
-/// server may read it); `w`: a rule on INSERT, UPDATE or DELETE of `from` writes `to`, or a
+/// `to`'s TOAST table, `from` is a sequence `to` owns (serial, identity: its value counts
+/// `to`'s rows), or `from` is a foreign table whose options name `to` (a loopback server
+/// may read it); `w`: a rule on INSERT, UPDATE or DELETE of `from` writes `to`, or a
 /// default of it uses the sequence `to`; `k`: a foreign key of `to` to `from` changes `to`'s
 /// rows on delete or update (CASCADE, SET NULL, SET DEFAULT); `t`: any other foreign key
 /// (TRUNCATE … CASCADE empties `to`); `ce`: an event trigger calls the function `to` on DDL
@@ -529,6 +530,10 @@ const RELATION_LINKS: &str = "\
       UNION SELECT 'w', i.indrelid, d.refobjid FROM pg_catalog.pg_index i \
         JOIN dep d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = i.indexrelid \
          AND d.refobjid <> i.indrelid \
+      UNION SELECT 'r', d.objid, d.refobjid FROM pg_catalog.pg_depend d \
+        JOIN pg_catalog.pg_class q ON q.oid = d.objid AND q.relkind = 'S' \
+        WHERE d.classid = 'pg_catalog.pg_class'::regclass \
+          AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') \
       ) \
     SELECT pair.kind, f.s, f.r, t.s, t.r FROM pair \
       JOIN rel f ON f.oid = pair.from_oid JOIN rel t ON t.oid = pair.to_oid \

@@ -53,6 +53,11 @@ const SCHEMA: &str = "
     CREATE SERVER loop FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'nowhere');
     CREATE FOREIGN TABLE bonus_remote (id int, pay int) SERVER loop
         OPTIONS (schema_name 'hr', table_name 'bonus');
+    CREATE TABLE vault (id serial, v text);
+    INSERT INTO vault (v) VALUES ('a');
+    CREATE TABLE strongroom (id int GENERATED ALWAYS AS IDENTITY, v text);
+    INSERT INTO strongroom (v) VALUES ('a');
+    GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO PUBLIC;
     GRANT ALL ON ALL TABLES IN SCHEMA public, hr, \"x.y\" TO PUBLIC;
     GRANT USAGE ON SCHEMA hr, \"x.y\" TO PUBLIC;
 ";
@@ -62,7 +67,7 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
     let env = Env::with(
         "off_limits_reach",
         Options {
-            guardrails: "off_limits = [\"hr.*\"]",
+            guardrails: "off_limits = [\"hr.*\", \"vault\", \"strongroom\"]",
             ..Options::default()
         },
     )
@@ -105,6 +110,17 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
         ("SELECT * FROM \"x.y\".vv", "hr.bonus"),
         // A foreign table whose options name a protected table (a loopback server reads it).
         ("SELECT * FROM bonus_remote", "hr.bonus"),
+        // A sequence a protected table owns (serial, identity) counts its rows, wherever
+        // it is.
+        ("SELECT last_value FROM vault_id_seq", "public.vault"),
+        (
+            "SELECT pg_sequence_last_value('public.vault_id_seq')",
+            "public.vault",
+        ),
+        (
+            "SELECT last_value FROM strongroom_id_seq",
+            "public.strongroom",
+        ),
     ] {
         let error = client.batch_execute(sql).await.expect_err(sql);
         let (code, message) = db_error(&error);
