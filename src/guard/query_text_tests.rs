@@ -106,3 +106,24 @@ fn queries_from_text_that_stay_within_the_grant_still_run() {
         assert_eq!(refusal(AccessLevel::Read, sql), None, "{sql}");
     }
 }
+
+#[test]
+fn between_runs_the_comparison_operators_not_an_operator_named_between() {
+    // A review found `2 BETWEEN 1 AND 3` refused as opaque under rules: the keyword was
+    // looked up as an operator symbol.
+    for (sql, symbols) in [
+        ("SELECT 1 WHERE 2 BETWEEN 1 AND 3", [">=", "<="]),
+        ("SELECT 1 WHERE 2 BETWEEN SYMMETRIC 3 AND 1", [">=", "<="]),
+        ("SELECT 1 WHERE 2 NOT BETWEEN 1 AND 3", ["<", ">"]),
+        ("SELECT 1 WHERE 2 NOT BETWEEN SYMMETRIC 3 AND 1", ["<", ">"]),
+    ] {
+        assert_eq!(refusal(AccessLevel::Read, sql), None, "{sql}");
+        let facts = analyze(sql).facts;
+        assert_eq!(&facts.operators[..], symbols, "{sql}");
+        assert!(facts.opaque.is_none(), "{sql}");
+    }
+    // The comparison a database defines for its own type is still found.
+    let facts = analyze("SELECT 1 FROM t WHERE t.v BETWEEN 'a' AND 'b'").facts;
+    let own: std::collections::HashSet<String> = ["operator >=".to_owned()].into();
+    assert!(database_function_used(&facts, &own).is_some());
+}

@@ -295,9 +295,7 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
                 .and_then(string_node);
             found.field_names.extend(last);
         }
-        "AExpr" => {
-            found.operators.extend(operator_named(node.get("name")));
-        }
+        "AExpr" => found.operators.extend(aexpr_operators(node)),
         "AIndirection" => {
             let names: Vec<String> = node
                 .get("indirection")
@@ -451,6 +449,24 @@ fn unbounded_upsert(node: &Value) -> bool {
         .and_then(Value::as_array)
         .is_some_and(|rows| rows.len() == 1);
     update && is_empty(clause.get("where_clause")) && !one_row
+}
+
+/// The operators an A_Expr runs. `a BETWEEN b AND c` is named by its keywords; the server
+/// runs `>=` and `<=` (`<` and `>` for NOT BETWEEN), found for the operands' types like any
+/// other (a database's own for its own types).
+fn aexpr_operators(node: &Value) -> Vec<(Option<String>, String)> {
+    use pg_query::protobuf::AExprKind as K;
+    let kind = node.get("kind").and_then(Value::as_i64);
+    let between = [K::AexprBetween, K::AexprBetweenSym].map(|k| Some(k as i64));
+    let not_between = [K::AexprNotBetween, K::AexprNotBetweenSym].map(|k| Some(k as i64));
+    let symbols: &[&str] = if between.contains(&kind) {
+        &[">=", "<="]
+    } else if not_between.contains(&kind) {
+        &["<", ">"]
+    } else {
+        return operator_named(node.get("name")).into_iter().collect();
+    };
+    symbols.iter().map(|s| (None, (*s).to_owned())).collect()
 }
 
 /// An operator's name list (`["pg_catalog", "="]`) as its schema, if qualified, and symbol.
