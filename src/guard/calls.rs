@@ -19,6 +19,8 @@ pub(super) struct Calls {
     pub(super) relations: Vec<String>,
     pub(super) opaque: bool,
     pub(super) reads_tables_by_name: bool,
+    /// `nextval`/`setval` of a sequence named by an expression.
+    pub(super) sequence_unknown: bool,
     /// A `set_config('search_path', …)` may put a schema before pg_catalog.
     pub(super) search_path_shadows: bool,
     /// A built-in that returns stored data without naming a table (`lo_get`): its rows
@@ -86,6 +88,10 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
         .iter()
         .any(|name| !functions::is_builtin_name(name));
     for name in &found.field_names {
+        // `('secret_id_seq'::regclass).nextval`: the relation is an expression.
+        if names_a_relation_first(name) {
+            note_unknown_relation(name, &mut out);
+        }
         let class = match functions::effect(name) {
             Effect::None if name == "lo_open" => Class::Write,
             Effect::None => continue,
@@ -118,6 +124,9 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
         if !functions::is_builtin(call) {
             out.opaque = true;
             continue;
+        }
+        if names_a_relation_first(&call.name) {
+            note_relation_named_first(call, &mut out);
         }
         let class = match functions::effect(&call.name) {
             Effect::None if call.name == "lo_open" => functions::lo_open_class(call),
@@ -178,19 +187,8 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
                 }
             }
             Effect::ReadsTablesByName => {
-                let named = call
-                    .args
-                    .first()
-                    .and_then(|a| tree::literal(a))
-                    .filter(|_| reads_the_relation_named_first(&call.name))
-                    .and_then(|name| relation_named(&name));
-                match named {
-                    Some(written) => {
-                        out.relations.push(written.to_lowercase());
-                        out.written_relations.push(written);
-                    }
-                    None => out.reads_tables_by_name = true,
-                }
+                // A whole schema or database; one relation was noted above.
+                out.reads_tables_by_name |= !names_a_relation_first(&call.name);
                 Class::Read
             }
         };
@@ -263,10 +261,68 @@ pub(super) fn pg_settings_where_name(node: &N) -> Option<String> {
     }
 }
 
-/// Whether a call's first argument is the regclass of the one relation it reads (the
-/// other calls that read by name read a whole schema or database).
-fn reads_the_relation_named_first(function: &str) -> bool {
-    function.starts_with("table_to_") || function == "pg_sequence_last_value"
+/// Whether a built-in's first argument names the one relation it reads or changes, as a
+/// regclass or text (the other calls that read by name read a whole schema or database).
+fn names_a_relation_first(function: &str) -> bool {
+    function.starts_with("table_to_")
+        || matches!(
+            function,
+            "pg_sequence_last_value" | "nextval" | "setval" | "currtid2"
+        )
+}
+
+/// The relation a call names in its first argument, as the statement's own; one it cannot
+/// tell (an expression, an OID) is unknown.
+fn note_relation_named_first(call: &tree::Call<'_>, out: &mut Calls) {
+    let named = call
+        .args
+        .first()
+        .and_then(|a| regclass_literal(a))
+        .and_then(|name| relation_named(&name));
+    match named {
+        Some(written) => {
+            out.relations.push(written.to_lowercase());
+            out.written_relations.push(written);
+        }
+        None => note_unknown_relation(&call.name, out),
+    }
+}
+
+/// A call of `function` names a relation lockbox cannot tell: a sequence changed
+/// (`nextval`, `setval`: refused under `off_limits`), else a table read by name.
+fn note_unknown_relation(function: &str, out: &mut Calls) {
+    match function {
+        "nextval" | "setval" => out.sequence_unknown = true,
+        _ => out.reads_tables_by_name = true,
+    }
+}
+
+/// The text of a regclass argument: a literal, or one cast to `pg_catalog.regclass`, whose
+/// input reads a relation's name as SQL does (pg_dump writes `nextval('s'::regclass)`; an
+/// unqualified `regclass` may be a domain of the search path that changes the text).
+fn regclass_literal(arg: &serde_json::Value) -> Option<String> {
+    let inner = arg.get("node").unwrap_or(arg);
+    let Some(cast) = inner.get("TypeCast") else {
+        return tree::literal(arg);
+    };
+    let type_name = cast.get("type_name")?;
+    let names: Vec<String> = type_name
+        .get("names")
+        .and_then(serde_json::Value::as_array)?
+        .iter()
+        .filter_map(tree::string_node)
+        .collect();
+    let plain = type_name
+        .get("typmods")
+        .and_then(serde_json::Value::as_array)
+        .is_none_or(Vec::is_empty)
+        && type_name
+            .get("array_bounds")
+            .and_then(serde_json::Value::as_array)
+            .is_none_or(Vec::is_empty);
+    (plain && names == ["pg_catalog", "regclass"])
+        .then(|| tree::literal(cast.get("arg")?))
+        .flatten()
 }
 
 /// The relation a text names, read the way a relation name in SQL is (quotes, case,

@@ -108,6 +108,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
             settings: changed.into(),
             opaque,
             reads_tables_by_name: calls_reads_by_name,
+            sequence_unknown: calls.sequence_unknown,
             names,
             catalog_only,
             plan_only: matches!(node, N::ExplainStmt(_)),

@@ -184,8 +184,10 @@ pub(crate) fn effect(name: &str) -> Effect {
         | "query_to_xml_and_xmlschema"
         | "ts_stat"
         | "ts_rewrite" => Effect::RunsQueryText,
-        // A sequence's state, by its name as a regclass.
+        // A sequence's state, by its name as a regclass; where a row's newest version is
+        // (`currtid2('t', tid)`).
         "pg_sequence_last_value"
+        | "currtid2"
         | "table_to_xml"
         | "table_to_xmlschema"
         | "table_to_xml_and_xmlschema"

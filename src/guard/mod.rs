@@ -179,6 +179,9 @@ pub struct Facts {
     pub opaque: Option<&'static str>,
     /// It calls a built-in that reads tables named by text (`table_to_xml`, …).
     pub reads_tables_by_name: bool,
+    /// It changes a sequence named by an expression (`nextval(f())`), or by a name
+    /// lockbox cannot read as the server will (`nextval('s'::regclass)`).
+    pub sequence_unknown: bool,
     /// What it does to the session's prepared statements and cursors.
     pub names: Option<NameChange>,
     /// It reads the system catalogs only (`pg_catalog`, `information_schema`): what psql's

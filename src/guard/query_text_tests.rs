@@ -127,3 +127,74 @@ fn between_runs_the_comparison_operators_not_an_operator_named_between() {
     let own: std::collections::HashSet<String> = ["operator >=".to_owned()].into();
     assert!(database_function_used(&facts, &own).is_some());
 }
+
+#[test]
+fn a_sequence_changed_or_a_row_located_by_name_is_that_relation() {
+    // A second review advanced and reset an off-limits table's sequence at write level,
+    // and located its rows with currtid2.
+    let rules = Guardrails {
+        off_limits: vec!["secret_id_seq".into(), "hr.*".into()],
+        ..Guardrails::default()
+    };
+    let verdict = |sql: &str| {
+        check_rules(&rules, &analyze(sql).facts)
+            .err()
+            .map(|r| r.rule)
+    };
+    for sql in [
+        "SELECT nextval('secret_id_seq')",
+        "SELECT setval('public.secret_id_seq', 1000)",
+        "SELECT nextval('public.secret_id_seq'::pg_catalog.regclass)",
+        "SELECT currtid2('hr.pay', '(0,1)')",
+        // Named by an expression, a cast lockbox does not read, or column notation.
+        "SELECT nextval(pg_get_serial_sequence('secret', 'id'))",
+        "SELECT nextval('items_id_seq'::regclass)",
+        "SELECT ('items_id_seq'::regclass).nextval",
+        "SELECT x.setval FROM (SELECT 'items_id_seq'::regclass) x",
+        "ALTER TABLE items ALTER COLUMN id SET DEFAULT nextval('secret_id_seq')",
+    ] {
+        assert_eq!(verdict(sql), Some("off_limits"), "{sql}");
+    }
+    for sql in [
+        "SELECT nextval('items_id_seq')",
+        "SELECT nextval('public.items_id_seq'::pg_catalog.regclass)",
+        "SELECT currval('items_id_seq')",
+    ] {
+        assert_eq!(verdict(sql), None, "{sql}");
+    }
+    // Other rules alone do not refuse a sequence named by an expression.
+    let deny_drop = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    let facts = analyze("SELECT nextval('items_id_seq'::regclass)").facts;
+    assert!(check_rules(&deny_drop, &facts).is_ok());
+}
+
+#[test]
+fn maintenance_of_no_table_named_acts_on_every_table() {
+    for sql in [
+        "REINDEX SCHEMA hr",
+        "REINDEX DATABASE sales",
+        "REINDEX SYSTEM sales",
+        "VACUUM",
+        "VACUUM FULL",
+        "ANALYZE",
+        "CLUSTER",
+    ] {
+        assert!(analyze(sql).facts.schema_wide, "{sql}");
+        assert_eq!(
+            refusal(AccessLevel::Admin, sql),
+            Some("off_limits"),
+            "{sql}"
+        );
+    }
+    for sql in [
+        "REINDEX TABLE items",
+        "VACUUM items",
+        "ANALYZE items",
+        "CLUSTER items USING items_pkey",
+    ] {
+        assert!(!analyze(sql).facts.schema_wide, "{sql}");
+    }
+}

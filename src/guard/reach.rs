@@ -29,8 +29,13 @@ pub enum LinkKind {
     /// Deleting from or updating `from` changes `to`'s rows: a foreign key of `to` whose
     /// action is CASCADE, SET NULL or SET DEFAULT.
     Cascades,
-    /// `TRUNCATE from CASCADE` empties `to`: any foreign key of `to` to `from`.
+    /// `TRUNCATE from CASCADE` empties `to`: any foreign key of `to` to `from`. Deleting
+    /// from or updating `from` also reads `to` (the key's check that no row of `to` still
+    /// points at what goes).
     Truncates,
+    /// Writing `from` reads `to`: a foreign key of `from` to `to`, whose check looks the
+    /// new key up in `to` (its error tells whether a value is there).
+    References,
 }
 
 /// One link of the catalog: using `from` may touch `to`. Relations are `schema.relation`,
@@ -115,17 +120,29 @@ impl Reach {
                 .cloned()
                 .collect()
         };
-        let changed = Reaching::new(target, &up_to(&[Inherits, Reads, OnWrite, Cascades]));
+        // A foreign key's check reads the one table it looks in and changes nothing, so
+        // it reaches a target only directly (or a partition of one), never through what
+        // reaches one.
+        let changed = Reaching::climbing(
+            target,
+            &up_to(&[Inherits, Reads, OnWrite, Cascades, Truncates, References]),
+            None,
+            &[Truncates, References],
+        );
         Reach {
             used: Reaching::new(target, &up_to(&[Inherits, Reads])),
             // An INSERT cascades nothing, but a rule it fires may update or delete.
             written: Reaching::climbing(
                 target,
-                &up_to(&[Inherits, Reads, OnWrite]),
+                &up_to(&[Inherits, Reads, OnWrite, References]),
                 Some(&changed),
+                &[References],
             ),
             changed,
-            truncated: Reaching::new(target, links),
+            truncated: Reaching::new(
+                target,
+                &up_to(&[Inherits, Reads, OnWrite, Cascades, Truncates]),
+            ),
         }
     }
 
@@ -157,15 +174,17 @@ struct Reaching {
 
 impl Reaching {
     fn new(target: &dyn Fn(&str) -> bool, links: &[RelationLink]) -> Reaching {
-        Reaching::climbing(target, links, None)
+        Reaching::climbing(target, links, None, &[])
     }
 
     /// What reaches a target through `links`; with `changing`, also what writes through a
     /// rule into a relation `changing` holds (whose changed rows cascade into a target).
+    /// Links of the kinds in `checks` reach only a target or its partitions and children.
     fn climbing(
         target: &dyn Fn(&str) -> bool,
         links: &[RelationLink],
         changing: Option<&Reaching>,
+        checks: &[LinkKind],
     ) -> Reaching {
         let mut reached: HashMap<String, Reached> = HashMap::new();
         // The links by the relation they lead to, and inheritance by parent: each step of
@@ -201,7 +220,11 @@ impl Reaching {
             .filter(|l| target(&l.to) || reached.contains_key(&l.to))
             .map(|l| {
                 let first = reached.get(&l.to).map_or(l.to.as_str(), |r| &r.target);
-                (l.from.clone(), reach(first, how(l.kind, target(&l.to))))
+                let how = match checks.contains(&l.kind) {
+                    true => "a foreign key's check of it reads it",
+                    false => how(l.kind, target(&l.to)),
+                };
+                (l.from.clone(), reach(first, how))
             })
             .collect();
         // A write rule's UPDATE or DELETE of a table whose changed rows cascade.
@@ -222,6 +245,7 @@ impl Reaching {
                 continue;
             }
             let above = into.get(name.as_str()).into_iter().flatten();
+            let above = above.filter(|l| !checks.contains(&l.kind));
             queue.extend(above.map(|l| (l.from.clone(), reach(&why.target, how(l.kind, false)))));
             reached.insert(name, why);
         }
@@ -275,6 +299,7 @@ fn how(kind: LinkKind, direct: bool) -> &'static str {
         (LinkKind::Cascades, false) => "its deletes and updates cascade into what reaches it",
         (LinkKind::Truncates, true) => "TRUNCATE … CASCADE of it empties it",
         (LinkKind::Truncates, false) => "TRUNCATE … CASCADE of it empties what reaches it",
+        (LinkKind::References, _) => "a foreign key's check of it reads it",
     }
 }
 
@@ -425,13 +450,20 @@ mod tests {
         // A write rule that updates a table whose key cascades writes the protected table.
         let reached = reach.reached_by("inbox", &doing(Class::Write, false, false));
         assert_eq!(reached.map(|r| r.target.as_str()), Some("hr.staff"));
-        // Only TRUNCATE … CASCADE empties a table whatever its key's action.
-        assert!(reach
-            .reached_by("sites", &doing(Class::Write, true, false))
-            .is_none());
+        // Only TRUNCATE … CASCADE empties a table whatever its key's action; a DELETE or
+        // UPDATE reads the referencing table (the key's check: its error tells whether a
+        // row there points at what goes), an INSERT does not.
+        let checked = reach.reached_by("sites", &doing(Class::Write, true, false));
+        assert_eq!(
+            checked.map(|r| r.how),
+            Some("a foreign key's check of it reads it")
+        );
         assert!(reach
             .reached_by("sites", &doing(Class::Write, false, true))
-            .is_some());
+            .is_some_and(|r| r.how.starts_with("TRUNCATE")));
+        assert!(reach
+            .reached_by("sites", &doing(Class::Write, false, false))
+            .is_none());
         // An INSERT into a table whose deletes cascade into a protected one changes nothing of it.
         assert!(reach
             .reached_by("depts", &doing(Class::Write, false, false))
@@ -447,6 +479,42 @@ mod tests {
             .reached_by("v2", &doing(Class::Read, false, false))
             .is_some());
         assert!(CatalogReach::new(&rules(&[]), &links).off_limits.is_empty());
+    }
+
+    #[test]
+    fn a_foreign_keys_check_reads_the_one_table_it_looks_in() {
+        use LinkKind::*;
+        let links = [
+            link(References, "public.orders", "public.secret"),
+            link(References, "public.lines", "public.orders"),
+            link(Reads, "public.orders_view", "public.orders"),
+            link(Inherits, "public.secret", "public.secret_p1"),
+            link(References, "public.notes", "public.secret_p1"),
+        ];
+        let reach = CatalogReach::new(&rules(&["secret"]), &links).off_limits;
+        let insert = doing(Class::Write, false, false);
+        let update = doing(Class::Write, true, false);
+        for (relation, doing) in [
+            ("orders", &insert),
+            ("orders", &update),
+            // An auto-updatable view writes the table whose key is checked.
+            ("orders_view", &insert),
+            // A partition holds the protected table's rows.
+            ("notes", &insert),
+        ] {
+            let reached = reach.reached_by(relation, doing).expect(relation);
+            assert_eq!(reached.target, "public.secret", "{relation}");
+        }
+        // Writing `lines` checks `orders`, which it does not write: nothing of `secret`.
+        assert!(reach.reached_by("lines", &insert).is_none());
+        assert!(reach.reached_by("lines", &update).is_none());
+        // Reading, truncating or dropping the referencing table reads nothing of it.
+        assert!(reach
+            .reached_by("orders", &doing(Class::Read, false, false))
+            .is_none());
+        assert!(reach
+            .reached_by("orders", &doing(Class::Write, false, true))
+            .is_none());
     }
 
     #[test]

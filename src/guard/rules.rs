@@ -52,6 +52,12 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
             "a statement on whole schemas, on everything a role owns, or dropping with CASCADE (it may reach tables that are off limits)".into(),
         );
     }
+    if !rules.off_limits.is_empty() && facts.sequence_unknown {
+        return refuse(
+            "off_limits",
+            "changing a sequence named by an expression or cast (name it as a plain literal: nextval('schema.sequence'))".into(),
+        );
+    }
     if !rules.off_limits.is_empty() && facts.reads_tables_by_name {
         return refuse(
             "off_limits",

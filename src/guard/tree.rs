@@ -272,6 +272,16 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.schema_wide = true;
         }
         "ReassignOwnedStmt" | "AlterDefaultPrivilegesStmt" => found.schema_wide = true,
+        // `REINDEX SCHEMA/DATABASE/SYSTEM`, and VACUUM, ANALYZE or CLUSTER of no table
+        // named: every table they reach, unnamed.
+        "ReindexStmt" => {
+            use pg_query::protobuf::ReindexObjectType as R;
+            let kind = node.get("kind").and_then(Value::as_i64);
+            let named = [R::ReindexObjectIndex, R::ReindexObjectTable].map(|k| Some(k as i64));
+            found.schema_wide |= !named.contains(&kind);
+        }
+        "VacuumStmt" => found.schema_wide |= is_empty(node.get("rels")),
+        "ClusterStmt" => found.schema_wide |= is_empty(node.get("relation")),
         // `GRANT … ON ALL TABLES IN SCHEMA hr`: every table of the schema, unnamed.
         "GrantStmt" => {
             let target = node.get("targtype").and_then(Value::as_i64);

@@ -336,6 +336,7 @@ pub(super) async fn database_code(
                     "r" | "cr" => LinkKind::Reads,
                     "k" => LinkKind::Cascades,
                     "t" => LinkKind::Truncates,
+                    "f" => LinkKind::References,
                     _ => LinkKind::OnWrite,
                 },
                 from: name(1, 2)?,
@@ -493,12 +494,14 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
 /// Links of the catalog (kind, from's schema and name, to's): using the relation `from`
 /// touches `to`. `i`: `to` inherits from or is a partition of `from`; `r`: a view or
 /// materialized view of `from` reads `to`, a row security policy of `from` does, `from` is
-/// `to`'s TOAST table, `from` is a sequence `to` owns (serial, identity: its value counts
-/// `to`'s rows), or `from` is a foreign table whose options name `to` (a loopback server
+/// `to`'s TOAST table, `from` is a sequence `to` owns (serial, identity) or whose column
+/// default takes its values from it (its value counts `to`'s rows), `from` is an index of
+/// `to`, or `from` is a foreign table whose options name `to` (a loopback server
 /// may read it); `w`: a rule on INSERT, UPDATE or DELETE of `from` writes `to`, or a
 /// default of it uses the sequence `to`; `k`: a foreign key of `to` to `from` changes `to`'s
 /// rows on delete or update (CASCADE, SET NULL, SET DEFAULT); `t`: any other foreign key
-/// (TRUNCATE … CASCADE empties `to`); `ce`: an event trigger calls the function `to` on DDL
+/// (TRUNCATE … CASCADE empties `to`; a delete from `from` reads it); `f`: a foreign key of
+/// `from` to `to` (a write of `from` reads `to`); `ce`: an event trigger calls the function `to` on DDL
 /// (`from` is empty). The system's own relations are left out. (The functions relations
 /// run: `FUNCTION_LINKS`.)
 const RELATION_LINKS: &str = "\
@@ -520,6 +523,7 @@ const RELATION_LINKS: &str = "\
       UNION SELECT CASE WHEN k.confdeltype IN ('c', 'n', 'd') OR k.confupdtype IN ('c', 'n', 'd') \
                    THEN 'k' ELSE 't' END, k.confrelid, k.conrelid \
         FROM pg_catalog.pg_constraint k WHERE k.contype = 'f' \
+      UNION SELECT 'f', k.conrelid, k.confrelid FROM pg_catalog.pg_constraint k WHERE k.contype = 'f' \
       UNION SELECT 'r', c.reltoastrelid, c.oid FROM pg_catalog.pg_class c \
         WHERE c.reltoastrelid <> 0 \
       UNION SELECT 'w', a.adrelid, d.refobjid FROM pg_catalog.pg_attrdef a \
@@ -534,6 +538,10 @@ const RELATION_LINKS: &str = "\
         JOIN pg_catalog.pg_class q ON q.oid = d.objid AND q.relkind = 'S' \
         WHERE d.classid = 'pg_catalog.pg_class'::regclass \
           AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') \
+      UNION SELECT 'r', d.refobjid, a.adrelid FROM pg_catalog.pg_attrdef a \
+        JOIN dep d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = a.oid \
+        JOIN pg_catalog.pg_class q ON q.oid = d.refobjid AND q.relkind = 'S' \
+      UNION SELECT 'r', i.indexrelid, i.indrelid FROM pg_catalog.pg_index i \
       ) \
     SELECT pair.kind, f.s, f.r, t.s, t.r FROM pair \
       JOIN rel f ON f.oid = pair.from_oid JOIN rel t ON t.oid = pair.to_oid \

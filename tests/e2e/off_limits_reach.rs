@@ -53,11 +53,17 @@ const SCHEMA: &str = "
     CREATE SERVER loop FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'nowhere');
     CREATE FOREIGN TABLE bonus_remote (id int, pay int) SERVER loop
         OPTIONS (schema_name 'hr', table_name 'bonus');
-    CREATE TABLE vault (id serial, v text);
+    CREATE TABLE vault (id serial PRIMARY KEY, v text);
+    CREATE INDEX vault_v ON vault (v);
+    CREATE TABLE vault_refs (vault_id int REFERENCES vault (id));
+    CREATE SEQUENCE emp_ids;
+    CREATE TABLE hr.emp (id int DEFAULT nextval('emp_ids'), n text);
+    INSERT INTO hr.emp (n) VALUES ('x');
     INSERT INTO vault (v) VALUES ('a');
     CREATE TABLE strongroom (id int GENERATED ALWAYS AS IDENTITY, v text);
+    CREATE SEQUENCE strongroom_v_seq_open;
     INSERT INTO strongroom (v) VALUES ('a');
-    GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO PUBLIC;
+    GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO PUBLIC;
     GRANT ALL ON ALL TABLES IN SCHEMA public, hr, \"x.y\" TO PUBLIC;
     GRANT USAGE ON SCHEMA hr, \"x.y\" TO PUBLIC;
 ";
@@ -121,6 +127,20 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
             "SELECT last_value FROM strongroom_id_seq",
             "public.strongroom",
         ),
+        // A sequence a protected table's default takes its values from.
+        ("SELECT last_value FROM emp_ids", "hr.emp"),
+        ("SELECT setval('vault_id_seq', 1000)", "public.vault"),
+        ("SELECT ('vault_id_seq'::regclass).nextval", "expression"),
+        // Where a protected table's rows are; an index of it.
+        ("SELECT currtid2('vault', '(0,1)')", "vault"),
+        ("ALTER INDEX vault_v RENAME TO vault_w", "public.vault"),
+        // A foreign key's check reads the table it looks in: a new key's, and a deleted
+        // key's referencing rows (its error tells whether a value is there).
+        ("INSERT INTO vault_refs VALUES (1)", "public.vault"),
+        ("DELETE FROM offices WHERE id = 42", "hr.desks"),
+        // Every table, unnamed.
+        ("REINDEX SCHEMA hr", "whole schemas"),
+        ("VACUUM", "whole schemas"),
     ] {
         let error = client.batch_execute(sql).await.expect_err(sql);
         let (code, message) = db_error(&error);
@@ -149,10 +169,10 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
         "UPDATE contractors SET pay = 11 WHERE id = 2",
         // psql's `\\d` and pg_dump read the extended statistics' definitions.
         "SELECT stxname FROM pg_catalog.pg_statistic_ext WHERE stxrelid = 'items'::regclass",
-        // An INSERT cascades nothing, nor does a DELETE over a key with no action.
+        // An INSERT into a referenced table cascades nothing and checks nothing.
         "INSERT INTO depts VALUES (2)",
         "INSERT INTO depts2 VALUES (3)",
-        "DELETE FROM offices WHERE id = 42",
+        "SELECT nextval('strongroom_v_seq_open')",
     ] {
         client.simple_query(sql).await.expect(sql);
     }
