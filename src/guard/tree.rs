@@ -211,7 +211,12 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         "AlterDomainStmt" => {
             let subtype = node.get("subtype").and_then(Value::as_str).unwrap_or("");
             found.drop |= ALTER_DOMAIN_DROPS.contains(&subtype);
+            altered_type(node, found);
         }
+        // A new check of a domain reads every column of it; an enum's renamed label
+        // changes every value of it: the type is named like the relations that use it
+        // (the catalog's links lead from it to them).
+        "AlterEnumStmt" | "AlterTypeStmt" => altered_type(node, found),
         "SubLink" => {
             // `x OPERATOR(s.op) ANY (SELECT …)` keeps its operator here, not in an A_Expr;
             // `x IN (SELECT …)` names none and means `=`.
@@ -400,6 +405,23 @@ fn moved_relation(node: &Value, found: &mut Found<'_>) {
     let name = node.pointer("/relation/relname").and_then(Value::as_str);
     if let (Some(schema), Some(name)) = (schema, name) {
         push_listed(schema, name, found);
+    }
+}
+
+/// The type an `ALTER DOMAIN`/`ALTER TYPE` changes, as a name the rules and the catalog's
+/// links see.
+fn altered_type(node: &Value, found: &mut Found<'_>) {
+    let parts: Vec<String> = node
+        .get("type_name")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(string_node)
+        .collect();
+    match &parts[..] {
+        [] => {}
+        [name] => push_listed("", name, found),
+        [.., schema, name] => push_listed(schema, name, found),
     }
 }
 

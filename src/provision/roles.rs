@@ -494,7 +494,9 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
 /// Links of the catalog (kind, from's schema and name, to's): using the relation `from`
 /// touches `to`. `i`: `to` inherits from or is a partition of `from`; `r`: a view or
 /// materialized view of `from` reads `to`, a row security policy of `from` does, `from` is
-/// `to`'s TOAST table, `from` is a sequence `to` owns (serial, identity) or whose column
+/// `to`'s TOAST table, `from` is a type a column of `to` is of (a domain, an enum, a
+/// composite; through arrays and domains over it: a new check of it reads the column, a
+/// renamed label changes its values), `from` is a sequence `to` owns (serial, identity) or whose column
 /// default takes its values from it (its value counts `to`'s rows), `from` is an index of
 /// `to`, or `from` is a foreign table whose options name `to` (a loopback server
 /// may read it); `w`: a rule on INSERT, UPDATE or DELETE of `from` writes `to`, or a
@@ -505,13 +507,19 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
 /// (`from` is empty). The system's own relations are left out. (The functions relations
 /// run: `FUNCTION_LINKS`.)
 const RELATION_LINKS: &str = "\
-    WITH rel AS (SELECT c.oid, n.nspname::text AS s, c.relname::text AS r \
+    WITH RECURSIVE rel AS (SELECT c.oid, n.nspname::text AS s, c.relname::text AS r \
                  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace), \
     fn AS (SELECT p.oid, n.nspname::text AS s, p.proname::text AS r \
            FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
            WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')), \
     dep AS (SELECT classid, objid, refclassid, refobjid FROM pg_catalog.pg_depend \
             WHERE refclassid = 'pg_catalog.pg_class'::regclass), \
+    type_used (col_type, typ) AS ( \
+      SELECT DISTINCT a.atttypid, a.atttypid FROM pg_catalog.pg_attribute a \
+        JOIN pg_catalog.pg_class c ON c.oid = a.attrelid AND c.relkind IN ('r', 'p', 'm', 'f') \
+       WHERE a.attnum > 0 AND NOT a.attisdropped \
+      UNION SELECT u.col_type, x.base FROM type_used u JOIN pg_catalog.pg_type t ON t.oid = u.typ, \
+        LATERAL (VALUES (t.typbasetype), (t.typelem)) AS x (base) WHERE x.base <> 0), \
     pair (kind, from_oid, to_oid) AS ( \
       SELECT 'i', inhparent, inhrelid FROM pg_catalog.pg_inherits \
       UNION SELECT CASE w.ev_type WHEN '1' THEN 'r' ELSE 'w' END, w.ev_class, d.refobjid \
@@ -551,7 +559,17 @@ const RELATION_LINKS: &str = "\
     UNION SELECT 'r', f.s, f.r, \
       coalesce((SELECT substr(o, 13) FROM pg_catalog.unnest(t.ftoptions) o WHERE o LIKE 'schema\\_name=%'), f.s), \
       coalesce((SELECT substr(o, 12) FROM pg_catalog.unnest(t.ftoptions) o WHERE o LIKE 'table\\_name=%'), f.r) \
-      FROM pg_catalog.pg_foreign_table t JOIN rel f ON f.oid = t.ftrelid";
+      FROM pg_catalog.pg_foreign_table t JOIN rel f ON f.oid = t.ftrelid \
+    UNION SELECT 'r', tn.nspname::text, t.typname::text, n.nspname::text, c.relname::text \
+      FROM pg_catalog.pg_attribute a \
+      JOIN pg_catalog.pg_class c ON c.oid = a.attrelid AND c.relkind IN ('r', 'p', 'm', 'f') \
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+      JOIN type_used u ON u.col_type = a.atttypid \
+      JOIN pg_catalog.pg_type t ON t.oid = u.typ \
+      JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace \
+     WHERE a.attnum > 0 AND NOT a.attisdropped \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+       AND tn.nspname NOT IN ('pg_catalog', 'information_schema')";
 
 /// The requests whose roles exist on the database's server.
 pub(super) async fn list(db: &Database) -> Result<Vec<String>, ProvisionError> {

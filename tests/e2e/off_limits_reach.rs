@@ -53,7 +53,12 @@ const SCHEMA: &str = "
     CREATE SERVER loop FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'nowhere');
     CREATE FOREIGN TABLE bonus_remote (id int, pay int) SERVER loop
         OPTIONS (schema_name 'hr', table_name 'bonus');
-    CREATE TABLE vault (id serial PRIMARY KEY, v text);
+    CREATE DOMAIN code_base AS text;
+    CREATE DOMAIN code AS code_base;
+    CREATE TYPE mood AS ENUM ('happy', 'sad');
+    CREATE TYPE weather AS ENUM ('sun', 'rain');
+    CREATE TABLE forecasts (w weather);
+    CREATE TABLE vault (id serial PRIMARY KEY, v text, c code, m mood[]);
     CREATE INDEX vault_v ON vault (v);
     CREATE TABLE vault_refs (vault_id int REFERENCES vault (id));
     CREATE SEQUENCE emp_ids;
@@ -138,6 +143,16 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
         // key's referencing rows (its error tells whether a value is there).
         ("INSERT INTO vault_refs VALUES (1)", "public.vault"),
         ("DELETE FROM offices WHERE id = 42", "hr.desks"),
+        // A type a protected table's column is of: a new check reads its values, a
+        // renamed label changes them (through a domain over it, an array of it).
+        (
+            "ALTER DOMAIN code_base ADD CONSTRAINT probe CHECK (VALUE < 'x')",
+            "public.vault",
+        ),
+        (
+            "ALTER TYPE mood RENAME VALUE 'happy' TO 'furious'",
+            "public.vault",
+        ),
         // Every table, unnamed.
         ("REINDEX SCHEMA hr", "whole schemas"),
         ("VACUUM", "whole schemas"),
@@ -175,6 +190,14 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
         "SELECT nextval('strongroom_v_seq_open')",
     ] {
         client.simple_query(sql).await.expect(sql);
+    }
+    // A type no protected table uses goes to the server (which says who may alter it).
+    let altered = client
+        .simple_query("ALTER TYPE weather RENAME VALUE 'rain' TO 'showers'")
+        .await;
+    if let Err(error) = altered {
+        let (_, message) = db_error(&error);
+        assert!(!message.contains("lockbox"), "{message}");
     }
 }
 
