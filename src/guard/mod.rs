@@ -236,6 +236,15 @@ pub fn check_analysis(
             message: "lockbox: a statement lockbox cannot parse (over 1 MiB or 50,000 tokens, or text its grammar rejects, which an older server may still run) cannot be checked against this database's rules (rule unparsable)".into(),
         });
     }
+    if matches!(analysis.class, Class::Escalation(_)) && !rules.off_limits.is_empty() {
+        // Files, programs, other servers and other roles read around every rule (an attack
+        // review read a protected table's file with `COPY … FROM PROGRAM`, and its schema
+        // through `SET ROLE` to a role named like it, which "$user" put on the search path).
+        return Err(Refusal {
+            rule: "off_limits",
+            message: "lockbox: a statement that reaches outside the database (files, programs, other servers, roles), where off-limits tables can be read around the rules, is not allowed on this database (rule off_limits)".into(),
+        });
+    }
     check_rules(rules, &analysis.facts)
 }
 

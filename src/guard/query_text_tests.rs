@@ -198,3 +198,51 @@ fn maintenance_of_no_table_named_acts_on_every_table() {
         assert!(!analyze(sql).facts.schema_wide, "{sql}");
     }
 }
+
+#[test]
+fn what_reads_around_off_limits_rules_is_refused_even_to_admin() {
+    for sql in [
+        "COPY items FROM PROGRAM 'cat base/1/2'",
+        "COPY items TO '/tmp/items'",
+        "SELECT pg_read_binary_file('base/1/2')",
+        "SET ROLE hr",
+        "SELECT set_config('role', 'hr', false)",
+    ] {
+        assert_eq!(
+            refusal(AccessLevel::Admin, sql),
+            Some("off_limits"),
+            "{sql}"
+        );
+    }
+    // Without off-limits rules an admin may (the database's roles bound it).
+    let analyses = analyze_query("COPY items FROM PROGRAM 'true'");
+    let deny_drop = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    assert!(check_analysis(AccessLevel::Admin, &deny_drop, &analyses[0].analysis).is_ok());
+}
+
+#[test]
+fn altering_a_type_names_it_under_every_name_it_has_or_gets() {
+    for (sql, names) in [
+        ("ALTER TYPE mood RENAME TO mood_x", &["mood"][..]),
+        ("ALTER DOMAIN app.code RENAME TO code_x", &["app.code"]),
+        ("ALTER TYPE mood SET SCHEMA hr", &["mood", "hr.mood"]),
+        ("ALTER TYPE app.mood OWNER TO CURRENT_USER", &["app.mood"]),
+        ("ALTER TYPE mood RENAME VALUE 'a' TO 'b'", &["mood"]),
+        (
+            "ALTER DOMAIN code ADD CONSTRAINT c CHECK (VALUE > 0)",
+            &["code"],
+        ),
+    ] {
+        let facts = analyze(sql).facts;
+        for name in names {
+            assert!(
+                facts.relations.contains(&(*name).to_owned()),
+                "{sql}: {:?}",
+                facts.relations
+            );
+        }
+    }
+}

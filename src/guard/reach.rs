@@ -154,6 +154,17 @@ impl Reach {
             _ if facts.truncate || facts.drop => &self.truncated,
             _ if facts.changes_rows => &self.changed,
             Class::Read | Class::Session => &self.used,
+            // DDL can rewrite a table and re-check every key into and out of it (`ALTER
+            // COLUMN … TYPE … USING`), or make a new name for what reaches a protected table
+            // (a view, a rename) that the links read at login do not know: any link counts
+            // (an attack review read and changed protected rows both ways).
+            Class::Ddl | Class::Escalation(_) => {
+                return self
+                    .truncated
+                    .reached_by(relation)
+                    .or_else(|| self.changed.reached_by(relation))
+                    .or_else(|| self.written.reached_by(relation));
+            }
             _ => &self.written,
         };
         scope.reached_by(relation)

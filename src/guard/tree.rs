@@ -271,7 +271,10 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             }
         }
         // `ALTER TABLE x SET SCHEMA hr` names, besides `x`, the table it makes: `hr.x`.
-        "AlterObjectSchemaStmt" => moved_relation(node, found),
+        "AlterObjectSchemaStmt" => {
+            moved_relation(node, found);
+            moved_type(node, found);
+        }
         "DropOwnedStmt" => {
             found.drop = true;
             found.schema_wide = true;
@@ -296,6 +299,18 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         "RenameStmt" => {
             let kind = node.get("rename_type").and_then(Value::as_i64);
             found.schema_wide |= kind == Some(pg_query::protobuf::ObjectType::ObjectSchema as i64);
+            // `ALTER TYPE mood RENAME TO m2`: the type by its old name (its new one is in
+            // no link until the next login).
+            if let (Some(kind), Some(object)) = (kind, node.get("object")) {
+                listed_relation(kind, object, found);
+            }
+        }
+        // `ALTER TYPE mood OWNER TO …`.
+        "AlterOwnerStmt" => {
+            let kind = node.get("object_type").and_then(Value::as_i64);
+            if let (Some(kind), Some(object)) = (kind, node.get("object")) {
+                listed_relation(kind, object, found);
+            }
         }
         "DropdbStmt"
         | "DropRoleStmt"
@@ -366,6 +381,9 @@ fn listed_relation(kind: i64, object: &Value, found: &mut Found<'_>) {
         O::ObjectSequence,
         O::ObjectIndex,
         O::ObjectForeignTable,
+        // A type a table's column is of reaches the table (the catalog's links).
+        O::ObjectType,
+        O::ObjectDomain,
     ];
     // `DROP TRIGGER t ON secret`, `COMMENT ON COLUMN secret.c`: the name's last part is
     // the object, the rest its table.
@@ -405,6 +423,24 @@ fn moved_relation(node: &Value, found: &mut Found<'_>) {
     let name = node.pointer("/relation/relname").and_then(Value::as_str);
     if let (Some(schema), Some(name)) = (schema, name) {
         push_listed(schema, name, found);
+    }
+}
+
+/// `ALTER TYPE mood SET SCHEMA hr`: the type by its name now and as it will be named.
+fn moved_type(node: &Value, found: &mut Found<'_>) {
+    let Some(kind) = node.get("object_type").and_then(Value::as_i64) else {
+        return;
+    };
+    let Some(object) = node.get("object") else {
+        return;
+    };
+    let before = found.listed_relations.len();
+    listed_relation(kind, object, found);
+    let listed = found.listed_relations.get(before).cloned();
+    let schema = node.get("newschema").and_then(Value::as_str);
+    if let (Some(listed), Some(schema)) = (listed, schema) {
+        let name = listed.rsplit('.').next().unwrap_or(&listed).to_owned();
+        push_listed(schema, &name, found);
     }
 }
 

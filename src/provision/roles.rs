@@ -495,7 +495,8 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
 /// touches `to`. `i`: `to` inherits from or is a partition of `from`; `r`: a view or
 /// materialized view of `from` reads `to`, a row security policy of `from` does, `from` is
 /// `to`'s TOAST table, `from` is a type a column of `to` is of (a domain, an enum, a
-/// composite; through arrays and domains over it: a new check of it reads the column, a
+/// composite; through arrays, domains, composites and ranges over it: a new check of it
+/// reads the column, a
 /// renamed label changes its values), `from` is a sequence `to` owns (serial, identity) or whose column
 /// default takes its values from it (its value counts `to`'s rows), `from` is an index of
 /// `to`, or `from` is a foreign table whose options name `to` (a loopback server
@@ -519,7 +520,12 @@ const RELATION_LINKS: &str = "\
         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid AND c.relkind IN ('r', 'p', 'm', 'f') \
        WHERE a.attnum > 0 AND NOT a.attisdropped \
       UNION SELECT u.col_type, x.base FROM type_used u JOIN pg_catalog.pg_type t ON t.oid = u.typ, \
-        LATERAL (VALUES (t.typbasetype), (t.typelem)) AS x (base) WHERE x.base <> 0), \
+        LATERAL (SELECT t.typbasetype UNION ALL SELECT t.typelem \
+          UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+           WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped \
+          UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid \
+          UNION ALL SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = t.oid) AS x (base) \
+       WHERE x.base <> 0), \
     pair (kind, from_oid, to_oid) AS ( \
       SELECT 'i', inhparent, inhrelid FROM pg_catalog.pg_inherits \
       UNION SELECT CASE w.ev_type WHEN '1' THEN 'r' ELSE 'w' END, w.ev_class, d.refobjid \
