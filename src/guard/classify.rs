@@ -274,6 +274,9 @@ fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameC
 }
 
 /// DDL, unless it reaches outside the grant.
+/// `ObjectType::ObjectForeignTable`.
+const FOREIGN_TABLE: i32 = protobuf::ObjectType::ObjectForeignTable as i32;
+
 fn ddl_class(node: &N) -> Class {
     match node {
         N::AlterSystemStmt(_) => Class::Escalation("alter_system"),
@@ -306,7 +309,19 @@ fn ddl_class(node: &N) -> Class {
         | N::AlterUserMappingStmt(_)
         | N::CreateFdwStmt(_)
         | N::AlterFdwStmt(_)
-        | N::ImportForeignSchemaStmt(_) => Class::Escalation("remote_server"),
+        | N::ImportForeignSchemaStmt(_)
+        | N::CreateForeignTableStmt(_) => Class::Escalation("remote_server"),
+        // A foreign table reads what its server gives under its options or its name, which
+        // a rename or a new schema changes (an attack review renamed one to a protected
+        // table's name, its loopback server then read and wrote that table through a view
+        // made before).
+        N::AlterTableStmt(a) if a.objtype == FOREIGN_TABLE => Class::Escalation("remote_server"),
+        N::RenameStmt(r) if r.rename_type == FOREIGN_TABLE || r.relation_type == FOREIGN_TABLE => {
+            Class::Escalation("remote_server")
+        }
+        N::AlterObjectSchemaStmt(o) if o.object_type == FOREIGN_TABLE => {
+            Class::Escalation("remote_server")
+        }
         _ => Class::Ddl,
     }
 }

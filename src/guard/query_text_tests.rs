@@ -246,3 +246,26 @@ fn altering_a_type_names_it_under_every_name_it_has_or_gets() {
         }
     }
 }
+
+#[test]
+fn foreign_tables_are_made_and_changed_as_other_servers_are() {
+    // A foreign table without `table_name` reads the remote table of its own name: renamed
+    // like a protected table, its loopback server read and wrote that table.
+    for sql in [
+        "CREATE FOREIGN TABLE z.f (id int) SERVER loop OPTIONS (schema_name 'public')",
+        "ALTER FOREIGN TABLE z.f RENAME TO secret",
+        "ALTER FOREIGN TABLE z.f SET SCHEMA public",
+        "ALTER FOREIGN TABLE z.f OPTIONS (ADD table_name 'secret')",
+        "ALTER FOREIGN TABLE z.f RENAME COLUMN id TO i",
+    ] {
+        assert_eq!(classify(sql), Class::Escalation("remote_server"), "{sql}");
+        assert!(check(AccessLevel::Write, sql).is_err(), "{sql}");
+        assert_eq!(
+            refusal(AccessLevel::Admin, sql),
+            Some("off_limits"),
+            "{sql}"
+        );
+    }
+    // A table of this database is no other server's.
+    assert_eq!(classify("ALTER TABLE items RENAME TO goods"), Class::Ddl);
+}

@@ -186,6 +186,15 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
             "reaches outside the database",
         ),
         ("SET ROLE NONE", "reaches outside the database"),
+        // A foreign table made or renamed in the session reads what its name says.
+        (
+            "CREATE FOREIGN TABLE ft (id int) SERVER loop OPTIONS (schema_name 'public')",
+            "reaches outside the database",
+        ),
+        (
+            "ALTER FOREIGN TABLE bonus_remote RENAME TO bonus_r",
+            "reaches outside the database",
+        ),
         // Every table, unnamed.
         ("REINDEX SCHEMA hr", "whole schemas"),
         ("VACUUM", "whole schemas"),
