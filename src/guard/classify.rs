@@ -277,6 +277,15 @@ fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameC
 /// `ObjectType::ObjectForeignTable`.
 const FOREIGN_TABLE: i32 = protobuf::ObjectType::ObjectForeignTable as i32;
 
+/// `ALTER TABLE f OPTIONS (…)`: only a foreign table takes them, through `ALTER TABLE` too.
+fn changes_server_options(alter: &protobuf::AlterTableStmt) -> bool {
+    let generic = protobuf::AlterTableType::AtGenericOptions as i32;
+    alter
+        .cmds
+        .iter()
+        .any(|cmd| matches!(cmd.node.as_ref(), Some(N::AlterTableCmd(c)) if c.subtype == generic))
+}
+
 fn ddl_class(node: &N) -> Class {
     match node {
         N::AlterSystemStmt(_) => Class::Escalation("alter_system"),
@@ -315,7 +324,9 @@ fn ddl_class(node: &N) -> Class {
         // a rename or a new schema changes (an attack review renamed one to a protected
         // table's name, its loopback server then read and wrote that table through a view
         // made before).
-        N::AlterTableStmt(a) if a.objtype == FOREIGN_TABLE => Class::Escalation("remote_server"),
+        N::AlterTableStmt(a) if a.objtype == FOREIGN_TABLE || changes_server_options(a) => {
+            Class::Escalation("remote_server")
+        }
         N::RenameStmt(r) if r.rename_type == FOREIGN_TABLE || r.relation_type == FOREIGN_TABLE => {
             Class::Escalation("remote_server")
         }

@@ -269,3 +269,33 @@ fn foreign_tables_are_made_and_changed_as_other_servers_are() {
     // A table of this database is no other server's.
     assert_eq!(classify("ALTER TABLE items RENAME TO goods"), Class::Ddl);
 }
+
+#[test]
+fn a_relation_is_named_as_it_will_be_called_after_a_rename() {
+    // `ALTER TABLE` renames (and sets options of) a foreign table too.
+    assert_eq!(
+        refusal(AccessLevel::Admin, "ALTER TABLE z.f RENAME TO secret"),
+        Some("off_limits")
+    );
+    assert_eq!(
+        classify("ALTER TABLE z.f OPTIONS (ADD schema_name 'public')"),
+        Class::Escalation("remote_server")
+    );
+    let facts = analyze("ALTER TABLE z.f RENAME TO g").facts;
+    assert!(
+        facts.relations.contains(&"z.g".to_owned()),
+        "{:?}",
+        facts.relations
+    );
+    assert_eq!(
+        refusal(AccessLevel::Write, "ALTER TABLE items RENAME TO goods"),
+        None
+    );
+    assert_eq!(
+        refusal(
+            AccessLevel::Write,
+            "ALTER TABLE items RENAME COLUMN name TO secret"
+        ),
+        None
+    );
+}

@@ -304,6 +304,7 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             if let (Some(kind), Some(object)) = (kind, node.get("object")) {
                 listed_relation(kind, object, found);
             }
+            renamed_relation(node, found);
         }
         // `ALTER TYPE mood OWNER TO …`.
         "AlterOwnerStmt" => {
@@ -422,6 +423,32 @@ fn moved_relation(node: &Value, found: &mut Found<'_>) {
     let schema = node.get("newschema").and_then(Value::as_str);
     let name = node.pointer("/relation/relname").and_then(Value::as_str);
     if let (Some(schema), Some(name)) = (schema, name) {
+        push_listed(schema, name, found);
+    }
+}
+
+/// `ALTER TABLE f RENAME TO secret` (any relation, `ALTER TABLE` renames a foreign table
+/// too): the relation as it will be named, which a foreign table's server reads when no
+/// option names its remote table (an attack review read a protected table so).
+fn renamed_relation(node: &Value, found: &mut Found<'_>) {
+    use pg_query::protobuf::ObjectType as O;
+    let kind = node.get("rename_type").and_then(Value::as_i64);
+    let relation_kinds = [
+        O::ObjectTable,
+        O::ObjectView,
+        O::ObjectMatview,
+        O::ObjectForeignTable,
+        O::ObjectSequence,
+        O::ObjectIndex,
+    ];
+    if !relation_kinds.iter().any(|k| Some(*k as i64) == kind) {
+        return;
+    }
+    let schema = node
+        .pointer("/relation/schemaname")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if let Some(name) = node.get("newname").and_then(Value::as_str) {
         push_listed(schema, name, found);
     }
 }

@@ -195,6 +195,13 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
             "ALTER FOREIGN TABLE bonus_remote RENAME TO bonus_r",
             "reaches outside the database",
         ),
+        // `ALTER TABLE` takes a foreign table's options too; and a relation renamed like a
+        // protected table (a foreign table without options then reads that table).
+        (
+            "ALTER TABLE bonus_remote OPTIONS (SET table_name 'contractors')",
+            "reaches outside the database",
+        ),
+        ("ALTER TABLE contractors RENAME TO vault", "vault"),
         // Every table, unnamed.
         ("REINDEX SCHEMA hr", "whole schemas"),
         ("VACUUM", "whole schemas"),
