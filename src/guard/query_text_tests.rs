@@ -273,10 +273,18 @@ fn foreign_tables_are_made_and_changed_as_other_servers_are() {
 #[test]
 fn a_relation_is_named_as_it_will_be_called_after_a_rename() {
     // `ALTER TABLE` renames (and sets options of) a foreign table too.
-    assert_eq!(
-        refusal(AccessLevel::Admin, "ALTER TABLE z.f RENAME TO secret"),
-        Some("off_limits")
-    );
+    for sql in [
+        "ALTER TABLE z.f RENAME TO secret",
+        // PostgreSQL's ALTER INDEX … RENAME renames any relation (a fifth review's form).
+        "ALTER INDEX z.f RENAME TO secret",
+        "ALTER VIEW z.v RENAME TO secret",
+    ] {
+        assert_eq!(
+            refusal(AccessLevel::Admin, sql),
+            Some("off_limits"),
+            "{sql}"
+        );
+    }
     assert_eq!(
         classify("ALTER TABLE z.f OPTIONS (ADD schema_name 'public')"),
         Class::Escalation("remote_server")
