@@ -277,7 +277,7 @@ fn note_relation_named_first(call: &tree::Call<'_>, out: &mut Calls) {
     let named = call
         .args
         .first()
-        .and_then(|a| regclass_literal(a))
+        .and_then(|a| super::literals::regclass_literal(a))
         .and_then(|name| relation_named(&name));
     match named {
         Some(written) => {
@@ -295,34 +295,6 @@ fn note_unknown_relation(function: &str, out: &mut Calls) {
         "nextval" | "setval" => out.sequence_unknown = true,
         _ => out.reads_tables_by_name = true,
     }
-}
-
-/// The text of a regclass argument: a literal, or one cast to `pg_catalog.regclass`, whose
-/// input reads a relation's name as SQL does (pg_dump writes `nextval('s'::regclass)`; an
-/// unqualified `regclass` may be a domain of the search path that changes the text).
-fn regclass_literal(arg: &serde_json::Value) -> Option<String> {
-    let inner = arg.get("node").unwrap_or(arg);
-    let Some(cast) = inner.get("TypeCast") else {
-        return tree::literal(arg);
-    };
-    let type_name = cast.get("type_name")?;
-    let names: Vec<String> = type_name
-        .get("names")
-        .and_then(serde_json::Value::as_array)?
-        .iter()
-        .filter_map(tree::string_node)
-        .collect();
-    let plain = type_name
-        .get("typmods")
-        .and_then(serde_json::Value::as_array)
-        .is_none_or(Vec::is_empty)
-        && type_name
-            .get("array_bounds")
-            .and_then(serde_json::Value::as_array)
-            .is_none_or(Vec::is_empty);
-    (plain && names == ["pg_catalog", "regclass"])
-        .then(|| tree::literal(cast.get("arg")?))
-        .flatten()
 }
 
 /// The relation a text names, read the way a relation name in SQL is (quotes, case,

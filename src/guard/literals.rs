@@ -40,28 +40,9 @@ pub(crate) fn literal(node: &Value) -> Option<String> {
 /// (`set_config('search_path_x'::varchar(11), 'hr', false)`). Only types that keep text as
 /// it is, or an integer's digits, are looked through; any other cast makes the value unknown.
 fn keeps_literal(type_name: &Value, value: &str) -> bool {
-    let empty = |key: &str| {
-        type_name
-            .get(key)
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty)
-    };
-    if !empty("typmods") || !empty("array_bounds") {
+    let Some(names) = plain_type_names(type_name) else {
         return false;
-    }
-    let names: Vec<&str> = type_name
-        .get("names")
-        .and_then(Value::as_array)
-        .map(|names| {
-            names
-                .iter()
-                .filter_map(|n| {
-                    let n = n.get("node").unwrap_or(n);
-                    n.get("String").unwrap_or(n).get("sval")?.as_str()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    };
     // Not the `reg*` types: cast back to text they print the object's name, which need not
     // be what was written (`'16407'::regnamespace::text` is a schema's name).
     match names[..] {
@@ -76,6 +57,49 @@ fn keeps_literal(type_name: &Value, value: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// The text of a regclass argument: a literal, or one cast to `pg_catalog.regclass`, whose
+/// input reads a relation's name as SQL does (pg_dump writes `nextval('s'::regclass)`; an
+/// unqualified `regclass` may be a domain of the search path that changes the text).
+pub(crate) fn regclass_literal(node: &Value) -> Option<String> {
+    let inner = node.get("node").unwrap_or(node);
+    let Some(cast) = inner.get("TypeCast") else {
+        return literal(node);
+    };
+    let names = plain_type_names(cast.get("type_name")?)?;
+    (names == ["pg_catalog", "regclass"])
+        .then(|| literal(cast.get("arg")?))
+        .flatten()
+}
+
+/// A cast's type name as written, when it has no modifiers and no array bounds (which
+/// change a value: `varchar(2)`, `text[]`).
+fn plain_type_names(type_name: &Value) -> Option<Vec<&str>> {
+    let empty = |key: &str| {
+        type_name
+            .get(key)
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+    };
+    if !empty("typmods") || !empty("array_bounds") {
+        return None;
+    }
+    Some(
+        type_name
+            .get("names")
+            .and_then(Value::as_array)
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| {
+                        let n = n.get("node").unwrap_or(n);
+                        n.get("String").unwrap_or(n).get("sval")?.as_str()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
 }
 
 /// The text of a value node, given its tags for a string, an integer, a float and a boolean
