@@ -117,6 +117,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 || calls.search_path_shadows
                 || set_search_path_shadows(&found),
             copy_in: matches!(node, N::CopyStmt(c) if c.is_from && !c.is_program && c.filename.is_empty()),
+            share_lock_only: matches!(node, N::LockStmt(l) if l.mode == ACCESS_SHARE_LOCK),
             search_path: search_path.into(),
             maybe_called: found
                 .calls

@@ -202,6 +202,10 @@ pub struct Facts {
     /// It is `COPY … FROM STDIN`: the server asks the client for data (CopyInResponse) and
     /// reads it, ignoring Sync, until the COPY ends.
     pub copy_in: bool,
+    /// It is `LOCK TABLE … IN ACCESS SHARE MODE` (pg_dump's, of every table it dumps): it
+    /// takes the lock any SELECT takes and reads nothing, runs nothing (a view's lock is its
+    /// base tables' lock), so `off_limits` does not refuse the tables it names.
+    pub share_lock_only: bool,
     /// Schemas it puts on the search path (`SET search_path`, `set_config('search_path', …)`),
     /// lowercased; `*` for a value computed at run time.
     pub search_path: Arc<[String]>,

@@ -369,7 +369,9 @@ fn fires_event_triggers(analysis: &Analysis) -> bool {
 
 /// The first relation the statement names that reaches a target of `reach`, and how.
 fn first_reaching<'a>(reach: &'a Reach, analysis: &'a Analysis) -> Option<(&'a str, &'a Reached)> {
-    if reach.is_empty() {
+    if reach.is_empty() || analysis.facts.share_lock_only {
+        // A share lock reads and runs nothing of what it locks (pg_dump takes one on every
+        // table it dumps, a view's base tables and a parent's children among them).
         return None;
     }
     analysis.facts.relations.iter().find_map(|relation| {

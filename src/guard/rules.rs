@@ -24,12 +24,17 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
     if rules.deny_update_without_where && facts.update_without_where {
         return refuse("update_without_where", "UPDATE without WHERE".into());
     }
-    if let Some(relation) = facts.relations.iter().find(|r| {
-        rules
-            .off_limits
-            .iter()
-            .any(|pattern| off_limits_match(pattern, r))
-    }) {
+    if let Some(relation) = facts
+        .relations
+        .iter()
+        .filter(|_| !facts.share_lock_only)
+        .find(|r| {
+            rules
+                .off_limits
+                .iter()
+                .any(|pattern| off_limits_match(pattern, r))
+        })
+    {
         return refuse("off_limits", format!("touching {relation}"));
     }
     // An unqualified name resolves through the search path: a schema that is off limits may

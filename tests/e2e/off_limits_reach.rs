@@ -383,3 +383,54 @@ async fn relations_that_run_a_database_function_are_opaque() {
         client.simple_query(sql).await.expect(sql);
     }
 }
+
+/// `pg_dump --schema-only` of a whole database with off-limits tables works under a read
+/// grant: it locks every table it dumps (`LOCK TABLE … IN ACCESS SHARE MODE`, which reads
+/// nothing and runs nothing), and the definitions of a protected table are no rows of it.
+/// Its data stays refused: a plain `pg_dump` stops at the first protected table it copies.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_dump_schema_only_works_where_tables_are_off_limits_and_their_data_stays_refused() {
+    let env = Env::with(
+        "off_limits_pg_dump",
+        Options {
+            guardrails: "off_limits = [\"hr.*\", \"vault\", \"strongroom\"]",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(SCHEMA);
+    let pg_dump = |args: &[&str], token: &str| {
+        std::process::Command::new(crate::harness::cluster().bin_dir().join("pg_dump"))
+            .args(args)
+            .args(["-h", "127.0.0.1", "-p", &env.proxy_port().to_string()])
+            .args(["-U", "eve", &env.db])
+            .env("PGPASSWORD", token)
+            .output()
+            .expect("run pg_dump")
+    };
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let out = pg_dump(&["--schema-only"], &token);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pg_dump -s failed: {stderr}");
+    let dump = String::from_utf8_lossy(&out.stdout);
+    for definition in [
+        "CREATE TABLE hr.bonus",
+        "CREATE TABLE public.vault",
+        "CREATE VIEW public.bonus_view",
+    ] {
+        assert!(
+            dump.contains(definition),
+            "{definition} missing from:\n{dump}"
+        );
+    }
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let out = pg_dump(&["--data-only"], &token);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a data dump ran: {stderr}");
+    assert!(stderr.contains("off_limits"), "{stderr}");
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !dump.contains("1000"),
+        "a protected row in the dump:\n{dump}"
+    );
+}
