@@ -152,10 +152,16 @@ fn a_sequence_changed_or_a_row_located_by_name_is_that_relation() {
         "SELECT ('items_id_seq'::regclass).nextval",
         "SELECT x.setval FROM (SELECT 'items_id_seq'::regclass) x",
         "ALTER TABLE items ALTER COLUMN id SET DEFAULT nextval('secret_id_seq')",
+        // The table a sequence is given to is named in an option only.
+        "ALTER SEQUENCE items_id_seq OWNED BY hr.pay.id",
+        "CREATE SEQUENCE s2 OWNED BY hr.pay.id",
+        "ALTER SEQUENCE items_id_seq INCREMENT 2 OWNED BY secret_id_seq.x",
     ] {
         assert_eq!(verdict(sql), Some("off_limits"), "{sql}");
     }
     for sql in [
+        "ALTER SEQUENCE items_id_seq OWNED BY items.id",
+        "ALTER SEQUENCE items_id_seq OWNED BY NONE",
         "SELECT nextval('items_id_seq')",
         "SELECT nextval('public.items_id_seq'::pg_catalog.regclass)",
         "SELECT currval('items_id_seq')",

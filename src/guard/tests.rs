@@ -461,10 +461,16 @@ fn database_rules() {
     // pg_dump's share lock of every table it dumps reads nothing; any stronger lock of a
     // protected table would hold up the customer's own work on it.
     check("lock table payroll in access share mode", None);
-    check("lock table hr.salaries, t in access share mode nowait", None);
+    check(
+        "lock table hr.salaries, t in access share mode nowait",
+        None,
+    );
     check("lock table payroll", Some("off_limits"));
     check("lock table payroll in share mode", Some("off_limits"));
-    check("lock table hr.salaries in row exclusive mode", Some("off_limits"));
+    check(
+        "lock table hr.salaries in row exclusive mode",
+        Some("off_limits"),
+    );
     check(
         "select * from t where id in (select id from payroll)",
         Some("off_limits"),

@@ -217,6 +217,7 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         // changes every value of it: the type is named like the relations that use it
         // (the catalog's links lead from it to them).
         "AlterEnumStmt" | "AlterTypeStmt" => altered_type(node, found),
+        "CreateSeqStmt" | "AlterSeqStmt" => sequence_owner(node, found),
         "SubLink" => {
             // `x OPERATOR(s.op) ANY (SELECT …)` keeps its operator here, not in an A_Expr;
             // `x IN (SELECT …)` names none and means `=`.
@@ -468,6 +469,35 @@ fn moved_type(node: &Value, found: &mut Found<'_>) {
     if let (Some(listed), Some(schema)) = (listed, schema) {
         let name = listed.rsplit('.').next().unwrap_or(&listed).to_owned();
         push_listed(schema, &name, found);
+    }
+}
+
+/// `ALTER SEQUENCE s OWNED BY secret.id`: the table a sequence is to belong to, whose
+/// name is only in an option (then the sequence goes with the table, and its values count
+/// the table's rows).
+fn sequence_owner(node: &Value, found: &mut Found<'_>) {
+    let owner = node
+        .get("options")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|option| option.pointer("/node/DefElem"))
+        .filter(|option| option.get("defname").and_then(Value::as_str) == Some("owned_by"))
+        .find_map(|option| {
+            option
+                .pointer("/arg/node/List/items")
+                .and_then(Value::as_array)
+        });
+    let parts: Vec<String> = owner
+        .into_iter()
+        .flatten()
+        .filter_map(string_node)
+        .collect();
+    // `[schema.]table.column`; `OWNED BY NONE` is one part.
+    match &parts[..] {
+        [.., schema, table, _column] => push_listed(schema, table, found),
+        [table, _column] => push_listed("", table, found),
+        _ => {}
     }
 }
 
