@@ -411,12 +411,7 @@ fn listed_relation(kind: i64, object: &Value, found: &mut Found<'_>) {
     if on_table {
         parts.pop();
     }
-    let (schema, name) = match &parts[..] {
-        [] => return,
-        [name] => ("", name.as_str()),
-        [.., schema, name] => (schema.as_str(), name.as_str()),
-    };
-    push_listed(schema, name, found);
+    push_qualified(&parts, found);
 }
 
 /// `ALTER TABLE x SET SCHEMA hr` (and views, sequences…): the relation as it will be named.
@@ -488,16 +483,15 @@ fn sequence_owner(node: &Value, found: &mut Found<'_>) {
                 .pointer("/arg/node/List/items")
                 .and_then(Value::as_array)
         });
-    let parts: Vec<String> = owner
+    let mut parts: Vec<String> = owner
         .into_iter()
         .flatten()
         .filter_map(string_node)
         .collect();
     // `[schema.]table.column`; `OWNED BY NONE` is one part.
-    match &parts[..] {
-        [.., schema, table, _column] => push_listed(schema, table, found),
-        [table, _column] => push_listed("", table, found),
-        _ => {}
+    if parts.len() >= 2 {
+        parts.pop();
+        push_qualified(&parts, found);
     }
 }
 
@@ -511,7 +505,12 @@ fn altered_type(node: &Value, found: &mut Found<'_>) {
         .flatten()
         .filter_map(string_node)
         .collect();
-    match &parts[..] {
+    push_qualified(&parts, found);
+}
+
+/// A name written as parts (`[catalog.][schema.]name`), if any.
+fn push_qualified(parts: &[String], found: &mut Found<'_>) {
+    match parts {
         [] => {}
         [name] => push_listed("", name, found),
         [.., schema, name] => push_listed(schema, name, found),
