@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use super::tree::{literal, Call};
-use super::Class;
+use super::{Analysis, Class};
+use crate::sql::StatementKind;
 use crate::wire::ParamValue;
 
 /// The rule that refuses functions reaching outside the grant (files, other servers, other
@@ -249,6 +250,24 @@ pub(crate) fn lo_open_class(call: &Call<'_>) -> Class {
     match mode {
         Some(mode) if mode & INV_WRITE == 0 => Class::Read,
         _ => Class::Write,
+    }
+}
+
+/// What a FunctionCall message of function `oid` does, for the same checks as a statement's
+/// ([`super::check_analysis`] and the rest): a known large-object function as its SQL form;
+/// any other OID could be anything (`set_config`, `query_to_xml`, the database's own
+/// functions), so it reaches outside what lockbox can check: admin only, and refused where
+/// the database has rules (an attack review read an off-limits table with `table_to_xml`
+/// called so, and put a protected schema on the search path with `set_config`).
+pub fn function_call_analysis(oid: u32, args: &[ParamValue]) -> (Option<&'static str>, Analysis) {
+    match function_call_class(oid, args) {
+        Some((name, class)) => (Some(name), Analysis::of(StatementKind::Other, class)),
+        None => {
+            let mut analysis =
+                Analysis::of(StatementKind::Other, Class::Escalation("function_call"));
+            analysis.facts.opaque = Some("a FunctionCall message of a function by OID");
+            (None, analysis)
+        }
     }
 }
 

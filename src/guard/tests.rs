@@ -560,6 +560,29 @@ fn function_calls_by_oid() {
         None,
         "lo_import is not a read"
     );
+    // Any other OID may be anything: admin only, and never where the database has rules.
+    let deny_drop = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    let off_limits = Guardrails {
+        off_limits: vec!["secret".into()],
+        ..Guardrails::default()
+    };
+    let (name, unknown) = super::function_call_analysis(2924, &[]);
+    assert_eq!(name, None);
+    assert!(check_analysis(AccessLevel::Admin, &Guardrails::default(), &unknown).is_ok());
+    assert!(check_analysis(AccessLevel::Write, &Guardrails::default(), &unknown).is_err());
+    for (rules, rule) in [
+        (&deny_drop, "opaque_statement"),
+        (&off_limits, "off_limits"),
+    ] {
+        let refusal = check_analysis(AccessLevel::Admin, rules, &unknown).expect_err(rule);
+        assert_eq!(refusal.rule, rule);
+    }
+    let (name, lo_read) = super::function_call_analysis(954, &[]);
+    assert_eq!(name, Some("loread"));
+    assert!(check_analysis(AccessLevel::Read, &off_limits, &lo_read).is_ok());
 }
 
 #[test]

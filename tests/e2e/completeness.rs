@@ -296,7 +296,7 @@ async fn cancelled_session(env: &Env, token: &str) {
 }
 
 /// FunctionCall of `oid` with text arguments.
-fn function_call(oid: u32, args: &[&str]) -> Vec<u8> {
+pub(crate) fn function_call(oid: u32, args: &[&str]) -> Vec<u8> {
     let mut body = oid.to_be_bytes().to_vec();
     body.extend_from_slice(&0i16.to_be_bytes());
     body.extend_from_slice(&(args.len() as i16).to_be_bytes());

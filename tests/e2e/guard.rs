@@ -154,6 +154,59 @@ async fn function_call_messages_are_refused_below_admin() {
     assert!(errors[0].1.contains("function_call"), "{}", errors[0].1);
 }
 
+/// A FunctionCall message names its function by OID, out of the statement rules' sight: an
+/// attack review called `query_to_xml` so under an admin grant and read an off-limits
+/// table, and `set_config` to put a protected schema on the search path. Where a database
+/// has rules only the large-object functions libpq's API calls (known by OID) may run.
+#[tokio::test(flavor = "multi_thread")]
+async fn function_call_messages_are_bound_by_the_database_rules_even_for_admin() {
+    let env = Env::with(
+        "guard_fcall_rules",
+        crate::harness::Options {
+            guardrails: "off_limits = [\"secrets\"]",
+            ..Default::default()
+        },
+    )
+    .await;
+    let oid = |signature: &str| -> u32 {
+        env.superuser_sql(&format!("SELECT '{signature}'::regprocedure::oid"))
+            .parse()
+            .expect("an oid")
+    };
+    let query_to_xml = oid("query_to_xml(text, boolean, boolean, text)");
+    let set_config = oid("set_config(text, text, boolean)");
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    for call in [
+        crate::completeness::function_call(
+            query_to_xml,
+            &["select value from secrets", "true", "false", ""],
+        ),
+        crate::completeness::function_call(set_config, &["search_path", "hr", "false"]),
+    ] {
+        raw.send(&call).await;
+        let reply = raw.read_until_ready_after_error().await;
+        let errors = errors_in(&reply);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "42501");
+        assert!(errors[0].1.contains("off_limits"), "{}", errors[0].1);
+        assert!(
+            !String::from_utf8_lossy(&reply).contains("launch codes"),
+            "a protected row in the answer"
+        );
+    }
+    // lo_create(0), libpq's large-object API, is judged as its SQL form and runs.
+    raw.send(&crate::completeness::function_call(715, &["0"]))
+        .await;
+    let reply = raw.read_until_ready().await;
+    assert_eq!(errors_in(&reply), vec![], "lo_create by FunctionCall");
+    raw.send(&crate::harness::query("SHOW search_path")).await;
+    let reply = String::from_utf8_lossy(&raw.read_until_ready().await).into_owned();
+    assert!(!reply.contains("hr"), "the search path changed: {reply}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_grant_writes_but_cannot_escalate() {
     let env = Env::start("guard_write").await;

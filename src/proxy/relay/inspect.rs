@@ -293,15 +293,15 @@ impl Relay {
             }
             b'F' => {
                 let call = wire::decode_function_call(body).map_err(|e| e.to_string())?;
-                let known = guard::function_call_class(call.oid, &call.args);
-                let text = match known {
-                    Some((name, _)) => format!("-- FunctionCall of {name} (oid {})", call.oid),
-                    None => format!("-- FunctionCall of function oid {}", call.oid),
-                };
                 // A FunctionCall names a function by OID. The large-object functions libpq's
                 // API calls are known and judged like their SQL forms; any other OID could be
-                // anything (lo_import, set_config, …), so only an admin grant may call it.
-                let class = known.map_or(guard::Class::Escalation("function_call"), |(_, c)| c);
+                // anything (lo_import, set_config, …), so only an admin grant may call it, and
+                // not where the database has rules.
+                let (known, analysis) = guard::function_call_analysis(call.oid, &call.args);
+                let text = match known {
+                    Some(name) => format!("-- FunctionCall of {name} (oid {})", call.oid),
+                    None => format!("-- FunctionCall of function oid {}", call.oid),
+                };
                 // The arguments say what the call does (a file name for lo_import, …).
                 let args: Arc<[serde_json::Value]> =
                     call.args.into_iter().map(param_json).collect();
@@ -312,7 +312,7 @@ impl Relay {
                     Some(args),
                     None,
                 );
-                if let Err(refusal) = guard::check_class(self.grant.access, class) {
+                if let Err(refusal) = self.check(&analysis) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
                     pending.push(Pending::QueryEnd(self.statements.end_group()));
                     return Ok(Some(stand_in_query()));
