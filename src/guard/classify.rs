@@ -105,6 +105,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 .chain(found.listed_relations.iter().cloned())
                 .collect(),
             schema_wide: found.schema_wide || calls.schema_wide,
+            schemas: found.schemas.iter().cloned().collect(),
             settings: changed.into(),
             opaque,
             reads_tables_by_name: calls_reads_by_name,

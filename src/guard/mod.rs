@@ -172,6 +172,9 @@ pub struct Facts {
     /// It acts on whole schemas or everything a role owns (`DROP SCHEMA`, `DROP OWNED`,
     /// `ALTER SCHEMA … RENAME`): which tables it touches cannot be told from its text.
     pub schema_wide: bool,
+    /// Schemas it acts on as a whole object (`GRANT … ON SCHEMA hr`, `ALTER SCHEMA hr OWNER
+    /// TO …`, `COMMENT ON SCHEMA hr`), lowercased.
+    pub schemas: Arc<[String]>,
     /// Settings it changes with SET, RESET or set_config, lowercased.
     pub settings: Arc<[String]>,
     /// Why its effect cannot be seen from its text (a DO block, CALL, a function that is

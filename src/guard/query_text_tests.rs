@@ -195,6 +195,9 @@ fn maintenance_of_no_table_named_acts_on_every_table() {
             "{sql}"
         );
     }
+    // A fifth review moved every table of a tablespace (a protected one's rewritten).
+    let sql = "ALTER TABLE ALL IN TABLESPACE pg_default SET TABLESPACE pg_default";
+    assert!(analyze(sql).facts.schema_wide, "{sql}");
     for sql in [
         "REINDEX TABLE items",
         "VACUUM items",
@@ -227,6 +230,44 @@ fn what_reads_around_off_limits_rules_is_refused_even_to_admin() {
         ..Guardrails::default()
     };
     assert!(check_analysis(AccessLevel::Admin, &deny_drop, &analyses[0].analysis).is_ok());
+}
+
+#[test]
+fn a_schema_off_limits_is_not_granted_given_away_or_described() {
+    // A fifth review granted a protected schema to another role (undoing the database's
+    // own defence) and commented on it and on a protected column's domain.
+    for sql in [
+        "GRANT ALL ON SCHEMA hr TO sales_write",
+        "GRANT USAGE ON SCHEMA public, HR TO sales_write",
+        "REVOKE USAGE ON SCHEMA hr FROM lockbox_read",
+        "ALTER SCHEMA hr OWNER TO sales_write",
+        "COMMENT ON SCHEMA \"hr\" IS 'x'",
+    ] {
+        assert_eq!(
+            refusal(AccessLevel::Admin, sql),
+            Some("off_limits"),
+            "{sql}"
+        );
+    }
+    for sql in [
+        "GRANT USAGE ON SCHEMA public TO sales_write",
+        "COMMENT ON SCHEMA hrx IS 'x'",
+    ] {
+        assert_eq!(refusal(AccessLevel::Admin, sql), None, "{sql}");
+    }
+    // A type is named by a TypeName, not a name list.
+    for (sql, name) in [
+        ("COMMENT ON DOMAIN app.code IS 'x'", "app.code"),
+        ("COMMENT ON TYPE mood IS 'x'", "mood"),
+        ("DROP TYPE app.mood", "app.mood"),
+    ] {
+        let facts = analyze(sql).facts;
+        assert!(
+            facts.relations.contains(&name.to_owned()),
+            "{sql}: {:?}",
+            facts.relations
+        );
+    }
 }
 
 #[test]

@@ -37,19 +37,23 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
     {
         return refuse("off_limits", format!("touching {relation}"));
     }
-    // An unqualified name resolves through the search path: a schema that is off limits may
-    // not be put on it.
-    if let Some(schema) = facts.search_path.iter().find(|schema| {
+    // A schema off limits as a whole (`schema.*`; `schema.table` patterns match unqualified
+    // names by table name already): an unqualified name resolves through the search path,
+    // so it may not be put on it, and its privileges, owner and description are not to be
+    // changed through lockbox (`GRANT ALL ON SCHEMA hr` undoes the database's own defence).
+    let schema_off_limits = |schema: &String| {
         rules.off_limits.iter().any(|pattern| {
-            // `schema.table` patterns match unqualified names by table name already; a whole
-            // schema (`schema.*`) is what the search path could open.
             let pattern = pattern.to_lowercase();
             pattern
                 .strip_suffix(".*")
                 .is_some_and(|off| schema.as_str() == "*" || off == schema.as_str())
         })
-    }) {
+    };
+    if let Some(schema) = facts.search_path.iter().find(|s| schema_off_limits(s)) {
         return refuse("off_limits", format!("putting {schema} on the search path"));
+    }
+    if let Some(schema) = facts.schemas.iter().find(|s| schema_off_limits(s)) {
+        return refuse("off_limits", format!("touching schema {schema}"));
     }
     if !rules.off_limits.is_empty() && facts.schema_wide {
         return refuse(

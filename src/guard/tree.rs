@@ -67,6 +67,9 @@ pub(crate) struct Found<'t> {
     /// `REASSIGN OWNED`, `ALTER SCHEMA … RENAME`), or drops with CASCADE: tables it touches
     /// go unnamed.
     pub schema_wide: bool,
+    /// Schemas named as the object acted on (`GRANT … ON SCHEMA hr`, `ALTER SCHEMA hr OWNER
+    /// TO …`, `COMMENT ON SCHEMA hr`), lowercased.
+    pub schemas: Vec<String>,
     /// Every relation named, as the server resolves it (`relations` lowercases them for
     /// the rules' case-insensitive patterns).
     pub written_relations: Vec<String>,
@@ -296,7 +299,15 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             let target = node.get("targtype").and_then(Value::as_i64);
             let all = pg_query::protobuf::GrantTargetType::AclTargetAllInSchema as i64;
             found.schema_wide |= target == Some(all);
+            // `GRANT ALL ON SCHEMA hr TO …`.
+            let kind = node.get("objtype").and_then(Value::as_i64).unwrap_or(0);
+            let objects = node.get("objects").and_then(Value::as_array);
+            for object in objects.into_iter().flatten() {
+                listed_relation(kind, object, found);
+            }
         }
+        // `ALTER TABLE ALL IN TABLESPACE … SET TABLESPACE`: every table there, unnamed.
+        "AlterTableMoveAllStmt" => found.schema_wide = true,
         "RenameStmt" => {
             let kind = node.get("rename_type").and_then(Value::as_i64);
             found.schema_wide |= kind == Some(pg_query::protobuf::ObjectType::ObjectSchema as i64);
@@ -397,12 +408,22 @@ fn listed_relation(kind: i64, object: &Value, found: &mut Found<'_>) {
         O::ObjectTabconstraint,
     ];
     let is = |kinds: &[O]| kinds.iter().any(|k| *k as i64 == kind);
+    if is(&[O::ObjectSchema]) {
+        found
+            .schemas
+            .extend(string_node(object).map(|s| s.to_lowercase()));
+        return;
+    }
     let on_table = is(&on_table_kinds);
     if !on_table && !is(&relation_kinds) {
         return;
     }
-    let mut parts: Vec<String> = object
+    // A type is named by a TypeName (`COMMENT ON DOMAIN d`, `DROP TYPE t`), the rest by a
+    // name list.
+    let names = object
         .pointer("/node/List/items")
+        .or_else(|| object.pointer("/node/TypeName/names"));
+    let mut parts: Vec<String> = names
         .and_then(Value::as_array)
         .into_iter()
         .flatten()

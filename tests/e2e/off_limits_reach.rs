@@ -205,6 +205,19 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
         // Every table, unnamed.
         ("REINDEX SCHEMA hr", "whole schemas"),
         ("VACUUM", "whole schemas"),
+        (
+            "ALTER TABLE ALL IN TABLESPACE pg_default SET TABLESPACE pg_default",
+            "whole schemas",
+        ),
+        // A protected schema's privileges undo the database's own defence; a sequence given
+        // to a protected table is named in an option only.
+        ("GRANT ALL ON SCHEMA hr TO PUBLIC", "schema hr"),
+        ("ALTER SCHEMA hr OWNER TO CURRENT_USER", "schema hr"),
+        (
+            "ALTER SEQUENCE strongroom_v_seq_open OWNED BY hr.emp.id",
+            "hr.emp",
+        ),
+        ("COMMENT ON DOMAIN code IS 'probe'", "public.vault"),
     ] {
         let error = client.batch_execute(sql).await.expect_err(sql);
         let (code, message) = db_error(&error);
