@@ -198,18 +198,31 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
 }
 
 /// `SELECT set_config(name, …) FROM pg_settings WHERE name = '<setting>'` (pg_dump's form):
-/// the literal the statement restricts `name` to, when it has exactly that shape.
-pub(super) fn pg_settings_where_name(node: &N) -> Option<String> {
+/// the literal the statement restricts `name` to, when it has exactly that shape, and
+/// whether `pg_settings` is written without its schema.
+///
+/// The literal says which setting changes only if `pg_settings` is the catalog's view (its
+/// `name` is text, compared exactly): an attack review shadowed it with a CTE of a `char(20)`
+/// column, whose comparison ignores trailing blanks, and set `search_path` while the literal
+/// read `'search_path  '`. So no WITH clause, and the literal must be a setting's name as
+/// the server spells one; an unqualified name may still find a temporary relation or one in
+/// a schema searched before pg_catalog, which only the session knows of (see
+/// `Facts::setting_named_by_catalog_row`).
+pub(super) fn pg_settings_where_name(node: &N) -> Option<(String, bool)> {
     let N::SelectStmt(select) = node else {
         return None;
     };
+    if select.with_clause.is_some() {
+        return None;
+    }
     let [from] = select.from_clause.as_slice() else {
         return None;
     };
     let Some(N::RangeVar(range)) = from.node.as_ref() else {
         return None;
     };
-    let schema_ok = range.schemaname.is_empty() || range.schemaname == "pg_catalog";
+    let unqualified = range.schemaname.is_empty() && range.catalogname.is_empty();
+    let schema_ok = unqualified || range.schemaname == "pg_catalog";
     if !schema_ok || range.relname != "pg_settings" {
         return None;
     }
@@ -252,13 +265,18 @@ pub(super) fn pg_settings_where_name(node: &N) -> Option<String> {
             .and_then(|n| serde_json::to_value(n).ok())
             .and_then(|v| tree::literal(&v))
     };
-    if column(&expr.lexpr) {
+    let name = if column(&expr.lexpr) {
         constant(&expr.rexpr)
     } else if column(&expr.rexpr) {
         constant(&expr.lexpr)
     } else {
         None
-    }
+    }?;
+    let spelled_as_a_setting = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.');
+    spelled_as_a_setting.then_some((name, unqualified))
 }
 
 /// Whether a built-in's first argument names the one relation it reads or changes, as a

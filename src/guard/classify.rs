@@ -29,7 +29,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
     let found = tree::walk(&serialized);
     // pg_dump's form has exactly one call, set_config, as its only output column.
     let where_name = pg_settings_where_name(node).filter(|_| found.calls.len() == 1);
-    let calls = classify_calls(&found, where_name.as_deref());
+    let calls = classify_calls(&found, where_name.as_ref().map(|(name, _)| name.as_str()));
     let sets = found
         .sets
         .iter()
@@ -119,6 +119,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 || set_search_path_shadows(&found),
             copy_in: matches!(node, N::CopyStmt(c) if c.is_from && !c.is_program && c.filename.is_empty()),
             share_lock_only: matches!(node, N::LockStmt(l) if l.mode == ACCESS_SHARE_LOCK),
+            setting_named_by_catalog_row: where_name.is_some_and(|(_, unqualified)| unqualified),
             search_path: search_path.into(),
             maybe_called: found
                 .calls

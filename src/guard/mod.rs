@@ -209,6 +209,11 @@ pub struct Facts {
     /// takes the lock any SELECT takes and reads nothing, runs nothing (a view's lock is its
     /// base tables' lock), so `off_limits` does not refuse the tables it names.
     pub share_lock_only: bool,
+    /// It is pg_dump's `SELECT set_config(name, …) FROM pg_settings WHERE name = '<setting>'`
+    /// with `pg_settings` unqualified, classed by that setting: true only while the name
+    /// finds the catalog's view, which a temporary relation or a schema searched before
+    /// pg_catalog would shadow (the session knows; its class is otherwise unknown).
+    pub setting_named_by_catalog_row: bool,
     /// Schemas it puts on the search path (`SET search_path`, `set_config('search_path', …)`),
     /// lowercased; `*` for a value computed at run time.
     pub search_path: Arc<[String]>,

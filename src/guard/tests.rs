@@ -641,6 +641,28 @@ fn attack_findings_stay_closed() {
 }
 
 #[test]
+fn pg_dumps_setting_from_pg_settings_is_read_only_from_the_catalogs_view() {
+    let pg_dumps = "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings \
+                    WHERE name = 'restrict_nonsystem_relation_kind'";
+    assert_eq!(class(pg_dumps), Class::Read);
+    assert!(analyze(pg_dumps).facts.setting_named_by_catalog_row);
+    let qualified = pg_dumps.replace("FROM pg_settings", "FROM pg_catalog.pg_settings");
+    assert_eq!(class(&qualified), Class::Read);
+    assert!(!analyze(&qualified).facts.setting_named_by_catalog_row);
+    // A CTE of that name, or a literal no setting is spelled as (a `char` column's `=`
+    // ignores trailing blanks), says nothing of which setting the row names.
+    for sql in [
+        "WITH pg_settings AS (SELECT 'search_path'::char(20) AS name) \
+         SELECT set_config(name, 'hr', false) FROM pg_settings WHERE name = 'search_path  '",
+        "SELECT set_config(name, 'hr', false) FROM pg_settings WHERE name = 'work_mem '",
+        "SELECT set_config(name, 'hr', false) FROM pg_settings WHERE name = 'Work_Mem'",
+        "SELECT set_config(name, 'hr', false) FROM pg_settings WHERE name = ''",
+    ] {
+        assert_eq!(class(sql), Class::Forbidden("lexer_setting"), "{sql}");
+    }
+}
+
+#[test]
 fn deep_and_wide_reads_are_read_not_unparsable() {
     let wide = ["name", "','", "id::text"]
         .into_iter()

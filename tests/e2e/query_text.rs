@@ -53,3 +53,81 @@ async fn queries_run_from_text_are_held_to_the_grant_and_the_rules() {
     assert!(errors_in(&ran).is_empty(), "{:?}", errors_in(&ran));
     assert!(crate::harness::rows_in(&ran) > 0);
 }
+
+/// pg_dump's `SELECT set_config(name, …) FROM pg_settings WHERE name = '<setting>'` is
+/// classed by its literal only while `pg_settings` is the catalog's view. An attack review
+/// shadowed it with a CTE whose `char` column ignores trailing blanks in `=`, and put an
+/// off-limits schema on the search path under a read grant; a temporary relation or a
+/// schema searched first shadows it too. pg_dump's own statement still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_named_by_a_shadowed_pg_settings_row_is_refused() {
+    let env = Env::with(
+        "query_text_pg_settings",
+        Options {
+            guardrails: "off_limits = [\"hr.*\"]",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(
+        "CREATE SCHEMA hr; GRANT USAGE ON SCHEMA hr TO PUBLIC; \
+         CREATE TABLE hr.payroll (pay int); INSERT INTO hr.payroll VALUES (99999); \
+         GRANT SELECT ON hr.payroll TO PUBLIC",
+    );
+    let pg_dumps = "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings \
+                    WHERE name = 'restrict_nonsystem_relation_kind'";
+    let refused = |raw_answer: &[u8], sql: &str| {
+        let codes: Vec<String> = errors_in(raw_answer).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(codes, ["42501"], "{sql}");
+    };
+    let (_id, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    let shadowed_by_a_cte = "WITH pg_settings AS (SELECT 'search_path'::char(20) AS name) \
+         SELECT set_config(name, 'hr', false) FROM pg_settings WHERE name = 'search_path  '";
+    raw.send(&query(shadowed_by_a_cte)).await;
+    refused(&raw.read_until_ready().await, shadowed_by_a_cte);
+    // Prepared, it could run after the session shadowed the catalog.
+    raw.send(
+        &[
+            crate::frontend::parse("", pg_dumps),
+            crate::frontend::bind("", ""),
+            crate::frontend::execute(""),
+            crate::frontend::sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    refused(&raw.read_until_ready().await, "a Parse of pg_dump's form");
+    raw.send(&query(pg_dumps)).await;
+    let ran = raw.read_until_ready().await;
+    assert!(errors_in(&ran).is_empty(), "{:?}", errors_in(&ran));
+    raw.send(&query("SELECT * FROM payroll")).await;
+    let answer = raw.read_until_ready().await;
+    assert!(!String::from_utf8_lossy(&answer).contains("99999"));
+    // A schema searched before pg_catalog, set in the same string.
+    let (_id, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    let after_a_path = format!("SET search_path = public, pg_catalog; {pg_dumps}");
+    raw.send(&query(&after_a_path)).await;
+    refused(&raw.read_until_ready().await, &after_a_path);
+    raw.send(&query("SHOW search_path")).await;
+    let path = raw.read_until_ready().await;
+    assert!(!String::from_utf8_lossy(&path).contains("hr"));
+    // A temporary relation, in an earlier string (a write grant may make one).
+    let (_id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw.send(&query("CREATE TEMP TABLE pg_settings (name text)"))
+        .await;
+    let made = raw.read_until_ready().await;
+    assert!(errors_in(&made).is_empty(), "{:?}", errors_in(&made));
+    raw.send(&query(pg_dumps)).await;
+    refused(
+        &raw.read_until_ready().await,
+        "after CREATE TEMP TABLE pg_settings",
+    );
+}

@@ -36,6 +36,8 @@ impl Relay {
                 // transaction. The first refused statement carries the refusal. (Kept on the
                 // stack for the usual string of one statement.)
                 let mut checked: SmallVec<[_; 1]> = SmallVec::with_capacity(statements.len());
+                // What the string's earlier statements may shadow, the later ones find.
+                let mut shadowed = self.catalog_shadowed;
                 for (i, s) in statements.iter().enumerate() {
                     let piece = text.get(s.range.clone()).unwrap_or(&text);
                     let (record, recorded) = self.statement_record(
@@ -49,8 +51,10 @@ impl Relay {
                         (0, Some(refusal)) => Err(refusal.clone()),
                         _ => recorded
                             .and_then(|()| self.check(&s.analysis))
+                            .and_then(|()| catalog_row_setting(&s.analysis, shadowed))
                             .and_then(|()| self.check_names(&s.analysis)),
                     };
+                    shadowed |= s.analysis.facts.may_shadow_catalog;
                     // Later statements of the string see what this one will create; it
                     // takes effect only once the server confirms it.
                     let change = match verdict {
@@ -130,7 +134,12 @@ impl Relay {
                         &self.grant.database_functions,
                     )
                 };
-                let checked = recorded.and(stable).and_then(|()| self.check(&analysis));
+                // Prepared, it may run after the session shadowed the catalog (a prepared
+                // statement's names are looked up again when the search path changes).
+                let checked = recorded
+                    .and(stable)
+                    .and_then(|()| self.check(&analysis))
+                    .and_then(|()| catalog_row_setting(&analysis, true));
                 if let Err(refusal) = checked.and_then(|()| typed()) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
                     return Ok(Some(stand_in_parse(&name)));
@@ -514,6 +523,19 @@ impl Relay {
             .map(Some)
             .map_err(|e| e.to_string())
     }
+}
+
+/// pg_dump's `set_config(name, …) FROM pg_settings WHERE name = '<setting>'` changes that
+/// setting only while `pg_settings` finds the catalog's view: refused where the session may
+/// have shadowed it (see `Facts::setting_named_by_catalog_row`).
+fn catalog_row_setting(analysis: &guard::Analysis, shadowed: bool) -> Result<(), Refusal> {
+    if analysis.facts.setting_named_by_catalog_row && shadowed {
+        return Err(Refusal {
+            rule: "lexer_setting",
+            message: "lockbox: set_config(name, …) FROM pg_settings takes the setting's name from whatever pg_settings finds, which this session may have shadowed (a temporary relation, a schema searched before pg_catalog) or, prepared, may yet shadow; name pg_catalog.pg_settings (rule lexer_setting)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// The stand-in sent upstream for a refused statement: it fails at parse time on every
