@@ -65,16 +65,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         .cloned()
         .chain(calls.relations.iter().cloned())
         .collect();
-    // The planner's statistics hold sample values of every analysed column (`pg_statistic`,
-    // `pg_statistic_ext_data` and the `pg_stats*` views over them). `pg_statistic_ext` holds
-    // only the definitions, which psql's `\d` and pg_dump read. `pg_sequences` shows every
-    // sequence's last value (`pg_sequence` only their parameters).
-    let reads_statistics = relations.iter().any(|r| {
-        let name = r.rsplit('.').next().unwrap_or(r);
-        name.starts_with("pg_stats")
-            || (name.starts_with("pg_statistic") && name != "pg_statistic_ext")
-            || name == "pg_sequences"
-    });
+    let reads_statistics = relations.iter().any(|r| shows_every_tables_values(r));
     let calls_reads_by_name = calls.reads_tables_by_name || reads_statistics;
     // Relations named in call arguments (`table_to_xml('…')`) are read as the server reads
     // a regclass, which the lowercased names here do not tell exactly: never catalogs.
@@ -152,6 +143,18 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 .collect(),
         },
     }
+}
+
+/// Whether the relation (by name, schema-qualified or not) is a catalog that shows values of
+/// every table: the planner's statistics hold sample values of every analysed column
+/// (`pg_statistic`, `pg_statistic_ext_data` and the `pg_stats*` views over them;
+/// `pg_statistic_ext` holds only the definitions, which psql's `\d` and pg_dump read), and
+/// `pg_sequences` every sequence's last value (`pg_sequence` only their parameters).
+pub(super) fn shows_every_tables_values(relation: &str) -> bool {
+    let name = relation.rsplit('.').next().unwrap_or(relation);
+    name.starts_with("pg_stats")
+        || (name.starts_with("pg_statistic") && name != "pg_statistic_ext")
+        || name == "pg_sequences"
 }
 
 /// The functions `found` calls, each once, in the order first written.

@@ -178,7 +178,11 @@ pub(crate) fn effect(name: &str) -> Effect {
         | "pg_copy_logical_replication_slot"
         | "pg_replication_slot_advance"
         | "pg_logical_slot_get_changes"
-        | "pg_logical_slot_get_binary_changes" => Effect::Escalation(ESCAPING),
+        | "pg_logical_slot_get_binary_changes"
+        // A slot's decoded changes hold every table's new rows (an attack review read an
+        // off-limits table's writes through a customer's CDC slot).
+        | "pg_logical_slot_peek_changes"
+        | "pg_logical_slot_peek_binary_changes" => Effect::Escalation(ESCAPING),
         // SQL as text, and whole tables read by name.
         "query_to_xml"
         | "query_to_xmlschema"

@@ -78,8 +78,16 @@ pub struct CatalogReach {
 impl CatalogReach {
     pub fn new(rules: &Guardrails, links: &[RelationLink]) -> CatalogReach {
         let patterns = &rules.off_limits;
-        let off =
-            |node: &str| !is_function(node) && patterns.iter().any(|p| off_limits_match(p, node));
+        // A relation of the database over the statistics or `pg_sequences` (a customer's
+        // view) shows off-limits tables' values as those catalogs do, which are refused
+        // wherever anything is off limits (an attack review read a protected column's
+        // histogram through one).
+        let off = |node: &str| {
+            !is_function(node)
+                && (patterns.iter().any(|p| off_limits_match(p, node))
+                    || (node.starts_with("pg_catalog.")
+                        && super::classify::shows_every_tables_values(node)))
+        };
         CatalogReach {
             off_limits: match patterns.is_empty() {
                 true => Reach::default(),
@@ -406,6 +414,32 @@ mod tests {
             off_limits: off_limits.iter().map(|p| p.to_string()).collect(),
             ..Guardrails::default()
         }
+    }
+
+    #[test]
+    fn a_view_over_the_statistics_reaches_them_wherever_anything_is_off_limits() {
+        use LinkKind::*;
+        let links = [
+            link(Reads, "public.vst", "pg_catalog.pg_stats"),
+            link(Reads, "public.vst2", "public.vst"),
+            link(Reads, "public.vseq", "pg_catalog.pg_sequences"),
+            link(Reads, "public.vcls", "pg_catalog.pg_class"),
+        ];
+        let reach = CatalogReach::new(&rules(&["secret"]), &links).off_limits;
+        for (relation, catalog) in [
+            ("vst", "pg_catalog.pg_stats"),
+            ("public.vst2", "pg_catalog.pg_stats"),
+            ("vseq", "pg_catalog.pg_sequences"),
+        ] {
+            let reached = reach
+                .reached_by(relation, &doing(Class::Read, false, false))
+                .expect(relation);
+            assert_eq!(reached.target, catalog, "{relation}");
+        }
+        let read = doing(Class::Read, false, false);
+        assert!(reach.reached_by("vcls", &read).is_none());
+        let no_rules = CatalogReach::new(&rules(&[]), &links).off_limits;
+        assert!(no_rules.reached_by("vst", &read).is_none());
     }
 
     #[test]

@@ -73,6 +73,9 @@ const SCHEMA: &str = "
     CREATE TABLE strongroom (id int GENERATED ALWAYS AS IDENTITY, v text);
     CREATE SEQUENCE strongroom_v_seq_open;
     INSERT INTO strongroom (v) VALUES ('a');
+    CREATE VIEW stats_view AS SELECT attname, most_common_vals::text FROM pg_stats;
+    CREATE VIEW stats_view_2 AS SELECT * FROM stats_view;
+    CREATE VIEW seq_view AS SELECT sequencename, last_value FROM pg_catalog.pg_sequences;
     GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO PUBLIC;
     GRANT ALL ON ALL TABLES IN SCHEMA public, hr, \"x.y\" TO PUBLIC;
     GRANT USAGE ON SCHEMA hr, \"x.y\" TO PUBLIC;
@@ -202,6 +205,15 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
             "reaches outside the database",
         ),
         ("ALTER TABLE contractors RENAME TO vault", "vault"),
+        // A view of the customer's over the catalogs that show every table's values.
+        ("SELECT * FROM stats_view", "pg_catalog.pg_stats"),
+        ("SELECT * FROM public.stats_view_2", "pg_catalog.pg_stats"),
+        ("SELECT * FROM seq_view", "pg_catalog.pg_sequences"),
+        // A replication slot's changes hold every table's new rows.
+        (
+            "SELECT * FROM pg_logical_slot_peek_changes('cdc', NULL, NULL)",
+            "reaches outside the database",
+        ),
         // Every table, unnamed.
         ("REINDEX SCHEMA hr", "whole schemas"),
         ("VACUUM", "whole schemas"),
