@@ -315,7 +315,11 @@ fn ddl_class(node: &N) -> Class {
         | N::CreatePlangStmt(_)
         | N::CreateEventTrigStmt(_)
         | N::AlterEventTrigStmt(_) => Class::Escalation("server_object"),
-        N::CreateSubscriptionStmt(_)
+        // A publication sends its tables' rows to other servers' subscriptions (`FOR ALL
+        // TABLES`, `FOR TABLES IN SCHEMA hr` naming none of them).
+        N::CreatePublicationStmt(_)
+        | N::AlterPublicationStmt(_)
+        | N::CreateSubscriptionStmt(_)
         | N::AlterSubscriptionStmt(_)
         | N::DropSubscriptionStmt(_)
         | N::CreateForeignServerStmt(_)

@@ -251,6 +251,18 @@ fn escalations_are_named() {
         "alter role lockbox_read set default_transaction_read_only = off",
         "role_management",
     );
+    // A publication's tables go to other servers' subscriptions; a slot's changes hold
+    // every table's new rows.
+    check("CREATE PUBLICATION p FOR ALL TABLES", "remote_server");
+    check(
+        "CREATE PUBLICATION p FOR TABLES IN SCHEMA hr",
+        "remote_server",
+    );
+    check("ALTER PUBLICATION p ADD TABLE items", "remote_server");
+    check(
+        "SELECT data FROM pg_logical_slot_peek_changes('cdc', NULL, NULL)",
+        "escaping_function",
+    );
 }
 
 #[test]
