@@ -37,8 +37,8 @@ pub use classify::{declares_held_cursor, prepared_kind};
 pub use functions::{function_call_analysis, function_call_class, is_builtin_name, SQL_AS_TEXT};
 pub use reach::{check_reach, CatalogReach, LinkKind, RelationLink};
 pub use rules::{
-    check_database_functions, check_parameter_types, check_rules, database_function_used,
-    has_guardrails,
+    check_database_functions, check_parameter_types, check_rules, check_setting_from_catalog_row,
+    database_function_used, has_guardrails,
 };
 pub(crate) use rules::{type_entry, type_oid_entry};
 pub use settings::{

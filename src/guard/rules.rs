@@ -24,17 +24,17 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
     if rules.deny_update_without_where && facts.update_without_where {
         return refuse("update_without_where", "UPDATE without WHERE".into());
     }
-    if let Some(relation) = facts
-        .relations
-        .iter()
-        .filter(|_| !facts.share_lock_only)
-        .find(|r| {
-            rules
-                .off_limits
-                .iter()
-                .any(|pattern| off_limits_match(pattern, r))
-        })
-    {
+    // A share lock reads and runs nothing of what it names (pg_dump locks every table).
+    let touched: &[String] = match facts.share_lock_only {
+        true => &[],
+        false => &facts.relations,
+    };
+    if let Some(relation) = touched.iter().find(|r| {
+        rules
+            .off_limits
+            .iter()
+            .any(|pattern| off_limits_match(pattern, r))
+    }) {
         return refuse("off_limits", format!("touching {relation}"));
     }
     // A schema off limits as a whole (`schema.*`; `schema.table` patterns match unqualified
@@ -88,6 +88,22 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
             "opaque_statement",
             format!("{what}, whose effect lockbox cannot check against this database's rules,"),
         );
+    }
+    Ok(())
+}
+
+/// pg_dump's `set_config(name, …) FROM pg_settings WHERE name = '<setting>'` changes that
+/// setting only while `pg_settings` finds the catalog's view: refused where the session may
+/// have shadowed it, `catalog_shadowed` (see `Facts::setting_named_by_catalog_row`).
+pub fn check_setting_from_catalog_row(
+    facts: &Facts,
+    catalog_shadowed: bool,
+) -> Result<(), Refusal> {
+    if facts.setting_named_by_catalog_row && catalog_shadowed {
+        return Err(Refusal {
+            rule: "lexer_setting",
+            message: "lockbox: set_config(name, …) FROM pg_settings takes the setting's name from whatever pg_settings finds, which this session may have shadowed (a temporary relation, a schema searched before pg_catalog) or, prepared, may yet shadow; name pg_catalog.pg_settings (rule lexer_setting)".into(),
+        });
     }
     Ok(())
 }

@@ -51,7 +51,9 @@ impl Relay {
                         (0, Some(refusal)) => Err(refusal.clone()),
                         _ => recorded
                             .and_then(|()| self.check(&s.analysis))
-                            .and_then(|()| catalog_row_setting(&s.analysis, shadowed))
+                            .and_then(|()| {
+                                guard::check_setting_from_catalog_row(&s.analysis.facts, shadowed)
+                            })
                             .and_then(|()| self.check_names(&s.analysis)),
                     };
                     shadowed |= s.analysis.facts.may_shadow_catalog;
@@ -139,7 +141,7 @@ impl Relay {
                 let checked = recorded
                     .and(stable)
                     .and_then(|()| self.check(&analysis))
-                    .and_then(|()| catalog_row_setting(&analysis, true));
+                    .and_then(|()| guard::check_setting_from_catalog_row(&analysis.facts, true));
                 if let Err(refusal) = checked.and_then(|()| typed()) {
                     pending.push(Pending::Refused(record, Arc::new(refusal)));
                     return Ok(Some(stand_in_parse(&name)));
@@ -523,19 +525,6 @@ impl Relay {
             .map(Some)
             .map_err(|e| e.to_string())
     }
-}
-
-/// pg_dump's `set_config(name, …) FROM pg_settings WHERE name = '<setting>'` changes that
-/// setting only while `pg_settings` finds the catalog's view: refused where the session may
-/// have shadowed it (see `Facts::setting_named_by_catalog_row`).
-fn catalog_row_setting(analysis: &guard::Analysis, shadowed: bool) -> Result<(), Refusal> {
-    if analysis.facts.setting_named_by_catalog_row && shadowed {
-        return Err(Refusal {
-            rule: "lexer_setting",
-            message: "lockbox: set_config(name, …) FROM pg_settings takes the setting's name from whatever pg_settings finds, which this session may have shadowed (a temporary relation, a schema searched before pg_catalog) or, prepared, may yet shadow; name pg_catalog.pg_settings (rule lexer_setting)".into(),
-        });
-    }
-    Ok(())
 }
 
 /// The stand-in sent upstream for a refused statement: it fails at parse time on every
