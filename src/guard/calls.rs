@@ -42,34 +42,74 @@ pub(super) struct Calls {
     pub(super) delete_without_where: bool,
     pub(super) update_without_where: bool,
     pub(super) schema_wide: bool,
+    pub(super) schemas: Vec<String>,
+    pub(super) setting_named_by_catalog_row: bool,
 }
 
 impl Calls {
     /// Makes what a query run from text does (`query_to_xml('…')`) the statement's own:
     /// every fact of it, since the rules look at each (an attack review put an off-limits
     /// schema on the search path, and read whole schemas, through facts left behind).
+    ///
+    /// Every field is named here, so a fact added to [`super::Facts`] later cannot be left
+    /// out without a compile error (a third review changed a protected sequence through a
+    /// `nextval` whose unknown name was left behind).
     fn take_in(&mut self, inner: &super::Facts) {
-        self.relations.extend(inner.relations.iter().cloned());
+        let super::Facts {
+            drop,
+            truncate,
+            changes_rows,
+            delete_without_where,
+            update_without_where,
+            relations,
+            schema_wide,
+            schemas,
+            settings,
+            opaque,
+            reads_tables_by_name,
+            sequence_unknown,
+            names,
+            catalog_only,
+            // What the statement's own rows are (EXPLAIN, catalog reads under a row limit)
+            // is the outer statement's to say; `catalog_only` above covers the rows.
+            plan_only: _,
+            catalog_unqualified: _,
+            may_shadow_catalog,
+            copy_in,
+            // Only a LOCK statement locks without reading; a query run from text is none.
+            share_lock_only: _,
+            setting_named_by_catalog_row,
+            search_path,
+            maybe_called,
+            functions,
+            written_relations,
+            fields,
+            operators,
+        } = inner;
+        self.relations.extend(relations.iter().cloned());
         self.written_relations
-            .extend(inner.written_relations.iter().cloned());
-        self.maybe_called.extend(inner.maybe_called.iter().cloned());
-        self.functions.extend(inner.functions.iter().cloned());
-        self.fields.extend(inner.fields.iter().cloned());
-        self.operators.extend(inner.operators.iter().cloned());
-        self.settings.extend(inner.settings.iter().cloned());
-        self.search_path.extend(inner.search_path.iter().cloned());
-        self.search_path_shadows |= inner.may_shadow_catalog;
-        self.reads_tables_by_name |= inner.reads_tables_by_name;
+            .extend(written_relations.iter().cloned());
+        self.maybe_called.extend(maybe_called.iter().cloned());
+        self.functions.extend(functions.iter().cloned());
+        self.fields.extend(fields.iter().cloned());
+        self.operators.extend(operators.iter().cloned());
+        self.settings.extend(settings.iter().cloned());
+        self.search_path.extend(search_path.iter().cloned());
+        self.schemas.extend(schemas.iter().cloned());
+        self.search_path_shadows |= may_shadow_catalog;
+        self.reads_tables_by_name |= reads_tables_by_name;
+        self.sequence_unknown |= sequence_unknown;
+        self.setting_named_by_catalog_row |= setting_named_by_catalog_row;
         // Its rows are the statement's: customer data unless it reads catalogs only.
-        self.reads_data |= !inner.catalog_only;
-        self.drop |= inner.drop;
-        self.truncate |= inner.truncate;
-        self.changes_rows |= inner.changes_rows;
-        self.delete_without_where |= inner.delete_without_where;
-        self.update_without_where |= inner.update_without_where;
-        self.schema_wide |= inner.schema_wide;
+        self.reads_data |= !catalog_only;
+        self.drop |= drop;
+        self.truncate |= truncate;
+        self.changes_rows |= changes_rows;
+        self.delete_without_where |= delete_without_where;
+        self.update_without_where |= update_without_where;
+        self.schema_wide |= schema_wide;
         // The server runs only a query from text; anything else it would do is unseen.
-        self.opaque |= inner.opaque.is_some() || inner.names.is_some() || inner.copy_in;
+        self.opaque |= opaque.is_some() || names.is_some() || *copy_in;
     }
 }
 
@@ -212,7 +252,23 @@ pub(super) fn pg_settings_where_name(node: &N) -> Option<(String, bool)> {
     let N::SelectStmt(select) = node else {
         return None;
     };
-    if select.with_clause.is_some() {
+    // Exactly `SELECT … FROM … WHERE …`: a sort, a grouping or a limit evaluates the WHERE
+    // for every row before any row's set_config runs, which a relation whose `name` is an
+    // expression turned into a different name than the one its WHERE saw (a third review).
+    let only_select_from_where = select.with_clause.is_none()
+        && select.distinct_clause.is_empty()
+        && select.into_clause.is_none()
+        && select.group_clause.is_empty()
+        && select.having_clause.is_none()
+        && select.window_clause.is_empty()
+        && select.values_lists.is_empty()
+        && select.sort_clause.is_empty()
+        && select.limit_offset.is_none()
+        && select.limit_count.is_none()
+        && select.locking_clause.is_empty()
+        && select.larg.is_none()
+        && select.rarg.is_none();
+    if !only_select_from_where {
         return None;
     }
     let [from] = select.from_clause.as_slice() else {

@@ -82,9 +82,13 @@ impl CatalogReach {
         // view) shows off-limits tables' values as those catalogs do, which are refused
         // wherever anything is off limits (an attack review read a protected column's
         // histogram through one).
+        // And a view of the database's over pg_settings, which an UPDATE writes through to
+        // set_config: any setting, the search path included (a third review opened an
+        // off-limits schema so).
         let off = |node: &str| {
             !is_function(node)
                 && (patterns.iter().any(|p| off_limits_match(p, node))
+                    || node == "pg_catalog.pg_settings"
                     || (node.starts_with("pg_catalog.")
                         && super::classify::shows_every_tables_values(node)))
         };
@@ -424,12 +428,15 @@ mod tests {
             link(Reads, "public.vst2", "public.vst"),
             link(Reads, "public.vseq", "pg_catalog.pg_sequences"),
             link(Reads, "public.vcls", "pg_catalog.pg_class"),
+            link(Reads, "public.myset", "pg_catalog.pg_settings"),
         ];
         let reach = CatalogReach::new(&rules(&["secret"]), &links).off_limits;
         for (relation, catalog) in [
             ("vst", "pg_catalog.pg_stats"),
             ("public.vst2", "pg_catalog.pg_stats"),
             ("vseq", "pg_catalog.pg_sequences"),
+            // Written, its rule calls set_config with the row's name.
+            ("myset", "pg_catalog.pg_settings"),
         ] {
             let reached = reach
                 .reached_by(relation, &doing(Class::Read, false, false))

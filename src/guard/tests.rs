@@ -669,9 +669,25 @@ fn pg_dumps_setting_from_pg_settings_is_read_only_from_the_catalogs_view() {
         "SELECT set_config(name, 'hr', false) FROM pg_settings WHERE name = 'work_mem '",
         "SELECT set_config(name, 'hr', false) FROM pg_settings WHERE name = 'Work_Mem'",
         "SELECT set_config(name, 'hr', false) FROM pg_settings WHERE name = ''",
+        // A sort evaluates every row's WHERE before any row's set_config.
+        "SELECT set_config(name, 'hr', false) FROM pg_settings WHERE name = 'x.f' ORDER BY g",
+        "SELECT DISTINCT set_config(name, 'hr', false) FROM pg_settings WHERE name = 'x.f'",
+        "SELECT set_config(name, 'hr', false) FROM pg_settings WHERE name = 'x.f' LIMIT 5",
+        // A view over it is written through its rule's set_config.
+        "CREATE TEMP VIEW myset AS SELECT name, setting FROM pg_catalog.pg_settings",
+        "CREATE VIEW v AS SELECT * FROM pg_settings WHERE name = 'work_mem'",
     ] {
         assert_eq!(class(sql), Class::Forbidden("lexer_setting"), "{sql}");
     }
+    // Run from text, it is still read from whatever pg_settings finds.
+    let wrapped = format!(
+        "SELECT query_to_xml('{}', false, false, '')",
+        pg_dumps.replace('\'', "''")
+    );
+    assert!(
+        analyze(&wrapped).facts.setting_named_by_catalog_row,
+        "{wrapped}"
+    );
 }
 
 #[test]

@@ -383,7 +383,13 @@ async fn run_admitted(
         crate::provision::DatabaseCode::default()
     };
     let catalog_reach = database_code.reach(&db.guardrails);
-    let search_path_shadows_catalog = row_limit && search_path_shadows_catalog(&mut upstream).await;
+    // What the login's search path shadows matters to catalog reads under a row limit, and,
+    // where the database has rules, to pg_dump's `set_config(name, …) FROM pg_settings`,
+    // classed by the setting its row names only while that finds the catalog (a third
+    // review shadowed it through `ALTER DATABASE … SET search_path = shadow, pg_catalog`).
+    let shadow_matters = row_limit || crate::guard::has_guardrails(&db.guardrails);
+    let search_path_shadows_catalog =
+        shadow_matters && search_path_shadows_catalog(&mut upstream).await;
     if let Err(message) = login_search_path_clear(&mut upstream, &db.guardrails).await {
         send_fatal(&mut stream, sqlstate::INSUFFICIENT_PRIVILEGE, &message).await;
         return Aftermath::default();

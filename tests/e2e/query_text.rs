@@ -72,7 +72,9 @@ async fn a_setting_named_by_a_shadowed_pg_settings_row_is_refused() {
     env.superuser_sql(
         "CREATE SCHEMA hr; GRANT USAGE ON SCHEMA hr TO PUBLIC; \
          CREATE TABLE hr.payroll (pay int); INSERT INTO hr.payroll VALUES (99999); \
-         GRANT SELECT ON hr.payroll TO PUBLIC",
+         GRANT SELECT ON hr.payroll TO PUBLIC; \
+         CREATE VIEW settings_view AS SELECT name, setting FROM pg_catalog.pg_settings; \
+         GRANT ALL ON settings_view TO PUBLIC",
     );
     let pg_dumps = "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings \
                     WHERE name = 'restrict_nonsystem_relation_kind'";
@@ -130,4 +132,55 @@ async fn a_setting_named_by_a_shadowed_pg_settings_row_is_refused() {
         &raw.read_until_ready().await,
         "after CREATE TEMP TABLE pg_settings",
     );
+    // …nor run from text (a third review wrapped it in query_to_xml).
+    let wrapped = format!(
+        "SELECT query_to_xml('{}', false, false, '')",
+        pg_dumps.replace('\'', "''")
+    );
+    raw.send(&query(&wrapped)).await;
+    refused(&raw.read_until_ready().await, &wrapped);
+    // A view over pg_settings is written through its rule's set_config: one made in the
+    // session, and one the database has.
+    for sql in [
+        "CREATE TEMP VIEW myset AS SELECT name, setting FROM pg_catalog.pg_settings",
+        "UPDATE settings_view SET setting = 'public, hr' WHERE name = 'search_path'",
+    ] {
+        raw.send(&query(sql)).await;
+        refused(&raw.read_until_ready().await, sql);
+    }
+    raw.send(&query("SHOW search_path")).await;
+    let path = raw.read_until_ready().await;
+    assert!(!String::from_utf8_lossy(&path).contains("hr"));
+}
+
+/// A login whose search path (the database's default) finds a relation named `pg_settings`
+/// before the catalog: a read grant's pg_dump form is refused from the start (a third review
+/// read an off-limits schema through a view there whose `name` changed between rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_search_path_that_shadows_pg_settings_is_known_from_the_start() {
+    let env = Env::with(
+        "query_text_login_shadow",
+        Options {
+            guardrails: "off_limits = [\"hr.*\"]",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(&format!(
+        "CREATE SCHEMA hr; CREATE SCHEMA shadow; GRANT USAGE ON SCHEMA shadow TO PUBLIC; \
+         CREATE VIEW shadow.pg_settings AS SELECT 'x.f'::text AS name; \
+         GRANT SELECT ON shadow.pg_settings TO PUBLIC; \
+         ALTER DATABASE {} SET search_path = shadow, pg_catalog",
+        env.db
+    ));
+    let (_id, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw.send(&query(
+        "SELECT set_config(name, 'public, hr', false) FROM pg_settings WHERE name = 'x.f'",
+    ))
+    .await;
+    let answer = raw.read_until_ready().await;
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["42501"]);
 }
