@@ -384,10 +384,13 @@ async fn run_admitted(
     };
     let catalog_reach = database_code.reach(&db.guardrails);
     // What the login's search path shadows matters to catalog reads under a row limit, and,
-    // where the database has rules, to pg_dump's `set_config(name, …) FROM pg_settings`,
+    // where tables are off limits, to pg_dump's `set_config(name, …) FROM pg_settings`,
     // classed by the setting its row names only while that finds the catalog (a third
-    // review shadowed it through `ALTER DATABASE … SET search_path = shadow, pg_catalog`).
-    let shadow_matters = row_limit || crate::guard::has_guardrails(&db.guardrails);
+    // review put an off-limits schema on the search path through `ALTER DATABASE … SET
+    // search_path = shadow, pg_catalog`). Elsewhere a setting so changed is the search path,
+    // which no other rule reads, one the server reports (`default_transaction_read_only`,
+    // the lexer's: the session ends) or refuses once a query runs (`transaction_read_only`).
+    let shadow_matters = row_limit || !db.guardrails.off_limits.is_empty();
     let search_path_shadows_catalog =
         shadow_matters && search_path_shadows_catalog(&mut upstream).await;
     if let Err(message) = login_search_path_clear(&mut upstream, &db.guardrails).await {
