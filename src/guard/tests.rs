@@ -676,9 +676,18 @@ fn pg_dumps_setting_from_pg_settings_is_read_only_from_the_catalogs_view() {
         // A view over it is written through its rule's set_config.
         "CREATE TEMP VIEW myset AS SELECT name, setting FROM pg_catalog.pg_settings",
         "CREATE VIEW v AS SELECT * FROM pg_settings WHERE name = 'work_mem'",
+        // Nested in CREATE SCHEMA, an element is judged as the statement it is.
+        "CREATE SCHEMA s5 CREATE VIEW w AS SELECT name, setting FROM pg_settings",
     ] {
         assert_eq!(class(sql), Class::Forbidden("lexer_setting"), "{sql}");
     }
+    let trigger = "CREATE SCHEMA s6 CREATE TABLE tt (a int) \
+                   CREATE TRIGGER t BEFORE INSERT ON tt FOR EACH ROW EXECUTE FUNCTION touch()";
+    assert_eq!(
+        analyze(trigger).facts.opaque,
+        Some("installing code that runs later")
+    );
+    assert_eq!(class("CREATE SCHEMA s7 CREATE TABLE t (a int)"), Class::Ddl);
     // Run from text, it is still read from whatever pg_settings finds.
     let wrapped = format!(
         "SELECT query_to_xml('{}', false, false, '')",

@@ -151,6 +151,20 @@ async fn a_setting_named_by_a_shadowed_pg_settings_row_is_refused() {
     raw.send(&query("SHOW search_path")).await;
     let path = raw.read_until_ready().await;
     assert!(!String::from_utf8_lossy(&path).contains("hr"));
+    // Nested in CREATE SCHEMA too (a fourth review, as admin).
+    let (_id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    let nested = "CREATE SCHEMA s5 CREATE VIEW w AS SELECT name, setting FROM pg_settings";
+    raw.send(&query(nested)).await;
+    let answer = raw.read_until_ready().await;
+    let errors = errors_in(&answer);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].1.contains("lexer_setting"), "{}", errors[0].1);
+    let made = env.superuser_sql("SELECT count(*) FROM pg_namespace WHERE nspname = 's5'");
+    assert_eq!(made.trim(), "0");
 }
 
 /// A login whose search path (the database's default) finds a relation named `pg_settings`
