@@ -51,10 +51,18 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         N::CreateFunctionStmt(f) if f.sql_body.is_none() => {
             Some("a function whose body lockbox cannot read")
         }
-        N::DefineStmt(_) | N::CreateTrigStmt(_) | N::RuleStmt(_) | N::CreateCastStmt(_) => {
-            Some("installing code that runs later")
-        }
+        N::DefineStmt(_)
+        | N::CreateTrigStmt(_)
+        | N::RuleStmt(_)
+        | N::CreateCastStmt(_)
+        | N::CreateRangeStmt(_) => Some("installing code that runs later"),
         N::RenameStmt(r) if renames_routine(r) => Some("renaming a function"),
+        // An index, exclusion or partition key naming its operator class runs that class's
+        // support functions, which may be the database's own (a fifth review ran one in
+        // `CREATE INDEX … (id public.harm_ops)`); only the type's default class is known.
+        _ if found.operator_class_named => {
+            Some("an operator class named, whose functions may be the database's")
+        }
         _ => calls
             .opaque
             .then_some("a call of a function that is not built in"),
@@ -79,7 +87,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
     // whatever name the row has (a third review updated such a view, made in the session,
     // to put an off-limits schema on the search path). Views the database has already are
     // reached through the catalog's links (`CatalogReach`).
-    if matches!(node, N::ViewStmt(_))
+    if matches!(node, N::ViewStmt(_) | N::RuleStmt(_))
         && relations
             .iter()
             .any(|r| r.rsplit('.').next() == Some("pg_settings"))
@@ -209,10 +217,12 @@ fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameC
         }
     };
     // A SELECT that writes (a writable CTE) is recorded as the write, so that filtering
-    // the trail by kind finds it; SELECT INTO creates a table.
+    // the trail by kind finds it; SELECT INTO creates a table, and is DDL whatever else it
+    // writes (event triggers fire on it: a fifth review ran one unchecked through
+    // `WITH i AS (INSERT …) SELECT * INTO t FROM i`, recorded as an insert).
     let select_kind = || match written_kind(found) {
+        _ if found.select_into => K::Ddl,
         Some(kind) => kind,
-        None if found.select_into => K::Ddl,
         None => K::Select,
     };
     match node {

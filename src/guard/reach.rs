@@ -165,6 +165,10 @@ impl Reach {
         let scope = match analysis.class {
             _ if facts.truncate || facts.drop => &self.truncated,
             _ if facts.changes_rows => &self.changed,
+            // Planning evaluates what is immutable, an INSERT's defaults among them (a fifth
+            // review ran a database function so with a plain `EXPLAIN INSERT`): what an
+            // EXPLAIN names counts as written.
+            _ if facts.plan_only => &self.written,
             Class::Read | Class::Session => &self.used,
             // DDL can rewrite a table and re-check every key into and out of it (`ALTER
             // COLUMN … TYPE … USING`), or make a new name for what reaches a protected table

@@ -1420,3 +1420,49 @@ fn a_large_query_nested_in_a_large_one_is_analysed_not_waited_on() {
     // And the lock is free again for the next one.
     assert_eq!(analyze_query(&inner)[0].analysis.class, Class::Read);
 }
+
+/// A fifth review's ways to run the database's own code, or DDL, inside what the guard read
+/// as something else.
+#[test]
+fn code_in_operator_classes_ranges_and_rules_and_select_into_that_writes() {
+    let opaque = |sql: &str| analyze(sql).facts.opaque;
+    for sql in [
+        "CREATE INDEX i ON t (id public.harm_ops)",
+        "CREATE TABLE pt (id int) PARTITION BY RANGE (id harm_ops)",
+        "ALTER TABLE ex ADD CONSTRAINT ex EXCLUDE USING btree (id public.harm_ops WITH =)",
+        "CREATE TYPE harm_range AS RANGE (subtype = int4, subtype_opclass = public.harm_ops)",
+        "CREATE SCHEMA s CREATE INDEX i ON t (id harm_ops)",
+    ] {
+        assert!(opaque(sql).is_some(), "{sql}");
+    }
+    for sql in [
+        "CREATE INDEX i ON t (id)",
+        "CREATE TABLE pt (id int) PARTITION BY RANGE (id)",
+    ] {
+        assert_eq!(opaque(sql), None, "{sql}");
+    }
+    assert_eq!(
+        class("CREATE RULE \"_RETURN\" AS ON SELECT TO vs2 DO INSTEAD SELECT * FROM pg_catalog.pg_settings"),
+        Class::Forbidden("lexer_setting")
+    );
+    assert_eq!(
+        analyze("WITH i AS (INSERT INTO log VALUES ('x') RETURNING *) SELECT * INTO t FROM i").kind,
+        StatementKind::Ddl
+    );
+    // Planning an INSERT evaluates its immutable defaults: an EXPLAIN's relations count as
+    // written.
+    let links = [RelationLink {
+        kind: LinkKind::OnWrite,
+        from: "public.dflt".into(),
+        to: RelationLink::function("public", "imm_harm"),
+    }];
+    let rules = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    let reach = CatalogReach::new(&rules, &links);
+    let refusal = check_reach(&reach, &analyze("EXPLAIN INSERT INTO dflt (id) VALUES (1)"))
+        .expect_err("the default's function");
+    assert_eq!(refusal.rule, "opaque_statement");
+    assert!(check_reach(&reach, &analyze("SELECT * FROM dflt")).is_ok());
+}

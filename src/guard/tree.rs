@@ -80,6 +80,8 @@ pub(crate) struct Found<'t> {
     pub type_names: Vec<String>,
     /// A temporary relation is named (created, most likely): it can shadow a catalog's name.
     pub temporary_relations: bool,
+    /// An index, exclusion constraint or partition key names an operator class.
+    pub operator_class_named: bool,
     /// A relation is named that is not certainly one of the system catalogs (compared as
     /// the server resolves names: case-sensitive, see `is_catalog`).
     pub non_catalog_relations: bool,
@@ -339,6 +341,9 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.field_names.extend(last);
         }
         "AExpr" => found.operators.extend(aexpr_operators(node)),
+        "IndexElem" | "PartitionElem" => {
+            found.operator_class_named |= !is_empty(node.get("opclass"));
+        }
         "AIndirection" => {
             let names: Vec<String> = node
                 .get("indirection")
