@@ -379,6 +379,19 @@ async fn relations_that_run_a_database_function_are_opaque() {
         // An event trigger runs its function on any DDL, and on what fires ddl_command_end.
         ("CREATE TABLE made_here (a int)", "public.on_ddl"),
         ("SELECT 1 AS a INTO made_here_too", "public.on_ddl"),
+        // …whatever its CTEs write (a fifth review's SELECT INTO was recorded as an insert).
+        (
+            "WITH i AS (INSERT INTO items (id, name) VALUES (4243, 'x') RETURNING *) SELECT * INTO made_by_cte FROM i",
+            "public.on_ddl",
+        ),
+        // Planning an INSERT evaluates its immutable defaults (a fifth review ran one with
+        // a plain EXPLAIN).
+        (
+            "EXPLAIN INSERT INTO defaulted (id) VALUES (1)",
+            "public.app_leak",
+        ),
+        // A named operator class runs its support functions, which may be the database's.
+        ("CREATE INDEX ON items (id int4_ops)", "operator class"),
     ] {
         let error = client.batch_execute(sql).await.expect_err(sql);
         let (code, message) = db_error(&error);
