@@ -279,7 +279,7 @@ pub fn function_call_analysis(oid: u32, args: &[ParamValue]) -> (Option<&'static
 /// object API (`lo_open`, `lo_read`, …) uses it. OIDs of built-ins are fixed in
 /// PostgreSQL's catalog (`pg_proc.dat`) and the same in every version; a test checks them
 /// against the server.
-pub fn function_call_class(oid: u32, args: &[ParamValue]) -> Option<(&'static str, Class)> {
+pub(super) fn function_call_class(oid: u32, args: &[ParamValue]) -> Option<(&'static str, Class)> {
     let read = |name| Some((name, Class::Read));
     match oid {
         952 => {

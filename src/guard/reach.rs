@@ -78,19 +78,10 @@ pub struct CatalogReach {
 impl CatalogReach {
     pub fn new(rules: &Guardrails, links: &[RelationLink]) -> CatalogReach {
         let patterns = &rules.off_limits;
-        // A relation of the database over the statistics or `pg_sequences` (a customer's
-        // view) shows off-limits tables' values as those catalogs do, which are refused
-        // wherever anything is off limits (an attack review read a protected column's
-        // histogram through one).
-        // And a view of the database's over pg_settings, which an UPDATE writes through to
-        // set_config: any setting, the search path included (a third review opened an
-        // off-limits schema so).
         let off = |node: &str| {
             !is_function(node)
                 && (patterns.iter().any(|p| off_limits_match(p, node))
-                    || node == "pg_catalog.pg_settings"
-                    || (node.starts_with("pg_catalog.")
-                        && super::classify::shows_every_tables_values(node)))
+                    || reached_around_the_rules(node))
         };
         CatalogReach {
             off_limits: match patterns.is_empty() {
@@ -108,6 +99,16 @@ impl CatalogReach {
                 .map(|l| l.to.clone()),
         }
     }
+}
+
+/// Catalogs that what reaches them makes off limits too, wherever anything is: the
+/// statistics and `pg_sequences` show every table's values (an attack review read a
+/// protected column's histogram through a customer's view over `pg_stats`), and an UPDATE of
+/// a view over `pg_settings` writes through its rule to `set_config` of any setting, the
+/// search path included (a third review opened an off-limits schema so).
+fn reached_around_the_rules(node: &str) -> bool {
+    node == "pg_catalog.pg_settings"
+        || (node.starts_with("pg_catalog.") && super::classify::shows_every_tables_values(node))
 }
 
 /// The relations that reach a target through the catalog's links, by what a statement

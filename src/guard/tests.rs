@@ -1,6 +1,7 @@
 //! The guard's decisions, statement by statement. The e2e tests check the same routes
 //! against a real server (tests/e2e/guard.rs, tests/e2e/grammar.rs).
 
+use super::functions::function_call_class;
 use super::*;
 
 fn class(sql: &str) -> Class {
