@@ -592,6 +592,14 @@ impl AuditLog {
         }
     }
 
+    /// Tests only: the syncer never syncs the trail early (see `Journal::no_early_trail_sync`).
+    #[cfg(test)]
+    pub(in crate::audit) fn no_early_trail_sync(&self) {
+        if let Some(journal) = self.shared().lock().journal.as_mut() {
+            journal.no_early_trail_sync = true;
+        }
+    }
+
     /// Syncs if `written` still needs it and no sync is running; true if it did.
     fn lead_sync(&self, written: Written) -> bool {
         let shared = self.shared();

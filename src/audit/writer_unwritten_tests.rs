@@ -323,9 +323,7 @@ async fn failed_write_then_failed_trail_sync(direct: bool) {
 /// The half-reuse trail sync in `Journal::record` is what these tests break: the syncer's
 /// early one would make it rarer.
 fn no_early_trail_sync(log: &AuditLog) {
-    if let Some(journal) = log.shared().lock().journal.as_mut() {
-        journal.no_early_trail_sync = true;
-    }
+    log.no_early_trail_sync();
 }
 
 fn small() -> AuditOptions {
