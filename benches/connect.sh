@@ -18,7 +18,8 @@
 # password each time, as libpq does), which is what lockbox's upstream login is and what a
 # direct login of an engineer would be. pgbouncer: the client login
 # only, server connections stay pooled. lockbox: TLS handshake (the -tls targets), token check
-# (signature, admission against the stored request), a durable `connected` record, and a fresh
+# (signature, admission against the stored request), a `connected` record (made durable by the
+# statement's fsync), and a fresh
 # upstream login (SCRAM) as the grant's role, then the statement and its record, and the
 # session's end record.
 # shellcheck source-path=SCRIPTDIR source=lib.sh

@@ -44,7 +44,7 @@ pub struct CancelTarget {
 struct LiveSession {
     request_id: RequestId,
     kill: watch::Sender<Control>,
-    /// Set once the session is admitted (its `connected` record is durable).
+    /// Set once the session is admitted (its `connected` record appended).
     admitted: Option<(Arc<SessionFields>, chrono::DateTime<chrono::Utc>)>,
 }
 

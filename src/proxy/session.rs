@@ -19,7 +19,7 @@ use super::relay::{CancelKey, End, Grant, Limits, Relay, RelayEnd};
 use super::stream::BoxStream;
 use super::upstream;
 use super::Proxy;
-use crate::audit::{SessionEvent, SessionFields};
+use crate::audit::SessionFields;
 use crate::ids::SessionId;
 
 mod end;
@@ -27,7 +27,7 @@ mod login;
 mod search_path;
 mod upstream_login;
 pub(super) use end::session_record;
-use end::{audit_auth_failure, ended_by_proxy, finish, session_event};
+use end::{audit_auth_failure, ended_by_proxy, finish, record_connected};
 use login::{admit_token, pre_auth_timed_out, read_token};
 use search_path::{login_search_path_clear, search_path_shadows_catalog};
 use upstream_login::{connect_upstream, SpareSlots};
@@ -407,12 +407,7 @@ async fn run_admitted(
         peer.to_string(),
         request.break_glass,
     ));
-    // The connect record is durable before the client may send anything.
-    if let Err(e) = lockbox
-        .audit
-        .append_durable(vec![session_event(&fields, SessionEvent::Connected, None)])
-        .await
-    {
+    if let Err(e) = record_connected(&lockbox.audit, &fields).await {
         tracing::error!(error = %e, "audit unavailable; refusing session");
         send_fatal(
             &mut stream,

@@ -6,7 +6,7 @@
 //! connection per task (a script running `psql -c` in a loop, `pgbench -C`, an application
 //! without a pool) pays it every time. For such a grant the proxy keeps one backend logged
 //! in ahead and hands it to the grant's next session, which then waits only for its token
-//! check and its own `connected` record; the server's login overlaps the previous session.
+//! check; the server's login overlaps the previous session.
 //!
 //! What keeps this as strict as a fresh login:
 //! - a spare is opened only right after a session of its grant was admitted, and handed

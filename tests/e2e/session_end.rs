@@ -49,3 +49,46 @@ async fn the_end_of_a_session_is_recorded_without_an_fsync_of_its_own() {
     next.simple_query("SELECT 1").await.expect("select");
     assert!(audit.sync_count() > before);
 }
+
+/// Nor does its start: the `connected` record rides the first statement's write, and the
+/// fsync that statement waits for, before it goes upstream, covers both.
+#[tokio::test]
+async fn the_start_of_a_session_is_made_durable_by_its_first_statements_fsync() {
+    let env = env_without_periodic_sync("session_start_no_fsync").await;
+    let audit = &env.server.as_ref().expect("running").lockbox.audit;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let before = audit.sync_count();
+    let (client, _connection) = env.connect("eve", &token).await.expect("login");
+    env.wait_for_audit("the session's start", |records| {
+        records
+            .iter()
+            .any(|r| r["request_id"] == id.as_str() && r["event"] == "connected")
+    })
+    .await;
+    assert_eq!(
+        audit.sync_count(),
+        before,
+        "the connected record was fsynced on its own"
+    );
+    client
+        .simple_query("SELECT 'first statement'")
+        .await
+        .expect("select");
+    assert!(
+        audit.sync_count() > before,
+        "the statement waited for an fsync"
+    );
+    let records = env.audit();
+    let position = |wanted: &dyn Fn(&serde_json::Value) -> bool| {
+        records
+            .iter()
+            .position(|r| r["request_id"] == id.as_str() && wanted(r))
+    };
+    let connected = position(&|r| r["event"] == "connected").expect("connected record");
+    let statement =
+        position(&|r| r["statement"] == "SELECT 'first statement'").expect("statement record");
+    assert!(
+        connected < statement,
+        "the connected record precedes the statement"
+    );
+}

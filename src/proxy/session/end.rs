@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::audit::{AuditEvent, SessionEvent, SessionFields, SessionRecord};
+use crate::audit::{AuditError, AuditEvent, AuditLog, SessionEvent, SessionFields, SessionRecord};
 use crate::ids::{RequestId, SessionId};
 use crate::policy::{Request, RequestStatus};
 use crate::proxy::registry::DropReason;
@@ -181,6 +181,26 @@ pub(super) fn finish(
     // record rides the next write and fsync instead of costing one of its own (in `fsync`
     // mode an fsync per connection). A failure to record it is logged by `append`.
     audit.append(vec![session_event(fields, event, reason)]);
+}
+
+/// Records that a session was admitted, before the client hears so. While the audit writes,
+/// the `connected` record rides the next write, like an end record: nothing runs upstream
+/// for the client before its first statement's record is durable, and that fsync covers
+/// this earlier record too, so a connection costs no fsync of its own (`pgbench -C`: one per
+/// connection, not two). A session that sends nothing has it on disk within
+/// `sync_interval`. While the audit is failing the record is written and waited for: a
+/// session that cannot be recorded is refused, and that write is how the audit finds that
+/// it can write again.
+pub(super) async fn record_connected(
+    audit: &AuditLog,
+    fields: &SessionFields,
+) -> Result<(), AuditError> {
+    let record = session_event(fields, SessionEvent::Connected, None);
+    if audit.healthy() {
+        audit.append(vec![record]);
+        return Ok(());
+    }
+    audit.append_durable(vec![record]).await.map(drop)
 }
 
 pub(super) fn session_event(
