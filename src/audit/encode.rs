@@ -201,6 +201,7 @@ fn protocol_name(protocol: Protocol) -> &'static str {
         Protocol::Simple => "simple",
         Protocol::Extended => "extended",
         Protocol::FunctionCall => "function_call",
+        Protocol::Bind => "bind",
     }
 }
 

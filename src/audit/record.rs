@@ -71,6 +71,9 @@ pub enum Protocol {
     Simple,
     Extended,
     FunctionCall,
+    /// A Bind whose portal's Execute did not follow it: the server planned the statement
+    /// (running what planning runs) and the record stands for that.
+    Bind,
 }
 
 /// A statement, written before it is forwarded.

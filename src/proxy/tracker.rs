@@ -58,13 +58,13 @@ enum Slot {
     Step {
         step: Step,
         id: MessageId,
+        /// A Bind recorded for the planning it runs (its portal's Execute did not follow):
+        /// the record's seq, settled by the server's answer to the Bind.
+        planned: Option<(u64, Instant)>,
     },
     /// End of a group: a ReadyForQuery will answer it. `sync` tells a Sync message from
     /// the end of a query string or FunctionCall.
-    GroupEnd {
-        sync: bool,
-        id: MessageId,
-    },
+    GroupEnd { sync: bool, id: MessageId },
     /// The client ended a COPY FROM STDIN (CopyDone or CopyFail).
     CopyEnd,
 }
@@ -153,8 +153,26 @@ impl Tracker {
     /// gets no reply.
     pub fn step(&mut self, step: Step, id: MessageId) {
         if !self.skipping_to_sync {
-            self.slots.push_back(Slot::Step { step, id });
+            self.slots.push_back(Slot::Step {
+                step,
+                id,
+                planned: None,
+            });
         }
+    }
+
+    /// A Bind (message `id`) recorded as `seq` for the planning it runs. One sent while the
+    /// server skips to Sync is not planned: its outcome comes back at once.
+    pub fn planned_bind(&mut self, id: MessageId, seq: u64, started: Instant) -> Option<Outcome> {
+        if self.skipping_to_sync {
+            return Some(Outcome::new(seq, started, OutcomeStatus::NotExecuted));
+        }
+        self.slots.push_back(Slot::Step {
+            step: Step::Bind,
+            id,
+            planned: Some((seq, started)),
+        });
+        None
     }
 
     /// The statement the server is working on (the oldest without an outcome), by seq.
@@ -245,7 +263,7 @@ impl Tracker {
     /// Sync: steps get no reply, and a query string or FunctionCall sent in between gets no
     /// ReadyForQuery, so its group end is dropped and its statements close with the Sync's
     /// group as not executed.
-    fn skip_to_sync(&mut self) {
+    fn skip_to_sync(&mut self, out: &mut Vec<Outcome>) {
         let sync_at = self
             .slots
             .iter()
@@ -258,7 +276,13 @@ impl Tracker {
                 self.slots[i],
                 Slot::GroupEnd { sync: false, .. } | Slot::Step { .. }
             ) {
-                self.slots.remove(i);
+                if let Some(Slot::Step {
+                    planned: Some((seq, started)),
+                    ..
+                }) = self.slots.remove(i)
+                {
+                    out.push(Outcome::new(seq, started, OutcomeStatus::NotExecuted));
+                }
                 kept -= 1;
             } else {
                 i += 1;
@@ -325,9 +349,9 @@ impl Tracker {
                 self.copy_in_started();
                 self.recount_copy_starts();
             }
-            BackendEvent::ParseComplete => return self.answered(Step::Parse),
-            BackendEvent::BindComplete => return self.answered(Step::Bind),
-            BackendEvent::CloseComplete => return self.answered(Step::Close),
+            BackendEvent::ParseComplete => return self.answered(Step::Parse, out),
+            BackendEvent::BindComplete => return self.answered(Step::Bind, out),
+            BackendEvent::CloseComplete => return self.answered(Step::Close, out),
             // A RowDescription is also a query string's, and answers a Describe only when
             // one is next.
             BackendEvent::Description => {
@@ -411,10 +435,17 @@ impl Tracker {
     }
 
     /// The reply that says the server took the step at the head of the queue.
-    fn answered(&mut self, step: Step) -> Result<Option<Names>, LostTrack> {
+    fn answered(&mut self, step: Step, out: &mut Vec<Outcome>) -> Result<Option<Names>, LostTrack> {
         match self.front() {
-            Some(Slot::Step { step: next, id }) if *next == step => {
+            Some(Slot::Step {
+                step: next,
+                id,
+                planned,
+            }) if *next == step => {
                 let id = *id;
+                if let Some((seq, started)) = *planned {
+                    out.push(Outcome::new(seq, started, OutcomeStatus::Ok));
+                }
                 self.slots.pop_front();
                 Ok(Some(Names::Confirm { id, tag: None }))
             }
@@ -437,10 +468,22 @@ impl Tracker {
             _ => (None, false),
         };
         if failed_step.is_some() {
-            self.slots.pop_front();
+            if let Some(Slot::Step {
+                planned: Some((seq, started)),
+                ..
+            }) = self.slots.pop_front()
+            {
+                // The planning that failed is the Bind's own record's.
+                let mut outcome = Outcome::new(seq, started, OutcomeStatus::Error);
+                outcome.sqlstate = Some(sqlstate);
+                outcome.message = Some(message);
+                out.push(outcome);
+                self.skip_to_sync(out);
+                return Ok(());
+            }
         }
         if extended {
-            self.skip_to_sync();
+            self.skip_to_sync(out);
         }
         // The statement that failed; or, when its preparation failed (a Parse or a Bind),
         // the extended statement of the group that it kept from running. A Describe or a
@@ -519,7 +562,11 @@ impl Tracker {
         while let Some(slot) = self.slots.pop_front() {
             match slot {
                 Slot::GroupEnd { id, .. } => return Some(id),
-                Slot::CopyEnd | Slot::Step { .. } => {}
+                Slot::CopyEnd | Slot::Step { planned: None, .. } => {}
+                Slot::Step {
+                    planned: Some((seq, started)),
+                    ..
+                } => out.push(Outcome::new(seq, started, OutcomeStatus::NotExecuted)),
                 Slot::Statement {
                     seq,
                     started,
@@ -546,7 +593,12 @@ impl Tracker {
         // other open transaction's work.
         out.extend(self.awaiting_commit.take().map(|(outcome, _)| outcome));
         for slot in self.slots.drain(..) {
-            if let Slot::Statement { seq, started, .. } = slot {
+            if let Slot::Statement { seq, started, .. }
+            | Slot::Step {
+                planned: Some((seq, started)),
+                ..
+            } = slot
+            {
                 out.push(Outcome::new(seq, started, OutcomeStatus::Interrupted));
             }
         }
@@ -563,3 +615,7 @@ mod tests;
 #[cfg(test)]
 #[path = "tracker_group_tests.rs"]
 mod group_tests;
+
+#[cfg(test)]
+#[path = "tracker_planned_tests.rs"]
+mod planned_tests;

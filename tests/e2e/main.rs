@@ -29,6 +29,7 @@ mod audit_rotation;
 mod audit_trail;
 mod auth;
 mod backpressure;
+mod bind_planning;
 mod broken_pipe;
 mod cancel_tls;
 mod catalog_names;

@@ -103,6 +103,10 @@ impl Relay {
                 }
                 Verdict::Refuse(why) => return Err(End::ProtocolError(why.to_owned())),
             }
+            // A Bind plans its statement: whether its Execute follows decides its record.
+            if frame[0] == b'B' && self.bind_waits(frame, &buf[at + len..]) {
+                break;
+            }
             if let Some(stand_in) = self
                 .inspect(frame[0], &frame[5..], &mut batch.pending)
                 .map_err(End::ProtocolError)?

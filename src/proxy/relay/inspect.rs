@@ -173,14 +173,22 @@ impl Relay {
                 // Collected once, into the list the portal and its Executes' records share.
                 let params: Arc<[serde_json::Value]> =
                     bind.params.into_iter().map(param_json).collect();
-                let id = if self.discarded_past_backlog() {
+                // Named only for a Bind recorded for its planning (`planning.rs`).
+                let alone = std::mem::take(&mut self.bind_alone).then(|| bind.portal.clone());
+                let discarded = self.discarded_past_backlog();
+                let id = if discarded {
                     self.statements.message()
                 } else {
                     self.statements
                         .bind(bind.portal, bind.statement, params)
                         .map_err(|e| e.to_string())?
                 };
-                pending.push(Pending::Step(Step::Bind, id));
+                match alone {
+                    Some(portal) if !discarded => {
+                        return Ok(self.planned_bind(&portal, bind.statement, id, pending));
+                    }
+                    _ => pending.push(Pending::Step(Step::Bind, id)),
+                }
             }
             b'E' => {
                 let portal = wire::decode_execute(body).map_err(|e| e.to_string())?;

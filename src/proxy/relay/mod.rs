@@ -31,6 +31,7 @@ mod last_words;
 mod limits;
 mod names;
 mod notices;
+mod planning;
 mod record;
 mod settle;
 use settle::Settled;
@@ -182,6 +183,8 @@ pub struct Relay {
     /// A Flush is due upstream: the relay began to hold client messages until the server
     /// answers those it has (see `hold::backlogged`).
     flush_upstream: bool,
+    /// The Bind being inspected comes without its portal's Execute (see `planning.rs`).
+    bind_alone: bool,
     /// What the batch being inspected sent so far that the tracker does not know yet.
     batch: hold::BatchSoFar,
     /// Statements (by seq) that take rows from a portal (an Execute, a FETCH): a row limit
@@ -261,6 +264,7 @@ impl Relay {
             held: false,
             stand_in_portal: inspect::new_stand_in_portal(),
             flush_upstream: false,
+            bind_alone: false,
             batch: hold::BatchSoFar::default(),
             catalog_shadowed: shadowed_at_login,
             events: Vec::new(),

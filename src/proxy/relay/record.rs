@@ -32,6 +32,9 @@ pub(super) enum Pending {
     Sync(MessageId),
     /// A Parse, Bind, Close or Describe (message id), which the server answers.
     Step(Step, MessageId),
+    /// A Bind without its portal's Execute, recorded for the planning it runs (see
+    /// `planning.rs`); its outcome is the server's answer to the Bind.
+    Planned(AuditEvent, MessageId),
     CopyEnd,
     /// The next statement reads the system catalogs only: a row limit does not count it.
     RowsUncounted,
@@ -39,12 +42,13 @@ pub(super) enum Pending {
     CopyFromStdin,
 }
 
-/// Whether a statement record was sent with the extended protocol (Execute).
+/// Whether a statement record was sent with the extended protocol (an Execute, or a Bind
+/// recorded for its planning): an error makes the server skip to the next Sync.
 fn is_extended(record: &AuditEvent) -> bool {
     matches!(
         record,
         AuditEvent::Statement(StatementRecord {
-            protocol: Protocol::Extended,
+            protocol: Protocol::Extended | Protocol::Bind,
             ..
         })
     )
@@ -83,9 +87,10 @@ impl Relay {
     /// Writes the batch's statement records durably and opens their tracker slots.
     pub(super) async fn record_statements(&mut self, mut pending: Vec<Pending>) -> Result<(), End> {
         let records = pending.iter().filter_map(|p| match p {
-            Pending::Statement { record: e, .. } | Pending::Refused(e, _) | Pending::NotRun(e) => {
-                Some(e)
-            }
+            Pending::Statement { record: e, .. }
+            | Pending::Refused(e, _)
+            | Pending::NotRun(e)
+            | Pending::Planned(e, _) => Some(e),
             _ => None,
         });
         let landed = if records.clone().next().is_none() {
@@ -156,6 +161,10 @@ impl Relay {
                 Pending::QueryEnd(id) => self.tracker.query_end(id),
                 Pending::Sync(id) => self.tracker.sync(id),
                 Pending::Step(step, id) => self.tracker.step(step, id),
+                Pending::Planned(_, id) => {
+                    let seq = next_seq(&mut seqs)?;
+                    not_run.extend(self.tracker.planned_bind(id, seq, started));
+                }
                 Pending::CopyEnd => self.tracker.copy_end(),
             }
         }

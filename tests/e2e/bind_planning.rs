@@ -1,0 +1,136 @@
+//! A Bind plans its statement, and planning runs functions: PostgreSQL folds an immutable
+//! call with constant arguments while it builds the portal's plan, at Bind, before any
+//! Execute. A database function marked IMMUTABLE that calls a volatile one therefore writes
+//! at Bind. A Bind whose portal's Execute does not follow has a record of its own
+//! (`protocol: "bind"`), durable before the Bind goes upstream; a Bind whose Execute
+//! follows, however the client's writes split them, is covered by that Execute's record.
+
+use std::time::Duration;
+
+use lockbox::policy::AccessLevel;
+use serde_json::Value;
+
+use crate::frontend::{bind, execute, parse, sync};
+use crate::harness::{errors_in, rows_in, Env, Raw};
+
+/// `planning_fold(n)` is IMMUTABLE, so the planner runs it; it calls `planning_write(n)`,
+/// which writes `n` into `planning_hits` (as its owner, whatever the caller may do).
+fn create_functions(env: &Env) {
+    env.superuser_sql(
+        "CREATE TABLE planning_hits (n int);
+         CREATE FUNCTION planning_write(n int) RETURNS int LANGUAGE plpgsql
+           SECURITY DEFINER AS $$ BEGIN INSERT INTO planning_hits VALUES (n); RETURN n; END $$;
+         CREATE FUNCTION planning_fold(n int) RETURNS int LANGUAGE plpgsql IMMUTABLE
+           AS $$ BEGIN PERFORM planning_write(n); RETURN n; END $$;
+         CREATE FUNCTION prepare_hidden() RETURNS int LANGUAGE plpgsql
+           AS $$ BEGIN EXECUTE 'PREPARE hidden AS SELECT planning_fold(43)'; RETURN 0; END $$;
+         GRANT EXECUTE ON FUNCTION planning_fold(int), planning_write(int), prepare_hidden()
+           TO PUBLIC;",
+    );
+}
+
+fn hits(env: &Env, n: i32) -> String {
+    env.superuser_sql(&format!("SELECT count(*) FROM planning_hits WHERE n = {n}"))
+}
+
+/// The request's statement records of `text`, with their outcome's status.
+async fn records_of(env: &Env, id: &str, text: &str) -> Vec<(String, String)> {
+    let trail = env
+        .wait_for_audit("an outcome for each statement", |t| {
+            let ours: Vec<&Value> = t.iter().filter(|r| r["request_id"] == id).collect();
+            ours.iter()
+                .filter(|r| r["type"] == "statement" && r["statement"] == text)
+                .all(|s| {
+                    ours.iter()
+                        .any(|o| o["type"] == "outcome" && o["statement_seq"] == s["seq"])
+                })
+        })
+        .await;
+    let status = |seq: &Value| {
+        trail
+            .iter()
+            .find(|o| o["type"] == "outcome" && &o["statement_seq"] == seq)
+            .map(|o| o["status"].as_str().unwrap_or("").to_owned())
+            .unwrap_or_default()
+    };
+    trail
+        .iter()
+        .filter(|r| r["request_id"] == id && r["type"] == "statement" && r["statement"] == text)
+        .map(|r| {
+            (
+                r["protocol"].as_str().unwrap_or("").to_owned(),
+                status(&r["seq"]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_without_its_execute_is_recorded_for_the_planning_it_runs() {
+    let env = Env::start("bind_planning").await;
+    create_functions(&env);
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+
+    // Parse, Bind, Sync: the server plans, so the function writes, with no Execute.
+    let alone = "SELECT planning_fold(41)";
+    raw.send(&[parse("", alone), bind("", ""), sync()].concat())
+        .await;
+    let answer = raw.read_until_ready().await;
+    assert!(errors_in(&answer).is_empty(), "{:?}", errors_in(&answer));
+    assert_eq!(hits(&env, 41), "1", "the planner ran the function at Bind");
+    assert_eq!(
+        records_of(&env, &id, alone).await,
+        [("bind".to_owned(), "ok".to_owned())],
+        "the planning that wrote has its record"
+    );
+
+    // The Bind at the end of one write, its Execute in the next: it waits for the Execute,
+    // whose record covers it, rather than go alone.
+    let split = "SELECT planning_fold(42)";
+    raw.send(&[parse("", split), bind("", "")].concat()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hits(&env, 42), "0", "the Bind waited for what follows it");
+    raw.send(&[execute(""), sync()].concat()).await;
+    raw.read_until_ready().await;
+    assert_eq!(hits(&env, 42), "1");
+    assert_eq!(
+        records_of(&env, &id, split).await,
+        [("extended".to_owned(), "ok".to_owned())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_of_a_statement_lockbox_never_saw_prepared_is_refused_below_admin() {
+    let env = Env::start("bind_unknown").await;
+    create_functions(&env);
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    // Server-side code prepares a statement the client never sent.
+    raw.send(&crate::harness::query("SELECT prepare_hidden()"))
+        .await;
+    let answer = raw.read_until_ready().await;
+    assert!(errors_in(&answer).is_empty(), "{:?}", errors_in(&answer));
+    raw.send(&[bind("", "hidden"), sync()].concat()).await;
+    let answer = raw.read_until_ready_after_error().await;
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["42501"], "{:?}", errors_in(&answer));
+    assert_eq!(hits(&env, 43), "0", "nothing was planned");
+    raw.send(&crate::harness::query(
+        "SELECT name FROM pg_prepared_statements WHERE name = 'hidden'",
+    ))
+    .await;
+    let answer = raw.read_until_ready().await;
+    assert_eq!(rows_in(&answer), 1, "the server holds the hidden statement");
+    let text = "-- Bind of statement \"hidden\", whose statement lockbox did not see prepared";
+    assert_eq!(
+        records_of(&env, &id, text).await,
+        [("bind".to_owned(), "refused".to_owned())]
+    );
+}
