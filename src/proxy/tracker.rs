@@ -328,7 +328,7 @@ impl Tracker {
             self.settle_awaiting_commit(&event, out);
         }
         match event {
-            BackendEvent::Complete(tag) => return Ok(self.complete(tag, out)),
+            BackendEvent::Complete(tag) => return self.complete(tag, out),
             BackendEvent::Empty | BackendEvent::Suspended | BackendEvent::FunctionResult => {
                 out.extend(self.pop_statement(OutcomeStatus::Ok))
             }
@@ -338,6 +338,16 @@ impl Tracker {
                 let failed = self.error(sqlstate, message, out);
                 self.recount_copy_starts();
                 failed?
+            }
+            BackendEvent::Ready(_)
+                if !self
+                    .slots
+                    .iter()
+                    .any(|s| matches!(s, Slot::GroupEnd { .. })) =>
+            {
+                return Err(LostTrack(
+                    "a ReadyForQuery that ends no group lockbox saw sent".to_owned(),
+                ));
             }
             BackendEvent::Ready(status) => {
                 self.transaction_status = status;
@@ -370,7 +380,14 @@ impl Tracker {
         Ok(None)
     }
 
-    fn complete(&mut self, tag: String, out: &mut Vec<Outcome>) -> Option<Names> {
+    /// A CommandComplete answers the statement at the head of the queue; one that finds
+    /// none answers a message lockbox did not see sent (a review's Flush with a body made
+    /// the server skip a group the tracker still waited for).
+    fn complete(
+        &mut self,
+        tag: String,
+        out: &mut Vec<Outcome>,
+    ) -> Result<Option<Names>, LostTrack> {
         let (change, extended, started) = match self.front() {
             Some(Slot::Statement {
                 change,
@@ -378,9 +395,15 @@ impl Tracker {
                 started,
                 ..
             }) => (*change, *extended, *started),
-            _ => (None, false, Instant::now()),
+            _ => {
+                return Err(LostTrack(format!(
+                    "the server completed a statement ({tag}) that lockbox did not see sent next"
+                )))
+            }
         };
-        let mut outcome = self.pop_statement(OutcomeStatus::Ok)?;
+        let Some(mut outcome) = self.pop_statement(OutcomeStatus::Ok) else {
+            return Ok(None);
+        };
         if self.copy_with_syncs == Some(outcome.statement_seq) {
             // It read everything up to the client's CopyDone: the Syncs among it too.
             self.copy_with_syncs = None;
@@ -403,7 +426,7 @@ impl Tracker {
         } else {
             out.push(outcome);
         }
-        names
+        Ok(names)
     }
 
     /// The outcome held for the commit at a Sync (see `awaiting_commit`), when the next

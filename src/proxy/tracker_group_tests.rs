@@ -57,3 +57,37 @@ fn what_no_ready_for_query_is_sure_to_close_is_not() {
     t.query_end(0);
     assert!(!t.one_group_open(), "a COPY FROM STDIN to come");
 }
+
+#[test]
+fn a_completion_or_a_ready_that_answers_nothing_sent_loses_track() {
+    // A review's Flush with a body made the server skip a group the tracker still waited
+    // for: every later reply answered the message before its own. Such a reply now ends
+    // the session instead.
+    let now = Instant::now();
+    let mut out = Vec::new();
+    let mut t = tracker();
+    t.sync(1);
+    let completed = t.on_event(BackendEvent::Complete("SELECT 1".into()), &mut out);
+    assert!(
+        completed.is_err(),
+        "a CommandComplete with no statement sent"
+    );
+
+    let mut t = tracker();
+    t.statement(1, now, false);
+    let ready = t.on_event(BackendEvent::Ready(b'I'), &mut out);
+    assert!(ready.is_err(), "a ReadyForQuery that ends no group sent");
+
+    // The same replies, where they answer what was sent, settle it.
+    let mut t = tracker();
+    t.statement(1, now, false);
+    t.query_end(2);
+    for event in [
+        BackendEvent::Complete("SELECT 1".into()),
+        BackendEvent::Ready(b'I'),
+    ] {
+        t.on_event(event, &mut out).expect("answers what was sent");
+    }
+    assert_eq!(out.len(), 1);
+    assert!(t.is_idle());
+}

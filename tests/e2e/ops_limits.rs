@@ -29,17 +29,18 @@ async fn past_max_connections_a_client_gets_53300_before_any_login() {
     let (code, message) = db_error(&refused);
     assert_eq!(code, "53300", "{message}");
     assert!(message.contains("max_connections"), "{message}");
-    // Refused before any work: no login was looked at, so nothing was audited for it.
+    first
+        .simple_query("SELECT 1")
+        .await
+        .expect("the first runs on");
+    // Refused before any work: no login was looked at, so nothing was audited for it (the
+    // first session's `connected` record is in the file by its statement's).
     let connected = env
         .audit()
         .iter()
         .filter(|r| r["event"] == "connected" || r["event"] == "authentication_failed")
         .count();
     assert_eq!(connected, 1, "only the first session reached login");
-    first
-        .simple_query("SELECT 1")
-        .await
-        .expect("the first runs on");
     // A cancel still goes through a full proxy.
     let cancel = first.cancel_token();
     let sleeper = tokio::spawn(async move {

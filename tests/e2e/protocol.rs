@@ -193,6 +193,54 @@ async fn wrong_message_order_after_login_is_a_protocol_violation() {
     .await;
 }
 
+/// A Flush with a body is an error to the server, which then skips everything up to the
+/// next Sync, query strings included: no reply of the tracker's model would come, and every
+/// later reply would be matched to the statement before its own (a review read a table
+/// under another statement's record that way). Sync, Flush, Terminate and CopyDone have no
+/// body: one that has ends the session, and nothing after it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bodiless_message_with_a_body_ends_the_session_before_anything_after_it_runs() {
+    let env = Env::start("proto_bodiless").await;
+    for (tag, name) in [
+        (b'H', "Flush"),
+        (b'S', "Sync"),
+        (b'c', "CopyDone"),
+        (b'X', "Terminate"),
+    ] {
+        let (id, token) = env.approved_token("eve", "1h").await;
+        let mut raw = Raw::login(&env, "eve", &token).await;
+        raw.read_until_ready().await;
+        let before = format!("SELECT 'before the bad {name}'");
+        let after = format!("SELECT 'after the bad {name}'");
+        raw.send(&crate::harness::query(&before)).await;
+        raw.read_until_ready().await;
+        raw.send(
+            &[
+                message(tag, b"x"),
+                crate::harness::query(&after),
+                message(b'S', b""),
+            ]
+            .concat(),
+        )
+        .await;
+        let reply = raw.read_to_close().await;
+        let errors = errors_in(&reply);
+        assert_eq!(errors.len(), 1, "{name}: {errors:?}");
+        assert_eq!(errors[0].0, "08P01", "{name}");
+        assert!(errors[0].1.contains(name), "{name}: {}", errors[0].1);
+        let trail = env
+            .wait_for_audit("the disconnect", |records| {
+                records
+                    .iter()
+                    .any(|r| r["request_id"] == id.as_str() && r["event"] == "disconnected")
+            })
+            .await;
+        let recorded = |text: &str| trail.iter().any(|r| r["statement"] == text);
+        assert!(recorded(&before), "{name}: what came before it ran");
+        assert!(!recorded(&after), "{name}: nothing after it was sent");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_beyond_the_size_limit_is_refused_before_it_is_buffered() {
     let env = Env::start("proto_huge").await;

@@ -27,6 +27,7 @@ impl Relay {
         body: &[u8],
         pending: &mut Vec<Pending>,
     ) -> Result<Option<Vec<u8>>, String> {
+        bodiless(tag, body)?;
         match tag {
             b'Q' => {
                 let text = wire::decode_query(body).map_err(|e| e.to_string())?;
@@ -548,6 +549,26 @@ pub(super) fn stand_in_query() -> Vec<u8> {
 /// An Execute of a portal that does not exist, so it fails like the stand-in query. Its
 /// name is the session's own, random (`new_stand_in_portal`): a client that could name it
 /// could Bind a portal of its own under it, which a refused Execute would then run.
+/// Sync, Flush, Terminate and CopyDone have no body, and the server reads one that has as
+/// an error of its own: a Flush's makes it skip everything up to the next Sync, replies to
+/// no message the tracker could know of. No client sends one; the session ends (08P01).
+fn bodiless(tag: u8, body: &[u8]) -> Result<(), String> {
+    let name = match tag {
+        b'S' => "Sync",
+        b'H' => "Flush",
+        b'X' => "Terminate",
+        b'c' => "CopyDone",
+        _ => return Ok(()),
+    };
+    if body.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{name} message with a body of {} bytes (it has none)",
+        body.len()
+    ))
+}
+
 pub(super) fn stand_in_execute(portal: &str) -> Vec<u8> {
     tagged(b'E', &[portal.as_bytes(), b"\0\0\0\0\0"].concat())
 }
