@@ -230,6 +230,13 @@ pub const SQL_AS_TEXT: &[&str] = &[
     "cursor_to_xmlschema",
 ];
 
+/// Built-ins the guard judges by their arguments (the setting named, the relation named in
+/// text or by OID): called from a view, a rule, a default or a check, their arguments are out
+/// of sight, so such a relation runs them as it would a database function (see `provision`'s
+/// function links). `nextval` and `setval` are not among them: a serial column's default
+/// calls them with its own sequence, a link of its own.
+pub const JUDGED_BY_ARGUMENTS: &[&str] = &["set_config", "pg_sequence_last_value", "currtid2"];
+
 /// Functions of common extensions that reach other servers or run SQL as text where the
 /// audit cannot see it: refused below admin whatever schema they are installed in.
 pub(crate) fn extension_escalation(name: &str) -> Option<&'static str> {

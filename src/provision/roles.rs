@@ -300,7 +300,11 @@ pub(super) async fn database_code(
             type_links.push(row);
         }
     }
-    let text_sql: Vec<&str> = crate::guard::SQL_AS_TEXT.to_vec();
+    let text_sql: Vec<&str> = crate::guard::SQL_AS_TEXT
+        .iter()
+        .chain(crate::guard::JUDGED_BY_ARGUMENTS)
+        .copied()
+        .collect();
     let mut rows = client.query(RELATION_LINKS, &[]).await.map_err(failed(
         db,
         "listing how the database's relations reach each other",
@@ -361,7 +365,9 @@ pub(super) async fn database_code(
 /// function: one of the database's own (not built in; the walk does not enter extensions),
 /// any function a view, policy or trigger calls by name (an extension's `crosstab` or
 /// `check_foreign_key` runs SQL out of sight too), or a built-in that runs SQL given as text
-/// (`$1`; those are pinned, so not in `pg_depend`: found in the parts' expression trees).
+/// or that the guard judges by its arguments (`$1`: `set_config` in a rule opened an
+/// off-limits schema to a review; those are pinned, so not in `pg_depend`: found in the
+/// parts' expression trees).
 const FUNCTION_LINKS: &str = "\
     WITH RECURSIVE \
     ext AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e'), \
@@ -426,7 +432,11 @@ const FUNCTION_LINKS: &str = "\
 /// `9::mood`, `m::text`, `to_json(row)`), when it is one of the type's own (input, output, a
 /// domain's default), when a domain's check calls it (directly or through an operator:
 /// `7::posint`), or when the type's default operator class is built on it (ORDER BY,
-/// DISTINCT, GROUP BY, comparisons); and every type built on such a type runs it too (a
+/// DISTINCT, GROUP BY, comparisons) — a built-in type's too where the class is btree's or
+/// hash's, which sorting, grouping and hashing use unasked (an attack review's default
+/// btree class for `json` ran its comparison function on `ORDER BY payload`; a database's
+/// own default class of another method runs only in an index, which names its columns'
+/// types); and every type built on such a type runs it too (a
 /// domain over it, an array of it, a composite or a table's row with a field of it).
 ///
 /// Rows: `ty` (a type's schema and name, the function's, the type's OID, which a Parse may
@@ -445,6 +455,7 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
                          AND d.objid = p.oid AND d.deptype = 'e')), \
     builtin_type AS (SELECT oid FROM pg_catalog.pg_type \
        WHERE typnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)), \
+    implicit_am AS (SELECT oid FROM pg_catalog.pg_am WHERE amname IN ('btree', 'hash')), \
     direct (typ, fn, on_read) AS ( \
       SELECT x.typ, c.castfunc, true FROM pg_catalog.pg_cast c, LATERAL (VALUES (c.castsource), (c.casttarget)) AS x (typ) \
        WHERE c.castfunc IN (SELECT oid FROM db_function) \
@@ -463,12 +474,12 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
          AND d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_operator'::regclass) \
       UNION SELECT c.opcintype, p.amproc, true FROM pg_catalog.pg_opclass c \
          JOIN pg_catalog.pg_amproc p ON p.amprocfamily = c.opcfamily \
-       WHERE c.opcdefault AND c.opcintype NOT IN (SELECT oid FROM builtin_type) \
+       WHERE c.opcdefault AND (c.opcintype NOT IN (SELECT oid FROM builtin_type) OR c.opcmethod IN (SELECT oid FROM implicit_am)) \
          AND p.amproc IN (SELECT oid FROM db_function) \
       UNION SELECT c.opcintype, o.oprcode, true FROM pg_catalog.pg_opclass c \
          JOIN pg_catalog.pg_amop a ON a.amopfamily = c.opcfamily \
          JOIN pg_catalog.pg_operator o ON o.oid = a.amopopr \
-       WHERE c.opcdefault AND c.opcintype NOT IN (SELECT oid FROM builtin_type) \
+       WHERE c.opcdefault AND (c.opcintype NOT IN (SELECT oid FROM builtin_type) OR c.opcmethod IN (SELECT oid FROM implicit_am)) \
          AND o.oprcode IN (SELECT oid FROM db_function)), \
     built_on (base, typ) AS ( \
       SELECT typbasetype, oid FROM pg_catalog.pg_type WHERE typbasetype <> 0 \

@@ -318,6 +318,23 @@ const CODE: &str = "
     GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC;
     CREATE FUNCTION on_ddl() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END';
     CREATE EVENT TRIGGER on_ddl ON ddl_command_start EXECUTE FUNCTION on_ddl();
+    CREATE TABLE prefs (name text, setting text);
+    CREATE RULE prefs_apply AS ON INSERT TO prefs
+        DO INSTEAD SELECT set_config(NEW.name, NEW.setting, false);
+    CREATE VIEW seq_status AS SELECT c.relname, pg_sequence_last_value(c.oid) AS last
+        FROM pg_class c WHERE c.relkind = 'S';
+    CREATE FUNCTION json_cmp(a json, b json) RETURNS int LANGUAGE sql IMMUTABLE
+        AS 'SELECT bttextcmp(a::text, b::text)';
+    CREATE FUNCTION json_lt(json, json) RETURNS bool LANGUAGE sql IMMUTABLE
+        AS 'SELECT json_cmp($1, $2) < 0';
+    CREATE FUNCTION json_eq(json, json) RETURNS bool LANGUAGE sql IMMUTABLE
+        AS 'SELECT json_cmp($1, $2) = 0';
+    CREATE OPERATOR <# (LEFTARG = json, RIGHTARG = json, FUNCTION = json_lt);
+    CREATE OPERATOR =# (LEFTARG = json, RIGHTARG = json, FUNCTION = json_eq);
+    CREATE OPERATOR CLASS json_btree_ops DEFAULT FOR TYPE json USING btree AS
+        OPERATOR 1 <#, OPERATOR 3 =#, FUNCTION 1 json_cmp(json, json);
+    CREATE TABLE events (id int, payload json);
+    GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC;
 ";
 
 /// With guardrails in force a database function may not run out of the guard's sight: not
@@ -392,6 +409,23 @@ async fn relations_that_run_a_database_function_are_opaque() {
         ),
         // A named operator class runs its support functions, which may be the database's.
         ("CREATE INDEX ON items (id int4_ops)", "operator class"),
+        // Built-ins judged by their arguments, where a rule or a view hides them (an
+        // attack review put an off-limits schema on the search path through the rule).
+        (
+            "INSERT INTO prefs VALUES ('search_path', 'public')",
+            "set_config",
+        ),
+        ("SELECT * FROM seq_status", "pg_sequence_last_value"),
+        // A database's default btree class of a built-in type runs its functions when a
+        // sort or a comparison uses the type.
+        (
+            "SELECT payload FROM events ORDER BY payload",
+            "public.json_",
+        ),
+        (
+            "SELECT DISTINCT x FROM (VALUES ('{}'::json)) AS v (x)",
+            "the type json",
+        ),
     ] {
         let error = client.batch_execute(sql).await.expect_err(sql);
         let (code, message) = db_error(&error);
