@@ -524,6 +524,15 @@ impl AuditLog {
         Ok((landed, durable))
     }
 
+    /// Writes `events` to the file now, behind everything appended before, and returns
+    /// without waiting for an fsync: they are durable with the next sync someone waits for
+    /// (or within `sync_interval`). An error means they are not in the file.
+    pub(crate) fn append_written(&self, events: &[AuditEvent]) -> Result<u64, AuditError> {
+        self.write(events.iter(), Mode::Now { sync: false })
+            .map(|landed| landed.first())
+            .map_err(|unwritten| unwritten.error)
+    }
+
     /// Chains `events` behind everything appended before and returns at once. For records
     /// that follow an action already taken (outcomes, disconnects): they ride the next
     /// append's write (or the syncer writes them within [`FLUSH_AFTER`]) and are fsynced

@@ -350,28 +350,14 @@ impl Statements {
         }
     }
 
-    /// Whether a Bind of the statement `name` has the server plan it (see
-    /// `relay/planning.rs`): a query (SELECT, INSERT, UPDATE, DELETE, MERGE), or a statement
-    /// lockbox does not know. Utility statements are planned as they run, and one that runs
-    /// a prepared statement or cursor by name is such a statement.
-    pub fn planned_at_bind(&self, name: &str) -> bool {
-        let prepared = match self.deciding_statement(name) {
-            Some((_, Change::Parse(_, p) | Change::Sql(SqlChange::Prepare(_, p)))) => Some(p),
-            Some(_) => None,
-            None => self.prepared.get(name),
-        };
-        prepared.is_none_or(|p| {
-            p.names.is_none()
-                && matches!(
-                    p.kind,
-                    StatementKind::Select
-                        | StatementKind::Insert
-                        | StatementKind::Update
-                        | StatementKind::Delete
-                        | StatementKind::Merge
-                        | StatementKind::Unknown
-                )
-        })
+    /// Whether lockbox saw the statement `name` prepared (a Parse or SQL PREPARE it
+    /// recorded): server-side code can prepare one it did not.
+    pub fn knows_statement(&self, name: &str) -> bool {
+        match self.deciding_statement(name) {
+            Some((_, Change::Parse(..) | Change::Sql(SqlChange::Prepare(..)))) => true,
+            Some(_) => false,
+            None => self.prepared.contains_key(name),
+        }
     }
 
     /// The portal `name` as the next Execute will find it.

@@ -195,7 +195,15 @@ pub fn cstr_at(body: &[u8], n: usize) -> Option<Cow<'_, str>> {
 
 /// Execute ('E'): the portal name.
 pub fn decode_execute(body: &[u8]) -> Result<String, FrameError> {
-    Reader { body }.name()
+    let mut r = Reader { body };
+    let name = r.name()?;
+    // The row limit: an Execute without it (or with more) fails at the server only after
+    // its Bind planned the statement, so it is refused before it is sent.
+    r.bytes(4)?;
+    if !r.body.is_empty() {
+        return Err(FrameError::Malformed);
+    }
+    Ok(name)
 }
 
 /// Describe ('D'): `(b'S' | b'P', name)`. Nothing runs, but its name is held to the same
@@ -333,6 +341,12 @@ mod tests {
         check(|b| decode_bind(b).is_ok(), b"\0\0\xff\xff");
         check(|b| decode_close(b).is_ok(), b"");
         check(|b| decode_execute(b).is_ok(), b"portal");
+        // An Execute whose row limit is missing or followed by more: the server plans its
+        // portal's statement at Bind and fails the Execute only after.
+        check(|b| decode_execute(b).is_ok(), b"portal\0");
+        check(|b| decode_execute(b).is_ok(), b"portal\0\0\0");
+        check(|b| decode_execute(b).is_ok(), b"portal\0\0\0\0\0\0");
+        assert_eq!(decode_execute(b"portal\0\0\0\0\0").as_deref(), Ok("portal"));
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub enum FrameError {
     /// A message whose body ends before the fields it declares (PostgreSQL's words for it).
     #[error("insufficient data left in message")]
     Truncated,
+    /// A message with bytes after its last field (PostgreSQL's words for it).
+    #[error("invalid message format")]
+    Malformed,
     /// PostgreSQL keys prepared statements and portals by a name's first 63 bytes
     /// (NAMEDATALEN - 1): two longer names alike that far are one to the server, and lockbox
     /// could record one statement's text while the other runs.

@@ -22,6 +22,7 @@ fn create_functions(env: &Env) {
            SECURITY DEFINER AS $$ BEGIN INSERT INTO planning_hits VALUES (n); RETURN n; END $$;
          CREATE FUNCTION planning_fold(n int) RETURNS int LANGUAGE plpgsql IMMUTABLE
            AS $$ BEGIN PERFORM planning_write(n); RETURN n; END $$;
+         CREATE DOMAIN planning_checked AS text CHECK (planning_write(length(VALUE)) > 0);
          CREATE FUNCTION prepare_hidden() RETURNS int LANGUAGE plpgsql
            AS $$ BEGIN EXECUTE 'PREPARE hidden AS SELECT planning_fold(43)'; RETURN 0; END $$;
          GRANT EXECUTE ON FUNCTION planning_fold(int), planning_write(int), prepare_hidden()
@@ -103,6 +104,43 @@ async fn a_bind_without_its_execute_is_recorded_for_the_planning_it_runs() {
     );
 }
 
+/// A Bind converts its parameters whatever its statement: a domain's check runs then, for
+/// a utility statement too (a review ran one through `SHOW work_mem` given a parameter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_of_any_statement_is_recorded_since_its_parameters_run_domain_checks() {
+    let env = Env::start("bind_parameters").await;
+    create_functions(&env);
+    let domain = env.superuser_sql("SELECT 'planning_checked'::regtype::oid");
+    let domain: u32 = domain.trim().parse().expect("an OID");
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    let shown = "SHOW work_mem";
+    let mut typed_parse = b"\0".to_vec();
+    typed_parse.extend_from_slice(shown.as_bytes());
+    typed_parse.push(0);
+    typed_parse.extend_from_slice(&1i16.to_be_bytes());
+    typed_parse.extend_from_slice(&domain.to_be_bytes());
+    raw.send(
+        &[
+            crate::harness::message(b'P', &typed_parse),
+            crate::frontend::bind_with("", "", &["seven!!"]),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_until_ready().await;
+    assert!(errors_in(&answer).is_empty(), "{:?}", errors_in(&answer));
+    assert_eq!(hits(&env, 7), "1", "the domain's check ran at Bind");
+    assert_eq!(
+        records_of(&env, &id, shown).await,
+        [("bind".to_owned(), "ok".to_owned())]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bind_of_a_statement_lockbox_never_saw_prepared_is_refused_below_admin() {
     let env = Env::start("bind_unknown").await;
@@ -117,7 +155,10 @@ async fn a_bind_of_a_statement_lockbox_never_saw_prepared_is_refused_below_admin
         .await;
     let answer = raw.read_until_ready().await;
     assert!(errors_in(&answer).is_empty(), "{:?}", errors_in(&answer));
-    raw.send(&[bind("", "hidden"), sync()].concat()).await;
+    // Its Execute follows, and is refused too: the Bind itself must not go, since the
+    // server would plan the hidden statement at Bind (a review's refused Execute let it).
+    raw.send(&[bind("", "hidden"), execute(""), sync()].concat())
+        .await;
     let answer = raw.read_until_ready_after_error().await;
     let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
     assert_eq!(codes, ["42501"], "{:?}", errors_in(&answer));

@@ -119,6 +119,8 @@ impl Relay {
                 break;
             }
         }
+        // A Bind whose Execute stays behind (held, or not sent yet) goes with a record.
+        self.bind_covered_by(None, &mut batch.pending);
         Ok(batch)
     }
 

@@ -13,13 +13,13 @@ use crate::proxy::registry::Control;
 
 /// What the loop needs around the relay: a runtime for its timers and an audit log it is
 /// never asked to write to (inspection only gathers records).
-struct Fixture {
-    runtime: tokio::runtime::Runtime,
+pub(super) struct Fixture {
+    pub(super) runtime: tokio::runtime::Runtime,
     audit: AuditLog,
     _dir: tempfile::TempDir,
 }
 
-fn fixture() -> Result<&'static Fixture, String> {
+pub(super) fn fixture() -> Result<&'static Fixture, String> {
     static FIXTURE: OnceLock<Result<Fixture, String>> = OnceLock::new();
     FIXTURE
         .get_or_init(|| {
@@ -87,7 +87,7 @@ pub(crate) fn inspect_client_bytes(
     Ok(inspected)
 }
 
-fn relay(fixture: &Fixture, access: AccessLevel, max_message: usize) -> Relay {
+pub(super) fn relay(fixture: &Fixture, access: AccessLevel, max_message: usize) -> Relay {
     let (client, _) = tokio::io::duplex(64);
     let (upstream, _) = tokio::io::duplex(64);
     let (_kill, control) = tokio::sync::watch::channel(Control::Run);

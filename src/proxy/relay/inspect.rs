@@ -28,6 +28,7 @@ impl Relay {
         pending: &mut Vec<Pending>,
     ) -> Result<Option<Vec<u8>>, String> {
         bodiless(tag, body)?;
+        self.bind_covered_by(Some((tag, body)), pending);
         match tag {
             b'Q' => {
                 let text = wire::decode_query(body).map_err(|e| e.to_string())?;
@@ -174,22 +175,30 @@ impl Relay {
                 // Collected once, into the list the portal and its Executes' records share.
                 let params: Arc<[serde_json::Value]> =
                     bind.params.into_iter().map(param_json).collect();
-                // Named only for a Bind recorded for its planning (`planning.rs`).
-                let alone = std::mem::take(&mut self.bind_alone).then(|| bind.portal.clone());
-                let discarded = self.discarded_past_backlog();
-                let id = if discarded {
-                    self.statements.message()
-                } else {
-                    self.statements
-                        .bind(bind.portal, bind.statement, params)
-                        .map_err(|e| e.to_string())?
-                };
-                match alone {
-                    Some(portal) if !discarded => {
-                        return Ok(self.planned_bind(&portal, bind.statement, id, pending));
-                    }
-                    _ => pending.push(Pending::Step(Step::Bind, id)),
+                // What a Bind runs is covered by a record (see `planning.rs`), unless the
+                // server discards it (it skips to a Sync).
+                if self.discarded_past_backlog() {
+                    self.bind_alone = false;
+                    pending.push(Pending::Step(Step::Bind, self.statements.message()));
+                    return Ok(None);
                 }
+                if self.grant.access != AccessLevel::Admin
+                    && !self.statements.knows_statement(bind.statement)
+                {
+                    self.bind_alone = false;
+                    return Ok(Some(self.refuse_unknown_bind(
+                        &bind.portal,
+                        bind.statement,
+                        params,
+                        pending,
+                    )));
+                }
+                let portal = bind.portal.clone();
+                let id = self
+                    .statements
+                    .bind(bind.portal, bind.statement, params)
+                    .map_err(|e| e.to_string())?;
+                self.bind_step(portal, bind.statement, id, pending);
             }
             b'E' => {
                 let portal = wire::decode_execute(body).map_err(|e| e.to_string())?;

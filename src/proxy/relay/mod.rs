@@ -185,6 +185,8 @@ pub struct Relay {
     flush_upstream: bool,
     /// The Bind being inspected comes without its portal's Execute (see `planning.rs`).
     bind_alone: bool,
+    /// The batch's last Bind, until its Execute is inspected (see `planning.rs`).
+    bind_unexecuted: Option<planning::Unexecuted>,
     /// What the batch being inspected sent so far that the tracker does not know yet.
     batch: hold::BatchSoFar,
     /// Statements (by seq) that take rows from a portal (an Execute, a FETCH): a row limit
@@ -265,6 +267,7 @@ impl Relay {
             stand_in_portal: inspect::new_stand_in_portal(),
             flush_upstream: false,
             bind_alone: false,
+            bind_unexecuted: None,
             batch: hold::BatchSoFar::default(),
             catalog_shadowed: shadowed_at_login,
             events: Vec::new(),

@@ -1,38 +1,46 @@
-//! A Bind plans its statement: PostgreSQL builds the portal's plan at Bind, not at Execute,
-//! and planning runs functions (an immutable or stable call with constant arguments is
-//! folded, an INSERT's column defaults are evaluated), so a database function among them
-//! runs then — and may do anything, through the volatile functions it calls. Where the
-//! portal's Execute follows its Bind, that Execute's record, durable before the batch goes
-//! upstream, covers the planning too. A Bind without it gets a record of its own
-//! (`protocol: "bind"`, its outcome the server's answer to the Bind), so no planning runs
-//! unrecorded. Whether the Execute follows is read from the client's next messages: a Bind
-//! at the end of what the client sent so far waits in the buffer for them. That delays no
-//! reply: the server answers a Bind only at the client's next Flush or Sync.
+//! A Bind runs code before any Execute: PostgreSQL converts its parameters (a domain's
+//! check runs then) and plans a query (planning folds an immutable or stable call with
+//! constant arguments and evaluates an INSERT's column defaults), so a database function
+//! among them runs at Bind — and may do anything, through the volatile functions it calls.
+//! A Bind goes upstream only behind a durable record that covers it: its portal's Execute's,
+//! when that Execute is inspected in the same batch right after it (past Describes of the
+//! portal), or else a record of its own (`protocol: "bind"`, its outcome the server's answer
+//! to the Bind). A Bind at the end of what the client sent so far waits in the buffer for
+//! the client's next messages to tell; that delays no reply, since the server answers a
+//! Bind only at the client's next Flush or Sync. A review showed why "the Execute follows"
+//! must mean "inspected in the same batch": an Execute held back (the backlog bound) let
+//! its Bind go upstream alone, and the server planned it while no record existed.
 
 use std::sync::Arc;
 
 use super::names::unknown_name_refusal;
 use super::{Pending, Relay};
-use crate::audit::Protocol;
-use crate::policy::AccessLevel;
-use crate::proxy::statements::MessageId;
+use crate::audit::{AuditEvent, Protocol};
 use crate::proxy::tracker::Step;
 use crate::wire;
 
 /// How far past a Bind the client's messages are searched for its Execute. Clients send
-/// the Execute next, or after a Describe of the portal; past this many bytes of other
-/// messages the Bind is taken to come alone.
+/// the Execute next, or after a Describe of the portal; past this many bytes of such
+/// Describes the Bind is taken to come alone.
 const LOOKAHEAD: usize = 64 << 10;
 
 /// What follows a Bind in what the client sent so far.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum AfterBind {
-    /// The Execute of its portal (past Describes).
+    /// The Execute of its portal (past Describes of the portal).
     Execute,
     /// Another message first, or more than [`LOOKAHEAD`] bytes of Describes.
     Alone,
     /// Not known until the client sends more.
     NotYet,
+}
+
+/// A Bind whose portal's Execute the client sent right after it, not inspected yet: the
+/// Bind's pending step, and its portal and statement.
+pub(super) struct Unexecuted {
+    at: usize,
+    portal: String,
+    statement: String,
 }
 
 /// What follows a Bind of `portal`: `rest` is what the client sent after it.
@@ -51,14 +59,14 @@ pub(super) fn after_bind(rest: &[u8], portal: &[u8], max_message: usize) -> Afte
             // Refused as it is inspected.
             Err(_) => return AfterBind::Alone,
         };
-        if tag == b'E' {
-            let body = &rest[at + 5..at + len];
-            let named = body.iter().position(|b| *b == 0).map(|end| &body[..end]);
-            return if named == Some(portal) {
-                AfterBind::Execute
-            } else {
-                AfterBind::Alone
-            };
+        let body = &rest[at + 5..at + len];
+        match tag {
+            b'E' if named(body) == Some(portal) => return AfterBind::Execute,
+            // A Describe of the portal cannot fail once it is bound; any other Describe
+            // can, and the server would then skip the Execute (a review's Describe of a
+            // missing statement between them).
+            b'D' if body.first() == Some(&b'P') && named(&body[1..]) == Some(portal) => {}
+            _ => return AfterBind::Alone,
         }
         at += len;
     }
@@ -69,17 +77,11 @@ impl Relay {
     /// comes alone (see [`Relay::bind_step`]). `rest`: what the client sent after it.
     pub(super) fn bind_waits(&mut self, frame: &[u8], rest: &[u8]) -> bool {
         let body = &frame[5..];
-        let (Some(portal_end), Some(statement)) =
-            (body.iter().position(|b| *b == 0), wire::cstr_at(body, 1))
-        else {
+        let Some(portal_end) = body.iter().position(|b| *b == 0) else {
             // Malformed: refused as it is inspected.
             self.bind_alone = false;
             return false;
         };
-        if !self.statements.planned_at_bind(&statement) {
-            self.bind_alone = false;
-            return false;
-        }
         match after_bind(rest, &body[..portal_end], self.max_message) {
             AfterBind::NotYet => true,
             after => {
@@ -89,55 +91,117 @@ impl Relay {
         }
     }
 
-    /// The record of the planning a Bind (message `id`) of `portal` to `statement` runs,
-    /// when it comes alone (`bind_waits`). Returns the stand-in to send instead if that is
-    /// refused: below admin, a statement lockbox did not see prepared is not planned, as it
-    /// is not run.
-    pub(super) fn planned_bind(
+    /// The Bind (message `id`, already applied to the session's names) of `portal` to
+    /// `statement`: a step whose Execute's record covers it, or a record of its own.
+    pub(super) fn bind_step(
         &mut self,
-        portal: &str,
+        portal: String,
         statement: &str,
-        id: MessageId,
+        id: crate::proxy::statements::MessageId,
         pending: &mut Vec<Pending>,
-    ) -> Option<Vec<u8>> {
-        let Some(bound) = self.statements.portal(portal) else {
-            pending.push(Pending::Step(Step::Bind, id));
-            return None;
+    ) {
+        pending.push(Pending::Step(Step::Bind, id));
+        self.bind_unexecuted = Some(Unexecuted {
+            at: pending.len() - 1,
+            portal,
+            statement: statement.to_owned(),
+        });
+        if std::mem::take(&mut self.bind_alone) {
+            self.bind_went_unexecuted(pending);
+        }
+    }
+
+    /// Called before each message is inspected and at the end of a batch: a Bind whose
+    /// Execute is not this message (nor a Describe of its portal before it) gets a record
+    /// of its own. `next`: the message's tag and body, `None` at the end of the batch.
+    pub(super) fn bind_covered_by(&mut self, next: Option<(u8, &[u8])>, pending: &mut [Pending]) {
+        let Some(unexecuted) = &self.bind_unexecuted else {
+            return;
         };
+        let portal = unexecuted.portal.as_bytes();
+        match next {
+            Some((b'E', body)) if named(body) == Some(portal) => self.bind_unexecuted = None,
+            Some((b'D', body))
+                if body.first() == Some(&b'P') && named(&body[1..]) == Some(portal) => {}
+            _ => self.bind_went_unexecuted(pending),
+        }
+    }
+
+    /// The pending Bind step of `bind_unexecuted` becomes a record of the planning it runs.
+    fn bind_went_unexecuted(&mut self, pending: &mut [Pending]) {
+        let Some(Unexecuted {
+            at,
+            portal,
+            statement,
+        }) = self.bind_unexecuted.take()
+        else {
+            return;
+        };
+        let Some(Pending::Step(Step::Bind, id)) = pending.get(at) else {
+            return;
+        };
+        let id = *id;
+        if let Some(record) = self.planning_record(&portal, &statement) {
+            pending[at] = Pending::Planned(record, id);
+        }
+    }
+
+    /// The record of what a Bind of `portal` to `statement` runs: the statement's text and
+    /// the Bind's parameters.
+    fn planning_record(&self, portal: &str, statement: &str) -> Option<AuditEvent> {
+        let bound = self.statements.portal(portal)?;
         let prepared = bound.statement;
-        if prepared.text.is_empty() {
-            let text = format!(
-                "-- Bind of statement \"{statement}\", whose statement lockbox did not see prepared"
-            );
-            let (record, _) = self.statement_record(
+        let (record, _) = if prepared.text.is_empty() {
+            self.statement_record(
                 Protocol::Bind,
-                text.as_str(),
+                unknown_bind_text(statement).as_str(),
                 prepared.kind,
                 Some(bound.params),
                 None,
-            );
-            if self.grant.access != AccessLevel::Admin {
-                let refusal = unknown_name_refusal("unknown_statement", statement);
-                pending.push(Pending::Refused(record, Arc::new(refusal)));
-                return Some(stand_in_bind(portal, &self.stand_in_portal));
-            }
-            pending.push(Pending::Planned(record, id));
-            return None;
-        }
-        let (record, recorded) = self.statement_record(
-            Protocol::Bind,
-            prepared.text,
-            prepared.kind,
-            Some(bound.params),
-            prepared.mentions,
-        );
-        if let Err(refusal) = recorded {
-            pending.push(Pending::Refused(record, Arc::new(refusal)));
-            return Some(stand_in_bind(portal, &self.stand_in_portal));
-        }
-        pending.push(Pending::Planned(record, id));
-        None
+            )
+        } else {
+            // The Parse passed every check of its text already, the record's among them.
+            self.statement_record(
+                Protocol::Bind,
+                prepared.text,
+                prepared.kind,
+                Some(bound.params),
+                prepared.mentions,
+            )
+        };
+        Some(record)
     }
+
+    /// Below admin, a Bind of a statement lockbox did not see prepared (server-side code can
+    /// PREPARE) is refused: what it plans cannot be recorded, as what it runs cannot.
+    /// Returns the stand-in to send instead.
+    pub(super) fn refuse_unknown_bind(
+        &self,
+        portal: &str,
+        statement: &str,
+        params: Arc<[serde_json::Value]>,
+        pending: &mut Vec<Pending>,
+    ) -> Vec<u8> {
+        let (record, _) = self.statement_record(
+            Protocol::Bind,
+            unknown_bind_text(statement).as_str(),
+            crate::sql::StatementKind::Unknown,
+            Some(params),
+            None,
+        );
+        let refusal = unknown_name_refusal("unknown_statement", statement);
+        pending.push(Pending::Refused(record, Arc::new(refusal)));
+        stand_in_bind(portal, &self.stand_in_portal)
+    }
+}
+
+/// The name a message body starts with (up to its NUL).
+fn named(body: &[u8]) -> Option<&[u8]> {
+    body.iter().position(|b| *b == 0).map(|end| &body[..end])
+}
+
+fn unknown_bind_text(statement: &str) -> String {
+    format!("-- Bind of statement \"{statement}\", whose statement lockbox did not see prepared")
 }
 
 /// A Bind the server fails: of a statement no client can know (the stand-in portal's name,
@@ -160,6 +224,7 @@ fn stand_in_bind(portal: &str, unknown: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::AccessLevel;
 
     fn message(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![tag];
@@ -184,6 +249,11 @@ mod tests {
         assert_eq!(follows(&[&sync]), AfterBind::Alone);
         assert_eq!(follows(&[&execute(b"q")]), AfterBind::Alone);
         assert_eq!(follows(&[&execute(b"")]), AfterBind::Alone);
+        // A Describe of anything but the portal can fail, and the server then skips the
+        // Execute.
+        for other in [message(b'D', b"Sp\0"), message(b'D', b"Pq\0")] {
+            assert_eq!(follows(&[&other, &execute(b"p")]), AfterBind::Alone);
+        }
         assert_eq!(
             follows(&[&describe, &sync, &execute(b"p")]),
             AfterBind::Alone
@@ -202,6 +272,123 @@ mod tests {
             after_bind(&message(b'E', &[0u8; 64]), b"p", 16),
             AfterBind::Alone
         );
+    }
+
+    /// What a batch of `messages` gives the tracker, under `access`, and how many of the
+    /// messages it consumed.
+    fn inspected(access: AccessLevel, messages: &[Vec<u8>]) -> (Vec<&'static str>, usize) {
+        let fixture = super::super::fuzz::fixture().expect("fixture");
+        let _entered = fixture.runtime.enter();
+        let mut relay = super::super::fuzz::relay(fixture, access, 1 << 20);
+        let bytes = messages.concat();
+        let batch = relay.inspect_batch(&bytes).expect("inspected");
+        let consumed = messages
+            .iter()
+            .scan(0, |at, m| {
+                *at += m.len();
+                Some(*at)
+            })
+            .take_while(|at| *at <= batch.consumed)
+            .count();
+        let kinds = batch
+            .pending
+            .iter()
+            .map(|p| match p {
+                Pending::Planned(..) => "planned",
+                Pending::Step(Step::Bind, _) => "bind",
+                Pending::Statement { .. } => "statement",
+                Pending::Refused(..) => "refused",
+                _ => "other",
+            })
+            .filter(|kind| *kind != "other")
+            .collect();
+        (kinds, consumed)
+    }
+
+    fn parse(name: &str) -> Vec<u8> {
+        message(b'P', &[name.as_bytes(), b"\0SELECT 1\0\0\0"].concat())
+    }
+
+    fn bind(portal: &str, statement: &str) -> Vec<u8> {
+        message(
+            b'B',
+            &[
+                portal.as_bytes(),
+                b"\0",
+                statement.as_bytes(),
+                b"\0\0\0\0\0\0\0",
+            ]
+            .concat(),
+        )
+    }
+
+    fn execute(portal: &str) -> Vec<u8> {
+        message(b'E', &[portal.as_bytes(), b"\0\0\0\0\0"].concat())
+    }
+
+    #[test]
+    fn a_bind_goes_with_its_executes_record_only_when_that_execute_is_inspected_with_it() {
+        let (read, sync) = (AccessLevel::Read, message(b'S', b""));
+        let describe_portal = message(b'D', b"Pp\0");
+        // Its Execute follows, past a Describe of the portal: the Execute's record covers it.
+        let (kinds, _) = inspected(
+            read,
+            &[
+                parse("s"),
+                bind("p", "s"),
+                describe_portal,
+                execute("p"),
+                sync.clone(),
+            ],
+        );
+        assert_eq!(kinds, ["bind", "statement"]);
+        // Alone, or behind anything else: a record of its own.
+        let (kinds, _) = inspected(read, &[parse("s"), bind("p", "s"), sync.clone()]);
+        assert_eq!(kinds, ["planned"]);
+        let describe_other = message(b'D', b"Sx\0");
+        let (kinds, _) = inspected(
+            read,
+            &[
+                parse("s"),
+                bind("p", "s"),
+                describe_other,
+                execute("p"),
+                sync.clone(),
+            ],
+        );
+        assert_eq!(kinds, ["planned", "statement"]);
+        let (kinds, _) = inspected(
+            read,
+            &[
+                parse("s"),
+                bind("p", "s"),
+                bind("q", "s"),
+                execute("q"),
+                sync.clone(),
+            ],
+        );
+        assert_eq!(kinds, ["planned", "bind", "statement"]);
+        // At the end of what the client sent: it waits for what follows.
+        let (kinds, consumed) = inspected(read, &[parse("s"), bind("p", "s")]);
+        assert_eq!((kinds.len(), consumed), (0, 1));
+        // Its Execute held back (the backlog of changes the server has not answered): the
+        // Bind goes upstream with a record of its own (a review's planning ran with none).
+        let mut messages: Vec<Vec<u8>> = (0..crate::proxy::statements::PENDING_HIGH - 1)
+            .map(|i| parse(&format!("s{i}")))
+            .collect();
+        messages.extend([bind("p", "s0"), execute("p"), sync]);
+        let (kinds, consumed) = inspected(read, &messages);
+        assert_eq!(consumed, messages.len() - 2, "the Execute is held");
+        assert_eq!(kinds, ["planned"]);
+    }
+
+    #[test]
+    fn below_admin_a_bind_of_a_statement_lockbox_never_saw_prepared_is_refused() {
+        let messages = [bind("p", "hidden"), execute("p"), message(b'S', b"")];
+        let (kinds, _) = inspected(AccessLevel::Write, &messages);
+        assert_eq!(kinds.first(), Some(&"refused"));
+        let (kinds, _) = inspected(AccessLevel::Admin, &messages);
+        assert_eq!(kinds, ["bind", "statement"]);
     }
 
     #[test]

@@ -183,24 +183,23 @@ pub(super) fn finish(
     audit.append(vec![session_event(fields, event, reason)]);
 }
 
-/// Records that a session was admitted, before the client hears so. While the audit writes,
-/// the `connected` record rides the next write, like an end record: nothing runs upstream
-/// for the client before its first statement's record is durable, and that fsync covers
-/// this earlier record too, so a connection costs no fsync of its own (`pgbench -C`: one per
+/// Records that a session was admitted, before the client hears so. The `connected`
+/// record is written to the file at once (a session whose start cannot be written is
+/// refused) but not fsynced on its own: nothing runs upstream for the client before a record
+/// of it is durable — its first statement's, or its Bind's — and that fsync covers this
+/// earlier record too, so a connection costs no fsync of its own (`pgbench -C`: one per
 /// connection, not two). A session that sends nothing has it on disk within
-/// `sync_interval`. While the audit is failing the record is written and waited for: a
-/// session that cannot be recorded is refused, and that write is how the audit finds that
-/// it can write again.
+/// `sync_interval`. While the audit is failing the record is also waited for: that write
+/// and sync is how the audit finds that it can write again.
 pub(super) async fn record_connected(
     audit: &AuditLog,
     fields: &SessionFields,
 ) -> Result<(), AuditError> {
-    let record = session_event(fields, SessionEvent::Connected, None);
+    let record = [session_event(fields, SessionEvent::Connected, None)];
     if audit.healthy() {
-        audit.append(vec![record]);
-        return Ok(());
+        return audit.append_written(&record).map(drop);
     }
-    audit.append_durable(vec![record]).await.map(drop)
+    audit.append_durable_all(record.iter()).await.map(drop)
 }
 
 pub(super) fn session_event(
