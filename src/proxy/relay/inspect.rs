@@ -182,9 +182,8 @@ impl Relay {
                     pending.push(Pending::Step(Step::Bind, self.statements.message()));
                     return Ok(None);
                 }
-                if self.grant.access != AccessLevel::Admin
-                    && !self.statements.knows_statement(bind.statement)
-                {
+                let known = self.statements.knows_statement(bind.statement);
+                if self.grant.access != AccessLevel::Admin && !known {
                     self.bind_alone = false;
                     return Ok(Some(self.refuse_unknown_bind(
                         &bind.portal,
@@ -198,7 +197,10 @@ impl Relay {
                     .statements
                     .bind(bind.portal, bind.statement, params)
                     .map_err(|e| e.to_string())?;
-                self.bind_step(portal, bind.statement, id, pending);
+                // The statement's name is kept only for the record of one lockbox did not see
+                // prepared (a name allocated per Bind would cost every extended statement).
+                let unknown = (!known).then(|| bind.statement.to_owned());
+                self.bind_step(portal, unknown, id, pending);
             }
             b'E' => {
                 let portal = wire::decode_execute(body).map_err(|e| e.to_string())?;

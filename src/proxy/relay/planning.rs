@@ -40,7 +40,8 @@ pub(super) enum AfterBind {
 pub(super) struct Unexecuted {
     at: usize,
     portal: String,
-    statement: String,
+    /// The statement's name, when lockbox did not see it prepared.
+    unknown_statement: Option<String>,
 }
 
 /// What follows a Bind of `portal`: `rest` is what the client sent after it.
@@ -91,12 +92,13 @@ impl Relay {
         }
     }
 
-    /// The Bind (message `id`, already applied to the session's names) of `portal` to
-    /// `statement`: a step whose Execute's record covers it, or a record of its own.
+    /// The Bind (message `id`, already applied to the session's names) of `portal`, to a
+    /// statement lockbox saw prepared or to `unknown_statement`: a step whose Execute's
+    /// record covers it, or a record of its own.
     pub(super) fn bind_step(
         &mut self,
         portal: String,
-        statement: &str,
+        unknown_statement: Option<String>,
         id: crate::proxy::statements::MessageId,
         pending: &mut Vec<Pending>,
     ) {
@@ -104,7 +106,7 @@ impl Relay {
         self.bind_unexecuted = Some(Unexecuted {
             at: pending.len() - 1,
             portal,
-            statement: statement.to_owned(),
+            unknown_statement,
         });
         if std::mem::take(&mut self.bind_alone) {
             self.bind_went_unexecuted(pending);
@@ -132,7 +134,7 @@ impl Relay {
         let Some(Unexecuted {
             at,
             portal,
-            statement,
+            unknown_statement,
         }) = self.bind_unexecuted.take()
         else {
             return;
@@ -141,17 +143,17 @@ impl Relay {
             return;
         };
         let id = *id;
-        if let Some(record) = self.planning_record(&portal, &statement) {
+        if let Some(record) = self.planning_record(&portal, unknown_statement.as_deref()) {
             pending[at] = Pending::Planned(record, id);
         }
     }
 
-    /// The record of what a Bind of `portal` to `statement` runs: the statement's text and
-    /// the Bind's parameters.
-    fn planning_record(&self, portal: &str, statement: &str) -> Option<AuditEvent> {
+    /// The record of what a Bind of `portal` runs: its statement's text (or the name of one
+    /// lockbox did not see prepared) and the Bind's parameters.
+    fn planning_record(&self, portal: &str, unknown_statement: Option<&str>) -> Option<AuditEvent> {
         let bound = self.statements.portal(portal)?;
         let prepared = bound.statement;
-        let (record, _) = if prepared.text.is_empty() {
+        let (record, _) = if let Some(statement) = unknown_statement {
             self.statement_record(
                 Protocol::Bind,
                 unknown_bind_text(statement).as_str(),
