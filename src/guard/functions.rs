@@ -233,9 +233,33 @@ pub const SQL_AS_TEXT: &[&str] = &[
 /// Built-ins the guard judges by their arguments (the setting named, the relation named in
 /// text or by OID): called from a view, a rule, a default or a check, their arguments are out
 /// of sight, so such a relation runs them as it would a database function (see `provision`'s
-/// function links). `nextval` and `setval` are not among them: a serial column's default
-/// calls them with its own sequence, a link of its own.
+/// function links).
 pub const JUDGED_BY_ARGUMENTS: &[&str] = &["set_config", "pg_sequence_last_value", "currtid2"];
+
+/// The built-ins that stored code (a view, a rule, a policy, a default, a check, a domain)
+/// runs out of the guard's sight, so a relation or type that calls one is treated like one
+/// that calls a database function: those that run SQL as text, those judged by their
+/// arguments, and every other built-in the guard does not take as a plain read (writes,
+/// files, other backends: a review read a server file through a customer's view over
+/// `pg_read_file`). `nextval` and `setval` are left out: a serial column's default calls
+/// them with its own sequence, which the catalog links follow.
+pub fn followed_in_stored_code() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = SQL_AS_TEXT
+        .iter()
+        .chain(JUDGED_BY_ARGUMENTS)
+        .copied()
+        .chain(
+            BUILTINS
+                .lines()
+                .map(str::trim)
+                .filter(|name| effect(name) != Effect::None),
+        )
+        .filter(|name| !matches!(*name, "nextval" | "setval"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
 
 /// Functions of common extensions that reach other servers or run SQL as text where the
 /// audit cannot see it: refused below admin whatever schema they are installed in.

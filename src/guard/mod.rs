@@ -34,7 +34,7 @@ use crate::sql::{self, Parsed, StatementKind};
 pub(crate) use cache::cached_analyses;
 pub use cache::{analyze_query_cached, check_cache_agrees, with_other_numbers};
 pub use classify::{declares_held_cursor, prepared_kind};
-pub use functions::{function_call_analysis, is_builtin_name, JUDGED_BY_ARGUMENTS, SQL_AS_TEXT};
+pub use functions::{followed_in_stored_code, function_call_analysis, is_builtin_name};
 pub use reach::{check_reach, CatalogReach, LinkKind, RelationLink};
 pub use rules::{
     check_database_functions, check_parameter_types, check_rules, check_setting_from_catalog_row,

@@ -231,7 +231,7 @@ pub(super) async fn drop_role(
 }
 
 /// The database's own code and links, on one service connection: the names of its
-/// functions that are not built in (any schema but pg_catalog and information_schema),
+/// functions that are not built in (made after initdb, OID 16384 or more, in any schema),
 /// lowercased as PostgreSQL stores unquoted names, and how its relations reach each other.
 pub(super) async fn database_code(
     db: &Database,
@@ -250,6 +250,10 @@ pub(super) async fn database_code(
         .map_err(failed(db, "turning JIT off for the catalog's reading"))?;
     let rows = client
         .query(
+            // Built in means made by initdb: an OID below 16384 (FirstNormalObjectId), in
+            // whatever schema, since a superuser can create functions and operators in
+            // pg_catalog too (a review's `pg_catalog.upper(integer)` read an off-limits
+            // table from `SELECT upper(3)`).
             // Operators too, named `operator <symbol>`, that no extension installed: an
             // unqualified operator of a catalog read can resolve to one (`c @@ 1` with a
             // `public.@@(pg_class, int)`); extensions' own (PostGIS, citext) are left out,
@@ -261,10 +265,10 @@ pub(super) async fn database_code(
             "SELECT p.proname::text, bool_and(EXISTS (SELECT FROM pg_catalog.pg_depend d \
                WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')) \
              FROM pg_catalog.pg_proc p \
-             WHERE p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
+             WHERE p.oid >= 16384 \
              GROUP BY p.proname \
              UNION SELECT DISTINCT pg_catalog.concat('operator ', o.oprname), false FROM pg_catalog.pg_operator o \
-             WHERE o.oprnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
+             WHERE o.oid >= 16384 \
              AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
                WHERE d.classid = 'pg_catalog.pg_operator'::regclass AND d.objid = o.oid AND d.deptype = 'e')",
             &[],
@@ -282,9 +286,10 @@ pub(super) async fn database_code(
             functions.push(name);
         }
     }
+    let text_sql = crate::guard::followed_in_stored_code();
     let listing_types = "listing the types whose casts or checks run the database's functions";
     let typed = client
-        .query(TYPES_RUNNING_FUNCTIONS, &[])
+        .query(TYPES_RUNNING_FUNCTIONS, &[&text_sql])
         .await
         .map_err(failed(db, listing_types))?;
     // Types are named like functions; the relations that hold them link to what they run.
@@ -300,11 +305,6 @@ pub(super) async fn database_code(
             type_links.push(row);
         }
     }
-    let text_sql: Vec<&str> = crate::guard::SQL_AS_TEXT
-        .iter()
-        .chain(crate::guard::JUDGED_BY_ARGUMENTS)
-        .copied()
-        .collect();
     let mut rows = client.query(RELATION_LINKS, &[]).await.map_err(failed(
         db,
         "listing how the database's relations reach each other",
@@ -365,9 +365,10 @@ pub(super) async fn database_code(
 /// function: one of the database's own (not built in; the walk does not enter extensions),
 /// any function a view, policy or trigger calls by name (an extension's `crosstab` or
 /// `check_foreign_key` runs SQL out of sight too), or a built-in that runs SQL given as text
-/// or that the guard judges by its arguments (`$1`: `set_config` in a rule opened an
-/// off-limits schema to a review; those are pinned, so not in `pg_depend`: found in the
-/// parts' expression trees).
+/// or that the guard judges by its arguments or does not take as a plain read (`$1`,
+/// `guard::followed_in_stored_code`: `set_config` in a rule opened an off-limits schema to a
+/// review; those are pinned, so not in `pg_depend`: found in the parts' expression trees,
+/// as a call or as an operator's function, a rule's WHERE included).
 const FUNCTION_LINKS: &str = "\
     WITH RECURSIVE \
     ext AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e'), \
@@ -405,7 +406,7 @@ const FUNCTION_LINKS: &str = "\
        WHERE p.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass, \
                            'pg_catalog.pg_trigger'::regclass) \
       UNION SELECT t.rel, t.on_read, m[1]::oid, true FROM ( \
-          SELECT ev_class, ev_type = '1', ev_action::text FROM pg_catalog.pg_rewrite \
+          SELECT ev_class, ev_type = '1', concat(ev_qual::text, ev_action::text) FROM pg_catalog.pg_rewrite \
           UNION ALL SELECT polrelid, true, concat(polqual::text, polwithcheck::text) FROM pg_catalog.pg_policy \
           UNION ALL SELECT adrelid, false, adbin::text FROM pg_catalog.pg_attrdef \
           UNION ALL SELECT conrelid, false, conbin::text FROM pg_catalog.pg_constraint WHERE conrelid <> 0 \
@@ -413,16 +414,16 @@ const FUNCTION_LINKS: &str = "\
           UNION ALL SELECT indrelid, false, concat(indexprs::text, indpred::text) FROM pg_catalog.pg_index \
           UNION ALL SELECT stxrelid, false, stxexprs::text FROM pg_catalog.pg_statistic_ext \
         ) AS t (rel, on_read, tree), \
-        LATERAL pg_catalog.regexp_matches(t.tree, ':funcid ([0-9]+)', 'g') AS m \
+        LATERAL pg_catalog.regexp_matches(t.tree, ':(?:func|opfunc)id ([0-9]+)', 'g') AS m \
        WHERE t.tree IS NOT NULL AND m[1]::oid IN (SELECT p.oid FROM pg_catalog.pg_proc p \
-             WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = ANY($1::text[]))) \
+             WHERE p.oid < 16384 AND p.proname = ANY($1::text[]))) \
     SELECT DISTINCT CASE WHEN ran.on_read THEN 'cr' ELSE 'cw' END, rn.nspname::text, r.relname::text, \
            pn.nspname::text, p.proname::text \
       FROM ran JOIN pg_catalog.pg_class r ON r.oid = ran.rel \
       JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
       JOIN pg_catalog.pg_proc p ON p.oid = ran.fn JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
      WHERE rn.nspname NOT IN ('pg_catalog', 'information_schema') \
-       AND (pn.nspname NOT IN ('pg_catalog', 'information_schema') OR p.proname = ANY($1::text[])) \
+       AND (p.oid >= 16384 OR p.proname = ANY($1::text[])) \
        AND (ran.any_fn OR NOT EXISTS (SELECT FROM ext x \
             WHERE x.classid = 'pg_catalog.pg_proc'::regclass AND x.objid = p.oid))";
 
@@ -437,7 +438,9 @@ const FUNCTION_LINKS: &str = "\
 /// btree class for `json` ran its comparison function on `ORDER BY payload`; a database's
 /// own default class of another method runs only in an index, which names its columns'
 /// types); and every type built on such a type runs it too (a
-/// domain over it, an array of it, a composite or a table's row with a field of it).
+/// domain over it, an array of it, a composite or a table's row with a field of it). A
+/// domain's check or default that calls a built-in of `guard::followed_in_stored_code` (`$1`;
+/// a review's domain check called `set_config('search_path', VALUE, …)`) counts as well.
 ///
 /// Rows: `ty` (a type's schema and name, the function's, the type's OID, which a Parse may
 /// give a parameter) for each such type; `cr` or `cw` (a relation's schema and name, the
@@ -450,11 +453,11 @@ const FUNCTION_LINKS: &str = "\
 const TYPES_RUNNING_FUNCTIONS: &str = "\
     WITH RECURSIVE \
     db_function AS (SELECT p.oid FROM pg_catalog.pg_proc p \
-       WHERE p.pronamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
+       WHERE p.oid >= 16384 \
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass \
                          AND d.objid = p.oid AND d.deptype = 'e')), \
-    builtin_type AS (SELECT oid FROM pg_catalog.pg_type \
-       WHERE typnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)), \
+    followed AS (SELECT oid FROM pg_catalog.pg_proc WHERE oid < 16384 AND proname = ANY($1::text[])), \
+    builtin_type AS (SELECT oid FROM pg_catalog.pg_type WHERE oid < 16384), \
     implicit_am AS (SELECT oid FROM pg_catalog.pg_am WHERE amname IN ('btree', 'hash')), \
     direct (typ, fn, on_read) AS ( \
       SELECT x.typ, c.castfunc, true FROM pg_catalog.pg_cast c, LATERAL (VALUES (c.castsource), (c.casttarget)) AS x (typ) \
@@ -480,7 +483,13 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
          JOIN pg_catalog.pg_amop a ON a.amopfamily = c.opcfamily \
          JOIN pg_catalog.pg_operator o ON o.oid = a.amopopr \
        WHERE c.opcdefault AND (c.opcintype NOT IN (SELECT oid FROM builtin_type) OR c.opcmethod IN (SELECT oid FROM implicit_am)) \
-         AND o.oprcode IN (SELECT oid FROM db_function)), \
+         AND o.oprcode IN (SELECT oid FROM db_function) \
+      UNION SELECT k.contypid, m[1]::oid, true FROM pg_catalog.pg_constraint k, \
+             LATERAL pg_catalog.regexp_matches(k.conbin::text, ':(?:func|opfunc)id ([0-9]+)', 'g') AS m \
+       WHERE k.contypid <> 0 AND k.conbin IS NOT NULL AND m[1]::oid IN (SELECT oid FROM followed) \
+      UNION SELECT t.oid, m[1]::oid, false FROM pg_catalog.pg_type t, \
+             LATERAL pg_catalog.regexp_matches(t.typdefaultbin::text, ':(?:func|opfunc)id ([0-9]+)', 'g') AS m \
+       WHERE t.typdefaultbin IS NOT NULL AND m[1]::oid IN (SELECT oid FROM followed)), \
     built_on (base, typ) AS ( \
       SELECT typbasetype, oid FROM pg_catalog.pg_type WHERE typbasetype <> 0 \
       UNION ALL SELECT typelem, oid FROM pg_catalog.pg_type WHERE typelem <> 0 \
