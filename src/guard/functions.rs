@@ -233,8 +233,15 @@ pub const SQL_AS_TEXT: &[&str] = &[
 /// Built-ins the guard judges by their arguments (the setting named, the relation named in
 /// text or by OID): called from a view, a rule, a default or a check, their arguments are out
 /// of sight, so such a relation runs them as it would a database function (see `provision`'s
-/// function links).
-pub const JUDGED_BY_ARGUMENTS: &[&str] = &["set_config", "pg_sequence_last_value", "currtid2"];
+/// function links). `regclass(text)` is the late-binding name of a relation: a stored
+/// `nextval('hr.s'::text)` finds its sequence only as it runs (a review's default advanced
+/// an off-limits sequence so, where `'hr.s'::regclass` links to it).
+pub const JUDGED_BY_ARGUMENTS: &[&str] = &[
+    "set_config",
+    "pg_sequence_last_value",
+    "currtid2",
+    "regclass",
+];
 
 /// The built-ins that stored code (a view, a rule, a policy, a default, a check, a domain)
 /// runs out of the guard's sight, so a relation or type that calls one is treated like one

@@ -348,6 +348,10 @@ const CODE: &str = "
     CREATE VIEW seq_progress AS SELECT #@# c.oid::regclass AS last FROM pg_class c
         WHERE c.relkind = 'S';
     CREATE VIEW server_file AS SELECT pg_read_file('postgresql.auto.conf') AS f;
+    CREATE SEQUENCE ticket_numbers;
+    CREATE TABLE tickets (id bigint DEFAULT nextval('ticket_numbers'::text), note text);
+    CREATE TABLE serial_tickets (id serial, note text);
+    GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO PUBLIC;
     GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC;
 ";
 
@@ -453,6 +457,8 @@ async fn relations_that_run_a_database_function_are_opaque() {
         ("SELECT * FROM server_file", "pg_read_file"),
         // A function of the database's own made in pg_catalog, under a built-in's name.
         ("SELECT upper(3)", "upper"),
+        // A sequence named by text, found only as the default runs.
+        ("INSERT INTO tickets (note) VALUES ('x')", "regclass"),
     ] {
         let error = client.batch_execute(sql).await.expect_err(sql);
         let (code, message) = db_error(&error);
@@ -478,6 +484,8 @@ async fn relations_that_run_a_database_function_are_opaque() {
         // operators in a view.
         "SELECT max(id), min(id), replace('a', 'b', 'c') FROM items",
         "SELECT * FROM citext_view",
+        // A serial column's default names its own sequence.
+        "INSERT INTO serial_tickets (note) VALUES ('x')",
     ] {
         client.simple_query(sql).await.expect(sql);
     }
