@@ -1232,14 +1232,20 @@ fn implicit_equality_uses_a_databases_own_equals() {
         "SELECT 'a'::text IN (SELECT 1)",
         "SELECT 'a'::text NOT IN (SELECT 1)",
         "SELECT ROW('a'::text) IN (SELECT 1)",
+        // A join on its common columns compares them with `=` looked up by name.
+        "SELECT 1 FROM vt a JOIN vt b USING (v)",
+        "SELECT 1 FROM vt a NATURAL JOIN vt b",
+        "SELECT 1 FROM vt a LEFT JOIN (VALUES ('a')) b (v) USING (v)",
     ] {
         let refused = check_database_functions(&rules, &facts_of(sql), &database).expect_err(sql);
         assert_eq!(refused.rule, "opaque_statement", "{sql}");
     }
-    // A searched CASE and EXISTS compare nothing by themselves.
+    // A searched CASE, EXISTS and a join on a condition compare nothing by themselves.
     for sql in [
         "SELECT CASE WHEN true THEN 1 END",
         "SELECT EXISTS (SELECT 1)",
+        "SELECT 1 FROM vt a JOIN vt b ON true",
+        "SELECT 1 FROM vt a CROSS JOIN vt b",
     ] {
         assert!(
             check_database_functions(&rules, &facts_of(sql), &database).is_ok(),

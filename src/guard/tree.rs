@@ -238,6 +238,14 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         "SortBy" => found.operators.extend(operator_named(node.get("use_op"))),
         // `CASE x WHEN v …` compares with `=`, which names no operator.
         "CaseExpr" if !is_empty(node.get("arg")) => found.operators.push((None, "=".to_owned())),
+        // So do `JOIN … USING (c)` and `NATURAL JOIN`, looking `=` up by name like a
+        // written one (a review's customer `=(varchar, varchar)` ran through USING).
+        "JoinExpr"
+            if has("using_clause")
+                || node.get("is_natural").and_then(Value::as_bool) == Some(true) =>
+        {
+            found.operators.push((None, "=".to_owned()))
+        }
         "UpdateStmt" => {
             found.writes = true;
             found.updates = true;

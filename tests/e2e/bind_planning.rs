@@ -118,14 +118,17 @@ async fn a_bind_of_any_statement_is_recorded_since_its_parameters_run_domain_che
     let mut raw = Raw::login(&env, "eve", &token).await;
     raw.read_until_ready().await;
     let shown = "SHOW work_mem";
-    let mut typed_parse = b"\0".to_vec();
-    typed_parse.extend_from_slice(shown.as_bytes());
-    typed_parse.push(0);
-    typed_parse.extend_from_slice(&1i16.to_be_bytes());
-    typed_parse.extend_from_slice(&domain.to_be_bytes());
+    let typed_parse = |sql: &str| {
+        let mut body = b"\0".to_vec();
+        body.extend_from_slice(sql.as_bytes());
+        body.push(0);
+        body.extend_from_slice(&1i16.to_be_bytes());
+        body.extend_from_slice(&domain.to_be_bytes());
+        crate::harness::message(b'P', &body)
+    };
     raw.send(
         &[
-            crate::harness::message(b'P', &typed_parse),
+            typed_parse(shown),
             crate::frontend::bind_with("", "", &["seven!!"]),
             sync(),
         ]
@@ -138,6 +141,32 @@ async fn a_bind_of_any_statement_is_recorded_since_its_parameters_run_domain_che
     assert_eq!(
         records_of(&env, &id, shown).await,
         [("bind".to_owned(), "ok".to_owned())]
+    );
+
+    // Its Execute refused (a cursor lockbox never saw declared): the Bind, which runs the
+    // check, still has its record (a review's refused FETCH covered a Bind that ran one).
+    let fetch = "FETCH 1 FROM nowhere";
+    raw.send(
+        &[
+            typed_parse(fetch),
+            crate::frontend::bind_with("", "", &["eight!!!"]),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_until_ready_after_error().await;
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["42501"], "the FETCH is refused");
+    // The check's row went with the transaction the refusal failed; its `ok` is the
+    // server's BindComplete: the Bind ran.
+    assert_eq!(
+        records_of(&env, &id, fetch).await,
+        [
+            ("bind".to_owned(), "ok".to_owned()),
+            ("extended".to_owned(), "refused".to_owned())
+        ]
     );
 }
 

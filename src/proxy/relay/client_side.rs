@@ -107,10 +107,13 @@ impl Relay {
             if frame[0] == b'B' && self.bind_waits(frame, &buf[at + len..]) {
                 break;
             }
-            if let Some(stand_in) = self
+            let stand_in = self
                 .inspect(frame[0], &frame[5..], &mut batch.pending)
-                .map_err(End::ProtocolError)?
-            {
+                .map_err(End::ProtocolError)?;
+            if frame[0] == b'E' {
+                self.bind_executed(stand_in.is_some(), &mut batch.pending);
+            }
+            if let Some(stand_in) = stand_in {
                 batch.replacements.push((at..at + len, stand_in));
             }
             batch.consumed += len;

@@ -122,10 +122,22 @@ impl Relay {
         };
         let portal = unexecuted.portal.as_bytes();
         match next {
-            Some((b'E', body)) if named(body) == Some(portal) => self.bind_unexecuted = None,
+            // Settled once it is inspected (`bind_executed`): it may be refused.
+            Some((b'E', body)) if named(body) == Some(portal) => {}
             Some((b'D', body))
                 if body.first() == Some(&b'P') && named(&body[1..]) == Some(portal) => {}
             _ => self.bind_went_unexecuted(pending),
+        }
+    }
+
+    /// The Execute of the Bind of `bind_unexecuted` was inspected: its record covers the
+    /// Bind, unless it was refused (a stand-in goes in its place and the Bind would run
+    /// alone: a review's refused FETCH let its Bind run a domain's check).
+    pub(super) fn bind_executed(&mut self, refused: bool, pending: &mut [Pending]) {
+        if refused {
+            self.bind_went_unexecuted(pending);
+        } else {
+            self.bind_unexecuted = None;
         }
     }
 
@@ -308,7 +320,14 @@ mod tests {
     }
 
     fn parse(name: &str) -> Vec<u8> {
-        message(b'P', &[name.as_bytes(), b"\0SELECT 1\0\0\0"].concat())
+        parse_text(name, "SELECT 1")
+    }
+
+    fn parse_text(name: &str, sql: &str) -> Vec<u8> {
+        message(
+            b'P',
+            &[name.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"].concat(),
+        )
     }
 
     fn bind(portal: &str, statement: &str) -> Vec<u8> {
@@ -382,6 +401,18 @@ mod tests {
         let (kinds, consumed) = inspected(read, &messages);
         assert_eq!(consumed, messages.len() - 2, "the Execute is held");
         assert_eq!(kinds, ["planned"]);
+        // Its Execute refused (a cursor lockbox did not see declared): the Bind would run
+        // alone, so it has a record of its own (a review's domain check ran at such a Bind).
+        let (kinds, _) = inspected(
+            read,
+            &[
+                parse_text("s", "FETCH 1 FROM nowhere"),
+                bind("p", "s"),
+                execute("p"),
+                message(b'S', b""),
+            ],
+        );
+        assert_eq!(kinds, ["planned", "refused"]);
     }
 
     #[test]
