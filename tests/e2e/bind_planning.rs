@@ -66,15 +66,21 @@ async fn records_of(env: &Env, id: &str, text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bind_without_its_execute_is_recorded_for_the_planning_it_runs() {
-    let env = Env::start("bind_planning").await;
+/// A test database with the functions, and a logged-in write session (its request id).
+async fn write_session(name: &str) -> (Env, String, Raw) {
+    let env = Env::start(name).await;
     create_functions(&env);
     let (id, token) = env
         .approved_token_for("eve", "1h", AccessLevel::Write)
         .await;
     let mut raw = Raw::login(&env, "eve", &token).await;
     raw.read_until_ready().await;
+    (env, id, raw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_without_its_execute_is_recorded_for_the_planning_it_runs() {
+    let (env, id, mut raw) = write_session("bind_planning").await;
 
     // Parse, Bind, Sync: the server plans, so the function writes, with no Execute.
     let alone = "SELECT planning_fold(41)";
@@ -108,15 +114,9 @@ async fn a_bind_without_its_execute_is_recorded_for_the_planning_it_runs() {
 /// a utility statement too (a review ran one through `SHOW work_mem` given a parameter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bind_of_any_statement_is_recorded_since_its_parameters_run_domain_checks() {
-    let env = Env::start("bind_parameters").await;
-    create_functions(&env);
+    let (env, id, mut raw) = write_session("bind_parameters").await;
     let domain = env.superuser_sql("SELECT 'planning_checked'::regtype::oid");
     let domain: u32 = domain.trim().parse().expect("an OID");
-    let (id, token) = env
-        .approved_token_for("eve", "1h", AccessLevel::Write)
-        .await;
-    let mut raw = Raw::login(&env, "eve", &token).await;
-    raw.read_until_ready().await;
     let shown = "SHOW work_mem";
     let typed_parse = |sql: &str| {
         let mut body = b"\0".to_vec();
@@ -172,13 +172,7 @@ async fn a_bind_of_any_statement_is_recorded_since_its_parameters_run_domain_che
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bind_of_a_statement_lockbox_never_saw_prepared_is_refused_below_admin() {
-    let env = Env::start("bind_unknown").await;
-    create_functions(&env);
-    let (id, token) = env
-        .approved_token_for("eve", "1h", AccessLevel::Write)
-        .await;
-    let mut raw = Raw::login(&env, "eve", &token).await;
-    raw.read_until_ready().await;
+    let (env, id, mut raw) = write_session("bind_unknown").await;
     // Server-side code prepares a statement the client never sent.
     raw.send(&crate::harness::query("SELECT prepare_hidden()"))
         .await;
