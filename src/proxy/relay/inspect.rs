@@ -600,6 +600,21 @@ pub(super) fn stand_in_parse(name: &str) -> Vec<u8> {
     )
 }
 
+/// A Bind the server fails: of a statement no client can know (the stand-in portal's name,
+/// which names no statement), so its error is the refusal's.
+pub(super) fn stand_in_bind(portal: &str, unknown: &str) -> Vec<u8> {
+    tagged(
+        b'B',
+        &[
+            portal.as_bytes(),
+            b"\0",
+            unknown.as_bytes(),
+            b"\0\0\0\0\0\0\0",
+        ]
+        .concat(),
+    )
+}
+
 fn tagged(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(body.len() + 5);
     m.push(tag);

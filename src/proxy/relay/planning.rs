@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use super::inspect::stand_in_bind;
 use super::names::unknown_name_refusal;
 use super::{Pending, Relay};
 use crate::audit::{AuditEvent, Protocol};
@@ -216,23 +217,6 @@ fn named(body: &[u8]) -> Option<&[u8]> {
 
 fn unknown_bind_text(statement: &str) -> String {
     format!("-- Bind of statement \"{statement}\", whose statement lockbox did not see prepared")
-}
-
-/// A Bind the server fails: of a statement no client can know (the stand-in portal's name,
-/// which names no statement), so its error is the refusal's.
-fn stand_in_bind(portal: &str, unknown: &str) -> Vec<u8> {
-    let body = [
-        portal.as_bytes(),
-        b"\0",
-        unknown.as_bytes(),
-        b"\0\0\0\0\0\0\0",
-    ]
-    .concat();
-    let mut message = Vec::with_capacity(body.len() + 5);
-    message.push(b'B');
-    message.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-    message.extend_from_slice(&body);
-    message
 }
 
 #[cfg(test)]
