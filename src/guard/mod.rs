@@ -173,7 +173,8 @@ pub struct Facts {
     /// `ALTER SCHEMA … RENAME`): which tables it touches cannot be told from its text.
     pub schema_wide: bool,
     /// Schemas it acts on as a whole object (`GRANT … ON SCHEMA hr`, `ALTER SCHEMA hr OWNER
-    /// TO …`, `COMMENT ON SCHEMA hr`), lowercased.
+    /// TO …`, `COMMENT ON SCHEMA hr`), puts an object in (`SET SCHEMA hr`) or qualifies a
+    /// name other than a column's with (`hr.f()`, `hr.d`), lowercased.
     pub schemas: Arc<[String]>,
     /// Settings it changes with SET, RESET or set_config, lowercased.
     pub settings: Arc<[String]>,

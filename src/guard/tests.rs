@@ -1473,3 +1473,64 @@ fn code_in_operator_classes_ranges_and_rules_and_select_into_that_writes() {
     assert_eq!(refusal.rule, "opaque_statement");
     assert!(check_reach(&reach, &analyze("SELECT * FROM dflt")).is_ok());
 }
+
+/// A schema off limits as a whole covers every object in it and every statement that puts
+/// one there, whatever its kind; a column or alias spelled like the schema is no use of it.
+#[test]
+fn every_object_of_an_off_limits_schema_is_off_limits() {
+    let rules = Guardrails {
+        off_limits: vec!["hr.*".into()],
+        ..Guardrails::default()
+    };
+    let rule = |sql: &str| {
+        check_rules(&rules, &analyze(sql).facts)
+            .err()
+            .map(|r| r.rule)
+    };
+    for sql in [
+        "create function hr.f() returns int language sql as 'select 1'",
+        "alter function public.f() set schema hr",
+        "alter extension e set schema hr",
+        "create domain hr.d as int",
+        "create schema hr",
+        "create schema if not exists HR",
+        "comment on function hr.f() is 'x'",
+        "drop function hr.f()",
+        "drop function public.g(), hr.f()",
+        "alter function hr.f() owner to x",
+        "alter function hr.f() security definer",
+        "grant execute on function hr.f() to public",
+        "create conversion hr.c for 'LATIN1' to 'UTF8' from iso8859_1_to_utf8",
+        "create statistics hr.s on a, b from t",
+        "create extension foo schema hr",
+        "select 1::hr.d",
+        "select cast(1 as \"hr\".d)",
+        "select 1 operator(hr.===) 2",
+        "create table public.t3 (a hr.d)",
+        "select mydb.hr.f()",
+        "security label on function hr.f() is 'x'",
+        "create publication p for tables in schema hr",
+        "alter operator family hr.f using btree add operator 1 <(int,int)",
+        "create index on t (a hr.ops)",
+        "select a from t order by a collate hr.c",
+    ] {
+        assert_eq!(rule(sql), Some("off_limits"), "{sql}");
+    }
+    for sql in [
+        "select hr.name from people hr",
+        "select p.hr from people p",
+        "select hr from people",
+        "select * from people p join staff s using (hr, id)",
+        "select * from (values (1, 2)) as t(hr, x)",
+        "copy people (hr, n) to stdout",
+        "create index on people (hr, n)",
+        "create view v (hr, n) as select 1, 2",
+        "with w (hr, n) as (select 1, 2) select * from w",
+        "alter table people add primary key (hr, n)",
+        "select pg_catalog.upper('a')",
+        "select 1::pg_catalog.int4",
+        "create table public.t (a int, hr text)",
+    ] {
+        assert_eq!(rule(sql), None, "{sql}");
+    }
+}

@@ -68,7 +68,8 @@ pub(crate) struct Found<'t> {
     /// go unnamed.
     pub schema_wide: bool,
     /// Schemas named as the object acted on (`GRANT … ON SCHEMA hr`, `ALTER SCHEMA hr OWNER
-    /// TO …`, `COMMENT ON SCHEMA hr`), lowercased.
+    /// TO …`, `COMMENT ON SCHEMA hr`), as where an object goes (`SET SCHEMA hr`), or as the
+    /// qualifier of any name but a column's (`hr.f()`, `hr.d`), lowercased.
     pub schemas: Vec<String>,
     /// Every relation named, as the server resolves it (`relations` lowercases them for
     /// the rules' case-insensitive patterns).
@@ -129,6 +130,9 @@ fn visit<'t>(value: &'t Value, found: &mut Found<'t>) {
             inspect_untagged(map, found);
             for (key, child) in map {
                 inspect_tagged(key, child, found);
+                if let Value::Array(items) = child {
+                    note_qualifiers(key, items, found);
+                }
                 visit(child, found);
             }
         }
@@ -288,6 +292,26 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         "AlterObjectSchemaStmt" => {
             moved_relation(node, found);
             moved_type(node, found);
+            note_schema(node.get("newschema"), found);
+        }
+        // The schema an object goes into or comes from names it as much as a qualified
+        // name does: `CREATE SCHEMA hr`, `CREATE EXTENSION e SCHEMA hr`, `CREATE
+        // PUBLICATION p FOR TABLES IN SCHEMA hr` (all of its tables, unnamed).
+        "CreateSchemaStmt" => note_schema(node.get("schemaname"), found),
+        "PublicationObjSpec" => note_schema(node.get("name"), found),
+        "CreateExtensionStmt" => {
+            let options = node.get("options").and_then(Value::as_array);
+            for option in options.into_iter().flatten() {
+                let option = option.pointer("/node/DefElem");
+                if option
+                    .and_then(|o| o.get("defname"))
+                    .and_then(Value::as_str)
+                    == Some("schema")
+                {
+                    let schema = option.and_then(|o| o.get("arg")).and_then(string_node);
+                    found.schemas.extend(schema.map(|s| s.to_lowercase()));
+                }
+            }
         }
         "DropOwnedStmt" => {
             found.drop = true;
@@ -446,6 +470,54 @@ fn listed_relation(kind: i64, object: &Value, found: &mut Found<'_>) {
         parts.pop();
     }
     push_qualified(&parts, found);
+}
+
+/// Keys of name lists that are not qualified names: lists of columns, aliases or tokens.
+const UNQUALIFIED_LISTS: &[&str] = &[
+    "fields",
+    "colnames",
+    "col_names",
+    "aliascolnames",
+    "aliases",
+    "attlist",
+    "va_cols",
+    "keys",
+    "including",
+    "fk_attrs",
+    "pk_attrs",
+    "fk_del_set_cols",
+    "using_clause",
+    "indirection",
+    "columns",
+    "tokentype",
+];
+
+/// The schema of every qualified name that is not a column's: `hr.f()` called, created,
+/// dropped, owned or granted, `hr.d` as a type, `OPERATOR(hr.===)`, `hr.s` as statistics
+/// or a conversion. A schema off limits as a whole covers every object in it, not only its
+/// relations (an attack review dropped, re-owned and made `SECURITY DEFINER` functions of
+/// one). A column reference (`hr.name`) is left out: its first part is most often an
+/// alias. Every part but the last counts (`db.hr.f`, `hr.t.column`), which at worst
+/// refuses an object named like a protected schema.
+fn note_qualifiers(key: &str, items: &[Value], found: &mut Found<'_>) {
+    if items.len() < 2 || UNQUALIFIED_LISTS.contains(&key) {
+        return;
+    }
+    let parts: Vec<String> = items.iter().map_while(string_node).collect();
+    if parts.len() != items.len() {
+        return;
+    }
+    if let Some((_, qualifiers)) = parts.split_last() {
+        found
+            .schemas
+            .extend(qualifiers.iter().map(|s| s.to_lowercase()));
+    }
+}
+
+fn note_schema(name: Option<&Value>, found: &mut Found<'_>) {
+    if let Some(schema) = name.and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        found.schemas.push(schema.to_lowercase());
+    }
 }
 
 /// `ALTER TABLE x SET SCHEMA hr` (and views, sequences…): the relation as it will be named.

@@ -275,6 +275,74 @@ async fn relations_that_reach_an_off_limits_table_are_off_limits() {
     }
 }
 
+/// A schema off limits as a whole keeps every object in it, not only its tables: its
+/// functions may not be dropped, re-owned or made `SECURITY DEFINER`, nothing may be created
+/// in it or moved into it, and its types may not be used (an attack review did each under an
+/// admin grant, and only the server's privileges stood in the way).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_object_of_an_off_limits_schema_is_off_limits() {
+    let env = Env::with(
+        "off_limits_objects",
+        Options {
+            guardrails: "off_limits = [\"hr.*\"]",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(
+        "CREATE SCHEMA hr;
+         CREATE FUNCTION hr.pay_rise(int) RETURNS int LANGUAGE sql AS 'SELECT $1 + 1';
+         CREATE DOMAIN hr.grade AS int;
+         CREATE FUNCTION public.helper() RETURNS int LANGUAGE sql AS 'SELECT 1';
+         CREATE TABLE public.notes (hr int, n text);
+         GRANT ALL ON SCHEMA hr TO PUBLIC;
+         GRANT ALL ON ALL FUNCTIONS IN SCHEMA hr, public TO PUBLIC;
+         GRANT ALL ON public.notes TO PUBLIC;",
+    );
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
+    for sql in [
+        "DROP FUNCTION hr.pay_rise(int)",
+        "ALTER FUNCTION hr.pay_rise(int) SECURITY DEFINER",
+        "ALTER FUNCTION hr.pay_rise(int) OWNER TO CURRENT_USER",
+        "GRANT EXECUTE ON FUNCTION hr.pay_rise(int) TO PUBLIC",
+        "COMMENT ON FUNCTION hr.pay_rise(int) IS 'probe'",
+        "CREATE FUNCTION hr.planted() RETURNS int LANGUAGE sql AS 'SELECT 2'",
+        "CREATE DOMAIN hr.planted_grade AS int",
+        "ALTER FUNCTION public.helper() SET SCHEMA hr",
+        "CREATE TABLE public.graded (g hr.grade)",
+        "SELECT 3::hr.grade",
+        "SELECT hr.pay_rise(1)",
+    ] {
+        let error = client.batch_execute(sql).await.expect_err(sql);
+        let (code, message) = db_error(&error);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(
+            message.contains("off_limits") && message.contains("hr"),
+            "{sql}: {message}"
+        );
+    }
+    let left = env.superuser_sql(
+        "SELECT string_agg(p.proname || ':' || p.prosecdef || ':' || n.nspname, ',' ORDER BY p.proname)
+         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname IN ('hr', 'public') AND p.proname IN ('pay_rise', 'planted', 'helper')",
+    );
+    assert_eq!(left.trim(), "helper:false:public,pay_rise:false:hr");
+    // A column or an alias named like the schema is no use of it.
+    for sql in [
+        "SELECT hr FROM public.notes",
+        "SELECT hr.n FROM public.notes hr",
+        "SELECT n.hr FROM public.notes n",
+        "INSERT INTO public.notes (hr, n) VALUES (1, 'a')",
+        "UPDATE public.notes SET hr = 2 WHERE n = 'a'",
+        "SELECT * FROM public.notes a JOIN public.notes b USING (hr, n)",
+    ] {
+        client.simple_query(sql).await.expect(sql);
+    }
+}
+
 const CODE: &str = "
     CREATE FUNCTION app_leak(int) RETURNS int LANGUAGE sql AS 'SELECT $1';
     CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
