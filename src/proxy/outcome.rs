@@ -17,6 +17,9 @@ pub struct Outcome {
     pub rule: Option<&'static str>,
     /// COPY data bytes it moved (either direction), set by the relay as it settles.
     pub bytes: Option<u64>,
+    /// Rows an Execute returned before it stopped at its row limit (PortalSuspended, which
+    /// has no command tag), set by the relay.
+    pub suspended_after: Option<u64>,
 }
 
 impl Outcome {
@@ -30,6 +33,7 @@ impl Outcome {
             duration_ms: started.elapsed().as_secs_f64() * 1000.0,
             rule: None,
             bytes: None,
+            suspended_after: None,
         }
     }
 
@@ -44,13 +48,13 @@ impl Outcome {
         Outcome::new(seq, Instant::now(), OutcomeStatus::Interrupted)
     }
 
-    /// Row count from the command tag (`SELECT 3`, `INSERT 0 5`, `COPY 10`).
+    /// Row count from the command tag (`SELECT 3`, `INSERT 0 5`, `COPY 10`), or of an
+    /// Execute that stopped at its row limit, the rows it returned.
     pub fn rows(&self) -> Option<u64> {
-        self.command_tag
-            .as_deref()?
-            .rsplit(' ')
-            .next()?
-            .parse()
-            .ok()
+        let tagged = self
+            .command_tag
+            .as_deref()
+            .and_then(|tag| tag.rsplit(' ').next()?.parse().ok());
+        tagged.or(self.suspended_after)
     }
 }

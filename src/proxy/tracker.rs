@@ -329,7 +329,7 @@ impl Tracker {
         }
         match event {
             BackendEvent::Complete(tag) => return self.complete(tag, out),
-            BackendEvent::Empty | BackendEvent::Suspended | BackendEvent::FunctionResult => {
+            BackendEvent::Empty | BackendEvent::Suspended { .. } | BackendEvent::FunctionResult => {
                 out.extend(self.pop_statement(OutcomeStatus::Ok))
             }
             BackendEvent::Error {

@@ -16,8 +16,10 @@ pub enum BackendEvent {
     },
     /// EmptyQueryResponse.
     Empty,
-    /// PortalSuspended: Execute hit its row limit.
-    Suspended,
+    /// PortalSuspended: Execute hit its row limit, after returning `rows` DataRows.
+    Suspended {
+        rows: u64,
+    },
     /// ReadyForQuery with its transaction status byte.
     Ready(u8),
     /// CopyInResponse: the server now takes COPY data and ignores Sync until it ends.
@@ -67,6 +69,9 @@ pub struct BackendScanner {
     state: State,
     /// Report each DataRow's header (for row limits).
     count_rows: bool,
+    /// DataRows since the last message that ends a statement's result: what an Execute
+    /// stopped at its row limit returned (PortalSuspended says no number).
+    rows_returned: u64,
     /// Where the message being read began in the current `feed`, if it began there.
     started_at: Option<usize>,
     /// Where the first message boundary lies in the current `feed`: 0 when it began
@@ -87,6 +92,7 @@ impl Default for BackendScanner {
             started_at: Some(0),
             first_boundary: Some(0),
             count_rows: false,
+            rows_returned: 0,
             body: Vec::new(),
         }
     }
@@ -139,9 +145,12 @@ impl BackendScanner {
                         let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
                         // Upstream is the real server; a length below 4 would be its bug.
                         let remaining = usize::try_from(len).unwrap_or(4).saturating_sub(4);
-                        if tag == b'D' && self.count_rows {
-                            let start = self.started_at;
-                            events.push((BackendEvent::DataRow, start.map(|s| s..s)));
+                        if tag == b'D' {
+                            self.rows_returned += 1;
+                            if self.count_rows {
+                                let start = self.started_at;
+                                events.push((BackendEvent::DataRow, start.map(|s| s..s)));
+                            }
                         }
                         if tag == b'T' || tag == b'n' {
                             let start = self.started_at;
@@ -243,7 +252,16 @@ impl BackendScanner {
         self.started_at = Some(end);
         self.first_boundary.get_or_insert(end);
         if let State::Collect { tag, len, .. } = previous {
-            events.push((decode_event(tag, &self.body, len), range));
+            let event = match tag {
+                b's' => BackendEvent::Suspended {
+                    rows: std::mem::take(&mut self.rows_returned),
+                },
+                _ => decode_event(tag, &self.body, len),
+            };
+            if matches!(tag, b'C' | b'E' | b'I' | b'Z') {
+                self.rows_returned = 0;
+            }
+            events.push((event, range));
         }
     }
 }
@@ -254,7 +272,6 @@ fn decode_event(tag: u8, body: &[u8], len: usize) -> BackendEvent {
         b'C' => BackendEvent::Complete(cstr(body)),
         b'E' => decode_error(body, len),
         b'I' => BackendEvent::Empty,
-        b's' => BackendEvent::Suspended,
         b'G' => BackendEvent::CopyIn,
         b'V' => BackendEvent::FunctionResult,
         b'1' => BackendEvent::ParseComplete,
@@ -390,6 +407,38 @@ mod tests {
                 value: "value".into(),
             }]
         );
+    }
+
+    #[test]
+    fn a_suspended_portal_says_how_many_rows_its_execute_returned() {
+        // Rows of the statement before it (ended by CommandComplete) are not its own; an
+        // Execute that resumes the portal counts afresh.
+        let mut s = Vec::new();
+        s.extend(msg(b'D', b"\0\0"));
+        s.extend(msg(b'C', b"SELECT 1\0"));
+        for _ in 0..3 {
+            s.extend(msg(b'D', b"\0\0"));
+        }
+        s.extend(msg(b's', b""));
+        s.extend(msg(b'D', b"\0\0"));
+        s.extend(msg(b's', b""));
+        s.extend(msg(b'E', b"SERROR\0C57014\0Mcancelled\0\0"));
+        s.extend(msg(b's', b""));
+        // Split anywhere, the count is the same.
+        for split in [0, 1, 7, s.len() / 2, s.len() - 1] {
+            let mut scanner = BackendScanner::default();
+            let mut events = Vec::new();
+            scanner.feed(&s[..split], &mut events);
+            scanner.feed(&s[split..], &mut events);
+            let suspended: Vec<u64> = events
+                .iter()
+                .filter_map(|e| match e {
+                    BackendEvent::Suspended { rows } => Some(*rows),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(suspended, [3, 1, 0], "split at {split}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A grant's row limit counts a result however it is fetched: a cursor read a few rows per
 //! FETCH, or a portal read a few rows per Execute, returns no more of it than one statement
-//! may (an attack review read 250 rows under a limit of 5 five at a time).
+//! may (an attack review read 250 rows under a limit of 5 five at a time); and each Execute's
+//! outcome records the rows it returned, one stopped at its row limit too.
 
 use lockbox::policy::AccessLevel;
 
@@ -157,4 +158,56 @@ async fn a_plan_longer_than_the_limit_is_not_counted() {
     assert_eq!(rows_in(&rows), 3);
     let codes: Vec<String> = errors_in(&rows).into_iter().map(|(c, _)| c).collect();
     assert_eq!(codes, ["54000"]);
+}
+
+/// An Execute that stops at its own row limit (PortalSuspended) has no command tag: its
+/// outcome still says how many rows it returned, and the Execute that finishes the portal
+/// says how many it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_stopped_at_its_row_limit_records_the_rows_it_returned() {
+    let env = Env::start("rows_suspended_outcome").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (mut client, _conn) = env.connect("eve", &token).await.expect("login");
+    let transaction = client.transaction().await.expect("begin");
+    let portal = transaction
+        .bind("SELECT id FROM items WHERE id <= 5 ORDER BY id", &[])
+        .await
+        .expect("bind");
+    let first = transaction.query_portal(&portal, 2).await.expect("first");
+    let rest = transaction.query_portal(&portal, 10).await.expect("rest");
+    assert_eq!((first.len(), rest.len()), (2, 3));
+    transaction.commit().await.expect("commit");
+    let records = env
+        .wait_for_audit("the portal's outcomes", |records| {
+            records
+                .iter()
+                .filter(|r| r["type"] == "outcome" && r["request_id"] == id.as_str())
+                .count()
+                >= 5
+        })
+        .await;
+    let executes: Vec<u64> = records
+        .iter()
+        .filter(|r| {
+            r["type"] == "statement"
+                && r["request_id"] == id.as_str()
+                && r["protocol"] == "extended"
+                && r["statement"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("SELECT id FROM items"))
+        })
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    assert_eq!(executes.len(), 2, "{records:#?}");
+    let rows: Vec<(Option<&str>, Option<u64>)> = executes
+        .iter()
+        .map(|seq| {
+            let outcome = records
+                .iter()
+                .find(|r| r["type"] == "outcome" && r["statement_seq"] == *seq)
+                .unwrap_or_else(|| panic!("no outcome for {seq}: {records:#?}"));
+            (outcome["status"].as_str(), outcome["rows"].as_u64())
+        })
+        .collect();
+    assert_eq!(rows, [(Some("ok"), Some(2)), (Some("ok"), Some(3))]);
 }

@@ -77,9 +77,9 @@ impl Relay {
                     self.rows = 0;
                     self.statements.server_failed();
                 }
-                BackendEvent::Complete(_) | BackendEvent::Empty | BackendEvent::Suspended => {
-                    self.rows = 0
-                }
+                BackendEvent::Complete(_)
+                | BackendEvent::Empty
+                | BackendEvent::Suspended { .. } => self.rows = 0,
                 BackendEvent::Ready(_) => {
                     // Statements before this Ready are settled.
                     if let Some(next) = self.tracker.running() {
@@ -93,6 +93,10 @@ impl Relay {
                 _ => {}
             }
             let settled = self.outcomes.len();
+            let suspended = match event {
+                BackendEvent::Suspended { rows } => self.tracker.running().map(|seq| (seq, rows)),
+                _ => None,
+            };
             let copying = self.tracker.in_copy_in();
             let names = self
                 .tracker
@@ -114,6 +118,14 @@ impl Relay {
                     .statements
                     .settle(through, self.tracker.transaction_status),
                 None => {}
+            }
+            if let Some((seq, returned)) = suspended {
+                let outcome = self.outcomes[settled..]
+                    .iter_mut()
+                    .find(|o| o.statement_seq == seq);
+                if let Some(outcome) = outcome {
+                    outcome.suspended_after = Some(returned);
+                }
             }
             // Bytes counted so far belong to the COPY settled now, not to one settled later
             // in the same read.
