@@ -18,6 +18,8 @@ pub(super) struct Calls {
     pub(super) settings: Vec<String>,
     pub(super) relations: Vec<String>,
     pub(super) opaque: bool,
+    /// A conversion to a type given by OID (`domain_in`): opaque, and said so.
+    pub(super) converts_by_oid: bool,
     pub(super) reads_tables_by_name: bool,
     /// `nextval`/`setval` of a sequence named by an expression.
     pub(super) sequence_unknown: bool,
@@ -148,6 +150,11 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
                 out.reads_data = true;
                 continue;
             }
+            Effect::ConvertsToTypeByOid => {
+                out.opaque = true;
+                out.converts_by_oid = true;
+                continue;
+            }
             Effect::Write => Class::Write,
             Effect::Escalation(rule) => Class::Escalation(rule),
             Effect::SetsConfig => Class::Forbidden("lexer_setting"),
@@ -168,6 +175,7 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
         if names_a_relation_first(&call.name) {
             note_relation_named_first(call, &mut out);
         }
+        out.schemas.extend(text_search_object_schema(call));
         let class = match functions::effect(&call.name) {
             Effect::None if call.name == "lo_open" => functions::lo_open_class(call),
             Effect::ReadsData => {
@@ -175,6 +183,11 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
                 Class::Read
             }
             Effect::None => Class::Read,
+            Effect::ConvertsToTypeByOid => {
+                out.opaque = true;
+                out.converts_by_oid = true;
+                Class::Read
+            }
             Effect::FetchesPortalByName => functions::FETCHES_PORTAL_BY_NAME,
             Effect::Write => Class::Write,
             Effect::Escalation(rule) => Class::Escalation(rule),
@@ -192,6 +205,11 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
                             out.search_path.push("*".into());
                         }
                     }
+                }
+                if name.as_deref() == Some("default_text_search_config") {
+                    let value = call.args.get(1).and_then(|v| tree::literal(v));
+                    out.schemas
+                        .extend(value.and_then(|v| super::literals::schema_of_name(&v)));
                 }
                 if name.is_none() {
                     out.settings.push("*".into());
@@ -341,8 +359,40 @@ fn names_a_relation_first(function: &str) -> bool {
     function.starts_with("table_to_")
         || matches!(
             function,
-            "pg_sequence_last_value" | "nextval" | "setval" | "currtid2"
+            "pg_sequence_last_value"
+                | "nextval"
+                | "setval"
+                | "currtid2"
+                // They write the index they name (an attack review summarised an
+                // off-limits schema's BRIN index by its name in a string).
+                | "brin_summarize_new_values"
+                | "brin_summarize_range"
+                | "brin_desummarize_range"
+                | "gin_clean_pending_list"
         )
+}
+
+/// The schema of a text search configuration or dictionary a call names in a string as its
+/// first argument (`to_tsvector('hr.cfg', …)`, `ts_lexize('hr.dict', …)`); a cast of one
+/// (`'hr.cfg'::regconfig`) is seen as a cast.
+fn text_search_object_schema(call: &tree::Call<'_>) -> Option<String> {
+    let takes_one_first = match call.name.as_str() {
+        "ts_lexize" => true,
+        "to_tsvector"
+        | "to_tsquery"
+        | "plainto_tsquery"
+        | "phraseto_tsquery"
+        | "websearch_to_tsquery"
+        | "ts_debug"
+        | "ts_headline"
+        | "json_to_tsvector"
+        | "jsonb_to_tsvector" => call.args.len() >= 2,
+        _ => false,
+    };
+    if !takes_one_first {
+        return None;
+    }
+    super::literals::schema_of_name(&tree::literal(call.args.first()?)?)
 }
 
 /// The relation a call names in its first argument, as the statement's own; one it cannot

@@ -63,6 +63,9 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
         _ if found.operator_class_named => {
             Some("an operator class named, whose functions may be the database's")
         }
+        _ if calls.converts_by_oid => Some(
+            "a conversion to a type given by OID (its input and a domain's checks may call the database's functions)",
+        ),
         _ => calls
             .opaque
             .then_some("a call of a function that is not built in"),
@@ -130,6 +133,7 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 .iter()
                 .chain(&calls.schemas)
                 .cloned()
+                .chain(text_search_config_set(&found))
                 .collect(),
             settings: changed.into(),
             opaque,
@@ -523,6 +527,18 @@ fn transaction_names(t: &protobuf::TransactionStmt) -> Option<NameChange> {
 /// The analysis of a statement nested in another (EXPLAIN's, PREPARE's, COPY's query).
 fn analyze_inner(node: &protobuf::Node) -> Analysis {
     analyze_stmt(Some(node))
+}
+
+/// The schema of a text search configuration a `SET default_text_search_config` names:
+/// every later unqualified `to_tsvector(…)` uses it.
+fn text_search_config_set(found: &Found<'_>) -> Vec<String> {
+    found
+        .sets
+        .iter()
+        .filter(|s| s.name == "default_text_search_config")
+        .flat_map(|set| set.args.iter())
+        .filter_map(|arg| super::literals::schema_of_name(&tree::literal(arg)?))
+        .collect()
 }
 
 /// Schemas a statement puts on the search path.

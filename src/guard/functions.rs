@@ -37,6 +37,12 @@ pub(crate) enum Effect {
     /// Fetches from a portal named by text (`cursor_to_xml`): refused at every level (see
     /// [`FETCHES_PORTAL_BY_NAME`]).
     FetchesPortalByName,
+    /// Converts a value to a type given by OID (`domain_in('5', 'd'::regtype, -1)`): the
+    /// type's input, a domain's checks and a composite's columns' run, which may call the
+    /// database's functions, and the OID names no type the guard or the catalog's links
+    /// can see (an attack review ran an off-limits schema's domain check so, and wrote
+    /// through it). As opaque as a call of a database function.
+    ConvertsToTypeByOid,
 }
 
 /// The rule a call that fetches from a portal by a name in text breaks: the portal may be a
@@ -205,6 +211,10 @@ pub(crate) fn effect(name: &str) -> Effect {
         // Fetch from a portal named in text: a Bind's, whose statement's text and
         // parameters may be in no record, run as the fetch goes.
         "cursor_to_xml" | "cursor_to_xmlschema" => Effect::FetchesPortalByName,
+        "domain_in" | "domain_recv" | "record_in" | "record_recv" | "array_in" | "array_recv"
+        | "range_in" | "range_recv" | "multirange_in" | "multirange_recv" => {
+            Effect::ConvertsToTypeByOid
+        }
         _ => Effect::None,
     }
 }

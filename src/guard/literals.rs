@@ -129,3 +129,62 @@ fn scalar(node: &Value, [string, integer, float, boolean]: [&str; 4]) -> Option<
         .to_owned(),
     )
 }
+
+/// The schema a qualified name in text names (`'hr.cfg'`, `'"HR".cfg'`), lowercased as the
+/// rules compare schemas; `None` for an unqualified name or text that is no name.
+pub(crate) fn schema_of_name(text: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    let mut part = String::new();
+    let mut chars = text.trim().chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    '"' => break,
+                    other => part.push(other),
+                }
+            },
+            '.' => parts.push(std::mem::take(&mut part).trim().to_owned()),
+            other => part.extend(other.to_lowercase()),
+        }
+    }
+    parts.push(part.trim().to_owned());
+    match parts.len() {
+        0 | 1 => None,
+        n => parts.get(n - 2).map(|schema| schema.to_lowercase()),
+    }
+}
+
+/// `'hr.cfg'::regconfig`, `'hr.dict'::regdictionary`: the schema of the text search object
+/// a cast of a literal names.
+pub(crate) fn text_search_cast_schema(cast: &Value) -> Option<String> {
+    let names = plain_type_names(cast.get("type_name")?)?;
+    let text_search = matches!(
+        names[..],
+        ["regconfig" | "regdictionary"] | ["pg_catalog", "regconfig" | "regdictionary"]
+    );
+    text_search
+        .then(|| schema_of_name(&literal(cast.get("arg")?)?))
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schema_of_name;
+
+    #[test]
+    fn the_schema_of_a_name_in_text_is_read_as_sql_reads_names() {
+        assert_eq!(schema_of_name("hr.cfg").as_deref(), Some("hr"));
+        assert_eq!(schema_of_name(" HR . cfg ").as_deref(), Some("hr"));
+        assert_eq!(schema_of_name("\"Hr\".cfg").as_deref(), Some("hr"));
+        assert_eq!(schema_of_name("\"h.r\".cfg").as_deref(), Some("h.r"));
+        assert_eq!(schema_of_name("db.hr.cfg").as_deref(), Some("hr"));
+        assert_eq!(schema_of_name("english"), None);
+        assert_eq!(schema_of_name("\"a.b\""), None);
+        assert_eq!(schema_of_name("\"unterminated.x"), None);
+    }
+}

@@ -1513,6 +1513,22 @@ fn every_object_of_an_off_limits_schema_is_off_limits() {
         "alter operator family hr.f using btree add operator 1 <(int,int)",
         "create index on t (a hr.ops)",
         "select a from t order by a collate hr.c",
+        // Functions that write the index named in their first argument.
+        "select brin_summarize_new_values('hr.pay_brin')",
+        "select brin_summarize_range('hr.pay_brin', 0)",
+        "select brin_desummarize_range('\"hr\".pay_brin', 0)",
+        "select gin_clean_pending_list('hr.pay_gin'::regclass)",
+        "select gin_clean_pending_list(16400)",
+        // Text search objects named in strings.
+        "select to_tsvector('hr.cfg', 'x')",
+        "select websearch_to_tsquery('hr.cfg', 'x')",
+        "select ts_lexize('\"HR\".dict', 'x')",
+        "select to_tsvector('hr.cfg'::regconfig, 'x')",
+        "select 'hr.dict'::pg_catalog.regdictionary",
+        "set default_text_search_config = 'hr.cfg'",
+        "set local default_text_search_config to 'hr.cfg'",
+        "select set_config('default_text_search_config', 'hr.cfg', false)",
+        "create index on t using gin (to_tsvector('hr.cfg', name))",
     ] {
         assert_eq!(rule(sql), Some("off_limits"), "{sql}");
     }
@@ -1530,7 +1546,56 @@ fn every_object_of_an_off_limits_schema_is_off_limits() {
         "select pg_catalog.upper('a')",
         "select 1::pg_catalog.int4",
         "create table public.t (a int, hr text)",
+        // Lists of values or columns, not names (an attack review's).
+        "create type public.dept as enum ('hr', 'sales')",
+        "grant select (hr, x) on public.t to sales_read",
+        "copy public.t (id, x) to stdout (format csv, force_quote (hr, x))",
+        "copy public.t from stdin (format csv, force_not_null (hr, x), force_null (hr, x))",
+        "with recursive c (hr, x) as (select 1, 1 union all select hr + 1, x from c where hr < 3) search depth first by hr, x set ord select hr from c",
+        "with recursive c (hr, x) as (select 1, 1 union all select hr + 1, x from c where hr < 3) cycle hr, x set cyc using pth select hr from c",
+        "select brin_summarize_new_values('public.pay_brin')",
+        "select to_tsvector('english', 'x')",
+        "select to_tsvector('pg_catalog.english', 'hr.x')",
+        "select to_tsvector('hr.x')",
+        "set default_text_search_config = 'pg_catalog.english'",
     ] {
         assert_eq!(rule(sql), None, "{sql}");
     }
+}
+
+/// A conversion to a type given by OID runs the type's input and a domain's checks, which
+/// may call the database's functions, and no name of the type is there to see: as opaque as
+/// a call of a database function under any rule, an ordinary read without one.
+#[test]
+fn a_conversion_to_a_type_given_by_oid_is_opaque() {
+    let rules = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    for sql in [
+        "select domain_in('5', 'hr.d2'::regtype, -1)",
+        "select domain_in('5', 16487, -1) is null",
+        "select record_in('(5,x)', to_regtype('comp'), -1)",
+        "select array_in('{5}', 'posint'::regtype, -1)",
+        "select range_in('[1,2)', 'r'::regtype, -1)",
+        "select multirange_in('{[1,2)}', 'mr'::regtype, -1)",
+        "select pg_catalog.domain_recv(null, 16487, -1)",
+        "select * from t where record_in(t.v, 1, -1) is null",
+    ] {
+        let analysis = analyze(sql);
+        let refusal = check_rules(&rules, &analysis.facts).expect_err(sql);
+        assert_eq!(refusal.rule, "opaque_statement", "{sql}");
+        assert!(
+            refusal.message.contains("type given by OID"),
+            "{sql}: {}",
+            refusal.message
+        );
+        assert!(
+            check_analysis(AccessLevel::Read, &Guardrails::default(), &analysis).is_ok(),
+            "{sql}"
+        );
+    }
+    // A type's input by name: the type is seen (and followed in the catalog).
+    let named = analyze("select int4in('5')");
+    assert!(check_rules(&rules, &named.facts).is_ok());
 }

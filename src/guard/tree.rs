@@ -124,21 +124,35 @@ fn note_foreign_target(found: &mut Found<'_>) {
 }
 
 fn visit<'t>(value: &'t Value, found: &mut Found<'t>) {
+    visit_names(value, found, true);
+}
+
+/// `qualified`: name lists below may be qualified names (not so in an option that lists
+/// columns: `COPY … (FORCE_QUOTE (hr, x))`).
+fn visit_names<'t>(value: &'t Value, found: &mut Found<'t>, qualified: bool) {
     match value {
-        Value::Array(items) => items.iter().for_each(|v| visit(v, found)),
+        Value::Array(items) => items.iter().for_each(|v| visit_names(v, found, qualified)),
         Value::Object(map) => {
             inspect_untagged(map, found);
+            let qualified = qualified
+                && !map
+                    .get("defname")
+                    .and_then(Value::as_str)
+                    .is_some_and(|name| COLUMN_LIST_OPTIONS.contains(&name));
             for (key, child) in map {
                 inspect_tagged(key, child, found);
-                if let Value::Array(items) = child {
+                if let (Value::Array(items), true) = (child, qualified) {
                     note_qualifiers(key, items, found);
                 }
-                visit(child, found);
+                visit_names(child, found, qualified);
             }
         }
         _ => {}
     }
 }
+
+/// COPY options whose value is a list of columns.
+const COLUMN_LIST_OPTIONS: &[&str] = &["force_quote", "force_not_null", "force_null"];
 
 /// Node types recognised by their fields (they appear untagged in typed fields).
 fn inspect_untagged<'t>(map: &'t Map<String, Value>, found: &mut Found<'t>) {
@@ -298,6 +312,10 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         // name does: `CREATE SCHEMA hr`, `CREATE EXTENSION e SCHEMA hr`, `CREATE
         // PUBLICATION p FOR TABLES IN SCHEMA hr` (all of its tables, unnamed).
         "CreateSchemaStmt" => note_schema(node.get("schemaname"), found),
+        // A text search configuration or dictionary named in a string.
+        "TypeCast" => found
+            .schemas
+            .extend(super::literals::text_search_cast_schema(node)),
         "PublicationObjSpec" => note_schema(node.get("name"), found),
         "CreateExtensionStmt" => {
             let options = node.get("options").and_then(Value::as_array);
@@ -490,6 +508,13 @@ const UNQUALIFIED_LISTS: &[&str] = &[
     "indirection",
     "columns",
     "tokentype",
+    // Enum labels, a column privilege's columns, a recursive CTE's SEARCH and CYCLE
+    // columns, a subscription's publications.
+    "vals",
+    "cols",
+    "search_col_list",
+    "cycle_col_list",
+    "publication",
 ];
 
 /// The schema of every qualified name that is not a column's: `hr.f()` called, created,

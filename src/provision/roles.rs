@@ -368,10 +368,23 @@ pub(super) async fn database_code(
 /// or that the guard judges by its arguments or does not take as a plain read (`$1`,
 /// `guard::followed_in_stored_code`: `set_config` in a rule opened an off-limits schema to a
 /// review; those are pinned, so not in `pg_depend`: found in the parts' expression trees,
-/// as a call or as an operator's function, a rule's WHERE included).
+/// as a call or as an operator's function, a rule's WHERE included). `nextval` and `setval`
+/// count only where their sequence is computed (`nextval(c.oid::regclass)` in a view
+/// advanced every sequence, an off-limits one too, for a review): a serial column's
+/// default names its own sequence as a constant, which the links follow.
 const FUNCTION_LINKS: &str = "\
     WITH RECURSIVE \
     ext AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e'), \
+    stored (rel, on_read, tree) AS ( \
+      SELECT * FROM ( \
+          SELECT ev_class, ev_type = '1', concat(ev_qual::text, ev_action::text) FROM pg_catalog.pg_rewrite \
+          UNION ALL SELECT polrelid, true, concat(polqual::text, polwithcheck::text) FROM pg_catalog.pg_policy \
+          UNION ALL SELECT adrelid, false, adbin::text FROM pg_catalog.pg_attrdef \
+          UNION ALL SELECT conrelid, false, conbin::text FROM pg_catalog.pg_constraint WHERE conrelid <> 0 \
+          UNION ALL SELECT tgrelid, false, tgqual::text FROM pg_catalog.pg_trigger \
+          UNION ALL SELECT indrelid, false, concat(indexprs::text, indpred::text) FROM pg_catalog.pg_index \
+          UNION ALL SELECT stxrelid, false, stxexprs::text FROM pg_catalog.pg_statistic_ext \
+        ) AS t (rel, on_read, tree) WHERE t.tree IS NOT NULL), \
     part (rel, on_read, classid, objid) AS ( \
       SELECT c.oid, c.relkind = 'p', 'pg_catalog.pg_class'::regclass, c.oid FROM pg_catalog.pg_class c \
        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
@@ -405,25 +418,21 @@ const FUNCTION_LINKS: &str = "\
           ON d.classid = p.classid AND d.objid = p.objid AND d.refclassid = 'pg_catalog.pg_proc'::regclass \
        WHERE p.classid IN ('pg_catalog.pg_rewrite'::regclass, 'pg_catalog.pg_policy'::regclass, \
                            'pg_catalog.pg_trigger'::regclass) \
-      UNION SELECT t.rel, t.on_read, m[1]::oid, true FROM ( \
-          SELECT ev_class, ev_type = '1', concat(ev_qual::text, ev_action::text) FROM pg_catalog.pg_rewrite \
-          UNION ALL SELECT polrelid, true, concat(polqual::text, polwithcheck::text) FROM pg_catalog.pg_policy \
-          UNION ALL SELECT adrelid, false, adbin::text FROM pg_catalog.pg_attrdef \
-          UNION ALL SELECT conrelid, false, conbin::text FROM pg_catalog.pg_constraint WHERE conrelid <> 0 \
-          UNION ALL SELECT tgrelid, false, tgqual::text FROM pg_catalog.pg_trigger \
-          UNION ALL SELECT indrelid, false, concat(indexprs::text, indpred::text) FROM pg_catalog.pg_index \
-          UNION ALL SELECT stxrelid, false, stxexprs::text FROM pg_catalog.pg_statistic_ext \
-        ) AS t (rel, on_read, tree), \
+      UNION SELECT t.rel, t.on_read, m[1]::oid, true FROM stored t, \
         LATERAL pg_catalog.regexp_matches(t.tree, ':(?:func|opfunc)id ([0-9]+)', 'g') AS m \
-       WHERE t.tree IS NOT NULL AND m[1]::oid IN (SELECT p.oid FROM pg_catalog.pg_proc p \
-             WHERE p.oid < 16384 AND p.proname = ANY($1::text[]))) \
+       WHERE m[1]::oid IN (SELECT p.oid FROM pg_catalog.pg_proc p \
+             WHERE p.oid < 16384 AND p.proname = ANY($1::text[])) \
+      UNION SELECT t.rel, t.on_read, m[1]::oid, true FROM stored t, \
+        LATERAL pg_catalog.regexp_matches(t.tree, ':funcid ([0-9]+) [^{}]*:args \\(\\{(?!CONST )', 'g') AS m \
+       WHERE m[1]::oid IN (SELECT p.oid FROM pg_catalog.pg_proc p \
+             WHERE p.oid < 16384 AND p.proname IN ('nextval', 'setval'))) \
     SELECT DISTINCT CASE WHEN ran.on_read THEN 'cr' ELSE 'cw' END, rn.nspname::text, r.relname::text, \
            pn.nspname::text, p.proname::text \
       FROM ran JOIN pg_catalog.pg_class r ON r.oid = ran.rel \
       JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
       JOIN pg_catalog.pg_proc p ON p.oid = ran.fn JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
      WHERE rn.nspname NOT IN ('pg_catalog', 'information_schema') \
-       AND (p.oid >= 16384 OR p.proname = ANY($1::text[])) \
+       AND (p.oid >= 16384 OR p.proname = ANY($1::text[]) OR p.proname IN ('nextval', 'setval')) \
        AND (ran.any_fn OR NOT EXISTS (SELECT FROM ext x \
             WHERE x.classid = 'pg_catalog.pg_proc'::regclass AND x.objid = p.oid))";
 
