@@ -159,15 +159,29 @@ pub(crate) fn schema_of_name(text: &str) -> Option<String> {
     }
 }
 
-/// `'hr.cfg'::regconfig`, `'hr.dict'::regdictionary`: the schema of the text search object
-/// a cast of a literal names.
-pub(crate) fn text_search_cast_schema(cast: &Value) -> Option<String> {
+/// `'hr.pay'::regclass`, `'hr.cfg'::regconfig`, `'hr.f(int)'::regprocedure`: the schema of
+/// the object a cast of a literal to an object identifier type names.
+pub(crate) fn object_cast_schema(cast: &Value) -> Option<String> {
     let names = plain_type_names(cast.get("type_name")?)?;
-    let text_search = matches!(
-        names[..],
-        ["regconfig" | "regdictionary"] | ["pg_catalog", "regconfig" | "regdictionary"]
-    );
-    text_search
+    let object = |name: &str| {
+        matches!(
+            name,
+            "regclass"
+                | "regproc"
+                | "regprocedure"
+                | "regtype"
+                | "regoper"
+                | "regoperator"
+                | "regcollation"
+                | "regconfig"
+                | "regdictionary"
+        )
+    };
+    let names_object = match names[..] {
+        [name] | ["pg_catalog", name] => object(name),
+        _ => false,
+    };
+    names_object
         .then(|| schema_of_name(&literal(cast.get("arg")?)?))
         .flatten()
 }

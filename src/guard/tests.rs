@@ -1525,6 +1525,13 @@ fn every_object_of_an_off_limits_schema_is_off_limits() {
         "select ts_lexize('\"HR\".dict', 'x')",
         "select to_tsvector('hr.cfg'::regconfig, 'x')",
         "select 'hr.dict'::pg_catalog.regdictionary",
+        // Any object named in a string cast to its identifier type.
+        "select 'hr.salaries'::regclass",
+        "select pg_relation_size('hr.salaries'::regclass)",
+        "select 'hr.f(int)'::regprocedure",
+        "select 'hr.f'::pg_catalog.regproc",
+        "select 'hr.d'::regtype",
+        "select satisfies_hash_partition('hr.bonus'::regclass, 1, 0, 43)",
         "set default_text_search_config = 'hr.cfg'",
         "set local default_text_search_config to 'hr.cfg'",
         "select set_config('default_text_search_config', 'hr.cfg', false)",
@@ -1557,6 +1564,9 @@ fn every_object_of_an_off_limits_schema_is_off_limits() {
         "select to_tsvector('english', 'x')",
         "select to_tsvector('pg_catalog.english', 'hr.x')",
         "select to_tsvector('hr.x')",
+        "select 'public.items'::regclass",
+        "select 'hr.x'::text",
+        "select oid from pg_class where relnamespace = 'hr'::regnamespace",
         "set default_text_search_config = 'pg_catalog.english'",
     ] {
         assert_eq!(rule(sql), None, "{sql}");
@@ -1598,4 +1608,62 @@ fn a_conversion_to_a_type_given_by_oid_is_opaque() {
     // A type's input by name: the type is seen (and followed in the catalog).
     let named = analyze("select int4in('5')");
     assert!(check_rules(&rules, &named.facts).is_ok());
+}
+
+/// A database's own implicit cast between built-in types may run in any expression, where
+/// no type is written: with rules, no statement is allowed; without, it is no concern of
+/// the rules'.
+#[test]
+fn an_implicit_cast_of_the_databases_own_refuses_every_statement_under_rules() {
+    let rules = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    let database: std::collections::HashSet<String> = [IMPLICIT_CAST.to_owned()].into();
+    for sql in ["select host(7)", "select 1", "begin"] {
+        let facts = analyze(sql).facts;
+        let refusal = check_database_functions(&rules, &facts, &database).expect_err(sql);
+        assert_eq!(refusal.rule, "opaque_statement");
+        assert!(
+            refusal.message.contains("implicit cast"),
+            "{}",
+            refusal.message
+        );
+        assert!(check_database_functions(&Guardrails::default(), &facts, &database).is_ok());
+        assert!(
+            check_database_functions(&rules, &facts, &std::collections::HashSet::new()).is_ok()
+        );
+    }
+}
+
+/// `satisfies_hash_partition` runs the hash functions of the key of the table it names:
+/// by OID it is as opaque as a table read by a name in a string; by name, it names it.
+#[test]
+fn satisfies_hash_partition_names_its_table() {
+    let rules = Guardrails {
+        off_limits: vec!["payroll".into()],
+        ..Guardrails::default()
+    };
+    let rule = |sql: &str| {
+        check_rules(&rules, &analyze(sql).facts)
+            .err()
+            .map(|r| r.rule)
+    };
+    assert_eq!(
+        rule("select satisfies_hash_partition(16503, 2, 0, 6)"),
+        Some("off_limits")
+    );
+    assert_eq!(
+        rule("select satisfies_hash_partition('payroll', 2, 0, 6)"),
+        Some("off_limits")
+    );
+    let named = analyze("select satisfies_hash_partition('parts', 2, 0, 6)");
+    assert!(named.facts.relations.iter().any(|r| r == "parts"));
+    let deny_only = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    let by_oid = analyze("select satisfies_hash_partition(16503, 2, 0, 6)");
+    let refusal = check_rules(&deny_only, &by_oid.facts).expect_err("by OID");
+    assert_eq!(refusal.rule, "opaque_statement");
 }

@@ -312,10 +312,10 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         // name does: `CREATE SCHEMA hr`, `CREATE EXTENSION e SCHEMA hr`, `CREATE
         // PUBLICATION p FOR TABLES IN SCHEMA hr` (all of its tables, unnamed).
         "CreateSchemaStmt" => note_schema(node.get("schemaname"), found),
-        // A text search configuration or dictionary named in a string.
+        // An object named in a string cast to its identifier type (`'hr.cfg'::regconfig`).
         "TypeCast" => found
             .schemas
-            .extend(super::literals::text_search_cast_schema(node)),
+            .extend(super::literals::object_cast_schema(node)),
         "PublicationObjSpec" => note_schema(node.get("name"), found),
         "CreateExtensionStmt" => {
             let options = node.get("options").and_then(Value::as_array);

@@ -262,6 +262,13 @@ pub(super) async fn database_code(
             // `replace(citext, …)`) is left out: it is the built-in for the extension's type,
             // and counting it would refuse every `max(id)` where citext is installed. Its
             // other functions (`crosstab`, `dblink`) stay: what they run is out of sight.
+            // A btree or hash operator family of the database's own with a support function
+            // of its own makes its operators the database's, built-in ones too: the planner
+            // sorts and hashes with any family that holds the operator (`ORDER BY b USING
+            // <` ran a review's comparison function for `box`; a merge or hash join may too).
+            // An implicit cast of the database's own between built-in types may run where
+            // no type is written (`host(7)` ran a review's int4 → inet cast function): noted
+            // as one entry (`$1`), which refuses every statement (`guard::IMPLICIT_CAST`).
             "SELECT p.proname::text, bool_and(EXISTS (SELECT FROM pg_catalog.pg_depend d \
                WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')) \
              FROM pg_catalog.pg_proc p \
@@ -270,8 +277,20 @@ pub(super) async fn database_code(
              UNION SELECT DISTINCT pg_catalog.concat('operator ', o.oprname), false FROM pg_catalog.pg_operator o \
              WHERE o.oid >= 16384 \
              AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
-               WHERE d.classid = 'pg_catalog.pg_operator'::regclass AND d.objid = o.oid AND d.deptype = 'e')",
-            &[],
+               WHERE d.classid = 'pg_catalog.pg_operator'::regclass AND d.objid = o.oid AND d.deptype = 'e') \
+             UNION SELECT DISTINCT pg_catalog.concat('operator ', o.oprname), false \
+             FROM pg_catalog.pg_amop a JOIN pg_catalog.pg_operator o ON o.oid = a.amopopr \
+             JOIN pg_catalog.pg_opfamily f ON f.oid = a.amopfamily \
+             JOIN pg_catalog.pg_am m ON m.oid = f.opfmethod AND m.amname IN ('btree', 'hash') \
+             WHERE EXISTS (SELECT FROM pg_catalog.pg_amproc s WHERE s.amprocfamily = f.oid \
+               AND s.amproc >= 16384 AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
+                 WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = s.amproc AND d.deptype = 'e')) \
+             UNION SELECT $1::text, false FROM pg_catalog.pg_cast c \
+             WHERE c.castcontext = 'i' AND c.castfunc >= 16384 \
+             AND c.castsource < 16384 AND c.casttarget < 16384 \
+             AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
+               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = c.castfunc AND d.deptype = 'e')",
+            &[&crate::guard::IMPLICIT_CAST],
         )
         .await
         .map_err(failed(db, "listing the database's functions"))?;

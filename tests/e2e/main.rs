@@ -66,6 +66,7 @@ mod names_unrecorded;
 mod notify;
 mod off_limits_reach;
 mod oidc;
+mod opaque_catalog;
 mod openapi;
 mod ops;
 mod ops_limits;

@@ -1,0 +1,106 @@
+//! What a database's catalog makes run where the statement's text names none of it: an
+//! operator family of its own that sorts or hashes a built-in type, and an implicit cast of
+//! its own between built-in types. With rules, such statements are refused
+//! (`opaque_statement`), checked against the real server's planner (the customer's
+//! functions would write a row if they ran).
+
+use lockbox::policy::AccessLevel;
+
+use crate::harness::{db_error, Env, Options};
+
+const RUN_LOG: &str = "
+    CREATE TABLE ran (what text);
+    GRANT ALL ON ran TO PUBLIC;
+";
+
+async fn admin_session(env: &Env) -> tokio_postgres::Client {
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
+    client
+}
+
+fn assert_opaque(error: &tokio_postgres::Error, sql: &str, naming: &str) {
+    let (code, message) = db_error(error);
+    assert_eq!(code, "42501", "{sql}: {message}");
+    assert!(message.contains("opaque_statement"), "{sql}: {message}");
+    assert!(message.contains(naming), "{sql} names {naming}: {message}");
+}
+
+/// The planner sorts or hashes with any btree or hash family that holds the operator, not
+/// only a type's default class: `ORDER BY b USING <` on `box` ran a review's comparison
+/// function from a class it never named, and `satisfies_hash_partition` by a table's OID ran
+/// its partition key's hash function.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_family_of_the_databases_own_makes_its_operators_opaque() {
+    let env = Env::with(
+        "opaque_families",
+        Options {
+            guardrails: "deny_drop = true",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(RUN_LOG);
+    env.superuser_sql(
+        "CREATE FUNCTION box_cmp_logged(a box, b box) RETURNS int LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO ran VALUES ('box_cmp_logged');
+               RETURN CASE WHEN area(a) < area(b) THEN -1 WHEN area(a) > area(b) THEN 1 ELSE 0 END;
+         END $$;
+         CREATE OPERATOR CLASS box_area_ops FOR TYPE box USING btree AS
+             OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >,
+             FUNCTION 1 box_cmp_logged(box, box);
+         CREATE FUNCTION hash_logged(v int, seed bigint) RETURNS bigint LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO ran VALUES ('hash_logged'); RETURN v; END $$;
+         CREATE OPERATOR CLASS int_logged_ops FOR TYPE int4 USING hash AS
+             OPERATOR 1 =, FUNCTION 1 hashint4(int4), FUNCTION 2 hash_logged(int, bigint);
+         CREATE TABLE spread (id int) PARTITION BY HASH (id int_logged_ops);
+         CREATE TABLE spread_0 PARTITION OF spread FOR VALUES WITH (MODULUS 2, REMAINDER 0);
+         CREATE TABLE spread_1 PARTITION OF spread FOR VALUES WITH (MODULUS 2, REMAINDER 1);",
+    );
+    let spread = env.superuser_sql("SELECT 'spread'::regclass::oid");
+    let client = admin_session(&env).await;
+    let ordered = "SELECT * FROM (VALUES (box(point(0,0), point(1,1))), (box(point(0,0), point(2,2)))) v (b) ORDER BY b USING <";
+    let error = client.simple_query(ordered).await.expect_err(ordered);
+    assert_opaque(&error, ordered, "operator <");
+    let hashed = format!(
+        "SELECT satisfies_hash_partition({}, 2, 0, 6)",
+        spread.trim()
+    );
+    let error = client.simple_query(&hashed).await.expect_err(&hashed);
+    assert_opaque(&error, &hashed, "opaque_statement");
+    let ran = env.superuser_sql("SELECT count(*) FROM ran");
+    assert_eq!(ran.trim(), "0", "none of the database's functions ran");
+    // Operators no family of the database's holds still run.
+    let sum = client.simple_query("SELECT 1 + 1").await.expect("1 + 1");
+    assert!(!sum.is_empty());
+}
+
+/// An implicit cast of the database's own between built-in types runs wherever a value of
+/// one type meets a function of the other (`host(7)`), with no type written: with rules,
+/// nothing may run on such a database.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_implicit_cast_of_the_databases_own_between_built_in_types_refuses_every_statement() {
+    let env = Env::with(
+        "opaque_implicit_cast",
+        Options {
+            guardrails: "deny_drop = true",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(RUN_LOG);
+    env.superuser_sql(
+        "CREATE FUNCTION int_to_inet_logged(x int4) RETURNS inet LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO ran VALUES ('int_to_inet_logged'); RETURN '10.0.0.1'::inet; END $$;
+         CREATE CAST (int4 AS inet) WITH FUNCTION int_to_inet_logged(int4) AS IMPLICIT;",
+    );
+    let client = admin_session(&env).await;
+    for sql in ["SELECT host(7)", "SELECT 1"] {
+        let error = client.simple_query(sql).await.expect_err(sql);
+        assert_opaque(&error, sql, "implicit cast");
+    }
+    let ran = env.superuser_sql("SELECT count(*) FROM ran");
+    assert_eq!(ran.trim(), "0", "the cast's function did not run");
+}
