@@ -126,6 +126,12 @@ pub fn check_database_functions(
             message: "lockbox: this database has an implicit cast of its own between built-in types, whose function any expression may run out of lockbox's sight (`host(7)` casts an integer), so no statement is allowed on it while it has rules (rule opaque_statement)".into(),
         });
     }
+    if database_functions.contains(BUILT_IN_TYPE_IO) {
+        return Err(Refusal {
+            rule: "opaque_statement",
+            message: "lockbox: this database gave a built-in type an input, output, send or receive function of its own, which any result or parameter of that type may run out of lockbox's sight, so no statement is allowed on it while it has rules (rule opaque_statement)".into(),
+        });
+    }
     let message = match database_function_used(facts, database_functions) {
         None => return Ok(()),
         Some(name) => match name.strip_prefix(TYPE_PREFIX) {
@@ -182,6 +188,10 @@ pub fn database_function_used(
 /// The entry among a database's functions that says it has an implicit cast of its own
 /// between built-in types (not a function's name: it has a blank).
 pub const IMPLICIT_CAST: &str = "implicit cast";
+
+/// The entry that says a built-in type has an I/O function of the database's own (`ALTER
+/// TYPE xid8 SET (SEND = …)`): binary results and parameters run it, naming no type.
+pub const BUILT_IN_TYPE_IO: &str = "built-in type io";
 
 /// How the database's own operators are listed among its functions: `operator ===`.
 const OPERATOR_PREFIX: &str = "operator ";

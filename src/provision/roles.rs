@@ -268,29 +268,47 @@ pub(super) async fn database_code(
             // <` ran a review's comparison function for `box`; a merge or hash join may too).
             // An implicit cast of the database's own between built-in types may run where
             // no type is written (`host(7)` ran a review's int4 → inet cast function): noted
-            // as one entry (`$1`), which refuses every statement (`guard::IMPLICIT_CAST`).
+            // as one entry (`$1`), which refuses every statement (`guard::IMPLICIT_CAST`), and
+            // so is a built-in type given an I/O function of the database's own (`$2`: a
+            // review's `ALTER TYPE xid8 SET (SEND = …)` ran on binary results).
+            // A built-in operator whose negator or commutator is the database's is the
+            // database's too: the planner turns `NOT (a @> b)` into its negator.
+            // A range type's constructors are made in the database's schema with OIDs of
+            // its own, but are built-in code (`LANGUAGE internal`): not the database's.
+            // An extension's member counts as the extension's only if it is not written in
+            // a procedural language: `ALTER EXTENSION plpgsql ADD FUNCTION` made a review's
+            // own functions look like an extension's, everywhere below too.
             "SELECT p.proname::text, bool_and(EXISTS (SELECT FROM pg_catalog.pg_depend d \
-               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')) \
+               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE q.oid = d.objid AND l.lanispl))) \
              FROM pg_catalog.pg_proc p \
-             WHERE p.oid >= 16384 \
+             WHERE p.oid >= 16384 AND NOT (p.prolang = 12 AND p.prosrc IN ('range_constructor2', 'range_constructor3', 'multirange_constructor0', 'multirange_constructor1', 'multirange_constructor2')) \
              GROUP BY p.proname \
              UNION SELECT DISTINCT pg_catalog.concat('operator ', o.oprname), false FROM pg_catalog.pg_operator o \
              WHERE o.oid >= 16384 \
              AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
-               WHERE d.classid = 'pg_catalog.pg_operator'::regclass AND d.objid = o.oid AND d.deptype = 'e') \
+               WHERE d.classid = 'pg_catalog.pg_operator'::regclass AND d.objid = o.oid AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator q JOIN pg_catalog.pg_proc f ON f.oid = q.oprcode JOIN pg_catalog.pg_language l ON l.oid = f.prolang WHERE q.oid = d.objid AND l.lanispl)) \
              UNION SELECT DISTINCT pg_catalog.concat('operator ', o.oprname), false \
              FROM pg_catalog.pg_amop a JOIN pg_catalog.pg_operator o ON o.oid = a.amopopr \
              JOIN pg_catalog.pg_opfamily f ON f.oid = a.amopfamily \
              JOIN pg_catalog.pg_am m ON m.oid = f.opfmethod AND m.amname IN ('btree', 'hash') \
              WHERE EXISTS (SELECT FROM pg_catalog.pg_amproc s WHERE s.amprocfamily = f.oid \
                AND s.amproc >= 16384 AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
-                 WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = s.amproc AND d.deptype = 'e')) \
+                 WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = s.amproc AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE q.oid = d.objid AND l.lanispl))) \
              UNION SELECT $1::text, false FROM pg_catalog.pg_cast c \
              WHERE c.castcontext = 'i' AND c.castfunc >= 16384 \
              AND c.castsource < 16384 AND c.casttarget < 16384 \
              AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
-               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = c.castfunc AND d.deptype = 'e')",
-            &[&crate::guard::IMPLICIT_CAST],
+               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = c.castfunc AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE q.oid = d.objid AND l.lanispl)) \
+             UNION SELECT DISTINCT pg_catalog.concat('operator ', o.oprname), false \
+             FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_operator n ON n.oid IN (o.oprnegate, o.oprcom) \
+             WHERE n.oid >= 16384 AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
+               WHERE d.classid = 'pg_catalog.pg_operator'::regclass AND d.objid = n.oid AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_operator q JOIN pg_catalog.pg_proc f ON f.oid = q.oprcode JOIN pg_catalog.pg_language l ON l.oid = f.prolang WHERE q.oid = d.objid AND l.lanispl)) \
+             UNION SELECT $2::text, false FROM pg_catalog.pg_type t, \
+               LATERAL (VALUES (t.typinput), (t.typoutput), (t.typreceive), (t.typsend), (t.typmodin), \
+                               (t.typmodout), (t.typanalyze), (t.typsubscript)) AS x (fn) \
+             WHERE t.oid < 16384 AND x.fn >= 16384 AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
+               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = x.fn AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE q.oid = d.objid AND l.lanispl))",
+            &[&crate::guard::IMPLICIT_CAST, &crate::guard::BUILT_IN_TYPE_IO],
         )
         .await
         .map_err(failed(db, "listing the database's functions"))?;
@@ -393,7 +411,9 @@ pub(super) async fn database_code(
 /// default names its own sequence as a constant, which the links follow.
 const FUNCTION_LINKS: &str = "\
     WITH RECURSIVE \
-    ext AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e'), \
+    ext AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e' \
+       AND NOT (classid = 'pg_catalog.pg_proc'::regclass AND objid IN (SELECT q.oid FROM pg_catalog.pg_proc q \
+         JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE l.lanispl))), \
     stored (rel, on_read, tree) AS ( \
       SELECT * FROM ( \
           SELECT ev_class, ev_type = '1', concat(ev_qual::text, ev_action::text) FROM pg_catalog.pg_rewrite \
@@ -451,7 +471,8 @@ const FUNCTION_LINKS: &str = "\
       JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace \
       JOIN pg_catalog.pg_proc p ON p.oid = ran.fn JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
      WHERE rn.nspname NOT IN ('pg_catalog', 'information_schema') \
-       AND (p.oid >= 16384 OR p.proname = ANY($1::text[]) OR p.proname IN ('nextval', 'setval')) \
+       AND ((p.oid >= 16384 AND NOT (p.prolang = 12 AND p.prosrc IN ('range_constructor2', 'range_constructor3', 'multirange_constructor0', 'multirange_constructor1', 'multirange_constructor2'))) \
+            OR p.proname = ANY($1::text[]) OR p.proname IN ('nextval', 'setval')) \
        AND (ran.any_fn OR NOT EXISTS (SELECT FROM ext x \
             WHERE x.classid = 'pg_catalog.pg_proc'::regclass AND x.objid = p.oid))";
 
@@ -481,9 +502,9 @@ const FUNCTION_LINKS: &str = "\
 const TYPES_RUNNING_FUNCTIONS: &str = "\
     WITH RECURSIVE \
     db_function AS (SELECT p.oid FROM pg_catalog.pg_proc p \
-       WHERE p.oid >= 16384 \
+       WHERE p.oid >= 16384 AND NOT (p.prolang = 12 AND p.prosrc IN ('range_constructor2', 'range_constructor3', 'multirange_constructor0', 'multirange_constructor1', 'multirange_constructor2')) \
          AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass \
-                         AND d.objid = p.oid AND d.deptype = 'e')), \
+                         AND d.objid = p.oid AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE q.oid = d.objid AND l.lanispl))), \
     followed AS (SELECT oid FROM pg_catalog.pg_proc WHERE oid < 16384 AND proname = ANY($1::text[])), \
     builtin_type AS (SELECT oid FROM pg_catalog.pg_type WHERE oid < 16384), \
     implicit_am AS (SELECT oid FROM pg_catalog.pg_am WHERE amname IN ('btree', 'hash')), \
@@ -503,6 +524,10 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
          LEFT JOIN pg_catalog.pg_operator o ON d.refclassid = 'pg_catalog.pg_operator'::regclass AND o.oid = d.refobjid \
        WHERE k.contypid <> 0 AND coalesce(o.oprcode, d.refobjid) IN (SELECT oid FROM db_function) \
          AND d.refclassid IN ('pg_catalog.pg_proc'::regclass, 'pg_catalog.pg_operator'::regclass) \
+      UNION SELECT r.rngtypid, p.amproc, true FROM pg_catalog.pg_range r \
+         JOIN pg_catalog.pg_opclass c ON c.oid = r.rngsubopc \
+         JOIN pg_catalog.pg_amproc p ON p.amprocfamily = c.opcfamily \
+       WHERE p.amproc IN (SELECT oid FROM db_function) \
       UNION SELECT c.opcintype, p.amproc, true FROM pg_catalog.pg_opclass c \
          JOIN pg_catalog.pg_amproc p ON p.amprocfamily = c.opcfamily \
        WHERE c.opcdefault AND (c.opcintype NOT IN (SELECT oid FROM builtin_type) OR c.opcmethod IN (SELECT oid FROM implicit_am)) \
@@ -521,6 +546,8 @@ const TYPES_RUNNING_FUNCTIONS: &str = "\
     built_on (base, typ) AS ( \
       SELECT typbasetype, oid FROM pg_catalog.pg_type WHERE typbasetype <> 0 \
       UNION ALL SELECT typelem, oid FROM pg_catalog.pg_type WHERE typelem <> 0 \
+      UNION ALL SELECT rngsubtype, rngtypid FROM pg_catalog.pg_range \
+      UNION ALL SELECT rngtypid, rngmultitypid FROM pg_catalog.pg_range \
       UNION ALL SELECT a.atttypid, t.oid FROM pg_catalog.pg_attribute a \
          JOIN pg_catalog.pg_type t ON t.typrelid = a.attrelid WHERE a.attnum > 0 AND NOT a.attisdropped), \
     runs (typ, fn, on_read) AS ( \
