@@ -1482,11 +1482,7 @@ fn every_object_of_an_off_limits_schema_is_off_limits() {
         off_limits: vec!["hr.*".into()],
         ..Guardrails::default()
     };
-    let rule = |sql: &str| {
-        check_rules(&rules, &analyze(sql).facts)
-            .err()
-            .map(|r| r.rule)
-    };
+    let rule = |sql: &str| rule_refusing(&rules, sql);
     for sql in [
         "create function hr.f() returns int language sql as 'select 1'",
         "alter function public.f() set schema hr",
@@ -1644,11 +1640,7 @@ fn satisfies_hash_partition_names_its_table() {
         off_limits: vec!["payroll".into()],
         ..Guardrails::default()
     };
-    let rule = |sql: &str| {
-        check_rules(&rules, &analyze(sql).facts)
-            .err()
-            .map(|r| r.rule)
-    };
+    let rule = |sql: &str| rule_refusing(&rules, sql);
     assert_eq!(
         rule("select satisfies_hash_partition(16503, 2, 0, 6)"),
         Some("off_limits")
@@ -1666,4 +1658,11 @@ fn satisfies_hash_partition_names_its_table() {
     let by_oid = analyze("select satisfies_hash_partition(16503, 2, 0, 6)");
     let refusal = check_rules(&deny_only, &by_oid.facts).expect_err("by OID");
     assert_eq!(refusal.rule, "opaque_statement");
+}
+
+/// The rule that refuses `sql` on a database with `rules`, if any.
+fn rule_refusing(rules: &Guardrails, sql: &str) -> Option<&'static str> {
+    check_rules(rules, &analyze(sql).facts)
+        .err()
+        .map(|r| r.rule)
 }

@@ -13,6 +13,21 @@ const RUN_LOG: &str = "
     GRANT ALL ON ran TO PUBLIC;
 ";
 
+/// A database with a rule (so `opaque_statement` is on) and a table the customer's
+/// functions write to when they run.
+async fn env_with_rules(name: &str) -> Env {
+    let env = Env::with(
+        name,
+        Options {
+            guardrails: "deny_drop = true",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(RUN_LOG);
+    env
+}
+
 async fn admin_session(env: &Env) -> tokio_postgres::Client {
     let (_, token) = env
         .approved_token_for("eve", "1h", AccessLevel::Admin)
@@ -34,15 +49,7 @@ fn assert_opaque(error: &tokio_postgres::Error, sql: &str, naming: &str) {
 /// its partition key's hash function.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_family_of_the_databases_own_makes_its_operators_opaque() {
-    let env = Env::with(
-        "opaque_families",
-        Options {
-            guardrails: "deny_drop = true",
-            ..Options::default()
-        },
-    )
-    .await;
-    env.superuser_sql(RUN_LOG);
+    let env = env_with_rules("opaque_families").await;
     env.superuser_sql(
         "CREATE FUNCTION box_cmp_logged(a box, b box) RETURNS int LANGUAGE plpgsql AS $$
          BEGIN INSERT INTO ran VALUES ('box_cmp_logged');
@@ -94,15 +101,7 @@ async fn an_operator_family_of_the_databases_own_makes_its_operators_opaque() {
 /// nothing may run on such a database.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_implicit_cast_of_the_databases_own_between_built_in_types_refuses_every_statement() {
-    let env = Env::with(
-        "opaque_implicit_cast",
-        Options {
-            guardrails: "deny_drop = true",
-            ..Options::default()
-        },
-    )
-    .await;
-    env.superuser_sql(RUN_LOG);
+    let env = env_with_rules("opaque_implicit_cast").await;
     env.superuser_sql(
         "CREATE FUNCTION int_to_inet_logged(x int4) RETURNS inet LANGUAGE plpgsql AS $$
          BEGIN INSERT INTO ran VALUES ('int_to_inet_logged'); RETURN '10.0.0.1'::inet; END $$;
@@ -122,15 +121,7 @@ async fn an_implicit_cast_of_the_databases_own_between_built_in_types_refuses_ev
 /// rules, nothing may run on such a database.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_built_in_type_with_an_io_function_of_the_databases_own_refuses_every_statement() {
-    let env = Env::with(
-        "opaque_type_io",
-        Options {
-            guardrails: "deny_drop = true",
-            ..Options::default()
-        },
-    )
-    .await;
-    env.superuser_sql(RUN_LOG);
+    let env = env_with_rules("opaque_type_io").await;
     env.superuser_sql(
         "CREATE FUNCTION xid8_send_logged(v xid8) RETURNS bytea LANGUAGE plpgsql IMMUTABLE AS $$
          BEGIN RETURN pg_catalog.xid8send(v); END $$;
@@ -148,15 +139,7 @@ async fn a_built_in_type_with_an_io_function_of_the_databases_own_refuses_every_
 /// own still runs that function.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plain_range_type_runs_no_function_of_the_databases_own() {
-    let env = Env::with(
-        "opaque_ranges",
-        Options {
-            guardrails: "deny_drop = true",
-            ..Options::default()
-        },
-    )
-    .await;
-    env.superuser_sql(RUN_LOG);
+    let env = env_with_rules("opaque_ranges").await;
     env.superuser_sql(
         "CREATE TYPE floatrange AS RANGE (subtype = float8);
          CREATE TABLE plain_ranges (id int, r floatrange);
@@ -197,15 +180,7 @@ async fn a_plain_range_type_runs_no_function_of_the_databases_own() {
 /// domain's check so).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_procedural_function_added_to_an_extension_is_still_the_databases_own() {
-    let env = Env::with(
-        "opaque_extension_members",
-        Options {
-            guardrails: "deny_drop = true",
-            ..Options::default()
-        },
-    )
-    .await;
-    env.superuser_sql(RUN_LOG);
+    let env = env_with_rules("opaque_extension_members").await;
     env.superuser_sql(
         "CREATE FUNCTION public.lower(v int) RETURNS text LANGUAGE plpgsql AS $$
          BEGIN INSERT INTO ran VALUES ('lower'); RETURN v::text; END $$;
