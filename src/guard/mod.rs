@@ -40,7 +40,9 @@ pub use rules::{
     check_database_functions, check_parameter_types, check_rules, check_setting_from_catalog_row,
     database_function_used, has_guardrails,
 };
-pub(crate) use rules::{type_entry, type_oid_entry, BUILT_IN_TYPE_IO, IMPLICIT_CAST};
+pub(crate) use rules::{
+    type_entry, type_oid_entry, BUILT_IN_CHANGED, BUILT_IN_TYPE_IO, IMPLICIT_CAST,
+};
 pub use settings::{
     client_encoding_is_safe, reported_setting_is_safe, reported_setting_keeps_access,
 };

@@ -126,6 +126,12 @@ pub fn check_database_functions(
             message: "lockbox: this database has an implicit cast of its own between built-in types, whose function any expression may run out of lockbox's sight (`host(7)` casts an integer), so no statement is allowed on it while it has rules (rule opaque_statement)".into(),
         });
     }
+    if database_functions.contains(BUILT_IN_CHANGED) {
+        return Err(Refusal {
+            rule: "opaque_statement",
+            message: "lockbox: this database changed objects PostgreSQL made (a built-in function, aggregate, view or domain) or has relations of its own in pg_catalog or information_schema, whose code may run where no statement names it, so no statement is allowed on it while it has rules (rule opaque_statement)".into(),
+        });
+    }
     if database_functions.contains(BUILT_IN_TYPE_IO) {
         return Err(Refusal {
             rule: "opaque_statement",
@@ -192,6 +198,10 @@ pub const IMPLICIT_CAST: &str = "implicit cast";
 /// The entry that says a built-in type has an I/O function of the database's own (`ALTER
 /// TYPE xid8 SET (SEND = …)`): binary results and parameters run it, naming no type.
 pub const BUILT_IN_TYPE_IO: &str = "built-in type io";
+
+/// The entry that says the database changed an object PostgreSQL made (a function, an
+/// aggregate, a view, a domain) or made relations of its own among the catalogs.
+pub const BUILT_IN_CHANGED: &str = "built-in changed";
 
 /// How the database's own operators are listed among its functions: `operator ===`.
 const OPERATOR_PREFIX: &str = "operator ";

@@ -275,6 +275,16 @@ pub(super) async fn database_code(
             // database's too: the planner turns `NOT (a @> b)` into its negator.
             // A range type's constructors are made in the database's schema with OIDs of
             // its own, but are built-in code (`LANGUAGE internal`): not the database's.
+            // Objects PostgreSQL made that the database changed (`$3`) keep their OIDs below
+            // 16384, so what they run would pass for built in: a function replaced by one in
+            // a procedural language, given settings, `SECURITY DEFINER` or a support function,
+            // or whose body now refers to the database's objects (one of initdb's bootstrap
+            // has `xmin` 1 until it is replaced; `_pg_expandarray` is the one SQL body initdb
+            // writes otherwise); an aggregate given the database's functions; a view of
+            // theirs replaced or given a rule; a built-in domain given a check or default; a
+            // relation of the database's own in `pg_catalog` or `information_schema`, which
+            // the links leave out. A fourth review ran its code through each. Any one refuses
+            // every statement (`guard::BUILT_IN_CHANGED`).
             // An extension's member counts as the extension's only if it is not written in
             // a procedural language: `ALTER EXTENSION plpgsql ADD FUNCTION` made a review's
             // own functions look like an extension's, everywhere below too.
@@ -307,8 +317,31 @@ pub(super) async fn database_code(
                LATERAL (VALUES (t.typinput), (t.typoutput), (t.typreceive), (t.typsend), (t.typmodin), \
                                (t.typmodout), (t.typanalyze), (t.typsubscript)) AS x (fn) \
              WHERE t.oid < 16384 AND x.fn >= 16384 AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
-               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = x.fn AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE q.oid = d.objid AND l.lanispl))",
-            &[&crate::guard::IMPLICIT_CAST, &crate::guard::BUILT_IN_TYPE_IO],
+               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = x.fn AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE q.oid = d.objid AND l.lanispl)) \
+             UNION SELECT $3::text, false WHERE EXISTS (SELECT FROM pg_catalog.pg_proc p \
+               JOIN pg_catalog.pg_language l ON l.oid = p.prolang WHERE p.oid < 16384 \
+               AND (l.lanispl OR p.proconfig IS NOT NULL OR p.prosecdef OR p.prosupport::oid >= 16384 \
+                 OR EXISTS (SELECT FROM pg_catalog.regexp_matches(p.prosqlbody::text, ':(?:funcid|opfuncid|opno|relid|aggfnoid|consttype|resulttype|typeid) ([0-9]+)', 'g') AS m WHERE m[1]::oid >= 16384) \
+                 OR (l.lanname = 'sql' AND p.prosqlbody IS NULL AND p.xmin <> '1'::xid \
+                     AND EXISTS (SELECT FROM pg_catalog.regexp_matches(p.prosrc, '[A-Za-z_][A-Za-z0-9_$]*', 'g') AS w \
+                       WHERE pg_catalog.lower(w[1]) NOT IN ('select', 's', 'operator', 'pg_catalog', \
+                         'array_lower', 'array_upper', 'generate_series', 'from', 'as', 'g'))))) \
+             OR EXISTS (SELECT FROM pg_catalog.pg_aggregate a WHERE a.aggfnoid::oid < 16384 \
+               AND (a.aggtransfn::oid >= 16384 OR a.aggfinalfn::oid >= 16384 OR a.aggcombinefn::oid >= 16384 \
+                 OR a.aggserialfn::oid >= 16384 OR a.aggdeserialfn::oid >= 16384 OR a.aggmtransfn::oid >= 16384 \
+                 OR a.aggminvtransfn::oid >= 16384 OR a.aggmfinalfn::oid >= 16384 OR a.aggsortop >= 16384)) \
+             OR EXISTS (SELECT FROM pg_catalog.pg_rewrite r WHERE r.ev_class < 16384 \
+               AND (r.oid >= 16384 OR EXISTS (SELECT FROM pg_catalog.regexp_matches(pg_catalog.concat(r.ev_qual::text, r.ev_action::text), ':(?:funcid|opfuncid|opno|relid|aggfnoid|consttype|resulttype|typeid) ([0-9]+)', 'g') AS m WHERE m[1]::oid >= 16384))) \
+             OR EXISTS (SELECT FROM pg_catalog.pg_constraint k WHERE k.oid >= 16384 \
+               AND ((k.contypid <> 0 AND k.contypid < 16384) OR (k.conrelid <> 0 AND k.conrelid < 16384))) \
+             OR EXISTS (SELECT FROM pg_catalog.pg_type t WHERE t.oid < 16384 AND EXISTS (SELECT FROM pg_catalog.regexp_matches(t.typdefaultbin::text, ':(?:funcid|opfuncid|opno|relid|aggfnoid|consttype|resulttype|typeid) ([0-9]+)', 'g') AS m WHERE m[1]::oid >= 16384)) \
+             OR EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid >= 16384 \
+               AND c.relnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace))",
+            &[
+                &crate::guard::IMPLICIT_CAST,
+                &crate::guard::BUILT_IN_TYPE_IO,
+                &crate::guard::BUILT_IN_CHANGED,
+            ],
         )
         .await
         .map_err(failed(db, "listing the database's functions"))?;

@@ -209,3 +209,65 @@ async fn a_procedural_function_added_to_an_extension_is_still_the_databases_own(
         .await
         .expect("upper(text)");
 }
+
+/// Objects PostgreSQL made keep their OIDs when the database's superuser replaces or changes
+/// them, so their code would pass for built in. A fourth review ran its own function through
+/// each of these; a database with any of them refuses every statement under rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_changed_what_postgresql_made_refuses_every_statement() {
+    const LOGGED: &str = "CREATE FUNCTION logged() RETURNS int LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO ran VALUES ('logged'); RETURN 1; END $$;";
+    for (name, change, statement) in [
+        (
+            "changed_plpgsql",
+            "CREATE OR REPLACE FUNCTION pg_catalog.anytextcat(anynonarray, text) RETURNS text
+                 LANGUAGE plpgsql STABLE STRICT AS $$ BEGIN PERFORM logged(); RETURN $1::text || $2; END $$;",
+            "SELECT 1 || 'x'",
+        ),
+        (
+            "changed_sql",
+            "CREATE OR REPLACE FUNCTION pg_catalog.lpad(text, integer) RETURNS text
+                 LANGUAGE sql IMMUTABLE STRICT AS 'SELECT pg_catalog.lpad($1, $2 + logged() - 1, '' '')';",
+            "SELECT lpad('a', 3)",
+        ),
+        (
+            "changed_aggregate",
+            "CREATE FUNCTION logged_max(int4, int4) RETURNS int4 LANGUAGE plpgsql AS $$
+                 BEGIN PERFORM logged(); RETURN greatest($1, $2); END $$;
+             CREATE OR REPLACE AGGREGATE pg_catalog.max(int4) (SFUNC = logged_max, STYPE = int4);",
+            "SELECT max(x) FROM generate_series(1, 3) AS x",
+        ),
+        (
+            "changed_view",
+            "CREATE OR REPLACE VIEW pg_catalog.pg_tables AS SELECT n.nspname AS schemaname,
+                 c.relname AS tablename, pg_get_userbyid(c.relowner) AS tableowner,
+                 t.spcname AS tablespace, c.relhasindex AS hasindexes, c.relhasrules AS hasrules,
+                 c.relhastriggers AS hastriggers, c.relrowsecurity AS rowsecurity, logged() AS probe
+               FROM pg_class c LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+               LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
+              WHERE c.relkind = ANY (ARRAY['r'::\"char\", 'p'::\"char\"]);",
+            "SELECT tablename FROM pg_tables LIMIT 1",
+        ),
+        (
+            "changed_domain",
+            "ALTER DOMAIN information_schema.cardinal_number
+                 ADD CONSTRAINT logged CHECK (logged() = 1) NOT VALID;",
+            "SELECT column_name FROM information_schema.columns LIMIT 1",
+        ),
+        (
+            "changed_catalog_schema",
+            "CREATE VIEW information_schema.run_view AS SELECT * FROM ran;
+             GRANT SELECT ON information_schema.run_view TO PUBLIC;",
+            "SELECT * FROM information_schema.run_view",
+        ),
+    ] {
+        let env = env_with_rules(name).await;
+        env.superuser_sql(LOGGED);
+        env.superuser_sql(change);
+        let client = admin_session(&env).await;
+        let error = client.simple_query(statement).await.expect_err(statement);
+        assert_opaque(&error, statement, "changed objects PostgreSQL made");
+        let ran = env.superuser_sql("SELECT count(*) FROM ran");
+        assert_eq!(ran.trim(), "0", "{name}: the database's function did not run");
+    }
+}
