@@ -278,9 +278,10 @@ pub(super) async fn database_code(
             // Objects PostgreSQL made that the database changed (`$3`) keep their OIDs below
             // 16384, so what they run would pass for built in: a function replaced by one in
             // a procedural language, given settings, `SECURITY DEFINER` or a support function,
-            // or whose body now refers to the database's objects (one of initdb's bootstrap
-            // has `xmin` 1 until it is replaced; `_pg_expandarray` is the one SQL body initdb
-            // writes otherwise); an aggregate given the database's functions; a view of
+            // or whose body now refers to the database's objects (an SQL body of initdb's
+            // bootstrap has `xmin` 1 until its row changes — a GRANT changes it too — so a
+            // changed one's words are looked up among the database's own names, and its text
+            // for the database's operators); an aggregate given the database's functions; a view of
             // theirs replaced or given a rule; a built-in domain given a check or default; a
             // relation of the database's own in `pg_catalog` or `information_schema`, which
             // the links leave out. A fourth review ran its code through each. Any one refuses
@@ -323,9 +324,17 @@ pub(super) async fn database_code(
                AND (l.lanispl OR p.proconfig IS NOT NULL OR p.prosecdef OR p.prosupport::oid >= 16384 \
                  OR EXISTS (SELECT FROM pg_catalog.regexp_matches(p.prosqlbody::text, ':(?:funcid|opfuncid|opno|relid|aggfnoid|consttype|resulttype|typeid) ([0-9]+)', 'g') AS m WHERE m[1]::oid >= 16384) \
                  OR (l.lanname = 'sql' AND p.prosqlbody IS NULL AND p.xmin <> '1'::xid \
-                     AND EXISTS (SELECT FROM pg_catalog.regexp_matches(p.prosrc, '[A-Za-z_][A-Za-z0-9_$]*', 'g') AS w \
-                       WHERE pg_catalog.lower(w[1]) NOT IN ('select', 's', 'operator', 'pg_catalog', \
-                         'array_lower', 'array_upper', 'generate_series', 'from', 'as', 'g'))))) \
+                     AND (p.prosrc ~* 'u&' \
+                       OR EXISTS (SELECT FROM pg_catalog.regexp_matches(p.prosrc, '[A-Za-z_][A-Za-z0-9_$]*', 'g') AS w \
+                         WHERE pg_catalog.lower(w[1]) IN (SELECT pg_catalog.lower(proname) FROM pg_catalog.pg_proc WHERE oid >= 16384 \
+                             UNION ALL SELECT pg_catalog.lower(relname) FROM pg_catalog.pg_class WHERE oid >= 16384 \
+                             UNION ALL SELECT pg_catalog.lower(typname) FROM pg_catalog.pg_type WHERE oid >= 16384 \
+                             UNION ALL SELECT pg_catalog.lower(nspname) FROM pg_catalog.pg_namespace \
+                               WHERE nspname NOT IN ('pg_catalog', 'information_schema')) \
+                           AND NOT (p.proname = '_pg_expandarray' AND pg_catalog.lower(w[1]) IN ('select', 's', \
+                             'operator', 'pg_catalog', 'array_lower', 'array_upper', 'generate_series', 'from', 'as', 'g'))) \
+                       OR EXISTS (SELECT FROM pg_catalog.pg_operator o \
+                         WHERE o.oid >= 16384 AND pg_catalog.strpos(p.prosrc, o.oprname) > 0))))) \
              OR EXISTS (SELECT FROM pg_catalog.pg_aggregate a WHERE a.aggfnoid::oid < 16384 \
                AND (a.aggtransfn::oid >= 16384 OR a.aggfinalfn::oid >= 16384 OR a.aggcombinefn::oid >= 16384 \
                  OR a.aggserialfn::oid >= 16384 OR a.aggdeserialfn::oid >= 16384 OR a.aggmtransfn::oid >= 16384 \

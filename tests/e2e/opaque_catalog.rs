@@ -270,4 +270,14 @@ async fn a_database_that_changed_what_postgresql_made_refuses_every_statement() 
         let ran = env.superuser_sql("SELECT count(*) FROM ran");
         assert_eq!(ran.trim(), "0", "{name}: the database's function did not run");
     }
+    // Privileges changed on a built-in SQL function change its row, not what it runs.
+    let env = env_with_rules("changed_privileges").await;
+    env.superuser_sql(LOGGED);
+    env.superuser_sql(
+        "REVOKE EXECUTE ON FUNCTION pg_catalog.lpad(text, integer) FROM PUBLIC;
+         GRANT EXECUTE ON FUNCTION pg_catalog.lpad(text, integer) TO PUBLIC;",
+    );
+    let client = admin_session(&env).await;
+    let padded = client.simple_query("SELECT lpad('a', 3)").await;
+    assert!(padded.is_ok(), "{padded:?}");
 }
