@@ -123,7 +123,7 @@ pub fn check_database_functions(
     if database_functions.contains(IMPLICIT_CAST) {
         return Err(Refusal {
             rule: "opaque_statement",
-            message: "lockbox: this database has an implicit cast of its own between built-in types, whose function any expression may run out of lockbox's sight (`host(7)` casts an integer), so no statement is allowed on it while it has rules (rule opaque_statement)".into(),
+            message: "lockbox: this database has a cast of its own between built-in types, whose function any expression or built-in may run out of lockbox's sight (`host(7)` casts an integer implicitly, `'a' || 5` casts it to text inside a built-in), so no statement is allowed on it while it has rules (rule opaque_statement)".into(),
         });
     }
     if database_functions.contains(BUILT_IN_CHANGED) {
@@ -191,8 +191,8 @@ pub fn database_function_used(
     })
 }
 
-/// The entry among a database's functions that says it has an implicit cast of its own
-/// between built-in types (not a function's name: it has a blank).
+/// The entry among a database's functions that says it has a cast of its own between
+/// built-in types, implicit or not (not a function's name: it has a blank).
 pub const IMPLICIT_CAST: &str = "implicit cast";
 
 /// The entry that says a built-in type has an I/O function of the database's own (`ALTER

@@ -1621,7 +1621,7 @@ fn an_implicit_cast_of_the_databases_own_refuses_every_statement_under_rules() {
         let refusal = check_database_functions(&rules, &facts, &database).expect_err(sql);
         assert_eq!(refusal.rule, "opaque_statement");
         assert!(
-            refusal.message.contains("implicit cast"),
+            refusal.message.contains("a cast of its own"),
             "{}",
             refusal.message
         );

@@ -266,9 +266,12 @@ pub(super) async fn database_code(
             // of its own makes its operators the database's, built-in ones too: the planner
             // sorts and hashes with any family that holds the operator (`ORDER BY b USING
             // <` ran a review's comparison function for `box`; a merge or hash join may too).
-            // An implicit cast of the database's own between built-in types may run where
-            // no type is written (`host(7)` ran a review's int4 → inet cast function): noted
-            // as one entry (`$1`), which refuses every statement (`guard::IMPLICIT_CAST`), and
+            // A cast of the database's own between built-in types may run where no type is
+            // written: implicitly (`host(7)` ran a review's int4 → inet cast function), or
+            // explicitly inside a built-in's SQL body (`'a' || 5` runs `textanycat`, which
+            // casts to text), whoever made its function (an extension's member can be
+            // added): noted as one entry (`$1`), which refuses every statement
+            // (`guard::IMPLICIT_CAST`), and
             // so is a built-in type given an I/O function of the database's own (`$2`: a
             // review's `ALTER TYPE xid8 SET (SEND = …)` ran on binary results).
             // A built-in operator whose negator or commutator is the database's is the
@@ -284,7 +287,10 @@ pub(super) async fn database_code(
             // for the database's operators); an aggregate given the database's functions; a view of
             // theirs replaced or given a rule; a built-in domain given a check or default; a
             // relation of the database's own in `pg_catalog` or `information_schema`, which
-            // the links leave out. A fourth review ran its code through each. Any one refuses
+            // the links leave out. A body's dependencies (`pg_depend`) on the database's
+            // objects count, and so do calls of the built-ins followed in stored code (`$4`:
+            // `query_to_xml('select f()', …)` in a fifth review's `BEGIN ATOMIC` body). A
+            // fourth review ran its code through each of these. Any one refuses
             // every statement (`guard::BUILT_IN_CHANGED`).
             // An extension's member counts as the extension's only if it is not written in
             // a procedural language: `ALTER EXTENSION plpgsql ADD FUNCTION` made a review's
@@ -306,10 +312,7 @@ pub(super) async fn database_code(
                AND s.amproc >= 16384 AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
                  WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = s.amproc AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE q.oid = d.objid AND l.lanispl))) \
              UNION SELECT $1::text, false FROM pg_catalog.pg_cast c \
-             WHERE c.castcontext = 'i' AND c.castfunc >= 16384 \
-             AND c.castsource < 16384 AND c.casttarget < 16384 \
-             AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
-               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = c.castfunc AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE q.oid = d.objid AND l.lanispl)) \
+             WHERE c.castfunc >= 16384 AND c.castsource < 16384 AND c.casttarget < 16384 \
              UNION SELECT DISTINCT pg_catalog.concat('operator ', o.oprname), false \
              FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_operator n ON n.oid IN (o.oprnegate, o.oprcom) \
              WHERE n.oid >= 16384 AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d \
@@ -322,6 +325,10 @@ pub(super) async fn database_code(
              UNION SELECT $3::text, false WHERE EXISTS (SELECT FROM pg_catalog.pg_proc p \
                JOIN pg_catalog.pg_language l ON l.oid = p.prolang WHERE p.oid < 16384 \
                AND (l.lanispl OR p.proconfig IS NOT NULL OR p.prosecdef OR p.prosupport::oid >= 16384 \
+                 OR EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::regclass \
+                   AND d.objid = p.oid AND d.refobjid >= 16384) \
+                 OR EXISTS (SELECT FROM pg_catalog.regexp_matches(p.prosqlbody::text, ':(?:func|opfunc)id ([0-9]+)', 'g') AS m \
+                   WHERE m[1]::oid IN (SELECT f.oid FROM pg_catalog.pg_proc f WHERE f.oid < 16384 AND f.proname = ANY($4::text[]))) \
                  OR EXISTS (SELECT FROM pg_catalog.regexp_matches(p.prosqlbody::text, ':(?:funcid|opfuncid|opno|relid|aggfnoid|consttype|resulttype|typeid) ([0-9]+)', 'g') AS m WHERE m[1]::oid >= 16384) \
                  OR (l.lanname = 'sql' AND p.prosqlbody IS NULL AND p.xmin <> '1'::xid \
                      AND (p.prosrc ~* 'u&' \
@@ -330,7 +337,8 @@ pub(super) async fn database_code(
                              UNION ALL SELECT pg_catalog.lower(relname) FROM pg_catalog.pg_class WHERE oid >= 16384 \
                              UNION ALL SELECT pg_catalog.lower(typname) FROM pg_catalog.pg_type WHERE oid >= 16384 \
                              UNION ALL SELECT pg_catalog.lower(nspname) FROM pg_catalog.pg_namespace \
-                               WHERE nspname NOT IN ('pg_catalog', 'information_schema')) \
+                               WHERE nspname NOT IN ('pg_catalog', 'information_schema') \
+                             UNION ALL SELECT pg_catalog.unnest($4::text[])) \
                            AND NOT (p.proname = '_pg_expandarray' AND pg_catalog.lower(w[1]) IN ('select', 's', \
                              'operator', 'pg_catalog', 'array_lower', 'array_upper', 'generate_series', 'from', 'as', 'g'))) \
                        OR EXISTS (SELECT FROM pg_catalog.pg_operator o \
@@ -350,6 +358,7 @@ pub(super) async fn database_code(
                 &crate::guard::IMPLICIT_CAST,
                 &crate::guard::BUILT_IN_TYPE_IO,
                 &crate::guard::BUILT_IN_CHANGED,
+                &crate::guard::followed_in_stored_code(),
             ],
         )
         .await

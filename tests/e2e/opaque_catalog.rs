@@ -110,8 +110,23 @@ async fn an_implicit_cast_of_the_databases_own_between_built_in_types_refuses_ev
     let client = admin_session(&env).await;
     for sql in ["SELECT host(7)", "SELECT 1"] {
         let error = client.simple_query(sql).await.expect_err(sql);
-        assert_opaque(&error, sql, "implicit cast");
+        assert_opaque(&error, sql, "a cast of its own");
     }
+    let ran = env.superuser_sql("SELECT count(*) FROM ran");
+    assert_eq!(ran.trim(), "0", "the cast's function did not run");
+    // An explicit one runs inside built-ins' SQL bodies (`textanycat` casts to text), and
+    // an extension's member can be made its function: both count (a fifth review's).
+    let env = env_with_rules("opaque_explicit_cast").await;
+    env.superuser_sql(
+        "CREATE FUNCTION int_to_text_logged(x int4) RETURNS text LANGUAGE sql AS
+             'INSERT INTO ran VALUES (''int_to_text_logged'') RETURNING x::numeric::text';
+         ALTER EXTENSION plpgsql ADD FUNCTION int_to_text_logged(int4);
+         CREATE CAST (int4 AS text) WITH FUNCTION int_to_text_logged(int4);",
+    );
+    let client = admin_session(&env).await;
+    let sql = "SELECT 'a' || 5";
+    let error = client.simple_query(sql).await.expect_err(sql);
+    assert_opaque(&error, sql, "a cast of its own");
     let ran = env.superuser_sql("SELECT count(*) FROM ran");
     assert_eq!(ran.trim(), "0", "the cast's function did not run");
 }
@@ -253,6 +268,24 @@ async fn a_database_that_changed_what_postgresql_made_refuses_every_statement() 
             "ALTER DOMAIN information_schema.cardinal_number
                  ADD CONSTRAINT logged CHECK (logged() = 1) NOT VALID;",
             "SELECT column_name FROM information_schema.columns LIMIT 1",
+        ),
+        (
+            "changed_atomic_body",
+            "CREATE FUNCTION logged_step(numeric, numeric) RETURNS numeric LANGUAGE plpgsql AS $$
+                 BEGIN PERFORM logged(); RETURN $2; END $$;
+             CREATE AGGREGATE logged_agg(numeric) (SFUNC = logged_step, STYPE = numeric);
+             CREATE OR REPLACE FUNCTION pg_catalog.round(numeric) RETURNS numeric LANGUAGE sql
+                 IMMUTABLE STRICT BEGIN ATOMIC
+                 SELECT pg_catalog.round($1, 0) + 0 * logged_agg($1) OVER (); END;",
+            "SELECT round(2.6)",
+        ),
+        (
+            "changed_text_body",
+            "CREATE OR REPLACE FUNCTION pg_catalog.bit_length(text) RETURNS integer LANGUAGE sql
+                 IMMUTABLE STRICT BEGIN ATOMIC
+                 SELECT pg_catalog.octet_length($1) * 8 + 0 * pg_catalog.length(
+                     pg_catalog.query_to_xml('select logged()', false, false, '')::text); END;",
+            "SELECT bit_length('ab'::text)",
         ),
         (
             "changed_catalog_schema",
