@@ -260,7 +260,9 @@ pub(super) async fn database_code(
             // as they define common symbols for their own types.
             // An extension's overload of a built-in's name (citext's `max(citext)`,
             // `replace(citext, …)`) is left out: it is the built-in for the extension's type,
-            // and counting it would refuse every `max(id)` where citext is installed. Its
+            // and counting it would refuse every `max(id)` where citext is installed. Only
+            // one written in C, or taking a type of the same extension, though: an SQL
+            // `upper(int)` added to `plpgsql` ran a fifth review's code from `upper(3)`. Its
             // other functions (`crosstab`, `dblink`) stay: what they run is out of sight.
             // A btree or hash operator family of the database's own with a support function
             // of its own makes its operators the database's, built-in ones too: the planner
@@ -296,7 +298,11 @@ pub(super) async fn database_code(
             // a procedural language: `ALTER EXTENSION plpgsql ADD FUNCTION` made a review's
             // own functions look like an extension's, everywhere below too.
             "SELECT p.proname::text, bool_and(EXISTS (SELECT FROM pg_catalog.pg_depend d \
-               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE q.oid = d.objid AND l.lanispl))) \
+               WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e' AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc q JOIN pg_catalog.pg_language l ON l.oid = q.prolang WHERE q.oid = d.objid AND l.lanispl) \
+               AND (p.prolang IN (SELECT l.oid FROM pg_catalog.pg_language l WHERE l.lanname IN ('c', 'internal')) \
+                 OR EXISTS (SELECT FROM pg_catalog.unnest(p.proargtypes::oid[]) AS a (typ) \
+                   JOIN pg_catalog.pg_depend td ON td.classid = 'pg_catalog.pg_type'::regclass AND td.objid = a.typ \
+                     AND td.deptype = 'e' AND td.refobjid = d.refobjid)))) \
              FROM pg_catalog.pg_proc p \
              WHERE p.oid >= 16384 AND NOT (p.prolang = 12 AND p.prosrc IN ('range_constructor2', 'range_constructor3', 'multirange_constructor0', 'multirange_constructor1', 'multirange_constructor2')) \
              GROUP BY p.proname \
