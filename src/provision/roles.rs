@@ -286,7 +286,8 @@ pub(super) async fn database_code(
             // or whose body now refers to the database's objects (an SQL body of initdb's
             // bootstrap has `xmin` 1 until its row changes — a GRANT changes it too — so a
             // changed one's words are looked up among the database's own names, and its text
-            // for the database's operators); an aggregate given the database's functions; a view of
+            // for the database's operators, but `_pg_expandarray`'s, which initdb writes
+            // outside bootstrap with operators it qualifies with pg_catalog); an aggregate given the database's functions; a view of
             // theirs replaced or given a rule; a built-in domain given a check or default; a
             // relation of the database's own in `pg_catalog` or `information_schema`, which
             // the links leave out. A body's dependencies (`pg_depend`) on the database's
@@ -347,8 +348,8 @@ pub(super) async fn database_code(
                              UNION ALL SELECT pg_catalog.unnest($4::text[])) \
                            AND NOT (p.proname = '_pg_expandarray' AND pg_catalog.lower(w[1]) IN ('select', 's', \
                              'operator', 'pg_catalog', 'array_lower', 'array_upper', 'generate_series', 'from', 'as', 'g'))) \
-                       OR EXISTS (SELECT FROM pg_catalog.pg_operator o \
-                         WHERE o.oid >= 16384 AND pg_catalog.strpos(p.prosrc, o.oprname) > 0))))) \
+                       OR (p.proname <> '_pg_expandarray' AND EXISTS (SELECT FROM pg_catalog.pg_operator o \
+                         WHERE o.oid >= 16384 AND pg_catalog.strpos(p.prosrc, o.oprname) > 0)))))) \
              OR EXISTS (SELECT FROM pg_catalog.pg_aggregate a WHERE a.aggfnoid::oid < 16384 \
                AND (a.aggtransfn::oid >= 16384 OR a.aggfinalfn::oid >= 16384 OR a.aggcombinefn::oid >= 16384 \
                  OR a.aggserialfn::oid >= 16384 OR a.aggdeserialfn::oid >= 16384 OR a.aggmtransfn::oid >= 16384 \
