@@ -120,22 +120,13 @@ pub fn check_database_functions(
     if !has_guardrails(rules) {
         return Ok(());
     }
-    if database_functions.contains(IMPLICIT_CAST) {
+    if let Some((_, why)) = DATABASE_WIDE
+        .iter()
+        .find(|(entry, _)| database_functions.contains(*entry))
+    {
         return Err(Refusal {
             rule: "opaque_statement",
-            message: "lockbox: this database has a cast of its own between built-in types, whose function any expression or built-in may run out of lockbox's sight (`host(7)` casts an integer implicitly, `'a' || 5` casts it to text inside a built-in), so no statement is allowed on it while it has rules (rule opaque_statement)".into(),
-        });
-    }
-    if database_functions.contains(BUILT_IN_CHANGED) {
-        return Err(Refusal {
-            rule: "opaque_statement",
-            message: "lockbox: this database changed objects PostgreSQL made (a built-in function, aggregate, view or domain) or has relations of its own in pg_catalog or information_schema, whose code may run where no statement names it, so no statement is allowed on it while it has rules (rule opaque_statement)".into(),
-        });
-    }
-    if database_functions.contains(BUILT_IN_TYPE_IO) {
-        return Err(Refusal {
-            rule: "opaque_statement",
-            message: "lockbox: this database gave a built-in type an input, output, send or receive function of its own, which any result or parameter of that type may run out of lockbox's sight, so no statement is allowed on it while it has rules (rule opaque_statement)".into(),
+            message: format!("lockbox: this database {why}, so no statement is allowed on it while it has rules (rule opaque_statement)"),
         });
     }
     let message = match database_function_used(facts, database_functions) {
@@ -202,6 +193,23 @@ pub const BUILT_IN_TYPE_IO: &str = "built-in type io";
 /// The entry that says the database changed an object PostgreSQL made (a function, an
 /// aggregate, a view, a domain) or made relations of its own among the catalogs.
 pub const BUILT_IN_CHANGED: &str = "built-in changed";
+
+/// The entries that refuse every statement under rules, and why: the database's code runs
+/// where no statement names it.
+const DATABASE_WIDE: [(&str, &str); 3] = [
+    (
+        IMPLICIT_CAST,
+        "has a cast of its own between built-in types, whose function any expression or built-in may run out of lockbox's sight (`host(7)` casts an integer implicitly, `'a' || 5` casts it to text inside a built-in)",
+    ),
+    (
+        BUILT_IN_CHANGED,
+        "changed objects PostgreSQL made (a built-in function, aggregate, view or domain) or has relations of its own in pg_catalog or information_schema, whose code may run where no statement names it",
+    ),
+    (
+        BUILT_IN_TYPE_IO,
+        "gave a built-in type an input, output, send or receive function of its own, which any result or parameter of that type may run out of lockbox's sight",
+    ),
+];
 
 /// How the database's own operators are listed among its functions: `operator ===`.
 const OPERATOR_PREFIX: &str = "operator ";
