@@ -130,6 +130,7 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
         .iter()
         .any(|name| !functions::is_builtin_name(name));
     for name in &found.field_names {
+        note_loss(name, &mut out);
         // `('secret_id_seq'::regclass).nextval`: the relation is an expression.
         if names_a_relation_first(name) {
             note_unknown_relation(name, &mut out);
@@ -175,6 +176,7 @@ pub(super) fn classify_calls(found: &Found<'_>, where_name: Option<&str>) -> Cal
         if names_a_relation_first(&call.name) {
             note_relation_named_first(call, &mut out);
         }
+        note_loss(&call.name, &mut out);
         out.schemas.extend(text_search_object_schema(call));
         let class = match functions::effect(&call.name) {
             Effect::None if call.name == "lo_open" => functions::lo_open_class(call),
@@ -431,5 +433,15 @@ fn relation_named(text: &str) -> Option<String> {
     match (&probe.class, &probe.facts.written_relations[..]) {
         (Class::Read, [only]) if probe.facts.opaque.is_none() => Some(only.clone()),
         _ => None,
+    }
+}
+
+/// A call of a built-in that drops or empties a stored object counts for `deny_drop` or
+/// `deny_truncate` as the statement that does so would.
+fn note_loss(name: &str, out: &mut Calls) {
+    match functions::loss(name) {
+        Some(functions::Loss::Drop) => out.drop = true,
+        Some(functions::Loss::Truncate) => out.truncate = true,
+        None => {}
     }
 }

@@ -289,6 +289,23 @@ pub(crate) fn extension_escalation(name: &str) -> Option<&'static str> {
     }
 }
 
+/// What a built-in loses for good, for the rules `deny_drop` and `deny_truncate`: a large
+/// object is a stored object like a table, `lo_unlink` its DROP and `lo_truncate` its
+/// TRUNCATE (an attack review deleted and emptied large objects at admin under `deny_drop`).
+pub(crate) fn loss(name: &str) -> Option<Loss> {
+    match name {
+        "lo_unlink" => Some(Loss::Drop),
+        "lo_truncate" | "lo_truncate64" => Some(Loss::Truncate),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Loss {
+    Drop,
+    Truncate,
+}
+
 /// Large-object mode bits of `lo_open`: `INV_WRITE` opens for writing.
 const INV_WRITE: i64 = 0x0002_0000;
 
@@ -313,7 +330,15 @@ pub(crate) fn lo_open_class(call: &Call<'_>) -> Class {
 /// called so, and put a protected schema on the search path with `set_config`).
 pub fn function_call_analysis(oid: u32, args: &[ParamValue]) -> (Option<&'static str>, Analysis) {
     match function_call_class(oid, args) {
-        Some((name, class)) => (Some(name), Analysis::of(StatementKind::Other, class)),
+        Some((name, class)) => {
+            let mut analysis = Analysis::of(StatementKind::Other, class);
+            match loss(name) {
+                Some(Loss::Drop) => analysis.facts.drop = true,
+                Some(Loss::Truncate) => analysis.facts.truncate = true,
+                None => {}
+            }
+            (Some(name), analysis)
+        }
         None => {
             let mut analysis =
                 Analysis::of(StatementKind::Other, Class::Escalation("function_call"));

@@ -896,10 +896,24 @@ fn second_review_findings_stay_closed() {
         ("SET search_path = hr, public", "off_limits"),
         ("SELECT set_config('search_path', 'hr', false)", "off_limits"),
         ("ALTER TABLE items DROP COLUMN name", "deny_drop"),
-        ("ALTER TABLE items ALTER COLUMN name TYPE text USING 'w'", "update_without_where"),
+        // Both rules refuse a type change; deny_drop is looked at first.
+        ("ALTER TABLE items ALTER COLUMN name TYPE text USING 'w'", "deny_drop"),
     ] {
         assert_eq!(rule(sql), Some(expected), "{sql}");
     }
+    let update_rule_only = Guardrails {
+        deny_update_without_where: true,
+        ..Guardrails::default()
+    };
+    assert_eq!(
+        check_rules(
+            &update_rule_only,
+            &analyze("ALTER TABLE items ALTER COLUMN name TYPE text USING 'w'").facts
+        )
+        .err()
+        .map(|r| r.rule),
+        Some("update_without_where")
+    );
     for sql in [
         "INSERT INTO items VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET name = excluded.name",
         "MERGE INTO items USING (SELECT 1 AS id) s ON items.id = s.id WHEN MATCHED AND items.id = 1 THEN DELETE",
@@ -982,6 +996,27 @@ fn deny_drop_covers_drops_under_alter() {
         "ALTER DOMAIN d DROP CONSTRAINT positive",
         "ALTER DOMAIN d DROP NOT NULL",
         "DROP OWNED BY eve",
+        // A type change rewrites every value (an attack review emptied a column so).
+        "ALTER TABLE customers ALTER COLUMN email TYPE text USING ''",
+        "ALTER TABLE items ALTER name SET DATA TYPE varchar(3)",
+        "ALTER TABLE items ADD COLUMN x int, ALTER COLUMN price TYPE numeric(10, 0)",
+        // Checks turned off: triggers, rules, row security, event triggers.
+        "ALTER TABLE customers DISABLE TRIGGER USER",
+        "ALTER TABLE customers DISABLE TRIGGER ALL",
+        "ALTER TABLE customers DISABLE TRIGGER audit_change",
+        "ALTER TABLE customers ENABLE REPLICA TRIGGER audit_change",
+        "ALTER TABLE customers DISABLE RULE keep",
+        "ALTER TABLE customers ENABLE REPLICA RULE keep",
+        "ALTER TABLE customers DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE customers NO FORCE ROW LEVEL SECURITY",
+        "ALTER EVENT TRIGGER no_drops DISABLE",
+        "ALTER EVENT TRIGGER no_drops ENABLE REPLICA",
+        // A crash empties an unlogged table, and standbys never get its rows.
+        "ALTER TABLE customers SET UNLOGGED",
+        // Large objects: lo_unlink is their DROP, in SQL and in any spelling of the call.
+        "SELECT lo_unlink(424242)",
+        "SELECT pg_catalog.lo_unlink(oid) FROM pg_largeobject_metadata",
+        "SELECT (424242::oid).lo_unlink",
     ] {
         check(sql, true);
     }
@@ -990,9 +1025,58 @@ fn deny_drop_covers_drops_under_alter() {
         "ALTER TABLE items ADD COLUMN x int",
         "ALTER TABLE items RENAME COLUMN name TO label",
         "ALTER DOMAIN d DROP DEFAULT",
+        "ALTER TABLE customers ENABLE TRIGGER USER",
+        "ALTER TABLE customers ENABLE ALWAYS TRIGGER audit_change",
+        "ALTER TABLE customers ENABLE ROW LEVEL SECURITY",
+        "ALTER TABLE customers FORCE ROW LEVEL SECURITY",
+        "ALTER TABLE customers SET LOGGED",
+        "ALTER EVENT TRIGGER no_drops ENABLE ALWAYS",
+        "ALTER EVENT TRIGGER no_drops ENABLE",
+        "SELECT lo_get(424242)",
     ] {
         check(sql, false);
     }
+}
+
+/// `lo_truncate` empties a large object: `deny_truncate`'s, in SQL and as a FunctionCall
+/// message, as `lo_unlink` by FunctionCall is `deny_drop`'s.
+#[test]
+fn emptying_or_deleting_a_large_object_counts_for_the_rules() {
+    let truncate_only = Guardrails {
+        deny_truncate: true,
+        ..Guardrails::default()
+    };
+    let drop_only = Guardrails {
+        deny_drop: true,
+        ..Guardrails::default()
+    };
+    let rule = |rules: &Guardrails, facts: &Facts| check_rules(rules, facts).err().map(|r| r.rule);
+    for sql in [
+        "SELECT lo_truncate(lo_open(424242, 131072), 0)",
+        "SELECT lo_truncate64(lo_open(424242, 131072), 0)",
+    ] {
+        assert_eq!(
+            rule(&truncate_only, &analyze(sql).facts),
+            Some("deny_truncate"),
+            "{sql}"
+        );
+        assert_eq!(rule(&drop_only, &analyze(sql).facts), None, "{sql}");
+    }
+    use crate::wire::ParamValue;
+    let int4 = |v: i32| ParamValue::Binary(v.to_be_bytes().to_vec());
+    let (_, unlink) = super::function_call_analysis(964, &[int4(424242)]);
+    assert_eq!(rule(&drop_only, &unlink.facts), Some("deny_drop"));
+    for oid in [1004, 3172] {
+        let (_, truncate) = super::function_call_analysis(oid, &[int4(0), int4(0)]);
+        assert_eq!(
+            rule(&truncate_only, &truncate.facts),
+            Some("deny_truncate"),
+            "{oid}"
+        );
+    }
+    let (_, read) = super::function_call_analysis(954, &[int4(0), int4(10)]);
+    assert_eq!(rule(&drop_only, &read.facts), None);
+    assert_eq!(rule(&truncate_only, &read.facts), None);
 }
 
 #[test]

@@ -236,6 +236,12 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.drop |= ALTER_DOMAIN_DROPS.contains(&subtype);
             altered_type(node, found);
         }
+        // `ALTER EVENT TRIGGER … DISABLE` (or `ENABLE REPLICA`: it then fires only on
+        // replicas) turns off a check the database's DDL is held to.
+        "AlterEventTrigStmt" => {
+            let enabled = node.get("tgenabled").and_then(Value::as_str).unwrap_or("");
+            found.drop |= matches!(enabled, "D" | "R");
+        }
         // A new check of a domain reads every column of it; an enum's renamed label
         // changes every value of it: the type is named like the relations that use it
         // (the catalog's links lead from it to them).
@@ -431,12 +437,39 @@ const DROP_CASCADE: i64 = pg_query::protobuf::DropBehavior::DropCascade as i64;
 /// `CmdType` values of a MERGE action.
 const CMD_UPDATE: i64 = 3;
 const CMD_DELETE: i64 = 5;
-/// `AlterTableType` values that drop something (rule `deny_drop`): a column's data
-/// (`DROP COLUMN`, `ALTER TYPE … DROP ATTRIBUTE`), a rule the data is checked against
-/// (`DROP CONSTRAINT`, `DROP NOT NULL`), a generated expression or an identity, rows a
-/// table answers for (`DETACH PARTITION [FINALIZE]`, `NO INHERIT`). `DROP DEFAULT` and the
-/// like lose neither data nor a check and stay allowed.
-const ALTER_TABLE_DROPS: &[i64] = &[5, 8, 14, 23, 51, 61, 62, 65];
+/// `AlterTableType` values that lose something (rule `deny_drop`): a column's data
+/// (`DROP COLUMN`, `ALTER TYPE … DROP ATTRIBUTE`, and `ALTER COLUMN … TYPE`, which rewrites
+/// every value: `USING ''` empties the column, a narrower numeric rounds it), a rule the data
+/// is checked against (`DROP CONSTRAINT`, `DROP NOT NULL`, a trigger or rule disabled or set
+/// to fire only on replicas, row security turned off or no longer forced on the owner), a
+/// generated expression or an identity, rows a table answers for (`DETACH PARTITION
+/// [FINALIZE]`, `NO INHERIT`), and the rows' survival (`SET UNLOGGED`: a crash empties the
+/// table and standbys never get its rows). `DROP DEFAULT` and the like lose neither data nor
+/// a check and stay allowed. (An attack review emptied a column with `ALTER COLUMN … TYPE
+/// text USING ''` under `deny_drop`.)
+const ALTER_TABLE_DROPS: &[i64] = {
+    use pg_query::protobuf::AlterTableType as A;
+    &[
+        A::AtDropNotNull as i64,
+        A::AtDropExpression as i64,
+        A::AtDropColumn as i64,
+        A::AtDropConstraint as i64,
+        A::AtAlterColumnType as i64,
+        A::AtSetUnLogged as i64,
+        A::AtEnableReplicaTrig as i64,
+        A::AtDisableTrig as i64,
+        A::AtDisableTrigAll as i64,
+        A::AtDisableTrigUser as i64,
+        A::AtEnableReplicaRule as i64,
+        A::AtDisableRule as i64,
+        A::AtDropInherit as i64,
+        A::AtDisableRowSecurity as i64,
+        A::AtNoForceRowSecurity as i64,
+        A::AtDetachPartition as i64,
+        A::AtDetachPartitionFinalize as i64,
+        A::AtDropIdentity as i64,
+    ]
+};
 /// The relation a name list of an object of `kind` names (`DROP TABLE hr.pay`, `COMMENT
 /// ON COLUMN pay.amount`, `DROP TRIGGER t ON secret`), if it names one: a relation it
 /// touches like any other, for the rules and the record.

@@ -74,3 +74,62 @@ async fn dropping_an_off_limits_table_is_refused() {
         env.superuser_sql("SELECT count(*) FROM pg_tables WHERE tablename IN ('items', 'secrets')");
     assert_eq!(left.trim(), "2", "both still there");
 }
+
+/// What loses data or a check without saying DROP (an attack review emptied a column with a
+/// type change and deleted a large object under `deny_drop`): refused, and the server still
+/// has the values, the triggers' state and the large object.
+#[tokio::test(flavor = "multi_thread")]
+async fn losses_without_the_word_drop_are_refused() {
+    let env = Env::with(
+        "deny_drop_losses",
+        Options {
+            guardrails: "deny_drop = true\ndeny_truncate = true",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql("SELECT lo_from_bytea(424242, 'kept')");
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
+    let names_before = env.superuser_sql("SELECT string_agg(name, ',' ORDER BY id) FROM items");
+    for (sql, rule) in [
+        (
+            "ALTER TABLE items ALTER COLUMN name TYPE text USING ''",
+            "deny_drop",
+        ),
+        ("ALTER TABLE items DISABLE TRIGGER USER", "deny_drop"),
+        ("ALTER TABLE items SET UNLOGGED", "deny_drop"),
+        ("SELECT lo_unlink(424242)", "deny_drop"),
+        (
+            "SELECT lo_truncate(lo_open(424242, 131072), 0)",
+            "deny_truncate",
+        ),
+    ] {
+        let error = client.batch_execute(sql).await.expect_err(sql);
+        let (code, message) = db_error(&error);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains(rule), "{sql}: {message}");
+    }
+    assert_eq!(
+        env.superuser_sql("SELECT string_agg(name, ',' ORDER BY id) FROM items"),
+        names_before,
+        "the column's values are untouched"
+    );
+    assert_eq!(
+        env.superuser_sql("SELECT relpersistence FROM pg_class WHERE relname = 'items'")
+            .trim(),
+        "p"
+    );
+    assert_eq!(
+        env.superuser_sql("SELECT convert_from(lo_get(424242), 'UTF8')")
+            .trim(),
+        "kept"
+    );
+    // Changes that lose nothing still run.
+    client
+        .batch_execute("ALTER TABLE items ENABLE TRIGGER USER")
+        .await
+        .expect("enabling triggers loses nothing");
+}
