@@ -32,8 +32,11 @@ const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// A client connection and what it is still to be told.
 pub(crate) struct Farewell {
     pub(super) client: BoxStream,
-    /// The TCP socket under `client` (TLS or not), to see whether queued bytes drain.
+    /// The TCP socket under `client` (TLS or not), to see whether queued bytes drain, and
+    /// to discard them if the client is given up on.
     pub(super) client_fd: Option<std::os::fd::RawFd>,
+    /// Whether it waits while the client keeps taking bytes (else [`CLOSE_WAIT`] per step).
+    pub(super) patient: bool,
     /// The rest of a message cut short, then the FATAL.
     pub(super) words: Vec<u8>,
     /// The client could have brought this end about itself (see `Relay::run_to_farewell`).
@@ -47,7 +50,7 @@ impl Farewell {
     /// Gives the client no more than [`CLOSE_WAIT`] per step, as if its send queue could
     /// not be seen: too many farewells wait on slow readers already.
     pub(crate) fn hurry(&mut self) {
-        self.client_fd = None;
+        self.patient = false;
     }
 
     /// Whether the client could have brought this end about itself: such farewells get a
@@ -63,15 +66,20 @@ impl Farewell {
 
     /// Whether it waits on a slow reader (else [`CLOSE_WAIT`] per step).
     pub(crate) fn is_patient(&self) -> bool {
-        self.client_fd.is_some()
+        self.patient && self.client_fd.is_some()
     }
 
     /// Writes the words and closes, patiently while the client takes bytes (see the module
     /// docs). Then reads and drops what the client still sends until it closes: closing a
     /// socket with unread bytes in it sends a reset, and a reset makes the client's system
     /// throw away what it had not read yet, the FATAL among it.
+    ///
+    /// A client given up on (stalled, or past [`FAREWELL_LIMIT`]) gets a reset: the kernel
+    /// would otherwise go on sending what the socket still queues for as long as the client
+    /// acknowledges it, after the socket is closed (an attack review read rows for 99 s after
+    /// its grant was revoked, the FATAL never coming).
     pub(crate) async fn deliver(mut self) {
-        let mut patience = Patience::new(self.client_fd);
+        let mut patience = Patience::new(self.client_fd.filter(|_| self.patient));
         let words = std::mem::take(&mut self.words);
         let said = async {
             self.client.write_all(&words).await?;
@@ -79,6 +87,7 @@ impl Farewell {
         };
         if !patience.wait_for(said).await {
             tracing::debug!("client took no bytes; its last words are dropped");
+            discard_unsent(self.client_fd);
             return;
         }
         // Until the queue is drained the client is still reading what came before.
@@ -91,7 +100,24 @@ impl Farewell {
                 }
             }
         };
-        let _ = patience.wait_for_drain(drained).await;
+        if !patience.wait_for_drain(drained).await {
+            discard_unsent(self.client_fd);
+        }
+    }
+}
+
+/// Makes the close of a socket that still queues bytes for the peer a reset, which drops
+/// them, rather than a FIN behind them (`SO_LINGER` on, 0 s).
+fn discard_unsent(fd: Option<std::os::fd::RawFd>) {
+    let Some(fd) = fd else { return };
+    if unsent_bytes(fd).is_some_and(|queued| queued == 0) {
+        return;
+    }
+    // SAFETY: `fd` is the socket of the stream the farewell still owns (it is closed only
+    // when the farewell is dropped, after this); the kernel only reads the linger value.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    if let Err(error) = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO)) {
+        tracing::debug!(%error, "could not make the close a reset");
     }
 }
 
@@ -228,6 +254,7 @@ pub(super) mod tests {
         Farewell {
             client: Box::new(proxy),
             client_fd: Some(fd),
+            patient: true,
             words: words.to_vec(),
             provoked: false,
             grant: "a grant".to_owned(),
@@ -300,9 +327,22 @@ pub(super) mod tests {
         tokio::time::timeout(FAREWELL_LIMIT / 2, farewell(proxy, &words).deliver())
             .await
             .expect("the farewell gave up on a client that takes no bytes");
-        // The client may read what was queued, then the close.
+        // What the proxy still queued is dropped with a reset: the client gets at most what
+        // its own buffer took before, never the rest.
         let mut got = Vec::new();
-        client.read_to_end(&mut got).await.expect("read");
-        assert!(got.len() >= filler, "the queued bytes still arrive");
+        let mut buf = vec![0u8; 64 * 1024];
+        let reset = loop {
+            match client.read(&mut buf).await {
+                Ok(0) => break false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(error) => break error.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        };
+        assert!(reset, "the close is a reset");
+        assert!(
+            got.len() < filler,
+            "{} of {filler} queued bytes arrived",
+            got.len()
+        );
     }
 }

@@ -300,6 +300,7 @@ async fn held_a_pass_comes_back_when_the_aftermath_panics_or_is_aborted() {
             // Patient (it has a socket to watch), so it takes a pass; never looked at, as
             // the stream panics first.
             client_fd: Some(-1),
+            patient: true,
             words: b"the FATAL".to_vec(),
             provoked: false,
             grant: "a grant".to_owned(),
@@ -331,6 +332,7 @@ async fn held_a_pass_comes_back_when_the_aftermath_panics_or_is_aborted() {
         Some(Farewell {
             client: Box::new(proxy),
             client_fd: Some(fd),
+            patient: true,
             words: b"the FATAL".to_vec(),
             provoked: false,
             grant: "a grant".to_owned(),

@@ -364,7 +364,8 @@ impl Relay {
         let provoked = last_words::is_provoked(&end);
         let farewell = words.map(|words| Farewell {
             client,
-            client_fd: client_fd.filter(|_| patient),
+            client_fd,
+            patient,
             words,
             provoked,
             grant: self.session.request_id.clone(),
