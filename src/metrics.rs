@@ -543,6 +543,8 @@ pub(crate) struct Scrape {
     pub(crate) connections: usize,
     /// Ended sessions' clients still being told why, patiently (slow readers).
     pub(crate) farewells: usize,
+    /// Bytes sessions hold together for large client messages (`proxy.max_message_memory`).
+    pub(crate) message_memory: usize,
     /// Connections on each session thread (`[proxy] threads`), by thread.
     pub(crate) thread_sessions: Vec<usize>,
     pub(crate) audit_healthy: bool,
@@ -569,6 +571,13 @@ impl Scrape {
             "Clients of ended sessions still reading up to the FATAL that says why (no slot, no backend; at most max_connections).",
         );
         sample(o, "lockbox_farewells", "", self.farewells);
+        family(
+            o,
+            "lockbox_message_memory_bytes",
+            "gauge",
+            "Bytes the sessions hold together for client messages larger than 256 KiB (at most proxy.max_message_memory).",
+        );
+        sample(o, "lockbox_message_memory_bytes", "", self.message_memory);
         family(
             o,
             "lockbox_session_thread_connections",

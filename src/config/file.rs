@@ -84,6 +84,9 @@ pub struct ProxyFile {
     pub allow_plaintext_loopback: bool,
     /// Largest client message accepted, in bytes.
     pub max_message_size: Option<usize>,
+    /// Most bytes all sessions together hold for client messages larger than a session's
+    /// read buffer keeps anyway (256 KiB); past it such a message ends its session (53200).
+    pub max_message_memory: Option<usize>,
     /// Most client connections held at once (default 1000); past it a new connection
     /// gets FATAL 53300 before any upstream work.
     pub max_connections: Option<usize>,

@@ -67,6 +67,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub allow_plaintext_loopback: bool,
     pub max_message_size: usize,
+    /// `[proxy] max_message_memory` (see `proxy::message_memory`).
+    pub max_message_memory: usize,
     /// `[proxy] max_connections` and the failed-login limit.
     pub connection_limits: crate::proxy::ConnectionLimits,
     /// `[proxy] early_dial`.
@@ -123,6 +125,10 @@ pub struct TlsFiles {
 /// Default upper bound on one client message: PostgreSQL itself accepts up to 1 GiB, but
 /// a proxy that buffers a message to audit it should not let one client claim that much.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// Default bound on what all sessions hold together for large client messages: sixteen
+/// messages of the default largest size at once, whatever `max_connections` is.
+pub const DEFAULT_MAX_MESSAGE_MEMORY: usize = 1024 * 1024 * 1024;
 
 impl Config {
     /// Reads, parses and validates the file at `path`.
@@ -202,6 +208,16 @@ impl Config {
             return Err(invalid(
                 "proxy.max_message_size",
                 "must be between 1024 and 1073741824 bytes",
+            ));
+        }
+        let max_message_memory = file
+            .proxy
+            .max_message_memory
+            .unwrap_or(DEFAULT_MAX_MESSAGE_MEMORY.max(max_message_size));
+        if max_message_memory < max_message_size {
+            return Err(invalid(
+                "proxy.max_message_memory",
+                "must be at least proxy.max_message_size, or no message of that size could ever be taken",
             ));
         }
         let connection_limits = limits::validate(&file.proxy)?;
@@ -291,6 +307,7 @@ impl Config {
             tls,
             allow_plaintext_loopback: file.proxy.allow_plaintext_loopback,
             max_message_size,
+            max_message_memory,
             connection_limits,
             early_dial: limits::early_dial(&file.proxy)?,
             spare_backends: limits::spare_backends(&file.proxy)?,

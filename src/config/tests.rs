@@ -43,3 +43,24 @@ fn web_session_ttl_defaults_to_eight_hours_and_is_checked() {
         assert!(err.contains("api.web_session_ttl"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn max_message_memory_defaults_to_a_gibibyte_and_holds_at_least_one_largest_message() {
+    let proxy = |keys: &str| {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:6432\"\nallow_plaintext_loopback = true\n{keys}\n\
+                 [token]\nsigning_key = \"signing.pem\"\n"
+        );
+        Config::from_toml(&text, Path::new("."))
+    };
+    assert_eq!(proxy("").expect("valid").max_message_memory, 1 << 30);
+    // A largest message over the default raises the default with it.
+    let raised = proxy("max_message_size = 1073741824").expect("valid");
+    assert_eq!(raised.max_message_memory, 1 << 30);
+    let set = proxy("max_message_size = 2048\nmax_message_memory = 4096").expect("valid");
+    assert_eq!((set.max_message_size, set.max_message_memory), (2048, 4096));
+    let err = proxy("max_message_size = 8192\nmax_message_memory = 4096")
+        .expect_err("smaller than one message")
+        .to_string();
+    assert!(err.contains("proxy.max_message_memory"), "{err}");
+}

@@ -43,7 +43,7 @@ pub fn end_for(tag: u8, error: FrameError) -> End {
 }
 
 /// The protocol's name for a frontend message type.
-fn message_name(tag: u8) -> String {
+pub(super) fn message_name(tag: u8) -> String {
     let name = match tag {
         b'Q' => "Query",
         b'P' => "Parse",

@@ -95,6 +95,8 @@ pub struct Registry {
     pub(crate) trusted: super::early_dial::TrustedSources,
     /// Backends logged in ahead for grants that reconnect (see `spare`).
     pub(crate) spares: Arc<super::spare::Spares>,
+    /// What sessions hold together for large client messages (see `message_memory`).
+    pub(crate) message_memory: Arc<super::message_memory::MessageMemory>,
     /// Sessions on each session thread, once the threads started (see `threads`).
     pub(crate) thread_sessions: std::sync::OnceLock<super::threads::LiveSessions>,
 }

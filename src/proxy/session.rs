@@ -481,7 +481,11 @@ async fn run_admitted(
                 server_utf8,
             },
         )
-        .with_client_fd(client_fd);
+        .with_client_fd(client_fd)
+        .with_message_memory(
+            proxy.registry.message_memory.clone(),
+            config.max_message_memory,
+        );
         relay.run_to_farewell().await
     } else {
         RelayEnd {

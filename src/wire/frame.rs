@@ -46,6 +46,16 @@ pub fn split_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>,
     }
 }
 
+/// The declared size (type byte and length included) of the tagged message `buf` starts
+/// with, once its header is in; none for a negative length.
+pub fn declared_frame_size(buf: &[u8]) -> Option<usize> {
+    let &[a, b, c, d] = buf.get(1..5)? else {
+        return None;
+    };
+    let declared = usize::try_from(i32::from_be_bytes([a, b, c, d])).ok()?;
+    Some(declared.saturating_add(1))
+}
+
 /// Makes room at once for the rest of the tagged message `buf` starts with, once its header
 /// is in and the message is larger than what `buf` holds. Left to the reads, a buffer grows
 /// by doubling: a 60 MB message would take a 64 MB buffer, and the 32 MB one while it is

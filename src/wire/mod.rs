@@ -17,8 +17,8 @@ pub use encode::{
     ready_for_query, Severity,
 };
 pub use frame::{
-    frame_len, parse_startup, reserve_rest_of_frame, split_frame, FrameError, Startup,
-    StartupPacket,
+    declared_frame_size, frame_len, parse_startup, reserve_rest_of_frame, split_frame, FrameError,
+    Startup, StartupPacket,
 };
 pub use scan::{BackendEvent, BackendScanner, LocatedEvent};
 
@@ -35,6 +35,7 @@ pub mod sqlstate {
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const OUT_OF_MEMORY: &str = "53200";
 }
 
 /// Protocol codes that stand where a version number would in a startup packet.

@@ -4,7 +4,7 @@
 
 use lockbox::audit::AuditQuery;
 
-use crate::harness::{errors_in, Env, Raw};
+use crate::harness::{errors_in, Env, Options, Raw};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_over_the_limit_ends_the_session_saying_why() {
@@ -422,4 +422,84 @@ async fn whitespace_padding_does_not_push_a_statements_end_out_of_its_record() {
         record["statement_clipped"]["skeleton"], "UPDATE items SET name = 'x' WHERE id = 5 OR true",
         "{record}"
     );
+}
+
+/// Large messages share one room across sessions (`proxy.max_message_memory`): clients that
+/// send the start of a large message and never the rest cannot make the proxy hold
+/// `max_message_size` each (an attack review held 740 MB with 12 sessions). The message that
+/// finds no room ends its session with 53200 saying why; small work goes on; the room comes
+/// back when the session holding it ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_messages_share_one_room_across_sessions() {
+    let env = Env::with(
+        "oversize_shared_room",
+        Options {
+            proxy_extra: "max_message_size = 2097152\nmax_message_memory = 3145728",
+            ..Options::default()
+        },
+    )
+    .await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    // A Query declared at 2 MiB, only its start sent.
+    let declared: i32 = 2 * 1024 * 1024 - 1;
+    let mut start = vec![b'Q'];
+    start.extend_from_slice(&declared.to_be_bytes());
+    start.extend_from_slice(b"SELECT '");
+    start.extend_from_slice(&vec![b'x'; 512 * 1024]);
+    let mut holder = Raw::login(&env, "eve", &token).await;
+    holder.read_until_ready().await;
+    holder.send(&start).await;
+    // The holder's room is taken once the proxy read its header; a second such message
+    // has none left beside it.
+    let expected = "Query message of 2097152 bytes refused: the proxy's sessions already hold \
+                    what proxy.max_message_memory (3145728 bytes) allows for large client messages";
+    let mut refused = None;
+    for _ in 0..50 {
+        let mut second = Raw::login(&env, "eve", &token).await;
+        second.read_until_ready().await;
+        second.send(&start).await;
+        let errors = errors_in(&second.read_to_close().await);
+        if !errors.is_empty() {
+            refused = Some(errors);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let errors = refused.expect("the second large message was refused");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "53200", "{errors:?}");
+    assert!(errors[0].1.contains(expected), "{errors:?}");
+    // Small work goes on beside the held room.
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    let one: i32 = client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("a small query runs")
+        .get(0);
+    assert_eq!(one, 1);
+    // The holder leaves: its room comes back (once the proxy saw it go), and a large Bind
+    // runs whole.
+    drop(holder);
+    let length = 1024 * 1024 + 300 * 1024;
+    let big = "y".repeat(length);
+    let mut ran = None;
+    for _ in 0..50 {
+        let (client, _conn) = env.connect("eve", &token).await.expect("login");
+        if let Ok(row) = client.query_one("SELECT length($1::text)", &[&big]).await {
+            ran = Some(row.get::<_, i32>(0));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ran, Some(i32::try_from(length).expect("length")));
+    let records = env
+        .wait_for_audit("the refused session's end", |records| {
+            records.iter().any(|r| {
+                r["request_id"] == id.as_str()
+                    && r["event"] == "disconnected"
+                    && r["reason"] == expected
+            })
+        })
+        .await;
+    assert!(!records.is_empty());
 }

@@ -159,7 +159,7 @@ pub(crate) async fn write_flushed(stream: &mut BoxStream, bytes: &[u8]) -> std::
 }
 
 /// What a session's read buffers start with and return to.
-pub(super) const BUFFER_CAPACITY: usize = 64 * 1024;
+pub(crate) const BUFFER_CAPACITY: usize = 64 * 1024;
 
 /// A buffer grown for one huge message (a large COPY row, a long query) goes back to its
 /// usual size once it is empty, so an idle session does not keep megabytes.

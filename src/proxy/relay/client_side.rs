@@ -56,6 +56,7 @@ impl Relay {
         // the next read.
         if bytes.len() > 4 * BUFFER_CAPACITY && self.cbuf.is_empty() {
             self.cbuf = BytesMut::with_capacity(BUFFER_CAPACITY);
+            self.message_share.release();
         }
         if batch.terminate {
             return Err(End::ClientGone);

@@ -33,6 +33,7 @@ pub(super) fn fatal_for(
         ),
         End::ProtocolError(m) => (sqlstate::PROTOCOL_VIOLATION, m.clone()),
         End::MessageTooLarge(o) => (sqlstate::PROTOCOL_VIOLATION, o.fatal_message()),
+        End::NoRoomForMessage(n) => (sqlstate::OUT_OF_MEMORY, n.fatal_message()),
         End::AuditFailed => (
             sqlstate::IO_ERROR,
             "lockbox could not write the audit record; the statement was not executed".to_owned(),
@@ -72,7 +73,10 @@ pub(super) fn fatal_for(
 pub(super) fn may_be_patient(end: &End) -> bool {
     !matches!(
         end,
-        End::ProtocolError(_) | End::MessageTooLarge(_) | End::LostTrack(_)
+        End::ProtocolError(_)
+            | End::MessageTooLarge(_)
+            | End::NoRoomForMessage(_)
+            | End::LostTrack(_)
     )
 }
 

@@ -59,7 +59,7 @@ mod unexpected_message_tests {
 }
 
 pub(crate) use buffers::write_flushed;
-use buffers::BUFFER_CAPACITY;
+pub(crate) use buffers::BUFFER_CAPACITY;
 pub(crate) use farewell::Farewell;
 pub(crate) use fuzz::inspect_client_bytes;
 pub use grant::{CancelKey, Grant, Limits};
@@ -69,6 +69,7 @@ use record::{take_copy_bytes, Pending};
 pub use terminator::monotonic_deadline;
 use terminator::Terminator;
 
+use super::message_memory::{MessageMemory, MessageShare};
 use super::registry::{Control, DropReason};
 use super::statements::Statements;
 use super::stream::BoxStream;
@@ -106,6 +107,9 @@ pub enum End {
     LostTrack(String),
     /// A client message declared a size over `proxy.max_message_size`.
     MessageTooLarge(super::oversize::Oversize),
+    /// A large client message found the sessions' shared room for such messages taken
+    /// (`proxy.max_message_memory`).
+    NoRoomForMessage(super::message_memory::NoRoom),
 }
 
 /// Runs `fut` unless the session has ended already or ends while `fut` waits.
@@ -154,6 +158,8 @@ pub struct Relay {
     session: Arc<SessionFields>,
     audit: AuditLog,
     max_message: usize,
+    /// This session's share of the room all sessions have for large messages.
+    message_share: MessageShare,
     term: Terminator,
     grant: Grant,
     /// COPY data bytes of the COPY now running (either direction), for its outcome.
@@ -253,6 +259,7 @@ impl Relay {
             session,
             audit,
             max_message,
+            message_share: MessageShare::default(),
             term: Terminator::new(kill, deadline),
             grant,
             copy_bytes: 0,
@@ -281,6 +288,14 @@ impl Relay {
             client_mid_message: false,
             cut_short: Vec::new(),
         }
+    }
+
+    /// Room for messages past a read buffer's usual size comes from `memory`, which holds
+    /// at most `limit` bytes for all sessions (without it, each session may hold up to
+    /// `max_message`).
+    pub(crate) fn with_message_memory(mut self, memory: Arc<MessageMemory>, limit: usize) -> Self {
+        self.message_share = MessageShare::of(memory, limit);
+        self
     }
 
     /// The TCP socket under the client stream (plain or TLS).
@@ -410,7 +425,9 @@ impl Relay {
             let reading = !self.held || self.cbuf.len() < buffers::BUFFER_CAPACITY;
             if reading {
                 hangup = None;
-                wire::reserve_rest_of_frame(&mut self.cbuf, self.max_message);
+                if let Err(no_room) = self.message_share.reserve(&mut self.cbuf, self.max_message) {
+                    return End::NoRoomForMessage(no_room);
+                }
             } else if hangup.is_none() {
                 hangup = hangup::Hangup::watch(self.client_fd);
             }

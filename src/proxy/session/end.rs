@@ -30,6 +30,7 @@ pub(super) fn ended_by_proxy(end: &End) -> bool {
         | End::ClientLeftMidStatement
         | End::ProtocolError(_)
         | End::MessageTooLarge(_)
+        | End::NoRoomForMessage(_)
         | End::UnsafeSetting(_)
         | End::LostTrack(_)
         | End::AuditFailed => true,
@@ -138,6 +139,7 @@ pub(super) fn finish(
     // Why a client message ended the session, for the record; "disconnected" alone hides it.
     let detail = match end {
         End::MessageTooLarge(o) => Some(o.describe()),
+        End::NoRoomForMessage(n) => Some(n.describe()),
         End::ProtocolError(m) => Some(format!("client protocol violation: {m}")),
         End::LostTrack(m) => Some(format!("lockbox lost track of the server's replies: {m}")),
         _ => None,
@@ -166,9 +168,10 @@ pub(super) fn finish(
             SessionEvent::Disconnected,
             Some("upstream closed the connection"),
         ),
-        End::ProtocolError(_) | End::MessageTooLarge(_) | End::LostTrack(_) => {
-            (SessionEvent::Disconnected, detail.as_deref())
-        }
+        End::ProtocolError(_)
+        | End::MessageTooLarge(_)
+        | End::NoRoomForMessage(_)
+        | End::LostTrack(_) => (SessionEvent::Disconnected, detail.as_deref()),
         End::AuditFailed => (SessionEvent::Disconnected, Some("audit log unavailable")),
         End::UnsafeSetting(_) => (
             SessionEvent::Disconnected,

@@ -1,0 +1,206 @@
+//! The memory the proxy's sessions hold, together, for client messages larger than a read
+//! buffer (`[proxy] max_message_memory`).
+//!
+//! A session takes room for a large message at once, from its declared size, up to
+//! `proxy.max_message_size`; alone that bound lets `max_connections` clients each hold that
+//! much by sending the start of such a message and never the rest (an attack review drove
+//! the proxy from 55 MB to 794 MB with 12 sessions, 64 GiB in reach with the defaults). So
+//! a message past what a session's buffer keeps anyway is given room only from a budget all
+//! sessions share; a message the budget cannot take ends its session with SQLSTATE 53200
+//! (out of memory, as PostgreSQL answers an allocation it cannot make) and a message that
+//! names the setting, while every other session goes on.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+/// What a session's buffer may hold without a share of the budget: a buffer grown past it
+/// goes back to its usual size once emptied (`buffers::shrink_if_oversized`).
+pub(crate) const UNSHARED: usize = 4 * super::relay::BUFFER_CAPACITY;
+
+/// The bytes every session's share adds up to.
+#[derive(Debug, Default)]
+pub(crate) struct MessageMemory {
+    held: AtomicUsize,
+}
+
+impl MessageMemory {
+    /// Bytes held by all sessions' shares.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` more if the total stays within `limit`.
+    fn try_take(&self, bytes: usize, limit: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|total| *total <= limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// One session's share of [`MessageMemory`], given back when its buffer shrinks back or
+/// the session ends.
+#[derive(Debug, Default)]
+pub(crate) struct MessageShare {
+    budget: Option<(Arc<MessageMemory>, usize)>,
+    bytes: usize,
+}
+
+/// A message the shared budget had no room for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoRoom {
+    /// The message's type byte.
+    pub tag: u8,
+    /// Its declared size, type byte and length included.
+    pub size: usize,
+    /// `proxy.max_message_memory`.
+    pub limit: usize,
+}
+
+impl NoRoom {
+    /// What the session's end record says.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} message of {} bytes refused: the proxy's sessions already hold what \
+             proxy.max_message_memory ({} bytes) allows for large client messages",
+            super::oversize::message_name(self.tag),
+            self.size,
+            self.limit
+        )
+    }
+
+    /// What the client's FATAL says.
+    pub fn fatal_message(&self) -> String {
+        format!(
+            "lockbox: {}; the session is ended, try again later",
+            self.describe()
+        )
+    }
+}
+
+impl MessageShare {
+    /// A share of `memory`, which holds at most `limit` bytes for all sessions.
+    pub(crate) fn of(memory: Arc<MessageMemory>, limit: usize) -> Self {
+        MessageShare {
+            budget: Some((memory, limit)),
+            bytes: 0,
+        }
+    }
+
+    /// Bytes this session holds of the budget.
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Makes room in `buf` for the rest of the message it starts with (see
+    /// `wire::reserve_rest_of_frame`), taking a share of the budget first for a message past
+    /// [`UNSHARED`]. A message over `max_message` gets nothing here: framing refuses it.
+    pub(crate) fn reserve(&mut self, buf: &mut BytesMut, max_message: usize) -> Result<(), NoRoom> {
+        let Some(size) = crate::wire::declared_frame_size(buf) else {
+            return Ok(());
+        };
+        if size > UNSHARED && size <= max_message && size > self.bytes {
+            if let Some((memory, limit)) = &self.budget {
+                if !memory.try_take(size - self.bytes, *limit) {
+                    return Err(NoRoom {
+                        tag: buf[0],
+                        size,
+                        limit: *limit,
+                    });
+                }
+            }
+            self.bytes = size;
+        }
+        crate::wire::reserve_rest_of_frame(buf, max_message);
+        Ok(())
+    }
+
+    /// The buffer went back to its usual size: the share is given back.
+    pub(crate) fn release(&mut self) {
+        if let Some((memory, _)) = &self.budget {
+            memory.give_back(self.bytes);
+        }
+        self.bytes = 0;
+    }
+}
+
+impl Drop for MessageShare {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(tag: u8, size: usize) -> BytesMut {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[tag]);
+        buf.extend_from_slice(&i32::try_from(size - 1).expect("size").to_be_bytes());
+        buf
+    }
+
+    const MAX_MESSAGE: usize = 64 << 20;
+
+    #[test]
+    fn large_messages_share_one_budget_and_give_it_back() {
+        let memory = Arc::new(MessageMemory::default());
+        let limit = 3 << 20;
+        let mut first = MessageShare::of(memory.clone(), limit);
+        let mut second = MessageShare::of(memory.clone(), limit);
+        let mut buf = header(b'Q', 2 << 20);
+        first.reserve(&mut buf, MAX_MESSAGE).expect("room");
+        assert!(buf.capacity() >= 2 << 20, "room for the whole message");
+        assert_eq!(memory.held(), 2 << 20);
+        // A second session's message does not fit beside it: refused, nothing reserved.
+        let mut other = header(b'd', 2 << 20);
+        let refused = second
+            .reserve(&mut other, MAX_MESSAGE)
+            .expect_err("no room");
+        assert_eq!(
+            refused,
+            NoRoom {
+                tag: b'd',
+                size: 2 << 20,
+                limit
+            }
+        );
+        assert!(other.capacity() < 1 << 20);
+        assert_eq!(memory.held(), 2 << 20);
+        // Reserving again for the same message takes nothing more.
+        first.reserve(&mut buf, MAX_MESSAGE).expect("room");
+        assert_eq!(memory.held(), 2 << 20);
+        first.release();
+        assert_eq!(memory.held(), 0);
+        second.reserve(&mut other, MAX_MESSAGE).expect("room now");
+        assert_eq!(memory.held(), 2 << 20);
+        drop(second);
+        assert_eq!(memory.held(), 0, "a session's end gives its share back");
+    }
+
+    #[test]
+    fn what_a_buffer_keeps_anyway_and_what_framing_refuses_take_no_share() {
+        let memory = Arc::new(MessageMemory::default());
+        let mut share = MessageShare::of(memory.clone(), 1 << 20);
+        let mut small = header(b'Q', UNSHARED);
+        share.reserve(&mut small, MAX_MESSAGE).expect("room");
+        let mut oversized = header(b'Q', MAX_MESSAGE + 1);
+        share
+            .reserve(&mut oversized, MAX_MESSAGE)
+            .expect("left to framing");
+        let mut partial_header = BytesMut::from(&b"Q\0\0"[..]);
+        share
+            .reserve(&mut partial_header, MAX_MESSAGE)
+            .expect("nothing to size");
+        assert_eq!((memory.held(), share.bytes()), (0, 0));
+    }
+}
