@@ -1013,6 +1013,9 @@ fn deny_drop_covers_drops_under_alter() {
         "ALTER EVENT TRIGGER no_drops ENABLE REPLICA",
         // A crash empties an unlogged table, and standbys never get its rows.
         "ALTER TABLE customers SET UNLOGGED",
+        // PostgreSQL 18: a constraint kept but no longer checked, or not on the children.
+        "ALTER TABLE customers ALTER CONSTRAINT positive NOT ENFORCED",
+        "ALTER TABLE customers ALTER CONSTRAINT positive NO INHERIT",
         // Large objects: lo_unlink is their DROP, in SQL and in any spelling of the call.
         "SELECT lo_unlink(424242)",
         "SELECT pg_catalog.lo_unlink(oid) FROM pg_largeobject_metadata",
@@ -1030,6 +1033,9 @@ fn deny_drop_covers_drops_under_alter() {
         "ALTER TABLE customers ENABLE ROW LEVEL SECURITY",
         "ALTER TABLE customers FORCE ROW LEVEL SECURITY",
         "ALTER TABLE customers SET LOGGED",
+        "ALTER TABLE customers ALTER CONSTRAINT positive ENFORCED",
+        "ALTER TABLE customers ALTER CONSTRAINT fk DEFERRABLE INITIALLY DEFERRED",
+        "ALTER TABLE customers ALTER CONSTRAINT positive INHERIT",
         "ALTER EVENT TRIGGER no_drops ENABLE ALWAYS",
         "ALTER EVENT TRIGGER no_drops ENABLE",
         "SELECT lo_get(424242)",

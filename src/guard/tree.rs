@@ -236,6 +236,13 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.drop |= ALTER_DOMAIN_DROPS.contains(&subtype);
             altered_type(node, found);
         }
+        // `ALTER CONSTRAINT c NOT ENFORCED` keeps the constraint and stops checking it;
+        // `NO INHERIT` stops checking it on the children (PostgreSQL 18).
+        "AtalterConstraint" => {
+            let flag = |key: &str| node.get(key).and_then(Value::as_bool).unwrap_or(false);
+            found.drop |= flag("alter_enforceability") && !flag("is_enforced");
+            found.drop |= flag("alter_inheritability") && flag("noinherit");
+        }
         // `ALTER EVENT TRIGGER … DISABLE` (or `ENABLE REPLICA`: it then fires only on
         // replicas) turns off a check the database's DDL is held to.
         "AlterEventTrigStmt" => {
