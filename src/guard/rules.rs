@@ -13,10 +13,18 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
         })
     };
     if rules.deny_drop && facts.drop {
-        return refuse("deny_drop", "DROP".into());
+        // Not only DROP: a type change, a disabled trigger, a loosened policy (see
+        // `tree::ALTER_TABLE_DROPS` and the rest), so the message says what the rule is about.
+        return refuse(
+            "deny_drop",
+            "dropping an object, or losing data or a check the data is held to,".into(),
+        );
     }
     if rules.deny_truncate && facts.truncate {
-        return refuse("deny_truncate", "TRUNCATE".into());
+        return refuse(
+            "deny_truncate",
+            "TRUNCATE (or emptying a large object or materialized view)".into(),
+        );
     }
     if rules.deny_delete_without_where && facts.delete_without_where {
         return refuse("delete_without_where", "DELETE without WHERE".into());

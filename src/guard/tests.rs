@@ -1013,6 +1013,20 @@ fn deny_drop_covers_drops_under_alter() {
         "ALTER EVENT TRIGGER no_drops ENABLE REPLICA",
         // A crash empties an unlogged table, and standbys never get its rows.
         "ALTER TABLE customers SET UNLOGGED",
+        // Row security's checks rewritten or widened, a view's check option or barrier
+        // changed or its query replaced, a publication's tables dropped.
+        "ALTER POLICY wp ON w WITH CHECK (true)",
+        "ALTER POLICY p1 ON t1 USING (true) WITH CHECK (true)",
+        "ALTER POLICY wp ON w TO sales_read",
+        "CREATE POLICY open ON w USING (true)",
+        "CREATE POLICY open ON w AS PERMISSIVE FOR SELECT USING (true)",
+        "ALTER VIEW wv RESET (check_option)",
+        "ALTER VIEW wv SET (check_option = local)",
+        "ALTER VIEW wv SET (\"security_barrier\" = false)",
+        "ALTER TABLE wv RESET (security_invoker)",
+        "CREATE OR REPLACE VIEW wv AS SELECT * FROM w WHERE v < 10",
+        "ALTER PUBLICATION pub DROP TABLE w",
+        "ALTER PUBLICATION pub SET TABLE other",
         // PostgreSQL 18: a constraint kept but no longer checked, or not on the children.
         "ALTER TABLE customers ALTER CONSTRAINT positive NOT ENFORCED",
         "ALTER TABLE customers ALTER CONSTRAINT positive NO INHERIT",
@@ -1033,6 +1047,13 @@ fn deny_drop_covers_drops_under_alter() {
         "ALTER TABLE customers ENABLE ROW LEVEL SECURITY",
         "ALTER TABLE customers FORCE ROW LEVEL SECURITY",
         "ALTER TABLE customers SET LOGGED",
+        "CREATE POLICY narrow ON w AS RESTRICTIVE USING (v < 10)",
+        "ALTER POLICY wp ON w RENAME TO wp2",
+        "CREATE VIEW wv AS SELECT * FROM w WHERE v < 10 WITH CHECK OPTION",
+        "ALTER VIEW wv SET (fillfactor = 50)",
+        "ALTER TABLE w SET (fillfactor = 70)",
+        "ALTER PUBLICATION pub ADD TABLE w",
+        "REFRESH MATERIALIZED VIEW mv",
         "ALTER TABLE customers ALTER CONSTRAINT positive ENFORCED",
         "ALTER TABLE customers ALTER CONSTRAINT fk DEFERRABLE INITIALLY DEFERRED",
         "ALTER TABLE customers ALTER CONSTRAINT positive INHERIT",
@@ -1058,6 +1079,7 @@ fn emptying_or_deleting_a_large_object_counts_for_the_rules() {
     };
     let rule = |rules: &Guardrails, facts: &Facts| check_rules(rules, facts).err().map(|r| r.rule);
     for sql in [
+        "REFRESH MATERIALIZED VIEW mv WITH NO DATA",
         "SELECT lo_truncate(lo_open(424242, 131072), 0)",
         "SELECT lo_truncate64(lo_open(424242, 131072), 0)",
     ] {

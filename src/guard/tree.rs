@@ -228,6 +228,7 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         "AlterTableCmd" => {
             let subtype = node.get("subtype").and_then(Value::as_i64).unwrap_or(0);
             found.drop |= ALTER_TABLE_DROPS.contains(&subtype);
+            found.drop |= RELOPTION_CHANGES.contains(&subtype) && changes_a_view_check(node);
             // ALTER COLUMN … TYPE rewrites every row (with USING, to any value).
             found.update_without_where |= subtype == AT_ALTER_COLUMN_TYPE;
         }
@@ -235,6 +236,38 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             let subtype = node.get("subtype").and_then(Value::as_str).unwrap_or("");
             found.drop |= ALTER_DOMAIN_DROPS.contains(&subtype);
             altered_type(node, found);
+        }
+        // Row security's checks: `ALTER POLICY` rewrites what rows are held to (or whom it
+        // binds), and a permissive policy widens what passes (policies are OR'ed), as an
+        // attack review made `WITH CHECK (true)` let a refused row in.
+        "AlterPolicyStmt" => found.drop = true,
+        "CreatePolicyStmt" => {
+            found.drop |= node
+                .get("permissive")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+        }
+        // `CREATE OR REPLACE VIEW` replaces a view's query and options, its `WITH CHECK
+        // OPTION` among them; a view made anew says `CREATE VIEW`.
+        "ViewStmt" => {
+            found.drop |= node
+                .get("replace")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+        }
+        // `WITH NO DATA` empties a materialized view.
+        "RefreshMatViewStmt" => {
+            found.truncate |= node
+                .get("skip_data")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+        }
+        // A publication's subscribers stop getting the rows of tables dropped from it (or
+        // left out of a list set anew).
+        "AlterPublicationStmt" => {
+            use pg_query::protobuf::AlterPublicationAction as A;
+            let action = node.get("action").and_then(Value::as_i64).unwrap_or(0);
+            found.drop |= action == A::ApDropObjects as i64 || action == A::ApSetObjects as i64;
         }
         // `ALTER CONSTRAINT c NOT ENFORCED` keeps the constraint and stops checking it;
         // `NO INHERIT` stops checking it on the children (PostgreSQL 18).
@@ -477,6 +510,32 @@ const ALTER_TABLE_DROPS: &[i64] = {
         A::AtDropIdentity as i64,
     ]
 };
+/// `AlterTableType` values that set, reset or replace a relation's options.
+const RELOPTION_CHANGES: &[i64] = {
+    use pg_query::protobuf::AlterTableType as A;
+    &[
+        A::AtSetRelOptions as i64,
+        A::AtResetRelOptions as i64,
+        A::AtReplaceRelOptions as i64,
+    ]
+};
+
+/// Whether an options change (`ALTER VIEW v RESET (check_option)`) touches an option a
+/// view's rows or readers are checked by: `check_option` (the check written rows are held
+/// to), `security_barrier`, `security_invoker` (whose privileges and row security apply).
+fn changes_a_view_check(cmd: &Value) -> bool {
+    const CHECKS: &[&str] = &["check_option", "security_barrier", "security_invoker"];
+    let items = cmd
+        .pointer("/def/node/List/items")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    items.iter().any(|item| {
+        item.pointer("/node/DefElem/defname")
+            .and_then(Value::as_str)
+            .is_some_and(|name| CHECKS.contains(&name.to_ascii_lowercase().as_str()))
+    })
+}
+
 /// The relation a name list of an object of `kind` names (`DROP TABLE hr.pay`, `COMMENT
 /// ON COLUMN pay.amount`, `DROP TRIGGER t ON secret`), if it names one: a relation it
 /// touches like any other, for the rules and the record.

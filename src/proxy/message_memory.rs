@@ -9,6 +9,11 @@
 //! sessions share; a message the budget cannot take ends its session with SQLSTATE 53200
 //! (out of memory, as PostgreSQL answers an allocation it cannot make) and a message that
 //! names the setting, while every other session goes on.
+//!
+//! The message at the front of the buffer is not the only one that grows it: a Bind waits
+//! there, whole, for the Execute behind it (`planning.rs`), and that Execute's bytes grow
+//! the buffer as they come (a second review held 163 MB against an 8 MiB budget so). So
+//! after every read the share also covers the buffer's whole capacity, whatever fills it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -56,9 +61,11 @@ pub(crate) struct MessageShare {
 /// A message the shared budget had no room for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoRoom {
-    /// The message's type byte.
-    pub tag: u8,
-    /// Its declared size, type byte and length included.
+    /// The message's type byte, when one message asked for the room; none when what the
+    /// client sent after a waiting message outgrew the buffer.
+    pub tag: Option<u8>,
+    /// The bytes asked for: the message's declared size (type byte and length included),
+    /// or the buffer's.
     pub size: usize,
     /// `proxy.max_message_memory`.
     pub limit: usize,
@@ -67,12 +74,14 @@ pub struct NoRoom {
 impl NoRoom {
     /// What the session's end record says.
     pub fn describe(&self) -> String {
+        let what = match self.tag {
+            Some(tag) => format!("{} message", super::oversize::message_name(tag)),
+            None => "client messages".to_owned(),
+        };
         format!(
-            "{} message of {} bytes refused: the proxy's sessions already hold what \
+            "{what} of {} bytes refused: the proxy's sessions already hold what \
              proxy.max_message_memory ({} bytes) allows for large client messages",
-            super::oversize::message_name(self.tag),
-            self.size,
-            self.limit
+            self.size, self.limit
         )
     }
 
@@ -107,19 +116,34 @@ impl MessageShare {
         let Some(size) = crate::wire::declared_frame_size(buf) else {
             return Ok(());
         };
-        if size > UNSHARED && size <= max_message && size > self.bytes {
-            if let Some((memory, limit)) = &self.budget {
-                if !memory.try_take(size - self.bytes, *limit) {
-                    return Err(NoRoom {
-                        tag: buf[0],
-                        size,
-                        limit: *limit,
-                    });
-                }
-            }
-            self.bytes = size;
+        if size <= max_message {
+            self.take_up_to(size, Some(buf[0]))?;
         }
         crate::wire::reserve_rest_of_frame(buf, max_message);
+        Ok(())
+    }
+
+    /// After a read: the share covers all the buffer holds room for, whatever message
+    /// grew it.
+    pub(crate) fn cover(&mut self, buf: &BytesMut) -> Result<(), NoRoom> {
+        self.take_up_to(buf.capacity(), None)
+    }
+
+    /// Makes the share `bytes`, if that is past [`UNSHARED`] and more than it holds.
+    fn take_up_to(&mut self, bytes: usize, tag: Option<u8>) -> Result<(), NoRoom> {
+        if bytes <= UNSHARED || bytes <= self.bytes {
+            return Ok(());
+        }
+        if let Some((memory, limit)) = &self.budget {
+            if !memory.try_take(bytes - self.bytes, *limit) {
+                return Err(NoRoom {
+                    tag,
+                    size: bytes,
+                    limit: *limit,
+                });
+            }
+        }
+        self.bytes = bytes;
         Ok(())
     }
 
@@ -169,7 +193,7 @@ mod tests {
         assert_eq!(
             refused,
             NoRoom {
-                tag: b'd',
+                tag: Some(b'd'),
                 size: 2 << 20,
                 limit
             }
@@ -202,5 +226,33 @@ mod tests {
             .reserve(&mut partial_header, MAX_MESSAGE)
             .expect("nothing to size");
         assert_eq!((memory.held(), share.bytes()), (0, 0));
+    }
+
+    /// A buffer grown by bytes behind a whole message that waits (a Bind for its Execute)
+    /// is covered after the read that grew it.
+    #[test]
+    fn a_buffer_grown_behind_a_waiting_message_is_covered_after_the_read() {
+        let memory = Arc::new(MessageMemory::default());
+        let limit = 3 << 20;
+        let mut holder = MessageShare::of(memory.clone(), limit);
+        let grown = BytesMut::with_capacity(2 << 20);
+        holder.cover(&grown).expect("room");
+        assert_eq!(memory.held(), grown.capacity());
+        let mut other = MessageShare::of(memory.clone(), limit);
+        let refused = other
+            .cover(&BytesMut::with_capacity(2 << 20))
+            .expect_err("no room beside it");
+        assert_eq!(refused.tag, None);
+        assert!(
+            refused.describe().starts_with("client messages of "),
+            "{}",
+            refused.describe()
+        );
+        // What a buffer keeps anyway is not counted.
+        other
+            .cover(&BytesMut::with_capacity(UNSHARED))
+            .expect("unshared");
+        drop(holder);
+        assert_eq!(memory.held(), 0);
     }
 }

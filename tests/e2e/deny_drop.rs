@@ -89,6 +89,12 @@ async fn losses_without_the_word_drop_are_refused() {
     )
     .await;
     env.superuser_sql("SELECT lo_from_bytea(424242, 'kept')");
+    env.superuser_sql(
+        "CREATE TABLE w (id int, v int); ALTER TABLE w ENABLE ROW LEVEL SECURITY; \
+         CREATE POLICY wp ON w AS RESTRICTIVE USING (v < 10) WITH CHECK (v < 10); \
+         CREATE POLICY everyone ON w USING (true); \
+         CREATE VIEW wv AS SELECT * FROM w WHERE v < 10 WITH CHECK OPTION",
+    );
     let (_, token) = env
         .approved_token_for("eve", "1h", AccessLevel::Admin)
         .await;
@@ -105,6 +111,13 @@ async fn losses_without_the_word_drop_are_refused() {
         (
             "SELECT lo_truncate(lo_open(424242, 131072), 0)",
             "deny_truncate",
+        ),
+        ("ALTER POLICY wp ON w WITH CHECK (true)", "deny_drop"),
+        ("CREATE POLICY wide ON w USING (true)", "deny_drop"),
+        ("ALTER VIEW wv RESET (check_option)", "deny_drop"),
+        (
+            "CREATE OR REPLACE VIEW wv AS SELECT * FROM w WHERE v < 10",
+            "deny_drop",
         ),
     ] {
         let error = client.batch_execute(sql).await.expect_err(sql);
@@ -126,6 +139,22 @@ async fn losses_without_the_word_drop_are_refused() {
         env.superuser_sql("SELECT convert_from(lo_get(424242), 'UTF8')")
             .trim(),
         "kept"
+    );
+    assert_eq!(
+        env.superuser_sql(
+            "SELECT with_check || ' ' || (SELECT count(*) FROM pg_policies WHERE tablename = 'w') \
+             FROM pg_policies WHERE policyname = 'wp'"
+        )
+        .trim(),
+        "(v < 10) 2",
+        "the policy's check is as it was, and no policy was added"
+    );
+    assert_eq!(
+        env.superuser_sql(
+            "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'wv'"
+        )
+        .trim(),
+        "check_option=cascaded"
     );
     // Changes that lose nothing still run.
     client

@@ -503,3 +503,50 @@ async fn large_messages_share_one_room_across_sessions() {
         .await;
     assert!(!records.is_empty());
 }
+
+/// The bytes behind a whole message that waits grow the buffer too: a Bind waits for its
+/// Execute, and an Execute that never ends was held outside the shared room (a second
+/// review held 163 MB against an 8 MiB budget so). They count now: another session's large
+/// message finds no room beside them.
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_behind_a_waiting_bind_take_room_too() {
+    let env = Env::with(
+        "oversize_behind_bind",
+        Options {
+            proxy_extra: "max_message_size = 4194304\nmax_message_memory = 5242880",
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    // Bind (unnamed portal and statement, no formats, no parameters), then an Execute
+    // declared at 3.5 MiB of which 3 MiB come.
+    let mut behind = vec![b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0];
+    let declared: i32 = 3 * 1024 * 1024 + 512 * 1024;
+    behind.push(b'E');
+    behind.extend_from_slice(&declared.to_be_bytes());
+    behind.push(0);
+    behind.extend_from_slice(&vec![b'x'; 3 * 1024 * 1024]);
+    let mut holder = Raw::login(&env, "eve", &token).await;
+    holder.read_until_ready().await;
+    holder.send(&behind).await;
+    let mut start = vec![b'Q'];
+    start.extend_from_slice(&(2 * 1024 * 1024 - 1i32).to_be_bytes());
+    start.extend_from_slice(b"SELECT '");
+    let mut refused = None;
+    for _ in 0..50 {
+        let mut second = Raw::login(&env, "eve", &token).await;
+        second.read_until_ready().await;
+        second.send(&start).await;
+        let errors = errors_in(&second.read_to_close().await);
+        if !errors.is_empty() {
+            refused = Some(errors);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let errors = refused.expect("the second large message was refused");
+    assert_eq!(errors[0].0, "53200", "{errors:?}");
+    assert!(errors[0].1.contains("max_message_memory"), "{errors:?}");
+    drop(holder);
+}

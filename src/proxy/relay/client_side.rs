@@ -53,8 +53,10 @@ impl Relay {
         }
         self.forward_upstream(&outgoing).await?;
         // The batch shared the buffer's allocation; a huge one would be reclaimed whole by
-        // the next read.
-        if bytes.len() > 4 * BUFFER_CAPACITY && self.cbuf.is_empty() {
+        // the next read. A buffer grown by reads (bytes behind a waiting Bind) goes back
+        // too, and with it the session's share of the room for large messages.
+        let grown = bytes.len() > 4 * BUFFER_CAPACITY || self.cbuf.capacity() > 4 * BUFFER_CAPACITY;
+        if grown && self.cbuf.is_empty() {
             self.cbuf = BytesMut::with_capacity(BUFFER_CAPACITY);
             self.message_share.release();
         }

@@ -441,7 +441,10 @@ impl Relay {
                 _ = self.warnings.timer(), if self.warnings.armed() => self.on_warning().await,
                 read = self.client.read_buf(&mut self.cbuf), if reading => match read {
                     Ok(0) | Err(_) => Err(End::ClientGone),
-                    Ok(_) => self.on_client_bytes().await,
+                    Ok(_) => match self.message_share.cover(&self.cbuf) {
+                        Ok(()) => self.on_client_bytes().await,
+                        Err(no_room) => Err(End::NoRoomForMessage(no_room)),
+                    },
                 },
                 () = hangup::hung_up(&hangup), if !reading => Err(End::ClientGone),
                 read = self.upstream_r.read_buf(&mut self.ubuf) => match read {
