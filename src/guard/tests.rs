@@ -1027,6 +1027,8 @@ fn deny_drop_covers_drops_under_alter() {
         "CREATE OR REPLACE VIEW wv AS SELECT * FROM w WHERE v < 10",
         "ALTER PUBLICATION pub DROP TABLE w",
         "ALTER PUBLICATION pub SET TABLE other",
+        "ALTER PUBLICATION pub SET (publish = '')",
+        "ALTER PUBLICATION pub SET (publish = 'insert')",
         // PostgreSQL 18: a constraint kept but no longer checked, or not on the children.
         "ALTER TABLE customers ALTER CONSTRAINT positive NOT ENFORCED",
         "ALTER TABLE customers ALTER CONSTRAINT positive NO INHERIT",
@@ -1053,6 +1055,7 @@ fn deny_drop_covers_drops_under_alter() {
         "ALTER VIEW wv SET (fillfactor = 50)",
         "ALTER TABLE w SET (fillfactor = 70)",
         "ALTER PUBLICATION pub ADD TABLE w",
+        "ALTER PUBLICATION pub SET (publish_via_partition_root = true)",
         "REFRESH MATERIALIZED VIEW mv",
         "ALTER TABLE customers ALTER CONSTRAINT positive ENFORCED",
         "ALTER TABLE customers ALTER CONSTRAINT fk DEFERRABLE INITIALLY DEFERRED",

@@ -263,11 +263,21 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
                 .unwrap_or(false);
         }
         // A publication's subscribers stop getting the rows of tables dropped from it (or
-        // left out of a list set anew).
+        // left out of a list set anew), or of the changes its `publish` option leaves out
+        // (`SET (publish = '')` publishes nothing).
         "AlterPublicationStmt" => {
             use pg_query::protobuf::AlterPublicationAction as A;
             let action = node.get("action").and_then(Value::as_i64).unwrap_or(0);
             found.drop |= action == A::ApDropObjects as i64 || action == A::ApSetObjects as i64;
+            let options = node.get("options").and_then(Value::as_array);
+            found.drop |= options.is_some_and(|options| {
+                options.iter().any(|option| {
+                    option
+                        .pointer("/node/DefElem/defname")
+                        .and_then(Value::as_str)
+                        .is_some_and(|name| name.eq_ignore_ascii_case("publish"))
+                })
+            });
         }
         // `ALTER CONSTRAINT c NOT ENFORCED` keeps the constraint and stops checking it;
         // `NO INHERIT` stops checking it on the children (PostgreSQL 18).
