@@ -501,25 +501,27 @@ async fn bytes_behind_a_waiting_bind_take_room_too() {
     let env = Env::with(
         "oversize_behind_bind",
         Options {
-            proxy_extra: "max_message_size = 4194304\nmax_message_memory = 5242880",
+            proxy_extra: "max_message_size = 4194304\nmax_message_memory = 4194304",
             ..Options::default()
         },
     )
     .await;
     let (_, token) = env.approved_token("eve", "1h").await;
     // Bind (unnamed portal and statement, no formats, no parameters), then an Execute
-    // declared at 3.5 MiB of which 3 MiB come.
+    // declared at 3.5 MiB of which 1.5 MiB come: the buffer they grow holds between 1.5 and
+    // about 3 MiB (it grows by doubling), which leaves no room for a 3 MiB message beside
+    // it, and is itself within the 4 MiB.
     let mut behind = vec![b'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0];
     let declared: i32 = 3 * 1024 * 1024 + 512 * 1024;
     behind.push(b'E');
     behind.extend_from_slice(&declared.to_be_bytes());
     behind.push(0);
-    behind.extend_from_slice(&vec![b'x'; 3 * 1024 * 1024]);
+    behind.extend_from_slice(&vec![b'x'; 1536 * 1024]);
     let mut holder = Raw::login(&env, "eve", &token).await;
     holder.read_until_ready().await;
     holder.send(&behind).await;
     let mut start = vec![b'Q'];
-    start.extend_from_slice(&(2 * 1024 * 1024 - 1i32).to_be_bytes());
+    start.extend_from_slice(&(3 * 1024 * 1024 - 1i32).to_be_bytes());
     start.extend_from_slice(b"SELECT '");
     let errors = refused_beside_the_holder(&env, &token, &start).await;
     assert_eq!(errors[0].0, "53200", "{errors:?}");
