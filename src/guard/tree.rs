@@ -241,27 +241,12 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
         // binds), and a permissive policy widens what passes (policies are OR'ed), as an
         // attack review made `WITH CHECK (true)` let a refused row in.
         "AlterPolicyStmt" => found.drop = true,
-        "CreatePolicyStmt" => {
-            found.drop |= node
-                .get("permissive")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-        }
+        "CreatePolicyStmt" => found.drop |= flag(node, "permissive"),
         // `CREATE OR REPLACE VIEW` replaces a view's query and options, its `WITH CHECK
         // OPTION` among them; a view made anew says `CREATE VIEW`.
-        "ViewStmt" => {
-            found.drop |= node
-                .get("replace")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-        }
+        "ViewStmt" => found.drop |= flag(node, "replace"),
         // `WITH NO DATA` empties a materialized view.
-        "RefreshMatViewStmt" => {
-            found.truncate |= node
-                .get("skip_data")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-        }
+        "RefreshMatViewStmt" => found.truncate |= flag(node, "skip_data"),
         // A publication's subscribers stop getting the rows of tables dropped from it (or
         // left out of a list set anew), or of the changes its `publish` option leaves out
         // (`SET (publish = '')` publishes nothing).
@@ -269,22 +254,13 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             use pg_query::protobuf::AlterPublicationAction as A;
             let action = node.get("action").and_then(Value::as_i64).unwrap_or(0);
             found.drop |= action == A::ApDropObjects as i64 || action == A::ApSetObjects as i64;
-            let options = node.get("options").and_then(Value::as_array);
-            found.drop |= options.is_some_and(|options| {
-                options.iter().any(|option| {
-                    option
-                        .pointer("/node/DefElem/defname")
-                        .and_then(Value::as_str)
-                        .is_some_and(|name| name.eq_ignore_ascii_case("publish"))
-                })
-            });
+            found.drop |= option_names(node.get("options")).any(|name| name == "publish");
         }
         // `ALTER CONSTRAINT c NOT ENFORCED` keeps the constraint and stops checking it;
         // `NO INHERIT` stops checking it on the children (PostgreSQL 18).
         "AtalterConstraint" => {
-            let flag = |key: &str| node.get(key).and_then(Value::as_bool).unwrap_or(false);
-            found.drop |= flag("alter_enforceability") && !flag("is_enforced");
-            found.drop |= flag("alter_inheritability") && flag("noinherit");
+            found.drop |= flag(node, "alter_enforceability") && !flag(node, "is_enforced");
+            found.drop |= flag(node, "alter_inheritability") && flag(node, "noinherit");
         }
         // `ALTER EVENT TRIGGER … DISABLE` (or `ENABLE REPLICA`: it then fires only on
         // replicas) turns off a check the database's DDL is held to.
@@ -535,15 +511,28 @@ const RELOPTION_CHANGES: &[i64] = {
 /// to), `security_barrier`, `security_invoker` (whose privileges and row security apply).
 fn changes_a_view_check(cmd: &Value) -> bool {
     const CHECKS: &[&str] = &["check_option", "security_barrier", "security_invoker"];
-    let items = cmd
-        .pointer("/def/node/List/items")
+    option_names(cmd.pointer("/def/node/List/items")).any(|name| CHECKS.contains(&name.as_str()))
+}
+
+/// The names of a list of options (`DefElem`s), lowercased: the grammar folds unquoted
+/// ones, and a quoted `"Check_Option"` counts as `check_option` would, whatever the server
+/// makes of it (refusing too much is the safe side).
+fn option_names(options: Option<&Value>) -> impl Iterator<Item = String> + '_ {
+    options
         .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    items.iter().any(|item| {
-        item.pointer("/node/DefElem/defname")
-            .and_then(Value::as_str)
-            .is_some_and(|name| CHECKS.contains(&name.to_ascii_lowercase().as_str()))
-    })
+        .map_or(&[][..], Vec::as_slice)
+        .iter()
+        .filter_map(|option| {
+            option
+                .pointer("/node/DefElem/defname")
+                .and_then(Value::as_str)
+        })
+        .map(str::to_ascii_lowercase)
+}
+
+/// A boolean field of a parse-tree node; absent is false, as the JSON leaves defaults out.
+fn flag(node: &Value, key: &str) -> bool {
+    node.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// The relation a name list of an object of `kind` names (`DROP TABLE hr.pay`, `COMMENT
