@@ -13,7 +13,9 @@
 //! The message at the front of the buffer is not the only one that grows it: a Bind waits
 //! there, whole, for the Execute behind it (`planning.rs`), and that Execute's bytes grow
 //! the buffer as they come (a second review held 163 MB against an 8 MiB budget so). So
-//! after every read the share also covers the buffer's whole capacity, whatever fills it.
+//! after every read the share also covers the bytes the buffer holds, whatever they are.
+//! Bytes, not capacity: a buffer grows by doubling, and the pages it has not filled cost
+//! nothing resident, while counting them refused a message that fit the budget.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -123,10 +125,10 @@ impl MessageShare {
         Ok(())
     }
 
-    /// After a read: the share covers all the buffer holds room for, whatever message
-    /// grew it.
+    /// After a read: the share covers the bytes the buffer holds, whatever message they
+    /// belong to.
     pub(crate) fn cover(&mut self, buf: &BytesMut) -> Result<(), NoRoom> {
-        self.take_up_to(buf.capacity(), None)
+        self.take_up_to(buf.len(), None)
     }
 
     /// Makes the share `bytes`, if that is past [`UNSHARED`] and more than it holds.
@@ -235,13 +237,11 @@ mod tests {
         let memory = Arc::new(MessageMemory::default());
         let limit = 3 << 20;
         let mut holder = MessageShare::of(memory.clone(), limit);
-        let grown = BytesMut::with_capacity(2 << 20);
+        let grown = BytesMut::from(&vec![b'x'; 2 << 20][..]);
         holder.cover(&grown).expect("room");
-        assert_eq!(memory.held(), grown.capacity());
+        assert_eq!(memory.held(), 2 << 20);
         let mut other = MessageShare::of(memory.clone(), limit);
-        let refused = other
-            .cover(&BytesMut::with_capacity(2 << 20))
-            .expect_err("no room beside it");
+        let refused = other.cover(&grown).expect_err("no room beside it");
         assert_eq!(refused.tag, None);
         assert!(
             refused.describe().starts_with("client messages of "),
@@ -250,8 +250,12 @@ mod tests {
         );
         // What a buffer keeps anyway is not counted.
         other
-            .cover(&BytesMut::with_capacity(UNSHARED))
+            .cover(&BytesMut::from(&vec![b'x'; UNSHARED][..]))
             .expect("unshared");
+        // Room the buffer has but does not fill costs nothing resident.
+        other
+            .cover(&BytesMut::with_capacity(2 << 20))
+            .expect("capacity alone");
         drop(holder);
         assert_eq!(memory.held(), 0);
     }
