@@ -62,13 +62,9 @@ pub fn declared_frame_size(buf: &[u8]) -> Option<usize> {
 /// copied over. A message over `limit` (refused when it is framed) or with a negative
 /// length gets nothing.
 pub fn reserve_rest_of_frame(buf: &mut BytesMut, limit: usize) {
-    let Some(&[a, b, c, d]) = buf.get(1..5) else {
+    let Some(total) = declared_frame_size(buf) else {
         return;
     };
-    let Ok(declared) = usize::try_from(i32::from_be_bytes([a, b, c, d])) else {
-        return;
-    };
-    let total = declared.saturating_add(1);
     if total <= limit && total > buf.len() {
         buf.reserve(total - buf.len());
     }
