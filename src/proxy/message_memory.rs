@@ -26,6 +26,10 @@ use bytes::BytesMut;
 /// goes back to its usual size once emptied (`buffers::shrink_if_oversized`).
 pub(crate) const UNSHARED: usize = 4 * super::relay::BUFFER_CAPACITY;
 
+/// What a session may keep for its prepared statements and portals without a share of the
+/// budget: an application's statements, a few kilobytes each, fit many times over.
+pub(crate) const KEPT_UNSHARED: usize = 1 << 20;
+
 /// The bytes every session's share adds up to.
 #[derive(Debug, Default)]
 pub(crate) struct MessageMemory {
@@ -60,14 +64,23 @@ pub(crate) struct MessageShare {
     bytes: usize,
 }
 
+/// What asked the shared budget for room it did not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asker {
+    /// One message, by its type byte.
+    Message(u8),
+    /// What the client sent after a waiting message, which outgrew the buffer.
+    Buffer,
+    /// The prepared statements and portals the session keeps (`Statements::retained`).
+    Kept,
+}
+
 /// A message the shared budget had no room for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoRoom {
-    /// The message's type byte, when one message asked for the room; none when what the
-    /// client sent after a waiting message outgrew the buffer.
-    pub tag: Option<u8>,
+    pub asker: Asker,
     /// The bytes asked for: the message's declared size (type byte and length included),
-    /// or the buffer's.
+    /// the buffer's, or what the session's statements and portals hold.
     pub size: usize,
     /// `proxy.max_message_memory`.
     pub limit: usize,
@@ -76,9 +89,17 @@ pub struct NoRoom {
 impl NoRoom {
     /// What the session's end record says.
     pub fn describe(&self) -> String {
-        let what = match self.tag {
-            Some(tag) => format!("{} message", super::oversize::message_name(tag)),
-            None => "client messages".to_owned(),
+        let what = match self.asker {
+            Asker::Message(tag) => format!("{} message", super::oversize::message_name(tag)),
+            Asker::Buffer => "client messages".to_owned(),
+            Asker::Kept => {
+                return format!(
+                    "prepared statements and portals holding {} bytes refused: the proxy's \
+                     sessions already hold what proxy.max_message_memory ({} bytes) allows \
+                     for large client messages and for what sessions keep past {} bytes each",
+                    self.size, self.limit, KEPT_UNSHARED
+                )
+            }
         };
         format!(
             "{what} of {} bytes refused: the proxy's sessions already hold what \
@@ -119,7 +140,7 @@ impl MessageShare {
             return Ok(());
         };
         if size <= max_message {
-            self.take_up_to(size, Some(buf[0]))?;
+            self.take_up_to(size, Asker::Message(buf[0]))?;
         }
         crate::wire::reserve_rest_of_frame(buf, max_message);
         Ok(())
@@ -128,18 +149,22 @@ impl MessageShare {
     /// After a read: the share covers the bytes the buffer holds, whatever message they
     /// belong to.
     pub(crate) fn cover(&mut self, buf: &BytesMut) -> Result<(), NoRoom> {
-        self.take_up_to(buf.len(), None)
+        self.take_up_to(buf.len(), Asker::Buffer)
     }
 
     /// Makes the share `bytes`, if that is past [`UNSHARED`] and more than it holds.
-    fn take_up_to(&mut self, bytes: usize, tag: Option<u8>) -> Result<(), NoRoom> {
+    fn take_up_to(&mut self, bytes: usize, asker: Asker) -> Result<(), NoRoom> {
         if bytes <= UNSHARED || bytes <= self.bytes {
             return Ok(());
         }
+        self.take(bytes, asker)
+    }
+
+    fn take(&mut self, bytes: usize, asker: Asker) -> Result<(), NoRoom> {
         if let Some((memory, limit)) = &self.budget {
             if !memory.try_take(bytes - self.bytes, *limit) {
                 return Err(NoRoom {
-                    tag,
+                    asker,
                     size: bytes,
                     limit: *limit,
                 });
@@ -147,6 +172,33 @@ impl MessageShare {
         }
         self.bytes = bytes;
         Ok(())
+    }
+
+    /// For what a session keeps (its prepared statements and portals, `kept` bytes): the
+    /// share becomes what is past [`KEPT_UNSHARED`], taken from the budget or given back
+    /// to it. Refused, the share stays as it was.
+    pub(crate) fn hold_kept(&mut self, kept: usize) -> Result<(), NoRoom> {
+        let wanted = kept.saturating_sub(KEPT_UNSHARED);
+        if wanted > self.bytes {
+            return self.take(wanted, Asker::Kept).map_err(|mut no_room| {
+                no_room.size = kept;
+                no_room
+            });
+        }
+        self.give_back_kept(kept);
+        Ok(())
+    }
+
+    /// [`Self::hold_kept`] when what the session keeps can only have shrunk: gives back,
+    /// never takes.
+    pub(crate) fn give_back_kept(&mut self, kept: usize) {
+        let wanted = kept.saturating_sub(KEPT_UNSHARED);
+        if wanted < self.bytes {
+            if let Some((memory, _)) = &self.budget {
+                memory.give_back(self.bytes - wanted);
+            }
+            self.bytes = wanted;
+        }
     }
 
     /// The buffer went back to its usual size: the share is given back.
@@ -195,7 +247,7 @@ mod tests {
         assert_eq!(
             refused,
             NoRoom {
-                tag: Some(b'd'),
+                asker: Asker::Message(b'd'),
                 size: 2 << 20,
                 limit
             }
@@ -242,7 +294,7 @@ mod tests {
         assert_eq!(memory.held(), 2 << 20);
         let mut other = MessageShare::of(memory.clone(), limit);
         let refused = other.cover(&grown).expect_err("no room beside it");
-        assert_eq!(refused.tag, None);
+        assert_eq!(refused.asker, Asker::Buffer);
         assert!(
             refused.describe().starts_with("client messages of "),
             "{}",
@@ -257,6 +309,47 @@ mod tests {
             .cover(&BytesMut::with_capacity(2 << 20))
             .expect("capacity alone");
         drop(holder);
+        assert_eq!(memory.held(), 0);
+    }
+
+    /// What sessions keep (statements, portals) takes a share past what each may keep
+    /// without one, and gives it back as it shrinks; refused, the share stays as it was.
+    #[test]
+    fn what_sessions_keep_takes_a_share_past_its_allowance_and_gives_it_back() {
+        let memory = Arc::new(MessageMemory::default());
+        let limit = 3 << 20;
+        let mut first = MessageShare::of(memory.clone(), limit);
+        first
+            .hold_kept(KEPT_UNSHARED)
+            .expect("within the allowance");
+        assert_eq!(memory.held(), 0);
+        first.hold_kept(KEPT_UNSHARED + (2 << 20)).expect("room");
+        assert_eq!(memory.held(), 2 << 20);
+        let mut second = MessageShare::of(memory.clone(), limit);
+        let refused = second
+            .hold_kept(KEPT_UNSHARED + (2 << 20))
+            .expect_err("no room beside it");
+        assert_eq!(refused.asker, Asker::Kept);
+        assert_eq!(refused.size, KEPT_UNSHARED + (2 << 20));
+        assert!(
+            refused
+                .describe()
+                .starts_with("prepared statements and portals holding "),
+            "{}",
+            refused.describe()
+        );
+        assert_eq!((memory.held(), second.bytes()), (2 << 20, 0));
+        // Shrinking gives back what is no longer kept.
+        first.hold_kept(KEPT_UNSHARED + (1 << 20)).expect("smaller");
+        assert_eq!(memory.held(), 1 << 20);
+        second
+            .hold_kept(KEPT_UNSHARED + (2 << 20))
+            .expect("room now");
+        assert_eq!(memory.held(), 3 << 20);
+        first.give_back_kept(KEPT_UNSHARED + (2 << 20));
+        assert_eq!(memory.held(), 3 << 20, "giving back never takes");
+        first.give_back_kept(0);
+        drop(second);
         assert_eq!(memory.held(), 0);
     }
 }

@@ -23,6 +23,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use weight::Weighed;
+
 use crate::audit::StatementNames;
 use crate::guard::NameChange;
 use crate::sql::StatementKind;
@@ -135,8 +137,8 @@ pub const PENDING_LOW: usize = 512;
 
 #[derive(Default)]
 pub struct Statements {
-    prepared: HashMap<String, Prepared>,
-    portals: HashMap<String, Portal>,
+    prepared: Weighed<Prepared>,
+    portals: Weighed<Portal>,
     pending: VecDeque<(MessageId, Change)>,
     /// How many pending changes name each statement (Parse, PREPARE, Close, DEALLOCATE),
     /// and how many change them all (DEALLOCATE ALL, DISCARD ALL): a lookup of a name no
@@ -145,6 +147,8 @@ pub struct Statements {
     pending_all_statements: usize,
     /// Bytes of statement text in `pending`.
     pending_text: usize,
+    /// Bytes of parameter values in `pending` (its Binds').
+    pending_params: usize,
     /// The next message's number.
     next_id: MessageId,
     /// The first message of the group the client is sending now (after its last Sync,
@@ -174,6 +178,7 @@ impl Statements {
             ));
         }
         self.pending_text += text;
+        self.pending_params += own_params(&change);
         match statement_named(&change) {
             Some(Some(name)) => {
                 *self
@@ -193,6 +198,7 @@ impl Statements {
     fn pop_pending(&mut self) -> Option<(MessageId, Change)> {
         let (id, change) = self.pending.pop_front()?;
         self.pending_text -= own_text(&change);
+        self.pending_params -= own_params(&change);
         match statement_named(&change) {
             Some(Some(name)) => {
                 if let Some(count) = self.pending_by_statement.get_mut(name) {
@@ -217,6 +223,12 @@ impl Statements {
     /// relay's backpressure.
     pub fn pending_load(&self) -> (usize, usize) {
         (self.pending.len(), self.pending_text)
+    }
+
+    /// The bytes the session keeps for its statements and portals, and for the changes to
+    /// them waiting for the server: what a client makes the proxy hold past its messages.
+    pub fn retained(&self) -> usize {
+        self.prepared.bytes() + self.portals.bytes() + self.pending_text + self.pending_params
     }
 
     /// Numbers a message that changes no name (a Describe, a Sync, the end of a query
@@ -525,6 +537,14 @@ fn own_text(change: &Change) -> usize {
     }
 }
 
+/// The bytes of parameter values a change brings.
+fn own_params(change: &Change) -> usize {
+    match change {
+        Change::Bind(_, portal) => weight::params_weight(&portal.params),
+        _ => 0,
+    }
+}
+
 /// The statement a change touches: `Some(Some(name))`, or `Some(None)` for all of them.
 fn statement_named(change: &Change) -> Option<Option<&str>> {
     match change {
@@ -536,6 +556,9 @@ fn statement_named(change: &Change) -> Option<Option<&str>> {
         _ => None,
     }
 }
+
+#[path = "statements_weight.rs"]
+mod weight;
 
 #[cfg(test)]
 #[path = "statements_tests.rs"]

@@ -410,3 +410,66 @@ fn a_rollback_to_a_savepoint_ends_the_cursors_opened_since_it() {
     end_transaction(&mut s, "COMMIT");
     assert!(s.portal("before").is_some());
 }
+
+/// What the session keeps for its statements and portals is counted as they come and go,
+/// so the relay can hold it to the shared budget (`MessageShare::hold_kept`).
+#[test]
+fn what_statements_and_portals_keep_is_counted_as_they_come_and_go() {
+    let mut s = Statements::default();
+    assert_eq!(s.retained(), 0);
+    let text = "x".repeat(10_000);
+    // Waiting for the server, then kept: counted either way.
+    let parse = s.parse("s1".into(), stmt(&text)).expect("parse");
+    let waiting = s.retained();
+    assert!(waiting >= 10_000, "{waiting}");
+    s.confirm(parse, None).expect("confirmed");
+    sync(&mut s, b'I');
+    let one = s.retained();
+    assert!(one >= 10_000, "{one}");
+    // A second statement adds its own text.
+    let parse = s.parse("s2".into(), stmt(&text)).expect("parse");
+    s.confirm(parse, None).expect("confirmed");
+    sync(&mut s, b'T');
+    assert!(s.retained() >= one + 10_000);
+    // A portal's parameter values count, waiting and kept; the transaction's end drops it.
+    let before_bind = s.retained();
+    let params: Arc<[serde_json::Value]> =
+        Arc::from([serde_json::Value::String("y".repeat(50_000))]);
+    let bind = s.bind("p".into(), "s1", params).expect("bind");
+    assert!(s.retained() >= before_bind + 50_000);
+    s.confirm(bind, None).expect("confirmed");
+    assert!(s.retained() >= before_bind + 50_000);
+    sync(&mut s, b'I');
+    assert_eq!(
+        s.retained(),
+        before_bind,
+        "the portal ended with its transaction"
+    );
+    // A Parse the server never took gives its text back once its group settles.
+    s.parse("s3".into(), stmt(&text)).expect("parse");
+    assert!(s.retained() >= before_bind + 10_000);
+    sync(&mut s, b'I');
+    assert_eq!(s.retained(), before_bind);
+    // Closing and DEALLOCATE ALL give the rest back.
+    let close = s.close_statement("s2".into()).expect("close");
+    s.confirm(close, None).expect("confirmed");
+    assert_eq!(s.retained(), one);
+    let all = s.sql(SqlChange::Deallocate(None)).expect("deallocate");
+    s.confirm(all, Some("DEALLOCATE ALL")).expect("confirmed");
+    assert_eq!(s.retained(), 0);
+}
+
+/// Replacing the unnamed statement keeps one text, not both.
+#[test]
+fn a_replaced_statement_weighs_only_what_replaced_it() {
+    let mut s = Statements::default();
+    for size in [40_000, 10_000] {
+        let parse = s
+            .parse(String::new(), stmt(&"x".repeat(size)))
+            .expect("parse");
+        s.confirm(parse, None).expect("confirmed");
+        sync(&mut s, b'I');
+    }
+    let kept = s.retained();
+    assert!((10_000..40_000).contains(&kept), "{kept}");
+}

@@ -71,6 +71,7 @@ mod openapi;
 mod ops;
 mod ops_limits;
 mod oversize;
+mod oversize_kept;
 mod preauth;
 mod protocol;
 mod query_text;

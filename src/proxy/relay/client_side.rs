@@ -45,6 +45,13 @@ impl Relay {
             }
             return Ok(());
         }
+        // What the batch makes the session keep (statement texts, parameters) must fit the
+        // budget before any of it runs: a client could otherwise make the proxy keep
+        // without bound what no single message holds (an attack review kept 392 MB in one
+        // session with 400 Parses of 900 KiB).
+        self.kept_share
+            .hold_kept(self.statements.retained())
+            .map_err(End::NoRoomForMessage)?;
         let bytes = self.cbuf.split_to(batch.consumed);
         self.record_statements(batch.pending).await?;
         let mut outgoing = splice(&bytes, batch.replacements);

@@ -160,6 +160,8 @@ pub struct Relay {
     max_message: usize,
     /// This session's share of the room all sessions have for large messages.
     message_share: MessageShare,
+    /// The share of the same budget for what `statements` keeps.
+    kept_share: MessageShare,
     term: Terminator,
     grant: Grant,
     /// COPY data bytes of the COPY now running (either direction), for its outcome.
@@ -260,6 +262,7 @@ impl Relay {
             audit,
             max_message,
             message_share: MessageShare::default(),
+            kept_share: MessageShare::default(),
             term: Terminator::new(kill, deadline),
             grant,
             copy_bytes: 0,
@@ -294,7 +297,8 @@ impl Relay {
     /// at most `limit` bytes for all sessions (without it, each session may hold up to
     /// `max_message`).
     pub(crate) fn with_message_memory(mut self, memory: Arc<MessageMemory>, limit: usize) -> Self {
-        self.message_share = MessageShare::of(memory, limit);
+        self.message_share = MessageShare::of(memory.clone(), limit);
+        self.kept_share = MessageShare::of(memory, limit);
         self
     }
 

@@ -109,15 +109,19 @@ impl Relay {
                 (true, false) => self.copy_open = false,
                 _ => {}
             }
-            match names {
-                Some(Names::Confirm { id, tag }) => self
-                    .statements
-                    .confirm(id, tag.as_deref())
-                    .map_err(|lost| End::LostTrack(lost.0))?,
-                Some(Names::Settle { through }) => self
-                    .statements
-                    .settle(through, self.tracker.transaction_status),
-                None => {}
+            if let Some(names) = names {
+                match names {
+                    Names::Confirm { id, tag } => self
+                        .statements
+                        .confirm(id, tag.as_deref())
+                        .map_err(|lost| End::LostTrack(lost.0))?,
+                    Names::Settle { through } => self
+                        .statements
+                        .settle(through, self.tracker.transaction_status),
+                }
+                // What the server let go of (a closed statement, an ended portal) goes back
+                // to the shared budget now, not with the client's next message.
+                self.kept_share.give_back_kept(self.statements.retained());
             }
             if let Some((seq, returned)) = suspended {
                 let outcome = self.outcomes[settled..]
