@@ -147,8 +147,8 @@ pub struct Statements {
     pending_all_statements: usize,
     /// Bytes of statement text in `pending`.
     pending_text: usize,
-    /// Bytes of parameter values in `pending` (its Binds').
-    pending_params: usize,
+    /// What the changes in `pending` weigh (statements, names, parameter values).
+    pending_weight: usize,
     /// The next message's number.
     next_id: MessageId,
     /// The first message of the group the client is sending now (after its last Sync,
@@ -178,7 +178,7 @@ impl Statements {
             ));
         }
         self.pending_text += text;
-        self.pending_params += own_params(&change);
+        self.pending_weight += own_weight(&change);
         match statement_named(&change) {
             Some(Some(name)) => {
                 *self
@@ -198,7 +198,7 @@ impl Statements {
     fn pop_pending(&mut self) -> Option<(MessageId, Change)> {
         let (id, change) = self.pending.pop_front()?;
         self.pending_text -= own_text(&change);
-        self.pending_params -= own_params(&change);
+        self.pending_weight -= own_weight(&change);
         match statement_named(&change) {
             Some(Some(name)) => {
                 if let Some(count) = self.pending_by_statement.get_mut(name) {
@@ -228,7 +228,7 @@ impl Statements {
     /// The bytes the session keeps for its statements and portals, and for the changes to
     /// them waiting for the server: what a client makes the proxy hold past its messages.
     pub fn retained(&self) -> usize {
-        self.prepared.bytes() + self.portals.bytes() + self.pending_text + self.pending_params
+        self.prepared.bytes() + self.portals.bytes() + self.pending_weight
     }
 
     /// Numbers a message that changes no name (a Describe, a Sync, the end of a query
@@ -537,10 +537,16 @@ fn own_text(change: &Change) -> usize {
     }
 }
 
-/// The bytes of parameter values a change brings.
-fn own_params(change: &Change) -> usize {
+/// What a change brings the session to keep: a statement (its text and names), a portal's
+/// parameter values (a Bind shares its statement's), a cursor.
+fn own_weight(change: &Change) -> usize {
+    use weight::Weighs;
     match change {
+        Change::Parse(name, p) | Change::Sql(SqlChange::Prepare(name, p)) => {
+            name.len() + p.weight()
+        }
         Change::Bind(_, portal) => weight::params_weight(&portal.params),
+        Change::Sql(SqlChange::Declare(name, portal)) => name.len() + portal.weight(),
         _ => 0,
     }
 }

@@ -473,3 +473,32 @@ fn a_replaced_statement_weighs_only_what_replaced_it() {
     let kept = s.retained();
     assert!((10_000..40_000).contains(&kept), "{kept}");
 }
+
+/// The names a statement keeps for its record weigh more than their bytes of text: each is
+/// an allocation of its own (an attack review kept 16 times the text with thousands of
+/// short column names).
+#[test]
+fn the_names_a_statement_keeps_count_per_name() {
+    let fields: Vec<String> = (0..2_000).map(|i| format!("f{i}")).collect();
+    let text = fields.join(",");
+    let mut named = stmt(&text);
+    named.mentions = Some(crate::audit::StatementNames {
+        relations: Arc::from([]),
+        functions: Arc::from([]),
+        fields: fields.into(),
+        skeleton: Some(text.as_str().into()),
+    });
+    let mut s = Statements::default();
+    let parse = s.parse("plain".into(), stmt(&text)).expect("parse");
+    s.confirm(parse, None).expect("confirmed");
+    let plain = s.retained();
+    let parse = s.parse("named".into(), named).expect("parse");
+    let waiting = s.retained() - plain;
+    s.confirm(parse, None).expect("confirmed");
+    let kept = s.retained() - plain;
+    assert_eq!(waiting, kept, "waiting or kept, the same weight");
+    assert!(
+        kept >= plain + 2_000 * std::mem::size_of::<String>() + text.len(),
+        "{kept} vs {plain}"
+    );
+}

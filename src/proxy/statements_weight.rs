@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::mem::size_of;
 
 use super::{Portal, Prepared};
+use crate::audit::StatementNames;
 
 /// The bytes a kept value holds beyond its fixed size (statement text, parameter values).
 pub(super) trait Weighs {
@@ -13,15 +14,30 @@ pub(super) trait Weighs {
 
 impl Weighs for Prepared {
     fn weight(&self) -> usize {
-        size_of::<Prepared>() + self.text.len()
+        size_of::<Prepared>() + self.text.len() + self.mentions.as_ref().map_or(0, names_weight)
     }
 }
 
+/// What a statement's names weigh: one allocation per name, with what the allocator rounds
+/// each up to, so a text of thousands of short names (`t.a,t.b,…`) is not counted at its
+/// length alone (an attack review kept 16 times the text so).
+fn names_weight(names: &StatementNames) -> usize {
+    const PER_NAME: usize = size_of::<String>() + MIN_ALLOCATION;
+    let list = |names: &[String]| names.iter().map(|n| PER_NAME + n.len()).sum::<usize>();
+    list(&names.relations)
+        + list(&names.functions)
+        + list(&names.fields)
+        + names.skeleton.as_ref().map_or(0, |s| s.len())
+}
+
+/// The least a heap allocation costs (malloc's smallest chunk, with its header).
+const MIN_ALLOCATION: usize = 32;
+
 impl Weighs for Portal {
-    /// Its statement's text counts again: the statement may be closed, or replaced under
+    /// Its statement counts again: the statement may be closed, or replaced under
     /// its name, while the portal keeps the text it was bound to.
     fn weight(&self) -> usize {
-        size_of::<Portal>() + self.statement.text.len() + params_weight(&self.params)
+        size_of::<Portal>() + self.statement.weight() + params_weight(&self.params)
     }
 }
 

@@ -175,6 +175,34 @@ impl Tracker {
         None
     }
 
+    /// The outcome of statement `seq` if the server will skip it: it skips to a Sync after
+    /// an error, and the client sent none since. Settled now rather than kept until the
+    /// Sync's ReadyForQuery, so that a client pipelining on after an error (an `executemany`
+    /// whose first row failed) makes the proxy keep nothing per message. A refused one's
+    /// outcome names the rule, as at the ReadyForQuery.
+    pub fn skipped(
+        &self,
+        seq: u64,
+        started: Instant,
+        refusal: Option<&Refusal>,
+    ) -> Option<Outcome> {
+        if !self.skipping_to_sync {
+            return None;
+        }
+        let mut outcome = Outcome::new(seq, started, OutcomeStatus::NotExecuted);
+        if let Some(r) = refusal {
+            outcome.message = Some(r.message.clone());
+            outcome.rule = Some(r.rule);
+        }
+        Some(outcome)
+    }
+
+    /// Messages sent that still wait for the server's answer (statements, steps, group
+    /// ends): the relay reads no more from a client with too many (`hold::backlogged`).
+    pub fn outstanding(&self) -> usize {
+        self.slots.len()
+    }
+
     /// The statement the server is working on (the oldest without an outcome), by seq.
     pub fn running(&self) -> Option<u64> {
         self.slots.iter().find_map(|s| match s {

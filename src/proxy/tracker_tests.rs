@@ -676,3 +676,32 @@ fn the_server_works_on_steps_and_group_ends_too() {
     c.replies([BackendEvent::Ready(b'I')]);
     assert_eq!(c.t.working(), None);
 }
+
+/// What the client sends after an extended error and before its Sync is skipped by the
+/// server: settled at once as not executed, nothing kept for it, however many there are
+/// (an `executemany` whose first row failed pipelines the rest).
+#[test]
+fn statements_sent_while_the_server_skips_are_settled_at_once() {
+    let now = Instant::now();
+    let mut t = Tracker::default();
+    t.statement(1, now, true);
+    let mut out = Vec::new();
+    feed(&mut t, &mut out, [err()]);
+    assert_eq!(statuses(&out), [(1, OutcomeStatus::Error)]);
+    assert!(t.skipping_to_sync());
+    let before = t.outstanding();
+    let skipped = t.skipped(2, now, None).expect("skipped");
+    assert_eq!(skipped.status, OutcomeStatus::NotExecuted);
+    assert_eq!(t.outstanding(), before, "nothing kept");
+    let refusal = Refusal {
+        rule: "deny_truncate",
+        message: "refused".into(),
+    };
+    let skipped = t.skipped(3, now, Some(&refusal)).expect("skipped");
+    assert_eq!(skipped.rule, Some("deny_truncate"));
+    // Past the Sync the server runs what comes: nothing is settled ahead of its answer.
+    t.sync(0);
+    assert!(t.skipped(4, now, None).is_none());
+    feed(&mut t, &mut out, [BackendEvent::Ready(b'I')]);
+    assert_eq!(t.outstanding(), 0);
+}

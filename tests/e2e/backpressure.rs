@@ -10,7 +10,7 @@ use lockbox::wire::{BackendEvent, BackendScanner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::frontend::{bind, execute, parse, sync};
-use crate::harness::{errors_in, python, query, Env, Raw};
+use crate::harness::{errors_in, message, python, query, Env, Raw};
 
 /// Sends `pipeline` while reading what comes back until `readies` ReadyForQuery; returns
 /// the DataRows and the errors' SQLSTATEs.
@@ -84,6 +84,107 @@ async fn what_the_server_skips_after_an_early_error_is_not_kept() {
     let (rows, codes) = pipelined(raw, pipeline, 3).await;
     assert_eq!(codes, ["42P05"]);
     assert_eq!(rows, 1, "the session goes on");
+}
+
+/// Syncs pipelined behind a long statement change no name, yet each waits for its
+/// ReadyForQuery: the relay reads no more of them than its bound until the server answers
+/// (an attack review queued 1.4 million per session, which took the proxy down). Each is
+/// still answered, in order, and other sessions are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_pipelined_behind_a_long_statement_are_each_answered() {
+    let env = Env::start("backpressure_syncs").await;
+    let (_id, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    const SYNCS: usize = 30_000;
+    let mut pipeline = query("SELECT pg_sleep(0.5)");
+    pipeline.extend(sync().repeat(SYNCS));
+    pipeline.extend(query("SELECT 2"));
+    let flood = tokio::spawn(pipelined(raw, pipeline, SYNCS + 2));
+    let (client, _conn) = env.connect("eve", &token).await.expect("login beside it");
+    let one: i32 = client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("runs")
+        .get(0);
+    assert_eq!(one, 1);
+    let (rows, codes) = flood.await.expect("answered");
+    assert!(codes.is_empty(), "{codes:?}");
+    assert_eq!(rows, 2, "pg_sleep's row and SELECT 2's");
+}
+
+/// Executes sent after the server reported an extended error, before the Sync, are skipped
+/// by the server: each is recorded, with its outcome `not_executed`, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executes_sent_while_the_server_skips_are_recorded_not_executed() {
+    let env = Env::start("backpressure_skipping").await;
+    let (id, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    // The error reaches the proxy before the rest is sent: what follows is certain to be
+    // skipped.
+    raw.send(
+        &[
+            parse("s", "SELECT 1/0 AS skipped_probe"),
+            bind("", "s"),
+            execute(""),
+            message(b'H', b""),
+        ]
+        .concat(),
+    )
+    .await;
+    raw.read_until(|events| {
+        events
+            .iter()
+            .any(|e| matches!(e, BackendEvent::Error { .. }))
+    })
+    .await;
+    const SKIPPED: usize = 2_000;
+    let mut rest = Vec::new();
+    for _ in 0..SKIPPED {
+        rest.extend(bind("", "s"));
+        rest.extend(execute(""));
+    }
+    rest.extend(sync());
+    rest.extend(query("SELECT 2"));
+    let (rows, codes) = pipelined(raw, rest, 2).await;
+    assert!(codes.is_empty(), "{codes:?}");
+    assert_eq!(rows, 1, "the session goes on");
+    let records = env
+        .wait_for_audit("the skipped executes' outcomes", |records| {
+            records
+                .iter()
+                .filter(|r| {
+                    r["type"] == "outcome"
+                        && r["request_id"] == id.as_str()
+                        && r["status"] == "not_executed"
+                })
+                .count()
+                >= SKIPPED
+        })
+        .await;
+    let probes: Vec<u64> = records
+        .iter()
+        .filter(|r| {
+            r["type"] == "statement"
+                && r["request_id"] == id.as_str()
+                && r["statement"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("skipped_probe"))
+        })
+        .filter_map(|r| r["seq"].as_u64())
+        .collect();
+    assert_eq!(probes.len(), SKIPPED + 1, "every Execute recorded");
+    let not_executed = records
+        .iter()
+        .filter(|r| r["type"] == "outcome" && r["status"] == "not_executed")
+        .filter_map(|r| r["statement_seq"].as_u64())
+        .filter(|seq| probes.contains(seq))
+        .count();
+    assert_eq!(
+        not_executed, SKIPPED,
+        "each skipped one settled as not executed"
+    );
 }
 
 const EXECUTEMANY: &str = r#"

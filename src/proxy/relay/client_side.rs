@@ -104,7 +104,12 @@ impl Relay {
             let at = batch.consumed;
             let frame = &buf[at..at + len];
             match self.verdict(frame, buf.len() > at + len) {
-                Verdict::Pass => {}
+                // COPY data and its end, Flush and Terminate wait for no answer.
+                Verdict::Pass => {
+                    if !matches!(frame[0], b'd' | b'c' | b'f' | b'H' | b'X') {
+                        self.batch.messages += 1;
+                    }
+                }
                 Verdict::Hold => break,
                 Verdict::Drop => {
                     batch.replacements.push((at..at + len, Vec::new()));

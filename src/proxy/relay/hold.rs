@@ -130,12 +130,17 @@ impl Relay {
             return false;
         }
         let (changes, text) = self.statements.pending_load();
-        let (max, max_text) = if self.held {
-            (PENDING_LOW, PENDING_TEXT_HIGH / 4)
+        // Messages the server has yet to answer, the batch's too (the tracker learns of them
+        // once the batch is recorded): Syncs pipelined behind a long statement change no
+        // name, yet each waits for its ReadyForQuery (an attack review queued 1.4 million
+        // per session so).
+        let unanswered = self.tracker.outstanding() + batch.messages;
+        let (max, max_text, max_unanswered) = if self.held {
+            (PENDING_LOW, PENDING_TEXT_HIGH / 4, UNANSWERED_LOW)
         } else {
-            (PENDING_HIGH, PENDING_TEXT_HIGH)
+            (PENDING_HIGH, PENDING_TEXT_HIGH, UNANSWERED_HIGH)
         };
-        changes >= max || text >= max_text
+        changes >= max || text >= max_text || unanswered >= max_unanswered
     }
 
     /// The server skips to a Sync (so discards this message) and the changes waiting for
@@ -183,4 +188,54 @@ pub(crate) struct BatchSoFar {
     pub(super) copies_ended: usize,
     /// A Sync: whatever the server skips ends there.
     pub(super) synced: bool,
+    /// Messages passed on that wait for an answer (all but COPY data and its end, Flush
+    /// and Terminate).
+    pub(super) messages: usize,
+}
+
+/// Past this many messages sent and not yet answered, the relay reads no more client
+/// messages until the server has answered some (down to [`UNANSWERED_LOW`]). Each costs the
+/// tracker a slot, and each reply a look through them.
+pub(super) const UNANSWERED_HIGH: usize = 4 * PENDING_HIGH;
+pub(super) const UNANSWERED_LOW: usize = 4 * PENDING_LOW;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::AccessLevel;
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&i32::try_from(body.len() + 4).expect("len").to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// Syncs pipelined behind a long statement change no name, yet each waits for its
+    /// ReadyForQuery: past [`UNANSWERED_HIGH`] of them the relay reads no further until the
+    /// server answers (an attack review queued 1.4 million per session, and replies then
+    /// took time quadratic in the queue).
+    #[test]
+    fn messages_waiting_for_answers_hold_back_the_rest() {
+        let fixture = super::super::fuzz::fixture().expect("fixture");
+        let _entered = fixture.runtime.enter();
+        let mut relay = super::super::fuzz::relay(fixture, AccessLevel::Read, 1 << 20);
+        let sync = message(b'S', b"");
+        let mut bytes = message(b'Q', b"SELECT pg_sleep(25)\0");
+        bytes.extend(sync.repeat(2 * UNANSWERED_HIGH));
+        let batch = relay.inspect_batch(&bytes).expect("inspected");
+        let query_len = bytes.len() - 2 * UNANSWERED_HIGH * sync.len();
+        let syncs_taken = (batch.consumed - query_len) / sync.len();
+        assert_eq!(
+            syncs_taken + 1,
+            UNANSWERED_HIGH,
+            "the query and the Syncs up to the bound"
+        );
+        assert!(relay.held, "the rest waits");
+        // COPY data waits for no answer: it is never held back for it.
+        let mut relay = super::super::fuzz::relay(fixture, AccessLevel::Read, 1 << 20);
+        let data = message(b'd', b"1\n").repeat(2 * UNANSWERED_HIGH);
+        let batch = relay.inspect_batch(&data).expect("inspected");
+        assert_eq!(batch.consumed, data.len());
+    }
 }

@@ -138,6 +138,12 @@ impl Relay {
                     portal,
                 } => {
                     let seq = next_seq(&mut seqs)?;
+                    let copy_in = std::mem::take(&mut copy_in);
+                    if let Some(skipped) = self.tracker.skipped(seq, started, None) {
+                        uncounted = false;
+                        not_run.push(skipped);
+                        continue;
+                    }
                     if std::mem::take(&mut uncounted) {
                         self.uncounted.insert(seq);
                     }
@@ -147,15 +153,19 @@ impl Relay {
                     }
                     self.tracker
                         .statement_changing(seq, started, is_extended(&record), change);
-                    if std::mem::take(&mut copy_in) {
+                    if copy_in {
                         self.tracker.copy_from_stdin();
                     }
                 }
                 Pending::Refused(record, refusal) => {
                     tracing::info!(rule = refusal.rule, "statement refused by guardrail");
                     let seq = next_seq(&mut seqs)?;
-                    self.tracker
-                        .refused(seq, started, refusal, is_extended(&record));
+                    match self.tracker.skipped(seq, started, Some(&refusal)) {
+                        Some(skipped) => not_run.push(skipped),
+                        None => self
+                            .tracker
+                            .refused(seq, started, refusal, is_extended(&record)),
+                    }
                 }
                 Pending::NotRun(_) => not_run.push(Outcome::not_run(next_seq(&mut seqs)?)),
                 Pending::QueryEnd(id) => self.tracker.query_end(id),
