@@ -129,3 +129,20 @@ async fn a_describe_of_a_long_name_ends_the_session() {
     let answer = raw.read_to_close().await;
     assert_eq!(codes(&answer), ["08P01"], "{:?}", errors_in(&answer));
 }
+
+/// However long the name, the client is told why its session ends (a review saw a bare
+/// close for a Parse of a 1,000-byte name with its Sync behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parse_of_a_very_long_name_gets_its_error_before_the_close() {
+    let env = Env::start("long_names_parse").await;
+    let mut raw = session(&env).await;
+    let name = format!("n_{}", "x".repeat(1000));
+    raw.send(&[parse(&name, "SELECT 1"), sync()].concat()).await;
+    let answer = raw.read_to_close().await;
+    assert_eq!(codes(&answer), ["08P01"], "{:?}", errors_in(&answer));
+    assert!(
+        errors_in(&answer)[0].1.contains("name of 1002 bytes"),
+        "{:?}",
+        errors_in(&answer)
+    );
+}
