@@ -58,13 +58,18 @@ impl Tracker {
             // Sent before the server asked for data: the first COPY not started reads up
             // to it, whenever it starts, and no other message is that COPY's. A second
             // COPY of the same query string still waits for its own end.
-            let first = self.slots.iter_mut().find_map(|slot| match slot {
-                Slot::Statement {
-                    copy_start: copy_start @ true,
-                    ..
-                } => Some(copy_start),
-                _ => None,
-            });
+            // (No walk where none is counted.)
+            let first = (self.copy_starts > 0)
+                .then(|| {
+                    self.slots.iter_mut().find_map(|slot| match slot {
+                        Slot::Statement {
+                            copy_start: copy_start @ true,
+                            ..
+                        } => Some(copy_start),
+                        _ => None,
+                    })
+                })
+                .flatten();
             if let Some(copy_start) = first {
                 *copy_start = false;
             }

@@ -187,6 +187,22 @@ async fn executes_sent_while_the_server_skips_are_recorded_not_executed() {
     );
 }
 
+/// CopyDone and CopyFail where no COPY runs are ignored by the server, which answers
+/// nothing: a session that sent thousands (a review's) still runs what it sends next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_ends_outside_a_copy_leave_the_session_working() {
+    let env = Env::start("backpressure_copy_ends").await;
+    let (_id, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    let mut stray = message(b'c', b"").repeat(12_000);
+    stray.extend(message(b'f', b"gone\0").repeat(12_000));
+    raw.send(&stray).await;
+    let (rows, codes) = pipelined(raw, query("SELECT 2"), 1).await;
+    assert!(codes.is_empty(), "{codes:?}");
+    assert_eq!(rows, 1);
+}
+
 const EXECUTEMANY: &str = r#"
 import asyncio, os, asyncpg, psycopg
 

@@ -203,6 +203,7 @@ pub(super) const UNANSWERED_LOW: usize = 4 * PENDING_LOW;
 mod tests {
     use super::*;
     use crate::policy::AccessLevel;
+    use crate::proxy::relay::Pending;
 
     fn message(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut m = vec![tag];
@@ -237,5 +238,42 @@ mod tests {
         let data = message(b'd', b"1\n").repeat(2 * UNANSWERED_HIGH);
         let batch = relay.inspect_batch(&data).expect("inspected");
         assert_eq!(batch.consumed, data.len());
+    }
+
+    /// CopyDone and CopyFail where no COPY reads are ignored by the server, which answers
+    /// nothing: nothing is kept for them (a review sent 100,000, each kept and each costing
+    /// a walk of the queue, and past the bound above the session waited for ever), and they
+    /// end no COPY sent after them.
+    #[test]
+    fn copy_ends_outside_a_copy_keep_nothing_and_end_no_later_copy() {
+        let fixture = super::super::fuzz::fixture().expect("fixture");
+        let _entered = fixture.runtime.enter();
+        let mut relay = super::super::fuzz::relay(fixture, AccessLevel::Write, 1 << 20);
+        let mut bytes = message(b'c', b"").repeat(UNANSWERED_HIGH);
+        bytes.extend(message(b'f', b"gone\0").repeat(UNANSWERED_HIGH));
+        bytes.extend(message(b'Q', b"SELECT 1\0"));
+        let batch = relay.inspect_batch(&bytes).expect("inspected");
+        assert_eq!(batch.consumed, bytes.len(), "nothing held");
+        assert!(
+            !batch.pending.iter().any(|p| matches!(p, Pending::CopyEnd)),
+            "nothing kept for them"
+        );
+        // A CopyDone before a COPY in the same batch does not end it: what follows the COPY
+        // still waits for the server to start or fail it.
+        let mut relay = super::super::fuzz::relay(fixture, AccessLevel::Write, 1 << 20);
+        let copy = message(b'Q', b"COPY t FROM STDIN\0");
+        let bytes = [
+            message(b'c', b""),
+            copy.clone(),
+            message(b'Q', b"SELECT 1\0"),
+        ]
+        .concat();
+        let batch = relay.inspect_batch(&bytes).expect("inspected");
+        assert_eq!(
+            batch.consumed,
+            5 + copy.len(),
+            "the query after the COPY waits"
+        );
+        assert!(relay.held);
     }
 }

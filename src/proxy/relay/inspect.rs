@@ -318,9 +318,15 @@ impl Relay {
                 pending.push(Pending::Sync(self.statements.end_group()))
             }
             b'c' | b'f' => {
+                // Where no COPY reads or may start to, the server ignores them and answers
+                // nothing: they are forwarded, but nothing is kept for them (a review sent
+                // 100,000, each kept and each costing a walk of what was), nor do they end
+                // a COPY the client sends after them.
+                if self.copy_may_read() {
+                    pending.push(Pending::CopyEnd);
+                    self.batch.copies_ended += 1;
+                }
                 self.copy_open = false;
-                pending.push(Pending::CopyEnd);
-                self.batch.copies_ended += 1;
             }
             b'F' => {
                 let call = wire::decode_function_call(body).map_err(|e| e.to_string())?;
