@@ -111,6 +111,10 @@ pub struct Tracker {
     /// spares every client message a walk of the slots. Counted up as one is sent, and
     /// again from the slots when the server answers a COPY or a group.
     copy_starts: usize,
+    /// Statement slots in `slots`, and those of refused statements among them: a reply
+    /// asks after them without a walk of slots that may be thousands of Syncs.
+    statements: usize,
+    refused: usize,
 }
 
 impl Tracker {
@@ -127,6 +131,7 @@ impl Tracker {
         extended: bool,
         change: Option<MessageId>,
     ) {
+        self.statements += 1;
         self.slots.push_back(Slot::Statement {
             seq,
             started,
@@ -139,6 +144,8 @@ impl Tracker {
 
     /// A refused statement whose stand-in will fail upstream.
     pub fn refused(&mut self, seq: u64, started: Instant, refusal: Arc<Refusal>, extended: bool) {
+        self.statements += 1;
+        self.refused += 1;
         self.slots.push_back(Slot::Statement {
             seq,
             started,
@@ -205,6 +212,9 @@ impl Tracker {
 
     /// The statement the server is working on (the oldest without an outcome), by seq.
     pub fn running(&self) -> Option<u64> {
+        if self.statements == 0 {
+            return None;
+        }
         self.slots.iter().find_map(|s| match s {
             Slot::Statement { seq, .. } => Some(*seq),
             _ => None,
@@ -259,15 +269,13 @@ impl Tracker {
 
     /// Whether a refusal's error is still to come (its bytes must be rewritten).
     pub fn refusal_pending(&self) -> bool {
-        self.slots.iter().any(|s| {
-            matches!(
-                s,
-                Slot::Statement {
-                    refusal: Some(_),
-                    ..
-                }
-            )
-        })
+        self.refused > 0
+    }
+
+    /// Counts a statement slot out, as it leaves the queue.
+    fn forget_statement(&mut self, refusal: &Option<Arc<Refusal>>) {
+        self.statements = self.statements.saturating_sub(1);
+        self.refused = self.refused.saturating_sub(usize::from(refusal.is_some()));
     }
 
     /// A query string or FunctionCall (message `id`) was sent: its ReadyForQuery closes
@@ -581,17 +589,29 @@ impl Tracker {
     /// The head of the queue, past CopyEnd markers the server never answered (the COPY
     /// failed before starting).
     fn front(&mut self) -> Option<&Slot> {
+        self.drop_leading_copy_ends();
+        self.slots.front()
+    }
+
+    /// CopyEnd markers ahead of every statement left can end no COPY (one ends the first
+    /// COPY before it to start): the server ignored them.
+    fn drop_leading_copy_ends(&mut self) {
         while matches!(self.slots.front(), Some(Slot::CopyEnd)) {
             self.slots.pop_front();
         }
-        self.slots.front()
     }
 
     /// The statement at the head of the current group, if the group has one left.
     fn pop_statement(&mut self, status: OutcomeStatus) -> Option<Outcome> {
         match self.front() {
             Some(Slot::Statement { .. }) => match self.slots.pop_front() {
-                Some(Slot::Statement { seq, started, .. }) => {
+                Some(Slot::Statement {
+                    seq,
+                    started,
+                    refusal,
+                    ..
+                }) => {
+                    self.forget_statement(&refusal);
                     Some(Outcome::new(seq, started, status))
                 }
                 _ => None,
@@ -606,7 +626,14 @@ impl Tracker {
         // `on_event` loses track of a ReadyForQuery with no group end waiting.
         while let Some(slot) = self.slots.pop_front() {
             match slot {
-                Slot::GroupEnd { id, .. } => return Some(id),
+                Slot::GroupEnd { id, .. } => {
+                    // Ends sent for COPYs of this group that never started (an error skipped
+                    // them) wait for no reply: kept, they would count as unanswered
+                    // messages for ever (a review stranded 8,300 so, and the session's next
+                    // query waited behind them).
+                    self.drop_leading_copy_ends();
+                    return Some(id);
+                }
                 Slot::CopyEnd | Slot::Step { planned: None, .. } => {}
                 Slot::Step {
                     planned: Some((seq, started)),
@@ -618,6 +645,7 @@ impl Tracker {
                     refusal,
                     ..
                 } => {
+                    self.forget_statement(&refusal);
                     let mut outcome = Outcome::new(seq, started, OutcomeStatus::NotExecuted);
                     // Refused, and skipped by the server before its stand-in failed: the
                     // record still names the rule.
@@ -637,6 +665,7 @@ impl Tracker {
         // It completed; the session's end rolls its transaction back, as it does any
         // other open transaction's work.
         out.extend(self.awaiting_commit.take().map(|(outcome, _)| outcome));
+        (self.statements, self.refused) = (0, 0);
         for slot in self.slots.drain(..) {
             if let Slot::Statement { seq, started, .. }
             | Slot::Step {

@@ -705,3 +705,64 @@ fn statements_sent_while_the_server_skips_are_settled_at_once() {
     feed(&mut t, &mut out, [BackendEvent::Ready(b'I')]);
     assert_eq!(t.outstanding(), 0);
 }
+
+/// CopyDones sent for COPYs of a query string that an error skipped wait for no reply:
+/// the group's ReadyForQuery leaves none behind (a review stranded 8,300, which then held
+/// the session's next query for ever behind the bound on unanswered messages).
+#[test]
+fn copy_ends_of_copies_an_error_skipped_go_with_their_group() {
+    let now = Instant::now();
+    let mut t = Tracker::default();
+    t.statement(1, now, false);
+    for seq in 2..5 {
+        t.statement(seq, now, false);
+        t.copy_from_stdin();
+    }
+    t.query_end(0);
+    for _ in 2..5 {
+        t.copy_end();
+    }
+    assert_eq!(t.outstanding(), 8);
+    let mut out = Vec::new();
+    feed(&mut t, &mut out, [err(), BackendEvent::Ready(b'I')]);
+    assert_eq!(
+        statuses(&out),
+        [
+            (1, OutcomeStatus::Error),
+            (2, OutcomeStatus::NotExecuted),
+            (3, OutcomeStatus::NotExecuted),
+            (4, OutcomeStatus::NotExecuted)
+        ]
+    );
+    assert_eq!(t.outstanding(), 0, "nothing left waiting");
+    assert!(t.running().is_none());
+}
+
+/// Whether a refusal's error is still to come, and which statement runs, are kept as the
+/// queue changes (asked on every reply, they are counted rather than looked for).
+#[test]
+fn refusals_and_statements_are_counted_as_they_come_and_go() {
+    let now = Instant::now();
+    let refusal = Arc::new(Refusal {
+        rule: "deny_truncate",
+        message: "refused".into(),
+    });
+    let mut t = Tracker::default();
+    t.query_end(0);
+    assert!(t.running().is_none() && !t.refusal_pending());
+    t.refused(1, now, refusal.clone(), false);
+    t.statement(2, now, false);
+    t.query_end(0);
+    assert!(t.refusal_pending());
+    let mut out = Vec::new();
+    feed(&mut t, &mut out, [BackendEvent::Ready(b'I')]);
+    assert_eq!(t.running(), Some(1));
+    feed(&mut t, &mut out, [err()]);
+    assert!(!t.refusal_pending(), "its error came");
+    assert_eq!(t.running(), Some(2), "settled at the ReadyForQuery");
+    feed(&mut t, &mut out, [BackendEvent::Ready(b'I')]);
+    assert_eq!(t.running(), None);
+    t.refused(3, now, refusal, true);
+    t.interrupt_all(&mut out);
+    assert!(!t.refusal_pending() && t.running().is_none());
+}

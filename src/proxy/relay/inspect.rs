@@ -365,7 +365,11 @@ impl Relay {
                 // Data for a COPY the server runs or is about to start; after the COPY
                 // failed the server drops it, and it opens nothing (libpq goes on sending
                 // what it had before it reads the error, then sends no CopyDone).
-                self.copy_open |= self.copy_may_read();
+                // Asked once per COPY, not once per CopyData: the answer walks the
+                // messages waiting for the server.
+                if !self.copy_open {
+                    self.copy_open = self.copy_may_read();
+                }
                 self.copy_bytes += body.len() as u64;
             }
             b'H' | b'X' => {}

@@ -80,6 +80,8 @@ impl Relay {
                 BackendEvent::Complete(_)
                 | BackendEvent::Empty
                 | BackendEvent::Suspended { .. } => self.rows = 0,
+                BackendEvent::Ready(_)
+                    if self.uncounted.is_empty() && self.drawn_from.is_empty() => {}
                 BackendEvent::Ready(_) => {
                     // Statements before this Ready are settled.
                     if let Some(next) = self.tracker.running() {
