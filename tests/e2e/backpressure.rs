@@ -203,6 +203,27 @@ async fn copy_ends_outside_a_copy_leave_the_session_working() {
     assert_eq!(rows, 1);
 }
 
+/// CopyDones sent for COPYs that an error in their query string made the server skip wait
+/// for no answer: more of them than the bound on unanswered messages must not hold the
+/// session's next query (a review's 8,300 did, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_ends_of_skipped_copies_do_not_hold_the_next_query() {
+    let env = Env::start("backpressure_skipped_copies").await;
+    let (_id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    const COPIES: usize = 8_300;
+    let text = format!("SELECT 1/0;{}", "COPY items FROM STDIN;".repeat(COPIES));
+    let mut pipeline = query(&text);
+    pipeline.extend(message(b'c', b"").repeat(COPIES));
+    pipeline.extend(query("SELECT 2"));
+    let (rows, codes) = pipelined(raw, pipeline, 2).await;
+    assert_eq!(codes, ["22012"]);
+    assert_eq!(rows, 1, "the query after them runs");
+}
+
 const EXECUTEMANY: &str = r#"
 import asyncio, os, asyncpg, psycopg
 
