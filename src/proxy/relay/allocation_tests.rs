@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::fuzz::message;
 use super::{Grant, Relay};
 use crate::allocations;
 use crate::audit::{AuditLog, AuditOptions, SessionFields};
@@ -29,13 +30,6 @@ const PREPARED: u64 = 4;
 const EXTENDED: u64 = 5;
 const WARM_UP: usize = 50;
 const MEASURED: usize = 200;
-
-fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-    let mut m = vec![tag];
-    m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    m.extend_from_slice(body);
-    m
-}
 
 fn cstring(s: &str) -> Vec<u8> {
     let mut v = s.as_bytes().to_vec();

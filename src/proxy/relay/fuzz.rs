@@ -129,3 +129,16 @@ pub(super) fn relay(fixture: &Fixture, access: AccessLevel, max_message: usize) 
         grant,
     )
 }
+
+/// One frontend message: its type byte, its length, its body (for the relay's tests).
+#[cfg(test)]
+pub(super) fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![tag];
+    m.extend_from_slice(
+        &i32::try_from(body.len() + 4)
+            .unwrap_or(i32::MAX)
+            .to_be_bytes(),
+    );
+    m.extend_from_slice(body);
+    m
+}

@@ -203,14 +203,8 @@ pub(super) const UNANSWERED_LOW: usize = 4 * PENDING_LOW;
 mod tests {
     use super::*;
     use crate::policy::AccessLevel;
+    use crate::proxy::relay::fuzz::message;
     use crate::proxy::relay::Pending;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend_from_slice(&i32::try_from(body.len() + 4).expect("len").to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    }
 
     /// Syncs pipelined behind a long statement change no name, yet each waits for its
     /// ReadyForQuery: past [`UNANSWERED_HIGH`] of them the relay reads no further until the

@@ -223,13 +223,7 @@ fn unknown_bind_text(statement: &str) -> String {
 mod tests {
     use super::*;
     use crate::policy::AccessLevel;
-
-    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        m.extend_from_slice(body);
-        m
-    }
+    use crate::proxy::relay::fuzz::message;
 
     #[test]
     fn a_bind_is_alone_unless_its_portals_execute_comes_next_past_describes() {
