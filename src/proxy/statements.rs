@@ -71,6 +71,9 @@ pub struct Portal {
 
 enum Change {
     Parse(String, Prepared),
+    /// A refused Parse of the unnamed statement: its stand-in fails on the server, which
+    /// dropped the unnamed statement before parsing it (see [`Statements::failed`]).
+    RefusedUnnamedParse,
     Bind(String, Portal),
     CloseStatement(String),
     ClosePortal(String),
@@ -305,6 +308,16 @@ impl Statements {
     }
 
     /// Binds `portal` to the statement `name` as it will be when the Bind runs.
+    /// A refused Parse of statement `name`, whose stand-in the server will fail. Only one of
+    /// the unnamed statement changes anything (it leaves none, see [`Self::failed`]), so
+    /// only that one is numbered: a named one keeps what the name held.
+    pub fn refused_parse(&mut self, name: &str) -> Result<Option<MessageId>, TooMany> {
+        if !name.is_empty() {
+            return Ok(None);
+        }
+        self.push(Change::RefusedUnnamedParse).map(Some)
+    }
+
     pub fn bind(
         &mut self,
         portal: String,
@@ -505,6 +518,30 @@ impl Statements {
         self.savepoints.clear();
     }
 
+    /// The server failed message `id` (its ErrorResponse answered it, rather than skipped
+    /// it). PostgreSQL drops its unnamed statement before it parses a new one, so a Parse of
+    /// the unnamed statement that fails (a syntax error, an aborted transaction, a refused
+    /// one's stand-in) leaves none: a later Bind of it must not run under the text it held
+    /// before. Any other change that fails changed nothing. Changes before it still
+    /// waiting were not taken, as in [`Self::confirm`].
+    pub fn failed(&mut self, id: MessageId) {
+        while self.pending.front().is_some_and(|(at, _)| *at < id) {
+            self.pop_pending();
+        }
+        if self.pending.front().is_none_or(|(at, _)| *at != id) {
+            return;
+        }
+        match self.pop_pending() {
+            Some((_, Change::Parse(name, _))) if name.is_empty() => {
+                self.prepared.remove("");
+            }
+            Some((_, Change::RefusedUnnamedParse)) => {
+                self.prepared.remove("");
+            }
+            _ => {}
+        }
+    }
+
     /// The server answered an ErrorResponse.
     pub fn server_failed(&mut self) {
         self.failed_since_ready = true;
@@ -558,6 +595,7 @@ fn statement_named(change: &Change) -> Option<Option<&str>> {
         | Change::Sql(SqlChange::Prepare(n, _))
         | Change::CloseStatement(n)
         | Change::Sql(SqlChange::Deallocate(Some(n))) => Some(Some(n)),
+        Change::RefusedUnnamedParse => Some(Some("")),
         Change::Sql(SqlChange::Deallocate(None) | SqlChange::DiscardAll) => Some(None),
         _ => None,
     }

@@ -40,6 +40,63 @@ fn a_rejected_parse_does_not_replace_the_statement() {
 }
 
 #[test]
+fn a_failed_parse_of_the_unnamed_statement_leaves_none() {
+    let mut s = Statements::default();
+    let parse = s.parse("".into(), stmt("SELECT 'old'")).expect("parse");
+    s.confirm(parse, None).expect("confirmed");
+    s.parse("s1".into(), stmt("SELECT 'named'"))
+        .map(|id| s.confirm(id, None))
+        .expect("parse")
+        .expect("confirmed");
+    sync(&mut s, b'I');
+    // The server drops its unnamed statement before it parses the new one, which fails.
+    let failing = s.parse("".into(), stmt("SELEC 'new'")).expect("parse");
+    s.failed(failing);
+    sync(&mut s, b'I');
+    assert!(s.statement("").is_none() && !s.knows_statement(""));
+    // A named one that fails keeps what the name held.
+    let failing = s.parse("s1".into(), stmt("SELEC 'new'")).expect("parse");
+    s.failed(failing);
+    sync(&mut s, b'I');
+    assert_eq!(
+        s.statement("s1").map(|p| p.text.to_string()).as_deref(),
+        Some("SELECT 'named'")
+    );
+    assert_eq!(s.retained(), s.prepared.bytes(), "nothing is left waiting");
+}
+
+#[test]
+fn a_refused_parse_of_the_unnamed_statement_leaves_none_once_its_stand_in_failed() {
+    let mut s = Statements::default();
+    let parse = s.parse("".into(), stmt("SELECT 'old'")).expect("parse");
+    s.confirm(parse, None).expect("confirmed");
+    sync(&mut s, b'I');
+    assert_eq!(
+        s.refused_parse("s1").expect("named"),
+        None,
+        "a named one changes nothing"
+    );
+    let refused = s.refused_parse("").expect("refused").expect("numbered");
+    assert!(
+        s.statement("").is_none(),
+        "what the pipeline runs next finds none"
+    );
+    s.failed(refused);
+    sync(&mut s, b'I');
+    assert!(s.statement("").is_none());
+    // One the server skipped (an error earlier in its group) dropped nothing.
+    let parse = s.parse("".into(), stmt("SELECT 'again'")).expect("parse");
+    s.confirm(parse, None).expect("confirmed");
+    sync(&mut s, b'I');
+    s.refused_parse("").expect("refused");
+    sync(&mut s, b'I');
+    assert_eq!(
+        s.statement("").map(|p| p.text.to_string()).as_deref(),
+        Some("SELECT 'again'")
+    );
+}
+
+#[test]
 fn a_name_changed_in_an_earlier_group_is_uncertain_until_that_group_settles() {
     let mut s = Statements::default();
     let parse = s.parse("s1".into(), stmt("DELETE FROM t")).expect("parse");

@@ -85,6 +85,9 @@ pub enum Names {
     Confirm { id: MessageId, tag: Option<String> },
     /// ReadyForQuery: every message up to `through` is settled.
     Settle { through: Option<MessageId> },
+    /// The server failed message `id` (a Parse, or a refused statement's stand-in that
+    /// changes a name), rather than skipped it.
+    Failed { id: MessageId },
 }
 
 #[derive(Default)]
@@ -142,8 +145,16 @@ impl Tracker {
         });
     }
 
-    /// A refused statement whose stand-in will fail upstream.
-    pub fn refused(&mut self, seq: u64, started: Instant, refusal: Arc<Refusal>, extended: bool) {
+    /// A refused statement whose stand-in will fail upstream; `change`, the name change its
+    /// failure makes (a refused Parse of the unnamed statement leaves none).
+    pub fn refused(
+        &mut self,
+        seq: u64,
+        started: Instant,
+        refusal: Arc<Refusal>,
+        extended: bool,
+        change: Option<MessageId>,
+    ) {
         self.statements += 1;
         self.refused += 1;
         self.slots.push_back(Slot::Statement {
@@ -151,7 +162,7 @@ impl Tracker {
             started,
             refusal: Some(refusal),
             extended,
-            change: None,
+            change,
             copy_start: false,
         });
     }
@@ -373,7 +384,7 @@ impl Tracker {
             } => {
                 let failed = self.error(sqlstate, message, out);
                 self.recount_copy_starts();
-                failed?
+                return failed;
             }
             BackendEvent::Ready(_)
                 if !self
@@ -520,12 +531,18 @@ impl Tracker {
         sqlstate: String,
         message: String,
         out: &mut Vec<Outcome>,
-    ) -> Result<(), LostTrack> {
+    ) -> Result<Option<Names>, LostTrack> {
         let (failed_step, extended) = match self.front() {
-            Some(Slot::Step { step, .. }) => (Some(*step), true),
+            Some(Slot::Step { step, id, .. }) => (Some((*step, *id)), true),
             Some(Slot::Statement { extended, .. }) => (None, *extended),
             _ => (None, false),
         };
+        // A Parse the server failed may have dropped a statement (see `Statements::failed`).
+        let failed_parse = match failed_step {
+            Some((Step::Parse, id)) => Some(Names::Failed { id }),
+            _ => None,
+        };
+        let failed_step = failed_step.map(|(step, _)| step);
         if failed_step.is_some() {
             if let Some(Slot::Step {
                 planned: Some((seq, started)),
@@ -538,7 +555,7 @@ impl Tracker {
                 outcome.message = Some(message);
                 out.push(outcome);
                 self.skip_to_sync(out);
-                return Ok(());
+                return Ok(failed_parse);
             }
         }
         if extended {
@@ -550,16 +567,26 @@ impl Tracker {
         // is not the one that failed: they close with their group as not executed, as does
         // a refused statement whose stand-in is skipped.
         let preparation = matches!(failed_step, Some(Step::Parse | Step::Bind));
-        let refusal = match self.front() {
+        let (refusal, change) = match self.front() {
             Some(Slot::Statement {
-                extended, refusal, ..
+                extended,
+                refusal,
+                change,
+                ..
             }) if failed_step.is_none() || (preparation && *extended && refusal.is_none()) => {
-                refusal.clone()
+                (refusal.clone(), *change)
             }
-            _ => return Ok(()),
+            _ => return Ok(failed_parse),
+        };
+        // A refused statement's stand-in failed as the refused statement would not have: the
+        // name change it stands for is the failure's (a statement's own change, a PREPARE
+        // or DECLARE that failed, changes nothing, and is dropped at the group's end).
+        let names = match (&refusal, change) {
+            (Some(_), Some(id)) => Some(Names::Failed { id }),
+            _ => failed_parse,
         };
         let Some(mut outcome) = self.pop_statement(OutcomeStatus::Error) else {
-            return Ok(());
+            return Ok(names);
         };
         let ambiguous = self.copy_with_syncs.take() == Some(outcome.statement_seq);
         match refusal {
@@ -583,7 +610,7 @@ impl Tracker {
                     .to_owned(),
             ));
         }
-        Ok(())
+        Ok(names)
     }
 
     /// The head of the queue, past CopyEnd markers the server never answered (the COPY

@@ -300,7 +300,7 @@ fn an_error_in_any_step_skips_a_query_string_sent_before_the_sync() {
     // on its own statement.
     for failing in [Step::Describe, Step::Parse, Step::Bind, Step::Close] {
         let mut c = Client::new();
-        c.step(failing);
+        let failed = c.step(failing);
         c.query(1);
         let sync = c.sync();
         let next = c.query(2);
@@ -311,16 +311,19 @@ fn an_error_in_any_step_skips_a_query_string_sent_before_the_sync() {
             [(1, OutcomeStatus::NotExecuted), (2, OutcomeStatus::Ok)],
             "{failing:?}"
         );
+        // Only a failed Parse may have changed a name (it drops the unnamed statement).
+        let failure = matches!(failing, Step::Parse).then_some(Names::Failed { id: failed });
+        let settles = [
+            Names::Settle {
+                through: Some(sync),
+            },
+            Names::Settle {
+                through: Some(next),
+            },
+        ];
         assert_eq!(
             c.names,
-            [
-                Names::Settle {
-                    through: Some(sync)
-                },
-                Names::Settle {
-                    through: Some(next)
-                }
-            ],
+            failure.into_iter().chain(settles).collect::<Vec<_>>(),
             "{failing:?}"
         );
         assert!(c.t.is_idle(), "{failing:?}");
@@ -465,7 +468,7 @@ fn a_refused_statement_the_server_skips_keeps_its_rule() {
     });
     let mut c = Client::new();
     c.step(Step::Describe);
-    c.t.refused(1, Instant::now(), refusal, false);
+    c.t.refused(1, Instant::now(), refusal, false, None);
     let end = c.id();
     c.t.query_end(end);
     c.sync();
@@ -750,7 +753,7 @@ fn refusals_and_statements_are_counted_as_they_come_and_go() {
     let mut t = Tracker::default();
     t.query_end(0);
     assert!(t.running().is_none() && !t.refusal_pending());
-    t.refused(1, now, refusal.clone(), false);
+    t.refused(1, now, refusal.clone(), false, None);
     t.statement(2, now, false);
     t.query_end(0);
     assert!(t.refusal_pending());
@@ -762,7 +765,60 @@ fn refusals_and_statements_are_counted_as_they_come_and_go() {
     assert_eq!(t.running(), Some(2), "settled at the ReadyForQuery");
     feed(&mut t, &mut out, [BackendEvent::Ready(b'I')]);
     assert_eq!(t.running(), None);
-    t.refused(3, now, refusal, true);
+    t.refused(3, now, refusal, true, None);
     t.interrupt_all(&mut out);
     assert!(!t.refusal_pending() && t.running().is_none());
+}
+
+#[test]
+fn a_failure_that_changes_a_name_says_which_message_failed() {
+    let refusal = Arc::new(Refusal {
+        rule: "deny_write",
+        message: "refused".into(),
+    });
+    let mut c = Client::new();
+    // A Parse the server fails, then the Execute it kept from running.
+    let parse = c.step(Step::Parse);
+    c.execute(1);
+    let sync = c.sync();
+    c.replies([err(), BackendEvent::Ready(b'I')]);
+    // A refused Parse of the unnamed statement: its stand-in's failure is the change.
+    let refused_parse = c.id();
+    c.t.refused(
+        2,
+        Instant::now(),
+        refusal.clone(),
+        true,
+        Some(refused_parse),
+    );
+    let second_sync = c.sync();
+    c.replies([err(), BackendEvent::Ready(b'I')]);
+    // A refusal that changes no name says nothing of names.
+    c.t.refused(3, Instant::now(), refusal, true, None);
+    let third_sync = c.sync();
+    c.replies([err(), BackendEvent::Ready(b'I')]);
+    assert_eq!(
+        c.names,
+        [
+            Names::Failed { id: parse },
+            Names::Settle {
+                through: Some(sync)
+            },
+            Names::Failed { id: refused_parse },
+            Names::Settle {
+                through: Some(second_sync)
+            },
+            Names::Settle {
+                through: Some(third_sync)
+            },
+        ]
+    );
+    assert_eq!(
+        statuses(&c.out),
+        [
+            (1, OutcomeStatus::Error),
+            (2, OutcomeStatus::Refused),
+            (3, OutcomeStatus::Refused)
+        ]
+    );
 }

@@ -251,3 +251,121 @@ async fn a_sync_earlier_in_the_same_read_ends_the_skip_for_what_follows_it() {
         [(delete.to_owned(), "ok".to_owned(), "DELETE 1".to_owned())]
     );
 }
+
+/// The statements recorded for `grant`, with their outcome's status and SQLSTATE.
+fn outcomes(trail: &[Value], grant: &str) -> Vec<(String, String, String)> {
+    trail
+        .iter()
+        .filter(|r| r["type"] == "statement" && r["request_id"] == grant)
+        .map(|r| {
+            let outcome = trail
+                .iter()
+                .find(|o| o["type"] == "outcome" && o["statement_seq"] == r["seq"]);
+            let field = |k: &str| {
+                outcome
+                    .and_then(|o| o[k].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            (
+                r["statement"].as_str().unwrap_or_default().to_owned(),
+                field("status"),
+                field("sqlstate"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_parse_of_the_unnamed_statement_leaves_none_to_run() {
+    // PostgreSQL drops its unnamed statement before it parses a new one: when the new one
+    // fails, a later Bind of it finds none (26000). The audit used to name the text it held
+    // before, as if that ran again. An admin grant forwards a Bind of a statement lockbox
+    // does not know, so the server's own answer shows what it holds.
+    let env = Env::start("names_unnamed_failed").await;
+    let (grant, mut raw) = session(&env, AccessLevel::Admin, None).await;
+    let old = "SELECT 'old'";
+    raw.send(
+        &[
+            parse("", old),
+            sync(),
+            parse("", "SELEC 'new'"),
+            sync(),
+            bind("", ""),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_until_readies(3).await;
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(
+        codes,
+        ["42601", "26000"],
+        "the server kept no unnamed statement"
+    );
+    let trail = env
+        .wait_for_audit("the Execute's outcome", |t| {
+            outcomes(t, &grant).iter().any(|(_, s, _)| !s.is_empty())
+        })
+        .await;
+    let recorded = outcomes(&trail, &grant);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_ne!(
+        recorded[0].0, old,
+        "the record names a statement lockbox did not see"
+    );
+    assert_eq!((&*recorded[0].1, &*recorded[0].2), ("error", "26000"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_parse_of_the_unnamed_statement_leaves_none_to_run() {
+    // The refused Parse's stand-in (a Parse of the same name that fails) drops the server's
+    // unnamed statement too: a Bind of it after the Sync runs nothing, and is refused as a
+    // statement lockbox does not know rather than recorded under the text it held before.
+    let env = Env::start("names_unnamed_refused").await;
+    let (grant, mut raw) = session(&env, AccessLevel::Read, None).await;
+    let old = "SELECT 'old'";
+    raw.send(
+        &[
+            parse("", old),
+            sync(),
+            parse("", "DELETE FROM items WHERE id = 3"),
+            sync(),
+            bind("", ""),
+            execute(""),
+            sync(),
+            parse("", "SELECT 'next'"),
+            bind("", ""),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_until_readies(4).await;
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["42501", "42501"], "{:?}", errors_in(&answer));
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
+    let trail = env
+        .wait_for_audit("every outcome", |t| {
+            let recorded = outcomes(t, &grant);
+            recorded.len() == 4 && recorded.iter().all(|(_, s, _)| !s.is_empty())
+        })
+        .await;
+    let recorded = outcomes(&trail, &grant);
+    assert!(
+        recorded.iter().all(|(text, _, _)| text != old),
+        "{recorded:?}"
+    );
+    let statuses: Vec<&str> = recorded.iter().map(|(_, s, _)| s.as_str()).collect();
+    // The refused Parse; the Bind of a statement lockbox does not know, refused, and its
+    // Execute, which the server skipped; then the next statement, which runs.
+    assert_eq!(
+        statuses,
+        ["refused", "refused", "not_executed", "ok"],
+        "{recorded:?}"
+    );
+    assert_eq!(recorded[3].0, "SELECT 'next'");
+}

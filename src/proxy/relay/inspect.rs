@@ -91,7 +91,7 @@ impl Relay {
                         self.batch.copies_sent += 1;
                     }
                     pending.push(match (&refusal, refused_at) {
-                        (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone()),
+                        (Some(r), Some(at)) if at == i => Pending::Refused(record, r.clone(), None),
                         (Some(_), _) => Pending::NotRun(record),
                         _ => Pending::Statement {
                             record,
@@ -145,7 +145,15 @@ impl Relay {
                     .and_then(|()| self.check(&analysis))
                     .and_then(|()| guard::check_setting_from_catalog_row(&analysis.facts, true));
                 if let Err(refusal) = checked.and_then(|()| typed()) {
-                    pending.push(Pending::Refused(record, Arc::new(refusal)));
+                    // The stand-in, a Parse of the same name, leaves no unnamed statement.
+                    let change = if self.discarded_past_backlog() {
+                        None
+                    } else {
+                        self.statements
+                            .refused_parse(&name)
+                            .map_err(|e| e.to_string())?
+                    };
+                    pending.push(Pending::Refused(record, Arc::new(refusal), change));
                     return Ok(Some(stand_in_parse(&name)));
                 }
                 let statement = Prepared {
@@ -223,6 +231,7 @@ impl Relay {
                         pending.push(Pending::Refused(
                             record,
                             Arc::new(unknown_name_refusal("unknown_statement", &portal)),
+                            None,
                         ));
                         return Ok(Some(stand_in_execute(&self.stand_in_portal)));
                     }
@@ -270,7 +279,7 @@ impl Relay {
                 let (record, _) =
                     self.statement_record(Protocol::Extended, text.clone(), kind, params, mentions);
                 if let Err(refusal) = self.check_name_use(names.as_ref()) {
-                    pending.push(Pending::Refused(record, Arc::new(refusal)));
+                    pending.push(Pending::Refused(record, Arc::new(refusal), None));
                     return Ok(Some(stand_in_execute(&self.stand_in_portal)));
                 }
                 let change = match &names {
@@ -350,7 +359,7 @@ impl Relay {
                     None,
                 );
                 if let Err(refusal) = self.check(&analysis) {
-                    pending.push(Pending::Refused(record, Arc::new(refusal)));
+                    pending.push(Pending::Refused(record, Arc::new(refusal), None));
                     pending.push(Pending::QueryEnd(self.statements.end_group()));
                     return Ok(Some(stand_in_query()));
                 }

@@ -205,7 +205,7 @@ impl Relay {
             None,
         );
         let refusal = unknown_name_refusal("unknown_statement", statement);
-        pending.push(Pending::Refused(record, Arc::new(refusal)));
+        pending.push(Pending::Refused(record, Arc::new(refusal), None));
         stand_in_bind(portal, &self.stand_in_portal)
     }
 }

@@ -23,8 +23,9 @@ pub(super) enum Pending {
         change: Option<MessageId>,
         portal: Option<String>,
     },
-    /// Refused by a guardrail; a failing stand-in goes upstream in its place.
-    Refused(AuditEvent, Arc<Refusal>),
+    /// Refused by a guardrail; a failing stand-in goes upstream in its place. The message id
+    /// is that of the name change the stand-in's failure makes (`Statements::refused_parse`).
+    Refused(AuditEvent, Arc<Refusal>, Option<MessageId>),
     /// Recorded, but will not run (another statement of its query string was refused).
     NotRun(AuditEvent),
     /// The end of a query string or FunctionCall (message id).
@@ -88,7 +89,7 @@ impl Relay {
     pub(super) async fn record_statements(&mut self, mut pending: Vec<Pending>) -> Result<(), End> {
         let records = pending.iter().filter_map(|p| match p {
             Pending::Statement { record: e, .. }
-            | Pending::Refused(e, _)
+            | Pending::Refused(e, ..)
             | Pending::NotRun(e)
             | Pending::Planned(e, _) => Some(e),
             _ => None,
@@ -157,14 +158,18 @@ impl Relay {
                         self.tracker.copy_from_stdin();
                     }
                 }
-                Pending::Refused(record, refusal) => {
+                Pending::Refused(record, refusal, change) => {
                     tracing::info!(rule = refusal.rule, "statement refused by guardrail");
                     let seq = next_seq(&mut seqs)?;
                     match self.tracker.skipped(seq, started, Some(&refusal)) {
                         Some(skipped) => not_run.push(skipped),
-                        None => self
-                            .tracker
-                            .refused(seq, started, refusal, is_extended(&record)),
+                        None => self.tracker.refused(
+                            seq,
+                            started,
+                            refusal,
+                            is_extended(&record),
+                            change,
+                        ),
                     }
                 }
                 Pending::NotRun(_) => not_run.push(Outcome::not_run(next_seq(&mut seqs)?)),

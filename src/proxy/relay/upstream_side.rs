@@ -120,6 +120,7 @@ impl Relay {
                     Names::Settle { through } => self
                         .statements
                         .settle(through, self.tracker.transaction_status),
+                    Names::Failed { id } => self.statements.failed(id),
                 }
                 // What the server let go of (a closed statement, an ended portal) goes back
                 // to the shared budget now, not with the client's next message.
