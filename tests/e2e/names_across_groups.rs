@@ -49,6 +49,11 @@ fn redefine_then_run(first: &str, second: &str) -> Vec<u8> {
 
 /// The statements recorded for `grant` and their outcomes' status and tag.
 fn executed(trail: &[Value], grant: &str) -> Vec<(String, String, String)> {
+    recorded_with(trail, grant, "command_tag")
+}
+
+/// The statements recorded for `grant`, with their outcomes' status and `field`.
+fn recorded_with(trail: &[Value], grant: &str, field: &str) -> Vec<(String, String, String)> {
     trail
         .iter()
         .filter(|r| r["type"] == "statement" && r["request_id"] == grant)
@@ -56,7 +61,7 @@ fn executed(trail: &[Value], grant: &str) -> Vec<(String, String, String)> {
             let outcome = trail
                 .iter()
                 .find(|o| o["type"] == "outcome" && o["statement_seq"] == r["seq"]);
-            let field = |k: &str| {
+            let value = |k: &str| {
                 outcome
                     .and_then(|o| o[k].as_str())
                     .unwrap_or_default()
@@ -64,8 +69,8 @@ fn executed(trail: &[Value], grant: &str) -> Vec<(String, String, String)> {
             };
             (
                 r["statement"].as_str().unwrap_or_default().to_owned(),
-                field("status"),
-                field("command_tag"),
+                value("status"),
+                value(field),
             )
         })
         .collect()
@@ -252,28 +257,9 @@ async fn a_sync_earlier_in_the_same_read_ends_the_skip_for_what_follows_it() {
     );
 }
 
-/// The statements recorded for `grant`, with their outcome's status and SQLSTATE.
+/// The statements recorded for `grant`, with their outcomes' status and SQLSTATE.
 fn outcomes(trail: &[Value], grant: &str) -> Vec<(String, String, String)> {
-    trail
-        .iter()
-        .filter(|r| r["type"] == "statement" && r["request_id"] == grant)
-        .map(|r| {
-            let outcome = trail
-                .iter()
-                .find(|o| o["type"] == "outcome" && o["statement_seq"] == r["seq"]);
-            let field = |k: &str| {
-                outcome
-                    .and_then(|o| o[k].as_str())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            (
-                r["statement"].as_str().unwrap_or_default().to_owned(),
-                field("status"),
-                field("sqlstate"),
-            )
-        })
-        .collect()
+    recorded_with(trail, grant, "sqlstate")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
