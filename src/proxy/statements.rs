@@ -74,6 +74,13 @@ enum Change {
     /// A refused Parse of the unnamed statement: its stand-in fails on the server, which
     /// dropped the unnamed statement before parsing it (see [`Statements::failed`]).
     RefusedUnnamedParse,
+    /// A query string: as the server starts one it drops the unnamed statement, and it runs
+    /// each statement in the unnamed portal, dropping the one there (`exec_simple_query`).
+    /// It took effect when its own ReadyForQuery came (see [`Statements::settle`]); one the
+    /// server skipped (after an error, up to a Sync) did nothing.
+    QueryString {
+        runs_statement: bool,
+    },
     Bind(String, Portal),
     CloseStatement(String),
     ClosePortal(String),
@@ -249,6 +256,22 @@ impl Statements {
         id
     }
 
+    /// Numbers the end of a query string (see `Change::QueryString`), which `runs_statement`
+    /// when it is not empty and not refused. Only a session with an unnamed statement or
+    /// portal, or with changes still waiting (one may make them), has it kept as a change:
+    /// the usual query string costs nothing more than its number.
+    pub fn end_query(&mut self, runs_statement: bool) -> Result<MessageId, TooMany> {
+        let may_drop = self.prepared.contains_key("")
+            || self.portals.contains_key("")
+            || !self.pending.is_empty();
+        if !may_drop {
+            return Ok(self.end_group());
+        }
+        let id = self.push(Change::QueryString { runs_statement })?;
+        self.group_start = self.next_id;
+        Ok(id)
+    }
+
     /// Whether the statement `name`, as the next message would find it, is certain: it
     /// comes from no change still waiting in an earlier group. Within a group a change
     /// that fails makes the server skip the rest of the group, so a message that runs saw
@@ -268,19 +291,23 @@ impl Statements {
         decided_by.is_none_or(|(id, _)| *id >= self.group_start)
     }
 
-    /// The latest pending change that decides what the statement `name` is, if any.
+    /// The latest pending change that decides what the statement `name` is, if any. A
+    /// refused Parse decides nothing for the rest of its own group: its stand-in fails, so
+    /// the server skips what follows it up to the Sync, which is recorded as it would have
+    /// run had the Parse not been sent. Past the Sync it decides, and what relies on it
+    /// waits for its answer.
     fn deciding_statement(&self, name: &str) -> Option<&(MessageId, Change)> {
         if self.statement_untouched(name) {
             return None;
         }
-        self.pending
-            .iter()
-            .rev()
-            .find(|(_, change)| match statement_named(change) {
+        self.pending.iter().rev().find(|(id, change)| {
+            let decides = match statement_named(change) {
                 Some(Some(n)) => n == name,
                 Some(None) => true,
                 None => false,
-            })
+            };
+            decides && !(matches!(change, Change::RefusedUnnamedParse) && *id >= self.group_start)
+        })
     }
 
     /// The latest pending change that decides what the portal `name` is, if any.
@@ -290,6 +317,9 @@ impl Statements {
             | Change::Sql(SqlChange::Declare(n, _))
             | Change::ClosePortal(n)
             | Change::Sql(SqlChange::Close(Some(n))) => n == name,
+            Change::QueryString {
+                runs_statement: true,
+            } => name.is_empty(),
             Change::Sql(
                 SqlChange::Close(None)
                 | SqlChange::DiscardAll
@@ -538,8 +568,28 @@ impl Statements {
             Some((_, Change::RefusedUnnamedParse)) => {
                 self.prepared.remove("");
             }
+            // The server drops its unnamed portal before it decodes the parameters and
+            // plans (`exec_bind_message`): whether this one failed before that or after,
+            // lockbox cannot tell, so it knows of none (an Execute of it is refused below
+            // admin rather than recorded under the text of a portal that may be gone).
+            Some((_, Change::Bind(name, _))) if name.is_empty() => {
+                self.portals.remove("");
+            }
             _ => {}
         }
+    }
+
+    /// A refused Parse of the statement `name` earlier in the group being sent: the server
+    /// will skip the rest of the group, so a Bind of it there binds nothing and is no
+    /// refusal of its own.
+    pub fn refused_in_group(&self, name: &str) -> bool {
+        name.is_empty()
+            && self
+                .pending
+                .iter()
+                .rev()
+                .take_while(|(id, _)| *id >= self.group_start)
+                .any(|(_, change)| matches!(change, Change::RefusedUnnamedParse))
     }
 
     /// The server answered an ErrorResponse.
@@ -553,12 +603,23 @@ impl Statements {
     /// (a query string's, a pipeline's up to its Sync) that an error rolled back. An
     /// explicit one ended already, at its COMMIT or ROLLBACK.
     pub fn settle(&mut self, through: Option<MessageId>, transaction_status: u8) {
+        let failed = std::mem::take(&mut self.failed_since_ready);
         if let Some(through) = through {
             while self.pending.front().is_some_and(|(at, _)| *at <= through) {
-                self.pop_pending();
+                // The query string this ReadyForQuery ends ran (one the server skipped
+                // has none of its own: its changes end with the Sync's). An error may have
+                // come before its statement had the unnamed portal (an aborted transaction,
+                // analysis, planning): the portal is taken to be gone only when none came.
+                if let Some((at, Change::QueryString { runs_statement })) = self.pop_pending() {
+                    if at == through {
+                        self.prepared.remove("");
+                        if runs_statement && !failed {
+                            self.portals.remove("");
+                        }
+                    }
+                }
             }
         }
-        let failed = std::mem::take(&mut self.failed_since_ready);
         if transaction_status == b'I' {
             self.end_transaction(failed);
         }
@@ -595,7 +656,7 @@ fn statement_named(change: &Change) -> Option<Option<&str>> {
         | Change::Sql(SqlChange::Prepare(n, _))
         | Change::CloseStatement(n)
         | Change::Sql(SqlChange::Deallocate(Some(n))) => Some(Some(n)),
-        Change::RefusedUnnamedParse => Some(Some("")),
+        Change::RefusedUnnamedParse | Change::QueryString { .. } => Some(Some("")),
         Change::Sql(SqlChange::Deallocate(None) | SqlChange::DiscardAll) => Some(None),
         _ => None,
     }

@@ -77,12 +77,19 @@ fn a_refused_parse_of_the_unnamed_statement_leaves_none_once_its_stand_in_failed
         "a named one changes nothing"
     );
     let refused = s.refused_parse("").expect("refused").expect("numbered");
+    // The server skips the rest of the group: it is recorded as it would have run.
+    assert_eq!(
+        s.statement("").map(|p| p.text.to_string()).as_deref(),
+        Some("SELECT 'old'")
+    );
+    assert!(s.statement_certain(""));
+    let sync_id = s.end_group();
     assert!(
-        s.statement("").is_none(),
-        "what the pipeline runs next finds none"
+        s.statement("").is_none() && !s.statement_certain(""),
+        "past the Sync, what relies on it waits for its answer"
     );
     s.failed(refused);
-    sync(&mut s, b'I');
+    s.settle(Some(sync_id), b'I');
     assert!(s.statement("").is_none());
     // One the server skipped (an error earlier in its group) dropped nothing.
     let parse = s.parse("".into(), stmt("SELECT 'again'")).expect("parse");
@@ -94,6 +101,51 @@ fn a_refused_parse_of_the_unnamed_statement_leaves_none_once_its_stand_in_failed
         s.statement("").map(|p| p.text.to_string()).as_deref(),
         Some("SELECT 'again'")
     );
+}
+
+#[test]
+fn a_query_string_that_ran_drops_the_unnamed_statement_and_portal() {
+    let mut s = Statements::default();
+    let parse = s.parse("".into(), stmt("SELECT 'old'")).expect("parse");
+    s.confirm(parse, None).expect("confirmed");
+    let bind = s.bind("".into(), "", Arc::from([])).expect("bind");
+    s.confirm(bind, None).expect("confirmed");
+    sync(&mut s, b'T');
+    // One the server skipped (an extended error before it, up to the Sync) drops nothing.
+    s.end_query(true).expect("query");
+    assert!(
+        s.statement("").is_none(),
+        "what the pipeline sends next finds none"
+    );
+    sync(&mut s, b'T');
+    assert_eq!(text_of(&s, ""), "SELECT 'old'");
+    assert!(s.statement("").is_some());
+    // An empty one drops the statement only.
+    let end = s.end_query(false).expect("query");
+    s.settle(Some(end), b'T');
+    assert!(s.statement("").is_none());
+    assert_eq!(text_of(&s, ""), "SELECT 'old'");
+    let end = s.end_query(true).expect("query");
+    assert!(s.portal("").is_none());
+    s.settle(Some(end), b'T');
+    assert!(s.portal("").is_none() && s.statement("").is_none());
+    // One that failed may have failed before its statement took the unnamed portal.
+    let bind = s.bind("".into(), "", Arc::from([])).expect("bind");
+    s.confirm(bind, None).expect("confirmed");
+    sync(&mut s, b'T');
+    let end = s.end_query(true).expect("query");
+    s.server_failed();
+    s.settle(Some(end), b'E');
+    assert!(s.portal("").is_some());
+    // A Bind of the unnamed portal that fails leaves none lockbox knows of: the server
+    // drops the old one before the steps that may fail.
+    let bind = s.bind("".into(), "", Arc::from([])).expect("bind");
+    s.failed(bind);
+    sync(&mut s, b'E');
+    assert!(s.portal("").is_none());
+    // With nothing unnamed and nothing waiting, a query string keeps no change.
+    s.end_query(true).expect("query");
+    assert_eq!(s.pending_load(), (0, 0));
 }
 
 #[test]

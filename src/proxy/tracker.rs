@@ -85,8 +85,8 @@ pub enum Names {
     Confirm { id: MessageId, tag: Option<String> },
     /// ReadyForQuery: every message up to `through` is settled.
     Settle { through: Option<MessageId> },
-    /// The server failed message `id` (a Parse, or a refused statement's stand-in that
-    /// changes a name), rather than skipped it.
+    /// The server failed message `id` (a Parse, a Bind, or a refused statement's stand-in
+    /// that changes a name), rather than skipped it.
     Failed { id: MessageId },
 }
 
@@ -537,9 +537,10 @@ impl Tracker {
             Some(Slot::Statement { extended, .. }) => (None, *extended),
             _ => (None, false),
         };
-        // A Parse the server failed may have dropped a statement (see `Statements::failed`).
+        // A Parse or Bind the server failed may have dropped a statement or portal (see
+        // `Statements::failed`).
         let failed_parse = match failed_step {
-            Some((Step::Parse, id)) => Some(Names::Failed { id }),
+            Some((Step::Parse | Step::Bind, id)) => Some(Names::Failed { id }),
             _ => None,
         };
         let failed_step = failed_step.map(|(step, _)| step);

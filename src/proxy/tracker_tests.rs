@@ -311,8 +311,10 @@ fn an_error_in_any_step_skips_a_query_string_sent_before_the_sync() {
             [(1, OutcomeStatus::NotExecuted), (2, OutcomeStatus::Ok)],
             "{failing:?}"
         );
-        // Only a failed Parse may have changed a name (it drops the unnamed statement).
-        let failure = matches!(failing, Step::Parse).then_some(Names::Failed { id: failed });
+        // Only a failed Parse or Bind may have changed a name (it drops the unnamed
+        // statement or portal).
+        let failure =
+            matches!(failing, Step::Parse | Step::Bind).then_some(Names::Failed { id: failed });
         let settles = [
             Names::Settle {
                 through: Some(sync),

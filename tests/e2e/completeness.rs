@@ -8,8 +8,10 @@
 //! - lockbox sends no SQL of its own at session start: its settings go upstream as startup
 //!   parameters, so no server line is excused as "the proxy's own".
 //! - the only text lockbox originates is the stand-in it sends in place of a refused query
-//!   string or FunctionCall; each logged stand-in must line up with an audit record whose
-//!   outcome is `refused`.
+//!   string; each logged stand-in must line up with an audit record whose outcome is
+//!   `refused`. A refused FunctionCall's stand-in is a FunctionCall of function OID 0, which
+//!   the server fails before it logs the call (a query string in its place would drop the
+//!   client's unnamed statement): its `refused` record is one no server line accounts for.
 //! - `log_statement` logs an extended query at Execute. One that fails earlier (in Parse or
 //!   Bind, e.g. `SELECT 1/0` is folded while planning) shows only as an ERROR line naming
 //!   the statement; it must line up with an audit record whose outcome is `error` (or

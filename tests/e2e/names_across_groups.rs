@@ -9,7 +9,7 @@
 use lockbox::policy::{AccessLevel, NewRequest};
 use serde_json::Value;
 
-use crate::frontend::{bind, execute, parse, sync};
+use crate::frontend::{bind, execute, execute_rows, parse, sync};
 use crate::harness::{errors_in, Env, Raw};
 
 async fn session(env: &Env, access: AccessLevel, max_rows: Option<u64>) -> (String, Raw) {
@@ -354,4 +354,193 @@ async fn a_refused_parse_of_the_unnamed_statement_leaves_none_to_run() {
         "{recorded:?}"
     );
     assert_eq!(recorded[3].0, "SELECT 'next'");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_string_leaves_no_unnamed_statement_or_portal() {
+    // PostgreSQL drops its unnamed statement as it starts a query string, and runs each of
+    // its statements in the unnamed portal, dropping the one there. A Bind or Execute of
+    // them after it finds none (26000, 34000). The audit used to name the text they held.
+    let env = Env::start("names_unnamed_query").await;
+    let (grant, mut raw) = session(&env, AccessLevel::Admin, None).await;
+    let (old_statement, old_portal) = ("SELECT 'old'", "SELECT g FROM generate_series(1, 10) g");
+    raw.send(
+        &[
+            parse("", old_statement),
+            sync(),
+            crate::harness::query("SELECT 'between'"),
+            bind("", ""),
+            execute(""),
+            sync(),
+            crate::harness::query("BEGIN"),
+            parse("", old_portal),
+            bind("", ""),
+            execute_rows("", 2),
+            sync(),
+            crate::harness::query("SELECT 'between'"),
+            execute_rows("", 2),
+            sync(),
+            crate::harness::query("ROLLBACK"),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_until_readies(8).await;
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["26000", "34000"], "the server kept neither");
+    let trail = env
+        .wait_for_audit("every outcome", |t| {
+            let recorded = outcomes(t, &grant);
+            recorded.len() == 7 && recorded.iter().all(|(_, s, _)| !s.is_empty())
+        })
+        .await;
+    let recorded = outcomes(&trail, &grant);
+    let failed: Vec<_> = recorded.iter().filter(|(_, s, _)| s == "error").collect();
+    assert_eq!(failed.len(), 2, "{recorded:?}");
+    for (text, _, _) in failed {
+        assert!(
+            text != old_statement && text != old_portal,
+            "a record names what the server no longer held: {recorded:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_function_call_leaves_the_unnamed_statement_in_place() {
+    // A FunctionCall that fails leaves the unnamed statement as it was; a refused one's
+    // stand-in must too (a query string in its place dropped it, and the next Bind failed
+    // where PostgreSQL would have run it).
+    let env = Env::start("names_unnamed_function_call").await;
+    let (grant, mut raw) = session(&env, AccessLevel::Read, None).await;
+    let kept = "SELECT 'kept'";
+    let mut call = 2227u32.to_be_bytes().to_vec();
+    call.extend_from_slice(&[0; 6]);
+    raw.send(
+        &[
+            parse("", kept),
+            sync(),
+            crate::harness::message(b'F', &call),
+            bind("", ""),
+            execute(""),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_until_readies(3).await;
+    let errors = errors_in(&answer);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "42501", "the call is refused");
+    let trail = env
+        .wait_for_audit("the Execute's outcome", |t| {
+            outcomes(t, &grant)
+                .iter()
+                .any(|(text, s, _)| text == kept && !s.is_empty())
+        })
+        .await;
+    let recorded = outcomes(&trail, &grant);
+    assert!(
+        recorded
+            .iter()
+            .any(|(text, s, _)| text == kept && s == "ok"),
+        "{recorded:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_bind_of_the_unnamed_portal_leaves_none_to_run() {
+    // PostgreSQL drops its unnamed portal before it plans a Bind: one whose planning fails
+    // in a transaction block leaves an empty portal, whose Execute runs nothing
+    // (EmptyQueryResponse). The audit used to record the old portal's statement as run, ok.
+    let env = Env::start("names_unnamed_failed_bind").await;
+    let (grant, mut raw) = session(&env, AccessLevel::Admin, None).await;
+    let series = "SELECT g FROM generate_series(1, 10) g";
+    raw.send(
+        &[
+            crate::harness::query("BEGIN"),
+            parse("", series),
+            bind("", ""),
+            execute_rows("", 2),
+            sync(),
+            parse("z", "SELECT 1/0"),
+            bind("", "z"),
+            sync(),
+            execute_rows("", 2),
+            sync(),
+            crate::harness::query("ROLLBACK"),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_until_readies(5).await;
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["22012"]);
+    let mut events = Vec::new();
+    lockbox::wire::BackendScanner::counting_rows(true).feed(&answer, &mut events);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, lockbox::wire::BackendEvent::Empty)),
+        "the server ran nothing for the last Execute"
+    );
+    let trail = env
+        .wait_for_audit("every outcome", |t| {
+            let recorded = outcomes(t, &grant);
+            recorded.len() == 5 && recorded.iter().all(|(_, s, _)| !s.is_empty())
+        })
+        .await;
+    let recorded = outcomes(&trail, &grant);
+    let runs = recorded
+        .iter()
+        .filter(|(text, _, _)| text == series)
+        .count();
+    assert_eq!(runs, 1, "the series ran once: {recorded:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_string_that_fails_before_running_keeps_the_unnamed_portal() {
+    // In an aborted transaction a query string fails (25P02) before its statement takes the
+    // unnamed portal, so a portal bound to ROLLBACK before it still runs, as it does on
+    // PostgreSQL itself.
+    let env = Env::start("names_unnamed_failed_query").await;
+    let (grant, mut raw) = session(&env, AccessLevel::Read, None).await;
+    raw.send(
+        &[
+            crate::harness::query("BEGIN"),
+            crate::harness::query("SELECT 1/0"),
+            parse("", "ROLLBACK"),
+            bind("", ""),
+            sync(),
+            crate::harness::query("SELECT 1"),
+            execute(""),
+            sync(),
+            crate::harness::query("SELECT 2"),
+        ]
+        .concat(),
+    )
+    .await;
+    let answer = raw.read_until_readies(6).await;
+    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes, ["22012", "25P02"], "{:?}", errors_in(&answer));
+    let trail = env
+        .wait_for_audit("every outcome", |t| {
+            let recorded = outcomes(t, &grant);
+            recorded
+                .iter()
+                .any(|(text, s, _)| text == "SELECT 2" && !s.is_empty())
+        })
+        .await;
+    let recorded = outcomes(&trail, &grant);
+    assert!(
+        recorded
+            .iter()
+            .any(|(text, s, _)| text == "ROLLBACK" && s == "ok"),
+        "{recorded:?}"
+    );
+    assert!(
+        recorded
+            .iter()
+            .any(|(text, s, _)| text == "SELECT 2" && s == "ok"),
+        "the transaction was rolled back: {recorded:?}"
+    );
 }

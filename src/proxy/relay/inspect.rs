@@ -103,7 +103,20 @@ impl Relay {
                         },
                     });
                 }
-                pending.push(Pending::QueryEnd(self.statements.end_group()));
+                // The server drops its unnamed statement as it starts the string (the
+                // stand-in's too), and its unnamed portal as it runs a statement.
+                let runs_statement = refusal.is_none()
+                    && statements
+                        .iter()
+                        .any(|s| s.analysis.kind != StatementKind::Empty);
+                let end = if self.discarded_past_backlog() {
+                    self.statements.end_group()
+                } else {
+                    self.statements
+                        .end_query(runs_statement)
+                        .map_err(|e| e.to_string())?
+                };
+                pending.push(Pending::QueryEnd(end));
                 return Ok(refusal.map(|_| stand_in_query()));
             }
             b'P' => {
@@ -191,6 +204,12 @@ impl Relay {
                     return Ok(None);
                 }
                 let known = self.statements.knows_statement(bind.statement);
+                if !known && self.statements.refused_in_group(bind.statement) {
+                    // The server skips it: the refused Parse before it is what failed.
+                    self.bind_alone = false;
+                    pending.push(Pending::Step(Step::Bind, self.statements.message()));
+                    return Ok(None);
+                }
                 if self.grant.access != AccessLevel::Admin && !known {
                     self.bind_alone = false;
                     return Ok(Some(self.refuse_unknown_bind(
@@ -361,7 +380,7 @@ impl Relay {
                 if let Err(refusal) = self.check(&analysis) {
                     pending.push(Pending::Refused(record, Arc::new(refusal), None));
                     pending.push(Pending::QueryEnd(self.statements.end_group()));
-                    return Ok(Some(stand_in_query()));
+                    return Ok(Some(stand_in_function_call()));
                 }
                 pending.push(Pending::Statement {
                     record,
@@ -597,6 +616,15 @@ fn bodiless(tag: u8, body: &[u8]) -> Result<(), String> {
         "{name} message with a body of {} bytes (it has none)",
         body.len()
     ))
+}
+
+/// A FunctionCall of function OID 0, which names no function: the server fails it (42883)
+/// in the refused call's place and, unlike a query string, leaves the unnamed statement and
+/// portal as they were (an attack review saw a refused call's stand-in query drop them, so
+/// the client's next Bind failed where PostgreSQL would have run it).
+pub(super) fn stand_in_function_call() -> Vec<u8> {
+    // Function OID, no argument formats, no arguments, a text result.
+    tagged(b'F', &[0u8; 4 + 2 + 2 + 2])
 }
 
 pub(super) fn stand_in_execute(portal: &str) -> Vec<u8> {
