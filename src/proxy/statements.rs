@@ -607,13 +607,16 @@ impl Statements {
         if let Some(through) = through {
             while self.pending.front().is_some_and(|(at, _)| *at <= through) {
                 // The query string this ReadyForQuery ends ran (one the server skipped
-                // has none of its own: its changes end with the Sync's). An error may have
-                // come before its statement had the unnamed portal (an aborted transaction,
-                // analysis, planning): the portal is taken to be gone only when none came.
+                // has none of its own: its changes end with the Sync's). Its unnamed portal
+                // is gone even when it failed: an error before its statement took the
+                // portal (an aborted transaction, analysis, planning) leaves the old one,
+                // but one after leaves a failed portal in its place, whose Execute in a
+                // transaction block crashes PostgreSQL 15 (a review found it); lockbox
+                // cannot tell the two apart, so it knows of none.
                 if let Some((at, Change::QueryString { runs_statement })) = self.pop_pending() {
                     if at == through {
                         self.prepared.remove("");
-                        if runs_statement && !failed {
+                        if runs_statement {
                             self.portals.remove("");
                         }
                     }

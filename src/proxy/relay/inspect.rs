@@ -232,7 +232,12 @@ impl Relay {
             b'E' => {
                 let portal = wire::decode_execute(body).map_err(|e| e.to_string())?;
                 self.protocol_name(&portal)?;
-                let Some(found) = self.statements.portal(&portal).filter(|p| {
+                let modelled = self.statements.portal(&portal);
+                // Only a Bind makes the unnamed portal for an Execute: one no Bind lockbox
+                // saw made is a query string's leftover, which runs nothing or, failed in a
+                // transaction block, crashes PostgreSQL 15 — refused to admin too.
+                let leftover = portal.is_empty() && modelled.is_none();
+                let Some(found) = modelled.filter(|p| {
                     !p.statement.text.is_empty() || p.statement.kind != StatementKind::Unknown
                 }) else {
                     // A portal (or the statement it was bound to) that lockbox never saw
@@ -246,7 +251,7 @@ impl Relay {
                         None,
                         None,
                     );
-                    if self.grant.access != AccessLevel::Admin {
+                    if self.grant.access != AccessLevel::Admin || leftover {
                         pending.push(Pending::Refused(
                             record,
                             Arc::new(unknown_name_refusal("unknown_statement", &portal)),
