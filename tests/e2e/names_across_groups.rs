@@ -84,7 +84,7 @@ async fn a_rejected_redefinition_does_not_lend_its_text_to_what_runs() {
     raw.send(&redefine_then_run(delete, "SELECT 'harmless'"))
         .await;
     let answer = raw.read_until_readies(3).await;
-    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    let codes = sqlstates(&answer);
     assert_eq!(codes, ["42P05"], "the server rejects the second Parse");
     assert_eq!(
         env.superuser_sql("SELECT count(*) FROM items"),
@@ -193,7 +193,7 @@ async fn a_message_the_server_will_skip_does_not_wait() {
     )
     .await;
     let answer = raw.read_until_readies(2).await;
-    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    let codes = sqlstates(&answer);
     assert_eq!(codes, ["42P01"]);
 }
 
@@ -213,7 +213,7 @@ async fn a_bind_sent_inside_copy_data_is_refused_not_held() {
     raw.send(&[bind("", "s1"), execute(""), sync()].concat())
         .await;
     let answer = raw.read_to_close().await;
-    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    let codes = sqlstates(&answer);
     assert_eq!(codes, ["08P01"]);
     assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
 }
@@ -262,6 +262,22 @@ fn outcomes(trail: &[Value], grant: &str) -> Vec<(String, String, String)> {
     recorded_with(trail, grant, "sqlstate")
 }
 
+/// [`outcomes`] once the trail holds `count` statements of `grant`, each with its outcome.
+async fn settled(env: &Env, grant: &str, count: usize) -> Vec<(String, String, String)> {
+    let trail = env
+        .wait_for_audit("every outcome", |t| {
+            let recorded = outcomes(t, grant);
+            recorded.len() == count && recorded.iter().all(|(_, s, _)| !s.is_empty())
+        })
+        .await;
+    outcomes(&trail, grant)
+}
+
+/// The SQLSTATEs of the errors in `answer`, in order.
+fn sqlstates(answer: &[u8]) -> Vec<String> {
+    errors_in(answer).into_iter().map(|(c, _)| c).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_parse_of_the_unnamed_statement_leaves_none_to_run() {
     // PostgreSQL drops its unnamed statement before it parses a new one: when the new one
@@ -285,7 +301,7 @@ async fn a_failed_parse_of_the_unnamed_statement_leaves_none_to_run() {
     )
     .await;
     let answer = raw.read_until_readies(3).await;
-    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    let codes = sqlstates(&answer);
     assert_eq!(
         codes,
         ["42601", "26000"],
@@ -331,16 +347,10 @@ async fn a_refused_parse_of_the_unnamed_statement_leaves_none_to_run() {
     )
     .await;
     let answer = raw.read_until_readies(4).await;
-    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    let codes = sqlstates(&answer);
     assert_eq!(codes, ["42501", "42501"], "{:?}", errors_in(&answer));
     assert_eq!(env.superuser_sql("SELECT count(*) FROM items"), "10");
-    let trail = env
-        .wait_for_audit("every outcome", |t| {
-            let recorded = outcomes(t, &grant);
-            recorded.len() == 4 && recorded.iter().all(|(_, s, _)| !s.is_empty())
-        })
-        .await;
-    let recorded = outcomes(&trail, &grant);
+    let recorded = settled(&env, &grant, 4).await;
     assert!(
         recorded.iter().all(|(text, _, _)| text != old),
         "{recorded:?}"
@@ -386,17 +396,11 @@ async fn a_query_string_leaves_no_unnamed_statement_or_portal() {
     )
     .await;
     let answer = raw.read_until_readies(8).await;
-    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    let codes = sqlstates(&answer);
     // The server holds no unnamed statement (its own 26000); an Execute of an unnamed
     // portal no Bind made is refused, to admin too (a failed one can crash the server).
     assert_eq!(codes, ["26000", "42501"]);
-    let trail = env
-        .wait_for_audit("every outcome", |t| {
-            let recorded = outcomes(t, &grant);
-            recorded.len() == 7 && recorded.iter().all(|(_, s, _)| !s.is_empty())
-        })
-        .await;
-    let recorded = outcomes(&trail, &grant);
+    let recorded = settled(&env, &grant, 7).await;
     let failed: Vec<_> = recorded
         .iter()
         .filter(|(_, s, _)| s == "error" || s == "refused")
@@ -479,16 +483,10 @@ async fn a_failed_bind_of_the_unnamed_portal_leaves_none_to_run() {
     )
     .await;
     let answer = raw.read_until_readies(5).await;
-    let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+    let codes = sqlstates(&answer);
     // The last Execute finds no portal lockbox knows of: refused, to admin too.
     assert_eq!(codes, ["22012", "42501"]);
-    let trail = env
-        .wait_for_audit("every outcome", |t| {
-            let recorded = outcomes(t, &grant);
-            recorded.len() == 5 && recorded.iter().all(|(_, s, _)| !s.is_empty())
-        })
-        .await;
-    let recorded = outcomes(&trail, &grant);
+    let recorded = settled(&env, &grant, 5).await;
     let runs = recorded
         .iter()
         .filter(|(text, _, _)| text == series)
@@ -523,7 +521,7 @@ async fn an_execute_of_a_failed_query_strings_portal_is_refused_and_the_server_l
         raw.send(&steps.concat()).await;
         let readies = if access == AccessLevel::Read { 7 } else { 6 };
         let answer = raw.read_until_readies(readies).await;
-        let codes: Vec<String> = errors_in(&answer).into_iter().map(|(c, _)| c).collect();
+        let codes = sqlstates(&answer);
         assert_eq!(codes, ["3B001", "25P02", "42501"], "{access:?}");
         assert!(
             String::from_utf8_lossy(&answer).contains("alive"),
