@@ -337,7 +337,6 @@ impl Statements {
         self.push(Change::Parse(name, statement))
     }
 
-    /// Binds `portal` to the statement `name` as it will be when the Bind runs.
     /// A refused Parse of statement `name`, whose stand-in the server will fail. Only one of
     /// the unnamed statement changes anything (it leaves none, see [`Self::failed`]), so
     /// only that one is numbered: a named one keeps what the name held.
@@ -348,6 +347,7 @@ impl Statements {
         self.push(Change::RefusedUnnamedParse).map(Some)
     }
 
+    /// Binds `portal` to the statement `name` as it will be when the Bind runs.
     pub fn bind(
         &mut self,
         portal: String,
@@ -603,7 +603,6 @@ impl Statements {
     /// (a query string's, a pipeline's up to its Sync) that an error rolled back. An
     /// explicit one ended already, at its COMMIT or ROLLBACK.
     pub fn settle(&mut self, through: Option<MessageId>, transaction_status: u8) {
-        let failed = std::mem::take(&mut self.failed_since_ready);
         if let Some(through) = through {
             while self.pending.front().is_some_and(|(at, _)| *at <= through) {
                 // The query string this ReadyForQuery ends ran (one the server skipped
@@ -623,6 +622,7 @@ impl Statements {
                 }
             }
         }
+        let failed = std::mem::take(&mut self.failed_since_ready);
         if transaction_status == b'I' {
             self.end_transaction(failed);
         }
