@@ -4,7 +4,7 @@
 
 use lockbox::audit::AuditQuery;
 
-use crate::harness::{errors_in, Env, Options, Raw};
+use crate::harness::{errors_in, metric, Env, Options, Raw};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_over_the_limit_ends_the_session_saying_why() {
@@ -451,6 +451,7 @@ async fn large_messages_share_one_room_across_sessions() {
     holder.send(&start).await;
     // The holder's room is taken once the proxy read its header; a second such message
     // has none left beside it.
+    message_memory_reaches(&env, 2 * 1024 * 1024).await;
     let expected = "Query message of 2097152 bytes refused: the proxy's sessions already hold \
                     what proxy.max_message_memory (3145728 bytes) allows for large client messages";
     let errors = refused_beside_the_holder(&env, &token, &start).await;
@@ -520,18 +521,35 @@ async fn bytes_behind_a_waiting_bind_take_room_too() {
     let mut holder = Raw::login(&env, "eve", &token).await;
     holder.read_until_ready().await;
     holder.send(&behind).await;
+    // The send returns once the kernel took the bytes, not once the proxy read them: on a
+    // busy machine the second session's message could otherwise take the room first.
+    message_memory_reaches(&env, 1536 * 1024).await;
     let mut start = vec![b'Q'];
     start.extend_from_slice(&(3 * 1024 * 1024 - 1i32).to_be_bytes());
     start.extend_from_slice(b"SELECT '");
     let errors = refused_beside_the_holder(&env, &token, &start).await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].0, "53200", "{errors:?}");
     assert!(errors[0].1.contains("max_message_memory"), "{errors:?}");
     drop(holder);
 }
 
+/// Waits (bounded) until the proxy's sessions hold at least `bytes` of the shared room
+/// (`lockbox_message_memory_bytes`), that is until the proxy has read a holder's bytes.
+async fn message_memory_reaches(env: &Env, bytes: usize) {
+    let mut held = 0.0;
+    for _ in 0..200 {
+        held = metric(env, "lockbox_message_memory_bytes").await;
+        if held >= bytes as f64 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the proxy's sessions hold {held} bytes of the shared room, not {bytes}");
+}
+
 /// The errors another session gets for `start` (the beginning of a large message) beside
-/// the holder, whose bytes were sent before this session's login began: the proxy has read
-/// them (and taken the holder's room) long before this session's login is through.
+/// the holder, whose bytes the proxy has read (and taken the holder's room for) already.
 async fn refused_beside_the_holder(env: &Env, token: &str, start: &[u8]) -> Vec<(String, String)> {
     let mut second = Raw::login(env, "eve", token).await;
     second.read_until_ready().await;
