@@ -286,6 +286,8 @@ async fn cancelled_session(env: &Env, token: &str) {
             .any(|r| r["statement"] == "SELECT pg_sleep(60)")
     })
     .await;
+    // The record precedes the statement upstream: a cancel before the server runs it is lost.
+    env.wait_until_running("SELECT pg_sleep(60)").await;
     cancel
         .cancel_query(tokio_postgres::NoTls)
         .await

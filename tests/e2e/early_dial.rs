@@ -30,6 +30,22 @@ async fn wait_for_dials(env: &Env, outcome: &str, want: f64) {
     );
 }
 
+/// Waits (bounded) until the proxy holds `open` client connections: a login the client
+/// abandoned has then been seen to end, and cost its source its head start (the slot goes
+/// back after that), so a later admission is not undone by it.
+async fn wait_for_connections(env: &Env, open: f64) {
+    for _ in 0..100 {
+        if metric(env, "lockbox_connections").await == open {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the proxy never came down to {open} connections: {}",
+        metric(env, "lockbox_connections").await
+    );
+}
+
 /// A connection that sent its startup packet and read the password request.
 async fn at_password_request(env: &Env) -> Raw {
     let mut raw = Raw::connect(env.proxy_port()).await;
@@ -106,6 +122,7 @@ async fn an_admitted_source_is_dialed_at_its_startup_and_loses_that_when_it_aban
     // dials again.
     refused_login(&env).await;
     abandon_login(&env).await;
+    wait_for_connections(&env, 1.0).await;
     let (second, _conn) = env.connect("eve", &token).await.expect("login");
     second.simple_query("SELECT 1").await.expect("select");
     assert_eq!(dials(&env, "used").await, 2.0);

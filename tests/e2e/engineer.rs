@@ -428,7 +428,7 @@ async fn internal_approvers_see_the_requests_waiting_for_them() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_ends_no_earlier_than_its_window() {
     let env = Env::start("eng_exact_end").await;
-    let (id, token) = env.approved_token("eve", "2s").await;
+    let (id, token) = env.approved_token("eve", "5s").await;
     let (_client, conn) = env.connect("eve", &token).await.expect("login");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(20), conn)
         .await

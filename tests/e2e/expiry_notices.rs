@@ -72,7 +72,9 @@ async fn an_idle_session_is_warned_before_the_end() {
         },
     )
     .await;
-    let (id, token) = env.approved_token("eve", "5s").await;
+    // The login must come before the warning is due (a warning already past at login is
+    // skipped): 7s leave a busy machine room for it.
+    let (id, token) = env.approved_token("eve", "10s").await;
     let (_client, mut notices) = connect_with_notices(&env, &token).await;
     assert!(next_notice(&mut notices).await.contains("ends at"));
     // The 1h offset is longer than the window: skipped.
@@ -123,21 +125,23 @@ async fn read_response(raw: &mut Raw) -> Vec<u8> {
     out
 }
 
-/// A result that streams for several seconds in rows of 20 kB: the warning (due about 3s
-/// after login) falls in the middle of it, while reads end inside rows.
-const ROWS: usize = 600;
+/// A result that streams for at least 9s in rows of 20 kB: the warning (due 4s after the
+/// approval) falls in the middle of it, while reads end inside rows. The margins are for a
+/// busy machine: 4s for the login and the query's start, 5s of rows after the warning, and
+/// 6s more before the window's end would cut the stream.
+const ROWS: usize = 900;
 const ROW_BYTES: usize = 20_000;
 
 async fn warned_mid_stream(name: &str, sql: &str, row_tag: u8) {
     let env = Env::with(
         name,
         Options {
-            timings: "warn_before = [\"9s\"]",
+            timings: "warn_before = [\"12s\"]",
             ..Default::default()
         },
     )
     .await;
-    let (_, token) = env.approved_token("eve", "12s").await;
+    let (_, token) = env.approved_token("eve", "16s").await;
     let mut raw = Raw::login(&env, "eve", &token).await;
     raw.send(&query(sql)).await;
     let bytes = read_response(&mut raw).await;

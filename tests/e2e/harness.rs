@@ -515,6 +515,23 @@ impl Env {
         self.pg.psql(&self.db, sql).expect("superuser query")
     }
 
+    /// Waits (bounded) until the server runs `statement` (`pg_stat_activity` shows it
+    /// active). Its audit record is written before it is forwarded, so the record alone
+    /// does not say the server has it: a cancel sent then may reach an idle backend.
+    pub async fn wait_until_running(&self, statement: &str) {
+        let literal = statement.replace('\'', "''");
+        let count = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = '{literal}' AND state = 'active'"
+        );
+        for _ in 0..400 {
+            if self.superuser_sql(&count).trim() != "0" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server never ran {statement:?}");
+    }
+
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;

@@ -4,7 +4,7 @@
 //! client sent ends with one group the server closes. The backend still goes at once.
 
 use crate::harness::{message, query, Env, Raw};
-use crate::vanish::{assert_gone_by_itself, backend_running};
+use crate::vanish::{assert_gone_by_itself, backend_running, with_a_patient_reaper};
 
 const SLEEP: &str = "SELECT pg_sleep(600)";
 
@@ -24,7 +24,7 @@ fn extended(sql: &str) -> Vec<u8> {
 /// Logs in, sends `bytes`, leaves once the server runs [`SLEEP`]; returns each statement's
 /// text with its outcome record, in the order sent, once the backend is gone.
 async fn leave_while_sleeping(name: &str, bytes: &[u8]) -> Vec<(String, serde_json::Value)> {
-    let env = Env::start(name).await;
+    let env = with_a_patient_reaper(name).await;
     let (id, token) = env.approved_token("eve", "1h").await;
     let mut raw = Raw::login(&env, "eve", &token).await;
     raw.read_until_ready().await;

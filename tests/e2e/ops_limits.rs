@@ -55,15 +55,7 @@ async fn past_max_connections_a_client_gets_53300_before_any_login() {
     .await;
     // The record is written before the statement is forwarded: wait until the server runs
     // it, or the cancel could reach an idle backend and be lost.
-    for _ in 0..200 {
-        let running = env.superuser_sql(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'",
-        );
-        if running.trim() == "1" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    env.wait_until_running("SELECT pg_sleep(60)").await;
     cancel
         .cancel_query(tokio_postgres::NoTls)
         .await

@@ -308,6 +308,8 @@ async fn cancel_reaches_the_right_backend_and_unknown_keys_are_ignored() {
     })
     .await;
 
+    // The record precedes the statement upstream: a cancel before the server runs it is lost.
+    env.wait_until_running("SELECT pg_sleep(60)").await;
     // A forged key: a raw CancelRequest with numbers nobody was given.
     let mut raw = crate::harness::Raw::connect(env.proxy_port()).await;
     let mut packet = 16i32.to_be_bytes().to_vec();

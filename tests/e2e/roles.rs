@@ -341,7 +341,8 @@ async fn logs_in(env: &Env, token: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_that_reaches_its_tokens_end_leaves_the_role_of_an_extended_grant() {
     let env = provisioned("roles_token_end").await;
-    let (id, old_token) = env.approved_token("eve", "3s").await;
+    // The window outlasts the extension's request, its approval and the login behind them.
+    let (id, old_token) = env.approved_token("eve", "6s").await;
     let extension = env
         .client("eve")
         .extend(&id, "1h", "the fix needs longer")

@@ -48,6 +48,19 @@ async fn backend_fate(env: &Env, id: &str, pid: i32) -> Vec<serde_json::Value> {
     .await
 }
 
+/// An environment whose reaper waits its longest window (5 s) before it terminates a
+/// backend, so that one that leaves by itself is seen to, even on a busy machine.
+pub(crate) async fn with_a_patient_reaper(name: &str) -> Env {
+    Env::with(
+        name,
+        crate::harness::Options {
+            timings: "terminate_after = \"5s\"",
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 /// The backend left by itself: the reaper found it gone within its window and did not
 /// have to terminate it.
 pub(crate) async fn assert_gone_by_itself(env: &Env, id: &str, pid: i32) {
@@ -68,7 +81,7 @@ pub(crate) async fn assert_gone_by_itself(env: &Env, id: &str, pid: i32) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_vanishing_mid_copy_frees_its_backend_at_once() {
-    let env = Env::start("vanish_copy").await;
+    let env = with_a_patient_reaper("vanish_copy").await;
     let (id, token) = env.approved_token("eve", "1h").await;
     let mut raw = Raw::login(&env, "eve", &token).await;
     raw.read_until_ready().await;
@@ -87,7 +100,7 @@ async fn a_client_vanishing_mid_copy_frees_its_backend_at_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_vanishing_mid_pipeline_frees_its_backend_at_once() {
-    let env = Env::start("vanish_pipeline").await;
+    let env = with_a_patient_reaper("vanish_pipeline").await;
     let (id, token) = env.approved_token("eve", "1h").await;
     let mut raw = Raw::login(&env, "eve", &token).await;
     raw.read_until_ready().await;
@@ -133,7 +146,7 @@ async fn reset_while_not_read(name: &str, pipeline: Vec<u8>) {
     use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
 
-    let env = Env::start(name).await;
+    let env = with_a_patient_reaper(name).await;
     let (id, token) = env.approved_token("eve", "1h").await;
     let mut raw = Raw::login(&env, "eve", &token).await;
     raw.read_until_ready().await;
