@@ -64,6 +64,31 @@ async fn drain(raw: &mut Raw, wait: Duration) -> Vec<u8> {
     }
 }
 
+/// Reads until `readies` ReadyForQuery have come or the proxy closed (bounded), so that
+/// what the server was sent has run (or never will) before the test looks at its effects.
+async fn answered_or_closed(raw: &mut Raw, readies: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut events = Vec::new();
+        lockbox::wire::BackendScanner::default().feed(&out, &mut events);
+        let ready = events
+            .iter()
+            .filter(|e| matches!(e, lockbox::wire::BackendEvent::Ready(_)))
+            .count();
+        if ready >= readies {
+            return out;
+        }
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout_at(deadline, raw.stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&chunk[..n]),
+            Ok(_) => return out,
+            Err(_) => panic!("neither {readies} answers nor a close in time: {out:?}"),
+        }
+    }
+}
+
 /// `set_config` whose name argument is the column `name` of a subquery, in a statement
 /// shaped like pg_dump's `… FROM pg_settings WHERE name = '<harmless>'`: the guard takes
 /// the outer WHERE's literal for the setting's name.
@@ -181,7 +206,7 @@ async fn attack_read_lexer_setting_hides_statement_from_audit() {
     ]
     .concat();
     raw.send(&batch).await;
-    let _ = drain(&mut raw, Duration::from_secs(3)).await;
+    let _ = answered_or_closed(&mut raw, 2).await;
     let objects =
         env.superuser_sql("SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 4242");
     let recorded = statements_of(&env, &id);
@@ -211,7 +236,7 @@ async fn attack_write_lexer_setting_hides_delete_from_guardrails() {
     ]
     .concat();
     raw.send(&batch).await;
-    let _ = drain(&mut raw, Duration::from_secs(3)).await;
+    let _ = answered_or_closed(&mut raw, 2).await;
     let rows = env.superuser_sql("SELECT count(*) FROM items");
     let recorded = statements_of(&env, &id);
     assert_eq!(

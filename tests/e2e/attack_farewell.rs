@@ -24,8 +24,10 @@ use crate::harness::{errors_in, message, query, startup_packet, Env, Options};
 struct Forwarder {
     port: u16,
     stalled: Arc<AtomicBool>,
+    /// Set by the acceptor once it saw `stalled`: it accepts nothing after that.
+    stopped: Arc<AtomicBool>,
     /// Sockets parked in the accept queue to keep it full.
-    parked: Vec<tokio::task::JoinHandle<()>>,
+    parked: Vec<TcpStream>,
 }
 
 const BACKLOG: u32 = 2;
@@ -39,10 +41,13 @@ impl Forwarder {
         let listener = socket.listen(BACKLOG).expect("listen");
         let port = listener.local_addr().expect("addr").port();
         let stalled = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::new(AtomicBool::new(false));
         let flag = stalled.clone();
+        let acceptor_stopped = stopped.clone();
         tokio::spawn(async move {
             loop {
                 if flag.load(Ordering::SeqCst) {
+                    acceptor_stopped.store(true, Ordering::SeqCst);
                     // Keep the listener open (so SYNs are dropped, not refused), never
                     // accept again.
                     tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -64,6 +69,7 @@ impl Forwarder {
         Forwarder {
             port,
             stalled,
+            stopped,
             parked: Vec::new(),
         }
     }
@@ -71,17 +77,33 @@ impl Forwarder {
     /// New connections to the database host now hang in `connect`.
     async fn partition(&mut self) {
         self.stalled.store(true, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        for _ in 0..(BACKLOG + 4) {
-            let port = self.port;
-            self.parked.push(tokio::spawn(async move {
-                if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    drop(s);
-                }
-            }));
+        for _ in 0..200 {
+            if self.stopped.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            self.stopped.load(Ordering::SeqCst),
+            "the forwarder still accepts"
+        );
+        // Connections complete into the accept queue until it is full; then one hangs.
+        let mut full = false;
+        for _ in 0..(BACKLOG + 8) {
+            let connect = TcpStream::connect(("127.0.0.1", self.port));
+            match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                Ok(Ok(parked)) => self.parked.push(parked),
+                Ok(Err(e)) => panic!("the forwarder refused a connection: {e}"),
+                Err(_) => {
+                    full = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            full,
+            "the accept queue never filled: the partition is not simulated"
+        );
         // The partition holds: a new connection does not get through in 2 s.
         let probe = tokio::time::timeout(
             Duration::from_secs(2),
@@ -92,14 +114,6 @@ impl Forwarder {
             probe.is_err(),
             "the accept queue is not full: the partition is not simulated"
         );
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        for p in &self.parked {
-            p.abort();
-        }
     }
 }
 

@@ -130,8 +130,25 @@ async fn a_batch_waits_for_the_tables_arrival_lock() {
             .get(0);
         n as usize
     };
-    // Several of the sink's polls come and go while the lock is held.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The sink has a batch to ship: it waits for the lock (seen in pg_locks), and nothing
+    // of it is in the table meanwhile.
+    let mut waiting = 0i64;
+    for _ in 0..300 {
+        waiting = db
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[],
+            )
+            .await
+            .expect("locks")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(waiting > 0, "the sink waits for the arrival lock");
     assert_eq!(count().await, before, "a batch was inserted past the lock");
     holder.batch_execute("COMMIT").await.expect("release");
     let after = shipped(&env, &audit_db, "proxy-a").await.len();
