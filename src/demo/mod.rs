@@ -354,11 +354,13 @@ async fn walk_through(
     ));
     let outcome =
         tokio::time::timeout(options.window + Duration::from_secs(10), connection_ended).await;
-    match outcome {
-        Ok(Ok(Some(message))) => println!("    the client was told: {message}"),
-        Ok(_) => println!("    the connection was closed"),
+    let told = match outcome {
+        Ok(Ok(Some(message))) => message,
+        Ok(_) => "nothing (the connection was closed)".to_owned(),
         Err(_) => bail!("the session outlived its access window"),
-    }
+    };
+    ended_with_the_window(approved.access_expires_at, chrono::Utc::now(), &told)?;
+    println!("    the client was told: {told}");
     // The drop is recorded once the upstream query has been cancelled: wait for it.
     for _ in 0..50 {
         let records = auditor
@@ -382,6 +384,25 @@ async fn walk_through(
         Ok(_) => bail!("an expired token was accepted"),
     }
     wait_for_role_dropped(pg, &who).await
+}
+
+/// The demo's session ended `now`: by the proxy's drop only if its window (ending at `end`)
+/// is over. Something else that ended it first (the database restarted, say) would
+/// otherwise be taken for the drop, and the checks after it fail for the wrong reason.
+fn ended_with_the_window(
+    end: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+    told: &str,
+) -> Result<()> {
+    let early = end.map_or(chrono::TimeDelta::zero(), |end| end - now);
+    if early > chrono::TimeDelta::seconds(1) {
+        bail!(
+            "the session ended {}s before its access window did, not by the proxy's drop; \
+             the client was told: {told}",
+            early.num_seconds()
+        );
+    }
+    Ok(())
 }
 
 /// The grant is over: its role goes from the database too.
@@ -532,4 +553,32 @@ fn write_env_file(
         true,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ended_with_the_window;
+
+    #[test]
+    fn a_session_ended_before_its_window_is_not_taken_for_the_drop() {
+        let now = chrono::Utc::now();
+        let told = "FATAL: terminating connection due to administrator command";
+        let early = ended_with_the_window(Some(now + chrono::TimeDelta::seconds(30)), now, told)
+            .expect_err("30 s early");
+        let early = early.to_string();
+        assert!(
+            early.contains("ended 30s before its access window"),
+            "{early}"
+        );
+        assert!(early.contains(told), "{early}");
+        // At the window's end, or a moment around it (the timer's and this clock's skew),
+        // the end is the drop.
+        for skew in [-2, 0, 1] {
+            let end = now + chrono::TimeDelta::seconds(skew);
+            assert!(
+                ended_with_the_window(Some(end), now, told).is_ok(),
+                "{skew}"
+            );
+        }
+    }
 }
