@@ -94,7 +94,12 @@ async fn webhook_receiver(port: u16) -> Arc<Mutex<Vec<serde_json::Value>>> {
 }
 
 async fn wait_for<T>(what: &str, check: impl Fn() -> Option<T>) -> T {
-    for _ in 0..150 {
+    wait_within(what, 150, check).await
+}
+
+/// [`wait_for`], for up to `tenths` tenths of a second.
+async fn wait_within<T>(what: &str, tenths: usize, check: impl Fn() -> Option<T>) -> T {
+    for _ in 0..tenths {
         if let Some(v) = check() {
             return v;
         }
@@ -204,8 +209,10 @@ async fn approvers_and_requesters_are_told_by_mail_and_webhook_even_when_a_recei
         "fits 100 columns: {printed}"
     );
 
+    // Retries back off from 200 ms, doubling: a busy machine that got to the receiver
+    // after eight attempts waits 25.6 s for the next.
     let hooks = webhook_receiver(hook_port).await;
-    let first = wait_for("the retried webhook", || {
+    let first = wait_within("the retried webhook", 600, || {
         hooks.lock().expect("hooks").first().cloned()
     })
     .await;
