@@ -42,7 +42,13 @@ async fn maps_keyed_by_session_or_request_empty_again_after_they_come_and_go() {
     // A session unregisters once its task is done (after the FATAL and the close).
     let mut now = census(&env);
     for _ in 0..100 {
-        if now.sessions == 0 && now.cancel_keys == 0 {
+        if (
+            now.sessions,
+            now.cancel_keys,
+            now.preauth_sources,
+            now.request_locks,
+        ) == (0, 0, 0, 0)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
