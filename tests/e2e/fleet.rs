@@ -477,8 +477,9 @@ async fn a_node_killed_with_sigkill_leaves_the_others_serving_and_its_work_to_th
     assert!(up, "node 4 did not start");
 
     // A grant whose window ends soon: its completion is work for whichever node sweeps.
-    let (short_id, short_token) = env.approved_token("eve", "3s").await;
+    // Approved last, so that its window covers only the login through node 4.
     let (_, token) = env.approved_token("eve", "1h").await;
+    let (short_id, short_token) = env.approved_token("eve", "4s").await;
     let (on_four, four_connection) = connect_via(&env, port, &short_token)
         .await
         .expect("connect through node 4");
@@ -532,7 +533,15 @@ async fn a_node_killed_with_sigkill_leaves_the_others_serving_and_its_work_to_th
 #[tokio::test(flavor = "multi_thread")]
 async fn an_extension_approved_on_one_node_keeps_a_session_on_another_alive() {
     let (env, nodes) = start_fleet("fleet_extend", "").await;
-    let (id, token) = env.approved_token("eve", "4s").await;
+    // The window outlasts the login and the extension's request and approval.
+    let (id, token) = env.approved_token("eve", "8s").await;
+    let first_end = env
+        .client("eve")
+        .show_request(&id)
+        .await
+        .expect("show")
+        .access_expires_at
+        .expect("end");
     let (client, _connection) = connect_via(&env, nodes[0].proxy_addr.port(), &token)
         .await
         .expect("connect through node 2");
@@ -544,8 +553,11 @@ async fn an_extension_approved_on_one_node_keeps_a_session_on_another_alive() {
         .approve(&extension.id.0, "ok")
         .await
         .expect("approve on node 1");
-    // Past the original 4 s the session on node 2 still works.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Past the original window's end the session on node 2 still works.
+    let past_first_end = (first_end - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(past_first_end + Duration::from_secs(1)).await;
     client
         .simple_query("SELECT 'still here'")
         .await
