@@ -38,7 +38,7 @@ fn backends_running(env: &Env, query: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_session_is_dropped_when_the_window_ends() {
     let env = Env::start("life_expiry_idle").await;
-    let (id, token) = env.approved_token("eve", "3s").await;
+    let (id, token) = env.approved_token("eve", "5s").await;
     let (client, conn) = env.connect("eve", &token).await.expect("login");
     client
         .batch_execute("BEGIN; SELECT 1")
@@ -63,7 +63,7 @@ async fn idle_session_is_dropped_when_the_window_ends() {
 #[tokio::test(flavor = "multi_thread")]
 async fn long_query_is_cancelled_and_its_backend_goes_away_at_expiry() {
     let env = Env::start("life_expiry_sleep").await;
-    let (id, token) = env.approved_token("eve", "3s").await;
+    let (id, token) = env.approved_token("eve", "5s").await;
     let (client, conn) = env.connect("eve", &token).await.expect("login");
     let sleeper = tokio::spawn(async move { client.batch_execute("SELECT pg_sleep(120)").await });
     let (code, message) = failed(sleeper).await;

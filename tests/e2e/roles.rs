@@ -149,7 +149,7 @@ async fn grant_role_is_dropped_after_revocation() {
 #[tokio::test(flavor = "multi_thread")]
 async fn grant_role_is_dropped_when_the_window_ends() {
     let env = provisioned("roles_expired").await;
-    let (id, token) = env.approved_token("eve", "3s").await;
+    let (id, token) = env.approved_token("eve", "5s").await;
     let (client, _conn) = env.connect("eve", &token).await.expect("login");
     assert_eq!(whoami(&client).await.0, role_of(&id));
     wait_for_drop(&env, &role_of(&id)).await;
@@ -386,7 +386,7 @@ async fn a_session_that_reaches_its_tokens_end_leaves_the_role_of_an_extended_gr
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_that_expires_before_it_hears_of_an_extension_leaves_the_role() {
     let env = provisioned("roles_late_extension").await;
-    let (id, token) = env.approved_token("eve", "3s").await;
+    let (id, token) = env.approved_token("eve", "5s").await;
     let (_client, _connection) = env.connect("eve", &token).await.expect("login");
     env.store_extended_elsewhere(&id, chrono::TimeDelta::hours(1));
     env.wait_for_audit("the session's end at the old window's end", |records| {

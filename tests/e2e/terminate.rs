@@ -139,7 +139,7 @@ async fn assert_termination_audited(env: &Env, id: &str, pid: i32) {
 async fn backend_ignoring_the_cancel_is_terminated_at_expiry() {
     let env = Env::start("term_expiry").await;
     let (id, token) = env
-        .approved_token_for("eve", "4s", AccessLevel::Write)
+        .approved_token_for("eve", "6s", AccessLevel::Write)
         .await;
     let (call, conn) = start_stubborn(&env, &token, "lockbox_write").await;
     let pid = stubborn_backend(&env).await;
