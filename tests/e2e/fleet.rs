@@ -535,13 +535,7 @@ async fn an_extension_approved_on_one_node_keeps_a_session_on_another_alive() {
     let (env, nodes) = start_fleet("fleet_extend", "").await;
     // The window outlasts the login and the extension's request and approval.
     let (id, token) = env.approved_token("eve", "8s").await;
-    let first_end = env
-        .client("eve")
-        .show_request(&id)
-        .await
-        .expect("show")
-        .access_expires_at
-        .expect("end");
+    let first_end = env.window_end(&id).await;
     let (client, _connection) = connect_via(&env, nodes[0].proxy_addr.port(), &token)
         .await
         .expect("connect through node 2");
@@ -554,10 +548,7 @@ async fn an_extension_approved_on_one_node_keeps_a_session_on_another_alive() {
         .await
         .expect("approve on node 1");
     // Past the original window's end the session on node 2 still works.
-    let past_first_end = (first_end - chrono::Utc::now())
-        .to_std()
-        .unwrap_or_default();
-    tokio::time::sleep(past_first_end + Duration::from_secs(1)).await;
+    Env::sleep_past(first_end).await;
     client
         .simple_query("SELECT 'still here'")
         .await

@@ -515,6 +515,23 @@ impl Env {
         self.pg.psql(&self.db, sql).expect("superuser query")
     }
 
+    /// When request `id`'s access window ends, as the server says now.
+    pub async fn window_end(&self, id: &str) -> chrono::DateTime<chrono::Utc> {
+        self.client("alice")
+            .show_request(id)
+            .await
+            .expect("show the request")
+            .access_expires_at
+            .expect("an approved request's window end")
+    }
+
+    /// Waits until a second past `end`: a window that ended then is over by any clock
+    /// lockbox reads.
+    pub async fn sleep_past(end: chrono::DateTime<chrono::Utc>) {
+        let left = (end - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(left + Duration::from_secs(1)).await;
+    }
+
     /// Waits (bounded) until the server runs `statement` (`pg_stat_activity` shows it
     /// active). Its audit record is written before it is forwarded, so the record alone
     /// does not say the server has it: a cancel sent then may reach an idle backend.

@@ -1,8 +1,6 @@
 //! The lockbox workflow: JIT rules, staged and quorum approvals, every state and refusal,
 //! the protection policy, extension, break-glass and configuration reload.
 
-use std::time::Duration;
-
 use lockbox::policy::{AccessLevel, NewRequest, RequestStatus};
 
 use crate::harness::{db_error, Env, Options};
@@ -380,13 +378,7 @@ async fn an_extension_goes_through_approvals_and_keeps_the_session_alive() {
     // The window must outlast the login and the five calls before the extension's approval,
     // on a busy machine too.
     let (id, token) = env.approved_token("eve", "8s").await;
-    let first_end = env
-        .client("eve")
-        .show_request(&id)
-        .await
-        .expect("show")
-        .access_expires_at
-        .expect("end");
+    let first_end = env.window_end(&id).await;
     let (client, _conn) = env.connect("eve", &token).await.expect("login");
     let extension = env
         .client("eve")
@@ -418,10 +410,7 @@ async fn an_extension_goes_through_approvals_and_keeps_the_session_alive() {
     let end = original.access_expires_at.expect("end");
     assert!(end - original.access_starts_at.expect("start") > chrono::Duration::minutes(59));
     // Past the original window's end the session still works.
-    let past_first_end = (first_end - chrono::Utc::now())
-        .to_std()
-        .unwrap_or_default();
-    tokio::time::sleep(past_first_end + Duration::from_secs(1)).await;
+    Env::sleep_past(first_end).await;
     client
         .simple_query("SELECT 'still here'")
         .await
