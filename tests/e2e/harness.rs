@@ -532,13 +532,15 @@ impl Env {
         tokio::time::sleep(left + Duration::from_secs(1)).await;
     }
 
-    /// Waits (bounded) until the server runs `statement` (`pg_stat_activity` shows it
-    /// active). Its audit record is written before it is forwarded, so the record alone
-    /// does not say the server has it: a cancel sent then may reach an idle backend.
+    /// Waits (bounded) until the server runs `statement` in the test's database
+    /// (`pg_stat_activity` shows it active; other tests share the cluster). Its audit record
+    /// is written before it is forwarded, so the record alone does not say the server has
+    /// it: a cancel sent then may reach an idle backend.
     pub async fn wait_until_running(&self, statement: &str) {
         let literal = statement.replace('\'', "''");
         let count = format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE query = '{literal}' AND state = 'active'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND query = '{literal}' AND state = 'active'"
         );
         for _ in 0..400 {
             if self.superuser_sql(&count).trim() != "0" {
