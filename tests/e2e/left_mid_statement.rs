@@ -122,8 +122,8 @@ async fn with_a_second_group_sent_the_statements_stay_interrupted() {
 /// client left).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revocation_while_the_answers_are_awaited_ends_the_session_as_revoked() {
-    use crate::terminate::{stubborn, stubborn_backend, wait_until_gone, CALL};
-    use lockbox::policy::AccessLevel;
+    use crate::revoked_elsewhere::{leave_while_the_proxy_awaits_the_answers, CALL};
+    use crate::terminate::wait_until_gone;
 
     let env = Env::with(
         "left_revoked",
@@ -136,15 +136,10 @@ async fn a_revocation_while_the_answers_are_awaited_ends_the_session_as_revoked(
         },
     )
     .await;
-    let (id, token) = env
-        .approved_token_for("eve", "1h", AccessLevel::Write)
-        .await;
-    env.superuser_sql(&stubborn("lockbox_write"));
-    let mut raw = Raw::login(&env, "eve", &token).await;
-    raw.read_until_ready().await;
-    raw.send(&query(CALL)).await;
-    let pid = stubborn_backend(&env).await;
-    drop(raw);
+    // The client leaves and the proxy's cancel has landed (the procedure caught it and
+    // goes on): the proxy awaits the answers when the revocation comes.
+    let id = leave_while_the_proxy_awaits_the_answers(&env).await;
+    let pid = backend_running(&env, CALL).await;
     env.client("carol")
         .revoke(&id, "customer withdrew consent")
         .await

@@ -99,7 +99,7 @@ const CATCHER: &str = "SET ROLE lockbox_svc;
        END LOOP;
      END $$;";
 
-const CALL: &str = "CALL catcher()";
+pub(crate) const CALL: &str = "CALL catcher()";
 
 /// How often the procedure drew from `sequence` (visible without a commit).
 fn drawn(env: &Env, sequence: &str) -> i64 {
@@ -123,7 +123,7 @@ async fn until_drawn(env: &Env, sequence: &str, what: &str) {
 
 /// Logs in with a write grant, runs [`CALL`], leaves, and waits (bounded) until the
 /// proxy's cancel was caught: the proxy now awaits the answers. Returns the grant's id.
-async fn leave_while_the_proxy_awaits_the_answers(env: &Env) -> String {
+pub(crate) async fn leave_while_the_proxy_awaits_the_answers(env: &Env) -> String {
     let (id, token) = env
         .approved_token_for("eve", "1h", AccessLevel::Write)
         .await;
