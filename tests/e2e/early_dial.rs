@@ -7,43 +7,31 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::harness::{message, metric, startup_packet, Env, Raw};
+use crate::harness::{message, metric, metric_when, startup_packet, Env, Raw};
+
+fn dials_series(outcome: &str) -> String {
+    format!("lockbox_upstream_early_dials_total{{outcome=\"{outcome}\"}}")
+}
 
 async fn dials(env: &Env, outcome: &str) -> f64 {
-    metric(
-        env,
-        &format!("lockbox_upstream_early_dials_total{{outcome=\"{outcome}\"}}"),
-    )
-    .await
+    metric(env, &dials_series(outcome)).await
 }
 
 async fn wait_for_dials(env: &Env, outcome: &str, want: f64) {
-    for _ in 0..100 {
-        if dials(env, outcome).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "{outcome} early dials never reached {want}: {}",
-        dials(env, outcome).await
-    );
+    let series = dials_series(outcome);
+    let dials = metric_when(env, &series, Duration::from_secs(10), |n| n == want).await;
+    assert_eq!(dials, want, "{outcome} early dials never reached {want}");
 }
 
 /// Waits (bounded) until the proxy holds `open` client connections: a login the client
 /// abandoned has then been seen to end, and cost its source its head start (the slot goes
 /// back after that), so a later admission is not undone by it.
 async fn wait_for_connections(env: &Env, open: f64) {
-    for _ in 0..100 {
-        if metric(env, "lockbox_connections").await == open {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "the proxy never came down to {open} connections: {}",
-        metric(env, "lockbox_connections").await
-    );
+    let now = metric_when(env, "lockbox_connections", Duration::from_secs(10), |n| {
+        n == open
+    })
+    .await;
+    assert_eq!(now, open, "the proxy never came down to {open} connections");
 }
 
 /// A connection that sent its startup packet and read the password request.

@@ -839,6 +839,24 @@ pub fn python(env: &Env, token: &str, script: &str) -> String {
     stdout
 }
 
+/// The value of series `name` once `check` holds of it, scraped every 100 ms; after
+/// `within`, the last value read, for the caller's assertion to show.
+pub async fn metric_when(
+    env: &Env,
+    name: &str,
+    within: Duration,
+    check: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let value = metric(env, name).await;
+        if check(value) || tokio::time::Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The value of an unlabelled series `name` in `env`'s `/metrics`, scraped as an admin.
 pub async fn metric(env: &Env, name: &str) -> f64 {
     let key = &env.deployment.api_keys["alice"];

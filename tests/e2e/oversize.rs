@@ -4,7 +4,7 @@
 
 use lockbox::audit::AuditQuery;
 
-use crate::harness::{errors_in, metric, Env, Options, Raw};
+use crate::harness::{errors_in, metric_when, Env, Options, Raw};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_over_the_limit_ends_the_session_saying_why() {
@@ -537,15 +537,18 @@ async fn bytes_behind_a_waiting_bind_take_room_too() {
 /// Waits (bounded) until the proxy's sessions hold at least `bytes` of the shared room
 /// (`lockbox_message_memory_bytes`), that is until the proxy has read a holder's bytes.
 async fn message_memory_reaches(env: &Env, bytes: usize) {
-    let mut held = 0.0;
-    for _ in 0..200 {
-        held = metric(env, "lockbox_message_memory_bytes").await;
-        if held >= bytes as f64 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the proxy's sessions hold {held} bytes of the shared room, not {bytes}");
+    let wanted = bytes as f64;
+    let held = metric_when(
+        env,
+        "lockbox_message_memory_bytes",
+        std::time::Duration::from_secs(10),
+        |held| held >= wanted,
+    )
+    .await;
+    assert!(
+        held >= wanted,
+        "the proxy's sessions hold {held} bytes of the shared room, not {bytes}"
+    );
 }
 
 /// The errors another session gets for `start` (the beginning of a large message) beside

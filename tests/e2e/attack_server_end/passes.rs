@@ -38,14 +38,11 @@ async fn self_ended_trickle(
 /// least one is held (waited for up to 30 s: a farewell starts only once its session ended,
 /// which a busy machine may take a while to reach).
 async fn farewells_once_held(env: &Env, n: usize) -> Vec<f64> {
-    let mut held = 0.0;
-    for _ in 0..300 {
-        held = crate::harness::metric(env, "lockbox_farewells").await;
-        if held >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let held =
+        crate::harness::metric_when(env, "lockbox_farewells", Duration::from_secs(30), |n| {
+            n >= 1.0
+        })
+        .await;
     let mut seen = vec![held];
     for _ in 1..n {
         tokio::time::sleep(Duration::from_millis(100)).await;
