@@ -367,7 +367,7 @@ async fn function_call_session(env: &Env, token: &str) {
 /// A `pg_sleep` still running when the grant's window ends.
 async fn expired_session(env: &Env) -> String {
     let (id, token) = env
-        .approved_token_for("eve", "4s", AccessLevel::Write)
+        .approved_token_for("eve", "8s", AccessLevel::Write)
         .await;
     let client = connect(env, &token, "expiry").await;
     let err = tokio::time::timeout(

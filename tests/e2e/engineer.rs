@@ -373,7 +373,8 @@ async fn revoking_a_grant_cancels_its_pending_extensions() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grant_that_ends_takes_its_pending_extensions_with_it() {
     let env = Env::start("eng_end_ext").await;
-    let (id, _) = env.approved_token("eve", "2s").await;
+    // Long enough that the extension is asked for while the grant is active, on a busy machine too.
+    let (id, _) = env.approved_token("eve", "5s").await;
     let extension = env
         .client("eve")
         .extend(&id, "1h", "almost done")
@@ -382,7 +383,7 @@ async fn a_grant_that_ends_takes_its_pending_extensions_with_it() {
         .id
         .0;
     let mut status = RequestStatus::PendingCustomer;
-    for _ in 0..100 {
+    for _ in 0..300 {
         status = env
             .client("carol")
             .show_request(&extension)

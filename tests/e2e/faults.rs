@@ -29,7 +29,7 @@ fn wait_event_of(env: &Env, sql: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_reading_holds_the_server_back_not_the_proxys_memory() {
     let env = Env::start("fault_stuck_reader").await;
-    let (id, token) = env.approved_token("eve", "6s").await;
+    let (id, token) = env.approved_token("eve", "10s").await;
     let sql = "SELECT repeat('x', 1000) FROM generate_series(1, 1000000)";
     let mut stuck = Raw::login(&env, "eve", &token).await;
     stuck.read_until_ready().await;

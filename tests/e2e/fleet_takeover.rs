@@ -83,7 +83,7 @@ async fn a_node_killed_mid_delivery_leaves_its_delivery_and_expiry_to_the_others
         Options {
             state_postgres: true,
             policy: Box::leak(settings.into_boxed_str()),
-            timings: "request_ttl = \"8s\"",
+            timings: "request_ttl = \"15s\"",
             ..Options::default()
         },
     );

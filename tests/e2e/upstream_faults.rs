@@ -242,7 +242,7 @@ async fn a_stalled_database_loses_its_sessions_at_their_deadline_and_refuses_new
     )
     .await;
     let (_, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
-    let (short_id, short_token) = env.approved_token_for("eve", "5s", AccessLevel::Read).await;
+    let (short_id, short_token) = env.approved_token_for("eve", "8s", AccessLevel::Read).await;
     let (client, conn) = env.connect("eve", &short_token).await.expect("login");
     let query = tokio::spawn(async move {
         client
