@@ -18,6 +18,7 @@ use crate::guard::CatalogReach;
 use crate::ids::RequestId;
 use crate::policy::{AccessLevel, Request};
 
+mod catalog;
 mod roles;
 pub mod sql;
 
@@ -295,7 +296,7 @@ impl Provisioner {
                 return Ok(entry.2.clone());
             }
         }
-        let (functions, links) = roles::database_code(db).await?;
+        let (functions, links) = catalog::database_code(db).await?;
         let code = DatabaseCode {
             functions: Arc::new(functions.into_iter().collect()),
             links: links.into(),
