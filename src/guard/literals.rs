@@ -10,6 +10,16 @@ pub(crate) fn string_node(node: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The strings of a list of String nodes (a name's parts: `["hr", "pay"]`), skipping
+/// anything else in it; empty where there is no list.
+pub(crate) fn string_nodes(list: Option<&Value>) -> Vec<String> {
+    list.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(string_node)
+        .collect()
+}
+
 /// A literal as PostgreSQL reads it, whatever its spelling (`'x'`, `E'x'`, `U&'x'`,
 /// `$$x$$`, a number, a boolean), looking through casts (`'x'::text`). `None` for anything
 /// computed.

@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value};
 
-pub(crate) use super::literals::{literal, string_node};
+pub(crate) use super::literals::{literal, string_node, string_nodes};
 
 #[path = "tree_names.rs"]
 mod names;
@@ -434,13 +434,7 @@ fn inspect_tagged(key: &str, node: &Value, found: &mut Found<'_>) {
             found.operator_class_named |= !is_empty(node.get("opclass"));
         }
         "AIndirection" => {
-            let names: Vec<String> = node
-                .get("indirection")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(string_node)
-                .collect();
+            let names = string_nodes(node.get("indirection"));
             found.indirection_names.extend(names.iter().cloned());
             found.field_names.extend(names);
         }
@@ -609,10 +603,7 @@ fn aexpr_operators(node: &Value) -> Vec<(Option<String>, String)> {
 
 /// An operator's name list (`["pg_catalog", "="]`) as its schema, if qualified, and symbol.
 fn operator_named(names: Option<&Value>) -> Option<(Option<String>, String)> {
-    let mut parts: Vec<String> = names
-        .and_then(Value::as_array)
-        .map(|names| names.iter().filter_map(string_node).collect())
-        .unwrap_or_default();
+    let mut parts = string_nodes(names);
     let symbol = parts.pop()?;
     Some((parts.pop(), symbol))
 }
@@ -686,11 +677,7 @@ fn written_relation_name(map: &Map<String, Value>) -> String {
 }
 
 fn call_of(map: &Map<String, Value>) -> Call<'_> {
-    let mut parts: Vec<String> = map
-        .get("funcname")
-        .and_then(Value::as_array)
-        .map(|names| names.iter().filter_map(string_node).collect())
-        .unwrap_or_default();
+    let mut parts = string_nodes(map.get("funcname"));
     let name = parts.pop().unwrap_or_default();
     // `catalog.schema.name` names the schema just before the function.
     let schema = parts.pop();

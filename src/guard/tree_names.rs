@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{string_node, Found};
+use super::{string_node, string_nodes, Found};
 
 /// The relation a name list of an object of `kind` names (`DROP TABLE hr.pay`, `COMMENT
 /// ON COLUMN pay.amount`, `DROP TRIGGER t ON secret`), if it names one: a relation it
@@ -47,12 +47,7 @@ pub(super) fn listed_relation(kind: i64, object: &Value, found: &mut Found<'_>) 
     let names = object
         .pointer("/node/List/items")
         .or_else(|| object.pointer("/node/TypeName/names"));
-    let mut parts: Vec<String> = names
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(string_node)
-        .collect();
+    let mut parts = string_nodes(names);
     if on_table {
         parts.pop();
     }
@@ -181,13 +176,9 @@ pub(super) fn sequence_owner(node: &Value, found: &mut Found<'_>) {
         .find_map(|option| {
             option
                 .pointer("/arg/node/List/items")
-                .and_then(Value::as_array)
+                .filter(|items| items.is_array())
         });
-    let mut parts: Vec<String> = owner
-        .into_iter()
-        .flatten()
-        .filter_map(string_node)
-        .collect();
+    let mut parts = string_nodes(owner);
     // `[schema.]table.column`; `OWNED BY NONE` is one part.
     if parts.len() >= 2 {
         parts.pop();
@@ -198,13 +189,7 @@ pub(super) fn sequence_owner(node: &Value, found: &mut Found<'_>) {
 /// The type an `ALTER DOMAIN`/`ALTER TYPE` changes, as a name the rules and the catalog's
 /// links see.
 pub(super) fn altered_type(node: &Value, found: &mut Found<'_>) {
-    let parts: Vec<String> = node
-        .get("type_name")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(string_node)
-        .collect();
+    let parts = string_nodes(node.get("type_name"));
     push_qualified(&parts, found);
 }
 
