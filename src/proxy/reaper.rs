@@ -244,47 +244,65 @@ mod tests {
     use super::*;
     use crate::store::tests::cluster;
 
-    /// How many backends the filter finds, asked as the test's backend's role and database.
-    fn found(backend: Backend) -> String {
+    /// How many backends the filter finds, asked as the test's backend's role and database
+    /// on a connection already open, as the reaper asks: the filter measures back from the
+    /// moment it is written, so a query that reached the server late (a psql process
+    /// started for it on a busy machine) would look further back than it means to.
+    async fn found(asker: &tokio_postgres::Client, backend: Backend) -> i64 {
         let sql = format!(
             "SELECT count(*) FROM pg_stat_activity WHERE {}",
             backend_filter(backend)
         );
-        cluster().psql("postgres", &sql).expect("ask")
+        asker.query_one(&sql, &[]).await.expect("ask").get(0)
     }
 
-    #[tokio::test]
-    async fn a_backend_that_started_after_the_relay_ended_is_not_the_sessions() {
-        let pg = cluster();
-        let before = Instant::now();
-        // Ordering, not timing: the backend starts strictly after `before`.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    async fn connect(pg: &crate::sandbox::PgSandbox) -> tokio_postgres::Client {
         let (client, connection) =
             tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls)
                 .await
                 .expect("connect");
         tokio::spawn(connection);
+        client
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_started_after_the_relay_ended_is_not_the_sessions() {
+        let pg = cluster();
+        let asker = connect(pg).await;
+        let before = Instant::now();
+        // Ordering, not timing: the backend starts strictly after `before`, by a margin
+        // wider than the ask's own round trip.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let client = connect(pg).await;
         let pid: i32 = client
             .query_one("SELECT pg_backend_pid()", &[])
             .await
             .expect("pid")
             .get(0);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let after = Instant::now();
         assert_eq!(
-            found(Backend {
-                pid,
-                relay_ended: after
-            }),
-            "1",
+            found(
+                &asker,
+                Backend {
+                    pid,
+                    relay_ended: after
+                }
+            )
+            .await,
+            1,
             "the session's own backend is found"
         );
         assert_eq!(
-            found(Backend {
-                pid,
-                relay_ended: before
-            }),
-            "0",
+            found(
+                &asker,
+                Backend {
+                    pid,
+                    relay_ended: before
+                }
+            )
+            .await,
+            0,
             "a pid used again by a later backend is not the session's"
         );
     }
