@@ -349,11 +349,14 @@ mod tests {
         let token = a
             .issue(&grant(), SystemTime::now() + Duration::from_secs(86_400))
             .expect("issue");
+        // Read before the verification stamps its entry (in whole seconds), so a second
+        // that turns between the two cannot make the entry look a second older than it is.
+        let used = unix(SystemTime::now());
         let claims = a.verify(&token).expect("verify");
-        let now = unix(SystemTime::now());
-        a.remember([8; 32], claims.clone(), now + VERIFIED_IDLE_SECS - 1);
+        a.remember([8; 32], claims.clone(), used + VERIFIED_IDLE_SECS - 1);
         assert_eq!(a.cached(), 2, "within the idle limit both stay");
-        a.remember([9; 32], claims, now + VERIFIED_IDLE_SECS + 1);
+        // One more second than the limit, for the entry stamped a second after `used`.
+        a.remember([9; 32], claims, used + VERIFIED_IDLE_SECS + 1 + 1);
         assert_eq!(
             a.cached(),
             2,

@@ -328,7 +328,12 @@ async fn held_a_rotation_put_off_by_a_running_sync_then_refusing_keeps_that_sync
         state.syncer_sleeps_until = None;
         log.shared().syncer_wake.notify_one();
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Once the syncer has been round its loop (a rotation comes before its sleep), not
+    // after a fixed time a slow machine might not have given it.
+    wait_until("the syncer went round its loop", || {
+        log.shared().lock().syncer_sleeps_until.is_some()
+    })
+    .await;
     assert_eq!(
         log.shared().rotation_faults.lock().expect("faults").len(),
         1,

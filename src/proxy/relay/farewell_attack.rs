@@ -126,11 +126,14 @@ async fn attack_the_aftermath_gives_the_slot_back_and_bounds_patient_farewells()
         "a pass for the patient farewell"
     );
     assert_eq!(after.farewell_is_patient(), Some(true));
+    // The second farewell's stalled client is made before the first farewell starts: its
+    // filling takes a while, which a busy machine could stretch past the first one's
+    // stall limit, while its client reads nothing yet.
+    let (proxy2, _client2, _) = queued_pair(None).await;
     let run = tokio::spawn(after.run());
 
     // A second farewell finds no pass left: it hurries, and gives up on its stalled client
     // within a moment rather than the stall limit.
-    let (proxy2, _client2, _) = queued_pair(None).await;
     let slot = take_slot(&registry, &limits).expect("slot");
     let hurried = Aftermath::new(None, None, Some(farewell(proxy2, b"the FATAL")))
         .into_work()
