@@ -149,6 +149,14 @@ impl Relay {
             Wrote(std::io::Result<usize>),
             Read(std::io::Result<usize>),
         }
+        if let Some(cancel) = self.cancel_in_flight.take() {
+            // The server cancels whatever the backend runs when the request reaches it: a
+            // statement sent before then could be cancelled in place of the one past the
+            // grant's timeout (which may have just ended by itself). So it waits until the
+            // server has taken the request (its connection closed, `send_cancel`), at most
+            // the cancel's own time-outs; a backend that is idle by then ignores it.
+            let _ = guarded(&mut self.term, cancel).await?;
+        }
         let mut sent = 0;
         // The client is not read while its batch waits to be written: it is watched instead
         // from the first write that cannot go at once (see `hangup`), so that one that

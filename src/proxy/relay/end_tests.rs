@@ -27,6 +27,11 @@ struct Setup {
 /// A relay between an in-memory client and server whose statements are cancelled through
 /// `cancel` (a listener that takes the cancel requests), if given.
 fn setup(cancel: Option<u16>) -> Setup {
+    setup_with(cancel, None)
+}
+
+/// [`setup`] with the grant's statement timeout.
+fn setup_with(cancel: Option<u16>, statement_timeout: Option<std::time::Duration>) -> Setup {
     let (relay_client, client) = tokio::io::duplex(1 << 16);
     let (relay_server, server) = tokio::io::duplex(1 << 16);
     let dir = tempfile::tempdir().expect("a folder");
@@ -50,6 +55,7 @@ fn setup(cancel: Option<u16>) -> Setup {
                 secret: 2,
             }),
             settle_within: std::time::Duration::from_secs(60),
+            statement_timeout,
             ..Limits::default()
         },
         ..Grant::plain_read(ends_at)
@@ -178,6 +184,77 @@ async fn leave_then_server_closes(last: &[u8]) -> End {
     };
     let (end, ()) = tokio::join!(relay.run(), peers);
     end
+}
+
+/// A statement past the grant's timeout is cancelled, and ends by itself just as the
+/// cancel goes out; the client's next statement waits until the server has taken the
+/// cancel (the postmaster closes the cancel's connection once it signalled the backend).
+/// Sent before, it could be the one the signal interrupts: an attack review had a
+/// statement of its own fail with 57014 for the one before it.
+#[tokio::test]
+async fn the_statement_after_a_timeout_cancel_waits_until_the_server_took_the_cancel() {
+    let cancels = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a listener");
+    let port = cancels.local_addr().expect("its address").port();
+    let Setup {
+        relay,
+        mut client,
+        mut server,
+        _audit_dir,
+        _kill,
+    } = setup_with(Some(port), Some(std::time::Duration::from_millis(10)));
+    let slow = query("SELECT pg_sleep(2)");
+    let next = query("SELECT 'next'");
+    let peers = async {
+        client.write_all(&slow).await.expect("the client writes");
+        assert_eq!(read_exactly(&mut server, slow.len()).await, slow);
+        // The proxy cancels past the timeout; the postmaster (this listener) has the
+        // request but has not yet acted on it.
+        let (mut request, _) = cancels.accept().await.expect("a cancel request");
+        let mut packet = [0u8; 16];
+        request
+            .read_exact(&mut packet)
+            .await
+            .expect("the cancel request");
+        // Meanwhile the statement ended by itself, and the client sends its next.
+        let done = [message(b'C', b"SELECT 1\0"), message(b'Z', b"I")].concat();
+        server.write_all(&done).await.expect("the server answers");
+        assert_eq!(read_exactly(&mut client, done.len()).await, done);
+        client
+            .write_all(&next)
+            .await
+            .expect("the client writes again");
+        let mut early = [0u8; 1];
+        let reached = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            server.read(&mut early),
+        )
+        .await;
+        assert!(
+            reached.is_err(),
+            "the next statement reached the server before it took the cancel"
+        );
+        drop(request);
+        assert_eq!(read_exactly(&mut server, next.len()).await, next);
+        drop(client);
+        drop(server);
+    };
+    let (end, ()) = tokio::join!(relay.run(), peers);
+    assert!(
+        matches!(
+            end,
+            End::ClientGone | End::UpstreamGone | End::ClientLeftMidStatement
+        ),
+        "{end:?}"
+    );
+}
+
+fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 #[tokio::test]

@@ -108,13 +108,13 @@ impl Relay {
             return;
         };
         tracing::info!(?work, "statement timeout of the grant: cancelling");
-        tokio::spawn(async move {
+        self.cancel_in_flight = Some(tokio::spawn(async move {
             if let Err(e) =
                 crate::proxy::upstream::send_cancel(&key.host, key.port, key.pid, key.secret).await
             {
                 tracing::warn!(error = %e, "could not cancel a statement past the grant's timeout");
             }
-        });
+        }));
     }
 }
 

@@ -173,6 +173,8 @@ pub struct Relay {
     running: Option<(Work, Instant)>,
     /// The work whose timeout already sent a cancel.
     cancelled: Option<Work>,
+    /// That cancel while the server may not have taken it yet (see `forward_upstream`).
+    cancel_in_flight: Option<tokio::task::JoinHandle<()>>,
     statement_timer: StatementTimer,
     /// The session named a temporary relation or put a schema before pg_catalog on its
     /// search path: unqualified catalog names may be shadowed.
@@ -269,6 +271,7 @@ impl Relay {
             rows: 0,
             running: None,
             cancelled: None,
+            cancel_in_flight: None,
             statement_timer: StatementTimer::new(),
             uncounted: std::collections::BTreeSet::new(),
             drawn_from: std::collections::BTreeMap::new(),
