@@ -152,13 +152,32 @@ async fn a_client_that_closes_between_statements_on_its_own_is_the_end() {
     drop(server);
 }
 
-/// The client sends a statement and leaves; once the proxy's cancel came (taken by a
-/// listener standing in for the postmaster), the server writes `last` and closes.
-async fn leave_then_server_closes(last: &[u8]) -> End {
+/// A listener standing in for the postmaster, to which the relay's cancels go, and its port.
+async fn postmaster() -> (tokio::net::TcpListener, u16) {
     let cancels = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a listener");
     let port = cancels.local_addr().expect("its address").port();
+    (cancels, port)
+}
+
+/// Takes the next cancel request (for setup's pid 1 and secret 2), leaving its connection
+/// open: the postmaster closes it once it has signalled the backend.
+async fn take_cancel(cancels: &tokio::net::TcpListener) -> tokio::net::TcpStream {
+    let (mut request, _) = cancels.accept().await.expect("a cancel request");
+    let mut packet = [0u8; 16];
+    request
+        .read_exact(&mut packet)
+        .await
+        .expect("the cancel request");
+    assert_eq!(&packet[8..], &[0, 0, 0, 1, 0, 0, 0, 2]);
+    request
+}
+
+/// The client sends a statement and leaves; once the proxy's cancel came (taken by a
+/// listener standing in for the postmaster), the server writes `last` and closes.
+async fn leave_then_server_closes(last: &[u8]) -> End {
+    let (cancels, port) = postmaster().await;
     let Setup {
         relay,
         mut client,
@@ -172,13 +191,7 @@ async fn leave_then_server_closes(last: &[u8]) -> End {
         assert_eq!(read_exactly(&mut server, sent.len()).await, sent);
         drop(client);
         // The proxy cancels the statement once it sees the client gone.
-        let (mut request, _) = cancels.accept().await.expect("a cancel request");
-        let mut packet = [0u8; 16];
-        request
-            .read_exact(&mut packet)
-            .await
-            .expect("the cancel request");
-        assert_eq!(&packet[8..], &[0, 0, 0, 1, 0, 0, 0, 2]);
+        let _request = take_cancel(&cancels).await;
         server.write_all(last).await.expect("the server writes");
         drop(server);
     };
@@ -193,10 +206,7 @@ async fn leave_then_server_closes(last: &[u8]) -> End {
 /// statement of its own fail with 57014 for the one before it.
 #[tokio::test]
 async fn the_statement_after_a_timeout_cancel_waits_until_the_server_took_the_cancel() {
-    let cancels = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a listener");
-    let port = cancels.local_addr().expect("its address").port();
+    let (cancels, port) = postmaster().await;
     let Setup {
         relay,
         mut client,
@@ -211,12 +221,7 @@ async fn the_statement_after_a_timeout_cancel_waits_until_the_server_took_the_ca
         assert_eq!(read_exactly(&mut server, slow.len()).await, slow);
         // The proxy cancels past the timeout; the postmaster (this listener) has the
         // request but has not yet acted on it.
-        let (mut request, _) = cancels.accept().await.expect("a cancel request");
-        let mut packet = [0u8; 16];
-        request
-            .read_exact(&mut packet)
-            .await
-            .expect("the cancel request");
+        let request = take_cancel(&cancels).await;
         // Meanwhile the statement ended by itself, and the client sends its next.
         let done = [message(b'C', b"SELECT 1\0"), message(b'Z', b"I")].concat();
         server.write_all(&done).await.expect("the server answers");
