@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+use super::fuzz::message;
 use super::{CancelKey, End, Grant, Limits, Relay};
 use crate::audit::{AuditLog, SessionFields};
 use crate::proxy::registry::Control;
@@ -94,12 +95,7 @@ fn administrators_fatal() -> Vec<u8> {
 }
 
 fn query(sql: &str) -> Vec<u8> {
-    let mut body = sql.as_bytes().to_vec();
-    body.push(0);
-    let mut out = vec![b'Q'];
-    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    message(b'Q', &[sql.as_bytes(), b"\0"].concat())
 }
 
 /// Reads until `want` bytes came (or the stream ended); returns them.
@@ -253,13 +249,6 @@ async fn the_statement_after_a_timeout_cancel_waits_until_the_server_took_the_ca
         ),
         "{end:?}"
     );
-}
-
-fn message(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![kind];
-    out.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
-    out.extend_from_slice(body);
-    out
 }
 
 #[tokio::test]
