@@ -134,9 +134,16 @@ pub(crate) enum Refused {
     FailedLoginLimit = 1,
     /// `[proxy] max_connections` reached.
     MaxConnections = 2,
+    /// The grant's session limit reached (`max_sessions`, `[proxy] max_sessions_per_grant`).
+    GrantSessions = 3,
 }
 
-const REFUSED: [&str; 3] = ["authentication", "failed_login_limit", "max_connections"];
+const REFUSED: [&str; 4] = [
+    "authentication",
+    "failed_login_limit",
+    "max_connections",
+    "grant_sessions",
+];
 
 /// A counter that travels inside a cloned value (a session's statement count in
 /// `SessionFields`); a clone starts from the value it was cloned from.

@@ -32,6 +32,9 @@ pub enum RequestCommand {
         /// Per-grant limit: most rows any statement may return.
         #[arg(long)]
         max_rows: Option<u64>,
+        /// Per-grant limit: most sessions open at once.
+        #[arg(long)]
+        max_sessions: Option<u32>,
         /// incident, service_request, maintenance, investigation or other.
         #[arg(long, value_parser = |s: &str| s.parse::<ReasonCategory>())]
         reason_category: Option<ReasonCategory>,
@@ -138,6 +141,7 @@ pub async fn run(cli: &Cli, command: &RequestCommand) -> Result<()> {
             duration,
             statement_timeout,
             max_rows,
+            max_sessions,
             reason_category,
             starts_at,
             break_glass,
@@ -150,6 +154,7 @@ pub async fn run(cli: &Cli, command: &RequestCommand) -> Result<()> {
                 duration: duration.clone(),
                 statement_timeout: statement_timeout.clone(),
                 max_rows: *max_rows,
+                max_sessions: *max_sessions,
                 reason_category: *reason_category,
                 starts_at: *starts_at,
                 break_glass: *break_glass,
@@ -383,6 +388,9 @@ fn print_request(cli: &Cli, r: &Request) -> Result<()> {
         ("approvers", approvers(r)),
         ("rules", r.rules_applied.join(", ")),
     ];
+    if let Some(limits) = r.limits() {
+        rows.push(("limits", limits));
+    }
     if let Some(asked) = r.requested_duration_secs {
         rows.push(("capped from", period(asked)));
     }

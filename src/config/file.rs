@@ -90,6 +90,10 @@ pub struct ProxyFile {
     /// Most client connections held at once (default 1000); past it a new connection
     /// gets FATAL 53300 before any upstream work.
     pub max_connections: Option<usize>,
+    /// Most sessions one grant may have open at once through this proxy (none by default);
+    /// a request may ask for fewer (`max_sessions`). The grant's database role gets the
+    /// same `CONNECTION LIMIT`, which holds across proxies.
+    pub max_sessions_per_grant: Option<u32>,
     /// Failed logins one source address may have per `failed_login_window` (default 20);
     /// past it the source is refused (FATAL 08004) and its failures are counted in one
     /// `logins_throttled` record per window instead of one record each.

@@ -1,5 +1,5 @@
-//! `[proxy] max_connections`, `failed_login_limit`, `failed_login_window`, `early_dial`
-//! and `spare_backends`.
+//! `[proxy] max_connections`, `failed_login_limit`, `failed_login_window`, `early_dial`,
+//! `spare_backends` and `max_sessions_per_grant`.
 
 use super::{invalid, parse_duration, ConfigError, ProxyFile};
 use crate::proxy::{ConnectionLimits, EarlyDialPolicy};
@@ -58,6 +58,18 @@ pub(super) fn spare_backends(proxy: &ProxyFile) -> Result<bool, ConfigError> {
     }
 }
 
+/// `[proxy] max_sessions_per_grant`: none by default (a pgbench of 64 clients, or a pool,
+/// may rightly hold many sessions of one grant); when set, at least one.
+pub(super) fn max_sessions_per_grant(proxy: &ProxyFile) -> Result<Option<u32>, ConfigError> {
+    match proxy.max_sessions_per_grant {
+        Some(0) => Err(invalid(
+            "proxy.max_sessions_per_grant",
+            "must be at least 1 (leave it out for no limit)",
+        )),
+        most => Ok(most),
+    }
+}
+
 /// The most `[proxy] threads`: far past any CPU count a proxy is given, low enough that a
 /// typo does not start thousands of threads.
 const MAX_THREADS: usize = 1024;
@@ -108,6 +120,20 @@ mod tests {
             wrong.contains("proxy.early_dial") && wrong.contains("always"),
             "{wrong}"
         );
+    }
+
+    #[test]
+    fn sessions_per_grant_are_unlimited_unless_set_and_never_zero() {
+        let most = |extra: &str| -> Result<Option<u32>, String> {
+            let text = format!("listen = \"127.0.0.1:6432\"\n{extra}");
+            let file: ProxyFile = toml::from_str(&text).map_err(|e| e.to_string())?;
+            max_sessions_per_grant(&file).map_err(|e| e.to_string())
+        };
+        assert_eq!(most(""), Ok(None));
+        assert_eq!(most("max_sessions_per_grant = 8"), Ok(Some(8)));
+        let zero = most("max_sessions_per_grant = 0").expect_err("zero sessions");
+        assert!(zero.contains("proxy.max_sessions_per_grant"), "{zero}");
+        assert!(most("max_sessions_per_grant = -1").is_err());
     }
 
     #[test]

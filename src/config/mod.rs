@@ -71,6 +71,8 @@ pub struct Config {
     pub max_message_memory: usize,
     /// `[proxy] max_connections` and the failed-login limit.
     pub connection_limits: crate::proxy::ConnectionLimits,
+    /// `[proxy] max_sessions_per_grant`: no grant has more sessions open at once.
+    pub max_sessions_per_grant: Option<u32>,
     /// `[proxy] early_dial`.
     pub early_dial: crate::proxy::EarlyDialPolicy,
     /// `[proxy] spare_backends`: a grant that reconnects has a backend logged in ahead.
@@ -311,6 +313,7 @@ impl Config {
             connection_limits,
             early_dial: limits::early_dial(&file.proxy)?,
             spare_backends: limits::spare_backends(&file.proxy)?,
+            max_sessions_per_grant: limits::max_sessions_per_grant(&file.proxy)?,
             proxy_threads: limits::threads(&file.proxy)?,
             state_path,
             state_postgres,

@@ -94,6 +94,7 @@ pub fn check_new_request(
     if new.max_rows == Some(0) {
         return Err(PolicyError::Invalid("max rows must be at least 1".into()));
     }
+    check_max_sessions(config, new.max_sessions)?;
     let ask = Ask {
         database: &new.database,
         access: new.access,
@@ -106,6 +107,22 @@ pub fn check_new_request(
         plan,
         statement_timeout,
     })
+}
+
+/// A request's own session limit: at least one, and within `[proxy]
+/// max_sessions_per_grant` where that is set (the proxy holds every grant to it anyway; a
+/// request asking for more is told so rather than given less than it shows).
+fn check_max_sessions(config: &Config, asked: Option<u32>) -> Result<(), PolicyError> {
+    match (asked, config.max_sessions_per_grant) {
+        (Some(0), _) => Err(PolicyError::Invalid(
+            "max sessions must be at least 1".into(),
+        )),
+        (Some(asked), Some(most)) if asked > most => Err(PolicyError::Invalid(format!(
+            "max sessions {asked} is more than this proxy allows a grant ({most}, \
+             [proxy] max_sessions_per_grant)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// May `caller` decide on `request` now, and in which stage? One person counts once, the
@@ -440,6 +457,54 @@ mod tests {
             "extends": extends, "break_glass": break_glass,
         }))
         .expect("request")
+    }
+
+    #[test]
+    fn a_session_limit_is_at_least_one_and_within_the_proxys_ceiling() {
+        let mut config = config();
+        let eve = user("eve", &["engineer"]);
+        let ask = |config: &Config, max_sessions: Option<u32>| {
+            let new = NewRequest {
+                database: "hr".into(),
+                ticket: "T-1".into(),
+                reason: "debug".into(),
+                max_sessions,
+                ..NewRequest::default()
+            };
+            let protection = config.protection.clone();
+            check_new_request(config, &protection, &eve, &new, Utc::now()).map(|_| ())
+        };
+        assert!(ask(&config, None).is_ok());
+        assert!(ask(&config, Some(500)).is_ok(), "no ceiling by default");
+        assert!(matches!(
+            ask(&config, Some(0)),
+            Err(PolicyError::Invalid(m)) if m.contains("at least 1")
+        ));
+        config.max_sessions_per_grant = Some(4);
+        assert!(ask(&config, Some(4)).is_ok());
+        assert!(matches!(
+            ask(&config, Some(5)),
+            Err(PolicyError::Invalid(m)) if m.contains("max_sessions_per_grant")
+        ));
+    }
+
+    #[test]
+    fn a_grants_session_limit_is_the_lower_of_its_own_and_the_ceiling() {
+        let mut r = request("hr", "approved", None, false);
+        assert_eq!(r.session_limit(None), None);
+        assert_eq!(r.session_limit(Some(8)), Some(8));
+        r.max_sessions = Some(3);
+        assert_eq!(r.session_limit(None), Some(3));
+        assert_eq!(r.session_limit(Some(8)), Some(3));
+        assert_eq!(r.session_limit(Some(2)), Some(2));
+        assert_eq!(r.limits().as_deref(), Some("max sessions 3"));
+        r.statement_timeout_ms = Some(1500);
+        assert_eq!(
+            r.limits().as_deref(),
+            Some("statement timeout 1s 500ms, max sessions 3")
+        );
+        // A request stored before the field existed reads as unlimited.
+        assert_eq!(request("hr", "approved", None, false).max_sessions, None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod request;
 pub mod rules;
 pub(crate) mod sessions;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 pub use admission::{admit, Admission, Refusal};
 pub use decisions::*;

@@ -223,6 +223,10 @@ pub struct Request {
     /// Per-grant limits: no statement may return more rows than this.
     #[serde(default)]
     pub max_rows: Option<u64>,
+    /// Per-grant limits: most sessions open at once (through one proxy; the grant's
+    /// database role is given the same `CONNECTION LIMIT`, which holds across proxies).
+    #[serde(default)]
+    pub max_sessions: Option<u32>,
     /// This request asks to extend that (active) request's window.
     #[serde(default)]
     pub extends: Option<RequestId>,
@@ -283,6 +287,32 @@ impl Request {
             .count() as u32
     }
 
+    /// The grant's own limits in words (`statement timeout 300ms, max sessions 2`), none
+    /// if it has none: what an approver agrees to, beside the level and the window.
+    pub fn limits(&self) -> Option<String> {
+        let mut limits = Vec::new();
+        if let Some(ms) = self.statement_timeout_ms {
+            let timeout = humantime::format_duration(std::time::Duration::from_millis(ms));
+            limits.push(format!("statement timeout {timeout}"));
+        }
+        if let Some(rows) = self.max_rows {
+            limits.push(format!("max rows {rows}"));
+        }
+        if let Some(sessions) = self.max_sessions {
+            limits.push(format!("max sessions {sessions}"));
+        }
+        (!limits.is_empty()).then(|| limits.join(", "))
+    }
+
+    /// Most sessions the grant may have open at once: its own limit, within `ceiling`
+    /// (`[proxy] max_sessions_per_grant`), whichever is lower; none if neither is set.
+    pub fn session_limit(&self, ceiling: Option<u32>) -> Option<u32> {
+        match (self.max_sessions, ceiling) {
+            (Some(own), Some(most)) => Some(own.min(most)),
+            (own, most) => own.or(most),
+        }
+    }
+
     /// Everyone who approved, in order.
     pub fn approvers(&self) -> Vec<&str> {
         self.approvals
@@ -327,6 +357,9 @@ pub struct NewRequest {
     /// Most rows any statement may return, if limited.
     #[serde(default)]
     pub max_rows: Option<u64>,
+    /// Most sessions open at once, if limited.
+    #[serde(default)]
+    pub max_sessions: Option<u32>,
     #[serde(default)]
     pub reason_category: Option<ReasonCategory>,
     /// Earliest start of the window (RFC 3339); at approval when absent.

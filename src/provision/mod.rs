@@ -23,6 +23,7 @@ mod roles;
 pub mod sql;
 
 pub use sql::RoleName;
+use sql::RoleTerms;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -175,8 +176,14 @@ enum GrantRole {
 }
 
 impl Provisioner {
-    /// The login for a session of `request` on `db`.
-    pub async fn login(&self, db: &Database, request: &Request) -> Result<Login, ProvisionError> {
+    /// The login for a session of `request` on `db`; a per-grant role is made with at most
+    /// `sessions` connections at once.
+    pub async fn login(
+        &self,
+        db: &Database,
+        request: &Request,
+        sessions: Option<u32>,
+    ) -> Result<Login, ProvisionError> {
         let Some(level_role) = db.access.get(&request.access) else {
             // Validation requires a read role; this keeps the rule even if it did not.
             if request.access == AccessLevel::Read {
@@ -199,6 +206,11 @@ impl Provisioner {
             .access_expires_at
             .ok_or_else(|| ProvisionError::NoWindow(request.id.0.clone()))?;
         let role = role_name(&request.id)?;
+        let terms = RoleTerms {
+            until,
+            member_of: &level_role.user,
+            sessions,
+        };
         let slot = self.slot(&request.id);
         let mut state = slot.lock().await;
         let password = match &*state {
@@ -207,7 +219,7 @@ impl Provisioner {
             }
             GrantRole::Ended { .. } => {
                 let password = generate_password();
-                roles::create_or_reset(db, &role, &password, until, &level_role.user).await?;
+                roles::create_or_reset(db, &role, &password, &terms).await?;
                 password
             }
             GrantRole::Live { password, until: u } if *u == until => password.clone(),
@@ -217,7 +229,7 @@ impl Provisioner {
             }
             GrantRole::Unknown => {
                 let password = generate_password();
-                roles::create_or_reset(db, &role, &password, until, &level_role.user).await?;
+                roles::create_or_reset(db, &role, &password, &terms).await?;
                 password
             }
         };

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use super::sql::{self, RoleName};
+use super::sql::{self, RoleName, RoleTerms};
 use super::ProvisionError;
 use crate::config::Database;
 
@@ -111,8 +111,7 @@ pub(super) async fn create_or_reset(
     db: &Database,
     role: &RoleName,
     password: &str,
-    until: DateTime<Utc>,
-    member_of: &str,
+    terms: &RoleTerms<'_>,
 ) -> Result<(), ProvisionError> {
     let client = connect(db).await?;
     // Only the verifier reaches the server (and any statement log): never the password.
@@ -120,14 +119,14 @@ pub(super) async fn create_or_reset(
         postgres_protocol::password::scram_sha_256(password.as_bytes())
     });
     match client
-        .batch_execute(&sql::create_role(role, &verifier, until, member_of))
+        .batch_execute(&sql::create_role(role, &verifier, terms))
         .await
     {
         Ok(()) => {
-            tracing::info!(role = role.as_str(), member_of, %until, "per-grant role created");
+            tracing::info!(role = role.as_str(), member_of = terms.member_of, until = %terms.until, sessions = ?terms.sessions, "per-grant role created");
             Ok(())
         }
-        Err(e) if exists_already(&e) => reset(db, &client, role, &verifier, until, member_of).await,
+        Err(e) if exists_already(&e) => reset(db, &client, role, &verifier, terms).await,
         Err(e) => Err(failed(db, "creating the grant's role")(e)),
     }
 }
@@ -145,8 +144,7 @@ async fn reset(
     client: &Client,
     role: &RoleName,
     verifier: &str,
-    until: DateTime<Utc>,
-    member_of: &str,
+    terms: &RoleTerms<'_>,
 ) -> Result<(), ProvisionError> {
     let step = "checking the grant's existing role";
     let row = client
@@ -158,17 +156,17 @@ async fn reset(
     let member_of_now: Vec<String> = row.try_get(1).map_err(failed(db, step))?;
     // Someone else's role under our name, or one changed behind lockbox's back: do not
     // hand it to an engineer.
-    if privileged || member_of_now.iter().any(|m| m != member_of) {
+    if privileged || member_of_now.iter().any(|m| m != terms.member_of) {
         return Err(ProvisionError::Unexpected {
             role: role.as_str().to_owned(),
             member_of: member_of_now,
         });
     }
     client
-        .batch_execute(&sql::reset_role(role, verifier, until, member_of))
+        .batch_execute(&sql::reset_role(role, verifier, terms))
         .await
         .map_err(failed(db, "taking over the grant's existing role"))?;
-    tracing::info!(role = role.as_str(), member_of, %until, "per-grant role taken over");
+    tracing::info!(role = role.as_str(), member_of = terms.member_of, until = %terms.until, sessions = ?terms.sessions, "per-grant role taken over");
     Ok(())
 }
 

@@ -55,39 +55,52 @@ fn timestamp(at: DateTime<Utc>) -> String {
     escape_literal(&at.to_rfc3339_opts(SecondsFormat::Micros, true))
 }
 
-/// Creates the grant's role: it may log in until `until`, with the password whose SCRAM
-/// verifier is `verifier`, and holds nothing but membership of `member_of`. The attributes
-/// are spelled out so no default of the server's can add one.
-pub fn create_role(
-    role: &RoleName,
-    verifier: &str,
-    until: DateTime<Utc>,
-    member_of: &str,
-) -> String {
+/// What a grant's role is given besides its name and password.
+#[derive(Clone, Copy, Debug)]
+pub struct RoleTerms<'a> {
+    /// The window's end: the role's `VALID UNTIL`.
+    pub until: DateTime<Utc>,
+    /// The level's role, whose privileges it inherits.
+    pub member_of: &'a str,
+    /// The grant's session limit: the role's `CONNECTION LIMIT` (none when `None`).
+    pub sessions: Option<u32>,
+}
+
+impl RoleTerms<'_> {
+    /// `CONNECTION LIMIT n`, or `-1` (none): spelled out on a role taken over too, so a
+    /// limit an earlier grant of the same name had does not linger.
+    fn connection_limit(&self) -> String {
+        self.sessions.map_or("-1".into(), |n| n.to_string())
+    }
+}
+
+/// Creates the grant's role: it may log in until the window's end, with the password whose
+/// SCRAM verifier is `verifier`, at most its session limit at once, and holds nothing but
+/// membership of the level's role. The attributes are spelled out so no default of the
+/// server's can add one.
+pub fn create_role(role: &RoleName, verifier: &str, terms: &RoleTerms<'_>) -> String {
     format!(
         "CREATE ROLE {} LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
-         NOBYPASSRLS PASSWORD {} VALID UNTIL {} IN ROLE {}",
+         NOBYPASSRLS CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {} IN ROLE {}",
         role.quoted(),
+        terms.connection_limit(),
         escape_literal(verifier),
-        timestamp(until),
-        escape_identifier(member_of),
+        timestamp(terms.until),
+        escape_identifier(terms.member_of),
     )
 }
 
 /// Takes over a role that already exists (made before a restart, or by another proxy):
-/// a new password, the window's end, and the membership. Attributes are checked, not set,
-/// beforehand: only a superuser may even name SUPERUSER or REPLICATION in ALTER ROLE.
-pub fn reset_role(
-    role: &RoleName,
-    verifier: &str,
-    until: DateTime<Utc>,
-    member_of: &str,
-) -> String {
+/// a new password, the window's end, the session limit, and the membership. Attributes
+/// are checked, not set, beforehand: only a superuser may even name SUPERUSER or
+/// REPLICATION in ALTER ROLE.
+pub fn reset_role(role: &RoleName, verifier: &str, terms: &RoleTerms<'_>) -> String {
     format!(
-        "ALTER ROLE {r} LOGIN PASSWORD {} VALID UNTIL {}; GRANT {} TO {r}",
+        "ALTER ROLE {r} LOGIN CONNECTION LIMIT {} PASSWORD {} VALID UNTIL {}; GRANT {} TO {r}",
+        terms.connection_limit(),
         escape_literal(verifier),
-        timestamp(until),
-        escape_identifier(member_of),
+        timestamp(terms.until),
+        escape_identifier(terms.member_of),
         r = role.quoted(),
     )
 }
@@ -179,17 +192,31 @@ mod tests {
     #[test]
     fn names_and_secrets_are_escaped() {
         let role = RoleName("lockbox_req-1".into());
-        let sql = create_role(&role, "SCRAM'$x\\y", at(), "odd\"role");
+        let terms = RoleTerms {
+            until: at(),
+            member_of: "odd\"role",
+            sessions: None,
+        };
+        let sql = create_role(&role, "SCRAM'$x\\y", &terms);
         assert_eq!(
             sql,
             "CREATE ROLE \"lockbox_req-1\" LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE \
-             NOREPLICATION NOBYPASSRLS PASSWORD  E'SCRAM''$x\\\\y' \
+             NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1 PASSWORD  E'SCRAM''$x\\\\y' \
              VALID UNTIL '2030-01-02T03:04:05.678901Z' IN ROLE \"odd\"\"role\""
         );
+        let terms = RoleTerms {
+            member_of: "sales_read",
+            sessions: Some(3),
+            ..terms
+        };
         assert_eq!(
-            reset_role(&role, "v", at(), "sales_read"),
-            "ALTER ROLE \"lockbox_req-1\" LOGIN PASSWORD 'v' VALID UNTIL \
+            reset_role(&role, "v", &terms),
+            "ALTER ROLE \"lockbox_req-1\" LOGIN CONNECTION LIMIT 3 PASSWORD 'v' VALID UNTIL \
              '2030-01-02T03:04:05.678901Z'; GRANT \"sales_read\" TO \"lockbox_req-1\""
+        );
+        assert!(
+            create_role(&role, "v", &terms).contains(" CONNECTION LIMIT 3 "),
+            "the session limit is the role's connection limit"
         );
         assert_eq!(
             drop_role(&role, "svc"),

@@ -235,6 +235,14 @@ impl Registry {
         live
     }
 
+    /// Sessions of `request_id` registered now: admitted, or logging in with its token.
+    pub(crate) fn sessions_of(&self, request_id: &RequestId) -> usize {
+        self.sessions
+            .iter()
+            .filter(|e| &e.request_id == request_id)
+            .count()
+    }
+
     pub fn live_sessions(&self) -> usize {
         self.sessions.len()
     }

@@ -225,6 +225,7 @@ impl Lockbox {
             revoke_reason: None,
             statement_timeout_ms: checked.statement_timeout.map(|d| d.as_millis() as u64),
             max_rows: new.max_rows,
+            max_sessions: new.max_sessions,
             extends: extends.map(|o| o.id.clone()),
             break_glass: new.break_glass,
             acknowledged_by: None,
@@ -240,6 +241,7 @@ impl Lockbox {
         if let Some(original) = extends {
             request.statement_timeout_ms = original.statement_timeout_ms;
             request.max_rows = original.max_rows;
+            request.max_sessions = original.max_sessions;
             events.push(request_event(
                 original,
                 RequestEvent::ExtensionRequested,

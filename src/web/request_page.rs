@@ -113,6 +113,7 @@ fn details(config: &crate::config::Config, r: &Request) -> Markup {
             dt { "Support request" } dd { (shown(&r.ticket)) }
             dt { "Reason" } dd class="reason" { (shown(&r.reason)) }
             dt { "Level" } dd { (r.access.as_str()) }
+            dt { "Limits" } dd { (r.limits().unwrap_or_else(|| "none".into())) }
             dt { "Requested" } dd { (time(r.created_at)) }
             dt { "Request expires" } dd { (time(r.request_expires_at)) }
             dt { "Access period" } dd { (access_period(r)) }
@@ -377,4 +378,24 @@ pub(crate) async fn stream(
         frame
     }));
     Ok(Response::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_approver_sees_the_grants_limits() {
+        let config = crate::policy::test_support::two_databases();
+        let mut r = crate::web::requests::tests::sample();
+        let none = details(&config, &r).into_string();
+        assert!(none.contains("<dt>Limits</dt><dd>none</dd>"), "{none}");
+        r.max_rows = Some(100);
+        r.max_sessions = Some(2);
+        let both = details(&config, &r).into_string();
+        assert!(
+            both.contains("<dt>Limits</dt><dd>max rows 100, max sessions 2</dd>"),
+            "{both}"
+        );
+    }
 }

@@ -177,7 +177,7 @@ fn pager(status: &str, page_no: usize, pages: usize) -> Markup {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> Request {

@@ -83,6 +83,7 @@ mod roles;
 mod row_limit_portals;
 mod server_end_tls;
 mod session_end;
+mod session_limit;
 mod session_threads;
 mod skip_to_sync;
 mod spare;

@@ -32,7 +32,10 @@ async fn logged_in(name: &str) -> Grant {
         .expect("the grant's database")
         .clone();
     let provisioner = Provisioner::default();
-    provisioner.login(&db, &request).await.expect("first login");
+    provisioner
+        .login(&db, &request, None)
+        .await
+        .expect("first login");
     let grant = Grant {
         role: format!("lockbox_{id}"),
         id: RequestId(id),
@@ -78,7 +81,7 @@ async fn a_late_end_of_an_older_window_does_not_undo_a_revocation() {
         .end_window(&g.db, &g.id, older)
         .await
         .expect("an expired session's end");
-    let again = g.provisioner.login(&g.db, &g.request).await;
+    let again = g.provisioner.login(&g.db, &g.request, None).await;
     assert!(again.is_err(), "a revoked grant's login");
     assert!(!g.role_exists(), "a revoked grant's role made again");
 }
@@ -99,7 +102,7 @@ async fn an_extension_after_a_revocation_and_a_window_end_does_not_bring_the_rol
         .extend(&g.db, &g.id, g.window_end() + hour)
         .await
         .expect("a late extension");
-    let again = g.provisioner.login(&g.db, &g.extended(hour)).await;
+    let again = g.provisioner.login(&g.db, &g.extended(hour), None).await;
     assert!(again.is_err(), "a revoked grant's login");
     assert!(!g.role_exists(), "a revoked grant's role made again");
 }
@@ -113,10 +116,10 @@ async fn a_window_ended_then_extended_past_takes_a_new_login() {
         .await
         .expect("an expired session's end");
     assert!(!g.role_exists());
-    let same = g.provisioner.login(&g.db, &g.request).await;
+    let same = g.provisioner.login(&g.db, &g.request, None).await;
     assert!(same.is_err(), "a login in the window that ended");
     g.provisioner
-        .login(&g.db, &g.extended(hour))
+        .login(&g.db, &g.extended(hour), None)
         .await
         .expect("a login in the extended window");
     assert!(g.role_exists(), "the role made again");

@@ -115,7 +115,37 @@ pub(super) async fn admit_token(
                 }
             }
         })?;
+    within_session_limit(proxy, &admission)?;
     Ok((admission, claimed, kill))
+}
+
+/// A grant with a session limit has at most that many sessions here, this one counted
+/// (registered before admission, so two logins racing for the last place both count each
+/// other: at worst both are refused, never both let in). Across proxies the grant's role's
+/// `CONNECTION LIMIT` holds the same number.
+fn within_session_limit(proxy: &Proxy, admission: &Admission) -> Result<(), LoginError> {
+    let request = &admission.request;
+    let Some(limit) = request.session_limit(proxy.lockbox.config().max_sessions_per_grant) else {
+        return Ok(());
+    };
+    let open = proxy.registry.sessions_of(&request.id);
+    if open <= limit as usize {
+        return Ok(());
+    }
+    proxy
+        .lockbox
+        .audit
+        .metrics()
+        .refused(crate::metrics::Refused::GrantSessions);
+    tracing::info!(limit, open, "grant at its session limit");
+    Err(LoginError {
+        sqlstate: sqlstate::TOO_MANY_CONNECTIONS,
+        message: format!(
+            "too many sessions for this access grant: it allows {limit} at once ({} open)",
+            open - 1
+        ),
+        audited: false,
+    })
 }
 
 /// A connection from a source admitted lately (see `early_dial`) has its upstream dialed

@@ -42,15 +42,18 @@ pub(super) async fn connect_upstream(
         // Bounded as a whole: preparing the grant's role runs queries on a service
         // connection, and a database that stalls after it answered the login would hold
         // the admission (and its client) for as long as it stalls.
-        let prepared =
-            tokio::time::timeout(PROVISION_TIMEOUT, lockbox.provisioner.login(db, request))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(crate::provision::ProvisionError::Timeout {
-                        database: db.name.clone(),
-                        secs: PROVISION_TIMEOUT.as_secs(),
-                    })
-                });
+        let sessions = request.session_limit(lockbox.config().max_sessions_per_grant);
+        let prepared = tokio::time::timeout(
+            PROVISION_TIMEOUT,
+            lockbox.provisioner.login(db, request, sessions),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::provision::ProvisionError::Timeout {
+                database: db.name.clone(),
+                secs: PROVISION_TIMEOUT.as_secs(),
+            })
+        });
         let login = match prepared {
             Ok(login) => login,
             Err(crate::provision::ProvisionError::Ended(_)) => {

@@ -1,0 +1,229 @@
+//! A grant's session limit: `max_sessions` on the request, `[proxy] max_sessions_per_grant`
+//! for every grant. An attack review opened 297 sessions with one read token until the
+//! server had no slot left for anyone; a limited grant holds at most its number, refused
+//! past it with the server's own 53300, and its database role carries the same
+//! `CONNECTION LIMIT`, so the database holds it too (across proxies).
+
+use std::process::Command;
+use std::time::Duration;
+
+use lockbox::policy::{AccessLevel, NewRequest};
+
+use crate::harness::{db_error, metric, Env, Options, PROVISIONER_PASSWORD, PROVISIONER_ROLE};
+
+fn limited(env: &Env, max_sessions: Option<u32>) -> NewRequest {
+    NewRequest {
+        database: env.db.clone(),
+        ticket: "SUP-297".into(),
+        reason: "a bounded look".into(),
+        access: AccessLevel::Read,
+        duration: Some("1h".into()),
+        max_sessions,
+        ..Default::default()
+    }
+}
+
+async fn session(env: &Env, token: &str) -> tokio_postgres::Client {
+    let (client, _conn) = env.connect("eve", token).await.expect("login");
+    let one = client.simple_query("SELECT 1").await.expect("select");
+    assert!(!one.is_empty());
+    client
+}
+
+fn connection_limit(env: &Env, id: &str) -> String {
+    env.superuser_sql(&format!(
+        "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'lockbox_{id}'"
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_holds_at_most_its_sessions_at_once_and_its_role_says_so() {
+    let env = Env::provisioned("session_limit").await;
+    let (id, token) = env.approved("eve", limited(&env, Some(2))).await;
+    let shown = env.client("eve").show_request(&id).await.expect("show");
+    assert_eq!(shown.max_sessions, Some(2));
+
+    let first = session(&env, &token).await;
+    let second = session(&env, &token).await;
+    let err = env
+        .connect("eve", &token)
+        .await
+        .expect_err("a third session is refused");
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "53300", "{message}");
+    assert!(message.contains("allows 2"), "{message}");
+    assert_eq!(connection_limit(&env, &id), "2");
+    let refused = metric(
+        &env,
+        "lockbox_sessions_refused_total{reason=\"grant_sessions\"}",
+    )
+    .await;
+    assert_eq!(refused, 1.0);
+
+    // The two it holds are served as before.
+    for client in [&first, &second] {
+        let rows = client.simple_query("SELECT 2").await.expect("still served");
+        assert!(!rows.is_empty());
+    }
+    // One ends: its place is free again (the proxy forgets a session once its relay ends,
+    // the server its backend once it exits).
+    drop(first);
+    let mut third = None;
+    for _ in 0..100 {
+        if let Ok((client, _conn)) = env.connect("eve", &token).await {
+            third = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let third = third.expect("a place freed by a session that ended is taken again");
+    third.simple_query("SELECT 3").await.expect("served");
+
+    // Another grant, without a limit, is not held to this one's, and its role has none.
+    let (other, other_token) = env.approved("eve", limited(&env, None)).await;
+    let others: Vec<_> = [(); 3].iter().map(|()| &other_token).collect();
+    let mut held = Vec::new();
+    for token in others {
+        held.push(session(&env, token).await);
+    }
+    assert_eq!(connection_limit(&env, &other), "-1");
+    drop((second, third, held));
+}
+
+/// The database enforces the limit on its own: another proxy (or anything else logging
+/// in as the grant's role) finds the role at its `CONNECTION LIMIT`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_refuses_the_grants_role_past_its_limit_without_the_proxy() {
+    let env = Env::provisioned("session_limit_db").await;
+    let (id, token) = env.approved("eve", limited(&env, Some(1))).await;
+    let _held = session(&env, &token).await;
+    let role = format!("lockbox_{id}");
+    // A second way in as the role, behind the proxy's back: the role's own password.
+    env.superuser_sql(&format!("ALTER ROLE \"{role}\" PASSWORD 'behind'"));
+    let direct = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(env.pg.port)
+        .user(&role)
+        .password("behind")
+        .dbname(&env.db)
+        .connect(tokio_postgres::NoTls)
+        .await;
+    let err = direct.err().expect("the role is at its connection limit");
+    assert_eq!(
+        db_error(&err).0,
+        "53300",
+        "the server's own refusal: {err:?}"
+    );
+}
+
+/// `[proxy] max_sessions_per_grant` holds every grant, limited or not, and a request may
+/// not ask for more than it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxys_ceiling_holds_every_grant() {
+    let env = Env::with(
+        "session_ceiling",
+        Options {
+            upstream_user: PROVISIONER_ROLE,
+            upstream_password: PROVISIONER_PASSWORD,
+            proxy_extra: "max_sessions_per_grant = 1\n",
+            ..Default::default()
+        },
+    )
+    .await;
+    let asked_more = env
+        .client("eve")
+        .create_request(&limited(&env, Some(2)))
+        .await
+        .expect_err("more than the proxy allows a grant");
+    assert!(
+        asked_more.to_string().contains("max_sessions_per_grant"),
+        "{asked_more}"
+    );
+
+    let (id, token) = env.approved("eve", limited(&env, None)).await;
+    let _held = session(&env, &token).await;
+    let err = env
+        .connect("eve", &token)
+        .await
+        .expect_err("a second session past the ceiling");
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "53300", "{message}");
+    assert!(
+        message.contains("allows 1"),
+        "the proxy's own refusal: {message}"
+    );
+    assert_eq!(connection_limit(&env, &id), "1");
+}
+
+/// `lockbox request create --max-sessions` asks for it; `request show` tells an approver.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_limit_is_asked_for_and_shown_on_the_command_line() {
+    let env = Env::start("session_limit_cli").await;
+    let run = |user: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lockbox"))
+            .args(args)
+            .env("LOCKBOX_SERVER", env.deployment.server_url())
+            .env("LOCKBOX_API_KEY", &env.deployment.api_keys[user])
+            .output()
+            .expect("run lockbox");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let id = run(
+        "eve",
+        &[
+            "request",
+            "create",
+            "--database",
+            &env.db,
+            "--ticket",
+            "SUP-8",
+            "--reason",
+            "two tabs",
+            "--access",
+            "read",
+            "--max-sessions",
+            "2",
+            "--max-rows",
+            "50",
+        ],
+    );
+    let shown = run("carol", &["request", "show", &id]);
+    let limits = shown
+        .lines()
+        .find(|l| l.starts_with("limits"))
+        .unwrap_or_default();
+    assert!(
+        limits.contains("max rows 50") && limits.contains("max sessions 2"),
+        "{shown}"
+    );
+    let zero = Command::new(env!("CARGO_BIN_EXE_lockbox"))
+        .args([
+            "request",
+            "create",
+            "--database",
+            &env.db,
+            "--ticket",
+            "SUP-9",
+            "--reason",
+            "none at all",
+            "--access",
+            "read",
+            "--max-sessions",
+            "0",
+        ])
+        .env("LOCKBOX_SERVER", env.deployment.server_url())
+        .env("LOCKBOX_API_KEY", &env.deployment.api_keys["eve"])
+        .output()
+        .expect("run lockbox");
+    assert!(!zero.status.success());
+    assert!(
+        String::from_utf8_lossy(&zero.stderr).contains("max sessions must be at least 1"),
+        "{}",
+        String::from_utf8_lossy(&zero.stderr)
+    );
+}
