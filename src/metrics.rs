@@ -322,6 +322,7 @@ impl Metrics {
         match event {
             SessionEvent::Connected => inc(&self.sessions_admitted),
             SessionEvent::AuthenticationFailed => self.refused(Refused::Authentication),
+            SessionEvent::SessionRefused => self.refused(Refused::GrantSessions),
             SessionEvent::Disconnected => inc(&self.sessions_ended),
             SessionEvent::DroppedExpired => drop(0),
             SessionEvent::DroppedRevoked => drop(1),

@@ -170,6 +170,9 @@ pub enum SessionEvent {
     DroppedShutdown,
     /// An admin or approver ended the session (`lockbox session kill`, `reason`).
     DroppedKilled,
+    /// A login whose token held, refused for its grant's session limit (`reason`); not a
+    /// failed login, so it counts toward no source's `failed_login_limit`.
+    SessionRefused,
     /// Logins from one source past `[proxy] failed_login_limit`, refused without a record
     /// each: one summary per source and window, `reason` giving the count.
     LoginsThrottled,

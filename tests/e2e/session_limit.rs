@@ -59,6 +59,30 @@ async fn a_grant_holds_at_most_its_sessions_at_once_and_its_role_says_so() {
     )
     .await;
     assert_eq!(refused, 1.0);
+    // Audited as a refused use of the grant, not as a failed login.
+    let records = env
+        .wait_for_audit("the refused session", |records| {
+            records.iter().any(|r| r["event"] == "session_refused")
+        })
+        .await;
+    let refusal = records
+        .iter()
+        .find(|r| r["event"] == "session_refused")
+        .expect("found");
+    assert_eq!(refusal["request_id"], id.as_str());
+    assert_eq!(refusal["engineer"], "eve");
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("allows 2")),
+        "{refusal}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["event"] == "authentication_failed"),
+        "the token held: no failed login"
+    );
 
     // The two it holds are served as before.
     for client in [&first, &second] {

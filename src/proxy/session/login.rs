@@ -10,6 +10,7 @@ use super::{
     audit_auth_failure, check_startup, login_error, read_password, write, Claimed, KillSwitch,
     LoginError,
 };
+use crate::audit::{AuditEvent, SessionEvent, SessionRecord};
 use crate::ids::{RequestId, SessionId};
 use crate::policy::Admission;
 use crate::proxy::early_dial::{Claim, EarlyDial, EarlyDialPolicy};
@@ -115,15 +116,21 @@ pub(super) async fn admit_token(
                 }
             }
         })?;
-    within_session_limit(proxy, &admission)?;
+    within_session_limit(proxy, id, peer, &admission)?;
     Ok((admission, claimed, kill))
 }
 
 /// A grant with a session limit has at most that many sessions here, this one counted
 /// (registered before admission, so two logins racing for the last place both count each
 /// other: at worst both are refused, never both let in). Across proxies the grant's role's
-/// `CONNECTION LIMIT` holds the same number.
-fn within_session_limit(proxy: &Proxy, admission: &Admission) -> Result<(), LoginError> {
+/// `CONNECTION LIMIT` holds the same number. A refusal is audited (`session_refused`), as
+/// any refused use of a grant is, and is no failed login: the token held.
+fn within_session_limit(
+    proxy: &Proxy,
+    id: &SessionId,
+    peer: SocketAddr,
+    admission: &Admission,
+) -> Result<(), LoginError> {
     let request = &admission.request;
     let Some(limit) = request.session_limit(proxy.lockbox.config().max_sessions_per_grant) else {
         return Ok(());
@@ -132,18 +139,29 @@ fn within_session_limit(proxy: &Proxy, admission: &Admission) -> Result<(), Logi
     if open <= limit as usize {
         return Ok(());
     }
+    let message = format!(
+        "too many sessions for this access grant: it allows {limit} at once ({} open)",
+        open - 1
+    );
+    tracing::info!(limit, open, "grant at its session limit");
     proxy
         .lockbox
         .audit
-        .metrics()
-        .refused(crate::metrics::Refused::GrantSessions);
-    tracing::info!(limit, open, "grant at its session limit");
+        .append(vec![AuditEvent::Session(SessionRecord {
+            event: SessionEvent::SessionRefused,
+            session_id: id.0.clone(),
+            client_addr: peer.to_string(),
+            engineer: Some(request.engineer.clone()),
+            database: Some(request.database.clone()),
+            request_id: Some(request.id.0.clone()),
+            ticket: Some(request.ticket.clone()),
+            reason: Some(message.clone()),
+            backend_pid: None,
+            break_glass: request.break_glass,
+        })]);
     Err(LoginError {
         sqlstate: sqlstate::TOO_MANY_CONNECTIONS,
-        message: format!(
-            "too many sessions for this access grant: it allows {limit} at once ({} open)",
-            open - 1
-        ),
+        message,
         audited: false,
     })
 }
