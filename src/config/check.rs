@@ -130,6 +130,7 @@ fn each_part(file: ConfigFile, base: &Path, problems: &mut Problems) {
         ("timings.default_access", &timings.default_access),
         ("timings.max_access", &timings.max_access),
         ("timings.terminate_after", &timings.terminate_after),
+        ("timings.catalog_refresh", &timings.catalog_refresh),
         ("audit.sync_interval", &file.audit.sync_interval),
         ("api.web_session_ttl", &file.api.web_session_ttl),
     ] {

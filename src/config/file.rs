@@ -270,6 +270,11 @@ pub struct TimingsFile {
     /// than the window are skipped).
     #[serde(default = "access::default_warn_before")]
     pub warn_before: Vec<String>,
+    /// How often a database's own code (functions, and the links between its relations)
+    /// is read again while sessions that need it are open; a login finds a read older than
+    /// this stale.
+    #[serde(default = "default_catalog_refresh")]
+    pub catalog_refresh: String,
 }
 
 fn default_request_ttl() -> String {
@@ -287,6 +292,10 @@ fn default_terminate_after() -> String {
     "2s".into()
 }
 
+fn default_catalog_refresh() -> String {
+    "60s".into()
+}
+
 /// Longest `timings.terminate_after`: the backend keeps its access until then, and shutdown
 /// waits for it.
 pub const MAX_TERMINATE_AFTER: Duration = Duration::from_secs(5);
@@ -299,6 +308,7 @@ impl Default for TimingsFile {
             max_access: default_max_access(),
             terminate_after: default_terminate_after(),
             warn_before: access::default_warn_before(),
+            catalog_refresh: default_catalog_refresh(),
         }
     }
 }

@@ -58,6 +58,11 @@ pub(super) fn spare_backends(proxy: &ProxyFile) -> Result<bool, ConfigError> {
     }
 }
 
+/// The most sessions a grant's limit may name: far past what one PostgreSQL server takes
+/// (at most 262,143 backends), and what its role's `CONNECTION LIMIT` (an int4, one more
+/// than the limit) always holds.
+pub const MOST_SESSIONS_PER_GRANT: u32 = 100_000;
+
 /// `[proxy] max_sessions_per_grant`: none by default (a pgbench of 64 clients, or a pool,
 /// may rightly hold many sessions of one grant); when set, at least one.
 pub(super) fn max_sessions_per_grant(proxy: &ProxyFile) -> Result<Option<u32>, ConfigError> {
@@ -65,6 +70,10 @@ pub(super) fn max_sessions_per_grant(proxy: &ProxyFile) -> Result<Option<u32>, C
         Some(0) => Err(invalid(
             "proxy.max_sessions_per_grant",
             "must be at least 1 (leave it out for no limit)",
+        )),
+        Some(n) if n > MOST_SESSIONS_PER_GRANT => Err(invalid(
+            "proxy.max_sessions_per_grant",
+            format!("{n} is more than {MOST_SESSIONS_PER_GRANT}"),
         )),
         most => Ok(most),
     }
@@ -134,6 +143,9 @@ mod tests {
         let zero = most("max_sessions_per_grant = 0").expect_err("zero sessions");
         assert!(zero.contains("proxy.max_sessions_per_grant"), "{zero}");
         assert!(most("max_sessions_per_grant = -1").is_err());
+        assert_eq!(most("max_sessions_per_grant = 100000"), Ok(Some(100_000)));
+        let huge = most("max_sessions_per_grant = 2147483648").expect_err("past the most");
+        assert!(huge.contains("proxy.max_sessions_per_grant"), "{huge}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod check;
 mod databases;
 mod file;
 mod limits;
+pub use limits::MOST_SESSIONS_PER_GRANT;
 pub mod notify;
 mod pg_url;
 pub(crate) mod state;
@@ -101,6 +102,8 @@ pub struct Config {
     pub max_access: Duration,
     /// How long a dropped session's backend may linger before it is terminated.
     pub terminate_after: Duration,
+    /// `[timings] catalog_refresh`: how often a database's own code is read again.
+    pub catalog_refresh: Duration,
     /// `[timings] warn_before`, longest first.
     pub warn_before: Vec<Duration>,
     /// How engineers reach the proxy (`[proxy] public_host`, `public_port`, `ca_cert`).
@@ -266,6 +269,11 @@ impl Config {
                 ),
             ));
         }
+        let catalog_refresh =
+            parse_duration("timings.catalog_refresh", &file.timings.catalog_refresh)?;
+        if catalog_refresh < Duration::from_secs(1) {
+            return Err(invalid("timings.catalog_refresh", "must be at least 1s"));
+        }
         let warn_before = access::warn_before(&file.timings.warn_before)?;
         let connect = access::connect_info(
             file.proxy.public_host.as_deref(),
@@ -332,6 +340,7 @@ impl Config {
             default_access,
             max_access,
             terminate_after,
+            catalog_refresh,
             warn_before,
             connect,
             databases,

@@ -9,7 +9,7 @@ use super::request::{Approval, NewRequest, Request, RequestStatus, Stage};
 use super::rules::{self, Ask, Plan, Protection};
 use super::{forbidden, require_role, PolicyError};
 use crate::config::workflow::BreakGlass;
-use crate::config::{Config, Role, User};
+use crate::config::{Config, Role, User, MOST_SESSIONS_PER_GRANT};
 
 /// A new request that passed validation and the rules.
 #[derive(Debug)]
@@ -117,6 +117,9 @@ fn check_max_sessions(config: &Config, asked: Option<u32>) -> Result<(), PolicyE
         (Some(0), _) => Err(PolicyError::Invalid(
             "max sessions must be at least 1".into(),
         )),
+        (Some(asked), _) if asked > MOST_SESSIONS_PER_GRANT => Err(PolicyError::Invalid(format!(
+            "max sessions {asked} is more than {MOST_SESSIONS_PER_GRANT}"
+        ))),
         (Some(asked), Some(most)) if asked > most => Err(PolicyError::Invalid(format!(
             "max sessions {asked} is more than this proxy allows a grant ({most}, \
              [proxy] max_sessions_per_grant)"
@@ -476,6 +479,11 @@ mod tests {
         };
         assert!(ask(&config, None).is_ok());
         assert!(ask(&config, Some(500)).is_ok(), "no ceiling by default");
+        assert!(ask(&config, Some(MOST_SESSIONS_PER_GRANT)).is_ok());
+        assert!(matches!(
+            ask(&config, Some(MOST_SESSIONS_PER_GRANT + 1)),
+            Err(PolicyError::Invalid(m)) if m.contains("is more than")
+        ));
         assert!(matches!(
             ask(&config, Some(0)),
             Err(PolicyError::Invalid(m)) if m.contains("at least 1")

@@ -5,7 +5,7 @@
 //! logs in as it; the role is dropped when the grant ends. Without per-grant roles,
 //! sessions log in as the level's configured role.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,15 +13,17 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use rand::Rng;
 
-use crate::config::{Config, ConfigError, Credentials, Database, Guardrails};
-use crate::guard::CatalogReach;
+use crate::config::{Config, ConfigError, Credentials, Database};
 use crate::ids::RequestId;
 use crate::policy::{AccessLevel, Request};
 
 mod catalog;
+mod code;
 mod roles;
 pub mod sql;
 
+use code::CodeWatch;
+pub use code::{CodeRead, CodeUpdates, DatabaseCode};
 pub use sql::RoleName;
 use sql::RoleTerms;
 
@@ -84,9 +86,8 @@ const ENDED_MEMORY: Duration = Duration::from_secs(600);
 pub struct Provisioner {
     /// Each database's decision, by name, valid while its coordinates stay the same.
     modes: DashMap<String, Decided>,
-    /// Each database's own functions and relation links, by database name, when they were
-    /// read, and the database's code generation then.
-    functions: DashMap<String, (Instant, u64, DatabaseCode)>,
+    /// Each database's latest read of its own code, with the sessions that follow it.
+    code: DashMap<String, Arc<CodeWatch>>,
     /// Each database's code generation: how many statements that may change its schema or
     /// code (DDL) the sessions of this process forwarded to it. A list read before the
     /// latest is stale, and so is a session's view of it.
@@ -94,39 +95,6 @@ pub struct Provisioner {
     /// Each grant's role as this process knows it. The lock makes the first session of a
     /// grant create the role and the others wait for it; the end of the grant takes it too.
     grants: DashMap<RequestId, Arc<tokio::sync::Mutex<GrantRole>>>,
-}
-
-/// A database's own functions and the links between its relations, as its catalog had
-/// them.
-#[derive(Clone, Default)]
-pub struct DatabaseCode {
-    /// Names of its functions that are not built in (lowercased as PostgreSQL stores
-    /// unquoted names), and its operators that no extension installed (`operator <symbol>`).
-    pub functions: Arc<std::collections::HashSet<String>>,
-    /// How its relations reach each other's rows (inheritance, views and rules, cascades).
-    pub links: Arc<[crate::guard::RelationLink]>,
-    /// What its links reach under the rules last asked for: computed once per read of the
-    /// catalog, not at every login.
-    reach: ReachCache,
-}
-
-/// The reach last computed from a database's links, and the rules it was computed for.
-type ReachCache = Arc<std::sync::Mutex<Option<(Guardrails, Arc<CatalogReach>)>>>;
-
-impl DatabaseCode {
-    /// What naming each relation reaches under `rules` (see `guard::CatalogReach`).
-    pub fn reach(&self, rules: &Guardrails) -> Arc<CatalogReach> {
-        // A poisoned lock only means another session panicked computing it: compute again.
-        let mut cached = self.reach.lock().unwrap_or_else(|e| e.into_inner());
-        match cached.as_ref() {
-            Some((for_rules, reach)) if for_rules == rules => reach.clone(),
-            _ => {
-                let reach = Arc::new(CatalogReach::new(rules, &self.links));
-                *cached = Some((rules.clone(), reach.clone()));
-                reach
-            }
-        }
-    }
 }
 
 /// What a decision depends on: a reload that changes any of it decides again.
@@ -164,6 +132,8 @@ enum GrantRole {
     Live {
         password: String,
         until: DateTime<Utc>,
+        /// The session limit the role's `CONNECTION LIMIT` holds.
+        sessions: Option<u32>,
     },
     /// The grant ended: its role is dropped (or will be) and never made again — unless it
     /// ended with its window (`window`, the end reached) and an extension has moved the
@@ -222,9 +192,18 @@ impl Provisioner {
                 roles::create_or_reset(db, &role, &password, &terms).await?;
                 password
             }
-            GrantRole::Live { password, until: u } if *u == until => password.clone(),
-            GrantRole::Live { password, .. } => {
-                roles::set_valid_until(db, &role, until).await?;
+            GrantRole::Live {
+                password,
+                until: u,
+                sessions: s,
+            } => {
+                if *u != until {
+                    roles::set_valid_until(db, &role, until).await?;
+                }
+                // A reload moved `[proxy] max_sessions_per_grant`: the role follows.
+                if *s != sessions {
+                    roles::set_connection_limit(db, &role, &terms).await?;
+                }
                 password.clone()
             }
             GrantRole::Unknown => {
@@ -236,6 +215,7 @@ impl Provisioner {
         *state = GrantRole::Live {
             password: password.clone(),
             until,
+            sessions,
         };
         Ok(Login {
             credentials: Credentials {
@@ -294,29 +274,22 @@ impl Provisioner {
             .clone()
     }
 
-    /// What `db`'s own code and schema are, read at most once a minute: its functions (not
+    /// What `db`'s own code and schema are, read at most once per `refresh` (`[timings]
+    /// catalog_refresh`), and the reads that follow while the session lives (see `code`): its functions (not
     /// built in) and the links between its relations. A call the guard takes for a
     /// built-in or a column may be one of its functions (`t.f` calls `f(t)`; `lower(1)` may
     /// be a database's `lower(int)`): with guardrails in force such a call is as opaque as
     /// any other call of a database function. The links tell which relations reach an
     /// off-limits table's rows without naming it.
-    pub async fn database_code(&self, db: &Database) -> Result<DatabaseCode, ProvisionError> {
-        const FRESH: std::time::Duration = std::time::Duration::from_secs(60);
-        let generation = self.code_generation(&db.name).load(Ordering::SeqCst);
-        if let Some(entry) = self.functions.get(&db.name) {
-            if entry.0.elapsed() < FRESH && entry.1 == generation {
-                return Ok(entry.2.clone());
-            }
-        }
-        let (functions, links) = catalog::database_code(db).await?;
-        let code = DatabaseCode {
-            functions: Arc::new(functions.into_iter().collect()),
-            links: links.into(),
-            reach: Arc::default(),
-        };
-        self.functions
-            .insert(db.name.clone(), (Instant::now(), generation, code.clone()));
-        Ok(code)
+    pub async fn database_code(
+        &self,
+        db: &Database,
+        refresh: Duration,
+    ) -> Result<(Arc<CodeRead>, CodeUpdates), ProvisionError> {
+        let watch = self.code.entry(db.name.clone()).or_default().clone();
+        watch
+            .read(db, &self.code_generation(&db.name), refresh)
+            .await
     }
 
     /// The grant ended: no session of it logs in again, its role's backends end, and the
@@ -519,7 +492,6 @@ fn generate_password() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guard::{LinkKind, RelationLink};
 
     #[test]
     fn a_role_ended_with_its_window_comes_back_only_for_an_extension_past_it() {
@@ -572,35 +544,11 @@ mod tests {
         let live = |until| GrantRole::Live {
             password: "p".into(),
             until,
+            sessions: None,
         };
         let later = end + chrono::TimeDelta::hours(1);
         assert_eq!(ended_window(&live(later), Some(end)), None);
         assert_eq!(ended_window(&live(end), Some(end)), Some(Some(end)));
         assert_eq!(ended_window(&live(later), None), Some(None), "revoked");
-    }
-
-    #[test]
-    fn a_databases_reach_is_computed_once_per_rules() {
-        let code = DatabaseCode {
-            links: vec![RelationLink {
-                kind: LinkKind::Inherits,
-                from: "public.base".into(),
-                to: "hr.pay".into(),
-            }]
-            .into(),
-            ..DatabaseCode::default()
-        };
-        let rules = Guardrails {
-            off_limits: vec!["hr.*".into()],
-            ..Guardrails::default()
-        };
-        let first = code.reach(&rules);
-        assert!(Arc::ptr_eq(&first, &code.clone().reach(&rules)));
-        // Rules changed by a reload are computed afresh.
-        let other = Guardrails {
-            off_limits: vec!["secret".into()],
-            ..rules.clone()
-        };
-        assert!(!Arc::ptr_eq(&first, &code.reach(&other)));
     }
 }

@@ -187,6 +187,24 @@ pub(super) async fn set_valid_until(
     }
 }
 
+/// Sets the role's `CONNECTION LIMIT` to the grant's session limit; a role that does not
+/// exist needs nothing.
+pub(super) async fn set_connection_limit(
+    db: &Database,
+    role: &RoleName,
+    terms: &RoleTerms<'_>,
+) -> Result<(), ProvisionError> {
+    let client = connect(db).await?;
+    match client
+        .batch_execute(&sql::set_connection_limit(role, terms))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => Ok(()),
+        Err(e) => Err(failed(db, "setting the grant role's CONNECTION LIMIT")(e)),
+    }
+}
+
 /// Ends the role's backends, keeps what it created (owned by the service role), and drops
 /// it. Returns whether there was a role to drop.
 pub(super) async fn drop_role(

@@ -62,16 +62,33 @@ pub struct RoleTerms<'a> {
     pub until: DateTime<Utc>,
     /// The level's role, whose privileges it inherits.
     pub member_of: &'a str,
-    /// The grant's session limit: the role's `CONNECTION LIMIT` (none when `None`).
+    /// The grant's session limit (none when `None`), which the role's `CONNECTION LIMIT`
+    /// holds with one to spare (see `connection_limit`).
     pub sessions: Option<u32>,
 }
 
 impl RoleTerms<'_> {
-    /// `CONNECTION LIMIT n`, or `-1` (none): spelled out on a role taken over too, so a
-    /// limit an earlier grant of the same name had does not linger.
+    /// `CONNECTION LIMIT n + 1`, or `-1` (none): spelled out on a role taken over too, so a
+    /// limit an earlier grant of the same name had does not linger. The one to spare is
+    /// lockbox's own: the reaper logs in as the grant's role to terminate a backend that
+    /// outlived its session, which holds a slot of the role until then (with the limit
+    /// exact, a grant of one session could never have it terminated), and a backend still
+    /// exiting after its session, or a spare, takes it meanwhile. The proxy admits no more
+    /// than the limit itself.
     fn connection_limit(&self) -> String {
-        self.sessions.map_or("-1".into(), |n| n.to_string())
+        self.sessions
+            .map_or("-1".into(), |n| (u64::from(n) + 1).to_string())
     }
+}
+
+/// Sets the role's `CONNECTION LIMIT` to the grant's session limit (a reload changed
+/// `[proxy] max_sessions_per_grant`).
+pub fn set_connection_limit(role: &RoleName, terms: &RoleTerms<'_>) -> String {
+    format!(
+        "ALTER ROLE {} CONNECTION LIMIT {}",
+        role.quoted(),
+        terms.connection_limit()
+    )
 }
 
 /// Creates the grant's role: it may log in until the window's end, with the password whose
@@ -211,12 +228,16 @@ mod tests {
         };
         assert_eq!(
             reset_role(&role, "v", &terms),
-            "ALTER ROLE \"lockbox_req-1\" LOGIN CONNECTION LIMIT 3 PASSWORD 'v' VALID UNTIL \
+            "ALTER ROLE \"lockbox_req-1\" LOGIN CONNECTION LIMIT 4 PASSWORD 'v' VALID UNTIL \
              '2030-01-02T03:04:05.678901Z'; GRANT \"sales_read\" TO \"lockbox_req-1\""
         );
         assert!(
-            create_role(&role, "v", &terms).contains(" CONNECTION LIMIT 3 "),
-            "the session limit is the role's connection limit"
+            create_role(&role, "v", &terms).contains(" CONNECTION LIMIT 4 "),
+            "the session limit, and one for lockbox's reaper, is the role's connection limit"
+        );
+        assert_eq!(
+            set_connection_limit(&role, &terms),
+            "ALTER ROLE \"lockbox_req-1\" CONNECTION LIMIT 4"
         );
         assert_eq!(
             drop_role(&role, "svc"),

@@ -122,6 +122,7 @@ impl Proxy {
         peer: SocketAddr,
     ) {
         let _ = tcp.set_nodelay(true);
+        keep_alive(&tcp);
         let limits = self.lockbox.config().connection_limits;
         let Some(slot) = gate::take_slot(&self.registry, &limits) else {
             self.refuse_over_capacity(tcp);
@@ -272,5 +273,54 @@ fn spawn_aftermath(
             after.run().await;
             None
         });
+    }
+}
+
+/// How long a client connection may be silent before the kernel probes it, how often it
+/// probes, and how many unanswered probes end it: a client whose network went away (a
+/// laptop closed, Wi-Fi lost) ends its session within about two minutes instead of holding
+/// its backend, and its place under its grant's session limit, until the grant ends.
+/// PostgreSQL does the same with the OS defaults (`tcp_keepalives_*`), two hours.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_PROBES: u32 = 6;
+
+/// Turns TCP keepalive on for a client connection (see `KEEPALIVE_IDLE`). A socket that
+/// refuses it is served anyway, as before.
+fn keep_alive(tcp: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "could not turn TCP keepalive on");
+    }
+}
+
+#[cfg(test)]
+mod keepalive_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn client_connections_are_probed_when_silent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(!sock.keepalive().expect("read"), "off until turned on");
+        keep_alive(&accepted);
+        assert!(sock.keepalive().expect("read"));
+        assert_eq!(sock.tcp_keepalive_time().expect("read"), KEEPALIVE_IDLE);
+        assert_eq!(
+            sock.tcp_keepalive_interval().expect("read"),
+            KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            sock.tcp_keepalive_retries().expect("read"),
+            KEEPALIVE_PROBES
+        );
     }
 }

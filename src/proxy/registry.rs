@@ -46,6 +46,9 @@ struct LiveSession {
     kill: watch::Sender<Control>,
     /// Set once the session is admitted (its `connected` record appended).
     admitted: Option<(Arc<SessionFields>, chrono::DateTime<chrono::Utc>)>,
+    /// Its relay is over (the client left, or was told to): no longer one of its grant's
+    /// sessions, though its end is still being recorded.
+    relay_ended: bool,
 }
 
 /// A live, admitted session as `lockbox session list` shows it.
@@ -118,6 +121,7 @@ impl Registry {
                 request_id: request_id.clone(),
                 kill,
                 admitted: None,
+                relay_ended: false,
             },
         );
         rx
@@ -235,12 +239,21 @@ impl Registry {
         live
     }
 
-    /// Sessions of `request_id` registered now: admitted, or logging in with its token.
+    /// Sessions of `request_id` registered now: admitted, or logging in with its token,
+    /// and not past their relay's end. A client that closes and connects again at once
+    /// finds its place free, whatever the first session's end records still wait for.
     pub(crate) fn sessions_of(&self, request_id: &RequestId) -> usize {
         self.sessions
             .iter()
-            .filter(|e| &e.request_id == request_id)
+            .filter(|e| &e.request_id == request_id && !e.relay_ended)
             .count()
+    }
+
+    /// The session's relay is over (see `sessions_of`).
+    pub(crate) fn relay_ended(&self, session: &SessionId) {
+        if let Some(mut entry) = self.sessions.get_mut(session) {
+            entry.relay_ended = true;
+        }
     }
 
     pub fn live_sessions(&self) -> usize {

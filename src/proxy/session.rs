@@ -32,6 +32,15 @@ use login::{admit_token, pre_auth_timed_out, read_token};
 use search_path::{login_search_path_clear, search_path_shadows_catalog};
 use upstream_login::{connect_upstream, SpareSlots};
 
+/// Ends a session's registration when dropped.
+struct Registration(Arc<super::registry::Registry>, SessionId);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.0.unregister(&self.1);
+    }
+}
+
 /// Fires when the proxy must end the session.
 type KillSwitch = tokio::sync::watch::Receiver<super::registry::Control>;
 use crate::policy::Admission;
@@ -101,6 +110,9 @@ pub async fn serve(
     id: SessionId,
 ) -> Option<Aftermath> {
     let client_fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
+    // However the session's task ends, a panic included, its registration (its place under
+    // its grant's session limit) ends with it.
+    let _registration = Registration(proxy.registry.clone(), id.clone());
     // Until it sends its token a connection proves nothing: it is bounded in time and
     // shed when its source opens too many (see `preauth`).
     let max_connections = proxy.lockbox.config().connection_limits.max_connections;
@@ -354,20 +366,23 @@ async fn run_admitted(
     // (fail closed: without them no statement could be checked); under a row limit, so
     // must the exemption of catalog reads, which a function of the database could feed.
     let row_limit = admission.request.max_rows.is_some();
-    // Read before the list, so that DDL forwarded while it is read makes it stale.
     let code_generation = lockbox.provisioner.code_generation(&db.name);
-    let code_generation_at_login = code_generation.load(std::sync::atomic::Ordering::SeqCst);
-    let database_code = if crate::guard::has_guardrails(&db.guardrails) || row_limit {
-        let read = tokio::time::timeout(PROVISION_TIMEOUT, lockbox.provisioner.database_code(db))
-            .await
-            .unwrap_or_else(|_| {
-                Err(crate::provision::ProvisionError::Timeout {
-                    database: db.name.clone(),
-                    secs: PROVISION_TIMEOUT.as_secs(),
-                })
-            });
+    let needs_code = crate::guard::has_guardrails(&db.guardrails) || row_limit;
+    let (code, code_updates) = if needs_code {
+        let refresh = config.catalog_refresh;
+        let read = tokio::time::timeout(
+            PROVISION_TIMEOUT,
+            lockbox.provisioner.database_code(db, refresh),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::provision::ProvisionError::Timeout {
+                database: db.name.clone(),
+                secs: PROVISION_TIMEOUT.as_secs(),
+            })
+        });
         match read {
-            Ok(names) => names,
+            Ok((read, updates)) => (read, Some(updates)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the database's functions");
                 send_fatal(
@@ -380,8 +395,11 @@ async fn run_admitted(
             }
         }
     } else {
-        crate::provision::DatabaseCode::default()
+        let now = code_generation.load(std::sync::atomic::Ordering::SeqCst);
+        (Arc::new(crate::provision::CodeRead::none(now)), None)
     };
+    let code_generation_at_login = code.generation;
+    let database_code = code.code.clone();
     let catalog_reach = database_code.reach(&db.guardrails);
     // What the login's search path shadows matters to catalog reads under a row limit, and,
     // where tables are off limits, to pg_dump's `set_config(name, …) FROM pg_settings`,
@@ -476,6 +494,7 @@ async fn run_admitted(
                 search_path_shadows_catalog,
                 code_generation,
                 code_generation_at_login,
+                code_updates,
                 ends_at: admission.ends_at,
                 warn_before: config.warn_before.clone(),
                 server_utf8,
@@ -501,6 +520,7 @@ async fn run_admitted(
         ended_at: relay_ended,
         backend_may_run_on,
     } = ended;
+    proxy.registry.relay_ended(&id);
     proxy.registry.forget_cancel_key(cancel_key);
     proxy.registry.spares.ended(&request.id);
     // The server closed: its backend needs neither a cancel nor a reaper, whoever ended it.

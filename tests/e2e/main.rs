@@ -1,6 +1,7 @@
 //! End-to-end tests: a real PostgreSQL, lockbox in-process, real clients (tokio-postgres,
 //! psql, pgbench) and raw sockets for the misbehaving ones.
 
+mod catalog_refresh;
 mod frontend;
 mod harness;
 

@@ -1,8 +1,9 @@
 //! A grant's session limit: `max_sessions` on the request, `[proxy] max_sessions_per_grant`
 //! for every grant. An attack review opened 297 sessions with one read token until the
 //! server had no slot left for anyone; a limited grant holds at most its number, refused
-//! past it with the server's own 53300, and its database role carries the same
-//! `CONNECTION LIMIT`, so the database holds it too (across proxies).
+//! past it with the server's own 53300, and its database role carries a `CONNECTION LIMIT`
+//! of one more (the one lockbox's reaper needs), so the database bounds it too (across
+//! proxies).
 
 use std::process::Command;
 use std::time::Duration;
@@ -52,7 +53,11 @@ async fn a_grant_holds_at_most_its_sessions_at_once_and_its_role_says_so() {
     let (code, message) = db_error(&err);
     assert_eq!(code, "53300", "{message}");
     assert!(message.contains("allows 2"), "{message}");
-    assert_eq!(connection_limit(&env, &id), "2");
+    assert_eq!(
+        connection_limit(&env, &id),
+        "3",
+        "two, and one for the reaper"
+    );
     let refused = metric(
         &env,
         "lockbox_sessions_refused_total{reason=\"grant_sessions\"}",
@@ -115,29 +120,91 @@ async fn a_grant_holds_at_most_its_sessions_at_once_and_its_role_says_so() {
 }
 
 /// The database enforces the limit on its own: another proxy (or anything else logging
-/// in as the grant's role) finds the role at its `CONNECTION LIMIT`.
+/// in as the grant's role) finds the role at its `CONNECTION LIMIT`, one past the limit.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_database_refuses_the_grants_role_past_its_limit_without_the_proxy() {
     let env = Env::provisioned("session_limit_db").await;
     let (id, token) = env.approved("eve", limited(&env, Some(1))).await;
     let _held = session(&env, &token).await;
     let role = format!("lockbox_{id}");
-    // A second way in as the role, behind the proxy's back: the role's own password.
+    // Other ways in as the role, behind the proxy's back: the role's own password.
     env.superuser_sql(&format!("ALTER ROLE \"{role}\" PASSWORD 'behind'"));
-    let direct = tokio_postgres::Config::new()
+    let mut direct = tokio_postgres::Config::new();
+    direct
         .host("127.0.0.1")
         .port(env.pg.port)
         .user(&role)
         .password("behind")
-        .dbname(&env.db)
+        .dbname(&env.db);
+    let (_reaper_slot, connection) = direct
         .connect(tokio_postgres::NoTls)
-        .await;
-    let err = direct.err().expect("the role is at its connection limit");
+        .await
+        .expect("the slot kept for the reaper");
+    tokio::spawn(connection);
+    let err = direct
+        .connect(tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("the role is at its connection limit");
     assert_eq!(
         db_error(&err).0,
         "53300",
         "the server's own refusal: {err:?}"
     );
+}
+
+/// A backend that outlives its session (it swallows the cancel) is terminated by the
+/// reaper, logged in as the grant's role, even when the grant holds one session: the
+/// role keeps a slot for it. (With the limit exact, the reaper was refused 53300, the
+/// backend ran on and the grant's one place stayed taken.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_that_outlives_a_limited_session_is_still_terminated() {
+    let env = Env::provisioned("session_limit_reap").await;
+    let new = NewRequest {
+        access: AccessLevel::Write,
+        ..limited(&env, Some(1))
+    };
+    let (id, token) = env.approved("eve", new).await;
+    env.superuser_sql(&crate::terminate::stubborn("lockbox_write"));
+    let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw.send(&crate::harness::query(crate::terminate::CALL))
+        .await;
+    let pid = crate::terminate::stubborn_backend(&env).await;
+    drop(raw);
+    crate::terminate::wait_until_gone(&env, pid).await;
+    env.wait_for_audit("backend_terminated", |records| {
+        records.iter().any(|r| {
+            r["request_id"] == id.as_str()
+                && r["event"] == "backend_terminated"
+                && r["backend_pid"] == pid
+        })
+    })
+    .await;
+    // Its one place is free again.
+    session(&env, &token).await;
+}
+
+/// A reload that moves `[proxy] max_sessions_per_grant` moves the role's limit of a grant
+/// already logged in, at its next login.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reloaded_ceiling_reaches_the_roles_limit() {
+    let env = Env::provisioned("session_limit_reload").await;
+    let (id, token) = env.approved("eve", limited(&env, None)).await;
+    drop(session(&env, &token).await);
+    assert_eq!(connection_limit(&env, &id), "-1");
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let text = text.replacen("[proxy]\n", "[proxy]\nmax_sessions_per_grant = 2\n", 1);
+    std::fs::write(&env.config_path, text).expect("config");
+    let reload = reqwest::Client::new()
+        .post(format!("{}/v1/admin/reload", env.deployment.server_url()))
+        .bearer_auth(&env.deployment.api_keys["alice"])
+        .send()
+        .await
+        .expect("reload");
+    assert_eq!(reload.status().as_u16(), 200);
+    let _first = session(&env, &token).await;
+    assert_eq!(connection_limit(&env, &id), "3");
 }
 
 /// `[proxy] max_sessions_per_grant` holds every grant, limited or not, and a request may
@@ -176,7 +243,7 @@ async fn the_proxys_ceiling_holds_every_grant() {
         message.contains("allows 1"),
         "the proxy's own refusal: {message}"
     );
-    assert_eq!(connection_limit(&env, &id), "1");
+    assert_eq!(connection_limit(&env, &id), "2");
 }
 
 /// `lockbox request create --max-sessions` asks for it; `request show` tells an approver.

@@ -57,6 +57,10 @@ pub struct Grant {
     /// `database_functions` was read: once it moves, that list may miss a function.
     pub code_generation: Arc<std::sync::atomic::AtomicU64>,
     pub code_generation_at_login: u64,
+    /// The reads of the database's code made after the one above (`provision::code`): the
+    /// session takes each up at its next batch, so what the customer made since login
+    /// (a view over a function) reaches it too. None where the session reads no code.
+    pub code_updates: Option<crate::provision::CodeUpdates>,
     /// When the session's access ends (wall clock), for the warnings before it.
     pub ends_at: chrono::DateTime<chrono::Utc>,
     /// `[timings] warn_before`: offsets before the end that get a NOTICE, longest first.
@@ -80,6 +84,7 @@ impl Grant {
             search_path_shadows_catalog: false,
             code_generation: Default::default(),
             code_generation_at_login: 0,
+            code_updates: None,
             ends_at,
             warn_before: Vec::new(),
             server_utf8: true,

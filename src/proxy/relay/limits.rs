@@ -19,6 +19,28 @@ impl Relay {
             && crate::guard::database_function_used(facts, &self.grant.database_functions).is_none()
     }
 
+    /// Takes up a read of the database's code made since the session's own (see
+    /// `provision::code`): its functions, what its relations reach, and the code
+    /// generation that read saw. One atomic load when there is none.
+    pub(super) fn catch_up_on_code(&mut self) {
+        let Some(updates) = self.grant.code_updates.as_mut() else {
+            return;
+        };
+        if !updates.has_changed().unwrap_or(false) {
+            return;
+        }
+        let Some(read) = updates.borrow_and_update().clone() else {
+            return;
+        };
+        self.grant.database_functions = read.code.functions.clone();
+        self.grant.catalog_reach = read.code.reach(&self.grant.rules);
+        self.grant.code_generation_at_login = read.generation;
+        tracing::debug!(
+            generation = read.generation,
+            "the database's code read again"
+        );
+    }
+
     /// Notes what a statement the proxy forwards may change for later catalog reads.
     pub(super) fn note_catalog_changes(&mut self, analysis: &crate::guard::Analysis) {
         self.catalog_shadowed |= analysis.facts.may_shadow_catalog;
