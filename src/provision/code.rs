@@ -58,7 +58,11 @@ pub struct CodeRead {
     /// The database's code generation before the read began: DDL this process forwarded
     /// since makes the read stale.
     pub generation: u64,
+    /// When the read began.
     at: Instant,
+    /// Set when the catalog could not be read again for two periods: the sessions holding
+    /// an older read end rather than go on with it (fail closed, as a login does).
+    pub unreadable: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for CodeRead {
@@ -79,22 +83,38 @@ impl CodeRead {
             code: DatabaseCode::default(),
             generation,
             at: Instant::now(),
+            unreadable: None,
         }
     }
 
     fn fresh(&self, refresh: Duration, generation: u64) -> bool {
-        self.at.elapsed() < refresh && self.generation == generation
+        self.unreadable.is_none() && self.at.elapsed() < refresh && self.generation == generation
+    }
+
+    /// What sessions holding this read are told once the catalog has been unreadable for
+    /// two periods since it was made.
+    fn gone_stale(&self, why: &str) -> CodeRead {
+        CodeRead {
+            code: self.code.clone(),
+            generation: self.generation,
+            at: self.at,
+            unreadable: Some(Arc::from(why)),
+        }
     }
 }
 
 /// The reads of a database made after a session's own: `has_changed` is one atomic load.
 pub type CodeUpdates = watch::Receiver<Option<Arc<CodeRead>>>;
 
-/// One database's latest read, its followers, and its refresher.
+/// One database's latest read, its followers, and its refresher. Kept per database and
+/// server (see `Provisioner::database_code`): sessions on a server a reload moved away
+/// from keep following reads of that server.
 pub(super) struct CodeWatch {
     latest: watch::Sender<Option<Arc<CodeRead>>>,
-    /// The database as the latest login saw it configured (a reload may move it).
+    /// The database as the latest login saw it configured (its rules, credentials).
     db: Mutex<Option<Database>>,
+    /// `[timings] catalog_refresh` as the latest login saw it, in milliseconds.
+    refresh_ms: AtomicU64,
     refreshing: AtomicBool,
 }
 
@@ -103,6 +123,7 @@ impl Default for CodeWatch {
         CodeWatch {
             latest: watch::Sender::new(None),
             db: Mutex::new(None),
+            refresh_ms: AtomicU64::new(60_000),
             refreshing: AtomicBool::new(false),
         }
     }
@@ -121,6 +142,10 @@ impl CodeWatch {
         refresh: Duration,
     ) -> Result<(Arc<CodeRead>, CodeUpdates), ProvisionError> {
         *self.db.lock().unwrap_or_else(|e| e.into_inner()) = Some(db.clone());
+        self.refresh_ms.store(
+            u64::try_from(refresh.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
         // Subscribed first: a read sent from here on is one this session hears of.
         let mut updates = self.latest.subscribe();
         let now = generation.load(Ordering::SeqCst);
@@ -132,23 +157,36 @@ impl CodeWatch {
             Some(read) => read,
             None => {
                 let read = Arc::new(read_code(db, now).await?);
-                self.latest.send_replace(Some(read.clone()));
-                // Ours, or one a refresher sent since, which is newer.
+                self.offer(read.clone());
+                // Ours, or one a refresher began since, which is newer.
                 updates.borrow_and_update().clone().unwrap_or(read)
             }
         };
-        self.keep_fresh(generation.clone(), refresh);
+        self.keep_fresh(generation.clone());
         Ok((read, updates))
     }
 
+    /// Makes `read` the latest unless one begun later is there already (a login's read
+    /// that outlasted a refresher's must not bring back an older catalog).
+    fn offer(&self, read: Arc<CodeRead>) {
+        self.latest.send_if_modified(|latest| {
+            if latest.as_ref().is_some_and(|l| l.at > read.at) {
+                return false;
+            }
+            *latest = Some(read);
+            true
+        });
+    }
+
     /// Starts the database's refresher unless one runs.
-    fn keep_fresh(self: &Arc<Self>, generation: Arc<AtomicU64>, refresh: Duration) {
+    fn keep_fresh(self: &Arc<Self>, generation: Arc<AtomicU64>) {
         if self.refreshing.swap(true, Ordering::SeqCst) {
             return;
         }
         let watch = self.clone();
         tokio::spawn(async move {
             loop {
+                let refresh = Duration::from_millis(watch.refresh_ms.load(Ordering::SeqCst));
                 tokio::time::sleep(refresh).await;
                 if !watch.followed() {
                     return;
@@ -157,21 +195,35 @@ impl CodeWatch {
                     continue;
                 };
                 let now = generation.load(Ordering::SeqCst);
-                match tokio::time::timeout(READ_TIMEOUT, read_code(&db, now)).await {
+                let failed = match tokio::time::timeout(READ_TIMEOUT, read_code(&db, now)).await {
                     Ok(Ok(read)) => {
                         // Computed here once, not by the first session to hear of it.
                         read.code.reach(&db.guardrails);
-                        watch.latest.send_replace(Some(Arc::new(read)));
+                        watch.offer(Arc::new(read));
+                        continue;
                     }
-                    // The sessions keep the read they have; logins read for themselves.
-                    Ok(Err(e)) => {
-                        tracing::warn!(database = %db.name, error = %e, "could not read the database's code again")
-                    }
-                    Err(_) => {
-                        tracing::warn!(database = %db.name, "reading the database's code again timed out")
-                    }
-                }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {}s", READ_TIMEOUT.as_secs()),
+                };
+                tracing::warn!(database = %db.name, error = %failed, "could not read the database's code again");
+                watch.failed(&failed, refresh);
             }
+        });
+    }
+
+    /// A read of the catalog failed: once the latest good read is two periods old, the
+    /// sessions holding it are told to end (logins, finding it stale, read for themselves
+    /// and are refused while the catalog cannot be read).
+    fn failed(&self, why: &str, refresh: Duration) {
+        self.latest.send_if_modified(|latest| {
+            let Some(read) = latest.as_ref() else {
+                return false;
+            };
+            if read.unreadable.is_some() || read.at.elapsed() < refresh * 2 {
+                return false;
+            }
+            *latest = Some(Arc::new(read.gone_stale(why)));
+            true
         });
     }
 
@@ -195,6 +247,7 @@ impl CodeWatch {
 }
 
 async fn read_code(db: &Database, generation: u64) -> Result<CodeRead, ProvisionError> {
+    let at = Instant::now();
     let (functions, links) = catalog::database_code(db).await?;
     Ok(CodeRead {
         code: DatabaseCode {
@@ -203,7 +256,8 @@ async fn read_code(db: &Database, generation: u64) -> Result<CodeRead, Provision
             reach: Arc::default(),
         },
         generation,
-        at: Instant::now(),
+        at,
+        unreadable: None,
     })
 }
 
@@ -246,13 +300,42 @@ mod tests {
             "DDL forwarded since"
         );
         assert!(!read.fresh(Duration::ZERO, 4), "older than the period");
+        assert!(!read.gone_stale("down").fresh(Duration::from_secs(60), 4));
+    }
+
+    #[test]
+    fn a_read_begun_later_is_never_replaced_by_an_earlier_one() {
+        let watch = CodeWatch::default();
+        let earlier = Arc::new(CodeRead::none(1));
+        let later = Arc::new(CodeRead::none(2));
+        watch.offer(later.clone());
+        watch.offer(earlier);
+        let latest = watch.latest.borrow().clone().expect("a read");
+        assert!(Arc::ptr_eq(&latest, &later));
+    }
+
+    #[test]
+    fn sessions_are_told_only_once_the_catalog_was_unreadable_for_two_periods() {
+        let watch = CodeWatch::default();
+        let mut follower = watch.latest.subscribe();
+        watch.offer(Arc::new(CodeRead::none(1)));
+        follower.borrow_and_update();
+        watch.failed("down", Duration::from_secs(60));
+        assert!(!follower.has_changed().expect("open"), "the read is recent");
+        watch.failed("down", Duration::ZERO);
+        assert!(follower.has_changed().expect("open"));
+        let told = follower.borrow_and_update().clone().expect("a read");
+        assert_eq!(told.unreadable.as_deref(), Some("down"));
+        watch.failed("still down", Duration::ZERO);
+        assert!(!follower.has_changed().expect("open"), "told once");
     }
 
     #[tokio::test]
     async fn the_refresher_stops_when_no_session_follows_and_restarts_for_one() {
         let watch = Arc::new(CodeWatch::default());
+        watch.refresh_ms.store(10, Ordering::SeqCst);
         let follower = watch.latest.subscribe();
-        watch.keep_fresh(Arc::default(), Duration::from_millis(10));
+        watch.keep_fresh(Arc::default());
         assert!(watch.refreshing());
         // No database known yet: the refresher only waits, while it is followed.
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -268,7 +351,7 @@ mod tests {
         }
         assert!(stopped, "nobody follows: the refresher stops");
         let _again = watch.latest.subscribe();
-        watch.keep_fresh(Arc::default(), Duration::from_millis(10));
+        watch.keep_fresh(Arc::default());
         assert!(watch.refreshing(), "a new follower starts it again");
     }
 }

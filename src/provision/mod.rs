@@ -86,8 +86,10 @@ const ENDED_MEMORY: Duration = Duration::from_secs(600);
 pub struct Provisioner {
     /// Each database's decision, by name, valid while its coordinates stay the same.
     modes: DashMap<String, Decided>,
-    /// Each database's latest read of its own code, with the sessions that follow it.
-    code: DashMap<String, Arc<CodeWatch>>,
+    /// Each database's latest read of its own code, with the sessions that follow it, by
+    /// name and server (host, port, database name): a reload that moves a database does
+    /// not feed its open sessions the new server's catalog, nor its new logins the old's.
+    code: DashMap<(String, String, u16, String), Arc<CodeWatch>>,
     /// Each database's code generation: how many statements that may change its schema or
     /// code (DDL) the sessions of this process forwarded to it. A list read before the
     /// latest is stale, and so is a session's view of it.
@@ -286,7 +288,8 @@ impl Provisioner {
         db: &Database,
         refresh: Duration,
     ) -> Result<(Arc<CodeRead>, CodeUpdates), ProvisionError> {
-        let watch = self.code.entry(db.name.clone()).or_default().clone();
+        let server = (db.name.clone(), db.host.clone(), db.port, db.dbname.clone());
+        let watch = self.code.entry(server).or_default().clone();
         watch
             .read(db, &self.code_generation(&db.name), refresh)
             .await

@@ -69,3 +69,48 @@ async fn a_view_made_behind_lockbox_reaches_a_session_already_open() {
         .await
         .expect("served");
 }
+
+/// A session whose database's code can no longer be read ends (fail closed, as a login is
+/// refused then) rather than go on with an old read: an attack review kept using a view
+/// made behind lockbox's back while the service role could not log in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_ends_when_its_databases_code_cannot_be_read_again() {
+    // A service role of this test's own, which it takes LOGIN from (others share theirs).
+    crate::harness::cluster()
+        .psql(
+            "postgres",
+            "DO $$ BEGIN CREATE ROLE refresh_svc LOGIN PASSWORD 'refresh-pw';
+             EXCEPTION WHEN duplicate_object THEN ALTER ROLE refresh_svc LOGIN; END $$",
+        )
+        .expect("service role");
+    let env = Env::with(
+        "catalog_unreadable",
+        Options {
+            guardrails: "deny_drop = true",
+            timings: "catalog_refresh = \"1s\"",
+            upstream_user: "refresh_svc",
+            upstream_password: "refresh-pw",
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
+    client.simple_query("SELECT 1").await.expect("logged in");
+    env.superuser_sql("ALTER ROLE refresh_svc NOLOGIN");
+    let mut ended = None;
+    for _ in 0..100 {
+        match client.simple_query("SELECT 1").await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => {
+                ended = Some(e);
+                break;
+            }
+        }
+    }
+    env.superuser_sql("ALTER ROLE refresh_svc LOGIN");
+    let ended = ended.expect("the session ended once the code could not be read");
+    let (code, message) = db_error(&ended);
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("can no longer read"), "{message}");
+}

@@ -81,7 +81,7 @@ impl Relay {
 
     /// Walks the complete messages at the front of `buf`.
     pub(super) fn inspect_batch(&mut self, buf: &[u8]) -> Result<Batch, End> {
-        self.catch_up_on_code();
+        self.catch_up_on_code()?;
         self.batch = BatchSoFar::default();
         let mut batch = Batch {
             pending: std::mem::take(&mut self.spare_pending),

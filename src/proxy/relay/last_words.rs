@@ -46,6 +46,13 @@ pub(super) fn fatal_for(
                  that no statement runs under another's record"
             ),
         ),
+        End::CodeUnreadable(why) => (
+            sqlstate::CONNECTION_FAILURE,
+            format!(
+                "lockbox can no longer read this database's functions to enforce its rules \
+                 ({why}); the session is ended"
+            ),
+        ),
         End::RowLimit(n) => (
             sqlstate::PROGRAM_LIMIT_EXCEEDED,
             format!(
@@ -111,6 +118,7 @@ mod tests {
             End::UnsafeSetting("a setting".to_owned()),
             End::RowLimit(10),
             End::LostTrack("a reply".to_owned()),
+            End::CodeUnreadable("the database is down".into()),
         ]
     }
 
@@ -126,6 +134,7 @@ mod tests {
         assert_eq!(code(End::RowLimit(3)), Some("54000"));
         assert_eq!(code(End::UpstreamGone), Some("08006"));
         assert_eq!(code(End::LostTrack("x".into())), Some("XX000"));
+        assert_eq!(code(End::CodeUnreadable("x".into())), Some("08006"));
         let (_, revoked) =
             fatal_for(&End::Dropped(DropReason::Revoked), "req-1", false).expect("told");
         assert!(
@@ -172,6 +181,7 @@ mod tests {
             (End::UpstreamGone, true, true),
             (End::RowLimit(1), true, true),
             (End::UnsafeSetting("x".into()), true, true),
+            (End::CodeUnreadable("x".into()), true, false),
         ];
         for (end, patient, provoked) in cases {
             assert_eq!(may_be_patient(&end), patient, "{end:?}");

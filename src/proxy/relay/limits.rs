@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::Relay;
+use super::{End, Relay};
 
 /// Grace past the grant's statement timeout before the proxy cancels: the server's own
 /// timeout, when still in force, ends the statement first with its usual error.
@@ -21,17 +21,21 @@ impl Relay {
 
     /// Takes up a read of the database's code made since the session's own (see
     /// `provision::code`): its functions, what its relations reach, and the code
-    /// generation that read saw. One atomic load when there is none.
-    pub(super) fn catch_up_on_code(&mut self) {
+    /// generation that read saw. One atomic load when there is none. Ends the session when
+    /// the catalog could not be read again for two periods.
+    pub(super) fn catch_up_on_code(&mut self) -> Result<(), End> {
         let Some(updates) = self.grant.code_updates.as_mut() else {
-            return;
+            return Ok(());
         };
         if !updates.has_changed().unwrap_or(false) {
-            return;
+            return Ok(());
         }
         let Some(read) = updates.borrow_and_update().clone() else {
-            return;
+            return Ok(());
         };
+        if let Some(why) = &read.unreadable {
+            return Err(End::CodeUnreadable(why.clone()));
+        }
         self.grant.database_functions = read.code.functions.clone();
         self.grant.catalog_reach = read.code.reach(&self.grant.rules);
         self.grant.code_generation_at_login = read.generation;
@@ -39,6 +43,7 @@ impl Relay {
             generation = read.generation,
             "the database's code read again"
         );
+        Ok(())
     }
 
     /// Notes what a statement the proxy forwards may change for later catalog reads.

@@ -105,6 +105,10 @@ pub enum End {
     /// could be matched to the wrong statements, and prepared statements named by the
     /// wrong text, so nothing more may run.
     LostTrack(String),
+    /// The database's code could not be read again for two periods of `[timings]
+    /// catalog_refresh` (`provision::code`): the session's read may miss what its
+    /// statements run, so nothing more runs on it, as no login is admitted meanwhile.
+    CodeUnreadable(std::sync::Arc<str>),
     /// A client message declared a size over `proxy.max_message_size`.
     MessageTooLarge(super::oversize::Oversize),
     /// A large client message found the sessions' shared room for such messages taken

@@ -33,6 +33,7 @@ pub(super) fn ended_by_proxy(end: &End) -> bool {
         | End::NoRoomForMessage(_)
         | End::UnsafeSetting(_)
         | End::LostTrack(_)
+        | End::CodeUnreadable(_)
         | End::AuditFailed => true,
         End::ClientGone | End::ClientLeftThenServerClosed | End::UpstreamGone => false,
     }
@@ -178,6 +179,7 @@ pub(super) fn finish(
             Some("unsafe setting reported by the server"),
         ),
         End::RowLimit(_) => (SessionEvent::Disconnected, Some("row limit exceeded")),
+        End::CodeUnreadable(_) => (SessionEvent::Disconnected, detail.as_deref()),
     };
     tracing::info!(request_id = %request_id, ?event, "session ended");
     // The end follows what already happened and gates nothing, so, like an outcome, its

@@ -77,7 +77,10 @@ pub(super) async fn connect_upstream(
         let key = SpareKey::new(db, &login.credentials.user, request.access, params);
         // Opens the grant's next spare when it may have one (see `spare`).
         let open_next = |taken: bool, early: Option<EarlyDial>| {
-            if !slots.enabled {
+            // A grant with a session limit gets none: a spare would hold the slot of its
+            // role's `CONNECTION LIMIT` kept for the reaper, which could then not end a
+            // backend that outlived its session (an attack review's finding).
+            if !slots.enabled || sessions.is_some() {
                 return;
             }
             let reserved = slots
