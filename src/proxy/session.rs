@@ -490,6 +490,8 @@ async fn run_admitted(
                 },
                 redaction: db.redaction,
                 database_functions: database_code.functions,
+                database_links: database_code.links,
+                code_epoch: 0,
                 catalog_reach,
                 search_path_shadows_catalog,
                 code_generation,

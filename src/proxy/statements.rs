@@ -50,6 +50,10 @@ pub struct Prepared {
     /// The relations and functions its text names, kept when its record may clip the text
     /// (`StatementRecord::mentions`).
     pub mentions: Option<StatementNames>,
+    /// Which of the session's reads of the database's code it was checked against
+    /// (`Grant::code_epoch`): the server plans it again at each Bind or EXECUTE, against
+    /// the catalog as it is then, so under a newer read it is checked again.
+    pub code_epoch: u64,
 }
 
 /// A portal created with Bind or SQL DECLARE.
@@ -365,6 +369,7 @@ impl Statements {
             copy_in: false,
             recorded: false,
             mentions: None,
+            code_epoch: 0,
         });
         self.push(Change::Bind(
             portal,

@@ -10,6 +10,7 @@ fn stmt(text: &str) -> Prepared {
         plan_only: false,
         copy_in: false,
         recorded: false,
+        code_epoch: 0,
         mentions: None,
     }
 }

@@ -114,3 +114,75 @@ async fn a_session_ends_when_its_databases_code_cannot_be_read_again() {
     assert_eq!(code, "08006", "{message}");
     assert!(message.contains("can no longer read"), "{message}");
 }
+
+/// Statements prepared before the new read are checked again where the server plans them
+/// again (Bind, SQL EXECUTE), under the catalog as it is now: an attack review replaced a
+/// view behind lockbox's back and ran it through statements prepared before, whose
+/// verdict had been kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_prepared_before_the_catalog_changed_are_checked_again() {
+    let env = Env::with(
+        "catalog_refresh_prepared",
+        Options {
+            guardrails: "deny_drop = true",
+            timings: "catalog_refresh = \"1s\"",
+            ..Options::default()
+        },
+    )
+    .await;
+    env.superuser_sql(
+        "CREATE TABLE ran (what text); GRANT ALL ON ran TO PUBLIC;
+         CREATE VIEW later AS SELECT 1 AS v; GRANT SELECT ON later TO PUBLIC;",
+    );
+    let (_, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("connect");
+    let prepared = client
+        .prepare("SELECT v FROM later")
+        .await
+        .expect("prepared");
+    client
+        .batch_execute("PREPARE p AS SELECT v FROM later")
+        .await
+        .expect("PREPARE");
+    // Reads that find nothing changed leave them as they were.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client.query(&prepared, &[]).await.expect("runs");
+    client.batch_execute("EXECUTE p").await.expect("runs");
+
+    env.superuser_sql(
+        "CREATE FUNCTION logged() RETURNS int LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO ran VALUES ('logged'); RETURN 1; END $$;
+         CREATE OR REPLACE VIEW later AS SELECT logged() AS v;
+         CREATE FUNCTION probe_value() RETURNS int LANGUAGE sql AS $$ SELECT 7 $$;
+         CREATE VIEW probe AS SELECT probe_value() AS v;
+         GRANT SELECT ON probe TO PUBLIC;",
+    );
+    let mut caught_up = false;
+    for _ in 0..150 {
+        if client.simple_query("SELECT v FROM probe").await.is_err() {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(caught_up, "the session took up the new read");
+    let bound = client
+        .query(&prepared, &[])
+        .await
+        .expect_err("the Bind plans the replaced view");
+    let (code, message) = db_error(&bound);
+    assert_eq!(code, "42501", "{message}");
+    assert!(message.contains("opaque_statement"), "{message}");
+    let executed = client
+        .batch_execute("EXECUTE p")
+        .await
+        .expect_err("EXECUTE plans the replaced view");
+    assert_eq!(db_error(&executed).0, "42501", "{executed:?}");
+    assert_eq!(env.superuser_sql("SELECT count(*) FROM ran"), "0");
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("the session goes on");
+}

@@ -44,6 +44,12 @@ pub struct Grant {
     /// The database's own function names, read at login when it has statement rules or
     /// the grant a row limit.
     pub database_functions: Arc<std::collections::HashSet<String>>,
+    /// The links between its relations that `catalog_reach` was computed from.
+    pub database_links: Arc<[crate::guard::RelationLink]>,
+    /// How many reads of the database's code that differ from the one before this session
+    /// took up (`Relay::catch_up_on_code`): 0 for the login's. A prepared statement checked
+    /// under an earlier one is checked again where the server plans it again.
+    pub code_epoch: u64,
     /// What naming a relation reaches without naming it, from the database's catalog at
     /// login: an off-limits table's rows (through a parent, a partition, a view…), or one
     /// of the database's functions (a view's expressions, a trigger…).
@@ -80,6 +86,8 @@ impl Grant {
             limits: Limits::default(),
             redaction: Default::default(),
             database_functions: Default::default(),
+            database_links: Arc::from([]),
+            code_epoch: 0,
             catalog_reach: Default::default(),
             search_path_shadows_catalog: false,
             code_generation: Default::default(),

@@ -179,6 +179,7 @@ impl Relay {
                     copy_in: analysis.facts.copy_in,
                     recorded: false,
                     mentions,
+                    code_epoch: self.grant.code_epoch,
                 };
                 let id = if self.discarded_past_backlog() {
                     self.statements.message()
@@ -218,6 +219,22 @@ impl Relay {
                         params,
                         pending,
                     )));
+                }
+                // Planned again by the server under the catalog as it is now (one compare
+                // while the session's read is the login's).
+                if self.grant.code_epoch != 0 {
+                    if let Some(statement) = self.statements.statement(bind.statement) {
+                        if let Err(refusal) = self.recheck_prepared(&statement) {
+                            self.bind_alone = false;
+                            return Ok(Some(self.refuse_rechecked_bind(
+                                &bind.portal,
+                                &statement,
+                                params,
+                                refusal,
+                                pending,
+                            )));
+                        }
+                    }
                 }
                 let portal = bind.portal.clone();
                 let id = self
@@ -558,6 +575,7 @@ impl Relay {
             copy_in: false,
             recorded: true,
             mentions: self.mentions(text, &analysis.facts),
+            code_epoch: self.grant.code_epoch,
         };
         let sql_change = match change {
             NameChange::Prepare(name) => {

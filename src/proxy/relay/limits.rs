@@ -36,7 +36,15 @@ impl Relay {
         if let Some(why) = &read.unreadable {
             return Err(End::CodeUnreadable(why.clone()));
         }
+        // A read like the last (the common case: nothing changed) leaves prepared
+        // statements as they were checked.
+        let changed = *read.code.functions != *self.grant.database_functions
+            || *read.code.links != *self.grant.database_links;
+        if changed {
+            self.grant.code_epoch += 1;
+        }
         self.grant.database_functions = read.code.functions.clone();
+        self.grant.database_links = read.code.links.clone();
         self.grant.catalog_reach = read.code.reach(&self.grant.rules);
         self.grant.code_generation_at_login = read.generation;
         tracing::debug!(
@@ -44,6 +52,21 @@ impl Relay {
             "the database's code read again"
         );
         Ok(())
+    }
+
+    /// A prepared statement checked under an earlier read of the database's code is checked
+    /// again under the session's current one before the server plans it again (an attack
+    /// review ran a view replaced behind lockbox's back through statements prepared before).
+    pub(super) fn recheck_prepared(
+        &self,
+        statement: &crate::proxy::statements::Prepared,
+    ) -> Result<(), crate::guard::Refusal> {
+        if statement.code_epoch == self.grant.code_epoch {
+            return Ok(());
+        }
+        crate::guard::analyze_query_cached(&statement.text)
+            .iter()
+            .try_for_each(|s| self.check(&s.analysis))
     }
 
     /// Notes what a statement the proxy forwards may change for later catalog reads.

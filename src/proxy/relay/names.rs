@@ -106,6 +106,11 @@ impl Relay {
             {
                 Err(unknown_name_refusal("unknown_cursor", name))
             }
+            // SQL EXECUTE plans its statement again, under the catalog as it is now.
+            Some(NameChange::Execute(name)) if self.grant.code_epoch != 0 => self
+                .statements
+                .statement(name)
+                .map_or(Ok(()), |statement| self.recheck_prepared(&statement)),
             _ => Ok(()),
         }
     }

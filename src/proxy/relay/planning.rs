@@ -190,6 +190,28 @@ impl Relay {
     /// Below admin, a Bind of a statement lockbox did not see prepared (server-side code can
     /// PREPARE) is refused: what it plans cannot be recorded, as what it runs cannot.
     /// Returns the stand-in to send instead.
+    /// A Bind of a statement prepared under an earlier read of the database's code that
+    /// the current one refuses (see `recheck_prepared`): recorded with the statement's text,
+    /// refused, and a stand-in sent that fails as the Bind would.
+    pub(super) fn refuse_rechecked_bind(
+        &self,
+        portal: &str,
+        statement: &crate::proxy::statements::Prepared,
+        params: Arc<[serde_json::Value]>,
+        refusal: crate::guard::Refusal,
+        pending: &mut Vec<Pending>,
+    ) -> Vec<u8> {
+        let (record, _) = self.statement_record(
+            Protocol::Bind,
+            statement.text.clone(),
+            statement.kind,
+            Some(params),
+            statement.mentions.clone(),
+        );
+        pending.push(Pending::Refused(record, Arc::new(refusal), None));
+        stand_in_bind(portal, &self.stand_in_portal)
+    }
+
     pub(super) fn refuse_unknown_bind(
         &self,
         portal: &str,
