@@ -176,15 +176,12 @@ pub(super) async fn set_valid_until(
     role: &RoleName,
     until: DateTime<Utc>,
 ) -> Result<(), ProvisionError> {
-    let client = connect(db).await?;
-    match client
-        .batch_execute(&sql::set_valid_until(role, until))
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => Ok(()),
-        Err(e) => Err(failed(db, "moving the grant role's VALID UNTIL")(e)),
-    }
+    alter_if_exists(
+        db,
+        &sql::set_valid_until(role, until),
+        "moving the grant role's VALID UNTIL",
+    )
+    .await
 }
 
 /// Sets the role's `CONNECTION LIMIT` to the grant's session limit; a role that does not
@@ -194,14 +191,26 @@ pub(super) async fn set_connection_limit(
     role: &RoleName,
     terms: &RoleTerms<'_>,
 ) -> Result<(), ProvisionError> {
+    alter_if_exists(
+        db,
+        &sql::set_connection_limit(role, terms),
+        "setting the grant role's CONNECTION LIMIT",
+    )
+    .await
+}
+
+/// Runs `alter` (an ALTER ROLE) over a service connection; a role already gone (the
+/// grant ended meanwhile) is no error.
+async fn alter_if_exists(
+    db: &Database,
+    alter: &str,
+    step: &'static str,
+) -> Result<(), ProvisionError> {
     let client = connect(db).await?;
-    match client
-        .batch_execute(&sql::set_connection_limit(role, terms))
-        .await
-    {
+    match client.batch_execute(alter).await {
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some(&SqlState::UNDEFINED_OBJECT) => Ok(()),
-        Err(e) => Err(failed(db, "setting the grant role's CONNECTION LIMIT")(e)),
+        Err(e) => Err(failed(db, step)(e)),
     }
 }
 

@@ -187,9 +187,6 @@ impl Relay {
         Some(record)
     }
 
-    /// Below admin, a Bind of a statement lockbox did not see prepared (server-side code can
-    /// PREPARE) is refused: what it plans cannot be recorded, as what it runs cannot.
-    /// Returns the stand-in to send instead.
     /// A Bind of a statement prepared under an earlier read of the database's code that
     /// the current one refuses (see `recheck_prepared`): recorded with the statement's text,
     /// refused, and a stand-in sent that fails as the Bind would.
@@ -208,10 +205,12 @@ impl Relay {
             Some(params),
             statement.mentions.clone(),
         );
-        pending.push(Pending::Refused(record, Arc::new(refusal), None));
-        stand_in_bind(portal, &self.stand_in_portal)
+        self.refuse_bind(portal, record, refusal, pending)
     }
 
+    /// Below admin, a Bind of a statement lockbox did not see prepared (server-side code can
+    /// PREPARE) is refused: what it plans cannot be recorded, as what it runs cannot.
+    /// Returns the stand-in to send instead.
     pub(super) fn refuse_unknown_bind(
         &self,
         portal: &str,
@@ -227,6 +226,17 @@ impl Relay {
             None,
         );
         let refusal = unknown_name_refusal("unknown_statement", statement);
+        self.refuse_bind(portal, record, refusal, pending)
+    }
+
+    /// A refused Bind's record and refusal, and the stand-in that fails in its place.
+    fn refuse_bind(
+        &self,
+        portal: &str,
+        record: crate::audit::AuditEvent,
+        refusal: crate::guard::Refusal,
+        pending: &mut Vec<Pending>,
+    ) -> Vec<u8> {
         pending.push(Pending::Refused(record, Arc::new(refusal), None));
         stand_in_bind(portal, &self.stand_in_portal)
     }
