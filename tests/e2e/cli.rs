@@ -4,7 +4,8 @@ use std::process::{Command, Output};
 
 use crate::harness::Env;
 
-fn lockbox(env: &Env, user: &str, args: &[&str]) -> Output {
+/// Runs the `lockbox` binary as `user` against `env`'s server.
+pub(crate) fn lockbox(env: &Env, user: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lockbox"))
         .args(args)
         .env("LOCKBOX_SERVER", env.deployment.server_url())
@@ -20,7 +21,8 @@ fn lockbox(env: &Env, user: &str, args: &[&str]) -> Output {
         .expect("run lockbox")
 }
 
-fn ok(out: Output) -> String {
+/// The output of a run that must succeed, trimmed.
+pub(crate) fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
         "failed: {}",

@@ -5,11 +5,11 @@
 //! of one more (the one lockbox's reaper needs), so the database bounds it too (across
 //! proxies).
 
-use std::process::Command;
 use std::time::Duration;
 
 use lockbox::policy::{AccessLevel, NewRequest};
 
+use crate::cli::{lockbox, ok};
 use crate::harness::{db_error, metric, Env, Options, PROVISIONER_PASSWORD, PROVISIONER_ROLE};
 
 fn limited(env: &Env, max_sessions: Option<u32>) -> NewRequest {
@@ -255,21 +255,8 @@ async fn the_proxys_ceiling_holds_every_grant() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_limit_is_asked_for_and_shown_on_the_command_line() {
     let env = Env::start("session_limit_cli").await;
-    let run = |user: &str, args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_lockbox"))
-            .args(args)
-            .env("LOCKBOX_SERVER", env.deployment.server_url())
-            .env("LOCKBOX_API_KEY", &env.deployment.api_keys[user])
-            .output()
-            .expect("run lockbox");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    let id = run(
+    let id = ok(lockbox(
+        &env,
         "eve",
         &[
             "request",
@@ -287,8 +274,8 @@ async fn the_limit_is_asked_for_and_shown_on_the_command_line() {
             "--max-rows",
             "50",
         ],
-    );
-    let shown = run("carol", &["request", "show", &id]);
+    ));
+    let shown = ok(lockbox(&env, "carol", &["request", "show", &id]));
     let limits = shown
         .lines()
         .find(|l| l.starts_with("limits"))
@@ -297,8 +284,10 @@ async fn the_limit_is_asked_for_and_shown_on_the_command_line() {
         limits.contains("max rows 50") && limits.contains("max sessions 2"),
         "{shown}"
     );
-    let zero = Command::new(env!("CARGO_BIN_EXE_lockbox"))
-        .args([
+    let zero = lockbox(
+        &env,
+        "eve",
+        &[
             "request",
             "create",
             "--database",
@@ -311,11 +300,8 @@ async fn the_limit_is_asked_for_and_shown_on_the_command_line() {
             "read",
             "--max-sessions",
             "0",
-        ])
-        .env("LOCKBOX_SERVER", env.deployment.server_url())
-        .env("LOCKBOX_API_KEY", &env.deployment.api_keys["eve"])
-        .output()
-        .expect("run lockbox");
+        ],
+    );
     assert!(!zero.status.success());
     assert!(
         String::from_utf8_lossy(&zero.stderr).contains("max sessions must be at least 1"),
