@@ -16,6 +16,7 @@ mod message_memory;
 mod negotiate;
 mod outcome;
 mod oversize;
+mod places;
 mod preauth;
 mod reaper;
 mod registry;

@@ -46,9 +46,9 @@ struct LiveSession {
     kill: watch::Sender<Control>,
     /// Set once the session is admitted (its `connected` record appended).
     admitted: Option<(Arc<SessionFields>, chrono::DateTime<chrono::Utc>)>,
-    /// Its relay is over (the client left, or was told to): no longer one of its grant's
-    /// sessions, though its end is still being recorded.
-    relay_ended: bool,
+    /// It holds one of its grant's places (see `places`) until its relay is over (the
+    /// client left, or was told to), though its end is still being recorded then.
+    holds_place: bool,
 }
 
 /// A live, admitted session as `lockbox session list` shows it.
@@ -102,6 +102,8 @@ pub struct Registry {
     pub(crate) message_memory: Arc<super::message_memory::MessageMemory>,
     /// Sessions on each session thread, once the threads started (see `threads`).
     pub(crate) thread_sessions: std::sync::OnceLock<super::threads::LiveSessions>,
+    /// The places of grants with a session limit (see `places`).
+    places: super::places::Places,
 }
 
 impl Registry {
@@ -121,7 +123,7 @@ impl Registry {
                 request_id: request_id.clone(),
                 kill,
                 admitted: None,
-                relay_ended: false,
+                holds_place: false,
             },
         );
         rx
@@ -184,7 +186,11 @@ impl Registry {
     }
 
     pub fn unregister(&self, session: &SessionId) {
-        self.sessions.remove(session);
+        if let Some((_, entry)) = self.sessions.remove(session) {
+            if entry.holds_place {
+                self.places.give_back(&entry.request_id);
+            }
+        }
     }
 
     /// Tells every session of `request_id` to end.
@@ -239,20 +245,34 @@ impl Registry {
         live
     }
 
-    /// Sessions of `request_id` registered now: admitted, or logging in with its token,
-    /// and not past their relay's end. A client that closes and connects again at once
-    /// finds its place free, whatever the first session's end records still wait for.
-    pub(crate) fn sessions_of(&self, request_id: &RequestId) -> usize {
-        self.sessions
-            .iter()
-            .filter(|e| &e.request_id == request_id && !e.relay_ended)
-            .count()
+    /// Takes one of its grant's `limit` places for a registered session, waiting up to
+    /// `wait` for one to be given back. Refused: the places held when it gave up.
+    pub(crate) async fn take_place(
+        &self,
+        session: &SessionId,
+        request_id: &RequestId,
+        limit: u32,
+        wait: std::time::Duration,
+    ) -> Result<(), u32> {
+        self.places.take(request_id, limit, wait).await?;
+        match self.sessions.get_mut(session) {
+            Some(mut entry) => entry.holds_place = true,
+            // Not registered (no session's task calls it so): nothing would give it back.
+            None => self.places.give_back(request_id),
+        }
+        Ok(())
     }
 
-    /// The session's relay is over (see `sessions_of`).
+    /// The session's relay is over: its place is free for its grant's next session, so a
+    /// client that closes and connects again at once finds it free, whatever the first
+    /// session's end records still wait for.
     pub(crate) fn relay_ended(&self, session: &SessionId) {
-        if let Some(mut entry) = self.sessions.get_mut(session) {
-            entry.relay_ended = true;
+        let gave_back = self.sessions.get_mut(session).and_then(|mut entry| {
+            std::mem::take(&mut entry.holds_place).then(|| entry.request_id.clone())
+        });
+        // Given back once the map's shard is let go: a waiting login wakes to take it.
+        if let Some(request_id) = gave_back {
+            self.places.give_back(&request_id);
         }
     }
 

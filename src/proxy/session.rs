@@ -358,6 +358,13 @@ async fn run_admitted(
         match connect_upstream(lockbox, slots, db, &admission.request, &passed, early).await {
             Ok(connected) => connected,
             Err((code, message)) => {
+                let limited = admission
+                    .request
+                    .session_limit(config.max_sessions_per_grant)
+                    .is_some();
+                if code == sqlstate::TOO_MANY_CONNECTIONS && limited {
+                    login::refused_session(&proxy, &id, peer, &admission.request, message);
+                }
                 send_fatal(&mut stream, code, message).await;
                 return Aftermath::default();
             }

@@ -31,6 +31,19 @@ async fn session(env: &Env, token: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A login through the proxy on a task of its own; it yields the client.
+fn connect_later(
+    env: &Env,
+    token: &str,
+) -> tokio::task::JoinHandle<Result<tokio_postgres::Client, tokio_postgres::Error>> {
+    let config = env.pg_config("eve", token);
+    tokio::spawn(async move {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    })
+}
+
 fn connection_limit(env: &Env, id: &str) -> String {
     env.superuser_sql(&format!(
         "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'lockbox_{id}'"
@@ -307,5 +320,75 @@ async fn the_limit_is_asked_for_and_shown_on_the_command_line() {
         String::from_utf8_lossy(&zero.stderr).contains("max sessions must be at least 1"),
         "{}",
         String::from_utf8_lossy(&zero.stderr)
+    );
+}
+
+/// A login at its grant's limit waits a moment for a place before it is refused: a
+/// script that closes and connects again at once is not refused because the proxy had not
+/// yet seen its last session close (CI's busy machine refused such a reconnect).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_at_the_limit_takes_a_place_given_back_while_it_waits() {
+    let env = Env::provisioned("session_limit_wait").await;
+    let (_, token) = env.approved("eve", limited(&env, Some(1))).await;
+    let first = session(&env, &token).await;
+    let waiting = connect_later(&env, &token);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the login waits for a place");
+    drop(first);
+    let second = waiting
+        .await
+        .expect("task")
+        .expect("the place given back is taken");
+    second.simple_query("SELECT 1").await.expect("served");
+    let records = env.audit();
+    assert!(
+        !records.iter().any(|r| r["event"] == "session_refused"),
+        "nothing was refused"
+    );
+}
+
+/// The database counts the grant's role at its limit for a moment longer than the proxy
+/// (a backend exiting): a login waits for a slot there too, and a refusal by the
+/// database is audited as the proxy's own is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_the_database_refuses_for_the_roles_limit_waits_and_is_audited() {
+    let env = Env::provisioned("session_limit_server").await;
+    let (id, token) = env.approved("eve", limited(&env, Some(1))).await;
+    drop(session(&env, &token).await);
+    let role = format!("lockbox_{id}");
+    // Stands in for backends the server still counts against the role.
+    env.superuser_sql(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 0"));
+    let waiting = connect_later(&env, &token);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the login waits for a slot");
+    env.superuser_sql(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 2"));
+    let client = waiting
+        .await
+        .expect("task")
+        .expect("the slot the server freed is taken");
+    client.simple_query("SELECT 1").await.expect("served");
+    drop(client);
+
+    env.superuser_sql(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 0"));
+    let err = env
+        .connect("eve", &token)
+        .await
+        .expect_err("the database refuses the role");
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "53300", "{message}");
+    assert!(message.contains("no connection slot free"), "{message}");
+    let records = env
+        .wait_for_audit("the database's refusal", |records| {
+            records.iter().any(|r| r["event"] == "session_refused")
+        })
+        .await;
+    let refusal = records
+        .iter()
+        .find(|r| r["event"] == "session_refused")
+        .expect("found");
+    assert_eq!(refusal["request_id"], id.as_str());
+    assert!(
+        refusal["reason"].as_str().is_some_and(|r| r == message),
+        "{refusal}"
     );
 }

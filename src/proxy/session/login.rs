@@ -14,6 +14,7 @@ use crate::audit::{AuditEvent, SessionEvent, SessionRecord};
 use crate::ids::{RequestId, SessionId};
 use crate::policy::Admission;
 use crate::proxy::early_dial::{Claim, EarlyDial, EarlyDialPolicy};
+use crate::proxy::places::PLACE_WAIT;
 use crate::proxy::preauth;
 use crate::proxy::stream::BoxStream;
 use crate::proxy::upstream::DialTarget;
@@ -116,16 +117,16 @@ pub(super) async fn admit_token(
                 }
             }
         })?;
-    within_session_limit(proxy, id, peer, &admission)?;
+    within_session_limit(proxy, id, peer, &admission).await?;
     Ok((admission, claimed, kill))
 }
 
-/// A grant with a session limit has at most that many sessions here, this one counted
-/// (registered before admission, so two logins racing for the last place both count each
-/// other: at worst both are refused, never both let in). Across proxies the grant's role's
-/// `CONNECTION LIMIT` holds the same number. A refusal is audited (`session_refused`), as
-/// any refused use of a grant is, and is no failed login: the token held.
-fn within_session_limit(
+/// A grant with a session limit has at most that many sessions here: a login takes one of
+/// its places, waiting a moment for one to be given back (see `places`). Across proxies
+/// the grant's role's `CONNECTION LIMIT` holds the same number. A refusal is audited
+/// (`session_refused`), as any refused use of a grant is, and is no failed login: the
+/// token held.
+async fn within_session_limit(
     proxy: &Proxy,
     id: &SessionId,
     peer: SocketAddr,
@@ -135,15 +136,33 @@ fn within_session_limit(
     let Some(limit) = request.session_limit(proxy.lockbox.config().max_sessions_per_grant) else {
         return Ok(());
     };
-    let open = proxy.registry.sessions_of(&request.id);
-    if open <= limit as usize {
+    let Err(open) = proxy
+        .registry
+        .take_place(id, &request.id, limit, PLACE_WAIT)
+        .await
+    else {
         return Ok(());
-    }
-    let message = format!(
-        "too many sessions for this access grant: it allows {limit} at once ({} open)",
-        open - 1
-    );
+    };
+    let message =
+        format!("too many sessions for this access grant: it allows {limit} at once ({open} open)");
     tracing::info!(limit, open, "grant at its session limit");
+    refused_session(proxy, id, peer, request, &message);
+    Err(LoginError {
+        sqlstate: sqlstate::TOO_MANY_CONNECTIONS,
+        message,
+        audited: false,
+    })
+}
+
+/// Records a login of a valid grant refused for its session limit: by this proxy, or by
+/// the database for the grant's role (another proxy's sessions, a backend still exiting).
+pub(super) fn refused_session(
+    proxy: &Proxy,
+    id: &SessionId,
+    peer: SocketAddr,
+    request: &crate::policy::Request,
+    reason: &str,
+) {
     proxy
         .lockbox
         .audit
@@ -155,15 +174,10 @@ fn within_session_limit(
             database: Some(request.database.clone()),
             request_id: Some(request.id.0.clone()),
             ticket: Some(request.ticket.clone()),
-            reason: Some(message.clone()),
+            reason: Some(reason.to_owned()),
             backend_pid: None,
             break_glass: request.break_glass,
         })]);
-    Err(LoginError {
-        sqlstate: sqlstate::TOO_MANY_CONNECTIONS,
-        message,
-        audited: false,
-    })
 }
 
 /// A connection from a source admitted lately (see `early_dial`) has its upstream dialed

@@ -11,6 +11,7 @@ use super::PROVISION_TIMEOUT;
 use crate::config::{Credentials, Database};
 use crate::policy::AccessLevel;
 use crate::proxy::early_dial::{EarlyDial, EarlyDialError};
+use crate::proxy::places::PLACE_WAIT;
 use crate::proxy::spare::{Reservation, SpareKey, Spares, SPARE_LOGIN_TIMEOUT};
 use crate::proxy::upstream;
 use crate::wire::sqlstate;
@@ -134,6 +135,19 @@ pub(super) async fn connect_upstream(
             }
             other => other,
         };
+        // The database counts a backend that is exiting (one the reaper just ended, the
+        // grant's last session closing) against the role's limit for a moment after this
+        // proxy gave its place back: a limited grant's login waits that moment out.
+        let connected = match connected {
+            Err(e)
+                if e.sqlstate() == Some(sqlstate::TOO_MANY_CONNECTIONS)
+                    && login.per_grant
+                    && sessions.is_some() =>
+            {
+                log_in_once_a_slot_frees(db, &login.credentials, request.access, params, e).await
+            }
+            other => other,
+        };
         match connected {
             Ok(u) => {
                 open_next(false, None);
@@ -160,6 +174,32 @@ pub(super) async fn connect_upstream(
         }
     }
     Err(unreachable)
+}
+
+/// Logs in again, a little later each time, while the server refuses for want of a slot,
+/// for up to `PLACE_WAIT`; the last answer is the login's.
+async fn log_in_once_a_slot_frees(
+    db: &Database,
+    credentials: &Credentials,
+    access: AccessLevel,
+    params: &[(String, String)],
+    refused: upstream::UpstreamError,
+) -> Result<upstream::Upstream, upstream::UpstreamError> {
+    let deadline = tokio::time::Instant::now() + PLACE_WAIT;
+    let mut pause = std::time::Duration::from_millis(25);
+    let mut last = Err(refused);
+    while tokio::time::Instant::now() + pause < deadline {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(400));
+        last = upstream::connect(db, credentials, access, params).await;
+        match &last {
+            Err(e) if e.sqlstate() == Some(sqlstate::TOO_MANY_CONNECTIONS) => {
+                tracing::debug!("the database still counts the grant's role at its limit");
+            }
+            _ => break,
+        }
+    }
+    last
 }
 
 /// Logs in on a connection dialed during the login. It is dialed again when it is no
