@@ -12,15 +12,10 @@ pub(crate) fn sees_sessions_of(config: &Config, caller: &User, database: &str) -
             && super::check_approver_of(config, caller, database).is_ok())
 }
 
-/// Whether `caller` may end sessions at all, and says why: asked before a session is
-/// looked up, so nobody else learns which sessions exist.
-pub(crate) fn check_kill_any(caller: &User, reason: &str) -> Result<(), PolicyError> {
-    if !(caller.has(Role::Admin) || caller.has(Role::Approver)) {
-        return Err(forbidden(format!(
-            "{} may not end sessions: it needs the admin or approver role",
-            caller.name
-        )));
-    }
+/// The reason every ending of a session gives, asked before the session is looked up.
+/// Anyone may end their own sessions (a frozen client of a grant limited to one session
+/// would otherwise lock its engineer out); admins and approvers others' too (`check_kill`).
+pub(crate) fn check_kill_reason(reason: &str) -> Result<(), PolicyError> {
     if reason.trim().is_empty() {
         return Err(PolicyError::Invalid(
             "a reason is required to end a session".into(),
@@ -29,20 +24,29 @@ pub(crate) fn check_kill_any(caller: &User, reason: &str) -> Result<(), PolicyEr
     super::check_shown_text("the reason", reason, super::MAX_REASON_CHARS, true)
 }
 
-/// Ending a session is an act like a revocation: admins, and the customer approvers of the
-/// session's database.
+/// Whether `caller` may end others' sessions at all. One who may not is told a session
+/// not theirs is not live, as an unknown one is: nobody learns which sessions exist.
+pub(crate) fn may_end_others(caller: &User) -> bool {
+    caller.has(Role::Admin) || caller.has(Role::Approver)
+}
+
+/// Ending another's session is an act like a revocation: admins, and the customer
+/// approvers of the session's database; the session's own engineer may end it too.
 pub(crate) fn check_kill(
     config: &Config,
     caller: &User,
-    database: &str,
+    (database, engineer): (&str, &str),
     reason: &str,
 ) -> Result<(), PolicyError> {
-    check_kill_any(caller, reason)?;
+    check_kill_reason(reason)?;
+    if engineer == caller.name {
+        return Ok(());
+    }
     check_kill_role(config, caller, database)
 }
 
-/// Whether `caller` may end sessions on `database` (what the admin center asks before it
-/// offers the button; `check_kill` asks it again, with the reason).
+/// Whether `caller` may end others' sessions on `database` (what the admin center asks
+/// before it offers the button; `check_kill` asks it again, with the reason).
 pub(crate) fn check_kill_role(
     config: &Config,
     caller: &User,
@@ -53,7 +57,7 @@ pub(crate) fn check_kill_role(
     }
     if !caller.has(Role::Approver) {
         return Err(forbidden(format!(
-            "{} may not end sessions: it needs the admin or approver role",
+            "{} may not end others' sessions: it needs the admin or approver role",
             caller.name
         )));
     }
@@ -80,9 +84,13 @@ mod tests {
         ] {
             let caller = user(who, roles);
             assert_eq!(
-                check_kill(&config, &caller, database, "why").is_ok(),
+                check_kill(&config, &caller, (database, "bob"), "why").is_ok(),
                 ok,
                 "{who} on {database}"
+            );
+            assert_eq!(
+                may_end_others(&caller),
+                roles[0] == "admin" || roles[0] == "approver"
             );
             assert_eq!(
                 check_kill_role(&config, &caller, database).is_ok(),
@@ -91,11 +99,27 @@ mod tests {
             );
         }
         assert!(matches!(
-            check_kill(&config, &user("ann", &["admin"]), "hr", "  "),
+            check_kill(&config, &user("ann", &["admin"]), ("hr", "bob"), "  "),
             Err(PolicyError::Invalid(_))
         ));
-        assert!(check_kill_any(&user("carol", &["approver"]), "why").is_ok());
-        assert!(check_kill_any(&user("eve", &["engineer"]), "why").is_err());
+        assert!(check_kill_reason("why").is_ok());
+    }
+
+    #[test]
+    fn an_engineer_ends_their_own_session_and_no_one_elses() {
+        let config = config();
+        let eve = user("eve", &["engineer"]);
+        assert!(check_kill_reason("my client froze").is_ok());
+        assert!(check_kill(&config, &eve, ("hr", "eve"), "my client froze").is_ok());
+        assert!(matches!(
+            check_kill(&config, &eve, ("hr", "bob"), "why"),
+            Err(PolicyError::Forbidden(_))
+        ));
+        assert!(matches!(
+            check_kill(&config, &eve, ("hr", "eve"), " "),
+            Err(PolicyError::Invalid(_))
+        ));
+        assert!(!may_end_others(&eve));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::{request_event, Lockbox, ServiceError};
 use crate::audit::{AuditEvent, RequestEvent, RequestRecord};
 use crate::config::User;
 use crate::ids::{RequestId, SessionId};
-use crate::policy::sessions::{check_kill, check_kill_any, sees_sessions_of};
+use crate::policy::sessions::{check_kill, check_kill_reason, may_end_others, sees_sessions_of};
 use crate::proxy::{Registry, SessionInfo};
 
 /// Why a session could not be ended.
@@ -49,9 +49,9 @@ impl Lockbox {
         session: &SessionId,
         reason: &str,
     ) -> Result<SessionInfo, KillError> {
-        // Who may end sessions at all is refused before the session is looked up; whose
-        // sessions, once its database is known.
-        check_kill_any(caller, reason)?;
+        // A reason is asked for before the session is looked up; whose sessions, once its
+        // engineer and database are known.
+        check_kill_reason(reason)?;
         // A session on another node (shared store) is ended by that node, told below.
         let (info, remote) = match registry.get(session) {
             Some(mut info) => {
@@ -64,7 +64,16 @@ impl Lockbox {
                 Err(e) => return Err(ServiceError::from(e).into()),
             },
         };
-        check_kill(&self.config(), caller, &info.database, reason)?;
+        // One who may end only their own sessions learns nothing of others'.
+        if info.engineer != caller.name && !may_end_others(caller) {
+            return Err(KillError::NotLive(session.0.clone()));
+        }
+        check_kill(
+            &self.config(),
+            caller,
+            (&info.database, &info.engineer),
+            reason,
+        )?;
         let why = format!("session {}: {}", session.0, reason.trim());
         let record = match self.store.get(&RequestId(info.request_id.clone())).await {
             Ok(Some(request)) => request_event(

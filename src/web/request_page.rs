@@ -250,8 +250,10 @@ fn sessions_list(
     r: &Request,
     sessions: &[SessionInfo],
 ) -> Markup {
-    let may_end =
+    // Others' sessions: admins and the database's approvers; their own: the engineer.
+    let may_end_others =
         crate::policy::sessions::check_kill_role(config, &signed.user, &r.database).is_ok();
+    let may_end = |s: &SessionInfo| may_end_others || s.engineer == signed.user.name;
     html! {
         h2 { "Live sessions" }
         @if sessions.is_empty() {
@@ -261,7 +263,7 @@ fn sessions_list(
                 @for s in sessions {
                     li {
                         span { code { (s.session_id) } " from " (s.client_addr) " since " (time(s.since)) ", " (s.statements) " statements" }
-                        @if may_end { form class="inline" method="post" action=(format!("/sessions/{}/end", s.session_id)) {
+                        @if may_end(s) { form class="inline" method="post" action=(format!("/sessions/{}/end", s.session_id)) {
                             (csrf_field(signed))
                             input type="hidden" name="request" value=(r.id);
                             label for=(format!("end-{}", s.session_id)) { "Reason" }

@@ -247,14 +247,15 @@ async fn sessions_are_listed_and_killed_like_a_revocation() {
         "{row}"
     );
 
+    // Another engineer is told it is not live, as of a session that does not exist.
     let denied = env
-        .client("eve")
+        .client("bob")
         .kill_session(&session.session_id, "I want out")
         .await
-        .expect_err("an engineer may not kill");
+        .expect_err("an engineer may not end another's session");
     assert!(matches!(
         denied,
-        lockbox::client::ClientError::Api { status: 403, .. }
+        lockbox::client::ClientError::Api { status: 404, .. }
     ));
     let missing = env
         .client("alice")

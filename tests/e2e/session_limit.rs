@@ -392,3 +392,39 @@ async fn a_login_the_database_refuses_for_the_roles_limit_waits_and_is_audited()
         "{refusal}"
     );
 }
+
+/// A grant of one session whose client froze (its kernel still answers keepalive) would
+/// hold its place: its engineer ends it, with a reason, as an approver could.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engineer_ends_their_own_frozen_session_and_takes_its_place() {
+    let env = Env::provisioned("session_limit_own_kill").await;
+    let (id, token) = env.approved("eve", limited(&env, Some(1))).await;
+    let (frozen, ended) = env.connect("eve", &token).await.expect("login");
+    frozen.simple_query("SELECT 1").await.expect("served");
+    let live = env.client("eve").list_sessions().await.expect("list");
+    let mine = live
+        .iter()
+        .find(|s| s.request_id == id)
+        .expect("eve sees her session");
+    env.client("eve")
+        .kill_session(&mine.session_id, "my client froze")
+        .await
+        .expect("eve ends her own session");
+    let ended = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the session ends")
+        .expect("join");
+    assert_eq!(db_error(&ended.expect("a FATAL")).0, "57P01");
+    let records = env
+        .wait_for_audit("session_killed", |records| {
+            records.iter().any(|r| r["event"] == "session_killed")
+        })
+        .await;
+    let killed = records
+        .iter()
+        .find(|r| r["event"] == "session_killed")
+        .expect("found");
+    assert_eq!(killed["actor"], "eve");
+    assert_eq!(killed["request_id"], id.as_str());
+    session(&env, &token).await;
+}

@@ -193,6 +193,9 @@ async fn every_request_action_works_as_a_plain_form() {
     assert!(live.contains("End session"), "{live}");
     let audited = dave.page(&format!("/requests/{granted}")).await;
     assert!(audited.contains("Live sessions") && !audited.contains("End session"));
+    // Its engineer may end their own (a frozen client holds a limited grant's place).
+    let own = eve.page(&format!("/requests/{granted}")).await;
+    assert!(own.contains("End session"), "{own}");
 
     // The requester cancels a pending request of theirs.
     let cancelled = env
