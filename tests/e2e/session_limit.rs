@@ -44,6 +44,21 @@ fn connect_later(
     })
 }
 
+/// The first `session_refused` record once written, and every record then.
+async fn the_refusal(env: &Env) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let records = env
+        .wait_for_audit("the refused session", |records| {
+            records.iter().any(|r| r["event"] == "session_refused")
+        })
+        .await;
+    let refusal = records
+        .iter()
+        .find(|r| r["event"] == "session_refused")
+        .cloned()
+        .expect("found");
+    (refusal, records)
+}
+
 fn connection_limit(env: &Env, id: &str) -> String {
     env.superuser_sql(&format!(
         "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'lockbox_{id}'"
@@ -78,15 +93,7 @@ async fn a_grant_holds_at_most_its_sessions_at_once_and_its_role_says_so() {
     .await;
     assert_eq!(refused, 1.0);
     // Audited as a refused use of the grant, not as a failed login.
-    let records = env
-        .wait_for_audit("the refused session", |records| {
-            records.iter().any(|r| r["event"] == "session_refused")
-        })
-        .await;
-    let refusal = records
-        .iter()
-        .find(|r| r["event"] == "session_refused")
-        .expect("found");
+    let (refusal, records) = the_refusal(&env).await;
     assert_eq!(refusal["request_id"], id.as_str());
     assert_eq!(refusal["engineer"], "eve");
     assert!(
@@ -377,15 +384,7 @@ async fn a_login_the_database_refuses_for_the_roles_limit_waits_and_is_audited()
     let (code, message) = db_error(&err);
     assert_eq!(code, "53300", "{message}");
     assert!(message.contains("no connection slot free"), "{message}");
-    let records = env
-        .wait_for_audit("the database's refusal", |records| {
-            records.iter().any(|r| r["event"] == "session_refused")
-        })
-        .await;
-    let refusal = records
-        .iter()
-        .find(|r| r["event"] == "session_refused")
-        .expect("found");
+    let (refusal, _) = the_refusal(&env).await;
     assert_eq!(refusal["request_id"], id.as_str());
     assert!(
         refusal["reason"].as_str().is_some_and(|r| r == message),
