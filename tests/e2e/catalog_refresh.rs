@@ -186,3 +186,81 @@ async fn statements_prepared_before_the_catalog_changed_are_checked_again() {
         .await
         .expect("the session goes on");
 }
+
+/// The read is the server's, not the name's: a reload that moves a database to another
+/// server (here: another database of the cluster) gives new sessions the new one's code,
+/// while sessions open before go on with their own server's. An attack review found the
+/// new server's read fed to old sessions when reads were kept per name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_moves_a_database_keeps_each_session_on_its_own_servers_code() {
+    let env = Env::with(
+        "catalog_moved",
+        Options {
+            guardrails: "deny_drop = true",
+            timings: "catalog_refresh = \"1s\"",
+            ..Options::default()
+        },
+    )
+    .await;
+    // Where it is now, `v` is a table; where it moves to, a view whose function writes.
+    env.superuser_sql(
+        "CREATE TABLE v (x int); INSERT INTO v VALUES (1); GRANT SELECT ON v TO PUBLIC;",
+    );
+    let moved_to = format!("{}_moved", env.db);
+    env.pg
+        .psql("postgres", &format!("DROP DATABASE IF EXISTS {moved_to}"))
+        .expect("drop");
+    env.pg
+        .psql(
+            "postgres",
+            &format!(
+                "CREATE DATABASE {moved_to} OWNER {}",
+                crate::harness::SERVICE_ROLE
+            ),
+        )
+        .expect("create");
+    env.pg
+        .psql(
+            &moved_to,
+            "CREATE TABLE ran (what text); GRANT ALL ON ran TO PUBLIC;
+             CREATE FUNCTION logged() RETURNS int LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO ran VALUES ('logged'); RETURN 1; END $$;
+             CREATE VIEW v AS SELECT logged() AS x;
+             GRANT SELECT ON v TO PUBLIC;",
+        )
+        .expect("the other database's code");
+    let (_, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    let (before, _conn) = env.connect("eve", &token).await.expect("connect");
+    before
+        .simple_query("SELECT x FROM v")
+        .await
+        .expect("a table");
+
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let entry = format!("name = \"{}\"\n", env.db);
+    assert!(text.contains(&entry), "{text}");
+    let text = text.replacen(&entry, &format!("{entry}dbname = \"{moved_to}\"\n"), 1);
+    std::fs::write(&env.config_path, text).expect("config");
+    env.client("alice").reload().await.expect("reload");
+
+    let (after, _conn) = env.connect("eve", &token).await.expect("connect again");
+    let refused = after
+        .simple_query("SELECT x FROM v")
+        .await
+        .expect_err("on the new server, v runs the database's own function");
+    assert!(db_error(&refused).1.contains("logged"), "{refused:?}");
+    // Past two refresh periods, the session open before still reads its own server's code.
+    for _ in 0..30 {
+        before
+            .simple_query("SELECT x FROM v")
+            .await
+            .expect("still a table where this session is");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        env.pg
+            .psql(&moved_to, "SELECT count(*) FROM ran")
+            .expect("count"),
+        "0"
+    );
+}
