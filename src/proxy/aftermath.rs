@@ -20,6 +20,9 @@ pub(crate) struct Aftermath {
     pass: Option<FarewellPass>,
     /// The session's span, for what is logged after it.
     span: Option<tracing::Span>,
+    /// The grant's place of a session whose backend may outlive it: given back once the
+    /// reaper is done (see `places`).
+    place: Option<super::places::PlaceHold>,
 }
 
 impl Aftermath {
@@ -34,6 +37,12 @@ impl Aftermath {
             farewell,
             ..Aftermath::default()
         }
+    }
+
+    /// Keeps the session's place until the backend is seen gone.
+    pub(crate) fn holding(mut self, place: Option<super::places::PlaceHold>) -> Self {
+        self.place = place;
+        self
     }
 
     /// `None` when there is nothing left to do.
@@ -88,6 +97,7 @@ impl Aftermath {
             if let Some(reaper) = self.reaper {
                 reaper.run().await;
             }
+            drop(self.place);
         };
         let farewell = async {
             if let Some(farewell) = self.farewell {

@@ -1,12 +1,18 @@
 //! A grant's places: how many of its sessions this proxy holds at once, under the grant's
 //! session limit. A login takes a place after admission and gives it back when its relay
-//! ends; a login that finds every place taken waits a moment for one (`PLACE_WAIT`)
-//! before it is refused. Without the wait, a client that closes and connects again at once
-//! (a script running `psql -c` in a loop) could be refused because the proxy had not yet
-//! seen its last session's close, a race a busy machine makes common.
+//! ends (or, when its backend may outlive it, once the reaper saw the backend gone); a
+//! login that finds every place taken waits a moment for one (`PLACE_WAIT`) before it is
+//! refused. Without the wait, a client that closes and connects again at once (a script
+//! running `psql -c` in a loop) could be refused because the proxy had not yet seen its
+//! last session's close, a race a busy machine makes common.
+//!
+//! At most as many logins wait as the grant has places: each wait is a client connection
+//! held (`[proxy] max_connections`), and an attack review held every one of them with one
+//! token of a one-session grant while others' logins were refused. Past that, a login is
+//! refused at once.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -20,15 +26,21 @@ pub(crate) const PLACE_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 pub(crate) struct Places {
-    /// Places held per grant; a grant holding none has no entry.
-    held: Mutex<HashMap<RequestId, u32>>,
-    /// Fires when any place is given back.
-    freed: Notify,
+    /// Per grant holding a place or waiting for one; others have no entry.
+    grants: Mutex<HashMap<RequestId, Grant>>,
+}
+
+#[derive(Default)]
+struct Grant {
+    held: u32,
+    waiting: u32,
+    /// Fires when one of this grant's places is given back.
+    freed: Arc<Notify>,
 }
 
 impl Places {
     /// Takes one of `request`'s `limit` places, waiting until `wait` has passed for one to
-    /// be given back. Refused: the places held when it gave up.
+    /// be given back, unless as many logins wait already. Refused: the places held.
     pub(crate) async fn take(
         &self,
         request: &RequestId,
@@ -36,149 +48,116 @@ impl Places {
         wait: Duration,
     ) -> Result<(), u32> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
-            // Registered before the check, so a place given back between the check and
-            // the wait still wakes it.
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let held = match self.try_take(request, limit) {
-                Ok(()) => return Ok(()),
-                Err(held) => held,
+            let freed = {
+                let mut grants = self.lock();
+                let grant = grants.entry(request.clone()).or_default();
+                if grant.held < limit {
+                    grant.held += 1;
+                    return Ok(());
+                }
+                if waiting.is_none() {
+                    if grant.waiting >= limit || wait.is_zero() {
+                        let held = grant.held;
+                        forget_if_unused(&mut grants, request);
+                        return Err(held);
+                    }
+                    grant.waiting += 1;
+                    waiting = Some(Waiting(self, request));
+                }
+                // Registered while the map is held, so a place given back once it is let
+                // go still wakes this login.
+                let mut freed = Box::pin(grant.freed.clone().notified_owned());
+                freed.as_mut().enable();
+                freed
             };
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                return Err(held);
+                return Err(self.held(request));
             }
         }
-    }
-
-    fn try_take(&self, request: &RequestId, limit: u32) -> Result<(), u32> {
-        let mut held = self.lock();
-        let count = held.entry(request.clone()).or_insert(0);
-        if *count < limit {
-            *count += 1;
-            return Ok(());
-        }
-        let full = *count;
-        if full == 0 {
-            held.remove(request);
-        }
-        Err(full)
     }
 
     /// Gives back a place `take` handed out.
-    pub(crate) fn give_back(&self, request: &RequestId) {
-        {
-            let mut held = self.lock();
-            if let Some(count) = held.get_mut(request) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    held.remove(request);
-                }
-            }
-        }
-        self.freed.notify_waiters();
+    fn give_back(&self, request: &RequestId) {
+        let freed = {
+            let mut grants = self.lock();
+            let Some(grant) = grants.get_mut(request) else {
+                return;
+            };
+            grant.held = grant.held.saturating_sub(1);
+            let freed = grant.freed.clone();
+            forget_if_unused(&mut grants, request);
+            freed
+        };
+        freed.notify_waiters();
     }
 
     /// Places `request` holds now.
-    #[cfg(test)]
     fn held(&self, request: &RequestId) -> u32 {
-        self.lock().get(request).copied().unwrap_or(0)
+        self.lock().get(request).map_or(0, |g| g.held)
     }
 
     /// The map holds plain counts, each changed in one statement: a panic elsewhere
     /// while it was held leaves nothing half-done in it.
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, u32>> {
-        self.held
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, Grant>> {
+        self.grants
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    fn grant(id: &str) -> RequestId {
-        RequestId(id.into())
-    }
-
-    #[tokio::test]
-    async fn a_grant_holds_at_most_its_limit_and_others_are_apart() {
-        let places = Places::default();
-        let a = grant("req-a");
-        places.take(&a, 2, Duration::ZERO).await.expect("first");
-        places.take(&a, 2, Duration::ZERO).await.expect("second");
-        assert_eq!(places.take(&a, 2, Duration::ZERO).await, Err(2));
-        places
-            .take(&grant("req-b"), 1, Duration::ZERO)
-            .await
-            .expect("another grant's place");
-        places.give_back(&a);
-        assert_eq!(places.held(&a), 1);
-        places
-            .take(&a, 2, Duration::ZERO)
-            .await
-            .expect("given back");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_login_at_the_limit_takes_a_place_given_back_while_it_waits() {
-        let places = Arc::new(Places::default());
-        let a = grant("req-a");
-        places.take(&a, 1, Duration::ZERO).await.expect("first");
-        let waiting = {
-            let (places, a) = (places.clone(), a.clone());
-            tokio::spawn(async move { places.take(&a, 1, PLACE_WAIT).await })
-        };
-        tokio::time::sleep(PLACE_WAIT / 2).await;
-        assert!(!waiting.is_finished(), "it waits for a place");
-        places.give_back(&a);
-        assert_eq!(waiting.await.expect("task"), Ok(()));
-        assert_eq!(places.held(&a), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_login_is_refused_when_no_place_is_given_back_in_time() {
-        let places = Places::default();
-        let a = grant("req-a");
-        places.take(&a, 1, Duration::ZERO).await.expect("first");
-        let start = tokio::time::Instant::now();
-        assert_eq!(places.take(&a, 1, PLACE_WAIT).await, Err(1));
-        assert!(start.elapsed() >= PLACE_WAIT, "it waited the whole time");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn two_logins_waiting_for_one_place_get_it_one_at_a_time() {
-        let places = Arc::new(Places::default());
-        let a = grant("req-a");
-        places.take(&a, 1, Duration::ZERO).await.expect("first");
-        let wait = |places: Arc<Places>, a: RequestId| {
-            tokio::spawn(async move { places.take(&a, 1, PLACE_WAIT).await })
-        };
-        let (one, two) = (
-            wait(places.clone(), a.clone()),
-            wait(places.clone(), a.clone()),
-        );
-        tokio::task::yield_now().await;
-        places.give_back(&a);
-        let (one, two) = (one.await.expect("task"), two.await.expect("task"));
-        assert!(
-            one.is_ok() != two.is_ok(),
-            "exactly one of them took the place: {one:?} {two:?}"
-        );
-        assert_eq!(places.held(&a), 1);
-    }
-
-    #[test]
-    fn giving_back_a_grants_last_place_forgets_it() {
-        let places = Places::default();
-        let a = grant("req-a");
-        assert!(places.try_take(&a, 1).is_ok());
-        places.give_back(&a);
-        assert!(places.lock().is_empty());
-        assert_eq!(places.try_take(&a, 0), Err(0));
-        assert!(places.lock().is_empty(), "a refusal leaves no entry behind");
+fn forget_if_unused(grants: &mut HashMap<RequestId, Grant>, request: &RequestId) {
+    if grants
+        .get(request)
+        .is_some_and(|g| g.held == 0 && g.waiting == 0)
+    {
+        grants.remove(request);
     }
 }
+
+/// A login counted among its grant's waiting ones, however its wait ends (its task may be
+/// dropped mid-wait).
+struct Waiting<'a>(&'a Places, &'a RequestId);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut grants = self.0.lock();
+        if let Some(grant) = grants.get_mut(self.1) {
+            grant.waiting = grant.waiting.saturating_sub(1);
+        }
+        forget_if_unused(&mut grants, self.1);
+    }
+}
+
+/// A place taken, given back when dropped.
+pub(crate) struct PlaceHold {
+    places: Arc<Places>,
+    request: RequestId,
+}
+
+impl PlaceHold {
+    /// Takes a place of `request` as `Places::take` does.
+    pub(crate) async fn take(
+        places: &Arc<Places>,
+        request: &RequestId,
+        limit: u32,
+        wait: Duration,
+    ) -> Result<PlaceHold, u32> {
+        places.take(request, limit, wait).await?;
+        Ok(PlaceHold {
+            places: places.clone(),
+            request: request.clone(),
+        })
+    }
+}
+
+impl Drop for PlaceHold {
+    fn drop(&mut self) {
+        self.places.give_back(&self.request);
+    }
+}
+
+#[cfg(test)]
+#[path = "places_tests.rs"]
+mod tests;

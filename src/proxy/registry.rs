@@ -46,9 +46,10 @@ struct LiveSession {
     kill: watch::Sender<Control>,
     /// Set once the session is admitted (its `connected` record appended).
     admitted: Option<(Arc<SessionFields>, chrono::DateTime<chrono::Utc>)>,
-    /// It holds one of its grant's places (see `places`) until its relay is over (the
-    /// client left, or was told to), though its end is still being recorded then.
-    holds_place: bool,
+    /// One of its grant's places (see `places`), held until its relay is over (the client
+    /// left, or was told to), or, when its backend may outlive it, until the reaper saw
+    /// the backend gone; given back when dropped.
+    place: Option<super::places::PlaceHold>,
 }
 
 /// A live, admitted session as `lockbox session list` shows it.
@@ -103,7 +104,7 @@ pub struct Registry {
     /// Sessions on each session thread, once the threads started (see `threads`).
     pub(crate) thread_sessions: std::sync::OnceLock<super::threads::LiveSessions>,
     /// The places of grants with a session limit (see `places`).
-    places: super::places::Places,
+    places: Arc<super::places::Places>,
 }
 
 impl Registry {
@@ -123,7 +124,7 @@ impl Registry {
                 request_id: request_id.clone(),
                 kill,
                 admitted: None,
-                holds_place: false,
+                place: None,
             },
         );
         rx
@@ -185,12 +186,10 @@ impl Registry {
         self.cancel_keys.len()
     }
 
+    /// Forgets a session; a place it still holds is given back (once the map is let go).
     pub fn unregister(&self, session: &SessionId) {
-        if let Some((_, entry)) = self.sessions.remove(session) {
-            if entry.holds_place {
-                self.places.give_back(&entry.request_id);
-            }
-        }
+        let removed = self.sessions.remove(session);
+        drop(removed);
     }
 
     /// Tells every session of `request_id` to end.
@@ -254,26 +253,20 @@ impl Registry {
         limit: u32,
         wait: std::time::Duration,
     ) -> Result<(), u32> {
-        self.places.take(request_id, limit, wait).await?;
-        match self.sessions.get_mut(session) {
-            Some(mut entry) => entry.holds_place = true,
-            // Not registered (no session's task calls it so): nothing would give it back.
-            None => self.places.give_back(request_id),
+        let hold = super::places::PlaceHold::take(&self.places, request_id, limit, wait).await?;
+        // Not registered (no session's task calls it so): the hold is dropped, given back.
+        if let Some(mut entry) = self.sessions.get_mut(session) {
+            entry.place = Some(hold);
         }
         Ok(())
     }
 
-    /// The session's relay is over: its place is free for its grant's next session, so a
-    /// client that closes and connects again at once finds it free, whatever the first
-    /// session's end records still wait for.
-    pub(crate) fn relay_ended(&self, session: &SessionId) {
-        let gave_back = self.sessions.get_mut(session).and_then(|mut entry| {
-            std::mem::take(&mut entry.holds_place).then(|| entry.request_id.clone())
-        });
-        // Given back once the map's shard is let go: a waiting login wakes to take it.
-        if let Some(request_id) = gave_back {
-            self.places.give_back(&request_id);
-        }
+    /// The session's relay is over: its place, if it holds one, for the caller to give
+    /// back (drop) now, or once its backend is gone.
+    pub(crate) fn relay_ended(&self, session: &SessionId) -> Option<super::places::PlaceHold> {
+        self.sessions
+            .get_mut(session)
+            .and_then(|mut entry| entry.place.take())
     }
 
     pub fn live_sessions(&self) -> usize {

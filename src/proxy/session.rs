@@ -357,15 +357,12 @@ async fn run_admitted(
     let (mut upstream, login) =
         match connect_upstream(lockbox, slots, db, &admission.request, &passed, early).await {
             Ok(connected) => connected,
-            Err((code, message)) => {
-                let limited = admission
-                    .request
-                    .session_limit(config.max_sessions_per_grant)
-                    .is_some();
-                if code == sqlstate::TOO_MANY_CONNECTIONS && limited {
-                    login::refused_session(&proxy, &id, peer, &admission.request, message);
+            Err(refused) => {
+                if refused.at_grant_limit {
+                    let request = &admission.request;
+                    login::refused_session(&proxy, &id, peer, request, refused.message);
                 }
-                send_fatal(&mut stream, code, message).await;
+                send_fatal(&mut stream, refused.code, refused.message).await;
                 return Aftermath::default();
             }
         };
@@ -529,13 +526,17 @@ async fn run_admitted(
         ended_at: relay_ended,
         backend_may_run_on,
     } = ended;
-    proxy.registry.relay_ended(&id);
-    proxy.registry.forget_cancel_key(cancel_key);
-    proxy.registry.spares.ended(&request.id);
     // The server closed: its backend needs neither a cancel nor a reaper, whoever ended it.
     // One whose connection just ended mid-statement may live on: it gets both.
     let backend_gone = end::the_server_ended(&end) && !backend_may_run_on;
     let make_sure = |end: &End| (ended_by_proxy(end) && !backend_gone) || backend_may_run_on;
+    // The grant's place is free for its next session now (a client that closes and
+    // connects again at once finds it free), unless the backend may outlive the session:
+    // then the reaper gives it back once the backend is gone, so the grant's next session
+    // cannot take the role's slot kept for the reaper first (an attack review's finding).
+    let place = proxy.registry.relay_ended(&id).filter(|_| make_sure(&end));
+    proxy.registry.forget_cancel_key(cancel_key);
+    proxy.registry.spares.ended(&request.id);
     let end = end::whose_end(&lockbox.store, &request.id, end).await;
     let role_closes = match end {
         End::Dropped(DropReason::Revoked) if login.per_grant => Some(None),
@@ -581,7 +582,9 @@ async fn run_admitted(
         pid: backend.0,
         secret: backend.1,
     });
-    Aftermath::new(cancel, reaper, farewell)
+    // With no reaper (the grant's role is dropped instead), the place goes back now.
+    let place = place.filter(|_| reaper.is_some());
+    Aftermath::new(cancel, reaper, farewell).holding(place)
 }
 
 /// The session's monotonic deadline: wall-clock remaining, counted on the monotonic clock.

@@ -84,6 +84,15 @@ impl UpstreamError {
         }
     }
 
+    /// A login the server refused for the role's `CONNECTION LIMIT` (PostgreSQL's "too many
+    /// connections for role"), not the database's or the server's: the one limit lockbox
+    /// sets, to a grant's session limit plus the reaper's slot. A server whose messages are
+    /// translated (`lc_messages`) is not recognised: its refusal is the login's answer.
+    pub(crate) fn role_at_its_limit(&self) -> bool {
+        matches!(self, UpstreamError::Rejected { sqlstate, message }
+            if sqlstate == "53300" && message.contains("for role"))
+    }
+
     /// What the engineer's client is told when admission fails on this: the cause in a
     /// few words (down, stalled, refusing), never the address or the role lockbox used.
     pub(crate) fn client_message(&self) -> &'static str {
@@ -101,6 +110,9 @@ impl UpstreamError {
             }
             UpstreamError::Rejected { sqlstate, .. } if sqlstate == "57P03" => {
                 "lockbox could not connect to the upstream database: it is starting up or shutting down"
+            }
+            e if e.role_at_its_limit() => {
+                "lockbox could not connect to the upstream database: the role this access logs in as is at its connection limit there (sessions through this proxy or another)"
             }
             UpstreamError::Rejected { sqlstate, .. } if sqlstate == "53300" => {
                 "lockbox could not connect to the upstream database: it has no connection slot free (too many connections, the server's or the role's limit)"

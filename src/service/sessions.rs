@@ -6,7 +6,7 @@ use super::{request_event, Lockbox, ServiceError};
 use crate::audit::{AuditEvent, RequestEvent, RequestRecord};
 use crate::config::User;
 use crate::ids::{RequestId, SessionId};
-use crate::policy::sessions::{check_kill, check_kill_reason, may_end_others, sees_sessions_of};
+use crate::policy::sessions::{check_kill, check_kill_reason, sees_sessions_of};
 use crate::proxy::{Registry, SessionInfo};
 
 /// Why a session could not be ended.
@@ -64,8 +64,11 @@ impl Lockbox {
                 Err(e) => return Err(ServiceError::from(e).into()),
             },
         };
-        // One who may end only their own sessions learns nothing of others'.
-        if info.engineer != caller.name && !may_end_others(caller) {
+        // A session the caller may not see is not live to them, as an unknown one is: an
+        // engineer learns nothing of others' sessions, an approver nothing of another
+        // database's (an attack review's finding). One they see and may not end is 403.
+        let config = self.config();
+        if info.engineer != caller.name && !sees_sessions_of(&config, caller, &info.database) {
             return Err(KillError::NotLive(session.0.clone()));
         }
         check_kill(

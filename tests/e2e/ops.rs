@@ -257,6 +257,16 @@ async fn sessions_are_listed_and_killed_like_a_revocation() {
         denied,
         lockbox::client::ClientError::Api { status: 404, .. }
     ));
+    // An auditor sees it and may not end it: told so.
+    let seen = env
+        .client("dave")
+        .kill_session(&session.session_id, "I see it")
+        .await
+        .expect_err("an auditor may not kill");
+    assert!(matches!(
+        seen,
+        lockbox::client::ClientError::Api { status: 403, .. }
+    ));
     let missing = env
         .client("alice")
         .kill_session("no-such-session", "gone")

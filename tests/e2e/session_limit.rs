@@ -197,6 +197,21 @@ async fn a_backend_that_outlives_a_limited_session_is_still_terminated() {
         .await;
     let pid = crate::terminate::stubborn_backend(&env).await;
     drop(raw);
+    // The session's place stays taken while its backend may run on: a login right away
+    // gets in only once the reaper saw the backend gone (else it would take the role's
+    // slot kept for the reaper, an attack review's finding), or is refused.
+    match env.connect("eve", &token).await {
+        Ok((client, _)) => {
+            let alive = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
+            assert_eq!(
+                env.superuser_sql(&alive),
+                "0",
+                "admitted beside the backend"
+            );
+            drop(client);
+        }
+        Err(e) => assert_eq!(db_error(&e).0, "53300", "{e:?}"),
+    }
     crate::terminate::wait_until_gone(&env, pid).await;
     env.wait_for_audit("backend_terminated", |records| {
         records.iter().any(|r| {
@@ -383,7 +398,7 @@ async fn a_login_the_database_refuses_for_the_roles_limit_waits_and_is_audited()
         .expect_err("the database refuses the role");
     let (code, message) = db_error(&err);
     assert_eq!(code, "53300", "{message}");
-    assert!(message.contains("no connection slot free"), "{message}");
+    assert!(message.contains("is at its connection limit"), "{message}");
     let (refusal, _) = the_refusal(&env).await;
     assert_eq!(refusal["request_id"], id.as_str());
     assert!(
@@ -426,4 +441,25 @@ async fn an_engineer_ends_their_own_frozen_session_and_takes_its_place() {
     assert_eq!(killed["actor"], "eve");
     assert_eq!(killed["request_id"], id.as_str());
     session(&env, &token).await;
+}
+
+/// Logins waiting for a place hold client connections: at most as many wait as the grant
+/// has places, and the rest are refused at once (an attack review held every connection
+/// slot of the proxy with one token of a one-session grant).
+#[tokio::test(flavor = "multi_thread")]
+async fn no_more_logins_wait_than_the_grant_has_places() {
+    let env = Env::provisioned("session_limit_waiters").await;
+    let (_, token) = env.approved("eve", limited(&env, Some(1))).await;
+    let _held = session(&env, &token).await;
+    let logins: Vec<_> = (0..5).map(|_| connect_later(&env, &token)).collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let waiting = logins.iter().filter(|l| !l.is_finished()).count();
+    assert!(waiting <= 1, "{waiting} logins still wait for one place");
+    for login in logins {
+        let err = login
+            .await
+            .expect("task")
+            .expect_err("refused: the one place stays taken");
+        assert_eq!(db_error(&err).0, "53300");
+    }
 }

@@ -343,7 +343,8 @@ async fn per_database_approvers_and_request_expiry_by_rule() {
         .kill_session(&live[0].session_id, "not mine to end")
         .await
         .expect_err("carol may not end it");
-    assert_eq!(kill.code(), Some("forbidden"), "{kill}");
+    // Nor learn it exists: not live to her, as an unknown session is.
+    assert_eq!(kill.code(), Some("not_found"), "{kill}");
     let revoke = env
         .client("carol")
         .revoke(&named, "not mine to revoke")

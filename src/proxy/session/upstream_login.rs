@@ -34,8 +34,8 @@ pub(super) async fn connect_upstream(
     request: &crate::policy::Request,
     params: &[(String, String)],
     mut early: Option<EarlyDial>,
-) -> Result<(upstream::Upstream, crate::provision::Login), (&'static str, &'static str)> {
-    let unreachable = (
+) -> Result<(upstream::Upstream, crate::provision::Login), Refused> {
+    let unreachable = Refused::new(
         sqlstate::CONNECTION_FAILURE,
         "lockbox could not connect to the upstream database",
     );
@@ -58,18 +58,21 @@ pub(super) async fn connect_upstream(
         let login = match prepared {
             Ok(login) => login,
             Err(crate::provision::ProvisionError::Ended(_)) => {
-                return Err((sqlstate::INVALID_PASSWORD, "this access grant has ended"))
+                return Err(Refused::new(
+                    sqlstate::INVALID_PASSWORD,
+                    "this access grant has ended",
+                ))
             }
             Err(e @ crate::provision::ProvisionError::Timeout { .. }) => {
                 tracing::error!(error = %e, "cannot prepare the grant's upstream role");
-                return Err((
+                return Err(Refused::new(
                     sqlstate::CONNECTION_FAILURE,
                     "lockbox could not prepare the upstream role of this grant: the database did not answer in time",
                 ));
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot prepare the grant's upstream role");
-                return Err((
+                return Err(Refused::new(
                     sqlstate::CONNECTION_FAILURE,
                     "lockbox could not prepare the upstream role of this grant",
                 ));
@@ -139,11 +142,7 @@ pub(super) async fn connect_upstream(
         // grant's last session closing) against the role's limit for a moment after this
         // proxy gave its place back: a limited grant's login waits that moment out.
         let connected = match connected {
-            Err(e)
-                if e.sqlstate() == Some(sqlstate::TOO_MANY_CONNECTIONS)
-                    && login.per_grant
-                    && sessions.is_some() =>
-            {
+            Err(e) if e.role_at_its_limit() && login.per_grant && sessions.is_some() => {
                 log_in_once_a_slot_frees(db, &login.credentials, request.access, params, e).await
             }
             other => other,
@@ -169,11 +168,34 @@ pub(super) async fn connect_upstream(
                     Some(sqlstate::TOO_MANY_CONNECTIONS) => sqlstate::TOO_MANY_CONNECTIONS,
                     _ => sqlstate::CONNECTION_FAILURE,
                 };
-                return Err((code, e.client_message()));
+                return Err(Refused {
+                    code,
+                    message: e.client_message(),
+                    at_grant_limit: e.role_at_its_limit() && login.per_grant && sessions.is_some(),
+                });
             }
         }
     }
     Err(unreachable)
+}
+
+/// Why an admitted session got no upstream login, as its client is told.
+pub(super) struct Refused {
+    pub(super) code: &'static str,
+    pub(super) message: &'static str,
+    /// The database refused the grant's own role at its `CONNECTION LIMIT`: a refusal for
+    /// the grant's session limit, audited as the proxy's own is.
+    pub(super) at_grant_limit: bool,
+}
+
+impl Refused {
+    fn new(code: &'static str, message: &'static str) -> Refused {
+        Refused {
+            code,
+            message,
+            at_grant_limit: false,
+        }
+    }
 }
 
 /// Logs in again, a little later each time, while the server refuses for want of a slot,
@@ -193,7 +215,7 @@ async fn log_in_once_a_slot_frees(
         pause = (pause * 2).min(std::time::Duration::from_millis(400));
         last = upstream::connect(db, credentials, access, params).await;
         match &last {
-            Err(e) if e.sqlstate() == Some(sqlstate::TOO_MANY_CONNECTIONS) => {
+            Err(e) if e.role_at_its_limit() => {
                 tracing::debug!("the database still counts the grant's role at its limit");
             }
             _ => break,
