@@ -66,6 +66,11 @@ pub(crate) struct Reaper {
     pub(crate) audit: AuditLog,
     /// The session's span, so the reaper's lines carry its session id.
     pub(crate) span: tracing::Span,
+    /// For a grant with a session limit: its reapers' turn. Its role's `CONNECTION LIMIT`
+    /// keeps one slot for a reaper, so they log in one at a time (an attack review's two
+    /// sessions of a two-session grant, killed together: the second reaper was refused
+    /// 53300 and its backend ran on).
+    pub(crate) turn: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Reaper {
@@ -78,7 +83,15 @@ impl Reaper {
             backend_pid = self.backend_pid
         );
         async move {
-            let fate = self.settle().await;
+            let fate = match &self.turn {
+                Some(turn) => {
+                    // Past its window once its turn comes, it looks once and terminates
+                    // a backend still there at once.
+                    let _turn = turn.lock().await;
+                    self.settle().await
+                }
+                None => self.settle().await,
+            };
             log(&fate);
             self.record(&fate).await;
         }

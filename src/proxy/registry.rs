@@ -105,6 +105,9 @@ pub struct Registry {
     pub(crate) thread_sessions: std::sync::OnceLock<super::threads::LiveSessions>,
     /// The places of grants with a session limit (see `places`).
     places: Arc<super::places::Places>,
+    /// The reapers' turn of each grant with a session limit that has one running (see
+    /// `reaper`).
+    reaper_turns: DashMap<RequestId, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Registry {
@@ -259,6 +262,17 @@ impl Registry {
             entry.place = Some(hold);
         }
         Ok(())
+    }
+
+    /// The reapers' turn of `request_id`'s grant; one no reaper holds or waits for is
+    /// forgotten when the next is asked for.
+    pub(crate) fn reaper_turn(&self, request_id: &RequestId) -> Arc<tokio::sync::Mutex<()>> {
+        self.reaper_turns
+            .retain(|_, turn| Arc::strong_count(turn) > 1);
+        self.reaper_turns
+            .entry(request_id.clone())
+            .or_default()
+            .clone()
     }
 
     /// The session's relay is over: its place, if it holds one, for the caller to give

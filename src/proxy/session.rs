@@ -573,6 +573,10 @@ async fn run_admitted(
         fields: fields.clone(),
         audit: lockbox.audit.clone(),
         span: tracing::Span::current(),
+        turn: request
+            .session_limit(config.max_sessions_per_grant)
+            .filter(|_| login.per_grant)
+            .map(|_| proxy.registry.reaper_turn(&request.id)),
     });
     finish(&lockbox.audit, &fields, &request.id, &end);
     // A query may be running: it is cancelled, so the backend notices the closed socket.

@@ -463,3 +463,62 @@ async fn no_more_logins_wait_than_the_grant_has_places() {
         assert_eq!(db_error(&err).0, "53300");
     }
 }
+
+/// Two backends of a two-session grant that both outlive their sessions are both
+/// terminated: the role keeps one slot for the reaper, so reapers of a grant take turns
+/// (an attack review's second reaper was refused 53300 and its backend ran on).
+#[tokio::test(flavor = "multi_thread")]
+async fn backends_of_a_limited_grant_that_outlive_their_sessions_together_are_all_terminated() {
+    let env = Env::provisioned("session_limit_reapers").await;
+    let new = NewRequest {
+        access: AccessLevel::Write,
+        ..limited(&env, Some(2))
+    };
+    let (id, token) = env.approved("eve", new).await;
+    env.superuser_sql(&crate::terminate::stubborn("lockbox_write"));
+    let mut raws = Vec::new();
+    for _ in 0..2 {
+        let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
+        raw.read_until_ready().await;
+        raw.send(&crate::harness::query(crate::terminate::CALL))
+            .await;
+        raws.push(raw);
+    }
+    let running = format!(
+        "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity \
+         WHERE datname = '{}' AND query = '{}'",
+        env.db,
+        crate::terminate::CALL
+    );
+    let mut pids = Vec::new();
+    for _ in 0..100 {
+        pids = env
+            .superuser_sql(&running)
+            .split(',')
+            .filter_map(|p| p.trim().parse::<i32>().ok())
+            .collect();
+        if pids.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pids.len(), 2, "both procedures run");
+    drop(raws);
+    for &pid in &pids {
+        crate::terminate::wait_until_gone(&env, pid).await;
+    }
+    env.wait_for_audit("both terminated", |records| {
+        let terminated = records
+            .iter()
+            .filter(|r| r["request_id"] == id.as_str() && r["event"] == "backend_terminated")
+            .count();
+        terminated == 2
+    })
+    .await;
+    assert!(
+        !env.audit()
+            .iter()
+            .any(|r| r["event"] == "backend_termination_failed"),
+        "no reaper failed"
+    );
+}
