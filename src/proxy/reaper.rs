@@ -71,6 +71,32 @@ pub(crate) struct Reaper {
     /// sessions of a two-session grant, killed together: the second reaper was refused
     /// 53300 and its backend ran on).
     pub(crate) turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// For a grant with a role of its own: how to take the role over again when another
+    /// proxy of the fleet reset its password since the session logged in (the reaper's
+    /// login is then refused 28P01), as a login does.
+    pub(crate) retake: Option<Retake>,
+}
+
+/// What taking a grant's role over again needs.
+pub(crate) struct Retake {
+    pub(crate) provisioner: Arc<crate::provision::Provisioner>,
+    pub(crate) request: crate::policy::Request,
+    pub(crate) sessions: Option<u32>,
+}
+
+impl Retake {
+    /// The role taken over again: a password of this proxy's own.
+    async fn credentials(&self, db: &Database) -> Result<Credentials, UpstreamError> {
+        self.provisioner.forget(&self.request.id).await;
+        self.provisioner
+            .login(db, &self.request, self.sessions)
+            .await
+            .map(|login| login.credentials)
+            .map_err(|e| UpstreamError::Rejected {
+                sqlstate: "28P01".into(),
+                message: format!("the grant's role could not be taken over again: {e}"),
+            })
+    }
 }
 
 impl Reaper {
@@ -111,16 +137,28 @@ impl Reaper {
     /// recovery), and refuses logins for a while; once it takes them, the backend it had
     /// is gone.
     async fn log_in(&self) -> Result<Upstream, ReapError> {
+        let mut credentials = std::borrow::Cow::Borrowed(&self.credentials);
+        let mut retake = self.retake.as_ref();
         loop {
             let login = upstream::connect(
                 &self.db,
-                &self.credentials,
+                &credentials,
                 self.access,
                 &[("application_name".into(), APPLICATION_NAME.into())],
             )
             .await;
             match login {
                 Ok(conn) => return Ok(conn),
+                Err(e) if e.sqlstate() == Some("28P01") && retake.is_some() => {
+                    tracing::warn!(
+                        "upstream refused the grant role's password to the reaper; taking the role over again"
+                    );
+                    let again = retake.take().map(|r| r.credentials(&self.db));
+                    if let Some(again) = again {
+                        credentials =
+                            std::borrow::Cow::Owned(again.await.map_err(ReapError::Connect)?);
+                    }
+                }
                 Err(e)
                     if e.server_unavailable() && Instant::now() + LOGIN_RETRY < self.window_end =>
                 {

@@ -577,6 +577,11 @@ async fn run_admitted(
             .session_limit(config.max_sessions_per_grant)
             .filter(|_| login.per_grant)
             .map(|_| proxy.registry.reaper_turn(&request.id)),
+        retake: login.per_grant.then(|| super::reaper::Retake {
+            provisioner: lockbox.provisioner.clone(),
+            request: request.clone(),
+            sessions: request.session_limit(config.max_sessions_per_grant),
+        }),
     });
     finish(&lockbox.audit, &fields, &request.id, &end);
     // A query may be running: it is cancelled, so the backend notices the closed socket.

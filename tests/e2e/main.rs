@@ -2,6 +2,7 @@
 //! psql, pgbench) and raw sockets for the misbehaving ones.
 
 mod catalog_refresh;
+mod fleet_reaper;
 mod frontend;
 mod harness;
 

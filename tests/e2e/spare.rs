@@ -219,7 +219,7 @@ async fn a_login_the_server_has_no_slot_for_is_told_so() {
     });
     let (code, message) = refused.expect("refused by the server");
     assert_eq!(code, "53300", "{message}");
-    assert!(message.contains("no connection slot free"), "{message}");
+    assert!(message.contains("is at its connection limit"), "{message}");
 }
 
 /// `spare_backends = "off"`: a grant that reconnects logs in afresh every time (on, its

@@ -1,0 +1,56 @@
+//! A reaper in a fleet: the grant's role is taken over (its password reset) by every node
+//! that logs the grant in after another did, so a reaper holding the password its session
+//! logged in with was refused 28P01 and a backend that outlived its session ran on (an
+//! attack review). It takes the role over again, as a login does.
+
+use lockbox::policy::{AccessLevel, NewRequest};
+
+use crate::fleet::{connect_via, start_node};
+use crate::harness::{Env, Options, PROVISIONER_PASSWORD, PROVISIONER_ROLE};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_outliving_its_session_is_terminated_after_another_node_took_the_role_over() {
+    let env = Env::with(
+        "fleet_reaper",
+        Options {
+            state_postgres: true,
+            upstream_user: PROVISIONER_ROLE,
+            upstream_password: PROVISIONER_PASSWORD,
+            ..Options::default()
+        },
+    )
+    .await;
+    let two = start_node(&env, 2).await;
+    let new = NewRequest {
+        database: env.db.clone(),
+        ticket: "T-28P01".into(),
+        reason: "a look".into(),
+        access: AccessLevel::Write,
+        duration: Some("1h".into()),
+        ..NewRequest::default()
+    };
+    let (id, token) = env.approved("eve", new).await;
+    env.superuser_sql(&crate::terminate::stubborn("lockbox_write"));
+    let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw.send(&crate::harness::query(crate::terminate::CALL))
+        .await;
+    let pid = crate::terminate::stubborn_backend(&env).await;
+    // The grant logs in on node 2, which takes its role over: a password of its own.
+    let (other, _conn) = connect_via(&env, two.proxy_addr.port(), &token)
+        .await
+        .expect("login on node 2");
+    other.simple_query("SELECT 1").await.expect("served");
+    drop(other);
+    // The client on node 1 leaves mid-statement: its backend swallows the cancel.
+    drop(raw);
+    crate::terminate::wait_until_gone(&env, pid).await;
+    env.wait_for_audit("backend_terminated", |records| {
+        records.iter().any(|r| {
+            r["request_id"] == id.as_str()
+                && r["event"] == "backend_terminated"
+                && r["backend_pid"] == pid
+        })
+    })
+    .await;
+}
