@@ -11,17 +11,18 @@ use lockbox::policy::AccessLevel;
 
 use crate::harness::{db_error, Env, Options};
 
+/// A deployment whose statement rules need the database's code, read again every second.
+fn refreshing(options: Options) -> Options {
+    Options {
+        guardrails: "deny_drop = true",
+        timings: "catalog_refresh = \"1s\"",
+        ..options
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_view_made_behind_lockbox_reaches_a_session_already_open() {
-    let env = Env::with(
-        "catalog_refresh",
-        Options {
-            guardrails: "deny_drop = true",
-            timings: "catalog_refresh = \"1s\"",
-            ..Options::default()
-        },
-    )
-    .await;
+    let env = Env::with("catalog_refresh", refreshing(Options::default())).await;
     env.superuser_sql("CREATE TABLE ran (what text); GRANT ALL ON ran TO PUBLIC;");
     let (_, token) = env
         .approved_token_for("eve", "1h", AccessLevel::Write)
@@ -85,13 +86,11 @@ async fn a_session_ends_when_its_databases_code_cannot_be_read_again() {
         .expect("service role");
     let env = Env::with(
         "catalog_unreadable",
-        Options {
-            guardrails: "deny_drop = true",
-            timings: "catalog_refresh = \"1s\"",
+        refreshing(Options {
             upstream_user: "refresh_svc",
             upstream_password: "refresh-pw",
             ..Options::default()
-        },
+        }),
     )
     .await;
     let (_, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
@@ -121,15 +120,7 @@ async fn a_session_ends_when_its_databases_code_cannot_be_read_again() {
 /// verdict had been kept.
 #[tokio::test(flavor = "multi_thread")]
 async fn statements_prepared_before_the_catalog_changed_are_checked_again() {
-    let env = Env::with(
-        "catalog_refresh_prepared",
-        Options {
-            guardrails: "deny_drop = true",
-            timings: "catalog_refresh = \"1s\"",
-            ..Options::default()
-        },
-    )
-    .await;
+    let env = Env::with("catalog_refresh_prepared", refreshing(Options::default())).await;
     env.superuser_sql(
         "CREATE TABLE ran (what text); GRANT ALL ON ran TO PUBLIC;
          CREATE VIEW later AS SELECT 1 AS v; GRANT SELECT ON later TO PUBLIC;",
@@ -193,15 +184,7 @@ async fn statements_prepared_before_the_catalog_changed_are_checked_again() {
 /// new server's read fed to old sessions when reads were kept per name.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_that_moves_a_database_keeps_each_session_on_its_own_servers_code() {
-    let env = Env::with(
-        "catalog_moved",
-        Options {
-            guardrails: "deny_drop = true",
-            timings: "catalog_refresh = \"1s\"",
-            ..Options::default()
-        },
-    )
-    .await;
+    let env = Env::with("catalog_moved", refreshing(Options::default())).await;
     // Where it is now, `v` is a table; where it moves to, a view whose function writes.
     env.superuser_sql(
         "CREATE TABLE v (x int); INSERT INTO v VALUES (1); GRANT SELECT ON v TO PUBLIC;",

@@ -45,12 +45,5 @@ async fn a_backend_outliving_its_session_is_terminated_after_another_node_took_t
     // The client on node 1 leaves mid-statement: its backend swallows the cancel.
     drop(raw);
     crate::terminate::wait_until_gone(&env, pid).await;
-    env.wait_for_audit("backend_terminated", |records| {
-        records.iter().any(|r| {
-            r["request_id"] == id.as_str()
-                && r["event"] == "backend_terminated"
-                && r["backend_pid"] == pid
-        })
-    })
-    .await;
+    crate::terminate::wait_for_terminated(&env, &id, pid).await;
 }

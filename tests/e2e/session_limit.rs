@@ -31,6 +31,18 @@ async fn session(env: &Env, token: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A write grant of `limit` sessions, and a procedure it can call that swallows the
+/// cancel (see `terminate`).
+async fn stubborn_write_grant(env: &Env, limit: u32) -> (String, String) {
+    let new = NewRequest {
+        access: AccessLevel::Write,
+        ..limited(env, Some(limit))
+    };
+    let granted = env.approved("eve", new).await;
+    env.superuser_sql(&crate::terminate::stubborn("lockbox_write"));
+    granted
+}
+
 /// A login through the proxy on a task of its own; it yields the client.
 fn connect_later(
     env: &Env,
@@ -180,12 +192,7 @@ async fn the_database_refuses_the_grants_role_past_its_limit_without_the_proxy()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backend_that_outlives_a_limited_session_is_still_terminated() {
     let env = Env::provisioned("session_limit_reap").await;
-    let new = NewRequest {
-        access: AccessLevel::Write,
-        ..limited(&env, Some(1))
-    };
-    let (id, token) = env.approved("eve", new).await;
-    env.superuser_sql(&crate::terminate::stubborn("lockbox_write"));
+    let (id, token) = stubborn_write_grant(&env, 1).await;
     // A grant that reconnects would get a spare backend logged in ahead, which would take
     // the slot kept for the reaper: a limited grant gets none.
     for _ in 0..2 {
@@ -213,14 +220,7 @@ async fn a_backend_that_outlives_a_limited_session_is_still_terminated() {
         Err(e) => assert_eq!(db_error(&e).0, "53300", "{e:?}"),
     }
     crate::terminate::wait_until_gone(&env, pid).await;
-    env.wait_for_audit("backend_terminated", |records| {
-        records.iter().any(|r| {
-            r["request_id"] == id.as_str()
-                && r["event"] == "backend_terminated"
-                && r["backend_pid"] == pid
-        })
-    })
-    .await;
+    crate::terminate::wait_for_terminated(&env, &id, pid).await;
     // Its one place is free again.
     session(&env, &token).await;
 }
@@ -470,12 +470,7 @@ async fn no_more_logins_wait_than_the_grant_has_places() {
 #[tokio::test(flavor = "multi_thread")]
 async fn backends_of_a_limited_grant_that_outlive_their_sessions_together_are_all_terminated() {
     let env = Env::provisioned("session_limit_reapers").await;
-    let new = NewRequest {
-        access: AccessLevel::Write,
-        ..limited(&env, Some(2))
-    };
-    let (id, token) = env.approved("eve", new).await;
-    env.superuser_sql(&crate::terminate::stubborn("lockbox_write"));
+    let (id, token) = stubborn_write_grant(&env, 2).await;
     let mut raws = Vec::new();
     for _ in 0..2 {
         let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;

@@ -82,6 +82,16 @@ pub(crate) async fn wait_until_gone(env: &Env, pid: i32) {
     );
 }
 
+/// Waits (bounded) for the audit's `backend_terminated` record of `pid`, of request `id`.
+pub(crate) async fn wait_for_terminated(env: &Env, id: &str, pid: i32) {
+    env.wait_for_audit("backend_terminated", |records| {
+        records.iter().any(|r| {
+            r["request_id"] == id && r["event"] == "backend_terminated" && r["backend_pid"] == pid
+        })
+    })
+    .await;
+}
+
 /// The backend is gone for good: the ticks no longer move.
 async fn assert_ticks_stopped(env: &Env) {
     let before = ticks(env);
