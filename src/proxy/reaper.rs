@@ -86,16 +86,20 @@ pub(crate) struct Retake {
 
 impl Retake {
     /// The role taken over again: a password of this proxy's own.
+    /// Bounded as a session's login is: a database that stalls must not hold the reaper
+    /// (and the grant's place) for as long as it stalls.
     async fn credentials(&self, db: &Database) -> Result<Credentials, UpstreamError> {
         self.provisioner.forget(&self.request.id).await;
-        self.provisioner
-            .login(db, &self.request, self.sessions)
-            .await
-            .map(|login| login.credentials)
-            .map_err(|e| UpstreamError::Rejected {
-                sqlstate: "28P01".into(),
-                message: format!("the grant's role could not be taken over again: {e}"),
-            })
+        let login = self.provisioner.login(db, &self.request, self.sessions);
+        let taken = match tokio::time::timeout(super::session::PROVISION_TIMEOUT, login).await {
+            Ok(Ok(login)) => return Ok(login.credentials),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the database did not answer in time".to_owned(),
+        };
+        Err(UpstreamError::Rejected {
+            sqlstate: "28P01".into(),
+            message: format!("the grant's role could not be taken over again: {taken}"),
+        })
     }
 }
 
@@ -109,15 +113,13 @@ impl Reaper {
             backend_pid = self.backend_pid
         );
         async move {
-            let fate = match &self.turn {
-                Some(turn) => {
-                    // Past its window once its turn comes, it looks once and terminates
-                    // a backend still there at once.
-                    let _turn = turn.lock().await;
-                    self.settle().await
-                }
-                None => self.settle().await,
+            // Past its window once its turn comes, it looks once and terminates a backend
+            // still there at once.
+            let _turn = match &self.turn {
+                Some(turn) => Some(turn.lock().await),
+                None => None,
             };
+            let fate = self.settle().await;
             log(&fate);
             self.record(&fate).await;
         }
@@ -149,15 +151,15 @@ impl Reaper {
             .await;
             match login {
                 Ok(conn) => return Ok(conn),
-                Err(e) if e.sqlstate() == Some("28P01") && retake.is_some() => {
+                Err(e) if e.sqlstate() == Some("28P01") => {
+                    let Some(retake) = retake.take() else {
+                        return Err(ReapError::Connect(e));
+                    };
                     tracing::warn!(
                         "upstream refused the grant role's password to the reaper; taking the role over again"
                     );
-                    let again = retake.take().map(|r| r.credentials(&self.db));
-                    if let Some(again) = again {
-                        credentials =
-                            std::borrow::Cow::Owned(again.await.map_err(ReapError::Connect)?);
-                    }
+                    let again = retake.credentials(&self.db).await;
+                    credentials = std::borrow::Cow::Owned(again.map_err(ReapError::Connect)?);
                 }
                 Err(e)
                     if e.server_unavailable() && Instant::now() + LOGIN_RETRY < self.window_end =>

@@ -191,8 +191,7 @@ impl Registry {
 
     /// Forgets a session; a place it still holds is given back (once the map is let go).
     pub fn unregister(&self, session: &SessionId) {
-        let removed = self.sessions.remove(session);
-        drop(removed);
+        self.sessions.remove(session);
     }
 
     /// Tells every session of `request_id` to end.

@@ -562,6 +562,7 @@ async fn run_admitted(
         });
     }
     let role_closes = role_closes.is_some();
+    let sessions = request.session_limit(config.max_sessions_per_grant);
     let reaper = (make_sure(&end) && !role_closes).then(|| Reaper {
         db: db.clone(),
         credentials: login.credentials.clone(),
@@ -573,14 +574,12 @@ async fn run_admitted(
         fields: fields.clone(),
         audit: lockbox.audit.clone(),
         span: tracing::Span::current(),
-        turn: request
-            .session_limit(config.max_sessions_per_grant)
-            .filter(|_| login.per_grant)
-            .map(|_| proxy.registry.reaper_turn(&request.id)),
+        turn: (login.per_grant && sessions.is_some())
+            .then(|| proxy.registry.reaper_turn(&request.id)),
         retake: login.per_grant.then(|| super::reaper::Retake {
             provisioner: lockbox.provisioner.clone(),
             request: request.clone(),
-            sessions: request.session_limit(config.max_sessions_per_grant),
+            sessions,
         }),
     });
     finish(&lockbox.audit, &fields, &request.id, &end);

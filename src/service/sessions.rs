@@ -71,12 +71,7 @@ impl Lockbox {
         if info.engineer != caller.name && !sees_sessions_of(&config, caller, &info.database) {
             return Err(KillError::NotLive(session.0.clone()));
         }
-        check_kill(
-            &self.config(),
-            caller,
-            (&info.database, &info.engineer),
-            reason,
-        )?;
+        check_kill(&config, caller, (&info.database, &info.engineer), reason)?;
         let why = format!("session {}: {}", session.0, reason.trim());
         let record = match self.store.get(&RequestId(info.request_id.clone())).await {
             Ok(Some(request)) => request_event(

@@ -78,6 +78,8 @@ pub(super) async fn connect_upstream(
                 ));
             }
         };
+        // The grant's own role, limited: its `CONNECTION LIMIT` is the grant's.
+        let limited_role = login.per_grant && sessions.is_some();
         let key = SpareKey::new(db, &login.credentials.user, request.access, params);
         // Opens the grant's next spare when it may have one (see `spare`).
         let open_next = |taken: bool, early: Option<EarlyDial>| {
@@ -142,7 +144,7 @@ pub(super) async fn connect_upstream(
         // grant's last session closing) against the role's limit for a moment after this
         // proxy gave its place back: a limited grant's login waits that moment out.
         let connected = match connected {
-            Err(e) if e.role_at_its_limit() && login.per_grant && sessions.is_some() => {
+            Err(e) if e.role_at_its_limit() && limited_role => {
                 log_in_once_a_slot_frees(db, &login.credentials, request.access, params, e).await
             }
             other => other,
@@ -171,7 +173,7 @@ pub(super) async fn connect_upstream(
                 return Err(Refused {
                     code,
                     message: e.client_message(),
-                    at_grant_limit: e.role_at_its_limit() && login.per_grant && sessions.is_some(),
+                    at_grant_limit: e.role_at_its_limit() && limited_role,
                 });
             }
         }
