@@ -154,8 +154,10 @@ impl Follower {
                 session,
                 node,
                 reason,
+                by_its_engineer,
             } if node == self.node => {
-                self.registry.kill(&SessionId(session), &reason);
+                self.registry
+                    .kill(&SessionId(session), &reason, by_its_engineer);
             }
             // Protection and other settings are read from the store when used.
             Change::Kill { .. } | Change::Setting { .. } => {}

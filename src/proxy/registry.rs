@@ -19,8 +19,13 @@ pub enum DropReason {
     Expired,
     Revoked,
     Shutdown,
-    /// An admin or approver ended it (`lockbox session kill`), saying why.
-    Killed(Arc<str>),
+    /// Someone ended it (`lockbox session kill`), saying why: an admin or approver, or
+    /// the session's own engineer (`by_its_engineer`), an end the client could bring about
+    /// at will (see `relay::last_words::is_provoked`).
+    Killed {
+        why: Arc<str>,
+        by_its_engineer: bool,
+    },
 }
 
 /// What the control plane tells a live session.
@@ -163,11 +168,15 @@ impl Registry {
     }
 
     /// Tells one session to end, with `reason`; false if it is no longer live.
-    pub(crate) fn kill(&self, session: &SessionId, reason: &str) -> bool {
+    /// `by_its_engineer`: the session's own engineer asked.
+    pub(crate) fn kill(&self, session: &SessionId, reason: &str, by_its_engineer: bool) -> bool {
         let Some(entry) = self.sessions.get(session) else {
             return false;
         };
-        let reason = Control::Drop(DropReason::Killed(Arc::from(reason)));
+        let reason = Control::Drop(DropReason::Killed {
+            why: Arc::from(reason),
+            by_its_engineer,
+        });
         // A session already told to end keeps its first reason.
         entry.kill.send_if_modified(|c| {
             if matches!(c, Control::Drop(_)) {

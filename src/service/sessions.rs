@@ -100,11 +100,15 @@ impl Lockbox {
             .await
             .map_err(ServiceError::from)?;
         let reason = format!("{} (by {})", reason.trim(), caller.name);
+        // Its own engineer's end is one the client could bring about at will: its farewell
+        // draws on the passes as such ends do (see `relay::last_words::is_provoked`).
+        let by_its_engineer = info.engineer == caller.name;
         if remote {
             let kill = crate::store::Change::Kill {
                 session: session.0.clone(),
                 node: info.node.clone(),
                 reason,
+                by_its_engineer,
             };
             self.store
                 .publish(&kill)
@@ -113,7 +117,7 @@ impl Lockbox {
             tracing::info!(session_id = %session.0, node = %info.node, actor = %caller.name, "session kill relayed");
             return Ok(info);
         }
-        if !registry.kill(session, &reason) {
+        if !registry.kill(session, &reason, by_its_engineer) {
             tracing::info!(session_id = %session.0, "session ended before it could be killed");
         }
         tracing::info!(session_id = %session.0, actor = %caller.name, "session killed");

@@ -287,7 +287,10 @@ async fn sessions_are_listed_and_killed_like_a_revocation() {
         .expect("join");
     let (code, message) = db_error(&ended.expect("a FATAL"));
     assert_eq!(code, "57P01");
-    assert!(message.contains("suspicious activity"), "{message}");
+    assert!(
+        message.contains("suspicious activity") && message.contains("by an operator"),
+        "{message}"
+    );
     let records = env
         .wait_for_audit("dropped_killed", |records| {
             records.iter().any(|r| {

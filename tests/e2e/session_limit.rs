@@ -428,7 +428,14 @@ async fn an_engineer_ends_their_own_frozen_session_and_takes_its_place() {
         .await
         .expect("the session ends")
         .expect("join");
-    assert_eq!(db_error(&ended.expect("a FATAL")).0, "57P01");
+    // Told as its own end, not an operator's: the proxy knows the client chose it, and its
+    // farewell draws on the passes kept for such ends (`last_words::is_provoked`).
+    let (code, message) = db_error(&ended.expect("a FATAL"));
+    assert_eq!(code, "57P01");
+    assert!(
+        message.contains("at its engineer's request") && message.contains("my client froze"),
+        "{message}"
+    );
     let records = env
         .wait_for_audit("session_killed", |records| {
             records.iter().any(|r| r["event"] == "session_killed")

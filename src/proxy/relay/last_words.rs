@@ -27,9 +27,19 @@ pub(super) fn fatal_for(
             sqlstate::ADMIN_SHUTDOWN,
             "lockbox proxy is shutting down".to_owned(),
         ),
-        End::Dropped(DropReason::Killed(why)) => (
+        End::Dropped(DropReason::Killed {
+            why,
+            by_its_engineer: false,
+        }) => (
             sqlstate::ADMIN_SHUTDOWN,
             format!("lockbox session was ended by an operator: {why}"),
+        ),
+        End::Dropped(DropReason::Killed {
+            why,
+            by_its_engineer: true,
+        }) => (
+            sqlstate::ADMIN_SHUTDOWN,
+            format!("lockbox session was ended at its engineer's request: {why}"),
         ),
         End::ProtocolError(m) => (sqlstate::PROTOCOL_VIOLATION, m.clone()),
         End::MessageTooLarge(o) => (sqlstate::PROTOCOL_VIOLATION, o.fatal_message()),
@@ -88,20 +98,35 @@ pub(super) fn may_be_patient(end: &End) -> bool {
 }
 
 /// Whether the client could have brought this end about at will: its own statement (a row
-/// limit, a setting refused) or the server's end, which `SET idle_session_timeout` brings
-/// on. Such farewells may be patient only while passes are plentiful (see
+/// limit, a setting refused), the server's end, which `SET idle_session_timeout` brings
+/// on, or its engineer's own `session kill` (the API takes it from the same engineer who
+/// holds the token). Such farewells may be patient only while passes are plentiful (see
 /// `Aftermath::releasing`), so they never use up the patience kept for ends the client did
 /// not choose (revoke, expiry, shutdown).
 pub(super) fn is_provoked(end: &End) -> bool {
     matches!(
         end,
-        End::UpstreamGone | End::RowLimit(_) | End::UnsafeSetting(_) | End::LostTrack(_)
+        End::UpstreamGone
+            | End::RowLimit(_)
+            | End::UnsafeSetting(_)
+            | End::LostTrack(_)
+            | End::Dropped(DropReason::Killed {
+                by_its_engineer: true,
+                ..
+            })
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn killed(why: &str, by_its_engineer: bool) -> End {
+        End::Dropped(DropReason::Killed {
+            why: why.into(),
+            by_its_engineer,
+        })
+    }
 
     fn every_end() -> Vec<End> {
         vec![
@@ -112,7 +137,8 @@ mod tests {
             End::Dropped(DropReason::Expired),
             End::Dropped(DropReason::Revoked),
             End::Dropped(DropReason::Shutdown),
-            End::Dropped(DropReason::Killed("incident 7".into())),
+            killed("incident 7", false),
+            killed("not needed any more", true),
             End::ProtocolError("unexpected message type 0x01".to_owned()),
             End::AuditFailed,
             End::UnsafeSetting("a setting".to_owned()),
@@ -141,13 +167,16 @@ mod tests {
             revoked.contains("req-1") && revoked.contains("revoked"),
             "{revoked}"
         );
-        let (_, killed) = fatal_for(
-            &End::Dropped(DropReason::Killed("incident 7".into())),
-            "r",
-            false,
-        )
-        .expect("told");
-        assert!(killed.contains("incident 7"), "{killed}");
+        let (_, by_operator) = fatal_for(&killed("incident 7", false), "r", false).expect("told");
+        assert!(
+            by_operator.contains("incident 7") && by_operator.contains("operator"),
+            "{by_operator}"
+        );
+        let (_, by_engineer) = fatal_for(&killed("done", true), "r", false).expect("told");
+        assert!(
+            by_engineer.contains("done") && by_engineer.contains("its engineer's request"),
+            "{by_engineer}"
+        );
     }
 
     #[test]
@@ -182,6 +211,9 @@ mod tests {
             (End::RowLimit(1), true, true),
             (End::UnsafeSetting("x".into()), true, true),
             (End::CodeUnreadable("x".into()), true, false),
+            // An admin's or approver's kill is not the client's doing; its engineer's own is.
+            (killed("incident 7", false), true, false),
+            (killed("done here", true), true, true),
         ];
         for (end, patient, provoked) in cases {
             assert_eq!(may_be_patient(&end), patient, "{end:?}");

@@ -155,7 +155,7 @@ pub(super) fn finish(
         End::Dropped(DropReason::Shutdown) => {
             (SessionEvent::DroppedShutdown, Some("proxy shutting down"))
         }
-        End::Dropped(DropReason::Killed(why)) => (SessionEvent::DroppedKilled, Some(&**why)),
+        End::Dropped(DropReason::Killed { why, .. }) => (SessionEvent::DroppedKilled, Some(&**why)),
         End::ClientGone => (SessionEvent::Disconnected, None),
         End::ClientLeftMidStatement => (
             SessionEvent::Disconnected,

@@ -37,6 +37,9 @@ pub enum Change {
         session: String,
         node: String,
         reason: String,
+        /// The session's own engineer asked (absent from a node that does not say: false).
+        #[serde(default)]
+        by_its_engineer: bool,
     },
 }
 
@@ -231,4 +234,33 @@ fn version_sql(version: u64) -> i64 {
 
 pub(crate) fn millis(time: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(time).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Change;
+
+    /// A kill relayed by a node that does not say whose it is (an older one) is an
+    /// operator's: its session's farewell is not counted as one the client chose.
+    #[test]
+    fn a_relayed_kill_says_whether_its_engineer_asked_and_defaults_to_not() {
+        let old: Change =
+            serde_json::from_str(r#"{"kind":"kill","session":"s-1","node":"n-2","reason":"r"}"#)
+                .expect("parses");
+        assert!(matches!(
+            old,
+            Change::Kill {
+                by_its_engineer: false,
+                ..
+            }
+        ));
+        let own = Change::Kill {
+            session: "s-1".into(),
+            node: "n-2".into(),
+            reason: "done (by eve)".into(),
+            by_its_engineer: true,
+        };
+        let text = serde_json::to_string(&own).expect("serializes");
+        assert_eq!(serde_json::from_str::<Change>(&text).expect("parses"), own);
+    }
 }
