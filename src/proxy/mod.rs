@@ -12,6 +12,7 @@ mod early_dial;
 mod gate;
 #[cfg(test)]
 mod gate_attack_11;
+mod hangup;
 mod message_memory;
 mod negotiate;
 mod outcome;

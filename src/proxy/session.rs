@@ -176,7 +176,7 @@ pub async fn serve(
     let login = match presented {
         Ok(Ok((claimed, token))) => tokio::time::timeout(
             LOGIN_TIMEOUT,
-            admit_token(&proxy, &id, peer, claimed, &token, &mut early),
+            admit_token(&proxy, (&id, client_fd), peer, claimed, &token, &mut early),
         )
         .await
         .unwrap_or_else(|_| {

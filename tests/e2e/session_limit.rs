@@ -471,6 +471,49 @@ async fn no_more_logins_wait_than_the_grant_has_places() {
     }
 }
 
+/// A login whose client leaves while it waits for a place stops waiting: it no longer
+/// counts among the grant's waiting logins (the next client may wait in its stead), and the
+/// place given back goes to that client, not to an upstream login for nobody.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_whose_client_leaves_while_it_waits_gives_up_its_wait() {
+    let env = Env::provisioned("session_limit_waiter_left").await;
+    let (id, token) = env.approved("eve", limited(&env, Some(1))).await;
+    let held = session(&env, &token).await;
+    let left = connect_later(&env, &token);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!left.is_finished(), "the login waits for the place");
+    left.abort();
+    let _ = left.await;
+    // Its wait ends once the proxy sees the close, well within the 2 s it would have
+    // waited: a login refused at once meanwhile found it still counted.
+    let mut next = None;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let login = connect_later(&env, &token);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !login.is_finished() {
+            next = Some(login);
+            break;
+        }
+        let err = login.await.expect("task").expect_err("refused at once");
+        assert_eq!(db_error(&err).0, "53300");
+    }
+    let next = next.expect("a login waits once the one whose client left gave up");
+    drop(held);
+    let client = next
+        .await
+        .expect("task")
+        .expect("the waiting login takes the place given back");
+    client.simple_query("SELECT 1").await.expect("served");
+    // The session before and the one after; none for the client that left.
+    let connected = env
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "connected" && r["request_id"] == id.as_str())
+        .count();
+    assert_eq!(connected, 2);
+}
+
 /// Two backends of a two-session grant that both outlive their sessions are both
 /// terminated: the role keeps one slot for the reaper, so reapers of a grant take turns
 /// (an attack review's second reaper was refused 53300 and its backend ran on).

@@ -9,10 +9,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::buffers::{emptied, splice, BUFFER_CAPACITY};
-use super::hangup::{self, Hangup};
 use super::hold::{BatchSoFar, Verdict};
 use super::record::Pending;
 use super::{guarded, unexpected_message, End, Relay, BIG_BATCH};
+use crate::proxy::hangup::{self, Hangup};
 use crate::wire;
 
 /// How long what a server sent before it went is read after a write to it failed.

@@ -24,7 +24,6 @@ mod farewell_final_attack;
 mod farewell_pass_tests;
 mod fuzz;
 mod grant;
-mod hangup;
 mod hold;
 mod inspect;
 mod last_words;
@@ -440,7 +439,7 @@ impl Relay {
                     return End::NoRoomForMessage(no_room);
                 }
             } else if hangup.is_none() {
-                hangup = hangup::Hangup::watch(self.client_fd);
+                hangup = crate::proxy::hangup::Hangup::watch(self.client_fd);
             }
             let step = tokio::select! {
                 biased;
@@ -457,7 +456,7 @@ impl Relay {
                         Err(no_room) => Err(End::NoRoomForMessage(no_room)),
                     },
                 },
-                () = hangup::hung_up(&hangup), if !reading => Err(End::ClientGone),
+                () = crate::proxy::hangup::hung_up(&hangup), if !reading => Err(End::ClientGone),
                 read = self.upstream_r.read_buf(&mut self.ubuf) => match read {
                     Ok(0) | Err(_) => Err(End::UpstreamGone),
                     Ok(_) => self.on_upstream_bytes().await,

@@ -3,6 +3,8 @@
 //! (verification, the failed-login limit, admission).
 
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
 
 use bytes::BytesMut;
 
@@ -14,6 +16,7 @@ use crate::audit::{AuditEvent, SessionEvent, SessionRecord};
 use crate::ids::{RequestId, SessionId};
 use crate::policy::Admission;
 use crate::proxy::early_dial::{Claim, EarlyDial, EarlyDialPolicy};
+use crate::proxy::hangup::{self, Hangup};
 use crate::proxy::places::PLACE_WAIT;
 use crate::proxy::preauth;
 use crate::proxy::stream::BoxStream;
@@ -74,7 +77,7 @@ pub(super) async fn read_token(
 /// locks out a valid token from the same NAT, VPN or bastion.
 pub(super) async fn admit_token(
     proxy: &Proxy,
-    id: &SessionId,
+    (id, client_fd): (&SessionId, RawFd),
     peer: SocketAddr,
     claimed: Claimed,
     token: &str,
@@ -117,7 +120,7 @@ pub(super) async fn admit_token(
                 }
             }
         })?;
-    within_session_limit(proxy, id, peer, &admission).await?;
+    within_session_limit(proxy, (id, client_fd), peer, &admission).await?;
     Ok((admission, claimed, kill))
 }
 
@@ -125,10 +128,12 @@ pub(super) async fn admit_token(
 /// its places, waiting a moment for one to be given back (see `places`). Across proxies
 /// the grant's role's `CONNECTION LIMIT` holds the same number. A refusal is audited
 /// (`session_refused`), as any refused use of a grant is, and is no failed login: the
-/// token held.
+/// token held. A client that leaves while its login waits ends the wait: it no longer
+/// counts among the grant's waiting logins (which are bounded), nor takes the place given
+/// back to log in upstream for nobody.
 async fn within_session_limit(
     proxy: &Proxy,
-    id: &SessionId,
+    (id, client_fd): (&SessionId, RawFd),
     peer: SocketAddr,
     admission: &Admission,
 ) -> Result<(), LoginError> {
@@ -136,11 +141,27 @@ async fn within_session_limit(
     let Some(limit) = request.session_limit(proxy.lockbox.config().max_sessions_per_grant) else {
         return Ok(());
     };
-    let Err(open) = proxy
+    // A place free now costs no watch of the client (a `dup` and its registration).
+    let Err(_) = proxy
         .registry
-        .take_place(id, &request.id, limit, PLACE_WAIT)
+        .take_place(id, &request.id, limit, Duration::ZERO)
         .await
     else {
+        return Ok(());
+    };
+    let hangup = Hangup::watch(Some(client_fd));
+    let taken = tokio::select! {
+        taken = proxy.registry.take_place(id, &request.id, limit, PLACE_WAIT) => taken,
+        () = hangup::hung_up(&hangup) => {
+            tracing::info!(limit, "client left while its login waited for a place");
+            return Err(LoginError {
+                sqlstate: sqlstate::CONNECTION_FAILURE,
+                message: "the client left while its login waited for a place".into(),
+                audited: false,
+            });
+        }
+    };
+    let Err(open) = taken else {
         return Ok(());
     };
     let message =

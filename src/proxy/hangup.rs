@@ -1,6 +1,7 @@
 //! Seeing a client hang up while its bytes are not being read.
 //!
-//! The relay stops reading a client while it cannot pass on what it has: a batch written
+//! A login waiting for one of its grant's places reads nothing from its client, and the
+//! relay stops reading a client while it cannot pass on what it has: a batch written
 //! upstream to a server that reads no more input (it is busy with an earlier statement),
 //! or a message held back with the client buffer full. A client that vanishes then would
 //! go unnoticed until the server caught up, and its backend would run on meanwhile. Its
@@ -16,7 +17,7 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-pub(super) struct Hangup {
+pub(crate) struct Hangup {
     /// A duplicate of the client's socket, registered for readiness alone: nothing is read
     /// through it.
     socket: AsyncFd<OwnedFd>,
@@ -25,13 +26,15 @@ pub(super) struct Hangup {
 impl Hangup {
     /// Starts watching the client's socket `fd`, if there is one to watch.
     ///
-    /// The duplicate must not outlive the relay's own handle of the socket (the socket
-    /// would stay open until both are closed): holders keep it in a local of a relay method.
-    pub(super) fn watch(fd: Option<RawFd>) -> Option<Hangup> {
+    /// The duplicate must not outlive the session's own handle of the socket (the socket
+    /// would stay open until both are closed): holders keep it in a local of a method that
+    /// borrows the session's client stream or runs within the session's task.
+    pub(crate) fn watch(fd: Option<RawFd>) -> Option<Hangup> {
         let fd = fd.filter(|fd| *fd >= 0)?;
-        // SAFETY: `fd` is the client's socket, owned by the relay's client stream, which
-        // outlives every caller of this (they are the relay's methods); it is only
-        // borrowed for the duplication.
+        // SAFETY: `fd` is the client's socket, owned by the session's client stream, which
+        // outlives every caller of this (the relay's methods, the login's wait for a place,
+        // each within the session's task that owns the stream); it is only borrowed for
+        // the duplication.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let owned = borrowed.try_clone_to_owned().ok()?;
         // SAFETY: `owned` is a descriptor of its own (the duplicate), open until the
@@ -60,7 +63,7 @@ impl Hangup {
 }
 
 /// [`Hangup::hung_up`] of a watch, if one runs; never resolves without one.
-pub(super) async fn hung_up(watch: &Option<Hangup>) {
+pub(crate) async fn hung_up(watch: &Option<Hangup>) {
     match watch {
         Some(watch) => watch.hung_up().await,
         None => std::future::pending().await,
