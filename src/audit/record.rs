@@ -168,7 +168,8 @@ pub enum SessionEvent {
     DroppedExpired,
     DroppedRevoked,
     DroppedShutdown,
-    /// An admin or approver ended the session (`lockbox session kill`, `reason`).
+    /// An admin or approver, or the session's own engineer, ended the session
+    /// (`lockbox session kill`, `reason`).
     DroppedKilled,
     /// A login whose token held, refused for its grant's session limit (`reason`); not a
     /// failed login, so it counts toward no source's `failed_login_limit`.
