@@ -53,10 +53,12 @@ impl Aftermath {
     /// Gives the connection's slot back; the farewell is patient with a slow reader only
     /// while fewer than `max_farewells` are (see [`Slot::into_farewell_pass`]), or half as
     /// many (rounded up) for an end the client could have brought about itself, and while
-    /// its grant holds fewer than half: a client that ends its own sessions over and over
-    /// while reading slowly (with a setting, a row limit, or by revoking its own grant)
-    /// holds at most half the passes, and the rest stay for those whose access ended
-    /// under them. Called in the session's span, which what follows goes on logging in.
+    /// its engineer's sessions hold fewer than half: a client that ends its own sessions
+    /// over and over while reading slowly (with a setting, a row limit, or by revoking its
+    /// own grants, one after another) holds at most half the passes, and the rest stay for
+    /// those whose access ended under them. Counted per engineer, not per grant: an engineer
+    /// may revoke their own requests, and with two grants held two halves (an attack
+    /// review's finding). Called in the session's span, which what follows goes on logging in.
     pub(crate) fn releasing(mut self, slot: Slot, max_farewells: usize) -> Self {
         self.span = Some(tracing::Span::current());
         if let Some(farewell) = self.farewell.as_mut().filter(|f| f.is_patient()) {
@@ -66,7 +68,7 @@ impl Aftermath {
             } else {
                 max_farewells
             };
-            self.pass = slot.into_farewell_pass(max, Some((farewell.grant(), half)));
+            self.pass = slot.into_farewell_pass(max, Some((farewell.engineer(), half)));
             if self.pass.is_none() {
                 farewell.hurry();
             }

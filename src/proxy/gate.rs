@@ -69,10 +69,10 @@ pub(crate) struct Gate {
     open: AtomicUsize,
     /// Farewells given their full patience now (see [`Slot::into_farewell_pass`]).
     farewells: AtomicUsize,
-    /// Of those, how many each grant holds (by request id): one grant's sessions, ended
-    /// when its holder chose (a revoke of their own, an expiry they saw coming), must not
+    /// Of those, how many each engineer's sessions hold: sessions ended when their
+    /// engineer chose (a revoke of their own grants, an expiry they saw coming) must not
     /// hold every pass.
-    farewells_by_grant: Mutex<HashMap<String, usize>>,
+    farewells_by_engineer: Mutex<HashMap<String, usize>>,
     refusing: Arc<AtomicUsize>,
     windows: Mutex<HashMap<Key, Window>>,
 }
@@ -94,20 +94,20 @@ impl Slot {
     /// client slow to read why its session ended must not keep another engineer out), so
     /// passes bound how many client sockets wait out slow readers beside the sessions.
     ///
-    /// With `grant` (its request id, and the most passes one grant may hold at a time),
-    /// the pass is also counted against that grant.
+    /// With `engineer` (whose session it was, and the most passes one engineer's sessions
+    /// may hold at a time), the pass is also counted against that engineer.
     pub(crate) fn into_farewell_pass(
         self,
         max: usize,
-        grant: Option<(&str, usize)>,
+        engineer: Option<(&str, usize)>,
     ) -> Option<FarewellPass> {
         let gate = self.gate.clone();
         drop(self);
-        // Held across the check and the count, so two ends of one grant cannot both pass
-        // its check.
-        let mut by_grant = gate.gate.farewells_by_grant();
-        if let Some((id, most)) = grant {
-            if by_grant.get(id).copied().unwrap_or(0) >= most {
+        // Held across the check and the count, so two ends of one engineer's sessions
+        // cannot both pass the check.
+        let mut by_engineer = gate.gate.farewells_by_engineer();
+        if let Some((name, most)) = engineer {
+            if by_engineer.get(name).copied().unwrap_or(0) >= most {
                 return None;
             }
         }
@@ -121,31 +121,31 @@ impl Slot {
         if !taken {
             return None;
         }
-        let grant = grant.map(|(id, _)| {
-            *by_grant.entry(id.to_owned()).or_default() += 1;
-            id.to_owned()
+        let engineer = engineer.map(|(name, _)| {
+            *by_engineer.entry(name.to_owned()).or_default() += 1;
+            name.to_owned()
         });
-        drop(by_grant);
+        drop(by_engineer);
         // Built only when taken: a pass dropped gives one back.
-        Some(FarewellPass { gate, grant })
+        Some(FarewellPass { gate, engineer })
     }
 }
 
 /// One farewell given its full patience; the counts go down when it is dropped.
 pub(crate) struct FarewellPass {
     gate: Arc<super::Registry>,
-    /// The grant it is counted against, if any.
-    grant: Option<String>,
+    /// The engineer it is counted against, if any.
+    engineer: Option<String>,
 }
 
 impl Drop for FarewellPass {
     fn drop(&mut self) {
-        if let Some(id) = self.grant.take() {
-            let mut by_grant = self.gate.gate.farewells_by_grant();
-            if let Some(held) = by_grant.get_mut(&id) {
+        if let Some(name) = self.engineer.take() {
+            let mut by_engineer = self.gate.gate.farewells_by_engineer();
+            if let Some(held) = by_engineer.get_mut(&name) {
                 *held = held.saturating_sub(1);
                 if *held == 0 {
-                    by_grant.remove(&id);
+                    by_engineer.remove(&name);
                 }
             }
         }
@@ -177,8 +177,8 @@ impl Gate {
         self.windows().len()
     }
 
-    fn farewells_by_grant(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.farewells_by_grant
+    fn farewells_by_engineer(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.farewells_by_engineer
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }

@@ -39,11 +39,11 @@ fn setup_with(cancel: Option<u16>, statement_timeout: Option<std::time::Duration
     let (audit, _syncer) = AuditLog::open(&dir.path().join("audit.jsonl"), None).expect("audit");
     let ends_at = chrono::Utc::now() + chrono::Duration::hours(1);
     let session = Arc::new(SessionFields::new(
-        "eve".into(),
+        "s-end".into(),
         "req-end".into(),
         "T-0".into(),
+        "eve".into(),
         "sales".into(),
-        "s-end".into(),
         "127.0.0.1:1".into(),
         false,
     ));
@@ -319,6 +319,10 @@ async fn a_connection_that_ends_between_statements_leaves_an_idle_backend_at_mos
     let ended = relay.run_to_farewell().await;
     assert!(matches!(ended.end, End::UpstreamGone), "{:?}", ended.end);
     assert!(!ended.backend_may_run_on);
+    // Its farewell's passes count against its engineer, whichever of their grants it came
+    // through (an engineer may revoke each of their own: see `Aftermath::releasing`).
+    let farewell = ended.farewell.as_ref().expect("a farewell");
+    assert_eq!(farewell.engineer(), "eve");
     drop(client);
 }
 

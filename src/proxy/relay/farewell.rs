@@ -41,9 +41,9 @@ pub(crate) struct Farewell {
     pub(super) words: Vec<u8>,
     /// The client could have brought this end about itself (see `Relay::run_to_farewell`).
     pub(super) provoked: bool,
-    /// The grant (request id) whose session this was: one grant holds at most half the
-    /// passes (see `Aftermath::releasing`).
-    pub(super) grant: String,
+    /// The engineer whose session this was: one engineer's sessions hold at most half the
+    /// passes, however many grants they hold (see `Aftermath::releasing`).
+    pub(super) engineer: String,
 }
 
 impl Farewell {
@@ -59,9 +59,9 @@ impl Farewell {
         self.provoked
     }
 
-    /// The grant (request id) whose session this was.
-    pub(crate) fn grant(&self) -> &str {
-        &self.grant
+    /// The engineer whose session this was.
+    pub(crate) fn engineer(&self) -> &str {
+        &self.engineer
     }
 
     /// Whether it waits on a slow reader (else [`CLOSE_WAIT`] per step).
@@ -257,7 +257,7 @@ pub(super) mod tests {
             patient: true,
             words: words.to_vec(),
             provoked: false,
-            grant: "a grant".to_owned(),
+            engineer: "eve".to_owned(),
         }
     }
 

@@ -303,7 +303,7 @@ async fn held_a_pass_comes_back_when_the_aftermath_panics_or_is_aborted() {
             patient: true,
             words: b"the FATAL".to_vec(),
             provoked: false,
-            grant: "a grant".to_owned(),
+            engineer: "eve".to_owned(),
         }),
     )
     .into_work()
@@ -335,7 +335,7 @@ async fn held_a_pass_comes_back_when_the_aftermath_panics_or_is_aborted() {
             patient: true,
             words: b"the FATAL".to_vec(),
             provoked: false,
-            grant: "a grant".to_owned(),
+            engineer: "eve".to_owned(),
         }),
     )
     .into_work()

@@ -393,7 +393,7 @@ impl Relay {
             patient,
             words,
             provoked,
-            grant: self.session.request_id.clone(),
+            engineer: self.session.engineer.clone(),
         });
         RelayEnd {
             end,
