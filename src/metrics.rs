@@ -551,6 +551,8 @@ pub(crate) struct Scrape {
     pub(crate) connections: usize,
     /// Ended sessions' clients still being told why, patiently (slow readers).
     pub(crate) farewells: usize,
+    /// Logins waiting for one of their grant's places (a grant at its session limit).
+    pub(crate) logins_waiting_for_place: usize,
     /// Bytes sessions hold together for large client messages (`proxy.max_message_memory`).
     pub(crate) message_memory: usize,
     /// Connections on each session thread (`[proxy] threads`), by thread.
@@ -579,6 +581,18 @@ impl Scrape {
             "Clients of ended sessions still reading up to the FATAL that says why (no slot, no backend; at most max_connections).",
         );
         sample(o, "lockbox_farewells", "", self.farewells);
+        family(
+            o,
+            "lockbox_logins_waiting_for_place",
+            "gauge",
+            "Logins of a grant at its session limit waiting up to 2 s for one of its places (at most the limit per grant).",
+        );
+        sample(
+            o,
+            "lockbox_logins_waiting_for_place",
+            "",
+            self.logins_waiting_for_place,
+        );
         family(
             o,
             "lockbox_message_memory_bytes",

@@ -55,6 +55,7 @@ async fn metrics(State(state): State<ApiState>, Caller(user): Caller) -> Respons
     let scrape = Scrape {
         connections: state.registry.gate.open(),
         farewells: state.registry.gate.farewells(),
+        logins_waiting_for_place: state.registry.logins_waiting_for_place(),
         message_memory: state.registry.message_memory.held(),
         thread_sessions: state
             .registry

@@ -93,6 +93,11 @@ impl Places {
         freed.notify_waiters();
     }
 
+    /// Logins waiting for a place now, every grant's (`/metrics`).
+    pub(crate) fn waiting(&self) -> usize {
+        self.lock().values().map(|g| g.waiting as usize).sum()
+    }
+
     /// Places `request` holds now.
     fn held(&self, request: &RequestId) -> u32 {
         self.lock().get(request).map_or(0, |g| g.held)

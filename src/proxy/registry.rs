@@ -272,6 +272,11 @@ impl Registry {
         Ok(())
     }
 
+    /// Logins waiting for one of their grant's places now (`/metrics`).
+    pub(crate) fn logins_waiting_for_place(&self) -> usize {
+        self.places.waiting()
+    }
+
     /// The reapers' turn of `request_id`'s grant; one no reaper holds or waits for is
     /// forgotten when the next is asked for.
     pub(crate) fn reaper_turn(&self, request_id: &RequestId) -> Arc<tokio::sync::Mutex<()>> {

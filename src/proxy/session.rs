@@ -24,6 +24,7 @@ use crate::ids::SessionId;
 
 mod end;
 mod login;
+mod place_wait;
 mod search_path;
 mod upstream_login;
 pub(super) use end::session_record;

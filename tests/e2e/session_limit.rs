@@ -10,7 +10,9 @@ use std::time::Duration;
 use lockbox::policy::{AccessLevel, NewRequest};
 
 use crate::cli::{lockbox, ok};
-use crate::harness::{db_error, metric, Env, Options, PROVISIONER_PASSWORD, PROVISIONER_ROLE};
+use crate::harness::{
+    db_error, metric, metric_when, Env, Options, PROVISIONER_PASSWORD, PROVISIONER_ROLE,
+};
 
 fn limited(env: &Env, max_sessions: Option<u32>) -> NewRequest {
     NewRequest {
@@ -473,15 +475,22 @@ async fn no_more_logins_wait_than_the_grant_has_places() {
 
 /// A login whose client leaves while it waits for a place stops waiting: it no longer
 /// counts among the grant's waiting logins (the next client may wait in its stead), and the
-/// place given back goes to that client, not to an upstream login for nobody.
+/// place given back goes to that client, not to an upstream login for nobody. The grant
+/// was at its limit when it asked: that is on the record, as a refusal is.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_login_whose_client_leaves_while_it_waits_gives_up_its_wait() {
     let env = Env::provisioned("session_limit_waiter_left").await;
     let (id, token) = env.approved("eve", limited(&env, Some(1))).await;
     let held = session(&env, &token).await;
     let left = connect_later(&env, &token);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!left.is_finished(), "the login waits for the place");
+    let counted = metric_when(
+        &env,
+        "lockbox_logins_waiting_for_place",
+        Duration::from_secs(10),
+        |n| n >= 1.0,
+    )
+    .await;
+    assert_eq!(counted, 1.0, "the login waits for the place");
     left.abort();
     let _ = left.await;
     // Its wait ends once the proxy sees the close, well within the 2 s it would have
@@ -512,6 +521,57 @@ async fn a_login_whose_client_leaves_while_it_waits_gives_up_its_wait() {
         .filter(|r| r["event"] == "connected" && r["request_id"] == id.as_str())
         .count();
     assert_eq!(connected, 2);
+    let (left, _) = the_refusal(&env).await;
+    assert_eq!(left["request_id"], id.as_str());
+    assert!(
+        left["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("the client left while its login waited")),
+        "{left}"
+    );
+}
+
+/// A login waiting for a place whose grant is revoked meanwhile is told so at once: it
+/// does not take the place given back to log in upstream as a role being dropped, for a
+/// session that would end at once (an attack review's finding).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_waiting_for_a_place_of_a_grant_revoked_meanwhile_is_told_at_once() {
+    let env = Env::provisioned("session_limit_waiter_revoked").await;
+    let (id, token) = env.approved("eve", limited(&env, Some(1))).await;
+    let _held = session(&env, &token).await;
+    let waiting = connect_later(&env, &token);
+    // Revoked once it waits (before, the store's refusal would answer it: 28P01).
+    let counted = metric_when(
+        &env,
+        "lockbox_logins_waiting_for_place",
+        Duration::from_secs(10),
+        |n| n >= 1.0,
+    )
+    .await;
+    assert_eq!(counted, 1.0, "the login waits for the place");
+    env.client("carol")
+        .revoke(&id, "no longer needed")
+        .await
+        .expect("revoke");
+    let err = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the login ends")
+        .expect("task")
+        .expect_err("the revoked grant's login is refused");
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "57P01", "{message}");
+    assert!(
+        message.contains("revoked") && message.contains(&id),
+        "{message}"
+    );
+    // Only the session that held the place ever started.
+    let connected = env
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "connected" && r["request_id"] == id.as_str())
+        .count();
+    assert_eq!(connected, 1);
+    assert_eq!(metric(&env, "lockbox_logins_waiting_for_place").await, 0.0);
 }
 
 /// Two backends of a two-session grant that both outlive their sessions are both

@@ -9,7 +9,7 @@ use crate::wire::sqlstate;
 /// The SQLSTATE and message of the FATAL that tells the client why its session ended, or
 /// `None` when it is told nothing: it left itself, or the server said why (its own FATAL was
 /// relayed, `upstream_said_why`).
-pub(super) fn fatal_for(
+pub(crate) fn fatal_for(
     end: &End,
     request_id: &str,
     upstream_said_why: bool,

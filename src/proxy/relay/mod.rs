@@ -62,6 +62,7 @@ pub(crate) use buffers::BUFFER_CAPACITY;
 pub(crate) use farewell::Farewell;
 pub(crate) use fuzz::inspect_client_bytes;
 pub use grant::{CancelKey, Grant, Limits};
+pub(crate) use last_words::fatal_for;
 use limits::StatementTimer;
 pub(crate) use notices::login_notice;
 use record::{take_copy_bytes, Pending};

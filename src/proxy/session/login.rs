@@ -4,10 +4,10 @@
 
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::time::Duration;
 
 use bytes::BytesMut;
 
+use super::place_wait::{told_to_end, within_session_limit};
 use super::{
     audit_auth_failure, check_startup, login_error, read_password, write, Claimed, KillSwitch,
     LoginError,
@@ -16,9 +16,8 @@ use crate::audit::{AuditEvent, SessionEvent, SessionRecord};
 use crate::ids::{RequestId, SessionId};
 use crate::policy::Admission;
 use crate::proxy::early_dial::{Claim, EarlyDial, EarlyDialPolicy};
-use crate::proxy::hangup::{self, Hangup};
-use crate::proxy::places::PLACE_WAIT;
 use crate::proxy::preauth;
+use crate::proxy::registry::Control;
 use crate::proxy::stream::BoxStream;
 use crate::proxy::upstream::DialTarget;
 use crate::proxy::Proxy;
@@ -120,59 +119,18 @@ pub(super) async fn admit_token(
                 }
             }
         })?;
-    within_session_limit(proxy, (id, client_fd), peer, &admission).await?;
+    within_session_limit(proxy, (id, client_fd), peer, &admission, &kill).await?;
+    // Told to end during the admission (a revocation, a kill, a shutdown): no upstream login
+    // for a session that would end at once.
+    let told = match &*kill.borrow() {
+        Control::Drop(reason) => Some(reason.clone()),
+        _ => None,
+    };
+    if let Some(reason) = told {
+        tracing::info!(?reason, "session told to end during its login");
+        return Err(told_to_end(reason, &admission.request.id));
+    }
     Ok((admission, claimed, kill))
-}
-
-/// A grant with a session limit has at most that many sessions here: a login takes one of
-/// its places, waiting a moment for one to be given back (see `places`). Across proxies
-/// the grant's role's `CONNECTION LIMIT` holds the same number. A refusal is audited
-/// (`session_refused`), as any refused use of a grant is, and is no failed login: the
-/// token held. A client that leaves while its login waits ends the wait: it no longer
-/// counts among the grant's waiting logins (which are bounded), nor takes the place given
-/// back to log in upstream for nobody.
-async fn within_session_limit(
-    proxy: &Proxy,
-    (id, client_fd): (&SessionId, RawFd),
-    peer: SocketAddr,
-    admission: &Admission,
-) -> Result<(), LoginError> {
-    let request = &admission.request;
-    let Some(limit) = request.session_limit(proxy.lockbox.config().max_sessions_per_grant) else {
-        return Ok(());
-    };
-    // A place free now costs no watch of the client (a `dup` and its registration).
-    let Err(_) = proxy
-        .registry
-        .take_place(id, &request.id, limit, Duration::ZERO)
-        .await
-    else {
-        return Ok(());
-    };
-    let hangup = Hangup::watch(Some(client_fd));
-    let taken = tokio::select! {
-        taken = proxy.registry.take_place(id, &request.id, limit, PLACE_WAIT) => taken,
-        () = hangup::hung_up(&hangup) => {
-            tracing::info!(limit, "client left while its login waited for a place");
-            return Err(LoginError {
-                sqlstate: sqlstate::CONNECTION_FAILURE,
-                message: "the client left while its login waited for a place".into(),
-                audited: false,
-            });
-        }
-    };
-    let Err(open) = taken else {
-        return Ok(());
-    };
-    let message =
-        format!("too many sessions for this access grant: it allows {limit} at once ({open} open)");
-    tracing::info!(limit, open, "grant at its session limit");
-    refused_session(proxy, id, peer, request, &message);
-    Err(LoginError {
-        sqlstate: sqlstate::TOO_MANY_CONNECTIONS,
-        message,
-        audited: false,
-    })
 }
 
 /// Records a login of a valid grant refused for its session limit: by this proxy, or by
