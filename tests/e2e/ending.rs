@@ -322,3 +322,49 @@ async fn tls_login_ready(
         }
     }
 }
+
+/// A script that sends its statement and the Terminate in one write, then reads, gets the
+/// statement's answer, as from PostgreSQL itself, and its session ends as a client's own
+/// leaving: nothing cancelled (an attack review found the answer lost and the session's end
+/// saying the statement was cancelled).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_sent_with_the_terminate_is_answered() {
+    let env = Env::with("ending_goodbye", Options::default()).await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let mut raw = Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    let terminate = [b'X', 0, 0, 0, 4];
+    raw.send(&[query("SELECT 40 + 2 AS answer").as_slice(), &terminate].concat())
+        .await;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), raw.stream.read_to_end(&mut got))
+        .await
+        .expect("the proxy closes")
+        .expect("read");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("answer") && text.contains("42") && text.contains("SELECT 1"),
+        "{text:?}"
+    );
+    let of_request = |r: &&serde_json::Value| r["request_id"] == id.as_str();
+    let records = env
+        .wait_for_audit("the session's end", |records| {
+            records
+                .iter()
+                .filter(of_request)
+                .any(|r| r["type"] == "session" && r["event"] == "disconnected")
+        })
+        .await;
+    let end = records
+        .iter()
+        .filter(of_request)
+        .find(|r| r["event"] == "disconnected")
+        .expect("found");
+    assert!(end["reason"].is_null(), "{end}");
+    let outcome = records
+        .iter()
+        .filter(of_request)
+        .find(|r| r["type"] == "outcome")
+        .expect("the statement's outcome");
+    assert_eq!(outcome["status"], "ok", "{outcome}");
+}

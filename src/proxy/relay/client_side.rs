@@ -68,7 +68,13 @@ impl Relay {
             self.message_share.release();
         }
         if batch.terminate {
-            return Err(End::ClientGone);
+            // Statements sent with the Terminate are answered before the server reads it.
+            if self.tracker.is_idle() {
+                return Err(End::ClientGone);
+            }
+            self.said_goodbye = true;
+            self.cbuf.clear();
+            return Ok(());
         }
         // A bad message left behind the forwarded ones ends the session now.
         match self.cbuf.first() {

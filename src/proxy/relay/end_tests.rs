@@ -357,3 +357,32 @@ async fn a_fatal_in_a_refused_statements_place_reaches_the_client() {
     assert!(matches!(end, End::UpstreamGone), "{end:?}");
     assert_eq!(got, fatal, "{:?}", String::from_utf8_lossy(&got));
 }
+
+/// A script may send its statement and the Terminate in one write and then read: the
+/// server answers the statement before it reads the Terminate, and so does the proxy. The
+/// session ends as the client's own leaving, with no statement left to cancel (an attack
+/// review found the answer lost and the statement called cancelled).
+#[tokio::test]
+async fn a_statement_sent_with_the_terminate_is_answered_before_the_session_ends() {
+    let Setup {
+        relay,
+        mut client,
+        mut server,
+        _audit_dir,
+        _kill,
+    } = setup(None);
+    let sent = [query("SELECT 1"), message(b'X', b"")].concat();
+    let answer = [message(b'C', b"SELECT 1\0"), message(b'Z', b"I")].concat();
+    let peers = async {
+        client.write_all(&sent).await.expect("the client writes");
+        assert_eq!(read_exactly(&mut server, sent.len()).await, sent);
+        server.write_all(&answer).await.expect("the server answers");
+        // Having read the Terminate, the server closes.
+        drop(server);
+        read_exactly(&mut client, answer.len()).await
+    };
+    let (ended, got) = tokio::join!(relay.run_to_farewell(), peers);
+    assert_eq!(got, answer, "the client reads the statement's answer");
+    assert!(matches!(ended.end, End::ClientGone), "{:?}", ended.end);
+    assert!(!ended.backend_may_run_on);
+}

@@ -197,6 +197,12 @@ pub struct Relay {
     /// A Flush is due upstream: the relay began to hold client messages until the server
     /// answers those it has (see `hold::backlogged`).
     flush_upstream: bool,
+    /// The client's Terminate went upstream behind statements not yet answered (sent in
+    /// one write, as a script may): their answers are still relayed, as PostgreSQL sends
+    /// them before it reads the Terminate, until the server closes. Nothing more is read
+    /// from the client (the server reads nothing past a Terminate); its socket is watched
+    /// for a close instead, which ends the session as any client's leaving does.
+    said_goodbye: bool,
     /// The Bind being inspected comes without its portal's Execute (see `planning.rs`).
     bind_alone: bool,
     /// The batch's last Bind, until its Execute is inspected (see `planning.rs`).
@@ -283,6 +289,7 @@ impl Relay {
             held: false,
             stand_in_portal: inspect::new_stand_in_portal(),
             flush_upstream: false,
+            said_goodbye: false,
             bind_alone: false,
             bind_unexecuted: None,
             batch: hold::BatchSoFar::default(),
@@ -433,7 +440,8 @@ impl Relay {
             // While a message is held, reading goes on (a client that leaves is seen) up to
             // a bound: what it sends waits behind it. Past the bound, its socket is watched
             // for a close instead.
-            let reading = !self.held || self.cbuf.len() < buffers::BUFFER_CAPACITY;
+            let reading =
+                !self.said_goodbye && (!self.held || self.cbuf.len() < buffers::BUFFER_CAPACITY);
             if reading {
                 hangup = None;
                 if let Err(no_room) = self.message_share.reserve(&mut self.cbuf, self.max_message) {
@@ -459,6 +467,8 @@ impl Relay {
                 },
                 () = crate::proxy::hangup::hung_up(&hangup), if !reading => Err(End::ClientGone),
                 read = self.upstream_r.read_buf(&mut self.ubuf) => match read {
+                    // The server closes once it has read the client's Terminate.
+                    Ok(0) | Err(_) if self.said_goodbye => Err(End::ClientGone),
                     Ok(0) | Err(_) => Err(End::UpstreamGone),
                     Ok(_) => self.on_upstream_bytes().await,
                 },
