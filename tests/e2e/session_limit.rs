@@ -473,6 +473,26 @@ async fn no_more_logins_wait_than_the_grant_has_places() {
     }
 }
 
+/// Waits (bounded) until the proxy counts one login waiting for a place.
+async fn until_one_login_waits(env: &Env) {
+    let counted = metric_when(
+        env,
+        "lockbox_logins_waiting_for_place",
+        Duration::from_secs(10),
+        |n| n >= 1.0,
+    )
+    .await;
+    assert_eq!(counted, 1.0, "the login waits for the place");
+}
+
+/// Sessions of grant `id` that started (their `connected` records).
+fn sessions_started(env: &Env, id: &str) -> usize {
+    env.audit()
+        .into_iter()
+        .filter(|r| r["event"] == "connected" && r["request_id"] == id)
+        .count()
+}
+
 /// A login whose client leaves while it waits for a place stops waiting: it no longer
 /// counts among the grant's waiting logins (the next client may wait in its stead), and the
 /// place given back goes to that client, not to an upstream login for nobody. The grant
@@ -483,14 +503,7 @@ async fn a_login_whose_client_leaves_while_it_waits_gives_up_its_wait() {
     let (id, token) = env.approved("eve", limited(&env, Some(1))).await;
     let held = session(&env, &token).await;
     let left = connect_later(&env, &token);
-    let counted = metric_when(
-        &env,
-        "lockbox_logins_waiting_for_place",
-        Duration::from_secs(10),
-        |n| n >= 1.0,
-    )
-    .await;
-    assert_eq!(counted, 1.0, "the login waits for the place");
+    until_one_login_waits(&env).await;
     left.abort();
     let _ = left.await;
     // Its wait ends once the proxy sees the close, well within the 2 s it would have
@@ -515,12 +528,7 @@ async fn a_login_whose_client_leaves_while_it_waits_gives_up_its_wait() {
         .expect("the waiting login takes the place given back");
     client.simple_query("SELECT 1").await.expect("served");
     // The session before and the one after; none for the client that left.
-    let connected = env
-        .audit()
-        .into_iter()
-        .filter(|r| r["event"] == "connected" && r["request_id"] == id.as_str())
-        .count();
-    assert_eq!(connected, 2);
+    assert_eq!(sessions_started(&env, &id), 2);
     let (left, _) = the_refusal(&env).await;
     assert_eq!(left["request_id"], id.as_str());
     assert!(
@@ -541,14 +549,7 @@ async fn a_login_waiting_for_a_place_of_a_grant_revoked_meanwhile_is_told_at_onc
     let _held = session(&env, &token).await;
     let waiting = connect_later(&env, &token);
     // Revoked once it waits (before, the store's refusal would answer it: 28P01).
-    let counted = metric_when(
-        &env,
-        "lockbox_logins_waiting_for_place",
-        Duration::from_secs(10),
-        |n| n >= 1.0,
-    )
-    .await;
-    assert_eq!(counted, 1.0, "the login waits for the place");
+    until_one_login_waits(&env).await;
     env.client("carol")
         .revoke(&id, "no longer needed")
         .await
@@ -565,12 +566,7 @@ async fn a_login_waiting_for_a_place_of_a_grant_revoked_meanwhile_is_told_at_onc
         "{message}"
     );
     // Only the session that held the place ever started.
-    let connected = env
-        .audit()
-        .into_iter()
-        .filter(|r| r["event"] == "connected" && r["request_id"] == id.as_str())
-        .count();
-    assert_eq!(connected, 1);
+    assert_eq!(sessions_started(&env, &id), 1);
     assert_eq!(metric(&env, "lockbox_logins_waiting_for_place").await, 0.0);
 }
 
