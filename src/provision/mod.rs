@@ -204,7 +204,7 @@ impl Provisioner {
                 }
                 // A reload moved `[proxy] max_sessions_per_grant`: the role follows.
                 if *s != sessions {
-                    roles::set_connection_limit(db, &role, &terms).await?;
+                    roles::set_connection_limit(db, &role, sessions).await?;
                 }
                 password.clone()
             }
@@ -236,6 +236,45 @@ impl Provisioner {
         if let GrantRole::Live { .. } = &*state {
             *state = GrantRole::Unknown;
         }
+    }
+
+    /// Runs `work`, a reaper's login as the grant's role, with the role's `CONNECTION LIMIT`
+    /// lifted, and sets it back to `sessions` (or the limit a login set since) after. The
+    /// slot the limit keeps for the reaper can be taken by a session on another proxy of a
+    /// fleet (each admits the grant's limit, the role one more): refused there, the reaper
+    /// would leave a backend that outlived its session running. The grant's lock is held
+    /// throughout, so no login of this process moves the limit meanwhile; another proxy's
+    /// login may pass the role's limit in that moment, still bounded by its own count. A
+    /// limit that could not be set back makes the next login take the role over again,
+    /// which sets it.
+    pub async fn with_connection_limit_lifted<T>(
+        &self,
+        db: &Database,
+        id: &RequestId,
+        sessions: Option<u32>,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, ProvisionError> {
+        let role = role_name(id)?;
+        let slot = self.slot(id);
+        let mut state = slot.lock().await;
+        if let GrantRole::Ended { .. } = &*state {
+            return Err(ProvisionError::Ended(id.0.clone()));
+        }
+        roles::lift_connection_limit(db, &role).await?;
+        let done = work.await;
+        let sessions = match &*state {
+            GrantRole::Live { sessions, .. } => *sessions,
+            _ => sessions,
+        };
+        if let Err(e) = roles::set_connection_limit(db, &role, sessions).await {
+            tracing::error!(
+                error = %e,
+                role = role.as_str(),
+                "could not set the grant role's CONNECTION LIMIT back after the reaper's login; its next login takes the role over again"
+            );
+            *state = GrantRole::Unknown;
+        }
+        Ok(done)
     }
 
     /// An extension moved the end of the window: so does the role's validity.

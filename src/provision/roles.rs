@@ -189,12 +189,26 @@ pub(super) async fn set_valid_until(
 pub(super) async fn set_connection_limit(
     db: &Database,
     role: &RoleName,
-    terms: &RoleTerms<'_>,
+    sessions: Option<u32>,
 ) -> Result<(), ProvisionError> {
     alter_if_exists(
         db,
-        &sql::set_connection_limit(role, terms),
+        &sql::set_connection_limit(role, sessions),
         "setting the grant role's CONNECTION LIMIT",
+    )
+    .await
+}
+
+/// Lifts the role's `CONNECTION LIMIT` for a reaper's login; a role that does not exist
+/// needs nothing.
+pub(super) async fn lift_connection_limit(
+    db: &Database,
+    role: &RoleName,
+) -> Result<(), ProvisionError> {
+    alter_if_exists(
+        db,
+        &sql::lift_connection_limit(role),
+        "lifting the grant role's CONNECTION LIMIT for the reaper",
     )
     .await
 }

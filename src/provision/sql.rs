@@ -68,27 +68,36 @@ pub struct RoleTerms<'a> {
 }
 
 impl RoleTerms<'_> {
-    /// `CONNECTION LIMIT n + 1`, or `-1` (none): spelled out on a role taken over too, so a
-    /// limit an earlier grant of the same name had does not linger. The one to spare is
-    /// lockbox's own: the reaper logs in as the grant's role to terminate a backend that
-    /// outlived its session, which holds a slot of the role until then (with the limit
-    /// exact, a grant of one session could never have it terminated), and a backend still
-    /// exiting after its session, or a spare, takes it meanwhile. The proxy admits no more
-    /// than the limit itself.
     fn connection_limit(&self) -> String {
-        self.sessions
-            .map_or("-1".into(), |n| (u64::from(n) + 1).to_string())
+        connection_limit(self.sessions)
     }
 }
 
-/// Sets the role's `CONNECTION LIMIT` to the grant's session limit (a reload changed
-/// `[proxy] max_sessions_per_grant`).
-pub fn set_connection_limit(role: &RoleName, terms: &RoleTerms<'_>) -> String {
+/// `CONNECTION LIMIT n + 1` for a grant of `n` sessions, or `-1` (none): spelled out on a
+/// role taken over too, so a limit an earlier grant of the same name had does not linger.
+/// The one to spare is lockbox's own: the reaper logs in as the grant's role to terminate
+/// a backend that outlived its session, which holds a slot of the role until then (with
+/// the limit exact, a grant of one session could never have it terminated), and a backend
+/// still exiting after its session, or a spare, takes it meanwhile. The proxy admits no
+/// more than the limit itself.
+fn connection_limit(sessions: Option<u32>) -> String {
+    sessions.map_or("-1".into(), |n| (u64::from(n) + 1).to_string())
+}
+
+/// Sets the role's `CONNECTION LIMIT` to the grant's session limit `sessions` (a reload
+/// changed `[proxy] max_sessions_per_grant`, or a reaper's login had it lifted).
+pub fn set_connection_limit(role: &RoleName, sessions: Option<u32>) -> String {
     format!(
         "ALTER ROLE {} CONNECTION LIMIT {}",
         role.quoted(),
-        terms.connection_limit()
+        connection_limit(sessions)
     )
+}
+
+/// Lifts the role's `CONNECTION LIMIT` for a reaper's login (see
+/// `Provisioner::with_connection_limit_lifted`).
+pub fn lift_connection_limit(role: &RoleName) -> String {
+    set_connection_limit(role, None)
 }
 
 /// Creates the grant's role: it may log in until the window's end, with the password whose
@@ -236,8 +245,12 @@ mod tests {
             "the session limit, and one for lockbox's reaper, is the role's connection limit"
         );
         assert_eq!(
-            set_connection_limit(&role, &terms),
+            set_connection_limit(&role, terms.sessions),
             "ALTER ROLE \"lockbox_req-1\" CONNECTION LIMIT 4"
+        );
+        assert_eq!(
+            lift_connection_limit(&role),
+            "ALTER ROLE \"lockbox_req-1\" CONNECTION LIMIT -1"
         );
         assert_eq!(
             drop_role(&role, "svc"),

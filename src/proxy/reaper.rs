@@ -101,6 +101,32 @@ impl Retake {
             message: format!("the grant's role could not be taken over again: {taken}"),
         })
     }
+
+    /// `login` run with the role's `CONNECTION LIMIT` lifted (see
+    /// `Provisioner::with_connection_limit_lifted`), bounded as a retake is.
+    async fn lifted<T>(
+        &self,
+        db: &Database,
+        login: impl std::future::Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        let lifted = self.provisioner.with_connection_limit_lifted(
+            db,
+            &self.request.id,
+            self.sessions,
+            login,
+        );
+        let failed = match tokio::time::timeout(super::session::PROVISION_TIMEOUT, lifted).await {
+            Ok(Ok(login)) => return login,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the database did not answer in time".to_owned(),
+        };
+        Err(UpstreamError::Rejected {
+            sqlstate: "53300".into(),
+            message: format!(
+                "the grant's role is at its connection limit, which could not be lifted for the reaper: {failed}"
+            ),
+        })
+    }
 }
 
 impl Reaper {
@@ -141,16 +167,28 @@ impl Reaper {
     async fn log_in(&self) -> Result<Upstream, ReapError> {
         let mut credentials = std::borrow::Cow::Borrowed(&self.credentials);
         let mut retake = self.retake.as_ref();
+        let mut lift = self.retake.as_ref();
+        let params = [("application_name".into(), APPLICATION_NAME.into())];
         loop {
-            let login = upstream::connect(
-                &self.db,
-                &credentials,
-                self.access,
-                &[("application_name".into(), APPLICATION_NAME.into())],
-            )
-            .await;
+            let login = upstream::connect(&self.db, &credentials, self.access, &params).await;
             match login {
                 Ok(conn) => return Ok(conn),
+                // The slot the role's limit keeps for the reaper is taken: by a session
+                // of the grant on another proxy of the fleet, which admits the grant's
+                // limit on its own.
+                Err(e) if e.role_at_its_limit() => {
+                    let Some(lift) = lift.take() else {
+                        return Err(ReapError::Connect(e));
+                    };
+                    tracing::warn!(
+                        "the grant's role is at its connection limit; lifting it for the reaper's login"
+                    );
+                    let login = upstream::connect(&self.db, &credentials, self.access, &params);
+                    return lift
+                        .lifted(&self.db, login)
+                        .await
+                        .map_err(ReapError::Connect);
+                }
                 Err(e) if e.sqlstate() == Some("28P01") => {
                     let Some(retake) = retake.take() else {
                         return Err(ReapError::Connect(e));

@@ -47,3 +47,55 @@ async fn a_backend_outliving_its_session_is_terminated_after_another_node_took_t
     crate::terminate::wait_until_gone(&env, pid).await;
     crate::terminate::wait_for_terminated(&env, &id, pid).await;
 }
+
+/// Each node admits a limited grant's sessions up to its limit, and the role's
+/// `CONNECTION LIMIT` keeps one slot more, for a reaper: a session of the grant on another
+/// node can take that slot. The reaper, refused at the role's limit, lifts it for its own
+/// login and sets it back (before, it was refused 53300 and the backend ran on).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reaper_whose_slot_a_session_on_another_node_took_still_terminates_the_backend() {
+    let env = Env::with(
+        "fleet_reaper_slot",
+        Options {
+            state_postgres: true,
+            upstream_user: PROVISIONER_ROLE,
+            upstream_password: PROVISIONER_PASSWORD,
+            ..Options::default()
+        },
+    )
+    .await;
+    let two = start_node(&env, 2).await;
+    let new = NewRequest {
+        database: env.db.clone(),
+        ticket: "T-53300".into(),
+        reason: "a look".into(),
+        access: AccessLevel::Write,
+        duration: Some("1h".into()),
+        max_sessions: Some(1),
+        ..NewRequest::default()
+    };
+    let (id, token) = env.approved("eve", new).await;
+    env.superuser_sql(&crate::terminate::stubborn("lockbox_write"));
+    let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
+    raw.read_until_ready().await;
+    raw.send(&crate::harness::query(crate::terminate::CALL))
+        .await;
+    let pid = crate::terminate::stubborn_backend(&env).await;
+    // Node 2 holds none of the grant's sessions, so it admits one: the role's second
+    // connection, the last its limit (one session and the reaper's) allows.
+    let (other, _conn) = connect_via(&env, two.proxy_addr.port(), &token)
+        .await
+        .expect("login on node 2");
+    other.simple_query("SELECT 1").await.expect("served");
+    let limit = format!("SELECT rolconnlimit FROM pg_roles WHERE rolname = 'lockbox_{id}'");
+    assert_eq!(env.superuser_sql(&limit), "2");
+    // The client on node 1 leaves mid-statement: its backend swallows the cancel.
+    drop(raw);
+    crate::terminate::wait_until_gone(&env, pid).await;
+    crate::terminate::wait_for_terminated(&env, &id, pid).await;
+    assert_eq!(env.superuser_sql(&limit), "2", "the limit is set back");
+    other
+        .simple_query("SELECT 1")
+        .await
+        .expect("node 2's session goes on");
+}
