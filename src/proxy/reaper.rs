@@ -99,6 +99,7 @@ impl Retake {
         Err(UpstreamError::Rejected {
             sqlstate: "28P01".into(),
             message: format!("the grant's role could not be taken over again: {taken}"),
+            routine: String::new(),
         })
     }
 
@@ -125,6 +126,7 @@ impl Retake {
             message: format!(
                 "the grant's role is at its connection limit, which could not be lifted for the reaper: {failed}"
             ),
+            routine: String::new(),
         })
     }
 }
@@ -176,7 +178,7 @@ impl Reaper {
                 // The slot the role's limit keeps for the reaper is taken: by a session
                 // of the grant on another proxy of the fleet, which admits the grant's
                 // limit on its own.
-                Err(e) if e.role_at_its_limit() => {
+                Err(e) if lift.is_some() && e.role_at_its_limit() => {
                     let Some(lift) = lift.take() else {
                         return Err(ReapError::Connect(e));
                     };

@@ -40,7 +40,13 @@ pub enum UpstreamError {
     #[error("upstream TLS: {0}")]
     Tls(String),
     #[error("upstream rejected the login: {sqlstate} {message}")]
-    Rejected { sqlstate: String, message: String },
+    Rejected {
+        sqlstate: String,
+        message: String,
+        /// The server's routine that refused it (the ErrorResponse's `R` field, empty if
+        /// none): unlike the message, never translated.
+        routine: String,
+    },
     #[error("upstream asks for a password and none is configured")]
     NoPassword,
     #[error("upstream wants an unsupported authentication method")]
@@ -86,11 +92,14 @@ impl UpstreamError {
 
     /// A login the server refused for the role's `CONNECTION LIMIT` (PostgreSQL's "too many
     /// connections for role"), not the database's or the server's: the one limit lockbox
-    /// sets, to a grant's session limit plus the reaper's slot. A server whose messages are
-    /// translated (`lc_messages`) is not recognised: its refusal is the login's answer.
+    /// sets, to a grant's session limit plus the reaper's slot. Told by the routine that
+    /// checks it, so a server whose messages are translated (`lc_messages`) is read alike;
+    /// by the English text where a server names no routine.
     pub(crate) fn role_at_its_limit(&self) -> bool {
-        matches!(self, UpstreamError::Rejected { sqlstate, message }
-            if sqlstate == "53300" && message.contains("for role"))
+        matches!(self, UpstreamError::Rejected { sqlstate, message, routine }
+            if sqlstate == "53300"
+                && (routine == ROLE_LIMIT_ROUTINE
+                    || (routine.is_empty() && message.contains("for role"))))
     }
 
     /// What the engineer's client is told when admission fails on this: the cause in a
@@ -481,15 +490,35 @@ fn password(db: &Credentials) -> Result<&str, UpstreamError> {
     db.password.as_deref().ok_or(UpstreamError::NoPassword)
 }
 
+/// PostgreSQL's routine that refuses a login past its role's `CONNECTION LIMIT`
+/// (`miscinit.c`, the same from 8.1 to 18).
+const ROLE_LIMIT_ROUTINE: &str = "InitializeSessionUserId";
+
 fn rejected(raw: &Bytes) -> UpstreamError {
     let mut events = Vec::new();
     BackendScanner::default().feed(raw, &mut events);
     match events.pop() {
         Some(BackendEvent::Error {
             sqlstate, message, ..
-        }) => UpstreamError::Rejected { sqlstate, message },
+        }) => UpstreamError::Rejected {
+            sqlstate,
+            message,
+            routine: error_routine(raw),
+        },
         _ => UpstreamError::Protocol("unreadable error response".into()),
     }
+}
+
+/// The `R` field of an ErrorResponse frame (type byte, length, then fields each a type
+/// byte and a NUL-terminated value), empty if it has none.
+fn error_routine(frame: &[u8]) -> String {
+    frame
+        .get(5..)
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .find_map(|field| field.strip_prefix(b"R"))
+        .map(|routine| String::from_utf8_lossy(routine).into_owned())
+        .unwrap_or_default()
 }
 
 async fn next_frame(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<BytesMut, UpstreamError> {
@@ -559,6 +588,7 @@ mod tests {
         let rejected = |sqlstate: &str| UpstreamError::Rejected {
             sqlstate: sqlstate.into(),
             message: String::new(),
+            routine: String::new(),
         };
         for unavailable in [
             rejected("57P03"),
@@ -575,6 +605,54 @@ mod tests {
             UpstreamError::NoPassword,
         ] {
             assert!(!refused.server_unavailable(), "{refused}");
+        }
+    }
+
+    /// An ErrorResponse frame with `fields`, as the server sends it.
+    fn error_frame(fields: &[(u8, &str)]) -> Bytes {
+        let mut body = Vec::new();
+        for (kind, value) in fields {
+            body.push(*kind);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut frame = vec![b'E'];
+        frame.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        Bytes::from(frame)
+    }
+
+    /// The role's limit is told from the database's and the server's by the routine that
+    /// refused (fields as PostgreSQL 15 sends them), in any language; by its English text
+    /// only where the server names no routine.
+    #[test]
+    fn a_refusal_at_the_roles_limit_is_told_in_any_language() {
+        let refusal = |message: &str, routine: Option<&str>| {
+            let mut fields = vec![(b'S', "FATAL"), (b'V', "FATAL"), (b'C', "53300")];
+            fields.push((b'M', message));
+            fields.extend([(b'F', "miscinit.c"), (b'L', "842")]);
+            fields.extend(routine.map(|r| (b'R', r)));
+            rejected(&error_frame(&fields))
+        };
+        let role = "InitializeSessionUserId";
+        for at_role_limit in [
+            refusal("too many connections for role \"lockbox_r\"", Some(role)),
+            refusal("zu viele Verbindungen für Rolle »lockbox_r«", Some(role)),
+            refusal("too many connections for role \"lockbox_r\"", None),
+        ] {
+            assert!(at_role_limit.role_at_its_limit(), "{at_role_limit}");
+        }
+        for other_limit in [
+            refusal(
+                "too many connections for database \"d\"",
+                Some("CheckMyDatabase"),
+            ),
+            refusal("sorry, too many clients already", Some("InitProcess")),
+            refusal("zu viele Verbindungen für Datenbank »d«", None),
+            refusal("too many connections for role \"r\"", Some("InitProcess")),
+        ] {
+            assert!(!other_limit.role_at_its_limit(), "{other_limit}");
         }
     }
 
