@@ -99,6 +99,25 @@ pub struct Provisioner {
     grants: DashMap<RequestId, Arc<tokio::sync::Mutex<GrantRole>>>,
 }
 
+/// How long one step of role work on a service connection may take, its login included.
+const ROLE_STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `step` bounded by [`ROLE_STEP_TIMEOUT`]: a database that stalls after taking the
+/// service connection's login would otherwise hold it, and the grant's lock, for as long.
+async fn bounded<T>(
+    db: &Database,
+    step: impl std::future::Future<Output = Result<T, ProvisionError>>,
+) -> Result<T, ProvisionError> {
+    tokio::time::timeout(ROLE_STEP_TIMEOUT, step)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProvisionError::Timeout {
+                database: db.name.clone(),
+                secs: ROLE_STEP_TIMEOUT.as_secs(),
+            })
+        })
+}
+
 /// What a decision depends on: a reload that changes any of it decides again.
 #[derive(Clone, PartialEq, Eq)]
 struct Target {
@@ -244,9 +263,12 @@ impl Provisioner {
     /// fleet (each admits the grant's limit, the role one more): refused there, the reaper
     /// would leave a backend that outlived its session running. The grant's lock is held
     /// throughout, so no login of this process moves the limit meanwhile; another proxy's
-    /// login may pass the role's limit in that moment, still bounded by its own count. A
-    /// limit that could not be set back makes the next login take the role over again,
-    /// which sets it.
+    /// login may pass the role's limit in that moment, still bounded by its own count.
+    ///
+    /// Each step is bounded here, `work` by its caller, and the limit is set back however
+    /// the lift went (one that timed out may still have been made): dropped half-way, this
+    /// would leave the role without a limit. A limit that could not be set back makes the
+    /// next login take the role over again, which sets it.
     pub async fn with_connection_limit_lifted<T>(
         &self,
         db: &Database,
@@ -260,13 +282,15 @@ impl Provisioner {
         if let GrantRole::Ended { .. } = &*state {
             return Err(ProvisionError::Ended(id.0.clone()));
         }
-        roles::lift_connection_limit(db, &role).await?;
-        let done = work.await;
+        let done = match bounded(db, roles::lift_connection_limit(db, &role)).await {
+            Ok(()) => Ok(work.await),
+            Err(e) => Err(e),
+        };
         let sessions = match &*state {
             GrantRole::Live { sessions, .. } => *sessions,
             _ => sessions,
         };
-        if let Err(e) = roles::set_connection_limit(db, &role, sessions).await {
+        if let Err(e) = bounded(db, roles::set_connection_limit(db, &role, sessions)).await {
             tracing::error!(
                 error = %e,
                 role = role.as_str(),
@@ -274,7 +298,7 @@ impl Provisioner {
             );
             *state = GrantRole::Unknown;
         }
-        Ok(done)
+        done
     }
 
     /// An extension moved the end of the window: so does the role's validity.

@@ -104,30 +104,25 @@ impl Retake {
     }
 
     /// `login` run with the role's `CONNECTION LIMIT` lifted (see
-    /// `Provisioner::with_connection_limit_lifted`), bounded as a retake is.
+    /// `Provisioner::with_connection_limit_lifted`, which bounds its own steps and always
+    /// sets the limit back: it is not cut short here).
     async fn lifted<T>(
         &self,
         db: &Database,
         login: impl std::future::Future<Output = Result<T, UpstreamError>>,
     ) -> Result<T, UpstreamError> {
-        let lifted = self.provisioner.with_connection_limit_lifted(
-            db,
-            &self.request.id,
-            self.sessions,
-            login,
-        );
-        let failed = match tokio::time::timeout(super::session::PROVISION_TIMEOUT, lifted).await {
-            Ok(Ok(login)) => return login,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "the database did not answer in time".to_owned(),
-        };
-        Err(UpstreamError::Rejected {
-            sqlstate: "53300".into(),
-            message: format!(
-                "the grant's role is at its connection limit, which could not be lifted for the reaper: {failed}"
-            ),
-            routine: String::new(),
-        })
+        self.provisioner
+            .with_connection_limit_lifted(db, &self.request.id, self.sessions, login)
+            .await
+            .unwrap_or_else(|e| {
+                Err(UpstreamError::Rejected {
+                    sqlstate: "53300".into(),
+                    message: format!(
+                        "the grant's role is at its connection limit, which could not be lifted for the reaper: {e}"
+                    ),
+                    routine: String::new(),
+                })
+            })
     }
 }
 
