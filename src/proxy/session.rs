@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::aftermath::Aftermath;
@@ -63,20 +63,6 @@ const PASSED_PARAMETERS: &[&str] = &[
     "TimeZone",
     "IntervalStyle",
     "extra_float_digits",
-];
-const REFUSED_PARAMETERS: &[&str] = &[
-    "options",
-    "replication",
-    // Settings that would change the session's identity, its read-only state, its limits,
-    // or how the server reads query text.
-    "role",
-    "session_authorization",
-    "default_transaction_read_only",
-    "transaction_read_only",
-    "statement_timeout",
-    "standard_conforming_strings",
-    "backslash_quote",
-    "search_path",
 ];
 
 /// A login failure: what the client is told, and what the audit says.
@@ -231,89 +217,6 @@ pub async fn serve(
     // Every way out of a session, early ones included, ends its registration.
     registry.unregister(&id);
     after.into_work()
-}
-
-fn check_startup(startup: &Startup) -> Result<Claimed, LoginError> {
-    // Setting names are case-insensitive to PostgreSQL (only `user`, `database`, `options`
-    // and `replication` are not, and refusing those in any case costs nothing).
-    for name in REFUSED_PARAMETERS {
-        if startup
-            .params
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case(name))
-        {
-            return Err(login_error(
-                sqlstate::INVALID_AUTHORIZATION,
-                format!("startup parameter \"{name}\" is not allowed through lockbox"),
-            ));
-        }
-    }
-    if let Some(encoding) = startup.get("client_encoding") {
-        if !crate::guard::client_encoding_is_safe(encoding) {
-            return Err(login_error(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                format!(
-                    "client_encoding \"{encoding}\" is not supported through lockbox: use UTF8"
-                ),
-            ));
-        }
-    }
-    let user = startup.get("user").filter(|u| !u.is_empty());
-    let database = startup.get("database").filter(|d| !d.is_empty());
-    match (user, database) {
-        (Some(user), Some(database)) => Ok(Claimed {
-            user: user.to_owned(),
-            database: database.to_owned(),
-        }),
-        (None, _) => Err(login_error(
-            sqlstate::INVALID_AUTHORIZATION,
-            "no user name in the startup packet",
-        )),
-        (_, None) => Err(login_error(
-            sqlstate::INVALID_AUTHORIZATION,
-            "no database name in the startup packet: lockbox never picks one for you",
-        )),
-    }
-}
-
-async fn read_password(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<String, LoginError> {
-    loop {
-        let frame = wire::split_frame(buf, wire::MAX_STARTUP_PACKET)
-            .map_err(|e| login_error(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
-        if let Some(frame) = frame {
-            if frame[0] != b'p' {
-                return Err(login_error(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    format!(
-                        "expected a password message, got message type '{}'",
-                        char::from(frame[0])
-                    ),
-                ));
-            }
-            return wire::decode_password(&frame[5..])
-                .map_err(|e| login_error(sqlstate::PROTOCOL_VIOLATION, e.to_string()));
-        }
-        match stream.read_buf(buf).await {
-            Ok(0) | Err(_) => {
-                return Err(LoginError {
-                    sqlstate: sqlstate::PROTOCOL_VIOLATION,
-                    message: "client closed the connection before sending a token".into(),
-                    audited: false,
-                })
-            }
-            Ok(_) => {}
-        }
-    }
-}
-
-async fn write(stream: &mut BoxStream, bytes: &[u8]) -> Result<(), LoginError> {
-    super::relay::write_flushed(stream, bytes)
-        .await
-        .map_err(|e| LoginError {
-            sqlstate: sqlstate::CONNECTION_FAILURE,
-            message: e.to_string(),
-            audited: false,
-        })
 }
 
 #[allow(clippy::too_many_arguments)]

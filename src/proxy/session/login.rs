@@ -6,12 +6,10 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 
 use super::place_wait::{told_to_end, within_session_limit};
-use super::{
-    audit_auth_failure, check_startup, login_error, read_password, write, Claimed, KillSwitch,
-    LoginError,
-};
+use super::{audit_auth_failure, login_error, Claimed, KillSwitch, LoginError};
 use crate::audit::{AuditEvent, SessionEvent, SessionRecord};
 use crate::ids::{RequestId, SessionId};
 use crate::policy::Admission;
@@ -23,6 +21,23 @@ use crate::proxy::upstream::DialTarget;
 use crate::proxy::Proxy;
 use crate::service::AdmitError;
 use crate::wire::{self, sqlstate, Startup};
+
+/// Startup parameters refused outright (the rest are passed upstream or dropped, see
+/// `PASSED_PARAMETERS`).
+const REFUSED_PARAMETERS: &[&str] = &[
+    "options",
+    "replication",
+    // Settings that would change the session's identity, its read-only state, its limits,
+    // or how the server reads query text.
+    "role",
+    "session_authorization",
+    "default_transaction_read_only",
+    "transaction_read_only",
+    "statement_timeout",
+    "standard_conforming_strings",
+    "backslash_quote",
+    "search_path",
+];
 
 /// A connection that sent no token within `PREAUTH_TIMEOUT` counts as a failed login of
 /// its source (audited like one while the source is under its limit): holding a slot
@@ -211,4 +226,87 @@ fn refused_token(proxy: &Proxy, peer: SocketAddr, e: &crate::token::TokenError) 
         sqlstate::INVALID_PASSWORD,
         format!("lockbox token refused: {e}"),
     )
+}
+
+fn check_startup(startup: &Startup) -> Result<Claimed, LoginError> {
+    // Setting names are case-insensitive to PostgreSQL (only `user`, `database`, `options`
+    // and `replication` are not, and refusing those in any case costs nothing).
+    for name in REFUSED_PARAMETERS {
+        if startup
+            .params
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case(name))
+        {
+            return Err(login_error(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("startup parameter \"{name}\" is not allowed through lockbox"),
+            ));
+        }
+    }
+    if let Some(encoding) = startup.get("client_encoding") {
+        if !crate::guard::client_encoding_is_safe(encoding) {
+            return Err(login_error(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "client_encoding \"{encoding}\" is not supported through lockbox: use UTF8"
+                ),
+            ));
+        }
+    }
+    let user = startup.get("user").filter(|u| !u.is_empty());
+    let database = startup.get("database").filter(|d| !d.is_empty());
+    match (user, database) {
+        (Some(user), Some(database)) => Ok(Claimed {
+            user: user.to_owned(),
+            database: database.to_owned(),
+        }),
+        (None, _) => Err(login_error(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no user name in the startup packet",
+        )),
+        (_, None) => Err(login_error(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no database name in the startup packet: lockbox never picks one for you",
+        )),
+    }
+}
+
+async fn read_password(stream: &mut BoxStream, buf: &mut BytesMut) -> Result<String, LoginError> {
+    loop {
+        let frame = wire::split_frame(buf, wire::MAX_STARTUP_PACKET)
+            .map_err(|e| login_error(sqlstate::PROTOCOL_VIOLATION, e.to_string()))?;
+        if let Some(frame) = frame {
+            if frame[0] != b'p' {
+                return Err(login_error(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!(
+                        "expected a password message, got message type '{}'",
+                        char::from(frame[0])
+                    ),
+                ));
+            }
+            return wire::decode_password(&frame[5..])
+                .map_err(|e| login_error(sqlstate::PROTOCOL_VIOLATION, e.to_string()));
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => {
+                return Err(LoginError {
+                    sqlstate: sqlstate::PROTOCOL_VIOLATION,
+                    message: "client closed the connection before sending a token".into(),
+                    audited: false,
+                })
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write(stream: &mut BoxStream, bytes: &[u8]) -> Result<(), LoginError> {
+    crate::proxy::relay::write_flushed(stream, bytes)
+        .await
+        .map_err(|e| LoginError {
+            sqlstate: sqlstate::CONNECTION_FAILURE,
+            message: e.to_string(),
+            audited: false,
+        })
 }
