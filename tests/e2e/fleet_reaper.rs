@@ -4,14 +4,15 @@
 //! attack review). It takes the role over again, as a login does.
 
 use lockbox::policy::{AccessLevel, NewRequest};
+use lockbox::server::RunningServer;
 
 use crate::fleet::{connect_via, start_node};
-use crate::harness::{Env, Options, PROVISIONER_PASSWORD, PROVISIONER_ROLE};
+use crate::harness::{Env, Options, Raw, PROVISIONER_PASSWORD, PROVISIONER_ROLE};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_backend_outliving_its_session_is_terminated_after_another_node_took_the_role_over() {
+/// Node 1 (`env`) with per-grant roles, and node 2.
+async fn two_nodes(name: &str) -> (Env, RunningServer) {
     let env = Env::with(
-        "fleet_reaper",
+        name,
         Options {
             state_postgres: true,
             upstream_user: PROVISIONER_ROLE,
@@ -21,21 +22,39 @@ async fn a_backend_outliving_its_session_is_terminated_after_another_node_took_t
     )
     .await;
     let two = start_node(&env, 2).await;
+    (env, two)
+}
+
+/// A write grant (of `max_sessions`) approved, and a session on node 1 running a
+/// procedure that swallows the cancel: its id, token, client and backend's pid.
+async fn stubborn_session_on_node_one(
+    env: &Env,
+    ticket: &str,
+    max_sessions: Option<u32>,
+) -> (String, String, Raw, i32) {
     let new = NewRequest {
         database: env.db.clone(),
-        ticket: "T-28P01".into(),
+        ticket: ticket.into(),
         reason: "a look".into(),
         access: AccessLevel::Write,
         duration: Some("1h".into()),
+        max_sessions,
         ..NewRequest::default()
     };
     let (id, token) = env.approved("eve", new).await;
     env.superuser_sql(&crate::terminate::stubborn("lockbox_write"));
-    let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
+    let mut raw = Raw::login(env, "eve", &token).await;
     raw.read_until_ready().await;
     raw.send(&crate::harness::query(crate::terminate::CALL))
         .await;
-    let pid = crate::terminate::stubborn_backend(&env).await;
+    let pid = crate::terminate::stubborn_backend(env).await;
+    (id, token, raw, pid)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_outliving_its_session_is_terminated_after_another_node_took_the_role_over() {
+    let (env, two) = two_nodes("fleet_reaper").await;
+    let (id, token, raw, pid) = stubborn_session_on_node_one(&env, "T-28P01", None).await;
     // The grant logs in on node 2, which takes its role over: a password of its own.
     let (other, _conn) = connect_via(&env, two.proxy_addr.port(), &token)
         .await
@@ -54,33 +73,8 @@ async fn a_backend_outliving_its_session_is_terminated_after_another_node_took_t
 /// login and sets it back (before, it was refused 53300 and the backend ran on).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reaper_whose_slot_a_session_on_another_node_took_still_terminates_the_backend() {
-    let env = Env::with(
-        "fleet_reaper_slot",
-        Options {
-            state_postgres: true,
-            upstream_user: PROVISIONER_ROLE,
-            upstream_password: PROVISIONER_PASSWORD,
-            ..Options::default()
-        },
-    )
-    .await;
-    let two = start_node(&env, 2).await;
-    let new = NewRequest {
-        database: env.db.clone(),
-        ticket: "T-53300".into(),
-        reason: "a look".into(),
-        access: AccessLevel::Write,
-        duration: Some("1h".into()),
-        max_sessions: Some(1),
-        ..NewRequest::default()
-    };
-    let (id, token) = env.approved("eve", new).await;
-    env.superuser_sql(&crate::terminate::stubborn("lockbox_write"));
-    let mut raw = crate::harness::Raw::login(&env, "eve", &token).await;
-    raw.read_until_ready().await;
-    raw.send(&crate::harness::query(crate::terminate::CALL))
-        .await;
-    let pid = crate::terminate::stubborn_backend(&env).await;
+    let (env, two) = two_nodes("fleet_reaper_slot").await;
+    let (id, token, raw, pid) = stubborn_session_on_node_one(&env, "T-53300", Some(1)).await;
     // Node 2 holds none of the grant's sessions, so it admits one: the role's second
     // connection, the last its limit (one session and the reaper's) allows.
     let (other, _conn) = connect_via(&env, two.proxy_addr.port(), &token)
