@@ -257,48 +257,21 @@ impl Provisioner {
         }
     }
 
-    /// Runs `work`, a reaper's login as the grant's role, with the role's `CONNECTION LIMIT`
-    /// lifted, and sets it back to `sessions` (or the limit a login set since) after. The
-    /// slot the limit keeps for the reaper can be taken by a session on another proxy of a
-    /// fleet (each admits the grant's limit, the role one more): refused there, the reaper
-    /// would leave a backend that outlived its session running. The grant's lock is held
-    /// throughout, so no login of this process moves the limit meanwhile; another proxy's
-    /// login may pass the role's limit in that moment, still bounded by its own count.
-    ///
-    /// Each step is bounded here, `work` by its caller, and the limit is set back however
-    /// the lift went (one that timed out may still have been made): dropped half-way, this
-    /// would leave the role without a limit. A limit that could not be set back makes the
-    /// next login take the role over again, which sets it.
-    pub async fn with_connection_limit_lifted<T>(
+    /// A service connection for a reaper that cannot log in as the grant's role: the
+    /// slot the role's `CONNECTION LIMIT` keeps for it can be taken by a session on
+    /// another proxy of a fleet (each admits the grant's limit, the role one more).
+    /// Lifting the limit instead would hand the role's own sessions a way to keep it
+    /// lifted (an attack review: a session holding the role's row locked, by an
+    /// uncommitted change of its own password, held the lift and its undoing at will).
+    /// Also the SQL literal of the role's name, for the reaper's filter.
+    pub async fn reaper_connection(
         &self,
         db: &Database,
         id: &RequestId,
-        sessions: Option<u32>,
-        work: impl std::future::Future<Output = T>,
-    ) -> Result<T, ProvisionError> {
+    ) -> Result<(tokio_postgres::Client, String), ProvisionError> {
         let role = role_name(id)?;
-        let slot = self.slot(id);
-        let mut state = slot.lock().await;
-        if let GrantRole::Ended { .. } = &*state {
-            return Err(ProvisionError::Ended(id.0.clone()));
-        }
-        let done = match bounded(db, roles::lift_connection_limit(db, &role)).await {
-            Ok(()) => Ok(work.await),
-            Err(e) => Err(e),
-        };
-        let sessions = match &*state {
-            GrantRole::Live { sessions, .. } => *sessions,
-            _ => sessions,
-        };
-        if let Err(e) = bounded(db, roles::set_connection_limit(db, &role, sessions)).await {
-            tracing::error!(
-                error = %e,
-                role = role.as_str(),
-                "could not set the grant role's CONNECTION LIMIT back after the reaper's login; its next login takes the role over again"
-            );
-            *state = GrantRole::Unknown;
-        }
-        done
+        let client = bounded(db, roles::reaper_connection(db, &role)).await?;
+        Ok((client, sql::literal(role.as_str())))
     }
 
     /// An extension moved the end of the window: so does the role's validity.

@@ -199,18 +199,21 @@ pub(super) async fn set_connection_limit(
     .await
 }
 
-/// Lifts the role's `CONNECTION LIMIT` for a reaper's login; a role that does not exist
-/// needs nothing.
-pub(super) async fn lift_connection_limit(
+/// A service connection readied to reap a backend of `role` (see
+/// `sql::ready_for_reaping`).
+pub(super) async fn reaper_connection(
     db: &Database,
     role: &RoleName,
-) -> Result<(), ProvisionError> {
-    alter_if_exists(
-        db,
-        &sql::lift_connection_limit(role),
-        "lifting the grant role's CONNECTION LIMIT for the reaper",
-    )
-    .await
+) -> Result<Client, ProvisionError> {
+    let client = connect(db).await?;
+    client
+        .batch_execute(&sql::ready_for_reaping(role, &db.user))
+        .await
+        .map_err(failed(
+            db,
+            "readying a service connection to reap the grant role's backend",
+        ))?;
+    Ok(client)
 }
 
 /// Runs `alter` (an ALTER ROLE) over a service connection; a role already gone (the

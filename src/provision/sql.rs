@@ -51,6 +51,11 @@ impl RoleName {
 }
 
 /// A timestamp as a literal PostgreSQL reads as `timestamptz` (microseconds, UTC).
+/// `text` as an SQL string literal.
+pub fn literal(text: &str) -> String {
+    escape_literal(text)
+}
+
 fn timestamp(at: DateTime<Utc>) -> String {
     escape_literal(&at.to_rfc3339_opts(SecondsFormat::Micros, true))
 }
@@ -85,7 +90,7 @@ fn connection_limit(sessions: Option<u32>) -> String {
 }
 
 /// Sets the role's `CONNECTION LIMIT` to the grant's session limit `sessions` (a reload
-/// changed `[proxy] max_sessions_per_grant`, or a reaper's login had it lifted).
+/// changed `[proxy] max_sessions_per_grant`).
 pub fn set_connection_limit(role: &RoleName, sessions: Option<u32>) -> String {
     format!(
         "ALTER ROLE {} CONNECTION LIMIT {}",
@@ -94,10 +99,16 @@ pub fn set_connection_limit(role: &RoleName, sessions: Option<u32>) -> String {
     )
 }
 
-/// Lifts the role's `CONNECTION LIMIT` for a reaper's login (see
-/// `Provisioner::with_connection_limit_lifted`).
-pub fn lift_connection_limit(role: &RoleName) -> String {
-    set_connection_limit(role, None)
+/// Readies a service connection to reap a backend of the grant's role (see
+/// `Provisioner::reaper_connection`): statements that wait on a lock the role's own
+/// sessions may hold fail on the server rather than land later, and the service role is
+/// made a member of the role, which lets it signal the role's backends (as before a drop).
+pub fn ready_for_reaping(role: &RoleName, service: &str) -> String {
+    format!(
+        "SET lock_timeout = '5s'; SET statement_timeout = '10s'; GRANT {} TO {}",
+        role.quoted(),
+        escape_identifier(service),
+    )
 }
 
 /// Creates the grant's role: it may log in until the window's end, with the password whose
@@ -249,8 +260,9 @@ mod tests {
             "ALTER ROLE \"lockbox_req-1\" CONNECTION LIMIT 4"
         );
         assert_eq!(
-            lift_connection_limit(&role),
-            "ALTER ROLE \"lockbox_req-1\" CONNECTION LIMIT -1"
+            ready_for_reaping(&role, "svc"),
+            "SET lock_timeout = '5s'; SET statement_timeout = '10s'; \
+             GRANT \"lockbox_req-1\" TO \"svc\""
         );
         assert_eq!(
             drop_role(&role, "svc"),

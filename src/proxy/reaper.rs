@@ -13,10 +13,13 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::session::session_record;
-use super::upstream::{self, Upstream, UpstreamError};
+use super::upstream::{self, UpstreamError};
 use crate::audit::{AuditEvent, AuditLog, SessionEvent, SessionFields, SessionRecord};
 use crate::config::{Credentials, Database};
 use crate::policy::AccessLevel;
+
+mod lookout;
+use lookout::Lookout;
 
 /// How often the reaper looks for the backend.
 const POLL: Duration = Duration::from_millis(100);
@@ -35,8 +38,12 @@ const APPLICATION_NAME: &str = "lockbox terminator";
 pub(crate) enum ReapError {
     #[error("cannot log in upstream to terminate the backend: {0}")]
     Connect(#[source] UpstreamError),
+    #[error("the grant's role is at its connection limit, and the service connection to terminate the backend failed: {0}")]
+    Service(#[source] crate::provision::ProvisionError),
     #[error("cannot query the backend's state: {0}")]
     Query(#[source] UpstreamError),
+    #[error("cannot query the backend's state over the service connection: {0}")]
+    ServiceQuery(#[source] tokio_postgres::Error),
     #[error("the backend is still running {0:?} after pg_terminate_backend")]
     StillRunning(Duration),
 }
@@ -102,28 +109,6 @@ impl Retake {
             routine: String::new(),
         })
     }
-
-    /// `login` run with the role's `CONNECTION LIMIT` lifted (see
-    /// `Provisioner::with_connection_limit_lifted`, which bounds its own steps and always
-    /// sets the limit back: it is not cut short here).
-    async fn lifted<T>(
-        &self,
-        db: &Database,
-        login: impl std::future::Future<Output = Result<T, UpstreamError>>,
-    ) -> Result<T, UpstreamError> {
-        self.provisioner
-            .with_connection_limit_lifted(db, &self.request.id, self.sessions, login)
-            .await
-            .unwrap_or_else(|e| {
-                Err(UpstreamError::Rejected {
-                    sqlstate: "53300".into(),
-                    message: format!(
-                        "the grant's role is at its connection limit, which could not be lifted for the reaper: {e}"
-                    ),
-                    routine: String::new(),
-                })
-            })
-    }
 }
 
 impl Reaper {
@@ -151,40 +136,31 @@ impl Reaper {
     }
 
     async fn settle(&self) -> Result<Fate, ReapError> {
-        let mut conn = self.log_in().await?;
-        let fate = self.watch(&mut conn).await;
-        conn.close().await;
+        let mut lookout = self.log_in().await?;
+        let fate = self.watch(&mut lookout).await;
+        lookout.close().await;
         fate
     }
 
     /// Logs in as the session did, trying again until the window ends: a server that
     /// closed a connection without a word may be restarting (a backend killed, crash
     /// recovery), and refuses logins for a while; once it takes them, the backend it had
-    /// is gone.
-    async fn log_in(&self) -> Result<Upstream, ReapError> {
+    /// is gone. A grant's own role at its connection limit (a session on another proxy of
+    /// the fleet took the slot it keeps for the reaper) is looked at over a service
+    /// connection instead.
+    async fn log_in(&self) -> Result<Lookout, ReapError> {
         let mut credentials = std::borrow::Cow::Borrowed(&self.credentials);
         let mut retake = self.retake.as_ref();
-        let mut lift = self.retake.as_ref();
         let params = [("application_name".into(), APPLICATION_NAME.into())];
         loop {
             let login = upstream::connect(&self.db, &credentials, self.access, &params).await;
             match login {
-                Ok(conn) => return Ok(conn),
-                // The slot the role's limit keeps for the reaper is taken: by a session
-                // of the grant on another proxy of the fleet, which admits the grant's
-                // limit on its own.
-                Err(e) if lift.is_some() && e.role_at_its_limit() => {
-                    let Some(lift) = lift.take() else {
-                        return Err(ReapError::Connect(e));
-                    };
+                Ok(conn) => return Ok(Lookout::AsTheRole(conn)),
+                Err(e) if e.role_at_its_limit() && self.retake.is_some() => {
                     tracing::warn!(
-                        "the grant's role is at its connection limit; lifting it for the reaper's login"
+                        "the grant's role is at its connection limit; the reaper looks over a service connection"
                     );
-                    let login = upstream::connect(&self.db, &credentials, self.access, &params);
-                    return lift
-                        .lifted(&self.db, login)
-                        .await
-                        .map_err(ReapError::Connect);
+                    return self.service_lookout().await;
                 }
                 Err(e) if e.sqlstate() == Some("28P01") => {
                     let Some(retake) = retake.take() else {
@@ -193,8 +169,15 @@ impl Reaper {
                     tracing::warn!(
                         "upstream refused the grant role's password to the reaper; taking the role over again"
                     );
-                    let again = retake.credentials(&self.db).await;
-                    credentials = std::borrow::Cow::Owned(again.map_err(ReapError::Connect)?);
+                    match retake.credentials(&self.db).await {
+                        Ok(again) => credentials = std::borrow::Cow::Owned(again),
+                        // A session of the role may hold its row locked (an uncommitted
+                        // change of its own password), which holds the takeover's ALTER.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the reaper could not take the grant's role over again; it looks over a service connection");
+                            return self.service_lookout().await;
+                        }
+                    }
                 }
                 Err(e)
                     if e.server_unavailable() && Instant::now() + LOGIN_RETRY < self.window_end =>
@@ -207,8 +190,21 @@ impl Reaper {
         }
     }
 
+    /// The service connection of the grant's database, readied to reap the role's backend.
+    async fn service_lookout(&self) -> Result<Lookout, ReapError> {
+        let Some(retake) = &self.retake else {
+            return Err(ReapError::Connect(UpstreamError::Closed));
+        };
+        let (client, role) = retake
+            .provisioner
+            .reaper_connection(&self.db, &retake.request.id)
+            .await
+            .map_err(ReapError::Service)?;
+        Ok(Lookout::Service { client, role })
+    }
+
     /// Gives the backend its window, then terminates it and waits (bounded) for it to go.
-    async fn watch(&self, conn: &mut Upstream) -> Result<Fate, ReapError> {
+    async fn watch(&self, conn: &mut Lookout) -> Result<Fate, ReapError> {
         let backend = Backend {
             pid: self.backend_pid,
             relay_ended: self.relay_ended,
@@ -278,13 +274,14 @@ struct Backend {
 /// Only the session's own backend: a pid the server has since given to another connection
 /// of another role or database is left alone, and so is one that started after the
 /// session's relay ended (a pid used again, after a restart that reached a pid namespace's
-/// start or wrapped around: another session of the same role, the reaper's own). The
-/// reaper logs in as the session did, so its `current_user` and `current_database()` are
-/// the session's; the time is the server's own clock, less how long ago the relay ended.
-fn backend_filter(backend: Backend) -> String {
+/// start or wrapped around: another session of the same role, the reaper's own). `role`
+/// names the session's role in SQL (`current_user` where the reaper logged in as it); the
+/// reaper's connection is to the session's database; the time is the server's own clock,
+/// less how long ago the relay ended.
+fn backend_filter(backend: Backend, role: &str) -> String {
     let since = backend.relay_ended.elapsed().as_secs_f64();
     format!(
-        "pid = {} AND pid <> pg_backend_pid() AND usename = current_user \
+        "pid = {} AND pid <> pg_backend_pid() AND usename = {role} \
          AND datname = current_database() \
          AND backend_start <= now() - make_interval(secs => {since:.6})",
         backend.pid
@@ -292,17 +289,16 @@ fn backend_filter(backend: Backend) -> String {
 }
 
 /// Whether the backend is still there.
-async fn alive(conn: &mut Upstream, backend: Backend) -> Result<bool, ReapError> {
+async fn alive(conn: &mut Lookout, backend: Backend) -> Result<bool, ReapError> {
     let sql = format!(
         "SELECT 1 FROM pg_stat_activity WHERE {}",
-        backend_filter(backend)
+        backend_filter(backend, conn.role())
     );
-    let rows = conn.simple_query(&sql).await.map_err(ReapError::Query)?;
-    Ok(rows > 0)
+    Ok(conn.rows(&sql).await? > 0)
 }
 
 /// Polls until the backend is gone (true) or `until` passes with it still there (false).
-async fn gone_by(conn: &mut Upstream, backend: Backend, until: Instant) -> Result<bool, ReapError> {
+async fn gone_by(conn: &mut Lookout, backend: Backend, until: Instant) -> Result<bool, ReapError> {
     loop {
         if !alive(conn, backend).await? {
             return Ok(true);
@@ -315,16 +311,15 @@ async fn gone_by(conn: &mut Upstream, backend: Backend, until: Instant) -> Resul
 }
 
 /// Signals the backend to terminate; false when it was no longer there to signal.
-async fn terminate(conn: &mut Upstream, backend: Backend) -> Result<bool, ReapError> {
+async fn terminate(conn: &mut Lookout, backend: Backend) -> Result<bool, ReapError> {
     // OFFSET 0 keeps the planner from moving the (volatile) signal below the role and
     // database checks: only a row that passed all of them is signalled.
     let sql = format!(
         "SELECT 1 FROM (SELECT pid FROM pg_stat_activity WHERE {} OFFSET 0) AS backend \
          WHERE pg_terminate_backend(backend.pid)",
-        backend_filter(backend)
+        backend_filter(backend, conn.role())
     );
-    let rows = conn.simple_query(&sql).await.map_err(ReapError::Query)?;
-    Ok(rows > 0)
+    Ok(conn.rows(&sql).await? > 0)
 }
 
 #[cfg(test)]
@@ -339,7 +334,7 @@ mod tests {
     async fn found(asker: &tokio_postgres::Client, backend: Backend) -> i64 {
         let sql = format!(
             "SELECT count(*) FROM pg_stat_activity WHERE {}",
-            backend_filter(backend)
+            backend_filter(backend, "current_user")
         );
         asker.query_one(&sql, &[]).await.expect("ask").get(0)
     }
