@@ -333,12 +333,34 @@ fn changes_server_options(alter: &protobuf::AlterTableStmt) -> bool {
         .any(|cmd| matches!(cmd.node.as_ref(), Some(N::AlterTableCmd(c)) if c.subtype == generic))
 }
 
+/// The session's own login (`CURRENT_USER`, `SESSION_USER`, `CURRENT_ROLE`) or a grant's
+/// role (`lockbox_…`). Any role may set its own password, even one that may alter no other
+/// role: an engineer who set it would know the login lockbox keeps hidden, and could log
+/// in past the proxy and its record.
+fn names_a_lockbox_login(role: Option<&protobuf::RoleSpec>) -> bool {
+    use protobuf::RoleSpecType as T;
+    role.is_some_and(|role| {
+        [
+            T::RolespecCurrentUser,
+            T::RolespecSessionUser,
+            T::RolespecCurrentRole,
+        ]
+        .iter()
+        .any(|own| role.roletype == *own as i32)
+            || (role.roletype == T::RolespecCstring as i32
+                && role.rolename.starts_with(crate::provision::sql::PREFIX))
+    })
+}
+
 fn ddl_class(node: &N) -> Class {
     match node {
         N::AlterSystemStmt(_) => Class::Escalation("alter_system"),
         N::LoadStmt(_) => Class::Escalation("load"),
         N::CreateExtensionStmt(_) | N::AlterExtensionStmt(_) | N::AlterExtensionContentsStmt(_) => {
             Class::Escalation("create_extension")
+        }
+        N::AlterRoleStmt(a) if names_a_lockbox_login(a.role.as_ref()) => {
+            Class::Forbidden("own_login")
         }
         N::CreateRoleStmt(_)
         | N::AlterRoleStmt(_)

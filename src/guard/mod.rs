@@ -16,6 +16,8 @@ mod functions;
 mod literals;
 mod numbers;
 #[cfg(test)]
+mod own_login_tests;
+#[cfg(test)]
 mod query_text_tests;
 mod reach;
 mod rules;
@@ -278,6 +280,10 @@ pub fn check_class(access: AccessLevel, class: Class) -> Result<(), Refusal> {
         (_, Class::Forbidden(rule @ "unknown_cursor")) => refuse(
             rule,
             "fetching from a cursor named by a value (its query may be in no audit record)",
+        ),
+        (_, Class::Forbidden(rule @ "own_login")) => refuse(
+            rule,
+            "changing the login lockbox gives this session, or a grant's (its password, validity or limit),",
         ),
         (_, Class::Forbidden(rule)) => refuse(rule, "changing how statements are read"),
         (AccessLevel::Admin, _) => Ok(()),

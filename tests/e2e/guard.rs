@@ -551,3 +551,39 @@ async fn a_session_whose_default_search_path_opens_an_off_limits_schema_is_refus
     let (client, _conn) = env.connect("eve", &token).await.expect("login");
     client.simple_query("SELECT 1").await.expect("a clean path");
 }
+
+/// No level alters the login lockbox gives its session: any role may set its own password,
+/// and one who knew it could log in to PostgreSQL directly, past the proxy and its record
+/// (an attack review did, as a grant's own role). Refused as psql's `\password` sends it,
+/// too, and the database still takes only lockbox's password for the role.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_grant_sets_the_password_of_its_own_login() {
+    let env = Env::provisioned("guard_own_login").await;
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Admin)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    let role = format!("lockbox_{id}");
+    for sql in [
+        "ALTER ROLE CURRENT_USER PASSWORD 'known-to-eve'".to_owned(),
+        format!("ALTER USER \"{role}\" PASSWORD 'known-to-eve'"),
+    ] {
+        let err = client.batch_execute(&sql).await.expect_err(&sql);
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains("own_login"), "{sql}: {message}");
+    }
+    let mut direct = tokio_postgres::Config::new();
+    direct
+        .host("127.0.0.1")
+        .port(env.pg.port)
+        .dbname(&env.db)
+        .user(&role)
+        .password("known-to-eve");
+    let refused = direct
+        .connect(tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("no direct login with a password of the engineer's");
+    assert_eq!(db_error(&refused).0, "28P01", "{refused:?}");
+}
