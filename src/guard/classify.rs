@@ -321,6 +321,8 @@ fn statement(node: &N, found: &Found<'_>) -> (StatementKind, Class, Option<NameC
 }
 
 /// DDL, unless it reaches outside the grant.
+/// `ObjectType::ObjectRole`.
+const ROLE: i32 = protobuf::ObjectType::ObjectRole as i32;
 /// `ObjectType::ObjectForeignTable`.
 const FOREIGN_TABLE: i32 = protobuf::ObjectType::ObjectForeignTable as i32;
 
@@ -360,6 +362,10 @@ fn ddl_class(node: &N) -> Class {
             Class::Escalation("create_extension")
         }
         N::AlterRoleStmt(a) if names_a_lockbox_login(a.role.as_ref()) => {
+            Class::Forbidden("own_login")
+        }
+        // Its defaults bind lockbox's next logins as the role (its reaper's among them).
+        N::AlterRoleSetStmt(a) if names_a_lockbox_login(a.role.as_ref()) => {
             Class::Forbidden("own_login")
         }
         N::CreateRoleStmt(_)
@@ -405,6 +411,18 @@ fn ddl_class(node: &N) -> Class {
         }
         N::AlterObjectSchemaStmt(o) if o.object_type == FOREIGN_TABLE => {
             Class::Escalation("remote_server")
+        }
+        N::RenameStmt(r) if r.rename_type == ROLE => {
+            let named = protobuf::RoleSpec {
+                roletype: protobuf::RoleSpecType::RolespecCstring as i32,
+                rolename: r.subname.clone(),
+                location: 0,
+            };
+            if names_a_lockbox_login(Some(&named)) {
+                Class::Forbidden("own_login")
+            } else {
+                Class::Escalation("role_management")
+            }
         }
         _ => Class::Ddl,
     }

@@ -12,6 +12,10 @@ fn no_level_alters_its_own_login_or_a_grants_role() {
         "alter role current_role with encrypted password 'SCRAM-SHA-256$4096:x'",
         "ALTER ROLE \"lockbox_req-1\" VALID UNTIL 'infinity'",
         "ALTER USER lockbox_req_2 CONNECTION LIMIT -1",
+        "ALTER ROLE CURRENT_USER SET search_path = public, pg_catalog",
+        "ALTER ROLE SESSION_USER IN DATABASE sales SET role = 'other'",
+        "ALTER ROLE lockbox_req_3 RESET ALL",
+        "ALTER ROLE lockbox_req_4 RENAME TO mine",
     ] {
         for access in [AccessLevel::Read, AccessLevel::Write, AccessLevel::Admin] {
             let refused = check(access, sql).expect_err(sql);
@@ -27,7 +31,8 @@ fn other_roles_are_an_admins_to_manage() {
     for sql in [
         "ALTER ROLE app_reader PASSWORD 'new'",
         "ALTER ROLE \"LOCKBOX_req-1\" PASSWORD 'new'",
-        "ALTER ROLE CURRENT_USER SET work_mem = '64MB'",
+        "ALTER ROLE app_reader SET work_mem = '64MB'",
+        "ALTER ROLE app_reader RENAME TO app_reader_old",
     ] {
         assert!(check(AccessLevel::Admin, sql).is_ok(), "{sql}");
         let refused = check(AccessLevel::Write, sql).expect_err(sql);

@@ -35,6 +35,10 @@ async fn connect_here(db: &Database) -> Result<Client, ProvisionError> {
         .dbname(&db.dbname)
         .user(&db.user)
         .application_name(super::APPLICATION_NAME)
+        // Only the catalogs' names, whatever the database's or the role's defaults say:
+        // a grant that may create objects could otherwise put a function or operator of
+        // its own (a closer match than the built-in) in the way of this role's work.
+        .options("-c search_path=pg_catalog,pg_temp")
         .connect_timeout(CONNECT_TIMEOUT);
     if let Some(password) = &db.password {
         pg.password(password);

@@ -151,7 +151,7 @@ impl Reaper {
     async fn log_in(&self) -> Result<Lookout, ReapError> {
         let mut credentials = std::borrow::Cow::Borrowed(&self.credentials);
         let mut retake = self.retake.as_ref();
-        let params = [("application_name".into(), APPLICATION_NAME.into())];
+        let params = reaper_parameters();
         loop {
             let login = upstream::connect(&self.db, &credentials, self.access, &params).await;
             match login {
@@ -263,6 +263,21 @@ fn log(fate: &Result<Fate, ReapError>) {
     }
 }
 
+/// The reaper's startup parameters: besides its name, settings that override what a grant
+/// may have set as its role's or its database's defaults (`ALTER ROLE … SET`), which
+/// would otherwise bind the reaper's login as the session's role.
+fn reaper_parameters() -> [(String, String); 5] {
+    [
+        ("application_name".into(), APPLICATION_NAME.into()),
+        // A default `role` would make the reaper another role, one that may not signal
+        // the session's backend.
+        ("role".into(), "none".into()),
+        ("search_path".into(), "pg_catalog, pg_temp".into()),
+        ("statement_timeout".into(), "10s".into()),
+        ("lock_timeout".into(), "5s".into()),
+    ]
+}
+
 /// The session's backend, as the reaper finds it.
 #[derive(Clone, Copy)]
 struct Backend {
@@ -275,15 +290,22 @@ struct Backend {
 /// of another role or database is left alone, and so is one that started after the
 /// session's relay ended (a pid used again, after a restart that reached a pid namespace's
 /// start or wrapped around: another session of the same role, the reaper's own). `role`
-/// names the session's role in SQL (`current_user` where the reaper logged in as it); the
-/// reaper's connection is to the session's database; the time is the server's own clock,
-/// less how long ago the relay ended.
+/// names the session's role in SQL (`session_user` where the reaper logged in as it: a
+/// role default of `role` would move `current_user`); the reaper's connection is to the
+/// session's database; the time is the server's own clock, less how long ago the relay
+/// ended. Every name is schema-qualified, operators too: a grant that may create objects
+/// could otherwise put a function of its own (`public.make_interval(numeric)`, a closer
+/// match than the built-in) in the reaper's way, run as the reaper's role, the service
+/// role's included (an attack review made a login of its own that way).
 fn backend_filter(backend: Backend, role: &str) -> String {
     let since = backend.relay_ended.elapsed().as_secs_f64();
     format!(
-        "pid = {} AND pid <> pg_backend_pid() AND usename = {role} \
-         AND datname = current_database() \
-         AND backend_start <= now() - make_interval(secs => {since:.6})",
+        "pid OPERATOR(pg_catalog.=) {} \
+         AND pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid() \
+         AND usename OPERATOR(pg_catalog.=) {role} \
+         AND datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
+         AND backend_start OPERATOR(pg_catalog.<=) (pg_catalog.now() \
+         OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => {since:.6}::pg_catalog.float8))",
         backend.pid
     )
 }
@@ -291,7 +313,7 @@ fn backend_filter(backend: Backend, role: &str) -> String {
 /// Whether the backend is still there.
 async fn alive(conn: &mut Lookout, backend: Backend) -> Result<bool, ReapError> {
     let sql = format!(
-        "SELECT 1 FROM pg_stat_activity WHERE {}",
+        "SELECT 1 FROM pg_catalog.pg_stat_activity WHERE {}",
         backend_filter(backend, conn.role())
     );
     Ok(conn.rows(&sql).await? > 0)
@@ -315,8 +337,8 @@ async fn terminate(conn: &mut Lookout, backend: Backend) -> Result<bool, ReapErr
     // OFFSET 0 keeps the planner from moving the (volatile) signal below the role and
     // database checks: only a row that passed all of them is signalled.
     let sql = format!(
-        "SELECT 1 FROM (SELECT pid FROM pg_stat_activity WHERE {} OFFSET 0) AS backend \
-         WHERE pg_terminate_backend(backend.pid)",
+        "SELECT 1 FROM (SELECT pid FROM pg_catalog.pg_stat_activity WHERE {} OFFSET 0) \
+         AS backend WHERE pg_catalog.pg_terminate_backend(backend.pid)",
         backend_filter(backend, conn.role())
     );
     Ok(conn.rows(&sql).await? > 0)
@@ -334,7 +356,7 @@ mod tests {
     async fn found(asker: &tokio_postgres::Client, backend: Backend) -> i64 {
         let sql = format!(
             "SELECT count(*) FROM pg_stat_activity WHERE {}",
-            backend_filter(backend, "current_user")
+            backend_filter(backend, "session_user")
         );
         asker.query_one(&sql, &[]).await.expect("ask").get(0)
     }

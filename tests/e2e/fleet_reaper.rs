@@ -10,7 +10,7 @@ use crate::fleet::{connect_via, start_node};
 use crate::harness::{Env, Options, Raw, PROVISIONER_PASSWORD, PROVISIONER_ROLE};
 
 /// Node 1 (`env`) with per-grant roles, and node 2.
-async fn two_nodes(name: &str) -> (Env, RunningServer) {
+pub(crate) async fn two_nodes(name: &str) -> (Env, RunningServer) {
     let env = Env::with(
         name,
         Options {
@@ -26,7 +26,11 @@ async fn two_nodes(name: &str) -> (Env, RunningServer) {
 }
 
 /// A write grant (of `max_sessions`) approved: its id and token.
-async fn write_grant(env: &Env, ticket: &str, max_sessions: Option<u32>) -> (String, String) {
+pub(crate) async fn write_grant(
+    env: &Env,
+    ticket: &str,
+    max_sessions: Option<u32>,
+) -> (String, String) {
     let new = NewRequest {
         database: env.db.clone(),
         ticket: ticket.into(),
@@ -41,7 +45,7 @@ async fn write_grant(env: &Env, ticket: &str, max_sessions: Option<u32>) -> (Str
 
 /// A session on node 1 running a procedure that swallows the cancel: its client and its
 /// backend's pid.
-async fn stubborn_on_node_one(env: &Env, token: &str) -> (Raw, i32) {
+pub(crate) async fn stubborn_on_node_one(env: &Env, token: &str) -> (Raw, i32) {
     env.superuser_sql(&crate::terminate::stubborn("lockbox_write"));
     let mut raw = Raw::login(env, "eve", token).await;
     raw.read_until_ready().await;

@@ -78,6 +78,7 @@ mod preauth;
 mod protocol;
 mod query_text;
 mod read_only_backstop;
+mod reaper_search_path;
 mod relay;
 mod revoked_elsewhere;
 mod role_ends;

@@ -11,7 +11,7 @@ use crate::proxy::upstream::{Upstream, UpstreamError};
 const SERVICE_QUERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(super) enum Lookout {
-    /// Logged in as the session did: its `current_user` is the session's role.
+    /// Logged in as the session did: its `session_user` is the session's role.
     AsTheRole(Upstream),
     /// The database's service role, a member of the grant's role (so it may signal its
     /// backends), with the role's name as an SQL literal.
@@ -25,7 +25,7 @@ impl Lookout {
     /// The SQL that names the session's role here.
     pub(super) fn role(&self) -> &str {
         match self {
-            Lookout::AsTheRole(_) => "current_user",
+            Lookout::AsTheRole(_) => "session_user",
             Lookout::Service { role, .. } => role,
         }
     }
