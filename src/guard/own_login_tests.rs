@@ -16,6 +16,7 @@ fn no_level_alters_its_own_login_or_a_grants_role() {
         "ALTER ROLE SESSION_USER IN DATABASE sales SET role = 'other'",
         "ALTER ROLE lockbox_req_3 RESET ALL",
         "ALTER ROLE lockbox_req_4 RENAME TO mine",
+        "alter role lockbox_read set default_transaction_read_only = off",
     ] {
         for access in [AccessLevel::Read, AccessLevel::Write, AccessLevel::Admin] {
             let refused = check(access, sql).expect_err(sql);

@@ -249,7 +249,7 @@ fn escalations_are_named() {
     check("select public.dblink_exec('x', 'y')", "escaping_function");
     check("create role x", "role_management");
     check(
-        "alter role lockbox_read set default_transaction_read_only = off",
+        "alter role app_read set default_transaction_read_only = off",
         "role_management",
     );
     // A publication's tables go to other servers' subscriptions; a slot's changes hold

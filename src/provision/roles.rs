@@ -35,10 +35,15 @@ async fn connect_here(db: &Database) -> Result<Client, ProvisionError> {
         .dbname(&db.dbname)
         .user(&db.user)
         .application_name(super::APPLICATION_NAME)
-        // Only the catalogs' names, whatever the database's or the role's defaults say:
-        // a grant that may create objects could otherwise put a function or operator of
-        // its own (a closer match than the built-in) in the way of this role's work.
-        .options("-c search_path=pg_catalog,pg_temp")
+        // Whatever the database's or the role's defaults say (a database's owner may set
+        // them): only the catalogs' names, since a grant that may create objects could
+        // otherwise put a function or operator of its own (a closer match than the
+        // built-in) in the way of this role's work; as the service role itself, writing,
+        // with no server-side timeout (each step is bounded here).
+        .options(
+            "-c search_path=pg_catalog,pg_temp -c role=none -c default_transaction_read_only=off \
+             -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0",
+        )
         .connect_timeout(CONNECT_TIMEOUT);
     if let Some(password) = &db.password {
         pg.password(password);
@@ -235,8 +240,8 @@ async fn alter_if_exists(
     }
 }
 
-/// Ends the role's backends, keeps what it created (owned by the service role), and drops
-/// it. Returns whether there was a role to drop.
+/// Ends the role's backends and drops it, or keeps it as the owner of what it created
+/// (see `keep_role`). Returns whether there was a role to end.
 pub(super) async fn drop_role(
     db: &Database,
     role: &RoleName,
@@ -263,8 +268,16 @@ pub(super) async fn drop_role(
         .await
         .and_then(|row| row.try_get(0))
         .map_err(failed(db, "ending the grant role's backends"))?;
+    let owns: bool = client
+        .query_one(sql::OWNS_OBJECTS, &[&role.as_str()])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(failed(db, "looking up what the grant's role owns"))?;
+    if owns {
+        return keep_role(db, &client, role, ended).await;
+    }
     client
-        .batch_execute(&sql::drop_role(role, &db.user))
+        .batch_execute(&sql::drop_role(role))
         .await
         .map_err(failed(db, "dropping the grant's role"))?;
     tracing::info!(
@@ -275,12 +288,50 @@ pub(super) async fn drop_role(
     Ok(true)
 }
 
-/// The requests whose roles exist on the database's server.
+/// A grant's role that owns what its grant created (a table a write grant made may be
+/// customer work) is kept as its owner, locked out and a member of nothing, rather than
+/// handed to the service role: there a `SECURITY DEFINER` function or a view the grant
+/// made would run with the service role's privileges for whoever calls it later (an
+/// attack review's made a login of the engineer's). Its own privileges, those of an owner
+/// of what it made, stay with what it made.
+async fn keep_role(
+    db: &Database,
+    client: &Client,
+    role: &RoleName,
+    ended: i64,
+) -> Result<bool, ProvisionError> {
+    let memberships = client
+        .query(sql::MEMBERSHIPS, &[&role.as_str()])
+        .await
+        .map_err(failed(db, "listing the grant role's memberships"))?;
+    for row in memberships {
+        let member_of: String = row
+            .try_get(0)
+            .map_err(failed(db, "listing the grant role's memberships"))?;
+        client
+            .batch_execute(&sql::revoke_membership(role, &member_of))
+            .await
+            .map_err(failed(
+                db,
+                "taking the kept grant role out of its level's role",
+            ))?;
+    }
+    tracing::info!(
+        role = role.as_str(),
+        backends_ended = ended,
+        "per-grant role kept, locked out and a member of nothing, as the owner of what its grant created"
+    );
+    Ok(true)
+}
+
+/// The requests whose roles exist on the database's server (a role kept as the owner of
+/// what its grant created, locked out and a member of nothing, is done with).
 pub(super) async fn list(db: &Database) -> Result<Vec<String>, ProvisionError> {
     let client = connect(db).await?;
     let rows = client
         .query(
-            "SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1",
+            "SELECT rolname::text FROM pg_roles r WHERE rolname LIKE $1 \
+             AND (rolcanlogin OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid))",
             &[&sql::ROLE_PATTERN],
         )
         .await

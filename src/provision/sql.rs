@@ -161,12 +161,35 @@ pub fn prepare_drop(role: &RoleName, service: &str) -> String {
     )
 }
 
-/// Last step of a drop, one transaction: what the role created is kept, owned by the
-/// service role; its privileges and default privileges go; then the role.
-pub fn drop_role(role: &RoleName, service: &str) -> String {
+/// Whether the role owns anything, in any database of the server (`$1`: its name).
+pub const OWNS_OBJECTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_shdepend d \
+     JOIN pg_catalog.pg_roles r ON d.refobjid OPERATOR(pg_catalog.=) r.oid \
+     WHERE r.rolname OPERATOR(pg_catalog.=) $1 \
+     AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_authid'::pg_catalog.regclass \
+     AND d.deptype OPERATOR(pg_catalog.=) 'o')";
+
+/// The roles the role is a member of (`$1`: its name).
+pub const MEMBERSHIPS: &str =
+    "SELECT b.rolname::pg_catalog.text FROM pg_catalog.pg_auth_members m \
+     JOIN pg_catalog.pg_roles b ON b.oid OPERATOR(pg_catalog.=) m.roleid \
+     JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) m.member \
+     WHERE r.rolname OPERATOR(pg_catalog.=) $1";
+
+/// Takes the role out of `member_of`: a role kept as the owner of what its grant created
+/// holds nothing else.
+pub fn revoke_membership(role: &RoleName, member_of: &str) -> String {
     format!(
-        "REASSIGN OWNED BY {r} TO {}; DROP OWNED BY {r}; DROP ROLE IF EXISTS {r}",
-        escape_identifier(service),
+        "REVOKE {} FROM {}",
+        escape_identifier(member_of),
+        role.quoted()
+    )
+}
+
+/// Last step of a drop, one transaction, for a role that owns nothing: its privileges and
+/// default privileges go, then the role.
+pub fn drop_role(role: &RoleName) -> String {
+    format!(
+        "DROP OWNED BY {r}; DROP ROLE IF EXISTS {r}",
         r = role.quoted(),
     )
 }
@@ -265,9 +288,8 @@ mod tests {
              GRANT \"lockbox_req-1\" TO \"svc\""
         );
         assert_eq!(
-            drop_role(&role, "svc"),
-            "REASSIGN OWNED BY \"lockbox_req-1\" TO \"svc\"; DROP OWNED BY \"lockbox_req-1\"; \
-             DROP ROLE IF EXISTS \"lockbox_req-1\""
+            drop_role(&role),
+            "DROP OWNED BY \"lockbox_req-1\"; DROP ROLE IF EXISTS \"lockbox_req-1\""
         );
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lockbox::policy::AccessLevel;
 
-use crate::harness::{db_error, Env, Options, PROVISIONER_ROLE};
+use crate::harness::{db_error, Env, Options};
 
 async fn provisioned(name: &str) -> Env {
     Env::provisioned(name).await
@@ -216,29 +216,59 @@ async fn restarted_proxy_takes_the_grant_role_over() {
     assert_eq!(whoami(&client).await.0, role_of(&id));
 }
 
-/// What a write grant created outlives its role, owned by the service role.
+/// What a write grant created outlives the grant, still owned by its role, which is kept
+/// locked out and a member of nothing: a `SECURITY DEFINER` function the grant made runs,
+/// once kept, with no privilege but its own objects' (an attack review's, handed to the
+/// service role as they were, made a login of the engineer's).
 #[tokio::test(flavor = "multi_thread")]
-async fn objects_of_a_write_grant_are_kept_when_its_role_goes() {
+async fn objects_of_a_write_grant_are_kept_when_its_grant_ends() {
     let env = provisioned("roles_write_objects").await;
     env.superuser_sql("GRANT CREATE ON SCHEMA public TO lockbox_write");
     let (id, token) = env
         .approved_token_for("eve", "1h", AccessLevel::Write)
         .await;
     let (client, _conn) = env.connect("eve", &token).await.expect("login");
-    assert_eq!(whoami(&client).await.0, role_of(&id));
+    let role = role_of(&id);
+    assert_eq!(whoami(&client).await.0, role);
     client
-        .batch_execute("CREATE TABLE notes (id int); INSERT INTO notes VALUES (1)")
+        .batch_execute(
+            "CREATE TABLE notes (id int); INSERT INTO notes VALUES (1); \
+             CREATE FUNCTION public.whose() RETURNS text LANGUAGE sql SECURITY DEFINER \
+             AS 'SELECT current_user::text'",
+        )
         .await
-        .expect("a write grant may create a table");
+        .expect("a write grant may create a table and a function");
     env.client("carol")
         .revoke(&id, "done")
         .await
         .expect("revoke");
-    wait_for_drop(&env, &role_of(&id)).await;
+    let kept = format!(
+        "SELECT rolcanlogin OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) \
+         FROM pg_roles r WHERE rolname = '{role}'"
+    );
+    for _ in 0..200 {
+        if env.superuser_sql(&kept) == "f" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        env.superuser_sql(&kept),
+        "f",
+        "locked out, a member of nothing"
+    );
     let owner = env.superuser_sql(
         "SELECT tableowner || ':' || (SELECT count(*) FROM notes) FROM pg_tables WHERE tablename = 'notes'",
     );
-    assert_eq!(owner, format!("{PROVISIONER_ROLE}:1"));
+    assert_eq!(owner, format!("{role}:1"));
+    assert_eq!(env.superuser_sql("SELECT public.whose()"), role);
+    assert_eq!(
+        env.superuser_sql(&format!(
+            "SELECT has_table_privilege('{role}', 'items', 'SELECT')"
+        )),
+        "f",
+        "nothing of the level's role"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,7 +15,7 @@ pub(super) async fn search_path_shadows_catalog(upstream: &mut upstream::Upstrea
     // first); the blanks are those PostgreSQL's identifier splitter skips (not `\s`, which
     // takes a vertical tab too).
     const ASK: &str = "SELECT 1 FROM (SELECT pg_catalog.current_setting('search_path') AS s) p \
-        WHERE pg_catalog.strpos(pg_catalog.lower(p.s), 'pg_catalog') > 0 \
+        WHERE pg_catalog.strpos(pg_catalog.lower(p.s), 'pg_catalog') OPERATOR(pg_catalog.>) 0 \
         AND p.s OPERATOR(pg_catalog.!~) pg_catalog.concat('^[', E' \\t\\n\\r\\f', \
         ']*pg_catalog[', E' \\t\\n\\r\\f', ']*(,|$)')";
     match upstream.simple_query(ASK).await {
