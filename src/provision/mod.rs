@@ -432,6 +432,16 @@ impl Provisioner {
             .clone()
     }
 
+    /// `db`'s server version (`server_version_num`) as read when per-grant roles were
+    /// decided for it, if they were.
+    pub fn known_server_version(&self, db: &Database) -> Option<i32> {
+        let target = Target::of(db);
+        self.modes
+            .get(&db.name)
+            .filter(|d| d.target == target)
+            .map(|d| d.server_version)
+    }
+
     async fn mode(&self, db: &Database) -> Result<Decided, ProvisionError> {
         let target = Target::of(db);
         if let Some(decided) = self.modes.get(&db.name).filter(|d| d.target == target) {

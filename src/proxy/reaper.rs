@@ -151,7 +151,11 @@ impl Reaper {
     async fn log_in(&self) -> Result<Lookout, ReapError> {
         let mut credentials = std::borrow::Cow::Borrowed(&self.credentials);
         let mut retake = self.retake.as_ref();
-        let params = reaper_parameters();
+        let version = self
+            .retake
+            .as_ref()
+            .and_then(|r| r.provisioner.known_server_version(&self.db));
+        let params = reaper_parameters(version);
         loop {
             let login = upstream::connect(&self.db, &credentials, self.access, &params).await;
             match login {
@@ -265,17 +269,32 @@ fn log(fate: &Result<Fate, ReapError>) {
 
 /// The reaper's startup parameters: besides its name, settings that override what a grant
 /// may have set as its role's or its database's defaults (`ALTER ROLE … SET`), which
-/// would otherwise bind the reaper's login as the session's role.
-fn reaper_parameters() -> [(String, String); 5] {
-    [
-        ("application_name".into(), APPLICATION_NAME.into()),
+/// would otherwise bind the reaper's login as the session's role: its path, its role, and
+/// timeouts that would end its statements or, idle between looks, its connection. Those
+/// PostgreSQL added later only where the server is known to have them (`server_version`,
+/// as read by the provisioner): a startup parameter it does not know refuses the login.
+fn reaper_parameters(server_version: Option<i32>) -> Vec<(String, String)> {
+    let mut params: Vec<(String, String)> = [
+        ("application_name", APPLICATION_NAME),
         // A default `role` would make the reaper another role, one that may not signal
         // the session's backend.
-        ("role".into(), "none".into()),
-        ("search_path".into(), "pg_catalog, pg_temp".into()),
-        ("statement_timeout".into(), "10s".into()),
-        ("lock_timeout".into(), "5s".into()),
+        ("role", "none"),
+        ("search_path", "pg_catalog, pg_temp"),
+        ("statement_timeout", "10s"),
+        ("lock_timeout", "5s"),
+        ("idle_in_transaction_session_timeout", "0"),
     ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let version = server_version.unwrap_or(0);
+    if version >= 140_000 {
+        params.push(("idle_session_timeout".into(), "0".into()));
+    }
+    if version >= 170_000 {
+        params.push(("transaction_timeout".into(), "0".into()));
+    }
+    params
 }
 
 /// The session's backend, as the reaper finds it.

@@ -53,8 +53,9 @@ async fn a_grants_function_does_not_run_as_the_service_role_for_the_reaper() {
 }
 
 /// Logged in as the grant's role, which has defaults that would bind its logins: a
-/// search path that puts `public` first, a statement timeout no query meets, and a role
-/// to switch to (which moves `current_user`).
+/// search path that puts `public` first, a statement timeout no query meets, an idle
+/// timeout shorter than the reaper's pause between looks, and a role to switch to (which
+/// moves `current_user`).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grants_function_and_its_roles_defaults_do_not_blind_its_reaper() {
     let (env, _two) = two_nodes("reaper_path_own").await;
@@ -70,6 +71,7 @@ async fn a_grants_function_and_its_roles_defaults_do_not_blind_its_reaper() {
     env.superuser_sql(&format!(
         "ALTER ROLE \"lockbox_{id}\" SET search_path = public, pg_catalog; \
          ALTER ROLE \"lockbox_{id}\" SET statement_timeout = '1ms'; \
+         ALTER ROLE \"lockbox_{id}\" SET idle_session_timeout = '1ms'; \
          ALTER ROLE \"lockbox_{id}\" SET role = 'lockbox_write'"
     ));
     drop(raw);
