@@ -340,6 +340,15 @@ fn changes_server_options(alter: &protobuf::AlterTableStmt) -> bool {
 /// role: an engineer who set it would know the login lockbox keeps hidden, and could log
 /// in past the proxy and its record.
 fn names_a_lockbox_login(role: Option<&protobuf::RoleSpec>) -> bool {
+    names_the_session_itself(role)
+        || role.is_some_and(|role| {
+            role.roletype == protobuf::RoleSpecType::RolespecCstring as i32
+                && role.rolename.starts_with(crate::provision::sql::PREFIX)
+        })
+}
+
+/// `CURRENT_USER`, `SESSION_USER`, `CURRENT_ROLE`: the session's own role.
+fn names_the_session_itself(role: Option<&protobuf::RoleSpec>) -> bool {
     use protobuf::RoleSpecType as T;
     role.is_some_and(|role| {
         [
@@ -349,9 +358,27 @@ fn names_a_lockbox_login(role: Option<&protobuf::RoleSpec>) -> bool {
         ]
         .iter()
         .any(|own| role.roletype == *own as i32)
-            || (role.roletype == T::RolespecCstring as i32
-                && role.rolename.starts_with(crate::provision::sql::PREFIX))
     })
+}
+
+/// `ALTER TABLE … OWNER TO` another role. What a grant made and gave away (to the level's
+/// role, which its own role may act as) outlives the grant as that role's: a `SECURITY
+/// DEFINER` function or a view then runs with the level's privileges for whoever calls it
+/// later, a read grant or the application (an attack review).
+fn hands_a_relation_over(alter: &protobuf::AlterTableStmt) -> bool {
+    let change_owner = protobuf::AlterTableType::AtChangeOwner as i32;
+    alter.cmds.iter().any(|cmd| {
+        matches!(cmd.node.as_ref(), Some(N::AlterTableCmd(c))
+            if c.subtype == change_owner && !names_the_session_itself(c.newowner.as_ref()))
+    })
+}
+
+/// `ALTER DEFAULT PRIVILEGES FOR ROLE …`: what another role creates from then on.
+fn sets_another_roles_defaults(alter: &protobuf::AlterDefaultPrivilegesStmt) -> bool {
+    alter
+        .options
+        .iter()
+        .any(|o| matches!(o.node.as_ref(), Some(N::DefElem(d)) if d.defname == "roles"))
 }
 
 fn ddl_class(node: &N) -> Class {
@@ -411,6 +438,19 @@ fn ddl_class(node: &N) -> Class {
         }
         N::AlterObjectSchemaStmt(o) if o.object_type == FOREIGN_TABLE => {
             Class::Escalation("remote_server")
+        }
+        N::AlterOwnerStmt(o) if !names_the_session_itself(o.newowner.as_ref()) => {
+            Class::Escalation("ownership")
+        }
+        N::AlterTableStmt(a) if hands_a_relation_over(a) => Class::Escalation("ownership"),
+        N::CreateSchemaStmt(c)
+            if c.authrole.is_some() && !names_the_session_itself(c.authrole.as_ref()) =>
+        {
+            Class::Escalation("ownership")
+        }
+        N::ReassignOwnedStmt(_) => Class::Escalation("ownership"),
+        N::AlterDefaultPrivilegesStmt(d) if sets_another_roles_defaults(d) => {
+            Class::Escalation("ownership")
         }
         N::RenameStmt(r) if r.rename_type == ROLE => {
             let named = protobuf::RoleSpec {

@@ -18,6 +18,8 @@ mod numbers;
 #[cfg(test)]
 mod own_login_tests;
 #[cfg(test)]
+mod ownership_tests;
+#[cfg(test)]
 mod query_text_tests;
 mod reach;
 mod rules;

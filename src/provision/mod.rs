@@ -57,6 +57,11 @@ pub enum ProvisionError {
     BadName(String),
     #[error("the grant of request {0} has ended")]
     Ended(String),
+    #[error("role {role} is still a member of {member_of:?} after lockbox revoked that (may the service role revoke it?): kept as the owner of what its grant created, locked out")]
+    StillMember {
+        role: String,
+        member_of: Vec<String>,
+    },
     #[error("role {0} was dropped while it was being taken over")]
     Vanished(String),
     #[error("role {role} exists but is not one lockbox made (member of {member_of:?}, or with special attributes)")]

@@ -300,14 +300,11 @@ async fn keep_role(
     role: &RoleName,
     ended: i64,
 ) -> Result<bool, ProvisionError> {
-    let memberships = client
-        .query(sql::MEMBERSHIPS, &[&role.as_str()])
+    client
+        .batch_execute(&sql::lock_kept(role))
         .await
-        .map_err(failed(db, "listing the grant role's memberships"))?;
-    for row in memberships {
-        let member_of: String = row
-            .try_get(0)
-            .map_err(failed(db, "listing the grant role's memberships"))?;
+        .map_err(failed(db, "locking the kept grant role out"))?;
+    for member_of in memberships(db, client, role).await? {
         client
             .batch_execute(&sql::revoke_membership(role, &member_of))
             .await
@@ -316,12 +313,38 @@ async fn keep_role(
                 "taking the kept grant role out of its level's role",
             ))?;
     }
+    // A REVOKE the server does not carry out (PostgreSQL 16+: another grantor's) only warns.
+    let left = memberships(db, client, role).await?;
+    if !left.is_empty() {
+        return Err(ProvisionError::StillMember {
+            role: role.as_str().to_owned(),
+            member_of: left,
+        });
+    }
     tracing::info!(
         role = role.as_str(),
         backends_ended = ended,
         "per-grant role kept, locked out and a member of nothing, as the owner of what its grant created"
     );
     Ok(true)
+}
+
+/// The roles `role` is a member of.
+async fn memberships(
+    db: &Database,
+    client: &Client,
+    role: &RoleName,
+) -> Result<Vec<String>, ProvisionError> {
+    let rows = client
+        .query(sql::MEMBERSHIPS, &[&role.as_str()])
+        .await
+        .map_err(failed(db, "listing the grant role's memberships"))?;
+    rows.iter()
+        .map(|row| {
+            row.try_get(0)
+                .map_err(failed(db, "listing the grant role's memberships"))
+        })
+        .collect()
 }
 
 /// The requests whose roles exist on the database's server (a role kept as the owner of

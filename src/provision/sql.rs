@@ -185,6 +185,15 @@ pub fn revoke_membership(role: &RoleName, member_of: &str) -> String {
     )
 }
 
+/// Locks a kept role out for good: no password, valid until nothing (an extension of its
+/// grant takes it over again, which sets both).
+pub fn lock_kept(role: &RoleName) -> String {
+    format!(
+        "ALTER ROLE {} NOLOGIN PASSWORD NULL VALID UNTIL '-infinity'",
+        role.quoted()
+    )
+}
+
 /// Last step of a drop, one transaction, for a role that owns nothing: its privileges and
 /// default privileges go, then the role.
 pub fn drop_role(role: &RoleName) -> String {

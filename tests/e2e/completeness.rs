@@ -447,7 +447,9 @@ fn is_lockbox_watching(session: &ServerSession) -> bool {
         && session.statements.iter().all(|s| match s {
             Logged::Simple(text) => {
                 text.starts_with("SELECT 1 FROM ")
-                    && text.contains(" FROM pg_stat_activity WHERE pid = ")
+                    && text.contains(
+                        " FROM pg_catalog.pg_stat_activity WHERE pid OPERATOR(pg_catalog.=) ",
+                    )
             }
             _ => false,
         })

@@ -587,3 +587,38 @@ async fn no_grant_sets_the_password_of_its_own_login() {
         .expect("no direct login with a password of the engineer's");
     assert_eq!(db_error(&refused).0, "28P01", "{refused:?}");
 }
+
+/// What a write grant makes stays its own: handed to the level's role (which the grant's
+/// role may act as, so the database allows it), a `SECURITY DEFINER` function would run
+/// with the level's privileges for every later grant and the application, long after this
+/// grant ended (an attack review).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_grant_hands_nothing_it_made_to_another_role() {
+    let env = Env::provisioned("guard_ownership").await;
+    env.superuser_sql("GRANT CREATE ON SCHEMA public TO lockbox_write");
+    let (id, token) = env
+        .approved_token_for("eve", "1h", AccessLevel::Write)
+        .await;
+    let (client, _conn) = env.connect("eve", &token).await.expect("login");
+    client
+        .batch_execute(
+            "CREATE FUNCTION public.mine() RETURNS text LANGUAGE sql SECURITY DEFINER \
+             AS 'SELECT current_user::text'",
+        )
+        .await
+        .expect("a write grant may create a function");
+    for sql in [
+        "ALTER FUNCTION public.mine() OWNER TO lockbox_write",
+        "REASSIGN OWNED BY CURRENT_USER TO lockbox_write",
+    ] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        let (code, message) = db_error(&err);
+        assert_eq!(code, "42501", "{sql}: {message}");
+        assert!(message.contains("ownership"), "{sql}: {message}");
+    }
+    assert_eq!(
+        env.superuser_sql("SELECT public.mine()"),
+        format!("lockbox_{id}"),
+        "still the grant's own"
+    );
+}

@@ -243,7 +243,8 @@ async fn objects_of_a_write_grant_are_kept_when_its_grant_ends() {
         .await
         .expect("revoke");
     let kept = format!(
-        "SELECT rolcanlogin OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) \
+        "SELECT rolcanlogin OR rolvaliduntil <> '-infinity' \
+         OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) \
          FROM pg_roles r WHERE rolname = '{role}'"
     );
     for _ in 0..200 {
@@ -255,7 +256,7 @@ async fn objects_of_a_write_grant_are_kept_when_its_grant_ends() {
     assert_eq!(
         env.superuser_sql(&kept),
         "f",
-        "locked out, a member of nothing"
+        "locked out, valid until nothing, a member of nothing"
     );
     let owner = env.superuser_sql(
         "SELECT tableowner || ':' || (SELECT count(*) FROM notes) FROM pg_tables WHERE tablename = 'notes'",
