@@ -38,7 +38,7 @@ const APPLICATION_NAME: &str = "lockbox terminator";
 pub(crate) enum ReapError {
     #[error("cannot log in upstream to terminate the backend: {0}")]
     Connect(#[source] UpstreamError),
-    #[error("the grant's role is at its connection limit, and the service connection to terminate the backend failed: {0}")]
+    #[error("the reaper could not log in as the grant's role, and the service connection to terminate the backend failed: {0}")]
     Service(#[source] crate::provision::ProvisionError),
     #[error("cannot query the backend's state: {0}")]
     Query(#[source] UpstreamError),
@@ -146,8 +146,8 @@ impl Reaper {
     /// closed a connection without a word may be restarting (a backend killed, crash
     /// recovery), and refuses logins for a while; once it takes them, the backend it had
     /// is gone. A grant's own role at its connection limit (a session on another proxy of
-    /// the fleet took the slot it keeps for the reaper) is looked at over a service
-    /// connection instead.
+    /// the fleet took the slot it keeps for the reaper), or one it could not take over
+    /// again, is looked at over a service connection instead.
     async fn log_in(&self) -> Result<Lookout, ReapError> {
         let mut credentials = std::borrow::Cow::Borrowed(&self.credentials);
         let mut retake = self.retake.as_ref();
