@@ -49,7 +49,7 @@ fn outcome_index(status: OutcomeStatus) -> usize {
 
 /// The guard's rule names (`guard::Refusal::rule`); anything else counts as `other`. A
 /// refusal is rare next to a statement, so finding its slot by comparing names is cheap.
-const RULES: [&str; 29] = [
+const RULES: [&str; 32] = [
     "read_only",
     "unparsable",
     "off_limits",
@@ -78,6 +78,9 @@ const RULES: [&str; 29] = [
     "role_change",
     "role_management",
     "server_object",
+    "escaping_function",
+    "own_login",
+    "ownership",
     "other",
 ];
 

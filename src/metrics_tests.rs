@@ -52,6 +52,9 @@ fn fsync_buckets_are_25_microseconds_wide_up_to_200() {
 #[test]
 fn unknown_rules_count_as_other() {
     assert_eq!(RULES[rule_index("read_only")], "read_only");
+    for rule in ["escaping_function", "own_login", "ownership"] {
+        assert_eq!(RULES[rule_index(rule)], rule);
+    }
     assert_eq!(RULES[rule_index("a rule added later")], "other");
 }
 

@@ -373,12 +373,21 @@ fn hands_a_relation_over(alter: &protobuf::AlterTableStmt) -> bool {
     })
 }
 
-/// `ALTER DEFAULT PRIVILEGES FOR ROLE …`: what another role creates from then on.
+/// `ALTER DEFAULT PRIVILEGES FOR ROLE …` naming a role other than the session's own:
+/// what another role creates from then on.
 fn sets_another_roles_defaults(alter: &protobuf::AlterDefaultPrivilegesStmt) -> bool {
-    alter
-        .options
-        .iter()
-        .any(|o| matches!(o.node.as_ref(), Some(N::DefElem(d)) if d.defname == "roles"))
+    let roles = alter.options.iter().filter_map(|o| match o.node.as_ref() {
+        Some(N::DefElem(d)) if d.defname == "roles" => d.arg.as_deref(),
+        _ => None,
+    });
+    roles.into_iter().any(|arg| {
+        match arg.node.as_ref() {
+        Some(N::List(list)) => list.items.iter().any(|item| {
+            !matches!(item.node.as_ref(), Some(N::RoleSpec(r)) if names_the_session_itself(Some(r)))
+        }),
+        _ => true,
+    }
+    })
 }
 
 fn ddl_class(node: &N) -> Class {

@@ -38,11 +38,13 @@ async fn connect_here(db: &Database) -> Result<Client, ProvisionError> {
         // Whatever the database's or the role's defaults say (a database's owner may set
         // them): only the catalogs' names, since a grant that may create objects could
         // otherwise put a function or operator of its own (a closer match than the
-        // built-in) in the way of this role's work; as the service role itself, writing,
-        // with no server-side timeout (each step is bounded here).
+        // built-in) in the way of this role's work; as the service role itself, writing;
+        // with timeouts of lockbox's own, so a statement waiting on a lock a grant's session
+        // holds (its role's row, by an uncommitted change of its own password) fails on the
+        // server rather than holding the step, and the grant's lock, for as long.
         .options(
             "-c search_path=pg_catalog,pg_temp -c role=none -c default_transaction_read_only=off \
-             -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0",
+             -c statement_timeout=300s -c lock_timeout=30s -c idle_in_transaction_session_timeout=0",
         )
         .connect_timeout(CONNECT_TIMEOUT);
     if let Some(password) = &db.password {

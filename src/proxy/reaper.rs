@@ -168,6 +168,10 @@ impl Reaper {
                 }
                 Err(e) if e.sqlstate() == Some("28P01") => {
                     let Some(retake) = retake.take() else {
+                        // Taken over again by another node since this one's takeover.
+                        if self.retake.is_some() {
+                            return self.service_lookout().await;
+                        }
                         return Err(ReapError::Connect(e));
                     };
                     tracing::warn!(
