@@ -337,15 +337,30 @@ async fn memberships(
     client: &Client,
     role: &RoleName,
 ) -> Result<Vec<String>, ProvisionError> {
+    names(
+        db,
+        client,
+        sql::MEMBERSHIPS,
+        role.as_str(),
+        "listing the grant role's memberships",
+    )
+    .await
+}
+
+/// The first column of `query`'s rows, run with `param`: role names.
+async fn names(
+    db: &Database,
+    client: &Client,
+    query: &str,
+    param: &str,
+    step: &'static str,
+) -> Result<Vec<String>, ProvisionError> {
     let rows = client
-        .query(sql::MEMBERSHIPS, &[&role.as_str()])
+        .query(query, &[&param])
         .await
-        .map_err(failed(db, "listing the grant role's memberships"))?;
+        .map_err(failed(db, step))?;
     rows.iter()
-        .map(|row| {
-            row.try_get(0)
-                .map_err(failed(db, "listing the grant role's memberships"))
-        })
+        .map(|row| row.try_get(0).map_err(failed(db, step)))
         .collect()
 }
 
@@ -353,18 +368,13 @@ async fn memberships(
 /// what its grant created, locked out and a member of nothing, is done with).
 pub(super) async fn list(db: &Database) -> Result<Vec<String>, ProvisionError> {
     let client = connect(db).await?;
-    let rows = client
-        .query(
-            "SELECT rolname::text FROM pg_roles r WHERE rolname LIKE $1 \
-             AND (rolcanlogin OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid))",
-            &[&sql::ROLE_PATTERN],
-        )
-        .await
-        .map_err(failed(db, "listing per-grant roles"))?;
-    rows.iter()
-        .map(|row| {
-            row.try_get(0)
-                .map_err(failed(db, "listing per-grant roles"))
-        })
-        .collect()
+    names(
+        db,
+        &client,
+        "SELECT rolname::text FROM pg_roles r WHERE rolname LIKE $1 \
+         AND (rolcanlogin OR EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid))",
+        sql::ROLE_PATTERN,
+        "listing per-grant roles",
+    )
+    .await
 }
