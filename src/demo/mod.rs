@@ -83,6 +83,7 @@ pub fn create_sample_database(pg: &PgSandbox, service_password: &str) -> Result<
     pg.psql(
         SAMPLE_DB,
         "GRANT SELECT ON ALL TABLES IN SCHEMA public TO sales_read, sales_write;
+         GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO sales_read, sales_write;
          GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO sales_write;
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO sales_write;",
     )?;

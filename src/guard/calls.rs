@@ -21,6 +21,8 @@ pub(super) struct Calls {
     /// A conversion to a type given by OID (`domain_in`): opaque, and said so.
     pub(super) converts_by_oid: bool,
     pub(super) reads_tables_by_name: bool,
+    /// A query run from text reads a catalog view of every table's values (`pg_stats`).
+    pub(super) shows_every_tables_values: bool,
     /// `nextval`/`setval` of a sequence named by an expression.
     pub(super) sequence_unknown: bool,
     /// A `set_config('search_path', …)` may put a schema before pg_catalog.
@@ -69,6 +71,7 @@ impl Calls {
             settings,
             opaque,
             reads_tables_by_name,
+            shows_every_tables_values,
             sequence_unknown,
             names,
             catalog_only,
@@ -100,6 +103,7 @@ impl Calls {
         self.schemas.extend(schemas.iter().cloned());
         self.search_path_shadows |= may_shadow_catalog;
         self.reads_tables_by_name |= reads_tables_by_name;
+        self.shows_every_tables_values |= shows_every_tables_values;
         self.sequence_unknown |= sequence_unknown;
         self.setting_named_by_catalog_row |= setting_named_by_catalog_row;
         // Its rows are the statement's: customer data unless it reads catalogs only.

@@ -97,7 +97,8 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
     {
         class = class.worst(Class::Forbidden("lexer_setting"));
     }
-    let reads_statistics = relations.iter().any(|r| shows_every_tables_values(r));
+    let reads_statistics =
+        calls.shows_every_tables_values || relations.iter().any(|r| shows_every_tables_values(r));
     let calls_reads_by_name = calls.reads_tables_by_name || reads_statistics;
     // Relations named in call arguments (`table_to_xml('…')`) are read as the server reads
     // a regclass, which the lowercased names here do not tell exactly: never catalogs.
@@ -137,7 +138,8 @@ pub(crate) fn analyze_stmt(stmt: Option<&protobuf::Node>) -> Analysis {
                 .collect(),
             settings: changed.into(),
             opaque,
-            reads_tables_by_name: calls_reads_by_name,
+            reads_tables_by_name: calls.reads_tables_by_name,
+            shows_every_tables_values: reads_statistics,
             sequence_unknown: calls.sequence_unknown,
             names,
             catalog_only,

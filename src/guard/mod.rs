@@ -189,6 +189,10 @@ pub struct Facts {
     pub opaque: Option<&'static str>,
     /// It calls a built-in that reads tables named by text (`table_to_xml`, …).
     pub reads_tables_by_name: bool,
+    /// It reads a catalog view that shows every table's values (`pg_stats`,
+    /// `pg_statistic`, `pg_sequences`): off limits where anything is, but no code of the
+    /// database's own runs (a type's output function is C, a superuser's).
+    pub shows_every_tables_values: bool,
     /// It changes a sequence named by an expression (`nextval(f())`), or by a name
     /// lockbox cannot read as the server will (`nextval('s'::regclass)`).
     pub sequence_unknown: bool,

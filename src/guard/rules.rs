@@ -81,6 +81,12 @@ pub fn check_rules(rules: &Guardrails, facts: &Facts) -> Result<(), Refusal> {
             "a function that reads tables named in a string".into(),
         );
     }
+    if !rules.off_limits.is_empty() && facts.shows_every_tables_values {
+        return refuse(
+            "off_limits",
+            "a catalog view that shows every table's values (statistics, sequences)".into(),
+        );
+    }
     if facts.reads_tables_by_name && has_guardrails(rules) {
         // Catalog reach finds what a relation runs (a view's calls, a column type's cast) by
         // the relation's name; one computed at run time (`schema_to_xml`) goes unseen.

@@ -1254,6 +1254,42 @@ fn a_database_operator_with_a_built_in_symbol_is_its_function() {
     assert!(check_database_functions(&rules, &facts, &Default::default()).is_ok());
 }
 
+/// The statistics views show every table's values, which matters where something is off
+/// limits; they run none of the database's own code, so the other rules leave them to
+/// GUI clients' statistics tabs (an attack review found them refused by `deny_drop` alone).
+#[test]
+fn statistics_views_are_refused_only_where_something_is_off_limits() {
+    let reads = [
+        "SELECT * FROM pg_stats LIMIT 1",
+        "SELECT * FROM pg_catalog.pg_sequences",
+        "SELECT * FROM pg_stats_ext",
+        "SELECT n_distinct FROM pg_stats s JOIN pg_class c ON c.relname = s.tablename",
+    ];
+    let every_other_rule = Guardrails {
+        deny_drop: true,
+        deny_truncate: true,
+        deny_delete_without_where: true,
+        deny_update_without_where: true,
+        ..Guardrails::default()
+    };
+    let off_limits = Guardrails {
+        off_limits: vec!["secret".into()],
+        ..Guardrails::default()
+    };
+    for sql in reads {
+        let facts = facts_of(sql);
+        assert!(facts.shows_every_tables_values, "{sql}");
+        assert!(!facts.catalog_only, "its rows are customer data: {sql}");
+        assert!(check_rules(&every_other_rule, &facts).is_ok(), "{sql}");
+        let refused = check_rules(&off_limits, &facts).expect_err(sql);
+        assert_eq!(refused.rule, "off_limits", "{sql}");
+    }
+    // A query run from text that reads them is still a read by name: refused under rules.
+    let by_text = facts_of("SELECT query_to_xml('SELECT * FROM pg_stats', true, true, '')");
+    assert!(by_text.shows_every_tables_values);
+    assert!(check_rules(&off_limits, &by_text).is_err());
+}
+
 #[test]
 fn off_limits_covers_what_drops_or_renames_whole_schemas_and_objects_on_a_table() {
     let rules = Guardrails {

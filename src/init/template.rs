@@ -198,6 +198,8 @@ pub(crate) fn upstream_sql(plan: &Plan, passwords: &[String; 3]) -> String {
          RESET ROLE;\n\
          GRANT USAGE ON SCHEMA public TO {read}, {write};\n\
          GRANT SELECT ON ALL TABLES IN SCHEMA public TO {read}, {write};\n\
+         -- pg_dump reads each sequence's value; SELECT on a sequence allows no nextval.\n\
+         GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {read};\n\
          GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {write};\n\
          GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {write};\n\
          -- Admin grants log in as {service}: grant it what an admin session may do, e.g.\n\
@@ -251,5 +253,10 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("TO \"sales_write\""), "{sql}");
+        // pg_dump at read level reads every sequence's value.
+        assert!(
+            sql.contains("GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO \"sales_read\";"),
+            "{sql}"
+        );
     }
 }

@@ -79,6 +79,19 @@ impl Demo {
     }
 }
 
+/// A test that fails midway still stops its demo (and so its PostgreSQL): a demo left
+/// running would hold the test's output open and its ports.
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // Nothing here may panic: this may run while a failed assertion unwinds.
+        if let Ok(None) = self.child.try_wait() {
+            let pid = self.child.id().to_string();
+            let _ = Command::new("kill").args(["-s", "TERM", &pid]).status();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Demo {
     /// Stops the demo with `signal` and checks it left nothing: no env file (API keys), and
     /// nothing in its TMPDIR (PostgreSQL, the deployment's keys and passwords).
@@ -191,6 +204,31 @@ fn demo_env_file_connects_verify_full_and_sigterm_cleans_up() {
         "SELECT count(*) FROM customers",
     ));
     assert_eq!(count, "4");
+    // Ordinary read-only work on the demo's database, under its rules (deny_drop and the
+    // like, nothing off limits): the planner's statistics, as GUI clients' statistics tabs
+    // read them, and a dump, which reads each sequence's value (an attack review found both
+    // refused: the read role could not read `customers_id_seq`, and `pg_stats` counted as
+    // running the database's code).
+    let stats = ok(psql(
+        &conninfo("verify-full"),
+        &token,
+        "SELECT count(*) FROM pg_stats, pg_sequences",
+    ));
+    assert!(stats.parse::<u64>().is_ok(), "{stats}");
+    let bin = lockbox::sandbox::find_server_binaries().expect("pg_dump is installed");
+    let dump = Command::new(bin.join("pg_dump"))
+        .arg(conninfo("verify-full"))
+        .env("PGPASSWORD", &token)
+        .output()
+        .expect("run pg_dump");
+    let dumped = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    assert!(dumped.contains("CREATE TABLE public.customers"), "{dumped}");
+    assert!(dumped.contains("customers_id_seq"), "{dumped}");
     // Like production, the demo takes no token over plaintext, not even from loopback.
     let refused = failed(psql(&conninfo("disable"), &token, "SELECT 1"));
     assert!(refused.contains("only accepted over TLS"), "{refused}");
