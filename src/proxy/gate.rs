@@ -287,11 +287,24 @@ impl Gate {
 
 /// Takes a connection slot, or `None` when `max_connections` are held.
 pub(crate) fn take_slot(registry: &Arc<super::Registry>, limits: &Limits) -> Option<Slot> {
-    let gate = &registry.gate;
-    let taken = gate
+    take_slot_within(registry, limits.max_connections)
+}
+
+/// Takes a connection slot for a connection that will shed an unauthenticated one (see
+/// `preauth`): past `max_connections` by at most the shedding headroom, for the moment
+/// the shed one takes to close; `None` when that is held too or nothing can be shed.
+pub(crate) fn take_slot_shedding(registry: &Arc<super::Registry>, limits: &Limits) -> Option<Slot> {
+    let max = limits.max_connections;
+    let slot = take_slot_within(registry, max + super::preauth::shedding_headroom(max))?;
+    registry.preauth.shed_one_anywhere().then_some(slot)
+}
+
+fn take_slot_within(registry: &Arc<super::Registry>, most: usize) -> Option<Slot> {
+    let taken = registry
+        .gate
         .open
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-            (n < limits.max_connections).then_some(n + 1)
+            (n < most).then_some(n + 1)
         })
         .is_ok();
     taken.then(|| Slot {

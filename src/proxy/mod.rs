@@ -126,10 +126,18 @@ impl Proxy {
         let _ = tcp.set_nodelay(true);
         keep_alive(&tcp);
         let limits = self.lockbox.config().connection_limits;
-        let Some(slot) = gate::take_slot(&self.registry, &limits) else {
+        // A full proxy sheds a connection that has not logged in before it refuses one.
+        let slot = gate::take_slot(&self.registry, &limits)
+            .or_else(|| gate::take_slot_shedding(&self.registry, &limits));
+        let Some(slot) = slot else {
             self.refuse_over_capacity(tcp);
             return;
         };
+        // Counted at once, so that the next accept can shed it even before its task runs.
+        let pending = self
+            .registry
+            .preauth
+            .enter(peer.ip(), preauth::per_source_cap(limits.max_connections));
         let id = crate::ids::SessionId::generate();
         let span = tracing::info_span!(
             "session",
@@ -159,7 +167,7 @@ impl Proxy {
                         return None;
                     }
                 };
-                let after = session::serve(proxy, tcp, peer, id).await;
+                let after = session::serve(proxy, tcp, peer, id, pending).await;
                 after.map(|after| after.releasing(slot, limits.max_connections))
             }
             .instrument(span),
@@ -189,7 +197,7 @@ impl Proxy {
             let _refusing = refusing;
             let opened = tokio::time::timeout(
                 REFUSAL_TIMEOUT,
-                negotiate::negotiate(tcp, proxy.tls.as_ref()),
+                negotiate::negotiate(tcp, proxy.tls.as_ref(), &preauth::Progress::default()),
             )
             .await;
             match opened {

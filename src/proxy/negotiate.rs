@@ -6,6 +6,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::preauth::{Progress, Stage};
 use super::stream::BoxStream;
 use crate::wire::{self, FrameError, Startup, StartupPacket};
 
@@ -57,9 +58,11 @@ fn protocol(message: impl Into<String>) -> NegotiationError {
 
 /// Runs the startup phase on a fresh connection. On error, `stream` (if any) is handed
 /// back so the caller can send the ErrorResponse on the right channel.
+/// `progress` hears how far it got (see `preauth::Stage`).
 pub async fn negotiate(
     tcp: TcpStream,
     tls: Option<&TlsAcceptor>,
+    progress: &Progress,
 ) -> Result<Opened, (NegotiationError, Option<BoxStream>)> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut tcp = Some(tcp);
@@ -70,6 +73,7 @@ pub async fn negotiate(
             Ok(p) => p,
             Err(e) => return Err((e, into_stream(tcp, stream))),
         };
+        progress.reached(Stage::Spoke);
         match packet {
             StartupPacket::SslRequest => {
                 let Some(mut raw) = tcp.take() else {
@@ -97,6 +101,7 @@ pub async fn negotiate(
                     Ok(tls_stream) => stream = Some(Box::new(tls_stream)),
                     Err(e) => return Err((e.into(), None)),
                 }
+                progress.reached(Stage::Encrypted);
             }
             StartupPacket::GssEncRequest => {
                 let Some(raw) = tcp.as_mut() else {

@@ -95,24 +95,20 @@ pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     id: SessionId,
+    pending: preauth::Pending,
 ) -> Option<Aftermath> {
     let client_fd = std::os::fd::AsRawFd::as_raw_fd(&tcp);
     // However the session's task ends, a panic included, its registration (its place under
     // its grant's session limit) ends with it.
     let _registration = Registration(proxy.registry.clone(), id.clone());
     // Until it sends its token a connection proves nothing: it is bounded in time and
-    // shed when its source opens too many (see `preauth`).
-    let max_connections = proxy.lockbox.config().connection_limits.max_connections;
-    let pending = proxy
-        .registry
-        .preauth
-        .enter(peer.ip(), preauth::per_source_cap(max_connections));
+    // shed when its source opens too many, or the proxy is full (`pending`, see `preauth`).
     let deadline = tokio::time::Instant::now() + preauth::PREAUTH_TIMEOUT;
     let shed = pending.shed.clone();
     let negotiated = tokio::select! {
-        opened = tokio::time::timeout_at(deadline, negotiate::negotiate(tcp, proxy.tls.as_ref())) => opened,
+        opened = tokio::time::timeout_at(deadline, negotiate::negotiate(tcp, proxy.tls.as_ref(), &pending.progress)) => opened,
         () = shed.notified() => {
-            tracing::debug!("unauthenticated connection shed for a newer one from its source");
+            tracing::debug!("unauthenticated connection shed for a newer one");
             return None;
         }
     };
@@ -148,6 +144,9 @@ pub async fn serve(
             return None;
         }
     };
+    if login::takes_tokens_over(&proxy, tls, peer) {
+        pending.progress.reached(preauth::Stage::Started);
+    }
     let mut early = None;
     let presented = tokio::select! {
         token = tokio::time::timeout_at(
@@ -155,7 +154,7 @@ pub async fn serve(
             read_token(&proxy, &mut stream, tls, peer, &startup, &mut cbuf, &mut early),
         ) => token,
         () = shed.notified() => {
-            tracing::debug!("unauthenticated connection shed for a newer one from its source");
+            tracing::debug!("unauthenticated connection shed for a newer one");
             return None;
         }
     };

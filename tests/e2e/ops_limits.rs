@@ -20,12 +20,18 @@ async fn past_max_connections_a_client_gets_53300_before_any_login() {
     let env = start_with_proxy_keys("ops_maxconn", "max_connections = 2").await;
     let (_id, token) = env.approved_token("eve", "1h").await;
     let (first, _c1) = env.connect("eve", &token).await.expect("first");
-    // A connection that has not logged in yet holds a slot too.
-    let _idle = Raw::connect(env.proxy_port()).await;
+    // A connection that has not logged in yet holds a slot too, but a full proxy sheds it
+    // for a new connection rather than refuse that one (see `preauth::`).
+    let mut idle = Raw::connect(env.proxy_port()).await;
+    let (second, _c2) = env
+        .connect("eve", &token)
+        .await
+        .expect("admitted in the place of the connection that had not logged in");
+    assert!(idle.read_to_close().await.is_empty(), "it was closed");
     let refused = env
         .connect("eve", &token)
         .await
-        .expect_err("the third connection is refused");
+        .expect_err("the third connection is refused: two sessions hold the slots");
     let (code, message) = db_error(&refused);
     assert_eq!(code, "53300", "{message}");
     assert!(message.contains("max_connections"), "{message}");
@@ -33,14 +39,18 @@ async fn past_max_connections_a_client_gets_53300_before_any_login() {
         .simple_query("SELECT 1")
         .await
         .expect("the first runs on");
+    second
+        .simple_query("SELECT 1")
+        .await
+        .expect("the second runs on");
     // Refused before any work: no login was looked at, so nothing was audited for it (the
-    // first session's `connected` record is in the file by its statement's).
+    // sessions' `connected` records are in the file by their statements').
     let connected = env
         .audit()
         .iter()
         .filter(|r| r["event"] == "connected" || r["event"] == "authentication_failed")
         .count();
-    assert_eq!(connected, 1, "only the first session reached login");
+    assert_eq!(connected, 2, "only the two sessions reached login");
     // A cancel still goes through a full proxy.
     let cancel = first.cancel_token();
     let sleeper = tokio::spawn(async move {
@@ -66,7 +76,7 @@ async fn past_max_connections_a_client_gets_53300_before_any_login() {
         .expect("join");
     assert_eq!(db_error(&result.expect_err("cancelled")).0, "57014");
     drop(first);
-    drop(_idle);
+    drop(second);
     // Slots come back when connections end.
     let mut again = None;
     for _ in 0..50 {

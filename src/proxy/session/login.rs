@@ -57,6 +57,12 @@ pub(super) fn pre_auth_timed_out(
     }
 }
 
+/// Whether a token may come over this connection: TLS, or plaintext from loopback where
+/// `allow_plaintext_loopback` says so.
+pub(super) fn takes_tokens_over(proxy: &Proxy, tls: bool, peer: SocketAddr) -> bool {
+    tls || (proxy.lockbox.config().allow_plaintext_loopback && peer.ip().is_loopback())
+}
+
 /// StartupMessage to the password message: everything an unauthenticated client controls.
 pub(super) async fn read_token(
     proxy: &Proxy,
@@ -68,9 +74,7 @@ pub(super) async fn read_token(
     early: &mut Option<EarlyDial>,
 ) -> Result<(Claimed, String), LoginError> {
     let claimed = check_startup(startup)?;
-    let plaintext_allowed =
-        proxy.lockbox.config().allow_plaintext_loopback && peer.ip().is_loopback();
-    if !(tls || plaintext_allowed) {
+    if !takes_tokens_over(proxy, tls, peer) {
         return Err(login_error(
             sqlstate::INVALID_AUTHORIZATION,
             "lockbox tokens are only accepted over TLS: connect with sslmode=verify-full sslrootcert=<the CA of the proxy's certificate>",
