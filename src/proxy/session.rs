@@ -114,7 +114,7 @@ pub async fn serve(
     };
     let Ok(opened) = negotiated else {
         tracing::debug!("startup timed out");
-        pre_auth_timed_out(&proxy, &id, peer, &Startup { params: Vec::new() });
+        pre_auth_timed_out(&proxy, &id, peer, &Startup::default());
         return None;
     };
     let (mut stream, tls, startup, mut cbuf) = match opened {

@@ -40,6 +40,22 @@ pub fn error_response(out: &mut BytesMut, severity: Severity, sqlstate: &str, me
     encode(&ErrorResponse::new(fields), out);
 }
 
+/// NegotiateProtocolVersion: the proxy speaks protocol 3.0 and none of the `unrecognized`
+/// protocol options (an e2e test compares it with PostgreSQL's own).
+pub fn negotiate_protocol_version(out: &mut BytesMut, unrecognized: &[&str]) {
+    let body_len: usize = 4 + 4 + unrecognized.iter().map(|o| o.len() + 1).sum::<usize>();
+    out.reserve(1 + 4 + body_len);
+    out.extend_from_slice(b"v");
+    out.extend_from_slice(&((4 + body_len) as i32).to_be_bytes());
+    // The whole version, 3.0, as PostgreSQL sends it (its manual says "minor version").
+    out.extend_from_slice(&super::codes::PROTOCOL_3_0.to_be_bytes());
+    out.extend_from_slice(&(unrecognized.len() as i32).to_be_bytes());
+    for option in unrecognized {
+        out.extend_from_slice(option.as_bytes());
+        out.extend_from_slice(b"\0");
+    }
+}
+
 pub fn authentication_cleartext(out: &mut BytesMut) {
     encode(&Authentication::CleartextPassword, out);
 }

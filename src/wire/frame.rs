@@ -104,9 +104,24 @@ pub enum StartupPacket {
 #[derive(Debug, PartialEq, Eq, Default)]
 pub struct Startup {
     pub params: Vec<(String, String)>,
+    /// The minor protocol version the client asked for (3.x); the proxy speaks 3.0.
+    pub minor: u16,
 }
 
 impl Startup {
+    /// What a NegotiateProtocolVersion must tell the client, as PostgreSQL tells it: the
+    /// protocol options (`_pq_.…`) the proxy does not know, when it asked for a newer minor
+    /// version than 3.0 or sent any. `None`: nothing to negotiate.
+    pub fn unrecognized_options(&self) -> Option<Vec<&str>> {
+        let options: Vec<&str> = self
+            .params
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| k.starts_with("_pq_."))
+            .collect();
+        (self.minor > 0 || !options.is_empty()).then_some(options)
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.params
             .iter()
@@ -149,7 +164,13 @@ pub fn parse_startup(buf: &mut BytesMut) -> Result<Option<StartupPacket>, FrameE
                 "wrong length for a negotiation request",
             ))
         }
-        codes::PROTOCOL_3_0 => StartupPacket::Startup(parse_params(&packet)?),
+        // Any 3.x: a newer minor version is answered with NegotiateProtocolVersion (3.0),
+        // as PostgreSQL does, so a client that asks for 3.2 goes on with 3.0.
+        version if version >> 16 == 3 => {
+            let mut startup = parse_params(&packet)?;
+            startup.minor = (version & 0xffff) as u16;
+            StartupPacket::Startup(startup)
+        }
         other => StartupPacket::UnsupportedVersion(other),
     };
     Ok(Some(parsed))
@@ -174,7 +195,7 @@ fn parse_params(mut body: &[u8]) -> Result<Startup, FrameError> {
     if !body.is_empty() {
         return Err(FrameError::BadStartup("bytes after the parameter list"));
     }
-    Ok(Startup { params })
+    Ok(Startup { params, minor: 0 })
 }
 
 fn take_cstr(body: &mut &[u8]) -> Option<String> {

@@ -14,7 +14,7 @@ pub use decode::{
 };
 pub use encode::{
     authentication_cleartext, authentication_ok, backend_key_data, cancel_request, error_response,
-    ready_for_query, Severity,
+    negotiate_protocol_version, ready_for_query, Severity,
 };
 pub use frame::{
     declared_frame_size, frame_len, parse_startup, reserve_rest_of_frame, split_frame, FrameError,

@@ -256,3 +256,72 @@ async fn a_message_beyond_the_size_limit_is_refused_before_it_is_buffered() {
         "{errors:?}"
     );
 }
+
+/// A StartupMessage of protocol 3.`minor` with `params`.
+fn startup_of_version(minor: i32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut packet = startup_packet(params);
+    packet[4..8].copy_from_slice(&((3 << 16) | minor).to_be_bytes());
+    packet
+}
+
+/// Reads one whole backend message (bounded).
+async fn one_message(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut head = [0u8; 5];
+        stream.read_exact(&mut head).await.expect("header");
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        stream.read_exact(&mut body).await.expect("body");
+        [&head[..], &body].concat()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("a message in time")
+}
+
+/// A client that asks for a newer protocol (libpq's `max_protocol_version=3.2`; PostgreSQL
+/// 19's betas ask for 3.9999 with `_pq_` options to test this) is told, as PostgreSQL tells
+/// it, with NegotiateProtocolVersion, and goes on with 3.0: before, it got FATAL 0A000.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_protocol_version_is_negotiated_down_as_postgresql_does() {
+    let env = Env::start("protocol_negotiation").await;
+    let (_id, token) = env.approved_token("eve", "1h").await;
+    let asking = |user: &str, db: &str| {
+        startup_of_version(
+            9999,
+            &[("user", user), ("database", db), ("_pq_.grease", "1")],
+        )
+    };
+    // PostgreSQL's own answer to the same request, first message.
+    let mut direct = tokio::net::TcpStream::connect(("127.0.0.1", crate::harness::cluster().port))
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::io::AsyncWriteExt::write_all(&mut direct, &asking("postgres", "postgres"))
+        .await
+        .expect("send");
+    let servers = one_message(&mut direct).await;
+    assert_eq!(servers[0], b'v', "PostgreSQL negotiates: {servers:?}");
+
+    let mut raw = Raw::connect(env.proxy_port()).await;
+    raw.send(&asking("eve", &env.db)).await;
+    let proxys = one_message(&mut raw.stream).await;
+    assert_eq!(
+        proxys, servers,
+        "the proxy's NegotiateProtocolVersion is PostgreSQL's"
+    );
+    let mut password = token.as_bytes().to_vec();
+    password.push(0);
+    raw.send(&message(b'p', &password)).await;
+    raw.read_until_ready().await;
+    raw.send(&crate::harness::query("SELECT 41 + 1")).await;
+    let answer = raw.read_until_ready().await;
+    assert_eq!(crate::harness::rows_in(&answer), 1);
+
+    // Asked for 3.0 with no protocol options, there is nothing to negotiate.
+    let mut plain = Raw::connect(env.proxy_port()).await;
+    plain
+        .send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
+        .await;
+    assert_eq!(one_message(&mut plain.stream).await[0], b'R');
+}

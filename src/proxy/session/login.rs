@@ -84,6 +84,9 @@ pub(super) async fn read_token(
     // connection setup with the rest of the login (see `early_dial`).
     *early = dial_if_trusted(proxy, peer, &claimed);
     let mut out = BytesMut::new();
+    if let Some(unrecognized) = startup.unrecognized_options() {
+        wire::negotiate_protocol_version(&mut out, &unrecognized);
+    }
     wire::authentication_cleartext(&mut out);
     write(stream, &out).await?;
     let token = read_password(stream, buf).await?;
