@@ -73,10 +73,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let config = Arc::new(config);
     let tokens = TokenAuthority::load(&config.signing_key_path, &config.issuer, &config.audience)?;
     let tls = match &config.tls {
-        Some(files) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
-            &files.cert,
-            &files.key,
-        )?)),
+        Some(files) => {
+            // Clients that start with TLS (`sslnegotiation=direct`) name the protocol by
+            // ALPN; those that send an SSLRequest first may name it too.
+            let mut proxy_tls = (*crate::tls::server_config(&files.cert, &files.key)?).clone();
+            proxy_tls.alpn_protocols = vec![crate::proxy::ALPN_POSTGRESQL.to_vec()];
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(proxy_tls)))
+        }
         None => None,
     };
     let api_tls = config

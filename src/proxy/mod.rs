@@ -46,6 +46,7 @@ use tracing::Instrument;
 
 pub use early_dial::EarlyDialPolicy;
 pub use gate::Limits as ConnectionLimits;
+pub(crate) use negotiate::ALPN_POSTGRESQL;
 pub use registry::{DropReason, Registry, SessionInfo};
 pub(crate) use relay::inspect_client_bytes;
 pub(crate) use scram::cached as scram_cached;

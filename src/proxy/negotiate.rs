@@ -65,8 +65,19 @@ pub async fn negotiate(
     progress: &Progress,
 ) -> Result<Opened, (NegotiationError, Option<BoxStream>)> {
     let mut buf = BytesMut::with_capacity(1024);
-    let mut tcp = Some(tcp);
     let mut stream: Option<BoxStream> = None;
+    let mut tcp = match tls {
+        Some(acceptor) => match direct_tls(tcp, acceptor).await {
+            Ok(Direct::No(tcp)) => Some(tcp),
+            Ok(Direct::Yes(tls_stream)) => {
+                progress.reached(Stage::Encrypted);
+                stream = Some(tls_stream);
+                None
+            }
+            Err(failed) => return Err(failed),
+        },
+        None => Some(tcp),
+    };
     let mut asked_gss = false;
     loop {
         let packet = match read_packet(&mut tcp, &mut stream, &mut buf).await {
@@ -145,6 +156,48 @@ pub async fn negotiate(
             }
         }
     }
+}
+
+/// A TLS record of type handshake: the first byte of a ClientHello, which no startup-phase
+/// packet starts with (its length's high byte).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The protocol a direct TLS connection must name (ALPN), as PostgreSQL 17 requires.
+pub(crate) const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+enum Direct {
+    No(TcpStream),
+    Yes(BoxStream),
+}
+
+/// A client that starts with its TLS handshake rather than an SSLRequest (libpq's
+/// `sslnegotiation=direct`, PostgreSQL 17+) is taken over TLS at once, as PostgreSQL takes
+/// it: only if it names the protocol `postgresql` by ALPN, so that no TLS connection meant
+/// for another service can be aimed at the proxy. Looks at the first byte without taking it.
+async fn direct_tls(
+    tcp: TcpStream,
+    acceptor: &TlsAcceptor,
+) -> Result<Direct, (NegotiationError, Option<BoxStream>)> {
+    let mut first = [0u8; 1];
+    match tcp.peek(&mut first).await {
+        Ok(0) => return Err((NegotiationError::Closed, None)),
+        Ok(_) if first[0] == TLS_HANDSHAKE => {}
+        Ok(_) => return Ok(Direct::No(tcp)),
+        Err(e) => return Err((e.into(), None)),
+    }
+    let tls_stream = match acceptor.accept(tcp).await {
+        Ok(tls_stream) => tls_stream,
+        Err(e) => return Err((e.into(), None)),
+    };
+    let named = tls_stream.get_ref().1.alpn_protocol() == Some(ALPN_POSTGRESQL);
+    let stream: BoxStream = Box::new(tls_stream);
+    if !named {
+        return Err((
+            protocol("received direct SSL connection request without ALPN protocol negotiation extension"),
+            Some(stream),
+        ));
+    }
+    Ok(Direct::Yes(stream))
 }
 
 /// How long closing a cancel connection may take: the close_notify is one small record, so
