@@ -128,6 +128,19 @@ pub(crate) enum EarlyDialOutcome {
     Stale = 3,
 }
 
+/// Why a connection that had not logged in yet was closed for a newer one.
+const SHED: [&str; 2] = ["source_cap", "max_connections"];
+
+/// Why a connection that had not logged in yet was closed for a newer one (see
+/// `proxy::preauth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shed {
+    /// Its source opened one more past its quarter of `max_connections`.
+    SourceCap = 0,
+    /// Every slot was held when another connection came.
+    MaxConnections = 1,
+}
+
 /// Why a connection was refused before or at login.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -254,6 +267,8 @@ pub(crate) struct Metrics {
     refused: [AtomicU64; REFUSED.len()],
     /// Failed logins not written one by one (rate-limited into summary records).
     failed_logins_unrecorded: AtomicU64,
+    /// Unauthenticated connections closed for newer ones, by why.
+    shed: [AtomicU64; SHED.len()],
     /// Upstream dials started during a login: used by it, or closed unused.
     early_dials: [AtomicU64; EARLY_DIALS.len()],
     /// Backends logged in ahead for a grant's next session, by what became of them.
@@ -279,6 +294,7 @@ impl Default for Metrics {
             drops: Default::default(),
             refused: Default::default(),
             failed_logins_unrecorded: AtomicU64::new(0),
+            shed: Default::default(),
             early_dials: Default::default(),
             spare_backends: Default::default(),
             api_calls: Default::default(),
@@ -341,6 +357,10 @@ impl Metrics {
 
     pub(crate) fn failed_login_unrecorded(&self) {
         inc(&self.failed_logins_unrecorded);
+    }
+
+    pub(crate) fn shed(&self, why: Shed, count: usize) {
+        self.shed[why as usize].fetch_add(count as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn early_dial(&self, outcome: EarlyDialOutcome) {
@@ -440,6 +460,15 @@ impl Metrics {
             "outcome",
             &SPARE_BACKENDS,
             &self.spare_backends,
+        );
+        labelled(
+            o,
+            "lockbox_unauthenticated_shed_total",
+            "counter",
+            "Connections that had not sent their token, closed to make room for newer ones.",
+            "why",
+            &SHED,
+            &self.shed,
         );
         family(o, "lockbox_failed_logins_unrecorded_total", "counter", "Failed logins past the per-source limit, counted in summary records instead of one record each.");
         sample(

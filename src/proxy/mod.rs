@@ -128,17 +128,23 @@ impl Proxy {
         keep_alive(&tcp);
         let limits = self.lockbox.config().connection_limits;
         // A full proxy sheds a connection that has not logged in before it refuses one.
-        let slot = gate::take_slot(&self.registry, &limits)
-            .or_else(|| gate::take_slot_shedding(&self.registry, &limits));
+        let slot = gate::take_slot(&self.registry, &limits).or_else(|| {
+            let slot = gate::take_slot_shedding(&self.registry, &limits)?;
+            let metrics = self.lockbox.audit.metrics();
+            metrics.shed(crate::metrics::Shed::MaxConnections, 1);
+            Some(slot)
+        });
         let Some(slot) = slot else {
             self.refuse_over_capacity(tcp);
             return;
         };
         // Counted at once, so that the next accept can shed it even before its task runs.
-        let pending = self
+        let (pending, shed) = self
             .registry
             .preauth
             .enter(peer.ip(), preauth::per_source_cap(limits.max_connections));
+        let metrics = self.lockbox.audit.metrics();
+        metrics.shed(crate::metrics::Shed::SourceCap, shed);
         let id = crate::ids::SessionId::generate();
         let span = tracing::info_span!(
             "session",

@@ -132,8 +132,8 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 
 impl PreAuth {
     /// Counts a new connection of `ip`, shedding that source's least advanced ones past
-    /// `cap`.
-    pub(crate) fn enter(&self, ip: IpAddr, cap: usize) -> Pending {
+    /// `cap`; also says how many it shed.
+    pub(crate) fn enter(&self, ip: IpAddr, cap: usize) -> (Pending, usize) {
         let source = Source::of(ip);
         let shed = Arc::new(Notify::new());
         let progress = Progress::default();
@@ -145,6 +145,7 @@ impl PreAuth {
             progress: progress.clone(),
         };
         state.by_source.entry(source).or_default().insert(id, entry);
+        let mut shed_here = 0;
         while let Some(open) = state.by_source.get(&source) {
             if open.len() <= cap.max(1) {
                 break;
@@ -153,14 +154,16 @@ impl PreAuth {
                 break;
             };
             state.shed(source, victim);
+            shed_here += 1;
         }
-        Pending {
+        let pending = Pending {
             state: self.state.clone(),
             source,
             id,
             shed,
             progress,
-        }
+        };
+        (pending, shed_here)
     }
 
     /// Sheds one unauthenticated connection of any source to make room for a new
@@ -220,10 +223,10 @@ mod tests {
         let pre = PreAuth::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = pre.enter(a, 2);
-        let second = pre.enter(a, 2);
-        let other = pre.enter(b, 2);
-        let third = pre.enter(a, 2);
+        let first = pre.enter(a, 2).0;
+        let second = pre.enter(a, 2).0;
+        let other = pre.enter(b, 2).0;
+        let third = pre.enter(a, 2).0;
         // The oldest of `a` is told to go (the permit is stored), the others are not.
         first.shed.notified().await;
         assert_eq!(pre.open(a), 2);
@@ -240,19 +243,19 @@ mod tests {
     async fn a_source_past_its_cap_sheds_the_connection_that_did_least() {
         let pre = PreAuth::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let engineer = pre.enter(a, 2);
+        let engineer = pre.enter(a, 2).0;
         engineer.progress.reached(Stage::Encrypted);
-        let silent = pre.enter(a, 2);
-        let newer = pre.enter(a, 2);
+        let silent = pre.enter(a, 2).0;
+        let newer = pre.enter(a, 2).0;
         silent.shed.notified().await;
         assert_eq!(pre.open(a), 2);
         // Of two alike, the oldest goes.
-        let newest = pre.enter(a, 2);
+        let newest = pre.enter(a, 2).0;
         newer.shed.notified().await;
         drop(newest);
         // Past its startup it outlasts any number of sockets that say nothing.
         engineer.progress.reached(Stage::Started);
-        let flood: Vec<Pending> = (0..50).map(|_| pre.enter(a, 2)).collect();
+        let flood: Vec<Pending> = (0..50).map(|_| pre.enter(a, 2).0).collect();
         assert_eq!(pre.open(a), 2);
         let still = tokio::time::timeout(Duration::from_millis(50), engineer.shed.notified());
         assert!(still.await.is_err(), "the engineer's login was shed");
@@ -265,10 +268,10 @@ mod tests {
         let pre = PreAuth::default();
         let [a, b, c]: [IpAddr; 3] =
             ["10.0.0.1", "10.0.0.2", "10.0.0.3"].map(|ip| ip.parse().unwrap());
-        let engineer = pre.enter(c, 10);
+        let engineer = pre.enter(c, 10).0;
         engineer.progress.reached(Stage::Spoke);
-        let lone = pre.enter(b, 10);
-        let flood = [pre.enter(a, 10), pre.enter(a, 10)];
+        let lone = pre.enter(b, 10).0;
+        let flood = [pre.enter(a, 10).0, pre.enter(a, 10).0];
         assert!(pre.shed_one_anywhere());
         flood[0].shed.notified().await;
         assert!(pre.shed_one_anywhere());

@@ -3,7 +3,7 @@
 
 use tokio::io::AsyncReadExt;
 
-use crate::harness::{message, startup_packet, Env, Raw};
+use crate::harness::{message, metric, startup_packet, Env, Raw};
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_and_audited_as_a_failed_login() {
@@ -80,6 +80,13 @@ async fn silent_sockets_from_a_few_sources_cannot_fill_the_proxy() {
     client.simple_query("SELECT 1").await.expect("it runs");
     let (second, _c2) = env.connect("eve", &token).await.expect("and a second");
     second.simple_query("SELECT 1").await.expect("it runs too");
+    // Operators see it happen.
+    let shed = metric(
+        &env,
+        "lockbox_unauthenticated_shed_total{why=\"max_connections\"}",
+    )
+    .await;
+    assert!(shed >= 2.0, "{shed}");
     drop((client, second, flood));
 }
 
@@ -121,4 +128,10 @@ async fn a_slow_login_behind_a_flood_from_its_own_address_keeps_its_place() {
     password.push(0);
     engineer.send(&message(b'p', &password)).await;
     engineer.read_until_ready().await;
+    let shed = metric(
+        &env,
+        "lockbox_unauthenticated_shed_total{why=\"source_cap\"}",
+    )
+    .await;
+    assert!(shed >= 9.0, "{shed}");
 }
