@@ -5,20 +5,27 @@
 //! client that opens silent sockets costs itself its own earlier ones. When every slot of
 //! the proxy is held, a new connection sheds one of them too, wherever it comes from,
 //! rather than being refused: silent sockets from a few sources cannot fill the proxy (an
-//! attack review locked every engineer out from four addresses). The one shed is the one
-//! that has done least to log in (`Stage`: a silent socket before one mid-handshake, before
-//! one that sent its startup), then the one of the source holding most, then the oldest: an
-//! engineer whose login is under way is never shed for a flood of sockets that say nothing,
-//! however slow its round trips (a second review lost every 150 ms login behind the same
-//! NAT as such a flood when the oldest went first).
+//! attack review locked every engineer out from four addresses).
+//!
+//! The one shed is the one that has gone longest without a step towards its token (`Stage`:
+//! its first packet, its TLS handshake, its startup packet; a new connection has just taken
+//! one), then the one of the source holding most. A login under way takes a step every round
+//! trip, while a socket that stalls — silent, or after an SSLRequest, or after its startup —
+//! only ages: a flood sheds its own stalled sockets first, and reaches an engineer's login
+//! only once it replaces all of them faster than that login's round trip (a quarter of
+//! `max_connections` per round trip from one address, all of them from several). Two
+//! reviews broke the rules before it: the oldest first lost every 150 ms login behind the same
+//! NAT as a flood, and the least advanced first lost every login, still silent for its first
+//! half round trip, to sockets that sent an SSLRequest and stalled.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::source::Source;
 
@@ -54,23 +61,44 @@ pub(crate) enum Stage {
     Started = 3,
 }
 
-/// Where a connection says how far it got (see [`Stage`]).
+/// Where a connection says how far it got (see [`Stage`]), and when it last got further.
 #[derive(Clone)]
-pub(crate) struct Progress(Arc<AtomicU8>);
+pub(crate) struct Progress(Arc<Steps>);
+
+struct Steps {
+    stage: AtomicU8,
+    /// When it took its last step, in nanoseconds after `origin`.
+    since: AtomicU64,
+    origin: Instant,
+}
 
 impl Default for Progress {
+    /// A connection accepted now: its first step.
     fn default() -> Progress {
-        Progress(Arc::new(AtomicU8::new(Stage::Silent as u8)))
+        Progress(Arc::new(Steps {
+            stage: AtomicU8::new(Stage::Silent as u8),
+            since: AtomicU64::new(0),
+            origin: Instant::now(),
+        }))
     }
 }
 
 impl Progress {
+    /// A step to `stage`; one it had reached already is none.
     pub(crate) fn reached(&self, stage: Stage) {
-        self.0.fetch_max(stage as u8, Ordering::Relaxed);
+        let steps = &self.0;
+        if steps.stage.fetch_max(stage as u8, Ordering::Relaxed) < stage as u8 {
+            let nanos = steps.origin.elapsed().as_nanos();
+            steps
+                .since
+                .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
     }
 
-    fn stage(&self) -> u8 {
-        self.0.load(Ordering::Relaxed)
+    /// When it took its last step.
+    fn last_step(&self) -> Instant {
+        let steps = &self.0;
+        steps.origin + Duration::from_nanos(steps.since.load(Ordering::Relaxed))
     }
 }
 
@@ -101,11 +129,11 @@ impl State {
     }
 }
 
-/// The connection of `open` (one source's, oldest first) to shed first: the least far
-/// along, the oldest of those.
-fn least_along(open: &BTreeMap<u64, Entry>) -> Option<(u8, u64)> {
+/// The connection of `open` (one source's, oldest first) to shed first: the one whose last
+/// step towards its token is longest ago (of two alike, the oldest).
+fn longest_stalled(open: &BTreeMap<u64, Entry>) -> Option<(Instant, u64)> {
     open.iter()
-        .map(|(id, entry)| (entry.progress.stage(), *id))
+        .map(|(id, entry)| (entry.progress.last_step(), *id))
         .min()
 }
 
@@ -150,7 +178,7 @@ impl PreAuth {
             if open.len() <= cap.max(1) {
                 break;
             }
-            let Some((_, victim)) = least_along(open) else {
+            let Some((_, victim)) = longest_stalled(open) else {
                 break;
             };
             state.shed(source, victim);
@@ -167,16 +195,16 @@ impl PreAuth {
     }
 
     /// Sheds one unauthenticated connection of any source to make room for a new
-    /// connection when every slot is held: the least advanced, of the source holding most,
-    /// the oldest. False when there is none (every slot holds a session).
+    /// connection when every slot is held: the one longest without a step, then of the
+    /// source holding most. False when there is none (every slot holds a session).
     pub(crate) fn shed_one_anywhere(&self) -> bool {
         let mut state = lock(&self.state);
         let victim = state
             .by_source
             .iter()
             .filter_map(|(source, open)| {
-                let (stage, id) = least_along(open)?;
-                Some(((stage, std::cmp::Reverse(open.len()), id), *source))
+                let (last_step, id) = longest_stalled(open)?;
+                Some(((last_step, std::cmp::Reverse(open.len()), id), *source))
             })
             .min_by_key(|(key, _)| *key);
         match victim {
@@ -237,48 +265,58 @@ mod tests {
         assert_eq!(pre.open(b), 0);
     }
 
-    /// A source's silent socket goes before its own older connection that is logging in:
-    /// a slow engineer behind the same address as a flood keeps its login.
-    #[tokio::test]
-    async fn a_source_past_its_cap_sheds_the_connection_that_did_least() {
+    /// Within a source, the socket longest without a step goes: an engineer's login that
+    /// took its last step after the flood's sockets took theirs is kept, whether it was
+    /// accepted before them (an oldest-first rule shed it) or after (a least-advanced-first
+    /// rule shed it, still silent, for sockets that sent an SSLRequest and stalled).
+    #[tokio::test(start_paused = true)]
+    async fn a_source_past_its_cap_sheds_the_connection_longest_without_a_step() {
         let pre = PreAuth::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let engineer = pre.enter(a, 2).0;
-        engineer.progress.reached(Stage::Encrypted);
-        let silent = pre.enter(a, 2).0;
-        let newer = pre.enter(a, 2).0;
-        silent.shed.notified().await;
-        assert_eq!(pre.open(a), 2);
-        // Of two alike, the oldest goes.
-        let newest = pre.enter(a, 2).0;
-        newer.shed.notified().await;
-        drop(newest);
-        // Past its startup it outlasts any number of sockets that say nothing.
-        engineer.progress.reached(Stage::Started);
-        let flood: Vec<Pending> = (0..50).map(|_| pre.enter(a, 2).0).collect();
-        assert_eq!(pre.open(a), 2);
-        let still = tokio::time::timeout(Duration::from_millis(50), engineer.shed.notified());
-        assert!(still.await.is_err(), "the engineer's login was shed");
-        drop(flood);
+        let step = Duration::from_millis(10);
+        let engineer = pre.enter(a, 3).0;
+        tokio::time::advance(step).await;
+        let stalled = [pre.enter(a, 3).0, pre.enter(a, 3).0];
+        for socket in &stalled {
+            socket.progress.reached(Stage::Spoke);
+        }
+        tokio::time::advance(step).await;
+        engineer.progress.reached(Stage::Spoke);
+        tokio::time::advance(step).await;
+        let (newer, shed) = pre.enter(a, 3);
+        assert_eq!(shed, 1);
+        stalled[0].shed.notified().await;
+        // A step taken again is none: the stalled socket stays as stalled as it was.
+        stalled[1].progress.reached(Stage::Spoke);
+        tokio::time::advance(step).await;
+        let newest = pre.enter(a, 3).0;
+        stalled[1].shed.notified().await;
+        // A newcomer, still silent, is the one that stepped last of all.
+        tokio::time::advance(step).await;
+        let (_late, _) = pre.enter(a, 3);
+        engineer.shed.notified().await;
+        assert_eq!(pre.open(a), 3);
+        drop((newer, newest));
     }
 
-    /// A full proxy sheds the least advanced connection, of the source holding most.
-    #[tokio::test]
-    async fn a_full_proxy_sheds_the_least_advanced_of_the_biggest_source() {
+    /// A full proxy sheds the connection longest without a step, of the source holding
+    /// most when two took their last step at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_proxy_sheds_the_connection_longest_without_a_step() {
         let pre = PreAuth::default();
         let [a, b, c]: [IpAddr; 3] =
             ["10.0.0.1", "10.0.0.2", "10.0.0.3"].map(|ip| ip.parse().unwrap());
-        let engineer = pre.enter(c, 10).0;
-        engineer.progress.reached(Stage::Spoke);
-        let lone = pre.enter(b, 10).0;
         let flood = [pre.enter(a, 10).0, pre.enter(a, 10).0];
+        let lone = pre.enter(b, 10).0;
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let engineer = pre.enter(c, 10).0;
         assert!(pre.shed_one_anywhere());
         flood[0].shed.notified().await;
         assert!(pre.shed_one_anywhere());
-        // One silent socket each now: the oldest goes.
-        lone.shed.notified().await;
-        assert!(pre.shed_one_anywhere());
+        // Alike in time, one each now: the oldest.
         flood[1].shed.notified().await;
+        assert!(pre.shed_one_anywhere());
+        lone.shed.notified().await;
         assert!(pre.shed_one_anywhere());
         engineer.shed.notified().await;
         assert!(!pre.shed_one_anywhere(), "nothing is left to shed");

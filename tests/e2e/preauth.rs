@@ -90,20 +90,46 @@ async fn silent_sockets_from_a_few_sources_cannot_fill_the_proxy() {
     drop((client, second, flood));
 }
 
-/// A second review lost every login with 150 ms round trips behind the same address as a
-/// flood of silent sockets, shed as the source's oldest: a connection that has sent its
-/// startup now outlasts any number of sockets that have said nothing.
+/// A socket from `ip` that sends an SSLRequest, reads the proxy's `S`, and stalls before its
+/// TLS handshake.
+async fn stalled_from(ip: &str, port: u16) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = silent_from(ip, port).await;
+    socket
+        .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .expect("SSLRequest");
+    let mut answer = [0u8; 1];
+    socket.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(&answer, b"S");
+    socket
+}
+
+/// Reviews broke two rules for whom a flood from an engineer's own address sheds: the
+/// oldest first lost every slow login (accepted before the flood), the least advanced first
+/// lost every new one (still silent) to sockets that sent an SSLRequest and stalled. The
+/// connection longest without a step towards its token goes: a login under way outlasts the
+/// stalled sockets either way.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_slow_login_behind_a_flood_from_its_own_address_keeps_its_place() {
+async fn a_login_under_way_outlasts_sockets_that_stall_from_its_own_address() {
     let env =
-        crate::ops_limits::start_with_proxy_keys("preauth_same_source", "max_connections = 8")
+        crate::ops_limits::start_with_proxy_keys("preauth_same_source", "max_connections = 40")
             .await;
+    let port = env.proxy_port();
     let (_id, token) = env.approved_token("eve", "1h").await;
-    let mut engineer = Raw::connect(env.proxy_port()).await;
+    let mut password = token.as_bytes().to_vec();
+    password.push(0);
+    // The engineer's connection is accepted first; its client is slow to go on.
+    let mut engineer = Raw::connect(port).await;
+    // Nine sockets of the same address step once and stall (its cap is ten).
+    let mut stalled = Vec::new();
+    for _ in 0..9 {
+        stalled.push(stalled_from("127.0.0.1", port).await);
+    }
+    // The engineer's next step comes after theirs.
     engineer
         .send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
         .await;
-    // The proxy asks for the password once it has read the startup.
     // AuthenticationCleartextPassword: 'R', length 8, code 3.
     let mut asked = [0u8; 9];
     tokio::time::timeout(
@@ -114,24 +140,34 @@ async fn a_slow_login_behind_a_flood_from_its_own_address_keeps_its_place() {
     .expect("asked in time")
     .expect("read");
     assert_eq!(asked, [b'R', 0, 0, 0, 8, 0, 0, 0, 3], "a password request");
-    // Ten silent sockets from the engineer's own address (its cap is two).
-    let mut flood = Vec::new();
-    for _ in 0..10 {
-        flood.push(silent_from("127.0.0.1", env.proxy_port()).await);
+    // Nine more shed the nine that stalled before the engineer's step, not the engineer's
+    // login, accepted before all of them.
+    let mut later = Vec::new();
+    for _ in 0..9 {
+        later.push(stalled_from("127.0.0.1", port).await);
     }
-    // The proxy has taken in the whole flood (the tenth sheds the ninth, and the engineer's
-    // login would have gone with the third), shedding the flood's own sockets.
-    for socket in &mut flood[..9] {
-        assert!(closed(socket).await, "a silent socket was kept");
+    for socket in &mut stalled {
+        assert!(closed(socket).await, "a stalled socket was kept");
     }
-    let mut password = token.as_bytes().to_vec();
-    password.push(0);
     engineer.send(&message(b'p', &password)).await;
     engineer.read_until_ready().await;
+
+    // A login that comes after them, silent for now, is not the one shed either.
+    let mut newcomer = Raw::connect(port).await;
+    let _one_more = stalled_from("127.0.0.1", port).await;
+    assert!(
+        closed(&mut later[0]).await,
+        "the longest stalled socket went"
+    );
+    newcomer
+        .send(&startup_packet(&[("user", "eve"), ("database", &env.db)]))
+        .await;
+    newcomer.send(&message(b'p', &password)).await;
+    newcomer.read_until_ready().await;
     let shed = metric(
         &env,
         "lockbox_unauthenticated_shed_total{why=\"source_cap\"}",
     )
     .await;
-    assert!(shed >= 9.0, "{shed}");
+    assert!(shed >= 10.0, "{shed}");
 }
