@@ -8,15 +8,17 @@
 //! attack review locked every engineer out from four addresses).
 //!
 //! The one shed is the one that has gone longest without a step towards its token (`Stage`:
-//! its first packet, its TLS handshake, its startup packet; a new connection has just taken
-//! one), then the one of the source holding most. A login under way takes a step every round
-//! trip, while a socket that stalls — silent, or after an SSLRequest, or after its startup —
-//! only ages: a flood sheds its own stalled sockets first, and reaches an engineer's login
-//! only once it replaces all of them faster than that login's round trip (a quarter of
-//! `max_connections` per round trip from one address, all of them from several). Two
-//! reviews broke the rules before it: the oldest first lost every 150 ms login behind the same
-//! NAT as a flood, and the least advanced first lost every login, still silent for its first
-//! half round trip, to sockets that sent an SSLRequest and stalled.
+//! its first packet, its ClientHello, the end of its TLS handshake, its startup packet; a new
+//! connection has just taken one), then the one of the source holding most. A login under way
+//! takes a step every round trip, while a socket that stalls — silent, or after an
+//! SSLRequest, or after its startup — only ages: a flood sheds its own stalled sockets first,
+//! and reaches an engineer's login only once it replaces all of them faster than that login's
+//! round trip (a quarter of `max_connections` per round trip from one address, all of them
+//! from several), or somewhat slower with sockets that hold their steps back and take them
+//! on purpose (a third review did so): a heuristic that raises the price of a flood, no
+//! guarantee. Two reviews broke the rules before it: the oldest first lost every 150 ms login
+//! behind the same NAT as a flood, and the least advanced first lost every login, still
+//! silent for its first half round trip, to sockets that sent an SSLRequest and stalled.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -55,10 +57,12 @@ pub(crate) enum Stage {
     Silent = 0,
     /// Sent a whole startup-phase packet (an SSLRequest, say).
     Spoke = 1,
+    /// Sent its TLS ClientHello.
+    Hello = 2,
     /// Finished its TLS handshake.
-    Encrypted = 2,
+    Encrypted = 3,
     /// Sent its startup packet on the transport tokens are taken on.
-    Started = 3,
+    Started = 4,
 }
 
 /// Where a connection says how far it got (see [`Stage`]), and when it last got further.
@@ -150,7 +154,7 @@ pub(crate) struct Pending {
     id: u64,
     /// Notified when a newer connection takes its place.
     pub(crate) shed: Arc<Notify>,
-    /// How far it got, which decides who is shed first.
+    /// How far it got and when it last got further, which decides who is shed first.
     pub(crate) progress: Progress,
 }
 
@@ -159,8 +163,8 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
 }
 
 impl PreAuth {
-    /// Counts a new connection of `ip`, shedding that source's least advanced ones past
-    /// `cap`; also says how many it shed.
+    /// Counts a new connection of `ip`, shedding that source's ones longest without a step
+    /// past `cap`; also says how many it shed.
     pub(crate) fn enter(&self, ip: IpAddr, cap: usize) -> (Pending, usize) {
         let source = Source::of(ip);
         let shed = Arc::new(Notify::new());

@@ -171,3 +171,99 @@ async fn a_login_under_way_outlasts_sockets_that_stall_from_its_own_address() {
     .await;
     assert!(shed >= 10.0, "{shed}");
 }
+
+/// A TLS client driven by hand over `tcp`, so a test can stop between handshake messages.
+struct HandDrivenTls {
+    tcp: tokio::net::TcpStream,
+    tls: rustls::ClientConnection,
+}
+
+impl HandDrivenTls {
+    async fn flush(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = Vec::new();
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut out).expect("encode");
+        }
+        self.tcp.write_all(&out).await.expect("send");
+    }
+
+    /// Reads and processes records until `done` holds.
+    async fn read_until(&mut self, done: impl Fn(&mut rustls::ClientConnection) -> bool) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done(&mut self.tls) {
+            let mut chunk = [0u8; 16 * 1024];
+            let n = tokio::time::timeout_at(deadline, self.tcp.read(&mut chunk))
+                .await
+                .expect("in time")
+                .expect("read");
+            assert!(n > 0, "the proxy closed the connection");
+            self.tls.read_tls(&mut &chunk[..n]).expect("records");
+            self.tls.process_new_packets().expect("TLS");
+        }
+    }
+}
+
+/// Between its SSLRequest and the end of its handshake a login waits two round trips for
+/// the proxy, then sends its Finished: its ClientHello is a step of its own, so sockets that
+/// stalled after it cannot shed it (a review shed 150 ms logins in that gap).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_in_its_tls_handshake_outlasts_sockets_stalled_before_its_client_hello() {
+    use std::io::{Read, Write};
+    let env =
+        crate::ops_limits::start_with_proxy_keys("preauth_hello", "max_connections = 40").await;
+    let port = env.proxy_port();
+    let (_id, token) = env.approved_token("eve", "1h").await;
+    let mut tcp = Raw::connect(port).await.stream;
+    {
+        use tokio::io::AsyncWriteExt;
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .expect("SSLRequest");
+    }
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(&answer, b"S");
+    // Nine sockets of the same address step after the engineer's SSLRequest and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..9 {
+        stalled.push(stalled_from("127.0.0.1", port).await);
+    }
+    let config = lockbox::tls::client_config_pinned(&env.deployment.cert_pem).expect("config");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut engineer = HandDrivenTls {
+        tcp,
+        tls: rustls::ClientConnection::new(config, name).expect("client"),
+    };
+    // The ClientHello, and the proxy's answer to it; the Finished is held back.
+    engineer.flush().await;
+    engineer.read_until(|tls| tls.wants_write()).await;
+    // Nine more shed the nine stalled before the ClientHello.
+    let mut later = Vec::new();
+    for _ in 0..9 {
+        later.push(stalled_from("127.0.0.1", port).await);
+    }
+    for socket in &mut stalled {
+        assert!(closed(socket).await, "a stalled socket was kept");
+    }
+    // The handshake ends and the login goes on.
+    engineer.flush().await;
+    let mut password = token.as_bytes().to_vec();
+    password.push(0);
+    let login = [
+        startup_packet(&[("user", "eve"), ("database", &env.db)]),
+        message(b'p', &password),
+    ]
+    .concat();
+    engineer.tls.writer().write_all(&login).expect("login");
+    engineer.flush().await;
+    let plain = std::cell::RefCell::new(Vec::new());
+    engineer
+        .read_until(|tls| {
+            let mut plain = plain.borrow_mut();
+            let _ = tls.reader().read_to_end(&mut plain);
+            // ReadyForQuery, idle: the login is done.
+            plain.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I'])
+        })
+        .await;
+}
