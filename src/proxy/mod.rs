@@ -127,10 +127,10 @@ impl Proxy {
         let _ = tcp.set_nodelay(true);
         keep_alive(&tcp);
         let limits = self.lockbox.config().connection_limits;
+        let metrics = self.lockbox.audit.metrics();
         // A full proxy sheds a connection that has not logged in before it refuses one.
         let slot = gate::take_slot(&self.registry, &limits).or_else(|| {
             let slot = gate::take_slot_shedding(&self.registry, &limits)?;
-            let metrics = self.lockbox.audit.metrics();
             metrics.shed(crate::metrics::Shed::MaxConnections, 1);
             Some(slot)
         });
@@ -143,7 +143,6 @@ impl Proxy {
             .registry
             .preauth
             .enter(peer.ip(), preauth::per_source_cap(limits.max_connections));
-        let metrics = self.lockbox.audit.metrics();
         metrics.shed(crate::metrics::Shed::SourceCap, shed);
         let id = crate::ids::SessionId::generate();
         let span = tracing::info_span!(

@@ -70,7 +70,6 @@ pub async fn negotiate(
         Some(acceptor) => match direct_tls(tcp, acceptor, progress).await {
             Ok(Direct::No(tcp)) => Some(tcp),
             Ok(Direct::Yes(tls_stream)) => {
-                progress.reached(Stage::Encrypted);
                 stream = Some(tls_stream);
                 None
             }
@@ -112,7 +111,6 @@ pub async fn negotiate(
                     Ok(tls_stream) => stream = Some(Box::new(tls_stream)),
                     Err(e) => return Err((e.into(), None)),
                 }
-                progress.reached(Stage::Encrypted);
             }
             StartupPacket::GssEncRequest => {
                 let Some(raw) = tcp.as_mut() else {
@@ -201,9 +199,10 @@ async fn direct_tls(
     Ok(Direct::Yes(stream))
 }
 
-/// The server's side of a TLS handshake. The ClientHello's arrival is a step of its own
-/// (`Stage::Hello`): between the client's SSLRequest and its Finished lie two round trips,
-/// and a login must not look stalled for both (a review shed 150 ms logins in that gap).
+/// The server's side of a TLS handshake, its two steps told to `progress`. The ClientHello's
+/// arrival is a step of its own (`Stage::Hello`): between the client's SSLRequest and its
+/// Finished lie two round trips, and a login must not look stalled for both (a review shed
+/// 150 ms logins in that gap).
 async fn tls_handshake(
     tcp: TcpStream,
     acceptor: &TlsAcceptor,
@@ -212,7 +211,9 @@ async fn tls_handshake(
     let hello =
         tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
     progress.reached(Stage::Hello);
-    hello.into_stream(acceptor.config().clone()).await
+    let tls_stream = hello.into_stream(acceptor.config().clone()).await?;
+    progress.reached(Stage::Encrypted);
+    Ok(tls_stream)
 }
 
 /// How long closing a cancel connection may take: the close_notify is one small record, so
