@@ -22,6 +22,8 @@
 #                       BENCH_PERF_HZ: samples per second (default 499); BENCH_PERF_CALLGRAPH:
 #                       how stacks are read (default fp; `dwarf` where the binary has no frame
 #                       pointers, as a release build has not: callers of libc's memcpy, say).
+#                       BENCH_PERF_EVENT: record this event's every occurrence instead of
+#                       sampling the time (`syscalls:sys_enter_sched_yield`: who yields).
 #                       TARGET-CLIENTS.where splits the proxy's CPU time per transaction by part
 #                       (benches/where_time_goes.py): in the kernel by system call (send,
 #                       receive, file write, epoll, futex), in user space by the part of lockbox
@@ -142,7 +144,9 @@ run() {
     local profiler=""
     if [ -n "${BENCH_PERF:-}" ] && [ -n "$pid" ]; then
         mkdir -p "$BENCH_PERF"
-        perf record -q -F "${BENCH_PERF_HZ:-499}" --call-graph "${BENCH_PERF_CALLGRAPH:-fp}" \
+        local sampling=(-F "${BENCH_PERF_HZ:-499}")
+        if [ -n "${BENCH_PERF_EVENT:-}" ]; then sampling=(-e "$BENCH_PERF_EVENT"); fi
+        perf record -q "${sampling[@]}" --call-graph "${BENCH_PERF_CALLGRAPH:-fp}" \
             -p "$pid" -o "$BENCH_PERF/$target-$clients.data" -- sleep "$SECONDS_PER_RUN" 2>/dev/null &
         profiler=$!
     fi

@@ -20,7 +20,8 @@ pub struct PgSinkFile {
     pub password_file: Option<PathBuf>,
     /// Environment variable holding the password.
     pub password_env: Option<String>,
-    /// Table the records go to (`name` or `schema.name`); created when missing.
+    /// Table the records go to (`name`, which is `public.name`, or `schema.name`); created
+    /// when missing.
     #[serde(default = "default_table")]
     pub table: String,
     /// Names this proxy's trail in the table; unique per proxy. Default: the host name.
@@ -89,7 +90,16 @@ pub(super) fn validate(
         },
         resolve,
     )?;
-    let table_sql = quote_table(&file.table).ok_or_else(|| {
+    // A bare name is public's table, never the search path's: there `"$user"` comes first,
+    // and whoever may create schemas in the audit database could make one named after the
+    // sink's role, holding a table of that name, and take the trail's rows (or feed the
+    // fleet's reads its own).
+    let table = if file.table.contains('.') {
+        file.table
+    } else {
+        format!("public.{}", file.table)
+    };
+    let table_sql = quote_table(&table).ok_or_else(|| {
         invalid(
             key("table"),
             "must be `name` or `schema.name` of lowercase letters, digits and _",
@@ -110,7 +120,7 @@ pub(super) fn validate(
     Ok(PgSink {
         connect,
         table_sql,
-        table: file.table,
+        table,
         proxy_id,
         batch_size: file.batch_size,
         tls_client,
@@ -166,7 +176,8 @@ mod tests {
     #[test]
     fn defaults_and_errors_name_their_key() {
         let sink = parse("").expect("valid");
-        assert_eq!(sink.table_sql, "\"lockbox_audit\"");
+        assert_eq!(sink.table_sql, "\"public\".\"lockbox_audit\"");
+        assert_eq!(sink.table, "public.lockbox_audit");
         assert_eq!(sink.batch_size, 500);
         assert!(!sink.proxy_id.is_empty());
         assert_eq!(
