@@ -33,8 +33,9 @@ pub async fn list(
     Caller(user): Caller,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    policy::check_audit_read(&user).map_err(ServiceError::from)?;
+    let within = policy::audit_scope(&state.lockbox.config(), &user).map_err(ServiceError::from)?;
     let mut query = audit_query(raw)?;
+    query.within = within;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     query.limit = Some(limit);
     // The whole fleet's trail from the audit database when the sink is configured.
@@ -73,8 +74,11 @@ pub async fn stream(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    policy::check_audit_read(&user).map_err(ServiceError::from)?;
-    let query = audit_query(raw)?;
+    let within = policy::audit_scope(&state.lockbox.config(), &user).map_err(ServiceError::from)?;
+    let query = AuditQuery {
+        within,
+        ..audit_query(raw)?
+    };
     Ok(live(state, resume_point(&headers, query)))
 }
 
@@ -98,9 +102,10 @@ pub(crate) fn request_live(
     headers: &HeaderMap,
     raw: Option<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    policy::check_audit_read(user).map_err(ServiceError::from)?;
+    let within = policy::audit_scope(&state.lockbox.config(), user).map_err(ServiceError::from)?;
     let query = AuditQuery {
         request: Some(id),
+        within,
         ..audit_query(raw)?
     };
     Ok(live(state, resume_point(headers, query)))

@@ -59,6 +59,10 @@ impl Filter {
         let mut f = Filter::default();
         f.equals("request_id", &query.request);
         f.equals("\"database\"", &query.database);
+        if let Some(databases) = &query.within {
+            let p = f.bind(Box::new(databases.clone()));
+            f.clauses.push(format!("\"database\" = ANY({p})"));
+        }
         f.equals("session_id", &query.session);
         f.equals("engineer", &query.engineer);
         f.equals("record->>'kind'", &query.kind);

@@ -36,6 +36,10 @@ pub struct AuditQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_node: Option<String>,
     pub limit: Option<usize>,
+    /// Only records of these databases: an approver's own (`policy::audit_scope`). Set by
+    /// the server for the caller, never read from a query string nor written into a link.
+    #[serde(skip)]
+    pub within: Option<Vec<String>>,
 }
 
 /// Whether a record's statement holds `text`: its text, or for a clipped statement, a name
@@ -132,6 +136,11 @@ impl AuditQuery {
             .as_deref()
             .is_some_and(|d| field("database") != Some(d))
         {
+            return false;
+        }
+        if self.within.as_ref().is_some_and(|databases| {
+            field("database").is_none_or(|d| !databases.iter().any(|w| w == d))
+        }) {
             return false;
         }
         if self

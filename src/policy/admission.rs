@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::request::{Request, RequestStatus};
+use crate::config::{Role, User};
 use crate::token::Claims;
 
 /// Why a session was refused at login. The text goes to the client.
@@ -32,6 +33,8 @@ pub enum Refusal {
     WindowEnded(String),
     #[error("database \"{0}\" is not served by this proxy")]
     UnknownDatabase(String),
+    #[error("\"{0}\" is no longer an engineer of this lockbox")]
+    NoLongerEngineer(String),
 }
 
 impl Refusal {
@@ -54,12 +57,16 @@ pub struct Admission {
 }
 
 /// The single admission check for a proxied session: a verified token's claims against
-/// what the client asked for at startup and the request as the store holds it now.
+/// what the client asked for at startup, the request as the store holds it now, and the
+/// `users` configured now (an engineer removed, or no longer an engineer, opens no new
+/// session on a token issued before: a reload changes who may do what for everything that
+/// follows; live sessions keep their grant).
 pub fn admit(
     claims: &Claims,
     startup_user: &str,
     startup_database: &str,
     request: Option<Request>,
+    users: &[User],
     now: DateTime<Utc>,
 ) -> Result<Admission, Refusal> {
     if claims.sub != startup_user {
@@ -80,6 +87,12 @@ pub fn admit(
         || request.access != claims.access
     {
         return Err(Refusal::Mismatch(claims.rid.clone()));
+    }
+    let engineer = users
+        .iter()
+        .any(|u| u.name == claims.sub && u.has(Role::Engineer));
+    if !engineer {
+        return Err(Refusal::NoLongerEngineer(claims.sub.clone()));
     }
     let id = request.id.0.clone();
     match request.effective_status(now) {
@@ -141,11 +154,29 @@ mod tests {
         }
     }
 
+    fn engineers() -> Vec<User> {
+        vec![crate::policy::test_support::user("eve", &["engineer"])]
+    }
+
+    #[test]
+    fn an_engineer_removed_or_no_longer_one_opens_no_session() {
+        let now = Utc::now();
+        let approved = || Some(request(RequestStatus::Approved));
+        assert!(admit(&claims(), "eve", "sales", approved(), &engineers(), now).is_ok());
+        let demoted = [crate::policy::test_support::user("eve", &["approver"])];
+        let others = [crate::policy::test_support::user("bob", &["engineer"])];
+        for users in [&demoted[..], &others[..], &[]] {
+            let refused = admit(&claims(), "eve", "sales", approved(), users, now).map(|_| ());
+            assert_eq!(refused, Err(Refusal::NoLongerEngineer("eve".into())));
+            assert_eq!(Refusal::NoLongerEngineer("eve".into()).sqlstate(), "28P01");
+        }
+    }
+
     #[test]
     fn admission_checks_every_binding() {
         let now = Utc::now();
         let check = |user: &str, db: &str, req: Option<Request>, ok: bool| {
-            let got = admit(&claims(), user, db, req, now);
+            let got = admit(&claims(), user, db, req, &engineers(), now);
             assert_eq!(got.is_ok(), ok, "{user}/{db}: {got:?}");
         };
         check("eve", "sales", Some(request(RequestStatus::Approved)), true);
@@ -176,7 +207,7 @@ mod tests {
         let mut later = request(RequestStatus::Approved);
         later.access_starts_at = Some(now + chrono::Duration::minutes(10));
         assert_eq!(
-            admit(&claims(), "eve", "sales", Some(later), now).map(|_| ()),
+            admit(&claims(), "eve", "sales", Some(later), &engineers(), now).map(|_| ()),
             Err(Refusal::NotYetOpen("req-1".into()))
         );
     }
@@ -191,6 +222,7 @@ mod tests {
             "eve",
             "sales",
             Some(request(RequestStatus::Approved)),
+            &engineers(),
             now,
         )
         .expect("admit");
@@ -205,7 +237,8 @@ mod tests {
         approved.access_expires_at = Some(end);
         let mut rounded = claims();
         rounded.exp = (end.timestamp() + 1) as u64;
-        let admission = admit(&rounded, "eve", "sales", Some(approved), now).expect("admit");
+        let admission =
+            admit(&rounded, "eve", "sales", Some(approved), &engineers(), now).expect("admit");
         assert_eq!(admission.ends_at, end);
     }
 

@@ -36,6 +36,7 @@ pub fn check_new_request(
     protection: &Protection,
     caller: &User,
     new: &NewRequest,
+    already: Duration,
     now: DateTime<Utc>,
 ) -> Result<CheckedRequest, PolicyError> {
     require_role(caller, Role::Engineer, "file access requests")?;
@@ -62,13 +63,11 @@ pub fn check_new_request(
     if duration < Duration::from_secs(1) {
         return Err(PolicyError::Invalid("duration must be at least 1s".into()));
     }
-    if duration > config.max_access {
-        return Err(PolicyError::Invalid(format!(
-            "duration {} is longer than the maximum access of {}",
-            humantime::format_duration(duration),
-            humantime::format_duration(config.max_access)
-        )));
-    }
+    // An extension is judged with the time its grant already holds: the maximum access and
+    // the rules (a rule for long requests) see the whole window, so asking for a short grant
+    // and extending it in steps gets no more than asking for all of it at once.
+    let whole = already.saturating_add(duration);
+    check_max_access(config, duration, already)?;
     let statement_timeout = match &new.statement_timeout {
         None => None,
         Some(text) => {
@@ -77,6 +76,14 @@ pub fn check_new_request(
                 return Err(PolicyError::Invalid(
                     "statement timeout must be at least 1ms".into(),
                 ));
+            }
+            // PostgreSQL's own bound (an int of milliseconds); past it the value wrapped
+            // round to 0, which PostgreSQL reads as no timeout at all.
+            if d > MAX_STATEMENT_TIMEOUT {
+                return Err(PolicyError::Invalid(format!(
+                    "statement timeout must be at most {}ms (PostgreSQL's largest)",
+                    MAX_STATEMENT_TIMEOUT.as_millis()
+                )));
             }
             Some(d)
         }
@@ -98,15 +105,114 @@ pub fn check_new_request(
     let ask = Ask {
         database: &new.database,
         access: new.access,
-        duration,
+        duration: whole,
         requester: caller,
     };
-    let plan = rules::evaluate(&config.rules, &ask, protection.protects(&new.database))
+    let mut plan = rules::evaluate(&config.rules, &ask, protection.protects(&new.database))
         .map_err(|d| forbidden(format!("denied by rule `{}`: {}", d.rule, d.reason)))?;
+    if !already.is_zero() {
+        // The rules capped the whole window; the extension is what lies past the grant's.
+        if plan.duration < already.saturating_add(Duration::from_secs(1)) {
+            return Err(forbidden(format!(
+                "the rules ({}) allow this grant at most {} in all, and it already holds {}",
+                plan.applied.join(", "),
+                humantime::format_duration(plan.duration),
+                humantime::format_duration(already)
+            )));
+        }
+        plan.duration -= already;
+        plan.capped_from = plan.capped_from.map(|_| duration);
+    }
     Ok(CheckedRequest {
         plan,
         statement_timeout,
     })
+}
+
+/// PostgreSQL's largest `statement_timeout`: `INT_MAX` milliseconds.
+const MAX_STATEMENT_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// `duration` on top of the `already` a grant holds stays within `max_access`.
+fn check_max_access(
+    config: &Config,
+    duration: Duration,
+    already: Duration,
+) -> Result<(), PolicyError> {
+    let whole = already.saturating_add(duration);
+    if whole <= config.max_access {
+        return Ok(());
+    }
+    let max = humantime::format_duration(config.max_access);
+    Err(PolicyError::Invalid(if already.is_zero() {
+        format!(
+            "duration {} is longer than the maximum access of {max}",
+            humantime::format_duration(duration)
+        )
+    } else {
+        format!(
+            "with {} more the grant would run {} in all ({} so far), longer than the maximum \
+             access of {max}",
+            humantime::format_duration(duration),
+            humantime::format_duration(whole),
+            humantime::format_duration(already)
+        )
+    }))
+}
+
+/// The time a grant holds when an extension is filed or takes effect: from its access's
+/// start to its end, or to now where the end has passed (an extension counts from the
+/// later of the two, see `apply_extension`).
+pub fn held_by_grant(grant: &Request, now: DateTime<Utc>) -> Duration {
+    match (grant.access_starts_at, grant.access_expires_at) {
+        (Some(start), Some(end)) => {
+            Duration::from_secs(u64::try_from((end.max(now) - start).num_seconds()).unwrap_or(0))
+        }
+        _ => Duration::from_secs(grant.duration_secs),
+    }
+}
+
+/// Whether `extension`, as it was filed and approved, still fits its grant now that it is
+/// about to take effect: other extensions approved meanwhile count towards the maximum
+/// access and the rules too, and an extension whose whole window the rules now judge
+/// otherwise (more approvals, a cap) is sent back to be filed again.
+pub fn check_extension_fits(
+    config: &Config,
+    protection: &Protection,
+    grant: &Request,
+    extension: &Request,
+    now: DateTime<Utc>,
+) -> Result<(), PolicyError> {
+    let already = held_by_grant(grant, now);
+    let duration = Duration::from_secs(extension.duration_secs);
+    check_max_access(config, duration, already)?;
+    let engineer = config
+        .users
+        .iter()
+        .find(|u| u.name == extension.engineer)
+        .ok_or_else(|| forbidden(format!("{} is no longer a user", extension.engineer)))?;
+    let ask = Ask {
+        database: &extension.database,
+        access: extension.access,
+        duration: already.saturating_add(duration),
+        requester: engineer,
+    };
+    let plan = rules::evaluate(
+        &config.rules,
+        &ask,
+        protection.protects(&extension.database),
+    )
+    .map_err(|d| forbidden(format!("denied by rule `{}`: {}", d.rule, d.reason)))?;
+    let more_approvals = plan.internal_approvals > extension.internal_required
+        || plan.customer_approvals > extension.customer_required;
+    if more_approvals || plan.duration < ask.duration {
+        return Err(PolicyError::Conflict(format!(
+            "with the time its grant holds now ({}), the rules ({}) judge this extension \
+             otherwise than when it was filed: file it again",
+            humantime::format_duration(already),
+            plan.applied.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// A request's own session limit: at least one, and within `[proxy]
@@ -475,7 +581,8 @@ mod tests {
                 ..NewRequest::default()
             };
             let protection = config.protection.clone();
-            check_new_request(config, &protection, &eve, &new, Utc::now()).map(|_| ())
+            check_new_request(config, &protection, &eve, &new, Duration::ZERO, Utc::now())
+                .map(|_| ())
         };
         assert!(ask(&config, None).is_ok());
         assert!(ask(&config, Some(500)).is_ok(), "no ceiling by default");
@@ -494,6 +601,35 @@ mod tests {
             ask(&config, Some(5)),
             Err(PolicyError::Invalid(m)) if m.contains("max_sessions_per_grant")
         ));
+    }
+
+    #[test]
+    fn a_statement_timeout_is_within_what_postgresql_takes() {
+        let config = config();
+        let eve = user("eve", &["engineer"]);
+        let ask = |timeout: &str| {
+            let new = NewRequest {
+                database: "hr".into(),
+                ticket: "T-1".into(),
+                reason: "debug".into(),
+                statement_timeout: Some(timeout.into()),
+                ..NewRequest::default()
+            };
+            let protection = config.protection.clone();
+            check_new_request(&config, &protection, &eve, &new, Duration::ZERO, Utc::now())
+                .map(|checked| checked.statement_timeout)
+        };
+        assert_eq!(
+            ask("2147483647ms").ok().flatten(),
+            Some(MAX_STATEMENT_TIMEOUT)
+        );
+        // Both wrapped round to 0 (no timeout) or to a figure nobody asked for.
+        for past in ["2147483648ms", "18446744073709551s 616ms", "99999999999y"] {
+            assert!(
+                matches!(ask(past), Err(PolicyError::Invalid(m)) if m.contains("at most")),
+                "{past}"
+            );
+        }
     }
 
     #[test]

@@ -148,6 +148,33 @@ pub fn check_audit_read(caller: &User) -> Result<(), PolicyError> {
     }
 }
 
+/// Which part of the trail `caller` may read: all of it (`None`: auditors and admins) or the
+/// records of the databases they approve (an approver only), never another database's
+/// statements and parameters.
+pub fn audit_scope(
+    config: &crate::config::Config,
+    caller: &User,
+) -> Result<Option<Vec<String>>, PolicyError> {
+    check_audit_read(caller)?;
+    if caller.has(Role::Auditor) || caller.has(Role::Admin) {
+        return Ok(None);
+    }
+    Ok(Some(
+        config
+            .databases
+            .keys()
+            .filter(|database| check_approver_of(config, caller, database).is_ok())
+            .cloned()
+            .collect(),
+    ))
+}
+
+/// Whether `caller` may read the records of `database` (see [`audit_scope`]).
+pub fn may_read_audit_of(config: &crate::config::Config, caller: &User, database: &str) -> bool {
+    audit_scope(config, caller)
+        .is_ok_and(|scope| scope.is_none_or(|dbs| dbs.iter().any(|d| d == database)))
+}
+
 /// Scheduled exports write the whole trail to a folder of the server's choosing: admins only.
 pub fn check_export_admin(caller: &User) -> Result<(), PolicyError> {
     if caller.has(Role::Admin) {

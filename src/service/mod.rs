@@ -163,8 +163,11 @@ impl Lockbox {
         let config = self.config();
         let protection = self.protection().await?;
         let now = Utc::now();
-        let checked = policy::check_new_request(&config, &protection, caller, &new, now).and_then(
-            |mut checked| {
+        let already = extends.map_or(std::time::Duration::ZERO, |grant| {
+            policy::held_by_grant(grant, now)
+        });
+        let checked = policy::check_new_request(&config, &protection, caller, &new, already, now)
+            .and_then(|mut checked| {
                 if new.break_glass {
                     checked.plan.duration = policy::check_break_glass(
                         config.break_glass.as_ref(),
@@ -173,8 +176,7 @@ impl Lockbox {
                     )?;
                 }
                 Ok(checked)
-            },
-        );
+            });
         let checked = match checked {
             Ok(checked) => checked,
             // Refused by a rule or the break-glass policy: on the record all the same.
@@ -375,11 +377,19 @@ impl Lockbox {
         user: &str,
         database: &str,
     ) -> Result<Admission, AdmitError> {
-        if !self.config().databases.contains_key(database) {
+        let config = self.config();
+        if !config.databases.contains_key(database) {
             return Err(Refusal::UnknownDatabase(database.to_owned()).into());
         }
         let request = self.store.get(&RequestId(claims.rid.clone())).await?;
-        Ok(policy::admit(claims, user, database, request, Utc::now())?)
+        Ok(policy::admit(
+            claims,
+            user,
+            database,
+            request,
+            &config.users,
+            Utc::now(),
+        )?)
     }
 
     /// Records the deadlines that passed: unanswered requests expire, finished windows complete.

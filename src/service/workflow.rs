@@ -94,6 +94,13 @@ impl Lockbox {
             }
             _ => RequestEvent::ApprovalRecorded,
         };
+        if let (RequestStatus::Approved, Some(grant)) = (after.status, &after.extends) {
+            // Checked before the decision is stored, so an extension that no longer fits
+            // stays pending (to be denied, or filed again) rather than approved in vain.
+            let grant = self.load(grant).await?;
+            let protection = self.protection().await?;
+            policy::check_extension_fits(&config, &protection, &grant, &after, now)?;
+        }
         let record = request_event(&after, event, &caller.name, Some(reason));
         let after = self.commit(&before, after, vec![record]).await?;
         let tell = match event {

@@ -94,10 +94,14 @@ pub(crate) async fn page_view(
     signed: &Signed,
     raw: Option<&str>,
 ) -> Result<Response, WebError> {
-    policy::check_audit_read(&signed.user)?;
+    let within = policy::audit_scope(&state.api.lockbox.config(), &signed.user)?;
     let (pairs, page_no) = filters(raw);
     let page_no = page_no.min(MAX_PAGES);
-    let (records, total) = newest(state, query_of(&pairs)?, page_no * PAGE_SIZE).await?;
+    let query = AuditQuery {
+        within,
+        ..query_of(&pairs)?
+    };
+    let (records, total) = newest(state, query, page_no * PAGE_SIZE).await?;
     let pages = total.div_ceil(PAGE_SIZE).clamp(1, MAX_PAGES);
     let shown: Vec<&serde_json::Value> = records
         .iter()
@@ -169,7 +173,7 @@ pub(crate) async fn download(
     signed: Signed,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, WebError> {
-    policy::check_audit_read(&signed.user)?;
+    let within = policy::audit_scope(&state.api.lockbox.config(), &signed.user)?;
     let format = serde_urlencoded::from_str::<Vec<(String, String)>>(raw.as_deref().unwrap_or(""))
         .unwrap_or_default()
         .into_iter()
@@ -177,7 +181,10 @@ pub(crate) async fn download(
         .map(|(_, v)| v)
         .unwrap_or_else(|| "csv".into());
     let (pairs, _) = filters(raw.as_deref());
-    let query = query_of(&pairs)?;
+    let query = AuditQuery {
+        within,
+        ..query_of(&pairs)?
+    };
     let (content_type, name) = match format.as_str() {
         "csv" => ("text/csv; charset=utf-8", "audit.csv"),
         "jsonl" => ("application/jsonl", "audit.jsonl"),

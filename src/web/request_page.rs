@@ -50,15 +50,17 @@ pub(crate) async fn show(
     // A trail that cannot be read (with the sink, the audit database down or stalled)
     // leaves the list out, not the page: deciding, revoking and ending sessions must not
     // depend on reading a copy of the trail.
-    let statements = if policy::check_audit_read(&signed.user).is_ok() {
-        Some(
-            latest_records(&state, &request.id.0)
-                .await
-                .inspect_err(|e| tracing::warn!(error = %e, "request page without its statements")),
-        )
-    } else {
-        None
-    };
+    // An approver of another database reads none of this one's statements.
+    let statements =
+        if policy::may_read_audit_of(&lockbox.config(), &signed.user, &request.database) {
+            Some(
+                latest_records(&state, &request.id.0).await.inspect_err(
+                    |e| tracing::warn!(error = %e, "request page without its statements"),
+                ),
+            )
+        } else {
+            None
+        };
     let config = lockbox.config();
     // With the sink the page lists the fleet's records, but the live list follows this
     // node's trail only: it resumes after this node's newest record.

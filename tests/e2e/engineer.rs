@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use lockbox::client::{ApiClient, ClientError};
 use lockbox::policy::{AccessLevel, NewRequest, RequestStatus};
 
-use crate::harness::Env;
+use crate::harness::{Env, Options};
 
 fn lockbox(env: &Env, user: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lockbox"))
@@ -545,4 +545,76 @@ async fn human_output_fits_100_columns_and_shows_control_characters_escaped() {
     let json = lockbox(&env, "carol", &["--json", "request", "show", &id], &[]);
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
     assert_eq!(json["reason"], spoof);
+}
+
+/// An extension is judged with the time its grant already holds: a rule for long requests
+/// applies to a short grant extended past its threshold, and the maximum access bounds the
+/// whole window, also when extensions filed side by side each fitted alone; one that no
+/// longer fits when it would take effect stays pending (an attack review ran a grant 7 h
+/// past a 2 h rule, and 48 h against a 24 h maximum, this way).
+#[tokio::test(flavor = "multi_thread")]
+async fn extensions_are_judged_with_the_time_their_grant_already_holds() {
+    let env = Env::with(
+        "eng_ext_whole",
+        Options {
+            timings: "max_access = \"4h\"\ndefault_access = \"1h\"",
+            policy: "\n[[rules]]\nname = \"long-needs-lead\"\nmin_duration = \"2h\"\n\
+                     internal_approvals = 1\n",
+            ..Options::default()
+        },
+    )
+    .await;
+    let (id, _) = env.approved_token("eve", "1h").await;
+    let eve = env.client("eve");
+    let carol = env.client("carol");
+
+    // 1 h held + 30 m = 1 h 30 m: no rule. 1 h + 1 h 30 m = 2 h 30 m: the rule, as for a
+    // request of 2 h 30 m. 1 h + 3 h 30 m: past the maximum, refused at once.
+    let short = eve.extend(&id, "30m", "a bit more").await.expect("extend");
+    assert_eq!(short.status, RequestStatus::PendingCustomer, "{short:?}");
+    assert!(short.rules_applied.is_empty(), "{short:?}");
+    let long = eve
+        .extend(&id, "1h30m", "longer fix")
+        .await
+        .expect("extend");
+    assert_eq!(long.status, RequestStatus::PendingInternal, "{long:?}");
+    assert_eq!(long.rules_applied, vec!["long-needs-lead".to_owned()]);
+    let over = eve
+        .extend(&id, "3h30m", "much longer")
+        .await
+        .expect_err("4 h 30 m in all");
+    assert!(over.to_string().contains("4h 30m in all"), "{over}");
+
+    // A third, approved first: the grant holds 2 h 40 m.
+    let first = eve.extend(&id, "1h40m", "step one").await.expect("extend");
+    env.approve_all(&first.id.0).await;
+    let held = |grant: &lockbox::policy::Request| {
+        grant.access_expires_at.expect("ends") - grant.access_starts_at.expect("started")
+    };
+    let grant = eve.show_request(&id).await.expect("show");
+    assert_eq!(held(&grant), chrono::Duration::minutes(160));
+
+    // Now 2 h 40 m + 30 m passes the rule's threshold, which asked nobody for it: filed again.
+    let refiled = carol
+        .approve(&short.id.0, "ok")
+        .await
+        .expect_err("the rule applies now");
+    assert_eq!(refiled.code(), Some("conflict"), "{refiled}");
+    assert!(refiled.to_string().contains("file it again"), "{refiled}");
+    // And 2 h 40 m + 1 h 30 m passes the maximum access, approvals or not.
+    env.client("lena")
+        .approve(&long.id.0, "ok")
+        .await
+        .expect("the support lead approves");
+    let past = carol
+        .approve(&long.id.0, "ok")
+        .await
+        .expect_err("4 h 10 m in all");
+    assert!(past.to_string().contains("maximum access"), "{past}");
+    for pending in [&short.id.0, &long.id.0] {
+        let request = eve.show_request(pending).await.expect("show");
+        assert_eq!(request.status, RequestStatus::PendingCustomer, "{pending}");
+    }
+    let grant = eve.show_request(&id).await.expect("show");
+    assert_eq!(held(&grant), chrono::Duration::minutes(160));
 }

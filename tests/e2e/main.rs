@@ -28,6 +28,7 @@ mod audit_export;
 mod audit_pg_sink;
 mod audit_redaction;
 mod audit_rotation;
+mod audit_scope;
 mod audit_trail;
 mod auth;
 mod backpressure;

@@ -719,3 +719,48 @@ async fn a_request_with_invisible_characters_or_an_endless_reason_is_refused() {
         "the long justification counted"
     );
 }
+
+/// A reload that takes the engineer role away (or the user) refuses new sessions on tokens
+/// issued before it, as it refuses the user's API key; the live session keeps its grant,
+/// and the role given back admits the token again. (An attack review logged in on the
+/// token of an engineer removed from the configuration.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_takes_the_engineer_role_away_refuses_new_sessions() {
+    let env = Env::start("wf_reload_engineer").await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let (live, _conn) = env.connect("eve", &token).await.expect("login");
+    let original = std::fs::read_to_string(&env.config_path).expect("config");
+    let eve_block = original
+        .split("[[users]]")
+        .find(|block| block.contains("name = \"eve\""))
+        .expect("eve's block")
+        .to_owned();
+    let roles = eve_block
+        .lines()
+        .find(|l| l.starts_with("roles = "))
+        .expect("eve's roles");
+    for changed in [
+        original.replace(
+            &eve_block,
+            &eve_block.replace(roles, "roles = [\"approver\"]"),
+        ),
+        original.replace(&format!("[[users]]{eve_block}"), ""),
+    ] {
+        assert_ne!(changed, original);
+        std::fs::write(&env.config_path, &changed).expect("write");
+        env.client("alice").reload().await.expect("reload");
+        let refused = env
+            .connect("eve", &token)
+            .await
+            .expect_err("no longer an engineer");
+        let (code, message) = db_error(&refused);
+        assert_eq!(code, "28P01", "{message}");
+        assert!(message.contains("no longer an engineer"), "{message}");
+        live.simple_query("SELECT 'kept'")
+            .await
+            .expect("the live session goes on");
+    }
+    std::fs::write(&env.config_path, &original).expect("write");
+    env.client("alice").reload().await.expect("reload");
+    env.connect("eve", &token).await.expect("an engineer again");
+}
