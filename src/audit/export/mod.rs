@@ -146,12 +146,19 @@ pub fn export(
         path: request.to.display().to_string(),
         message,
     };
-    std::fs::create_dir_all(&request.to).map_err(|e| target_error(e.to_string()))?;
+    // Owner-only where lockbox makes the folder (an existing one is left as it is).
+    crate::private_files::create_dir_all(&request.to).map_err(|e| target_error(e.to_string()))?;
     // Dropped (and removed) on every early return: a failed run leaves no trace.
     let staging = tempfile::Builder::new()
         .prefix(".lockbox-export-")
         .tempdir_in(&request.to)
         .map_err(|e| target_error(e.to_string()))?;
+    // A temporary folder takes the umask's mode; the run folder it becomes is owner-only.
+    std::fs::set_permissions(
+        staging.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .map_err(|e| target_error(e.to_string()))?;
     let mut run = Run::new(request, staging.path());
     scan_checked(active, request, signer, |seq, line, value| {
         if cancel.load(Ordering::Relaxed) {
@@ -389,7 +396,7 @@ impl<'a> Run<'a> {
             key.1.as_deref().map_or("_none".into(), escape)
         );
         let path = format!("{dir}/part-{seq:012}.{}", self.request.format.as_str());
-        std::fs::create_dir_all(self.staging.join(&dir))
+        crate::private_files::create_dir_all(&self.staging.join(&dir))
             .map_err(|e| self.write_error(&dir, e.to_string()))?;
         let writer = PartWriter::create(&self.staging.join(&path), self.request.format)
             .map_err(|e| self.write_error(&path, e))?;
@@ -524,9 +531,13 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), ExportError> {
         message: e.to_string(),
     })?;
     text.push(b'\n');
-    std::fs::write(&path, text).map_err(error)?;
-    std::fs::File::open(&path)
-        .and_then(|f| f.sync_all())
+    let mut file = crate::private_files::open_options()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(error)?;
+    std::io::Write::write_all(&mut file, &text)
+        .and_then(|()| file.sync_all())
         .map_err(error)?;
     Ok(())
 }

@@ -57,7 +57,8 @@ pub enum PartWriter {
 
 impl PartWriter {
     pub fn create(path: &Path, format: ExportFormat) -> Result<PartWriter, String> {
-        let file = File::options()
+        // Owner-only, as the trail it copies: every statement and its parameters.
+        let file = crate::private_files::open_options()
             .write(true)
             .create_new(true)
             .open(path)

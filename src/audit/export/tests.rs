@@ -497,3 +497,34 @@ async fn verify_export_refuses_fifos_and_does_not_follow_links_around_a_run() {
         "{found:#?}"
     );
 }
+
+/// Every folder and file of an export is its owner's only, as the trail's are: it holds
+/// every statement with its parameters (an attack review found parts and manifests 0644 in
+/// folders 0755 under the usual umask).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    fn modes(path: &Path, out: &mut Vec<(PathBuf, u32)>) {
+        let metadata = std::fs::metadata(path).expect("metadata");
+        out.push((path.to_owned(), metadata.permissions().mode() & 0o777));
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(path).expect("read_dir") {
+                modes(&entry.expect("entry").path(), out);
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pem = crate::keys::generate_signing_key_pem().expect("key");
+    let active = trail(dir.path(), &pem).await;
+    let to = dir.path().join("exports").join("nightly");
+    for format in [ExportFormat::Jsonl, ExportFormat::Parquet] {
+        run(&active, &request(&to, format), &pem);
+    }
+    let mut found = Vec::new();
+    modes(&dir.path().join("exports"), &mut found);
+    assert!(found.len() > 6, "{found:?}");
+    for (path, mode) in found {
+        let expected = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode, expected, "{}: {mode:o}", path.display());
+    }
+}
