@@ -72,6 +72,7 @@ pub(crate) async fn follow(
         lockbox,
         registry,
         node: pg.node.clone(),
+        pg: pg.clone(),
         relayed_ends: HashMap::new(),
     };
     let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
@@ -136,6 +137,7 @@ struct Follower {
     lockbox: Arc<Lockbox>,
     registry: Arc<Registry>,
     node: String,
+    pg: Arc<PgStore>,
     /// The window end last passed to each live grant's sessions, so a reconcile tells
     /// sessions only about an end that moved.
     relayed_ends: HashMap<RequestId, DateTime<Utc>>,
@@ -164,8 +166,24 @@ impl Follower {
         }
     }
 
-    /// Re-reads the grant of every live session.
+    /// Carries out the kills ordered for this node's sessions (an order whose announcement
+    /// was missed, or one already carried out when it came: ending a session twice keeps
+    /// its first reason), then re-reads the grant of every live session.
     async fn reconcile(&mut self) {
+        match self.pg.take_kill_orders().await {
+            Ok(orders) => {
+                for order in orders {
+                    let session = SessionId(order.session);
+                    if self
+                        .registry
+                        .kill(&session, &order.reason, order.by_its_engineer)
+                    {
+                        tracing::info!(session_id = %session.0, "session killed on another node's order");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the kills ordered for this node"),
+        }
         let live = self.registry.live_requests();
         self.relayed_ends.retain(|id, _| live.contains(id));
         for id in live {

@@ -104,14 +104,18 @@ impl Lockbox {
         // draws on the passes as such ends do (see `relay::last_words::is_provoked`).
         let by_its_engineer = info.engineer == caller.name;
         if remote {
-            let kill = crate::store::Change::Kill {
+            // Kept in the store, not only announced: a node whose listener is reconnecting
+            // would miss the announcement, and its session run on while the trail says it
+            // was ended (an attack review's finding). Its reconcile finds the order.
+            let Some(pg) = self.store.postgres_backend() else {
+                return Err(KillError::NotLive(session.0.clone()));
+            };
+            let order = crate::store::pg::nodes::KillOrder {
                 session: session.0.clone(),
-                node: info.node.clone(),
                 reason,
                 by_its_engineer,
             };
-            self.store
-                .publish(&kill)
+            pg.order_kill(&info.node, &order)
                 .await
                 .map_err(ServiceError::from)?;
             tracing::info!(session_id = %session.0, node = %info.node, actor = %caller.name, "session kill relayed");

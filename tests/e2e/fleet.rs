@@ -455,6 +455,77 @@ async fn the_cluster_lists_its_nodes_and_a_kill_on_one_node_ends_a_session_on_an
     }
 }
 
+/// A kill ordered while the session's node is not listening (its listener cut, as by a
+/// restarted state database) still ends the session: the order is kept in the store and
+/// the node's reconcile carries it out (an attack review's session ran on for as long as it
+/// watched, while the trail said it was killed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_announced_while_the_sessions_node_was_not_listening_is_carried_out() {
+    let (env, nodes) = start_fleet("fleet_kill_unheard", "").await;
+    let three = &nodes[1];
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let (client, connection) = connect_via(&env, three.proxy_addr.port(), &token)
+        .await
+        .expect("connect through node 3");
+    client.simple_query("SELECT 1").await.expect("query");
+    let session = client_of(&env, three, "carol")
+        .list_sessions()
+        .await
+        .expect("sessions")
+        .pop()
+        .expect("the session on node 3")
+        .session_id;
+    // Node 1 learns of node 3's session from its heartbeat.
+    let mut heard = false;
+    for _ in 0..100 {
+        let nodes = client_of(&env, node_one(&env), "carol")
+            .cluster()
+            .await
+            .expect("cluster");
+        if nodes
+            .iter()
+            .any(|n| n.id == "node-3" && n.live_sessions == 1)
+        {
+            heard = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(heard, "node 3's session never reached the cluster list");
+
+    // Every node's listener cut; each waits before it listens again.
+    let state_db = "s_fleet_kill_unheard";
+    let listeners = format!(
+        "FROM pg_stat_activity WHERE datname = '{state_db}' AND query LIKE 'LISTEN%' \
+         AND state = 'idle'"
+    );
+    crate::harness::cluster()
+        .psql(
+            "postgres",
+            &format!("SELECT pg_terminate_backend(pid) {listeners}"),
+        )
+        .expect("cut the listeners");
+    for _ in 0..100 {
+        let left = crate::harness::cluster()
+            .psql("postgres", &format!("SELECT count(*) {listeners}"))
+            .expect("count listeners");
+        if left.trim() == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    client_of(&env, node_one(&env), "carol")
+        .kill_session(&session, "unheard")
+        .await
+        .expect("kill through node 1");
+    let (code, message) = wait_until_dropped(&client, connection).await;
+    assert_eq!(code, "57P01", "{message}");
+    assert!(message.contains("unheard"), "{message}");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_killed_with_sigkill_leaves_the_others_serving_and_its_work_to_them() {
     let (env, nodes) = start_fleet("fleet_sigkill", "").await;

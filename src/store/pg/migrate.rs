@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_nodes.sql"),
     include_str!("../migrations/0003_export_claims.sql"),
     include_str!("../migrations/0004_web_sessions.sql"),
+    include_str!("../migrations/0005_session_kills.sql"),
 ];
 
 /// The advisory lock key of schema changes (`lockbox` in ASCII).

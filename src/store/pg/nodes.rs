@@ -74,3 +74,62 @@ impl PgStore {
             .collect()
     }
 }
+
+/// A kill ordered for a session of this node (`lockbox_session_kills`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct KillOrder {
+    pub session: String,
+    pub reason: String,
+    pub by_its_engineer: bool,
+}
+
+impl PgStore {
+    /// Orders the kill of `session` on `node`: kept in the table, then announced. The
+    /// announcement only hurries it: the node's reconcile finds the order if it was missed.
+    pub(crate) async fn order_kill(&self, node: &str, order: &KillOrder) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        conn.execute(
+            "INSERT INTO lockbox_session_kills (session_id, node, reason, by_its_engineer, ordered_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (session_id) DO NOTHING",
+            &[
+                &order.session,
+                &node,
+                &order.reason,
+                &order.by_its_engineer,
+                &Utc::now().timestamp_millis(),
+            ],
+        )
+        .await?;
+        drop(conn);
+        self.publish(&super::Change::Kill {
+            session: order.session.clone(),
+            node: node.to_owned(),
+            reason: order.reason.clone(),
+            by_its_engineer: order.by_its_engineer,
+        })
+        .await
+    }
+
+    /// The kills ordered for this node's sessions, taken off the table: the caller carries
+    /// them out (a session already gone needs nothing more).
+    pub(crate) async fn take_kill_orders(&self) -> Result<Vec<KillOrder>, StoreError> {
+        let conn = self.pool.get().await?;
+        let rows = conn
+            .query(
+                "DELETE FROM lockbox_session_kills WHERE node = $1
+                 RETURNING session_id, reason, by_its_engineer",
+                &[&self.node],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(KillOrder {
+                    session: r.try_get(0)?,
+                    reason: r.try_get(1)?,
+                    by_its_engineer: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+}
