@@ -112,9 +112,16 @@ impl PgStore {
     }
 
     /// The kills ordered for this node's sessions, taken off the table: the caller carries
-    /// them out (a session already gone needs nothing more).
+    /// them out (a session already gone needs nothing more). Orders a day old for a node
+    /// that never came back go too (their sessions ended with it).
     pub(crate) async fn take_kill_orders(&self) -> Result<Vec<KillOrder>, StoreError> {
         let conn = self.pool.get().await?;
+        let stale = (Utc::now() - chrono::Duration::days(1)).timestamp_millis();
+        conn.execute(
+            "DELETE FROM lockbox_session_kills WHERE ordered_at < $1",
+            &[&stale],
+        )
+        .await?;
         let rows = conn
             .query(
                 "DELETE FROM lockbox_session_kills WHERE node = $1
