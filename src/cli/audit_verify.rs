@@ -147,6 +147,14 @@ async fn witnesses_of(config: &Config) -> Vec<(String, Kept)> {
     let mut out = Vec::new();
     match stored_witness(config).await {
         Ok(Some(w)) => out.push(("the state store".to_owned(), w)),
+        // Witnesses are kept per node id and trail path: a trail verified elsewhere than
+        // where it was written (another host's default node id, moved files) has none, and
+        // a cut after its last checkpoint would pass unseen; say so rather than stay silent.
+        Ok(None) if trail_has_records(&config.audit_path) => eprintln!(
+            "warning: the state store holds no witnessed checkpoint of this trail (node id `{}`, {}): a trail cut after a checkpoint may go unnoticed (verify with the configuration of the node that wrote it)",
+            config.node_id,
+            config.audit_path.display()
+        ),
         Ok(None) => {}
         Err(e) => eprintln!(
             "warning: cannot read the witnessed checkpoint from the state store {} ({e}); a trail cut after a checkpoint may go unnoticed",
@@ -177,6 +185,16 @@ async fn witnesses_of(config: &Config) -> Vec<(String, Kept)> {
         }
     }
     out
+}
+
+/// Whether the trail whose active file is `active` holds any byte (a trail never written
+/// has nothing to witness).
+fn trail_has_records(active: &std::path::Path) -> bool {
+    crate::audit::segments::segments(active).is_ok_and(|files| {
+        files
+            .iter()
+            .any(|f| std::fs::metadata(&f.path).is_ok_and(|m| m.len() > 0))
+    })
 }
 
 async fn stored_witness(config: &Config) -> Result<Option<Kept>> {

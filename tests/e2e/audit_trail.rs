@@ -568,3 +568,35 @@ async fn audit_list_jsonl_escapes_what_a_terminal_obeys_and_keeps_the_value() {
         assert_eq!(reason_back.as_str(), Some(reason), "{args:?}: {shown}");
     }
 }
+
+/// A trail verified where the state store holds no witness of it (moved to another folder,
+/// as on another host or under another node id) is checked all the same, but `verify` says
+/// that a cut after a checkpoint would go unnoticed, where it said nothing before.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_says_when_no_witness_of_the_trail_is_kept() {
+    let mut env = Env::start("trail_unwitnessed").await;
+    let (_, token) = env.approved_token_for("eve", "1h", AccessLevel::Read).await;
+    statement(&env, &token).await;
+    env.stop().await;
+    let (_, stderr) = text(&lockbox(&env, "dave", &["audit", "verify"]));
+    assert!(!stderr.contains("no witnessed checkpoint"), "{stderr}");
+
+    let moved = env.audit_path.parent().expect("folder").join("moved");
+    std::fs::create_dir_all(&moved).expect("folder");
+    std::fs::copy(&env.audit_path, moved.join("audit.jsonl")).expect("copy");
+    let config = std::fs::read_to_string(&env.config_path).expect("config");
+    let changed = config.replace(
+        "path = \"audit/audit.jsonl\"",
+        "path = \"audit/moved/audit.jsonl\"",
+    );
+    assert_ne!(changed, config);
+    std::fs::write(&env.config_path, changed).expect("config");
+    let out = lockbox(&env, "dave", &["audit", "verify"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("holds no witnessed checkpoint of this trail") && stderr.contains("moved"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("witnessed by the state store"), "{stdout}");
+}
