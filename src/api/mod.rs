@@ -27,6 +27,7 @@ use crate::service::{Lockbox, ServiceError};
 mod cluster;
 mod exports;
 mod ops;
+mod rejections;
 pub(crate) use ops::pending_notifications;
 pub(crate) use ops::CallerSlot;
 pub use ops::Kill;
@@ -68,6 +69,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(ops::routes())
         .merge(crate::web::routes(&state))
         .merge(cluster::routes())
+        .layer(axum::middleware::from_fn(rejections::json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::access_log,
@@ -177,10 +179,13 @@ impl FromRequestParts<ApiState> for Caller {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
+        // The scheme's name is case-insensitive (RFC 9110, 11.1).
         let key = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key)
             .ok_or_else(|| unauthorized("Authorization must be `Bearer <api key>`"))?;
         let user = state
             .lockbox
@@ -452,18 +457,23 @@ async fn token(
     State(state): State<ApiState>,
     Caller(user): Caller,
     Path(id): Path<String>,
-) -> Result<Json<TokenResponse>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let (token, request) = state.lockbox.issue_token(&user, &RequestId(id)).await?;
     let connect = state.lockbox.config().connect.clone();
-    Ok(Json(TokenResponse {
-        token,
-        request_id: request.id.0,
-        database: request.database,
-        user: request.engineer,
-        expires_at: request.access_expires_at,
-        host: connect.host,
-        port: connect.port,
-        sslmode: connect.sslmode,
-        ca_cert: connect.ca_cert,
-    }))
+    // A credential: no cache (a proxy's, the browser's) keeps a copy.
+    let no_store = [(axum::http::header::CACHE_CONTROL, "no-store")];
+    Ok((
+        no_store,
+        Json(TokenResponse {
+            token,
+            request_id: request.id.0,
+            database: request.database,
+            user: request.engineer,
+            expires_at: request.access_expires_at,
+            host: connect.host,
+            port: connect.port,
+            sslmode: connect.sslmode,
+            ca_cert: connect.ca_cert,
+        }),
+    ))
 }

@@ -184,3 +184,108 @@ async fn a_request_body_that_stops_coming_is_cut_off() {
         answer.len()
     );
 }
+
+/// Input axum refuses before a handler runs gets the API's JSON error too, with a stable
+/// `code` (an attack review got plain text for each of these, and a 422 the README did not
+/// list); the scheme of `Authorization` is case-insensitive; a token's answer is not cached.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_error_is_the_apis_json_and_tokens_are_not_cached() {
+    let env = Env::start("harden_errors").await;
+    let base = env.deployment.server_url();
+    let eve = env.deployment.api_keys["eve"].clone();
+    let http = reqwest::Client::new();
+    let requests = format!("{base}/v1/requests");
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "bad JSON",
+            http.post(&requests)
+                .bearer_auth(&eve)
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "invalid",
+        ),
+        (
+            "no content type",
+            http.post(&requests).bearer_auth(&eve).body("{}"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "an unknown access level",
+            http.post(&requests)
+                .bearer_auth(&eve)
+                .json(&serde_json::json!({
+                    "database": env.db, "ticket": "T-1", "reason": "x", "access": "root"
+                })),
+            400,
+            "invalid",
+        ),
+        (
+            "a query that does not parse",
+            http.get(format!("{base}/v1/requests?break_glass=maybe"))
+                .bearer_auth(&eve),
+            400,
+            "invalid",
+        ),
+        (
+            "an unknown route",
+            http.get(format!("{base}/v1/nothing-here"))
+                .bearer_auth(&eve),
+            404,
+            "not_found",
+        ),
+        (
+            "a method the route has not",
+            http.delete(&requests).bearer_auth(&eve),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (what, request, status, code) in cases {
+        let response = request.send().await.expect(what);
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            content_type.starts_with("application/json"),
+            "{what}: {content_type}"
+        );
+        let body: serde_json::Value = response.json().await.expect(what);
+        assert_eq!(body["error"]["code"], code, "{what}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {body}"
+        );
+    }
+
+    let whoami = http
+        .get(format!("{base}/v1/whoami"))
+        .header("authorization", format!("bearer {eve}"))
+        .send()
+        .await
+        .expect("whoami");
+    assert_eq!(whoami.status(), 200, "a lower-case scheme");
+
+    let (id, _) = env.approved_token("eve", "1h").await;
+    let token = http
+        .post(format!("{base}/v1/requests/{id}/token"))
+        .bearer_auth(&eve)
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(token.status(), 200);
+    assert_eq!(
+        token
+            .headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-store")
+    );
+}
