@@ -52,14 +52,41 @@ pub async fn notifications(
     Caller(user): Caller,
     axum::extract::Query(query): axum::extract::Query<NotificationQuery>,
 ) -> Result<Json<Vec<crate::notify::Delivery>>, ApiError> {
-    policy::check_audit_read(&user).map_err(ServiceError::from)?;
-    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
     let config = state.lockbox.config();
-    let list = state
+    let within = policy::audit_scope(&config, &user).map_err(ServiceError::from)?;
+    let limit = query.limit.unwrap_or(50).clamp(1, 1000);
+    let mut list = state
         .lockbox
         .notifier
         .recent(query.request, limit, &config.notifications.webhooks)
         .await
         .map_err(ServiceError::from)?;
+    // An approver sees the deliveries about the requests of the databases they approve,
+    // as they read those databases' trail only (who was told what, and where to).
+    if let Some(databases) = within {
+        let mut kept = Vec::with_capacity(list.len());
+        let mut known: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        for delivery in list {
+            let visible = match known.get(&delivery.request_id) {
+                Some(v) => *v,
+                None => {
+                    let id = crate::ids::RequestId(delivery.request_id.clone());
+                    let v = state
+                        .lockbox
+                        .store
+                        .get(&id)
+                        .await
+                        .map_err(ServiceError::from)?
+                        .is_some_and(|r| databases.contains(&r.database));
+                    known.insert(delivery.request_id.clone(), v);
+                    v
+                }
+            };
+            if visible {
+                kept.push(delivery);
+            }
+        }
+        list = kept;
+    }
     Ok(Json(list))
 }

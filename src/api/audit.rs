@@ -79,7 +79,7 @@ pub async fn stream(
         within,
         ..audit_query(raw)?
     };
-    Ok(live(state, resume_point(&headers, query)))
+    Ok(live(state, &user.name, resume_point(&headers, query)))
 }
 
 /// The live stream of one request's records.
@@ -108,7 +108,7 @@ pub(crate) fn request_live(
         within,
         ..audit_query(raw)?
     };
-    Ok(live(state, resume_point(headers, query)))
+    Ok(live(state, &user.name, resume_point(headers, query)))
 }
 
 /// The filters of a query string; a time, kind or outcome no record can match is a 400
@@ -134,16 +134,25 @@ fn resume_point(headers: &HeaderMap, mut query: AuditQuery) -> AuditQuery {
     query
 }
 
-fn live(state: ApiState, query: AuditQuery) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+fn live(
+    state: ApiState,
+    caller: &str,
+    query: AuditQuery,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (tx, rx) = futures::channel::mpsc::channel::<Event>(256);
-    tokio::spawn(follow(state, query, tx));
+    tokio::spawn(follow(state, caller.to_owned(), query, tx));
     Sse::new(rx.map(Ok)).keep_alive(KeepAlive::default())
 }
 
 /// Sends matching records as they are written, until the client goes away or the server
 /// stops. Reading happens on the blocking pool; waiting costs nothing until the writer
 /// announces new records.
-async fn follow(state: ApiState, query: AuditQuery, mut tx: futures::channel::mpsc::Sender<Event>) {
+async fn follow(
+    state: ApiState,
+    caller: String,
+    mut query: AuditQuery,
+    mut tx: futures::channel::mpsc::Sender<Event>,
+) {
     let mut written = state.lockbox.audit.subscribe();
     let mut shutdown = state.shutdown.clone();
     let mut tail = Tail::new(state.lockbox.audit.path(), query.after_seq);
@@ -160,6 +169,19 @@ async fn follow(state: ApiState, query: AuditQuery, mut tx: futures::channel::mp
         tail = returned;
         match records {
             Ok(records) => {
+                // What the caller may read is taken again for every batch: a reload that
+                // narrows it (an approver no longer of a database) or takes it away (the
+                // role, the user) reaches a stream opened before.
+                let config = state.lockbox.config();
+                let scope = config
+                    .users
+                    .iter()
+                    .find(|u| u.name == caller)
+                    .map(|user| policy::audit_scope(&config, user));
+                match scope {
+                    Some(Ok(within)) => query.within = within,
+                    _ => return,
+                }
                 for record in records.iter().filter(|r| query.matches(r)) {
                     let id = record.get("seq").and_then(|s| s.as_u64()).unwrap_or(0);
                     let event = Event::default().id(id.to_string()).data(record.to_string());

@@ -188,8 +188,8 @@ pub fn check_extension_fits(
     let engineer = config
         .users
         .iter()
-        .find(|u| u.name == extension.engineer)
-        .ok_or_else(|| forbidden(format!("{} is no longer a user", extension.engineer)))?;
+        .find(|u| u.name == extension.engineer && u.has(Role::Engineer))
+        .ok_or_else(|| forbidden(format!("{} is no longer an engineer", extension.engineer)))?;
     let ask = Ask {
         database: &extension.database,
         access: extension.access,
@@ -203,7 +203,8 @@ pub fn check_extension_fits(
     )
     .map_err(|d| forbidden(format!("denied by rule `{}`: {}", d.rule, d.reason)))?;
     let more_approvals = plan.internal_approvals > extension.internal_required
-        || plan.customer_approvals > extension.customer_required;
+        || plan.customer_approvals > extension.customer_required
+        || (plan.internal_approvals > 0 && plan.internal_role != extension.internal_role);
     if more_approvals || plan.duration < ask.duration {
         return Err(PolicyError::Conflict(format!(
             "with the time its grant holds now ({}), the rules ({}) judge this extension \

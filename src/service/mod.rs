@@ -46,6 +46,9 @@ pub enum ServiceError {
     RecordLagging(AuditError),
 }
 
+/// Longest a login waits for its request to be read from the state store.
+const ADMISSION_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a session could not be admitted.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
@@ -381,7 +384,17 @@ impl Lockbox {
         if !config.databases.contains_key(database) {
             return Err(Refusal::UnknownDatabase(database.to_owned()).into());
         }
-        let request = self.store.get(&RequestId(claims.rid.clone())).await?;
+        // A store that is frozen or waits on a lock answers nothing and errs nothing: the
+        // login is refused as for a store that is down, not left to its login timeout.
+        let id = RequestId(claims.rid.clone());
+        let request = tokio::time::timeout(ADMISSION_READ_TIMEOUT, self.store.get(&id))
+            .await
+            .map_err(|_| {
+                StoreError::Unreachable(format!(
+                    "no answer within {} s",
+                    ADMISSION_READ_TIMEOUT.as_secs()
+                ))
+            })??;
         Ok(policy::admit(
             claims,
             user,

@@ -94,13 +94,19 @@ impl Lockbox {
             }
             _ => RequestEvent::ApprovalRecorded,
         };
-        if let (RequestStatus::Approved, Some(grant)) = (after.status, &after.extends) {
-            // Checked before the decision is stored, so an extension that no longer fits
-            // stays pending (to be denied, or filed again) rather than approved in vain.
-            let grant = self.load(grant).await?;
-            let protection = self.protection().await?;
-            policy::check_extension_fits(&config, &protection, &grant, &after, now)?;
-        }
+        // Checked before the decision is stored, so an extension that no longer fits stays
+        // pending (to be denied, or filed again) rather than approved in vain; under the
+        // grant's lock, held until the extension is applied, so two extensions approved at
+        // once are checked one after the other (an extension locks itself, then its grant).
+        let grant = match (after.status, &after.extends) {
+            (RequestStatus::Approved, Some(grant)) => {
+                let (grant, guard) = self.load_locked(grant).await?;
+                let protection = self.protection().await?;
+                policy::check_extension_fits(&config, &protection, &grant, &after, now)?;
+                Some((grant, guard))
+            }
+            _ => None,
+        };
         let record = request_event(&after, event, &caller.name, Some(reason));
         let after = self.commit(&before, after, vec![record]).await?;
         let tell = match event {
@@ -112,10 +118,10 @@ impl Lockbox {
         if let Some(tell) = tell {
             self.notifier.notify(&config, &after, tell).await;
         }
-        if after.status == RequestStatus::Approved {
+        if let Some(grant) = grant {
             if let Some(original) = &after.extends {
                 // Not a conflict of this decision (which is stored): never retried as one.
-                self.apply_extension(&after, original, &caller.name)
+                self.apply_extension(&after, original, grant, &caller.name)
                     .await
                     .map_err(|e| {
                         PolicyError::Conflict(format!(
@@ -272,14 +278,16 @@ impl Lockbox {
         self.create_linked(caller, new, Some(&original)).await
     }
 
-    /// An approved extension moves the original grant's end, and its sessions' deadlines.
+    /// An approved extension moves the original grant's end, and its sessions' deadlines:
+    /// `grant` is the grant as read under its lock (held) when the extension was checked.
     async fn apply_extension(
         &self,
         extension: &Request,
         original: &RequestId,
+        grant: (Request, super::locks::RequestGuard),
         actor: &str,
     ) -> Result<(), ServiceError> {
-        let (before, _guard) = self.load_locked(original).await?;
+        let (before, _guard) = grant;
         let now = Utc::now();
         let Some(end) = before.access_expires_at.filter(|_| {
             matches!(

@@ -36,6 +36,8 @@ async fn an_approver_reads_only_the_trail_of_the_databases_they_approve() {
         Options {
             // Only cleo approves for the test's database; carol approves others.
             upstream_tls: "approvers = [\"cleo\"]",
+            // Deliveries to a receiver that is not there: kept, failing, listed.
+            policy: "\n[notifications]\n[[notifications.webhooks]]\nurl = \"http://127.0.0.1:9/hook\"\n",
             ..Options::default()
         },
     )
@@ -84,6 +86,31 @@ async fn an_approver_reads_only_the_trail_of_the_databases_they_approve() {
         );
     }
 
+    // Deliveries: who was told what about this database's requests is its approvers'.
+    let deliveries = |user: &'static str| {
+        let (env, id) = (&env, id.clone());
+        async move {
+            let list: Vec<Value> = reqwest::Client::new()
+                .get(format!("{}/v1/notifications", env.deployment.server_url()))
+                .bearer_auth(&env.deployment.api_keys[user])
+                .send()
+                .await
+                .expect("notifications")
+                .json()
+                .await
+                .expect("deliveries");
+            list.iter()
+                .filter(|d| d["request_id"] == id.as_str())
+                .count()
+        }
+    };
+    assert!(
+        deliveries("cleo").await > 0,
+        "the approval request was sent"
+    );
+    assert!(deliveries("dave").await > 0);
+    assert_eq!(deliveries("carol").await, 0);
+
     // The admin center: the trail's page, its download and the request's page.
     let base = env.deployment.server_url();
     let carol = http::sign_in(&base, &env.deployment.api_keys["carol"]).await;
@@ -104,4 +131,40 @@ async fn an_approver_reads_only_the_trail_of_the_databases_they_approve() {
         let shown = response.text().await.expect("page");
         assert!(!shown.contains(marker), "carol's {path}: {shown}");
     }
+
+    // A stream opened before a reload that takes the right to read the trail away ends at
+    // its next record, without sending it.
+    let stream = reqwest::Client::new()
+        .get(format!("{}/v1/audit/stream", env.deployment.server_url()))
+        .bearer_auth(&env.deployment.api_keys["carol"])
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    let original = std::fs::read_to_string(&env.config_path).expect("config");
+    let carol = original
+        .split("[[users]]")
+        .find(|block| block.contains("name = \"carol\""))
+        .expect("carol's block")
+        .to_owned();
+    let roles = carol
+        .lines()
+        .find(|l| l.starts_with("roles = "))
+        .expect("roles");
+    let demoted = original.replace(&carol, &carol.replace(roles, "roles = [\"engineer\"]"));
+    std::fs::write(&env.config_path, demoted).expect("write");
+    env.client("alice").reload().await.expect("reload");
+    let later = "scope-marker-after-reload";
+    {
+        let (client, _conn) = env.connect("eve", &token).await.expect("login");
+        client
+            .simple_query(&format!("SELECT '{later}'"))
+            .await
+            .expect("query");
+    }
+    let body = tokio::time::timeout(std::time::Duration::from_secs(60), stream.text())
+        .await
+        .expect("the stream ends")
+        .expect("body");
+    assert!(!body.contains(later), "{body}");
 }

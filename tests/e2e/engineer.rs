@@ -618,3 +618,34 @@ async fn extensions_are_judged_with_the_time_their_grant_already_holds() {
     let grant = eve.show_request(&id).await.expect("show");
     assert_eq!(held(&grant), chrono::Duration::minutes(160));
 }
+
+/// Two extensions that each fit alone, approved at the same moment by two approvers: the
+/// grant's lock puts one check after the other, so one is refused and the grant stays
+/// within the maximum access (an attack review got a 24 h maximum to 47 h this way).
+#[tokio::test(flavor = "multi_thread")]
+async fn extensions_approved_at_once_stay_within_the_maximum_access() {
+    let env = Env::with(
+        "eng_ext_race",
+        Options {
+            timings: "max_access = \"4h\"\ndefault_access = \"1h\"",
+            ..Options::default()
+        },
+    )
+    .await;
+    let eve = env.client("eve");
+    for round in 0..3 {
+        let (id, _) = env.approved_token("eve", "1h").await;
+        let a = eve.extend(&id, "2h50m", "a").await.expect("extend").id.0;
+        let b = eve.extend(&id, "2h50m", "b").await.expect("extend").id.0;
+        let (carol, cleo) = (env.client("carol"), env.client("cleo"));
+        let (first, second) = tokio::join!(carol.approve(&a, "ok"), cleo.approve(&b, "ok"));
+        assert!(
+            first.is_ok() != second.is_ok(),
+            "round {round}: exactly one fits: {first:?} {second:?}"
+        );
+        let grant = eve.show_request(&id).await.expect("show");
+        let held =
+            grant.access_expires_at.expect("ends") - grant.access_starts_at.expect("started");
+        assert_eq!(held, chrono::Duration::minutes(230), "round {round}");
+    }
+}

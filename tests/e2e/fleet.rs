@@ -380,6 +380,63 @@ async fn with_the_state_store_down_new_sessions_and_decisions_are_refused_and_li
     assert_eq!(code, "57P01");
 }
 
+/// A state store that answers nothing (here its requests table locked by another
+/// transaction; a frozen server is alike) refuses logins and decisions as a store that is
+/// down does, instead of holding them until the login's own timeout or for ever (an attack
+/// review waited 30 s for a generic "login timed out", and 45 s for a revoke).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_store_that_does_not_answer_is_one_that_is_down() {
+    let env = Env::with(
+        "fleet_store_locked",
+        Options {
+            state_postgres: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let pending = env.pending_request("eve", "1h").await;
+    let (locker, connection) = tokio_postgres::connect(
+        &crate::harness::cluster().url("s_fleet_store_locked"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the state store");
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE lockbox_requests IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock the requests");
+
+    let Err(refused) = env.connect("eve", &token).await else {
+        panic!("a session was let in while its request could not be read");
+    };
+    let (code, message) = db_error(&refused);
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("state store"), "{message}");
+    // Bounded, so that a store waited on for ever fails here rather than hangs the run.
+    let decision = tokio::time::timeout(
+        Duration::from_secs(60),
+        env.client("carol").approve(&pending, "ok"),
+    )
+    .await
+    .expect("an answer, not a wait for the lock")
+    .expect_err("no decision while the request cannot be read");
+    assert_eq!(
+        decision.code(),
+        Some("state_store_unavailable"),
+        "{decision}"
+    );
+
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+    let (client, _conn) = env.connect("eve", &token).await.expect("logins resume");
+    client.simple_query("SELECT 1").await.expect("query");
+    env.client("carol")
+        .approve(&pending, "ok")
+        .await
+        .expect("decisions resume");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cluster_lists_its_nodes_and_a_kill_on_one_node_ends_a_session_on_another() {
     let (env, nodes) = start_fleet("fleet_kill", "").await;

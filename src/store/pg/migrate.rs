@@ -26,6 +26,10 @@ pub(crate) fn known_version() -> i32 {
 /// Brings the schema to `known_version`; refuses a newer one.
 pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
+    // Another node's migration may hold the lock, and a migration may take its time: not
+    // bounded like the store's other statements (see `pool`).
+    tx.batch_execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await?;
     tx.batch_execute(

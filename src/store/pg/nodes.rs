@@ -102,13 +102,20 @@ impl PgStore {
         )
         .await?;
         drop(conn);
-        self.publish(&super::Change::Kill {
-            session: order.session.clone(),
-            node: node.to_owned(),
-            reason: order.reason.clone(),
-            by_its_engineer: order.by_its_engineer,
-        })
-        .await
+        // The order stands once stored: an announcement that fails (a reason past NOTIFY's
+        // 8000 bytes, a dropped connection) only leaves it to the reconcile.
+        let announced = self
+            .publish(&super::Change::Kill {
+                session: order.session.clone(),
+                node: node.to_owned(),
+                reason: order.reason.clone(),
+                by_its_engineer: order.by_its_engineer,
+            })
+            .await;
+        if let Err(e) = announced {
+            tracing::warn!(session_id = %order.session, error = %e, "kill stored but not announced; the node's reconcile carries it out");
+        }
+        Ok(())
     }
 
     /// The kills ordered for this node's sessions, taken off the table: the caller carries

@@ -18,6 +18,9 @@ const SIZE: usize = 4;
 /// a login or an API call fails closed quickly instead of hanging on a dead server.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Server-side bounds on each statement of the store's connections.
+const STATEMENT_LIMITS: &str = "-c lock_timeout=3s -c statement_timeout=10s";
+
 pub(crate) struct Pool {
     config: StatePostgres,
     slots: Vec<Mutex<Option<Client>>>,
@@ -81,6 +84,15 @@ async fn connect_here(
 ) -> Result<(Client, tokio::task::JoinHandle<()>), StoreError> {
     let mut pg = config.connect.clone();
     pg.connect_timeout(CONNECT_TIMEOUT);
+    // Every statement of the store is short: one held up behind a lock (a `LOCK TABLE`, a
+    // long transaction on a request's row) ends in an error, and the caller fails closed
+    // (a login refused as for a store that is down, an API call a 503) instead of waiting
+    // without end. The migration lifts both for its own transaction.
+    let given = pg
+        .get_options()
+        .map(|o| format!("{o} "))
+        .unwrap_or_default();
+    pg.options(format!("{given}{STATEMENT_LIMITS}"));
     // A store gone without a word (a cut network) is noticed in seconds, not hours: its
     // connections then fail, and the node fails closed instead of waiting.
     pg.keepalives(true)
