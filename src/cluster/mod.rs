@@ -211,6 +211,16 @@ impl Follower {
                 }
                 self.relayed_ends.remove(id);
             }
+            // Another node's sweep found the window over: its clock may be ahead of this
+            // node's, whose own deadline would keep the sessions on by the difference. The
+            // stored end is final (an ended grant is never extended), so they end now.
+            RequestStatus::Completed => {
+                let n = self.registry.drop_request(id, DropReason::Expired);
+                if n > 0 {
+                    tracing::info!(request_id = %id, sessions = n, "access window recorded as ended by another node; dropping its sessions");
+                }
+                self.relayed_ends.remove(id);
+            }
             _ if request.effective_status(Utc::now()) == RequestStatus::Active => {
                 let Some(end) = request.access_expires_at else {
                     return;

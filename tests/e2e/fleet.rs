@@ -583,6 +583,35 @@ async fn a_kill_announced_while_the_sessions_node_was_not_listening_is_carried_o
     }
 }
 
+/// A window another node's sweep recorded as ended (its clock ahead of this node's) ends
+/// this node's sessions at the next reconcile, not when this node's own clock reaches the
+/// end (here the stored request is changed as such a sweep changes it, an hour early).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_window_another_node_recorded_as_ended_ends_the_sessions_here() {
+    let (env, nodes) = start_fleet("fleet_ended_elsewhere", "").await;
+    let three = &nodes[1];
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, connection) = connect_via(&env, three.proxy_addr.port(), &token)
+        .await
+        .expect("connect through node 3");
+    client.simple_query("SELECT 1").await.expect("query");
+    crate::harness::cluster()
+        .psql(
+            "s_fleet_ended_elsewhere",
+            &format!(
+                "UPDATE lockbox_requests SET status = 'completed', version = version + 1, \
+                 body = jsonb_set(jsonb_set(body::jsonb, '{{status}}', '\"completed\"'), \
+                 '{{version}}', to_jsonb(version + 1))::text WHERE id = '{id}'"
+            ),
+        )
+        .expect("record the window as ended");
+    let (code, message) = wait_until_dropped(&client, connection).await;
+    assert_eq!(code, "57P01", "{message}");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_killed_with_sigkill_leaves_the_others_serving_and_its_work_to_them() {
     let (env, nodes) = start_fleet("fleet_sigkill", "").await;
