@@ -95,6 +95,24 @@ pub(crate) async fn connect_via(
     Ok((client, tokio::spawn(async move { connection.await.err() })))
 }
 
+/// A session of eve's on a grant of an hour, connected through `node` and past its first
+/// statement: (request id, client, its connection).
+async fn session_through(
+    env: &Env,
+    node: &RunningServer,
+) -> (
+    String,
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Option<tokio_postgres::Error>>,
+) {
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, connection) = connect_via(env, node.proxy_addr.port(), &token)
+        .await
+        .expect("connect through the node");
+    client.simple_query("SELECT 1").await.expect("query");
+    (id, client, connection)
+}
+
 /// Waits (bounded, never timed) until the session's next statement fails; returns the
 /// proxy's FATAL (SQLSTATE, message).
 async fn wait_until_dropped(
@@ -441,11 +459,7 @@ async fn a_state_store_that_does_not_answer_is_one_that_is_down() {
 async fn the_cluster_lists_its_nodes_and_a_kill_on_one_node_ends_a_session_on_another() {
     let (env, nodes) = start_fleet("fleet_kill", "").await;
     let three = &nodes[1];
-    let (id, token) = env.approved_token("eve", "1h").await;
-    let (client, connection) = connect_via(&env, three.proxy_addr.port(), &token)
-        .await
-        .expect("connect through node 3");
-    client.simple_query("SELECT 1").await.expect("query");
+    let (id, client, connection) = session_through(&env, three).await;
 
     let on_three = client_of(&env, three, "carol")
         .list_sessions()
@@ -520,11 +534,7 @@ async fn the_cluster_lists_its_nodes_and_a_kill_on_one_node_ends_a_session_on_an
 async fn a_kill_announced_while_the_sessions_node_was_not_listening_is_carried_out() {
     let (env, nodes) = start_fleet("fleet_kill_unheard", "").await;
     let three = &nodes[1];
-    let (_, token) = env.approved_token("eve", "1h").await;
-    let (client, connection) = connect_via(&env, three.proxy_addr.port(), &token)
-        .await
-        .expect("connect through node 3");
-    client.simple_query("SELECT 1").await.expect("query");
+    let (_, client, connection) = session_through(&env, three).await;
     let session = client_of(&env, three, "carol")
         .list_sessions()
         .await
@@ -590,11 +600,7 @@ async fn a_kill_announced_while_the_sessions_node_was_not_listening_is_carried_o
 async fn a_window_another_node_recorded_as_ended_ends_the_sessions_here() {
     let (env, nodes) = start_fleet("fleet_ended_elsewhere", "").await;
     let three = &nodes[1];
-    let (id, token) = env.approved_token("eve", "1h").await;
-    let (client, connection) = connect_via(&env, three.proxy_addr.port(), &token)
-        .await
-        .expect("connect through node 3");
-    client.simple_query("SELECT 1").await.expect("query");
+    let (id, client, connection) = session_through(&env, three).await;
     crate::harness::cluster()
         .psql(
             "s_fleet_ended_elsewhere",
