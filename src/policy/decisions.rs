@@ -109,7 +109,7 @@ pub fn check_new_request(
         requester: caller,
     };
     let mut plan = rules::evaluate(&config.rules, &ask, protection.protects(&new.database))
-        .map_err(|d| forbidden(format!("denied by rule `{}`: {}", d.rule, d.reason)))?;
+        .map_err(denied_by_rule)?;
     if !already.is_zero() {
         // The rules capped the whole window; the extension is what lies past the grant's.
         if plan.duration < already.saturating_add(Duration::from_secs(1)) {
@@ -127,6 +127,14 @@ pub fn check_new_request(
         plan,
         statement_timeout,
     })
+}
+
+/// A rule's denial, as the requester is told it.
+fn denied_by_rule(denial: rules::RuleDenial) -> PolicyError {
+    forbidden(format!(
+        "denied by rule `{}`: {}",
+        denial.rule, denial.reason
+    ))
 }
 
 /// PostgreSQL's largest `statement_timeout`: `INT_MAX` milliseconds.
@@ -201,7 +209,7 @@ pub fn check_extension_fits(
         &ask,
         protection.protects(&extension.database),
     )
-    .map_err(|d| forbidden(format!("denied by rule `{}`: {}", d.rule, d.reason)))?;
+    .map_err(denied_by_rule)?;
     let more_approvals = plan.internal_approvals > extension.internal_required
         || plan.customer_approvals > extension.customer_required
         || (plan.internal_approvals > 0 && plan.internal_role != extension.internal_role);

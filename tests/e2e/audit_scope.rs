@@ -142,16 +142,8 @@ async fn an_approver_reads_only_the_trail_of_the_databases_they_approve() {
         .expect("stream");
     assert_eq!(stream.status(), 200);
     let original = std::fs::read_to_string(&env.config_path).expect("config");
-    let carol = original
-        .split("[[users]]")
-        .find(|block| block.contains("name = \"carol\""))
-        .expect("carol's block")
-        .to_owned();
-    let roles = carol
-        .lines()
-        .find(|l| l.starts_with("roles = "))
-        .expect("roles");
-    let demoted = original.replace(&carol, &carol.replace(roles, "roles = [\"engineer\"]"));
+    let (carol, roles) = crate::harness::user_block(&original, "carol");
+    let demoted = original.replace(carol, &carol.replace(roles, "roles = [\"engineer\"]"));
     std::fs::write(&env.config_path, demoted).expect("write");
     env.client("alice").reload().await.expect("reload");
     let later = "scope-marker-after-reload";

@@ -875,3 +875,17 @@ pub async fn metric(env: &Env, name: &str) -> f64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
+
+/// `user`'s `[[users]]` block in the config `text` (after its `[[users]]` line), and in it the
+/// line of their roles: what a test rewrites to change their roles, or cuts to remove them.
+pub fn user_block<'t>(text: &'t str, user: &str) -> (&'t str, &'t str) {
+    let block = text
+        .split("[[users]]")
+        .find(|block| block.contains(&format!("name = \"{user}\"")))
+        .expect("the user's block");
+    let roles = block
+        .lines()
+        .find(|l| l.starts_with("roles = "))
+        .expect("the user's roles");
+    (block, roles)
+}

@@ -730,18 +730,10 @@ async fn a_reload_that_takes_the_engineer_role_away_refuses_new_sessions() {
     let (_, token) = env.approved_token("eve", "1h").await;
     let (live, _conn) = env.connect("eve", &token).await.expect("login");
     let original = std::fs::read_to_string(&env.config_path).expect("config");
-    let eve_block = original
-        .split("[[users]]")
-        .find(|block| block.contains("name = \"eve\""))
-        .expect("eve's block")
-        .to_owned();
-    let roles = eve_block
-        .lines()
-        .find(|l| l.starts_with("roles = "))
-        .expect("eve's roles");
+    let (eve_block, roles) = crate::harness::user_block(&original, "eve");
     for changed in [
         original.replace(
-            &eve_block,
+            eve_block,
             &eve_block.replace(roles, "roles = [\"approver\"]"),
         ),
         original.replace(&format!("[[users]]{eve_block}"), ""),
