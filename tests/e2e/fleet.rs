@@ -398,6 +398,83 @@ async fn with_the_state_store_down_new_sessions_and_decisions_are_refused_and_li
     assert_eq!(code, "57P01");
 }
 
+/// A frozen state store (SIGSTOP: its connections stay open, its kernel still acknowledges,
+/// nothing answers) refuses decisions, lists and logins as a store that is down does. The
+/// server cannot time its own statements out while frozen, and keepalives see nothing
+/// wrong: an attack review's API calls waited until the store woke.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_state_store_is_one_that_is_down() {
+    let state = PgSandbox::start_with(&[("synchronous_commit", "on")]).expect("state cluster");
+    let mut env = Env::prepare(
+        "fleet_frozen",
+        Options {
+            state_postgres: false,
+            ..Options::default()
+        },
+    );
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    std::fs::write(&env.config_path, postgres_state(&state, "state", &text)).expect("config");
+    let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
+    env.audit_path = config.audit_path.clone();
+    env.server = Some(lockbox::server::start(config).await.expect("starts"));
+    let (_, token) = env.approved_token("eve", "1h").await;
+    let pending = env.pending_request("eve", "1h").await;
+
+    let thawed = Thaw(&state);
+    state.freeze(true).expect("freeze the state store");
+    // Bounded here, so that a store waited on for ever fails the test rather than hangs it.
+    let within = Duration::from_secs(60);
+    let decision = tokio::time::timeout(within, env.client("carol").approve(&pending, "ok"))
+        .await
+        .expect("an answer while the store is frozen, not a wait for it to wake")
+        .expect_err("no decision while the store is frozen");
+    assert_eq!(
+        decision.code(),
+        Some("state_store_unavailable"),
+        "{decision}"
+    );
+    let listed = tokio::time::timeout(within, env.client("carol").list_requests(None))
+        .await
+        .expect("an answer while the store is frozen, not a wait for it to wake")
+        .expect_err("no list while the store is frozen");
+    assert_eq!(listed.code(), Some("state_store_unavailable"), "{listed}");
+    let login = tokio::time::timeout(within, env.connect("eve", &token))
+        .await
+        .expect("an answer while the store is frozen, not a wait for it to wake");
+    let Err(refused) = login else {
+        panic!("a session was let in while the store was frozen");
+    };
+    let (code, message) = db_error(&refused);
+    assert_eq!(code, "08006", "{message}");
+
+    drop(thawed);
+    let mut decided = None;
+    for _ in 0..100 {
+        match env.client("carol").approve(&pending, "ok").await {
+            Ok(request) => {
+                decided = Some(request);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Some("state_store_unavailable"), "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        decided.is_some(),
+        "decisions did not resume once the store woke"
+    );
+}
+
+/// Wakes a frozen cluster when dropped: a failed assertion must not leave it stopped (its
+/// own stop at the end would then wait for ever).
+struct Thaw<'a>(&'a PgSandbox);
+
+impl Drop for Thaw<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.freeze(false);
+    }
+}
+
 /// A state store that answers nothing (here its requests table locked by another
 /// transaction; a frozen server is alike) refuses logins and decisions as a store that is
 /// down does, instead of holding them until the login's own timeout or for ever (an attack

@@ -82,109 +82,127 @@ impl PgStore {
     }
 
     pub(crate) async fn insert(&self, request: &Request) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
-        conn.execute(
-            "INSERT INTO lockbox_requests (id, status, engineer, db, created_at, version, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &request.id.0,
-                &request.status.as_str(),
-                &request.engineer,
-                &request.database,
-                &request.created_at.timestamp_millis(),
-                &version_sql(request.version),
-                &serde_json::to_string(request)?,
-            ],
-        )
-        .await?;
-        Ok(())
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            conn.execute(
+                "INSERT INTO lockbox_requests (id, status, engineer, db, created_at, version, body)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &request.id.0,
+                    &request.status.as_str(),
+                    &request.engineer,
+                    &request.database,
+                    &request.created_at.timestamp_millis(),
+                    &version_sql(request.version),
+                    &serde_json::to_string(request)?,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub(crate) async fn get(&self, id: &RequestId) -> Result<Option<Request>, StoreError> {
-        let conn = self.pool.get().await?;
-        let row = conn
-            .query_opt("SELECT body FROM lockbox_requests WHERE id = $1", &[&id.0])
-            .await?;
-        row.map(|r| Ok(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
-            .transpose()
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let row = conn
+                .query_opt("SELECT body FROM lockbox_requests WHERE id = $1", &[&id.0])
+                .await?;
+            row.map(|r| Ok(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
+                .transpose()
+        })
+        .await
     }
 
     pub(crate) async fn list(&self, filter: RequestFilter) -> Result<Vec<Request>, StoreError> {
-        let conn = self.pool.get().await?;
-        let status = filter.status.map(|s| s.as_str());
-        let rows = conn
-            .query(
-                "SELECT body FROM lockbox_requests
-                 WHERE ($1::text IS NULL OR status = $1)
-                   AND ($2::text IS NULL OR engineer = $2)
-                   AND ($3::text IS NULL OR db = $3)
-                 ORDER BY created_at, id",
-                &[&status, &filter.engineer, &filter.database],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| Ok(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
-            .collect()
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let status = filter.status.map(|s| s.as_str());
+            let rows = conn
+                .query(
+                    "SELECT body FROM lockbox_requests
+                     WHERE ($1::text IS NULL OR status = $1)
+                       AND ($2::text IS NULL OR engineer = $2)
+                       AND ($3::text IS NULL OR db = $3)
+                     ORDER BY created_at, id",
+                    &[&status, &filter.engineer, &filter.database],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| Ok(serde_json::from_str(r.try_get::<_, &str>(0)?)?))
+                .collect()
+        })
+        .await
     }
 
     /// Compare-and-set on the version: the row changes only from `version - 1`. Under
     /// READ COMMITTED a concurrent update of the same row waits, then re-checks the
     /// version against the committed row, so of two updates from one version one wins.
     pub(crate) async fn update(&self, request: &Request) -> Result<bool, StoreError> {
-        let conn = self.pool.get().await?;
-        let change = change_payload(&Change::Request {
-            id: request.id.0.clone(),
-        })?;
-        let previous = version_sql(request.version.saturating_sub(1));
-        let params: [&(dyn ToSql + Sync); 7] = [
-            &request.status.as_str(),
-            &serde_json::to_string(request)?,
-            &version_sql(request.version),
-            &request.id.0,
-            &previous,
-            &change,
-            &CHANNEL,
-        ];
-        let rows = conn
-            .query(
-                "WITH changed AS (
-                     UPDATE lockbox_requests SET status = $1, body = $2, version = $3
-                     WHERE id = $4 AND version = $5 AND $3 = $5 + 1
-                     RETURNING id
-                 )
-                 SELECT pg_notify($7, $6) FROM changed",
-                &params,
-            )
-            .await?;
-        Ok(rows.len() == 1)
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let change = change_payload(&Change::Request {
+                id: request.id.0.clone(),
+            })?;
+            let previous = version_sql(request.version.saturating_sub(1));
+            let params: [&(dyn ToSql + Sync); 7] = [
+                &request.status.as_str(),
+                &serde_json::to_string(request)?,
+                &version_sql(request.version),
+                &request.id.0,
+                &previous,
+                &change,
+                &CHANNEL,
+            ];
+            let rows = conn
+                .query(
+                    "WITH changed AS (
+                         UPDATE lockbox_requests SET status = $1, body = $2, version = $3
+                         WHERE id = $4 AND version = $5 AND $3 = $5 + 1
+                         RETURNING id
+                     )
+                     SELECT pg_notify($7, $6) FROM changed",
+                    &params,
+                )
+                .await?;
+            Ok(rows.len() == 1)
+        })
+        .await
     }
 
     pub(crate) async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let conn = self.pool.get().await?;
-        let row = conn
-            .query_opt("SELECT value FROM lockbox_settings WHERE key = $1", &[&key])
-            .await?;
-        row.map(|r| r.try_get(0))
-            .transpose()
-            .map_err(StoreError::from)
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let row = conn
+                .query_opt("SELECT value FROM lockbox_settings WHERE key = $1", &[&key])
+                .await?;
+            row.map(|r| r.try_get(0))
+                .transpose()
+                .map_err(StoreError::from)
+        })
+        .await
     }
 
     pub(crate) async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
-        let change = change_payload(&Change::Setting {
-            key: key.to_owned(),
-        })?;
-        conn.query(
-            "WITH set AS (
-                 INSERT INTO lockbox_settings (key, value) VALUES ($1, $2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value
-                 RETURNING key
-             )
-             SELECT pg_notify($4, $3) FROM set",
-            &[&key, &value, &change, &CHANNEL],
-        )
-        .await?;
-        Ok(())
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let change = change_payload(&Change::Setting {
+                key: key.to_owned(),
+            })?;
+            conn.query(
+                "WITH set AS (
+                     INSERT INTO lockbox_settings (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value
+                     RETURNING key
+                 )
+                 SELECT pg_notify($4, $3) FROM set",
+                &[&key, &value, &change, &CHANNEL],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `work` if no other node runs work of `key` now (a session advisory lock, let go
@@ -195,11 +213,17 @@ impl PgStore {
         key: i64,
         work: impl std::future::Future<Output = T>,
     ) -> Result<Option<T>, StoreError> {
-        let conn = self.pool.get().await?;
-        let got: bool = conn
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-            .await?
-            .try_get(0)?;
+        // Only taking the lock is bounded: `work` (a sweep) takes what it takes, and
+        // bounds its own store calls.
+        let (conn, got) = pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let got: bool = conn
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await?
+                .try_get(0)?;
+            Ok((conn, got))
+        })
+        .await?;
         if !got {
             return Ok(None);
         }
@@ -213,13 +237,16 @@ impl PgStore {
 
     /// Tells every node (this one included) about `change`.
     pub(crate) async fn publish(&self, change: &Change) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
-        conn.execute(
-            "SELECT pg_notify($1, $2)",
-            &[&CHANNEL, &change_payload(change)?],
-        )
-        .await?;
-        Ok(())
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            conn.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&CHANNEL, &change_payload(change)?],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 }
 

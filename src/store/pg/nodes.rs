@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::super::StoreError;
+use super::pool;
 use super::{millis, PgStore};
 
 /// One node's row.
@@ -29,49 +30,55 @@ fn to_u64(n: i64) -> u64 {
 impl PgStore {
     /// Writes this node's heartbeat.
     pub(crate) async fn beat(&self, row: &NodeRow) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
-        let live = i32::try_from(row.live_sessions).unwrap_or(i32::MAX);
-        conn.execute(
-            "INSERT INTO lockbox_nodes (id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
-                 live_sessions = excluded.live_sessions, audit_seq = excluded.audit_seq,
-                 audit_sink_lag = excluded.audit_sink_lag, sessions = excluded.sessions",
-            &[
-                &row.id,
-                &row.last_seen.timestamp_millis(),
-                &live,
-                &row.audit_seq.map(to_i64),
-                &row.audit_sink_lag.map(to_i64),
-                &row.sessions,
-            ],
-        )
-        .await?;
-        Ok(())
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let live = i32::try_from(row.live_sessions).unwrap_or(i32::MAX);
+            conn.execute(
+                "INSERT INTO lockbox_nodes (id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
+                     live_sessions = excluded.live_sessions, audit_seq = excluded.audit_seq,
+                     audit_sink_lag = excluded.audit_sink_lag, sessions = excluded.sessions",
+                &[
+                    &row.id,
+                    &row.last_seen.timestamp_millis(),
+                    &live,
+                    &row.audit_seq.map(to_i64),
+                    &row.audit_sink_lag.map(to_i64),
+                    &row.sessions,
+                ],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The nodes seen since `since`, by id.
     pub(crate) async fn nodes(&self, since: DateTime<Utc>) -> Result<Vec<NodeRow>, StoreError> {
-        let conn = self.pool.get().await?;
-        let rows = conn
-            .query(
-                "SELECT id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions
-                 FROM lockbox_nodes WHERE last_seen >= $1 ORDER BY id",
-                &[&since.timestamp_millis()],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(NodeRow {
-                    id: r.try_get(0)?,
-                    last_seen: millis(r.try_get(1)?),
-                    live_sessions: u64::try_from(r.try_get::<_, i32>(2)?).unwrap_or(0),
-                    audit_seq: r.try_get::<_, Option<i64>>(3)?.map(to_u64),
-                    audit_sink_lag: r.try_get::<_, Option<i64>>(4)?.map(to_u64),
-                    sessions: r.try_get(5)?,
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let rows = conn
+                .query(
+                    "SELECT id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions
+                     FROM lockbox_nodes WHERE last_seen >= $1 ORDER BY id",
+                    &[&since.timestamp_millis()],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(NodeRow {
+                        id: r.try_get(0)?,
+                        last_seen: millis(r.try_get(1)?),
+                        live_sessions: u64::try_from(r.try_get::<_, i32>(2)?).unwrap_or(0),
+                        audit_seq: r.try_get::<_, Option<i64>>(3)?.map(to_u64),
+                        audit_sink_lag: r.try_get::<_, Option<i64>>(4)?.map(to_u64),
+                        sessions: r.try_get(5)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 }
 
@@ -87,63 +94,69 @@ impl PgStore {
     /// Orders the kill of `session` on `node`: kept in the table, then announced. The
     /// announcement only hurries it: the node's reconcile finds the order if it was missed.
     pub(crate) async fn order_kill(&self, node: &str, order: &KillOrder) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
-        conn.execute(
-            "INSERT INTO lockbox_session_kills (session_id, node, reason, by_its_engineer, ordered_at)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (session_id) DO NOTHING",
-            &[
-                &order.session,
-                &node,
-                &order.reason,
-                &order.by_its_engineer,
-                &Utc::now().timestamp_millis(),
-            ],
-        )
-        .await?;
-        drop(conn);
-        // The order stands once stored: an announcement that fails (a reason past NOTIFY's
-        // 8000 bytes, a dropped connection) only leaves it to the reconcile.
-        let announced = self
-            .publish(&super::Change::Kill {
-                session: order.session.clone(),
-                node: node.to_owned(),
-                reason: order.reason.clone(),
-                by_its_engineer: order.by_its_engineer,
-            })
-            .await;
-        if let Err(e) = announced {
-            tracing::warn!(session_id = %order.session, error = %e, "kill stored but not announced; the node's reconcile carries it out");
-        }
-        Ok(())
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            conn.execute(
+                "INSERT INTO lockbox_session_kills (session_id, node, reason, by_its_engineer, ordered_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (session_id) DO NOTHING",
+                &[
+                    &order.session,
+                    &node,
+                    &order.reason,
+                    &order.by_its_engineer,
+                    &Utc::now().timestamp_millis(),
+                ],
+            )
+            .await?;
+            drop(conn);
+            // The order stands once stored: an announcement that fails (a reason past NOTIFY's
+            // 8000 bytes, a dropped connection) only leaves it to the reconcile.
+            let announced = self
+                .publish(&super::Change::Kill {
+                    session: order.session.clone(),
+                    node: node.to_owned(),
+                    reason: order.reason.clone(),
+                    by_its_engineer: order.by_its_engineer,
+                })
+                .await;
+            if let Err(e) = announced {
+                tracing::warn!(session_id = %order.session, error = %e, "kill stored but not announced; the node's reconcile carries it out");
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// The kills ordered for this node's sessions, taken off the table: the caller carries
     /// them out (a session already gone needs nothing more). Orders a day old for a node
     /// that never came back go too (their sessions ended with it).
     pub(crate) async fn take_kill_orders(&self) -> Result<Vec<KillOrder>, StoreError> {
-        let conn = self.pool.get().await?;
-        let stale = (Utc::now() - chrono::Duration::days(1)).timestamp_millis();
-        conn.execute(
-            "DELETE FROM lockbox_session_kills WHERE ordered_at < $1",
-            &[&stale],
-        )
-        .await?;
-        let rows = conn
-            .query(
-                "DELETE FROM lockbox_session_kills WHERE node = $1
-                 RETURNING session_id, reason, by_its_engineer",
-                &[&self.node],
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let stale = (Utc::now() - chrono::Duration::days(1)).timestamp_millis();
+            conn.execute(
+                "DELETE FROM lockbox_session_kills WHERE ordered_at < $1",
+                &[&stale],
             )
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(KillOrder {
-                    session: r.try_get(0)?,
-                    reason: r.try_get(1)?,
-                    by_its_engineer: r.try_get(2)?,
+            let rows = conn
+                .query(
+                    "DELETE FROM lockbox_session_kills WHERE node = $1
+                     RETURNING session_id, reason, by_its_engineer",
+                    &[&self.node],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(KillOrder {
+                        session: r.try_get(0)?,
+                        reason: r.try_get(1)?,
+                        by_its_engineer: r.try_get(2)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 }

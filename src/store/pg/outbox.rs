@@ -6,6 +6,7 @@
 use chrono::{DateTime, Utc};
 
 use super::super::StoreError;
+use super::pool;
 use super::{millis, PgStore};
 use crate::notify::outbox::{Delivery, NewDelivery};
 
@@ -36,19 +37,22 @@ fn delivery(r: &tokio_postgres::Row) -> Result<Delivery, tokio_postgres::Error> 
 
 impl PgStore {
     pub(crate) async fn enqueue(&self, list: Vec<NewDelivery>) -> Result<(), StoreError> {
-        let mut conn = self.pool.get().await?;
-        let tx = conn.transaction().await?;
-        let now = Utc::now().timestamp_millis();
-        for d in list {
-            tx.execute(
-                "INSERT INTO lockbox_notifications (channel, target, event, request_id, status, attempts, next_attempt_at, created_at, payload)
-                 VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $6)",
-                &[&d.channel, &d.target, &d.event, &d.request_id, &now, &d.payload],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        pool::bounded(async {
+            let mut conn = self.pool.get().await?;
+            let tx = conn.transaction().await?;
+            let now = Utc::now().timestamp_millis();
+            for d in list {
+                tx.execute(
+                    "INSERT INTO lockbox_notifications (channel, target, event, request_id, status, attempts, next_attempt_at, created_at, payload)
+                     VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $6)",
+                    &[&d.channel, &d.target, &d.event, &d.request_id, &now, &d.payload],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Claims at most `limit` of the due deliveries no other node holds, for `node`.
@@ -59,13 +63,14 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         let limit = i64::try_from(limit.min(100)).unwrap_or(100);
-        let conn = self.pool.get().await?;
-        let now_ms = now.timestamp_millis();
-        let until = (now + CLAIM).timestamp_millis();
-        let rows = conn
-            .query(
-                &format!(
-                    "UPDATE lockbox_notifications SET claimed_by = $2, claimed_until = $3
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let now_ms = now.timestamp_millis();
+            let until = (now + CLAIM).timestamp_millis();
+            let rows = conn
+                .query(
+                    &format!(
+                        "UPDATE lockbox_notifications SET claimed_by = $2, claimed_until = $3
                      WHERE id IN (
                          SELECT id FROM lockbox_notifications
                          WHERE status = 'pending' AND next_attempt_at <= $1
@@ -73,26 +78,31 @@ impl PgStore {
                          ORDER BY id LIMIT $4
                          FOR UPDATE SKIP LOCKED)
                      RETURNING {COLUMNS}"
-                ),
-                &[&now_ms, &node, &until, &limit],
-            )
-            .await?;
-        let mut out = rows.iter().map(delivery).collect::<Result<Vec<_>, _>>()?;
-        out.sort_by_key(|d| d.id);
-        Ok(out)
+                    ),
+                    &[&now_ms, &node, &until, &limit],
+                )
+                .await?;
+            let mut out = rows.iter().map(delivery).collect::<Result<Vec<_>, _>>()?;
+            out.sort_by_key(|d| d.id);
+            Ok(out)
+        })
+        .await
     }
 
     /// When the next pending delivery no node holds is due.
     pub(crate) async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let conn = self.pool.get().await?;
-        let row = conn
-            .query_one(
-                "SELECT MIN(GREATEST(next_attempt_at, COALESCE(claimed_until, 0)))
-                 FROM lockbox_notifications WHERE status = 'pending'",
-                &[],
-            )
-            .await?;
-        Ok(row.try_get::<_, Option<i64>>(0)?.map(millis))
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let row = conn
+                .query_one(
+                    "SELECT MIN(GREATEST(next_attempt_at, COALESCE(claimed_until, 0)))
+                     FROM lockbox_notifications WHERE status = 'pending'",
+                    &[],
+                )
+                .await?;
+            Ok(row.try_get::<_, Option<i64>>(0)?.map(millis))
+        })
+        .await
     }
 
     pub(crate) async fn record_attempt(
@@ -101,33 +111,36 @@ impl PgStore {
         result: Result<(), String>,
         next: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
-        let now = Utc::now().timestamp_millis();
-        match (result, next) {
-            (Ok(()), _) => {
-                conn.execute(
-                    "UPDATE lockbox_notifications SET status = 'delivered', attempts = attempts + 1, delivered_at = $2, last_error = NULL, claimed_until = NULL WHERE id = $1",
-                    &[&id, &now],
-                )
-                .await?
-            }
-            (Err(e), Some(next)) => {
-                let next = next.timestamp_millis();
-                conn.execute(
-                    "UPDATE lockbox_notifications SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3, claimed_until = NULL WHERE id = $1",
-                    &[&id, &e, &next],
-                )
-                .await?
-            }
-            (Err(e), None) => {
-                conn.execute(
-                    "UPDATE lockbox_notifications SET status = 'failed', attempts = attempts + 1, last_error = $2, claimed_until = NULL WHERE id = $1",
-                    &[&id, &e],
-                )
-                .await?
-            }
-        };
-        Ok(())
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let now = Utc::now().timestamp_millis();
+            match (result, next) {
+                (Ok(()), _) => {
+                    conn.execute(
+                        "UPDATE lockbox_notifications SET status = 'delivered', attempts = attempts + 1, delivered_at = $2, last_error = NULL, claimed_until = NULL WHERE id = $1",
+                        &[&id, &now],
+                    )
+                    .await?
+                }
+                (Err(e), Some(next)) => {
+                    let next = next.timestamp_millis();
+                    conn.execute(
+                        "UPDATE lockbox_notifications SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3, claimed_until = NULL WHERE id = $1",
+                        &[&id, &e, &next],
+                    )
+                    .await?
+                }
+                (Err(e), None) => {
+                    conn.execute(
+                        "UPDATE lockbox_notifications SET status = 'failed', attempts = attempts + 1, last_error = $2, claimed_until = NULL WHERE id = $1",
+                        &[&id, &e],
+                    )
+                    .await?
+                }
+            };
+            Ok(())
+        })
+        .await
     }
 
     pub(crate) async fn recent(
@@ -135,27 +148,33 @@ impl PgStore {
         request_id: Option<String>,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let conn = self.pool.get().await?;
-        let rows = conn
-            .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM lockbox_notifications
-                     WHERE ($1::text IS NULL OR request_id = $1) ORDER BY id DESC LIMIT $2"
-                ),
-                &[&request_id, &i64::try_from(limit).unwrap_or(i64::MAX)],
-            )
-            .await?;
-        Ok(rows.iter().map(delivery).collect::<Result<Vec<_>, _>>()?)
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let rows = conn
+                .query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM lockbox_notifications
+                         WHERE ($1::text IS NULL OR request_id = $1) ORDER BY id DESC LIMIT $2"
+                    ),
+                    &[&request_id, &i64::try_from(limit).unwrap_or(i64::MAX)],
+                )
+                .await?;
+            Ok(rows.iter().map(delivery).collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     pub(crate) async fn pending_notifications(&self) -> Result<i64, StoreError> {
-        let conn = self.pool.get().await?;
-        let row = conn
-            .query_one(
-                "SELECT COUNT(*) FROM lockbox_notifications WHERE status = 'pending'",
-                &[],
-            )
-            .await?;
-        Ok(row.try_get(0)?)
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            let row = conn
+                .query_one(
+                    "SELECT COUNT(*) FROM lockbox_notifications WHERE status = 'pending'",
+                    &[],
+                )
+                .await?;
+            Ok(row.try_get(0)?)
+        })
+        .await
     }
 }

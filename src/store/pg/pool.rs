@@ -2,6 +2,7 @@
 //! it broke. Small on purpose: the store's statements are short, and a pool crate would
 //! add a dependency for what fits here.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
@@ -20,6 +21,32 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Server-side bounds on each statement of the store's connections.
 const STATEMENT_LIMITS: &str = "-c lock_timeout=3s -c statement_timeout=10s";
+
+/// How long one store operation may wait, all told (a free connection, its statements and
+/// their answers). Past the server's own bounds (`STATEMENT_LIMITS`, `CONNECT_TIMEOUT`), so
+/// it only ends the waits the server cannot end itself: a server frozen (SIGSTOP, a hung
+/// host or VM) keeps its connections open and answers nothing, and keepalives do not
+/// notice while its kernel still acknowledges. Without it an API call or a sweep waited
+/// until the server woke.
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs one store operation within [`OPERATION_TIMEOUT`]; past it, the store counts as
+/// unreachable and the caller fails closed. Safe to give up on at any await: a statement
+/// sent still runs, or not, as one (each operation is one statement or one transaction,
+/// rolled back if given up before its commit), and the service records every change before
+/// storing it, so a change that lands after its caller gave up has its record.
+pub(crate) async fn bounded<T>(
+    operation: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(OPERATION_TIMEOUT, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unreachable(format!(
+                "no answer within {} s",
+                OPERATION_TIMEOUT.as_secs()
+            )))
+        })
+}
 
 pub(crate) struct Pool {
     config: StatePostgres,
