@@ -113,6 +113,16 @@ impl ApiClient {
         builder: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<T, ClientError> {
+        Ok(self.send_noting(builder, url, None).await?.0)
+    }
+
+    /// [`Self::send`], with the value of the response header `noted`, if it has one.
+    async fn send_noting<T: DeserializeOwned>(
+        &self,
+        builder: reqwest::RequestBuilder,
+        url: &str,
+        noted: Option<&str>,
+    ) -> Result<(T, Option<String>), ClientError> {
         server_url::check(&self.base, self.with_ca)?;
         let response = builder
             .bearer_auth(&self.api_key)
@@ -121,6 +131,9 @@ impl ApiClient {
             .map_err(|e| unreachable(url, e))?;
         refuse_redirect(url, &response)?;
         let status = response.status();
+        let note = noted
+            .and_then(|name| response.headers().get(name))
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
         let bytes = response
             .bytes()
             .await
@@ -128,7 +141,9 @@ impl ApiClient {
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok((value, note))
     }
 
     async fn get<T: DeserializeOwned>(

@@ -200,6 +200,10 @@ impl FromRequestParts<ApiState> for Caller {
 
 /// The API's OpenAPI document, checked in beside this file (a test keeps it in step with
 /// the routes and the client).
+/// Header of a `GET /v1/sessions` answer that lists this node's sessions only, saying why
+/// (the other nodes' could not be read from the state store).
+pub const INCOMPLETE_HEADER: &str = "lockbox-incomplete";
+
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 async fn openapi() -> impl IntoResponse {

@@ -88,11 +88,35 @@ pub(crate) async fn pending_notifications(store: &crate::store::Store) -> Option
     count.ok().and_then(|n| u64::try_from(n).ok())
 }
 
-async fn list_sessions(
-    State(state): State<ApiState>,
-    Caller(user): Caller,
-) -> Json<Vec<SessionInfo>> {
-    Json(state.lockbox.list_sessions(&user, &state.registry))
+/// Every node's live sessions the caller may see (`Lockbox::list_fleet_sessions`). Where
+/// only this node's could be listed, [`super::INCOMPLETE_HEADER`] says why.
+async fn list_sessions(State(state): State<ApiState>, Caller(user): Caller) -> Response {
+    let (list, partial) = state
+        .lockbox
+        .list_fleet_sessions(&user, &state.registry)
+        .await;
+    let mut response = Json(list).into_response();
+    if let Some(e) = partial {
+        tracing::warn!(error = %e, "session list without the other nodes' sessions");
+        let why = format!("only this node's sessions: the other nodes' could not be read ({e})");
+        // A header holds visible ASCII only; the error's text may hold more.
+        let why: String = why
+            .chars()
+            .map(|c| {
+                if c == ' ' || c.is_ascii_graphic() {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect();
+        if let Ok(value) = header::HeaderValue::from_str(&why) {
+            response
+                .headers_mut()
+                .insert(super::INCOMPLETE_HEADER, value);
+        }
+    }
+    response
 }
 
 async fn kill_session(

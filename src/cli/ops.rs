@@ -25,7 +25,10 @@ pub async fn session(cli: &Cli, command: &SessionCommand) -> Result<()> {
     let client = cli.client()?;
     match command {
         SessionCommand::List => {
-            let list = client.list_sessions().await?;
+            let (list, partial) = client.list_sessions_noting().await?;
+            if let Some(why) = partial {
+                eprintln!("warning: {why}");
+            }
             if cli.json {
                 super::display::print_json(&list)?;
                 return Ok(());

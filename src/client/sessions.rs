@@ -10,6 +10,20 @@ impl ApiClient {
         self.get("/v1/sessions", &()).await
     }
 
+    /// Live sessions the caller may see, and why the list is partial if it is (the server
+    /// could not read the other nodes' sessions: `Lockbox-Incomplete`).
+    pub async fn list_sessions_noting(
+        &self,
+    ) -> Result<(Vec<SessionInfo>, Option<String>), ClientError> {
+        let url = format!("{}/v1/sessions", self.base);
+        self.send_noting(
+            self.http.get(&url),
+            &url,
+            Some(crate::api::INCOMPLETE_HEADER),
+        )
+        .await
+    }
+
     /// Ends a live session (admin or approver), saying why.
     pub async fn kill_session(&self, id: &str, reason: &str) -> Result<SessionInfo, ClientError> {
         let body = Kill {

@@ -91,21 +91,32 @@ pub(crate) async fn remote_session(
     lockbox: &Lockbox,
     id: &str,
 ) -> Result<Option<SessionInfo>, StoreError> {
+    Ok(remote_sessions(lockbox)
+        .await?
+        .into_iter()
+        .find(|s| s.session_id == id))
+}
+
+/// The live sessions of the other nodes seen recently, as of each one's last heartbeat
+/// (their statement counts up to [`HEARTBEAT_INTERVAL`] old), each naming its node. None on
+/// SQLite (one node).
+pub(crate) async fn remote_sessions(lockbox: &Lockbox) -> Result<Vec<SessionInfo>, StoreError> {
     let Some(pg) = lockbox.store.postgres_backend() else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let me = lockbox.config().node_id.clone();
+    let mut out = Vec::new();
     for row in pg.nodes(Utc::now() - SEEN_WITHIN).await? {
         if row.id == me {
             continue;
         }
         let sessions: Vec<SessionInfo> = serde_json::from_str(&row.sessions).unwrap_or_default();
-        if let Some(mut found) = sessions.into_iter().find(|s| s.session_id == id) {
-            found.node = row.id;
-            return Ok(Some(found));
-        }
+        out.extend(sessions.into_iter().map(|mut s| {
+            s.node.clone_from(&row.id);
+            s
+        }));
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// Writes this node's heartbeat until `shutdown` (a PostgreSQL store only).

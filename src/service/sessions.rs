@@ -31,6 +31,32 @@ impl Lockbox {
         let mut list = registry.list();
         let node = self.config().node_id.clone();
         list.iter_mut().for_each(|s| s.node.clone_from(&node));
+        self.visible_sessions(caller, list)
+    }
+
+    /// The live sessions of every node sharing the state store that `caller` may see: this
+    /// node's as they are now, the others' as of their last heartbeat. Where the other nodes'
+    /// cannot be read (the store down), this node's alone, with why the list is partial:
+    /// ending a session must not depend on the store, and a list must not pass for whole.
+    pub(crate) async fn list_fleet_sessions(
+        &self,
+        caller: &User,
+        registry: &Registry,
+    ) -> (Vec<SessionInfo>, Option<ServiceError>) {
+        let mut list = self.list_sessions(caller, registry);
+        match crate::cluster::nodes::remote_sessions(self).await {
+            Ok(remote) => {
+                list.extend(self.visible_sessions(caller, remote));
+                list.sort_by(|a, b| (a.since, &a.session_id).cmp(&(b.since, &b.session_id)));
+                (list, None)
+            }
+            Err(e) => (list, Some(e.into())),
+        }
+    }
+
+    /// The sessions of `list` that `caller` may see: their own, and those of the databases
+    /// they may see sessions of.
+    fn visible_sessions(&self, caller: &User, mut list: Vec<SessionInfo>) -> Vec<SessionInfo> {
         let config = self.config();
         list.retain(|s| {
             sees_sessions_of(&config, caller, &s.database) || s.engineer == caller.name

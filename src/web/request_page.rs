@@ -41,8 +41,14 @@ pub(crate) async fn show(
         request.status,
         RequestStatus::Active | RequestStatus::Approved
     );
-    let sessions: Vec<SessionInfo> = lockbox
-        .list_sessions(&signed.user, &state.api.registry)
+    // Every node's: a session on another node is ended from here too.
+    let (sessions, partial) = lockbox
+        .list_fleet_sessions(&signed.user, &state.api.registry)
+        .await;
+    if let Some(e) = partial {
+        tracing::warn!(error = %e, "request page without the other nodes' sessions");
+    }
+    let sessions: Vec<SessionInfo> = sessions
         .into_iter()
         .filter(|s| s.request_id == request.id.0)
         .collect();

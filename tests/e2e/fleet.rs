@@ -361,6 +361,15 @@ async fn with_the_state_store_down_new_sessions_and_decisions_are_refused_and_li
         Some("state_store_unavailable"),
         "{decision}"
     );
+    // This node's sessions are still listed, and the list says it is this node's alone.
+    let (listed, partial) = env
+        .client("carol")
+        .list_sessions_noting()
+        .await
+        .expect("sessions without the state store");
+    assert!(listed.iter().any(|s| s.request_id == live_id), "{listed:?}");
+    let partial = partial.expect("a list without the other nodes' sessions says so");
+    assert!(partial.contains("only this node's sessions"), "{partial}");
     // The live session keeps its grant (its deadline is known), across reconcile rounds.
     for _ in 0..3 {
         let row = live
@@ -530,6 +539,69 @@ async fn a_state_store_that_does_not_answer_is_one_that_is_down() {
         .approve(&pending, "ok")
         .await
         .expect("decisions resume");
+}
+
+/// Node `server`'s session list as `user` sees it, once it holds `session` (or after 10 s).
+async fn listed_until(
+    env: &Env,
+    server: &RunningServer,
+    user: &str,
+    seen: impl Fn(&[lockbox::proxy::SessionInfo]) -> bool,
+) -> Vec<lockbox::proxy::SessionInfo> {
+    let mut list = Vec::new();
+    for _ in 0..100 {
+        let (now, partial) = client_of(env, server, user)
+            .list_sessions_noting()
+            .await
+            .expect("sessions");
+        assert_eq!(partial, None, "a whole list while the store is up");
+        list = now;
+        if seen(&list) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    list
+}
+
+/// `lockbox session list` on any node lists every node's sessions (an operator on node 1
+/// saw nothing of a session on node 3 it could end from there), to those who may see them.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_lists_the_sessions_of_every_node() {
+    let (env, nodes) = start_fleet("fleet_session_list", "").await;
+    let three = &nodes[1];
+    let (id, client, connection) = session_through(&env, three).await;
+    let on_three = |list: &[lockbox::proxy::SessionInfo]| {
+        list.iter()
+            .any(|s| s.request_id == id && s.node == "node-3")
+    };
+
+    let by_carol = listed_until(&env, node_one(&env), "carol", on_three).await;
+    assert!(
+        on_three(&by_carol),
+        "node 1 does not list node 3's session: {by_carol:?}"
+    );
+    let by_eve = listed_until(&env, node_one(&env), "eve", on_three).await;
+    assert!(
+        on_three(&by_eve),
+        "its engineer does not see it on node 1: {by_eve:?}"
+    );
+    let by_lena = client_of(&env, node_one(&env), "lena")
+        .list_sessions()
+        .await
+        .expect("sessions");
+    assert!(
+        by_lena.iter().all(|s| s.request_id != id),
+        "a support lead sees another engineer's session: {by_lena:?}"
+    );
+
+    drop(client);
+    let _ = connection.await;
+    let after = listed_until(&env, node_one(&env), "carol", |l| !on_three(l)).await;
+    assert!(
+        !on_three(&after),
+        "an ended session is still listed: {after:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
