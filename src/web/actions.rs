@@ -138,6 +138,9 @@ pub(crate) struct EndForm {
     /// The request page to go back to.
     #[serde(default)]
     request: String,
+    /// `sessions`: back to the sessions page instead.
+    #[serde(default)]
+    back: String,
 }
 
 /// Ends one live session, as `POST /v1/sessions/{id}/kill` does.
@@ -149,7 +152,9 @@ pub(crate) async fn end_session(
 ) -> Result<Response, WebError> {
     signed.check_csrf(form.csrf.as_deref())?;
     // Only back to a request page: the field is the user's, and never sends them elsewhere.
-    let back = if plausible_id(&form.request) {
+    let back = if form.back == "sessions" {
+        "/sessions".to_owned()
+    } else if plausible_id(&form.request) {
         format!("/requests/{}", form.request)
     } else {
         "/requests".to_owned()

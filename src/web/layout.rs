@@ -34,6 +34,7 @@ pub(crate) fn page(signed: &Signed, title: &str, content: Markup) -> Response {
                     nav aria-label="Main" {
                         ul {
                             li { a href="/requests" { "Requests" } }
+                            li { a href="/sessions" { "Sessions" } }
                             @if audit { li { a href="/audit" { "Audit" } } }
                             li { a href="/policy" { "Policy" } }
                             @if exports { li { a href="/exports" { "Exports" } } }

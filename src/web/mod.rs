@@ -20,6 +20,7 @@ mod admin;
 mod audit;
 mod error;
 mod layout;
+mod live_sessions;
 mod login;
 mod request_page;
 mod requests;
@@ -48,6 +49,7 @@ pub fn routes<S>(api: &ApiState) -> Router<S> {
         .route("/requests/{id}", get(request_page::show))
         .route("/requests/{id}/stream", get(request_page::stream))
         .route("/requests/{id}/{action}", post(actions::act))
+        .route("/sessions", get(live_sessions::list))
         .route("/sessions/{id}/end", post(actions::end_session))
         .route("/policy", get(admin::policy).post(admin::set_policy))
         .route("/audit", get(audit::show))

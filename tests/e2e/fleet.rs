@@ -604,6 +604,63 @@ async fn every_node_lists_the_sessions_of_every_node() {
     );
 }
 
+/// The admin center's `/sessions` page on node 1 lists a session on node 3, with its end
+/// button for whom may end it only, and ends it there: what `session list`/`kill` do.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_centers_sessions_page_lists_and_ends_every_nodes_sessions() {
+    use crate::web::http;
+    let (env, nodes) = start_fleet("fleet_sessions_page", "").await;
+    let (id, client, connection) = session_through(&env, &nodes[1]).await;
+    let session = listed_until(&env, node_one(&env), "carol", |l| {
+        l.iter().any(|s| s.request_id == id)
+    })
+    .await
+    .into_iter()
+    .find(|s| s.request_id == id)
+    .expect("node 1 lists node 3's session")
+    .session_id;
+    let base = env.deployment.server_url();
+    let page_of = |user: &'static str| {
+        let (env, base) = (&env, base.clone());
+        async move {
+            let key = env.deployment.api_keys.get(user).expect("key");
+            let cookie = http::sign_in(&base, key).await;
+            let response = http::get(&base, &cookie, "/sessions").await;
+            assert_eq!(response.status(), 200, "{user}");
+            (cookie, response.text().await.expect("page"))
+        }
+    };
+    let (carol, shown) = page_of("carol").await;
+    assert!(
+        shown.contains(&session) && shown.contains("node-3") && shown.contains("End session"),
+        "{shown}"
+    );
+    let (_, audited) = page_of("dave").await;
+    assert!(
+        audited.contains(&session) && !audited.contains("End session"),
+        "{audited}"
+    );
+    let (_, other) = page_of("lena").await;
+    assert!(!other.contains(&session), "{other}");
+
+    let csrf = http::hidden_field(&shown, "csrf").expect("csrf");
+    let response = http::post(
+        &base,
+        &carol,
+        &format!("/sessions/{session}/end"),
+        &[
+            ("csrf", csrf.as_str()),
+            ("reason", "done here"),
+            ("back", "sessions"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/sessions");
+    let (code, _) = wait_until_dropped(&client, connection).await;
+    assert_eq!(code, "57P01");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cluster_lists_its_nodes_and_a_kill_on_one_node_ends_a_session_on_another() {
     let (env, nodes) = start_fleet("fleet_kill", "").await;

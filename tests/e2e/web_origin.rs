@@ -49,6 +49,7 @@ async fn every_page_stays_on_its_origin_for_every_persona() {
         "/requests".to_owned(),
         "/requests?status=pending&page=1".to_owned(),
         format!("/requests/{granted}"),
+        "/sessions".to_owned(),
         "/audit".to_owned(),
         "/policy".to_owned(),
         "/exports".to_owned(),
