@@ -12,6 +12,24 @@ use lockbox::server::RunningServer;
 
 use crate::harness::{db_error, fatal_error, postgres_state, Env, Options};
 
+/// One node whose state store is `state`, a cluster of the test's own (which it may stop or
+/// freeze), whichever store the other tests run on.
+async fn on_own_state_store(name: &str, state: &PgSandbox) -> Env {
+    let mut env = Env::prepare(
+        name,
+        Options {
+            state_postgres: false,
+            ..Options::default()
+        },
+    );
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    std::fs::write(&env.config_path, postgres_state(state, "state", &text)).expect("config");
+    let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
+    env.audit_path = config.audit_path.clone();
+    env.server = Some(lockbox::server::start(config).await.expect("starts"));
+    env
+}
+
 /// Node `i` of the fleet `env` started as node 1: the same config (state, keys, users)
 /// with listeners, audit trail and node id of its own. Returns its config file and proxy port.
 pub(crate) fn node_config(env: &Env, i: usize) -> (std::path::PathBuf, u16) {
@@ -325,19 +343,7 @@ async fn with_the_state_store_down_new_sessions_and_decisions_are_refused_and_li
     // A cluster used only as the state store, so stopping it leaves the upstream running;
     // commits are flushed, so an immediate stop (a crash) keeps them, as a real store does.
     let mut state = PgSandbox::start_with(&[("synchronous_commit", "on")]).expect("state cluster");
-    // Its own state cluster, whichever store the other tests run on.
-    let mut env = Env::prepare(
-        "fleet_down",
-        Options {
-            state_postgres: false,
-            ..Options::default()
-        },
-    );
-    let text = std::fs::read_to_string(&env.config_path).expect("config");
-    std::fs::write(&env.config_path, postgres_state(&state, "state", &text)).expect("config");
-    let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
-    env.audit_path = config.audit_path.clone();
-    env.server = Some(lockbox::server::start(config).await.expect("starts"));
+    let env = on_own_state_store("fleet_down", &state).await;
 
     let (live_id, live_token) = env.approved_token("eve", "1h").await;
     let (_, spare_token) = env.approved_token("eve", "1h").await;
@@ -414,18 +420,7 @@ async fn with_the_state_store_down_new_sessions_and_decisions_are_refused_and_li
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frozen_state_store_is_one_that_is_down() {
     let state = PgSandbox::start_with(&[("synchronous_commit", "on")]).expect("state cluster");
-    let mut env = Env::prepare(
-        "fleet_frozen",
-        Options {
-            state_postgres: false,
-            ..Options::default()
-        },
-    );
-    let text = std::fs::read_to_string(&env.config_path).expect("config");
-    std::fs::write(&env.config_path, postgres_state(&state, "state", &text)).expect("config");
-    let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
-    env.audit_path = config.audit_path.clone();
-    env.server = Some(lockbox::server::start(config).await.expect("starts"));
+    let env = on_own_state_store("fleet_frozen", &state).await;
     let (_, token) = env.approved_token("eve", "1h").await;
     let pending = env.pending_request("eve", "1h").await;
 
