@@ -56,6 +56,10 @@ pub enum StoreError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("the state store is unreachable: {0}")]
     Unreachable(String),
+    /// A change was sent, or may have been, and the store did not answer: it may take
+    /// effect when the store answers, or may not.
+    #[error("the state store did not confirm the change: {0}")]
+    Unconfirmed(String),
     #[error(
         "the state store's schema is version {found}, newer than this lockbox knows ({known}): \
          upgrade lockbox, or point it at another store"
@@ -68,7 +72,7 @@ impl StoreError {
     /// caller fails closed and says the state store is down.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            StoreError::Unreachable(_) => true,
+            StoreError::Unreachable(_) | StoreError::Unconfirmed(_) => true,
             StoreError::Postgres(e) => {
                 e.is_closed()
                     || e.as_db_error().is_none_or(|db| {
@@ -76,6 +80,19 @@ impl StoreError {
                         code.starts_with("08") || code.starts_with("57P")
                     })
             }
+            _ => false,
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether what was asked may still take effect: given up on once a statement may have
+    /// reached the server, or its connection lost while it ran. (A refusal, a statement the
+    /// server failed, a store that could not be reached at all: it did not.)
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            StoreError::Unconfirmed(_) => true,
+            StoreError::Postgres(e) => e.as_db_error().is_none(),
             _ => false,
         }
     }

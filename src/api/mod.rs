@@ -127,6 +127,13 @@ impl From<ServiceError> for ApiError {
                 tracing::error!(error = %e, "action taken without its audit record");
                 "the action took effect, but its audit record could not be written yet".to_owned()
             }
+            (ServiceError::Store(crate::store::StoreError::Unconfirmed(_)), _) => {
+                tracing::error!(error = %e, "state store did not confirm a change");
+                "lockbox's state store did not confirm the change in time: it may still take \
+                 effect (a revocation is recorded and ended on this node already); look again \
+                 before you retry"
+                    .to_owned()
+            }
             // Internal details go to the log, not to the caller.
             (ServiceError::Store(_), _) => {
                 tracing::error!(error = %e, "state store unavailable");

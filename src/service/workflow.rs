@@ -151,9 +151,15 @@ impl Lockbox {
         after.revoked_at = Some(now);
         after.revoke_reason = Some(reason.to_owned());
         after.version = before.version + 1;
-        if !self.store.update(&after).await? {
-            return Err(conflict(id));
-        }
+        let unconfirmed = match self.store.update(&after).await {
+            Ok(true) => None,
+            Ok(false) => return Err(conflict(id)),
+            // The revocation may land when the store answers (an attack review's landed 25 s
+            // after its 503, with no record): it is ended here and recorded as if it had,
+            // the safe direction, as a record written before a change that then fails is.
+            Err(e) if e.outcome_unknown() => Some(e),
+            Err(e) => return Err(e.into()),
+        };
         // Sessions go first: revoking is the safe direction even if the record lags.
         let _ = self.revocations.send(id.clone());
         self.end_grant_role(&after);
@@ -166,6 +172,10 @@ impl Lockbox {
             )])
             .await
             .map_err(ServiceError::RecordLagging)?;
+        if let Some(e) = unconfirmed {
+            tracing::warn!(request_id = %id, error = %e, "revocation recorded and this node's sessions ended; the state store did not confirm it");
+            return Err(e.into());
+        }
         // An extension locks itself, then the grant it extends: the grant's lock goes first.
         drop(guard);
         self.cancel_extensions_of(&after, &caller.name, "was revoked")

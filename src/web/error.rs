@@ -57,11 +57,16 @@ impl IntoResponse for WebError {
                 let status = status_of(e);
                 if status.is_server_error() {
                     tracing::error!(error = %e, "admin center action failed");
-                    (
-                        status,
+                    let unconfirmed = matches!(
+                        e,
+                        ServiceError::Store(crate::store::StoreError::Unconfirmed(_))
+                    );
+                    let message = if unconfirmed {
+                        "lockbox's state store did not confirm the change in time: it may still take effect; look again before you retry"
+                    } else {
                         "lockbox cannot complete this action right now; nothing was changed"
-                            .to_owned(),
-                    )
+                    };
+                    (status, message.to_owned())
                 } else {
                     (status, e.to_string())
                 }

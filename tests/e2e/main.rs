@@ -91,6 +91,7 @@ mod session_limit;
 mod session_threads;
 mod skip_to_sync;
 mod spare;
+mod store_stall;
 mod terminate;
 mod timeout_work;
 mod type_functions;

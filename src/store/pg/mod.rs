@@ -82,7 +82,7 @@ impl PgStore {
     }
 
     pub(crate) async fn insert(&self, request: &Request) -> Result<(), StoreError> {
-        pool::bounded(async {
+        pool::bounded_change(async {
             let conn = self.pool.get().await?;
             conn.execute(
                 "INSERT INTO lockbox_requests (id, status, engineer, db, created_at, version, body)
@@ -140,7 +140,7 @@ impl PgStore {
     /// READ COMMITTED a concurrent update of the same row waits, then re-checks the
     /// version against the committed row, so of two updates from one version one wins.
     pub(crate) async fn update(&self, request: &Request) -> Result<bool, StoreError> {
-        pool::bounded(async {
+        pool::bounded_change(async {
             let conn = self.pool.get().await?;
             let change = change_payload(&Change::Request {
                 id: request.id.0.clone(),
@@ -185,7 +185,7 @@ impl PgStore {
     }
 
     pub(crate) async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        pool::bounded(async {
+        pool::bounded_change(async {
             let conn = self.pool.get().await?;
             let change = change_payload(&Change::Setting {
                 key: key.to_owned(),
@@ -215,7 +215,7 @@ impl PgStore {
     ) -> Result<Option<T>, StoreError> {
         // Only taking the lock is bounded: `work` (a sweep) takes what it takes, and
         // bounds its own store calls.
-        let (conn, got) = pool::bounded(async {
+        let (mut conn, got) = pool::bounded(async {
             let conn = self.pool.get().await?;
             let got: bool = conn
                 .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
@@ -228,9 +228,17 @@ impl PgStore {
             return Ok(None);
         }
         let out = work.await;
-        // A failed unlock leaves the lock to the connection's end.
-        if let Err(e) = conn.execute("SELECT pg_advisory_unlock($1)", &[&key]).await {
+        // A failed unlock leaves the lock to the connection's end; one given up on (a store
+        // that stopped answering) closes the connection once the server answers, and the
+        // lock goes with it.
+        let unlock = pool::bounded(async {
+            conn.execute("SELECT pg_advisory_unlock($1)", &[&key])
+                .await?;
+            Ok(())
+        });
+        if let Err(e) = unlock.await {
             tracing::debug!(error = %e, "cannot release an advisory lock");
+            conn.discard();
         }
         Ok(Some(out))
     }

@@ -3,6 +3,8 @@
 //! add a dependency for what fits here.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
@@ -30,31 +32,109 @@ const STATEMENT_LIMITS: &str = "-c lock_timeout=3s -c statement_timeout=10s";
 /// until the server woke.
 pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// What one bounded store operation did, for [`bounded`] and the connection it used.
+#[derive(Debug, Default)]
+struct Operation {
+    /// It got a connection: from here on a statement may have reached the server.
+    leased: AtomicBool,
+    /// It was given up on: its connection may still carry a statement the server has not
+    /// answered (and a session lock that statement takes), so it is never lent again.
+    abandoned: AtomicBool,
+}
+
+tokio::task_local! {
+    static OPERATION: Arc<Operation>;
+}
+
 /// Runs one store operation within [`OPERATION_TIMEOUT`]; past it, the store counts as
-/// unreachable and the caller fails closed. Safe to give up on at any await: a statement
-/// sent still runs, or not, as one (each operation is one statement or one transaction,
-/// rolled back if given up before its commit), and the service records every change before
-/// storing it, so a change that lands after its caller gave up has its record.
+/// unreachable and the caller fails closed. Given up on after it got a connection, its
+/// outcome is unknown: a statement sent still runs, or not, as one when the server answers
+/// (each operation is one statement or one transaction, rolled back if given up before its
+/// commit); see [`bounded_change`]. Its connection is closed once the server answers, never lent
+/// again: an advisory lock taken by a statement nobody waited for goes with it.
 pub(crate) async fn bounded<T>(
     operation: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(OPERATION_TIMEOUT, operation)
-        .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Unreachable(format!(
-                "no answer within {} s",
-                OPERATION_TIMEOUT.as_secs()
-            )))
-        })
+    bounded_as(operation, false).await
+}
+
+/// [`bounded`] for a change a decision stores (a request, a setting): given up on once it
+/// may have reached the server, it is [`StoreError::Unconfirmed`], which its caller must
+/// treat as a change that may still take effect. Other operations given up on are
+/// [`StoreError::Unreachable`] (a read, a heartbeat: nobody acts on their outcome).
+pub(crate) async fn bounded_change<T>(
+    operation: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    bounded_as(operation, true).await
+}
+
+async fn bounded_as<T>(
+    operation: impl Future<Output = Result<T, StoreError>>,
+    change: bool,
+) -> Result<T, StoreError> {
+    let state = Arc::new(Operation::default());
+    match tokio::time::timeout(OPERATION_TIMEOUT, OPERATION.scope(state.clone(), operation)).await {
+        Ok(result) => result,
+        Err(_) => {
+            state.abandoned.store(true, Ordering::SeqCst);
+            let waited = OPERATION_TIMEOUT.as_secs();
+            Err(if change && state.leased.load(Ordering::SeqCst) {
+                StoreError::Unconfirmed(format!("no answer within {waited} s"))
+            } else {
+                StoreError::Unreachable(format!("no connection within {waited} s"))
+            })
+        }
+    }
 }
 
 pub(crate) struct Pool {
     config: StatePostgres,
-    slots: Vec<Mutex<Option<Client>>>,
+    slots: Vec<Mutex<Option<Pooled>>>,
+}
+
+/// A slot's connection, and the operation that used it last.
+pub(crate) struct Pooled {
+    client: Client,
+    last: Option<Arc<Operation>>,
+    /// Its holder saw a statement of its own given up on: never lent again.
+    discarded: bool,
+}
+
+impl Pooled {
+    /// Lent again only if it is open and its last operation was not given up on.
+    fn usable(&self) -> bool {
+        !self.discarded
+            && !self.client.is_closed()
+            && !self
+                .last
+                .as_ref()
+                .is_some_and(|op| op.abandoned.load(Ordering::SeqCst))
+    }
+
+    /// Never lends this connection again (it is closed once the server has answered what
+    /// it holds): for a holder whose statement on it was given up on outside the operation
+    /// that lent it.
+    pub(crate) fn discard(&mut self) {
+        self.discarded = true;
+    }
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
 }
 
 /// A connection lent out; back in its slot when dropped.
-pub(crate) type Conn<'a> = MappedMutexGuard<'a, Client>;
+pub(crate) type Conn<'a> = MappedMutexGuard<'a, Pooled>;
 
 impl Pool {
     pub(crate) fn new(config: StatePostgres) -> Pool {
@@ -66,6 +146,16 @@ impl Pool {
 
     /// A free connection (waiting for one if none is), connected.
     pub(crate) async fn get(&self) -> Result<Conn<'_>, StoreError> {
+        // Connections given up on are let go at the next use of the pool, whichever slot
+        // it takes: one holding a session lock (the sweep's) would keep it for as long as
+        // its slot stayed unused.
+        for slot in &self.slots {
+            if let Ok(mut idle) = slot.try_lock() {
+                if idle.as_ref().is_some_and(|p| !p.usable()) {
+                    *idle = None;
+                }
+            }
+        }
         let mut guard = match self.slots.iter().find_map(|s| s.try_lock().ok()) {
             Some(guard) => guard,
             // The first slot to come free: a caller holding one slot while it waits for
@@ -75,8 +165,21 @@ impl Pool {
                 futures::future::select_all(waits).await.0
             }
         };
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(connect(&self.config).await?);
+        if !guard.as_ref().is_some_and(Pooled::usable) {
+            // Dropping the old one closes it once the server has answered what it holds.
+            *guard = None;
+            *guard = Some(Pooled {
+                client: connect(&self.config).await?,
+                last: None,
+                discarded: false,
+            });
+        }
+        let current = OPERATION.try_with(Arc::clone).ok();
+        if let Some(op) = &current {
+            op.leased.store(true, Ordering::SeqCst);
+        }
+        if let Some(pooled) = guard.as_mut() {
+            pooled.last = current;
         }
         MutexGuard::try_map(guard, Option::as_mut)
             .map_err(|_| StoreError::Unreachable("no connection".into()))

@@ -1,0 +1,208 @@
+//! A state store that stops answering in the middle of a change: the statement reached it,
+//! its answer never came back in time, and the server runs it later. The caller cannot know
+//! whether the change took effect, so none may take effect without its record.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness::{cluster, db_error, fatal_error, postgres_state, Env, Options};
+
+/// Forwards connections to the state store. Armed, it lets the next client message naming
+/// its pattern through (a statement's Parse), then holds everything clients send until
+/// released: the server has the statement, and its execution waits (as for a server frozen
+/// between the two, or a network that stalls there).
+#[derive(Clone)]
+struct Stall(Arc<AtomicU8>, &'static [u8]);
+
+const OPEN: u8 = 0;
+const ARMED: u8 = 1;
+const HOLDING: u8 = 2;
+
+impl Stall {
+    async fn start(target: u16, pattern: &'static [u8]) -> (Stall, u16) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let stall = Stall(Arc::default(), pattern);
+        let shared = stall.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
+                tokio::spawn(shared.clone().forward(inbound, outbound));
+            }
+        });
+        (stall, port)
+    }
+
+    async fn forward(self, inbound: TcpStream, outbound: TcpStream) {
+        let (mut from_client, mut to_client) = inbound.into_split();
+        let (mut from_server, mut to_server) = outbound.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut from_server, &mut to_client).await });
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let Ok(n) = from_client.read(&mut buf).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            while self.0.load(Ordering::SeqCst) == HOLDING {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if to_server.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            let names_it = buf[..n].windows(self.1.len()).any(|w| w == self.1);
+            if names_it {
+                let _ = self
+                    .0
+                    .compare_exchange(ARMED, HOLDING, Ordering::SeqCst, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn arm(&self) {
+        self.0.store(ARMED, Ordering::SeqCst);
+    }
+
+    fn holding(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == HOLDING
+    }
+
+    fn release(&self) {
+        self.0.store(OPEN, Ordering::SeqCst);
+    }
+}
+
+/// One node whose state store (a database on the shared cluster) it reaches through a
+/// [`Stall`] on `pattern`.
+async fn behind_stall(name: &str, pattern: &'static [u8]) -> (Env, Stall) {
+    let shared = cluster();
+    let (stall, port) = Stall::start(shared.port, pattern).await;
+    let mut env = Env::prepare(
+        name,
+        Options {
+            state_postgres: false,
+            ..Options::default()
+        },
+    );
+    let state_db = format!("s_{name}");
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let text = postgres_state(shared, &state_db, &text).replace(
+        &format!("127.0.0.1:{}/{state_db}", shared.port),
+        &format!("127.0.0.1:{port}/{state_db}"),
+    );
+    std::fs::write(&env.config_path, text).expect("config");
+    let config = lockbox::config::Config::load(&env.config_path).expect("config loads");
+    env.audit_path = config.audit_path.clone();
+    env.server = Some(lockbox::server::start(config).await.expect("starts"));
+    (env, stall)
+}
+
+/// A revocation whose UPDATE reached the store but was not answered within the store's
+/// bound: it used to answer 503 "nothing was changed", and the revocation landed 25 s later
+/// with no `revoked` record in any trail (an attack review's finding). Now it is recorded,
+/// this node's sessions end at once, and the answer says it may still take effect.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_the_store_did_not_confirm_is_recorded_and_ends_the_sessions() {
+    let (env, stall) = behind_stall("store_stall", b"UPDATE lockbox_requests").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (live, connection) = env.connect("eve", &token).await.expect("connect");
+    live.simple_query("SELECT 1").await.expect("query");
+
+    stall.arm();
+    let revoked = tokio::time::timeout(
+        Duration::from_secs(60),
+        env.client("carol").revoke(&id, "incident over"),
+    )
+    .await
+    .expect("an answer within the store's bound");
+    stall.release();
+    let e = revoked.expect_err("the store never confirmed the revocation");
+    assert_eq!(e.code(), Some("state_store_unavailable"), "{e}");
+    assert!(e.to_string().contains("may still take effect"), "{e}");
+    // Recorded, and this node's session ended, before the answer.
+    let records = env.audit_of("request", &id);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "revoked" && r["actor"] == "carol"),
+        "no revoked record: {records:#?}"
+    );
+    let mut ended = None;
+    for _ in 0..100 {
+        if let Err(e) = live.simple_query("SELECT 1").await {
+            ended = Some(e);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended = ended.expect("the session ended with the revocation");
+    let connection = connection.await.expect("task");
+    let (code, _) = fatal_error(Some(ended), connection);
+    assert_eq!(code, "57P01");
+
+    // The held statement runs once the store answers: the revocation took effect, and its
+    // record is there.
+    let mut status = String::new();
+    for _ in 0..200 {
+        if let Ok(request) = env.client("dave").show_request(&id).await {
+            status = request.status.as_str().to_owned();
+            if status == "revoked" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "revoked");
+    let Err(refused) = env.connect("eve", &token).await else {
+        panic!("a revoked grant let a session in");
+    };
+    assert_eq!(db_error(&refused).0, "28P01", "{refused}");
+}
+
+/// The deadline sweep's advisory lock, taken by a statement the node gave up on (its answer
+/// held past the store's bound): the connection was lent again and kept the lock for good,
+/// so that no other node could ever sweep (an attack review's finding). A connection given
+/// up on is closed once the server has answered, and the lock goes with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sweep_lock_taken_after_its_node_gave_up_is_let_go() {
+    let (_env, stall) = behind_stall("store_stall_sweep", b"pg_try_advisory_lock").await;
+    stall.arm();
+    let mut held = false;
+    for _ in 0..200 {
+        if stall.holding() {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(held, "the sweep never asked for its lock");
+    // Past the node's bound on a store operation (15 s): it gives the sweep up.
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    stall.release();
+    // The held statement now takes the lock; the node's sweeps take it and let it go each
+    // second, so it is seen free at some moment unless a connection keeps it.
+    let mut free = false;
+    for _ in 0..100 {
+        let held = cluster()
+            .psql(
+                "postgres",
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                 WHERE l.locktype = 'advisory' AND d.datname = 's_store_stall_sweep'
+                   AND l.classid = 115 AND l.objid = 2003133808 AND l.granted",
+            )
+            .expect("pg_locks");
+        if held.trim() == "0" {
+            free = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(free, "the sweep's lock is kept by a connection given up on");
+}
