@@ -26,11 +26,7 @@ pub(crate) async fn list(
     }
     let config = lockbox.config();
     let content = html! {
-        @if partial.is_some() {
-            p class="flash error" role="alert" {
-                "Only this node's sessions are listed: the other nodes' could not be read from the state store."
-            }
-        }
+        @if partial.is_some() { (only_this_node()) }
         @if sessions.is_empty() {
             p { "No session is connected now." }
         } @else {
@@ -41,6 +37,15 @@ pub(crate) async fn list(
         p { a href="/sessions" { "Refresh" } }
     };
     Ok(page(&signed, "Sessions", content))
+}
+
+/// Said above a list of sessions that holds this node's only.
+pub(crate) fn only_this_node() -> Markup {
+    html! {
+        p class="flash error" role="alert" {
+            "Only this node's sessions are listed: the other nodes' could not be read from the state store."
+        }
+    }
 }
 
 fn row(config: &Config, signed: &Signed, s: &SessionInfo) -> Markup {

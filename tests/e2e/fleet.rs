@@ -949,3 +949,61 @@ async fn on_sqlite_the_cluster_is_this_node_alone() {
     let refused = env.client("eve").cluster().await.expect_err("eve");
     assert_eq!(refused.code(), Some("forbidden"), "{refused}");
 }
+
+/// The other nodes' sessions unreadable (their table locked by another transaction): the
+/// API's list, the sessions page and a request's page list this node's sessions and say the
+/// list is this node's only (the request page said "No session is connected now" while
+/// sessions were live on other nodes, an attack review's finding).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_list_without_the_other_nodes_says_so_everywhere() {
+    use crate::web::http;
+    let env = Env::with(
+        "fleet_nodes_locked",
+        Options {
+            state_postgres: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let (client, _connection) = env.connect("eve", &token).await.expect("connect");
+    client.simple_query("SELECT 1").await.expect("query");
+    let base = env.deployment.server_url();
+    let key = env.deployment.api_keys.get("carol").expect("key");
+    let cookie = http::sign_in(&base, key).await;
+    let page = |path: String| {
+        let (base, cookie) = (base.clone(), cookie.clone());
+        async move {
+            let response = http::get(&base, &cookie, &path).await;
+            assert_eq!(response.status(), 200, "{path}");
+            response.text().await.expect("page")
+        }
+    };
+    let notice = "Only this node's sessions are listed";
+    assert!(!page(format!("/requests/{id}")).await.contains(notice));
+
+    let (locker, connection) = tokio_postgres::connect(
+        &crate::harness::cluster().url("s_fleet_nodes_locked"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the state store");
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE lockbox_nodes IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock the nodes");
+    let (listed, partial) = env
+        .client("carol")
+        .list_sessions_noting()
+        .await
+        .expect("sessions");
+    assert!(listed.iter().any(|s| s.request_id == id), "{listed:?}");
+    assert!(partial.is_some(), "a partial list passed for whole");
+    for path in [format!("/requests/{id}"), "/sessions".to_owned()] {
+        let shown = page(path.clone()).await;
+        assert!(shown.contains(notice), "{path}: {shown}");
+        assert!(shown.contains("End session"), "{path}: {shown}");
+    }
+    locker.batch_execute("ROLLBACK").await.expect("unlock");
+}
