@@ -18,8 +18,14 @@ use crate::store::StoreError;
 
 pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// A node not heard from for this long is no longer listed.
-pub(crate) const SEEN_WITHIN: chrono::Duration = chrono::Duration::seconds(30);
+/// A node not heard from for this long (by the store's clock) is no longer listed.
+pub(crate) const SEEN_WITHIN: Duration = Duration::from_secs(30);
+
+/// A node silent for longer than [`SEEN_WITHIN`] whose last heartbeat listed sessions is
+/// named for this long by every session list as one whose sessions may be missing (a
+/// node cut off from the store runs its sessions on; one that crashed ran none since).
+/// A node that stops cleanly forgets its row, so it is never named.
+pub(crate) const SILENT_NAMED_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// One node as `GET /v1/cluster` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +59,7 @@ impl Local {
         NodeRow {
             id: node,
             last_seen: Utc::now(),
+            silent_for: Duration::ZERO,
             live_sessions: u64::try_from(self.registry.live_sessions()).unwrap_or(u64::MAX),
             audit_seq: Some(*self.lockbox.audit.subscribe().borrow()),
             audit_sink_lag: self.sink.as_ref().map(|s| s.health().lag),
@@ -77,7 +84,7 @@ pub(crate) async fn cluster(local: &Local) -> Result<Vec<NodeInfo>, StoreError> 
     let me = local.row();
     let id = me.id.clone();
     let mut rows = match local.lockbox.store.postgres_backend() {
-        Some(pg) => pg.nodes(Utc::now() - SEEN_WITHIN).await?,
+        Some(pg) => pg.nodes(SEEN_WITHIN).await?,
         None => Vec::new(),
     };
     rows.retain(|r| r.id != id);
@@ -93,25 +100,47 @@ pub(crate) async fn remote_session(
 ) -> Result<Option<SessionInfo>, StoreError> {
     Ok(remote_sessions(lockbox)
         .await?
+        .sessions
         .into_iter()
         .find(|s| s.session_id == id))
 }
 
+/// The other nodes' live sessions, as their heartbeats last listed them.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteSessions {
+    /// Those of the nodes seen recently, each naming its node.
+    pub sessions: Vec<SessionInfo>,
+    /// The nodes silent for longer whose last heartbeat listed sessions, said as such:
+    /// their sessions may be missing from the list.
+    pub silent: Vec<String>,
+}
+
 /// The live sessions of the other nodes seen recently, as of each one's last heartbeat
-/// (their statement counts up to [`HEARTBEAT_INTERVAL`] old), each naming its node. None on
-/// SQLite (one node).
-pub(crate) async fn remote_sessions(lockbox: &Lockbox) -> Result<Vec<SessionInfo>, StoreError> {
+/// (their statement counts up to [`HEARTBEAT_INTERVAL`] old), and the silent nodes that
+/// had some. None on SQLite (one node).
+pub(crate) async fn remote_sessions(lockbox: &Lockbox) -> Result<RemoteSessions, StoreError> {
     let Some(pg) = lockbox.store.postgres_backend() else {
-        return Ok(Vec::new());
+        return Ok(RemoteSessions::default());
     };
     let me = lockbox.config().node_id.clone();
-    let mut out = Vec::new();
-    for row in pg.nodes(Utc::now() - SEEN_WITHIN).await? {
+    let mut out = RemoteSessions::default();
+    for row in pg.nodes(SILENT_NAMED_FOR).await? {
         if row.id == me {
             continue;
         }
         let sessions: Vec<SessionInfo> = serde_json::from_str(&row.sessions).unwrap_or_default();
-        out.extend(sessions.into_iter().map(|mut s| {
+        if row.silent_for >= SEEN_WITHIN {
+            if !sessions.is_empty() {
+                out.silent.push(format!(
+                    "node {} has not reported for {} s (it had {} session(s) then)",
+                    row.id,
+                    row.silent_for.as_secs(),
+                    sessions.len()
+                ));
+            }
+            continue;
+        }
+        out.sessions.extend(sessions.into_iter().map(|mut s| {
             s.node.clone_from(&row.id);
             s
         }));
@@ -127,7 +156,14 @@ pub(crate) async fn heartbeat(local: Local, mut shutdown: watch::Receiver<bool>)
     let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                // Stopped cleanly: its sessions are over, and it is not a silent node.
+                let id = local.lockbox.config().node_id.clone();
+                if let Err(e) = pg.forget_node(&id).await {
+                    tracing::debug!(error = %e, "cannot remove this node's heartbeat");
+                }
+                return;
+            }
             _ = tick.tick() => {
                 if let Err(e) = pg.beat(&local.row()).await {
                     tracing::debug!(error = %e, "cannot write this node's heartbeat");

@@ -35,22 +35,38 @@ impl Lockbox {
     }
 
     /// The live sessions of every node sharing the state store that `caller` may see: this
-    /// node's as they are now, the others' as of their last heartbeat. Where the other nodes'
-    /// cannot be read (the store down), this node's alone, with why the list is partial:
-    /// ending a session must not depend on the store, and a list must not pass for whole.
+    /// node's as they are now, the others' as of their last heartbeat; and, where the list
+    /// may be missing some, why: the other nodes' could not be read (this node's alone are
+    /// listed: ending a session must not depend on the store), or a node that had sessions
+    /// has gone silent. A list must not pass for whole.
     pub(crate) async fn list_fleet_sessions(
         &self,
         caller: &User,
         registry: &Registry,
-    ) -> (Vec<SessionInfo>, Option<ServiceError>) {
+    ) -> (Vec<SessionInfo>, Option<String>) {
         let mut list = self.list_sessions(caller, registry);
         match crate::cluster::nodes::remote_sessions(self).await {
             Ok(remote) => {
-                list.extend(self.visible_sessions(caller, remote));
+                list.extend(self.visible_sessions(caller, remote.sessions));
                 list.sort_by(|a, b| (a.since, &a.session_id).cmp(&(b.since, &b.session_id)));
-                (list, None)
+                let silent = (!remote.silent.is_empty()).then(|| {
+                    format!(
+                        "sessions of silent nodes may be missing: {}",
+                        remote.silent.join("; ")
+                    )
+                });
+                (list, silent)
             }
-            Err(e) => (list, Some(e.into())),
+            Err(e) => {
+                tracing::warn!(error = %e, "session list without the other nodes' sessions");
+                (
+                    list,
+                    Some(format!(
+                        "only this node's sessions: the other nodes' could not be read ({})",
+                        ServiceError::from(e)
+                    )),
+                )
+            }
         }
     }
 

@@ -21,12 +21,9 @@ pub(crate) async fn list(
     let (sessions, partial) = lockbox
         .list_fleet_sessions(&signed.user, &state.api.registry)
         .await;
-    if let Some(e) = &partial {
-        tracing::warn!(error = %e, "sessions page without the other nodes' sessions");
-    }
     let config = lockbox.config();
     let content = html! {
-        @if partial.is_some() { (only_this_node()) }
+        @if let Some(why) = &partial { (incomplete(why)) }
         @if sessions.is_empty() {
             p { "No session is connected now." }
         } @else {
@@ -39,11 +36,11 @@ pub(crate) async fn list(
     Ok(page(&signed, "Sessions", content))
 }
 
-/// Said above a list of sessions that holds this node's only.
-pub(crate) fn only_this_node() -> Markup {
+/// Said above a list of sessions that may be missing some, with why.
+pub(crate) fn incomplete(why: &str) -> Markup {
     html! {
         p class="flash error" role="alert" {
-            "Only this node's sessions are listed: the other nodes' could not be read from the state store."
+            "This list may be incomplete: " (why) "."
         }
     }
 }

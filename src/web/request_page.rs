@@ -45,10 +45,6 @@ pub(crate) async fn show(
     let (sessions, partial) = lockbox
         .list_fleet_sessions(&signed.user, &state.api.registry)
         .await;
-    if let Some(e) = &partial {
-        tracing::warn!(error = %e, "request page without the other nodes' sessions");
-    }
-    let whole = partial.is_none();
     let sessions: Vec<SessionInfo> = sessions
         .into_iter()
         .filter(|s| s.request_id == request.id.0)
@@ -81,7 +77,7 @@ pub(crate) async fn show(
         (details(&config, &request))
         (actions(&config, &signed, &request))
         @if live || !sessions.is_empty() {
-            (sessions_list(&config, &signed, &request, &sessions, whole))
+            (sessions_list(&config, &signed, &request, &sessions, partial.as_deref()))
         }
         @match &statements {
             Some(Ok(records)) => (statement_list(&request, records, live, stream_after(records, this_node))),
@@ -258,7 +254,7 @@ fn sessions_list(
     signed: &Signed,
     r: &Request,
     sessions: &[SessionInfo],
-    whole: bool,
+    incomplete: Option<&str>,
 ) -> Markup {
     // Others' sessions: admins and the database's approvers; their own: the engineer.
     let may_end_others =
@@ -266,7 +262,7 @@ fn sessions_list(
     let may_end = |s: &SessionInfo| may_end_others || s.engineer == signed.user.name;
     html! {
         h2 { "Live sessions" }
-        @if !whole { (super::live_sessions::only_this_node()) }
+        @if let Some(why) = incomplete { (super::live_sessions::incomplete(why)) }
         @if sessions.is_empty() {
             p { "No session is connected now." }
         } @else {

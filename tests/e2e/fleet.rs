@@ -979,7 +979,7 @@ async fn a_session_list_without_the_other_nodes_says_so_everywhere() {
             response.text().await.expect("page")
         }
     };
-    let notice = "Only this node's sessions are listed";
+    let notice = "This list may be incomplete: only this node's sessions";
     assert!(!page(format!("/requests/{id}")).await.contains(notice));
 
     let (locker, connection) = tokio_postgres::connect(
@@ -1006,4 +1006,64 @@ async fn a_session_list_without_the_other_nodes_says_so_everywhere() {
         assert!(shown.contains("End session"), "{path}: {shown}");
     }
     locker.batch_execute("ROLLBACK").await.expect("unlock");
+}
+
+/// Heartbeats are judged by the store's clock: a node silent for longer than 30 s is not
+/// listed, and one whose last heartbeat listed sessions is named by every session list as
+/// one whose sessions may be missing (a node cut off from the store runs its sessions on:
+/// they vanished from the list without a word, an attack review's finding). A node that
+/// stops cleanly forgets its row, and is never named.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_node_with_sessions_is_named_and_one_that_stopped_is_forgotten() {
+    let env = Env::with(
+        "fleet_silent",
+        Options {
+            state_postgres: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let two = start_node(&env, 2).await;
+    let state = crate::harness::cluster();
+    let rows = |sql: &str| state.psql("s_fleet_silent", sql).expect("state store");
+    for _ in 0..100 {
+        if rows("SELECT count(*) FROM lockbox_nodes WHERE id = 'node-2'").trim() == "1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    two.shutdown().await;
+    assert_eq!(
+        rows("SELECT count(*) FROM lockbox_nodes WHERE id = 'node-2'").trim(),
+        "0",
+        "a node that stopped cleanly left its heartbeat"
+    );
+
+    // Two nodes last heard from a minute ago by the store's clock (whatever theirs said),
+    // one that had a session then and one that had none.
+    let session = r#"[{"session_id":"s-gone","request_id":"req-gone","engineer":"eve","database":"x","client_addr":"10.0.0.9:5000","since":"2026-01-01T00:00:00Z","statements":3}]"#;
+    rows(&format!(
+        "INSERT INTO lockbox_nodes (id, last_seen, live_sessions, sessions) VALUES
+           ('node-8', (extract(epoch FROM clock_timestamp()) * 1000)::bigint - 60000, 1, '{session}'),
+           ('node-9', (extract(epoch FROM clock_timestamp()) * 1000)::bigint - 60000, 0, '[]')"
+    ));
+    let (listed, partial) = env
+        .client("carol")
+        .list_sessions_noting()
+        .await
+        .expect("sessions");
+    assert!(
+        listed.iter().all(|s| s.session_id != "s-gone"),
+        "a silent node's session is listed as live: {listed:?}"
+    );
+    let partial = partial.expect("a list that may miss a silent node's sessions says so");
+    assert!(
+        partial.contains("node node-8") && !partial.contains("node-9"),
+        "{partial}"
+    );
+    let cluster = env.client("carol").cluster().await.expect("cluster");
+    assert!(
+        cluster.iter().all(|n| n.id != "node-8" && n.id != "node-9"),
+        "{cluster:?}"
+    );
 }

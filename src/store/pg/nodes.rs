@@ -7,11 +7,19 @@ use super::super::StoreError;
 use super::pool;
 use super::{millis, PgStore};
 
+/// The store's own clock in milliseconds: heartbeats are stamped and judged by it, so a
+/// node whose clock is off neither keeps its row fresh for ever nor ages others' early (an
+/// attack review's node 10 minutes ahead kept a dead node's sessions listed that long).
+const STORE_NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
 /// One node's row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct NodeRow {
     pub id: String,
+    /// When its last heartbeat reached the store (the store's clock; ignored when writing).
     pub last_seen: DateTime<Utc>,
+    /// How long ago that was, by the store's clock (zero when writing).
+    pub silent_for: std::time::Duration,
     pub live_sessions: u64,
     pub audit_seq: Option<u64>,
     pub audit_sink_lag: Option<u64>,
@@ -34,14 +42,15 @@ impl PgStore {
             let conn = self.pool.get().await?;
             let live = i32::try_from(row.live_sessions).unwrap_or(i32::MAX);
             conn.execute(
-                "INSERT INTO lockbox_nodes (id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                &format!(
+                    "INSERT INTO lockbox_nodes (id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions)
+                 VALUES ($1, {STORE_NOW_MS}, $2, $3, $4, $5)
                  ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
                      live_sessions = excluded.live_sessions, audit_seq = excluded.audit_seq,
-                     audit_sink_lag = excluded.audit_sink_lag, sessions = excluded.sessions",
+                     audit_sink_lag = excluded.audit_sink_lag, sessions = excluded.sessions"
+                ),
                 &[
                     &row.id,
-                    &row.last_seen.timestamp_millis(),
                     &live,
                     &row.audit_seq.map(to_i64),
                     &row.audit_sink_lag.map(to_i64),
@@ -54,15 +63,33 @@ impl PgStore {
         .await
     }
 
-    /// The nodes seen since `since`, by id.
-    pub(crate) async fn nodes(&self, since: DateTime<Utc>) -> Result<Vec<NodeRow>, StoreError> {
+    /// Forgets this node's row (a clean stop: its sessions are over, and it is not silent).
+    pub(crate) async fn forget_node(&self, id: &str) -> Result<(), StoreError> {
+        pool::bounded(async {
+            let conn = self.pool.get().await?;
+            conn.execute("DELETE FROM lockbox_nodes WHERE id = $1", &[&id])
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The nodes heard from within `within` (by the store's clock), by id.
+    pub(crate) async fn nodes(
+        &self,
+        within: std::time::Duration,
+    ) -> Result<Vec<NodeRow>, StoreError> {
+        let within = i64::try_from(within.as_millis()).unwrap_or(i64::MAX);
         pool::bounded(async {
             let conn = self.pool.get().await?;
             let rows = conn
                 .query(
-                    "SELECT id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions
-                     FROM lockbox_nodes WHERE last_seen >= $1 ORDER BY id",
-                    &[&since.timestamp_millis()],
+                    &format!(
+                        "SELECT id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions,
+                                greatest({STORE_NOW_MS} - last_seen, 0)
+                         FROM lockbox_nodes WHERE last_seen >= {STORE_NOW_MS} - $1 ORDER BY id"
+                    ),
+                    &[&within],
                 )
                 .await?;
             rows.iter()
@@ -74,6 +101,7 @@ impl PgStore {
                         audit_seq: r.try_get::<_, Option<i64>>(3)?.map(to_u64),
                         audit_sink_lag: r.try_get::<_, Option<i64>>(4)?.map(to_u64),
                         sessions: r.try_get(5)?,
+                        silent_for: std::time::Duration::from_millis(to_u64(r.try_get(6)?)),
                     })
                 })
                 .collect()
