@@ -120,7 +120,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::RecordLagging(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_lagging"),
             // Named, so a client (and the load balancer's operator) knows which part is down.
             ServiceError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "state_store_unavailable"),
-            ServiceError::Token(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ServiceError::Token(_) | ServiceError::Busy(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
         };
         let message = match (&e, status) {
             (ServiceError::RecordLagging(_), _) => {
@@ -145,6 +147,7 @@ impl From<ServiceError> for ApiError {
                 tracing::error!(error = %e, "audit database unavailable");
                 "lockbox cannot read the fleet's trail from its audit database right now".to_owned()
             }
+            (ServiceError::Busy(_), _) => e.to_string(),
             (_, StatusCode::SERVICE_UNAVAILABLE) => {
                 tracing::error!(error = %e, "request failed");
                 "lockbox cannot complete this action right now; nothing was changed".to_owned()

@@ -180,7 +180,7 @@ impl Lockbox {
             rules: next.rules.len(),
             needs_restart,
         };
-        let _epoch = self.config_epoch.write().await;
+        let _epoch = super::within_bound("the reload", self.config_epoch.write()).await?;
         self.audit
             .append_durable(vec![AuditEvent::Admin(AdminRecord {
                 event: AdminEvent::ConfigReloaded,

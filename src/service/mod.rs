@@ -44,6 +44,26 @@ pub enum ServiceError {
     /// The action took effect (a revocation), but its record could not be written yet.
     #[error("the action took effect, but its audit record could not be written: {0}")]
     RecordLagging(AuditError),
+    /// Another change it must wait for (of the same request, or a reload) has itself waited
+    /// past the state store's bound: nothing was changed.
+    #[error("{0}")]
+    Busy(String),
+}
+
+/// Waits for a lock another change holds for no longer than one store operation may take
+/// (`store::pg::pool::OPERATION_TIMEOUT`): behind a change that waits for a frozen store,
+/// the waits added up (an attack review's sixth concurrent approval answered after 90 s).
+async fn within_bound<T>(
+    what: &str,
+    wait: impl std::future::Future<Output = T>,
+) -> Result<T, ServiceError> {
+    let bound = crate::store::pg::pool::OPERATION_TIMEOUT;
+    tokio::time::timeout(bound, wait).await.map_err(|_| {
+        ServiceError::Busy(format!(
+            "{what} has waited {} s for another change, itself waiting for the state store or the audit trail; nothing was changed: try again shortly",
+            bound.as_secs()
+        ))
+    })
 }
 
 /// Longest a login waits for its request to be read from the state store.
@@ -162,7 +182,7 @@ impl Lockbox {
         new: NewRequest,
         extends: Option<&Request>,
     ) -> Result<Request, ServiceError> {
-        let _epoch = self.config_epoch.read().await;
+        let _epoch = within_bound("this request", self.config_epoch.read()).await?;
         let config = self.config();
         let protection = self.protection().await?;
         let now = Utc::now();
@@ -456,7 +476,8 @@ impl Lockbox {
         &self,
         id: &RequestId,
     ) -> Result<(Request, locks::RequestGuard), ServiceError> {
-        let guard = self.locks.lock(id).await;
+        let guard =
+            within_bound(&format!("the change of request {id}"), self.locks.lock(id)).await?;
         Ok((self.load(id).await?, guard))
     }
 

@@ -68,7 +68,7 @@ impl Lockbox {
         approve: bool,
         shorten_to: Option<Duration>,
     ) -> Result<Request, ServiceError> {
-        let _epoch = self.config_epoch.read().await;
+        let _epoch = super::within_bound("this decision", self.config_epoch.read()).await?;
         let (before, _guard) = self.load_locked(id).await?;
         let before = visible(caller, before)?;
         let now = Utc::now();

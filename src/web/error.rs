@@ -101,7 +101,8 @@ fn status_of(e: &ServiceError) -> StatusCode {
         ServiceError::Audit(_)
         | ServiceError::RecordLagging(_)
         | ServiceError::Store(_)
-        | ServiceError::Token(_) => StatusCode::SERVICE_UNAVAILABLE,
+        | ServiceError::Token(_)
+        | ServiceError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
