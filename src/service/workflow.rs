@@ -15,6 +15,11 @@ use crate::policy::{self, Decision, NewRequest, PolicyError, Request, RequestSta
 /// How often a decision is retried when another one landed on the same request first.
 const CONFLICT_RETRIES: usize = 3;
 
+/// How often, and how many times, a revocation the state store did not confirm is tried
+/// again ([`Lockbox::see_revocation_stored`]): for ten minutes.
+const REVOCATION_RETRY_PAUSE: Duration = Duration::from_secs(2);
+const REVOCATION_RETRIES: u32 = 300;
+
 impl Lockbox {
     /// Approves, granting at most `shorten_to` of the window asked for, if given.
     pub async fn approve(
@@ -174,6 +179,7 @@ impl Lockbox {
             .map_err(ServiceError::RecordLagging)?;
         if let Some(e) = unconfirmed {
             tracing::warn!(request_id = %id, error = %e, "revocation recorded and this node's sessions ended; the state store did not confirm it");
+            self.see_revocation_stored(after.clone());
             return Err(e.into());
         }
         // An extension locks itself, then the grant it extends: the grant's lock goes first.
@@ -184,6 +190,36 @@ impl Lockbox {
             .notify(&self.config(), &after, Event::Revoked)
             .await;
         Ok(after)
+    }
+
+    /// Stores a revocation the store did not confirm, until it is there: it is on the
+    /// record and this node's sessions ended with it, and the other nodes must end theirs
+    /// too (an attack review's revocation, its connection cut before the store answered,
+    /// stayed recorded but never stored, and its engineer logged in again through another
+    /// node). The version check lets it land once at most, and not over a change made since.
+    fn see_revocation_stored(&self, revoked: Request) {
+        let store = self.store.clone();
+        crate::runtime::spawn_control(async move {
+            for _ in 0..REVOCATION_RETRIES {
+                tokio::time::sleep(REVOCATION_RETRY_PAUSE).await;
+                let stored = match store.get(&revoked.id).await {
+                    Ok(Some(stored)) => stored,
+                    Ok(None) => return,
+                    Err(_) => continue,
+                };
+                if stored.version >= revoked.version {
+                    if stored.status != RequestStatus::Revoked {
+                        tracing::warn!(request_id = %revoked.id, status = %stored.status, "a recorded revocation was overtaken by another change before it was stored");
+                    }
+                    return;
+                }
+                if let Ok(true) = store.update(&revoked).await {
+                    tracing::info!(request_id = %revoked.id, "a revocation the state store had not confirmed is stored");
+                    return;
+                }
+            }
+            tracing::error!(request_id = %revoked.id, "a recorded revocation could not be stored: revoke it again");
+        });
     }
 
     /// A grant's pending extensions end with it (revoked, or its window over): approvers

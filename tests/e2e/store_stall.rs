@@ -21,6 +21,7 @@ struct Stall(Arc<AtomicU8>, &'static [u8]);
 const OPEN: u8 = 0;
 const ARMED: u8 = 1;
 const HOLDING: u8 = 2;
+const CUTTING: u8 = 3;
 
 impl Stall {
     async fn start(target: u16, pattern: &'static [u8]) -> (Stall, u16) {
@@ -54,6 +55,10 @@ impl Stall {
             while self.0.load(Ordering::SeqCst) == HOLDING {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            if self.0.load(Ordering::SeqCst) == CUTTING {
+                // The held bytes never reach the server; the connection ends.
+                return;
+            }
             if to_server.write_all(&buf[..n]).await.is_err() {
                 return;
             }
@@ -72,6 +77,13 @@ impl Stall {
 
     fn holding(&self) -> bool {
         self.0.load(Ordering::SeqCst) == HOLDING
+    }
+
+    /// Ends the connections whose bytes are held, without sending them.
+    async fn cut(&self) {
+        self.0.store(CUTTING, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.0.store(OPEN, Ordering::SeqCst);
     }
 
     fn release(&self) {
@@ -205,4 +217,58 @@ async fn a_sweep_lock_taken_after_its_node_gave_up_is_let_go() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(free, "the sweep's lock is kept by a connection given up on");
+}
+
+/// A revocation whose connection was cut after its UPDATE's Parse, its Execute never sent:
+/// the answer said "nothing was changed" (a lost connection was not taken as an unknown
+/// outcome), and once it was, the revocation stayed recorded but never stored, so its
+/// engineer logged in again through another node (a re-attack's findings). Now the answer
+/// says it may still take effect, and the node stores it once the store answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_cut_off_on_its_way_is_stored_once_the_store_answers() {
+    let (env, stall) = behind_stall("store_stall_cut", b"UPDATE lockbox_requests").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    stall.arm();
+    let revoke = {
+        let carol = env.client("carol");
+        let id = id.clone();
+        tokio::spawn(async move { carol.revoke(&id, "incident over").await })
+    };
+    for _ in 0..200 {
+        if stall.holding() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stall.holding(), "the revocation's UPDATE never came");
+    stall.cut().await;
+    let e = tokio::time::timeout(Duration::from_secs(60), revoke)
+        .await
+        .expect("an answer")
+        .expect("task")
+        .expect_err("the store never confirmed the revocation");
+    assert_eq!(e.code(), Some("state_store_unavailable"), "{e}");
+    assert!(e.to_string().contains("may still take effect"), "{e}");
+    assert!(env
+        .audit_of("request", &id)
+        .iter()
+        .any(|r| r["event"] == "revoked"));
+    let mut status = String::new();
+    for _ in 0..200 {
+        if let Ok(request) = env.client("dave").show_request(&id).await {
+            status = request.status.as_str().to_owned();
+            if status == "revoked" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, "revoked",
+        "the recorded revocation was never stored"
+    );
+    let Err(refused) = env.connect("eve", &token).await else {
+        panic!("a revoked grant let a session in");
+    };
+    assert_eq!(db_error(&refused).0, "28P01", "{refused}");
 }

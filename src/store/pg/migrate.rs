@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_export_claims.sql"),
     include_str!("../migrations/0004_web_sessions.sql"),
     include_str!("../migrations/0005_session_kills.sql"),
+    include_str!("../migrations/0006_node_runs.sql"),
 ];
 
 /// The advisory lock key of schema changes (`lockbox` in ASCII).

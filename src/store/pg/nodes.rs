@@ -36,18 +36,20 @@ fn to_u64(n: i64) -> u64 {
 }
 
 impl PgStore {
-    /// Writes this node's heartbeat.
-    pub(crate) async fn beat(&self, row: &NodeRow) -> Result<(), StoreError> {
+    /// Writes this node's heartbeat for its run `run`, unless that run stopped already.
+    pub(crate) async fn beat(&self, row: &NodeRow, run: &str) -> Result<(), StoreError> {
         pool::bounded(async {
             let conn = self.pool.get().await?;
             let live = i32::try_from(row.live_sessions).unwrap_or(i32::MAX);
             conn.execute(
                 &format!(
-                    "INSERT INTO lockbox_nodes (id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions)
-                 VALUES ($1, {STORE_NOW_MS}, $2, $3, $4, $5)
+                    "INSERT INTO lockbox_nodes (id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions, run)
+                 VALUES ($1, {STORE_NOW_MS}, $2, $3, $4, $5, $6)
                  ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
                      live_sessions = excluded.live_sessions, audit_seq = excluded.audit_seq,
-                     audit_sink_lag = excluded.audit_sink_lag, sessions = excluded.sessions"
+                     audit_sink_lag = excluded.audit_sink_lag, sessions = excluded.sessions,
+                     run = excluded.run, stopped = false
+                 WHERE NOT (lockbox_nodes.stopped AND lockbox_nodes.run = excluded.run)"
                 ),
                 &[
                     &row.id,
@@ -55,6 +57,7 @@ impl PgStore {
                     &row.audit_seq.map(to_i64),
                     &row.audit_sink_lag.map(to_i64),
                     &row.sessions,
+                    &run,
                 ],
             )
             .await?;
@@ -63,12 +66,17 @@ impl PgStore {
         .await
     }
 
-    /// Forgets this node's row (a clean stop: its sessions are over, and it is not silent).
-    pub(crate) async fn forget_node(&self, id: &str) -> Result<(), StoreError> {
+    /// Marks this node's run stopped (a clean stop: its sessions are over, and it is not
+    /// silent); a later heartbeat of the same run leaves the mark.
+    pub(crate) async fn forget_node(&self, id: &str, run: &str) -> Result<(), StoreError> {
         pool::bounded(async {
             let conn = self.pool.get().await?;
-            conn.execute("DELETE FROM lockbox_nodes WHERE id = $1", &[&id])
-                .await?;
+            conn.execute(
+                "UPDATE lockbox_nodes SET stopped = true, sessions = '[]', live_sessions = 0
+                 WHERE id = $1 AND run = $2",
+                &[&id, &run],
+            )
+            .await?;
             Ok(())
         })
         .await
@@ -87,7 +95,8 @@ impl PgStore {
                     &format!(
                         "SELECT id, last_seen, live_sessions, audit_seq, audit_sink_lag, sessions,
                                 greatest({STORE_NOW_MS} - last_seen, 0)
-                         FROM lockbox_nodes WHERE last_seen >= {STORE_NOW_MS} - $1 ORDER BY id"
+                         FROM lockbox_nodes
+                         WHERE NOT stopped AND last_seen >= {STORE_NOW_MS} - $1 ORDER BY id"
                     ),
                     &[&within],
                 )
@@ -122,7 +131,7 @@ impl PgStore {
     /// Orders the kill of `session` on `node`: kept in the table, then announced. The
     /// announcement only hurries it: the node's reconcile finds the order if it was missed.
     pub(crate) async fn order_kill(&self, node: &str, order: &KillOrder) -> Result<(), StoreError> {
-        pool::bounded(async {
+        pool::bounded_change(async {
             let conn = self.pool.get().await?;
             conn.execute(
                 "INSERT INTO lockbox_session_kills (session_id, node, reason, by_its_engineer, ordered_at)

@@ -58,9 +58,10 @@ pub(crate) async fn bounded<T>(
     bounded_as(operation, false).await
 }
 
-/// [`bounded`] for a change a decision stores (a request, a setting): given up on once it
-/// may have reached the server, it is [`StoreError::Unconfirmed`], which its caller must
-/// treat as a change that may still take effect. Other operations given up on are
+/// [`bounded`] for a change a decision stores (a request, a setting, a kill order): given
+/// up on once it may have reached the server, or its connection lost meanwhile, it is
+/// [`StoreError::Unconfirmed`], which its caller must treat as a change that may still take
+/// effect. Other operations given up on are
 /// [`StoreError::Unreachable`] (a read, a heartbeat: nobody acts on their outcome).
 pub(crate) async fn bounded_change<T>(
     operation: impl Future<Output = Result<T, StoreError>>,
@@ -74,6 +75,13 @@ async fn bounded_as<T>(
 ) -> Result<T, StoreError> {
     let state = Arc::new(Operation::default());
     match tokio::time::timeout(OPERATION_TIMEOUT, OPERATION.scope(state.clone(), operation)).await {
+        // A connection lost while a change was on it (not a statement the server failed):
+        // it may have run all the same.
+        Ok(Err(StoreError::Postgres(e)))
+            if change && state.leased.load(Ordering::SeqCst) && e.as_db_error().is_none() =>
+        {
+            Err(StoreError::Unconfirmed(super::error_text(&e)))
+        }
         Ok(result) => result,
         Err(_) => {
             state.abandoned.store(true, Ordering::SeqCst);
