@@ -116,6 +116,21 @@ async fn behind_stall(name: &str, pattern: &'static [u8]) -> (Env, Stall) {
     (env, stall)
 }
 
+/// The request's stored status, once it is `revoked` (or after 20 s).
+async fn stored_status_once_revoked(env: &Env, id: &str) -> String {
+    let mut status = String::new();
+    for _ in 0..200 {
+        if let Ok(request) = env.client("dave").show_request(id).await {
+            status = request.status.as_str().to_owned();
+            if status == "revoked" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status
+}
+
 /// A revocation whose UPDATE reached the store but was not answered within the store's
 /// bound: it used to answer 503 "nothing was changed", and the revocation landed 25 s later
 /// with no `revoked` record in any trail (an attack review's finding). Now it is recorded,
@@ -161,16 +176,7 @@ async fn a_revocation_the_store_did_not_confirm_is_recorded_and_ends_the_session
 
     // The held statement runs once the store answers: the revocation took effect, and its
     // record is there.
-    let mut status = String::new();
-    for _ in 0..200 {
-        if let Ok(request) = env.client("dave").show_request(&id).await {
-            status = request.status.as_str().to_owned();
-            if status == "revoked" {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = stored_status_once_revoked(&env, &id).await;
     assert_eq!(status, "revoked");
     let Err(refused) = env.connect("eve", &token).await else {
         panic!("a revoked grant let a session in");
@@ -253,16 +259,7 @@ async fn a_revocation_cut_off_on_its_way_is_stored_once_the_store_answers() {
         .audit_of("request", &id)
         .iter()
         .any(|r| r["event"] == "revoked"));
-    let mut status = String::new();
-    for _ in 0..200 {
-        if let Ok(request) = env.client("dave").show_request(&id).await {
-            status = request.status.as_str().to_owned();
-            if status == "revoked" {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = stored_status_once_revoked(&env, &id).await;
     assert_eq!(
         status, "revoked",
         "the recorded revocation was never stored"
