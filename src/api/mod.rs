@@ -132,8 +132,8 @@ impl From<ServiceError> for ApiError {
             (ServiceError::Store(crate::store::StoreError::Unconfirmed(_)), _) => {
                 tracing::error!(error = %e, "state store did not confirm a change");
                 "lockbox's state store did not confirm the change in time: it may still take \
-                 effect (a revocation is recorded and ended on this node already); look again \
-                 before you retry"
+                 effect (it is recorded; a revocation also ended this node's sessions and is \
+                 stored once the store answers); look again before you retry"
                     .to_owned()
             }
             // Internal details go to the log, not to the caller.
