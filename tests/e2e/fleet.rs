@@ -516,17 +516,7 @@ async fn a_state_store_that_does_not_answer_is_one_that_is_down() {
     .await;
     let (_, token) = env.approved_token("eve", "1h").await;
     let pending = env.pending_request("eve", "1h").await;
-    let (locker, connection) = tokio_postgres::connect(
-        &crate::harness::cluster().url("s_fleet_store_locked"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect to the state store");
-    tokio::spawn(connection);
-    locker
-        .batch_execute("BEGIN; LOCK TABLE lockbox_requests IN ACCESS EXCLUSIVE MODE")
-        .await
-        .expect("lock the requests");
+    let locker = lock_state_table("s_fleet_store_locked", "lockbox_requests").await;
 
     let Err(refused) = env.connect("eve", &token).await else {
         panic!("a session was let in while its request could not be read");
@@ -1003,17 +993,7 @@ async fn a_session_list_without_the_other_nodes_says_so_everywhere() {
     let notice = "This list may be incomplete: only this node's sessions";
     assert!(!page(format!("/requests/{id}")).await.contains(notice));
 
-    let (locker, connection) = tokio_postgres::connect(
-        &crate::harness::cluster().url("s_fleet_nodes_locked"),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .expect("connect to the state store");
-    tokio::spawn(connection);
-    locker
-        .batch_execute("BEGIN; LOCK TABLE lockbox_nodes IN ACCESS EXCLUSIVE MODE")
-        .await
-        .expect("lock the nodes");
+    let locker = lock_state_table("s_fleet_nodes_locked", "lockbox_nodes").await;
     let (listed, partial) = env
         .client("carol")
         .list_sessions_noting()
@@ -1091,4 +1071,23 @@ async fn a_silent_node_is_named_and_one_that_stopped_is_not() {
         cluster.iter().all(|n| n.id != "node-8" && n.id != "node-9"),
         "{cluster:?}"
     );
+}
+
+/// Opens a transaction on the state store `database` that holds `table` locked (nothing else
+/// reads or writes it) until the returned client rolls it back or is dropped.
+async fn lock_state_table(database: &str, table: &str) -> tokio_postgres::Client {
+    let (locker, connection) = tokio_postgres::connect(
+        &crate::harness::cluster().url(database),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the state store");
+    tokio::spawn(connection);
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("lock {table}: {e}"));
+    locker
 }
