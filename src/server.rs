@@ -122,7 +122,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     );
     audit.set_clip_limits(config.audit_clip);
     audit.set_node(&config.node_id);
-    let lockbox = Arc::new(Lockbox::new(config.clone(), store, audit, tokens));
+    let lockbox = Lockbox::shared(config.clone(), store, audit, tokens);
     lockbox
         .adopt_file_protection("configuration file", &config.protection)
         .await?;

@@ -99,6 +99,9 @@ pub struct Lockbox {
     /// shared while they read the rules and record their outcome. So every decision the
     /// trail shows after a `config_reloaded` record was made under the reloaded rules.
     config_epoch: tokio::sync::RwLock<()>,
+    /// This service, for follow-ups that outlive a call (see
+    /// `Lockbox::follow_up_once_stored`); empty unless made by [`Lockbox::shared`].
+    me: std::sync::Weak<Lockbox>,
 }
 
 /// The user name the service acts under when a deadline, not a person, changes a request.
@@ -120,7 +123,22 @@ impl Lockbox {
             locks: locks::RequestLocks::default(),
             config_epoch: tokio::sync::RwLock::new(()),
             provisioner: Arc::default(),
+            me: std::sync::Weak::new(),
         }
+    }
+
+    /// [`Lockbox::new`], shared, and able to finish a decision the state store confirms
+    /// only after the call that made it has answered (see `Lockbox::follow_up_once_stored`).
+    pub fn shared(
+        config: Arc<Config>,
+        store: Store,
+        audit: AuditLog,
+        tokens: TokenAuthority,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Lockbox {
+            me: me.clone(),
+            ..Lockbox::new(config, store, audit, tokens)
+        })
     }
 
     /// The configuration in force now.

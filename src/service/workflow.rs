@@ -15,10 +15,11 @@ use crate::policy::{self, Decision, NewRequest, PolicyError, Request, RequestSta
 /// How often a decision is retried when another one landed on the same request first.
 const CONFLICT_RETRIES: usize = 3;
 
-/// How often, and how many times, a revocation the state store did not confirm is tried
-/// again ([`Lockbox::see_revocation_stored`]): for ten minutes.
-const REVOCATION_RETRY_PAUSE: Duration = Duration::from_secs(2);
-const REVOCATION_RETRIES: u32 = 300;
+/// How often, and how many times, a change the state store did not confirm is looked at
+/// again: a revocation stored ([`Lockbox::see_revocation_stored`]), a decision's follow-up
+/// done once it is seen stored (`Lockbox::follow_up_once_stored`). For ten minutes.
+const UNCONFIRMED_RETRY_PAUSE: Duration = Duration::from_secs(2);
+const UNCONFIRMED_RETRIES: u32 = 300;
 
 impl Lockbox {
     /// Approves, granting at most `shorten_to` of the window asked for, if given.
@@ -112,13 +113,24 @@ impl Lockbox {
             }
             _ => None,
         };
-        let record = request_event(&after, event, &caller.name, Some(reason));
-        let after = self.commit(&before, after, vec![record]).await?;
         let tell = match event {
             RequestEvent::CustomerNotified => Some(Event::AwaitingApproval),
             RequestEvent::Approved => Some(Event::Approved),
             RequestEvent::Denied => Some(Event::Denied),
             _ => None,
+        };
+        let record = request_event(&after, event, &caller.name, Some(reason));
+        let mut decided = after.clone();
+        decided.version = before.version + 1;
+        let after = match self.commit(&before, after, vec![record]).await {
+            Err(ServiceError::Store(e)) if e.outcome_unknown() => {
+                // Recorded, and it may land once the store answers: whoever it concerns is
+                // then told, and an approved extension applied, as if it had landed now.
+                tracing::warn!(request_id = %id, error = %e, "decision recorded; the state store did not confirm it");
+                self.follow_up_once_stored(decided, tell, &caller.name);
+                return Err(ServiceError::Store(e));
+            }
+            other => other?,
         };
         if let Some(tell) = tell {
             self.notifier.notify(&config, &after, tell).await;
@@ -200,8 +212,8 @@ impl Lockbox {
     fn see_revocation_stored(&self, revoked: Request) {
         let store = self.store.clone();
         crate::runtime::spawn_control(async move {
-            for _ in 0..REVOCATION_RETRIES {
-                tokio::time::sleep(REVOCATION_RETRY_PAUSE).await;
+            for _ in 0..UNCONFIRMED_RETRIES {
+                tokio::time::sleep(UNCONFIRMED_RETRY_PAUSE).await;
                 let stored = match store.get(&revoked.id).await {
                     Ok(Some(stored)) => stored,
                     Ok(None) => return,
@@ -220,6 +232,65 @@ impl Lockbox {
             }
             tracing::error!(request_id = %revoked.id, "a recorded revocation could not be stored: revoke it again");
         });
+    }
+
+    /// Watches a decision the store did not confirm until it is stored (then does what a
+    /// confirmed one does next: tells whom it concerns, applies an approved extension), is
+    /// overtaken by another change, or ten minutes pass. Without it, an approval that landed
+    /// after its 503 told nobody, and an approved extension never extended its grant.
+    fn follow_up_once_stored(&self, decided: Request, tell: Option<Event>, actor: &str) {
+        let me = self.me.clone();
+        if me.strong_count() == 0 {
+            tracing::warn!(request_id = %decided.id, "a decision the state store did not confirm is not followed up here");
+            return;
+        }
+        let actor = actor.to_owned();
+        crate::runtime::spawn_control(async move {
+            for _ in 0..UNCONFIRMED_RETRIES {
+                tokio::time::sleep(UNCONFIRMED_RETRY_PAUSE).await;
+                let Some(lockbox) = me.upgrade() else { return };
+                let stored = match lockbox.store.get(&decided.id).await {
+                    Ok(Some(stored)) => stored,
+                    Ok(None) => return,
+                    Err(_) => continue,
+                };
+                if stored.version < decided.version {
+                    continue;
+                }
+                if !is_this_decision(&stored, &decided) {
+                    tracing::info!(request_id = %decided.id, "a decision the state store did not confirm was overtaken by another change");
+                    return;
+                }
+                tracing::info!(request_id = %decided.id, "a decision the state store had not confirmed is stored");
+                lockbox.after_decision_stored(&stored, tell, &actor).await;
+                return;
+            }
+            tracing::error!(request_id = %decided.id, "a decision the state store did not confirm was never seen stored: look at the request");
+        });
+    }
+
+    /// What follows a stored decision that was not confirmed in time.
+    async fn after_decision_stored(&self, stored: &Request, tell: Option<Event>, actor: &str) {
+        if let Some(tell) = tell {
+            self.notifier.notify(&self.config(), stored, tell).await;
+        }
+        let Some(original) = stored
+            .extends
+            .as_ref()
+            .filter(|_| stored.status == RequestStatus::Approved)
+        else {
+            return;
+        };
+        let applied = async {
+            let (grant, guard) = self.load_locked(original).await?;
+            let protection = self.protection().await?;
+            policy::check_extension_fits(&self.config(), &protection, &grant, stored, Utc::now())?;
+            self.apply_extension(stored, original, (grant, guard), actor)
+                .await
+        };
+        if let Err(e) = applied.await {
+            tracing::error!(request_id = %stored.id, grant = %original, error = %e, "an extension approved late could not be applied to its grant");
+        }
     }
 
     /// A grant's pending extensions end with it (revoked, or its window over): approvers
@@ -391,4 +462,17 @@ impl Lockbox {
         );
         self.commit(&before, after, vec![record]).await
     }
+}
+
+/// Whether `stored` is `decided` landed, not another change of the same version: the same
+/// status, and the same last step by the same person (times are stored to the microsecond).
+fn is_this_decision(stored: &Request, decided: &Request) -> bool {
+    let step = |r: &Request| {
+        r.history
+            .last()
+            .map(|t| (t.to, t.by.clone(), t.reason.clone()))
+    };
+    stored.version == decided.version
+        && stored.status == decided.status
+        && step(stored) == step(decided)
 }

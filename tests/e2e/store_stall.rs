@@ -184,6 +184,52 @@ async fn a_revocation_the_store_did_not_confirm_is_recorded_and_ends_the_session
     assert_eq!(db_error(&refused).0, "28P01", "{refused}");
 }
 
+/// An extension's approval whose UPDATE the store held past the node's bound: answered "may
+/// still take effect", and it did; the grant was then never extended (and nobody told),
+/// since what follows a stored approval ran only for one confirmed in time. The node now
+/// watches for it and, once it is stored, does what follows.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extension_approved_after_its_answer_extends_its_grant() {
+    let (env, stall) = behind_stall("store_stall_extension", b"UPDATE lockbox_requests").await;
+    let (id, _token) = env.approved_token("eve", "1h").await;
+    let eve = env.client("eve");
+    let ends = |r: &lockbox::policy::Request| r.access_expires_at.expect("the grant ends");
+    let granted_until = ends(&eve.show_request(&id).await.expect("show"));
+    let extension = eve.extend(&id, "30m", "a bit more").await.expect("extend");
+
+    stall.arm();
+    let approved = tokio::time::timeout(
+        Duration::from_secs(60),
+        env.client("carol").approve(&extension.id.0, "ok"),
+    )
+    .await
+    .expect("an answer within the store's bound");
+    stall.release();
+    let e = approved.expect_err("the store never confirmed the approval");
+    assert_eq!(e.code(), Some("state_store_unavailable"), "{e}");
+    assert!(e.to_string().contains("may still take effect"), "{e}");
+
+    let mut grant = eve.show_request(&id).await.expect("show");
+    for _ in 0..200 {
+        if ends(&grant) != granted_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        grant = eve.show_request(&id).await.expect("show");
+    }
+    assert_eq!(
+        ends(&grant) - granted_until,
+        chrono::Duration::minutes(30),
+        "the grant was not extended once its extension's approval landed: {grant:?}"
+    );
+    let extension = eve.show_request(&extension.id.0).await.expect("show");
+    // Approved (shown as active: inside its window).
+    assert!(
+        matches!(extension.status.as_str(), "approved" | "active"),
+        "{extension:?}"
+    );
+}
+
 /// The deadline sweep's advisory lock, taken by a statement the node gave up on (its answer
 /// held past the store's bound): the connection was lent again and kept the lock for good,
 /// so that no other node could ever sweep (an attack review's finding). A connection given
