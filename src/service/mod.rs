@@ -102,6 +102,10 @@ pub struct Lockbox {
     /// This service, for follow-ups that outlive a call (see
     /// `Lockbox::follow_up_once_stored`); empty unless made by [`Lockbox::shared`].
     me: std::sync::Weak<Lockbox>,
+    /// Revocations recorded here that the store has not confirmed yet (see
+    /// `Lockbox::see_revocation_stored`): their grants are not extended meanwhile, or the
+    /// extension's change would overtake the revocation and it would never be stored.
+    unstored_revocations: Arc<parking_lot::Mutex<std::collections::HashSet<RequestId>>>,
 }
 
 /// The user name the service acts under when a deadline, not a person, changes a request.
@@ -124,6 +128,7 @@ impl Lockbox {
             config_epoch: tokio::sync::RwLock::new(()),
             provisioner: Arc::default(),
             me: std::sync::Weak::new(),
+            unstored_revocations: Arc::default(),
         }
     }
 

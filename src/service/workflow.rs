@@ -107,6 +107,7 @@ impl Lockbox {
         let grant = match (after.status, &after.extends) {
             (RequestStatus::Approved, Some(grant)) => {
                 let (grant, guard) = self.load_locked(grant).await?;
+                self.refuse_if_revoked_unstored(&grant.id)?;
                 let protection = self.protection().await?;
                 policy::check_extension_fits(&config, &protection, &grant, &after, now)?;
                 Some((grant, guard))
@@ -211,7 +212,11 @@ impl Lockbox {
     /// node). The version check lets it land once at most, and not over a change made since.
     fn see_revocation_stored(&self, revoked: Request) {
         let store = self.store.clone();
+        let unstored = self.unstored_revocations.clone();
+        unstored.lock().insert(revoked.id.clone());
         crate::runtime::spawn_control(async move {
+            // Once stored, overtaken, or given up on: the grant is the store's again.
+            let _forget = Forget(unstored, revoked.id.clone());
             for _ in 0..UNCONFIRMED_RETRIES {
                 tokio::time::sleep(UNCONFIRMED_RETRY_PAUSE).await;
                 let stored = match store.get(&revoked.id).await {
@@ -269,28 +274,50 @@ impl Lockbox {
         });
     }
 
-    /// What follows a stored decision that was not confirmed in time.
+    /// What follows a stored decision that was not confirmed in time. An approved extension
+    /// is applied first, under the rules in force (as in `decide_once`); whom it concerns is
+    /// told only of what took effect.
     async fn after_decision_stored(&self, stored: &Request, tell: Option<Event>, actor: &str) {
-        if let Some(tell) = tell {
-            self.notifier.notify(&self.config(), stored, tell).await;
-        }
-        let Some(original) = stored
+        if let Some(original) = stored
             .extends
             .as_ref()
             .filter(|_| stored.status == RequestStatus::Approved)
-        else {
-            return;
-        };
-        let applied = async {
-            let (grant, guard) = self.load_locked(original).await?;
-            let protection = self.protection().await?;
-            policy::check_extension_fits(&self.config(), &protection, &grant, stored, Utc::now())?;
-            self.apply_extension(stored, original, (grant, guard), actor)
-                .await
-        };
-        if let Err(e) = applied.await {
-            tracing::error!(request_id = %stored.id, grant = %original, error = %e, "an extension approved late could not be applied to its grant");
+        {
+            let applied = async {
+                let _epoch =
+                    super::within_bound("this extension", self.config_epoch.read()).await?;
+                let (grant, guard) = self.load_locked(original).await?;
+                let protection = self.protection().await?;
+                policy::check_extension_fits(
+                    &self.config(),
+                    &protection,
+                    &grant,
+                    stored,
+                    Utc::now(),
+                )?;
+                self.apply_extension(stored, original, (grant, guard), actor)
+                    .await
+            };
+            if let Err(e) = applied.await {
+                tracing::error!(request_id = %stored.id, grant = %original, error = %e, "an extension approved late could not be applied to its grant; nobody is told it was approved");
+                return;
+            }
         }
+        if let Some(tell) = tell {
+            self.notifier.notify(&self.config(), stored, tell).await;
+        }
+    }
+
+    /// A grant whose revocation this node recorded but the store has not confirmed is not
+    /// extended (see `Lockbox::unstored_revocations`).
+    fn refuse_if_revoked_unstored(&self, grant: &RequestId) -> Result<(), ServiceError> {
+        if self.unstored_revocations.lock().contains(grant) {
+            return Err(PolicyError::Conflict(format!(
+                "request {grant} was revoked: nothing to extend"
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// A grant's pending extensions end with it (revoked, or its window over): approvers
@@ -405,6 +432,12 @@ impl Lockbox {
         actor: &str,
     ) -> Result<(), ServiceError> {
         let (before, _guard) = grant;
+        self.refuse_if_revoked_unstored(original)?;
+        if already_extended_by(&before, &extension.id) {
+            // Applied once already (a decision followed up late, and its retry): never twice.
+            tracing::info!(request_id = %extension.id, grant = %original, "extension already applied");
+            return Ok(());
+        }
         let now = Utc::now();
         let Some(end) = before.access_expires_at.filter(|_| {
             matches!(
@@ -426,7 +459,7 @@ impl Lockbox {
             to: before.status,
             by: actor.to_owned(),
             at: now,
-            reason: Some(format!("extended by {} until {new_end}", extension.id)),
+            reason: Some(format!("{}{new_end}", extension_marker(&extension.id))),
         });
         let record = request_event(
             &after,
@@ -464,15 +497,38 @@ impl Lockbox {
     }
 }
 
-/// Whether `stored` is `decided` landed, not another change of the same version: the same
-/// status, and the same last step by the same person (times are stored to the microsecond).
+/// Whether `stored` is `decided` landed, and not another change of the same version (the
+/// same approver's retry after the 503 makes one: the same step, other times). Stored whole,
+/// times to the nanosecond, it reads back equal.
 fn is_this_decision(stored: &Request, decided: &Request) -> bool {
-    let step = |r: &Request| {
-        r.history
-            .last()
-            .map(|t| (t.to, t.by.clone(), t.reason.clone()))
-    };
-    stored.version == decided.version
-        && stored.status == decided.status
-        && step(stored) == step(decided)
+    stored == decided
+}
+
+/// How an applied extension is written into its grant's history (then the new end).
+fn extension_marker(extension: &RequestId) -> String {
+    format!("extended by {extension} until ")
+}
+
+/// Whether `grant` was already extended by `extension` (its history says so).
+fn already_extended_by(grant: &Request, extension: &RequestId) -> bool {
+    let marker = extension_marker(extension);
+    grant.history.iter().any(|step| {
+        step.from == Some(step.to)
+            && step
+                .reason
+                .as_deref()
+                .is_some_and(|reason| reason.starts_with(&marker))
+    })
+}
+
+/// Takes a revocation out of the node's unstored ones when dropped.
+struct Forget(
+    std::sync::Arc<parking_lot::Mutex<std::collections::HashSet<RequestId>>>,
+    RequestId,
+);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
 }

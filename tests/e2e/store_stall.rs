@@ -230,6 +230,100 @@ async fn an_extension_approved_after_its_answer_extends_its_grant() {
     );
 }
 
+/// The approval's UPDATE cut off on its way (never run): "may still take effect", so the
+/// approver looks, finds the extension pending and approves again. The grant is extended
+/// once: the node's watch for the first approval must not take the retry, the same step by
+/// the same approver, for its own and apply the extension a second time (an attack review
+/// found it did: an hour where half was approved).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extension_approved_again_after_an_unconfirmed_approval_is_applied_once() {
+    let (env, stall) = behind_stall("store_stall_extend_twice", b"UPDATE lockbox_requests").await;
+    let (id, _token) = env.approved_token("eve", "1h").await;
+    let eve = env.client("eve");
+    let ends = |r: &lockbox::policy::Request| r.access_expires_at.expect("the grant ends");
+    let granted_until = ends(&eve.show_request(&id).await.expect("show"));
+    let extension = eve.extend(&id, "30m", "a bit more").await.expect("extend");
+
+    stall.arm();
+    let first = {
+        let carol = env.client("carol");
+        let extension = extension.id.0.clone();
+        tokio::spawn(async move { carol.approve(&extension, "ok").await })
+    };
+    hold_until_held(&stall).await;
+    stall.cut().await;
+    let e = tokio::time::timeout(Duration::from_secs(60), first)
+        .await
+        .expect("an answer")
+        .expect("task")
+        .expect_err("the store never confirmed the approval");
+    assert!(e.to_string().contains("may still take effect"), "{e}");
+    let pending = eve.show_request(&extension.id.0).await.expect("show");
+    assert_eq!(pending.status.as_str(), "pending_customer", "{pending:?}");
+    env.client("carol")
+        .approve(&extension.id.0, "ok")
+        .await
+        .expect("the retry is stored");
+
+    // Past two of the watch's looks (every 2 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let grant = eve.show_request(&id).await.expect("show");
+    assert_eq!(
+        ends(&grant) - granted_until,
+        chrono::Duration::minutes(30),
+        "{grant:?}"
+    );
+}
+
+/// A revocation cut off on its way is recorded, and stored by the node once the store
+/// answers; an extension of its grant approved before then would have overtaken it (its
+/// change first, the revocation's retry then finding a newer version and giving up: the
+/// grant extended and never revoked). It is refused until the revocation is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_whose_revocation_is_not_stored_yet_is_not_extended() {
+    let (env, stall) = behind_stall("store_stall_revoke_extend", b"UPDATE lockbox_requests").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let eve = env.client("eve");
+    let extension = eve.extend(&id, "30m", "a bit more").await.expect("extend");
+
+    stall.arm();
+    let revoke = {
+        let carol = env.client("carol");
+        let id = id.clone();
+        tokio::spawn(async move { carol.revoke(&id, "incident over").await })
+    };
+    hold_until_held(&stall).await;
+    stall.cut().await;
+    tokio::time::timeout(Duration::from_secs(60), revoke)
+        .await
+        .expect("an answer")
+        .expect("task")
+        .expect_err("the store never confirmed the revocation");
+    let refused = env
+        .client("carol")
+        .approve(&extension.id.0, "ok")
+        .await
+        .expect_err("an extension of a revoked grant");
+    assert!(refused.to_string().contains("revoked"), "{refused}");
+
+    assert_eq!(stored_status_once_revoked(&env, &id).await, "revoked");
+    let Err(e) = env.connect("eve", &token).await else {
+        panic!("a revoked grant let a session in");
+    };
+    assert_eq!(db_error(&e).0, "28P01", "{e}");
+}
+
+/// Waits until the stall holds a statement (10 s at most).
+async fn hold_until_held(stall: &Stall) {
+    for _ in 0..500 {
+        if stall.holding() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the statement never came");
+}
+
 /// The deadline sweep's advisory lock, taken by a statement the node gave up on (its answer
 /// held past the store's bound): the connection was lent again and kept the lock for good,
 /// so that no other node could ever sweep (an attack review's finding). A connection given
