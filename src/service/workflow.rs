@@ -212,11 +212,13 @@ impl Lockbox {
     /// node). The version check lets it land once at most, and not over a change made since.
     fn see_revocation_stored(&self, revoked: Request) {
         let store = self.store.clone();
-        let unstored = self.unstored_revocations.clone();
-        unstored.lock().insert(revoked.id.clone());
+        self.unstored_revocations.lock().insert(revoked.id.clone());
+        // Once stored, or given up on: the grant is the store's again. Made before the
+        // task, so that a task dropped before it first runs lets it go too.
+        let forget = Forget(self.unstored_revocations.clone(), revoked.id.clone());
         crate::runtime::spawn_control(async move {
-            // Once stored, overtaken, or given up on: the grant is the store's again.
-            let _forget = Forget(unstored, revoked.id.clone());
+            let _forget = forget;
+            let mut revoked = revoked;
             for _ in 0..UNCONFIRMED_RETRIES {
                 tokio::time::sleep(UNCONFIRMED_RETRY_PAUSE).await;
                 let stored = match store.get(&revoked.id).await {
@@ -225,10 +227,16 @@ impl Lockbox {
                     Err(_) => continue,
                 };
                 if stored.version >= revoked.version {
-                    if stored.status != RequestStatus::Revoked {
-                        tracing::warn!(request_id = %revoked.id, status = %stored.status, "a recorded revocation was overtaken by another change before it was stored");
+                    if stored.status == RequestStatus::Revoked {
+                        return;
                     }
-                    return;
+                    // Changed since (extended, acknowledged, on this node or another): the
+                    // grant is revoked on top of that change, while it still runs.
+                    let Some(again) = revoke_on_top(&stored, &revoked) else {
+                        tracing::warn!(request_id = %revoked.id, status = %stored.status, "a recorded revocation was overtaken by the grant's end before it was stored");
+                        return;
+                    };
+                    revoked = again;
                 }
                 if let Ok(true) = store.update(&revoked).await {
                     tracing::info!(request_id = %revoked.id, "a revocation the state store had not confirmed is stored");
@@ -266,18 +274,25 @@ impl Lockbox {
                     tracing::info!(request_id = %decided.id, "a decision the state store did not confirm was overtaken by another change");
                     return;
                 }
-                tracing::info!(request_id = %decided.id, "a decision the state store had not confirmed is stored");
-                lockbox.after_decision_stored(&stored, tell, &actor).await;
-                return;
+                if lockbox.after_decision_stored(&stored, tell, &actor).await == FollowUp::Done {
+                    tracing::info!(request_id = %decided.id, "a decision the state store had not confirmed is stored and followed up");
+                    return;
+                }
+                // Looked at again: still this decision, or overtaken meanwhile.
             }
-            tracing::error!(request_id = %decided.id, "a decision the state store did not confirm was never seen stored: look at the request");
+            tracing::error!(request_id = %decided.id, "a decision the state store did not confirm was not followed up within ten minutes: look at the request");
         });
     }
 
     /// What follows a stored decision that was not confirmed in time. An approved extension
     /// is applied first, under the rules in force (as in `decide_once`); whom it concerns is
     /// told only of what took effect.
-    async fn after_decision_stored(&self, stored: &Request, tell: Option<Event>, actor: &str) {
+    async fn after_decision_stored(
+        &self,
+        stored: &Request,
+        tell: Option<Event>,
+        actor: &str,
+    ) -> FollowUp {
         if let Some(original) = stored
             .extends
             .as_ref()
@@ -287,6 +302,10 @@ impl Lockbox {
                 let _epoch =
                     super::within_bound("this extension", self.config_epoch.read()).await?;
                 let (grant, guard) = self.load_locked(original).await?;
+                // Applied already (by an attempt whose answer was lost): told, not again.
+                if already_extended_by(&grant, &stored.id) {
+                    return Ok(());
+                }
                 let protection = self.protection().await?;
                 policy::check_extension_fits(
                     &self.config(),
@@ -298,14 +317,28 @@ impl Lockbox {
                 self.apply_extension(stored, original, (grant, guard), actor)
                     .await
             };
-            if let Err(e) = applied.await {
-                tracing::error!(request_id = %stored.id, grant = %original, error = %e, "an extension approved late could not be applied to its grant; nobody is told it was approved");
-                return;
+            match applied.await {
+                Ok(()) => {}
+                // The store or the trail is still unsteady: tried again (never applied twice).
+                Err(
+                    e @ (ServiceError::Store(_)
+                    | ServiceError::Busy(_)
+                    | ServiceError::Audit(_)
+                    | ServiceError::RecordLagging(_)),
+                ) => {
+                    tracing::warn!(request_id = %stored.id, grant = %original, error = %e, "an extension approved late is not applied yet; trying again");
+                    return FollowUp::Again;
+                }
+                Err(e) => {
+                    tracing::error!(request_id = %stored.id, grant = %original, error = %e, "an extension approved late could not be applied to its grant; nobody is told it was approved");
+                    return FollowUp::Done;
+                }
             }
         }
         if let Some(tell) = tell {
             self.notifier.notify(&self.config(), stored, tell).await;
         }
+        FollowUp::Done
     }
 
     /// A grant whose revocation this node recorded but the store has not confirmed is not
@@ -497,6 +530,31 @@ impl Lockbox {
     }
 }
 
+/// `revoked`'s revocation made again on top of `stored`, a later change of the grant, if
+/// the grant still runs (approved or active); `None` once it has ended otherwise.
+fn revoke_on_top(stored: &Request, revoked: &Request) -> Option<Request> {
+    let now = Utc::now();
+    if !matches!(
+        stored.effective_status(now),
+        RequestStatus::Approved | RequestStatus::Active
+    ) {
+        return None;
+    }
+    let step = revoked.history.last()?;
+    let mut again = stored.clone();
+    again.transition(
+        RequestStatus::Revoked,
+        &step.by,
+        step.at,
+        step.reason.as_deref(),
+    );
+    again.revoked_by.clone_from(&revoked.revoked_by);
+    again.revoked_at = revoked.revoked_at;
+    again.revoke_reason.clone_from(&revoked.revoke_reason);
+    again.version = stored.version + 1;
+    Some(again)
+}
+
 /// Whether `stored` is `decided` landed, and not another change of the same version (the
 /// same approver's retry after the 503 makes one: the same step, other times). Stored whole,
 /// times to the nanosecond, it reads back equal.
@@ -519,6 +577,13 @@ fn already_extended_by(grant: &Request, extension: &RequestId) -> bool {
                 .as_deref()
                 .is_some_and(|reason| reason.starts_with(&marker))
     })
+}
+
+/// Whether a late decision's follow-up is over, or is to be tried again.
+#[derive(Debug, PartialEq, Eq)]
+enum FollowUp {
+    Done,
+    Again,
 }
 
 /// Takes a revocation out of the node's unstored ones when dropped.

@@ -9,6 +9,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use chrono::{DateTime, Utc};
+use lockbox::policy::Request;
+
 use crate::harness::{cluster, db_error, fatal_error, postgres_state, Env, Options};
 
 /// Forwards connections to the state store. Armed, it lets the next client message naming
@@ -190,12 +193,9 @@ async fn a_revocation_the_store_did_not_confirm_is_recorded_and_ends_the_session
 /// watches for it and, once it is stored, does what follows.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_extension_approved_after_its_answer_extends_its_grant() {
-    let (env, stall) = behind_stall("store_stall_extension", b"UPDATE lockbox_requests").await;
-    let (id, _token) = env.approved_token("eve", "1h").await;
+    let (env, stall, (id, _), granted_until, extension) =
+        grant_with_pending_extension("store_stall_extension").await;
     let eve = env.client("eve");
-    let ends = |r: &lockbox::policy::Request| r.access_expires_at.expect("the grant ends");
-    let granted_until = ends(&eve.show_request(&id).await.expect("show"));
-    let extension = eve.extend(&id, "30m", "a bit more").await.expect("extend");
 
     stall.arm();
     let approved = tokio::time::timeout(
@@ -237,25 +237,13 @@ async fn an_extension_approved_after_its_answer_extends_its_grant() {
 /// found it did: an hour where half was approved).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_extension_approved_again_after_an_unconfirmed_approval_is_applied_once() {
-    let (env, stall) = behind_stall("store_stall_extend_twice", b"UPDATE lockbox_requests").await;
-    let (id, _token) = env.approved_token("eve", "1h").await;
+    let (env, stall, (id, _), granted_until, extension) =
+        grant_with_pending_extension("store_stall_extend_twice").await;
     let eve = env.client("eve");
-    let ends = |r: &lockbox::policy::Request| r.access_expires_at.expect("the grant ends");
-    let granted_until = ends(&eve.show_request(&id).await.expect("show"));
-    let extension = eve.extend(&id, "30m", "a bit more").await.expect("extend");
-
-    stall.arm();
-    let first = {
-        let carol = env.client("carol");
-        let extension = extension.id.0.clone();
-        tokio::spawn(async move { carol.approve(&extension, "ok").await })
-    };
-    hold_until_held(&stall).await;
-    stall.cut().await;
-    let e = tokio::time::timeout(Duration::from_secs(60), first)
+    let carol = env.client("carol");
+    let first = extension.id.0.clone();
+    let e = cut_off(&stall, async move { carol.approve(&first, "ok").await })
         .await
-        .expect("an answer")
-        .expect("task")
         .expect_err("the store never confirmed the approval");
     assert!(e.to_string().contains("may still take effect"), "{e}");
     let pending = eve.show_request(&extension.id.0).await.expect("show");
@@ -281,24 +269,15 @@ async fn an_extension_approved_again_after_an_unconfirmed_approval_is_applied_on
 /// grant extended and never revoked). It is refused until the revocation is stored.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grant_whose_revocation_is_not_stored_yet_is_not_extended() {
-    let (env, stall) = behind_stall("store_stall_revoke_extend", b"UPDATE lockbox_requests").await;
-    let (id, token) = env.approved_token("eve", "1h").await;
-    let eve = env.client("eve");
-    let extension = eve.extend(&id, "30m", "a bit more").await.expect("extend");
-
-    stall.arm();
-    let revoke = {
-        let carol = env.client("carol");
-        let id = id.clone();
-        tokio::spawn(async move { carol.revoke(&id, "incident over").await })
-    };
-    hold_until_held(&stall).await;
-    stall.cut().await;
-    tokio::time::timeout(Duration::from_secs(60), revoke)
-        .await
-        .expect("an answer")
-        .expect("task")
-        .expect_err("the store never confirmed the revocation");
+    let (env, stall, (id, token), _, extension) =
+        grant_with_pending_extension("store_stall_revoke_extend").await;
+    let carol = env.client("carol");
+    let revoked = id.clone();
+    cut_off(&stall, async move {
+        carol.revoke(&revoked, "incident over").await
+    })
+    .await
+    .expect_err("the store never confirmed the revocation");
     let refused = env
         .client("carol")
         .approve(&extension.id.0, "ok")
@@ -313,15 +292,96 @@ async fn a_grant_whose_revocation_is_not_stored_yet_is_not_extended() {
     assert_eq!(db_error(&e).0, "28P01", "{e}");
 }
 
-/// Waits until the stall holds a statement (10 s at most).
-async fn hold_until_held(stall: &Stall) {
+/// A revocation cut off on its way, and the grant changed elsewhere before the node's retry
+/// (another node extending it, an acknowledgement): the retry found a newer version and gave
+/// up, so a recorded revocation was never stored and the engineer logged in again (an attack
+/// review). It is now made again on top of that change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_not_stored_yet_is_stored_on_top_of_a_later_change() {
+    let name = "store_stall_revoke_on_top";
+    let (env, stall) = behind_stall(name, b"UPDATE lockbox_requests").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let carol = env.client("carol");
+    let revoked = id.clone();
+    cut_off(&stall, async move {
+        carol.revoke(&revoked, "incident over").await
+    })
+    .await
+    .expect_err("the store never confirmed the revocation");
+
+    // Another node's change of the grant, straight into the store, before the retry.
+    let (other_node, connection) =
+        tokio_postgres::connect(&cluster().url(&format!("s_{name}")), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the state store");
+    tokio::spawn(connection);
+    let body: String = other_node
+        .query_one("SELECT body FROM lockbox_requests WHERE id = $1", &[&id])
+        .await
+        .expect("the grant")
+        .get(0);
+    let mut grant: Request = serde_json::from_str(&body).expect("a request");
+    assert_eq!(grant.status.as_str(), "approved", "{grant:?}");
+    grant.version += 1;
+    grant.ticket = "T-2".into();
+    let changed = other_node
+        .execute(
+            "UPDATE lockbox_requests SET body = $1, version = version + 1 WHERE id = $2",
+            &[&serde_json::to_string(&grant).expect("json"), &id],
+        )
+        .await
+        .expect("change the grant");
+    assert_eq!(changed, 1);
+
+    assert_eq!(stored_status_once_revoked(&env, &id).await, "revoked");
+    let stored = env.client("dave").show_request(&id).await.expect("show");
+    assert_eq!(
+        stored.ticket, "T-2",
+        "the later change was kept: {stored:?}"
+    );
+    let Err(e) = env.connect("eve", &token).await else {
+        panic!("a revoked grant let a session in");
+    };
+    assert_eq!(db_error(&e).0, "28P01", "{e}");
+}
+
+/// Arms the stall, runs `call` until its statement is held, cuts it off (never run), and
+/// returns the call's answer.
+async fn cut_off<T: Send + 'static>(
+    stall: &Stall,
+    call: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    stall.arm();
+    let call = tokio::spawn(call);
     for _ in 0..500 {
         if stall.holding() {
-            return;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("the statement never came");
+    assert!(stall.holding(), "the statement never came");
+    stall.cut().await;
+    tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("an answer")
+        .expect("task")
+}
+
+/// A node behind a stall on the requests' UPDATEs; eve's grant of an hour (with its token
+/// and end) and her pending extension of it by 30 minutes.
+async fn grant_with_pending_extension(
+    name: &str,
+) -> (Env, Stall, (String, String), DateTime<Utc>, Request) {
+    let (env, stall) = behind_stall(name, b"UPDATE lockbox_requests").await;
+    let (id, token) = env.approved_token("eve", "1h").await;
+    let eve = env.client("eve");
+    let granted_until = ends(&eve.show_request(&id).await.expect("show"));
+    let extension = eve.extend(&id, "30m", "a bit more").await.expect("extend");
+    (env, stall, (id, token), granted_until, extension)
+}
+
+fn ends(grant: &Request) -> DateTime<Utc> {
+    grant.access_expires_at.expect("the grant ends")
 }
 
 /// The deadline sweep's advisory lock, taken by a statement the node gave up on (its answer
@@ -374,25 +434,13 @@ async fn a_sweep_lock_taken_after_its_node_gave_up_is_let_go() {
 async fn a_revocation_cut_off_on_its_way_is_stored_once_the_store_answers() {
     let (env, stall) = behind_stall("store_stall_cut", b"UPDATE lockbox_requests").await;
     let (id, token) = env.approved_token("eve", "1h").await;
-    stall.arm();
-    let revoke = {
-        let carol = env.client("carol");
-        let id = id.clone();
-        tokio::spawn(async move { carol.revoke(&id, "incident over").await })
-    };
-    for _ in 0..200 {
-        if stall.holding() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(stall.holding(), "the revocation's UPDATE never came");
-    stall.cut().await;
-    let e = tokio::time::timeout(Duration::from_secs(60), revoke)
-        .await
-        .expect("an answer")
-        .expect("task")
-        .expect_err("the store never confirmed the revocation");
+    let carol = env.client("carol");
+    let revoked = id.clone();
+    let e = cut_off(&stall, async move {
+        carol.revoke(&revoked, "incident over").await
+    })
+    .await
+    .expect_err("the store never confirmed the revocation");
     assert_eq!(e.code(), Some("state_store_unavailable"), "{e}");
     assert!(e.to_string().contains("may still take effect"), "{e}");
     assert!(env
