@@ -438,6 +438,10 @@ impl Lockbox {
                     ADMISSION_READ_TIMEOUT.as_secs()
                 ))
             })??;
+        // Revoked here, the store not told yet (it says approved): refused all the same.
+        if self.unstored_revocations.lock().contains(&id) {
+            return Err(Refusal::Revoked(id.0).into());
+        }
         Ok(policy::admit(
             claims,
             user,

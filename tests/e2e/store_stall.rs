@@ -447,6 +447,12 @@ async fn a_revocation_cut_off_on_its_way_is_stored_once_the_store_answers() {
         .audit_of("request", &id)
         .iter()
         .any(|r| r["event"] == "revoked"));
+    // Before the node's retry stores it (2 s on), the store still says approved: this node,
+    // which recorded the revocation, lets no session of it in meanwhile.
+    let Err(refused) = env.connect("eve", &token).await else {
+        panic!("a grant revoked here let a session in before its revocation was stored");
+    };
+    assert_eq!(db_error(&refused).0, "28P01", "{refused}");
     let status = stored_status_once_revoked(&env, &id).await;
     assert_eq!(
         status, "revoked",
