@@ -271,13 +271,7 @@ async fn an_extension_approved_again_after_an_unconfirmed_approval_is_applied_on
 async fn a_grant_whose_revocation_is_not_stored_yet_is_not_extended() {
     let (env, stall, (id, token), _, extension) =
         grant_with_pending_extension("store_stall_revoke_extend").await;
-    let carol = env.client("carol");
-    let revoked = id.clone();
-    cut_off(&stall, async move {
-        carol.revoke(&revoked, "incident over").await
-    })
-    .await
-    .expect_err("the store never confirmed the revocation");
+    revocation_cut_off(&env, &stall, &id).await;
     let refused = env
         .client("carol")
         .approve(&extension.id.0, "ok")
@@ -301,13 +295,7 @@ async fn a_revocation_not_stored_yet_is_stored_on_top_of_a_later_change() {
     let name = "store_stall_revoke_on_top";
     let (env, stall) = behind_stall(name, b"UPDATE lockbox_requests").await;
     let (id, token) = env.approved_token("eve", "1h").await;
-    let carol = env.client("carol");
-    let revoked = id.clone();
-    cut_off(&stall, async move {
-        carol.revoke(&revoked, "incident over").await
-    })
-    .await
-    .expect_err("the store never confirmed the revocation");
+    revocation_cut_off(&env, &stall, &id).await;
 
     // Another node's change of the grant, straight into the store, before the retry.
     let (other_node, connection) =
@@ -365,6 +353,17 @@ async fn cut_off<T: Send + 'static>(
         .await
         .expect("an answer")
         .expect("task")
+}
+
+/// carol revokes `id`, its UPDATE cut off on its way: the error she is answered.
+async fn revocation_cut_off(env: &Env, stall: &Stall, id: &str) -> lockbox::client::ClientError {
+    let carol = env.client("carol");
+    let revoked = id.to_owned();
+    cut_off(stall, async move {
+        carol.revoke(&revoked, "incident over").await
+    })
+    .await
+    .expect_err("the store never confirmed the revocation")
 }
 
 /// A node behind a stall on the requests' UPDATEs; eve's grant of an hour (with its token
@@ -434,13 +433,7 @@ async fn a_sweep_lock_taken_after_its_node_gave_up_is_let_go() {
 async fn a_revocation_cut_off_on_its_way_is_stored_once_the_store_answers() {
     let (env, stall) = behind_stall("store_stall_cut", b"UPDATE lockbox_requests").await;
     let (id, token) = env.approved_token("eve", "1h").await;
-    let carol = env.client("carol");
-    let revoked = id.clone();
-    let e = cut_off(&stall, async move {
-        carol.revoke(&revoked, "incident over").await
-    })
-    .await
-    .expect_err("the store never confirmed the revocation");
+    let e = revocation_cut_off(&env, &stall, &id).await;
     assert_eq!(e.code(), Some("state_store_unavailable"), "{e}");
     assert!(e.to_string().contains("may still take effect"), "{e}");
     assert!(env
